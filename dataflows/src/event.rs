@@ -1,0 +1,552 @@
+//! The event model: the canonical relations every source format decodes into.
+//!
+//! Column names follow the OpenTelemetry GenAI semantic conventions where one exists
+//! (`gen_ai.operation.name` → `operation`, `gen_ai.provider.name` → `provider`,
+//! `gen_ai.usage.input_tokens` → `input_tokens`, …). Times are microseconds since the Unix
+//! epoch, UTC (SQL `TIMESTAMP`); token counts are `i64` (`BIGINT`); an unknown value is
+//! `None` (SQL NULL), never 0 or "".
+
+use std::fmt;
+
+use ordered_float::OrderedFloat;
+use serde::{Deserialize, Serialize};
+
+use crate::row::{ColumnType::*, Datum, RelationDesc, Row, ToRow, desc};
+
+/// Microseconds since 1970-01-01T00:00:00Z (UTC).
+pub type TimestampUs = i64;
+
+/// A trace id.
+///
+/// OpenTelemetry trace ids are 128-bit integers written as 32 lower-case hex digits; those
+/// are stored as `Hex128`, so the large per-trace states compare integers rather than
+/// heap strings. Any other id (a conversation id, `task=3/trial=1`, …) is kept as text.
+/// [`TraceId::parse`] and `Display` round-trip exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TraceId {
+    /// A 32-hex-digit OpenTelemetry trace id.
+    Hex128(u128),
+    /// Any other identifier.
+    Text(String),
+}
+
+impl TraceId {
+    /// `Hex128` when `s` is exactly 32 lower-case hex digits, else `Text(s)`.
+    pub fn parse(s: &str) -> TraceId {
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            if let Ok(v) = u128::from_str_radix(s, 16) {
+                return TraceId::Hex128(v);
+            }
+        }
+        TraceId::Text(s.to_owned())
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TraceId::Hex128(v) => write!(f, "{v:032x}"),
+            TraceId::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A span's status (OpenTelemetry `Status.code`): `ok`, `error` or `unset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SpanStatus {
+    /// `unset`: the instrumentation said nothing.
+    Unset,
+    /// `ok`.
+    Ok,
+    /// `error`.
+    Error,
+}
+
+impl SpanStatus {
+    /// The lower-case SQL spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanStatus::Unset => "unset",
+            SpanStatus::Ok => "ok",
+            SpanStatus::Error => "error",
+        }
+    }
+    /// Parses `ok`/`error`/`unset` (any case; OTLP's `STATUS_CODE_OK` etc. too).
+    pub fn parse(s: &str) -> Option<SpanStatus> {
+        let s = s.to_ascii_lowercase();
+        let s = s.strip_prefix("status_code_").unwrap_or(&s);
+        match s {
+            "ok" => Some(SpanStatus::Ok),
+            "error" => Some(SpanStatus::Error),
+            "unset" => Some(SpanStatus::Unset),
+            _ => None,
+        }
+    }
+}
+
+/// `gen_ai.operation.name` values that are calls to a model (counted as `llm_calls`).
+pub const LLM_OPERATIONS: &[&str] = &["chat", "text_completion", "generate_content"];
+
+/// One agent-interaction span (relation `spans`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Span {
+    /// Trace the span belongs to (`trace_id`, TEXT).
+    pub trace_id: TraceId,
+    /// Span id (`span_id`, TEXT).
+    pub span_id: String,
+    /// Parent span id (`parent_span_id`, TEXT, NULL for a root span).
+    pub parent_span_id: Option<String>,
+    /// Span name, e.g. `chat gpt-4o` (`name`, TEXT).
+    pub name: String,
+    /// `gen_ai.operation.name`: `chat`, `execute_tool`, `invoke_agent`, `embeddings`, …
+    pub operation: Option<String>,
+    /// `gen_ai.provider.name`, e.g. `openai`.
+    pub provider: Option<String>,
+    /// `gen_ai.request.model`.
+    pub request_model: Option<String>,
+    /// `gen_ai.response.model`.
+    pub response_model: Option<String>,
+    /// `gen_ai.agent.name`.
+    pub agent_name: Option<String>,
+    /// `gen_ai.conversation.id`.
+    pub conversation_id: Option<String>,
+    /// `gen_ai.tool.name`.
+    pub tool_name: Option<String>,
+    /// `gen_ai.tool.call.id`.
+    pub tool_call_id: Option<String>,
+    /// `gen_ai.usage.input_tokens` (tokens).
+    pub input_tokens: Option<i64>,
+    /// `gen_ai.usage.output_tokens` (tokens).
+    pub output_tokens: Option<i64>,
+    /// `gen_ai.usage.cache_read.input_tokens` (tokens).
+    pub cache_read_input_tokens: Option<i64>,
+    /// `gen_ai.usage.reasoning.output_tokens` (tokens).
+    pub reasoning_output_tokens: Option<i64>,
+    /// Start time (µs since epoch, UTC).
+    pub start_time: Option<TimestampUs>,
+    /// End time (µs since epoch, UTC).
+    pub end_time: Option<TimestampUs>,
+    /// Status: `ok`, `error` or `unset`.
+    pub status: SpanStatus,
+    /// `error.type`: the class of error when `status` is `error`.
+    pub error_type: Option<String>,
+    /// Every other attribute, as JSON object text.
+    pub attributes: Option<String>,
+}
+
+impl Span {
+    /// An `unset` span with the given ids and name and every optional column NULL.
+    pub fn new(trace_id: TraceId, span_id: impl Into<String>, name: impl Into<String>) -> Span {
+        Span {
+            trace_id,
+            span_id: span_id.into(),
+            parent_span_id: None,
+            name: name.into(),
+            operation: None,
+            provider: None,
+            request_model: None,
+            response_model: None,
+            agent_name: None,
+            conversation_id: None,
+            tool_name: None,
+            tool_call_id: None,
+            input_tokens: None,
+            output_tokens: None,
+            cache_read_input_tokens: None,
+            reasoning_output_tokens: None,
+            start_time: None,
+            end_time: None,
+            status: SpanStatus::Unset,
+            error_type: None,
+            attributes: None,
+        }
+    }
+
+    /// Whether the span is a model call (`operation` in [`LLM_OPERATIONS`]).
+    pub fn is_llm_call(&self) -> bool {
+        self.operation
+            .as_deref()
+            .is_some_and(|op| LLM_OPERATIONS.contains(&op))
+    }
+
+    /// Whether the span is a tool execution (`operation = 'execute_tool'`).
+    pub fn is_tool_call(&self) -> bool {
+        self.operation.as_deref() == Some("execute_tool")
+    }
+}
+
+impl ToRow for Span {
+    fn desc() -> RelationDesc {
+        desc(
+            "spans",
+            &[],
+            &[
+                ("trace_id", Text),
+                ("span_id", Text),
+                ("parent_span_id", Text),
+                ("name", Text),
+                ("operation", Text),
+                ("provider", Text),
+                ("request_model", Text),
+                ("response_model", Text),
+                ("agent_name", Text),
+                ("conversation_id", Text),
+                ("tool_name", Text),
+                ("tool_call_id", Text),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("cache_read_input_tokens", Int),
+                ("reasoning_output_tokens", Int),
+                ("start_time", Timestamp),
+                ("end_time", Timestamp),
+                ("status", Text),
+                ("error_type", Text),
+                ("attributes", Text),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.trace_id.to_string()),
+            Datum::Text(self.span_id.clone()),
+            Datum::text(self.parent_span_id.as_deref()),
+            Datum::Text(self.name.clone()),
+            Datum::text(self.operation.as_deref()),
+            Datum::text(self.provider.as_deref()),
+            Datum::text(self.request_model.as_deref()),
+            Datum::text(self.response_model.as_deref()),
+            Datum::text(self.agent_name.as_deref()),
+            Datum::text(self.conversation_id.as_deref()),
+            Datum::text(self.tool_name.as_deref()),
+            Datum::text(self.tool_call_id.as_deref()),
+            Datum::int(self.input_tokens),
+            Datum::int(self.output_tokens),
+            Datum::int(self.cache_read_input_tokens),
+            Datum::int(self.reasoning_output_tokens),
+            Datum::ts(self.start_time),
+            Datum::ts(self.end_time),
+            Datum::Text(self.status.as_str().to_owned()),
+            Datum::text(self.error_type.as_deref()),
+            Datum::text(self.attributes.as_deref()),
+        ]
+    }
+}
+
+/// An evaluation result of a trace or span (relation `evaluations`), e.g. a benchmark reward.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Evaluated trace (`trace_id`, TEXT).
+    pub trace_id: TraceId,
+    /// Evaluated span, NULL when the whole trace is evaluated.
+    pub span_id: Option<String>,
+    /// Evaluation name (`gen_ai.evaluation.name`), e.g. `reward`.
+    pub name: String,
+    /// Numeric score (`gen_ai.evaluation.score.value`, DOUBLE).
+    pub score: Option<OrderedFloat<f64>>,
+    /// Label (`gen_ai.evaluation.score.label`), e.g. `pass`.
+    pub label: Option<String>,
+}
+
+impl ToRow for Evaluation {
+    fn desc() -> RelationDesc {
+        desc(
+            "evaluations",
+            &[],
+            &[
+                ("trace_id", Text),
+                ("span_id", Text),
+                ("name", Text),
+                ("score", Float),
+                ("label", Text),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.trace_id.to_string()),
+            Datum::text(self.span_id.as_deref()),
+            Datum::Text(self.name.clone()),
+            Datum::float(self.score.map(|s| s.0)),
+            Datum::text(self.label.as_deref()),
+        ]
+    }
+}
+
+/// The state of a workflow run or step, normalised across sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum WorkflowState {
+    /// Scheduled or queued, not yet running.
+    Scheduled,
+    /// Running (started).
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Finished with a failure.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Timed out.
+    TimedOut,
+    /// Terminated by an operator.
+    Terminated,
+}
+
+impl WorkflowState {
+    /// Every state, in declaration order.
+    pub const ALL: [WorkflowState; 7] = [
+        WorkflowState::Scheduled,
+        WorkflowState::Running,
+        WorkflowState::Completed,
+        WorkflowState::Failed,
+        WorkflowState::Cancelled,
+        WorkflowState::TimedOut,
+        WorkflowState::Terminated,
+    ];
+    /// The upper-case SQL spelling (`SCHEDULED`, `RUNNING`, …, `TIMED_OUT`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowState::Scheduled => "SCHEDULED",
+            WorkflowState::Running => "RUNNING",
+            WorkflowState::Completed => "COMPLETED",
+            WorkflowState::Failed => "FAILED",
+            WorkflowState::Cancelled => "CANCELLED",
+            WorkflowState::TimedOut => "TIMED_OUT",
+            WorkflowState::Terminated => "TERMINATED",
+        }
+    }
+    /// Parses the SQL spelling (any case).
+    pub fn parse(s: &str) -> Option<WorkflowState> {
+        let up = s.to_ascii_uppercase();
+        WorkflowState::ALL.into_iter().find(|st| st.as_str() == up)
+    }
+    /// Whether no further transitions follow (completed, failed, cancelled, timed out, terminated).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, WorkflowState::Scheduled | WorkflowState::Running)
+    }
+}
+
+/// One workflow event (relation `workflow_events`): a run-level event when `step_id` is None,
+/// else an event of one step (an activity, a child workflow, a job step).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkflowEvent {
+    /// Run id (`run_id`, TEXT).
+    pub run_id: String,
+    /// Workflow (type) name.
+    pub workflow_name: Option<String>,
+    /// Step id within the run; None for run-level events.
+    pub step_id: Option<String>,
+    /// Step name (activity type, job step name).
+    pub step_name: Option<String>,
+    /// Step type: `activity`, `child_workflow`, `job`, `step`, ….
+    pub step_type: Option<String>,
+    /// Normalised state.
+    pub state: WorkflowState,
+    /// The source's own word for the state, e.g. `EVENT_TYPE_ACTIVITY_TASK_STARTED`.
+    pub raw_state: String,
+    /// Attempt number (1 = first try), when the source says.
+    pub attempt: Option<i64>,
+    /// When the event happened (µs since epoch, UTC).
+    pub event_time: Option<TimestampUs>,
+    /// The source's sequence number of the event within its run (Temporal `eventId`).
+    pub event_seq: Option<i64>,
+    /// Failure message for failed/timed-out events.
+    pub failure_message: Option<String>,
+}
+
+impl ToRow for WorkflowEvent {
+    fn desc() -> RelationDesc {
+        desc(
+            "workflow_events",
+            &[],
+            &[
+                ("run_id", Text),
+                ("workflow_name", Text),
+                ("step_id", Text),
+                ("step_name", Text),
+                ("step_type", Text),
+                ("state", Text),
+                ("raw_state", Text),
+                ("attempt", Int),
+                ("event_time", Timestamp),
+                ("event_seq", Int),
+                ("failure_message", Text),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.run_id.clone()),
+            Datum::text(self.workflow_name.as_deref()),
+            Datum::text(self.step_id.as_deref()),
+            Datum::text(self.step_name.as_deref()),
+            Datum::text(self.step_type.as_deref()),
+            Datum::Text(self.state.as_str().to_owned()),
+            Datum::Text(self.raw_state.clone()),
+            Datum::int(self.attempt),
+            Datum::ts(self.event_time),
+            Datum::int(self.event_seq),
+            Datum::text(self.failure_message.as_deref()),
+        ]
+    }
+}
+
+/// What a knowledge event does to its document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KnowledgeOp {
+    /// Create or replace the document.
+    Upsert,
+    /// Remove the document.
+    Delete,
+}
+
+impl KnowledgeOp {
+    /// `upsert` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KnowledgeOp::Upsert => "upsert",
+            KnowledgeOp::Delete => "delete",
+        }
+    }
+    /// Parses `upsert`/`delete` (any case).
+    pub fn parse(s: &str) -> Option<KnowledgeOp> {
+        match s.to_ascii_lowercase().as_str() {
+            "upsert" => Some(KnowledgeOp::Upsert),
+            "delete" => Some(KnowledgeOp::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One knowledge update (relation `knowledge_events`): a document upserted or deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct KnowledgeEvent {
+    /// Collection (index, wiki, bucket) the document belongs to.
+    pub collection: String,
+    /// Document id within the collection.
+    pub document_id: String,
+    /// `upsert` or `delete`.
+    pub op: KnowledgeOp,
+    /// Document version after the event (e.g. a revision id).
+    pub version: Option<i64>,
+    /// Document size after the event (bytes).
+    pub size_bytes: Option<i64>,
+    /// When the change happened (µs since epoch, UTC).
+    pub event_time: Option<TimestampUs>,
+    /// Who made the change.
+    pub actor: Option<String>,
+    /// Whether the actor is a bot.
+    pub is_bot: Option<bool>,
+    /// Position of the event in its source (Kafka offset, line number).
+    pub source_offset: Option<i64>,
+}
+
+impl ToRow for KnowledgeEvent {
+    fn desc() -> RelationDesc {
+        desc(
+            "knowledge_events",
+            &[],
+            &[
+                ("collection", Text),
+                ("document_id", Text),
+                ("op", Text),
+                ("version", Int),
+                ("size_bytes", Int),
+                ("event_time", Timestamp),
+                ("actor", Text),
+                ("is_bot", Bool),
+                ("source_offset", Int),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.collection.clone()),
+            Datum::Text(self.document_id.clone()),
+            Datum::Text(self.op.as_str().to_owned()),
+            Datum::int(self.version),
+            Datum::int(self.size_bytes),
+            Datum::ts(self.event_time),
+            Datum::text(self.actor.as_deref()),
+            Datum::bool(self.is_bot),
+            Datum::int(self.source_offset),
+        ]
+    }
+}
+
+/// Largest `raw` kept in an [`IngestError`] (bytes); longer records are cut at a char boundary.
+pub const INGEST_ERROR_RAW_MAX_BYTES: usize = 1024;
+
+/// A record that could not be decoded (relation `ingest_errors`, the dead-letter collection).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IngestError {
+    /// Source name from the job file.
+    pub source: String,
+    /// Where the record is: `path:line` for files, `path:line#element` inside a JSON array.
+    pub location: String,
+    /// Why it could not be decoded.
+    pub error: String,
+    /// The record, truncated to [`INGEST_ERROR_RAW_MAX_BYTES`].
+    pub raw: String,
+}
+
+impl IngestError {
+    /// Builds an error, truncating `raw` to 1 KiB at a UTF-8 boundary.
+    pub fn new(
+        source: impl Into<String>,
+        location: impl Into<String>,
+        error: impl Into<String>,
+        raw: &str,
+    ) -> IngestError {
+        let mut end = raw.len().min(INGEST_ERROR_RAW_MAX_BYTES);
+        while !raw.is_char_boundary(end) {
+            end -= 1;
+        }
+        IngestError {
+            source: source.into(),
+            location: location.into(),
+            error: error.into(),
+            raw: raw[..end].to_owned(),
+        }
+    }
+}
+
+impl ToRow for IngestError {
+    fn desc() -> RelationDesc {
+        desc(
+            "ingest_errors",
+            &[],
+            &[
+                ("source", Text),
+                ("location", Text),
+                ("error", Text),
+                ("raw", Text),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.source.clone()),
+            Datum::Text(self.location.clone()),
+            Datum::Text(self.error.clone()),
+            Datum::Text(self.raw.clone()),
+        ]
+    }
+}
+
+/// Any decoded record: what a source format produces for one input record.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Event {
+    /// A row of `spans`.
+    Span(Span),
+    /// A row of `evaluations`.
+    Evaluation(Evaluation),
+    /// A row of `workflow_events`.
+    Workflow(WorkflowEvent),
+    /// A row of `knowledge_events`.
+    Knowledge(KnowledgeEvent),
+    /// A row of `ingest_errors`.
+    Error(IngestError),
+}

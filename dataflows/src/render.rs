@@ -1,0 +1,180 @@
+//! Renders the canonical relations and the built-in views into a timely scope.
+//!
+//! Every worker renders the same dataflow. Each worker feeds the records it decoded into its
+//! [`Inputs`]; the views exchange them by key. The changes of every relation and view are
+//! gathered, as [`Row`]s, to one worker (the *collector*), which appends them to an
+//! [`ExportBuffer`]; the [`ProbeHandle`] returned tells when every change at a time has
+//! arrived there, i.e. when a consistent snapshot at that time can be read.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use amx_operators::CollectionExt;
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::{ProbeHandle, Scope};
+
+use crate::event::{Evaluation, Event, IngestError, KnowledgeEvent, Span, WorkflowEvent};
+use crate::row::{RelationDesc, Row, ToRow};
+use crate::views::{self, Coll};
+use crate::{Diff, Time};
+
+/// Changes gathered at the collector: `((relation index, row), time, diff)`; the relation
+/// index is a position in [`relations`].
+pub type ExportBuffer = Rc<RefCell<Vec<((usize, Row), Time, Diff)>>>;
+
+/// Every relation SQL can read, in export order: the five canonical relations, then the views.
+pub fn relations() -> Vec<RelationDesc> {
+    vec![
+        Span::desc(),
+        Evaluation::desc(),
+        WorkflowEvent::desc(),
+        KnowledgeEvent::desc(),
+        IngestError::desc(),
+        views::AgentTrace::desc(),
+        views::ToolUsage::desc(),
+        views::ModelUsage::desc(),
+        views::WorkflowRun::desc(),
+        views::WorkflowStep::desc(),
+        views::Document::desc(),
+        views::CollectionStats::desc(),
+    ]
+}
+
+/// Input sessions of the canonical relations.
+pub struct Inputs {
+    /// `spans`.
+    pub spans: InputSession<Time, Span, Diff>,
+    /// `evaluations`.
+    pub evaluations: InputSession<Time, Evaluation, Diff>,
+    /// `workflow_events`.
+    pub workflow_events: InputSession<Time, WorkflowEvent, Diff>,
+    /// `knowledge_events`.
+    pub knowledge_events: InputSession<Time, KnowledgeEvent, Diff>,
+    /// `ingest_errors`.
+    pub ingest_errors: InputSession<Time, IngestError, Diff>,
+}
+
+impl Inputs {
+    /// Adds `diff` copies of a decoded event (negative: retracts) at the current time.
+    pub fn update(&mut self, event: Event, diff: Diff) {
+        match event {
+            Event::Span(s) => self.spans.update(s, diff),
+            Event::Evaluation(e) => self.evaluations.update(e, diff),
+            Event::Workflow(w) => self.workflow_events.update(w, diff),
+            Event::Knowledge(k) => self.knowledge_events.update(k, diff),
+            Event::Error(e) => self.ingest_errors.update(e, diff),
+        }
+    }
+
+    /// Promises no more changes before `time` (closes the current batch) and flushes.
+    pub fn advance_to(&mut self, time: Time) {
+        self.spans.advance_to(time);
+        self.evaluations.advance_to(time);
+        self.workflow_events.advance_to(time);
+        self.knowledge_events.advance_to(time);
+        self.ingest_errors.advance_to(time);
+        self.flush();
+    }
+
+    /// Sends buffered changes into the dataflow.
+    pub fn flush(&mut self) {
+        self.spans.flush();
+        self.evaluations.flush();
+        self.workflow_events.flush();
+        self.knowledge_events.flush();
+        self.ingest_errors.flush();
+    }
+
+    /// The current input time (all sessions share it).
+    pub fn time(&self) -> Time {
+        *self.spans.time()
+    }
+}
+
+/// The built-in views as collections (for tests and for further dataflows).
+pub struct Views<'s> {
+    /// `agent_traces`.
+    pub agent_traces: Coll<'s, views::AgentTrace>,
+    /// `tool_usage`.
+    pub tool_usage: Coll<'s, views::ToolUsage>,
+    /// `model_usage`.
+    pub model_usage: Coll<'s, views::ModelUsage>,
+    /// `workflow_runs`.
+    pub workflow_runs: Coll<'s, views::WorkflowRun>,
+    /// `workflow_steps`.
+    pub workflow_steps: Coll<'s, views::WorkflowStep>,
+    /// `documents`.
+    pub documents: Coll<'s, views::Document>,
+    /// `collection_stats`.
+    pub collection_stats: Coll<'s, views::CollectionStats>,
+}
+
+/// Builds every built-in view from the canonical relations.
+pub fn build_views<'s>(
+    spans: &Coll<'s, Span>,
+    evaluations: &Coll<'s, Evaluation>,
+    workflow_events: &Coll<'s, WorkflowEvent>,
+    knowledge_events: &Coll<'s, KnowledgeEvent>,
+) -> Views<'s> {
+    let (workflow_steps, workflow_runs) = views::workflows(workflow_events.clone());
+    let (documents, collection_stats) = views::knowledge(knowledge_events.clone());
+    Views {
+        agent_traces: views::agent_traces(spans.clone(), evaluations.clone()),
+        tool_usage: views::tool_usage(spans.clone()),
+        model_usage: views::model_usage(spans.clone()),
+        workflow_runs,
+        workflow_steps,
+        documents,
+        collection_stats,
+    }
+}
+
+/// Renders the relations and views into `scope`, gathering every change to global worker
+/// `collector`, whose [`ExportBuffer`] receives them (other workers' buffers stay empty).
+pub fn render<'s>(
+    scope: Scope<'s, Time>,
+    export: ExportBuffer,
+    collector: u64,
+) -> (Inputs, ProbeHandle<Time>) {
+    let (spans_in, spans) = scope.new_collection::<Span, Diff>();
+    let (evals_in, evaluations) = scope.new_collection::<Evaluation, Diff>();
+    let (wf_in, workflow_events) = scope.new_collection::<WorkflowEvent, Diff>();
+    let (kn_in, knowledge_events) = scope.new_collection::<KnowledgeEvent, Diff>();
+    let (err_in, ingest_errors) = scope.new_collection::<IngestError, Diff>();
+
+    let v = build_views(&spans, &evaluations, &workflow_events, &knowledge_events);
+    let probe = ProbeHandle::new();
+    let mut index = 0usize;
+    let mut export_one = |rows: Coll<'s, Row>| {
+        let i = index;
+        index += 1;
+        let buffer = export.clone();
+        rows.map(move |row| (i, row))
+            .gather_to(collector)
+            .inspect_batch(move |_time, updates| buffer.borrow_mut().extend_from_slice(updates))
+            .probe_with(&probe);
+    };
+    // The order matches `relations()`.
+    export_one(spans.map(|r| r.to_row()));
+    export_one(evaluations.map(|r| r.to_row()));
+    export_one(workflow_events.map(|r| r.to_row()));
+    export_one(knowledge_events.map(|r| r.to_row()));
+    export_one(ingest_errors.map(|r| r.to_row()));
+    export_one(v.agent_traces.map(|r| r.to_row()));
+    export_one(v.tool_usage.map(|r| r.to_row()));
+    export_one(v.model_usage.map(|r| r.to_row()));
+    export_one(v.workflow_runs.map(|r| r.to_row()));
+    export_one(v.workflow_steps.map(|r| r.to_row()));
+    export_one(v.documents.map(|r| r.to_row()));
+    export_one(v.collection_stats.map(|r| r.to_row()));
+    debug_assert_eq!(index, relations().len());
+
+    let inputs = Inputs {
+        spans: spans_in,
+        evaluations: evals_in,
+        workflow_events: wf_in,
+        knowledge_events: kn_in,
+        ingest_errors: err_in,
+    };
+    (inputs, probe)
+}

@@ -1,0 +1,828 @@
+//! The built-in views: differential dataflows over the canonical relations.
+//!
+//! Every view is keyed; its input is exchanged by that key, so each worker maintains the keys
+//! that hash to it, and an event changes only the keys it touches. Each function takes the
+//! input collections and returns the view's collection (one row per key); the exact meaning
+//! of every column is on the row struct.
+//!
+//! Aggregates that can be inverted (counts, sums) use differential's data-in-the-diff idiom
+//! (`explode` + `count_total`): a retraction subtracts, nothing is recomputed. Aggregates that
+//! cannot (min, max, latest, percentiles) use `reduce`, which revisits only the changed keys.
+
+use differential_dataflow::VecCollection;
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
+use ordered_float::OrderedFloat;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{
+    Evaluation, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TimestampUs, TraceId, WorkflowEvent,
+    WorkflowState,
+};
+use crate::row::{ColumnType::*, Datum, RelationDesc, Row, ToRow, desc};
+use crate::{Diff, Time};
+
+/// A collection of the dataflow's timestamp and difference types.
+pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
+
+// ---------------------------------------------------------------------------------------------
+// agent_traces
+
+/// A row of `agent_traces`: one per trace with at least one span.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AgentTrace {
+    /// Key.
+    pub trace_id: TraceId,
+    /// The smallest non-NULL `agent_name` of the trace's spans (NULL when none has one).
+    pub agent_name: Option<String>,
+    /// Number of spans.
+    pub spans: i64,
+    /// Spans whose operation is a model call (`chat`, `text_completion`, `generate_content`).
+    pub llm_calls: i64,
+    /// `execute_tool` spans.
+    pub tool_calls: i64,
+    /// `execute_tool` spans with status `error`.
+    pub tool_errors: i64,
+    /// Sum of `input_tokens` (tokens); NULL when every span's is NULL.
+    pub input_tokens: Option<i64>,
+    /// Sum of `output_tokens` (tokens); NULL when every span's is NULL.
+    pub output_tokens: Option<i64>,
+    /// Earliest span `start_time` (µs, UTC).
+    pub start_time: Option<TimestampUs>,
+    /// Latest span `end_time` (µs, UTC).
+    pub end_time: Option<TimestampUs>,
+    /// `error` if any span failed, else `ok` if any span is ok, else `unset`.
+    pub status: SpanStatus,
+    /// Mean of the non-NULL scores of the trace's evaluations; NULL when there are none.
+    pub eval_score: Option<OrderedFloat<f64>>,
+}
+
+impl ToRow for AgentTrace {
+    fn desc() -> RelationDesc {
+        desc(
+            "agent_traces",
+            &["trace_id"],
+            &[
+                ("trace_id", Text),
+                ("agent_name", Text),
+                ("spans", Int),
+                ("llm_calls", Int),
+                ("tool_calls", Int),
+                ("tool_errors", Int),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("start_time", Timestamp),
+                ("end_time", Timestamp),
+                ("status", Text),
+                ("eval_score", Float),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.trace_id.to_string()),
+            Datum::text(self.agent_name.as_deref()),
+            Datum::Int(self.spans),
+            Datum::Int(self.llm_calls),
+            Datum::Int(self.tool_calls),
+            Datum::Int(self.tool_errors),
+            Datum::int(self.input_tokens),
+            Datum::int(self.output_tokens),
+            Datum::ts(self.start_time),
+            Datum::ts(self.end_time),
+            Datum::Text(self.status.as_str().to_owned()),
+            Datum::float(self.eval_score.map(|s| s.0)),
+        ]
+    }
+}
+
+/// What `agent_traces` keeps of a span or an evaluation (projection before the arrangement).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+enum TraceItem {
+    Span {
+        agent: Option<String>,
+        llm: bool,
+        tool: bool,
+        status: SpanStatus,
+        input: Option<i64>,
+        output: Option<i64>,
+        start: Option<i64>,
+        end: Option<i64>,
+    },
+    Eval(Option<OrderedFloat<f64>>),
+}
+
+/// Adds `v · n` to an optional sum that stays NULL until a non-NULL value arrives.
+fn add_opt(acc: &mut Option<i64>, v: Option<i64>, n: i64) {
+    if let Some(v) = v {
+        *acc = Some(acc.unwrap_or(0).wrapping_add(v.wrapping_mul(n)));
+    }
+}
+
+/// `agent_traces`, keyed by `trace_id`.
+pub fn agent_traces<'s>(
+    spans: Coll<'s, Span>,
+    evaluations: Coll<'s, Evaluation>,
+) -> Coll<'s, AgentTrace> {
+    let span_items = spans.map(|s| {
+        let item = TraceItem::Span {
+            llm: s.is_llm_call(),
+            tool: s.is_tool_call(),
+            agent: s.agent_name,
+            status: s.status,
+            input: s.input_tokens,
+            output: s.output_tokens,
+            start: s.start_time,
+            end: s.end_time,
+        };
+        (s.trace_id, item)
+    });
+    let eval_items = evaluations.map(|e| (e.trace_id, TraceItem::Eval(e.score)));
+    span_items
+        .concat(eval_items)
+        .reduce_named("agent_traces", |_trace, items, out| {
+            let mut row = AgentTrace {
+                trace_id: TraceId::Hex128(0),
+                agent_name: None,
+                spans: 0,
+                llm_calls: 0,
+                tool_calls: 0,
+                tool_errors: 0,
+                input_tokens: None,
+                output_tokens: None,
+                start_time: None,
+                end_time: None,
+                status: SpanStatus::Unset,
+                eval_score: None,
+            };
+            let (mut score_sum, mut score_n) = (0.0f64, 0i64);
+            for (item, n) in items {
+                let n = *n as i64;
+                if n <= 0 {
+                    continue;
+                }
+                match item {
+                    TraceItem::Span {
+                        agent,
+                        llm,
+                        tool,
+                        status,
+                        input,
+                        output,
+                        start,
+                        end,
+                    } => {
+                        row.spans += n;
+                        row.llm_calls += if *llm { n } else { 0 };
+                        row.tool_calls += if *tool { n } else { 0 };
+                        if *tool && *status == SpanStatus::Error {
+                            row.tool_errors += n;
+                        }
+                        if let Some(a) = agent {
+                            if row.agent_name.as_ref().is_none_or(|cur| a < cur) {
+                                row.agent_name = Some(a.clone());
+                            }
+                        }
+                        add_opt(&mut row.input_tokens, *input, n);
+                        add_opt(&mut row.output_tokens, *output, n);
+                        if let Some(s) = start {
+                            row.start_time = Some(row.start_time.map_or(*s, |c| c.min(*s)));
+                        }
+                        if let Some(e) = end {
+                            row.end_time = Some(row.end_time.map_or(*e, |c| c.max(*e)));
+                        }
+                        row.status = row.status.max(*status);
+                    }
+                    TraceItem::Eval(score) => {
+                        if let Some(s) = score {
+                            score_sum += s.0 * n as f64;
+                            score_n += n;
+                        }
+                    }
+                }
+            }
+            if row.spans > 0 {
+                if score_n > 0 {
+                    row.eval_score = Some(OrderedFloat(score_sum / score_n as f64));
+                }
+                out.push((row, 1));
+            }
+        })
+        .map(|(trace_id, mut row)| {
+            row.trace_id = trace_id;
+            row
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// tool_usage
+
+/// A row of `tool_usage`: one per `tool_name` of `execute_tool` spans (NULL names form one group).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ToolUsage {
+    /// Key.
+    pub tool_name: Option<String>,
+    /// `execute_tool` spans.
+    pub calls: i64,
+    /// Of those, spans with status `error`.
+    pub errors: i64,
+    /// Distinct `trace_id`s among those spans.
+    pub traces: i64,
+}
+
+impl ToRow for ToolUsage {
+    fn desc() -> RelationDesc {
+        desc(
+            "tool_usage",
+            &["tool_name"],
+            &[
+                ("tool_name", Text),
+                ("calls", Int),
+                ("errors", Int),
+                ("traces", Int),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::text(self.tool_name.as_deref()),
+            Datum::Int(self.calls),
+            Datum::Int(self.errors),
+            Datum::Int(self.traces),
+        ]
+    }
+}
+
+/// `tool_usage`, keyed by `tool_name`.
+pub fn tool_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ToolUsage> {
+    let tools = spans.flat_map(|s| {
+        s.is_tool_call()
+            .then(|| (s.tool_name, s.trace_id, s.status == SpanStatus::Error))
+    });
+    let counts = tools
+        .clone()
+        .explode(|(tool, _trace, err)| Some((tool, (1isize, err as isize))))
+        .count_total();
+    let traces = tools
+        .map(|(tool, trace, _err)| (trace, tool))
+        .distinct_total()
+        .map(|(_trace, tool)| tool)
+        .count_total();
+    counts
+        .map(|(tool, (calls, errors))| (tool, (calls as i64, errors as i64)))
+        .join(traces.map(|(tool, n)| (tool, n as i64)))
+        .map(|(tool_name, ((calls, errors), traces))| ToolUsage {
+            tool_name,
+            calls,
+            errors,
+            traces,
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// model_usage
+
+/// A row of `model_usage`: one per `(provider, request_model)` over spans that name a model
+/// (`provider` or `request_model` not NULL); NULLs form their own groups.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ModelUsage {
+    /// Key, first part.
+    pub provider: Option<String>,
+    /// Key, second part.
+    pub request_model: Option<String>,
+    /// Spans (calls).
+    pub calls: i64,
+    /// Calls with status `error`.
+    pub error_calls: i64,
+    /// Sum of `input_tokens`; NULL when all are NULL.
+    pub input_tokens: Option<i64>,
+    /// Sum of `output_tokens`; NULL when all are NULL.
+    pub output_tokens: Option<i64>,
+    /// Median latency `end_time − start_time` (ms, µs precision) over calls with both times,
+    /// by linear interpolation (PostgreSQL `percentile_cont(0.5)`); NULL when no call has both.
+    pub latency_ms_p50: Option<OrderedFloat<f64>>,
+    /// 95th-percentile latency (ms), `percentile_cont(0.95)` over the same calls.
+    pub latency_ms_p95: Option<OrderedFloat<f64>>,
+}
+
+impl ToRow for ModelUsage {
+    fn desc() -> RelationDesc {
+        desc(
+            "model_usage",
+            &["provider", "request_model"],
+            &[
+                ("provider", Text),
+                ("request_model", Text),
+                ("calls", Int),
+                ("error_calls", Int),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("latency_ms_p50", Float),
+                ("latency_ms_p95", Float),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::text(self.provider.as_deref()),
+            Datum::text(self.request_model.as_deref()),
+            Datum::Int(self.calls),
+            Datum::Int(self.error_calls),
+            Datum::int(self.input_tokens),
+            Datum::int(self.output_tokens),
+            Datum::float(self.latency_ms_p50.map(|v| v.0)),
+            Datum::float(self.latency_ms_p95.map(|v| v.0)),
+        ]
+    }
+}
+
+/// `(value sum, non-NULL count)`: a sum that can tell "all NULL" from 0.
+fn nullable(v: Option<i64>) -> (isize, isize) {
+    v.map_or((0, 0), |v| (v as isize, 1))
+}
+
+fn sum_or_null((sum, non_null): (isize, isize)) -> Option<i64> {
+    (non_null > 0).then_some(sum as i64)
+}
+
+/// `model_usage`, keyed by `(provider, request_model)`.
+pub fn model_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ModelUsage> {
+    type Key = (Option<String>, Option<String>);
+    let calls = spans.flat_map(|s| {
+        (s.provider.is_some() || s.request_model.is_some()).then(|| {
+            let latency = match (s.start_time, s.end_time) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            let key: Key = (s.provider, s.request_model);
+            (
+                key,
+                s.status == SpanStatus::Error,
+                s.input_tokens,
+                s.output_tokens,
+                latency,
+            )
+        })
+    });
+    let sums = calls
+        .clone()
+        .explode(|(key, err, input, output, _latency)| {
+            Some((
+                key,
+                (1isize, err as isize, nullable(input), nullable(output)),
+            ))
+        })
+        .count_total();
+    let percentiles = calls
+        .map(|(key, _err, _in, _out, latency)| (key, latency))
+        .reduce_named("model_usage_latency", |_key, latencies, out| {
+            // `latencies` is sorted: NULLs first, then ascending values.
+            let sorted: Vec<(i64, i64)> = latencies
+                .iter()
+                .filter_map(|(l, n)| l.map(|l| (l, *n as i64)))
+                .collect();
+            let ms =
+                |p| amx_operators::percentile_cont(&sorted, p).map(|us| OrderedFloat(us / 1000.0));
+            out.push(((ms(0.5), ms(0.95)), 1));
+        });
+    sums.map(|(key, sums)| (key, sums)).join(percentiles).map(
+        |((provider, request_model), ((calls, error_calls, input, output), (p50, p95)))| {
+            ModelUsage {
+                provider,
+                request_model,
+                calls: calls as i64,
+                error_calls: error_calls as i64,
+                input_tokens: sum_or_null(input),
+                output_tokens: sum_or_null(output),
+                latency_ms_p50: p50,
+                latency_ms_p95: p95,
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// workflow_steps and workflow_runs
+
+/// A row of `workflow_steps`: one per `(run_id, step_id)` of step-level workflow events.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkflowStep {
+    /// Key, first part.
+    pub run_id: String,
+    /// Key, second part.
+    pub step_id: String,
+    /// First non-NULL `step_name` in event order.
+    pub step_name: Option<String>,
+    /// First non-NULL `step_type` in event order.
+    pub step_type: Option<String>,
+    /// State of the latest event, ordered by `event_seq`, then `event_time` (NULLs first),
+    /// then state (`SCHEDULED` < `RUNNING` < terminal states) for exact ties.
+    pub state: WorkflowState,
+    /// Greatest `attempt` seen (1 when no event carries one).
+    pub attempts: i64,
+    /// Earliest `event_time` of a `RUNNING` event (µs, UTC).
+    pub started_at: Option<TimestampUs>,
+    /// `event_time` of the latest event when its state is terminal, else NULL.
+    pub ended_at: Option<TimestampUs>,
+}
+
+impl ToRow for WorkflowStep {
+    fn desc() -> RelationDesc {
+        desc(
+            "workflow_steps",
+            &["run_id", "step_id"],
+            &[
+                ("run_id", Text),
+                ("step_id", Text),
+                ("step_name", Text),
+                ("step_type", Text),
+                ("state", Text),
+                ("attempts", Int),
+                ("started_at", Timestamp),
+                ("ended_at", Timestamp),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.run_id.clone()),
+            Datum::Text(self.step_id.clone()),
+            Datum::text(self.step_name.as_deref()),
+            Datum::text(self.step_type.as_deref()),
+            Datum::Text(self.state.as_str().to_owned()),
+            Datum::Int(self.attempts),
+            Datum::ts(self.started_at),
+            Datum::ts(self.ended_at),
+        ]
+    }
+}
+
+/// A row of `workflow_runs`: one per `run_id` with any workflow event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkflowRun {
+    /// Key.
+    pub run_id: String,
+    /// First non-NULL `workflow_name` of the run's run-level events in event order, else of its steps.
+    pub workflow_name: Option<String>,
+    /// State of the latest run-level event (by `event_seq`, then `event_time`); NULL when the
+    /// run has only step events so far.
+    pub status: Option<WorkflowState>,
+    /// Earliest `event_time` of any of the run's events (µs, UTC).
+    pub started_at: Option<TimestampUs>,
+    /// `event_time` of the latest run-level event when its state is terminal, else NULL.
+    pub ended_at: Option<TimestampUs>,
+    /// Steps (distinct `step_id`s).
+    pub steps: i64,
+    /// Steps whose state is `COMPLETED`.
+    pub steps_completed: i64,
+    /// Steps whose state is `FAILED` or `TIMED_OUT`.
+    pub steps_failed: i64,
+    /// Attempts beyond the first, summed over steps: Σ (attempts − 1).
+    pub retries: i64,
+}
+
+impl ToRow for WorkflowRun {
+    fn desc() -> RelationDesc {
+        desc(
+            "workflow_runs",
+            &["run_id"],
+            &[
+                ("run_id", Text),
+                ("workflow_name", Text),
+                ("status", Text),
+                ("started_at", Timestamp),
+                ("ended_at", Timestamp),
+                ("steps", Int),
+                ("steps_completed", Int),
+                ("steps_failed", Int),
+                ("retries", Int),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.run_id.clone()),
+            Datum::text(self.workflow_name.as_deref()),
+            Datum::text(self.status.map(WorkflowState::as_str)),
+            Datum::ts(self.started_at),
+            Datum::ts(self.ended_at),
+            Datum::Int(self.steps),
+            Datum::Int(self.steps_completed),
+            Datum::Int(self.steps_failed),
+            Datum::Int(self.retries),
+        ]
+    }
+}
+
+/// The order in which workflow events supersede each other: `(event_seq, event_time, state)`.
+type EventOrder = (Option<i64>, Option<TimestampUs>, WorkflowState);
+
+/// What a step contributes to its run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct StepSummary {
+    step: WorkflowStep,
+    first_event_time: Option<TimestampUs>,
+    workflow_name: Option<String>,
+}
+
+/// A step event projected for the `workflow_steps` reduce.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct StepItem {
+    order: EventOrder,
+    attempt: Option<i64>,
+    step_name: Option<String>,
+    step_type: Option<String>,
+    workflow_name: Option<String>,
+}
+
+/// `workflow_steps` (keyed by `(run_id, step_id)`) and `workflow_runs` (keyed by `run_id`).
+pub fn workflows<'s>(
+    events: Coll<'s, WorkflowEvent>,
+) -> (Coll<'s, WorkflowStep>, Coll<'s, WorkflowRun>) {
+    let summaries = events
+        .clone()
+        .flat_map(|e| {
+            let step_id = e.step_id?;
+            let item = StepItem {
+                order: (e.event_seq, e.event_time, e.state),
+                attempt: e.attempt,
+                step_name: e.step_name,
+                step_type: e.step_type,
+                workflow_name: e.workflow_name,
+            };
+            Some(((e.run_id, step_id), item))
+        })
+        .reduce_named("workflow_steps", |(run_id, step_id), items, out| {
+            // Items are sorted by `order`, so the first non-NULL name is the earliest event's.
+            let live: Vec<&StepItem> = items
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(i, _)| *i)
+                .collect();
+            let Some(latest) = live.last() else { return };
+            let (_, latest_time, state) = latest.order;
+            let step = WorkflowStep {
+                run_id: run_id.clone(),
+                step_id: step_id.clone(),
+                step_name: live.iter().find_map(|i| i.step_name.clone()),
+                step_type: live.iter().find_map(|i| i.step_type.clone()),
+                state,
+                attempts: live.iter().filter_map(|i| i.attempt).max().unwrap_or(1),
+                started_at: live
+                    .iter()
+                    .filter(|i| i.order.2 == WorkflowState::Running)
+                    .filter_map(|i| i.order.1)
+                    .min(),
+                ended_at: if state.is_terminal() {
+                    latest_time
+                } else {
+                    None
+                },
+            };
+            out.push((
+                StepSummary {
+                    step,
+                    first_event_time: live.iter().filter_map(|i| i.order.1).min(),
+                    workflow_name: live.iter().find_map(|i| i.workflow_name.clone()),
+                },
+                1,
+            ));
+        })
+        .map(|(_key, summary)| summary);
+
+    let steps = summaries.clone().map(|s| s.step);
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    enum RunItem {
+        Event {
+            order: EventOrder,
+            workflow_name: Option<String>,
+        },
+        Step(StepSummary),
+    }
+    let run_events = events.flat_map(|e| {
+        e.step_id.is_none().then(|| {
+            let order = (e.event_seq, e.event_time, e.state);
+            (
+                e.run_id,
+                RunItem::Event {
+                    order,
+                    workflow_name: e.workflow_name,
+                },
+            )
+        })
+    });
+    let run_steps = summaries.map(|s| (s.step.run_id.clone(), RunItem::Step(s)));
+    let runs = run_events
+        .concat(run_steps)
+        .reduce_named("workflow_runs", |run_id, items, out| {
+            let mut run = WorkflowRun {
+                run_id: run_id.clone(),
+                workflow_name: None,
+                status: None,
+                started_at: None,
+                ended_at: None,
+                steps: 0,
+                steps_completed: 0,
+                steps_failed: 0,
+                retries: 0,
+            };
+            let mut step_workflow_name = None;
+            let mut latest: Option<EventOrder> = None;
+            let min_time = |t: Option<i64>, run: &mut WorkflowRun| {
+                if let Some(t) = t {
+                    run.started_at = Some(run.started_at.map_or(t, |c| c.min(t)));
+                }
+            };
+            for (item, n) in items {
+                if *n <= 0 {
+                    continue;
+                }
+                match item {
+                    RunItem::Event {
+                        order,
+                        workflow_name,
+                    } => {
+                        if run.workflow_name.is_none() {
+                            run.workflow_name.clone_from(workflow_name);
+                        }
+                        min_time(order.1, &mut run);
+                        // Events are sorted by order: the last one seen is the latest.
+                        latest = Some(*order);
+                    }
+                    RunItem::Step(s) => {
+                        run.steps += 1;
+                        match s.step.state {
+                            WorkflowState::Completed => run.steps_completed += 1,
+                            WorkflowState::Failed | WorkflowState::TimedOut => {
+                                run.steps_failed += 1
+                            }
+                            _ => {}
+                        }
+                        run.retries += (s.step.attempts - 1).max(0);
+                        min_time(s.first_event_time, &mut run);
+                        if step_workflow_name.is_none() {
+                            step_workflow_name.clone_from(&s.workflow_name);
+                        }
+                    }
+                }
+            }
+            if run.workflow_name.is_none() {
+                run.workflow_name = step_workflow_name;
+            }
+            if let Some((_, time, state)) = latest {
+                run.status = Some(state);
+                run.ended_at = if state.is_terminal() { time } else { None };
+            }
+            out.push((run, 1));
+        })
+        .map(|(_run_id, run)| run);
+    (steps, runs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// documents and collection_stats
+
+/// A row of `documents`: the current version of each live document.
+///
+/// The current version is the event with the greatest `event_time` (ties: greatest `version`;
+/// NULLs lose; a delete wins an exact tie), whatever order events arrive in. When that event
+/// is a delete, the document is gone (no row).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Document {
+    /// Key, first part.
+    pub collection: String,
+    /// Key, second part.
+    pub document_id: String,
+    /// `version` of the current event.
+    pub version: Option<i64>,
+    /// `size_bytes` of the current event (bytes).
+    pub size_bytes: Option<i64>,
+    /// `event_time` of the current event (µs, UTC).
+    pub updated_at: Option<TimestampUs>,
+    /// Events seen for the document (upserts and deletes).
+    pub edits: i64,
+}
+
+impl ToRow for Document {
+    fn desc() -> RelationDesc {
+        desc(
+            "documents",
+            &["collection", "document_id"],
+            &[
+                ("collection", Text),
+                ("document_id", Text),
+                ("version", Int),
+                ("size_bytes", Int),
+                ("updated_at", Timestamp),
+                ("edits", Int),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.collection.clone()),
+            Datum::Text(self.document_id.clone()),
+            Datum::int(self.version),
+            Datum::int(self.size_bytes),
+            Datum::ts(self.updated_at),
+            Datum::Int(self.edits),
+        ]
+    }
+}
+
+/// A row of `collection_stats`: one per collection with any knowledge event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CollectionStats {
+    /// Key.
+    pub collection: String,
+    /// Live documents (rows of `documents`).
+    pub documents: i64,
+    /// Knowledge events seen.
+    pub edits: i64,
+    /// Of those, events with `is_bot = true`.
+    pub bot_edits: i64,
+    /// Sum of the live documents' `size_bytes` (bytes); NULL when none is known.
+    pub size_bytes: Option<i64>,
+}
+
+impl ToRow for CollectionStats {
+    fn desc() -> RelationDesc {
+        desc(
+            "collection_stats",
+            &["collection"],
+            &[
+                ("collection", Text),
+                ("documents", Int),
+                ("edits", Int),
+                ("bot_edits", Int),
+                ("size_bytes", Int),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.collection.clone()),
+            Datum::Int(self.documents),
+            Datum::Int(self.edits),
+            Datum::Int(self.bot_edits),
+            Datum::int(self.size_bytes),
+        ]
+    }
+}
+
+/// `documents` (keyed by `(collection, document_id)`) and `collection_stats` (keyed by `collection`).
+pub fn knowledge<'s>(
+    events: Coll<'s, KnowledgeEvent>,
+) -> (Coll<'s, Document>, Coll<'s, CollectionStats>) {
+    type Version = (Option<TimestampUs>, Option<i64>, KnowledgeOp, Option<i64>);
+    let documents = events
+        .clone()
+        .map(|e| {
+            let v: Version = (e.event_time, e.version, e.op, e.size_bytes);
+            ((e.collection, e.document_id), v)
+        })
+        .reduce_named("documents", |_key, versions, out| {
+            let edits: i64 = versions.iter().map(|(_, n)| (*n as i64).max(0)).sum();
+            // Sorted ascending by (event_time, version, op, size): the last live one wins.
+            let Some(((time, version, op, size), _)) = versions.iter().rev().find(|(_, n)| *n > 0)
+            else {
+                return;
+            };
+            if *op == KnowledgeOp::Upsert {
+                out.push(((*version, *size, *time, edits), 1));
+            }
+        })
+        .map(
+            |((collection, document_id), (version, size_bytes, updated_at, edits))| Document {
+                collection,
+                document_id,
+                version,
+                size_bytes,
+                updated_at,
+                edits,
+            },
+        );
+    let edits = events.explode(|e| {
+        let bot = e.is_bot == Some(true);
+        Some((
+            e.collection,
+            (1isize, bot as isize, 0isize, (0isize, 0isize)),
+        ))
+    });
+    let live = documents.clone().explode(|d| {
+        Some((
+            d.collection,
+            (0isize, 0isize, 1isize, nullable(d.size_bytes)),
+        ))
+    });
+    let stats = edits.concat(live).count_total().map(
+        |(collection, (edits, bot_edits, documents, size))| CollectionStats {
+            collection,
+            documents: documents as i64,
+            edits: edits as i64,
+            bot_edits: bot_edits as i64,
+            size_bytes: sum_or_null(size),
+        },
+    );
+    (documents, stats)
+}

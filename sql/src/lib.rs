@@ -1,0 +1,319 @@
+//! SQL over the maintained state: a DataFusion catalog over Arrow snapshots.
+//!
+//! The collector applies the dataflows' changes to a [`State`] only up to a frontier that
+//! every dataflow has passed, so the state always holds every relation and view at one
+//! timestamp ([`State::upper`]). [`SqlEngine::query`] runs a DataFusion query against that
+//! state: each relation a query names is converted (once per change) to an Arrow
+//! [`RecordBatch`] and registered as an in-memory table, so every query reads all relations at
+//! the same timestamp — a consistent snapshot, never a half-applied batch.
+//!
+//! Column types map to Arrow as `BIGINT` → `Int64`, `DOUBLE` → `Float64`, `TEXT` → `Utf8`,
+//! `BOOLEAN` → `Boolean`, `TIMESTAMP` → `Timestamp(Microsecond, "UTC")`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amx_dataflows::row::{ColumnType, Datum, RelationDesc, Row};
+use amx_dataflows::{Diff, Time};
+use anyhow::{Context, Result, bail};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::config::Dialect;
+use datafusion::prelude::SessionContext;
+
+pub use arrow;
+
+/// The Arrow type of a column type.
+pub fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Int => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+        ColumnType::Text => DataType::Utf8,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// The Arrow schema of a relation (every column nullable).
+pub fn arrow_schema(desc: &RelationDesc) -> SchemaRef {
+    Arc::new(Schema::new(
+        desc.columns
+            .iter()
+            .map(|c| Field::new(c.name, arrow_type(c.ty), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Builds one Arrow batch from rows with multiplicities (a row with count `n` appears `n` times).
+///
+/// Errors when a datum does not match its column's type (a bug in a relation's `to_row`).
+pub fn to_record_batch<'a>(
+    desc: &RelationDesc,
+    rows: impl Iterator<Item = (&'a Row, Diff)> + Clone,
+) -> Result<RecordBatch> {
+    let schema = arrow_schema(desc);
+    let n: usize = rows.clone().map(|(_, c)| c.max(0) as usize).sum();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(desc.columns.len());
+    for (i, col) in desc.columns.iter().enumerate() {
+        let expanded = rows
+            .clone()
+            .flat_map(|(r, c)| std::iter::repeat_n(&r[i], c.max(0) as usize));
+        let bad = |d: &Datum| {
+            anyhow::anyhow!("{}.{}: {:?} is not a {:?}", desc.name, col.name, d, col.ty)
+        };
+        let array: ArrayRef = match col.ty {
+            ColumnType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                for d in expanded {
+                    match d {
+                        Datum::Null => b.append_null(),
+                        Datum::Bool(v) => b.append_value(*v),
+                        d => return Err(bad(d)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Int => {
+                let mut b = Int64Builder::with_capacity(n);
+                for d in expanded {
+                    match d {
+                        Datum::Null => b.append_null(),
+                        Datum::Int(v) => b.append_value(*v),
+                        d => return Err(bad(d)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Float => {
+                let mut b = Float64Builder::with_capacity(n);
+                for d in expanded {
+                    match d {
+                        Datum::Null => b.append_null(),
+                        Datum::Float(v) => b.append_value(v.0),
+                        d => return Err(bad(d)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Text => {
+                let mut b = StringBuilder::with_capacity(n, n * 16);
+                for d in expanded {
+                    match d {
+                        Datum::Null => b.append_null(),
+                        Datum::Text(v) => b.append_value(v),
+                        d => return Err(bad(d)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+                for d in expanded {
+                    match d {
+                        Datum::Null => b.append_null(),
+                        Datum::Timestamp(v) => b.append_value(*v),
+                        d => return Err(bad(d)),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(array);
+    }
+    let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
+}
+
+/// The contents of every relation and view at one timestamp.
+///
+/// Each relation is a multiset: a map from row to its (positive) multiplicity.
+pub struct State {
+    descs: Vec<RelationDesc>,
+    tables: Vec<HashMap<Row, Diff>>,
+    /// Arrow form of each relation, built on first use after a change.
+    arrow: Vec<Option<RecordBatch>>,
+    upper: Time,
+}
+
+impl State {
+    /// An empty state over `descs` (index = relation index of the changes).
+    pub fn new(descs: Vec<RelationDesc>) -> State {
+        let n = descs.len();
+        State {
+            descs,
+            tables: vec![HashMap::new(); n],
+            arrow: vec![None; n],
+            upper: 0,
+        }
+    }
+
+    /// The relations, in index order.
+    pub fn descs(&self) -> &[RelationDesc] {
+        &self.descs
+    }
+
+    /// The frontier the state is complete up to: it reflects every change at times `< upper`.
+    pub fn upper(&self) -> Time {
+        self.upper
+    }
+
+    /// Applies changes `((relation, row), time, diff)`, all at times `< upper`, and moves the
+    /// frontier to `upper`. Errors (leaving the state as it was for that row) when a row's
+    /// multiplicity would become negative: a retraction of something never inserted.
+    pub fn apply(
+        &mut self,
+        changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>,
+        upper: Time,
+    ) -> Result<()> {
+        use std::collections::hash_map::Entry;
+        let mut negative = None;
+        for ((rel, row), _time, diff) in changes {
+            if diff == 0 {
+                continue;
+            }
+            self.arrow[rel] = None;
+            let count = match self.tables[rel].entry(row) {
+                Entry::Occupied(mut o) => {
+                    *o.get_mut() += diff;
+                    let c = *o.get();
+                    if c == 0 {
+                        o.remove();
+                    }
+                    c
+                }
+                Entry::Vacant(v) => *v.insert(diff),
+            };
+            if count < 0 && negative.is_none() {
+                negative = Some(rel);
+            }
+        }
+        self.upper = self.upper.max(upper);
+        if let Some(rel) = negative {
+            bail!(
+                "relation {} has a row with negative multiplicity",
+                self.descs[rel].name
+            );
+        }
+        Ok(())
+    }
+
+    /// Number of rows (with multiplicity) of relation `name`, or None if there is no such relation.
+    pub fn count(&self, name: &str) -> Option<i64> {
+        let i = self.descs.iter().position(|d| d.name == name)?;
+        Some(self.tables[i].values().map(|c| *c as i64).sum())
+    }
+
+    /// Rows of relation `name` with their multiplicities.
+    pub fn rows(&self, name: &str) -> Option<&HashMap<Row, Diff>> {
+        let i = self.descs.iter().position(|d| d.name == name)?;
+        Some(&self.tables[i])
+    }
+
+    fn batch(&mut self, rel: usize) -> Result<RecordBatch> {
+        if self.arrow[rel].is_none() {
+            let rows = self.tables[rel].iter().map(|(r, c)| (r, *c));
+            self.arrow[rel] = Some(to_record_batch(&self.descs[rel], rows)?);
+        }
+        Ok(self.arrow[rel].clone().expect("built above"))
+    }
+}
+
+/// Runs DataFusion queries against a [`State`].
+pub struct SqlEngine {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SqlEngine {
+    /// A query engine with its own tokio runtime (two threads).
+    pub fn new() -> Result<SqlEngine> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("amx-sql")
+            .enable_all()
+            .build()
+            .context("starting the SQL runtime")?;
+        Ok(SqlEngine { runtime })
+    }
+
+    /// Answers one SQL statement over the current state.
+    ///
+    /// Errors: SQL syntax errors, unknown tables or columns, type errors and execution errors,
+    /// as DataFusion reports them.
+    pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new();
+        let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+        let references = ctx.state().resolve_table_references(&statement)?;
+        for reference in references {
+            let name = reference.table().to_ascii_lowercase();
+            if let Some(rel) = state.descs.iter().position(|d| d.name == name) {
+                if ctx.table_exist(name.as_str())? {
+                    continue;
+                }
+                let batch = state.batch(rel)?;
+                let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+                ctx.register_table(name.as_str(), Arc::new(table))?;
+            }
+        }
+        let batches = self.runtime.block_on(async {
+            let plan = ctx.state().statement_to_plan(statement).await?;
+            let df = ctx.execute_logical_plan(plan).await?;
+            df.collect().await
+        })?;
+        Ok(batches)
+    }
+}
+
+/// How query answers are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// One JSON array of row objects (NULLs as `null`, timestamps as RFC 3339 strings).
+    Json,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// Renders query answers in `format` (no trailing newline for tables, one for JSON and CSV).
+pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String> {
+    match format {
+        OutputFormat::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
+        OutputFormat::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut writer = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+                for b in batches {
+                    writer.write(b)?;
+                }
+                writer.finish()?;
+            }
+            if buf.is_empty() {
+                buf.extend_from_slice(b"[]");
+            }
+            buf.push(b'\n');
+            Ok(String::from_utf8(buf)?)
+        }
+        OutputFormat::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                for b in batches {
+                    writer.write(b)?;
+                }
+            }
+            Ok(String::from_utf8(buf)?)
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Job files: named sources and the SQL to answer, in TOML.
+//!
+//! ```toml
+//! name = "wikipedia"
+//!
+//! [[sources]]
+//! name = "wiki"                      # appears in ingest_errors.source
+//! format = "json"                    # openai-chat | temporal-history | json
+//! path = "data/*.ndjson"             # a glob; relative to the job file's directory
+//! [sources.options]                  # format options (see README.md)
+//! relation = "knowledge_events"
+//!
+//! [[queries]]
+//! name = "collections"
+//! sql = "SELECT * FROM collection_stats ORDER BY collection"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// A parsed job file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name (informational).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Sources, read in this order.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Queries answered at the end (or on every change with `--follow`).
+    #[serde(default)]
+    pub queries: Vec<QueryConfig>,
+}
+
+/// One source: a glob of files in one format.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source name, unique within the job; used in `ingest_errors.source`.
+    pub name: String,
+    /// Format name: `openai-chat`, `temporal-history` or `json`.
+    pub format: String,
+    /// File path or glob; relative paths resolve against the job file's directory.
+    pub path: String,
+    /// Format options (each format documents its own).
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+/// One query.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Name shown above the answer.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The SQL (DataFusion dialect).
+    pub sql: String,
+}
+
+/// A loaded job: its config with paths resolved and every source's format options validated.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The config as written, with `path`s made absolute.
+    pub config: JobConfig,
+}
+
+impl Job {
+    /// Parses TOML text; relative source paths resolve against `base_dir`.
+    ///
+    /// Errors: TOML syntax or unknown keys, duplicate source names, an unknown format or
+    /// invalid format options (each message names the source).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Job> {
+        let mut config: JobConfig = toml::from_str(text).context("invalid job file")?;
+        let mut names = std::collections::HashSet::new();
+        for source in &mut config.sources {
+            if !names.insert(source.name.clone()) {
+                bail!("duplicate source name `{}`", source.name);
+            }
+            let path = PathBuf::from(&source.path);
+            if path.is_relative() {
+                source.path = base_dir.join(path).to_string_lossy().into_owned();
+            }
+            amx_connectors::decoder(&source.format, &source.options_json())
+                .with_context(|| format!("source `{}`", source.name))?;
+        }
+        Ok(Job { config })
+    }
+
+    /// Reads and parses a job file.
+    pub fn load(path: &Path) -> Result<Job> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Job::parse(&text, base).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+impl SourceConfig {
+    /// The format options as JSON (what `amx_connectors::decoder` takes).
+    pub fn options_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.options).unwrap_or(serde_json::Value::Null)
+    }
+}

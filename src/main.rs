@@ -1,0 +1,160 @@
+//! `aimatrix`: the command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aimatrix::demo::{DemoConfig, demo_job_toml, write_demo_data};
+use aimatrix::job::Job;
+use aimatrix::runtime::{RunOptions, run};
+use amx_sql::OutputFormat;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// AIMatrix: incremental stream processing for AI-agent platforms.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest a job's sources into the dataflows, then answer its SQL.
+    Run {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// A query to answer instead of the job's own; repeatable.
+        #[arg(long = "sql", value_name = "SQL")]
+        sql: Vec<String>,
+        /// Keep reading data appended to the source files and print answers again when they change.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: least time between two answers of a query (e.g. 500ms, 2s).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Generate a realistic agent/workflow/knowledge workload, ingest it and answer example queries.
+    Demo {
+        /// Records to generate (all streams together).
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Random seed (same seed, same data).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Directory for the generated data and job file (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A query to answer instead of the demo's own; repeatable.
+        #[arg(long = "sql", value_name = "SQL")]
+        sql: Vec<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    workers: usize,
+    /// Processes in the timely cluster.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index in 0..processes.
+    #[arg(long, default_value_t = 0)]
+    process_index: usize,
+    /// File listing one host:port per process (line i is process i).
+    #[arg(long)]
+    hosts: Option<PathBuf>,
+    /// Answer format.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Records per epoch (batch) across the cluster.
+    #[arg(long, default_value_t = 100_000)]
+    batch: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Csv,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration `{s}` (use e.g. 500ms, 1s)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" => v * 60.0,
+        _ => return Err(format!("bad duration unit in `{s}` (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl ClusterArgs {
+    fn options(&self, sql: &[String], follow: bool, interval: Duration) -> RunOptions {
+        RunOptions {
+            workers: self.workers,
+            processes: self.processes,
+            process_index: self.process_index,
+            hosts: self.hosts.clone(),
+            follow,
+            interval,
+            output: match self.output {
+                Output::Table => OutputFormat::Table,
+                Output::Json => OutputFormat::Json,
+                Output::Csv => OutputFormat::Csv,
+            },
+            queries: sql.iter().enumerate().map(|(i, q)| (format!("query {}", i + 1), q.clone())).collect(),
+            progress: !self.quiet,
+            batch_records: self.batch,
+            summary: true,
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Run { job, sql, follow, interval, cluster } => {
+            let job = Job::load(&job)?;
+            run(&job, &cluster.options(&sql, follow, interval), &mut stdout)?;
+        }
+        Command::Demo { events, seed, dir, sql, cluster } => {
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));
+            let data = write_demo_data(&dir, &DemoConfig { events, seed })
+                .with_context(|| format!("writing demo data to {}", dir.display()))?;
+            let job_path = dir.join("demo.toml");
+            std::fs::write(&job_path, demo_job_toml(&data))?;
+            eprintln!("demo: {events} records in {} (job file {})", dir.display(), job_path.display());
+            let job = Job::load(&job_path)?;
+            run(&job, &cluster.options(&sql, false, Duration::from_secs(1)), &mut stdout)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! The cluster runtime: runs a job's sources through the dataflows on a timely cluster and
+//! answers SQL over the collected state.
+//!
+//! Every worker (of every process) renders the same dataflow ([`amx_dataflows::render`]) and
+//! reads every source; record `i` of a source is decoded by worker `i mod peers`, so decoding
+//! is spread over all workers and the record order (hence the answer) does not depend on the
+//! cluster's shape. After each batch of at most `batch_records` records the workers advance
+//! their inputs to the next epoch. Worker 0 is the collector: it receives every change of
+//! every relation and view, and forwards the changes below the dataflow's frontier to the
+//! coordinator (the main thread of process 0), which keeps the [`State`] and runs SQL on it.
+//! The state therefore always reflects whole epochs: a consistent snapshot.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use amx_connectors::{FileReader, Record};
+use amx_dataflows::event::Event;
+use amx_dataflows::render::{ExportBuffer, relations, render};
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use amx_sql::{OutputFormat, SqlEngine, State, format_batches};
+use anyhow::{Context, Result, anyhow, bail};
+use timely::dataflow::ProbeHandle;
+
+use crate::job::Job;
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads per process (≥ 1).
+    pub workers: usize,
+    /// Processes in the cluster (≥ 1).
+    pub processes: usize,
+    /// This process's index in `0..processes`.
+    pub process_index: usize,
+    /// File with one `host:port` line per process (required when `processes > 1`).
+    pub hosts: Option<PathBuf>,
+    /// Keep reading appended data and re-answer queries when they change.
+    pub follow: bool,
+    /// With `follow`: the least time between two answers of the same query.
+    pub interval: Duration,
+    /// Output format of answers.
+    pub output: OutputFormat,
+    /// Queries `(name, sql)` to answer; empty means the job's own.
+    pub queries: Vec<(String, String)>,
+    /// Show a progress bar on stderr (only drawn on a terminal).
+    pub progress: bool,
+    /// Records per epoch (per batch) across the cluster.
+    pub batch_records: usize,
+    /// Print the summary line on stderr.
+    pub summary: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            workers: 1,
+            processes: 1,
+            process_index: 0,
+            hosts: None,
+            follow: false,
+            interval: Duration::from_secs(1),
+            output: OutputFormat::Table,
+            queries: Vec::new(),
+            progress: true,
+            batch_records: 100_000,
+            summary: true,
+        }
+    }
+}
+
+/// What a run ingested.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Records read from all sources.
+    pub records: u64,
+    /// Rows decoded into `spans`, `evaluations`, `workflow_events` and `knowledge_events`.
+    pub decoded: i64,
+    /// Rows of `ingest_errors`.
+    pub errors: i64,
+    /// Bytes read from all sources.
+    pub bytes: u64,
+}
+
+/// Messages from worker 0 to the coordinator.
+enum Msg {
+    /// Changes at times `< upper`, and the new frontier `upper`.
+    Changes(Vec<((usize, Row), Time, Diff)>, Time),
+    /// Ingestion progress: (bytes read, bytes known).
+    Progress(u64, u64),
+    /// Worker 0 finished; records and bytes it read.
+    Finished(u64, u64),
+    /// A worker failed (an I/O error reading a source).
+    Failed(String),
+}
+
+/// The timely configuration for `opts`.
+fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
+    if opts.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let communication = if opts.processes <= 1 {
+        if opts.workers == 1 {
+            timely::CommunicationConfig::Thread
+        } else {
+            timely::CommunicationConfig::Process(opts.workers)
+        }
+    } else {
+        if opts.process_index >= opts.processes {
+            bail!("--process-index {} is not below --processes {}", opts.process_index, opts.processes);
+        }
+        let hosts = opts.hosts.as_ref().ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
+        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
+        let addresses: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        if addresses.len() < opts.processes {
+            bail!("{} lists {} hosts; --processes is {}", hosts.display(), addresses.len(), opts.processes);
+        }
+        timely::CommunicationConfig::Cluster {
+            threads: opts.workers,
+            process: opts.process_index,
+            addresses: addresses[..opts.processes].to_vec(),
+            report: false,
+            zerocopy: false,
+        }
+    };
+    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+}
+
+/// Forwards the collected changes below the probe's frontier to the coordinator.
+fn forward(export: &ExportBuffer, probe: &ProbeHandle<Time>, last_upper: &mut Time, tx: &mpsc::Sender<Msg>) {
+    let upper = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+    if upper <= *last_upper {
+        return;
+    }
+    let mut buffer = export.borrow_mut();
+    let (ready, pending): (Vec<_>, Vec<_>) = buffer.drain(..).partition(|(_, t, _)| *t < upper);
+    *buffer = pending;
+    drop(buffer);
+    *last_upper = upper;
+    let _ = tx.send(Msg::Changes(ready, upper));
+}
+
+/// Runs `job` on a timely cluster as `opts` says, writing answers to `out` (process 0 only).
+///
+/// Without `follow`, returns after every source was read to its end and every query answered.
+/// Errors: a bad cluster configuration, an unreadable source, a failing query.
+pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSummary> {
+    let config = timely_config(opts)?;
+    let queries: Vec<(String, String)> = if opts.queries.is_empty() {
+        job.config
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)), q.sql.clone()))
+            .collect()
+    } else {
+        opts.queries.clone()
+    };
+    for source in &job.config.sources {
+        let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
+        if reader.paths().is_empty() && !opts.follow {
+            tracing::warn!(source = %source.name, path = %source.path, "no file matches the source's path");
+        }
+    }
+
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let sources = job.config.sources.clone();
+    let follow = opts.follow;
+    let batch_records = opts.batch_records.max(1);
+    let is_coordinator = opts.process_index == 0;
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let peers = worker.peers();
+        let tx = tx.clone();
+        let export = ExportBuffer::default();
+        let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| render(scope, export.clone(), 0));
+        let mut last_upper: Time = 0;
+
+        struct Source {
+            name: String,
+            reader: FileReader,
+            decoder: Box<dyn amx_connectors::Decoder>,
+            next_record: u64,
+        }
+        let mut readers = Vec::new();
+        for s in &sources {
+            // Validated by Job::parse, so these only fail if the files changed underneath.
+            match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
+                (Ok(reader), Ok(decoder)) => {
+                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0 })
+                }
+                (Err(e), _) => {
+                    let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
+                    return;
+                }
+                (_, Err(e)) => {
+                    let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
+                    return;
+                }
+            }
+        }
+
+        let mut records: Vec<Record> = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        let mut epoch: Time = 0;
+        let mut in_batch = 0usize;
+        loop {
+            let mut new_records = 0u64;
+            for src in &mut readers {
+                records.clear();
+                if let Err(e) = src.reader.poll(!follow, &mut records) {
+                    let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", src.name)));
+                    return;
+                }
+                for record in records.drain(..) {
+                    let i = src.next_record;
+                    src.next_record += 1;
+                    new_records += 1;
+                    in_batch += 1;
+                    if i % peers as u64 == index as u64 {
+                        src.decoder.decode(&src.name, &record, &mut events);
+                        for event in events.drain(..) {
+                            inputs.update(event, 1);
+                        }
+                    }
+                    if in_batch >= batch_records {
+                        // Close the epoch and let the dataflow catch up (back-pressure).
+                        in_batch = 0;
+                        epoch += 1;
+                        inputs.advance_to(epoch);
+                        while probe.less_than(&epoch) {
+                            worker.step();
+                            if index == 0 {
+                                forward(&export, &probe, &mut last_upper, &tx);
+                            }
+                        }
+                    }
+                }
+            }
+            if index == 0 {
+                let read: u64 = readers.iter().map(|s| s.reader.bytes_read()).sum();
+                let total: u64 = readers.iter().map(|s| s.reader.total_bytes()).sum();
+                let _ = tx.send(Msg::Progress(read, total));
+            }
+            if new_records > 0 || in_batch > 0 || follow {
+                in_batch = 0;
+                epoch += 1;
+                inputs.advance_to(epoch);
+            }
+            worker.step();
+            if index == 0 {
+                forward(&export, &probe, &mut last_upper, &tx);
+            }
+            if !follow {
+                break;
+            }
+            if new_records == 0 {
+                // Nothing new: keep the dataflow moving, then look again.
+                let idle_until = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < idle_until {
+                    if !worker.step_or_park(Some(Duration::from_millis(10))) {
+                        break;
+                    }
+                    if index == 0 {
+                        forward(&export, &probe, &mut last_upper, &tx);
+                    }
+                }
+            }
+        }
+        // End of input: close the inputs and drain the dataflow.
+        drop(inputs);
+        while worker.step() {
+            if index == 0 {
+                forward(&export, &probe, &mut last_upper, &tx);
+            }
+        }
+        if index == 0 {
+            forward(&export, &probe, &mut last_upper, &tx);
+            let records: u64 = readers.iter().map(|s| s.next_record).sum();
+            let bytes: u64 = readers.iter().map(|s| s.reader.bytes_read()).sum();
+            let _ = tx.send(Msg::Finished(records, bytes));
+        }
+    })
+    .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
+
+    let mut summary = RunSummary::default();
+    if !is_coordinator {
+        // Workers of other processes only compute; process 0 answers.
+        for r in guards.join() {
+            r.map_err(|e| anyhow!("worker failed: {e}"))?;
+        }
+        return Ok(summary);
+    }
+
+    let engine = SqlEngine::new()?;
+    let mut state = State::new(relations());
+    let bar = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} ingesting [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut printed: Vec<Option<String>> = vec![None; queries.len()];
+    let mut changed_since_print = false;
+    let mut last_print = Instant::now() - opts.interval;
+    let started = Instant::now();
+    let mut failure = None;
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(m) => Some(m),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match msg {
+            Some(Msg::Changes(changes, upper)) => {
+                changed_since_print |= !changes.is_empty();
+                state.apply(changes, upper)?;
+            }
+            Some(Msg::Progress(read, total)) => {
+                if let Some(bar) = &bar {
+                    bar.set_length(total);
+                    bar.set_position(read);
+                }
+            }
+            Some(Msg::Finished(records, bytes)) => {
+                summary.records = records;
+                summary.bytes = bytes;
+                break;
+            }
+            Some(Msg::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            None => {}
+        }
+        if opts.follow && changed_since_print && last_print.elapsed() >= opts.interval {
+            changed_since_print = false;
+            last_print = Instant::now();
+            if let Some(bar) = &bar {
+                bar.suspend(|| answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out))?;
+            } else {
+                answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out)?;
+            }
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if let Some(e) = failure {
+        bail!(e);
+    }
+    for r in guards.join() {
+        r.map_err(|e| anyhow!("worker failed: {e}"))?;
+    }
+    summary.errors = state.count("ingest_errors").unwrap_or(0);
+    summary.decoded = ["spans", "evaluations", "workflow_events", "knowledge_events"]
+        .iter()
+        .map(|r| state.count(r).unwrap_or(0))
+        .sum();
+    if opts.summary {
+        eprintln!(
+            "read {} records ({} bytes) from {} sources: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",
+            summary.records,
+            summary.bytes,
+            job.config.sources.len(),
+            summary.decoded,
+            summary.errors,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    answer(&engine, &mut state, &queries, opts.output, &mut printed, false, out)?;
+    Ok(summary)
+}
+
+/// Answers every query; with `only_changed`, prints only answers that differ from the last printed.
+fn answer(
+    engine: &SqlEngine,
+    state: &mut State,
+    queries: &[(String, String)],
+    format: OutputFormat,
+    printed: &mut [Option<String>],
+    only_changed: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    for (i, (name, sql)) in queries.iter().enumerate() {
+        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {sql}"))?;
+        let text = format_batches(&batches, format)?;
+        if only_changed && printed[i].as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        if format == OutputFormat::Table {
+            writeln!(out, "-- {name}")?;
+            writeln!(out, "{text}")?;
+        } else {
+            out.write_all(text.as_bytes())?;
+        }
+        out.flush()?;
+        printed[i] = Some(text);
+    }
+    Ok(())
+}
