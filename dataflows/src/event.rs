@@ -36,10 +36,9 @@ impl TraceId {
         if s.len() == 32
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && let Ok(v) = u128::from_str_radix(s, 16)
         {
-            if let Ok(v) = u128::from_str_radix(s, 16) {
-                return TraceId::Hex128(v);
-            }
+            return TraceId::Hex128(v);
         }
         TraceId::Text(s.to_owned())
     }
@@ -537,6 +536,10 @@ impl ToRow for IngestError {
 }
 
 /// Any decoded record: what a source format produces for one input record.
+///
+/// Events are transient (decoded, then moved into an input session), so the variants are
+/// not boxed to even out their sizes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Event {
     /// A row of `spans`.

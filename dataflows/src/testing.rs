@@ -18,7 +18,8 @@ pub type Contents = HashMap<&'static str, HashMap<Row, Diff>>;
 /// Panics if a worker panics (tests only).
 pub fn run_batches(workers: usize, batches: Vec<Vec<(Event, Diff)>>) -> Contents {
     let batches = Arc::new(batches);
-    let result: Arc<Mutex<Vec<((usize, Row), Time, Diff)>>> = Arc::default();
+    type Changes = Vec<((usize, Row), Time, Diff)>;
+    let result: Arc<Mutex<Changes>> = Arc::default();
     let sink = result.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();

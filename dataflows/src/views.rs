@@ -177,10 +177,10 @@ pub fn agent_traces<'s>(
                         if *tool && *status == SpanStatus::Error {
                             row.tool_errors += n;
                         }
-                        if let Some(a) = agent {
-                            if row.agent_name.as_ref().is_none_or(|cur| a < cur) {
-                                row.agent_name = Some(a.clone());
-                            }
+                        if let Some(a) = agent
+                            && row.agent_name.as_ref().is_none_or(|cur| a < cur)
+                        {
+                            row.agent_name = Some(a.clone());
                         }
                         add_opt(&mut row.input_tokens, *input, n);
                         add_opt(&mut row.output_tokens, *output, n);

@@ -135,6 +135,7 @@ fn knowledge_strategy() -> impl Strategy<Value = Event> {
 
 /// One step of a random history: insert an event, or retract an earlier live one.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Insert(Event),
     Retract(usize),

@@ -1,0 +1,1088 @@
+//! Format `json`: any JSON records mapped onto ONE relation by a declarative mapping.
+//!
+//! Options:
+//!
+//! | option | meaning |
+//! | --- | --- |
+//! | `relation` | required: `spans`, `evaluations`, `workflow_events` or `knowledge_events` |
+//! | `time_unit` | unit of numeric times: `s`, `ms` (default), `us` or `ns` |
+//! | `mapping` | table: column → spec |
+//!
+//! Specs:
+//!
+//! | spec | value |
+//! | --- | --- |
+//! | `"/a/b"` | the value at a JSON pointer (RFC 6901); missing or null → NULL |
+//! | `{ const = VALUE }` | a constant |
+//! | `{ pointer = "/type", map = { edit = "upsert" }, default = "upsert" }` | the value at the pointer translated by `map` (looked up by its text); `default` when the value is missing or not in `map`; without `default` a value not in `map` is an error (a missing one is NULL) |
+//! | `{ pointer = "/x", unit = "s" }` | a time column in its own unit |
+//!
+//! `map`, `default` and `unit` combine freely with `pointer`. Unmapped columns are NULL.
+//! Required columns (spans: `trace_id`, `span_id`, `name`; evaluations: `trace_id`, `name`;
+//! workflow_events: `run_id`, `state`; knowledge_events: `collection`, `document_id`, `op`)
+//! must be mapped (else a [`ConfigError`]) and a record where one is NULL is an ingest error
+//! (`missing required column `document_id` (/title)`). Fallbacks: a span's `name` is its
+//! `operation` when `name` is unmapped or NULL; a workflow event's `raw_state` is the state's
+//! source text (before `map`) when unmapped or NULL; a span's `status` is `unset` when NULL.
+//!
+//! Conversions (a value that does not convert is an ingest error naming the column and value):
+//! - TEXT: strings; numbers and bools as JSON renders them; objects and arrays as compact JSON;
+//! - BIGINT: integers, or strings holding one (floats are errors);
+//! - DOUBLE: numbers;
+//! - BOOLEAN: booleans, or the strings `true`/`false` (any case);
+//! - TIMESTAMP: RFC 3339 strings, or numbers (or numeric strings) in the column's unit;
+//! - `trace_id`: text, then [`TraceId::parse`]; `status`: [`SpanStatus::parse`] (or the OTLP
+//!   codes 0/1/2); `state`: [`WorkflowState::parse`] (any case; `CANCELED` too); `op`:
+//!   [`KnowledgeOp::parse`].
+
+use std::collections::BTreeMap;
+
+use amx_dataflows::event::{
+    Evaluation, Event, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TraceId, WorkflowEvent,
+    WorkflowState,
+};
+use amx_dataflows::row::{ColumnType, Datum, RelationDesc, ToRow};
+use ordered_float::OrderedFloat;
+use serde_json::Value;
+
+use crate::options::{Options, bad};
+use crate::time::{self, TimeUnit};
+use crate::{ConfigError, Decoder, Record, error, parse_record, short, value_text};
+
+/// The format's name.
+pub const FORMAT: &str = "json";
+
+/// The relation a `json` source feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Relation {
+    /// `spans` ([`Span`]).
+    Spans,
+    /// `evaluations` ([`Evaluation`]).
+    Evaluations,
+    /// `workflow_events` ([`WorkflowEvent`]).
+    WorkflowEvents,
+    /// `knowledge_events` ([`KnowledgeEvent`]).
+    KnowledgeEvents,
+}
+
+impl Relation {
+    /// Every relation, in a stable order.
+    pub const ALL: [Relation; 4] = [
+        Relation::Spans,
+        Relation::Evaluations,
+        Relation::WorkflowEvents,
+        Relation::KnowledgeEvents,
+    ];
+
+    /// The relation's description (name and columns) from the event model.
+    pub fn desc(self) -> RelationDesc {
+        match self {
+            Relation::Spans => Span::desc(),
+            Relation::Evaluations => Evaluation::desc(),
+            Relation::WorkflowEvents => WorkflowEvent::desc(),
+            Relation::KnowledgeEvents => KnowledgeEvent::desc(),
+        }
+    }
+
+    /// The relation's SQL name.
+    pub fn name(self) -> &'static str {
+        self.desc().name
+    }
+
+    /// Parses a relation name.
+    pub fn parse(s: &str) -> Option<Relation> {
+        Relation::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    /// The columns that cannot be NULL.
+    pub fn required(self) -> &'static [&'static str] {
+        match self {
+            Relation::Spans => &["trace_id", "span_id", "name"],
+            Relation::Evaluations => &["trace_id", "name"],
+            Relation::WorkflowEvents => &["run_id", "state"],
+            Relation::KnowledgeEvents => &["collection", "document_id", "op"],
+        }
+    }
+}
+
+/// How a column's values are converted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Text,
+    TraceId,
+    Int,
+    Float,
+    Bool,
+    Timestamp,
+    Status,
+    State,
+    Op,
+}
+
+impl Kind {
+    fn of(relation: Relation, column: &str, ty: ColumnType) -> Kind {
+        match (relation, column) {
+            (Relation::Spans | Relation::Evaluations, "trace_id") => Kind::TraceId,
+            (Relation::Spans, "status") => Kind::Status,
+            (Relation::WorkflowEvents, "state") => Kind::State,
+            (Relation::KnowledgeEvents, "op") => Kind::Op,
+            _ => match ty {
+                ColumnType::Text => Kind::Text,
+                ColumnType::Int => Kind::Int,
+                ColumnType::Float => Kind::Float,
+                ColumnType::Bool => Kind::Bool,
+                ColumnType::Timestamp => Kind::Timestamp,
+            },
+        }
+    }
+}
+
+/// Where a column's value comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    Pointer(String),
+    Const(Value),
+}
+
+/// A column's mapping.
+#[derive(Clone, Debug)]
+struct Spec {
+    source: Source,
+    map: Option<BTreeMap<String, Value>>,
+    default: Option<Value>,
+    unit: TimeUnit,
+}
+
+impl Spec {
+    /// How the spec is named in error messages: the pointer, or `const`.
+    fn describe(&self) -> &str {
+        match &self.source {
+            Source::Pointer(p) => p,
+            Source::Const(_) => "const",
+        }
+    }
+}
+
+/// A column of the relation with its mapping (None = unmapped).
+#[derive(Clone, Debug)]
+struct Column {
+    name: &'static str,
+    kind: Kind,
+    spec: Option<Spec>,
+}
+
+/// The `json` decoder (see the module docs).
+#[derive(Clone, Debug)]
+pub struct JsonDecoder {
+    relation: Relation,
+    columns: Vec<Column>,
+}
+
+impl JsonDecoder {
+    /// Builds the decoder from the source's options (see the module docs).
+    ///
+    /// # Errors
+    /// A missing or unknown `relation`, a bad `time_unit`, an unknown column, a malformed spec
+    /// (e.g. a string that is not a pointer: use `{ const = … }` for constants), a constant,
+    /// `map` value or `default` that does not convert to the column's type, `unit` on a
+    /// column that is not a time, or a required column left unmapped.
+    pub fn new(options: &Value) -> Result<JsonDecoder, ConfigError> {
+        let mut o = Options::new(FORMAT, options)?;
+        let names = || Relation::ALL.map(Relation::name).join(", ");
+        let relation = match o.string("relation")? {
+            None => return Err(bad("relation", format!("required: one of {}", names()))),
+            Some(r) => Relation::parse(&r).ok_or_else(|| {
+                bad(
+                    "relation",
+                    format!("unknown relation `{r}` (expected one of {})", names()),
+                )
+            })?,
+        };
+        let unit = match o.string("time_unit")? {
+            None => TimeUnit::Millis,
+            Some(u) => TimeUnit::parse(&u).ok_or_else(|| {
+                bad(
+                    "time_unit",
+                    format!("unknown unit `{u}` (expected s, ms, us or ns)"),
+                )
+            })?,
+        };
+        let mapping = match o.value("mapping") {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => {
+                return Err(bad(
+                    "mapping",
+                    format!("expected a table (column → spec), found {}", short(other)),
+                ));
+            }
+        };
+        o.finish()?;
+        let desc = relation.desc();
+        let column_names = || {
+            desc.columns
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for name in mapping.keys() {
+            if !desc.columns.iter().any(|c| c.name == name) {
+                return Err(ConfigError::BadMapping {
+                    column: name.clone(),
+                    reason: format!(
+                        "`{}` has no such column (columns: {})",
+                        desc.name,
+                        column_names()
+                    ),
+                });
+            }
+        }
+        let mut columns = Vec::with_capacity(desc.columns.len());
+        for c in &desc.columns {
+            let kind = Kind::of(relation, c.name, c.ty);
+            let spec = mapping
+                .get(c.name)
+                .map(|s| parse_spec(c.name, kind, s, unit))
+                .transpose()?;
+            columns.push(Column {
+                name: c.name,
+                kind,
+                spec,
+            });
+        }
+        let mapped = |name: &str| columns.iter().any(|c| c.name == name && c.spec.is_some());
+        for &name in relation.required() {
+            if mapped(name)
+                || (relation == Relation::Spans && name == "name" && mapped("operation"))
+            {
+                continue;
+            }
+            let hint = if relation == Relation::Spans && name == "name" {
+                " (or map `operation`, which it defaults to)"
+            } else {
+                ""
+            };
+            return Err(ConfigError::BadMapping {
+                column: name.to_owned(),
+                reason: format!("required column of `{}` is not mapped{hint}", desc.name),
+            });
+        }
+        Ok(JsonDecoder { relation, columns })
+    }
+
+    /// The relation the decoder feeds.
+    pub fn relation(&self) -> Relation {
+        self.relation
+    }
+}
+
+/// Parses one column's spec.
+fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<Spec, ConfigError> {
+    let err = |reason: String| ConfigError::BadMapping {
+        column: column.to_owned(),
+        reason,
+    };
+    let pointer = |p: &Value| match p {
+        Value::String(s) if s.starts_with('/') => Ok(s.clone()),
+        Value::String(s) => Err(err(format!(
+            "\"{s}\" is not a JSON pointer (it must start with `/`); use {{ const = … }} for constants"
+        ))),
+        other => Err(err(format!(
+            "`pointer` must be a string, found {}",
+            short(other)
+        ))),
+    };
+    let mut out = Spec {
+        source: Source::Const(Value::Null),
+        map: None,
+        default: None,
+        unit,
+    };
+    match spec {
+        Value::String(_) => out.source = Source::Pointer(pointer(spec)?),
+        Value::Object(table) => {
+            for key in table.keys() {
+                if !["const", "pointer", "map", "default", "unit"].contains(&key.as_str()) {
+                    return Err(err(format!(
+                        "unknown key `{key}` (expected const, pointer, map, default or unit)"
+                    )));
+                }
+            }
+            if let Some(c) = table.get("const") {
+                if table.len() > 1 {
+                    return Err(err("`const` cannot be combined with other keys".into()));
+                }
+                convert(column, kind, c, unit).map_err(err)?;
+                out.source = Source::Const(c.clone());
+                return Ok(out);
+            }
+            out.source =
+                Source::Pointer(pointer(table.get("pointer").ok_or_else(|| {
+                    err("a table spec needs `pointer` (or `const`)".into())
+                })?)?);
+            if let Some(u) = table.get("unit") {
+                if kind != Kind::Timestamp {
+                    return Err(err("`unit` applies only to time columns".into()));
+                }
+                out.unit = u.as_str().and_then(TimeUnit::parse).ok_or_else(|| {
+                    err(format!(
+                        "unknown unit {} (expected s, ms, us or ns)",
+                        short(u)
+                    ))
+                })?;
+            }
+            if let Some(m) = table.get("map") {
+                let Value::Object(m) = m else {
+                    return Err(err(format!("`map` must be a table, found {}", short(m))));
+                };
+                for v in m.values() {
+                    convert(column, kind, v, out.unit)
+                        .map_err(|e| err(format!("in `map`: {e}")))?;
+                }
+                out.map = Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+            }
+            if let Some(d) = table.get("default") {
+                convert(column, kind, d, out.unit).map_err(|e| err(format!("`default`: {e}")))?;
+                out.default = Some(d.clone());
+            }
+        }
+        other => {
+            return Err(err(format!(
+                "expected a JSON pointer string or a table, found {}",
+                short(other)
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The key of a value in a `map`: strings as they are, numbers and bools as JSON renders
+/// them; None for other values.
+fn map_key(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// Converts a non-null value to a column's type (enums as their canonical text).
+fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum, String> {
+    let fail =
+        |expected: &str| format!("column `{column}`: expected {expected}, found {}", short(v));
+    if v.is_null() {
+        return Ok(Datum::Null);
+    }
+    Ok(match kind {
+        Kind::Text | Kind::TraceId => Datum::Text(value_text(v).unwrap_or_default()),
+        Kind::Int => match v {
+            Value::Number(n) => Datum::Int(n.as_i64().ok_or_else(|| fail("an integer"))?),
+            Value::String(s) => Datum::Int(s.trim().parse().map_err(|_| fail("an integer"))?),
+            _ => return Err(fail("an integer")),
+        },
+        Kind::Float => Datum::Float(OrderedFloat(v.as_f64().ok_or_else(|| fail("a number"))?)),
+        Kind::Bool => match v {
+            Value::Bool(b) => Datum::Bool(*b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Datum::Bool(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Datum::Bool(false),
+            _ => return Err(fail("a boolean")),
+        },
+        Kind::Timestamp => match time::from_json(v, unit) {
+            Ok(Some(t)) => Datum::Timestamp(t),
+            Ok(None) => Datum::Null,
+            Err(e) => return Err(format!("column `{column}`: {e}")),
+        },
+        Kind::Status => {
+            let status = match v {
+                Value::String(s) => SpanStatus::parse(s),
+                Value::Number(n) => match n.as_u64() {
+                    Some(0) => Some(SpanStatus::Unset),
+                    Some(1) => Some(SpanStatus::Ok),
+                    Some(2) => Some(SpanStatus::Error),
+                    _ => None,
+                },
+                _ => None,
+            };
+            Datum::Text(
+                status
+                    .ok_or_else(|| fail("ok, error or unset"))?
+                    .as_str()
+                    .to_owned(),
+            )
+        }
+        Kind::State => {
+            let s = v.as_str().ok_or_else(|| fail("a workflow state"))?;
+            let state = WorkflowState::parse(s).or_else(|| {
+                s.eq_ignore_ascii_case("canceled")
+                    .then_some(WorkflowState::Cancelled)
+            });
+            let states = WorkflowState::ALL.map(WorkflowState::as_str).join(", ");
+            Datum::Text(
+                state
+                    .ok_or_else(|| fail(&format!("one of {states}")))?
+                    .as_str()
+                    .to_owned(),
+            )
+        }
+        Kind::Op => {
+            let op = v
+                .as_str()
+                .and_then(KnowledgeOp::parse)
+                .ok_or_else(|| fail("upsert or delete"))?;
+            Datum::Text(op.as_str().to_owned())
+        }
+    })
+}
+
+impl Column {
+    /// The column's value in `record`, and its source text (before `map`).
+    fn eval(&self, record: &Value) -> Result<(Datum, Option<String>), String> {
+        let Some(spec) = &self.spec else {
+            return Ok((Datum::Null, None));
+        };
+        let raw = match &spec.source {
+            Source::Pointer(p) => record.pointer(p).filter(|v| !v.is_null()),
+            Source::Const(c) => Some(c),
+        };
+        let value = match (&spec.map, raw) {
+            (_, None) => spec.default.as_ref(),
+            (None, Some(v)) => Some(v),
+            (Some(map), Some(v)) => match map_key(v)
+                .and_then(|k| map.get(&k))
+                .or(spec.default.as_ref())
+            {
+                Some(t) => Some(t),
+                None => {
+                    return Err(format!(
+                        "column `{}`: value {} at {} is not in `map` and there is no `default`",
+                        self.name,
+                        short(v),
+                        spec.describe()
+                    ));
+                }
+            },
+        };
+        let source_text = raw.or(spec.default.as_ref()).and_then(value_text);
+        let datum = match value {
+            None => Datum::Null,
+            Some(v) => convert(self.name, self.kind, v, spec.unit)?,
+        };
+        Ok((datum, source_text))
+    }
+}
+
+/// A record's converted columns, taken out by name to build the relation's struct.
+struct Cells(Vec<(&'static str, Datum)>);
+
+impl Cells {
+    fn take(&mut self, name: &str) -> Datum {
+        self.0
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map_or(Datum::Null, |(_, d)| std::mem::replace(d, Datum::Null))
+    }
+    fn text(&mut self, name: &str) -> Option<String> {
+        match self.take(name) {
+            Datum::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn int(&mut self, name: &str) -> Option<i64> {
+        match self.take(name) {
+            Datum::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+    fn float(&mut self, name: &str) -> Option<f64> {
+        match self.take(name) {
+            Datum::Float(f) => Some(f.0),
+            _ => None,
+        }
+    }
+    fn bool(&mut self, name: &str) -> Option<bool> {
+        match self.take(name) {
+            Datum::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+    fn ts(&mut self, name: &str) -> Option<i64> {
+        match self.take(name) {
+            Datum::Timestamp(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl JsonDecoder {
+    /// The relation's row of a record, or the reasons it cannot be built.
+    fn row(&self, v: &Value) -> Result<Event, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut failed = Vec::new();
+        let mut cells = Cells(Vec::with_capacity(self.columns.len()));
+        let mut state_source = None;
+        for col in &self.columns {
+            match col.eval(v) {
+                Ok((datum, source)) => {
+                    if col.kind == Kind::State {
+                        state_source = source;
+                    }
+                    cells.0.push((col.name, datum));
+                }
+                Err(e) => {
+                    errors.push(e);
+                    failed.push(col.name);
+                    cells.0.push((col.name, Datum::Null));
+                }
+            }
+        }
+        let column = |name: &str| self.columns.iter().find(|c| c.name == name);
+        let describe = |name: &str| {
+            column(name)
+                .and_then(|c| c.spec.as_ref())
+                .map_or("unmapped", Spec::describe)
+        };
+        // Fallbacks.
+        let is_null = |cells: &Cells, name: &str| {
+            cells.0.iter().any(|(n, d)| *n == name && *d == Datum::Null)
+        };
+        if self.relation == Relation::Spans && is_null(&cells, "name") && !failed.contains(&"name")
+        {
+            let op = cells
+                .0
+                .iter()
+                .find(|(n, _)| *n == "operation")
+                .map(|(_, d)| d.clone());
+            if let (Some(slot), Some(op)) = (cells.0.iter_mut().find(|(n, _)| *n == "name"), op) {
+                slot.1 = op;
+            }
+        }
+        if self.relation == Relation::WorkflowEvents
+            && is_null(&cells, "raw_state")
+            && !failed.contains(&"raw_state")
+            && let (Some(slot), Some(src)) = (
+                cells.0.iter_mut().find(|(n, _)| *n == "raw_state"),
+                state_source,
+            )
+        {
+            slot.1 = Datum::Text(src);
+        }
+        for &name in self.relation.required() {
+            if is_null(&cells, name) && !failed.contains(&name) {
+                let from = if self.relation == Relation::Spans
+                    && name == "name"
+                    && column(name).is_some_and(|c| c.spec.is_none())
+                {
+                    format!(
+                        "unmapped; defaults to `operation`: {}",
+                        describe("operation")
+                    )
+                } else {
+                    describe(name).to_owned()
+                };
+                errors.push(format!("missing required column `{name}` ({from})"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let c = &mut cells;
+        Ok(match self.relation {
+            Relation::Spans => Event::Span(Span {
+                trace_id: TraceId::parse(&c.text("trace_id").unwrap_or_default()),
+                span_id: c.text("span_id").unwrap_or_default(),
+                parent_span_id: c.text("parent_span_id"),
+                name: c.text("name").unwrap_or_default(),
+                operation: c.text("operation"),
+                provider: c.text("provider"),
+                request_model: c.text("request_model"),
+                response_model: c.text("response_model"),
+                agent_name: c.text("agent_name"),
+                conversation_id: c.text("conversation_id"),
+                tool_name: c.text("tool_name"),
+                tool_call_id: c.text("tool_call_id"),
+                input_tokens: c.int("input_tokens"),
+                output_tokens: c.int("output_tokens"),
+                cache_read_input_tokens: c.int("cache_read_input_tokens"),
+                reasoning_output_tokens: c.int("reasoning_output_tokens"),
+                start_time: c.ts("start_time"),
+                end_time: c.ts("end_time"),
+                status: c
+                    .text("status")
+                    .and_then(|s| SpanStatus::parse(&s))
+                    .unwrap_or(SpanStatus::Unset),
+                error_type: c.text("error_type"),
+                attributes: c.text("attributes"),
+            }),
+            Relation::Evaluations => Event::Evaluation(Evaluation {
+                trace_id: TraceId::parse(&c.text("trace_id").unwrap_or_default()),
+                span_id: c.text("span_id"),
+                name: c.text("name").unwrap_or_default(),
+                score: c.float("score").map(OrderedFloat),
+                label: c.text("label"),
+            }),
+            Relation::WorkflowEvents => {
+                let state = c
+                    .text("state")
+                    .and_then(|s| WorkflowState::parse(&s))
+                    .unwrap_or(WorkflowState::Running);
+                Event::Workflow(WorkflowEvent {
+                    run_id: c.text("run_id").unwrap_or_default(),
+                    workflow_name: c.text("workflow_name"),
+                    step_id: c.text("step_id"),
+                    step_name: c.text("step_name"),
+                    step_type: c.text("step_type"),
+                    state,
+                    raw_state: c
+                        .text("raw_state")
+                        .unwrap_or_else(|| state.as_str().to_owned()),
+                    attempt: c.int("attempt"),
+                    event_time: c.ts("event_time"),
+                    event_seq: c.int("event_seq"),
+                    failure_message: c.text("failure_message"),
+                })
+            }
+            Relation::KnowledgeEvents => Event::Knowledge(KnowledgeEvent {
+                collection: c.text("collection").unwrap_or_default(),
+                document_id: c.text("document_id").unwrap_or_default(),
+                op: c
+                    .text("op")
+                    .and_then(|s| KnowledgeOp::parse(&s))
+                    .unwrap_or(KnowledgeOp::Upsert),
+                version: c.int("version"),
+                size_bytes: c.int("size_bytes"),
+                event_time: c.ts("event_time"),
+                actor: c.text("actor"),
+                is_bot: c.bool("is_bot"),
+                source_offset: c.int("source_offset"),
+            }),
+        })
+    }
+}
+
+impl Decoder for JsonDecoder {
+    fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>) {
+        let Some(v) = parse_record(source, record, out) else {
+            return;
+        };
+        match self.row(&v) {
+            Ok(event) => out.push(event),
+            Err(errors) => out.push(error(
+                source,
+                &record.location,
+                errors.join("; "),
+                &record.text,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::FileReader;
+    use crate::record::tests::TempDir;
+    use serde_json::json;
+
+    fn decoder(options: Value) -> JsonDecoder {
+        match JsonDecoder::new(&options) {
+            Ok(d) => d,
+            Err(e) => panic!("options rejected: {e}"),
+        }
+    }
+
+    fn decode(d: &JsonDecoder, record: &Value) -> Vec<Event> {
+        let mut out = Vec::new();
+        d.decode(
+            "wiki",
+            &Record::new("w.ndjson:1", record.to_string()),
+            &mut out,
+        );
+        out
+    }
+
+    fn config_error(options: Value) -> String {
+        JsonDecoder::new(&options)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    fn one_error(out: &[Event]) -> String {
+        match out {
+            [Event::Error(e)] => e.error.clone(),
+            other => format!("not one error: {other:?}"),
+        }
+    }
+
+    /// The mapping for Wikimedia recent changes (as recommended in the report).
+    fn wiki() -> JsonDecoder {
+        decoder(json!({
+            "relation": "knowledge_events",
+            "mapping": {
+                "collection": "/meta/domain",
+                "document_id": "/title",
+                "op": {"pointer": "/log_action", "map": {"delete": "delete"}, "default": "upsert"},
+                "version": "/revision/new",
+                "size_bytes": "/length/new",
+                "event_time": {"pointer": "/timestamp", "unit": "s"},
+                "actor": "/user",
+                "is_bot": "/bot",
+                "source_offset": "/meta/offset"
+            }
+        }))
+    }
+
+    #[test]
+    fn wikipedia_like_record() {
+        let edit = json!({
+            "$schema": "/mediawiki/recentchange/1.0.0",
+            "meta": {"domain": "en.wikipedia.org", "offset": 4820784717_i64, "dt": "2023-07-29T07:51:39Z"},
+            "id": 1659529639, "type": "edit", "namespace": 0, "title": "EFL Championship",
+            "timestamp": 1690617099, "user": "87.12.215.232", "bot": false,
+            "length": {"old": 91108, "new": 91166}, "revision": {"old": 1166824248, "new": 1167689309}
+        });
+        assert_eq!(
+            decode(&wiki(), &edit),
+            vec![Event::Knowledge(KnowledgeEvent {
+                collection: "en.wikipedia.org".into(),
+                document_id: "EFL Championship".into(),
+                op: KnowledgeOp::Upsert,
+                version: Some(1_167_689_309),
+                size_bytes: Some(91_166),
+                // 2023-07-29T07:51:39Z.
+                event_time: Some(1_690_617_099_000_000),
+                actor: Some("87.12.215.232".into()),
+                is_bot: Some(false),
+                source_offset: Some(4_820_784_717),
+            })]
+        );
+        // A page deletion: a log event without revision or length.
+        let delete = json!({
+            "meta": {"domain": "en.wikipedia.org", "offset": 7}, "type": "log", "log_type": "delete",
+            "log_action": "delete", "title": "Spam page", "timestamp": 1690617100, "user": "Admin", "bot": true
+        });
+        assert_eq!(
+            decode(&wiki(), &delete),
+            vec![Event::Knowledge(KnowledgeEvent {
+                collection: "en.wikipedia.org".into(),
+                document_id: "Spam page".into(),
+                op: KnowledgeOp::Delete,
+                version: None,
+                size_bytes: None,
+                event_time: Some(1_690_617_100_000_000),
+                actor: Some("Admin".into()),
+                is_bot: Some(true),
+                source_offset: Some(7),
+            })]
+        );
+    }
+
+    #[test]
+    fn missing_required_column() {
+        let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": null}));
+        assert_eq!(
+            one_error(&out),
+            "missing required column `document_id` (/title)"
+        );
+        // Several problems are reported together.
+        let out = decode(&wiki(), &json!({"title": "t", "bot": "maybe"}));
+        assert_eq!(
+            one_error(&out),
+            "column `is_bot`: expected a boolean, found \"maybe\"; missing required column `collection` (/meta/domain)"
+        );
+    }
+
+    #[test]
+    fn bad_int() {
+        let out = decode(
+            &wiki(),
+            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": 1.5}}),
+        );
+        assert_eq!(
+            one_error(&out),
+            "column `version`: expected an integer, found 1.5"
+        );
+        let out = decode(
+            &wiki(),
+            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": "12a"}}),
+        );
+        assert_eq!(
+            one_error(&out),
+            "column `version`: expected an integer, found \"12a\""
+        );
+        // Integer strings (proto-JSON int64) are fine.
+        let out = decode(
+            &wiki(),
+            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": " 12"}}),
+        );
+        assert!(matches!(&out[..], [Event::Knowledge(k)] if k.version == Some(12)));
+    }
+
+    #[test]
+    fn numeric_time_units() {
+        // 1690617099 s = 2023-07-29T07:51:39Z.
+        let t = 1_690_617_099_000_000_i64;
+        let base = |unit: Option<&str>| {
+            let mut o = json!({"relation": "workflow_events", "mapping": {
+                "run_id": "/run", "state": "/state", "event_time": "/t",
+                "attempt": {"const": 1}, "event_seq": "/seq"}});
+            if let Some(u) = unit {
+                o["time_unit"] = json!(u);
+            }
+            decoder(o)
+        };
+        let time = |d: &JsonDecoder, v: Value| match &decode(
+            d,
+            &json!({"run": "r", "state": "running", "t": v}),
+        )[..]
+        {
+            [Event::Workflow(w)] => Ok(w.event_time),
+            [Event::Error(e)] => Err(e.error.clone()),
+            other => Err(format!("{other:?}")),
+        };
+        assert_eq!(
+            time(&base(None), json!(1_690_617_099_123_i64)),
+            Ok(Some(t + 123_000))
+        );
+        assert_eq!(
+            time(&base(Some("s")), json!(1_690_617_099.25)),
+            Ok(Some(t + 250_000))
+        );
+        assert_eq!(
+            time(&base(Some("us")), json!(1_690_617_099_000_007_i64)),
+            Ok(Some(t + 7))
+        );
+        assert_eq!(
+            time(&base(Some("ns")), json!("1690617099000007999")),
+            Ok(Some(t + 7))
+        );
+        assert_eq!(
+            time(&base(Some("ns")), json!("2023-07-29T07:51:39.5Z")),
+            Ok(Some(t + 500_000))
+        );
+        assert_eq!(time(&base(None), json!(null)), Ok(None));
+        assert_eq!(
+            time(&base(Some("us")), json!(1.5)),
+            Err("column `event_time`: time 1.5 us: expected an integer".into())
+        );
+        // A per-column unit overrides time_unit.
+        let d = decoder(json!({"relation": "spans", "time_unit": "ns", "mapping": {
+            "trace_id": "/t", "span_id": "/s", "operation": "/op",
+            "start_time": {"pointer": "/start", "unit": "s"}, "end_time": "/end", "status": "/status"}}));
+        let out = decode(
+            &d,
+            &json!({"t": "4bf92f3577b34da6a3ce929d0e0e4736", "s": "1", "op": "chat",
+            "start": 1690617099, "end": 1690617100000000000_i64, "status": 2}),
+        );
+        let mut span = Span::new(
+            TraceId::Hex128(0x4bf92f3577b34da6a3ce929d0e0e4736),
+            "1",
+            "chat",
+        );
+        span.operation = Some("chat".into());
+        span.start_time = Some(t);
+        span.end_time = Some(t + 1_000_000);
+        span.status = SpanStatus::Error;
+        assert_eq!(out, vec![Event::Span(span)]);
+    }
+
+    #[test]
+    fn map_and_default_and_source_text() {
+        let d = decoder(json!({"relation": "workflow_events", "mapping": {
+            "run_id": "/id", "step_id": "/step",
+            "state": {"pointer": "/status", "map": {"queued": "SCHEDULED", "in_progress": "running", "completed": "Completed"}},
+            "attempt": "/attempt"}}));
+        let row = |v: Value| match &decode(&d, &v)[..] {
+            [Event::Workflow(w)] => {
+                Ok((w.state, w.raw_state.clone(), w.step_id.clone(), w.attempt))
+            }
+            [Event::Error(e)] => Err(e.error.clone()),
+            other => Err(format!("{other:?}")),
+        };
+        assert_eq!(
+            row(json!({"id": 5, "status": "in_progress", "step": 3, "attempt": "2"})),
+            Ok((
+                WorkflowState::Running,
+                "in_progress".into(),
+                Some("3".into()),
+                Some(2)
+            ))
+        );
+        assert_eq!(
+            row(json!({"id": "r", "status": "waiting"})),
+            Err("column `state`: value \"waiting\" at /status is not in `map` and there is no `default`".into())
+        );
+        // Missing without default: NULL, so a missing required column.
+        assert_eq!(
+            row(json!({"id": "r"})),
+            Err("missing required column `state` (/status)".into())
+        );
+        let d = decoder(json!({"relation": "knowledge_events", "mapping": {
+            "collection": {"const": "c"}, "document_id": "/d",
+            "op": {"pointer": "/type", "map": {"edit": "upsert", "new": "upsert", "gone": "DELETE"}, "default": "upsert"}}}));
+        let op = |v: Value| match &decode(&d, &v)[..] {
+            [Event::Knowledge(k)] => Some((k.collection.clone(), k.document_id.clone(), k.op)),
+            _ => None,
+        };
+        assert_eq!(
+            op(json!({"d": "x", "type": "gone"})),
+            Some(("c".into(), "x".into(), KnowledgeOp::Delete))
+        );
+        assert_eq!(
+            op(json!({"d": "x", "type": "categorize"})),
+            Some(("c".into(), "x".into(), KnowledgeOp::Upsert))
+        );
+        assert_eq!(
+            op(json!({"d": 12})),
+            Some(("c".into(), "12".into(), KnowledgeOp::Upsert))
+        );
+        // Without map, a bad enum value is an error naming column and value.
+        let d = decoder(json!({"relation": "knowledge_events", "mapping": {
+            "collection": {"const": "c"}, "document_id": "/d", "op": "/op"}}));
+        assert_eq!(
+            one_error(&decode(&d, &json!({"d": "x", "op": "edit"}))),
+            "column `op`: expected upsert or delete, found \"edit\""
+        );
+    }
+
+    #[test]
+    fn text_columns_and_span_fallbacks() {
+        let d = decoder(json!({"relation": "spans", "mapping": {
+            "trace_id": "/trace", "span_id": "/id", "operation": "/op", "attributes": "/attrs",
+            "input_tokens": "/usage/in", "agent_name": "/flag"}}));
+        let out = decode(
+            &d,
+            &json!({"trace": 17, "id": 3.5, "op": "execute_tool", "attrs": {"b": [1, 2], "a": "x"}, "flag": true}),
+        );
+        let mut span = Span::new(TraceId::Text("17".into()), "3.5", "execute_tool");
+        span.operation = Some("execute_tool".into());
+        span.attributes = Some(r#"{"a":"x","b":[1,2]}"#.into());
+        span.agent_name = Some("true".into());
+        assert_eq!(out, vec![Event::Span(span)]);
+        assert_eq!(
+            one_error(&decode(&d, &json!({"trace": "t", "id": "s"}))),
+            "missing required column `name` (unmapped; defaults to `operation`: /op)"
+        );
+    }
+
+    #[test]
+    fn evaluations() {
+        let d = decoder(json!({"relation": "evaluations", "mapping": {
+            "trace_id": "/t", "name": {"const": "reward"}, "score": "/r", "label": "/l"}}));
+        assert_eq!(
+            decode(&d, &json!({"t": "a/b", "r": 1, "l": "pass"})),
+            vec![Event::Evaluation(Evaluation {
+                trace_id: TraceId::Text("a/b".into()),
+                span_id: None,
+                name: "reward".into(),
+                score: Some(OrderedFloat(1.0)),
+                label: Some("pass".into()),
+            })]
+        );
+        assert_eq!(
+            one_error(&decode(&d, &json!({"t": "a", "r": "high"}))),
+            "column `score`: expected a number, found \"high\""
+        );
+    }
+
+    #[test]
+    fn malformed_line_among_good_lines() {
+        let dir = TempDir::new("jsonfmt");
+        let path = dir.write(
+            "changes.ndjson",
+            "{\"title\": \"A\", \"meta\": {\"domain\": \"d\"}}\n{\"title\": \"B\", \n{\"title\": \"C\", \"meta\": {\"domain\": \"d\"}}\n",
+        );
+        let mut reader = FileReader::new(&path).expect("glob");
+        let mut records = Vec::new();
+        reader.poll(true, &mut records).expect("poll");
+        let d = wiki();
+        let mut out = Vec::new();
+        for r in &records {
+            d.decode("wiki", r, &mut out);
+        }
+        let got: Vec<String> = out
+            .iter()
+            .map(|e| match e {
+                Event::Knowledge(k) => k.document_id.clone(),
+                Event::Error(e) => format!("{} @ {} [{}]", e.error, e.location, e.raw),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "A".to_owned(),
+                format!(
+                    "invalid JSON: EOF while parsing a value at line 1 column 15 @ {path}:2 [{{\"title\": \"B\", ]"
+                ),
+                "C".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn config_errors() {
+        assert_eq!(
+            config_error(json!({"mapping": {}})),
+            "option `relation`: required: one of spans, evaluations, workflow_events, knowledge_events"
+        );
+        assert_eq!(
+            config_error(json!({"relation": "docs"})),
+            "option `relation`: unknown relation `docs` (expected one of spans, evaluations, workflow_events, knowledge_events)"
+        );
+        assert_eq!(
+            config_error(json!({"relation": "evaluations", "time_unit": "min"})),
+            "option `time_unit`: unknown unit `min` (expected s, ms, us or ns)"
+        );
+        let ev =
+            |mapping: Value| config_error(json!({"relation": "evaluations", "mapping": mapping}));
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": "reward"})),
+            "mapping of column `name`: \"reward\" is not a JSON pointer (it must start with `/`); use { const = … } for constants"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": "/n", "scor": "/s"})),
+            "mapping of column `scor`: `evaluations` has no such column (columns: trace_id, span_id, name, score, label)"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t"})),
+            "mapping of column `name`: required column of `evaluations` is not mapped"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": "/n", "score": {"const": "x"}})),
+            "mapping of column `score`: column `score`: expected a number, found \"x\""
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": "/n", "score": {"pointer": "/s", "unit": "s"}})),
+            "mapping of column `score`: `unit` applies only to time columns"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"const": "n", "pointer": "/n"}})),
+            "mapping of column `name`: `const` cannot be combined with other keys"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"pointr": "/n"}})),
+            "mapping of column `name`: unknown key `pointr` (expected const, pointer, map, default or unit)"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"map": {}}})),
+            "mapping of column `name`: a table spec needs `pointer` (or `const`)"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": 3})),
+            "mapping of column `name`: expected a JSON pointer string or a table, found 3"
+        );
+        assert_eq!(
+            config_error(json!({"relation": "knowledge_events", "mapping": {
+                "collection": "/c", "document_id": "/d", "op": {"pointer": "/o", "map": {"edit": "update"}}}})),
+            "mapping of column `op`: in `map`: column `op`: expected upsert or delete, found \"update\""
+        );
+        assert_eq!(
+            config_error(
+                json!({"relation": "spans", "mapping": {"trace_id": "/t", "span_id": "/s"}})
+            ),
+            "mapping of column `name`: required column of `spans` is not mapped (or map `operation`, which it defaults to)"
+        );
+    }
+}
