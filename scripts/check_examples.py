@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Runs the example jobs on the real data in ../shared/data and checks every answer against
+numbers computed here, independently, straight from the raw files (plain Python, no engine code).
+
+usage: check_examples.py AIMATRIX_BINARY
+Exits 0 when every check passes; prints a plain "N passed, N failed" line at the end.
+Skips (and says so) when ../shared/data is missing.
+"""
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+passed = failed = 0
+
+
+def check(name, got, want):
+    global passed, failed
+    if got == want:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name}\n  got:  {got}\n  want: {want}")
+
+
+def run(binary, job):
+    out = subprocess.run(
+        [binary, "run", os.path.join(ROOT, "examples", job), "--output", "json", "--quiet"],
+        check=True, capture_output=True, text=True,
+    )
+    sys.stderr.write(out.stderr)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def us(ts):
+    """RFC 3339 text -> epoch microseconds (exact)."""
+    if ts is None:
+        return None
+    ts = ts.replace("Z", "+00:00")
+    main, _, rest = ts.partition(".")
+    frac, tz = "", ""
+    if rest:
+        digits = ""
+        for i, ch in enumerate(rest):
+            if ch.isdigit():
+                digits += ch
+            else:
+                tz = rest[i:]
+                break
+        frac = digits
+    else:
+        if "+" in main[10:]:
+            main, tz = main[:main.rindex("+")], main[main.rindex("+"):]
+    dt = datetime.fromisoformat(main + (tz or "+00:00"))
+    return int(dt.timestamp()) * 1_000_000 + int((frac + "000000")[:6] or 0)
+
+
+def tau(binary):
+    runs = json.load(open(os.path.join(DATA, "agent", "tau_bench_gpt-4o-airline_tasks0-5.json")))
+    tools = defaultdict(lambda: [0, 0, set()])
+    traces = {}
+    for r in runs:
+        trace = f"{r['task_id']}/{r['trial']}"
+        chats = calls = errors = 0
+        pending = defaultdict(list)  # tool_call_id -> unanswered calls (latest last)
+        for m in r["traj"]:
+            if m["role"] == "assistant":
+                chats += 1
+                for tc in m.get("tool_calls") or []:
+                    name = tc["function"]["name"]
+                    call = {"name": name, "error": False}
+                    pending[tc["id"]].append(call)
+                    tools[name][0] += 1
+                    tools[name][2].add(trace)
+                    calls += 1
+            elif m["role"] == "tool" and pending[m["tool_call_id"]]:
+                call = pending[m["tool_call_id"]].pop()
+                if str(m.get("content") or "").strip().lower().startswith("error"):
+                    tools[call["name"]][1] += 1
+                    errors += 1
+        traces[trace] = (chats + calls, chats, calls, errors, float(r["reward"]))
+    answers = run(binary, "tau-bench.toml")
+    check("tau: tool_usage", [(a["tool_name"], a["calls"], a["errors"], a["traces"]) for a in answers[0]],
+          sorted((t, c, e, len(tr)) for t, (c, e, tr) in tools.items()))
+    t = answers[1][0]
+    check("tau: totals",
+          (t["traces"], t["spans"], t["llm_calls"], t["tool_calls"], t["tool_errors"], t["reward_sum"]),
+          (len(traces), sum(v[0] for v in traces.values()), sum(v[1] for v in traces.values()),
+           sum(v[2] for v in traces.values()), sum(v[3] for v in traces.values()),
+           sum(v[4] for v in traces.values())))
+    check("tau: per trace",
+          [(a["trace_id"], a["spans"], a["llm_calls"], a["tool_calls"], a["tool_errors"], a["eval_score"])
+           for a in answers[2]],
+          sorted((k,) + v for k, v in traces.items()))
+    check("tau: ingest errors", answers[4], [{"errors": 0}])
+
+
+TEMPORAL_STATES = {
+    "COMPLETED": "COMPLETED", "FAILED": "FAILED", "TIMED_OUT": "TIMED_OUT", "CANCELED": "CANCELLED",
+    "TERMINATED": "TERMINATED", "STARTED": "RUNNING", "SCHEDULED": "SCHEDULED", "INITIATED": "SCHEDULED",
+}
+
+
+def snake(event_type):
+    """EVENT_TYPE_ACTIVITY_TASK_STARTED or ActivityTaskStarted -> ACTIVITY_TASK_STARTED."""
+    if event_type.startswith("EVENT_TYPE_"):
+        return event_type[len("EVENT_TYPE_"):]
+    out = ""
+    for i, ch in enumerate(event_type):
+        if ch.isupper() and i:
+            out += "_"
+        out += ch.upper()
+    return out
+
+
+def temporal(binary):
+    folder = os.path.join(DATA, "workflow", "temporal")
+    runs, steps = [], []
+    for name in sorted(os.listdir(folder)):
+        events = json.load(open(os.path.join(folder, name)))["events"]
+        first = events[0]["workflowExecutionStartedEventAttributes"]
+        run_id, wf = first["originalExecutionRunId"], first["workflowType"]["name"]
+        run_states, step = [], {}
+        for e in events:
+            kind, seq, time = snake(e["eventType"]), int(e["eventId"]), us(e["eventTime"])
+            attrs = next((v for k, v in e.items() if k.endswith("Attributes")), {})
+            if kind.startswith("WORKFLOW_EXECUTION_") and kind != "WORKFLOW_EXECUTION_SIGNALED":
+                word = kind[len("WORKFLOW_EXECUTION_"):]
+                state = "COMPLETED" if word == "CONTINUED_AS_NEW" else TEMPORAL_STATES.get(word)
+                if state:
+                    run_states.append((seq, time, state))
+            elif kind == "ACTIVITY_TASK_SCHEDULED":
+                step[seq] = {"name": attrs["activityType"]["name"], "type": "activity", "ev": [(seq, time, "SCHEDULED", None)]}
+            elif kind == "START_CHILD_WORKFLOW_EXECUTION_INITIATED":
+                step[seq] = {"name": attrs["workflowType"]["name"], "type": "child_workflow", "ev": [(seq, time, "SCHEDULED", None)]}
+            elif kind.startswith("ACTIVITY_TASK_") or kind.startswith("CHILD_WORKFLOW_EXECUTION_"):
+                word = kind.split("_TASK_")[-1] if kind.startswith("ACTIVITY") else kind[len("CHILD_WORKFLOW_EXECUTION_"):]
+                if word in TEMPORAL_STATES:
+                    ref = int(attrs.get("scheduledEventId") or attrs.get("initiatedEventId"))
+                    attempt = int(attrs["attempt"]) if "attempt" in attrs else None
+                    step[ref]["ev"].append((seq, time, TEMPORAL_STATES[word], attempt))
+        all_times = [t for (_, t, _) in run_states] + [t for s in step.values() for (_, t, _, _) in s["ev"]]
+        last = max(run_states)
+        step_states = []
+        for sid, s in sorted(step.items()):
+            latest = max(s["ev"], key=lambda x: (x[0], x[1]))
+            attempts = max([a for (_, _, _, a) in s["ev"] if a is not None] or [1])
+            started = min([t for (_, t, st, _) in s["ev"] if st == "RUNNING"] or [None], key=lambda x: x or 0)
+            terminal = latest[2] not in ("SCHEDULED", "RUNNING")
+            steps.append((run_id, str(sid), s["name"], s["type"], latest[2], attempts, started,
+                          latest[1] if terminal else None))
+            step_states.append((latest[2], attempts))
+        runs.append((run_id, wf, last[2], min(all_times), last[1], len(step), sum(1 for s in step_states if s[0] == "COMPLETED"),
+                     sum(1 for s in step_states if s[0] in ("FAILED", "TIMED_OUT")), sum(a - 1 for _, a in step_states)))
+    answers = run(binary, "temporal.toml")
+    check("temporal: workflow_runs",
+          [(a["run_id"], a["workflow_name"], a["status"], us(a["started_at"]), us(a["ended_at"]), a["steps"],
+            a["steps_completed"], a["steps_failed"], a["retries"]) for a in answers[0]],
+          sorted(runs))
+    check("temporal: workflow_steps",
+          [(a["run_id"], a["step_id"], a["step_name"], a["step_type"], a["state"], a["attempts"],
+            us(a["started_at"]), us(a["ended_at"])) for a in answers[1]],
+          sorted(steps, key=lambda s: (s[0], int(s[1]))))
+    check("temporal: ingest errors", answers[2], [{"errors": 0}])
+
+
+def wikipedia(binary):
+    path = os.path.join(DATA, "knowledge", "wikimedia_recentchange_enwiki_2023-07-29_part1.ndjson")
+    events = [json.loads(line) for line in open(path) if line.strip()]
+    by_doc = defaultdict(list)
+    for e in events:
+        by_doc[e["title"]].append(e)
+    docs = {}
+    for title, es in by_doc.items():
+        key = lambda e: (e["timestamp"], (e.get("revision") or {}).get("new") or -1)
+        w = max(es, key=key)
+        if w.get("log_action") == "delete":
+            continue
+        docs[title] = ((w.get("revision") or {}).get("new"), (w.get("length") or {}).get("new"),
+                       w["timestamp"] * 1_000_000, len(es))
+    domains = {e["meta"]["domain"] for e in events}
+    answers = run(binary, "wikipedia.toml")
+    check("wikipedia: collection_stats",
+          [(a["collection"], a["documents"], a["edits"], a["bot_edits"], a["size_bytes"]) for a in answers[0]],
+          [(sorted(domains)[0], len(docs), len(events), sum(1 for e in events if e["bot"]),
+            sum(d[1] for d in docs.values() if d[1] is not None))])
+    check("wikipedia: documents",
+          [(a["document_id"], a["version"], a["size_bytes"], us(a["updated_at"]), a["edits"]) for a in answers[1]],
+          sorted((t,) + d for t, d in docs.items()))
+    most = sorted(((t, d[3]) for t, d in docs.items() if d[3] > 1), key=lambda x: (-x[1], x[0]))[:5]
+    check("wikipedia: most edited", [(a["document_id"], a["edits"]) for a in answers[2]], most)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    if not os.path.isdir(DATA):
+        print(f"skipped: {DATA} does not exist (the real-data checks need ../shared/data)")
+        print("0 passed, 0 failed, 3 skipped")
+        return
+    binary = sys.argv[1]
+    for example in (tau, temporal, wikipedia):
+        example(binary)
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
