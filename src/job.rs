@@ -92,7 +92,8 @@ impl Job {
 
     /// Reads and parses a job file.
     pub fn load(path: &Path) -> Result<Job> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Job::parse(&text, base).with_context(|| format!("in {}", path.display()))
     }

@@ -109,14 +109,31 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
         }
     } else {
         if opts.process_index >= opts.processes {
-            bail!("--process-index {} is not below --processes {}", opts.process_index, opts.processes);
+            bail!(
+                "--process-index {} is not below --processes {}",
+                opts.process_index,
+                opts.processes
+            );
         }
-        let hosts = opts.hosts.as_ref().ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
-        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
-        let addresses: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        let hosts = opts
+            .hosts
+            .as_ref()
+            .ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
+        let text = std::fs::read_to_string(hosts)
+            .with_context(|| format!("reading {}", hosts.display()))?;
+        let addresses: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
         if addresses.len() < opts.processes {
-            bail!("{} lists {} hosts; --processes is {}", hosts.display(), addresses.len(), opts.processes);
+            bail!(
+                "{} lists {} hosts; --processes is {}",
+                hosts.display(),
+                addresses.len(),
+                opts.processes
+            );
         }
         timely::CommunicationConfig::Cluster {
             threads: opts.workers,
@@ -126,11 +143,19 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
             zerocopy: false,
         }
     };
-    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    Ok(timely::Config {
+        communication,
+        worker: timely::WorkerConfig::default(),
+    })
 }
 
 /// Forwards the collected changes below the probe's frontier to the coordinator.
-fn forward(export: &ExportBuffer, probe: &ProbeHandle<Time>, last_upper: &mut Time, tx: &mpsc::Sender<Msg>) {
+fn forward(
+    export: &ExportBuffer,
+    probe: &ProbeHandle<Time>,
+    last_upper: &mut Time,
+    tx: &mpsc::Sender<Msg>,
+) {
     let upper = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
     if upper <= *last_upper {
         return;
@@ -154,13 +179,19 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             .queries
             .iter()
             .enumerate()
-            .map(|(i, q)| (q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)), q.sql.clone()))
+            .map(|(i, q)| {
+                (
+                    q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)),
+                    q.sql.clone(),
+                )
+            })
             .collect()
     } else {
         opts.queries.clone()
     };
     for source in &job.config.sources {
-        let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
+        let reader =
+            FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
         if reader.paths().is_empty() && !opts.follow {
             tracing::warn!(source = %source.name, path = %source.path, "no file matches the source's path");
         }
@@ -176,7 +207,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let peers = worker.peers();
         let tx = tx.clone();
         let export = ExportBuffer::default();
-        let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| render(scope, export.clone(), 0));
+        let (mut inputs, probe) =
+            worker.dataflow::<Time, _, _>(|scope| render(scope, export.clone(), 0));
         let mut last_upper: Time = 0;
 
         struct Source {
@@ -188,10 +220,16 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let mut readers = Vec::new();
         for s in &sources {
             // Validated by Job::parse, so these only fail if the files changed underneath.
-            match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
-                (Ok(reader), Ok(decoder)) => {
-                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0 })
-                }
+            match (
+                FileReader::new(&s.path),
+                amx_connectors::decoder(&s.format, &s.options_json()),
+            ) {
+                (Ok(reader), Ok(decoder)) => readers.push(Source {
+                    name: s.name.clone(),
+                    reader,
+                    decoder,
+                    next_record: 0,
+                }),
                 (Err(e), _) => {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
                     return;
@@ -298,11 +336,16 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let engine = SqlEngine::new()?;
     let mut state = State::new(relations());
     let bar = opts.progress.then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} ingesting [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} ingesting [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar
     });
@@ -343,9 +386,27 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             changed_since_print = false;
             last_print = Instant::now();
             if let Some(bar) = &bar {
-                bar.suspend(|| answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out))?;
+                bar.suspend(|| {
+                    answer(
+                        &engine,
+                        &mut state,
+                        &queries,
+                        opts.output,
+                        &mut printed,
+                        true,
+                        out,
+                    )
+                })?;
             } else {
-                answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out)?;
+                answer(
+                    &engine,
+                    &mut state,
+                    &queries,
+                    opts.output,
+                    &mut printed,
+                    true,
+                    out,
+                )?;
             }
         }
     }
@@ -359,10 +420,15 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         r.map_err(|e| anyhow!("worker failed: {e}"))?;
     }
     summary.errors = state.count("ingest_errors").unwrap_or(0);
-    summary.decoded = ["spans", "evaluations", "workflow_events", "knowledge_events"]
-        .iter()
-        .map(|r| state.count(r).unwrap_or(0))
-        .sum();
+    summary.decoded = [
+        "spans",
+        "evaluations",
+        "workflow_events",
+        "knowledge_events",
+    ]
+    .iter()
+    .map(|r| state.count(r).unwrap_or(0))
+    .sum();
     if opts.summary {
         eprintln!(
             "read {} records ({} bytes) from {} sources: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",
@@ -374,7 +440,15 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             started.elapsed().as_secs_f64()
         );
     }
-    answer(&engine, &mut state, &queries, opts.output, &mut printed, false, out)?;
+    answer(
+        &engine,
+        &mut state,
+        &queries,
+        opts.output,
+        &mut printed,
+        false,
+        out,
+    )?;
     Ok(summary)
 }
 
@@ -389,7 +463,9 @@ fn answer(
     out: &mut dyn Write,
 ) -> Result<()> {
     for (i, (name, sql)) in queries.iter().enumerate() {
-        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {sql}"))?;
+        let batches = engine
+            .query(state, sql)
+            .with_context(|| format!("query `{name}`: {sql}"))?;
         let text = format_batches(&batches, format)?;
         if only_changed && printed[i].as_deref() == Some(text.as_str()) {
             continue;
