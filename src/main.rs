@@ -149,7 +149,8 @@ fn real_main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut stdout = std::io::stdout().lock();
+    // Not locked for the whole run: timely's networking threads print on stdout while connecting.
+    let mut stdout = std::io::stdout();
     match cli.command {
         Command::Run {
             job,
