@@ -26,6 +26,13 @@ use datafusion::catalog::MemTable;
 use datafusion::config::Dialect;
 use datafusion::prelude::SessionContext;
 
+pub mod convert;
+pub mod input;
+pub mod plan;
+pub mod render;
+pub mod testing;
+pub mod views;
+
 pub use arrow;
 
 /// The Arrow type of a column type.

@@ -1,0 +1,625 @@
+//! Renders a [`Plan`] into differential operators over [`Row`] collections.
+//!
+//! - `Map` / `Filter` evaluate DataFusion physical expressions over Arrow batches built from
+//!   each batch of updates (a retraction evaluates to the retraction of the same output, as
+//!   the expressions are deterministic). A batch whose evaluation fails is re-evaluated row by
+//!   row, so only the failing rows go to the view's errors.
+//! - `Reduce`, `TopK` and `Window` use `reduce`: only changed groups are recomputed.
+//! - `Join` uses differential `join`; outer joins add the unmatched rows (an `antijoin` of
+//!   the input against the distinct matched rows) padded with NULLs.
+//! - Errors are data: every failing row becomes a row `(view, error)` of `aimatrix_view_errors`.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap};
+
+use amx_dataflows::row::{Datum, Row};
+use amx_dataflows::{Diff, Time};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use differential_dataflow::input::Input;
+use differential_dataflow::operators::ThresholdTotal;
+use differential_dataflow::{AsCollection, VecCollection};
+use ordered_float::OrderedFloat;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
+
+use crate::convert;
+use crate::plan::{Agg, AggFunc, JoinKind, Order, PhysExpr, Plan, RankFunc, nulls};
+
+/// A collection of rows.
+pub type Rows<'s> = VecCollection<'s, Time, Row, Diff>;
+
+/// Rows a batch evaluation produced: a row, or an error message for one input row.
+type Evaluated = Result<Row, String>;
+
+/// Largest Arrow batch built for expression evaluation (rows).
+const EVAL_BATCH_ROWS: usize = 8192;
+
+/// Renders `plan` for view `view`, reading named collections from `inputs`; failing rows are
+/// appended to `errors` as `[view, error]` rows.
+///
+/// Errors (a `Get` of an unknown relation) are plan errors the planner normally catches first.
+pub fn render<'s>(
+    plan: &Plan,
+    view: &str,
+    inputs: &HashMap<String, Rows<'s>>,
+    errors: &mut Vec<Rows<'s>>,
+) -> Result<Rows<'s>, String> {
+    Ok(match plan {
+        Plan::Get { name } => inputs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown relation `{name}`"))?,
+        Plan::Constant { rows } => constant(inputs, rows.clone())?,
+        Plan::Map {
+            input,
+            exprs,
+            input_schema,
+        } => {
+            let input = render(input, view, inputs, errors)?;
+            let evaluated = evaluate(input, view, input_schema.clone(), exprs.clone(), false);
+            split(evaluated, view, errors)
+        }
+        Plan::Filter {
+            input,
+            predicate,
+            input_schema,
+        } => {
+            let input = render(input, view, inputs, errors)?;
+            let evaluated = evaluate(
+                input,
+                view,
+                input_schema.clone(),
+                vec![predicate.clone()],
+                true,
+            );
+            split(evaluated, view, errors)
+        }
+        Plan::Reduce { input, keys, aggs } => {
+            let input = render(input, view, inputs, errors)?;
+            reduce(input, *keys, aggs.clone(), view, inputs, errors)?
+        }
+        Plan::Distinct { input } => render(input, view, inputs, errors)?.distinct_total(),
+        Plan::Union { inputs: parts } => {
+            let mut rendered = parts.iter().map(|p| render(p, view, inputs, errors));
+            let first = rendered.next().ok_or("UNION without inputs")??;
+            rendered.try_fold(first, |acc, next| Ok::<_, String>(acc.concat(next?)))?
+        }
+        Plan::Join {
+            left,
+            right,
+            left_arity,
+            right_arity,
+            kind,
+            nulls_equal,
+            filter,
+        } => {
+            let left = render(left, view, inputs, errors)?;
+            let right = render(right, view, inputs, errors)?;
+            join(
+                left,
+                right,
+                *left_arity,
+                *right_arity,
+                *kind,
+                *nulls_equal,
+                filter.clone(),
+                view,
+                errors,
+            )
+        }
+        Plan::TopK {
+            input,
+            arity,
+            order,
+            offset,
+            limit,
+        } => {
+            let input = render(input, view, inputs, errors)?;
+            top_k(input, *arity, order.clone(), *offset, *limit)
+        }
+        Plan::Window {
+            input,
+            arity,
+            partitions,
+            order,
+            func,
+        } => {
+            let input = render(input, view, inputs, errors)?;
+            window(input, *arity, *partitions, order.clone(), *func)
+        }
+    })
+}
+
+/// A constant collection, inserted once (by worker 0) so every row appears exactly once.
+fn constant<'s>(inputs: &HashMap<String, Rows<'s>>, rows: Vec<Row>) -> Result<Rows<'s>, String> {
+    let any = inputs
+        .values()
+        .next()
+        .ok_or("a constant relation needs a scope")?;
+    let scope = any.scope();
+    let rows = if scope.index() == 0 { rows } else { Vec::new() };
+    let (_handle, collection) = scope.new_collection_from(rows);
+    Ok(collection)
+}
+
+fn split<'s>(
+    evaluated: VecCollection<'s, Time, Evaluated, Diff>,
+    view: &str,
+    errors: &mut Vec<Rows<'s>>,
+) -> Rows<'s> {
+    let view = view.to_owned();
+    errors.push(evaluated.clone().flat_map(move |r| {
+        r.err()
+            .map(|e| vec![Datum::Text(view.clone()), Datum::Text(e)])
+    }));
+    evaluated.flat_map(Result::ok)
+}
+
+/// Evaluates `exprs` (or, with `is_filter`, the one predicate) over batches of updates.
+fn evaluate<'s>(
+    input: Rows<'s>,
+    view: &str,
+    schema: SchemaRef,
+    exprs: Vec<PhysExpr>,
+    is_filter: bool,
+) -> VecCollection<'s, Time, Evaluated, Diff> {
+    let name = format!("{} {view}", if is_filter { "Filter" } else { "Map" });
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(
+            Pipeline,
+            &name,
+            move |_, _| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let updates: Vec<(Row, Time, Diff)> =
+                            data.flat_map(|d| d.drain(..)).collect();
+                        let mut session = output.session(&cap);
+                        for chunk in updates.chunks(EVAL_BATCH_ROWS) {
+                            let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
+                            let results = match eval_rows(&rows, &schema, &exprs, is_filter) {
+                                Ok(results) => results,
+                                // Find the failing rows one by one; the others still count.
+                                Err(_) => rows
+                                    .iter()
+                                    .map(|r| match eval_rows(&[r], &schema, &exprs, is_filter) {
+                                        Ok(mut one) => one.pop().unwrap_or(None),
+                                        Err(e) => Some(Err(e)),
+                                    })
+                                    .collect(),
+                            };
+                            for (result, (_, time, diff)) in results.into_iter().zip(chunk) {
+                                if let Some(result) = result {
+                                    session.give((result, *time, *diff));
+                                }
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// One result per row: `Some(Ok(row))` (a projected row or a kept row), `None` (filtered out).
+fn eval_rows(
+    rows: &[&Row],
+    schema: &SchemaRef,
+    exprs: &[PhysExpr],
+    is_filter: bool,
+) -> Result<Vec<Option<Evaluated>>, String> {
+    let batch = convert::rows_to_batch(rows, schema).map_err(|e| e.to_string())?;
+    let arrays = exprs
+        .iter()
+        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows.len())))
+        .collect::<datafusion::error::Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
+    if is_filter {
+        let mask = arrays[0]
+            .as_boolean_opt()
+            .ok_or("a filter predicate that is not BOOLEAN")?;
+        return Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (mask.is_valid(i) && mask.value(i)).then(|| Ok((*r).clone())))
+            .collect());
+    }
+    let out = convert::arrays_to_rows(&arrays, rows.len()).map_err(|e| e.to_string())?;
+    Ok(out.into_iter().map(|r| Some(Ok(r))).collect())
+}
+
+/// Aggregates one group; `Err` for an arithmetic error (integer overflow in `sum`).
+fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
+    let mut out = Vec::with_capacity(aggs.len());
+    for agg in aggs {
+        // The (value, multiplicity) pairs of this aggregate's argument, NULLs dropped.
+        let mut values: Vec<(&Datum, i64)> = vals
+            .iter()
+            .filter(|(r, n)| r[agg.arg] != Datum::Null && *n > 0)
+            .map(|(r, n)| (&r[agg.arg], *n as i64))
+            .collect();
+        if agg.distinct {
+            let set: BTreeSet<&Datum> = values.iter().map(|(d, _)| *d).collect();
+            values = set.into_iter().map(|d| (d, 1)).collect();
+        }
+        let count: i64 = values.iter().map(|(_, n)| n).sum();
+        let datum = match agg.func {
+            AggFunc::Count => Datum::Int(count),
+            AggFunc::Sum if values.is_empty() => Datum::Null,
+            AggFunc::Sum => match values[0].0 {
+                Datum::Int(_) => {
+                    let mut acc: i64 = 0;
+                    for (d, n) in &values {
+                        let Datum::Int(v) = d else {
+                            return Err(format!("sum over mixed values {d:?}"));
+                        };
+                        acc = v
+                            .checked_mul(*n)
+                            .and_then(|x| acc.checked_add(x))
+                            .ok_or_else(|| {
+                                format!("integer overflow in sum (BIGINT) at value {v}")
+                            })?;
+                    }
+                    if agg.output == DataType::Float64 {
+                        Datum::Float(OrderedFloat(acc as f64))
+                    } else {
+                        Datum::Int(acc)
+                    }
+                }
+                _ => Datum::Float(OrderedFloat(
+                    values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum(),
+                )),
+            },
+            AggFunc::Avg if values.is_empty() => Datum::Null,
+            AggFunc::Avg => match values[0].0 {
+                Datum::Int(_) => {
+                    let total: i128 = values
+                        .iter()
+                        .map(|(d, n)| as_i64(d) as i128 * *n as i128)
+                        .sum();
+                    Datum::Float(OrderedFloat(total as f64 / count as f64))
+                }
+                _ => Datum::Float(OrderedFloat(
+                    values
+                        .iter()
+                        .map(|(d, n)| as_f64(d) * *n as f64)
+                        .sum::<f64>()
+                        / count as f64,
+                )),
+            },
+            AggFunc::Min => values
+                .iter()
+                .map(|(d, _)| *d)
+                .min()
+                .cloned()
+                .unwrap_or(Datum::Null),
+            AggFunc::Max => values
+                .iter()
+                .map(|(d, _)| *d)
+                .max()
+                .cloned()
+                .unwrap_or(Datum::Null),
+            AggFunc::BoolAnd if values.is_empty() => Datum::Null,
+            AggFunc::BoolAnd => Datum::Bool(values.iter().all(|(d, _)| **d == Datum::Bool(true))),
+            AggFunc::BoolOr if values.is_empty() => Datum::Null,
+            AggFunc::BoolOr => Datum::Bool(values.iter().any(|(d, _)| **d == Datum::Bool(true))),
+        };
+        out.push(datum);
+    }
+    Ok(out)
+}
+
+fn as_f64(d: &Datum) -> f64 {
+    match d {
+        Datum::Int(v) => *v as f64,
+        Datum::Float(v) => v.0,
+        _ => f64::NAN,
+    }
+}
+
+fn as_i64(d: &Datum) -> i64 {
+    match d {
+        Datum::Int(v) => *v,
+        _ => 0,
+    }
+}
+
+fn reduce<'s>(
+    input: Rows<'s>,
+    keys: usize,
+    aggs: Vec<Agg>,
+    view: &str,
+    inputs: &HashMap<String, Rows<'s>>,
+    errors: &mut Vec<Rows<'s>>,
+) -> Result<Rows<'s>, String> {
+    let logic_aggs = aggs.clone();
+    let grouped = input
+        .map(move |mut row| {
+            let vals = row.split_off(keys);
+            (row, vals)
+        })
+        .reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
+            out.push((aggregate(&logic_aggs, vals), 1));
+        });
+    let view_name = view.to_owned();
+    errors.push(grouped.clone().flat_map(move |(key, r)| {
+        r.err().map(|e| {
+            vec![
+                Datum::Text(view_name.clone()),
+                Datum::Text(format!("{e} (group {key:?})")),
+            ]
+        })
+    }));
+    let rows = grouped.flat_map(|(mut key, r)| {
+        r.ok().map(|vals| {
+            key.extend(vals);
+            key
+        })
+    });
+    if keys > 0 {
+        return Ok(rows);
+    }
+    // A global aggregate has one row even over no input: count 0, everything else NULL.
+    let default: Row = aggs
+        .iter()
+        .map(|a| {
+            if a.func == AggFunc::Count {
+                Datum::Int(0)
+            } else {
+                Datum::Null
+            }
+        })
+        .collect();
+    let defaults = constant(inputs, vec![default])?;
+    let present = rows.clone().map(|_| ()).distinct_total();
+    let missing = defaults.map(|r| ((), r)).antijoin(present).map(|((), r)| r);
+    Ok(rows.concat(missing))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn join<'s>(
+    left: Rows<'s>,
+    right: Rows<'s>,
+    la: usize,
+    ra: usize,
+    kind: JoinKind,
+    nulls_equal: bool,
+    filter: Option<(PhysExpr, SchemaRef)>,
+    view: &str,
+    errors: &mut Vec<Rows<'s>>,
+) -> Rows<'s> {
+    let keyed = |rows: Rows<'s>, arity: usize| {
+        rows.map(move |mut row| {
+            let key = row.split_off(arity);
+            (key, row)
+        })
+    };
+    let l = keyed(left, la);
+    let r = keyed(right, ra);
+    let matchable = move |(k, _): &(Row, Row)| nulls_equal || !k.contains(&Datum::Null);
+    // Matches as (key, left row, right row).
+    let matches = l
+        .clone()
+        .filter(matchable)
+        .join(r.clone().filter(matchable))
+        .map(|(k, (lv, rv))| (k, lv, rv));
+    let matches = match filter {
+        None => matches,
+        Some((predicate, schema)) => {
+            // Evaluate the extra predicate over left ++ right; the key rides along behind.
+            let width = la + ra;
+            let joined = matches.map(|(k, mut lv, rv)| {
+                lv.extend(rv);
+                lv.extend(k);
+                lv
+            });
+            let evaluated = evaluate_prefix(joined, view, schema, predicate, width);
+            split(evaluated, view, errors).map(move |mut row| {
+                let k = row.split_off(width);
+                let rv = row.split_off(la);
+                (k, row, rv)
+            })
+        }
+    };
+    let pad_right = move |lv: Row| {
+        let mut row = lv;
+        row.extend(nulls(ra));
+        row
+    };
+    let pad_left = move |rv: Row| {
+        let mut row = nulls(la);
+        row.extend(rv);
+        row
+    };
+    let matched_left = || matches.clone().map(|(k, lv, _)| (k, lv)).distinct_total();
+    let matched_right = || matches.clone().map(|(k, _, rv)| (k, rv)).distinct_total();
+    let unmatched_left = || {
+        l.clone()
+            .map(|kv| (kv, ()))
+            .antijoin(matched_left())
+            .map(|((_, lv), ())| lv)
+    };
+    let unmatched_right = || {
+        r.clone()
+            .map(|kv| (kv, ()))
+            .antijoin(matched_right())
+            .map(|((_, rv), ())| rv)
+    };
+    let inner = || {
+        matches.clone().map(|(_, mut lv, rv)| {
+            lv.extend(rv);
+            lv
+        })
+    };
+    match kind {
+        JoinKind::Inner => inner(),
+        JoinKind::Left => inner().concat(unmatched_left().map(pad_right)),
+        JoinKind::Right => inner().concat(unmatched_right().map(pad_left)),
+        JoinKind::Full => inner()
+            .concat(unmatched_left().map(pad_right))
+            .concat(unmatched_right().map(pad_left)),
+        JoinKind::LeftSemi => l
+            .clone()
+            .map(|kv| (kv, ()))
+            .semijoin(matched_left())
+            .map(|((_, lv), ())| lv),
+        JoinKind::LeftAnti => unmatched_left(),
+    }
+}
+
+/// Like [`evaluate`] with a filter, but only the first `width` columns are the predicate's input;
+/// the rest ride along unchanged.
+fn evaluate_prefix<'s>(
+    input: Rows<'s>,
+    view: &str,
+    schema: SchemaRef,
+    predicate: PhysExpr,
+    width: usize,
+) -> VecCollection<'s, Time, Evaluated, Diff> {
+    let name = format!("JoinFilter {view}");
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(
+            Pipeline,
+            &name,
+            move |_, _| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let updates: Vec<(Row, Time, Diff)> =
+                            data.flat_map(|d| d.drain(..)).collect();
+                        let mut session = output.session(&cap);
+                        for (row, time, diff) in updates {
+                            let prefix: Row = row[..width].to_vec();
+                            match eval_rows(
+                                &[&prefix],
+                                &schema,
+                                std::slice::from_ref(&predicate),
+                                true,
+                            ) {
+                                Ok(mut r) => {
+                                    if let Some(Some(Ok(_))) = r.pop() {
+                                        session.give((Ok(row), time, diff));
+                                    }
+                                }
+                                Err(e) => session.give((Err(e), time, diff)),
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// Compares two rows on their order columns (starting at `from`), then on everything.
+fn compare(a: &Row, b: &Row, from: usize, order: &[Order]) -> Ordering {
+    for (i, &(asc, nulls_first)) in order.iter().enumerate() {
+        let (x, y) = (&a[from + i], &b[from + i]);
+        let o = match (x, y) {
+            (Datum::Null, Datum::Null) => Ordering::Equal,
+            (Datum::Null, _) => {
+                if nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (_, Datum::Null) => {
+                if nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            _ => {
+                if asc {
+                    x.cmp(y)
+                } else {
+                    y.cmp(x)
+                }
+            }
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+fn top_k<'s>(
+    input: Rows<'s>,
+    arity: usize,
+    order: Vec<Order>,
+    offset: usize,
+    limit: Option<usize>,
+) -> Rows<'s> {
+    input
+        .map(|row| ((), row))
+        .reduce_named("TopK", move |_key, vals, out| {
+            let mut rows: Vec<(&Row, Diff)> = vals
+                .iter()
+                .map(|(r, n)| (*r, *n))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            rows.sort_by(|a, b| compare(a.0, b.0, arity, &order).then_with(|| a.0.cmp(b.0)));
+            let mut position = 0usize;
+            let end = limit.map_or(usize::MAX, |l| offset.saturating_add(l));
+            for (row, n) in rows {
+                let n = n as usize;
+                let (from, to) = (position.max(offset), (position + n).min(end));
+                if to > from {
+                    out.push((row[..arity].to_vec(), (to - from) as Diff));
+                }
+                position += n;
+                if position >= end {
+                    break;
+                }
+            }
+        })
+        .map(|((), row)| row)
+}
+
+fn window<'s>(
+    input: Rows<'s>,
+    arity: usize,
+    partitions: usize,
+    order: Vec<Order>,
+    func: RankFunc,
+) -> Rows<'s> {
+    input
+        .map(move |row| (row[arity..arity + partitions].to_vec(), row))
+        .reduce_named("Window", move |_key, vals, out| {
+            let from = arity + partitions;
+            let mut rows: Vec<(&Row, Diff)> = vals
+                .iter()
+                .map(|(r, n)| (*r, *n))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            rows.sort_by(|a, b| compare(a.0, b.0, from, &order).then_with(|| a.0.cmp(b.0)));
+            let (mut number, mut rank, mut dense) = (0i64, 0i64, 0i64);
+            let mut previous: Option<&Row> = None;
+            for (row, n) in rows {
+                for _ in 0..n {
+                    number += 1;
+                    let tie =
+                        previous.is_some_and(|p| compare(p, row, from, &order) == Ordering::Equal);
+                    if !tie {
+                        rank = number;
+                        dense += 1;
+                    }
+                    previous = Some(row);
+                    let value = match func {
+                        RankFunc::RowNumber => number,
+                        RankFunc::Rank => rank,
+                        RankFunc::DenseRank => dense,
+                    };
+                    let mut result = row[..arity].to_vec();
+                    result.push(Datum::Int(value));
+                    out.push((result, 1));
+                }
+            }
+        })
+        .map(|(_, row)| row)
+}

@@ -1,0 +1,229 @@
+//! Materialized views defined in SQL: statements, the planning catalog, and view definitions.
+//!
+//! `CREATE MATERIALIZED VIEW name AS SELECT …` plans the `SELECT` with DataFusion against the
+//! schemas of every relation, built-in view and earlier view, optimizes it, and lowers it to a
+//! [`Plan`]; `DROP MATERIALIZED VIEW name` removes a view no other view reads.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemTable;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::config::Dialect;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+
+use crate::plan::{Lowerer, Plan, dependencies, position};
+
+/// A statement about views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewStatement {
+    /// `CREATE MATERIALIZED VIEW name AS query`.
+    Create {
+        /// View name (lower case).
+        name: String,
+        /// The query text.
+        query: String,
+    },
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
+    Drop {
+        /// View name (lower case).
+        name: String,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
+    /// Anything else (a query to answer).
+    Other,
+}
+
+/// Classifies one SQL statement. Errors: SQL syntax errors, as DataFusion's parser reports them.
+pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
+    let ctx = SessionContext::new();
+    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+    let DfStatement::Statement(statement) = statement else {
+        return Ok(ViewStatement::Other);
+    };
+    Ok(match *statement {
+        Statement::CreateView(create) if create.materialized => ViewStatement::Create {
+            name: create.name.to_string().to_ascii_lowercase(),
+            query: create.query.to_string(),
+        },
+        Statement::Drop {
+            object_type: ObjectType::MaterializedView,
+            names,
+            if_exists,
+            ..
+        } => {
+            let [name] = names.as_slice() else {
+                return Err(DataFusionError::Plan(
+                    "DROP MATERIALIZED VIEW takes one view".into(),
+                ));
+            };
+            ViewStatement::Drop {
+                name: name.to_string().to_ascii_lowercase(),
+                if_exists,
+            }
+        }
+        _ => ViewStatement::Other,
+    })
+}
+
+/// A planned view.
+#[derive(Clone, Debug)]
+pub struct ViewDef {
+    /// Name.
+    pub name: String,
+    /// The `SELECT` as written.
+    pub sql: String,
+    /// The lowered plan.
+    pub plan: Plan,
+    /// Output columns and their Arrow types.
+    pub schema: SchemaRef,
+    /// Relations and views it reads.
+    pub reads: Vec<String>,
+}
+
+/// Plans views against a catalog of relation schemas.
+pub struct ViewPlanner {
+    ctx: SessionContext,
+    runtime: tokio::runtime::Runtime,
+    views: Vec<ViewDef>,
+}
+
+const TEMPORAL_FUNCTIONS: &[&str] = &[
+    "now",
+    "current_timestamp",
+    "current_date",
+    "current_time",
+    "localtimestamp",
+];
+
+impl ViewPlanner {
+    /// A planner over relations `(name, schema)` (base relations and built-in views).
+    pub fn new(relations: &[(String, SchemaRef)]) -> Result<ViewPlanner> {
+        let ctx = SessionContext::new();
+        for (name, schema) in relations {
+            ctx.register_table(
+                name.as_str(),
+                Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+            )?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(ViewPlanner {
+            ctx,
+            runtime,
+            views: Vec::new(),
+        })
+    }
+
+    /// The views defined so far, in definition order (each reads only earlier ones).
+    pub fn views(&self) -> &[ViewDef] {
+        &self.views
+    }
+
+    /// Plans `CREATE MATERIALIZED VIEW name AS sql` and adds it to the catalog.
+    ///
+    /// Errors: the name is taken; SQL errors; a construct the dataflow IR cannot maintain
+    /// (named, with its line and column where it can be located).
+    pub fn create(&mut self, name: &str, sql: &str) -> Result<&ViewDef> {
+        self.create_in(name, sql, sql)
+    }
+
+    /// As [`ViewPlanner::create`], locating refused constructs in `source` (the whole
+    /// statement as the user wrote it) rather than in `sql`.
+    pub fn create_in(&mut self, name: &str, sql: &str, source: &str) -> Result<&ViewDef> {
+        let name = name.to_ascii_lowercase();
+        if self.ctx.table_exist(name.as_str())? {
+            return Err(DataFusionError::Plan(format!(
+                "a relation or view named `{name}` already exists"
+            )));
+        }
+        let state = self.ctx.state();
+        let unoptimized = self.runtime.block_on(state.create_logical_plan(sql))?;
+        if !matches!(
+            unoptimized,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::Aggregate(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Values(_)
+                | LogicalPlan::TableScan(_)
+                | LogicalPlan::EmptyRelation(_)
+        ) {
+            return Err(DataFusionError::Plan(format!(
+                "a materialized view must be a query (SELECT …): `{sql}`"
+            )));
+        }
+        let mut temporal = None;
+        unoptimized.apply_with_subqueries(|node| {
+            node.apply_expressions(|e| {
+                e.apply(|e| {
+                    if let Expr::ScalarFunction(f) = e
+                        && TEMPORAL_FUNCTIONS.contains(&f.name())
+                    {
+                        temporal = Some(f.name().to_owned());
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })
+        })?;
+        if let Some(f) = temporal {
+            return Err(DataFusionError::Plan(format!(
+                "{f}() (a temporal filter) is not supported in a materialized view yet{}",
+                position(source, &f)
+            )));
+        }
+        let optimized = state.optimize(&unoptimized)?;
+        let plan = Lowerer::new(source).lower(&optimized)?;
+        let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+        let mut reads = Vec::new();
+        dependencies(&plan, &mut reads);
+        self.ctx.register_table(
+            name.as_str(),
+            Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+        )?;
+        self.views.push(ViewDef {
+            name,
+            sql: sql.to_owned(),
+            plan,
+            schema,
+            reads,
+        });
+        Ok(self.views.last().expect("just pushed"))
+    }
+
+    /// Drops a view. Errors: unknown view (unless `if_exists`), or another view reads it.
+    pub fn drop(&mut self, name: &str, if_exists: bool) -> Result<()> {
+        let name = name.to_ascii_lowercase();
+        let Some(i) = self.views.iter().position(|v| v.name == name) else {
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(DataFusionError::Plan(format!(
+                    "no materialized view named `{name}`"
+                )))
+            };
+        };
+        if let Some(reader) = self.views.iter().find(|v| v.reads.contains(&name)) {
+            return Err(DataFusionError::Plan(format!(
+                "view `{}` reads `{name}`; drop it first",
+                reader.name
+            )));
+        }
+        self.views.remove(i);
+        self.ctx.deregister_table(name.as_str())?;
+        Ok(())
+    }
+}
