@@ -63,10 +63,7 @@ pub struct DemoConfig {
 impl Default for DemoConfig {
     /// 200,000 events, seed 42.
     fn default() -> DemoConfig {
-        DemoConfig {
-            events: 200_000,
-            seed: 42,
-        }
+        DemoConfig { events: 200_000, seed: 42 }
     }
 }
 
@@ -147,35 +144,19 @@ pub fn write_demo_data(dir: &Path, cfg: &DemoConfig) -> io::Result<DemoData> {
     let mut evals = JsonlWriter::create(&dir, "evaluations", b"\"score\":", b"\"high\"")?;
     spans.schedule_first_malformed(&mut span_rng);
     evals.schedule_first_malformed(&mut eval_rng);
-    let end_us =
-        SpanGen::new(span_rng, eval_rng).run(&mut spans, &mut evals, spans_target, evals_target)?;
+    let end_us = SpanGen::new(span_rng, eval_rng).run(&mut spans, &mut evals, spans_target, evals_target)?;
     // The other files cover the same stretch of time as the spans.
-    let window_us = if end_us > BASE_US {
-        end_us - BASE_US
-    } else {
-        cfg.events as i64 * 5_000
-    };
+    let window_us = if end_us > BASE_US { end_us - BASE_US } else { cfg.events as i64 * 5_000 };
 
     let mut workflow = JsonlWriter::create(&dir, "workflow_events", b"\"event_seq\":", b"\"7th\"")?;
     workflow.schedule_first_malformed(&mut workflow_rng);
     write_workflow_events(&mut workflow, &mut workflow_rng, workflow_target, window_us)?;
 
-    let mut knowledge =
-        JsonlWriter::create(&dir, "knowledge_events", b"\"version\":", b"\"latest\"")?;
+    let mut knowledge = JsonlWriter::create(&dir, "knowledge_events", b"\"version\":", b"\"latest\"")?;
     knowledge.schedule_first_malformed(&mut knowledge_rng);
-    write_knowledge_events(
-        &mut knowledge,
-        &mut knowledge_rng,
-        knowledge_target,
-        window_us,
-    )?;
+    write_knowledge_events(&mut knowledge, &mut knowledge_rng, knowledge_target, window_us)?;
 
-    let files = vec![
-        spans.finish()?,
-        evals.finish()?,
-        workflow.finish()?,
-        knowledge.finish()?,
-    ];
+    let files = vec![spans.finish()?, evals.finish()?, workflow.finish()?, knowledge.finish()?];
     Ok(DemoData { dir, files })
 }
 
@@ -212,12 +193,7 @@ pub fn demo_job_toml(data: &DemoData) -> String {
         }
     }
     for (name, sql) in QUERIES {
-        let _ = write!(
-            s,
-            "\n[[queries]]\nname = {}\nsql = {}\n",
-            toml_string(name),
-            toml_string(sql)
-        );
+        let _ = write!(s, "\n[[queries]]\nname = {}\nsql = {}\n", toml_string(name), toml_string(sql));
     }
     s
 }
@@ -251,10 +227,7 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT collection, documents, edits, bot_edits, size_bytes FROM collection_stats \
          ORDER BY collection",
     ),
-    (
-        "ingest errors by source",
-        "SELECT source, count(*) AS errors FROM ingest_errors GROUP BY source ORDER BY source",
-    ),
+    ("ingest errors by source", "SELECT source, count(*) AS errors FROM ingest_errors GROUP BY source ORDER BY source"),
 ];
 
 /// Column → JSON pointer mapping of each relation's file (every column of the relation).
@@ -415,8 +388,7 @@ impl JsonlWriter {
         self.valid += 1;
         if self.valid == self.next_malformed {
             self.push_malformed(rng);
-            self.next_malformed +=
-                rng.random_range(MALFORMED_EVERY * 9 / 10..=MALFORMED_EVERY * 11 / 10);
+            self.next_malformed += rng.random_range(MALFORMED_EVERY * 9 / 10..=MALFORMED_EVERY * 11 / 10);
         }
         if self.buf.len() >= FLUSH_BYTES {
             self.file.write_all(&self.buf)?;
@@ -429,16 +401,12 @@ impl JsonlWriter {
     /// `bad_value`.
     fn push_malformed(&mut self, rng: &mut SmallRng) {
         let line = self.buf[self.line_start..self.buf.len() - 1].to_vec();
-        let key_at = line
-            .windows(self.bad_key.len())
-            .position(|w| w == self.bad_key);
+        let key_at = line.windows(self.bad_key.len()).position(|w| w == self.bad_key);
         match key_at {
             Some(at) if rng.random_bool(0.5) => {
                 let value_at = at + self.bad_key.len();
-                let value_end = line[value_at..]
-                    .iter()
-                    .position(|&b| b == b',' || b == b'}')
-                    .map_or(line.len(), |p| value_at + p);
+                let value_end =
+                    line[value_at..].iter().position(|&b| b == b',' || b == b'}').map_or(line.len(), |p| value_at + p);
                 self.buf.extend_from_slice(&line[..value_at]);
                 self.buf.extend_from_slice(self.bad_value);
                 self.buf.extend_from_slice(&line[value_end..]);
@@ -456,12 +424,7 @@ impl JsonlWriter {
     fn finish(mut self) -> io::Result<DemoFile> {
         self.file.write_all(&self.buf)?;
         self.file.flush()?;
-        Ok(DemoFile {
-            name: self.name,
-            path: self.path,
-            records: self.lines,
-            malformed: self.malformed,
-        })
+        Ok(DemoFile { name: self.name, path: self.path, records: self.lines, malformed: self.malformed })
     }
 }
 
@@ -514,11 +477,7 @@ fn push_padded(buf: &mut Vec<u8>, v: u64, width: usize) {
 
 /// A JSON integer, or `null` when `v` is negative (the "unknown" marker of planned records).
 fn push_opt_int(buf: &mut Vec<u8>, v: i64) {
-    if v < 0 {
-        buf.extend_from_slice(b"null")
-    } else {
-        push_u64(buf, v as u64)
-    }
+    if v < 0 { buf.extend_from_slice(b"null") } else { push_u64(buf, v as u64) }
 }
 
 /// `s` as a JSON string (quoted and escaped).
@@ -678,14 +637,7 @@ const fn m(
     ms_per_token: f64,
     weight: f64,
 ) -> Model {
-    Model {
-        provider,
-        name,
-        snapshot,
-        ttft_ms,
-        ms_per_token,
-        weight,
-    }
+    Model { provider, name, snapshot, ttft_ms, ms_per_token, weight }
 }
 
 /// The 12 models; each belongs to one provider. [`EMBEDDING_MODEL`] is the embedding model,
@@ -797,12 +749,7 @@ const AGENTS: [&str; 50] = [
     "recipe_helper",
 ];
 
-const CHAT_ERRORS: [&str; 4] = [
-    "rate_limit",
-    "timeout",
-    "server_error",
-    "context_length_exceeded",
-];
+const CHAT_ERRORS: [&str; 4] = ["rate_limit", "timeout", "server_error", "context_length_exceeded"];
 const TOOL_ERRORS: [&str; 3] = ["tool_error", "timeout", "invalid_arguments"];
 const TEMPERATURES: [&str; 5] = ["0", "0.2", "0.3", "0.7", "1"];
 const MAX_TOKENS: [&str; 3] = ["1024", "2048", "4096"];
@@ -971,11 +918,7 @@ impl SpanGen {
             let t0 = BASE_US + self.rng.random_range(0..5_000_000);
             self.plan_trace(slot, t0);
         }
-        let evals_per_span = if spans_target == 0 {
-            0.0
-        } else {
-            evals_target as f64 / spans_target as f64
-        };
+        let evals_per_span = if spans_target == 0 { 0.0 } else { evals_target as f64 / spans_target as f64 };
         let mut eval_budget = 0.0;
         let mut evals_written = 0;
         let mut clock = BASE_US;
@@ -991,19 +934,9 @@ impl SpanGen {
             }
             clock = clock.max(best);
             // ~1 % of spans arrive late: their times are moved back by up to 5 s.
-            let shift_us = if self.rng.random_bool(0.01) {
-                self.rng.random_range(1..=5_000_000)
-            } else {
-                0
-            };
+            let shift_us = if self.rng.random_bool(0.01) { self.rng.random_range(1..=5_000_000) } else { 0 };
             let trace = &self.traces[slot];
-            write_span(
-                spans.begin(),
-                trace,
-                &trace.spans[trace.next],
-                &self.agents[trace.agent],
-                shift_us,
-            );
+            write_span(spans.begin(), trace, &trace.spans[trace.next], &self.agents[trace.agent], shift_us);
             spans.end(&mut self.rng)?;
             let trace = &mut self.traces[slot];
             trace.next += 1;
@@ -1012,8 +945,7 @@ impl SpanGen {
                 if self.finished.len() == EVAL_CANDIDATES {
                     self.finished.pop_front();
                 }
-                self.finished
-                    .push_back((trace.id, trace.agent, root.error_type.is_some()));
+                self.finished.push_back((trace.id, trace.agent, root.error_type.is_some()));
                 let t0 = root.end_us + exponential(&mut self.rng, 400_000.0) as i64;
                 self.plan_trace(slot, t0);
             }
@@ -1045,13 +977,7 @@ impl SpanGen {
         let rng = &mut self.eval_rng;
         let success_rate = self.agents[agent].success * if failed { 0.25 } else { 1.0 };
         let success = rng.random_bool(success_rate);
-        write_evaluation(
-            evals.begin(),
-            id,
-            "task_success",
-            if success { 1000 } else { 0 },
-            success,
-        );
+        write_evaluation(evals.begin(), id, "task_success", if success { 1000 } else { 0 }, success);
         evals.end(rng)?;
         if !rng.random_bool(0.4) {
             return Ok(1);
@@ -1080,12 +1006,7 @@ impl SpanGen {
         trace.conversation = conversation;
         trace.next = 0;
         trace.spans.clear();
-        trace.spans.push(PlannedSpan::new(
-            Op::InvokeAgent,
-            rng.random::<u64>().max(1),
-            t0,
-            t0,
-        ));
+        trace.spans.push(PlannedSpan::new(Op::InvokeAgent, rng.random::<u64>().max(1), t0, t0));
 
         let mut remaining: usize = rng.random_range(2..=19); // children: 3–20 spans with the root
         let mut t = t0 + rng.random_range(1_000..20_000);
@@ -1107,11 +1028,7 @@ impl SpanGen {
         }
         while remaining > 0 {
             remaining -= 1;
-            let model_idx = if rng.random_bool(0.85) {
-                agent.model
-            } else {
-                self.chat_model_cdf.pick(rng)
-            };
+            let model_idx = if rng.random_bool(0.85) { agent.model } else { self.chat_model_cdf.pick(rng) };
             let m = &MODELS[model_idx];
             let mut tools = match rng.random::<f64>() {
                 u if u < 0.30 => 0,
@@ -1119,9 +1036,7 @@ impl SpanGen {
                 _ => 2,
             };
             tools = tools.min(remaining.saturating_sub(1));
-            let error = rng
-                .random_bool(0.015)
-                .then(|| CHAT_ERRORS[self.chat_error_cdf.pick(rng)]);
+            let error = rng.random_bool(0.015).then(|| CHAT_ERRORS[self.chat_error_cdf.pick(rng)]);
             let mut s = PlannedSpan::new(Op::Chat, rng.random::<u64>().max(1), t, t);
             s.model = model_idx;
             let latency_us = if let Some(kind) = error {
@@ -1155,8 +1070,7 @@ impl SpanGen {
                     s.reasoning_tokens = (lognormal(rng, 350.0, 0.8) as i64).clamp(0, 20_000);
                     generated += s.reasoning_tokens;
                 }
-                let mut ms =
-                    (m.ttft_ms + generated as f64 * m.ms_per_token) * lognormal(rng, 1.0, 0.3);
+                let mut ms = (m.ttft_ms + generated as f64 * m.ms_per_token) * lognormal(rng, 1.0, 0.3);
                 if rng.random_bool(0.02) {
                     ms *= rng.random_range(3.0..10.0); // long tail: queueing, retries upstream
                 }
@@ -1189,8 +1103,7 @@ impl SpanGen {
                 if rng.random_bool(0.01) {
                     ms *= 5.0;
                 }
-                let mut s =
-                    PlannedSpan::new(Op::ExecuteTool, rng.random::<u64>().max(1), start, start);
+                let mut s = PlannedSpan::new(Op::ExecuteTool, rng.random::<u64>().max(1), start, start);
                 s.tool = tool_idx;
                 s.tool_call_id = (rng.random(), rng.random());
                 if rng.random_bool(tool.2) {
@@ -1257,11 +1170,7 @@ fn write_span(buf: &mut Vec<u8>, trace: &Trace, s: &PlannedSpan, agent: &Agent, 
         buf.extend_from_slice(b",\"request_model\":");
         push_str(buf, model.name);
         buf.extend_from_slice(b",\"response_model\":");
-        if s.error_type.is_some() {
-            buf.extend_from_slice(b"null")
-        } else {
-            push_str(buf, model.snapshot)
-        }
+        if s.error_type.is_some() { buf.extend_from_slice(b"null") } else { push_str(buf, model.snapshot) }
     } else {
         buf.extend_from_slice(b"null,\"request_model\":null,\"response_model\":null");
     }
@@ -1334,9 +1243,7 @@ fn write_span(buf: &mut Vec<u8>, trace: &Trace, s: &PlannedSpan, agent: &Agent, 
             push_str(buf, tool.3);
         }
         Op::Embeddings => {
-            buf.extend_from_slice(
-                b"\"gen_ai.embeddings.dimension.count\":1536,\"server.address\":",
-            );
+            buf.extend_from_slice(b"\"gen_ai.embeddings.dimension.count\":1536,\"server.address\":");
             push_str(buf, model.server());
         }
     }
@@ -1358,11 +1265,7 @@ fn write_evaluation(buf: &mut Vec<u8>, trace_id: u128, name: &str, score_milli: 
             push_padded(buf, milli, 3);
         }
     }
-    buf.extend_from_slice(if pass {
-        b",\"label\":\"pass\"}"
-    } else {
-        b",\"label\":\"fail\"}"
-    });
+    buf.extend_from_slice(if pass { b",\"label\":\"pass\"}" } else { b",\"label\":\"fail\"}" });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1560,19 +1463,10 @@ struct Run {
 }
 
 /// Writes `target` workflow events covering about `window_us` µs from `BASE_US`.
-fn write_workflow_events(
-    out: &mut JsonlWriter,
-    rng: &mut SmallRng,
-    target: usize,
-    window_us: i64,
-) -> io::Result<()> {
+fn write_workflow_events(out: &mut JsonlWriter, rng: &mut SmallRng, target: usize, window_us: i64) -> io::Result<()> {
     let cdf = Cdf::new(WORKFLOWS.iter().map(|w| w.1));
     let total_weight: f64 = WORKFLOWS.iter().map(|w| w.1).sum();
-    let mean_steps: f64 = WORKFLOWS
-        .iter()
-        .map(|w| w.1 * w.2.len() as f64)
-        .sum::<f64>()
-        / total_weight;
+    let mean_steps: f64 = WORKFLOWS.iter().map(|w| w.1 * w.2.len() as f64).sum::<f64>() / total_weight;
     let events_per_run = 2.0 + 3.3 * mean_steps;
     let interarrival_us = window_us as f64 / (target as f64 / events_per_run).max(1.0);
 
@@ -1625,21 +1519,12 @@ fn plan_run(run: &mut Run, rng: &mut SmallRng, workflow: usize, t0: i64) {
     let events = &mut run.events;
     let mut push = |step: usize, state: WfState, attempt: u8, time_us: i64, message: Message| {
         let seq = events.len() as u32 + 1;
-        events.push(WfEvent {
-            step,
-            state,
-            attempt,
-            time_us,
-            seq,
-            message,
-        });
+        events.push(WfEvent { step, state, attempt, time_us, seq, message });
     };
     let mut t = t0;
     push(0, WfState::Running, 0, t, Message::None);
     // ~1.5 % of runs are cancelled during one of their steps.
-    let cancel_at = rng
-        .random_bool(0.015)
-        .then(|| rng.random_range(0..steps.len()));
+    let cancel_at = rng.random_bool(0.015).then(|| rng.random_range(0..steps.len()));
     let mut failed = false;
     'steps: for (i, step) in steps.iter().enumerate() {
         t += rng.random_range(5_000..100_000);
@@ -1668,10 +1553,7 @@ fn plan_run(run: &mut Run, rng: &mut SmallRng, workflow: usize, t0: i64) {
                 (WfState::TimedOut, Cause::Timeout(timeout_s))
             } else {
                 t += rng.random_range(duration_us / 10..=duration_us);
-                (
-                    WfState::Failed,
-                    Cause::Failure(rng.random_range(0..FAILURES.len())),
-                )
+                (WfState::Failed, Cause::Failure(rng.random_range(0..FAILURES.len())))
             };
             push(i + 1, state, attempt, t, Message::Attempt(cause));
             if attempt == MAX_ATTEMPTS {
@@ -1717,9 +1599,7 @@ fn write_workflow_event(buf: &mut Vec<u8>, run: &Run, e: &WfEvent) {
     buf.extend_from_slice(b"\",\"workflow_name\":");
     push_str(buf, workflow.0);
     if e.step == 0 {
-        buf.extend_from_slice(
-            b",\"step_id\":null,\"step_name\":null,\"step_type\":null,\"state\":",
-        );
+        buf.extend_from_slice(b",\"step_id\":null,\"step_name\":null,\"step_type\":null,\"state\":");
         push_str(buf, e.state.as_str());
         buf.extend_from_slice(b",\"attempt\":null");
     } else {
@@ -1831,12 +1711,7 @@ struct KEvent {
 }
 
 /// Writes `target` knowledge events covering about `window_us` µs from `BASE_US`.
-fn write_knowledge_events(
-    out: &mut JsonlWriter,
-    rng: &mut SmallRng,
-    target: usize,
-    window_us: i64,
-) -> io::Result<()> {
+fn write_knowledge_events(out: &mut JsonlWriter, rng: &mut SmallRng, target: usize, window_us: i64) -> io::Result<()> {
     let cdf = Cdf::new(COLLECTIONS.iter().map(|c| c.2));
     let mut docs: Vec<Vec<Doc>> = COLLECTIONS.iter().map(|_| Vec::new()).collect();
     let gap_us = window_us as f64 / target.max(1) as f64;
@@ -1867,11 +1742,7 @@ fn write_knowledge_events(
         let coll = &COLLECTIONS[collection];
         let docs = &mut docs[collection];
         if doc == docs.len() {
-            docs.push(Doc {
-                version: 0,
-                size_bytes: 0,
-                live: false,
-            });
+            docs.push(Doc { version: 0, size_bytes: 0, live: false });
         }
         let d = &mut docs[doc];
         d.version += 1;
@@ -1879,20 +1750,14 @@ fn write_knowledge_events(
             d.live = false;
         } else {
             d.size_bytes = if d.live {
-                ((d.size_bytes as f64 * (1.0 + 0.08 * std_normal(rng))) as i64
-                    + rng.random_range(-200..400))
-                .max(100)
+                ((d.size_bytes as f64 * (1.0 + 0.08 * std_normal(rng))) as i64 + rng.random_range(-200..400)).max(100)
             } else {
                 (lognormal(rng, coll.4, 1.0) as i64).max(200)
             };
             d.live = true;
         }
         let bot = rng.random_bool(coll.3);
-        let actor = if bot {
-            BOTS[rng.random_range(0..BOTS.len())]
-        } else {
-            HUMANS[rng.random_range(0..HUMANS.len())]
-        };
+        let actor = if bot { BOTS[rng.random_range(0..BOTS.len())] } else { HUMANS[rng.random_range(0..HUMANS.len())] };
         let event = KEvent {
             collection,
             doc,
@@ -1940,11 +1805,7 @@ fn choose_knowledge_op(
     let sample = |rng: &mut SmallRng| {
         let r = rng.random::<f64>();
         let k = (n as f64 * r * r * r) as usize;
-        if rng.random_bool(0.5) {
-            n - 1 - k.min(n - 1)
-        } else {
-            k.min(n - 1)
-        }
+        if rng.random_bool(0.5) { n - 1 - k.min(n - 1) } else { k.min(n - 1) }
     };
     if u < 0.22 + 0.085 {
         for _ in 0..8 {
@@ -2005,8 +1866,7 @@ mod tests {
 
     impl TempDir {
         fn new(tag: &str) -> TempDir {
-            let dir =
-                std::env::temp_dir().join(format!("aimatrix-demo-{}-{tag}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("aimatrix-demo-{}-{tag}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             TempDir(dir)
         }
@@ -2046,10 +1906,7 @@ mod tests {
                 "attributes",
             ],
         ),
-        (
-            "evaluations",
-            &["trace_id", "span_id", "name", "score", "label"],
-        ),
+        ("evaluations", &["trace_id", "span_id", "name", "score", "label"]),
         (
             "workflow_events",
             &[
@@ -2103,10 +1960,7 @@ mod tests {
     /// Microseconds since the epoch of `2025-01-01T00:00:00.001099Z`-style text (UTC).
     fn parse_iso_us(s: &str) -> i64 {
         let b = s.as_bytes();
-        assert!(
-            b.len() >= 24 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.',
-            "not ISO: {s}"
-        );
+        assert!(b.len() >= 24 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.', "not ISO: {s}");
         assert!(s.ends_with('Z'), "not UTC: {s}");
         let num = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
         let (y, m, d) = (num(0..4), num(5..7), num(8..10));
@@ -2127,22 +1981,11 @@ mod tests {
     fn iso_times() {
         assert_eq!(iso(BASE_US + 1_099, 6), "\"2025-01-01T00:00:00.001099Z\"");
         assert_eq!(iso(BASE_US + 1_099, 3), "\"2025-01-01T00:00:00.001Z\"");
-        assert_eq!(
-            iso(1_709_164_800_000_000 + 3_723_000_001, 6),
-            "\"2024-02-29T01:02:03.000001Z\""
-        );
+        assert_eq!(iso(1_709_164_800_000_000 + 3_723_000_001, 6), "\"2024-02-29T01:02:03.000001Z\"");
         assert_eq!(iso(951_782_400_000_000, 3), "\"2000-02-29T00:00:00.000Z\"");
-        assert_eq!(
-            iso(4_102_444_799_999_999, 6),
-            "\"2099-12-31T23:59:59.999999Z\""
-        );
+        assert_eq!(iso(4_102_444_799_999_999, 6), "\"2099-12-31T23:59:59.999999Z\"");
         assert_eq!(iso(0, 6), "\"1970-01-01T00:00:00.000000Z\"");
-        for us in [
-            BASE_US,
-            BASE_US + 86_399_999_999,
-            1_709_164_800_123_456,
-            951_782_400_000_000,
-        ] {
+        for us in [BASE_US, BASE_US + 86_399_999_999, 1_709_164_800_123_456, 951_782_400_000_000] {
             assert_eq!(parse_iso_us(iso(us, 6).trim_matches('"')), us);
         }
     }
@@ -2164,42 +2007,21 @@ mod tests {
         push_padded(&mut buf, 1_234_567, 5);
         push_u64(&mut buf, 0);
         push_u64(&mut buf, u64::MAX);
-        assert_eq!(
-            String::from_utf8(buf).unwrap(),
-            "00007|1234567|0|18446744073709551615".replace('|', "")
-        );
+        assert_eq!(String::from_utf8(buf).unwrap(), "00007|1234567|0|18446744073709551615".replace('|', ""));
     }
 
     #[test]
     fn same_seed_same_bytes() {
-        let (a, b, c) = (
-            TempDir::new("det-a"),
-            TempDir::new("det-b"),
-            TempDir::new("det-c"),
-        );
-        let cfg = DemoConfig {
-            events: 30_000,
-            seed: 7,
-        };
+        let (a, b, c) = (TempDir::new("det-a"), TempDir::new("det-b"), TempDir::new("det-c"));
+        let cfg = DemoConfig { events: 30_000, seed: 7 };
         let da = write_demo_data(&a.0, &cfg).unwrap();
         let db = write_demo_data(&b.0, &cfg).unwrap();
         let dc = write_demo_data(&c.0, &DemoConfig { seed: 8, ..cfg }).unwrap();
         assert_eq!(da.files.len(), 4);
         for ((fa, fb), fc) in da.files.iter().zip(&db.files).zip(&dc.files) {
-            assert_eq!(
-                (fa.name, fa.records, fa.malformed),
-                (fb.name, fb.records, fb.malformed)
-            );
-            let (ba, bb, bc) = (
-                fs::read(&fa.path).unwrap(),
-                fs::read(&fb.path).unwrap(),
-                fs::read(&fc.path).unwrap(),
-            );
-            assert!(
-                ba == bb,
-                "{} differs between runs with the same seed",
-                fa.name
-            );
+            assert_eq!((fa.name, fa.records, fa.malformed), (fb.name, fb.records, fb.malformed));
+            let (ba, bb, bc) = (fs::read(&fa.path).unwrap(), fs::read(&fb.path).unwrap(), fs::read(&fc.path).unwrap());
+            assert!(ba == bb, "{} differs between runs with the same seed", fa.name);
             assert!(ba != bc, "{} is the same for seeds 7 and 8", fa.name);
         }
     }
@@ -2215,12 +2037,7 @@ mod tests {
                 let text = fs::read_to_string(&f.path).unwrap();
                 assert_eq!(text.lines().count(), f.records, "{}", f.name);
                 if f.valid() >= 100 {
-                    assert!(
-                        f.malformed >= 1,
-                        "{} has {} records and no malformed line",
-                        f.name,
-                        f.records
-                    );
+                    assert!(f.malformed >= 1, "{} has {} records and no malformed line", f.name, f.records);
                 }
             }
         }
@@ -2252,10 +2069,7 @@ mod tests {
                 }
             }
             if ok {
-                assert_eq!(
-                    v.as_object().unwrap().len(),
-                    columns.len() - usize::from(file.name == "workflow_events")
-                );
+                assert_eq!(v.as_object().unwrap().len(), columns.len() - usize::from(file.name == "workflow_events"));
                 good.push(v);
             } else {
                 bad += 1;
@@ -2277,28 +2091,11 @@ mod tests {
         let data = write_demo_data(&dir.0, &DemoConfig { events, seed: 42 }).unwrap();
         assert!(data.dir.is_absolute());
         let names: Vec<_> = data.files.iter().map(|f| f.name).collect();
-        assert_eq!(
-            names,
-            [
-                "spans",
-                "evaluations",
-                "workflow_events",
-                "knowledge_events"
-            ]
-        );
+        assert_eq!(names, ["spans", "evaluations", "workflow_events", "knowledge_events"]);
         for (f, expected) in data.files.iter().zip([0.80, 0.03, 0.10, 0.07]) {
             let got = share(f.valid(), events);
-            assert!(
-                (got - expected).abs() < 0.002,
-                "{}: {got} of the events, not {expected}",
-                f.name
-            );
-            assert!(
-                f.malformed >= 1 && f.malformed <= f.valid() / MALFORMED_EVERY + 2,
-                "{}: {}",
-                f.name,
-                f.malformed
-            );
+            assert!((got - expected).abs() < 0.002, "{}: {got} of the events, not {expected}", f.name);
+            assert!(f.malformed >= 1 && f.malformed <= f.valid() / MALFORMED_EVERY + 2, "{}: {}", f.name, f.malformed);
             assert!(f.path.is_absolute() && f.path.starts_with(&data.dir));
         }
 
@@ -2309,12 +2106,7 @@ mod tests {
         let (mut chat, mut tool, mut errors, mut late, mut max_start) = (0, 0, 0, 0, i64::MIN);
         for v in &spans {
             let trace = s(v, "trace_id").unwrap();
-            assert!(
-                trace.len() == 32
-                    && trace
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            );
+            assert!(trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
             assert_eq!(s(v, "span_id").unwrap().len(), 16);
             let root = roots.entry(trace).or_default();
             let op = s(v, "operation").unwrap();
@@ -2331,10 +2123,7 @@ mod tests {
                 "embeddings" => {}
                 other => panic!("operation {other}"),
             }
-            assert_eq!(
-                v["provider"].is_string(),
-                op == "chat" || op == "embeddings"
-            );
+            assert_eq!(v["provider"].is_string(), op == "chat" || op == "embeddings");
             assert_eq!(v["tool_name"].is_string(), op == "execute_tool");
             let status = s(v, "status").unwrap();
             assert_eq!(status == "error", v["error_type"].is_string());
@@ -2348,25 +2137,13 @@ mod tests {
             }
             max_start = max_start.max(start);
         }
-        assert!(
-            roots.values().all(|&n| n == 1),
-            "every trace has one root span"
-        );
+        assert!(roots.values().all(|&n| n == 1), "every trace has one root span");
         let chat_share = share(chat, chat + tool);
-        assert!(
-            (0.55..0.66).contains(&chat_share),
-            "chat share {chat_share}"
-        );
+        assert!((0.55..0.66).contains(&chat_share), "chat share {chat_share}");
         let error_share = share(errors, spans.len());
-        assert!(
-            (0.02..0.04).contains(&error_share),
-            "error share {error_share}"
-        );
+        assert!((0.02..0.04).contains(&error_share), "error share {error_share}");
         let late_share = share(late, spans.len());
-        assert!(
-            (0.005..0.02).contains(&late_share),
-            "late share {late_share}"
-        );
+        assert!((0.005..0.02).contains(&late_share), "late share {late_share}");
 
         // Evaluations refer to traces written before.
         let evals = decode(data.file("evaluations").unwrap());
@@ -2395,29 +2172,17 @@ mod tests {
                 states.insert(s(v, "state").unwrap());
                 retried += usize::from(v["attempt"].as_i64().unwrap_or(0) >= 2);
                 let state = v["state"].as_str().unwrap();
-                assert_eq!(
-                    v["failure_message"].is_string(),
-                    state == "FAILED" || state == "TIMED_OUT"
-                );
+                assert_eq!(v["failure_message"].is_string(), state == "FAILED" || state == "TIMED_OUT");
             }
-            let run_states: Vec<_> = events
-                .iter()
-                .filter(|v| v["step_id"].is_null())
-                .map(|v| s(v, "state").unwrap())
-                .collect();
+            let run_states: Vec<_> =
+                events.iter().filter(|v| v["step_id"].is_null()).map(|v| s(v, "state").unwrap()).collect();
             failed += usize::from(run_states.iter().any(|s| s == "FAILED"));
             unfinished += usize::from(!run_states.iter().any(|s| s != "RUNNING"));
         }
         assert_eq!(states.len(), 6, "{states:?}");
-        assert!(
-            failed >= 3 && unfinished >= 1 && retried >= 10,
-            "{failed} {unfinished} {retried}"
-        );
+        assert!(failed >= 3 && unfinished >= 1 && retried >= 10, "{failed} {unfinished} {retried}");
         let reordered_share = share(reordered, workflow.len());
-        assert!(
-            (0.005..0.04).contains(&reordered_share),
-            "reordered {reordered_share}"
-        );
+        assert!((0.005..0.04).contains(&reordered_share), "reordered {reordered_share}");
 
         // Knowledge events.
         let knowledge = decode(data.file("knowledge_events").unwrap());
@@ -2431,10 +2196,7 @@ mod tests {
             bots += usize::from(v["is_bot"].as_bool().unwrap());
             if v["op"] == "delete" {
                 deletes += 1;
-                assert!(
-                    latest.contains_key(&key),
-                    "delete of an unknown document {key:?}"
-                );
+                assert!(latest.contains_key(&key), "delete of an unknown document {key:?}");
                 assert!(v["size_bytes"].is_null());
             }
             let newest = latest.entry(key).or_insert(0);
@@ -2442,15 +2204,9 @@ mod tests {
             *newest = (*newest).max(version);
         }
         let n = knowledge.len();
-        assert!(
-            (0.05..0.11).contains(&share(deletes, n)),
-            "deletes {deletes}/{n}"
-        );
+        assert!((0.05..0.11).contains(&share(deletes, n)), "deletes {deletes}/{n}");
         assert!((0.2..0.4).contains(&share(bots, n)), "bots {bots}/{n}");
-        assert!(
-            (0.02..0.08).contains(&share(inversions, n)),
-            "inversions {inversions}/{n}"
-        );
+        assert!((0.02..0.08).contains(&share(inversions, n)), "inversions {inversions}/{n}");
     }
 
     /// The files decode with the real `json` format configured by the job file: every valid
@@ -2461,14 +2217,7 @@ mod tests {
         use amx_dataflows::event::Event;
 
         let dir = TempDir::new("decode");
-        let data = write_demo_data(
-            &dir.0,
-            &DemoConfig {
-                events: 30_000,
-                seed: 5,
-            },
-        )
-        .unwrap();
+        let data = write_demo_data(&dir.0, &DemoConfig { events: 30_000, seed: 5 }).unwrap();
         let job: toml::Table = toml::from_str(&demo_job_toml(&data)).unwrap();
         for (source, file) in job["sources"].as_array().unwrap().iter().zip(&data.files) {
             let options = serde_json::to_value(&source["options"]).unwrap();
@@ -2489,26 +2238,14 @@ mod tests {
                     (other, name) => panic!("{name}: unexpected {other:?}"),
                 }
             }
-            assert_eq!(
-                (rows, errors),
-                (file.valid(), file.malformed),
-                "{}",
-                file.name
-            );
+            assert_eq!((rows, errors), (file.valid(), file.malformed), "{}", file.name);
         }
     }
 
     #[test]
     fn job_toml_parses() {
         let dir = TempDir::new("toml");
-        let data = write_demo_data(
-            &dir.0,
-            &DemoConfig {
-                events: 500,
-                seed: 3,
-            },
-        )
-        .unwrap();
+        let data = write_demo_data(&dir.0, &DemoConfig { events: 500, seed: 3 }).unwrap();
         let text = demo_job_toml(&data);
         let job: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(job["name"].as_str(), Some("demo"));
@@ -2528,11 +2265,7 @@ mod tests {
             let mut expected = columns.to_vec();
             expected.sort_unstable();
             assert_eq!(keys, expected, "{}", file.name);
-            assert!(
-                mapping
-                    .values()
-                    .all(|p| p.as_str().is_some_and(|p| p.starts_with('/')))
-            );
+            assert!(mapping.values().all(|p| p.as_str().is_some_and(|p| p.starts_with('/'))));
         }
         let queries = job["queries"].as_array().unwrap();
         assert!((4..=6).contains(&queries.len()));
@@ -2553,9 +2286,6 @@ mod tests {
             }],
         };
         let job: toml::Table = toml::from_str(&demo_job_toml(&odd)).unwrap();
-        assert_eq!(
-            job["sources"][0]["path"].as_str(),
-            Some("/tmp/a \"b\"\\c/spans.jsonl")
-        );
+        assert_eq!(job["sources"][0]["path"].as_str(), Some("/tmp/a \"b\"\\c/spans.jsonl"));
     }
 }

@@ -30,6 +30,10 @@ pub struct JobConfig {
     /// Sources, read in this order.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Materialized views defined in SQL, `name = "SELECT …"`, maintained incrementally and
+    /// queried like the built-in views; a view may read earlier views (file order).
+    #[serde(default)]
+    pub views: toml::Table,
     /// Queries answered at the end (or on every change with `--follow`).
     #[serde(default)]
     pub queries: Vec<QueryConfig>,
@@ -87,13 +91,17 @@ impl Job {
             amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;
         }
+        for (name, sql) in &config.views {
+            if !sql.is_str() {
+                bail!("view `{name}` must be a SQL string (name = \"SELECT …\")");
+            }
+        }
         Ok(Job { config })
     }
 
     /// Reads and parses a job file.
     pub fn load(path: &Path) -> Result<Job> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Job::parse(&text, base).with_context(|| format!("in {}", path.display()))
     }

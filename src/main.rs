@@ -91,14 +91,8 @@ enum Output {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration `{s}` (use e.g. 500ms, 1s)"))?;
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let v: f64 = num.parse().map_err(|_| format!("bad duration `{s}` (use e.g. 500ms, 1s)"))?;
     let secs = match unit {
         "ms" => v / 1000.0,
         "s" | "" => v,
@@ -122,11 +116,7 @@ impl ClusterArgs {
                 Output::Json => OutputFormat::Json,
                 Output::Csv => OutputFormat::Csv,
             },
-            queries: sql
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (format!("query {}", i + 1), q.clone()))
-                .collect(),
+            queries: sql.iter().enumerate().map(|(i, q)| (format!("query {}", i + 1), q.clone())).collect(),
             progress: !self.quiet,
             batch_records: self.batch,
             summary: true,
@@ -143,50 +133,26 @@ fn main() {
 
 fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     // Not locked for the whole run: timely's networking threads print on stdout while connecting.
     let mut stdout = std::io::stdout();
     match cli.command {
-        Command::Run {
-            job,
-            sql,
-            follow,
-            interval,
-            cluster,
-        } => {
+        Command::Run { job, sql, follow, interval, cluster } => {
             let job = Job::load(&job)?;
             run(&job, &cluster.options(&sql, follow, interval), &mut stdout)?;
         }
-        Command::Demo {
-            events,
-            seed,
-            dir,
-            sql,
-            cluster,
-        } => {
-            let dir = dir.unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id()))
-            });
+        Command::Demo { events, seed, dir, sql, cluster } => {
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));
             let data = write_demo_data(&dir, &DemoConfig { events, seed })
                 .with_context(|| format!("writing demo data to {}", dir.display()))?;
             let job_path = dir.join("demo.toml");
             std::fs::write(&job_path, demo_job_toml(&data))?;
-            eprintln!(
-                "demo: {events} records in {} (job file {})",
-                dir.display(),
-                job_path.display()
-            );
+            eprintln!("demo: {events} records in {} (job file {})", dir.display(), job_path.display());
             let job = Job::load(&job_path)?;
-            run(
-                &job,
-                &cluster.options(&sql, false, Duration::from_secs(1)),
-                &mut stdout,
-            )?;
+            run(&job, &cluster.options(&sql, false, Duration::from_secs(1)), &mut stdout)?;
         }
     }
     Ok(())

@@ -10,17 +10,21 @@
 //! coordinator (the main thread of process 0), which keeps the [`State`] and runs SQL on it.
 //! The state therefore always reflects whole epochs: a consistent snapshot.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use amx_connectors::{FileReader, Record};
 use amx_dataflows::event::Event;
-use amx_dataflows::render::{ExportBuffer, relations, render};
-use amx_dataflows::row::Row;
+use amx_dataflows::render::{ExportBuffer, export, relations, render};
+use amx_dataflows::row::{Column, ColumnType, RelationDesc, Row};
 use amx_dataflows::{Diff, Time};
-use amx_sql::{OutputFormat, SqlEngine, State, format_batches};
+use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use amx_sql::views::{ViewDef, ViewPlanner, ViewStatement, parse_statement};
+use amx_sql::{OutputFormat, SqlEngine, State, arrow_schema, format_batches};
 use anyhow::{Context, Result, anyhow, bail};
 use timely::dataflow::ProbeHandle;
 
@@ -109,31 +113,14 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
         }
     } else {
         if opts.process_index >= opts.processes {
-            bail!(
-                "--process-index {} is not below --processes {}",
-                opts.process_index,
-                opts.processes
-            );
+            bail!("--process-index {} is not below --processes {}", opts.process_index, opts.processes);
         }
-        let hosts = opts
-            .hosts
-            .as_ref()
-            .ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
-        let text = std::fs::read_to_string(hosts)
-            .with_context(|| format!("reading {}", hosts.display()))?;
-        let addresses: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(String::from)
-            .collect();
+        let hosts = opts.hosts.as_ref().ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
+        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
+        let addresses: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
         if addresses.len() < opts.processes {
-            bail!(
-                "{} lists {} hosts; --processes is {}",
-                hosts.display(),
-                addresses.len(),
-                opts.processes
-            );
+            bail!("{} lists {} hosts; --processes is {}", hosts.display(), addresses.len(), opts.processes);
         }
         timely::CommunicationConfig::Cluster {
             threads: opts.workers,
@@ -143,19 +130,11 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
             zerocopy: false,
         }
     };
-    Ok(timely::Config {
-        communication,
-        worker: timely::WorkerConfig::default(),
-    })
+    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
 }
 
 /// Forwards the collected changes below the probe's frontier to the coordinator.
-fn forward(
-    export: &ExportBuffer,
-    probe: &ProbeHandle<Time>,
-    last_upper: &mut Time,
-    tx: &mpsc::Sender<Msg>,
-) {
+fn forward(export: &ExportBuffer, probe: &ProbeHandle<Time>, last_upper: &mut Time, tx: &mpsc::Sender<Msg>) {
     let upper = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
     if upper <= *last_upper {
         return;
@@ -174,24 +153,20 @@ fn forward(
 /// Errors: a bad cluster configuration, an unreadable source, a failing query.
 pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSummary> {
     let config = timely_config(opts)?;
-    let queries: Vec<(String, String)> = if opts.queries.is_empty() {
+    let statements: Vec<(String, String)> = if opts.queries.is_empty() {
         job.config
             .queries
             .iter()
             .enumerate()
-            .map(|(i, q)| {
-                (
-                    q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)),
-                    q.sql.clone(),
-                )
-            })
+            .map(|(i, q)| (q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)), q.sql.clone()))
             .collect()
     } else {
         opts.queries.clone()
     };
+    let (views, queries) = plan_views(job, &statements)?;
+    let (descs, schemas) = catalog(&views);
     for source in &job.config.sources {
-        let reader =
-            FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
+        let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
         if reader.paths().is_empty() && !opts.follow {
             tracing::warn!(source = %source.name, path = %source.path, "no file matches the source's path");
         }
@@ -206,9 +181,38 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
-        let export = ExportBuffer::default();
-        let (mut inputs, probe) =
-            worker.dataflow::<Time, _, _>(|scope| render(scope, export.clone(), 0));
+        let export_buffer = ExportBuffer::default();
+        let collected = export_buffer.clone();
+        let views = views.clone();
+        let rendered = worker.dataflow::<Time, _, _>(move |scope| {
+            let rendered = render(scope);
+            let probe = ProbeHandle::new();
+            let mut collections: HashMap<String, amx_sql::render::Rows<'_>> = HashMap::new();
+            let base = rendered.relations.len();
+            for (index, (name, rows)) in rendered.relations.into_iter().enumerate() {
+                collections.insert(name.to_owned(), rows.clone());
+                export(rows, index, &export_buffer, 0, &probe);
+            }
+            let mut errors = Vec::new();
+            for (k, view) in views.iter().enumerate() {
+                let rows = amx_sql::render::render(&view.plan, &view.name, &collections, &mut errors)
+                    .map_err(|e| format!("view `{}`: {e}", view.name))?;
+                collections.insert(view.name.clone(), rows.clone());
+                export(rows, base + k, &export_buffer, 0, &probe);
+            }
+            let mut errors = errors.into_iter();
+            if let Some(first) = errors.next() {
+                export(errors.fold(first, |a, b| a.concat(b)), base + views.len(), &export_buffer, 0, &probe);
+            }
+            Ok::<_, String>((rendered.inputs, probe))
+        });
+        let (mut inputs, probe) = match rendered {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Msg::Failed(e));
+                return;
+            }
+        };
         let mut last_upper: Time = 0;
 
         struct Source {
@@ -220,16 +224,10 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let mut readers = Vec::new();
         for s in &sources {
             // Validated by Job::parse, so these only fail if the files changed underneath.
-            match (
-                FileReader::new(&s.path),
-                amx_connectors::decoder(&s.format, &s.options_json()),
-            ) {
-                (Ok(reader), Ok(decoder)) => readers.push(Source {
-                    name: s.name.clone(),
-                    reader,
-                    decoder,
-                    next_record: 0,
-                }),
+            match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
+                (Ok(reader), Ok(decoder)) => {
+                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0 })
+                }
                 (Err(e), _) => {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
                     return;
@@ -272,7 +270,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                         while probe.less_than(&epoch) {
                             worker.step();
                             if index == 0 {
-                                forward(&export, &probe, &mut last_upper, &tx);
+                                forward(&collected, &probe, &mut last_upper, &tx);
                             }
                         }
                     }
@@ -290,7 +288,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             }
             worker.step();
             if index == 0 {
-                forward(&export, &probe, &mut last_upper, &tx);
+                forward(&collected, &probe, &mut last_upper, &tx);
             }
             if !follow {
                 break;
@@ -303,7 +301,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                         break;
                     }
                     if index == 0 {
-                        forward(&export, &probe, &mut last_upper, &tx);
+                        forward(&collected, &probe, &mut last_upper, &tx);
                     }
                 }
             }
@@ -312,11 +310,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         drop(inputs);
         while worker.step() {
             if index == 0 {
-                forward(&export, &probe, &mut last_upper, &tx);
+                forward(&collected, &probe, &mut last_upper, &tx);
             }
         }
         if index == 0 {
-            forward(&export, &probe, &mut last_upper, &tx);
+            forward(&collected, &probe, &mut last_upper, &tx);
             let records: u64 = readers.iter().map(|s| s.next_record).sum();
             let bytes: u64 = readers.iter().map(|s| s.reader.bytes_read()).sum();
             let _ = tx.send(Msg::Finished(records, bytes));
@@ -334,12 +332,9 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     }
 
     let engine = SqlEngine::new()?;
-    let mut state = State::new(relations());
+    let mut state = State::with_schemas(descs, schemas);
     let bar = opts.progress.then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(0),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
+        let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} ingesting [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
@@ -386,27 +381,9 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             changed_since_print = false;
             last_print = Instant::now();
             if let Some(bar) = &bar {
-                bar.suspend(|| {
-                    answer(
-                        &engine,
-                        &mut state,
-                        &queries,
-                        opts.output,
-                        &mut printed,
-                        true,
-                        out,
-                    )
-                })?;
+                bar.suspend(|| answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out))?;
             } else {
-                answer(
-                    &engine,
-                    &mut state,
-                    &queries,
-                    opts.output,
-                    &mut printed,
-                    true,
-                    out,
-                )?;
+                answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out)?;
             }
         }
     }
@@ -420,15 +397,10 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         r.map_err(|e| anyhow!("worker failed: {e}"))?;
     }
     summary.errors = state.count("ingest_errors").unwrap_or(0);
-    summary.decoded = [
-        "spans",
-        "evaluations",
-        "workflow_events",
-        "knowledge_events",
-    ]
-    .iter()
-    .map(|r| state.count(r).unwrap_or(0))
-    .sum();
+    summary.decoded = ["spans", "evaluations", "workflow_events", "knowledge_events"]
+        .iter()
+        .map(|r| state.count(r).unwrap_or(0))
+        .sum();
     if opts.summary {
         eprintln!(
             "read {} records ({} bytes) from {} sources: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",
@@ -440,15 +412,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             started.elapsed().as_secs_f64()
         );
     }
-    answer(
-        &engine,
-        &mut state,
-        &queries,
-        opts.output,
-        &mut printed,
-        false,
-        out,
-    )?;
+    answer(&engine, &mut state, &queries, opts.output, &mut printed, false, out)?;
     Ok(summary)
 }
 
@@ -463,9 +427,7 @@ fn answer(
     out: &mut dyn Write,
 ) -> Result<()> {
     for (i, (name, sql)) in queries.iter().enumerate() {
-        let batches = engine
-            .query(state, sql)
-            .with_context(|| format!("query `{name}`: {sql}"))?;
+        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {sql}"))?;
         let text = format_batches(&batches, format)?;
         if only_changed && printed[i].as_deref() == Some(text.as_str()) {
             continue;
@@ -480,4 +442,75 @@ fn answer(
         printed[i] = Some(text);
     }
     Ok(())
+}
+
+/// Name of the relation holding rows that failed in SQL views: `(view TEXT, error TEXT)`.
+pub const VIEW_ERRORS: &str = "aimatrix_view_errors";
+
+/// Plans the job's `[views]`, then the statements: `CREATE MATERIALIZED VIEW` adds a view,
+/// `DROP MATERIALIZED VIEW` removes one, anything else is a query to answer.
+///
+/// Errors: a view that fails to plan or is refused (the message names the construct and where
+/// it is), or a SQL syntax error in a statement.
+pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<(String, String)>)> {
+    let base: Vec<(String, SchemaRef)> = relations().iter().map(|d| (d.name.to_owned(), arrow_schema(d))).collect();
+    let mut planner = ViewPlanner::new(&base)?;
+    for (name, sql) in &job.config.views {
+        let sql = sql.as_str().unwrap_or_default();
+        planner.create(name, sql).with_context(|| format!("view `{name}`"))?;
+    }
+    let mut queries = Vec::new();
+    for (name, sql) in statements {
+        match parse_statement(sql).with_context(|| format!("`{name}`: {sql}"))? {
+            ViewStatement::Create { name: view, query } => {
+                planner.create_in(&view, &query, sql).with_context(|| format!("view `{view}`"))?;
+            }
+            ViewStatement::Drop { name: view, if_exists } => planner.drop(&view, if_exists)?,
+            ViewStatement::Other => queries.push((name.clone(), sql.clone())),
+        }
+    }
+    Ok((planner.views().to_vec(), queries))
+}
+
+/// Every relation SQL can read and its Arrow schema: the canonical relations and built-in
+/// views, the SQL views, and `aimatrix_view_errors`, in export order.
+fn catalog(views: &[ViewDef]) -> (Vec<RelationDesc>, Vec<SchemaRef>) {
+    let mut descs = relations();
+    let mut schemas: Vec<SchemaRef> = descs.iter().map(arrow_schema).collect();
+    for view in views {
+        let columns = view
+            .schema
+            .fields()
+            .iter()
+            .map(|f| Column { name: leak(f.name()), ty: column_type(f.data_type()) })
+            .collect();
+        descs.push(RelationDesc { name: leak(&view.name), columns, key: Vec::new() });
+        schemas.push(view.schema.clone());
+    }
+    let errors = RelationDesc {
+        name: VIEW_ERRORS,
+        columns: vec![Column { name: "view", ty: ColumnType::Text }, Column { name: "error", ty: ColumnType::Text }],
+        key: Vec::new(),
+    };
+    schemas.push(Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+    ])));
+    descs.push(errors);
+    (descs, schemas)
+}
+
+/// Relation and column names live for the whole run; views are planned once per run.
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_owned().into_boxed_str())
+}
+
+fn column_type(ty: &DataType) -> ColumnType {
+    match ty {
+        DataType::Boolean => ColumnType::Bool,
+        DataType::Float32 | DataType::Float64 => ColumnType::Float,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::Text,
+        DataType::Timestamp(_, _) => ColumnType::Timestamp,
+        _ => ColumnType::Int,
+    }
 }

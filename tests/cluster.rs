@@ -22,114 +22,55 @@ const QUERIES: &[&str] = &[
 
 fn aimatrix(job: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_aimatrix"));
-    cmd.arg("run")
-        .arg(job)
-        .args(["--output", "json", "--quiet"]);
+    cmd.arg("run").arg(job).args(["--output", "json", "--quiet"]);
     for q in QUERIES {
         cmd.args(["--sql", q]);
     }
-    cmd.args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
 
 fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{what} failed: {}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 #[test]
 fn one_worker_many_workers_and_two_processes_agree() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = write_demo_data(
-        dir.path(),
-        &DemoConfig {
-            events: 6_000,
-            seed: 7,
-        },
-    )
-    .expect("demo data");
+    let data = write_demo_data(dir.path(), &DemoConfig { events: 6_000, seed: 7 }).expect("demo data");
     let job = dir.path().join("job.toml");
     std::fs::write(&job, demo_job_toml(&data)).expect("job file");
 
-    let single = ok(
-        aimatrix(&job, &["--workers", "1"]).output().expect("run"),
-        "1 worker",
-    );
-    assert_eq!(
-        single.lines().count(),
-        QUERIES.len(),
-        "one JSON line per query:\n{single}"
-    );
+    let single = ok(aimatrix(&job, &["--workers", "1"]).output().expect("run"), "1 worker");
+    assert_eq!(single.lines().count(), QUERIES.len(), "one JSON line per query:\n{single}");
     // The answers are not trivially empty: every built-in view has rows.
     for (line, q) in single.lines().zip(QUERIES) {
         assert!(line.len() > 10, "{q} answered {line}");
     }
 
-    let threads = ok(
-        aimatrix(&job, &["--workers", "3", "--batch", "500"])
-            .output()
-            .expect("run"),
-        "3 workers",
-    );
-    assert_eq!(
-        threads, single,
-        "3 workers in small batches disagree with 1 worker"
-    );
+    let threads = ok(aimatrix(&job, &["--workers", "3", "--batch", "500"]).output().expect("run"), "3 workers");
+    assert_eq!(threads, single, "3 workers in small batches disagree with 1 worker");
 
     let hosts = dir.path().join("hosts.txt");
-    std::fs::write(
-        &hosts,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .expect("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
     let hosts = hosts.to_string_lossy().into_owned();
     let spawn = |index: &str| {
-        aimatrix(
-            &job,
-            &[
-                "--workers",
-                "2",
-                "--processes",
-                "2",
-                "--process-index",
-                index,
-                "--hosts",
-                &hosts,
-            ],
-        )
-        .spawn()
-        .expect("spawn")
+        aimatrix(&job, &["--workers", "2", "--processes", "2", "--process-index", index, "--hosts", &hosts])
+            .spawn()
+            .expect("spawn")
     };
     let p0 = spawn("0");
     let p1 = spawn("1");
     // Timely prints its connection progress ("awaiting connections …") on stdout: keep the answers.
-    let answers = |s: String| {
-        s.lines()
-            .filter(|l| l.starts_with('['))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    };
+    let answers = |s: String| s.lines().filter(|l| l.starts_with('[')).map(|l| format!("{l}\n")).collect::<String>();
     let out0 = answers(ok(p0.wait_with_output().expect("process 0"), "process 0"));
     let out1 = ok(p1.wait_with_output().expect("process 1"), "process 1");
-    assert_eq!(
-        out0, single,
-        "the two-process cluster disagrees with one process"
-    );
+    assert_eq!(out0, single, "the two-process cluster disagrees with one process");
     // Only process 0 answers; process 1 only computes (timely may print connection retries).
     assert!(!out1.contains('['), "process 1 printed answers: {out1}");
 }

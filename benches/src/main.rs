@@ -29,11 +29,7 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
+        .map(|v| v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} takes a number")))
         .unwrap_or(default)
 }
 
@@ -47,16 +43,8 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let data = write_demo_data(dir.path(), &DemoConfig { events, seed: 42 })?;
     let records: usize = data.files.iter().map(|f| f.records).sum();
-    let bytes: u64 = data
-        .files
-        .iter()
-        .map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    eprintln!(
-        "generated {records} records ({:.1} MB) in {:.2} s",
-        bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
+    let bytes: u64 = data.files.iter().map(|f| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0)).sum();
+    eprintln!("generated {records} records ({:.1} MB) in {:.2} s", bytes as f64 / 1e6, t.elapsed().as_secs_f64());
     let job_path = dir.path().join("bench.toml");
     std::fs::write(&job_path, demo_job_toml(&data))?;
     let job = Job::load(&job_path)?;

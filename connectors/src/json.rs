@@ -38,8 +38,7 @@
 use std::collections::BTreeMap;
 
 use amx_dataflows::event::{
-    Evaluation, Event, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TraceId, WorkflowEvent,
-    WorkflowState,
+    Evaluation, Event, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TraceId, WorkflowEvent, WorkflowState,
 };
 use amx_dataflows::row::{ColumnType, Datum, RelationDesc, ToRow};
 use ordered_float::OrderedFloat;
@@ -67,12 +66,8 @@ pub enum Relation {
 
 impl Relation {
     /// Every relation, in a stable order.
-    pub const ALL: [Relation; 4] = [
-        Relation::Spans,
-        Relation::Evaluations,
-        Relation::WorkflowEvents,
-        Relation::KnowledgeEvents,
-    ];
+    pub const ALL: [Relation; 4] =
+        [Relation::Spans, Relation::Evaluations, Relation::WorkflowEvents, Relation::KnowledgeEvents];
 
     /// The relation's description (name and columns) from the event model.
     pub fn desc(self) -> RelationDesc {
@@ -191,71 +186,41 @@ impl JsonDecoder {
         let names = || Relation::ALL.map(Relation::name).join(", ");
         let relation = match o.string("relation")? {
             None => return Err(bad("relation", format!("required: one of {}", names()))),
-            Some(r) => Relation::parse(&r).ok_or_else(|| {
-                bad(
-                    "relation",
-                    format!("unknown relation `{r}` (expected one of {})", names()),
-                )
-            })?,
+            Some(r) => Relation::parse(&r)
+                .ok_or_else(|| bad("relation", format!("unknown relation `{r}` (expected one of {})", names())))?,
         };
         let unit = match o.string("time_unit")? {
             None => TimeUnit::Millis,
-            Some(u) => TimeUnit::parse(&u).ok_or_else(|| {
-                bad(
-                    "time_unit",
-                    format!("unknown unit `{u}` (expected s, ms, us or ns)"),
-                )
-            })?,
+            Some(u) => TimeUnit::parse(&u)
+                .ok_or_else(|| bad("time_unit", format!("unknown unit `{u}` (expected s, ms, us or ns)")))?,
         };
         let mapping = match o.value("mapping") {
             None => serde_json::Map::new(),
             Some(Value::Object(m)) => m.clone(),
             Some(other) => {
-                return Err(bad(
-                    "mapping",
-                    format!("expected a table (column → spec), found {}", short(other)),
-                ));
+                return Err(bad("mapping", format!("expected a table (column → spec), found {}", short(other))));
             }
         };
         o.finish()?;
         let desc = relation.desc();
-        let column_names = || {
-            desc.columns
-                .iter()
-                .map(|c| c.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let column_names = || desc.columns.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
         for name in mapping.keys() {
             if !desc.columns.iter().any(|c| c.name == name) {
                 return Err(ConfigError::BadMapping {
                     column: name.clone(),
-                    reason: format!(
-                        "`{}` has no such column (columns: {})",
-                        desc.name,
-                        column_names()
-                    ),
+                    reason: format!("`{}` has no such column (columns: {})", desc.name, column_names()),
                 });
             }
         }
         let mut columns = Vec::with_capacity(desc.columns.len());
         for c in &desc.columns {
             let kind = Kind::of(relation, c.name, c.ty);
-            let spec = mapping
-                .get(c.name)
-                .map(|s| parse_spec(c.name, kind, s, unit))
-                .transpose()?;
-            columns.push(Column {
-                name: c.name,
-                kind,
-                spec,
-            });
+            let spec = mapping.get(c.name).map(|s| parse_spec(c.name, kind, s, unit)).transpose()?;
+            columns.push(Column { name: c.name, kind, spec });
         }
         let mapped = |name: &str| columns.iter().any(|c| c.name == name && c.spec.is_some());
         for &name in relation.required() {
-            if mapped(name)
-                || (relation == Relation::Spans && name == "name" && mapped("operation"))
-            {
+            if mapped(name) || (relation == Relation::Spans && name == "name" && mapped("operation")) {
                 continue;
             }
             let hint = if relation == Relation::Spans && name == "name" {
@@ -279,34 +244,21 @@ impl JsonDecoder {
 
 /// Parses one column's spec.
 fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<Spec, ConfigError> {
-    let err = |reason: String| ConfigError::BadMapping {
-        column: column.to_owned(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::BadMapping { column: column.to_owned(), reason };
     let pointer = |p: &Value| match p {
         Value::String(s) if s.starts_with('/') => Ok(s.clone()),
         Value::String(s) => Err(err(format!(
             "\"{s}\" is not a JSON pointer (it must start with `/`); use {{ const = … }} for constants"
         ))),
-        other => Err(err(format!(
-            "`pointer` must be a string, found {}",
-            short(other)
-        ))),
+        other => Err(err(format!("`pointer` must be a string, found {}", short(other)))),
     };
-    let mut out = Spec {
-        source: Source::Const(Value::Null),
-        map: None,
-        default: None,
-        unit,
-    };
+    let mut out = Spec { source: Source::Const(Value::Null), map: None, default: None, unit };
     match spec {
         Value::String(_) => out.source = Source::Pointer(pointer(spec)?),
         Value::Object(table) => {
             for key in table.keys() {
                 if !["const", "pointer", "map", "default", "unit"].contains(&key.as_str()) {
-                    return Err(err(format!(
-                        "unknown key `{key}` (expected const, pointer, map, default or unit)"
-                    )));
+                    return Err(err(format!("unknown key `{key}` (expected const, pointer, map, default or unit)")));
                 }
             }
             if let Some(c) = table.get("const") {
@@ -317,28 +269,24 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
                 out.source = Source::Const(c.clone());
                 return Ok(out);
             }
-            out.source =
-                Source::Pointer(pointer(table.get("pointer").ok_or_else(|| {
-                    err("a table spec needs `pointer` (or `const`)".into())
-                })?)?);
+            out.source = Source::Pointer(pointer(
+                table.get("pointer").ok_or_else(|| err("a table spec needs `pointer` (or `const`)".into()))?,
+            )?);
             if let Some(u) = table.get("unit") {
                 if kind != Kind::Timestamp {
                     return Err(err("`unit` applies only to time columns".into()));
                 }
-                out.unit = u.as_str().and_then(TimeUnit::parse).ok_or_else(|| {
-                    err(format!(
-                        "unknown unit {} (expected s, ms, us or ns)",
-                        short(u)
-                    ))
-                })?;
+                out.unit = u
+                    .as_str()
+                    .and_then(TimeUnit::parse)
+                    .ok_or_else(|| err(format!("unknown unit {} (expected s, ms, us or ns)", short(u))))?;
             }
             if let Some(m) = table.get("map") {
                 let Value::Object(m) = m else {
                     return Err(err(format!("`map` must be a table, found {}", short(m))));
                 };
                 for v in m.values() {
-                    convert(column, kind, v, out.unit)
-                        .map_err(|e| err(format!("in `map`: {e}")))?;
+                    convert(column, kind, v, out.unit).map_err(|e| err(format!("in `map`: {e}")))?;
                 }
                 out.map = Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
             }
@@ -348,10 +296,7 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
             }
         }
         other => {
-            return Err(err(format!(
-                "expected a JSON pointer string or a table, found {}",
-                short(other)
-            )));
+            return Err(err(format!("expected a JSON pointer string or a table, found {}", short(other))));
         }
     }
     Ok(out)
@@ -369,8 +314,7 @@ fn map_key(v: &Value) -> Option<String> {
 
 /// Converts a non-null value to a column's type (enums as their canonical text).
 fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum, String> {
-    let fail =
-        |expected: &str| format!("column `{column}`: expected {expected}, found {}", short(v));
+    let fail = |expected: &str| format!("column `{column}`: expected {expected}, found {}", short(v));
     if v.is_null() {
         return Ok(Datum::Null);
     }
@@ -404,32 +348,17 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
                 },
                 _ => None,
             };
-            Datum::Text(
-                status
-                    .ok_or_else(|| fail("ok, error or unset"))?
-                    .as_str()
-                    .to_owned(),
-            )
+            Datum::Text(status.ok_or_else(|| fail("ok, error or unset"))?.as_str().to_owned())
         }
         Kind::State => {
             let s = v.as_str().ok_or_else(|| fail("a workflow state"))?;
-            let state = WorkflowState::parse(s).or_else(|| {
-                s.eq_ignore_ascii_case("canceled")
-                    .then_some(WorkflowState::Cancelled)
-            });
+            let state = WorkflowState::parse(s)
+                .or_else(|| s.eq_ignore_ascii_case("canceled").then_some(WorkflowState::Cancelled));
             let states = WorkflowState::ALL.map(WorkflowState::as_str).join(", ");
-            Datum::Text(
-                state
-                    .ok_or_else(|| fail(&format!("one of {states}")))?
-                    .as_str()
-                    .to_owned(),
-            )
+            Datum::Text(state.ok_or_else(|| fail(&format!("one of {states}")))?.as_str().to_owned())
         }
         Kind::Op => {
-            let op = v
-                .as_str()
-                .and_then(KnowledgeOp::parse)
-                .ok_or_else(|| fail("upsert or delete"))?;
+            let op = v.as_str().and_then(KnowledgeOp::parse).ok_or_else(|| fail("upsert or delete"))?;
             Datum::Text(op.as_str().to_owned())
         }
     })
@@ -448,10 +377,7 @@ impl Column {
         let value = match (&spec.map, raw) {
             (_, None) => spec.default.as_ref(),
             (None, Some(v)) => Some(v),
-            (Some(map), Some(v)) => match map_key(v)
-                .and_then(|k| map.get(&k))
-                .or(spec.default.as_ref())
-            {
+            (Some(map), Some(v)) => match map_key(v).and_then(|k| map.get(&k)).or(spec.default.as_ref()) {
                 Some(t) => Some(t),
                 None => {
                     return Err(format!(
@@ -477,10 +403,7 @@ struct Cells(Vec<(&'static str, Datum)>);
 
 impl Cells {
     fn take(&mut self, name: &str) -> Datum {
-        self.0
-            .iter_mut()
-            .find(|(n, _)| *n == name)
-            .map_or(Datum::Null, |(_, d)| std::mem::replace(d, Datum::Null))
+        self.0.iter_mut().find(|(n, _)| *n == name).map_or(Datum::Null, |(_, d)| std::mem::replace(d, Datum::Null))
     }
     fn text(&mut self, name: &str) -> Option<String> {
         match self.take(name) {
@@ -537,22 +460,11 @@ impl JsonDecoder {
             }
         }
         let column = |name: &str| self.columns.iter().find(|c| c.name == name);
-        let describe = |name: &str| {
-            column(name)
-                .and_then(|c| c.spec.as_ref())
-                .map_or("unmapped", Spec::describe)
-        };
+        let describe = |name: &str| column(name).and_then(|c| c.spec.as_ref()).map_or("unmapped", Spec::describe);
         // Fallbacks.
-        let is_null = |cells: &Cells, name: &str| {
-            cells.0.iter().any(|(n, d)| *n == name && *d == Datum::Null)
-        };
-        if self.relation == Relation::Spans && is_null(&cells, "name") && !failed.contains(&"name")
-        {
-            let op = cells
-                .0
-                .iter()
-                .find(|(n, _)| *n == "operation")
-                .map(|(_, d)| d.clone());
+        let is_null = |cells: &Cells, name: &str| cells.0.iter().any(|(n, d)| *n == name && *d == Datum::Null);
+        if self.relation == Relation::Spans && is_null(&cells, "name") && !failed.contains(&"name") {
+            let op = cells.0.iter().find(|(n, _)| *n == "operation").map(|(_, d)| d.clone());
             if let (Some(slot), Some(op)) = (cells.0.iter_mut().find(|(n, _)| *n == "name"), op) {
                 slot.1 = op;
             }
@@ -560,10 +472,7 @@ impl JsonDecoder {
         if self.relation == Relation::WorkflowEvents
             && is_null(&cells, "raw_state")
             && !failed.contains(&"raw_state")
-            && let (Some(slot), Some(src)) = (
-                cells.0.iter_mut().find(|(n, _)| *n == "raw_state"),
-                state_source,
-            )
+            && let (Some(slot), Some(src)) = (cells.0.iter_mut().find(|(n, _)| *n == "raw_state"), state_source)
         {
             slot.1 = Datum::Text(src);
         }
@@ -573,10 +482,7 @@ impl JsonDecoder {
                     && name == "name"
                     && column(name).is_some_and(|c| c.spec.is_none())
                 {
-                    format!(
-                        "unmapped; defaults to `operation`: {}",
-                        describe("operation")
-                    )
+                    format!("unmapped; defaults to `operation`: {}", describe("operation"))
                 } else {
                     describe(name).to_owned()
                 };
@@ -607,10 +513,7 @@ impl JsonDecoder {
                 reasoning_output_tokens: c.int("reasoning_output_tokens"),
                 start_time: c.ts("start_time"),
                 end_time: c.ts("end_time"),
-                status: c
-                    .text("status")
-                    .and_then(|s| SpanStatus::parse(&s))
-                    .unwrap_or(SpanStatus::Unset),
+                status: c.text("status").and_then(|s| SpanStatus::parse(&s)).unwrap_or(SpanStatus::Unset),
                 error_type: c.text("error_type"),
                 attributes: c.text("attributes"),
             }),
@@ -622,10 +525,7 @@ impl JsonDecoder {
                 label: c.text("label"),
             }),
             Relation::WorkflowEvents => {
-                let state = c
-                    .text("state")
-                    .and_then(|s| WorkflowState::parse(&s))
-                    .unwrap_or(WorkflowState::Running);
+                let state = c.text("state").and_then(|s| WorkflowState::parse(&s)).unwrap_or(WorkflowState::Running);
                 Event::Workflow(WorkflowEvent {
                     run_id: c.text("run_id").unwrap_or_default(),
                     workflow_name: c.text("workflow_name"),
@@ -633,9 +533,7 @@ impl JsonDecoder {
                     step_name: c.text("step_name"),
                     step_type: c.text("step_type"),
                     state,
-                    raw_state: c
-                        .text("raw_state")
-                        .unwrap_or_else(|| state.as_str().to_owned()),
+                    raw_state: c.text("raw_state").unwrap_or_else(|| state.as_str().to_owned()),
                     attempt: c.int("attempt"),
                     event_time: c.ts("event_time"),
                     event_seq: c.int("event_seq"),
@@ -645,10 +543,7 @@ impl JsonDecoder {
             Relation::KnowledgeEvents => Event::Knowledge(KnowledgeEvent {
                 collection: c.text("collection").unwrap_or_default(),
                 document_id: c.text("document_id").unwrap_or_default(),
-                op: c
-                    .text("op")
-                    .and_then(|s| KnowledgeOp::parse(&s))
-                    .unwrap_or(KnowledgeOp::Upsert),
+                op: c.text("op").and_then(|s| KnowledgeOp::parse(&s)).unwrap_or(KnowledgeOp::Upsert),
                 version: c.int("version"),
                 size_bytes: c.int("size_bytes"),
                 event_time: c.ts("event_time"),
@@ -667,12 +562,7 @@ impl Decoder for JsonDecoder {
         };
         match self.row(&v) {
             Ok(event) => out.push(event),
-            Err(errors) => out.push(error(
-                source,
-                &record.location,
-                errors.join("; "),
-                &record.text,
-            )),
+            Err(errors) => out.push(error(source, &record.location, errors.join("; "), &record.text)),
         }
     }
 }
@@ -693,19 +583,12 @@ mod tests {
 
     fn decode(d: &JsonDecoder, record: &Value) -> Vec<Event> {
         let mut out = Vec::new();
-        d.decode(
-            "wiki",
-            &Record::new("w.ndjson:1", record.to_string()),
-            &mut out,
-        );
+        d.decode("wiki", &Record::new("w.ndjson:1", record.to_string()), &mut out);
         out
     }
 
     fn config_error(options: Value) -> String {
-        JsonDecoder::new(&options)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+        JsonDecoder::new(&options).err().map(|e| e.to_string()).unwrap_or_default()
     }
 
     fn one_error(out: &[Event]) -> String {
@@ -781,10 +664,7 @@ mod tests {
     #[test]
     fn missing_required_column() {
         let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": null}));
-        assert_eq!(
-            one_error(&out),
-            "missing required column `document_id` (/title)"
-        );
+        assert_eq!(one_error(&out), "missing required column `document_id` (/title)");
         // Several problems are reported together.
         let out = decode(&wiki(), &json!({"title": "t", "bot": "maybe"}));
         assert_eq!(
@@ -795,27 +675,12 @@ mod tests {
 
     #[test]
     fn bad_int() {
-        let out = decode(
-            &wiki(),
-            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": 1.5}}),
-        );
-        assert_eq!(
-            one_error(&out),
-            "column `version`: expected an integer, found 1.5"
-        );
-        let out = decode(
-            &wiki(),
-            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": "12a"}}),
-        );
-        assert_eq!(
-            one_error(&out),
-            "column `version`: expected an integer, found \"12a\""
-        );
+        let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": 1.5}}));
+        assert_eq!(one_error(&out), "column `version`: expected an integer, found 1.5");
+        let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": "12a"}}));
+        assert_eq!(one_error(&out), "column `version`: expected an integer, found \"12a\"");
         // Integer strings (proto-JSON int64) are fine.
-        let out = decode(
-            &wiki(),
-            &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": " 12"}}),
-        );
+        let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": "t", "revision": {"new": " 12"}}));
         assert!(matches!(&out[..], [Event::Knowledge(k)] if k.version == Some(12)));
     }
 
@@ -832,35 +697,16 @@ mod tests {
             }
             decoder(o)
         };
-        let time = |d: &JsonDecoder, v: Value| match &decode(
-            d,
-            &json!({"run": "r", "state": "running", "t": v}),
-        )[..]
-        {
+        let time = |d: &JsonDecoder, v: Value| match &decode(d, &json!({"run": "r", "state": "running", "t": v}))[..] {
             [Event::Workflow(w)] => Ok(w.event_time),
             [Event::Error(e)] => Err(e.error.clone()),
             other => Err(format!("{other:?}")),
         };
-        assert_eq!(
-            time(&base(None), json!(1_690_617_099_123_i64)),
-            Ok(Some(t + 123_000))
-        );
-        assert_eq!(
-            time(&base(Some("s")), json!(1_690_617_099.25)),
-            Ok(Some(t + 250_000))
-        );
-        assert_eq!(
-            time(&base(Some("us")), json!(1_690_617_099_000_007_i64)),
-            Ok(Some(t + 7))
-        );
-        assert_eq!(
-            time(&base(Some("ns")), json!("1690617099000007999")),
-            Ok(Some(t + 7))
-        );
-        assert_eq!(
-            time(&base(Some("ns")), json!("2023-07-29T07:51:39.5Z")),
-            Ok(Some(t + 500_000))
-        );
+        assert_eq!(time(&base(None), json!(1_690_617_099_123_i64)), Ok(Some(t + 123_000)));
+        assert_eq!(time(&base(Some("s")), json!(1_690_617_099.25)), Ok(Some(t + 250_000)));
+        assert_eq!(time(&base(Some("us")), json!(1_690_617_099_000_007_i64)), Ok(Some(t + 7)));
+        assert_eq!(time(&base(Some("ns")), json!("1690617099000007999")), Ok(Some(t + 7)));
+        assert_eq!(time(&base(Some("ns")), json!("2023-07-29T07:51:39.5Z")), Ok(Some(t + 500_000)));
         assert_eq!(time(&base(None), json!(null)), Ok(None));
         assert_eq!(
             time(&base(Some("us")), json!(1.5)),
@@ -875,11 +721,7 @@ mod tests {
             &json!({"t": "4bf92f3577b34da6a3ce929d0e0e4736", "s": "1", "op": "chat",
             "start": 1690617099, "end": 1690617100000000000_i64, "status": 2}),
         );
-        let mut span = Span::new(
-            TraceId::Hex128(0x4bf92f3577b34da6a3ce929d0e0e4736),
-            "1",
-            "chat",
-        );
+        let mut span = Span::new(TraceId::Hex128(0x4bf92f3577b34da6a3ce929d0e0e4736), "1", "chat");
         span.operation = Some("chat".into());
         span.start_time = Some(t);
         span.end_time = Some(t + 1_000_000);
@@ -894,30 +736,20 @@ mod tests {
             "state": {"pointer": "/status", "map": {"queued": "SCHEDULED", "in_progress": "running", "completed": "Completed"}},
             "attempt": "/attempt"}}));
         let row = |v: Value| match &decode(&d, &v)[..] {
-            [Event::Workflow(w)] => {
-                Ok((w.state, w.raw_state.clone(), w.step_id.clone(), w.attempt))
-            }
+            [Event::Workflow(w)] => Ok((w.state, w.raw_state.clone(), w.step_id.clone(), w.attempt)),
             [Event::Error(e)] => Err(e.error.clone()),
             other => Err(format!("{other:?}")),
         };
         assert_eq!(
             row(json!({"id": 5, "status": "in_progress", "step": 3, "attempt": "2"})),
-            Ok((
-                WorkflowState::Running,
-                "in_progress".into(),
-                Some("3".into()),
-                Some(2)
-            ))
+            Ok((WorkflowState::Running, "in_progress".into(), Some("3".into()), Some(2)))
         );
         assert_eq!(
             row(json!({"id": "r", "status": "waiting"})),
             Err("column `state`: value \"waiting\" at /status is not in `map` and there is no `default`".into())
         );
         // Missing without default: NULL, so a missing required column.
-        assert_eq!(
-            row(json!({"id": "r"})),
-            Err("missing required column `state` (/status)".into())
-        );
+        assert_eq!(row(json!({"id": "r"})), Err("missing required column `state` (/status)".into()));
         let d = decoder(json!({"relation": "knowledge_events", "mapping": {
             "collection": {"const": "c"}, "document_id": "/d",
             "op": {"pointer": "/type", "map": {"edit": "upsert", "new": "upsert", "gone": "DELETE"}, "default": "upsert"}}}));
@@ -925,18 +757,9 @@ mod tests {
             [Event::Knowledge(k)] => Some((k.collection.clone(), k.document_id.clone(), k.op)),
             _ => None,
         };
-        assert_eq!(
-            op(json!({"d": "x", "type": "gone"})),
-            Some(("c".into(), "x".into(), KnowledgeOp::Delete))
-        );
-        assert_eq!(
-            op(json!({"d": "x", "type": "categorize"})),
-            Some(("c".into(), "x".into(), KnowledgeOp::Upsert))
-        );
-        assert_eq!(
-            op(json!({"d": 12})),
-            Some(("c".into(), "12".into(), KnowledgeOp::Upsert))
-        );
+        assert_eq!(op(json!({"d": "x", "type": "gone"})), Some(("c".into(), "x".into(), KnowledgeOp::Delete)));
+        assert_eq!(op(json!({"d": "x", "type": "categorize"})), Some(("c".into(), "x".into(), KnowledgeOp::Upsert)));
+        assert_eq!(op(json!({"d": 12})), Some(("c".into(), "12".into(), KnowledgeOp::Upsert)));
         // Without map, a bad enum value is an error naming column and value.
         let d = decoder(json!({"relation": "knowledge_events", "mapping": {
             "collection": {"const": "c"}, "document_id": "/d", "op": "/op"}}));
@@ -1035,8 +858,7 @@ mod tests {
             config_error(json!({"relation": "evaluations", "time_unit": "min"})),
             "option `time_unit`: unknown unit `min` (expected s, ms, us or ns)"
         );
-        let ev =
-            |mapping: Value| config_error(json!({"relation": "evaluations", "mapping": mapping}));
+        let ev = |mapping: Value| config_error(json!({"relation": "evaluations", "mapping": mapping}));
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": "reward"})),
             "mapping of column `name`: \"reward\" is not a JSON pointer (it must start with `/`); use { const = … } for constants"
@@ -1079,9 +901,7 @@ mod tests {
             "mapping of column `op`: in `map`: column `op`: expected upsert or delete, found \"update\""
         );
         assert_eq!(
-            config_error(
-                json!({"relation": "spans", "mapping": {"trace_id": "/t", "span_id": "/s"}})
-            ),
+            config_error(json!({"relation": "spans", "mapping": {"trace_id": "/t", "span_id": "/s"}})),
             "mapping of column `name`: required column of `spans` is not mapped (or map `operation`, which it defaults to)"
         );
     }

@@ -107,29 +107,17 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
         openai_chat::FORMAT => Ok(Box::new(openai_chat::OpenAiChat::new(options)?)),
         temporal::FORMAT => Ok(Box::new(temporal::TemporalHistory::new(options)?)),
         json::FORMAT => Ok(Box::new(json::JsonDecoder::new(options)?)),
-        _ => Err(ConfigError::UnknownFormat {
-            name: format.to_owned(),
-            known: formats().join(", "),
-        }),
+        _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
     }
 }
 
 /// Parses a record's text as JSON, or pushes an [`IngestError`] with serde_json's message
 /// (which includes the line and column) and returns `None`.
-pub(crate) fn parse_record(
-    source: &str,
-    record: &Record,
-    out: &mut Vec<Event>,
-) -> Option<serde_json::Value> {
+pub(crate) fn parse_record(source: &str, record: &Record, out: &mut Vec<Event>) -> Option<serde_json::Value> {
     match serde_json::from_str(&record.text) {
         Ok(v) => Some(v),
         Err(e) => {
-            out.push(error(
-                source,
-                &record.location,
-                format!("invalid JSON: {e}"),
-                &record.text,
-            ));
+            out.push(error(source, &record.location, format!("invalid JSON: {e}"), &record.text));
             None
         }
     }
@@ -174,37 +162,18 @@ mod tests {
         assert!(decoder("openai-chat", &serde_json::Value::Null).is_ok());
         assert!(decoder("temporal-history", &json!({})).is_ok());
         assert!(
-            decoder(
-                "json",
-                &json!({"relation": "evaluations", "mapping": {"trace_id": "/t", "name": "/n"}})
-            )
-            .is_ok()
+            decoder("json", &json!({"relation": "evaluations", "mapping": {"trace_id": "/t", "name": "/n"}})).is_ok()
         );
     }
 
     #[test]
     fn unknown_format_and_option() {
-        let e = decoder("csv", &serde_json::Value::Null)
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("unknown format `csv` (known formats: openai-chat, temporal-history, json)")
-        );
-        let e = decoder("temporal-history", &json!({"runid": "x"}))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("unknown option `runid` for format `temporal-history` (known options: run_id)")
-        );
-        let e = decoder("openai-chat", &json!([1]))
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("option `options`: must be a table, found [1]")
-        );
+        let e = decoder("csv", &serde_json::Value::Null).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("unknown format `csv` (known formats: openai-chat, temporal-history, json)"));
+        let e = decoder("temporal-history", &json!({"runid": "x"})).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("unknown option `runid` for format `temporal-history` (known options: run_id)"));
+        let e = decoder("openai-chat", &json!([1])).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("option `options`: must be a table, found [1]"));
     }
 
     /// Decodes the real sample files under `shared/data` (next to the workspace) and checks
@@ -228,10 +197,7 @@ mod tests {
             for r in &records {
                 d.decode("real", r, &mut out);
             }
-            let errors: Vec<_> = out
-                .iter()
-                .filter(|e| matches!(e, Event::Error(_)))
-                .collect();
+            let errors: Vec<_> = out.iter().filter(|e| matches!(e, Event::Error(_))).collect();
             assert!(errors.is_empty(), "{glob}: {errors:?}");
             (records, out)
         };
@@ -245,21 +211,8 @@ mod tests {
         );
         // python3 -c "import json;print(len(json.load(open('agent/tau_bench_gpt-4o-airline_tasks0-5.json'))))" → 24
         assert_eq!(records.len(), 24);
-        assert!(
-            records[0]
-                .location
-                .ends_with("tau_bench_gpt-4o-airline_tasks0-5.json:1#0")
-        );
-        let spans: Vec<_> = out
-            .iter()
-            .filter_map(|e| {
-                if let Event::Span(s) = e {
-                    Some(s)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        assert!(records[0].location.ends_with("tau_bench_gpt-4o-airline_tasks0-5.json:1#0"));
+        let spans: Vec<_> = out.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect();
         // python3 -c "import json;d=json.load(open('agent/tau_bench_gpt-4o-airline_tasks0-5.json'));print(sum(m['role']=='assistant' for x in d for m in x['traj']))" → 350
         assert_eq!(spans.iter().filter(|s| s.is_llm_call()).count(), 350);
         // python3 -c "import json;d=json.load(open('agent/tau_bench_gpt-4o-airline_tasks0-5.json'));print(sum(len(m.get('tool_calls') or []) for x in d for m in x['traj'] if m['role']=='assistant'))" → 196
@@ -267,63 +220,21 @@ mod tests {
         // Each tool message answers the latest unanswered call with its id (ids repeat here):
         // python3 -c "exec('import json,collections\nst=collections.Counter()\nfor x in json.load(open(\'agent/tau_bench_gpt-4o-airline_tasks0-5.json\')):\n p={};r={};n=0\n for m in x[\'traj\']:\n  for t in (m.get(\'tool_calls\') or []) if m[\'role\']==\'assistant\' else []: p.setdefault(t[\'id\'],[]).append(n);r[n]=\'unset\';n+=1\n  if m[\'role\']==\'tool\' and p.get(m[\'tool_call_id\']): r[p[m[\'tool_call_id\']].pop()]=\'error\' if m[\'content\'].strip().lower().startswith(\'error\') else \'ok\'\n st.update(r.values())\nprint(st)')"
         //   → Counter({'ok': 180, 'error': 16})
-        let status = |st: SpanStatus| {
-            spans
-                .iter()
-                .filter(|s| s.is_tool_call() && s.status == st)
-                .count()
-        };
-        assert_eq!(
-            (
-                status(SpanStatus::Error),
-                status(SpanStatus::Ok),
-                status(SpanStatus::Unset)
-            ),
-            (16, 180, 0)
-        );
-        let evals: Vec<_> = out
-            .iter()
-            .filter_map(|e| {
-                if let Event::Evaluation(v) = e {
-                    Some(v)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let status = |st: SpanStatus| spans.iter().filter(|s| s.is_tool_call() && s.status == st).count();
+        assert_eq!((status(SpanStatus::Error), status(SpanStatus::Ok), status(SpanStatus::Unset)), (16, 180, 0));
+        let evals: Vec<_> =
+            out.iter().filter_map(|e| if let Event::Evaluation(v) = e { Some(v) } else { None }).collect();
         assert_eq!(evals.len(), 24);
         // python3 -c "import json;print(sum(x['reward'] for x in json.load(open('agent/tau_bench_gpt-4o-airline_tasks0-5.json'))))" → 3.0
-        assert_eq!(
-            evals
-                .iter()
-                .filter_map(|e| e.score)
-                .map(|s| s.0)
-                .sum::<f64>(),
-            3.0
-        );
-        assert!(
-            evals
-                .iter()
-                .any(|e| e.trace_id.to_string() == "1/1" && e.score.map(|s| s.0) == Some(1.0))
-        );
+        assert_eq!(evals.iter().filter_map(|e| e.score).map(|s| s.0).sum::<f64>(), 3.0);
+        assert!(evals.iter().any(|e| e.trace_id.to_string() == "1/1" && e.score.map(|s| s.0) == Some(1.0)));
 
         // Temporal: two pretty-printed histories, one record each.
         let (records, out) = read("workflow/temporal/*.json", "temporal-history", json!({}));
         assert_eq!(records.len(), 2);
-        let rows: Vec<_> = out
-            .iter()
-            .filter_map(|e| {
-                if let Event::Workflow(w) = e {
-                    Some(w)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let rows: Vec<_> = out.iter().filter_map(|e| if let Event::Workflow(w) = e { Some(w) } else { None }).collect();
         let count = |run: &str, step_type: Option<&str>| {
-            rows.iter()
-                .filter(|w| w.run_id == run && w.step_type.as_deref() == step_type)
-                .count()
+            rows.iter().filter(|w| w.run_id == run && w.step_type.as_deref() == step_type).count()
         };
         // Activity rows (scheduled/started/completed/failed/timed out/canceled; not cancel requested):
         // python3 -c "import json,glob;[print(f, sum(e['eventType'].replace('EVENT_TYPE_','').replace('_','').lower() in ('activitytaskscheduled','activitytaskstarted','activitytaskcompleted','activitytaskfailed','activitytasktimedout','activitytaskcanceled') for e in json.load(open(f))['events'])) for f in sorted(glob.glob('workflow/temporal/*.json'))]"
@@ -336,11 +247,7 @@ mod tests {
         let cancel = "bc761765-7fca-4d3e-89ff-0fa49379dc7a";
         let smorgasbord = "24c39852-41f1-45b4-af74-eb75e1a2719c";
         assert_eq!(
-            (
-                count(cancel, Some("activity")),
-                count(cancel, Some("child_workflow")),
-                count(cancel, None)
-            ),
+            (count(cancel, Some("activity")), count(cancel, Some("child_workflow")), count(cancel, None)),
             (3, 0, 2)
         );
         assert_eq!(
@@ -375,43 +282,17 @@ mod tests {
         );
         // python3 -c "L=[l for l in open('knowledge/wikimedia_recentchange_enwiki_2023-07-29_part1.ndjson') if l.strip()];print(len(L))" → 70
         assert_eq!(records.len(), 70);
-        let k: Vec<_> = out
-            .iter()
-            .filter_map(|e| {
-                if let Event::Knowledge(k) = e {
-                    Some(k)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let k: Vec<_> = out.iter().filter_map(|e| if let Event::Knowledge(k) = e { Some(k) } else { None }).collect();
         assert_eq!(k.len(), 70);
         // python3 -c "import json;L=[json.loads(l) for l in open('knowledge/wikimedia_recentchange_enwiki_2023-07-29_part1.ndjson') if l.strip()];print(sum(x['bot'] for x in L), sum(x['length']['new'] for x in L), len({x['title'] for x in L}), min(x['timestamp'] for x in L), max(x['timestamp'] for x in L), sum(x['type']=='log' for x in L))"
         //   → 1 1992561 62 1690617099 1690617215 0
         assert_eq!(k.iter().filter(|k| k.is_bot == Some(true)).count(), 1);
-        assert_eq!(
-            k.iter().filter_map(|k| k.size_bytes).sum::<i64>(),
-            1_992_561
-        );
-        assert_eq!(
-            k.iter()
-                .map(|k| &k.document_id)
-                .collect::<std::collections::BTreeSet<_>>()
-                .len(),
-            62
-        );
-        assert_eq!(
-            k.iter().filter_map(|k| k.event_time).min(),
-            Some(1_690_617_099_000_000)
-        );
-        assert_eq!(
-            k.iter().filter_map(|k| k.event_time).max(),
-            Some(1_690_617_215_000_000)
-        );
+        assert_eq!(k.iter().filter_map(|k| k.size_bytes).sum::<i64>(), 1_992_561);
+        assert_eq!(k.iter().map(|k| &k.document_id).collect::<std::collections::BTreeSet<_>>().len(), 62);
+        assert_eq!(k.iter().filter_map(|k| k.event_time).min(), Some(1_690_617_099_000_000));
+        assert_eq!(k.iter().filter_map(|k| k.event_time).max(), Some(1_690_617_215_000_000));
         assert!(
-            k.iter()
-                .all(|k| k.op == amx_dataflows::event::KnowledgeOp::Upsert
-                    && k.collection == "en.wikipedia.org")
+            k.iter().all(|k| k.op == amx_dataflows::event::KnowledgeOp::Upsert && k.collection == "en.wikipedia.org")
         );
     }
 

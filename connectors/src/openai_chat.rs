@@ -61,24 +61,15 @@ impl OpenAiChat {
     /// `id_fields`, or `score_name` without `score`.
     pub fn new(options: &Value) -> Result<OpenAiChat, ConfigError> {
         let mut o = Options::new(FORMAT, options)?;
-        let messages = FieldPath::parse(
-            "messages",
-            &o.string("messages")?.unwrap_or_else(|| "messages".into()),
-        )?;
+        let messages = FieldPath::parse("messages", &o.string("messages")?.unwrap_or_else(|| "messages".into()))?;
         let id_fields = match o.strings("id_fields")? {
             None => vec![FieldPath::Key("id".into())],
             Some(v) if v.is_empty() => {
                 return Err(bad("id_fields", "must name at least one field"));
             }
-            Some(v) => v
-                .iter()
-                .map(|f| FieldPath::parse("id_fields", f))
-                .collect::<Result<_, _>>()?,
+            Some(v) => v.iter().map(|f| FieldPath::parse("id_fields", f)).collect::<Result<_, _>>()?,
         };
-        let score = o
-            .string("score")?
-            .map(|s| FieldPath::parse("score", &s))
-            .transpose()?;
+        let score = o.string("score")?.map(|s| FieldPath::parse("score", &s)).transpose()?;
         let score_name = match (o.string("score_name")?, &score) {
             (Some(_), None) => return Err(bad("score_name", "needs the `score` option")),
             (Some(name), Some(_)) => name,
@@ -89,25 +80,11 @@ impl OpenAiChat {
         let request_model = o.string("request_model")?;
         let agent_name = o.string("agent_name")?;
         o.finish()?;
-        Ok(OpenAiChat {
-            messages,
-            id_fields,
-            score,
-            score_name,
-            provider,
-            request_model,
-            agent_name,
-        })
+        Ok(OpenAiChat { messages, id_fields, score, score_name, provider, request_model, agent_name })
     }
 
     /// The spans of assistant message `i`, or why it cannot be read.
-    fn message_spans(
-        &self,
-        trace: &TraceId,
-        conversation: &str,
-        i: usize,
-        m: &Value,
-    ) -> Result<Vec<Span>, String> {
+    fn message_spans(&self, trace: &TraceId, conversation: &str, i: usize, m: &Value) -> Result<Vec<Span>, String> {
         let Some(m) = m.as_object() else {
             return Err(format!("message is not an object: {}", short(m)));
         };
@@ -151,10 +128,8 @@ impl OpenAiChat {
                 "/input_tokens_details/cached_tokens",
                 "/cache_read_input_tokens",
             ])?;
-            chat.reasoning_output_tokens = first(&[
-                "/completion_tokens_details/reasoning_tokens",
-                "/output_tokens_details/reasoning_tokens",
-            ])?;
+            chat.reasoning_output_tokens =
+                first(&["/completion_tokens_details/reasoning_tokens", "/output_tokens_details/reasoning_tokens"])?;
         }
         for field in ["timestamp", "created"] {
             if let Some(v) = m.get(field).filter(|v| !v.is_null()) {
@@ -170,23 +145,14 @@ impl OpenAiChat {
         let mut spans = Vec::with_capacity(1 + calls.len());
         spans.push(chat);
         for (j, call) in calls.iter().enumerate() {
-            let span = self
-                .tool_span(trace, conversation, i, j, call)
-                .map_err(|e| format!("tool_calls[{j}]: {e}"))?;
+            let span = self.tool_span(trace, conversation, i, j, call).map_err(|e| format!("tool_calls[{j}]: {e}"))?;
             spans.push(span);
         }
         Ok(spans)
     }
 
     /// The `execute_tool` span of tool call `j` of message `i`.
-    fn tool_span(
-        &self,
-        trace: &TraceId,
-        conversation: &str,
-        i: usize,
-        j: usize,
-        call: &Value,
-    ) -> Result<Span, String> {
+    fn tool_span(&self, trace: &TraceId, conversation: &str, i: usize, j: usize, call: &Value) -> Result<Span, String> {
         let Some(call) = call.as_object() else {
             return Err(format!("not an object: {}", short(call)));
         };
@@ -207,11 +173,7 @@ impl OpenAiChat {
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => return Err(format!("`id` is not a string: {}", short(other))),
         };
-        let mut span = Span::new(
-            trace.clone(),
-            format!("m{i}.t{j}"),
-            format!("execute_tool {name}"),
-        );
+        let mut span = Span::new(trace.clone(), format!("m{i}.t{j}"), format!("execute_tool {name}"));
         span.parent_span_id = Some(format!("m{i}"));
         span.operation = Some("execute_tool".into());
         span.agent_name.clone_from(&self.agent_name);
@@ -234,10 +196,7 @@ impl Decoder for OpenAiChat {
         };
         let whole = |reason: String| error(source, &record.location, reason, &record.text);
         if !v.is_object() {
-            out.push(whole(format!(
-                "expected a JSON object (one conversation), found {}",
-                short(&v)
-            )));
+            out.push(whole(format!("expected a JSON object (one conversation), found {}", short(&v))));
             return;
         }
         let mut parts = Vec::with_capacity(self.id_fields.len());
@@ -259,11 +218,7 @@ impl Decoder for OpenAiChat {
                 return;
             }
             Some(other) => {
-                out.push(whole(format!(
-                    "`{}` is not an array: {}",
-                    self.messages,
-                    short(other)
-                )));
+                out.push(whole(format!("`{}` is not an array: {}", self.messages, short(other))));
                 return;
             }
         };
@@ -297,12 +252,9 @@ impl Decoder for OpenAiChat {
                         out.push(Event::Span(span));
                     }
                 }
-                Err(reason) => out.push(error(
-                    source,
-                    &format!("{}/messages/{i}", record.location),
-                    reason,
-                    &m.to_string(),
-                )),
+                Err(reason) => {
+                    out.push(error(source, &format!("{}/messages/{i}", record.location), reason, &m.to_string()))
+                }
             }
         }
         if let Some(field) = &self.score {
@@ -333,13 +285,7 @@ impl Decoder for OpenAiChat {
 /// A token count at `pointer` in a `usage` object: an integer (or integral float, or integer
 /// string); `None` when missing or null.
 fn tokens(usage: &Value, pointer: &str) -> Result<Option<i64>, String> {
-    let not_int = |v: &Value| {
-        format!(
-            "usage{} is not an integer: {}",
-            pointer.replace('/', "."),
-            short(v)
-        )
-    };
+    let not_int = |v: &Value| format!("usage{} is not an integer: {}", pointer.replace('/', "."), short(v));
     match usage.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
         Some(v @ Value::Number(n)) => match n.as_i64() {
@@ -378,10 +324,7 @@ fn is_tool_error(m: &Map<String, Value>) -> bool {
     if m.get("is_error").and_then(Value::as_bool) == Some(true) {
         return true;
     }
-    if m.get("status")
-        .and_then(Value::as_str)
-        .is_some_and(|s| s.eq_ignore_ascii_case("error"))
-    {
+    if m.get("status").and_then(Value::as_str).is_some_and(|s| s.eq_ignore_ascii_case("error")) {
         return true;
     }
     let text = match m.get("content") {
@@ -396,10 +339,7 @@ fn is_tool_error(m: &Map<String, Value>) -> bool {
             .collect(),
         _ => String::new(),
     };
-    text.trim_start()
-        .as_bytes()
-        .get(..5)
-        .is_some_and(|b| b.eq_ignore_ascii_case(b"error"))
+    text.trim_start().as_bytes().get(..5).is_some_and(|b| b.eq_ignore_ascii_case(b"error"))
 }
 
 #[cfg(test)]
@@ -422,28 +362,13 @@ mod tests {
     }
 
     fn spans(events: &[Event]) -> Vec<&Span> {
-        events
-            .iter()
-            .filter_map(|e| {
-                if let Event::Span(s) = e {
-                    Some(s)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect()
     }
 
     fn errors(events: &[Event]) -> Vec<(&str, &str)> {
         events
             .iter()
-            .filter_map(|e| {
-                if let Event::Error(e) = e {
-                    Some((e.location.as_str(), e.error.as_str()))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|e| if let Event::Error(e) = e { Some((e.location.as_str(), e.error.as_str())) } else { None })
             .collect()
     }
 
@@ -501,8 +426,7 @@ mod tests {
         failed.tool_call_id = Some("call_a".into());
         failed.status = SpanStatus::Error;
         failed.error_type = Some("tool_error".into());
-        failed.attributes =
-            Some(r#"{"gen_ai.tool.call.arguments":"{\"reservation_id\":\"ZFA04Y\"}"}"#.into());
+        failed.attributes = Some(r#"{"gen_ai.tool.call.arguments":"{\"reservation_id\":\"ZFA04Y\"}"}"#.into());
 
         // No tool message answers call_b: unset.
         let mut unanswered = Span::new(trace.clone(), "m2.t1", "execute_tool get_user_details");
@@ -560,47 +484,24 @@ mod tests {
         let out = decode(&decoder(json!({})), "x:1", &record);
         let got: Vec<_> = spans(&out)
             .iter()
-            .map(|s| {
-                (
-                    s.span_id.as_str(),
-                    s.status,
-                    s.error_type.as_deref(),
-                    s.attributes.as_deref(),
-                )
-            })
+            .map(|s| (s.span_id.as_str(), s.status, s.error_type.as_deref(), s.attributes.as_deref()))
             .collect();
         assert_eq!(
             got,
             vec![
                 ("m0", SpanStatus::Ok, None, None),
-                (
-                    "m0.t0",
-                    SpanStatus::Ok,
-                    None,
-                    Some(r#"{"gen_ai.tool.call.arguments":"{}"}"#)
-                ),
+                ("m0.t0", SpanStatus::Ok, None, Some(r#"{"gen_ai.tool.call.arguments":"{}"}"#)),
                 ("m0.t1", SpanStatus::Error, Some("tool_error"), None),
                 ("m0.t2", SpanStatus::Error, Some("tool_error"), None),
                 ("m0.t3", SpanStatus::Error, Some("tool_error"), None),
                 // Non-string arguments are kept as their JSON text.
-                (
-                    "m0.t4",
-                    SpanStatus::Ok,
-                    None,
-                    Some(r#"{"gen_ai.tool.call.arguments":"{\"x\":1}"}"#)
-                ),
+                ("m0.t4", SpanStatus::Ok, None, Some(r#"{"gen_ai.tool.call.arguments":"{\"x\":1}"}"#)),
             ]
         );
         // Default options: trace id from "id", name "chat", no provider/model.
         let chat = spans(&out)[0];
-        assert_eq!(
-            (chat.trace_id.to_string(), chat.name.as_str()),
-            ("c1".into(), "chat")
-        );
-        assert_eq!(
-            (chat.provider.as_deref(), chat.request_model.as_deref()),
-            (None, None)
-        );
+        assert_eq!((chat.trace_id.to_string(), chat.name.as_str()), ("c1".into(), "chat"));
+        assert_eq!((chat.provider.as_deref(), chat.request_model.as_deref()), (None, None));
     }
 
     #[test]
@@ -618,11 +519,8 @@ mod tests {
             answer("x", "error"),
         ]});
         let out = decode(&decoder(json!({})), "x:1", &record);
-        let got: Vec<_> = spans(&out)
-            .iter()
-            .filter(|s| s.is_tool_call())
-            .map(|s| (s.span_id.as_str(), s.status))
-            .collect();
+        let got: Vec<_> =
+            spans(&out).iter().filter(|s| s.is_tool_call()).map(|s| (s.span_id.as_str(), s.status)).collect();
         assert_eq!(
             got,
             vec![
@@ -648,17 +546,9 @@ mod tests {
         let out = decode(&decoder(json!({})), "x:1", &record);
         let s = spans(&out);
         assert_eq!(s.len(), 3);
+        assert_eq!(s[0].trace_id, TraceId::Hex128(0x0af7651916cd43dd8448eb211c80319c));
         assert_eq!(
-            s[0].trace_id,
-            TraceId::Hex128(0x0af7651916cd43dd8448eb211c80319c)
-        );
-        assert_eq!(
-            (
-                s[0].input_tokens,
-                s[0].output_tokens,
-                s[0].cache_read_input_tokens,
-                s[0].reasoning_output_tokens
-            ),
+            (s[0].input_tokens, s[0].output_tokens, s[0].cache_read_input_tokens, s[0].reasoning_output_tokens),
             (Some(44), Some(288), Some(0), Some(9))
         );
         // 1731368630 s = 2024-11-11T23:43:50Z.
@@ -671,11 +561,7 @@ mod tests {
     #[test]
     fn scores() {
         let d = decoder(json!({"score": "/info/passed", "score_name": "pass"}));
-        let out = decode(
-            &d,
-            "x:1",
-            &json!({"id": "a", "messages": [], "info": {"passed": true}}),
-        );
+        let out = decode(&d, "x:1", &json!({"id": "a", "messages": [], "info": {"passed": true}}));
         assert_eq!(
             out,
             vec![Event::Evaluation(Evaluation {
@@ -688,57 +574,30 @@ mod tests {
         );
         // Default name: the field's name (last pointer token).
         let d = decoder(json!({"score": "/info/passed"}));
-        let out = decode(
-            &d,
-            "x:1",
-            &json!({"id": "a", "messages": [], "info": {"passed": 0.25}}),
-        );
+        let out = decode(&d, "x:1", &json!({"id": "a", "messages": [], "info": {"passed": 0.25}}));
         assert!(
             matches!(&out[..], [Event::Evaluation(e)] if e.name == "passed" && e.score == Some(OrderedFloat(0.25)))
         );
         // Missing or null: no evaluation.
-        assert_eq!(
-            decode(&d, "x:1", &json!({"id": "a", "messages": []})),
-            vec![]
-        );
-        assert_eq!(
-            decode(
-                &d,
-                "x:1",
-                &json!({"id": "a", "messages": [], "info": {"passed": null}})
-            ),
-            vec![]
-        );
+        assert_eq!(decode(&d, "x:1", &json!({"id": "a", "messages": []})), vec![]);
+        assert_eq!(decode(&d, "x:1", &json!({"id": "a", "messages": [], "info": {"passed": null}})), vec![]);
         // Not a number: an error for the score only.
-        let out = decode(
-            &d,
-            "x:1",
-            &json!({"id": "a", "messages": [{"role": "assistant"}], "info": {"passed": "yes"}}),
-        );
+        let out =
+            decode(&d, "x:1", &json!({"id": "a", "messages": [{"role": "assistant"}], "info": {"passed": "yes"}}));
         assert_eq!(spans(&out).len(), 1);
-        assert_eq!(
-            errors(&out),
-            vec![("x:1", "score field `/info/passed` is not a number: \"yes\"")]
-        );
+        assert_eq!(errors(&out), vec![("x:1", "score field `/info/passed` is not a number: \"yes\"")]);
     }
 
     #[test]
     fn missing_id_field() {
-        let record =
-            json!({"task_id": 3, "reward": 1.0, "traj": [{"role": "assistant", "content": "hi"}]});
+        let record = json!({"task_id": 3, "reward": 1.0, "traj": [{"role": "assistant", "content": "hi"}]});
         let out = decode(&tau(), "tau.json:1#4", &record);
         let text = record.to_string();
         assert_eq!(out.len(), 1);
-        assert!(
-            matches!(&out[0], Event::Error(IngestError { source, location, error, raw })
-            if source == "src" && location == "tau.json:1#4" && error == "missing id field `trial`" && *raw == text)
-        );
+        assert!(matches!(&out[0], Event::Error(IngestError { source, location, error, raw })
+            if source == "src" && location == "tau.json:1#4" && error == "missing id field `trial`" && *raw == text));
         // A null id is missing too.
-        let out = decode(
-            &tau(),
-            "l",
-            &json!({"task_id": 3, "trial": null, "traj": []}),
-        );
+        let out = decode(&tau(), "l", &json!({"task_id": 3, "trial": null, "traj": []}));
         assert_eq!(errors(&out), vec![("l", "missing id field `trial`")]);
     }
 
@@ -758,27 +617,16 @@ mod tests {
             errors(&out),
             vec![
                 ("t.json:9#1/messages/1", "message is not an object: 5"),
-                (
-                    "t.json:9#1/messages/2",
-                    "`tool_calls` is not an array: \"get_user\""
-                ),
+                ("t.json:9#1/messages/2", "`tool_calls` is not an array: \"get_user\""),
                 ("t.json:9#1/messages/3", "tool_calls[0]: no `function.name`"),
-                (
-                    "t.json:9#1/messages/4",
-                    "usage.prompt_tokens is not an integer: 1.5"
-                ),
+                ("t.json:9#1/messages/4", "usage.prompt_tokens is not an integer: 1.5"),
                 ("t.json:9#1/messages/5", "message has no `role`"),
             ]
         );
-        let ids: Vec<_> = spans(&out)
-            .iter()
-            .map(|s| (s.trace_id.to_string(), s.span_id.clone()))
-            .collect();
+        let ids: Vec<_> = spans(&out).iter().map(|s| (s.trace_id.to_string(), s.span_id.clone())).collect();
         assert_eq!(ids, vec![("0/2".to_owned(), "m6".to_owned())]);
         // The raw text of a message error is the message.
-        assert!(
-            matches!(&out[1], Event::Error(e) if e.raw == r#"{"role":"assistant","tool_calls":"get_user"}"#)
-        );
+        assert!(matches!(&out[1], Event::Error(e) if e.raw == r#"{"role":"assistant","tool_calls":"get_user"}"#));
     }
 
     #[test]
@@ -786,61 +634,22 @@ mod tests {
         let d = tau();
         let out = decode(&d, "l:1", &json!({"task_id": 0, "trial": 0}));
         assert_eq!(errors(&out), vec![("l:1", "missing message array `traj`")]);
-        let out = decode(
-            &d,
-            "l:1",
-            &json!({"task_id": 0, "trial": 0, "traj": {"role": "user"}}),
-        );
-        assert_eq!(
-            errors(&out),
-            vec![("l:1", "`traj` is not an array: {\"role\":\"user\"}")]
-        );
+        let out = decode(&d, "l:1", &json!({"task_id": 0, "trial": 0, "traj": {"role": "user"}}));
+        assert_eq!(errors(&out), vec![("l:1", "`traj` is not an array: {\"role\":\"user\"}")]);
         let out = decode(&d, "l:1", &json!([1, 2]));
-        assert_eq!(
-            errors(&out),
-            vec![(
-                "l:1",
-                "expected a JSON object (one conversation), found [1,2]"
-            )]
-        );
+        assert_eq!(errors(&out), vec![("l:1", "expected a JSON object (one conversation), found [1,2]")]);
         let mut out = Vec::new();
         d.decode("src", &Record::new("l:2", "{\"task_id\": "), &mut out);
-        assert_eq!(
-            errors(&out),
-            vec![(
-                "l:2",
-                "invalid JSON: EOF while parsing a value at line 1 column 12"
-            )]
-        );
+        assert_eq!(errors(&out), vec![("l:2", "invalid JSON: EOF while parsing a value at line 1 column 12")]);
     }
 
     #[test]
     fn option_errors() {
-        let err = |o: Value| {
-            OpenAiChat::new(&o)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        assert_eq!(
-            err(json!({"id_fields": []})),
-            "option `id_fields`: must name at least one field"
-        );
-        assert_eq!(
-            err(json!({"id_fields": "id"})),
-            "option `id_fields`: expected an array of strings, found \"id\""
-        );
-        assert_eq!(
-            err(json!({"messages": ""})),
-            "option `messages`: a field name or JSON pointer must not be empty"
-        );
-        assert_eq!(
-            err(json!({"score_name": "r"})),
-            "option `score_name`: needs the `score` option"
-        );
-        assert!(
-            err(json!({"modle": "x"}))
-                .starts_with("unknown option `modle` for format `openai-chat`")
-        );
+        let err = |o: Value| OpenAiChat::new(&o).err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err(json!({"id_fields": []})), "option `id_fields`: must name at least one field");
+        assert_eq!(err(json!({"id_fields": "id"})), "option `id_fields`: expected an array of strings, found \"id\"");
+        assert_eq!(err(json!({"messages": ""})), "option `messages`: a field name or JSON pointer must not be empty");
+        assert_eq!(err(json!({"score_name": "r"})), "option `score_name`: needs the `score` option");
+        assert!(err(json!({"modle": "x"})).starts_with("unknown option `modle` for format `openai-chat`"));
     }
 }

@@ -15,25 +15,15 @@ pub(crate) struct Options<'a> {
 
 impl<'a> Options<'a> {
     /// Wraps `options` (`Null` and `{}` mean "no options").
-    pub(crate) fn new(
-        format: &'static str,
-        options: &'a Value,
-    ) -> Result<Options<'a>, ConfigError> {
+    pub(crate) fn new(format: &'static str, options: &'a Value) -> Result<Options<'a>, ConfigError> {
         let map = match options {
             Value::Null => None,
             Value::Object(m) => Some(m),
             other => {
-                return Err(bad(
-                    "options",
-                    format!("must be a table, found {}", crate::short(other)),
-                ));
+                return Err(bad("options", format!("must be a table, found {}", crate::short(other))));
             }
         };
-        Ok(Options {
-            format,
-            map,
-            known: Vec::new(),
-        })
+        Ok(Options { format, map, known: Vec::new() })
     }
 
     /// The raw value of option `name` (None when absent or null).
@@ -47,41 +37,25 @@ impl<'a> Options<'a> {
         match self.value(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(
-                name,
-                format!("expected a string, found {}", crate::short(other)),
-            )),
+            Some(other) => Err(bad(name, format!("expected a string, found {}", crate::short(other)))),
         }
     }
 
     /// An array-of-strings option.
-    pub(crate) fn strings(
-        &mut self,
-        name: &'static str,
-    ) -> Result<Option<Vec<String>>, ConfigError> {
+    pub(crate) fn strings(&mut self, name: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
         match self.value(name) {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(bad(
-                        name,
-                        format!(
-                            "expected an array of strings, found element {}",
-                            crate::short(other)
-                        ),
-                    )),
+                    other => {
+                        Err(bad(name, format!("expected an array of strings, found element {}", crate::short(other))))
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
-            Some(other) => Err(bad(
-                name,
-                format!(
-                    "expected an array of strings, found {}",
-                    crate::short(other)
-                ),
-            )),
+            Some(other) => Err(bad(name, format!("expected an array of strings, found {}", crate::short(other)))),
         }
     }
 
@@ -102,10 +76,7 @@ impl<'a> Options<'a> {
 
 /// Shorthand for [`ConfigError::BadOption`].
 pub(crate) fn bad(option: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::BadOption {
-        option: option.to_owned(),
-        reason: reason.into(),
-    }
+    ConfigError::BadOption { option: option.to_owned(), reason: reason.into() }
 }
 
 /// Where a value is in a record: a top-level field name, or an RFC 6901 JSON pointer
@@ -122,10 +93,7 @@ impl FieldPath {
     /// `Pointer` when `s` starts with `/`, else `Key`; an empty string is an error.
     pub(crate) fn parse(option: &str, s: &str) -> Result<FieldPath, ConfigError> {
         if s.is_empty() {
-            Err(bad(
-                option,
-                "a field name or JSON pointer must not be empty",
-            ))
+            Err(bad(option, "a field name or JSON pointer must not be empty"))
         } else if s.starts_with('/') {
             Ok(FieldPath::Pointer(s.to_owned()))
         } else {
@@ -189,10 +157,7 @@ mod tests {
         let v = json!({"s": "x", "l": ["a", "b"], "n": 1});
         let mut o = Options::new("f", &v).expect("table");
         assert_eq!(o.string("s").ok().flatten().as_deref(), Some("x"));
-        assert_eq!(
-            o.strings("l").ok().flatten(),
-            Some(vec!["a".to_owned(), "b".to_owned()])
-        );
+        assert_eq!(o.strings("l").ok().flatten(), Some(vec!["a".to_owned(), "b".to_owned()]));
         assert_eq!(
             o.string("n").err().map(|e| e.to_string()).as_deref(),
             Some("option `n`: expected a string, found 1")

@@ -33,10 +33,7 @@ pub struct Record {
 impl Record {
     /// A record with the given location and text.
     pub fn new(location: impl Into<String>, text: impl Into<String>) -> Record {
-        Record {
-            location: location.into(),
-            text: text.into(),
-        }
+        Record { location: location.into(), text: text.into() }
     }
 }
 
@@ -97,15 +94,9 @@ impl FileReader {
     /// # Errors
     /// [`ConfigError::BadGlob`] when `glob` is not a valid pattern.
     pub fn new(glob: &str) -> Result<FileReader, ConfigError> {
-        glob::Pattern::new(glob).map_err(|e| ConfigError::BadGlob {
-            pattern: glob.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(FileReader {
-            pattern: glob.to_owned(),
-            files: BTreeMap::new(),
-            bytes_read: 0,
-        })
+        glob::Pattern::new(glob)
+            .map_err(|e| ConfigError::BadGlob { pattern: glob.to_owned(), reason: e.to_string() })?;
+        Ok(FileReader { pattern: glob.to_owned(), files: BTreeMap::new(), bytes_read: 0 })
     }
 
     /// The glob this reader reads.
@@ -119,10 +110,7 @@ impl FileReader {
         let Ok(entries) = glob::glob(&self.pattern) else {
             return Vec::new();
         };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect();
+        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).filter(|p| p.is_file()).collect();
         paths.sort();
         paths
     }
@@ -136,8 +124,7 @@ impl FileReader {
     /// An I/O error, with the path in its message, when a matching file or directory cannot
     /// be read. Records of the files before it in path order have been appended to `out`.
     pub fn poll(&mut self, finish: bool, out: &mut Vec<Record>) -> io::Result<()> {
-        let entries = glob::glob(&self.pattern)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let entries = glob::glob(&self.pattern).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut paths = Vec::new();
         for entry in entries {
             match entry {
@@ -152,11 +139,8 @@ impl FileReader {
         }
         paths.sort();
         for path in paths {
-            let state = self.files.entry(path.clone()).or_insert(FileState {
-                shape: Shape::Unknown,
-                offset: 0,
-                lines: 0,
-            });
+            let state =
+                self.files.entry(path.clone()).or_insert(FileState { shape: Shape::Unknown, offset: 0, lines: 0 });
             poll_file(&path, state, finish, out, &mut self.bytes_read)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
@@ -170,11 +154,7 @@ impl FileReader {
 
     /// The sum of the current sizes of the matching files (for a progress bar).
     pub fn total_bytes(&self) -> u64 {
-        self.paths()
-            .iter()
-            .filter_map(|p| fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
+        self.paths().iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 }
 
@@ -213,10 +193,7 @@ fn poll_file(
                     Ok(())
                 }
                 Decision::Document => {
-                    out.push(Record::new(
-                        name,
-                        String::from_utf8_lossy(&data).into_owned(),
-                    ));
+                    out.push(Record::new(name, String::from_utf8_lossy(&data).into_owned()));
                     state.shape = Shape::Done;
                     *bytes_read += data.len() as u64;
                     Ok(())
@@ -246,14 +223,7 @@ fn poll_file(
             file.seek(SeekFrom::Start(state.offset))?;
             let mut data = Vec::new();
             file.read_to_end(&mut data)?;
-            take_lines(
-                &path.display().to_string(),
-                state,
-                &data,
-                finish,
-                out,
-                bytes_read,
-            );
+            take_lines(&path.display().to_string(), state, &data, finish, out, bytes_read);
             Ok(())
         }
     }
@@ -278,10 +248,7 @@ fn take_lines(
         state.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !line.iter().all(u8::is_ascii_whitespace) {
-            out.push(Record::new(
-                format!("{name}:{}", state.lines),
-                String::from_utf8_lossy(line).into_owned(),
-            ));
+            out.push(Record::new(format!("{name}:{}", state.lines), String::from_utf8_lossy(line).into_owned()));
         }
         pos = next;
     }
@@ -301,14 +268,9 @@ enum Decision {
 /// Decides a file's shape from its whole current content (see [`FileReader`]).
 fn classify(data: &[u8], finish: bool) -> Decision {
     let Some(start) = data.iter().position(|b| !b.is_ascii_whitespace()) else {
-        return if finish {
-            Decision::Lines
-        } else {
-            Decision::Wait
-        };
+        return if finish { Decision::Lines } else { Decision::Wait };
     };
-    let incomplete =
-        |r: Result<IgnoredAny, serde_json::Error>| !finish && r.is_err_and(|e| e.is_eof());
+    let incomplete = |r: Result<IgnoredAny, serde_json::Error>| !finish && r.is_err_and(|e| e.is_eof());
     if data[start] == b'[' {
         if incomplete(serde_json::from_slice(data)) {
             return Decision::Wait;
@@ -405,8 +367,7 @@ pub(crate) mod tests {
         pub(crate) fn new(tag: &str) -> TempDir {
             static N: AtomicUsize = AtomicUsize::new(0);
             let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("amx-connectors-{tag}-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("amx-connectors-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).expect("create temp dir");
             TempDir(dir)
@@ -417,10 +378,7 @@ pub(crate) mod tests {
             p.display().to_string()
         }
         pub(crate) fn append(&self, name: &str, text: &str) {
-            let mut f = fs::OpenOptions::new()
-                .append(true)
-                .open(self.0.join(name))
-                .expect("open");
+            let mut f = fs::OpenOptions::new().append(true).open(self.0.join(name)).expect("open");
             f.write_all(text.as_bytes()).expect("append");
         }
         pub(crate) fn glob(&self, pattern: &str) -> String {
@@ -437,9 +395,7 @@ pub(crate) mod tests {
     fn poll(r: &mut FileReader, finish: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
         r.poll(finish, &mut out).expect("poll");
-        out.into_iter()
-            .map(|rec| (rec.location, rec.text))
-            .collect()
+        out.into_iter().map(|rec| (rec.location, rec.text)).collect()
     }
 
     fn rec(loc: String, text: &str) -> (String, String) {
@@ -453,22 +409,13 @@ pub(crate) mod tests {
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
         assert_eq!(r.paths(), vec![PathBuf::from(&f)]);
         // The partial third record (line 4) is not returned yet.
-        assert_eq!(
-            poll(&mut r, false),
-            vec![
-                rec(format!("{f}:1"), "{\"a\":1}"),
-                rec(format!("{f}:3"), "{\"a\":2}")
-            ]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"a\":1}"), rec(format!("{f}:3"), "{\"a\":2}")]);
         // "{\"a\":1}\r\n" (9) + "\n" (1) + "{\"a\":2}\n" (8) = 18 bytes consumed of 23.
         assert_eq!(r.bytes_read(), 18);
         assert_eq!(r.total_bytes(), 23);
         assert_eq!(poll(&mut r, false), vec![]);
         d.append("a.jsonl", "3}\n{\"a\":4}");
-        assert_eq!(
-            poll(&mut r, false),
-            vec![rec(format!("{f}:4"), "{\"a\":3}")]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:4"), "{\"a\":3}")]);
         // At the end of input, a last line without newline is a record too.
         assert_eq!(poll(&mut r, true), vec![rec(format!("{f}:5"), "{\"a\":4}")]);
         assert_eq!(r.bytes_read(), 33);
@@ -480,13 +427,7 @@ pub(crate) mod tests {
         let d = TempDir::new("badlines");
         let f = d.write("b.jsonl", "not json\n{\"a\":1}\n");
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
-        assert_eq!(
-            poll(&mut r, true),
-            vec![
-                rec(format!("{f}:1"), "not json"),
-                rec(format!("{f}:2"), "{\"a\":1}")
-            ]
-        );
+        assert_eq!(poll(&mut r, true), vec![rec(format!("{f}:1"), "not json"), rec(format!("{f}:2"), "{\"a\":1}")]);
     }
 
     #[test]
@@ -516,10 +457,7 @@ pub(crate) mod tests {
         let e = d.write("e.json", "[ ]");
         let f = d.write("f.json", "[{\"a\": 1}, {\"a\" 2}]");
         let mut r = FileReader::new(&d.glob("*.json")).expect("glob");
-        assert_eq!(
-            poll(&mut r, false),
-            vec![rec(format!("{f}:1"), "[{\"a\": 1}, {\"a\" 2}]")]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "[{\"a\": 1}, {\"a\" 2}]")]);
         assert_eq!(poll(&mut r, true), vec![]);
         assert!(r.paths().contains(&PathBuf::from(e)));
     }
@@ -533,10 +471,7 @@ pub(crate) mod tests {
         d.append("p.json", " {\"a\": 2}]");
         assert_eq!(
             poll(&mut r, false),
-            vec![
-                rec(format!("{f}:1#0"), "{\"a\": 1}"),
-                rec(format!("{f}:1#1"), "{\"a\": 2}")
-            ]
+            vec![rec(format!("{f}:1#0"), "{\"a\": 1}"), rec(format!("{f}:1#1"), "{\"a\": 2}")]
         );
         let g = d.write("q.json", "[1,");
         let mut r = FileReader::new(&g).expect("glob");
@@ -567,20 +502,11 @@ pub(crate) mod tests {
         assert!(r.paths().is_empty());
         assert_eq!(poll(&mut r, false), vec![]);
         let b = d.write("b.jsonl", "{\"b\":1}\n");
-        assert_eq!(
-            poll(&mut r, false),
-            vec![rec(format!("{b}:1"), "{\"b\":1}")]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{b}:1"), "{\"b\":1}")]);
         let a = d.write("a.jsonl", "{\"a\":1}\n");
         d.append("b.jsonl", "{\"b\":2}\n");
         // Files are read in path order.
-        assert_eq!(
-            poll(&mut r, false),
-            vec![
-                rec(format!("{a}:1"), "{\"a\":1}"),
-                rec(format!("{b}:2"), "{\"b\":2}")
-            ]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{a}:1"), "{\"a\":1}"), rec(format!("{b}:2"), "{\"b\":2}")]);
         // An empty file waits; a file with only whitespace yields nothing.
         let c = d.write("c.jsonl", "");
         assert_eq!(poll(&mut r, false), vec![]);
@@ -596,18 +522,12 @@ pub(crate) mod tests {
         let mut r = FileReader::new(&f).expect("glob");
         assert_eq!(poll(&mut r, false).len(), 2);
         d.write("t.jsonl", "{\"b\":1}\n");
-        assert_eq!(
-            poll(&mut r, false),
-            vec![rec(format!("{f}:1"), "{\"b\":1}")]
-        );
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"b\":1}")]);
     }
 
     #[test]
     fn bad_glob_and_unreadable() {
-        assert!(matches!(
-            FileReader::new("a/[b"),
-            Err(ConfigError::BadGlob { .. })
-        ));
+        assert!(matches!(FileReader::new("a/[b"), Err(ConfigError::BadGlob { .. })));
         let d = TempDir::new("dir");
         fs::create_dir_all(d.0.join("sub.jsonl")).expect("mkdir");
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");

@@ -176,11 +176,7 @@ fn attributes<'v>(event: &'v Value, t: &str) -> &'v Value {
         return &Value::Null;
     };
     obj.get(&key)
-        .or_else(|| {
-            obj.iter()
-                .find(|(k, _)| k.ends_with("EventAttributes"))
-                .map(|(_, v)| v)
-        })
+        .or_else(|| obj.iter().find(|(k, _)| k.ends_with("EventAttributes")).map(|(_, v)| v))
         .unwrap_or(&Value::Null)
 }
 
@@ -188,25 +184,17 @@ fn attributes<'v>(event: &'v Value, t: &str) -> &'v Value {
 fn int(v: Option<&Value>, what: &str) -> Result<Option<i64>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| format!("bad {what} {n}")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("bad {what} {}", short(&Value::String(s.clone())))),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| format!("bad {what} {n}")),
+        Some(Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| format!("bad {what} {}", short(&Value::String(s.clone()))))
+        }
         Some(other) => Err(format!("bad {what} {}", short(other))),
     }
 }
 
 /// A non-empty string at `pointer`.
 fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    v.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Decoding state of one history.
@@ -234,10 +222,9 @@ impl Run {
         let seq = int(e.get("eventId"), "eventId")?;
         let event_time = match e.get("eventTime") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
-                parse_timestamp(s)
-                    .ok_or_else(|| format!("bad eventTime {}", short(&Value::String(s.clone()))))?,
-            ),
+            Some(Value::String(s)) => {
+                Some(parse_timestamp(s).ok_or_else(|| format!("bad eventTime {}", short(&Value::String(s.clone()))))?)
+            }
             Some(other) => return Err(format!("bad eventTime {}", short(other))),
         };
         let attrs = attributes(e, &t);
@@ -263,11 +250,7 @@ impl Run {
             }
             Action::NewStep(kind, name) => {
                 let seq = seq.ok_or("event has no `eventId`")?;
-                let step = Step {
-                    id: seq.to_string(),
-                    name: text(attrs, name),
-                    attempt: None,
-                };
+                let step = Step { id: seq.to_string(), name: text(attrs, name), attempt: None };
                 row.state = WorkflowState::Scheduled;
                 row.step_type = Some(kind.step_type().into());
                 row.step_id = Some(step.id.clone());
@@ -308,9 +291,7 @@ impl Run {
     fn step(&mut self, kind: Kind, attrs: &Value) -> Result<&mut Step, String> {
         let field = kind.reference();
         let id = int(attrs.get(field), field)?.ok_or_else(|| format!("event has no `{field}`"))?;
-        self.steps(kind)
-            .get_mut(&id)
-            .ok_or_else(|| format!("unknown {field} {id}"))
+        self.steps(kind).get_mut(&id).ok_or_else(|| format!("unknown {field} {id}"))
     }
 }
 
@@ -338,10 +319,7 @@ impl Decoder for TemporalHistory {
         let started = events
             .iter()
             .find(|e| {
-                e.get("eventType")
-                    .and_then(Value::as_str)
-                    .map(normalize)
-                    .as_deref()
+                e.get("eventType").and_then(Value::as_str).map(normalize).as_deref()
                     == Some("WORKFLOW_EXECUTION_STARTED")
             })
             .map(|e| attributes(e, "WORKFLOW_EXECUTION_STARTED"))
@@ -369,12 +347,7 @@ impl Decoder for TemporalHistory {
                         Some(Value::Number(n)) => n.to_string(),
                         _ => index.to_string(),
                     };
-                    out.push(error(
-                        source,
-                        &format!("{}#event {id}", record.location),
-                        reason,
-                        &e.to_string(),
-                    ));
+                    out.push(error(source, &format!("{}#event {id}", record.location), reason, &e.to_string()));
                 }
             }
         }
@@ -397,18 +370,10 @@ mod tests {
     /// completion; `new_names` picks the event type spelling, `string_ids` the id encoding.
     fn history(new_names: bool, string_ids: bool) -> Value {
         let ty = |old: &str, new: &str| {
-            if new_names {
-                format!("EVENT_TYPE_{new}")
-            } else {
-                old.to_owned()
-            }
+            if new_names { format!("EVENT_TYPE_{new}") } else { old.to_owned() }
         };
         let id = |n: i64| {
-            if string_ids {
-                json!(n.to_string())
-            } else {
-                json!(n)
-            }
+            if string_ids { json!(n.to_string()) } else { json!(n) }
         };
         json!({"events": [
             {"eventId": id(1), "eventTime": at(1), "eventType": ty("WorkflowExecutionStarted", "WORKFLOW_EXECUTION_STARTED"),
@@ -457,140 +422,37 @@ mod tests {
         use WorkflowState as S;
         [
             (None, None, None, S::Running, Some(1), 1, None),
-            (
-                Some("5"),
-                Some("charge"),
-                Some("activity"),
-                S::Scheduled,
-                None,
-                5,
-                None,
-            ),
-            (
-                Some("6"),
-                Some("ship"),
-                Some("activity"),
-                S::Scheduled,
-                None,
-                6,
-                None,
-            ),
-            (
-                Some("7"),
-                Some("notify"),
-                Some("child_workflow"),
-                S::Scheduled,
-                None,
-                7,
-                None,
-            ),
-            (
-                Some("5"),
-                Some("charge"),
-                Some("activity"),
-                S::Running,
-                Some(3),
-                8,
-                Some("card declined"),
-            ),
-            (
-                Some("5"),
-                Some("charge"),
-                Some("activity"),
-                S::Completed,
-                Some(3),
-                9,
-                None,
-            ),
-            (
-                Some("6"),
-                Some("ship"),
-                Some("activity"),
-                S::Running,
-                Some(1),
-                10,
-                None,
-            ),
-            (
-                Some("6"),
-                Some("ship"),
-                Some("activity"),
-                S::Failed,
-                Some(1),
-                11,
-                Some("warehouse closed"),
-            ),
-            (
-                Some("7"),
-                Some("notify"),
-                Some("child_workflow"),
-                S::Running,
-                None,
-                12,
-                None,
-            ),
-            (
-                Some("7"),
-                Some("notify"),
-                Some("child_workflow"),
-                S::Completed,
-                None,
-                13,
-                None,
-            ),
+            (Some("5"), Some("charge"), Some("activity"), S::Scheduled, None, 5, None),
+            (Some("6"), Some("ship"), Some("activity"), S::Scheduled, None, 6, None),
+            (Some("7"), Some("notify"), Some("child_workflow"), S::Scheduled, None, 7, None),
+            (Some("5"), Some("charge"), Some("activity"), S::Running, Some(3), 8, Some("card declined")),
+            (Some("5"), Some("charge"), Some("activity"), S::Completed, Some(3), 9, None),
+            (Some("6"), Some("ship"), Some("activity"), S::Running, Some(1), 10, None),
+            (Some("6"), Some("ship"), Some("activity"), S::Failed, Some(1), 11, Some("warehouse closed")),
+            (Some("7"), Some("notify"), Some("child_workflow"), S::Running, None, 12, None),
+            (Some("7"), Some("notify"), Some("child_workflow"), S::Completed, None, 13, None),
             (None, None, None, S::Completed, Some(1), 15, None),
         ]
     };
 
     /// The raw event type of the expected row `i` in either spelling.
     const RAW: [(&str, &str); 11] = [
-        (
-            "WorkflowExecutionStarted",
-            "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
-        ),
-        (
-            "ActivityTaskScheduled",
-            "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED",
-        ),
-        (
-            "ActivityTaskScheduled",
-            "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED",
-        ),
-        (
-            "StartChildWorkflowExecutionInitiated",
-            "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED",
-        ),
+        ("WorkflowExecutionStarted", "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED"),
+        ("ActivityTaskScheduled", "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"),
+        ("ActivityTaskScheduled", "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"),
+        ("StartChildWorkflowExecutionInitiated", "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED"),
         ("ActivityTaskStarted", "EVENT_TYPE_ACTIVITY_TASK_STARTED"),
-        (
-            "ActivityTaskCompleted",
-            "EVENT_TYPE_ACTIVITY_TASK_COMPLETED",
-        ),
+        ("ActivityTaskCompleted", "EVENT_TYPE_ACTIVITY_TASK_COMPLETED"),
         ("ActivityTaskStarted", "EVENT_TYPE_ACTIVITY_TASK_STARTED"),
         ("ActivityTaskFailed", "EVENT_TYPE_ACTIVITY_TASK_FAILED"),
-        (
-            "ChildWorkflowExecutionStarted",
-            "EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED",
-        ),
-        (
-            "ChildWorkflowExecutionCompleted",
-            "EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED",
-        ),
-        (
-            "WorkflowExecutionCompleted",
-            "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
-        ),
+        ("ChildWorkflowExecutionStarted", "EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED"),
+        ("ChildWorkflowExecutionCompleted", "EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED"),
+        ("WorkflowExecutionCompleted", "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"),
     ];
 
     fn decode(d: &TemporalHistory, location: &str, v: &Value) -> Vec<Event> {
         let mut out = Vec::new();
-        d.decode(
-            "temporal",
-            &Record::new(
-                location,
-                serde_json::to_string_pretty(v).unwrap_or_default(),
-            ),
-            &mut out,
-        );
+        d.decode("temporal", &Record::new(location, serde_json::to_string_pretty(v).unwrap_or_default()), &mut out);
         out
     }
 
@@ -604,39 +466,27 @@ mod tests {
     #[test]
     fn both_spellings_decode_alike() {
         for (new_names, string_ids) in [(true, true), (false, false), (false, true)] {
-            let out = decode(
-                &decoder(Value::Null),
-                "h.json",
-                &history(new_names, string_ids),
-            );
+            let out = decode(&decoder(Value::Null), "h.json", &history(new_names, string_ids));
             let expected: Vec<Event> = EXPECTED
                 .iter()
                 .zip(RAW)
-                .map(
-                    |(
-                        &(step_id, step_name, step_type, state, attempt, seq, failure),
-                        (old, new),
-                    )| {
-                        Event::Workflow(WorkflowEvent {
-                            run_id: "run-1".into(),
-                            workflow_name: Some("order".into()),
-                            step_id: step_id.map(Into::into),
-                            step_name: step_name.map(Into::into),
-                            step_type: step_type.map(Into::into),
-                            state,
-                            raw_state: (if new_names { new } else { old }).into(),
-                            attempt,
-                            event_time: Some(T0 + seq * 1_000_000),
-                            event_seq: Some(seq),
-                            failure_message: failure.map(Into::into),
-                        })
-                    },
-                )
+                .map(|(&(step_id, step_name, step_type, state, attempt, seq, failure), (old, new))| {
+                    Event::Workflow(WorkflowEvent {
+                        run_id: "run-1".into(),
+                        workflow_name: Some("order".into()),
+                        step_id: step_id.map(Into::into),
+                        step_name: step_name.map(Into::into),
+                        step_type: step_type.map(Into::into),
+                        state,
+                        raw_state: (if new_names { new } else { old }).into(),
+                        attempt,
+                        event_time: Some(T0 + seq * 1_000_000),
+                        event_seq: Some(seq),
+                        failure_message: failure.map(Into::into),
+                    })
+                })
                 .collect();
-            assert_eq!(
-                out, expected,
-                "new_names={new_names} string_ids={string_ids}"
-            );
+            assert_eq!(out, expected, "new_names={new_names} string_ids={string_ids}");
         }
     }
 
@@ -647,13 +497,8 @@ mod tests {
             Some(Event::Workflow(w)) => w.run_id.clone(),
             _ => String::new(),
         };
-        assert_eq!(
-            rid(&decode(&decoder(json!({"run_id": "mine"})), "h.json", &h)),
-            "mine"
-        );
-        if let Some(a) = h
-            .pointer_mut("/events/0/workflowExecutionStartedEventAttributes/originalExecutionRunId")
-        {
+        assert_eq!(rid(&decode(&decoder(json!({"run_id": "mine"})), "h.json", &h)), "mine");
+        if let Some(a) = h.pointer_mut("/events/0/workflowExecutionStartedEventAttributes/originalExecutionRunId") {
             *a = json!("");
         }
         assert_eq!(rid(&decode(&decoder(Value::Null), "h.json", &h)), "run-0");
@@ -662,9 +507,7 @@ mod tests {
         }
         let out = decode(&decoder(Value::Null), "h.json", &h);
         assert_eq!(rid(&out), "h.json");
-        assert!(
-            matches!(out.first(), Some(Event::Workflow(w)) if w.workflow_name.is_none() && w.attempt.is_none())
-        );
+        assert!(matches!(out.first(), Some(Event::Workflow(w)) if w.workflow_name.is_none() && w.attempt.is_none()));
     }
 
     #[test]
@@ -677,30 +520,10 @@ mod tests {
                 WorkflowState::Failed,
                 Some("boom"),
             ),
-            (
-                "WorkflowExecutionTimedOut",
-                json!({"retryState": "x"}),
-                WorkflowState::TimedOut,
-                None,
-            ),
-            (
-                "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED",
-                json!({}),
-                WorkflowState::Cancelled,
-                None,
-            ),
-            (
-                "WorkflowExecutionTerminated",
-                json!({"reason": "by ops"}),
-                WorkflowState::Terminated,
-                Some("by ops"),
-            ),
-            (
-                "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW",
-                json!({}),
-                WorkflowState::Completed,
-                None,
-            ),
+            ("WorkflowExecutionTimedOut", json!({"retryState": "x"}), WorkflowState::TimedOut, None),
+            ("EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED", json!({}), WorkflowState::Cancelled, None),
+            ("WorkflowExecutionTerminated", json!({"reason": "by ops"}), WorkflowState::Terminated, Some("by ops")),
+            ("EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW", json!({}), WorkflowState::Completed, None),
         ];
         for (ty, attrs, state, failure) in cases {
             let t = normalize(ty);
@@ -766,19 +589,15 @@ mod tests {
             ]
         );
         // The raw text of an event error is the event.
-        assert!(
-            matches!(&out[1], Event::Error(e) if e.raw == r#"{"eventId":"2","eventTime":"2024-01-01T00:00:02Z"}"#)
-        );
+        assert!(matches!(&out[1], Event::Error(e) if e.raw == r#"{"eventId":"2","eventTime":"2024-01-01T00:00:02Z"}"#));
     }
 
     #[test]
     fn not_a_history() {
         let d = decoder(Value::Null);
         let out = decode(&d, "x.json", &json!({"history": []}));
-        assert!(
-            matches!(&out[..], [Event::Error(e)] if e.location == "x.json"
-            && e.error == "expected a Temporal history: an object with an `events` array")
-        );
+        assert!(matches!(&out[..], [Event::Error(e)] if e.location == "x.json"
+            && e.error == "expected a Temporal history: an object with an `events` array"));
         let mut out = Vec::new();
         d.decode("t", &Record::new("y.json:1", "{\"events\": [}"), &mut out);
         assert!(
@@ -789,15 +608,9 @@ mod tests {
 
     #[test]
     fn normalize_names() {
-        assert_eq!(
-            normalize("EVENT_TYPE_ACTIVITY_TASK_STARTED"),
-            "ACTIVITY_TASK_STARTED"
-        );
+        assert_eq!(normalize("EVENT_TYPE_ACTIVITY_TASK_STARTED"), "ACTIVITY_TASK_STARTED");
         assert_eq!(normalize("ActivityTaskStarted"), "ACTIVITY_TASK_STARTED");
-        assert_eq!(
-            normalize("WorkflowExecutionContinuedAsNew"),
-            "WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
-        );
+        assert_eq!(normalize("WorkflowExecutionContinuedAsNew"), "WORKFLOW_EXECUTION_CONTINUED_AS_NEW");
         assert_eq!(normalize("ACTIVITY_TASK_STARTED"), "ACTIVITY_TASK_STARTED");
     }
 }

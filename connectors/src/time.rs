@@ -71,10 +71,7 @@ pub fn parse_timestamp(s: &str) -> Option<TimestampUs> {
     let date = NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
     let rest = s.get(10..)?;
     let rest = rest.strip_prefix(['T', 't', ' '])?;
-    let mut p = Cursor {
-        s: rest.as_bytes(),
-        i: 0,
-    };
+    let mut p = Cursor { s: rest.as_bytes(), i: 0 };
     let hour = p.digits2()?;
     p.expect(b':')?;
     let minute = p.digits2()?;
@@ -230,14 +227,8 @@ mod tests {
         assert_eq!(parse_timestamp("2023-07-29t07:51:39z"), Some(T));
         assert_eq!(parse_timestamp("2023-07-29T07:51:39.5Z"), Some(T + 500_000));
         // Nanoseconds are truncated to microseconds.
-        assert_eq!(
-            parse_timestamp("2023-07-29T07:51:39.123456789Z"),
-            Some(T + 123_456)
-        );
-        assert_eq!(
-            parse_timestamp("2023-07-29T07:51:39.1234567891234Z"),
-            Some(T + 123_456)
-        );
+        assert_eq!(parse_timestamp("2023-07-29T07:51:39.123456789Z"), Some(T + 123_456));
+        assert_eq!(parse_timestamp("2023-07-29T07:51:39.1234567891234Z"), Some(T + 123_456));
         // Offsets: 09:51:39+02:00 is 07:51:39Z.
         assert_eq!(parse_timestamp("2023-07-29T09:51:39+02:00"), Some(T));
         assert_eq!(parse_timestamp("2023-07-29T09:51:39+0200"), Some(T));
@@ -280,24 +271,12 @@ mod tests {
             _ => Number::from(0),
         };
         assert_eq!(from_number(&n(json!(1690617099)), TimeUnit::Seconds), Ok(T));
-        assert_eq!(
-            from_number(&n(json!(1690617099123_i64)), TimeUnit::Millis),
-            Ok(T + 123_000)
-        );
-        assert_eq!(
-            from_number(&n(json!(1690617099000001_i64)), TimeUnit::Micros),
-            Ok(T + 1)
-        );
-        assert_eq!(
-            from_number(&n(json!(1690617099000001999_i64)), TimeUnit::Nanos),
-            Ok(T + 1)
-        );
+        assert_eq!(from_number(&n(json!(1690617099123_i64)), TimeUnit::Millis), Ok(T + 123_000));
+        assert_eq!(from_number(&n(json!(1690617099000001_i64)), TimeUnit::Micros), Ok(T + 1));
+        assert_eq!(from_number(&n(json!(1690617099000001999_i64)), TimeUnit::Nanos), Ok(T + 1));
         // -1 ns floors to -1 µs.
         assert_eq!(from_number(&n(json!(-1)), TimeUnit::Nanos), Ok(-1));
-        assert_eq!(
-            from_number(&n(json!(1.5)), TimeUnit::Seconds),
-            Ok(1_500_000)
-        );
+        assert_eq!(from_number(&n(json!(1.5)), TimeUnit::Seconds), Ok(1_500_000));
         assert_eq!(from_number(&n(json!(2.25)), TimeUnit::Millis), Ok(2_250));
         assert!(from_number(&n(json!(1.5)), TimeUnit::Micros).is_err());
         assert!(from_number(&n(json!(1e300)), TimeUnit::Seconds).is_err());
@@ -308,36 +287,16 @@ mod tests {
     #[test]
     fn json_values() {
         assert_eq!(from_json(&json!(null), TimeUnit::Seconds), Ok(None));
-        assert_eq!(
-            from_json(&json!("2023-07-29T07:51:39Z"), TimeUnit::Seconds),
-            Ok(Some(T))
-        );
-        assert_eq!(
-            from_json(&json!("1690617099"), TimeUnit::Seconds),
-            Ok(Some(T))
-        );
-        assert_eq!(
-            from_json(&json!(1690617099), TimeUnit::Seconds),
-            Ok(Some(T))
-        );
-        assert_eq!(
-            from_json(&json!("soon"), TimeUnit::Seconds),
-            Err("cannot parse time \"soon\"".to_owned())
-        );
-        assert_eq!(
-            from_json(&json!(true), TimeUnit::Seconds),
-            Err("expected a time, found true".to_owned())
-        );
+        assert_eq!(from_json(&json!("2023-07-29T07:51:39Z"), TimeUnit::Seconds), Ok(Some(T)));
+        assert_eq!(from_json(&json!("1690617099"), TimeUnit::Seconds), Ok(Some(T)));
+        assert_eq!(from_json(&json!(1690617099), TimeUnit::Seconds), Ok(Some(T)));
+        assert_eq!(from_json(&json!("soon"), TimeUnit::Seconds), Err("cannot parse time \"soon\"".to_owned()));
+        assert_eq!(from_json(&json!(true), TimeUnit::Seconds), Err("expected a time, found true".to_owned()));
     }
 
     #[test]
     fn units() {
-        for u in [
-            TimeUnit::Seconds,
-            TimeUnit::Millis,
-            TimeUnit::Micros,
-            TimeUnit::Nanos,
-        ] {
+        for u in [TimeUnit::Seconds, TimeUnit::Millis, TimeUnit::Micros, TimeUnit::Nanos] {
             assert_eq!(TimeUnit::parse(u.as_str()), Some(u));
         }
         assert_eq!(TimeUnit::parse("min"), None);

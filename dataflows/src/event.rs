@@ -34,8 +34,7 @@ impl TraceId {
     /// `Hex128` when `s` is exactly 32 lower-case hex digits, else `Text(s)`.
     pub fn parse(s: &str) -> TraceId {
         if s.len() == 32
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             && let Ok(v) = u128::from_str_radix(s, 16)
         {
             return TraceId::Hex128(v);
@@ -166,9 +165,7 @@ impl Span {
 
     /// Whether the span is a model call (`operation` in [`LLM_OPERATIONS`]).
     pub fn is_llm_call(&self) -> bool {
-        self.operation
-            .as_deref()
-            .is_some_and(|op| LLM_OPERATIONS.contains(&op))
+        self.operation.as_deref().is_some_and(|op| LLM_OPERATIONS.contains(&op))
     }
 
     /// Whether the span is a tool execution (`operation = 'execute_tool'`).
@@ -254,13 +251,7 @@ impl ToRow for Evaluation {
         desc(
             "evaluations",
             &[],
-            &[
-                ("trace_id", Text),
-                ("span_id", Text),
-                ("name", Text),
-                ("score", Float),
-                ("label", Text),
-            ],
+            &[("trace_id", Text), ("span_id", Text), ("name", Text), ("score", Float), ("label", Text)],
         )
     }
     fn to_row(&self) -> Row {
@@ -514,16 +505,7 @@ impl IngestError {
 
 impl ToRow for IngestError {
     fn desc() -> RelationDesc {
-        desc(
-            "ingest_errors",
-            &[],
-            &[
-                ("source", Text),
-                ("location", Text),
-                ("error", Text),
-                ("raw", Text),
-            ],
-        )
+        desc("ingest_errors", &[], &[("source", Text), ("location", Text), ("error", Text), ("raw", Text)])
     }
     fn to_row(&self) -> Row {
         vec![

@@ -129,13 +129,16 @@ pub fn build_views<'s>(
     }
 }
 
-/// Renders the relations and views into `scope`, gathering every change to global worker
-/// `collector`, whose [`ExportBuffer`] receives them (other workers' buffers stay empty).
-pub fn render<'s>(
-    scope: Scope<'s, Time>,
-    export: ExportBuffer,
-    collector: u64,
-) -> (Inputs, ProbeHandle<Time>) {
+/// What [`render`] built: the input sessions and every relation and view as rows.
+pub struct Rendered<'s> {
+    /// Input sessions of the canonical relations.
+    pub inputs: Inputs,
+    /// Every relation and view as rows, in the order of [`relations`].
+    pub relations: Vec<(&'static str, Coll<'s, Row>)>,
+}
+
+/// Renders the canonical relations and the built-in views into `scope`.
+pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
     let (spans_in, spans) = scope.new_collection::<Span, Diff>();
     let (evals_in, evaluations) = scope.new_collection::<Evaluation, Diff>();
     let (wf_in, workflow_events) = scope.new_collection::<WorkflowEvent, Diff>();
@@ -143,32 +146,21 @@ pub fn render<'s>(
     let (err_in, ingest_errors) = scope.new_collection::<IngestError, Diff>();
 
     let v = build_views(&spans, &evaluations, &workflow_events, &knowledge_events);
-    let probe = ProbeHandle::new();
-    let mut index = 0usize;
-    let mut export_one = |rows: Coll<'s, Row>| {
-        let i = index;
-        index += 1;
-        let buffer = export.clone();
-        rows.map(move |row| (i, row))
-            .gather_to(collector)
-            .inspect_batch(move |_time, updates| buffer.borrow_mut().extend_from_slice(updates))
-            .probe_with(&probe);
-    };
-    // The order matches `relations()`.
-    export_one(spans.map(|r| r.to_row()));
-    export_one(evaluations.map(|r| r.to_row()));
-    export_one(workflow_events.map(|r| r.to_row()));
-    export_one(knowledge_events.map(|r| r.to_row()));
-    export_one(ingest_errors.map(|r| r.to_row()));
-    export_one(v.agent_traces.map(|r| r.to_row()));
-    export_one(v.tool_usage.map(|r| r.to_row()));
-    export_one(v.model_usage.map(|r| r.to_row()));
-    export_one(v.workflow_runs.map(|r| r.to_row()));
-    export_one(v.workflow_steps.map(|r| r.to_row()));
-    export_one(v.documents.map(|r| r.to_row()));
-    export_one(v.collection_stats.map(|r| r.to_row()));
-    debug_assert_eq!(index, relations().len());
-
+    let rows = vec![
+        spans.map(|r| r.to_row()),
+        evaluations.map(|r| r.to_row()),
+        workflow_events.map(|r| r.to_row()),
+        knowledge_events.map(|r| r.to_row()),
+        ingest_errors.map(|r| r.to_row()),
+        v.agent_traces.map(|r| r.to_row()),
+        v.tool_usage.map(|r| r.to_row()),
+        v.model_usage.map(|r| r.to_row()),
+        v.workflow_runs.map(|r| r.to_row()),
+        v.workflow_steps.map(|r| r.to_row()),
+        v.documents.map(|r| r.to_row()),
+        v.collection_stats.map(|r| r.to_row()),
+    ];
+    let relations = relations().into_iter().map(|d| d.name).zip(rows).collect();
     let inputs = Inputs {
         spans: spans_in,
         evaluations: evals_in,
@@ -176,5 +168,29 @@ pub fn render<'s>(
         knowledge_events: kn_in,
         ingest_errors: err_in,
     };
-    (inputs, probe)
+    Rendered { inputs, relations }
+}
+
+/// Gathers the changes of `rows` to global worker `collector` and appends them there to
+/// `buffer` tagged with relation `index`; `probe` then tells when they are complete.
+pub fn export<'s>(rows: Coll<'s, Row>, index: usize, buffer: &ExportBuffer, collector: u64, probe: &ProbeHandle<Time>) {
+    let buffer = buffer.clone();
+    rows.map(move |row| (index, row))
+        .gather_to(collector)
+        .inspect_batch(move |_time, updates| buffer.borrow_mut().extend_from_slice(updates))
+        .probe_with(probe);
+}
+
+/// Renders the relations and built-in views and exports all of them (see [`export`]).
+pub fn render_and_export<'s>(
+    scope: Scope<'s, Time>,
+    buffer: &ExportBuffer,
+    collector: u64,
+) -> (Inputs, ProbeHandle<Time>) {
+    let rendered = render(scope);
+    let probe = ProbeHandle::new();
+    for (index, (_name, rows)) in rendered.relations.into_iter().enumerate() {
+        export(rows, index, buffer, collector, &probe);
+    }
+    (rendered.inputs, probe)
 }

@@ -99,17 +99,6 @@ pub trait ToRow {
 }
 
 /// Shorthand for building a [`RelationDesc`]: `desc("spans", &["trace_id"], &[("trace_id", Text), …])`.
-pub fn desc(
-    name: &'static str,
-    key: &[&'static str],
-    columns: &[(&'static str, ColumnType)],
-) -> RelationDesc {
-    RelationDesc {
-        name,
-        columns: columns
-            .iter()
-            .map(|&(name, ty)| Column { name, ty })
-            .collect(),
-        key: key.to_vec(),
-    }
+pub fn desc(name: &'static str, key: &[&'static str], columns: &[(&'static str, ColumnType)]) -> RelationDesc {
+    RelationDesc { name, columns: columns.iter().map(|&(name, ty)| Column { name, ty }).collect(), key: key.to_vec() }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
-use crate::render::{ExportBuffer, relations, render};
+use crate::render::{ExportBuffer, relations, render_and_export};
 use crate::row::Row;
 use crate::{Diff, Time};
 
@@ -25,8 +25,7 @@ pub fn run_batches(workers: usize, batches: Vec<Vec<(Event, Diff)>>) -> Contents
         let index = worker.index();
         let peers = worker.peers();
         let export = ExportBuffer::default();
-        let (mut inputs, probe) =
-            worker.dataflow::<Time, _, _>(|scope| render(scope, export.clone(), 0));
+        let (mut inputs, probe) = worker.dataflow::<Time, _, _>(|scope| render_and_export(scope, &export, 0));
         for (epoch, batch) in batches.iter().enumerate() {
             for (i, (event, diff)) in batch.iter().enumerate() {
                 if i % peers == index {
@@ -40,9 +39,7 @@ pub fn run_batches(workers: usize, batches: Vec<Vec<(Event, Diff)>>) -> Contents
         }
         drop(inputs);
         while worker.step() {}
-        sink.lock()
-            .expect("no poisoned lock")
-            .extend(export.borrow_mut().drain(..));
+        sink.lock().expect("no poisoned lock").extend(export.borrow_mut().drain(..));
     })
     .expect("timely starts")
     .join()

@@ -15,8 +15,7 @@ use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Evaluation, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TimestampUs, TraceId, WorkflowEvent,
-    WorkflowState,
+    Evaluation, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TimestampUs, TraceId, WorkflowEvent, WorkflowState,
 };
 use crate::row::{ColumnType::*, Datum, RelationDesc, Row, ToRow, desc};
 use crate::{Diff, Time};
@@ -119,10 +118,7 @@ fn add_opt(acc: &mut Option<i64>, v: Option<i64>, n: i64) {
 }
 
 /// `agent_traces`, keyed by `trace_id`.
-pub fn agent_traces<'s>(
-    spans: Coll<'s, Span>,
-    evaluations: Coll<'s, Evaluation>,
-) -> Coll<'s, AgentTrace> {
+pub fn agent_traces<'s>(spans: Coll<'s, Span>, evaluations: Coll<'s, Evaluation>) -> Coll<'s, AgentTrace> {
     let span_items = spans.map(|s| {
         let item = TraceItem::Span {
             llm: s.is_llm_call(),
@@ -161,16 +157,7 @@ pub fn agent_traces<'s>(
                     continue;
                 }
                 match item {
-                    TraceItem::Span {
-                        agent,
-                        llm,
-                        tool,
-                        status,
-                        input,
-                        output,
-                        start,
-                        end,
-                    } => {
+                    TraceItem::Span { agent, llm, tool, status, input, output, start, end } => {
                         row.spans += n;
                         row.llm_calls += if *llm { n } else { 0 };
                         row.tool_calls += if *tool { n } else { 0 };
@@ -231,16 +218,7 @@ pub struct ToolUsage {
 
 impl ToRow for ToolUsage {
     fn desc() -> RelationDesc {
-        desc(
-            "tool_usage",
-            &["tool_name"],
-            &[
-                ("tool_name", Text),
-                ("calls", Int),
-                ("errors", Int),
-                ("traces", Int),
-            ],
-        )
+        desc("tool_usage", &["tool_name"], &[("tool_name", Text), ("calls", Int), ("errors", Int), ("traces", Int)])
     }
     fn to_row(&self) -> Row {
         vec![
@@ -254,28 +232,14 @@ impl ToRow for ToolUsage {
 
 /// `tool_usage`, keyed by `tool_name`.
 pub fn tool_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ToolUsage> {
-    let tools = spans.flat_map(|s| {
-        s.is_tool_call()
-            .then(|| (s.tool_name, s.trace_id, s.status == SpanStatus::Error))
-    });
-    let counts = tools
-        .clone()
-        .explode(|(tool, _trace, err)| Some((tool, (1isize, err as isize))))
-        .count_total();
-    let traces = tools
-        .map(|(tool, trace, _err)| (trace, tool))
-        .distinct_total()
-        .map(|(_trace, tool)| tool)
-        .count_total();
+    let tools = spans.flat_map(|s| s.is_tool_call().then(|| (s.tool_name, s.trace_id, s.status == SpanStatus::Error)));
+    let counts = tools.clone().explode(|(tool, _trace, err)| Some((tool, (1isize, err as isize)))).count_total();
+    let traces =
+        tools.map(|(tool, trace, _err)| (trace, tool)).distinct_total().map(|(_trace, tool)| tool).count_total();
     counts
         .map(|(tool, (calls, errors))| (tool, (calls as i64, errors as i64)))
         .join(traces.map(|(tool, n)| (tool, n as i64)))
-        .map(|(tool_name, ((calls, errors), traces))| ToolUsage {
-            tool_name,
-            calls,
-            errors,
-            traces,
-        })
+        .map(|(tool_name, ((calls, errors), traces))| ToolUsage { tool_name, calls, errors, traces })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,48 +318,34 @@ pub fn model_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ModelUsage> {
                 _ => None,
             };
             let key: Key = (s.provider, s.request_model);
-            (
-                key,
-                s.status == SpanStatus::Error,
-                s.input_tokens,
-                s.output_tokens,
-                latency,
-            )
+            (key, s.status == SpanStatus::Error, s.input_tokens, s.output_tokens, latency)
         })
     });
     let sums = calls
         .clone()
         .explode(|(key, err, input, output, _latency)| {
-            Some((
-                key,
-                (1isize, err as isize, nullable(input), nullable(output)),
-            ))
+            Some((key, (1isize, err as isize, nullable(input), nullable(output))))
         })
         .count_total();
-    let percentiles = calls
-        .map(|(key, _err, _in, _out, latency)| (key, latency))
-        .reduce_named("model_usage_latency", |_key, latencies, out| {
+    let percentiles = calls.map(|(key, _err, _in, _out, latency)| (key, latency)).reduce_named(
+        "model_usage_latency",
+        |_key, latencies, out| {
             // `latencies` is sorted: NULLs first, then ascending values.
-            let sorted: Vec<(i64, i64)> = latencies
-                .iter()
-                .filter_map(|(l, n)| l.map(|l| (l, *n as i64)))
-                .collect();
-            let ms =
-                |p| amx_operators::percentile_cont(&sorted, p).map(|us| OrderedFloat(us / 1000.0));
+            let sorted: Vec<(i64, i64)> = latencies.iter().filter_map(|(l, n)| l.map(|l| (l, *n as i64))).collect();
+            let ms = |p| amx_operators::percentile_cont(&sorted, p).map(|us| OrderedFloat(us / 1000.0));
             out.push(((ms(0.5), ms(0.95)), 1));
-        });
+        },
+    );
     sums.map(|(key, sums)| (key, sums)).join(percentiles).map(
-        |((provider, request_model), ((calls, error_calls, input, output), (p50, p95)))| {
-            ModelUsage {
-                provider,
-                request_model,
-                calls: calls as i64,
-                error_calls: error_calls as i64,
-                input_tokens: sum_or_null(input),
-                output_tokens: sum_or_null(output),
-                latency_ms_p50: p50,
-                latency_ms_p95: p95,
-            }
+        |((provider, request_model), ((calls, error_calls, input, output), (p50, p95)))| ModelUsage {
+            provider,
+            request_model,
+            calls: calls as i64,
+            error_calls: error_calls as i64,
+            input_tokens: sum_or_null(input),
+            output_tokens: sum_or_null(output),
+            latency_ms_p50: p50,
+            latency_ms_p95: p95,
         },
     )
 }
@@ -535,9 +485,7 @@ struct StepItem {
 }
 
 /// `workflow_steps` (keyed by `(run_id, step_id)`) and `workflow_runs` (keyed by `run_id`).
-pub fn workflows<'s>(
-    events: Coll<'s, WorkflowEvent>,
-) -> (Coll<'s, WorkflowStep>, Coll<'s, WorkflowRun>) {
+pub fn workflows<'s>(events: Coll<'s, WorkflowEvent>) -> (Coll<'s, WorkflowStep>, Coll<'s, WorkflowRun>) {
     let summaries = events
         .clone()
         .flat_map(|e| {
@@ -553,11 +501,7 @@ pub fn workflows<'s>(
         })
         .reduce_named("workflow_steps", |(run_id, step_id), items, out| {
             // Items are sorted by `order`, so the first non-NULL name is the earliest event's.
-            let live: Vec<&StepItem> = items
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(i, _)| *i)
-                .collect();
+            let live: Vec<&StepItem> = items.iter().filter(|(_, n)| *n > 0).map(|(i, _)| *i).collect();
             let Some(latest) = live.last() else { return };
             let (_, latest_time, state) = latest.order;
             let step = WorkflowStep {
@@ -567,16 +511,8 @@ pub fn workflows<'s>(
                 step_type: live.iter().find_map(|i| i.step_type.clone()),
                 state,
                 attempts: live.iter().filter_map(|i| i.attempt).max().unwrap_or(1),
-                started_at: live
-                    .iter()
-                    .filter(|i| i.order.2 == WorkflowState::Running)
-                    .filter_map(|i| i.order.1)
-                    .min(),
-                ended_at: if state.is_terminal() {
-                    latest_time
-                } else {
-                    None
-                },
+                started_at: live.iter().filter(|i| i.order.2 == WorkflowState::Running).filter_map(|i| i.order.1).min(),
+                ended_at: if state.is_terminal() { latest_time } else { None },
             };
             out.push((
                 StepSummary {
@@ -593,22 +529,13 @@ pub fn workflows<'s>(
 
     #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
     enum RunItem {
-        Event {
-            order: EventOrder,
-            workflow_name: Option<String>,
-        },
+        Event { order: EventOrder, workflow_name: Option<String> },
         Step(StepSummary),
     }
     let run_events = events.flat_map(|e| {
         e.step_id.is_none().then(|| {
             let order = (e.event_seq, e.event_time, e.state);
-            (
-                e.run_id,
-                RunItem::Event {
-                    order,
-                    workflow_name: e.workflow_name,
-                },
-            )
+            (e.run_id, RunItem::Event { order, workflow_name: e.workflow_name })
         })
     });
     let run_steps = summaries.map(|s| (s.step.run_id.clone(), RunItem::Step(s)));
@@ -638,10 +565,7 @@ pub fn workflows<'s>(
                     continue;
                 }
                 match item {
-                    RunItem::Event {
-                        order,
-                        workflow_name,
-                    } => {
+                    RunItem::Event { order, workflow_name } => {
                         if run.workflow_name.is_none() {
                             run.workflow_name.clone_from(workflow_name);
                         }
@@ -653,9 +577,7 @@ pub fn workflows<'s>(
                         run.steps += 1;
                         match s.step.state {
                             WorkflowState::Completed => run.steps_completed += 1,
-                            WorkflowState::Failed | WorkflowState::TimedOut => {
-                                run.steps_failed += 1
-                            }
+                            WorkflowState::Failed | WorkflowState::TimedOut => run.steps_failed += 1,
                             _ => {}
                         }
                         run.retries += (s.step.attempts - 1).max(0);
@@ -750,13 +672,7 @@ impl ToRow for CollectionStats {
         desc(
             "collection_stats",
             &["collection"],
-            &[
-                ("collection", Text),
-                ("documents", Int),
-                ("edits", Int),
-                ("bot_edits", Int),
-                ("size_bytes", Int),
-            ],
+            &[("collection", Text), ("documents", Int), ("edits", Int), ("bot_edits", Int), ("size_bytes", Int)],
         )
     }
     fn to_row(&self) -> Row {
@@ -771,9 +687,7 @@ impl ToRow for CollectionStats {
 }
 
 /// `documents` (keyed by `(collection, document_id)`) and `collection_stats` (keyed by `collection`).
-pub fn knowledge<'s>(
-    events: Coll<'s, KnowledgeEvent>,
-) -> (Coll<'s, Document>, Coll<'s, CollectionStats>) {
+pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, Coll<'s, CollectionStats>) {
     type Version = (Option<TimestampUs>, Option<i64>, KnowledgeOp, Option<i64>);
     let documents = events
         .clone()
@@ -784,45 +698,33 @@ pub fn knowledge<'s>(
         .reduce_named("documents", |_key, versions, out| {
             let edits: i64 = versions.iter().map(|(_, n)| (*n as i64).max(0)).sum();
             // Sorted ascending by (event_time, version, op, size): the last live one wins.
-            let Some(((time, version, op, size), _)) = versions.iter().rev().find(|(_, n)| *n > 0)
-            else {
+            let Some(((time, version, op, size), _)) = versions.iter().rev().find(|(_, n)| *n > 0) else {
                 return;
             };
             if *op == KnowledgeOp::Upsert {
                 out.push(((*version, *size, *time, edits), 1));
             }
         })
-        .map(
-            |((collection, document_id), (version, size_bytes, updated_at, edits))| Document {
-                collection,
-                document_id,
-                version,
-                size_bytes,
-                updated_at,
-                edits,
-            },
-        );
+        .map(|((collection, document_id), (version, size_bytes, updated_at, edits))| Document {
+            collection,
+            document_id,
+            version,
+            size_bytes,
+            updated_at,
+            edits,
+        });
     let edits = events.explode(|e| {
         let bot = e.is_bot == Some(true);
-        Some((
-            e.collection,
-            (1isize, bot as isize, 0isize, (0isize, 0isize)),
-        ))
+        Some((e.collection, (1isize, bot as isize, 0isize, (0isize, 0isize))))
     });
-    let live = documents.clone().explode(|d| {
-        Some((
-            d.collection,
-            (0isize, 0isize, 1isize, nullable(d.size_bytes)),
-        ))
-    });
-    let stats = edits.concat(live).count_total().map(
-        |(collection, (edits, bot_edits, documents, size))| CollectionStats {
+    let live = documents.clone().explode(|d| Some((d.collection, (0isize, 0isize, 1isize, nullable(d.size_bytes)))));
+    let stats =
+        edits.concat(live).count_total().map(|(collection, (edits, bot_edits, documents, size))| CollectionStats {
             collection,
             documents: documents as i64,
             edits: edits as i64,
             bot_edits: bot_edits as i64,
             size_bytes: sum_or_null(size),
-        },
-    );
+        });
     (documents, stats)
 }

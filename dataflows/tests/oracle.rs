@@ -37,44 +37,35 @@ fn span_strategy() -> impl Strategy<Value = Event> {
             proptest::sample::select(vec![SpanStatus::Ok, SpanStatus::Error, SpanStatus::Unset]),
         ),
     )
-        .prop_map(
-            |(
-                (trace, id, op, provider, model, tool),
-                (agent, input, output, start, dur, status),
-            )| {
-                let mut s = Span::new(TraceId::parse(trace), format!("s{id}"), op);
-                s.operation = Some(op.into());
-                s.provider = provider.map(String::from);
-                s.request_model = model.map(String::from);
-                s.tool_name = tool.map(String::from);
-                s.agent_name = agent.map(String::from);
-                s.input_tokens = input;
-                s.output_tokens = output;
-                s.start_time = start.map(|v| v * S);
-                s.end_time = match (s.start_time, dur) {
-                    (Some(st), Some(d)) => Some(st + d),
-                    _ => None,
-                };
-                s.status = status;
-                Event::Span(s)
-            },
-        )
+        .prop_map(|((trace, id, op, provider, model, tool), (agent, input, output, start, dur, status))| {
+            let mut s = Span::new(TraceId::parse(trace), format!("s{id}"), op);
+            s.operation = Some(op.into());
+            s.provider = provider.map(String::from);
+            s.request_model = model.map(String::from);
+            s.tool_name = tool.map(String::from);
+            s.agent_name = agent.map(String::from);
+            s.input_tokens = input;
+            s.output_tokens = output;
+            s.start_time = start.map(|v| v * S);
+            s.end_time = match (s.start_time, dur) {
+                (Some(st), Some(d)) => Some(st + d),
+                _ => None,
+            };
+            s.status = status;
+            Event::Span(s)
+        })
 }
 
 fn eval_strategy() -> impl Strategy<Value = Event> {
-    (
-        proptest::sample::select(vec!["t0", "t1", "t2"]),
-        opt(vec![0.0f64, 0.5, 1.0]),
-    )
-        .prop_map(|(trace, score)| {
-            Event::Evaluation(Evaluation {
-                trace_id: TraceId::parse(trace),
-                span_id: None,
-                name: "q".into(),
-                score: score.map(OrderedFloat),
-                label: None,
-            })
+    (proptest::sample::select(vec!["t0", "t1", "t2"]), opt(vec![0.0f64, 0.5, 1.0])).prop_map(|(trace, score)| {
+        Event::Evaluation(Evaluation {
+            trace_id: TraceId::parse(trace),
+            span_id: None,
+            name: "q".into(),
+            score: score.map(OrderedFloat),
+            label: None,
         })
+    })
 }
 
 fn workflow_strategy() -> impl Strategy<Value = Event> {
@@ -108,11 +99,7 @@ fn knowledge_strategy() -> impl Strategy<Value = Event> {
     (
         proptest::sample::select(vec!["c0", "c1"]),
         proptest::sample::select(vec!["d0", "d1", "d2"]),
-        proptest::sample::select(vec![
-            KnowledgeOp::Upsert,
-            KnowledgeOp::Upsert,
-            KnowledgeOp::Delete,
-        ]),
+        proptest::sample::select(vec![KnowledgeOp::Upsert, KnowledgeOp::Upsert, KnowledgeOp::Delete]),
         opt(vec![1i64, 2, 3]),
         opt(vec![10i64, 20]),
         opt(vec![0i64, 1, 2]),
@@ -142,14 +129,8 @@ enum Step {
 }
 
 fn history() -> impl Strategy<Value = Vec<Vec<Step>>> {
-    let event = prop_oneof![
-        span_strategy(),
-        eval_strategy(),
-        workflow_strategy(),
-        knowledge_strategy()
-    ];
-    let step =
-        prop_oneof![4 => event.prop_map(Step::Insert), 1 => any::<usize>().prop_map(Step::Retract)];
+    let event = prop_oneof![span_strategy(), eval_strategy(), workflow_strategy(), knowledge_strategy()];
+    let step = prop_oneof![4 => event.prop_map(Step::Insert), 1 => any::<usize>().prop_map(Step::Retract)];
     proptest::collection::vec(proptest::collection::vec(step, 0..25), 1..5)
 }
 
@@ -186,9 +167,7 @@ fn int(v: Option<i64>) -> Datum {
     v.map_or(Datum::Null, Datum::Int)
 }
 fn sum(values: impl Iterator<Item = Option<i64>>) -> Option<i64> {
-    values
-        .flatten()
-        .fold(None, |acc, v| Some(acc.unwrap_or(0) + v))
+    values.flatten().fold(None, |acc, v| Some(acc.unwrap_or(0) + v))
 }
 fn quantile(mut xs: Vec<i64>, p: f64) -> Datum {
     if xs.is_empty() {
@@ -201,49 +180,15 @@ fn quantile(mut xs: Vec<i64>, p: f64) -> Datum {
 }
 
 fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
-    let spans: Vec<&Span> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Span(s) = e {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let evals: Vec<&Evaluation> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Evaluation(s) = e {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let wfs: Vec<&WorkflowEvent> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Workflow(s) = e {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let kns: Vec<&KnowledgeEvent> = events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Knowledge(s) = e {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let spans: Vec<&Span> = events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect();
+    let evals: Vec<&Evaluation> =
+        events.iter().filter_map(|e| if let Event::Evaluation(s) = e { Some(s) } else { None }).collect();
+    let wfs: Vec<&WorkflowEvent> =
+        events.iter().filter_map(|e| if let Event::Workflow(s) = e { Some(s) } else { None }).collect();
+    let kns: Vec<&KnowledgeEvent> =
+        events.iter().filter_map(|e| if let Event::Knowledge(s) = e { Some(s) } else { None }).collect();
     let mut out: HashMap<&'static str, HashMap<Row, Diff>> = HashMap::new();
-    let mut put =
-        |view: &'static str, row: Row| *out.entry(view).or_default().entry(row).or_insert(0) += 1;
+    let mut put = |view: &'static str, row: Row| *out.entry(view).or_default().entry(row).or_insert(0) += 1;
 
     // agent_traces
     let mut by_trace: BTreeMap<String, Vec<&Span>> = BTreeMap::new();
@@ -251,12 +196,8 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         by_trace.entry(s.trace_id.to_string()).or_default().push(s);
     }
     for (trace, ss) in &by_trace {
-        let is_llm = |s: &&&Span| {
-            matches!(
-                s.operation.as_deref(),
-                Some("chat" | "text_completion" | "generate_content")
-            )
-        };
+        let is_llm =
+            |s: &&&Span| matches!(s.operation.as_deref(), Some("chat" | "text_completion" | "generate_content"));
         let is_tool = |s: &&&Span| s.operation.as_deref() == Some("execute_tool");
         let status = if ss.iter().any(|s| s.status == SpanStatus::Error) {
             "error"
@@ -265,17 +206,12 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         } else {
             "unset"
         };
-        let scores: Vec<f64> = evals
-            .iter()
-            .filter(|e| e.trace_id.to_string() == *trace)
-            .filter_map(|e| e.score.map(|s| s.0))
-            .collect();
+        let scores: Vec<f64> =
+            evals.iter().filter(|e| e.trace_id.to_string() == *trace).filter_map(|e| e.score.map(|s| s.0)).collect();
         let mean = if scores.is_empty() {
             Datum::Null
         } else {
-            Datum::Float(OrderedFloat(
-                scores.iter().sum::<f64>() / scores.len() as f64,
-            ))
+            Datum::Float(OrderedFloat(scores.iter().sum::<f64>() / scores.len() as f64))
         };
         put(
             "agent_traces",
@@ -285,22 +221,11 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
                 Datum::Int(ss.len() as i64),
                 Datum::Int(ss.iter().filter(is_llm).count() as i64),
                 Datum::Int(ss.iter().filter(is_tool).count() as i64),
-                Datum::Int(
-                    ss.iter()
-                        .filter(is_tool)
-                        .filter(|s| s.status == SpanStatus::Error)
-                        .count() as i64,
-                ),
+                Datum::Int(ss.iter().filter(is_tool).filter(|s| s.status == SpanStatus::Error).count() as i64),
                 int(sum(ss.iter().map(|s| s.input_tokens))),
                 int(sum(ss.iter().map(|s| s.output_tokens))),
-                ss.iter()
-                    .filter_map(|s| s.start_time)
-                    .min()
-                    .map_or(Datum::Null, Datum::Timestamp),
-                ss.iter()
-                    .filter_map(|s| s.end_time)
-                    .max()
-                    .map_or(Datum::Null, Datum::Timestamp),
+                ss.iter().filter_map(|s| s.start_time).min().map_or(Datum::Null, Datum::Timestamp),
+                ss.iter().filter_map(|s| s.end_time).max().map_or(Datum::Null, Datum::Timestamp),
                 Datum::Text(status.into()),
                 mean,
             ],
@@ -309,10 +234,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
 
     // tool_usage
     let mut by_tool: BTreeMap<Option<String>, Vec<&Span>> = BTreeMap::new();
-    for s in spans
-        .iter()
-        .filter(|s| s.operation.as_deref() == Some("execute_tool"))
-    {
+    for s in spans.iter().filter(|s| s.operation.as_deref() == Some("execute_tool")) {
         by_tool.entry(s.tool_name.clone()).or_default().push(s);
     }
     for (tool, ss) in &by_tool {
@@ -332,20 +254,11 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
 
     // model_usage
     let mut by_model: BTreeMap<(Option<String>, Option<String>), Vec<&Span>> = BTreeMap::new();
-    for s in spans
-        .iter()
-        .filter(|s| s.provider.is_some() || s.request_model.is_some())
-    {
-        by_model
-            .entry((s.provider.clone(), s.request_model.clone()))
-            .or_default()
-            .push(s);
+    for s in spans.iter().filter(|s| s.provider.is_some() || s.request_model.is_some()) {
+        by_model.entry((s.provider.clone(), s.request_model.clone())).or_default().push(s);
     }
     for ((provider, model), ss) in &by_model {
-        let lat: Vec<i64> = ss
-            .iter()
-            .filter_map(|s| Some(s.end_time? - s.start_time?))
-            .collect();
+        let lat: Vec<i64> = ss.iter().filter_map(|s| Some(s.end_time? - s.start_time?)).collect();
         put(
             "model_usage",
             vec![
@@ -368,10 +281,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     for e in &wfs {
         by_run.entry(e.run_id.clone()).or_default().push(e);
         if let Some(step) = &e.step_id {
-            by_step
-                .entry((e.run_id.clone(), step.clone()))
-                .or_default()
-                .push(e);
+            by_step.entry((e.run_id.clone(), step.clone())).or_default().push(e);
         }
     }
     let mut step_rows: BTreeMap<String, Vec<(WorkflowState, i64)>> = BTreeMap::new();
@@ -380,10 +290,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         sorted.sort_by_key(|e| (e.event_seq, e.event_time, e.state));
         let latest = sorted.last().unwrap();
         let attempts = es.iter().filter_map(|e| e.attempt).max().unwrap_or(1);
-        step_rows
-            .entry(run.clone())
-            .or_default()
-            .push((latest.state, attempts));
+        step_rows.entry(run.clone()).or_default().push((latest.state, attempts));
         put(
             "workflow_steps",
             vec![
@@ -407,8 +314,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         );
     }
     for (run, es) in &by_run {
-        let mut run_level: Vec<&&WorkflowEvent> =
-            es.iter().filter(|e| e.step_id.is_none()).collect();
+        let mut run_level: Vec<&&WorkflowEvent> = es.iter().filter(|e| e.step_id.is_none()).collect();
         run_level.sort_by_key(order);
         let latest = run_level.last();
         let mut stepped: Vec<&&WorkflowEvent> = es.iter().filter(|e| e.step_id.is_some()).collect();
@@ -424,28 +330,16 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
                 Datum::Text(run.clone()),
                 text(&name),
                 latest.map_or(Datum::Null, |e| Datum::Text(e.state.as_str().into())),
-                es.iter()
-                    .filter_map(|e| e.event_time)
-                    .min()
-                    .map_or(Datum::Null, Datum::Timestamp),
+                es.iter().filter_map(|e| e.event_time).min().map_or(Datum::Null, Datum::Timestamp),
                 match latest {
-                    Some(e) if e.state.is_terminal() => {
-                        e.event_time.map_or(Datum::Null, Datum::Timestamp)
-                    }
+                    Some(e) if e.state.is_terminal() => e.event_time.map_or(Datum::Null, Datum::Timestamp),
                     _ => Datum::Null,
                 },
                 Datum::Int(steps.len() as i64),
+                Datum::Int(steps.iter().filter(|s| s.0 == WorkflowState::Completed).count() as i64),
                 Datum::Int(
-                    steps
-                        .iter()
-                        .filter(|s| s.0 == WorkflowState::Completed)
-                        .count() as i64,
-                ),
-                Datum::Int(
-                    steps
-                        .iter()
-                        .filter(|s| matches!(s.0, WorkflowState::Failed | WorkflowState::TimedOut))
-                        .count() as i64,
+                    steps.iter().filter(|s| matches!(s.0, WorkflowState::Failed | WorkflowState::TimedOut)).count()
+                        as i64,
                 ),
                 Datum::Int(steps.iter().map(|s| s.1 - 1).sum()),
             ],
@@ -456,19 +350,13 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     let mut by_doc: BTreeMap<(String, String), Vec<&KnowledgeEvent>> = BTreeMap::new();
     let mut by_coll: BTreeMap<String, (i64, i64, i64, Option<i64>)> = BTreeMap::new();
     for k in &kns {
-        by_doc
-            .entry((k.collection.clone(), k.document_id.clone()))
-            .or_default()
-            .push(k);
+        by_doc.entry((k.collection.clone(), k.document_id.clone())).or_default().push(k);
         let c = by_coll.entry(k.collection.clone()).or_default();
         c.1 += 1;
         c.2 += i64::from(k.is_bot == Some(true));
     }
     for ((coll, doc), ks) in &by_doc {
-        let winner = ks
-            .iter()
-            .max_by_key(|k| (k.event_time, k.version, k.op, k.size_bytes))
-            .unwrap();
+        let winner = ks.iter().max_by_key(|k| (k.event_time, k.version, k.op, k.size_bytes)).unwrap();
         if winner.op == KnowledgeOp::Upsert {
             let c = by_coll.get_mut(coll).unwrap();
             c.0 += 1;
@@ -491,27 +379,14 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     for (coll, (docs, edits, bots, size)) in by_coll {
         put(
             "collection_stats",
-            vec![
-                Datum::Text(coll),
-                Datum::Int(docs),
-                Datum::Int(edits),
-                Datum::Int(bots),
-                int(size),
-            ],
+            vec![Datum::Text(coll), Datum::Int(docs), Datum::Int(edits), Datum::Int(bots), int(size)],
         );
     }
     out
 }
 
-const VIEWS: [&str; 7] = [
-    "agent_traces",
-    "tool_usage",
-    "model_usage",
-    "workflow_runs",
-    "workflow_steps",
-    "documents",
-    "collection_stats",
-];
+const VIEWS: [&str; 7] =
+    ["agent_traces", "tool_usage", "model_usage", "workflow_runs", "workflow_steps", "documents", "collection_stats"];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]

@@ -107,18 +107,7 @@ fn agent_fixture() -> Vec<Event> {
             (Some(1_600_000), Some(1_700_000)),
             Error,
         ),
-        span(
-            "t1",
-            "s3",
-            "chat",
-            oa.0,
-            oa.1,
-            None,
-            None,
-            (None, Some(30)),
-            (Some(2 * S), Some(3 * S)),
-            Ok,
-        ),
+        span("t1", "s3", "chat", oa.0, oa.1, None, None, (None, Some(30)), (Some(2 * S), Some(3 * S)), Ok),
         span(
             T2,
             "s4",
@@ -131,42 +120,9 @@ fn agent_fixture() -> Vec<Event> {
             (Some(5 * S), Some(5 * S + 200_000)),
             Error,
         ),
-        span(
-            T2,
-            "s5",
-            "execute_tool",
-            None,
-            None,
-            None,
-            Some("beta"),
-            (None, None),
-            (None, None),
-            Ok,
-        ),
-        span(
-            T2,
-            "s6",
-            "execute_tool",
-            None,
-            None,
-            Some("search"),
-            Some("beta"),
-            (None, None),
-            (None, None),
-            Ok,
-        ),
-        span(
-            "t3",
-            "s7",
-            "chat",
-            Some("anthropic"),
-            None,
-            None,
-            None,
-            (None, None),
-            (None, None),
-            Unset,
-        ),
+        span(T2, "s5", "execute_tool", None, None, None, Some("beta"), (None, None), (None, None), Ok),
+        span(T2, "s6", "execute_tool", None, None, Some("search"), Some("beta"), (None, None), (None, None), Ok),
+        span("t3", "s7", "chat", Some("anthropic"), None, None, None, (None, None), (None, None), Unset),
         eval("t1", Some(1.0)),
         eval("t1", Some(0.0)),
         eval("t1", None),
@@ -188,20 +144,7 @@ fn agent_views_by_hand() {
             &c,
             "agent_traces",
             vec![
-                vec![
-                    t("t1"),
-                    t("alpha"),
-                    i(3),
-                    i(2),
-                    i(1),
-                    i(1),
-                    i(100),
-                    i(50),
-                    ts(S),
-                    ts(3 * S),
-                    t("error"),
-                    f(0.5),
-                ],
+                vec![t("t1"), t("alpha"), i(3), i(2), i(1), i(1), i(100), i(50), ts(S), ts(3 * S), t("error"), f(0.5)],
                 vec![
                     t(T2),
                     t("beta"),
@@ -216,47 +159,18 @@ fn agent_views_by_hand() {
                     t("error"),
                     N,
                 ],
-                vec![
-                    t("t3"),
-                    N,
-                    i(1),
-                    i(1),
-                    i(0),
-                    i(0),
-                    N,
-                    N,
-                    N,
-                    N,
-                    t("unset"),
-                    N,
-                ],
+                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N],
             ],
         );
         // search: s2 (error, t1) and s6 (ok, T2); the NULL tool name is its own group (s5).
-        expect(
-            &c,
-            "tool_usage",
-            vec![
-                vec![t("search"), i(2), i(1), i(2)],
-                vec![N, i(1), i(0), i(1)],
-            ],
-        );
+        expect(&c, "tool_usage", vec![vec![t("search"), i(2), i(1), i(2)], vec![N, i(1), i(0), i(1)]]);
         // openai/gpt-4o: s1, s3, s4; input 100 + 50; output 20 + 30 + 5; latencies 500, 1000, 200 ms.
         // sorted 200, 500, 1000: p50 = x[1] = 500; p95: h = 0.95*2 = 1.9 -> 500 + 0.9*(1000-500) = 950.
         expect(
             &c,
             "model_usage",
             vec![
-                vec![
-                    t("openai"),
-                    t("gpt-4o"),
-                    i(3),
-                    i(1),
-                    i(150),
-                    i(55),
-                    f(500.0),
-                    f(950.0),
-                ],
+                vec![t("openai"), t("gpt-4o"), i(3), i(1), i(150), i(55), f(500.0), f(950.0)],
                 vec![t("anthropic"), N, i(1), i(0), N, N, N, N],
             ],
         );
@@ -302,20 +216,7 @@ fn agent_views_retract_a_span() {
                     t("error"),
                     N,
                 ],
-                vec![
-                    t("t3"),
-                    N,
-                    i(1),
-                    i(1),
-                    i(0),
-                    i(0),
-                    N,
-                    N,
-                    N,
-                    N,
-                    t("unset"),
-                    N,
-                ],
+                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N],
             ],
         );
         // latencies 200, 500: p50 = 200 + 0.5*300 = 350; p95 = 200 + 0.95*300 = 485.
@@ -323,16 +224,7 @@ fn agent_views_retract_a_span() {
             &c,
             "model_usage",
             vec![
-                vec![
-                    t("openai"),
-                    t("gpt-4o"),
-                    i(2),
-                    i(1),
-                    i(150),
-                    i(25),
-                    f(350.0),
-                    f(485.0),
-                ],
+                vec![t("openai"), t("gpt-4o"), i(2), i(1), i(150), i(25), f(350.0), f(485.0)],
                 vec![t("anthropic"), N, i(1), i(0), N, N, N, N],
             ],
         );
@@ -383,16 +275,7 @@ fn workflow_views_by_hand() {
         wf("r1", w, ship, Running, Some(1), 15, 6, None),
         wf("r1", w, ship, Failed, Some(1), 16, 7, Some("boom")),
         wf("r2", None, None, Running, None, 20, 1, None),
-        wf(
-            "r2",
-            None,
-            Some(("1", "plan")),
-            Scheduled,
-            None,
-            21,
-            2,
-            None,
-        ),
+        wf("r2", None, Some(("1", "plan")), Scheduled, None, 21, 2, None),
     ];
     for workers in [1, 3] {
         // Two batches: the late final event first, the rest after.
@@ -405,36 +288,9 @@ fn workflow_views_by_hand() {
             &c,
             "workflow_steps",
             vec![
-                vec![
-                    t("r1"),
-                    t("5"),
-                    t("charge"),
-                    t("activity"),
-                    t("COMPLETED"),
-                    i(3),
-                    ts(12 * S),
-                    ts(13 * S),
-                ],
-                vec![
-                    t("r1"),
-                    t("6"),
-                    t("ship"),
-                    t("activity"),
-                    t("FAILED"),
-                    i(1),
-                    ts(15 * S),
-                    ts(16 * S),
-                ],
-                vec![
-                    t("r2"),
-                    t("1"),
-                    t("plan"),
-                    t("activity"),
-                    t("SCHEDULED"),
-                    i(1),
-                    N,
-                    N,
-                ],
+                vec![t("r1"), t("5"), t("charge"), t("activity"), t("COMPLETED"), i(3), ts(12 * S), ts(13 * S)],
+                vec![t("r1"), t("6"), t("ship"), t("activity"), t("FAILED"), i(1), ts(15 * S), ts(16 * S)],
+                vec![t("r2"), t("1"), t("plan"), t("activity"), t("SCHEDULED"), i(1), N, N],
             ],
         );
         // r1: latest run event seq 8 FAILED at 17 s; started at the first event, 10 s;
@@ -443,28 +299,8 @@ fn workflow_views_by_hand() {
             &c,
             "workflow_runs",
             vec![
-                vec![
-                    t("r1"),
-                    t("checkout"),
-                    t("FAILED"),
-                    ts(10 * S),
-                    ts(17 * S),
-                    i(2),
-                    i(1),
-                    i(1),
-                    i(2),
-                ],
-                vec![
-                    t("r2"),
-                    N,
-                    t("RUNNING"),
-                    ts(20 * S),
-                    N,
-                    i(1),
-                    i(0),
-                    i(0),
-                    i(0),
-                ],
+                vec![t("r1"), t("checkout"), t("FAILED"), ts(10 * S), ts(17 * S), i(2), i(1), i(1), i(2)],
+                vec![t("r2"), N, t("RUNNING"), ts(20 * S), N, i(1), i(0), i(0), i(0)],
             ],
         );
     }
@@ -529,22 +365,14 @@ fn knowledge_views_by_hand() {
         expect(
             &c,
             "collection_stats",
-            vec![
-                vec![t("kb"), i(3), i(7), i(2), i(210)],
-                vec![t("old"), i(0), i(2), i(0), N],
-            ],
+            vec![vec![t("kb"), i(3), i(7), i(2), i(210)], vec![t("old"), i(0), i(2), i(0), N]],
         );
     }
 }
 
 #[test]
 fn ingest_errors_pass_through() {
-    let e = IngestError::new(
-        "src",
-        "f.jsonl:2",
-        "expected value at line 1 column 1",
-        &"x".repeat(5000),
-    );
+    let e = IngestError::new("src", "f.jsonl:2", "expected value at line 1 column 1", &"x".repeat(5000));
     assert_eq!(e.raw.len(), INGEST_ERROR_RAW_MAX_BYTES);
     let c = run_batches(2, vec![vec![(Event::Error(e), 1)]]);
     let rows: Vec<&Row> = c["ingest_errors"].keys().collect();

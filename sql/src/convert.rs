@@ -10,13 +10,11 @@ use std::sync::Arc;
 
 use amx_dataflows::row::{Datum, Row};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
-    NullArray, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, NullArray, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{
-    DataType, Date32Type, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
-};
+use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::{DataFusionError, Result};
 use ordered_float::OrderedFloat;
@@ -50,11 +48,7 @@ fn bad(d: &Datum, ty: &DataType) -> DataFusionError {
 }
 
 /// Builds an array of type `ty` from one datum per row (`Null` → NULL).
-pub fn to_array<'a>(
-    datums: impl Iterator<Item = &'a Datum>,
-    len: usize,
-    ty: &DataType,
-) -> Result<ArrayRef> {
+pub fn to_array<'a>(datums: impl Iterator<Item = &'a Datum>, len: usize, ty: &DataType) -> Result<ArrayRef> {
     let canonical: ArrayRef = match ty {
         DataType::Null => return Ok(Arc::new(NullArray::new(len))),
         DataType::Boolean => {
@@ -120,8 +114,7 @@ pub fn to_array<'a>(
             Arc::new(b.finish())
         }
         DataType::Timestamp(_, tz) => {
-            let mut b =
-                TimestampMicrosecondBuilder::with_capacity(len).with_timezone_opt(tz.clone());
+            let mut b = TimestampMicrosecondBuilder::with_capacity(len).with_timezone_opt(tz.clone());
             for d in datums {
                 match d {
                     Datum::Null => b.append_null(),
@@ -132,16 +125,10 @@ pub fn to_array<'a>(
             Arc::new(b.finish())
         }
         other => {
-            return Err(DataFusionError::NotImplemented(format!(
-                "columns of type {other}"
-            )));
+            return Err(DataFusionError::NotImplemented(format!("columns of type {other}")));
         }
     };
-    if canonical.data_type() == ty {
-        Ok(canonical)
-    } else {
-        Ok(cast(&canonical, ty)?)
-    }
+    if canonical.data_type() == ty { Ok(canonical) } else { Ok(cast(&canonical, ty)?) }
 }
 
 /// Reads row `i` of `array` as a datum.
@@ -152,9 +139,7 @@ fn datum_at(array: &ArrayRef, i: usize) -> Datum {
     match array.data_type() {
         DataType::Boolean => Datum::Bool(array.as_boolean().value(i)),
         DataType::Int64 => Datum::Int(array.as_primitive::<Int64Type>().value(i)),
-        DataType::Float64 => {
-            Datum::Float(OrderedFloat(array.as_primitive::<Float64Type>().value(i)))
-        }
+        DataType::Float64 => Datum::Float(OrderedFloat(array.as_primitive::<Float64Type>().value(i))),
         DataType::Utf8 => Datum::Text(array.as_string::<i32>().value(i).to_owned()),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             Datum::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i))
@@ -180,9 +165,7 @@ fn canonical(ty: &DataType) -> Result<DataType> {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
         DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
         other => {
-            return Err(DataFusionError::NotImplemented(format!(
-                "columns of type {other}"
-            )));
+            return Err(DataFusionError::NotImplemented(format!("columns of type {other}")));
         }
     })
 }
@@ -193,16 +176,10 @@ pub fn arrays_to_rows(arrays: &[ArrayRef], len: usize) -> Result<Vec<Row>> {
         .iter()
         .map(|a| {
             let c = canonical(a.data_type())?;
-            if &c == a.data_type() {
-                Ok(a.clone())
-            } else {
-                Ok(cast(a, &c)?)
-            }
+            if &c == a.data_type() { Ok(a.clone()) } else { Ok(cast(a, &c)?) }
         })
         .collect::<Result<_>>()?;
-    Ok((0..len)
-        .map(|i| columns.iter().map(|c| datum_at(c, i)).collect())
-        .collect())
+    Ok((0..len).map(|i| columns.iter().map(|c| datum_at(c, i)).collect()).collect())
 }
 
 /// Builds a record batch of `schema` from rows.
@@ -214,9 +191,5 @@ pub fn rows_to_batch(rows: &[&Row], schema: &SchemaRef) -> Result<RecordBatch> {
         .map(|(c, f)| to_array(rows.iter().map(|r| &r[c]), rows.len(), f.data_type()))
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &options,
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }

@@ -20,10 +20,7 @@ impl TableContents {
     pub fn update(&mut self, row: Row, diff: Diff) -> Result<(), String> {
         let present = self.rows.get(&row).copied().unwrap_or(0);
         if present + diff < 0 {
-            return Err(format!(
-                "delete of {} copies of a row present {} times: {row:?}",
-                -diff, present
-            ));
+            return Err(format!("delete of {} copies of a row present {} times: {row:?}", -diff, present));
         }
         if present + diff == 0 {
             self.rows.remove(&row);
@@ -35,10 +32,7 @@ impl TableContents {
 
     /// Every row, repeated by its multiplicity.
     pub fn rows(&self) -> Vec<Row> {
-        self.rows
-            .iter()
-            .flat_map(|(r, n)| std::iter::repeat_n(r.clone(), *n as usize))
-            .collect()
+        self.rows.iter().flat_map(|(r, n)| std::iter::repeat_n(r.clone(), *n as usize)).collect()
     }
 
     /// Distinct rows with multiplicities.

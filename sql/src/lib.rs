@@ -13,13 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use amx_dataflows::row::{ColumnType, Datum, RelationDesc, Row};
+use amx_dataflows::row::{ColumnType, RelationDesc, Row};
 use amx_dataflows::{Diff, Time};
 use anyhow::{Context, Result, bail};
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
@@ -48,94 +44,7 @@ pub fn arrow_type(ty: ColumnType) -> DataType {
 
 /// The Arrow schema of a relation (every column nullable).
 pub fn arrow_schema(desc: &RelationDesc) -> SchemaRef {
-    Arc::new(Schema::new(
-        desc.columns
-            .iter()
-            .map(|c| Field::new(c.name, arrow_type(c.ty), true))
-            .collect::<Vec<_>>(),
-    ))
-}
-
-/// Builds one Arrow batch from rows with multiplicities (a row with count `n` appears `n` times).
-///
-/// Errors when a datum does not match its column's type (a bug in a relation's `to_row`).
-pub fn to_record_batch<'a>(
-    desc: &RelationDesc,
-    rows: impl Iterator<Item = (&'a Row, Diff)> + Clone,
-) -> Result<RecordBatch> {
-    let schema = arrow_schema(desc);
-    let n: usize = rows.clone().map(|(_, c)| c.max(0) as usize).sum();
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(desc.columns.len());
-    for (i, col) in desc.columns.iter().enumerate() {
-        let expanded = rows
-            .clone()
-            .flat_map(|(r, c)| std::iter::repeat_n(&r[i], c.max(0) as usize));
-        let bad = |d: &Datum| {
-            anyhow::anyhow!("{}.{}: {:?} is not a {:?}", desc.name, col.name, d, col.ty)
-        };
-        let array: ArrayRef = match col.ty {
-            ColumnType::Bool => {
-                let mut b = BooleanBuilder::with_capacity(n);
-                for d in expanded {
-                    match d {
-                        Datum::Null => b.append_null(),
-                        Datum::Bool(v) => b.append_value(*v),
-                        d => return Err(bad(d)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Int => {
-                let mut b = Int64Builder::with_capacity(n);
-                for d in expanded {
-                    match d {
-                        Datum::Null => b.append_null(),
-                        Datum::Int(v) => b.append_value(*v),
-                        d => return Err(bad(d)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Float => {
-                let mut b = Float64Builder::with_capacity(n);
-                for d in expanded {
-                    match d {
-                        Datum::Null => b.append_null(),
-                        Datum::Float(v) => b.append_value(v.0),
-                        d => return Err(bad(d)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Text => {
-                let mut b = StringBuilder::with_capacity(n, n * 16);
-                for d in expanded {
-                    match d {
-                        Datum::Null => b.append_null(),
-                        Datum::Text(v) => b.append_value(v),
-                        d => return Err(bad(d)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            ColumnType::Timestamp => {
-                let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-                for d in expanded {
-                    match d {
-                        Datum::Null => b.append_null(),
-                        Datum::Timestamp(v) => b.append_value(*v),
-                        d => return Err(bad(d)),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-        };
-        columns.push(array);
-    }
-    let options = arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n));
-    Ok(RecordBatch::try_new_with_options(
-        schema, columns, &options,
-    )?)
+    Arc::new(Schema::new(desc.columns.iter().map(|c| Field::new(c.name, arrow_type(c.ty), true)).collect::<Vec<_>>()))
 }
 
 /// The contents of every relation and view at one timestamp.
@@ -143,6 +52,7 @@ pub fn to_record_batch<'a>(
 /// Each relation is a multiset: a map from row to its (positive) multiplicity.
 pub struct State {
     descs: Vec<RelationDesc>,
+    schemas: Vec<SchemaRef>,
     tables: Vec<HashMap<Row, Diff>>,
     /// Arrow form of each relation, built on first use after a change.
     arrow: Vec<Option<RecordBatch>>,
@@ -152,13 +62,14 @@ pub struct State {
 impl State {
     /// An empty state over `descs` (index = relation index of the changes).
     pub fn new(descs: Vec<RelationDesc>) -> State {
+        let schemas = descs.iter().map(arrow_schema).collect();
+        State::with_schemas(descs, schemas)
+    }
+
+    /// An empty state whose relations have the given Arrow schemas (SQL views declare theirs).
+    pub fn with_schemas(descs: Vec<RelationDesc>, schemas: Vec<SchemaRef>) -> State {
         let n = descs.len();
-        State {
-            descs,
-            tables: vec![HashMap::new(); n],
-            arrow: vec![None; n],
-            upper: 0,
-        }
+        State { descs, schemas, tables: vec![HashMap::new(); n], arrow: vec![None; n], upper: 0 }
     }
 
     /// The relations, in index order.
@@ -174,11 +85,7 @@ impl State {
     /// Applies changes `((relation, row), time, diff)`, all at times `< upper`, and moves the
     /// frontier to `upper`. Errors (leaving the state as it was for that row) when a row's
     /// multiplicity would become negative: a retraction of something never inserted.
-    pub fn apply(
-        &mut self,
-        changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>,
-        upper: Time,
-    ) -> Result<()> {
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>, upper: Time) -> Result<()> {
         use std::collections::hash_map::Entry;
         let mut negative = None;
         for ((rel, row), _time, diff) in changes {
@@ -203,10 +110,7 @@ impl State {
         }
         self.upper = self.upper.max(upper);
         if let Some(rel) = negative {
-            bail!(
-                "relation {} has a row with negative multiplicity",
-                self.descs[rel].name
-            );
+            bail!("relation {} has a row with negative multiplicity", self.descs[rel].name);
         }
         Ok(())
     }
@@ -225,8 +129,9 @@ impl State {
 
     fn batch(&mut self, rel: usize) -> Result<RecordBatch> {
         if self.arrow[rel].is_none() {
-            let rows = self.tables[rel].iter().map(|(r, c)| (r, *c));
-            self.arrow[rel] = Some(to_record_batch(&self.descs[rel], rows)?);
+            let rows: Vec<&Row> =
+                self.tables[rel].iter().flat_map(|(r, c)| std::iter::repeat_n(r, (*c).max(0) as usize)).collect();
+            self.arrow[rel] = Some(convert::rows_to_batch(&rows, &self.schemas[rel])?);
         }
         Ok(self.arrow[rel].clone().expect("built above"))
     }
@@ -313,9 +218,7 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
         OutputFormat::Csv => {
             let mut buf = Vec::new();
             {
-                let mut writer = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buf);
+                let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
                 for b in batches {
                     writer.write(b)?;
                 }

@@ -211,10 +211,7 @@ pub struct Lowerer<'a> {
 impl<'a> Lowerer<'a> {
     /// A lowerer for plans of `sql` (used to locate refused constructs).
     pub fn new(sql: &'a str) -> Lowerer<'a> {
-        Lowerer {
-            sql,
-            props: ExecutionProps::new(),
-        }
+        Lowerer { sql, props: ExecutionProps::new() }
     }
 
     fn refuse(&self, construct: &str, keyword: &str) -> DataFusionError {
@@ -225,12 +222,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn phys(&self, expr: &Expr, schema: &DFSchema) -> Result<PhysExpr> {
-        create_physical_expr(
-            expr,
-            schema,
-            &self.props,
-            &PhysicalPlanningContext::default(),
-        )
+        create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
     }
 
     fn check_types(&self, schema: &DFSchema) -> Result<()> {
@@ -254,18 +246,12 @@ impl<'a> Lowerer<'a> {
         }
         let mut all: Vec<PhysExpr> = Vec::new();
         for (i, field) in schema.fields().iter().enumerate() {
-            all.push(Arc::new(
-                datafusion::physical_expr::expressions::Column::new(field.name(), i),
-            ));
+            all.push(Arc::new(datafusion::physical_expr::expressions::Column::new(field.name(), i)));
         }
         for e in exprs {
             all.push(self.phys(e, schema)?);
         }
-        Ok(Plan::Map {
-            input: Box::new(input),
-            exprs: all,
-            input_schema: Arc::new(schema.as_arrow().clone()),
-        })
+        Ok(Plan::Map { input: Box::new(input), exprs: all, input_schema: Arc::new(schema.as_arrow().clone()) })
     }
 
     /// Lowers one optimized logical plan.
@@ -276,9 +262,7 @@ impl<'a> Lowerer<'a> {
                 if scan.fetch.is_some() {
                     return Err(self.refuse("LIMIT without ORDER BY", "limit"));
                 }
-                let mut out = Plan::Get {
-                    name: scan.table_name.table().to_owned(),
-                };
+                let mut out = Plan::Get { name: scan.table_name.table().to_owned() };
                 let full = scan.source.schema();
                 let full_df = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full)?;
                 for f in &scan.filters {
@@ -292,27 +276,17 @@ impl<'a> Lowerer<'a> {
                     let exprs = projection
                         .iter()
                         .map(|&i| {
-                            Arc::new(datafusion::physical_expr::expressions::Column::new(
-                                full.field(i).name(),
-                                i,
-                            )) as PhysExpr
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(full.field(i).name(), i))
+                                as PhysExpr
                         })
                         .collect();
-                    out = Plan::Map {
-                        input: Box::new(out),
-                        exprs,
-                        input_schema: full,
-                    };
+                    out = Plan::Map { input: Box::new(out), exprs, input_schema: full };
                 }
                 Ok(out)
             }
             LogicalPlan::Projection(p) => {
                 let input = self.lower(&p.input)?;
-                let exprs = p
-                    .expr
-                    .iter()
-                    .map(|e| self.phys(e, p.input.schema()))
-                    .collect::<Result<_>>()?;
+                let exprs = p.expr.iter().map(|e| self.phys(e, p.input.schema())).collect::<Result<_>>()?;
                 Ok(Plan::Map {
                     input: Box::new(input),
                     exprs,
@@ -329,37 +303,23 @@ impl<'a> Lowerer<'a> {
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Repartition(r) => self.lower(&r.input),
-            LogicalPlan::Distinct(Distinct::All(input)) => Ok(Plan::Distinct {
-                input: Box::new(self.lower(input)?),
-            }),
-            LogicalPlan::Distinct(Distinct::On(_)) => {
-                Err(self.refuse("DISTINCT ON", "distinct on"))
+            LogicalPlan::Distinct(Distinct::All(input)) => Ok(Plan::Distinct { input: Box::new(self.lower(input)?) }),
+            LogicalPlan::Distinct(Distinct::On(_)) => Err(self.refuse("DISTINCT ON", "distinct on")),
+            LogicalPlan::Union(u) => {
+                Ok(Plan::Union { inputs: u.inputs.iter().map(|i| self.lower(i)).collect::<Result<_>>()? })
             }
-            LogicalPlan::Union(u) => Ok(Plan::Union {
-                inputs: u
-                    .inputs
-                    .iter()
-                    .map(|i| self.lower(i))
-                    .collect::<Result<_>>()?,
-            }),
-            LogicalPlan::EmptyRelation(e) => Ok(Plan::Constant {
-                rows: if e.produce_one_row {
-                    vec![vec![]]
-                } else {
-                    vec![]
-                },
-            }),
+            LogicalPlan::EmptyRelation(e) => {
+                Ok(Plan::Constant { rows: if e.produce_one_row { vec![vec![]] } else { vec![] } })
+            }
             LogicalPlan::Values(v) => {
                 let empty = DFSchema::empty();
                 let mut rows = Vec::new();
                 for exprs in &v.values {
                     let mut row = Vec::new();
                     for (e, field) in exprs.iter().zip(v.schema.fields()) {
-                        let value = self.phys(e, &empty)?.evaluate(
-                            &arrow::record_batch::RecordBatch::new_empty(Arc::new(
-                                arrow::datatypes::Schema::empty(),
-                            )),
-                        );
+                        let value = self.phys(e, &empty)?.evaluate(&arrow::record_batch::RecordBatch::new_empty(
+                            Arc::new(arrow::datatypes::Schema::empty()),
+                        ));
                         let array = value?.into_array(1)?;
                         let array = arrow::compute::cast(&array, field.data_type())?;
                         row.push(convert::arrays_to_rows(&[array], 1)?.remove(0).remove(0));
@@ -397,33 +357,19 @@ impl<'a> Lowerer<'a> {
                         };
                         self.lower_top_k(&s.input, &s.expr, skip, limit)
                     }
-                    _ => Err(self.refuse(
-                        "LIMIT without ORDER BY (its rows would be arbitrary)",
-                        "limit",
-                    )),
+                    _ => Err(self.refuse("LIMIT without ORDER BY (its rows would be arbitrary)", "limit")),
                 }
             }
             LogicalPlan::Window(w) => self.lower_window(w),
-            LogicalPlan::Subquery(_) => {
-                Err(self.refuse("a subquery DataFusion could not decorrelate", "select"))
-            }
+            LogicalPlan::Subquery(_) => Err(self.refuse("a subquery DataFusion could not decorrelate", "select")),
             LogicalPlan::Unnest(_) => Err(self.refuse("UNNEST", "unnest")),
             LogicalPlan::RecursiveQuery(_) => Err(self.refuse("WITH RECURSIVE", "recursive")),
-            other => Err(DataFusionError::Plan(format!(
-                "{} is not supported in a materialized view",
-                other.display()
-            ))),
+            other => Err(DataFusionError::Plan(format!("{} is not supported in a materialized view", other.display()))),
         }
     }
 
-    fn lower_aggregate(
-        &self,
-        a: &datafusion::logical_expr::logical_plan::Aggregate,
-    ) -> Result<Plan> {
-        if a.group_expr
-            .iter()
-            .any(|e| matches!(e, Expr::GroupingSet(_)))
-        {
+    fn lower_aggregate(&self, a: &datafusion::logical_expr::logical_plan::Aggregate) -> Result<Plan> {
+        if a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
             return Err(self.refuse("GROUPING SETS / ROLLUP / CUBE", "group"));
         }
         let input = self.lower(&a.input)?;
@@ -436,9 +382,7 @@ impl<'a> Lowerer<'a> {
                 e => e,
             };
             let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
-                return Err(DataFusionError::Plan(format!(
-                    "unexpected aggregate expression {e}"
-                )));
+                return Err(DataFusionError::Plan(format!("unexpected aggregate expression {e}")));
             };
             let name = func.name().to_ascii_lowercase();
             let f = match name.as_str() {
@@ -465,28 +409,13 @@ impl<'a> Lowerer<'a> {
                 _ => return Err(self.refuse(&format!("{name}() with several arguments"), &name)),
             };
             let output = a.schema.field(a.group_expr.len() + i).data_type().clone();
-            aggs.push(Agg {
-                func: f,
-                arg: i,
-                distinct: params.distinct,
-                output,
-            });
+            aggs.push(Agg { func: f, arg: i, distinct: params.distinct, output });
             exprs.push(arg);
         }
-        let physical = exprs
-            .iter()
-            .map(|e| self.phys(e, schema))
-            .collect::<Result<Vec<_>>>()?;
-        let mapped = Plan::Map {
-            input: Box::new(input),
-            exprs: physical,
-            input_schema: Arc::new(schema.as_arrow().clone()),
-        };
-        Ok(Plan::Reduce {
-            input: Box::new(mapped),
-            keys: a.group_expr.len(),
-            aggs,
-        })
+        let physical = exprs.iter().map(|e| self.phys(e, schema)).collect::<Result<Vec<_>>>()?;
+        let mapped =
+            Plan::Map { input: Box::new(input), exprs: physical, input_schema: Arc::new(schema.as_arrow().clone()) };
+        Ok(Plan::Reduce { input: Box::new(mapped), keys: a.group_expr.len(), aggs })
     }
 
     fn lower_join(&self, j: &datafusion::logical_expr::logical_plan::Join) -> Result<Plan> {
@@ -554,9 +483,7 @@ impl<'a> Lowerer<'a> {
             e => e,
         };
         let Expr::WindowFunction(wf) = inner else {
-            return Err(DataFusionError::Plan(format!(
-                "unexpected window expression {expr}"
-            )));
+            return Err(DataFusionError::Plan(format!("unexpected window expression {expr}")));
         };
         let WindowFunction { fun, params } = wf.as_ref();
         let func = match fun {
@@ -567,10 +494,7 @@ impl<'a> Lowerer<'a> {
                 other => return Err(self.refuse(&format!("the window function {other}()"), other)),
             },
             WindowFunctionDefinition::AggregateUDF(udf) => {
-                return Err(self.refuse(
-                    &format!("the window aggregate {}() OVER (…)", udf.name()),
-                    "over",
-                ));
+                return Err(self.refuse(&format!("the window aggregate {}() OVER (…)", udf.name()), "over"));
             }
         };
         let input = self.lower(&w.input)?;
@@ -581,11 +505,7 @@ impl<'a> Lowerer<'a> {
             input: Box::new(extended),
             arity: w.input.schema().fields().len(),
             partitions: params.partition_by.len(),
-            order: params
-                .order_by
-                .iter()
-                .map(|s| (s.asc, s.nulls_first))
-                .collect(),
+            order: params.order_by.iter().map(|s| (s.asc, s.nulls_first)).collect(),
             func,
         })
     }

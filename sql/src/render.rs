@@ -47,33 +47,16 @@ pub fn render<'s>(
     errors: &mut Vec<Rows<'s>>,
 ) -> Result<Rows<'s>, String> {
     Ok(match plan {
-        Plan::Get { name } => inputs
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("unknown relation `{name}`"))?,
+        Plan::Get { name } => inputs.get(name).cloned().ok_or_else(|| format!("unknown relation `{name}`"))?,
         Plan::Constant { rows } => constant(inputs, rows.clone())?,
-        Plan::Map {
-            input,
-            exprs,
-            input_schema,
-        } => {
+        Plan::Map { input, exprs, input_schema } => {
             let input = render(input, view, inputs, errors)?;
             let evaluated = evaluate(input, view, input_schema.clone(), exprs.clone(), false);
             split(evaluated, view, errors)
         }
-        Plan::Filter {
-            input,
-            predicate,
-            input_schema,
-        } => {
+        Plan::Filter { input, predicate, input_schema } => {
             let input = render(input, view, inputs, errors)?;
-            let evaluated = evaluate(
-                input,
-                view,
-                input_schema.clone(),
-                vec![predicate.clone()],
-                true,
-            );
+            let evaluated = evaluate(input, view, input_schema.clone(), vec![predicate.clone()], true);
             split(evaluated, view, errors)
         }
         Plan::Reduce { input, keys, aggs } => {
@@ -86,46 +69,16 @@ pub fn render<'s>(
             let first = rendered.next().ok_or("UNION without inputs")??;
             rendered.try_fold(first, |acc, next| Ok::<_, String>(acc.concat(next?)))?
         }
-        Plan::Join {
-            left,
-            right,
-            left_arity,
-            right_arity,
-            kind,
-            nulls_equal,
-            filter,
-        } => {
+        Plan::Join { left, right, left_arity, right_arity, kind, nulls_equal, filter } => {
             let left = render(left, view, inputs, errors)?;
             let right = render(right, view, inputs, errors)?;
-            join(
-                left,
-                right,
-                *left_arity,
-                *right_arity,
-                *kind,
-                *nulls_equal,
-                filter.clone(),
-                view,
-                errors,
-            )
+            join(left, right, *left_arity, *right_arity, *kind, *nulls_equal, filter.clone(), view, errors)
         }
-        Plan::TopK {
-            input,
-            arity,
-            order,
-            offset,
-            limit,
-        } => {
+        Plan::TopK { input, arity, order, offset, limit } => {
             let input = render(input, view, inputs, errors)?;
             top_k(input, *arity, order.clone(), *offset, *limit)
         }
-        Plan::Window {
-            input,
-            arity,
-            partitions,
-            order,
-            func,
-        } => {
+        Plan::Window { input, arity, partitions, order, func } => {
             let input = render(input, view, inputs, errors)?;
             window(input, *arity, *partitions, order.clone(), *func)
         }
@@ -134,26 +87,16 @@ pub fn render<'s>(
 
 /// A constant collection, inserted once (by worker 0) so every row appears exactly once.
 fn constant<'s>(inputs: &HashMap<String, Rows<'s>>, rows: Vec<Row>) -> Result<Rows<'s>, String> {
-    let any = inputs
-        .values()
-        .next()
-        .ok_or("a constant relation needs a scope")?;
+    let any = inputs.values().next().ok_or("a constant relation needs a scope")?;
     let scope = any.scope();
     let rows = if scope.index() == 0 { rows } else { Vec::new() };
     let (_handle, collection) = scope.new_collection_from(rows);
     Ok(collection)
 }
 
-fn split<'s>(
-    evaluated: VecCollection<'s, Time, Evaluated, Diff>,
-    view: &str,
-    errors: &mut Vec<Rows<'s>>,
-) -> Rows<'s> {
+fn split<'s>(evaluated: VecCollection<'s, Time, Evaluated, Diff>, view: &str, errors: &mut Vec<Rows<'s>>) -> Rows<'s> {
     let view = view.to_owned();
-    errors.push(evaluated.clone().flat_map(move |r| {
-        r.err()
-            .map(|e| vec![Datum::Text(view.clone()), Datum::Text(e)])
-    }));
+    errors.push(evaluated.clone().flat_map(move |r| r.err().map(|e| vec![Datum::Text(view.clone()), Datum::Text(e)])));
     evaluated.flat_map(Result::ok)
 }
 
@@ -168,39 +111,50 @@ fn evaluate<'s>(
     let name = format!("{} {view}", if is_filter { "Filter" } else { "Map" });
     input
         .inner
-        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(
-            Pipeline,
-            &name,
-            move |_, _| {
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        let updates: Vec<(Row, Time, Diff)> =
-                            data.flat_map(|d| d.drain(..)).collect();
-                        let mut session = output.session(&cap);
-                        for chunk in updates.chunks(EVAL_BATCH_ROWS) {
-                            let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
-                            let results = match eval_rows(&rows, &schema, &exprs, is_filter) {
-                                Ok(results) => results,
-                                // Find the failing rows one by one; the others still count.
-                                Err(_) => rows
-                                    .iter()
-                                    .map(|r| match eval_rows(&[r], &schema, &exprs, is_filter) {
-                                        Ok(mut one) => one.pop().unwrap_or(None),
-                                        Err(e) => Some(Err(e)),
-                                    })
-                                    .collect(),
-                            };
-                            for (result, (_, time, diff)) in results.into_iter().zip(chunk) {
-                                if let Some(result) = result {
-                                    session.give((result, *time, *diff));
-                                }
+        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
+                    let mut session = output.session(&cap);
+                    for chunk in updates.chunks(EVAL_BATCH_ROWS) {
+                        let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
+                        let results = match eval_rows(&rows, &schema, &exprs, is_filter) {
+                            Ok(results) => results,
+                            // Find the failing rows one by one; the others still count.
+                            Err(_) => rows
+                                .iter()
+                                .map(|r| match eval_rows(&[r], &schema, &exprs, is_filter) {
+                                    Ok(mut one) => one.pop().unwrap_or(None),
+                                    Err(e) => Some(Err(e)),
+                                })
+                                .collect(),
+                        };
+                        for (result, (_, time, diff)) in results.into_iter().zip(chunk) {
+                            if let Some(result) = result {
+                                session.give((result, *time, *diff));
                             }
                         }
-                    });
-                }
-            },
-        )
+                    }
+                });
+            }
+        })
         .as_collection()
+}
+
+/// A row as SQL-ish text: `(1, 'x', NULL)`.
+pub fn show(row: &Row) -> String {
+    let values: Vec<String> = row
+        .iter()
+        .map(|d| match d {
+            Datum::Null => "NULL".to_owned(),
+            Datum::Bool(b) => b.to_string(),
+            Datum::Int(i) => i.to_string(),
+            Datum::Float(f) => f.0.to_string(),
+            Datum::Text(s) => format!("'{}'", s.replace('\'', "''")),
+            Datum::Timestamp(us) => format!("TIMESTAMP {us}µs"),
+        })
+        .collect();
+    format!("({})", values.join(", "))
 }
 
 /// One result per row: `Some(Ok(row))` (a projected row or a kept row), `None` (filtered out).
@@ -217,9 +171,7 @@ fn eval_rows(
         .collect::<datafusion::error::Result<Vec<_>>>()
         .map_err(|e| e.to_string())?;
     if is_filter {
-        let mask = arrays[0]
-            .as_boolean_opt()
-            .ok_or("a filter predicate that is not BOOLEAN")?;
+        let mask = arrays[0].as_boolean_opt().ok_or("a filter predicate that is not BOOLEAN")?;
         return Ok(rows
             .iter()
             .enumerate()
@@ -258,9 +210,7 @@ fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
                         acc = v
                             .checked_mul(*n)
                             .and_then(|x| acc.checked_add(x))
-                            .ok_or_else(|| {
-                                format!("integer overflow in sum (BIGINT) at value {v}")
-                            })?;
+                            .ok_or_else(|| format!("integer overflow in sum (BIGINT) at value {v}"))?;
                     }
                     if agg.output == DataType::Float64 {
                         Datum::Float(OrderedFloat(acc as f64))
@@ -268,39 +218,20 @@ fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
                         Datum::Int(acc)
                     }
                 }
-                _ => Datum::Float(OrderedFloat(
-                    values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum(),
-                )),
+                _ => Datum::Float(OrderedFloat(values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum())),
             },
             AggFunc::Avg if values.is_empty() => Datum::Null,
             AggFunc::Avg => match values[0].0 {
                 Datum::Int(_) => {
-                    let total: i128 = values
-                        .iter()
-                        .map(|(d, n)| as_i64(d) as i128 * *n as i128)
-                        .sum();
+                    let total: i128 = values.iter().map(|(d, n)| as_i64(d) as i128 * *n as i128).sum();
                     Datum::Float(OrderedFloat(total as f64 / count as f64))
                 }
                 _ => Datum::Float(OrderedFloat(
-                    values
-                        .iter()
-                        .map(|(d, n)| as_f64(d) * *n as f64)
-                        .sum::<f64>()
-                        / count as f64,
+                    values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum::<f64>() / count as f64,
                 )),
             },
-            AggFunc::Min => values
-                .iter()
-                .map(|(d, _)| *d)
-                .min()
-                .cloned()
-                .unwrap_or(Datum::Null),
-            AggFunc::Max => values
-                .iter()
-                .map(|(d, _)| *d)
-                .max()
-                .cloned()
-                .unwrap_or(Datum::Null),
+            AggFunc::Min => values.iter().map(|(d, _)| *d).min().cloned().unwrap_or(Datum::Null),
+            AggFunc::Max => values.iter().map(|(d, _)| *d).max().cloned().unwrap_or(Datum::Null),
             AggFunc::BoolAnd if values.is_empty() => Datum::Null,
             AggFunc::BoolAnd => Datum::Bool(values.iter().all(|(d, _)| **d == Datum::Bool(true))),
             AggFunc::BoolOr if values.is_empty() => Datum::Null,
@@ -345,12 +276,7 @@ fn reduce<'s>(
         });
     let view_name = view.to_owned();
     errors.push(grouped.clone().flat_map(move |(key, r)| {
-        r.err().map(|e| {
-            vec![
-                Datum::Text(view_name.clone()),
-                Datum::Text(format!("{e} (group {key:?})")),
-            ]
-        })
+        r.err().map(|e| vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {key:?})"))])
     }));
     let rows = grouped.flat_map(|(mut key, r)| {
         r.ok().map(|vals| {
@@ -362,16 +288,8 @@ fn reduce<'s>(
         return Ok(rows);
     }
     // A global aggregate has one row even over no input: count 0, everything else NULL.
-    let default: Row = aggs
-        .iter()
-        .map(|a| {
-            if a.func == AggFunc::Count {
-                Datum::Int(0)
-            } else {
-                Datum::Null
-            }
-        })
-        .collect();
+    let default: Row =
+        aggs.iter().map(|a| if a.func == AggFunc::Count { Datum::Int(0) } else { Datum::Null }).collect();
     let defaults = constant(inputs, vec![default])?;
     let present = rows.clone().map(|_| ()).distinct_total();
     let missing = defaults.map(|r| ((), r)).antijoin(present).map(|((), r)| r);
@@ -400,11 +318,7 @@ fn join<'s>(
     let r = keyed(right, ra);
     let matchable = move |(k, _): &(Row, Row)| nulls_equal || !k.contains(&Datum::Null);
     // Matches as (key, left row, right row).
-    let matches = l
-        .clone()
-        .filter(matchable)
-        .join(r.clone().filter(matchable))
-        .map(|(k, (lv, rv))| (k, lv, rv));
+    let matches = l.clone().filter(matchable).join(r.clone().filter(matchable)).map(|(k, (lv, rv))| (k, lv, rv));
     let matches = match filter {
         None => matches,
         Some((predicate, schema)) => {
@@ -435,18 +349,8 @@ fn join<'s>(
     };
     let matched_left = || matches.clone().map(|(k, lv, _)| (k, lv)).distinct_total();
     let matched_right = || matches.clone().map(|(k, _, rv)| (k, rv)).distinct_total();
-    let unmatched_left = || {
-        l.clone()
-            .map(|kv| (kv, ()))
-            .antijoin(matched_left())
-            .map(|((_, lv), ())| lv)
-    };
-    let unmatched_right = || {
-        r.clone()
-            .map(|kv| (kv, ()))
-            .antijoin(matched_right())
-            .map(|((_, rv), ())| rv)
-    };
+    let unmatched_left = || l.clone().map(|kv| (kv, ())).antijoin(matched_left()).map(|((_, lv), ())| lv);
+    let unmatched_right = || r.clone().map(|kv| (kv, ())).antijoin(matched_right()).map(|((_, rv), ())| rv);
     let inner = || {
         matches.clone().map(|(_, mut lv, rv)| {
             lv.extend(rv);
@@ -457,14 +361,8 @@ fn join<'s>(
         JoinKind::Inner => inner(),
         JoinKind::Left => inner().concat(unmatched_left().map(pad_right)),
         JoinKind::Right => inner().concat(unmatched_right().map(pad_left)),
-        JoinKind::Full => inner()
-            .concat(unmatched_left().map(pad_right))
-            .concat(unmatched_right().map(pad_left)),
-        JoinKind::LeftSemi => l
-            .clone()
-            .map(|kv| (kv, ()))
-            .semijoin(matched_left())
-            .map(|((_, lv), ())| lv),
+        JoinKind::Full => inner().concat(unmatched_left().map(pad_right)).concat(unmatched_right().map(pad_left)),
+        JoinKind::LeftSemi => l.clone().map(|kv| (kv, ())).semijoin(matched_left()).map(|((_, lv), ())| lv),
         JoinKind::LeftAnti => unmatched_left(),
     }
 }
@@ -481,35 +379,25 @@ fn evaluate_prefix<'s>(
     let name = format!("JoinFilter {view}");
     input
         .inner
-        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(
-            Pipeline,
-            &name,
-            move |_, _| {
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        let updates: Vec<(Row, Time, Diff)> =
-                            data.flat_map(|d| d.drain(..)).collect();
-                        let mut session = output.session(&cap);
-                        for (row, time, diff) in updates {
-                            let prefix: Row = row[..width].to_vec();
-                            match eval_rows(
-                                &[&prefix],
-                                &schema,
-                                std::slice::from_ref(&predicate),
-                                true,
-                            ) {
-                                Ok(mut r) => {
-                                    if let Some(Some(Ok(_))) = r.pop() {
-                                        session.give((Ok(row), time, diff));
-                                    }
+        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
+                    let mut session = output.session(&cap);
+                    for (row, time, diff) in updates {
+                        let prefix: Row = row[..width].to_vec();
+                        match eval_rows(&[&prefix], &schema, std::slice::from_ref(&predicate), true) {
+                            Ok(mut r) => {
+                                if let Some(Some(Ok(_))) = r.pop() {
+                                    session.give((Ok(row), time, diff));
                                 }
-                                Err(e) => session.give((Err(e), time, diff)),
                             }
+                            Err(e) => session.give((Err(e), time, diff)),
                         }
-                    });
-                }
-            },
-        )
+                    }
+                });
+            }
+        })
         .as_collection()
 }
 
@@ -548,21 +436,11 @@ fn compare(a: &Row, b: &Row, from: usize, order: &[Order]) -> Ordering {
     Ordering::Equal
 }
 
-fn top_k<'s>(
-    input: Rows<'s>,
-    arity: usize,
-    order: Vec<Order>,
-    offset: usize,
-    limit: Option<usize>,
-) -> Rows<'s> {
+fn top_k<'s>(input: Rows<'s>, arity: usize, order: Vec<Order>, offset: usize, limit: Option<usize>) -> Rows<'s> {
     input
         .map(|row| ((), row))
         .reduce_named("TopK", move |_key, vals, out| {
-            let mut rows: Vec<(&Row, Diff)> = vals
-                .iter()
-                .map(|(r, n)| (*r, *n))
-                .filter(|(_, n)| *n > 0)
-                .collect();
+            let mut rows: Vec<(&Row, Diff)> = vals.iter().map(|(r, n)| (*r, *n)).filter(|(_, n)| *n > 0).collect();
             rows.sort_by(|a, b| compare(a.0, b.0, arity, &order).then_with(|| a.0.cmp(b.0)));
             let mut position = 0usize;
             let end = limit.map_or(usize::MAX, |l| offset.saturating_add(l));
@@ -581,30 +459,19 @@ fn top_k<'s>(
         .map(|((), row)| row)
 }
 
-fn window<'s>(
-    input: Rows<'s>,
-    arity: usize,
-    partitions: usize,
-    order: Vec<Order>,
-    func: RankFunc,
-) -> Rows<'s> {
+fn window<'s>(input: Rows<'s>, arity: usize, partitions: usize, order: Vec<Order>, func: RankFunc) -> Rows<'s> {
     input
         .map(move |row| (row[arity..arity + partitions].to_vec(), row))
         .reduce_named("Window", move |_key, vals, out| {
             let from = arity + partitions;
-            let mut rows: Vec<(&Row, Diff)> = vals
-                .iter()
-                .map(|(r, n)| (*r, *n))
-                .filter(|(_, n)| *n > 0)
-                .collect();
+            let mut rows: Vec<(&Row, Diff)> = vals.iter().map(|(r, n)| (*r, *n)).filter(|(_, n)| *n > 0).collect();
             rows.sort_by(|a, b| compare(a.0, b.0, from, &order).then_with(|| a.0.cmp(b.0)));
             let (mut number, mut rank, mut dense) = (0i64, 0i64, 0i64);
             let mut previous: Option<&Row> = None;
             for (row, n) in rows {
                 for _ in 0..n {
                     number += 1;
-                    let tie =
-                        previous.is_some_and(|p| compare(p, row, from, &order) == Ordering::Equal);
+                    let tie = previous.is_some_and(|p| compare(p, row, from, &order) == Ordering::Equal);
                     if !tie {
                         rank = number;
                         dense += 1;

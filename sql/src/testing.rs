@@ -61,8 +61,7 @@ pub fn run_views(
             let mut errors = Vec::new();
             let probe = timely::dataflow::ProbeHandle::new();
             for (i, view) in views.iter().enumerate() {
-                let rows = render(&view.plan, &view.name, &collections, &mut errors)
-                    .expect("view renders");
+                let rows = render(&view.plan, &view.name, &collections, &mut errors).expect("view renders");
                 collections.insert(view.name.clone(), rows.clone());
                 let b = buffer.clone();
                 rows.map(move |r| (i, r))
@@ -99,9 +98,7 @@ pub fn run_views(
         }
         drop(inputs);
         while worker.step() {}
-        sink.lock()
-            .expect("unpoisoned")
-            .extend(buffer.borrow_mut().drain(..));
+        sink.lock().expect("unpoisoned").extend(buffer.borrow_mut().drain(..));
     })
     .expect("timely starts")
     .join()
@@ -111,24 +108,14 @@ pub fn run_views(
     let updates = std::mem::take(&mut *captured.lock().expect("unpoisoned"));
     (0..steps)
         .map(|step| {
-            let mut out = Step {
-                views: vec![Contents::new(); nviews],
-                errors: Contents::new(),
-            };
+            let mut out = Step { views: vec![Contents::new(); nviews], errors: Contents::new() };
             for ((i, row), time, diff) in &updates {
                 if *time as usize <= step {
-                    let target = if *i == nviews {
-                        &mut out.errors
-                    } else {
-                        &mut out.views[*i]
-                    };
+                    let target = if *i == nviews { &mut out.errors } else { &mut out.views[*i] };
                     *target.entry(row.clone()).or_insert(0) += diff;
                 }
             }
-            out.views
-                .iter_mut()
-                .chain(std::iter::once(&mut out.errors))
-                .for_each(|c| c.retain(|_, n| *n != 0));
+            out.views.iter_mut().chain(std::iter::once(&mut out.errors)).for_each(|c| c.retain(|_, n| *n != 0));
             out
         })
         .collect()

@@ -51,21 +51,11 @@ pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
             name: create.name.to_string().to_ascii_lowercase(),
             query: create.query.to_string(),
         },
-        Statement::Drop {
-            object_type: ObjectType::MaterializedView,
-            names,
-            if_exists,
-            ..
-        } => {
+        Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
             let [name] = names.as_slice() else {
-                return Err(DataFusionError::Plan(
-                    "DROP MATERIALIZED VIEW takes one view".into(),
-                ));
+                return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));
             };
-            ViewStatement::Drop {
-                name: name.to_string().to_ascii_lowercase(),
-                if_exists,
-            }
+            ViewStatement::Drop { name: name.to_string().to_ascii_lowercase(), if_exists }
         }
         _ => ViewStatement::Other,
     })
@@ -93,32 +83,19 @@ pub struct ViewPlanner {
     views: Vec<ViewDef>,
 }
 
-const TEMPORAL_FUNCTIONS: &[&str] = &[
-    "now",
-    "current_timestamp",
-    "current_date",
-    "current_time",
-    "localtimestamp",
-];
+const TEMPORAL_FUNCTIONS: &[&str] = &["now", "current_timestamp", "current_date", "current_time", "localtimestamp"];
 
 impl ViewPlanner {
     /// A planner over relations `(name, schema)` (base relations and built-in views).
     pub fn new(relations: &[(String, SchemaRef)]) -> Result<ViewPlanner> {
         let ctx = SessionContext::new();
         for (name, schema) in relations {
-            ctx.register_table(
-                name.as_str(),
-                Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
-            )?;
+            ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(ViewPlanner {
-            ctx,
-            runtime,
-            views: Vec::new(),
-        })
+        Ok(ViewPlanner { ctx, runtime, views: Vec::new() })
     }
 
     /// The views defined so far, in definition order (each reads only earlier ones).
@@ -139,9 +116,7 @@ impl ViewPlanner {
     pub fn create_in(&mut self, name: &str, sql: &str, source: &str) -> Result<&ViewDef> {
         let name = name.to_ascii_lowercase();
         if self.ctx.table_exist(name.as_str())? {
-            return Err(DataFusionError::Plan(format!(
-                "a relation or view named `{name}` already exists"
-            )));
+            return Err(DataFusionError::Plan(format!("a relation or view named `{name}` already exists")));
         }
         let state = self.ctx.state();
         let unoptimized = self.runtime.block_on(state.create_logical_plan(sql))?;
@@ -161,9 +136,7 @@ impl ViewPlanner {
                 | LogicalPlan::TableScan(_)
                 | LogicalPlan::EmptyRelation(_)
         ) {
-            return Err(DataFusionError::Plan(format!(
-                "a materialized view must be a query (SELECT …): `{sql}`"
-            )));
+            return Err(DataFusionError::Plan(format!("a materialized view must be a query (SELECT …): `{sql}`")));
         }
         let mut temporal = None;
         unoptimized.apply_with_subqueries(|node| {
@@ -190,17 +163,8 @@ impl ViewPlanner {
         let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
         let mut reads = Vec::new();
         dependencies(&plan, &mut reads);
-        self.ctx.register_table(
-            name.as_str(),
-            Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
-        )?;
-        self.views.push(ViewDef {
-            name,
-            sql: sql.to_owned(),
-            plan,
-            schema,
-            reads,
-        });
+        self.ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+        self.views.push(ViewDef { name, sql: sql.to_owned(), plan, schema, reads });
         Ok(self.views.last().expect("just pushed"))
     }
 
@@ -211,16 +175,11 @@ impl ViewPlanner {
             return if if_exists {
                 Ok(())
             } else {
-                Err(DataFusionError::Plan(format!(
-                    "no materialized view named `{name}`"
-                )))
+                Err(DataFusionError::Plan(format!("no materialized view named `{name}`")))
             };
         };
         if let Some(reader) = self.views.iter().find(|v| v.reads.contains(&name)) {
-            return Err(DataFusionError::Plan(format!(
-                "view `{}` reads `{name}`; drop it first",
-                reader.name
-            )));
+            return Err(DataFusionError::Plan(format!("view `{}` reads `{name}`; drop it first", reader.name)));
         }
         self.views.remove(i);
         self.ctx.deregister_table(name.as_str())?;

@@ -57,9 +57,7 @@ impl Harness {
         Harness {
             tables: Vec::new(),
             contents: Vec::new(),
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime"),
+            runtime: tokio::runtime::Builder::new_current_thread().build().expect("runtime"),
             queries: 0,
             file: file.to_owned(),
         }
@@ -81,15 +79,9 @@ impl Harness {
         Ok(ctx)
     }
 
-    fn batch_query(
-        &self,
-        contents: &[TableContents],
-        sql: &str,
-    ) -> Result<Vec<RecordBatch>, Error> {
+    fn batch_query(&self, contents: &[TableContents], sql: &str) -> Result<Vec<RecordBatch>, Error> {
         let ctx = self.context(contents)?;
-        self.runtime
-            .block_on(async { ctx.sql(sql).await?.collect().await })
-            .map_err(err)
+        self.runtime.block_on(async { ctx.sql(sql).await?.collect().await }).map_err(err)
     }
 
     fn random_datum(rng: &mut SmallRng, ty: &DataType) -> Datum {
@@ -98,9 +90,9 @@ impl Harness {
         }
         match ty {
             DataType::Boolean => Datum::Bool(rng.random()),
-            DataType::Float32 | DataType::Float64 => Datum::Float(OrderedFloat(
-                [-1.5, 0.0, 2.25, 10.0, 0.5][rng.random_range(0..5)],
-            )),
+            DataType::Float32 | DataType::Float64 => {
+                Datum::Float(OrderedFloat([-1.5, 0.0, 2.25, 10.0, 0.5][rng.random_range(0..5)]))
+            }
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                 Datum::Text(["a", "b", "c", "xyz", ""][rng.random_range(0..5)].to_owned())
             }
@@ -119,13 +111,8 @@ impl Harness {
         let mut rng = SmallRng::seed_from_u64(self.queries * 7919 + self.file.len() as u64);
         // Batch 0 loads the current contents; the next batches change them at random.
         let mut contents = self.contents.clone();
-        let mut batches: Vec<Vec<Change>> = vec![
-            contents
-                .iter()
-                .enumerate()
-                .flat_map(|(t, c)| c.rows().into_iter().map(move |r| (t, r, 1)))
-                .collect(),
-        ];
+        let mut batches: Vec<Vec<Change>> =
+            vec![contents.iter().enumerate().flat_map(|(t, c)| c.rows().into_iter().map(move |r| (t, r, 1))).collect()];
         let mut states = vec![contents.clone()];
         for _ in 0..RANDOM_BATCHES {
             let mut batch = Vec::new();
@@ -135,12 +122,8 @@ impl Harness {
                 let (row, diff) = if !present.is_empty() && rng.random_ratio(2, 5) {
                     (present[rng.random_range(0..present.len())].clone(), -1)
                 } else {
-                    let row: Row = self.tables[t]
-                        .1
-                        .fields()
-                        .iter()
-                        .map(|f| Self::random_datum(&mut rng, f.data_type()))
-                        .collect();
+                    let row: Row =
+                        self.tables[t].1.fields().iter().map(|f| Self::random_datum(&mut rng, f.data_type())).collect();
                     (row, 1)
                 };
                 contents[t].update(row.clone(), diff).map_err(err)?;
@@ -150,12 +133,7 @@ impl Harness {
             states.push(contents.clone());
         }
         for workers in [1, 4] {
-            let steps = run_views(
-                workers,
-                &self.tables,
-                std::slice::from_ref(&view),
-                batches.clone(),
-            );
+            let steps = run_views(workers, &self.tables, std::slice::from_ref(&view), batches.clone());
             for (step, (got, state)) in steps.iter().zip(&states).enumerate() {
                 let want = self.batch_query(state, sql)?;
                 let mut expected = Contents::new();
@@ -189,11 +167,7 @@ fn render_value(d: &Datum) -> String {
         Datum::Int(i) => i.to_string(),
         Datum::Float(f) => {
             let v = f.0;
-            if v == v.trunc() && v.abs() < 1e15 {
-                format!("{v:.1}")
-            } else {
-                format!("{v}")
-            }
+            if v == v.trunc() && v.abs() < 1e15 { format!("{v:.1}") } else { format!("{v}") }
         }
         Datum::Text(s) if s.is_empty() => "(empty)".into(),
         Datum::Text(s) => s.clone(),
@@ -215,19 +189,14 @@ impl sqllogictest::DB for Harness {
         let trimmed = sql.trim_start().to_ascii_lowercase();
         if trimmed.starts_with("create table") {
             let ctx = SessionContext::new();
-            self.runtime
-                .block_on(async { ctx.sql(sql).await?.collect().await })
-                .map_err(err)?;
+            self.runtime.block_on(async { ctx.sql(sql).await?.collect().await }).map_err(err)?;
             let table: String = trimmed["create table".len()..]
                 .trim_start()
                 .split(|c: char| !c.is_alphanumeric() && c != '_')
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            let provider = self
-                .runtime
-                .block_on(ctx.table_provider(table.as_str()))
-                .map_err(err)?;
+            let provider = self.runtime.block_on(ctx.table_provider(table.as_str())).map_err(err)?;
             let schema = provider.schema();
             for f in schema.fields() {
                 if !amx_sql::convert::supported(f.data_type()) {
@@ -241,18 +210,11 @@ impl sqllogictest::DB for Harness {
         if trimmed.starts_with("insert into") {
             // DataFusion evaluates the VALUES (casts included) into a copy of the table.
             let ctx = self.context(&self.contents)?;
-            self.runtime
-                .block_on(async { ctx.sql(sql).await?.collect().await })
-                .map_err(err)?;
+            self.runtime.block_on(async { ctx.sql(sql).await?.collect().await }).map_err(err)?;
             for (i, (name, _)) in self.tables.iter().enumerate() {
                 let batches = self
                     .runtime
-                    .block_on(async {
-                        ctx.sql(&format!("SELECT * FROM {name}"))
-                            .await?
-                            .collect()
-                            .await
-                    })
+                    .block_on(async { ctx.sql(&format!("SELECT * FROM {name}")).await?.collect().await })
                     .map_err(err)?;
                 let mut fresh = TableContents::default();
                 for b in &batches {
@@ -300,10 +262,7 @@ impl sqllogictest::DB for Harness {
 #[test]
 fn sqllogictest_suite() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("slt dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("slt dir").map(|e| e.expect("entry").path()).collect();
     files.sort();
     let mut failures = Vec::new();
     for file in &files {
@@ -316,10 +275,5 @@ fn sqllogictest_suite() {
             failures.push(format!("{name}: {e}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} .slt files failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} .slt files failed:\n{}", failures.len(), failures.join("\n\n"));
 }
