@@ -125,7 +125,7 @@ fn evaluate<'s>(
                                 .iter()
                                 .map(|r| match eval_rows(&[r], &schema, &exprs, is_filter) {
                                     Ok(mut one) => one.pop().unwrap_or(None),
-                                    Err(e) => Some(Err(e)),
+                                    Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
                                 })
                                 .collect(),
                         };
@@ -276,7 +276,7 @@ fn reduce<'s>(
         });
     let view_name = view.to_owned();
     errors.push(grouped.clone().flat_map(move |(key, r)| {
-        r.err().map(|e| vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {key:?})"))])
+        r.err().map(|e| vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key)))])
     }));
     let rows = grouped.flat_map(|(mut key, r)| {
         r.ok().map(|vals| {
