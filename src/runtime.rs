@@ -193,16 +193,13 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 collections.insert(name.to_owned(), rows.clone());
                 export(rows, index, &export_buffer, 0, &probe);
             }
-            let mut errors = Vec::new();
+            let mut renderer = amx_sql::render::Renderer::new(collections);
             for (k, view) in views.iter().enumerate() {
-                let rows = amx_sql::render::render(&view.plan, &view.name, &collections, &mut errors)
-                    .map_err(|e| format!("view `{}`: {e}", view.name))?;
-                collections.insert(view.name.clone(), rows.clone());
+                let rows = renderer.render_view(view).map_err(|e| format!("view `{}`: {e}", view.name))?;
                 export(rows, base + k, &export_buffer, 0, &probe);
             }
-            let mut errors = errors.into_iter();
-            if let Some(first) = errors.next() {
-                export(errors.fold(first, |a, b| a.concat(b)), base + views.len(), &export_buffer, 0, &probe);
+            if let Some(errors) = renderer.errors() {
+                export(errors, base + views.len(), &export_buffer, 0, &probe);
             }
             Ok::<_, String>((rendered.inputs, probe))
         });

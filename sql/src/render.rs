@@ -18,6 +18,8 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use differential_dataflow::input::Input;
 use differential_dataflow::operators::ThresholdTotal;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use ordered_float::OrderedFloat;
 use timely::container::CapacityContainerBuilder;
@@ -26,6 +28,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::convert;
 use crate::plan::{Agg, AggFunc, JoinKind, Order, PhysExpr, Plan, RankFunc, nulls};
+use crate::views::ViewDef;
 
 /// A collection of rows.
 pub type Rows<'s> = VecCollection<'s, Time, Row, Diff>;
@@ -36,53 +39,147 @@ type Evaluated = Result<Row, String>;
 /// Largest Arrow batch built for expression evaluation (rows).
 const EVAL_BATCH_ROWS: usize = 8192;
 
-/// Renders `plan` for view `view`, reading named collections from `inputs`; failing rows are
-/// appended to `errors` as `[view, error]` rows.
+/// A collection of `(key, row)` pairs: a join input keyed by its join columns.
+pub type Keyed<'s> = VecCollection<'s, Time, (Row, Row), Diff>;
+
+/// A join input arranged by its key; shared by every join that needs the same data arranged
+/// by the same key.
+pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<Row, Row, Time, Diff>>>;
+
+/// Renders views into one timely scope, sharing what views have in common.
 ///
-/// Errors (a `Get` of an unknown relation) are plan errors the planner normally catches first.
-pub fn render<'s>(
-    plan: &Plan,
-    view: &str,
-    inputs: &HashMap<String, Rows<'s>>,
-    errors: &mut Vec<Rows<'s>>,
-) -> Result<Rows<'s>, String> {
-    Ok(match plan {
-        Plan::Get { name } => inputs.get(name).cloned().ok_or_else(|| format!("unknown relation `{name}`"))?,
-        Plan::Constant { rows } => constant(inputs, rows.clone())?,
-        Plan::Map { input, exprs, input_schema } => {
-            let input = render(input, view, inputs, errors)?;
-            let evaluated = evaluate(input, view, input_schema.clone(), exprs.clone(), false);
-            split(evaluated, view, errors)
-        }
-        Plan::Filter { input, predicate, input_schema } => {
-            let input = render(input, view, inputs, errors)?;
-            let evaluated = evaluate(input, view, input_schema.clone(), vec![predicate.clone()], true);
-            split(evaluated, view, errors)
-        }
-        Plan::Reduce { input, keys, aggs } => {
-            let input = render(input, view, inputs, errors)?;
-            reduce(input, *keys, aggs.clone(), view, inputs, errors)?
-        }
-        Plan::Distinct { input } => render(input, view, inputs, errors)?.distinct_total(),
-        Plan::Union { inputs: parts } => {
-            let mut rendered = parts.iter().map(|p| render(p, view, inputs, errors));
-            let first = rendered.next().ok_or("UNION without inputs")??;
-            rendered.try_fold(first, |acc, next| Ok::<_, String>(acc.concat(next?)))?
-        }
-        Plan::Join { left, right, left_arity, right_arity, kind, nulls_equal, filter } => {
-            let left = render(left, view, inputs, errors)?;
-            let right = render(right, view, inputs, errors)?;
-            join(left, right, *left_arity, *right_arity, *kind, *nulls_equal, filter.clone(), view, errors)
-        }
-        Plan::TopK { input, arity, order, offset, limit } => {
-            let input = render(input, view, inputs, errors)?;
-            top_k(input, *arity, order.clone(), *offset, *limit)
-        }
-        Plan::Window { input, arity, partitions, order, func } => {
-            let input = render(input, view, inputs, errors)?;
-            window(input, *arity, *partitions, order.clone(), *func)
-        }
-    })
+/// It holds the named collections views can read (relations, built-in views, views rendered
+/// so far), the views' error rows, and the join arrangements built so far: a join input whose
+/// plan and key are the same as an earlier join's (in this view or another) reuses that
+/// arrangement instead of building a second copy of the same index.
+pub struct Renderer<'s> {
+    collections: HashMap<String, Rows<'s>>,
+    errors: Vec<Rows<'s>>,
+    keyed: HashMap<String, Keyed<'s>>,
+    arrangements: HashMap<String, KeyedArrangement<'s>>,
+    reused: usize,
+}
+
+impl<'s> Renderer<'s> {
+    /// A renderer over named collections (at least one: constants need its scope).
+    pub fn new(collections: HashMap<String, Rows<'s>>) -> Renderer<'s> {
+        Renderer { collections, errors: Vec::new(), keyed: HashMap::new(), arrangements: HashMap::new(), reused: 0 }
+    }
+
+    /// Renders a view and makes it readable by later views under its name.
+    ///
+    /// Errors: the plan reads a relation this renderer does not have.
+    pub fn render_view(&mut self, view: &ViewDef) -> Result<Rows<'s>, String> {
+        let rows = self.render(&view.plan, &view.name)?;
+        self.collections.insert(view.name.clone(), rows.clone());
+        Ok(rows)
+    }
+
+    /// Every view's error rows `[view, error]` (None when no view can fail).
+    pub fn errors(&mut self) -> Option<Rows<'s>> {
+        let mut errors = std::mem::take(&mut self.errors).into_iter();
+        let first = errors.next()?;
+        Some(errors.fold(first, |a, b| a.concat(b)))
+    }
+
+    /// How many join inputs reused an existing arrangement.
+    pub fn arrangements_reused(&self) -> usize {
+        self.reused
+    }
+
+    /// Number of distinct join arrangements built.
+    pub fn arrangements_built(&self) -> usize {
+        self.arrangements.len()
+    }
+
+    /// Renders `plan` for view `view`.
+    pub fn render(&mut self, plan: &Plan, view: &str) -> Result<Rows<'s>, String> {
+        Ok(match plan {
+            Plan::Get { name } => {
+                self.collections.get(name).cloned().ok_or_else(|| format!("unknown relation `{name}`"))?
+            }
+            Plan::Constant { rows } => constant(&self.collections, rows.clone())?,
+            Plan::Map { input, exprs, input_schema } => {
+                let input = self.render(input, view)?;
+                let evaluated = evaluate(input, view, input_schema.clone(), exprs.clone(), false);
+                split(evaluated, view, &mut self.errors)
+            }
+            Plan::Filter { input, predicate, input_schema } => {
+                let input = self.render(input, view)?;
+                let evaluated = evaluate(input, view, input_schema.clone(), vec![predicate.clone()], true);
+                split(evaluated, view, &mut self.errors)
+            }
+            Plan::Reduce { input, keys, aggs } => {
+                let input = self.render(input, view)?;
+                reduce(input, *keys, aggs.clone(), view, &self.collections, &mut self.errors)?
+            }
+            Plan::Distinct { input } => self.render(input, view)?.distinct_total(),
+            Plan::Union { inputs: parts } => {
+                let mut rendered = Vec::new();
+                for p in parts {
+                    rendered.push(self.render(p, view)?);
+                }
+                let mut rendered = rendered.into_iter();
+                let first = rendered.next().ok_or("UNION without inputs")?;
+                rendered.fold(first, |acc, next| acc.concat(next))
+            }
+            Plan::Join { left, right, left_arity, right_arity, kind, nulls_equal, filter } => {
+                let (l, l_arranged) = self.keyed_input(left, *left_arity, *nulls_equal, view)?;
+                let (r, r_arranged) = self.keyed_input(right, *right_arity, *nulls_equal, view)?;
+                let matches = l_arranged
+                    .join_core(r_arranged, |k: &Row, lv: &Row, rv: &Row| Some((k.clone(), lv.clone(), rv.clone())));
+                join(l, r, matches, *left_arity, *right_arity, *kind, filter.clone(), view, &mut self.errors)
+            }
+            Plan::TopK { input, arity, order, offset, limit } => {
+                let input = self.render(input, view)?;
+                top_k(input, *arity, order.clone(), *offset, *limit)
+            }
+            Plan::Window { input, arity, partitions, order, func } => {
+                let input = self.render(input, view)?;
+                window(input, *arity, *partitions, order.clone(), *func)
+            }
+        })
+    }
+
+    /// A join input keyed by its trailing key columns, and its arrangement (rows whose key
+    /// has a NULL left out unless `nulls_equal`), both shared with earlier identical inputs.
+    fn keyed_input(
+        &mut self,
+        plan: &Plan,
+        arity: usize,
+        nulls_equal: bool,
+        view: &str,
+    ) -> Result<(Keyed<'s>, KeyedArrangement<'s>), String> {
+        let fingerprint = format!("{arity}/{plan:?}");
+        let keyed = match self.keyed.get(&fingerprint) {
+            Some(k) => k.clone(),
+            None => {
+                let rows = self.render(plan, view)?;
+                let keyed = rows.map(move |mut row| {
+                    let key = row.split_off(arity);
+                    (key, row)
+                });
+                self.keyed.insert(fingerprint.clone(), keyed.clone());
+                keyed
+            }
+        };
+        let arrangement_key = format!("{nulls_equal}/{fingerprint}");
+        let arranged = match self.arrangements.get(&arrangement_key) {
+            Some(a) => {
+                self.reused += 1;
+                a.clone()
+            }
+            None => {
+                let a = keyed
+                    .clone()
+                    .filter(move |(k, _): &(Row, Row)| nulls_equal || !k.contains(&Datum::Null))
+                    .arrange_by_key_named(&format!("JoinArrange {view}"));
+                self.arrangements.insert(arrangement_key, a.clone());
+                a
+            }
+        };
+        Ok((keyed, arranged))
+    }
 }
 
 /// A constant collection, inserted once (by worker 0) so every row appears exactly once.
@@ -298,27 +395,16 @@ fn reduce<'s>(
 
 #[allow(clippy::too_many_arguments)]
 fn join<'s>(
-    left: Rows<'s>,
-    right: Rows<'s>,
+    l: Keyed<'s>,
+    r: Keyed<'s>,
+    matches: VecCollection<'s, Time, (Row, Row, Row), Diff>,
     la: usize,
     ra: usize,
     kind: JoinKind,
-    nulls_equal: bool,
     filter: Option<(PhysExpr, SchemaRef)>,
     view: &str,
     errors: &mut Vec<Rows<'s>>,
 ) -> Rows<'s> {
-    let keyed = |rows: Rows<'s>, arity: usize| {
-        rows.map(move |mut row| {
-            let key = row.split_off(arity);
-            (key, row)
-        })
-    };
-    let l = keyed(left, la);
-    let r = keyed(right, ra);
-    let matchable = move |(k, _): &(Row, Row)| nulls_equal || !k.contains(&Datum::Null);
-    // Matches as (key, left row, right row).
-    let matches = l.clone().filter(matchable).join(r.clone().filter(matchable)).map(|(k, (lv, rv))| (k, lv, rv));
     let matches = match filter {
         None => matches,
         Some((predicate, schema)) => {

@@ -9,7 +9,7 @@ use amx_operators::CollectionExt;
 use arrow::datatypes::SchemaRef;
 use differential_dataflow::input::Input;
 
-use crate::render::{Rows, render};
+use crate::render::{Renderer, Rows};
 use crate::views::ViewDef;
 
 /// Contents of a collection: row → multiplicity.
@@ -58,11 +58,10 @@ pub fn run_views(
                 handles.push(handle);
                 collections.insert(name.clone(), rows);
             }
-            let mut errors = Vec::new();
             let probe = timely::dataflow::ProbeHandle::new();
+            let mut renderer = Renderer::new(collections);
             for (i, view) in views.iter().enumerate() {
-                let rows = render(&view.plan, &view.name, &collections, &mut errors).expect("view renders");
-                collections.insert(view.name.clone(), rows.clone());
+                let rows = renderer.render_view(view).expect("view renders");
                 let b = buffer.clone();
                 rows.map(move |r| (i, r))
                     .gather_to(0)
@@ -70,10 +69,8 @@ pub fn run_views(
                     .probe_with(&probe);
             }
             let b = buffer.clone();
-            let mut all_errors = errors.into_iter();
-            if let Some(first) = all_errors.next() {
-                all_errors
-                    .fold(first, |a, e| a.concat(e))
+            if let Some(errors) = renderer.errors() {
+                errors
                     .map(move |r| (nviews, r))
                     .gather_to(0)
                     .inspect_batch(move |_, d| b.borrow_mut().extend_from_slice(d))

@@ -155,3 +155,31 @@ fn views_read_other_views() {
     planner.drop("totals", false).unwrap();
     assert!(planner.views().is_empty());
 }
+
+#[test]
+fn two_views_joining_the_same_inputs_by_the_same_key_share_the_arrangements() {
+    use amx_sql::render::Renderer;
+    use differential_dataflow::input::Input;
+
+    let tables = [
+        table("l", &[("id", DataType::Int64), ("name", DataType::Utf8)]),
+        table("r", &[("id", DataType::Int64), ("score", DataType::Int64)]),
+    ];
+    let mut planner = ViewPlanner::new(&tables).unwrap();
+    planner.create("a", "SELECT l.id, l.name, r.score FROM l JOIN r ON l.id = r.id").unwrap();
+    planner.create("b", "SELECT l.name, sum(r.score) AS total FROM l JOIN r ON l.id = r.id GROUP BY l.name").unwrap();
+    let views = planner.views().to_vec();
+    timely::execute_directly(move |worker| {
+        worker.dataflow::<u64, _, _>(|scope| {
+            let (_l_in, l) = scope.new_collection::<Row, isize>();
+            let (_r_in, r) = scope.new_collection::<Row, isize>();
+            let collections = [("l".to_owned(), l), ("r".to_owned(), r)].into_iter().collect();
+            let mut renderer = Renderer::new(collections);
+            renderer.render_view(&views[0]).unwrap();
+            renderer.render_view(&views[1]).unwrap();
+            // One arrangement of l by id and one of r by id, each used by both views.
+            assert_eq!(renderer.arrangements_built(), 2);
+            assert_eq!(renderer.arrangements_reused(), 2);
+        });
+    });
+}
