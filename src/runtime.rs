@@ -441,6 +441,9 @@ fn answer(
     Ok(())
 }
 
+/// A query to answer: `(name, sql)`.
+pub type NamedQuery = (String, String);
+
 /// Name of the relation holding rows that failed in SQL views: `(view TEXT, error TEXT)`.
 pub const VIEW_ERRORS: &str = "aimatrix_view_errors";
 
@@ -449,7 +452,7 @@ pub const VIEW_ERRORS: &str = "aimatrix_view_errors";
 ///
 /// Errors: a view that fails to plan or is refused (the message names the construct and where
 /// it is), or a SQL syntax error in a statement.
-pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<(String, String)>)> {
+pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<NamedQuery>)> {
     let base: Vec<(String, SchemaRef)> = relations().iter().map(|d| (d.name.to_owned(), arrow_schema(d))).collect();
     let mut planner = ViewPlanner::new(&base)?;
     for (name, sql) in &job.config.views {

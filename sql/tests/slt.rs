@@ -187,10 +187,10 @@ impl sqllogictest::DB for Harness {
 
     fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Error> {
         let trimmed = sql.trim_start().to_ascii_lowercase();
-        if trimmed.starts_with("create table") {
+        if let Some(rest) = trimmed.strip_prefix("create table") {
             let ctx = SessionContext::new();
             self.runtime.block_on(async { ctx.sql(sql).await?.collect().await }).map_err(err)?;
-            let table: String = trimmed["create table".len()..]
+            let table: String = rest
                 .trim_start()
                 .split(|c: char| !c.is_alphanumeric() && c != '_')
                 .next()
