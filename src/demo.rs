@@ -2261,7 +2261,8 @@ mod tests {
             assert_eq!(options["time_unit"].as_str(), Some("ms"));
             let mapping = options["mapping"].as_table().unwrap();
             let columns = COLUMNS.iter().find(|(n, _)| *n == file.name).unwrap().1;
-            let keys: Vec<&str> = mapping.keys().map(String::as_str).collect();
+            let mut keys: Vec<&str> = mapping.keys().map(String::as_str).collect();
+            keys.sort_unstable();
             let mut expected = columns.to_vec();
             expected.sort_unstable();
             assert_eq!(keys, expected, "{}", file.name);

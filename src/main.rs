@@ -125,6 +125,13 @@ impl ClusterArgs {
 }
 
 fn main() {
+    // A panic in a worker thread must not leave the other workers waiting forever.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("error: internal error (a bug in aimatrix; please report it with the input that caused it)");
+        std::process::exit(70);
+    }));
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -135,6 +142,7 @@ fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // Not locked for the whole run: timely's networking threads print on stdout while connecting.
@@ -145,6 +153,7 @@ fn real_main() -> Result<()> {
             run(&job, &cluster.options(&sql, follow, interval), &mut stdout)?;
         }
         Command::Demo { events, seed, dir, sql, cluster } => {
+            let keep = dir.is_some();
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));
             let data = write_demo_data(&dir, &DemoConfig { events, seed })
                 .with_context(|| format!("writing demo data to {}", dir.display()))?;
@@ -152,7 +161,12 @@ fn real_main() -> Result<()> {
             std::fs::write(&job_path, demo_job_toml(&data))?;
             eprintln!("demo: {events} records in {} (job file {})", dir.display(), job_path.display());
             let job = Job::load(&job_path)?;
-            run(&job, &cluster.options(&sql, false, Duration::from_secs(1)), &mut stdout)?;
+            let result = run(&job, &cluster.options(&sql, false, Duration::from_secs(1)), &mut stdout);
+            if !keep {
+                // The generated data is only kept when asked for (--dir).
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            result?;
         }
     }
     Ok(())

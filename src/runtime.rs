@@ -167,8 +167,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let (descs, schemas) = catalog(&views);
     for source in &job.config.sources {
         let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
-        if reader.paths().is_empty() && !opts.follow {
-            tracing::warn!(source = %source.name, path = %source.path, "no file matches the source's path");
+        if reader.paths().is_empty() {
+            if !opts.follow {
+                bail!("source `{}`: no file matches `{}`", source.name, source.path);
+            }
+            tracing::warn!(source = %source.name, path = %source.path, "no file matches yet; waiting for files to appear");
         }
     }
 
@@ -429,11 +432,20 @@ fn answer(
         if only_changed && printed[i].as_deref() == Some(text.as_str()) {
             continue;
         }
-        if format == OutputFormat::Table {
-            writeln!(out, "-- {name}")?;
-            writeln!(out, "{text}")?;
-        } else {
-            out.write_all(text.as_bytes())?;
+        match format {
+            OutputFormat::Table => {
+                writeln!(out, "-- {name}")?;
+                writeln!(out, "{text}")?;
+            }
+            // With --follow only changed answers are printed, so each says which query it answers.
+            OutputFormat::Json if only_changed => {
+                writeln!(out, "{{\"query\":{},\"rows\":{}}}", serde_json::to_string(name)?, text.trim_end())?;
+            }
+            OutputFormat::Csv if only_changed => {
+                writeln!(out, "-- {name}")?;
+                out.write_all(text.as_bytes())?;
+            }
+            _ => out.write_all(text.as_bytes())?,
         }
         out.flush()?;
         printed[i] = Some(text);

@@ -314,7 +314,7 @@ pub fn model_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ModelUsage> {
     let calls = spans.flat_map(|s| {
         (s.provider.is_some() || s.request_model.is_some()).then(|| {
             let latency = match (s.start_time, s.end_time) {
-                (Some(a), Some(b)) => Some(b - a),
+                (Some(a), Some(b)) => b.checked_sub(a),
                 _ => None,
             };
             let key: Key = (s.provider, s.request_model);

@@ -129,8 +129,11 @@ impl State {
 
     fn batch(&mut self, rel: usize) -> Result<RecordBatch> {
         if self.arrow[rel].is_none() {
+            // Sorted, so that answers (float sums included) do not depend on hash order.
+            let mut distinct: Vec<(&Row, &Diff)> = self.tables[rel].iter().collect();
+            distinct.sort_unstable();
             let rows: Vec<&Row> =
-                self.tables[rel].iter().flat_map(|(r, c)| std::iter::repeat_n(r, (*c).max(0) as usize)).collect();
+                distinct.into_iter().flat_map(|(r, c)| std::iter::repeat_n(r, (*c).max(0) as usize)).collect();
             self.arrow[rel] = Some(convert::rows_to_batch(&rows, &self.schemas[rel])?);
         }
         Ok(self.arrow[rel].clone().expect("built above"))
@@ -159,8 +162,23 @@ impl SqlEngine {
     /// Errors: SQL syntax errors, unknown tables or columns, type errors and execution errors,
     /// as DataFusion reports them.
     pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
-        let ctx = SessionContext::new();
+        // One partition: float aggregates then add in one order, so answers are reproducible.
+        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
         let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+        let is_query = match &statement {
+            datafusion::sql::parser::Statement::Statement(s) => matches!(
+                s.as_ref(),
+                datafusion::sql::sqlparser::ast::Statement::Query(_)
+                    | datafusion::sql::sqlparser::ast::Statement::Explain { .. }
+            ),
+            datafusion::sql::parser::Statement::Explain(_) => true,
+            _ => false,
+        };
+        if !is_query {
+            bail!(
+                "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the engine: {sql}"
+            );
+        }
         let references = ctx.state().resolve_table_references(&statement)?;
         for reference in references {
             let name = reference.table().to_ascii_lowercase();
@@ -176,7 +194,13 @@ impl SqlEngine {
         let batches = self.runtime.block_on(async {
             let plan = ctx.state().statement_to_plan(statement).await?;
             let df = ctx.execute_logical_plan(plan).await?;
-            df.collect().await
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let mut batches = df.collect().await?;
+            // An empty answer still has its columns (for table and CSV headers).
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            Ok::<_, datafusion::error::DataFusionError>(batches)
         })?;
         Ok(batches)
     }
