@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use amx_connectors::{FileReader, Record};
 use amx_dataflows::event::Event;
-use amx_dataflows::render::{ExportBuffer, export, relations, render};
-use amx_dataflows::row::{Column, ColumnType, RelationDesc, Row};
+use amx_dataflows::render::{ExportBuffer, SOURCE_STATS, export, relations, render};
+use amx_dataflows::row::{Column, ColumnType, Datum, RelationDesc, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use amx_sql::views::{ViewDef, ViewPlanner, ViewStatement, parse_statement};
@@ -165,6 +165,12 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     };
     let (views, queries) = plan_views(job, &statements)?;
     let (descs, schemas) = catalog(&views);
+    // The relations the queries read: only those are collected at the coordinator.
+    let mut needed = std::collections::HashSet::new();
+    for (name, sql) in &queries {
+        needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {sql}"))?);
+    }
+    let needed = Arc::new(needed);
     for source in &job.config.sources {
         let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
         if reader.paths().is_empty() {
@@ -187,6 +193,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let export_buffer = ExportBuffer::default();
         let collected = export_buffer.clone();
         let views = views.clone();
+        let needed = needed.clone();
         let rendered = worker.dataflow::<Time, _, _>(move |scope| {
             let rendered = render(scope);
             let probe = ProbeHandle::new();
@@ -194,7 +201,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             let base = rendered.relations.len();
             for (index, (name, rows)) in rendered.relations.into_iter().enumerate() {
                 collections.insert(name.to_owned(), rows.clone());
-                export(rows, index, &export_buffer, 0, &probe);
+                // Only what queries read (and the ingestion counters) is collected; SQL views
+                // read their inputs inside the dataflow.
+                if needed.contains(name) || name == SOURCE_STATS {
+                    export(rows, index, &export_buffer, 0, &probe);
+                }
             }
             let mut renderer = amx_sql::render::Renderer::new(collections);
             for (k, view) in views.iter().enumerate() {
@@ -220,13 +231,23 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             reader: FileReader,
             decoder: Box<dyn amx_connectors::Decoder>,
             next_record: u64,
+            /// Counts since the last epoch: (records, decoded rows, errors) decoded by this worker.
+            pending: (isize, isize, isize),
+        }
+        /// Adds the sources' pending counts to `aimatrix_source_stats` (before an epoch closes).
+        fn flush_stats(inputs: &mut amx_dataflows::render::Inputs, readers: &mut [Source]) {
+            for src in readers.iter_mut() {
+                if src.pending != (0, 0, 0) {
+                    inputs.source_stats.update(src.name.clone(), std::mem::take(&mut src.pending));
+                }
+            }
         }
         let mut readers = Vec::new();
         for s in &sources {
             // Validated by Job::parse, so these only fail if the files changed underneath.
             match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
                 (Ok(reader), Ok(decoder)) => {
-                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0 })
+                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0, pending: (0, 0, 0) })
                 }
                 (Err(e), _) => {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
@@ -258,7 +279,13 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                     in_batch += 1;
                     if i % peers as u64 == index as u64 {
                         src.decoder.decode(&src.name, &record, &mut events);
+                        src.pending.0 += 1;
                         for event in events.drain(..) {
+                            if matches!(event, Event::Error(_)) {
+                                src.pending.2 += 1;
+                            } else {
+                                src.pending.1 += 1;
+                            }
                             inputs.update(event, 1);
                         }
                     }
@@ -266,6 +293,9 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                         // Close the epoch and let the dataflow catch up (back-pressure).
                         in_batch = 0;
                         epoch += 1;
+                        if src.pending != (0, 0, 0) {
+                            inputs.source_stats.update(src.name.clone(), std::mem::take(&mut src.pending));
+                        }
                         inputs.advance_to(epoch);
                         while probe.less_than(&epoch) {
                             worker.step();
@@ -284,6 +314,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             if new_records > 0 || in_batch > 0 || follow {
                 in_batch = 0;
                 epoch += 1;
+                flush_stats(&mut inputs, &mut readers);
                 inputs.advance_to(epoch);
             }
             worker.step();
@@ -396,11 +427,12 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     for r in guards.join() {
         r.map_err(|e| anyhow!("worker failed: {e}"))?;
     }
-    summary.errors = state.count("ingest_errors").unwrap_or(0);
-    summary.decoded = ["spans", "evaluations", "workflow_events", "knowledge_events"]
-        .iter()
-        .map(|r| state.count(r).unwrap_or(0))
-        .sum();
+    for row in state.rows(SOURCE_STATS).map(|t| t.keys().collect::<Vec<_>>()).unwrap_or_default() {
+        if let [_, _, Datum::Int(decoded), Datum::Int(errors)] = row.as_slice() {
+            summary.decoded += decoded;
+            summary.errors += errors;
+        }
+    }
     if opts.summary {
         eprintln!(
             "read {} records ({} bytes) from {} sources: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",

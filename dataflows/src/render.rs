@@ -37,8 +37,26 @@ pub fn relations() -> Vec<RelationDesc> {
         views::WorkflowStep::desc(),
         views::Document::desc(),
         views::CollectionStats::desc(),
+        source_stats_desc(),
     ]
 }
+
+/// Name of the per-source ingestion counters relation.
+pub const SOURCE_STATS: &str = "aimatrix_source_stats";
+
+/// `aimatrix_source_stats`: per source, `records` read, rows `decoded` into the canonical
+/// relations, and ingest `errors` (rows of `ingest_errors`), all BIGINT, summed over workers.
+pub fn source_stats_desc() -> RelationDesc {
+    use crate::row::ColumnType::{Int, Text};
+    crate::row::desc(
+        SOURCE_STATS,
+        &["source"],
+        &[("source", Text), ("records", Int), ("decoded", Int), ("errors", Int)],
+    )
+}
+
+/// Counter increments of one source: `(records, decoded rows, errors)`.
+pub type SourceCounts = (isize, isize, isize);
 
 /// Input sessions of the canonical relations.
 pub struct Inputs {
@@ -52,6 +70,8 @@ pub struct Inputs {
     pub knowledge_events: InputSession<Time, KnowledgeEvent, Diff>,
     /// `ingest_errors`.
     pub ingest_errors: InputSession<Time, IngestError, Diff>,
+    /// Ingestion counters per source name, carried in the difference (see [`SOURCE_STATS`]).
+    pub source_stats: InputSession<Time, String, SourceCounts>,
 }
 
 impl Inputs {
@@ -73,6 +93,7 @@ impl Inputs {
         self.workflow_events.advance_to(time);
         self.knowledge_events.advance_to(time);
         self.ingest_errors.advance_to(time);
+        self.source_stats.advance_to(time);
         self.flush();
     }
 
@@ -83,6 +104,7 @@ impl Inputs {
         self.workflow_events.flush();
         self.knowledge_events.flush();
         self.ingest_errors.flush();
+        self.source_stats.flush();
     }
 
     /// The current input time (all sessions share it).
@@ -144,6 +166,16 @@ pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
     let (wf_in, workflow_events) = scope.new_collection::<WorkflowEvent, Diff>();
     let (kn_in, knowledge_events) = scope.new_collection::<KnowledgeEvent, Diff>();
     let (err_in, ingest_errors) = scope.new_collection::<IngestError, Diff>();
+    let (stats_in, source_stats) = scope.new_collection::<String, SourceCounts>();
+    use differential_dataflow::operators::CountTotal;
+    let source_stats = source_stats.count_total().map(|(source, (records, decoded, errors))| {
+        vec![
+            crate::row::Datum::Text(source),
+            crate::row::Datum::Int(records as i64),
+            crate::row::Datum::Int(decoded as i64),
+            crate::row::Datum::Int(errors as i64),
+        ]
+    });
 
     let v = build_views(&spans, &evaluations, &workflow_events, &knowledge_events);
     let rows = vec![
@@ -159,6 +191,7 @@ pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
         v.workflow_steps.map(|r| r.to_row()),
         v.documents.map(|r| r.to_row()),
         v.collection_stats.map(|r| r.to_row()),
+        source_stats,
     ];
     let relations = relations().into_iter().map(|d| d.name).zip(rows).collect();
     let inputs = Inputs {
@@ -167,6 +200,7 @@ pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
         workflow_events: wf_in,
         knowledge_events: kn_in,
         ingest_errors: err_in,
+        source_stats: stats_in,
     };
     Rendered { inputs, relations }
 }

@@ -140,6 +140,13 @@ impl State {
     }
 }
 
+/// The (lower-case) names of the tables a SQL statement reads. Errors: SQL syntax errors.
+pub fn referenced_tables(sql: &str) -> Result<Vec<String>> {
+    let ctx = SessionContext::new();
+    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+    Ok(ctx.state().resolve_table_references(&statement)?.iter().map(|r| r.table().to_ascii_lowercase()).collect())
+}
+
 /// Runs DataFusion queries against a [`State`].
 pub struct SqlEngine {
     runtime: tokio::runtime::Runtime,
