@@ -140,6 +140,16 @@ impl State {
     }
 }
 
+/// A DataFusion session with AIMatrix's function set: DataFusion's own plus the JSON
+/// functions of `datafusion-functions-json` (`json_get_str(attributes, 'key')`,
+/// `json_get_int`, `json_get_float`, `json_get_bool`, `json_contains`, `json_length`, …), for
+/// the `attributes` column and other JSON text.
+pub fn session(config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
+    let mut ctx = SessionContext::new_with_config(config);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
 /// The (lower-case) names of the tables a SQL statement reads. Errors: SQL syntax errors.
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>> {
     let ctx = SessionContext::new();
@@ -170,7 +180,7 @@ impl SqlEngine {
     /// as DataFusion reports them.
     pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
         // One partition: float aggregates then add in one order, so answers are reproducible.
-        let ctx = SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1));
+        let ctx = session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))?;
         let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
         let is_query = match &statement {
             datafusion::sql::parser::Statement::Statement(s) => matches!(

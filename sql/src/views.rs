@@ -88,7 +88,8 @@ const TEMPORAL_FUNCTIONS: &[&str] = &["now", "current_timestamp", "current_date"
 impl ViewPlanner {
     /// A planner over relations `(name, schema)` (base relations and built-in views).
     pub fn new(relations: &[(String, SchemaRef)]) -> Result<ViewPlanner> {
-        let ctx = SessionContext::new();
+        let ctx = crate::session(datafusion::prelude::SessionConfig::new())
+            .map_err(|e| DataFusionError::External(e.into()))?;
         for (name, schema) in relations {
             ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
         }

@@ -65,7 +65,7 @@ impl Harness {
 
     /// A DataFusion context holding the tables with the given contents.
     fn context(&self, contents: &[TableContents]) -> Result<SessionContext, Error> {
-        let ctx = SessionContext::new();
+        let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1)).map_err(err)?;
         for ((name, schema), rows) in self.tables.iter().zip(contents) {
             let rows = rows.rows();
             let refs: Vec<&Row> = rows.iter().collect();
