@@ -88,6 +88,17 @@ pub struct RunSummary {
     pub bytes: u64,
 }
 
+/// The engine clock: milliseconds since the Unix epoch.
+fn now_ms() -> Time {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+}
+
+/// The timestamp of the next epoch: the wall clock in ms, and always later than `epoch`.
+/// Timestamps are the engine's `now()` for temporal filters in views.
+fn next_epoch(epoch: Time) -> Time {
+    (epoch + 1).max(now_ms())
+}
+
 /// Messages from worker 0 to the coordinator.
 enum Msg {
     /// Changes at times `< upper`, and the new frontier `upper`.
@@ -135,7 +146,18 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config> {
 
 /// Forwards the collected changes below the probe's frontier to the coordinator.
 fn forward(export: &ExportBuffer, probe: &ProbeHandle<Time>, last_upper: &mut Time, tx: &mpsc::Sender<Msg>) {
-    let upper = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+    forward_until(export, probe, last_upper, tx, Time::MAX);
+}
+
+/// As [`forward`], never beyond `limit` (changes at later times stay behind).
+fn forward_until(
+    export: &ExportBuffer,
+    probe: &ProbeHandle<Time>,
+    last_upper: &mut Time,
+    tx: &mpsc::Sender<Msg>,
+    limit: Time,
+) {
+    let upper = probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX)).min(limit);
     if upper <= *last_upper {
         return;
     }
@@ -292,7 +314,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                     if in_batch >= batch_records {
                         // Close the epoch and let the dataflow catch up (back-pressure).
                         in_batch = 0;
-                        epoch += 1;
+                        epoch = next_epoch(epoch);
                         if src.pending != (0, 0, 0) {
                             inputs.source_stats.update(src.name.clone(), std::mem::take(&mut src.pending));
                         }
@@ -313,7 +335,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             }
             if new_records > 0 || in_batch > 0 || follow {
                 in_batch = 0;
-                epoch += 1;
+                epoch = next_epoch(epoch);
                 flush_stats(&mut inputs, &mut readers);
                 inputs.advance_to(epoch);
             }
@@ -337,19 +359,25 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
             }
         }
-        // End of input: close the inputs and drain the dataflow.
-        drop(inputs);
-        while worker.step() {
+        // End of input: the answers are the state at the clock's current time. Changes the
+        // dataflow scheduled for later times (temporal filters' retractions) are not collected.
+        let final_time = next_epoch(epoch);
+        flush_stats(&mut inputs, &mut readers);
+        inputs.advance_to(final_time);
+        while probe.less_than(&final_time) {
+            worker.step();
             if index == 0 {
-                forward(&collected, &probe, &mut last_upper, &tx);
+                forward_until(&collected, &probe, &mut last_upper, &tx, final_time);
             }
         }
         if index == 0 {
-            forward(&collected, &probe, &mut last_upper, &tx);
+            forward_until(&collected, &probe, &mut last_upper, &tx, final_time);
             let records: u64 = readers.iter().map(|s| s.next_record).sum();
             let bytes: u64 = readers.iter().map(|s| s.reader.bytes_read()).sum();
             let _ = tx.send(Msg::Finished(records, bytes));
         }
+        drop(inputs);
+        while worker.step() {}
     })
     .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
 

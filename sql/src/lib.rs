@@ -26,6 +26,7 @@ pub mod convert;
 pub mod input;
 pub mod plan;
 pub mod render;
+pub mod temporal;
 pub mod testing;
 pub mod views;
 

@@ -125,6 +125,20 @@ pub enum Plan {
         /// The input's Arrow schema.
         input_schema: SchemaRef,
     },
+    /// A temporal filter: keeps a row while the engine clock `now` satisfies
+    /// `time > now - interval` (`inclusive`: `>=`), retracting it when it ages out.
+    TemporalFilter {
+        /// Input.
+        input: Box<Plan>,
+        /// The row's time (a TIMESTAMP expression over the input).
+        time: PhysExpr,
+        /// The input's Arrow schema.
+        input_schema: SchemaRef,
+        /// The interval (µs).
+        interval_us: i64,
+        /// `>=` rather than `>`.
+        inclusive: bool,
+    },
     /// `GROUP BY` the first `keys` columns, aggregating the others.
     Reduce {
         /// Input rows: `keys` group columns, then the aggregate arguments.
@@ -222,6 +236,11 @@ impl<'a> Lowerer<'a> {
     }
 
     fn phys(&self, expr: &Expr, schema: &DFSchema) -> Result<PhysExpr> {
+        if crate::temporal::mentions_now(expr) {
+            return Err(
+                self.refuse("now() other than in `WHERE t > now() - INTERVAL '…'` (a temporal filter)", "now()")
+            );
+        }
         create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
     }
 
@@ -294,12 +313,35 @@ impl<'a> Lowerer<'a> {
                 })
             }
             LogicalPlan::Filter(f) => {
-                let input = self.lower(&f.input)?;
-                Ok(Plan::Filter {
-                    input: Box::new(input),
-                    predicate: self.phys(&f.predicate, f.input.schema())?,
-                    input_schema: Arc::new(f.input.schema().as_arrow().clone()),
-                })
+                let mut out = self.lower(&f.input)?;
+                let input_schema: SchemaRef = Arc::new(f.input.schema().as_arrow().clone());
+                let mut rest = Vec::new();
+                for conjunct in datafusion::logical_expr::utils::split_conjunction(&f.predicate) {
+                    if !crate::temporal::mentions_now(conjunct) {
+                        rest.push(conjunct.clone());
+                        continue;
+                    }
+                    let Some(t) = crate::temporal::temporal_predicate(conjunct) else {
+                        return Err(
+                            self.refuse("now() other than in `t > now() - INTERVAL '…'` (a temporal filter)", "now()")
+                        );
+                    };
+                    out = Plan::TemporalFilter {
+                        input: Box::new(out),
+                        time: self.phys(&t.time, f.input.schema())?,
+                        input_schema: input_schema.clone(),
+                        interval_us: t.interval_us,
+                        inclusive: t.inclusive,
+                    };
+                }
+                if let Some(predicate) = datafusion::logical_expr::utils::conjunction(rest) {
+                    out = Plan::Filter {
+                        input: Box::new(out),
+                        predicate: self.phys(&predicate, f.input.schema())?,
+                        input_schema,
+                    };
+                }
+                Ok(out)
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Repartition(r) => self.lower(&r.input),
@@ -522,6 +564,7 @@ pub fn dependencies(plan: &Plan, out: &mut Vec<String>) {
         Plan::Constant { .. } => {}
         Plan::Map { input, .. }
         | Plan::Filter { input, .. }
+        | Plan::TemporalFilter { input, .. }
         | Plan::Reduce { input, .. }
         | Plan::Distinct { input }
         | Plan::TopK { input, .. }

@@ -109,6 +109,12 @@ impl<'s> Renderer<'s> {
                 let evaluated = evaluate(input, view, input_schema.clone(), vec![predicate.clone()], true);
                 split(evaluated, view, &mut self.errors)
             }
+            Plan::TemporalFilter { input, time, input_schema, interval_us, inclusive } => {
+                let input = self.render(input, view)?;
+                let evaluated =
+                    temporal_filter(input, view, input_schema.clone(), time.clone(), *interval_us, *inclusive);
+                split(evaluated, view, &mut self.errors)
+            }
             Plan::Reduce { input, keys, aggs } => {
                 let input = self.render(input, view)?;
                 reduce(input, *keys, aggs.clone(), view, &self.collections, &mut self.errors)?
@@ -229,6 +235,59 @@ fn evaluate<'s>(
                         for (result, (_, time, diff)) in results.into_iter().zip(chunk) {
                             if let Some(result) = result {
                                 session.give((result, *time, *diff));
+                            }
+                        }
+                    }
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// Emits each row at its time and its retraction at the time it ages out of
+/// `time > now - interval` (see [`crate::temporal`]); rows whose time is NULL never pass.
+fn temporal_filter<'s>(
+    input: Rows<'s>,
+    view: &str,
+    schema: SchemaRef,
+    time: PhysExpr,
+    interval_us: i64,
+    inclusive: bool,
+) -> VecCollection<'s, Time, Evaluated, Diff> {
+    let name = format!("TemporalFilter {view}");
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
+                    for chunk in updates.chunks(EVAL_BATCH_ROWS) {
+                        let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
+                        let exprs = std::slice::from_ref(&time);
+                        let times = match eval_rows(&rows, &schema, exprs, false) {
+                            Ok(times) => times,
+                            Err(_) => rows
+                                .iter()
+                                .map(|r| match eval_rows(&[r], &schema, exprs, false) {
+                                    Ok(mut one) => one.pop().unwrap_or(None),
+                                    Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
+                                })
+                                .collect(),
+                        };
+                        for ((row, t, d), result) in chunk.iter().zip(times) {
+                            match result {
+                                Some(Ok(value)) => {
+                                    let Some(Datum::Timestamp(us)) = value.first() else { continue };
+                                    let expiry = crate::temporal::expiry_ms(*us, interval_us, inclusive);
+                                    if expiry > *t {
+                                        output.session(&cap).give((Ok(row.clone()), *t, *d));
+                                        // The retraction is due when the clock reaches the expiry.
+                                        let later = cap.delayed(&expiry, 0);
+                                        output.session(&later).give((Ok(row.clone()), expiry, -*d));
+                                    }
+                                }
+                                Some(Err(e)) => output.session(&cap).give((Err(e), *t, *d)),
+                                None => {}
                             }
                         }
                     }

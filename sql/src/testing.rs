@@ -38,9 +38,22 @@ pub fn run_views(
     views: &[ViewDef],
     batches: Vec<Vec<Change>>,
 ) -> Vec<Step> {
+    let timed = batches.into_iter().enumerate().map(|(i, b)| (i as Time, b)).collect();
+    run_views_at(workers, tables, views, timed)
+}
+
+/// As [`run_views`], with each batch at an explicit, increasing timestamp (for views whose
+/// results depend on the clock, such as temporal filters: the timestamp is the engine's
+/// `now()` in milliseconds). Step `i` holds the contents at the time of batch `i`.
+pub fn run_views_at(
+    workers: usize,
+    tables: &[(String, SchemaRef)],
+    views: &[ViewDef],
+    batches: Vec<(Time, Vec<Change>)>,
+) -> Vec<Step> {
+    let times: Vec<Time> = batches.iter().map(|(t, _)| *t).collect();
     let names: Vec<String> = tables.iter().map(|(n, _)| n.clone()).collect();
     let views = views.to_vec();
-    let steps = batches.len();
     let batches = Arc::new(batches);
     type Captured = Vec<((usize, Row), Time, Diff)>;
     let captured: Arc<Mutex<Captured>> = Arc::default();
@@ -78,13 +91,18 @@ pub fn run_views(
             }
             (handles, probe)
         });
-        for (epoch, batch) in batches.iter().enumerate() {
+        for (time, batch) in batches.iter() {
+            for input in &mut inputs {
+                if input.time() < time {
+                    input.advance_to(*time);
+                }
+            }
             for (i, (table, row, diff)) in batch.iter().enumerate() {
                 if i % peers == index {
                     inputs[*table].update(row.clone(), *diff);
                 }
             }
-            let next = epoch as Time + 1;
+            let next = *time + 1;
             for input in &mut inputs {
                 input.advance_to(next);
                 input.flush();
@@ -103,11 +121,12 @@ pub fn run_views(
     .for_each(|r| r.expect("worker succeeded"));
 
     let updates = std::mem::take(&mut *captured.lock().expect("unpoisoned"));
-    (0..steps)
-        .map(|step| {
+    times
+        .iter()
+        .map(|&step| {
             let mut out = Step { views: vec![Contents::new(); nviews], errors: Contents::new() };
             for ((i, row), time, diff) in &updates {
-                if *time as usize <= step {
+                if *time <= step {
                     let target = if *i == nviews { &mut out.errors } else { &mut out.views[*i] };
                     *target.entry(row.clone()).or_insert(0) += diff;
                 }

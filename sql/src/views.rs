@@ -8,15 +8,14 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::config::Dialect;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 
-use crate::plan::{Lowerer, Plan, dependencies, position};
+use crate::plan::{Lowerer, Plan, dependencies};
 
 /// A statement about views.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,13 +82,13 @@ pub struct ViewPlanner {
     views: Vec<ViewDef>,
 }
 
-const TEMPORAL_FUNCTIONS: &[&str] = &["now", "current_timestamp", "current_date", "current_time", "localtimestamp"];
-
 impl ViewPlanner {
     /// A planner over relations `(name, schema)` (base relations and built-in views).
     pub fn new(relations: &[(String, SchemaRef)]) -> Result<ViewPlanner> {
         let ctx = crate::session(datafusion::prelude::SessionConfig::new())
             .map_err(|e| DataFusionError::External(e.into()))?;
+        // now() is the engine's clock in views (temporal filters), not the planning time.
+        ctx.register_udf(crate::temporal::EngineNow::udf());
         for (name, schema) in relations {
             ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
         }
@@ -138,26 +137,6 @@ impl ViewPlanner {
                 | LogicalPlan::EmptyRelation(_)
         ) {
             return Err(DataFusionError::Plan(format!("a materialized view must be a query (SELECT …): `{sql}`")));
-        }
-        let mut temporal = None;
-        unoptimized.apply_with_subqueries(|node| {
-            node.apply_expressions(|e| {
-                e.apply(|e| {
-                    if let Expr::ScalarFunction(f) = e
-                        && TEMPORAL_FUNCTIONS.contains(&f.name())
-                    {
-                        temporal = Some(f.name().to_owned());
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
-                    Ok(TreeNodeRecursion::Continue)
-                })
-            })
-        })?;
-        if let Some(f) = temporal {
-            return Err(DataFusionError::Plan(format!(
-                "{f}() (a temporal filter) is not supported in a materialized view yet{}",
-                position(source, &f)
-            )));
         }
         let optimized = state.optimize(&unoptimized)?;
         let plan = Lowerer::new(source).lower(&optimized)?;

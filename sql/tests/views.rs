@@ -183,3 +183,42 @@ fn two_views_joining_the_same_inputs_by_the_same_key_share_the_arrangements() {
         });
     });
 }
+
+#[test]
+fn a_temporal_filter_retracts_rows_as_the_clock_passes_them() {
+    use amx_sql::testing::run_views_at;
+    use arrow::datatypes::TimeUnit;
+
+    let tables = [table(
+        "ev",
+        &[("ts", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))), ("n", DataType::Int64)],
+    )];
+    let mut planner = ViewPlanner::new(&tables).unwrap();
+    let view = planner.create("recent", "SELECT n FROM ev WHERE ts > now() - INTERVAL '10 seconds'").unwrap().clone();
+    let ev = |secs: i64, n: i64| vec![Datum::Timestamp(secs * 1_000_000), i(n)];
+    // Batch times are the engine clock, in ms.
+    let batches = vec![
+        (100_000, vec![(0, ev(100, 1), 1), (0, ev(105, 2), 1), (0, ev(50, 3), 1)]),
+        (110_000, vec![]),
+        (112_000, vec![(0, ev(111, 4), 1)]),
+        (113_000, vec![(0, ev(111, 4), -1)]),
+        (115_000, vec![]),
+        (130_000, vec![]),
+    ];
+    for workers in [1, 3] {
+        let steps = run_views_at(workers, &tables, std::slice::from_ref(&view), batches.clone());
+        let got: Vec<Contents> = steps.into_iter().map(|s| s.views[0].clone()).collect();
+        // At 100 s: 100 > 90 and 105 > 90 pass, 50 does not. At 110 s row 1 ages out
+        // (100 > 100 is false); row 4 arrives at 112 s and is deleted at 113 s; at 115 s row 2
+        // ages out; nothing comes back later.
+        let want = vec![
+            contents(vec![vec![i(1)], vec![i(2)]]),
+            contents(vec![vec![i(2)]]),
+            contents(vec![vec![i(2)], vec![i(4)]]),
+            contents(vec![vec![i(2)]]),
+            contents(vec![]),
+            contents(vec![]),
+        ];
+        assert_eq!(got, want, "{workers} workers");
+    }
+}
