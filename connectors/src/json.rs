@@ -21,16 +21,20 @@
 //! Required columns (spans: `trace_id`, `span_id`, `name`; evaluations: `trace_id`, `name`;
 //! workflow_events: `run_id`, `state`; knowledge_events: `collection`, `document_id`, `op`)
 //! must be mapped (else a [`ConfigError`]) and a record where one is NULL is an ingest error
-//! (`missing required column `document_id` (/title)`). Fallbacks: a span's `name` is its
+//! (`missing required column `document_id` (/title)`), as is a record where one is the empty
+//! string (`empty required column `trace_id` (/trace_id)`: unknown values are NULL, never
+//! `""`). Fallbacks: a span's `name` is its
 //! `operation` when `name` is unmapped or NULL; a workflow event's `raw_state` is the state's
 //! source text (before `map`) when unmapped or NULL; a span's `status` is `unset` when NULL.
 //!
 //! Conversions (a value that does not convert is an ingest error naming the column and value):
 //! - TEXT: strings; numbers and bools as JSON renders them; objects and arrays as compact JSON;
-//! - BIGINT: integers, or strings holding one (floats are errors);
+//! - BIGINT: integers, or strings holding one (floats are errors); token counts (the spans'
+//!   `*_tokens` columns) must be in `0..=1000000000`;
 //! - DOUBLE: numbers;
 //! - BOOLEAN: booleans, or the strings `true`/`false` (any case);
-//! - TIMESTAMP: RFC 3339 strings, or numbers (or numeric strings) in the column's unit;
+//! - TIMESTAMP: RFC 3339 strings, or numbers (or numeric strings) in the column's unit,
+//!   within the years 0001..=9999 (see [`time`]);
 //! - `trace_id`: text, then [`TraceId::parse`]; `status`: [`SpanStatus::parse`] (or the OTLP
 //!   codes 0/1/2); `state`: [`WorkflowState::parse`] (any case; `CANCELED` too); `op`:
 //!   [`KnowledgeOp::parse`].
@@ -46,7 +50,7 @@ use serde_json::Value;
 
 use crate::options::{Options, bad};
 use crate::time::{self, TimeUnit};
-use crate::{ConfigError, Decoder, Record, error, parse_record, short, value_text};
+use crate::{ConfigError, Decoder, MAX_TOKENS, Record, error, parse_record, short, value_text};
 
 /// The format's name.
 pub const FORMAT: &str = "json";
@@ -106,6 +110,8 @@ enum Kind {
     Text,
     TraceId,
     Int,
+    /// A token count: an integer in `0..=MAX_TOKENS`.
+    Tokens,
     Float,
     Bool,
     Timestamp,
@@ -121,6 +127,10 @@ impl Kind {
             (Relation::Spans, "status") => Kind::Status,
             (Relation::WorkflowEvents, "state") => Kind::State,
             (Relation::KnowledgeEvents, "op") => Kind::Op,
+            (
+                Relation::Spans,
+                "input_tokens" | "output_tokens" | "cache_read_input_tokens" | "reasoning_output_tokens",
+            ) => Kind::Tokens,
             _ => match ty {
                 ColumnType::Text => Kind::Text,
                 ColumnType::Int => Kind::Int,
@@ -320,11 +330,17 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
     }
     Ok(match kind {
         Kind::Text | Kind::TraceId => Datum::Text(value_text(v).unwrap_or_default()),
-        Kind::Int => match v {
-            Value::Number(n) => Datum::Int(n.as_i64().ok_or_else(|| fail("an integer"))?),
-            Value::String(s) => Datum::Int(s.trim().parse().map_err(|_| fail("an integer"))?),
-            _ => return Err(fail("an integer")),
-        },
+        Kind::Int | Kind::Tokens => {
+            let n: i64 = match v {
+                Value::Number(n) => n.as_i64().ok_or_else(|| fail("an integer"))?,
+                Value::String(s) => s.trim().parse().map_err(|_| fail("an integer"))?,
+                _ => return Err(fail("an integer")),
+            };
+            if kind == Kind::Tokens && !(0..=MAX_TOKENS).contains(&n) {
+                return Err(format!("column `{column}`: token count {n} is out of range (0..={MAX_TOKENS})"));
+            }
+            Datum::Int(n)
+        }
         Kind::Float => Datum::Float(OrderedFloat(v.as_f64().ok_or_else(|| fail("a number"))?)),
         Kind::Bool => match v {
             Value::Bool(b) => Datum::Bool(*b),
@@ -476,18 +492,28 @@ impl JsonDecoder {
         {
             slot.1 = Datum::Text(src);
         }
+        let is_empty = |cells: &Cells, name: &str| {
+            cells.0.iter().any(|(n, d)| *n == name && matches!(d, Datum::Text(s) if s.is_empty()))
+        };
         for &name in self.relation.required() {
-            if is_null(&cells, name) && !failed.contains(&name) {
-                let from = if self.relation == Relation::Spans
-                    && name == "name"
-                    && column(name).is_some_and(|c| c.spec.is_none())
+            if failed.contains(&name) {
+                continue;
+            }
+            let problem = if is_null(&cells, name) {
+                "missing"
+            } else if is_empty(&cells, name) {
+                "empty"
+            } else {
+                continue;
+            };
+            let from =
+                if self.relation == Relation::Spans && name == "name" && column(name).is_some_and(|c| c.spec.is_none())
                 {
                     format!("unmapped; defaults to `operation`: {}", describe("operation"))
                 } else {
                     describe(name).to_owned()
                 };
-                errors.push(format!("missing required column `{name}` ({from})"));
-            }
+            errors.push(format!("{problem} required column `{name}` ({from})"));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -841,6 +867,90 @@ mod tests {
                 ),
                 "C".to_owned(),
             ]
+        );
+    }
+
+    #[test]
+    fn empty_required_columns() {
+        let out = decode(&wiki(), &json!({"meta": {"domain": "d"}, "title": ""}));
+        assert_eq!(one_error(&out), "empty required column `document_id` (/title)");
+        let d = decoder(json!({"relation": "evaluations", "mapping": {"trace_id": "/trace_id", "name": "/n"}}));
+        assert_eq!(
+            one_error(&decode(&d, &json!({"trace_id": "", "n": "x"}))),
+            "empty required column `trace_id` (/trace_id)"
+        );
+        // A span's name defaulting to an empty operation.
+        let d =
+            decoder(json!({"relation": "spans", "mapping": {"trace_id": "/t", "span_id": "/s", "operation": "/op"}}));
+        assert_eq!(
+            one_error(&decode(&d, &json!({"t": "a", "s": "1", "op": ""}))),
+            "empty required column `name` (unmapped; defaults to `operation`: /op)"
+        );
+        // Optional columns may be empty strings.
+        let d = decoder(json!({"relation": "evaluations", "mapping": {"trace_id": "/t", "name": "/n", "label": "/l"}}));
+        assert!(matches!(&decode(&d, &json!({"t": "a", "n": "x", "l": ""}))[..],
+            [Event::Evaluation(e)] if e.label.as_deref() == Some("")));
+    }
+
+    #[test]
+    fn token_and_time_ranges() {
+        let d = decoder(json!({"relation": "spans", "mapping": {
+            "trace_id": "/t", "span_id": "/s", "name": "/n", "input_tokens": "/in", "output_tokens": "/out",
+            "start_time": "/start"}}));
+        let span = |v: Value| match &decode(&d, &v)[..] {
+            [Event::Span(s)] => Ok((s.input_tokens, s.output_tokens, s.start_time)),
+            [Event::Error(e)] => Err(e.error.clone()),
+            other => Err(format!("{other:?}")),
+        };
+        let base = |extra: Value| {
+            let mut v = json!({"t": "a", "s": "1", "n": "chat"});
+            if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            v
+        };
+        assert_eq!(
+            span(base(json!({"in": -500}))),
+            Err("column `input_tokens`: token count -500 is out of range (0..=1000000000)".into())
+        );
+        assert_eq!(
+            span(base(json!({"out": "1000000001"}))),
+            Err("column `output_tokens`: token count 1000000001 is out of range (0..=1000000000)".into())
+        );
+        assert_eq!(span(base(json!({"in": 0, "out": 1_000_000_000}))), Ok((Some(0), Some(1_000_000_000), None)));
+        // Times (default unit ms): 10000-01-01T00:00:00Z is 253402300800 s after the epoch
+        // (2932897 days), 0001-01-01T00:00:00Z is 62135596800 s before it (719162 days).
+        assert_eq!(
+            span(base(json!({"start": 253_402_300_800_000_i64}))),
+            Err("column `start_time`: time 253402300800000 ms is out of range (years 0001..=9999)".into())
+        );
+        assert_eq!(
+            span(base(json!({"start": 253_402_300_799_999_i64}))),
+            Ok((None, None, Some(253_402_300_799_999_000)))
+        );
+        assert_eq!(
+            span(base(json!({"start": -62_135_596_800_000_i64}))),
+            Ok((None, None, Some(-62_135_596_800_000_000)))
+        );
+        assert_eq!(
+            span(base(json!({"start": -62_135_596_800_001_i64}))),
+            Err("column `start_time`: time -62135596800001 ms is out of range (years 0001..=9999)".into())
+        );
+        // Year 100000 in ms (about 3.09e15): fits in i64 microseconds, but out of range.
+        assert_eq!(
+            span(base(json!({"start": 3_093_527_980_800_000_i64}))),
+            Err("column `start_time`: time 3093527980800000 ms is out of range (years 0001..=9999)".into())
+        );
+        // An offset can move a string out of range: 0001-01-01T00:00:00+01:00 is in year 0.
+        assert_eq!(
+            span(base(json!({"start": "0001-01-01T00:00:00+01:00"}))),
+            Err("column `start_time`: time \"0001-01-01T00:00:00+01:00\" is out of range (years 0001..=9999)".into())
+        );
+        // Constants are checked when the job is loaded.
+        assert_eq!(
+            config_error(json!({"relation": "spans", "mapping": {
+                "trace_id": "/t", "span_id": "/s", "name": "/n", "input_tokens": {"const": -1}}})),
+            "mapping of column `input_tokens`: column `input_tokens`: token count -1 is out of range (0..=1000000000)"
         );
     }
 

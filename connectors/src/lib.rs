@@ -1,7 +1,8 @@
 //! AIMatrix sources and source formats.
 //!
 //! A *source* reads files matching a glob ([`FileReader`]) and splits them into
-//! [`Record`]s, each with a location (`path:LINE`, `path:LINE#INDEX` or `path`). A source
+//! [`Record`]s, each with a location (`path:LINE`, `path:LINE#INDEX` or `path`; see
+//! [`record`]). A source
 //! *format* (a [`Decoder`]) turns each record into rows of the canonical relations of
 //! [`amx_dataflows::event`]: [`Event::Span`], [`Event::Evaluation`], [`Event::Workflow`],
 //! [`Event::Knowledge`]. Whatever a decoder cannot read becomes an [`Event::Error`] (a row of
@@ -28,6 +29,10 @@ mod options;
 pub use record::{FileReader, Record};
 
 /// A source format's decoder: turns one [`Record`] into events.
+///
+/// A record that carries an error ([`Record::error`], e.g. `invalid UTF-8 at byte N`) is not
+/// decoded: it becomes one [`IngestError`] with that reason, the record's location and its
+/// (lossy) text as raw text.
 ///
 /// Decoding never panics and never fails as a whole: what the decoder cannot read becomes
 /// [`Event::Error`] (an [`IngestError`] with the source name, the location of the bad part,
@@ -111,10 +116,17 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
     }
 }
 
-/// Parses a record's text as JSON, or pushes an [`IngestError`] with serde_json's message
-/// (which includes the line and column) and returns `None`.
+/// Parses a record's text as JSON, or pushes an [`IngestError`] and returns `None`: the
+/// record's own [`Record::error`] when it has one (e.g. `invalid UTF-8 at byte N`), else
+/// serde_json's message (which includes the line and column). A leading byte order mark is
+/// ignored.
 pub(crate) fn parse_record(source: &str, record: &Record, out: &mut Vec<Event>) -> Option<serde_json::Value> {
-    match serde_json::from_str(&record.text) {
+    if let Some(reason) = &record.error {
+        out.push(error(source, &record.location, reason.clone(), &record.text));
+        return None;
+    }
+    let text = record.text.strip_prefix('\u{feff}').unwrap_or(&record.text);
+    match serde_json::from_str(text) {
         Ok(v) => Some(v),
         Err(e) => {
             out.push(error(source, &record.location, format!("invalid JSON: {e}"), &record.text));
@@ -137,6 +149,9 @@ pub(crate) fn value_text(v: &serde_json::Value) -> Option<String> {
         other => Some(other.to_string()),
     }
 }
+
+/// The largest token count accepted (token counts must be in `0..=MAX_TOKENS`).
+pub(crate) const MAX_TOKENS: i64 = 1_000_000_000;
 
 /// A short rendering of a value for an error message (compact JSON, cut at 80 bytes).
 pub(crate) fn short(v: &serde_json::Value) -> String {
@@ -294,6 +309,36 @@ mod tests {
         assert!(
             k.iter().all(|k| k.op == amx_dataflows::event::KnowledgeOp::Upsert && k.collection == "en.wikipedia.org")
         );
+    }
+
+    #[test]
+    fn every_decoder_reports_record_errors() {
+        // `{"id":"` is 7 bytes (`{`, `"`, `i`, `d`, `"`, `:`, `"`): 0xFF is byte 7.
+        let record = Record::from_bytes("f.jsonl:3", b"{\"id\":\"\xFF\"}");
+        let options = [
+            json!({}),
+            json!({}),
+            json!({"relation": "evaluations", "mapping": {"trace_id": "/id", "name": {"const": "n"}}}),
+        ];
+        for (format, options) in formats().iter().zip(options) {
+            let d = decoder(format, &options).expect("options");
+            let mut out = Vec::new();
+            d.decode("s", &record, &mut out);
+            assert_eq!(
+                out,
+                vec![Event::Error(IngestError::new(
+                    "s",
+                    "f.jsonl:3",
+                    "invalid UTF-8 at byte 7",
+                    "{\"id\":\"\u{fffd}\"}"
+                ))],
+                "{format}"
+            );
+            // Any reader error, e.g. an unterminated array, is reported the same way.
+            let mut out = Vec::new();
+            d.decode("s", &Record::new("f.json:2", "").with_error("unterminated JSON array"), &mut out);
+            assert_eq!(out, vec![Event::Error(IngestError::new("s", "f.json:2", "unterminated JSON array", ""))]);
+        }
     }
 
     #[test]

@@ -24,9 +24,15 @@
 //!   A `tool` message answers the latest earlier call with its `tool_call_id` that is not
 //!   answered yet (call ids can repeat within a conversation: tau-bench's do).
 //!
+//! Token counts must be integers in `0..=1000000000` and times within the years 0001..=9999.
+//!
 //! A record that is not JSON, not an object, lacks an id field or a message array is one
 //! ingest error. A malformed message is an ingest error at `LOCATION/messages/i`, and the
-//! rest of the conversation is still decoded.
+//! rest of the conversation is still decoded; so is a `tool` message without a
+//! `tool_call_id`, or answering one that no earlier call has (`tool message answers unknown
+//! tool_call_id `x``) or whose earlier calls are all answered already. A malformed element
+//! `j` of an assistant message's `tool_calls` is an ingest error at
+//! `LOCATION/messages/i/tool_calls/j`; the message's chat span and its other calls are kept.
 
 use std::collections::HashMap;
 
@@ -35,8 +41,12 @@ use ordered_float::OrderedFloat;
 use serde_json::{Map, Value};
 
 use crate::options::{FieldPath, Options, bad};
-use crate::time::{TimeUnit, from_number, parse_timestamp};
-use crate::{ConfigError, Decoder, Record, error, parse_record, short, value_text};
+use crate::time::{TimeUnit, checked_string, from_number, parse_timestamp};
+use crate::{ConfigError, Decoder, MAX_TOKENS, Record, error, parse_record, short, value_text};
+
+/// A span of an assistant message, or a tool call of it that cannot be read: its index in
+/// `tool_calls` and why.
+type Part = Result<Span, (usize, String)>;
 
 /// The format's name.
 pub const FORMAT: &str = "openai-chat";
@@ -83,8 +93,9 @@ impl OpenAiChat {
         Ok(OpenAiChat { messages, id_fields, score, score_name, provider, request_model, agent_name })
     }
 
-    /// The spans of assistant message `i`, or why it cannot be read.
-    fn message_spans(&self, trace: &TraceId, conversation: &str, i: usize, m: &Value) -> Result<Vec<Span>, String> {
+    /// The spans of assistant message `i` (its chat span first, then its tool calls, each of
+    /// which may be unreadable), or why the message cannot be read.
+    fn message_spans(&self, trace: &TraceId, conversation: &str, i: usize, m: &Value) -> Result<Vec<Part>, String> {
         let Some(m) = m.as_object() else {
             return Err(format!("message is not an object: {}", short(m)));
         };
@@ -142,13 +153,12 @@ impl OpenAiChat {
             Some(Value::Array(calls)) => calls.as_slice(),
             Some(other) => return Err(format!("`tool_calls` is not an array: {}", short(other))),
         };
-        let mut spans = Vec::with_capacity(1 + calls.len());
-        spans.push(chat);
+        let mut parts = Vec::with_capacity(1 + calls.len());
+        parts.push(Ok(chat));
         for (j, call) in calls.iter().enumerate() {
-            let span = self.tool_span(trace, conversation, i, j, call).map_err(|e| format!("tool_calls[{j}]: {e}"))?;
-            spans.push(span);
+            parts.push(self.tool_span(trace, conversation, i, j, call).map_err(|e| (j, e)));
         }
-        Ok(spans)
+        Ok(parts)
     }
 
     /// The `execute_tool` span of tool call `j` of message `i`.
@@ -227,34 +237,63 @@ impl Decoder for OpenAiChat {
         // within a conversation, e.g. by tau-bench's cached completions).
         let mut pending: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, m) in messages.iter().enumerate() {
+            let at = || format!("{}/messages/{i}", record.location);
             if let Some(msg) = m.as_object()
                 && msg.get("role").and_then(Value::as_str) == Some("tool")
             {
-                if let Some(id) = msg.get("tool_call_id").and_then(Value::as_str)
-                    && let Some(index) = pending.get_mut(id).and_then(Vec::pop)
-                    && let Some(Event::Span(span)) = out.get_mut(index)
-                {
-                    if is_tool_error(msg) {
-                        span.status = SpanStatus::Error;
-                        span.error_type = Some("tool_error".into());
-                    } else {
-                        span.status = SpanStatus::Ok;
+                let id = match msg.get("tool_call_id") {
+                    Some(Value::String(id)) => id,
+                    None | Some(Value::Null) => {
+                        out.push(error(source, &at(), "tool message has no `tool_call_id`", &m.to_string()));
+                        continue;
+                    }
+                    Some(other) => {
+                        let reason = format!("`tool_call_id` is not a string: {}", short(other));
+                        out.push(error(source, &at(), reason, &m.to_string()));
+                        continue;
+                    }
+                };
+                match pending.get_mut(id).and_then(Vec::pop) {
+                    Some(index) => {
+                        if let Some(Event::Span(span)) = out.get_mut(index) {
+                            if is_tool_error(msg) {
+                                span.status = SpanStatus::Error;
+                                span.error_type = Some("tool_error".into());
+                            } else {
+                                span.status = SpanStatus::Ok;
+                            }
+                        }
+                    }
+                    None => {
+                        let reason = if pending.contains_key(id) {
+                            format!("tool message answers tool_call_id `{id}`, whose earlier calls are all answered")
+                        } else {
+                            format!("tool message answers unknown tool_call_id `{id}`")
+                        };
+                        out.push(error(source, &at(), reason, &m.to_string()));
                     }
                 }
                 continue;
             }
             match self.message_spans(&trace, &conversation, i, m) {
-                Ok(spans) => {
-                    for span in spans {
-                        if let Some(id) = span.tool_call_id.clone() {
-                            pending.entry(id).or_default().push(out.len());
+                Ok(parts) => {
+                    for part in parts {
+                        match part {
+                            Ok(span) => {
+                                if let Some(id) = span.tool_call_id.clone() {
+                                    pending.entry(id).or_default().push(out.len());
+                                }
+                                out.push(Event::Span(span));
+                            }
+                            Err((j, reason)) => {
+                                let raw = m.pointer(&format!("/tool_calls/{j}")).map(Value::to_string);
+                                let at = format!("{}/tool_calls/{j}", at());
+                                out.push(error(source, &at, reason, &raw.unwrap_or_default()));
+                            }
                         }
-                        out.push(Event::Span(span));
                     }
                 }
-                Err(reason) => {
-                    out.push(error(source, &format!("{}/messages/{i}", record.location), reason, &m.to_string()))
-                }
+                Err(reason) => out.push(error(source, &at(), reason, &m.to_string())),
             }
         }
         if let Some(field) = &self.score {
@@ -283,31 +322,38 @@ impl Decoder for OpenAiChat {
 }
 
 /// A token count at `pointer` in a `usage` object: an integer (or integral float, or integer
-/// string); `None` when missing or null.
+/// string) in `0..=MAX_TOKENS`; `None` when missing or null.
 fn tokens(usage: &Value, pointer: &str) -> Result<Option<i64>, String> {
-    let not_int = |v: &Value| format!("usage{} is not an integer: {}", pointer.replace('/', "."), short(v));
-    match usage.pointer(pointer) {
-        None | Some(Value::Null) => Ok(None),
+    let field = format!("usage{}", pointer.replace('/', "."));
+    let not_int = |v: &Value| format!("{field} is not an integer: {}", short(v));
+    let n = match usage.pointer(pointer) {
+        None | Some(Value::Null) => return Ok(None),
         Some(v @ Value::Number(n)) => match n.as_i64() {
-            Some(i) => Ok(Some(i)),
+            Some(i) => i,
             None => match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => Ok(Some(f as i64)),
-                _ => Err(not_int(v)),
+                Some(f) if f.fract() == 0.0 && f.abs() < 9e15 => f as i64,
+                _ => return Err(not_int(v)),
             },
         },
-        Some(v @ Value::String(s)) => s.trim().parse().map(Some).map_err(|_| not_int(v)),
-        Some(v) => Err(not_int(v)),
+        Some(v @ Value::String(s)) => s.trim().parse().map_err(|_| not_int(v))?,
+        Some(v) => return Err(not_int(v)),
+    };
+    if (0..=MAX_TOKENS).contains(&n) {
+        Ok(Some(n))
+    } else {
+        Err(format!("{field}: token count {n} is out of range (0..={MAX_TOKENS})"))
     }
 }
 
 /// A message time: an RFC 3339 string, or an epoch number (or numeric string) whose unit is
-/// guessed from its magnitude ([`TimeUnit::guess`]; OpenAI's `created` is in seconds).
+/// guessed from its magnitude ([`TimeUnit::guess`]; OpenAI's `created` is in seconds); within
+/// the years 0001..=9999.
 fn message_time(v: &Value) -> Result<i64, String> {
     let number = match v {
         Value::Number(n) => n.clone(),
         Value::String(s) => {
             if let Some(t) = parse_timestamp(s) {
-                return Ok(t);
+                return checked_string(t, v);
             }
             serde_json::from_str(s.trim()).map_err(|_| format!("cannot parse time {}", short(v)))?
         }
@@ -531,6 +577,8 @@ mod tests {
                 ("m6.t0", SpanStatus::Error),
             ]
         );
+        // The answer before any call is reported.
+        assert_eq!(errors(&out), vec![("x:1/messages/0", "tool message answers unknown tool_call_id `x`")]);
     }
 
     #[test]
@@ -618,15 +666,93 @@ mod tests {
             vec![
                 ("t.json:9#1/messages/1", "message is not an object: 5"),
                 ("t.json:9#1/messages/2", "`tool_calls` is not an array: \"get_user\""),
-                ("t.json:9#1/messages/3", "tool_calls[0]: no `function.name`"),
+                // Only the call is an error: the chat span m3 is kept.
+                ("t.json:9#1/messages/3/tool_calls/0", "no `function.name`"),
                 ("t.json:9#1/messages/4", "usage.prompt_tokens is not an integer: 1.5"),
                 ("t.json:9#1/messages/5", "message has no `role`"),
             ]
         );
         let ids: Vec<_> = spans(&out).iter().map(|s| (s.trace_id.to_string(), s.span_id.clone())).collect();
-        assert_eq!(ids, vec![("0/2".to_owned(), "m6".to_owned())]);
-        // The raw text of a message error is the message.
+        assert_eq!(ids, vec![("0/2".to_owned(), "m3".to_owned()), ("0/2".to_owned(), "m6".to_owned())]);
+        // The raw text of a message error is the message; of a call error, the call.
         assert!(matches!(&out[1], Event::Error(e) if e.raw == r#"{"role":"assistant","tool_calls":"get_user"}"#));
+        assert!(matches!(&out[3], Event::Error(e) if e.raw == r#"{"function":{"arguments":"{}"},"id":"x"}"#));
+    }
+
+    #[test]
+    fn unanswerable_tool_messages_and_bad_calls() {
+        let tool = |id: Value, content: &str| json!({"role": "tool", "tool_call_id": id, "content": content});
+        let record = json!({"id": "c", "messages": [
+            tool(json!("ghost"), "ok"),
+            {"role": "assistant", "tool_calls": [
+                {"id": "a", "function": {"name": "f"}},
+                5,
+                {"id": "c", "function": {"name": "g"}}]},
+            tool(json!("a"), "fine"),
+            tool(json!("a"), "again"),
+            {"role": "tool", "content": "who?"},
+            tool(json!(7), "seven"),
+            tool(json!("c"), "error: x")
+        ]});
+        let out = decode(&decoder(json!({})), "x:1", &record);
+        let got: Vec<_> = out
+            .iter()
+            .map(|e| match e {
+                Event::Span(s) => (s.span_id.clone(), format!("{:?}", s.status)),
+                Event::Error(e) => (e.location.clone(), e.error.clone()),
+                other => (String::new(), format!("{other:?}")),
+            })
+            .collect();
+        let p = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            got,
+            vec![
+                p("x:1/messages/0", "tool message answers unknown tool_call_id `ghost`"),
+                p("m1", "Ok"),
+                p("m1.t0", "Ok"),
+                p("x:1/messages/1/tool_calls/1", "not an object: 5"),
+                p("m1.t2", "Error"),
+                p("x:1/messages/3", "tool message answers tool_call_id `a`, whose earlier calls are all answered"),
+                p("x:1/messages/4", "tool message has no `tool_call_id`"),
+                p("x:1/messages/5", "`tool_call_id` is not a string: 7"),
+            ]
+        );
+        assert!(matches!(&out[3], Event::Error(e) if e.raw == "5"));
+        assert!(
+            matches!(&out[0], Event::Error(e) if e.raw == r#"{"content":"ok","role":"tool","tool_call_id":"ghost"}"#)
+        );
+    }
+
+    #[test]
+    fn token_and_time_ranges() {
+        let record = json!({"id": "c", "messages": [
+            {"role": "assistant", "usage": {"prompt_tokens": -500}},
+            {"role": "assistant", "usage": {"completion_tokens": 1_000_000_001}},
+            {"role": "assistant", "usage": {"prompt_tokens": 0, "completion_tokens": 1_000_000_000}},
+            // Below 1e11 the unit is seconds: -99999999999 s is about 3169 years before 1970.
+            {"role": "assistant", "created": -99_999_999_999_i64},
+            {"role": "assistant", "timestamp": "0001-01-01T00:00:00+01:00"},
+            {"role": "assistant", "timestamp": "0001-01-01T00:00:00Z"}
+        ]});
+        let out = decode(&decoder(json!({})), "x:1", &record);
+        assert_eq!(
+            errors(&out),
+            vec![
+                ("x:1/messages/0", "usage.prompt_tokens: token count -500 is out of range (0..=1000000000)"),
+                ("x:1/messages/1", "usage.completion_tokens: token count 1000000001 is out of range (0..=1000000000)"),
+                ("x:1/messages/3", "`created`: time -99999999999 s is out of range (years 0001..=9999)"),
+                (
+                    "x:1/messages/4",
+                    "`timestamp`: time \"0001-01-01T00:00:00+01:00\" is out of range (years 0001..=9999)"
+                ),
+            ]
+        );
+        let s = spans(&out);
+        assert_eq!(
+            s.iter().map(|s| (s.span_id.as_str(), s.input_tokens, s.output_tokens, s.start_time)).collect::<Vec<_>>(),
+            // 0001-01-01T00:00:00Z = -62135596800 s (719162 days before 1970).
+            vec![("m2", Some(0), Some(1_000_000_000), None), ("m5", None, None, Some(-62_135_596_800_000_000))]
+        );
     }
 
     #[test]

@@ -1,14 +1,29 @@
 //! Splitting files into records, with locations; tailing files for `--follow`.
 //!
-//! A file is split according to its shape (see [`FileReader`]):
+//! A file is split according to its shape (see [`FileReader`] for how the shape is decided):
 //!
 //! | shape | record | location |
 //! | --- | --- | --- |
 //! | JSON Lines | each non-empty line | `path:LINE` (1-based) |
 //! | top-level JSON array | each element | `path:LINE#INDEX` (LINE where the element starts, INDEX 0-based) |
+//! | top-level JSON array | a part that is no element (see below) | `path:LINE` (LINE where the part starts) |
 //! | one JSON document (e.g. pretty-printed) | the whole file | `path` |
 //!
-//! Text that is not valid UTF-8 is read lossily (invalid bytes become U+FFFD).
+//! A leading UTF-8 byte order mark (`EF BB BF`) is skipped. A record whose bytes are not valid
+//! UTF-8 is still returned (its text read lossily, invalid bytes as U+FFFD) but carries the
+//! error `invalid UTF-8 at byte N` ([`Record::error`]; N = 0-based offset in the record), which
+//! every decoder reports as an ingest error instead of decoding the record.
+//!
+//! A top-level JSON array is read element by element, so one broken element does not lose the
+//! others: a broken element (one that is not a JSON value followed by `,` or `]`) is a record
+//! of its own at `path:LINE#INDEX` (the decoder reports its JSON error), extending to the next
+//! `,` or `]` at the array's nesting level (found by scanning with string, escape and bracket
+//! tracking), where reading resumes with element INDEX+1. When no such `,` or `]` follows
+//! (unbalanced brackets, an unterminated string), the broken element extends to the end of the
+//! file. Parts that are no element are records at `path:LINE` carrying an error: the end of a
+//! file that stops before the closing `]` (`unterminated JSON array: …`, empty text) and text
+//! after the closing `]`. An empty element (`[1,,2]`, `[1,]`) is a record carrying the error
+//! `empty array element`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,21 +34,51 @@ use serde::de::IgnoredAny;
 
 use crate::ConfigError;
 
+/// The UTF-8 byte order mark, skipped at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// One record of a file: the text a decoder decodes, and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Where the record is: `path:LINE` for a JSON Lines line, `path:LINE#INDEX` for element
     /// INDEX (0-based) of a top-level JSON array (LINE = the line where the element starts),
-    /// `path` for a whole-file JSON document (`path:1` for a malformed top-level array).
+    /// `path:LINE` for a part of a top-level array that is no element, `path` for a whole-file
+    /// JSON document.
     pub location: String,
-    /// The record's text (for a line: without its line terminator).
+    /// The record's text (for a line: without its line terminator). Read lossily when the
+    /// bytes are not valid UTF-8 (then [`Record::error`] says so).
     pub text: String,
+    /// A problem the reader found with the record itself (`invalid UTF-8 at byte N`,
+    /// `unterminated JSON array: …`, …). When set, a decoder does not decode the record but
+    /// reports this as an ingest error at [`Record::location`] with [`Record::text`] as raw text.
+    pub error: Option<String>,
 }
 
 impl Record {
-    /// A record with the given location and text.
+    /// A record with the given location and text (and no error).
     pub fn new(location: impl Into<String>, text: impl Into<String>) -> Record {
-        Record { location: location.into(), text: text.into() }
+        Record { location: location.into(), text: text.into(), error: None }
+    }
+
+    /// A record from raw bytes: when they are not valid UTF-8, the text is read lossily and the
+    /// record carries the error `invalid UTF-8 at byte N` (N = 0-based offset of the first
+    /// invalid byte in `bytes`).
+    pub fn from_bytes(location: impl Into<String>, bytes: &[u8]) -> Record {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Record::new(location, text),
+            Err(e) => Record {
+                location: location.into(),
+                text: String::from_utf8_lossy(bytes).into_owned(),
+                error: Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+            },
+        }
+    }
+
+    /// The record with the error `reason` (see [`Record::error`]).
+    #[must_use]
+    pub fn with_error(mut self, reason: impl Into<String>) -> Record {
+        self.error = Some(reason.into());
+        self
     }
 }
 
@@ -60,24 +105,47 @@ struct FileState {
 
 /// Reads every file matching a glob (in path order), splitting each into [`Record`]s.
 ///
-/// A file's shape is decided at the first poll that sees content in it:
-///  - first non-whitespace byte `[`: a top-level JSON array, each element is a record
-///    (a malformed array is ONE record with the whole text, at `path:1`, so that the
-///    decoder reports the JSON error);
-///  - else if the first non-empty line parses as JSON on its own: JSON Lines, every
-///    non-empty line is a record (a trailing `\r` is stripped);
-///  - else if the whole file parses as one JSON value: one record (e.g. a pretty-printed
-///    Temporal history);
-///  - else JSON Lines (so each bad line is reported at its own line).
+/// Only regular files are read (symbolic links are followed): directories matching the glob
+/// are skipped, and any other match (a FIFO, socket or device) makes [`FileReader::poll`] fail.
+///
+/// A file's shape is decided at the first poll that sees content in it (after a UTF-8 byte
+/// order mark, which is skipped):
+///
+/// - first non-whitespace byte `[`: a top-level JSON array, split into its elements, unless
+///   it is JSON Lines. In order:
+///   1. the whole text parses as one JSON array: an array;
+///   2. the whole text is the beginning of a JSON array, cut short (not a single error before
+///      the end, e.g. `[{"a": 1},` or `[\n  {`): wait while not `finish`ing (it is being
+///      written), else an array (its missing `]` is reported);
+///   3. the first non-empty line parses as a JSON value on its own (e.g. `[1,2]` followed by
+///      more lines): JSON Lines;
+///   4. there are further complete non-empty lines and more than half of them parse as JSON
+///      values on their own (e.g. a `[INFO] exporter started` banner followed by JSON lines):
+///      JSON Lines. (Lines of a pretty-printed or one-element-per-line array hardly ever
+///      parse on their own: they end in `,` or are brackets or `"key": value` pairs.)
+///   5. otherwise the brackets decide, scanning with string and escape tracking: when the
+///      `[` is closed and only whitespace follows, a (broken) array, split element by element
+///      (see the [module docs](crate::record)); when text follows the closing `]` (e.g.
+///      `[INFO] exporter started`), JSON Lines; when the `[` is not closed yet, wait while
+///      not `finish`ing, else a (broken) array.
+///
+///   Complete lines are lines ending in `\n` (and, when `finish`ing, the last line too).
+/// - else if the first non-empty line parses as JSON on its own: JSON Lines, every non-empty
+///   line is a record (a trailing `\r` is stripped);
+/// - else if the whole file parses as one JSON value: one record (e.g. a pretty-printed
+///   Temporal history);
+/// - else JSON Lines (so each bad line is reported at its own line).
 ///
 /// [`FileReader::poll`] returns the records not returned before. JSON Lines files are tailed:
 /// only complete lines (ending in `\n`) are consumed, a partial last line is kept for a later
 /// poll, except when `finish` is true (end of input) where a final line without newline is a
 /// record too. Arrays and single documents are read once. While not `finish`ing, deciding is
 /// put off as long as the file is empty, its first line is incomplete, or it is an incomplete
-/// JSON document (so a file that is being written is not misread). New files matching the
-/// glob are picked up by later polls. A JSON Lines file that shrinks (truncated for reuse) is
-/// read again from its start.
+/// JSON document or array (so a file that is being written is not misread). A file that is
+/// one complete JSON array when first seen is an array even if more lines are appended later
+/// (JSON Lines whose first line is an array must not be read before their second line is
+/// written). New files matching the glob are picked up by later polls. A JSON Lines file that
+/// shrinks (truncated for reuse) is read again from its start.
 #[derive(Debug)]
 pub struct FileReader {
     pattern: String,
@@ -104,8 +172,8 @@ impl FileReader {
         &self.pattern
     }
 
-    /// The regular files matching the glob now, sorted by path (directories and entries that
-    /// cannot be read are left out).
+    /// The regular files matching the glob now, sorted by path (directories, other non-regular
+    /// files and entries that cannot be read are left out).
     pub fn paths(&self) -> Vec<PathBuf> {
         let Ok(entries) = glob::glob(&self.pattern) else {
             return Vec::new();
@@ -122,14 +190,33 @@ impl FileReader {
     ///
     /// # Errors
     /// An I/O error, with the path in its message, when a matching file or directory cannot
-    /// be read. Records of the files before it in path order have been appended to `out`.
+    /// be read; records of the files before it in path order have been appended to `out`.
+    /// An error `PATH: not a regular file (a FIFO); only regular files can be read` (`a
+    /// socket`, `a character device`, …) when the glob matches something that is neither a
+    /// regular file nor a directory (reading it could block forever); nothing is read then.
     pub fn poll(&mut self, finish: bool, out: &mut Vec<Record>) -> io::Result<()> {
         let entries = glob::glob(&self.pattern).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut paths = Vec::new();
         for entry in entries {
             match entry {
-                Ok(p) if p.is_dir() => {}
-                Ok(p) => paths.push(p),
+                Ok(p) => match fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(m) if m.is_file() => paths.push(p),
+                    Ok(m) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{}: not a regular file ({}); only regular files can be read",
+                                p.display(),
+                                file_kind(&m.file_type())
+                            ),
+                        ));
+                    }
+                    // Gone since the glob listed it, or a dangling symbolic link: nothing to
+                    // read now.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
+                },
                 Err(e) => {
                     let path = e.path().display().to_string();
                     let err: io::Error = e.into();
@@ -158,6 +245,28 @@ impl FileReader {
     }
 }
 
+/// What a file that is neither a regular file nor a directory is, for an error message.
+fn file_kind(t: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+    }
+    let _ = t;
+    "not a file or directory"
+}
+
 /// Reads what is new in one file.
 fn poll_file(
     path: &Path,
@@ -176,24 +285,27 @@ fn poll_file(
                 Err(e) => return Err(e),
             };
             let name = path.display().to_string();
-            match classify(&data, finish) {
+            let body = data.strip_prefix(BOM).unwrap_or(&data);
+            match classify(body, finish) {
                 Decision::Wait => Ok(()),
                 Decision::Array => {
-                    let text = String::from_utf8_lossy(&data);
-                    match split_array(&text) {
-                        Some(elements) => {
-                            for (index, (line, element)) in elements.into_iter().enumerate() {
-                                out.push(Record::new(format!("{name}:{line}#{index}"), element));
-                            }
-                        }
-                        None => out.push(Record::new(format!("{name}:1"), text.into_owned())),
+                    for piece in split_array(body) {
+                        let location = match piece.index {
+                            Some(index) => format!("{name}:{}#{index}", piece.line),
+                            None => format!("{name}:{}", piece.line),
+                        };
+                        let record = Record::from_bytes(location, &body[piece.start..piece.end]);
+                        out.push(match piece.error {
+                            Some(reason) => record.with_error(reason),
+                            None => record,
+                        });
                     }
                     state.shape = Shape::Done;
                     *bytes_read += data.len() as u64;
                     Ok(())
                 }
                 Decision::Document => {
-                    out.push(Record::new(name, String::from_utf8_lossy(&data).into_owned()));
+                    out.push(Record::from_bytes(name, body));
                     state.shape = Shape::Done;
                     *bytes_read += data.len() as u64;
                     Ok(())
@@ -229,7 +341,8 @@ fn poll_file(
     }
 }
 
-/// Splits `data` (the file from `state.offset` on) into line records.
+/// Splits `data` (the file from `state.offset` on) into line records. At offset 0, a UTF-8
+/// byte order mark is skipped (once it is complete).
 fn take_lines(
     name: &str,
     state: &mut FileState,
@@ -238,7 +351,7 @@ fn take_lines(
     out: &mut Vec<Record>,
     bytes_read: &mut u64,
 ) {
-    let mut pos = 0;
+    let mut pos = if state.offset == 0 && data.starts_with(BOM) { BOM.len() } else { 0 };
     while pos < data.len() {
         let (line, next) = match data[pos..].iter().position(|&b| b == b'\n') {
             Some(i) => (&data[pos..pos + i], pos + i + 1),
@@ -247,13 +360,23 @@ fn take_lines(
         };
         state.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !line.iter().all(u8::is_ascii_whitespace) {
-            out.push(Record::new(format!("{name}:{}", state.lines), String::from_utf8_lossy(line).into_owned()));
+        if !is_blank(line) {
+            out.push(Record::from_bytes(format!("{name}:{}", state.lines), line));
         }
         pos = next;
     }
     state.offset += pos as u64;
     *bytes_read += pos as u64;
+}
+
+/// Whether `b` is empty or only ASCII whitespace.
+fn is_blank(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Whether `b` parses as one JSON value (surrounding whitespace allowed).
+fn parses(b: &[u8]) -> bool {
+    serde_json::from_slice::<IgnoredAny>(b).is_ok()
 }
 
 /// The shape decided for a file's content.
@@ -265,24 +388,22 @@ enum Decision {
     Document,
 }
 
-/// Decides a file's shape from its whole current content (see [`FileReader`]).
+/// Decides a file's shape from its whole current content, without a byte order mark (see
+/// [`FileReader`]).
 fn classify(data: &[u8], finish: bool) -> Decision {
     let Some(start) = data.iter().position(|b| !b.is_ascii_whitespace()) else {
         return if finish { Decision::Lines } else { Decision::Wait };
     };
-    let incomplete = |r: Result<IgnoredAny, serde_json::Error>| !finish && r.is_err_and(|e| e.is_eof());
     if data[start] == b'[' {
-        if incomplete(serde_json::from_slice(data)) {
-            return Decision::Wait;
-        }
-        return Decision::Array;
+        return classify_bracket(data, start, finish);
     }
+    let incomplete = |r: Result<IgnoredAny, serde_json::Error>| !finish && r.is_err_and(|e| e.is_eof());
     let first_line = match data[start..].iter().position(|&b| b == b'\n') {
         Some(i) => &data[start..start + i],
         None if finish => &data[start..],
         None => return Decision::Wait,
     };
-    if serde_json::from_slice::<IgnoredAny>(first_line).is_ok() {
+    if parses(first_line) {
         return Decision::Lines;
     }
     let whole = serde_json::from_slice::<IgnoredAny>(data);
@@ -295,63 +416,193 @@ fn classify(data: &[u8], finish: bool) -> Decision {
     }
 }
 
-/// Splits a top-level JSON array into its elements: `(line where it starts, text)`.
-/// `None` when `text` is not a well-formed JSON array.
-fn split_array(text: &str) -> Option<Vec<(u64, String)>> {
-    serde_json::from_str::<Vec<IgnoredAny>>(text).ok()?;
-    let b = text.as_bytes();
-    let open = b.iter().position(|&c| c == b'[')?;
-    let mut line = 1 + b[..open].iter().filter(|&&c| c == b'\n').count() as u64;
-    let mut i = open + 1;
-    let mut elements = Vec::new();
-    loop {
-        // Skip whitespace before an element (or the closing bracket).
-        while let Some(&c) = b.get(i) {
-            if c == b'\n' {
-                line += 1;
-            }
-            if !c.is_ascii_whitespace() {
-                break;
-            }
-            i += 1;
+/// Decides the shape of a file whose first non-whitespace byte (at `open`) is `[`: steps 1-5
+/// of [`FileReader`].
+fn classify_bracket(data: &[u8], open: usize, finish: bool) -> Decision {
+    // 1, 2: the whole text as one JSON value.
+    match serde_json::from_slice::<IgnoredAny>(data) {
+        Ok(_) => return Decision::Array,
+        Err(e) if e.is_eof() => return if finish { Decision::Array } else { Decision::Wait },
+        Err(_) => {}
+    }
+    // 3, 4: the complete non-empty lines.
+    let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    if !finish {
+        // The last piece is not terminated by `\n` (empty when the text ends with one).
+        lines.pop();
+    }
+    let mut lines = lines.into_iter().map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !is_blank(l));
+    if let Some(first) = lines.next() {
+        if parses(first) {
+            return Decision::Lines;
         }
-        match b.get(i) {
-            None => return None,
-            Some(b']') => return Some(elements),
-            Some(_) => {}
+        let (mut total, mut good) = (0usize, 0usize);
+        for line in lines {
+            total += 1;
+            good += usize::from(parses(line));
         }
-        let (start, start_line) = (i, line);
-        let mut depth = 0usize;
-        let mut in_string = false;
-        while let Some(&c) = b.get(i) {
-            if c == b'\n' {
-                line += 1;
-            }
-            if in_string {
-                match c {
-                    b'\\' => i += 1,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-            } else {
-                match c {
-                    b'"' => in_string = true,
-                    b'[' | b'{' => depth += 1,
-                    b']' | b'}' if depth == 0 => break,
-                    b']' | b'}' => depth -= 1,
-                    b',' if depth == 0 => break,
-                    _ => {}
-                }
-            }
-            i += 1;
-        }
-        elements.push((start_line, text.get(start..i)?.trim_end().to_owned()));
-        match b.get(i) {
-            Some(b',') => i += 1,
-            Some(b']') => return Some(elements),
-            _ => return None,
+        if total > 0 && 2 * good > total {
+            return Decision::Lines;
         }
     }
+    // 5: the brackets.
+    match array_end(data, open) {
+        Some(close) if is_blank(&data[close + 1..]) => Decision::Array,
+        Some(_) => Decision::Lines,
+        None if finish => Decision::Array,
+        None => Decision::Wait,
+    }
+}
+
+/// The first `,` or `]` at nesting depth 0 at or after `from` (which must be outside any
+/// string), skipping strings (with their escapes) and bracketed parts; `None` when the text
+/// ends first. A `}` at depth 0 is ignored.
+fn find_separator(b: &[u8], from: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = from;
+    while let Some(&c) = b.get(i) {
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_string = true,
+                b'[' | b'{' => depth += 1,
+                b',' | b']' if depth == 0 => return Some(i),
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The position of the `]` closing the array opened at `open`, by [`find_separator`];
+/// `None` when it is not closed.
+fn array_end(b: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        let sep = find_separator(b, i)?;
+        if b[sep] == b']' {
+            return Some(sep);
+        }
+        i = sep + 1;
+    }
+}
+
+/// The first position at or after `i` that is not ASCII whitespace (or the end).
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// `end` moved back over ASCII whitespace, not before `start`.
+fn trim_end(b: &[u8], start: usize, mut end: usize) -> usize {
+    while end > start && b[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    end
+}
+
+/// The end of the JSON value starting at `start`, when one parses there.
+fn parse_value(b: &[u8], start: usize) -> Option<usize> {
+    let mut values = serde_json::Deserializer::from_slice(&b[start..]).into_iter::<IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => Some(start + values.byte_offset()),
+        _ => None,
+    }
+}
+
+/// A part of a top-level JSON array file that becomes one record.
+#[derive(Debug, PartialEq, Eq)]
+struct Piece {
+    /// Byte range in the file (without byte order mark).
+    start: usize,
+    end: usize,
+    /// The line where the part starts (1-based).
+    line: u64,
+    /// The element index; `None` for a part that is no element.
+    index: Option<usize>,
+    /// The error the record carries (see [`Record::error`]).
+    error: Option<String>,
+}
+
+/// The message of the record at the end of an array that stops before its closing `]`.
+const UNTERMINATED: &str = "unterminated JSON array: the file ends before its closing `]`";
+
+/// Splits a file whose first non-whitespace byte is `[` into its elements (and the parts that
+/// are no element), element by element, resynchronising after a broken element (see the
+/// [module docs](crate::record)).
+fn split_array(b: &[u8]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    // Line numbers, counted incrementally (positions asked for only increase).
+    let (mut counted, mut line) = (0usize, 1u64);
+    let mut line_at = |pos: usize| {
+        line += b[counted..pos].iter().filter(|&&c| c == b'\n').count() as u64;
+        counted = pos;
+        line
+    };
+    let open = skip_ws(b, 0);
+    let mut i = skip_ws(b, (open + 1).min(b.len()));
+    let mut index = 0;
+    // `i` is at an element, or at `]` (only for an empty array).
+    let close = if b.get(i) == Some(&b']') {
+        i
+    } else {
+        loop {
+            i = skip_ws(b, i);
+            if i >= b.len() {
+                pieces.push(Piece {
+                    start: i,
+                    end: i,
+                    line: line_at(b.len()),
+                    index: None,
+                    error: Some(UNTERMINATED.into()),
+                });
+                return pieces;
+            }
+            let start = i;
+            let line = line_at(start);
+            // A good element: a value followed by `,`, `]` or the end of the file.
+            let good = parse_value(b, start).filter(|&end| matches!(b.get(skip_ws(b, end)), None | Some(b',' | b']')));
+            let (end, next) = match good {
+                Some(end) => (end, skip_ws(b, end)),
+                None => match find_separator(b, start) {
+                    Some(sep) => (trim_end(b, start, sep), sep),
+                    None => (trim_end(b, start, b.len()), b.len()),
+                },
+            };
+            let error = (end == start && next < b.len()).then(|| "empty array element".to_owned());
+            pieces.push(Piece { start, end, line, index: Some(index), error });
+            index += 1;
+            match b.get(next) {
+                Some(b',') => i = next + 1,
+                Some(_) => break next,
+                // A good last element without `]`: report the missing bracket. After a broken
+                // element that reaches the end, the decoder's error says enough.
+                None if good.is_some() => i = next,
+                None => return pieces,
+            }
+        }
+    };
+    let rest = skip_ws(b, close + 1);
+    if rest < b.len() {
+        pieces.push(Piece {
+            start: rest,
+            end: trim_end(b, rest, b.len()),
+            line: line_at(rest),
+            index: None,
+            error: Some("unexpected text after the closing `]` of the JSON array".into()),
+        });
+    }
+    pieces
 }
 
 #[cfg(test)]
@@ -395,7 +646,19 @@ pub(crate) mod tests {
     fn poll(r: &mut FileReader, finish: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
         r.poll(finish, &mut out).expect("poll");
+        assert!(out.iter().all(|rec| rec.error.is_none()), "{out:?}");
         out.into_iter().map(|rec| (rec.location, rec.text)).collect()
+    }
+
+    /// Like [`poll`], with the records' errors.
+    fn poll_err(r: &mut FileReader, finish: bool) -> Vec<(String, String, Option<String>)> {
+        let mut out = Vec::new();
+        r.poll(finish, &mut out).expect("poll");
+        out.into_iter().map(|rec| (rec.location, rec.text, rec.error)).collect()
+    }
+
+    fn rec_err(loc: String, text: &str, error: Option<&str>) -> (String, String, Option<String>) {
+        (loc, text.to_owned(), error.map(str::to_owned))
     }
 
     fn rec(loc: String, text: &str) -> (String, String) {
@@ -457,7 +720,12 @@ pub(crate) mod tests {
         let e = d.write("e.json", "[ ]");
         let f = d.write("f.json", "[{\"a\": 1}, {\"a\" 2}]");
         let mut r = FileReader::new(&d.glob("*.json")).expect("glob");
-        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "[{\"a\": 1}, {\"a\" 2}]")]);
+        // The good element survives; the broken one is a record of its own (the decoder
+        // reports its JSON error).
+        assert_eq!(
+            poll(&mut r, false),
+            vec![rec(format!("{f}:1#0"), "{\"a\": 1}"), rec(format!("{f}:1#1"), "{\"a\" 2}")]
+        );
         assert_eq!(poll(&mut r, true), vec![]);
         assert!(r.paths().contains(&PathBuf::from(e)));
     }
@@ -475,7 +743,11 @@ pub(crate) mod tests {
         );
         let g = d.write("q.json", "[1,");
         let mut r = FileReader::new(&g).expect("glob");
-        assert_eq!(poll(&mut r, true), vec![rec(format!("{g}:1"), "[1,")]);
+        // At the end of input: element 0, then the missing `]` as an error record.
+        assert_eq!(
+            poll_err(&mut r, true),
+            vec![rec_err(format!("{g}:1#0"), "1", None), rec_err(format!("{g}:1"), "", Some(UNTERMINATED))]
+        );
     }
 
     #[test]
@@ -537,6 +809,236 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn bracket_first_line_can_be_json_lines() {
+        let d = TempDir::new("bracketlines");
+        // A log banner before JSON lines: lines 2 and 3 parse on their own (2 of 2).
+        let a = d.write("a.jsonl", "[INFO] exporter started\n{\"a\":1}\n{\"a\":2}\n");
+        // A first line that is a JSON array on its own.
+        let b = d.write("b.jsonl", "[1,2]\n{\"a\":1}\n");
+        // A banner, then 2 good lines of 3: still a majority.
+        let c = d.write("c.jsonl", "[WARN] x\n{\"a\":1}\nnot json\n{\"a\":2}\n");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        assert_eq!(
+            poll(&mut r, false),
+            vec![
+                rec(format!("{a}:1"), "[INFO] exporter started"),
+                rec(format!("{a}:2"), "{\"a\":1}"),
+                rec(format!("{a}:3"), "{\"a\":2}"),
+                rec(format!("{b}:1"), "[1,2]"),
+                rec(format!("{b}:2"), "{\"a\":1}"),
+                rec(format!("{c}:1"), "[WARN] x"),
+                rec(format!("{c}:2"), "{\"a\":1}"),
+                rec(format!("{c}:3"), "not json"),
+                rec(format!("{c}:4"), "{\"a\":2}"),
+            ]
+        );
+        // Following a file that so far holds only the banner: text follows its `]`, so it
+        // is no array; the lines written later are tailed.
+        let e = d.write("e.jsonl", "[INFO] exporter started\n");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{e}:1"), "[INFO] exporter started")]);
+        d.append("e.jsonl", "{\"a\":1}\n");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{e}:2"), "{\"a\":1}")]);
+    }
+
+    #[test]
+    fn broken_pretty_array_stays_an_array() {
+        let d = TempDir::new("prettybroken");
+        // Lines on their own: `[` no, `{"a": 1},` no, `{"a" 2},` no, `{"a": 3}` yes, `]` no:
+        // 1 of 4, no majority; the `[` is closed at the end: a (broken) array.
+        let f = d.write("x.json", "[\n  {\"a\": 1},\n  {\"a\" 2},\n  {\"a\": 3}\n]\n");
+        let mut r = FileReader::new(&f).expect("glob");
+        assert_eq!(
+            poll(&mut r, false),
+            vec![
+                rec(format!("{f}:2#0"), "{\"a\": 1}"),
+                rec(format!("{f}:3#1"), "{\"a\" 2}"),
+                rec(format!("{f}:4#2"), "{\"a\": 3}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_elements_resynchronise() {
+        let d = TempDir::new("resync");
+        // Element 1 is broken (`oops`) and holds `,]` and an escaped quote in a string, which
+        // must not end it; element 3 is `tru`.
+        let f = d.write("r.json", "[{\"a\":1},\n {\"s\": \"x,]\\\"\" oops},\n 7,\n tru,\n [1, [2]]\n]");
+        let mut r = FileReader::new(&f).expect("glob");
+        assert_eq!(
+            poll(&mut r, false),
+            vec![
+                rec(format!("{f}:1#0"), "{\"a\":1}"),
+                rec(format!("{f}:2#1"), "{\"s\": \"x,]\\\"\" oops}"),
+                rec(format!("{f}:3#2"), "7"),
+                rec(format!("{f}:4#3"), "tru"),
+                rec(format!("{f}:5#4"), "[1, [2]]"),
+            ]
+        );
+        // A missing `,`: the two values are one broken element.
+        let g = d.write("g.json", "[1 2, 3]");
+        let mut r = FileReader::new(&g).expect("glob");
+        assert_eq!(poll(&mut r, true), vec![rec(format!("{g}:1#0"), "1 2"), rec(format!("{g}:1#1"), "3")]);
+        // Empty elements.
+        let e = d.write("e.json", "[1,,2,]");
+        let mut r = FileReader::new(&e).expect("glob");
+        assert_eq!(
+            poll_err(&mut r, true),
+            vec![
+                rec_err(format!("{e}:1#0"), "1", None),
+                rec_err(format!("{e}:1#1"), "", Some("empty array element")),
+                rec_err(format!("{e}:1#2"), "2", None),
+                rec_err(format!("{e}:1#3"), "", Some("empty array element")),
+            ]
+        );
+    }
+
+    #[test]
+    fn unbalanced_array_keeps_the_rest() {
+        let d = TempDir::new("unbalanced");
+        // `[2}` leaves a bracket open: no `,` or `]` at the array's level follows element 1,
+        // so element 1 runs to the end of the file. Its `[` is never closed: while following
+        // the file waits (it could still be being written).
+        let f = d.write("u.json", "[{\"a\":1}, {\"b\": [2}, {\"c\":3}]");
+        let mut r = FileReader::new(&f).expect("glob");
+        assert_eq!(poll(&mut r, false), vec![]);
+        assert_eq!(
+            poll(&mut r, true),
+            vec![rec(format!("{f}:1#0"), "{\"a\":1}"), rec(format!("{f}:1#1"), "{\"b\": [2}, {\"c\":3}]")]
+        );
+        // Only `[`: the missing `]` is reported at line 2, where the file ends.
+        let g = d.write("g.json", "[\n");
+        let mut r = FileReader::new(&g).expect("glob");
+        assert_eq!(poll(&mut r, false), vec![]);
+        assert_eq!(poll_err(&mut r, true), vec![rec_err(format!("{g}:2"), "", Some(UNTERMINATED))]);
+    }
+
+    #[test]
+    fn split_array_pieces() {
+        let piece = |start, end, line, index, error: Option<&str>| Piece {
+            start,
+            end,
+            line,
+            index,
+            error: error.map(str::to_owned),
+        };
+        // Text after the closing bracket (classify never makes this an array; split_array
+        // still keeps it): `[1] x` → element "1" at 1..2, then "x" at 4..5.
+        assert_eq!(
+            split_array(b"[1] x"),
+            vec![
+                piece(1, 2, 1, Some(0), None),
+                piece(4, 5, 1, None, Some("unexpected text after the closing `]` of the JSON array"))
+            ]
+        );
+        assert_eq!(split_array(b" [ ]"), vec![]);
+        // Not reached through classify, but must not panic or go out of bounds.
+        assert_eq!(split_array(b""), vec![piece(0, 0, 1, None, Some(UNTERMINATED))]);
+        // `[\n1\n` (at the end of input): element at 2..3 on line 2, then the end at 4, line 3.
+        assert_eq!(
+            split_array(b"[\n1\n"),
+            vec![piece(2, 3, 2, Some(0), None), piece(4, 4, 3, None, Some(UNTERMINATED))]
+        );
+    }
+
+    #[test]
+    fn non_regular_files_fail_the_poll() {
+        let d = TempDir::new("nonregular");
+        d.write("a.jsonl", "{\"a\":1}\n");
+        let sock = d.0.join("s.jsonl");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        let mut out = Vec::new();
+        let e = r.poll(true, &mut out).err().map(|e| (e.kind(), e.to_string()));
+        let expected = format!("{}: not a regular file (a socket); only regular files can be read", sock.display());
+        assert_eq!(e, Some((io::ErrorKind::InvalidInput, expected)));
+        assert!(out.is_empty());
+        assert_eq!(r.paths(), vec![d.0.join("a.jsonl")]);
+        // A character device.
+        let mut r = FileReader::new("/dev/null").expect("glob");
+        let e = r.poll(false, &mut out).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("/dev/null: not a regular file (a character device); only regular files can be read")
+        );
+        // A FIFO (reading it would block until a writer opens it), where mkfifo exists.
+        let fifo = d.0.join("f.fifo");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            let mut r = FileReader::new(&d.glob("*.fifo")).expect("glob");
+            let e = r.poll(false, &mut out).err().map(|e| e.to_string());
+            let expected = format!("{}: not a regular file (a FIFO); only regular files can be read", fifo.display());
+            assert_eq!(e, Some(expected));
+        } else {
+            eprintln!("mkfifo not available: FIFO case skipped");
+        }
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        let d = TempDir::new("bom");
+        let a = d.write("a.jsonl", "\u{feff}{\"a\":1}\n{\"a\":2}\n");
+        let mut r = FileReader::new(&a).expect("glob");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{a}:1"), "{\"a\":1}"), rec(format!("{a}:2"), "{\"a\":2}")]);
+        // 3 bytes of BOM + 8 + 8.
+        assert_eq!(r.bytes_read(), 19);
+        let b = d.write("b.json", "\u{feff}[1]");
+        let mut r = FileReader::new(&b).expect("glob");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{b}:1#0"), "1")]);
+        // A pretty-printed Temporal history: one document, decoded without errors.
+        let doc = "{\n  \"events\": [\n    {\"eventId\": \"1\", \"eventType\": \"EVENT_TYPE_WORKFLOW_EXECUTION_STARTED\"}\n  ]\n}\n";
+        let h = d.write("h.json", &format!("\u{feff}{doc}"));
+        let mut r = FileReader::new(&h).expect("glob");
+        let mut records = Vec::new();
+        r.poll(true, &mut records).expect("poll");
+        assert_eq!(records, vec![Record::new(h.clone(), doc)]);
+        let mut events = Vec::new();
+        let decoder = crate::decoder("temporal-history", &serde_json::Value::Null).expect("decoder");
+        decoder.decode("t", &records[0], &mut events);
+        assert!(
+            matches!(&events[..], [amx_dataflows::event::Event::Workflow(w)] if w.run_id == h && w.event_seq == Some(1)),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_record_error() {
+        let d = TempDir::new("utf8");
+        let p = d.0.join("a.jsonl");
+        // Line 1: `{"a":"x` is bytes 0..7, the invalid byte 0xFF is byte 7.
+        fs::write(&p, b"{\"a\":\"x\xFFy\"}\n{\"a\":1}\n").expect("write");
+        let a = p.display().to_string();
+        let mut r = FileReader::new(&a).expect("glob");
+        assert_eq!(
+            poll_err(&mut r, false),
+            vec![
+                rec_err(format!("{a}:1"), "{\"a\":\"x\u{fffd}y\"}", Some("invalid UTF-8 at byte 7")),
+                rec_err(format!("{a}:2"), "{\"a\":1}", None),
+            ]
+        );
+        // An array element: `"` then 0xC3 without continuation byte, at byte 1 of the element.
+        let p = d.0.join("b.json");
+        fs::write(&p, b"[1, \"\xC3(\"]").expect("write");
+        let b = p.display().to_string();
+        let mut r = FileReader::new(&b).expect("glob");
+        assert_eq!(
+            poll_err(&mut r, false),
+            vec![
+                rec_err(format!("{b}:1#0"), "1", None),
+                rec_err(format!("{b}:1#1"), "\"\u{fffd}(\"", Some("invalid UTF-8 at byte 1")),
+            ]
+        );
+        // A whole document: `{`, `\n`, `"a"`, `:`, ` `, `"` are bytes 0..8; 0xFF is byte 8.
+        let p = d.0.join("c.json");
+        fs::write(&p, b"{\n\"a\": \"\xFF\"\n}").expect("write");
+        let c = p.display().to_string();
+        let mut r = FileReader::new(&c).expect("glob");
+        assert_eq!(
+            poll_err(&mut r, true),
+            vec![rec_err(c.clone(), "{\n\"a\": \"\u{fffd}\"\n}", Some("invalid UTF-8 at byte 8"))]
+        );
+    }
+
+    #[test]
     fn classify_shapes() {
         assert_eq!(classify(b"", false), Decision::Wait);
         assert_eq!(classify(b" \n", true), Decision::Lines);
@@ -549,5 +1051,16 @@ pub(crate) mod tests {
         assert_eq!(classify(b"{\nbad\n{\"a\":1}\n", false), Decision::Lines);
         assert_eq!(classify(b"  [1", false), Decision::Wait);
         assert_eq!(classify(b"  [1", true), Decision::Array);
+        // One complete array: an array (even if it were the first line of JSON Lines).
+        assert_eq!(classify(b"[1,2]\n", false), Decision::Array);
+        assert_eq!(classify(b"[1,2]\n[3]\n", false), Decision::Lines);
+        // An array being written, element per line: wait (`{"a":1}` alone would parse).
+        assert_eq!(classify(b"[\n{\"a\":1}\n", false), Decision::Wait);
+        assert_eq!(classify(b"[INFO] up\n", false), Decision::Lines);
+        assert_eq!(classify(b"[INFO] up", false), Decision::Lines);
+        assert_eq!(classify(b"[main\n", false), Decision::Wait);
+        assert_eq!(classify(b"[main\n{\"a\":1}\n", false), Decision::Lines);
+        assert_eq!(classify(b"[{\"a\" 1}]", false), Decision::Array);
+        assert_eq!(classify(b"[1] [2]", true), Decision::Lines);
     }
 }

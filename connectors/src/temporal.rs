@@ -5,7 +5,7 @@
 //! are read: the current `EVENT_TYPE_ACTIVITY_TASK_STARTED` and the older
 //! `ActivityTaskStarted`; attributes are under `activityTaskStartedEventAttributes` in both.
 //! 64-bit integers (`eventId`, `scheduledEventId`, `attempt`) may be strings or numbers;
-//! `eventTime` is RFC 3339.
+//! `eventTime` is RFC 3339, within the years 0001..=9999; an `attempt` must be at least 1.
 //!
 //! Option: `run_id` (a constant run id). Otherwise the run id is the started event's
 //! `originalExecutionRunId`, else its `firstExecutionRunId`, else the record's location.
@@ -25,10 +25,12 @@
 //!   SCHEDULED, `_FAILED` → FAILED (`cause`), `CHILD_WORKFLOW_EXECUTION_STARTED` → RUNNING,
 //!   `_COMPLETED`, `_FAILED`, `_CANCELED`, `_TIMED_OUT`, `_TERMINATED` accordingly.
 //!
-//! Other events (workflow tasks, timers, signals, markers, …) are not rows. An event without
-//! `eventType`, with a bad id or time, or referring to an unknown step is an ingest error at
-//! `LOCATION#event ID` (or `#event INDEX` without an id), and the rest of the history is
-//! still decoded. A record without an `events` array is one ingest error.
+//! Other events (workflow tasks, timers, signals, markers, …) are not rows. An event that is
+//! not a JSON object, has no `eventType`, has a bad id, time or attempt, or refers to an
+//! unknown step is an ingest error at `LOCATION#events[INDEX] (eventId ID)` (INDEX = 0-based
+//! position in the `events` array; ` (eventId ID)` only when the event has an `eventId`
+//! string or number, written as it is), and the rest of the history is still decoded. A
+//! record without an `events` array is one ingest error.
 
 use std::collections::HashMap;
 
@@ -36,7 +38,7 @@ use amx_dataflows::event::{Event, WorkflowEvent, WorkflowState};
 use serde_json::Value;
 
 use crate::options::Options;
-use crate::time::parse_timestamp;
+use crate::time::{RANGE, in_range, parse_timestamp};
 use crate::{ConfigError, Decoder, Record, error, parse_record, short};
 
 /// The format's name.
@@ -192,6 +194,15 @@ fn int(v: Option<&Value>, what: &str) -> Result<Option<i64>, String> {
     }
 }
 
+/// An attempt number: a proto-JSON int64 (see [`int`]) of at least 1. `Ok(None)` when missing
+/// or null.
+fn attempt(v: Option<&Value>) -> Result<Option<i64>, String> {
+    match int(v, "attempt")? {
+        Some(n) if n < 1 => Err(format!("bad attempt {n} (must be at least 1)")),
+        other => Ok(other),
+    }
+}
+
 /// A non-empty string at `pointer`.
 fn text(v: &Value, pointer: &str) -> Option<String> {
     v.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
@@ -209,6 +220,9 @@ struct Run {
 impl Run {
     /// The row of one event (None when the event is not a row), or why it cannot be read.
     fn event(&mut self, e: &Value) -> Result<Option<WorkflowEvent>, String> {
+        if !e.is_object() {
+            return Err("event is not a JSON object".into());
+        }
         let raw = match e.get("eventType") {
             Some(Value::String(s)) => s.as_str(),
             None | Some(Value::Null) => return Err("event has no `eventType`".into()),
@@ -223,7 +237,12 @@ impl Run {
         let event_time = match e.get("eventTime") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => {
-                Some(parse_timestamp(s).ok_or_else(|| format!("bad eventTime {}", short(&Value::String(s.clone()))))?)
+                let shown = || short(&Value::String(s.clone()));
+                let t = parse_timestamp(s).ok_or_else(|| format!("bad eventTime {}", shown()))?;
+                if !in_range(t) {
+                    return Err(format!("bad eventTime {}: out of range ({RANGE})", shown()));
+                }
+                Some(t)
             }
             Some(other) => return Err(format!("bad eventTime {}", short(other))),
         };
@@ -244,6 +263,9 @@ impl Run {
         match act {
             Action::Skip => return Ok(None),
             Action::Run(state, failure) => {
+                if t == "WORKFLOW_EXECUTION_STARTED" {
+                    attempt(attrs.get("attempt"))?;
+                }
                 row.state = state;
                 row.attempt = self.attempt;
                 row.failure_message = failure.and_then(|p| text(attrs, p));
@@ -259,7 +281,7 @@ impl Run {
             }
             Action::Started(kind, failure) => {
                 let attempt = match kind {
-                    Kind::Activity => int(attrs.get("attempt"), "attempt")?,
+                    Kind::Activity => attempt(attrs.get("attempt"))?,
                     Kind::Child => None,
                 };
                 let step = self.step(kind, attrs)?;
@@ -333,7 +355,8 @@ impl Decoder for TemporalHistory {
         let mut run = Run {
             run_id,
             workflow_name: text(started, "/workflowType/name"),
-            attempt: int(started.get("attempt"), "attempt").ok().flatten(),
+            // A bad attempt is reported at the started event.
+            attempt: attempt(started.get("attempt")).ok().flatten(),
             activities: HashMap::new(),
             children: HashMap::new(),
         };
@@ -343,11 +366,12 @@ impl Decoder for TemporalHistory {
                 Ok(None) => {}
                 Err(reason) => {
                     let id = match e.get("eventId") {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(Value::Number(n)) => n.to_string(),
-                        _ => index.to_string(),
+                        Some(Value::String(s)) => format!(" (eventId {s})"),
+                        Some(Value::Number(n)) => format!(" (eventId {n})"),
+                        _ => String::new(),
                     };
-                    out.push(error(source, &format!("{}#event {id}", record.location), reason, &e.to_string()));
+                    let location = format!("{}#events[{index}]{id}", record.location);
+                    out.push(error(source, &location, reason, &e.to_string()));
                 }
             }
         }
@@ -579,17 +603,64 @@ mod tests {
             got,
             vec![
                 s("row", "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED"),
-                s("h.json#event 2", "event has no `eventType`"),
-                s("h.json#event 3", "unknown scheduledEventId 99"),
-                s("h.json#event 3", "event has no `eventId`"),
-                s("h.json#event 5", "bad eventTime \"yesterday\""),
-                s("h.json#event 6", "event has no `scheduledEventId`"),
-                s("h.json#event 8", "unknown initiatedEventId 1"),
+                s("h.json#events[1] (eventId 2)", "event has no `eventType`"),
+                s("h.json#events[2] (eventId 3)", "unknown scheduledEventId 99"),
+                // No eventId: the index alone (it used to read `#event 3` like the one above).
+                s("h.json#events[3]", "event has no `eventId`"),
+                s("h.json#events[4] (eventId 5)", "bad eventTime \"yesterday\""),
+                s("h.json#events[5] (eventId 6)", "event has no `scheduledEventId`"),
+                s("h.json#events[7] (eventId 8)", "unknown initiatedEventId 1"),
                 s("row", "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED"),
             ]
         );
         // The raw text of an event error is the event.
         assert!(matches!(&out[1], Event::Error(e) if e.raw == r#"{"eventId":"2","eventTime":"2024-01-01T00:00:02Z"}"#));
+    }
+
+    #[test]
+    fn attempts_times_and_non_objects() {
+        let h = json!({"events": [
+            {"eventId": 1, "eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
+             "workflowExecutionStartedEventAttributes": {"originalExecutionRunId": "r", "attempt": 0}},
+            5,
+            {"eventId": "3", "eventType": "ActivityTaskScheduled",
+             "activityTaskScheduledEventAttributes": {"activityType": {"name": "a"}}},
+            {"eventId": "4", "eventType": "ActivityTaskStarted",
+             "activityTaskStartedEventAttributes": {"scheduledEventId": "3", "attempt": "0"}},
+            {"eventId": "5", "eventType": "ActivityTaskStarted",
+             "activityTaskStartedEventAttributes": {"scheduledEventId": "3", "attempt": 2}},
+            {"eventId": 6, "eventType": "ActivityTaskCompleted", "eventTime": "0001-01-01T00:00:00+01:00",
+             "activityTaskCompletedEventAttributes": {"scheduledEventId": "3"}},
+            {"eventId": 7, "eventType": "ActivityTaskCompleted", "eventTime": "0001-01-01T00:00:00Z",
+             "activityTaskCompletedEventAttributes": {"scheduledEventId": "3"}}
+        ]});
+        let out = decode(&decoder(Value::Null), "h.json:2#0", &h);
+        let got: Vec<(String, String)> = out
+            .iter()
+            .map(|e| match e {
+                Event::Workflow(w) => (format!("row {:?}", w.event_seq), format!("{:?} {:?}", w.attempt, w.event_time)),
+                Event::Error(e) => (e.location.clone(), e.error.clone()),
+                other => ("other".into(), format!("{other:?}")),
+            })
+            .collect();
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(
+            got,
+            vec![
+                s("h.json:2#0#events[0] (eventId 1)", "bad attempt 0 (must be at least 1)"),
+                s("h.json:2#0#events[1]", "event is not a JSON object"),
+                // The run's attempt is unknown (NULL) since the started event's is bad.
+                s("row Some(3)", "None None"),
+                s("h.json:2#0#events[3] (eventId 4)", "bad attempt 0 (must be at least 1)"),
+                s("row Some(5)", "Some(2) None"),
+                s(
+                    "h.json:2#0#events[5] (eventId 6)",
+                    "bad eventTime \"0001-01-01T00:00:00+01:00\": out of range (years 0001..=9999)"
+                ),
+                // 0001-01-01T00:00:00Z = -62135596800 s.
+                s("row Some(7)", "Some(2) Some(-62135596800000000)"),
+            ]
+        );
     }
 
     #[test]

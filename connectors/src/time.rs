@@ -7,10 +7,29 @@
 //!   number of digits is accepted, nanoseconds and beyond are dropped).
 //! - Numbers with a [`TimeUnit`]: integers in any unit (nanoseconds are floored to
 //!   microseconds); floats for seconds and milliseconds (rounded to the nearest microsecond).
+//!
+//! Times must lie within the years 0001..=9999 ([`MIN_TIME_US`]..=[`MAX_TIME_US`]): numbers
+//! and strings outside are errors ([`from_number`], [`from_json`]; [`parse_timestamp`] only
+//! checks the syntax, see [`in_range`]).
 
 use amx_dataflows::event::TimestampUs;
 use chrono::{NaiveDate, NaiveTime};
 use serde_json::{Number, Value};
+
+/// The earliest time accepted: 0001-01-01T00:00:00Z (719162 days before the epoch).
+pub const MIN_TIME_US: TimestampUs = -62_135_596_800_000_000;
+
+/// The latest time accepted: 9999-12-31T23:59:59.999999Z (10000-01-01 is 2932897 days after
+/// the epoch).
+pub const MAX_TIME_US: TimestampUs = 253_402_300_799_999_999;
+
+/// The accepted range of times, as error messages name it.
+pub const RANGE: &str = "years 0001..=9999";
+
+/// Whether `t` lies within the years 0001..=9999 ([`MIN_TIME_US`]..=[`MAX_TIME_US`]).
+pub fn in_range(t: TimestampUs) -> bool {
+    (MIN_TIME_US..=MAX_TIME_US).contains(&t)
+}
 
 /// The unit of a numeric time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,7 +84,8 @@ impl TimeUnit {
 }
 
 /// Parses an RFC 3339 / ISO 8601 date-time string (see the module docs) to microseconds since
-/// the epoch, UTC. `None` when `s` is not such a string.
+/// the epoch, UTC. `None` when `s` is not such a string. The result is not range-checked (an
+/// offset can move `0001-01-01T00:00:00+01:00` into year 0): callers check [`in_range`].
 pub fn parse_timestamp(s: &str) -> Option<TimestampUs> {
     let s = s.trim();
     let date = NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
@@ -162,12 +182,12 @@ pub fn from_int(n: i64, unit: TimeUnit) -> Option<TimestampUs> {
 /// A JSON number holding an epoch time in `unit`, as microseconds.
 ///
 /// # Errors
-/// A reason when the number is out of range, or a float in `us`/`ns` (only seconds and
-/// milliseconds may have fractions).
+/// A reason when the number is out of range (outside the years 0001..=9999, see [`in_range`]),
+/// or a float in `us`/`ns` (only seconds and milliseconds may have fractions).
 pub fn from_number(n: &Number, unit: TimeUnit) -> Result<TimestampUs, String> {
-    let out_of_range = || format!("time {n} {} is out of range", unit.as_str());
+    let out_of_range = || format!("time {n} {} is out of range ({RANGE})", unit.as_str());
     if let Some(i) = n.as_i64() {
-        return from_int(i, unit).ok_or_else(out_of_range);
+        return from_int(i, unit).filter(|&t| in_range(t)).ok_or_else(out_of_range);
     }
     if n.is_u64() {
         return Err(out_of_range());
@@ -182,7 +202,7 @@ pub fn from_number(n: &Number, unit: TimeUnit) -> Result<TimestampUs, String> {
     };
     let us = (f * factor).round();
     // `i64::MAX as f64` is 2^63, which does not fit: require strictly less.
-    if us.is_finite() && us >= i64::MIN as f64 && us < i64::MAX as f64 {
+    if us.is_finite() && us >= i64::MIN as f64 && us < i64::MAX as f64 && in_range(us as i64) {
         // In range: the cast is exact for integral floats of this size.
         Ok(us as i64)
     } else {
@@ -194,14 +214,15 @@ pub fn from_number(n: &Number, unit: TimeUnit) -> Result<TimestampUs, String> {
 /// number in `unit` (as proto-JSON writes 64-bit integers). `Ok(None)` for null.
 ///
 /// # Errors
-/// A reason naming the value when it is none of these.
+/// A reason naming the value when it is none of these, or when the time is outside the years
+/// 0001..=9999.
 pub fn from_json(v: &Value, unit: TimeUnit) -> Result<Option<TimestampUs>, String> {
     match v {
         Value::Null => Ok(None),
         Value::Number(n) => from_number(n, unit).map(Some),
         Value::String(s) => {
             if let Some(t) = parse_timestamp(s) {
-                return Ok(Some(t));
+                return checked_string(t, v).map(Some);
             }
             match serde_json::from_str::<Number>(s.trim()) {
                 Ok(n) => from_number(&n, unit).map(Some),
@@ -210,6 +231,14 @@ pub fn from_json(v: &Value, unit: TimeUnit) -> Result<Option<TimestampUs>, Strin
         }
         other => Err(format!("expected a time, found {}", crate::short(other))),
     }
+}
+
+/// A time parsed from the string `v`, checked to be [`in_range`].
+///
+/// # Errors
+/// `time "…" is out of range (years 0001..=9999)`.
+pub fn checked_string(t: TimestampUs, v: &Value) -> Result<TimestampUs, String> {
+    if in_range(t) { Ok(t) } else { Err(format!("time {} is out of range ({RANGE})", crate::short(v))) }
 }
 
 #[cfg(test)]
@@ -292,6 +321,35 @@ mod tests {
         assert_eq!(from_json(&json!(1690617099), TimeUnit::Seconds), Ok(Some(T)));
         assert_eq!(from_json(&json!("soon"), TimeUnit::Seconds), Err("cannot parse time \"soon\"".to_owned()));
         assert_eq!(from_json(&json!(true), TimeUnit::Seconds), Err("expected a time, found true".to_owned()));
+    }
+
+    #[test]
+    fn year_range() {
+        let n = |v: serde_json::Value| match v {
+            serde_json::Value::Number(n) => n,
+            _ => Number::from(0),
+        };
+        // 0001-01-01T00:00:00Z: 719162 days before 1970 (1969 years, 477 of them leap years).
+        assert_eq!(parse_timestamp("0001-01-01T00:00:00Z"), Some(MIN_TIME_US));
+        // 10000-01-01: 2932897 days after 1970 (8030 years, 1947 leap years); minus 1 µs.
+        assert_eq!(parse_timestamp("9999-12-31T23:59:59.999999Z"), Some(MAX_TIME_US));
+        assert!(in_range(MIN_TIME_US) && in_range(MAX_TIME_US));
+        assert!(!in_range(MIN_TIME_US - 1) && !in_range(MAX_TIME_US + 1));
+        assert_eq!(from_number(&n(json!(-62_135_596_800_i64)), TimeUnit::Seconds), Ok(MIN_TIME_US));
+        assert_eq!(
+            from_number(&n(json!(-62_135_596_801_i64)), TimeUnit::Seconds),
+            Err("time -62135596801 s is out of range (years 0001..=9999)".to_owned())
+        );
+        assert_eq!(
+            from_number(&n(json!(253_402_300_800_i64)), TimeUnit::Seconds),
+            Err("time 253402300800 s is out of range (years 0001..=9999)".to_owned())
+        );
+        assert_eq!(from_number(&n(json!(253_402_300_799_999_999_i64)), TimeUnit::Micros), Ok(MAX_TIME_US));
+        assert!(from_number(&n(json!(253_402_300_800.0)), TimeUnit::Seconds).is_err());
+        assert_eq!(
+            from_json(&json!("9999-12-31T23:59:59.999999-00:01"), TimeUnit::Seconds),
+            Err("time \"9999-12-31T23:59:59.999999-00:01\" is out of range (years 0001..=9999)".to_owned())
+        );
     }
 
     #[test]
