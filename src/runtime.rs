@@ -88,6 +88,9 @@ pub struct RunSummary {
     pub bytes: u64,
 }
 
+/// Bytes of each JSON-lines file read per poll: bounds the memory held by records in flight.
+const POLL_BYTES: u64 = 16 << 20;
+
 /// The engine clock: milliseconds since the Unix epoch.
 fn now_ms() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
@@ -268,7 +271,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         for s in &sources {
             // Validated by Job::parse, so these only fail if the files changed underneath.
             match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
-                (Ok(reader), Ok(decoder)) => {
+                (Ok(mut reader), Ok(decoder)) => {
+                    reader.set_max_poll_bytes(POLL_BYTES);
                     readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0, pending: (0, 0, 0) })
                 }
                 (Err(e), _) => {
@@ -344,7 +348,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 forward(&collected, &probe, &mut last_upper, &tx);
             }
             if !follow {
-                break;
+                // Sources are read in bounded pieces: go on until a round finds nothing new.
+                if new_records == 0 {
+                    break;
+                }
+                continue;
             }
             if new_records == 0 {
                 // Nothing new: keep the dataflow moving, then look again.

@@ -151,6 +151,7 @@ pub struct FileReader {
     pattern: String,
     files: BTreeMap<PathBuf, FileState>,
     bytes_read: u64,
+    max_poll_bytes: u64,
 }
 
 impl FileReader {
@@ -164,7 +165,7 @@ impl FileReader {
     pub fn new(glob: &str) -> Result<FileReader, ConfigError> {
         glob::Pattern::new(glob)
             .map_err(|e| ConfigError::BadGlob { pattern: glob.to_owned(), reason: e.to_string() })?;
-        Ok(FileReader { pattern: glob.to_owned(), files: BTreeMap::new(), bytes_read: 0 })
+        Ok(FileReader { pattern: glob.to_owned(), files: BTreeMap::new(), bytes_read: 0, max_poll_bytes: u64::MAX })
     }
 
     /// The glob this reader reads.
@@ -228,10 +229,17 @@ impl FileReader {
         for path in paths {
             let state =
                 self.files.entry(path.clone()).or_insert(FileState { shape: Shape::Unknown, offset: 0, lines: 0 });
-            poll_file(&path, state, finish, out, &mut self.bytes_read)
+            poll_file(&path, state, finish, self.max_poll_bytes, out, &mut self.bytes_read)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// Reads at most `bytes` of each JSON-lines file per poll (whole lines; default: no
+    /// limit), so a large file is ingested in bounded batches rather than held in memory at
+    /// once. Array and single-document files are always read whole.
+    pub fn set_max_poll_bytes(&mut self, bytes: u64) {
+        self.max_poll_bytes = bytes.max(1);
     }
 
     /// Bytes of the files consumed so far (a partial last line is not counted).
@@ -272,9 +280,14 @@ fn poll_file(
     path: &Path,
     state: &mut FileState,
     finish: bool,
+    max_bytes: u64,
     out: &mut Vec<Record>,
     bytes_read: &mut u64,
 ) -> io::Result<()> {
+    if state.shape == Shape::Unknown && starts_as_json_lines(path)? {
+        // Decided from the first line alone: no need to read the whole file now.
+        state.shape = Shape::Lines;
+    }
     match state.shape {
         Shape::Done => Ok(()),
         Shape::Unknown => {
@@ -334,11 +347,35 @@ fn poll_file(
             }
             file.seek(SeekFrom::Start(state.offset))?;
             let mut data = Vec::new();
-            file.read_to_end(&mut data)?;
-            take_lines(&path.display().to_string(), state, &data, finish, out, bytes_read);
+            file.take(max_bytes).read_to_end(&mut data)?;
+            // A line cut by the read limit is not the file's last line: wait for the rest.
+            let at_end = state.offset + data.len() as u64 >= len;
+            take_lines(&path.display().to_string(), state, &data, finish && at_end, out, bytes_read);
             Ok(())
         }
     }
+}
+
+/// Whether a file is JSON lines judging by its start alone: its first non-whitespace byte is
+/// not `[` and its first line is complete and parses (rule 3 of [`FileReader`]).
+fn starts_as_json_lines(path: &Path) -> io::Result<bool> {
+    const PREFIX_BYTES: u64 = 1 << 20;
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut prefix = Vec::new();
+    file.take(PREFIX_BYTES).read_to_end(&mut prefix)?;
+    let body = prefix.strip_prefix(BOM).unwrap_or(&prefix);
+    let Some(start) = body.iter().position(|b| !b.is_ascii_whitespace()) else { return Ok(false) };
+    if body[start] == b'[' {
+        return Ok(false);
+    }
+    Ok(match body[start..].iter().position(|&b| b == b'\n') {
+        Some(i) => parses(&body[start..start + i]),
+        None => false,
+    })
 }
 
 /// Splits `data` (the file from `state.offset` on) into line records. At offset 0, a UTF-8
@@ -659,6 +696,23 @@ pub(crate) mod tests {
 
     fn rec_err(loc: String, text: &str, error: Option<&str>) -> (String, String, Option<String>) {
         (loc, text.to_owned(), error.map(str::to_owned))
+    }
+
+    #[test]
+    fn json_lines_are_read_in_bounded_pieces() {
+        let dir = TempDir::new("bounded");
+        // Three 8-byte lines; the last has no newline.
+        let path = dir.write("b.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":3}");
+        let mut r = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+        r.set_max_poll_bytes(12);
+        // 12 bytes hold line 1 and 4 bytes of line 2: one record per poll, even with finish
+        // (a line cut by the limit is not the file's last line).
+        assert_eq!(poll(&mut r, true), vec![(format!("{path}:1"), "{\"a\":1}".to_owned())]);
+        assert_eq!(poll(&mut r, true), vec![(format!("{path}:2"), "{\"a\":2}".to_owned())]);
+        // The rest (7 bytes, the true end of the file) is the final line.
+        assert_eq!(poll(&mut r, true), vec![(format!("{path}:3"), "{\"a\":3}".to_owned())]);
+        assert!(poll(&mut r, true).is_empty());
+        assert_eq!(r.bytes_read(), 23);
     }
 
     fn rec(loc: String, text: &str) -> (String, String) {
