@@ -387,7 +387,7 @@ impl Column {
             return Ok((Datum::Null, None));
         };
         let raw = match &spec.source {
-            Source::Pointer(p) => record.pointer(p).filter(|v| !v.is_null()),
+            Source::Pointer(p) => lookup(record, p).filter(|v| !v.is_null()),
             Source::Const(c) => Some(c),
         };
         let value = match (&spec.map, raw) {
@@ -591,6 +591,30 @@ impl Decoder for JsonDecoder {
             Err(errors) => out.push(error(source, &record.location, errors.join("; "), &record.text)),
         }
     }
+}
+
+/// `value.pointer(pointer)` (RFC 6901) without allocating: `~1` and `~0` are unescaped only
+/// in the (rare) tokens that contain `~`.
+fn lookup<'v>(value: &'v Value, pointer: &str) -> Option<&'v Value> {
+    if pointer.is_empty() {
+        return Some(value);
+    }
+    let mut target = value;
+    for token in pointer.strip_prefix('/')?.split('/') {
+        let unescaped;
+        let token = if token.contains('~') {
+            unescaped = token.replace("~1", "/").replace("~0", "~");
+            unescaped.as_str()
+        } else {
+            token
+        };
+        target = match target {
+            Value::Object(map) => map.get(token)?,
+            Value::Array(list) => list.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(target)
 }
 
 #[cfg(test)]

@@ -83,12 +83,24 @@ impl TimeUnit {
     }
 }
 
+/// `YYYY-MM-DD` → a date (digits only; invalid dates such as 2023-02-30 are None).
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    };
+    NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)
+}
+
 /// Parses an RFC 3339 / ISO 8601 date-time string (see the module docs) to microseconds since
 /// the epoch, UTC. `None` when `s` is not such a string. The result is not range-checked (an
 /// offset can move `0001-01-01T00:00:00+01:00` into year 0): callers check [`in_range`].
 pub fn parse_timestamp(s: &str) -> Option<TimestampUs> {
     let s = s.trim();
-    let date = NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
+    let date = parse_date(s.get(..10)?)?;
     let rest = s.get(10..)?;
     let rest = rest.strip_prefix(['T', 't', ' '])?;
     let mut p = Cursor { s: rest.as_bytes(), i: 0 };
