@@ -196,6 +196,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {sql}"))?);
     }
     let needed = Arc::new(needed);
+    let view_reads: Arc<std::collections::HashSet<String>> =
+        Arc::new(views.iter().flat_map(|v| v.reads.iter().cloned()).collect());
     for source in &job.config.sources {
         let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
         if reader.paths().is_empty() {
@@ -219,12 +221,15 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let collected = export_buffer.clone();
         let views = views.clone();
         let needed = needed.clone();
+        let view_reads = view_reads.clone();
         let rendered = worker.dataflow::<Time, _, _>(move |scope| {
-            let rendered = render(scope);
+            // Rows only for what queries and views read (and the ingestion counters).
+            let wanted = |name: &str| needed.contains(name) || name == SOURCE_STATS || view_reads.contains(name);
+            let rendered = render(scope, &wanted);
             let probe = ProbeHandle::new();
             let mut collections: HashMap<String, amx_sql::render::Rows<'_>> = HashMap::new();
-            let base = rendered.relations.len();
-            for (index, (name, rows)) in rendered.relations.into_iter().enumerate() {
+            let base = relations().len();
+            for (index, name, rows) in rendered.relations {
                 collections.insert(name.to_owned(), rows.clone());
                 // Only what queries read (and the ingestion counters) is collected; SQL views
                 // read their inputs inside the dataflow.

@@ -155,12 +155,14 @@ pub fn build_views<'s>(
 pub struct Rendered<'s> {
     /// Input sessions of the canonical relations.
     pub inputs: Inputs,
-    /// Every relation and view as rows, in the order of [`relations`].
-    pub relations: Vec<(&'static str, Coll<'s, Row>)>,
+    /// The wanted relations and views as rows: `(index in [`relations`], name, rows)`.
+    pub relations: Vec<(usize, &'static str, Coll<'s, Row>)>,
 }
 
-/// Renders the canonical relations and the built-in views into `scope`.
-pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
+/// Renders the canonical relations and the built-in views into `scope`. Only the relations
+/// for which `wanted(name)` holds are converted to rows (the conversion is not free: a view
+/// nobody reads as rows is still maintained, but not copied).
+pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rendered<'s> {
     let (spans_in, spans) = scope.new_collection::<Span, Diff>();
     let (evals_in, evaluations) = scope.new_collection::<Evaluation, Diff>();
     let (wf_in, workflow_events) = scope.new_collection::<WorkflowEvent, Diff>();
@@ -178,22 +180,30 @@ pub fn render<'s>(scope: Scope<'s, Time>) -> Rendered<'s> {
     });
 
     let v = build_views(&spans, &evaluations, &workflow_events, &knowledge_events);
-    let rows = vec![
-        spans.map(|r| r.to_row()),
-        evaluations.map(|r| r.to_row()),
-        workflow_events.map(|r| r.to_row()),
-        knowledge_events.map(|r| r.to_row()),
-        ingest_errors.map(|r| r.to_row()),
-        v.agent_traces.map(|r| r.to_row()),
-        v.tool_usage.map(|r| r.to_row()),
-        v.model_usage.map(|r| r.to_row()),
-        v.workflow_runs.map(|r| r.to_row()),
-        v.workflow_steps.map(|r| r.to_row()),
-        v.documents.map(|r| r.to_row()),
-        v.collection_stats.map(|r| r.to_row()),
-        source_stats,
-    ];
-    let relations = relations().into_iter().map(|d| d.name).zip(rows).collect();
+    let mut relations = Vec::new();
+    let names: Vec<&'static str> = self::relations().into_iter().map(|d| d.name).collect();
+    macro_rules! add {
+        ($index:expr, $rows:expr) => {
+            if wanted(names[$index]) {
+                relations.push(($index, names[$index], $rows));
+            }
+        };
+    }
+    // The order matches `relations()`.
+    add!(0, spans.map(|r| r.to_row()));
+    add!(1, evaluations.map(|r| r.to_row()));
+    add!(2, workflow_events.map(|r| r.to_row()));
+    add!(3, knowledge_events.map(|r| r.to_row()));
+    add!(4, ingest_errors.map(|r| r.to_row()));
+    add!(5, v.agent_traces.map(|r| r.to_row()));
+    add!(6, v.tool_usage.map(|r| r.to_row()));
+    add!(7, v.model_usage.map(|r| r.to_row()));
+    add!(8, v.workflow_runs.map(|r| r.to_row()));
+    add!(9, v.workflow_steps.map(|r| r.to_row()));
+    add!(10, v.documents.map(|r| r.to_row()));
+    add!(11, v.collection_stats.map(|r| r.to_row()));
+    add!(12, source_stats);
+    debug_assert_eq!(names.len(), 13);
     let inputs = Inputs {
         spans: spans_in,
         evaluations: evals_in,
@@ -221,9 +231,9 @@ pub fn render_and_export<'s>(
     buffer: &ExportBuffer,
     collector: u64,
 ) -> (Inputs, ProbeHandle<Time>) {
-    let rendered = render(scope);
+    let rendered = render(scope, &|_| true);
     let probe = ProbeHandle::new();
-    for (index, (_name, rows)) in rendered.relations.into_iter().enumerate() {
+    for (index, _name, rows) in rendered.relations {
         export(rows, index, buffer, collector, &probe);
     }
     (rendered.inputs, probe)
