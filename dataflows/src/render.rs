@@ -140,15 +140,8 @@ pub fn build_views<'s>(
 ) -> Views<'s> {
     let (workflow_steps, workflow_runs) = views::workflows(workflow_events.clone());
     let (documents, collection_stats) = views::knowledge(knowledge_events.clone());
-    Views {
-        agent_traces: views::agent_traces(spans.clone(), evaluations.clone()),
-        tool_usage: views::tool_usage(spans.clone()),
-        model_usage: views::model_usage(spans.clone()),
-        workflow_runs,
-        workflow_steps,
-        documents,
-        collection_stats,
-    }
+    let (agent_traces, tool_usage, model_usage) = views::span_views(spans.clone(), evaluations.clone());
+    Views { agent_traces, tool_usage, model_usage, workflow_runs, workflow_steps, documents, collection_stats }
 }
 
 /// What [`render`] built: the input sessions and every relation and view as rows.

@@ -119,19 +119,83 @@ fn add_opt(acc: &mut Option<i64>, v: Option<i64>, n: i64) {
 
 /// `agent_traces`, keyed by `trace_id`.
 pub fn agent_traces<'s>(spans: Coll<'s, Span>, evaluations: Coll<'s, Evaluation>) -> Coll<'s, AgentTrace> {
-    let span_items = spans.map(|s| {
-        let item = TraceItem::Span {
-            llm: s.is_llm_call(),
-            tool: s.is_tool_call(),
-            agent: s.agent_name,
-            status: s.status,
-            input: s.input_tokens,
-            output: s.output_tokens,
-            start: s.start_time,
-            end: s.end_time,
-        };
-        (s.trace_id, item)
-    });
+    agent_traces_from(split_spans(spans).traces, evaluations)
+}
+
+/// What each span view keeps of a span. [`split_spans`] moves every field of a span into
+/// the one part that needs it, so a span is not copied once per view.
+pub(crate) struct SpanParts<'s> {
+    traces: Coll<'s, (TraceId, TraceItem)>,
+    tools: Coll<'s, ToolCall>,
+    models: Coll<'s, ModelCall>,
+}
+
+/// A tool call: `(tool_name, trace_id, failed)`.
+type ToolCall = (Option<String>, TraceId, bool);
+
+/// A model call: `((provider, request_model), failed, input_tokens, output_tokens, latency_us)`.
+type ModelCall = ((Option<String>, Option<String>), bool, Option<i64>, Option<i64>, Option<i64>);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+enum SpanPart {
+    Trace(TraceId, TraceItem),
+    Tool(ToolCall),
+    Model(ModelCall),
+}
+
+/// Routes each span's parts to the span views with one `flat_map` and a `partition`.
+pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
+    use differential_dataflow::AsCollection;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::core::{Map, Partition};
+
+    let parts = spans
+        .inner
+        .flat_map::<Vec<(u64, (SpanPart, Time, Diff))>, _, _>(|(s, time, diff): (Span, Time, Diff)| {
+            let (llm, tool) = (s.is_llm_call(), s.is_tool_call());
+            let failed = s.status == SpanStatus::Error;
+            let mut out = Vec::with_capacity(3);
+            if s.provider.is_some() || s.request_model.is_some() {
+                let latency = match (s.start_time, s.end_time) {
+                    (Some(a), Some(b)) => b.checked_sub(a),
+                    _ => None,
+                };
+                let call = ((s.provider, s.request_model), failed, s.input_tokens, s.output_tokens, latency);
+                out.push((2, (SpanPart::Model(call), time, diff)));
+            }
+            if tool {
+                out.push((1, (SpanPart::Tool((s.tool_name, s.trace_id.clone(), failed)), time, diff)));
+            }
+            let item = TraceItem::Span {
+                llm,
+                tool,
+                agent: s.agent_name,
+                status: s.status,
+                input: s.input_tokens,
+                output: s.output_tokens,
+                start: s.start_time,
+                end: s.end_time,
+            };
+            out.push((0, (SpanPart::Trace(s.trace_id, item), time, diff)));
+            out
+        })
+        .partition::<CapacityContainerBuilder<Vec<(SpanPart, Time, Diff)>>, _, _>(3, |(route, update)| (route, update));
+    let mut parts = parts.into_iter().map(|p| p.as_collection());
+    let (Some(traces), Some(tools), Some(models)) = (parts.next(), parts.next(), parts.next()) else {
+        unreachable!("partition(3) returns three streams")
+    };
+    SpanParts {
+        traces: traces.flat_map(|p| if let SpanPart::Trace(k, i) = p { Some((k, i)) } else { None }),
+        tools: tools.flat_map(|p| if let SpanPart::Tool(t) = p { Some(t) } else { None }),
+        models: models.flat_map(|p| if let SpanPart::Model(m) = p { Some(m) } else { None }),
+    }
+}
+
+/// `agent_traces` from the spans' trace parts (see [`split_spans`]).
+fn agent_traces_from<'s>(
+    span_items: Coll<'s, (TraceId, TraceItem)>,
+    evaluations: Coll<'s, Evaluation>,
+) -> Coll<'s, AgentTrace> {
     let eval_items = evaluations.map(|e| (e.trace_id, TraceItem::Eval(e.score)));
     span_items
         .concat(eval_items)
@@ -232,7 +296,11 @@ impl ToRow for ToolUsage {
 
 /// `tool_usage`, keyed by `tool_name`.
 pub fn tool_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ToolUsage> {
-    let tools = spans.flat_map(|s| s.is_tool_call().then(|| (s.tool_name, s.trace_id, s.status == SpanStatus::Error)));
+    tool_usage_from(split_spans(spans).tools)
+}
+
+/// `tool_usage` from the spans' tool calls (see [`split_spans`]).
+fn tool_usage_from<'s>(tools: Coll<'s, ToolCall>) -> Coll<'s, ToolUsage> {
     let counts = tools.clone().explode(|(tool, _trace, err)| Some((tool, (1isize, err as isize)))).count_total();
     let traces =
         tools.map(|(tool, trace, _err)| (trace, tool)).distinct_total().map(|(_trace, tool)| tool).count_total();
@@ -310,17 +378,11 @@ fn sum_or_null((sum, non_null): (isize, isize)) -> Option<i64> {
 
 /// `model_usage`, keyed by `(provider, request_model)`.
 pub fn model_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ModelUsage> {
-    type Key = (Option<String>, Option<String>);
-    let calls = spans.flat_map(|s| {
-        (s.provider.is_some() || s.request_model.is_some()).then(|| {
-            let latency = match (s.start_time, s.end_time) {
-                (Some(a), Some(b)) => b.checked_sub(a),
-                _ => None,
-            };
-            let key: Key = (s.provider, s.request_model);
-            (key, s.status == SpanStatus::Error, s.input_tokens, s.output_tokens, latency)
-        })
-    });
+    model_usage_from(split_spans(spans).models)
+}
+
+/// `model_usage` from the spans' model calls (see [`split_spans`]).
+fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> Coll<'s, ModelUsage> {
     let sums = calls
         .clone()
         .explode(|(key, err, input, output, _latency)| {
@@ -727,4 +789,13 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
             size_bytes: sum_or_null(size),
         });
     (documents, stats)
+}
+
+/// `agent_traces`, `tool_usage` and `model_usage` from one pass over the spans.
+pub(crate) fn span_views<'s>(
+    spans: Coll<'s, Span>,
+    evaluations: Coll<'s, Evaluation>,
+) -> (Coll<'s, AgentTrace>, Coll<'s, ToolUsage>, Coll<'s, ModelUsage>) {
+    let parts = split_spans(spans);
+    (agent_traces_from(parts.traces, evaluations), tool_usage_from(parts.tools), model_usage_from(parts.models))
 }
