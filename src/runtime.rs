@@ -278,6 +278,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
                 (Ok(mut reader), Ok(decoder)) => {
                     reader.set_max_poll_bytes(POLL_BYTES);
+                    reader.set_share(index as u64, peers as u64);
                     readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0, pending: (0, 0, 0) })
                 }
                 (Err(e), _) => {
@@ -295,32 +296,34 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let mut events: Vec<Event> = Vec::new();
         let mut epoch: Time = 0;
         let mut in_batch = 0usize;
+        // Records this worker decodes per epoch: its share of `batch_records`.
+        let batch_share = (batch_records / peers).max(1);
         loop {
             let mut new_records = 0u64;
             for src in &mut readers {
                 records.clear();
+                let before = src.reader.records_seen();
                 if let Err(e) = src.reader.poll(!follow, &mut records) {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", src.name)));
                     return;
                 }
+                // The reader returns only this worker's share of the records it found.
+                let seen = src.reader.records_seen() - before;
+                src.next_record += seen;
+                new_records += seen;
                 for record in records.drain(..) {
-                    let i = src.next_record;
-                    src.next_record += 1;
-                    new_records += 1;
                     in_batch += 1;
-                    if i % peers as u64 == index as u64 {
-                        src.decoder.decode(&src.name, &record, &mut events);
-                        src.pending.0 += 1;
-                        for event in events.drain(..) {
-                            if matches!(event, Event::Error(_)) {
-                                src.pending.2 += 1;
-                            } else {
-                                src.pending.1 += 1;
-                            }
-                            inputs.update(event, 1);
+                    src.decoder.decode(&src.name, &record, &mut events);
+                    src.pending.0 += 1;
+                    for event in events.drain(..) {
+                        if matches!(event, Event::Error(_)) {
+                            src.pending.2 += 1;
+                        } else {
+                            src.pending.1 += 1;
                         }
+                        inputs.update(event, 1);
                     }
-                    if in_batch >= batch_records {
+                    if in_batch >= batch_share {
                         // Close the epoch and let the dataflow catch up (back-pressure).
                         in_batch = 0;
                         epoch = next_epoch(epoch);

@@ -152,6 +152,25 @@ pub struct FileReader {
     files: BTreeMap<PathBuf, FileState>,
     bytes_read: u64,
     max_poll_bytes: u64,
+    share: Share,
+}
+
+/// Which records a reader returns: record `i` (counted over all files, in order) is returned
+/// when `i mod peers == index`. The others are counted but never copied out of the file.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    index: u64,
+    peers: u64,
+    seen: u64,
+}
+
+impl Share {
+    /// Counts one record; whether it is this reader's.
+    fn take(&mut self) -> bool {
+        let mine = self.seen % self.peers == self.index;
+        self.seen += 1;
+        mine
+    }
 }
 
 impl FileReader {
@@ -165,7 +184,13 @@ impl FileReader {
     pub fn new(glob: &str) -> Result<FileReader, ConfigError> {
         glob::Pattern::new(glob)
             .map_err(|e| ConfigError::BadGlob { pattern: glob.to_owned(), reason: e.to_string() })?;
-        Ok(FileReader { pattern: glob.to_owned(), files: BTreeMap::new(), bytes_read: 0, max_poll_bytes: u64::MAX })
+        Ok(FileReader {
+            pattern: glob.to_owned(),
+            files: BTreeMap::new(),
+            bytes_read: 0,
+            max_poll_bytes: u64::MAX,
+            share: Share { index: 0, peers: 1, seen: 0 },
+        })
     }
 
     /// The glob this reader reads.
@@ -229,7 +254,7 @@ impl FileReader {
         for path in paths {
             let state =
                 self.files.entry(path.clone()).or_insert(FileState { shape: Shape::Unknown, offset: 0, lines: 0 });
-            poll_file(&path, state, finish, self.max_poll_bytes, out, &mut self.bytes_read)
+            poll_file(&path, state, finish, self.max_poll_bytes, &mut self.share, out, &mut self.bytes_read)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
@@ -240,6 +265,18 @@ impl FileReader {
     /// once. Array and single-document files are always read whole.
     pub fn set_max_poll_bytes(&mut self, bytes: u64) {
         self.max_poll_bytes = bytes.max(1);
+    }
+
+    /// Returns only every `peers`-th record, starting with record `index` (0-based, counted
+    /// over all files in order), so that `peers` readers of the same files split the records
+    /// between them without each copying all of them. Default: every record (`0`, `1`).
+    pub fn set_share(&mut self, index: u64, peers: u64) {
+        self.share = Share { index, peers: peers.max(1), seen: self.share.seen };
+    }
+
+    /// Records found so far, including those left to other readers by [`FileReader::set_share`].
+    pub fn records_seen(&self) -> u64 {
+        self.share.seen
     }
 
     /// Bytes of the files consumed so far (a partial last line is not counted).
@@ -276,11 +313,13 @@ fn file_kind(t: &fs::FileType) -> &'static str {
 }
 
 /// Reads what is new in one file.
+#[allow(clippy::too_many_arguments)]
 fn poll_file(
     path: &Path,
     state: &mut FileState,
     finish: bool,
     max_bytes: u64,
+    share: &mut Share,
     out: &mut Vec<Record>,
     bytes_read: &mut u64,
 ) -> io::Result<()> {
@@ -308,6 +347,9 @@ fn poll_file(
                             None => format!("{name}:{}", piece.line),
                         };
                         let record = Record::from_bytes(location, &body[piece.start..piece.end]);
+                        if !share.take() {
+                            continue;
+                        }
                         out.push(match piece.error {
                             Some(reason) => record.with_error(reason),
                             None => record,
@@ -318,14 +360,16 @@ fn poll_file(
                     Ok(())
                 }
                 Decision::Document => {
-                    out.push(Record::from_bytes(name, body));
+                    if share.take() {
+                        out.push(Record::from_bytes(name, body));
+                    }
                     state.shape = Shape::Done;
                     *bytes_read += data.len() as u64;
                     Ok(())
                 }
                 Decision::Lines => {
                     state.shape = Shape::Lines;
-                    take_lines(&name, state, &data, finish, out, bytes_read);
+                    take_lines(&name, state, &data, finish, share, out, bytes_read);
                     Ok(())
                 }
             }
@@ -350,7 +394,7 @@ fn poll_file(
             file.take(max_bytes).read_to_end(&mut data)?;
             // A line cut by the read limit is not the file's last line: wait for the rest.
             let at_end = state.offset + data.len() as u64 >= len;
-            take_lines(&path.display().to_string(), state, &data, finish && at_end, out, bytes_read);
+            take_lines(&path.display().to_string(), state, &data, finish && at_end, share, out, bytes_read);
             Ok(())
         }
     }
@@ -385,6 +429,7 @@ fn take_lines(
     state: &mut FileState,
     data: &[u8],
     finish: bool,
+    share: &mut Share,
     out: &mut Vec<Record>,
     bytes_read: &mut u64,
 ) {
@@ -397,7 +442,7 @@ fn take_lines(
         };
         state.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !is_blank(line) {
+        if !is_blank(line) && share.take() {
             out.push(Record::from_bytes(format!("{name}:{}", state.lines), line));
         }
         pos = next;
@@ -696,6 +741,21 @@ pub(crate) mod tests {
 
     fn rec_err(loc: String, text: &str, error: Option<&str>) -> (String, String, Option<String>) {
         (loc, text.to_owned(), error.map(str::to_owned))
+    }
+
+    #[test]
+    fn readers_with_shares_split_the_records() {
+        let dir = TempDir::new("share");
+        let path = dir.write("s.jsonl", "1\n2\n\n3\n4\n5\n");
+        let mut even = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+        even.set_share(0, 2);
+        let mut odd = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+        odd.set_share(1, 2);
+        // Records 0..5 are the lines 1, 2, 4, 5, 6 (line 3 is blank and is no record).
+        let loc = |l: usize, t: &str| (format!("{path}:{l}"), t.to_owned());
+        assert_eq!(poll(&mut even, true), vec![loc(1, "1"), loc(4, "3"), loc(6, "5")]);
+        assert_eq!(poll(&mut odd, true), vec![loc(2, "2"), loc(5, "4")]);
+        assert_eq!((even.records_seen(), odd.records_seen()), (5, 5));
     }
 
     #[test]
