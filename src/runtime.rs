@@ -433,7 +433,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         match msg {
             Some(Msg::Changes(changes, upper)) => {
                 changed_since_print |= !changes.is_empty();
-                state.apply(changes, upper)?;
+                if let Err(e) = state.apply(changes, upper) {
+                    // The workers may never finish (--follow): do not wait for them.
+                    std::mem::forget(guards);
+                    return Err(e.context("internal error"));
+                }
             }
             Some(Msg::Progress(read, total)) => {
                 if let Some(bar) = &bar {
@@ -541,7 +545,9 @@ pub const VIEW_ERRORS: &str = "aimatrix_view_errors";
 /// Errors: a view that fails to plan or is refused (the message names the construct and where
 /// it is), or a SQL syntax error in a statement.
 pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<NamedQuery>)> {
-    let base: Vec<(String, SchemaRef)> = relations().iter().map(|d| (d.name.to_owned(), arrow_schema(d))).collect();
+    let mut base: Vec<(String, SchemaRef)> = relations().iter().map(|d| (d.name.to_owned(), arrow_schema(d))).collect();
+    // Reserved: no view may take the name of the view-errors relation.
+    base.push((VIEW_ERRORS.to_owned(), view_errors_schema()));
     let mut planner = ViewPlanner::new(&base)?;
     for (name, sql) in &job.config.views {
         let sql = sql.as_str().unwrap_or_default();
@@ -580,12 +586,14 @@ fn catalog(views: &[ViewDef]) -> (Vec<RelationDesc>, Vec<SchemaRef>) {
         columns: vec![Column { name: "view", ty: ColumnType::Text }, Column { name: "error", ty: ColumnType::Text }],
         key: Vec::new(),
     };
-    schemas.push(Arc::new(Schema::new(vec![
-        Field::new("view", DataType::Utf8, true),
-        Field::new("error", DataType::Utf8, true),
-    ])));
+    schemas.push(view_errors_schema());
     descs.push(errors);
     (descs, schemas)
+}
+
+/// The Arrow schema of `aimatrix_view_errors`.
+fn view_errors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("view", DataType::Utf8, true), Field::new("error", DataType::Utf8, true)]))
 }
 
 /// Relation and column names live for the whole run; views are planned once per run.

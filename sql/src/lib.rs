@@ -88,8 +88,14 @@ impl State {
     /// multiplicity would become negative: a retraction of something never inserted.
     pub fn apply(&mut self, changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>, upper: Time) -> Result<()> {
         use std::collections::hash_map::Entry;
+        // Only the net change of a row up to `upper` is meaningful: within it, a row may be
+        // retracted before it is inserted (a dataflow's transient updates).
+        let mut net: HashMap<(usize, Row), Diff> = HashMap::new();
+        for (key, _time, diff) in changes {
+            *net.entry(key).or_insert(0) += diff;
+        }
         let mut negative = None;
-        for ((rel, row), _time, diff) in changes {
+        for ((rel, row), diff) in net {
             if diff == 0 {
                 continue;
             }

@@ -206,7 +206,16 @@ pub enum Plan {
 /// Where the construct named `word` first appears in `sql`, as " at line L, column C".
 pub fn position(sql: &str, word: &str) -> String {
     let lower = sql.to_ascii_lowercase();
-    match lower.find(&word.to_ascii_lowercase()) {
+    let word = word.to_ascii_lowercase();
+    let is_ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    // The first occurrence that is a whole word (not inside a longer identifier).
+    let found = lower.match_indices(&word).map(|(at, _)| at).find(|&at| {
+        let word_starts = word.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let word_ends = word.chars().last().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        (!word_starts || !is_ident(lower[..at].chars().last()))
+            && (!word_ends || !is_ident(lower[at + word.len()..].chars().next()))
+    });
+    match found {
         Some(at) => {
             let line = sql[..at].matches('\n').count() + 1;
             let column = at - sql[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
@@ -240,6 +249,18 @@ impl<'a> Lowerer<'a> {
             return Err(
                 self.refuse("now() other than in `WHERE t > now() - INTERVAL '…'` (a temporal filter)", "now()")
             );
+        }
+        if expr.is_volatile() {
+            // A maintained view must compute the same value when it retracts a row.
+            return Err(self.refuse("a volatile function (random(), uuid(), …)", "random()"));
+        }
+        let mut subquery = false;
+        let _ = datafusion::common::tree_node::TreeNode::apply(expr, |e| {
+            subquery |= matches!(e, Expr::ScalarSubquery(_));
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        if subquery {
+            return Err(self.refuse("an uncorrelated scalar subquery (write it as a join)", "(select"));
         }
         create_physical_expr(expr, schema, &self.props, &PhysicalPlanningContext::default())
     }
@@ -435,6 +456,9 @@ impl<'a> Lowerer<'a> {
                 "avg" | "mean" => AggFunc::Avg,
                 "bool_and" => AggFunc::BoolAnd,
                 "bool_or" => AggFunc::BoolOr,
+                "first_value" | "last_value" => {
+                    return Err(self.refuse("DISTINCT ON (or first_value()/last_value())", "distinct on"));
+                }
                 other => {
                     return Err(self.refuse(&format!("the aggregate function {other}()"), other));
                 }

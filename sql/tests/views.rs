@@ -222,3 +222,22 @@ fn a_temporal_filter_retracts_rows_as_the_clock_passes_them() {
         assert_eq!(got, want, "{workers} workers");
     }
 }
+
+#[test]
+fn an_outer_self_join_over_rows_replaced_in_place() {
+    // Rows are replaced (retract old, insert new with the same key) in one batch, as the
+    // built-in views update their rows.
+    let tables = [table("t", &[("k", DataType::Utf8), ("v", DataType::Int64)])];
+    let steps = run(
+        &tables,
+        "SELECT x.k, y.v FROM t x LEFT JOIN t y ON x.k = y.k",
+        vec![
+            vec![(0, vec![t("a"), i(1)], 1), (0, vec![t("b"), i(5)], 1)],
+            vec![(0, vec![t("a"), i(1)], -1), (0, vec![t("a"), i(2)], 1)],
+            vec![(0, vec![t("a"), i(2)], -1), (0, vec![t("a"), i(3)], 1), (0, vec![t("b"), i(5)], -1)],
+        ],
+    );
+    assert_eq!(steps[0].0, contents(vec![vec![t("a"), i(1)], vec![t("b"), i(5)]]));
+    assert_eq!(steps[1].0, contents(vec![vec![t("a"), i(2)], vec![t("b"), i(5)]]));
+    assert_eq!(steps[2].0, contents(vec![vec![t("a"), i(3)]]));
+}
