@@ -59,6 +59,21 @@ pub struct Agg {
     pub distinct: bool,
     /// Result type, as DataFusion declares it.
     pub output: DataType,
+    /// Type of the argument.
+    pub input: DataType,
+}
+
+impl Agg {
+    /// Whether the aggregate can be maintained by adding and subtracting (count, and sum and
+    /// avg of integers, without DISTINCT): then a change costs O(1), not O(group size).
+    pub fn invertible(&self) -> bool {
+        !self.distinct
+            && match self.func {
+                AggFunc::Count => true,
+                AggFunc::Sum | AggFunc::Avg => self.input.is_integer(),
+                _ => false,
+            }
+    }
 }
 
 /// A ranking window function.
@@ -475,7 +490,8 @@ impl<'a> Lowerer<'a> {
                 _ => return Err(self.refuse(&format!("{name}() with several arguments"), &name)),
             };
             let output = a.schema.field(a.group_expr.len() + i).data_type().clone();
-            aggs.push(Agg { func: f, arg: i, distinct: params.distinct, output });
+            let input = datafusion::logical_expr::ExprSchemable::get_type(&arg, schema)?;
+            aggs.push(Agg { func: f, arg: i, distinct: params.distinct, output, input });
             exprs.push(arg);
         }
         let physical = exprs.iter().map(|e| self.phys(e, schema)).collect::<Result<Vec<_>>>()?;

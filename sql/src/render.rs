@@ -17,8 +17,8 @@ use amx_dataflows::{Diff, Time};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use differential_dataflow::input::Input;
-use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use ordered_float::OrderedFloat;
@@ -413,6 +413,97 @@ fn as_i64(d: &Datum) -> i64 {
     }
 }
 
+/// Accumulators of invertible aggregates carried in a difference: slot 0 counts the group's
+/// rows; then per aggregate, `count` has one slot (non-NULL inputs) and `sum`/`avg` two (the
+/// sum, and the non-NULL count). Sums are `i128`, so no intermediate overflows; a final sum
+/// outside BIGINT is an error row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Sums(Vec<i128>);
+
+impl Sums {
+    fn of(aggs: &[Agg], vals: &Row) -> Sums {
+        let mut slots = Vec::with_capacity(1 + 2 * aggs.len());
+        slots.push(1);
+        for agg in aggs {
+            let (value, present) = match &vals[agg.arg] {
+                Datum::Int(v) => (*v as i128, 1),
+                Datum::Null => (0, 0),
+                // Not an integer: counted, not summed (only `count` reaches here then).
+                _ => (0, 1),
+            };
+            slots.push(present);
+            if agg.func != AggFunc::Count {
+                slots.push(value);
+            }
+        }
+        Sums(slots)
+    }
+
+    fn finish(&self, aggs: &[Agg]) -> Result<Row, String> {
+        let mut slots = self.0.iter().skip(1).copied();
+        let mut next = || slots.next().unwrap_or(0);
+        let mut out = Vec::with_capacity(aggs.len());
+        for agg in aggs {
+            let present = next();
+            out.push(match agg.func {
+                AggFunc::Count => Datum::Int(present as i64),
+                _ if present == 0 => {
+                    next();
+                    Datum::Null
+                }
+                AggFunc::Avg => Datum::Float(OrderedFloat(next() as f64 / present as f64)),
+                _ => {
+                    let sum = next();
+                    let sum = i64::try_from(sum).map_err(|_| format!("integer overflow in sum (BIGINT): {sum}"))?;
+                    if agg.output == DataType::Float64 {
+                        Datum::Float(OrderedFloat(sum as f64))
+                    } else {
+                        Datum::Int(sum)
+                    }
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl differential_dataflow::difference::IsZero for Sums {
+    fn is_zero(&self) -> bool {
+        self.0.iter().all(|v| *v == 0)
+    }
+}
+
+impl differential_dataflow::difference::Semigroup for Sums {
+    fn plus_equals(&mut self, rhs: &Self) {
+        if self.0.len() < rhs.0.len() {
+            self.0.resize(rhs.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&rhs.0) {
+            *a += b;
+        }
+    }
+}
+
+impl differential_dataflow::difference::Monoid for Sums {
+    fn zero() -> Self {
+        Sums(Vec::new())
+    }
+}
+
+impl differential_dataflow::difference::Abelian for Sums {
+    fn negate(&mut self) {
+        self.0.iter_mut().for_each(|v| *v = -*v);
+    }
+}
+
+impl differential_dataflow::difference::Multiply<Diff> for Sums {
+    type Output = Sums;
+    fn multiply(mut self, rhs: &Diff) -> Sums {
+        self.0.iter_mut().for_each(|v| *v *= *rhs as i128);
+        self
+    }
+}
+
 fn reduce<'s>(
     input: Rows<'s>,
     keys: usize,
@@ -421,15 +512,24 @@ fn reduce<'s>(
     inputs: &HashMap<String, Rows<'s>>,
     errors: &mut Vec<Rows<'s>>,
 ) -> Result<Rows<'s>, String> {
+    let default_aggs = aggs.clone();
     let logic_aggs = aggs.clone();
-    let grouped = input
-        .map(move |mut row| {
-            let vals = row.split_off(keys);
-            (row, vals)
-        })
-        .reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
+    let split = input.map(move |mut row| {
+        let vals = row.split_off(keys);
+        (row, vals)
+    });
+    let grouped = if default_aggs.iter().all(Agg::invertible) {
+        // Counts and integer sums ride in the difference: a change adds or subtracts its
+        // contribution, nothing is recomputed.
+        split
+            .explode(move |(key, vals)| Some((key, Sums::of(&logic_aggs, &vals))))
+            .count_total()
+            .map(move |(key, sums)| (key, sums.finish(&aggs)))
+    } else {
+        split.reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
             out.push((aggregate(&logic_aggs, vals), 1));
-        });
+        })
+    };
     let view_name = view.to_owned();
     errors.push(grouped.clone().flat_map(move |(key, r)| {
         r.err().map(|e| vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key)))])
@@ -445,7 +545,7 @@ fn reduce<'s>(
     }
     // A global aggregate has one row even over no input: count 0, everything else NULL.
     let default: Row =
-        aggs.iter().map(|a| if a.func == AggFunc::Count { Datum::Int(0) } else { Datum::Null }).collect();
+        default_aggs.iter().map(|a| if a.func == AggFunc::Count { Datum::Int(0) } else { Datum::Null }).collect();
     let defaults = constant(inputs, vec![default])?;
     let present = rows.clone().map(|_| ()).distinct_total();
     let missing = defaults.map(|r| ((), r)).antijoin(present).map(|((), r)| r);
