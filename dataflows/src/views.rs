@@ -473,7 +473,8 @@ impl ToRow for WorkflowStep {
 pub struct WorkflowRun {
     /// Key.
     pub run_id: String,
-    /// First non-NULL `workflow_name` of the run's run-level events in event order, else of its steps.
+    /// First non-NULL `workflow_name` of the run's run-level events in event order (exact ties:
+    /// the smaller name), else of its steps (in `step_id` order).
     pub workflow_name: Option<String>,
     /// State of the latest run-level event (by `event_seq`, then `event_time`); NULL when the
     /// run has only step events so far.

@@ -286,8 +286,19 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     }
     let mut step_rows: BTreeMap<String, Vec<(WorkflowState, i64)>> = BTreeMap::new();
     for ((run, step), es) in &by_step {
+        // Event order; exact ties are broken by attempt, then the names (as the view does).
         let mut sorted = es.clone();
-        sorted.sort_by_key(|e| (e.event_seq, e.event_time, e.state));
+        sorted.sort_by_key(|e| {
+            (
+                e.event_seq,
+                e.event_time,
+                e.state,
+                e.attempt,
+                e.step_name.clone(),
+                e.step_type.clone(),
+                e.workflow_name.clone(),
+            )
+        });
         let latest = sorted.last().unwrap();
         let attempts = es.iter().filter_map(|e| e.attempt).max().unwrap_or(1);
         step_rows.entry(run.clone()).or_default().push((latest.state, attempts));
@@ -315,10 +326,17 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     }
     for (run, es) in &by_run {
         let mut run_level: Vec<&&WorkflowEvent> = es.iter().filter(|e| e.step_id.is_none()).collect();
-        run_level.sort_by_key(order);
+        // Exact ties in event order: the smaller workflow name first.
+        run_level.sort_by_key(|e| (order(e), e.workflow_name.clone()));
         let latest = run_level.last();
         let mut stepped: Vec<&&WorkflowEvent> = es.iter().filter(|e| e.step_id.is_some()).collect();
-        stepped.sort_by_key(|e| (e.step_id.clone(), e.event_seq, e.event_time, e.state));
+        stepped.sort_by_key(|e| {
+            (
+                e.step_id.clone(),
+                (e.event_seq, e.event_time, e.state, e.attempt),
+                (e.step_name.clone(), e.step_type.clone(), e.workflow_name.clone()),
+            )
+        });
         let name = run_level
             .iter()
             .find_map(|e| e.workflow_name.clone())
