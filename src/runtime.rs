@@ -219,6 +219,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let tx = tx.clone();
         let export_buffer = ExportBuffer::default();
         let collected = export_buffer.clone();
+        let done_seen: std::rc::Rc<std::cell::RefCell<Vec<(u64, Time)>>> = Default::default();
+        let announcements = done_seen.clone();
         let views = views.clone();
         let needed = needed.clone();
         let view_reads = view_reads.clone();
@@ -245,9 +247,22 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             if let Some(errors) = renderer.errors() {
                 export(errors, base + views.len(), &export_buffer, 0, &probe);
             }
-            Ok::<_, String>((rendered.inputs, probe))
+            // End-of-input announcements `(worker, end time)`, broadcast to every worker, so all
+            // workers agree on when every one of them has read everything.
+            let (done_in, done) = differential_dataflow::input::Input::new_collection::<(u64, Time), Diff>(&scope);
+            let seen = done_seen.clone();
+            {
+                use timely::dataflow::operators::Inspect;
+                use timely::dataflow::operators::vec::Broadcast;
+                done.inner.broadcast().inspect(move |(announcement, _time, diff)| {
+                    if *diff > 0 {
+                        seen.borrow_mut().push(*announcement);
+                    }
+                });
+            }
+            Ok::<_, String>((rendered.inputs, probe, done_in))
         });
-        let (mut inputs, probe) = match rendered {
+        let (mut inputs, probe, mut done_in) = match rendered {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Msg::Failed(e));
@@ -375,11 +390,25 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
             }
         }
-        // End of input: the answers are the state at the clock's current time. Changes the
-        // dataflow scheduled for later times (temporal filters' retractions) are not collected.
-        let final_time = next_epoch(epoch);
+        // End of input. Announce it with this worker's end time, and keep the clock moving (other
+        // workers may still be reading and wait for time to pass) until every worker has
+        // announced. The answers are the state at the latest end time: it holds every record,
+        // and changes the dataflow scheduled for later times (temporal filters' retractions)
+        // are not collected.
+        let my_end = next_epoch(epoch);
         flush_stats(&mut inputs, &mut readers);
-        inputs.advance_to(final_time);
+        inputs.advance_to(my_end);
+        done_in.update((index as u64, my_end), 1);
+        done_in.flush();
+        while announcements.borrow().len() < peers {
+            let now = next_epoch(inputs.time());
+            inputs.advance_to(now);
+            worker.step_or_park(Some(Duration::from_millis(1)));
+            if index == 0 {
+                forward_until(&collected, &probe, &mut last_upper, &tx, my_end);
+            }
+        }
+        let final_time = announcements.borrow().iter().map(|(_, t)| *t).max().unwrap_or(my_end);
         while probe.less_than(&final_time) {
             worker.step();
             if index == 0 {
@@ -392,6 +421,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             let bytes: u64 = readers.iter().map(|s| s.reader.bytes_read()).sum();
             let _ = tx.send(Msg::Finished(records, bytes));
         }
+        drop(done_in);
         drop(inputs);
         while worker.step() {}
     })

@@ -197,7 +197,8 @@ mod tests {
     #[test]
     fn real_shared_data() {
         use amx_dataflows::event::SpanStatus;
-        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+        let data = std::path::Path::new(&root).join("../../shared/data");
         if !data.is_dir() {
             eprintln!("skipped: {} does not exist", data.display());
             return;
