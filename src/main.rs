@@ -81,6 +81,9 @@ struct ClusterArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Bytes of each JSON-lines file read per poll (a tuning and testing knob).
+    #[arg(long, default_value_t = aimatrix::runtime::POLL_BYTES, hide = true)]
+    poll_bytes: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,6 +123,7 @@ impl ClusterArgs {
             progress: !self.quiet,
             batch_records: self.batch,
             summary: true,
+            poll_bytes: self.poll_bytes,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub batch_records: usize,
     /// Print the summary line on stderr.
     pub summary: bool,
+    /// Bytes of each JSON-lines file read per poll (bounds the records in flight).
+    pub poll_bytes: u64,
 }
 
 impl Default for RunOptions {
@@ -71,6 +73,7 @@ impl Default for RunOptions {
             progress: true,
             batch_records: 100_000,
             summary: true,
+            poll_bytes: POLL_BYTES,
         }
     }
 }
@@ -88,8 +91,8 @@ pub struct RunSummary {
     pub bytes: u64,
 }
 
-/// Bytes of each JSON-lines file read per poll: bounds the memory held by records in flight.
-const POLL_BYTES: u64 = 16 << 20;
+/// Default bytes of each JSON-lines file read per poll: bounds the memory held by records in flight.
+pub const POLL_BYTES: u64 = 16 << 20;
 
 /// The engine clock: milliseconds since the Unix epoch.
 fn now_ms() -> Time {
@@ -212,6 +215,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let sources = job.config.sources.clone();
     let follow = opts.follow;
     let batch_records = opts.batch_records.max(1);
+    let poll_bytes = opts.poll_bytes.max(1);
     let is_coordinator = opts.process_index == 0;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
@@ -292,7 +296,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             // Validated by Job::parse, so these only fail if the files changed underneath.
             match (FileReader::new(&s.path), amx_connectors::decoder(&s.format, &s.options_json())) {
                 (Ok(mut reader), Ok(decoder)) => {
-                    reader.set_max_poll_bytes(POLL_BYTES);
+                    reader.set_max_poll_bytes(poll_bytes);
                     reader.set_share(index as u64, peers as u64);
                     readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0, pending: (0, 0, 0) })
                 }

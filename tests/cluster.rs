@@ -72,6 +72,12 @@ fn one_worker_many_workers_and_two_processes_agree() {
 
     let threads = ok(aimatrix(&job, &["--workers", "3", "--batch", "500"]).output().expect("run"), "3 workers");
     assert_eq!(threads, single, "3 workers in small batches disagree with 1 worker");
+    // Many small reads: workers finish reading at different times; none may end the run early.
+    let polls = ok(
+        aimatrix(&job, &["--workers", "2", "--batch", "300", "--poll-bytes", "2048"]).output().expect("run"),
+        "2 workers, small reads",
+    );
+    assert_eq!(polls, single, "2 workers reading in small pieces disagree with 1 worker");
 
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
