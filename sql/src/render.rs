@@ -221,17 +221,7 @@ fn evaluate<'s>(
                     let mut session = output.session(&cap);
                     for chunk in updates.chunks(EVAL_BATCH_ROWS) {
                         let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
-                        let results = match eval_rows(&rows, &schema, &exprs, is_filter) {
-                            Ok(results) => results,
-                            // Find the failing rows one by one; the others still count.
-                            Err(_) => rows
-                                .iter()
-                                .map(|r| match eval_rows(&[r], &schema, &exprs, is_filter) {
-                                    Ok(mut one) => one.pop().unwrap_or(None),
-                                    Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
-                                })
-                                .collect(),
-                        };
+                        let results = eval_chunk(&rows, &schema, &exprs, is_filter);
                         for (result, (_, time, diff)) in results.into_iter().zip(chunk) {
                             if let Some(result) = result {
                                 session.give((result, *time, *diff));
@@ -264,16 +254,7 @@ fn temporal_filter<'s>(
                     for chunk in updates.chunks(EVAL_BATCH_ROWS) {
                         let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
                         let exprs = std::slice::from_ref(&time);
-                        let times = match eval_rows(&rows, &schema, exprs, false) {
-                            Ok(times) => times,
-                            Err(_) => rows
-                                .iter()
-                                .map(|r| match eval_rows(&[r], &schema, exprs, false) {
-                                    Ok(mut one) => one.pop().unwrap_or(None),
-                                    Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
-                                })
-                                .collect(),
-                        };
+                        let times = eval_chunk(&rows, &schema, exprs, false);
                         for ((row, t, d), result) in chunk.iter().zip(times) {
                             match result {
                                 Some(Ok(value)) => {
@@ -295,6 +276,21 @@ fn temporal_filter<'s>(
             }
         })
         .as_collection()
+}
+
+/// Evaluates a chunk of rows in one Arrow batch; when that fails, row by row, so that only
+/// the failing rows become errors.
+fn eval_chunk(rows: &[&Row], schema: &SchemaRef, exprs: &[PhysExpr], is_filter: bool) -> Vec<Option<Evaluated>> {
+    match eval_rows(rows, schema, exprs, is_filter) {
+        Ok(results) => results,
+        Err(_) => rows
+            .iter()
+            .map(|r| match eval_rows(&[r], schema, exprs, is_filter) {
+                Ok(mut one) => one.pop().unwrap_or(None),
+                Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
+            })
+            .collect(),
+    }
 }
 
 /// A row as SQL-ish text: `(1, 'x', NULL)`.
