@@ -40,6 +40,7 @@
 //! version (the generator is `rand::rngs::SmallRng`, whose stream is not portable across
 //! platforms or `rand` versions).
 
+use amx_dataflows::event::WorkflowState;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::Write as _;
@@ -1401,29 +1402,6 @@ const FAILURES: [&str; 9] = [
 /// Attempts of a step before the run fails.
 const MAX_ATTEMPTS: u8 = 3;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum WfState {
-    Scheduled,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl WfState {
-    fn as_str(self) -> &'static str {
-        match self {
-            WfState::Scheduled => "SCHEDULED",
-            WfState::Running => "RUNNING",
-            WfState::Completed => "COMPLETED",
-            WfState::Failed => "FAILED",
-            WfState::Cancelled => "CANCELLED",
-            WfState::TimedOut => "TIMED_OUT",
-        }
-    }
-}
-
 /// Why an attempt failed: a [`FAILURES`] index, or a timeout (s).
 #[derive(Clone, Copy)]
 enum Cause {
@@ -1447,7 +1425,7 @@ enum Message {
 #[derive(Clone, Copy)]
 struct WfEvent {
     step: usize,
-    state: WfState,
+    state: WorkflowState,
     attempt: u8,
     time_us: i64,
     seq: u32,
@@ -1517,12 +1495,12 @@ fn plan_run(run: &mut Run, rng: &mut SmallRng, workflow: usize, t0: i64) {
     run.next = 0;
     run.events.clear();
     let events = &mut run.events;
-    let mut push = |step: usize, state: WfState, attempt: u8, time_us: i64, message: Message| {
+    let mut push = |step: usize, state: WorkflowState, attempt: u8, time_us: i64, message: Message| {
         let seq = events.len() as u32 + 1;
         events.push(WfEvent { step, state, attempt, time_us, seq, message });
     };
     let mut t = t0;
-    push(0, WfState::Running, 0, t, Message::None);
+    push(0, WorkflowState::Running, 0, t, Message::None);
     // ~1.5 % of runs are cancelled during one of their steps.
     let cancel_at = rng.random_bool(0.015).then(|| rng.random_range(0..steps.len()));
     let mut failed = false;
@@ -1530,35 +1508,35 @@ fn plan_run(run: &mut Run, rng: &mut SmallRng, workflow: usize, t0: i64) {
         t += rng.random_range(5_000..100_000);
         let persistent = rng.random_bool(0.012);
         for attempt in 1..=MAX_ATTEMPTS {
-            push(i + 1, WfState::Scheduled, attempt, t, Message::None);
+            push(i + 1, WorkflowState::Scheduled, attempt, t, Message::None);
             t += lognormal(rng, 60_000.0, 1.0) as i64 + 1_000;
-            push(i + 1, WfState::Running, attempt, t, Message::None);
+            push(i + 1, WorkflowState::Running, attempt, t, Message::None);
             let duration_us = (lognormal(rng, step.2, 0.6) * 1e6) as i64 + 1_000;
             if cancel_at == Some(i) {
                 t += rng.random_range(0..duration_us);
-                push(i + 1, WfState::Cancelled, attempt, t, Message::None);
+                push(i + 1, WorkflowState::Cancelled, attempt, t, Message::None);
                 t += rng.random_range(2_000..50_000);
-                push(0, WfState::Cancelled, 0, t, Message::None);
+                push(0, WorkflowState::Cancelled, 0, t, Message::None);
                 failed = true;
                 break 'steps;
             }
             if !persistent && !rng.random_bool(step.3) {
                 t += duration_us;
-                push(i + 1, WfState::Completed, attempt, t, Message::None);
+                push(i + 1, WorkflowState::Completed, attempt, t, Message::None);
                 continue 'steps;
             }
             let (state, cause) = if rng.random_bool(0.3) {
                 let timeout_s = ((step.2 * 3.0 / 10.0).ceil() as u64 * 10).clamp(10, 1800);
                 t += timeout_s as i64 * 1_000_000 + rng.random_range(0..200_000);
-                (WfState::TimedOut, Cause::Timeout(timeout_s))
+                (WorkflowState::TimedOut, Cause::Timeout(timeout_s))
             } else {
                 t += rng.random_range(duration_us / 10..=duration_us);
-                (WfState::Failed, Cause::Failure(rng.random_range(0..FAILURES.len())))
+                (WorkflowState::Failed, Cause::Failure(rng.random_range(0..FAILURES.len())))
             };
             push(i + 1, state, attempt, t, Message::Attempt(cause));
             if attempt == MAX_ATTEMPTS {
                 t += rng.random_range(2_000..50_000);
-                push(0, WfState::Failed, 0, t, Message::Run { step: i, cause });
+                push(0, WorkflowState::Failed, 0, t, Message::Run { step: i, cause });
                 failed = true;
                 break 'steps;
             }
@@ -1569,7 +1547,7 @@ fn plan_run(run: &mut Run, rng: &mut SmallRng, workflow: usize, t0: i64) {
     }
     if !failed {
         t += rng.random_range(2_000..50_000);
-        push(0, WfState::Completed, 0, t, Message::None);
+        push(0, WorkflowState::Completed, 0, t, Message::None);
     }
     // ~2 % of events arrive after their successor (larger event_seq, later time).
     let mut i = 0;
