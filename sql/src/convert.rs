@@ -182,7 +182,8 @@ pub fn arrays_to_rows(arrays: &[ArrayRef], len: usize) -> Result<Vec<Row>> {
     Ok((0..len).map(|i| columns.iter().map(|c| datum_at(c, i)).collect()).collect())
 }
 
-/// Builds a record batch of `schema` from rows.
+/// Builds a record batch of `schema` from rows: column `c` of the batch is `row[c]`. Rows may
+/// be wider than the schema; the extra trailing columns are not read.
 pub fn rows_to_batch(rows: &[&Row], schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()

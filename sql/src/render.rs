@@ -570,7 +570,8 @@ fn join<'s>(
                 lv.extend(k);
                 lv
             });
-            let evaluated = evaluate_prefix(joined, view, schema, predicate, width);
+            // The predicate's schema covers the first `width` columns; the key rides behind.
+            let evaluated = evaluate(joined, view, schema, vec![predicate], true);
             split(evaluated, view, errors).map(move |mut row| {
                 let k = row.split_off(width);
                 let rv = row.split_off(la);
@@ -606,40 +607,6 @@ fn join<'s>(
         JoinKind::LeftSemi => l.clone().map(|kv| (kv, ())).semijoin(matched_left()).map(|((_, lv), ())| lv),
         JoinKind::LeftAnti => unmatched_left(),
     }
-}
-
-/// Like [`evaluate`] with a filter, but only the first `width` columns are the predicate's input;
-/// the rest ride along unchanged.
-fn evaluate_prefix<'s>(
-    input: Rows<'s>,
-    view: &str,
-    schema: SchemaRef,
-    predicate: PhysExpr,
-    width: usize,
-) -> VecCollection<'s, Time, Evaluated, Diff> {
-    let name = format!("JoinFilter {view}");
-    input
-        .inner
-        .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
-            move |input, output| {
-                input.for_each_stamp(|cap, data| {
-                    let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
-                    let mut session = output.session(&cap);
-                    for (row, time, diff) in updates {
-                        let prefix: Row = row[..width].to_vec();
-                        match eval_rows(&[&prefix], &schema, std::slice::from_ref(&predicate), true) {
-                            Ok(mut r) => {
-                                if let Some(Some(Ok(_))) = r.pop() {
-                                    session.give((Ok(row), time, diff));
-                                }
-                            }
-                            Err(e) => session.give((Err(e), time, diff)),
-                        }
-                    }
-                });
-            }
-        })
-        .as_collection()
 }
 
 /// Compares two rows on their order columns (starting at `from`), then on everything.
