@@ -14,30 +14,16 @@ use aimatrix::demo::{DemoConfig, demo_job_toml, write_demo_data};
 use aimatrix::job::Job;
 use aimatrix::runtime::{RunOptions, run};
 
+use amx_benches::{arg, peak_rss_mib};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} takes a number")))
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let events = arg(&args, "--events", 1_000_000);
-    let workers = arg(&args, "--workers", 1);
-    let batch = arg(&args, "--batch", 100_000);
+    let events = arg(&args, "--events", 1_000_000)?;
+    let workers = arg(&args, "--workers", 1)?;
+    let batch = arg(&args, "--batch", 100_000)?;
 
     let dir = tempfile::tempdir()?;
     let t = Instant::now();

@@ -27,19 +27,13 @@ use differential_dataflow::input::Input;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use amx_benches::{arg, peak_rss_mib};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const VIEW: &str = "SELECT t.agent_name, s.tool_name, count(*) AS calls, sum(s.output_tokens) AS tokens \
                     FROM spans s JOIN traces t ON s.trace_id = t.trace_id GROUP BY t.agent_name, s.tool_name";
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name} takes a number")))
-        .unwrap_or(default)
-}
 
 fn span(rng: &mut SmallRng, traces: usize) -> Row {
     vec![
@@ -56,9 +50,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rows = arg(&args, "--rows", 1_000_000);
-    let changes = arg(&args, "--changes", 1_000);
-    let workers = arg(&args, "--workers", 1);
+    let rows = arg(&args, "--rows", 1_000_000)?;
+    let changes = arg(&args, "--changes", 1_000)?;
+    let workers = arg(&args, "--workers", 1)?;
     let traces = (rows / 10).max(1);
     let rounds = 5;
 
@@ -197,12 +191,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "amx-view-bench: {rows} spans, {traces} traces, {workers} workers: load {load:.2} s ({:.0} rows/s per core); \
          {changes} changes: incremental {:.2} ms (median of {rounds}; {:.0} changes/s per core), \
-         DataFusion recompute {:.1} ms (median of 3), {:.0}x; groups {groups} (DataFusion {df_groups})",
+         DataFusion recompute {:.1} ms (median of 3), {:.0}x; groups {groups} (DataFusion {df_groups}); peak RSS {:.0} MiB",
         (rows + traces) as f64 / load / workers as f64,
         update * 1000.0,
         changes as f64 / update / workers as f64,
         full * 1000.0,
         full / update,
+        peak_rss_mib().unwrap_or(f64::NAN),
     );
     Ok(())
 }
