@@ -84,6 +84,10 @@ struct ClusterArgs {
     /// Bytes of each JSON-lines file read per poll (a tuning and testing knob).
     #[arg(long, default_value_t = aimatrix::runtime::POLL_BYTES, hide = true)]
     poll_bytes: u64,
+    /// The largest record (JSON line, array element or document) in bytes; a longer one is an
+    /// ingest error with its size and location, and reading goes on.
+    #[arg(long, default_value_t = amx_connectors::record::DEFAULT_MAX_RECORD_BYTES, value_name = "BYTES")]
+    max_record_bytes: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,6 +128,7 @@ impl ClusterArgs {
             batch_records: self.batch,
             summary: true,
             poll_bytes: self.poll_bytes,
+            max_record_bytes: self.max_record_bytes,
         }
     }
 }

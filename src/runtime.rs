@@ -57,6 +57,9 @@ pub struct RunOptions {
     pub summary: bool,
     /// Bytes of each JSON-lines file read per poll (bounds the records in flight).
     pub poll_bytes: u64,
+    /// The largest record, in bytes: a longer line, array element or document is an ingest
+    /// error (`record of N bytes exceeds the maximum record size …`) and reading goes on.
+    pub max_record_bytes: u64,
 }
 
 impl Default for RunOptions {
@@ -74,6 +77,7 @@ impl Default for RunOptions {
             batch_records: 100_000,
             summary: true,
             poll_bytes: POLL_BYTES,
+            max_record_bytes: amx_connectors::record::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -203,6 +207,14 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         Arc::new(views.iter().flat_map(|v| v.reads.iter().cloned()).collect());
     for source in &job.config.sources {
         let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
+        if std::path::Path::new(&source.path).is_dir() {
+            bail!(
+                "source `{}`: `{}` is a directory; give a file or a glob of files (e.g. `{}/*.jsonl`)",
+                source.name,
+                source.path,
+                source.path.trim_end_matches('/')
+            );
+        }
         if reader.paths().is_empty() {
             if !opts.follow {
                 bail!("source `{}`: no file matches `{}`", source.name, source.path);
@@ -216,6 +228,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let follow = opts.follow;
     let batch_records = opts.batch_records.max(1);
     let poll_bytes = opts.poll_bytes.max(1);
+    let max_record_bytes = opts.max_record_bytes.max(1);
     let is_coordinator = opts.process_index == 0;
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
@@ -280,13 +293,14 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             reader: FileReader,
             decoder: Box<dyn amx_connectors::Decoder>,
             next_record: u64,
-            /// Counts since the last epoch: (records, decoded rows, errors) decoded by this worker.
-            pending: (isize, isize, isize),
+            /// Counts since the last epoch: (records, decoded rows, errors, declared) decoded by
+            /// this worker (see [`amx_dataflows::render::SourceCounts`]).
+            pending: (isize, isize, isize, isize),
         }
         /// Adds the sources' pending counts to `aimatrix_source_stats` (before an epoch closes).
         fn flush_stats(inputs: &mut amx_dataflows::render::Inputs, readers: &mut [Source]) {
             for src in readers.iter_mut() {
-                if src.pending != (0, 0, 0) {
+                if src.pending != (0, 0, 0, 0) {
                     inputs.source_stats.update(src.name.clone(), std::mem::take(&mut src.pending));
                 }
             }
@@ -298,7 +312,16 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 (Ok(mut reader), Ok(decoder)) => {
                     reader.set_max_poll_bytes(poll_bytes);
                     reader.set_share(index as u64, peers as u64);
-                    readers.push(Source { name: s.name.clone(), reader, decoder, next_record: 0, pending: (0, 0, 0) })
+                    reader.set_max_record_bytes(max_record_bytes);
+                    // Worker 0 declares the source, so it has a row before it has read anything.
+                    let declared = isize::from(index == 0);
+                    readers.push(Source {
+                        name: s.name.clone(),
+                        reader,
+                        decoder,
+                        next_record: 0,
+                        pending: (0, 0, 0, declared),
+                    })
                 }
                 (Err(e), _) => {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", s.name)));
@@ -319,15 +342,18 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let batch_share = (batch_records / peers).max(1);
         loop {
             let mut new_records = 0u64;
+            let mut new_bytes = 0u64;
             for src in &mut readers {
                 records.clear();
                 let before = src.reader.records_seen();
+                let bytes_before = src.reader.bytes_read();
                 if let Err(e) = src.reader.poll(!follow, &mut records) {
                     let _ = tx.send(Msg::Failed(format!("source `{}`: {e}", src.name)));
                     return;
                 }
                 // The reader returns only this worker's share of the records it found.
                 let seen = src.reader.records_seen() - before;
+                new_bytes += src.reader.bytes_read() - bytes_before;
                 src.next_record += seen;
                 new_records += seen;
                 for record in records.drain(..) {
@@ -346,7 +372,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                         // Close the epoch and let the dataflow catch up (back-pressure).
                         in_batch = 0;
                         epoch = next_epoch(epoch);
-                        if src.pending != (0, 0, 0) {
+                        if src.pending != (0, 0, 0, 0) {
                             inputs.source_stats.update(src.name.clone(), std::mem::take(&mut src.pending));
                         }
                         inputs.advance_to(epoch);
@@ -375,8 +401,9 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 forward(&collected, &probe, &mut last_upper, &tx);
             }
             if !follow {
-                // Sources are read in bounded pieces: go on until a round finds nothing new.
-                if new_records == 0 {
+                // Sources are read in bounded pieces: go on until a round reads nothing new (a
+                // piece may hold only blank lines: bytes read count as progress too).
+                if new_records == 0 && new_bytes == 0 {
                     break;
                 }
                 continue;

@@ -83,9 +83,10 @@ impl Record {
 }
 
 /// What a file turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Shape {
     /// Not decided yet (empty, or the first line or document is still being written).
+    #[default]
     Unknown,
     /// JSON Lines, tailed.
     Lines,
@@ -94,14 +95,44 @@ enum Shape {
 }
 
 /// Per-file reading state.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FileState {
     shape: Shape,
-    /// Bytes consumed (for `Lines`: up to and including the last complete line).
+    /// Bytes consumed (for `Lines`: up to and including the last complete line, plus the bytes
+    /// of an oversized line skipped so far).
     offset: u64,
     /// Lines consumed (for `Lines`).
     lines: u64,
+    /// The file's identity (device, inode) when it was first read.
+    identity: Option<(u64, u64)>,
+    /// The first bytes of the file (at most [`HEAD_BYTES`] of what was consumed): a file whose
+    /// start no longer reads the same was rewritten and is read again from its start.
+    head: Vec<u8>,
+    /// A JSON-lines line longer than the maximum record size, being skipped.
+    oversized: Option<Oversized>,
 }
+
+/// A line longer than the maximum record size: skipped to its end, then reported once.
+#[derive(Debug)]
+struct Oversized {
+    /// Its line number (1-based).
+    line: u64,
+    /// Its length so far, in bytes.
+    bytes: u64,
+    /// Its first bytes (at most [`RAW_BYTES`]), for the error's raw text.
+    head: Vec<u8>,
+    /// Whether its last byte so far is `\r` (no part of the record when a newline follows).
+    ends_in_cr: bool,
+}
+
+/// Bytes of a file's start kept to recognise a rewritten file (see [`FileState::head`]).
+const HEAD_BYTES: usize = 64;
+
+/// Bytes of an oversized record kept as its error's raw text.
+const RAW_BYTES: usize = 1024;
+
+/// Default maximum size of one record, in bytes (64 MiB): see [`FileReader::set_max_record_bytes`].
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 
 /// Reads every file matching a glob (in path order), splitting each into [`Record`]s.
 ///
@@ -152,6 +183,7 @@ pub struct FileReader {
     files: BTreeMap<PathBuf, FileState>,
     bytes_read: u64,
     max_poll_bytes: u64,
+    max_record_bytes: u64,
     share: Share,
 }
 
@@ -189,6 +221,7 @@ impl FileReader {
             files: BTreeMap::new(),
             bytes_read: 0,
             max_poll_bytes: u64::MAX,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             share: Share { index: 0, peers: 1, seen: 0 },
         })
     }
@@ -252,9 +285,9 @@ impl FileReader {
         }
         paths.sort();
         for path in paths {
-            let state =
-                self.files.entry(path.clone()).or_insert(FileState { shape: Shape::Unknown, offset: 0, lines: 0 });
-            poll_file(&path, state, finish, self.max_poll_bytes, &mut self.share, out, &mut self.bytes_read)
+            let state = self.files.entry(path.clone()).or_default();
+            let limits = Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes };
+            poll_file(&path, state, finish, limits, &mut self.share, out, &mut self.bytes_read)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
@@ -265,6 +298,15 @@ impl FileReader {
     /// once. Array and single-document files are always read whole.
     pub fn set_max_poll_bytes(&mut self, bytes: u64) {
         self.max_poll_bytes = bytes.max(1);
+    }
+
+    /// The largest record read, in bytes (default [`DEFAULT_MAX_RECORD_BYTES`], 64 MiB): a
+    /// JSON-lines line, array element or whole-file document longer than this is not decoded
+    /// but returned as a record carrying the error `record of N bytes exceeds the maximum record
+    /// size of M bytes (--max-record-bytes)`, with its first 1 KiB as text; reading goes on with
+    /// the next record. An oversized line is skipped without holding it in memory.
+    pub fn set_max_record_bytes(&mut self, bytes: u64) {
+        self.max_record_bytes = bytes.max(1);
     }
 
     /// Returns only every `peers`-th record, starting with record `index` (0-based, counted
@@ -312,13 +354,107 @@ fn file_kind(t: &fs::FileType) -> &'static str {
     "not a file or directory"
 }
 
+/// How much a poll reads: bytes of a JSON-lines file per poll, and the largest record.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    poll_bytes: u64,
+    record_bytes: u64,
+}
+
+/// The identity of a file: (device, inode) on Unix; nothing elsewhere (then a replaced file
+/// is recognised by its start alone).
+fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// Whether the file still starts with `head` (its first bytes as consumed earlier).
+fn starts_with(path: &Path, head: &[u8]) -> io::Result<bool> {
+    if head.is_empty() {
+        return Ok(true);
+    }
+    let mut start = Vec::with_capacity(head.len());
+    fs::File::open(path)?.take(head.len() as u64).read_to_end(&mut start)?;
+    Ok(start == head)
+}
+
 /// Reads what is new in one file.
-#[allow(clippy::too_many_arguments)]
+///
+/// First checks that it is still the file read before: a file with another identity
+/// (deleted and re-created, or renamed over: log rotation), one that is shorter than what was
+/// consumed (truncated), or one whose first bytes changed (rewritten in place) is a new file,
+/// read again from its start (its shape decided anew).
 fn poll_file(
     path: &Path,
     state: &mut FileState,
     finish: bool,
-    max_bytes: u64,
+    limits: Limits,
+    share: &mut Share,
+    out: &mut Vec<Record>,
+    bytes_read: &mut u64,
+) -> io::Result<()> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        // Matched by the glob but gone (e.g. rotated away): nothing to read now.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let id = identity(&meta);
+    let replaced = (state.identity.is_some() && state.identity != id)
+        || meta.len() < state.offset
+        || match starts_with(path, &state.head) {
+            Ok(same) => !same,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+    if replaced {
+        *state = FileState::default();
+    }
+    state.identity = id;
+    let result = poll_current(path, state, finish, limits, share, out, bytes_read);
+    if state.head.len() < HEAD_BYTES && state.offset > state.head.len() as u64 {
+        // Remember the start of what was consumed (once it is 64 bytes, it stays).
+        let mut head = Vec::with_capacity(HEAD_BYTES);
+        if let Ok(f) = fs::File::open(path) {
+            f.take(state.offset.min(HEAD_BYTES as u64)).read_to_end(&mut head)?;
+            state.head = head;
+        }
+    }
+    result
+}
+
+/// A record of `bytes` at `location`, or, when longer than `limit`, a record carrying the
+/// oversized-record error (with the first [`RAW_BYTES`] as its text).
+fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
+    if bytes.len() as u64 > limit {
+        oversized_record(location, bytes.len() as u64, &bytes[..bytes.len().min(RAW_BYTES)], limit)
+    } else {
+        Record::from_bytes(location, bytes)
+    }
+}
+
+/// The record reporting a record of `size` bytes (starting with `head`) past `limit`.
+fn oversized_record(location: String, size: u64, head: &[u8], limit: u64) -> Record {
+    Record::new(location, String::from_utf8_lossy(head).into_owned()).with_error(format!(
+        "record of {size} bytes exceeds the maximum record size of {limit} bytes (--max-record-bytes)"
+    ))
+}
+
+/// Reads what is new in a file known to be the one read before.
+#[allow(clippy::too_many_arguments)]
+fn poll_current(
+    path: &Path,
+    state: &mut FileState,
+    finish: bool,
+    limits: Limits,
     share: &mut Share,
     out: &mut Vec<Record>,
     bytes_read: &mut u64,
@@ -327,77 +463,150 @@ fn poll_file(
         // Decided from the first line alone: no need to read the whole file now.
         state.shape = Shape::Lines;
     }
-    match state.shape {
-        Shape::Done => Ok(()),
-        Shape::Unknown => {
-            let data = match fs::read(path) {
-                Ok(d) => d,
-                // Matched by the glob but gone (e.g. rotated away): nothing to read now.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let name = path.display().to_string();
-            let body = data.strip_prefix(BOM).unwrap_or(&data);
-            match classify(body, finish) {
-                Decision::Wait => Ok(()),
-                Decision::Array => {
-                    for piece in split_array(body) {
-                        let location = match piece.index {
-                            Some(index) => format!("{name}:{}#{index}", piece.line),
-                            None => format!("{name}:{}", piece.line),
-                        };
-                        let record = Record::from_bytes(location, &body[piece.start..piece.end]);
-                        if !share.take() {
-                            continue;
-                        }
-                        out.push(match piece.error {
-                            Some(reason) => record.with_error(reason),
-                            None => record,
-                        });
+    if state.shape == Shape::Unknown {
+        let data = match fs::read(path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let name = path.display().to_string();
+        let body = data.strip_prefix(BOM).unwrap_or(&data);
+        match classify(body, finish) {
+            Decision::Wait => return Ok(()),
+            Decision::Array => {
+                for piece in split_array(body) {
+                    let location = match piece.index {
+                        Some(index) => format!("{name}:{}#{index}", piece.line),
+                        None => format!("{name}:{}", piece.line),
+                    };
+                    if !share.take() {
+                        continue;
                     }
-                    state.shape = Shape::Done;
-                    *bytes_read += data.len() as u64;
-                    Ok(())
+                    let record = record_within(location, &body[piece.start..piece.end], limits.record_bytes);
+                    out.push(match piece.error {
+                        Some(reason) if record.error.is_none() => record.with_error(reason),
+                        _ => record,
+                    });
                 }
-                Decision::Document => {
-                    if share.take() {
-                        out.push(Record::from_bytes(name, body));
-                    }
-                    state.shape = Shape::Done;
-                    *bytes_read += data.len() as u64;
-                    Ok(())
-                }
-                Decision::Lines => {
-                    state.shape = Shape::Lines;
-                    take_lines(&name, state, &data, finish, share, out, bytes_read);
-                    Ok(())
-                }
-            }
-        }
-        Shape::Lines => {
-            let mut file = match fs::File::open(path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let len = file.metadata()?.len();
-            if len < state.offset {
-                // Truncated: start over.
-                state.offset = 0;
-                state.lines = 0;
-            }
-            if len == state.offset {
+                state.shape = Shape::Done;
+                state.offset = data.len() as u64;
+                *bytes_read += data.len() as u64;
                 return Ok(());
             }
-            file.seek(SeekFrom::Start(state.offset))?;
-            let mut data = Vec::new();
-            file.take(max_bytes).read_to_end(&mut data)?;
-            // A line cut by the read limit is not the file's last line: wait for the rest.
-            let at_end = state.offset + data.len() as u64 >= len;
-            take_lines(&path.display().to_string(), state, &data, finish && at_end, share, out, bytes_read);
-            Ok(())
+            Decision::Document => {
+                if share.take() {
+                    out.push(record_within(name, body, limits.record_bytes));
+                }
+                state.shape = Shape::Done;
+                state.offset = data.len() as u64;
+                *bytes_read += data.len() as u64;
+                return Ok(());
+            }
+            // Read as lines below, in bounded pieces.
+            Decision::Lines => state.shape = Shape::Lines,
         }
     }
+    if state.shape == Shape::Done {
+        return Ok(());
+    }
+    read_lines(path, state, finish, limits, share, out, bytes_read)
+}
+
+/// Reads the JSON-lines file from `state.offset` on: pieces of at most `limits.poll_bytes`,
+/// whole lines only, except that a poll goes on reading until it has consumed at least one
+/// line (so a line longer than a piece is read whole, and one longer than the maximum record
+/// size is skipped to its end and reported) or has reached the end of the file.
+fn read_lines(
+    path: &Path,
+    state: &mut FileState,
+    finish: bool,
+    limits: Limits,
+    share: &mut Share,
+    out: &mut Vec<Record>,
+    bytes_read: &mut u64,
+) -> io::Result<()> {
+    let name = path.display().to_string();
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(state.offset))?;
+    // `data` holds the unconsumed bytes read so far, from `state.offset` on.
+    let mut data = Vec::new();
+    let mut pos = state.offset;
+    let piece = limits.poll_bytes.max(1);
+    loop {
+        let before = data.len();
+        (&mut file).take(piece).read_to_end(&mut data)?;
+        pos += (data.len() - before) as u64;
+        let at_end = pos >= len || data.len() == before;
+        let lines_before = state.lines;
+        let mut used = 0;
+        if state.oversized.is_some() {
+            used = skip_oversized(&name, state, &data, finish && at_end, limits.record_bytes, share, out);
+        }
+        if state.oversized.is_none() {
+            let at_start = state.offset == 0 && used == 0;
+            used +=
+                take_lines(&name, state, &data[used..], at_start, finish && at_end, limits.record_bytes, share, out);
+            let rest = &data[used..];
+            if state.oversized.is_none() && rest.len() as u64 > limits.record_bytes {
+                // An unfinished line already past the limit: skip it from here on.
+                state.oversized =
+                    Some(Oversized { line: state.lines + 1, bytes: 0, head: Vec::new(), ends_in_cr: false });
+                used += skip_oversized(&name, state, &data[used..], finish && at_end, limits.record_bytes, share, out);
+            }
+        }
+        state.offset += used as u64;
+        *bytes_read += used as u64;
+        data.drain(..used);
+        if at_end || state.lines > lines_before {
+            return Ok(());
+        }
+    }
+}
+
+/// Skips the oversized line `state.oversized` over `data` (bytes after what was skipped so
+/// far): at its newline (or, with `finish`, the end of `data`) the record reporting it is
+/// emitted and the line counted. Returns the bytes consumed.
+fn skip_oversized(
+    name: &str,
+    state: &mut FileState,
+    data: &[u8],
+    finish: bool,
+    limit: u64,
+    share: &mut Share,
+    out: &mut Vec<Record>,
+) -> usize {
+    let Some(over) = state.oversized.as_mut() else { return 0 };
+    let (len, used, done) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (i, i + 1, true),
+        None => (data.len(), data.len(), finish),
+    };
+    over.bytes += len as u64;
+    let keep = (RAW_BYTES - over.head.len()).min(len);
+    over.head.extend_from_slice(&data[..keep]);
+    if len > 0 {
+        over.ends_in_cr = data[len - 1] == b'\r';
+    }
+    if done {
+        let mut over = state.oversized.take().expect("checked above");
+        state.lines = over.line;
+        // A `\r` before the newline is no part of the record.
+        let mut size = over.bytes;
+        if over.ends_in_cr && len < data.len() {
+            size -= 1;
+            if over.head.len() as u64 > size {
+                over.head.pop();
+            }
+        }
+        if share.take() {
+            out.push(oversized_record(format!("{name}:{}", over.line), size, &over.head, limit));
+        }
+    }
+    used
 }
 
 /// Whether a file is JSON lines judging by its start alone: its first non-whitespace byte is
@@ -422,18 +631,22 @@ fn starts_as_json_lines(path: &Path) -> io::Result<bool> {
     })
 }
 
-/// Splits `data` (the file from `state.offset` on) into line records. At offset 0, a UTF-8
-/// byte order mark is skipped (once it is complete).
+/// Splits `data` (unconsumed bytes of the file, from `state.offset` on) into line records;
+/// returns the bytes consumed (complete lines; with `finish`, all). At the file's start
+/// (`at_start`), a UTF-8 byte order mark is skipped. A line longer than `limit` becomes a
+/// record carrying the oversized-record error.
+#[allow(clippy::too_many_arguments)]
 fn take_lines(
     name: &str,
     state: &mut FileState,
     data: &[u8],
+    at_start: bool,
     finish: bool,
+    limit: u64,
     share: &mut Share,
     out: &mut Vec<Record>,
-    bytes_read: &mut u64,
-) {
-    let mut pos = if state.offset == 0 && data.starts_with(BOM) { BOM.len() } else { 0 };
+) -> usize {
+    let mut pos = if at_start && data.starts_with(BOM) { BOM.len() } else { 0 };
     while pos < data.len() {
         let (line, next) = match data[pos..].iter().position(|&b| b == b'\n') {
             Some(i) => (&data[pos..pos + i], pos + i + 1),
@@ -443,12 +656,11 @@ fn take_lines(
         state.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !is_blank(line) && share.take() {
-            out.push(Record::from_bytes(format!("{name}:{}", state.lines), line));
+            out.push(record_within(format!("{name}:{}", state.lines), line, limit));
         }
         pos = next;
     }
-    state.offset += pos as u64;
-    *bytes_read += pos as u64;
+    pos
 }
 
 /// Whether `b` is empty or only ASCII whitespace.
@@ -899,6 +1111,224 @@ pub(crate) mod tests {
         d.append("c.jsonl", "{\"c\":1}");
         assert_eq!(poll(&mut r, false), vec![]);
         assert_eq!(poll(&mut r, true), vec![rec(format!("{c}:1"), "{\"c\":1}")]);
+    }
+
+    /// Polls until a poll consumes nothing more (as the runtime does), collecting the records.
+    fn drain(r: &mut FileReader, finish: bool) -> Vec<(String, String, Option<String>)> {
+        let mut all = Vec::new();
+        loop {
+            let before = (r.bytes_read(), r.records_seen());
+            all.extend(poll_err(r, finish));
+            if (r.bytes_read(), r.records_seen()) == before {
+                return all;
+            }
+        }
+    }
+
+    #[test]
+    fn line_longer_than_a_poll_piece_is_read_whole() {
+        let d = TempDir::new("longline");
+        // Pieces of 16 bytes; line 2 is 100 bytes (`{"l":"` + 92 × a + `"}`), then 50 short lines.
+        let long = format!("{{\"l\":\"{}\"}}", "a".repeat(92));
+        assert_eq!(long.len(), 100);
+        let mut text = format!("{{\"n\":0}}\n{long}\n");
+        for i in 1..=50 {
+            text.push_str(&format!("{{\"n\":{i}}}\n"));
+        }
+        let f = d.write("l.jsonl", &text);
+        let mut r = FileReader::new(&f).expect("glob");
+        r.set_max_poll_bytes(16);
+        let got = drain(&mut r, true);
+        assert_eq!(got.len(), 52, "{got:?}");
+        assert_eq!(got[0], rec_err(format!("{f}:1"), "{\"n\":0}", None));
+        assert_eq!(got[1], rec_err(format!("{f}:2"), &long, None));
+        assert_eq!(got[51], rec_err(format!("{f}:52"), "{\"n\":50}", None));
+        assert_eq!(r.bytes_read(), text.len() as u64);
+    }
+
+    #[test]
+    fn oversized_line_is_an_error_and_reading_goes_on() {
+        let d = TempDir::new("oversized");
+        let long = "x".repeat(100);
+        let f = d.write("o.jsonl", &format!("1\n{long}\r\n3\n"));
+        let mut r = FileReader::new(&f).expect("glob");
+        r.set_max_poll_bytes(8);
+        r.set_max_record_bytes(30);
+        let error = |size: u64| {
+            Some(format!("record of {size} bytes exceeds the maximum record size of 30 bytes (--max-record-bytes)"))
+        };
+        assert_eq!(
+            drain(&mut r, false),
+            vec![
+                rec_err(format!("{f}:1"), "1", None),
+                (format!("{f}:2"), long.clone(), error(100)),
+                rec_err(format!("{f}:3"), "3", None),
+            ]
+        );
+        // An oversized line being written: nothing until its newline, then one error with its
+        // whole size (40 + 35 = 75 bytes), and the lines after it.
+        d.append("o.jsonl", &"y".repeat(40));
+        assert_eq!(drain(&mut r, false), vec![]);
+        d.append("o.jsonl", &format!("{}\n5\n", "z".repeat(35)));
+        assert_eq!(
+            drain(&mut r, false),
+            vec![
+                (format!("{f}:4"), format!("{}{}", "y".repeat(40), "z".repeat(35)), error(75)),
+                rec_err(format!("{f}:5"), "5", None)
+            ]
+        );
+        // At the end of input an unterminated oversized last line is reported too.
+        d.append("o.jsonl", &"w".repeat(31));
+        assert_eq!(drain(&mut r, true), vec![(format!("{f}:6"), "w".repeat(31), error(31))]);
+        // The kept text is at most 1 KiB.
+        let g = d.write("g.jsonl", &format!("{}\n", "v".repeat(5000)));
+        let mut r = FileReader::new(&g).expect("glob");
+        r.set_max_record_bytes(30);
+        assert_eq!(drain(&mut r, true), vec![(format!("{g}:1"), "v".repeat(1024), error(5000))]);
+        // Array elements and whole documents have the same limit.
+        let a = d.write("a.json", &format!("[1, \"{long}\", 3]"));
+        let mut r = FileReader::new(&a).expect("glob");
+        r.set_max_record_bytes(30);
+        assert_eq!(
+            drain(&mut r, true),
+            vec![
+                rec_err(format!("{a}:1#0"), "1", None),
+                (format!("{a}:1#1"), format!("\"{long}\""), error(102)),
+                rec_err(format!("{a}:1#2"), "3", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn replaced_file_is_read_from_its_start() {
+        let d = TempDir::new("replaced");
+        let f = d.write("r.jsonl", "{\"t\":\"a\"}\n{\"t\":\"b\"}\n");
+        let mut r = FileReader::new(&f).expect("glob");
+        assert_eq!(poll(&mut r, false).len(), 2);
+        // Deleted and re-created (log rotation) with more content than was read: all of it,
+        // from line 1, and no made-up records.
+        fs::remove_file(d.0.join("r.jsonl")).expect("rm");
+        let new = "{\"t\":\"p\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"q\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"r\",\"n\":\"xxxxxxxxxx\"}\n";
+        d.write("r.jsonl", new);
+        let lines: Vec<_> = new.lines().enumerate().map(|(i, l)| rec(format!("{f}:{}", i + 1), l)).collect();
+        assert_eq!(poll(&mut r, false), lines);
+        assert_eq!(poll(&mut r, false), vec![]);
+        // Rewritten in place (same inode), longer than before, with another start.
+        let again = "{\"t\":\"s\"}\n{\"t\":\"u\",\"n\":\"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"}\n{\"t\":\"v\"}\n{\"t\":\"w\"}\n";
+        assert!(again.len() > new.len());
+        fs::write(d.0.join("r.jsonl"), again).expect("rewrite");
+        let lines: Vec<_> = again.lines().enumerate().map(|(i, l)| rec(format!("{f}:{}", i + 1), l)).collect();
+        assert_eq!(poll(&mut r, false), lines);
+        // Renamed over (a new inode), even with the same start: a new file.
+        let tmp = d.write("next.tmp", "{\"t\":\"s\"}\n");
+        fs::rename(&tmp, d.0.join("r.jsonl")).expect("rename");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"t\":\"s\"}")]);
+        // Appending still tails.
+        d.append("r.jsonl", "{\"t\":\"z\"}\n");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:2"), "{\"t\":\"z\"}")]);
+    }
+
+    /// One step of the follow property test.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Append whole lines (`{"n":ID,"p":"…"}`, padding lengths given), then maybe a part
+        /// of a line without its newline.
+        Append(Vec<usize>, Option<usize>),
+        /// Replace the file with a new one (a new generation) holding these lines; `in_place`
+        /// rewrites the same file, else it is deleted and created anew.
+        Replace(Vec<usize>, bool),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (proptest::collection::vec(0usize..90, 0..5), proptest::option::of(0usize..50))
+                .prop_map(|(l, p)| Step::Append(l, p)),
+            1 => (proptest::collection::vec(0usize..90, 0..4), any::<bool>()).prop_map(|(l, b)| Step::Replace(l, b)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random line lengths (including lines longer than a read piece and than the record
+        /// limit), appends with partial lines, and replacements under follow: the records read
+        /// are exactly the lines written, each at its line, oversized ones as errors.
+        #[test]
+        fn follow_reads_every_line_written(
+            steps in proptest::collection::vec(step(), 1..12),
+            piece in 1u64..40,
+        ) {
+            const LIMIT: u64 = 60;
+            let d = TempDir::new("prop");
+            let path = d.0.join("f.jsonl");
+            let name = path.display().to_string();
+            let mut r = FileReader::new(&name).expect("glob");
+            r.set_max_poll_bytes(piece);
+            r.set_max_record_bytes(LIMIT);
+            let mut next_id = 0;
+            let mut line = |pad: usize| {
+                next_id += 1;
+                format!("{{\"n\":{next_id},\"p\":\"{}\"}}", "x".repeat(pad))
+            };
+            // The current generation's text; the expected records of finished generations.
+            let mut generation = 0;
+            let mut text = String::new();
+            let mut expected = Vec::new();
+            let mut got = Vec::new();
+            let records_of = |text: &str, finish: bool| -> Vec<(String, String, Option<String>)> {
+                let mut lines: Vec<&str> = text.split('\n').collect();
+                let last = lines.pop().unwrap_or("");
+                if finish && !last.is_empty() {
+                    lines.push(last);
+                }
+                lines.iter().enumerate().map(|(i, l)| {
+                    let loc = format!("{name}:{}", i + 1);
+                    if l.len() as u64 > LIMIT {
+                        (loc, l[..l.len().min(RAW_BYTES)].to_owned(), Some(format!(
+                            "record of {} bytes exceeds the maximum record size of {LIMIT} bytes (--max-record-bytes)", l.len())))
+                    } else {
+                        (loc, (*l).to_owned(), None)
+                    }
+                }).collect()
+            };
+            for s in steps {
+                match s {
+                    Step::Append(lines, part) => {
+                        let mut add = String::new();
+                        for pad in lines {
+                            add.push_str(&line(pad));
+                            add.push('\n');
+                        }
+                        if let Some(n) = part {
+                            add.push_str(&"y".repeat(n));
+                        }
+                        if !path.exists() {
+                            fs::write(&path, "").expect("create");
+                        }
+                        d.append("f.jsonl", &add);
+                        text.push_str(&add);
+                    }
+                    Step::Replace(lines, in_place) => {
+                        expected.extend(records_of(&text, false));
+                        generation += 1;
+                        // Each generation starts with its own first line.
+                        text = format!("{{\"generation\":{generation}}}\n");
+                        for pad in lines {
+                            text.push_str(&line(pad));
+                            text.push('\n');
+                        }
+                        if !in_place {
+                            let _ = fs::remove_file(&path);
+                        }
+                        fs::write(&path, &text).expect("replace");
+                    }
+                }
+                got.extend(drain(&mut r, false));
+            }
+            got.extend(drain(&mut r, true));
+            expected.extend(records_of(&text, true));
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 
     #[test]

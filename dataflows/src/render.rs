@@ -55,8 +55,10 @@ pub fn source_stats_desc() -> RelationDesc {
     )
 }
 
-/// Counter increments of one source: `(records, decoded rows, errors)`.
-pub type SourceCounts = (isize, isize, isize);
+/// Counter increments of one source: `(records, decoded rows, errors, declared)`. `declared`
+/// is 1 once per source (added by one worker when the source is set up), so that a source that
+/// has read nothing yet still has its row, with zeros.
+pub type SourceCounts = (isize, isize, isize, isize);
 
 /// Input sessions of the canonical relations.
 pub struct Inputs {
@@ -163,7 +165,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
     let (err_in, ingest_errors) = scope.new_collection::<IngestError, Diff>();
     let (stats_in, source_stats) = scope.new_collection::<String, SourceCounts>();
     use differential_dataflow::operators::CountTotal;
-    let source_stats = source_stats.count_total().map(|(source, (records, decoded, errors))| {
+    let source_stats = source_stats.count_total().map(|(source, (records, decoded, errors, _declared))| {
         vec![
             crate::row::Datum::Text(source),
             crate::row::Datum::Int(records as i64),

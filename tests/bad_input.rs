@@ -1,0 +1,183 @@
+//! Bad and tricky input through the binary (issue 6): lines longer than a read piece and than
+//! the record limit, a replaced file under `--follow`, a directory as a source path, and a
+//! source that read nothing. Expected values are counted by hand from the files written here.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A job reading `data.jsonl` as evaluations (`t` = trace id, `n` = name, `l` = label).
+fn job(dir: &std::path::Path, path: &str) -> std::path::PathBuf {
+    let job = dir.join("job.toml");
+    let text = format!(
+        r#"
+[[sources]]
+name = "ev"
+format = "json"
+path = "{path}"
+[sources.options]
+relation = "evaluations"
+[sources.options.mapping]
+trace_id = "/t"
+name = "/n"
+label = "/l"
+"#
+    );
+    std::fs::write(&job, text).unwrap();
+    job
+}
+
+fn run(job: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .arg("run")
+        .arg(job)
+        .args(["--output", "json", "--quiet"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "exit {:?}: {}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Line 1 small, line 2 of 5,000 bytes, lines 3..=1002 small; read in pieces of 1 KiB (the
+/// hidden `--poll-bytes`), as the default 16 MiB pieces are for a 17 MiB line.
+fn long_line_file(dir: &std::path::Path) -> String {
+    let mut text = String::from("{\"t\":\"before\",\"n\":\"x\"}\n");
+    let pad = 5000 - "{\"t\":\"big\",\"n\":\"x\",\"l\":\"\"}".len();
+    let long = format!("{{\"t\":\"big\",\"n\":\"x\",\"l\":\"{}\"}}", "a".repeat(pad));
+    assert_eq!(long.len(), 5000);
+    text.push_str(&long);
+    text.push('\n');
+    for i in 0..1000 {
+        text.push_str(&format!("{{\"t\":\"after{i}\",\"n\":\"x\"}}\n"));
+    }
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_line_longer_than_a_read_piece_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = long_line_file(dir.path());
+    let job = job(dir.path(), &data);
+    let out = stdout(&run(
+        &job,
+        &[
+            "--poll-bytes",
+            "1024",
+            "--sql",
+            "SELECT count(*) AS n, max(length(label)) AS longest FROM evaluations",
+            "--sql",
+            "SELECT records, decoded, errors FROM aimatrix_source_stats",
+        ],
+    ));
+    // 1002 lines, all decoded; the label of line 2 is 5000 bytes less the 26 of
+    // `{"t":"big","n":"x","l":""}`: 4974.
+    assert_eq!(out, "[{\"n\":1002,\"longest\":4974}]\n[{\"records\":1002,\"decoded\":1002,\"errors\":0}]\n");
+}
+
+#[test]
+fn a_record_past_the_limit_is_an_ingest_error_and_reading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = long_line_file(dir.path());
+    let job = job(dir.path(), &data);
+    let out = stdout(&run(
+        &job,
+        &[
+            "--poll-bytes",
+            "1024",
+            "--max-record-bytes",
+            "4096",
+            "--sql",
+            "SELECT count(*) AS n FROM evaluations",
+            "--sql",
+            "SELECT location, error, length(raw) AS raw_bytes FROM ingest_errors",
+        ],
+    ));
+    let expected = format!(
+        "[{{\"n\":1001}}]\n[{{\"location\":\"{data}:2\",\"error\":\"record of 5000 bytes exceeds the maximum record size of 4096 bytes (--max-record-bytes)\",\"raw_bytes\":1024}}]\n"
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn a_directory_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("adir");
+    std::fs::create_dir(&sub).unwrap();
+    let job = job(dir.path(), "adir");
+    let o = run(&job, &["--sql", "SELECT 1"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let expected = format!(
+        "error: source `ev`: `{0}` is a directory; give a file or a glob of files (e.g. `{0}/*.jsonl`)",
+        sub.display()
+    );
+    assert_eq!(err.trim_end(), expected);
+}
+
+#[test]
+fn a_source_that_read_nothing_has_a_row_of_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.jsonl"), "\n\n").unwrap();
+    let job = job(dir.path(), "data.jsonl");
+    let out = stdout(&run(&job, &["--sql", "SELECT * FROM aimatrix_source_stats"]));
+    assert_eq!(out, "[{\"source\":\"ev\",\"records\":0,\"decoded\":0,\"errors\":0}]\n");
+}
+
+#[test]
+fn follow_reads_a_replaced_file_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"t\":\"a\",\"n\":\"x\"}\n{\"t\":\"b\",\"n\":\"x\"}\n").unwrap();
+    let job = job(dir.path(), "data.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .arg("run")
+        .arg(&job)
+        .args(["--follow", "--interval", "100ms", "--output", "json", "--quiet"])
+        .args(["--sql", "SELECT string_agg(trace_id, ',' ORDER BY trace_id) AS ids FROM evaluations"])
+        .args(["--sql", "SELECT count(*) AS errors FROM ingest_errors"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(lines).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push_str(&l);
+                seen.push('\n');
+                if l.contains(want) {
+                    return seen;
+                }
+            }
+        }
+        panic!("no answer containing {want} within 60 s; saw:\n{seen}");
+    };
+    wait_for(r#""ids":"a,b""#);
+    // Log rotation: deleted and re-created, longer than what was read.
+    std::fs::remove_file(&data).unwrap();
+    let new =
+        "{\"t\":\"p\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"q\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"r\",\"n\":\"xxxxxxxxxx\"}\n";
+    std::fs::write(&data, new).unwrap();
+    let seen = wait_for(r#""ids":"a,b,p,q,r""#);
+    let _ = child.kill();
+    let _ = child.wait();
+    // No made-up record from reading the new file at the old offset.
+    assert!(!seen.contains(r#"{"errors":1}"#), "{seen}");
+}
