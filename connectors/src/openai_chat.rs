@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `messages` | `"messages"` | field holding the message array (`/…` = JSON pointer) |
 //! | `id_fields` | `["id"]` | fields (or pointers) whose values, joined with `/`, form the trace id |
-//! | `score` | none | field whose number (bools as 1.0/0.0) becomes an evaluation of the trace |
+//! | `score` | none | field whose number (a JSON number or a string in JSON number syntax, e.g. `"0.5"`; bools as 1.0/0.0; `"NaN"`/`"inf"` are errors) becomes an evaluation of the trace |
 //! | `score_name` | the score field's name | the evaluation's name |
 //! | `provider` | none | `provider` of the chat spans |
 //! | `request_model` | none | `request_model` of the chat spans (and their name `chat MODEL`) |
@@ -301,7 +301,13 @@ impl Decoder for OpenAiChat {
                 None | Some(Value::Null) => return,
                 Some(Value::Bool(b)) => Ok(if *b { 1.0 } else { 0.0 }),
                 Some(Value::Number(n)) => n.as_f64().ok_or(()),
-                Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| ()),
+                // Only JSON's own number syntax: not `NaN`, `inf` or `-infinity`, which JSON has
+                // no numbers for (Rust's float parser would take them).
+                Some(Value::String(s)) => serde_json::from_str::<serde_json::Number>(s.trim())
+                    .ok()
+                    .and_then(|n| n.as_f64())
+                    .filter(|f| f.is_finite())
+                    .ok_or(()),
                 Some(_) => Err(()),
             };
             match score {
@@ -634,6 +640,15 @@ mod tests {
             decode(&d, "x:1", &json!({"id": "a", "messages": [{"role": "assistant"}], "info": {"passed": "yes"}}));
         assert_eq!(spans(&out).len(), 1);
         assert_eq!(errors(&out), vec![("x:1", "score field `/info/passed` is not a number: \"yes\"")]);
+        // A string holding a JSON number is a number; JSON has no NaN or infinities, so the
+        // strings Rust's float parser would also take are errors.
+        let out = decode(&d, "x:1", &json!({"id": "a", "messages": [], "info": {"passed": " 0.5 "}}));
+        assert!(matches!(&out[..], [Event::Evaluation(e)] if e.score == Some(OrderedFloat(0.5))), "{out:?}");
+        for bad in ["NaN", "inf", "-infinity", "+Infinity", "1e400", "0x10"] {
+            let out = decode(&d, "x:1", &json!({"id": "a", "messages": [], "info": {"passed": bad}}));
+            let expected = format!("score field `/info/passed` is not a number: \"{bad}\"");
+            assert_eq!(errors(&out), vec![("x:1", expected.as_str())], "{bad}");
+        }
     }
 
     #[test]

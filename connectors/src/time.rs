@@ -4,7 +4,9 @@
 //! - Strings: RFC 3339 / ISO 8601 date-times `YYYY-MM-DDTHH:MM[:SS[.fff…]][Z|±HH:MM|±HHMM|±HH]`;
 //!   the separator may also be `t` or a space, and a time without offset is taken as UTC
 //!   (so `YYYY-MM-DD HH:MM:SS[.f]` is UTC). Fractions are truncated to microseconds (any
-//!   number of digits is accepted, nanoseconds and beyond are dropped).
+//!   number of digits is accepted, nanoseconds and beyond are dropped). A leap second
+//!   (`…:60`, allowed by RFC 3339) is read as the first instant of the next minute, as
+//!   PostgreSQL does.
 //! - Numbers with a [`TimeUnit`]: integers in any unit (nanoseconds are floored to
 //!   microseconds); floats for seconds and milliseconds (rounded to the nearest microsecond).
 //!
@@ -155,8 +157,11 @@ pub fn parse_timestamp(s: &str) -> Option<TimestampUs> {
     if p.i != p.s.len() {
         return None;
     }
-    let time = NaiveTime::from_hms_micro_opt(hour, minute, second, micros)?;
-    let local = date.and_time(time).and_utc().timestamp_micros();
+    // A leap second (`23:59:60`, which RFC 3339 allows) is the first instant of the next
+    // minute, as PostgreSQL reads it: microsecond timestamps have no room for a 61st second.
+    let leap = second == 60;
+    let time = NaiveTime::from_hms_micro_opt(hour, minute, if leap { 59 } else { second }, micros)?;
+    let local = date.and_time(time).and_utc().timestamp_micros() + if leap { 1_000_000 } else { 0 };
     local.checked_sub(offset_secs.checked_mul(1_000_000)?)
 }
 
@@ -283,6 +288,12 @@ mod tests {
         // Before the epoch: 1969-12-31T23:59:59.5Z is -0.5 s.
         assert_eq!(parse_timestamp("1969-12-31T23:59:59.5Z"), Some(-500_000));
         assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
+        // The leap second 2016-12-31T23:59:60Z is 2017-01-01T00:00:00Z: 17167 days after the
+        // epoch (47 years, 12 of them leap years: 47*365+12 = 17167), 17167*86400 = 1483228800 s.
+        assert_eq!(parse_timestamp("2016-12-31T23:59:60Z"), Some(1_483_228_800_000_000));
+        assert_eq!(parse_timestamp("2016-12-31T23:59:60.25Z"), Some(1_483_228_800_250_000));
+        // With an offset: 2017-01-01T00:59:60+01:00 is the same instant.
+        assert_eq!(parse_timestamp("2017-01-01T00:59:60+01:00"), Some(1_483_228_800_000_000));
     }
 
     #[test]
