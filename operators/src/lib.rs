@@ -1,7 +1,10 @@
-//! Reusable differential-dataflow operators and the aggregate kernels they share.
+//! Reusable differential-dataflow operators and the aggregate kernels they share
+//! ([`percentile_cont`]; [`float`]: the `DOUBLE` order and exact sums).
 //!
 //! Naming: every operator that builds timely operators takes a `name` (it shows up in timely
 //! logging and profiles); `_named` is used where an upstream method without a name exists.
+
+pub mod float;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::difference::Semigroup;
