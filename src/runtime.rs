@@ -257,6 +257,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
             }
             let mut renderer = amx_sql::render::Renderer::new(collections);
+            // The built-in views' error rows (sums beyond BIGINT) join the SQL views' ones.
+            renderer.add_errors(rendered.errors);
             for (k, view) in views.iter().enumerate() {
                 let rows = renderer.render_view(view).map_err(|e| format!("view `{}`: {e}", view.name))?;
                 export(rows, base + k, &export_buffer, 0, &probe);

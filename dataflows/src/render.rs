@@ -55,6 +55,10 @@ pub fn source_stats_desc() -> RelationDesc {
     )
 }
 
+/// Name of the relation of rows that failed in views, `[view TEXT, error TEXT]`: the built-in
+/// views' [`Rendered::errors`] and the SQL views' errors.
+pub const VIEW_ERRORS: &str = "aimatrix_view_errors";
+
 /// Counter increments of one source: `(records, decoded rows, errors, declared)`. `declared`
 /// is 1 once per source (added by one worker when the source is set up), so that a source that
 /// has read nothing yet still has its row, with zeros.
@@ -131,6 +135,8 @@ pub struct Views<'s> {
     pub documents: Coll<'s, views::Document>,
     /// `collection_stats`.
     pub collection_stats: Coll<'s, views::CollectionStats>,
+    /// Error rows `[view, error]` of all of them (sums beyond `BIGINT`; see [`views`]).
+    pub errors: views::Errors<'s>,
 }
 
 /// Builds every built-in view from the canonical relations.
@@ -140,10 +146,11 @@ pub fn build_views<'s>(
     workflow_events: &Coll<'s, WorkflowEvent>,
     knowledge_events: &Coll<'s, KnowledgeEvent>,
 ) -> Views<'s> {
-    let (workflow_steps, workflow_runs) = views::workflows(workflow_events.clone());
-    let (documents, collection_stats) = views::knowledge(knowledge_events.clone());
-    let (agent_traces, tool_usage, model_usage) = views::span_views(spans.clone(), evaluations.clone());
-    Views { agent_traces, tool_usage, model_usage, workflow_runs, workflow_steps, documents, collection_stats }
+    let (workflow_steps, workflow_runs, workflow_errors) = views::workflows(workflow_events.clone());
+    let (documents, collection_stats, knowledge_errors) = views::knowledge(knowledge_events.clone());
+    let (agent_traces, tool_usage, model_usage, span_errors) = views::span_views(spans.clone(), evaluations.clone());
+    let errors = span_errors.concat(workflow_errors).concat(knowledge_errors);
+    Views { agent_traces, tool_usage, model_usage, workflow_runs, workflow_steps, documents, collection_stats, errors }
 }
 
 /// What [`render`] built: the input sessions and every relation and view as rows.
@@ -152,6 +159,9 @@ pub struct Rendered<'s> {
     pub inputs: Inputs,
     /// The wanted relations and views as rows: `(index in [`relations`], name, rows)`.
     pub relations: Vec<(usize, &'static str, Coll<'s, Row>)>,
+    /// The built-in views' error rows `[view, error]` (always built: they belong in
+    /// [`VIEW_ERRORS`] with the SQL views' errors).
+    pub errors: Coll<'s, Row>,
 }
 
 /// Renders the canonical relations and the built-in views into `scope`. Only the relations
@@ -207,7 +217,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         ingest_errors: err_in,
         source_stats: stats_in,
     };
-    Rendered { inputs, relations }
+    Rendered { inputs, relations, errors: v.errors }
 }
 
 /// Gathers the changes of `rows` to global worker `collector` and appends them there to
@@ -220,7 +230,8 @@ pub fn export<'s>(rows: Coll<'s, Row>, index: usize, buffer: &ExportBuffer, coll
         .probe_with(probe);
 }
 
-/// Renders the relations and built-in views and exports all of them (see [`export`]).
+/// Renders the relations and built-in views and exports all of them (see [`export`]), and the
+/// built-in views' error rows as relation index `relations().len()` ([`VIEW_ERRORS`]).
 pub fn render_and_export<'s>(
     scope: Scope<'s, Time>,
     buffer: &ExportBuffer,
@@ -228,8 +239,10 @@ pub fn render_and_export<'s>(
 ) -> (Inputs, ProbeHandle<Time>) {
     let rendered = render(scope, &|_| true);
     let probe = ProbeHandle::new();
+    let errors_index = relations().len();
     for (index, _name, rows) in rendered.relations {
         export(rows, index, buffer, collector, &probe);
     }
+    export(rendered.errors, errors_index, buffer, collector, &probe);
     (rendered.inputs, probe)
 }

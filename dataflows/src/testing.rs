@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
-use crate::render::{ExportBuffer, relations, render_and_export};
+use crate::render::{ExportBuffer, VIEW_ERRORS, relations, render_and_export};
 use crate::row::Row;
 use crate::{Diff, Time};
 
-/// Final contents of every relation and view, by name: row → multiplicity (zero rows removed).
+/// Final contents of every relation and view, by name: row → multiplicity (zero rows removed);
+/// the built-in views' error rows are under [`VIEW_ERRORS`].
 pub type Contents = HashMap<&'static str, HashMap<Row, Diff>>;
 
 /// Feeds `batches` (one epoch each) into the dataflow on `workers` threads and returns the
@@ -46,10 +47,10 @@ pub fn run_batches(workers: usize, batches: Vec<Vec<(Event, Diff)>>) -> Contents
     .into_iter()
     .for_each(|r| r.expect("worker succeeded"));
 
-    let descs = relations();
-    let mut contents: Contents = descs.iter().map(|d| (d.name, HashMap::new())).collect();
+    let names: Vec<&'static str> = relations().iter().map(|d| d.name).chain([VIEW_ERRORS]).collect();
+    let mut contents: Contents = names.iter().map(|name| (*name, HashMap::new())).collect();
     for ((rel, row), _time, diff) in result.lock().expect("no poisoned lock").drain(..) {
-        let table = contents.get_mut(descs[rel].name).expect("known relation");
+        let table = contents.get_mut(names[rel]).expect("known relation");
         *table.entry(row).or_insert(0) += diff;
     }
     for table in contents.values_mut() {

@@ -8,8 +8,16 @@
 //! Aggregates that can be inverted (counts, sums) use differential's data-in-the-diff idiom
 //! (`explode` + `count_total`): a retraction subtracts, nothing is recomputed. Aggregates that
 //! cannot (min, max, latest, percentiles) use `reduce`, which revisits only the changed keys.
+//!
+//! Integer sums (tokens, `size_bytes`, retries) are carried exactly in `i128` (no intermediate
+//! sum can overflow: fewer than 2⁶³ records of at most 2⁶³ each stay below 2¹²⁶). A result
+//! outside `BIGINT` is never wrapped: the column is NULL and the view's [`Errors`] get a row
+//! `[view, "integer overflow in COLUMN (BIGINT): VALUE (key (…))"]`, which the runtime shows
+//! in `aimatrix_view_errors`. Float means are exact ([`amx_operators::float::ExactSum`]).
 
+use amx_operators::float::ExactSum;
 use differential_dataflow::VecCollection;
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use ordered_float::OrderedFloat;
 use serde::{Deserialize, Serialize};
@@ -22,6 +30,87 @@ use crate::{Diff, Time};
 
 /// A collection of the dataflow's timestamp and difference types.
 pub type Coll<'s, D> = VecCollection<'s, Time, D, Diff>;
+
+/// Error rows of built-in views, `[view TEXT, error TEXT]` (the rows of `aimatrix_view_errors`):
+/// one per key and column whose value does not fit its type.
+pub type Errors<'s> = Coll<'s, Row>;
+
+/// Columns of a row whose exact sum left `BIGINT`: `(column, exact sum)`.
+type Overflows = Vec<(String, i128)>;
+
+/// An exact sum as a `BIGINT`, or `None` (and the overflow noted) when it does not fit.
+fn bigint(sum: i128, column: &str, overflows: &mut Overflows) -> Option<i64> {
+    let narrow = i64::try_from(sum).ok();
+    if narrow.is_none() {
+        overflows.push((column.to_owned(), sum));
+    }
+    narrow
+}
+
+/// A count of records as a `BIGINT` (fewer than 2⁶³ records: it always fits).
+fn count(n: i128) -> i64 {
+    n.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
+/// The error row of one overflowing column; `key` is the key as SQL-ish text, `('a', NULL)`.
+fn overflow_row(view: &str, key: &str, (column, sum): (String, i128)) -> Row {
+    vec![Datum::Text(view.to_owned()), Datum::Text(format!("integer overflow in {column} (BIGINT): {sum} (key {key})"))]
+}
+
+/// A key as SQL-ish text: `('a', NULL)`.
+fn key_text(parts: &[Option<&str>]) -> String {
+    let parts: Vec<String> =
+        parts.iter().map(|p| p.map_or("NULL".to_owned(), |s| format!("'{}'", s.replace('\'', "''")))).collect();
+    format!("({})", parts.join(", "))
+}
+
+/// Six exact counters carried in the difference (counts and sums of the views that use
+/// `count_total`); see the module doc for why `i128` cannot overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct Wide([i128; 6]);
+
+impl IsZero for Wide {
+    fn is_zero(&self) -> bool {
+        self.0.iter().all(|v| *v == 0)
+    }
+}
+
+impl Semigroup for Wide {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.0.iter_mut().zip(rhs.0).for_each(|(a, b)| *a += b);
+    }
+}
+
+impl Monoid for Wide {
+    fn zero() -> Self {
+        Wide([0; 6])
+    }
+}
+
+impl Abelian for Wide {
+    fn negate(&mut self) {
+        self.0.iter_mut().for_each(|v| *v = -*v);
+    }
+}
+
+impl Multiply<Diff> for Wide {
+    type Output = Wide;
+    fn multiply(mut self, rhs: &Diff) -> Wide {
+        self.0.iter_mut().for_each(|v| *v *= *rhs as i128);
+        self
+    }
+}
+
+/// `(value, 1)` for a known value, `(0, 0)` for NULL: a sum that can tell "all NULL" from 0.
+fn nullable(v: Option<i64>) -> (i128, i128) {
+    v.map_or((0, 0), |v| (v.into(), 1))
+}
+
+/// A nullable sum `(sum, non-NULL count)` as a `BIGINT`: NULL when no value was known or
+/// when the sum does not fit (noted in `overflows`).
+fn sum_or_null(sum: i128, non_null: i128, column: &str, overflows: &mut Overflows) -> Option<i64> {
+    if non_null > 0 { bigint(sum, column, overflows) } else { None }
+}
 
 // ---------------------------------------------------------------------------------------------
 // agent_traces
@@ -110,15 +199,18 @@ enum TraceItem {
     Eval(Option<OrderedFloat<f64>>),
 }
 
-/// Adds `v · n` to an optional sum that stays NULL until a non-NULL value arrives.
-fn add_opt(acc: &mut Option<i64>, v: Option<i64>, n: i64) {
+/// Adds `v · n` (exactly) to an optional sum that stays NULL until a non-NULL value arrives.
+fn add_opt(acc: &mut Option<i128>, v: Option<i64>, n: i64) {
     if let Some(v) = v {
-        *acc = Some(acc.unwrap_or(0).wrapping_add(v.wrapping_mul(n)));
+        *acc = Some(acc.unwrap_or(0) + i128::from(v) * i128::from(n));
     }
 }
 
-/// `agent_traces`, keyed by `trace_id`.
-pub fn agent_traces<'s>(spans: Coll<'s, Span>, evaluations: Coll<'s, Evaluation>) -> Coll<'s, AgentTrace> {
+/// `agent_traces`, keyed by `trace_id`, and its error rows (token sums beyond `BIGINT`).
+pub fn agent_traces<'s>(
+    spans: Coll<'s, Span>,
+    evaluations: Coll<'s, Evaluation>,
+) -> (Coll<'s, AgentTrace>, Errors<'s>) {
     agent_traces_from(split_spans(spans).traces, evaluations)
 }
 
@@ -195,73 +287,80 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
 fn agent_traces_from<'s>(
     span_items: Coll<'s, (TraceId, TraceItem)>,
     evaluations: Coll<'s, Evaluation>,
-) -> Coll<'s, AgentTrace> {
+) -> (Coll<'s, AgentTrace>, Errors<'s>) {
     let eval_items = evaluations.map(|e| (e.trace_id, TraceItem::Eval(e.score)));
-    span_items
-        .concat(eval_items)
-        .reduce_named("agent_traces", |_trace, items, out| {
-            let mut row = AgentTrace {
-                trace_id: TraceId::Hex128(0),
-                agent_name: None,
-                spans: 0,
-                llm_calls: 0,
-                tool_calls: 0,
-                tool_errors: 0,
-                input_tokens: None,
-                output_tokens: None,
-                start_time: None,
-                end_time: None,
-                status: SpanStatus::Unset,
-                eval_score: None,
-            };
-            let (mut score_sum, mut score_n) = (0.0f64, 0i64);
-            for (item, n) in items {
-                let n = *n as i64;
-                if n <= 0 {
-                    continue;
-                }
-                match item {
-                    TraceItem::Span { agent, llm, tool, status, input, output, start, end } => {
-                        row.spans += n;
-                        row.llm_calls += if *llm { n } else { 0 };
-                        row.tool_calls += if *tool { n } else { 0 };
-                        if *tool && *status == SpanStatus::Error {
-                            row.tool_errors += n;
-                        }
-                        if let Some(a) = agent
-                            && row.agent_name.as_ref().is_none_or(|cur| a < cur)
-                        {
-                            row.agent_name = Some(a.clone());
-                        }
-                        add_opt(&mut row.input_tokens, *input, n);
-                        add_opt(&mut row.output_tokens, *output, n);
-                        if let Some(s) = start {
-                            row.start_time = Some(row.start_time.map_or(*s, |c| c.min(*s)));
-                        }
-                        if let Some(e) = end {
-                            row.end_time = Some(row.end_time.map_or(*e, |c| c.max(*e)));
-                        }
-                        row.status = row.status.max(*status);
+    let traces = span_items.concat(eval_items).reduce_named("agent_traces", |_trace, items, out| {
+        let mut row = AgentTrace {
+            trace_id: TraceId::Hex128(0),
+            agent_name: None,
+            spans: 0,
+            llm_calls: 0,
+            tool_calls: 0,
+            tool_errors: 0,
+            input_tokens: None,
+            output_tokens: None,
+            start_time: None,
+            end_time: None,
+            status: SpanStatus::Unset,
+            eval_score: None,
+        };
+        let (mut score_sum, mut score_n) = (ExactSum::new(), 0u64);
+        let (mut input_tokens, mut output_tokens) = (None, None);
+        for (item, n) in items {
+            let n = *n as i64;
+            if n <= 0 {
+                continue;
+            }
+            match item {
+                TraceItem::Span { agent, llm, tool, status, input, output, start, end } => {
+                    row.spans += n;
+                    row.llm_calls += if *llm { n } else { 0 };
+                    row.tool_calls += if *tool { n } else { 0 };
+                    if *tool && *status == SpanStatus::Error {
+                        row.tool_errors += n;
                     }
-                    TraceItem::Eval(score) => {
-                        if let Some(s) = score {
-                            score_sum += s.0 * n as f64;
-                            score_n += n;
-                        }
+                    if let Some(a) = agent
+                        && row.agent_name.as_ref().is_none_or(|cur| a < cur)
+                    {
+                        row.agent_name = Some(a.clone());
+                    }
+                    add_opt(&mut input_tokens, *input, n);
+                    add_opt(&mut output_tokens, *output, n);
+                    if let Some(s) = start {
+                        row.start_time = Some(row.start_time.map_or(*s, |c| c.min(*s)));
+                    }
+                    if let Some(e) = end {
+                        row.end_time = Some(row.end_time.map_or(*e, |c| c.max(*e)));
+                    }
+                    row.status = row.status.max(*status);
+                }
+                TraceItem::Eval(score) => {
+                    if let Some(s) = score {
+                        score_sum.add(s.0, n);
+                        score_n += n as u64;
                     }
                 }
             }
-            if row.spans > 0 {
-                if score_n > 0 {
-                    row.eval_score = Some(OrderedFloat(score_sum / score_n as f64));
-                }
-                out.push((row, 1));
+        }
+        if row.spans > 0 {
+            if score_n > 0 {
+                row.eval_score = Some(OrderedFloat(score_sum.mean(score_n)));
             }
-        })
-        .map(|(trace_id, mut row)| {
-            row.trace_id = trace_id;
-            row
-        })
+            let mut overflows = Overflows::new();
+            row.input_tokens = input_tokens.and_then(|s| bigint(s, "input_tokens", &mut overflows));
+            row.output_tokens = output_tokens.and_then(|s| bigint(s, "output_tokens", &mut overflows));
+            out.push(((row, overflows), 1));
+        }
+    });
+    let errors = traces.clone().flat_map(|(trace_id, (_, overflows))| {
+        let key = key_text(&[Some(&trace_id.to_string())]);
+        overflows.into_iter().map(move |o| overflow_row("agent_traces", &key, o))
+    });
+    let rows = traces.map(|(trace_id, (mut row, _))| {
+        row.trace_id = trace_id;
+        row
+    });
+    (rows, errors)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,28 +466,32 @@ impl ToRow for ModelUsage {
     }
 }
 
-/// `(value sum, non-NULL count)`: a sum that can tell "all NULL" from 0.
-fn nullable(v: Option<i64>) -> (isize, isize) {
-    v.map_or((0, 0), |v| (v as isize, 1))
-}
-
-fn sum_or_null((sum, non_null): (isize, isize)) -> Option<i64> {
-    (non_null > 0).then_some(sum as i64)
-}
-
-/// `model_usage`, keyed by `(provider, request_model)`.
-pub fn model_usage<'s>(spans: Coll<'s, Span>) -> Coll<'s, ModelUsage> {
+/// `model_usage`, keyed by `(provider, request_model)`, and its error rows (token sums beyond
+/// `BIGINT`).
+pub fn model_usage<'s>(spans: Coll<'s, Span>) -> (Coll<'s, ModelUsage>, Errors<'s>) {
     model_usage_from(split_spans(spans).models)
 }
 
 /// `model_usage` from the spans' model calls (see [`split_spans`]).
-fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> Coll<'s, ModelUsage> {
+fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> (Coll<'s, ModelUsage>, Errors<'s>) {
     let sums = calls
         .clone()
         .explode(|(key, err, input, output, _latency)| {
-            Some((key, (1isize, err as isize, nullable(input), nullable(output))))
+            let ((input, has_input), (output, has_output)) = (nullable(input), nullable(output));
+            Some((key, Wide([1, err.into(), input, has_input, output, has_output])))
         })
-        .count_total();
+        .count_total()
+        .map(|(key, Wide([calls, errors, input, has_input, output, has_output]))| {
+            let mut overflows = Overflows::new();
+            let input = sum_or_null(input, has_input, "input_tokens", &mut overflows);
+            let output = sum_or_null(output, has_output, "output_tokens", &mut overflows);
+            (key, ((count(calls), count(errors), input, output), overflows))
+        });
+    let errors = sums.clone().flat_map(|((provider, model), (_, overflows))| {
+        let key = key_text(&[provider.as_deref(), model.as_deref()]);
+        overflows.into_iter().map(move |o| overflow_row("model_usage", &key, o))
+    });
+    let sums = sums.map(|(key, (sums, _))| (key, sums));
     let percentiles = calls.map(|(key, _err, _in, _out, latency)| (key, latency)).reduce_named(
         "model_usage_latency",
         |_key, latencies, out| {
@@ -398,18 +501,19 @@ fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> Coll<'s, ModelUsage> {
             out.push(((ms(0.5), ms(0.95)), 1));
         },
     );
-    sums.map(|(key, sums)| (key, sums)).join(percentiles).map(
-        |((provider, request_model), ((calls, error_calls, input, output), (p50, p95)))| ModelUsage {
+    let rows = sums.join(percentiles).map(
+        |((provider, request_model), ((calls, error_calls, input_tokens, output_tokens), (p50, p95)))| ModelUsage {
             provider,
             request_model,
-            calls: calls as i64,
-            error_calls: error_calls as i64,
-            input_tokens: sum_or_null(input),
-            output_tokens: sum_or_null(output),
+            calls,
+            error_calls,
+            input_tokens,
+            output_tokens,
             latency_ms_p50: p50,
             latency_ms_p95: p95,
         },
-    )
+    );
+    (rows, errors)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,8 +593,9 @@ pub struct WorkflowRun {
     pub steps_completed: i64,
     /// Steps whose state is `FAILED` or `TIMED_OUT`.
     pub steps_failed: i64,
-    /// Attempts beyond the first, summed over steps: Σ (attempts − 1).
-    pub retries: i64,
+    /// Attempts beyond the first, summed over steps: Σ max(attempts − 1, 0); NULL when the sum
+    /// does not fit a `BIGINT` (an error row says so).
+    pub retries: Option<i64>,
 }
 
 impl ToRow for WorkflowRun {
@@ -521,7 +626,7 @@ impl ToRow for WorkflowRun {
             Datum::Int(self.steps),
             Datum::Int(self.steps_completed),
             Datum::Int(self.steps_failed),
-            Datum::Int(self.retries),
+            Datum::int(self.retries),
         ]
     }
 }
@@ -547,8 +652,9 @@ struct StepItem {
     workflow_name: Option<String>,
 }
 
-/// `workflow_steps` (keyed by `(run_id, step_id)`) and `workflow_runs` (keyed by `run_id`).
-pub fn workflows<'s>(events: Coll<'s, WorkflowEvent>) -> (Coll<'s, WorkflowStep>, Coll<'s, WorkflowRun>) {
+/// `workflow_steps` (keyed by `(run_id, step_id)`), `workflow_runs` (keyed by `run_id`) and
+/// their error rows (retries beyond `BIGINT`).
+pub fn workflows<'s>(events: Coll<'s, WorkflowEvent>) -> (Coll<'s, WorkflowStep>, Coll<'s, WorkflowRun>, Errors<'s>) {
     let summaries = events
         .clone()
         .flat_map(|e| {
@@ -602,66 +708,71 @@ pub fn workflows<'s>(events: Coll<'s, WorkflowEvent>) -> (Coll<'s, WorkflowStep>
         })
     });
     let run_steps = summaries.map(|s| (s.step.run_id.clone(), RunItem::Step(s)));
-    let runs = run_events
-        .concat(run_steps)
-        .reduce_named("workflow_runs", |run_id, items, out| {
-            let mut run = WorkflowRun {
-                run_id: run_id.clone(),
-                workflow_name: None,
-                status: None,
-                started_at: None,
-                ended_at: None,
-                steps: 0,
-                steps_completed: 0,
-                steps_failed: 0,
-                retries: 0,
-            };
-            let mut step_workflow_name = None;
-            let mut latest: Option<EventOrder> = None;
-            let min_time = |t: Option<i64>, run: &mut WorkflowRun| {
-                if let Some(t) = t {
-                    run.started_at = Some(run.started_at.map_or(t, |c| c.min(t)));
-                }
-            };
-            for (item, n) in items {
-                if *n <= 0 {
-                    continue;
-                }
-                match item {
-                    RunItem::Event { order, workflow_name } => {
-                        if run.workflow_name.is_none() {
-                            run.workflow_name.clone_from(workflow_name);
-                        }
-                        min_time(order.1, &mut run);
-                        // Events are sorted by order: the last one seen is the latest.
-                        latest = Some(*order);
+    let runs = run_events.concat(run_steps).reduce_named("workflow_runs", |run_id, items, out| {
+        let mut run = WorkflowRun {
+            run_id: run_id.clone(),
+            workflow_name: None,
+            status: None,
+            started_at: None,
+            ended_at: None,
+            steps: 0,
+            steps_completed: 0,
+            steps_failed: 0,
+            retries: None,
+        };
+        let mut retries = 0i128;
+        let mut step_workflow_name = None;
+        let mut latest: Option<EventOrder> = None;
+        let min_time = |t: Option<i64>, run: &mut WorkflowRun| {
+            if let Some(t) = t {
+                run.started_at = Some(run.started_at.map_or(t, |c| c.min(t)));
+            }
+        };
+        for (item, n) in items {
+            if *n <= 0 {
+                continue;
+            }
+            match item {
+                RunItem::Event { order, workflow_name } => {
+                    if run.workflow_name.is_none() {
+                        run.workflow_name.clone_from(workflow_name);
                     }
-                    RunItem::Step(s) => {
-                        run.steps += 1;
-                        match s.step.state {
-                            WorkflowState::Completed => run.steps_completed += 1,
-                            WorkflowState::Failed | WorkflowState::TimedOut => run.steps_failed += 1,
-                            _ => {}
-                        }
-                        run.retries += (s.step.attempts - 1).max(0);
-                        min_time(s.first_event_time, &mut run);
-                        if step_workflow_name.is_none() {
-                            step_workflow_name.clone_from(&s.workflow_name);
-                        }
+                    min_time(order.1, &mut run);
+                    // Events are sorted by order: the last one seen is the latest.
+                    latest = Some(*order);
+                }
+                RunItem::Step(s) => {
+                    run.steps += 1;
+                    match s.step.state {
+                        WorkflowState::Completed => run.steps_completed += 1,
+                        WorkflowState::Failed | WorkflowState::TimedOut => run.steps_failed += 1,
+                        _ => {}
+                    }
+                    retries += (i128::from(s.step.attempts) - 1).max(0);
+                    min_time(s.first_event_time, &mut run);
+                    if step_workflow_name.is_none() {
+                        step_workflow_name.clone_from(&s.workflow_name);
                     }
                 }
             }
-            if run.workflow_name.is_none() {
-                run.workflow_name = step_workflow_name;
-            }
-            if let Some((_, time, state)) = latest {
-                run.status = Some(state);
-                run.ended_at = if state.is_terminal() { time } else { None };
-            }
-            out.push((run, 1));
-        })
-        .map(|(_run_id, run)| run);
-    (steps, runs)
+        }
+        if run.workflow_name.is_none() {
+            run.workflow_name = step_workflow_name;
+        }
+        if let Some((_, time, state)) = latest {
+            run.status = Some(state);
+            run.ended_at = if state.is_terminal() { time } else { None };
+        }
+        let mut overflows = Overflows::new();
+        run.retries = bigint(retries, "retries", &mut overflows);
+        out.push(((run, overflows), 1));
+    });
+    let errors = runs.clone().flat_map(|(run_id, (_, overflows))| {
+        let key = key_text(&[Some(&run_id)]);
+        overflows.into_iter().map(move |o| overflow_row("workflow_runs", &key, o))
+    });
+    let runs = runs.map(|(_run_id, (run, _))| run);
+    (steps, runs, errors)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -749,8 +860,9 @@ impl ToRow for CollectionStats {
     }
 }
 
-/// `documents` (keyed by `(collection, document_id)`) and `collection_stats` (keyed by `collection`).
-pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, Coll<'s, CollectionStats>) {
+/// `documents` (keyed by `(collection, document_id)`), `collection_stats` (keyed by
+/// `collection`) and their error rows (`size_bytes` sums beyond `BIGINT`).
+pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, Coll<'s, CollectionStats>, Errors<'s>) {
     type Version = (Option<TimestampUs>, Option<i64>, KnowledgeOp, Option<i64>);
     let documents = events
         .clone()
@@ -778,25 +890,40 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
         });
     let edits = events.explode(|e| {
         let bot = e.is_bot == Some(true);
-        Some((e.collection, (1isize, bot as isize, 0isize, (0isize, 0isize))))
+        Some((e.collection, Wide([1, bot.into(), 0, 0, 0, 0])))
     });
-    let live = documents.clone().explode(|d| Some((d.collection, (0isize, 0isize, 1isize, nullable(d.size_bytes)))));
+    let live = documents.clone().explode(|d| {
+        let (size, known) = nullable(d.size_bytes);
+        Some((d.collection, Wide([0, 0, 1, size, known, 0])))
+    });
     let stats =
-        edits.concat(live).count_total().map(|(collection, (edits, bot_edits, documents, size))| CollectionStats {
-            collection,
-            documents: documents as i64,
-            edits: edits as i64,
-            bot_edits: bot_edits as i64,
-            size_bytes: sum_or_null(size),
+        edits.concat(live).count_total().map(|(collection, Wide([edits, bot_edits, documents, size, known, _]))| {
+            let mut overflows = Overflows::new();
+            let size_bytes = sum_or_null(size, known, "size_bytes", &mut overflows);
+            let stats = CollectionStats {
+                collection,
+                documents: count(documents),
+                edits: count(edits),
+                bot_edits: count(bot_edits),
+                size_bytes,
+            };
+            (stats, overflows)
         });
-    (documents, stats)
+    let errors = stats.clone().flat_map(|(stats, overflows)| {
+        let key = key_text(&[Some(&stats.collection)]);
+        overflows.into_iter().map(move |o| overflow_row("collection_stats", &key, o))
+    });
+    (documents, stats.map(|(stats, _)| stats), errors)
 }
 
-/// `agent_traces`, `tool_usage` and `model_usage` from one pass over the spans.
+/// `agent_traces`, `tool_usage` and `model_usage` from one pass over the spans, and their
+/// error rows.
 pub(crate) fn span_views<'s>(
     spans: Coll<'s, Span>,
     evaluations: Coll<'s, Evaluation>,
-) -> (Coll<'s, AgentTrace>, Coll<'s, ToolUsage>, Coll<'s, ModelUsage>) {
+) -> (Coll<'s, AgentTrace>, Coll<'s, ToolUsage>, Coll<'s, ModelUsage>, Errors<'s>) {
     let parts = split_spans(spans);
-    (agent_traces_from(parts.traces, evaluations), tool_usage_from(parts.tools), model_usage_from(parts.models))
+    let (traces, trace_errors) = agent_traces_from(parts.traces, evaluations);
+    let (models, model_errors) = model_usage_from(parts.models);
+    (traces, tool_usage_from(parts.tools), models, trace_errors.concat(model_errors))
 }

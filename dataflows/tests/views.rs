@@ -379,3 +379,117 @@ fn ingest_errors_pass_through() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0][1], t("f.jsonl:2"));
 }
+
+/// Error rows of the built-in views: `[view, error]`.
+fn errors(c: &Contents) -> Vec<Row> {
+    let mut rows: Vec<Row> = c["aimatrix_view_errors"].keys().cloned().collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn collection_stats_size_beyond_bigint_is_null_and_an_error_row() {
+    use KnowledgeOp::*;
+    let a = kn("c", "a", Upsert, Some(1), Some(i64::MAX), 1, false);
+    let b = kn("c", "b", Upsert, Some(1), Some(1), 2, false);
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![vec![(a.clone(), 1), (b.clone(), 1)]]);
+        // 9223372036854775807 + 1 = 2^63 = 9223372036854775808 > i64::MAX: NULL, not a wrapped
+        // -9223372036854775808; 2 live documents, 2 edits, no bot edits.
+        expect(&c, "collection_stats", vec![vec![t("c"), i(2), i(2), i(0), N]]);
+        assert_eq!(
+            errors(&c),
+            vec![vec![
+                t("collection_stats"),
+                t("integer overflow in size_bytes (BIGINT): 9223372036854775808 (key ('c'))")
+            ]]
+        );
+        // Deleting b brings the sum back to 9223372036854775807: the row has it again and the
+        // error row is retracted.
+        let c = run_batches(workers, vec![vec![(a.clone(), 1), (b.clone(), 1)], vec![(b.clone(), -1)]]);
+        expect(&c, "collection_stats", vec![vec![t("c"), i(1), i(1), i(0), i(i64::MAX)]]);
+        assert!(errors(&c).is_empty());
+    }
+}
+
+#[test]
+fn workflow_retries_beyond_bigint_are_null_and_an_error_row() {
+    use WorkflowState::*;
+    let max = Some(i64::MAX);
+    let events = [
+        wf("r", None, Some(("1", "a")), Running, max, 1, 1, None),
+        wf("r", None, Some(("2", "b")), Running, max, 2, 2, None),
+        wf("r", None, Some(("3", "c")), Running, max, 3, 3, None),
+        // A nonsensical attempt far below 1 counts no retries (and must not overflow).
+        wf("q", None, Some(("1", "a")), Running, Some(i64::MIN), 4, 1, None),
+    ];
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![events.iter().map(|e| (e.clone(), 1)).collect()]);
+        let step = |run: &str, id: &str, name: &str, attempts: i64, s: i64| {
+            vec![t(run), t(id), t(name), t("activity"), t("RUNNING"), i(attempts), ts(s * S), N]
+        };
+        expect(
+            &c,
+            "workflow_steps",
+            vec![
+                step("r", "1", "a", i64::MAX, 1),
+                step("r", "2", "b", i64::MAX, 2),
+                step("r", "3", "c", i64::MAX, 3),
+                step("q", "1", "a", i64::MIN, 4),
+            ],
+        );
+        // r: retries = 3 · (9223372036854775807 − 1) = 27670116110564327418 > i64::MAX: NULL
+        // (the wrapped value would be 9223372036854775802). q: max(i64::MIN − 1, 0) = 0.
+        expect(
+            &c,
+            "workflow_runs",
+            vec![
+                vec![t("r"), N, N, ts(S), N, i(3), i(0), i(0), N],
+                vec![t("q"), N, N, ts(4 * S), N, i(1), i(0), i(0), i(0)],
+            ],
+        );
+        assert_eq!(
+            errors(&c),
+            vec![vec![t("workflow_runs"), t("integer overflow in retries (BIGINT): 27670116110564327418 (key ('r'))")]]
+        );
+    }
+}
+
+#[test]
+fn token_sums_beyond_bigint_are_null_and_error_rows() {
+    let p = (Some("p"), Some("m"));
+    let spans = [
+        span("big", "s1", "chat", p.0, p.1, None, None, (Some(i64::MAX), None), (None, None), SpanStatus::Unset),
+        span("big", "s2", "chat", p.0, p.1, None, None, (Some(1), None), (None, None), SpanStatus::Unset),
+    ];
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![spans.iter().map(|e| (e.clone(), 1)).collect()]);
+        // input_tokens: 9223372036854775807 + 1 = 9223372036854775808 > i64::MAX in both views.
+        expect(&c, "agent_traces", vec![vec![t("big"), N, i(2), i(2), i(0), i(0), N, N, N, N, t("unset"), N]]);
+        expect(&c, "model_usage", vec![vec![t("p"), t("m"), i(2), i(0), N, N, N, N]]);
+        assert_eq!(
+            errors(&c),
+            vec![
+                vec![
+                    t("agent_traces"),
+                    t("integer overflow in input_tokens (BIGINT): 9223372036854775808 (key ('big'))")
+                ],
+                vec![
+                    t("model_usage"),
+                    t("integer overflow in input_tokens (BIGINT): 9223372036854775808 (key ('p', 'm'))")
+                ],
+            ]
+        );
+    }
+}
+
+#[test]
+fn eval_score_mean_is_exact_whatever_the_order() {
+    let mut events = vec![span("e", "s1", "chat", None, None, None, None, (None, None), (None, None), SpanStatus::Ok)];
+    events.extend([eval("e", Some(-1e31)), eval("e", Some(1e31)), eval("e", Some(3.0))]);
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![events.iter().map(|e| (e.clone(), 1)).collect()]);
+        // (-1e31 + 1e31 + 3) / 3 = 1 exactly; adding in sorted order (-1e31, 3, 1e31) gives 0.
+        expect(&c, "agent_traces", vec![vec![t("e"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("ok"), f(1.0)]]);
+    }
+}

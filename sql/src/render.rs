@@ -75,6 +75,11 @@ impl<'s> Renderer<'s> {
         Ok(rows)
     }
 
+    /// Adds error rows `[view, error]` from elsewhere (the built-in views') to [`Renderer::errors`].
+    pub fn add_errors(&mut self, errors: Rows<'s>) {
+        self.errors.push(errors);
+    }
+
     /// Every view's error rows `[view, error]` (None when no view can fail).
     pub fn errors(&mut self) -> Option<Rows<'s>> {
         let mut errors = std::mem::take(&mut self.errors).into_iter();
