@@ -36,7 +36,9 @@ pub enum Datum {
     Bool(bool),
     /// A `BIGINT`.
     Int(i64),
-    /// A `DOUBLE`; totally ordered (NaN sorts last) so rows can live in arrangements.
+    /// A `DOUBLE`; totally ordered as in PostgreSQL (`-0.0 = 0.0`; NaN equals NaN and sorts
+    /// after every other value) so rows can live in arrangements. Build it with
+    /// [`Datum::float`], which stores the canonical bits.
     Float(OrderedFloat<f64>),
     /// A `TEXT` value.
     Text(String),
@@ -53,9 +55,10 @@ impl Datum {
     pub fn int(v: Option<i64>) -> Datum {
         v.map_or(Datum::Null, Datum::Int)
     }
-    /// `Float` from an optional float, `Null` for `None`.
+    /// `Float` from an optional float, `Null` for `None`; canonical: `-0.0` becomes `0.0` and
+    /// every NaN the one NaN ([`amx_operators::float::canonical`]), so equal values have equal bits.
     pub fn float(v: Option<f64>) -> Datum {
-        v.map_or(Datum::Null, |f| Datum::Float(OrderedFloat(f)))
+        v.map_or(Datum::Null, |f| Datum::Float(OrderedFloat(amx_operators::float::canonical(f))))
     }
     /// `Timestamp` from optional microseconds since the epoch, `Null` for `None`.
     pub fn ts(v: Option<i64>) -> Datum {

@@ -17,7 +17,6 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::{DataFusionError, Result};
-use ordered_float::OrderedFloat;
 
 /// Whether rows can carry values of this Arrow type (see the module doc).
 pub fn supported(ty: &DataType) -> bool {
@@ -139,7 +138,8 @@ fn datum_at(array: &ArrayRef, i: usize) -> Datum {
     match array.data_type() {
         DataType::Boolean => Datum::Bool(array.as_boolean().value(i)),
         DataType::Int64 => Datum::Int(array.as_primitive::<Int64Type>().value(i)),
-        DataType::Float64 => Datum::Float(OrderedFloat(array.as_primitive::<Float64Type>().value(i))),
+        // Canonical bits (-0.0 as 0.0, one NaN), as every float the dataflows store.
+        DataType::Float64 => Datum::float(Some(array.as_primitive::<Float64Type>().value(i))),
         DataType::Utf8 => Datum::Text(array.as_string::<i32>().value(i).to_owned()),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             Datum::Timestamp(array.as_primitive::<TimestampMicrosecondType>().value(i))

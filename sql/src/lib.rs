@@ -22,6 +22,7 @@ use datafusion::catalog::MemTable;
 use datafusion::config::Dialect;
 use datafusion::prelude::SessionContext;
 
+pub mod aggregates;
 pub mod convert;
 pub mod input;
 pub mod plan;
@@ -150,10 +151,13 @@ impl State {
 /// A DataFusion session with AIMatrix's function set: DataFusion's own plus the JSON
 /// functions of `datafusion-functions-json` (`json_get_str(attributes, 'key')`,
 /// `json_get_int`, `json_get_float`, `json_get_bool`, `json_contains`, `json_length`, …), for
-/// the `attributes` column and other JSON text.
+/// the `attributes` column and other JSON text; `min`, `max`, `sum` and `avg` are
+/// [`aggregates`]' versions, which compute what a view computes.
 pub fn session(config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
     let mut ctx = SessionContext::new_with_config(config);
     datafusion_functions_json::register_all(&mut ctx)?;
+    // min/max/sum/avg with the views' semantics (NaN order, exact sums, no wrapping).
+    aggregates::register(&ctx);
     Ok(ctx)
 }
 

@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
+use amx_operators::float::ExactSum;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use differential_dataflow::input::Input;
@@ -21,7 +22,6 @@ use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::{AsCollection, VecCollection};
-use ordered_float::OrderedFloat;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
@@ -340,6 +340,12 @@ fn eval_rows(
 }
 
 /// Aggregates one group; `Err` for an arithmetic error (integer overflow in `sum`).
+///
+/// Integer sums are exact in `i128` and an error only when the result leaves `BIGINT`; float
+/// sums and means are exact sums rounded once ([`ExactSum`]), so they do not depend on the
+/// order of the values; `min`/`max` follow PostgreSQL's order (NaN greatest, `-0.0 = 0.0`,
+/// [`Datum`]'s order) and return canonical floats. [`crate::aggregates`] computes the same in
+/// plain queries.
 fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
     let mut out = Vec::with_capacity(aggs.len());
     for agg in aggs {
@@ -354,41 +360,38 @@ fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
             values = set.into_iter().map(|d| (d, 1)).collect();
         }
         let count: i64 = values.iter().map(|(_, n)| n).sum();
+        let exact = || {
+            let mut sum = ExactSum::new();
+            values.iter().for_each(|(d, n)| sum.add(as_f64(d), *n));
+            sum
+        };
         let datum = match agg.func {
             AggFunc::Count => Datum::Int(count),
             AggFunc::Sum if values.is_empty() => Datum::Null,
             AggFunc::Sum => match values[0].0 {
                 Datum::Int(_) => {
-                    let mut acc: i64 = 0;
+                    let mut acc: i128 = 0;
                     for (d, n) in &values {
                         let Datum::Int(v) = d else {
                             return Err(format!("sum over mixed values {d:?}"));
                         };
-                        acc = v
-                            .checked_mul(*n)
-                            .and_then(|x| acc.checked_add(x))
-                            .ok_or_else(|| format!("integer overflow in sum (BIGINT) at value {v}"))?;
+                        acc += i128::from(*v) * i128::from(*n);
                     }
-                    if agg.output == DataType::Float64 {
-                        Datum::Float(OrderedFloat(acc as f64))
-                    } else {
-                        Datum::Int(acc)
-                    }
+                    let sum = i64::try_from(acc).map_err(|_| format!("integer overflow in sum (BIGINT): {acc}"))?;
+                    if agg.output == DataType::Float64 { Datum::float(Some(sum as f64)) } else { Datum::Int(sum) }
                 }
-                _ => Datum::Float(OrderedFloat(values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum())),
+                _ => Datum::float(Some(exact().sum())),
             },
             AggFunc::Avg if values.is_empty() => Datum::Null,
             AggFunc::Avg => match values[0].0 {
                 Datum::Int(_) => {
                     let total: i128 = values.iter().map(|(d, n)| as_i64(d) as i128 * *n as i128).sum();
-                    Datum::Float(OrderedFloat(total as f64 / count as f64))
+                    Datum::float(Some(total as f64 / count as f64))
                 }
-                _ => Datum::Float(OrderedFloat(
-                    values.iter().map(|(d, n)| as_f64(d) * *n as f64).sum::<f64>() / count as f64,
-                )),
+                _ => Datum::float(Some(exact().mean(count as u64))),
             },
-            AggFunc::Min => values.iter().map(|(d, _)| *d).min().cloned().unwrap_or(Datum::Null),
-            AggFunc::Max => values.iter().map(|(d, _)| *d).max().cloned().unwrap_or(Datum::Null),
+            AggFunc::Min => canonical_float(values.iter().map(|(d, _)| *d).min()),
+            AggFunc::Max => canonical_float(values.iter().map(|(d, _)| *d).max()),
             AggFunc::BoolAnd if values.is_empty() => Datum::Null,
             AggFunc::BoolAnd => Datum::Bool(values.iter().all(|(d, _)| **d == Datum::Bool(true))),
             AggFunc::BoolOr if values.is_empty() => Datum::Null,
@@ -397,6 +400,15 @@ fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
         out.push(datum);
     }
     Ok(out)
+}
+
+/// A min/max result: floats canonical (`0.0` for either zero, one NaN), NULL for none.
+fn canonical_float(d: Option<&Datum>) -> Datum {
+    match d {
+        Some(Datum::Float(f)) => Datum::float(Some(f.0)),
+        Some(d) => d.clone(),
+        None => Datum::Null,
+    }
 }
 
 fn as_f64(d: &Datum) -> f64 {
@@ -452,15 +464,11 @@ impl Sums {
                     next();
                     Datum::Null
                 }
-                AggFunc::Avg => Datum::Float(OrderedFloat(next() as f64 / present as f64)),
+                AggFunc::Avg => Datum::float(Some(next() as f64 / present as f64)),
                 _ => {
                     let sum = next();
                     let sum = i64::try_from(sum).map_err(|_| format!("integer overflow in sum (BIGINT): {sum}"))?;
-                    if agg.output == DataType::Float64 {
-                        Datum::Float(OrderedFloat(sum as f64))
-                    } else {
-                        Datum::Int(sum)
-                    }
+                    if agg.output == DataType::Float64 { Datum::float(Some(sum as f64)) } else { Datum::Int(sum) }
                 }
             });
         }
