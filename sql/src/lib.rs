@@ -25,6 +25,7 @@ use datafusion::prelude::SessionContext;
 pub mod aggregates;
 pub mod convert;
 pub mod input;
+pub mod json;
 pub mod plan;
 pub mod render;
 pub mod temporal;
@@ -240,7 +241,8 @@ pub enum OutputFormat {
     /// An aligned text table.
     #[default]
     Table,
-    /// One JSON array of row objects (NULLs as `null`, timestamps as RFC 3339 strings).
+    /// One JSON array of row objects (NULLs as `null`, timestamps as RFC 3339 strings, NaN
+    /// and ±infinity as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`: see [`json`]).
     Json,
     /// CSV with a header line.
     Csv,
@@ -255,6 +257,7 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
             {
                 let mut writer = arrow::json::WriterBuilder::new()
                     .with_explicit_nulls(true)
+                    .with_encoder_factory(json::NonFiniteAsStrings::factory())
                     .build::<_, arrow::json::writer::JsonArray>(&mut buf);
                 for b in batches {
                     writer.write(b)?;
