@@ -23,6 +23,7 @@ use amx_dataflows::render::{ExportBuffer, SOURCE_STATS, export, relations, rende
 use amx_dataflows::row::{Column, ColumnType, Datum, RelationDesc, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use amx_sql::error::{excerpt, to_anyhow};
 use amx_sql::views::{ViewDef, ViewPlanner, ViewStatement, parse_statement};
 use amx_sql::{OutputFormat, SqlEngine, State, arrow_schema, format_batches};
 use anyhow::{Context, Result, anyhow, bail};
@@ -197,10 +198,17 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     };
     let (views, queries) = plan_views(job, &statements)?;
     let (descs, schemas) = catalog(&views);
+    // Plain queries are planned now, against the (still empty) relations: a typo in one is
+    // reported before the sources are read, not after.
+    let engine = SqlEngine::new()?;
+    let mut state = State::with_schemas(descs, schemas);
+    for (name, sql) in &queries {
+        engine.check(&state, sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
+    }
     // The relations the queries read: only those are collected at the coordinator.
     let mut needed = std::collections::HashSet::new();
     for (name, sql) in &queries {
-        needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {sql}"))?);
+        needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?);
     }
     let needed = Arc::new(needed);
     let view_reads: Arc<std::collections::HashSet<String>> =
@@ -469,8 +477,6 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         return Ok(summary);
     }
 
-    let engine = SqlEngine::new()?;
-    let mut state = State::with_schemas(descs, schemas);
     let bar = opts.progress.then(|| {
         let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
@@ -570,7 +576,7 @@ fn answer(
     out: &mut dyn Write,
 ) -> Result<()> {
     for (i, (name, sql)) in queries.iter().enumerate() {
-        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {sql}"))?;
+        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
         let text = format_batches(&batches, format)?;
         if only_changed && printed[i].as_deref() == Some(text.as_str()) {
             continue;
@@ -614,15 +620,17 @@ pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<Vie
     let mut planner = ViewPlanner::new(&base)?;
     for (name, sql) in &job.config.views {
         let sql = sql.as_str().unwrap_or_default();
-        planner.create(name, sql).with_context(|| format!("view `{name}`"))?;
+        planner.create(name, sql).map_err(to_anyhow).with_context(|| format!("view `{name}`"))?;
     }
     let mut queries = Vec::new();
     for (name, sql) in statements {
-        match parse_statement(sql).with_context(|| format!("`{name}`: {sql}"))? {
+        match parse_statement(sql).map_err(to_anyhow).with_context(|| format!("query `{name}`: {}", excerpt(sql)))? {
             ViewStatement::Create { name: view, query } => {
-                planner.create_in(&view, &query, sql).with_context(|| format!("view `{view}`"))?;
+                planner.create_in(&view, &query, sql).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?;
             }
-            ViewStatement::Drop { name: view, if_exists } => planner.drop(&view, if_exists)?,
+            ViewStatement::Drop { name: view, if_exists } => {
+                planner.drop(&view, if_exists).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?
+            }
             ViewStatement::Other => queries.push((name.clone(), sql.clone())),
         }
     }

@@ -19,13 +19,15 @@ use anyhow::{Context, Result, bail};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
-use datafusion::config::Dialect;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 pub mod aggregates;
 pub mod convert;
+pub mod error;
 pub mod input;
 pub mod json;
+pub mod parse;
 pub mod plan;
 pub mod render;
 pub mod temporal;
@@ -33,6 +35,7 @@ pub mod testing;
 pub mod views;
 
 pub use arrow;
+pub use parse::{MAX_EXPR_DEPTH, on_sql_stack};
 
 /// The Arrow type of a column type.
 pub fn arrow_type(ty: ColumnType) -> DataType {
@@ -154,7 +157,9 @@ impl State {
 /// `json_get_int`, `json_get_float`, `json_get_bool`, `json_contains`, `json_length`, …), for
 /// the `attributes` column and other JSON text; `min`, `max`, `sum` and `avg` are
 /// [`aggregates`]' versions, which compute what a view computes.
-pub fn session(config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
+pub fn session(mut config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
+    // Where names are in the SQL, so that "no such column / table" errors say where.
+    config.options_mut().sql_parser.collect_spans = true;
     let mut ctx = SessionContext::new_with_config(config);
     datafusion_functions_json::register_all(&mut ctx)?;
     // min/max/sum/avg with the views' semantics (NaN order, exact sums, no wrapping).
@@ -162,11 +167,17 @@ pub fn session(config: datafusion::prelude::SessionConfig) -> Result<SessionCont
     Ok(ctx)
 }
 
-/// The (lower-case) names of the tables a SQL statement reads. Errors: SQL syntax errors.
+/// The names of the tables a SQL statement reads, resolved as DataFusion resolves them
+/// (unquoted names folded to lower case, quoted names as written; CTEs left out).
+///
+/// Errors: SQL syntax errors and statements past the parser's limits ([`parse::parse`]).
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>> {
-    let ctx = SessionContext::new();
-    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
-    Ok(ctx.state().resolve_table_references(&statement)?.iter().map(|r| r.table().to_ascii_lowercase()).collect())
+    on_sql_stack(|| {
+        let statement = parse::parse(sql)?;
+        let (tables, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
+        Ok(tables.iter().map(|r| r.table().to_owned()).collect())
+    })
+    .map_err(error::to_anyhow)
 }
 
 /// Runs DataFusion queries against a [`State`].
@@ -180,6 +191,7 @@ impl SqlEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("amx-sql")
+            .thread_stack_size(parse::SQL_STACK_BYTES)
             .enable_all()
             .build()
             .context("starting the SQL runtime")?;
@@ -188,12 +200,58 @@ impl SqlEngine {
 
     /// Answers one SQL statement over the current state.
     ///
-    /// Errors: SQL syntax errors, unknown tables or columns, type errors and execution errors,
-    /// as DataFusion reports them.
+    /// Errors: SQL syntax errors, statements past the parser's limits ([`parse::parse`]),
+    /// unknown tables or columns, type errors and execution errors, each as one message
+    /// ([`error::message`]).
     pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
+        on_sql_stack(|| {
+            let descs = state.descs.clone();
+            let (ctx, plan) = self.plan(sql, &descs, |rel| {
+                let batch = state.batch(rel).map_err(|e| DataFusionError::External(e.into()))?;
+                MemTable::try_new(batch.schema(), vec![vec![batch]])
+            })?;
+            self.runtime.block_on(async {
+                let df = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let mut batches = df.collect().await?;
+                // An empty answer still has its columns (for table and CSV headers).
+                if batches.is_empty() {
+                    batches.push(RecordBatch::new_empty(schema));
+                }
+                Ok(batches)
+            })
+        })
+        .map_err(error::to_anyhow)
+    }
+
+    /// Plans one SQL statement (parses it, resolves its tables and columns against the
+    /// relations of `state`, type-checks and optimizes it) without running it: the contents
+    /// of the relations play no part. A statement that passes fails later, in
+    /// [`SqlEngine::query`], only as it runs (a division by zero, a bad cast of a value).
+    ///
+    /// Errors: as [`SqlEngine::query`].
+    pub fn check(&self, state: &State, sql: &str) -> Result<()> {
+        on_sql_stack(|| {
+            let (ctx, plan) =
+                self.plan(sql, &state.descs, |rel| MemTable::try_new(state.schemas[rel].clone(), vec![vec![]]))?;
+            ctx.state().optimize(&plan)?;
+            Ok(())
+        })
+        .map_err(error::to_anyhow)
+    }
+
+    /// Parses and plans `sql` in a new session where each relation of `descs` it names is
+    /// the table `table(index)`.
+    fn plan(
+        &self,
+        sql: &str,
+        descs: &[RelationDesc],
+        mut table: impl FnMut(usize) -> datafusion::error::Result<MemTable>,
+    ) -> datafusion::error::Result<(SessionContext, datafusion::logical_expr::LogicalPlan)> {
         // One partition: float aggregates then add in one order, so answers are reproducible.
-        let ctx = session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))?;
-        let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
+        let ctx = session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+            .map_err(|e| DataFusionError::External(e.into()))?;
+        let statement = parse::parse(sql)?;
         let is_query = match &statement {
             datafusion::sql::parser::Statement::Statement(s) => matches!(
                 s.as_ref(),
@@ -204,34 +262,26 @@ impl SqlEngine {
             _ => false,
         };
         if !is_query {
-            bail!(
-                "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the engine: {sql}"
-            );
+            return Err(DataFusionError::Plan(
+                "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the \
+                 engine"
+                    .into(),
+            ));
         }
-        let references = ctx.state().resolve_table_references(&statement)?;
+        let (references, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
         for reference in references {
-            let name = reference.table().to_ascii_lowercase();
-            if let Some(rel) = state.descs.iter().position(|d| d.name == name) {
-                if ctx.table_exist(name.as_str())? {
+            // Resolved as DataFusion resolves names: `"MyView"` is `MyView`, `MyView` is `myview`.
+            let name = reference.table();
+            if let Some(rel) = descs.iter().position(|d| d.name == name) {
+                let bare = datafusion::common::TableReference::bare(name);
+                if ctx.table_exist(bare.clone())? {
                     continue;
                 }
-                let batch = state.batch(rel)?;
-                let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-                ctx.register_table(name.as_str(), Arc::new(table))?;
+                ctx.register_table(bare, Arc::new(table(rel)?))?;
             }
         }
-        let batches = self.runtime.block_on(async {
-            let plan = ctx.state().statement_to_plan(statement).await?;
-            let df = ctx.execute_logical_plan(plan).await?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut batches = df.collect().await?;
-            // An empty answer still has its columns (for table and CSV headers).
-            if batches.is_empty() {
-                batches.push(RecordBatch::new_empty(schema));
-            }
-            Ok::<_, datafusion::error::DataFusionError>(batches)
-        })?;
-        Ok(batches)
+        let plan = self.runtime.block_on(ctx.state().statement_to_plan(statement))?;
+        Ok((ctx, plan))
     }
 }
 

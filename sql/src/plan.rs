@@ -240,6 +240,23 @@ pub fn position(sql: &str, word: &str) -> String {
     }
 }
 
+/// The name of the first volatile function `expr` calls (`random`, `uuid`, …).
+fn volatile_function(expr: &Expr) -> Option<String> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Volatility;
+    let mut found = None;
+    let _ = expr.apply(|e| {
+        if let Expr::ScalarFunction(f) = e
+            && f.func.signature().volatility == Volatility::Volatile
+        {
+            found = Some(f.name().to_owned());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 /// Lowers optimized DataFusion plans, refusing what the IR cannot maintain.
 pub struct Lowerer<'a> {
     sql: &'a str,
@@ -267,7 +284,10 @@ impl<'a> Lowerer<'a> {
         }
         if expr.is_volatile() {
             // A maintained view must compute the same value when it retracts a row.
-            return Err(self.refuse("a volatile function (random(), uuid(), …)", "random()"));
+            let name = volatile_function(expr).unwrap_or_else(|| "random".to_owned());
+            let call = format!("{name}(");
+            let keyword = if position(self.sql, &call).is_empty() { name.as_str() } else { call.as_str() };
+            return Err(self.refuse(&format!("the volatile function {name}()"), keyword));
         }
         let mut subquery = false;
         let _ = datafusion::common::tree_node::TreeNode::apply(expr, |e| {

@@ -324,7 +324,7 @@ fn eval_rows(
     let batch = convert::rows_to_batch(rows, schema).map_err(|e| e.to_string())?;
     let arrays = exprs
         .iter()
-        .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(rows.len())))
+        .map(|e| crate::parse::evaluate(e, &batch).and_then(|v| v.into_array(rows.len())))
         .collect::<datafusion::error::Result<Vec<_>>>()
         .map_err(|e| e.to_string())?;
     if is_filter {

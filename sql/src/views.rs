@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemTable;
-use datafusion::config::Dialect;
+use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
-use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
+use datafusion::sql::planner::object_name_to_table_reference;
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectType, Statement};
 
 use crate::plan::{Lowerer, Plan, dependencies};
 
@@ -22,14 +23,14 @@ use crate::plan::{Lowerer, Plan, dependencies};
 pub enum ViewStatement {
     /// `CREATE MATERIALIZED VIEW name AS query`.
     Create {
-        /// View name (lower case).
+        /// View name, resolved as DataFusion resolves table names (unquoted: lower case).
         name: String,
         /// The query text.
         query: String,
     },
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
     Drop {
-        /// View name (lower case).
+        /// View name, resolved as DataFusion resolves table names (unquoted: lower case).
         name: String,
         /// `IF EXISTS`.
         if_exists: bool,
@@ -38,26 +39,56 @@ pub enum ViewStatement {
     Other,
 }
 
-/// Classifies one SQL statement. Errors: SQL syntax errors, as DataFusion's parser reports them.
+/// Classifies one SQL statement.
+///
+/// A view's name is resolved as DataFusion resolves table names: unquoted parts are folded to
+/// lower case, quoted ones (`"MyView"`, `"my view"`) kept as written. `public.v` and
+/// `datafusion.public.v` name the view `v` (views live in DataFusion's default catalog and
+/// schema); any other qualifier is refused.
+///
+/// Errors: SQL syntax errors, as DataFusion's parser reports them, statements past the
+/// parser's limits ([`crate::parse::parse`]), and view names in another schema.
 pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
-    let ctx = SessionContext::new();
-    let statement = ctx.state().sql_to_statement(sql, &Dialect::Generic)?;
-    let DfStatement::Statement(statement) = statement else {
-        return Ok(ViewStatement::Other);
-    };
-    Ok(match *statement {
-        Statement::CreateView(create) if create.materialized => ViewStatement::Create {
-            name: create.name.to_string().to_ascii_lowercase(),
-            query: create.query.to_string(),
-        },
-        Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
-            let [name] = names.as_slice() else {
-                return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));
-            };
-            ViewStatement::Drop { name: name.to_string().to_ascii_lowercase(), if_exists }
-        }
-        _ => ViewStatement::Other,
+    crate::on_sql_stack(|| {
+        let statement = crate::parse::parse(sql)?;
+        let DfStatement::Statement(statement) = statement else {
+            return Ok(ViewStatement::Other);
+        };
+        Ok(match *statement {
+            Statement::CreateView(create) if create.materialized => {
+                ViewStatement::Create { name: view_name(&create.name)?, query: create.query.to_string() }
+            }
+            Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
+                let [name] = names.as_slice() else {
+                    return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));
+                };
+                ViewStatement::Drop { name: view_name(name)?, if_exists }
+            }
+            _ => ViewStatement::Other,
+        })
     })
+}
+
+/// The table name a view's (possibly qualified, possibly quoted) name resolves to, if the view
+/// is in the one schema views live in.
+fn view_name(name: &ObjectName) -> Result<String> {
+    let reference = object_name_to_table_reference(name.clone(), true)?;
+    // The session's defaults: `datafusion` and `public`.
+    let defaults = datafusion::config::CatalogOptions::default();
+    let (catalog, schema) = (defaults.default_catalog.as_str(), defaults.default_schema.as_str());
+    let ok = match &reference {
+        TableReference::Bare { .. } => true,
+        TableReference::Partial { schema: s, .. } => s.as_ref() == schema,
+        TableReference::Full { catalog: c, schema: s, .. } => c.as_ref() == catalog && s.as_ref() == schema,
+    };
+    if !ok {
+        return Err(DataFusionError::Plan(format!(
+            "materialized view `{name}`: views live in the schema {catalog}.{schema}; name it `{t}`, `{schema}.{t}` or \
+             `{catalog}.{schema}.{t}`",
+            t = reference.table()
+        )));
+    }
+    Ok(reference.table().to_owned())
 }
 
 /// A planned view.
@@ -90,7 +121,10 @@ impl ViewPlanner {
         // now() is the engine's clock in views (temporal filters), not the planning time.
         ctx.register_udf(crate::temporal::EngineNow::udf());
         for (name, schema) in relations {
-            ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+            ctx.register_table(
+                TableReference::bare(name.as_str()),
+                Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?),
+            )?;
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -103,54 +137,67 @@ impl ViewPlanner {
         &self.views
     }
 
-    /// Plans `CREATE MATERIALIZED VIEW name AS sql` and adds it to the catalog.
+    /// Plans `CREATE MATERIALIZED VIEW name AS sql` and adds it to the catalog; `name` is
+    /// folded to lower case, as an unquoted SQL name is (the names of a job file's `[views]`).
     ///
     /// Errors: the name is taken; SQL errors; a construct the dataflow IR cannot maintain
     /// (named, with its line and column where it can be located).
     pub fn create(&mut self, name: &str, sql: &str) -> Result<&ViewDef> {
-        self.create_in(name, sql, sql)
+        self.create_in(&name.to_ascii_lowercase(), sql, sql)
     }
 
-    /// As [`ViewPlanner::create`], locating refused constructs in `source` (the whole
-    /// statement as the user wrote it) rather than in `sql`.
+    /// As [`ViewPlanner::create`], for a view whose `name` is already resolved (as
+    /// [`parse_statement`] resolves it: case kept), locating refused constructs in `source`
+    /// (the whole statement as the user wrote it) rather than in `sql`.
     pub fn create_in(&mut self, name: &str, sql: &str, source: &str) -> Result<&ViewDef> {
-        let name = name.to_ascii_lowercase();
-        if self.ctx.table_exist(name.as_str())? {
+        if self.ctx.table_exist(TableReference::bare(name))? {
             return Err(DataFusionError::Plan(format!("a relation or view named `{name}` already exists")));
         }
-        let state = self.ctx.state();
-        let unoptimized = self.runtime.block_on(state.create_logical_plan(sql))?;
-        if !matches!(
-            unoptimized,
-            LogicalPlan::Projection(_)
-                | LogicalPlan::Filter(_)
-                | LogicalPlan::Aggregate(_)
-                | LogicalPlan::Sort(_)
-                | LogicalPlan::Limit(_)
-                | LogicalPlan::Distinct(_)
-                | LogicalPlan::Union(_)
-                | LogicalPlan::Join(_)
-                | LogicalPlan::SubqueryAlias(_)
-                | LogicalPlan::Window(_)
-                | LogicalPlan::Values(_)
-                | LogicalPlan::TableScan(_)
-                | LogicalPlan::EmptyRelation(_)
-        ) {
-            return Err(DataFusionError::Plan(format!("a materialized view must be a query (SELECT …): `{sql}`")));
-        }
-        let optimized = state.optimize(&unoptimized)?;
-        let plan = Lowerer::new(source).lower(&optimized)?;
-        let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+        let (ctx, runtime) = (&self.ctx, &self.runtime);
+        // DataFusion and the lowering recurse over the expressions: on a large stack.
+        let (plan, schema) = crate::on_sql_stack(|| {
+            let state = ctx.state();
+            let statement = crate::parse::parse(sql)?;
+            let unoptimized = runtime.block_on(state.statement_to_plan(statement))?;
+            if !matches!(
+                unoptimized,
+                LogicalPlan::Projection(_)
+                    | LogicalPlan::Filter(_)
+                    | LogicalPlan::Aggregate(_)
+                    | LogicalPlan::Sort(_)
+                    | LogicalPlan::Limit(_)
+                    | LogicalPlan::Distinct(_)
+                    | LogicalPlan::Union(_)
+                    | LogicalPlan::Join(_)
+                    | LogicalPlan::SubqueryAlias(_)
+                    | LogicalPlan::Window(_)
+                    | LogicalPlan::Values(_)
+                    | LogicalPlan::TableScan(_)
+                    | LogicalPlan::EmptyRelation(_)
+            ) {
+                return Err(DataFusionError::Plan(format!(
+                    "a materialized view must be a query (SELECT …), not `{}`",
+                    crate::error::excerpt(sql)
+                )));
+            }
+            let optimized = state.optimize(&unoptimized)?;
+            let plan = Lowerer::new(source).lower(&optimized)?;
+            let schema: SchemaRef = Arc::new(optimized.schema().as_arrow().clone());
+            Ok((plan, schema))
+        })?;
         let mut reads = Vec::new();
         dependencies(&plan, &mut reads);
-        self.ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
-        self.views.push(ViewDef { name, sql: sql.to_owned(), plan, schema, reads });
+        self.ctx
+            .register_table(TableReference::bare(name), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+        self.views.push(ViewDef { name: name.to_owned(), sql: sql.to_owned(), plan, schema, reads });
         Ok(self.views.last().expect("just pushed"))
     }
 
-    /// Drops a view. Errors: unknown view (unless `if_exists`), or another view reads it.
+    /// Drops a view, by its resolved name (as [`parse_statement`] resolves it).
+    ///
+    /// Errors: unknown view (unless `if_exists`), or another view reads it.
     pub fn drop(&mut self, name: &str, if_exists: bool) -> Result<()> {
-        let name = name.to_ascii_lowercase();
+        let name = name.to_owned();
         let Some(i) = self.views.iter().position(|v| v.name == name) else {
             return if if_exists {
                 Ok(())
@@ -162,7 +209,7 @@ impl ViewPlanner {
             return Err(DataFusionError::Plan(format!("view `{}` reads `{name}`; drop it first", reader.name)));
         }
         self.views.remove(i);
-        self.ctx.deregister_table(name.as_str())?;
+        self.ctx.deregister_table(TableReference::bare(name))?;
         Ok(())
     }
 }
