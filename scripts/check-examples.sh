@@ -3,6 +3,7 @@
 # scripts/check_examples.py computes independently from the raw files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/aimatrix-target}"
+# The same target directory as `cargo run` (./target) unless CARGO_TARGET_DIR says otherwise.
+target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet --bin aimatrix
-python3 scripts/check_examples.py "$CARGO_TARGET_DIR/debug/aimatrix"
+python3 scripts/check_examples.py "$target/debug/aimatrix"

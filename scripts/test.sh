@@ -2,5 +2,6 @@
 # The test suite: unit, view, oracle (proptest), decoder, SQL and two-process cluster tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/aimatrix-target}"
+# Builds into the same target directory as `cargo run` (./target), so the README's two
+# commands build once; CI points CARGO_TARGET_DIR elsewhere to reuse a build.
 cargo test --workspace --all-targets "$@"
