@@ -203,19 +203,19 @@ pub fn demo_job_toml(data: &DemoData) -> String {
 const QUERIES: &[(&str, &str)] = &[
     (
         "slowest models",
-        "SELECT provider, request_model, calls, latency_ms_p50, latency_ms_p95 FROM model_usage \
-         ORDER BY latency_ms_p95 DESC LIMIT 5",
+        "SELECT provider, request_model, calls, round(latency_ms_p50, 1) AS latency_ms_p50, \
+         round(latency_ms_p95, 1) AS latency_ms_p95 FROM model_usage ORDER BY latency_ms_p95 DESC LIMIT 5",
     ),
     (
         "agent error rates",
         "SELECT agent_name, count(*) AS traces, \
-         CAST(sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS DOUBLE) / count(*) AS error_rate, \
-         avg(eval_score) AS avg_eval_score FROM agent_traces GROUP BY agent_name \
+         round(CAST(sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS DOUBLE) / count(*), 3) AS error_rate, \
+         round(avg(eval_score), 3) AS avg_eval_score FROM agent_traces GROUP BY agent_name \
          HAVING count(*) >= 20 ORDER BY error_rate DESC, agent_name LIMIT 10",
     ),
     (
         "least reliable tools",
-        "SELECT tool_name, calls, errors, traces, CAST(errors AS DOUBLE) / calls AS error_rate \
+        "SELECT tool_name, calls, errors, traces, round(CAST(errors AS DOUBLE) / calls, 3) AS error_rate \
          FROM tool_usage WHERE calls >= 20 ORDER BY error_rate DESC, tool_name LIMIT 5",
     ),
     (
@@ -955,7 +955,7 @@ impl SpanGen {
                 let Some(done) = self.finished.pop_front() else {
                     break;
                 };
-                let n = self.write_evaluations(evals, done)?;
+                let n = self.write_evaluations(evals, done, evals_target - evals_written)?;
                 evals_written += n;
                 eval_budget -= n as f64;
             }
@@ -964,23 +964,25 @@ impl SpanGen {
             let Some(done) = self.finished.pop_front() else {
                 break;
             };
-            evals_written += self.write_evaluations(evals, done)?;
+            evals_written += self.write_evaluations(evals, done, evals_target - evals_written)?;
         }
         Ok(clock)
     }
 
-    /// Writes the evaluations of one finished trace (1 or 2 records); returns how many.
+    /// Writes the evaluations of one finished trace (1 or 2 records, never more than `room`,
+    /// which is at least 1); returns how many.
     fn write_evaluations(
         &mut self,
         evals: &mut JsonlWriter,
         (id, agent, failed): (u128, usize, bool),
+        room: usize,
     ) -> io::Result<usize> {
         let rng = &mut self.eval_rng;
         let success_rate = self.agents[agent].success * if failed { 0.25 } else { 1.0 };
         let success = rng.random_bool(success_rate);
         write_evaluation(evals.begin(), id, "task_success", if success { 1000 } else { 0 }, success);
         evals.end(rng)?;
-        if !rng.random_bool(0.4) {
+        if !rng.random_bool(0.4) || room < 2 {
             return Ok(1);
         }
         let mean = if success { 0.78 } else { 0.42 };
@@ -2018,6 +2020,24 @@ mod tests {
                     assert!(f.malformed >= 1, "{} has {} records and no malformed line", f.name, f.records);
                 }
             }
+        }
+    }
+
+    /// The default demo size writes exactly the valid records it asks for, file by file: 80 %
+    /// spans, 3 % evaluations, 10 % workflow events, the rest knowledge events (it once wrote
+    /// one evaluation too many: a trace's second evaluation past the target).
+    #[test]
+    fn default_size_writes_exactly_its_targets() {
+        let dir = TempDir::new("default-size");
+        let data = write_demo_data(&dir.0, &DemoConfig::default()).unwrap();
+        let valid: Vec<(&str, usize)> = data.files.iter().map(|f| (f.name, f.valid())).collect();
+        assert_eq!(
+            valid,
+            vec![("spans", 160_000), ("evaluations", 6_000), ("workflow_events", 20_000), ("knowledge_events", 14_000)]
+        );
+        for f in &data.files {
+            let text = fs::read_to_string(&f.path).unwrap();
+            assert_eq!(text.lines().count(), f.records, "{}", f.name);
         }
     }
 

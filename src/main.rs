@@ -123,12 +123,14 @@ impl ClusterArgs {
                 Output::Json => OutputFormat::Json,
                 Output::Csv => OutputFormat::Csv,
             },
-            queries: sql.iter().enumerate().map(|(i, q)| (format!("query {}", i + 1), q.clone())).collect(),
+            queries: sql.iter().map(|q| (String::new(), q.clone())).collect(),
             progress: !self.quiet,
             batch_records: self.batch,
             summary: true,
             poll_bytes: self.poll_bytes,
             max_record_bytes: self.max_record_bytes,
+            echo_sql: false,
+            on_caught_up: None,
         }
     }
 }
@@ -164,19 +166,75 @@ fn real_main() -> Result<()> {
         Command::Demo { events, seed, dir, sql, cluster } => {
             let keep = dir.is_some();
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));
-            let data = write_demo_data(&dir, &DemoConfig { events, seed })
-                .with_context(|| format!("writing demo data to {}", dir.display()))?;
-            let job_path = dir.join("demo.toml");
-            std::fs::write(&job_path, demo_job_toml(&data))?;
-            eprintln!("demo: {events} records in {} (job file {})", dir.display(), job_path.display());
-            let job = Job::load(&job_path)?;
-            let result = run(&job, &cluster.options(&sql, false, Duration::from_secs(1)), &mut stdout);
+            let result = demo(&dir, events, seed, &sql, &cluster, &mut stdout);
             if !keep {
                 // The generated data is only kept when asked for (--dir).
                 let _ = std::fs::remove_dir_all(&dir);
             }
             result?;
         }
+    }
+    Ok(())
+}
+
+/// The demo: writes `events` records and the job file into `dir`, ingests them and prints the
+/// answers (each under its SQL); then appends a second round of data (a tenth as many records,
+/// another seed) to the same files and prints the answers that changed, as the views absorb
+/// it incrementally (a `--follow` run that ends once it has caught up with the second round).
+fn demo(
+    dir: &std::path::Path,
+    events: usize,
+    seed: u64,
+    sql: &[String],
+    cluster: &ClusterArgs,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let data = write_demo_data(dir, &DemoConfig { events, seed })
+        .with_context(|| format!("writing demo data to {}", dir.display()))?;
+    let more = (events / 10).max(1);
+    let round2 = write_demo_data(&dir.join("round2"), &DemoConfig { events: more, seed: seed.wrapping_add(1) })
+        .with_context(|| format!("writing demo data to {}", dir.display()))?;
+    let job_path = dir.join("demo.toml");
+    std::fs::write(&job_path, demo_job_toml(&data))?;
+    eprintln!(
+        "demo: {} records and {} deliberately malformed lines in {} (job file {})",
+        data.records() - data.malformed(),
+        data.malformed(),
+        dir.display(),
+        job_path.display()
+    );
+    let job = Job::load(&job_path)?;
+    let mut opts = cluster.options(sql, true, Duration::from_secs(24 * 3600));
+    opts.echo_sql = true;
+    let rounds = std::sync::atomic::AtomicUsize::new(0);
+    let appends: Vec<(PathBuf, PathBuf)> =
+        round2.files.iter().filter_map(|f| data.file(f.name).map(|to| (f.path.clone(), to.path.clone()))).collect();
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let failure = failed.clone();
+    opts.on_caught_up = Some(aimatrix::runtime::CaughtUp(std::sync::Arc::new(move || {
+        if rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            return true;
+        }
+        eprintln!(
+            "demo: appending {} more records to the same files; the views absorb them incrementally, and the answers that change are printed again:",
+            round2.records()
+        );
+        for (from, to) in &appends {
+            let appended = std::fs::read(from).and_then(|bytes| {
+                use std::io::Write as _;
+                std::fs::OpenOptions::new().append(true).open(to)?.write_all(&bytes)
+            });
+            if let Err(e) = appended {
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("appending {} to {}: {e}", from.display(), to.display()));
+                return true;
+            }
+        }
+        false
+    })));
+    run(&job, &opts, out)?;
+    if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!(e);
     }
     Ok(())
 }

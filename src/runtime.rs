@@ -48,7 +48,9 @@ pub struct RunOptions {
     pub interval: Duration,
     /// Output format of answers.
     pub output: OutputFormat,
-    /// Queries `(name, sql)` to answer; empty means the job's own.
+    /// Statements `(name, sql)` to run instead of the job's queries (empty: the job's own):
+    /// queries, and `CREATE`/`DROP MATERIALIZED VIEW`. An empty name is `query N`, N counting
+    /// the queries only.
     pub queries: Vec<(String, String)>,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
@@ -61,6 +63,25 @@ pub struct RunOptions {
     /// The largest record, in bytes: a longer line, array element or document is an ingest
     /// error (`record of N bytes exceeds the maximum record size …`) and reading goes on.
     pub max_record_bytes: u64,
+    /// Print each query's SQL above its answer (table output).
+    pub echo_sql: bool,
+    /// With `follow`: called on the coordinator each time the sources have been read to their
+    /// current end and the answers to that point have been printed (see [`CaughtUp`]).
+    pub on_caught_up: Option<CaughtUp>,
+}
+
+/// A hook for `--follow` runs: called with no arguments after the cluster has caught up with
+/// the sources (worker 0 found nothing new to read, and every change before that point has
+/// been applied and the changed answers printed). Returning `true` ends the run as at the end
+/// of input: what the sources hold then is read, the answers that changed are printed, and
+/// [`run`] returns.
+#[derive(Clone)]
+pub struct CaughtUp(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for CaughtUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaughtUp(..)")
+    }
 }
 
 impl Default for RunOptions {
@@ -79,6 +100,8 @@ impl Default for RunOptions {
             summary: true,
             poll_bytes: POLL_BYTES,
             max_record_bytes: amx_connectors::record::DEFAULT_MAX_RECORD_BYTES,
+            echo_sql: false,
+            on_caught_up: None,
         }
     }
 }
@@ -120,6 +143,9 @@ enum Msg {
     Finished(u64, u64),
     /// A worker failed (an I/O error reading a source).
     Failed(String),
+    /// Following: worker 0 read its sources to their current end; its data is at times below
+    /// this one.
+    CaughtUp(Time),
 }
 
 /// The timely configuration for `opts`.
@@ -234,11 +260,14 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let (tx, rx) = mpsc::channel::<Msg>();
     let sources = job.config.sources.clone();
     let follow = opts.follow;
+    // Set by the coordinator to end a follow run as at the end of input (see `CaughtUp`).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_workers = stop.clone();
     let batch_records = opts.batch_records.max(1);
     let poll_bytes = opts.poll_bytes.max(1);
     let max_record_bytes = opts.max_record_bytes.max(1);
     let is_coordinator = opts.process_index == 0;
-    let guards = timely::execute(config, move |worker| {
+    let body = move |worker: &mut timely::worker::Worker| {
         let index = worker.index();
         let peers = worker.peers();
         let tx = tx.clone();
@@ -350,7 +379,14 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let mut in_batch = 0usize;
         // Records this worker decodes per epoch: its share of `batch_records`.
         let batch_share = (batch_records / peers).max(1);
+        let mut follow = follow;
+        // Following: whether data was read since the last `CaughtUp` (or none was sent yet).
+        let mut fresh = true;
         loop {
+            if follow && stop_workers.load(std::sync::atomic::Ordering::SeqCst) {
+                // Asked to end: read what is there now, as at the end of input.
+                follow = false;
+            }
             let mut new_records = 0u64;
             let mut new_bytes = 0u64;
             for src in &mut readers {
@@ -418,6 +454,15 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
                 continue;
             }
+            if new_records > 0 || new_bytes > 0 {
+                fresh = true;
+            }
+            if new_records == 0 && new_bytes == 0 && fresh {
+                fresh = false;
+                if index == 0 {
+                    let _ = tx.send(Msg::CaughtUp(epoch));
+                }
+            }
             if new_records == 0 {
                 // Nothing new: keep the dataflow moving, then look again.
                 let idle_until = Instant::now() + Duration::from_millis(100);
@@ -465,7 +510,16 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         drop(done_in);
         drop(inputs);
         while worker.step() {}
-    })
+    };
+    let guards = match config.communication {
+        // Connected by `cluster` (progress on stderr, not timely's lines on stdout).
+        timely::CommunicationConfig::Cluster { threads, process, addresses, .. } => {
+            let (builders, others) = crate::cluster::allocators(&addresses, process, threads)
+                .map_err(|e| anyhow!("connecting the timely cluster: {e}"))?;
+            timely::execute::execute_from(builders, others, config.worker, body)
+        }
+        _ => timely::execute(config, body),
+    }
     .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
 
     let mut summary = RunSummary::default();
@@ -490,7 +544,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     });
     let mut printed: Vec<Option<String>> = vec![None; queries.len()];
     let mut changed_since_print = false;
-    let mut last_print = Instant::now() - opts.interval;
+    // Following, answers are printed when the sources have been caught up with, and at most
+    // once per interval while catching up.
+    let mut last_print = Instant::now();
+    let mut caught_up: Option<Time> = None;
+    let print = Printer { engine: &engine, queries: &queries, format: opts.output, echo_sql: opts.echo_sql };
     let started = Instant::now();
     let mut failure = None;
     loop {
@@ -523,15 +581,25 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 failure = Some(e);
                 break;
             }
+            Some(Msg::CaughtUp(time)) => caught_up = Some(time),
             None => {}
         }
-        if opts.follow && changed_since_print && last_print.elapsed() >= opts.interval {
+        let caught_up_now = caught_up.is_some_and(|t| state.upper() >= t);
+        if opts.follow && changed_since_print && (caught_up_now || last_print.elapsed() >= opts.interval) {
             changed_since_print = false;
             last_print = Instant::now();
             if let Some(bar) = &bar {
-                bar.suspend(|| answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out))?;
+                bar.suspend(|| print.answer(&mut state, &mut printed, true, out))?;
             } else {
-                answer(&engine, &mut state, &queries, opts.output, &mut printed, true, out)?;
+                print.answer(&mut state, &mut printed, true, out)?;
+            }
+        }
+        if caught_up_now {
+            caught_up = None;
+            if let Some(hook) = &opts.on_caught_up
+                && (hook.0)()
+            {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -551,55 +619,75 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         }
     }
     if opts.summary {
+        let sources = job.config.sources.len();
         eprintln!(
-            "read {} records ({} bytes) from {} sources: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",
+            "read {} records ({} bytes) from {} source{}: {} rows decoded, {} errors (SELECT * FROM ingest_errors) in {:.2} s",
             summary.records,
             summary.bytes,
-            job.config.sources.len(),
+            sources,
+            if sources == 1 { "" } else { "s" },
             summary.decoded,
             summary.errors,
             started.elapsed().as_secs_f64()
         );
     }
-    answer(&engine, &mut state, &queries, opts.output, &mut printed, false, out)?;
+    // A follow run that was asked to end prints only what changed since its last answers.
+    print.answer(&mut state, &mut printed, opts.follow, out)?;
     Ok(summary)
 }
 
-/// Answers every query; with `only_changed`, prints only answers that differ from the last printed.
-fn answer(
-    engine: &SqlEngine,
-    state: &mut State,
-    queries: &[(String, String)],
+/// How answers are printed.
+struct Printer<'a> {
+    engine: &'a SqlEngine,
+    queries: &'a [(String, String)],
     format: OutputFormat,
-    printed: &mut [Option<String>],
-    only_changed: bool,
-    out: &mut dyn Write,
-) -> Result<()> {
-    for (i, (name, sql)) in queries.iter().enumerate() {
-        let batches = engine.query(state, sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
-        let text = format_batches(&batches, format)?;
-        if only_changed && printed[i].as_deref() == Some(text.as_str()) {
-            continue;
+    echo_sql: bool,
+}
+
+impl Printer<'_> {
+    /// Answers every query; with `only_changed`, prints only answers that differ from the
+    /// last printed.
+    ///
+    /// Table output puts `-- NAME` (and with `echo_sql` the SQL) above each answer; CSV does
+    /// so when there is more than one query, or only changed answers are printed (`--follow`);
+    /// JSON prints one line per answer, `{"query": NAME, "rows": [...]}` when only changed
+    /// answers are printed.
+    fn answer(
+        &self,
+        state: &mut State,
+        printed: &mut [Option<String>],
+        only_changed: bool,
+        out: &mut dyn Write,
+    ) -> Result<()> {
+        for (i, (name, sql)) in self.queries.iter().enumerate() {
+            let batches = self.engine.query(state, sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
+            let text = format_batches(&batches, self.format)?;
+            if only_changed && printed[i].as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match self.format {
+                OutputFormat::Table => {
+                    writeln!(out, "-- {name}")?;
+                    if self.echo_sql {
+                        writeln!(out, "{};", sql.trim().trim_end_matches(';'))?;
+                    }
+                    writeln!(out, "{text}")?;
+                }
+                // With --follow only changed answers are printed, so each says which query it answers.
+                OutputFormat::Json if only_changed => {
+                    writeln!(out, "{{\"query\":{},\"rows\":{}}}", serde_json::to_string(name)?, text.trim_end())?;
+                }
+                OutputFormat::Csv if only_changed || self.queries.len() > 1 => {
+                    writeln!(out, "-- {name}")?;
+                    out.write_all(text.as_bytes())?;
+                }
+                _ => out.write_all(text.as_bytes())?,
+            }
+            out.flush()?;
+            printed[i] = Some(text);
         }
-        match format {
-            OutputFormat::Table => {
-                writeln!(out, "-- {name}")?;
-                writeln!(out, "{text}")?;
-            }
-            // With --follow only changed answers are printed, so each says which query it answers.
-            OutputFormat::Json if only_changed => {
-                writeln!(out, "{{\"query\":{},\"rows\":{}}}", serde_json::to_string(name)?, text.trim_end())?;
-            }
-            OutputFormat::Csv if only_changed => {
-                writeln!(out, "-- {name}")?;
-                out.write_all(text.as_bytes())?;
-            }
-            _ => out.write_all(text.as_bytes())?,
-        }
-        out.flush()?;
-        printed[i] = Some(text);
+        Ok(())
     }
-    Ok(())
 }
 
 /// A query to answer: `(name, sql)`.
@@ -623,15 +711,20 @@ pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<Vie
         planner.create(name, sql).map_err(to_anyhow).with_context(|| format!("view `{name}`"))?;
     }
     let mut queries = Vec::new();
-    for (name, sql) in statements {
-        match parse_statement(sql).map_err(to_anyhow).with_context(|| format!("query `{name}`: {}", excerpt(sql)))? {
+    for (i, (name, sql)) in statements.iter().enumerate() {
+        let what = if name.is_empty() { format!("statement {}", i + 1) } else { format!("query `{name}`") };
+        match parse_statement(sql).map_err(to_anyhow).with_context(|| format!("{what}: {}", excerpt(sql)))? {
             ViewStatement::Create { name: view, query } => {
                 planner.create_in(&view, &query, sql).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?;
             }
             ViewStatement::Drop { name: view, if_exists } => {
                 planner.drop(&view, if_exists).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?
             }
-            ViewStatement::Other => queries.push((name.clone(), sql.clone())),
+            ViewStatement::Other => {
+                // Unnamed (command-line) queries are numbered among the queries only.
+                let name = if name.is_empty() { format!("query {}", queries.len() + 1) } else { name.clone() };
+                queries.push((name, sql.clone()))
+            }
         }
     }
     Ok((planner.views().to_vec(), queries))
