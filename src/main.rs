@@ -106,7 +106,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => v * 60.0,
         _ => return Err(format!("bad duration unit in `{s}` (ms, s, m)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("bad duration `{s}`: must be between 0 and about 584 billion years"))
 }
 
 impl ClusterArgs {

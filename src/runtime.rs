@@ -213,12 +213,7 @@ fn forward_until(
 pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSummary> {
     let config = timely_config(opts)?;
     let statements: Vec<(String, String)> = if opts.queries.is_empty() {
-        job.config
-            .queries
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.name.clone().unwrap_or_else(|| format!("query {}", i + 1)), q.sql.clone()))
-            .collect()
+        job.config.queries.iter().map(|q| (q.name.clone().unwrap_or_default(), q.sql.clone())).collect()
     } else {
         opts.queries.clone()
     };
@@ -660,8 +655,26 @@ impl Printer<'_> {
         out: &mut dyn Write,
     ) -> Result<()> {
         for (i, (name, sql)) in self.queries.iter().enumerate() {
-            let batches = self.engine.query(state, sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
-            let text = format_batches(&batches, self.format)?;
+            let answer = self
+                .engine
+                .query(state, sql)
+                .and_then(|batches| format_batches(&batches, self.format))
+                .with_context(|| format!("query `{name}`: {}", excerpt(sql)));
+            let text = match answer {
+                Ok(text) => text,
+                // Following, a query that fails now (a division by zero in the current data,
+                // say) is reported on stderr, once per distinct error, and the other queries
+                // go on; it is answered again when the data changes.
+                Err(e) if only_changed => {
+                    let error = format!("error: {e:#}");
+                    if printed[i].as_deref() != Some(error.as_str()) {
+                        eprintln!("{error}");
+                        printed[i] = Some(error);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if only_changed && printed[i].as_deref() == Some(text.as_str()) {
                 continue;
             }

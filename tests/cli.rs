@@ -85,3 +85,74 @@ fn the_demo_shows_its_sql_and_a_second_incremental_round() {
     assert_eq!(code, 0);
     assert!(out.contains("-- knowledge collections\nSELECT collection, documents, edits, bot_edits, size_bytes FROM collection_stats ORDER BY collection;\n"), "{out}");
 }
+
+#[test]
+fn a_huge_interval_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    let (code, _, err) = aimatrix(&["run", &job, "--interval", "99999999999999999999s", "--sql", "SELECT 1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad duration"), "{err}");
+}
+
+#[test]
+fn job_file_queries_are_numbered_among_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "\n[[queries]]\nsql = \"CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n FROM evaluations\"\n\
+         [[queries]]\nsql = \"SELECT n FROM v\"\n[[queries]]\nsql = \"SELECT 7 AS seven\"\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let (code, out, err) = aimatrix(&["run", &job, "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("-- query 1\n"), "{out}");
+    assert!(out.contains("-- query 2\n") && !out.contains("-- query 3"), "{out}");
+}
+
+#[test]
+fn follow_goes_on_after_a_query_fails() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .args(["run", &job, "--follow", "--interval", "100ms", "--output", "json", "--quiet"])
+        .args(["--sql", "SELECT count(*) AS n FROM evaluations"])
+        .args(["--sql", "SELECT 10 / (count(*) - 3) AS r FROM evaluations"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200))
+                && l.contains(want)
+            {
+                return;
+            }
+        }
+        panic!("no answer containing {want} within 60 s");
+    };
+    // Two records: 10 / (2 - 3) = -10.
+    wait_for(r#"{"r":-10}"#);
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("e.jsonl")).unwrap();
+    // Three records: division by zero, reported; the count is still answered.
+    writeln!(f, "{{\"t\":\"c\",\"n\":\"x\",\"s\":1}}").unwrap();
+    wait_for(r#"{"n":3}"#);
+    // Four records: both answer again, 10 / (4 - 3) = 10.
+    writeln!(f, "{{\"t\":\"d\",\"n\":\"x\",\"s\":1}}").unwrap();
+    wait_for(r#"{"r":10}"#);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error: query `query 2`") && err.contains("Divide by zero"), "{err}");
+}

@@ -285,12 +285,32 @@ impl FileReader {
         }
         paths.sort();
         for path in paths {
+            if !self.files.contains_key(&path) {
+                self.adopt_renamed(&path);
+            }
             let state = self.files.entry(path.clone()).or_default();
             let limits = Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes };
             poll_file(&path, state, finish, limits, &mut self.share, out, &mut self.bytes_read)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// A path seen for the first time may be a file read before under another name (renamed
+    /// by log rotation, e.g. `app.jsonl` → `app-1.jsonl`, both matching the glob): when a known
+    /// path's file has the same identity (device, inode) and that path no longer holds it, its
+    /// reading state moves to the new path, so the file is not read twice.
+    fn adopt_renamed(&mut self, path: &Path) {
+        let Some(id) = fs::metadata(path).ok().as_ref().and_then(identity) else { return };
+        let moved = self.files.iter().find_map(|(old, state)| {
+            let still_there = fs::metadata(old).ok().as_ref().and_then(identity) == Some(id);
+            (state.identity == Some(id) && !still_there).then(|| old.clone())
+        });
+        if let Some(old) = moved
+            && let Some(state) = self.files.remove(&old)
+        {
+            self.files.insert(path.to_path_buf(), state);
+        }
     }
 
     /// Reads at most `bytes` of each JSON-lines file per poll (whole lines; default: no
@@ -1226,6 +1246,23 @@ pub(crate) mod tests {
         // Appending still tails.
         d.append("r.jsonl", "{\"t\":\"z\"}\n");
         assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:2"), "{\"t\":\"z\"}")]);
+    }
+
+    #[test]
+    fn a_file_renamed_to_another_matching_name_is_not_read_twice() {
+        let d = TempDir::new("rotate");
+        let f = d.write("app.jsonl", "{\"t\":\"a1\"}\n{\"t\":\"a2\"}\n");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        assert_eq!(poll(&mut r, false).len(), 2);
+        // Date-named rotation: the file moves to app-1.jsonl (same inode) and a new app.jsonl
+        // starts. Only the new file's line is new.
+        fs::rename(d.0.join("app.jsonl"), d.0.join("app-1.jsonl")).expect("rename");
+        d.write("app.jsonl", "{\"t\":\"b1\"}\n");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"t\":\"b1\"}")]);
+        // Lines appended to the rotated file later are still tailed, under its new name.
+        d.append("app-1.jsonl", "{\"t\":\"a3\"}\n");
+        let moved = d.0.join("app-1.jsonl").display().to_string();
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{moved}:3"), "{\"t\":\"a3\"}")]);
     }
 
     /// One step of the follow property test.
