@@ -156,3 +156,18 @@ fn follow_goes_on_after_a_query_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error: query `query 2`") && err.contains("Divide by zero"), "{err}");
 }
+
+#[test]
+fn nesting_within_the_documented_limit_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    // 200 levels each (the README allows 256): 200 parentheses around 1; 200 CASEs whose
+    // innermost THEN is 1 (1 > 0 holds at every level); 200 NOTs (even) of true.
+    let parens = format!("{}1{}", "(".repeat(200), ")".repeat(200));
+    let cases = format!("{}1{}", "CASE WHEN 1 > 0 THEN ".repeat(200), " ELSE 0 END".repeat(200));
+    let nots = format!("{}true", "NOT ".repeat(200));
+    let sql = format!("SELECT {parens} AS p, {cases} AS c, {nots} AS n");
+    let (code, out, err) = aimatrix(&["run", &job, "--quiet", "--output", "json", "--sql", &sql]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "[{\"p\":1,\"c\":1,\"n\":true}]\n");
+}

@@ -160,6 +160,9 @@ impl State {
 pub fn session(mut config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
     // Where names are in the SQL, so that "no such column / table" errors say where.
     config.options_mut().sql_parser.collect_spans = true;
+    // The same nesting limit as our own parse (SQL runs on large stacks, see `parse`).
+    config.options_mut().sql_parser.recursion_limit =
+        datafusion::common::config::ConfigNonZeroUsize::try_new(parse::PARSER_RECURSION_LIMIT)?;
     let mut ctx = SessionContext::new_with_config(config);
     datafusion_functions_json::register_all(&mut ctx)?;
     // min/max/sum/avg with the views' semantics (NaN order, exact sums, no wrapping).

@@ -31,9 +31,11 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 /// when it is parsed. The same bound as SQLite's `SQLITE_MAX_EXPR_DEPTH`.
 pub const MAX_EXPR_DEPTH: usize = 1000;
 
-/// sqlparser's recursion limit (DataFusion's default `sql_parser.recursion_limit`): how deep
-/// parentheses, subqueries and prefix operators may nest.
-pub const PARSER_RECURSION_LIMIT: usize = 50;
+/// sqlparser's recursion limit (also set as DataFusion's `sql_parser.recursion_limit`, whose
+/// default is 50): how deep parentheses, subqueries, `CASE` and prefix operators such as `NOT`
+/// may nest. SQL is parsed and planned on [`SQL_STACK_BYTES`] stacks, so this can be well
+/// above DataFusion's default.
+pub const PARSER_RECURSION_LIMIT: usize = 256;
 
 /// Stack size of the threads that parse, plan and run SQL (see [`on_sql_stack`]).
 pub const SQL_STACK_BYTES: usize = 256 << 20;
