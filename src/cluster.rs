@@ -32,8 +32,24 @@ pub fn connect(addresses: &[String], me: usize) -> io::Result<Vec<Option<TcpStre
     let accept = std::thread::spawn(move || -> io::Result<Vec<TcpStream>> {
         let mut accepted: Vec<Option<TcpStream>> = (0..higher).map(|_| None).collect();
         let mut waiting = higher;
+        listener.set_nonblocking(true)?;
+        let mut last_report = Instant::now();
         while waiting > 0 {
-            let (mut stream, _) = listener.accept()?;
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if last_report.elapsed() >= REPORT_EVERY {
+                        let missing: Vec<usize> =
+                            (0..higher).filter(|&slot| accepted[slot].is_none()).map(|slot| me + 1 + slot).collect();
+                        tracing::warn!(process = me, ?missing, "still waiting for processes to connect");
+                        last_report = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            stream.set_nonblocking(false)?;
             stream.set_nodelay(true)?;
             let mut index = [0u8; 8];
             stream.read_exact(&mut index)?;

@@ -2,10 +2,9 @@
 //! the record limit, a replaced file under `--follow`, a directory as a source path, and a
 //! source that read nothing. Expected values are counted by hand from the files written here.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+
+mod common;
 
 /// A job reading `data.jsonl` as evaluations (`t` = trace id, `n` = name, `l` = label).
 fn job(dir: &std::path::Path, path: &str) -> std::path::PathBuf {
@@ -146,29 +145,8 @@ fn follow_reads_a_replaced_file_from_its_start() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let lines = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(lines).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = String::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-                seen.push_str(&l);
-                seen.push('\n');
-                if l.contains(want) {
-                    return seen;
-                }
-            }
-        }
-        panic!("no answer containing {want} within 60 s; saw:\n{seen}");
-    };
+    let rx = common::stdout_lines(&mut child);
+    let wait_for = |want: &str| common::wait_for(&rx, want);
     wait_for(r#""ids":"a,b""#);
     // Log rotation: deleted and re-created, longer than what was read.
     std::fs::remove_file(&data).unwrap();

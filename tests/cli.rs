@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn aimatrix(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_aimatrix")).args(args).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap())
@@ -113,7 +115,7 @@ fn job_file_queries_are_numbered_among_queries() {
 
 #[test]
 fn follow_goes_on_after_a_query_fails() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let job = job(dir.path());
     let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
@@ -124,23 +126,9 @@ fn follow_goes_on_after_a_query_fails() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
     let wait_for = |want: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200))
-                && l.contains(want)
-            {
-                return;
-            }
-        }
-        panic!("no answer containing {want} within 60 s");
+        common::wait_for(&rx, want);
     };
     // Two records: 10 / (2 - 3) = -10.
     wait_for(r#"{"r":-10}"#);

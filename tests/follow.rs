@@ -1,10 +1,10 @@
 //! `aimatrix run --follow`: appended lines (a malformed one, and a line written in two parts)
 //! update the live views and the answers are printed again.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+
+mod common;
 
 const JOB: &str = r#"
 [[sources]]
@@ -26,22 +26,6 @@ fn line(c: &str, d: &str, op: &str, v: i64, t: i64) -> String {
     format!("{{\"c\":\"{c}\",\"d\":\"{d}\",\"op\":\"{op}\",\"v\":{v},\"t\":{t}}}\n")
 }
 
-/// Waits (at most 60 s) for an answer line containing `want`; returns the lines seen.
-fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = String::new();
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            seen.push_str(&l);
-            seen.push('\n');
-            if l.contains(want) {
-                return seen;
-            }
-        }
-    }
-    panic!("no answer containing {want} within 60 s; saw:\n{seen}");
-}
-
 #[test]
 fn follow_picks_up_appended_lines_and_reanswers() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,18 +43,10 @@ fn follow_picks_up_appended_lines_and_reanswers() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = common::stdout_lines(&mut child);
 
     // Two documents, two edits.
-    wait_for(&rx, r#""documents":2,"edits":2"#);
+    common::wait_for(&rx, r#""documents":2,"edits":2"#);
 
     // Append: a delete of a, a malformed line, and the first half of a line.
     let mut f = std::fs::OpenOptions::new().append(true).open(&data).unwrap();
@@ -79,14 +55,14 @@ fn follow_picks_up_appended_lines_and_reanswers() {
     write!(f, "{}{{not json\n{head}", line("kb", "a", "delete", 2, 20)).unwrap();
     f.flush().unwrap();
     // a deleted: 1 document (b), 3 edits; the malformed line is an ingest error.
-    let seen = wait_for(&rx, r#""documents":1,"edits":3"#);
-    let errors = wait_for(&rx, r#"{"errors":1}"#);
+    let seen = common::wait_for(&rx, r#""documents":1,"edits":3"#);
+    let errors = common::wait_for(&rx, r#"{"errors":1}"#);
     assert!(!seen.contains(r#""edits":4"#), "the partial line was read before it was complete:\n{seen}");
 
     // Complete the partial line: c arrives.
     write!(f, "{tail}").unwrap();
     f.flush().unwrap();
-    wait_for(&rx, r#""documents":2,"edits":4"#);
+    common::wait_for(&rx, r#""documents":2,"edits":4"#);
     let _ = child.kill();
     let _ = child.wait();
     assert!(errors.contains(r#""query":"query 2""#), "follow answers name their query: {errors}");
