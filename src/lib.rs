@@ -1,7 +1,8 @@
-//! The `aimatrix` binary's library: job files, the built-in demo workload and the cluster
-//! runtime that runs jobs on timely and answers SQL.
+//! The `aimatrix` binary's library: the built-in demo workload, the batch runtime of `run`,
+//! and the client of a running server (`job`, `sql`, `subscribe`).
 
-pub mod cluster;
+pub mod client;
 pub mod demo;
-pub mod job;
 pub mod runtime;
+
+pub use amx_cluster::{job, net as cluster};

@@ -56,6 +56,87 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
+    /// Run a long-lived cluster with the HTTP API: jobs are submitted, queried and cancelled
+    /// while it runs (see README "The server").
+    Serve(ServeArgs),
+    /// Submit, list, show and cancel jobs on a running server.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Run one SQL statement on a running server (a query, or CREATE/DROP MATERIALIZED VIEW).
+    Sql {
+        /// The statement.
+        sql: String,
+        /// Answer format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print a view's contents, then every change as it happens (JSON lines), from a running server.
+    Subscribe {
+        /// The relation or view.
+        view: String,
+        /// Also print progress messages (time advanced, no change).
+        #[arg(long)]
+        progress: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    /// Submit a job file; prints its id.
+    Submit {
+        /// The job file (TOML); relative source paths resolve against its directory.
+        file: PathBuf,
+    },
+    /// List the jobs.
+    List,
+    /// Show a job: state, sources (records, errors, bytes read), views (rows), hydration.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job: its sources stop and its views are dropped; what it ingested stays.
+    Cancel {
+        /// Job id.
+        id: String,
+    },
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// The server's URL.
+    #[arg(long, env = "AIMATRIX_SERVER", default_value = aimatrix::client::DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (TOML; every key is documented in the README). Environment variables
+    /// `AIMATRIX__SECTION__KEY` override it, and these flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API, host:port [default: 127.0.0.1:6876]
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Worker threads per process [default: 1]
+    #[arg(short = 'w', long)]
+    workers: Option<usize>,
+    /// Processes in the timely cluster [default: 1]
+    #[arg(long)]
+    processes: Option<usize>,
+    /// This process's index in 0..processes [default: 0]
+    #[arg(long)]
+    process_index: Option<usize>,
+    /// File listing one host:port per process (line i is process i).
+    #[arg(long)]
+    hosts: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -97,6 +178,99 @@ enum Output {
     Csv,
 }
 
+impl Output {
+    fn format(self) -> OutputFormat {
+        match self {
+            Output::Table => OutputFormat::Table,
+            Output::Json => OutputFormat::Json,
+            Output::Csv => OutputFormat::Csv,
+        }
+    }
+}
+
+/// `aimatrix serve`: starts this process's part of the cluster; process 0 also serves the
+/// HTTP API until SIGINT or SIGTERM, then stops every process.
+fn serve(args: ServeArgs) -> Result<()> {
+    let mut flags = serde_json::Map::new();
+    let mut cluster = serde_json::Map::new();
+    if let Some(http) = &args.http {
+        flags.insert("http".into(), serde_json::json!({ "listen": http }));
+    }
+    if let Some(w) = args.workers {
+        cluster.insert("workers".into(), w.into());
+    }
+    if let Some(p) = args.processes {
+        cluster.insert("processes".into(), p.into());
+    }
+    if let Some(i) = args.process_index {
+        cluster.insert("process_index".into(), i.into());
+    }
+    if let Some(hosts) = &args.hosts {
+        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
+        let list: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        cluster.insert("hosts".into(), list.into());
+    }
+    if !cluster.is_empty() {
+        flags.insert("cluster".into(), cluster.into());
+    }
+    let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let controller = amx_cluster::Controller::start(config.cluster_config())?;
+    if config.cluster.process_index != 0 {
+        eprintln!(
+            "serve: process {} of {} is up; process 0 serves the API",
+            config.cluster.process_index, config.cluster.processes
+        );
+        return controller.join();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("amx-http")
+        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+        .build()
+        .context("starting the server runtime")?;
+    let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms));
+    let listen = config.http.listen.clone();
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+        let address = listener.local_addr()?;
+        eprintln!(
+            "serve: {} worker{} in {} process{}; HTTP API on http://{address} (GET /v1/openapi.json)",
+            config.cluster.workers * config.cluster.processes,
+            if config.cluster.workers * config.cluster.processes == 1 { "" } else { "s" },
+            config.cluster.processes,
+            if config.cluster.processes == 1 { "" } else { "es" },
+        );
+        amx_server::serve(listener, state, shutdown_signal()).await.context("serving HTTP")
+    })?;
+    eprintln!("serve: stopping");
+    controller.shutdown();
+    controller.join()
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
     let v: f64 = num.parse().map_err(|_| format!("bad duration `{s}` (use e.g. 500ms, 1s)"))?;
@@ -119,11 +293,7 @@ impl ClusterArgs {
             hosts: self.hosts.clone(),
             follow,
             interval,
-            output: match self.output {
-                Output::Table => OutputFormat::Table,
-                Output::Json => OutputFormat::Json,
-                Output::Csv => OutputFormat::Csv,
-            },
+            output: self.output.format(),
             queries: sql.iter().map(|q| (String::new(), q.clone())).collect(),
             progress: !self.quiet,
             batch_records: self.batch,
@@ -163,6 +333,25 @@ fn real_main() -> Result<()> {
         Command::Run { job, sql, follow, interval, cluster } => {
             let job = Job::load(&job)?;
             run(&job, &cluster.options(&sql, follow, interval), &mut stdout)?;
+        }
+        Command::Serve(args) => serve(args)?,
+        Command::Job { action, server } => {
+            let client = aimatrix::client::Client::new(&server.server);
+            match action {
+                JobAction::Submit { file } => println!("{}", client.submit(&file)?),
+                JobAction::List => client.list(&mut stdout)?,
+                JobAction::Show { id } => client.show(&id, &mut stdout)?,
+                JobAction::Cancel { id } => {
+                    client.cancel(&id)?;
+                    eprintln!("job {id} cancelled");
+                }
+            }
+        }
+        Command::Sql { sql, output, server } => {
+            aimatrix::client::Client::new(&server.server).sql(&sql, output.format(), &mut stdout)?
+        }
+        Command::Subscribe { view, progress, server } => {
+            aimatrix::client::Client::new(&server.server).subscribe(&view, progress, &mut stdout)?
         }
         Command::Demo { events, seed, dir, sql, cluster } => {
             let keep = dir.is_some();

@@ -235,6 +235,14 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let view_reads: Arc<std::collections::HashSet<String>> =
         Arc::new(views.iter().flat_map(|v| v.reads.iter().cloned()).collect());
     for source in &job.config.sources {
+        if source.kind == amx_cluster::job::SourceKind::Push {
+            bail!(
+                "source `{}` is a push source: push sources are fed over HTTP by a running server (`aimatrix serve`, \
+                 then POST the job to /v1/jobs and records to /v1/ingest/{{job}}/{}); `run` reads files",
+                source.name,
+                source.name
+            );
+        }
         let reader = FileReader::new(&source.path).with_context(|| format!("source `{}`", source.name))?;
         if std::path::Path::new(&source.path).is_dir() {
             bail!(
@@ -509,7 +517,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let guards = match config.communication {
         // Connected by `cluster` (progress on stderr, not timely's lines on stdout).
         timely::CommunicationConfig::Cluster { threads, process, addresses, .. } => {
-            let (builders, others) = crate::cluster::allocators(&addresses, process, threads)
+            let (builders, others) = amx_cluster::net::allocators(&addresses, process, threads)
                 .map_err(|e| anyhow!("connecting the timely cluster: {e}"))?;
             timely::execute::execute_from(builders, others, config.worker, body)
         }

@@ -183,6 +183,20 @@ pub fn referenced_tables(sql: &str) -> Result<Vec<String>> {
     .map_err(error::to_anyhow)
 }
 
+/// Whether a parsed statement is a query (`SELECT`, `WITH`, `VALUES`, `EXPLAIN`): what can be
+/// answered over the maintained state.
+pub fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
+    match statement {
+        datafusion::sql::parser::Statement::Statement(s) => matches!(
+            s.as_ref(),
+            datafusion::sql::sqlparser::ast::Statement::Query(_)
+                | datafusion::sql::sqlparser::ast::Statement::Explain { .. }
+        ),
+        datafusion::sql::parser::Statement::Explain(_) => true,
+        _ => false,
+    }
+}
+
 /// Runs DataFusion queries against a [`State`].
 pub struct SqlEngine {
     runtime: tokio::runtime::Runtime,
@@ -255,16 +269,7 @@ impl SqlEngine {
         let ctx = session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
             .map_err(|e| DataFusionError::External(e.into()))?;
         let statement = parse::parse(sql)?;
-        let is_query = match &statement {
-            datafusion::sql::parser::Statement::Statement(s) => matches!(
-                s.as_ref(),
-                datafusion::sql::sqlparser::ast::Statement::Query(_)
-                    | datafusion::sql::sqlparser::ast::Statement::Explain { .. }
-            ),
-            datafusion::sql::parser::Statement::Explain(_) => true,
-            _ => false,
-        };
-        if !is_query {
+        if !is_query(&statement) {
             return Err(DataFusionError::Plan(
                 "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the \
                  engine"

@@ -1,12 +1,13 @@
-//! Job files: named sources and the SQL to answer, in TOML.
+//! Job files: named sources, SQL views and the SQL to answer, in TOML.
 //!
 //! ```toml
 //! name = "wikipedia"
 //!
 //! [[sources]]
 //! name = "wiki"                      # appears in ingest_errors.source
+//! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest)
 //! format = "json"                    # openai-chat | temporal-history | json
-//! path = "data/*.ndjson"             # a glob; relative to the job file's directory
+//! path = "data/*.ndjson"             # file sources: a glob, relative to the job file's directory
 //! [sources.options]                  # format options (see README.md)
 //! relation = "knowledge_events"
 //!
@@ -18,10 +19,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A parsed job file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     /// Job name (informational).
@@ -39,15 +40,33 @@ pub struct JobConfig {
     pub queries: Vec<QueryConfig>,
 }
 
-/// One source: a glob of files in one format.
-#[derive(Clone, Debug, Deserialize)]
+/// Where a source's records come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// Files matching `path` (a glob), read to their end (and, following, as they grow).
+    #[default]
+    File,
+    /// Records pushed to the server as JSON lines (`POST /v1/ingest/{job}/{source}`); only a
+    /// running server (`aimatrix serve`) has push sources.
+    Push,
+}
+
+/// One source: a glob of files, or a push endpoint, in one format.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Source name, unique within the job; used in `ingest_errors.source`.
+    /// Source name, unique within the job (and, on a server, among the running jobs' sources);
+    /// used in `ingest_errors.source` and `aimatrix_source_stats.source`.
     pub name: String,
+    /// Where records come from: `file` (the default) or `push`.
+    #[serde(default)]
+    pub kind: SourceKind,
     /// Format name: `openai-chat`, `temporal-history` or `json`.
     pub format: String,
-    /// File path or glob; relative paths resolve against the job file's directory.
+    /// File sources: a file path or glob; relative paths resolve against the job file's
+    /// directory (on a server: against the server's working directory). Push sources have none.
+    #[serde(default)]
     pub path: String,
     /// Format options (each format documents its own).
     #[serde(default)]
@@ -55,7 +74,7 @@ pub struct SourceConfig {
 }
 
 /// One query.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     /// Name shown above the answer.
@@ -75,8 +94,9 @@ pub struct Job {
 impl Job {
     /// Parses TOML text; relative source paths resolve against `base_dir`.
     ///
-    /// Errors: TOML syntax or unknown keys, duplicate source names, an unknown format or
-    /// invalid format options (each message names the source).
+    /// Errors: TOML syntax or unknown keys (with line and column), duplicate source names, a
+    /// file source without `path` or a push source with one, an unknown format or invalid
+    /// format options (each message names the source).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Job> {
         let mut config: JobConfig = toml::from_str(text).context("invalid job file")?;
         let mut names = std::collections::HashSet::new();
@@ -84,9 +104,20 @@ impl Job {
             if !names.insert(source.name.clone()) {
                 bail!("duplicate source name `{}`", source.name);
             }
-            let path = PathBuf::from(&source.path);
-            if path.is_relative() {
-                source.path = base_dir.join(path).to_string_lossy().into_owned();
+            match source.kind {
+                SourceKind::File if source.path.is_empty() => {
+                    bail!("source `{}`: a file source needs a `path` (a file or a glob)", source.name)
+                }
+                SourceKind::File => {
+                    let path = PathBuf::from(&source.path);
+                    if path.is_relative() {
+                        source.path = base_dir.join(path).to_string_lossy().into_owned();
+                    }
+                }
+                SourceKind::Push if !source.path.is_empty() => {
+                    bail!("source `{}`: a push source has no `path` (records arrive by POST /v1/ingest)", source.name)
+                }
+                SourceKind::Push => {}
             }
             amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;

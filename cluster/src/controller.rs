@@ -1,0 +1,911 @@
+//! The controller: the one place (process 0) where jobs, views, peeks and subscriptions enter
+//! the cluster.
+//!
+//! It keeps the catalog (every collection's name, schema and owner) and the jobs, plans what
+//! it is asked to install before it sends anything (so a bad job or view is refused with its
+//! error and no worker sees it), and sends [`Command`]s to worker 0, which sequences them
+//! ([`crate::protocol`]). It holds no copy of the state: a query peeks the workers'
+//! arrangements at one timestamp ([`Controller::peek`], [`crate::sql`]).
+//!
+//! Timestamps are milliseconds since the Unix epoch, assigned by the workers' clocks as they
+//! close epochs. The controller reads at `as_of = min(upper) − 1` over the collections a query
+//! reads (the latest time all of them have passed, as worker 0 last saw their frontiers), never
+//! below the compaction frontier `since`, which it advances once a second to what every
+//! collection has passed and no running query still reads (a [`ReadHold`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use amx_connectors::{Decoder, Record};
+use amx_dataflows::event::Event;
+use amx_dataflows::render::SOURCE_STATS;
+use amx_dataflows::row::{Datum, Row};
+use amx_dataflows::{Diff, Time};
+use amx_sql::arrow::datatypes::SchemaRef;
+use amx_sql::views::ViewPlanner;
+use serde::Serialize;
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use crate::job::{Job, SourceConfig, SourceKind};
+use crate::protocol::{Command, JobId, Response, ViewSpec};
+use crate::worker::{WorkerOptions, builtin_schemas, run_worker};
+
+/// Errors of the controller's operations, each naming the problem; [`ClusterError::status`]
+/// gives the HTTP status a server answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A job that does not parse or plan (TOML syntax with line and column, unknown keys, a
+    /// bad source, a view that fails to plan).
+    #[error("{0}")]
+    InvalidJob(String),
+    /// A SQL statement that fails to parse, plan or run (the message says where).
+    #[error("{0}")]
+    Sql(String),
+    /// Bad input of another kind (a record batch that is not text, a bad parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No job with this id.
+    #[error("no job with id `{0}`")]
+    UnknownJob(String),
+    /// No source of this name in the job, or not a push source.
+    #[error("{0}")]
+    UnknownSource(String),
+    /// No relation or view of this name.
+    #[error("no relation or view named `{0}`")]
+    UnknownCollection(String),
+    /// The request conflicts with the catalog (a name in use, a view another view reads, a
+    /// job already cancelled).
+    #[error("{0}")]
+    Conflict(String),
+    /// The cluster has stopped (its workers exited).
+    #[error("the cluster has stopped")]
+    Stopped,
+}
+
+impl ClusterError {
+    /// The HTTP status for this error: 400, 404, 409 or 503.
+    pub fn status(&self) -> u16 {
+        match self {
+            ClusterError::InvalidJob(_) | ClusterError::Sql(_) | ClusterError::BadRequest(_) => 400,
+            ClusterError::UnknownJob(_) | ClusterError::UnknownSource(_) | ClusterError::UnknownCollection(_) => 404,
+            ClusterError::Conflict(_) => 409,
+            ClusterError::Stopped => 503,
+        }
+    }
+}
+
+/// The shape of the cluster and the workers' tuning.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Worker threads per process (≥ 1).
+    pub workers: usize,
+    /// Processes (≥ 1).
+    pub processes: usize,
+    /// This process's index in `0..processes`; process 0 runs the controller.
+    pub process_index: usize,
+    /// `host:port` of every process, in process order (used when `processes > 1`).
+    pub addresses: Vec<String>,
+    /// The worker loop's tuning.
+    pub worker: WorkerOptions,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { workers: 1, processes: 1, process_index: 0, addresses: Vec::new(), worker: Default::default() }
+    }
+}
+
+/// How far worker 0 has read a file source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SourceProgress {
+    /// Bytes read (every worker scans every byte of a file source).
+    pub bytes_read: u64,
+    /// Bytes the source's files hold now.
+    pub bytes_total: u64,
+    /// Read to the end.
+    pub done: bool,
+}
+
+/// A change stream of a subscription, in time order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubscribeEvent {
+    /// The collection's contents as of `timestamp`: rows with their multiplicities.
+    Snapshot {
+        /// The time of the snapshot (ms since the Unix epoch).
+        timestamp: Time,
+        /// Rows and counts (> 0).
+        rows: Vec<(Row, Diff)>,
+    },
+    /// Changes after the snapshot: `(row, time, diff)`, in time order, consolidated.
+    Changes(Vec<(Row, Time, Diff)>),
+    /// Every change before `upper` has been sent.
+    Progress {
+        /// The frontier (ms since the Unix epoch).
+        upper: Time,
+    },
+}
+
+/// A command on its way to worker 0, with an acknowledgement sent once it is sequenced.
+type Envelope = (String, Option<oneshot::Sender<u64>>);
+
+/// A peek waiting for every worker's share.
+struct PeekWait {
+    remaining: usize,
+    rows: Vec<(Row, Diff)>,
+    reply: Option<oneshot::Sender<Vec<(Row, Diff)>>>,
+}
+
+/// A subscription's merge of the workers' change streams.
+struct SubscriptionMerge {
+    uppers: Vec<Time>,
+    pending: Vec<(Row, Time, Diff)>,
+    emitted: Option<Time>,
+    events: tokio_mpsc::UnboundedSender<SubscribeEvent>,
+}
+
+impl SubscriptionMerge {
+    /// Takes one worker's batch; sends what every worker has passed.
+    fn absorb(&mut self, worker: usize, updates: Vec<(Row, Time, Diff)>, upper: Time) {
+        if let Some(u) = self.uppers.get_mut(worker) {
+            *u = (*u).max(upper);
+        }
+        self.pending.extend(updates);
+        let merged = self.uppers.iter().copied().min().unwrap_or(0);
+        if merged == 0 || self.emitted.is_some_and(|e| merged <= e) {
+            return;
+        }
+        let (ready, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|u| u.1 < merged);
+        self.pending = later;
+        if self.emitted.is_none() {
+            let mut counts: BTreeMap<Row, Diff> = BTreeMap::new();
+            for (row, _, diff) in ready {
+                *counts.entry(row).or_insert(0) += diff;
+            }
+            let rows = counts.into_iter().filter(|(_, c)| *c != 0).collect();
+            let _ = self.events.send(SubscribeEvent::Snapshot { timestamp: merged.saturating_sub(1), rows });
+        } else {
+            let mut counts: BTreeMap<(Time, Row), Diff> = BTreeMap::new();
+            for (row, time, diff) in ready {
+                *counts.entry((time, row)).or_insert(0) += diff;
+            }
+            let changes: Vec<_> = counts.into_iter().filter(|(_, d)| *d != 0).map(|((t, r), d)| (r, t, d)).collect();
+            if !changes.is_empty() {
+                let _ = self.events.send(SubscribeEvent::Changes(changes));
+            }
+        }
+        self.emitted = Some(merged);
+        let _ = self.events.send(SubscribeEvent::Progress { upper: merged });
+    }
+}
+
+/// What worker 0 shares with the controller.
+pub struct Shared {
+    commands: Mutex<Option<mpsc::Receiver<Envelope>>>,
+    uppers: Mutex<HashMap<String, Time>>,
+    progress: Mutex<HashMap<String, SourceProgress>>,
+    peeks: Mutex<HashMap<u64, PeekWait>>,
+    subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
+    failures: Mutex<Vec<(JobId, String)>>,
+    peers: usize,
+}
+
+/// Locks a mutex, recovering it if a thread panicked while holding it (the data is plain).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Worker 0 takes the command receiver (once).
+    pub(crate) fn take_command_receiver(&self) -> Option<mpsc::Receiver<Envelope>> {
+        lock(&self.commands).take()
+    }
+
+    /// Worker 0 publishes the collections' frontiers and the file sources' progress.
+    pub(crate) fn publish(&self, uppers: HashMap<String, Time>, progress: HashMap<String, SourceProgress>) {
+        *lock(&self.uppers) = uppers;
+        lock(&self.progress).extend(progress);
+    }
+
+    /// Worker 0 hands over a response from any worker.
+    pub(crate) fn deliver(&self, response: Response) {
+        match response {
+            Response::Peek { id, rows } => {
+                let mut peeks = lock(&self.peeks);
+                let done = match peeks.get_mut(&id) {
+                    Some(wait) => {
+                        wait.rows.extend(rows);
+                        wait.remaining -= 1;
+                        wait.remaining == 0
+                    }
+                    None => false,
+                };
+                if done
+                    && let Some(mut wait) = peeks.remove(&id)
+                    && let Some(reply) = wait.reply.take()
+                {
+                    let _ = reply.send(std::mem::take(&mut wait.rows));
+                }
+            }
+            Response::Subscribe { id, worker, updates, upper } => {
+                if let Some(merge) = lock(&self.subscriptions).get_mut(&id) {
+                    merge.absorb(worker, updates, upper);
+                }
+            }
+            Response::SourceFailed { job, source, error } => {
+                lock(&self.failures).push((job, format!("source `{source}`: {error}")));
+            }
+            Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
+        }
+    }
+}
+
+/// Whether a job is a submitted job or a view created in SQL (a job of one view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Submitted as a job file.
+    Job,
+    /// `CREATE MATERIALIZED VIEW` in SQL.
+    View,
+}
+
+/// A job's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Installed on every worker; its sources are read and its views maintained.
+    Running,
+    /// A source or a view failed (see the job's `error`); the rest goes on.
+    Failed,
+    /// Cancelled: its sources stopped and its views dropped.
+    Cancelled,
+}
+
+/// A job as the controller records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobInfo {
+    /// Its id.
+    pub id: JobId,
+    /// The job file's `name`, or the view's name.
+    pub name: Option<String>,
+    /// Job or SQL view.
+    pub kind: JobKind,
+    /// State.
+    pub state: JobState,
+    /// Its sources (paths resolved).
+    pub sources: Vec<SourceConfig>,
+    /// Its views.
+    pub views: Vec<ViewSpec>,
+    /// What failed, if anything.
+    pub errors: Vec<String>,
+}
+
+/// A catalog entry at the controller.
+#[derive(Clone, Debug)]
+struct Entry {
+    schema: SchemaRef,
+    /// The job that made it (None: built in).
+    owner: Option<JobId>,
+    /// Collections it reads (views).
+    reads: Vec<String>,
+}
+
+/// The part of the controller behind one lock: what is sent, in the order it is sent.
+struct Sequencer {
+    tx: mpsc::Sender<Envelope>,
+    catalog: BTreeMap<String, Entry>,
+    jobs: BTreeMap<JobId, JobInfo>,
+    /// Push sources of running jobs: name → (job, decoder).
+    push: HashMap<String, (JobId, Arc<dyn Decoder>)>,
+    next_job: u64,
+    since: Time,
+    holds: BTreeMap<u64, Time>,
+}
+
+impl Sequencer {
+    fn send(&self, command: &Command) -> Result<(), ClusterError> {
+        let text = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+        self.tx.send((text, None)).map_err(|_| ClusterError::Stopped)
+    }
+
+    /// Plans `views` against the catalog (each view may read the earlier ones).
+    fn plan(&self, views: &[ViewSpec]) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
+        let schemas: Vec<(String, SchemaRef)> =
+            self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect();
+        let mut planner = ViewPlanner::new(&schemas).map_err(|e| e.to_string())?;
+        let mut planned = Vec::new();
+        for view in views {
+            let def = planner
+                .create_in(&view.name, &view.sql, &view.sql)
+                .map_err(|e| format!("view `{}`: {}", view.name, amx_sql::error::message(&e)))?;
+            planned.push((def.name.clone(), def.schema.clone(), def.reads.clone()));
+        }
+        Ok(planned)
+    }
+}
+
+/// The controller of a running cluster (cheap to clone: a handle).
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    seq: Mutex<Sequencer>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+}
+
+/// Keeps the arrangements readable at `time` while it lives (no compaction past it).
+pub struct ReadHold {
+    id: u64,
+    time: Time,
+    controller: Weak<Inner>,
+}
+
+impl ReadHold {
+    /// The time held.
+    pub fn time(&self) -> Time {
+        self.time
+    }
+}
+
+impl Drop for ReadHold {
+    fn drop(&mut self) {
+        if let Some(inner) = self.controller.upgrade() {
+            lock(&inner.seq).holds.remove(&self.id);
+        }
+    }
+}
+
+/// A live subscription: its events, in time order. Dropping it ends the subscription.
+pub struct Subscription {
+    /// The collection's columns.
+    pub schema: SchemaRef,
+    /// Snapshot, then changes and progress.
+    pub events: tokio_mpsc::UnboundedReceiver<SubscribeEvent>,
+    id: u64,
+    controller: Controller,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.controller.inner.shared.subscriptions).remove(&self.id);
+        let _ = lock(&self.controller.inner.seq).send(&Command::Unsubscribe { id: self.id });
+    }
+}
+
+/// What a push of records did: counts and each rejected record's reason.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestReport {
+    /// Records that decoded into rows.
+    pub accepted: u64,
+    /// Records that did not (each is a row of `ingest_errors`).
+    pub rejected: u64,
+    /// Why each rejected record was rejected: `{line, error}` (line numbers from 1).
+    pub errors: Vec<IngestReject>,
+}
+
+/// One rejected record.
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestReject {
+    /// Its line in the request body (from 1).
+    pub line: u64,
+    /// Why.
+    pub error: String,
+}
+
+/// A job's state with its sources' and views' figures, as `GET /v1/jobs/{id}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    /// The job.
+    #[serde(flatten)]
+    pub info: JobInfo,
+    /// Per source: records read, rows decoded, ingest errors, bytes read of the total.
+    pub source_stats: Vec<SourceStatus>,
+    /// Per view: its rows now.
+    pub view_stats: Vec<ViewStatus>,
+    /// Hydration: the fraction of the file sources' bytes read (1.0 with none).
+    pub hydration: f64,
+}
+
+/// A source's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceStatus {
+    /// Name.
+    pub name: String,
+    /// `file` or `push`.
+    pub kind: SourceKind,
+    /// Records read (all workers).
+    pub records: i64,
+    /// Rows decoded into the canonical relations.
+    pub decoded: i64,
+    /// Rows of `ingest_errors`.
+    pub errors: i64,
+    /// File sources: bytes read, bytes there are, and whether the end was reached.
+    pub progress: Option<SourceProgress>,
+}
+
+/// A view's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ViewStatus {
+    /// Name.
+    pub name: String,
+    /// Rows (with multiplicity).
+    pub rows: i64,
+}
+
+impl Controller {
+    /// Starts this process's part of the cluster. In process 0 the returned controller takes
+    /// commands; in other processes the workers follow process 0's commands, and
+    /// [`Controller::join`] waits for them to stop.
+    ///
+    /// # Errors
+    /// A bad shape (no workers, an index past the processes, too few addresses), or failing to
+    /// connect the processes.
+    pub fn start(config: ClusterConfig) -> anyhow::Result<Controller> {
+        use anyhow::{anyhow, bail};
+        if config.workers == 0 || config.processes == 0 {
+            bail!("a cluster needs at least one process and one worker");
+        }
+        if config.process_index >= config.processes {
+            bail!("--process-index {} is not below --processes {}", config.process_index, config.processes);
+        }
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            commands: Mutex::new(Some(rx)),
+            uppers: Mutex::default(),
+            progress: Mutex::default(),
+            peeks: Mutex::default(),
+            subscriptions: Mutex::default(),
+            failures: Mutex::default(),
+            peers: config.workers * config.processes,
+        });
+        let is_controller = config.process_index == 0;
+        let worker_shared = shared.clone();
+        let options = config.worker.clone();
+        let body = move |worker: &mut timely::worker::Worker| {
+            run_worker(worker, is_controller.then(|| worker_shared.clone()), &options)
+        };
+        let guards = if config.processes > 1 {
+            if config.addresses.len() < config.processes {
+                bail!("{} addresses for {} processes", config.addresses.len(), config.processes);
+            }
+            let (builders, others) =
+                crate::net::allocators(&config.addresses[..config.processes], config.process_index, config.workers)
+                    .map_err(|e| anyhow!("connecting the timely cluster: {e}"))?;
+            timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), body)
+        } else {
+            let communication = if config.workers == 1 {
+                timely::CommunicationConfig::Thread
+            } else {
+                timely::CommunicationConfig::Process(config.workers)
+            };
+            timely::execute(timely::Config { communication, worker: timely::WorkerConfig::default() }, body)
+        }
+        .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
+        let catalog = builtin_schemas()
+            .into_iter()
+            .map(|(name, schema)| (name, Entry { schema, owner: None, reads: Vec::new() }))
+            .collect();
+        let inner = Arc::new(Inner {
+            seq: Mutex::new(Sequencer {
+                tx,
+                catalog,
+                jobs: BTreeMap::new(),
+                push: HashMap::new(),
+                next_job: 1,
+                since: 0,
+                holds: BTreeMap::new(),
+            }),
+            shared,
+            next_id: AtomicU64::new(1),
+            guards: Mutex::new(Some(guards)),
+        });
+        if is_controller {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new().name("amx-compaction".into()).spawn(move || compaction_loop(weak))?;
+        }
+        Ok(Controller { inner })
+    }
+
+    /// Waits for this process's workers to stop (after [`Controller::shutdown`], here or in
+    /// process 0).
+    ///
+    /// # Errors
+    /// A worker that panicked.
+    pub fn join(&self) -> anyhow::Result<()> {
+        if let Some(guards) = lock(&self.inner.guards).take() {
+            for r in guards.join() {
+                r.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every worker of every process.
+    pub fn shutdown(&self) {
+        let _ = lock(&self.inner.seq).send(&Command::Shutdown);
+    }
+
+    /// Workers in the cluster (all processes).
+    pub fn peers(&self) -> usize {
+        self.inner.shared.peers
+    }
+
+    /// Installs a job: checks that its source names are free and plans its views against the
+    /// catalog, then sends it to every worker. Returns its id.
+    ///
+    /// Must not be called from an async context (planning runs DataFusion on its own runtime):
+    /// a server calls it through `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`ClusterError::Conflict`] for a source or view name already in use;
+    /// [`ClusterError::InvalidJob`] for a view that fails to plan (the message names the view
+    /// and where).
+    pub fn install_job(&self, job: &Job) -> Result<JobId, ClusterError> {
+        let mut seq = lock(&self.inner.seq);
+        for source in &job.config.sources {
+            if let Some((owner, _)) = seq.push.get(&source.name) {
+                return Err(ClusterError::Conflict(format!("source `{}` is in use by job {owner}", source.name)));
+            }
+            if let Some(other) = seq
+                .jobs
+                .values()
+                .find(|j| j.state != JobState::Cancelled && j.sources.iter().any(|s| s.name == source.name))
+            {
+                return Err(ClusterError::Conflict(format!("source `{}` is in use by job {}", source.name, other.id)));
+            }
+        }
+        let views: Vec<ViewSpec> = job
+            .config
+            .views
+            .iter()
+            .map(|(name, sql)| ViewSpec {
+                name: name.to_ascii_lowercase(),
+                sql: sql.as_str().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        self.install(&mut seq, job.config.name.clone(), JobKind::Job, job.config.sources.clone(), views)
+    }
+
+    fn install(
+        &self,
+        seq: &mut Sequencer,
+        name: Option<String>,
+        kind: JobKind,
+        sources: Vec<SourceConfig>,
+        views: Vec<ViewSpec>,
+    ) -> Result<JobId, ClusterError> {
+        let planned = seq.plan(&views).map_err(|e| match kind {
+            JobKind::Job => ClusterError::InvalidJob(e),
+            JobKind::View => ClusterError::Sql(e),
+        })?;
+        let mut decoders = Vec::new();
+        for source in sources.iter().filter(|s| s.kind == SourceKind::Push) {
+            let decoder = amx_connectors::decoder(&source.format, &source.options_json())
+                .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
+            decoders.push((source.name.clone(), Arc::<dyn Decoder>::from(decoder)));
+        }
+        let id = JobId(seq.next_job);
+        seq.next_job += 1;
+        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone() })?;
+        for (name, schema, reads) in planned {
+            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
+        }
+        for (name, decoder) in decoders {
+            seq.push.insert(name, (id, decoder));
+        }
+        seq.jobs.insert(id, JobInfo { id, name, kind, state: JobState::Running, sources, views, errors: Vec::new() });
+        Ok(id)
+    }
+
+    /// Cancels a job: its sources stop and its views are dropped on every worker; what it
+    /// ingested stays.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::Conflict`] when it is already cancelled
+    /// or a view of another job reads one of its views.
+    pub fn cancel_job(&self, id: JobId) -> Result<(), ClusterError> {
+        let mut seq = lock(&self.inner.seq);
+        let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
+        if job.state == JobState::Cancelled {
+            return Err(ClusterError::Conflict(format!("job {id} is already cancelled")));
+        }
+        let mine: Vec<String> = job.views.iter().map(|v| v.name.clone()).collect();
+        if let Some((reader, entry)) = seq
+            .catalog
+            .iter()
+            .find(|(_, e)| e.owner.is_some_and(|o| o != id) && e.reads.iter().any(|r| mine.contains(r)))
+        {
+            return Err(ClusterError::Conflict(format!(
+                "view `{reader}` (job {}) reads a view of job {id}; cancel or drop it first",
+                entry.owner.map(|o| o.to_string()).unwrap_or_default()
+            )));
+        }
+        seq.send(&Command::DropJob { id })?;
+        seq.catalog.retain(|_, e| e.owner != Some(id));
+        seq.push.retain(|_, (owner, _)| *owner != id);
+        if let Some(job) = seq.jobs.get_mut(&id) {
+            job.state = JobState::Cancelled;
+        }
+        Ok(())
+    }
+
+    /// `CREATE MATERIALIZED VIEW name AS sql`: a job of one view.
+    ///
+    /// # Errors
+    /// [`ClusterError::Conflict`] when the name is taken; [`ClusterError::Sql`] when it does
+    /// not plan.
+    pub fn create_view(&self, name: &str, sql: &str) -> Result<JobId, ClusterError> {
+        let mut seq = lock(&self.inner.seq);
+        if seq.catalog.contains_key(name) {
+            return Err(ClusterError::Conflict(format!("a relation or view named `{name}` already exists")));
+        }
+        let views = vec![ViewSpec { name: name.to_owned(), sql: sql.to_owned() }];
+        self.install(&mut seq, Some(name.to_owned()), JobKind::View, Vec::new(), views)
+    }
+
+    /// `DROP MATERIALIZED VIEW name`: only views created in SQL (a job's views go with the
+    /// job). Returns whether a view was dropped (`false` only with `if_exists`).
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownCollection`]; [`ClusterError::Conflict`] for a built-in relation,
+    /// a job's view, or a view another view reads.
+    pub fn drop_view(&self, name: &str, if_exists: bool) -> Result<bool, ClusterError> {
+        let id = {
+            let seq = lock(&self.inner.seq);
+            let Some(entry) = seq.catalog.get(name) else {
+                return if if_exists { Ok(false) } else { Err(ClusterError::UnknownCollection(name.to_owned())) };
+            };
+            let Some(owner) = entry.owner else {
+                return Err(ClusterError::Conflict(format!("`{name}` is built in; it cannot be dropped")));
+            };
+            if seq.jobs.get(&owner).is_some_and(|j| j.kind == JobKind::Job) {
+                return Err(ClusterError::Conflict(format!(
+                    "view `{name}` belongs to job {owner}; cancel the job to drop it"
+                )));
+            }
+            owner
+        };
+        self.cancel_job(id).map(|()| true)
+    }
+
+    /// Every job (cancelled ones too), by id; SQL views are not jobs and are left out.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.refresh_failures();
+        lock(&self.inner.seq).jobs.values().filter(|j| j.kind == JobKind::Job).cloned().collect()
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<JobInfo> {
+        self.refresh_failures();
+        lock(&self.inner.seq).jobs.get(&id).cloned()
+    }
+
+    fn refresh_failures(&self) {
+        let failures = std::mem::take(&mut *lock(&self.inner.shared.failures));
+        if failures.is_empty() {
+            return;
+        }
+        let mut seq = lock(&self.inner.seq);
+        for (id, error) in failures {
+            if let Some(job) = seq.jobs.get_mut(&id) {
+                if !job.errors.contains(&error) {
+                    job.errors.push(error);
+                }
+                if job.state == JobState::Running {
+                    job.state = JobState::Failed;
+                }
+            }
+        }
+    }
+
+    /// A job with its figures: source counters and view sizes, peeked at one timestamp.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::Stopped`].
+    pub async fn job_status(&self, id: JobId) -> Result<JobStatus, ClusterError> {
+        let info = self.job(id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
+        let mut names = vec![SOURCE_STATS.to_owned()];
+        if info.state != JobState::Cancelled {
+            names.extend(info.views.iter().map(|v| v.name.clone()));
+        }
+        let hold = self.read_hold(&names);
+        let stats = self.peek(SOURCE_STATS, hold.time(), None).await?;
+        let progress = lock(&self.inner.shared.progress).clone();
+        let mut source_stats = Vec::new();
+        let (mut read, mut total) = (0u64, 0u64);
+        for source in &info.sources {
+            let row = stats.iter().find(|(r, _)| r.first() == Some(&Datum::Text(source.name.clone())));
+            let figure = |i: usize| match row.and_then(|(r, _)| r.get(i)) {
+                Some(Datum::Int(n)) => *n,
+                _ => 0,
+            };
+            let p = (source.kind == SourceKind::File).then(|| progress.get(&source.name).copied().unwrap_or_default());
+            if let Some(p) = p {
+                read += p.bytes_read;
+                total += p.bytes_total;
+            }
+            source_stats.push(SourceStatus {
+                name: source.name.clone(),
+                kind: source.kind,
+                records: figure(1),
+                decoded: figure(2),
+                errors: figure(3),
+                progress: p,
+            });
+        }
+        let mut view_stats = Vec::new();
+        if info.state != JobState::Cancelled {
+            for view in &info.views {
+                let counts = self.peek(&view.name, hold.time(), Some(Vec::new())).await?;
+                view_stats
+                    .push(ViewStatus { name: view.name.clone(), rows: counts.iter().map(|(_, c)| *c as i64).sum() });
+            }
+        }
+        let hydration = if total == 0 { 1.0 } else { read as f64 / total as f64 };
+        Ok(JobStatus { info, source_stats, view_stats, hydration })
+    }
+
+    /// Every collection SQL can read, with its schema, by name.
+    pub fn catalog(&self) -> Vec<(String, SchemaRef)> {
+        lock(&self.inner.seq).catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect()
+    }
+
+    /// The schema of one collection.
+    pub fn schema(&self, name: &str) -> Option<SchemaRef> {
+        lock(&self.inner.seq).catalog.get(name).map(|e| e.schema.clone())
+    }
+
+    /// Holds a time that every collection of `names` has passed (as worker 0 last saw),
+    /// at or after the compaction frontier; peeks at it see one consistent state.
+    pub fn read_hold(&self, names: &[String]) -> ReadHold {
+        let mut seq = lock(&self.inner.seq);
+        let uppers = lock(&self.inner.shared.uppers);
+        let upper = names.iter().map(|n| uppers.get(n).copied().unwrap_or(0)).min().unwrap_or(Time::MAX);
+        drop(uppers);
+        let time = upper.saturating_sub(1).max(seq.since);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        seq.holds.insert(id, time);
+        ReadHold { id, time, controller: Arc::downgrade(&self.inner) }
+    }
+
+    /// Reads collection `name` as of `as_of` (held by a [`ReadHold`]) from every worker:
+    /// its rows, projected to `projection` (column positions; `None`: all), with their
+    /// multiplicities, sorted.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
+    pub async fn peek(
+        &self,
+        name: &str,
+        as_of: Time,
+        projection: Option<Vec<usize>>,
+    ) -> Result<Vec<(Row, Diff)>, ClusterError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let seq = lock(&self.inner.seq);
+            if !seq.catalog.contains_key(name) {
+                return Err(ClusterError::UnknownCollection(name.to_owned()));
+            }
+            lock(&self.inner.shared.peeks)
+                .insert(id, PeekWait { remaining: self.peers(), rows: Vec::new(), reply: Some(reply) });
+            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection })?;
+        }
+        let mut rows = answer.await.map_err(|_| ClusterError::Stopped)?;
+        // Sorted across workers, so that an answer does not depend on the cluster's shape.
+        rows.sort();
+        Ok(rows)
+    }
+
+    /// Subscribes to a collection: its contents, then every change, as they happen.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
+    pub fn subscribe(&self, name: &str) -> Result<Subscription, ClusterError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = tokio_mpsc::unbounded_channel();
+        let seq = lock(&self.inner.seq);
+        let schema = seq
+            .catalog
+            .get(name)
+            .map(|e| e.schema.clone())
+            .ok_or_else(|| ClusterError::UnknownCollection(name.to_owned()))?;
+        lock(&self.inner.shared.subscriptions).insert(
+            id,
+            SubscriptionMerge { uppers: vec![0; self.peers()], pending: Vec::new(), emitted: None, events: events_tx },
+        );
+        seq.send(&Command::Subscribe { id, collection: name.to_owned() })?;
+        drop(seq);
+        Ok(Subscription { schema, events, id, controller: self.clone() })
+    }
+
+    /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a
+    /// record, decoded here (so the reply can name each reject) and sent to the workers;
+    /// returns once the records are sequenced into the engine's input.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
+    /// source of that name (or was cancelled); [`ClusterError::Stopped`].
+    pub async fn ingest(&self, job: JobId, source: &str, body: &str) -> Result<IngestReport, ClusterError> {
+        let decoder = {
+            let seq = lock(&self.inner.seq);
+            let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
+            match seq.push.get(source) {
+                Some((owner, decoder)) if *owner == job => decoder.clone(),
+                _ => {
+                    let known: Vec<&str> =
+                        info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
+                    return Err(ClusterError::UnknownSource(if info.state == JobState::Cancelled {
+                        format!("job {job} is cancelled")
+                    } else {
+                        format!(
+                            "job {job} has no push source named `{source}` (its push sources: {})",
+                            known.join(", ")
+                        )
+                    }));
+                }
+            }
+        };
+        let mut report = IngestReport::default();
+        let mut records = Vec::new();
+        for (i, line) in body.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record = Record::new(format!("POST /v1/ingest/{job}/{source}:{}", i + 1), line);
+            let mut events = Vec::new();
+            decoder.decode(source, &record, &mut events);
+            let error = events.iter().find_map(|e| match e {
+                Event::Error(err) => Some(err.error.clone()),
+                _ => None,
+            });
+            match error {
+                Some(error) => {
+                    report.rejected += 1;
+                    report.errors.push(IngestReject { line: i as u64 + 1, error });
+                }
+                None => report.accepted += 1,
+            }
+            records.push(events);
+        }
+        let text = serde_json::to_string(&Command::Ingest { source: source.to_owned(), records })
+            .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+        let (ack, sequenced) = oneshot::channel();
+        lock(&self.inner.seq).tx.send((text, Some(ack))).map_err(|_| ClusterError::Stopped)?;
+        sequenced.await.map_err(|_| ClusterError::Stopped)?;
+        Ok(report)
+    }
+
+    /// Whether every collection has passed time 0 (the workers are up and stepping).
+    pub fn ready(&self) -> bool {
+        let uppers = lock(&self.inner.shared.uppers);
+        !uppers.is_empty() && uppers.values().all(|u| *u > 0)
+    }
+}
+
+/// Once a second, allows compaction up to what every collection has passed and no read hold
+/// still reads. Ends when the controller is dropped.
+fn compaction_loop(inner: Weak<Inner>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(inner) = inner.upgrade() else { return };
+        let mut seq = lock(&inner.seq);
+        let passed = lock(&inner.shared.uppers).values().copied().min().unwrap_or(0).saturating_sub(1);
+        let held = seq.holds.values().copied().min().unwrap_or(Time::MAX);
+        let since = passed.min(held);
+        if since > seq.since {
+            seq.since = since;
+            if seq.send(&Command::AllowCompaction { since }).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The compute protocol: what the controller tells every worker, and what workers answer.
+//!
+//! Commands enter at process 0 and are sequenced by worker 0, which gives command `n` the
+//! timestamp `n` in a timely dataflow that broadcasts it to every worker of every process; a
+//! worker applies the commands whose timestamps the broadcast's frontier has passed, in
+//! timestamp order. So every worker builds the same dataflows, in the same order, from the same
+//! bytes (a command travels as its JSON text), as Materialize's compute protocol does
+//! (`src/compute/src/command_channel.rs`). Responses go the other way: every worker sends its
+//! share to worker 0 through a second stream of the same dataflow, and worker 0 hands them to
+//! the controller.
+
+use amx_dataflows::event::Event;
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use serde::{Deserialize, Serialize};
+
+use crate::job::SourceConfig;
+
+/// A job's identifier: assigned by the controller, starting at 1, never reused while the
+/// server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A materialized view to maintain: its name and its `SELECT`. Every worker plans it from
+/// this text against the same catalog (the commands before it), so all plan it alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewSpec {
+    /// The view's name as SQL resolves it (unquoted names in lower case).
+    pub name: String,
+    /// The `SELECT …` it maintains.
+    pub sql: String,
+}
+
+/// A command, applied by every worker in the order worker 0 sequenced it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Starts a job: its sources (file sources are read by every worker, each decoding its
+    /// share of the records; push sources wait for [`Command::Ingest`]), and its views, rendered
+    /// in one dataflow that imports the arrangements it reads.
+    InstallJob {
+        /// The job.
+        id: JobId,
+        /// Its sources.
+        sources: Vec<SourceConfig>,
+        /// Its views, in definition order (a view reads only earlier ones).
+        views: Vec<ViewSpec>,
+    },
+    /// Stops a job's sources and drops its views' dataflow and arrangements. What the job
+    /// ingested stays in the shared agent state.
+    DropJob {
+        /// The job.
+        id: JobId,
+    },
+    /// Records pushed to a push source: one entry per record, holding the events it decoded
+    /// to (an ingest error is an [`Event::Error`]). Record `i` goes to worker `i mod peers`.
+    Ingest {
+        /// The source's name.
+        source: String,
+        /// The decoded records.
+        records: Vec<Vec<Event>>,
+    },
+    /// Reads collection `collection` as of time `as_of`: each worker answers
+    /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.
+    Peek {
+        /// Peek id (answers name it).
+        id: u64,
+        /// The collection's name.
+        collection: String,
+        /// The time read; at least the compaction frontier ([`Command::AllowCompaction`]).
+        as_of: Time,
+        /// The columns to return, by position (`None`: all).
+        projection: Option<Vec<usize>>,
+    },
+    /// Sends every change of `collection` from now on, after its current contents:
+    /// [`Response::Subscribe`] batches.
+    Subscribe {
+        /// Subscription id.
+        id: u64,
+        /// The collection's name.
+        collection: String,
+    },
+    /// Ends a subscription (drops its dataflow).
+    Unsubscribe {
+        /// Subscription id.
+        id: u64,
+    },
+    /// Allows the arrangements to forget distinctions between times before `since`: no later
+    /// peek reads before it.
+    AllowCompaction {
+        /// The new compaction frontier (never below an earlier one).
+        since: Time,
+    },
+    /// Stops every worker.
+    Shutdown,
+}
+
+/// A worker's answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Response {
+    /// One worker's share of a peek: its rows (projected) and their multiplicities.
+    Peek {
+        /// Peek id.
+        id: u64,
+        /// The rows, each with a positive count.
+        rows: Vec<(Row, Diff)>,
+    },
+    /// One worker's changes of a subscribed collection, and its frontier: it has sent every
+    /// change at a time before `upper`.
+    Subscribe {
+        /// Subscription id.
+        id: u64,
+        /// The worker (global index).
+        worker: usize,
+        /// Changes `(row, time, diff)`.
+        updates: Vec<(Row, Time, Diff)>,
+        /// The worker's frontier for this subscription (`Time::MAX`: closed).
+        upper: Time,
+    },
+    /// A job's source failed on a worker (an I/O error reading it): that worker stopped
+    /// reading it.
+    SourceFailed {
+        /// The job.
+        job: JobId,
+        /// The source.
+        source: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// A job's views could not be rendered on a worker (a bug: the controller planned them).
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// What went wrong.
+        error: String,
+    },
+}

@@ -1,0 +1,180 @@
+//! SQL over the running cluster: DataFusion plans over tables that peek the workers'
+//! arrangements.
+//!
+//! A query's tables are resolved first; the controller then takes a [`ReadHold`] at one time
+//! every one of them has passed, and each table is a [`PeekTable`] whose scan peeks the
+//! workers' shares at that time (only the columns DataFusion asks for: projection pushdown).
+//! So every table a query reads is read at the same timestamp: a consistent snapshot.
+//! `CREATE MATERIALIZED VIEW` and `DROP MATERIALIZED VIEW` install and drop views on the
+//! workers ([`Controller::create_view`]).
+
+use std::sync::Arc;
+
+use amx_dataflows::Time;
+use amx_dataflows::row::Row;
+use amx_sql::arrow::datatypes::SchemaRef;
+use amx_sql::arrow::record_batch::RecordBatch;
+use amx_sql::views::{ViewStatement, parse_statement};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::controller::{ClusterError, Controller, ReadHold};
+
+/// A collection of the running cluster as a DataFusion table, read as of one held time.
+#[derive(Debug)]
+pub struct PeekTable {
+    name: String,
+    schema: SchemaRef,
+    as_of: Time,
+    controller: ControllerRef,
+}
+
+/// The controller, printable (DataFusion's tables are `Debug`).
+#[derive(Clone)]
+struct ControllerRef(Controller);
+
+impl std::fmt::Debug for ControllerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Controller")
+    }
+}
+
+#[async_trait]
+impl TableProvider for PeekTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let rows = self
+            .controller
+            .0
+            .peek(&self.name, self.as_of, projection.cloned())
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let expanded: Vec<&Row> =
+            rows.iter().flat_map(|(row, count)| std::iter::repeat_n(row, (*count).max(0) as usize)).collect();
+        let batch =
+            amx_sql::convert::rows_to_batch(&expanded, &schema).map_err(|e| DataFusionError::External(e.into()))?;
+        Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+    }
+}
+
+/// What a SQL statement did.
+#[derive(Debug)]
+pub enum SqlAnswer {
+    /// A query's answer, read at `timestamp` (ms since the Unix epoch).
+    Rows {
+        /// The answer's columns.
+        schema: SchemaRef,
+        /// The rows.
+        batches: Vec<RecordBatch>,
+        /// The time every table was read at.
+        timestamp: Time,
+    },
+    /// `CREATE MATERIALIZED VIEW`: the view and the job that maintains it.
+    Created {
+        /// View name.
+        view: String,
+    },
+    /// `DROP MATERIALIZED VIEW`.
+    Dropped {
+        /// View name.
+        view: String,
+        /// Whether it existed (`IF EXISTS` drops nothing otherwise).
+        existed: bool,
+    },
+}
+
+impl Controller {
+    /// Runs one SQL statement: a query over the live state, or `CREATE`/`DROP MATERIALIZED
+    /// VIEW`. Runs on the caller's tokio runtime (planning views on its blocking pool).
+    ///
+    /// # Errors
+    /// [`ClusterError::Sql`] for syntax errors (with line and column), unknown tables or
+    /// columns, type and execution errors and statements other than queries;
+    /// [`ClusterError::Conflict`] / [`ClusterError::UnknownCollection`] for view statements.
+    pub async fn execute_sql(&self, sql: &str) -> Result<SqlAnswer, ClusterError> {
+        let text = sql.to_owned();
+        let (kind, tables) = tokio::task::spawn_blocking(move || {
+            let kind = parse_statement(&text).map_err(|e| amx_sql::error::message(&e))?;
+            let tables = match kind {
+                ViewStatement::Other => amx_sql::referenced_tables(&text).map_err(|e| format!("{e:#}"))?,
+                _ => Vec::new(),
+            };
+            Ok::<_, String>((kind, tables))
+        })
+        .await
+        .map_err(|e| ClusterError::Sql(e.to_string()))?
+        .map_err(ClusterError::Sql)?;
+        match kind {
+            ViewStatement::Create { name, query } => {
+                let me = self.clone();
+                let view = name.clone();
+                tokio::task::spawn_blocking(move || me.create_view(&name, &query))
+                    .await
+                    .map_err(|e| ClusterError::Sql(e.to_string()))??;
+                Ok(SqlAnswer::Created { view })
+            }
+            ViewStatement::Drop { name, if_exists } => {
+                let existed = self.drop_view(&name, if_exists)?;
+                Ok(SqlAnswer::Dropped { view: name, existed })
+            }
+            ViewStatement::Other => self.query(sql, &tables).await,
+        }
+    }
+
+    async fn query(&self, sql: &str, tables: &[String]) -> Result<SqlAnswer, ClusterError> {
+        let known: Vec<(String, SchemaRef)> =
+            tables.iter().filter_map(|t| self.schema(t).map(|s| (t.clone(), s))).collect();
+        let hold: ReadHold = self.read_hold(&known.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+        let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
+        // One partition: float aggregates add in one order, so answers are reproducible.
+        let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+            .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+        for (name, schema) in known {
+            let table =
+                PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };
+            ctx.register_table(TableReference::bare(name), Arc::new(table)).map_err(sql_error)?;
+        }
+        let text = sql.to_owned();
+        let statement = tokio::task::spawn_blocking(move || amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)))
+            .await
+            .map_err(|e| ClusterError::Sql(e.to_string()))?
+            .map_err(sql_error)?;
+        if !amx_sql::is_query(&statement) {
+            return Err(ClusterError::Sql(
+                "only queries (SELECT, WITH, VALUES, EXPLAIN) and CREATE/DROP MATERIALIZED VIEW can be run; the \
+                 relations are maintained by the engine"
+                    .into(),
+            ));
+        }
+        let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_error)?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(|e| match e.find_root() {
+            DataFusionError::External(inner) if inner.downcast_ref::<ClusterError>().is_some() => ClusterError::Stopped,
+            _ => sql_error(e),
+        })?;
+        Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })
+    }
+}

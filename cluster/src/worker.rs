@@ -1,0 +1,659 @@
+//! The worker command loop: what every worker thread of every process runs.
+//!
+//! Each worker renders two dataflows when it starts: the *control* dataflow (commands
+//! broadcast from worker 0, responses gathered to worker 0; see [`crate::protocol`]) and the
+//! *agent state* (the canonical relations and the built-in views, every one arranged by its
+//! rows, sharded over the workers by hash). Then it loops: worker 0 sequences the controller's
+//! commands; every worker applies the commands the broadcast has delivered completely, in
+//! sequence order; reads its share of the file sources; advances the inputs' timestamp; steps
+//! the dataflows; answers the peeks its arrangements have passed; forwards subscriptions'
+//! changes; and allows compaction up to what no pending peek still reads.
+//!
+//! A job's views become one dataflow of their own that imports the arrangements it reads
+//! (the built-in views' and earlier jobs'), renders the views with [`amx_sql::render`] and
+//! arranges each; dropping the job drops that dataflow on every worker at the same point of
+//! the command sequence, and with it the job's arrangements.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amx_connectors::{Decoder, FileReader, Record};
+use amx_dataflows::event::Event;
+use amx_dataflows::render::{VIEW_ERRORS, render};
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use amx_sql::arrow::datatypes::SchemaRef;
+use amx_sql::render::{Renderer, Rows};
+use amx_sql::views::ViewPlanner;
+use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::trace::cursor::Cursor;
+use differential_dataflow::trace::implementations::KeySpine;
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::progress::Antichain;
+
+use crate::controller::Shared;
+use crate::job::SourceKind;
+use crate::protocol::{Command, JobId, Response, ViewSpec};
+
+/// A collection's arrangement: its rows as keys, sharded over the workers by hash.
+pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
+
+/// Who made an arrangement (and drops it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owner {
+    /// The agent state (never dropped).
+    Builtin,
+    /// A job (or a view created in SQL, which is a job of one view).
+    Job(JobId),
+}
+
+/// A readable collection: its schema and its arrangements (several for
+/// `aimatrix_view_errors`, which every job's views add to; a peek reads their union).
+struct Collection {
+    schema: SchemaRef,
+    traces: Vec<(Owner, RowTrace)>,
+}
+
+/// Tuning of the worker loop.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Bytes of each file read per poll (bounds the records in flight).
+    pub poll_bytes: u64,
+    /// The largest record, in bytes (a longer one is an ingest error).
+    pub max_record_bytes: u64,
+    /// Records a worker decodes before it closes an epoch.
+    pub batch_records: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            poll_bytes: 1 << 20,
+            max_record_bytes: amx_connectors::record::DEFAULT_MAX_RECORD_BYTES,
+            batch_records: 50_000,
+        }
+    }
+}
+
+/// How long an idle worker waits before it advances time anyway (so that frontiers, and
+/// `now()` in temporal views, move on without input).
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// How long a worker with nothing to do parks.
+const PARK: Duration = Duration::from_millis(2);
+
+/// A file source, as one worker reads it.
+struct FileSource {
+    job: JobId,
+    name: String,
+    reader: FileReader,
+    decoder: Box<dyn Decoder>,
+    /// Read to its end.
+    done: bool,
+}
+
+/// A push source on one worker: its job (records arrive as [`Command::Ingest`]).
+struct PushSource {
+    job: JobId,
+}
+
+/// A job on one worker.
+struct JobState {
+    /// The dataflow of its views, if it has any.
+    dataflow: Option<usize>,
+}
+
+/// A subscription on one worker.
+struct Subscription {
+    dataflow: usize,
+    buffer: Rc<RefCell<Vec<(Row, Time, Diff)>>>,
+    probe: ProbeHandle<Time>,
+    last_upper: Option<Time>,
+}
+
+/// A peek waiting for the arrangements to pass its time.
+struct PendingPeek {
+    id: u64,
+    collection: String,
+    as_of: Time,
+    projection: Option<Vec<usize>>,
+}
+
+/// The engine clock: milliseconds since the Unix epoch.
+fn now_ms() -> Time {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+}
+
+/// The next epoch's timestamp: the wall clock in ms, and always later than `epoch`.
+fn next_epoch(epoch: Time) -> Time {
+    (epoch + 1).max(now_ms())
+}
+
+/// The first element of a frontier (`Time::MAX` when empty: closed).
+fn first(frontier: &Antichain<Time>) -> Time {
+    frontier.elements().first().copied().unwrap_or(Time::MAX)
+}
+
+/// The frontier of an arrangement: it holds every update at times before it.
+fn upper_of(trace: &mut RowTrace) -> Time {
+    let mut upper = Antichain::new();
+    trace.read_upper(&mut upper);
+    first(&upper)
+}
+
+/// Adds the rows of `trace` as of `as_of` (projected) to `out`, with their multiplicities.
+fn read_at(trace: &mut RowTrace, as_of: Time, projection: Option<&[usize]>, out: &mut HashMap<Row, Diff>) {
+    let Some(batches) = trace.batches_through(Antichain::new().borrow()) else {
+        return;
+    };
+    let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
+    while cursor.key_valid(&storage) {
+        let mut count: Diff = 0;
+        while cursor.val_valid(&storage) {
+            cursor.map_times(&storage, |time, diff| {
+                if *time <= as_of {
+                    count += *diff;
+                }
+            });
+            cursor.step_val(&storage);
+        }
+        if count != 0 {
+            let row: &Row = cursor.key(&storage);
+            let row = match projection {
+                Some(columns) => {
+                    columns.iter().map(|&c| row.get(c).cloned().unwrap_or(amx_dataflows::row::Datum::Null)).collect()
+                }
+                None => row.clone(),
+            };
+            *out.entry(row).or_insert(0) += count;
+        }
+        cursor.step_key(&storage);
+    }
+}
+
+/// The catalog every worker starts with: the canonical relations, the built-in views, the
+/// ingestion counters and the view errors, with their Arrow schemas.
+pub fn builtin_schemas() -> Vec<(String, SchemaRef)> {
+    let mut schemas: Vec<(String, SchemaRef)> =
+        amx_dataflows::render::relations().iter().map(|d| (d.name.to_owned(), amx_sql::arrow_schema(d))).collect();
+    schemas.push((VIEW_ERRORS.to_owned(), crate::view_errors_schema()));
+    schemas
+}
+
+/// Runs one worker until [`Command::Shutdown`]. `shared` is the controller's side (`None` in
+/// processes other than 0).
+pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared>>, options: &WorkerOptions) {
+    let index = worker.index();
+    let peers = worker.peers();
+
+    // The control dataflow.
+    let received: Rc<RefCell<Vec<(u64, String)>>> = Rc::default();
+    let deliver = shared.clone();
+    let sink = received.clone();
+    let (cmd_in, mut resp_in, cmd_probe) = worker.dataflow_named::<u64, _, _>("control", move |scope| {
+        let (cmd_in, commands) = scope.new_collection::<(u64, String), Diff>();
+        let probe = ProbeHandle::new();
+        commands
+            .inner
+            .broadcast()
+            .inspect(move |((seq, text), _time, diff)| {
+                if *diff > 0 {
+                    sink.borrow_mut().push((*seq, text.clone()));
+                }
+            })
+            .probe_with(&probe);
+        let (resp_in, responses) = scope.new_collection::<Response, Diff>();
+        responses.inner.exchange(|_| 0u64).inspect(move |(response, _time, _diff)| {
+            if let Some(shared) = &deliver {
+                shared.deliver(response.clone());
+            }
+        });
+        (cmd_in, resp_in, probe)
+    });
+    // Only worker 0 sequences commands; the others close their command input at once.
+    let mut cmd_in: Option<InputSession<u64, (u64, String), Diff>> = (index == 0).then_some(cmd_in);
+    let commands = if index == 0 { shared.as_ref().and_then(|s| s.take_command_receiver()) } else { None };
+
+    // The agent state.
+    let (mut inputs, agent_probe, builtin) = worker.dataflow_named::<Time, _, _>("agent state", |scope| {
+        let rendered = render(scope, &|_| true);
+        let probe = ProbeHandle::new();
+        let mut traces = Vec::new();
+        for (_index, name, rows) in rendered.relations {
+            let arranged = rows.arrange_by_self_named(&format!("Arrange {name}"));
+            arranged.stream.clone().probe_with(&probe);
+            traces.push((name.to_owned(), arranged.trace));
+        }
+        let errors = rendered.errors.arrange_by_self_named("Arrange view errors");
+        errors.stream.clone().probe_with(&probe);
+        traces.push((VIEW_ERRORS.to_owned(), errors.trace));
+        (rendered.inputs, probe, traces)
+    });
+    let schemas: HashMap<String, SchemaRef> = builtin_schemas().into_iter().collect();
+    let mut catalog: BTreeMap<String, Collection> = BTreeMap::new();
+    for (name, trace) in builtin {
+        let schema = schemas[&name].clone();
+        catalog.insert(name, Collection { schema, traces: vec![(Owner::Builtin, trace)] });
+    }
+
+    let mut files: Vec<FileSource> = Vec::new();
+    let mut pushes: HashMap<String, PushSource> = HashMap::new();
+    let mut jobs: HashMap<JobId, JobState> = HashMap::new();
+    let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
+    let mut peeks: Vec<PendingPeek> = Vec::new();
+    // Per source: (records, decoded rows, errors, declared) since the last epoch.
+    let mut pending_stats: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
+    let mut next_seq: u64 = 0;
+    let mut since: Time = 0;
+    let mut compacted: Time = 0;
+    let mut epoch: Time = next_epoch(0);
+    inputs.advance_to(epoch);
+    let mut last_advance = Instant::now();
+    let mut last_publish = Instant::now() - Duration::from_secs(1);
+    let mut records: Vec<Record> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    let batch_share = (options.batch_records / peers).max(1);
+
+    'run: loop {
+        // 1. Worker 0 sequences the controller's commands: command n at time n.
+        if let (Some(rx), Some(input)) = (&commands, cmd_in.as_mut()) {
+            let mut any = false;
+            while let Ok((text, ack)) = rx.try_recv() {
+                input.update((next_seq, text), 1);
+                if let Some(ack) = ack {
+                    let _ = ack.send(next_seq);
+                }
+                next_seq += 1;
+                input.advance_to(next_seq);
+                any = true;
+            }
+            if any {
+                input.flush();
+            }
+        }
+
+        // 2. Apply every command the broadcast has delivered completely, in sequence order.
+        let ready: Vec<(u64, String)> = {
+            let mut received = received.borrow_mut();
+            received.sort();
+            let n = received.iter().take_while(|(seq, _)| !cmd_probe.less_equal(seq)).count();
+            received.drain(..n).collect()
+        };
+        for (seq, text) in ready {
+            let command: Command = match serde_json::from_str(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "undecodable command; skipped");
+                    continue;
+                }
+            };
+            match command {
+                Command::InstallJob { id, sources, views } => {
+                    for source in sources {
+                        let decoder = match amx_connectors::decoder(&source.format, &source.options_json()) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                respond(
+                                    &mut resp_in,
+                                    Response::SourceFailed { job: id, source: source.name, error: e.to_string() },
+                                );
+                                continue;
+                            }
+                        };
+                        // Worker 0 declares the source: it has its counters row before any record.
+                        if index == 0 {
+                            pending_stats.entry(source.name.clone()).or_default().3 += 1;
+                        }
+                        match source.kind {
+                            SourceKind::File => match FileReader::new(&source.path) {
+                                Ok(mut reader) => {
+                                    reader.set_max_poll_bytes(options.poll_bytes.max(1));
+                                    reader.set_share(index as u64, peers as u64);
+                                    reader.set_max_record_bytes(options.max_record_bytes.max(1));
+                                    files.push(FileSource { job: id, name: source.name, reader, decoder, done: false });
+                                }
+                                Err(e) => respond(
+                                    &mut resp_in,
+                                    Response::SourceFailed { job: id, source: source.name, error: e.to_string() },
+                                ),
+                            },
+                            SourceKind::Push => {
+                                pushes.insert(source.name, PushSource { job: id });
+                            }
+                        }
+                    }
+                    let dataflow = if views.is_empty() {
+                        None
+                    } else {
+                        match install_views(worker, &mut catalog, id, &views) {
+                            Ok(df) => Some(df),
+                            Err(error) => {
+                                respond(&mut resp_in, Response::JobFailed { job: id, error });
+                                None
+                            }
+                        }
+                    };
+                    jobs.insert(id, JobState { dataflow });
+                    // The job's new arrangements compact as far as the others.
+                    if compacted > 0 {
+                        let frontier = Antichain::from_elem(compacted);
+                        for collection in catalog.values_mut() {
+                            for (_, trace) in collection.traces.iter_mut() {
+                                trace.set_logical_compaction(frontier.borrow());
+                                trace.set_physical_compaction(frontier.borrow());
+                            }
+                        }
+                    }
+                }
+                Command::DropJob { id } => {
+                    files.retain(|f| f.job != id);
+                    pushes.retain(|_, p| p.job != id);
+                    for collection in catalog.values_mut() {
+                        collection.traces.retain(|(owner, _)| *owner != Owner::Job(id));
+                    }
+                    catalog.retain(|_, c| !c.traces.is_empty());
+                    if let Some(JobState { dataflow: Some(df) }) = jobs.remove(&id) {
+                        worker.drop_dataflow(df);
+                    }
+                }
+                Command::Ingest { source, records } => {
+                    if pushes.contains_key(&source) {
+                        let stats = pending_stats.entry(source).or_default();
+                        for (i, record) in records.into_iter().enumerate() {
+                            if i % peers != index {
+                                continue;
+                            }
+                            stats.0 += 1;
+                            for event in record {
+                                if matches!(event, Event::Error(_)) {
+                                    stats.2 += 1;
+                                } else {
+                                    stats.1 += 1;
+                                }
+                                inputs.update(event, 1);
+                            }
+                        }
+                    }
+                }
+                Command::Peek { id, collection, as_of, projection } => {
+                    peeks.push(PendingPeek { id, collection, as_of, projection })
+                }
+                Command::Subscribe { id, collection } => {
+                    match subscribe(worker, &mut catalog, &collection) {
+                        Some((dataflow, buffer, probe)) => {
+                            subscriptions.insert(id, Subscription { dataflow, buffer, probe, last_upper: None });
+                        }
+                        // No such collection (any more): closed at once.
+                        None => respond(
+                            &mut resp_in,
+                            Response::Subscribe { id, worker: index, updates: Vec::new(), upper: Time::MAX },
+                        ),
+                    }
+                }
+                Command::Unsubscribe { id } => {
+                    if let Some(sub) = subscriptions.remove(&id) {
+                        worker.drop_dataflow(sub.dataflow);
+                    }
+                }
+                Command::AllowCompaction { since: s } => since = since.max(s),
+                Command::Shutdown => break 'run,
+            }
+        }
+
+        // 3. Read this worker's share of the file sources, once the dataflow has caught up
+        //    with the previous epoch (back-pressure).
+        let mut fed = false;
+        if !agent_probe.less_than(&epoch) {
+            for source in files.iter_mut().filter(|f| !f.done) {
+                let mut decoded = 0usize;
+                while decoded < batch_share {
+                    records.clear();
+                    let (seen, bytes) = (source.reader.records_seen(), source.reader.bytes_read());
+                    if let Err(e) = source.reader.poll(true, &mut records) {
+                        source.done = true;
+                        respond(
+                            &mut resp_in,
+                            Response::SourceFailed {
+                                job: source.job,
+                                source: source.name.clone(),
+                                error: e.to_string(),
+                            },
+                        );
+                        break;
+                    }
+                    if source.reader.records_seen() == seen && source.reader.bytes_read() == bytes {
+                        source.done = true;
+                        break;
+                    }
+                    fed = true;
+                    let stats = pending_stats.entry(source.name.clone()).or_default();
+                    for record in records.drain(..) {
+                        decoded += 1;
+                        stats.0 += 1;
+                        source.decoder.decode(&source.name, &record, &mut events);
+                        for event in events.drain(..) {
+                            if matches!(event, Event::Error(_)) {
+                                stats.2 += 1;
+                            } else {
+                                stats.1 += 1;
+                            }
+                            inputs.update(event, 1);
+                        }
+                    }
+                }
+            }
+        }
+        if fed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
+            for (source, counts) in pending_stats.drain() {
+                inputs.source_stats.update(source, counts);
+            }
+            epoch = next_epoch(epoch);
+            inputs.advance_to(epoch);
+            last_advance = Instant::now();
+        }
+
+        // 4. Run the dataflows.
+        if fed {
+            worker.step();
+        } else {
+            worker.step_or_park(Some(PARK));
+        }
+
+        // 5. Answer the peeks whose time every arrangement they read has passed.
+        let mut i = 0;
+        while i < peeks.len() {
+            let peek = &peeks[i];
+            let ready = match catalog.get_mut(&peek.collection) {
+                Some(c) => c.traces.iter_mut().all(|(_, t)| upper_of(t) > peek.as_of),
+                None => true,
+            };
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let peek = peeks.swap_remove(i);
+            let mut rows = HashMap::new();
+            if let Some(c) = catalog.get_mut(&peek.collection) {
+                for (_, trace) in c.traces.iter_mut() {
+                    read_at(trace, peek.as_of, peek.projection.as_deref(), &mut rows);
+                }
+            }
+            let mut rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, c)| *c != 0).collect();
+            rows.sort();
+            respond(&mut resp_in, Response::Peek { id: peek.id, rows });
+        }
+
+        // 6. Forward the subscriptions' changes, with this worker's frontier.
+        for (id, sub) in subscriptions.iter_mut() {
+            let upper = sub.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+            let updates = std::mem::take(&mut *sub.buffer.borrow_mut());
+            if !updates.is_empty() || sub.last_upper != Some(upper) {
+                sub.last_upper = Some(upper);
+                respond(&mut resp_in, Response::Subscribe { id: *id, worker: index, updates, upper });
+            }
+        }
+
+        // 7. Compaction: up to `since`, but never past a pending peek's time.
+        let hold = peeks.iter().map(|p| p.as_of).min().unwrap_or(Time::MAX);
+        let allowed = since.min(hold);
+        if allowed > compacted {
+            compacted = allowed;
+            let frontier = Antichain::from_elem(allowed);
+            for collection in catalog.values_mut() {
+                for (_, trace) in collection.traces.iter_mut() {
+                    trace.set_logical_compaction(frontier.borrow());
+                    trace.set_physical_compaction(frontier.borrow());
+                }
+            }
+        }
+
+        // 8. Worker 0 publishes the collections' frontiers and the sources' progress.
+        if let Some(shared) = &shared
+            && index == 0
+            && last_publish.elapsed() >= Duration::from_millis(1)
+        {
+            last_publish = Instant::now();
+            let uppers: HashMap<String, Time> = catalog
+                .iter_mut()
+                .map(|(name, c)| {
+                    (name.clone(), c.traces.iter_mut().map(|(_, t)| upper_of(t)).min().unwrap_or(Time::MAX))
+                })
+                .collect();
+            let progress = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        crate::controller::SourceProgress {
+                            bytes_read: f.reader.bytes_read(),
+                            bytes_total: f.reader.total_bytes(),
+                            done: f.done,
+                        },
+                    )
+                })
+                .collect();
+            shared.publish(uppers, progress);
+        }
+    }
+    // Shut down: drop every dataflow (the others do the same at the same command).
+    drop(cmd_in);
+    drop(inputs);
+    catalog.clear();
+    for df in worker.installed_dataflows() {
+        worker.drop_dataflow(df);
+    }
+}
+
+/// Sends a response to worker 0 (and from there to the controller).
+fn respond(resp_in: &mut InputSession<u64, Response, Diff>, response: Response) {
+    resp_in.update(response, 1);
+    resp_in.flush();
+}
+
+/// Renders a job's views in a new dataflow that imports the arrangements they read, and adds
+/// their arrangements (and their error rows') to the catalog. Returns the dataflow's index.
+fn install_views(
+    worker: &mut timely::worker::Worker,
+    catalog: &mut BTreeMap<String, Collection>,
+    job: JobId,
+    views: &[ViewSpec],
+) -> Result<usize, String> {
+    let schemas: Vec<(String, SchemaRef)> = catalog.iter().map(|(n, c)| (n.clone(), c.schema.clone())).collect();
+    let mut planner = ViewPlanner::new(&schemas).map_err(|e| e.to_string())?;
+    let mut defs = Vec::new();
+    for view in views {
+        let def =
+            planner.create_in(&view.name, &view.sql, &view.sql).map_err(|e| format!("view `{}`: {e}", view.name))?;
+        defs.push(def.clone());
+    }
+    // What the views read from outside the job; at least one collection (constants need a scope).
+    let mut reads: Vec<String> = defs
+        .iter()
+        .flat_map(|d| d.reads.iter().cloned())
+        .filter(|r| !views.iter().any(|v| &v.name == r) && catalog.contains_key(r))
+        .collect();
+    reads.sort();
+    reads.dedup();
+    if reads.is_empty() {
+        reads.push("spans".to_owned());
+    }
+    let dataflow = worker.next_dataflow_index();
+    let built = worker.dataflow_named::<Time, _, _>(&format!("job {job}"), |scope| {
+        let mut collections: HashMap<String, Rows<'_>> = HashMap::new();
+        for name in &reads {
+            let collection = catalog.get_mut(name).expect("checked above");
+            let mut rows: Option<Rows<'_>> = None;
+            for (_, trace) in collection.traces.iter_mut() {
+                let imported = trace.import_named(scope, &format!("Import {name}")).as_collection(|row, _| row.clone());
+                rows = Some(match rows {
+                    None => imported,
+                    Some(r) => r.concat(imported),
+                });
+            }
+            if let Some(rows) = rows {
+                collections.insert(name.clone(), rows);
+            }
+        }
+        let mut renderer = Renderer::new(collections);
+        let mut arranged = Vec::new();
+        for def in &defs {
+            let rows = renderer.render_view(def).map_err(|e| format!("view `{}`: {e}", def.name))?;
+            arranged.push((
+                def.name.clone(),
+                def.schema.clone(),
+                rows.arrange_by_self_named(&format!("Arrange {}", def.name)).trace,
+            ));
+        }
+        let errors = renderer.errors().map(|e| e.arrange_by_self_named("Arrange view errors").trace);
+        Ok::<_, String>((arranged, errors))
+    });
+    let (arranged, errors) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            worker.drop_dataflow(dataflow);
+            return Err(e);
+        }
+    };
+    for (name, schema, trace) in arranged {
+        catalog.insert(name, Collection { schema, traces: vec![(Owner::Job(job), trace)] });
+    }
+    if let Some(trace) = errors
+        && let Some(c) = catalog.get_mut(VIEW_ERRORS)
+    {
+        c.traces.push((Owner::Job(job), trace));
+    }
+    Ok(dataflow)
+}
+
+/// A subscription's dataflow: imports the collection's arrangements and copies their updates
+/// (first the current contents, then every change) into a buffer; the probe tells how far
+/// the buffer is complete.
+#[allow(clippy::type_complexity)]
+fn subscribe(
+    worker: &mut timely::worker::Worker,
+    catalog: &mut BTreeMap<String, Collection>,
+    collection: &str,
+) -> Option<(usize, Rc<RefCell<Vec<(Row, Time, Diff)>>>, ProbeHandle<Time>)> {
+    let entry = catalog.get_mut(collection)?;
+    let dataflow = worker.next_dataflow_index();
+    let buffer: Rc<RefCell<Vec<(Row, Time, Diff)>>> = Rc::default();
+    let probe = ProbeHandle::new();
+    worker.dataflow_named::<Time, _, _>(&format!("subscribe {collection}"), |scope| {
+        for (_, trace) in entry.traces.iter_mut() {
+            let sink = buffer.clone();
+            trace
+                .import_named(scope, &format!("Import {collection}"))
+                .as_collection(|row, _| row.clone())
+                .inner
+                .inspect(move |update| sink.borrow_mut().push(update.clone()))
+                .probe_with(&probe);
+        }
+    });
+    Some((dataflow, buffer, probe))
+}

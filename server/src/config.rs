@@ -1,0 +1,139 @@
+//! The server's configuration: a TOML file, overridden by `AIMATRIX__…` environment
+//! variables, overridden by command-line flags.
+//!
+//! ```toml
+//! [http]
+//! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port)
+//!
+//! [cluster]
+//! workers = 1                  # worker threads per process
+//! processes = 1                # processes in the timely cluster
+//! process_index = 0            # this process (0 runs the controller and the HTTP API)
+//! hosts = []                   # host:port of every process, in process order (processes > 1)
+//! batch_records = 50000        # records per epoch across the cluster
+//! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
+//!
+//! [sql]
+//! timeout_ms = 60000           # how long a query may wait for the views it reads to catch up
+//! ```
+//!
+//! An environment variable names a key by its path, with `__` between the parts:
+//! `AIMATRIX__HTTP__LISTEN=0.0.0.0:6876`, `AIMATRIX__CLUSTER__WORKERS=4`. Merged with
+//! `figment` (defaults, then the file, then the environment, then flags).
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `aimatrix serve` is configured by.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The timely cluster.
+    pub cluster: ClusterSection,
+    /// SQL.
+    pub sql: SqlConfig,
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on, `host:port` (default `127.0.0.1:6876`: this machine only).
+    pub listen: String,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Worker threads per process (default 1).
+    pub workers: usize,
+    /// Processes in the cluster (default 1).
+    pub processes: usize,
+    /// This process's index in `0..processes` (default 0).
+    pub process_index: usize,
+    /// `host:port` of every process, in process order; needed when `processes > 1`.
+    pub hosts: Vec<String>,
+    /// Records per epoch across the cluster (default 50,000).
+    pub batch_records: usize,
+    /// Bytes of each file read per poll (default 1 MiB).
+    pub poll_bytes: u64,
+    /// The largest record in bytes (default 64 MiB).
+    pub max_record_bytes: u64,
+}
+
+/// `[sql]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// How long a query may wait, in ms, for the collections it reads to pass its time
+    /// (a view that is still hydrating); default 60,000.
+    pub timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:6876".into() }
+    }
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        let worker = amx_cluster::worker::WorkerOptions::default();
+        ClusterSection {
+            workers: 1,
+            processes: 1,
+            process_index: 0,
+            hosts: Vec::new(),
+            batch_records: worker.batch_records,
+            poll_bytes: worker.poll_bytes,
+            max_record_bytes: worker.max_record_bytes,
+        }
+    }
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig { timeout_ms: 60_000 }
+    }
+}
+
+impl ServeConfig {
+    /// Defaults, then `file` (if given), then the `AIMATRIX__` environment, then `flags`
+    /// (a partial config: only the keys given on the command line).
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, an unknown key, or a value of the wrong type; the
+    /// message names the key and where it came from.
+    pub fn load(file: Option<&Path>, flags: serde_json::Value) -> Result<ServeConfig, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(ServeConfig::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Box::new(figment::Error::from(format!("config file {} does not exist", file.display()))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("AIMATRIX__").split("__")).merge(Serialized::defaults(flags));
+        figment.extract().map_err(Box::new)
+    }
+
+    /// The cluster's configuration.
+    pub fn cluster_config(&self) -> amx_cluster::ClusterConfig {
+        amx_cluster::ClusterConfig {
+            workers: self.cluster.workers,
+            processes: self.cluster.processes,
+            process_index: self.cluster.process_index,
+            addresses: self.cluster.hosts.clone(),
+            worker: amx_cluster::worker::WorkerOptions {
+                poll_bytes: self.cluster.poll_bytes,
+                max_record_bytes: self.cluster.max_record_bytes,
+                batch_records: self.cluster.batch_records,
+            },
+        }
+    }
+}

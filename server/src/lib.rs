@@ -1,0 +1,408 @@
+//! The AIMatrix server: the HTTP API of a running cluster (axum, JSON, versioned under `/v1`).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/jobs` | a job file's TOML as the body; installs it; `201 {"id": N}` |
+//! | `GET /v1/jobs` | every job: id, name, state, sources, views, errors |
+//! | `GET /v1/jobs/{id}` | one job, with per-source records, errors and bytes read, per-view rows, hydration |
+//! | `DELETE /v1/jobs/{id}` | cancels it: sources stop, views dropped; what it ingested stays |
+//! | `POST /v1/sql` | `{"sql": "…"}` (or the SQL as a text body): a query, or `CREATE`/`DROP MATERIALIZED VIEW`; JSON rows, or an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream` |
+//! | `POST /v1/ingest/{job}/{source}` | JSON lines into a push source; replies once they are in the engine's input, with counts and each reject's reason |
+//! | `GET /v1/subscribe?view=NAME` | WebSocket: the snapshot, then every change, and progress as time advances |
+//! | `GET /v1/catalog` | every relation and view with its columns |
+//! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of this API |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness (every collection has passed time 0) |
+//!
+//! Every error is a 4xx or 5xx with a JSON body `{"error": "…"}` naming the problem: 400 for
+//! malformed JSON, TOML (with line and column) or SQL (with its position), 404 for an unknown
+//! job, source, view or route, 409 for a conflict with the catalog, 503 when the cluster has
+//! stopped or a query timed out waiting for its views.
+
+pub mod config;
+
+use std::time::Duration;
+
+use amx_cluster::controller::JobStatus;
+use amx_cluster::job::Job;
+use amx_cluster::protocol::JobId;
+use amx_cluster::{ClusterError, Controller, SqlAnswer, SubscribeEvent};
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use amx_sql::arrow::datatypes::SchemaRef;
+use amx_sql::arrow::record_batch::RecordBatch;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    controller: Controller,
+    sql_timeout: Duration,
+}
+
+impl AppState {
+    /// The state over a running controller; queries wait at most `sql_timeout` for the views
+    /// they read.
+    pub fn new(controller: Controller, sql_timeout: Duration) -> AppState {
+        AppState { controller, sql_timeout }
+    }
+}
+
+/// An API error: its status and message, answered as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> ApiError {
+        ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The OpenAPI document (generated from the handlers' annotations).
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "AIMatrix", description = "Jobs, SQL, ingestion and subscriptions of a running AIMatrix cluster."),
+    paths(submit_job, list_jobs, show_job, cancel_job, run_sql, ingest, subscribe, catalog, healthz, readyz)
+)]
+pub struct ApiDoc;
+
+/// The router of the HTTP API over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(show_job).delete(cancel_job))
+        .route("/v1/sql", post(run_sql))
+        .route("/v1/ingest/{job}/{source}", post(ingest))
+        .route("/v1/subscribe", get(subscribe))
+        .route("/v1/catalog", get(catalog))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json") })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// An I/O error of the listener.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Liveness: the server answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: every collection has passed time 0.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "starting")))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.controller.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+    }
+}
+
+async fn openapi() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+/// Parses a job id from a path (an unknown id, not a malformed one: 404 either way).
+fn job_id(text: &str) -> ApiResult<JobId> {
+    text.parse::<u64>().map(JobId).map_err(|_| ClusterError::UnknownJob(text.to_owned()).into())
+}
+
+/// Installs a job (its TOML as the body).
+#[utoipa::path(post, path = "/v1/jobs", request_body(content = String, content_type = "application/toml", description = "a job file"),
+    responses((status = 201, description = "installed: {\"id\": N}"), (status = 400, description = "the job does not parse or plan"),
+              (status = 409, description = "a source or view name is in use")))]
+async fn submit_job(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the job is not UTF-8: {e}")))?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let job = Job::parse(text, &cwd).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let controller = state.controller.clone();
+    let id = tokio::task::spawn_blocking(move || controller.install_job(&job))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, axum::Json(json!({ "id": id.0 }))).into_response())
+}
+
+/// Every job.
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "the jobs")))]
+async fn list_jobs(State(state): State<AppState>) -> Response {
+    axum::Json(json!({ "jobs": state.controller.jobs() })).into_response()
+}
+
+/// One job with its figures.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "the job"), (status = 404, description = "no such job")))]
+async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<JobStatus>> {
+    let id = job_id(&id)?;
+    let status = tokio::time::timeout(state.sql_timeout, state.controller.job_status(id))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timed out reading the job's figures"))??;
+    Ok(axum::Json(status))
+}
+
+/// `?retract=…` of `DELETE /v1/jobs/{id}`.
+#[derive(Deserialize)]
+struct CancelParams {
+    #[serde(default)]
+    retract: bool,
+}
+
+/// Cancels a job.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id")),
+    responses((status = 200, description = "cancelled"), (status = 404, description = "no such job"),
+              (status = 409, description = "already cancelled, or another job's view reads its views"),
+              (status = 501, description = "retract=true is not implemented")))]
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<CancelParams>,
+) -> ApiResult<Response> {
+    let id = job_id(&id)?;
+    if params.retract {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "retract=true (retracting what a job ingested) is not implemented yet; cancel without it keeps the data",
+        ));
+    }
+    state.controller.cancel_job(id)?;
+    Ok(axum::Json(json!({ "id": id.0, "state": "cancelled" })).into_response())
+}
+
+/// The body of `POST /v1/sql`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Runs a SQL statement.
+#[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "{\"sql\": \"…\"}, or the SQL as text/plain"),
+    responses((status = 200, description = "{\"columns\": […], \"rows\": […], \"timestamp\": T}, or an Arrow IPC stream"),
+              (status = 400, description = "a SQL error, with its position")))]
+async fn run_sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let sql = if content_type.starts_with("text/plain") || content_type.starts_with("application/sql") {
+        String::from_utf8(body.to_vec()).map_err(|e| ApiError::bad_request(format!("the SQL is not UTF-8: {e}")))?
+    } else {
+        serde_json::from_slice::<SqlRequest>(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?
+            .sql
+    };
+    let answer =
+        tokio::time::timeout(state.sql_timeout, state.controller.execute_sql(&sql)).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timed out waiting for the views the query reads to catch up",
+            )
+        })??;
+    let arrow = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM));
+    match answer {
+        SqlAnswer::Rows { schema, batches, timestamp } => {
+            if arrow {
+                let bytes = arrow_stream(&schema, &batches)
+                    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
+            }
+            let rows = json_rows(&batches)?;
+            let columns: Vec<Value> = schema
+                .fields()
+                .iter()
+                .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+                .collect();
+            Ok(axum::Json(json!({ "columns": columns, "rows": rows, "timestamp": timestamp })).into_response())
+        }
+        SqlAnswer::Created { view } => Ok(axum::Json(json!({ "created": view })).into_response()),
+        SqlAnswer::Dropped { view, existed } => {
+            Ok(axum::Json(json!({ "dropped": view, "existed": existed })).into_response())
+        }
+    }
+}
+
+/// Batches as an Arrow IPC stream.
+fn arrow_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, amx_sql::arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
+/// Batches as JSON row objects (NULL as null, timestamps as RFC 3339, NaN and infinities as
+/// strings: the CLI's `--output json`).
+fn json_rows(batches: &[RecordBatch]) -> ApiResult<Value> {
+    let text = amx_sql::format_batches(batches, amx_sql::OutputFormat::Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    serde_json::from_str(&text).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Rows of a collection as JSON objects, in order.
+fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
+    let batch = amx_sql::convert::rows_to_batch(rows, schema)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    match json_rows(&[batch])? {
+        Value::Array(values) => Ok(values),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Pushes JSON lines into a push source.
+#[utoipa::path(post, path = "/v1/ingest/{job}/{source}",
+    params(("job" = u64, Path, description = "job id"), ("source" = String, Path, description = "push source name")),
+    request_body(content = String, content_type = "application/x-ndjson", description = "one record per line"),
+    responses((status = 200, description = "{\"accepted\": N, \"rejected\": M, \"errors\": [{\"line\": L, \"error\": \"…\"}]}"),
+              (status = 404, description = "no such job or push source")))]
+async fn ingest(
+    State(state): State<AppState>,
+    Path((job, source)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let job = job_id(&job)?;
+    let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    let report = state.controller.ingest(job, &source, text).await?;
+    Ok(axum::Json(report).into_response())
+}
+
+/// `?view=NAME` of `/v1/subscribe`.
+#[derive(Deserialize)]
+struct SubscribeParams {
+    view: String,
+}
+
+/// Subscribes to a view (WebSocket). Messages, one JSON object each:
+/// `{"type": "snapshot", "timestamp": T, "rows": [{"row": {…}, "diff": n}, …]}` once, then
+/// `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
+/// `{"type": "progress", "timestamp": t}` when time advances (every change before `t` sent).
+#[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view")),
+    responses((status = 101, description = "WebSocket"), (status = 404, description = "no such view")))]
+async fn subscribe(
+    State(state): State<AppState>,
+    Query(params): Query<SubscribeParams>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let subscription = state.controller.subscribe(&params.view)?;
+    Ok(upgrade.on_upgrade(move |socket| forward_subscription(socket, subscription)))
+}
+
+async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_cluster::Subscription) {
+    let schema = subscription.schema.clone();
+    loop {
+        tokio::select! {
+            event = subscription.events.recv() => {
+                let Some(event) = event else { break };
+                // Coalesce: of several queued progress messages only the last is sent.
+                let mut batch = vec![event];
+                while let Ok(more) = subscription.events.try_recv() {
+                    batch.push(more);
+                }
+                let last_progress = batch.iter().rposition(|e| matches!(e, SubscribeEvent::Progress { .. }));
+                for (i, event) in batch.into_iter().enumerate() {
+                    if matches!(event, SubscribeEvent::Progress { .. }) && Some(i) != last_progress {
+                        continue;
+                    }
+                    for message in messages(&schema, event) {
+                        if socket.send(Message::Text(message.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The WebSocket messages of one subscription event.
+fn messages(schema: &SchemaRef, event: SubscribeEvent) -> Vec<Value> {
+    match event {
+        SubscribeEvent::Snapshot { timestamp, rows } => {
+            let refs: Vec<&Row> = rows.iter().map(|(r, _)| r).collect();
+            let values = rows_json(schema, &refs).unwrap_or_default();
+            let rows: Vec<Value> = values
+                .into_iter()
+                .zip(rows.iter())
+                .map(|(row, (_, diff))| json!({ "row": row, "diff": diff }))
+                .collect();
+            vec![json!({ "type": "snapshot", "timestamp": timestamp, "rows": rows })]
+        }
+        SubscribeEvent::Changes(changes) => {
+            let refs: Vec<&Row> = changes.iter().map(|(r, _, _)| r).collect();
+            let values = rows_json(schema, &refs).unwrap_or_default();
+            values
+                .into_iter()
+                .zip(changes.iter())
+                .map(|(row, (_, time, diff)): (Value, &(Row, Time, Diff))| {
+                    json!({ "type": "update", "timestamp": time, "diff": diff, "row": row })
+                })
+                .collect()
+        }
+        SubscribeEvent::Progress { upper } => vec![json!({ "type": "progress", "timestamp": upper })],
+    }
+}
+
+/// Every relation and view with its columns.
+#[utoipa::path(get, path = "/v1/catalog", responses((status = 200, description = "{\"relations\": [{\"name\", \"columns\": [{\"name\", \"type\"}]}]}")))]
+async fn catalog(State(state): State<AppState>) -> Response {
+    let relations: Vec<Value> = state
+        .controller
+        .catalog()
+        .into_iter()
+        .map(|(name, schema)| {
+            let columns: Vec<Value> = schema
+                .fields()
+                .iter()
+                .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
+                .collect();
+            json!({ "name": name, "columns": columns })
+        })
+        .collect();
+    axum::Json(json!({ "relations": relations })).into_response()
+}

@@ -1,0 +1,178 @@
+//! The command-line client of a running server (`aimatrix job|sql|subscribe --server URL`):
+//! HTTP with `ureq`, the WebSocket with `tungstenite`.
+
+use std::io::Write;
+use std::path::Path;
+
+use amx_sql::OutputFormat;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::job::Job;
+
+/// The default server, `http://127.0.0.1:6876` (`aimatrix serve`'s default listen address).
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:6876";
+
+/// A client of one server.
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the server at `base` (`http://host:port`).
+    pub fn new(base: &str) -> Client {
+        let config = ureq::Agent::config_builder().http_status_as_error(false).build();
+        Client { base: base.trim_end_matches('/').to_owned(), agent: ureq::Agent::new_with_config(config) }
+    }
+
+    /// Sends a request; returns the body of a 2xx answer, or the server's error as an error.
+    fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>, accept: Option<&str>) -> Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        let response = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = accept {
+                    r = r.header("Accept", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            (_, Some((content_type, bytes))) => {
+                let mut r = self.agent.post(&url).header("Content-Type", content_type);
+                if let Some(a) = accept {
+                    r = r.header("Accept", a);
+                }
+                r.send(bytes)
+            }
+            (_, None) => self.agent.post(&url).send_empty(),
+        }
+        .with_context(|| format!("cannot reach the server at {} (is `aimatrix serve` running?)", self.base))?;
+        let status = response.status();
+        let bytes = response.into_body().read_to_vec().context("reading the server's answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        Ok(bytes)
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value> {
+        let bytes = self.call(method, path, body, None)?;
+        serde_json::from_slice(&bytes).context("the server's answer is not JSON")
+    }
+
+    /// `aimatrix job submit FILE`: relative paths resolve against the job file's directory
+    /// here, before the job is sent. Returns the job's id.
+    pub fn submit(&self, path: &Path) -> Result<u64> {
+        let job = Job::load(path)?;
+        let text = toml::to_string(&job.config).context("encoding the job")?;
+        let answer = self.json("POST", "/v1/jobs", Some(("application/toml", text.as_bytes())))?;
+        answer.get("id").and_then(Value::as_u64).ok_or_else(|| anyhow!("the server answered no job id: {answer}"))
+    }
+
+    /// `aimatrix job list`: one line per job.
+    pub fn list(&self, out: &mut dyn Write) -> Result<()> {
+        let answer = self.json("GET", "/v1/jobs", None)?;
+        writeln!(out, "{:>4}  {:<10}  {:<24}  {:>7}  {:>5}", "id", "state", "name", "sources", "views")?;
+        for job in answer.get("jobs").and_then(Value::as_array).into_iter().flatten() {
+            let count = |k: &str| job.get(k).and_then(Value::as_array).map_or(0, Vec::len);
+            writeln!(
+                out,
+                "{:>4}  {:<10}  {:<24}  {:>7}  {:>5}",
+                job.get("id").and_then(Value::as_u64).unwrap_or(0),
+                job.get("state").and_then(Value::as_str).unwrap_or("?"),
+                job.get("name").and_then(Value::as_str).unwrap_or("-"),
+                count("sources"),
+                count("views"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `aimatrix job show ID`: the job as the server reports it (JSON, indented).
+    pub fn show(&self, id: &str, out: &mut dyn Write) -> Result<()> {
+        let answer = self.json("GET", &format!("/v1/jobs/{id}"), None)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+        Ok(())
+    }
+
+    /// `aimatrix job cancel ID`.
+    pub fn cancel(&self, id: &str) -> Result<()> {
+        self.json("DELETE", &format!("/v1/jobs/{id}"), None).map(drop)
+    }
+
+    /// `aimatrix sql SQL`: the answer in `format` (read as an Arrow IPC stream).
+    pub fn sql(&self, sql: &str, format: OutputFormat, out: &mut dyn Write) -> Result<()> {
+        let body = serde_json::to_vec(&serde_json::json!({ "sql": sql }))?;
+        let bytes = self.call("POST", "/v1/sql", Some(("application/json", &body)), Some(amx_server::ARROW_STREAM))?;
+        if let Ok(answer) = serde_json::from_slice::<Value>(&bytes) {
+            // A view statement answers JSON.
+            writeln!(out, "{answer}")?;
+            return Ok(());
+        }
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .context("reading the answer (Arrow IPC)")?;
+        let schema = reader.schema();
+        let mut batches = reader.collect::<Result<Vec<_>, _>>()?;
+        if batches.is_empty() {
+            batches.push(arrow::record_batch::RecordBatch::new_empty(schema));
+        }
+        let text = amx_sql::format_batches(&batches, format)?;
+        write!(out, "{text}")?;
+        if format == OutputFormat::Table {
+            writeln!(out)?;
+        }
+        Ok(())
+    }
+
+    /// `aimatrix subscribe VIEW`: prints every message (snapshot, updates, progress) as a JSON
+    /// line as it arrives, until the server closes the subscription; `progress` messages only
+    /// with `with_progress`.
+    pub fn subscribe(&self, view: &str, with_progress: bool, out: &mut dyn Write) -> Result<()> {
+        let ws = self.base.replacen("http", "ws", 1);
+        let url = format!("{ws}/v1/subscribe?view={}", encode(view));
+        let (mut socket, _) = tungstenite::connect(&url).map_err(|e| match e {
+            tungstenite::Error::Http(response) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let message = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_else(|| body.into_owned());
+                anyhow!("{message} (HTTP {})", response.status().as_u16())
+            }
+            e => anyhow!("cannot subscribe at {url}: {e}"),
+        })?;
+        loop {
+            match socket.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let is_progress = serde_json::from_str::<Value>(text.as_str())
+                        .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("progress"));
+                    if is_progress && !with_progress {
+                        continue;
+                    }
+                    writeln!(out, "{}", text.as_str())?;
+                    out.flush()?;
+                }
+                Ok(tungstenite::Message::Close(_)) => return Ok(()),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
+                Err(e) => bail!("subscription ended: {e}"),
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters kept).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
