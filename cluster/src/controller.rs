@@ -768,7 +768,12 @@ impl Controller {
     pub fn read_hold(&self, names: &[String]) -> ReadHold {
         let mut seq = lock(&self.inner.seq);
         let uppers = lock(&self.inner.shared.uppers);
-        let upper = names.iter().map(|n| uppers.get(n).copied().unwrap_or(0)).min().unwrap_or(Time::MAX);
+        // A query that reads no collection reads at the time every collection has passed.
+        let upper = if names.is_empty() {
+            uppers.values().copied().min().unwrap_or(0)
+        } else {
+            names.iter().map(|n| uppers.get(n).copied().unwrap_or(0)).min().unwrap_or(0)
+        };
         drop(uppers);
         let time = upper.saturating_sub(1).max(seq.since);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

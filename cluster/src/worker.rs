@@ -286,6 +286,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             received.drain(..n).collect()
         };
         for (seq, text) in ready {
+            tracing::debug!(worker = index, seq, "applying command");
             let command: Command = match serde_json::from_str(&text) {
                 Ok(c) => c,
                 Err(e) => {
@@ -486,6 +487,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             }
             let mut rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, c)| *c != 0).collect();
             rows.sort();
+            tracing::debug!(worker = index, peek = peek.id, rows = rows.len(), "peek answered");
             respond(&mut resp_in, Response::Peek { id: peek.id, rows });
         }
 
@@ -550,9 +552,13 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     }
 }
 
-/// Sends a response to worker 0 (and from there to the controller).
+/// Sends a response to worker 0 (and from there to the controller). The input then moves to
+/// the next time: that closes the batch, and only a closed batch is sent over the network to
+/// another process (an open one waits in timely's send buffers).
 fn respond(resp_in: &mut InputSession<u64, Response, Diff>, response: Response) {
     resp_in.update(response, 1);
+    let next = *resp_in.time() + 1;
+    resp_in.advance_to(next);
     resp_in.flush();
 }
 

@@ -1,0 +1,362 @@
+//! `aimatrix serve` end to end, through the binary, with real clients: HTTP (ureq) and a
+//! WebSocket (tungstenite). Expected answers are computed here from the records the test
+//! pushes, not by the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A server process (or one process of a cluster), killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `aimatrix serve ARGS`; for process 0 waits for its HTTP address (it listens on a
+/// port of its own choosing: `--http 127.0.0.1:0`).
+fn start(args: &[String], controller: bool) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .arg("serve")
+        .args(args)
+        .env_remove("AIMATRIX__HTTP__LISTEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aimatrix serve starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[serve] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    if !controller {
+        return Server { child, base: String::new(), agent };
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(at) = line.find("HTTP API on http://")
+        {
+            let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
+            return Server { child, base: format!("http://{address}"), agent };
+        }
+    }
+    panic!("the server did not say where it listens");
+}
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            (_, Some(b)) => self.agent.post(&url).send(b.as_bytes()),
+            (_, None) => self.agent.post(&url).send_empty(),
+        }
+        .expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string().expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A query's rows (panics on an error answer).
+    fn sql(&self, sql: &str) -> Vec<Value> {
+        let (status, body) = self.call("POST", "/v1/sql", Some(&json!({ "sql": sql }).to_string()));
+        assert_eq!(status, 200, "{sql}: {body}");
+        body["rows"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `sql` until its rows equal `want` (at most 60 s); returns the last rows seen.
+    fn sql_until(&self, sql: &str, want: &[Value]) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = self.sql(sql);
+            if rows == want || Instant::now() > deadline {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn submit(&self, toml: &str) -> u64 {
+        let (status, body) = self.call("POST", "/v1/jobs", Some(toml));
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().expect("an id")
+    }
+
+    fn push(&self, job: u64, source: &str, lines: &[String]) -> Value {
+        let (status, body) = self.call("POST", &format!("/v1/ingest/{job}/{source}"), Some(&lines.join("\n")));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A job with one push source of knowledge events (`c` → collection, `id` → document_id,
+/// `size` → size_bytes, `t` → event_time in s) and one view.
+fn push_job(name: &str, source: &str, view: &str, view_sql: &str) -> String {
+    format!(
+        r#"name = "{name}"
+[[sources]]
+name = "{source}"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = {{ pointer = "/op", default = "upsert" }}
+version = "/v"
+size_bytes = "/size"
+event_time = {{ pointer = "/t", unit = "s" }}
+
+[views]
+{view} = "{view_sql}"
+"#
+    )
+}
+
+/// Records `(collection, document, version, size)` as the JSON lines the push jobs map.
+fn lines(records: &[(String, String, i64, i64)]) -> Vec<String> {
+    records
+        .iter()
+        .map(|(c, id, v, size)| json!({ "c": c, "id": id, "v": v, "size": size, "t": 1_700_000_000 + v }).to_string())
+        .collect()
+}
+
+/// `batch`'s records for collection prefix `prefix`: deterministic, several per document.
+fn records(prefix: &str, batch: i64) -> Vec<(String, String, i64, i64)> {
+    (0..40)
+        .map(|i| {
+            let v = batch * 100 + i;
+            (format!("{prefix}-{}", i % 3), format!("doc-{}", i % 7), v, (v * 37) % 1000 + 1)
+        })
+        .collect()
+}
+
+/// `SELECT collection, count(*) AS n, sum(size_bytes) AS bytes … GROUP BY collection ORDER BY
+/// collection`, computed here.
+fn sizes(records: &[(String, String, i64, i64)]) -> Vec<Value> {
+    let mut by: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for (c, _, _, size) in records {
+        let e = by.entry(c).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    by.into_iter().map(|(c, (n, bytes))| json!({ "bytes": bytes, "collection": c, "n": n })).collect()
+}
+
+const SIZES_A: &str = "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events \
+                       WHERE collection LIKE 'a-%' GROUP BY collection";
+const SIZES_B: &str = "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events \
+                       WHERE collection LIKE 'b-%' GROUP BY collection";
+
+/// Reads one subscription message and folds it into the multiset `state` (rows as JSON text →
+/// count); returns a progress message's timestamp (0 for other messages).
+fn fold_subscription(
+    socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    state: &mut HashMap<String, i64>,
+) -> i64 {
+    let message = socket.read().expect("a message");
+    let tungstenite::Message::Text(text) = message else { return 0 };
+    let v: Value = serde_json::from_str(text.as_str()).expect("JSON");
+    match v["type"].as_str() {
+        Some("snapshot") => {
+            for r in v["rows"].as_array().expect("rows") {
+                *state.entry(r["row"].to_string()).or_default() += r["diff"].as_i64().expect("diff");
+            }
+        }
+        Some("update") => *state.entry(v["row"].to_string()).or_default() += v["diff"].as_i64().expect("diff"),
+        Some("progress") => return v["timestamp"].as_i64().expect("timestamp"),
+        other => panic!("unexpected message type {other:?}: {v}"),
+    }
+    state.retain(|_, c| *c != 0);
+    0
+}
+
+#[test]
+fn jobs_installed_and_cancelled_at_run_time() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let a = server.submit(&push_job("a", "a-in", "a_sizes", SIZES_A));
+    let b = server.submit(&push_job("b", "b-in", "b_sizes", SIZES_B));
+    assert_ne!(a, b);
+
+    // A subscription to job A's view from the start.
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let (mut socket, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=a_sizes")).expect("subscribe");
+
+    let mut sent_a = Vec::new();
+    let mut sent_b = Vec::new();
+    for batch in 0..3 {
+        let ra = records("a", batch);
+        let rb = records("b", batch);
+        let report = server.push(a, "a-in", &lines(&ra));
+        assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(40), Some(0)), "{report}");
+        server.push(b, "b-in", &lines(&rb));
+        sent_a.extend(ra);
+        sent_b.extend(rb);
+    }
+    // Malformed records are rejected with their line and reason, and land in ingest_errors.
+    let mut bad = lines(&records("a", 3));
+    bad.insert(5, "{not json".into());
+    bad.insert(9, r#"{"c": "a-0", "id": "doc-1", "size": "large", "v": 1, "t": 1}"#.into());
+    let report = server.push(a, "a-in", &bad);
+    assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(40), Some(2)), "{report}");
+    assert_eq!(report["errors"][0]["line"].as_u64(), Some(6), "{report}");
+    assert_eq!(report["errors"][1]["line"].as_u64(), Some(10), "{report}");
+    sent_a.extend(records("a", 3));
+
+    // Cancel B while A keeps ingesting.
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{b}"), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.call("GET", &format!("/v1/jobs/{b}"), None);
+    assert_eq!((status, body["state"].as_str()), (200, Some("cancelled")), "{body}");
+    let (status, _) = server.call("POST", &format!("/v1/ingest/{b}/b-in"), Some("{}"));
+    assert_eq!(status, 404);
+    let (status, body) = server.call("POST", "/v1/sql", Some(r#"{"sql": "SELECT * FROM b_sizes"}"#));
+    assert_eq!(status, 400, "a cancelled job's view is gone: {body}");
+    for batch in 4..7 {
+        let ra = records("a", batch);
+        server.push(a, "a-in", &lines(&ra));
+        sent_a.extend(ra);
+    }
+
+    // The survivor's view equals the batch recomputation; what B ingested stays.
+    let want_a = sizes(&sent_a);
+    let view = "SELECT * FROM a_sizes ORDER BY collection";
+    assert_eq!(server.sql_until(view, &want_a), want_a);
+    let want_b = sizes(&sent_b);
+    assert_eq!(server.sql_until(&format!("{SIZES_B} ORDER BY collection"), &want_b), want_b);
+    let errors = server.sql("SELECT source, location FROM ingest_errors ORDER BY location");
+    assert_eq!(
+        errors,
+        vec![
+            json!({ "location": format!("POST /v1/ingest/{a}/a-in:10"), "source": "a-in" }),
+            json!({ "location": format!("POST /v1/ingest/{a}/a-in:6"), "source": "a-in" }),
+        ]
+    );
+
+    // A view created at run time over the running job equals its batch answer.
+    let (status, body) = server.call(
+        "POST",
+        "/v1/sql",
+        Some(r#"{"sql": "CREATE MATERIALIZED VIEW doc_versions AS SELECT collection, document_id, max(version) AS v FROM knowledge_events GROUP BY collection, document_id"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut latest: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (c, id, v, _) in sent_a.iter().chain(&sent_b) {
+        let e = latest.entry((c.clone(), id.clone())).or_insert(*v);
+        *e = (*e).max(*v);
+    }
+    let want: Vec<Value> =
+        latest.iter().map(|((c, id), v)| json!({ "collection": c, "document_id": id, "v": v })).collect();
+    let q = "SELECT collection, document_id, v FROM doc_versions ORDER BY collection, document_id";
+    assert_eq!(server.sql_until(q, &want), want);
+
+    // The subscription's folded changes equal the final view.
+    let mut folded = HashMap::new();
+    let want_rows: HashMap<String, i64> = want_a.iter().map(|r| (r.to_string(), 1)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while folded != want_rows && Instant::now() < deadline {
+        fold_subscription(&mut socket, &mut folded);
+    }
+    assert_eq!(folded, want_rows);
+
+    // The job list shows both, with their states; bad input gets 4xx with a JSON error.
+    let (_, jobs) = server.call("GET", "/v1/jobs", None);
+    let states: Vec<(u64, String)> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| (j["id"].as_u64().unwrap_or(0), j["state"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(states, vec![(a, "running".to_owned()), (b, "cancelled".to_owned())]);
+    for (method, path, body, want) in [
+        ("POST", "/v1/jobs", Some("name = [unclosed"), 400),
+        ("POST", "/v1/sql", Some(r#"{"sql": "SELEC 1"}"#), 400),
+        ("POST", "/v1/sql", Some("{not json"), 400),
+        ("GET", "/v1/jobs/999", None, 404),
+        ("GET", "/v1/jobs/not-a-number", None, 404),
+        ("POST", &format!("/v1/ingest/{a}/no-such-source"), Some("{}"), 404),
+    ] {
+        let (status, answer) = server.call(method, path, body);
+        assert_eq!(status, want, "{method} {path}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {answer}");
+    }
+    let (status, body) = server.call("POST", "/v1/jobs", Some("name = [unclosed"));
+    assert!(status == 400 && body["error"].as_str().is_some_and(|e| e.contains("line 1")), "{body}");
+}
+
+/// The same job, submitted at run time, answers alike on 1 process × 1 worker and on a
+/// 2-process × 2-worker cluster.
+#[test]
+fn two_processes_answer_as_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("events.jsonl");
+    let mut all = Vec::new();
+    for batch in 0..25 {
+        all.extend(records("c", batch));
+    }
+    std::fs::write(&data, lines(&all).join("\n") + "\n").expect("write data");
+    let job = push_job(
+        "file",
+        "events",
+        "by_doc",
+        "SELECT document_id, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY document_id",
+    )
+    .replace("kind = \"push\"", &format!("path = {:?}", data.to_string_lossy()));
+    let queries = [
+        "SELECT * FROM by_doc ORDER BY document_id",
+        "SELECT collection, documents, edits, size_bytes FROM collection_stats ORDER BY collection",
+        "SELECT count(*) AS n FROM knowledge_events",
+    ];
+
+    let one = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let id = one.submit(&job);
+    let want_n = vec![json!({ "n": all.len() })];
+    assert_eq!(one.sql_until(queries[2], &want_n), want_n);
+    let expected: Vec<Vec<Value>> = queries.iter().map(|q| one.sql(q)).collect();
+    assert_eq!(one.call("GET", &format!("/v1/jobs/{id}"), None).1["source_stats"][0]["records"], json!(all.len()));
+
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
+    let cluster = |i: usize| -> Vec<String> {
+        let mut args: Vec<String> = ["--workers", "2", "--processes", "2", "--process-index", &i.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--hosts".into(), hosts.to_string_lossy().into_owned()]);
+        if i == 0 {
+            args.extend(["--http".into(), "127.0.0.1:0".into()]);
+        }
+        args
+    };
+    let _p1 = start(&cluster(1), false);
+    let p0 = start(&cluster(0), true);
+    p0.submit(&job);
+    assert_eq!(p0.sql_until(queries[2], &want_n), want_n);
+    for (q, want) in queries.iter().zip(&expected) {
+        assert_eq!(&p0.sql(q), want, "{q}");
+    }
+}
