@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs examples/*.toml on ../shared/data and checks the answers against numbers that
-# scripts/check_examples.py computes independently from the raw files.
+# scripts/check_examples.py computes independently from the raw files: once through
+# `aimatrix run`, once submitted to `aimatrix serve` and answered over HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same target directory as `cargo run` (./target) unless CARGO_TARGET_DIR says otherwise.
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet --bin aimatrix
 python3 scripts/check_examples.py "$target/debug/aimatrix"
+python3 scripts/check_examples.py "$target/debug/aimatrix" --serve

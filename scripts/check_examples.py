@@ -2,7 +2,10 @@
 """Runs the example jobs on the real data in ../shared/data and checks every answer against
 numbers computed here, independently, straight from the raw files (plain Python, no engine code).
 
-usage: check_examples.py AIMATRIX_BINARY
+usage: check_examples.py AIMATRIX_BINARY [--serve]
+With --serve, each example is submitted to a running server instead (`aimatrix serve`, then
+`aimatrix job submit`), and its queries are answered over HTTP (POST /v1/sql) once every source
+has been read and caught up with.
 Exits 0 when every check passes; prints a plain "N passed, N failed" line at the end.
 Skips (and says so) when ../shared/data is missing.
 """
@@ -28,7 +31,82 @@ def check(name, got, want):
         print(f"FAIL {name}\n  got:  {got}\n  want: {want}")
 
 
+SERVE = False
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http(method, url, body=None):
+    import urllib.request
+    import urllib.error
+    req = urllib.request.Request(url, data=body.encode() if body else None, method=method,
+                                 headers={"Content-Type": "application/json"} if body else {})
+    def parse(body):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body.decode(errors="replace")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, parse(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, parse(e.read())
+
+
+def served(binary, job):
+    """The job's answers from a fresh server: submitted with `aimatrix job submit`, queried
+    over HTTP once its sources are caught up with."""
+    import time
+    import tomllib
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--workers", "2"],
+                              stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if http("GET", base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("the server did not become ready")
+            time.sleep(0.2)
+        path = os.path.join(ROOT, "examples", job)
+        out = subprocess.run([binary, "job", "submit", path, "--server", base], check=True, capture_output=True, text=True)
+        job_id = int(out.stdout.strip())
+        while True:
+            status, info = http("GET", f"{base}/v1/jobs/{job_id}")
+            if status == 200 and all(s["progress"]["caught_up"] for s in info["source_stats"]):
+                break
+            if time.time() > deadline + 120:
+                raise RuntimeError(f"job {job} did not catch up: {info}")
+            time.sleep(0.2)
+        answers = []
+        with open(path, "rb") as f:
+            queries = tomllib.load(f).get("queries", [])
+        for q in queries:
+            status, body = http("POST", base + "/v1/sql", json.dumps({"sql": q["sql"]}))
+            if status != 200:
+                raise RuntimeError(f"{q['sql']}: {status} {body}")
+            answers.append(body["rows"])
+        return answers
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def run(binary, job):
+    if SERVE:
+        return served(binary, job)
     out = subprocess.run(
         [binary, "run", os.path.join(ROOT, "examples", job), "--output", "json", "--quiet"],
         check=True, capture_output=True, text=True,
@@ -197,7 +275,10 @@ def wikipedia(binary):
 
 
 def main():
-    if len(sys.argv) != 2:
+    global SERVE
+    if len(sys.argv) == 3 and sys.argv[2] == "--serve":
+        SERVE = True
+    elif len(sys.argv) != 2:
         sys.exit(__doc__)
     if not os.path.isdir(DATA):
         print(f"skipped: {DATA} does not exist (the real-data checks need ../shared/data)")

@@ -112,7 +112,7 @@ enum JobAction {
 #[derive(Args)]
 struct ServerArg {
     /// The server's URL.
-    #[arg(long, env = "AIMATRIX_SERVER", default_value = aimatrix::client::DEFAULT_SERVER)]
+    #[arg(long, global = true, env = "AIMATRIX_SERVER", default_value = aimatrix::client::DEFAULT_SERVER)]
     server: String,
 }
 

@@ -98,15 +98,18 @@ impl Default for ClusterConfig {
     }
 }
 
-/// How far worker 0 has read a file source.
+/// How far a file source has been read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SourceProgress {
-    /// Bytes read (every worker scans every byte of a file source).
+    /// Bytes worker 0 has read (every worker scans every byte of a file source).
     pub bytes_read: u64,
     /// Bytes the source's files hold now.
     pub bytes_total: u64,
-    /// Read to the end.
+    /// Worker 0 read it to the end.
     pub done: bool,
+    /// Every worker read it to the end, and every collection has passed the time of its last
+    /// records: queries see all of it.
+    pub caught_up: bool,
 }
 
 /// A change stream of a subscription, in time order.
@@ -190,6 +193,8 @@ pub struct Shared {
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
     failures: Mutex<Vec<(JobId, String)>>,
+    /// File sources read to their end: (job, source) → (workers done, the latest frontier).
+    done: Mutex<HashMap<(JobId, String), (usize, Time)>>,
     peers: usize,
 }
 
@@ -239,6 +244,12 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
+            Response::SourceDone { job, source, upper } => {
+                let mut done = lock(&self.done);
+                let entry = done.entry((job, source)).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 = entry.1.max(upper);
+            }
         }
     }
 }
@@ -464,6 +475,7 @@ impl Controller {
             peeks: Mutex::default(),
             subscriptions: Mutex::default(),
             failures: Mutex::default(),
+            done: Mutex::default(),
             peers: config.workers * config.processes,
         });
         let is_controller = config.process_index == 0;
@@ -727,7 +739,11 @@ impl Controller {
                 Some(Datum::Int(n)) => *n,
                 _ => 0,
             };
-            let p = (source.kind == SourceKind::File).then(|| progress.get(&source.name).copied().unwrap_or_default());
+            let p = (source.kind == SourceKind::File).then(|| {
+                let mut p = progress.get(&source.name).copied().unwrap_or_default();
+                p.caught_up = self.caught_up(id, &source.name);
+                p
+            });
             if let Some(p) = p {
                 read += p.bytes_read;
                 total += p.bytes_total;
@@ -751,6 +767,15 @@ impl Controller {
         }
         let hydration = if total == 0 { 1.0 } else { read as f64 / total as f64 };
         Ok(JobStatus { info, source_stats, view_stats, hydration })
+    }
+
+    /// Whether every worker has read file source `source` of `job` to its end and every
+    /// collection has passed the time of its last records.
+    fn caught_up(&self, job: JobId, source: &str) -> bool {
+        let Some((workers, upper)) = lock(&self.inner.shared.done).get(&(job, source.to_owned())).copied() else {
+            return false;
+        };
+        workers >= self.peers() && lock(&self.inner.shared.uppers).values().all(|u| *u >= upper)
     }
 
     /// Every collection SQL can read, with its schema, by name.

@@ -133,6 +133,16 @@ pub enum Response {
         /// What went wrong.
         error: String,
     },
+    /// A worker has read a file source to its end; its last records are at times before
+    /// `upper`.
+    SourceDone {
+        /// The job.
+        job: JobId,
+        /// The source.
+        source: String,
+        /// The worker's input frontier after its last record.
+        upper: Time,
+    },
     /// A job's views could not be rendered on a worker (a bug: the controller planned them).
     JobFailed {
         /// The job.

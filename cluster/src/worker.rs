@@ -430,6 +430,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     }
                     if source.reader.records_seen() == seen && source.reader.bytes_read() == bytes {
                         source.done = true;
+                        // What it read is in the current epoch: complete once time passes it.
+                        let (job, source) = (source.job, source.name.clone());
+                        respond(&mut resp_in, Response::SourceDone { job, source, upper: epoch + 1 });
                         break;
                     }
                     fed = true;
@@ -536,6 +539,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             bytes_read: f.reader.bytes_read(),
                             bytes_total: f.reader.total_bytes(),
                             done: f.done,
+                            caught_up: false,
                         },
                     )
                 })
