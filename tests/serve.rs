@@ -57,6 +57,8 @@ fn start(args: &[String], controller: bool) -> Server {
             return Server { child, base: format!("http://{address}"), agent };
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not say where it listens");
 }
 
