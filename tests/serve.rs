@@ -275,6 +275,17 @@ fn jobs_installed_and_cancelled_at_run_time() {
         latest.iter().map(|((c, id), v)| json!({ "collection": c, "document_id": id, "v": v })).collect();
     let q = "SELECT collection, document_id, v FROM doc_versions ORDER BY collection, document_id";
     assert_eq!(server.sql_until(q, &want), want);
+    // Equality filters are evaluated in the peek (a seek on the first column): same answers.
+    let point: Vec<Value> =
+        want.iter().filter(|r| r["collection"] == "a-1" && r["document_id"] == "doc-3").cloned().collect();
+    assert_eq!(point.len(), 1);
+    let q = "SELECT collection, document_id, v FROM doc_versions WHERE collection = 'a-1' AND document_id = 'doc-3'";
+    assert_eq!(server.sql(q), point);
+    let by_doc: Vec<Value> = want.iter().filter(|r| r["document_id"] == "doc-3").cloned().collect();
+    let q = "SELECT collection, document_id, v FROM doc_versions WHERE 'doc-3' = document_id ORDER BY collection";
+    assert_eq!(server.sql(q), by_doc);
+    let q = "SELECT count(*) AS n FROM doc_versions WHERE collection = 'no-such' OR v > 0";
+    assert_eq!(server.sql(q), vec![json!({ "n": want.len() })]);
 
     // The subscription's folded changes equal the final view.
     let mut folded = HashMap::new();

@@ -729,7 +729,7 @@ impl Controller {
             names.extend(info.views.iter().map(|v| v.name.clone()));
         }
         let hold = self.read_hold(&names);
-        let stats = self.peek(SOURCE_STATS, hold.time(), None).await?;
+        let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new()).await?;
         let progress = lock(&self.inner.shared.progress).clone();
         let mut source_stats = Vec::new();
         let (mut read, mut total) = (0u64, 0u64);
@@ -760,7 +760,7 @@ impl Controller {
         let mut view_stats = Vec::new();
         if info.state != JobState::Cancelled {
             for view in &info.views {
-                let counts = self.peek(&view.name, hold.time(), Some(Vec::new())).await?;
+                let counts = self.peek(&view.name, hold.time(), Some(Vec::new()), Vec::new()).await?;
                 view_stats
                     .push(ViewStatus { name: view.name.clone(), rows: counts.iter().map(|(_, c)| *c as i64).sum() });
             }
@@ -807,8 +807,8 @@ impl Controller {
     }
 
     /// Reads collection `name` as of `as_of` (held by a [`ReadHold`]) from every worker:
-    /// its rows, projected to `projection` (column positions; `None`: all), with their
-    /// multiplicities, sorted.
+    /// its rows that pass `filter` (column position = value, every pair), projected to
+    /// `projection` (column positions; `None`: all), with their multiplicities, sorted.
     ///
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
@@ -817,6 +817,7 @@ impl Controller {
         name: &str,
         as_of: Time,
         projection: Option<Vec<usize>>,
+        filter: Vec<(usize, Datum)>,
     ) -> Result<Vec<(Row, Diff)>, ClusterError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -827,7 +828,7 @@ impl Controller {
             }
             lock(&self.inner.shared.peeks)
                 .insert(id, PeekWait { remaining: self.peers(), rows: Vec::new(), reply: Some(reply) });
-            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection })?;
+            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection, filter })?;
         }
         let mut rows = answer.await.map_err(|_| ClusterError::Stopped)?;
         // Sorted across workers, so that an answer does not depend on the cluster's shape.

@@ -77,6 +77,10 @@ pub enum Command {
         as_of: Time,
         /// The columns to return, by position (`None`: all).
         projection: Option<Vec<usize>>,
+        /// Only rows whose column `c` equals `d`, for every `(c, d)` (columns by position in
+        /// the collection, before projection). On the first column this seeks in the
+        /// arrangement (its rows are sorted) instead of scanning it.
+        filter: Vec<(usize, amx_dataflows::row::Datum)>,
     },
     /// Sends every change of `collection` from now on, after its current contents:
     /// [`Response::Subscribe`] batches.

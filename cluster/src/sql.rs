@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use amx_dataflows::Time;
-use amx_dataflows::row::Row;
-use amx_sql::arrow::datatypes::SchemaRef;
+use amx_dataflows::row::{Datum, Row};
+use amx_sql::arrow::datatypes::{DataType, SchemaRef};
 use amx_sql::arrow::record_batch::RecordBatch;
 use amx_sql::views::{ViewStatement, parse_statement};
 use async_trait::async_trait;
@@ -20,7 +20,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::controller::{ClusterError, Controller, ReadHold};
@@ -54,17 +54,34 @@ impl TableProvider for PeekTable {
         TableType::View
     }
 
+    /// `column = literal` (either way round, on a BIGINT, TEXT or BOOLEAN column, the literal
+    /// of the column's type) is evaluated in the peek, on the workers; DataFusion applies it
+    /// again (`Inexact`), so the answer never depends on it.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if equality(f, &self.schema).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let filter = filters.iter().filter_map(|f| equality(f, &self.schema)).collect();
         let rows = self
             .controller
             .0
-            .peek(&self.name, self.as_of, projection.cloned())
+            .peek(&self.name, self.as_of, projection.cloned(), filter)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let schema = match projection {
@@ -77,6 +94,30 @@ impl TableProvider for PeekTable {
             amx_sql::convert::rows_to_batch(&expanded, &schema).map_err(|e| DataFusionError::External(e.into()))?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
     }
+}
+
+/// `column = literal` as `(column position, value)`, when the literal has the column's type
+/// and the type compares in the peek exactly as in SQL (BIGINT, TEXT, BOOLEAN; not DOUBLE,
+/// whose NaN and -0.0 SQL compares its own way).
+fn equality(expr: &Expr, schema: &SchemaRef) -> Option<(usize, Datum)> {
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = expr else {
+        return None;
+    };
+    let (column, value) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, v),
+        _ => return None,
+    };
+    let index = schema.index_of(&column.name).ok()?;
+    let ty = schema.field(index).data_type();
+    let datum = match value {
+        ScalarValue::Int64(Some(v)) if *ty == DataType::Int64 => Datum::Int(*v),
+        ScalarValue::Utf8(Some(v)) if *ty == DataType::Utf8 => Datum::Text(v.clone()),
+        ScalarValue::Boolean(Some(v)) if *ty == DataType::Boolean => Datum::Bool(*v),
+        _ => return None,
+    };
+    Some((index, datum))
 }
 
 /// What a SQL statement did.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use amx_connectors::{Decoder, FileReader, Record};
 use amx_dataflows::event::Event;
 use amx_dataflows::render::{VIEW_ERRORS, render};
-use amx_dataflows::row::Row;
+use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
 use amx_sql::render::{Renderer, Rows};
@@ -123,6 +123,7 @@ struct PendingPeek {
     collection: String,
     as_of: Time,
     projection: Option<Vec<usize>>,
+    filter: Vec<(usize, Datum)>,
 }
 
 /// The engine clock: milliseconds since the Unix epoch.
@@ -147,13 +148,36 @@ fn upper_of(trace: &mut RowTrace) -> Time {
     first(&upper)
 }
 
-/// Adds the rows of `trace` as of `as_of` (projected) to `out`, with their multiplicities.
-fn read_at(trace: &mut RowTrace, as_of: Time, projection: Option<&[usize]>, out: &mut HashMap<Row, Diff>) {
+/// Adds the rows of `trace` as of `as_of` that pass `filter` (column = value, for each pair),
+/// projected, to `out`, with their multiplicities. A filter on the first column seeks to the
+/// first row with that value (rows are sorted, so they are together) instead of scanning.
+fn read_at(
+    trace: &mut RowTrace,
+    as_of: Time,
+    projection: Option<&[usize]>,
+    filter: &[(usize, Datum)],
+    out: &mut HashMap<Row, Diff>,
+) {
     let Some(batches) = trace.batches_through(Antichain::new().borrow()) else {
         return;
     };
     let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
+    // `[value]` sorts before every row that starts with `value` (a prefix sorts first).
+    let leading = filter.iter().find(|(c, _)| *c == 0).map(|(_, d)| d.clone());
+    if let Some(value) = &leading {
+        cursor.seek_key(&storage, &vec![value.clone()]);
+    }
     while cursor.key_valid(&storage) {
+        let row: &Row = cursor.key(&storage);
+        if let Some(value) = &leading
+            && row.first() != Some(value)
+        {
+            break;
+        }
+        if !filter.iter().all(|(c, d)| row.get(*c) == Some(d)) {
+            cursor.step_key(&storage);
+            continue;
+        }
         let mut count: Diff = 0;
         while cursor.val_valid(&storage) {
             cursor.map_times(&storage, |time, diff| {
@@ -166,9 +190,7 @@ fn read_at(trace: &mut RowTrace, as_of: Time, projection: Option<&[usize]>, out:
         if count != 0 {
             let row: &Row = cursor.key(&storage);
             let row = match projection {
-                Some(columns) => {
-                    columns.iter().map(|&c| row.get(c).cloned().unwrap_or(amx_dataflows::row::Datum::Null)).collect()
-                }
+                Some(columns) => columns.iter().map(|&c| row.get(c).cloned().unwrap_or(Datum::Null)).collect(),
                 None => row.clone(),
             };
             *out.entry(row).or_insert(0) += count;
@@ -382,8 +404,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         }
                     }
                 }
-                Command::Peek { id, collection, as_of, projection } => {
-                    peeks.push(PendingPeek { id, collection, as_of, projection })
+                Command::Peek { id, collection, as_of, projection, filter } => {
+                    peeks.push(PendingPeek { id, collection, as_of, projection, filter })
                 }
                 Command::Subscribe { id, collection } => {
                     match subscribe(worker, &mut catalog, &collection) {
@@ -485,7 +507,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             let mut rows = HashMap::new();
             if let Some(c) = catalog.get_mut(&peek.collection) {
                 for (_, trace) in c.traces.iter_mut() {
-                    read_at(trace, peek.as_of, peek.projection.as_deref(), &mut rows);
+                    read_at(trace, peek.as_of, peek.projection.as_deref(), &peek.filter, &mut rows);
                 }
             }
             let mut rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, c)| *c != 0).collect();
