@@ -53,6 +53,16 @@ enum Command {
         /// A query to answer instead of the demo's own; repeatable.
         #[arg(long = "sql", value_name = "SQL")]
         sql: Vec<String>,
+        /// Keep a server up instead (HTTP API on --http), fed by the demo generator without
+        /// end: the --events records first, then --rate records a second, through push sources.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: address of the HTTP API.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6876")]
+        http: String,
+        /// With --serve: records generated and pushed per second after the first batch.
+        #[arg(long, default_value_t = 1_000)]
+        rate: usize,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -250,6 +260,79 @@ fn serve(args: ServeArgs) -> Result<()> {
     controller.join()
 }
 
+/// `aimatrix demo --serve`: a server whose demo job has one push source per demo stream, fed
+/// by the generator: `events` records at once, then `rate` records (another seed) each second,
+/// until SIGINT or SIGTERM.
+fn demo_serve(
+    dir: &std::path::Path,
+    events: usize,
+    seed: u64,
+    rate: usize,
+    listen: &str,
+    workers: usize,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let first = write_demo_data(&dir.join("round-0"), &DemoConfig { events: 1, seed })?;
+    let mut job = Job::parse(&demo_job_toml(&first), dir)?;
+    for source in &mut job.config.sources {
+        source.kind = amx_cluster::job::SourceKind::Push;
+        source.path.clear();
+    }
+    let controller = amx_cluster::Controller::start(amx_cluster::ClusterConfig { workers, ..Default::default() })?;
+    let id = controller.install_job(&job)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("amx-http")
+        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+        .build()
+        .context("starting the server runtime")?;
+    let state = amx_server::AppState::new(controller.clone(), Duration::from_secs(60));
+    let feeder = controller.clone();
+    let dir = dir.to_owned();
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+        let address = listener.local_addr()?;
+        eprintln!(
+            "demo: serving the demo's live state on http://{address} (job {id}: push sources {}); try\n  \
+             aimatrix sql --server http://{address} \"SELECT provider, request_model, calls, cost_usd FROM model_usage ORDER BY calls DESC LIMIT 5\"\n  \
+             aimatrix subscribe --server http://{address} workflow_runs\nCtrl-C stops it.",
+            job.config.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let feed = tokio::spawn(async move {
+            let fed: Result<()> = async move {
+            for round in 0u64.. {
+                let n = if round == 0 { events } else { rate };
+                let round_dir = dir.join(format!("round-{round}"));
+                let data = match write_demo_data(&round_dir, &DemoConfig { events: n.max(1), seed: seed.wrapping_add(round) }) {
+                    Ok(d) => d,
+                    Err(e) => return Err(anyhow::anyhow!("generating demo data: {e}")),
+                };
+                for file in &data.files {
+                    let text = std::fs::read_to_string(&file.path)?;
+                    feeder.ingest(id, file.name, &text).await.map_err(|e| anyhow::anyhow!("pushing {}: {e}", file.name))?;
+                }
+                let _ = std::fs::remove_dir_all(&round_dir);
+                if round == 0 {
+                    eprintln!("demo: {} records pushed; now {rate} more each second", data.records());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(())
+            }
+            .await;
+            if let Err(e) = fed {
+                eprintln!("error: the demo feed stopped: {e:#}");
+            }
+        });
+        let served = amx_server::serve(listener, state, shutdown_signal()).await.context("serving HTTP");
+        feed.abort();
+        served
+    });
+    controller.shutdown();
+    controller.join()?;
+    result
+}
+
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -353,10 +436,14 @@ fn real_main() -> Result<()> {
         Command::Subscribe { view, progress, server } => {
             aimatrix::client::Client::new(&server.server).subscribe(&view, progress, &mut stdout)?
         }
-        Command::Demo { events, seed, dir, sql, cluster } => {
+        Command::Demo { events, seed, dir, sql, serve, http, rate, cluster } => {
             let keep = dir.is_some();
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));
-            let result = demo(&dir, events, seed, &sql, &cluster, &mut stdout);
+            let result = if serve {
+                demo_serve(&dir, events, seed, rate, &http, cluster.workers)
+            } else {
+                demo(&dir, events, seed, &sql, &cluster, &mut stdout)
+            };
             if !keep {
                 // The generated data is only kept when asked for (--dir).
                 let _ = std::fs::remove_dir_all(&dir);
