@@ -1,0 +1,222 @@
+//! `amx-serve-bench`: the long-running cluster under load, in process (the controller API
+//! the HTTP handlers call; no HTTP in the measured path).
+//!
+//! ```text
+//! cargo run --release -p amx-benches --bin amx-serve-bench -- [--keys N] [--workers W]
+//!     [--rate EVENTS_PER_S] [--seconds S] [--queries Q]
+//! ```
+//! 1. Loads `N` knowledge events with distinct document ids through a push source; a job view
+//!    `by_id` (`SELECT document_id, collection, size_bytes FROM knowledge_events`) arranges
+//!    them. Reports the load rate and resident memory (VmRSS) before and after: the state is
+//!    the `knowledge_events` arrangement, the built-in `documents` and `collection_stats` views
+//!    and `by_id`.
+//! 2. For `S` seconds, pushes new events at `EVENTS_PER_S` (batches every 10 ms) while
+//!    a subscription to `by_id` times each batch from its push to its arrival in the view
+//!    (event-to-view freshness), and point queries (`WHERE document_id = …`, one at a time)
+//!    run: p50/p99 latency and queries/s.
+//! 3. Cancels the job (drops `by_id`) and reports memory again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use amx_benches::arg;
+use amx_cluster::job::Job;
+use amx_cluster::{ClusterConfig, Controller, SqlAnswer, SubscribeEvent};
+use amx_dataflows::row::Datum;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const JOB: &str = r#"
+name = "serve bench"
+[[sources]]
+name = "events"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = { pointer = "/op", default = "upsert" }
+version = "/v"
+size_bytes = "/size"
+event_time = { pointer = "/t", unit = "s" }
+[views]
+by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
+"#;
+
+/// Resident memory of this process in MiB (`VmRSS`).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn line(id: &str, i: usize) -> String {
+    format!(r#"{{"c":"c{}","id":"{id}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn count(controller: &Controller, view: &str) -> anyhow::Result<i64> {
+    match controller.execute_sql(&format!("SELECT count(*) AS n FROM {view}")).await? {
+        SqlAnswer::Rows { batches, .. } => {
+            let column = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().cloned();
+            Ok(column.map_or(0, |c| c.value(0)))
+        }
+        _ => Ok(0),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let keys = arg(&args, "--keys", 1_000_000)?;
+    let workers = arg(&args, "--workers", 1)?;
+    let rate = arg(&args, "--rate", 100_000)?;
+    let seconds = arg(&args, "--seconds", 10)?;
+    let queries = arg(&args, "--queries", 2_000)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
+    let controller = Controller::start(ClusterConfig { workers, ..Default::default() })?;
+    let job = Job::parse(JOB, std::path::Path::new("."))?;
+    let id = controller.install_job(&job)?;
+    runtime.block_on(async {
+        let before = rss_mib();
+        // 1. Load.
+        let t = Instant::now();
+        for start in (0..keys).step_by(10_000) {
+            let body: Vec<String> = (start..(start + 10_000).min(keys)).map(|i| line(&format!("doc-{i}"), i)).collect();
+            controller.ingest(id, "events", &body.join("\n")).await?;
+        }
+        while count(&controller, "by_id").await? < keys as i64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let load = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let loaded = rss_mib();
+        println!(
+            "load: {keys} events in {load:.2} s ({:.0} events/s, {:.0} per worker); RSS {before:.0} → {loaded:.0} MiB \
+             ({:.0} MiB per 1M events: knowledge_events, documents, collection_stats and by_id arranged)",
+            keys as f64 / load,
+            keys as f64 / load / workers as f64,
+            (loaded - before) * 1e6 / keys as f64
+        );
+
+        // 2. Ingest at a fixed rate; freshness through a subscription; point queries.
+        let mut subscription = controller.subscribe("by_id")?;
+        // The snapshot first.
+        while let Some(event) = subscription.events.recv().await {
+            if matches!(event, SubscribeEvent::Snapshot { .. }) {
+                break;
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let per_tick = (rate / 100).max(1);
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+        let feeder = {
+            let controller = controller.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut n = keys;
+                let mut pushed = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let marker = format!("fresh-{n}");
+                    let mut body: Vec<String> = vec![line(&marker, n)];
+                    body.extend((1..per_tick).map(|k| line(&format!("doc-{}", n + k), n + k)));
+                    let sent = Instant::now();
+                    if controller.ingest(id, "events", &body.join("\n")).await.is_err() {
+                        break;
+                    }
+                    let _ = sent_tx.send((marker, sent));
+                    n += per_tick;
+                    pushed += per_tick;
+                }
+                pushed
+            })
+        };
+        let watcher = tokio::spawn(async move {
+            let mut pending: std::collections::HashMap<String, Instant> = Default::default();
+            let mut freshness = Vec::new();
+            while let Some(event) = subscription.events.recv().await {
+                while let Ok((marker, sent)) = sent_rx.try_recv() {
+                    pending.insert(marker, sent);
+                }
+                if let SubscribeEvent::Changes(changes) = event {
+                    let now = Instant::now();
+                    for (row, _, diff) in changes {
+                        if diff > 0
+                            && let Some(Datum::Text(id)) = row.first()
+                            && let Some(sent) = pending.remove(id)
+                        {
+                            freshness.push(now.duration_since(sent).as_secs_f64() * 1e3);
+                        }
+                    }
+                }
+                if pending.is_empty() && sent_rx.is_closed() {
+                    break;
+                }
+            }
+            freshness
+        });
+        let t = Instant::now();
+        let mut latencies = Vec::new();
+        while t.elapsed() < Duration::from_secs(seconds as u64) && latencies.len() < queries {
+            let k = (latencies.len() * 7919) % keys;
+            let q = Instant::now();
+            let answer = controller.execute_sql(&format!("SELECT * FROM by_id WHERE document_id = 'doc-{k}'")).await?;
+            latencies.push(q.elapsed().as_secs_f64() * 1e3);
+            if let SqlAnswer::Rows { batches, .. } = answer {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                anyhow::ensure!(rows == 1, "doc-{k}: {rows} rows");
+            }
+        }
+        let query_secs = t.elapsed().as_secs_f64();
+        // Keep ingesting for the rest of the period.
+        let rest = Duration::from_secs(seconds as u64).saturating_sub(t.elapsed());
+        tokio::time::sleep(rest).await;
+        stop.store(true, Ordering::Relaxed);
+        let pushed = feeder.await?;
+        let ingest_secs = t.elapsed().as_secs_f64();
+        let mut freshness = tokio::time::timeout(Duration::from_secs(30), watcher).await??;
+        latencies.sort_by(f64::total_cmp);
+        freshness.sort_by(f64::total_cmp);
+        println!(
+            "while ingesting {:.0} events/s (asked {rate}): point query p50 {:.2} ms, p99 {:.2} ms, {:.0} queries/s ({} queries)",
+            pushed as f64 / ingest_secs,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.len() as f64 / query_secs,
+            latencies.len()
+        );
+        println!(
+            "event-to-view freshness (push to subscription): p50 {:.1} ms, p99 {:.1} ms ({} batches of {per_tick})",
+            percentile(&freshness, 0.5),
+            percentile(&freshness, 0.99),
+            freshness.len()
+        );
+
+        // 3. Cancel the job: `by_id` is dropped.
+        let with_view = rss_mib();
+        controller.cancel_job(id)?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        println!(
+            "cancel: RSS {with_view:.0} → {:.0} MiB (the canonical relations and built-in views keep what was ingested)",
+            rss_mib()
+        );
+        Ok::<(), anyhow::Error>(())
+    })?;
+    controller.shutdown();
+    controller.join()
+}
