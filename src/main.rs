@@ -240,7 +240,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
         .build()
         .context("starting the server runtime")?;
-    let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms));
+    let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms))
+        .with_max_body_bytes(config.http.max_body_bytes);
     let listen = config.http.listen.clone();
     runtime.block_on(async move {
         let listener =
@@ -333,8 +334,19 @@ fn demo_serve(
     result
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+/// Completes on SIGINT (Ctrl-C) or SIGTERM; requests still running 10 s later do not hold
+/// the process (a query's planning cannot be interrupted).
 async fn shutdown_signal() {
+    signal().await;
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(10));
+        eprintln!("serve: requests still running 10 s after the stop signal; exiting");
+        std::process::exit(0);
+    });
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -218,7 +218,12 @@ fn jobs_installed_and_cancelled_at_run_time() {
         server.push(b, "b-in", &lines(&rb));
         sent_a.extend(ra);
         sent_b.extend(rb);
+        // Read your writes: a query after the reply sees the records (no waiting).
+        let n = server.sql("SELECT count(*) AS n FROM knowledge_events WHERE collection LIKE 'a-%'");
+        assert_eq!(n, vec![json!({ "n": sent_a.len() })], "batch {batch}");
     }
+    let (mut b_socket, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=b_sizes")).expect("subscribe to b");
     // Malformed records are rejected with their line and reason, and land in ingest_errors.
     let mut bad = lines(&records("a", 3));
     bad.insert(5, "{not json".into());
@@ -234,8 +239,23 @@ fn jobs_installed_and_cancelled_at_run_time() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = server.call("GET", &format!("/v1/jobs/{b}"), None);
     assert_eq!((status, body["state"].as_str()), (200, Some("cancelled")), "{body}");
-    let (status, _) = server.call("POST", &format!("/v1/ingest/{b}/b-in"), Some("{}"));
-    assert_eq!(status, 404);
+    let (status, body) = server.call("POST", &format!("/v1/ingest/{b}/b-in"), Some("{}"));
+    assert_eq!(status, 409, "{body}");
+    // A subscription to a cancelled job's view ends with a close frame.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let closed = loop {
+        match b_socket.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| f.reason.to_string()),
+            Ok(_) if Instant::now() < deadline => continue,
+            other => panic!("the subscription to b_sizes did not close: {other:?}"),
+        }
+    };
+    assert!(closed.is_some_and(|r| r.contains("dropped")));
+    // A new job may take the cancelled job's source name; its counters start from zero.
+    let b2 = server.submit(&push_job("b again", "b-in", "b2_sizes", SIZES_B));
+    let (_, shown) = server.call("GET", &format!("/v1/jobs/{b2}"), None);
+    assert_eq!(shown["source_stats"][0]["records"], json!(0), "{shown}");
+    server.call("DELETE", &format!("/v1/jobs/{b2}"), None);
     let (status, body) = server.call("POST", "/v1/sql", Some(r#"{"sql": "SELECT * FROM b_sizes"}"#));
     assert_eq!(status, 400, "a cancelled job's view is gone: {body}");
     for batch in 4..7 {
@@ -304,7 +324,9 @@ fn jobs_installed_and_cancelled_at_run_time() {
         .iter()
         .map(|j| (j["id"].as_u64().unwrap_or(0), j["state"].as_str().unwrap_or("").to_owned()))
         .collect();
-    assert_eq!(states, vec![(a, "running".to_owned()), (b, "cancelled".to_owned())]);
+    assert_eq!(states, vec![(a, "running".to_owned()), (b, "cancelled".to_owned()), (b2, "cancelled".to_owned())]);
+    let missing = push_job("missing", "m-in", "m_v", "SELECT 1 AS x")
+        .replace("kind = \"push\"", "path = \"/nonexistent/dir/*.jsonl\"");
     for (method, path, body, want) in [
         ("POST", "/v1/jobs", Some("name = [unclosed"), 400),
         ("POST", "/v1/sql", Some(r#"{"sql": "SELEC 1"}"#), 400),
@@ -312,6 +334,14 @@ fn jobs_installed_and_cancelled_at_run_time() {
         ("GET", "/v1/jobs/999", None, 404),
         ("GET", "/v1/jobs/not-a-number", None, 404),
         ("POST", &format!("/v1/ingest/{a}/no-such-source"), Some("{}"), 404),
+        ("POST", "/v1/sql", Some(r#"["SELECT 1"]"#), 400),
+        ("GET", "/v1/sql", None, 405),
+        ("POST", "/v1/jobs", Some(""), 400),
+        ("POST", "/v1/jobs", Some(&missing), 400),
+        ("POST", "/v1/jobs", Some(&push_job("clash", "c-in", "a_sizes", "SELECT 1 AS x")), 409),
+        ("POST", "/v1/jobs", Some(&push_job("clash", "a-in", "c_sizes", "SELECT 1 AS x")), 409),
+        ("GET", "/v1/subscribe?view=no_such_view", None, 404),
+        ("GET", "/v1/subscribe?view=a_sizes", None, 400),
     ] {
         let (status, answer) = server.call(method, path, body);
         assert_eq!(status, want, "{method} {path}: {answer}");

@@ -150,15 +150,16 @@ struct SubscriptionMerge {
 }
 
 impl SubscriptionMerge {
-    /// Takes one worker's batch; sends what every worker has passed.
-    fn absorb(&mut self, worker: usize, updates: Vec<(Row, Time, Diff)>, upper: Time) {
+    /// Takes one worker's batch; sends what every worker has passed. Returns true when the
+    /// subscription has ended (its collection was dropped: every worker's frontier closed).
+    fn absorb(&mut self, worker: usize, updates: Vec<(Row, Time, Diff)>, upper: Time) -> bool {
         if let Some(u) = self.uppers.get_mut(worker) {
             *u = (*u).max(upper);
         }
         self.pending.extend(updates);
         let merged = self.uppers.iter().copied().min().unwrap_or(0);
         if merged == 0 || self.emitted.is_some_and(|e| merged <= e) {
-            return;
+            return false;
         }
         let (ready, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.pending).into_iter().partition(|u| u.1 < merged);
@@ -181,9 +182,17 @@ impl SubscriptionMerge {
             }
         }
         self.emitted = Some(merged);
+        if merged == Time::MAX {
+            // Closed: the receiver sees the end of the stream.
+            return true;
+        }
         let _ = self.events.send(SubscribeEvent::Progress { upper: merged });
+        false
     }
 }
+
+/// An ingest waiting for every worker: (workers left, the latest frontier, reply).
+type IngestWait = (usize, Time, Option<oneshot::Sender<Time>>);
 
 /// What worker 0 shares with the controller.
 pub struct Shared {
@@ -193,6 +202,10 @@ pub struct Shared {
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
     failures: Mutex<Vec<(JobId, String)>>,
+    /// Ingests waiting for every worker: id → (workers left, the latest frontier, reply).
+    ingests: Mutex<HashMap<u64, IngestWait>>,
+    /// Worker 0's thread, woken when a command is sent (it parks when idle).
+    worker0: Mutex<Option<std::thread::Thread>>,
     /// File sources read to their end: (job, source) → (workers done, the latest frontier).
     done: Mutex<HashMap<(JobId, String), (usize, Time)>>,
     peers: usize,
@@ -204,8 +217,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    /// Worker 0 takes the command receiver (once).
+    /// Worker 0 takes the command receiver (once), and is woken when a command arrives.
     pub(crate) fn take_command_receiver(&self) -> Option<mpsc::Receiver<Envelope>> {
+        *lock(&self.worker0) = Some(std::thread::current());
         lock(&self.commands).take()
     }
 
@@ -236,14 +250,31 @@ impl Shared {
                 }
             }
             Response::Subscribe { id, worker, updates, upper } => {
-                if let Some(merge) = lock(&self.subscriptions).get_mut(&id) {
-                    merge.absorb(worker, updates, upper);
+                let mut subscriptions = lock(&self.subscriptions);
+                if let Some(merge) = subscriptions.get_mut(&id)
+                    && merge.absorb(worker, updates, upper)
+                {
+                    subscriptions.remove(&id);
                 }
             }
             Response::SourceFailed { job, source, error } => {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
+            Response::Ingested { id, upper: u } => {
+                let mut ingests = lock(&self.ingests);
+                let done = match ingests.get_mut(&id) {
+                    Some((left, upper, _)) => {
+                        *left -= 1;
+                        *upper = (*upper).max(u);
+                        *left == 0
+                    }
+                    None => false,
+                };
+                if done && let Some((_, upper, Some(reply))) = ingests.remove(&id) {
+                    let _ = reply.send(upper);
+                }
+            }
             Response::SourceDone { job, source, upper } => {
                 let mut done = lock(&self.done);
                 let entry = done.entry((job, source)).or_insert((0, 0));
@@ -308,6 +339,7 @@ struct Entry {
 /// The part of the controller behind one lock: what is sent, in the order it is sent.
 struct Sequencer {
     tx: mpsc::Sender<Envelope>,
+    shared: Arc<Shared>,
     catalog: BTreeMap<String, Entry>,
     jobs: BTreeMap<JobId, JobInfo>,
     /// Push sources of running jobs: name → (job, decoder).
@@ -320,7 +352,11 @@ struct Sequencer {
 impl Sequencer {
     fn send(&self, command: &Command) -> Result<(), ClusterError> {
         let text = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-        self.tx.send((text, None)).map_err(|_| ClusterError::Stopped)
+        self.tx.send((text, None)).map_err(|_| ClusterError::Stopped)?;
+        if let Some(worker0) = lock(&self.shared.worker0).as_ref() {
+            worker0.unpark();
+        }
+        Ok(())
     }
 
     /// Plans `views` against the catalog (each view may read the earlier ones).
@@ -350,7 +386,12 @@ struct Inner {
     shared: Arc<Shared>,
     next_id: AtomicU64,
     guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+    /// Queries planned and run at once (the rest wait their turn).
+    sql_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Queries planned and run at the same time, at most.
+const SQL_SLOTS: usize = 4;
 
 /// Keeps the arrangements readable at `time` while it lives (no compaction past it).
 pub struct ReadHold {
@@ -374,7 +415,8 @@ impl Drop for ReadHold {
     }
 }
 
-/// A live subscription: its events, in time order. Dropping it ends the subscription.
+/// A live subscription: its events, in time order; the stream ends when the collection is
+/// dropped (its view dropped, or its job cancelled). Dropping it ends the subscription.
 pub struct Subscription {
     /// The collection's columns.
     pub schema: SchemaRef,
@@ -400,6 +442,9 @@ pub struct IngestReport {
     pub rejected: u64,
     /// Why each rejected record was rejected: `{line, error}` (line numbers from 1).
     pub errors: Vec<IngestReject>,
+    /// The time the records were ingested at (ms since the Unix epoch): every query answered
+    /// after the reply reads at this time or later, so it sees them.
+    pub timestamp: Time,
 }
 
 /// One rejected record.
@@ -475,6 +520,8 @@ impl Controller {
             peeks: Mutex::default(),
             subscriptions: Mutex::default(),
             failures: Mutex::default(),
+            ingests: Mutex::default(),
+            worker0: Mutex::default(),
             done: Mutex::default(),
             peers: config.workers * config.processes,
         });
@@ -508,6 +555,7 @@ impl Controller {
         let inner = Arc::new(Inner {
             seq: Mutex::new(Sequencer {
                 tx,
+                shared: shared.clone(),
                 catalog,
                 jobs: BTreeMap::new(),
                 push: HashMap::new(),
@@ -518,6 +566,7 @@ impl Controller {
             shared,
             next_id: AtomicU64::new(1),
             guards: Mutex::new(Some(guards)),
+            sql_slots: Arc::new(tokio::sync::Semaphore::new(SQL_SLOTS)),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);
@@ -545,6 +594,11 @@ impl Controller {
         let _ = lock(&self.inner.seq).send(&Command::Shutdown);
     }
 
+    /// Waits for one of the [`SQL_SLOTS`] query slots.
+    pub(crate) async fn sql_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.sql_slots.clone().acquire_owned().await.ok()
+    }
+
     /// Workers in the cluster (all processes).
     pub fn peers(&self) -> usize {
         self.inner.shared.peers
@@ -561,6 +615,28 @@ impl Controller {
     /// [`ClusterError::InvalidJob`] for a view that fails to plan (the message names the view
     /// and where).
     pub fn install_job(&self, job: &Job) -> Result<JobId, ClusterError> {
+        if job.config.sources.is_empty() && job.config.views.is_empty() {
+            return Err(ClusterError::InvalidJob("the job has no sources and no views: nothing to run".into()));
+        }
+        for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
+            // A server reads file sources to their end once: a glob that matches nothing now
+            // would never be read.
+            if std::path::Path::new(&source.path).is_dir() {
+                return Err(ClusterError::InvalidJob(format!(
+                    "source `{}`: `{}` is a directory; give a file or a glob of files",
+                    source.name, source.path
+                )));
+            }
+            let reader = amx_connectors::FileReader::new(&source.path)
+                .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
+            if reader.paths().is_empty() {
+                return Err(ClusterError::InvalidJob(format!(
+                    "source `{}`: no file matches `{}` (paths are read by the server, relative to its working \
+                     directory)",
+                    source.name, source.path
+                )));
+            }
+        }
         let mut seq = lock(&self.inner.seq);
         for source in &job.config.sources {
             if let Some((owner, _)) = seq.push.get(&source.name) {
@@ -594,6 +670,14 @@ impl Controller {
         sources: Vec<SourceConfig>,
         views: Vec<ViewSpec>,
     ) -> Result<JobId, ClusterError> {
+        for view in &views {
+            if view.name.is_empty() {
+                return Err(ClusterError::Sql("a view needs a name".into()));
+            }
+            if seq.catalog.contains_key(&view.name) {
+                return Err(ClusterError::Conflict(format!("a relation or view named `{}` already exists", view.name)));
+            }
+        }
         let planned = seq.plan(&views).map_err(|e| match kind {
             JobKind::Job => ClusterError::InvalidJob(e),
             JobKind::View => ClusterError::Sql(e),
@@ -860,7 +944,8 @@ impl Controller {
 
     /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a
     /// record, decoded here (so the reply can name each reject) and sent to the workers;
-    /// returns once the records are sequenced into the engine's input.
+    /// returns once every worker has put its share into its input and every collection has
+    /// passed their time (read your writes; at most 10 s), with the time in the report.
     ///
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
@@ -874,14 +959,13 @@ impl Controller {
                 _ => {
                     let known: Vec<&str> =
                         info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
-                    return Err(ClusterError::UnknownSource(if info.state == JobState::Cancelled {
-                        format!("job {job} is cancelled")
-                    } else {
-                        format!(
-                            "job {job} has no push source named `{source}` (its push sources: {})",
-                            known.join(", ")
-                        )
-                    }));
+                    if info.state == JobState::Cancelled {
+                        return Err(ClusterError::Conflict(format!("job {job} is cancelled")));
+                    }
+                    return Err(ClusterError::UnknownSource(format!(
+                        "job {job} has no push source named `{source}` (its push sources: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    )));
                 }
             }
         };
@@ -907,11 +991,18 @@ impl Controller {
             }
             records.push(events);
         }
-        let text = serde_json::to_string(&Command::Ingest { source: source.to_owned(), records })
-            .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-        let (ack, sequenced) = oneshot::channel();
-        lock(&self.inner.seq).tx.send((text, Some(ack))).map_err(|_| ClusterError::Stopped)?;
-        sequenced.await.map_err(|_| ClusterError::Stopped)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, applied) = oneshot::channel();
+        lock(&self.inner.shared.ingests).insert(id, (self.peers(), 0, Some(reply)));
+        lock(&self.inner.seq).send(&Command::Ingest { id, source: source.to_owned(), records })?;
+        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        // Read your writes: once every collection has passed the records' time, a query
+        // (which reads at a time all its collections have passed) sees them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && !lock(&self.inner.shared.uppers).values().all(|u| *u >= upper) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        report.timestamp = upper.saturating_sub(1);
         Ok(report)
     }
 

@@ -101,6 +101,9 @@ impl Job {
         let mut config: JobConfig = toml::from_str(text).context("invalid job file")?;
         let mut names = std::collections::HashSet::new();
         for source in &mut config.sources {
+            if source.name.trim().is_empty() {
+                bail!("a source needs a name (`name = \"…\"`)");
+            }
             if !names.insert(source.name.clone()) {
                 bail!("duplicate source name `{}`", source.name);
             }

@@ -61,6 +61,8 @@ pub enum Command {
     /// Records pushed to a push source: one entry per record, holding the events it decoded
     /// to (an ingest error is an [`Event::Error`]). Record `i` goes to worker `i mod peers`.
     Ingest {
+        /// Ingest id (each worker answers [`Response::Ingested`]).
+        id: u64,
         /// The source's name.
         source: String,
         /// The decoded records.
@@ -125,6 +127,14 @@ pub enum Response {
         /// Changes `(row, time, diff)`.
         updates: Vec<(Row, Time, Diff)>,
         /// The worker's frontier for this subscription (`Time::MAX`: closed).
+        upper: Time,
+    },
+    /// A worker has put its share of a [`Command::Ingest`] into its input at a time before
+    /// `upper`.
+    Ingested {
+        /// Ingest id.
+        id: u64,
+        /// The worker's input frontier after the records.
         upper: Time,
     },
     /// A job's source failed on a worker (an I/O error reading it): that worker stopped

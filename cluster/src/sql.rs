@@ -180,7 +180,21 @@ impl Controller {
                 let existed = self.drop_view(&name, if_exists)?;
                 Ok(SqlAnswer::Dropped { view: name, existed })
             }
-            ViewStatement::Other => self.query(sql, &tables).await,
+            ViewStatement::Other => {
+                // Planning and running are CPU-bound and have no await points to time out at:
+                // on the blocking pool, a few at a time, so that a huge statement cannot stall
+                // the server's async threads (its caller's timeout still answers in time).
+                // The slot goes with the work: a query that outlives its caller still holds it.
+                let slot = self.sql_slot().await;
+                let (me, sql, tables) = (self.clone(), sql.to_owned(), tables.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    handle.block_on(me.query(&sql, &tables))
+                })
+                .await
+                .map_err(|e| ClusterError::Sql(format!("the query failed: {e}")))?
+            }
         }
     }
 
@@ -212,8 +226,14 @@ impl Controller {
         let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_error)?;
         let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        // A peek's own error (the cluster stopped, or a view dropped while the query ran) is
+        // reported as itself, not as a SQL error.
         let batches = df.collect().await.map_err(|e| match e.find_root() {
-            DataFusionError::External(inner) if inner.downcast_ref::<ClusterError>().is_some() => ClusterError::Stopped,
+            DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
+                Some(ClusterError::Stopped) => ClusterError::Stopped,
+                Some(other) => ClusterError::Sql(other.to_string()),
+                None => sql_error(e),
+            },
             _ => sql_error(e),
         })?;
         Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })

@@ -86,7 +86,9 @@ impl Default for WorkerOptions {
 /// `now()` in temporal views, move on without input).
 const IDLE_TICK: Duration = Duration::from_millis(100);
 /// How long a worker with nothing to do parks.
-const PARK: Duration = Duration::from_millis(2);
+/// (The controller wakes worker 0 when it sends a command; timely wakes a worker when data
+/// arrives for it.)
+const PARK: Duration = Duration::from_millis(20);
 
 /// A file source, as one worker reads it.
 struct FileSource {
@@ -271,6 +273,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     let mut peeks: Vec<PendingPeek> = Vec::new();
     // Per source: (records, decoded rows, errors, declared) since the last epoch.
     let mut pending_stats: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
+    // Per source: what this worker has added to `aimatrix_source_stats` (retracted when the
+    // source's job is cancelled, so a later source of the same name starts from zero).
+    let mut stat_totals: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
     let mut next_seq: u64 = 0;
     let mut since: Time = 0;
     let mut compacted: Time = 0;
@@ -375,6 +380,18 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     }
                 }
                 Command::DropJob { id } => {
+                    let names: Vec<String> = files
+                        .iter()
+                        .filter(|f| f.job == id)
+                        .map(|f| f.name.clone())
+                        .chain(pushes.iter().filter(|(_, p)| p.job == id).map(|(n, _)| n.clone()))
+                        .collect();
+                    for name in names {
+                        pending_stats.remove(&name);
+                        if let Some(t) = stat_totals.remove(&name) {
+                            inputs.source_stats.update(name, (-t.0, -t.1, -t.2, -t.3));
+                        }
+                    }
                     files.retain(|f| f.job != id);
                     pushes.retain(|_, p| p.job != id);
                     for collection in catalog.values_mut() {
@@ -385,7 +402,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         worker.drop_dataflow(df);
                     }
                 }
-                Command::Ingest { source, records } => {
+                Command::Ingest { id, source, records } => {
                     if pushes.contains_key(&source) {
                         let stats = pending_stats.entry(source).or_default();
                         for (i, record) in records.into_iter().enumerate() {
@@ -403,6 +420,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             }
                         }
                     }
+                    respond(&mut resp_in, Response::Ingested { id, upper: inputs.time() + 1 });
                 }
                 Command::Peek { id, collection, as_of, projection, filter } => {
                     peeks.push(PendingPeek { id, collection, as_of, projection, filter })
@@ -477,6 +495,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         }
         if fed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
             for (source, counts) in pending_stats.drain() {
+                let total = stat_totals.entry(source.clone()).or_default();
+                *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);
                 inputs.source_stats.update(source, counts);
             }
             epoch = next_epoch(epoch);
@@ -517,12 +537,24 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         }
 
         // 6. Forward the subscriptions' changes, with this worker's frontier.
+        let mut closed = Vec::new();
         for (id, sub) in subscriptions.iter_mut() {
             let upper = sub.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
             let updates = std::mem::take(&mut *sub.buffer.borrow_mut());
+            // Every frontier advance is reported: the controller releases changes only once
+            // every worker has passed their time.
             if !updates.is_empty() || sub.last_upper != Some(upper) {
                 sub.last_upper = Some(upper);
                 respond(&mut resp_in, Response::Subscribe { id: *id, worker: index, updates, upper });
+            }
+            if upper == Time::MAX {
+                closed.push(*id);
+            }
+        }
+        // A subscription whose collection was dropped has ended: drop its dataflow.
+        for id in closed {
+            if let Some(sub) = subscriptions.remove(&id) {
+                worker.drop_dataflow(sub.dataflow);
             }
         }
 

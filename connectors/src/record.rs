@@ -427,6 +427,18 @@ fn poll_file(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
+    // A file whose size is 0 but that has content is not a regular file's data: a procfs or
+    // sysfs pseudo-file (`/proc/self/status`). Its size says nothing about what was read, so
+    // following it would read it again on every poll.
+    if meta.len() == 0 {
+        let mut first = [0u8; 1];
+        if fs::File::open(path)?.read(&mut first)? > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "reports a size of 0 but has content (a procfs or sysfs pseudo-file); only regular files can be read",
+            ));
+        }
+    }
     let id = identity(&meta);
     let replaced = (state.identity.is_some() && state.identity != id)
         || meta.len() < state.offset
@@ -1366,6 +1378,20 @@ pub(crate) mod tests {
             expected.extend(records_of(&text, true));
             proptest::prop_assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn pseudo_file_is_refused() {
+        // procfs reports a size of 0 for files that have content.
+        let path = Path::new("/proc/self/status");
+        if !path.exists() {
+            return;
+        }
+        let mut reader = FileReader::new("/proc/self/status").expect("reader");
+        let mut out = Vec::new();
+        let err = reader.poll(false, &mut out).expect_err("a pseudo-file is refused");
+        assert!(err.to_string().contains("pseudo-file"), "{err}");
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ```toml
 //! [http]
 //! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port)
+//! max_body_bytes = 268435456   # the largest request body (a job, SQL, records to ingest)
 //!
 //! [cluster]
 //! workers = 1                  # worker threads per process
@@ -45,6 +46,9 @@ pub struct ServeConfig {
 pub struct HttpConfig {
     /// Address to listen on, `host:port` (default `127.0.0.1:6876`: this machine only).
     pub listen: String,
+    /// The largest request body accepted, in bytes (default 256 MiB); a larger one is
+    /// answered 413.
+    pub max_body_bytes: usize,
 }
 
 /// `[cluster]`.
@@ -78,7 +82,7 @@ pub struct SqlConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:6876".into() }
+        HttpConfig { listen: "127.0.0.1:6876".into(), max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES }
     }
 }
 

@@ -49,13 +49,20 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 pub struct AppState {
     controller: Controller,
     sql_timeout: Duration,
+    max_body_bytes: usize,
 }
 
 impl AppState {
     /// The state over a running controller; queries wait at most `sql_timeout` for the views
     /// they read.
     pub fn new(controller: Controller, sql_timeout: Duration) -> AppState {
-        AppState { controller, sql_timeout }
+        AppState { controller, sql_timeout, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+    }
+
+    /// Accepts request bodies up to `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> AppState {
+        self.max_body_bytes = bytes;
+        self
     }
 }
 
@@ -89,6 +96,30 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A request body, or the JSON error for one that could not be read (too large: 413).
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+fn body(body: Body) -> ApiResult<Bytes> {
+    body.map_err(|r| {
+        let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the request body is larger than the limit of {} bytes (http.max_body_bytes)", max_body_bytes())
+        } else {
+            r.body_text()
+        };
+        ApiError::new(r.status(), message)
+    })
+}
+
+/// The largest request body accepted, in bytes (`http.max_body_bytes`).
+fn max_body_bytes() -> usize {
+    MAX_BODY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static MAX_BODY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BODY_BYTES);
+
+/// The default largest request body: 256 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
+
 /// The OpenAPI document (generated from the handlers' annotations).
 #[derive(OpenApi)]
 #[openapi(
@@ -99,6 +130,8 @@ pub struct ApiDoc;
 
 /// The router of the HTTP API over `state`.
 pub fn router(state: AppState) -> Router {
+    MAX_BODY.store(state.max_body_bytes, std::sync::atomic::Ordering::Relaxed);
+    let limit = state.max_body_bytes;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -110,6 +143,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {}; see /v1/openapi.json", uri.path()),
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -154,7 +194,8 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 #[utoipa::path(post, path = "/v1/jobs", request_body(content = String, content_type = "application/toml", description = "a job file"),
     responses((status = 201, description = "installed: {\"id\": N}"), (status = 400, description = "the job does not parse or plan"),
               (status = 409, description = "a source or view name is in use")))]
-async fn submit_job(State(state): State<AppState>, body: Bytes) -> ApiResult<Response> {
+async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Response> {
+    let body = body(raw)?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the job is not UTF-8: {e}")))?;
     let cwd = std::env::current_dir().unwrap_or_default();
     let job = Job::parse(text, &cwd).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
@@ -182,11 +223,14 @@ async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     Ok(axum::Json(status))
 }
 
-/// `?retract=…` of `DELETE /v1/jobs/{id}`.
-#[derive(Deserialize)]
-struct CancelParams {
-    #[serde(default)]
-    retract: bool,
+/// A boolean query parameter: `true`/`1` or `false`/`0` (absent: false).
+fn flag(params: &std::collections::HashMap<String, String>, name: &str) -> ApiResult<bool> {
+    match params.get(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v == "true" || v == "1" => Ok(true),
+        Some(v) if v == "false" || v == "0" => Ok(false),
+        Some(v) => Err(ApiError::bad_request(format!("?{name}= takes true or false, not `{v}`"))),
+    }
 }
 
 /// Cancels a job.
@@ -197,10 +241,10 @@ struct CancelParams {
 async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(params): Query<CancelParams>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let id = job_id(&id)?;
-    if params.retract {
+    if flag(&params, "retract")? {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "retract=true (retracting what a job ingested) is not implemented yet; cancel without it keeps the data",
@@ -221,12 +265,20 @@ struct SqlRequest {
 #[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "{\"sql\": \"…\"}, or the SQL as text/plain"),
     responses((status = 200, description = "{\"columns\": […], \"rows\": […], \"timestamp\": T}, or an Arrow IPC stream"),
               (status = 400, description = "a SQL error, with its position")))]
-async fn run_sql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -> ApiResult<Response> {
+    let body = body(raw)?;
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let sql = if content_type.starts_with("text/plain") || content_type.starts_with("application/sql") {
         String::from_utf8(body.to_vec()).map_err(|e| ApiError::bad_request(format!("the SQL is not UTF-8: {e}")))?
     } else {
-        serde_json::from_slice::<SqlRequest>(&body)
+        let shape = || ApiError::bad_request("the body must be a JSON object {\"sql\": \"…\"}");
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?;
+        if !value.is_object() {
+            return Err(shape());
+        }
+        serde_json::from_value::<SqlRequest>(value)
             .map_err(|e| ApiError::bad_request(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?
             .sql
     };
@@ -300,32 +352,34 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
 async fn ingest(
     State(state): State<AppState>,
     Path((job, source)): Path<(String, String)>,
-    body: Bytes,
+    raw: Body,
 ) -> ApiResult<Response> {
+    let body = body(raw)?;
     let job = job_id(&job)?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
     let report = state.controller.ingest(job, &source, text).await?;
     Ok(axum::Json(report).into_response())
 }
 
-/// `?view=NAME` of `/v1/subscribe`.
-#[derive(Deserialize)]
-struct SubscribeParams {
-    view: String,
-}
-
 /// Subscribes to a view (WebSocket). Messages, one JSON object each:
 /// `{"type": "snapshot", "timestamp": T, "rows": [{"row": {…}, "diff": n}, …]}` once, then
 /// `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
 /// `{"type": "progress", "timestamp": t}` when time advances (every change before `t` sent).
+/// When the view is dropped (or its job cancelled) the server closes the socket (code 1000).
 #[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view")),
     responses((status = 101, description = "WebSocket"), (status = 404, description = "no such view")))]
 async fn subscribe(
     State(state): State<AppState>,
-    Query(params): Query<SubscribeParams>,
-    upgrade: WebSocketUpgrade,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let subscription = state.controller.subscribe(&params.view)?;
+    let view = params.get("view").ok_or_else(|| ApiError::bad_request("missing ?view=NAME"))?;
+    if state.controller.schema(view).is_none() {
+        return Err(ClusterError::UnknownCollection(view.clone()).into());
+    }
+    let upgrade =
+        upgrade.map_err(|r| ApiError::new(r.status(), format!("/v1/subscribe is a WebSocket: {}", r.body_text())))?;
+    let subscription = state.controller.subscribe(view)?;
     Ok(upgrade.on_upgrade(move |socket| forward_subscription(socket, subscription)))
 }
 
@@ -334,7 +388,15 @@ async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_clust
     loop {
         tokio::select! {
             event = subscription.events.recv() => {
-                let Some(event) = event else { break };
+                let Some(event) = event else {
+                    // The view is gone (dropped, or its job cancelled): say so and close.
+                    let close = axum::extract::ws::CloseFrame {
+                        code: axum::extract::ws::close_code::NORMAL,
+                        reason: "the view was dropped (or its job cancelled)".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    break;
+                };
                 // Coalesce: of several queued progress messages only the last is sent.
                 let mut batch = vec![event];
                 while let Ok(more) = subscription.events.try_recv() {
