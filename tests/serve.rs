@@ -304,6 +304,12 @@ fn jobs_installed_and_cancelled_at_run_time() {
     let by_doc: Vec<Value> = want.iter().filter(|r| r["document_id"] == "doc-3").cloned().collect();
     let q = "SELECT collection, document_id, v FROM doc_versions WHERE 'doc-3' = document_id ORDER BY collection";
     assert_eq!(server.sql(q), by_doc);
+    // A bare LIMIT is pushed into the peek; with ORDER BY it is not (the first rows in order).
+    assert_eq!(server.sql("SELECT count(*) AS n FROM (SELECT * FROM doc_versions LIMIT 3) t"), vec![json!({ "n": 3 })]);
+    let q = "SELECT collection, document_id, v FROM doc_versions ORDER BY collection DESC, document_id DESC LIMIT 2";
+    let mut last_two: Vec<Value> = want.iter().rev().take(2).cloned().collect();
+    last_two.truncate(2);
+    assert_eq!(server.sql(q), last_two);
     let q = "SELECT count(*) AS n FROM doc_versions WHERE collection = 'no-such' OR v > 0";
     assert_eq!(server.sql(q), vec![json!({ "n": want.len() })]);
 

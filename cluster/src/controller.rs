@@ -191,8 +191,8 @@ impl SubscriptionMerge {
     }
 }
 
-/// An ingest waiting for every worker: (workers left, the latest frontier, reply).
-type IngestWait = (usize, Time, Option<oneshot::Sender<Time>>);
+/// A command waiting for every worker to apply it: (workers left, the latest frontier, reply).
+type ApplyWait = (usize, Time, Option<oneshot::Sender<Time>>);
 
 /// What worker 0 shares with the controller.
 pub struct Shared {
@@ -202,8 +202,8 @@ pub struct Shared {
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
     failures: Mutex<Vec<(JobId, String)>>,
-    /// Ingests waiting for every worker: id → (workers left, the latest frontier, reply).
-    ingests: Mutex<HashMap<u64, IngestWait>>,
+    /// Ingests and drops waiting for every worker (see [`ApplyWait`]).
+    ingests: Mutex<HashMap<u64, ApplyWait>>,
     /// Worker 0's thread, woken when a command is sent (it parks when idle).
     worker0: Mutex<Option<std::thread::Thread>>,
     /// File sources read to their end: (job, source) → (workers done, the latest frontier).
@@ -261,7 +261,7 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
-            Response::Ingested { id, upper: u } => {
+            Response::Applied { id, upper: u } => {
                 let mut ingests = lock(&self.ingests);
                 let done = match ingests.get_mut(&id) {
                     Some((left, upper, _)) => {
@@ -388,6 +388,8 @@ struct Inner {
     guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
     /// Queries planned and run at once (the rest wait their turn).
     sql_slots: Arc<tokio::sync::Semaphore>,
+    /// The time of the latest acknowledged write (ingest, cancel): reads are never before it.
+    last_write: AtomicU64,
 }
 
 /// Queries planned and run at the same time, at most.
@@ -567,6 +569,7 @@ impl Controller {
             next_id: AtomicU64::new(1),
             guards: Mutex::new(Some(guards)),
             sql_slots: Arc::new(tokio::sync::Semaphore::new(SQL_SLOTS)),
+            last_write: AtomicU64::new(0),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);
@@ -702,12 +705,20 @@ impl Controller {
     }
 
     /// Cancels a job: its sources stop and its views are dropped on every worker; what it
-    /// ingested stays.
+    /// ingested stays. Returns once every worker has dropped it and the retraction of its
+    /// sources' counters is visible (at most 10 s).
     ///
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::Conflict`] when it is already cancelled
     /// or a view of another job reads one of its views.
-    pub fn cancel_job(&self, id: JobId) -> Result<(), ClusterError> {
+    pub async fn cancel_job(&self, id: JobId) -> Result<(), ClusterError> {
+        let applied = self.begin_cancel(id)?;
+        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        self.wait_visible(upper).await;
+        Ok(())
+    }
+
+    fn begin_cancel(&self, id: JobId) -> Result<oneshot::Receiver<Time>, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
         if job.state == JobState::Cancelled {
@@ -724,13 +735,33 @@ impl Controller {
                 entry.owner.map(|o| o.to_string()).unwrap_or_default()
             )));
         }
-        seq.send(&Command::DropJob { id })?;
+        let (wait, applied) = self.wait_for_workers();
+        seq.send(&Command::DropJob { id, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, (owner, _)| *owner != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
-        Ok(())
+        Ok(applied)
+    }
+
+    /// A wait id and the reply that comes once every worker has answered
+    /// [`Response::Applied`] for it (with the latest of their frontiers).
+    fn wait_for_workers(&self) -> (u64, oneshot::Receiver<Time>) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, applied) = oneshot::channel();
+        lock(&self.inner.shared.ingests).insert(id, (self.peers(), 0, Some(reply)));
+        (id, applied)
+    }
+
+    /// Waits (at most 10 s) until every collection has passed `upper`: a query then reads
+    /// at `upper - 1` or later.
+    async fn wait_visible(&self, upper: Time) {
+        self.inner.last_write.fetch_max(upper.saturating_sub(1), Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && !lock(&self.inner.shared.uppers).values().all(|u| *u >= upper) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// `CREATE MATERIALIZED VIEW name AS sql`: a job of one view.
@@ -753,7 +784,7 @@ impl Controller {
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Conflict`] for a built-in relation,
     /// a job's view, or a view another view reads.
-    pub fn drop_view(&self, name: &str, if_exists: bool) -> Result<bool, ClusterError> {
+    pub async fn drop_view(&self, name: &str, if_exists: bool) -> Result<bool, ClusterError> {
         let id = {
             let seq = lock(&self.inner.seq);
             let Some(entry) = seq.catalog.get(name) else {
@@ -769,7 +800,7 @@ impl Controller {
             }
             owner
         };
-        self.cancel_job(id).map(|()| true)
+        self.cancel_job(id).await.map(|()| true)
     }
 
     /// Every job (cancelled ones too), by id; SQL views are not jobs and are left out.
@@ -813,7 +844,7 @@ impl Controller {
             names.extend(info.views.iter().map(|v| v.name.clone()));
         }
         let hold = self.read_hold(&names);
-        let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new()).await?;
+        let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new(), None).await?;
         let progress = lock(&self.inner.shared.progress).clone();
         let mut source_stats = Vec::new();
         let (mut read, mut total) = (0u64, 0u64);
@@ -844,7 +875,7 @@ impl Controller {
         let mut view_stats = Vec::new();
         if info.state != JobState::Cancelled {
             for view in &info.views {
-                let counts = self.peek(&view.name, hold.time(), Some(Vec::new()), Vec::new()).await?;
+                let counts = self.peek(&view.name, hold.time(), Some(Vec::new()), Vec::new(), None).await?;
                 view_stats
                     .push(ViewStatus { name: view.name.clone(), rows: counts.iter().map(|(_, c)| *c as i64).sum() });
             }
@@ -877,14 +908,17 @@ impl Controller {
     pub fn read_hold(&self, names: &[String]) -> ReadHold {
         let mut seq = lock(&self.inner.seq);
         let uppers = lock(&self.inner.shared.uppers);
-        // A query that reads no collection reads at the time every collection has passed.
-        let upper = if names.is_empty() {
-            uppers.values().copied().min().unwrap_or(0)
-        } else {
-            names.iter().map(|n| uppers.get(n).copied().unwrap_or(0)).min().unwrap_or(0)
+        // The collections worker 0 has seen progress in; a new one (a view just installed,
+        // still at 0) is waited for by the peek rather than pulling the read back in time.
+        let known: Vec<Time> = names.iter().filter_map(|n| uppers.get(n).copied()).filter(|u| *u > 0).collect();
+        let upper = match known.iter().min() {
+            Some(u) => *u,
+            // Reading nothing (or only new collections): the time every collection has passed.
+            None => uppers.values().copied().filter(|u| *u > 0).min().unwrap_or(0),
         };
         drop(uppers);
-        let time = upper.saturating_sub(1).max(seq.since);
+        // Never before an acknowledged write (ingest, cancel): a client reads what it wrote.
+        let time = upper.saturating_sub(1).max(seq.since).max(self.inner.last_write.load(Ordering::SeqCst));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         seq.holds.insert(id, time);
         ReadHold { id, time, controller: Arc::downgrade(&self.inner) }
@@ -892,7 +926,8 @@ impl Controller {
 
     /// Reads collection `name` as of `as_of` (held by a [`ReadHold`]) from every worker:
     /// its rows that pass `filter` (column position = value, every pair), projected to
-    /// `projection` (column positions; `None`: all), with their multiplicities, sorted.
+    /// `projection` (column positions; `None`: all), with their multiplicities, sorted; with
+    /// `limit`, at most that many rows from each worker (which rows is unspecified).
     ///
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
@@ -902,6 +937,7 @@ impl Controller {
         as_of: Time,
         projection: Option<Vec<usize>>,
         filter: Vec<(usize, Datum)>,
+        limit: Option<usize>,
     ) -> Result<Vec<(Row, Diff)>, ClusterError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -912,7 +948,7 @@ impl Controller {
             }
             lock(&self.inner.shared.peeks)
                 .insert(id, PeekWait { remaining: self.peers(), rows: Vec::new(), reply: Some(reply) });
-            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection, filter })?;
+            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection, filter, limit })?;
         }
         let mut rows = answer.await.map_err(|_| ClusterError::Stopped)?;
         // Sorted across workers, so that an answer does not depend on the cluster's shape.
@@ -991,17 +1027,12 @@ impl Controller {
             }
             records.push(events);
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, applied) = oneshot::channel();
-        lock(&self.inner.shared.ingests).insert(id, (self.peers(), 0, Some(reply)));
+        let (id, applied) = self.wait_for_workers();
         lock(&self.inner.seq).send(&Command::Ingest { id, source: source.to_owned(), records })?;
         let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
         // Read your writes: once every collection has passed the records' time, a query
         // (which reads at a time all its collections have passed) sees them.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline && !lock(&self.inner.shared.uppers).values().all(|u| *u >= upper) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.wait_visible(upper).await;
         report.timestamp = upper.saturating_sub(1);
         Ok(report)
     }

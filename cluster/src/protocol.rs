@@ -57,11 +57,13 @@ pub enum Command {
     DropJob {
         /// The job.
         id: JobId,
+        /// Wait id: each worker answers [`Response::Applied`] once it has dropped the job.
+        wait: u64,
     },
     /// Records pushed to a push source: one entry per record, holding the events it decoded
     /// to (an ingest error is an [`Event::Error`]). Record `i` goes to worker `i mod peers`.
     Ingest {
-        /// Ingest id (each worker answers [`Response::Ingested`]).
+        /// Wait id (each worker answers [`Response::Applied`] once the records are in its input).
         id: u64,
         /// The source's name.
         source: String,
@@ -83,6 +85,9 @@ pub enum Command {
         /// the collection, before projection). On the first column this seeks in the
         /// arrangement (its rows are sorted) instead of scanning it.
         filter: Vec<(usize, amx_dataflows::row::Datum)>,
+        /// At most this many rows (counting multiplicities) from each worker (`None`: all);
+        /// given only when no other condition applies to the rows (SQL `LIMIT` alone).
+        limit: Option<usize>,
     },
     /// Sends every change of `collection` from now on, after its current contents:
     /// [`Response::Subscribe`] batches.
@@ -129,10 +134,10 @@ pub enum Response {
         /// The worker's frontier for this subscription (`Time::MAX`: closed).
         upper: Time,
     },
-    /// A worker has put its share of a [`Command::Ingest`] into its input at a time before
-    /// `upper`.
-    Ingested {
-        /// Ingest id.
+    /// A worker has applied a [`Command::Ingest`] or [`Command::DropJob`]: what it changed
+    /// (records, retracted counters) is at times before `upper`.
+    Applied {
+        /// Wait id.
         id: u64,
         /// The worker's input frontier after the records.
         upper: Time,

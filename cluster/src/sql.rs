@@ -75,13 +75,16 @@ impl TableProvider for PeekTable {
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let filter = filters.iter().filter_map(|f| equality(f, &self.schema)).collect();
+        let filter: Vec<(usize, Datum)> = filters.iter().filter_map(|f| equality(f, &self.schema)).collect();
+        // DataFusion passes a limit only when nothing else restricts the rows; with inexact
+        // filters it still re-applies them above, so the limit goes to the peek only without.
+        let limit = if filters.is_empty() { limit } else { None };
         let rows = self
             .controller
             .0
-            .peek(&self.name, self.as_of, projection.cloned(), filter)
+            .peek(&self.name, self.as_of, projection.cloned(), filter, limit)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let schema = match projection {
@@ -177,7 +180,7 @@ impl Controller {
                 Ok(SqlAnswer::Created { view })
             }
             ViewStatement::Drop { name, if_exists } => {
-                let existed = self.drop_view(&name, if_exists)?;
+                let existed = self.drop_view(&name, if_exists).await?;
                 Ok(SqlAnswer::Dropped { view: name, existed })
             }
             ViewStatement::Other => {

@@ -126,6 +126,7 @@ struct PendingPeek {
     as_of: Time,
     projection: Option<Vec<usize>>,
     filter: Vec<(usize, Datum)>,
+    limit: Option<usize>,
 }
 
 /// The engine clock: milliseconds since the Unix epoch.
@@ -158,6 +159,7 @@ fn read_at(
     as_of: Time,
     projection: Option<&[usize]>,
     filter: &[(usize, Datum)],
+    limit: &mut usize,
     out: &mut HashMap<Row, Diff>,
 ) {
     let Some(batches) = trace.batches_through(Antichain::new().borrow()) else {
@@ -169,7 +171,7 @@ fn read_at(
     if let Some(value) = &leading {
         cursor.seek_key(&storage, &vec![value.clone()]);
     }
-    while cursor.key_valid(&storage) {
+    while cursor.key_valid(&storage) && *limit > 0 {
         let row: &Row = cursor.key(&storage);
         if let Some(value) = &leading
             && row.first() != Some(value)
@@ -196,6 +198,7 @@ fn read_at(
                 None => row.clone(),
             };
             *out.entry(row).or_insert(0) += count;
+            *limit = limit.saturating_sub(count.max(0) as usize);
         }
         cursor.step_key(&storage);
     }
@@ -379,7 +382,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         }
                     }
                 }
-                Command::DropJob { id } => {
+                Command::DropJob { id, wait } => {
                     let names: Vec<String> = files
                         .iter()
                         .filter(|f| f.job == id)
@@ -401,6 +404,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     if let Some(JobState { dataflow: Some(df) }) = jobs.remove(&id) {
                         worker.drop_dataflow(df);
                     }
+                    respond(&mut resp_in, Response::Applied { id: wait, upper: inputs.time() + 1 });
                 }
                 Command::Ingest { id, source, records } => {
                     if pushes.contains_key(&source) {
@@ -420,10 +424,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             }
                         }
                     }
-                    respond(&mut resp_in, Response::Ingested { id, upper: inputs.time() + 1 });
+                    respond(&mut resp_in, Response::Applied { id, upper: inputs.time() + 1 });
                 }
-                Command::Peek { id, collection, as_of, projection, filter } => {
-                    peeks.push(PendingPeek { id, collection, as_of, projection, filter })
+                Command::Peek { id, collection, as_of, projection, filter, limit } => {
+                    peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
                 }
                 Command::Subscribe { id, collection } => {
                     match subscribe(worker, &mut catalog, &collection) {
@@ -526,8 +530,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             let peek = peeks.swap_remove(i);
             let mut rows = HashMap::new();
             if let Some(c) = catalog.get_mut(&peek.collection) {
+                let mut limit = peek.limit.unwrap_or(usize::MAX);
                 for (_, trace) in c.traces.iter_mut() {
-                    read_at(trace, peek.as_of, peek.projection.as_deref(), &peek.filter, &mut rows);
+                    read_at(trace, peek.as_of, peek.projection.as_deref(), &peek.filter, &mut limit, &mut rows);
                 }
             }
             let mut rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, c)| *c != 0).collect();

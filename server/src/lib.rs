@@ -250,7 +250,7 @@ async fn cancel_job(
             "retract=true (retracting what a job ingested) is not implemented yet; cancel without it keeps the data",
         ));
     }
-    state.controller.cancel_job(id)?;
+    state.controller.cancel_job(id).await?;
     Ok(axum::Json(json!({ "id": id.0, "state": "cancelled" })).into_response())
 }
 
