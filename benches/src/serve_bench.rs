@@ -78,7 +78,14 @@ async fn count(controller: &Controller, view: &str) -> anyhow::Result<i64> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = bench() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn bench() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let keys = arg(&args, "--keys", 1_000_000)?;
     let workers = arg(&args, "--workers", 1)?;
@@ -135,11 +142,12 @@ fn main() -> anyhow::Result<()> {
                     let marker = format!("fresh-{n}");
                     let mut body: Vec<String> = vec![line(&marker, n)];
                     body.extend((1..per_tick).map(|k| line(&format!("doc-{}", n + k), n + k)));
-                    let sent = Instant::now();
+                    // Registered before the push: its change may reach the subscription
+                    // before the push is acknowledged.
+                    let _ = sent_tx.send((marker, Instant::now()));
                     if controller.ingest(id, "events", &body.join("\n")).await.is_err() {
                         break;
                     }
-                    let _ = sent_tx.send((marker, sent));
                     n += per_tick;
                     pushed += per_tick;
                 }

@@ -395,6 +395,13 @@ struct Inner {
 /// Queries planned and run at the same time, at most.
 const SQL_SLOTS: usize = 4;
 
+impl Drop for Inner {
+    /// The last handle gone: the workers stop (else joining them would wait forever).
+    fn drop(&mut self) {
+        let _ = lock(&self.seq).send(&Command::Shutdown);
+    }
+}
+
 /// Keeps the arrangements readable at `time` while it lives (no compaction past it).
 pub struct ReadHold {
     id: u64,
