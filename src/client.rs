@@ -74,6 +74,30 @@ impl Client {
         answer.get("id").and_then(Value::as_u64).ok_or_else(|| anyhow!("the server answered no job id: {answer}"))
     }
 
+    /// `aimatrix job submit --wait`: waits until every file source of job `id` is read and
+    /// caught up with (`caught_up` in `GET /v1/jobs/{id}`).
+    ///
+    /// Errors: the job failed (its errors), or the server cannot be reached.
+    pub fn wait_caught_up(&self, id: u64) -> Result<()> {
+        loop {
+            let job = self.json("GET", &format!("/v1/jobs/{id}"), None)?;
+            if let Some(errors) = job.get("errors").and_then(Value::as_array)
+                && !errors.is_empty()
+            {
+                bail!("job {id} failed: {}", Value::Array(errors.clone()));
+            }
+            let sources = job.get("source_stats").and_then(Value::as_array).cloned().unwrap_or_default();
+            let caught_up = sources.iter().all(|s| {
+                s.get("progress").is_none_or(Value::is_null)
+                    || s["progress"].get("caught_up").and_then(Value::as_bool) == Some(true)
+            });
+            if caught_up {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// `aimatrix job list`: one line per job.
     pub fn list(&self, out: &mut dyn Write) -> Result<()> {
         let answer = self.json("GET", "/v1/jobs", None)?;

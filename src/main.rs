@@ -104,6 +104,9 @@ enum JobAction {
     Submit {
         /// The job file (TOML); relative source paths resolve against its directory.
         file: PathBuf,
+        /// Return once every file source has been read and the views have caught up with it.
+        #[arg(long)]
+        wait: bool,
     },
     /// List the jobs.
     List,
@@ -433,7 +436,13 @@ fn real_main() -> Result<()> {
         Command::Job { action, server } => {
             let client = aimatrix::client::Client::new(&server.server);
             match action {
-                JobAction::Submit { file } => println!("{}", client.submit(&file)?),
+                JobAction::Submit { file, wait } => {
+                    let id = client.submit(&file)?;
+                    if wait {
+                        client.wait_caught_up(id)?;
+                    }
+                    println!("{id}");
+                }
                 JobAction::List => client.list(&mut stdout)?,
                 JobAction::Show { id } => client.show(&id, &mut stdout)?,
                 JobAction::Cancel { id } => {
