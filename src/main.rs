@@ -237,12 +237,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
         return controller.join();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("amx-http")
-        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
-        .build()
-        .context("starting the server runtime")?;
+    let runtime = server_runtime()?;
     let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms))
         .with_max_body_bytes(config.http.max_body_bytes);
     let listen = config.http.listen.clone();
@@ -284,12 +279,7 @@ fn demo_serve(
     }
     let controller = amx_cluster::Controller::start(amx_cluster::ClusterConfig { workers, ..Default::default() })?;
     let id = controller.install_job(&job)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("amx-http")
-        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
-        .build()
-        .context("starting the server runtime")?;
+    let runtime = server_runtime()?;
     let state = amx_server::AppState::new(controller.clone(), Duration::from_secs(60));
     let feeder = controller.clone();
     let dir = dir.to_owned();
@@ -335,6 +325,17 @@ fn demo_serve(
     controller.shutdown();
     controller.join()?;
     result
+}
+
+/// The server's tokio runtime: SQL plans on its threads' large stacks (as `amx_sql::parse`
+/// parses on them).
+fn server_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("amx-http")
+        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+        .build()
+        .context("starting the server runtime")
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM; requests still running 10 s later do not hold
