@@ -90,11 +90,25 @@ pub struct ClusterConfig {
     pub addresses: Vec<String>,
     /// The worker loop's tuning.
     pub worker: WorkerOptions,
+    /// The canonical relations and built-in views to arrange, readable by SQL and by jobs'
+    /// views (`None`: all; see [`Command::CreateInstance`]). Used by process 0.
+    pub collections: Option<Vec<String>>,
+    /// Views maintained with the agent state, never dropped (see [`Command::CreateInstance`]).
+    /// Used by process 0.
+    pub views: Vec<ViewSpec>,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { workers: 1, processes: 1, process_index: 0, addresses: Vec::new(), worker: Default::default() }
+        ClusterConfig {
+            workers: 1,
+            processes: 1,
+            process_index: 0,
+            addresses: Vec::new(),
+            worker: Default::default(),
+            collections: None,
+            views: Vec::new(),
+        }
     }
 }
 
@@ -132,7 +146,7 @@ pub enum SubscribeEvent {
 }
 
 /// A command on its way to worker 0, with an acknowledgement sent once it is sequenced.
-type Envelope = (String, Option<oneshot::Sender<u64>>);
+pub(crate) type Envelope = (String, Option<oneshot::Sender<u64>>);
 
 /// A peek waiting for every worker's share.
 struct PeekWait {
@@ -344,6 +358,8 @@ struct Sequencer {
     jobs: BTreeMap<JobId, JobInfo>,
     /// Push sources of running jobs: name → (job, decoder).
     push: HashMap<String, (JobId, Arc<dyn Decoder>)>,
+    /// What failed in the agent state's own views (a bug: the controller planned them).
+    instance_errors: Vec<String>,
     next_job: u64,
     since: Time,
     holds: BTreeMap<u64, Time>,
@@ -363,16 +379,25 @@ impl Sequencer {
     fn plan(&self, views: &[ViewSpec]) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
         let schemas: Vec<(String, SchemaRef)> =
             self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect();
-        let mut planner = ViewPlanner::new(&schemas).map_err(|e| e.to_string())?;
-        let mut planned = Vec::new();
-        for view in views {
-            let def = planner
-                .create_in(&view.name, &view.sql, &view.sql)
-                .map_err(|e| format!("view `{}`: {}", view.name, amx_sql::error::message(&e)))?;
-            planned.push((def.name.clone(), def.schema.clone(), def.reads.clone()));
-        }
-        Ok(planned)
+        plan(&schemas, views)
     }
+}
+
+/// Plans `views` against the collections `schemas` (each view may read the earlier ones):
+/// each view's name, schema and the collections it reads.
+fn plan(schemas: &[(String, SchemaRef)], views: &[ViewSpec]) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
+    if views.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut planner = ViewPlanner::new(schemas).map_err(|e| e.to_string())?;
+    let mut planned = Vec::new();
+    for view in views {
+        let def = planner
+            .create_in(&view.name, &view.sql, &view.sql)
+            .map_err(|e| format!("view `{}`: {}", view.name, amx_sql::error::message(&e)))?;
+        planned.push((def.name.clone(), def.schema.clone(), def.reads.clone()));
+    }
+    Ok(planned)
 }
 
 /// The controller of a running cluster (cheap to clone: a handle).
@@ -521,6 +546,13 @@ impl Controller {
         if config.process_index >= config.processes {
             bail!("--process-index {} is not below --processes {}", config.process_index, config.processes);
         }
+        // The instance's views, planned before any worker starts (against every relation: they
+        // read the relations' rows, arranged or not).
+        let planned = if config.process_index == 0 {
+            plan(&builtin_schemas(), &config.views).map_err(|e| anyhow!("{e}"))?
+        } else {
+            Vec::new()
+        };
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             commands: Mutex::new(Some(rx)),
@@ -557,21 +589,36 @@ impl Controller {
             timely::execute(timely::Config { communication, worker: timely::WorkerConfig::default() }, body)
         }
         .map_err(|e| anyhow!("starting the timely cluster: {e}"))?;
-        let catalog = builtin_schemas()
+        // The agent state: the collections arranged, and the instance's views.
+        let catalog: BTreeMap<String, Entry> = builtin_schemas()
             .into_iter()
+            .filter(|(name, _)| {
+                name == SOURCE_STATS
+                    || name == amx_dataflows::render::VIEW_ERRORS
+                    || config.collections.as_ref().is_none_or(|c| c.contains(name))
+            })
             .map(|(name, schema)| (name, Entry { schema, owner: None, reads: Vec::new() }))
             .collect();
+        let mut seq = Sequencer {
+            tx,
+            shared: shared.clone(),
+            catalog,
+            jobs: BTreeMap::new(),
+            push: HashMap::new(),
+            instance_errors: Vec::new(),
+            next_job: 1,
+            since: 0,
+            holds: BTreeMap::new(),
+        };
+        if is_controller {
+            for (name, schema, reads) in planned {
+                seq.catalog.insert(name, Entry { schema, owner: None, reads });
+            }
+            seq.send(&Command::CreateInstance { collections: config.collections.clone(), views: config.views.clone() })
+                .map_err(|e| anyhow!(e))?;
+        }
         let inner = Arc::new(Inner {
-            seq: Mutex::new(Sequencer {
-                tx,
-                shared: shared.clone(),
-                catalog,
-                jobs: BTreeMap::new(),
-                push: HashMap::new(),
-                next_job: 1,
-                since: 0,
-                holds: BTreeMap::new(),
-            }),
+            seq: Mutex::new(seq),
             shared,
             next_id: AtomicU64::new(1),
             guards: Mutex::new(Some(guards)),
@@ -629,8 +676,8 @@ impl Controller {
             return Err(ClusterError::InvalidJob("the job has no sources and no views: nothing to run".into()));
         }
         for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
-            // A server reads file sources to their end once: a glob that matches nothing now
-            // would never be read.
+            // A file source that does not follow is read to its end once: a glob that matches
+            // nothing now would never be read.
             if std::path::Path::new(&source.path).is_dir() {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: `{}` is a directory; give a file or a glob of files",
@@ -639,7 +686,7 @@ impl Controller {
             }
             let reader = amx_connectors::FileReader::new(&source.path)
                 .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
-            if reader.paths().is_empty() {
+            if reader.paths().is_empty() && !source.follow {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: no file matches `{}` (paths are read by the server, relative to its working \
                      directory)",
@@ -829,6 +876,12 @@ impl Controller {
         }
         let mut seq = lock(&self.inner.seq);
         for (id, error) in failures {
+            if id == JobId(0) {
+                if !seq.instance_errors.contains(&error) {
+                    seq.instance_errors.push(error);
+                }
+                continue;
+            }
             if let Some(job) = seq.jobs.get_mut(&id) {
                 if !job.errors.contains(&error) {
                     job.errors.push(error);
@@ -1042,6 +1095,68 @@ impl Controller {
         self.wait_visible(upper).await;
         report.timestamp = upper.saturating_sub(1);
         Ok(report)
+    }
+
+    /// Ends the following file sources of `job`: each reads what its files hold now and is
+    /// then done (see [`Command::EndOfInput`]); [`Controller::files_caught_up`] tells when.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::Stopped`].
+    pub fn end_of_input(&self, job: JobId) -> Result<(), ClusterError> {
+        let seq = lock(&self.inner.seq);
+        if !seq.jobs.contains_key(&job) {
+            return Err(ClusterError::UnknownJob(job.to_string()));
+        }
+        seq.send(&Command::EndOfInput { job })
+    }
+
+    /// Whether every worker has read every file source of `job` to its end and every
+    /// collection has passed the time of their last records: queries see all of them (true
+    /// for a job without file sources; never for a following source before
+    /// [`Controller::end_of_input`]).
+    pub fn files_caught_up(&self, job: JobId) -> bool {
+        let Some(info) = self.job(job) else { return false };
+        info.sources.iter().filter(|s| s.kind == SourceKind::File).all(|s| self.caught_up(job, &s.name))
+    }
+
+    /// Catches up with the file sources of `job`: returns once every worker has read each
+    /// of them to its current end after the request (what was appended before the call is
+    /// included) and every collection has passed the time of what they read (at most 10 s
+    /// after the workers answer), with that time. Following sources can be caught up with
+    /// again and again; data that keeps coming delays the answer.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::Stopped`].
+    pub async fn catch_up(&self, job: JobId) -> Result<Time, ClusterError> {
+        let applied = {
+            let seq = lock(&self.inner.seq);
+            if !seq.jobs.contains_key(&job) {
+                return Err(ClusterError::UnknownJob(job.to_string()));
+            }
+            let (wait, applied) = self.wait_for_workers();
+            seq.send(&Command::CatchUp { job, wait })?;
+            applied
+        };
+        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        self.wait_visible(upper).await;
+        Ok(upper)
+    }
+
+    /// How far worker 0 has read each file source of `job`, in the job's order.
+    pub fn file_progress(&self, job: JobId) -> Vec<(String, SourceProgress)> {
+        let Some(info) = self.job(job) else { return Vec::new() };
+        let progress = lock(&self.inner.shared.progress);
+        info.sources
+            .iter()
+            .filter(|s| s.kind == SourceKind::File)
+            .map(|s| (s.name.clone(), progress.get(&s.name).copied().unwrap_or_default()))
+            .collect()
+    }
+
+    /// What failed in the views maintained with the agent state ([`ClusterConfig::views`]).
+    pub fn instance_errors(&self) -> Vec<String> {
+        self.refresh_failures();
+        lock(&self.inner.seq).instance_errors.clone()
     }
 
     /// Whether every collection has passed time 0 (the workers are up and stepping).

@@ -8,6 +8,7 @@
 //! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest)
 //! format = "json"                    # openai-chat | temporal-history | json
 //! path = "data/*.ndjson"             # file sources: a glob, relative to the job file's directory
+//! follow = false                     # file sources: keep reading what is appended (tail -f)
 //! [sources.options]                  # format options (see README.md)
 //! relation = "knowledge_events"
 //!
@@ -68,6 +69,11 @@ pub struct SourceConfig {
     /// directory (on a server: against the server's working directory). Push sources have none.
     #[serde(default)]
     pub path: String,
+    /// File sources: keep reading what is appended to the files, and files that come to
+    /// match the glob, as `tail -f` does (a last line is read once its newline is there); the
+    /// source never ends. `false` (the default): read the files to their end once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
     /// Format options (each format documents its own).
     #[serde(default)]
     pub options: toml::Table,
@@ -116,6 +122,9 @@ impl Job {
                     if path.is_relative() {
                         source.path = base_dir.join(path).to_string_lossy().into_owned();
                     }
+                }
+                SourceKind::Push if source.follow => {
+                    bail!("source `{}`: `follow` is for file sources (a push source always takes records)", source.name)
                 }
                 SourceKind::Push if !source.path.is_empty() => {
                     bail!("source `{}`: a push source has no `path` (records arrive by POST /v1/ingest)", source.name)

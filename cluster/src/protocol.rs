@@ -41,6 +41,19 @@ pub struct ViewSpec {
 /// A command, applied by every worker in the order worker 0 sequenced it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
+    /// The first command (and only the first): renders the agent state. Every worker waits for
+    /// it before it builds anything, so the agent state too is built from the controller's
+    /// bytes, not from a process's own arguments (as Materialize's `CreateInstance`).
+    CreateInstance {
+        /// The canonical relations and built-in views to arrange (readable by SQL and by
+        /// jobs' views); `None`: all of them. The ingestion counters and the view errors are
+        /// always arranged. The built-in views not named are still maintained (they feed the
+        /// view errors), but not arranged.
+        collections: Option<Vec<String>>,
+        /// Views rendered inside the agent state, straight over the relations (no arrangement
+        /// of what they read); never dropped. `aimatrix run` puts its job's views here.
+        views: Vec<ViewSpec>,
+    },
     /// Starts a job: its sources (file sources are read by every worker, each decoding its
     /// share of the records; push sources wait for [`Command::Ingest`]), and its views, rendered
     /// in one dataflow that imports the arrangements it reads.
@@ -58,6 +71,24 @@ pub enum Command {
         /// The job.
         id: JobId,
         /// Wait id: each worker answers [`Response::Applied`] once it has dropped the job.
+        wait: u64,
+    },
+    /// Ends a job's following file sources (see [`SourceConfig::follow`]): each reads what its
+    /// files hold now, a last line without its newline included, and is then done
+    /// ([`Response::SourceDone`]), as a file source that does not follow.
+    EndOfInput {
+        /// The job.
+        job: JobId,
+    },
+    /// Asks for a catch-up with a job's file sources: each worker answers
+    /// [`Response::Applied`] once it has read each of them to its current end after applying
+    /// this (a poll found nothing more), or the source has ended or failed; what it read is then
+    /// at times before `upper`. A following source is caught up with again and again: what
+    /// was appended before the command was sent is read before the answer.
+    CatchUp {
+        /// The job.
+        job: JobId,
+        /// Wait id.
         wait: u64,
     },
     /// Records pushed to a push source: one entry per record, holding the events it decoded

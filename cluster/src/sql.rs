@@ -123,6 +123,36 @@ fn equality(expr: &Expr, schema: &SchemaRef) -> Option<(usize, Datum)> {
     Some((index, datum))
 }
 
+/// Plans query `sql` against empty tables of these schemas, reading nothing: the errors
+/// [`Controller::execute_sql`] would answer it with (syntax with line and column, unknown
+/// tables or columns, types, statements other than queries), before any data is there.
+///
+/// # Errors
+/// [`ClusterError::Sql`].
+pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(), ClusterError> {
+    let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
+    let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+    let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+        .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+    for (name, schema) in catalog.iter().filter(|(n, _)| tables.contains(n)) {
+        let table = datafusion::datasource::empty::EmptyTable::new(schema.clone());
+        ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table)).map_err(sql_error)?;
+    }
+    let text = sql.to_owned();
+    let statement = amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)).map_err(sql_error)?;
+    if !amx_sql::is_query(&statement) {
+        return Err(ClusterError::Sql(NOT_A_QUERY.into()));
+    }
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
+    amx_sql::on_sql_stack(|| state.optimize(&plan)).map_err(sql_error)?;
+    Ok(())
+}
+
+/// The error for a statement that is neither a query nor a view statement.
+const NOT_A_QUERY: &str = "only queries (SELECT, WITH, VALUES, EXPLAIN) and CREATE/DROP MATERIALIZED VIEW can be \
+                           run; the relations are maintained by the engine";
+
 /// What a SQL statement did.
 #[derive(Debug)]
 pub enum SqlAnswer {
@@ -220,11 +250,7 @@ impl Controller {
             .map_err(|e| ClusterError::Sql(e.to_string()))?
             .map_err(sql_error)?;
         if !amx_sql::is_query(&statement) {
-            return Err(ClusterError::Sql(
-                "only queries (SELECT, WITH, VALUES, EXPLAIN) and CREATE/DROP MATERIALIZED VIEW can be run; the \
-                 relations are maintained by the engine"
-                    .into(),
-            ));
+            return Err(ClusterError::Sql(NOT_A_QUERY.into()));
         }
         let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_error)?;
         let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use amx_connectors::{Decoder, FileReader, Record};
 use amx_dataflows::event::Event;
-use amx_dataflows::render::{VIEW_ERRORS, render};
+use amx_dataflows::render::{SOURCE_STATS, VIEW_ERRORS, render};
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
@@ -68,7 +68,8 @@ pub struct WorkerOptions {
     pub poll_bytes: u64,
     /// The largest record, in bytes (a longer one is an ingest error).
     pub max_record_bytes: u64,
-    /// Records a worker decodes before it closes an epoch.
+    /// Records per epoch across the cluster: a worker closes an epoch after decoding its
+    /// share (`batch_records / workers`) of a file source's records.
     pub batch_records: usize,
 }
 
@@ -98,6 +99,16 @@ struct FileSource {
     decoder: Box<dyn Decoder>,
     /// Read to its end.
     done: bool,
+    /// Following: keeps reading what is appended (see [`crate::job::SourceConfig::follow`]).
+    follow: bool,
+}
+
+/// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
+/// sources this worker has not yet found at their end since.
+struct CatchUp {
+    job: JobId,
+    wait: u64,
+    sources: Vec<String>,
 }
 
 /// A push source on one worker: its job (records arrive as [`Command::Ingest`]).
@@ -246,26 +257,79 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     // Only worker 0 sequences commands; the others close their command input at once.
     let mut cmd_in: Option<InputSession<u64, (u64, String), Diff>> = (index == 0).then_some(cmd_in);
     let commands = if index == 0 { shared.as_ref().and_then(|s| s.take_command_receiver()) } else { None };
+    let mut next_seq: u64 = 0;
+
+    // Nothing else is built before the first command, which says what the agent state holds.
+    let (collections, instance_views) = loop {
+        sequence(commands.as_ref(), cmd_in.as_mut(), &mut next_seq);
+        let mut ready = take_ready(&received, &cmd_probe);
+        if ready.is_empty() {
+            worker.step_or_park(Some(PARK));
+            continue;
+        }
+        let (_, text) = ready.remove(0);
+        // The later ones are applied by the loop below, in order.
+        received.borrow_mut().extend(ready);
+        match serde_json::from_str::<Command>(&text) {
+            Ok(Command::CreateInstance { collections, views }) => break (collections, views),
+            Ok(Command::Shutdown) => return,
+            Ok(_) | Err(_) => tracing::error!(worker = index, "the first command is not CreateInstance; skipped"),
+        }
+    };
 
     // The agent state.
-    let (mut inputs, agent_probe, builtin) = worker.dataflow_named::<Time, _, _>("agent state", |scope| {
-        let rendered = render(scope, &|_| true);
+    let arranged =
+        |name: &str| name == SOURCE_STATS || collections.as_ref().is_none_or(|c| c.iter().any(|n| n == name));
+    let mut planned = Vec::new();
+    if !instance_views.is_empty() {
+        match plan_views(&builtin_schemas(), &instance_views) {
+            Ok(defs) => planned = defs,
+            Err(error) => respond(&mut resp_in, Response::JobFailed { job: JobId(0), error }),
+        }
+    }
+    let view_reads: Vec<String> = planned.iter().flat_map(|d| d.reads.iter().cloned()).collect();
+    let (mut inputs, agent_probe, builtin, failed) = worker.dataflow_named::<Time, _, _>("agent state", |scope| {
+        let rendered = render(scope, &|name| arranged(name) || view_reads.iter().any(|r| r == name));
         let probe = ProbeHandle::new();
         let mut traces = Vec::new();
-        for (_index, name, rows) in rendered.relations {
-            let arranged = rows.arrange_by_self_named(&format!("Arrange {name}"));
-            arranged.stream.clone().probe_with(&probe);
-            traces.push((name.to_owned(), arranged.trace));
+        let mut rows: HashMap<String, Rows<'_>> = HashMap::new();
+        for (_index, name, relation) in rendered.relations {
+            if arranged(name) {
+                let trace = relation.clone().arrange_by_self_named(&format!("Arrange {name}"));
+                trace.stream.clone().probe_with(&probe);
+                traces.push((name.to_owned(), None, trace.trace));
+            }
+            rows.insert(name.to_owned(), relation);
         }
-        let errors = rendered.errors.arrange_by_self_named("Arrange view errors");
-        errors.stream.clone().probe_with(&probe);
-        traces.push((VIEW_ERRORS.to_owned(), errors.trace));
-        (rendered.inputs, probe, traces)
+        // The instance's views, straight over the relations' rows; their error rows join the
+        // built-in views' ones.
+        let mut renderer = Renderer::new(rows);
+        renderer.add_errors(rendered.errors);
+        let mut failed = Vec::new();
+        for def in &planned {
+            match renderer.render_view(def) {
+                Ok(view) => {
+                    let trace = view.arrange_by_self_named(&format!("Arrange {}", def.name));
+                    trace.stream.clone().probe_with(&probe);
+                    traces.push((def.name.clone(), Some(def.schema.clone()), trace.trace));
+                }
+                Err(e) => failed.push(format!("view `{}`: {e}", def.name)),
+            }
+        }
+        if let Some(errors) = renderer.errors() {
+            let trace = errors.arrange_by_self_named("Arrange view errors");
+            trace.stream.clone().probe_with(&probe);
+            traces.push((VIEW_ERRORS.to_owned(), None, trace.trace));
+        }
+        (rendered.inputs, probe, traces, failed)
     });
+    for error in failed {
+        respond(&mut resp_in, Response::JobFailed { job: JobId(0), error });
+    }
     let schemas: HashMap<String, SchemaRef> = builtin_schemas().into_iter().collect();
     let mut catalog: BTreeMap<String, Collection> = BTreeMap::new();
-    for (name, trace) in builtin {
-        let schema = schemas[&name].clone();
+    for (name, schema, trace) in builtin {
+        let Some(schema) = schema.or_else(|| schemas.get(&name).cloned()) else { continue };
         catalog.insert(name, Collection { schema, traces: vec![(Owner::Builtin, trace)] });
     }
 
@@ -274,12 +338,12 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     let mut jobs: HashMap<JobId, JobState> = HashMap::new();
     let mut subscriptions: HashMap<u64, Subscription> = HashMap::new();
     let mut peeks: Vec<PendingPeek> = Vec::new();
+    let mut catch_ups: Vec<CatchUp> = Vec::new();
     // Per source: (records, decoded rows, errors, declared) since the last epoch.
     let mut pending_stats: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
     // Per source: what this worker has added to `aimatrix_source_stats` (retracted when the
     // source's job is cancelled, so a later source of the same name starts from zero).
     let mut stat_totals: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
-    let mut next_seq: u64 = 0;
     let mut since: Time = 0;
     let mut compacted: Time = 0;
     let mut epoch: Time = next_epoch(0);
@@ -292,29 +356,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
 
     'run: loop {
         // 1. Worker 0 sequences the controller's commands: command n at time n.
-        if let (Some(rx), Some(input)) = (&commands, cmd_in.as_mut()) {
-            let mut any = false;
-            while let Ok((text, ack)) = rx.try_recv() {
-                input.update((next_seq, text), 1);
-                if let Some(ack) = ack {
-                    let _ = ack.send(next_seq);
-                }
-                next_seq += 1;
-                input.advance_to(next_seq);
-                any = true;
-            }
-            if any {
-                input.flush();
-            }
-        }
+        sequence(commands.as_ref(), cmd_in.as_mut(), &mut next_seq);
 
         // 2. Apply every command the broadcast has delivered completely, in sequence order.
-        let ready: Vec<(u64, String)> = {
-            let mut received = received.borrow_mut();
-            received.sort();
-            let n = received.iter().take_while(|(seq, _)| !cmd_probe.less_equal(seq)).count();
-            received.drain(..n).collect()
-        };
+        let ready = take_ready(&received, &cmd_probe);
         for (seq, text) in ready {
             tracing::debug!(worker = index, seq, "applying command");
             let command: Command = match serde_json::from_str(&text) {
@@ -347,7 +392,14 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                     reader.set_max_poll_bytes(options.poll_bytes.max(1));
                                     reader.set_share(index as u64, peers as u64);
                                     reader.set_max_record_bytes(options.max_record_bytes.max(1));
-                                    files.push(FileSource { job: id, name: source.name, reader, decoder, done: false });
+                                    files.push(FileSource {
+                                        job: id,
+                                        name: source.name,
+                                        reader,
+                                        decoder,
+                                        done: false,
+                                        follow: source.follow,
+                                    });
                                 }
                                 Err(e) => respond(
                                     &mut resp_in,
@@ -397,6 +449,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     }
                     files.retain(|f| f.job != id);
                     pushes.retain(|_, p| p.job != id);
+                    // Its sources are gone: nothing more to catch up with.
+                    for c in catch_ups.iter_mut().filter(|c| c.job == id) {
+                        c.sources.clear();
+                    }
                     for collection in catalog.values_mut() {
                         collection.traces.retain(|(owner, _)| *owner != Owner::Job(id));
                     }
@@ -405,6 +461,18 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         worker.drop_dataflow(df);
                     }
                     respond(&mut resp_in, Response::Applied { id: wait, upper: inputs.time() + 1 });
+                }
+                Command::CatchUp { job, wait } => {
+                    let sources = files.iter().filter(|f| f.job == job && !f.done).map(|f| f.name.clone()).collect();
+                    catch_ups.push(CatchUp { job, wait, sources });
+                }
+                Command::EndOfInput { job } => {
+                    for source in files.iter_mut().filter(|f| f.job == job) {
+                        source.follow = false;
+                    }
+                }
+                Command::CreateInstance { .. } => {
+                    tracing::error!(worker = index, seq, "CreateInstance after the first command; skipped")
                 }
                 Command::Ingest { id, source, records } => {
                     if pushes.contains_key(&source) {
@@ -454,14 +522,18 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         // 3. Read this worker's share of the file sources, once the dataflow has caught up
         //    with the previous epoch (back-pressure).
         let mut fed = false;
+        // File sources found at their end by this round's polls.
+        let mut at_end: Vec<(JobId, String)> = Vec::new();
         if !agent_probe.less_than(&epoch) {
             for source in files.iter_mut().filter(|f| !f.done) {
                 let mut decoded = 0usize;
                 while decoded < batch_share {
                     records.clear();
                     let (seen, bytes) = (source.reader.records_seen(), source.reader.bytes_read());
-                    if let Err(e) = source.reader.poll(true, &mut records) {
+                    // A following source reads a last line only once its newline is there.
+                    if let Err(e) = source.reader.poll(!source.follow, &mut records) {
                         source.done = true;
+                        at_end.push((source.job, source.name.clone()));
                         respond(
                             &mut resp_in,
                             Response::SourceFailed {
@@ -473,6 +545,11 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         break;
                     }
                     if source.reader.records_seen() == seen && source.reader.bytes_read() == bytes {
+                        at_end.push((source.job, source.name.clone()));
+                        if source.follow {
+                            // At the current end: look again later.
+                            break;
+                        }
                         source.done = true;
                         // What it read is in the current epoch: complete once time passes it.
                         let (job, source) = (source.job, source.name.clone());
@@ -507,6 +584,21 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             inputs.advance_to(epoch);
             last_advance = Instant::now();
         }
+
+        // What this round read is in the current epoch: a catch-up whose sources are all at
+        // their end is answered with the epoch's end.
+        for (job, name) in &at_end {
+            for c in catch_ups.iter_mut().filter(|c| c.job == *job) {
+                c.sources.retain(|s| s != name);
+            }
+        }
+        catch_ups.retain(|c| {
+            let sources_left = !c.sources.is_empty();
+            if !sources_left {
+                respond(&mut resp_in, Response::Applied { id: c.wait, upper: epoch + 1 });
+            }
+            sources_left
+        });
 
         // 4. Run the dataflows.
         if fed {
@@ -615,6 +707,50 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     }
 }
 
+/// Worker 0 sequences the controller's commands waiting in `commands`: command `n` enters the
+/// control dataflow at time `n` (other workers have neither).
+fn sequence(
+    commands: Option<&std::sync::mpsc::Receiver<crate::controller::Envelope>>,
+    input: Option<&mut InputSession<u64, (u64, String), Diff>>,
+    next_seq: &mut u64,
+) {
+    let (Some(rx), Some(input)) = (commands, input) else { return };
+    let mut any = false;
+    while let Ok((text, ack)) = rx.try_recv() {
+        input.update((*next_seq, text), 1);
+        if let Some(ack) = ack {
+            let _ = ack.send(*next_seq);
+        }
+        *next_seq += 1;
+        input.advance_to(*next_seq);
+        any = true;
+    }
+    if any {
+        input.flush();
+    }
+}
+
+/// The commands the broadcast has delivered completely (every command before them too), in
+/// sequence order.
+fn take_ready(received: &RefCell<Vec<(u64, String)>>, probe: &ProbeHandle<u64>) -> Vec<(u64, String)> {
+    let mut received = received.borrow_mut();
+    received.sort();
+    let n = received.iter().take_while(|(seq, _)| !probe.less_equal(seq)).count();
+    received.drain(..n).collect()
+}
+
+/// Plans `views` in order against `schemas` (a view may read the earlier ones).
+fn plan_views(schemas: &[(String, SchemaRef)], views: &[ViewSpec]) -> Result<Vec<amx_sql::views::ViewDef>, String> {
+    let mut planner = ViewPlanner::new(schemas).map_err(|e| e.to_string())?;
+    let mut defs = Vec::new();
+    for view in views {
+        let def =
+            planner.create_in(&view.name, &view.sql, &view.sql).map_err(|e| format!("view `{}`: {e}", view.name))?;
+        defs.push(def.clone());
+    }
+    Ok(defs)
+}
+
 /// Sends a response to worker 0 (and from there to the controller). The input then moves to
 /// the next time: that closes the batch, and only a closed batch is sent over the network to
 /// another process (an open one waits in timely's send buffers).
@@ -634,13 +770,7 @@ fn install_views(
     views: &[ViewSpec],
 ) -> Result<usize, String> {
     let schemas: Vec<(String, SchemaRef)> = catalog.iter().map(|(n, c)| (n.clone(), c.schema.clone())).collect();
-    let mut planner = ViewPlanner::new(&schemas).map_err(|e| e.to_string())?;
-    let mut defs = Vec::new();
-    for view in views {
-        let def =
-            planner.create_in(&view.name, &view.sql, &view.sql).map_err(|e| format!("view `{}`: {e}", view.name))?;
-        defs.push(def.clone());
-    }
+    let defs = plan_views(&schemas, views)?;
     // What the views read from outside the job; at least one collection (constants need a scope).
     let mut reads: Vec<String> = defs
         .iter()

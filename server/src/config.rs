@@ -138,6 +138,7 @@ impl ServeConfig {
                 max_record_bytes: self.cluster.max_record_bytes,
                 batch_records: self.cluster.batch_records,
             },
+            ..Default::default()
         }
     }
 }
