@@ -4,7 +4,7 @@
 //! job's views (its `[views]` and the `CREATE MATERIALIZED VIEW`s among the statements) are
 //! maintained with the agent state, rendered straight over the relations
 //! ([`amx_cluster::protocol::Command::CreateInstance`]); only the relations and built-in views
-//! that queries and views read are arranged; the job's file sources are read by every worker,
+//! that queries read are arranged; the job's file sources are read by every worker,
 //! each decoding its share of the records, so the answer does not depend on the cluster's
 //! shape. Once every worker has read every source to its end and every arrangement has passed
 //! the time of the last records, the queries are answered by SQL over the workers'
@@ -202,12 +202,12 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
             .map_err(|e| anyhow!(e))
             .with_context(|| format!("query `{name}`: {}", excerpt(sql)))?;
     }
-    // Only what queries and views read is arranged (the ingestion counters always are).
+    // Only what queries read is arranged (and the ingestion counters); the views read the
+    // relations' rows inside the dataflow.
     let mut needed = std::collections::BTreeSet::new();
     for (name, sql) in &queries {
         needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?);
     }
-    needed.extend(views.iter().flat_map(|v| v.reads.iter().cloned()));
     config.collections = Some(needed.into_iter().collect());
     config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
     for source in &job.config.sources {
