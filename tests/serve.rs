@@ -409,3 +409,57 @@ fn two_processes_answer_as_one() {
         assert_eq!(&p0.sql(q), want, "{q}");
     }
 }
+
+/// A job's file source with `follow = true` reads what is appended to its file (a last line
+/// only once complete); `GET /v1/jobs/{id}` says `caught_up` when the workers are at the
+/// current end, and the view then equals the sizes computed here from everything written.
+#[test]
+fn a_following_file_source_reads_what_is_appended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("events.jsonl");
+    let first = records("f", 0);
+    std::fs::write(&data, lines(&first).join("\n") + "\n").expect("write data");
+    let job = push_job(
+        "follow",
+        "tail",
+        "follow_sizes",
+        "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
+    )
+    .replace("kind = \"push\"", &format!("path = {:?}\nfollow = true", data.to_string_lossy()));
+    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let id = server.submit(&job);
+    let caught_up = || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let (_, job) = server.call("GET", &format!("/v1/jobs/{id}"), None);
+            if job["source_stats"][0]["progress"]["caught_up"] == json!(true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the following source never caught up");
+    };
+    caught_up();
+    let query = "SELECT * FROM follow_sizes ORDER BY collection";
+    assert_eq!(server.sql(query), sizes(&first));
+
+    // Append a batch, and the first half of one more line.
+    let second = records("f", 1);
+    let extra = lines(&records("f", 2)[..1]).remove(0);
+    let (head, tail) = extra.split_at(10);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&data).expect("open");
+    use std::io::Write;
+    write!(f, "{}\n{head}", lines(&second).join("\n")).expect("append");
+    f.flush().expect("flush");
+    let mut both = first.clone();
+    both.extend(second);
+    caught_up();
+    assert_eq!(server.sql(query), sizes(&both), "the partial line is not read before its newline");
+
+    // Complete the line.
+    writeln!(f, "{tail}").expect("append");
+    f.flush().expect("flush");
+    both.extend(records("f", 2)[..1].iter().cloned());
+    assert_eq!(server.sql_until(query, &sizes(&both)), sizes(&both));
+    assert_eq!(server.call("GET", &format!("/v1/jobs/{id}"), None).1["state"], json!("running"));
+}

@@ -121,8 +121,8 @@ pub struct SourceProgress {
     pub bytes_total: u64,
     /// Worker 0 read it to the end.
     pub done: bool,
-    /// Every worker read it to the end, and every collection has passed the time of its last
-    /// records: queries see all of it.
+    /// Every worker read it to the end (a following source: to its current end), and every
+    /// collection has passed the time of its last records: queries see all of it.
     pub caught_up: bool,
 }
 
@@ -903,6 +903,11 @@ impl Controller {
         if info.state != JobState::Cancelled {
             names.extend(info.views.iter().map(|v| v.name.clone()));
         }
+        // A following file source never ends: it is caught up when every worker has read it to
+        // its current end (asked now, answered within 200 ms or taken as not caught up).
+        let following = info.state != JobState::Cancelled && info.sources.iter().any(|s| s.follow);
+        let follow_caught_up = following
+            && tokio::time::timeout(Duration::from_millis(200), self.catch_up(id)).await.is_ok_and(|r| r.is_ok());
         let hold = self.read_hold(&names);
         let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new(), None).await?;
         let progress = lock(&self.inner.shared.progress).clone();
@@ -916,7 +921,7 @@ impl Controller {
             };
             let p = (source.kind == SourceKind::File).then(|| {
                 let mut p = progress.get(&source.name).copied().unwrap_or_default();
-                p.caught_up = self.caught_up(id, &source.name);
+                p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
                 p
             });
             if let Some(p) = p {
