@@ -467,7 +467,10 @@ pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<Vie
     for (i, (name, sql)) in statements.iter().enumerate() {
         let what = if name.is_empty() { format!("statement {}", i + 1) } else { format!("query `{name}`") };
         match parse_statement(sql).map_err(to_anyhow).with_context(|| format!("{what}: {}", excerpt(sql)))? {
-            ViewStatement::Create { name: view, query } => {
+            ViewStatement::Create { name: view, if_not_exists: true, .. }
+                if planner.views().iter().any(|v| v.name == view)
+                    || builtin_schemas().iter().any(|(n, _)| *n == view) => {}
+            ViewStatement::Create { name: view, query, .. } => {
                 planner.create_in(&view, &query, sql).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?;
             }
             ViewStatement::Drop { name: view, if_exists } => {

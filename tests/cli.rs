@@ -159,3 +159,35 @@ fn nesting_within_the_documented_limit_is_answered() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "[{\"p\":1,\"c\":1,\"n\":true}]\n");
 }
+
+/// `CREATE MATERIALIZED VIEW IF NOT EXISTS` over a name in use creates nothing and is no
+/// error (the name keeps its meaning); without `IF NOT EXISTS` it is refused.
+#[test]
+fn create_if_not_exists_keeps_the_existing_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job(dir.path());
+    let (code, out, err) = aimatrix(&[
+        "run",
+        &job,
+        "--quiet",
+        "--output",
+        "json",
+        "--sql",
+        "CREATE MATERIALIZED VIEW v AS SELECT count(*) AS n FROM evaluations",
+        "--sql",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS v AS SELECT 0 AS n",
+        "--sql",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS evaluations AS SELECT 0 AS n",
+        "--sql",
+        "SELECT n FROM v",
+        "--sql",
+        "SELECT count(*) AS e FROM evaluations",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // Two records in e.jsonl: both answers count them.
+    assert_eq!(out, "[{\"n\":2}]\n[{\"e\":2}]\n");
+    let (code, _, err) =
+        aimatrix(&["run", &job, "--quiet", "--sql", "CREATE MATERIALIZED VIEW evaluations AS SELECT 0 AS n"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+}

@@ -462,4 +462,10 @@ fn a_following_file_source_reads_what_is_appended() {
     both.extend(records("f", 2)[..1].iter().cloned());
     assert_eq!(server.sql_until(query, &sizes(&both)), sizes(&both));
     assert_eq!(server.call("GET", &format!("/v1/jobs/{id}"), None).1["state"], json!("running"));
+
+    // IF NOT EXISTS over the job's view: nothing created, the view unchanged.
+    let create = json!({ "sql": "CREATE MATERIALIZED VIEW IF NOT EXISTS follow_sizes AS SELECT 1 AS x" });
+    let (status, body) = server.call("POST", "/v1/sql", Some(&create.to_string()));
+    assert_eq!((status, body), (200, json!({ "created": "follow_sizes", "existed": true })));
+    assert_eq!(server.sql(query), sizes(&both));
 }

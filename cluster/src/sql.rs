@@ -165,10 +165,13 @@ pub enum SqlAnswer {
         /// The time every table was read at.
         timestamp: Time,
     },
-    /// `CREATE MATERIALIZED VIEW`: the view and the job that maintains it.
+    /// `CREATE MATERIALIZED VIEW`: the view.
     Created {
         /// View name.
         view: String,
+        /// A relation or view of that name was already there (only with `IF NOT EXISTS`):
+        /// nothing was created.
+        existed: bool,
     },
     /// `DROP MATERIALIZED VIEW`.
     Dropped {
@@ -201,13 +204,16 @@ impl Controller {
         .map_err(|e| ClusterError::Sql(e.to_string()))?
         .map_err(ClusterError::Sql)?;
         match kind {
-            ViewStatement::Create { name, query } => {
+            ViewStatement::Create { name, if_not_exists: true, .. } if self.schema(&name).is_some() => {
+                Ok(SqlAnswer::Created { view: name, existed: true })
+            }
+            ViewStatement::Create { name, query, .. } => {
                 let me = self.clone();
                 let view = name.clone();
                 tokio::task::spawn_blocking(move || me.create_view(&name, &query))
                     .await
                     .map_err(|e| ClusterError::Sql(e.to_string()))??;
-                Ok(SqlAnswer::Created { view })
+                Ok(SqlAnswer::Created { view, existed: false })
             }
             ViewStatement::Drop { name, if_exists } => {
                 let existed = self.drop_view(&name, if_exists).await?;

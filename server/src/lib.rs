@@ -305,7 +305,9 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
                 .collect();
             Ok(axum::Json(json!({ "columns": columns, "rows": rows, "timestamp": timestamp })).into_response())
         }
-        SqlAnswer::Created { view } => Ok(axum::Json(json!({ "created": view })).into_response()),
+        SqlAnswer::Created { view, existed } => {
+            Ok(axum::Json(json!({ "created": view, "existed": existed })).into_response())
+        }
         SqlAnswer::Dropped { view, existed } => {
             Ok(axum::Json(json!({ "dropped": view, "existed": existed })).into_response())
         }

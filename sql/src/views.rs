@@ -21,12 +21,15 @@ use crate::plan::{Lowerer, Plan, dependencies};
 /// A statement about views.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ViewStatement {
-    /// `CREATE MATERIALIZED VIEW name AS query`.
+    /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name AS query`.
     Create {
         /// View name, resolved as DataFusion resolves table names (unquoted: lower case).
         name: String,
         /// The query text.
         query: String,
+        /// `IF NOT EXISTS`: a relation or view of that name already there is not an error, and
+        /// nothing is created.
+        if_not_exists: bool,
     },
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name`.
     Drop {
@@ -55,9 +58,16 @@ pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
             return Ok(ViewStatement::Other);
         };
         Ok(match *statement {
-            Statement::CreateView(create) if create.materialized => {
-                ViewStatement::Create { name: view_name(&create.name)?, query: create.query.to_string() }
+            Statement::CreateView(create) if create.materialized && create.or_replace => {
+                return Err(DataFusionError::Plan(
+                    "CREATE OR REPLACE MATERIALIZED VIEW is not supported: DROP the view, then CREATE it".into(),
+                ));
             }
+            Statement::CreateView(create) if create.materialized => ViewStatement::Create {
+                name: view_name(&create.name)?,
+                query: create.query.to_string(),
+                if_not_exists: create.if_not_exists,
+            },
             Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
                 let [name] = names.as_slice() else {
                     return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));

@@ -96,7 +96,11 @@ fn a_deep_expression_within_the_limit_is_answered_in_queries_and_views() {
 #[test]
 fn quoted_and_qualified_view_names_resolve_as_datafusion_resolves_them() {
     let create = |name: &str| format!("CREATE MATERIALIZED VIEW {name} AS SELECT k FROM t");
-    let created = |name: &str| ViewStatement::Create { name: name.to_owned(), query: "SELECT k FROM t".to_owned() };
+    let created = |name: &str| ViewStatement::Create {
+        name: name.to_owned(),
+        query: "SELECT k FROM t".to_owned(),
+        if_not_exists: false,
+    };
     // Quoted: case and spaces kept; unquoted: folded to lower case.
     assert_eq!(parse_statement(&create("\"MyV\"")).unwrap(), created("MyV"));
     assert_eq!(parse_statement(&create("\"my view\"")).unwrap(), created("my view"));
@@ -117,6 +121,12 @@ fn quoted_and_qualified_view_names_resolve_as_datafusion_resolves_them() {
         parse_statement("DROP MATERIALIZED VIEW datafusion.public.x").unwrap(),
         ViewStatement::Drop { name: "x".to_owned(), if_exists: false }
     );
+    assert_eq!(
+        parse_statement("CREATE MATERIALIZED VIEW IF NOT EXISTS X AS SELECT k FROM t").unwrap(),
+        ViewStatement::Create { name: "x".to_owned(), query: "SELECT k FROM t".to_owned(), if_not_exists: true }
+    );
+    let replace = parse_statement("CREATE OR REPLACE MATERIALIZED VIEW x AS SELECT k FROM t").unwrap_err();
+    assert!(replace.to_string().contains("CREATE OR REPLACE MATERIALIZED VIEW is not supported"), "{replace}");
 
     // A view named `MyV` (as the runtime's catalog names it) is read with `"MyV"`, not `MyV`.
     let mut planner = ViewPlanner::new(&[("t".to_owned(), schema())]).unwrap();
