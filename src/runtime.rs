@@ -270,15 +270,20 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         format: opts.output,
         echo_sql: opts.echo_sql,
     };
-    let bytes_read = |job: JobId| controller.file_progress(job).iter().map(|(_, p)| p.bytes_read).sum::<u64>();
+    let bytes_read = |controller: &Controller, job: JobId| {
+        controller.file_progress(job).iter().map(|(_, p)| p.bytes_read).sum::<u64>()
+    };
     if let Some(id) = job_id {
         // Following: the answers are printed each time the workers have caught up with the
         // files, and at most once per interval while they catch up, when something was read.
+        // A catch-up answers with the bytes worker 0 had read when it was asked: the answers
+        // printed after it include at least those.
         let catch_up = |delay: Duration| {
             let controller = controller.clone();
             runtime.spawn(async move {
                 tokio::time::sleep(delay).await;
-                controller.catch_up(id).await
+                let read = bytes_read(&controller, id);
+                controller.catch_up(id).await.map(|_| read)
             })
         };
         let mut request = opts.follow.then(|| catch_up(Duration::ZERO));
@@ -302,7 +307,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
                 continue;
             };
-            let read = bytes_read(id);
+            let read = bytes_read(&controller, id);
             let caught_up = pending.is_finished();
             if !caught_up {
                 if last_print.elapsed() >= opts.interval && settled != Some(read) && printed_at != Some(read) {
@@ -315,9 +320,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
                 }
                 continue;
             }
-            if let Some(done) = request.take() {
-                runtime.block_on(done).map_err(|e| anyhow!(e))?.map_err(|e| anyhow!(e))?;
-            }
+            let Some(done) = request.take() else { continue };
+            let read = runtime.block_on(done).map_err(|e| anyhow!(e))?.map_err(|e| anyhow!(e))?;
             if settled == Some(read) {
                 // Nothing new since the last catch-up: look again a little later.
                 request = Some(catch_up(Duration::from_millis(50)));
@@ -389,10 +393,15 @@ impl Printer<'_> {
     /// JSON prints one line per answer, `{"query": NAME, "rows": [...]}` when only changed
     /// answers are printed.
     fn answer(&self, printed: &mut [Option<String>], only_changed: bool, out: &mut dyn Write) -> Result<()> {
+        // Every query of one round reads the same state: one timestamp for all.
+        let mut tables = Vec::new();
+        for (_, sql) in self.queries {
+            tables.extend(amx_sql::referenced_tables(sql).unwrap_or_default());
+        }
+        let hold = self.controller.read_hold(&tables);
         for (i, (name, sql)) in self.queries.iter().enumerate() {
-            let answer = self
-                .runtime
-                .block_on(self.controller.execute_sql(sql))
+            // On a large stack, as every statement is planned (see `amx_sql::parse`).
+            let answer = amx_sql::on_sql_stack(|| self.runtime.block_on(self.controller.query_at(sql, &hold)))
                 .map_err(|e| anyhow!(e))
                 .and_then(|answer| match answer {
                     SqlAnswer::Rows { schema, mut batches, .. } => {

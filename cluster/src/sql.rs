@@ -238,9 +238,24 @@ impl Controller {
     }
 
     async fn query(&self, sql: &str, tables: &[String]) -> Result<SqlAnswer, ClusterError> {
+        let hold: ReadHold = self.read_hold(tables);
+        self.query_as_of(sql, tables, &hold).await
+    }
+
+    /// Answers query `sql` as of the time `hold` holds: queries answered at one hold read one
+    /// state. `hold` must hold every collection the query reads (taken with their names). Runs
+    /// on the caller's thread: call it on a large stack (`amx_sql::on_sql_stack`).
+    ///
+    /// # Errors
+    /// As [`Controller::execute_sql`] (view statements are [`ClusterError::Sql`] here).
+    pub async fn query_at(&self, sql: &str, hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
+        let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+        self.query_as_of(sql, &tables, hold).await
+    }
+
+    async fn query_as_of(&self, sql: &str, tables: &[String], hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
         let known: Vec<(String, SchemaRef)> =
             tables.iter().filter_map(|t| self.schema(t).map(|s| (t.clone(), s))).collect();
-        let hold: ReadHold = self.read_hold(&known.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
         let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
         // One partition: float aggregates add in one order, so answers are reproducible.
         let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
