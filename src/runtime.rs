@@ -482,6 +482,9 @@ pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<Vie
             ViewStatement::Create { name: view, query, .. } => {
                 planner.create_in(&view, &query, sql).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?;
             }
+            ViewStatement::Drop { name: view, .. } if builtin_schemas().iter().any(|(n, _)| *n == view) => {
+                bail!("{what}: `{view}` is built in; it cannot be dropped")
+            }
             ViewStatement::Drop { name: view, if_exists } => {
                 planner.drop(&view, if_exists).map_err(to_anyhow).with_context(|| format!("view `{view}`"))?
             }

@@ -190,4 +190,8 @@ fn create_if_not_exists_keeps_the_existing_name() {
         aimatrix(&["run", &job, "--quiet", "--sql", "CREATE MATERIALIZED VIEW evaluations AS SELECT 0 AS n"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already exists"), "{err}");
+    // A built-in view is not dropped, IF EXISTS or not (as a server answers).
+    let (code, _, err) = aimatrix(&["run", &job, "--quiet", "--sql", "DROP MATERIALIZED VIEW IF EXISTS documents"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`documents` is built in; it cannot be dropped"), "{err}");
 }

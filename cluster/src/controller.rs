@@ -115,7 +115,8 @@ impl Default for ClusterConfig {
 /// How far a file source has been read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SourceProgress {
-    /// Bytes worker 0 has read (every worker scans every byte of a file source).
+    /// Bytes worker 0 has read (every worker scans every byte of a file source), counting a
+    /// file read again from its start (truncated or replaced) again.
     pub bytes_read: u64,
     /// Bytes the source's files hold now.
     pub bytes_total: u64,
@@ -500,7 +501,7 @@ pub struct JobStatus {
     pub source_stats: Vec<SourceStatus>,
     /// Per view: its rows now.
     pub view_stats: Vec<ViewStatus>,
-    /// Hydration: the fraction of the file sources' bytes read (1.0 with none).
+    /// Hydration: the fraction of the file sources' bytes read, 0 to 1 (1.0 with none).
     pub hydration: f64,
 }
 
@@ -945,7 +946,8 @@ impl Controller {
                     .push(ViewStatus { name: view.name.clone(), rows: counts.iter().map(|(_, c)| *c as i64).sum() });
             }
         }
-        let hydration = if total == 0 { 1.0 } else { read as f64 / total as f64 };
+        // Bytes read count a file read again (truncated, replaced) twice: at most 1.
+        let hydration = if total == 0 { 1.0 } else { (read as f64 / total as f64).min(1.0) };
         Ok(JobStatus { info, source_stats, view_stats, hydration })
     }
 
