@@ -219,9 +219,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         cluster.insert("process_index".into(), i.into());
     }
     if let Some(hosts) = &args.hosts {
-        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
-        let list: Vec<String> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        let list = amx_cluster::net::read_hosts(hosts).with_context(|| format!("reading {}", hosts.display()))?;
         cluster.insert("hosts".into(), list.into());
     }
     if !cluster.is_empty() {

@@ -144,9 +144,7 @@ fn cluster_config(opts: &RunOptions) -> Result<ClusterConfig> {
             bail!("--process-index {} is not below --processes {}", opts.process_index, opts.processes);
         }
         let hosts = opts.hosts.as_ref().ok_or_else(|| anyhow!("--hosts FILE is required with --processes > 1"))?;
-        let text = std::fs::read_to_string(hosts).with_context(|| format!("reading {}", hosts.display()))?;
-        addresses =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+        addresses = amx_cluster::net::read_hosts(hosts).with_context(|| format!("reading {}", hosts.display()))?;
         if addresses.len() < opts.processes {
             bail!("{} lists {} hosts; --processes is {}", hosts.display(), addresses.len(), opts.processes);
         }

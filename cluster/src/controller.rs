@@ -25,7 +25,6 @@ use amx_dataflows::render::SOURCE_STATS;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
-use amx_sql::views::ViewPlanner;
 use serde::Serialize;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
@@ -387,18 +386,8 @@ impl Sequencer {
 /// Plans `views` against the collections `schemas` (each view may read the earlier ones):
 /// each view's name, schema and the collections it reads.
 fn plan(schemas: &[(String, SchemaRef)], views: &[ViewSpec]) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
-    if views.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut planner = ViewPlanner::new(schemas).map_err(|e| e.to_string())?;
-    let mut planned = Vec::new();
-    for view in views {
-        let def = planner
-            .create_in(&view.name, &view.sql, &view.sql)
-            .map_err(|e| format!("view `{}`: {}", view.name, amx_sql::error::message(&e)))?;
-        planned.push((def.name.clone(), def.schema.clone(), def.reads.clone()));
-    }
-    Ok(planned)
+    let defs = crate::worker::plan_views(schemas, views)?;
+    Ok(defs.into_iter().map(|d| (d.name, d.schema, d.reads)).collect())
 }
 
 /// The controller of a running cluster (cheap to clone: a handle).

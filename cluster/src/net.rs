@@ -18,6 +18,16 @@ use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 /// How often a process that is still waiting for its peers says so (on stderr).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// Reads a hosts file: one `host:port` per process, in process order (line *i* is process
+/// *i*); blank lines and lines starting with `#` are skipped.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_hosts(path: &std::path::Path) -> io::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
+}
+
 /// Connects process `me` of the cluster whose processes listen on `addresses` (`host:port`,
 /// one per process, in process order). Returns one socket per process (`None` for `me`).
 /// Waits as long as it takes for the other processes to start; says on stderr every 10 s

@@ -522,6 +522,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         // 3. Read this worker's share of the file sources, once the dataflow has caught up
         //    with the previous epoch (back-pressure).
         let mut fed = false;
+        // A file source was read to its end this round.
+        let mut ended = false;
         // File sources found at their end by this round's polls.
         let mut at_end: Vec<(JobId, String)> = Vec::new();
         if !agent_probe.less_than(&epoch) {
@@ -551,7 +553,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             break;
                         }
                         source.done = true;
-                        // What it read is in the current epoch: complete once time passes it.
+                        // What it read is in the current epoch: complete once time passes it
+                        // (which it does at once, below).
+                        ended = true;
                         let (job, source) = (source.job, source.name.clone());
                         respond(&mut resp_in, Response::SourceDone { job, source, upper: epoch + 1 });
                         break;
@@ -574,7 +578,23 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 }
             }
         }
-        if fed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
+        // What this round read is at time `epoch`: a catch-up whose sources are all at their end
+        // is answered with `epoch + 1`, and time moves on at once so that it is soon visible.
+        for (job, name) in &at_end {
+            for c in catch_ups.iter_mut().filter(|c| c.job == *job) {
+                c.sources.retain(|s| s != name);
+            }
+        }
+        let mut answered = false;
+        catch_ups.retain(|c| {
+            let sources_left = !c.sources.is_empty();
+            if !sources_left {
+                respond(&mut resp_in, Response::Applied { id: c.wait, upper: epoch + 1 });
+                answered = true;
+            }
+            sources_left
+        });
+        if fed || ended || answered || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
             for (source, counts) in pending_stats.drain() {
                 let total = stat_totals.entry(source.clone()).or_default();
                 *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);
@@ -584,21 +604,6 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             inputs.advance_to(epoch);
             last_advance = Instant::now();
         }
-
-        // What this round read is in the current epoch: a catch-up whose sources are all at
-        // their end is answered with the epoch's end.
-        for (job, name) in &at_end {
-            for c in catch_ups.iter_mut().filter(|c| c.job == *job) {
-                c.sources.retain(|s| s != name);
-            }
-        }
-        catch_ups.retain(|c| {
-            let sources_left = !c.sources.is_empty();
-            if !sources_left {
-                respond(&mut resp_in, Response::Applied { id: c.wait, upper: epoch + 1 });
-            }
-            sources_left
-        });
 
         // 4. Run the dataflows.
         if fed {
@@ -739,13 +744,24 @@ fn take_ready(received: &RefCell<Vec<(u64, String)>>, probe: &ProbeHandle<u64>) 
     received.drain(..n).collect()
 }
 
-/// Plans `views` in order against `schemas` (a view may read the earlier ones).
-fn plan_views(schemas: &[(String, SchemaRef)], views: &[ViewSpec]) -> Result<Vec<amx_sql::views::ViewDef>, String> {
+/// Plans `views` in order against the collections `schemas` (a view may read the earlier
+/// ones). The controller plans with it before it sends a view, and every worker again from
+/// the same text, so all plan alike.
+///
+/// Errors: the first view that does not plan, as `view `NAME`: MESSAGE` (with its position).
+pub(crate) fn plan_views(
+    schemas: &[(String, SchemaRef)],
+    views: &[ViewSpec],
+) -> Result<Vec<amx_sql::views::ViewDef>, String> {
+    if views.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut planner = ViewPlanner::new(schemas).map_err(|e| e.to_string())?;
     let mut defs = Vec::new();
     for view in views {
-        let def =
-            planner.create_in(&view.name, &view.sql, &view.sql).map_err(|e| format!("view `{}`: {e}", view.name))?;
+        let def = planner
+            .create_in(&view.name, &view.sql, &view.sql)
+            .map_err(|e| format!("view `{}`: {}", view.name, amx_sql::error::message(&e)))?;
         defs.push(def.clone());
     }
     Ok(defs)
