@@ -49,8 +49,8 @@ pub fn message(e: &DataFusionError) -> String {
                 format!("syntax error: {}", s.replace(" at Line: ", " at line ").replace(", Column: ", ", column "))
             }
             ParserError::RecursionLimitExceeded => format!(
-                "syntax error: parentheses, subqueries or prefix operators nested more than \
-                 {PARSER_RECURSION_LIMIT} deep"
+                "syntax error: parentheses, function calls, subqueries, CASE or prefix operators \
+                 (NOT, -) nested more than {PARSER_RECURSION_LIMIT} deep"
             ),
         },
         DataFusionError::SchemaError(schema, _) => schema.to_string(),

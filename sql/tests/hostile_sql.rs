@@ -189,3 +189,27 @@ fn errors_say_what_once_with_where_and_the_hint() {
         "{err}"
     );
 }
+
+#[test]
+fn nesting_that_backtracked_for_hours_is_refused_and_the_engine_goes_on() {
+    // 256 nested CASTs kept a core busy for hours (sqlparser retried every enclosing CAST as a
+    // function call after failing at its recursion limit); 100,000 nested ARRAY< overflowed
+    // the stack and aborted the process.
+    let engine = SqlEngine::new().unwrap();
+    let mut state = state(&["t"]);
+    let casts = format!("SELECT {}k{} FROM t", "CAST(".repeat(300), " AS BIGINT)".repeat(300));
+    let err = engine.query(&mut state, &casts).unwrap_err().to_string();
+    assert!(err.contains("more than 8 keyword calls such as CAST(…)"), "{err}");
+    let types = format!("SELECT CAST(NULL AS {}INT{})", "ARRAY<".repeat(100_000), ">".repeat(100_000));
+    let err = engine.query(&mut state, &types).unwrap_err().to_string();
+    assert!(err.contains("more than 1024 brackets"), "{err}");
+    let nots = format!("SELECT k FROM t WHERE {}x = 1", "NOT ".repeat(301));
+    let err = engine.query(&mut state, &nots).unwrap_err().to_string();
+    assert!(err.contains("nested more than 256 deep"), "{err}");
+    // Within the limits the same shapes are answered: 200 CASTs of k, 200 NOTs (an even
+    // number: x = 1) over (1, 1) and (2, 2).
+    let casts = format!("SELECT {}k{} AS k FROM t ORDER BY k", "CAST(".repeat(200), " AS BIGINT)".repeat(200));
+    assert_eq!(ints(&engine.query(&mut state, &casts).unwrap()), vec![1, 2]);
+    let nots = format!("SELECT k FROM t WHERE {}x = 1", "NOT ".repeat(200));
+    assert_eq!(ints(&engine.query(&mut state, &nots).unwrap()), vec![1]);
+}
