@@ -124,9 +124,10 @@ impl Client {
         Ok(())
     }
 
-    /// `aimatrix job cancel ID`.
-    pub fn cancel(&self, id: &str) -> Result<()> {
-        self.json("DELETE", &format!("/v1/jobs/{id}"), None).map(drop)
+    /// `aimatrix job cancel ID [--retract]`.
+    pub fn cancel(&self, id: &str, retract: bool) -> Result<()> {
+        let query = if retract { "?retract=true" } else { "" };
+        self.json("DELETE", &format!("/v1/jobs/{id}{query}"), None).map(drop)
     }
 
     /// `aimatrix sql SQL`: the answer in `format` (read as an Arrow IPC stream).

@@ -115,10 +115,15 @@ enum JobAction {
         /// Job id.
         id: String,
     },
-    /// Cancel a job: its sources stop and its views are dropped; what it ingested stays.
+    /// Cancel a job: its sources stop and its views are dropped; what it ingested stays
+    /// (unless --retract).
     Cancel {
         /// Job id.
         id: String,
+        /// Also retract everything the job ingested from the shared relations and views (a
+        /// job submitted with `retractable = true`).
+        #[arg(long)]
+        retract: bool,
     },
 }
 
@@ -444,9 +449,9 @@ fn real_main() -> Result<()> {
                 }
                 JobAction::List => client.list(&mut stdout)?,
                 JobAction::Show { id } => client.show(&id, &mut stdout)?,
-                JobAction::Cancel { id } => {
-                    client.cancel(&id)?;
-                    eprintln!("job {id} cancelled");
+                JobAction::Cancel { id, retract } => {
+                    client.cancel(&id, retract)?;
+                    eprintln!("job {id} cancelled{}", if retract { ", what it ingested retracted" } else { "" });
                 }
             }
         }

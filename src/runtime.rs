@@ -243,6 +243,8 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         let mut sources = job.clone();
         sources.config.views = Default::default();
         sources.config.queries = Vec::new();
+        // Never cancelled: nothing to keep for a retraction.
+        sources.config.retractable = false;
         for source in &mut sources.config.sources {
             source.follow |= opts.follow;
         }

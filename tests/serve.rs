@@ -469,3 +469,91 @@ fn a_following_file_source_reads_what_is_appended() {
     assert_eq!((status, body), (200, json!({ "created": "follow_sizes", "existed": true })));
     assert_eq!(server.sql(query), sizes(&both));
 }
+
+/// `DELETE /v1/jobs/{id}?retract=true` takes everything a `retractable` job ingested back out
+/// of the shared relations and of every view over them, at one timestamp; another job's data
+/// stays, and a job submitted without `retractable` refuses the retraction.
+#[test]
+fn a_retractable_job_cancelled_with_retract_takes_its_records_back() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let a_job =
+        push_job("a", "a-in", "a_sizes", SIZES_A).replacen("name = \"a\"\n", "name = \"a\"\nretractable = true\n", 1);
+    let a = server.submit(&a_job);
+    let b = server.submit(&push_job("b", "b-in", "b_sizes", SIZES_B));
+    // A view of neither job, over both jobs' records.
+    let all = "CREATE MATERIALIZED VIEW all_sizes AS SELECT collection, count(*) AS n, sum(size_bytes) AS bytes \
+               FROM knowledge_events GROUP BY collection";
+    let (status, body) = server.call("POST", "/v1/sql", Some(&json!({ "sql": all }).to_string()));
+    assert_eq!(status, 200, "{body}");
+
+    let (mut sent_a, mut sent_b) = (Vec::new(), Vec::new());
+    for batch in 0..3 {
+        let (ra, rb) = (records("a", batch), records("b", batch));
+        let mut pushed = lines(&ra);
+        pushed.push("{not json".into());
+        let report = server.push(a, "a-in", &pushed);
+        assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(40), Some(1)), "{report}");
+        server.push(b, "b-in", &lines(&rb));
+        sent_a.extend(ra);
+        sent_b.extend(rb);
+    }
+    let mut b_bad = lines(&records("b", 9));
+    b_bad.truncate(2);
+    b_bad.push("{also not json".into());
+    server.push(b, "b-in", &b_bad);
+    sent_b.extend(records("b", 9).into_iter().take(2));
+    let both: Vec<_> = sent_a.iter().chain(&sent_b).cloned().collect();
+    let view = "SELECT * FROM all_sizes ORDER BY collection";
+    assert_eq!(server.sql_until(view, &sizes(&both)), sizes(&both));
+
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let (mut socket, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=all_sizes")).expect("subscribe");
+    let mut folded = HashMap::new();
+    let want_both: HashMap<String, i64> = sizes(&both).iter().map(|r| (r.to_string(), 1)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while folded != want_both && Instant::now() < deadline {
+        fold_subscription(&mut socket, &mut folded);
+    }
+    assert_eq!(folded, want_both);
+
+    // B was not submitted retractable: its data cannot be taken back, and it keeps running.
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{b}?retract=true"), None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("retractable = true")), "{body}");
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{a}?retract=maybe"), None);
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{a}?retract=true"), None);
+    assert_eq!((status, &body["retracted"]), (200, &json!(true)), "{body}");
+    // At once (the answer waits for it): A's records and ingest errors are gone everywhere.
+    assert_eq!(server.sql(&format!("{SIZES_A} ORDER BY collection")), Vec::<Value>::new());
+    assert_eq!(server.sql(view), sizes(&sent_b));
+    let errors = server.sql("SELECT source, count(*) AS n FROM ingest_errors GROUP BY source");
+    assert_eq!(errors, vec![json!({ "n": 1, "source": "b-in" })]);
+    let docs = server.sql("SELECT count(*) AS n FROM documents WHERE collection LIKE 'a-%'");
+    assert_eq!(docs, vec![json!({ "n": 0 })]);
+
+    // The subscription saw the retraction as changes at one timestamp.
+    let mut stamps = std::collections::BTreeSet::new();
+    let want_b: HashMap<String, i64> = sizes(&sent_b).iter().map(|r| (r.to_string(), 1)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while folded != want_b && Instant::now() < deadline {
+        let message = socket.read().expect("a message");
+        let tungstenite::Message::Text(text) = message else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).expect("JSON");
+        if v["type"] == "update" {
+            stamps.insert(v["timestamp"].as_i64().expect("timestamp"));
+            *folded.entry(v["row"].to_string()).or_default() += v["diff"].as_i64().expect("diff");
+            folded.retain(|_, c| *c != 0);
+        }
+    }
+    assert_eq!(folded, want_b);
+    assert_eq!(stamps.len(), 1, "the retraction happened at one timestamp: {stamps:?}");
+
+    // B still ingests.
+    let rb = records("b", 5);
+    server.push(b, "b-in", &lines(&rb));
+    sent_b.extend(rb);
+    assert_eq!(server.sql_until(view, &sizes(&sent_b)), sizes(&sent_b));
+}

@@ -217,7 +217,7 @@ fn bench() -> anyhow::Result<()> {
 
         // 3. Cancel the job: `by_id` is dropped.
         let with_view = rss_mib();
-        controller.cancel_job(id).await?;
+        controller.cancel_job(id, false).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         println!(
             "cancel: RSS {with_view:.0} → {:.0} MiB (the canonical relations and built-in views keep what was ingested)",

@@ -336,6 +336,8 @@ pub struct JobInfo {
     pub sources: Vec<SourceConfig>,
     /// Its views.
     pub views: Vec<ViewSpec>,
+    /// Whether cancelling it can retract what it ingested (the job file's `retractable`).
+    pub retractable: bool,
     /// What failed, if anything.
     pub errors: Vec<String>,
 }
@@ -409,6 +411,12 @@ struct Inner {
 
 /// Queries planned and run at the same time, at most.
 const SQL_SLOTS: usize = 4;
+
+/// How far ahead of the latest frontier and of the controller's clock a retraction is timed
+/// (ms): the broadcast reaches the workers well within it, and worker clocks agree closer
+/// than it (NTP keeps hosts within a few ms). Time then moves by 1 per round until the
+/// clocks catch up.
+const RETRACT_MARGIN_MS: Time = 50;
 
 impl Drop for Inner {
     /// The last handle gone: the workers stop (else joining them would wait forever).
@@ -706,7 +714,8 @@ impl Controller {
                 sql: sql.as_str().unwrap_or_default().to_owned(),
             })
             .collect();
-        self.install(&mut seq, job.config.name.clone(), JobKind::Job, job.config.sources.clone(), views)
+        let (name, sources) = (job.config.name.clone(), job.config.sources.clone());
+        self.install(&mut seq, name, JobKind::Job, sources, views, job.config.retractable)
     }
 
     fn install(
@@ -716,6 +725,7 @@ impl Controller {
         kind: JobKind,
         sources: Vec<SourceConfig>,
         views: Vec<ViewSpec>,
+        retractable: bool,
     ) -> Result<JobId, ClusterError> {
         for view in &views {
             if view.name.is_empty() {
@@ -737,36 +747,48 @@ impl Controller {
         }
         let id = JobId(seq.next_job);
         seq.next_job += 1;
-        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone() })?;
+        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable })?;
         for (name, schema, reads) in planned {
             seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
         }
         for (name, decoder) in decoders {
             seq.push.insert(name, (id, decoder));
         }
-        seq.jobs.insert(id, JobInfo { id, name, kind, state: JobState::Running, sources, views, errors: Vec::new() });
+        let state = JobState::Running;
+        seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
         Ok(id)
     }
 
     /// Cancels a job: its sources stop and its views are dropped on every worker; what it
-    /// ingested stays. Returns once every worker has dropped it and the retraction of its
-    /// sources' counters is visible (at most 10 s).
+    /// ingested stays, unless `retract`: then every event its sources ingested is retracted
+    /// from the shared agent state, at one timestamp. Returns once every worker has dropped it
+    /// and the retraction (of its sources' counters, and with `retract` of its events) is
+    /// visible (at most 10 s).
     ///
     /// # Errors
-    /// [`ClusterError::UnknownJob`]; [`ClusterError::Conflict`] when it is already cancelled
-    /// or a view of another job reads one of its views.
-    pub async fn cancel_job(&self, id: JobId) -> Result<(), ClusterError> {
-        let applied = self.begin_cancel(id)?;
+    /// [`ClusterError::UnknownJob`]; [`ClusterError::Conflict`] when it is already cancelled,
+    /// a view of another job reads one of its views, or `retract` is asked of a job not
+    /// submitted `retractable`.
+    pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
+        let applied = self.begin_cancel(id, retract)?;
         let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
         self.wait_visible(upper).await;
         Ok(())
     }
 
-    fn begin_cancel(&self, id: JobId) -> Result<oneshot::Receiver<Time>, ClusterError> {
+    /// Cancels a job (see [`Controller::cancel_job`]); the receiver answers with the frontier
+    /// once every worker has applied it.
+    fn begin_cancel(&self, id: JobId, retract: bool) -> Result<oneshot::Receiver<Time>, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
         if job.state == JobState::Cancelled {
             return Err(ClusterError::Conflict(format!("job {id} is already cancelled")));
+        }
+        if retract && !job.retractable {
+            return Err(ClusterError::Conflict(format!(
+                "job {id} was submitted without `retractable = true`, so what it ingested was not kept and \
+                 cannot be retracted; cancel it without retract (its data stays)"
+            )));
         }
         let mine: Vec<String> = job.views.iter().map(|v| v.name.clone()).collect();
         if let Some((reader, entry)) = seq
@@ -780,7 +802,15 @@ impl Controller {
             )));
         }
         let (wait, applied) = self.wait_for_workers();
-        seq.send(&Command::DropJob { id, wait })?;
+        // A retraction time every worker is still short of: later than every frontier reported
+        // and than this clock, by a margin for the commands in flight and for clock skew.
+        let at = if retract {
+            let reported = lock(&self.inner.shared.uppers).values().copied().max().unwrap_or(0);
+            reported.max(crate::worker::now_ms()) + RETRACT_MARGIN_MS
+        } else {
+            0
+        };
+        seq.send(&Command::DropJob { id, retract, wait, at })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, (owner, _)| *owner != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
@@ -819,7 +849,7 @@ impl Controller {
             return Err(ClusterError::Conflict(format!("a relation or view named `{name}` already exists")));
         }
         let views = vec![ViewSpec { name: name.to_owned(), sql: sql.to_owned() }];
-        self.install(&mut seq, Some(name.to_owned()), JobKind::View, Vec::new(), views)
+        self.install(&mut seq, Some(name.to_owned()), JobKind::View, Vec::new(), views, false)
     }
 
     /// `DROP MATERIALIZED VIEW name`: only views created in SQL (a job's views go with the
@@ -844,7 +874,7 @@ impl Controller {
             }
             owner
         };
-        self.cancel_job(id).await.map(|()| true)
+        self.cancel_job(id, false).await.map(|()| true)
     }
 
     /// Every job (cancelled ones too), by id; SQL views are not jobs and are left out.

@@ -39,6 +39,13 @@ pub struct JobConfig {
     /// Queries answered at the end (or on every change with `--follow`).
     #[serde(default)]
     pub queries: Vec<QueryConfig>,
+    /// On a server: keep what this job's sources ingest, so that cancelling it with
+    /// `retract=true` (`DELETE /v1/jobs/{id}?retract=true`, `aimatrix job cancel --retract`)
+    /// takes it back out of the shared agent state. Each worker then keeps its share of the
+    /// job's decoded events (ingest errors included) until the job is cancelled: memory about
+    /// the size of those events once more. Default false; `aimatrix run` ignores it.
+    #[serde(default)]
+    pub retractable: bool,
 }
 
 /// Where a source's records come from.

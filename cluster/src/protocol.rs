@@ -64,12 +64,25 @@ pub enum Command {
         sources: Vec<SourceConfig>,
         /// Its views, in definition order (a view reads only earlier ones).
         views: Vec<ViewSpec>,
+        /// Keep the events its sources ingest, so that [`Command::DropJob`] can retract them.
+        #[serde(default)]
+        retractable: bool,
     },
     /// Stops a job's sources and drops its views' dataflow and arrangements. What the job
-    /// ingested stays in the shared agent state.
+    /// ingested stays in the shared agent state, unless `retract`.
     DropJob {
         /// The job.
         id: JobId,
+        /// Also retract every event the job's sources ingested (a job installed `retractable`):
+        /// each worker inserts its share again with the opposite diff, at time `at`, so every
+        /// relation and view loses the job's records at one timestamp.
+        #[serde(default)]
+        retract: bool,
+        /// With `retract`, the timestamp of the retraction (ms since the Unix epoch): the
+        /// controller picks one later than every frontier it knows of; a worker whose clock
+        /// already passed it retracts at its own current time instead (and logs a warning).
+        #[serde(default)]
+        at: Time,
         /// Wait id: each worker answers [`Response::Applied`] once it has dropped the job.
         wait: u64,
     },

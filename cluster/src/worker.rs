@@ -120,6 +120,9 @@ struct PushSource {
 struct JobState {
     /// The dataflow of its views, if it has any.
     dataflow: Option<usize>,
+    /// A `retractable` job: every event this worker has fed from its sources (+1 each), to
+    /// retract when it is dropped with `retract`.
+    ingested: Option<Vec<Event>>,
 }
 
 /// A subscription on one worker.
@@ -141,7 +144,7 @@ struct PendingPeek {
 }
 
 /// The engine clock: milliseconds since the Unix epoch.
-fn now_ms() -> Time {
+pub(crate) fn now_ms() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
 }
 
@@ -360,6 +363,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
 
         // 2. Apply every command the broadcast has delivered completely, in sequence order.
         let ready = take_ready(&received, &cmd_probe);
+        // A command changed the inputs (a retraction): time moves on at once.
+        let mut changed = false;
         for (seq, text) in ready {
             tracing::debug!(worker = index, seq, "applying command");
             let command: Command = match serde_json::from_str(&text) {
@@ -370,7 +375,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 }
             };
             match command {
-                Command::InstallJob { id, sources, views } => {
+                Command::InstallJob { id, sources, views, retractable } => {
                     for source in sources {
                         let decoder = match amx_connectors::decoder(&source.format, &source.options_json()) {
                             Ok(d) => d,
@@ -422,7 +427,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             }
                         }
                     };
-                    jobs.insert(id, JobState { dataflow });
+                    jobs.insert(id, JobState { dataflow, ingested: retractable.then(Vec::new) });
                     // The job's new arrangements compact as far as the others.
                     if compacted > 0 {
                         let frontier = Antichain::from_elem(compacted);
@@ -434,7 +439,25 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         }
                     }
                 }
-                Command::DropJob { id, wait } => {
+                Command::DropJob { id, retract, wait, at } => {
+                    // Everything it ingested, back out at time `at`, the same on every worker:
+                    // what this worker fed before is at earlier times, so `at` is one step.
+                    if retract && let Some(ingested) = jobs.get_mut(&id).and_then(|j| j.ingested.take()) {
+                        if at > epoch {
+                            epoch = at;
+                            inputs.advance_to(epoch);
+                        } else if at < epoch {
+                            tracing::warn!(
+                                worker = index, job = %id, at, epoch,
+                                "this worker's clock passed the retraction time; retracting at its own time"
+                            );
+                        }
+                        tracing::debug!(worker = index, job = %id, events = ingested.len(), at = epoch, "retracting a job's events");
+                        for event in ingested {
+                            inputs.update(event, -1);
+                        }
+                        changed = true;
+                    }
                     let names: Vec<String> = files
                         .iter()
                         .filter(|f| f.job == id)
@@ -457,7 +480,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         collection.traces.retain(|(owner, _)| *owner != Owner::Job(id));
                     }
                     catalog.retain(|_, c| !c.traces.is_empty());
-                    if let Some(JobState { dataflow: Some(df) }) = jobs.remove(&id) {
+                    if let Some(JobState { dataflow: Some(df), .. }) = jobs.remove(&id) {
                         worker.drop_dataflow(df);
                     }
                     respond(&mut resp_in, Response::Applied { id: wait, upper: inputs.time() + 1 });
@@ -475,7 +498,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     tracing::error!(worker = index, seq, "CreateInstance after the first command; skipped")
                 }
                 Command::Ingest { id, source, records } => {
-                    if pushes.contains_key(&source) {
+                    if let Some(push) = pushes.get(&source) {
+                        let mut keep = jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
                         let stats = pending_stats.entry(source).or_default();
                         for (i, record) in records.into_iter().enumerate() {
                             if i % peers != index {
@@ -487,6 +511,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                     stats.2 += 1;
                                 } else {
                                     stats.1 += 1;
+                                }
+                                if let Some(keep) = keep.as_deref_mut() {
+                                    keep.push(event.clone());
                                 }
                                 inputs.update(event, 1);
                             }
@@ -561,6 +588,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         break;
                     }
                     fed = true;
+                    let mut keep = jobs.get_mut(&source.job).and_then(|j| j.ingested.as_mut());
                     let stats = pending_stats.entry(source.name.clone()).or_default();
                     for record in records.drain(..) {
                         decoded += 1;
@@ -571,6 +599,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                 stats.2 += 1;
                             } else {
                                 stats.1 += 1;
+                            }
+                            if let Some(keep) = keep.as_deref_mut() {
+                                keep.push(event.clone());
                             }
                             inputs.update(event, 1);
                         }
@@ -594,7 +625,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             }
             sources_left
         });
-        if fed || ended || answered || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
+        if fed || ended || answered || changed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
             for (source, counts) in pending_stats.drain() {
                 let total = stat_totals.entry(source.clone()).or_default();
                 *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);

@@ -233,25 +233,24 @@ fn flag(params: &std::collections::HashMap<String, String>, name: &str) -> ApiRe
     }
 }
 
-/// Cancels a job.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id")),
-    responses((status = 200, description = "cancelled"), (status = 404, description = "no such job"),
-              (status = 409, description = "already cancelled, or another job's view reads its views"),
-              (status = 501, description = "retract=true is not implemented")))]
+/// Cancels a job: its sources stop and its views are dropped; what it ingested stays in the
+/// shared relations, unless `?retract=true` (a job submitted with `retractable = true`): then
+/// every event it ingested is retracted, at one timestamp, before the answer.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id"),
+        ("retract" = Option<bool>, Query, description = "also retract what the job ingested")),
+    responses((status = 200, description = "{\"id\": N, \"state\": \"cancelled\", \"retracted\": bool}"),
+              (status = 404, description = "no such job"),
+              (status = 409, description = "already cancelled, another job's view reads its views, or retract=true \
+                  for a job submitted without retractable = true")))]
 async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let id = job_id(&id)?;
-    if flag(&params, "retract")? {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "retract=true (retracting what a job ingested) is not implemented yet; cancel without it keeps the data",
-        ));
-    }
-    state.controller.cancel_job(id).await?;
-    Ok(axum::Json(json!({ "id": id.0, "state": "cancelled" })).into_response())
+    let retract = flag(&params, "retract")?;
+    state.controller.cancel_job(id, retract).await?;
+    Ok(axum::Json(json!({ "id": id.0, "state": "cancelled", "retracted": retract })).into_response())
 }
 
 /// The body of `POST /v1/sql`.
