@@ -573,7 +573,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         );
                         break;
                     }
-                    if source.reader.records_seen() == seen && source.reader.bytes_read() == bytes {
+                    if records.is_empty() && source.reader.records_seen() == seen && source.reader.bytes_read() == bytes
+                    {
                         at_end.push((source.job, source.name.clone()));
                         if source.follow {
                             // At the current end: look again later.

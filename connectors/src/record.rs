@@ -110,6 +110,12 @@ struct FileState {
     head: Vec<u8>,
     /// A JSON-lines line longer than the maximum record size, being skipped.
     oversized: Option<Oversized>,
+    /// Bytes seen past `offset` at the last poll that reached the file's end (an unfinished
+    /// last line, or a start not yet decided): reported as lost if the file is replaced,
+    /// truncated or deleted before they are consumed.
+    pending_bytes: u64,
+    /// The first bytes of those (at most [`RAW_BYTES`]), for the report's raw text.
+    pending_head: Vec<u8>,
 }
 
 /// A line longer than the maximum record size: skipped to its end, then reported once.
@@ -177,10 +183,17 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 /// (JSON Lines whose first line is an array must not be read before their second line is
 /// written). New files matching the glob are picked up by later polls. A JSON Lines file that
 /// shrinks (truncated for reuse) is read again from its start.
+///
+/// An unfinished last line a poll saw (no newline yet) that can no longer be read — its file
+/// was replaced, truncated, rewritten or deleted before the line ended — is not dropped in
+/// silence: the reader with share index 0 returns a record at its location carrying the
+/// error `an unfinished last line of N bytes was lost: …` (its first 1 KiB as text). Such a
+/// record is not counted by [`FileReader::records_seen`] nor split between readers.
 #[derive(Debug)]
 pub struct FileReader {
     pattern: String,
     files: BTreeMap<PathBuf, FileState>,
+    /// Bytes consumed of the files matching at the last poll (see [`FileReader::bytes_read`]).
     bytes_read: u64,
     max_poll_bytes: u64,
     max_record_bytes: u64,
@@ -284,16 +297,29 @@ impl FileReader {
             }
         }
         paths.sort();
-        for path in paths {
-            if !self.files.contains_key(&path) {
-                self.adopt_renamed(&path);
+        let mut result = Ok(());
+        for path in &paths {
+            if !self.files.contains_key(path) {
+                self.adopt_renamed(path);
             }
             let state = self.files.entry(path.clone()).or_default();
             let limits = Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes };
-            poll_file(&path, state, finish, limits, &mut self.share, out, &mut self.bytes_read)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            if let Err(e) = poll_file(path, state, finish, limits, &mut self.share, out) {
+                result = Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                break;
+            }
         }
-        Ok(())
+        if result.is_ok() {
+            // A file read before that is gone (deleted, or renamed to a name the glob does
+            // not match) takes its unfinished last line with it.
+            for (path, state) in self.files.iter_mut().filter(|(p, _)| paths.binary_search(p).is_err()) {
+                if let Some(lost) = lost_tail(path, state, "its file was deleted or renamed away", self.share) {
+                    out.push(lost);
+                }
+            }
+        }
+        self.bytes_read = paths.iter().filter_map(|p| self.files.get(p)).map(|state| state.offset).sum();
+        result
     }
 
     /// A path seen for the first time may be a file read before under another name (renamed
@@ -341,7 +367,9 @@ impl FileReader {
         self.share.seen
     }
 
-    /// Bytes of the files consumed so far (a partial last line is not counted).
+    /// Bytes consumed, at the last poll, of the files the glob matched then: comparable with
+    /// [`FileReader::total_bytes`] for progress (a partial last line is not counted; a file
+    /// replaced or truncated counts from its new start, a deleted one no longer counts).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
     }
@@ -396,6 +424,15 @@ fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
     }
 }
 
+/// At most `len` bytes of the file from `offset` on.
+fn bytes_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Whether the file still starts with `head` (its first bytes as consumed earlier).
 fn starts_with(path: &Path, head: &[u8]) -> io::Result<bool> {
     if head.is_empty() {
@@ -419,7 +456,6 @@ fn poll_file(
     limits: Limits,
     share: &mut Share,
     out: &mut Vec<Record>,
-    bytes_read: &mut u64,
 ) -> io::Result<()> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
@@ -447,11 +483,24 @@ fn poll_file(
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+    // An unfinished line that was not continued but overwritten (the consumed part intact).
+    let tail_changed = !replaced
+        && state.pending_bytes > 0
+        && match bytes_at(path, state.offset, state.pending_head.len()) {
+            Ok(now) => now != state.pending_head,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+    if (replaced || tail_changed)
+        && let Some(lost) = lost_tail(path, state, "its file was replaced, truncated or rewritten", *share)
+    {
+        out.push(lost);
+    }
     if replaced {
         *state = FileState::default();
     }
     state.identity = id;
-    let result = poll_current(path, state, finish, limits, share, out, bytes_read);
+    let result = poll_current(path, state, finish, limits, share, out);
     if state.head.len() < HEAD_BYTES && state.offset > state.head.len() as u64 {
         // Remember the start of what was consumed (once it is 64 bytes, it stays).
         let mut head = Vec::with_capacity(HEAD_BYTES);
@@ -461,6 +510,33 @@ fn poll_file(
         }
     }
     result
+}
+
+/// The record reporting what `state` had seen of an unfinished last line (or of a skipped
+/// oversized one) that can no longer be read, `why`; `None` when there is none, or when this
+/// reader is not share index 0 (one reader reports it). Forgets it either way.
+fn lost_tail(path: &Path, state: &mut FileState, why: &str, share: Share) -> Option<Record> {
+    let (bytes, head) = match state.oversized.take() {
+        Some(over) => (over.bytes + state.pending_bytes, over.head),
+        None => (state.pending_bytes, std::mem::take(&mut state.pending_head)),
+    };
+    state.pending_bytes = 0;
+    state.pending_head.clear();
+    if bytes == 0 || share.index != 0 {
+        return None;
+    }
+    let location = format!("{}:{}", path.display(), state.lines + 1);
+    Some(Record::new(location, String::from_utf8_lossy(&head).into_owned()).with_error(format!(
+        "an unfinished last line of {bytes} bytes (no newline yet) was lost: {why} before the line was ended"
+    )))
+}
+
+/// Notes the bytes past `state.offset` a poll saw at the end of the file (`rest`, of which it
+/// holds the first ones) for [`lost_tail`].
+fn note_pending(state: &mut FileState, rest: &[u8]) {
+    state.pending_bytes = rest.len() as u64;
+    state.pending_head.clear();
+    state.pending_head.extend_from_slice(&rest[..rest.len().min(RAW_BYTES)]);
 }
 
 /// A record of `bytes` at `location`, or, when longer than `limit`, a record carrying the
@@ -489,7 +565,6 @@ fn poll_current(
     limits: Limits,
     share: &mut Share,
     out: &mut Vec<Record>,
-    bytes_read: &mut u64,
 ) -> io::Result<()> {
     if state.shape == Shape::Unknown && starts_as_json_lines(path)? {
         // Decided from the first line alone: no need to read the whole file now.
@@ -504,7 +579,10 @@ fn poll_current(
         let name = path.display().to_string();
         let body = data.strip_prefix(BOM).unwrap_or(&data);
         match classify(body, finish) {
-            Decision::Wait => return Ok(()),
+            Decision::Wait => {
+                note_pending(state, &data);
+                return Ok(());
+            }
             Decision::Array => {
                 for piece in split_array(body) {
                     let location = match piece.index {
@@ -522,7 +600,7 @@ fn poll_current(
                 }
                 state.shape = Shape::Done;
                 state.offset = data.len() as u64;
-                *bytes_read += data.len() as u64;
+                note_pending(state, &[]);
                 return Ok(());
             }
             Decision::Document => {
@@ -531,7 +609,7 @@ fn poll_current(
                 }
                 state.shape = Shape::Done;
                 state.offset = data.len() as u64;
-                *bytes_read += data.len() as u64;
+                note_pending(state, &[]);
                 return Ok(());
             }
             // Read as lines below, in bounded pieces.
@@ -541,7 +619,7 @@ fn poll_current(
     if state.shape == Shape::Done {
         return Ok(());
     }
-    read_lines(path, state, finish, limits, share, out, bytes_read)
+    read_lines(path, state, finish, limits, share, out)
 }
 
 /// Reads the JSON-lines file from `state.offset` on: pieces of at most `limits.poll_bytes`,
@@ -555,7 +633,6 @@ fn read_lines(
     limits: Limits,
     share: &mut Share,
     out: &mut Vec<Record>,
-    bytes_read: &mut u64,
 ) -> io::Result<()> {
     let name = path.display().to_string();
     let mut file = match fs::File::open(path) {
@@ -592,9 +669,14 @@ fn read_lines(
             }
         }
         state.offset += used as u64;
-        *bytes_read += used as u64;
         data.drain(..used);
-        if at_end || state.lines > lines_before {
+        if at_end {
+            note_pending(state, &data);
+            return Ok(());
+        }
+        if state.lines > lines_before {
+            // More to read: what was seen past the offset is read on by the next poll.
+            note_pending(state, &[]);
             return Ok(());
         }
     }
@@ -1359,6 +1441,14 @@ pub(crate) mod tests {
                     }
                     Step::Replace(lines, in_place) => {
                         expected.extend(records_of(&text, false));
+                        // An unfinished last line goes with the old generation: reported lost.
+                        let (complete, partial) = text.rsplit_once('\n').unwrap_or(("", &text));
+                        if !partial.is_empty() {
+                            let line = if text.contains('\n') { complete.split('\n').count() } else { 0 } + 1;
+                            expected.push((format!("{name}:{line}"), partial[..partial.len().min(RAW_BYTES)].to_owned(), Some(format!(
+                                "an unfinished last line of {} bytes (no newline yet) was lost: its file was replaced, \
+                                 truncated or rewritten before the line was ended", partial.len()))));
+                        }
                         generation += 1;
                         // Each generation starts with its own first line.
                         text = format!("{{\"generation\":{generation}}}\n");
@@ -1400,8 +1490,54 @@ pub(crate) mod tests {
         let f = d.write("t.jsonl", "{\"a\":1}\n{\"a\":2}\n");
         let mut r = FileReader::new(&f).expect("glob");
         assert_eq!(poll(&mut r, false).len(), 2);
+        assert_eq!((r.bytes_read(), r.total_bytes()), (16, 16));
         d.write("t.jsonl", "{\"b\":1}\n");
         assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"b\":1}")]);
+        // Progress counts the new file from its start: 8 of 8 bytes, not 24 of 8.
+        assert_eq!((r.bytes_read(), r.total_bytes()), (8, 8));
+    }
+
+    #[test]
+    fn an_unfinished_line_lost_with_its_file_is_reported() {
+        let d = TempDir::new("lost");
+        let f = d.write("a.jsonl", "{\"a\":1}\n{\"a\":");
+        let g = d.write("b.jsonl", "{\"b\":1}\n");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"a\":1}"), rec(format!("{g}:1"), "{\"b\":1}")]);
+        // Deleted before its second line was ended: that line is reported, once.
+        fs::remove_file(d.0.join("a.jsonl")).expect("rm");
+        let lost = "an unfinished last line of 5 bytes (no newline yet) was lost: its file was deleted or renamed \
+                    away before the line was ended";
+        assert_eq!(poll_err(&mut r, false), vec![(format!("{f}:2"), "{\"a\":".to_owned(), Some(lost.to_owned()))]);
+        assert_eq!(poll_err(&mut r, false), vec![]);
+        assert_eq!((r.bytes_read(), r.total_bytes()), (8, 8));
+        // Its unfinished line overwritten in place (the complete one intact): reported, and
+        // reading goes on from the new bytes.
+        d.append("b.jsonl", "{\"b\":");
+        assert_eq!(poll(&mut r, false), vec![]);
+        fs::write(d.0.join("b.jsonl"), "{\"b\":1}\n{\"c\":3}\n").expect("rewrite");
+        let rewritten = "an unfinished last line of 5 bytes (no newline yet) was lost: its file was replaced, truncated \
+                         or rewritten before the line was ended";
+        assert_eq!(
+            poll_err(&mut r, false),
+            vec![
+                (format!("{g}:2"), "{\"b\":".to_owned(), Some(rewritten.to_owned())),
+                (format!("{g}:2"), "{\"c\":3}".to_owned(), None)
+            ]
+        );
+        // A line that goes on being written is no loss.
+        d.append("b.jsonl", "{\"d\":");
+        assert_eq!(poll(&mut r, false), vec![]);
+        d.append("b.jsonl", "4}\n");
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{g}:3"), "{\"d\":4}")]);
+        // Only one of several readers sharing the files reports a loss.
+        let mut other = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        other.set_share(1, 2);
+        let _ = poll(&mut other, false);
+        d.append("b.jsonl", "{\"e\":");
+        let _ = poll(&mut other, false);
+        fs::remove_file(d.0.join("b.jsonl")).expect("rm");
+        assert_eq!(poll_err(&mut other, false), vec![]);
     }
 
     #[test]
