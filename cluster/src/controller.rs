@@ -19,8 +19,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use amx_connectors::{Decoder, Record};
-use amx_dataflows::event::Event;
 use amx_dataflows::render::SOURCE_STATS;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
@@ -205,8 +203,27 @@ impl SubscriptionMerge {
     }
 }
 
-/// A command waiting for every worker to apply it: (workers left, the latest frontier, reply).
-type ApplyWait = (usize, Time, Option<oneshot::Sender<Time>>);
+/// A command waiting for every worker to apply it.
+#[derive(Default)]
+struct ApplyWait {
+    /// Workers yet to answer.
+    left: usize,
+    /// What those that answered did.
+    applied: Applied,
+    /// Where the whole answer goes once `left` is 0.
+    reply: Option<oneshot::Sender<Applied>>,
+}
+
+/// What every worker did for one command (an ingest: with its records' outcome).
+#[derive(Debug, Default)]
+struct Applied {
+    /// The latest of the workers' input frontiers after it.
+    upper: Time,
+    /// Pushed records that decoded into rows.
+    accepted: u64,
+    /// Pushed records that did not: (line from 1, the reason).
+    rejected: Vec<(u64, String)>,
+}
 
 /// What worker 0 shares with the controller.
 pub struct Shared {
@@ -235,6 +252,22 @@ impl Shared {
     pub(crate) fn take_command_receiver(&self) -> Option<mpsc::Receiver<Envelope>> {
         *lock(&self.worker0) = Some(std::thread::current());
         lock(&self.commands).take()
+    }
+
+    /// One worker's answer to the command waiting as `id`; the last one sends the whole answer.
+    fn applied(&self, id: u64, upper: Time, accepted: u64, mut rejected: Vec<(u64, String)>) {
+        let mut ingests = lock(&self.ingests);
+        let Some(wait) = ingests.get_mut(&id) else { return };
+        wait.left = wait.left.saturating_sub(1);
+        wait.applied.upper = wait.applied.upper.max(upper);
+        wait.applied.accepted += accepted;
+        wait.applied.rejected.append(&mut rejected);
+        if wait.left == 0
+            && let Some(wait) = ingests.remove(&id)
+            && let Some(reply) = wait.reply
+        {
+            let _ = reply.send(wait.applied);
+        }
     }
 
     /// Worker 0 publishes the collections' frontiers and the file sources' progress.
@@ -275,20 +308,8 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
-            Response::Applied { id, upper: u } => {
-                let mut ingests = lock(&self.ingests);
-                let done = match ingests.get_mut(&id) {
-                    Some((left, upper, _)) => {
-                        *left -= 1;
-                        *upper = (*upper).max(u);
-                        *left == 0
-                    }
-                    None => false,
-                };
-                if done && let Some((_, upper, Some(reply))) = ingests.remove(&id) {
-                    let _ = reply.send(upper);
-                }
-            }
+            Response::Applied { id, upper } => self.applied(id, upper, 0, Vec::new()),
+            Response::Ingested { id, upper, accepted, rejected } => self.applied(id, upper, accepted, rejected),
             Response::SourceDone { job, source, upper } => {
                 let mut done = lock(&self.done);
                 let entry = done.entry((job, source)).or_insert((0, 0));
@@ -359,7 +380,7 @@ struct Sequencer {
     catalog: BTreeMap<String, Entry>,
     jobs: BTreeMap<JobId, JobInfo>,
     /// Push sources of running jobs: name → (job, decoder).
-    push: HashMap<String, (JobId, Arc<dyn Decoder>)>,
+    push: HashMap<String, JobId>,
     /// What failed in the agent state's own views (a bug: the controller planned them).
     instance_errors: Vec<String>,
     next_job: u64,
@@ -694,7 +715,7 @@ impl Controller {
         }
         let mut seq = lock(&self.inner.seq);
         for source in &job.config.sources {
-            if let Some((owner, _)) = seq.push.get(&source.name) {
+            if let Some(owner) = seq.push.get(&source.name) {
                 return Err(ClusterError::Conflict(format!("source `{}` is in use by job {owner}", source.name)));
             }
             if let Some(other) = seq
@@ -739,11 +760,12 @@ impl Controller {
             JobKind::Job => ClusterError::InvalidJob(e),
             JobKind::View => ClusterError::Sql(e),
         })?;
-        let mut decoders = Vec::new();
+        // A push source's decoder is made by every worker; it must be valid before it is sent.
+        let mut pushes = Vec::new();
         for source in sources.iter().filter(|s| s.kind == SourceKind::Push) {
-            let decoder = amx_connectors::decoder(&source.format, &source.options_json())
+            amx_connectors::decoder(&source.format, &source.options_json())
                 .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
-            decoders.push((source.name.clone(), Arc::<dyn Decoder>::from(decoder)));
+            pushes.push(source.name.clone());
         }
         let id = JobId(seq.next_job);
         seq.next_job += 1;
@@ -751,8 +773,8 @@ impl Controller {
         for (name, schema, reads) in planned {
             seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
         }
-        for (name, decoder) in decoders {
-            seq.push.insert(name, (id, decoder));
+        for name in pushes {
+            seq.push.insert(name, id);
         }
         let state = JobState::Running;
         seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
@@ -771,14 +793,14 @@ impl Controller {
     /// submitted `retractable`.
     pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
         let applied = self.begin_cancel(id, retract)?;
-        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
         self.wait_visible(upper).await;
         Ok(())
     }
 
     /// Cancels a job (see [`Controller::cancel_job`]); the receiver answers with the frontier
     /// once every worker has applied it.
-    fn begin_cancel(&self, id: JobId, retract: bool) -> Result<oneshot::Receiver<Time>, ClusterError> {
+    fn begin_cancel(&self, id: JobId, retract: bool) -> Result<oneshot::Receiver<Applied>, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
         if job.state == JobState::Cancelled {
@@ -812,7 +834,7 @@ impl Controller {
         };
         seq.send(&Command::DropJob { id, retract, wait, at })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
-        seq.push.retain(|_, (owner, _)| *owner != id);
+        seq.push.retain(|_, owner| *owner != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
@@ -820,11 +842,13 @@ impl Controller {
     }
 
     /// A wait id and the reply that comes once every worker has answered
-    /// [`Response::Applied`] for it (with the latest of their frontiers).
-    fn wait_for_workers(&self) -> (u64, oneshot::Receiver<Time>) {
+    /// [`Response::Applied`] or [`Response::Ingested`] for it (with the latest of their
+    /// frontiers).
+    fn wait_for_workers(&self) -> (u64, oneshot::Receiver<Applied>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, applied) = oneshot::channel();
-        lock(&self.inner.shared.ingests).insert(id, (self.peers(), 0, Some(reply)));
+        let wait = ApplyWait { left: self.peers(), reply: Some(reply), ..Default::default() };
+        lock(&self.inner.shared.ingests).insert(id, wait);
         (id, applied)
     }
 
@@ -1065,19 +1089,23 @@ impl Controller {
     }
 
     /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a
-    /// record, decoded here (so the reply can name each reject) and sent to the workers;
-    /// returns once every worker has put its share into its input and every collection has
+    /// record; the body goes to every worker, which decodes its share (record `i` on worker
+    /// `i mod peers`) and answers with its rejects (line and reason); returns once every worker has put its share into its input and every collection has
     /// passed their time (read your writes; at most 10 s), with the time in the report.
     ///
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
     /// source of that name (or was cancelled); [`ClusterError::Stopped`].
     pub async fn ingest(&self, job: JobId, source: &str, body: &str) -> Result<IngestReport, ClusterError> {
-        let decoder = {
+        let applied = {
             let seq = lock(&self.inner.seq);
             let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
             match seq.push.get(source) {
-                Some((owner, decoder)) if *owner == job => decoder.clone(),
+                Some(owner) if *owner == job => {
+                    let (id, applied) = self.wait_for_workers();
+                    seq.send(&Command::Ingest { id, source: source.to_owned(), body: body.to_owned() })?;
+                    applied
+                }
                 _ => {
                     let known: Vec<&str> =
                         info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
@@ -1091,36 +1119,17 @@ impl Controller {
                 }
             }
         };
-        let mut report = IngestReport::default();
-        let mut records = Vec::new();
-        for (i, line) in body.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record = Record::new(format!("POST /v1/ingest/{job}/{source}:{}", i + 1), line);
-            let mut events = Vec::new();
-            decoder.decode(source, &record, &mut events);
-            let error = events.iter().find_map(|e| match e {
-                Event::Error(err) => Some(err.error.clone()),
-                _ => None,
-            });
-            match error {
-                Some(error) => {
-                    report.rejected += 1;
-                    report.errors.push(IngestReject { line: i as u64 + 1, error });
-                }
-                None => report.accepted += 1,
-            }
-            records.push(events);
-        }
-        let (id, applied) = self.wait_for_workers();
-        lock(&self.inner.seq).send(&Command::Ingest { id, source: source.to_owned(), records })?;
-        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        let mut applied = applied.await.map_err(|_| ClusterError::Stopped)?;
         // Read your writes: once every collection has passed the records' time, a query
         // (which reads at a time all its collections have passed) sees them.
-        self.wait_visible(upper).await;
-        report.timestamp = upper.saturating_sub(1);
-        Ok(report)
+        self.wait_visible(applied.upper).await;
+        applied.rejected.sort_unstable_by_key(|(line, _)| *line);
+        Ok(IngestReport {
+            accepted: applied.accepted,
+            rejected: applied.rejected.len() as u64,
+            errors: applied.rejected.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
+            timestamp: applied.upper.saturating_sub(1),
+        })
     }
 
     /// Ends the following file sources of `job`: each reads what its files hold now and is
@@ -1163,7 +1172,7 @@ impl Controller {
             seq.send(&Command::CatchUp { job, wait })?;
             applied
         };
-        let upper = applied.await.map_err(|_| ClusterError::Stopped)?;
+        let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
         self.wait_visible(upper).await;
         Ok(upper)
     }

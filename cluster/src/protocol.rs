@@ -9,7 +9,6 @@
 //! share to worker 0 through a second stream of the same dataflow, and worker 0 hands them to
 //! the controller.
 
-use amx_dataflows::event::Event;
 use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
 use serde::{Deserialize, Serialize};
@@ -104,15 +103,19 @@ pub enum Command {
         /// Wait id.
         wait: u64,
     },
-    /// Records pushed to a push source: one entry per record, holding the events it decoded
-    /// to (an ingest error is an [`Event::Error`]). Record `i` goes to worker `i mod peers`.
+    /// Records pushed to a push source, as the request body: JSON lines (empty ones are no
+    /// records but keep the numbering). The `i`-th record goes to worker `i mod peers`, which
+    /// decodes it with the source's decoder (an ingest error becomes an
+    /// [`amx_dataflows::event::Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`), so the
+    /// workers decode a push in parallel.
     Ingest {
-        /// Wait id (each worker answers [`Response::Applied`] once the records are in its input).
+        /// Wait id (each worker answers [`Response::Ingested`] once its records are in its
+        /// input).
         id: u64,
         /// The source's name.
         source: String,
-        /// The decoded records.
-        records: Vec<Vec<Event>>,
+        /// The body.
+        body: String,
     },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.
@@ -185,6 +188,18 @@ pub enum Response {
         id: u64,
         /// The worker's input frontier after the records.
         upper: Time,
+    },
+    /// A worker has put its share of a [`Command::Ingest`] into its input, at times before
+    /// `upper`.
+    Ingested {
+        /// Wait id.
+        id: u64,
+        /// The worker's input frontier after the records.
+        upper: Time,
+        /// Its records that decoded into rows.
+        accepted: u64,
+        /// Its records that did not: (line in the body from 1, the reason).
+        rejected: Vec<(u64, String)>,
     },
     /// A job's source failed on a worker (an I/O error reading it): that worker stopped
     /// reading it.

@@ -114,6 +114,8 @@ struct CatchUp {
 /// A push source on one worker: its job (records arrive as [`Command::Ingest`]).
 struct PushSource {
     job: JobId,
+    /// Decodes this worker's share of each push.
+    decoder: Box<dyn Decoder>,
 }
 
 /// A job on one worker.
@@ -156,6 +158,17 @@ fn next_epoch(epoch: Time) -> Time {
 /// The first element of a frontier (`Time::MAX` when empty: closed).
 fn first(frontier: &Antichain<Time>) -> Time {
     frontier.elements().first().copied().unwrap_or(Time::MAX)
+}
+
+/// Lets an arrangement merge its batches as soon as they arrive: its physical compaction
+/// frontier goes to the empty antichain. Only times before the logical compaction frontier
+/// (`since`) are then forgotten, and every read of the catalog's arrangements takes the
+/// whole trace (`batches_through` the empty frontier) or imports it as a collection, so none
+/// needs the batches kept apart. Otherwise the batches sealed in the ~1 s between two
+/// [`Command::AllowCompaction`]s wait unmerged and are all introduced into the spine at the
+/// next one: a round of merging that stalled a worker for up to 0.6 s.
+fn merge_eagerly(trace: &mut RowTrace) {
+    trace.set_physical_compaction(Antichain::new().borrow());
 }
 
 /// The frontier of an arrangement: it holds every update at times before it.
@@ -331,8 +344,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     }
     let schemas: HashMap<String, SchemaRef> = builtin_schemas().into_iter().collect();
     let mut catalog: BTreeMap<String, Collection> = BTreeMap::new();
-    for (name, schema, trace) in builtin {
+    for (name, schema, mut trace) in builtin {
         let Some(schema) = schema.or_else(|| schemas.get(&name).cloned()) else { continue };
+        merge_eagerly(&mut trace);
         catalog.insert(name, Collection { schema, traces: vec![(Owner::Builtin, trace)] });
     }
 
@@ -412,7 +426,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                 ),
                             },
                             SourceKind::Push => {
-                                pushes.insert(source.name, PushSource { job: id });
+                                pushes.insert(source.name, PushSource { job: id, decoder });
                             }
                         }
                     }
@@ -434,7 +448,6 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         for collection in catalog.values_mut() {
                             for (_, trace) in collection.traces.iter_mut() {
                                 trace.set_logical_compaction(frontier.borrow());
-                                trace.set_physical_compaction(frontier.borrow());
                             }
                         }
                     }
@@ -497,18 +510,22 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 Command::CreateInstance { .. } => {
                     tracing::error!(worker = index, seq, "CreateInstance after the first command; skipped")
                 }
-                Command::Ingest { id, source, records } => {
+                Command::Ingest { id, source, body } => {
+                    let (mut accepted, mut rejected) = (0, Vec::new());
                     if let Some(push) = pushes.get(&source) {
                         let mut keep = jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
-                        let stats = pending_stats.entry(source).or_default();
-                        for (i, record) in records.into_iter().enumerate() {
-                            if i % peers != index {
-                                continue;
-                            }
+                        let stats = pending_stats.entry(source.clone()).or_default();
+                        let records = body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+                        for (line, text) in records.skip(index).step_by(peers) {
+                            let line = line as u64 + 1;
+                            let record = Record::new(format!("POST /v1/ingest/{}/{source}:{line}", push.job), text);
+                            push.decoder.decode(&source, &record, &mut events);
                             stats.0 += 1;
-                            for event in record {
-                                if matches!(event, Event::Error(_)) {
+                            let mut error = None;
+                            for event in events.drain(..) {
+                                if let Event::Error(e) = &event {
                                     stats.2 += 1;
+                                    error.get_or_insert_with(|| e.error.clone());
                                 } else {
                                     stats.1 += 1;
                                 }
@@ -517,9 +534,13 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                 }
                                 inputs.update(event, 1);
                             }
+                            match error {
+                                Some(error) => rejected.push((line, error)),
+                                None => accepted += 1,
+                            }
                         }
                     }
-                    respond(&mut resp_in, Response::Applied { id, upper: inputs.time() + 1 });
+                    respond(&mut resp_in, Response::Ingested { id, upper: inputs.time() + 1, accepted, rejected });
                 }
                 Command::Peek { id, collection, as_of, projection, filter, limit } => {
                     peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
@@ -701,7 +722,6 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             for collection in catalog.values_mut() {
                 for (_, trace) in collection.traces.iter_mut() {
                     trace.set_logical_compaction(frontier.borrow());
-                    trace.set_physical_compaction(frontier.borrow());
                 }
             }
         }
@@ -867,12 +887,14 @@ fn install_views(
             return Err(e);
         }
     };
-    for (name, schema, trace) in arranged {
+    for (name, schema, mut trace) in arranged {
+        merge_eagerly(&mut trace);
         catalog.insert(name, Collection { schema, traces: vec![(Owner::Job(job), trace)] });
     }
-    if let Some(trace) = errors
+    if let Some(mut trace) = errors
         && let Some(c) = catalog.get_mut(VIEW_ERRORS)
     {
+        merge_eagerly(&mut trace);
         c.traces.push((Owner::Job(job), trace));
     }
     Ok(dataflow)
