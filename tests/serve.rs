@@ -28,10 +28,16 @@ impl Drop for Server {
 /// Starts `aimatrix serve ARGS`; for process 0 waits for its HTTP address (it listens on a
 /// port of its own choosing: `--http 127.0.0.1:0`).
 fn start(args: &[String], controller: bool) -> Server {
+    start_with_env(args, controller, &[])
+}
+
+/// [`start`], with these environment variables (configuration overrides) set.
+fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
         .arg("serve")
         .args(args)
         .env_remove("AIMATRIX__HTTP__LISTEN")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -556,4 +562,37 @@ fn a_retractable_job_cancelled_with_retract_takes_its_records_back() {
     server.push(b, "b-in", &lines(&rb));
     sent_b.extend(rb);
     assert_eq!(server.sql_until(view, &sizes(&sent_b)), sizes(&sent_b));
+}
+
+/// A pushed record longer than `cluster.max_record_bytes` is rejected with its size, as a file
+/// source's would be; the reply counts every reject but lists only the first 1,000 by line,
+/// while `ingest_errors` holds all of them.
+#[test]
+fn a_push_past_the_record_limit_is_rejected_and_the_reply_lists_the_first_1000_rejects() {
+    let server = start_with_env(
+        &["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()],
+        true,
+        &[("AIMATRIX__CLUSTER__MAX_RECORD_BYTES", "200")],
+    );
+    let job =
+        server.submit(&push_job("limits", "in", "limit_sizes", "SELECT collection, size_bytes FROM knowledge_events"));
+    let good = r#"{"c": "lim", "id": "doc-1", "size": 7, "v": 1, "t": 1}"#.to_owned();
+    let long = format!(r#"{{"c": "lim", "id": "doc-2", "size": 8, "v": 1, "t": 1, "pad": "{}"}}"#, "q".repeat(300));
+    let mut body = vec![good, long.clone()];
+    // 1,500 lines that are not JSON, on lines 3 to 1502.
+    body.extend((0..1500).map(|i| format!("not json {i}")));
+    let report = server.push(job, "in", &body);
+    assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(1), Some(1501)), "{report}");
+    let errors = report["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1000);
+    assert_eq!(errors[0]["line"].as_u64(), Some(2));
+    let reason = errors[0]["error"].as_str().unwrap_or("");
+    assert!(
+        reason.contains(&format!("record of {} bytes exceeds the maximum record size of 200 bytes", long.len())),
+        "{reason}"
+    );
+    let lines: Vec<u64> = errors.iter().filter_map(|e| e["line"].as_u64()).collect();
+    assert_eq!(lines, (2..1002).collect::<Vec<u64>>());
+    assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), vec![json!({ "n": 1501 })]);
+    assert_eq!(server.sql("SELECT size_bytes FROM limit_sizes"), vec![json!({ "size_bytes": 7 })]);
 }

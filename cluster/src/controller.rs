@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use crate::job::{Job, SourceConfig, SourceKind};
-use crate::protocol::{Command, JobId, Response, ViewSpec};
+use crate::protocol::{Command, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
 use crate::worker::{WorkerOptions, builtin_schemas, run_worker};
 
 /// Errors of the controller's operations, each naming the problem; [`ClusterError::status`]
@@ -221,8 +221,10 @@ struct Applied {
     upper: Time,
     /// Pushed records that decoded into rows.
     accepted: u64,
-    /// Pushed records that did not: (line from 1, the reason).
-    rejected: Vec<(u64, String)>,
+    /// Pushed records that did not.
+    rejected: u64,
+    /// The first [`MAX_REPORTED_REJECTS`] of those by line: (line from 1, the reason).
+    errors: Vec<(u64, String)>,
 }
 
 /// What worker 0 shares with the controller.
@@ -255,13 +257,18 @@ impl Shared {
     }
 
     /// One worker's answer to the command waiting as `id`; the last one sends the whole answer.
-    fn applied(&self, id: u64, upper: Time, accepted: u64, mut rejected: Vec<(u64, String)>) {
+    fn applied(&self, id: u64, upper: Time, accepted: u64, rejected: u64, mut errors: Vec<(u64, String)>) {
         let mut ingests = lock(&self.ingests);
         let Some(wait) = ingests.get_mut(&id) else { return };
         wait.left = wait.left.saturating_sub(1);
-        wait.applied.upper = wait.applied.upper.max(upper);
-        wait.applied.accepted += accepted;
-        wait.applied.rejected.append(&mut rejected);
+        let applied = &mut wait.applied;
+        applied.upper = applied.upper.max(upper);
+        applied.accepted += accepted;
+        applied.rejected += rejected;
+        // The first rejects by line of all workers': each sent its first ones.
+        applied.errors.append(&mut errors);
+        applied.errors.sort_unstable_by_key(|(line, _)| *line);
+        applied.errors.truncate(MAX_REPORTED_REJECTS);
         if wait.left == 0
             && let Some(wait) = ingests.remove(&id)
             && let Some(reply) = wait.reply
@@ -308,8 +315,10 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
-            Response::Applied { id, upper } => self.applied(id, upper, 0, Vec::new()),
-            Response::Ingested { id, upper, accepted, rejected } => self.applied(id, upper, accepted, rejected),
+            Response::Applied { id, upper } => self.applied(id, upper, 0, 0, Vec::new()),
+            Response::Ingested { id, upper, accepted, rejected, errors } => {
+                self.applied(id, upper, accepted, rejected, errors)
+            }
             Response::SourceDone { job, source, upper } => {
                 let mut done = lock(&self.done);
                 let entry = done.entry((job, source)).or_insert((0, 0));
@@ -433,12 +442,6 @@ struct Inner {
 /// Queries planned and run at the same time, at most.
 const SQL_SLOTS: usize = 4;
 
-/// How far ahead of the latest frontier and of the controller's clock a retraction is timed
-/// (ms): the broadcast reaches the workers well within it, and worker clocks agree closer
-/// than it (NTP keeps hosts within a few ms). Time then moves by 1 per round until the
-/// clocks catch up.
-const RETRACT_MARGIN_MS: Time = 50;
-
 impl Drop for Inner {
     /// The last handle gone: the workers stop (else joining them would wait forever).
     fn drop(&mut self) {
@@ -493,7 +496,8 @@ pub struct IngestReport {
     pub accepted: u64,
     /// Records that did not (each is a row of `ingest_errors`).
     pub rejected: u64,
-    /// Why each rejected record was rejected: `{line, error}` (line numbers from 1).
+    /// Why each rejected record was rejected: `{line, error}` (line numbers from 1), for the
+    /// first [`MAX_REPORTED_REJECTS`] (1,000) by line; `ingest_errors` has every one.
     pub errors: Vec<IngestReject>,
     /// The time the records were ingested at (ms since the Unix epoch): every query answered
     /// after the reply reads at this time or later, so it sees them.
@@ -793,7 +797,18 @@ impl Controller {
     /// submitted `retractable`.
     pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
         let applied = self.begin_cancel(id, retract)?;
-        let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
+        let mut upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
+        if retract {
+            // The workers hold their time until this arrives: it is sent even when the caller
+            // goes away meanwhile, so they never hold for good.
+            let this = self.clone();
+            let retracted = tokio::spawn(async move {
+                let (wait, applied) = this.wait_for_workers();
+                lock(&this.inner.seq).send(&Command::RetractJob { id, at: upper, wait })?;
+                Ok::<_, ClusterError>(applied.await.map_err(|_| ClusterError::Stopped)?.upper)
+            });
+            upper = retracted.await.map_err(|_| ClusterError::Stopped)??;
+        }
         self.wait_visible(upper).await;
         Ok(())
     }
@@ -805,6 +820,12 @@ impl Controller {
         let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
         if job.state == JobState::Cancelled {
             return Err(ClusterError::Conflict(format!("job {id} is already cancelled")));
+        }
+        if retract && job.kind == JobKind::View {
+            return Err(ClusterError::Conflict(format!(
+                "job {id} is a materialized view (CREATE MATERIALIZED VIEW): it ingests nothing to retract; \
+                 DROP it or cancel it without retract"
+            )));
         }
         if retract && !job.retractable {
             return Err(ClusterError::Conflict(format!(
@@ -824,15 +845,7 @@ impl Controller {
             )));
         }
         let (wait, applied) = self.wait_for_workers();
-        // A retraction time every worker is still short of: later than every frontier reported
-        // and than this clock, by a margin for the commands in flight and for clock skew.
-        let at = if retract {
-            let reported = lock(&self.inner.shared.uppers).values().copied().max().unwrap_or(0);
-            reported.max(crate::worker::now_ms()) + RETRACT_MARGIN_MS
-        } else {
-            0
-        };
-        seq.send(&Command::DropJob { id, retract, wait, at })?;
+        seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
@@ -1119,15 +1132,14 @@ impl Controller {
                 }
             }
         };
-        let mut applied = applied.await.map_err(|_| ClusterError::Stopped)?;
+        let applied = applied.await.map_err(|_| ClusterError::Stopped)?;
         // Read your writes: once every collection has passed the records' time, a query
         // (which reads at a time all its collections have passed) sees them.
         self.wait_visible(applied.upper).await;
-        applied.rejected.sort_unstable_by_key(|(line, _)| *line);
         Ok(IngestReport {
             accepted: applied.accepted,
-            rejected: applied.rejected.len() as u64,
-            errors: applied.rejected.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
+            rejected: applied.rejected,
+            errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
             timestamp: applied.upper.saturating_sub(1),
         })
     }

@@ -73,15 +73,10 @@ pub enum Command {
         /// The job.
         id: JobId,
         /// Also retract every event the job's sources ingested (a job installed `retractable`):
-        /// each worker inserts its share again with the opposite diff, at time `at`, so every
-        /// relation and view loses the job's records at one timestamp.
+        /// each worker sets its share aside and holds its input time (answering with it) until
+        /// [`Command::RetractJob`] says when to retract them.
         #[serde(default)]
         retract: bool,
-        /// With `retract`, the timestamp of the retraction (ms since the Unix epoch): the
-        /// controller picks one later than every frontier it knows of; a worker whose clock
-        /// already passed it retracts at its own current time instead (and logs a warning).
-        #[serde(default)]
-        at: Time,
         /// Wait id: each worker answers [`Response::Applied`] once it has dropped the job.
         wait: u64,
     },
@@ -101,6 +96,19 @@ pub enum Command {
         /// The job.
         job: JobId,
         /// Wait id.
+        wait: u64,
+    },
+    /// Retracts what a [`Command::DropJob`] with `retract` set aside: each worker moves its
+    /// input to `at` and inserts its share of the job's events there with the opposite diff,
+    /// then lets its time move on. `at` is the latest input frontier the workers answered the
+    /// drop with; as they held their time since, none has passed it, so every relation and
+    /// view loses the job's records at this one timestamp.
+    RetractJob {
+        /// The job.
+        id: JobId,
+        /// The retraction's time.
+        at: Time,
+        /// Wait id: each worker answers [`Response::Applied`] once it has retracted.
         wait: u64,
     },
     /// Records pushed to a push source, as the request body: JSON lines (empty ones are no
@@ -159,6 +167,10 @@ pub enum Command {
     Shutdown,
 }
 
+/// Rejected records an ingest reply lists (the first, by line); all of them are rows of
+/// `ingest_errors`.
+pub const MAX_REPORTED_REJECTS: usize = 1000;
+
 /// A worker's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Response {
@@ -198,8 +210,10 @@ pub enum Response {
         upper: Time,
         /// Its records that decoded into rows.
         accepted: u64,
-        /// Its records that did not: (line in the body from 1, the reason).
-        rejected: Vec<(u64, String)>,
+        /// Its records that did not.
+        rejected: u64,
+        /// The first [`MAX_REPORTED_REJECTS`] of those: (line in the body from 1, the reason).
+        errors: Vec<(u64, String)>,
     },
     /// A job's source failed on a worker (an I/O error reading it): that worker stopped
     /// reading it.

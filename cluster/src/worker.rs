@@ -40,7 +40,7 @@ use timely::progress::Antichain;
 
 use crate::controller::Shared;
 use crate::job::SourceKind;
-use crate::protocol::{Command, JobId, Response, ViewSpec};
+use crate::protocol::{Command, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
 
 /// A collection's arrangement: its rows as keys, sharded over the workers by hash.
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
@@ -146,7 +146,7 @@ struct PendingPeek {
 }
 
 /// The engine clock: milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> Time {
+fn now_ms() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
 }
 
@@ -363,6 +363,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     let mut stat_totals: HashMap<String, (isize, isize, isize, isize)> = HashMap::new();
     let mut since: Time = 0;
     let mut compacted: Time = 0;
+    // Events of jobs dropped with `retract`, set aside until their `RetractJob`; while any
+    // are, this worker's input time holds (so the controller's retraction time is ahead).
+    let mut retracting: HashMap<JobId, Vec<Event>> = HashMap::new();
     let mut epoch: Time = next_epoch(0);
     inputs.advance_to(epoch);
     let mut last_advance = Instant::now();
@@ -452,24 +455,11 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                         }
                     }
                 }
-                Command::DropJob { id, retract, wait, at } => {
-                    // Everything it ingested, back out at time `at`, the same on every worker:
-                    // what this worker fed before is at earlier times, so `at` is one step.
-                    if retract && let Some(ingested) = jobs.get_mut(&id).and_then(|j| j.ingested.take()) {
-                        if at > epoch {
-                            epoch = at;
-                            inputs.advance_to(epoch);
-                        } else if at < epoch {
-                            tracing::warn!(
-                                worker = index, job = %id, at, epoch,
-                                "this worker's clock passed the retraction time; retracting at its own time"
-                            );
-                        }
-                        tracing::debug!(worker = index, job = %id, events = ingested.len(), at = epoch, "retracting a job's events");
-                        for event in ingested {
-                            inputs.update(event, -1);
-                        }
-                        changed = true;
+                Command::DropJob { id, retract, wait } => {
+                    // Its events wait for `RetractJob`, and time holds until then.
+                    if retract {
+                        let ingested = jobs.get_mut(&id).and_then(|j| j.ingested.take()).unwrap_or_default();
+                        retracting.insert(id, ingested);
                     }
                     let names: Vec<String> = files
                         .iter()
@@ -510,15 +500,38 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 Command::CreateInstance { .. } => {
                     tracing::error!(worker = index, seq, "CreateInstance after the first command; skipped")
                 }
+                Command::RetractJob { id, at, wait } => {
+                    if let Some(events) = retracting.remove(&id) {
+                        // Every worker held its time since the drop, and `at` is past the
+                        // latest of them: all retract at `at`.
+                        if at > epoch {
+                            epoch = at;
+                            inputs.advance_to(epoch);
+                        } else if at < epoch {
+                            tracing::error!(worker = index, job = %id, at, epoch, "retraction time already passed");
+                        }
+                        tracing::debug!(worker = index, job = %id, events = events.len(), at = epoch, "retracting a job's events");
+                        for event in events {
+                            inputs.update(event, -1);
+                        }
+                        changed = true;
+                    }
+                    respond(&mut resp_in, Response::Applied { id: wait, upper: epoch + 1 });
+                }
                 Command::Ingest { id, source, body } => {
-                    let (mut accepted, mut rejected) = (0, Vec::new());
+                    let (mut accepted, mut rejected, mut errors) = (0, 0, Vec::new());
                     if let Some(push) = pushes.get(&source) {
                         let mut keep = jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
                         let stats = pending_stats.entry(source.clone()).or_default();
                         let records = body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
                         for (line, text) in records.skip(index).step_by(peers) {
                             let line = line as u64 + 1;
-                            let record = Record::new(format!("POST /v1/ingest/{}/{source}:{line}", push.job), text);
+                            let location = format!("POST /v1/ingest/{}/{source}:{line}", push.job);
+                            let record = amx_connectors::record::record_within(
+                                location,
+                                text.as_bytes(),
+                                options.max_record_bytes.max(1),
+                            );
                             push.decoder.decode(&source, &record, &mut events);
                             stats.0 += 1;
                             let mut error = None;
@@ -535,12 +548,18 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                 inputs.update(event, 1);
                             }
                             match error {
-                                Some(error) => rejected.push((line, error)),
+                                Some(error) => {
+                                    rejected += 1;
+                                    if errors.len() < MAX_REPORTED_REJECTS {
+                                        errors.push((line, error));
+                                    }
+                                }
                                 None => accepted += 1,
                             }
                         }
                     }
-                    respond(&mut resp_in, Response::Ingested { id, upper: inputs.time() + 1, accepted, rejected });
+                    let upper = inputs.time() + 1;
+                    respond(&mut resp_in, Response::Ingested { id, upper, accepted, rejected, errors });
                 }
                 Command::Peek { id, collection, as_of, projection, filter, limit } => {
                     peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
@@ -647,7 +666,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             }
             sources_left
         });
-        if fed || ended || answered || changed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK {
+        let holding = !retracting.is_empty();
+        if !holding
+            && (fed || ended || answered || changed || !pending_stats.is_empty() || last_advance.elapsed() >= IDLE_TICK)
+        {
             for (source, counts) in pending_stats.drain() {
                 let total = stat_totals.entry(source.clone()).or_default();
                 *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);

@@ -539,9 +539,11 @@ fn note_pending(state: &mut FileState, rest: &[u8]) {
     state.pending_head.extend_from_slice(&rest[..rest.len().min(RAW_BYTES)]);
 }
 
-/// A record of `bytes` at `location`, or, when longer than `limit`, a record carrying the
-/// oversized-record error (with the first [`RAW_BYTES`] as its text).
-fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
+/// A record of `bytes` at `location`, or, when longer than `limit` bytes, a record carrying
+/// the error `record of N bytes exceeds the maximum record size of M bytes
+/// (--max-record-bytes)` (with its first 1 KiB as text), as the file reader makes them; for
+/// records that arrive otherwise (pushed over HTTP).
+pub fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
     if bytes.len() as u64 > limit {
         oversized_record(location, bytes.len() as u64, &bytes[..bytes.len().min(RAW_BYTES)], limit)
     } else {
