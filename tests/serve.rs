@@ -595,4 +595,16 @@ fn a_push_past_the_record_limit_is_rejected_and_the_reply_lists_the_first_1000_r
     assert_eq!(lines, (2..1002).collect::<Vec<u64>>());
     assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), vec![json!({ "n": 1501 })]);
     assert_eq!(server.sql("SELECT size_bytes FROM limit_sizes"), vec![json!({ "size_bytes": 7 })]);
+
+    // A body that is not UTF-8 is refused whole, at its line; a compressed one with 415.
+    let url = format!("{}/v1/ingest/{job}/in", server.base);
+    let bad = b"{\"c\": \"lim\", \"id\": \"doc-3\"}\n{\"c\": \"\xff\"}\n".to_vec();
+    let response = server.agent.post(&url).send(&bad[..]).expect("an answer");
+    assert_eq!(response.status().as_u16(), 400);
+    let text = response.into_body().read_to_string().expect("a body");
+    assert!(text.contains("not UTF-8: line 2") && text.contains("nothing was ingested"), "{text}");
+    let response =
+        server.agent.post(&url).header("Content-Encoding", "gzip").send(&b"\x1f\x8b"[..]).expect("an answer");
+    assert_eq!(response.status().as_u16(), 415);
+    assert_eq!(server.sql("SELECT size_bytes FROM limit_sizes"), vec![json!({ "size_bytes": 7 })]);
 }

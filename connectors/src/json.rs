@@ -588,7 +588,22 @@ impl Decoder for JsonDecoder {
         };
         match self.row(&v) {
             Ok(event) => out.push(event),
-            Err(errors) => out.push(error(source, &record.location, errors.join("; "), &record.text)),
+            Err(errors) => {
+                // A record that is no object fails for that reason, not its columns'.
+                let kind = match &v {
+                    Value::Object(_) => None,
+                    Value::Array(_) => Some("an array"),
+                    Value::String(_) => Some("a string"),
+                    Value::Number(_) => Some("a number"),
+                    Value::Bool(_) => Some("a boolean"),
+                    Value::Null => Some("null"),
+                };
+                let message = match kind {
+                    Some(kind) => format!("the record is {kind}, not a JSON object: {}", errors.join("; ")),
+                    None => errors.join("; "),
+                };
+                out.push(error(source, &record.location, message, &record.text))
+            }
         }
     }
 }
@@ -709,6 +724,14 @@ mod tests {
                 source_offset: Some(7),
             })]
         );
+    }
+
+    #[test]
+    fn a_record_that_is_no_object_says_so() {
+        let out = decode(&wiki(), &json!([1, 2]));
+        assert!(one_error(&out).starts_with("the record is an array, not a JSON object: missing required column"));
+        assert!(one_error(&decode(&wiki(), &json!(42))).starts_with("the record is a number, not a JSON object: "));
+        assert!(one_error(&decode(&wiki(), &json!(null))).starts_with("the record is null, not a JSON object: "));
     }
 
     #[test]

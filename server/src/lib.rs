@@ -349,15 +349,32 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
     params(("job" = u64, Path, description = "job id"), ("source" = String, Path, description = "push source name")),
     request_body(content = String, content_type = "application/x-ndjson", description = "one record per line"),
     responses((status = 200, description = "{\"accepted\": N, \"rejected\": M, \"errors\": [{\"line\": L, \"error\": \"…\"}]}"),
-              (status = 404, description = "no such job or push source")))]
+              (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line)"),
+              (status = 404, description = "no such job or push source"),
+              (status = 415, description = "a compressed body (Content-Encoding)")))]
 async fn ingest(
     State(state): State<AppState>,
     Path((job, source)): Path<(String, String)>,
+    headers: HeaderMap,
     raw: Body,
 ) -> ApiResult<Response> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok())
+        && !encoding.trim().eq_ignore_ascii_case("identity")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "compressed bodies (Content-Encoding: {encoding}) are not supported; send the JSON lines as they are"
+            ),
+        ));
+    }
     let body = body(raw)?;
     let job = job_id(&job)?;
-    let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the body is not UTF-8: {e}")))?;
+    // All or nothing: a body that is not text is refused whole, at the line that breaks it.
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        let line = body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        ApiError::bad_request(format!("the body is not UTF-8: line {line}: {e}; nothing was ingested"))
+    })?;
     let report = state.controller.ingest(job, &source, text).await?;
     Ok(axum::Json(report).into_response())
 }
