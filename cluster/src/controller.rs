@@ -794,21 +794,27 @@ impl Controller {
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::Conflict`] when it is already cancelled,
     /// a view of another job reads one of its views, or `retract` is asked of a job not
-    /// submitted `retractable`.
+    /// submitted `retractable` (or of a materialized view).
+    ///
+    /// # Panics
+    /// With `retract`, outside a tokio runtime (the retraction's second step is a task).
     pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
         let applied = self.begin_cancel(id, retract)?;
-        let mut upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
-        if retract {
-            // The workers hold their time until this arrives: it is sent even when the caller
-            // goes away meanwhile, so they never hold for good.
+        let upper = if retract {
+            // From the drop on, the workers hold their time until `RetractJob` arrives. The
+            // rest runs in a task of its own, started before anything is awaited, so a caller
+            // that goes away (a client that disconnects) cannot leave them holding for good.
             let this = self.clone();
             let retracted = tokio::spawn(async move {
+                let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
                 let (wait, applied) = this.wait_for_workers();
                 lock(&this.inner.seq).send(&Command::RetractJob { id, at: upper, wait })?;
                 Ok::<_, ClusterError>(applied.await.map_err(|_| ClusterError::Stopped)?.upper)
             });
-            upper = retracted.await.map_err(|_| ClusterError::Stopped)??;
-        }
+            retracted.await.map_err(|_| ClusterError::Stopped)??
+        } else {
+            applied.await.map_err(|_| ClusterError::Stopped)?.upper
+        };
         self.wait_visible(upper).await;
         Ok(())
     }

@@ -193,8 +193,10 @@ pub enum Response {
         /// The worker's frontier for this subscription (`Time::MAX`: closed).
         upper: Time,
     },
-    /// A worker has applied a [`Command::Ingest`] or [`Command::DropJob`]: what it changed
-    /// (records, retracted counters) is at times before `upper`.
+    /// A worker has applied a [`Command::DropJob`], [`Command::RetractJob`] or
+    /// [`Command::CatchUp`]: what it changed (retracted counters and events, records read) is
+    /// at times before `upper`. After a `DropJob` with `retract`, `upper` is one past the time
+    /// the worker holds.
     Applied {
         /// Wait id.
         id: u64,
