@@ -67,7 +67,9 @@ def served(binary, job):
     import tomllib
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--workers", "2"],
+    # The examples read ../shared/data: the one directory this server lets jobs read.
+    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--workers", "2",
+                               "--file-root", DATA],
                               stdout=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60

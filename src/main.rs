@@ -143,6 +143,10 @@ struct ServeArgs {
     /// Address of the HTTP API, host:port [default: 127.0.0.1:6876]
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// A directory whose files jobs submitted to this server may read (repeat for several;
+    /// the config key files.roots) [default: none: file sources are refused]
+    #[arg(long = "file-root", value_name = "DIR")]
+    file_roots: Vec<PathBuf>,
     /// Worker threads per process [default: 1]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
@@ -230,8 +234,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !cluster.is_empty() {
         flags.insert("cluster".into(), cluster.into());
     }
+    if !args.file_roots.is_empty() {
+        flags.insert("files".into(), serde_json::json!({ "roots": args.file_roots }));
+    }
     let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
+    if config.cluster.process_index == 0 {
+        config.check_listen().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    }
     let controller = amx_cluster::Controller::start(config.cluster_config())?;
     if config.cluster.process_index != 0 {
         eprintln!(
@@ -242,7 +253,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let runtime = server_runtime()?;
     let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms))
-        .with_max_body_bytes(config.http.max_body_bytes);
+        .with_max_body_bytes(config.http.max_body_bytes)
+        .with_file_access(access)
+        .with_guard(config.guard());
     let listen = config.http.listen.clone();
     runtime.block_on(async move {
         let listener =
@@ -273,6 +286,9 @@ fn demo_serve(
     listen: &str,
     workers: usize,
 ) -> Result<()> {
+    let mut config = amx_server::config::ServeConfig::default();
+    config.http.listen = listen.to_owned();
+    config.check_listen().map_err(|e| anyhow::anyhow!("--http: {e}"))?;
     std::fs::create_dir_all(dir)?;
     let first = write_demo_data(&dir.join("round-0"), &DemoConfig { events: 1, seed })?;
     let mut job = Job::parse(&demo_job_toml(&first), dir)?;
@@ -283,7 +299,7 @@ fn demo_serve(
     let controller = amx_cluster::Controller::start(amx_cluster::ClusterConfig { workers, ..Default::default() })?;
     let id = controller.install_job(&job)?;
     let runtime = server_runtime()?;
-    let state = amx_server::AppState::new(controller.clone(), Duration::from_secs(60));
+    let state = amx_server::AppState::new(controller.clone(), Duration::from_secs(60)).with_guard(config.guard());
     let feeder = controller.clone();
     let dir = dir.to_owned();
     let result = runtime.block_on(async move {
@@ -291,7 +307,7 @@ fn demo_serve(
         let address = listener.local_addr()?;
         eprintln!(
             "demo: serving the demo's live state on http://{address} (job {id}: push sources {}); try\n  \
-             aimatrix sql --server http://{address} \"SELECT provider, request_model, calls, cost_usd FROM model_usage ORDER BY calls DESC LIMIT 5\"\n  \
+             aimatrix sql --server http://{address} \"SELECT provider, request_model, calls, input_tokens, output_tokens FROM model_usage ORDER BY calls DESC LIMIT 5\"\n  \
              aimatrix subscribe --server http://{address} workflow_runs\nCtrl-C stops it.",
             job.config.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
         );

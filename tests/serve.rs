@@ -69,13 +69,47 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
 }
 
 impl Server {
+    /// Calls a route with its documented content type (TOML jobs, JSON SQL, JSON lines to
+    /// ingest).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let content_type = if path.starts_with("/v1/jobs") {
+            "application/toml"
+        } else if path.starts_with("/v1/ingest") {
+            "application/x-ndjson"
+        } else {
+            "application/json"
+        };
+        self.call_with(method, path, body, &[("Content-Type", content_type)])
+    }
+
+    /// Calls a route with these headers.
+    fn call_with(&self, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            (_, Some(b)) => self.agent.post(&url).send(b.as_bytes()),
-            (_, None) => self.agent.post(&url).send_empty(),
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r.call()
+            }
+            (_, b) => {
+                let mut r = self.agent.post(&url);
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                match b {
+                    Some(b) => r.send(b.as_bytes()),
+                    None => r.send_empty(),
+                }
+            }
         }
         .expect("the server answers");
         let status = response.status().as_u16();
@@ -337,6 +371,7 @@ fn jobs_installed_and_cancelled_at_run_time() {
         .map(|j| (j["id"].as_u64().unwrap_or(0), j["state"].as_str().unwrap_or("").to_owned()))
         .collect();
     assert_eq!(states, vec![(a, "running".to_owned()), (b, "cancelled".to_owned()), (b2, "cancelled".to_owned())]);
+    // This server has no file roots: every file source is refused, existing or not.
     let missing = push_job("missing", "m-in", "m_v", "SELECT 1 AS x")
         .replace("kind = \"push\"", "path = \"/nonexistent/dir/*.jsonl\"");
     for (method, path, body, want) in [
@@ -349,7 +384,7 @@ fn jobs_installed_and_cancelled_at_run_time() {
         ("POST", "/v1/sql", Some(r#"["SELECT 1"]"#), 400),
         ("GET", "/v1/sql", None, 405),
         ("POST", "/v1/jobs", Some(""), 400),
-        ("POST", "/v1/jobs", Some(&missing), 400),
+        ("POST", "/v1/jobs", Some(&missing), 403),
         ("POST", "/v1/jobs", Some(&push_job("clash", "c-in", "a_sizes", "SELECT 1 AS x")), 409),
         ("POST", "/v1/jobs", Some(&push_job("clash", "a-in", "c_sizes", "SELECT 1 AS x")), 409),
         ("GET", "/v1/subscribe?view=no_such_view", None, 404),
@@ -387,7 +422,8 @@ fn two_processes_answer_as_one() {
         "SELECT count(*) AS n FROM knowledge_events",
     ];
 
-    let one = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let root = dir.path().to_string_lossy().into_owned();
+    let one = start(&["--http".into(), "127.0.0.1:0".into(), "--file-root".into(), root.clone()], true);
     let id = one.submit(&job);
     let want_n = vec![json!({ "n": all.len() })];
     assert_eq!(one.sql_until(queries[2], &want_n), want_n);
@@ -403,7 +439,7 @@ fn two_processes_answer_as_one() {
             .collect();
         args.extend(["--hosts".into(), hosts.to_string_lossy().into_owned()]);
         if i == 0 {
-            args.extend(["--http".into(), "127.0.0.1:0".into()]);
+            args.extend(["--http".into(), "127.0.0.1:0".into(), "--file-root".into(), root.clone()]);
         }
         args
     };
@@ -432,7 +468,8 @@ fn a_following_file_source_reads_what_is_appended() {
         "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
     )
     .replace("kind = \"push\"", &format!("path = {:?}\nfollow = true", data.to_string_lossy()));
-    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let root = dir.path().to_string_lossy().into_owned();
+    let server = start(&["--http", "127.0.0.1:0", "--workers", "2", "--file-root", &root].map(String::from), true);
     let id = server.submit(&job);
     let caught_up = || {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -599,12 +636,203 @@ fn a_push_past_the_record_limit_is_rejected_and_the_reply_lists_the_first_1000_r
     // A body that is not UTF-8 is refused whole, at its line; a compressed one with 415.
     let url = format!("{}/v1/ingest/{job}/in", server.base);
     let bad = b"{\"c\": \"lim\", \"id\": \"doc-3\"}\n{\"c\": \"\xff\"}\n".to_vec();
-    let response = server.agent.post(&url).send(&bad[..]).expect("an answer");
+    let response =
+        server.agent.post(&url).header("Content-Type", "application/x-ndjson").send(&bad[..]).expect("an answer");
     assert_eq!(response.status().as_u16(), 400);
     let text = response.into_body().read_to_string().expect("a body");
     assert!(text.contains("not UTF-8: line 2") && text.contains("nothing was ingested"), "{text}");
     let response =
-        server.agent.post(&url).header("Content-Encoding", "gzip").send(&b"\x1f\x8b"[..]).expect("an answer");
+        server.agent.post(&url).header("Content-Encoding", "gzip").header("Content-Type", "application/x-ndjson");
+    let response = response.send(&b"\x1f\x8b"[..]).expect("an answer");
     assert_eq!(response.status().as_u16(), 415);
     assert_eq!(server.sql("SELECT size_bytes FROM limit_sizes"), vec![json!({ "size_bytes": 7 })]);
+}
+
+/// A job submitted over HTTP reads files only under the server's `files.roots`: a path outside
+/// (absolute, with `..`, through a symbolic link or a linked directory, or a glob above a root)
+/// is refused with 403 whether or not it exists, with the same message, and nothing of the
+/// file comes back through `ingest_errors`; a server without roots refuses every file source.
+#[test]
+fn file_sources_read_only_under_the_configured_roots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+    std::fs::create_dir_all(&root).expect("root");
+    std::fs::create_dir_all(&outside).expect("outside");
+    const SECRET: &str = "TOP-SECRET-LINE";
+    let secret = outside.join("secret.jsonl");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("secret");
+    std::fs::write(root.join("in.jsonl"), lines(&records("r", 0)).join("\n") + "\n").expect("in");
+    std::os::unix::fs::symlink(&secret, root.join("link.jsonl")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, root.join("linkdir")).expect("symlink dir");
+    std::os::unix::fs::symlink(outside.join("missing.jsonl"), root.join("dangling.jsonl")).expect("dangling");
+    let job = |name: &str, path: &str| {
+        push_job(name, &format!("{name}-in"), &format!("{name}_v"), "SELECT 1 AS x")
+            .replace("kind = \"push\"", &format!("path = {path:?}"))
+    };
+    let root_text = root.to_string_lossy().into_owned();
+    let server = start(&["--http", "127.0.0.1:0", "--file-root", &root_text].map(String::from), true);
+
+    // Outside the roots: 403, the same answer for a file that exists and one that does not.
+    let root_s = root.display();
+    let refused = [
+        secret.display().to_string(),
+        outside.join("missing.jsonl").display().to_string(),
+        "/etc/passwd".to_owned(),
+        format!("{root_s}/../outside/secret.jsonl"),
+        format!("{root_s}/../outside/missing.jsonl"),
+        format!("{}/*/secret.jsonl", dir.path().display()),
+        "../../../../etc/passwd".to_owned(),
+    ];
+    let mut messages = Vec::new();
+    for (i, path) in refused.iter().enumerate() {
+        let (status, body) = server.call("POST", "/v1/jobs", Some(&job(&format!("o{i}"), path)));
+        assert_eq!(status, 403, "{path}: {body}");
+        let message = body["error"].as_str().expect("an error").replace(path.as_str(), "PATH");
+        assert!(message.contains("files.roots") || message.contains("[files] roots"), "{message}");
+        if path.starts_with('/') {
+            messages.push(message.replace(&format!("o{i}"), "NAME"));
+        }
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "the answers differ: {messages:#?}");
+
+    // A link out of the root matches no file (as a missing file under the root does): 400.
+    for path in [root.join("link.jsonl"), root.join("linkdir/secret.jsonl"), root.join("none.jsonl")] {
+        let (status, body) = server.call("POST", "/v1/jobs", Some(&job("l", &path.to_string_lossy())));
+        assert_eq!(status, 400, "{}: {body}", path.display());
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("no file matches")), "{body}");
+    }
+
+    // A glob under the root reads the file inside; the links are reported, not read.
+    let id = server.submit(&job("g", &format!("{root_s}/*.jsonl")));
+    let want = vec![json!({ "n": 40 })];
+    assert_eq!(server.sql_until("SELECT count(*) AS n FROM knowledge_events", &want), want);
+    let not_read = "not read: it does not resolve to a file under the server's file roots (files.roots)";
+    let want_errors = [
+        json!({ "location": format!("{root_s}/dangling.jsonl"), "error": not_read }),
+        json!({ "location": format!("{root_s}/link.jsonl"), "error": not_read }),
+    ];
+    let query = "SELECT location, error FROM ingest_errors WHERE source = 'g-in' ORDER BY location";
+    assert_eq!(server.sql_until(query, &want_errors), want_errors);
+    let raw = server.sql("SELECT raw FROM ingest_errors");
+    assert!(!Value::Array(raw).to_string().contains(SECRET));
+    assert_eq!(server.call("GET", &format!("/v1/jobs/{id}"), None).0, 200);
+
+    // No roots configured: every file source is refused, and the answer names the setting.
+    let closed = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let (status, body) = closed.call("POST", "/v1/jobs", Some(&job("c", &root.join("in.jsonl").to_string_lossy())));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("[files] roots")), "{body}");
+}
+
+/// Sends one raw HTTP/1.1 request (the exact headers given, nothing added) and returns the
+/// status and the body.
+fn raw_request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// A web page cannot drive the server: every route refuses a foreign `Host` (DNS rebinding)
+/// and a foreign `Origin` with 403, and bodies without their documented content type (the
+/// CORS-safelisted ones a page can send without asking) with 415; same-origin pages and
+/// clients that send no `Origin` are answered. A non-loopback listen address is refused at
+/// start-up.
+#[test]
+fn browsers_and_foreign_hosts_are_refused() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let job = push_job("web", "web-in", "web_v", "SELECT count(*) AS n FROM knowledge_events");
+    let id = server.submit(&job);
+    let local = server.base.trim_start_matches("http://").to_owned();
+    let routes: Vec<(&str, String, &str, &str)> = vec![
+        ("GET", "/healthz".into(), "", ""),
+        ("GET", "/readyz".into(), "", ""),
+        ("GET", "/v1/openapi.json".into(), "", ""),
+        ("GET", "/v1/catalog".into(), "", ""),
+        ("GET", "/v1/jobs".into(), "", ""),
+        ("GET", format!("/v1/jobs/{id}"), "", ""),
+        ("POST", "/v1/jobs".into(), "application/toml", "name = \"x\""),
+        ("POST", "/v1/sql".into(), "application/json", r#"{"sql": "SELECT 1"}"#),
+        ("POST", format!("/v1/ingest/{id}/web-in"), "application/x-ndjson", "{}"),
+        ("GET", "/v1/subscribe?view=web_v".into(), "", ""),
+        ("DELETE", "/v1/jobs/999".into(), "", ""),
+        ("GET", "/no/such/route".into(), "", ""),
+    ];
+    for (method, path, content_type, body) in &routes {
+        let with = |extra: &[(&str, &str)]| {
+            let mut headers: Vec<(&str, &str)> = extra.to_vec();
+            if !content_type.is_empty() {
+                headers.push(("Content-Type", content_type));
+            }
+            raw_request(&server.base, method, path, &headers, body)
+        };
+        let (status, answer) = with(&[("Host", "attacker.example:6876")]);
+        assert!(
+            status == 403 && answer.contains("http.allowed_hosts"),
+            "{method} {path} foreign Host: {status} {answer}"
+        );
+        for origin in ["http://attacker.example", "null"] {
+            let (status, answer) = with(&[("Host", &local), ("Origin", origin)]);
+            assert!(
+                status == 403 && answer.contains("http.allowed_origins"),
+                "{method} {path} Origin {origin}: {status} {answer}"
+            );
+        }
+        // The server's own origin is allowed: whatever the route answers, it is not the guard's 403.
+        let (status, answer) = with(&[("Host", &local), ("Origin", &server.base)]);
+        assert!(status != 403 && status != 415, "{method} {path} same origin: {status} {answer}");
+    }
+    // Bodies a page can send without a preflight, or none at all: 415, and nothing happens.
+    let before = server.sql("SELECT count(*) AS n FROM knowledge_events");
+    for (path, body) in [
+        ("/v1/jobs".to_owned(), push_job("simple", "simple-in", "simple_v", "SELECT 1 AS x")),
+        ("/v1/sql".to_owned(), r#"{"sql": "CREATE MATERIALIZED VIEW simple_w AS SELECT 1 AS x"}"#.to_owned()),
+        (format!("/v1/ingest/{id}/web-in"), r#"{"c": "s", "id": "d", "v": 1, "size": 1, "t": 1}"#.to_owned()),
+    ] {
+        for content_type in
+            [Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data"), None]
+        {
+            let mut headers = vec![("Host", local.as_str())];
+            if let Some(t) = content_type {
+                headers.push(("Content-Type", t));
+            }
+            let (status, answer) = raw_request(&server.base, "POST", &path, &headers, &body);
+            assert!(status == 415 && answer.contains("Content-Type"), "{path} as {content_type:?}: {status} {answer}");
+        }
+    }
+    let (_, jobs) = server.call("GET", "/v1/jobs", None);
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+    assert_eq!(server.call("GET", "/v1/subscribe?view=simple_w", None).0, 404);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM knowledge_events"), before);
+    // SQL as application/sql is documented and answered.
+    let (status, answer) = raw_request(
+        &server.base,
+        "POST",
+        "/v1/sql",
+        &[("Host", &local), ("Content-Type", "application/sql; charset=utf-8")],
+        "SELECT 41 + 1 AS x",
+    );
+    assert!(status == 200 && answer.contains("42"), "{status} {answer}");
+
+    // Listening beyond loopback needs authentication, which the server does not have yet.
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+            .args(["serve", "--http", listen])
+            .env_remove("AIMATRIX__HTTP__LISTEN")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("http.listen") && stderr.contains("loopback"), "{stderr}");
+    }
 }

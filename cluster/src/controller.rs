@@ -57,17 +57,21 @@ pub enum ClusterError {
     /// job already cancelled).
     #[error("{0}")]
     Conflict(String),
+    /// The request is not allowed (a file source outside the server's file roots).
+    #[error("{0}")]
+    Forbidden(String),
     /// The cluster has stopped (its workers exited).
     #[error("the cluster has stopped")]
     Stopped,
 }
 
 impl ClusterError {
-    /// The HTTP status for this error: 400, 404, 409 or 503.
+    /// The HTTP status for this error: 400, 403, 404, 409 or 503.
     pub fn status(&self) -> u16 {
         match self {
             ClusterError::InvalidJob(_) | ClusterError::Sql(_) | ClusterError::BadRequest(_) => 400,
             ClusterError::UnknownJob(_) | ClusterError::UnknownSource(_) | ClusterError::UnknownCollection(_) => 404,
+            ClusterError::Forbidden(_) => 403,
             ClusterError::Conflict(_) => 409,
             ClusterError::Stopped => 503,
         }
@@ -422,6 +426,14 @@ fn plan(schemas: &[(String, SchemaRef)], views: &[ViewSpec]) -> Result<Vec<(Stri
     Ok(defs.into_iter().map(|d| (d.name, d.schema, d.reads)).collect())
 }
 
+/// What a job being installed reads: its sources, whether what they ingest can be retracted,
+/// and which files its file sources may read.
+struct Inputs {
+    sources: Vec<SourceConfig>,
+    retractable: bool,
+    access: amx_connectors::FileAccess,
+}
+
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
 pub struct Controller {
@@ -701,14 +713,18 @@ impl Controller {
         for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
             // A file source that does not follow is read to its end once: a glob that matches
             // nothing now would never be read.
+            job.access
+                .check_pattern(&source.path)
+                .map_err(|e| ClusterError::Forbidden(format!("source `{}`: {e}", source.name)))?;
+            let mut reader = amx_connectors::FileReader::new(&source.path)
+                .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
+            reader.set_access(job.access.clone());
             if std::path::Path::new(&source.path).is_dir() {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: `{}` is a directory; give a file or a glob of files",
                     source.name, source.path
                 )));
             }
-            let reader = amx_connectors::FileReader::new(&source.path)
-                .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
             if reader.paths().is_empty() && !source.follow {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: no file matches `{}` (paths are read by the server, relative to its working \
@@ -740,7 +756,8 @@ impl Controller {
             })
             .collect();
         let (name, sources) = (job.config.name.clone(), job.config.sources.clone());
-        self.install(&mut seq, name, JobKind::Job, sources, views, job.config.retractable)
+        let inputs = Inputs { sources, retractable: job.config.retractable, access: job.access.clone() };
+        self.install(&mut seq, name, JobKind::Job, inputs, views)
     }
 
     fn install(
@@ -748,10 +765,10 @@ impl Controller {
         seq: &mut Sequencer,
         name: Option<String>,
         kind: JobKind,
-        sources: Vec<SourceConfig>,
+        inputs: Inputs,
         views: Vec<ViewSpec>,
-        retractable: bool,
     ) -> Result<JobId, ClusterError> {
+        let Inputs { sources, retractable, access } = inputs;
         for view in &views {
             if view.name.is_empty() {
                 return Err(ClusterError::Sql("a view needs a name".into()));
@@ -773,7 +790,7 @@ impl Controller {
         }
         let id = JobId(seq.next_job);
         seq.next_job += 1;
-        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable })?;
+        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable, access })?;
         for (name, schema, reads) in planned {
             seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
         }
@@ -892,7 +909,8 @@ impl Controller {
             return Err(ClusterError::Conflict(format!("a relation or view named `{name}` already exists")));
         }
         let views = vec![ViewSpec { name: name.to_owned(), sql: sql.to_owned() }];
-        self.install(&mut seq, Some(name.to_owned()), JobKind::View, Vec::new(), views, false)
+        let inputs = Inputs { sources: Vec::new(), retractable: false, access: Default::default() };
+        self.install(&mut seq, Some(name.to_owned()), JobKind::View, inputs, views)
     }
 
     /// `DROP MATERIALIZED VIEW name`: only views created in SQL (a job's views go with the

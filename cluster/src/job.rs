@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use amx_connectors::FileAccess;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +103,9 @@ pub struct QueryConfig {
 pub struct Job {
     /// The config as written, with `path`s made absolute.
     pub config: JobConfig,
+    /// Which files its file sources may read: [`FileAccess::Any`] as parsed; a server sets
+    /// its `files.roots` before installing a job submitted over the network.
+    pub access: FileAccess,
 }
 
 impl Job {
@@ -146,13 +150,16 @@ impl Job {
                 bail!("view `{name}` must be a SQL string (name = \"SELECT …\")");
             }
         }
-        Ok(Job { config })
+        Ok(Job { config, access: FileAccess::Any })
     }
 
     /// Reads and parses a job file.
     pub fn load(path: &Path) -> Result<Job> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Relative source paths resolve against the job file's directory, made absolute here
+        // (against the working directory), so the job means the same wherever it is sent.
+        let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        let base = absolute.parent().unwrap_or(Path::new("/"));
         Job::parse(&text, base).with_context(|| format!("in {}", path.display()))
     }
 }

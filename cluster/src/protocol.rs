@@ -66,6 +66,9 @@ pub enum Command {
         /// Keep the events its sources ingest, so that [`Command::DropJob`] can retract them.
         #[serde(default)]
         retractable: bool,
+        /// Which files its file sources may read (a server's `files.roots`).
+        #[serde(default)]
+        access: amx_connectors::FileAccess,
     },
     /// Stops a job's sources and drops its views' dataflow and arrangements. What the job
     /// ingested stays in the shared agent state, unless `retract`.

@@ -392,7 +392,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 }
             };
             match command {
-                Command::InstallJob { id, sources, views, retractable } => {
+                Command::InstallJob { id, sources, views, retractable, access } => {
                     for source in sources {
                         let decoder = match amx_connectors::decoder(&source.format, &source.options_json()) {
                             Ok(d) => d,
@@ -414,6 +414,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                                     reader.set_max_poll_bytes(options.poll_bytes.max(1));
                                     reader.set_share(index as u64, peers as u64);
                                     reader.set_max_record_bytes(options.max_record_bytes.max(1));
+                                    reader.set_access(access.clone());
                                     files.push(FileSource {
                                         job: id,
                                         name: source.name,

@@ -18,6 +18,7 @@
 
 use amx_dataflows::event::{Event, IngestError};
 
+pub mod access;
 pub mod json;
 pub mod openai_chat;
 pub mod record;
@@ -26,6 +27,7 @@ pub mod time;
 
 mod options;
 
+pub use access::{AccessError, FileAccess};
 pub use record::{FileReader, Record};
 
 /// A source format's decoder: turns one [`Record`] into events.

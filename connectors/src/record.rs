@@ -198,6 +198,10 @@ pub struct FileReader {
     max_poll_bytes: u64,
     max_record_bytes: u64,
     share: Share,
+    /// Which files may be read; a matching file outside it is reported once and skipped.
+    access: crate::FileAccess,
+    /// Matching files refused by `access`, already reported.
+    refused: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Which records a reader returns: record `i` (counted over all files, in order) is returned
@@ -236,7 +240,18 @@ impl FileReader {
             max_poll_bytes: u64::MAX,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             share: Share { index: 0, peers: 1, seen: 0 },
+            access: crate::FileAccess::Any,
+            refused: Default::default(),
         })
+    }
+
+    /// Reads only the files `access` admits (default: any). A file the glob matches that it
+    /// does not admit (its canonical path is under no root: a symbolic link out of a root, or
+    /// a dangling one) is never opened; the reader with share index 0 returns, once per path,
+    /// a record at the path carrying the error `not read: it does not resolve to a file under
+    /// the server's file roots (files.roots)` (the same whether or not the link's target exists).
+    pub fn set_access(&mut self, access: crate::FileAccess) {
+        self.access = access;
     }
 
     /// The glob this reader reads.
@@ -250,7 +265,8 @@ impl FileReader {
         let Ok(entries) = glob::glob(&self.pattern) else {
             return Vec::new();
         };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+        let mut paths: Vec<PathBuf> =
+            entries.filter_map(Result::ok).filter(|p| p.is_file() && self.access.admits(p)).collect();
         paths.sort();
         paths
     }
@@ -270,6 +286,17 @@ impl FileReader {
         let entries = glob::glob(&self.pattern).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut paths = Vec::new();
         for entry in entries {
+            if let Ok(p) = &entry
+                && fs::symlink_metadata(p).is_ok()
+                && !self.access.admits(p)
+            {
+                if self.refused.insert(p.clone()) && self.share.index == 0 {
+                    out.push(Record::new(p.display().to_string(), String::new()).with_error(
+                        "not read: it does not resolve to a file under the server's file roots (files.roots)",
+                    ));
+                }
+                continue;
+            }
             match entry {
                 Ok(p) => match fs::metadata(&p) {
                     Ok(m) if m.is_dir() => {}

@@ -3,8 +3,10 @@
 //!
 //! ```toml
 //! [http]
-//! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port)
+//! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port; loopback only, until auth)
 //! max_body_bytes = 268435456   # the largest request body (a job, SQL, records to ingest)
+//! allowed_hosts = []           # Host names answered besides localhost, 127.0.0.1, [::1], listen's
+//! allowed_origins = []         # Origins (scheme://host[:port]) whose pages may call the API
 //!
 //! [cluster]
 //! workers = 1                  # worker threads per process
@@ -16,6 +18,9 @@
 //!
 //! [sql]
 //! timeout_ms = 60000           # how long a query may wait for the views it reads to catch up
+//!
+//! [files]
+//! roots = []                   # directories whose files jobs submitted over HTTP may read
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -38,6 +43,19 @@ pub struct ServeConfig {
     pub cluster: ClusterSection,
     /// SQL.
     pub sql: SqlConfig,
+    /// Files that jobs submitted over HTTP may read.
+    pub files: FilesConfig,
+}
+
+/// `[files]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Directories whose files (at any depth) the file sources of jobs submitted to the server
+    /// may read; each must exist, and is resolved (symbolic links included) at start-up.
+    /// Default: none, so file sources are refused (403) and only push sources can be used.
+    /// `aimatrix run` is not limited by it.
+    pub roots: Vec<std::path::PathBuf>,
 }
 
 /// `[http]`.
@@ -49,6 +67,13 @@ pub struct HttpConfig {
     /// The largest request body accepted, in bytes (default 256 MiB); a larger one is
     /// answered 413.
     pub max_body_bytes: usize,
+    /// `Host` names answered besides the listen address's host, `localhost`, `127.0.0.1` and
+    /// `[::1]` (any port); a request to another is answered 403 (DNS rebinding). Default none.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) whose web pages may call the API besides the
+    /// `http`/`https` origins of the allowed hosts; a request with another `Origin` is
+    /// answered 403. Default none.
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[cluster]`.
@@ -82,7 +107,12 @@ pub struct SqlConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:6876".into(), max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES }
+        HttpConfig {
+            listen: "127.0.0.1:6876".into(),
+            max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -126,6 +156,34 @@ impl ServeConfig {
         figment.extract().map_err(Box::new)
     }
 
+    /// The request guard of `[http]` ([`crate::guard`]).
+    pub fn guard(&self) -> crate::guard::Guard {
+        crate::guard::Guard::new(listen_host(&self.http.listen), &self.http.allowed_hosts, &self.http.allowed_origins)
+    }
+
+    /// Checks that `http.listen` is a loopback address: the server has no authentication
+    /// yet, so it must not be reachable from other machines.
+    ///
+    /// # Errors
+    /// An address that does not resolve, or resolves to one that is not loopback (the message
+    /// names the setting).
+    pub fn check_listen(&self) -> Result<(), String> {
+        use std::net::ToSocketAddrs;
+        let listen = &self.http.listen;
+        let addresses: Vec<std::net::SocketAddr> = listen
+            .to_socket_addrs()
+            .map_err(|e| format!("http.listen = `{listen}` is not an address to listen on (host:port): {e}"))?
+            .collect();
+        if addresses.is_empty() || addresses.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(format!(
+                "http.listen = `{listen}` is not a loopback address: the server has no authentication yet, so it \
+                 listens only on this machine (127.0.0.1, [::1] or localhost); reach it from elsewhere through an \
+                 SSH tunnel or an authenticating proxy"
+            ));
+        }
+        Ok(())
+    }
+
     /// The cluster's configuration.
     pub fn cluster_config(&self) -> amx_cluster::ClusterConfig {
         amx_cluster::ClusterConfig {
@@ -140,5 +198,13 @@ impl ServeConfig {
             },
             ..Default::default()
         }
+    }
+}
+
+/// The host part of a `host:port` listen address (`[::1]:6876` → `[::1]`).
+fn listen_host(listen: &str) -> &str {
+    match listen.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => listen,
     }
 }

@@ -2,23 +2,26 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/jobs` | a job file's TOML as the body; installs it; `201 {"id": N}` |
+//! | `POST /v1/jobs` | a job file's TOML as the body (`application/toml`); installs it; `201 {"id": N}` |
 //! | `GET /v1/jobs` | every job: id, name, state, sources, views, errors |
 //! | `GET /v1/jobs/{id}` | one job, with per-source records, errors and bytes read, per-view rows, hydration |
 //! | `DELETE /v1/jobs/{id}` | cancels it: sources stop, views dropped; what it ingested stays |
-//! | `POST /v1/sql` | `{"sql": "…"}` (or the SQL as a text body): a query, or `CREATE`/`DROP MATERIALIZED VIEW`; JSON rows, or an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream` |
-//! | `POST /v1/ingest/{job}/{source}` | JSON lines into a push source; replies once they are in the engine's input, with counts and each reject's reason |
+//! | `POST /v1/sql` | `{"sql": "…"}` (`application/json`, or the SQL as `application/sql`): a query, or `CREATE`/`DROP MATERIALIZED VIEW`; JSON rows, or an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream` |
+//! | `POST /v1/ingest/{job}/{source}` | JSON lines (`application/x-ndjson`) into a push source; replies once they are in the engine's input, with counts and each reject's reason |
 //! | `GET /v1/subscribe?view=NAME` | WebSocket: the snapshot, then every change, and progress as time advances |
 //! | `GET /v1/catalog` | every relation and view with its columns |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of this API |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness (every collection has passed time 0) |
 //!
 //! Every error is a 4xx or 5xx with a JSON body `{"error": "…"}` naming the problem: 400 for
-//! malformed JSON, TOML (with line and column) or SQL (with its position), 404 for an unknown
-//! job, source, view or route, 409 for a conflict with the catalog, 503 when the cluster has
-//! stopped or a query timed out waiting for its views.
+//! malformed JSON, TOML (with line and column) or SQL (with its position), 403 for a foreign
+//! `Host` or `Origin` ([`guard`]) or a file source outside the server's file roots, 404 for an
+//! unknown job, source, view or route, 409 for a conflict with the catalog, 413 for a body over
+//! `http.max_body_bytes`, 415 for a body without its documented content type, 503 when the
+//! cluster has stopped or a query timed out.
 
 pub mod config;
+pub mod guard;
 
 use std::time::Duration;
 
@@ -50,13 +53,34 @@ pub struct AppState {
     controller: Controller,
     sql_timeout: Duration,
     max_body_bytes: usize,
+    file_access: amx_connectors::FileAccess,
+    guard: std::sync::Arc<guard::Guard>,
 }
 
 impl AppState {
     /// The state over a running controller; queries wait at most `sql_timeout` for the views
     /// they read.
     pub fn new(controller: Controller, sql_timeout: Duration) -> AppState {
-        AppState { controller, sql_timeout, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        AppState {
+            controller,
+            sql_timeout,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            file_access: amx_connectors::FileAccess::Under(Vec::new()),
+            guard: std::sync::Arc::new(guard::Guard::new("127.0.0.1", &[], &[])),
+        }
+    }
+
+    /// Answers the `Host` names and `Origin`s `guard` allows (default: loopback names only).
+    pub fn with_guard(mut self, guard: guard::Guard) -> AppState {
+        self.guard = std::sync::Arc::new(guard);
+        self
+    }
+
+    /// Lets jobs' file sources read files `access` admits (default: none, `files.roots`
+    /// empty: every file source is refused with 403).
+    pub fn with_file_access(mut self, access: amx_connectors::FileAccess) -> AppState {
+        self.file_access = access;
+        self
     }
 
     /// Accepts request bodies up to `bytes` (default [`DEFAULT_MAX_BODY_BYTES`]).
@@ -150,6 +174,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.guard.clone(), guard::check))
         .with_state(state)
 }
 
@@ -193,12 +218,14 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 /// Installs a job (its TOML as the body).
 #[utoipa::path(post, path = "/v1/jobs", request_body(content = String, content_type = "application/toml", description = "a job file"),
     responses((status = 201, description = "installed: {\"id\": N}"), (status = 400, description = "the job does not parse or plan"),
+              (status = 403, description = "a file source outside the server's file roots (files.roots)"),
               (status = 409, description = "a source or view name is in use")))]
 async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Response> {
     let body = body(raw)?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the job is not UTF-8: {e}")))?;
     let cwd = std::env::current_dir().unwrap_or_default();
-    let job = Job::parse(text, &cwd).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let mut job = Job::parse(text, &cwd).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    job.access = state.file_access.clone();
     let controller = state.controller.clone();
     let id = tokio::task::spawn_blocking(move || controller.install_job(&job))
         .await
@@ -261,14 +288,15 @@ struct SqlRequest {
 }
 
 /// Runs a SQL statement.
-#[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "{\"sql\": \"…\"}, or the SQL as text/plain"),
+#[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "{\"sql\": \"…\"} as application/json, or the SQL as application/sql"),
     responses((status = 200, description = "{\"columns\": […], \"rows\": […], \"timestamp\": T}, or an Arrow IPC stream"),
               (status = 400, description = "a SQL error, with its position")))]
 async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -> ApiResult<Response> {
     let body = body(raw)?;
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    let sql = if content_type.starts_with("text/plain") || content_type.starts_with("application/sql") {
+    // The guard has let only application/json and application/sql through.
+    let sql = if content_type.starts_with("application/sql") {
         String::from_utf8(body.to_vec()).map_err(|e| ApiError::bad_request(format!("the SQL is not UTF-8: {e}")))?
     } else {
         let shape = || ApiError::bad_request("the body must be a JSON object {\"sql\": \"…\"}");
