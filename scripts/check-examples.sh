@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same target directory as `cargo run` (./target) unless CARGO_TARGET_DIR says otherwise.
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --quiet --bin aimatrix
+# The whole workspace, as the tests build it: building the binary alone resolves other
+# features and rebuilds part of DataFusion (after scripts/test.sh this builds nothing).
+cargo build --quiet --workspace --all-targets
 python3 scripts/check_examples.py "$target/debug/aimatrix"
 python3 scripts/check_examples.py "$target/debug/aimatrix" --serve

@@ -836,3 +836,225 @@ fn browsers_and_foreign_hosts_are_refused() {
         assert!(!out.status.success() && stderr.contains("http.listen") && stderr.contains("loopback"), "{stderr}");
     }
 }
+
+/// Peak resident memory of a process, in bytes (`VmHWM` of `/proc/PID/status`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).expect("a number") * 1024
+}
+
+/// One query cannot take the server's memory: an answer past `sql.max_result_rows` or
+/// `sql.max_result_bytes` fails naming the limit (the server stays small), and an operator
+/// past `sql.query_memory_bytes` fails naming that; what is within the limits is answered.
+#[test]
+fn a_query_is_held_to_the_memory_and_answer_limits() {
+    let server = start_with_env(
+        &["--http".into(), "127.0.0.1:0".into()],
+        true,
+        &[
+            ("AIMATRIX__SQL__MAX_RESULT_ROWS", "100000"),
+            ("AIMATRIX__SQL__MAX_RESULT_BYTES", "8000000"),
+            ("AIMATRIX__SQL__QUERY_MEMORY_BYTES", "4000000"),
+        ],
+    );
+    let limited = |sql: &str, setting: &str| {
+        let (status, body) = server.call("POST", "/v1/sql", Some(&json!({ "sql": sql }).to_string()));
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(status == 400 && message.contains(setting) && message.contains("raise"), "{sql}: {status} {body}");
+    };
+    // Without the limit this grows the server by about 1 GB/s until the kernel kills it.
+    limited("SELECT * FROM generate_series(1, 100000000000)", "sql.max_result_rows");
+    // 8 columns of text: 60,000 rows pass the byte limit before the row limit.
+    limited(
+        "SELECT v, 'a fairly long text value to fill the answer up' AS a, 'another one of those' AS b, \
+         'and one more' AS c, 'and one more' AS d, 'and one more' AS e, 'and one more' AS f, 'last' AS g \
+         FROM generate_series(1, 90000) AS t(v)",
+        "sql.max_result_bytes",
+    );
+    // A hash aggregate of 2M groups needs far more than 4 MB (the key is scrambled, so that
+    // the aggregate cannot stream over generate_series's order).
+    limited(
+        "SELECT (v * 7919) % 2000003 AS k, count(*) AS c FROM generate_series(1, 2000000) AS t(v) \
+         GROUP BY (v * 7919) % 2000003 ORDER BY c DESC, k LIMIT 1",
+        "sql.query_memory_bytes",
+    );
+    // Within the limits: answered, and exactly (Σ 1..n = n(n+1)/2).
+    let rows = server.sql("SELECT count(*) AS n, sum(v) AS s FROM generate_series(1, 3000000) AS t(v)");
+    assert_eq!(rows, vec![json!({ "n": 3_000_000, "s": 3_000_000i64 * 3_000_001 / 2 })]);
+    let rows = server.sql("SELECT v FROM generate_series(1, 100000) AS t(v) WHERE v % 25000 = 0");
+    assert_eq!(rows, vec![json!({"v": 25000}), json!({"v": 50000}), json!({"v": 75000}), json!({"v": 100000})]);
+    let peak = peak_rss(server.child.id());
+    assert!(peak < 1 << 30, "the server peaked at {peak} bytes");
+}
+
+/// A query past `sql.timeout_ms` is cancelled and frees its slot at once (four of them used
+/// to hold all four slots long after their 503), and so is one whose client goes away.
+#[test]
+fn timed_out_and_abandoned_queries_are_cancelled() {
+    const HEAVY: &str = "SELECT count(*) AS n FROM generate_series(1, 20000000000)";
+    let server =
+        start_with_env(&["--http".into(), "127.0.0.1:0".into()], true, &[("AIMATRIX__SQL__TIMEOUT_MS", "1500")]);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| server.call("POST", "/v1/sql", Some(&json!({ "sql": HEAVY }).to_string()))))
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("a thread")).collect()
+    });
+    for (status, body) in answers {
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(status == 503 && message.contains("sql.timeout_ms") && message.contains("cancelled"), "{body}");
+    }
+    // The slots are free: a small query is run, not refused for want of one.
+    assert_eq!(server.sql("SELECT 1 AS one"), vec![json!({ "one": 1 })]);
+
+    // Clients that go away: with a 10-minute timeout their queries would hold every slot for
+    // that long, and the next query would wait for one.
+    let patient =
+        start_with_env(&["--http".into(), "127.0.0.1:0".into()], true, &[("AIMATRIX__SQL__TIMEOUT_MS", "600000")]);
+    let address = patient.base.trim_start_matches("http://").to_owned();
+    for _ in 0..6 {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        let body = json!({ "sql": HEAVY }).to_string();
+        let request = format!(
+            "POST /v1/sql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stream);
+    }
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build(),
+    );
+    let answer = agent
+        .post(format!("{}/v1/sql", patient.base))
+        .header("Content-Type", "application/json")
+        .send(json!({ "sql": "SELECT 2 AS two" }).to_string().as_bytes())
+        .expect("answered while the abandoned queries would still run");
+    assert_eq!(answer.status().as_u16(), 200);
+}
+
+/// `n` knowledge records with distinct documents (`doc-{first}`…), as the push jobs map them.
+fn distinct_records(first: usize, n: usize) -> Vec<String> {
+    (first..first + n)
+        .map(|i| json!({ "c": "s", "id": format!("doc-{i}"), "v": 1, "size": i, "t": 1 }).to_string())
+        .collect()
+}
+
+/// A large snapshot arrives in messages of at most 10,000 rows (the last marked), which fold
+/// into the view; a subscriber that stops reading is cut off once it is more than
+/// `subscribe.max_queued_rows` changes behind (counted in the job's status), instead of
+/// growing the server, and a new subscription works.
+#[test]
+fn subscriptions_are_chunked_and_slow_subscribers_are_cut_off() {
+    let server = start_with_env(
+        &["--http".into(), "127.0.0.1:0".into()],
+        true,
+        &[("AIMATRIX__SUBSCRIBE__MAX_QUEUED_ROWS", "2000")],
+    );
+    let job = push_job("subs", "subs-in", "all_docs", "SELECT document_id, size_bytes FROM knowledge_events");
+    let id = server.submit(&job);
+    for first in (0..25_000).step_by(5_000) {
+        server.push(id, "subs-in", &distinct_records(first, 5_000));
+    }
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let url = format!("ws://127.0.0.1:{port}/v1/subscribe?view=all_docs");
+
+    // The snapshot: 25,000 rows in 3 messages, sizes summing to Σ 0..25,000.
+    let (mut socket, _) = tungstenite::connect(&url).expect("subscribe");
+    let (mut messages, mut rows, mut sum) = (Vec::new(), 0, 0i64);
+    loop {
+        let tungstenite::Message::Text(text) = socket.read().expect("a message") else { continue };
+        let v: Value = serde_json::from_str(text.as_str()).expect("JSON");
+        assert_eq!(v["type"], "snapshot", "{v}");
+        let part = v["rows"].as_array().expect("rows");
+        messages.push(part.len());
+        rows += part.len();
+        sum += part.iter().map(|r| r["row"]["size_bytes"].as_i64().expect("size")).sum::<i64>();
+        if v["last"] == json!(true) {
+            break;
+        }
+    }
+    assert_eq!((messages, rows, sum), (vec![10_000, 10_000, 5_000], 25_000, 25_000 * 24_999 / 2));
+
+    // Now the subscriber reads nothing while 120,000 changes arrive.
+    for first in (25_000..145_000).step_by(10_000) {
+        server.push(id, "subs-in", &distinct_records(first, 10_000));
+    }
+    let closed =
+        || server.call("GET", &format!("/v1/jobs/{id}"), None).1["view_stats"][0]["slow_subscribers_closed"].clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while closed() != json!(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(closed(), json!(1));
+    // Reading again: what was in flight, then the end of the connection (with a 1013 close
+    // frame when it fitted in the buffers).
+    read_timeout(&mut socket);
+    let mut updates = 0;
+    let end = loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(_)) => updates += 1,
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+            Ok(_) => {}
+            Err(e) => {
+                assert!(
+                    !matches!(&e, tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock),
+                    "{e}"
+                );
+                break None;
+            }
+        }
+    };
+    assert!(updates < 120_000, "every change was delivered: the subscriber was not cut off");
+    if let Some((code, reason)) = end {
+        assert!(code == 1013 && reason.contains("subscribe.max_queued_rows"), "{code} {reason}");
+    }
+    // Subscribing again gets the whole view.
+    let (mut again, _) = tungstenite::connect(&url).expect("subscribe again");
+    read_timeout(&mut again);
+    let mut state = HashMap::new();
+    let mut snapshot_rows = 0;
+    while snapshot_rows < 145_000 {
+        let before = state.len();
+        fold_subscription(&mut again, &mut state);
+        snapshot_rows += state.len() - before;
+    }
+    assert_eq!(state.len(), 145_000);
+}
+
+/// Reads on `socket` fail after 60 s instead of waiting for ever.
+fn read_timeout(socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>) {
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut() {
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("a read timeout");
+    }
+}
+
+/// `aimatrix job submit` resolves a job file's relative paths against the job file's own
+/// directory, wherever the client and the server run (`..` included).
+#[test]
+fn job_submit_resolves_relative_paths_in_the_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("jobs")).expect("jobs");
+    std::fs::create_dir_all(dir.path().join("data")).expect("data");
+    let records = records("rel", 0);
+    std::fs::write(dir.path().join("data/events.jsonl"), lines(&records).join("\n") + "\n").expect("data");
+    let job = push_job("rel", "rel-in", "rel_v", "SELECT count(*) AS n FROM knowledge_events")
+        .replace("kind = \"push\"", "path = \"../data/*.jsonl\"");
+    std::fs::write(dir.path().join("jobs/job.toml"), job).expect("job");
+    let root = dir.path().to_string_lossy().into_owned();
+    let server = start(&["--http", "127.0.0.1:0", "--file-root", &root].map(String::from), true);
+    let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .args(["job", "submit", "--wait", "jobs/job.toml", "--server", &server.base])
+        .current_dir(dir.path())
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = vec![json!({ "n": records.len() })];
+    assert_eq!(server.sql_until("SELECT * FROM rel_v", &want), want);
+}

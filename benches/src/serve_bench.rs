@@ -123,7 +123,7 @@ fn bench() -> anyhow::Result<()> {
         // 2. Ingest at a fixed rate; freshness through a subscription; point queries.
         let mut subscription = controller.subscribe("by_id")?;
         // The snapshot first.
-        while let Some(event) = subscription.events.recv().await {
+        while let Some(event) = subscription.recv().await {
             if matches!(event, SubscribeEvent::Snapshot { .. }) {
                 break;
             }
@@ -167,7 +167,7 @@ fn bench() -> anyhow::Result<()> {
         let watcher = tokio::spawn(async move {
             let mut pending: std::collections::HashMap<String, Instant> = Default::default();
             let mut freshness = Vec::new();
-            while let Some(event) = subscription.events.recv().await {
+            while let Some(event) = subscription.recv().await {
                 while let Ok((marker, sent)) = sent_rx.try_recv() {
                     pending.insert(marker, sent);
                 }

@@ -60,6 +60,14 @@ pub enum ClusterError {
     /// The request is not allowed (a file source outside the server's file roots).
     #[error("{0}")]
     Forbidden(String),
+    /// A query took longer than `sql.timeout_ms` and was cancelled (the message says whether
+    /// it waited for a query slot or ran).
+    #[error("{0}")]
+    Timeout(String),
+    /// A query passed a limit on its answer or its memory (the message names the limit and
+    /// the setting that raises it).
+    #[error("{0}")]
+    Limit(String),
     /// The cluster has stopped (its workers exited).
     #[error("the cluster has stopped")]
     Stopped,
@@ -69,11 +77,14 @@ impl ClusterError {
     /// The HTTP status for this error: 400, 403, 404, 409 or 503.
     pub fn status(&self) -> u16 {
         match self {
-            ClusterError::InvalidJob(_) | ClusterError::Sql(_) | ClusterError::BadRequest(_) => 400,
+            ClusterError::InvalidJob(_)
+            | ClusterError::Sql(_)
+            | ClusterError::BadRequest(_)
+            | ClusterError::Limit(_) => 400,
             ClusterError::UnknownJob(_) | ClusterError::UnknownSource(_) | ClusterError::UnknownCollection(_) => 404,
             ClusterError::Forbidden(_) => 403,
             ClusterError::Conflict(_) => 409,
-            ClusterError::Stopped => 503,
+            ClusterError::Stopped | ClusterError::Timeout(_) => 503,
         }
     }
 }
@@ -97,7 +108,15 @@ pub struct ClusterConfig {
     /// Views maintained with the agent state, never dropped (see [`Command::CreateInstance`]).
     /// Used by process 0.
     pub views: Vec<ViewSpec>,
+    /// What one SQL query may take ([`crate::limits`]); default: no limits.
+    pub sql: crate::SqlLimits,
+    /// Changes a subscriber may leave untaken before its subscription is ended (default
+    /// [`DEFAULT_MAX_QUEUED_ROWS`]); the snapshot is not counted.
+    pub max_queued_rows: u64,
 }
+
+/// The default bound of a subscriber's untaken changes: 200,000 rows (about 50 MB).
+pub const DEFAULT_MAX_QUEUED_ROWS: u64 = 200_000;
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -109,6 +128,8 @@ impl Default for ClusterConfig {
             worker: Default::default(),
             collections: None,
             views: Vec::new(),
+            sql: crate::SqlLimits::unlimited(),
+            max_queued_rows: DEFAULT_MAX_QUEUED_ROWS,
         }
     }
 }
@@ -163,6 +184,21 @@ struct SubscriptionMerge {
     pending: Vec<(Row, Time, Diff)>,
     emitted: Option<Time>,
     events: tokio_mpsc::UnboundedSender<SubscribeEvent>,
+    /// Changes sent and not yet taken by the subscriber, and what it may leave untaken.
+    queue: Arc<SubscriberQueue>,
+    /// The collection subscribed to.
+    collection: String,
+}
+
+/// The changes a subscriber has not taken yet: sent by the controller, taken by
+/// [`Subscription::recv`]. Past `max_rows` the subscription is ended and `overflowed` set.
+#[derive(Debug)]
+struct SubscriberQueue {
+    rows: AtomicU64,
+    max_rows: u64,
+    overflowed: std::sync::atomic::AtomicBool,
+    /// Wakes [`Subscription::overflow`].
+    notify: tokio::sync::Notify,
 }
 
 impl SubscriptionMerge {
@@ -194,6 +230,13 @@ impl SubscriptionMerge {
             }
             let changes: Vec<_> = counts.into_iter().filter(|(_, d)| *d != 0).map(|((t, r), d)| (r, t, d)).collect();
             if !changes.is_empty() {
+                let queued = self.queue.rows.fetch_add(changes.len() as u64, Ordering::SeqCst) + changes.len() as u64;
+                if queued > self.queue.max_rows {
+                    // A subscriber that does not keep up: ended, not buffered without bound.
+                    self.queue.overflowed.store(true, Ordering::SeqCst);
+                    self.queue.notify.notify_one();
+                    return true;
+                }
                 let _ = self.events.send(SubscribeEvent::Changes(changes));
             }
         }
@@ -238,6 +281,8 @@ pub struct Shared {
     progress: Mutex<HashMap<String, SourceProgress>>,
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
+    /// Per collection: subscriptions ended because their subscriber fell behind.
+    slow_subscribers: Mutex<HashMap<String, u64>>,
     failures: Mutex<Vec<(JobId, String)>>,
     /// Ingests and drops waiting for every worker (see [`ApplyWait`]).
     ingests: Mutex<HashMap<u64, ApplyWait>>,
@@ -312,6 +357,9 @@ impl Shared {
                 if let Some(merge) = subscriptions.get_mut(&id)
                     && merge.absorb(worker, updates, upper)
                 {
+                    if merge.queue.overflowed.load(Ordering::SeqCst) {
+                        *lock(&self.slow_subscribers).entry(merge.collection.clone()).or_insert(0) += 1;
+                    }
                     subscriptions.remove(&id);
                 }
             }
@@ -437,10 +485,10 @@ struct Inputs {
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
 pub struct Controller {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     seq: Mutex<Sequencer>,
     shared: Arc<Shared>,
     next_id: AtomicU64,
@@ -449,10 +497,18 @@ struct Inner {
     sql_slots: Arc<tokio::sync::Semaphore>,
     /// The time of the latest acknowledged write (ingest, cancel): reads are never before it.
     last_write: AtomicU64,
+    /// What one query may take.
+    pub(crate) sql_limits: crate::SqlLimits,
+    /// Changes a subscriber may leave untaken.
+    max_queued_rows: u64,
+    /// The memory pool every query reserves from.
+    pub(crate) sql_pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    /// The runtime queries run on (made at the first query).
+    pub(crate) sql_runtime: std::sync::OnceLock<crate::sql::SqlRuntime>,
 }
 
 /// Queries planned and run at the same time, at most.
-const SQL_SLOTS: usize = 4;
+pub(crate) const SQL_SLOTS: usize = 4;
 
 impl Drop for Inner {
     /// The last handle gone: the workers stop (else joining them would wait forever).
@@ -489,9 +545,51 @@ pub struct Subscription {
     /// The collection's columns.
     pub schema: SchemaRef,
     /// Snapshot, then changes and progress.
-    pub events: tokio_mpsc::UnboundedReceiver<SubscribeEvent>,
+    events: tokio_mpsc::UnboundedReceiver<SubscribeEvent>,
+    queue: Arc<SubscriberQueue>,
     id: u64,
     controller: Controller,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription has ended: its collection was dropped, or
+    /// the subscriber fell behind by more than the queue's bound ([`Subscription::overflowed`]).
+    pub async fn recv(&mut self) -> Option<SubscribeEvent> {
+        let event = self.events.recv().await;
+        self.taken(event)
+    }
+
+    /// The next event if one is queued now.
+    pub fn try_recv(&mut self) -> Option<SubscribeEvent> {
+        let event = self.events.try_recv().ok();
+        self.taken(event)
+    }
+
+    fn taken(&mut self, event: Option<SubscribeEvent>) -> Option<SubscribeEvent> {
+        if let Some(SubscribeEvent::Changes(changes)) = &event {
+            self.queue.rows.fetch_sub(changes.len() as u64, Ordering::SeqCst);
+        }
+        event
+    }
+
+    /// Whether the subscription was ended because its subscriber left more than the bound of
+    /// changes untaken (`subscribe.max_queued_rows`).
+    pub fn overflowed(&self) -> bool {
+        self.queue.overflowed.load(Ordering::SeqCst)
+    }
+
+    /// Completes once the subscription has been ended for its subscriber falling behind
+    /// (while the subscriber may still be blocked writing to its client).
+    pub async fn overflow(&self) {
+        while !self.overflowed() {
+            self.queue.notify.notified().await;
+        }
+    }
+
+    /// Changes a subscriber may leave untaken before its subscription is ended.
+    pub fn max_queued_rows(&self) -> u64 {
+        self.queue.max_rows
+    }
 }
 
 impl Drop for Subscription {
@@ -563,6 +661,9 @@ pub struct ViewStatus {
     pub name: String,
     /// Rows (with multiplicity).
     pub rows: i64,
+    /// Subscriptions to it ended because their subscriber fell more than
+    /// `subscribe.max_queued_rows` changes behind (their WebSocket closed with code 1013).
+    pub slow_subscribers_closed: u64,
 }
 
 impl Controller {
@@ -595,6 +696,7 @@ impl Controller {
             progress: Mutex::default(),
             peeks: Mutex::default(),
             subscriptions: Mutex::default(),
+            slow_subscribers: Mutex::default(),
             failures: Mutex::default(),
             ingests: Mutex::default(),
             worker0: Mutex::default(),
@@ -659,6 +761,10 @@ impl Controller {
             guards: Mutex::new(Some(guards)),
             sql_slots: Arc::new(tokio::sync::Semaphore::new(SQL_SLOTS)),
             last_write: AtomicU64::new(0),
+            sql_pool: crate::limits::shared_pool(config.sql.memory_bytes),
+            sql_limits: config.sql.clone(),
+            max_queued_rows: config.max_queued_rows,
+            sql_runtime: std::sync::OnceLock::new(),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);
@@ -1022,8 +1128,12 @@ impl Controller {
         if info.state != JobState::Cancelled {
             for view in &info.views {
                 let counts = self.peek(&view.name, hold.time(), Some(Vec::new()), Vec::new(), None).await?;
-                view_stats
-                    .push(ViewStatus { name: view.name.clone(), rows: counts.iter().map(|(_, c)| *c as i64).sum() });
+                let slow = lock(&self.inner.shared.slow_subscribers).get(&view.name).copied().unwrap_or(0);
+                view_stats.push(ViewStatus {
+                    name: view.name.clone(),
+                    rows: counts.iter().map(|(_, c)| *c as i64).sum(),
+                    slow_subscribers_closed: slow,
+                });
             }
         }
         // Bytes read count a file read again (truncated, replaced) twice: at most 1.
@@ -1116,13 +1226,26 @@ impl Controller {
             .get(name)
             .map(|e| e.schema.clone())
             .ok_or_else(|| ClusterError::UnknownCollection(name.to_owned()))?;
+        let queue = Arc::new(SubscriberQueue {
+            rows: AtomicU64::new(0),
+            max_rows: self.inner.max_queued_rows,
+            overflowed: Default::default(),
+            notify: tokio::sync::Notify::new(),
+        });
         lock(&self.inner.shared.subscriptions).insert(
             id,
-            SubscriptionMerge { uppers: vec![0; self.peers()], pending: Vec::new(), emitted: None, events: events_tx },
+            SubscriptionMerge {
+                uppers: vec![0; self.peers()],
+                pending: Vec::new(),
+                emitted: None,
+                events: events_tx,
+                queue: queue.clone(),
+                collection: name.to_owned(),
+            },
         );
         seq.send(&Command::Subscribe { id, collection: name.to_owned() })?;
         drop(seq);
-        Ok(Subscription { schema, events, id, controller: self.clone() })
+        Ok(Subscription { schema, events, queue, id, controller: self.clone() })
     }
 
     /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a

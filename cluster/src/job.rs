@@ -156,12 +156,32 @@ impl Job {
     /// Reads and parses a job file.
     pub fn load(path: &Path) -> Result<Job> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        // Relative source paths resolve against the job file's directory, made absolute here
-        // (against the working directory), so the job means the same wherever it is sent.
+        // Relative source paths resolve against the job file's directory, and are then made
+        // canonical as far as they exist, so that the job means the same wherever it is sent
+        // (a server refuses a path with `..`).
         let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
         let base = absolute.parent().unwrap_or(Path::new("/"));
-        Job::parse(&text, base).with_context(|| format!("in {}", path.display()))
+        let mut job = Job::parse(&text, base).with_context(|| format!("in {}", path.display()))?;
+        for source in job.config.sources.iter_mut().filter(|s| s.kind == SourceKind::File) {
+            source.path = canonical_prefix(Path::new(&source.path)).to_string_lossy().into_owned();
+        }
+        Ok(job)
     }
+}
+
+/// `path` (absolute) with its longest existing literal prefix — the components before the
+/// first holding a glob character — made canonical (symbolic links and `..` resolved); the
+/// rest as written. `path` itself when nothing of it resolves.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let components: Vec<_> = path.components().collect();
+    let literal = components.iter().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).count();
+    for end in (1..=literal).rev() {
+        let prefix: PathBuf = components[..end].iter().collect();
+        if let Ok(real) = std::fs::canonicalize(&prefix) {
+            return components[end..].iter().fold(real, |p, c| p.join(c));
+        }
+    }
+    path.to_owned()
 }
 
 impl SourceConfig {

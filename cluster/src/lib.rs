@@ -8,7 +8,8 @@
 //! - [`worker`]: the loop every worker runs: the agent state (canonical relations and
 //!   built-in views, arranged), the jobs' sources and view dataflows, peeks, subscriptions.
 //! - [`controller`]: process 0's side: the catalog and the jobs, read holds and compaction.
-//! - [`sql`]: SQL over the live state (DataFusion over tables that peek the arrangements).
+//! - [`sql`]: SQL over the live state (DataFusion over tables that peek the arrangements);
+//!   [`limits`]: the time, memory and answer size one query may take.
 //! - [`job`]: job files; [`net`]: connecting the processes of a cluster.
 //!
 //! The model: one agent state per cluster. The canonical relations (`spans`, `evaluations`,
@@ -19,6 +20,7 @@
 
 pub mod controller;
 pub mod job;
+pub mod limits;
 pub mod net;
 pub mod protocol;
 pub mod sql;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 pub use controller::{ClusterConfig, ClusterError, Controller, SubscribeEvent, Subscription};
+pub use limits::SqlLimits;
 pub use sql::SqlAnswer;
 
 /// The Arrow schema of `aimatrix_view_errors`: `view TEXT, error TEXT`.

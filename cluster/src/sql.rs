@@ -23,7 +23,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::controller::{ClusterError, Controller, ReadHold};
+use crate::controller::{ClusterError, Controller, ReadHold, SQL_SLOTS};
 
 /// A collection of the running cluster as a DataFusion table, read as of one held time.
 #[derive(Debug)]
@@ -219,22 +219,60 @@ impl Controller {
                 let existed = self.drop_view(&name, if_exists).await?;
                 Ok(SqlAnswer::Dropped { view: name, existed })
             }
-            ViewStatement::Other => {
-                // Planning and running are CPU-bound and have no await points to time out at:
-                // on the blocking pool, a few at a time, so that a huge statement cannot stall
-                // the server's async threads (its caller's timeout still answers in time).
-                // The slot goes with the work: a query that outlives its caller still holds it.
-                let slot = self.sql_slot().await;
-                let (me, sql, tables) = (self.clone(), sql.to_owned(), tables.clone());
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    handle.block_on(me.query(&sql, &tables))
-                })
-                .await
-                .map_err(|e| ClusterError::Sql(format!("the query failed: {e}")))?
-            }
+            ViewStatement::Other => self.run_query(sql, tables).await,
         }
+    }
+
+    /// Runs a query on the SQL runtime, a few at a time ([`SQL_SLOTS`]), within
+    /// `sql.timeout_ms` ([`crate::limits`]). The query is a task of its own, aborted when the
+    /// time is up or when this future is dropped (its caller gone): its stream is dropped at
+    /// DataFusion's next cooperative yield, and its slot freed with it.
+    async fn run_query(&self, sql: &str, tables: Vec<String>) -> Result<SqlAnswer, ClusterError> {
+        let timeout = self.inner.sql_limits.timeout;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let ms = timeout.map_or(0, |t| t.as_millis());
+        let slot = within(deadline, self.sql_slot()).await.ok_or_else(|| {
+            ClusterError::Timeout(format!(
+                "the query waited sql.timeout_ms = {ms} ms for a query slot and was not run: all {SQL_SLOTS} slots \
+                 are busy with other queries; try again, or raise sql.timeout_ms"
+            ))
+        })?;
+        let (me, sql) = (self.clone(), sql.to_owned());
+        let task = self.sql_runtime().spawn(async move {
+            let _slot = slot;
+            me.query(&sql, &tables).await
+        });
+        let _abort = AbortOnDrop(task.abort_handle());
+        match within(deadline, task).await {
+            None => Err(ClusterError::Timeout(format!(
+                "the query ran longer than sql.timeout_ms = {ms} ms and was cancelled; narrow it (WHERE, LIMIT), or \
+                 raise sql.timeout_ms"
+            ))),
+            Some(Err(e)) => Err(ClusterError::Sql(format!("the query failed: {e}"))),
+            Some(Ok(answer)) => answer,
+        }
+    }
+
+    /// The runtime queries run on: [`SQL_SLOTS`] threads with large stacks (planning recurses
+    /// over deep statements; see `amx_sql::parse`), made at the first query.
+    fn sql_runtime(&self) -> tokio::runtime::Handle {
+        self.inner
+            .sql_runtime
+            .get_or_init(|| {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(SQL_SLOTS)
+                    .thread_name("amx-sql")
+                    .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+                    .enable_all()
+                    .build()
+                    .expect("starting the SQL runtime");
+                SqlRuntime(Some(runtime))
+            })
+            .0
+            .as_ref()
+            .expect("kept until dropped")
+            .handle()
+            .clone()
     }
 
     async fn query(&self, sql: &str, tables: &[String]) -> Result<SqlAnswer, ClusterError> {
@@ -256,9 +294,25 @@ impl Controller {
     async fn query_as_of(&self, sql: &str, tables: &[String], hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
         let known: Vec<(String, SchemaRef)> =
             tables.iter().filter_map(|t| self.schema(t).map(|s| (t.clone(), s))).collect();
-        let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
+        let sql_error = |e: DataFusionError| match e.find_root() {
+            DataFusionError::ResourcesExhausted(m) => ClusterError::Limit(m.clone()),
+            _ => ClusterError::Sql(amx_sql::error::message(&e)),
+        };
+        let limits = &self.inner.sql_limits;
+        let pool =
+            crate::limits::QueryPool::new(self.inner.sql_pool.clone(), limits.query_memory_bytes, limits.memory_bytes);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            // No spilling: a query lives within its memory limit or fails naming it (a
+            // server's disk is not a query's to fill).
+            .with_disk_manager_builder(
+                datafusion::execution::disk_manager::DiskManagerBuilder::default()
+                    .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(sql_error)?;
         // One partition: float aggregates add in one order, so answers are reproducible.
-        let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+        let ctx = amx_sql::session_in(datafusion::prelude::SessionConfig::new().with_target_partitions(1), runtime)
             .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
         for (name, schema) in known {
             let table =
@@ -278,14 +332,64 @@ impl Controller {
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         // A peek's own error (the cluster stopped, or a view dropped while the query ran) is
         // reported as itself, not as a SQL error.
-        let batches = df.collect().await.map_err(|e| match e.find_root() {
+        let run_error = |e: DataFusionError| match e.find_root() {
             DataFusionError::External(inner) => match inner.downcast_ref::<ClusterError>() {
                 Some(ClusterError::Stopped) => ClusterError::Stopped,
                 Some(other) => ClusterError::Sql(other.to_string()),
                 None => sql_error(e),
             },
             _ => sql_error(e),
-        })?;
+        };
+        // The answer batch by batch, so that one past a limit stops the query there.
+        let mut stream = df.execute_stream().await.map_err(run_error)?;
+        let (mut batches, mut rows, mut bytes) = (Vec::new(), 0u64, 0u64);
+        while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+            let batch = batch.map_err(run_error)?;
+            rows += batch.num_rows() as u64;
+            bytes += batch.get_array_memory_size() as u64;
+            if let Some(max) = limits.max_result_rows.filter(|max| rows > *max) {
+                return Err(ClusterError::Limit(format!(
+                    "the answer has more than {max} rows (sql.max_result_rows); add a LIMIT or a WHERE, or raise \
+                     sql.max_result_rows"
+                )));
+            }
+            if let Some(max) = limits.max_result_bytes.filter(|max| bytes > *max) {
+                return Err(ClusterError::Limit(format!(
+                    "the answer is larger than {max} bytes (sql.max_result_bytes); select fewer rows or columns, or \
+                     raise sql.max_result_bytes"
+                )));
+            }
+            batches.push(batch);
+        }
         Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })
+    }
+}
+
+/// The runtime SQL queries run on; shut down in the background when the controller goes (it
+/// may go inside another runtime, where a runtime cannot be dropped in place).
+pub(crate) struct SqlRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for SqlRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `future`'s output, or `None` once `deadline` (if any) has passed.
+async fn within<T>(deadline: Option<tokio::time::Instant>, future: impl std::future::Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
     }
 }

@@ -17,7 +17,14 @@
 //! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
 //!
 //! [sql]
-//! timeout_ms = 60000           # how long a query may wait for the views it reads to catch up
+//! timeout_ms = 60000           # how long a query may take (it is cancelled then)
+//! max_result_rows = 1000000    # rows of an answer
+//! max_result_bytes = 134217728 # bytes of an answer (Arrow memory)
+//! query_memory_bytes = 0       # memory one query may reserve (0: an eighth of physical memory)
+//! memory_bytes = 0             # memory all queries may reserve together (0: a quarter)
+//!
+//! [subscribe]
+//! max_queued_rows = 200000     # changes a subscriber may leave unread before it is closed (1013)
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
@@ -45,6 +52,23 @@ pub struct ServeConfig {
     pub sql: SqlConfig,
     /// Files that jobs submitted over HTTP may read.
     pub files: FilesConfig,
+    /// Subscriptions.
+    pub subscribe: SubscribeConfig,
+}
+
+/// `[subscribe]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscribeConfig {
+    /// Changes a subscriber may leave unread (queued on the server) before its WebSocket is
+    /// closed with code 1013 (default 200,000 rows, about 50 MB); the snapshot is not counted.
+    pub max_queued_rows: u64,
+}
+
+impl Default for SubscribeConfig {
+    fn default() -> Self {
+        SubscribeConfig { max_queued_rows: amx_cluster::controller::DEFAULT_MAX_QUEUED_ROWS }
+    }
 }
 
 /// `[files]`.
@@ -100,9 +124,19 @@ pub struct ClusterSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
-    /// How long a query may wait, in ms, for the collections it reads to pass its time
-    /// (a view that is still hydrating); default 60,000.
+    /// How long a statement may take, in ms, waiting for a query slot and for the views it
+    /// reads included; a query past it is cancelled and answered 503. Default 60,000.
     pub timeout_ms: u64,
+    /// Rows an answer may have; a query past it fails (400). Default 1,000,000.
+    pub max_result_rows: u64,
+    /// Bytes (Arrow memory) an answer may have; a query past it fails (400). Default 128 MiB.
+    pub max_result_bytes: u64,
+    /// Bytes DataFusion's operators may reserve for one query (hash tables, sorts); a query
+    /// past it fails (400). Default 0: an eighth of the machine's physical memory.
+    pub query_memory_bytes: u64,
+    /// Bytes all running queries may reserve together; a query that would pass it fails (400).
+    /// Default 0: a quarter of the machine's physical memory.
+    pub memory_bytes: u64,
 }
 
 impl Default for HttpConfig {
@@ -133,7 +167,13 @@ impl Default for ClusterSection {
 
 impl Default for SqlConfig {
     fn default() -> Self {
-        SqlConfig { timeout_ms: 60_000 }
+        SqlConfig {
+            timeout_ms: 60_000,
+            max_result_rows: 1_000_000,
+            max_result_bytes: 128 << 20,
+            query_memory_bytes: 0,
+            memory_bytes: 0,
+        }
     }
 }
 
@@ -196,7 +236,22 @@ impl ServeConfig {
                 max_record_bytes: self.cluster.max_record_bytes,
                 batch_records: self.cluster.batch_records,
             },
+            sql: self.sql_limits(),
+            max_queued_rows: self.subscribe.max_queued_rows.max(1),
             ..Default::default()
+        }
+    }
+
+    /// What one query may take, from `[sql]` (memory defaults sized to this machine).
+    pub fn sql_limits(&self) -> amx_cluster::SqlLimits {
+        let physical = amx_cluster::limits::physical_memory_bytes();
+        let or = |bytes: u64, default: u64| if bytes == 0 { default } else { bytes };
+        amx_cluster::SqlLimits {
+            timeout: Some(std::time::Duration::from_millis(self.sql.timeout_ms)),
+            max_result_rows: Some(self.sql.max_result_rows),
+            max_result_bytes: Some(self.sql.max_result_bytes),
+            query_memory_bytes: Some(or(self.sql.query_memory_bytes, physical / 8)),
+            memory_bytes: Some(or(self.sql.memory_bytes, physical / 4)),
         }
     }
 }

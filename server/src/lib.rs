@@ -309,13 +309,16 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
             .map_err(|e| ApiError::bad_request(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?
             .sql
     };
-    let answer =
-        tokio::time::timeout(state.sql_timeout, state.controller.execute_sql(&sql)).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timed out waiting for the views the query reads to catch up",
-            )
-        })??;
+    // A query is held to sql.timeout_ms by the controller, which cancels it and says so; a
+    // view statement (planned, then installed) to about the same time here. A client that goes away
+    // drops this future, and with it the query.
+    let backstop = state.sql_timeout + Duration::from_secs(2);
+    let answer = tokio::time::timeout(backstop, state.controller.execute_sql(&sql)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the statement did not finish within sql.timeout_ms = {} ms", state.sql_timeout.as_millis()),
+        )
+    })??;
     let arrow = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM));
     match answer {
         SqlAnswer::Rows { schema, batches, timestamp } => {
@@ -324,13 +327,12 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
             }
-            let rows = json_rows(&batches)?;
             let columns: Vec<Value> = schema
                 .fields()
                 .iter()
                 .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
                 .collect();
-            Ok(axum::Json(json!({ "columns": columns, "rows": rows, "timestamp": timestamp })).into_response())
+            Ok(json_answer(columns, timestamp, batches))
         }
         SqlAnswer::Created { view, existed } => {
             Ok(axum::Json(json!({ "created": view, "existed": existed })).into_response())
@@ -352,6 +354,33 @@ fn arrow_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, 
         writer.finish()?;
     }
     Ok(out)
+}
+
+/// `{"columns": […], "timestamp": T, "rows": [{…}, …]}`, written batch by batch as the body
+/// is sent: the answer's JSON is never built whole (its batches are, within
+/// `sql.max_result_bytes`).
+fn json_answer(columns: Vec<Value>, timestamp: Time, batches: Vec<RecordBatch>) -> Response {
+    let head = format!("{{\"columns\":{},\"timestamp\":{timestamp},\"rows\":[", Value::Array(columns));
+    let mut first = true;
+    let rows = batches.into_iter().filter_map(move |batch| {
+        let text = match amx_sql::format_batches(&[batch], amx_sql::OutputFormat::Json) {
+            Ok(text) => text,
+            // Not expected (every column type the engine has is written); the body is cut
+            // short, so the client sees invalid JSON rather than a wrong answer.
+            Err(e) => return Some(Err(std::io::Error::other(format!("{e:#}")))),
+        };
+        let inner = text.trim_end().strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or("").to_owned();
+        if inner.is_empty() {
+            return None;
+        }
+        let chunk = if first { inner } else { format!(",{inner}") };
+        first = false;
+        Some(Ok(Bytes::from(chunk)))
+    });
+    let chunks =
+        std::iter::once(Ok(Bytes::from(head))).chain(rows).chain(std::iter::once(Ok(Bytes::from_static(b"]}"))));
+    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures::stream::iter(chunks)))
+        .into_response()
 }
 
 /// Batches as JSON row objects (NULL as null, timestamps as RFC 3339, NaN and infinities as
@@ -408,12 +437,19 @@ async fn ingest(
 }
 
 /// Subscribes to a view (WebSocket). Messages, one JSON object each:
-/// `{"type": "snapshot", "timestamp": T, "rows": [{"row": {…}, "diff": n}, …]}` once, then
-/// `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
+/// `{"type": "snapshot", "timestamp": T, "rows": [{"row": {…}, "diff": n}, …], "last": bool}`
+/// — the contents at `T`, in messages of at most [`CHUNK_ROWS`] rows, the last with `"last":
+/// true` — then `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
 /// `{"type": "progress", "timestamp": t}` when time advances (every change before `t` sent).
-/// When the view is dropped (or its job cancelled) the server closes the socket (code 1000).
+///
+/// The server closes the socket when the view is dropped (or its job cancelled): code 1000;
+/// and when the subscriber falls more than `subscribe.max_queued_rows` changes behind (it does
+/// not read fast enough): code 1013 ("try again later"), with a reason saying so; the client
+/// may subscribe again. Such closes are counted in the view's `slow_subscribers_closed`
+/// (`GET /v1/jobs/{id}`).
 #[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view")),
-    responses((status = 101, description = "WebSocket"), (status = 404, description = "no such view")))]
+    responses((status = 101, description = "WebSocket"), (status = 400, description = "no ?view=, or not a WebSocket upgrade"),
+              (status = 404, description = "no such view")))]
 async fn subscribe(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -429,23 +465,26 @@ async fn subscribe(
     Ok(upgrade.on_upgrade(move |socket| forward_subscription(socket, subscription)))
 }
 
+/// Rows per snapshot message, and per step of converting changes to JSON: what the server
+/// holds as JSON for one subscriber at a time.
+pub const CHUNK_ROWS: usize = 10_000;
+
+/// Events taken from the queue at once (of which only the last progress is sent).
+const COALESCE_EVENTS: usize = 16;
+
+/// The close code for a subscriber that fell behind: 1013, "Try Again Later" (RFC 6455 §7.4,
+/// IANA WebSocket Close Code registry).
+pub const CLOSE_TOO_SLOW: u16 = 1013;
+
 async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_cluster::Subscription) {
     let schema = subscription.schema.clone();
-    loop {
+    'forward: loop {
         tokio::select! {
-            event = subscription.events.recv() => {
-                let Some(event) = event else {
-                    // The view is gone (dropped, or its job cancelled): say so and close.
-                    let close = axum::extract::ws::CloseFrame {
-                        code: axum::extract::ws::close_code::NORMAL,
-                        reason: "the view was dropped (or its job cancelled)".into(),
-                    };
-                    let _ = socket.send(Message::Close(Some(close))).await;
-                    break;
-                };
+            event = subscription.recv() => {
+                let Some(event) = event else { break 'forward };
                 // Coalesce: of several queued progress messages only the last is sent.
                 let mut batch = vec![event];
-                while let Ok(more) = subscription.events.try_recv() {
+                while batch.len() < COALESCE_EVENTS && let Some(more) = subscription.try_recv() {
                     batch.push(more);
                 }
                 let last_progress = batch.iter().rposition(|e| matches!(e, SubscribeEvent::Progress { .. }));
@@ -453,47 +492,80 @@ async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_clust
                     if matches!(event, SubscribeEvent::Progress { .. }) && Some(i) != last_progress {
                         continue;
                     }
-                    for message in messages(&schema, event) {
-                        if socket.send(Message::Text(message.to_string().into())).await.is_err() {
+                    // A subscriber that does not read blocks the send; past its bound the
+                    // subscription ends, and the connection with it.
+                    tokio::select! {
+                        sent = send_event(&mut socket, &schema, event) => if sent.is_err() {
                             return;
-                        }
+                        },
+                        () = subscription.overflow() => break 'forward,
                     }
                 }
             }
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 _ => {}
             }
         }
     }
+    let close = if subscription.overflowed() {
+        axum::extract::ws::CloseFrame {
+            code: CLOSE_TOO_SLOW,
+            reason: format!(
+                "subscriber too slow: over {} changes unread (subscribe.max_queued_rows); subscribe again",
+                subscription.max_queued_rows()
+            )
+            .into(),
+        }
+    } else {
+        // The view is gone (dropped, or its job cancelled): say so and close.
+        axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "the view was dropped (or its job cancelled)".into(),
+        }
+    };
+    // A client that reads nothing cannot take the close frame either: the connection is
+    // dropped if it is not sent within a second.
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(close)))).await;
 }
 
-/// The WebSocket messages of one subscription event.
-fn messages(schema: &SchemaRef, event: SubscribeEvent) -> Vec<Value> {
+/// Sends one message.
+async fn send(socket: &mut WebSocket, value: &Value) -> Result<(), axum::Error> {
+    socket.send(Message::Text(value.to_string().into())).await
+}
+
+/// Sends one subscription event's messages, converting [`CHUNK_ROWS`] rows at a time.
+async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: SubscribeEvent) -> Result<(), axum::Error> {
     match event {
         SubscribeEvent::Snapshot { timestamp, rows } => {
-            let refs: Vec<&Row> = rows.iter().map(|(r, _)| r).collect();
-            let values = rows_json(schema, &refs).unwrap_or_default();
-            let rows: Vec<Value> = values
-                .into_iter()
-                .zip(rows.iter())
-                .map(|(row, (_, diff))| json!({ "row": row, "diff": diff }))
-                .collect();
-            vec![json!({ "type": "snapshot", "timestamp": timestamp, "rows": rows })]
+            let chunks = rows.len().div_ceil(CHUNK_ROWS).max(1);
+            let mut rows = rows.into_iter();
+            for chunk in 0..chunks {
+                let part: Vec<(Row, Diff)> = rows.by_ref().take(CHUNK_ROWS).collect();
+                let refs: Vec<&Row> = part.iter().map(|(r, _)| r).collect();
+                let values = rows_json(schema, &refs).unwrap_or_default();
+                let rows: Vec<Value> = values
+                    .into_iter()
+                    .zip(part.iter())
+                    .map(|(row, (_, diff))| json!({ "row": row, "diff": diff }))
+                    .collect();
+                let last = chunk + 1 == chunks;
+                send(socket, &json!({ "type": "snapshot", "timestamp": timestamp, "rows": rows, "last": last }))
+                    .await?;
+            }
         }
         SubscribeEvent::Changes(changes) => {
-            let refs: Vec<&Row> = changes.iter().map(|(r, _, _)| r).collect();
-            let values = rows_json(schema, &refs).unwrap_or_default();
-            values
-                .into_iter()
-                .zip(changes.iter())
-                .map(|(row, (_, time, diff)): (Value, &(Row, Time, Diff))| {
-                    json!({ "type": "update", "timestamp": time, "diff": diff, "row": row })
-                })
-                .collect()
+            for part in changes.chunks(CHUNK_ROWS) {
+                let refs: Vec<&Row> = part.iter().map(|(r, _, _)| r).collect();
+                let values = rows_json(schema, &refs).unwrap_or_default();
+                for (row, (_, time, diff)) in values.into_iter().zip(part.iter()) {
+                    send(socket, &json!({ "type": "update", "timestamp": time, "diff": diff, "row": row })).await?;
+                }
+            }
         }
-        SubscribeEvent::Progress { upper } => vec![json!({ "type": "progress", "timestamp": upper })],
+        SubscribeEvent::Progress { upper } => send(socket, &json!({ "type": "progress", "timestamp": upper })).await?,
     }
+    Ok(())
 }
 
 /// Every relation and view with its columns.

@@ -157,13 +157,23 @@ impl State {
 /// `json_get_int`, `json_get_float`, `json_get_bool`, `json_contains`, `json_length`, …), for
 /// the `attributes` column and other JSON text; `min`, `max`, `sum` and `avg` are
 /// [`aggregates`]' versions, which compute what a view computes.
-pub fn session(mut config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
+pub fn session(config: datafusion::prelude::SessionConfig) -> Result<SessionContext> {
+    session_in(config, Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default()))
+}
+
+/// [`session`] over `runtime` (its memory pool bounds what the session's queries reserve).
+///
+/// Errors: as [`session`].
+pub fn session_in(
+    mut config: datafusion::prelude::SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> Result<SessionContext> {
     // Where names are in the SQL, so that "no such column / table" errors say where.
     config.options_mut().sql_parser.collect_spans = true;
     // The same nesting limit as our own parse (SQL runs on large stacks, see `parse`).
     config.options_mut().sql_parser.recursion_limit =
         datafusion::common::config::ConfigNonZeroUsize::try_new(parse::PARSER_RECURSION_LIMIT)?;
-    let mut ctx = SessionContext::new_with_config(config);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
     // min/max/sum/avg with the views' semantics (NaN order, exact sums, no wrapping).
     aggregates::register(&ctx);
