@@ -240,6 +240,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
+    let _ = PEERS.set(config.cluster.hosts.clone());
     if config.cluster.process_index == 0 {
         config.check_listen().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     }
@@ -424,10 +425,54 @@ impl ClusterArgs {
     }
 }
 
+/// The exit code of a process that lost the connection to another process of its cluster:
+/// 75 (`EX_TEMPFAIL` of sysexits.h: a temporary failure; restart the cluster).
+const EXIT_LOST_PEER: i32 = 75;
+
+/// `host:port` of every process of this cluster, for the message when one is lost.
+static PEERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Set once a lost process has been reported: the panics that follow are its consequences.
+static LOST_PEER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() {
-    // A panic in a worker thread must not leave the other workers waiting forever.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        // Timely's communication threads (`timely:recv-N`, `timely:send-N`) panic with
+        // "timely communication error: …" when the connection to process N breaks: another
+        // process died or was killed. That is an expected failure, not a bug.
+        let lost = message.starts_with("timely communication error") || thread.starts_with("timely:");
+        if lost || LOST_PEER.load(std::sync::atomic::Ordering::SeqCst) {
+            if LOST_PEER.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // Already reported; the process is about to exit.
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            }
+            let index = thread.rsplit('-').next().and_then(|i| i.parse::<usize>().ok());
+            let peer = match index {
+                Some(i) => {
+                    let address = PEERS.get().and_then(|p| p.get(i)).map_or(String::new(), |a| format!(" at {a}"));
+                    format!("cluster process {i}{address}")
+                }
+                None => "a cluster process".to_owned(),
+            };
+            eprintln!(
+                "error: lost the connection to {peer} ({message}); it stopped or the network failed. This process \
+                 exits with code {EXIT_LOST_PEER}: restart every process of the cluster"
+            );
+            amx_server::cluster_lost(&format!("lost {peer}; the cluster is restarting"));
+            // Let the subscriptions' close frames go out.
+            std::thread::sleep(Duration::from_millis(1500));
+            std::process::exit(EXIT_LOST_PEER);
+        }
+        // A panic in a worker thread must not leave the other workers waiting forever.
         default_hook(info);
         eprintln!("error: internal error (a bug in aimatrix; please report it with the input that caused it)");
         std::process::exit(70);

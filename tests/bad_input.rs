@@ -99,7 +99,7 @@ fn a_record_past_the_limit_is_an_ingest_error_and_reading_goes_on() {
         ],
     ));
     let expected = format!(
-        "[{{\"n\":1001}}]\n[{{\"location\":\"{data}:2\",\"error\":\"record of 5000 bytes exceeds the maximum record size of 4096 bytes (--max-record-bytes)\",\"raw_bytes\":1024}}]\n"
+        "[{{\"n\":1001}}]\n[{{\"location\":\"{data}:2\",\"error\":\"record of 5000 bytes exceeds the maximum record size of 4096 bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)\",\"raw_bytes\":1024}}]\n"
     );
     assert_eq!(out, expected);
 }

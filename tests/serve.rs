@@ -16,6 +16,8 @@ struct Server {
     child: Child,
     base: String,
     agent: ureq::Agent,
+    /// What it prints on stderr, line by line.
+    stderr: std::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 impl Drop for Server {
@@ -52,7 +54,7 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
     });
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
     if !controller {
-        return Server { child, base: String::new(), agent };
+        return Server { child, base: String::new(), agent, stderr: std::sync::Mutex::new(rx) };
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
@@ -60,7 +62,7 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
             && let Some(at) = line.find("HTTP API on http://")
         {
             let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
-            return Server { child, base: format!("http://{address}"), agent };
+            return Server { child, base: format!("http://{address}"), agent, stderr: std::sync::Mutex::new(rx) };
         }
     }
     let _ = child.kill();
@@ -1057,4 +1059,60 @@ fn job_submit_resolves_relative_paths_in_the_client() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let want = vec![json!({ "n": records.len() })];
     assert_eq!(server.sql_until("SELECT * FROM rel_v", &want), want);
+}
+
+/// Losing a process of the cluster is an expected failure: the survivor says which process it
+/// lost (and its address), closes its subscriptions with code 1012 and a reason, and exits with
+/// code 75 for an orchestrator to restart the cluster; not "internal error" and code 70.
+#[test]
+fn losing_a_cluster_process_is_reported_and_exits_75() {
+    for killed in [1usize, 0] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts = dir.path().join("hosts");
+        let ports = [free_port(), free_port()];
+        std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hosts");
+        let args = |i: usize| -> Vec<String> {
+            let mut args: Vec<String> =
+                ["--processes", "2", "--process-index", &i.to_string(), "--hosts", &hosts.to_string_lossy()]
+                    .map(String::from)
+                    .to_vec();
+            if i == 0 {
+                args.extend(["--http".into(), "127.0.0.1:0".into()]);
+            }
+            args
+        };
+        let mut p1 = start(&args(1), false);
+        let mut p0 = start(&args(0), true);
+        let id = p0.submit(&push_job("lose", "lose-in", "lose_v", "SELECT document_id FROM knowledge_events"));
+        p0.push(id, "lose-in", &distinct_records(0, 10));
+        let port = p0.base.rsplit(':').next().expect("port").to_owned();
+        let (mut socket, _) =
+            tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=lose_v")).expect("subscribe");
+        read_timeout(&mut socket);
+        let mut state = HashMap::new();
+        while state.len() < 10 {
+            fold_subscription(&mut socket, &mut state);
+        }
+        let (victim, survivor) = if killed == 1 { (&mut p1, &mut p0) } else { (&mut p0, &mut p1) };
+        victim.child.kill().expect("kill -9");
+        let status = survivor.child.wait().expect("the survivor exits");
+        assert_eq!(status.code(), Some(75), "killed process {killed}");
+        let said: Vec<String> = survivor.stderr.lock().expect("stderr").iter().collect();
+        let want = format!("lost the connection to cluster process {killed} at 127.0.0.1:{}", ports[killed]);
+        assert!(said.iter().any(|l| l.contains(&want)), "{said:#?}");
+        assert!(!said.iter().any(|l| l.contains("internal error")), "{said:#?}");
+        if killed == 1 {
+            // The subscriber is told why, with a close frame.
+            let close = loop {
+                match socket.read() {
+                    Ok(tungstenite::Message::Close(frame)) => break frame,
+                    Ok(_) => {}
+                    Err(e) => panic!("no close frame: {e}"),
+                }
+            };
+            let frame = close.expect("a close frame with a code");
+            assert_eq!(u16::from(frame.code), 1012);
+            assert!(frame.reason.contains("lost cluster process 1"), "{}", frame.reason);
+        }
+    }
 }

@@ -135,7 +135,7 @@ impl Default for ClusterConfig {
 }
 
 /// How far a file source has been read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SourceProgress {
     /// Bytes worker 0 has read (every worker scans every byte of a file source), counting a
     /// file read again from its start (truncated or replaced) again.
@@ -382,7 +382,7 @@ impl Shared {
 }
 
 /// Whether a job is a submitted job or a view created in SQL (a job of one view).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Submitted as a job file.
@@ -392,7 +392,7 @@ pub enum JobKind {
 }
 
 /// A job's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Installed on every worker; its sources are read and its views maintained.
@@ -404,7 +404,7 @@ pub enum JobState {
 }
 
 /// A job as the controller records it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct JobInfo {
     /// Its id.
     pub id: JobId,
@@ -600,7 +600,7 @@ impl Drop for Subscription {
 }
 
 /// What a push of records did: counts and each rejected record's reason.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     /// Records that decoded into rows.
     pub accepted: u64,
@@ -615,7 +615,7 @@ pub struct IngestReport {
 }
 
 /// One rejected record.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReject {
     /// Its line in the request body (from 1).
     pub line: u64,
@@ -624,7 +624,7 @@ pub struct IngestReject {
 }
 
 /// A job's state with its sources' and views' figures, as `GET /v1/jobs/{id}` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     /// The job.
     #[serde(flatten)]
@@ -638,7 +638,7 @@ pub struct JobStatus {
 }
 
 /// A source's figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct SourceStatus {
     /// Name.
     pub name: String,
@@ -655,7 +655,7 @@ pub struct SourceStatus {
 }
 
 /// A view's figures.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ViewStatus {
     /// Name.
     pub name: String,

@@ -50,7 +50,7 @@ pub struct JobConfig {
 }
 
 /// Where a source's records come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
     /// Files matching `path` (a glob), read to their end (and, following, as they grow).
@@ -62,7 +62,7 @@ pub enum SourceKind {
 }
 
 /// One source: a glob of files, or a push endpoint, in one format.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Source name, unique within the job (and, on a server, among the running jobs' sources);
@@ -84,6 +84,7 @@ pub struct SourceConfig {
     pub follow: bool,
     /// Format options (each format documents its own).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub options: toml::Table,
 }
 

@@ -17,7 +17,7 @@ use crate::job::SourceConfig;
 
 /// A job's identifier: assigned by the controller, starting at 1, never reused while the
 /// server runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct JobId(pub u64);
 
@@ -29,7 +29,7 @@ impl std::fmt::Display for JobId {
 
 /// A materialized view to maintain: its name and its `SELECT`. Every worker plans it from
 /// this text against the same catalog (the commands before it), so all plan it alike.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewSpec {
     /// The view's name as SQL resolves it (unquoted names in lower case).
     pub name: String,

@@ -376,7 +376,7 @@ impl FileReader {
     /// The largest record read, in bytes (default [`DEFAULT_MAX_RECORD_BYTES`], 64 MiB): a
     /// JSON-lines line, array element or whole-file document longer than this is not decoded
     /// but returned as a record carrying the error `record of N bytes exceeds the maximum record
-    /// size of M bytes (--max-record-bytes)`, with its first 1 KiB as text; reading goes on with
+    /// size of M bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)`, with its first 1 KiB as text; reading goes on with
     /// the next record. An oversized line is skipped without holding it in memory.
     pub fn set_max_record_bytes(&mut self, bytes: u64) {
         self.max_record_bytes = bytes.max(1);
@@ -568,7 +568,7 @@ fn note_pending(state: &mut FileState, rest: &[u8]) {
 
 /// A record of `bytes` at `location`, or, when longer than `limit` bytes, a record carrying
 /// the error `record of N bytes exceeds the maximum record size of M bytes
-/// (--max-record-bytes)` (with its first 1 KiB as text), as the file reader makes them; for
+/// (--max-record-bytes of run, cluster.max_record_bytes of serve)` (with its first 1 KiB as text), as the file reader makes them; for
 /// records that arrive otherwise (pushed over HTTP).
 pub fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
     if bytes.len() as u64 > limit {
@@ -581,7 +581,7 @@ pub fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
 /// The record reporting a record of `size` bytes (starting with `head`) past `limit`.
 fn oversized_record(location: String, size: u64, head: &[u8], limit: u64) -> Record {
     Record::new(location, String::from_utf8_lossy(head).into_owned()).with_error(format!(
-        "record of {size} bytes exceeds the maximum record size of {limit} bytes (--max-record-bytes)"
+        "record of {size} bytes exceeds the maximum record size of {limit} bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)"
     ))
 }
 
@@ -1298,7 +1298,9 @@ pub(crate) mod tests {
         r.set_max_poll_bytes(8);
         r.set_max_record_bytes(30);
         let error = |size: u64| {
-            Some(format!("record of {size} bytes exceeds the maximum record size of 30 bytes (--max-record-bytes)"))
+            Some(format!(
+                "record of {size} bytes exceeds the maximum record size of 30 bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)"
+            ))
         };
         assert_eq!(
             drain(&mut r, false),
@@ -1445,7 +1447,7 @@ pub(crate) mod tests {
                     let loc = format!("{name}:{}", i + 1);
                     if l.len() as u64 > LIMIT {
                         (loc, l[..l.len().min(RAW_BYTES)].to_owned(), Some(format!(
-                            "record of {} bytes exceeds the maximum record size of {LIMIT} bytes (--max-record-bytes)", l.len())))
+                            "record of {} bytes exceeds the maximum record size of {LIMIT} bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)", l.len())))
                     } else {
                         (loc, (*l).to_owned(), None)
                     }

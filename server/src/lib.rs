@@ -472,6 +472,24 @@ pub const CHUNK_ROWS: usize = 10_000;
 /// Events taken from the queue at once (of which only the last progress is sent).
 const COALESCE_EVENTS: usize = 16;
 
+/// Why the cluster can no longer answer — a process of it was lost — once that is known.
+static CLUSTER_LOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Wakes the subscriptions when [`CLUSTER_LOST`] is set.
+static CLUSTER_LOST_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Says that the cluster has lost a process (`reason` names it): every subscription is closed
+/// with code [`CLOSE_CLUSTER_LOST`] and that reason. Called by the binary just before it exits
+/// (see README, "Losing a process"); the first reason is kept.
+pub fn cluster_lost(reason: &str) {
+    let _ = CLUSTER_LOST.set(reason.chars().take(100).collect());
+    CLUSTER_LOST_NOTIFY.notify_waiters();
+}
+
+/// The close code when the cluster lost a process and the server exits to be restarted: 1012,
+/// "Service Restart" (IANA WebSocket Close Code registry).
+pub const CLOSE_CLUSTER_LOST: u16 = 1012;
+
 /// The close code for a subscriber that fell behind: 1013, "Try Again Later" (RFC 6455 §7.4,
 /// IANA WebSocket Close Code registry).
 pub const CLOSE_TOO_SLOW: u16 = 1013;
@@ -479,7 +497,11 @@ pub const CLOSE_TOO_SLOW: u16 = 1013;
 async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_cluster::Subscription) {
     let schema = subscription.schema.clone();
     'forward: loop {
+        if CLUSTER_LOST.get().is_some() {
+            break 'forward;
+        }
         tokio::select! {
+            () = CLUSTER_LOST_NOTIFY.notified() => break 'forward,
             event = subscription.recv() => {
                 let Some(event) = event else { break 'forward };
                 // Coalesce: of several queued progress messages only the last is sent.
@@ -499,6 +521,7 @@ async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_clust
                             return;
                         },
                         () = subscription.overflow() => break 'forward,
+                        () = CLUSTER_LOST_NOTIFY.notified() => break 'forward,
                     }
                 }
             }
@@ -508,7 +531,9 @@ async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_clust
             }
         }
     }
-    let close = if subscription.overflowed() {
+    let close = if let Some(reason) = CLUSTER_LOST.get() {
+        axum::extract::ws::CloseFrame { code: CLOSE_CLUSTER_LOST, reason: reason.clone().into() }
+    } else if subscription.overflowed() {
         axum::extract::ws::CloseFrame {
             code: CLOSE_TOO_SLOW,
             reason: format!(
