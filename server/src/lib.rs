@@ -20,6 +20,7 @@
 //! `http.max_body_bytes`, 415 for a body without its documented content type, 503 when the
 //! cluster has stopped or a query timed out.
 
+pub mod api;
 pub mod config;
 pub mod guard;
 
@@ -40,7 +41,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
@@ -114,7 +114,7 @@ impl From<ClusterError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        (self.status, axum::Json(api::ErrorBody { error: self.message })).into_response()
     }
 }
 
@@ -144,11 +144,13 @@ static MAX_BODY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// The default largest request body: 256 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
 
-/// The OpenAPI document (generated from the handlers' annotations).
+/// The OpenAPI document (generated from the handlers' annotations and the answer types of
+/// [`api`]). Every route also answers 403 (a foreign `Host` or `Origin`, [`guard`]) and, when
+/// the cluster has stopped, 503; each lists them.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AIMatrix", description = "Jobs, SQL, ingestion and subscriptions of a running AIMatrix cluster."),
-    paths(submit_job, list_jobs, show_job, cancel_job, run_sql, ingest, subscribe, catalog, healthz, readyz)
+    paths(submit_job, list_jobs, show_job, cancel_job, run_sql, ingest, subscribe, catalog, healthz, readyz, openapi)
 )]
 pub struct ApiDoc;
 
@@ -191,13 +193,16 @@ pub async fn serve(
 }
 
 /// Liveness: the server answers.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive", body = String, content_type = "text/plain"),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Readiness: every collection has passed time 0.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "starting")))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String, content_type = "text/plain"),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+    (status = 503, description = "starting", body = String, content_type = "text/plain")))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.controller.ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -206,6 +211,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "the OpenAPI document", body = Object),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
 async fn openapi() -> Response {
     axum::Json(ApiDoc::openapi()).into_response()
 }
@@ -217,9 +225,13 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 
 /// Installs a job (its TOML as the body).
 #[utoipa::path(post, path = "/v1/jobs", request_body(content = String, content_type = "application/toml", description = "a job file"),
-    responses((status = 201, description = "installed: {\"id\": N}"), (status = 400, description = "the job does not parse or plan"),
-              (status = 403, description = "a file source outside the server's file roots (files.roots)"),
-              (status = 409, description = "a source or view name is in use")))]
+    responses((status = 201, description = "installed", body = api::JobCreated),
+              (status = 400, description = "the job does not parse or plan", body = api::ErrorBody),
+              (status = 403, description = "a file source outside the server's file roots (files.roots), or a foreign Host or Origin", body = api::ErrorBody),
+              (status = 409, description = "a source or view name is in use", body = api::ErrorBody),
+              (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
+              (status = 415, description = "a body that is not application/toml", body = api::ErrorBody),
+              (status = 503, description = "the cluster has stopped, or planning took longer than sql.timeout_ms", body = api::ErrorBody)))]
 async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Response> {
     let body = body(raw)?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::bad_request(format!("the job is not UTF-8: {e}")))?;
@@ -230,18 +242,22 @@ async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Respo
     let id = tokio::task::spawn_blocking(move || controller.install_job(&job))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::CREATED, axum::Json(json!({ "id": id.0 }))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(api::JobCreated { id: id.0 })).into_response())
 }
 
 /// Every job.
-#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "the jobs")))]
-async fn list_jobs(State(state): State<AppState>) -> Response {
-    axum::Json(json!({ "jobs": state.controller.jobs() })).into_response()
+#[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "the jobs", body = api::JobList),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+async fn list_jobs(State(state): State<AppState>) -> axum::Json<api::JobList> {
+    axum::Json(api::JobList { jobs: state.controller.jobs() })
 }
 
 /// One job with its figures.
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id")),
-    responses((status = 200, description = "the job"), (status = 404, description = "no such job")))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id", example = 1)),
+    responses((status = 200, description = "the job", body = JobStatus),
+              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 404, description = "no such job", body = api::ErrorBody),
+              (status = 503, description = "the cluster has stopped, or its figures took longer than sql.timeout_ms", body = api::ErrorBody)))]
 async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<JobStatus>> {
     let id = job_id(&id)?;
     let status = tokio::time::timeout(state.sql_timeout, state.controller.job_status(id))
@@ -263,12 +279,15 @@ fn flag(params: &std::collections::HashMap<String, String>, name: &str) -> ApiRe
 /// Cancels a job: its sources stop and its views are dropped; what it ingested stays in the
 /// shared relations, unless `?retract=true` (a job submitted with `retractable = true`): then
 /// every event it ingested is retracted, at one timestamp, before the answer.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id"),
+#[utoipa::path(delete, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id", example = 2),
         ("retract" = Option<bool>, Query, description = "also retract what the job ingested")),
-    responses((status = 200, description = "{\"id\": N, \"state\": \"cancelled\", \"retracted\": bool}"),
-              (status = 404, description = "no such job"),
+    responses((status = 200, description = "cancelled", body = api::JobCancelled),
+              (status = 400, description = "?retract= is neither true nor false", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 404, description = "no such job", body = api::ErrorBody),
               (status = 409, description = "already cancelled, another job's view reads its views, or retract=true \
-                  for a job submitted without retractable = true")))]
+                  for a job submitted without retractable = true", body = api::ErrorBody),
+              (status = 503, description = "the cluster has stopped", body = api::ErrorBody)))]
 async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -277,20 +296,22 @@ async fn cancel_job(
     let id = job_id(&id)?;
     let retract = flag(&params, "retract")?;
     state.controller.cancel_job(id, retract).await?;
-    Ok(axum::Json(json!({ "id": id.0, "state": "cancelled", "retracted": retract })).into_response())
-}
-
-/// The body of `POST /v1/sql`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SqlRequest {
-    sql: String,
+    Ok(axum::Json(api::JobCancelled { id: id.0, state: "cancelled".into(), retracted: retract }).into_response())
 }
 
 /// Runs a SQL statement.
-#[utoipa::path(post, path = "/v1/sql", request_body(content = String, description = "{\"sql\": \"…\"} as application/json, or the SQL as application/sql"),
-    responses((status = 200, description = "{\"columns\": […], \"rows\": […], \"timestamp\": T}, or an Arrow IPC stream"),
-              (status = 400, description = "a SQL error, with its position")))]
+#[utoipa::path(post, path = "/v1/sql",
+    request_body(description = "{\"sql\": \"…\"} as application/json, or the SQL as application/sql",
+        content((api::SqlRequest = "application/json"), (String = "application/sql"))),
+    responses((status = 200, description = "a query's rows (as JSON, or as an Arrow IPC stream with Accept: application/vnd.apache.arrow.stream), or what a view statement did",
+                  content((api::SqlResult = "application/json"), (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+              (status = 400, description = "a SQL error, with its position; an answer or a query past sql.max_result_rows, sql.max_result_bytes or the SQL memory limits", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 404, description = "DROP of a view that does not exist", body = api::ErrorBody),
+              (status = 409, description = "CREATE of a name in use, DROP of a view another view reads or of a built-in view", body = api::ErrorBody),
+              (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
+              (status = 415, description = "a body that is neither application/json nor application/sql", body = api::ErrorBody),
+              (status = 503, description = "the query ran longer than sql.timeout_ms and was cancelled, or the cluster has stopped", body = api::ErrorBody)))]
 async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -> ApiResult<Response> {
     let body = body(raw)?;
     let content_type =
@@ -305,7 +326,7 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
         if !value.is_object() {
             return Err(shape());
         }
-        serde_json::from_value::<SqlRequest>(value)
+        serde_json::from_value::<api::SqlRequest>(value)
             .map_err(|e| ApiError::bad_request(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?
             .sql
     };
@@ -327,18 +348,13 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
             }
-            let columns: Vec<Value> = schema
-                .fields()
-                .iter()
-                .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
-                .collect();
-            Ok(json_answer(columns, timestamp, batches))
+            Ok(json_answer(columns(&schema), timestamp, batches))
         }
         SqlAnswer::Created { view, existed } => {
-            Ok(axum::Json(json!({ "created": view, "existed": existed })).into_response())
+            Ok(axum::Json(api::SqlResult::Created(api::ViewCreated { created: view, existed })).into_response())
         }
         SqlAnswer::Dropped { view, existed } => {
-            Ok(axum::Json(json!({ "dropped": view, "existed": existed })).into_response())
+            Ok(axum::Json(api::SqlResult::Dropped(api::ViewDropped { dropped: view, existed })).into_response())
         }
     }
 }
@@ -356,11 +372,20 @@ fn arrow_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// `{"columns": […], "timestamp": T, "rows": [{…}, …]}`, written batch by batch as the body
-/// is sent: the answer's JSON is never built whole (its batches are, within
-/// `sql.max_result_bytes`).
-fn json_answer(columns: Vec<Value>, timestamp: Time, batches: Vec<RecordBatch>) -> Response {
-    let head = format!("{{\"columns\":{},\"timestamp\":{timestamp},\"rows\":[", Value::Array(columns));
+/// A schema's columns, as the API lists them.
+fn columns(schema: &SchemaRef) -> Vec<api::Column> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| api::Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+        .collect()
+}
+
+/// [`api::SqlRows`] as JSON, written batch by batch as the body is sent: the answer's JSON is
+/// never built whole (its batches are, within `sql.max_result_bytes`).
+fn json_answer(columns: Vec<api::Column>, timestamp: Time, batches: Vec<RecordBatch>) -> Response {
+    let columns = serde_json::to_string(&columns).unwrap_or_else(|_| "[]".into());
+    let head = format!("{{\"columns\":{columns},\"timestamp\":{timestamp},\"rows\":[");
     let mut first = true;
     let rows = batches.into_iter().filter_map(move |batch| {
         let text = match amx_sql::format_batches(&[batch], amx_sql::OutputFormat::Json) {
@@ -403,12 +428,19 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
 
 /// Pushes JSON lines into a push source.
 #[utoipa::path(post, path = "/v1/ingest/{job}/{source}",
-    params(("job" = u64, Path, description = "job id"), ("source" = String, Path, description = "push source name")),
-    request_body(content = String, content_type = "application/x-ndjson", description = "one record per line"),
-    responses((status = 200, description = "{\"accepted\": N, \"rejected\": M, \"errors\": [{\"line\": L, \"error\": \"…\"}]}"),
-              (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line)"),
-              (status = 404, description = "no such job or push source"),
-              (status = 415, description = "a compressed body (Content-Encoding)")))]
+    params(("job" = u64, Path, description = "job id", example = 1),
+        ("source" = String, Path, description = "push source name", example = "events")),
+    request_body(content = Option<String>, content_type = "application/x-ndjson",
+        description = "one JSON record per line (also as application/jsonl or application/json); an empty body ingests nothing",
+        example = "{\"c\": \"docs\", \"id\": \"d1\", \"v\": 1, \"size\": 10, \"t\": 1700000000}"),
+    responses((status = 200, description = "the records are in the engine's input", body = amx_cluster::controller::IngestReport),
+              (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line)", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 404, description = "no such job or push source", body = api::ErrorBody),
+              (status = 409, description = "the job was cancelled", body = api::ErrorBody),
+              (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
+              (status = 415, description = "a compressed body (Content-Encoding), or one of another content type", body = api::ErrorBody),
+              (status = 503, description = "the cluster has stopped, or the records were not in within 10 s", body = api::ErrorBody)))]
 async fn ingest(
     State(state): State<AppState>,
     Path((job, source)): Path<(String, String)>,
@@ -447,9 +479,11 @@ async fn ingest(
 /// not read fast enough): code 1013 ("try again later"), with a reason saying so; the client
 /// may subscribe again. Such closes are counted in the view's `slow_subscribers_closed`
 /// (`GET /v1/jobs/{id}`).
-#[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view")),
-    responses((status = 101, description = "WebSocket"), (status = 400, description = "no ?view=, or not a WebSocket upgrade"),
-              (status = 404, description = "no such view")))]
+#[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view", example = "tool_usage")),
+    responses((status = 101, description = "WebSocket"),
+              (status = 400, description = "no ?view=, or not a WebSocket upgrade", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 404, description = "no such view", body = api::ErrorBody)))]
 async fn subscribe(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -594,20 +628,14 @@ async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: Subscribe
 }
 
 /// Every relation and view with its columns.
-#[utoipa::path(get, path = "/v1/catalog", responses((status = 200, description = "{\"relations\": [{\"name\", \"columns\": [{\"name\", \"type\"}]}]}")))]
-async fn catalog(State(state): State<AppState>) -> Response {
-    let relations: Vec<Value> = state
+#[utoipa::path(get, path = "/v1/catalog", responses((status = 200, description = "every relation and view", body = api::Catalog),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+async fn catalog(State(state): State<AppState>) -> axum::Json<api::Catalog> {
+    let relations = state
         .controller
         .catalog()
         .into_iter()
-        .map(|(name, schema)| {
-            let columns: Vec<Value> = schema
-                .fields()
-                .iter()
-                .map(|f| json!({ "name": f.name(), "type": f.data_type().to_string() }))
-                .collect();
-            json!({ "name": name, "columns": columns })
-        })
+        .map(|(name, schema)| api::Relation { columns: columns(&schema), name })
         .collect();
-    axum::Json(json!({ "relations": relations })).into_response()
+    axum::Json(api::Catalog { relations })
 }
