@@ -1116,3 +1116,35 @@ fn losing_a_cluster_process_is_reported_and_exits_75() {
         }
     }
 }
+
+/// A huge line past the record limit is rejected without being copied to every worker: the
+/// server grows by little more than the body itself (it grew by 6.5× a 200 MB line).
+#[test]
+fn a_huge_line_is_rejected_without_copies() {
+    let server = start_with_env(
+        &["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()],
+        true,
+        &[("AIMATRIX__CLUSTER__MAX_RECORD_BYTES", "1000000")],
+    );
+    let job =
+        server.submit(&push_job("huge", "in", "huge_sizes", "SELECT collection, size_bytes FROM knowledge_events"));
+    server.push(job, "in", &[r#"{"c": "h", "id": "d0", "size": 1, "v": 1, "t": 1}"#.to_owned()]);
+    let before = peak_rss(server.child.id());
+    const SIZE: usize = 120 << 20;
+    let mut huge = String::with_capacity(SIZE + 100);
+    huge.push_str(r#"{"c": "h", "id": "d1", "size": 2, "v": 1, "t": 1, "pad": ""#);
+    huge.extend(std::iter::repeat_n('x', SIZE));
+    huge.push_str("\"}");
+    let body = [r#"{"c": "h", "id": "d2", "size": 3, "v": 1, "t": 1}"#.to_owned(), huge.clone()];
+    let report = server.push(job, "in", &body);
+    assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(1), Some(1)), "{report}");
+    let reason = report["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("record of {} bytes exceeds", huge.len())), "{reason}");
+    let raw = server.sql("SELECT location, octet_length(raw) AS raw_bytes FROM ingest_errors");
+    assert_eq!(raw, vec![json!({ "location": format!("POST /v1/ingest/{job}/in:2"), "raw_bytes": 1024 })]);
+    let grown = peak_rss(server.child.id()).saturating_sub(before);
+    eprintln!("the server grew by {grown} bytes for a {SIZE}-byte line");
+    assert!(grown < 3 * SIZE as u64, "the server grew by {grown} bytes for a {SIZE}-byte line");
+    let sizes = server.sql("SELECT size_bytes FROM huge_sizes ORDER BY size_bytes");
+    assert_eq!(sizes, vec![json!({ "size_bytes": 1 }), json!({ "size_bytes": 3 })]);
+}

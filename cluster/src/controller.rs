@@ -482,6 +482,40 @@ struct Inputs {
     access: amx_connectors::FileAccess,
 }
 
+/// A push body with every line longer than `limit` bytes cut to its first bytes (at most
+/// [`amx_connectors::record::RAW_BYTES`], at a character boundary), and those lines (from 1)
+/// with their lengths: a line past the limit is rejected whole, so only its head need travel
+/// to the workers (a 200 MB line used to be copied several times over). The body itself when
+/// no line is that long.
+fn cut_oversized(body: &str, limit: u64) -> (String, BTreeMap<u64, u64>) {
+    let mut oversized = BTreeMap::new();
+    for (i, line) in body.lines().enumerate() {
+        // A blank line is no record, however long.
+        if line.len() as u64 > limit && !line.trim().is_empty() {
+            oversized.insert(i as u64 + 1, line.len() as u64);
+        }
+    }
+    if oversized.is_empty() {
+        return (body.to_owned(), oversized);
+    }
+    let mut cut = String::new();
+    for (i, line) in body.lines().enumerate() {
+        if i > 0 {
+            cut.push('\n');
+        }
+        if oversized.contains_key(&(i as u64 + 1)) {
+            let mut end = line.len().min(amx_connectors::record::RAW_BYTES);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            cut.push_str(&line[..end]);
+        } else {
+            cut.push_str(line);
+        }
+    }
+    (cut, oversized)
+}
+
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
 pub struct Controller {
@@ -501,6 +535,8 @@ pub(crate) struct Inner {
     pub(crate) sql_limits: crate::SqlLimits,
     /// Changes a subscriber may leave untaken.
     max_queued_rows: u64,
+    /// The largest record, in bytes (`cluster.max_record_bytes`).
+    max_record_bytes: u64,
     /// The memory pool every query reserves from.
     pub(crate) sql_pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     /// The runtime queries run on (made at the first query).
@@ -764,6 +800,7 @@ impl Controller {
             sql_pool: crate::limits::shared_pool(config.sql.memory_bytes),
             sql_limits: config.sql.clone(),
             max_queued_rows: config.max_queued_rows,
+            max_record_bytes: config.worker.max_record_bytes.max(1),
             sql_runtime: std::sync::OnceLock::new(),
         });
         if is_controller {
@@ -1263,7 +1300,8 @@ impl Controller {
             match seq.push.get(source) {
                 Some(owner) if *owner == job => {
                     let (id, applied) = self.wait_for_workers();
-                    seq.send(&Command::Ingest { id, source: source.to_owned(), body: body.to_owned() })?;
+                    let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
+                    seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
                     applied
                 }
                 _ => {

@@ -11,6 +11,8 @@
 
 use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::job::SourceConfig;
@@ -127,6 +129,11 @@ pub enum Command {
         source: String,
         /// The body.
         body: String,
+        /// Lines (from 1) longer than the record limit, with their length in bytes: the body
+        /// holds only their first bytes (the controller cut them, so that a huge line is not
+        /// copied to every worker), and each is rejected as oversized.
+        #[serde(default)]
+        oversized: BTreeMap<u64, u64>,
     },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.

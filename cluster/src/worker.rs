@@ -519,20 +519,25 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                     }
                     respond(&mut resp_in, Response::Applied { id: wait, upper: epoch + 1 });
                 }
-                Command::Ingest { id, source, body } => {
+                Command::Ingest { id, source, body, oversized } => {
                     let (mut accepted, mut rejected, mut errors) = (0, 0, Vec::new());
                     if let Some(push) = pushes.get(&source) {
                         let mut keep = jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
                         let stats = pending_stats.entry(source.clone()).or_default();
-                        let records = body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+                        let records = body
+                            .lines()
+                            .enumerate()
+                            .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)));
                         for (line, text) in records.skip(index).step_by(peers) {
                             let line = line as u64 + 1;
                             let location = format!("POST /v1/ingest/{}/{source}:{line}", push.job);
-                            let record = amx_connectors::record::record_within(
-                                location,
-                                text.as_bytes(),
-                                options.max_record_bytes.max(1),
-                            );
+                            let limit = options.max_record_bytes.max(1);
+                            let record = match oversized.get(&line) {
+                                Some(&size) => {
+                                    amx_connectors::record::oversized_record(location, size, text.as_bytes(), limit)
+                                }
+                                None => amx_connectors::record::record_within(location, text.as_bytes(), limit),
+                            };
                             push.decoder.decode(&source, &record, &mut events);
                             stats.0 += 1;
                             let mut error = None;

@@ -135,7 +135,7 @@ struct Oversized {
 const HEAD_BYTES: usize = 64;
 
 /// Bytes of an oversized record kept as its error's raw text.
-const RAW_BYTES: usize = 1024;
+pub const RAW_BYTES: usize = 1024;
 
 /// Default maximum size of one record, in bytes (64 MiB): see [`FileReader::set_max_record_bytes`].
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
@@ -579,7 +579,11 @@ pub fn record_within(location: String, bytes: &[u8], limit: u64) -> Record {
 }
 
 /// The record reporting a record of `size` bytes (starting with `head`) past `limit`.
-fn oversized_record(location: String, size: u64, head: &[u8], limit: u64) -> Record {
+/// The record of an oversized one: at `location`, `size` bytes of which `head` are the first
+/// (its raw text: at most [`RAW_BYTES`] are kept), carrying the error `record of N bytes exceeds
+/// the maximum record size of M bytes (…)`.
+pub fn oversized_record(location: String, size: u64, head: &[u8], limit: u64) -> Record {
+    let head = &head[..head.len().min(RAW_BYTES)];
     Record::new(location, String::from_utf8_lossy(head).into_owned()).with_error(format!(
         "record of {size} bytes exceeds the maximum record size of {limit} bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)"
     ))
