@@ -717,6 +717,21 @@ fn file_sources_read_only_under_the_configured_roots() {
     assert_eq!(server.sql_until(query, &want_errors), want_errors);
     let raw = server.sql("SELECT raw FROM ingest_errors");
     assert!(!Value::Array(raw).to_string().contains(SECRET));
+
+    // A directory linked from the root: its entries are neither read nor named.
+    let linked =
+        job("d", &format!("{root_s}/*/*.jsonl")).replace("[sources.options]", "follow = true\n[sources.options]");
+    let linked_id = server.submit(&linked);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let (_, status) = server.call("GET", &format!("/v1/jobs/{linked_id}"), None);
+        if status["source_stats"][0]["progress"]["caught_up"] == json!(true) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = server.sql("SELECT location FROM ingest_errors WHERE source = 'd-in'");
+    assert_eq!(seen, Vec::<Value>::new());
     assert_eq!(server.call("GET", &format!("/v1/jobs/{id}"), None).0, 200);
 
     // No roots configured: every file source is refused, and the answer names the setting.

@@ -247,9 +247,12 @@ impl FileReader {
 
     /// Reads only the files `access` admits (default: any). A file the glob matches that it
     /// does not admit (its canonical path is under no root: a symbolic link out of a root, or
-    /// a dangling one) is never opened; the reader with share index 0 returns, once per path,
-    /// a record at the path carrying the error `not read: it does not resolve to a file under
-    /// the server's file roots (files.roots)` (the same whether or not the link's target exists).
+    /// a dangling one) is never opened; when the link itself lies in a directory under a root,
+    /// the reader with share index 0 returns, once per path, a record at the path carrying the
+    /// error `not read: it does not resolve to a file under the server's file roots
+    /// (files.roots)` (the same whether or not the link's target exists). Entries of a
+    /// directory linked from a root to elsewhere are skipped without a word (their names are
+    /// not the job's to see).
     pub fn set_access(&mut self, access: crate::FileAccess) {
         self.access = access;
     }
@@ -290,7 +293,10 @@ impl FileReader {
                 && fs::symlink_metadata(p).is_ok()
                 && !self.access.admits(p)
             {
-                if self.refused.insert(p.clone()) && self.share.index == 0 {
+                // Reported only when the link itself lies under a root: the names inside a
+                // directory linked from a root are none of the job's business.
+                let inside = p.parent().is_some_and(|dir| self.access.admits(dir));
+                if self.refused.insert(p.clone()) && self.share.index == 0 && inside {
                     out.push(Record::new(p.display().to_string(), String::new()).with_error(
                         "not read: it does not resolve to a file under the server's file roots (files.roots)",
                     ));
