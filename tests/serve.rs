@@ -912,9 +912,15 @@ fn timed_out_and_abandoned_queries_are_cancelled() {
     const HEAVY: &str = "SELECT count(*) AS n FROM generate_series(1, 20000000000)";
     let server =
         start_with_env(&["--http".into(), "127.0.0.1:0".into()], true, &[("AIMATRIX__SQL__TIMEOUT_MS", "1500")]);
+    // A source that never ends, and a cross join that makes thousands of batches of each of
+    // its input batches (DataFusion yields only at its sources).
+    const CROSS: &str =
+        "SELECT count(*) AS n FROM generate_series(1, 100000) AS a CROSS JOIN generate_series(1, 100000) AS b";
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-        let calls: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| server.call("POST", "/v1/sql", Some(&json!({ "sql": HEAVY }).to_string()))))
+        let server = &server;
+        let calls: Vec<_> = [HEAVY, CROSS, HEAVY, CROSS]
+            .into_iter()
+            .map(|q| scope.spawn(move || server.call("POST", "/v1/sql", Some(&json!({ "sql": q }).to_string()))))
             .collect();
         calls.into_iter().map(|c| c.join().expect("a thread")).collect()
     });
@@ -930,10 +936,10 @@ fn timed_out_and_abandoned_queries_are_cancelled() {
     let patient =
         start_with_env(&["--http".into(), "127.0.0.1:0".into()], true, &[("AIMATRIX__SQL__TIMEOUT_MS", "600000")]);
     let address = patient.base.trim_start_matches("http://").to_owned();
-    for _ in 0..6 {
+    for i in 0..6 {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(&address).expect("connect");
-        let body = json!({ "sql": HEAVY }).to_string();
+        let body = json!({ "sql": if i % 2 == 0 { HEAVY } else { CROSS } }).to_string();
         let request = format!(
             "POST /v1/sql HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()

@@ -18,6 +18,7 @@ use amx_sql::views::{ViewStatement, parse_statement};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::TableReference;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
@@ -340,8 +341,22 @@ impl Controller {
             },
             _ => sql_error(e),
         };
+        // Every operator's output takes from tokio's cooperative budget, so that a query can
+        // be cancelled between any two batches: DataFusion yields at its sources only, and a
+        // join that makes many batches of each input batch (a cross join) would otherwise
+        // run on, past its timeout, until it was done.
+        let task = ctx.task_ctx();
+        let plan = df.create_physical_plan().await.map_err(run_error)?;
+        let plan = plan
+            .transform_up(|node| {
+                let wrapped: Arc<dyn ExecutionPlan> =
+                    Arc::new(datafusion::physical_plan::coop::CooperativeExec::new(node));
+                Ok(datafusion::common::tree_node::Transformed::yes(wrapped))
+            })
+            .map_err(run_error)?
+            .data;
         // The answer batch by batch, so that one past a limit stops the query there.
-        let mut stream = df.execute_stream().await.map_err(run_error)?;
+        let mut stream = datafusion::physical_plan::execute_stream(plan, task).map_err(run_error)?;
         let (mut batches, mut rows, mut bytes) = (Vec::new(), 0u64, 0u64);
         while let Some(batch) = futures::StreamExt::next(&mut stream).await {
             let batch = batch.map_err(run_error)?;
