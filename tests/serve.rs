@@ -683,6 +683,7 @@ fn file_sources_read_only_under_the_configured_roots() {
         format!("{root_s}/../outside/secret.jsonl"),
         format!("{root_s}/../outside/missing.jsonl"),
         format!("{}/*/secret.jsonl", dir.path().display()),
+        format!("{root_s}/**/*.jsonl"),
         "../../../../etc/passwd".to_owned(),
     ];
     let mut messages = Vec::new();
@@ -698,7 +699,10 @@ fn file_sources_read_only_under_the_configured_roots() {
     assert!(messages.windows(2).all(|w| w[0] == w[1]), "the answers differ: {messages:#?}");
 
     // A link out of the root matches no file (as a missing file under the root does): 400.
-    for path in [root.join("link.jsonl"), root.join("linkdir/secret.jsonl"), root.join("none.jsonl")] {
+    // A directory reached through a link is not named as one either.
+    for path in
+        [root.join("link.jsonl"), root.join("linkdir/secret.jsonl"), root.join("none.jsonl"), root.join("linkdir")]
+    {
         let (status, body) = server.call("POST", "/v1/jobs", Some(&job("l", &path.to_string_lossy())));
         assert_eq!(status, 400, "{}: {body}", path.display());
         assert!(body["error"].as_str().is_some_and(|e| e.contains("no file matches")), "{body}");
@@ -794,6 +798,15 @@ fn browsers_and_foreign_hosts_are_refused() {
             }
             raw_request(&server.base, method, path, &headers, body)
         };
+        // A second Host, or a second Origin, is checked as well as the first.
+        let (status, answer) = with(&[("Host", &local), ("Host", "attacker.example")]);
+        assert!(status == 403 && answer.contains("http.allowed_hosts"), "{method} {path} two Hosts: {status} {answer}");
+        let (status, answer) =
+            with(&[("Host", &local), ("Origin", &server.base), ("Origin", "http://attacker.example")]);
+        assert!(
+            status == 403 && answer.contains("http.allowed_origins"),
+            "{method} {path} two Origins: {status} {answer}"
+        );
         let (status, answer) = with(&[("Host", "attacker.example:6876")]);
         assert!(
             status == 403 && answer.contains("http.allowed_hosts"),
@@ -810,6 +823,9 @@ fn browsers_and_foreign_hosts_are_refused() {
         let (status, answer) = with(&[("Host", &local), ("Origin", &server.base)]);
         assert!(status != 403 && status != 415, "{method} {path} same origin: {status} {answer}");
     }
+    // An absolute-form request URI names its host too.
+    let (status, answer) = raw_request(&server.base, "GET", "http://attacker.example/v1/jobs", &[("Host", &local)], "");
+    assert!(status == 403 && answer.contains("http.allowed_hosts"), "absolute-form URI: {status} {answer}");
     // Bodies a page can send without a preflight, or none at all: 415, and nothing happens.
     let before = server.sql("SELECT count(*) AS n FROM knowledge_events");
     for (path, body) in [

@@ -862,7 +862,10 @@ impl Controller {
             let mut reader = amx_connectors::FileReader::new(&source.path)
                 .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
             reader.set_access(job.access.clone());
-            if std::path::Path::new(&source.path).is_dir() {
+            // (A directory reached through a link out of the roots is not named as one: its
+            // existence is none of the job's business; it then matches no file.)
+            let path = std::path::Path::new(&source.path);
+            if path.is_dir() && job.access.admits(path) {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: `{}` is a directory; give a file or a glob of files",
                     source.name, source.path
@@ -870,8 +873,8 @@ impl Controller {
             }
             if reader.paths().is_empty() && !source.follow {
                 return Err(ClusterError::InvalidJob(format!(
-                    "source `{}`: no file matches `{}` (paths are read by the server, relative to its working \
-                     directory)",
+                    "source `{}`: no file matches `{}` (paths are read by the server: a relative one against its \
+                     working directory)",
                     source.name, source.path
                 )));
             }

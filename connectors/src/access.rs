@@ -7,12 +7,15 @@
 //!
 //! - when a job is submitted, on the pattern as written ([`FileAccess::check_pattern`]): a
 //!   lexical check that reads nothing from the file system, so a refused path does not reveal
-//!   whether it exists. A pattern must be absolute, must not contain a `..` component, and its
-//!   literal part (the components before the first one holding a glob character) must lie
-//!   under a root;
+//!   whether it exists. A pattern must be absolute, must not contain a `..` component nor a
+//!   recursive `**` (the glob walker follows symbolic links to directories, also in loops),
+//!   and its literal part (the components before the first one holding a glob character)
+//!   must lie under a root;
 //! - whenever a reader lists the files a pattern matches ([`FileAccess::admits`]): each file's
 //!   canonical path (symbolic links resolved, `std::fs::canonicalize`) must lie under a root,
-//!   so a symbolic link, or a directory linked in the middle of the path, cannot lead outside.
+//!   so a symbolic link, or a directory linked in the middle of the path, cannot lead outside;
+//! - whenever a file is opened ([`FileAccess::open`]): the file the descriptor refers to must
+//!   lie under a root, so a link swapped in after the check cannot lead outside either.
 //!
 //! Roots are canonical paths (see [`FileAccess::under`]), compared component by component.
 
@@ -44,7 +47,7 @@ pub enum AccessError {
     /// The pattern is not under any root (or is relative, or has a `..` component).
     #[error(
         "`{pattern}` is not under the server's file roots ({roots}; `[files] roots` in the server's config): only \
-         absolute paths without `..` under a root can be read"
+         absolute paths without `..` or `**` under a root can be read"
     )]
     Outside {
         /// The pattern as given.
@@ -92,7 +95,7 @@ impl FileAccess {
         let path = Path::new(pattern);
         let literal: PathBuf = path.components().take_while(|c| !has_glob_char(c.as_os_str())).collect();
         let inside = path.is_absolute()
-            && !path.components().any(|c| c == Component::ParentDir)
+            && !path.components().any(|c| c == Component::ParentDir || c.as_os_str() == "**")
             && roots.iter().any(|root| literal.starts_with(root));
         if inside {
             Ok(())
@@ -114,6 +117,42 @@ impl FileAccess {
     }
 }
 
+impl FileAccess {
+    /// Opens `path` for reading, and, under roots, checks the file actually opened: its path
+    /// as the kernel names the open descriptor (`/proc/self/fd/N`) must lie under a root.
+    /// [`FileAccess::admits`] checks a path before it is opened; a symbolic link or directory
+    /// swapped in between (a race) would lead elsewhere, and this check sees where.
+    ///
+    /// # Errors
+    /// The open's own error; `PermissionDenied` with the message `not read: it resolved
+    /// outside the server's file roots (files.roots) when opened` (the file is closed unread);
+    /// `Unsupported` under roots on a system without `/proc/self/fd`.
+    pub fn open(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        let file = std::fs::File::open(path)?;
+        let FileAccess::Under(roots) = self else { return Ok(file) };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+            if roots.iter().any(|root| real.starts_with(root)) {
+                return Ok(file);
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "not read: it resolved outside the server's file roots (files.roots) when opened",
+            ))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (file, roots);
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "file roots (files.roots) need /proc/self/fd to check the files opened (Linux)",
+            ))
+        }
+    }
+}
+
 /// Whether a path component holds a glob character (`*`, `?`, `[`).
 fn has_glob_char(component: &std::ffi::OsStr) -> bool {
     component.to_string_lossy().contains(['*', '?', '['])
@@ -130,7 +169,7 @@ mod tests {
     #[test]
     fn patterns_are_checked_without_reading_the_file_system() {
         let access = under(&["/srv/data", "/var/log/agents"]);
-        for ok in ["/srv/data/a.jsonl", "/srv/data/*.jsonl", "/srv/data/x/**/*.ndjson", "/var/log/agents/run-?.log"] {
+        for ok in ["/srv/data/a.jsonl", "/srv/data/*.jsonl", "/srv/data/x/*/*.ndjson", "/var/log/agents/run-?.log"] {
             assert_eq!(access.check_pattern(ok), Ok(()), "{ok}");
         }
         for refused in [
@@ -141,6 +180,7 @@ mod tests {
             "/srv/*/a.jsonl",        // a glob above the root
             "/*",
             "srv/data/a.jsonl", // relative
+            "/srv/data/**/*.jsonl",
             "/srv",
         ] {
             assert!(matches!(access.check_pattern(refused), Err(AccessError::Outside { .. })), "{refused}");
@@ -168,6 +208,12 @@ mod tests {
         assert!(!access.admits(&root.join("dangling.jsonl")));
         assert!(!access.admits(&outside.join("secret.jsonl")));
         assert!(FileAccess::Any.admits(&root.join("link.jsonl")));
+        // What is opened is checked too (a link swapped in after `admits` said yes).
+        assert!(access.open(&root.join("sub/in.jsonl")).is_ok());
+        let e = access.open(&root.join("link.jsonl")).expect_err("outside");
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(access.open(&root.join("linkdir/secret.jsonl")).is_err());
+        assert!(FileAccess::Any.open(&root.join("link.jsonl")).is_ok());
         assert!(FileAccess::under(&[dir.join("missing")]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -336,7 +336,8 @@ impl FileReader {
                 self.adopt_renamed(path);
             }
             let state = self.files.entry(path.clone()).or_default();
-            let limits = Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes };
+            let limits =
+                Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes, access: &self.access };
             if let Err(e) = poll_file(path, state, finish, limits, &mut self.share, out) {
                 result = Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
                 break;
@@ -435,11 +436,13 @@ fn file_kind(t: &fs::FileType) -> &'static str {
     "not a file or directory"
 }
 
-/// How much a poll reads: bytes of a JSON-lines file per poll, and the largest record.
+/// How much a poll reads: bytes of a JSON-lines file per poll, and the largest record; and
+/// which files it may open.
 #[derive(Clone, Copy, Debug)]
-struct Limits {
+struct Limits<'a> {
     poll_bytes: u64,
     record_bytes: u64,
+    access: &'a crate::FileAccess,
 }
 
 /// The identity of a file: (device, inode) on Unix; nothing elsewhere (then a replaced file
@@ -458,8 +461,8 @@ fn identity(meta: &fs::Metadata) -> Option<(u64, u64)> {
 }
 
 /// At most `len` bytes of the file from `offset` on.
-fn bytes_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut file = fs::File::open(path)?;
+fn bytes_at(path: &Path, offset: u64, len: usize, access: &crate::FileAccess) -> io::Result<Vec<u8>> {
+    let mut file = access.open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::with_capacity(len);
     file.take(len as u64).read_to_end(&mut bytes)?;
@@ -467,12 +470,12 @@ fn bytes_at(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 }
 
 /// Whether the file still starts with `head` (its first bytes as consumed earlier).
-fn starts_with(path: &Path, head: &[u8]) -> io::Result<bool> {
+fn starts_with(path: &Path, head: &[u8], access: &crate::FileAccess) -> io::Result<bool> {
     if head.is_empty() {
         return Ok(true);
     }
     let mut start = Vec::with_capacity(head.len());
-    fs::File::open(path)?.take(head.len() as u64).read_to_end(&mut start)?;
+    access.open(path)?.take(head.len() as u64).read_to_end(&mut start)?;
     Ok(start == head)
 }
 
@@ -486,7 +489,7 @@ fn poll_file(
     path: &Path,
     state: &mut FileState,
     finish: bool,
-    limits: Limits,
+    limits: Limits<'_>,
     share: &mut Share,
     out: &mut Vec<Record>,
 ) -> io::Result<()> {
@@ -501,7 +504,7 @@ fn poll_file(
     // following it would read it again on every poll.
     if meta.len() == 0 {
         let mut first = [0u8; 1];
-        if fs::File::open(path)?.read(&mut first)? > 0 {
+        if limits.access.open(path)?.read(&mut first)? > 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "reports a size of 0 but has content (a procfs or sysfs pseudo-file); only regular files can be read",
@@ -511,7 +514,7 @@ fn poll_file(
     let id = identity(&meta);
     let replaced = (state.identity.is_some() && state.identity != id)
         || meta.len() < state.offset
-        || match starts_with(path, &state.head) {
+        || match starts_with(path, &state.head, limits.access) {
             Ok(same) => !same,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
@@ -519,7 +522,7 @@ fn poll_file(
     // An unfinished line that was not continued but overwritten (the consumed part intact).
     let tail_changed = !replaced
         && state.pending_bytes > 0
-        && match bytes_at(path, state.offset, state.pending_head.len()) {
+        && match bytes_at(path, state.offset, state.pending_head.len(), limits.access) {
             Ok(now) => now != state.pending_head,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
@@ -537,7 +540,7 @@ fn poll_file(
     if state.head.len() < HEAD_BYTES && state.offset > state.head.len() as u64 {
         // Remember the start of what was consumed (once it is 64 bytes, it stays).
         let mut head = Vec::with_capacity(HEAD_BYTES);
-        if let Ok(f) = fs::File::open(path) {
+        if let Ok(f) = limits.access.open(path) {
             f.take(state.offset.min(HEAD_BYTES as u64)).read_to_end(&mut head)?;
             state.head = head;
         }
@@ -601,11 +604,11 @@ fn poll_current(
     path: &Path,
     state: &mut FileState,
     finish: bool,
-    limits: Limits,
+    limits: Limits<'_>,
     share: &mut Share,
     out: &mut Vec<Record>,
 ) -> io::Result<()> {
-    if state.shape == Shape::Unknown && starts_as_json_lines(path)? {
+    if state.shape == Shape::Unknown && starts_as_json_lines(path, limits.access)? {
         // Decided from the first line alone: no need to read the whole file now.
         state.shape = Shape::Lines;
     }
@@ -669,12 +672,12 @@ fn read_lines(
     path: &Path,
     state: &mut FileState,
     finish: bool,
-    limits: Limits,
+    limits: Limits<'_>,
     share: &mut Share,
     out: &mut Vec<Record>,
 ) -> io::Result<()> {
     let name = path.display().to_string();
-    let mut file = match fs::File::open(path) {
+    let mut file = match limits.access.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
@@ -764,9 +767,9 @@ fn skip_oversized(
 
 /// Whether a file is JSON lines judging by its start alone: its first non-whitespace byte is
 /// not `[` and its first line is complete and parses (rule 3 of [`FileReader`]).
-fn starts_as_json_lines(path: &Path) -> io::Result<bool> {
+fn starts_as_json_lines(path: &Path, access: &crate::FileAccess) -> io::Result<bool> {
     const PREFIX_BYTES: u64 = 1 << 20;
-    let file = match fs::File::open(path) {
+    let file = match access.open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),

@@ -117,12 +117,14 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
 /// type (415), each with a JSON error naming the setting or the types expected.
 pub async fn check(State(guard): State<std::sync::Arc<Guard>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or("\u{0}"));
-    // HTTP/1.1 requires Host (browsers always send one); an absolute-form URI carries it too.
-    let host = host.map(str::to_owned).or_else(|| request.uri().authority().map(|a| a.to_string()));
-    if let Some(host) = &host
-        && !guard.host_allowed(host)
-    {
+    // Every Host header, and the authority of an absolute-form URI (HTTP/1.1 requires Host;
+    // browsers always send one): each must be allowed.
+    let mut hosts = headers
+        .get_all(header::HOST)
+        .iter()
+        .map(|h| h.to_str().unwrap_or("\u{0}").to_owned())
+        .chain(request.uri().authority().map(|a| a.to_string()));
+    if let Some(host) = hosts.find(|h| !guard.host_allowed(h)) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -134,7 +136,7 @@ pub async fn check(State(guard): State<std::sync::Arc<Guard>>, request: Request,
         )
         .into_response();
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    for origin in headers.get_all(header::ORIGIN) {
         let text = origin.to_str().unwrap_or("\u{0}");
         if !guard.origin_allowed(text) {
             return ApiError::new(
