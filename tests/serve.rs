@@ -912,6 +912,8 @@ fn a_query_is_held_to_the_memory_and_answer_limits() {
          GROUP BY (v * 7919) % 2000003 ORDER BY c DESC, k LIMIT 1",
         "sql.query_memory_bytes",
     );
+    // A scalar function that makes a 1 GB value: refused before it allocates.
+    limited("SELECT length(repeat('x', 1000000000)) AS n", "sql.query_memory_bytes");
     // Within the limits: answered, and exactly (Σ 1..n = n(n+1)/2).
     let rows = server.sql("SELECT count(*) AS n, sum(v) AS s FROM generate_series(1, 3000000) AS t(v)");
     assert_eq!(rows, vec![json!({ "n": 3_000_000, "s": 3_000_000i64 * 3_000_001 / 2 })]);

@@ -315,6 +315,11 @@ impl Controller {
         // One partition: float aggregates add in one order, so answers are reproducible.
         let ctx = amx_sql::session_in(datafusion::prelude::SessionConfig::new().with_target_partitions(1), runtime)
             .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+        // Functions that make values far larger than their input (repeat, lpad, …) are held to
+        // the query's memory limit too: the pool does not see what they make.
+        if let Some(limit) = limits.query_memory_bytes {
+            amx_sql::bounded::register(&ctx, limit);
+        }
         for (name, schema) in known {
             let table =
                 PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };

@@ -23,6 +23,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 pub mod aggregates;
+pub mod bounded;
 pub mod convert;
 pub mod error;
 pub mod input;
