@@ -989,15 +989,21 @@ fn distinct_records(first: usize, n: usize) -> Vec<String> {
 
 /// A large snapshot arrives in messages of at most 10,000 rows (the last marked), which fold
 /// into the view; a subscriber that stops reading is cut off once it is more than
-/// `subscribe.max_queued_rows` changes behind (counted in the job's status), instead of
-/// growing the server, and a new subscription works.
+/// `subscribe.max_queued_rows` changes (or `subscribe.max_queued_bytes` of them) behind
+/// (counted in the job's status), instead of growing the server, and a new subscription works.
 #[test]
 fn subscriptions_are_chunked_and_slow_subscribers_are_cut_off() {
-    let server = start_with_env(
-        &["--http".into(), "127.0.0.1:0".into()],
-        true,
-        &[("AIMATRIX__SUBSCRIBE__MAX_QUEUED_ROWS", "2000")],
-    );
+    slow_subscriber_cut_off(("AIMATRIX__SUBSCRIBE__MAX_QUEUED_ROWS", "2000"));
+}
+
+/// As above, the bound in bytes (about 110 bytes a change here: 2,000 changes).
+#[test]
+fn slow_subscribers_are_cut_off_by_bytes_too() {
+    slow_subscriber_cut_off(("AIMATRIX__SUBSCRIBE__MAX_QUEUED_BYTES", "220000"));
+}
+
+fn slow_subscriber_cut_off(bound: (&str, &str)) {
+    let server = start_with_env(&["--http".into(), "127.0.0.1:0".into()], true, &[bound]);
     let job = push_job("subs", "subs-in", "all_docs", "SELECT document_id, size_bytes FROM knowledge_events");
     let id = server.submit(&job);
     for first in (0..25_000).step_by(5_000) {

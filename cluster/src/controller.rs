@@ -113,7 +113,13 @@ pub struct ClusterConfig {
     /// Changes a subscriber may leave untaken before its subscription is ended (default
     /// [`DEFAULT_MAX_QUEUED_ROWS`]); the snapshot is not counted.
     pub max_queued_rows: u64,
+    /// Bytes of changes (as held in memory, estimated) a subscriber may leave untaken
+    /// (default [`DEFAULT_MAX_QUEUED_BYTES`]).
+    pub max_queued_bytes: u64,
 }
+
+/// The default bound of the bytes of a subscriber's untaken changes: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// The default bound of a subscriber's untaken changes: 200,000 rows (about 50 MB).
 pub const DEFAULT_MAX_QUEUED_ROWS: u64 = 200_000;
@@ -130,6 +136,7 @@ impl Default for ClusterConfig {
             views: Vec::new(),
             sql: crate::SqlLimits::unlimited(),
             max_queued_rows: DEFAULT_MAX_QUEUED_ROWS,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -196,6 +203,9 @@ struct SubscriptionMerge {
 struct SubscriberQueue {
     rows: AtomicU64,
     max_rows: u64,
+    /// Bytes of those changes (estimated: [`change_bytes`]), and their bound.
+    bytes: AtomicU64,
+    max_bytes: u64,
     overflowed: std::sync::atomic::AtomicBool,
     /// Wakes [`Subscription::overflow`].
     notify: tokio::sync::Notify,
@@ -231,7 +241,9 @@ impl SubscriptionMerge {
             let changes: Vec<_> = counts.into_iter().filter(|(_, d)| *d != 0).map(|((t, r), d)| (r, t, d)).collect();
             if !changes.is_empty() {
                 let queued = self.queue.rows.fetch_add(changes.len() as u64, Ordering::SeqCst) + changes.len() as u64;
-                if queued > self.queue.max_rows {
+                let size = change_bytes(&changes);
+                let bytes = self.queue.bytes.fetch_add(size, Ordering::SeqCst) + size;
+                if queued > self.queue.max_rows || bytes > self.queue.max_bytes {
                     // A subscriber that does not keep up: ended, not buffered without bound.
                     self.queue.overflowed.store(true, Ordering::SeqCst);
                     self.queue.notify.notify_one();
@@ -516,6 +528,16 @@ fn cut_oversized(body: &str, limit: u64) -> (String, BTreeMap<u64, u64>) {
     (cut, oversized)
 }
 
+/// The memory changes take, estimated: per change its row's values (text at its length) and
+/// 48 bytes of row, time and diff.
+fn change_bytes(changes: &[(Row, Time, Diff)]) -> u64 {
+    let datum = |d: &Datum| match d {
+        Datum::Text(t) => 24 + t.len() as u64,
+        _ => 24,
+    };
+    changes.iter().map(|(row, _, _)| 48 + row.iter().map(datum).sum::<u64>()).sum()
+}
+
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
 pub struct Controller {
@@ -533,8 +555,9 @@ pub(crate) struct Inner {
     last_write: AtomicU64,
     /// What one query may take.
     pub(crate) sql_limits: crate::SqlLimits,
-    /// Changes a subscriber may leave untaken.
+    /// Changes a subscriber may leave untaken, and their bytes.
     max_queued_rows: u64,
+    max_queued_bytes: u64,
     /// The largest record, in bytes (`cluster.max_record_bytes`).
     max_record_bytes: u64,
     /// The memory pool every query reserves from.
@@ -604,6 +627,7 @@ impl Subscription {
     fn taken(&mut self, event: Option<SubscribeEvent>) -> Option<SubscribeEvent> {
         if let Some(SubscribeEvent::Changes(changes)) = &event {
             self.queue.rows.fetch_sub(changes.len() as u64, Ordering::SeqCst);
+            self.queue.bytes.fetch_sub(change_bytes(changes), Ordering::SeqCst);
         }
         event
     }
@@ -625,6 +649,11 @@ impl Subscription {
     /// Changes a subscriber may leave untaken before its subscription is ended.
     pub fn max_queued_rows(&self) -> u64 {
         self.queue.max_rows
+    }
+
+    /// Bytes of changes a subscriber may leave untaken before its subscription is ended.
+    pub fn max_queued_bytes(&self) -> u64 {
+        self.queue.max_bytes
     }
 }
 
@@ -800,6 +829,7 @@ impl Controller {
             sql_pool: crate::limits::shared_pool(config.sql.memory_bytes),
             sql_limits: config.sql.clone(),
             max_queued_rows: config.max_queued_rows,
+            max_queued_bytes: config.max_queued_bytes,
             max_record_bytes: config.worker.max_record_bytes.max(1),
             sql_runtime: std::sync::OnceLock::new(),
         });
@@ -1269,6 +1299,8 @@ impl Controller {
         let queue = Arc::new(SubscriberQueue {
             rows: AtomicU64::new(0),
             max_rows: self.inner.max_queued_rows,
+            bytes: AtomicU64::new(0),
+            max_bytes: self.inner.max_queued_bytes,
             overflowed: Default::default(),
             notify: tokio::sync::Notify::new(),
         });

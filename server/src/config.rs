@@ -25,6 +25,7 @@
 //!
 //! [subscribe]
 //! max_queued_rows = 200000     # changes a subscriber may leave unread before it is closed (1013)
+//! max_queued_bytes = 67108864  # and their bytes (as held in memory, estimated)
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
@@ -63,11 +64,17 @@ pub struct SubscribeConfig {
     /// Changes a subscriber may leave unread (queued on the server) before its WebSocket is
     /// closed with code 1013 (default 200,000 rows, about 50 MB); the snapshot is not counted.
     pub max_queued_rows: u64,
+    /// Bytes of those changes (as the server holds them, estimated) a subscriber may leave
+    /// unread before it is closed the same way (default 64 MiB).
+    pub max_queued_bytes: u64,
 }
 
 impl Default for SubscribeConfig {
     fn default() -> Self {
-        SubscribeConfig { max_queued_rows: amx_cluster::controller::DEFAULT_MAX_QUEUED_ROWS }
+        SubscribeConfig {
+            max_queued_rows: amx_cluster::controller::DEFAULT_MAX_QUEUED_ROWS,
+            max_queued_bytes: amx_cluster::controller::DEFAULT_MAX_QUEUED_BYTES,
+        }
     }
 }
 
@@ -238,6 +245,7 @@ impl ServeConfig {
             },
             sql: self.sql_limits(),
             max_queued_rows: self.subscribe.max_queued_rows.max(1),
+            max_queued_bytes: self.subscribe.max_queued_bytes.max(1),
             ..Default::default()
         }
     }

@@ -475,7 +475,8 @@ async fn ingest(
 /// `{"type": "progress", "timestamp": t}` when time advances (every change before `t` sent).
 ///
 /// The server closes the socket when the view is dropped (or its job cancelled): code 1000;
-/// and when the subscriber falls more than `subscribe.max_queued_rows` changes behind (it does
+/// and when the subscriber falls more than `subscribe.max_queued_rows` changes or
+/// `subscribe.max_queued_bytes` bytes of them behind (it does
 /// not read fast enough): code 1013 ("try again later"), with a reason saying so; the client
 /// may subscribe again. Such closes are counted in the view's `slow_subscribers_closed`
 /// (`GET /v1/jobs/{id}`).
@@ -571,8 +572,9 @@ async fn forward_subscription(mut socket: WebSocket, mut subscription: amx_clust
         axum::extract::ws::CloseFrame {
             code: CLOSE_TOO_SLOW,
             reason: format!(
-                "subscriber too slow: over {} changes unread (subscribe.max_queued_rows); subscribe again",
-                subscription.max_queued_rows()
+                "subscriber too slow: over {} changes or {} bytes unread (subscribe.max_queued_rows/_bytes); resubscribe",
+                subscription.max_queued_rows(),
+                subscription.max_queued_bytes()
             )
             .into(),
         }
