@@ -254,6 +254,11 @@ impl Controller {
         }
     }
 
+    /// What one query may take (`[sql]` of a server's configuration).
+    pub fn sql_limits(&self) -> &crate::SqlLimits {
+        &self.inner.sql_limits
+    }
+
     /// The runtime queries run on: [`SQL_SLOTS`] threads with large stacks (planning recurses
     /// over deep statements; see `amx_sql::parse`), made at the first query.
     fn sql_runtime(&self) -> tokio::runtime::Handle {

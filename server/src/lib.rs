@@ -348,7 +348,7 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
             }
-            Ok(json_answer(columns(&schema), timestamp, batches))
+            Ok(json_answer(columns(&schema), timestamp, batches, state.controller.sql_limits().max_result_bytes))
         }
         SqlAnswer::Created { view, existed } => {
             Ok(axum::Json(api::SqlResult::Created(api::ViewCreated { created: view, existed })).into_response())
@@ -382,12 +382,20 @@ fn columns(schema: &SchemaRef) -> Vec<api::Column> {
 }
 
 /// [`api::SqlRows`] as JSON, written batch by batch as the body is sent: the answer's JSON is
-/// never built whole (its batches are, within `sql.max_result_bytes`).
-fn json_answer(columns: Vec<api::Column>, timestamp: Time, batches: Vec<RecordBatch>) -> Response {
+/// never built whole (its batches are, within `sql.max_result_bytes`). JSON can be larger than
+/// the batches (a control character is six bytes escaped): past `limit` bytes of JSON the body
+/// ends with an error, so the client's read fails (the connection is cut before the end)
+/// rather than taking a partial answer for a whole one.
+fn json_answer(columns: Vec<api::Column>, timestamp: Time, batches: Vec<RecordBatch>, limit: Option<u64>) -> Response {
     let columns = serde_json::to_string(&columns).unwrap_or_else(|_| "[]".into());
     let head = format!("{{\"columns\":{columns},\"timestamp\":{timestamp},\"rows\":[");
     let mut first = true;
+    let mut sent = head.len() as u64;
+    let limit = limit.unwrap_or(u64::MAX);
     let rows = batches.into_iter().filter_map(move |batch| {
+        if sent > limit {
+            return None;
+        }
         let text = match amx_sql::format_batches(&[batch], amx_sql::OutputFormat::Json) {
             Ok(text) => text,
             // Not expected (every column type the engine has is written); the body is cut
@@ -400,6 +408,12 @@ fn json_answer(columns: Vec<api::Column>, timestamp: Time, batches: Vec<RecordBa
         }
         let chunk = if first { inner } else { format!(",{inner}") };
         first = false;
+        sent += chunk.len() as u64;
+        if sent > limit {
+            return Some(Err(std::io::Error::other(format!(
+                "the answer's JSON is larger than sql.max_result_bytes = {limit} bytes; the answer was cut off"
+            ))));
+        }
         Some(Ok(Bytes::from(chunk)))
     });
     let chunks =
