@@ -297,10 +297,16 @@ fn demo_serve(
         source.kind = amx_cluster::job::SourceKind::Push;
         source.path.clear();
     }
-    let controller = amx_cluster::Controller::start(amx_cluster::ClusterConfig { workers, ..Default::default() })?;
+    // The server's default limits on queries and subscribers, as `serve` has them.
+    let controller = amx_cluster::Controller::start(amx_cluster::ClusterConfig {
+        workers,
+        sql: config.sql_limits(),
+        ..Default::default()
+    })?;
     let id = controller.install_job(&job)?;
     let runtime = server_runtime()?;
-    let state = amx_server::AppState::new(controller.clone(), Duration::from_secs(60)).with_guard(config.guard());
+    let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms))
+        .with_guard(config.guard());
     let feeder = controller.clone();
     let dir = dir.to_owned();
     let result = runtime.block_on(async move {

@@ -912,16 +912,24 @@ fn a_query_is_held_to_the_memory_and_answer_limits() {
          GROUP BY (v * 7919) % 2000003 ORDER BY c DESC, k LIMIT 1",
         "sql.query_memory_bytes",
     );
-    // 3 MB of Arrow but 18 MB of JSON (a control character is escaped as \u0001): the answer
-    // is cut off, so the client's read fails instead of taking part of it for all of it.
-    let url = format!("{}/v1/sql", server.base);
-    let cut = server
+    // 3 MB of Arrow but 18 MB of JSON (a control character is escaped as \u0001): a 400.
+    limited("SELECT repeat(chr(1), 3000000) AS s", "sql.max_result_bytes");
+    // 3 batches of 150-byte values, 3 MB of Arrow: the first batch's 7.4 MB of JSON is sent,
+    // the second passes 8 MB, and the answer is cut off there, so the client's read fails
+    // instead of taking part of the answer for all of it.
+    let response = server
         .agent
-        .post(&url)
+        .post(format!("{}/v1/sql", server.base))
         .header("Content-Type", "application/json")
-        .send(json!({ "sql": "SELECT repeat(chr(1), 3000000) AS s" }).to_string().as_bytes())
-        .and_then(|r| r.into_body().with_config().limit(100 << 20).read_to_string());
+        .send(json!({ "sql": "SELECT repeat(chr(1), 150) AS s FROM generate_series(1, 20000)" }).to_string().as_bytes())
+        .expect("an answer starts");
+    assert_eq!(response.status().as_u16(), 200);
+    let cut = response.into_body().with_config().limit(100 << 20).read_to_string();
     assert!(cut.as_ref().map_or(true, |text| serde_json::from_str::<Value>(text).is_err()), "answered whole");
+    // Several batches are joined into one JSON array (8192 rows a batch), each row as computed.
+    let rows = server.sql("SELECT v, v * v AS sq FROM generate_series(1, 20000) AS t(v) WHERE v % 1999 = 0");
+    let want: Vec<Value> = (1..=20000i64).filter(|v| v % 1999 == 0).map(|v| json!({ "v": v, "sq": v * v })).collect();
+    assert_eq!(rows, want);
     // A scalar function that makes a 1 GB value: refused before it allocates.
     limited("SELECT length(repeat('x', 1000000000)) AS n", "sql.query_memory_bytes");
     // Within the limits: answered, and exactly (Σ 1..n = n(n+1)/2).

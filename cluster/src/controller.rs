@@ -198,7 +198,8 @@ struct SubscriptionMerge {
 }
 
 /// The changes a subscriber has not taken yet: sent by the controller, taken by
-/// [`Subscription::recv`]. Past `max_rows` the subscription is ended and `overflowed` set.
+/// [`Subscription::recv`]. Past `max_rows` or `max_bytes` the subscription is ended and
+/// `overflowed` set.
 #[derive(Debug)]
 struct SubscriberQueue {
     rows: AtomicU64,
@@ -633,7 +634,7 @@ impl Subscription {
     }
 
     /// Whether the subscription was ended because its subscriber left more than the bound of
-    /// changes untaken (`subscribe.max_queued_rows`).
+    /// changes untaken (`subscribe.max_queued_rows`, `subscribe.max_queued_bytes`).
     pub fn overflowed(&self) -> bool {
         self.queue.overflowed.load(Ordering::SeqCst)
     }
@@ -727,7 +728,8 @@ pub struct ViewStatus {
     /// Rows (with multiplicity).
     pub rows: i64,
     /// Subscriptions to it ended because their subscriber fell more than
-    /// `subscribe.max_queued_rows` changes behind (their WebSocket closed with code 1013).
+    /// `subscribe.max_queued_rows` changes, or `subscribe.max_queued_bytes` of them, behind
+    /// (their WebSocket closed with code 1013).
     pub slow_subscribers_closed: u64,
 }
 
@@ -1329,13 +1331,14 @@ impl Controller {
     /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
     /// source of that name (or was cancelled); [`ClusterError::Stopped`].
     pub async fn ingest(&self, job: JobId, source: &str, body: &str) -> Result<IngestReport, ClusterError> {
+        // Outside the sequencer's lock: a scan of the whole body.
+        let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
         let applied = {
             let seq = lock(&self.inner.seq);
             let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
             match seq.push.get(source) {
                 Some(owner) if *owner == job => {
                     let (id, applied) = self.wait_for_workers();
-                    let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
                     seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
                     applied
                 }

@@ -348,7 +348,7 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
                     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
             }
-            Ok(json_answer(columns(&schema), timestamp, batches, state.controller.sql_limits().max_result_bytes))
+            json_answer(columns(&schema), timestamp, batches, state.controller.sql_limits().max_result_bytes)
         }
         SqlAnswer::Created { view, existed } => {
             Ok(axum::Json(api::SqlResult::Created(api::ViewCreated { created: view, existed })).into_response())
@@ -381,45 +381,63 @@ fn columns(schema: &SchemaRef) -> Vec<api::Column> {
         .collect()
 }
 
+/// A batch's rows as JSON objects separated by commas (`{…},{…}`, sliced out of the JSON
+/// array the writer makes, not copied); `None` for a batch without rows.
+fn json_objects(batch: RecordBatch) -> Option<std::io::Result<Bytes>> {
+    let text = match amx_sql::format_batches(&[batch], amx_sql::OutputFormat::Json) {
+        Ok(text) => Bytes::from(text),
+        // Not expected (every column type the engine has is written).
+        Err(e) => return Some(Err(std::io::Error::other(format!("{e:#}")))),
+    };
+    let end = text.trim_ascii_end().len();
+    if end <= 2 || text[0] != b'[' || text[end - 1] != b']' {
+        return None;
+    }
+    Some(Ok(text.slice(1..end - 1)))
+}
+
 /// [`api::SqlRows`] as JSON, written batch by batch as the body is sent: the answer's JSON is
-/// never built whole (its batches are, within `sql.max_result_bytes`). JSON can be larger than
-/// the batches (a control character is six bytes escaped): past `limit` bytes of JSON the body
-/// ends with an error, so the client's read fails (the connection is cut before the end)
-/// rather than taking a partial answer for a whole one.
-fn json_answer(columns: Vec<api::Column>, timestamp: Time, batches: Vec<RecordBatch>, limit: Option<u64>) -> Response {
-    let columns = serde_json::to_string(&columns).unwrap_or_else(|_| "[]".into());
-    let head = format!("{{\"columns\":{columns},\"timestamp\":{timestamp},\"rows\":[");
-    let mut first = true;
-    let mut sent = head.len() as u64;
+/// never built whole (its batches are, within `sql.max_result_bytes`).
+///
+/// JSON can be larger than the batches (a control character is six bytes escaped), so the
+/// JSON is held to `limit` bytes too: when the first batch's rows already pass it the answer is
+/// a 400 naming `sql.max_result_bytes`; when a later batch does, the status has been sent, and
+/// the body ends with an error there, so the client's read fails (the connection is cut before
+/// the end) rather than taking a partial answer for a whole one.
+fn json_answer(
+    columns: Vec<api::Column>,
+    timestamp: Time,
+    batches: Vec<RecordBatch>,
+    limit: Option<u64>,
+) -> ApiResult<Response> {
     let limit = limit.unwrap_or(u64::MAX);
-    let rows = batches.into_iter().filter_map(move |batch| {
-        if sent > limit {
-            return None;
-        }
-        let text = match amx_sql::format_batches(&[batch], amx_sql::OutputFormat::Json) {
-            Ok(text) => text,
-            // Not expected (every column type the engine has is written); the body is cut
-            // short, so the client sees invalid JSON rather than a wrong answer.
-            Err(e) => return Some(Err(std::io::Error::other(format!("{e:#}")))),
+    let too_large = move || format!("the answer's JSON is larger than sql.max_result_bytes = {limit} bytes");
+    let columns = serde_json::to_string(&columns).unwrap_or_else(|_| "[]".into());
+    let head = Bytes::from(format!("{{\"columns\":{columns},\"timestamp\":{timestamp},\"rows\":["));
+    let mut batches = batches.into_iter().filter_map(json_objects);
+    let first =
+        batches.next().transpose().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut sent = head.len() as u64 + first.as_ref().map_or(0, |f| f.len() as u64);
+    if sent > limit {
+        return Err(ApiError::bad_request(format!("{}; select fewer rows or columns, or raise it", too_large())));
+    }
+    let rest = batches.flat_map(move |objects| -> Vec<std::io::Result<Bytes>> {
+        let objects = match objects {
+            Ok(objects) => objects,
+            Err(e) => return vec![Err(e)],
         };
-        let inner = text.trim_end().strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or("").to_owned();
-        if inner.is_empty() {
-            return None;
-        }
-        let chunk = if first { inner } else { format!(",{inner}") };
-        first = false;
-        sent += chunk.len() as u64;
+        sent += 1 + objects.len() as u64;
         if sent > limit {
-            return Some(Err(std::io::Error::other(format!(
-                "the answer's JSON is larger than sql.max_result_bytes = {limit} bytes; the answer was cut off"
-            ))));
+            return vec![Err(std::io::Error::other(format!("{}; the answer was cut off", too_large())))];
         }
-        Some(Ok(Bytes::from(chunk)))
+        vec![Ok(Bytes::from_static(b",")), Ok(objects)]
     });
-    let chunks =
-        std::iter::once(Ok(Bytes::from(head))).chain(rows).chain(std::iter::once(Ok(Bytes::from_static(b"]}"))));
-    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures::stream::iter(chunks)))
-        .into_response()
+    let chunks = std::iter::once(Ok(head))
+        .chain(first.map(Ok))
+        .chain(rest)
+        .chain(std::iter::once(Ok(Bytes::from_static(b"]}"))));
+    Ok(([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures::stream::iter(chunks)))
+        .into_response())
 }
 
 /// Batches as JSON row objects (NULL as null, timestamps as RFC 3339, NaN and infinities as
