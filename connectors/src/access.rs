@@ -15,7 +15,8 @@
 //!   canonical path (symbolic links resolved, `std::fs::canonicalize`) must lie under a root,
 //!   so a symbolic link, or a directory linked in the middle of the path, cannot lead outside;
 //! - whenever a file is opened ([`FileAccess::open`]): the file the descriptor refers to must
-//!   lie under a root, so a link swapped in after the check cannot lead outside either.
+//!   lie under a root, so a link swapped in after the check cannot lead outside either (the
+//!   reader reports that file and goes on with the others).
 //!
 //! Roots are canonical paths (see [`FileAccess::under`]), compared component by component.
 
@@ -137,10 +138,7 @@ impl FileAccess {
             if roots.iter().any(|root| real.starts_with(root)) {
                 return Ok(file);
             }
-            Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "not read: it resolved outside the server's file roots (files.roots) when opened",
-            ))
+            Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, OutsideRoots))
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -151,6 +149,23 @@ impl FileAccess {
             ))
         }
     }
+}
+
+/// The error of [`FileAccess::open`] for a file outside the roots.
+#[derive(Debug)]
+struct OutsideRoots;
+
+impl std::fmt::Display for OutsideRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not read: it resolved outside the server's file roots (files.roots) when opened")
+    }
+}
+
+impl std::error::Error for OutsideRoots {}
+
+/// Whether `error` is [`FileAccess::open`]'s refusal of a file outside the roots.
+pub(crate) fn is_outside_roots(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| inner.is::<OutsideRoots>())
 }
 
 /// Whether a path component holds a glob character (`*`, `?`, `[`).
@@ -211,7 +226,8 @@ mod tests {
         // What is opened is checked too (a link swapped in after `admits` said yes).
         assert!(access.open(&root.join("sub/in.jsonl")).is_ok());
         let e = access.open(&root.join("link.jsonl")).expect_err("outside");
-        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.kind() == std::io::ErrorKind::PermissionDenied && is_outside_roots(&e), "{e}");
+        assert!(!is_outside_roots(&std::io::Error::from(std::io::ErrorKind::PermissionDenied)));
         assert!(access.open(&root.join("linkdir/secret.jsonl")).is_err());
         assert!(FileAccess::Any.open(&root.join("link.jsonl")).is_ok());
         assert!(FileAccess::under(&[dir.join("missing")]).is_err());

@@ -338,9 +338,19 @@ impl FileReader {
             let state = self.files.entry(path.clone()).or_default();
             let limits =
                 Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes, access: &self.access };
-            if let Err(e) = poll_file(path, state, finish, limits, &mut self.share, out) {
-                result = Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
-                break;
+            match poll_file(path, state, finish, limits, &mut self.share, out) {
+                Ok(()) => {}
+                // Swapped for a link out of the roots between the check and the open: that
+                // file is not read (reported once), the others are.
+                Err(e) if crate::access::is_outside_roots(&e) => {
+                    if self.refused.insert(path.clone()) && self.share.index == 0 {
+                        out.push(Record::new(path.display().to_string(), String::new()).with_error(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    result = Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+                    break;
+                }
             }
         }
         if result.is_ok() {
