@@ -124,7 +124,7 @@ fn bench() -> anyhow::Result<()> {
         let mut subscription = controller.subscribe("by_id")?;
         // The snapshot first.
         while let Some(event) = subscription.recv().await {
-            if matches!(event, SubscribeEvent::Snapshot { .. }) {
+            if matches!(event, SubscribeEvent::Snapshot { last: true, .. }) {
                 break;
             }
         }

@@ -159,12 +159,17 @@ pub struct SourceProgress {
 /// A change stream of a subscription, in time order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubscribeEvent {
-    /// The collection's contents as of `timestamp`: rows with their multiplicities.
+    /// A part of the collection's contents as of `timestamp`: rows with their multiplicities.
+    /// The contents come in parts (each row in one part only, at most
+    /// [`crate::protocol::SNAPSHOT_PART_ROWS`] rows each), read from the arrangements as the
+    /// subscriber takes them; the last part has `last` set. Changes follow.
     Snapshot {
         /// The time of the snapshot (ms since the Unix epoch).
         timestamp: Time,
         /// Rows and counts (> 0).
         rows: Vec<(Row, Diff)>,
+        /// The last part of the snapshot.
+        last: bool,
     },
     /// Changes after the snapshot: `(row, time, diff)`, in time order, consolidated.
     Changes(Vec<(Row, Time, Diff)>),
@@ -185,12 +190,19 @@ struct PeekWait {
     reply: Option<oneshot::Sender<Vec<(Row, Diff)>>>,
 }
 
-/// A subscription's merge of the workers' change streams.
+/// A subscription's merge of the workers' snapshot parts and change streams.
 struct SubscriptionMerge {
+    /// The snapshot's time.
+    as_of: Time,
+    /// Workers yet to send their last snapshot part.
+    snapshot_left: usize,
     uppers: Vec<Time>,
+    /// Changes not sent yet (before the snapshot is complete: all of them).
     pending: Vec<(Row, Time, Diff)>,
+    /// Every change before this time has been sent (once the snapshot is complete).
     emitted: Option<Time>,
-    events: tokio_mpsc::UnboundedSender<SubscribeEvent>,
+    /// Events, each a snapshot part with the worker that sent it (to credit it when taken).
+    events: tokio_mpsc::UnboundedSender<(SubscribeEvent, Option<usize>)>,
     /// Changes sent and not yet taken by the subscriber, and what it may leave untaken.
     queue: Arc<SubscriberQueue>,
     /// The collection subscribed to.
@@ -213,53 +225,82 @@ struct SubscriberQueue {
 }
 
 impl SubscriptionMerge {
-    /// Takes one worker's batch; sends what every worker has passed. Returns true when the
-    /// subscription has ended (its collection was dropped: every worker's frontier closed).
+    /// Takes one worker's snapshot part and passes it on (the worker sends its next one once
+    /// the subscriber has taken it). Returns true when the subscription has ended.
+    fn absorb_snapshot(&mut self, worker: usize, rows: Vec<(Row, Diff)>, done: bool) -> bool {
+        if done {
+            self.snapshot_left = self.snapshot_left.saturating_sub(1);
+        }
+        let last = self.snapshot_left == 0;
+        // A worker's last part is often empty; it is only sent when it ends the snapshot.
+        if !rows.is_empty() || last {
+            let credit = if done { None } else { Some(worker) };
+            let _ = self.events.send((SubscribeEvent::Snapshot { timestamp: self.as_of, rows, last }, credit));
+        }
+        if !last {
+            return false;
+        }
+        // Every change up to the snapshot's time is in it.
+        self.emitted = Some(self.as_of + 1);
+        let _ = self.events.send((SubscribeEvent::Progress { upper: self.as_of + 1 }, None));
+        self.release()
+    }
+
+    /// Takes one worker's changes and frontier; sends what every worker has passed. Returns
+    /// true when the subscription has ended (its collection was dropped: every worker's
+    /// frontier closed; or its subscriber fell behind).
     fn absorb(&mut self, worker: usize, updates: Vec<(Row, Time, Diff)>, upper: Time) -> bool {
         if let Some(u) = self.uppers.get_mut(worker) {
             *u = (*u).max(upper);
         }
         self.pending.extend(updates);
+        if self.snapshot_left > 0 {
+            // Changes that arrive while the snapshot is read wait for it, within the bound.
+            if self.pending.len() as u64 > self.queue.max_rows || change_bytes(&self.pending) > self.queue.max_bytes {
+                return self.overflow();
+            }
+            return false;
+        }
+        self.release()
+    }
+
+    /// Sends the changes before the time every worker has passed, and that time.
+    fn release(&mut self) -> bool {
         let merged = self.uppers.iter().copied().min().unwrap_or(0);
-        if merged == 0 || self.emitted.is_some_and(|e| merged <= e) {
+        if self.emitted.is_some_and(|e| merged <= e) {
             return false;
         }
         let (ready, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.pending).into_iter().partition(|u| u.1 < merged);
         self.pending = later;
-        if self.emitted.is_none() {
-            let mut counts: BTreeMap<Row, Diff> = BTreeMap::new();
-            for (row, _, diff) in ready {
-                *counts.entry(row).or_insert(0) += diff;
+        let mut counts: BTreeMap<(Time, Row), Diff> = BTreeMap::new();
+        for (row, time, diff) in ready {
+            *counts.entry((time, row)).or_insert(0) += diff;
+        }
+        let changes: Vec<_> = counts.into_iter().filter(|(_, d)| *d != 0).map(|((t, r), d)| (r, t, d)).collect();
+        if !changes.is_empty() {
+            let queued = self.queue.rows.fetch_add(changes.len() as u64, Ordering::SeqCst) + changes.len() as u64;
+            let size = change_bytes(&changes);
+            let bytes = self.queue.bytes.fetch_add(size, Ordering::SeqCst) + size;
+            if queued > self.queue.max_rows || bytes > self.queue.max_bytes {
+                return self.overflow();
             }
-            let rows = counts.into_iter().filter(|(_, c)| *c != 0).collect();
-            let _ = self.events.send(SubscribeEvent::Snapshot { timestamp: merged.saturating_sub(1), rows });
-        } else {
-            let mut counts: BTreeMap<(Time, Row), Diff> = BTreeMap::new();
-            for (row, time, diff) in ready {
-                *counts.entry((time, row)).or_insert(0) += diff;
-            }
-            let changes: Vec<_> = counts.into_iter().filter(|(_, d)| *d != 0).map(|((t, r), d)| (r, t, d)).collect();
-            if !changes.is_empty() {
-                let queued = self.queue.rows.fetch_add(changes.len() as u64, Ordering::SeqCst) + changes.len() as u64;
-                let size = change_bytes(&changes);
-                let bytes = self.queue.bytes.fetch_add(size, Ordering::SeqCst) + size;
-                if queued > self.queue.max_rows || bytes > self.queue.max_bytes {
-                    // A subscriber that does not keep up: ended, not buffered without bound.
-                    self.queue.overflowed.store(true, Ordering::SeqCst);
-                    self.queue.notify.notify_one();
-                    return true;
-                }
-                let _ = self.events.send(SubscribeEvent::Changes(changes));
-            }
+            let _ = self.events.send((SubscribeEvent::Changes(changes), None));
         }
         self.emitted = Some(merged);
         if merged == Time::MAX {
             // Closed: the receiver sees the end of the stream.
             return true;
         }
-        let _ = self.events.send(SubscribeEvent::Progress { upper: merged });
+        let _ = self.events.send((SubscribeEvent::Progress { upper: merged }, None));
         false
+    }
+
+    /// Ends a subscription whose subscriber does not keep up, rather than buffer without bound.
+    fn overflow(&mut self) -> bool {
+        self.queue.overflowed.store(true, Ordering::SeqCst);
+        self.queue.notify.notify_one();
+        true
     }
 }
 
@@ -345,6 +386,20 @@ impl Shared {
         lock(&self.progress).extend(progress);
     }
 
+    /// Hands a worker's answer to subscription `id` (if it still exists) to `absorb`; removes
+    /// the subscription when that says it has ended.
+    fn subscription(&self, id: u64, absorb: impl FnOnce(&mut SubscriptionMerge) -> bool) {
+        let mut subscriptions = lock(&self.subscriptions);
+        if let Some(merge) = subscriptions.get_mut(&id)
+            && absorb(merge)
+        {
+            if merge.queue.overflowed.load(Ordering::SeqCst) {
+                *lock(&self.slow_subscribers).entry(merge.collection.clone()).or_insert(0) += 1;
+            }
+            subscriptions.remove(&id);
+        }
+    }
+
     /// Worker 0 hands over a response from any worker.
     pub(crate) fn deliver(&self, response: Response) {
         match response {
@@ -366,15 +421,10 @@ impl Shared {
                 }
             }
             Response::Subscribe { id, worker, updates, upper } => {
-                let mut subscriptions = lock(&self.subscriptions);
-                if let Some(merge) = subscriptions.get_mut(&id)
-                    && merge.absorb(worker, updates, upper)
-                {
-                    if merge.queue.overflowed.load(Ordering::SeqCst) {
-                        *lock(&self.slow_subscribers).entry(merge.collection.clone()).or_insert(0) += 1;
-                    }
-                    subscriptions.remove(&id);
-                }
+                self.subscription(id, |merge| merge.absorb(worker, updates, upper))
+            }
+            Response::SubscribeSnapshot { id, worker, rows, done } => {
+                self.subscription(id, |merge| merge.absorb_snapshot(worker, rows, done))
             }
             Response::SourceFailed { job, source, error } => {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
@@ -532,11 +582,17 @@ fn cut_oversized(body: &str, limit: u64) -> (String, BTreeMap<u64, u64>) {
 /// The memory changes take, estimated: per change its row's values (text at its length) and
 /// 48 bytes of row, time and diff.
 fn change_bytes(changes: &[(Row, Time, Diff)]) -> u64 {
+    changes.iter().map(|(row, _, _)| row_bytes(row)).sum()
+}
+
+/// Bytes a row takes in memory, estimated: 48 for the row and its time and diff, 24 per
+/// datum, and the bytes of its text.
+pub(crate) fn row_bytes(row: &Row) -> u64 {
     let datum = |d: &Datum| match d {
         Datum::Text(t) => 24 + t.len() as u64,
         _ => 24,
     };
-    changes.iter().map(|(row, _, _)| 48 + row.iter().map(datum).sum::<u64>()).sum()
+    48 + row.iter().map(datum).sum::<u64>()
 }
 
 /// The controller of a running cluster (cheap to clone: a handle).
@@ -604,8 +660,8 @@ impl Drop for ReadHold {
 pub struct Subscription {
     /// The collection's columns.
     pub schema: SchemaRef,
-    /// Snapshot, then changes and progress.
-    events: tokio_mpsc::UnboundedReceiver<SubscribeEvent>,
+    /// Snapshot, then changes and progress; a snapshot part with the worker to credit.
+    events: tokio_mpsc::UnboundedReceiver<(SubscribeEvent, Option<usize>)>,
     queue: Arc<SubscriberQueue>,
     id: u64,
     controller: Controller,
@@ -625,12 +681,17 @@ impl Subscription {
         self.taken(event)
     }
 
-    fn taken(&mut self, event: Option<SubscribeEvent>) -> Option<SubscribeEvent> {
-        if let Some(SubscribeEvent::Changes(changes)) = &event {
+    fn taken(&mut self, event: Option<(SubscribeEvent, Option<usize>)>) -> Option<SubscribeEvent> {
+        let (event, credit) = event?;
+        if let SubscribeEvent::Changes(changes) = &event {
             self.queue.rows.fetch_sub(changes.len() as u64, Ordering::SeqCst);
             self.queue.bytes.fetch_sub(change_bytes(changes), Ordering::SeqCst);
         }
-        event
+        // The worker whose snapshot part this is may read its next one.
+        if let Some(worker) = credit {
+            let _ = lock(&self.controller.inner.seq).send(&Command::SubscribeCredit { id: self.id, worker });
+        }
+        Some(event)
     }
 
     /// Whether the subscription was ended because its subscriber left more than the bound of
@@ -1236,6 +1297,15 @@ impl Controller {
     /// at or after the compaction frontier; peeks at it see one consistent state.
     pub fn read_hold(&self, names: &[String]) -> ReadHold {
         let mut seq = lock(&self.inner.seq);
+        let time = self.read_time(&seq, names);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        seq.holds.insert(id, time);
+        ReadHold { id, time, controller: Arc::downgrade(&self.inner) }
+    }
+
+    /// A time that every collection of `names` has passed (as worker 0 last saw), at or after
+    /// the compaction frontier and every acknowledged write.
+    fn read_time(&self, seq: &Sequencer, names: &[String]) -> Time {
         let uppers = lock(&self.inner.shared.uppers);
         // The collections worker 0 has seen progress in; a new one (a view just installed,
         // still at 0) is waited for by the peek rather than pulling the read back in time.
@@ -1247,10 +1317,7 @@ impl Controller {
         };
         drop(uppers);
         // Never before an acknowledged write (ingest, cancel): a client reads what it wrote.
-        let time = upper.saturating_sub(1).max(seq.since).max(self.inner.last_write.load(Ordering::SeqCst));
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        seq.holds.insert(id, time);
-        ReadHold { id, time, controller: Arc::downgrade(&self.inner) }
+        upper.saturating_sub(1).max(seq.since).max(self.inner.last_write.load(Ordering::SeqCst))
     }
 
     /// Reads collection `name` as of `as_of` (held by a [`ReadHold`]) from every worker:
@@ -1285,7 +1352,8 @@ impl Controller {
         Ok(rows)
     }
 
-    /// Subscribes to a collection: its contents, then every change, as they happen.
+    /// Subscribes to a collection: its contents at one time (in parts, read from the workers'
+    /// arrangements as the subscriber takes them), then every change, as they happen.
     ///
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
@@ -1306,9 +1374,15 @@ impl Controller {
             overflowed: Default::default(),
             notify: tokio::sync::Notify::new(),
         });
+        // The snapshot's time: as a query's (see [`Controller::read_hold`]); the workers hold
+        // their arrangements readable at it until they have read their share, and no
+        // compaction past it is sequenced before this command.
+        let as_of = self.read_time(&seq, std::slice::from_ref(&name.to_owned()));
         lock(&self.inner.shared.subscriptions).insert(
             id,
             SubscriptionMerge {
+                as_of,
+                snapshot_left: self.peers(),
                 uppers: vec![0; self.peers()],
                 pending: Vec::new(),
                 emitted: None,
@@ -1317,7 +1391,7 @@ impl Controller {
                 collection: name.to_owned(),
             },
         );
-        seq.send(&Command::Subscribe { id, collection: name.to_owned() })?;
+        seq.send(&Command::Subscribe { id, collection: name.to_owned(), as_of })?;
         drop(seq);
         Ok(Subscription { schema, events, queue, id, controller: self.clone() })
     }

@@ -154,13 +154,25 @@ pub enum Command {
         /// given only when no other condition applies to the rows (SQL `LIMIT` alone).
         limit: Option<usize>,
     },
-    /// Sends every change of `collection` from now on, after its current contents:
-    /// [`Response::Subscribe`] batches.
+    /// Sends the contents of `collection` at `as_of`, in parts ([`Response::SubscribeSnapshot`],
+    /// at most [`SUBSCRIBE_CREDIT`] parts ahead of the [`Command::SubscribeCredit`]s), and
+    /// every change after `as_of` ([`Response::Subscribe`] batches). Each worker holds its
+    /// arrangements readable at `as_of` until it has sent its share of the contents.
     Subscribe {
         /// Subscription id.
         id: u64,
         /// The collection's name.
         collection: String,
+        /// The time of the snapshot; at least the compaction frontier.
+        as_of: Time,
+    },
+    /// Worker `worker` may send one more part of subscription `id`'s snapshot: the subscriber
+    /// has taken one.
+    SubscribeCredit {
+        /// Subscription id.
+        id: u64,
+        /// The worker (global index).
+        worker: usize,
     },
     /// Ends a subscription (drops its dataflow).
     Unsubscribe {
@@ -181,6 +193,18 @@ pub enum Command {
 /// `ingest_errors`.
 pub const MAX_REPORTED_REJECTS: usize = 1000;
 
+/// Snapshot parts a worker sends for one subscription before it waits for a
+/// [`Command::SubscribeCredit`]: with [`SNAPSHOT_PART_ROWS`] and [`SNAPSHOT_PART_BYTES`], the
+/// bound of what a subscription's snapshot holds in the server at a time.
+pub const SUBSCRIBE_CREDIT: usize = 2;
+
+/// Rows in one snapshot part, at most.
+pub const SNAPSHOT_PART_ROWS: usize = 10_000;
+
+/// Bytes of one snapshot part, about (a part ends after the row that passes it; rows measured
+/// as [`crate::controller::row_bytes`]).
+pub const SNAPSHOT_PART_BYTES: u64 = 1 << 20;
+
 /// A worker's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Response {
@@ -190,6 +214,19 @@ pub enum Response {
         id: u64,
         /// The rows, each with a positive count.
         rows: Vec<(Row, Diff)>,
+    },
+    /// A part of one worker's share of a subscription's snapshot (its rows at the
+    /// subscription's `as_of`, in row order, each row in one part only).
+    SubscribeSnapshot {
+        /// Subscription id.
+        id: u64,
+        /// The worker (global index).
+        worker: usize,
+        /// Rows and their counts (> 0): at most [`SNAPSHOT_PART_ROWS`] rows, and about
+        /// [`SNAPSHOT_PART_BYTES`] bytes.
+        rows: Vec<(Row, Diff)>,
+        /// The worker's last part.
+        done: bool,
     },
     /// One worker's changes of a subscribed collection, and its frontier: it has sent every
     /// change at a time before `upper`.

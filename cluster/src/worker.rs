@@ -6,8 +6,9 @@
 //! rows, sharded over the workers by hash). Then it loops: worker 0 sequences the controller's
 //! commands; every worker applies the commands the broadcast has delivered completely, in
 //! sequence order; reads its share of the file sources; advances the inputs' timestamp; steps
-//! the dataflows; answers the peeks its arrangements have passed; forwards subscriptions'
-//! changes; and allows compaction up to what no pending peek still reads.
+//! the dataflows; answers the peeks its arrangements have passed; sends the parts of
+//! subscriptions' snapshots their subscribers are ready for and forwards their changes; and
+//! allows compaction up to what no pending peek or snapshot still reads.
 //!
 //! A job's views become one dataflow of their own that imports the arrangements it reads
 //! (the built-in views' and earlier jobs'), renders the views with [`amx_sql::render`] and
@@ -30,17 +31,22 @@ use amx_sql::render::{Renderer, Rows};
 use amx_sql::views::ViewPlanner;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
-use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::cursor::Cursor;
 use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::{Navigable, TraceReader};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::progress::Antichain;
 
 use crate::controller::Shared;
 use crate::job::SourceKind;
-use crate::protocol::{Command, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
+use crate::protocol::{
+    Command, JobId, MAX_REPORTED_REJECTS, Response, SNAPSHOT_PART_BYTES, SNAPSHOT_PART_ROWS, SUBSCRIBE_CREDIT, ViewSpec,
+};
 
 /// A collection's arrangement: its rows as keys, sharded over the workers by hash.
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
@@ -129,10 +135,25 @@ struct JobState {
 
 /// A subscription on one worker.
 struct Subscription {
+    /// The collection.
+    collection: String,
+    /// The snapshot's time: changes at later times are forwarded.
+    as_of: Time,
+    /// The part of the snapshot still to be read, while there is one.
+    snapshot: Option<SnapshotRead>,
+    /// The dataflow that copies the changes after `as_of` into `buffer`.
     dataflow: usize,
     buffer: Rc<RefCell<Vec<(Row, Time, Diff)>>>,
     probe: ProbeHandle<Time>,
     last_upper: Option<Time>,
+}
+
+/// Where a worker is in reading its share of a subscription's snapshot.
+struct SnapshotRead {
+    /// The last row sent (the next part starts after it).
+    after: Option<Row>,
+    /// Parts it may send before the subscriber has taken more.
+    credit: usize,
 }
 
 /// A peek waiting for the arrangements to pass its time.
@@ -229,6 +250,50 @@ fn read_at(
         }
         cursor.step_key(&storage);
     }
+}
+
+/// The next part of a worker's share of a collection's contents at `as_of`: rows (in row
+/// order) after `after`, at most [`SNAPSHOT_PART_ROWS`] of them and about
+/// [`SNAPSHOT_PART_BYTES`] bytes; and whether it is the last part. The arrangements are read
+/// as one (rows in several of them are summed), from their current batches, so merges between
+/// two parts change nothing: they keep the contents at `as_of` while the subscription holds
+/// compaction at it.
+fn snapshot_part(traces: &mut [(Owner, RowTrace)], as_of: Time, after: Option<&Row>) -> (Vec<(Row, Diff)>, bool) {
+    let mut batches = Vec::new();
+    for (_, trace) in traces.iter_mut() {
+        if let Some(mut b) = trace.batches_through(Antichain::new().borrow()) {
+            batches.append(&mut b);
+        }
+    }
+    let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
+    if let Some(after) = after {
+        cursor.seek_key(&storage, after);
+        if cursor.get_key(&storage) == Some(after) {
+            cursor.step_key(&storage);
+        }
+    }
+    let (mut rows, mut bytes) = (Vec::new(), 0);
+    while cursor.key_valid(&storage) {
+        if rows.len() == SNAPSHOT_PART_ROWS || bytes >= SNAPSHOT_PART_BYTES {
+            return (rows, false);
+        }
+        let mut count: Diff = 0;
+        while cursor.val_valid(&storage) {
+            cursor.map_times(&storage, |time, diff| {
+                if *time <= as_of {
+                    count += *diff;
+                }
+            });
+            cursor.step_val(&storage);
+        }
+        if count != 0 {
+            let row: &Row = cursor.key(&storage);
+            bytes += crate::controller::row_bytes(row);
+            rows.push((row.clone(), count));
+        }
+        cursor.step_key(&storage);
+    }
+    (rows, true)
 }
 
 /// The catalog every worker starts with: the canonical relations, the built-in views, the
@@ -570,16 +635,28 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 Command::Peek { id, collection, as_of, projection, filter, limit } => {
                     peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
                 }
-                Command::Subscribe { id, collection } => {
-                    match subscribe(worker, &mut catalog, &collection) {
+                Command::Subscribe { id, collection, as_of } => {
+                    match subscribe(worker, &mut catalog, &collection, as_of) {
                         Some((dataflow, buffer, probe)) => {
-                            subscriptions.insert(id, Subscription { dataflow, buffer, probe, last_upper: None });
+                            let snapshot = Some(SnapshotRead { after: None, credit: SUBSCRIBE_CREDIT });
+                            let last_upper = None;
+                            let sub = Subscription { collection, as_of, snapshot, dataflow, buffer, probe, last_upper };
+                            subscriptions.insert(id, sub);
                         }
                         // No such collection (any more): closed at once.
-                        None => respond(
-                            &mut resp_in,
-                            Response::Subscribe { id, worker: index, updates: Vec::new(), upper: Time::MAX },
-                        ),
+                        None => {
+                            let rows = Vec::new();
+                            respond(&mut resp_in, Response::SubscribeSnapshot { id, worker: index, rows, done: true });
+                            let updates = Vec::new();
+                            respond(&mut resp_in, Response::Subscribe { id, worker: index, updates, upper: Time::MAX });
+                        }
+                    }
+                }
+                Command::SubscribeCredit { id, worker: to } => {
+                    if to == index
+                        && let Some(read) = subscriptions.get_mut(&id).and_then(|s| s.snapshot.as_mut())
+                    {
+                        read.credit += 1;
                     }
                 }
                 Command::Unsubscribe { id } => {
@@ -719,9 +796,32 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             respond(&mut resp_in, Response::Peek { id: peek.id, rows });
         }
 
-        // 6. Forward the subscriptions' changes, with this worker's frontier.
+        // 6. Send the next parts of the subscriptions' snapshots the subscribers are ready
+        //    for, and forward their changes, with this worker's frontier.
         let mut closed = Vec::new();
         for (id, sub) in subscriptions.iter_mut() {
+            if let Some(read) = sub.snapshot.as_mut() {
+                let ready = match catalog.get_mut(&sub.collection) {
+                    Some(c) => c.traces.iter_mut().all(|(_, t)| upper_of(t) > sub.as_of),
+                    None => true,
+                };
+                let mut done = false;
+                while ready && read.credit > 0 && !done {
+                    let rows;
+                    (rows, done) = match catalog.get_mut(&sub.collection) {
+                        Some(c) => snapshot_part(&mut c.traces, sub.as_of, read.after.as_ref()),
+                        // Dropped: the changes end the subscription.
+                        None => (Vec::new(), true),
+                    };
+                    read.credit -= 1;
+                    read.after = rows.last().map(|(row, _)| row.clone());
+                    tracing::debug!(worker = index, subscription = id, rows = rows.len(), done, "snapshot part");
+                    respond(&mut resp_in, Response::SubscribeSnapshot { id: *id, worker: index, rows, done });
+                }
+                if done {
+                    sub.snapshot = None;
+                }
+            }
             let upper = sub.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
             let updates = std::mem::take(&mut *sub.buffer.borrow_mut());
             // Every frontier advance is reported: the controller releases changes only once
@@ -731,6 +831,11 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                 respond(&mut resp_in, Response::Subscribe { id: *id, worker: index, updates, upper });
             }
             if upper == Time::MAX {
+                if sub.snapshot.take().is_some() {
+                    // Dropped while its snapshot was read: the snapshot ends here.
+                    let rows = Vec::new();
+                    respond(&mut resp_in, Response::SubscribeSnapshot { id: *id, worker: index, rows, done: true });
+                }
                 closed.push(*id);
             }
         }
@@ -742,7 +847,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         }
 
         // 7. Compaction: up to `since`, but never past a pending peek's time.
-        let hold = peeks.iter().map(|p| p.as_of).min().unwrap_or(Time::MAX);
+        let snapshots = subscriptions.values().filter(|s| s.snapshot.is_some()).map(|s| s.as_of);
+        let hold = peeks.iter().map(|p| p.as_of).chain(snapshots).min().unwrap_or(Time::MAX);
         let allowed = since.min(hold);
         if allowed > compacted {
             compacted = allowed;
@@ -928,14 +1034,16 @@ fn install_views(
     Ok(dataflow)
 }
 
-/// A subscription's dataflow: imports the collection's arrangements and copies their updates
-/// (first the current contents, then every change) into a buffer; the probe tells how far
-/// the buffer is complete.
+/// A subscription's dataflow: imports the collection's arrangements and copies their changes
+/// at times after `as_of` (those at or before it are the snapshot, read from the arrangements
+/// by [`snapshot_part`]) into a buffer; the probe tells how far the buffer is complete. The
+/// arrangements' history is walked once in their batches, never copied.
 #[allow(clippy::type_complexity)]
 fn subscribe(
     worker: &mut timely::worker::Worker,
     catalog: &mut BTreeMap<String, Collection>,
     collection: &str,
+    as_of: Time,
 ) -> Option<(usize, Rc<RefCell<Vec<(Row, Time, Diff)>>>, ProbeHandle<Time>)> {
     let entry = catalog.get_mut(collection)?;
     let dataflow = worker.next_dataflow_index();
@@ -946,9 +1054,29 @@ fn subscribe(
             let sink = buffer.clone();
             trace
                 .import_named(scope, &format!("Import {collection}"))
-                .as_collection(|row, _| row.clone())
-                .inner
-                .inspect(move |update| sink.borrow_mut().push(update.clone()))
+                .stream
+                .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Changes", move |_, _| {
+                    move |input, _output| {
+                        input.for_each(|_time, data| {
+                            let mut sink = sink.borrow_mut();
+                            for span in data.iter() {
+                                let Some(batch) = span.inner.as_ref() else { continue };
+                                let mut cursor = batch.cursor();
+                                while let Some(row) = cursor.get_key(batch) {
+                                    while cursor.val_valid(batch) {
+                                        cursor.map_times(batch, |time, diff| {
+                                            if *time > as_of {
+                                                sink.push((row.clone(), *time, *diff));
+                                            }
+                                        });
+                                        cursor.step_val(batch);
+                                    }
+                                    cursor.step_key(batch);
+                                }
+                            }
+                        });
+                    }
+                })
                 .probe_with(&probe);
         }
     });

@@ -502,8 +502,10 @@ async fn ingest(
 
 /// Subscribes to a view (WebSocket). Messages, one JSON object each:
 /// `{"type": "snapshot", "timestamp": T, "rows": [{"row": {…}, "diff": n}, …], "last": bool}`
-/// — the contents at `T`, in messages of at most [`CHUNK_ROWS`] rows, the last with `"last":
-/// true` — then `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
+/// — the contents at `T`, in messages of at most [`CHUNK_ROWS`] rows (each row in one message
+/// only), the last with `"last": true`, read from the arrangements as the client takes them (a
+/// snapshot holds a few messages' worth of memory in the server, whatever the view's size) —
+/// then `{"type": "update", "timestamp": t, "diff": d, "row": {…}}` per change and
 /// `{"type": "progress", "timestamp": t}` when time advances (every change before `t` sent).
 ///
 /// The server closes the socket when the view is dropped (or its job cancelled): code 1000;
@@ -630,7 +632,7 @@ async fn send(socket: &mut WebSocket, value: &Value) -> Result<(), axum::Error> 
 /// Sends one subscription event's messages, converting [`CHUNK_ROWS`] rows at a time.
 async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: SubscribeEvent) -> Result<(), axum::Error> {
     match event {
-        SubscribeEvent::Snapshot { timestamp, rows } => {
+        SubscribeEvent::Snapshot { timestamp, rows, last: last_part } => {
             let chunks = rows.len().div_ceil(CHUNK_ROWS).max(1);
             let mut rows = rows.into_iter();
             for chunk in 0..chunks {
@@ -642,7 +644,7 @@ async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: Subscribe
                     .zip(part.iter())
                     .map(|(row, (_, diff))| json!({ "row": row, "diff": diff }))
                     .collect();
-                let last = chunk + 1 == chunks;
+                let last = last_part && chunk + 1 == chunks;
                 send(socket, &json!({ "type": "snapshot", "timestamp": timestamp, "rows": rows, "last": last }))
                     .await?;
             }
