@@ -147,6 +147,11 @@ struct ServeArgs {
     /// the config key files.roots) [default: none: file sources are refused]
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
+    /// Keep jobs, views and acknowledged pushes in DIR and replay them at start-up, so that a
+    /// restart (or a crash) loses nothing acknowledged (the config key storage.data_dir)
+    /// [default: none: nothing is kept]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Worker threads per process [default: 1]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
@@ -237,6 +242,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !args.file_roots.is_empty() {
         flags.insert("files".into(), serde_json::json!({ "roots": args.file_roots }));
     }
+    if let Some(dir) = &args.data_dir {
+        flags.insert("storage".into(), serde_json::json!({ "data_dir": dir }));
+    }
     let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
@@ -244,6 +252,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     if config.cluster.process_index == 0 {
         config.check_listen().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     }
+    // The data directory is locked and read before anything starts: a second server on it,
+    // or a damaged log, is refused here.
+    let stored = match (&config.storage.data_dir, config.cluster.process_index) {
+        (Some(dir), 0) => Some(amx_cluster::storage::DurableLog::open(dir).context("data directory")?),
+        _ => None,
+    };
     let controller = amx_cluster::Controller::start(config.cluster_config())?;
     if config.cluster.process_index != 0 {
         eprintln!(
@@ -258,6 +272,19 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_file_access(access)
         .with_guard(config.guard());
     let listen = config.http.listen.clone();
+    if let Some((log, records)) = stored {
+        let started = std::time::Instant::now();
+        let path = log.path().display().to_string();
+        let recovered = runtime.block_on(controller.recover(log, records, state.file_access()))?;
+        eprintln!(
+            "serve: replayed {path}: {} jobs and views, {} cancellations, {} pushes ({} skipped) in {:.1} s",
+            recovered.jobs,
+            recovered.cancels,
+            recovered.pushes,
+            recovered.skipped,
+            started.elapsed().as_secs_f64()
+        );
+    }
     runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;

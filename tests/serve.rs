@@ -1269,3 +1269,182 @@ fn a_huge_line_is_rejected_without_copies() {
     let sizes = server.sql("SELECT size_bytes FROM huge_sizes ORDER BY size_bytes");
     assert_eq!(sizes, vec![json!({ "size_bytes": 1 }), json!({ "size_bytes": 3 })]);
 }
+
+/// Pushes `lines` with an `Idempotency-Key`; `None` when the server gave no answer (it died).
+fn push_keyed(server: &Server, job: u64, source: &str, key: &str, lines: &[String]) -> Option<Value> {
+    let url = format!("{}/v1/ingest/{job}/{source}", server.base);
+    let response = server
+        .agent
+        .post(&url)
+        .header("Content-Type", "application/x-ndjson")
+        .header("Idempotency-Key", key)
+        .send(lines.join("\n").as_bytes())
+        .ok()?;
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().ok()?;
+    assert_eq!(status, 200, "{text}");
+    Some(serde_json::from_str(&text).expect("JSON"))
+}
+
+/// The durable-state promise under `kill -9`: a server with a push source and a followed file
+/// source, a job view and a SQL view over both, is killed at random moments while a client
+/// pushes (with `Idempotency-Key`s) and lines are appended to the file, and restarted on the
+/// same data directory each time; pushes that got no answer are sent again with the same key.
+/// At the end every view equals what the acknowledged pushes and the file's lines make,
+/// computed here: nothing lost, nothing twice. A second server on the same directory is
+/// refused.
+#[test]
+fn kill_9_and_restart_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).expect("files");
+    let file = files.join("events.jsonl");
+    std::fs::write(&file, "").expect("file");
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
+        .into_iter()
+        .chain(["--file-root", &files.to_string_lossy()])
+        .map(String::from)
+        .collect();
+    let job = push_job("durable", "pushed", "by_collection", "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection")
+        .replace("[views]", &format!(
+            "[[sources]]\nname = \"appended\"\nformat = \"json\"\npath = \"{}\"\nfollow = true\n[sources.options]\nrelation = \"knowledge_events\"\n[sources.options.mapping]\ncollection = \"/c\"\ndocument_id = \"/id\"\nop = {{ const = \"upsert\" }}\nversion = \"/v\"\nsize_bytes = \"/size\"\nevent_time = {{ pointer = \"/t\", unit = \"s\" }}\n\n[views]",
+            file.display()
+        ));
+
+    // What was acknowledged (pushed) and written (to the file): (count, sum of sizes).
+    let (mut pushed, mut appended) = ((0i64, 0i64), (0i64, 0i64));
+    // Acknowledged records of size ≥ 50 (the SQL view's rows).
+    let mut big = 0i64;
+    let mut id = None;
+    let mut pending: Option<(String, Vec<String>, i64, i64)> = None;
+    // A push of `n` records has sizes 0, 10, …, 10 (n − 1): n − 5 of them ≥ 50.
+    let big_of = |n: i64| (n - 5).max(0);
+    let (mut batch, mut line) = (0usize, 0usize);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    for round in 0..12 {
+        let server = start(&args, true);
+        if round == 0 {
+            id = Some(server.submit(&job));
+            let (status, body) = server.call(
+                "POST",
+                "/v1/sql",
+                Some(&json!({ "sql": "CREATE MATERIALIZED VIEW big AS SELECT document_id, size_bytes FROM knowledge_events WHERE size_bytes >= 50" }).to_string()),
+            );
+            assert_eq!(status, 200, "{body}");
+        } else if round == 1 {
+            let second = Command::new(env!("CARGO_BIN_EXE_aimatrix")).arg("serve").args(&args).output().expect("runs");
+            let stderr = String::from_utf8_lossy(&second.stderr);
+            assert!(!second.status.success() && stderr.contains("in use by another aimatrix server"), "{stderr}");
+        }
+        let id = id.expect("the job");
+        // The push that got no answer, again with its key.
+        if let Some((key, lines, n, sum)) = pending.take() {
+            push_keyed(&server, id, "pushed", &key, &lines).expect("the retry is answered");
+            pushed = (pushed.0 + n, pushed.1 + sum);
+            big += big_of(n);
+        }
+        let pid = server.child.id();
+        let delay = Duration::from_millis(200 + random(1200));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        });
+        loop {
+            // A few lines appended to the file…
+            let mut text = String::new();
+            for _ in 0..1 + random(5) {
+                let size = (line % 100) as i64;
+                text += &json!({ "c": "f", "id": format!("f{line}"), "v": 1, "size": size, "t": 1 }).to_string();
+                text += "\n";
+                appended = (appended.0 + 1, appended.1 + size);
+                big += i64::from(size >= 50);
+                line += 1;
+            }
+            std::io::Write::write_all(
+                &mut std::fs::OpenOptions::new().append(true).open(&file).expect("append"),
+                text.as_bytes(),
+            )
+            .expect("append");
+            // …and a push of a few records.
+            let n = 1 + random(20) as usize;
+            let lines: Vec<String> = (0..n)
+                .map(|i| json!({ "c": "p", "id": format!("p{batch}-{i}"), "v": 1, "size": i * 10, "t": 1 }).to_string())
+                .collect();
+            let sum: i64 = (0..n as i64).map(|i| i * 10).sum();
+            let key = format!("batch-{batch}");
+            batch += 1;
+            match push_keyed(&server, id, "pushed", &key, &lines) {
+                Some(_) => {
+                    pushed = (pushed.0 + n as i64, pushed.1 + sum);
+                    big += big_of(n as i64);
+                }
+                None => {
+                    pending = Some((key, lines, n as i64, sum));
+                    break;
+                }
+            }
+        }
+        killer.join().expect("killer");
+    }
+
+    let server = start(&args, true);
+    let id = id.expect("the job");
+    if let Some((key, lines, n, sum)) = pending.take() {
+        push_keyed(&server, id, "pushed", &key, &lines).expect("the retry is answered");
+        pushed = (pushed.0 + n, pushed.1 + sum);
+        big += big_of(n);
+    }
+    assert!(pushed.0 > 0 && appended.0 > 0);
+    let want = vec![
+        json!({ "collection": "f", "n": appended.0, "bytes": appended.1 }),
+        json!({ "collection": "p", "n": pushed.0, "bytes": pushed.1 }),
+    ];
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    assert_eq!(server.sql_until(sql, &want), want);
+    // The SQL view, against the same records counted here: sizes of at least 50.
+    let want = vec![json!({ "n": big })];
+    assert_eq!(server.sql_until("SELECT count(*) AS n FROM big", &want), want);
+}
+
+/// A restart on a data directory brings back jobs (with their ids and states), views created
+/// in SQL, pushes, and a cancellation with `retract` (its records stay retracted); new jobs get
+/// new ids.
+#[test]
+fn restart_replays_jobs_views_and_retractions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--data-dir", &dir.path().to_string_lossy()].map(String::from).to_vec();
+    let sql = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
+    let a = push_job("a", "a-in", "a_view", sql).replacen("name = \"a\"\n", "name = \"a\"\nretractable = true\n", 1);
+    let b = push_job("b", "b-in", "b_view", sql);
+    {
+        let server = start(&args, true);
+        assert_eq!(server.submit(&a), 1);
+        assert_eq!(server.submit(&b), 2);
+        server.push(1, "a-in", &distinct_records(0, 3).iter().map(|r| r.replace("\"s\"", "\"a\"")).collect::<Vec<_>>());
+        server.push(
+            2,
+            "b-in",
+            &distinct_records(10, 2).iter().map(|r| r.replace("\"s\"", "\"b\"")).collect::<Vec<_>>(),
+        );
+        let (status, body) = server.call("DELETE", "/v1/jobs/1?retract=true", None);
+        assert_eq!(status, 200, "{body}");
+        let view = json!({ "sql": "CREATE MATERIALIZED VIEW docs AS SELECT document_id FROM knowledge_events" });
+        assert_eq!(server.call("POST", "/v1/sql", Some(&view.to_string())).0, 200);
+    }
+    let server = start(&args, true);
+    let want = vec![json!({ "collection": "b", "n": 2 })];
+    assert_eq!(server.sql_until("SELECT * FROM b_view ORDER BY collection", &want), want);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM docs"), vec![json!({ "n": 2 })]);
+    assert_eq!(server.call("GET", "/v1/jobs/1", None).1["state"], "cancelled");
+    assert_eq!(server.call("GET", "/v1/jobs/2", None).1["state"], "running");
+    let c = push_job("c", "c-in", "c_view", sql);
+    assert_eq!(server.submit(&c), 4, "ids 1–3 are taken (3: the view)");
+}

@@ -28,11 +28,12 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use crate::job::{Job, SourceConfig, SourceKind};
 use crate::protocol::{Command, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
+use crate::storage::{DurableLog, LogRecord};
 use crate::worker::{WorkerOptions, builtin_schemas, run_worker};
 
 /// Errors of the controller's operations, each naming the problem; [`ClusterError::status`]
 /// gives the HTTP status a server answers with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClusterError {
     /// A job that does not parse or plan (TOML syntax with line and column, unknown keys, a
     /// bad source, a view that fails to plan).
@@ -68,9 +69,19 @@ pub enum ClusterError {
     /// the setting that raises it).
     #[error("{0}")]
     Limit(String),
+    /// The data directory could not take a write (disk full, permission denied, a failed
+    /// sync): nothing was acknowledged (see [`crate::storage`]).
+    #[error("{0}")]
+    Storage(String),
     /// The cluster has stopped (its workers exited).
     #[error("the cluster has stopped")]
     Stopped,
+}
+
+impl From<crate::storage::StorageError> for ClusterError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        ClusterError::Storage(format!("not stored, so not done: {e}"))
+    }
 }
 
 impl ClusterError {
@@ -84,7 +95,7 @@ impl ClusterError {
             ClusterError::UnknownJob(_) | ClusterError::UnknownSource(_) | ClusterError::UnknownCollection(_) => 404,
             ClusterError::Forbidden(_) => 403,
             ClusterError::Conflict(_) => 409,
-            ClusterError::Stopped | ClusterError::Timeout(_) => 503,
+            ClusterError::Stopped | ClusterError::Timeout(_) | ClusterError::Storage(_) => 503,
         }
     }
 }
@@ -510,9 +521,55 @@ struct Sequencer {
     next_job: u64,
     since: Time,
     holds: BTreeMap<u64, Time>,
+    /// The durable log, once the server has one (`--data-dir`) and has replayed it.
+    log: Option<Arc<DurableLog>>,
+    /// Per push source, the answers to its recent pushes by `Idempotency-Key`.
+    keys: HashMap<(JobId, String), KeyWindow>,
 }
 
+/// The recent pushes of one push source by `Idempotency-Key`: each key's answer (once known),
+/// for the last [`IDEMPOTENCY_KEYS`] keys.
+#[derive(Default)]
+struct KeyWindow {
+    order: std::collections::VecDeque<String>,
+    answers: HashMap<String, IngestAnswer>,
+}
+
+/// Where a change was logged (the log and its sequence number there), if there is a log.
+type Stored = Option<(Arc<DurableLog>, u64)>;
+
+/// Pushes a replay sends ahead of their answers.
+const REPLAY_WINDOW: usize = 256;
+
+/// A push's answer, once known.
+type IngestAnswer = tokio::sync::watch::Receiver<Option<Result<IngestReport, ClusterError>>>;
+
+/// What [`Controller::recover`] replayed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs and views installed again.
+    pub jobs: usize,
+    /// Jobs cancelled again.
+    pub cancels: usize,
+    /// Pushes applied again.
+    pub pushes: usize,
+    /// Records that no longer applied (each logged at `warn`).
+    pub skipped: usize,
+}
+
+/// `Idempotency-Key`s remembered per push source: a push retried after this many later pushes
+/// to the same source is applied again.
+pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
 impl Sequencer {
+    /// Appends `record` to the durable log, if there is one: its sequence number there.
+    fn log(&self, record: impl FnOnce() -> LogRecord) -> Result<Stored, ClusterError> {
+        match &self.log {
+            Some(log) => Ok(Some((log.clone(), log.append(&record())?))),
+            None => Ok(None),
+        }
+    }
+
     fn send(&self, command: &Command) -> Result<(), ClusterError> {
         let text = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
         self.tx.send((text, None)).map_err(|_| ClusterError::Stopped)?;
@@ -874,6 +931,8 @@ impl Controller {
             next_job: 1,
             since: 0,
             holds: BTreeMap::new(),
+            log: None,
+            keys: HashMap::new(),
         };
         if is_controller {
             for (name, schema, reads) in planned {
@@ -996,7 +1055,11 @@ impl Controller {
             .collect();
         let (name, sources) = (job.config.name.clone(), job.config.sources.clone());
         let inputs = Inputs { sources, retractable: job.config.retractable, access: job.access.clone() };
-        self.install(&mut seq, name, JobKind::Job, inputs, views)
+        let logged = |id: JobId| LogRecord::InstallJob { id: id.0, job: job.config.clone() };
+        let (id, stored) = self.install(&mut seq, name, JobKind::Job, inputs, views, logged)?;
+        drop(seq);
+        stored.map(|(log, at)| log.sync_now(at)).transpose()?;
+        Ok(id)
     }
 
     fn install(
@@ -1006,7 +1069,8 @@ impl Controller {
         kind: JobKind,
         inputs: Inputs,
         views: Vec<ViewSpec>,
-    ) -> Result<JobId, ClusterError> {
+        logged: impl FnOnce(JobId) -> LogRecord,
+    ) -> Result<(JobId, Stored), ClusterError> {
         let Inputs { sources, retractable, access } = inputs;
         for view in &views {
             if view.name.is_empty() {
@@ -1028,6 +1092,8 @@ impl Controller {
             pushes.push(source.name.clone());
         }
         let id = JobId(seq.next_job);
+        // Logged before it is sent: what the workers apply is in the log.
+        let stored = seq.log(|| logged(id))?;
         seq.next_job += 1;
         seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable, access })?;
         for (name, schema, reads) in planned {
@@ -1038,7 +1104,7 @@ impl Controller {
         }
         let state = JobState::Running;
         seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
-        Ok(id)
+        Ok((id, stored))
     }
 
     /// Cancels a job: its sources stop and its views are dropped on every worker; what it
@@ -1055,7 +1121,7 @@ impl Controller {
     /// # Panics
     /// With `retract`, outside a tokio runtime (the retraction's second step is a task).
     pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
-        let applied = self.begin_cancel(id, retract)?;
+        let (applied, stored) = self.begin_cancel(id, retract)?;
         let upper = if retract {
             // From the drop on, the workers hold their time until `RetractJob` arrives. The
             // rest runs in a task of its own, started before anything is awaited, so a caller
@@ -1071,13 +1137,16 @@ impl Controller {
         } else {
             applied.await.map_err(|_| ClusterError::Stopped)?.upper
         };
+        if let Some((log, at)) = stored {
+            log.sync(at).await?;
+        }
         self.wait_visible(upper).await;
         Ok(())
     }
 
     /// Cancels a job (see [`Controller::cancel_job`]); the receiver answers with the frontier
     /// once every worker has applied it.
-    fn begin_cancel(&self, id: JobId, retract: bool) -> Result<oneshot::Receiver<Applied>, ClusterError> {
+    fn begin_cancel(&self, id: JobId, retract: bool) -> Result<(oneshot::Receiver<Applied>, Stored), ClusterError> {
         let mut seq = lock(&self.inner.seq);
         let job = seq.jobs.get(&id).ok_or_else(|| ClusterError::UnknownJob(id.to_string()))?;
         if job.state == JobState::Cancelled {
@@ -1106,14 +1175,16 @@ impl Controller {
                 entry.owner.map(|o| o.to_string()).unwrap_or_default()
             )));
         }
+        let stored = seq.log(|| LogRecord::CancelJob { id: id.0, retract })?;
         let (wait, applied) = self.wait_for_workers();
         seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
+        seq.keys.retain(|(job, _), _| *job != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
-        Ok(applied)
+        Ok((applied, stored))
     }
 
     /// A wait id and the reply that comes once every worker has answered
@@ -1149,7 +1220,11 @@ impl Controller {
         }
         let views = vec![ViewSpec { name: name.to_owned(), sql: sql.to_owned() }];
         let inputs = Inputs { sources: Vec::new(), retractable: false, access: Default::default() };
-        self.install(&mut seq, Some(name.to_owned()), JobKind::View, inputs, views)
+        let logged = |id: JobId| LogRecord::CreateView { id: id.0, name: name.to_owned(), sql: sql.to_owned() };
+        let (id, stored) = self.install(&mut seq, Some(name.to_owned()), JobKind::View, inputs, views, logged)?;
+        drop(seq);
+        stored.map(|(log, at)| log.sync_now(at)).transpose()?;
+        Ok(id)
     }
 
     /// `DROP MATERIALIZED VIEW name`: only views created in SQL (a job's views go with the
@@ -1405,40 +1480,191 @@ impl Controller {
     /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
     /// source of that name (or was cancelled); [`ClusterError::Stopped`].
     pub async fn ingest(&self, job: JobId, source: &str, body: &str) -> Result<IngestReport, ClusterError> {
+        self.ingest_keyed(job, source, body, None).await
+    }
+
+    /// [`Controller::ingest`], applied at most once per `key` (an `Idempotency-Key`): a push
+    /// with a key one of the source's last [`IDEMPOTENCY_KEYS`] pushes had (before a restart
+    /// too, with a data directory) is not applied again but answered as that one was, once it
+    /// is. With a data directory, the answer comes once the push is in the durable log.
+    ///
+    /// # Errors
+    /// As [`Controller::ingest`]; [`ClusterError::Storage`] when the log cannot take it.
+    pub async fn ingest_keyed(
+        &self,
+        job: JobId,
+        source: &str,
+        body: &str,
+        key: Option<&str>,
+    ) -> Result<IngestReport, ClusterError> {
         // Outside the sequencer's lock: a scan of the whole body.
         let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
-        let applied = {
-            let seq = lock(&self.inner.seq);
-            let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
-            match seq.push.get(source) {
-                Some(owner) if *owner == job => {
-                    let (id, applied) = self.wait_for_workers();
-                    seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
-                    applied
-                }
-                _ => {
-                    let known: Vec<&str> =
-                        info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
-                    if info.state == JobState::Cancelled {
-                        return Err(ClusterError::Conflict(format!("job {job} is cancelled")));
-                    }
-                    return Err(ClusterError::UnknownSource(format!(
-                        "job {job} has no push source named `{source}` (its push sources: {})",
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-                    )));
+        let answer = self.submit_ingest(job, source, body, oversized, key.map(str::to_owned), true)?;
+        Self::answer(answer).await
+    }
+
+    /// Waits for a push's answer.
+    async fn answer(mut answer: IngestAnswer) -> Result<IngestReport, ClusterError> {
+        match answer.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().unwrap_or(Err(ClusterError::Stopped)),
+            Err(_) => Err(ClusterError::Stopped),
+        }
+    }
+
+    /// Logs (with a data directory) and sends a push; the answer comes once every worker has
+    /// it, it is durable and (with `visible`) every collection has passed its time.
+    fn submit_ingest(
+        &self,
+        job: JobId,
+        source: &str,
+        body: String,
+        oversized: BTreeMap<u64, u64>,
+        key: Option<String>,
+        visible: bool,
+    ) -> Result<IngestAnswer, ClusterError> {
+        let mut seq = lock(&self.inner.seq);
+        let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
+        if seq.push.get(source) != Some(&job) {
+            let known: Vec<&str> =
+                info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
+            if info.state == JobState::Cancelled {
+                return Err(ClusterError::Conflict(format!("job {job} is cancelled")));
+            }
+            return Err(ClusterError::UnknownSource(format!(
+                "job {job} has no push source named `{source}` (its push sources: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )));
+        }
+        let window = (job, source.to_owned());
+        if let Some(key) = &key
+            && let Some(answer) = seq.keys.get(&window).and_then(|w| w.answers.get(key))
+        {
+            // A retry: answered as the first push with this key was.
+            return Ok(answer.clone());
+        }
+        // Logged before it is sent: what the workers apply is in the log.
+        let stored = seq.log(|| LogRecord::Ingest {
+            job: job.0,
+            source: source.to_owned(),
+            key: key.clone(),
+            body: body.clone(),
+            oversized: oversized.clone(),
+        })?;
+        let (id, applied) = self.wait_for_workers();
+        seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
+        let (reply, answer) = tokio::sync::watch::channel(None);
+        if let Some(key) = key {
+            let window = seq.keys.entry(window).or_default();
+            window.order.push_back(key.clone());
+            window.answers.insert(key, answer.clone());
+            while window.order.len() > IDEMPOTENCY_KEYS {
+                if let Some(old) = window.order.pop_front() {
+                    window.answers.remove(&old);
                 }
             }
-        };
-        let applied = applied.await.map_err(|_| ClusterError::Stopped)?;
-        // Read your writes: once every collection has passed the records' time, a query
-        // (which reads at a time all its collections have passed) sees them.
-        self.wait_visible(applied.upper).await;
-        Ok(IngestReport {
-            accepted: applied.accepted,
-            rejected: applied.rejected,
-            errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
-            timestamp: applied.upper.saturating_sub(1),
-        })
+        }
+        drop(seq);
+        // The rest runs in a task of its own: a client that goes away does not leave a key
+        // without its answer.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let applied = applied.await.map_err(|_| ClusterError::Stopped)?;
+                if let Some((log, at)) = stored {
+                    log.sync(at).await?;
+                }
+                if visible {
+                    // Read your writes: once every collection has passed the records' time, a
+                    // query (which reads at a time all its collections have passed) sees them.
+                    this.wait_visible(applied.upper).await;
+                }
+                Ok(IngestReport {
+                    accepted: applied.accepted,
+                    rejected: applied.rejected,
+                    errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
+                    timestamp: applied.upper.saturating_sub(1),
+                })
+            }
+            .await;
+            let _ = reply.send(Some(result));
+        });
+        Ok(answer)
+    }
+
+    /// Replays a data directory's log (see [`crate::storage`]): re-installs its jobs and views
+    /// with their ids, applies its pushes (with their `Idempotency-Key`s) and cancellations, in
+    /// their order; file sources are read again from their start. Then every later change is
+    /// logged. `access` is what file sources may read (the server's `files.roots` now).
+    /// Returns what was replayed; a record that no longer applies (a job whose files are gone)
+    /// is skipped with a warning, and its pushes with it.
+    ///
+    /// # Errors
+    /// [`ClusterError::Stopped`].
+    pub async fn recover(
+        &self,
+        log: Arc<DurableLog>,
+        records: Vec<LogRecord>,
+        access: amx_connectors::FileAccess,
+    ) -> Result<Recovered, ClusterError> {
+        let mut recovered = Recovered::default();
+        let mut upper = 0;
+        // Pushes are sent without waiting for each answer (the workers apply commands in
+        // their order anyway); at most this many answers are outstanding.
+        let mut outstanding: std::collections::VecDeque<IngestAnswer> = std::collections::VecDeque::new();
+        for record in records {
+            let done = match record {
+                LogRecord::InstallJob { id, job } => {
+                    lock(&self.inner.seq).next_job = id;
+                    // (Planning runs a runtime of its own: off this one's threads.)
+                    let (this, job) = (self.clone(), Job { config: job, access: access.clone() });
+                    let result = tokio::task::spawn_blocking(move || this.install_job(&job))
+                        .await
+                        .map_err(|_| ClusterError::Stopped)?;
+                    let mut seq = lock(&self.inner.seq);
+                    seq.next_job = seq.next_job.max(id + 1);
+                    recovered.jobs += 1;
+                    result.map(|_| ())
+                }
+                LogRecord::CreateView { id, name, sql } => {
+                    lock(&self.inner.seq).next_job = id;
+                    let this = self.clone();
+                    let result = tokio::task::spawn_blocking(move || this.create_view(&name, &sql))
+                        .await
+                        .map_err(|_| ClusterError::Stopped)?;
+                    let mut seq = lock(&self.inner.seq);
+                    seq.next_job = seq.next_job.max(id + 1);
+                    recovered.jobs += 1;
+                    result.map(|_| ())
+                }
+                LogRecord::CancelJob { id, retract } => {
+                    recovered.cancels += 1;
+                    self.cancel_job(JobId(id), retract).await
+                }
+                LogRecord::Ingest { job, source, key, body, oversized } => {
+                    recovered.pushes += 1;
+                    let submitted = self.submit_ingest(JobId(job), &source, body, oversized, key, false);
+                    submitted.map(|answer| outstanding.push_back(answer))
+                }
+            };
+            while outstanding.len() > REPLAY_WINDOW
+                && let Some(answer) = outstanding.pop_front()
+            {
+                upper = upper.max(Self::answer(answer).await?.timestamp + 1);
+            }
+            if let Err(e) = done {
+                if matches!(e, ClusterError::Stopped) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "a logged change no longer applies; skipped");
+                recovered.skipped += 1;
+            }
+        }
+        for answer in outstanding {
+            upper = upper.max(Self::answer(answer).await?.timestamp + 1);
+        }
+        self.wait_visible(upper).await;
+        lock(&self.inner.seq).log = Some(log);
+        Ok(recovered)
     }
 
     /// Ends the following file sources of `job`: each reads what its files hold now and is

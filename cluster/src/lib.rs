@@ -24,6 +24,7 @@ pub mod limits;
 pub mod net;
 pub mod protocol;
 pub mod sql;
+pub mod storage;
 pub mod worker;
 
 use std::sync::Arc;

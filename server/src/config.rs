@@ -29,6 +29,9 @@
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
+//!
+//! [storage]
+//! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -55,6 +58,18 @@ pub struct ServeConfig {
     pub files: FilesConfig,
     /// Subscriptions.
     pub subscribe: SubscribeConfig,
+    /// What is kept across restarts.
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The data directory (`--data-dir`): the durable log of jobs, views and acknowledged
+    /// pushes, replayed at start-up (see `amx_cluster::storage`). Only process 0 uses it.
+    /// Default: none (nothing is kept across a restart).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// `[subscribe]`.

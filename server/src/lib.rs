@@ -76,6 +76,11 @@ impl AppState {
         self
     }
 
+    /// What the file sources of jobs submitted to this server may read.
+    pub fn file_access(&self) -> amx_connectors::FileAccess {
+        self.file_access.clone()
+    }
+
     /// Lets jobs' file sources read files `access` admits (default: none, `files.roots`
     /// empty: every file source is refused with 403).
     pub fn with_file_access(mut self, access: amx_connectors::FileAccess) -> AppState {
@@ -458,21 +463,25 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
     }
 }
 
-/// Pushes JSON lines into a push source.
+/// Pushes JSON lines into a push source. With a data directory (`--data-dir`), the answer
+/// comes once the records are durable. A push with an `Idempotency-Key` header is applied at
+/// most once per source (across restarts with a data directory; over the source's last
+/// 100,000 keys): a retry with the same key is answered as the first push was.
 #[utoipa::path(post, path = "/v1/ingest/{job}/{source}",
     params(("job" = u64, Path, description = "job id", example = 1),
-        ("source" = String, Path, description = "push source name", example = "events")),
+        ("source" = String, Path, description = "push source name", example = "events"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key is not applied again")),
     request_body(content = Option<String>, content_type = "application/x-ndjson",
         description = "one JSON record per line (also as application/jsonl or application/json); an empty body ingests nothing",
         example = "{\"c\": \"docs\", \"id\": \"d1\", \"v\": 1, \"size\": 10, \"t\": 1700000000}"),
     responses((status = 200, description = "the records are in the engine's input", body = amx_cluster::controller::IngestReport),
-              (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line)", body = api::ErrorBody),
+              (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line), or a bad Idempotency-Key", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
               (status = 404, description = "no such job or push source", body = api::ErrorBody),
               (status = 409, description = "the job was cancelled", body = api::ErrorBody),
               (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
               (status = 415, description = "a compressed body (Content-Encoding), or one of another content type", body = api::ErrorBody),
-              (status = 503, description = "the cluster has stopped, or the records were not in within 10 s", body = api::ErrorBody)))]
+              (status = 503, description = "the cluster has stopped, or the data directory could not take the records (nothing was ingested)", body = api::ErrorBody)))]
 async fn ingest(
     State(state): State<AppState>,
     Path((job, source)): Path<(String, String)>,
@@ -496,7 +505,16 @@ async fn ingest(
         let line = body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         ApiError::bad_request(format!("the body is not UTF-8: line {line}: {e}; nothing was ingested"))
     })?;
-    let report = state.controller.ingest(job, &source, text).await?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
+            Some(key.ok_or_else(|| {
+                ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters; nothing was ingested")
+            })?)
+        }
+    };
+    let report = state.controller.ingest_keyed(job, &source, text, key).await?;
     Ok(axum::Json(report).into_response())
 }
 
