@@ -1447,4 +1447,14 @@ fn restart_replays_jobs_views_and_retractions() {
     assert_eq!(server.call("GET", "/v1/jobs/2", None).1["state"], "running");
     let c = push_job("c", "c-in", "c_view", sql);
     assert_eq!(server.submit(&c), 4, "ids 1–3 are taken (3: the view)");
+    // A key is applied once; reused for another body it is refused.
+    let records = distinct_records(20, 2);
+    let first = push_keyed(&server, 4, "c-in", "k1", &records).expect("answered");
+    assert_eq!(push_keyed(&server, 4, "c-in", "k1", &records).expect("answered"), first);
+    let url = format!("{}/v1/ingest/4/c-in", server.base);
+    let other = server.agent.post(&url).header("Content-Type", "application/x-ndjson").header("Idempotency-Key", "k1");
+    let other = other.send(distinct_records(30, 1)[0].as_bytes()).expect("answered");
+    assert_eq!(other.status().as_u16(), 409);
+    // Two records, once (distinct_records are in collection `s`).
+    assert_eq!(server.sql("SELECT n FROM c_view WHERE collection = 's'"), vec![json!({ "n": 2 })]);
 }

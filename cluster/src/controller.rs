@@ -532,7 +532,9 @@ struct Sequencer {
 #[derive(Default)]
 struct KeyWindow {
     order: std::collections::VecDeque<String>,
-    answers: HashMap<String, IngestAnswer>,
+    /// Each key's answer, with a hash of its push's body (a key reused for another body is
+    /// refused).
+    answers: HashMap<String, (u64, IngestAnswer)>,
 }
 
 /// Where a change was logged (the log and its sequence number there), if there is a log.
@@ -1536,9 +1538,21 @@ impl Controller {
             )));
         }
         let window = (job, source.to_owned());
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (&body, &oversized).hash(&mut hasher);
+            hasher.finish()
+        };
         if let Some(key) = &key
-            && let Some(answer) = seq.keys.get(&window).and_then(|w| w.answers.get(key))
+            && let Some((first, answer)) = seq.keys.get(&window).and_then(|w| w.answers.get(key))
         {
+            if *first != hash {
+                return Err(ClusterError::Conflict(format!(
+                    "Idempotency-Key `{key}` was already used for a different body on source `{source}`; nothing \
+                     was ingested (use a new key for new records)"
+                )));
+            }
             // A retry: answered as the first push with this key was.
             return Ok(answer.clone());
         }
@@ -1556,7 +1570,7 @@ impl Controller {
         if let Some(key) = key {
             let window = seq.keys.entry(window).or_default();
             window.order.push_back(key.clone());
-            window.answers.insert(key, answer.clone());
+            window.answers.insert(key, (hash, answer.clone()));
             while window.order.len() > IDEMPOTENCY_KEYS {
                 if let Some(old) = window.order.pop_front() {
                     window.answers.remove(&old);

@@ -466,7 +466,8 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
 /// Pushes JSON lines into a push source. With a data directory (`--data-dir`), the answer
 /// comes once the records are durable. A push with an `Idempotency-Key` header is applied at
 /// most once per source (across restarts with a data directory; over the source's last
-/// 100,000 keys): a retry with the same key is answered as the first push was.
+/// 100,000 keys): a retry with the same key is answered as the first push was; the same key
+/// with a different body is refused (409).
 #[utoipa::path(post, path = "/v1/ingest/{job}/{source}",
     params(("job" = u64, Path, description = "job id", example = 1),
         ("source" = String, Path, description = "push source name", example = "events"),
@@ -478,7 +479,7 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
               (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line), or a bad Idempotency-Key", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
               (status = 404, description = "no such job or push source", body = api::ErrorBody),
-              (status = 409, description = "the job was cancelled", body = api::ErrorBody),
+              (status = 409, description = "the job was cancelled, or the Idempotency-Key was used for a different body", body = api::ErrorBody),
               (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
               (status = 415, description = "a compressed body (Content-Encoding), or one of another content type", body = api::ErrorBody),
               (status = 503, description = "the cluster has stopped, or the data directory could not take the records (nothing was ingested)", body = api::ErrorBody)))]
