@@ -275,13 +275,13 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some((log, records)) = stored {
         let started = std::time::Instant::now();
         let path = log.path().display().to_string();
-        let recovered = runtime.block_on(controller.recover(log, records, state.file_access()))?;
+        let recovered =
+            runtime.block_on(controller.recover(log, records, state.file_access())).context("data directory")?;
         eprintln!(
-            "serve: replayed {path}: {} jobs and views, {} cancellations, {} pushes ({} skipped) in {:.1} s",
+            "serve: replayed {path}: {} jobs and views, {} cancellations, {} pushes in {:.1} s",
             recovered.jobs,
             recovered.cancels,
             recovered.pushes,
-            recovered.skipped,
             started.elapsed().as_secs_f64()
         );
     }

@@ -555,8 +555,6 @@ pub struct Recovered {
     pub cancels: usize,
     /// Pushes applied again.
     pub pushes: usize,
-    /// Records that no longer applied (each logged at `warn`).
-    pub skipped: usize,
 }
 
 /// `Idempotency-Key`s remembered per push source: a push retried after this many later pushes
@@ -1182,7 +1180,6 @@ impl Controller {
         seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
-        seq.keys.retain(|(job, _), _| *job != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
@@ -1526,17 +1523,6 @@ impl Controller {
     ) -> Result<IngestAnswer, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
-        if seq.push.get(source) != Some(&job) {
-            let known: Vec<&str> =
-                info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
-            if info.state == JobState::Cancelled {
-                return Err(ClusterError::Conflict(format!("job {job} is cancelled")));
-            }
-            return Err(ClusterError::UnknownSource(format!(
-                "job {job} has no push source named `{source}` (its push sources: {})",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
-            )));
-        }
         let window = (job, source.to_owned());
         let hash = {
             use std::hash::{Hash, Hasher};
@@ -1553,8 +1539,20 @@ impl Controller {
                      was ingested (use a new key for new records)"
                 )));
             }
-            // A retry: answered as the first push with this key was.
+            // A retry: answered as the first push with this key was (also once the job is
+            // cancelled).
             return Ok(answer.clone());
+        }
+        if seq.push.get(source) != Some(&job) {
+            let known: Vec<&str> =
+                info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
+            if info.state == JobState::Cancelled {
+                return Err(ClusterError::Conflict(format!("job {job} is cancelled")));
+            }
+            return Err(ClusterError::UnknownSource(format!(
+                "job {job} has no push source named `{source}` (its push sources: {})",
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            )));
         }
         // Logged before it is sent: what the workers apply is in the log.
         let stored = seq.log(|| LogRecord::Ingest {
@@ -1609,11 +1607,12 @@ impl Controller {
     /// with their ids, applies its pushes (with their `Idempotency-Key`s) and cancellations, in
     /// their order; file sources are read again from their start. Then every later change is
     /// logged. `access` is what file sources may read (the server's `files.roots` now).
-    /// Returns what was replayed; a record that no longer applies (a job whose files are gone)
-    /// is skipped with a warning, and its pushes with it.
+    /// Returns what was replayed.
     ///
     /// # Errors
-    /// [`ClusterError::Stopped`].
+    /// [`ClusterError::Storage`] when a logged change no longer applies (a job whose file
+    /// source is now outside `files.roots`, or whose files are gone): the server must not
+    /// start without it; [`ClusterError::Stopped`].
     pub async fn recover(
         &self,
         log: Arc<DurableLog>,
@@ -1625,7 +1624,13 @@ impl Controller {
         // Pushes are sent without waiting for each answer (the workers apply commands in
         // their order anyway); at most this many answers are outstanding.
         let mut outstanding: std::collections::VecDeque<IngestAnswer> = std::collections::VecDeque::new();
-        for record in records {
+        for (index, record) in records.into_iter().enumerate() {
+            let what = match &record {
+                LogRecord::InstallJob { id, .. } => format!("job {id} submitted"),
+                LogRecord::CreateView { id, name, .. } => format!("view `{name}` created as job {id}"),
+                LogRecord::CancelJob { id, .. } => format!("job {id} cancelled"),
+                LogRecord::Ingest { job, source, .. } => format!("a push to job {job}'s source `{source}`"),
+            };
             let done = match record {
                 LogRecord::InstallJob { id, job } => {
                     lock(&self.inner.seq).next_job = id;
@@ -1669,8 +1674,14 @@ impl Controller {
                 if matches!(e, ClusterError::Stopped) {
                     return Err(e);
                 }
-                tracing::warn!(error = %e, "a logged change no longer applies; skipped");
-                recovered.skipped += 1;
+                // Skipping it could drop acknowledged pushes, or give its names and ids to
+                // others: the start is refused instead.
+                return Err(ClusterError::Storage(format!(
+                    "{}: change {} of the log ({what}) no longer applies: {e}. Start with what it needs (the same \
+                     --file-root, its files), or move the data directory aside to start empty",
+                    log.path().display(),
+                    index + 1,
+                )));
             }
         }
         for answer in outstanding {

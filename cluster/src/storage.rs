@@ -11,8 +11,12 @@
 //! | bytes | what |
 //! |---|---|
 //! | 4 | payload length `n`, little-endian `u32` |
-//! | 4 | CRC-32 (IEEE 802.3, as zlib's `crc32`) of the payload, little-endian |
+//! | 4 | CRC-32 of those 4 length bytes, little-endian |
+//! | 4 | CRC-32 of the payload, little-endian |
 //! | n | the payload: one [`LogRecord`] as JSON |
+//!
+//! (CRC-32 as IEEE 802.3 and zlib's `crc32`.) The length has a checksum of its own, so that a
+//! damaged length is told from a record the crash cut short.
 //!
 //! # Durability
 //! A record is appended (`write`) under the controller's sequencer lock, so the log's order is
@@ -22,9 +26,10 @@
 //! `fdatasync` rather than one each.
 //!
 //! # Bad days
-//! - A record cut short or with a wrong checksum **at the end** of the log is a write the
-//!   crash interrupted, never acknowledged: it is cut off (the log truncated to the last whole
-//!   record) and reported in the log at `warn`.
+//! - A record cut short, or with a wrong payload checksum, **at the end** of the log, and zero
+//!   bytes to the end of the file (space allocated for a write that never reached the disk),
+//!   are a write the crash interrupted, never acknowledged: cut off (the log truncated to the
+//!   last whole record) and reported at `warn`.
 //! - A bad record **followed by good ones** is damage to acknowledged data: the server refuses
 //!   to start, naming the file and the byte offset, rather than answer without it.
 //! - A failed `write` (disk full, permission denied) is undone (the log truncated to its last
@@ -46,8 +51,8 @@ use crate::job::JobConfig;
 /// The first line of a log: its format and version.
 const HEADER: &[u8] = b"aimatrix-log 1\n";
 
-/// The largest record payload, in bytes (a push is at most `http.max_body_bytes`).
-const MAX_RECORD_BYTES: u64 = 1 << 32;
+/// Bytes of a record's frame before its payload: length, its CRC, the payload's CRC.
+const FRAME: usize = 12;
 
 /// A change to the server's state, as logged.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -228,8 +233,15 @@ impl DurableLog {
     /// record); [`StorageError::Failed`] after a failed sync.
     pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
         let payload = serde_json::to_vec(record).expect("a log record serializes");
-        let mut frame = Vec::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            StorageError::Io(
+                format!("writing {}", self.path.display()),
+                std::io::Error::other(format!("a record of {} bytes (at most 4 GiB)", payload.len())),
+            )
+        })?;
+        let mut frame = Vec::with_capacity(payload.len() + FRAME);
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
         let mut state = lock(&self.state);
@@ -347,38 +359,43 @@ fn parse(bytes: &[u8], file: &str) -> Result<(Vec<LogRecord>, u64), StorageError
         }
         return Err(StorageError::Version {
             file: file.to_owned(),
-            found: String::from_utf8_lossy(&found[..found.len().min(64)]).into_owned(),
+            found: String::from_utf8_lossy(&found[..found.len().min(64)])
+                .chars()
+                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .collect(),
             expected: String::from_utf8_lossy(&HEADER[..HEADER.len() - 1]).into_owned(),
         });
     }
     let mut at = HEADER.len();
     let mut records = Vec::new();
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     while at < bytes.len() {
-        let offset = at as u64;
-        let damaged = |why: String, end: usize| -> Result<(Vec<LogRecord>, u64), StorageError> {
-            // The last record: a write the crash interrupted. Else, damage.
-            if end >= bytes.len() {
-                Ok((Vec::new(), offset))
-            } else {
-                Err(StorageError::Corrupt { file: file.to_owned(), offset, why })
-            }
-        };
-        if bytes.len() - at < 8 {
-            return damaged("cut short".into(), bytes.len()).map(|(_, len)| (records, len));
+        let rest = &bytes[at..];
+        let damaged = |why: String| StorageError::Corrupt { file: file.to_owned(), offset: at as u64, why };
+        // An interrupted write: zeros to the end (allocated, never written), or a frame cut
+        // short in its header.
+        if rest.iter().all(|b| *b == 0) || rest.len() < FRAME {
+            return Ok((records, at as u64));
         }
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + 8 + len;
-        if (len as u64) >= MAX_RECORD_BYTES || end > bytes.len() {
-            return damaged("cut short".into(), bytes.len()).map(|(_, len)| (records, len));
+        let (len, len_crc, crc) = (word(at), word(at + 4), word(at + 8));
+        if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+            return Err(damaged("its length field does not match its checksum".into()));
         }
-        let payload = &bytes[at + 8..end];
+        let end = at + FRAME + len as usize;
+        if end > bytes.len() {
+            // The length is right: the payload was cut short.
+            return Ok((records, at as u64));
+        }
+        let payload = &bytes[at + FRAME..end];
         if crc32fast::hash(payload) != crc {
-            return damaged("checksum mismatch".into(), end).map(|(_, len)| (records, len));
+            if end == bytes.len() {
+                return Ok((records, at as u64));
+            }
+            return Err(damaged("checksum mismatch".into()));
         }
         match serde_json::from_slice::<LogRecord>(payload) {
             Ok(record) => records.push(record),
-            Err(e) => return damaged(format!("not a record: {e}"), end).map(|(_, len)| (records, len)),
+            Err(e) => return Err(damaged(format!("not a record: {e}"))),
         }
         at = end;
     }
@@ -445,11 +462,11 @@ mod tests {
             // Where the third record starts.
             let mut at = HEADER.len();
             for _ in 0..2 {
-                at += 8 + u32::from_le_bytes(whole[at..at + 4].try_into().expect("4")) as usize;
+                at += FRAME + u32::from_le_bytes(whole[at..at + 4].try_into().expect("4")) as usize;
             }
             at
         };
-        for cut in [last + 1, last + 5, last + 9, whole.len() - 1] {
+        for cut in [last + 1, last + 5, last + 9, last + 13, whole.len() - 1] {
             std::fs::write(&path, &whole[..cut]).expect("write");
             let (log, read) = DurableLog::open(dir.path()).expect("open");
             assert_eq!(json(&read), json(&records[..2]), "cut at {cut}");
@@ -476,13 +493,37 @@ mod tests {
         append_all(dir.path(), &(0..3).map(ingest).collect::<Vec<_>>());
         let path = dir.path().join("log");
         let mut bytes = std::fs::read(&path).expect("read");
-        let first_payload = HEADER.len() + 8;
+        let first_payload = HEADER.len() + FRAME;
         bytes[first_payload + 3] ^= 0x20;
         std::fs::write(&path, &bytes).expect("write");
         let err = DurableLog::open(dir.path()).expect_err("refused");
         let StorageError::Corrupt { offset, .. } = &err else { panic!("{err}") };
         assert_eq!(*offset, HEADER.len() as u64);
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    /// A damaged length in the middle is damage, not a cut-short last record; zeros to the
+    /// end of the file are an interrupted write.
+    #[test]
+    fn damaged_lengths_are_refused_and_zero_tails_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records: Vec<LogRecord> = (0..3).map(ingest).collect();
+        append_all(dir.path(), &records);
+        let path = dir.path().join("log");
+        let whole = std::fs::read(&path).expect("read");
+        for length in [u32::MAX - 15, 1 << 20] {
+            let mut bytes = whole.clone();
+            bytes[HEADER.len()..HEADER.len() + 4].copy_from_slice(&length.to_le_bytes());
+            std::fs::write(&path, &bytes).expect("write");
+            let err = DurableLog::open(dir.path()).expect_err("refused");
+            assert!(matches!(err, StorageError::Corrupt { offset, .. } if offset == HEADER.len() as u64), "{err}");
+        }
+        let mut zeros = whole.clone();
+        zeros.extend(std::iter::repeat_n(0u8, 4096));
+        std::fs::write(&path, &zeros).expect("write");
+        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        assert_eq!(json(&read), json(&records));
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), whole.len() as u64);
     }
 
     #[test]
