@@ -208,8 +208,10 @@ struct SubscriptionMerge {
     /// Workers yet to send their last snapshot part.
     snapshot_left: usize,
     uppers: Vec<Time>,
-    /// Changes not sent yet (before the snapshot is complete: all of them).
+    /// Changes not sent yet (before the snapshot is complete: all of them), and their bytes
+    /// (as [`change_bytes`]) while the snapshot is read.
     pending: Vec<(Row, Time, Diff)>,
+    pending_bytes: u64,
     /// Every change before this time has been sent (once the snapshot is complete).
     emitted: Option<Time>,
     /// Events, each a snapshot part with the worker that sent it (to credit it when taken).
@@ -264,10 +266,13 @@ impl SubscriptionMerge {
         if let Some(u) = self.uppers.get_mut(worker) {
             *u = (*u).max(upper);
         }
+        if self.snapshot_left > 0 {
+            self.pending_bytes += change_bytes(&updates);
+        }
         self.pending.extend(updates);
         if self.snapshot_left > 0 {
             // Changes that arrive while the snapshot is read wait for it, within the bound.
-            if self.pending.len() as u64 > self.queue.max_rows || change_bytes(&self.pending) > self.queue.max_bytes {
+            if self.pending.len() as u64 > self.queue.max_rows || self.pending_bytes > self.queue.max_bytes {
                 return self.overflow();
             }
             return false;
@@ -532,9 +537,26 @@ struct Sequencer {
 #[derive(Default)]
 struct KeyWindow {
     order: std::collections::VecDeque<String>,
+    /// Bytes the answers known so far take (estimated: [`IngestReport::bytes`]).
+    bytes: u64,
     /// Each key's answer, with a hash of its push's body (a key reused for another body is
     /// refused).
     answers: HashMap<String, (u64, IngestAnswer)>,
+}
+
+impl KeyWindow {
+    /// Forgets the oldest keys while there are more than [`IDEMPOTENCY_KEYS`], or their answers
+    /// take more than [`IDEMPOTENCY_BYTES`] (the newest key is kept).
+    fn forget_oldest(&mut self) {
+        while self.order.len() > IDEMPOTENCY_KEYS || (self.bytes > IDEMPOTENCY_BYTES && self.order.len() > 1) {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, answer)) = self.answers.remove(&old)
+                && let Some(Ok(report)) = answer.borrow().as_ref()
+            {
+                self.bytes = self.bytes.saturating_sub(report.bytes());
+            }
+        }
+    }
 }
 
 /// Where a change was logged (the log and its sequence number there), if there is a log.
@@ -560,6 +582,10 @@ pub struct Recovered {
 /// `Idempotency-Key`s remembered per push source: a push retried after this many later pushes
 /// to the same source is applied again.
 pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
+/// Bytes of the answers remembered per push source, at most (an answer lists up to 1,000
+/// rejects): past it the oldest keys are forgotten first.
+pub const IDEMPOTENCY_BYTES: u64 = 16 << 20;
 
 impl Sequencer {
     /// Appends `record` to the durable log, if there is one: its sequence number there.
@@ -805,6 +831,13 @@ pub struct IngestReject {
     pub line: u64,
     /// Why.
     pub error: String,
+}
+
+impl IngestReport {
+    /// Bytes it takes in memory, estimated: 64, and per reject 40 and its message.
+    pub fn bytes(&self) -> u64 {
+        64 + self.errors.iter().map(|e| 40 + e.error.len() as u64).sum::<u64>()
+    }
 }
 
 /// A job's state with its sources' and views' figures, as `GET /v1/jobs/{id}` shows it.
@@ -1459,6 +1492,7 @@ impl Controller {
                 snapshot_left: self.peers(),
                 uppers: vec![0; self.peers()],
                 pending: Vec::new(),
+                pending_bytes: 0,
                 emitted: None,
                 events: events_tx,
                 queue: queue.clone(),
@@ -1483,12 +1517,16 @@ impl Controller {
     }
 
     /// [`Controller::ingest`], applied at most once per `key` (an `Idempotency-Key`): a push
-    /// with a key one of the source's last [`IDEMPOTENCY_KEYS`] pushes had (before a restart
-    /// too, with a data directory) is not applied again but answered as that one was, once it
-    /// is. With a data directory, the answer comes once the push is in the durable log.
+    /// with a key one of the source's recent pushes had (before a restart too, with a data
+    /// directory) is not applied again but answered as that one was, once it is. With a data
+    /// directory, the answer comes once the push is in the durable log.
+    ///
+    /// Keys are remembered per source, the last [`IDEMPOTENCY_KEYS`] of them while their
+    /// answers take at most [`IDEMPOTENCY_BYTES`].
     ///
     /// # Errors
-    /// As [`Controller::ingest`]; [`ClusterError::Storage`] when the log cannot take it.
+    /// As [`Controller::ingest`]; [`ClusterError::Conflict`] when `key` was used for a
+    /// different body on this source; [`ClusterError::Storage`] when the log cannot take it.
     pub async fn ingest_keyed(
         &self,
         job: JobId,
@@ -1565,16 +1603,13 @@ impl Controller {
         let (id, applied) = self.wait_for_workers();
         seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
         let (reply, answer) = tokio::sync::watch::channel(None);
-        if let Some(key) = key {
-            let window = seq.keys.entry(window).or_default();
-            window.order.push_back(key.clone());
-            window.answers.insert(key, (hash, answer.clone()));
-            while window.order.len() > IDEMPOTENCY_KEYS {
-                if let Some(old) = window.order.pop_front() {
-                    window.answers.remove(&old);
-                }
-            }
+        if let Some(key) = &key {
+            let keys = seq.keys.entry(window.clone()).or_default();
+            keys.order.push_back(key.clone());
+            keys.answers.insert(key.clone(), (hash, answer.clone()));
+            keys.forget_oldest();
         }
+        let remembered = key;
         drop(seq);
         // The rest runs in a task of its own: a client that goes away does not leave a key
         // without its answer.
@@ -1598,9 +1633,36 @@ impl Controller {
                 })
             }
             .await;
-            let _ = reply.send(Some(result));
+            // The answer's size counts against its source's window from now on (under the
+            // lock, with the answer, so that a key forgotten meanwhile is counted out too).
+            let mut seq = lock(&this.inner.seq);
+            if let (Some(key), Ok(report)) = (remembered, &result)
+                && let Some(keys) = seq.keys.get_mut(&window)
+                && keys.answers.contains_key(&key)
+            {
+                keys.bytes += report.bytes();
+                let _ = reply.send(Some(result));
+                keys.forget_oldest();
+            } else {
+                let _ = reply.send(Some(result));
+            }
         });
         Ok(answer)
+    }
+
+    /// Installs a logged job or view again as job `id` (`install` installs it, taking the next
+    /// job id), off the runtime's threads: planning runs a runtime of its own.
+    async fn replay_install(
+        &self,
+        id: u64,
+        install: impl FnOnce(&Controller) -> Result<JobId, ClusterError> + Send + 'static,
+    ) -> Result<(), ClusterError> {
+        lock(&self.inner.seq).next_job = id;
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || install(&this)).await.map_err(|_| ClusterError::Stopped)?;
+        let mut seq = lock(&self.inner.seq);
+        seq.next_job = seq.next_job.max(id + 1);
+        result.map(|_| ())
     }
 
     /// Replays a data directory's log (see [`crate::storage`]): re-installs its jobs and views
@@ -1633,27 +1695,13 @@ impl Controller {
             };
             let done = match record {
                 LogRecord::InstallJob { id, job } => {
-                    lock(&self.inner.seq).next_job = id;
-                    // (Planning runs a runtime of its own: off this one's threads.)
-                    let (this, job) = (self.clone(), Job { config: job, access: access.clone() });
-                    let result = tokio::task::spawn_blocking(move || this.install_job(&job))
-                        .await
-                        .map_err(|_| ClusterError::Stopped)?;
-                    let mut seq = lock(&self.inner.seq);
-                    seq.next_job = seq.next_job.max(id + 1);
                     recovered.jobs += 1;
-                    result.map(|_| ())
+                    let job = Job { config: job, access: access.clone() };
+                    self.replay_install(id, move |this| this.install_job(&job)).await
                 }
                 LogRecord::CreateView { id, name, sql } => {
-                    lock(&self.inner.seq).next_job = id;
-                    let this = self.clone();
-                    let result = tokio::task::spawn_blocking(move || this.create_view(&name, &sql))
-                        .await
-                        .map_err(|_| ClusterError::Stopped)?;
-                    let mut seq = lock(&self.inner.seq);
-                    seq.next_job = seq.next_job.max(id + 1);
                     recovered.jobs += 1;
-                    result.map(|_| ())
+                    self.replay_install(id, move |this| this.create_view(&name, &sql)).await
                 }
                 LogRecord::CancelJob { id, retract } => {
                     recovered.cancels += 1;
@@ -1777,5 +1825,48 @@ fn compaction_loop(inner: Weak<Inner>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answered push whose one reject has a message of `bytes` bytes.
+    fn answered(bytes: usize) -> (IngestAnswer, u64) {
+        let report = IngestReport {
+            accepted: 0,
+            rejected: 1,
+            errors: vec![IngestReject { line: 1, error: "x".repeat(bytes) }],
+            timestamp: 1,
+        };
+        let size = report.bytes();
+        let (reply, answer) = tokio::sync::watch::channel(None);
+        reply.send(Some(Ok(report))).expect("sent");
+        (answer, size)
+    }
+
+    /// Past [`IDEMPOTENCY_BYTES`] the oldest keys are forgotten first, and the byte count
+    /// follows; the newest key is kept however large its answer.
+    #[test]
+    fn key_windows_forget_the_oldest_past_their_bytes() {
+        let mut window = KeyWindow::default();
+        let mut sizes = Vec::new();
+        for (key, bytes) in [("a", 6 << 20), ("b", 6 << 20), ("c", 6 << 20), ("d", 20 << 20)] {
+            let (answer, size) = answered(bytes);
+            window.order.push_back(key.to_owned());
+            window.answers.insert(key.to_owned(), (0, answer));
+            window.bytes += size;
+            sizes.push(size);
+            window.forget_oldest();
+            if key == "c" {
+                // 18 MiB and more: `a` goes.
+                assert_eq!(window.order, ["b", "c"]);
+                assert_eq!(window.bytes, sizes[1] + sizes[2]);
+            }
+        }
+        assert_eq!(window.order, ["d"]);
+        assert_eq!(window.bytes, sizes[3]);
+        assert_eq!(window.answers.len(), 1);
     }
 }

@@ -198,25 +198,27 @@ impl DurableLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(format!("reading {}", path.display())))?;
         let name = path.display().to_string();
-        let (records, len) = if bytes.is_empty() {
+        let (records, len) = parse(&bytes, &name)?;
+        if len < bytes.len() as u64 {
+            tracing::warn!(
+                log = %name,
+                at = len,
+                cut = bytes.len() as u64 - len,
+                "the log ends in a record a crash interrupted (never acknowledged): cut off"
+            );
+            file.set_len(len).map_err(io(format!("truncating {}", path.display())))?;
+            file.sync_all().map_err(io(format!("syncing {}", path.display())))?;
+        }
+        // A new log (or one whose header a crash cut short): the header first.
+        let len = if len == 0 {
+            file.seek(SeekFrom::Start(0)).map_err(io(format!("seeking in {}", path.display())))?;
             file.write_all(HEADER).map_err(io(format!("writing {}", path.display())))?;
             file.sync_all().map_err(io(format!("syncing {}", path.display())))?;
             // The new file's name is durable too.
             File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))?;
-            (Vec::new(), HEADER.len() as u64)
+            HEADER.len() as u64
         } else {
-            let (records, len) = parse(&bytes, &name)?;
-            if len < bytes.len() as u64 {
-                tracing::warn!(
-                    log = %name,
-                    at = len,
-                    cut = bytes.len() as u64 - len,
-                    "the log ends in a record a crash interrupted (never acknowledged): cut off"
-                );
-                file.set_len(len).map_err(io(format!("truncating {}", path.display())))?;
-                file.sync_all().map_err(io(format!("syncing {}", path.display())))?;
-            }
-            (records, len)
+            len
         };
         file.seek(SeekFrom::Start(len)).map_err(io(format!("seeking in {}", path.display())))?;
         let n = records.len() as u64;
@@ -353,7 +355,7 @@ impl DurableLog {
 fn parse(bytes: &[u8], file: &str) -> Result<(Vec<LogRecord>, u64), StorageError> {
     if !bytes.starts_with(HEADER) {
         let found = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-        // A header cut short by a crash while the log was created.
+        // A new log, or a header cut short by a crash while the log was created.
         if HEADER.starts_with(bytes) {
             return Ok((Vec::new(), 0));
         }
@@ -524,6 +526,18 @@ mod tests {
         let (_, read) = DurableLog::open(dir.path()).expect("open");
         assert_eq!(json(&read), json(&records));
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), whole.len() as u64);
+    }
+
+    /// A header cut short (a crash while the log was created) starts an empty log, which
+    /// then takes records and reads back like any other.
+    #[test]
+    fn a_header_cut_short_starts_an_empty_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("log"), &HEADER[..5]).expect("write");
+        let records: Vec<LogRecord> = (0..2).map(ingest).collect();
+        append_all(dir.path(), &records);
+        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        assert_eq!(json(&read), json(&records));
     }
 
     #[test]

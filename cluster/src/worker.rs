@@ -230,15 +230,7 @@ fn read_at(
             cursor.step_key(&storage);
             continue;
         }
-        let mut count: Diff = 0;
-        while cursor.val_valid(&storage) {
-            cursor.map_times(&storage, |time, diff| {
-                if *time <= as_of {
-                    count += *diff;
-                }
-            });
-            cursor.step_val(&storage);
-        }
+        let count = count_at(&mut cursor, &storage, as_of);
         if count != 0 {
             let row: &Row = cursor.key(&storage);
             let row = match projection {
@@ -250,6 +242,24 @@ fn read_at(
         }
         cursor.step_key(&storage);
     }
+}
+
+/// The count of the cursor's current row at `as_of` (its diffs at times up to `as_of`);
+/// leaves the cursor past the row's values.
+fn count_at<C>(cursor: &mut C, storage: &C::Storage, as_of: Time) -> Diff
+where
+    C: for<'a> Cursor<TimeGat<'a> = &'a Time, DiffGat<'a> = &'a Diff>,
+{
+    let mut count: Diff = 0;
+    while cursor.val_valid(storage) {
+        cursor.map_times(storage, |time, diff| {
+            if *time <= as_of {
+                count += *diff;
+            }
+        });
+        cursor.step_val(storage);
+    }
+    count
 }
 
 /// The next part of a worker's share of a collection's contents at `as_of`: rows (in row
@@ -277,15 +287,7 @@ fn snapshot_part(traces: &mut [(Owner, RowTrace)], as_of: Time, after: Option<&R
         if rows.len() == SNAPSHOT_PART_ROWS || bytes >= SNAPSHOT_PART_BYTES {
             return (rows, false);
         }
-        let mut count: Diff = 0;
-        while cursor.val_valid(&storage) {
-            cursor.map_times(&storage, |time, diff| {
-                if *time <= as_of {
-                    count += *diff;
-                }
-            });
-            cursor.step_val(&storage);
-        }
+        let count = count_at(&mut cursor, &storage, as_of);
         if count != 0 {
             let row: &Row = cursor.key(&storage);
             bytes += crate::controller::row_bytes(row);

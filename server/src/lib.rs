@@ -466,7 +466,7 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
 /// Pushes JSON lines into a push source. With a data directory (`--data-dir`), the answer
 /// comes once the records are durable. A push with an `Idempotency-Key` header is applied at
 /// most once per source (across restarts with a data directory; over the source's last
-/// 100,000 keys): a retry with the same key is answered as the first push was; the same key
+/// 100,000 keys while their answers take at most 16 MiB): a retry with the same key is answered as the first push was; the same key
 /// with a different body is refused (409).
 #[utoipa::path(post, path = "/v1/ingest/{job}/{source}",
     params(("job" = u64, Path, description = "job id", example = 1),
