@@ -1458,3 +1458,92 @@ fn restart_replays_jobs_views_and_retractions() {
     // Two records, once (distinct_records are in collection `s`).
     assert_eq!(server.sql("SELECT n FROM c_view WHERE collection = 's'"), vec![json!({ "n": 2 })]);
 }
+
+/// The durable-state promise in a cluster of 2 processes × 2 workers: either process is
+/// killed (`kill -9`) at a random moment while a client pushes; the other exits (code 75);
+/// both are restarted with the same commands; unanswered pushes are sent again with their
+/// keys. At the end the view equals what the acknowledged pushes make, computed here.
+#[test]
+fn kill_9_of_either_cluster_process_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = dir.path().join("hosts");
+    let ports = [free_port(), free_port()];
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hosts");
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let args = |i: usize| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--processes",
+            "2",
+            "--workers",
+            "2",
+            "--process-index",
+            &i.to_string(),
+            "--hosts",
+            &hosts.to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec();
+        if i == 0 {
+            args.extend(["--http", "127.0.0.1:0", "--data-dir", &data].map(String::from));
+        }
+        args
+    };
+    let job = push_job(
+        "pair",
+        "pair-in",
+        "pair_v",
+        "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
+    );
+    let (mut pushed, mut bytes, mut batch) = (0i64, 0i64, 0usize);
+    let mut pending: Option<(String, Vec<String>, i64, i64)> = None;
+    let mut id = None;
+    for round in 0..6 {
+        let mut p1 = start(&args(1), false);
+        let mut p0 = start(&args(0), true);
+        if round == 0 {
+            id = Some(p0.submit(&job));
+        }
+        let id = id.expect("the job");
+        if let Some((key, lines, n, sum)) = pending.take() {
+            push_keyed(&p0, id, "pair-in", &key, &lines).expect("the retry is answered");
+            (pushed, bytes) = (pushed + n, bytes + sum);
+        }
+        // Process 1 on even rounds, process 0 on odd ones, after 0.2–1 s of pushes.
+        let victim = if round % 2 == 0 { p1.child.id() } else { p0.child.id() };
+        let delay = Duration::from_millis(200 + 160 * round as u64);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill").args(["-9", &victim.to_string()]).status();
+        });
+        loop {
+            let n = 1 + batch % 7;
+            let lines: Vec<String> = (0..n)
+                .map(|i| json!({ "c": "p", "id": format!("p{batch}-{i}"), "v": 1, "size": i + 1, "t": 1 }).to_string())
+                .collect();
+            let sum = (1..=n as i64).sum::<i64>();
+            let key = format!("batch-{batch}");
+            batch += 1;
+            match push_keyed(&p0, id, "pair-in", &key, &lines) {
+                Some(_) => (pushed, bytes) = (pushed + n as i64, bytes + sum),
+                None => {
+                    pending = Some((key, lines, n as i64, sum));
+                    break;
+                }
+            }
+        }
+        killer.join().expect("killer");
+        // The survivor exits on its own: a lost peer (75).
+        let survivor = if round % 2 == 0 { &mut p0 } else { &mut p1 };
+        assert_eq!(survivor.child.wait().expect("exits").code(), Some(75), "round {round}");
+    }
+    let _p1 = start(&args(1), false);
+    let p0 = start(&args(0), true);
+    let id = id.expect("the job");
+    if let Some((key, lines, n, sum)) = pending.take() {
+        push_keyed(&p0, id, "pair-in", &key, &lines).expect("the retry is answered");
+        (pushed, bytes) = (pushed + n, bytes + sum);
+    }
+    assert!(pushed > 0);
+    let want = vec![json!({ "collection": "p", "n": pushed, "bytes": bytes })];
+    assert_eq!(p0.sql_until("SELECT * FROM pair_v", &want), want);
+}
