@@ -36,7 +36,13 @@
 //!   whole record) and the request answered 503; a failed `fdatasync` leaves the log's state
 //!   unknown (Linux may have dropped the dirty pages), so every later write is refused with
 //!   503 until the server is restarted (which reads what is on disk).
-//! - A log written by another format version is refused with a message naming both.
+//! - A log written by another format version is refused with a message naming both; a record
+//!   whose checksums hold but which is no record (a bug, or another version) is refused when
+//!   the replay reaches it, naming its offset.
+//!
+//! # Restart
+//! [`DurableLog::open`] checks the whole log's frames first, then hands out its records one at
+//! a time: a replay holds one record in memory, whatever the log's size.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -150,7 +156,8 @@ struct LogState {
     file: File,
     /// Bytes of whole records (and the header): where the next record goes.
     len: u64,
-    /// Records appended (the next record's sequence number is `appended + 1`).
+    /// Records appended since the log was opened (the next one's sequence number is
+    /// `appended + 1`).
     appended: u64,
     /// Records known durable.
     durable: u64,
@@ -166,13 +173,14 @@ fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
 
 impl DurableLog {
     /// Opens (creating it if needed) the log of data directory `dir`: locks the directory,
-    /// reads every whole record, and cuts off an interrupted last one. Returns the log and its
-    /// records, oldest first.
+    /// checks every record's frame and checksums, and cuts off an interrupted last one.
+    /// Returns the log and its records, oldest first, read one at a time (a restart holds
+    /// one record in memory, not the log).
     ///
     /// # Errors
     /// [`StorageError::Locked`] when another server holds `dir`; [`StorageError::Corrupt`],
     /// [`StorageError::Version`]; [`StorageError::Io`] when `dir` cannot be created or read.
-    pub fn open(dir: &Path) -> Result<(Arc<DurableLog>, Vec<LogRecord>), StorageError> {
+    pub fn open(dir: &Path) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
         let io = |what: String| move |e| StorageError::Io(what, e);
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let lock_path = dir.join("LOCK");
@@ -195,15 +203,17 @@ impl DurableLog {
             .write(true)
             .open(&path)
             .map_err(io(format!("opening {}", path.display())))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io(format!("reading {}", path.display())))?;
         let name = path.display().to_string();
-        let (records, len) = parse(&bytes, &name)?;
-        if len < bytes.len() as u64 {
+        let size = file.metadata().map_err(io(format!("reading {}", path.display())))?.len();
+        let len = scan(&mut file, size, &name).map_err(|e| match e {
+            Scan::Io(e) => StorageError::Io(format!("reading {name}"), e),
+            Scan::Bad(e) => e,
+        })?;
+        if len < size {
             tracing::warn!(
                 log = %name,
                 at = len,
-                cut = bytes.len() as u64 - len,
+                cut = size - len,
                 "the log ends in a record a crash interrupted (never acknowledged): cut off"
             );
             file.set_len(len).map_err(io(format!("truncating {}", path.display())))?;
@@ -221,8 +231,17 @@ impl DurableLog {
             len
         };
         file.seek(SeekFrom::Start(len)).map_err(io(format!("seeking in {}", path.display())))?;
-        let n = records.len() as u64;
-        let state = LogState { file, len, appended: n, durable: n, syncing: false, failed: None };
+        // A handle of its own: reading moves its offset, not the writer's.
+        let mut reader = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        reader.seek(SeekFrom::Start(HEADER.len() as u64)).map_err(io(format!("seeking in {}", path.display())))?;
+        let records = LogRecords {
+            reader: std::io::BufReader::with_capacity(1 << 20, reader),
+            at: HEADER.len() as u64,
+            end: len,
+            file: name,
+            count: 0,
+        };
+        let state = LogState { file, len, appended: 0, durable: 0, syncing: false, failed: None };
         let log = DurableLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
         Ok((Arc::new(log), records))
     }
@@ -350,58 +369,140 @@ impl DurableLog {
     }
 }
 
-/// Reads a log's records; returns them with the length of the whole ones (less than the
-/// input when the last is cut short or damaged).
-fn parse(bytes: &[u8], file: &str) -> Result<(Vec<LogRecord>, u64), StorageError> {
-    if !bytes.starts_with(HEADER) {
-        let found = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-        // A new log, or a header cut short by a crash while the log was created.
-        if HEADER.starts_with(bytes) {
-            return Ok((Vec::new(), 0));
+/// The records of a log, oldest first, read one at a time ([`DurableLog::open`] has checked
+/// their frames and checksums).
+#[derive(Debug)]
+pub struct LogRecords {
+    reader: std::io::BufReader<File>,
+    /// The offset of the next record, and the end of the whole ones.
+    at: u64,
+    end: u64,
+    file: String,
+    /// Records read so far.
+    count: u64,
+}
+
+impl Iterator for LogRecords {
+    /// A record, or [`StorageError::Corrupt`] for one whose payload is not a record (checksum
+    /// and all: written by a bug, or another version), [`StorageError::Io`] for a failed read.
+    type Item = Result<LogRecord, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.end {
+            return None;
         }
-        return Err(StorageError::Version {
-            file: file.to_owned(),
-            found: String::from_utf8_lossy(&found[..found.len().min(64)])
+        let offset = self.at;
+        let mut frame = [0u8; FRAME];
+        let read = self.reader.read_exact(&mut frame).and_then(|()| {
+            let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+            let mut payload = vec![0; len];
+            self.reader.read_exact(&mut payload).map(|()| payload)
+        });
+        let payload = match read {
+            Ok(payload) => payload,
+            Err(e) => {
+                self.at = self.end;
+                return Some(Err(StorageError::Io(format!("reading {}", self.file), e)));
+            }
+        };
+        self.at += (FRAME + payload.len()) as u64;
+        self.count += 1;
+        Some(serde_json::from_slice(&payload).map_err(|e| {
+            self.at = self.end;
+            StorageError::Corrupt { file: self.file.clone(), offset, why: format!("not a record: {e}") }
+        }))
+    }
+}
+
+/// Why [`scan`] stopped: a read failed, or the log is bad.
+enum Scan {
+    Io(std::io::Error),
+    Bad(StorageError),
+}
+
+impl From<std::io::Error> for Scan {
+    fn from(e: std::io::Error) -> Self {
+        Scan::Io(e)
+    }
+}
+
+/// Checks a log of `size` bytes from its start, one record at a time: its header, each
+/// frame's length checksum and payload checksum. Returns the length of the whole records
+/// (less than `size` when the last is cut short, or zeros fill the end: interrupted writes;
+/// 0 for a new log or one whose header is cut short).
+fn scan(file: &mut File, size: u64, name: &str) -> Result<u64, Scan> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
+    let mut head = vec![0u8; HEADER.len().min(size as usize)];
+    reader.read_exact(&mut head)?;
+    if head != HEADER {
+        // A new log, or a header cut short by a crash while the log was created.
+        if (size as usize) < HEADER.len() && HEADER.starts_with(&head) {
+            return Ok(0);
+        }
+        let found = head.split(|b| *b == b'\n').next().unwrap_or_default();
+        return Err(Scan::Bad(StorageError::Version {
+            file: name.to_owned(),
+            found: String::from_utf8_lossy(found)
                 .chars()
                 .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
                 .collect(),
             expected: String::from_utf8_lossy(&HEADER[..HEADER.len() - 1]).into_owned(),
-        });
+        }));
     }
-    let mut at = HEADER.len();
-    let mut records = Vec::new();
-    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let damaged = |why: String| StorageError::Corrupt { file: file.to_owned(), offset: at as u64, why };
-        // An interrupted write: zeros to the end (allocated, never written), or a frame cut
-        // short in its header.
-        if rest.iter().all(|b| *b == 0) || rest.len() < FRAME {
-            return Ok((records, at as u64));
-        }
-        let (len, len_crc, crc) = (word(at), word(at + 4), word(at + 8));
-        if crc32fast::hash(&len.to_le_bytes()) != len_crc {
-            return Err(damaged("its length field does not match its checksum".into()));
-        }
-        let end = at + FRAME + len as usize;
-        if end > bytes.len() {
-            // The length is right: the payload was cut short.
-            return Ok((records, at as u64));
-        }
-        let payload = &bytes[at + FRAME..end];
-        if crc32fast::hash(payload) != crc {
-            if end == bytes.len() {
-                return Ok((records, at as u64));
+    let mut at = HEADER.len() as u64;
+    let damaged =
+        |at: u64, why: &str| Scan::Bad(StorageError::Corrupt { file: name.to_owned(), offset: at, why: why.into() });
+    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let mut payload = Vec::new();
+    while at < size {
+        let rest = size - at;
+        let mut frame = [0u8; FRAME];
+        let head = &mut frame[..rest.min(FRAME as u64) as usize];
+        reader.read_exact(head)?;
+        if head.iter().all(|b| *b == 0) {
+            // Zeros to the end: space allocated for a write that never reached the disk.
+            if zeros_to_end(&mut reader)? {
+                return Ok(at);
             }
-            return Err(damaged("checksum mismatch".into()));
+            return Err(damaged(at, "its length field does not match its checksum"));
         }
-        match serde_json::from_slice::<LogRecord>(payload) {
-            Ok(record) => records.push(record),
-            Err(e) => return Err(damaged(format!("not a record: {e}"))),
+        if rest < FRAME as u64 {
+            // A frame cut short in its header.
+            return Ok(at);
+        }
+        let (len, len_crc, crc) = (word(&frame[..4]), word(&frame[4..8]), word(&frame[8..]));
+        if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+            return Err(damaged(at, "its length field does not match its checksum"));
+        }
+        let end = at + FRAME as u64 + u64::from(len);
+        if end > size {
+            // The length is right: the payload was cut short.
+            return Ok(at);
+        }
+        payload.resize(len as usize, 0);
+        reader.read_exact(&mut payload)?;
+        if crc32fast::hash(&payload) != crc {
+            if end == size {
+                return Ok(at);
+            }
+            return Err(damaged(at, "checksum mismatch"));
         }
         at = end;
     }
-    Ok((records, at as u64))
+    Ok(at)
+}
+
+/// Whether what is left to read is all zeros.
+fn zeros_to_end(reader: &mut impl Read) -> std::io::Result<bool> {
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        match reader.read(&mut buf)? {
+            0 => return Ok(true),
+            n if buf[..n].iter().any(|b| *b != 0) => return Ok(false),
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -422,8 +523,14 @@ mod tests {
         serde_json::to_value(records).expect("JSON")
     }
 
+    /// Opens the log in `dir` and reads all its records.
+    fn read_all(dir: &Path) -> Result<(Arc<DurableLog>, Vec<LogRecord>), StorageError> {
+        let (log, records) = DurableLog::open(dir)?;
+        Ok((log, records.collect::<Result<Vec<_>, _>>()?))
+    }
+
     fn append_all(dir: &Path, records: &[LogRecord]) {
-        let (log, _) = DurableLog::open(dir).expect("open");
+        let (log, _) = read_all(dir).expect("open");
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         for record in records {
             let seq = log.append(record).expect("append");
@@ -437,7 +544,7 @@ mod tests {
         let records: Vec<LogRecord> = (0..5).map(ingest).collect();
         append_all(dir.path(), &records[..3]);
         append_all(dir.path(), &records[3..]);
-        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        let (_, read) = read_all(dir.path()).expect("open");
         assert_eq!(json(&read), json(&records));
     }
 
@@ -459,8 +566,6 @@ mod tests {
         let path = dir.path().join("log");
         let whole = std::fs::read(&path).expect("read");
         let last = {
-            let (_, len) = parse(&whole, "log").expect("parse");
-            assert_eq!(len, whole.len() as u64);
             // Where the third record starts.
             let mut at = HEADER.len();
             for _ in 0..2 {
@@ -470,7 +575,7 @@ mod tests {
         };
         for cut in [last + 1, last + 5, last + 9, last + 13, whole.len() - 1] {
             std::fs::write(&path, &whole[..cut]).expect("write");
-            let (log, read) = DurableLog::open(dir.path()).expect("open");
+            let (log, read) = read_all(dir.path()).expect("open");
             assert_eq!(json(&read), json(&records[..2]), "cut at {cut}");
             assert_eq!(std::fs::metadata(&path).expect("meta").len(), last as u64);
             drop(log);
@@ -479,13 +584,13 @@ mod tests {
         let mut flipped = whole.clone();
         flipped[whole.len() - 2] ^= 0xff;
         std::fs::write(&path, &flipped).expect("write");
-        let (log, read) = DurableLog::open(dir.path()).expect("open");
+        let (log, read) = read_all(dir.path()).expect("open");
         assert_eq!(json(&read), json(&records[..2]));
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let seq = log.append(&records[2]).expect("append");
         runtime.block_on(log.sync(seq)).expect("sync");
         drop(log);
-        assert_eq!(json(&DurableLog::open(dir.path()).expect("open").1), json(&records));
+        assert_eq!(json(&read_all(dir.path()).expect("open").1), json(&records));
     }
 
     /// Damage before the last record is acknowledged data lost: refused, naming where.
@@ -523,7 +628,7 @@ mod tests {
         let mut zeros = whole.clone();
         zeros.extend(std::iter::repeat_n(0u8, 4096));
         std::fs::write(&path, &zeros).expect("write");
-        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        let (_, read) = read_all(dir.path()).expect("open");
         assert_eq!(json(&read), json(&records));
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), whole.len() as u64);
     }
@@ -536,8 +641,30 @@ mod tests {
         std::fs::write(dir.path().join("log"), &HEADER[..5]).expect("write");
         let records: Vec<LogRecord> = (0..2).map(ingest).collect();
         append_all(dir.path(), &records);
-        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        let (_, read) = read_all(dir.path()).expect("open");
         assert_eq!(json(&read), json(&records));
+    }
+
+    /// A payload whose checksums hold but which is no record (a bug, or another version) is
+    /// refused when it is read, naming where it is.
+    #[test]
+    fn a_payload_that_is_no_record_is_refused_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        append_all(dir.path(), &[ingest(0)]);
+        let path = dir.path().join("log");
+        let at = std::fs::metadata(&path).expect("meta").len();
+        let payload = br#"{"kind":"compacted"}"#;
+        let len = payload.len() as u32;
+        let mut frame = len.to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        frame.extend_from_slice(payload);
+        std::fs::OpenOptions::new().append(true).open(&path).expect("open").write_all(&frame).expect("write");
+        let (_, mut records) = DurableLog::open(dir.path()).expect("open");
+        assert!(records.next().expect("first").is_ok());
+        let err = records.next().expect("second").expect_err("refused");
+        assert!(matches!(&err, StorageError::Corrupt { offset, .. } if *offset == at), "{err}");
+        assert!(records.next().is_none());
     }
 
     #[test]
@@ -569,7 +696,7 @@ mod tests {
             }
         });
         drop(log);
-        let (_, read) = DurableLog::open(dir.path()).expect("open");
+        let (_, read) = read_all(dir.path()).expect("open");
         assert_eq!(read.len(), 50);
     }
 }
