@@ -2,6 +2,14 @@
 # The test suite: unit, view, oracle (proptest), decoder, SQL and two-process cluster tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The S3 tests run against moto's S3-compatible server (PyPI), in a venv outside the clone
+# (made once, reused after; scripts/openapi-check.sh shares it).
+venv="${AIMATRIX_VENV:-/var/tmp/aimatrix-venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "moto[server]==5.2.6"
+fi
+export AIMATRIX_MOTO_SERVER="$venv/bin/moto_server"
 # Builds into the same target directory as `cargo run` (./target), so the README's two
 # commands build once; CI points CARGO_TARGET_DIR elsewhere to reuse a build.
 cargo test --workspace --all-targets "$@"

@@ -150,8 +150,14 @@ struct ServeArgs {
     /// Keep jobs, views and acknowledged pushes in DIR and replay them at start-up, so that a
     /// restart (or a crash) loses nothing acknowledged (the config key storage.data_dir)
     /// [default: none: nothing is kept]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "data_url")]
     data_dir: Option<PathBuf>,
+    /// Keep them in an object store instead: s3://bucket/prefix (the S3 client is configured
+    /// by AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP;
+    /// the config key storage.url). One server holds the log's lease: a restart after a
+    /// crash waits up to 6 s for the old one's to expire
+    #[arg(long, value_name = "URL")]
+    data_url: Option<String>,
     /// Worker threads per process [default: 1]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
@@ -245,6 +251,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(dir) = &args.data_dir {
         flags.insert("storage".into(), serde_json::json!({ "data_dir": dir }));
     }
+    if let Some(url) = &args.data_url {
+        flags.insert("storage".into(), serde_json::json!({ "url": url }));
+    }
     let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
@@ -254,8 +263,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     // The data directory is locked and read before anything starts: a second server on it,
     // or a damaged log, is refused here.
-    let stored = match (&config.storage.data_dir, config.cluster.process_index) {
-        (Some(dir), 0) => Some(amx_cluster::storage::DurableLog::open(dir).context("data directory")?),
+    let stored = match (&config.storage.data_dir, &config.storage.url, config.cluster.process_index) {
+        (Some(_), Some(_), _) => anyhow::bail!("configuration: storage.data_dir and storage.url both set: choose one"),
+        (Some(dir), None, 0) => Some(amx_cluster::storage::DurableLog::open(dir).context("data directory")?),
+        (None, Some(url), 0) => {
+            Some(amx_cluster::storage::DurableLog::open_url(url, Default::default()).context("data URL")?)
+        }
         _ => None,
     };
     let controller = amx_cluster::Controller::start(config.cluster_config())?;
@@ -272,9 +285,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_file_access(access)
         .with_guard(config.guard());
     let listen = config.http.listen.clone();
+    let log = stored.as_ref().map(|(log, _)| log.clone());
     if let Some((log, records)) = stored {
         let started = std::time::Instant::now();
-        let path = log.path().display().to_string();
+        let path = log.location();
         let recovered =
             runtime.block_on(controller.recover(log, records, state.file_access())).context("data directory")?;
         eprintln!(
@@ -299,6 +313,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         amx_server::serve(listener, state, shutdown_signal()).await.context("serving HTTP")
     })?;
     eprintln!("serve: stopping");
+    if let Some(log) = log {
+        log.release();
+    }
     controller.shutdown();
     controller.join()
 }

@@ -58,6 +58,9 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before it listened: {status}");
+        }
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
             && let Some(at) = line.find("HTTP API on http://")
         {
@@ -1546,4 +1549,190 @@ fn kill_9_of_either_cluster_process_loses_nothing_acknowledged() {
     assert!(pushed > 0);
     let want = vec![json!({ "collection": "p", "n": pushed, "bytes": bytes })];
     assert_eq!(p0.sql_until("SELECT * FROM pair_v", &want), want);
+}
+
+/// An S3-compatible server for a test: moto's (`moto_server`, from PyPI; `scripts/test.sh`
+/// installs it and names it in `AIMATRIX_MOTO_SERVER`), on a port of its own, with a bucket.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_moto(bucket: &str) -> Moto {
+    let program =
+        std::env::var("AIMATRIX_MOTO_SERVER").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/moto_server".into());
+    let port = free_port();
+    let child = Command::new(&program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} starts (scripts/test.sh installs moto[server] from PyPI): {e}"));
+    let moto = Moto { child, port };
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = agent.put(&format!("http://127.0.0.1:{port}/{bucket}")).send_empty() {
+            assert_eq!(response.status().as_u16(), 200, "creating the bucket");
+            return moto;
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP proxy in front of a port that can fail: while `down`, it drops every connection
+/// (new ones at once, open ones at their next byte), as a store that is unreachable does.
+struct FaultProxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn fault_proxy(to: u16) -> FaultProxy {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = down.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if flag.load(SeqCst) {
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else { continue };
+            for (mut from, mut into) in
+                [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+            {
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                    let mut buf = [0u8; 1 << 16];
+                    loop {
+                        if flag.load(SeqCst) {
+                            break;
+                        }
+                        match std::io::Read::read(&mut from, &mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if std::io::Write::write_all(&mut into, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    FaultProxy { port, down }
+}
+
+/// Pushes `lines` with an `Idempotency-Key`: the status and body (`None`: no answer).
+fn try_push_keyed(server: &Server, job: u64, source: &str, key: &str, lines: &[String]) -> Option<(u16, Value)> {
+    let url = format!("{}/v1/ingest/{job}/{source}", server.base);
+    let response = server
+        .agent
+        .post(&url)
+        .header("Content-Type", "application/x-ndjson")
+        .header("Idempotency-Key", key)
+        .send(lines.join("\n").as_bytes())
+        .ok()?;
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+/// The durable log in an S3-compatible store (moto's server, over HTTP, behind a proxy that
+/// can fail): pushes are acknowledged once their segment is in the bucket; while the store
+/// is unreachable a push is answered 503 and new ones are refused; once it is back, the
+/// waiting push is stored (its retry, with its key, is answered 200 and not applied twice);
+/// after `kill -9` a new server takes the lease over and replays the bucket. The view equals
+/// the acknowledged pushes, counted here.
+#[test]
+fn an_s3_log_survives_a_failing_store_and_kill_9() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let moto = start_moto("amx");
+    let proxy = fault_proxy(moto.port);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let env = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--data-url", "s3://amx/server-1"].into_iter().map(String::from).collect();
+    let job = push_job(
+        "s3",
+        "pushed",
+        "by_collection",
+        "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
+    );
+    let batch = |b: usize, n: usize| -> Vec<String> {
+        (0..n).map(|i| json!({ "c": "p", "id": format!("p{b}-{i}"), "v": 1, "size": i, "t": 1 }).to_string()).collect()
+    };
+    // (count, sum of sizes) of the acknowledged pushes.
+    let mut acknowledged = (0i64, 0i64);
+    let mut count = |n: usize| acknowledged = (acknowledged.0 + n as i64, acknowledged.1 + (0..n as i64).sum::<i64>());
+
+    let server = start_with_env(&args, true, &env);
+    let id = server.submit(&job);
+    for b in 0..3 {
+        let (status, body) = try_push_keyed(&server, id, "pushed", &format!("k{b}"), &batch(b, 4 + b)).expect("answer");
+        assert_eq!(status, 200, "{body}");
+        count(4 + b);
+    }
+    // The store goes away: the next push is not acknowledged, and later ones are refused.
+    proxy.down.store(true, SeqCst);
+    let (status, body) = try_push_keyed(&server, id, "pushed", "k3", &batch(3, 7)).expect("answer");
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = try_push_keyed(&server, id, "pushed", "k4", &batch(4, 8)).expect("answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("does not take writes now"), "{body}");
+    // Back: the retry of the waiting push is answered as the push is, once stored (not twice).
+    proxy.down.store(false, SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = try_push_keyed(&server, id, "pushed", "k3", &batch(3, 7)).expect("answer");
+        if status == 200 {
+            assert_eq!(body["accepted"], json!(7), "{body}");
+            count(7);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never took the push again: {status} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = try_push_keyed(&server, id, "pushed", "k4", &batch(4, 8)).expect("answer");
+    assert_eq!(status, 200, "{body}");
+    count(8);
+    let want = vec![json!({ "collection": "p", "n": acknowledged.0, "bytes": acknowledged.1 })];
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    assert_eq!(server.sql_until(sql, &want), want);
+
+    // kill -9, and the same command again: it takes the lease over and replays the bucket.
+    let pid = server.child.id();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    drop(server);
+    let server = start_with_env(&args, true, &env);
+    assert_eq!(server.sql_until(sql, &want), want);
+    let (status, body) = try_push_keyed(&server, id, "pushed", "k4", &batch(4, 8)).expect("answer");
+    assert_eq!(status, 200, "a retry after the restart is answered as the push was: {body}");
+    assert_eq!(server.sql(sql), want, "and not applied again");
 }

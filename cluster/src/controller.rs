@@ -1537,7 +1537,24 @@ impl Controller {
         // Outside the sequencer's lock: a scan of the whole body.
         let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
         let answer = self.submit_ingest(job, source, body, oversized, key.map(str::to_owned), true)?;
-        Self::answer(answer).await
+        let log = lock(&self.inner.seq).log.clone();
+        let answered = Self::answer(answer);
+        tokio::pin!(answered);
+        loop {
+            tokio::select! {
+                result = &mut answered => return result,
+                () = tokio::time::sleep(crate::storage::SYNC_TIMEOUT) => {
+                    // Still waiting: while the store fails, the client learns it (the push
+                    // may yet be stored, and a retry with its key is answered as it is).
+                    if let Some(why) = log.as_ref().and_then(|l| l.failing()) {
+                        return Err(ClusterError::Storage(format!(
+                            "not acknowledged: the log's store is failing ({why}); the push is applied and acknowledged \
+                             once the store takes it: send it again with the same Idempotency-Key to learn its outcome"
+                        )));
+                    }
+                }
+            }
+        }
     }
 
     /// Waits for a push's answer.
@@ -1729,7 +1746,7 @@ impl Controller {
                 return Err(ClusterError::Storage(format!(
                     "{}: change {} of the log ({what}) no longer applies: {e}. Start with what it needs (the same \
                      --file-root, its files), or move the data directory aside to start empty",
-                    log.path().display(),
+                    log.location(),
                     index + 1,
                 )));
             }

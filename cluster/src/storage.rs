@@ -54,6 +54,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobConfig;
 
+mod object;
+pub use object::{LEASE, ObjectLog, ObjectLogOptions, ObjectRecords, SYNC_TIMEOUT};
+
 /// The first line of a log: its format and version.
 const HEADER: &[u8] = b"aimatrix-log 1\n";
 
@@ -135,14 +138,165 @@ pub enum StorageError {
     /// An earlier `fdatasync` failed: nothing more is written until a restart.
     #[error("the data directory's log could not be synced to disk ({0}); writes are refused until the server restarts")]
     Failed(String),
+    /// The object store is failing (the write is retried); nothing was acknowledged.
+    #[error("the log's object store does not take writes now ({0}); try again later")]
+    Unavailable(String),
     /// An I/O error, with what was being done.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
 
-/// The durable log of a data directory (see the module documentation). Cheap to share.
+/// The durable log of a server, in a local directory ([`FileLog`]) or an object store
+/// ([`ObjectLog`]). Cheap to share behind an `Arc`.
 #[derive(Debug)]
-pub struct DurableLog {
+pub enum DurableLog {
+    /// `--data-dir DIR`.
+    File(FileLog),
+    /// `--data-url s3://bucket/prefix`.
+    Object(ObjectLog),
+}
+
+/// The records of a [`DurableLog`], oldest first, read one at a time.
+#[derive(Debug)]
+pub enum LogRecords {
+    /// From a [`FileLog`].
+    File(FileRecords),
+    /// From an [`ObjectLog`].
+    Object(ObjectRecords),
+}
+
+impl Iterator for LogRecords {
+    type Item = Result<LogRecord, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            LogRecords::File(r) => r.next(),
+            LogRecords::Object(r) => r.next(),
+        }
+    }
+}
+
+impl DurableLog {
+    /// Opens the log of data directory `dir` (see [`FileLog::open`]).
+    ///
+    /// # Errors
+    /// As [`FileLog::open`].
+    pub fn open(dir: &Path) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
+        let (log, records) = FileLog::open(dir)?;
+        Ok((Arc::new(DurableLog::File(log)), LogRecords::File(records)))
+    }
+
+    /// Opens the log at `url`: `s3://bucket/prefix` (the S3 client configured from the
+    /// environment as `object_store`'s `AmazonS3Builder::from_env` reads it:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` for an
+    /// S3-compatible store, `AWS_ALLOW_HTTP=true` for one without TLS), or `file:///dir` (as
+    /// [`DurableLog::open`]). See [`ObjectLog::open`].
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] for a URL of another scheme or a store that cannot be reached; as
+    /// [`ObjectLog::open`].
+    pub fn open_url(url: &str, options: ObjectLogOptions) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
+        let bad = |why: String| StorageError::Io(format!("opening {url}"), std::io::Error::other(why));
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|()| bad("not a local path".into()))?;
+                Self::open(&dir)
+            }
+            "s3" | "s3a" => {
+                let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
+                // reqwest's rustls needs a process-wide crypto provider (ring, which
+                // object_store already builds); one installed before is kept.
+                #[allow(deprecated)]
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                // Few retries inside a request: the log retries a failing segment itself,
+                // forever, and meanwhile answers new pushes 503 rather than hold them.
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(5),
+                    ..Default::default()
+                };
+                use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+                use object_store::aws::AmazonS3ConfigKey::Client;
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_retry(retry)
+                    .with_config(Client(ConnectTimeout), "2s")
+                    .with_config(Client(Timeout), "10s")
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?;
+                let prefix = object_store::path::Path::from(parsed.path().trim_matches('/'));
+                let location = format!("s3://{bucket}/{prefix}");
+                let (log, records) = ObjectLog::open(Arc::new(store), prefix, location, options)?;
+                Ok((Arc::new(DurableLog::Object(log)), LogRecords::Object(records)))
+            }
+            other => Err(bad(format!("a data URL is s3://bucket/prefix or file:///dir, not {other}://"))),
+        }
+    }
+
+    /// Appends a record (not yet durable: see [`DurableLog::sync`]); returns its sequence
+    /// number.
+    ///
+    /// # Errors
+    /// As [`FileLog::append`] or [`ObjectLog::append`].
+    pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
+        match self {
+            DurableLog::File(log) => log.append(record),
+            DurableLog::Object(log) => log.append(record),
+        }
+    }
+
+    /// Waits until record `seq` (and every one before it) is durable (group commit).
+    ///
+    /// # Errors
+    /// As [`FileLog::sync`] or [`ObjectLog::sync`].
+    pub async fn sync(&self, seq: u64) -> Result<(), StorageError> {
+        match self {
+            DurableLog::File(log) => log.sync(seq).await,
+            DurableLog::Object(log) => log.sync(seq).await,
+        }
+    }
+
+    /// Makes record `seq` durable, blocking the calling thread.
+    ///
+    /// # Errors
+    /// As [`FileLog::sync_now`] or [`ObjectLog::sync_now`].
+    pub fn sync_now(&self, seq: u64) -> Result<(), StorageError> {
+        match self {
+            DurableLog::File(log) => log.sync_now(seq),
+            DurableLog::Object(log) => log.sync_now(seq),
+        }
+    }
+
+    /// Why the object store is failing to take the log's writes, while it is (never for a
+    /// file log, whose failures are answered at once).
+    pub fn failing(&self) -> Option<String> {
+        match self {
+            DurableLog::File(_) => None,
+            DurableLog::Object(log) => log.failing(),
+        }
+    }
+
+    /// Stops writing at a clean stop: an object-store log gives its lease back (a file log's
+    /// lock goes with the process).
+    pub fn release(&self) {
+        if let DurableLog::Object(log) = self {
+            log.release();
+        }
+    }
+
+    /// Where the log is (a file path, or `s3://bucket/prefix`).
+    pub fn location(&self) -> String {
+        match self {
+            DurableLog::File(log) => log.path().display().to_string(),
+            DurableLog::Object(log) => log.location().to_owned(),
+        }
+    }
+}
+
+/// The durable log in a local data directory (see the module documentation).
+#[derive(Debug)]
+pub struct FileLog {
     path: PathBuf,
     state: Mutex<LogState>,
     /// Wakes [`DurableLog::sync`] waiters when a sync ends.
@@ -171,7 +325,7 @@ fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl DurableLog {
+impl FileLog {
     /// Opens (creating it if needed) the log of data directory `dir`: locks the directory,
     /// checks every record's frame and checksums, and cuts off an interrupted last one.
     /// Returns the log and its records, oldest first, read one at a time (a restart holds
@@ -180,7 +334,7 @@ impl DurableLog {
     /// # Errors
     /// [`StorageError::Locked`] when another server holds `dir`; [`StorageError::Corrupt`],
     /// [`StorageError::Version`]; [`StorageError::Io`] when `dir` cannot be created or read.
-    pub fn open(dir: &Path) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
+    pub fn open(dir: &Path) -> Result<(FileLog, FileRecords), StorageError> {
         let io = |what: String| move |e| StorageError::Io(what, e);
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let lock_path = dir.join("LOCK");
@@ -234,7 +388,7 @@ impl DurableLog {
         // A handle of its own: reading moves its offset, not the writer's.
         let mut reader = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
         reader.seek(SeekFrom::Start(HEADER.len() as u64)).map_err(io(format!("seeking in {}", path.display())))?;
-        let records = LogRecords {
+        let records = FileRecords {
             reader: std::io::BufReader::with_capacity(1 << 20, reader),
             at: HEADER.len() as u64,
             end: len,
@@ -242,8 +396,8 @@ impl DurableLog {
             count: 0,
         };
         let state = LogState { file, len, appended: 0, durable: 0, syncing: false, failed: None };
-        let log = DurableLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
-        Ok((Arc::new(log), records))
+        let log = FileLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
+        Ok((log, records))
     }
 
     /// Appends a record (written, not yet durable: see [`DurableLog::sync`]); returns its
@@ -253,18 +407,8 @@ impl DurableLog {
     /// [`StorageError::Io`] when the write fails (the log is cut back to its last whole
     /// record); [`StorageError::Failed`] after a failed sync.
     pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
-        let payload = serde_json::to_vec(record).expect("a log record serializes");
-        let len = u32::try_from(payload.len()).map_err(|_| {
-            StorageError::Io(
-                format!("writing {}", self.path.display()),
-                std::io::Error::other(format!("a record of {} bytes (at most 4 GiB)", payload.len())),
-            )
-        })?;
-        let mut frame = Vec::with_capacity(payload.len() + FRAME);
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        let frame = encode(record)
+            .map_err(|e| StorageError::Io(format!("writing {}", self.path.display()), std::io::Error::other(e)))?;
         let mut state = lock(&self.state);
         if let Some(why) = &state.failed {
             return Err(StorageError::Failed(why.clone()));
@@ -369,10 +513,10 @@ impl DurableLog {
     }
 }
 
-/// The records of a log, oldest first, read one at a time ([`DurableLog::open`] has checked
+/// The records of a file log, oldest first, read one at a time ([`FileLog::open`] has checked
 /// their frames and checksums).
 #[derive(Debug)]
-pub struct LogRecords {
+pub struct FileRecords {
     reader: std::io::BufReader<File>,
     /// The offset of the next record, and the end of the whole ones.
     at: u64,
@@ -382,7 +526,7 @@ pub struct LogRecords {
     count: u64,
 }
 
-impl Iterator for LogRecords {
+impl Iterator for FileRecords {
     /// A record, or [`StorageError::Corrupt`] for one whose payload is not a record (checksum
     /// and all: written by a bug, or another version), [`StorageError::Io`] for a failed read.
     type Item = Result<LogRecord, StorageError>;
@@ -412,6 +556,22 @@ impl Iterator for LogRecords {
             StorageError::Corrupt { file: self.file.clone(), offset, why: format!("not a record: {e}") }
         }))
     }
+}
+
+/// A record's frame (see the module documentation).
+///
+/// # Errors
+/// A payload over 4 GiB.
+fn encode(record: &LogRecord) -> Result<Vec<u8>, String> {
+    let payload = serde_json::to_vec(record).expect("a log record serializes");
+    let len =
+        u32::try_from(payload.len()).map_err(|_| format!("a record of {} bytes (at most 4 GiB)", payload.len()))?;
+    let mut frame = Vec::with_capacity(payload.len() + FRAME);
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
 }
 
 /// Why [`scan`] stopped: a read failed, or the log is bad.

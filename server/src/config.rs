@@ -32,6 +32,7 @@
 //!
 //! [storage]
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
+//! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -70,6 +71,11 @@ pub struct StorageConfig {
     /// pushes, replayed at start-up (see `amx_cluster::storage`). Only process 0 uses it.
     /// Default: none (nothing is kept across a restart).
     pub data_dir: Option<std::path::PathBuf>,
+    /// The same log in an object store instead (`--data-url`): `s3://bucket/prefix`, with
+    /// the S3 client configured by the `AWS_*` environment variables (`AWS_ENDPOINT`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`), or
+    /// `file:///dir` (as `data_dir`). Default: none. At most one of `data_dir` and `url`.
+    pub url: Option<String>,
 }
 
 /// `[subscribe]`.

@@ -1,0 +1,841 @@
+//! The durable log in an object store (`aimatrix serve --data-url s3://bucket/prefix`): the
+//! same records as the file log, written as immutable *segments* through the `object_store`
+//! crate, so that a server whose disk is gone (a rescheduled pod) resumes from the bucket.
+//!
+//! # Objects under the prefix
+//! - `log/{first:020}-{last:020}.seg`: records `first..=last` (sequence numbers from 1, kept
+//!   across restarts), as the header line `aimatrix-log 1\n` and the records' frames (the file
+//!   log's framing, with its checksums). Each group commit is one `PUT` (`If-None-Match: *`,
+//!   so a segment is never overwritten); an object store writes an object whole or not at
+//!   all, so unlike a file a segment is never cut short: any bad byte in one is damage, and
+//!   the start is refused naming the object.
+//! - `LOCK`: the lease of the one server that writes the log, as JSON
+//!   `{"holder": "host:pid:nanos", "expires_at_ms": …}` (Unix ms, the holder's clock),
+//!   renewed every [`RENEW`] with a conditional `PUT` (`If-Match` its last ETag). A server
+//!   that finds a lease not yet expired waits until its expiry and looks again: a renewed
+//!   lease means a live holder (the start is refused); an unchanged one is taken over
+//!   (conditionally, so of two servers starting at once one wins). A holder that finds its
+//!   lease taken stops writing for good. Holders' clocks must agree within about the lease
+//!   ([`LEASE`]).
+//!
+//! # Bad days
+//! A failing `PUT` (the store down, slow, refusing) is retried with backoff (100 ms doubling
+//! to 5 s), forever, with the same bytes and name, so the log keeps its order; meanwhile new
+//! records are refused ([`StorageError::Unavailable`], answered 503) and the requests
+//! waiting on the failing segment get no answer until it is written. Once the store takes
+//! it, writes resume. Nothing acknowledged is lost: a request is answered 200 only after its
+//! segment's `PUT` succeeded.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use super::{FRAME, HEADER, LogRecord, StorageError, encode};
+
+/// How long a lease lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often the holder renews its lease.
+pub const RENEW: Duration = Duration::from_secs(1);
+/// How long a change to the catalog waits for its segment before it is answered 503.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of records waiting for their segment beyond which new ones are refused.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Segments fetched ahead of the replay.
+const PREFETCH: usize = 2;
+
+/// The lease, as stored in `LOCK`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    expires_at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Tuning of an [`ObjectLog`] (tests shorten the lease).
+#[derive(Clone, Debug)]
+pub struct ObjectLogOptions {
+    /// How long a lease lasts without renewal ([`LEASE`]).
+    pub lease: Duration,
+    /// How often it is renewed ([`RENEW`]).
+    pub renew: Duration,
+}
+
+impl Default for ObjectLogOptions {
+    fn default() -> Self {
+        ObjectLogOptions { lease: LEASE, renew: RENEW }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Frames appended and not yet in a segment being written.
+    pending: Vec<u8>,
+    /// The sequence number of the first of them.
+    pending_first: u64,
+    /// The last sequence number given out.
+    appended: u64,
+    /// The last sequence number in a written segment.
+    durable: u64,
+    /// Why the segment being written is failing (cleared once it is written).
+    failing: Option<String>,
+    /// Why the log takes no more writes (its lease is lost).
+    failed: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: String,
+    holder: String,
+    options: ObjectLogOptions,
+    state: Mutex<State>,
+    /// Wakes the flusher.
+    wake: tokio::sync::Notify,
+    /// Wakes async waiters when a segment is written or the log fails.
+    synced: tokio::sync::Notify,
+    /// Wakes blocking waiters likewise.
+    synced_blocking: Condvar,
+}
+
+/// An error with its sources (object_store's own message leaves out the HTTP client's cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn path(&self, name: &str) -> Path {
+        self.prefix.clone().join(name)
+    }
+
+    fn segment(&self, first: u64, last: u64) -> Path {
+        self.path("log").join(format!("{first:020}-{last:020}.seg").as_str())
+    }
+
+    fn io(&self, what: &str, e: impl std::error::Error) -> StorageError {
+        StorageError::Io(format!("{what} {}", self.location), std::io::Error::other(chain(&e)))
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(log = %self.location, %why, "the log takes no more writes until the server restarts");
+        lock(&self.state).failed = Some(why);
+        self.synced.notify_waiters();
+        self.synced_blocking.notify_all();
+    }
+}
+
+/// The durable log in an object store (see the module documentation). Its I/O runs on a
+/// runtime of its own, so it works from any context.
+#[derive(Debug)]
+pub struct ObjectLog {
+    shared: Arc<Shared>,
+    /// The I/O runtime.
+    handle: tokio::runtime::Handle,
+    /// Ends the I/O thread when the log is dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The records of an object-store log, oldest first: the segments are fetched ahead (at
+/// most two), each checked whole, and their records handed out one at a time.
+pub struct ObjectRecords {
+    segments: std::sync::mpsc::Receiver<Result<Vec<LogRecord>, StorageError>>,
+    current: VecDeque<LogRecord>,
+    done: bool,
+}
+
+impl std::fmt::Debug for ObjectRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectRecords").field("buffered", &self.current.len()).finish()
+    }
+}
+
+impl Iterator for ObjectRecords {
+    type Item = Result<LogRecord, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(record) = self.current.pop_front() {
+                return Some(Ok(record));
+            }
+            if self.done {
+                return None;
+            }
+            match self.segments.recv() {
+                Ok(Ok(records)) => self.current = records.into(),
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Err(_) => self.done = true,
+            }
+        }
+    }
+}
+
+/// Reads a segment whole: its header and every frame's checksums.
+fn decode_segment(bytes: &[u8], name: &str) -> Result<Vec<LogRecord>, StorageError> {
+    let corrupt = |offset: usize, why: &str| StorageError::Corrupt {
+        file: name.to_owned(),
+        offset: offset as u64,
+        why: why.to_owned(),
+    };
+    if !bytes.starts_with(HEADER) {
+        let found = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        return Err(StorageError::Version {
+            file: name.to_owned(),
+            found: String::from_utf8_lossy(&found[..found.len().min(64)])
+                .chars()
+                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .collect(),
+            expected: String::from_utf8_lossy(&HEADER[..HEADER.len() - 1]).into_owned(),
+        });
+    }
+    let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let mut at = HEADER.len();
+    let mut records = Vec::new();
+    while at < bytes.len() {
+        let Some(frame) = bytes.get(at..at + FRAME) else {
+            return Err(corrupt(at, "a frame cut short"));
+        };
+        let (len, len_crc, crc) = (word(&frame[..4]), word(&frame[4..8]), word(&frame[8..]));
+        if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+            return Err(corrupt(at, "its length field does not match its checksum"));
+        }
+        let Some(payload) = bytes.get(at + FRAME..at + FRAME + len as usize) else {
+            return Err(corrupt(at, "a payload cut short"));
+        };
+        if crc32fast::hash(payload) != crc {
+            return Err(corrupt(at, "checksum mismatch"));
+        }
+        let record = serde_json::from_slice(payload).map_err(|e| corrupt(at, &format!("not a record: {e}")))?;
+        records.push(record);
+        at += FRAME + len as usize;
+    }
+    Ok(records)
+}
+
+/// The segments to replay, in order, from the names under `log/`: `(first, last, path)`.
+/// A segment another covers (a compaction's leftovers) is skipped; a gap is damage.
+fn cover(mut segments: Vec<(u64, u64, Path)>, location: &str) -> Result<Vec<(u64, u64, Path)>, StorageError> {
+    segments.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut next = 1;
+    let mut chosen = Vec::new();
+    for (first, last, path) in segments {
+        if last < next {
+            continue;
+        }
+        if first != next {
+            return Err(StorageError::Corrupt {
+                file: path.to_string(),
+                offset: 0,
+                why: format!(
+                    "it holds records {first}..={last} but the log of {location} has records only up to {}: a segment \
+                     is missing",
+                    next - 1
+                ),
+            });
+        }
+        next = last + 1;
+        chosen.push((first, last, path));
+    }
+    Ok(chosen)
+}
+
+impl ObjectLog {
+    /// Opens the log under `prefix` in `store` (`location` names it in messages): takes the
+    /// lease (waiting up to the lease's length for a holder that stopped renewing), lists
+    /// the segments, and returns the log and its records, fetched while the replay reads
+    /// them.
+    ///
+    /// # Errors
+    /// [`StorageError::Locked`] when a live server holds the lease; [`StorageError::Corrupt`]
+    /// for a missing segment; [`StorageError::Io`] when the store cannot be reached (each
+    /// request retried by `object_store` first).
+    pub fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        location: String,
+        options: ObjectLogOptions,
+    ) -> Result<(ObjectLog, ObjectRecords), StorageError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("aimatrix-object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Io("starting the object store's I/O thread".into(), e))?;
+        let holder = format!(
+            "{}:{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+            std::process::id(),
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        );
+        let shared = Arc::new(Shared {
+            store,
+            prefix,
+            location,
+            holder,
+            options,
+            state: Mutex::new(State::default()),
+            wake: tokio::sync::Notify::new(),
+            synced: tokio::sync::Notify::new(),
+            synced_blocking: Condvar::new(),
+        });
+        let opened = runtime.block_on(async {
+            let etag = acquire(&shared).await?;
+            let mut listed = Vec::new();
+            let mut list = shared.store.list(Some(&shared.path("log")));
+            while let Some(meta) = list.next().await {
+                let meta = meta.map_err(|e| shared.io("listing", e))?;
+                let name = meta.location.filename().unwrap_or_default().to_owned();
+                let range = name.strip_suffix(".seg").and_then(|n| n.split_once('-'));
+                match range.and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
+                    Some((first, last)) if first >= 1 && first <= last => listed.push((first, last, meta.location)),
+                    _ => tracing::warn!(object = %meta.location, "not a segment of the log; ignored"),
+                }
+            }
+            let segments = cover(listed, &shared.location)?;
+            Ok::<_, StorageError>((etag, segments))
+        });
+        let (etag, segments) = opened?;
+        let last = segments.last().map_or(0, |s| s.1);
+        {
+            let mut state = lock(&shared.state);
+            state.appended = last;
+            state.durable = last;
+            state.pending_first = last + 1;
+        }
+        let handle = runtime.handle().clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let io = shared.clone();
+        std::thread::Builder::new()
+            .name("aimatrix-object-log".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let fetch = io.clone();
+                    tokio::spawn(async move {
+                        for (_, _, path) in segments {
+                            let read = match fetch.store.get(&path).await {
+                                Ok(got) => got.bytes().await.map_err(|e| fetch.io("reading", e)),
+                                Err(e) => Err(fetch.io("reading", e)),
+                            };
+                            let decoded = read.and_then(|bytes| decode_segment(&bytes, path.as_ref()));
+                            let failed = decoded.is_err();
+                            // A blocking send: the replay reads on another thread.
+                            let sent = tokio::task::block_in_place(|| tx.send(decoded));
+                            if sent.is_err() || failed {
+                                break;
+                            }
+                        }
+                    });
+                    tokio::spawn(renew(io.clone(), etag));
+                    tokio::spawn(flush(io));
+                    let _ = stopped.await;
+                })
+            })
+            .map_err(|e| StorageError::Io("starting the object store's I/O thread".into(), e))?;
+        let records = ObjectRecords { segments: rx, current: VecDeque::new(), done: false };
+        Ok((ObjectLog { shared, handle, _stop: stop }, records))
+    }
+
+    /// Appends a record (not yet durable: see [`ObjectLog::sync`]); returns its sequence
+    /// number.
+    ///
+    /// # Errors
+    /// [`StorageError::Unavailable`] while a segment is failing to be written (or too many
+    /// bytes wait for one); [`StorageError::Failed`] once the lease is lost.
+    pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
+        let frame = encode(record).map_err(|e| self.shared.io("writing to", std::io::Error::other(e)))?;
+        let mut state = lock(&self.shared.state);
+        if let Some(why) = &state.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        if let Some(why) = &state.failing {
+            return Err(StorageError::Unavailable(format!("{}: {why}", self.shared.location)));
+        }
+        if state.pending.len() + frame.len() > MAX_PENDING_BYTES && !state.pending.is_empty() {
+            return Err(StorageError::Unavailable(format!(
+                "{}: {} bytes wait to be written",
+                self.shared.location,
+                state.pending.len()
+            )));
+        }
+        if state.pending.is_empty() {
+            state.pending_first = state.appended + 1;
+        }
+        state.pending.extend_from_slice(&frame);
+        state.appended += 1;
+        let seq = state.appended;
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Waits until record `seq` (and every one before it) is in a written segment; many
+    /// records share one segment (group commit). While the store fails, this waits for it.
+    ///
+    /// # Errors
+    /// [`StorageError::Failed`] once the lease is lost.
+    pub async fn sync(&self, seq: u64) -> Result<(), StorageError> {
+        loop {
+            let notified = self.shared.synced.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = lock(&self.shared.state);
+                if state.durable >= seq {
+                    return Ok(());
+                }
+                if let Some(why) = &state.failed {
+                    return Err(StorageError::Failed(why.clone()));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// [`ObjectLog::sync`] from a thread that may block, waiting at most [`SYNC_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`StorageError::Unavailable`] when the segment is not written in time (it may still be
+    /// later); [`StorageError::Failed`] once the lease is lost.
+    pub fn sync_now(&self, seq: u64) -> Result<(), StorageError> {
+        let state = lock(&self.shared.state);
+        let (state, timeout) = self
+            .shared
+            .synced_blocking
+            .wait_timeout_while(state, SYNC_TIMEOUT, |s| s.durable < seq && s.failed.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        if state.durable >= seq {
+            return Ok(());
+        }
+        if let Some(why) = &state.failed {
+            return Err(StorageError::Failed(why.clone()));
+        }
+        debug_assert!(timeout.timed_out());
+        Err(StorageError::Unavailable(format!(
+            "{}: not written within {} s ({})",
+            self.shared.location,
+            SYNC_TIMEOUT.as_secs(),
+            state.failing.as_deref().unwrap_or("the store is slow")
+        )))
+    }
+
+    /// Stops writing and gives the lease back (a clean stop: the next server need not wait
+    /// for it to expire). Records not yet written are not written (none was acknowledged).
+    /// Blocks until the store answered (or failed to).
+    pub fn release(&self) {
+        lock(&self.shared.state).failed = Some("the server is stopping".into());
+        self.shared.wake.notify_one();
+        let shared = self.shared.clone();
+        let handle = self.handle.clone();
+        let released = std::thread::spawn(move || {
+            handle.block_on(async {
+                match read_lease(&shared).await? {
+                    Some((lease, _)) if lease.holder == shared.holder => {
+                        shared.store.delete(&shared.path("LOCK")).await.map_err(|e| shared.io("releasing", e))
+                    }
+                    _ => Ok(()),
+                }
+            })
+        })
+        .join();
+        match released {
+            Ok(Ok(())) => tracing::info!(log = %self.shared.location, "the log's lease is given back"),
+            Ok(Err(e)) => {
+                tracing::warn!(log = %self.shared.location, error = %e, "giving the log's lease back failed (the next server waits for it to expire)")
+            }
+            Err(_) => tracing::warn!(log = %self.shared.location, "giving the log's lease back failed"),
+        }
+    }
+
+    /// Why the segment being written is failing, if it is.
+    pub fn failing(&self) -> Option<String> {
+        lock(&self.shared.state).failing.clone()
+    }
+
+    /// The log's location (`s3://bucket/prefix`).
+    pub fn location(&self) -> &str {
+        &self.shared.location
+    }
+}
+
+/// Reads `LOCK`: the lease and its version, if there is one.
+async fn read_lease(shared: &Shared) -> Result<Option<(Lease, UpdateVersion)>, StorageError> {
+    match shared.store.get(&shared.path("LOCK")).await {
+        Ok(got) => {
+            let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+            let bytes = got.bytes().await.map_err(|e| shared.io("reading the lease of", e))?;
+            let lease = serde_json::from_slice(&bytes).map_err(|e| shared.io("reading the lease of", e))?;
+            Ok(Some((lease, version)))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(shared.io("reading the lease of", e)),
+    }
+}
+
+/// Writes our lease with `mode`: its new ETag.
+async fn put_lease(shared: &Shared, mode: PutMode) -> Result<UpdateVersion, object_store::Error> {
+    let lease =
+        Lease { holder: shared.holder.clone(), expires_at_ms: now_ms() + shared.options.lease.as_millis() as u64 };
+    let body = serde_json::to_vec(&lease).expect("a lease serializes");
+    let put = shared
+        .store
+        .put_opts(&shared.path("LOCK"), PutPayload::from(body), PutOptions { mode, ..Default::default() })
+        .await?;
+    Ok(UpdateVersion { e_tag: put.e_tag, version: put.version })
+}
+
+/// Takes the lease (see the module documentation): its version.
+async fn acquire(shared: &Shared) -> Result<UpdateVersion, StorageError> {
+    let locked = |lease: &Lease| {
+        StorageError::Locked(format!("{} (its lease is held by {}, renewed)", shared.location, lease.holder))
+    };
+    let taken = |e: object_store::Error| match e {
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            StorageError::Locked(format!("{} (another server took its lease first)", shared.location))
+        }
+        e => shared.io("taking the lease of", e),
+    };
+    let Some((lease, version)) = read_lease(shared).await? else {
+        return put_lease(shared, PutMode::Create).await.map_err(taken);
+    };
+    let now = now_ms();
+    if lease.expires_at_ms > now {
+        // Held: a live holder renews it before it expires.
+        let wait = Duration::from_millis(lease.expires_at_ms - now).min(shared.options.lease) + shared.options.renew;
+        tracing::info!(log = %shared.location, holder = %lease.holder, wait_ms = wait.as_millis() as u64, "the log's lease is held; waiting to see whether its holder renews it");
+        tokio::time::sleep(wait).await;
+        match read_lease(shared).await? {
+            None => return put_lease(shared, PutMode::Create).await.map_err(taken),
+            Some((again, v)) if again != lease || v.e_tag != version.e_tag => return Err(locked(&again)),
+            Some(_) => {}
+        }
+    }
+    tracing::warn!(log = %shared.location, holder = %lease.holder, "taking over the lease of a server that stopped renewing it");
+    put_lease(shared, PutMode::Update(version)).await.map_err(taken)
+}
+
+/// Renews the lease every `renew`; a lease found taken fails the log.
+async fn renew(shared: Arc<Shared>, mut version: UpdateVersion) {
+    loop {
+        tokio::time::sleep(shared.options.renew).await;
+        if lock(&shared.state).failed.is_some() {
+            return;
+        }
+        match put_lease(&shared, PutMode::Update(version.clone())).await {
+            Ok(v) => version = v,
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+                shared.fail(format!("the lease of {} was taken by another server", shared.location));
+                return;
+            }
+            // The store is failing: the flusher reports it; the next renewal tries again.
+            Err(e) => tracing::warn!(log = %shared.location, error = %e, "renewing the log's lease failed"),
+        }
+    }
+}
+
+/// Writes the pending records as segments, one at a time, in order.
+async fn flush(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.wake.notified();
+        let taken = {
+            let mut state = lock(&shared.state);
+            if state.failed.is_some() {
+                return;
+            }
+            let frames = std::mem::take(&mut state.pending);
+            (!frames.is_empty()).then_some((state.pending_first, state.appended, frames))
+        };
+        let Some((first, last, frames)) = taken else {
+            notified.await;
+            continue;
+        };
+        let path = shared.segment(first, last);
+        let mut body = Vec::with_capacity(HEADER.len() + frames.len());
+        body.extend_from_slice(HEADER);
+        body.extend_from_slice(&frames);
+        let body = Bytes::from(body);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match put_segment(&shared, &path, body.clone()).await {
+                Ok(()) => {
+                    let mut state = lock(&shared.state);
+                    state.durable = last;
+                    if state.failing.take().is_some() {
+                        tracing::info!(log = %shared.location, "the store takes writes again");
+                    }
+                    break;
+                }
+                Err(Fatal(why)) => {
+                    shared.fail(why);
+                    return;
+                }
+                Err(Retry(why)) => {
+                    tracing::warn!(log = %shared.location, segment = %path, error = %why, retry_ms = backoff.as_millis() as u64, "writing a segment failed; retrying");
+                    lock(&shared.state).failing = Some(why);
+                    shared.synced_blocking.notify_all();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        shared.synced.notify_waiters();
+        shared.synced_blocking.notify_all();
+    }
+}
+
+/// Why a segment's write failed: try again, or never.
+enum PutError {
+    Retry(String),
+    Fatal(String),
+}
+use PutError::{Fatal, Retry};
+
+/// Writes a segment, never over another: a segment already there with the same bytes is an
+/// earlier try of this one that succeeded unanswered.
+async fn put_segment(shared: &Shared, path: &Path, body: Bytes) -> Result<(), PutError> {
+    let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match shared.store.put_opts(path, PutPayload::from(body.clone()), options).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => match shared.store.get(path).await {
+            Ok(got) => match got.bytes().await {
+                Ok(there) if there == body => Ok(()),
+                Ok(_) => Err(Fatal(format!("{path} was written by another server: this one stops writing"))),
+                Err(e) => Err(Retry(chain(&e))),
+            },
+            Err(e) => Err(Retry(chain(&e))),
+        },
+        Err(e) => Err(Retry(chain(&e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn ingest(n: usize) -> LogRecord {
+        LogRecord::Ingest {
+            job: 1,
+            source: "in".into(),
+            key: Some(format!("k{n}")),
+            body: format!("{{\"n\":{n}}}\n"),
+            oversized: Default::default(),
+        }
+    }
+
+    fn quick() -> ObjectLogOptions {
+        ObjectLogOptions { lease: Duration::from_millis(300), renew: Duration::from_millis(50) }
+    }
+
+    fn open(store: &Arc<InMemory>) -> Result<(ObjectLog, Vec<String>), StorageError> {
+        let (log, records) = ObjectLog::open(store.clone(), Path::from("p"), "memory://p".into(), quick())?;
+        let records = records.map(|r| r.map(|r| serde_json::to_string(&r).expect("JSON"))).collect::<Result<_, _>>()?;
+        Ok((log, records))
+    }
+
+    fn write(log: &ObjectLog, records: &[LogRecord]) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let seqs: Vec<u64> = records.iter().map(|r| log.append(r).expect("append")).collect();
+        runtime.block_on(log.sync(*seqs.last().expect("one"))).expect("sync");
+    }
+
+    fn json(records: &[LogRecord]) -> Vec<String> {
+        records.iter().map(|r| serde_json::to_string(r).expect("JSON")).collect()
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_a_restart() {
+        let store = Arc::new(InMemory::new());
+        let records: Vec<LogRecord> = (0..7).map(ingest).collect();
+        let (log, read) = open(&store).expect("open");
+        assert!(read.is_empty());
+        write(&log, &records[..3]);
+        write(&log, &records[3..5]);
+        // A crash (the lease is not given back): the next server waits it out.
+        drop(log);
+        let (log, read) = open(&store).expect("reopen");
+        assert_eq!(read, json(&records[..5]));
+        write(&log, &records[5..]);
+        log.sync_now(7).expect("durable");
+        drop(log);
+        let (_log, read) = open(&store).expect("reopen");
+        assert_eq!(read, json(&records));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let store = Arc::new(InMemory::new());
+        let slow = ObjectLogOptions { lease: Duration::from_secs(60), renew: Duration::from_secs(1) };
+        let (log, _) =
+            ObjectLog::open(store.clone(), Path::from("p"), "memory://p".into(), slow.clone()).expect("open");
+        write(&log, &[ingest(0)]);
+        log.release();
+        drop(log);
+        let started = std::time::Instant::now();
+        let (_log, records) =
+            ObjectLog::open(store.clone(), Path::from("p"), "memory://p".into(), slow).expect("reopen");
+        assert_eq!(records.count(), 1);
+        assert!(started.elapsed() < Duration::from_secs(30), "waited for a released lease");
+    }
+
+    #[test]
+    fn a_live_holder_keeps_its_lease() {
+        let store = Arc::new(InMemory::new());
+        let (_first, _) = open(&store).expect("open");
+        let second = open(&store).expect_err("held");
+        assert!(matches!(second, StorageError::Locked(_)), "{second}");
+    }
+
+    #[test]
+    fn a_damaged_or_missing_segment_refuses_the_start() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let (log, _) = open(&store).expect("open");
+        for n in 0..3 {
+            write(&log, &[ingest(n)]);
+        }
+        drop(log);
+        let second = Path::from("p/log/00000000000000000002-00000000000000000002.seg");
+        let bytes = runtime.block_on(async { store.get(&second).await.expect("get").bytes().await.expect("bytes") });
+        // A flipped byte in the payload.
+        let mut bad = bytes.to_vec();
+        let last = bad.len() - 2;
+        bad[last] ^= 0x20;
+        runtime.block_on(store.put(&second, PutPayload::from(bad))).expect("put");
+        let err = open(&store).expect_err("damaged");
+        assert!(matches!(&err, StorageError::Corrupt { file, .. } if file.ends_with("2.seg")), "{err}");
+        // Gone.
+        runtime.block_on(store.delete(&second)).expect("delete");
+        let err = open(&store).expect_err("gap");
+        assert!(err.to_string().contains("a segment is missing"), "{err}");
+    }
+
+    /// An in-memory store whose `PUT`s fail while `down`.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: InMemory,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Display for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Flaky({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Flaky {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(object_store::Error::Generic { store: "flaky", source: "503 Slow Down".into() });
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A store that fails for a while: the waiting record is written once it recovers, new
+    /// ones are refused meanwhile, and nothing is lost or written twice.
+    #[test]
+    fn a_failing_store_refuses_new_records_until_it_recovers() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(Flaky { inner: InMemory::new(), down: false.into() });
+        let open = |store: &Arc<Flaky>| {
+            let (log, records) = ObjectLog::open(store.clone(), Path::from("p"), "flaky://p".into(), quick())?;
+            let read: Vec<String> =
+                records.map(|r| r.map(|r| serde_json::to_string(&r).expect("JSON"))).collect::<Result<_, _>>()?;
+            Ok::<_, StorageError>((log, read))
+        };
+        let (log, _) = open(&store).expect("open");
+        write(&log, &[ingest(0)]);
+        store.down.store(true, SeqCst);
+        let waiting = log.append(&ingest(1)).expect("taken before the failure is known");
+        let synced = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_millis(500), log.sync(waiting)).await.is_ok() });
+        assert!(!synced, "acknowledged while the store fails");
+        assert!(log.failing().is_some());
+        let refused = log.append(&ingest(2)).expect_err("refused while failing");
+        assert!(matches!(refused, StorageError::Unavailable(_)), "{refused}");
+        store.down.store(false, SeqCst);
+        runtime.block_on(log.sync(waiting)).expect("written once the store is back");
+        assert!(log.failing().is_none());
+        write(&log, &[ingest(3)]);
+        drop(log);
+        let (_log, read) = open(&store).expect("reopen");
+        assert_eq!(read, json(&[ingest(0), ingest(1), ingest(3)]));
+    }
+
+    #[test]
+    fn a_compacted_segment_covers_the_ones_it_replaced() {
+        let p = |a: u64, b: u64| (a, b, Path::from(format!("log/{a:020}-{b:020}.seg")));
+        let chosen = cover(vec![p(1, 1), p(2, 3), p(1, 3), p(4, 4)], "x").expect("cover");
+        assert_eq!(chosen.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), vec![(1, 3), (4, 4)]);
+        assert!(cover(vec![p(1, 2), p(4, 4)], "x").is_err());
+    }
+}
