@@ -1275,18 +1275,9 @@ fn a_huge_line_is_rejected_without_copies() {
 
 /// Pushes `lines` with an `Idempotency-Key`; `None` when the server gave no answer (it died).
 fn push_keyed(server: &Server, job: u64, source: &str, key: &str, lines: &[String]) -> Option<Value> {
-    let url = format!("{}/v1/ingest/{job}/{source}", server.base);
-    let response = server
-        .agent
-        .post(&url)
-        .header("Content-Type", "application/x-ndjson")
-        .header("Idempotency-Key", key)
-        .send(lines.join("\n").as_bytes())
-        .ok()?;
-    let status = response.status().as_u16();
-    let text = response.into_body().read_to_string().ok()?;
-    assert_eq!(status, 200, "{text}");
-    Some(serde_json::from_str(&text).expect("JSON"))
+    let (status, body) = try_push_keyed(server, job, source, key, lines)?;
+    assert_eq!(status, 200, "{body}");
+    Some(body)
 }
 
 /// The durable-state promise under `kill -9`: a server with a push source and a followed file

@@ -669,7 +669,8 @@ fn zeros_to_end(reader: &mut impl Read) -> std::io::Result<bool> {
 mod tests {
     use super::*;
 
-    fn ingest(n: usize) -> LogRecord {
+    /// A push of one record, with key `k{n}`.
+    pub(super) fn ingest(n: usize) -> LogRecord {
         LogRecord::Ingest {
             job: 1,
             source: "in".into(),

@@ -18,6 +18,10 @@
 //!   lease taken stops writing for good. Holders' clocks must agree within about the lease
 //!   ([`LEASE`]).
 //!
+//! Runs of small segments are merged in the background ([`compact`]): the merged segment
+//! `{first}-{last}.seg` is written before the ones it covers are deleted, and a start-up
+//! replays the longest segments that chain from record 1 ([`cover`]), deleting the covered.
+//!
 //! # Bad days
 //! A failing `PUT` (the store down, slow, refusing) is retried with backoff (100 ms doubling
 //! to 5 s), forever, with the same bytes and name, so the log keeps its order; meanwhile new
@@ -46,6 +50,12 @@ pub const RENEW: Duration = Duration::from_secs(1);
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of records waiting for their segment beyond which new ones are refused.
 const MAX_PENDING_BYTES: usize = 64 << 20;
+/// How often the compaction looks for small segments to merge.
+const COMPACT_EVERY: Duration = Duration::from_secs(2);
+/// Segments that make a run worth merging.
+const COMPACT_RUN: usize = 16;
+/// The largest merged segment, in bytes.
+const COMPACT_BYTES: u64 = 16 << 20;
 /// Segments fetched ahead of the replay.
 const PREFETCH: usize = 2;
 
@@ -89,6 +99,8 @@ struct State {
     failing: Option<String>,
     /// Why the log takes no more writes (its lease is lost).
     failed: Option<String>,
+    /// The written segments, in order (what a restart would replay).
+    segments: Vec<Segment>,
 }
 
 #[derive(Debug)]
@@ -236,31 +248,43 @@ fn decode_segment(bytes: &[u8], name: &str) -> Result<Vec<LogRecord>, StorageErr
     Ok(records)
 }
 
-/// The segments to replay, in order, from the names under `log/`: `(first, last, path)`.
-/// A segment another covers (a compaction's leftovers) is skipped; a gap is damage.
-fn cover(mut segments: Vec<(u64, u64, Path)>, location: &str) -> Result<Vec<(u64, u64, Path)>, StorageError> {
-    segments.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+/// A written segment: records `first..=last`, `bytes` long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Segment {
+    first: u64,
+    last: u64,
+    bytes: u64,
+    path: Path,
+}
+
+/// The segments to replay, in order, from those listed under `log/`, and the ones a longer
+/// segment covers (a compaction's leftovers, to delete). A gap is damage.
+fn cover(mut segments: Vec<Segment>, location: &str) -> Result<(Vec<Segment>, Vec<Path>), StorageError> {
+    segments.sort_by(|a, b| a.first.cmp(&b.first).then(b.last.cmp(&a.last)));
     let mut next = 1;
     let mut chosen = Vec::new();
-    for (first, last, path) in segments {
-        if last < next {
+    let mut covered = Vec::new();
+    for segment in segments {
+        if segment.last < next {
+            covered.push(segment.path);
             continue;
         }
-        if first != next {
+        if segment.first != next {
             return Err(StorageError::Corrupt {
-                file: path.to_string(),
+                file: segment.path.to_string(),
                 offset: 0,
                 why: format!(
-                    "it holds records {first}..={last} but the log of {location} has records only up to {}: a segment \
-                     is missing",
+                    "it holds records {}..={} but the log of {location} has records only up to {}: a segment is missing",
+                    segment.first,
+                    segment.last,
                     next - 1
                 ),
             });
         }
-        next = last + 1;
-        chosen.push((first, last, path));
+        next = segment.last + 1;
+        chosen.push(segment);
     }
-    Ok(chosen)
+    Ok((chosen, covered))
 }
 
 impl ObjectLog {
@@ -311,20 +335,23 @@ impl ObjectLog {
                 let name = meta.location.filename().unwrap_or_default().to_owned();
                 let range = name.strip_suffix(".seg").and_then(|n| n.split_once('-'));
                 match range.and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
-                    Some((first, last)) if first >= 1 && first <= last => listed.push((first, last, meta.location)),
+                    Some((first, last)) if first >= 1 && first <= last => {
+                        listed.push(Segment { first, last, bytes: meta.size, path: meta.location })
+                    }
                     _ => tracing::warn!(object = %meta.location, "not a segment of the log; ignored"),
                 }
             }
-            let segments = cover(listed, &shared.location)?;
-            Ok::<_, StorageError>((etag, segments))
+            let (segments, covered) = cover(listed, &shared.location)?;
+            Ok::<_, StorageError>((etag, segments, covered))
         });
-        let (etag, segments) = opened?;
-        let last = segments.last().map_or(0, |s| s.1);
+        let (etag, segments, covered) = opened?;
+        let last = segments.last().map_or(0, |s| s.last);
         {
             let mut state = lock(&shared.state);
             state.appended = last;
             state.durable = last;
             state.pending_first = last + 1;
+            state.segments = segments.clone();
         }
         let handle = runtime.handle().clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
@@ -336,7 +363,7 @@ impl ObjectLog {
                 runtime.block_on(async move {
                     let fetch = io.clone();
                     tokio::spawn(async move {
-                        for (_, _, path) in segments {
+                        for Segment { path, .. } in segments {
                             let read = match fetch.store.get(&path).await {
                                 Ok(got) => got.bytes().await.map_err(|e| fetch.io("reading", e)),
                                 Err(e) => Err(fetch.io("reading", e)),
@@ -351,6 +378,7 @@ impl ObjectLog {
                         }
                     });
                     tokio::spawn(renew(io.clone(), etag));
+                    tokio::spawn(compact(io.clone(), covered));
                     tokio::spawn(flush(io));
                     let _ = stopped.await;
                 })
@@ -584,6 +612,8 @@ async fn flush(shared: Arc<Shared>) {
                 Ok(()) => {
                     let mut state = lock(&shared.state);
                     state.durable = last;
+                    let bytes = body.len() as u64;
+                    state.segments.push(Segment { first, last, bytes, path: path.clone() });
                     if state.failing.take().is_some() {
                         tracing::info!(log = %shared.location, "the store takes writes again");
                     }
@@ -604,6 +634,94 @@ async fn flush(shared: Arc<Shared>) {
         }
         shared.synced.notify_waiters();
         shared.synced_blocking.notify_all();
+    }
+}
+
+/// Picks the next run of segments to merge into one: at least [`COMPACT_RUN`] consecutive
+/// segments, each under [`COMPACT_BYTES`] / 4, together at most [`COMPACT_BYTES`] (the
+/// first such run; `None` when there is none). Segments are left as they are once they are
+/// large, so each record is rewritten a few times at most.
+fn next_run(segments: &[Segment]) -> Option<std::ops::Range<usize>> {
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.bytes >= COMPACT_BYTES / 4 || bytes + segment.bytes > COMPACT_BYTES {
+            if i - start >= COMPACT_RUN {
+                return Some(start..i);
+            }
+            (start, bytes) = if segment.bytes >= COMPACT_BYTES / 4 { (i + 1, 0) } else { (i, segment.bytes) };
+            continue;
+        }
+        bytes += segment.bytes;
+    }
+    (segments.len() - start >= COMPACT_RUN).then_some(start..segments.len())
+}
+
+/// Merges runs of small segments into one (group commits under light load write many small
+/// ones, and a restart lists and reads each): the merged segment is written first, and the
+/// ones it covers are deleted only once it is in the store, so a crash at any step leaves a
+/// log that replays the same records ([`cover`] skips covered leftovers; `leftovers` are
+/// those found at start-up, deleted first).
+async fn compact(shared: Arc<Shared>, leftovers: Vec<Path>) {
+    for path in leftovers {
+        if let Err(e) = shared.store.delete(&path).await {
+            tracing::warn!(segment = %path, error = %chain(&e), "deleting a segment a compaction covered failed");
+        }
+    }
+    loop {
+        tokio::time::sleep(COMPACT_EVERY).await;
+        let run = {
+            let state = lock(&shared.state);
+            if state.failed.is_some() {
+                return;
+            }
+            next_run(&state.segments).map(|range| state.segments[range].to_vec())
+        };
+        let Some(run) = run else { continue };
+        let (first, last) = (run[0].first, run[run.len() - 1].last);
+        let mut body = HEADER.to_vec();
+        let mut read = Ok(());
+        for segment in &run {
+            match shared.store.get(&segment.path).await {
+                Ok(got) => match got.bytes().await {
+                    // Each segment's frames are checked as they are merged: damage is not copied.
+                    Ok(bytes) => match decode_segment(&bytes, segment.path.as_ref()) {
+                        Ok(_) => body.extend_from_slice(&bytes[HEADER.len()..]),
+                        Err(e) => read = Err(e.to_string()),
+                    },
+                    Err(e) => read = Err(chain(&e)),
+                },
+                Err(e) => read = Err(chain(&e)),
+            }
+            if read.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = read {
+            tracing::warn!(log = %shared.location, error = %e, "compacting segments: reading one failed; trying later");
+            continue;
+        }
+        let merged = shared.segment(first, last);
+        let bytes = body.len() as u64;
+        match put_segment(&shared, &merged, Bytes::from(body)).await {
+            Ok(()) => {}
+            Err(Retry(e) | Fatal(e)) => {
+                tracing::warn!(log = %shared.location, error = %e, "compacting segments: writing the merged one failed; trying later");
+                continue;
+            }
+        }
+        {
+            let mut state = lock(&shared.state);
+            let at = state.segments.iter().position(|s| s.first == first).expect("compaction is the only remover");
+            let end = at + run.len();
+            state.segments.splice(at..end, [Segment { first, last, bytes, path: merged.clone() }]);
+        }
+        tracing::debug!(log = %shared.location, first, last, segments = run.len(), bytes, "segments merged");
+        for segment in run {
+            if let Err(e) = shared.store.delete(&segment.path).await {
+                tracing::warn!(segment = %segment.path, error = %chain(&e), "deleting a merged segment failed (it is skipped at restart)");
+            }
+        }
     }
 }
 
@@ -634,18 +752,9 @@ async fn put_segment(shared: &Shared, path: &Path, body: Bytes) -> Result<(), Pu
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::ingest;
     use super::*;
     use object_store::memory::InMemory;
-
-    fn ingest(n: usize) -> LogRecord {
-        LogRecord::Ingest {
-            job: 1,
-            source: "in".into(),
-            key: Some(format!("k{n}")),
-            body: format!("{{\"n\":{n}}}\n"),
-            oversized: Default::default(),
-        }
-    }
 
     fn quick() -> ObjectLogOptions {
         ObjectLogOptions { lease: Duration::from_millis(300), renew: Duration::from_millis(50) }
@@ -831,11 +940,93 @@ mod tests {
         assert_eq!(read, json(&[ingest(0), ingest(1), ingest(3)]));
     }
 
+    fn segment(first: u64, last: u64, bytes: u64) -> Segment {
+        Segment { first, last, bytes, path: Path::from(format!("log/{first:020}-{last:020}.seg")) }
+    }
+
     #[test]
     fn a_compacted_segment_covers_the_ones_it_replaced() {
-        let p = |a: u64, b: u64| (a, b, Path::from(format!("log/{a:020}-{b:020}.seg")));
-        let chosen = cover(vec![p(1, 1), p(2, 3), p(1, 3), p(4, 4)], "x").expect("cover");
-        assert_eq!(chosen.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>(), vec![(1, 3), (4, 4)]);
+        let p = |a, b| segment(a, b, 1);
+        let (chosen, covered) = cover(vec![p(1, 1), p(2, 3), p(1, 3), p(4, 4)], "x").expect("cover");
+        assert_eq!(chosen, vec![p(1, 3), p(4, 4)]);
+        assert_eq!(covered, vec![p(1, 1).path, p(2, 3).path]);
         assert!(cover(vec![p(1, 2), p(4, 4)], "x").is_err());
+    }
+
+    #[test]
+    fn runs_of_small_segments_are_picked_and_large_ones_left() {
+        let small = |n| segment(n, n, 1000);
+        let large = |n| segment(n, n, COMPACT_BYTES / 2);
+        let mut segments: Vec<Segment> = (1..=10).map(small).collect();
+        assert_eq!(next_run(&segments), None, "too few");
+        segments.push(large(11));
+        segments.extend((12..=40).map(small));
+        // The ten before the large one are too few; the 29 after it are a run.
+        assert_eq!(next_run(&segments), Some(11..40));
+        // A run stops where it would pass COMPACT_BYTES.
+        let sized: Vec<Segment> = (1..=40).map(|n| segment(n, n, COMPACT_BYTES / 5)).collect();
+        assert_eq!(next_run(&sized), None, "at most five fit, fewer than a run");
+    }
+
+    /// Many small segments are merged into one; a restart reads the same records, and a
+    /// compaction cut short (the merged segment written, the old ones not yet deleted) is
+    /// finished at the next start.
+    #[test]
+    fn small_segments_are_merged_without_changing_the_log() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let count = |store: &Arc<InMemory>| {
+            runtime.block_on(async { store.list(Some(&Path::from("p/log"))).collect::<Vec<_>>().await.len() })
+        };
+        let records: Vec<LogRecord> = (0..40).map(ingest).collect();
+        let (log, _) = open(&store).expect("open");
+        for record in &records {
+            write(&log, std::slice::from_ref(record));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while count(&store) >= 40 - COMPACT_RUN {
+            assert!(std::time::Instant::now() < deadline, "never compacted: {} segments", count(&store));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(log);
+        let (log, read) = open(&store).expect("reopen");
+        assert_eq!(read, json(&records));
+        let records: Vec<LogRecord> = (0..42).map(ingest).collect();
+        write(&log, &records[40..41]);
+        write(&log, &records[41..]);
+        drop(log);
+        // A compaction cut short: a merged segment beside the ones it covers.
+        let (_, segments) = runtime.block_on(async {
+            let listed: Vec<_> = store.list(Some(&Path::from("p/log"))).collect().await;
+            let mut all = Vec::new();
+            for meta in listed {
+                let meta = meta.expect("meta");
+                all.push(meta.location);
+            }
+            all.sort();
+            ((), all)
+        });
+        let last = runtime.block_on(async {
+            store.get(&segments[segments.len() - 1]).await.expect("get").bytes().await.expect("bytes")
+        });
+        let before = runtime.block_on(async {
+            store.get(&segments[segments.len() - 2]).await.expect("get").bytes().await.expect("bytes")
+        });
+        let name = |p: &Path| p.filename().expect("name").to_owned();
+        let first = name(&segments[segments.len() - 2]).split('-').next().expect("first").to_owned();
+        let end = name(&segments[segments.len() - 1]).split('-').nth(1).expect("last").to_owned();
+        let mut merged = before.to_vec();
+        merged.extend_from_slice(&last[HEADER.len()..]);
+        runtime
+            .block_on(store.put(&Path::from(format!("p/log/{first}-{end}")), PutPayload::from(merged)))
+            .expect("put");
+        let segments_before = count(&store);
+        let (_log, read) = open(&store).expect("reopen");
+        assert_eq!(read, json(&records), "the covered segments are skipped");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count(&store) != segments_before - 2 {
+            assert!(std::time::Instant::now() < deadline, "the covered segments were not deleted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
