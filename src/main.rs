@@ -254,8 +254,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(url) = &args.data_url {
         flags.insert("storage".into(), serde_json::json!({ "url": url }));
     }
-    let config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
+    let mut config = amx_server::config::ServeConfig::load(args.config.as_deref(), flags.into())
         .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    // A flag chooses where the log is over what the file or the environment says.
+    if args.data_dir.is_some() {
+        config.storage.url = None;
+    }
+    if args.data_url.is_some() {
+        config.storage.data_dir = None;
+    }
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
     let _ = PEERS.set(config.cluster.hosts.clone());
     if config.cluster.process_index == 0 {

@@ -80,7 +80,7 @@ pub enum ClusterError {
 
 impl From<crate::storage::StorageError> for ClusterError {
     fn from(e: crate::storage::StorageError) -> Self {
-        ClusterError::Storage(format!("not stored, so not done: {e}"))
+        ClusterError::Storage(format!("not acknowledged: {e}"))
     }
 }
 

@@ -135,6 +135,22 @@ pub enum StorageError {
         /// The first line this version writes.
         expected: String,
     },
+    /// Another server holds an object-store log's lease.
+    #[error(
+        "{location} is in use by another aimatrix server ({holder} holds its lease, {location}/LOCK); stop it or choose another --data-url"
+    )]
+    LeaseHeld {
+        /// The log.
+        location: String,
+        /// Who holds the lease (`host:pid:nanos`), or how it was lost.
+        holder: String,
+    },
+    /// This server writes no more to its object-store log (it lost the lease, or is
+    /// stopping) until a restart.
+    #[error(
+        "{0}: this server writes no more to the log; restart it (a push that got this answer may or may not be stored: send it again with its Idempotency-Key after the restart)"
+    )]
+    LeaseLost(String),
     /// An earlier `fdatasync` failed: nothing more is written until a restart.
     #[error("the data directory's log could not be synced to disk ({0}); writes are refused until the server restarts")]
     Failed(String),
@@ -197,7 +213,8 @@ impl DurableLog {
     /// [`ObjectLog::open`].
     pub fn open_url(url: &str, options: ObjectLogOptions) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
         let bad = |why: String| StorageError::Io(format!("opening {url}"), std::io::Error::other(why));
-        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| bad(format!("not a URL ({e}): s3://bucket/prefix or file:///dir")))?;
         match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| bad("not a local path".into()))?;
@@ -205,6 +222,21 @@ impl DurableLog {
             }
             "s3" | "s3a" => {
                 let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
+                if parsed.query().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
+                    return Err(bad(
+                        "a data URL takes no query or credentials (the AWS_* variables configure the client)".into(),
+                    ));
+                }
+                let endpoint = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
+                let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+                if let Ok(endpoint) = endpoint
+                    && endpoint.starts_with("http://")
+                    && !allow_http
+                {
+                    return Err(bad(format!(
+                        "AWS_ENDPOINT is {endpoint}, without TLS: set AWS_ALLOW_HTTP=true to allow it"
+                    )));
+                }
                 // reqwest's rustls needs a process-wide crypto provider (ring, which
                 // object_store already builds); one installed before is kept.
                 #[allow(deprecated)]
@@ -225,7 +257,9 @@ impl DurableLog {
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| bad(e.to_string()))?;
-                let prefix = object_store::path::Path::from(parsed.path().trim_matches('/'));
+                // The URL's path is percent-encoded; object_store encodes a key's parts itself.
+                let path = percent_encoding::percent_decode_str(parsed.path()).decode_utf8_lossy();
+                let prefix = object_store::path::Path::from(path.trim_matches('/'));
                 let location = format!("s3://{bucket}/{prefix}");
                 let (log, records) = ObjectLog::open(Arc::new(store), prefix, location, options)?;
                 Ok((Arc::new(DurableLog::Object(log)), LogRecords::Object(records)))

@@ -7,16 +7,25 @@
 //!   across restarts), as the header line `aimatrix-log 1\n` and the records' frames (the file
 //!   log's framing, with its checksums). Each group commit is one `PUT` (`If-None-Match: *`,
 //!   so a segment is never overwritten); an object store writes an object whole or not at
-//!   all, so unlike a file a segment is never cut short: any bad byte in one is damage, and
-//!   the start is refused naming the object.
+//!   all, so unlike a file a segment is never cut short: any bad byte in one, or records
+//!   other than its name says, is damage, and the start is refused naming the object. Only
+//!   the direct children of `log/` are segments (a log under a longer prefix is another
+//!   log).
 //! - `LOCK`: the lease of the one server that writes the log, as JSON
 //!   `{"holder": "host:pid:nanos", "expires_at_ms": …}` (Unix ms, the holder's clock),
 //!   renewed every [`RENEW`] with a conditional `PUT` (`If-Match` its last ETag). A server
 //!   that finds a lease not yet expired waits until its expiry and looks again: a renewed
 //!   lease means a live holder (the start is refused); an unchanged one is taken over
 //!   (conditionally, so of two servers starting at once one wins). A holder that finds its
-//!   lease taken stops writing for good. Holders' clocks must agree within about the lease
-//!   ([`LEASE`]).
+//!   lease taken stops writing for good; one that finds the version changed but its own name
+//!   in it (a renewal that timed out but landed) goes on. Before it writes a segment, a
+//!   holder makes sure its lease has at least one renewal period left on its own monotonic
+//!   clock, counted from when the last renewal was sent (renewing first otherwise), so a
+//!   server paused past its lease (SIGSTOP, a long GC-like stall) finds it lost rather than
+//!   write after another took over. What this cannot exclude without a store-side fence: a
+//!   pause of more than the lease *between* that check and the `PUT` itself; then one of
+//!   the two servers finds the other's segment in the way (`If-None-Match`) and stops
+//!   writing. Holders' clocks must agree within about the lease ([`LEASE`]).
 //!
 //! Runs of small segments are merged in the background ([`compact`]): the merged segment
 //! `{first}-{last}.seg` is written before the ones it covers are deleted, and a start-up
@@ -32,10 +41,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
@@ -101,6 +109,11 @@ struct State {
     failed: Option<String>,
     /// The written segments, in order (what a restart would replay).
     segments: Vec<Segment>,
+    /// The lease's version in the store, as this server last wrote it.
+    lease_version: Option<UpdateVersion>,
+    /// Until when (this machine's monotonic clock) the lease is surely this server's: the
+    /// last successful renewal's sending time plus the lease's length.
+    lease_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -206,8 +219,9 @@ impl Iterator for ObjectRecords {
     }
 }
 
-/// Reads a segment whole: its header and every frame's checksums.
-fn decode_segment(bytes: &[u8], name: &str) -> Result<Vec<LogRecord>, StorageError> {
+/// Reads a segment whole: its header, every frame's checksums, and that it holds exactly
+/// the records its name says (`first..=last`).
+fn decode_segment(bytes: &[u8], name: &str, first: u64, last: u64) -> Result<Vec<LogRecord>, StorageError> {
     let corrupt = |offset: usize, why: &str| StorageError::Corrupt {
         file: name.to_owned(),
         offset: offset as u64,
@@ -244,6 +258,13 @@ fn decode_segment(bytes: &[u8], name: &str) -> Result<Vec<LogRecord>, StorageErr
         let record = serde_json::from_slice(payload).map_err(|e| corrupt(at, &format!("not a record: {e}")))?;
         records.push(record);
         at += FRAME + len as usize;
+    }
+    let expected = last - first + 1;
+    if records.len() as u64 != expected {
+        return Err(corrupt(
+            bytes.len(),
+            &format!("it holds {} records, but its name says {expected} ({first}..={last})", records.len()),
+        ));
     }
     Ok(records)
 }
@@ -294,7 +315,7 @@ impl ObjectLog {
     /// them.
     ///
     /// # Errors
-    /// [`StorageError::Locked`] when a live server holds the lease; [`StorageError::Corrupt`]
+    /// [`StorageError::LeaseHeld`] when a live server holds the lease; [`StorageError::Corrupt`]
     /// for a missing segment; [`StorageError::Io`] when the store cannot be reached (each
     /// request retried by `object_store` first).
     pub fn open(
@@ -328,21 +349,15 @@ impl ObjectLog {
         });
         let opened = runtime.block_on(async {
             let etag = acquire(&shared).await?;
-            let mut listed = Vec::new();
-            let mut list = shared.store.list(Some(&shared.path("log")));
-            while let Some(meta) = list.next().await {
-                let meta = meta.map_err(|e| shared.io("listing", e))?;
-                let name = meta.location.filename().unwrap_or_default().to_owned();
-                let range = name.strip_suffix(".seg").and_then(|n| n.split_once('-'));
-                match range.and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
-                    Some((first, last)) if first >= 1 && first <= last => {
-                        listed.push(Segment { first, last, bytes: meta.size, path: meta.location })
-                    }
-                    _ => tracing::warn!(object = %meta.location, "not a segment of the log; ignored"),
+            let listed = list_segments(&shared).await.and_then(|listed| cover(listed, &shared.location));
+            match listed {
+                Ok((segments, covered)) => Ok((etag, segments, covered)),
+                Err(e) => {
+                    // A refused start gives the lease back: the next try need not wait.
+                    let _ = shared.store.delete(&shared.path("LOCK")).await;
+                    Err(e)
                 }
             }
-            let (segments, covered) = cover(listed, &shared.location)?;
-            Ok::<_, StorageError>((etag, segments, covered))
         });
         let (etag, segments, covered) = opened?;
         let last = segments.last().map_or(0, |s| s.last);
@@ -352,6 +367,8 @@ impl ObjectLog {
             state.durable = last;
             state.pending_first = last + 1;
             state.segments = segments.clone();
+            state.lease_version = Some(etag.0);
+            state.lease_until = Some(etag.1 + shared.options.lease);
         }
         let handle = runtime.handle().clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(PREFETCH);
@@ -363,12 +380,12 @@ impl ObjectLog {
                 runtime.block_on(async move {
                     let fetch = io.clone();
                     tokio::spawn(async move {
-                        for Segment { path, .. } in segments {
+                        for Segment { path, first, last, .. } in segments {
                             let read = match fetch.store.get(&path).await {
                                 Ok(got) => got.bytes().await.map_err(|e| fetch.io("reading", e)),
                                 Err(e) => Err(fetch.io("reading", e)),
                             };
-                            let decoded = read.and_then(|bytes| decode_segment(&bytes, path.as_ref()));
+                            let decoded = read.and_then(|bytes| decode_segment(&bytes, path.as_ref(), first, last));
                             let failed = decoded.is_err();
                             // A blocking send: the replay reads on another thread.
                             let sent = tokio::task::block_in_place(|| tx.send(decoded));
@@ -377,7 +394,7 @@ impl ObjectLog {
                             }
                         }
                     });
-                    tokio::spawn(renew(io.clone(), etag));
+                    tokio::spawn(renew(io.clone()));
                     tokio::spawn(compact(io.clone(), covered));
                     tokio::spawn(flush(io));
                     let _ = stopped.await;
@@ -393,12 +410,12 @@ impl ObjectLog {
     ///
     /// # Errors
     /// [`StorageError::Unavailable`] while a segment is failing to be written (or too many
-    /// bytes wait for one); [`StorageError::Failed`] once the lease is lost.
+    /// bytes wait for one); [`StorageError::LeaseLost`] once the lease is lost.
     pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
         let frame = encode(record).map_err(|e| self.shared.io("writing to", std::io::Error::other(e)))?;
         let mut state = lock(&self.shared.state);
         if let Some(why) = &state.failed {
-            return Err(StorageError::Failed(why.clone()));
+            return Err(StorageError::LeaseLost(format!("{} ({why})", self.shared.location)));
         }
         if let Some(why) = &state.failing {
             return Err(StorageError::Unavailable(format!("{}: {why}", self.shared.location)));
@@ -425,7 +442,7 @@ impl ObjectLog {
     /// records share one segment (group commit). While the store fails, this waits for it.
     ///
     /// # Errors
-    /// [`StorageError::Failed`] once the lease is lost.
+    /// [`StorageError::LeaseLost`] once the lease is lost.
     pub async fn sync(&self, seq: u64) -> Result<(), StorageError> {
         loop {
             let notified = self.shared.synced.notified();
@@ -437,7 +454,7 @@ impl ObjectLog {
                     return Ok(());
                 }
                 if let Some(why) = &state.failed {
-                    return Err(StorageError::Failed(why.clone()));
+                    return Err(StorageError::LeaseLost(format!("{} ({why})", self.shared.location)));
                 }
             }
             notified.await;
@@ -448,7 +465,7 @@ impl ObjectLog {
     ///
     /// # Errors
     /// [`StorageError::Unavailable`] when the segment is not written in time (it may still be
-    /// later); [`StorageError::Failed`] once the lease is lost.
+    /// later); [`StorageError::LeaseLost`] once the lease is lost.
     pub fn sync_now(&self, seq: u64) -> Result<(), StorageError> {
         let state = lock(&self.shared.state);
         let (state, timeout) = self
@@ -460,7 +477,7 @@ impl ObjectLog {
             return Ok(());
         }
         if let Some(why) = &state.failed {
-            return Err(StorageError::Failed(why.clone()));
+            return Err(StorageError::LeaseLost(format!("{} ({why})", self.shared.location)));
         }
         debug_assert!(timeout.timed_out());
         Err(StorageError::Unavailable(format!(
@@ -510,6 +527,25 @@ impl ObjectLog {
     }
 }
 
+/// The segments under `log/` (only its direct children: a log under a longer prefix is
+/// another log).
+async fn list_segments(shared: &Shared) -> Result<Vec<Segment>, StorageError> {
+    let listing = shared.store.list_with_delimiter(Some(&shared.path("log"))).await;
+    let listing = listing.map_err(|e| shared.io("listing", e))?;
+    let mut listed = Vec::new();
+    for meta in listing.objects {
+        let name = meta.location.filename().unwrap_or_default().to_owned();
+        let range = name.strip_suffix(".seg").and_then(|n| n.split_once('-'));
+        match range.and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))) {
+            Some((first, last)) if first >= 1 && first <= last => {
+                listed.push(Segment { first, last, bytes: meta.size, path: meta.location })
+            }
+            _ => tracing::warn!(object = %meta.location, "not a segment of the log; ignored"),
+        }
+    }
+    Ok(listed)
+}
+
 /// Reads `LOCK`: the lease and its version, if there is one.
 async fn read_lease(shared: &Shared) -> Result<Option<(Lease, UpdateVersion)>, StorageError> {
     match shared.store.get(&shared.path("LOCK")).await {
@@ -536,51 +572,114 @@ async fn put_lease(shared: &Shared, mode: PutMode) -> Result<UpdateVersion, obje
     Ok(UpdateVersion { e_tag: put.e_tag, version: put.version })
 }
 
-/// Takes the lease (see the module documentation): its version.
-async fn acquire(shared: &Shared) -> Result<UpdateVersion, StorageError> {
-    let locked = |lease: &Lease| {
-        StorageError::Locked(format!("{} (its lease is held by {}, renewed)", shared.location, lease.holder))
+/// Takes the lease (see the module documentation): its version, and when the request that
+/// took it was sent.
+async fn acquire(shared: &Shared) -> Result<(UpdateVersion, Instant), StorageError> {
+    let locked = |lease: &Lease| StorageError::LeaseHeld {
+        location: shared.location.clone(),
+        holder: format!("{}, which renews it,", lease.holder),
     };
+    let sent = Instant::now();
     let taken = |e: object_store::Error| match e {
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-            StorageError::Locked(format!("{} (another server took its lease first)", shared.location))
+            StorageError::LeaseHeld {
+                location: shared.location.clone(),
+                holder: "a server that started at the same time".into(),
+            }
         }
         e => shared.io("taking the lease of", e),
     };
     let Some((lease, version)) = read_lease(shared).await? else {
-        return put_lease(shared, PutMode::Create).await.map_err(taken);
+        return put_lease(shared, PutMode::Create).await.map(|v| (v, sent)).map_err(taken);
     };
     let now = now_ms();
     if lease.expires_at_ms > now {
         // Held: a live holder renews it before it expires.
         let wait = Duration::from_millis(lease.expires_at_ms - now).min(shared.options.lease) + shared.options.renew;
-        tracing::info!(log = %shared.location, holder = %lease.holder, wait_ms = wait.as_millis() as u64, "the log's lease is held; waiting to see whether its holder renews it");
+        tracing::warn!(log = %shared.location, holder = %lease.holder, wait_ms = wait.as_millis() as u64, "the log's lease is held (a server that crashed, or one that runs); waiting to see whether its holder renews it");
         tokio::time::sleep(wait).await;
+        let sent = Instant::now();
         match read_lease(shared).await? {
-            None => return put_lease(shared, PutMode::Create).await.map_err(taken),
+            None => return put_lease(shared, PutMode::Create).await.map(|v| (v, sent)).map_err(taken),
             Some((again, v)) if again != lease || v.e_tag != version.e_tag => return Err(locked(&again)),
             Some(_) => {}
         }
     }
     tracing::warn!(log = %shared.location, holder = %lease.holder, "taking over the lease of a server that stopped renewing it");
-    put_lease(shared, PutMode::Update(version)).await.map_err(taken)
+    let sent = Instant::now();
+    put_lease(shared, PutMode::Update(version)).await.map(|v| (v, sent)).map_err(taken)
+}
+
+/// Why a renewal failed.
+enum Renewal {
+    /// The store failed (or our own earlier renewal landed unanswered): try again.
+    Failed(String),
+    /// Another server holds the lease.
+    Lost(String),
+}
+
+/// Renews the lease once (conditionally on the version this server last wrote).
+async fn renew_once(shared: &Shared) -> Result<(), Renewal> {
+    let Some(version) = lock(&shared.state).lease_version.clone() else {
+        return Err(Renewal::Lost("no lease".into()));
+    };
+    let sent = Instant::now();
+    match put_lease(shared, PutMode::Update(version)).await {
+        Ok(version) => {
+            let mut state = lock(&shared.state);
+            state.lease_version = Some(version);
+            state.lease_until = Some(sent + shared.options.lease);
+            Ok(())
+        }
+        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+            // Changed since this server wrote it: by another server, or by a renewal of
+            // this one that timed out but landed (then the lease still names this server).
+            match read_lease(shared).await {
+                Ok(Some((lease, version))) if lease.holder == shared.holder => {
+                    lock(&shared.state).lease_version = Some(version);
+                    Err(Renewal::Failed("the lease changed under an unanswered renewal; renewing again".into()))
+                }
+                Ok(Some((lease, _))) => Err(Renewal::Lost(format!("{} holds it", lease.holder))),
+                Ok(None) => Err(Renewal::Lost("its LOCK was deleted".into())),
+                Err(e) => Err(Renewal::Failed(e.to_string())),
+            }
+        }
+        Err(e) => Err(Renewal::Failed(chain(&e))),
+    }
+}
+
+/// Makes sure the lease is this server's for at least one more renewal period before a
+/// segment is written (renewing it first if not), so that a server that was paused past
+/// its lease does not write after another took over.
+async fn hold_lease(shared: &Shared) -> Result<(), PutError> {
+    let until = lock(&shared.state).lease_until;
+    if until.is_some_and(|until| until > Instant::now() + shared.options.renew) {
+        return Ok(());
+    }
+    match renew_once(shared).await {
+        Ok(()) => Ok(()),
+        Err(Renewal::Failed(why)) => Err(Retry(format!("renewing the lease before a write: {why}"))),
+        Err(Renewal::Lost(why)) => Err(Fatal(format!("lost the lease ({why})"))),
+    }
 }
 
 /// Renews the lease every `renew`; a lease found taken fails the log.
-async fn renew(shared: Arc<Shared>, mut version: UpdateVersion) {
+async fn renew(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(shared.options.renew).await;
         if lock(&shared.state).failed.is_some() {
             return;
         }
-        match put_lease(&shared, PutMode::Update(version.clone())).await {
-            Ok(v) => version = v,
-            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
-                shared.fail(format!("the lease of {} was taken by another server", shared.location));
+        match renew_once(&shared).await {
+            Ok(()) => {}
+            Err(Renewal::Lost(why)) => {
+                shared.fail(format!("lost the lease ({why})"));
                 return;
             }
             // The store is failing: the flusher reports it; the next renewal tries again.
-            Err(e) => tracing::warn!(log = %shared.location, error = %e, "renewing the log's lease failed"),
+            Err(Renewal::Failed(why)) => {
+                tracing::warn!(log = %shared.location, error = %why, "renewing the log's lease failed")
+            }
         }
     }
 }
@@ -608,14 +707,18 @@ async fn flush(shared: Arc<Shared>) {
         let body = Bytes::from(body);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match put_segment(&shared, &path, body.clone()).await {
+            let put = match hold_lease(&shared).await {
+                Ok(()) => put_segment(&shared, &path, body.clone()).await,
+                Err(e) => Err(e),
+            };
+            match put {
                 Ok(()) => {
                     let mut state = lock(&shared.state);
                     state.durable = last;
                     let bytes = body.len() as u64;
                     state.segments.push(Segment { first, last, bytes, path: path.clone() });
                     if state.failing.take().is_some() {
-                        tracing::info!(log = %shared.location, "the store takes writes again");
+                        tracing::warn!(log = %shared.location, "the store takes writes again");
                     }
                     break;
                 }
@@ -685,7 +788,7 @@ async fn compact(shared: Arc<Shared>, leftovers: Vec<Path>) {
             match shared.store.get(&segment.path).await {
                 Ok(got) => match got.bytes().await {
                     // Each segment's frames are checked as they are merged: damage is not copied.
-                    Ok(bytes) => match decode_segment(&bytes, segment.path.as_ref()) {
+                    Ok(bytes) => match decode_segment(&bytes, segment.path.as_ref(), segment.first, segment.last) {
                         Ok(_) => body.extend_from_slice(&bytes[HEADER.len()..]),
                         Err(e) => read = Err(e.to_string()),
                     },
@@ -754,6 +857,7 @@ async fn put_segment(shared: &Shared, path: &Path, body: Bytes) -> Result<(), Pu
 mod tests {
     use super::super::tests::ingest;
     use super::*;
+    use futures::StreamExt;
     use object_store::memory::InMemory;
 
     fn quick() -> ObjectLogOptions {
@@ -816,7 +920,7 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let (_first, _) = open(&store).expect("open");
         let second = open(&store).expect_err("held");
-        assert!(matches!(second, StorageError::Locked(_)), "{second}");
+        assert!(matches!(second, StorageError::LeaseHeld { .. }), "{second}");
     }
 
     #[test]
@@ -942,6 +1046,93 @@ mod tests {
 
     fn segment(first: u64, last: u64, bytes: u64) -> Segment {
         Segment { first, last, bytes, path: Path::from(format!("log/{first:020}-{last:020}.seg")) }
+    }
+
+    /// A segment whose frames are all sound but which holds fewer or more records than its
+    /// name says (a frame dropped, or one twice) refuses the start: the loss is not silent.
+    #[test]
+    fn a_segment_with_other_records_than_its_name_says_refuses_the_start() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let (log, _) = open(&store).expect("open");
+        write(&log, &[ingest(0), ingest(1)]);
+        write(&log, &[ingest(2)]);
+        drop(log);
+        let two = Path::from("p/log/00000000000000000001-00000000000000000002.seg");
+        let bytes = runtime.block_on(async { store.get(&two).await.expect("get").bytes().await.expect("bytes") });
+        let first_frame = {
+            let len = u32::from_le_bytes(bytes[HEADER.len()..HEADER.len() + 4].try_into().expect("4")) as usize;
+            HEADER.len() + FRAME + len
+        };
+        for bad in [bytes[..first_frame].to_vec(), [&bytes[..], &bytes[HEADER.len()..first_frame]].concat()] {
+            runtime.block_on(store.put(&two, PutPayload::from(bad))).expect("put");
+            let err = open(&store).expect_err("refused");
+            assert!(err.to_string().contains("but its name says 2"), "{err}");
+        }
+    }
+
+    /// Only the direct children of `PREFIX/log/` are the log: a log under a longer prefix
+    /// (`PREFIX/log` as a prefix of its own) is another log, neither replayed nor deleted.
+    #[test]
+    fn a_log_under_a_longer_prefix_is_another_log() {
+        let store = Arc::new(InMemory::new());
+        let open_at = |prefix: &str| {
+            let (log, records) =
+                ObjectLog::open(store.clone(), Path::from(prefix), format!("memory://{prefix}"), quick())?;
+            let read: Vec<String> =
+                records.map(|r| r.map(|r| serde_json::to_string(&r).expect("JSON"))).collect::<Result<_, _>>()?;
+            Ok::<_, StorageError>((log, read))
+        };
+        let (inner, _) = open_at("p/log").expect("inner");
+        write(&inner, &[ingest(0), ingest(1)]);
+        let (outer, read) = open_at("p").expect("outer");
+        assert!(read.is_empty(), "{read:?}");
+        write(&outer, &[ingest(5)]);
+        drop((inner, outer));
+        let (_inner, read) = open_at("p/log").expect("inner again");
+        assert_eq!(read, json(&[ingest(0), ingest(1)]));
+        let (_outer, read) = open_at("p").expect("outer again");
+        assert_eq!(read, json(&[ingest(5)]));
+    }
+
+    /// A renewal that timed out but landed changes the lease's version under this server:
+    /// it finds its own name there and goes on, rather than stop writing.
+    #[test]
+    fn a_renewal_that_landed_unanswered_keeps_the_lease() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let (log, _) = open(&store).expect("open");
+        let lock_path = Path::from("p/LOCK");
+        let bytes = runtime.block_on(async { store.get(&lock_path).await.expect("get").bytes().await.expect("bytes") });
+        // The same lease written again: a new version, as an unanswered renewal leaves it.
+        runtime.block_on(store.put(&lock_path, PutPayload::from(bytes))).expect("put");
+        std::thread::sleep(Duration::from_millis(300));
+        write(&log, &[ingest(0)]);
+        assert!(log.failing().is_none());
+    }
+
+    /// A server whose lease another server took writes nothing more: its next push is
+    /// refused, and no segment of it reaches the store.
+    #[test]
+    fn a_server_that_lost_its_lease_writes_nothing() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let slow = ObjectLogOptions { lease: Duration::from_secs(60), renew: Duration::from_secs(30) };
+        let (log, _) = ObjectLog::open(store.clone(), Path::from("p"), "memory://p".into(), slow).expect("open");
+        write(&log, &[ingest(0)]);
+        // Another server took the lease over (as after a pause longer than the lease); this
+        // one believes it holds it for another minute, but renews before each write when
+        // less than a renewal period is left: force that by taking its time away.
+        let other = Lease { holder: "other:1:1".into(), expires_at_ms: now_ms() + 60_000 };
+        let body = serde_json::to_vec(&other).expect("JSON");
+        runtime.block_on(store.put(&Path::from("p/LOCK"), PutPayload::from(body))).expect("put");
+        lock(&log.shared.state).lease_until = Some(Instant::now());
+        let seq = log.append(&ingest(1)).expect("taken");
+        let err = runtime.block_on(log.sync(seq)).expect_err("lost");
+        assert!(matches!(err, StorageError::LeaseLost(_)), "{err}");
+        let segments =
+            runtime.block_on(async { store.list(Some(&Path::from("p/log"))).collect::<Vec<_>>().await.len() });
+        assert_eq!(segments, 1, "only the segment written while it held the lease");
     }
 
     #[test]
