@@ -1540,10 +1540,13 @@ impl Controller {
         let log = lock(&self.inner.seq).log.clone();
         let answered = Self::answer(answer);
         tokio::pin!(answered);
+        // After the first wait, the store's state is looked at every second.
+        let mut wait = crate::storage::SYNC_TIMEOUT;
         loop {
             tokio::select! {
                 result = &mut answered => return result,
-                () = tokio::time::sleep(crate::storage::SYNC_TIMEOUT) => {
+                () = tokio::time::sleep(wait) => {
+                    wait = Duration::from_secs(1);
                     // Still waiting: while the store fails, the client learns it (the push
                     // may yet be stored, and a retry with its key is answered as it is).
                     if let Some(why) = log.as_ref().and_then(|l| l.failing()) {
