@@ -12,7 +12,9 @@
 //!   the direct children of `log/` are segments (a log under a longer prefix is another
 //!   log).
 //! - `LOCK`: the lease of the one server that writes the log, as JSON
-//!   `{"holder": "host:pid:nanos", "expires_at_ms": …}` (Unix ms, the holder's clock),
+//!   `{"holder": "host:pid:nanos", "expires_at_ms": …, "durable": …}` (Unix ms, the holder's
+//!   clock; `durable` the last record it knew written, so that a start finding the log
+//!   ending earlier refuses: its last segments are missing; a lease given back expires at 0),
 //!   renewed every [`RENEW`] with a conditional `PUT` (`If-Match` its last ETag). A server
 //!   that finds a lease not yet expired waits until its expiry and looks again: a renewed
 //!   lease means a live holder (the start is refused); an unchanged one is taken over
@@ -72,6 +74,10 @@ const PREFETCH: usize = 2;
 struct Lease {
     holder: String,
     expires_at_ms: u64,
+    /// The last record its holder knew written (so a start that finds the log ending
+    /// before it knows segments are missing, the last ones included).
+    #[serde(default)]
+    durable: u64,
 }
 
 fn now_ms() -> u64 {
@@ -111,6 +117,8 @@ struct State {
     segments: Vec<Segment>,
     /// The lease's version in the store, as this server last wrote it.
     lease_version: Option<UpdateVersion>,
+    /// The last record the lease's previous holder knew written.
+    known_end: u64,
     /// Until when (this machine's monotonic clock) the lease is surely this server's: the
     /// last successful renewal's sending time plus the lease's length.
     lease_until: Option<Instant>,
@@ -350,11 +358,27 @@ impl ObjectLog {
         let opened = runtime.block_on(async {
             let etag = acquire(&shared).await?;
             let listed = list_segments(&shared).await.and_then(|listed| cover(listed, &shared.location));
+            let known_end = lock(&shared.state).known_end;
+            let listed = listed.and_then(|(segments, covered)| {
+                let end = segments.last().map_or(0, |s| s.last);
+                if end < known_end {
+                    return Err(StorageError::Corrupt {
+                        file: shared.path("log").to_string(),
+                        offset: 0,
+                        why: format!(
+                            "the log's lease says records up to {known_end} were written, but its segments end at \
+                             record {end}: the last segments are missing"
+                        ),
+                    });
+                }
+                Ok((segments, covered))
+            });
             match listed {
                 Ok((segments, covered)) => Ok((etag, segments, covered)),
                 Err(e) => {
-                    // A refused start gives the lease back: the next try need not wait.
-                    let _ = shared.store.delete(&shared.path("LOCK")).await;
+                    // A refused start gives the lease back (keeping the log's end): the next
+                    // try need not wait.
+                    let _ = put_lease_until(&shared, PutMode::Overwrite, 0).await;
                     Err(e)
                 }
             }
@@ -499,8 +523,12 @@ impl ObjectLog {
         let released = std::thread::spawn(move || {
             handle.block_on(async {
                 match read_lease(&shared).await? {
-                    Some((lease, _)) if lease.holder == shared.holder => {
-                        shared.store.delete(&shared.path("LOCK")).await.map_err(|e| shared.io("releasing", e))
+                    Some((lease, version)) if lease.holder == shared.holder => {
+                        // Expired at once, with the log's end kept for the next holder.
+                        put_lease_until(&shared, PutMode::Update(version), 0)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| shared.io("releasing", e))
                     }
                     _ => Ok(()),
                 }
@@ -562,8 +590,20 @@ async fn read_lease(shared: &Shared) -> Result<Option<(Lease, UpdateVersion)>, S
 
 /// Writes our lease with `mode`: its new ETag.
 async fn put_lease(shared: &Shared, mode: PutMode) -> Result<UpdateVersion, object_store::Error> {
-    let lease =
-        Lease { holder: shared.holder.clone(), expires_at_ms: now_ms() + shared.options.lease.as_millis() as u64 };
+    put_lease_until(shared, mode, now_ms() + shared.options.lease.as_millis() as u64).await
+}
+
+/// Writes our lease, expiring at `expires_at_ms` (0: given back), with the log's end.
+async fn put_lease_until(
+    shared: &Shared,
+    mode: PutMode,
+    expires_at_ms: u64,
+) -> Result<UpdateVersion, object_store::Error> {
+    let durable = {
+        let state = lock(&shared.state);
+        state.durable.max(state.known_end)
+    };
+    let lease = Lease { holder: shared.holder.clone(), expires_at_ms, durable };
     let body = serde_json::to_vec(&lease).expect("a lease serializes");
     let put = shared
         .store
@@ -592,6 +632,7 @@ async fn acquire(shared: &Shared) -> Result<(UpdateVersion, Instant), StorageErr
     let Some((lease, version)) = read_lease(shared).await? else {
         return put_lease(shared, PutMode::Create).await.map(|v| (v, sent)).map_err(taken);
     };
+    lock(&shared.state).known_end = lease.durable;
     let now = now_ms();
     if lease.expires_at_ms > now {
         // Held: a live holder renews it before it expires.
@@ -601,7 +642,16 @@ async fn acquire(shared: &Shared) -> Result<(UpdateVersion, Instant), StorageErr
         let sent = Instant::now();
         match read_lease(shared).await? {
             None => return put_lease(shared, PutMode::Create).await.map(|v| (v, sent)).map_err(taken),
-            Some((again, v)) if again != lease || v.e_tag != version.e_tag => return Err(locked(&again)),
+            Some((again, v)) if again != lease || v.e_tag != version.e_tag => {
+                if again.expires_at_ms > now_ms() {
+                    return Err(locked(&again));
+                }
+                // Given back meanwhile (a clean stop): taken over below.
+                lock(&shared.state).known_end = again.durable;
+                tracing::warn!(log = %shared.location, holder = %again.holder, "taking over the lease its holder gave back");
+                let sent = Instant::now();
+                return put_lease(shared, PutMode::Update(v)).await.map(|v| (v, sent)).map_err(taken);
+            }
             Some(_) => {}
         }
     }
@@ -1071,6 +1121,29 @@ mod tests {
         }
     }
 
+    /// The last segment deleted whole: the lease remembers where the log ended, so the start
+    /// is refused (again on the next try), not made without the last pushes.
+    #[test]
+    fn missing_last_segments_refuse_the_start() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let store = Arc::new(InMemory::new());
+        let (log, _) = open(&store).expect("open");
+        for n in 0..3 {
+            write(&log, &[ingest(n)]);
+        }
+        // A renewal carries the end to the lease.
+        std::thread::sleep(Duration::from_millis(200));
+        log.release();
+        drop(log);
+        runtime
+            .block_on(store.delete(&Path::from("p/log/00000000000000000003-00000000000000000003.seg")))
+            .expect("delete");
+        for _ in 0..2 {
+            let err = open(&store).expect_err("refused");
+            assert!(err.to_string().contains("records up to 3 were written"), "{err}");
+        }
+    }
+
     /// Only the direct children of `PREFIX/log/` are the log: a log under a longer prefix
     /// (`PREFIX/log` as a prefix of its own) is another log, neither replayed nor deleted.
     #[test]
@@ -1123,7 +1196,7 @@ mod tests {
         // Another server took the lease over (as after a pause longer than the lease); this
         // one believes it holds it for another minute, but renews before each write when
         // less than a renewal period is left: force that by taking its time away.
-        let other = Lease { holder: "other:1:1".into(), expires_at_ms: now_ms() + 60_000 };
+        let other = Lease { holder: "other:1:1".into(), expires_at_ms: now_ms() + 60_000, durable: 1 };
         let body = serde_json::to_vec(&other).expect("JSON");
         runtime.block_on(store.put(&Path::from("p/LOCK"), PutPayload::from(body))).expect("put");
         lock(&log.shared.state).lease_until = Some(Instant::now());
