@@ -447,17 +447,9 @@ async fn signal() {
     let _ = interrupt.await;
 }
 
+/// `--interval`: a duration as `humantime` reads it (`500ms`, `1s`, `2m`, `1m 30s`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let v: f64 = num.parse().map_err(|_| format!("bad duration `{s}` (use e.g. 500ms, 1s)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" | "" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("bad duration unit in `{s}` (ms, s, m)")),
-    };
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("bad duration `{s}`: must be between 0 and about 584 billion years"))
+    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration `{s}`: {e} (use e.g. 500ms, 1s, 2m)"))
 }
 
 impl ClusterArgs {

@@ -1069,37 +1069,31 @@ fn split_array(b: &[u8]) -> Vec<Piece> {
 pub(crate) mod tests {
     use super::*;
     use std::io::Write;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A fresh empty directory under the system temp dir, removed on drop.
-    pub(crate) struct TempDir(pub PathBuf);
+    /// A fresh empty directory under the system temp dir (`tempfile`), removed on drop, with
+    /// the helpers the tests write files through.
+    pub(crate) struct TempDir(tempfile::TempDir);
 
     impl TempDir {
         pub(crate) fn new(tag: &str) -> TempDir {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("amx-connectors-{tag}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("create temp dir");
-            TempDir(dir)
+            TempDir(
+                tempfile::Builder::new().prefix(&format!("amx-connectors-{tag}-")).tempdir().expect("create temp dir"),
+            )
+        }
+        pub(crate) fn path(&self) -> &std::path::Path {
+            self.0.path()
         }
         pub(crate) fn write(&self, name: &str, text: &str) -> String {
-            let p = self.0.join(name);
+            let p = self.path().join(name);
             fs::write(&p, text).expect("write temp file");
             p.display().to_string()
         }
         pub(crate) fn append(&self, name: &str, text: &str) {
-            let mut f = fs::OpenOptions::new().append(true).open(self.0.join(name)).expect("open");
+            let mut f = fs::OpenOptions::new().append(true).open(self.path().join(name)).expect("open");
             f.write_all(text.as_bytes()).expect("append");
         }
         pub(crate) fn glob(&self, pattern: &str) -> String {
-            self.0.join(pattern).display().to_string()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+            self.path().join(pattern).display().to_string()
         }
     }
 
@@ -1375,7 +1369,7 @@ pub(crate) mod tests {
         assert_eq!(poll(&mut r, false).len(), 2);
         // Deleted and re-created (log rotation) with more content than was read: all of it,
         // from line 1, and no made-up records.
-        fs::remove_file(d.0.join("r.jsonl")).expect("rm");
+        fs::remove_file(d.path().join("r.jsonl")).expect("rm");
         let new = "{\"t\":\"p\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"q\",\"n\":\"xxxxxxxxxx\"}\n{\"t\":\"r\",\"n\":\"xxxxxxxxxx\"}\n";
         d.write("r.jsonl", new);
         let lines: Vec<_> = new.lines().enumerate().map(|(i, l)| rec(format!("{f}:{}", i + 1), l)).collect();
@@ -1384,12 +1378,12 @@ pub(crate) mod tests {
         // Rewritten in place (same inode), longer than before, with another start.
         let again = "{\"t\":\"s\"}\n{\"t\":\"u\",\"n\":\"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"}\n{\"t\":\"v\"}\n{\"t\":\"w\"}\n";
         assert!(again.len() > new.len());
-        fs::write(d.0.join("r.jsonl"), again).expect("rewrite");
+        fs::write(d.path().join("r.jsonl"), again).expect("rewrite");
         let lines: Vec<_> = again.lines().enumerate().map(|(i, l)| rec(format!("{f}:{}", i + 1), l)).collect();
         assert_eq!(poll(&mut r, false), lines);
         // Renamed over (a new inode), even with the same start: a new file.
         let tmp = d.write("next.tmp", "{\"t\":\"s\"}\n");
-        fs::rename(&tmp, d.0.join("r.jsonl")).expect("rename");
+        fs::rename(&tmp, d.path().join("r.jsonl")).expect("rename");
         assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"t\":\"s\"}")]);
         // Appending still tails.
         d.append("r.jsonl", "{\"t\":\"z\"}\n");
@@ -1404,12 +1398,12 @@ pub(crate) mod tests {
         assert_eq!(poll(&mut r, false).len(), 2);
         // Date-named rotation: the file moves to app-1.jsonl (same inode) and a new app.jsonl
         // starts. Only the new file's line is new.
-        fs::rename(d.0.join("app.jsonl"), d.0.join("app-1.jsonl")).expect("rename");
+        fs::rename(d.path().join("app.jsonl"), d.path().join("app-1.jsonl")).expect("rename");
         d.write("app.jsonl", "{\"t\":\"b1\"}\n");
         assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"t\":\"b1\"}")]);
         // Lines appended to the rotated file later are still tailed, under its new name.
         d.append("app-1.jsonl", "{\"t\":\"a3\"}\n");
-        let moved = d.0.join("app-1.jsonl").display().to_string();
+        let moved = d.path().join("app-1.jsonl").display().to_string();
         assert_eq!(poll(&mut r, false), vec![rec(format!("{moved}:3"), "{\"t\":\"a3\"}")]);
     }
 
@@ -1445,7 +1439,7 @@ pub(crate) mod tests {
         ) {
             const LIMIT: u64 = 60;
             let d = TempDir::new("prop");
-            let path = d.0.join("f.jsonl");
+            let path = d.path().join("f.jsonl");
             let name = path.display().to_string();
             let mut r = FileReader::new(&name).expect("glob");
             r.set_max_poll_bytes(piece);
@@ -1559,7 +1553,7 @@ pub(crate) mod tests {
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
         assert_eq!(poll(&mut r, false), vec![rec(format!("{f}:1"), "{\"a\":1}"), rec(format!("{g}:1"), "{\"b\":1}")]);
         // Deleted before its second line was ended: that line is reported, once.
-        fs::remove_file(d.0.join("a.jsonl")).expect("rm");
+        fs::remove_file(d.path().join("a.jsonl")).expect("rm");
         let lost = "an unfinished last line of 5 bytes (no newline yet) was lost: its file was deleted or renamed \
                     away before the line was ended";
         assert_eq!(poll_err(&mut r, false), vec![(format!("{f}:2"), "{\"a\":".to_owned(), Some(lost.to_owned()))]);
@@ -1569,7 +1563,7 @@ pub(crate) mod tests {
         // reading goes on from the new bytes.
         d.append("b.jsonl", "{\"b\":");
         assert_eq!(poll(&mut r, false), vec![]);
-        fs::write(d.0.join("b.jsonl"), "{\"b\":1}\n{\"c\":3}\n").expect("rewrite");
+        fs::write(d.path().join("b.jsonl"), "{\"b\":1}\n{\"c\":3}\n").expect("rewrite");
         let rewritten = "an unfinished last line of 5 bytes (no newline yet) was lost: its file was replaced, truncated \
                          or rewritten before the line was ended";
         assert_eq!(
@@ -1590,7 +1584,7 @@ pub(crate) mod tests {
         let _ = poll(&mut other, false);
         d.append("b.jsonl", "{\"e\":");
         let _ = poll(&mut other, false);
-        fs::remove_file(d.0.join("b.jsonl")).expect("rm");
+        fs::remove_file(d.path().join("b.jsonl")).expect("rm");
         assert_eq!(poll_err(&mut other, false), vec![]);
     }
 
@@ -1598,7 +1592,7 @@ pub(crate) mod tests {
     fn bad_glob_and_unreadable() {
         assert!(matches!(FileReader::new("a/[b"), Err(ConfigError::BadGlob { .. })));
         let d = TempDir::new("dir");
-        fs::create_dir_all(d.0.join("sub.jsonl")).expect("mkdir");
+        fs::create_dir_all(d.path().join("sub.jsonl")).expect("mkdir");
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
         // A directory matching the glob is skipped.
         assert_eq!(poll(&mut r, true), vec![]);
@@ -1741,7 +1735,7 @@ pub(crate) mod tests {
     fn non_regular_files_fail_the_poll() {
         let d = TempDir::new("nonregular");
         d.write("a.jsonl", "{\"a\":1}\n");
-        let sock = d.0.join("s.jsonl");
+        let sock = d.path().join("s.jsonl");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
         let mut out = Vec::new();
@@ -1749,7 +1743,7 @@ pub(crate) mod tests {
         let expected = format!("{}: not a regular file (a socket); only regular files can be read", sock.display());
         assert_eq!(e, Some((io::ErrorKind::InvalidInput, expected)));
         assert!(out.is_empty());
-        assert_eq!(r.paths(), vec![d.0.join("a.jsonl")]);
+        assert_eq!(r.paths(), vec![d.path().join("a.jsonl")]);
         // A character device.
         let mut r = FileReader::new("/dev/null").expect("glob");
         let e = r.poll(false, &mut out).err().map(|e| e.to_string());
@@ -1758,7 +1752,7 @@ pub(crate) mod tests {
             Some("/dev/null: not a regular file (a character device); only regular files can be read")
         );
         // A FIFO (reading it would block until a writer opens it), where mkfifo exists.
-        let fifo = d.0.join("f.fifo");
+        let fifo = d.path().join("f.fifo");
         if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
             let mut r = FileReader::new(&d.glob("*.fifo")).expect("glob");
             let e = r.poll(false, &mut out).err().map(|e| e.to_string());
@@ -1800,7 +1794,7 @@ pub(crate) mod tests {
     #[test]
     fn invalid_utf8_is_a_record_error() {
         let d = TempDir::new("utf8");
-        let p = d.0.join("a.jsonl");
+        let p = d.path().join("a.jsonl");
         // Line 1: `{"a":"x` is bytes 0..7, the invalid byte 0xFF is byte 7.
         fs::write(&p, b"{\"a\":\"x\xFFy\"}\n{\"a\":1}\n").expect("write");
         let a = p.display().to_string();
@@ -1813,7 +1807,7 @@ pub(crate) mod tests {
             ]
         );
         // An array element: `"` then 0xC3 without continuation byte, at byte 1 of the element.
-        let p = d.0.join("b.json");
+        let p = d.path().join("b.json");
         fs::write(&p, b"[1, \"\xC3(\"]").expect("write");
         let b = p.display().to_string();
         let mut r = FileReader::new(&b).expect("glob");
@@ -1825,7 +1819,7 @@ pub(crate) mod tests {
             ]
         );
         // A whole document: `{`, `\n`, `"a"`, `:`, ` `, `"` are bytes 0..8; 0xFF is byte 8.
-        let p = d.0.join("c.json");
+        let p = d.path().join("c.json");
         fs::write(&p, b"{\n\"a\": \"\xFF\"\n}").expect("write");
         let c = p.display().to_string();
         let mut r = FileReader::new(&c).expect("glob");
