@@ -434,7 +434,9 @@ impl ObjectLog {
                     tokio::spawn(compact(io.clone(), covered));
                     tokio::spawn(flush(io));
                     let _ = stopped.await;
-                })
+                });
+                // Bounded: a replay reader that stopped reading holds the prefetch's send.
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| StorageError::Io("starting the object store's I/O thread".into(), e))?;
         let records = ObjectRecords { segments: rx, current: VecDeque::new(), done: false };
