@@ -19,10 +19,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amx_benches::arg;
+use amx_benches::{arg, count, peak_rss_mib, percentile, rss_mib};
 use amx_cluster::job::Job;
 use amx_cluster::storage::{DurableLog, LogRecords};
-use amx_cluster::{ClusterConfig, Controller, SqlAnswer};
+use amx_cluster::{ClusterConfig, Controller};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -46,39 +46,9 @@ event_time = { pointer = "/t", unit = "s" }
 by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
 "#;
 
-/// Resident memory of this process in MiB: now (`VmRSS`) and at its peak (`VmHWM`).
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// Resets the peak resident memory to the current one (Linux: `5` to `/proc/self/clear_refs`).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-async fn count(controller: &Controller) -> anyhow::Result<i64> {
-    match controller.execute_sql("SELECT count(*) AS n FROM by_id").await? {
-        SqlAnswer::Rows { batches, .. } => {
-            let column = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().cloned();
-            Ok(column.map_or(0, |c| c.value(0)))
-        }
-        _ => Ok(0),
-    }
 }
 
 /// Where a run keeps its log.
@@ -185,7 +155,7 @@ fn bench() -> anyhow::Result<()> {
             for task in tasks {
                 all.extend(task.await??);
             }
-            while count(&controller).await? < events {
+            while count(&controller, "by_id").await? < events {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok::<_, anyhow::Error>(all)
@@ -202,7 +172,7 @@ fn bench() -> anyhow::Result<()> {
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        let (live, _) = rss_mib();
+        let live = rss_mib();
         println!(
             "{}: {rate:.0} events/s{ratio}; acknowledgement p50 {:.1} ms, p99 {:.1} ms{bytes}; RSS {live:.0} MiB",
             log.name(),
@@ -218,12 +188,12 @@ fn bench() -> anyhow::Result<()> {
         let started = Instant::now();
         let (controller, durable) = start(&runtime, workers, log)?;
         runtime.block_on(async {
-            while count(&controller).await? < events {
+            while count(&controller, "by_id").await? < events {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok::<_, anyhow::Error>(())
         })?;
-        let (now, peak) = rss_mib();
+        let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
         println!(
             "{}: restart to serving {events} events: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
             log.name(),

@@ -1,4 +1,38 @@
-//! Helpers shared by the benchmark binaries (`amx-bench`, `amx-view-bench`).
+//! Helpers shared by the benchmark binaries (`amx-bench`, `amx-view-bench`,
+//! `amx-serve-bench`, `amx-durable-bench`).
+
+/// Resident set size of this process now, in MiB (Linux `/proc/self/status` `VmRSS`); 0
+/// where that file is not available.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The `p`-quantile (0..=1) of `sorted` by the nearest rank; NaN when it is empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `SELECT count(*) FROM view` through the controller (0 for an answer without rows).
+///
+/// # Errors
+/// The query's.
+pub async fn count(controller: &amx_cluster::Controller, view: &str) -> anyhow::Result<i64> {
+    match controller.execute_sql(&format!("SELECT count(*) AS n FROM {view}")).await? {
+        amx_cluster::SqlAnswer::Rows { batches, .. } => {
+            let column = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().cloned();
+            Ok(column.map_or(0, |c| c.value(0)))
+        }
+        _ => Ok(0),
+    }
+}
 
 /// Peak resident set size of this process in MiB (Linux `/proc/self/status` `VmHWM`); None
 /// where that file is not available.

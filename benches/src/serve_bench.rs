@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use amx_benches::arg;
+use amx_benches::{arg, count, percentile, rss_mib};
 use amx_cluster::job::Job;
 use amx_cluster::{ClusterConfig, Controller, SqlAnswer, SubscribeEvent};
 use amx_dataflows::row::Datum;
@@ -48,35 +48,8 @@ event_time = { pointer = "/t", unit = "s" }
 by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
 "#;
 
-/// Resident memory of this process in MiB (`VmRSS`).
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn line(id: &str, i: usize) -> String {
     format!(r#"{{"c":"c{}","id":"{id}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-async fn count(controller: &Controller, view: &str) -> anyhow::Result<i64> {
-    match controller.execute_sql(&format!("SELECT count(*) AS n FROM {view}")).await? {
-        SqlAnswer::Rows { batches, .. } => {
-            let column = batches[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().cloned();
-            Ok(column.map_or(0, |c| c.value(0)))
-        }
-        _ => Ok(0),
-    }
 }
 
 fn main() {

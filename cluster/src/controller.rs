@@ -1537,7 +1537,6 @@ impl Controller {
         // Outside the sequencer's lock: a scan of the whole body.
         let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
         let answer = self.submit_ingest(job, source, body, oversized, key.map(str::to_owned), true)?;
-        let log = lock(&self.inner.seq).log.clone();
         let answered = Self::answer(answer);
         tokio::pin!(answered);
         // After the first wait, the store's state is looked at every second.
@@ -1549,6 +1548,7 @@ impl Controller {
                     wait = Duration::from_secs(1);
                     // Still waiting: while the store fails, the client learns it (the push
                     // may yet be stored, and a retry with its key is answered as it is).
+                    let log = lock(&self.inner.seq).log.clone();
                     if let Some(why) = log.as_ref().and_then(|l| l.failing()) {
                         return Err(ClusterError::Storage(format!(
                             "not acknowledged: the log's store is failing ({why}); the push is applied and acknowledged \

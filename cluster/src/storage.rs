@@ -733,6 +733,15 @@ mod tests {
         }
     }
 
+    /// A log in `dir` of three records: them, the log's path and its bytes.
+    fn three_records(dir: &Path) -> (Vec<LogRecord>, PathBuf, Vec<u8>) {
+        let records: Vec<LogRecord> = (0..3).map(ingest).collect();
+        append_all(dir, &records);
+        let path = dir.join("log");
+        let whole = std::fs::read(&path).expect("read");
+        (records, path, whole)
+    }
+
     #[test]
     fn records_come_back_in_order_after_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -756,10 +765,7 @@ mod tests {
     #[test]
     fn an_interrupted_last_record_is_cut_off() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let records: Vec<LogRecord> = (0..3).map(ingest).collect();
-        append_all(dir.path(), &records);
-        let path = dir.path().join("log");
-        let whole = std::fs::read(&path).expect("read");
+        let (records, path, whole) = three_records(dir.path());
         let last = {
             // Where the third record starts.
             let mut at = HEADER.len();
@@ -809,10 +815,7 @@ mod tests {
     #[test]
     fn damaged_lengths_are_refused_and_zero_tails_cut() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let records: Vec<LogRecord> = (0..3).map(ingest).collect();
-        append_all(dir.path(), &records);
-        let path = dir.path().join("log");
-        let whole = std::fs::read(&path).expect("read");
+        let (records, path, whole) = three_records(dir.path());
         for length in [u32::MAX - 15, 1 << 20] {
             let mut bytes = whole.clone();
             bytes[HEADER.len()..HEADER.len() + 4].copy_from_slice(&length.to_le_bytes());

@@ -221,7 +221,11 @@ impl ServeConfig {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("AIMATRIX__").split("__")).merge(Serialized::defaults(flags));
-        figment.extract().map_err(Box::new)
+        let mut config: ServeConfig = figment.extract().map_err(Box::new)?;
+        // "" is unset, as the file's documentation says (not the working directory).
+        config.storage.data_dir = config.storage.data_dir.filter(|d| !d.as_os_str().is_empty());
+        config.storage.url = config.storage.url.filter(|u| !u.trim().is_empty());
+        Ok(config)
     }
 
     /// The request guard of `[http]` ([`crate::guard`]).
@@ -290,5 +294,22 @@ fn listen_host(listen: &str) -> &str {
     match listen.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => listen,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `""` for a storage key means unset (as the file's documentation says), not a log in
+    /// the working directory.
+    #[test]
+    fn empty_storage_keys_are_unset() {
+        let flags = serde_json::json!({ "storage": { "data_dir": "", "url": " " } });
+        let config = ServeConfig::load(None, flags).expect("loads");
+        assert_eq!((config.storage.data_dir, config.storage.url), (None, None));
+        let flags = serde_json::json!({ "storage": { "data_dir": "/var/lib/aimatrix" } });
+        let config = ServeConfig::load(None, flags).expect("loads");
+        assert_eq!(config.storage.data_dir, Some(std::path::PathBuf::from("/var/lib/aimatrix")));
     }
 }
