@@ -3,6 +3,10 @@
 //! the order the controller applied them. A restart replays it, so jobs, views and pushed
 //! records survive a crash or a restart.
 //!
+//! Two places hold it, behind [`DurableLog`]: a local directory ([`FileLog`], described
+//! below) and an object store (`--data-url s3://bucket/prefix`: [`ObjectLog`], with the same
+//! framing in immutable segments; see its module).
+//!
 //! # Files
 //! `DIR/LOCK` is locked (`flock`, exclusive) by the one server that writes `DIR`; a second one
 //! refuses to start. `DIR/log` is the log: a header line `aimatrix-log 1\n` (the format
