@@ -191,8 +191,9 @@ pub enum SubscribeEvent {
     },
 }
 
-/// A command on its way to worker 0, with an acknowledgement sent once it is sequenced.
-pub(crate) type Envelope = (String, Option<oneshot::Sender<u64>>);
+/// A command on its way to worker 0: its JSON text, and the one worker it is for (`None`:
+/// every worker).
+pub(crate) type Envelope = (String, Option<usize>);
 
 /// A peek waiting for every worker's share.
 struct PeekWait {
@@ -320,7 +321,7 @@ impl SubscriptionMerge {
     }
 }
 
-/// A command waiting for every worker to apply it.
+/// A command waiting for the workers it went to (every worker, or one for a push) to apply it.
 #[derive(Default)]
 struct ApplyWait {
     /// Workers yet to answer.
@@ -596,9 +597,15 @@ impl Sequencer {
         }
     }
 
+    /// Sends a command to every worker.
     fn send(&self, command: &Command) -> Result<(), ClusterError> {
+        self.send_to(command, None)
+    }
+
+    /// Sends a command to worker `to` only (`None`: to every worker).
+    fn send_to(&self, command: &Command, to: Option<usize>) -> Result<(), ClusterError> {
         let text = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-        self.tx.send((text, None)).map_err(|_| ClusterError::Stopped)?;
+        self.tx.send((text, to)).map_err(|_| ClusterError::Stopped)?;
         if let Some(worker0) = lock(&self.shared.worker0).as_ref() {
             worker0.unpark();
         }
@@ -611,6 +618,15 @@ impl Sequencer {
             self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect();
         plan(&schemas, views)
     }
+}
+
+/// The worker (global index, below `peers`) that decodes push `id` to source `source`: a
+/// hash of both, so that the pushes to one source spread over every worker.
+fn push_worker(source: &str, id: u64, peers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (source, id).hash(&mut hasher);
+    (hasher.finish() % peers.max(1) as u64) as usize
 }
 
 /// Plans `views` against the collections `schemas` (each view may read the earlier ones):
@@ -772,7 +788,8 @@ impl Subscription {
         }
         // The worker whose snapshot part this is may read its next one.
         if let Some(worker) = credit {
-            let _ = lock(&self.controller.inner.seq).send(&Command::SubscribeCredit { id: self.id, worker });
+            let credit = Command::SubscribeCredit { id: self.id, worker };
+            let _ = lock(&self.controller.inner.seq).send_to(&credit, Some(worker));
         }
         Some(event)
     }
@@ -1223,9 +1240,14 @@ impl Controller {
     /// [`Response::Applied`] or [`Response::Ingested`] for it (with the latest of their
     /// frontiers).
     fn wait_for_workers(&self) -> (u64, oneshot::Receiver<Applied>) {
+        self.wait_for(self.peers())
+    }
+
+    /// A wait id and the reply that comes once `workers` workers have answered for it.
+    fn wait_for(&self, workers: usize) -> (u64, oneshot::Receiver<Applied>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, applied) = oneshot::channel();
-        let wait = ApplyWait { left: self.peers(), reply: Some(reply), ..Default::default() };
+        let wait = ApplyWait { left: workers, reply: Some(reply), ..Default::default() };
         lock(&self.inner.shared.ingests).insert(id, wait);
         (id, applied)
     }
@@ -1505,9 +1527,10 @@ impl Controller {
     }
 
     /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a
-    /// record; the body goes to every worker, which decodes its share (record `i` on worker
-    /// `i mod peers`) and answers with its rejects (line and reason); returns once every worker has put its share into its input and every collection has
-    /// passed their time (read your writes; at most 10 s), with the time in the report.
+    /// record; the body goes to one worker (chosen by a hash of the source and the push), which
+    /// decodes it and answers with its rejects (line and reason); returns once that worker has
+    /// put its records into its input and every collection has passed their time (read your
+    /// writes; at most 10 s), with the time in the report.
     ///
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::UnknownSource`] when the job has no push
@@ -1620,8 +1643,11 @@ impl Controller {
             body: body.clone(),
             oversized: oversized.clone(),
         })?;
-        let (id, applied) = self.wait_for_workers();
-        seq.send(&Command::Ingest { id, source: source.to_owned(), body, oversized })?;
+        // One worker decodes the whole push, chosen by a hash of the source and the push, so
+        // that concurrent pushes spread over the workers and no body is copied to all of them.
+        let (id, applied) = self.wait_for(1);
+        let worker = push_worker(source, id, self.peers());
+        seq.send_to(&Command::Ingest { id, source: source.to_owned(), body, oversized }, Some(worker))?;
         let (reply, answer) = tokio::sync::watch::channel(None);
         if let Some(key) = &key {
             let keys = seq.keys.entry(window.clone()).or_default();

@@ -1,9 +1,9 @@
 //! The compute protocol: what the controller tells every worker, and what workers answer.
 //!
 //! Commands enter at process 0 and are sequenced by worker 0, which gives command `n` the
-//! timestamp `n` in a timely dataflow that broadcasts it to every worker of every process; a
-//! worker applies the commands whose timestamps the broadcast's frontier has passed, in
-//! timestamp order. So every worker builds the same dataflows, in the same order, from the same
+//! timestamp `n` in a timely dataflow that broadcasts it to every worker of every process (or
+//! routes it to the one worker it is for: a push, a subscription's credit); a worker applies
+//! the commands whose timestamps the dataflow's frontier has passed, in timestamp order. So every worker builds the same dataflows, in the same order, from the same
 //! bytes (a command travels as its JSON text), as Materialize's compute protocol does
 //! (`src/compute/src/command_channel.rs`). Responses go the other way: every worker sends its
 //! share to worker 0 through a second stream of the same dataflow, and worker 0 hands them to
@@ -117,12 +117,13 @@ pub enum Command {
         wait: u64,
     },
     /// Records pushed to a push source, as the request body: JSON lines (empty ones are no
-    /// records but keep the numbering). The `i`-th record goes to worker `i mod peers`, which
-    /// decodes it with the source's decoder (an ingest error becomes an
-    /// [`amx_dataflows::event::Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`), so the
-    /// workers decode a push in parallel.
+    /// records but keep the numbering). Sent to one worker only (the controller spreads a
+    /// source's pushes over the workers by a hash of the source and the wait id), which decodes
+    /// every record with the source's decoder (an ingest error becomes an
+    /// [`amx_dataflows::event::Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`); the
+    /// agent state's exchange then moves each row to the worker that arranges it.
     Ingest {
-        /// Wait id (each worker answers [`Response::Ingested`] once its records are in its
+        /// Wait id (the worker answers [`Response::Ingested`] once the records are in its
         /// input).
         id: u64,
         /// The source's name.
@@ -167,7 +168,7 @@ pub enum Command {
         as_of: Time,
     },
     /// Worker `worker` may send one more part of subscription `id`'s snapshot: the subscriber
-    /// has taken one.
+    /// has taken one. Sent to that worker only.
     SubscribeCredit {
         /// Subscription id.
         id: u64,

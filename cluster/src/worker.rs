@@ -38,7 +38,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::progress::Antichain;
 
@@ -50,6 +50,10 @@ use crate::protocol::{
 
 /// A collection's arrangement: its rows as keys, sharded over the workers by hash.
 pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
+
+/// Worker 0's input of the control dataflow: `(sequence number, the worker it is for (`None`:
+/// every worker), the command's JSON text)`, at time = sequence number.
+type CommandInput = InputSession<u64, (u64, Option<usize>, String), Diff>;
 
 /// Who made an arrangement (and drops it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,12 +322,20 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     let deliver = shared.clone();
     let sink = received.clone();
     let (cmd_in, mut resp_in, cmd_probe) = worker.dataflow_named::<u64, _, _>("control", move |scope| {
-        let (cmd_in, commands) = scope.new_collection::<(u64, String), Diff>();
+        let (cmd_in, commands) = scope.new_collection::<(u64, Option<usize>, String), Diff>();
         let probe = ProbeHandle::new();
+        // A copy for every worker, or for the one it is for.
         commands
             .inner
-            .broadcast()
-            .inspect(move |((seq, text), _time, diff)| {
+            .flat_map(move |((seq, to, text), time, diff)| {
+                let workers = match to {
+                    Some(w) => w..w + 1,
+                    None => 0..peers,
+                };
+                workers.map(move |w| (w, seq, text.clone(), time, diff))
+            })
+            .exchange(|(w, ..)| *w as u64)
+            .inspect(move |(_, seq, text, _time, diff)| {
                 if *diff > 0 {
                     sink.borrow_mut().push((*seq, text.clone()));
                 }
@@ -338,7 +350,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         (cmd_in, resp_in, probe)
     });
     // Only worker 0 sequences commands; the others close their command input at once.
-    let mut cmd_in: Option<InputSession<u64, (u64, String), Diff>> = (index == 0).then_some(cmd_in);
+    let mut cmd_in: Option<CommandInput> = (index == 0).then_some(cmd_in);
     let commands = if index == 0 { shared.as_ref().and_then(|s| s.take_command_receiver()) } else { None };
     let mut next_seq: u64 = 0;
 
@@ -595,7 +607,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
                             .lines()
                             .enumerate()
                             .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)));
-                        for (line, text) in records.skip(index).step_by(peers) {
+                        for (line, text) in records {
                             let line = line as u64 + 1;
                             let location = format!("POST /v1/ingest/{}/{source}:{line}", push.job);
                             let limit = options.max_record_bytes.max(1);
@@ -904,16 +916,13 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
 /// control dataflow at time `n` (other workers have neither).
 fn sequence(
     commands: Option<&std::sync::mpsc::Receiver<crate::controller::Envelope>>,
-    input: Option<&mut InputSession<u64, (u64, String), Diff>>,
+    input: Option<&mut CommandInput>,
     next_seq: &mut u64,
 ) {
     let (Some(rx), Some(input)) = (commands, input) else { return };
     let mut any = false;
-    while let Ok((text, ack)) = rx.try_recv() {
-        input.update((*next_seq, text), 1);
-        if let Some(ack) = ack {
-            let _ = ack.send(*next_seq);
-        }
+    while let Ok((text, to)) = rx.try_recv() {
+        input.update((*next_seq, to, text), 1);
         *next_seq += 1;
         input.advance_to(*next_seq);
         any = true;
