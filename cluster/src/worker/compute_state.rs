@@ -1,0 +1,571 @@
+//! One worker's state between commands, and what it does with each (as Materialize's
+//! `src/compute/src/compute_state.rs`: one `handle_*` per [`Command`]), and with each round of
+//! the worker loop (`step_*`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amx_dataflows::event::Event;
+use amx_dataflows::render::Inputs;
+use amx_dataflows::row::{Datum, Row};
+use amx_dataflows::{Diff, Time};
+use differential_dataflow::input::InputSession;
+use differential_dataflow::trace::TraceReader;
+use timely::dataflow::ProbeHandle;
+use timely::progress::Antichain;
+
+use super::reads::{read_at, snapshot_part, subscribe, upper_of};
+use super::sources::{FileSource, PushSource, SourceCounts};
+use super::{Collection, IDLE_TICK, Owner, WorkerOptions, install_views, respond};
+use crate::controller::Shared;
+use crate::job::SourceConfig;
+use crate::protocol::{Command, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
+
+/// The engine clock: milliseconds since the Unix epoch.
+fn now_ms() -> Time {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
+}
+
+/// The next epoch's timestamp: the wall clock in ms, and always later than `epoch`.
+pub(super) fn next_epoch(epoch: Time) -> Time {
+    (epoch + 1).max(now_ms())
+}
+
+/// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
+/// sources this worker has not yet found at their end since.
+struct CatchUp {
+    job: JobId,
+    wait: u64,
+    sources: Vec<String>,
+}
+
+/// A job on one worker.
+struct JobState {
+    /// The dataflow of its views, if it has any.
+    dataflow: Option<usize>,
+    /// A `retractable` job: every event this worker has fed from its sources (+1 each), to
+    /// retract when it is dropped with `retract`.
+    ingested: Option<Vec<Event>>,
+}
+
+/// A subscription on one worker.
+struct Subscription {
+    /// The collection.
+    collection: String,
+    /// The snapshot's time: changes at later times are forwarded.
+    as_of: Time,
+    /// The part of the snapshot still to be read, while there is one.
+    snapshot: Option<SnapshotRead>,
+    /// The dataflow that copies the changes after `as_of` into `buffer`.
+    dataflow: usize,
+    buffer: Rc<RefCell<Vec<(Row, Time, Diff)>>>,
+    probe: ProbeHandle<Time>,
+    last_upper: Option<Time>,
+}
+
+/// Where a worker is in reading its share of a subscription's snapshot.
+struct SnapshotRead {
+    /// The last row sent (the next part starts after it).
+    after: Option<Row>,
+    /// Parts it may send before the subscriber has taken more.
+    credit: usize,
+}
+
+/// A peek waiting for the arrangements to pass its time.
+struct PendingPeek {
+    id: u64,
+    collection: String,
+    as_of: Time,
+    projection: Option<Vec<usize>>,
+    filter: Vec<(usize, Datum)>,
+    limit: Option<usize>,
+}
+
+/// Everything one worker keeps between commands: the agent state's inputs, the catalog of
+/// arrangements, the jobs with their sources and dataflows, the pending peeks and the
+/// subscriptions, and the input time.
+pub(super) struct ComputeState {
+    /// This worker's index, and the number of workers (of every process).
+    index: usize,
+    peers: usize,
+    options: WorkerOptions,
+    /// The controller's side (worker 0 of process 0 only).
+    shared: Option<Arc<Shared>>,
+    /// Responses, to worker 0 and from there to the controller.
+    resp_in: InputSession<u64, Response, Diff>,
+    /// The agent state's inputs.
+    inputs: Inputs,
+    /// Passed by the agent state's arrangements: how far they have caught up with `inputs`.
+    agent_probe: ProbeHandle<Time>,
+    /// The readable collections.
+    catalog: BTreeMap<String, Collection>,
+    files: Vec<FileSource>,
+    pushes: HashMap<String, PushSource>,
+    jobs: HashMap<JobId, JobState>,
+    subscriptions: HashMap<u64, Subscription>,
+    peeks: Vec<PendingPeek>,
+    catch_ups: Vec<CatchUp>,
+    /// Per source: (records, decoded rows, errors, declared) since the last epoch.
+    pending_stats: HashMap<String, SourceCounts>,
+    /// Per source: what this worker has added to `aimatrix_source_stats` (retracted when the
+    /// source's job is cancelled, so a later source of the same name starts from zero).
+    stat_totals: HashMap<String, SourceCounts>,
+    /// The compaction frontier the controller allows.
+    since: Time,
+    /// The compaction frontier the arrangements have (`since`, held back by pending reads).
+    compacted: Time,
+    /// Events of jobs dropped with `retract`, set aside until their `RetractJob`; while any
+    /// are, this worker's input time holds (so the controller's retraction time is ahead).
+    retracting: HashMap<JobId, Vec<Event>>,
+    /// The input time.
+    epoch: Time,
+    /// A command changed the inputs this round (a retraction): time moves on at once.
+    changed: bool,
+    last_advance: Instant,
+    last_publish: Instant,
+}
+
+impl ComputeState {
+    /// A worker's state once its agent state is rendered: `catalog` holds the agent state's
+    /// arrangements, `inputs` its inputs (advanced to the first epoch here).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        index: usize,
+        peers: usize,
+        options: WorkerOptions,
+        shared: Option<Arc<Shared>>,
+        resp_in: InputSession<u64, Response, Diff>,
+        mut inputs: Inputs,
+        agent_probe: ProbeHandle<Time>,
+        catalog: BTreeMap<String, Collection>,
+    ) -> ComputeState {
+        let epoch = next_epoch(0);
+        inputs.advance_to(epoch);
+        ComputeState {
+            index,
+            peers,
+            options,
+            shared,
+            resp_in,
+            inputs,
+            agent_probe,
+            catalog,
+            files: Vec::new(),
+            pushes: HashMap::new(),
+            jobs: HashMap::new(),
+            subscriptions: HashMap::new(),
+            peeks: Vec::new(),
+            catch_ups: Vec::new(),
+            pending_stats: HashMap::new(),
+            stat_totals: HashMap::new(),
+            since: 0,
+            compacted: 0,
+            retracting: HashMap::new(),
+            epoch,
+            changed: false,
+            last_advance: Instant::now(),
+            last_publish: Instant::now() - Duration::from_secs(1),
+        }
+    }
+
+    /// Sends a response (see [`respond`]).
+    fn respond(&mut self, response: Response) {
+        respond(&mut self.resp_in, response);
+    }
+
+    /// Applies one command; `Break` at [`Command::Shutdown`].
+    pub(super) fn handle_command(&mut self, worker: &mut timely::worker::Worker, command: Command) -> ControlFlow<()> {
+        match command {
+            Command::InstallJob { id, sources, views, retractable, access } => {
+                self.handle_install_job(worker, id, sources, &views, retractable, access)
+            }
+            Command::DropJob { id, retract, wait } => self.handle_drop_job(worker, id, retract, wait),
+            Command::CatchUp { job, wait } => self.handle_catch_up(job, wait),
+            Command::EndOfInput { job } => self.handle_end_of_input(job),
+            Command::CreateInstance { .. } => {
+                tracing::error!(worker = self.index, "CreateInstance after the first command; skipped")
+            }
+            Command::RetractJob { id, at, wait } => self.handle_retract_job(id, at, wait),
+            Command::Ingest { id, source, body, oversized } => self.handle_ingest(id, &source, &body, &oversized),
+            Command::Peek { id, collection, as_of, projection, filter, limit } => {
+                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
+            }
+            Command::Subscribe { id, collection, as_of } => self.handle_subscribe(worker, id, collection, as_of),
+            Command::SubscribeCredit { id, worker: to } => self.handle_subscribe_credit(id, to),
+            Command::Unsubscribe { id } => {
+                if let Some(sub) = self.subscriptions.remove(&id) {
+                    worker.drop_dataflow(sub.dataflow);
+                }
+            }
+            Command::AllowCompaction { since } => self.since = self.since.max(since),
+            Command::Shutdown => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// [`Command::InstallJob`]: opens the job's sources and renders its views.
+    fn handle_install_job(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        id: JobId,
+        sources: Vec<SourceConfig>,
+        views: &[ViewSpec],
+        retractable: bool,
+        access: amx_connectors::FileAccess,
+    ) {
+        for source in sources {
+            match super::sources::open(id, source, self.index, self.peers, &self.options, &access) {
+                Ok(opened) => {
+                    // Worker 0 declares the source: it has its counters row before any record.
+                    if self.index == 0 {
+                        self.pending_stats.entry(opened.name().to_owned()).or_default().3 += 1;
+                    }
+                    match opened {
+                        super::sources::Opened::File(file) => self.files.push(file),
+                        super::sources::Opened::Push(name, push) => {
+                            self.pushes.insert(name, push);
+                        }
+                    }
+                }
+                Err((source, error)) => self.respond(Response::SourceFailed { job: id, source, error }),
+            }
+        }
+        let dataflow = if views.is_empty() {
+            None
+        } else {
+            match install_views(worker, &mut self.catalog, id, views) {
+                Ok(df) => Some(df),
+                Err(error) => {
+                    self.respond(Response::JobFailed { job: id, error });
+                    None
+                }
+            }
+        };
+        self.jobs.insert(id, JobState { dataflow, ingested: retractable.then(Vec::new) });
+        // The job's new arrangements compact as far as the others.
+        if self.compacted > 0 {
+            self.compact_to(self.compacted);
+        }
+    }
+
+    /// [`Command::DropJob`]: stops the job's sources, drops its dataflow and arrangements and
+    /// retracts its sources' counters; with `retract`, sets its events aside (and holds the
+    /// input time) until [`Command::RetractJob`].
+    fn handle_drop_job(&mut self, worker: &mut timely::worker::Worker, id: JobId, retract: bool, wait: u64) {
+        if retract {
+            let ingested = self.jobs.get_mut(&id).and_then(|j| j.ingested.take()).unwrap_or_default();
+            self.retracting.insert(id, ingested);
+        }
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .filter(|f| f.job == id)
+            .map(|f| f.name.clone())
+            .chain(self.pushes.iter().filter(|(_, p)| p.job == id).map(|(n, _)| n.clone()))
+            .collect();
+        for name in names {
+            self.pending_stats.remove(&name);
+            if let Some(t) = self.stat_totals.remove(&name) {
+                self.inputs.source_stats.update(name, (-t.0, -t.1, -t.2, -t.3));
+            }
+        }
+        self.files.retain(|f| f.job != id);
+        self.pushes.retain(|_, p| p.job != id);
+        // Its sources are gone: nothing more to catch up with.
+        for c in self.catch_ups.iter_mut().filter(|c| c.job == id) {
+            c.sources.clear();
+        }
+        for collection in self.catalog.values_mut() {
+            collection.traces.retain(|(owner, _)| *owner != Owner::Job(id));
+        }
+        self.catalog.retain(|_, c| !c.traces.is_empty());
+        if let Some(JobState { dataflow: Some(df), .. }) = self.jobs.remove(&id) {
+            worker.drop_dataflow(df);
+        }
+        let upper = self.inputs.time() + 1;
+        self.respond(Response::Applied { id: wait, upper });
+    }
+
+    /// [`Command::CatchUp`]: answered once this worker has found each of the job's file
+    /// sources at its end.
+    fn handle_catch_up(&mut self, job: JobId, wait: u64) {
+        let sources = self.files.iter().filter(|f| f.job == job && !f.done).map(|f| f.name.clone()).collect();
+        self.catch_ups.push(CatchUp { job, wait, sources });
+    }
+
+    /// [`Command::EndOfInput`]: the job's following file sources read to their end and stop.
+    fn handle_end_of_input(&mut self, job: JobId) {
+        for source in self.files.iter_mut().filter(|f| f.job == job) {
+            source.follow = false;
+        }
+    }
+
+    /// [`Command::RetractJob`]: retracts the events set aside at its drop, at time `at`.
+    fn handle_retract_job(&mut self, id: JobId, at: Time, wait: u64) {
+        if let Some(events) = self.retracting.remove(&id) {
+            // Every worker held its time since the drop, and `at` is past the latest of them:
+            // all retract at `at`.
+            if at > self.epoch {
+                self.epoch = at;
+                self.inputs.advance_to(at);
+            } else if at < self.epoch {
+                tracing::error!(worker = self.index, job = %id, at, epoch = self.epoch, "retraction time already passed");
+            }
+            tracing::debug!(worker = self.index, job = %id, events = events.len(), at = self.epoch, "retracting a job's events");
+            for event in events {
+                self.inputs.update(event, -1);
+            }
+            self.changed = true;
+        }
+        let upper = self.epoch + 1;
+        self.respond(Response::Applied { id: wait, upper });
+    }
+
+    /// [`Command::Ingest`]: decodes a push into the inputs and answers with its outcome.
+    fn handle_ingest(&mut self, id: u64, source: &str, body: &str, oversized: &BTreeMap<u64, u64>) {
+        let mut outcome = super::sources::PushOutcome::default();
+        if let Some(push) = self.pushes.get_mut(source) {
+            let keep = self.jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
+            let stats = self.pending_stats.entry(source.to_owned()).or_default();
+            outcome =
+                push.decode(source, body, oversized, self.options.max_record_bytes, stats, keep, &mut self.inputs);
+        }
+        let upper = self.inputs.time() + 1;
+        let super::sources::PushOutcome { accepted, rejected, errors } = outcome;
+        self.respond(Response::Ingested { id, upper, accepted, rejected, errors });
+    }
+
+    /// [`Command::Subscribe`]: a dataflow for the changes; the snapshot is read in parts.
+    fn handle_subscribe(&mut self, worker: &mut timely::worker::Worker, id: u64, collection: String, as_of: Time) {
+        match subscribe(worker, &mut self.catalog, &collection, as_of) {
+            Some((dataflow, buffer, probe)) => {
+                let snapshot = Some(SnapshotRead { after: None, credit: SUBSCRIBE_CREDIT });
+                let last_upper = None;
+                let sub = Subscription { collection, as_of, snapshot, dataflow, buffer, probe, last_upper };
+                self.subscriptions.insert(id, sub);
+            }
+            // No such collection (any more): closed at once.
+            None => {
+                let worker = self.index;
+                self.respond(Response::SubscribeSnapshot { id, worker, rows: Vec::new(), done: true });
+                self.respond(Response::Subscribe { id, worker, updates: Vec::new(), upper: Time::MAX });
+            }
+        }
+    }
+
+    /// [`Command::SubscribeCredit`]: one more snapshot part may be sent.
+    fn handle_subscribe_credit(&mut self, id: u64, to: usize) {
+        if to == self.index
+            && let Some(read) = self.subscriptions.get_mut(&id).and_then(|s| s.snapshot.as_mut())
+        {
+            read.credit += 1;
+        }
+    }
+
+    /// Reads this worker's share of the file sources, once the dataflow has caught up with the
+    /// previous epoch (back-pressure); answers the catch-ups that are complete; and closes the
+    /// epoch when anything was fed or happened (or after [`IDLE_TICK`]). Returns whether
+    /// records were fed.
+    pub(super) fn step_sources(&mut self) -> bool {
+        let mut fed = false;
+        // A file source was read to its end this round.
+        let mut ended = false;
+        // File sources found at their end by this round's polls.
+        let mut at_end: Vec<(JobId, String)> = Vec::new();
+        if !self.agent_probe.less_than(&self.epoch) {
+            let batch_share = (self.options.batch_records / self.peers.max(1)).max(1);
+            for source in self.files.iter_mut().filter(|f| !f.done) {
+                let keep = self.jobs.get_mut(&source.job).and_then(|j| j.ingested.as_mut());
+                let stats = self.pending_stats.entry(source.name.clone()).or_default();
+                let polled = source.poll(batch_share, stats, keep, &mut self.inputs);
+                fed |= polled.fed;
+                if polled.at_end {
+                    at_end.push((source.job, source.name.clone()));
+                }
+                if let Some(error) = polled.error {
+                    let (job, source) = (source.job, source.name.clone());
+                    respond(&mut self.resp_in, Response::SourceFailed { job, source, error });
+                } else if source.done {
+                    // What it read is in the current epoch: complete once time passes it
+                    // (which it does at once, below).
+                    ended = true;
+                    let (job, source) = (source.job, source.name.clone());
+                    respond(&mut self.resp_in, Response::SourceDone { job, source, upper: self.epoch + 1 });
+                }
+            }
+        }
+        // What this round read is at time `epoch`: a catch-up whose sources are all at their
+        // end is answered with `epoch + 1`, and time moves on at once so that it is soon
+        // visible.
+        for (job, name) in &at_end {
+            for c in self.catch_ups.iter_mut().filter(|c| c.job == *job) {
+                c.sources.retain(|s| s != name);
+            }
+        }
+        let mut answered = false;
+        let upper = self.epoch + 1;
+        let resp_in = &mut self.resp_in;
+        self.catch_ups.retain(|c| {
+            let sources_left = !c.sources.is_empty();
+            if !sources_left {
+                respond(resp_in, Response::Applied { id: c.wait, upper });
+                answered = true;
+            }
+            sources_left
+        });
+        let holding = !self.retracting.is_empty();
+        let changed = std::mem::take(&mut self.changed);
+        if !holding
+            && (fed
+                || ended
+                || answered
+                || changed
+                || !self.pending_stats.is_empty()
+                || self.last_advance.elapsed() >= IDLE_TICK)
+        {
+            for (source, counts) in self.pending_stats.drain() {
+                let total = self.stat_totals.entry(source.clone()).or_default();
+                *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);
+                self.inputs.source_stats.update(source, counts);
+            }
+            self.epoch = next_epoch(self.epoch);
+            self.inputs.advance_to(self.epoch);
+            self.last_advance = Instant::now();
+        }
+        fed
+    }
+
+    /// Answers the peeks whose time every arrangement they read has passed.
+    pub(super) fn step_peeks(&mut self) {
+        let mut i = 0;
+        while i < self.peeks.len() {
+            let peek = &self.peeks[i];
+            let ready = match self.catalog.get_mut(&peek.collection) {
+                Some(c) => c.traces.iter_mut().all(|(_, t)| upper_of(t) > peek.as_of),
+                None => true,
+            };
+            if !ready {
+                i += 1;
+                continue;
+            }
+            let peek = self.peeks.swap_remove(i);
+            let mut rows = HashMap::new();
+            if let Some(c) = self.catalog.get_mut(&peek.collection) {
+                let mut limit = peek.limit.unwrap_or(usize::MAX);
+                for (_, trace) in c.traces.iter_mut() {
+                    read_at(trace, peek.as_of, peek.projection.as_deref(), &peek.filter, &mut limit, &mut rows);
+                }
+            }
+            let mut rows: Vec<(Row, Diff)> = rows.into_iter().filter(|(_, c)| *c != 0).collect();
+            rows.sort();
+            tracing::debug!(worker = self.index, peek = peek.id, rows = rows.len(), "peek answered");
+            self.respond(Response::Peek { id: peek.id, rows });
+        }
+    }
+
+    /// Sends the next parts of the subscriptions' snapshots the subscribers are ready for,
+    /// and forwards their changes, with this worker's frontier; drops the dataflows of the
+    /// subscriptions whose collection was dropped.
+    pub(super) fn step_subscriptions(&mut self, worker: &mut timely::worker::Worker) {
+        let index = self.index;
+        let mut closed = Vec::new();
+        for (id, sub) in self.subscriptions.iter_mut() {
+            if let Some(read) = sub.snapshot.as_mut() {
+                let ready = match self.catalog.get_mut(&sub.collection) {
+                    Some(c) => c.traces.iter_mut().all(|(_, t)| upper_of(t) > sub.as_of),
+                    None => true,
+                };
+                let mut done = false;
+                while ready && read.credit > 0 && !done {
+                    let rows;
+                    (rows, done) = match self.catalog.get_mut(&sub.collection) {
+                        Some(c) => snapshot_part(&mut c.traces, sub.as_of, read.after.as_ref()),
+                        // Dropped: the changes end the subscription.
+                        None => (Vec::new(), true),
+                    };
+                    read.credit -= 1;
+                    read.after = rows.last().map(|(row, _)| row.clone());
+                    tracing::debug!(worker = index, subscription = id, rows = rows.len(), done, "snapshot part");
+                    respond(&mut self.resp_in, Response::SubscribeSnapshot { id: *id, worker: index, rows, done });
+                }
+                if done {
+                    sub.snapshot = None;
+                }
+            }
+            let upper = sub.probe.with_frontier(|f| f.first().copied().unwrap_or(Time::MAX));
+            let updates = std::mem::take(&mut *sub.buffer.borrow_mut());
+            // Every frontier advance is reported: the controller releases changes only once
+            // every worker has passed their time.
+            if !updates.is_empty() || sub.last_upper != Some(upper) {
+                sub.last_upper = Some(upper);
+                respond(&mut self.resp_in, Response::Subscribe { id: *id, worker: index, updates, upper });
+            }
+            if upper == Time::MAX {
+                if sub.snapshot.take().is_some() {
+                    // Dropped while its snapshot was read: the snapshot ends here.
+                    let rows = Vec::new();
+                    respond(
+                        &mut self.resp_in,
+                        Response::SubscribeSnapshot { id: *id, worker: index, rows, done: true },
+                    );
+                }
+                closed.push(*id);
+            }
+        }
+        for id in closed {
+            if let Some(sub) = self.subscriptions.remove(&id) {
+                worker.drop_dataflow(sub.dataflow);
+            }
+        }
+    }
+
+    /// Compaction: up to what the controller allows, but never past a pending peek's time or
+    /// a snapshot being read.
+    pub(super) fn step_compaction(&mut self) {
+        let snapshots = self.subscriptions.values().filter(|s| s.snapshot.is_some()).map(|s| s.as_of);
+        let hold = self.peeks.iter().map(|p| p.as_of).chain(snapshots).min().unwrap_or(Time::MAX);
+        let allowed = self.since.min(hold);
+        if allowed > self.compacted {
+            self.compacted = allowed;
+            self.compact_to(allowed);
+        }
+    }
+
+    /// Sets every arrangement's logical compaction frontier to `since`.
+    fn compact_to(&mut self, since: Time) {
+        let frontier = Antichain::from_elem(since);
+        for collection in self.catalog.values_mut() {
+            for (_, trace) in collection.traces.iter_mut() {
+                trace.set_logical_compaction(frontier.borrow());
+            }
+        }
+    }
+
+    /// Worker 0 publishes the collections' frontiers and the file sources' progress (at most
+    /// once a millisecond).
+    pub(super) fn step_publish(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        if self.index != 0 || self.last_publish.elapsed() < Duration::from_millis(1) {
+            return;
+        }
+        self.last_publish = Instant::now();
+        let uppers: HashMap<String, Time> = self
+            .catalog
+            .iter_mut()
+            .map(|(name, c)| (name.clone(), c.traces.iter_mut().map(|(_, t)| upper_of(t)).min().unwrap_or(Time::MAX)))
+            .collect();
+        let progress = self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
+        shared.publish(uppers, progress);
+    }
+
+    /// Drops every arrangement and input (at [`Command::Shutdown`]; the other workers do the
+    /// same at the same command).
+    pub(super) fn shutdown(self) {
+        drop(self.inputs);
+        drop(self.catalog);
+    }
+}

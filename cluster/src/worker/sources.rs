@@ -1,0 +1,238 @@
+//! A job's sources as one worker reads them: file sources (each worker decodes its share of
+//! the records) and push sources (each push decoded by the one worker it is sent to).
+
+use std::collections::BTreeMap;
+
+use amx_connectors::{Decoder, FileReader, Record};
+use amx_dataflows::event::Event;
+use amx_dataflows::render::Inputs;
+
+use super::WorkerOptions;
+use crate::controller::SourceProgress;
+use crate::job::{SourceConfig, SourceKind};
+use crate::protocol::{JobId, MAX_REPORTED_REJECTS};
+
+/// A source's counters since the last epoch, or in total: (records, decoded rows, errors,
+/// declared), as `aimatrix_source_stats` adds them.
+pub(super) type SourceCounts = (isize, isize, isize, isize);
+
+/// A file source, as one worker reads it.
+pub(super) struct FileSource {
+    pub(super) job: JobId,
+    pub(super) name: String,
+    reader: FileReader,
+    decoder: Box<dyn Decoder>,
+    /// Read to its end (or failed).
+    pub(super) done: bool,
+    /// Following: keeps reading what is appended (see [`crate::job::SourceConfig::follow`]).
+    pub(super) follow: bool,
+    /// Records polled and not yet decoded (kept to reuse its allocation).
+    records: Vec<Record>,
+    /// Events of one record (kept to reuse its allocation).
+    events: Vec<Event>,
+}
+
+/// A push source on one worker: its job (records arrive as [`crate::protocol::Command::Ingest`]).
+pub(super) struct PushSource {
+    pub(super) job: JobId,
+    /// Decodes the pushes sent to this worker.
+    decoder: Box<dyn Decoder>,
+}
+
+/// A source opened on one worker.
+pub(super) enum Opened {
+    File(FileSource),
+    /// A push source, with its name.
+    Push(String, PushSource),
+}
+
+impl Opened {
+    /// The source's name.
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Opened::File(f) => &f.name,
+            Opened::Push(name, _) => name,
+        }
+    }
+}
+
+/// Opens source `source` of job `job` on worker `index` of `peers`.
+///
+/// # Errors
+/// The source's name and why it cannot be read: its format options do not build a decoder,
+/// or its glob is invalid.
+pub(super) fn open(
+    job: JobId,
+    source: SourceConfig,
+    index: usize,
+    peers: usize,
+    options: &WorkerOptions,
+    access: &amx_connectors::FileAccess,
+) -> Result<Opened, (String, String)> {
+    let decoder = match amx_connectors::decoder(&source.format, &source.options_json()) {
+        Ok(d) => d,
+        Err(e) => return Err((source.name, e.to_string())),
+    };
+    match source.kind {
+        SourceKind::File => match FileReader::new(&source.path) {
+            Ok(mut reader) => {
+                reader.set_max_poll_bytes(options.poll_bytes.max(1));
+                reader.set_share(index as u64, peers as u64);
+                reader.set_max_record_bytes(options.max_record_bytes.max(1));
+                reader.set_access(access.clone());
+                Ok(Opened::File(FileSource {
+                    job,
+                    name: source.name,
+                    reader,
+                    decoder,
+                    done: false,
+                    follow: source.follow,
+                    records: Vec::new(),
+                    events: Vec::new(),
+                }))
+            }
+            Err(e) => Err((source.name, e.to_string())),
+        },
+        SourceKind::Push => Ok(Opened::Push(source.name, PushSource { job, decoder })),
+    }
+}
+
+/// What one [`FileSource::poll`] did.
+#[derive(Debug, Default)]
+pub(super) struct Polled {
+    /// Records were fed into the inputs.
+    pub(super) fed: bool,
+    /// The source was found at its (current) end, or failed.
+    pub(super) at_end: bool,
+    /// Reading failed (the source is then done).
+    pub(super) error: Option<String>,
+}
+
+impl FileSource {
+    /// Reads and decodes records until `batch` of them are decoded or the files are at
+    /// their end; feeds the events into `inputs` (and `keep`, for a retractable job) and
+    /// counts them in `stats`. A source that does not follow is done at its end.
+    pub(super) fn poll(
+        &mut self,
+        batch: usize,
+        stats: &mut SourceCounts,
+        mut keep: Option<&mut Vec<Event>>,
+        inputs: &mut Inputs,
+    ) -> Polled {
+        let mut polled = Polled::default();
+        let mut decoded = 0usize;
+        while decoded < batch {
+            self.records.clear();
+            let (seen, bytes) = (self.reader.records_seen(), self.reader.bytes_read());
+            // A following source reads a last line only once its newline is there.
+            if let Err(e) = self.reader.poll(!self.follow, &mut self.records) {
+                self.done = true;
+                polled.at_end = true;
+                polled.error = Some(e.to_string());
+                return polled;
+            }
+            if self.records.is_empty() && self.reader.records_seen() == seen && self.reader.bytes_read() == bytes {
+                polled.at_end = true;
+                // A following source is at its current end: it looks again later.
+                self.done = !self.follow;
+                return polled;
+            }
+            polled.fed = true;
+            for record in self.records.drain(..) {
+                decoded += 1;
+                stats.0 += 1;
+                self.decoder.decode(&self.name, &record, &mut self.events);
+                for event in self.events.drain(..) {
+                    if matches!(event, Event::Error(_)) {
+                        stats.2 += 1;
+                    } else {
+                        stats.1 += 1;
+                    }
+                    if let Some(keep) = keep.as_deref_mut() {
+                        keep.push(event.clone());
+                    }
+                    inputs.update(event, 1);
+                }
+            }
+        }
+        polled
+    }
+
+    /// How far this worker has read the source.
+    pub(super) fn progress(&self) -> SourceProgress {
+        SourceProgress {
+            bytes_read: self.reader.bytes_read(),
+            bytes_total: self.reader.total_bytes(),
+            done: self.done,
+            caught_up: false,
+        }
+    }
+}
+
+/// What a push did: its records that decoded into rows, those that did not, and the first
+/// [`MAX_REPORTED_REJECTS`] of those (line from 1, reason).
+#[derive(Debug, Default)]
+pub(super) struct PushOutcome {
+    pub(super) accepted: u64,
+    pub(super) rejected: u64,
+    pub(super) errors: Vec<(u64, String)>,
+}
+
+impl PushSource {
+    /// Decodes a push to source `source` (JSON lines; blank ones are no records but keep the
+    /// numbering; lines in `oversized` are rejected as longer than `max_record_bytes`) into
+    /// `inputs` (and `keep`, for a retractable job), counting in `stats`. An ingest error
+    /// becomes an [`Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode(
+        &mut self,
+        source: &str,
+        body: &str,
+        oversized: &BTreeMap<u64, u64>,
+        max_record_bytes: u64,
+        stats: &mut SourceCounts,
+        mut keep: Option<&mut Vec<Event>>,
+        inputs: &mut Inputs,
+    ) -> PushOutcome {
+        let mut outcome = PushOutcome::default();
+        let mut events = Vec::new();
+        let records = body
+            .lines()
+            .enumerate()
+            .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)));
+        let limit = max_record_bytes.max(1);
+        for (line, text) in records {
+            let line = line as u64 + 1;
+            let location = format!("POST /v1/ingest/{}/{source}:{line}", self.job);
+            let record = match oversized.get(&line) {
+                Some(&size) => amx_connectors::record::oversized_record(location, size, text.as_bytes(), limit),
+                None => amx_connectors::record::record_within(location, text.as_bytes(), limit),
+            };
+            self.decoder.decode(source, &record, &mut events);
+            stats.0 += 1;
+            let mut error = None;
+            for event in events.drain(..) {
+                if let Event::Error(e) = &event {
+                    stats.2 += 1;
+                    error.get_or_insert_with(|| e.error.clone());
+                } else {
+                    stats.1 += 1;
+                }
+                if let Some(keep) = keep.as_deref_mut() {
+                    keep.push(event.clone());
+                }
+                inputs.update(event, 1);
+            }
+            match error {
+                Some(error) => {
+                    outcome.rejected += 1;
+                    if outcome.errors.len() < MAX_REPORTED_REJECTS {
+                        outcome.errors.push((line, error));
+                    }
+                }
+                None => outcome.accepted += 1,
+            }
+        }
+        outcome
+    }
+}
