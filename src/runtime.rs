@@ -209,6 +209,13 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     config.collections = Some(needed.into_iter().collect());
     config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
     for source in &job.config.sources {
+        if source.kind == SourceKind::Kafka {
+            bail!(
+                "source `{}` is a Kafka source: Kafka sources are read by a running server (`aimatrix serve`, then POST \
+                 the job to /v1/jobs); `run` reads files",
+                source.name
+            );
+        }
         if source.kind == SourceKind::Push {
             bail!(
                 "source `{}` is a push source: push sources are fed over HTTP by a running server (`aimatrix serve`, \

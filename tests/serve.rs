@@ -1727,3 +1727,122 @@ fn an_s3_log_survives_a_failing_store_and_kill_9() {
     assert_eq!(status, 200, "a retry after the restart is answered as the push was: {body}");
     assert_eq!(server.sql(sql), want, "and not applied again");
 }
+
+/// Produces `values` to `topic`, value `i` to partition `i mod partitions`, and waits until
+/// the broker has them all.
+fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("a producer");
+    for (i, value) in values.iter().enumerate() {
+        let partition = i as i32 % partitions;
+        let record = BaseRecord::<(), str>::to(topic).payload(value.as_str()).partition(partition);
+        producer.send(record).map_err(|(e, _)| e).expect("produced");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+/// A job reading every partition of a Kafka topic (as `knowledge_events`), with a view of
+/// counts and sizes by collection.
+fn kafka_job(brokers: &str, topic: &str) -> String {
+    format!(
+        r#"name = "kafka"
+[[sources]]
+name = "events"
+kind = "kafka"
+format = "json"
+[sources.kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+[sources.kafka.properties]
+"reconnect.backoff.max.ms" = "200"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = {{ const = "upsert" }}
+version = "/v"
+size_bytes = "/size"
+event_time = {{ pointer = "/t", unit = "s" }}
+
+[views]
+by_collection = "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection"
+"#
+    )
+}
+
+/// A Kafka source (librdkafka's mock cluster, spoken to over the Kafka protocol) reads every
+/// partition of its topic; a message that is not JSON is an ingest error at its partition and
+/// offset; the server is killed with `kill -9` again and again while messages keep coming, and
+/// at the end every message produced is in the view exactly once (counts and sums computed
+/// here); pushing to a Kafka source is refused.
+#[test]
+fn a_kafka_source_applies_each_message_once_across_kill_9() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock Kafka cluster");
+    let brokers = cluster.bootstrap_servers();
+    let (topic, partitions) = ("agent-events", 3);
+    cluster.create_topic(topic, partitions, 1).expect("topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // Message `i`: collection `c{i mod 4}`, size `i mod 100`.
+    let message = |i: usize| {
+        json!({ "c": format!("c{}", i % 4), "id": format!("d{i}"), "v": 1, "size": i % 100, "t": 1 }).to_string()
+    };
+    let want = |n: usize| -> Vec<Value> {
+        let mut by: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for i in 0..n {
+            let e = by.entry(format!("c{}", i % 4)).or_default();
+            *e = (e.0 + 1, e.1 + (i % 100) as i64);
+        }
+        by.into_iter().map(|(c, (n, bytes))| json!({ "collection": c, "n": n, "bytes": bytes })).collect()
+    };
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+
+    // The first message of partition 0 is not JSON.
+    produce(&brokers, topic, 1, &["not json".to_owned()]);
+    let mut produced = 0;
+    let first: Vec<String> = (0..300).map(message).collect();
+    produce(&brokers, topic, partitions, &first);
+    produced += first.len();
+
+    let server = start(&args, true);
+    let id = server.submit(&kafka_job(&brokers, topic));
+    assert_eq!(server.sql_until(sql, &want(produced)), want(produced));
+    let errors = server.sql("SELECT source, location, error FROM ingest_errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["location"], json!(format!("kafka:{topic}/0@0")), "{errors:?}");
+    assert_eq!(errors[0]["source"], json!("events"));
+    let (status, body) = server.call("POST", &format!("/v1/ingest/{id}/events"), Some(&message(0)));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("Kafka source"), "{body}");
+
+    // Killed while it reads what keeps coming; restarted with the same command.
+    let mut server = Some(server);
+    for round in 0..4 {
+        let batch: Vec<String> = (produced..produced + 500).map(message).collect();
+        let (brokers2, batch2) = (brokers.clone(), batch.clone());
+        let producer = std::thread::spawn(move || {
+            for chunk in batch2.chunks(50) {
+                produce(&brokers2, topic, partitions, chunk);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100 + 150 * round));
+        let pid = server.take().expect("running").child.id();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        producer.join().expect("producer");
+        produced += batch.len();
+        let restarted = start(&args, true);
+        assert_eq!(restarted.sql_until(sql, &want(produced)), want(produced), "after kill {round}");
+        server = Some(restarted);
+    }
+    let server = server.expect("running");
+    let errors = server.sql("SELECT location FROM ingest_errors");
+    assert_eq!(errors, vec![json!({ "location": format!("kafka:{topic}/0@0") })]);
+}

@@ -531,6 +531,13 @@ struct Sequencer {
     log: Option<Arc<DurableLog>>,
     /// Per push source, the answers to its recent pushes by `Idempotency-Key`.
     keys: HashMap<(JobId, String), KeyWindow>,
+    /// The running Kafka sources (dropping one stops it).
+    kafka: HashMap<(JobId, String), crate::kafka::KafkaSource>,
+    /// Per Kafka source, the positions after the last batch sent (and logged): where it
+    /// resumes.
+    kafka_positions: HashMap<(JobId, String), amx_connectors::kafka::KafkaPositions>,
+    /// While a log is replayed, Kafka sources wait (their positions come from the log).
+    hold_sources: bool,
 }
 
 /// The recent pushes of one push source by `Idempotency-Key`: each key's answer (once known),
@@ -983,6 +990,9 @@ impl Controller {
             holds: BTreeMap::new(),
             log: None,
             keys: HashMap::new(),
+            kafka: HashMap::new(),
+            kafka_positions: HashMap::new(),
+            hold_sources: false,
         };
         if is_controller {
             for (name, schema, reads) in planned {
@@ -1028,7 +1038,9 @@ impl Controller {
 
     /// Stops every worker of every process.
     pub fn shutdown(&self) {
-        let _ = lock(&self.inner.seq).send(&Command::Shutdown);
+        let mut seq = lock(&self.inner.seq);
+        seq.kafka.clear();
+        let _ = seq.send(&Command::Shutdown);
     }
 
     /// Waits for one of the [`SQL_SLOTS`] query slots.
@@ -1136,7 +1148,7 @@ impl Controller {
         })?;
         // A push source's decoder is made by every worker; it must be valid before it is sent.
         let mut pushes = Vec::new();
-        for source in sources.iter().filter(|s| s.kind == SourceKind::Push) {
+        for source in sources.iter().filter(|s| s.kind != SourceKind::File) {
             amx_connectors::decoder(&source.format, &source.options_json())
                 .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
             pushes.push(source.name.clone());
@@ -1154,7 +1166,22 @@ impl Controller {
         }
         let state = JobState::Running;
         seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
+        if !seq.hold_sources {
+            self.start_kafka_sources(seq, id)?;
+        }
         Ok((id, stored))
+    }
+
+    /// Starts the Kafka sources of job `id` (each at its positions, if a replay found any).
+    fn start_kafka_sources(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
+        let Some(info) = seq.jobs.get(&id) else { return Ok(()) };
+        for source in info.sources.iter().filter(|s| s.kind == SourceKind::Kafka) {
+            let key = (id, source.name.clone());
+            let resume = seq.kafka_positions.get(&key).cloned().unwrap_or_default();
+            let running = crate::kafka::start(self, id, source.clone(), resume, self.inner.max_record_bytes)?;
+            seq.kafka.insert(key, running);
+        }
+        Ok(())
     }
 
     /// Cancels a job: its sources stop and its views are dropped on every worker; what it
@@ -1230,6 +1257,7 @@ impl Controller {
         seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
+        seq.kafka.retain(|(job, _), _| *job != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
@@ -1584,7 +1612,7 @@ impl Controller {
     }
 
     /// Waits for a push's answer.
-    async fn answer(mut answer: IngestAnswer) -> Result<IngestReport, ClusterError> {
+    pub(crate) async fn answer(mut answer: IngestAnswer) -> Result<IngestReport, ClusterError> {
         match answer.wait_for(Option::is_some).await {
             Ok(value) => value.clone().unwrap_or(Err(ClusterError::Stopped)),
             Err(_) => Err(ClusterError::Stopped),
@@ -1624,6 +1652,12 @@ impl Controller {
             // cancelled).
             return Ok(answer.clone());
         }
+        if let Some(s) = info.sources.iter().find(|s| s.name == source && s.kind == SourceKind::Kafka) {
+            return Err(ClusterError::Conflict(format!(
+                "source `{}` of job {job} is a Kafka source: it reads its topic, and takes no pushes",
+                s.name
+            )));
+        }
         if seq.push.get(source) != Some(&job) {
             let known: Vec<&str> =
                 info.sources.iter().filter(|s| s.kind == SourceKind::Push).map(|s| s.name.as_str()).collect();
@@ -1661,24 +1695,7 @@ impl Controller {
         // without its answer.
         let this = self.clone();
         tokio::spawn(async move {
-            let result = async {
-                let applied = applied.await.map_err(|_| ClusterError::Stopped)?;
-                if let Some((log, at)) = stored {
-                    log.sync(at).await?;
-                }
-                if visible {
-                    // Read your writes: once every collection has passed the records' time, a
-                    // query (which reads at a time all its collections have passed) sees them.
-                    this.wait_visible(applied.upper).await;
-                }
-                Ok(IngestReport {
-                    accepted: applied.accepted,
-                    rejected: applied.rejected,
-                    errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
-                    timestamp: applied.upper.saturating_sub(1),
-                })
-            }
-            .await;
+            let result = this.settle(applied, stored, visible).await;
             // The answer's size counts against its source's window from now on (under the
             // lock, with the answer, so that a key forgotten meanwhile is counted out too).
             let mut seq = lock(&this.inner.seq);
@@ -1694,6 +1711,80 @@ impl Controller {
             }
         });
         Ok(answer)
+    }
+
+    /// A batch's answer once its worker has applied it and it is durable (and, with `visible`,
+    /// every collection has passed its time).
+    async fn settle(
+        &self,
+        applied: oneshot::Receiver<Applied>,
+        stored: Stored,
+        visible: bool,
+    ) -> Result<IngestReport, ClusterError> {
+        let applied = applied.await.map_err(|_| ClusterError::Stopped)?;
+        if let Some((log, at)) = stored {
+            log.sync(at).await?;
+        }
+        if visible {
+            // Read your writes: once every collection has passed the records' time, a query
+            // (which reads at a time all its collections have passed) sees them.
+            self.wait_visible(applied.upper).await;
+        }
+        Ok(IngestReport {
+            accepted: applied.accepted,
+            rejected: applied.rejected,
+            errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
+            timestamp: applied.upper.saturating_sub(1),
+        })
+    }
+
+    /// Logs (with a data directory) and sends a batch a Kafka source read, with the
+    /// partitions' positions after it; the answer comes once its worker has applied it and it
+    /// is durable. The positions are where the source resumes after a restart.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownSource`] when the job no longer has the source (cancelled);
+    /// [`ClusterError::Storage`] when the log refuses it now (retry it);
+    /// [`ClusterError::Stopped`].
+    pub(crate) fn submit_records(
+        &self,
+        job: JobId,
+        source: &str,
+        records: Vec<amx_connectors::Record>,
+        positions: amx_connectors::kafka::KafkaPositions,
+    ) -> Result<IngestAnswer, ClusterError> {
+        let mut seq = lock(&self.inner.seq);
+        if seq.push.get(source) != Some(&job) {
+            return Err(ClusterError::UnknownSource(format!("job {job} has no running source `{source}`")));
+        }
+        let stored = seq.log(|| LogRecord::IngestRecords {
+            job: job.0,
+            source: source.to_owned(),
+            records: records.clone(),
+            positions: positions.iter().map(|(p, o)| (*p, *o)).collect(),
+        })?;
+        seq.kafka_positions.insert((job, source.to_owned()), positions);
+        let (id, applied) = self.wait_for(1);
+        let worker = push_worker(source, id, self.peers());
+        seq.send_to(&Command::IngestRecords { id, source: source.to_owned(), records }, Some(worker))?;
+        drop(seq);
+        let (reply, answer) = tokio::sync::watch::channel(None);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(Some(this.settle(applied, stored, false).await));
+        });
+        Ok(answer)
+    }
+
+    /// A Kafka source's problem (an unreachable broker, a missing topic): kept in its job's
+    /// errors (the job keeps running; the source retries).
+    pub(crate) fn source_problem(&self, job: JobId, source: &str, problem: &str) {
+        let error = format!("source `{source}`: {problem}");
+        if let Some(info) = lock(&self.inner.seq).jobs.get_mut(&job)
+            && !info.errors.contains(&error)
+        {
+            info.errors.push(error);
+        }
     }
 
     /// Installs a logged job or view again as job `id` (`install` installs it, taking the next
@@ -1729,6 +1820,7 @@ impl Controller {
     ) -> Result<Recovered, ClusterError> {
         let mut recovered = Recovered::default();
         let mut upper = 0;
+        lock(&self.inner.seq).hold_sources = true;
         // Pushes are sent without waiting for each answer (the workers apply commands in
         // their order anyway); at most this many answers are outstanding.
         let mut outstanding: std::collections::VecDeque<IngestAnswer> = std::collections::VecDeque::new();
@@ -1740,6 +1832,7 @@ impl Controller {
                 LogRecord::CreateView { id, name, .. } => format!("view `{name}` created as job {id}"),
                 LogRecord::CancelJob { id, .. } => format!("job {id} cancelled"),
                 LogRecord::Ingest { job, source, .. } => format!("a push to job {job}'s source `{source}`"),
+                LogRecord::IngestRecords { job, source, .. } => format!("a batch of job {job}'s source `{source}`"),
             };
             let done = match record {
                 LogRecord::InstallJob { id, job } => {
@@ -1758,6 +1851,12 @@ impl Controller {
                 LogRecord::Ingest { job, source, key, body, oversized } => {
                     recovered.pushes += 1;
                     let submitted = self.submit_ingest(JobId(job), &source, body, oversized, key, false);
+                    submitted.map(|answer| outstanding.push_back(answer))
+                }
+                LogRecord::IngestRecords { job, source, records, positions } => {
+                    recovered.pushes += 1;
+                    let positions = positions.into_iter().collect();
+                    let submitted = self.submit_records(JobId(job), &source, records, positions);
                     submitted.map(|answer| outstanding.push_back(answer))
                 }
             };
@@ -1784,7 +1883,15 @@ impl Controller {
             upper = upper.max(Self::answer(answer).await?.timestamp + 1);
         }
         self.wait_visible(upper).await;
-        lock(&self.inner.seq).log = Some(log);
+        let mut seq = lock(&self.inner.seq);
+        seq.log = Some(log);
+        // The Kafka sources resume where the log's last batches leave them.
+        seq.hold_sources = false;
+        let running: Vec<JobId> = seq.jobs.values().filter(|j| j.state != JobState::Cancelled).map(|j| j.id).collect();
+        for id in running {
+            self.start_kafka_sources(&mut seq, id)?;
+        }
+        drop(seq);
         Ok(recovered)
     }
 

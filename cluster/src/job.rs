@@ -5,11 +5,22 @@
 //!
 //! [[sources]]
 //! name = "wiki"                      # appears in ingest_errors.source
-//! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest)
+//! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest) | kafka
 //! format = "json"                    # openai-chat | temporal-history | json
 //! path = "data/*.ndjson"             # file sources: a glob, relative to the job file's directory
 //! follow = false                     # file sources: keep reading what is appended (tail -f)
 //! [sources.options]                  # format options (see README.md)
+//! relation = "knowledge_events"
+//!
+//! [[sources]]
+//! name = "events"
+//! kind = "kafka"                     # every partition of a topic (see amx_connectors::kafka)
+//! format = "json"
+//! [sources.kafka]
+//! brokers = "127.0.0.1:9092"
+//! topic = "agent-events"
+//! start = "earliest"                 # earliest | latest | offset:N | timestamp:MS
+//! [sources.options]
 //! relation = "knowledge_events"
 //!
 //! [[queries]]
@@ -59,6 +70,11 @@ pub enum SourceKind {
     /// Records pushed to the server as JSON lines (`POST /v1/ingest/{job}/{source}`); only a
     /// running server (`aimatrix serve`) has push sources.
     Push,
+    /// The messages of every partition of a Kafka topic (`[sources.kafka]`), one record per
+    /// message value; only a running server (`aimatrix serve`) reads them. With a data
+    /// directory, the records read are in the durable log with each partition's offset, and a
+    /// restart resumes there: each message is applied once.
+    Kafka,
 }
 
 /// One source: a glob of files, or a push endpoint, in one format.
@@ -86,6 +102,11 @@ pub struct SourceConfig {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub options: toml::Table,
+    /// Kafka sources: the brokers, the topic and where to start (see
+    /// [`amx_connectors::kafka::KafkaConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub kafka: Option<amx_connectors::kafka::KafkaConfig>,
 }
 
 /// One query.
@@ -142,6 +163,16 @@ impl Job {
                     bail!("source `{}`: a push source has no `path` (records arrive by POST /v1/ingest)", source.name)
                 }
                 SourceKind::Push => {}
+                SourceKind::Kafka if source.follow || !source.path.is_empty() => {
+                    bail!("source `{}`: a Kafka source has no `path` or `follow` (it reads its topic)", source.name)
+                }
+                SourceKind::Kafka if source.kafka.is_none() => {
+                    bail!("source `{}`: a Kafka source needs a `[sources.kafka]` table (brokers, topic)", source.name)
+                }
+                SourceKind::Kafka => {}
+            }
+            if source.kind != SourceKind::Kafka && source.kafka.is_some() {
+                bail!("source `{}`: `[sources.kafka]` is for sources of kind = \"kafka\"", source.name);
             }
             amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;

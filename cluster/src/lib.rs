@@ -20,6 +20,7 @@
 
 pub mod controller;
 pub mod job;
+mod kafka;
 pub mod limits;
 pub mod net;
 pub mod protocol;

@@ -136,6 +136,17 @@ pub enum Command {
         #[serde(default)]
         oversized: BTreeMap<u64, u64>,
     },
+    /// Records a Kafka source read (each a message's value at `kafka:TOPIC/PARTITION@OFFSET`),
+    /// for one worker, which decodes them with the source's decoder and answers
+    /// [`Response::Ingested`] (rejects by their index in `records`, from 1).
+    IngestRecords {
+        /// Wait id.
+        id: u64,
+        /// The source's name.
+        source: String,
+        /// The records.
+        records: Vec<amx_connectors::Record>,
+    },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.
     Peek {

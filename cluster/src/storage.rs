@@ -109,6 +109,18 @@ pub enum LogRecord {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         oversized: BTreeMap<u64, u64>,
     },
+    /// A batch of records Kafka source `source` of job `job` read, and for each partition the
+    /// offset of the next message after it (where the source resumes).
+    IngestRecords {
+        /// The job.
+        job: u64,
+        /// The source.
+        source: String,
+        /// The records (`kafka:TOPIC/PARTITION@OFFSET`), as read.
+        records: Vec<amx_connectors::Record>,
+        /// (partition, the offset of the next message to read), by partition.
+        positions: Vec<(i32, i64)>,
+    },
 }
 
 /// Why the log cannot be opened or written.

@@ -20,6 +20,7 @@ use amx_dataflows::event::{Event, IngestError};
 
 pub mod access;
 pub mod json;
+pub mod kafka;
 pub mod openai_chat;
 pub mod record;
 pub mod temporal;

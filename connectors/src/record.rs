@@ -38,7 +38,7 @@ use crate::ConfigError;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One record of a file: the text a decoder decodes, and where it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// Where the record is: `path:LINE` for a JSON Lines line, `path:LINE#INDEX` for element
     /// INDEX (0-based) of a top-level JSON array (LINE = the line where the element starts),

@@ -191,6 +191,7 @@ impl ComputeState {
             }
             Command::RetractJob { id, at, wait } => self.handle_retract_job(id, at, wait),
             Command::Ingest { id, source, body, oversized } => self.handle_ingest(id, &source, &body, &oversized),
+            Command::IngestRecords { id, source, records } => self.handle_ingest_records(id, &source, records),
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
             }
@@ -333,6 +334,21 @@ impl ComputeState {
             let stats = self.pending_stats.entry(source.to_owned()).or_default();
             outcome =
                 push.decode(source, body, oversized, self.options.max_record_bytes, stats, keep, &mut self.inputs);
+        }
+        let upper = self.inputs.time() + 1;
+        let super::sources::PushOutcome { accepted, rejected, errors } = outcome;
+        self.respond(Response::Ingested { id, upper, accepted, rejected, errors });
+    }
+
+    /// [`Command::IngestRecords`]: decodes a Kafka source's batch into the inputs and
+    /// answers with its outcome.
+    fn handle_ingest_records(&mut self, id: u64, source: &str, records: Vec<amx_connectors::Record>) {
+        let mut outcome = super::sources::PushOutcome::default();
+        if let Some(push) = self.pushes.get_mut(source) {
+            let keep = self.jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
+            let stats = self.pending_stats.entry(source.to_owned()).or_default();
+            let numbered = records.into_iter().enumerate().map(|(i, r)| (i as u64 + 1, r));
+            outcome = push.decode_records(source, numbered, stats, keep, &mut self.inputs);
         }
         let upper = self.inputs.time() + 1;
         let super::sources::PushOutcome { accepted, rejected, errors } = outcome;

@@ -1,5 +1,6 @@
 //! A job's sources as one worker reads them: file sources (each worker decodes its share of
-//! the records) and push sources (each push decoded by the one worker it is sent to).
+//! the records) and push and Kafka sources (each push, or batch a Kafka source read in process
+//! 0, decoded by the one worker it is sent to).
 
 use std::collections::BTreeMap;
 
@@ -93,7 +94,8 @@ pub(super) fn open(
             }
             Err(e) => Err((source.name, e.to_string())),
         },
-        SourceKind::Push => Ok(Opened::Push(source.name, PushSource { job, decoder })),
+        // A Kafka source's batches arrive as pushes do (read by the controller).
+        SourceKind::Push | SourceKind::Kafka => Ok(Opened::Push(source.name, PushSource { job, decoder })),
     }
 }
 
@@ -191,23 +193,40 @@ impl PushSource {
         oversized: &BTreeMap<u64, u64>,
         max_record_bytes: u64,
         stats: &mut SourceCounts,
+        keep: Option<&mut Vec<Event>>,
+        inputs: &mut Inputs,
+    ) -> PushOutcome {
+        let limit = max_record_bytes.max(1);
+        let job = self.job;
+        let records = body
+            .lines()
+            .enumerate()
+            .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)))
+            .map(|(line, text)| {
+                let line = line as u64 + 1;
+                let location = format!("POST /v1/ingest/{job}/{source}:{line}");
+                let record = match oversized.get(&line) {
+                    Some(&size) => amx_connectors::record::oversized_record(location, size, text.as_bytes(), limit),
+                    None => amx_connectors::record::record_within(location, text.as_bytes(), limit),
+                };
+                (line, record)
+            });
+        self.decode_records(source, records, stats, keep, inputs)
+    }
+
+    /// Decodes `records` (each with its number, for the rejects) of source `source` into
+    /// `inputs` (and `keep`, for a retractable job), counting in `stats`.
+    pub(super) fn decode_records(
+        &mut self,
+        source: &str,
+        records: impl Iterator<Item = (u64, Record)>,
+        stats: &mut SourceCounts,
         mut keep: Option<&mut Vec<Event>>,
         inputs: &mut Inputs,
     ) -> PushOutcome {
         let mut outcome = PushOutcome::default();
         let mut events = Vec::new();
-        let records = body
-            .lines()
-            .enumerate()
-            .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)));
-        let limit = max_record_bytes.max(1);
-        for (line, text) in records {
-            let line = line as u64 + 1;
-            let location = format!("POST /v1/ingest/{}/{source}:{line}", self.job);
-            let record = match oversized.get(&line) {
-                Some(&size) => amx_connectors::record::oversized_record(location, size, text.as_bytes(), limit),
-                None => amx_connectors::record::record_within(location, text.as_bytes(), limit),
-            };
+        for (number, record) in records {
             self.decoder.decode(source, &record, &mut events);
             stats.0 += 1;
             let mut error = None;
@@ -227,7 +246,7 @@ impl PushSource {
                 Some(error) => {
                     outcome.rejected += 1;
                     if outcome.errors.len() < MAX_REPORTED_REJECTS {
-                        outcome.errors.push((line, error));
+                        outcome.errors.push((number, error));
                     }
                 }
                 None => outcome.accepted += 1,

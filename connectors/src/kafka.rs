@@ -1,0 +1,367 @@
+//! The Kafka source's reader: every partition of one topic, from the positions a restart
+//! recorded or from a start position, as [`Record`]s at `kafka:TOPIC/PARTITION@OFFSET`.
+//!
+//! The reader assigns the partitions itself (no consumer-group rebalancing): the engine keeps
+//! the positions — for each partition the offset of the next message to read — in its own
+//! log, bound to the records read up to them (as Materialize's and Feldera's Kafka sources
+//! do), so a restart resumes exactly where the durable records end. Partitions are found from
+//! the topic's metadata at the start and again every [`DISCOVERY_INTERVAL`]; a partition added
+//! later is read from its beginning (none of its messages can be older than the source).
+//!
+//! Built on librdkafka through `rdkafka` (its `BaseConsumer`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Record, record_within};
+
+/// How often the reader looks for new partitions of its topic.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a metadata or offset request may take before the reader tries again later.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Kafka source's settings: the `[sources.kafka]` table of a job file.
+///
+/// ```toml
+/// [sources.kafka]
+/// brokers = "127.0.0.1:9092"        # bootstrap.servers
+/// topic = "agent-events"
+/// start = "earliest"                # earliest | latest | offset:N | timestamp:MS
+/// [sources.kafka.properties]        # any other librdkafka consumer property
+/// "security.protocol" = "SASL_SSL"
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The brokers to bootstrap from (`host:port`, comma-separated): librdkafka's
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// The topic; every partition of it is read.
+    pub topic: String,
+    /// Where a partition with no recorded position starts (see [`KafkaStart`]); default
+    /// `earliest`.
+    #[serde(default)]
+    pub start: KafkaStart,
+    /// Further librdkafka consumer properties (security, timeouts, …), passed as given. The
+    /// reader sets `bootstrap.servers`, `group.id` (unless given here),
+    /// `enable.auto.commit = false` and `enable.partition.eof = false` itself.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a partition starts when the engine has no position for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KafkaStart {
+    /// Its first message still held (`earliest`).
+    #[default]
+    Earliest,
+    /// The messages produced after the source started (`latest`).
+    Latest,
+    /// The message at this offset, in every partition (`offset:N`).
+    Offset(i64),
+    /// The first message whose timestamp is at or after this many ms since the Unix epoch, in
+    /// every partition (`timestamp:MS`); partitions with none start at their end.
+    Timestamp(i64),
+}
+
+impl std::str::FromStr for KafkaStart {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<KafkaStart, String> {
+        let number = |n: &str, what: &str| {
+            n.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("`{s}`: {what} must be a whole number ≥ 0"))
+        };
+        match s.split_once(':') {
+            None if s == "earliest" => Ok(KafkaStart::Earliest),
+            None if s == "latest" => Ok(KafkaStart::Latest),
+            Some(("offset", n)) => number(n, "the offset").map(KafkaStart::Offset),
+            Some(("timestamp", n)) => number(n, "the timestamp (ms since the Unix epoch)").map(KafkaStart::Timestamp),
+            _ => Err(format!("`{s}`: expected earliest, latest, offset:N or timestamp:MS")),
+        }
+    }
+}
+
+impl std::fmt::Display for KafkaStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaStart::Earliest => f.write_str("earliest"),
+            KafkaStart::Latest => f.write_str("latest"),
+            KafkaStart::Offset(n) => write!(f, "offset:{n}"),
+            KafkaStart::Timestamp(ms) => write!(f, "timestamp:{ms}"),
+        }
+    }
+}
+
+impl Serialize for KafkaStart {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaStart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KafkaStart, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// For each partition, the offset of the next message to read.
+pub type KafkaPositions = BTreeMap<i32, i64>;
+
+/// A message read: its partition and offset, and the record it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaRecord {
+    /// The partition.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its value as a record at `kafka:TOPIC/PARTITION@OFFSET`: a value that is not UTF-8, is
+    /// longer than the maximum record size, or is missing (a tombstone) is a record carrying
+    /// that error.
+    pub record: Record,
+}
+
+/// Why the reader could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// librdkafka refused the configuration (a bad property).
+    #[error("Kafka consumer configuration: {0}")]
+    Config(String),
+}
+
+/// Reads every partition of one topic (see the [module docs](self)).
+pub struct KafkaReader {
+    consumer: BaseConsumer,
+    config: KafkaConfig,
+    /// The next offset to read, per partition assigned (or to be assigned).
+    positions: KafkaPositions,
+    /// Partitions assigned to the consumer.
+    assigned: std::collections::BTreeSet<i32>,
+    /// When partitions were last looked for.
+    discovered: Option<Instant>,
+    /// The first partitions are assigned (later ones start at their beginning).
+    started: bool,
+    max_record_bytes: u64,
+    /// The last problem reported (reported again only when it changes).
+    last_problem: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaReader").field("config", &self.config).field("positions", &self.positions).finish()
+    }
+}
+
+impl KafkaReader {
+    /// A reader of `config`'s topic that resumes each partition in `resume` at its offset;
+    /// the others start at `config.start`. `group` is the `group.id` it advertises (it commits
+    /// nothing). Records longer than `max_record_bytes` are errors.
+    ///
+    /// Nothing is fetched yet: an unreachable broker or a missing topic shows at
+    /// [`KafkaReader::poll`] (as a problem, retried).
+    ///
+    /// # Errors
+    /// [`KafkaSourceError::Config`] when librdkafka refuses a property.
+    pub fn new(
+        config: &KafkaConfig,
+        group: &str,
+        resume: KafkaPositions,
+        max_record_bytes: u64,
+    ) -> Result<KafkaReader, KafkaSourceError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        let consumer: BaseConsumer = client.create().map_err(|e| KafkaSourceError::Config(e.to_string()))?;
+        Ok(KafkaReader {
+            consumer,
+            config: config.clone(),
+            positions: resume,
+            assigned: Default::default(),
+            discovered: None,
+            started: false,
+            max_record_bytes: max_record_bytes.max(1),
+            last_problem: None,
+        })
+    }
+
+    /// For each partition read so far (or resumed), the offset of the next message.
+    pub fn positions(&self) -> &KafkaPositions {
+        &self.positions
+    }
+
+    /// Reads for at most `wait`, until `max_records` records or about `max_bytes` bytes, and
+    /// appends them to `out` in the order they came (in offset order within a partition).
+    /// Returns a problem reading (an unreachable broker, a missing topic), which the reader
+    /// retries by itself at later polls; `None` when it reads.
+    pub fn poll(
+        &mut self,
+        wait: Duration,
+        max_records: usize,
+        max_bytes: usize,
+        out: &mut Vec<KafkaRecord>,
+    ) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        if self.discovered.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL) {
+            self.discovered = Some(Instant::now());
+            if let Err(problem) = self.discover() {
+                return self.problem(Some(problem));
+            }
+        }
+        if self.assigned.is_empty() {
+            std::thread::sleep(wait);
+            return self.problem(Some(format!("topic `{}` has no partitions (yet)", self.config.topic)));
+        }
+        let mut bytes = 0;
+        let mut problem = None;
+        while out.len() < max_records && bytes < max_bytes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.poll(left) {
+                None => break,
+                Some(Err(e)) => {
+                    problem = Some(e.to_string());
+                    break;
+                }
+                Some(Ok(message)) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    if self.positions.get(&partition).is_some_and(|next| offset < *next) {
+                        // Before the position (a seek that landed early): read already.
+                        continue;
+                    }
+                    let location = format!("kafka:{}/{partition}@{offset}", self.config.topic);
+                    let record = match message.payload() {
+                        Some(value) => record_within(location, value, self.max_record_bytes),
+                        None => Record::new(location, String::new())
+                            .with_error("the message has no value (a tombstone); nothing to decode"),
+                    };
+                    bytes += record.text.len();
+                    self.positions.insert(partition, offset + 1);
+                    out.push(KafkaRecord { partition, offset, record });
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        self.problem(problem)
+    }
+
+    /// Remembers `problem` and returns it when it differs from the last one (each problem is
+    /// reported once while it lasts).
+    fn problem(&mut self, problem: Option<String>) -> Option<String> {
+        if problem == self.last_problem {
+            return None;
+        }
+        self.last_problem = problem.clone();
+        problem
+    }
+
+    /// Assigns the topic's partitions not yet assigned, each at its position, or (the first
+    /// time) at the start position, or (a partition added later) at its beginning.
+    fn discover(&mut self) -> Result<(), String> {
+        let topic = &self.config.topic;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .map_err(|e| format!("metadata of topic `{topic}`: {e}"))?;
+        let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(format!("topic `{topic}` not found"));
+        };
+        if let Some(e) = found.error() {
+            return Err(format!("topic `{topic}`: {}", rdkafka::error::RDKafkaErrorCode::from(e)));
+        }
+        let first = !self.started;
+        let new: Vec<i32> = found.partitions().iter().map(|p| p.id()).filter(|p| !self.assigned.contains(p)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
+        for &partition in &new {
+            let offset = match (self.positions.get(&partition), first) {
+                (Some(next), _) => Offset::Offset(*next),
+                (None, false) => Offset::Beginning,
+                (None, true) => match self.config.start {
+                    KafkaStart::Earliest => Offset::Beginning,
+                    KafkaStart::Latest => Offset::End,
+                    KafkaStart::Offset(n) => Offset::Offset(n),
+                    KafkaStart::Timestamp(ms) => {
+                        by_time
+                            .add_partition_offset(topic, partition, Offset::Offset(ms))
+                            .map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                },
+            };
+            list.add_partition_offset(topic, partition, offset).map_err(|e| e.to_string())?;
+        }
+        if by_time.count() > 0 {
+            let offsets = self
+                .consumer
+                .offsets_for_times(by_time, REQUEST_TIMEOUT)
+                .map_err(|e| format!("offsets of topic `{topic}` at {}: {e}", self.config.start))?;
+            for element in offsets.elements() {
+                // No message at or after the time: the partition's end.
+                let offset = match element.offset() {
+                    Offset::Offset(n) => Offset::Offset(n),
+                    _ => Offset::End,
+                };
+                list.add_partition_offset(topic, element.partition(), offset).map_err(|e| e.to_string())?;
+            }
+        }
+        self.consumer.incremental_assign(&list).map_err(|e| format!("assigning topic `{topic}`: {e}"))?;
+        self.assigned.extend(new);
+        self.started = true;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse_and_print_back() {
+        for (text, start) in [
+            ("earliest", KafkaStart::Earliest),
+            ("latest", KafkaStart::Latest),
+            ("offset:42", KafkaStart::Offset(42)),
+            ("timestamp:1700000000000", KafkaStart::Timestamp(1_700_000_000_000)),
+        ] {
+            assert_eq!(text.parse::<KafkaStart>(), Ok(start));
+            assert_eq!(start.to_string(), text);
+        }
+        for bad in ["", "first", "offset:", "offset:-1", "offset:x", "timestamp:1.5", "Earliest"] {
+            let error = bad.parse::<KafkaStart>().expect_err(bad);
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_kafka_table_is_checked() {
+        let config: KafkaConfig = toml::from_str("brokers = \"b:9092\"\ntopic = \"t\"\nstart = \"offset:7\"").unwrap();
+        assert_eq!(config.start, KafkaStart::Offset(7));
+        assert!(config.properties.is_empty());
+        let unknown = toml::from_str::<KafkaConfig>("brokers = \"b\"\ntopic = \"t\"\ntopics = \"u\"").unwrap_err();
+        assert!(unknown.to_string().contains("unknown field `topics`"), "{unknown}");
+        let bad = toml::from_str::<KafkaConfig>("brokers = \"b\"\ntopic = \"t\"\nstart = \"beginning\"").unwrap_err();
+        assert!(bad.to_string().contains("expected earliest, latest"), "{bad}");
+    }
+}
