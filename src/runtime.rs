@@ -209,9 +209,9 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     config.collections = Some(needed.into_iter().collect());
     config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
     for source in &job.config.sources {
-        if source.kind == SourceKind::Kafka {
+        if matches!(source.kind, SourceKind::Kafka | SourceKind::ObjectStore) {
             bail!(
-                "source `{}` is a Kafka source: Kafka sources are read by a running server (`aimatrix serve`, then POST \
+                "source `{}` reads Kafka or an object store: such sources are read by a running server (`aimatrix serve`, then POST \
                  the job to /v1/jobs); `run` reads files",
                 source.name
             );

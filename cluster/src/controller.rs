@@ -531,12 +531,13 @@ struct Sequencer {
     log: Option<Arc<DurableLog>>,
     /// Per push source, the answers to its recent pushes by `Idempotency-Key`.
     keys: HashMap<(JobId, String), KeyWindow>,
-    /// The running Kafka sources (dropping one stops it).
-    kafka: HashMap<(JobId, String), crate::kafka::KafkaSource>,
-    /// Per Kafka source, the positions after the last batch sent (and logged): where it
-    /// resumes.
-    kafka_positions: HashMap<(JobId, String), amx_connectors::kafka::KafkaPositions>,
-    /// While a log is replayed, Kafka sources wait (their positions come from the log).
+    /// The running sources the server reads (dropping one stops it).
+    running: HashMap<(JobId, String), crate::sources::RunningSource>,
+    /// Per source the server reads, the positions of the batches sent (and logged) folded:
+    /// where it resumes.
+    positions: HashMap<(JobId, String), crate::sources::SourceResume>,
+    /// While a log is replayed, the sources the server reads wait (their positions come from
+    /// the log).
     hold_sources: bool,
 }
 
@@ -990,8 +991,8 @@ impl Controller {
             holds: BTreeMap::new(),
             log: None,
             keys: HashMap::new(),
-            kafka: HashMap::new(),
-            kafka_positions: HashMap::new(),
+            running: HashMap::new(),
+            positions: HashMap::new(),
             hold_sources: false,
         };
         if is_controller {
@@ -1039,7 +1040,7 @@ impl Controller {
     /// Stops every worker of every process.
     pub fn shutdown(&self) {
         let mut seq = lock(&self.inner.seq);
-        seq.kafka.clear();
+        seq.running.clear();
         let _ = seq.send(&Command::Shutdown);
     }
 
@@ -1167,19 +1168,20 @@ impl Controller {
         let state = JobState::Running;
         seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
         if !seq.hold_sources {
-            self.start_kafka_sources(seq, id)?;
+            self.start_server_sources(seq, id)?;
         }
         Ok((id, stored))
     }
 
-    /// Starts the Kafka sources of job `id` (each at its positions, if a replay found any).
-    fn start_kafka_sources(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
+    /// Starts the sources of job `id` the server reads (Kafka, object store), each at its
+    /// position if a replay found one.
+    fn start_server_sources(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
         let Some(info) = seq.jobs.get(&id) else { return Ok(()) };
-        for source in info.sources.iter().filter(|s| s.kind == SourceKind::Kafka) {
+        for source in info.sources.iter().filter(|s| crate::sources::read_by_server(s.kind)) {
             let key = (id, source.name.clone());
-            let resume = seq.kafka_positions.get(&key).cloned().unwrap_or_default();
-            let running = crate::kafka::start(self, id, source.clone(), resume, self.inner.max_record_bytes)?;
-            seq.kafka.insert(key, running);
+            let resume = seq.positions.get(&key).cloned().unwrap_or_default();
+            let running = crate::sources::start(self, id, source, resume, self.inner.max_record_bytes)?;
+            seq.running.insert(key, running);
         }
         Ok(())
     }
@@ -1257,7 +1259,7 @@ impl Controller {
         seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
-        seq.kafka.retain(|(job, _), _| *job != id);
+        seq.running.retain(|(job, _), _| *job != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
@@ -1652,10 +1654,11 @@ impl Controller {
             // cancelled).
             return Ok(answer.clone());
         }
-        if let Some(s) = info.sources.iter().find(|s| s.name == source && s.kind == SourceKind::Kafka) {
+        if let Some(s) = info.sources.iter().find(|s| s.name == source && crate::sources::read_by_server(s.kind)) {
             return Err(ClusterError::Conflict(format!(
-                "source `{}` of job {job} is a Kafka source: it reads its topic, and takes no pushes",
-                s.name
+                "source `{}` of job {job} reads {}, and takes no pushes",
+                s.name,
+                if s.kind == SourceKind::Kafka { "a Kafka topic" } else { "an object store" }
             )));
         }
         if seq.push.get(source) != Some(&job) {
@@ -1738,9 +1741,10 @@ impl Controller {
         })
     }
 
-    /// Logs (with a data directory) and sends a batch a Kafka source read, with the
-    /// partitions' positions after it; the answer comes once its worker has applied it and it
-    /// is durable. The positions are where the source resumes after a restart.
+    /// Logs (with a data directory) and sends a batch a source the server reads (Kafka, object
+    /// store) read, with the source's position after it; the answer comes once its worker has
+    /// applied it and it is durable. The positions are where the source resumes after a
+    /// restart.
     ///
     /// # Errors
     /// [`ClusterError::UnknownSource`] when the job no longer has the source (cancelled);
@@ -1751,7 +1755,7 @@ impl Controller {
         job: JobId,
         source: &str,
         records: Vec<amx_connectors::Record>,
-        positions: amx_connectors::kafka::KafkaPositions,
+        position: crate::sources::SourcePosition,
     ) -> Result<IngestAnswer, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         if seq.push.get(source) != Some(&job) {
@@ -1761,9 +1765,9 @@ impl Controller {
             job: job.0,
             source: source.to_owned(),
             records: records.clone(),
-            positions: positions.iter().map(|(p, o)| (*p, *o)).collect(),
+            position: position.clone(),
         })?;
-        seq.kafka_positions.insert((job, source.to_owned()), positions);
+        seq.positions.entry((job, source.to_owned())).or_default().advance(&position);
         let (id, applied) = self.wait_for(1);
         let worker = push_worker(source, id, self.peers());
         seq.send_to(&Command::IngestRecords { id, source: source.to_owned(), records }, Some(worker))?;
@@ -1776,8 +1780,8 @@ impl Controller {
         Ok(answer)
     }
 
-    /// A Kafka source's problem (an unreachable broker, a missing topic): kept in its job's
-    /// errors (the job keeps running; the source retries).
+    /// A problem of a source the server reads (an unreachable broker or bucket, a missing
+    /// topic): kept in its job's errors (the job keeps running; the source retries).
     pub(crate) fn source_problem(&self, job: JobId, source: &str, problem: &str) {
         let error = format!("source `{source}`: {problem}");
         if let Some(info) = lock(&self.inner.seq).jobs.get_mut(&job)
@@ -1853,10 +1857,9 @@ impl Controller {
                     let submitted = self.submit_ingest(JobId(job), &source, body, oversized, key, false);
                     submitted.map(|answer| outstanding.push_back(answer))
                 }
-                LogRecord::IngestRecords { job, source, records, positions } => {
+                LogRecord::IngestRecords { job, source, records, position } => {
                     recovered.pushes += 1;
-                    let positions = positions.into_iter().collect();
-                    let submitted = self.submit_records(JobId(job), &source, records, positions);
+                    let submitted = self.submit_records(JobId(job), &source, records, position);
                     submitted.map(|answer| outstanding.push_back(answer))
                 }
             };
@@ -1885,11 +1888,11 @@ impl Controller {
         self.wait_visible(upper).await;
         let mut seq = lock(&self.inner.seq);
         seq.log = Some(log);
-        // The Kafka sources resume where the log's last batches leave them.
+        // The sources the server reads resume where the log's last batches leave them.
         seq.hold_sources = false;
         let running: Vec<JobId> = seq.jobs.values().filter(|j| j.state != JobState::Cancelled).map(|j| j.id).collect();
         for id in running {
-            self.start_kafka_sources(&mut seq, id)?;
+            self.start_server_sources(&mut seq, id)?;
         }
         drop(seq);
         Ok(recovered)

@@ -5,7 +5,7 @@
 //!
 //! [[sources]]
 //! name = "wiki"                      # appears in ingest_errors.source
-//! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest) | kafka
+//! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest) | kafka | object-store
 //! format = "json"                    # openai-chat | temporal-history | json
 //! path = "data/*.ndjson"             # file sources: a glob, relative to the job file's directory
 //! follow = false                     # file sources: keep reading what is appended (tail -f)
@@ -75,6 +75,10 @@ pub enum SourceKind {
     /// directory, the records read are in the durable log with each partition's offset, and a
     /// restart resumes there: each message is applied once.
     Kafka,
+    /// Every object under a prefix of an S3-compatible bucket (`[sources.object_store]`), then
+    /// each new one, as JSON lines; only a running server reads them. With a data directory,
+    /// each object is read once across restarts.
+    ObjectStore,
 }
 
 /// One source: a glob of files, or a push endpoint, in one format.
@@ -107,6 +111,11 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub kafka: Option<amx_connectors::kafka::KafkaConfig>,
+    /// Object-store sources: the bucket and prefix, and which keys (see
+    /// [`crate::sources::object::ObjectStoreConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub object_store: Option<crate::sources::object::ObjectStoreConfig>,
 }
 
 /// One query.
@@ -170,9 +179,24 @@ impl Job {
                     bail!("source `{}`: a Kafka source needs a `[sources.kafka]` table (brokers, topic)", source.name)
                 }
                 SourceKind::Kafka => {}
+                SourceKind::ObjectStore if source.follow || !source.path.is_empty() => bail!(
+                    "source `{}`: an object-store source has no `path` or `follow` (it reads its prefix, and new \
+                     objects as they appear)",
+                    source.name
+                ),
+                SourceKind::ObjectStore => match &source.object_store {
+                    None => bail!(
+                        "source `{}`: an object-store source needs a `[sources.object_store]` table (url)",
+                        source.name
+                    ),
+                    Some(config) => config.check().map_err(|e| anyhow::anyhow!("source `{}`: {e}", source.name))?,
+                },
             }
             if source.kind != SourceKind::Kafka && source.kafka.is_some() {
                 bail!("source `{}`: `[sources.kafka]` is for sources of kind = \"kafka\"", source.name);
+            }
+            if source.kind != SourceKind::ObjectStore && source.object_store.is_some() {
+                bail!("source `{}`: `[sources.object_store]` is for sources of kind = \"object-store\"", source.name);
             }
             amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;

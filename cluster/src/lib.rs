@@ -20,10 +20,10 @@
 
 pub mod controller;
 pub mod job;
-mod kafka;
 pub mod limits;
 pub mod net;
 pub mod protocol;
+pub mod sources;
 pub mod sql;
 pub mod storage;
 pub mod worker;

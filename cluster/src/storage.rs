@@ -109,8 +109,8 @@ pub enum LogRecord {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         oversized: BTreeMap<u64, u64>,
     },
-    /// A batch of records Kafka source `source` of job `job` read, and for each partition the
-    /// offset of the next message after it (where the source resumes).
+    /// A batch of records a source the server reads (Kafka, object store) read, and where the
+    /// source is after it (where it resumes).
     IngestRecords {
         /// The job.
         job: u64,
@@ -118,9 +118,58 @@ pub enum LogRecord {
         source: String,
         /// The records (`kafka:TOPIC/PARTITION@OFFSET`), as read.
         records: Vec<amx_connectors::Record>,
-        /// (partition, the offset of the next message to read), by partition.
-        positions: Vec<(i32, i64)>,
+        /// Where the source is after them.
+        position: crate::sources::SourcePosition,
     },
+}
+
+/// The S3-compatible store, the prefix and the location (`s3://bucket/prefix`) of an `s3://`
+/// (or `s3a://`) URL. The client is configured by the `AWS_*` environment variables
+/// (`AmazonS3Builder::from_env`), with `retries` retries within 5 s inside each request, a 2 s
+/// connect timeout and a 10 s request timeout.
+///
+/// # Errors
+/// A URL without a bucket, with a query or credentials, an `AWS_ENDPOINT` over http without
+/// `AWS_ALLOW_HTTP=true`, or a client that cannot be built.
+pub(crate) fn s3_store(
+    url: &url::Url,
+    retries: usize,
+) -> Result<(object_store::aws::AmazonS3, object_store::path::Path, String), String> {
+    let bucket = url.host_str().ok_or_else(|| "no bucket".to_owned())?;
+    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err("an s3:// URL takes no query or credentials (the AWS_* variables configure the client)".into());
+    }
+    let endpoint = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
+    let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    if let Ok(endpoint) = endpoint
+        && endpoint.starts_with("http://")
+        && !allow_http
+    {
+        return Err(format!("AWS_ENDPOINT is {endpoint}, without TLS: set AWS_ALLOW_HTTP=true to allow it"));
+    }
+    // reqwest's rustls needs a process-wide crypto provider (ring, which object_store already
+    // builds); one installed before is kept.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let retry = object_store::RetryConfig {
+        max_retries: retries,
+        retry_timeout: std::time::Duration::from_secs(5),
+        ..Default::default()
+    };
+    use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
+    use object_store::aws::AmazonS3ConfigKey::Client;
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_retry(retry)
+        .with_config(Client(ConnectTimeout), "2s")
+        .with_config(Client(Timeout), "10s")
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // The URL's path is percent-encoded; object_store encodes a key's parts itself.
+    let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
+    let prefix = object_store::path::Path::from(path.trim_matches('/'));
+    let location = format!("s3://{bucket}/{prefix}");
+    Ok((store, prefix, location))
 }
 
 /// Why the log cannot be opened or written.
@@ -237,46 +286,7 @@ impl DurableLog {
                 Self::open(&dir)
             }
             "s3" | "s3a" => {
-                let bucket = parsed.host_str().ok_or_else(|| bad("no bucket".into()))?;
-                if parsed.query().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
-                    return Err(bad(
-                        "a data URL takes no query or credentials (the AWS_* variables configure the client)".into(),
-                    ));
-                }
-                let endpoint = std::env::var("AWS_ENDPOINT").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
-                let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-                if let Ok(endpoint) = endpoint
-                    && endpoint.starts_with("http://")
-                    && !allow_http
-                {
-                    return Err(bad(format!(
-                        "AWS_ENDPOINT is {endpoint}, without TLS: set AWS_ALLOW_HTTP=true to allow it"
-                    )));
-                }
-                // reqwest's rustls needs a process-wide crypto provider (ring, which
-                // object_store already builds); one installed before is kept.
-                #[allow(deprecated)]
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                // Few retries inside a request: the log retries a failing segment itself,
-                // forever, and meanwhile answers new pushes 503 rather than hold them.
-                let retry = object_store::RetryConfig {
-                    max_retries: 3,
-                    retry_timeout: std::time::Duration::from_secs(5),
-                    ..Default::default()
-                };
-                use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
-                use object_store::aws::AmazonS3ConfigKey::Client;
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_retry(retry)
-                    .with_config(Client(ConnectTimeout), "2s")
-                    .with_config(Client(Timeout), "10s")
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?;
-                // The URL's path is percent-encoded; object_store encodes a key's parts itself.
-                let path = percent_encoding::percent_decode_str(parsed.path()).decode_utf8_lossy();
-                let prefix = object_store::path::Path::from(path.trim_matches('/'));
-                let location = format!("s3://{bucket}/{prefix}");
+                let (store, prefix, location) = s3_store(&parsed, 3).map_err(bad)?;
                 let (log, records) = ObjectLog::open(Arc::new(store), prefix, location, options)?;
                 Ok((Arc::new(DurableLog::Object(log)), LogRecords::Object(records)))
             }

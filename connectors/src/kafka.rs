@@ -152,6 +152,8 @@ pub struct KafkaReader {
     discovered: Option<Instant>,
     /// The first partitions are assigned (later ones start at their beginning).
     started: bool,
+    /// Partitions were assigned at resolved start offsets (see [`KafkaReader::take_assigned`]).
+    announce: bool,
     max_record_bytes: u64,
     /// The last problem reported (reported again only when it changes).
     last_problem: Option<String>,
@@ -197,6 +199,7 @@ impl KafkaReader {
             assigned: Default::default(),
             discovered: None,
             started: false,
+            announce: false,
             max_record_bytes: max_record_bytes.max(1),
             last_problem: None,
         })
@@ -274,12 +277,16 @@ impl KafkaReader {
     }
 
     /// Assigns the topic's partitions not yet assigned, each at its position, or (the first
-    /// time) at the start position, or (a partition added later) at its beginning.
+    /// time) at the start position, or (a partition added later) at its beginning. A start
+    /// position is resolved to an offset first (`latest` to the partition's high watermark,
+    /// `earliest` to its low one, a timestamp to the first offset at or after it) and becomes
+    /// the partition's position, so that a restart before any message was read starts at the
+    /// same offset (see [`KafkaReader::take_assigned`]).
     fn discover(&mut self) -> Result<(), String> {
-        let topic = &self.config.topic;
+        let topic = self.config.topic.clone();
         let metadata = self
             .consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
             .map_err(|e| format!("metadata of topic `{topic}`: {e}"))?;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Err(format!("topic `{topic}` not found"));
@@ -293,43 +300,57 @@ impl KafkaReader {
             return Ok(());
         }
         let mut list = TopicPartitionList::new();
-        let mut by_time = TopicPartitionList::new();
         for &partition in &new {
-            let offset = match (self.positions.get(&partition), first) {
-                (Some(next), _) => Offset::Offset(*next),
-                (None, false) => Offset::Beginning,
-                (None, true) => match self.config.start {
-                    KafkaStart::Earliest => Offset::Beginning,
-                    KafkaStart::Latest => Offset::End,
-                    KafkaStart::Offset(n) => Offset::Offset(n),
-                    KafkaStart::Timestamp(ms) => {
-                        by_time
-                            .add_partition_offset(topic, partition, Offset::Offset(ms))
-                            .map_err(|e| e.to_string())?;
-                        continue;
-                    }
-                },
+            let offset = match self.positions.get(&partition) {
+                Some(next) => *next,
+                None => {
+                    let start = if first { self.config.start } else { KafkaStart::Earliest };
+                    let offset = self.resolve(partition, start)?;
+                    self.positions.insert(partition, offset);
+                    self.announce = true;
+                    offset
+                }
             };
-            list.add_partition_offset(topic, partition, offset).map_err(|e| e.to_string())?;
-        }
-        if by_time.count() > 0 {
-            let offsets = self
-                .consumer
-                .offsets_for_times(by_time, REQUEST_TIMEOUT)
-                .map_err(|e| format!("offsets of topic `{topic}` at {}: {e}", self.config.start))?;
-            for element in offsets.elements() {
-                // No message at or after the time: the partition's end.
-                let offset = match element.offset() {
-                    Offset::Offset(n) => Offset::Offset(n),
-                    _ => Offset::End,
-                };
-                list.add_partition_offset(topic, element.partition(), offset).map_err(|e| e.to_string())?;
-            }
+            list.add_partition_offset(&topic, partition, Offset::Offset(offset)).map_err(|e| e.to_string())?;
         }
         self.consumer.incremental_assign(&list).map_err(|e| format!("assigning topic `{topic}`: {e}"))?;
         self.assigned.extend(new);
         self.started = true;
         Ok(())
+    }
+
+    /// The offset `start` means in `partition` now.
+    fn resolve(&self, partition: i32, start: KafkaStart) -> Result<i64, String> {
+        let topic = &self.config.topic;
+        let watermarks = || {
+            self.consumer
+                .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+                .map_err(|e| format!("offsets of `{topic}` partition {partition}: {e}"))
+        };
+        match start {
+            KafkaStart::Earliest => Ok(watermarks()?.0),
+            KafkaStart::Latest => Ok(watermarks()?.1),
+            KafkaStart::Offset(n) => Ok(n),
+            KafkaStart::Timestamp(ms) => {
+                let mut by_time = TopicPartitionList::new();
+                by_time.add_partition_offset(topic, partition, Offset::Offset(ms)).map_err(|e| e.to_string())?;
+                let offsets = self
+                    .consumer
+                    .offsets_for_times(by_time, REQUEST_TIMEOUT)
+                    .map_err(|e| format!("offsets of `{topic}` partition {partition} at {start}: {e}"))?;
+                match offsets.elements().first().map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => Ok(n),
+                    // No message at or after the time: the partition's end.
+                    _ => Ok(watermarks()?.1),
+                }
+            }
+        }
+    }
+
+    /// Whether partitions were assigned at resolved start offsets since the last call: their
+    /// positions should be made durable even before a message is read.
+    pub fn take_assigned(&mut self) -> bool {
+        std::mem::take(&mut self.announce)
     }
 }
 

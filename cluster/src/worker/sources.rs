@@ -95,7 +95,9 @@ pub(super) fn open(
             Err(e) => Err((source.name, e.to_string())),
         },
         // A Kafka source's batches arrive as pushes do (read by the controller).
-        SourceKind::Push | SourceKind::Kafka => Ok(Opened::Push(source.name, PushSource { job, decoder })),
+        SourceKind::Push | SourceKind::Kafka | SourceKind::ObjectStore => {
+            Ok(Opened::Push(source.name, PushSource { job, decoder }))
+        }
     }
 }
 

@@ -1,0 +1,198 @@
+//! Sources a server reads itself, in process 0: Kafka topics ([`kafka`]) and objects under a
+//! prefix of an object store ([`object`]).
+//!
+//! One thread per source reads a batch of records ([`BatchSource::read`]) and hands it to the
+//! controller with the source's position after it ([`SourcePosition`]). The controller logs
+//! both in one record of the durable log (with a data directory) and sends the records to one
+//! worker to decode, as a push. The next batch is read once the last one is applied and
+//! durable. A restart replays the log, which gives every source back its position
+//! ([`SourceResume`]), and each source resumes there: each record is applied once, also across
+//! `kill -9` (Materialize, Feldera and Arroyo keep their sources' positions with the data the
+//! same way, rather than in the external system).
+
+pub mod kafka;
+pub mod object;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use amx_connectors::Record;
+use amx_connectors::kafka::KafkaPositions;
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{ClusterError, Controller, Inner};
+use crate::job::{SourceConfig, SourceKind};
+use crate::protocol::JobId;
+
+/// Records in one batch, at most.
+pub const BATCH_RECORDS: usize = 10_000;
+
+/// Bytes of records in one batch, about (a batch ends after the record that passes it).
+pub const BATCH_BYTES: usize = 4 << 20;
+
+/// Where a source is after a batch, as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourcePosition {
+    /// A Kafka source: (partition, the offset of the next message to read) for every
+    /// partition read so far.
+    Kafka {
+        /// By partition.
+        offsets: Vec<(i32, i64)>,
+    },
+    /// An object-store source: the object the batch came from and how far it is read.
+    Object {
+        /// The object's key.
+        key: String,
+        /// Lines of it read (the next batch of it starts after them).
+        lines: u64,
+        /// Read to its end: never read again.
+        done: bool,
+    },
+}
+
+/// Where a source resumes: every position its batches reached, folded
+/// ([`SourceResume::advance`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceResume {
+    /// Kafka: the next offset per partition.
+    pub kafka: KafkaPositions,
+    /// Object store: the objects read to their end.
+    pub objects_done: BTreeSet<String>,
+    /// Object store: the object being read, and the lines of it read.
+    pub object_reading: Option<(String, u64)>,
+}
+
+impl SourceResume {
+    /// Folds in the position after one more batch.
+    pub fn advance(&mut self, position: &SourcePosition) {
+        match position {
+            SourcePosition::Kafka { offsets } => self.kafka.extend(offsets.iter().copied()),
+            SourcePosition::Object { key, lines, done } => {
+                if *done {
+                    self.objects_done.insert(key.clone());
+                    self.object_reading = None;
+                } else {
+                    self.object_reading = Some((key.clone(), *lines));
+                }
+            }
+        }
+    }
+}
+
+/// A source the server reads in batches.
+pub(crate) trait BatchSource: Send {
+    /// Appends the next records (at most [`BATCH_RECORDS`], about [`BATCH_BYTES`]) to `out`,
+    /// waiting a little when there are none; returns the position after them, or a problem
+    /// reading (reported in the job's errors and retried at the next call).
+    fn read(&mut self, out: &mut Vec<Record>) -> Result<Option<SourcePosition>, String>;
+}
+
+/// A running source: stopped (its thread ends at its next batch) when dropped.
+pub(crate) struct RunningSource {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for RunningSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether the server reads this kind of source itself (rather than workers or pushes).
+pub(crate) fn read_by_server(kind: SourceKind) -> bool {
+    matches!(kind, SourceKind::Kafka | SourceKind::ObjectStore)
+}
+
+/// Starts reading source `source` of job `job` (a Kafka or object-store source), resuming at
+/// `resume`.
+///
+/// # Errors
+/// [`ClusterError::InvalidJob`] when the source cannot be opened (a bad property or URL);
+/// [`ClusterError::BadRequest`] without a tokio runtime here, or when the thread cannot start.
+pub(crate) fn start(
+    controller: &Controller,
+    job: JobId,
+    source: &SourceConfig,
+    resume: SourceResume,
+    max_record_bytes: u64,
+) -> Result<RunningSource, ClusterError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| ClusterError::BadRequest("a Kafka or object-store source needs the server's runtime".into()))?;
+    let invalid = |e: String| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name));
+    let reader: Box<dyn BatchSource> = match source.kind {
+        SourceKind::Kafka => Box::new(kafka::open(job, source, resume, max_record_bytes).map_err(invalid)?),
+        SourceKind::ObjectStore => {
+            Box::new(object::open(source, resume, max_record_bytes, runtime.clone()).map_err(invalid)?)
+        }
+        SourceKind::File | SourceKind::Push => return Err(invalid("not read by the server".into())),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let inner = Arc::downgrade(&controller.inner);
+    let name = source.name.clone();
+    std::thread::Builder::new()
+        .name(format!("amx-source-{name}"))
+        .spawn(move || run(inner, runtime, job, name, reader, &stopped))
+        .map_err(|e| ClusterError::BadRequest(format!("starting source `{}`: {e}", source.name)))?;
+    Ok(RunningSource { stop })
+}
+
+/// A source's thread: reads batches and submits them until stopped, the job is gone or the
+/// controller is.
+fn run(
+    inner: Weak<Inner>,
+    runtime: tokio::runtime::Handle,
+    job: JobId,
+    name: String,
+    mut reader: Box<dyn BatchSource>,
+    stop: &AtomicBool,
+) {
+    // The controller answers in tasks of the server's runtime.
+    let _runtime = runtime.enter();
+    let controller = |inner: &Weak<Inner>| inner.upgrade().map(|inner| Controller { inner });
+    let mut batch = Vec::new();
+    let mut last_problem = None;
+    while !stop.load(Ordering::SeqCst) {
+        let position = match reader.read(&mut batch) {
+            Ok(position) => position,
+            Err(problem) => {
+                if last_problem.as_ref() != Some(&problem) {
+                    tracing::warn!(job = %job, source = %name, %problem, "source");
+                    let Some(c) = controller(&inner) else { return };
+                    c.source_problem(job, &name, &problem);
+                    last_problem = Some(problem);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let Some(position) = position else { continue };
+        last_problem = None;
+        let records = std::mem::take(&mut batch);
+        // Submitted once: a refusal (the log's store failing) is retried with the same records.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(c) = controller(&inner) else { return };
+            match c.submit_records(job, &name, records.clone(), position.clone()) {
+                Ok(answer) => {
+                    // The next batch waits for this one to be applied and durable.
+                    if let Err(e) = runtime.block_on(Controller::answer(answer)) {
+                        tracing::warn!(job = %job, source = %name, error = %e, "source batch");
+                    }
+                    break;
+                }
+                Err(ClusterError::Storage(why)) if !stop.load(Ordering::SeqCst) => {
+                    tracing::warn!(job = %job, source = %name, %why, "source batch refused by the log; retrying");
+                    drop(c);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                // The job was cancelled, or the server stops.
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Kafka sources: every partition of a topic, read with
+//! [`amx_connectors::kafka::KafkaReader`] from the offsets the log gave back (see
+//! [`super`]).
+
+use std::time::Duration;
+
+use amx_connectors::Record;
+use amx_connectors::kafka::KafkaReader;
+
+use super::{BATCH_BYTES, BATCH_RECORDS, BatchSource, SourcePosition, SourceResume};
+use crate::job::SourceConfig;
+use crate::protocol::JobId;
+
+/// How long a read waits for messages before it hands over what it has.
+pub const BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// A Kafka source's reader.
+pub(crate) struct KafkaSource {
+    reader: KafkaReader,
+    read: Vec<amx_connectors::kafka::KafkaRecord>,
+}
+
+/// Opens Kafka source `source` of job `job` at `resume`'s offsets (the group it advertises is
+/// `aimatrix-job-JOB-SOURCE`; it commits nothing).
+///
+/// # Errors
+/// A source without `[sources.kafka]`, or a property librdkafka refuses.
+pub(crate) fn open(
+    job: JobId,
+    source: &SourceConfig,
+    resume: SourceResume,
+    max_record_bytes: u64,
+) -> Result<KafkaSource, String> {
+    let config = source.kafka.as_ref().ok_or("a Kafka source needs a `[sources.kafka]` table")?;
+    let group = format!("aimatrix-job-{job}-{}", source.name);
+    let reader = KafkaReader::new(config, &group, resume.kafka, max_record_bytes).map_err(|e| e.to_string())?;
+    tracing::info!(job = %job, source = %source.name, topic = %config.topic, positions = ?reader.positions(), "Kafka source started");
+    Ok(KafkaSource { reader, read: Vec::new() })
+}
+
+impl BatchSource for KafkaSource {
+    fn read(&mut self, out: &mut Vec<Record>) -> Result<Option<SourcePosition>, String> {
+        let problem = self.reader.poll(BATCH_WAIT, BATCH_RECORDS, BATCH_BYTES, &mut self.read);
+        // Partitions assigned at resolved start offsets: their positions are logged at once
+        // (with no records, if none came), so that a restart starts them where this did.
+        let assigned = self.reader.take_assigned();
+        if self.read.is_empty() && !assigned {
+            return problem.map_or(Ok(None), Err);
+        }
+        if let Some(problem) = problem {
+            tracing::warn!(%problem, "Kafka source");
+        }
+        out.extend(self.read.drain(..).map(|r| r.record));
+        let offsets = self.reader.positions().iter().map(|(p, o)| (*p, *o)).collect();
+        Ok(Some(SourcePosition::Kafka { offsets }))
+    }
+}

@@ -1,0 +1,231 @@
+//! Object-store sources: every object under a prefix of an S3-compatible bucket, then each new
+//! object as it appears, as JSON lines (one record per non-blank line, at
+//! `s3://BUCKET/KEY:LINE`). Objects are read in key order, each once: the log keeps which
+//! objects are read and how far the one being read is (see [`super`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amx_connectors::Record;
+use amx_connectors::record::record_within;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+
+use super::{BATCH_BYTES, BATCH_RECORDS, BatchSource, SourcePosition, SourceResume};
+use crate::job::SourceConfig;
+
+/// How often the prefix is listed for new objects.
+pub const LIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An object-store source's settings: the `[sources.object_store]` table of a job file.
+///
+/// ```toml
+/// [sources.object_store]
+/// url = "s3://landing/agents/"      # every object under this prefix
+/// pattern = "*.jsonl"               # optional: only keys (below the prefix) matching this glob
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreConfig {
+    /// `s3://BUCKET/PREFIX` (or `s3a://`); the client is configured by the `AWS_*` environment
+    /// variables of the server (`AWS_ENDPOINT`, `AWS_REGION`, credentials, `AWS_ALLOW_HTTP`).
+    pub url: String,
+    /// A glob the key below the prefix must match (`*` does not cross `/`); default: every
+    /// object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
+impl ObjectStoreConfig {
+    /// Checks the URL and the pattern (nothing is fetched).
+    ///
+    /// # Errors
+    /// A URL that is not `s3://BUCKET/…` or has a query or credentials; a bad glob.
+    pub fn check(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}` is not a URL ({e})", self.url))?;
+        if !matches!(url.scheme(), "s3" | "s3a") {
+            return Err(format!(
+                "`{}`: an object-store source reads s3://BUCKET/PREFIX (for local files, use a file source with \
+                 follow = true)",
+                self.url
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{}`: no bucket", self.url));
+        }
+        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("`{}`: no query or credentials in the URL (the AWS_* variables set them)", self.url));
+        }
+        if let Some(p) = &self.pattern {
+            glob::Pattern::new(p).map_err(|e| format!("pattern `{p}`: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The object being read: its key, its bytes, where its next line starts and its lines read.
+struct Reading {
+    key: String,
+    data: bytes::Bytes,
+    at: usize,
+    lines: u64,
+}
+
+/// An object-store source's reader.
+pub(crate) struct ObjectSource {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// `s3://BUCKET`: a record's location is `{root}/{key}:{line}`.
+    root: String,
+    pattern: Option<glob::Pattern>,
+    runtime: tokio::runtime::Handle,
+    done: BTreeSet<String>,
+    /// From the log: the object that was being read, and its lines read.
+    resume: Option<(String, u64)>,
+    /// Objects listed and not read yet, in key order.
+    queue: BTreeSet<String>,
+    listed: Option<Instant>,
+    reading: Option<Reading>,
+    max_record_bytes: u64,
+}
+
+/// Opens object-store source `source` at `resume`.
+///
+/// # Errors
+/// A source without `[sources.object_store]`, a bad URL or pattern, or a client that cannot be
+/// built.
+pub(crate) fn open(
+    source: &SourceConfig,
+    resume: SourceResume,
+    max_record_bytes: u64,
+    runtime: tokio::runtime::Handle,
+) -> Result<ObjectSource, String> {
+    let config = source.object_store.as_ref().ok_or("an object-store source needs a `[sources.object_store]` table")?;
+    config.check()?;
+    let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
+    let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
+    let root = format!("s3://{}", url.host_str().unwrap_or_default());
+    let pattern = config.pattern.as_deref().map(glob::Pattern::new).transpose().map_err(|e| e.to_string())?;
+    Ok(ObjectSource {
+        store: Arc::new(store),
+        prefix,
+        root,
+        pattern,
+        runtime,
+        done: resume.objects_done,
+        resume: resume.object_reading,
+        queue: BTreeSet::new(),
+        listed: None,
+        reading: None,
+        max_record_bytes: max_record_bytes.max(1),
+    })
+}
+
+impl ObjectSource {
+    /// The objects under the prefix not read yet (and matching the pattern), in key order.
+    fn list(&mut self) -> Result<(), String> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        let listed: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(async move { store.list(Some(&prefix)).try_collect().await })
+            .map_err(|e| format!("listing {}/{}: {e}", self.root, self.prefix))?;
+        let keys: Vec<String> = listed
+            .into_iter()
+            .map(|meta| meta.location.to_string())
+            .filter(|key| !self.done.contains(key) && !self.queue.contains(key))
+            .filter(|key| {
+                let below = key.strip_prefix(self.prefix.as_ref()).unwrap_or(key).trim_start_matches('/');
+                self.pattern.as_ref().is_none_or(|p| {
+                    p.matches_with(below, glob::MatchOptions { require_literal_separator: true, ..Default::default() })
+                })
+            })
+            .collect();
+        self.queue.extend(keys);
+        Ok(())
+    }
+
+    /// Fetches the next object to read (`None`: deleted since it was listed).
+    fn fetch(&mut self, key: String) -> Result<Option<Reading>, String> {
+        let store = self.store.clone();
+        let path = Path::from(key.as_str());
+        let data = match self.runtime.block_on(async move { store.get(&path).await?.bytes().await }) {
+            Ok(data) => data,
+            Err(object_store::Error::NotFound { .. }) => {
+                tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("reading {}/{key}: {e}", self.root)),
+        };
+        let mut reading = Reading { key, data, at: 0, lines: 0 };
+        // Resumed: the lines read before the restart are skipped.
+        if let Some((key, lines)) = self.resume.take_if(|(k, _)| *k == reading.key) {
+            debug_assert_eq!(key, reading.key);
+            while reading.lines < lines && reading.at < reading.data.len() {
+                let end = line_end(&reading.data, reading.at);
+                reading.at = (end + 1).min(reading.data.len());
+                reading.lines += 1;
+            }
+        }
+        Ok(Some(reading))
+    }
+}
+
+/// The index of the `\n` ending the line that starts at `from` (the data's length when the
+/// last line has none).
+fn line_end(data: &[u8], from: usize) -> usize {
+    data[from..].iter().position(|b| *b == b'\n').map_or(data.len(), |i| from + i)
+}
+
+impl BatchSource for ObjectSource {
+    fn read(&mut self, out: &mut Vec<Record>) -> Result<Option<SourcePosition>, String> {
+        if self.reading.is_none() {
+            if self.queue.is_empty() {
+                if self.listed.is_some_and(|t| t.elapsed() < LIST_INTERVAL) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    return Ok(None);
+                }
+                self.listed = Some(Instant::now());
+                self.list()?;
+            }
+            // The object a restart was in the middle of comes first; then key order.
+            let resumed = self.resume.as_ref().and_then(|(key, _)| self.queue.take(key));
+            let Some(key) = resumed.or_else(|| self.queue.pop_first()) else { return Ok(None) };
+            match self.fetch(key.clone()) {
+                Ok(reading) => self.reading = reading,
+                Err(problem) => {
+                    // Tried again at a later read.
+                    self.queue.insert(key);
+                    return Err(problem);
+                }
+            }
+        }
+        let Some(reading) = self.reading.as_mut() else { return Ok(None) };
+        let mut bytes = 0;
+        while reading.at < reading.data.len() && out.len() < BATCH_RECORDS && bytes < BATCH_BYTES {
+            let end = line_end(&reading.data, reading.at);
+            let mut line = &reading.data[reading.at..end];
+            reading.at = (end + 1).min(reading.data.len());
+            reading.lines += 1;
+            if let Some(stripped) = line.strip_suffix(b"\r") {
+                line = stripped;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            bytes += line.len();
+            let location = format!("{}/{}:{}", self.root, reading.key, reading.lines);
+            out.push(record_within(location, line, self.max_record_bytes));
+        }
+        let done = reading.at >= reading.data.len();
+        let position = SourcePosition::Object { key: reading.key.clone(), lines: reading.lines, done };
+        if done {
+            self.done.insert(reading.key.clone());
+            self.reading = None;
+        }
+        Ok(Some(position))
+    }
+}
