@@ -208,6 +208,13 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     }
     config.collections = Some(needed.into_iter().collect());
     config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
+    if let Some(sink) = job.config.sinks.first() {
+        bail!(
+            "sink `{}`: sinks are kept by a running server (`aimatrix serve`, then POST the job to /v1/jobs); `run` \
+             prints its queries' answers",
+            sink.name
+        );
+    }
     for source in &job.config.sources {
         if matches!(source.kind, SourceKind::Kafka | SourceKind::ObjectStore) {
             bail!(

@@ -1969,3 +1969,102 @@ fn a_kafka_source_from_latest_keeps_its_start_across_kill_9() {
     let want = vec![json!({ "collection": "c", "n": 3, "bytes": 10 + 11 + 12 })];
     assert_eq!(server.sql_until(sql, &want), want);
 }
+
+/// A topic read to its end: the last value per key (tombstones remove the key) and the
+/// number of messages.
+fn read_topic(brokers: &str, topic: &str) -> (BTreeMap<String, Value>, usize) {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .create()
+        .expect("a consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut list = rdkafka::TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            ends.insert(p.id(), high);
+            list.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(low)).expect("offset");
+        }
+    }
+    let (mut state, mut messages) = (BTreeMap::new(), 0);
+    if ends.is_empty() {
+        return (state, 0);
+    }
+    consumer.assign(&list).expect("assign");
+    while !ends.is_empty() {
+        let message = consumer.poll(Duration::from_secs(10)).expect("a message").expect("no error");
+        messages += 1;
+        let key = String::from_utf8(message.key().expect("a key").to_vec()).expect("UTF-8");
+        match message.payload() {
+            Some(value) => state.insert(key, serde_json::from_slice(value).expect("JSON")),
+            None => state.remove(&key),
+        };
+        if ends.get(&message.partition()).is_some_and(|end| message.offset() + 1 >= *end) {
+            ends.remove(&message.partition());
+        }
+    }
+    (state, messages)
+}
+
+/// A Kafka sink keeps a view's contents in a topic in upsert form (key: the key columns as a
+/// JSON object; value: the row; a tombstone when the key leaves the view); a restart after
+/// `kill -9` writes nothing the topic already has, and the changes after it are written once.
+#[test]
+fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock Kafka cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("small", 2, 1).expect("topic");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let job = push_job(
+        "sink",
+        "pushed",
+        "small",
+        "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection HAVING count(*) < 3",
+    ) + &format!(
+        "\n[[sinks]]\nname = \"out\"\nview = \"small\"\nkey = [\"collection\"]\n[sinks.kafka]\nbrokers = \"{brokers}\"\ntopic = \"small\"\n"
+    );
+    let record = |c: &str, i: usize| json!({ "c": c, "id": format!("{c}{i}"), "v": 1, "size": 1, "t": 1 }).to_string();
+    let wait_topic = |want: &BTreeMap<String, Value>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (state, messages) = read_topic(&brokers, "small");
+            if &state == want || Instant::now() > deadline {
+                return (state, messages);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let entry = |c: &str, n: i64| (json!({ "collection": c }).to_string(), json!({ "collection": c, "n": n }));
+
+    let server = start(&args, true);
+    let id = server.submit(&job);
+    server.push(id, "pushed", &[record("p", 0), record("q", 0), record("q", 1)]);
+    let want: BTreeMap<String, Value> = [entry("p", 1), entry("q", 2)].into_iter().collect();
+    let (state, messages) = wait_topic(&want);
+    assert_eq!(state, want);
+    assert_eq!(messages, 2, "one message per key");
+
+    // Killed and restarted: the topic already has the view; nothing is written again.
+    drop(server);
+    let server = start(&args, true);
+    let rows = server.sql_until("SELECT count(*) AS n FROM small", &[json!({ "n": 2 })]);
+    assert_eq!(rows, vec![json!({ "n": 2 })]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(read_topic(&brokers, "small"), (want, 2));
+
+    // `p` changes, `q` leaves the view (a tombstone), `r` arrives: three messages.
+    server.push(id, "pushed", &[record("p", 1), record("q", 2), record("r", 0)]);
+    let want: BTreeMap<String, Value> = [entry("p", 2), entry("r", 1)].into_iter().collect();
+    let (state, messages) = wait_topic(&want);
+    assert_eq!(state, want);
+    assert_eq!(messages, 5);
+}

@@ -500,6 +500,9 @@ pub struct JobInfo {
     pub views: Vec<ViewSpec>,
     /// Whether cancelling it can retract what it ingested (the job file's `retractable`).
     pub retractable: bool,
+    /// Its sinks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<crate::sinks::SinkConfig>,
     /// What failed, if anything.
     pub errors: Vec<String>,
 }
@@ -536,8 +539,10 @@ struct Sequencer {
     /// Per source the server reads, the positions of the batches sent (and logged) folded:
     /// where it resumes.
     positions: HashMap<(JobId, String), crate::sources::SourceResume>,
+    /// The running sinks (dropping one stops it).
+    sinks: HashMap<(JobId, String), crate::sinks::RunningSink>,
     /// While a log is replayed, the sources the server reads wait (their positions come from
-    /// the log).
+    /// the log), and so do sinks (the views are not whole yet).
     hold_sources: bool,
 }
 
@@ -993,6 +998,7 @@ impl Controller {
             keys: HashMap::new(),
             running: HashMap::new(),
             positions: HashMap::new(),
+            sinks: HashMap::new(),
             hold_sources: false,
         };
         if is_controller {
@@ -1041,6 +1047,7 @@ impl Controller {
     pub fn shutdown(&self) {
         let mut seq = lock(&self.inner.seq);
         seq.running.clear();
+        seq.sinks.clear();
         let _ = seq.send(&Command::Shutdown);
     }
 
@@ -1116,10 +1123,24 @@ impl Controller {
                 sql: sql.as_str().unwrap_or_default().to_owned(),
             })
             .collect();
+        for sink in &job.config.sinks {
+            if !views.iter().any(|v| v.name == sink.view) && !seq.catalog.contains_key(&sink.view) {
+                return Err(ClusterError::InvalidJob(format!(
+                    "sink `{}`: no view or relation named `{}`",
+                    sink.name, sink.view
+                )));
+            }
+        }
         let (name, sources) = (job.config.name.clone(), job.config.sources.clone());
         let inputs = Inputs { sources, retractable: job.config.retractable, access: job.access.clone() };
         let logged = |id: JobId| LogRecord::InstallJob { id: id.0, job: job.config.clone() };
         let (id, stored) = self.install(&mut seq, name, JobKind::Job, inputs, views, logged)?;
+        if let Some(info) = seq.jobs.get_mut(&id) {
+            info.sinks = job.config.sinks.clone();
+        }
+        if !seq.hold_sources {
+            self.start_sinks(&mut seq, id)?;
+        }
         drop(seq);
         stored.map(|(log, at)| log.sync_now(at)).transpose()?;
         Ok(id)
@@ -1166,11 +1187,22 @@ impl Controller {
             seq.push.insert(name, id);
         }
         let state = JobState::Running;
-        seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, errors: Vec::new() });
+        let (sinks, errors) = (Vec::new(), Vec::new());
+        seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, sinks, errors });
         if !seq.hold_sources {
             self.start_server_sources(seq, id)?;
         }
         Ok((id, stored))
+    }
+
+    /// Starts the sinks of job `id`.
+    fn start_sinks(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
+        let Some(info) = seq.jobs.get(&id) else { return Ok(()) };
+        for sink in &info.sinks {
+            let running = crate::sinks::start(self, id, sink)?;
+            seq.sinks.insert((id, sink.name.clone()), running);
+        }
+        Ok(())
     }
 
     /// Starts the sources of job `id` the server reads (Kafka, object store), each at its
@@ -1260,6 +1292,7 @@ impl Controller {
         seq.catalog.retain(|_, e| e.owner != Some(id));
         seq.push.retain(|_, owner| *owner != id);
         seq.running.retain(|(job, _), _| *job != id);
+        seq.sinks.retain(|(job, _), _| *job != id);
         if let Some(job) = seq.jobs.get_mut(&id) {
             job.state = JobState::Cancelled;
         }
@@ -1893,6 +1926,7 @@ impl Controller {
         let running: Vec<JobId> = seq.jobs.values().filter(|j| j.state != JobState::Cancelled).map(|j| j.id).collect();
         for id in running {
             self.start_server_sources(&mut seq, id)?;
+            self.start_sinks(&mut seq, id)?;
         }
         drop(seq);
         Ok(recovered)

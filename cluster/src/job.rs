@@ -51,6 +51,10 @@ pub struct JobConfig {
     /// Queries answered at the end (or on every change with `--follow`).
     #[serde(default)]
     pub queries: Vec<QueryConfig>,
+    /// On a server: where views' contents are kept outside (Kafka topics, in upsert form; see
+    /// [`crate::sinks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<crate::sinks::SinkConfig>,
     /// On a server: keep what this job's sources ingest, so that cancelling it with
     /// `retract=true` (`DELETE /v1/jobs/{id}?retract=true`, `aimatrix job cancel --retract`)
     /// takes it back out of the shared agent state. Each worker then keeps its share of the
@@ -200,6 +204,18 @@ impl Job {
             }
             amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;
+        }
+        let mut sink_names = std::collections::HashSet::new();
+        for sink in &config.sinks {
+            if sink.name.trim().is_empty() {
+                bail!("a sink needs a name (`name = \"…\"`)");
+            }
+            if !sink_names.insert(sink.name.clone()) {
+                bail!("duplicate sink name `{}`", sink.name);
+            }
+            if sink.kafka.topic.is_empty() || sink.kafka.brokers.is_empty() {
+                bail!("sink `{}`: `[sinks.kafka]` needs `brokers` and `topic`", sink.name);
+            }
         }
         for (name, sql) in &config.views {
             if !sql.is_str() {

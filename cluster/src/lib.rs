@@ -23,6 +23,7 @@ pub mod job;
 pub mod limits;
 pub mod net;
 pub mod protocol;
+pub mod sinks;
 pub mod sources;
 pub mod sql;
 pub mod storage;
