@@ -541,6 +541,9 @@ struct Sequencer {
     positions: HashMap<(JobId, String), crate::sources::SourceResume>,
     /// The running sinks (dropping one stops it).
     sinks: HashMap<(JobId, String), crate::sinks::RunningSink>,
+    /// The last timestamp given to a push or batch (ms since the Unix epoch; strictly
+    /// increasing).
+    last_timestamp: Time,
     /// While a log is replayed, the sources the server reads wait (their positions come from
     /// the log), and so do sinks (the views are not whole yet).
     hold_sources: bool,
@@ -602,6 +605,25 @@ pub const IDEMPOTENCY_KEYS: usize = 100_000;
 pub const IDEMPOTENCY_BYTES: u64 = 16 << 20;
 
 impl Sequencer {
+    /// The next timestamp for a push or batch: the wall clock in ms, and always later than
+    /// the last one.
+    fn next_timestamp(&mut self) -> Time {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time);
+        self.last_timestamp = (self.last_timestamp + 1).max(now);
+        self.last_timestamp
+    }
+
+    /// Sends the parts of a push or batch, part `w` to worker `w` (each decodes its own), all
+    /// at one timestamp.
+    fn send_parts(&mut self, parts: Vec<impl FnOnce(Time) -> Command>) -> Result<(), ClusterError> {
+        let at = self.next_timestamp();
+        for (worker, part) in parts.into_iter().enumerate() {
+            self.send_to(&part(at), Some(worker))?;
+        }
+        Ok(())
+    }
+
     /// Appends `record` to the durable log, if there is one: its sequence number there.
     fn log(&self, record: impl FnOnce() -> LogRecord) -> Result<Stored, ClusterError> {
         match &self.log {
@@ -633,13 +655,31 @@ impl Sequencer {
     }
 }
 
-/// The worker (global index, below `peers`) that decodes push `id` to source `source`: a
-/// hash of both, so that the pushes to one source spread over every worker.
-fn push_worker(source: &str, id: u64, peers: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (source, id).hash(&mut hasher);
-    (hasher.finish() % peers.max(1) as u64) as usize
+/// `body` cut into `parts` runs of whole lines (as `str::lines` counts them), about as many
+/// lines each, with the number (from 1) of each run's first line; runs past the last line are
+/// empty.
+fn split_lines(body: &str, parts: usize) -> Vec<(u64, String)> {
+    let lines = body.lines().count();
+    let per = lines.div_ceil(parts.max(1)).max(1);
+    let mut out = Vec::with_capacity(parts);
+    let mut rest = body;
+    for part in 0..parts.max(1) {
+        let first_line = (part * per) as u64 + 1;
+        // The end of this run: after its `per`-th newline, or the body's end.
+        let mut end = 0;
+        for _ in 0..per {
+            match rest[end..].find('\n') {
+                Some(i) => end += i + 1,
+                None => {
+                    end = rest.len();
+                    break;
+                }
+            }
+        }
+        out.push((first_line, rest[..end].to_owned()));
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// Plans `views` against the collections `schemas` (each view may read the earlier ones):
@@ -999,6 +1039,7 @@ impl Controller {
             running: HashMap::new(),
             positions: HashMap::new(),
             sinks: HashMap::new(),
+            last_timestamp: 0,
             hold_sources: false,
         };
         if is_controller {
@@ -1715,9 +1756,21 @@ impl Controller {
         })?;
         // One worker decodes the whole push, chosen by a hash of the source and the push, so
         // that concurrent pushes spread over the workers and no body is copied to all of them.
-        let (id, applied) = self.wait_for(1);
-        let worker = push_worker(source, id, self.peers());
-        seq.send_to(&Command::Ingest { id, source: source.to_owned(), body, oversized }, Some(worker))?;
+        // Every worker decodes a part of the push (whole lines, in order), and only its part
+        // is copied to it.
+        let (id, applied) = self.wait_for(self.peers());
+        let parts = split_lines(&body, self.peers())
+            .into_iter()
+            .map(|(first_line, part)| {
+                let oversized: BTreeMap<u64, u64> = oversized
+                    .range(first_line..first_line + part.lines().count() as u64)
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                let source = source.to_owned();
+                move |at| Command::Ingest { id, source, body: part, oversized, at, first_line }
+            })
+            .collect();
+        seq.send_parts(parts)?;
         let (reply, answer) = tokio::sync::watch::channel(None);
         if let Some(key) = &key {
             let keys = seq.keys.entry(window.clone()).or_default();
@@ -1801,9 +1854,19 @@ impl Controller {
             position: position.clone(),
         })?;
         seq.positions.entry((job, source.to_owned())).or_default().advance(&position);
-        let (id, applied) = self.wait_for(1);
-        let worker = push_worker(source, id, self.peers());
-        seq.send_to(&Command::IngestRecords { id, source: source.to_owned(), records }, Some(worker))?;
+        let peers = self.peers();
+        let (id, applied) = self.wait_for(peers);
+        let size = records.len().div_ceil(peers).max(1);
+        let mut records = records.into_iter();
+        let parts = (0..peers)
+            .map(|w| {
+                let part: Vec<_> = records.by_ref().take(size).collect();
+                let source = source.to_owned();
+                let first = (w * size) as u64 + 1;
+                move |at| Command::IngestRecords { id, source, records: part, at, first }
+            })
+            .collect();
+        seq.send_parts(parts)?;
         drop(seq);
         let (reply, answer) = tokio::sync::watch::channel(None);
         let this = self.clone();
@@ -2023,6 +2086,24 @@ fn compaction_loop(inner: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every line in exactly one part, in order, numbered as in the whole body.
+    #[test]
+    fn a_push_is_split_into_runs_of_whole_lines() {
+        for body in ["", "a", "a\n", "a\nb", "a\r\nb\r\n", "a\n\nb\nc\n\n", "1\n2\n3\n4\n5\n6\n7"] {
+            let whole: Vec<(u64, &str)> = body.lines().enumerate().map(|(i, l)| (i as u64 + 1, l)).collect();
+            for parts in 1..5 {
+                let split = split_lines(body, parts);
+                assert_eq!(split.len(), parts, "{body:?} in {parts}");
+                assert_eq!(split.iter().map(|(_, p)| p.as_str()).collect::<String>(), body, "{body:?} in {parts}");
+                let numbered: Vec<(u64, &str)> = split
+                    .iter()
+                    .flat_map(|(first, part)| part.lines().enumerate().map(move |(i, l)| (first + i as u64, l)))
+                    .collect();
+                assert_eq!(numbered, whole, "{body:?} in {parts}");
+            }
+        }
+    }
 
     /// An answered push whose one reject has a message of `bytes` bytes.
     fn answered(bytes: usize) -> (IngestAnswer, u64) {

@@ -116,11 +116,11 @@ pub enum Command {
         /// Wait id: each worker answers [`Response::Applied`] once it has retracted.
         wait: u64,
     },
-    /// Records pushed to a push source, as the request body: JSON lines (empty ones are no
-    /// records but keep the numbering). Sent to one worker only (the controller spreads a
-    /// source's pushes over the workers by a hash of the source and the wait id), which decodes
-    /// every record with the source's decoder (an ingest error becomes an
-    /// [`amx_dataflows::event::Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`); the
+    /// A part of the records pushed to a push source: whole lines of the request body, JSON
+    /// lines (empty ones are no records but keep the numbering). The controller cuts a push
+    /// into one run of lines per worker and sends each worker only its run; each decodes its
+    /// records with the source's decoder (an ingest error becomes an
+    /// [`amx_dataflows::event::Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`), and the
     /// agent state's exchange then moves each row to the worker that arranges it.
     Ingest {
         /// Wait id (the worker answers [`Response::Ingested`] once the records are in its
@@ -135,10 +135,19 @@ pub enum Command {
         /// copied to every worker), and each is rejected as oversized.
         #[serde(default)]
         oversized: BTreeMap<u64, u64>,
+        /// The controller's timestamp for the records: the worker's input moves to it first
+        /// (unless it is already later, or holds its time for a retraction). Every worker gets
+        /// a part of the push at the same timestamp, so all move past it together.
+        #[serde(default)]
+        at: Time,
+        /// The number (from 1) of the body's first line in the whole push.
+        #[serde(default = "first_line")]
+        first_line: u64,
     },
-    /// Records a Kafka source read (each a message's value at `kafka:TOPIC/PARTITION@OFFSET`),
-    /// for one worker, which decodes them with the source's decoder and answers
-    /// [`Response::Ingested`] (rejects by their index in `records`, from 1).
+    /// A part of a batch of records a source the server reads read (a Kafka message's value
+    /// at `kafka:TOPIC/PARTITION@OFFSET`, a line of an object), one part per worker: the
+    /// worker decodes them with the source's decoder and answers [`Response::Ingested`]
+    /// (rejects numbered in the whole batch, from 1).
     IngestRecords {
         /// Wait id.
         id: u64,
@@ -146,6 +155,12 @@ pub enum Command {
         source: String,
         /// The records.
         records: Vec<amx_connectors::Record>,
+        /// The controller's timestamp for the records (as [`Command::Ingest`]'s).
+        #[serde(default)]
+        at: Time,
+        /// The number (from 1) of the first record in the whole batch.
+        #[serde(default = "first_line")]
+        first: u64,
     },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.
@@ -199,6 +214,11 @@ pub enum Command {
     },
     /// Stops every worker.
     Shutdown,
+}
+
+/// The number of a first line or record when a command does not say (1).
+fn first_line() -> u64 {
+    1
 }
 
 /// Rejected records an ingest reply lists (the first, by line); all of them are rows of

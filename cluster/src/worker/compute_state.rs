@@ -190,8 +190,14 @@ impl ComputeState {
                 tracing::error!(worker = self.index, "CreateInstance after the first command; skipped")
             }
             Command::RetractJob { id, at, wait } => self.handle_retract_job(id, at, wait),
-            Command::Ingest { id, source, body, oversized } => self.handle_ingest(id, &source, &body, &oversized),
-            Command::IngestRecords { id, source, records } => self.handle_ingest_records(id, &source, records),
+            Command::Ingest { id, source, body, oversized, at, first_line } => {
+                self.advance_to(at);
+                self.handle_ingest(id, &source, &body, first_line, &oversized)
+            }
+            Command::IngestRecords { id, source, records, at, first } => {
+                self.advance_to(at);
+                self.handle_ingest_records(id, &source, records, first)
+            }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
             }
@@ -206,6 +212,16 @@ impl ComputeState {
             Command::Shutdown => return ControlFlow::Break(()),
         }
         ControlFlow::Continue(())
+    }
+
+    /// Moves the input time to `time` if it is later (a controller's timestamp), unless the
+    /// worker holds its time for a retraction.
+    fn advance_to(&mut self, time: Time) {
+        if time > self.epoch && self.retracting.is_empty() {
+            self.epoch = time;
+            self.inputs.advance_to(time);
+            self.last_advance = Instant::now();
+        }
     }
 
     /// [`Command::InstallJob`]: opens the job's sources and renders its views.
@@ -327,13 +343,13 @@ impl ComputeState {
     }
 
     /// [`Command::Ingest`]: decodes a push into the inputs and answers with its outcome.
-    fn handle_ingest(&mut self, id: u64, source: &str, body: &str, oversized: &BTreeMap<u64, u64>) {
+    fn handle_ingest(&mut self, id: u64, source: &str, body: &str, first_line: u64, oversized: &BTreeMap<u64, u64>) {
         let mut outcome = super::sources::PushOutcome::default();
         if let Some(push) = self.pushes.get_mut(source) {
             let keep = self.jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
             let stats = self.pending_stats.entry(source.to_owned()).or_default();
-            outcome =
-                push.decode(source, body, oversized, self.options.max_record_bytes, stats, keep, &mut self.inputs);
+            let limit = self.options.max_record_bytes;
+            outcome = push.decode(source, body, first_line, oversized, limit, stats, keep, &mut self.inputs);
         }
         let upper = self.inputs.time() + 1;
         let super::sources::PushOutcome { accepted, rejected, errors } = outcome;
@@ -342,12 +358,12 @@ impl ComputeState {
 
     /// [`Command::IngestRecords`]: decodes a Kafka source's batch into the inputs and
     /// answers with its outcome.
-    fn handle_ingest_records(&mut self, id: u64, source: &str, records: Vec<amx_connectors::Record>) {
+    fn handle_ingest_records(&mut self, id: u64, source: &str, records: Vec<amx_connectors::Record>, first: u64) {
         let mut outcome = super::sources::PushOutcome::default();
         if let Some(push) = self.pushes.get_mut(source) {
             let keep = self.jobs.get_mut(&push.job).and_then(|j| j.ingested.as_mut());
             let stats = self.pending_stats.entry(source.to_owned()).or_default();
-            let numbered = records.into_iter().enumerate().map(|(i, r)| (i as u64 + 1, r));
+            let numbered = records.into_iter().enumerate().map(|(i, r)| (first + i as u64, r));
             outcome = push.decode_records(source, numbered, stats, keep, &mut self.inputs);
         }
         let upper = self.inputs.time() + 1;

@@ -183,8 +183,9 @@ pub(super) struct PushOutcome {
 }
 
 impl PushSource {
-    /// Decodes a push to source `source` (JSON lines; blank ones are no records but keep the
-    /// numbering; lines in `oversized` are rejected as longer than `max_record_bytes`) into
+    /// Decodes a part of a push to source `source` (JSON lines, the first numbered
+    /// `first_line`; blank ones are no records but keep the numbering; lines in `oversized` are
+    /// rejected as longer than `max_record_bytes`) into
     /// `inputs` (and `keep`, for a retractable job), counting in `stats`. An ingest error
     /// becomes an [`Event::Error`] at `POST /v1/ingest/JOB/SOURCE:LINE`.
     #[allow(clippy::too_many_arguments)]
@@ -192,6 +193,7 @@ impl PushSource {
         &mut self,
         source: &str,
         body: &str,
+        first_line: u64,
         oversized: &BTreeMap<u64, u64>,
         max_record_bytes: u64,
         stats: &mut SourceCounts,
@@ -203,9 +205,9 @@ impl PushSource {
         let records = body
             .lines()
             .enumerate()
-            .filter(|(i, line)| !line.trim().is_empty() || oversized.contains_key(&(*i as u64 + 1)))
+            .map(|(i, text)| (first_line + i as u64, text))
+            .filter(|(line, text)| !text.trim().is_empty() || oversized.contains_key(line))
             .map(|(line, text)| {
-                let line = line as u64 + 1;
                 let location = format!("POST /v1/ingest/{job}/{source}:{line}");
                 let record = match oversized.get(&line) {
                     Some(&size) => amx_connectors::record::oversized_record(location, size, text.as_bytes(), limit),
