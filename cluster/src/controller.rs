@@ -1631,9 +1631,9 @@ impl Controller {
     }
 
     /// Pushes JSON lines into push source `source` of job `job`: each non-blank line is a
-    /// record; the body goes to one worker (chosen by a hash of the source and the push), which
-    /// decodes it and answers with its rejects (line and reason); returns once that worker has
-    /// put its records into its input and every collection has passed their time (read your
+    /// record; the body is cut into one run of whole lines per worker, each worker decodes its
+    /// run and answers with its rejects (line and reason); returns once every worker has put
+    /// its records into its input and every collection has passed their time (read your
     /// writes; at most 10 s), with the time in the report.
     ///
     /// # Errors

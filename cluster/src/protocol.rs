@@ -2,7 +2,7 @@
 //!
 //! Commands enter at process 0 and are sequenced by worker 0, which gives command `n` the
 //! timestamp `n` in a timely dataflow that broadcasts it to every worker of every process (or
-//! routes it to the one worker it is for: a push, a subscription's credit); a worker applies
+//! routes it to the one worker it is for: a part of a push, a subscription's credit); a worker applies
 //! the commands whose timestamps the dataflow's frontier has passed, in timestamp order. So every worker builds the same dataflows, in the same order, from the same
 //! bytes (a command travels as its JSON text), as Materialize's compute protocol does
 //! (`src/compute/src/command_channel.rs`). Responses go the other way: every worker sends its

@@ -3,8 +3,8 @@
 //!
 //! One thread per source reads a batch of records ([`BatchSource::read`]) and hands it to the
 //! controller with the source's position after it ([`SourcePosition`]). The controller logs
-//! both in one record of the durable log (with a data directory) and sends the records to one
-//! worker to decode, as a push. The next batch is read once the last one is applied and
+//! both in one record of the durable log (with a data directory) and sends the records to the
+//! workers to decode, one part each, as a push. The next batch is read once the last one is applied and
 //! durable. A restart replays the log, which gives every source back its position
 //! ([`SourceResume`]), and each source resumes there: each record is applied once, also across
 //! `kill -9` (Materialize, Feldera and Arroyo keep their sources' positions with the data the

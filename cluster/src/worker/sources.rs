@@ -1,6 +1,6 @@
 //! A job's sources as one worker reads them: file sources (each worker decodes its share of
-//! the records) and push and Kafka sources (each push, or batch a Kafka source read in process
-//! 0, decoded by the one worker it is sent to).
+//! the records) and push, Kafka and object-store sources (each worker decodes the part of each
+//! push, or of each batch such a source read in process 0, it is sent).
 
 use std::collections::BTreeMap;
 
