@@ -1728,6 +1728,31 @@ fn an_s3_log_survives_a_failing_store_and_kill_9() {
     assert_eq!(server.sql(sql), want, "and not applied again");
 }
 
+/// Event `i` of the pipeline tests, as JSON: collection `c{i mod 4}`, document `d{i}`, size
+/// `i mod 100`.
+fn pipeline_event(i: usize) -> String {
+    json!({ "c": format!("c{}", i % 4), "id": format!("d{i}"), "v": 1, "size": i % 100, "t": 1 }).to_string()
+}
+
+/// What `by_collection` (count and sum of sizes per collection) holds once events `0..n` of
+/// [`pipeline_event`] are in, computed here.
+fn by_collection_of(n: usize) -> Vec<Value> {
+    let mut by: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let e = by.entry(format!("c{}", i % 4)).or_default();
+        *e = (e.0 + 1, e.1 + (i % 100) as i64);
+    }
+    by.into_iter().map(|(c, (n, bytes))| json!({ "collection": c, "n": n, "bytes": bytes })).collect()
+}
+
+/// `serve` arguments: any port, 2 workers, a data directory.
+fn durable_args(data: &std::path::Path) -> Vec<String> {
+    ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
 /// Produces `values` to `topic`, value `i` to partition `i mod partitions`, and waits until
 /// the broker has them all.
 fn produce(brokers: &str, topic: &str, partitions: i32, values: &[String]) {
@@ -1786,22 +1811,8 @@ fn a_kafka_source_applies_each_message_once_across_kill_9() {
     cluster.create_topic(topic, partitions, 1).expect("topic");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
-        .into_iter()
-        .map(String::from)
-        .collect();
-    // Message `i`: collection `c{i mod 4}`, size `i mod 100`.
-    let message = |i: usize| {
-        json!({ "c": format!("c{}", i % 4), "id": format!("d{i}"), "v": 1, "size": i % 100, "t": 1 }).to_string()
-    };
-    let want = |n: usize| -> Vec<Value> {
-        let mut by: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for i in 0..n {
-            let e = by.entry(format!("c{}", i % 4)).or_default();
-            *e = (e.0 + 1, e.1 + (i % 100) as i64);
-        }
-        by.into_iter().map(|(c, (n, bytes))| json!({ "collection": c, "n": n, "bytes": bytes })).collect()
-    };
+    let args = durable_args(&data);
+    let (message, want) = (pipeline_event, by_collection_of);
     let sql = "SELECT * FROM by_collection ORDER BY collection";
 
     // The first message of partition 0 is not JSON.
@@ -1868,26 +1879,12 @@ fn an_object_store_source_reads_each_object_once_across_kill_9() {
         let response = agent.put(&format!("{endpoint}/landing/{key}")).send(body.as_bytes()).expect("moto answers");
         assert_eq!(response.status().as_u16(), 200, "PUT {key}");
     };
-    // Line `i`: collection `c{i mod 4}`, size `i mod 100`.
-    let line = |i: usize| {
-        json!({ "c": format!("c{}", i % 4), "id": format!("d{i}"), "v": 1, "size": i % 100, "t": 1 }).to_string()
-    };
+    let (line, want) = (pipeline_event, by_collection_of);
     let object = |from: usize, n: usize| (from..from + n).map(line).collect::<Vec<_>>().join("\n") + "\n";
-    let want = |n: usize| -> Vec<Value> {
-        let mut by: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-        for i in 0..n {
-            let e = by.entry(format!("c{}", i % 4)).or_default();
-            *e = (e.0 + 1, e.1 + (i % 100) as i64);
-        }
-        by.into_iter().map(|(c, (n, bytes))| json!({ "collection": c, "n": n, "bytes": bytes })).collect()
-    };
     let sql = "SELECT * FROM by_collection ORDER BY collection";
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let args = durable_args(&data);
     let job = push_job(
         "landing",
         "objects",
@@ -2020,10 +2017,7 @@ fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
     cluster.create_topic("small", 2, 1).expect("topic");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let args = durable_args(&data);
     let job = push_job(
         "sink",
         "pushed",
