@@ -1556,6 +1556,17 @@ impl Drop for Moto {
     }
 }
 
+/// The server's S3 client settings for moto at `endpoint` (http, any credentials).
+fn s3_env(endpoint: &str) -> [(&'static str, &str); 5] {
+    [
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ]
+}
+
 fn start_moto(bucket: &str) -> Moto {
     let program =
         std::env::var("AIMATRIX_MOTO_SERVER").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/moto_server".into());
@@ -1661,13 +1672,7 @@ fn an_s3_log_survives_a_failing_store_and_kill_9() {
     let moto = start_moto("amx");
     let proxy = fault_proxy(moto.port);
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let env = [
-        ("AWS_ENDPOINT", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let env = s3_env(&endpoint);
     let args: Vec<String> =
         ["--http", "127.0.0.1:0", "--data-url", "s3://amx/server-1"].into_iter().map(String::from).collect();
     let job = push_job(
@@ -1867,13 +1872,7 @@ fn a_kafka_source_applies_each_message_once_across_kill_9() {
 fn an_object_store_source_reads_each_object_once_across_kill_9() {
     let moto = start_moto("landing");
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    let env = [
-        ("AWS_ENDPOINT", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
+    let env = s3_env(&endpoint);
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
     let put = |key: &str, body: &str| {
         let response = agent.put(&format!("{endpoint}/landing/{key}")).send(body.as_bytes()).expect("moto answers");
