@@ -1837,6 +1837,17 @@ fn a_kafka_source_applies_each_message_once_across_kill_9() {
     let (status, body) = server.call("POST", &format!("/v1/ingest/{id}/events"), Some(&message(0)));
     assert_eq!(status, 409, "{body}");
     assert!(body.to_string().contains("reads a Kafka topic"), "{body}");
+    // A job whose source does not open is refused and leaves nothing behind: no job, no
+    // name taken, nothing in the log (the restarts below would fail on it).
+    let bad = kafka_job(&brokers, topic)
+        .replace("name = \"events\"", "name = \"bad\"")
+        .replace("\"reconnect.backoff.max.ms\" = \"200\"", "\"no.such.property\" = \"x\"")
+        .replace("by_collection =", "by_collection_bad =");
+    let (status, body) = server.call("POST", "/v1/jobs", Some(&bad));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("no.such.property"), "{body}");
+    let (_, jobs) = server.call("GET", "/v1/jobs", None);
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
 
     // Killed while it reads what keeps coming; restarted with the same command.
     let mut server = Some(server);
@@ -2023,7 +2034,7 @@ fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
         "small",
         "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection HAVING count(*) < 3",
     ) + &format!(
-        "\n[[sinks]]\nname = \"out\"\nview = \"small\"\nkey = [\"collection\"]\n[sinks.kafka]\nbrokers = \"{brokers}\"\ntopic = \"small\"\n"
+        "\n[[sinks]]\nname = \"out\"\nview = \"Small\"\nkey = [\"collection\"]\n[sinks.kafka]\nbrokers = \"{brokers}\"\ntopic = \"small\"\n"
     );
     let record = |c: &str, i: usize| json!({ "c": c, "id": format!("{c}{i}"), "v": 1, "size": 1, "t": 1 }).to_string();
     let wait_topic = |want: &BTreeMap<String, Value>| {
@@ -2039,6 +2050,11 @@ fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
     let entry = |c: &str, n: i64| (json!({ "collection": c }).to_string(), json!({ "collection": c, "n": n }));
 
     let server = start(&args, true);
+    // A key column the view does not have is refused at once.
+    let (status, body) =
+        server.call("POST", "/v1/jobs", Some(&job.replace("key = [\"collection\"]", "key = [\"nope\"]")));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("no column `nope`"), "{body}");
     let id = server.submit(&job);
     server.push(id, "pushed", &[record("p", 0), record("q", 0), record("q", 1)]);
     let want: BTreeMap<String, Value> = [entry("p", 1), entry("q", 2)].into_iter().collect();

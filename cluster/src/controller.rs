@@ -1164,11 +1164,28 @@ impl Controller {
                 sql: sql.as_str().unwrap_or_default().to_owned(),
             })
             .collect();
+        // A sink's view, and its key columns, must exist (the job's own views are planned for
+        // their columns).
+        let planned = if job.config.sinks.is_empty() { Vec::new() } else { seq.plan(&views).unwrap_or_default() };
         for sink in &job.config.sinks {
-            if !views.iter().any(|v| v.name == sink.view) && !seq.catalog.contains_key(&sink.view) {
+            let schema = planned
+                .iter()
+                .find(|(name, _, _)| *name == sink.view)
+                .map(|(_, schema, _)| schema.clone())
+                .or_else(|| seq.catalog.get(&sink.view).map(|e| e.schema.clone()));
+            let Some(schema) = schema else {
                 return Err(ClusterError::InvalidJob(format!(
                     "sink `{}`: no view or relation named `{}`",
                     sink.name, sink.view
+                )));
+            };
+            if let Some(missing) = sink.key.iter().find(|k| schema.index_of(k).is_err()) {
+                let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Err(ClusterError::InvalidJob(format!(
+                    "sink `{}`: view `{}` has no column `{missing}` (its columns: {})",
+                    sink.name,
+                    sink.view,
+                    columns.join(", ")
                 )));
             }
         }
@@ -1180,7 +1197,7 @@ impl Controller {
             info.sinks = job.config.sinks.clone();
         }
         if !seq.hold_sources {
-            self.start_sinks(&mut seq, id)?;
+            self.start_sinks(&mut seq, id);
         }
         drop(seq);
         stored.map(|(log, at)| log.sync_now(at)).transpose()?;
@@ -1217,6 +1234,15 @@ impl Controller {
             pushes.push(source.name.clone());
         }
         let id = JobId(seq.next_job);
+        // The sources the server reads are opened before anything is logged: a job refused
+        // here leaves no trace (at a replay they open at its end, at their positions).
+        let mut readers = Vec::new();
+        if !seq.hold_sources {
+            for source in sources.iter().filter(|s| crate::sources::read_by_server(s.kind)) {
+                let reader = crate::sources::open(id, source, Default::default(), self.inner.max_record_bytes)?;
+                readers.push((source.name.clone(), reader));
+            }
+        }
         // Logged before it is sent: what the workers apply is in the log.
         let stored = seq.log(|| logged(id))?;
         seq.next_job += 1;
@@ -1230,33 +1256,62 @@ impl Controller {
         let state = JobState::Running;
         let (sinks, errors) = (Vec::new(), Vec::new());
         seq.jobs.insert(id, JobInfo { id, name, kind, state, sources, views, retractable, sinks, errors });
-        if !seq.hold_sources {
-            self.start_server_sources(seq, id)?;
+        for (name, reader) in readers {
+            self.spawn_source(seq, id, &name, reader);
         }
         Ok((id, stored))
     }
 
-    /// Starts the sinks of job `id`.
-    fn start_sinks(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
-        let Some(info) = seq.jobs.get(&id) else { return Ok(()) };
-        for sink in &info.sinks {
-            let running = crate::sinks::start(self, id, sink)?;
-            seq.sinks.insert((id, sink.name.clone()), running);
+    /// Runs an opened source of job `id`; a thread that cannot start is named in the job's
+    /// errors (the job is installed already).
+    fn spawn_source(&self, seq: &mut Sequencer, id: JobId, name: &str, reader: Box<dyn crate::sources::BatchSource>) {
+        match crate::sources::spawn(self, id, name, reader) {
+            Ok(running) => {
+                seq.running.insert((id, name.to_owned()), running);
+            }
+            Err(e) => {
+                if let Some(info) = seq.jobs.get_mut(&id) {
+                    info.errors.push(format!("source `{name}`: {e}"));
+                }
+            }
         }
-        Ok(())
     }
 
-    /// Starts the sources of job `id` the server reads (Kafka, object store), each at its
-    /// position if a replay found one.
-    fn start_server_sources(&self, seq: &mut Sequencer, id: JobId) -> Result<(), ClusterError> {
-        let Some(info) = seq.jobs.get(&id) else { return Ok(()) };
-        for source in info.sources.iter().filter(|s| crate::sources::read_by_server(s.kind)) {
-            let key = (id, source.name.clone());
-            let resume = seq.positions.get(&key).cloned().unwrap_or_default();
-            let running = crate::sources::start(self, id, source, resume, self.inner.max_record_bytes)?;
-            seq.running.insert(key, running);
+    /// Starts the sinks of job `id`; one that cannot start is named in the job's errors.
+    fn start_sinks(&self, seq: &mut Sequencer, id: JobId) {
+        let Some(info) = seq.jobs.get(&id) else { return };
+        let mut failed = Vec::new();
+        for sink in info.sinks.clone() {
+            match crate::sinks::start(self, id, &sink) {
+                Ok(running) => {
+                    seq.sinks.insert((id, sink.name.clone()), running);
+                }
+                Err(e) => failed.push(format!("sink `{}`: {e}", sink.name)),
+            }
         }
-        Ok(())
+        if let Some(info) = seq.jobs.get_mut(&id) {
+            info.errors.extend(failed);
+        }
+    }
+
+    /// Starts the sources of job `id` the server reads (Kafka, object store) at the positions
+    /// a replay found; one that no longer opens is named in the job's errors (the start goes
+    /// on: the job was valid when it was accepted).
+    fn start_server_sources(&self, seq: &mut Sequencer, id: JobId) {
+        let Some(info) = seq.jobs.get(&id) else { return };
+        let sources: Vec<SourceConfig> =
+            info.sources.iter().filter(|s| crate::sources::read_by_server(s.kind)).cloned().collect();
+        for source in sources {
+            let resume = seq.positions.get(&(id, source.name.clone())).cloned().unwrap_or_default();
+            match crate::sources::open(id, &source, resume, self.inner.max_record_bytes) {
+                Ok(reader) => self.spawn_source(seq, id, &source.name, reader),
+                Err(e) => {
+                    if let Some(info) = seq.jobs.get_mut(&id) {
+                        info.errors.push(e.to_string());
+                    }
+                }
+            }
+        }
     }
 
     /// Cancels a job: its sources stop and its views are dropped on every worker; what it
@@ -1876,14 +1931,17 @@ impl Controller {
         Ok(answer)
     }
 
-    /// A problem of a source the server reads (an unreachable broker or bucket, a missing
-    /// topic): kept in its job's errors (the job keeps running; the source retries).
-    pub(crate) fn source_problem(&self, job: JobId, source: &str, problem: &str) {
-        let error = format!("source `{source}`: {problem}");
-        if let Some(info) = lock(&self.inner.seq).jobs.get_mut(&job)
-            && !info.errors.contains(&error)
-        {
-            info.errors.push(error);
+    /// The current problem of a source the server reads or of a sink (`what`: ``source `NAME` ``
+    /// or ``sink `NAME` ``): an unreachable broker or bucket, a missing topic. It replaces the
+    /// last one in its job's errors, and `None` (working again) removes it; the job keeps
+    /// running, and the source or sink retries.
+    pub(crate) fn source_problem(&self, job: JobId, what: &str, problem: Option<&str>) {
+        if let Some(info) = lock(&self.inner.seq).jobs.get_mut(&job) {
+            let prefix = format!("{what}: ");
+            info.errors.retain(|e| !e.starts_with(&prefix));
+            if let Some(problem) = problem {
+                info.errors.push(format!("{prefix}{problem}"));
+            }
         }
     }
 
@@ -1988,8 +2046,8 @@ impl Controller {
         seq.hold_sources = false;
         let running: Vec<JobId> = seq.jobs.values().filter(|j| j.state != JobState::Cancelled).map(|j| j.id).collect();
         for id in running {
-            self.start_server_sources(&mut seq, id)?;
-            self.start_sinks(&mut seq, id)?;
+            self.start_server_sources(&mut seq, id);
+            self.start_sinks(&mut seq, id);
         }
         drop(seq);
         Ok(recovered)

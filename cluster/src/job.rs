@@ -179,8 +179,16 @@ impl Job {
                 SourceKind::Kafka if source.follow || !source.path.is_empty() => {
                     bail!("source `{}`: a Kafka source has no `path` or `follow` (it reads its topic)", source.name)
                 }
-                SourceKind::Kafka if source.kafka.is_none() => {
-                    bail!("source `{}`: a Kafka source needs a `[sources.kafka]` table (brokers, topic)", source.name)
+                SourceKind::Kafka
+                    if source
+                        .kafka
+                        .as_ref()
+                        .is_none_or(|k| k.brokers.trim().is_empty() || k.topic.trim().is_empty()) =>
+                {
+                    bail!(
+                        "source `{}`: a Kafka source needs a `[sources.kafka]` table with `brokers` and `topic`",
+                        source.name
+                    )
                 }
                 SourceKind::Kafka => {}
                 SourceKind::ObjectStore if source.follow || !source.path.is_empty() => bail!(
@@ -206,7 +214,9 @@ impl Job {
                 .with_context(|| format!("source `{}`", source.name))?;
         }
         let mut sink_names = std::collections::HashSet::new();
-        for sink in &config.sinks {
+        for sink in &mut config.sinks {
+            // Names as SQL resolves them (unquoted: lower case), as the views' own.
+            sink.view = sink.view.to_ascii_lowercase();
             if sink.name.trim().is_empty() {
                 bail!("a sink needs a name (`name = \"…\"`)");
             }

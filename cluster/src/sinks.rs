@@ -91,10 +91,13 @@ impl Drop for RunningSink {
 /// Starts sink `sink` of job `job`.
 ///
 /// # Errors
-/// [`ClusterError::BadRequest`] without a tokio runtime here, or when the thread cannot start.
+/// [`ClusterError::BadRequest`] when its runtime or thread cannot start.
 pub(crate) fn start(controller: &Controller, job: JobId, sink: &SinkConfig) -> Result<RunningSink, ClusterError> {
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| ClusterError::BadRequest("a sink needs the server's runtime".into()))?;
+    // The sink's own runtime for its waits (the server's may shut down under it).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| ClusterError::BadRequest(format!("starting sink: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
     let inner = Arc::downgrade(&controller.inner);
@@ -107,13 +110,21 @@ pub(crate) fn start(controller: &Controller, job: JobId, sink: &SinkConfig) -> R
 }
 
 /// The sink's thread: (re)subscribes, reconciles and writes until stopped or the job is gone.
-fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Handle, job: JobId, sink: &SinkConfig, stop: &AtomicBool) {
-    let _runtime = runtime.enter();
+fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink: &SinkConfig, stop: &AtomicBool) {
     let controller = || inner.upgrade().map(|inner| Controller { inner });
+    let what = format!("sink `{}`", sink.name);
     let mut last_problem = None;
     while !stop.load(Ordering::SeqCst) {
         let problem = match Sink::open(sink) {
-            Ok(mut open) => open.follow(runtime, controller, sink, stop).err(),
+            Ok(mut open) => {
+                // The topic is there and read back: an earlier problem is over.
+                if last_problem.take().is_some()
+                    && let Some(c) = controller()
+                {
+                    c.source_problem(job, &what, None);
+                }
+                open.follow(runtime, controller, sink, stop).err()
+            }
             Err(problem) => Some(problem),
         };
         if let Some(problem) = problem
@@ -121,7 +132,7 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Handle, job: JobId, sink: 
         {
             tracing::warn!(job = %job, sink = %sink.name, %problem, "sink");
             let Some(c) = controller() else { return };
-            c.source_problem(job, &format!("sink {}", sink.name), &problem);
+            c.source_problem(job, &what, Some(&problem));
             last_problem = Some(problem);
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -233,7 +244,7 @@ impl Sink {
     /// (`Ok`) or writing fails.
     fn follow(
         &mut self,
-        runtime: &tokio::runtime::Handle,
+        runtime: &tokio::runtime::Runtime,
         controller: impl Fn() -> Option<Controller>,
         config: &SinkConfig,
         stop: &AtomicBool,

@@ -106,37 +106,47 @@ pub(crate) fn read_by_server(kind: SourceKind) -> bool {
     matches!(kind, SourceKind::Kafka | SourceKind::ObjectStore)
 }
 
-/// Starts reading source `source` of job `job` (a Kafka or object-store source), resuming at
-/// `resume`.
+/// Opens source `source` of job `job` (a Kafka or object-store source) at `resume`; nothing
+/// is fetched yet. A job is only logged once its sources open.
 ///
 /// # Errors
-/// [`ClusterError::InvalidJob`] when the source cannot be opened (a bad property or URL);
-/// [`ClusterError::BadRequest`] without a tokio runtime here, or when the thread cannot start.
-pub(crate) fn start(
-    controller: &Controller,
+/// [`ClusterError::InvalidJob`] when the source cannot be opened (a property librdkafka
+/// refuses, a bad URL).
+pub(crate) fn open(
     job: JobId,
     source: &SourceConfig,
     resume: SourceResume,
     max_record_bytes: u64,
+) -> Result<Box<dyn BatchSource>, ClusterError> {
+    let invalid = |e: String| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name));
+    Ok(match source.kind {
+        SourceKind::Kafka => Box::new(kafka::open(job, source, resume, max_record_bytes).map_err(invalid)?),
+        SourceKind::ObjectStore => Box::new(object::open(source, resume, max_record_bytes).map_err(invalid)?),
+        SourceKind::File | SourceKind::Push => return Err(invalid("not read by the server".into())),
+    })
+}
+
+/// Starts reading an opened source `name` of job `job` on a thread of its own.
+///
+/// # Errors
+/// [`ClusterError::BadRequest`] without a tokio runtime here (the controller answers in its
+/// tasks), or when the thread cannot start.
+pub(crate) fn spawn(
+    controller: &Controller,
+    job: JobId,
+    name: &str,
+    reader: Box<dyn BatchSource>,
 ) -> Result<RunningSource, ClusterError> {
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| ClusterError::BadRequest("a Kafka or object-store source needs the server's runtime".into()))?;
-    let invalid = |e: String| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name));
-    let reader: Box<dyn BatchSource> = match source.kind {
-        SourceKind::Kafka => Box::new(kafka::open(job, source, resume, max_record_bytes).map_err(invalid)?),
-        SourceKind::ObjectStore => {
-            Box::new(object::open(source, resume, max_record_bytes, runtime.clone()).map_err(invalid)?)
-        }
-        SourceKind::File | SourceKind::Push => return Err(invalid("not read by the server".into())),
-    };
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
     let inner = Arc::downgrade(&controller.inner);
-    let name = source.name.clone();
+    let owned = name.to_owned();
     std::thread::Builder::new()
         .name(format!("amx-source-{name}"))
-        .spawn(move || run(inner, runtime, job, name, reader, &stopped))
-        .map_err(|e| ClusterError::BadRequest(format!("starting source `{}`: {e}", source.name)))?;
+        .spawn(move || run(inner, runtime, job, owned, reader, &stopped))
+        .map_err(|e| ClusterError::BadRequest(format!("starting source `{name}`: {e}")))?;
     Ok(RunningSource { stop })
 }
 
@@ -157,12 +167,20 @@ fn run(
     let mut last_problem = None;
     while !stop.load(Ordering::SeqCst) {
         let position = match reader.read(&mut batch) {
-            Ok(position) => position,
+            Ok(position) => {
+                // Reading again: the problem is over.
+                if last_problem.take().is_some()
+                    && let Some(c) = controller(&inner)
+                {
+                    c.source_problem(job, &format!("source `{name}`"), None);
+                }
+                position
+            }
             Err(problem) => {
                 if last_problem.as_ref() != Some(&problem) {
                     tracing::warn!(job = %job, source = %name, %problem, "source");
                     let Some(c) = controller(&inner) else { return };
-                    c.source_problem(job, &name, &problem);
+                    c.source_problem(job, &format!("source `{name}`"), Some(&problem));
                     last_problem = Some(problem);
                 }
                 std::thread::sleep(Duration::from_millis(200));
@@ -170,7 +188,6 @@ fn run(
             }
         };
         let Some(position) = position else { continue };
-        last_problem = None;
         let records = std::mem::take(&mut batch);
         // Submitted once: a refusal (the log's store failing) is retried with the same records.
         let mut backoff = Duration::from_millis(100);

@@ -81,7 +81,8 @@ pub(crate) struct ObjectSource {
     /// `s3://BUCKET`: a record's location is `{root}/{key}:{line}`.
     root: String,
     pattern: Option<glob::Pattern>,
-    runtime: tokio::runtime::Handle,
+    /// The source's own runtime for its requests (the server's may shut down under it).
+    runtime: tokio::runtime::Runtime,
     done: BTreeSet<String>,
     /// From the log: the object that was being read, and its lines read.
     resume: Option<(String, u64)>,
@@ -97,18 +98,17 @@ pub(crate) struct ObjectSource {
 /// # Errors
 /// A source without `[sources.object_store]`, a bad URL or pattern, or a client that cannot be
 /// built.
-pub(crate) fn open(
-    source: &SourceConfig,
-    resume: SourceResume,
-    max_record_bytes: u64,
-    runtime: tokio::runtime::Handle,
-) -> Result<ObjectSource, String> {
+pub(crate) fn open(source: &SourceConfig, resume: SourceResume, max_record_bytes: u64) -> Result<ObjectSource, String> {
     let config = source.object_store.as_ref().ok_or("an object-store source needs a `[sources.object_store]` table")?;
     config.check()?;
     let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
     let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
     let root = format!("s3://{}", url.host_str().unwrap_or_default());
     let pattern = config.pattern.as_deref().map(glob::Pattern::new).transpose().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("the source's I/O runtime: {e}"))?;
     Ok(ObjectSource {
         store: Arc::new(store),
         prefix,
