@@ -49,9 +49,10 @@ pub struct KafkaConfig {
     /// `earliest`.
     #[serde(default)]
     pub start: KafkaStart,
-    /// Further librdkafka consumer properties (security, timeouts, …), passed as given. The
-    /// reader sets `bootstrap.servers`, `group.id` (unless given here),
-    /// `enable.auto.commit = false` and `enable.partition.eof = false` itself.
+    /// Further librdkafka consumer properties (security, timeouts, …), passed as given, after
+    /// the reader's own: `bootstrap.servers` (from `brokers`), `group.id`,
+    /// `enable.auto.commit = false`, `enable.partition.eof = false` and
+    /// `auto.offset.reset = earliest`; a property given here wins.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -64,10 +65,14 @@ pub enum KafkaStart {
     Earliest,
     /// The messages produced after the source started (`latest`).
     Latest,
-    /// The message at this offset, in every partition (`offset:N`).
+    /// The message at this offset, in every partition (`offset:N`); an offset past a
+    /// partition's end starts at its end (the next message produced), one below its oldest
+    /// message held at that one.
     Offset(i64),
     /// The first message whose timestamp is at or after this many ms since the Unix epoch, in
-    /// every partition (`timestamp:MS`); partitions with none start at their end.
+    /// every partition (`timestamp:MS`), as Kafka looks offsets up by time; partitions with
+    /// none start at their end (and then read every message produced after, whatever its
+    /// timestamp).
     Timestamp(i64),
 }
 
@@ -80,7 +85,7 @@ impl std::str::FromStr for KafkaStart {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| *n >= 0)
-                .ok_or_else(|| format!("`{s}`: {what} must be a whole number ≥ 0"))
+                .ok_or_else(|| format!("`{s}`: {what} must be a whole number from 0 to {}", i64::MAX))
         };
         match s.split_once(':') {
             None if s == "earliest" => Ok(KafkaStart::Earliest),
@@ -187,7 +192,10 @@ impl KafkaReader {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A position whose messages expired meanwhile (retention) goes on at the oldest one
+            // held, not at the end.
+            .set("auto.offset.reset", "earliest");
         for (key, value) in &config.properties {
             client.set(key, value);
         }
@@ -330,7 +338,12 @@ impl KafkaReader {
         match start {
             KafkaStart::Earliest => Ok(watermarks()?.0),
             KafkaStart::Latest => Ok(watermarks()?.1),
-            KafkaStart::Offset(n) => Ok(n),
+            // Clamped to what the partition holds: below it, the oldest message held; past
+            // it, the next message produced.
+            KafkaStart::Offset(n) => {
+                let (low, high) = watermarks()?;
+                Ok(n.clamp(low, high))
+            }
             KafkaStart::Timestamp(ms) => {
                 let mut by_time = TopicPartitionList::new();
                 by_time.add_partition_offset(topic, partition, Offset::Offset(ms)).map_err(|e| e.to_string())?;
