@@ -27,25 +27,6 @@ use amx_cluster::{ClusterConfig, Controller};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const JOB: &str = r#"
-name = "durable bench"
-[[sources]]
-name = "events"
-kind = "push"
-format = "json"
-[sources.options]
-relation = "knowledge_events"
-[sources.options.mapping]
-collection = "/c"
-document_id = "/id"
-op = { const = "upsert" }
-version = "/v"
-size_bytes = "/size"
-event_time = { pointer = "/t", unit = "s" }
-[views]
-by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
-"#;
-
 /// Resets the peak resident memory to the current one (Linux: `5` to `/proc/self/clear_refs`).
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -128,7 +109,7 @@ fn bench() -> anyhow::Result<()> {
     let mut baseline = None;
     for log in &logs {
         let (controller, durable) = start(&runtime, workers, log)?;
-        let id = controller.install_job(&Job::parse(JOB, std::path::Path::new("."))?)?;
+        let id = controller.install_job(&Job::parse(amx_benches::KNOWLEDGE_JOB, std::path::Path::new("."))?)?;
         let started = Instant::now();
         let latencies = runtime.block_on(async {
             let mut tasks = Vec::new();

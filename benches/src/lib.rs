@@ -56,3 +56,26 @@ pub fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize>
         }
     }
 }
+
+/// The job the serve and durability benches run: a push source `events` mapping JSON lines
+/// `{"c": collection, "id": document, "op"?: "upsert" | "delete", "v": version, "size": bytes,
+/// "t": seconds}` onto `knowledge_events`, and a view `by_id` (`document_id, collection,
+/// size_bytes`).
+pub const KNOWLEDGE_JOB: &str = r#"
+name = "bench"
+[[sources]]
+name = "events"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = { pointer = "/op", default = "upsert" }
+version = "/v"
+size_bytes = "/size"
+event_time = { pointer = "/t", unit = "s" }
+[views]
+by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
+"#;

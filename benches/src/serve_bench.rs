@@ -29,25 +29,6 @@ use amx_dataflows::row::Datum;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const JOB: &str = r#"
-name = "serve bench"
-[[sources]]
-name = "events"
-kind = "push"
-format = "json"
-[sources.options]
-relation = "knowledge_events"
-[sources.options.mapping]
-collection = "/c"
-document_id = "/id"
-op = { pointer = "/op", default = "upsert" }
-version = "/v"
-size_bytes = "/size"
-event_time = { pointer = "/t", unit = "s" }
-[views]
-by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
-"#;
-
 fn line(id: &str, i: usize) -> String {
     format!(r#"{{"c":"c{}","id":"{id}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
 }
@@ -69,7 +50,7 @@ fn bench() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     let controller = Controller::start(ClusterConfig { workers, ..Default::default() })?;
-    let job = Job::parse(JOB, std::path::Path::new("."))?;
+    let job = Job::parse(amx_benches::KNOWLEDGE_JOB, std::path::Path::new("."))?;
     let id = controller.install_job(&job)?;
     runtime.block_on(async {
         let before = rss_mib();

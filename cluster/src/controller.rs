@@ -1935,7 +1935,7 @@ impl Controller {
     /// or ``sink `NAME` ``): an unreachable broker or bucket, a missing topic. It replaces the
     /// last one in its job's errors, and `None` (working again) removes it; the job keeps
     /// running, and the source or sink retries.
-    pub(crate) fn source_problem(&self, job: JobId, what: &str, problem: Option<&str>) {
+    pub(crate) fn report_problem(&self, job: JobId, what: &str, problem: Option<&str>) {
         if let Some(info) = lock(&self.inner.seq).jobs.get_mut(&job) {
             let prefix = format!("{what}: ");
             info.errors.retain(|e| !e.starts_with(&prefix));

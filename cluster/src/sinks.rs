@@ -8,8 +8,9 @@
 //! JSON object of the row, and a key that left the view gets a tombstone (a message without a
 //! value), as Kafka's compacted topics and Materialize's and Feldera's upsert sinks do.
 //!
-//! So a restart — also after `kill -9`, with or without a data directory — neither loses nor
-//! repeats a change: what reached the topic is read back, and only what is missing is written.
+//! So a restart with a data directory — also after `kill -9` — neither loses nor repeats a
+//! change: what reached the topic is read back, and only what is missing is written. (Without
+//! one the views restart empty, and the sink deletes every key, as the view says.)
 //! (Messages a killed server had sent but the broker had not yet appended when the restarted
 //! one read the topic back would be written twice; the restart takes seconds, so none is.)
 
@@ -121,7 +122,7 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
                 if last_problem.take().is_some()
                     && let Some(c) = controller()
                 {
-                    c.source_problem(job, &what, None);
+                    c.report_problem(job, &what, None);
                 }
                 open.follow(runtime, controller, sink, stop).err()
             }
@@ -132,7 +133,7 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
         {
             tracing::warn!(job = %job, sink = %sink.name, %problem, "sink");
             let Some(c) = controller() else { return };
-            c.source_problem(job, &what, Some(&problem));
+            c.report_problem(job, &what, Some(&problem));
             last_problem = Some(problem);
         }
         std::thread::sleep(Duration::from_millis(500));

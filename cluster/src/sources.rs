@@ -172,7 +172,7 @@ fn run(
                 if last_problem.take().is_some()
                     && let Some(c) = controller(&inner)
                 {
-                    c.source_problem(job, &format!("source `{name}`"), None);
+                    c.report_problem(job, &format!("source `{name}`"), None);
                 }
                 position
             }
@@ -180,7 +180,7 @@ fn run(
                 if last_problem.as_ref() != Some(&problem) {
                     tracing::warn!(job = %job, source = %name, %problem, "source");
                     let Some(c) = controller(&inner) else { return };
-                    c.source_problem(job, &format!("source `{name}`"), Some(&problem));
+                    c.report_problem(job, &format!("source `{name}`"), Some(&problem));
                     last_problem = Some(problem);
                 }
                 std::thread::sleep(Duration::from_millis(200));

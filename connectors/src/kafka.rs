@@ -160,8 +160,6 @@ pub struct KafkaReader {
     /// Partitions were assigned at resolved start offsets (see [`KafkaReader::take_assigned`]).
     announce: bool,
     max_record_bytes: u64,
-    /// The last problem reported (reported again only when it changes).
-    last_problem: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -209,7 +207,6 @@ impl KafkaReader {
             started: false,
             announce: false,
             max_record_bytes: max_record_bytes.max(1),
-            last_problem: None,
         })
     }
 
@@ -220,8 +217,8 @@ impl KafkaReader {
 
     /// Reads for at most `wait`, until `max_records` records or about `max_bytes` bytes, and
     /// appends them to `out` in the order they came (in offset order within a partition).
-    /// Returns a problem reading (an unreachable broker, a missing topic), which the reader
-    /// retries by itself at later polls; `None` when it reads.
+    /// Returns a problem reading (an unreachable broker, a missing topic), at every poll while
+    /// it lasts (the reader retries by itself); `None` when it reads.
     pub fn poll(
         &mut self,
         wait: Duration,
@@ -233,12 +230,12 @@ impl KafkaReader {
         if self.discovered.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL) {
             self.discovered = Some(Instant::now());
             if let Err(problem) = self.discover() {
-                return self.problem(Some(problem));
+                return Some(problem);
             }
         }
         if self.assigned.is_empty() {
             std::thread::sleep(wait);
-            return self.problem(Some(format!("topic `{}` has no partitions (yet)", self.config.topic)));
+            return Some(format!("topic `{}` has no partitions (yet)", self.config.topic));
         }
         let mut bytes = 0;
         let mut problem = None;
@@ -271,16 +268,6 @@ impl KafkaReader {
                 break;
             }
         }
-        self.problem(problem)
-    }
-
-    /// Remembers `problem` and returns it when it differs from the last one (each problem is
-    /// reported once while it lasts).
-    fn problem(&mut self, problem: Option<String>) -> Option<String> {
-        if problem == self.last_problem {
-            return None;
-        }
-        self.last_problem = problem.clone();
         problem
     }
 
