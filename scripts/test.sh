@@ -2,6 +2,8 @@
 # The test suite: unit, view, oracle (proptest), decoder, SQL and two-process cluster tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# librdkafka is built from source: a C compiler, make and zlib's headers.
+scripts/build-deps.sh
 # The S3 tests run against moto's S3-compatible server (PyPI), in a venv outside the clone
 # (made once, reused after; scripts/openapi-check.sh shares it).
 venv="${AIMATRIX_VENV:-/var/tmp/aimatrix-venv}"
