@@ -127,7 +127,20 @@ pub struct ClusterConfig {
     /// Bytes of changes (as held in memory, estimated) a subscriber may leave untaken
     /// (default [`DEFAULT_MAX_QUEUED_BYTES`]).
     pub max_queued_bytes: u64,
+    /// How long records a worker inserted on its own (what a file source read) may wait for
+    /// the controller to close their timestamp ([`Command::AdvanceTo`]; default
+    /// [`DEFAULT_TIMESTAMP_INTERVAL`]): they are visible to queries after it. Without such
+    /// records the controller closes one every [`IDLE_TIMESTAMP_INTERVAL`], so that frontiers
+    /// and `now()` move on without input; a push or a source batch is closed at once, without
+    /// waiting for either.
+    pub timestamp_interval: Duration,
 }
+
+/// The default [`ClusterConfig::timestamp_interval`]: 10 ms.
+pub const DEFAULT_TIMESTAMP_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often the controller closes a timestamp when no worker awaits one: 100 ms.
+pub const IDLE_TIMESTAMP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The default bound of the bytes of a subscriber's untaken changes: 64 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 << 20;
@@ -148,6 +161,7 @@ impl Default for ClusterConfig {
             sql: crate::SqlLimits::unlimited(),
             max_queued_rows: DEFAULT_MAX_QUEUED_ROWS,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            timestamp_interval: DEFAULT_TIMESTAMP_INTERVAL,
         }
     }
 }
@@ -361,6 +375,8 @@ pub struct Shared {
     worker0: Mutex<Option<std::thread::Thread>>,
     /// File sources read to their end: (job, source) → (workers done, the latest frontier).
     done: Mutex<HashMap<(JobId, String), (usize, Time)>>,
+    /// A worker awaits a closed timestamp ([`Response::AwaitingTimestamp`]).
+    awaiting: std::sync::atomic::AtomicBool,
     peers: usize,
 }
 
@@ -420,6 +436,7 @@ impl Shared {
     /// Worker 0 hands over a response from any worker.
     pub(crate) fn deliver(&self, response: Response) {
         match response {
+            Response::AwaitingTimestamp { .. } => self.awaiting.store(true, Ordering::SeqCst),
             Response::Peek { id, rows } => {
                 let mut peeks = lock(&self.peeks);
                 let done = match peeks.get_mut(&id) {
@@ -541,12 +558,17 @@ struct Sequencer {
     positions: HashMap<(JobId, String), crate::sources::SourceResume>,
     /// The running sinks (dropping one stops it).
     sinks: HashMap<(JobId, String), crate::sinks::RunningSink>,
-    /// The last timestamp given to a push or batch (ms since the Unix epoch; strictly
-    /// increasing).
+    /// The timestamp oracle: the last timestamp given to a push, batch or retraction, or
+    /// one less than the last one closed with [`Command::AdvanceTo`] (ms since the Unix
+    /// epoch). Every timestamp given later is past it, and no worker's input time is past it
+    /// plus one.
     last_timestamp: Time,
-    /// While a log is replayed, the sources the server reads wait (their positions come from
-    /// the log), and so do sinks (the views are not whole yet).
-    hold_sources: bool,
+    /// The last time sent in a [`Command::AdvanceTo`].
+    closed: Time,
+    /// While a log is replayed: the sources the server reads wait (their positions come from
+    /// the log), and so do sinks (the views are not whole yet); replayed records keep their
+    /// logged timestamps, and no timestamp is closed but theirs.
+    replaying: bool,
 }
 
 /// The recent pushes of one push source by `Idempotency-Key`: each key's answer (once known),
@@ -574,6 +596,16 @@ impl KeyWindow {
             }
         }
     }
+}
+
+/// Where a push comes from.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// A client: answered once queries see it.
+    Client,
+    /// The log, at a restart: given its logged timestamp again (if it has one), and answered
+    /// once the workers have it.
+    Replay(Option<Time>),
 }
 
 /// Where a change was logged (the log and its sequence number there), if there is a log.
@@ -605,19 +637,34 @@ pub const IDEMPOTENCY_KEYS: usize = 100_000;
 pub const IDEMPOTENCY_BYTES: u64 = 16 << 20;
 
 impl Sequencer {
-    /// The next timestamp for a push or batch: the wall clock in ms, and always later than
-    /// the last one.
-    fn next_timestamp(&mut self) -> Time {
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time);
-        self.last_timestamp = (self.last_timestamp + 1).max(now);
+    /// The next timestamp for a push, batch or retraction: `logged` (a replayed record's
+    /// timestamp), else the wall clock in ms (while replaying: the last one plus one), and
+    /// always later than the last one.
+    fn next_timestamp(&mut self, logged: Option<Time>) -> Time {
+        let floor = match logged {
+            Some(at) => at,
+            None if self.replaying => 0,
+            None => now_ms(),
+        };
+        self.last_timestamp = (self.last_timestamp + 1).max(floor);
         self.last_timestamp
     }
 
-    /// Sends the parts of a push or batch, part `w` to worker `w` (each decodes its own), all
-    /// at one timestamp.
-    fn send_parts(&mut self, parts: Vec<impl FnOnce(Time) -> Command>) -> Result<(), ClusterError> {
-        let at = self.next_timestamp();
+    /// Closes every timestamp before the wall clock (at least the last one given):
+    /// [`Command::AdvanceTo`] to every worker; later timestamps are at least that time.
+    fn close_timestamp(&mut self) -> Result<(), ClusterError> {
+        let time = now_ms().max(self.last_timestamp + 1);
+        if time <= self.closed {
+            return Ok(());
+        }
+        self.last_timestamp = time - 1;
+        self.closed = time;
+        self.send(&Command::AdvanceTo { time })
+    }
+
+    /// Sends the parts of a push or batch at timestamp `at`, part `w` to worker `w` (each
+    /// decodes its own).
+    fn send_parts(&mut self, at: Time, parts: Vec<impl FnOnce(Time) -> Command>) -> Result<(), ClusterError> {
         for (worker, part) in parts.into_iter().enumerate() {
             self.send_to(&part(at), Some(worker))?;
         }
@@ -653,6 +700,11 @@ impl Sequencer {
             self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect();
         plan(&schemas, views)
     }
+}
+
+/// The wall clock: ms since the Unix epoch.
+fn now_ms() -> Time {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
 }
 
 /// `body` cut into `parts` runs of whole lines (as `str::lines` counts them), about as many
@@ -989,6 +1041,7 @@ impl Controller {
             ingests: Mutex::default(),
             worker0: Mutex::default(),
             done: Mutex::default(),
+            awaiting: Default::default(),
             peers: config.workers * config.processes,
         });
         let is_controller = config.process_index == 0;
@@ -1040,7 +1093,8 @@ impl Controller {
             positions: HashMap::new(),
             sinks: HashMap::new(),
             last_timestamp: 0,
-            hold_sources: false,
+            closed: 0,
+            replaying: false,
         };
         if is_controller {
             for (name, schema, reads) in planned {
@@ -1066,6 +1120,9 @@ impl Controller {
         if is_controller {
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new().name("amx-compaction".into()).spawn(move || compaction_loop(weak))?;
+            let weak = Arc::downgrade(&inner);
+            let interval = config.timestamp_interval.max(Duration::from_millis(1));
+            std::thread::Builder::new().name("amx-timestamps".into()).spawn(move || timestamp_loop(weak, interval))?;
         }
         Ok(Controller { inner })
     }
@@ -1196,7 +1253,7 @@ impl Controller {
         if let Some(info) = seq.jobs.get_mut(&id) {
             info.sinks = job.config.sinks.clone();
         }
-        if !seq.hold_sources {
+        if !seq.replaying {
             self.start_sinks(&mut seq, id);
         }
         drop(seq);
@@ -1237,7 +1294,7 @@ impl Controller {
         // The sources the server reads are opened before anything is logged: a job refused
         // here leaves no trace (at a replay they open at its end, at their positions).
         let mut readers = Vec::new();
-        if !seq.hold_sources {
+        if !seq.replaying {
             for source in sources.iter().filter(|s| crate::sources::read_by_server(s.kind)) {
                 let reader = crate::sources::open(id, source, Default::default(), self.inner.max_record_bytes)?;
                 readers.push((source.name.clone(), reader));
@@ -1337,7 +1394,12 @@ impl Controller {
             let retracted = tokio::spawn(async move {
                 let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
                 let (wait, applied) = this.wait_for_workers();
-                lock(&this.inner.seq).send(&Command::RetractJob { id, at: upper, wait })?;
+                {
+                    let mut seq = lock(&this.inner.seq);
+                    let at = seq.next_timestamp(None).max(upper);
+                    seq.last_timestamp = at;
+                    seq.send(&Command::RetractJob { id, at, wait })?;
+                }
                 Ok::<_, ClusterError>(applied.await.map_err(|_| ClusterError::Stopped)?.upper)
             });
             retracted.await.map_err(|_| ClusterError::Stopped)??
@@ -1718,7 +1780,7 @@ impl Controller {
     ) -> Result<IngestReport, ClusterError> {
         // Outside the sequencer's lock: a scan of the whole body.
         let (body, oversized) = cut_oversized(body, self.inner.max_record_bytes);
-        let answer = self.submit_ingest(job, source, body, oversized, key.map(str::to_owned), true)?;
+        let answer = self.submit_ingest(job, source, body, oversized, key.map(str::to_owned), Origin::Client)?;
         let answered = Self::answer(answer);
         tokio::pin!(answered);
         // After the first wait, the store's state is looked at every second.
@@ -1751,7 +1813,7 @@ impl Controller {
     }
 
     /// Logs (with a data directory) and sends a push; the answer comes once every worker has
-    /// it, it is durable and (with `visible`) every collection has passed its time.
+    /// it, it is durable and (a client's push) every collection has passed its time.
     fn submit_ingest(
         &self,
         job: JobId,
@@ -1759,8 +1821,12 @@ impl Controller {
         body: String,
         oversized: BTreeMap<u64, u64>,
         key: Option<String>,
-        visible: bool,
+        origin: Origin,
     ) -> Result<IngestAnswer, ClusterError> {
+        let (visible, logged_at) = match origin {
+            Origin::Client => (true, None),
+            Origin::Replay(at) => (false, at),
+        };
         let mut seq = lock(&self.inner.seq);
         let info = seq.jobs.get(&job).ok_or_else(|| ClusterError::UnknownJob(job.to_string()))?;
         let window = (job, source.to_owned());
@@ -1801,13 +1867,15 @@ impl Controller {
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             )));
         }
-        // Logged before it is sent: what the workers apply is in the log.
+        // Logged before it is sent, with its timestamp: what the workers apply is in the log.
+        let at = seq.next_timestamp(logged_at);
         let stored = seq.log(|| LogRecord::Ingest {
             job: job.0,
             source: source.to_owned(),
             key: key.clone(),
             body: body.clone(),
             oversized: oversized.clone(),
+            at: Some(at),
         })?;
         // One worker decodes the whole push, chosen by a hash of the source and the push, so
         // that concurrent pushes spread over the workers and no body is copied to all of them.
@@ -1825,7 +1893,7 @@ impl Controller {
                 move |at| Command::Ingest { id, source, body: part, oversized, at, first_line }
             })
             .collect();
-        seq.send_parts(parts)?;
+        seq.send_parts(at, parts)?;
         let (reply, answer) = tokio::sync::watch::channel(None);
         if let Some(key) = &key {
             let keys = seq.keys.entry(window.clone()).or_default();
@@ -1897,16 +1965,19 @@ impl Controller {
         source: &str,
         records: Vec<amx_connectors::Record>,
         position: crate::sources::SourcePosition,
+        logged_at: Option<Time>,
     ) -> Result<IngestAnswer, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         if seq.push.get(source) != Some(&job) {
             return Err(ClusterError::UnknownSource(format!("job {job} has no running source `{source}`")));
         }
+        let at = seq.next_timestamp(logged_at);
         let stored = seq.log(|| LogRecord::IngestRecords {
             job: job.0,
             source: source.to_owned(),
             records: records.clone(),
             position: position.clone(),
+            at: Some(at),
         })?;
         seq.positions.entry((job, source.to_owned())).or_default().advance(&position);
         let peers = self.peers();
@@ -1921,7 +1992,7 @@ impl Controller {
                 move |at| Command::IngestRecords { id, source, records: part, at, first }
             })
             .collect();
-        seq.send_parts(parts)?;
+        seq.send_parts(at, parts)?;
         drop(seq);
         let (reply, answer) = tokio::sync::watch::channel(None);
         let this = self.clone();
@@ -1978,7 +2049,7 @@ impl Controller {
     ) -> Result<Recovered, ClusterError> {
         let mut recovered = Recovered::default();
         let mut upper = 0;
-        lock(&self.inner.seq).hold_sources = true;
+        lock(&self.inner.seq).replaying = true;
         // Pushes are sent without waiting for each answer (the workers apply commands in
         // their order anyway); at most this many answers are outstanding.
         let mut outstanding: std::collections::VecDeque<IngestAnswer> = std::collections::VecDeque::new();
@@ -2006,14 +2077,14 @@ impl Controller {
                     recovered.cancels += 1;
                     self.cancel_job(JobId(id), retract).await
                 }
-                LogRecord::Ingest { job, source, key, body, oversized } => {
+                LogRecord::Ingest { job, source, key, body, oversized, at } => {
                     recovered.pushes += 1;
-                    let submitted = self.submit_ingest(JobId(job), &source, body, oversized, key, false);
+                    let submitted = self.submit_ingest(JobId(job), &source, body, oversized, key, Origin::Replay(at));
                     submitted.map(|answer| outstanding.push_back(answer))
                 }
-                LogRecord::IngestRecords { job, source, records, position } => {
+                LogRecord::IngestRecords { job, source, records, position, at } => {
                     recovered.pushes += 1;
-                    let submitted = self.submit_records(JobId(job), &source, records, position);
+                    let submitted = self.submit_records(JobId(job), &source, records, position, at);
                     submitted.map(|answer| outstanding.push_back(answer))
                 }
             };
@@ -2043,7 +2114,7 @@ impl Controller {
         let mut seq = lock(&self.inner.seq);
         seq.log = Some(log);
         // The sources the server reads resume where the log's last batches leave them.
-        seq.hold_sources = false;
+        seq.replaying = false;
         let running: Vec<JobId> = seq.jobs.values().filter(|j| j.state != JobState::Cancelled).map(|j| j.id).collect();
         for id in running {
             self.start_server_sources(&mut seq, id);
@@ -2119,6 +2190,29 @@ impl Controller {
     pub fn ready(&self) -> bool {
         let uppers = lock(&self.inner.shared.uppers);
         !uppers.is_empty() && uppers.values().all(|u| *u > 0)
+    }
+}
+
+/// Closes a timestamp within `interval` of a worker's [`Response::AwaitingTimestamp`], and
+/// every [`IDLE_TIMESTAMP_INTERVAL`] in any case (none while a log is replayed). Ends when
+/// the controller is dropped.
+fn timestamp_loop(inner: Weak<Inner>, interval: Duration) {
+    let mut last = std::time::Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let Some(inner) = inner.upgrade() else { return };
+        if !inner.shared.awaiting.load(Ordering::SeqCst) && last.elapsed() < IDLE_TIMESTAMP_INTERVAL {
+            continue;
+        }
+        let mut seq = lock(&inner.seq);
+        if seq.replaying {
+            continue;
+        }
+        inner.shared.awaiting.store(false, Ordering::SeqCst);
+        if seq.close_timestamp().is_err() {
+            return;
+        }
+        last = std::time::Instant::now();
     }
 }
 

@@ -105,9 +105,9 @@ pub enum Command {
     },
     /// Retracts what a [`Command::DropJob`] with `retract` set aside: each worker moves its
     /// input to `at` and inserts its share of the job's events there with the opposite diff,
-    /// then lets its time move on. `at` is the latest input frontier the workers answered the
-    /// drop with; as they held their time since, none has passed it, so every relation and
-    /// view loses the job's records at this one timestamp.
+    /// then closes it (`at + 1`). `at` is a controller timestamp at least the latest input
+    /// frontier the workers answered the drop with; as they held their time since, none has
+    /// passed it, so every relation and view loses the job's records at this one timestamp.
     RetractJob {
         /// The job.
         id: JobId,
@@ -115,6 +115,17 @@ pub enum Command {
         at: Time,
         /// Wait id: each worker answers [`Response::Applied`] once it has retracted.
         wait: u64,
+    },
+    /// Closes every epoch before `time`, a controller timestamp: each worker moves its input
+    /// to `time` (unless it is already there, or holds its time for a retraction). The
+    /// controller sends one within [`crate::controller::ClusterConfig::timestamp_interval`]
+    /// of a worker's [`Response::AwaitingTimestamp`] (what a file source read becomes
+    /// complete then), and one every 100 ms in any case, so that frontiers and `now()` move
+    /// on without input. Workers never close
+    /// an epoch at a time of their own: every worker of every process closes the same times.
+    AdvanceTo {
+        /// The new input time (ms since the Unix epoch).
+        time: Time,
     },
     /// A part of the records pushed to a push source: whole lines of the request body, JSON
     /// lines (empty ones are no records but keep the numbering). The controller cuts a push
@@ -136,8 +147,10 @@ pub enum Command {
         #[serde(default)]
         oversized: BTreeMap<u64, u64>,
         /// The controller's timestamp for the records: the worker's input moves to it first
-        /// (unless it is already later, or holds its time for a retraction). Every worker gets
-        /// a part of the push at the same timestamp, so all move past it together.
+        /// (unless it holds its time for a retraction), and to `at + 1` at the end of the
+        /// round (the controller's timestamps are strictly increasing, and no worker is
+        /// ever past the last one plus one). Every worker gets a part of the push at the same
+        /// timestamp, so the push is applied at one timestamp everywhere.
         #[serde(default)]
         at: Time,
         /// The number (from 1) of the body's first line in the whole push.
@@ -240,6 +253,13 @@ pub const SNAPSHOT_PART_BYTES: u64 = 1 << 20;
 /// A worker's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Response {
+    /// Worker `worker` inserted records at its input time that wait for the controller to
+    /// close it (what a file source read; a file source at its end; a catch-up answered): the
+    /// controller closes a timestamp within its `timestamp_interval`.
+    AwaitingTimestamp {
+        /// The worker.
+        worker: usize,
+    },
     /// One worker's share of a peek: its rows (projected) and their multiplicities.
     Peek {
         /// Peek id.

@@ -193,7 +193,7 @@ fn run(
         let mut backoff = Duration::from_millis(100);
         loop {
             let Some(c) = controller(&inner) else { return };
-            match c.submit_records(job, &name, records.clone(), position.clone()) {
+            match c.submit_records(job, &name, records.clone(), position.clone(), None) {
                 Ok(answer) => {
                     // The next batch waits for this one to be applied and durable.
                     if let Err(e) = runtime.block_on(Controller::answer(answer)) {

@@ -108,6 +108,10 @@ pub enum LogRecord {
         /// The lines (from 1) that were cut, with their lengths in bytes.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         oversized: BTreeMap<u64, u64>,
+        /// Its timestamp (ms since the Unix epoch), which a replay gives it again (logs
+        /// written before timestamps were logged have none: a replay gives a new one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<amx_dataflows::Time>,
     },
     /// A batch of records a source the server reads (Kafka, object store) read, and where the
     /// source is after it (where it resumes).
@@ -120,6 +124,9 @@ pub enum LogRecord {
         records: Vec<amx_connectors::Record>,
         /// Where the source is after them.
         position: crate::sources::SourcePosition,
+        /// Its timestamp, as [`LogRecord::Ingest`]'s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<amx_dataflows::Time>,
     },
 }
 
@@ -737,6 +744,7 @@ mod tests {
             key: Some(format!("k{n}")),
             body: format!("{{\"n\":{n}}}\n"),
             oversized: BTreeMap::new(),
+            at: Some(n as u64 + 1),
         }
     }
 

@@ -93,9 +93,6 @@ impl Default for WorkerOptions {
     }
 }
 
-/// How long an idle worker waits before it advances time anyway (so that frontiers, and
-/// `now()` in temporal views, move on without input).
-const IDLE_TICK: Duration = Duration::from_millis(100);
 /// How long a worker with nothing to do parks.
 /// (The controller wakes worker 0 when it sends a command; timely wakes a worker when data
 /// arrives for it.)

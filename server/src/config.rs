@@ -15,6 +15,7 @@
 //! hosts = []                   # host:port of every process, in process order (processes > 1)
 //! batch_records = 50000        # records per epoch across the cluster
 //! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
+//! timestamp_interval_ms = 10   # how often a timestamp is closed while a job reads files
 //!
 //! [sql]
 //! timeout_ms = 60000           # how long a query may take (it is cancelled then)
@@ -146,6 +147,10 @@ pub struct ClusterSection {
     pub poll_bytes: u64,
     /// The largest record in bytes (default 64 MiB).
     pub max_record_bytes: u64,
+    /// How often, in ms, the controller closes a timestamp while a job reads files: what a
+    /// file source read is visible to queries at the next one (default 10; see
+    /// [`amx_cluster::ClusterConfig::timestamp_interval`]).
+    pub timestamp_interval_ms: u64,
 }
 
 /// `[sql]`.
@@ -189,6 +194,7 @@ impl Default for ClusterSection {
             batch_records: worker.batch_records,
             poll_bytes: worker.poll_bytes,
             max_record_bytes: worker.max_record_bytes,
+            timestamp_interval_ms: amx_cluster::controller::DEFAULT_TIMESTAMP_INTERVAL.as_millis() as u64,
         }
     }
 }
@@ -271,6 +277,7 @@ impl ServeConfig {
             sql: self.sql_limits(),
             max_queued_rows: self.subscribe.max_queued_rows.max(1),
             max_queued_bytes: self.subscribe.max_queued_bytes.max(1),
+            timestamp_interval: std::time::Duration::from_millis(self.cluster.timestamp_interval_ms.max(1)),
             ..Default::default()
         }
     }

@@ -20,20 +20,10 @@ use timely::progress::Antichain;
 
 use super::reads::{read_at, snapshot_part, subscribe, upper_of};
 use super::sources::{FileSource, PushSource, SourceCounts};
-use super::{Collection, IDLE_TICK, Owner, WorkerOptions, install_views, respond};
+use super::{Collection, Owner, WorkerOptions, install_views, respond};
 use crate::controller::Shared;
 use crate::job::SourceConfig;
 use crate::protocol::{Command, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
-
-/// The engine clock: milliseconds since the Unix epoch.
-fn now_ms() -> Time {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
-}
-
-/// The next epoch's timestamp: the wall clock in ms, and always later than `epoch`.
-pub(super) fn next_epoch(epoch: Time) -> Time {
-    (epoch + 1).max(now_ms())
-}
 
 /// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
 /// sources this worker has not yet found at their end since.
@@ -121,17 +111,23 @@ pub(super) struct ComputeState {
     /// Events of jobs dropped with `retract`, set aside until their `RetractJob`; while any
     /// are, this worker's input time holds (so the controller's retraction time is ahead).
     retracting: HashMap<JobId, Vec<Event>>,
-    /// The input time.
+    /// The input time: the last controller timestamp this worker was given (or the one
+    /// after it, once what was inserted there is closed). A worker never picks a time of its
+    /// own, so every worker of every process closes the same timestamps.
     epoch: Time,
-    /// A command changed the inputs this round (a retraction): time moves on at once.
-    changed: bool,
-    last_advance: Instant,
+    /// A time this worker may close its input to without waiting for the controller: one
+    /// past the timestamp of a push, batch or retraction it inserted (the controller's
+    /// timestamps are strictly increasing, so none later is below it).
+    closable: Time,
+    /// The epoch at which the file sources were last read: they read at most one batch per
+    /// epoch (back-pressure: the next once the dataflow has caught up with it).
+    read_epoch: Option<Time>,
     last_publish: Instant,
 }
 
 impl ComputeState {
     /// A worker's state once its agent state is rendered: `catalog` holds the agent state's
-    /// arrangements, `inputs` its inputs (advanced to the first epoch here).
+    /// arrangements, `inputs` its inputs (at time 0 until the controller's first timestamp).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         index: usize,
@@ -139,12 +135,10 @@ impl ComputeState {
         options: WorkerOptions,
         shared: Option<Arc<Shared>>,
         resp_in: InputSession<u64, Response, Diff>,
-        mut inputs: Inputs,
+        inputs: Inputs,
         agent_probe: ProbeHandle<Time>,
         catalog: BTreeMap<String, Collection>,
     ) -> ComputeState {
-        let epoch = next_epoch(0);
-        inputs.advance_to(epoch);
         ComputeState {
             index,
             peers,
@@ -165,9 +159,9 @@ impl ComputeState {
             since: 0,
             compacted: 0,
             retracting: HashMap::new(),
-            epoch,
-            changed: false,
-            last_advance: Instant::now(),
+            epoch: 0,
+            closable: 0,
+            read_epoch: None,
             last_publish: Instant::now() - Duration::from_secs(1),
         }
     }
@@ -190,13 +184,16 @@ impl ComputeState {
                 tracing::error!(worker = self.index, "CreateInstance after the first command; skipped")
             }
             Command::RetractJob { id, at, wait } => self.handle_retract_job(id, at, wait),
+            Command::AdvanceTo { time } => self.advance_to(time),
             Command::Ingest { id, source, body, oversized, at, first_line } => {
                 self.advance_to(at);
-                self.handle_ingest(id, &source, &body, first_line, &oversized)
+                self.handle_ingest(id, &source, &body, first_line, &oversized);
+                self.closable = self.closable.max(at + 1);
             }
             Command::IngestRecords { id, source, records, at, first } => {
                 self.advance_to(at);
-                self.handle_ingest_records(id, &source, records, first)
+                self.handle_ingest_records(id, &source, records, first);
+                self.closable = self.closable.max(at + 1);
             }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
@@ -215,12 +212,17 @@ impl ComputeState {
     }
 
     /// Moves the input time to `time` if it is later (a controller's timestamp), unless the
-    /// worker holds its time for a retraction.
+    /// worker holds its time for a retraction: the counters of what the sources fed in the
+    /// epoch it closes go in first, at that epoch.
     fn advance_to(&mut self, time: Time) {
         if time > self.epoch && self.retracting.is_empty() {
+            for (source, counts) in self.pending_stats.drain() {
+                let total = self.stat_totals.entry(source.clone()).or_default();
+                *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);
+                self.inputs.source_stats.update(source, counts);
+            }
             self.epoch = time;
             self.inputs.advance_to(time);
-            self.last_advance = Instant::now();
         }
     }
 
@@ -324,8 +326,8 @@ impl ComputeState {
     /// [`Command::RetractJob`]: retracts the events set aside at its drop, at time `at`.
     fn handle_retract_job(&mut self, id: JobId, at: Time, wait: u64) {
         if let Some(events) = self.retracting.remove(&id) {
-            // Every worker held its time since the drop, and `at` is past the latest of them:
-            // all retract at `at`.
+            // Every worker held its time since the drop, and `at` (a controller timestamp) is
+            // past the latest of them: all retract at `at`.
             if at > self.epoch {
                 self.epoch = at;
                 self.inputs.advance_to(at);
@@ -336,7 +338,7 @@ impl ComputeState {
             for event in events {
                 self.inputs.update(event, -1);
             }
-            self.changed = true;
+            self.closable = self.closable.max(self.epoch + 1);
         }
         let upper = self.epoch + 1;
         self.respond(Response::Applied { id: wait, upper });
@@ -398,17 +400,21 @@ impl ComputeState {
         }
     }
 
-    /// Reads this worker's share of the file sources, once the dataflow has caught up with the
-    /// previous epoch (back-pressure); answers the catch-ups that are complete; and closes the
-    /// epoch when anything was fed or happened (or after [`IDLE_TICK`]). Returns whether
+    /// Closes the epoch of this round's pushes and batches; reads this worker's share of the
+    /// file sources (one batch per epoch, once the dataflow has caught up with the previous
+    /// epochs: back-pressure), at the current epoch, which the controller's next
+    /// [`Command::AdvanceTo`] closes; answers the catch-ups that are complete. Returns whether
     /// records were fed.
     pub(super) fn step_sources(&mut self) -> bool {
+        if self.closable > self.epoch {
+            self.advance_to(self.closable);
+        }
         let mut fed = false;
         // A file source was read to its end this round.
         let mut ended = false;
         // File sources found at their end by this round's polls.
         let mut at_end: Vec<(JobId, String)> = Vec::new();
-        if !self.agent_probe.less_than(&self.epoch) {
+        if self.read_epoch.is_none_or(|e| e < self.epoch) && !self.agent_probe.less_than(&self.epoch) {
             let batch_share = (self.options.batch_records / self.peers.max(1)).max(1);
             for source in self.files.iter_mut().filter(|f| !f.done) {
                 let keep = self.jobs.get_mut(&source.job).and_then(|j| j.ingested.as_mut());
@@ -422,25 +428,27 @@ impl ComputeState {
                     let (job, source) = (source.job, source.name.clone());
                     respond(&mut self.resp_in, Response::SourceFailed { job, source, error });
                 } else if source.done {
-                    // What it read is in the current epoch: complete once time passes it
-                    // (which it does at once, below).
+                    // What it read is in the current epoch: complete once the controller's
+                    // next timestamp closes it.
                     ended = true;
                     let (job, source) = (source.job, source.name.clone());
                     respond(&mut self.resp_in, Response::SourceDone { job, source, upper: self.epoch + 1 });
                 }
             }
+            if fed {
+                self.read_epoch = Some(self.epoch);
+            }
         }
         // What this round read is at time `epoch`: a catch-up whose sources are all at their
-        // end is answered with `epoch + 1`, and time moves on at once so that it is soon
-        // visible.
+        // end is answered with `epoch + 1`.
         for (job, name) in &at_end {
             for c in self.catch_ups.iter_mut().filter(|c| c.job == *job) {
                 c.sources.retain(|s| s != name);
             }
         }
-        let mut answered = false;
         let upper = self.epoch + 1;
         let resp_in = &mut self.resp_in;
+        let mut answered = false;
         self.catch_ups.retain(|c| {
             let sources_left = !c.sources.is_empty();
             if !sources_left {
@@ -449,24 +457,8 @@ impl ComputeState {
             }
             sources_left
         });
-        let holding = !self.retracting.is_empty();
-        let changed = std::mem::take(&mut self.changed);
-        if !holding
-            && (fed
-                || ended
-                || answered
-                || changed
-                || !self.pending_stats.is_empty()
-                || self.last_advance.elapsed() >= IDLE_TICK)
-        {
-            for (source, counts) in self.pending_stats.drain() {
-                let total = self.stat_totals.entry(source.clone()).or_default();
-                *total = (total.0 + counts.0, total.1 + counts.1, total.2 + counts.2, total.3 + counts.3);
-                self.inputs.source_stats.update(source, counts);
-            }
-            self.epoch = next_epoch(self.epoch);
-            self.inputs.advance_to(self.epoch);
-            self.last_advance = Instant::now();
+        if fed || ended || answered {
+            self.respond(Response::AwaitingTimestamp { worker: self.index });
         }
         fed
     }
