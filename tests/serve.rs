@@ -1959,6 +1959,79 @@ fn a_kafka_source_applies_each_message_once_across_kill_9() {
     assert_eq!(errors, vec![json!({ "location": format!("kafka:{topic}/0@0") })]);
 }
 
+/// A Kafka message's key, headers, offset and timestamp map onto columns (`{ metadata = … }`),
+/// and a restart from the log gives the same rows (the metadata is logged with each record).
+/// Expected rows are written here from what was produced: message `i` to partition `i mod 2`
+/// (so at offset `i / 2`), key `doc-i`, header `user` = `u-i` (none for `i = 3`), created at
+/// 1,700,000,000,000 + 1,000·i ms (2023-11-14T22:13:20Z + i s).
+#[test]
+fn kafka_message_metadata_maps_to_columns() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseRecord, Producer};
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock Kafka cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("docs", 2, 1).expect("topic");
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("a producer");
+    for i in 0..6_i64 {
+        let (key, value) = (format!("doc-{i}"), json!({ "c": "kb", "size": 10 * i }).to_string());
+        let user = format!("u-{i}");
+        let mut headers = OwnedHeaders::new().insert(Header { key: "trace", value: Some("x") });
+        if i != 3 {
+            headers = headers.insert(Header { key: "user", value: Some(user.as_str()) });
+        }
+        let record = BaseRecord::to("docs")
+            .key(key.as_str())
+            .payload(value.as_str())
+            .partition((i % 2) as i32)
+            .timestamp(1_700_000_000_000 + 1_000 * i)
+            .headers(headers);
+        producer.send(record).map_err(|(e, _)| e).expect("produced");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+
+    let job = kafka_job(&brokers, "docs").replace(
+        r#"collection = "/c"
+document_id = "/id"
+op = { const = "upsert" }
+version = "/v"
+size_bytes = "/size"
+event_time = { pointer = "/t", unit = "s" }"#,
+        r#"collection = "/c"
+document_id = { metadata = "/key" }
+op = { const = "upsert" }
+version = { metadata = "/partition" }
+size_bytes = "/size"
+event_time = { metadata = "/timestamp", unit = "ms" }
+actor = { metadata = "/headers/user" }
+source_offset = { metadata = "/offset" }"#,
+    );
+    assert!(job.contains("metadata = \"/key\""), "the mapping was replaced");
+    let want: Vec<Value> = (0..6_i64)
+        .map(|i| {
+            json!({
+                "document_id": format!("doc-{i}"),
+                "version": i % 2,
+                "source_offset": i / 2,
+                "size_bytes": 10 * i,
+                "actor": if i == 3 { Value::Null } else { json!(format!("u-{i}")) },
+                "event_time": format!("2023-11-14T22:13:2{i}Z"),
+            })
+        })
+        .collect();
+    let sql = "SELECT document_id, version, source_offset, size_bytes, actor, event_time FROM knowledge_events \
+               ORDER BY document_id";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = durable_args(&dir.path().join("data"));
+    {
+        let server = start(&args, true);
+        server.submit(&job);
+        assert_eq!(server.sql_until(sql, &want), want);
+    }
+    let server = start(&args, true);
+    assert_eq!(server.sql_until(sql, &want), want, "after a restart");
+}
+
 /// An object-store source (`kind = "object-store"`) against moto's S3 server: the objects
 /// under the prefix that match the pattern, then new ones as they appear, each line once;
 /// a bad line is an ingest error at `s3://BUCKET/KEY:LINE`; `kill -9` while objects (some

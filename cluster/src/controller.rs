@@ -650,13 +650,12 @@ impl Sequencer {
         self.last_timestamp
     }
 
-    /// Closes every timestamp before the wall clock (at least the last one given):
-    /// [`Command::AdvanceTo`] to every worker; later timestamps are at least that time.
+    /// Closes every timestamp before the wall clock, and at least one more than last time
+    /// (so that time moves on also while the wall clock is behind the timestamps given, after
+    /// it went back or while more than 1,000 were given a second): [`Command::AdvanceTo`] to
+    /// every worker; later timestamps are at least that time.
     fn close_timestamp(&mut self) -> Result<(), ClusterError> {
-        let time = now_ms().max(self.last_timestamp + 1);
-        if time <= self.closed {
-            return Ok(());
-        }
+        let time = now_ms().max(self.last_timestamp + 1).max(self.closed + 1);
         self.last_timestamp = time - 1;
         self.closed = time;
         self.send(&Command::AdvanceTo { time })

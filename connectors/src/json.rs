@@ -16,8 +16,10 @@
 //! | `{ const = VALUE }` | a constant |
 //! | `{ pointer = "/type", map = { edit = "upsert" }, default = "upsert" }` | the value at the pointer translated by `map` (looked up by its text); `default` when the value is missing or not in `map`; without `default` a value not in `map` is an error (a missing one is NULL) |
 //! | `{ pointer = "/x", unit = "s" }` | a time column in its own unit |
+//! | `{ metadata = "/key" }` | the value at a JSON pointer into the record's metadata ([`Record::metadata`]): for a Kafka message `/topic`, `/partition`, `/offset`, `/timestamp` (ms), `/key` (text) and `/headers/NAME` (text); NULL where the source has none |
 //!
-//! `map`, `default` and `unit` combine freely with `pointer`. Unmapped columns are NULL.
+//! `map`, `default` and `unit` combine freely with `pointer` and `metadata`. Unmapped columns
+//! are NULL.
 //! Required columns (spans: `trace_id`, `span_id`, `name`; evaluations: `trace_id`, `name`;
 //! workflow_events: `run_id`, `state`; knowledge_events: `collection`, `document_id`, `op`)
 //! must be mapped (else a [`ConfigError`]) and a record where one is NULL is an ingest error
@@ -146,6 +148,8 @@ impl Kind {
 #[derive(Clone, Debug)]
 enum Source {
     Pointer(String),
+    /// A pointer into the record's metadata.
+    Metadata(String),
     Const(Value),
 }
 
@@ -162,7 +166,7 @@ impl Spec {
     /// How the spec is named in error messages: the pointer, or `const`.
     fn describe(&self) -> &str {
         match &self.source {
-            Source::Pointer(p) => p,
+            Source::Pointer(p) | Source::Metadata(p) => p,
             Source::Const(_) => "const",
         }
     }
@@ -267,8 +271,10 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
         Value::String(_) => out.source = Source::Pointer(pointer(spec)?),
         Value::Object(table) => {
             for key in table.keys() {
-                if !["const", "pointer", "map", "default", "unit"].contains(&key.as_str()) {
-                    return Err(err(format!("unknown key `{key}` (expected const, pointer, map, default or unit)")));
+                if !["const", "pointer", "metadata", "map", "default", "unit"].contains(&key.as_str()) {
+                    return Err(err(format!(
+                        "unknown key `{key}` (expected const, pointer, metadata, map, default or unit)"
+                    )));
                 }
             }
             if let Some(c) = table.get("const") {
@@ -279,9 +285,12 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
                 out.source = Source::Const(c.clone());
                 return Ok(out);
             }
-            out.source = Source::Pointer(pointer(
-                table.get("pointer").ok_or_else(|| err("a table spec needs `pointer` (or `const`)".into()))?,
-            )?);
+            out.source = match (table.get("pointer"), table.get("metadata")) {
+                (Some(p), None) => Source::Pointer(pointer(p)?),
+                (None, Some(p)) => Source::Metadata(pointer(p)?),
+                (Some(_), Some(_)) => return Err(err("`pointer` and `metadata` cannot be combined".into())),
+                (None, None) => return Err(err("a table spec needs `pointer` (or `metadata` or `const`)".into())),
+            };
             if let Some(u) = table.get("unit") {
                 if kind != Kind::Timestamp {
                     return Err(err("`unit` applies only to time columns".into()));
@@ -381,13 +390,15 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
 }
 
 impl Column {
-    /// The column's value in `record`, and its source text (before `map`).
-    fn eval(&self, record: &Value) -> Result<(Datum, Option<String>), String> {
+    /// The column's value in `record` (with the source's `metadata`), and its source text
+    /// (before `map`).
+    fn eval(&self, record: &Value, metadata: Option<&Value>) -> Result<(Datum, Option<String>), String> {
         let Some(spec) = &self.spec else {
             return Ok((Datum::Null, None));
         };
         let raw = match &spec.source {
             Source::Pointer(p) => lookup(record, p).filter(|v| !v.is_null()),
+            Source::Metadata(p) => metadata.and_then(|m| lookup(m, p)).filter(|v| !v.is_null()),
             Source::Const(c) => Some(c),
         };
         let value = match (&spec.map, raw) {
@@ -454,14 +465,15 @@ impl Cells {
 }
 
 impl JsonDecoder {
-    /// The relation's row of a record, or the reasons it cannot be built.
-    fn row(&self, v: &Value) -> Result<Event, Vec<String>> {
+    /// The relation's row of a record (with the source's `metadata`), or the reasons it
+    /// cannot be built.
+    fn row(&self, v: &Value, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
         let mut errors = Vec::new();
         let mut failed = Vec::new();
         let mut cells = Cells(Vec::with_capacity(self.columns.len()));
         let mut state_source = None;
         for col in &self.columns {
-            match col.eval(v) {
+            match col.eval(v, metadata) {
                 Ok((datum, source)) => {
                     if col.kind == Kind::State {
                         state_source = source;
@@ -582,11 +594,15 @@ impl JsonDecoder {
 }
 
 impl Decoder for JsonDecoder {
+    fn reads_metadata(&self) -> bool {
+        self.columns.iter().any(|c| c.spec.as_ref().is_some_and(|s| matches!(s.source, Source::Metadata(_))))
+    }
+
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>) {
         let Some(v) = parse_record(source, record, out) else {
             return;
         };
-        match self.row(&v) {
+        match self.row(&v, record.metadata.as_deref()) {
             Ok(event) => out.push(event),
             Err(errors) => {
                 // A record that is no object fails for that reason, not its columns'.
@@ -706,6 +722,40 @@ mod tests {
             })]
         );
         // A page deletion: a log event without revision or length.
+        // (The same edit as a Kafka message: its key, offset, timestamp and a header mapped.)
+        let kafka = decoder(json!({"relation": "knowledge_events", "mapping": {
+            "collection": {"metadata": "/topic"},
+            "document_id": {"metadata": "/key"},
+            "op": {"metadata": "/headers/op", "map": {"gone": "delete"}, "default": "upsert"},
+            "version": "/revision/new",
+            "event_time": {"metadata": "/timestamp", "unit": "ms"},
+            "actor": {"metadata": "/headers/user"},
+            "source_offset": {"metadata": "/offset"}}}));
+        let metadata = json!({"topic": "wiki", "partition": 2, "offset": 41, "timestamp": 1_690_617_099_123_i64,
+            "key": "EFL Championship", "headers": {"op": "gone"}});
+        let mut out = Vec::new();
+        kafka.decode("k", &Record::new("kafka:wiki/2@41", edit.to_string()).with_metadata(metadata), &mut out);
+        assert_eq!(
+            out,
+            vec![Event::Knowledge(KnowledgeEvent {
+                collection: "wiki".into(),
+                document_id: "EFL Championship".into(),
+                op: KnowledgeOp::Delete,
+                version: Some(1_167_689_309),
+                size_bytes: None,
+                event_time: Some(1_690_617_099_123_000),
+                // No `user` header: NULL.
+                actor: None,
+                is_bot: None,
+                source_offset: Some(41),
+            })]
+        );
+        // Without metadata (a file line) a metadata column is NULL, and a required one missing.
+        assert!(
+            one_error(&decode(&kafka, &edit)).contains("missing required column `collection`"),
+            "{:?}",
+            decode(&kafka, &edit)
+        );
         let delete = json!({
             "meta": {"domain": "en.wikipedia.org", "offset": 7}, "type": "log", "log_type": "delete",
             "log_action": "delete", "title": "Spam page", "timestamp": 1690617100, "user": "Admin", "bot": true
@@ -1042,11 +1092,19 @@ mod tests {
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"pointr": "/n"}})),
-            "mapping of column `name`: unknown key `pointr` (expected const, pointer, map, default or unit)"
+            "mapping of column `name`: unknown key `pointr` (expected const, pointer, metadata, map, default or unit)"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"map": {}}})),
-            "mapping of column `name`: a table spec needs `pointer` (or `const`)"
+            "mapping of column `name`: a table spec needs `pointer` (or `metadata` or `const`)"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"pointer": "/n", "metadata": "/key"}})),
+            "mapping of column `name`: `pointer` and `metadata` cannot be combined"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"metadata": "key"}})),
+            "mapping of column `name`: \"key\" is not a JSON pointer (it must start with `/`); use { const = … } for constants"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": 3})),

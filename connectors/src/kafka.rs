@@ -137,6 +137,26 @@ pub struct KafkaRecord {
     pub record: Record,
 }
 
+/// A message's metadata (see [`KafkaReader::with_metadata`]).
+fn metadata(topic: &str, message: &rdkafka::message::BorrowedMessage<'_>) -> serde_json::Value {
+    use rdkafka::message::Headers;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut headers = serde_json::Map::new();
+    if let Some(list) = message.headers() {
+        for header in list.iter() {
+            headers.insert(header.key.to_owned(), header.value.map(text).into());
+        }
+    }
+    serde_json::json!({
+        "topic": topic,
+        "partition": message.partition(),
+        "offset": message.offset(),
+        "timestamp": message.timestamp().to_millis(),
+        "key": message.key().map(text),
+        "headers": headers,
+    })
+}
+
 /// Why the reader could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
@@ -160,6 +180,8 @@ pub struct KafkaReader {
     /// Partitions were assigned at resolved start offsets (see [`KafkaReader::take_assigned`]).
     announce: bool,
     max_record_bytes: u64,
+    /// Attach each message's metadata to its record ([`KafkaReader::with_metadata`]).
+    metadata: bool,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -207,7 +229,20 @@ impl KafkaReader {
             started: false,
             announce: false,
             max_record_bytes: max_record_bytes.max(1),
+            metadata: false,
         })
+    }
+
+    /// The reader, attaching to each record ([`Record::metadata`]) its message's metadata
+    /// when `metadata`: `{"topic": TEXT, "partition": INT, "offset": INT, "timestamp": INT
+    /// (ms since the Unix epoch, the message's create or log-append time; null when the
+    /// broker gives none), "key": TEXT (null without a key), "headers": {NAME: TEXT}}`. Keys
+    /// and header values are read as UTF-8 (invalid bytes as U+FFFD); a header without a
+    /// value is null, and of headers of the same name the last one is kept.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: bool) -> KafkaReader {
+        self.metadata = metadata;
+        self
     }
 
     /// For each partition read so far (or resumed), the offset of the next message.
@@ -254,11 +289,14 @@ impl KafkaReader {
                         continue;
                     }
                     let location = format!("kafka:{}/{partition}@{offset}", self.config.topic);
-                    let record = match message.payload() {
+                    let mut record = match message.payload() {
                         Some(value) => record_within(location, value, self.max_record_bytes),
                         None => Record::new(location, String::new())
                             .with_error("the message has no value (a tombstone); nothing to decode"),
                     };
+                    if self.metadata {
+                        record = record.with_metadata(metadata(&self.config.topic, &message));
+                    }
                     bytes += record.text.len();
                     self.positions.insert(partition, offset + 1);
                     out.push(KafkaRecord { partition, offset, record });

@@ -44,6 +44,12 @@ pub use record::{FileReader, Record};
 pub trait Decoder: Send + Sync {
     /// Decodes `record` of the source named `source`, appending the events to `out`.
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>);
+
+    /// Whether it reads [`Record::metadata`] (a `json` mapping with `{ metadata = … }`): a
+    /// source attaches metadata to its records only then.
+    fn reads_metadata(&self) -> bool {
+        false
+    }
 }
 
 /// An error in a source's configuration (unknown format, bad option, bad mapping, bad glob),

@@ -52,12 +52,25 @@ pub struct Record {
     /// `unterminated JSON array: …`, …). When set, a decoder does not decode the record but
     /// reports this as an ingest error at [`Record::location`] with [`Record::text`] as raw text.
     pub error: Option<String>,
+    /// What the source knows about the record besides its text, as a JSON object that the
+    /// `json` format's mappings read with `{ metadata = "/POINTER" }`: for a Kafka message
+    /// `{"topic", "partition", "offset", "timestamp", "key", "headers"}` (see
+    /// [`crate::kafka::KafkaReader`]); `None` for file lines and pushes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Box<serde_json::Value>>,
 }
 
 impl Record {
     /// A record with the given location and text (and no error).
     pub fn new(location: impl Into<String>, text: impl Into<String>) -> Record {
-        Record { location: location.into(), text: text.into(), error: None }
+        Record { location: location.into(), text: text.into(), error: None, metadata: None }
+    }
+
+    /// The record with `metadata` (see [`Record::metadata`]).
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Record {
+        self.metadata = Some(Box::new(metadata));
+        self
     }
 
     /// A record from raw bytes: when they are not valid UTF-8, the text is read lossily and the
@@ -70,6 +83,7 @@ impl Record {
                 location: location.into(),
                 text: String::from_utf8_lossy(bytes).into_owned(),
                 error: Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                metadata: None,
             },
         }
     }

@@ -33,7 +33,11 @@ pub(crate) fn open(
 ) -> Result<KafkaSource, String> {
     let config = source.kafka.as_ref().ok_or("a Kafka source needs a `[sources.kafka]` table")?;
     let group = format!("aimatrix-job-{job}-{}", source.name);
-    let reader = KafkaReader::new(config, &group, resume.kafka, max_record_bytes).map_err(|e| e.to_string())?;
+    // Each message's metadata is kept only when the source's format reads it.
+    let metadata = amx_connectors::decoder(&source.format, &source.options_json()).is_ok_and(|d| d.reads_metadata());
+    let reader = KafkaReader::new(config, &group, resume.kafka, max_record_bytes)
+        .map_err(|e| e.to_string())?
+        .with_metadata(metadata);
     tracing::info!(job = %job, source = %source.name, topic = %config.topic, positions = ?reader.positions(), "Kafka source started");
     Ok(KafkaSource { reader, read: Vec::new() })
 }

@@ -73,7 +73,14 @@ struct PendingPeek {
     projection: Option<Vec<usize>>,
     filter: Vec<(usize, Datum)>,
     limit: Option<usize>,
+    /// When it arrived; a peek still waiting after [`SLOW_PEEK`] is logged (once).
+    arrived: Instant,
+    logged: bool,
 }
+
+/// How long a peek may wait for its time before the worker logs it (at `warn`, with the
+/// frontiers it waits on).
+const SLOW_PEEK: Duration = Duration::from_secs(10);
 
 /// Everything one worker keeps between commands: the agent state's inputs, the catalog of
 /// arrangements, the jobs with their sources and dataflows, the pending peeks and the
@@ -196,7 +203,8 @@ impl ComputeState {
                 self.closable = self.closable.max(at + 1);
             }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
-                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit })
+                let (arrived, logged) = (Instant::now(), false);
+                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit, arrived, logged })
             }
             Command::Subscribe { id, collection, as_of } => self.handle_subscribe(worker, id, collection, as_of),
             Command::SubscribeCredit { id, worker: to } => self.handle_subscribe_credit(id, to),
@@ -473,6 +481,19 @@ impl ComputeState {
                 None => true,
             };
             if !ready {
+                let peek = &mut self.peeks[i];
+                if !peek.logged && peek.arrived.elapsed() >= SLOW_PEEK {
+                    peek.logged = true;
+                    let uppers: Vec<Time> = self
+                        .catalog
+                        .get_mut(&peek.collection)
+                        .map(|c| c.traces.iter_mut().map(|(_, t)| upper_of(t)).collect())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        worker = self.index, collection = %peek.collection, as_of = peek.as_of, ?uppers,
+                        epoch = self.epoch, "a peek has waited {SLOW_PEEK:?} for its time"
+                    );
+                }
                 i += 1;
                 continue;
             }
