@@ -33,7 +33,7 @@
 //! - TEXT: strings; numbers and bools as JSON renders them; objects and arrays as compact JSON;
 //! - BIGINT: integers, or strings holding one (floats are errors); token counts (the spans'
 //!   `*_tokens` columns) must be in `0..=1000000000`;
-//! - DOUBLE: numbers;
+//! - DOUBLE: numbers, or strings holding a finite one (CSV fields are strings);
 //! - BOOLEAN: booleans, or the strings `true`/`false` (any case);
 //! - TIMESTAMP: RFC 3339 strings, or numbers (or numeric strings) in the column's unit,
 //!   within the years 0001..=9999 (see [`time`]);
@@ -350,7 +350,14 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
             }
             Datum::Int(n)
         }
-        Kind::Float => Datum::Float(OrderedFloat(v.as_f64().ok_or_else(|| fail("a number"))?)),
+        Kind::Float => {
+            let x = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
+                _ => None,
+            };
+            Datum::Float(OrderedFloat(x.ok_or_else(|| fail("a number"))?))
+        }
         Kind::Bool => match v {
             Value::Bool(b) => Datum::Bool(*b),
             Value::String(s) if s.eq_ignore_ascii_case("true") => Datum::Bool(true),

@@ -1,7 +1,9 @@
 //! Object-store sources: every object under a prefix of an S3-compatible bucket, then each new
 //! object as it appears, as JSON lines (one record per non-blank line, at
-//! `s3://BUCKET/KEY:LINE`). Objects are read in key order, each once: the log keeps which
-//! objects are read and how far the one being read is (see [`super`]).
+//! `s3://BUCKET/KEY:LINE`) or CSV (one record per row after the header, as a JSON object of
+//! the row's fields by the header's names, at `s3://BUCKET/KEY:LINE`, the line where the row
+//! starts). Objects are read in key order, each once: the log keeps which objects are read and
+//! how far the one being read is (see [`super`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub const LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// [sources.object_store]
 /// url = "s3://landing/agents/"      # every object under this prefix
 /// pattern = "*.jsonl"               # optional: only keys (below the prefix) matching this glob
+/// file_format = "jsonl"             # jsonl (default) | csv
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,25 @@ pub struct ObjectStoreConfig {
     /// object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
+    /// How an object's bytes split into records (default [`FileFormat::Jsonl`]).
+    #[serde(default)]
+    pub file_format: FileFormat,
+}
+
+/// How an object-store source splits an object into records (the source's `format` then
+/// decodes each record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// JSON Lines: each non-blank line is a record (a `\r` before the `\n` is dropped).
+    #[default]
+    Jsonl,
+    /// CSV (RFC 4180: `,`-separated, `"`-quoted, quotes doubled inside, fields may span
+    /// lines): the first row names the fields; each later row is a record, the JSON object of
+    /// its fields by those names, as strings (an empty field: null). A row with another number
+    /// of fields than the header is an ingest error at its line. Map it with the `json`
+    /// format: integers, numbers, booleans and times convert from strings.
+    Csv,
 }
 
 impl ObjectStoreConfig {
@@ -66,12 +88,14 @@ impl ObjectStoreConfig {
     }
 }
 
-/// The object being read: its key, its bytes, where its next line starts and its lines read.
+/// The object being read: its key, its bytes, where its next line starts and its lines read
+/// (CSV: its rows, as records, and the rows read).
 struct Reading {
     key: String,
     data: bytes::Bytes,
     at: usize,
     lines: u64,
+    rows: Option<std::vec::IntoIter<Record>>,
 }
 
 /// An object-store source's reader.
@@ -91,6 +115,7 @@ pub(crate) struct ObjectSource {
     listed: Option<Instant>,
     reading: Option<Reading>,
     max_record_bytes: u64,
+    file_format: FileFormat,
 }
 
 /// Opens object-store source `source` at `resume`.
@@ -121,6 +146,7 @@ pub(crate) fn open(source: &SourceConfig, resume: SourceResume, max_record_bytes
         listed: None,
         reading: None,
         max_record_bytes: max_record_bytes.max(1),
+        file_format: config.file_format,
     })
 }
 
@@ -160,10 +186,19 @@ impl ObjectSource {
             }
             Err(e) => return Err(format!("reading {}/{key}: {e}", self.root)),
         };
-        let mut reading = Reading { key, data, at: 0, lines: 0 };
-        // Resumed: the lines read before the restart are skipped.
+        let mut reading = Reading { key, data, at: 0, lines: 0, rows: None };
+        if self.file_format == FileFormat::Csv {
+            let location = format!("{}/{}", self.root, reading.key);
+            let rows = csv_records(&location, &reading.data, self.max_record_bytes);
+            reading.at = reading.data.len();
+            reading.rows = Some(rows.into_iter());
+        }
+        // Resumed: the lines (CSV: rows) read before the restart are skipped.
         if let Some((key, lines)) = self.resume.take_if(|(k, _)| *k == reading.key) {
             debug_assert_eq!(key, reading.key);
+            if let Some(rows) = reading.rows.as_mut() {
+                reading.lines = rows.by_ref().take(lines as usize).count() as u64;
+            }
             while reading.lines < lines && reading.at < reading.data.len() {
                 let end = line_end(&reading.data, reading.at);
                 reading.at = (end + 1).min(reading.data.len());
@@ -172,6 +207,82 @@ impl ObjectSource {
         }
         Ok(Some(reading))
     }
+}
+
+/// The rows of CSV object `data` (at `location`, `s3://BUCKET/KEY`) after its header, as
+/// records at `LOCATION:LINE` (see [`FileFormat::Csv`]); a row longer than `max_record_bytes`,
+/// not UTF-8 or with a field count other than the header's is a record with that error. A
+/// header that does not read makes one error record at line 1.
+fn csv_records(location: &str, data: &[u8], max_record_bytes: u64) -> Vec<Record> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(data);
+    let headers = match reader.byte_headers() {
+        Ok(h) => h.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect::<Vec<_>>(),
+        Err(e) => {
+            return vec![
+                Record::new(format!("{location}:1"), String::new()).with_error(format!("the CSV header: {e}")),
+            ];
+        }
+    };
+    let mut rows = Vec::new();
+    let mut row = csv::ByteRecord::new();
+    // Lines are counted here from byte offsets (after a header that ends in `\r\n`, the csv
+    // crate puts the first row at the `\n`, and on line 1): (byte, its line). A row never
+    // starts with a line terminator, so those are skipped first.
+    let mut counted = (0usize, 1u64);
+    let mut line_at = |byte: u64| {
+        let mut byte = (byte as usize).min(data.len());
+        while byte < data.len() && matches!(data[byte], b'\r' | b'\n') {
+            byte += 1;
+        }
+        if byte >= counted.0 {
+            counted.1 += data[counted.0..byte].iter().filter(|b| **b == b'\n').count() as u64;
+            counted.0 = byte;
+        }
+        counted.1
+    };
+    loop {
+        let line = line_at(reader.position().byte());
+        let at = format!("{location}:{line}");
+        match reader.read_byte_record(&mut row) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                rows.push(Record::new(at, String::new()).with_error(format!("CSV: {e}")));
+                // A row that does not parse cannot be skipped reliably: the rest is not read.
+                if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
+                    break;
+                }
+                continue;
+            }
+        }
+        let line = row.position().map_or(line, |p| line_at(p.byte()));
+        let at = format!("{location}:{line}");
+        let raw = || row.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>().join(",");
+        if row.len() != headers.len() {
+            let reason = format!("the row has {} fields, the header {}", row.len(), headers.len());
+            rows.push(Record::new(at, raw()).with_error(reason));
+            continue;
+        }
+        let mut object = serde_json::Map::with_capacity(headers.len());
+        let mut bad = None;
+        for (i, (name, field)) in headers.iter().zip(row.iter()).enumerate() {
+            let value = match std::str::from_utf8(field) {
+                Ok("") => serde_json::Value::Null,
+                Ok(text) => serde_json::Value::String(text.to_owned()),
+                Err(e) => {
+                    bad.get_or_insert(format!("invalid UTF-8 in field {} at byte {}", i + 1, e.valid_up_to()));
+                    serde_json::Value::Null
+                }
+            };
+            object.insert(name.clone(), value);
+        }
+        let text = serde_json::Value::Object(object).to_string();
+        rows.push(match bad {
+            Some(reason) => Record::new(at, raw()).with_error(reason),
+            None => record_within(at, text.as_bytes(), max_record_bytes),
+        });
+    }
+    rows
 }
 
 /// The index of the `\n` ending the line that starts at `from` (the data's length when the
@@ -205,6 +316,23 @@ impl BatchSource for ObjectSource {
         }
         let Some(reading) = self.reading.as_mut() else { return Ok(None) };
         let mut bytes = 0;
+        if let Some(rows) = reading.rows.as_mut() {
+            for record in rows.by_ref() {
+                reading.lines += 1;
+                bytes += record.text.len();
+                out.push(record);
+                if out.len() >= BATCH_RECORDS || bytes >= BATCH_BYTES {
+                    break;
+                }
+            }
+            let done = rows.len() == 0;
+            let position = SourcePosition::Object { key: reading.key.clone(), lines: reading.lines, done };
+            if done {
+                self.done.insert(reading.key.clone());
+                self.reading = None;
+            }
+            return Ok(Some(position));
+        }
         while reading.at < reading.data.len() && out.len() < BATCH_RECORDS && bytes < BATCH_BYTES {
             let end = line_end(&reading.data, reading.at);
             let mut line = &reading.data[reading.at..end];
@@ -227,5 +355,35 @@ impl BatchSource for ObjectSource {
             self.reading = None;
         }
         Ok(Some(position))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows as JSON objects by the header's names at the line each starts; a quoted field may
+    /// hold commas, quotes and newlines; an empty field is null; a ragged row and a field that
+    /// is not UTF-8 are errors at their lines, and the rows after them are read.
+    #[test]
+    fn csv_rows_become_json_objects_at_their_lines() {
+        let data = b"id,size,note\r\nd1,10,plain\nd2,,\"two\nlines, \"\"quoted\"\"\"\nd3,30\nd4,40,caf\xe9\nd5,50,last";
+        let rows = csv_records("s3://b/k.csv", data, 1 << 20);
+        let got: Vec<(String, String, Option<String>)> =
+            rows.into_iter().map(|r| (r.location, r.text, r.error)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("s3://b/k.csv:2".into(), r#"{"id":"d1","note":"plain","size":"10"}"#.into(), None),
+                ("s3://b/k.csv:3".into(), r#"{"id":"d2","note":"two\nlines, \"quoted\"","size":null}"#.into(), None),
+                ("s3://b/k.csv:5".into(), "d3,30".into(), Some("the row has 2 fields, the header 3".into())),
+                (
+                    "s3://b/k.csv:6".into(),
+                    "d4,40,caf\u{fffd}".into(),
+                    Some("invalid UTF-8 in field 3 at byte 3".into())
+                ),
+                ("s3://b/k.csv:7".into(), r#"{"id":"d5","note":"last","size":"50"}"#.into(), None),
+            ]
+        );
     }
 }
