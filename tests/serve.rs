@@ -2019,6 +2019,87 @@ fn an_object_store_source_reads_csv_objects() {
     assert_eq!(server.sql(sql), want, "nothing read twice");
 }
 
+/// Parquet objects (`file_format = "parquet"`): each row is a record, the JSON object of its
+/// columns (a timestamp column as RFC 3339), mapped with the `json` format. The file is
+/// written here with the parquet crate; the expected counts and sums are from its rows.
+#[test]
+fn an_object_store_source_reads_parquet_objects() {
+    use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let moto = start_moto("lake");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let env = s3_env(&endpoint);
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("collection", DataType::Utf8, false),
+        Field::new("doc", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, true),
+        Field::new("seen", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+    ]));
+    // 1,000 rows: collection `c{i mod 3}`, size i (NULL for every 100th), seen 1.7e12 + i ms.
+    let n = 1_000_i64;
+    let batch = arrow::record_batch::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(StringArray::from((0..n).map(|i| format!("c{}", i % 3)).collect::<Vec<_>>())),
+            std::sync::Arc::new(StringArray::from((0..n).map(|i| format!("doc-{i}")).collect::<Vec<_>>())),
+            std::sync::Arc::new(Int64Array::from((0..n).map(|i| (i % 100 != 0).then_some(i)).collect::<Vec<_>>())),
+            std::sync::Arc::new(
+                TimestampMillisecondArray::from((0..n).map(|i| 1_700_000_000_000 + i).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .expect("a batch");
+    let mut data = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut data, schema, None).expect("a writer");
+    writer.write(&batch).expect("written");
+    writer.close().expect("closed");
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let response = agent.put(&format!("{endpoint}/lake/docs/part-0.parquet")).send(&data[..]).expect("moto answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let job = r#"name = "lake"
+[[sources]]
+name = "parts"
+kind = "object-store"
+format = "json"
+[sources.object_store]
+url = "s3://lake/docs/"
+file_format = "parquet"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/collection"
+document_id = "/doc"
+op = { const = "upsert" }
+size_bytes = "/bytes"
+event_time = "/seen"
+
+[views]
+by_collection = "SELECT collection, count(*) AS n, count(size_bytes) AS sized, sum(size_bytes) AS bytes, max(event_time) AS last FROM knowledge_events GROUP BY collection"
+"#;
+    let want: Vec<Value> = (0..3)
+        .map(|c| {
+            let rows: Vec<i64> = (0..n).filter(|i| i % 3 == c).collect();
+            let sized: Vec<i64> = rows.iter().copied().filter(|i| i % 100 != 0).collect();
+            let last = rows.iter().max().copied().unwrap_or_default();
+            json!({
+                "collection": format!("c{c}"),
+                "n": rows.len(),
+                "sized": sized.len(),
+                "bytes": sized.iter().sum::<i64>(),
+                // 2023-11-14T22:13:20Z + `last` ms.
+                "last": format!("2023-11-14T22:13:2{}.{:03}Z", last / 1000, last % 1000),
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with_env(&durable_args(&dir.path().join("data")), true, &env);
+    server.submit(job);
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    assert_eq!(server.sql_until(sql, &want), want);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), vec![json!({ "n": 0 })]);
+}
+
 /// A Kafka message's key, headers, offset and timestamp map onto columns (`{ metadata = … }`),
 /// and a restart from the log gives the same rows (the metadata is logged with each record).
 /// Expected rows are written here from what was produced: message `i` to partition `i mod 2`

@@ -129,7 +129,8 @@ pub struct ClusterConfig {
     pub max_queued_bytes: u64,
     /// How long records a worker inserted on its own (what a file source read) may wait for
     /// the controller to close their timestamp ([`Command::AdvanceTo`]; default
-    /// [`DEFAULT_TIMESTAMP_INTERVAL`]): they are visible to queries after it. Without such
+    /// [`DEFAULT_TIMESTAMP_INTERVAL`], taken within 1 ms to [`IDLE_TIMESTAMP_INTERVAL`]): they
+    /// are visible to queries after it. Without such
     /// records the controller closes one every [`IDLE_TIMESTAMP_INTERVAL`], so that frontiers
     /// and `now()` move on without input; a push or a source batch is closed at once, without
     /// waiting for either.
@@ -1120,7 +1121,7 @@ impl Controller {
             let weak = Arc::downgrade(&inner);
             std::thread::Builder::new().name("amx-compaction".into()).spawn(move || compaction_loop(weak))?;
             let weak = Arc::downgrade(&inner);
-            let interval = config.timestamp_interval.max(Duration::from_millis(1));
+            let interval = config.timestamp_interval.clamp(Duration::from_millis(1), IDLE_TIMESTAMP_INTERVAL);
             std::thread::Builder::new().name("amx-timestamps".into()).spawn(move || timestamp_loop(weak, interval))?;
         }
         Ok(Controller { inner })

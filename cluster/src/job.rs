@@ -210,8 +210,15 @@ impl Job {
             if source.kind != SourceKind::ObjectStore && source.object_store.is_some() {
                 bail!("source `{}`: `[sources.object_store]` is for sources of kind = \"object-store\"", source.name);
             }
-            amx_connectors::decoder(&source.format, &source.options_json())
+            let decoder = amx_connectors::decoder(&source.format, &source.options_json())
                 .with_context(|| format!("source `{}`", source.name))?;
+            if decoder.reads_metadata() && source.kind != SourceKind::Kafka {
+                bail!(
+                    "source `{}`: `{{ metadata = … }}` reads a Kafka message's metadata; this source is not kind = \
+                     \"kafka\" (its records have none)",
+                    source.name
+                );
+            }
         }
         let mut sink_names = std::collections::HashSet::new();
         for sink in &mut config.sinks {
@@ -270,5 +277,39 @@ impl SourceConfig {
     /// The format options as JSON (what `amx_connectors::decoder` takes).
     pub fn options_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.options).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{ metadata = … }` is refused in a source that is not Kafka (its records have none),
+    /// and taken in a Kafka one.
+    #[test]
+    fn metadata_mappings_are_for_kafka_sources() {
+        let job = |kind: &str| {
+            format!(
+                r#"name = "m"
+[[sources]]
+name = "in"
+kind = "{kind}"
+format = "json"
+[sources.kafka]
+brokers = "127.0.0.1:9"
+topic = "t"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = {{ metadata = "/key" }}
+op = {{ const = "upsert" }}
+"#
+            )
+        };
+        let push = job("push").replace("[sources.kafka]\nbrokers = \"127.0.0.1:9\"\ntopic = \"t\"\n", "");
+        let error = Job::parse(&push, Path::new(".")).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("source `in`: `{ metadata = … }` reads a Kafka message's metadata"), "{error}");
+        assert!(Job::parse(&job("kafka"), Path::new(".")).is_ok());
     }
 }

@@ -266,6 +266,21 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
         ))),
         other => Err(err(format!("`pointer` must be a string, found {}", short(other)))),
     };
+    let metadata = |p: &Value| match p {
+        Value::String(s) => {
+            let known = ["/topic", "/partition", "/offset", "/timestamp", "/key", "/headers"].contains(&s.as_str())
+                || s.strip_prefix("/headers/").is_some_and(|name| !name.is_empty() && !name.contains('/'));
+            if known {
+                Ok(s.clone())
+            } else {
+                Err(err(format!(
+                    "`metadata = \"{s}\"`: a Kafka message has /topic, /partition, /offset, /timestamp, /key, \
+                     /headers and /headers/NAME"
+                )))
+            }
+        }
+        other => Err(err(format!("`metadata` must be a string, found {}", short(other)))),
+    };
     let mut out = Spec { source: Source::Const(Value::Null), map: None, default: None, unit };
     match spec {
         Value::String(_) => out.source = Source::Pointer(pointer(spec)?),
@@ -287,7 +302,7 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
             }
             out.source = match (table.get("pointer"), table.get("metadata")) {
                 (Some(p), None) => Source::Pointer(pointer(p)?),
-                (None, Some(p)) => Source::Metadata(pointer(p)?),
+                (None, Some(p)) => Source::Metadata(metadata(p)?),
                 (Some(_), Some(_)) => return Err(err("`pointer` and `metadata` cannot be combined".into())),
                 (None, None) => return Err(err("a table spec needs `pointer` (or `metadata` or `const`)".into())),
             };
@@ -1106,12 +1121,27 @@ mod tests {
             "mapping of column `name`: a table spec needs `pointer` (or `metadata` or `const`)"
         );
         assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"metadata": "/key/x"}})),
+            "mapping of column `name`: `metadata = \"/key/x\"`: a Kafka message has /topic, /partition, /offset, \
+             /timestamp, /key, /headers and /headers/NAME"
+        );
+        assert_eq!(
+            ev(json!({"trace_id": "/t", "name": {"metadata": 5}})),
+            "mapping of column `name`: `metadata` must be a string, found 5"
+        );
+        assert!(
+            config_error(json!({"relation": "evaluations", "mapping": {
+            "trace_id": "/t", "name": {"metadata": "/headers/user"}}}))
+            .is_empty()
+        );
+        assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"pointer": "/n", "metadata": "/key"}})),
             "mapping of column `name`: `pointer` and `metadata` cannot be combined"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": "key"}})),
-            "mapping of column `name`: \"key\" is not a JSON pointer (it must start with `/`); use { const = … } for constants"
+            "mapping of column `name`: `metadata = \"key\"`: a Kafka message has /topic, /partition, /offset, \
+             /timestamp, /key, /headers and /headers/NAME"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": 3})),

@@ -15,7 +15,7 @@
 //! hosts = []                   # host:port of every process, in process order (processes > 1)
 //! batch_records = 50000        # records per epoch across the cluster
 //! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
-//! timestamp_interval_ms = 10   # how often a timestamp is closed while a job reads files
+//! timestamp_interval_ms = 10   # 1–100: at most this long from a file source's read to its timestamp closing
 //!
 //! [sql]
 //! timeout_ms = 60000           # how long a query may take (it is cancelled then)
@@ -147,8 +147,8 @@ pub struct ClusterSection {
     pub poll_bytes: u64,
     /// The largest record in bytes (default 64 MiB).
     pub max_record_bytes: u64,
-    /// How often, in ms, the controller closes a timestamp while a job reads files: what a
-    /// file source read is visible to queries at the next one (default 10; see
+    /// At most how long, in ms (1 to 100; others are refused), what a file source read waits
+    /// for the controller to close its timestamp (default 10; see
     /// [`amx_cluster::ClusterConfig::timestamp_interval`]).
     pub timestamp_interval_ms: u64,
 }
@@ -231,6 +231,13 @@ impl ServeConfig {
         // "" is unset, as the file's documentation says (not the working directory).
         config.storage.data_dir = config.storage.data_dir.filter(|d| !d.as_os_str().is_empty());
         config.storage.url = config.storage.url.filter(|u| !u.trim().is_empty());
+        let interval = config.cluster.timestamp_interval_ms;
+        if !(1..=100).contains(&interval) {
+            return Err(Box::new(figment::Error::from(format!(
+                "cluster.timestamp_interval_ms = {interval}: give 1 to 100 (ms; the controller closes a timestamp \
+                 every 100 ms anyway)"
+            ))));
+        }
         Ok(config)
     }
 
@@ -318,5 +325,17 @@ mod tests {
         let flags = serde_json::json!({ "storage": { "data_dir": "/var/lib/aimatrix" } });
         let config = ServeConfig::load(None, flags).expect("loads");
         assert_eq!(config.storage.data_dir, Some(std::path::PathBuf::from("/var/lib/aimatrix")));
+    }
+
+    /// `cluster.timestamp_interval_ms` is 1 to 100; others are refused, naming the key.
+    #[test]
+    fn the_timestamp_interval_is_bounded() {
+        for (ms, ok) in [(0_u64, false), (1, true), (100, true), (101, false), (u64::MAX, false)] {
+            let flags = serde_json::json!({ "cluster": { "timestamp_interval_ms": ms } });
+            match ServeConfig::load(None, flags) {
+                Ok(_) => assert!(ok, "{ms} taken"),
+                Err(e) => assert!(!ok && e.to_string().contains("cluster.timestamp_interval_ms"), "{ms}: {e}"),
+            }
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! object as it appears, as JSON lines (one record per non-blank line, at
 //! `s3://BUCKET/KEY:LINE`) or CSV (one record per row after the header, as a JSON object of
 //! the row's fields by the header's names, at `s3://BUCKET/KEY:LINE`, the line where the row
-//! starts). Objects are read in key order, each once: the log keeps which objects are read and
-//! how far the one being read is (see [`super`]).
+//! starts), or Parquet (one record per row, as the JSON object of its columns, at
+//! `s3://BUCKET/KEY#ROW`, from 1). Objects are read in key order, each once: the log keeps
+//! which objects are read and how far the one being read is (see [`super`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub const LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// [sources.object_store]
 /// url = "s3://landing/agents/"      # every object under this prefix
 /// pattern = "*.jsonl"               # optional: only keys (below the prefix) matching this glob
-/// file_format = "jsonl"             # jsonl (default) | csv
+/// file_format = "jsonl"             # jsonl (default) | csv | parquet
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +60,13 @@ pub enum FileFormat {
     /// of fields than the header is an ingest error at its line. Map it with the `json`
     /// format: integers, numbers, booleans and times convert from strings.
     Csv,
+    /// Apache Parquet (any compression this build reads: snappy, gzip, lz4; not zstd or
+    /// brotli): each row is a record, the JSON object of its columns as `arrow-json` writes
+    /// them (nulls included; integers and floats as numbers, strings, booleans, lists and
+    /// structs as JSON, timestamps as RFC 3339 strings in UTC, dates as `YYYY-MM-DD`), at
+    /// `s3://BUCKET/KEY#ROW` (from 1). An object that is not Parquet, or a row group that does
+    /// not decode, is one ingest error (the rows before it are read).
+    Parquet,
 }
 
 impl ObjectStoreConfig {
@@ -187,9 +195,13 @@ impl ObjectSource {
             Err(e) => return Err(format!("reading {}/{key}: {e}", self.root)),
         };
         let mut reading = Reading { key, data, at: 0, lines: 0, rows: None };
-        if self.file_format == FileFormat::Csv {
-            let location = format!("{}/{}", self.root, reading.key);
-            let rows = csv_records(&location, &reading.data, self.max_record_bytes);
+        let location = format!("{}/{}", self.root, reading.key);
+        let rows = match self.file_format {
+            FileFormat::Jsonl => None,
+            FileFormat::Csv => Some(csv_records(&location, &reading.data, self.max_record_bytes)),
+            FileFormat::Parquet => Some(parquet_records(&location, reading.data.clone(), self.max_record_bytes)),
+        };
+        if let Some(rows) = rows {
             reading.at = reading.data.len();
             reading.rows = Some(rows.into_iter());
         }
@@ -285,6 +297,45 @@ fn csv_records(location: &str, data: &[u8], max_record_bytes: u64) -> Vec<Record
     rows
 }
 
+/// The rows of Parquet object `data` (at `location`) as records at `LOCATION#ROW` (see
+/// [`FileFormat::Parquet`]).
+fn parquet_records(location: &str, data: bytes::Bytes, max_record_bytes: u64) -> Vec<Record> {
+    use arrow::json::writer::{LineDelimited, WriterBuilder};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = match ParquetRecordBatchReaderBuilder::try_new(data).and_then(|b| b.with_batch_size(4096).build()) {
+        Ok(reader) => reader,
+        Err(e) => return vec![Record::new(location, String::new()).with_error(format!("not a Parquet file: {e}"))],
+    };
+    let mut rows = Vec::new();
+    for batch in reader {
+        let failed = |rows: &Vec<Record>, e: String| {
+            Record::new(format!("{location}#{}", rows.len() + 1), String::new()).with_error(format!("Parquet: {e}"))
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                rows.push(failed(&rows, e.to_string()));
+                break;
+            }
+        };
+        let mut lines = Vec::new();
+        let mut writer = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.fZ".to_owned())
+            .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.f%:z".to_owned())
+            .build::<_, LineDelimited>(&mut lines);
+        if let Err(e) = writer.write(&batch).and_then(|()| writer.finish()) {
+            rows.push(failed(&rows, e.to_string()));
+            break;
+        }
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let at = format!("{location}#{}", rows.len() + 1);
+            rows.push(record_within(at, line, max_record_bytes));
+        }
+    }
+    rows
+}
+
 /// The index of the `\n` ending the line that starts at `from` (the data's length when the
 /// last line has none).
 fn line_end(data: &[u8], from: usize) -> usize {
@@ -361,6 +412,65 @@ impl BatchSource for ObjectSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Parquet object (snappy) with a null, a float, a UTC timestamp and a boolean: each
+    /// row a JSON object at `#ROW`, values written here by hand; bytes that are not Parquet are
+    /// one error.
+    #[test]
+    fn parquet_rows_become_json_objects() {
+        use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        use arrow::record_batch::RecordBatch;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("size", DataType::Int64, true),
+            Field::new("score", DataType::Float64, false),
+            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("ok", DataType::Boolean, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["d1", "d2"])),
+                Arc::new(Int64Array::from(vec![Some(10), None])),
+                Arc::new(Float64Array::from(vec![0.5, 2.0])),
+                // 2023-11-14T22:13:20Z and 1.5 s later.
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_700_000_000_000_000, 1_700_000_001_500_000])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(BooleanArray::from(vec![true, false])),
+            ],
+        )
+        .expect("a batch");
+        let mut data = Vec::new();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut data, schema, Some(props)).expect("a writer");
+        writer.write(&batch).expect("written");
+        writer.close().expect("closed");
+        let rows = parquet_records("s3://b/k.parquet", bytes::Bytes::from(data), 1 << 20);
+        let got: Vec<(String, serde_json::Value)> =
+            rows.into_iter().map(|r| (r.location, serde_json::from_str(&r.text).expect("JSON"))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "s3://b/k.parquet#1".into(),
+                    serde_json::json!({"id": "d1", "size": 10, "score": 0.5, "at": "2023-11-14T22:13:20+00:00", "ok": true})
+                ),
+                (
+                    "s3://b/k.parquet#2".into(),
+                    serde_json::json!({"id": "d2", "size": null, "score": 2.0, "at": "2023-11-14T22:13:21.500+00:00", "ok": false})
+                ),
+            ]
+        );
+        let bad = parquet_records("s3://b/x.parquet", bytes::Bytes::from_static(b"id,size\n"), 1 << 20);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].location, "s3://b/x.parquet");
+        assert!(bad[0].error.as_deref().is_some_and(|e| e.starts_with("not a Parquet file")), "{:?}", bad[0].error);
+    }
 
     /// Rows as JSON objects by the header's names at the line each starts; a quoted field may
     /// hold commas, quotes and newlines; an empty field is null; a ragged row and a field that
