@@ -277,7 +277,7 @@ fn flag(params: &std::collections::HashMap<String, String>, name: &str) -> ApiRe
         None => Ok(false),
         Some(v) if v == "true" || v == "1" => Ok(true),
         Some(v) if v == "false" || v == "0" => Ok(false),
-        Some(v) => Err(ApiError::bad_request(format!("?{name}= takes true or false, not `{v}`"))),
+        Some(v) => Err(ApiError::bad_request(format!("?{name}= takes true or false (or 1 or 0), not `{v}`"))),
     }
 }
 

@@ -1,0 +1,170 @@
+//! `amx-kafka-bench`: a Kafka source into a view, in process (the controller API; no HTTP),
+//! against librdkafka's mock cluster (the Kafka protocol over loopback, brokers in this
+//! process).
+//!
+//! ```text
+//! cargo run --release -p amx-benches --bin amx-kafka-bench -- [--messages N] [--partitions P]
+//!     [--workers W] [--probes K] [--fetch-wait-ms MS]
+//! ```
+//! 1. Produces N knowledge events (JSON, distinct documents) to a topic of P partitions
+//!    before the job starts, then installs a job reading the topic into `knowledge_events`
+//!    with a view `by_id`, and times until the view holds all N: the backlog's events/s (and
+//!    per worker).
+//! 2. Then K events one at a time, each produced once the last is visible: the time from its
+//!    produce call to a query seeing it (end-to-end latency, p50/p99), polled every 1 ms.
+//!
+//! `--fetch-wait-ms` sets the consumer's `fetch.wait.max.ms` (librdkafka's default: 500 ms;
+//! the mock broker answers a fetch only then when no data is waiting, where a real broker
+//! answers as soon as data arrives).
+
+use std::time::{Duration, Instant};
+
+use amx_benches::{arg, count, peak_rss_mib, percentile};
+use amx_cluster::job::Job;
+use amx_cluster::{ClusterConfig, Controller};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    if let Err(e) = bench() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Event `i` as the job maps it: document `doc-i` in one of 16 collections.
+fn event(i: usize) -> String {
+    format!(r#"{{"c":"c{}","id":"doc-{i}","v":1,"size":{},"t":1700000000}}"#, i % 16, i % 1000)
+}
+
+fn bench() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let messages = arg(&args, "--messages", 500_000)?;
+    let partitions = arg(&args, "--partitions", 4)?.max(1) as i32;
+    let workers = arg(&args, "--workers", 2)?.max(1);
+    let probes = arg(&args, "--probes", 50)?;
+    let fetch_wait = arg(&args, "--fetch-wait-ms", 0)?;
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("events", partitions, 1)?;
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let produce = |i: usize| -> anyhow::Result<()> {
+        let value = event(i);
+        let partition = (i % partitions as usize) as i32;
+        loop {
+            match producer.send(BaseRecord::<(), str>::to("events").payload(&value).partition(partition)) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    };
+    let started = Instant::now();
+    for i in 0..messages {
+        produce(i)?;
+        if i % 10_000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    // What the broker holds (a failed delivery is not reported to a BaseProducer's sender).
+    let consumer: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "bench").create()?;
+    let mut held = 0;
+    for partition in 0..partitions {
+        use rdkafka::consumer::Consumer;
+        let (low, high) = consumer.fetch_watermarks("events", partition, Duration::from_secs(10))?;
+        held += high - low;
+    }
+    anyhow::ensure!(held == messages as i64, "the broker holds {held} of the {messages} events produced");
+    println!("produced {messages} events to {partitions} partitions in {:.1} s", started.elapsed().as_secs_f64());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
+    let controller = Controller::start(ClusterConfig { workers, ..Default::default() })?;
+    let job = amx_benches::KNOWLEDGE_JOB.replace(
+        "kind = \"push\"\nformat = \"json\"",
+        &format!("kind = \"kafka\"\nformat = \"json\"\n[sources.kafka]\nbrokers = \"{brokers}\"\ntopic = \"events\""),
+    );
+    let job = if fetch_wait > 0 {
+        job.replace(
+            "topic = \"events\"",
+            &format!("topic = \"events\"\n[sources.kafka.properties]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\""),
+        )
+    } else {
+        job
+    };
+    let started = Instant::now();
+    // The source's thread hands its batches to the controller, which answers in tasks of
+    // this runtime (as the server's).
+    let entered = runtime.enter();
+    controller.install_job(&Job::parse(&job, std::path::Path::new("."))?)?;
+    drop(entered);
+    runtime.block_on(async {
+        let (mut last, mut moved) = (0, Instant::now());
+        loop {
+            let n = count(&controller, "by_id").await?;
+            if n >= messages as i64 {
+                return anyhow::Ok(());
+            }
+            if n != last {
+                (last, moved) = (n, Instant::now());
+            } else if moved.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("the view stopped at {n} of {messages} events for 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = messages as f64 / seconds;
+    println!(
+        "backlog: {messages} events in {seconds:.1} s ({rate:.0} events/s, {:.0} per worker, {workers} workers); peak RSS {:.0} MiB",
+        rate / workers as f64,
+        peak_rss_mib().unwrap_or(0.0)
+    );
+
+    let mut latencies = Vec::new();
+    for k in 0..probes {
+        let i = messages + k;
+        let sent = Instant::now();
+        produce(i)?;
+        producer.flush(Duration::from_secs(10))?;
+        runtime.block_on(async {
+            let sql = format!("SELECT count(*) AS n FROM by_id WHERE document_id = 'doc-{i}'");
+            loop {
+                if let amx_cluster::SqlAnswer::Rows { batches, .. } = controller.execute_sql(&sql).await? {
+                    let n = batches[0]
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .map_or(0, |c| c.value(0));
+                    if n == 1 {
+                        return anyhow::Ok(());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    if !latencies.is_empty() {
+        println!(
+            "end to end (produce to visible in a query), {probes} events one at a time: p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+    }
+    controller.shutdown();
+    controller.join()
+}
