@@ -1634,6 +1634,20 @@ struct Moto {
     port: u16,
 }
 
+impl Moto {
+    /// Its endpoint, `http://127.0.0.1:PORT`.
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes object `path` (`BUCKET/KEY`) with `body`.
+    fn put(&self, path: &str, body: &[u8]) {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        let response = agent.put(&format!("{}/{path}", self.endpoint())).send(body).expect("moto answers");
+        assert_eq!(response.status().as_u16(), 200, "PUT {path}");
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1966,13 +1980,9 @@ fn a_kafka_source_applies_each_message_once_across_kill_9() {
 #[test]
 fn an_object_store_source_reads_csv_objects() {
     let moto = start_moto("landing");
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let endpoint = moto.endpoint();
     let env = s3_env(&endpoint);
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let put = |key: &str, body: &str| {
-        let response = agent.put(&format!("{endpoint}/landing/{key}")).send(body.as_bytes()).expect("moto answers");
-        assert_eq!(response.status().as_u16(), 200, "PUT {key}");
-    };
+    let put = |key: &str, body: &str| moto.put(&format!("landing/{key}"), body.as_bytes());
     let job = push_job(
         "csv",
         "rows",
@@ -2027,7 +2037,7 @@ fn an_object_store_source_reads_parquet_objects() {
     use arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     let moto = start_moto("lake");
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let endpoint = moto.endpoint();
     let env = s3_env(&endpoint);
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("collection", DataType::Utf8, false),
@@ -2054,9 +2064,7 @@ fn an_object_store_source_reads_parquet_objects() {
     let mut writer = parquet::arrow::ArrowWriter::try_new(&mut data, schema, None).expect("a writer");
     writer.write(&batch).expect("written");
     writer.close().expect("closed");
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let response = agent.put(&format!("{endpoint}/lake/docs/part-0.parquet")).send(&data[..]).expect("moto answers");
-    assert_eq!(response.status().as_u16(), 200);
+    moto.put("lake/docs/part-0.parquet", &data);
     let job = r#"name = "lake"
 [[sources]]
 name = "parts"
@@ -2181,13 +2189,9 @@ source_offset = { metadata = "/offset" }"#,
 #[test]
 fn an_object_store_source_reads_each_object_once_across_kill_9() {
     let moto = start_moto("landing");
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let endpoint = moto.endpoint();
     let env = s3_env(&endpoint);
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    let put = |key: &str, body: &str| {
-        let response = agent.put(&format!("{endpoint}/landing/{key}")).send(body.as_bytes()).expect("moto answers");
-        assert_eq!(response.status().as_u16(), 200, "PUT {key}");
-    };
+    let put = |key: &str, body: &str| moto.put(&format!("landing/{key}"), body.as_bytes());
     let (line, want) = (pipeline_event, by_collection_of);
     let object = |from: usize, n: usize| (from..from + n).map(line).collect::<Vec<_>>().join("\n") + "\n";
     let sql = "SELECT * FROM by_collection ORDER BY collection";

@@ -96,8 +96,8 @@ impl ObjectStoreConfig {
     }
 }
 
-/// The object being read: its key, its bytes, where its next line starts and its lines read
-/// (CSV: its rows, as records, and the rows read).
+/// The object being read: its key, its bytes (JSON lines), where its next line starts and its
+/// lines read; CSV and Parquet: its rows, as records, and the rows read (the bytes dropped).
 struct Reading {
     key: String,
     data: bytes::Bytes,
@@ -202,7 +202,8 @@ impl ObjectSource {
             FileFormat::Parquet => Some(parquet_records(&location, reading.data.clone(), self.max_record_bytes)),
         };
         if let Some(rows) = rows {
-            reading.at = reading.data.len();
+            // The rows are all that is read from here on: the bytes are not kept beside them.
+            reading.data = bytes::Bytes::new();
             reading.rows = Some(rows.into_iter());
         }
         // Resumed: the lines (CSV: rows) read before the restart are skipped.
@@ -259,12 +260,10 @@ fn csv_records(location: &str, data: &[u8], max_record_bytes: u64) -> Vec<Record
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
+                // (Reading byte records from memory, with `flexible`, this does not happen:
+                // ragged rows and bad UTF-8 are checked below.) The rest is not read.
                 rows.push(Record::new(at, String::new()).with_error(format!("CSV: {e}")));
-                // A row that does not parse cannot be skipped reliably: the rest is not read.
-                if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
-                    break;
-                }
-                continue;
+                break;
             }
         }
         let line = row.position().map_or(line, |p| line_at(p.byte()));
