@@ -1648,6 +1648,47 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// An S3 client of bucket `bucket` (signed requests, as a reader of the bucket sends them:
+    /// moto keeps the objects the server writes private).
+    fn client(&self, bucket: &str) -> (object_store::aws::AmazonS3, tokio::runtime::Runtime) {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .expect("an S3 client");
+        (store, tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"))
+    }
+
+    /// Reads object `key` of `bucket`: `None` when there is none.
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
+        let (store, runtime) = self.client(bucket);
+        runtime.block_on(async {
+            match store.get(&object_store::path::Path::from(key)).await {
+                Ok(got) => Some(got.bytes().await.expect("body").to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("GET {bucket}/{key}: {e}"),
+            }
+        })
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        let (store, runtime) = self.client(bucket);
+        let listed: Vec<object_store::ObjectMeta> = runtime
+            .block_on(store.list(Some(&object_store::path::Path::from(prefix))).try_collect())
+            .expect("a listing");
+        listed.into_iter().map(|m| m.location.to_string()).collect()
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -2380,4 +2421,160 @@ fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
     let (state, messages) = wait_topic(&want);
     assert_eq!(state, want);
     assert_eq!(messages, 5);
+}
+
+/// A change as an object-store sink writes it: `(collection, n, aimatrix_timestamp, aimatrix_diff)`.
+type Change = (String, i64, i64, i64);
+
+/// An object-store sink's output under `s3://lake/out/`, read as a client would: the manifest,
+/// then each set it names (Parquet, read here with the parquet crate). Returns the manifest and
+/// every change `(collection, n, aimatrix_timestamp, aimatrix_diff)`, set by set.
+fn read_sink(moto: &Moto) -> Option<(Value, Vec<Vec<Change>>)> {
+    use arrow::array::{Array, Int64Array, StringArray};
+    let manifest: Value = serde_json::from_slice(&moto.get("lake", "out/manifest.json")?).expect("manifest JSON");
+    let mut sets = Vec::new();
+    for file in manifest["files"].as_array().expect("files") {
+        let key = file["key"].as_str().expect("key");
+        let bytes = moto.get("lake", &format!("out/{key}")).unwrap_or_else(|| panic!("{key} is there"));
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .expect("Parquet")
+            .build()
+            .expect("reader");
+        let mut set = Vec::new();
+        for batch in reader {
+            let batch = batch.expect("batch");
+            let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+            assert_eq!(names, ["collection", "n", "aimatrix_timestamp", "aimatrix_diff"]);
+            let text = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().expect("text").clone();
+            let int = |i: usize| batch.column(i).as_any().downcast_ref::<Int64Array>().expect("int").clone();
+            let (c, n, t, d) = (text(0), int(1), int(2), int(3));
+            for i in 0..batch.num_rows() {
+                let time = t.value(i);
+                assert!(
+                    file["lower"].as_i64().expect("lower") <= time && time < file["upper"].as_i64().expect("upper"),
+                    "{key}: a change at {time} outside the set's bounds"
+                );
+                set.push((c.value(i).to_owned(), n.value(i), time, d.value(i)));
+            }
+        }
+        assert_eq!(file["rows"].as_u64(), Some(set.len() as u64), "{key}");
+        sets.push(set);
+    }
+    // The sets follow each other without gaps, up to the manifest's upper.
+    let files = manifest["files"].as_array().expect("files");
+    for pair in files.windows(2) {
+        assert_eq!(pair[0]["upper"], pair[1]["lower"], "{manifest}");
+    }
+    if let Some(last) = files.last() {
+        assert_eq!(last["upper"], manifest["upper"]);
+    }
+    Some((manifest, sets))
+}
+
+/// The contents the sets describe: each `(collection, n)` row with the sum of its diffs (≠ 0).
+fn fold_sets(sets: &[Vec<Change>]) -> BTreeMap<(String, i64), i64> {
+    let mut contents = BTreeMap::new();
+    for (c, n, _, d) in sets.iter().flatten() {
+        *contents.entry((c.clone(), *n)).or_insert(0) += d;
+    }
+    contents.retain(|_, d| *d != 0);
+    contents
+}
+
+#[test]
+fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
+    let moto = start_moto("lake");
+    let endpoint = moto.endpoint();
+    let env = s3_env(&endpoint);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = durable_args(&dir.path().join("data"));
+    let job = push_job(
+        "lake",
+        "pushed",
+        "by_collection",
+        "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection",
+    ) + "\n[[sinks]]\nname = \"lake\"\nview = \"by_collection\"\n[sinks.object_store]\nurl = \"s3://lake/out/\"\n\
+         flush_interval_ms = 100\ncompact_after_files = 4\n";
+    let record = |c: &str, i: usize| json!({ "c": c, "id": format!("{c}{i}"), "v": 1, "size": 1, "t": 1 }).to_string();
+    let wait_sink = |want: &BTreeMap<(String, i64), i64>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let read = read_sink(&moto);
+            if let Some((_, sets)) = &read
+                && (&fold_sets(sets) == want || Instant::now() > deadline)
+            {
+                return read.expect("read");
+            }
+            assert!(Instant::now() < deadline, "no manifest after 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let contents = |rows: &[(&str, i64)]| -> BTreeMap<(String, i64), i64> {
+        rows.iter().map(|(c, n)| ((c.to_string(), *n), 1)).collect()
+    };
+
+    let server = start_with_env(&args, true, &env);
+    // Refused at submit: a key (an object-store sink has none), two destinations, a bound.
+    for (bad, says) in [
+        (job.replace("[sinks.object_store]", "key = [\"collection\"]\n[sinks.object_store]"), "takes none"),
+        (
+            job.replace("[sinks.object_store]", "[sinks.kafka]\nbrokers = \"b\"\ntopic = \"t\"\n[sinks.object_store]"),
+            "both",
+        ),
+        (job.replace("flush_interval_ms = 100", "flush_interval_ms = 5"), "flush_interval_ms"),
+        (job.replace("s3://lake/out/", "file:///tmp/out"), "s3://BUCKET/PREFIX"),
+    ] {
+        let (status, body) = server.call("POST", "/v1/jobs", Some(&bad));
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(says), "{body}");
+    }
+    let id = server.submit(&job);
+    server.push(id, "pushed", &[record("p", 0), record("q", 0), record("q", 1)]);
+    let (_, sets) = wait_sink(&contents(&[("p", 1), ("q", 2)]));
+    assert_eq!(fold_sets(&sets), contents(&[("p", 1), ("q", 2)]));
+
+    // One push changes `p` and `q`: four changes, all at the push's one timestamp.
+    server.push(id, "pushed", &[record("p", 1), record("q", 2)]);
+    let (_, sets) = wait_sink(&contents(&[("p", 2), ("q", 3)]));
+    let last = sets.last().expect("a set");
+    let mut changes: Vec<(String, i64, i64)> = last.iter().map(|(c, n, _, d)| (c.clone(), *n, *d)).collect();
+    changes.sort();
+    let want = [("p", 1, -1), ("p", 2, 1), ("q", 2, -1), ("q", 3, 1)].map(|(c, n, d)| (c.to_owned(), n, d));
+    assert_eq!(changes, want);
+    assert!(last.iter().all(|(_, _, t, _)| *t == last[0].2), "one timestamp: {last:?}");
+
+    // Killed with a stray file in data/ (a set whose manifest a crash lost): the restart deletes
+    // it, and writes nothing, since the sets already describe the view.
+    let (manifest, _) = read_sink(&moto).expect("manifest");
+    moto.put("lake/out/data/00000000000000000001-00000000000000000002.parquet", b"PAR1 torn");
+    let pid = server.child.id();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    drop(server);
+    let server = start_with_env(&args, true, &env);
+    server.sql_until("SELECT count(*) AS n FROM by_collection", &[json!({ "n": 2 })]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto.keys("lake", "out/data").len() != manifest["files"].as_array().expect("files").len() {
+        assert!(Instant::now() < deadline, "the stray file stays: {:?}", moto.keys("lake", "out/data"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read_sink(&moto).expect("manifest").0, manifest, "nothing written again");
+
+    // More sets than compact_after_files: folded into one set of the contents.
+    let mut want = vec![("p", 2), ("q", 3)];
+    for round in 0..4 {
+        let c = ["r", "s", "t", "u"][round];
+        server.push(id, "pushed", &[record(c, 0)]);
+        want.push((c, 1));
+        wait_sink(&contents(&want));
+    }
+    let (manifest, sets) = wait_sink(&contents(&want));
+    // Six sets: the fifth made five, folded into one; the sixth follows it.
+    assert_eq!(manifest["files"].as_array().expect("files").len(), 2, "{manifest}");
+    assert_eq!(fold_sets(&sets), contents(&want));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while moto.keys("lake", "out/data").len() != manifest["files"].as_array().expect("files").len() {
+        assert!(Instant::now() < deadline, "replaced sets stay: {:?}", moto.keys("lake", "out/data"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -230,9 +230,7 @@ impl Job {
             if !sink_names.insert(sink.name.clone()) {
                 bail!("duplicate sink name `{}`", sink.name);
             }
-            if sink.kafka.topic.is_empty() || sink.kafka.brokers.is_empty() {
-                bail!("sink `{}`: `[sinks.kafka]` needs `brokers` and `topic`", sink.name);
-            }
+            sink.check().map_err(|e| anyhow::anyhow!(e))?;
         }
         for (name, sql) in &config.views {
             if !sql.is_str() {

@@ -1,39 +1,26 @@
-//! Sinks: a view's contents kept in a Kafka topic, in upsert form.
+//! Sinks: a view's contents kept outside the engine — in a Kafka topic, in upsert form
+//! ([`kafka`]), or as Parquet files of its changes in an object store, with a manifest naming
+//! the complete ones ([`object`]).
 //!
-//! One thread per sink in process 0 subscribes to the view and keeps, per key (the sink's
-//! `key` columns), the view's row. At the start, and again whenever it subscribes anew, it
-//! reads the topic back to its end (the last value per key: what the topic says the view is)
-//! and writes only the keys whose value differs; then, at each timestamp the view completes,
-//! the keys that changed. A message's key is the JSON object of the key columns, its value the
-//! JSON object of the row, and a key that left the view gets a tombstone (a message without a
-//! value), as Kafka's compacted topics and Materialize's and Feldera's upsert sinks do.
-//!
-//! So a restart with a data directory — also after `kill -9` — neither loses nor repeats a
-//! change: what reached the topic is read back, and only what is missing is written. (Without
-//! one the views restart empty, and the sink deletes every key, as the view says.)
-//! (Messages a killed server had sent but the broker had not yet appended when the restarted
-//! one read the topic back would be written twice; the restart takes seconds, so none is.)
+//! One thread per sink in process 0 subscribes to the view. When it starts, and again whenever
+//! it subscribes anew, it reads back what the destination already holds and writes only what
+//! differs from the view's snapshot; then, as the view completes timestamps, their changes. So
+//! a restart with a data directory — also after `kill -9` — neither loses nor repeats a change.
 
-use std::collections::{BTreeSet, HashMap};
+mod kafka;
+pub mod object;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amx_dataflows::row::Row;
-use amx_dataflows::{Diff, Time};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::controller::{ClusterError, Controller, Inner, SubscribeEvent};
+pub use self::object::ObjectStoreSinkConfig;
+use crate::controller::{ClusterError, Controller, Inner};
 use crate::protocol::JobId;
-
-/// How long a metadata or watermark request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A sink: where a view's contents go (`[[sinks]]` in a job file).
 ///
@@ -47,7 +34,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// topic = "collections"
 /// [sinks.kafka.properties]          # optional librdkafka producer properties
 /// "compression.type" = "zstd"
+///
+/// [[sinks]]
+/// name = "collections-lake"
+/// view = "by_collection"
+/// [sinks.object_store]              # Parquet files of the view's changes
+/// url = "s3://lake/aimatrix/by_collection/"
 /// ```
+///
+/// A sink has exactly one of `kafka` and `object_store`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
@@ -55,13 +50,54 @@ pub struct SinkConfig {
     pub name: String,
     /// The view (or relation) whose contents it keeps.
     pub view: String,
-    /// The columns of a row's key, in order: the view has at most one row per key (a second
-    /// row with the same key replaces the first in the topic). Empty: every column.
-    #[serde(default)]
+    /// Kafka sinks: the columns of a row's key, in order: the view has at most one row per
+    /// key (a second row with the same key replaces the first in the topic). Empty: every
+    /// column. Object-store sinks take none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key: Vec<String>,
-    /// The Kafka topic and brokers.
-    #[schema(value_type = Object)]
-    pub kafka: KafkaSinkConfig,
+    /// A Kafka sink's topic and brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub kafka: Option<KafkaSinkConfig>,
+    /// An object-store sink's bucket and prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub object_store: Option<ObjectStoreSinkConfig>,
+}
+
+impl SinkConfig {
+    /// Checks that the sink names exactly one destination, and that destination's settings
+    /// (nothing is contacted).
+    ///
+    /// # Errors
+    /// Neither or both of `kafka` and `object_store`; a Kafka sink without brokers or topic; an
+    /// object-store sink with a bad URL, a setting out of range, or `key`.
+    pub fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        match (&self.kafka, &self.object_store) {
+            (Some(kafka), None) => {
+                if kafka.topic.is_empty() || kafka.brokers.is_empty() {
+                    return Err(format!("sink `{name}`: `[sinks.kafka]` needs `brokers` and `topic`"));
+                }
+            }
+            (None, Some(store)) => {
+                if !self.key.is_empty() {
+                    return Err(format!(
+                        "sink `{name}`: `key` names a Kafka message's key; an object-store sink writes every row \
+                         with its change, and takes none"
+                    ));
+                }
+                store.check().map_err(|e| format!("sink `{name}`: {e}"))?;
+            }
+            (None, None) => {
+                return Err(format!("sink `{name}` needs a destination: `[sinks.kafka]` or `[sinks.object_store]`"));
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!("sink `{name}` has both `[sinks.kafka]` and `[sinks.object_store]`: one per sink"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A Kafka sink's topic: `[sinks.kafka]`.
@@ -96,7 +132,7 @@ impl Drop for RunningSink {
 pub(crate) fn start(controller: &Controller, job: JobId, sink: &SinkConfig) -> Result<RunningSink, ClusterError> {
     // The sink's own runtime for its waits (the server's may shut down under it).
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| ClusterError::BadRequest(format!("starting sink: {e}")))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,17 +152,32 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
     let what = format!("sink `{}`", sink.name);
     let mut last_problem = None;
     while !stop.load(Ordering::SeqCst) {
-        let problem = match Sink::open(sink) {
-            Ok(mut open) => {
-                // The topic is there and read back: an earlier problem is over.
-                if last_problem.take().is_some()
-                    && let Some(c) = controller()
-                {
-                    c.report_problem(job, &what, None);
-                }
-                open.follow(runtime, controller, sink, stop).err()
+        // The destination is there and read back: an earlier problem is over.
+        let recovered = |last_problem: &mut Option<String>| {
+            if last_problem.take().is_some()
+                && let Some(c) = controller()
+            {
+                c.report_problem(job, &what, None);
             }
-            Err(problem) => Some(problem),
+        };
+        let problem = if let Some(config) = &sink.kafka {
+            match kafka::Sink::open(sink, config) {
+                Ok(mut open) => {
+                    recovered(&mut last_problem);
+                    open.follow(runtime, controller, sink, stop).err()
+                }
+                Err(problem) => Some(problem),
+            }
+        } else if let Some(config) = &sink.object_store {
+            match object::Sink::open(runtime, sink, config) {
+                Ok(mut open) => {
+                    recovered(&mut last_problem);
+                    open.follow(runtime, controller, sink, stop).err()
+                }
+                Err(problem) => Some(problem),
+            }
+        } else {
+            return;
         };
         if let Some(problem) = problem
             && last_problem.as_ref() != Some(&problem)
@@ -137,255 +188,6 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
             last_problem = Some(problem);
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// The sink producer's context: remembers the first message the broker did not take.
-#[derive(Default)]
-struct Deliveries {
-    failed: std::sync::Mutex<Option<String>>,
-}
-
-impl rdkafka::ClientContext for Deliveries {}
-
-impl rdkafka::producer::ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
-        }
-    }
-}
-
-/// A sink's producer and what it knows the topic holds.
-struct Sink {
-    producer: BaseProducer<Deliveries>,
-    consumer_config: ClientConfig,
-    topic: String,
-    /// The topic's contents as read back and written since: the last value per key.
-    written: HashMap<Vec<u8>, Vec<u8>>,
-}
-
-impl Sink {
-    /// Connects, and reads the topic back.
-    fn open(config: &SinkConfig) -> Result<Sink, String> {
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &config.kafka.brokers);
-        for (key, value) in &config.kafka.properties {
-            client.set(key, value);
-        }
-        let mut consumer_config = client.clone();
-        consumer_config
-            .set("group.id", format!("aimatrix-sink-{}", config.name))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed");
-        let producer: BaseProducer<Deliveries> = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .create_with_context(Deliveries::default())
-            .map_err(|e| format!("producer: {e}"))?;
-        let mut sink = Sink { producer, consumer_config, topic: config.kafka.topic.clone(), written: HashMap::new() };
-        sink.read_back()?;
-        Ok(sink)
-    }
-
-    /// Reads the topic from its beginning to its current end: the last value per key.
-    fn read_back(&mut self) -> Result<(), String> {
-        let topic = &self.topic;
-        let consumer: BaseConsumer = self.consumer_config.create().map_err(|e| format!("consumer: {e}"))?;
-        let metadata =
-            consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).map_err(|e| format!("topic `{topic}`: {e}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if partitions.is_empty() {
-            return Err(format!("topic `{topic}` not found (create it first)"));
-        }
-        let mut list = TopicPartitionList::new();
-        let mut ends = HashMap::new();
-        for &p in &partitions {
-            let (low, high) =
-                consumer.fetch_watermarks(topic, p, REQUEST_TIMEOUT).map_err(|e| format!("topic `{topic}`: {e}"))?;
-            if high > low {
-                ends.insert(p, high);
-                list.add_partition_offset(topic, p, Offset::Offset(low)).map_err(|e| e.to_string())?;
-            }
-        }
-        self.written.clear();
-        if ends.is_empty() {
-            return Ok(());
-        }
-        consumer.assign(&list).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !ends.is_empty() {
-            if Instant::now() > deadline {
-                return Err(format!("reading topic `{topic}` back took more than 300 s"));
-            }
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-            let message = message.map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
-            if let Some(key) = message.key() {
-                match message.payload() {
-                    Some(value) => self.written.insert(key.to_vec(), value.to_vec()),
-                    None => self.written.remove(key),
-                };
-            }
-            let p = message.partition();
-            if ends.get(&p).is_some_and(|end| message.offset() + 1 >= *end) {
-                ends.remove(&p);
-            }
-        }
-        Ok(())
-    }
-
-    /// Subscribes to the view and keeps the topic equal to it until the subscription ends
-    /// (`Ok`) or writing fails.
-    fn follow(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        controller: impl Fn() -> Option<Controller>,
-        config: &SinkConfig,
-        stop: &AtomicBool,
-    ) -> Result<(), String> {
-        let Some(c) = controller() else { return Ok(()) };
-        let mut subscription = c.subscribe(&config.view).map_err(|e| e.to_string())?;
-        drop(c);
-        let schema = subscription.schema.clone();
-        let key_columns: Vec<usize> = if config.key.is_empty() {
-            (0..schema.fields().len()).collect()
-        } else {
-            let mut columns = Vec::new();
-            for name in &config.key {
-                columns
-                    .push(schema.index_of(name).map_err(|_| format!("view `{}` has no column `{name}`", config.view))?);
-            }
-            columns
-        };
-        let key_of = |row: &Row| -> Row { key_columns.iter().map(|&c| row[c].clone()).collect() };
-        // The view's rows by key; the keys changed since the last write.
-        let mut current: HashMap<Row, Row> = HashMap::new();
-        let mut dirty: BTreeSet<Row> = BTreeSet::new();
-        let mut reconciled = false;
-        let mut pending: Vec<(Row, Time, Diff)> = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            let event =
-                runtime.block_on(async { tokio::time::timeout(Duration::from_millis(500), subscription.recv()).await });
-            let event = match event {
-                Err(_) => continue,
-                // The view was dropped, or this sink fell behind: subscribed anew by the caller.
-                Ok(None) => return Ok(()),
-                Ok(Some(event)) => event,
-            };
-            match event {
-                SubscribeEvent::Snapshot { rows, last, .. } => {
-                    for (row, _) in rows {
-                        current.insert(key_of(&row), row);
-                    }
-                    if last {
-                        // The first write: every key whose value the topic does not have, and
-                        // a tombstone for every key it has that the view does not.
-                        let keys: BTreeSet<Row> = current.keys().cloned().collect();
-                        self.write(&schema, &key_columns, &current, &keys, true)?;
-                        reconciled = true;
-                    }
-                }
-                SubscribeEvent::Changes(changes) => pending.extend(changes),
-                SubscribeEvent::Progress { upper } => {
-                    // Every change before `upper` is here: retractions first, then insertions.
-                    let (done, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, t, _)| *t < upper);
-                    pending = later;
-                    for (row, _, diff) in done.iter().filter(|(_, _, d)| *d < 0) {
-                        let key = key_of(row);
-                        if current.get(&key) == Some(row) && *diff < 0 {
-                            current.remove(&key);
-                        }
-                        dirty.insert(key);
-                    }
-                    for (row, _, _) in done.into_iter().filter(|(_, _, d)| *d > 0) {
-                        let key = key_of(&row);
-                        current.insert(key.clone(), row);
-                        dirty.insert(key);
-                    }
-                    if reconciled && !dirty.is_empty() {
-                        let keys = std::mem::take(&mut dirty);
-                        self.write(&schema, &key_columns, &current, &keys, false)?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes the topic's value of each key in `keys` the view's (its row's JSON, or a
-    /// tombstone), writing only those that differ. With `whole` (`keys` are every key of the
-    /// view), the keys the topic holds that the view does not have get tombstones too.
-    fn write(
-        &mut self,
-        schema: &amx_sql::arrow::datatypes::SchemaRef,
-        key_columns: &[usize],
-        current: &HashMap<Row, Row>,
-        keys: &BTreeSet<Row>,
-        whole: bool,
-    ) -> Result<(), String> {
-        let key_schema = Arc::new(schema.project(key_columns).map_err(|e| e.to_string())?);
-        let key_refs: Vec<&Row> = keys.iter().collect();
-        let key_json = rows_json(&key_schema, &key_refs)?;
-        let present: Vec<&Row> = keys.iter().filter_map(|k| current.get(k)).collect();
-        let mut values = rows_json(schema, &present)?.into_iter();
-        let mut wanted: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for (key, key_value) in keys.iter().zip(key_json) {
-            let value = current.get(key).and_then(|_| values.next()).map(|v| v.to_string().into_bytes());
-            wanted.push((key_value.to_string().into_bytes(), value));
-        }
-        if whole {
-            // Keys in the topic that the view does not have: deleted.
-            let have: std::collections::HashSet<&Vec<u8>> = wanted.iter().map(|(k, _)| k).collect();
-            let gone: Vec<Vec<u8>> = self.written.keys().filter(|k| !have.contains(k)).cloned().collect();
-            wanted.extend(gone.into_iter().map(|k| (k, None)));
-        }
-        let mut sent = 0;
-        for (key, value) in &wanted {
-            if self.written.get(key) == value.as_ref() || (value.is_none() && !self.written.contains_key(key)) {
-                continue;
-            }
-            let mut record = BaseRecord::<Vec<u8>, Vec<u8>>::to(&self.topic).key(key);
-            if let Some(value) = value {
-                record = record.payload(value);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(100));
-                    }
-                    Err((e, _)) => return Err(format!("writing to `{}`: {e}", self.topic)),
-                }
-            }
-            sent += 1;
-        }
-        if sent > 0 {
-            self.producer.flush(Duration::from_secs(60)).map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
-            // A message the broker refused: what the topic holds is not known any more; the
-            // caller reads it back and writes again.
-            if let Some(e) = self.producer.context().failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Err(format!("writing to `{}`: {e}", self.topic));
-            }
-            for (key, value) in wanted {
-                match value {
-                    Some(v) => self.written.insert(key, v),
-                    None => self.written.remove(&key),
-                };
-            }
-            tracing::debug!(topic = %self.topic, messages = sent, "sink wrote");
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,541 @@
+//! Object-store sinks: a view's changes as Parquet files under a prefix of an S3-compatible
+//! bucket, and a manifest naming the files that are complete.
+//!
+//! Under `s3://BUCKET/PREFIX/` the sink keeps:
+//! - `data/{LOWER}-{UPPER}.parquet` (both 20-digit ms timestamps): a *set*, the view's changes
+//!   at the timestamps `LOWER <= t < UPPER`, one row per change: the view's columns, then
+//!   `aimatrix_timestamp` (Int64, ms since the Unix epoch) and `aimatrix_diff` (Int64: +n a
+//!   row entered the view n times, -n it left), consolidated (no two rows of a set have the
+//!   same row and timestamp; no diff is 0), as Materialize's `SUBSCRIBE` gives changes.
+//! - `manifest.json` ([`Manifest`]): the sets that are complete, in order, and their `upper`.
+//!   The view's contents as of `upper - 1` are the sum of the diffs of every row in the sets
+//!   the manifest names. A reader reads the manifest, then those files, and nothing else.
+//!
+//! Each file is written whole with one `PUT` (S3 makes an object visible only once it is
+//! complete), and only then the manifest, replaced with a conditional `PUT` (`If-Match` its
+//! last version, or `If-None-Match` for the first): a reader never sees a half-written file,
+//! and a second writer on the same prefix is detected, not interleaved. A file a crash left
+//! unnamed is removed when the sink starts again.
+//!
+//! When it starts (and whenever it subscribes anew) the sink reads the manifest's sets back,
+//! folds them into the contents they describe, and writes the difference between those and
+//! the view's snapshot as one set at the snapshot's timestamp; then, every
+//! `flush_interval_ms`, one set of the timestamps the view completed since. So a restart with a
+//! data directory — also after `kill -9` — neither loses nor repeats a change (the changes made
+//! while it was down arrive as one set). Once the manifest names more than
+//! `compact_after_files` sets, they are folded into one set at the last `upper - 1` (each row
+//! with its count), named alone by a new manifest; the files it replaces are deleted after.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use amx_sql::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use super::SinkConfig;
+use crate::controller::{Controller, SubscribeEvent};
+
+/// The manifest's format version; a manifest of another is refused.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// An object-store sink's destination: the `[sinks.object_store]` table of a job file.
+///
+/// ```toml
+/// [sinks.object_store]
+/// url = "s3://lake/aimatrix/by_collection/"  # the sink's own prefix
+/// flush_interval_ms = 1000                   # a set of files at most this often
+/// compact_after_files = 64                   # fold the sets into one past this many
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectStoreSinkConfig {
+    /// `s3://BUCKET/PREFIX` (or `s3a://`): the sink owns everything under the prefix. The
+    /// client is configured by the server's `AWS_*` environment variables, as for sources.
+    pub url: String,
+    /// How often a set is written (ms, 100 to 3,600,000; default 1,000): a set holds every
+    /// timestamp the view completed since the last one. Nothing is written while the view does
+    /// not change.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Past this many sets in the manifest (2 to 100,000; default 64), they are folded into one.
+    #[serde(default = "default_compact_after_files")]
+    pub compact_after_files: usize,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_compact_after_files() -> usize {
+    64
+}
+
+impl ObjectStoreSinkConfig {
+    /// Checks the URL and the bounds (nothing is contacted).
+    ///
+    /// # Errors
+    /// A URL that is not `s3://BUCKET/…`, or has a query or credentials; a setting out of its
+    /// range.
+    pub fn check(&self) -> Result<(), String> {
+        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}` is not a URL ({e})", self.url))?;
+        if !matches!(url.scheme(), "s3" | "s3a") {
+            return Err(format!("`{}`: an object-store sink writes to s3://BUCKET/PREFIX", self.url));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("`{}`: no bucket", self.url));
+        }
+        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("`{}`: no query or credentials in the URL (the AWS_* variables set them)", self.url));
+        }
+        if !(100..=3_600_000).contains(&self.flush_interval_ms) {
+            return Err(format!("flush_interval_ms is {}: it must be 100 to 3600000", self.flush_interval_ms));
+        }
+        if !(2..=100_000).contains(&self.compact_after_files) {
+            return Err(format!("compact_after_files is {}: it must be 2 to 100000", self.compact_after_files));
+        }
+        Ok(())
+    }
+}
+
+/// `manifest.json`: the complete sets of an object-store sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`MANIFEST_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The view the sets are of.
+    pub view: String,
+    /// The view's columns (`name`, Arrow type as text), in order; each file has these, then
+    /// `aimatrix_timestamp` and `aimatrix_diff`.
+    pub columns: Vec<(String, String)>,
+    /// Every change before this timestamp (ms) is in the sets; the sets cover `[lower, upper)`
+    /// of the first to this, without gaps.
+    pub upper: Time,
+    /// The sets, in time order.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One set: a Parquet file of the changes at `lower <= t < upper`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Its key below the sink's prefix (`data/….parquet`).
+    pub key: String,
+    /// The first timestamp it covers (ms).
+    pub lower: Time,
+    /// The timestamp after the last it covers (ms).
+    pub upper: Time,
+    /// Its rows (changes).
+    pub rows: u64,
+    /// Its size (bytes).
+    pub bytes: u64,
+}
+
+/// A running object-store sink: the store, the manifest and the contents its sets describe.
+pub(super) struct Sink {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+    config: ObjectStoreSinkConfig,
+    /// The manifest as last read or written, and its version (`None`: there is none yet).
+    manifest: Option<(Manifest, UpdateVersion)>,
+    /// The view's contents as the manifest's sets describe them (rows with counts ≠ 0).
+    written: HashMap<Row, Diff>,
+}
+
+impl Sink {
+    /// Connects, reads the manifest and its sets back, and removes the files no manifest names.
+    ///
+    /// # Errors
+    /// A store that cannot be reached; a manifest of another format version or that does not
+    /// parse; a set it names that is missing or is not the Parquet file described.
+    pub(super) fn open(
+        runtime: &tokio::runtime::Runtime,
+        sink: &SinkConfig,
+        config: &ObjectStoreSinkConfig,
+    ) -> Result<Sink, String> {
+        let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
+        let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
+        let mut open = Sink {
+            store: Arc::new(store),
+            prefix,
+            url: config.url.trim_end_matches('/').to_owned(),
+            config: config.clone(),
+            manifest: None,
+            written: HashMap::new(),
+        };
+        runtime.block_on(open.read_back(&sink.view))?;
+        Ok(open)
+    }
+
+    fn path(&self, key: &str) -> Path {
+        key.split('/').fold(self.prefix.clone(), |path, part| path.join(part))
+    }
+
+    /// Reads the manifest and folds its sets into [`Sink::written`]; deletes the files under
+    /// `data/` it does not name (left by a write a crash interrupted).
+    async fn read_back(&mut self, view: &str) -> Result<(), String> {
+        let manifest_path = self.path("manifest.json");
+        let at = format!("{}/manifest.json", self.url);
+        self.manifest = match self.store.get(&manifest_path).await {
+            Ok(got) => {
+                let version = UpdateVersion { e_tag: got.meta.e_tag.clone(), version: got.meta.version.clone() };
+                let bytes = got.bytes().await.map_err(|e| format!("reading {at}: {e}"))?;
+                let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| format!("{at}: {e}"))?;
+                if manifest.format_version != MANIFEST_FORMAT_VERSION {
+                    return Err(format!(
+                        "{at} has format version {}; this server writes version {MANIFEST_FORMAT_VERSION}",
+                        manifest.format_version
+                    ));
+                }
+                if manifest.view != view {
+                    return Err(format!(
+                        "{at} holds view `{}`, not `{view}`: give each sink a prefix of its own",
+                        manifest.view
+                    ));
+                }
+                Some((manifest, version))
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(format!("reading {at}: {e}")),
+        };
+        self.written.clear();
+        let files = self.manifest.as_ref().map(|(m, _)| m.files.clone()).unwrap_or_default();
+        for file in &files {
+            let location = format!("{}/{}", self.url, file.key);
+            let got = self.store.get(&self.path(&file.key)).await.map_err(|e| format!("reading {location}: {e}"))?;
+            let bytes = got.bytes().await.map_err(|e| format!("reading {location}: {e}"))?;
+            for (row, _, diff) in read_set(bytes).map_err(|e| format!("{location}: {e}"))? {
+                add(&mut self.written, row, diff);
+            }
+        }
+        // Files no manifest names: a set written before a crash, or replaced by a compaction.
+        let named: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
+        let listed = self.store.list_with_delimiter(Some(&self.path("data"))).await;
+        let listed = listed.map_err(|e| format!("listing {}/data/: {e}", self.url))?;
+        for meta in listed.objects {
+            let Some(name) = meta.location.filename() else { continue };
+            let key = format!("data/{name}");
+            if !named.contains(key.as_str())
+                && let Err(e) = self.store.delete(&meta.location).await
+            {
+                tracing::warn!(file = %meta.location, error = %e, "deleting a file no manifest names failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the view and writes its changes until the subscription ends (`Ok`) or a
+    /// write fails.
+    pub(super) fn follow(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        controller: impl Fn() -> Option<Controller>,
+        config: &SinkConfig,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        let Some(c) = controller() else { return Ok(()) };
+        let mut subscription = c.subscribe(&config.view).map_err(|e| e.to_string())?;
+        drop(c);
+        let schema = subscription.schema.clone();
+        let columns = columns_of(&schema);
+        if let Some((manifest, _)) = &self.manifest
+            && manifest.columns != columns
+        {
+            return Err(format!(
+                "{}/manifest.json was written for the columns {:?}; view `{}` has {:?}: give the sink a new prefix",
+                self.url, manifest.columns, config.view, columns
+            ));
+        }
+        let interval = Duration::from_millis(self.config.flush_interval_ms);
+        let mut snapshot: HashMap<Row, Diff> = HashMap::new();
+        let mut reconciled = false;
+        // Changes not complete yet; complete changes not written yet; the view's frontier.
+        let mut pending: Vec<(Row, Time, Diff)> = Vec::new();
+        let mut complete: Vec<(Row, Time, Diff)> = Vec::new();
+        let mut frontier: Time = 0;
+        let mut last_write = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let event =
+                runtime.block_on(async { tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await });
+            match event {
+                Err(_) => {}
+                // The view was dropped, or this sink fell behind: subscribed anew by the caller.
+                Ok(None) => return Ok(()),
+                Ok(Some(SubscribeEvent::Snapshot { timestamp, rows, last })) => {
+                    for (row, diff) in rows {
+                        add(&mut snapshot, row, diff);
+                    }
+                    if last {
+                        // What the sets say the view is, against what it is: the difference, at
+                        // the snapshot's time.
+                        let mut differences = std::mem::take(&mut snapshot);
+                        for (row, diff) in &self.written {
+                            add(&mut differences, row.clone(), -diff);
+                        }
+                        complete.extend(differences.into_iter().map(|(row, diff)| (row, timestamp, diff)));
+                        frontier = timestamp + 1;
+                        reconciled = true;
+                        self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
+                        last_write = Instant::now();
+                    }
+                }
+                Ok(Some(SubscribeEvent::Changes(changes))) => pending.extend(changes),
+                Ok(Some(SubscribeEvent::Progress { upper })) => {
+                    let (done, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, t, _)| *t < upper);
+                    pending = later;
+                    complete.extend(done);
+                    frontier = frontier.max(upper);
+                }
+            }
+            if reconciled && !complete.is_empty() && last_write.elapsed() >= interval {
+                self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
+                last_write = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `changes` (all before `frontier`) as one set, then the manifest naming it; folds
+    /// the sets into one when there are too many. Nothing is written when they cancel out.
+    fn write(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        schema: &SchemaRef,
+        view: &str,
+        changes: &mut Vec<(Row, Time, Diff)>,
+        frontier: Time,
+    ) -> Result<(), String> {
+        let lower = self.manifest.as_ref().map_or(0, |(m, _)| m.upper);
+        // A timestamp the sets already passed (the clock of a restarted server behind the
+        // last one's) moves to their upper: the sets stay in time order.
+        let mut set: Vec<(Row, Time, Diff)> = changes.drain(..).map(|(r, t, d)| (r, t.max(lower), d)).collect();
+        set.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        set = consolidate(set);
+        if set.is_empty() {
+            return Ok(());
+        }
+        let upper = frontier.max(set.iter().map(|(_, t, _)| t + 1).max().unwrap_or(0));
+        let file = runtime.block_on(self.put_set(schema, &set, lower, upper))?;
+        let mut manifest = self.manifest.as_ref().map(|(m, _)| m.clone()).unwrap_or_else(|| Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            view: view.to_owned(),
+            columns: columns_of(schema),
+            upper: 0,
+            files: Vec::new(),
+        });
+        manifest.files.push(file);
+        manifest.upper = upper;
+        runtime.block_on(self.put_manifest(manifest))?;
+        for (row, _, diff) in set {
+            add(&mut self.written, row, diff);
+        }
+        tracing::debug!(sink = %self.url, lower, upper, "object-store sink wrote a set");
+        if self.manifest.as_ref().is_some_and(|(m, _)| m.files.len() > self.config.compact_after_files) {
+            runtime.block_on(self.compact(schema))?;
+        }
+        Ok(())
+    }
+
+    /// Folds every set into one: the contents at `upper - 1`, each row with its count.
+    async fn compact(&mut self, schema: &SchemaRef) -> Result<(), String> {
+        let Some((manifest, _)) = &self.manifest else { return Ok(()) };
+        let mut manifest = manifest.clone();
+        let (lower, upper) = (manifest.files.first().map_or(0, |f| f.lower), manifest.upper);
+        let mut rows: Vec<(Row, Time, Diff)> =
+            self.written.iter().map(|(row, diff)| (row.clone(), upper - 1, *diff)).collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let file = self.put_set(schema, &rows, lower, upper).await?;
+        let replaced = std::mem::replace(&mut manifest.files, vec![file]);
+        self.put_manifest(manifest).await?;
+        for old in replaced {
+            if let Err(e) = self.store.delete(&self.path(&old.key)).await {
+                // Deleted at the sink's next start.
+                tracing::warn!(file = %old.key, error = %e, "deleting a set a compaction replaced failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one set's Parquet file.
+    async fn put_set(
+        &self,
+        schema: &SchemaRef,
+        set: &[(Row, Time, Diff)],
+        lower: Time,
+        upper: Time,
+    ) -> Result<ManifestFile, String> {
+        let key = format!("data/{lower:020}-{upper:020}.parquet");
+        let bytes = set_to_parquet(schema, set)?;
+        let size = bytes.len() as u64;
+        self.store
+            .put(&self.path(&key), PutPayload::from(bytes))
+            .await
+            .map_err(|e| format!("writing {}/{key}: {e}", self.url))?;
+        Ok(ManifestFile { key, lower, upper, rows: set.len() as u64, bytes: size })
+    }
+
+    /// Replaces the manifest, if it is still the one this sink read or wrote last.
+    async fn put_manifest(&mut self, manifest: Manifest) -> Result<(), String> {
+        let at = format!("{}/manifest.json", self.url);
+        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        let mode = match &self.manifest {
+            Some((_, version)) => PutMode::Update(version.clone()),
+            None => PutMode::Create,
+        };
+        let options = PutOptions { mode, ..Default::default() };
+        match self.store.put_opts(&self.path("manifest.json"), PutPayload::from(body), options).await {
+            Ok(put) => {
+                self.manifest = Some((manifest, UpdateVersion { e_tag: put.e_tag, version: put.version }));
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                // Read again (and reconciled) by the caller's next start.
+                Err(format!("{at} was changed by another writer: give each sink a prefix of its own"))
+            }
+            Err(e) => Err(format!("writing {at}: {e}")),
+        }
+    }
+}
+
+/// The columns as the manifest names them.
+fn columns_of(schema: &SchemaRef) -> Vec<(String, String)> {
+    schema.fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect()
+}
+
+/// Adds `diff` to `row`'s count, dropping it at 0.
+fn add(counts: &mut HashMap<Row, Diff>, row: Row, diff: Diff) {
+    use std::collections::hash_map::Entry;
+    match counts.entry(row) {
+        Entry::Occupied(mut count) => {
+            *count.get_mut() += diff;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        Entry::Vacant(count) => {
+            if diff != 0 {
+                count.insert(diff);
+            }
+        }
+    }
+}
+
+/// Sums the diffs of equal `(row, time)` neighbours (sorted input) and drops zeros.
+fn consolidate(sorted: Vec<(Row, Time, Diff)>) -> Vec<(Row, Time, Diff)> {
+    let mut out: Vec<(Row, Time, Diff)> = Vec::with_capacity(sorted.len());
+    for (row, time, diff) in sorted {
+        match out.last_mut() {
+            Some(last) if last.1 == time && last.0 == row => last.2 += diff,
+            _ => out.push((row, time, diff)),
+        }
+    }
+    out.retain(|(_, _, d)| *d != 0);
+    out
+}
+
+/// A set as a Parquet file (snappy): the view's columns, `aimatrix_timestamp`, `aimatrix_diff`.
+fn set_to_parquet(schema: &SchemaRef, set: &[(Row, Time, Diff)]) -> Result<Vec<u8>, String> {
+    let rows: Vec<&Row> = set.iter().map(|(row, _, _)| row).collect();
+    let view = amx_sql::convert::rows_to_batch(&rows, schema).map_err(|e| e.to_string())?;
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("aimatrix_timestamp", DataType::Int64, false));
+    fields.push(Field::new("aimatrix_diff", DataType::Int64, false));
+    let mut columns: Vec<ArrayRef> = view.columns().to_vec();
+    let times = set.iter().map(|(_, t, _)| i64::try_from(*t).map_err(|_| format!("timestamp {t} is past i64")));
+    columns.push(Arc::new(Int64Array::from(times.collect::<Result<Vec<_>, _>>()?)));
+    columns.push(Arc::new(Int64Array::from(set.iter().map(|(_, _, d)| *d as i64).collect::<Vec<i64>>())));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())?;
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties)).map_err(|e| e.to_string())?;
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// A set's rows back from its Parquet file.
+fn read_set(bytes: bytes::Bytes) -> Result<Vec<(Row, Time, Diff)>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| format!("not a Parquet file: {e}"))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let n = batch.num_columns();
+        let int64 = |i: usize| -> Result<&Int64Array, String> {
+            (n >= 2)
+                .then(|| batch.column(i).as_any().downcast_ref::<Int64Array>())
+                .flatten()
+                .ok_or_else(|| "the last two columns are not aimatrix_timestamp and aimatrix_diff (Int64)".to_owned())
+        };
+        let (times, diffs) = (int64(n.saturating_sub(2))?, int64(n.saturating_sub(1))?);
+        let rows =
+            amx_sql::convert::arrays_to_rows(&batch.columns()[..n - 2], batch.num_rows()).map_err(|e| e.to_string())?;
+        for (i, row) in rows.into_iter().enumerate() {
+            let time = Time::try_from(times.value(i)).map_err(|_| "a negative aimatrix_timestamp".to_owned())?;
+            let diff = Diff::try_from(diffs.value(i)).map_err(|_| "an aimatrix_diff past this machine's".to_owned())?;
+            out.push((row, time, diff));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use amx_dataflows::row::Datum;
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("collection", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+        ]))
+    }
+
+    #[test]
+    fn a_set_reads_back_as_written() {
+        let row = |c: &str, n: i64| -> Row { vec![Datum::Text(c.into()), Datum::Int(n)] };
+        let set = vec![(row("a", 1), 10, 1), (row("a", 1), 12, -1), (row("b", 2), 12, 3)];
+        let bytes = set_to_parquet(&schema(), &set).expect("written");
+        assert_eq!(&bytes[..4], b"PAR1");
+        assert_eq!(read_set(bytes::Bytes::from(bytes)).expect("read"), set);
+        let err = read_set(bytes::Bytes::from_static(b"not parquet")).expect_err("refused");
+        assert!(err.starts_with("not a Parquet file"), "{err}");
+    }
+
+    #[test]
+    fn changes_consolidate_by_row_and_time() {
+        let row = |c: &str| -> Row { vec![Datum::Text(c.into())] };
+        let sorted = vec![(row("a"), 1, 1), (row("a"), 1, -1), (row("a"), 2, 2), (row("b"), 2, 1), (row("b"), 2, 1)];
+        assert_eq!(consolidate(sorted), vec![(row("a"), 2, 2), (row("b"), 2, 2)]);
+        let mut counts = HashMap::new();
+        add(&mut counts, row("a"), 2);
+        add(&mut counts, row("b"), 1);
+        add(&mut counts, row("a"), -2);
+        assert_eq!(counts, HashMap::from([(row("b"), 1)]));
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let config = |url: &str, flush: u64, files: usize| ObjectStoreSinkConfig {
+            url: url.into(),
+            flush_interval_ms: flush,
+            compact_after_files: files,
+        };
+        assert!(config("s3://lake/x/", 1000, 64).check().is_ok());
+        assert!(config("file:///tmp/x", 1000, 64).check().unwrap_err().contains("s3://BUCKET/PREFIX"));
+        assert!(config("s3://lake/x", 10, 64).check().unwrap_err().contains("flush_interval_ms"));
+        assert!(config("s3://lake/x", 1000, 1).check().unwrap_err().contains("compact_after_files"));
+    }
+}
