@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p amx-benches --bin amx-serve-bench -- [--keys N] [--workers W]
-//!     [--rate EVENTS_PER_S] [--seconds S] [--queries Q]
+//!     [--rate EVENTS_PER_S] [--seconds S] [--queries Q] [--exert P]
 //! ```
+//! (`--exert P`: [`amx_cluster::ClusterConfig::exert_proportionality`]: 0, no idle merging;
+//! Materialize uses 16.)
 //! 1. Loads `N` knowledge events with distinct document ids through a push source; a job view
 //!    `by_id` (`SELECT document_id, collection, size_bytes FROM knowledge_events`) arranges
 //!    them. Reports the load rate and resident memory (VmRSS) before and after: the state is
@@ -49,7 +51,8 @@ fn bench() -> anyhow::Result<()> {
     let queries = arg(&args, "--queries", 2_000)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
-    let controller = Controller::start(ClusterConfig { workers, ..Default::default() })?;
+    let exert_proportionality = arg(&args, "--exert", amx_cluster::controller::DEFAULT_EXERT_PROPORTIONALITY)?;
+    let controller = Controller::start(ClusterConfig { workers, exert_proportionality, ..Default::default() })?;
     let job = Job::parse(amx_benches::KNOWLEDGE_JOB, std::path::Path::new("."))?;
     let id = controller.install_job(&job)?;
     runtime.block_on(async {
