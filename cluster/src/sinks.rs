@@ -112,6 +112,26 @@ pub struct KafkaSinkConfig {
     /// sets `enable.idempotence = true` itself.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+    /// How a change is written (default [`Envelope::Upsert`]).
+    #[serde(default)]
+    pub envelope: Envelope,
+}
+
+/// How a Kafka sink writes a key's change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The value is the row (a JSON object); a key that leaves the view gets a tombstone (a
+    /// message without a value), as Kafka's compacted topics and Materialize's `ENVELOPE
+    /// UPSERT` expect.
+    #[default]
+    Upsert,
+    /// The value is Debezium's change event (`io.debezium` JSON, without its schema part):
+    /// `{"before": ROW|null, "after": ROW|null, "op": "c"|"u"|"d"}` — `c` a key that enters
+    /// the view, `u` one whose row changes, `d` one that leaves it, which is followed by a
+    /// tombstone, as Debezium's `tombstones.on.delete` writes it. Flink's `debezium-json`
+    /// format, Materialize's `ENVELOPE DEBEZIUM` and Debezium's sink connectors read it.
+    Debezium,
 }
 
 /// A running sink: stopped when dropped.

@@ -88,6 +88,12 @@ pub(crate) trait BatchSource: Send {
     /// waiting a little when there are none; returns the position after them, or a problem
     /// reading (reported in the job's errors and retried at the next call).
     fn read(&mut self, out: &mut Vec<Record>) -> Result<Option<SourcePosition>, String>;
+
+    /// The batch that ended at `position` is applied (and durable, with a data directory):
+    /// a Kafka source advertises it to its consumer group. Nothing by default.
+    fn applied(&mut self, position: &SourcePosition) {
+        let _ = position;
+    }
 }
 
 /// A running source: stopped (its thread ends at its next batch) when dropped.
@@ -196,8 +202,9 @@ fn run(
             match c.submit_records(job, &name, records.clone(), position.clone(), None) {
                 Ok(answer) => {
                     // The next batch waits for this one to be applied and durable.
-                    if let Err(e) = runtime.block_on(Controller::answer(answer)) {
-                        tracing::warn!(job = %job, source = %name, error = %e, "source batch");
+                    match runtime.block_on(Controller::answer(answer)) {
+                        Ok(_) => reader.applied(&position),
+                        Err(e) => tracing::warn!(job = %job, source = %name, error = %e, "source batch"),
                     }
                     break;
                 }

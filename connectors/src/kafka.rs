@@ -192,8 +192,8 @@ impl std::fmt::Debug for KafkaReader {
 
 impl KafkaReader {
     /// A reader of `config`'s topic that resumes each partition in `resume` at its offset;
-    /// the others start at `config.start`. `group` is the `group.id` it advertises (it commits
-    /// nothing). Records longer than `max_record_bytes` are errors.
+    /// the others start at `config.start`. `group` is the `group.id` it advertises its
+    /// progress to ([`KafkaReader::commit`]). Records longer than `max_record_bytes` are errors.
     ///
     /// Nothing is fetched yet: an unreachable broker or a missing topic shows at
     /// [`KafkaReader::poll`] (as a problem, retried).
@@ -389,6 +389,25 @@ impl KafkaReader {
     /// positions should be made durable even before a message is read.
     pub fn take_assigned(&mut self) -> bool {
         std::mem::take(&mut self.announce)
+    }
+
+    /// Commits `offsets` (partition, the offset of the next message) to the reader's consumer
+    /// group, asynchronously, for tools that watch a group's lag (`kafka-consumer-groups.sh
+    /// --describe`, Burrow, Kafka UI). The engine never reads them back: its own log holds the
+    /// positions, so a failed commit only delays what the group shows until the next.
+    ///
+    /// # Errors
+    /// librdkafka's, when it cannot queue the commit.
+    pub fn commit(&self, offsets: &[(i32, i64)]) -> Result<(), String> {
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in offsets {
+            list.add_partition_offset(&self.config.topic, partition, Offset::Offset(offset))
+                .map_err(|e| e.to_string())?;
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&list, rdkafka::consumer::CommitMode::Async).map_err(|e| e.to_string())
     }
 }
 

@@ -27,7 +27,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{KafkaSinkConfig, SinkConfig, rows_json};
+use super::{Envelope, KafkaSinkConfig, SinkConfig, rows_json};
 use crate::controller::{Controller, SubscribeEvent};
 
 /// How long a metadata or watermark request may take.
@@ -56,11 +56,50 @@ pub(super) struct Sink {
     producer: BaseProducer<Deliveries>,
     consumer_config: ClientConfig,
     topic: String,
-    /// The topic's contents as read back and written since: the last value per key.
+    /// The topic's contents as read back and written since: the last row per key (its JSON
+    /// text; for the Debezium envelope, its last event's `after`).
     written: HashMap<Vec<u8>, Vec<u8>>,
+    envelope: Envelope,
 }
 
 impl Sink {
+    /// The row a message's value says its key has (`None`: none), by the sink's envelope.
+    fn row_of(&self, value: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self.envelope {
+            Envelope::Upsert => Ok(Some(value.to_vec())),
+            Envelope::Debezium => {
+                let event: serde_json::Value = serde_json::from_slice(value)
+                    .map_err(|e| format!("topic `{}` holds a value that is not a Debezium event: {e}", self.topic))?;
+                match event.get("after") {
+                    Some(serde_json::Value::Null) => Ok(None),
+                    Some(after) => Ok(Some(after.to_string().into_bytes())),
+                    None => Err(format!("topic `{}` holds a Debezium event without `after`", self.topic)),
+                }
+            }
+        }
+    }
+
+    /// Queues one message (`None`: a tombstone), waiting while the producer's queue is full.
+    fn send(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(format!("writing to `{}`: {e}", self.topic)),
+            }
+        }
+    }
+
     /// Connects, and reads the topic back.
     pub(super) fn open(config: &SinkConfig, kafka: &KafkaSinkConfig) -> Result<Sink, String> {
         let mut client = ClientConfig::new();
@@ -78,7 +117,13 @@ impl Sink {
             .set("enable.idempotence", "true")
             .create_with_context(Deliveries::default())
             .map_err(|e| format!("producer: {e}"))?;
-        let mut sink = Sink { producer, consumer_config, topic: kafka.topic.clone(), written: HashMap::new() };
+        let mut sink = Sink {
+            producer,
+            consumer_config,
+            topic: kafka.topic.clone(),
+            written: HashMap::new(),
+            envelope: kafka.envelope,
+        };
         sink.read_back()?;
         Ok(sink)
     }
@@ -121,9 +166,9 @@ impl Sink {
             let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
             let message = message.map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
             if let Some(key) = message.key() {
-                match message.payload() {
-                    Some(value) => self.written.insert(key.to_vec(), value.to_vec()),
-                    None => self.written.remove(key),
+                match message.payload().map(|value| self.row_of(value)).transpose()? {
+                    Some(Some(row)) => self.written.insert(key.to_vec(), row),
+                    Some(None) | None => self.written.remove(key),
                 };
             }
             let p = message.partition();
@@ -244,21 +289,14 @@ impl Sink {
             if self.written.get(key) == value.as_ref() || (value.is_none() && !self.written.contains_key(key)) {
                 continue;
             }
-            let mut record = BaseRecord::<Vec<u8>, Vec<u8>>::to(&self.topic).key(key);
-            if let Some(value) = value {
-                record = record.payload(value);
-            }
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                        r,
-                    )) => {
-                        record = r;
-                        self.producer.poll(Duration::from_millis(100));
+            match self.envelope {
+                Envelope::Upsert => self.send(key, value.as_deref())?,
+                Envelope::Debezium => {
+                    let before = self.written.get(key).map(Vec::as_slice);
+                    self.send(key, Some(&debezium_event(before, value.as_deref())))?;
+                    if value.is_none() {
+                        self.send(key, None)?;
                     }
-                    Err((e, _)) => return Err(format!("writing to `{}`: {e}", self.topic)),
                 }
             }
             sent += 1;
@@ -280,4 +318,21 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+/// Debezium's change event of a key whose row goes from `before` to `after` (JSON texts;
+/// `None`: the key is not in the view).
+fn debezium_event(before: Option<&[u8]>, after: Option<&[u8]>) -> Vec<u8> {
+    let op = match (before, after) {
+        (None, _) => "c",
+        (Some(_), Some(_)) => "u",
+        (Some(_), None) => "d",
+    };
+    let mut event = Vec::with_capacity(40 + before.map_or(4, <[u8]>::len) + after.map_or(4, <[u8]>::len));
+    event.extend_from_slice(b"{\"before\":");
+    event.extend_from_slice(before.unwrap_or(b"null"));
+    event.extend_from_slice(b",\"after\":");
+    event.extend_from_slice(after.unwrap_or(b"null"));
+    event.extend_from_slice(format!(",\"op\":\"{op}\"}}").as_bytes());
+    event
 }

@@ -24,7 +24,9 @@
 //! data directory — also after `kill -9` — neither loses nor repeats a change (the changes made
 //! while it was down arrive as one set). Once the manifest names more than
 //! `compact_after_files` sets, they are folded into one set at the last `upper - 1` (each row
-//! with its count), named alone by a new manifest; the files it replaces are deleted after.
+//! with its count), named alone by a new manifest. The files it replaces stay (listed as
+//! `replaced` in the manifest, with the time) for `keep_replaced_ms`, so that a reader who read
+//! the manifest before can still read them, and are deleted after.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 /// url = "s3://lake/aimatrix/by_collection/"  # the sink's own prefix
 /// flush_interval_ms = 1000                   # a set of files at most this often
 /// compact_after_files = 64                   # fold the sets into one past this many
+/// keep_replaced_ms = 600000                  # keep sets a compaction replaced this long
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +74,15 @@ pub struct ObjectStoreSinkConfig {
     /// Past this many sets in the manifest (2 to 100,000; default 64), they are folded into one.
     #[serde(default = "default_compact_after_files")]
     pub compact_after_files: usize,
+    /// How long the sets a compaction replaced are kept before they are deleted (ms, 0 to
+    /// 86,400,000; default 600,000): a reader must have read the sets a manifest names within
+    /// this long of reading the manifest.
+    #[serde(default = "default_keep_replaced_ms")]
+    pub keep_replaced_ms: u64,
+}
+
+fn default_keep_replaced_ms() -> u64 {
+    600_000
 }
 
 fn default_flush_interval_ms() -> u64 {
@@ -104,6 +116,9 @@ impl ObjectStoreSinkConfig {
         if !(2..=100_000).contains(&self.compact_after_files) {
             return Err(format!("compact_after_files is {}: it must be 2 to 100000", self.compact_after_files));
         }
+        if self.keep_replaced_ms > 86_400_000 {
+            return Err(format!("keep_replaced_ms is {}: it must be 0 to 86400000", self.keep_replaced_ms));
+        }
         Ok(())
     }
 }
@@ -123,6 +138,26 @@ pub struct Manifest {
     pub upper: Time,
     /// The sets, in time order.
     pub files: Vec<ManifestFile>,
+    /// Sets a compaction replaced, not deleted yet (see `keep_replaced_ms`): no longer part of
+    /// the view's changes.
+    #[serde(default)]
+    pub replaced: Vec<ReplacedFile>,
+}
+
+/// A set a compaction replaced, kept for readers of an earlier manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedFile {
+    /// Its key below the sink's prefix.
+    pub key: String,
+    /// When it was replaced (ms since the Unix epoch).
+    pub replaced_at: u64,
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One set: a Parquet file of the changes at `lower <= t < upper`.
@@ -218,8 +253,11 @@ impl Sink {
                 add(&mut self.written, row, diff);
             }
         }
-        // Files no manifest names: a set written before a crash, or replaced by a compaction.
-        let named: BTreeSet<&str> = files.iter().map(|f| f.key.as_str()).collect();
+        // Files no manifest names: a set written before a crash (no reader has seen it). Sets a
+        // compaction replaced wait for their time.
+        let replaced = self.manifest.as_ref().map(|(m, _)| m.replaced.clone()).unwrap_or_default();
+        let named: BTreeSet<&str> =
+            files.iter().map(|f| f.key.as_str()).chain(replaced.iter().map(|r| r.key.as_str())).collect();
         let listed = self.store.list_with_delimiter(Some(&self.path("data"))).await;
         let listed = listed.map_err(|e| format!("listing {}/data/: {e}", self.url))?;
         for meta in listed.objects {
@@ -301,6 +339,9 @@ impl Sink {
                 self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
                 last_write = Instant::now();
             }
+            if reconciled {
+                runtime.block_on(self.delete_replaced())?;
+            }
         }
         Ok(())
     }
@@ -332,6 +373,7 @@ impl Sink {
             columns: columns_of(schema),
             upper: 0,
             files: Vec::new(),
+            replaced: Vec::new(),
         });
         manifest.files.push(file);
         manifest.upper = upper;
@@ -356,10 +398,30 @@ impl Sink {
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let file = self.put_set(schema, &rows, lower, upper).await?;
         let replaced = std::mem::replace(&mut manifest.files, vec![file]);
+        let replaced_at = now_ms();
+        manifest.replaced.extend(replaced.into_iter().map(|f| ReplacedFile { key: f.key, replaced_at }));
+        self.put_manifest(manifest).await
+    }
+
+    /// Deletes the replaced sets older than `keep_replaced_ms`, after a manifest that no longer
+    /// lists them.
+    async fn delete_replaced(&mut self) -> Result<(), String> {
+        let Some((manifest, _)) = &self.manifest else { return Ok(()) };
+        let now = now_ms();
+        let (expired, kept): (Vec<ReplacedFile>, Vec<ReplacedFile>) = manifest
+            .replaced
+            .iter()
+            .cloned()
+            .partition(|r| now.saturating_sub(r.replaced_at) >= self.config.keep_replaced_ms);
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut manifest = manifest.clone();
+        manifest.replaced = kept;
         self.put_manifest(manifest).await?;
-        for old in replaced {
+        for old in expired {
             if let Err(e) = self.store.delete(&self.path(&old.key)).await {
-                // Deleted at the sink's next start.
+                // Named by no manifest now: deleted at the sink's next start.
                 tracing::warn!(file = %old.key, error = %e, "deleting a set a compaction replaced failed");
             }
         }
@@ -532,6 +594,7 @@ mod tests {
             url: url.into(),
             flush_interval_ms: flush,
             compact_after_files: files,
+            keep_replaced_ms: 600_000,
         };
         assert!(config("s3://lake/x/", 1000, 64).check().is_ok());
         assert!(config("file:///tmp/x", 1000, 64).check().unwrap_err().contains("s3://BUCKET/PREFIX"));

@@ -20,8 +20,8 @@ pub(crate) struct KafkaSource {
     read: Vec<amx_connectors::kafka::KafkaRecord>,
 }
 
-/// Opens Kafka source `source` of job `job` at `resume`'s offsets (the group it advertises is
-/// `aimatrix-job-JOB-SOURCE`; it commits nothing).
+/// Opens Kafka source `source` of job `job` at `resume`'s offsets. It commits each applied
+/// batch's offsets to the consumer group `aimatrix-job-JOB-SOURCE`, for outside tools only.
 ///
 /// # Errors
 /// A source without `[sources.kafka]`, or a property librdkafka refuses.
@@ -57,5 +57,13 @@ impl BatchSource for KafkaSource {
         out.extend(self.read.drain(..).map(|r| r.record));
         let offsets = self.reader.positions().iter().map(|(p, o)| (*p, *o)).collect();
         Ok(Some(SourcePosition::Kafka { offsets }))
+    }
+
+    fn applied(&mut self, position: &SourcePosition) {
+        if let SourcePosition::Kafka { offsets } = position
+            && let Err(e) = self.reader.commit(offsets)
+        {
+            tracing::debug!(error = %e, "committing offsets to the consumer group");
+        }
     }
 }
