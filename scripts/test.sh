@@ -12,6 +12,8 @@ if [ ! -x "$venv/bin/moto_server" ]; then
     "$venv/bin/pip" install --quiet "moto[server]==5.2.6"
 fi
 export AIMATRIX_MOTO_SERVER="$venv/bin/moto_server"
+# The Kafka pipeline test starts a real Apache Kafka broker with ../shared/services/kafka-broker.sh
+# (java >= 17; its jars are fetched once with mvn from Maven Central into ~/.cache/aimatrix-kafka).
 # Builds into the same target directory as `cargo run` (./target), so the README's two
 # commands build once; CI points CARGO_TARGET_DIR elsewhere to reuse a build.
 cargo test --workspace --all-targets "$@"

@@ -2457,21 +2457,22 @@ fn a_kafka_sink_keeps_a_view_in_a_topic_across_kill_9() {
     assert_eq!(messages, 5);
 }
 
-/// A change as an object-store sink writes it: `(collection, n, aimatrix_timestamp, aimatrix_diff)`.
-type Change = (String, i64, i64, i64);
+/// A change as an object-store sink writes it: the row (a JSON object of the view's columns),
+/// `aimatrix_timestamp` and `aimatrix_diff`.
+type Change = (Value, i64, i64);
 
-/// An object-store sink's output under `s3://lake/out/`, read as a client would: the manifest,
-/// then each set it names (Parquet, read here with the parquet crate). Returns the manifest and
-/// every change `(collection, n, aimatrix_timestamp, aimatrix_diff)`, set by set.
-fn read_sink(moto: &Moto) -> Option<(Value, Vec<Vec<Change>>)> {
-    use arrow::array::{Array, Int64Array, StringArray};
-    let manifest: Value = serde_json::from_slice(&moto.get("lake", "out/manifest.json")?).expect("manifest JSON");
+/// An object-store sink's output under `s3://lake/PREFIX/`, read as a client would: the
+/// manifest, then each set it names (Parquet, read here with the parquet crate and written out
+/// as JSON by arrow-json). Returns the manifest and every change, set by set; `None` before
+/// there is a manifest, or when a set it names is gone (a compaction replaced it long enough
+/// ago: read again).
+fn read_sink(moto: &Moto, prefix: &str) -> Option<(Value, Vec<Vec<Change>>)> {
+    let manifest: Value =
+        serde_json::from_slice(&moto.get("lake", &format!("{prefix}/manifest.json"))?).expect("manifest JSON");
     let mut sets = Vec::new();
     for file in manifest["files"].as_array().expect("files") {
         let key = file["key"].as_str().expect("key");
-        // Gone only when a compaction replaced it longer than keep_replaced_ms ago (the sink
-        // keeps it that long for readers of an earlier manifest): read the manifest again.
-        let bytes = moto.get("lake", &format!("out/{key}"))?;
+        let bytes = moto.get("lake", &format!("{prefix}/{key}"))?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .expect("Parquet")
             .build()
@@ -2480,17 +2481,20 @@ fn read_sink(moto: &Moto) -> Option<(Value, Vec<Vec<Change>>)> {
         for batch in reader {
             let batch = batch.expect("batch");
             let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-            assert_eq!(names, ["collection", "n", "aimatrix_timestamp", "aimatrix_diff"]);
-            let text = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().expect("text").clone();
-            let int = |i: usize| batch.column(i).as_any().downcast_ref::<Int64Array>().expect("int").clone();
-            let (c, n, t, d) = (text(0), int(1), int(2), int(3));
-            for i in 0..batch.num_rows() {
-                let time = t.value(i);
+            assert_eq!(names[names.len() - 2..], ["aimatrix_timestamp", "aimatrix_diff"]);
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            writer.write(&batch).expect("JSON");
+            writer.finish().expect("JSON");
+            let rows: Vec<Value> = serde_json::from_slice(&writer.into_inner()).expect("JSON rows");
+            for mut row in rows {
+                let object = row.as_object_mut().expect("an object");
+                let time = object.remove("aimatrix_timestamp").and_then(|t| t.as_i64()).expect("a timestamp");
+                let diff = object.remove("aimatrix_diff").and_then(|d| d.as_i64()).expect("a diff");
                 assert!(
                     file["lower"].as_i64().expect("lower") <= time && time < file["upper"].as_i64().expect("upper"),
                     "{key}: a change at {time} outside the set's bounds"
                 );
-                set.push((c.value(i).to_owned(), n.value(i), time, d.value(i)));
+                set.push((row, time, diff));
             }
         }
         assert_eq!(file["rows"].as_u64(), Some(set.len() as u64), "{key}");
@@ -2507,14 +2511,19 @@ fn read_sink(moto: &Moto) -> Option<(Value, Vec<Vec<Change>>)> {
     Some((manifest, sets))
 }
 
-/// The contents the sets describe: each `(collection, n)` row with the sum of its diffs (≠ 0).
-fn fold_sets(sets: &[Vec<Change>]) -> BTreeMap<(String, i64), i64> {
+/// The contents the sets describe: each row (as JSON text) with the sum of its diffs (≠ 0).
+fn fold_sets(sets: &[Vec<Change>]) -> BTreeMap<String, i64> {
     let mut contents = BTreeMap::new();
-    for (c, n, _, d) in sets.iter().flatten() {
-        *contents.entry((c.clone(), *n)).or_insert(0) += d;
+    for (row, _, d) in sets.iter().flatten() {
+        *contents.entry(row.to_string()).or_insert(0) += d;
     }
     contents.retain(|_, d| *d != 0);
     contents
+}
+
+/// Rows as [`fold_sets`] gives them, each once.
+fn once(rows: &[Value]) -> BTreeMap<String, i64> {
+    rows.iter().map(|r| (r.to_string(), 1)).collect()
 }
 
 #[test]
@@ -2532,10 +2541,10 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     ) + "\n[[sinks]]\nname = \"lake\"\nview = \"by_collection\"\n[sinks.object_store]\nurl = \"s3://lake/out/\"\n\
          flush_interval_ms = 100\ncompact_after_files = 4\nkeep_replaced_ms = 1000\n";
     let record = |c: &str, i: usize| json!({ "c": c, "id": format!("{c}{i}"), "v": 1, "size": 1, "t": 1 }).to_string();
-    let wait_sink = |want: &BTreeMap<(String, i64), i64>| {
+    let wait_sink = |want: &BTreeMap<String, i64>| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let read = read_sink(&moto);
+            let read = read_sink(&moto, "out");
             if let Some((_, sets)) = &read
                 && (&fold_sets(sets) == want || Instant::now() > deadline)
             {
@@ -2545,8 +2554,8 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let contents = |rows: &[(&str, i64)]| -> BTreeMap<(String, i64), i64> {
-        rows.iter().map(|(c, n)| ((c.to_string(), *n), 1)).collect()
+    let contents = |rows: &[(&str, i64)]| -> BTreeMap<String, i64> {
+        once(&rows.iter().map(|(c, n)| json!({ "collection": c, "n": n })).collect::<Vec<_>>())
     };
 
     let server = start_with_env(&args, true, &env);
@@ -2573,15 +2582,18 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     server.push(id, "pushed", &[record("p", 1), record("q", 2)]);
     let (_, sets) = wait_sink(&contents(&[("p", 2), ("q", 3)]));
     let last = sets.last().expect("a set");
-    let mut changes: Vec<(String, i64, i64)> = last.iter().map(|(c, n, _, d)| (c.clone(), *n, *d)).collect();
+    let mut changes: Vec<(String, i64, i64)> = last
+        .iter()
+        .map(|(row, _, d)| (row["collection"].as_str().expect("text").to_owned(), row["n"].as_i64().expect("n"), *d))
+        .collect();
     changes.sort();
     let want = [("p", 1, -1), ("p", 2, 1), ("q", 2, -1), ("q", 3, 1)].map(|(c, n, d)| (c.to_owned(), n, d));
     assert_eq!(changes, want);
-    assert!(last.iter().all(|(_, _, t, _)| *t == last[0].2), "one timestamp: {last:?}");
+    assert!(last.iter().all(|(_, t, _)| *t == last[0].1), "one timestamp: {last:?}");
 
     // Killed with a stray file in data/ (a set whose manifest a crash lost): the restart deletes
     // it, and writes nothing, since the sets already describe the view.
-    let (manifest, _) = read_sink(&moto).expect("manifest");
+    let (manifest, _) = read_sink(&moto, "out").expect("manifest");
     moto.put("lake/out/data/00000000000000000001-00000000000000000002.parquet", b"PAR1 torn");
     let pid = server.child.id();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -2594,7 +2606,7 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(read_sink(&moto).expect("manifest").0, manifest, "nothing written again");
+    assert_eq!(read_sink(&moto, "out").expect("manifest").0, manifest, "nothing written again");
 
     // More sets than compact_after_files: folded into one set of the contents.
     let mut want = vec![("p", 2), ("q", 3)];
@@ -2684,4 +2696,177 @@ fn a_kafka_sink_writes_debezium_change_events() {
     server.push(id, "pushed", &[record("r", 0)]);
     let got = wait_messages(6);
     assert_eq!(got[5], (key("r"), Some(json!({ "before": null, "after": row("r", 1), "op": "c" }))));
+}
+
+/// A real single-node Apache Kafka broker (`../shared/services/kafka-broker.sh`: Kafka 4.1 in
+/// KRaft mode, its jars fetched once from Maven Central), stopped when dropped.
+struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl Broker {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/services/kafka-broker.sh")
+    }
+
+    fn start() -> Broker {
+        let broker =
+            Broker { dir: tempfile::tempdir().expect("tempdir"), port: free_port(), controller_port: free_port() };
+        broker.up();
+        broker
+    }
+
+    /// Starts it (again: the data in its directory is kept).
+    fn up(&self) {
+        let output = Command::new("bash")
+            .arg(Self::script())
+            .args(["start", &self.port.to_string()])
+            .arg(self.dir.path())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .output()
+            .expect("kafka-broker.sh runs");
+        assert!(
+            output.status.success(),
+            "kafka-broker.sh start: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops it (TERM, then KILL).
+    fn down(&self) {
+        let _ = Command::new("bash").arg(Self::script()).arg("stop").arg(self.dir.path()).output();
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", self.brokers()).create().expect("an admin client");
+        let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = futures::executor::block_on(admin.create_topics(&topics, &options)).expect("create topics");
+        for result in results {
+            result.expect("topic created");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// The pipeline end to end against a real Kafka broker and an S3 server, killed again and
+/// again: a Kafka topic → `knowledge_events` and a SQL view → an upsert Kafka sink and a
+/// Parquet sink. Messages keep being produced while the server is killed with `kill -9` at
+/// random moments 20 times (during source batches, log writes, sink writes and compactions) and
+/// restarted with the same command; the broker itself is stopped and started again midway. At
+/// the end the view, the sink topic folded by key and the Parquet sets folded by row all equal
+/// the recomputation of every message produced: nothing lost, nothing twice.
+#[test]
+fn a_kafka_pipeline_survives_kill_9_and_a_broker_restart() {
+    use rand::{Rng, SeedableRng};
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    let (topic, partitions) = ("events", 3);
+    broker.create_topic(topic, partitions);
+    broker.create_topic("by-collection", 2);
+    let moto = start_moto("lake");
+    let endpoint = moto.endpoint();
+    let env = s3_env(&endpoint);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = durable_args(&dir.path().join("data"));
+    let job = kafka_job(&brokers, topic)
+        + &format!(
+            r#"
+[[sinks]]
+name = "topic"
+view = "by_collection"
+key = ["collection"]
+[sinks.kafka]
+brokers = "{brokers}"
+topic = "by-collection"
+[sinks.kafka.properties]
+"reconnect.backoff.max.ms" = "200"
+
+[[sinks]]
+name = "lake"
+view = "by_collection"
+[sinks.object_store]
+url = "s3://lake/by_collection/"
+flush_interval_ms = 200
+compact_after_files = 8
+keep_replaced_ms = 0
+"#
+        );
+    let (message, want) = (pipeline_event, by_collection_of);
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+
+    let mut produced = 300;
+    produce(&brokers, topic, partitions, &(0..produced).map(message).collect::<Vec<_>>());
+    let server = start_with_env(&args, true, &env);
+    server.submit(&job);
+    let mut server = Some(server);
+    for round in 0..20 {
+        let batch: Vec<String> = (produced..produced + 200).map(message).collect();
+        let producer = {
+            let brokers = brokers.clone();
+            std::thread::spawn(move || {
+                for chunk in batch.chunks(25) {
+                    produce(&brokers, topic, partitions, chunk);
+                    std::thread::sleep(Duration::from_millis(15));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
+        let pid = server.take().expect("running").child.id();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        producer.join().expect("producer");
+        produced += 200;
+        if round == 10 {
+            // The broker goes away while the server starts again, and comes back.
+            broker.down();
+            let restarted = start_with_env(&args, true, &env);
+            std::thread::sleep(Duration::from_secs(2));
+            broker.up();
+            server = Some(restarted);
+        } else {
+            server = Some(start_with_env(&args, true, &env));
+        }
+    }
+    let server = server.expect("running");
+    let rows = want(produced);
+    assert_eq!(server.sql_until(sql, &rows), rows, "the view (seed {seed})");
+
+    let topic_want: BTreeMap<String, Value> =
+        rows.iter().map(|r| (json!({ "collection": r["collection"] }).to_string(), r.clone())).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut state = read_topic(&brokers, "by-collection").0;
+    while state != topic_want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        state = read_topic(&brokers, "by-collection").0;
+    }
+    assert_eq!(state, topic_want, "the sink topic folded by key (seed {seed})");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sets = None;
+    while Instant::now() < deadline {
+        sets = read_sink(&moto, "by_collection").map(|(_, sets)| fold_sets(&sets));
+        if sets.as_ref() == Some(&once(&rows)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(sets, Some(once(&rows)), "the Parquet sets folded (seed {seed})");
 }
