@@ -2568,6 +2568,7 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
         ),
         (job.replace("flush_interval_ms = 100", "flush_interval_ms = 5"), "flush_interval_ms"),
         (job.replace("s3://lake/out/", "file:///tmp/out"), "s3://BUCKET/PREFIX"),
+        (job.replace("count(*) AS n FROM", "count(*) AS aimatrix_diff FROM"), "rename it"),
     ] {
         let (status, body) = server.call("POST", "/v1/jobs", Some(&bad));
         assert_eq!(status, 400, "{body}");
@@ -2595,6 +2596,8 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     // it, and writes nothing, since the sets already describe the view.
     let (manifest, _) = read_sink(&moto, "out").expect("manifest");
     moto.put("lake/out/data/00000000000000000001-00000000000000000002.parquet", b"PAR1 torn");
+    // Younger than keep_replaced_ms, it could be another writer's set about to be named.
+    std::thread::sleep(Duration::from_millis(1100));
     let pid = server.child.id();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     drop(server);
@@ -2626,6 +2629,24 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
         assert!(Instant::now() < deadline, "replaced sets stay: {:?}", moto.keys("lake", "out/data"));
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A second sink on the prefix is refused by the manifest's writer, and touches nothing.
+    let second = push_job("second", "pushed2", "other", "SELECT 1 AS x")
+        + "\n[[sinks]]\nname = \"lake2\"\nview = \"by_collection\"\n[sinks.object_store]\nurl = \"s3://lake/out/\"\n";
+    let second_id = server.submit(&second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let errors = loop {
+        let (_, status) = server.call("GET", &format!("/v1/jobs/{second_id}"), None);
+        if status["errors"].as_array().is_some_and(|e| !e.is_empty()) || Instant::now() > deadline {
+            break status["errors"].to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(errors.contains(&format!("is written by job {id} sink `lake`")), "{errors}");
+    server.push(id, "pushed", &[record("v", 0)]);
+    want.push(("v", 1));
+    let (manifest, _) = wait_sink(&contents(&want));
+    assert_eq!(manifest["writer"], json!(format!("job {id} sink `lake`")));
 }
 
 /// With `envelope = "debezium"`, each change of a key is one Debezium event (`before`, `after`,

@@ -10,8 +10,12 @@
 //!    before the job starts, then installs a job reading the topic into `knowledge_events`
 //!    with a view `by_id`, and times until the view holds all N: the backlog's events/s (and
 //!    per worker).
-//! 2. Then K events one at a time, each produced once the last is visible: the time from its
-//!    produce call to a query seeing it (end-to-end latency, p50/p99), polled every 1 ms.
+//! 2. The job's Kafka sink writes `by_id` to a topic `out` in upsert form (key: the document
+//!    id): the time until the topic holds a message for each of the N rows (the sink's
+//!    events/s, counted from the job's start, and how long after the view it finished).
+//! 3. Then K events one at a time, each produced once the last is visible: the time from its
+//!    produce call to a query seeing it, polled every 1 ms, and to its message in `out`
+//!    (end-to-end latency through the view, and through the sink; p50/p99).
 //!
 //! `--fetch-wait-ms` sets the consumer's `fetch.wait.max.ms` (librdkafka's default: 500 ms;
 //! the mock broker answers a fetch only then when no data is waiting, where a real broker
@@ -49,6 +53,7 @@ fn bench() -> anyhow::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("events", partitions, 1)?;
+    cluster.create_topic("out", partitions, 1)?;
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")
@@ -96,6 +101,10 @@ fn bench() -> anyhow::Result<()> {
         "kind = \"push\"\nformat = \"json\"",
         &format!("kind = \"kafka\"\nformat = \"json\"\n[sources.kafka]\nbrokers = \"{brokers}\"\ntopic = \"events\""),
     );
+    let job = format!(
+        "{job}\n[[sinks]]\nname = \"out\"\nview = \"by_id\"\nkey = [\"document_id\"]\n[sinks.kafka]\nbrokers = \
+         \"{brokers}\"\ntopic = \"out\"\n"
+    );
     let job = if fetch_wait > 0 {
         job.replace(
             "topic = \"events\"",
@@ -132,8 +141,55 @@ fn bench() -> anyhow::Result<()> {
         rate / workers as f64,
         peak_rss_mib().unwrap_or(0.0)
     );
+    // The sink: one message per row of the view (the keys are distinct).
+    let written = || -> anyhow::Result<i64> {
+        use rdkafka::consumer::Consumer;
+        let mut n = 0;
+        for partition in 0..partitions {
+            let (low, high) = consumer.fetch_watermarks("out", partition, Duration::from_secs(10))?;
+            n += high - low;
+        }
+        Ok(n)
+    };
+    let (mut last, mut moved) = (0, Instant::now());
+    loop {
+        let n = written()?;
+        if n >= messages as i64 {
+            break;
+        }
+        if n != last {
+            (last, moved) = (n, Instant::now());
+        } else if moved.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the sink stopped at {n} of {messages} messages for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sink_seconds = started.elapsed().as_secs_f64();
+    println!(
+        "sink: {messages} messages in topic out {sink_seconds:.1} s after the start ({:.0} messages/s), {:.1} s after the view",
+        messages as f64 / sink_seconds,
+        sink_seconds - seconds
+    );
+    // Reads `out` from its end: each probe's message.
+    let out: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "bench-out")
+        .set("fetch.wait.max.ms", "1")
+        .create()?;
+    {
+        use rdkafka::consumer::Consumer;
+        let mut list = rdkafka::TopicPartitionList::new();
+        for partition in 0..partitions {
+            // The end now, resolved here (`Offset::End` is resolved at the first poll, after
+            // the first probe's message may already be there).
+            let (_, high) = consumer.fetch_watermarks("out", partition, Duration::from_secs(10))?;
+            list.add_partition_offset("out", partition, rdkafka::Offset::Offset(high))?;
+        }
+        out.assign(&list)?;
+    }
 
     let mut latencies = Vec::new();
+    let mut sink_latencies = Vec::new();
     for k in 0..probes {
         let i = messages + k;
         let sent = Instant::now();
@@ -156,13 +212,31 @@ fn bench() -> anyhow::Result<()> {
             }
         })?;
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+        let key = format!(r#"{{"document_id":"doc-{i}"}}"#);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            use rdkafka::message::Message;
+            anyhow::ensure!(Instant::now() < deadline, "probe {i} did not reach the sink in 30 s");
+            if let Some(message) = out.poll(Duration::from_millis(1)) {
+                if message?.key() == Some(key.as_bytes()) {
+                    break;
+                }
+            }
+        }
+        sink_latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
     }
+    sink_latencies.sort_by(f64::total_cmp);
     latencies.sort_by(f64::total_cmp);
     if !latencies.is_empty() {
         println!(
             "end to end (produce to visible in a query), {probes} events one at a time: p50 {:.1} ms, p99 {:.1} ms",
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99)
+        );
+        println!(
+            "end to end (produce to its message in the sink topic): p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&sink_latencies, 0.5),
+            percentile(&sink_latencies, 0.99)
         );
     }
     controller.shutdown();

@@ -1310,6 +1310,16 @@ impl Controller {
                     columns.join(", ")
                 )));
             }
+            if sink.object_store.is_some()
+                && let Some(clash) =
+                    crate::sinks::object::META_COLUMNS.iter().find(|name| schema.index_of(name).is_ok())
+            {
+                return Err(ClusterError::InvalidJob(format!(
+                    "sink `{}`: view `{}` has a column `{clash}`, which the Parquet sets add to every row: rename it \
+                     in the view",
+                    sink.name, sink.view
+                )));
+            }
         }
         let (name, sources) = (job.config.name.clone(), job.config.sources.clone());
         let inputs = Inputs { sources, retractable: job.config.retractable, access: job.access.clone() };
@@ -1474,7 +1484,15 @@ impl Controller {
         if let Some((log, at)) = stored {
             log.sync(at).await?;
         }
-        self.wait_visible(upper).await;
+        // A replay closes no timestamps of its own until it ends (and then waits for what it
+        // applied): waiting here would wait for a time that is not closed yet, 10 s per
+        // cancellation.
+        // Reads after it still read from its time on.
+        if lock(&self.inner.seq).replaying {
+            self.inner.last_write.fetch_max(upper.saturating_sub(1), Ordering::SeqCst);
+        } else {
+            self.wait_visible(upper).await;
+        }
         Ok(())
     }
 

@@ -189,7 +189,7 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
                 Err(problem) => Some(problem),
             }
         } else if let Some(config) = &sink.object_store {
-            match object::Sink::open(runtime, sink, config) {
+            match object::Sink::open(runtime, job, sink, config) {
                 Ok(mut open) => {
                     recovered(&mut last_problem);
                     open.follow(runtime, controller, sink, stop).err()

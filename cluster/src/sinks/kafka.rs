@@ -64,16 +64,16 @@ pub(super) struct Sink {
 
 impl Sink {
     /// The row a message's value says its key has (`None`: none), by the sink's envelope.
-    fn row_of(&self, value: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn row_of(&self, value: &[u8], at: &str) -> Result<Option<Vec<u8>>, String> {
         match self.envelope {
             Envelope::Upsert => Ok(Some(value.to_vec())),
             Envelope::Debezium => {
-                let event: serde_json::Value = serde_json::from_slice(value)
-                    .map_err(|e| format!("topic `{}` holds a value that is not a Debezium event: {e}", self.topic))?;
+                let event: serde_json::Value =
+                    serde_json::from_slice(value).map_err(|e| format!("{at} is not a Debezium event: {e}"))?;
                 match event.get("after") {
                     Some(serde_json::Value::Null) => Ok(None),
                     Some(after) => Ok(Some(after.to_string().into_bytes())),
-                    None => Err(format!("topic `{}` holds a Debezium event without `after`", self.topic)),
+                    None => Err(format!("{at} is a Debezium event without `after`")),
                 }
             }
         }
@@ -166,7 +166,8 @@ impl Sink {
             let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
             let message = message.map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
             if let Some(key) = message.key() {
-                match message.payload().map(|value| self.row_of(value)).transpose()? {
+                let at = format!("kafka:{topic}/{}@{}", message.partition(), message.offset());
+                match message.payload().map(|value| self.row_of(value, &at)).transpose()? {
                     Some(Some(row)) => self.written.insert(key.to_vec(), row),
                     Some(None) | None => self.written.remove(key),
                 };

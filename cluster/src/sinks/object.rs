@@ -51,6 +51,9 @@ use crate::controller::{Controller, SubscribeEvent};
 /// The manifest's format version; a manifest of another is refused.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 
+/// The columns a set adds after the view's: a view with a column of either name is refused.
+pub const META_COLUMNS: [&str; 2] = ["aimatrix_timestamp", "aimatrix_diff"];
+
 /// An object-store sink's destination: the `[sinks.object_store]` table of a job file.
 ///
 /// ```toml
@@ -128,6 +131,10 @@ impl ObjectStoreSinkConfig {
 pub struct Manifest {
     /// [`MANIFEST_FORMAT_VERSION`].
     pub format_version: u32,
+    /// The sink that writes the prefix (`job N sink `NAME``); another sink finding it refuses
+    /// to write there.
+    #[serde(default)]
+    pub writer: String,
     /// The view the sets are of.
     pub view: String,
     /// The view's columns (`name`, Arrow type as text), in order; each file has these, then
@@ -177,6 +184,8 @@ pub struct ManifestFile {
 
 /// A running object-store sink: the store, the manifest and the contents its sets describe.
 pub(super) struct Sink {
+    /// This sink, as [`Manifest::writer`] names it.
+    writer: String,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
@@ -195,12 +204,14 @@ impl Sink {
     /// parse; a set it names that is missing or is not the Parquet file described.
     pub(super) fn open(
         runtime: &tokio::runtime::Runtime,
+        job: crate::protocol::JobId,
         sink: &SinkConfig,
         config: &ObjectStoreSinkConfig,
     ) -> Result<Sink, String> {
         let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
         let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
         let mut open = Sink {
+            writer: format!("job {job} sink `{}`", sink.name),
             store: Arc::new(store),
             prefix,
             url: config.url.trim_end_matches('/').to_owned(),
@@ -232,12 +243,19 @@ impl Sink {
                         manifest.format_version
                     ));
                 }
+                if !manifest.writer.is_empty() && manifest.writer != self.writer {
+                    return Err(format!(
+                        "{at} is written by {}, not this {}: give each sink a prefix of its own",
+                        manifest.writer, self.writer
+                    ));
+                }
                 if manifest.view != view {
                     return Err(format!(
                         "{at} holds view `{}`, not `{view}`: give each sink a prefix of its own",
                         manifest.view
                     ));
                 }
+                check_manifest(&manifest).map_err(|e| format!("{at}: {e}"))?;
                 Some((manifest, version))
             }
             Err(object_store::Error::NotFound { .. }) => None,
@@ -253,17 +271,23 @@ impl Sink {
                 add(&mut self.written, row, diff);
             }
         }
-        // Files no manifest names: a set written before a crash (no reader has seen it). Sets a
-        // compaction replaced wait for their time.
+        // Sets no manifest names, older than keep_replaced_ms: written before a crash (no reader
+        // has seen them). Younger ones may be another writer's, about to be named; sets a
+        // compaction replaced wait for their time; other files are not the sink's.
         let replaced = self.manifest.as_ref().map(|(m, _)| m.replaced.clone()).unwrap_or_default();
         let named: BTreeSet<&str> =
             files.iter().map(|f| f.key.as_str()).chain(replaced.iter().map(|r| r.key.as_str())).collect();
         let listed = self.store.list_with_delimiter(Some(&self.path("data"))).await;
         let listed = listed.map_err(|e| format!("listing {}/data/: {e}", self.url))?;
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let keep = i64::try_from(self.config.keep_replaced_ms).unwrap_or(i64::MAX);
         for meta in listed.objects {
             let Some(name) = meta.location.filename() else { continue };
             let key = format!("data/{name}");
+            let old = now.saturating_sub(meta.last_modified.timestamp_millis()) >= keep;
             if !named.contains(key.as_str())
+                && old
+                && is_set_name(name)
                 && let Err(e) = self.store.delete(&meta.location).await
             {
                 tracing::warn!(file = %meta.location, error = %e, "deleting a file no manifest names failed");
@@ -321,7 +345,7 @@ impl Sink {
                             add(&mut differences, row.clone(), -diff);
                         }
                         complete.extend(differences.into_iter().map(|(row, diff)| (row, timestamp, diff)));
-                        frontier = timestamp + 1;
+                        frontier = timestamp.saturating_add(1);
                         reconciled = true;
                         self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
                         last_write = Instant::now();
@@ -363,12 +387,26 @@ impl Sink {
         set.sort_unstable_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         set = consolidate(set);
         if set.is_empty() {
+            // An empty view: a manifest without sets still tells readers the sink is there.
+            if self.manifest.is_none() {
+                let manifest = Manifest {
+                    format_version: MANIFEST_FORMAT_VERSION,
+                    writer: self.writer.clone(),
+                    view: view.to_owned(),
+                    columns: columns_of(schema),
+                    upper: frontier,
+                    files: Vec::new(),
+                    replaced: Vec::new(),
+                };
+                runtime.block_on(self.put_manifest(manifest))?;
+            }
             return Ok(());
         }
-        let upper = frontier.max(set.iter().map(|(_, t, _)| t + 1).max().unwrap_or(0));
+        let upper = frontier.max(set.iter().map(|(_, t, _)| t.saturating_add(1)).max().unwrap_or(0));
         let file = runtime.block_on(self.put_set(schema, &set, lower, upper))?;
         let mut manifest = self.manifest.as_ref().map(|(m, _)| m.clone()).unwrap_or_else(|| Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
+            writer: self.writer.clone(),
             view: view.to_owned(),
             columns: columns_of(schema),
             upper: 0,
@@ -394,7 +432,7 @@ impl Sink {
         let mut manifest = manifest.clone();
         let (lower, upper) = (manifest.files.first().map_or(0, |f| f.lower), manifest.upper);
         let mut rows: Vec<(Row, Time, Diff)> =
-            self.written.iter().map(|(row, diff)| (row.clone(), upper - 1, *diff)).collect();
+            self.written.iter().map(|(row, diff)| (row.clone(), upper.saturating_sub(1), *diff)).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let file = self.put_set(schema, &rows, lower, upper).await?;
         let replaced = std::mem::replace(&mut manifest.files, vec![file]);
@@ -467,6 +505,32 @@ impl Sink {
             Err(e) => Err(format!("writing {at}: {e}")),
         }
     }
+}
+
+/// Whether `name` is a set's file name: `{20 digits}-{20 digits}.parquet`.
+fn is_set_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".parquet") else { return false };
+    let bytes = stem.as_bytes();
+    bytes.len() == 41 && bytes[20] == b'-' && bytes.iter().enumerate().all(|(i, b)| i == 20 || b.is_ascii_digit())
+}
+
+/// A manifest's sets must follow each other in time, up to its `upper`, within what a set's
+/// BIGINT timestamps hold.
+fn check_manifest(manifest: &Manifest) -> Result<(), String> {
+    if manifest.upper > i64::MAX as u64 {
+        return Err(format!("upper {} is past the largest timestamp a set holds", manifest.upper));
+    }
+    let mut at = manifest.files.first().map_or(manifest.upper, |f| f.lower);
+    for file in &manifest.files {
+        if file.lower != at || file.upper < file.lower {
+            return Err(format!("set {} ({}..{}) does not follow the one before it", file.key, file.lower, file.upper));
+        }
+        at = file.upper;
+    }
+    if at != manifest.upper {
+        return Err(format!("the sets end at {at}, not at its upper {}", manifest.upper));
+    }
+    Ok(())
 }
 
 /// The columns as the manifest names them.
@@ -586,6 +650,35 @@ mod tests {
         add(&mut counts, row("b"), 1);
         add(&mut counts, row("a"), -2);
         assert_eq!(counts, HashMap::from([(row("b"), 1)]));
+    }
+
+    #[test]
+    fn manifests_are_checked_and_set_names_recognised() {
+        let file = |lower: Time, upper: Time| ManifestFile {
+            key: format!("data/{lower:020}-{upper:020}.parquet"),
+            lower,
+            upper,
+            rows: 1,
+            bytes: 1,
+        };
+        let manifest = |upper: Time, files: Vec<ManifestFile>| Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            writer: String::new(),
+            view: "v".into(),
+            columns: Vec::new(),
+            upper,
+            files,
+            replaced: Vec::new(),
+        };
+        assert!(check_manifest(&manifest(30, vec![file(10, 20), file(20, 30)])).is_ok());
+        assert!(check_manifest(&manifest(7, vec![])).is_ok());
+        assert!(check_manifest(&manifest(30, vec![file(10, 20), file(21, 30)])).is_err());
+        assert!(check_manifest(&manifest(31, vec![file(10, 30)])).is_err());
+        assert!(check_manifest(&manifest(u64::MAX, vec![])).unwrap_err().contains("past the largest"));
+        assert!(is_set_name(&file(1, 2).key["data/".len()..]));
+        for name in ["manifest.json", "1-2.parquet", "00000000000000000001-0000000000000000000x.parquet"] {
+            assert!(!is_set_name(name), "{name}");
+        }
     }
 
     #[test]
