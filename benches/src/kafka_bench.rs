@@ -217,10 +217,10 @@ fn bench() -> anyhow::Result<()> {
         loop {
             use rdkafka::message::Message;
             anyhow::ensure!(Instant::now() < deadline, "probe {i} did not reach the sink in 30 s");
-            if let Some(message) = out.poll(Duration::from_millis(1)) {
-                if message?.key() == Some(key.as_bytes()) {
-                    break;
-                }
+            if let Some(message) = out.poll(Duration::from_millis(1))
+                && message?.key() == Some(key.as_bytes())
+            {
+                break;
             }
         }
         sink_latencies.push(sent.elapsed().as_secs_f64() * 1000.0);

@@ -1235,8 +1235,8 @@ impl Controller {
     /// [`ClusterError::InvalidJob`] for a view that fails to plan (the message names the view
     /// and where).
     pub fn install_job(&self, job: &Job) -> Result<JobId, ClusterError> {
-        if job.config.sources.is_empty() && job.config.views.is_empty() {
-            return Err(ClusterError::InvalidJob("the job has no sources and no views: nothing to run".into()));
+        if job.config.sources.is_empty() && job.config.views.is_empty() && job.config.sinks.is_empty() {
+            return Err(ClusterError::InvalidJob("the job has no sources, views or sinks: nothing to run".into()));
         }
         for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
             // A file source that does not follow is read to its end once: a glob that matches
