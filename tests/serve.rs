@@ -2648,6 +2648,14 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     want.push(("v", 1));
     let (manifest, _) = wait_sink(&contents(&want));
     assert_eq!(manifest["writer"], json!(format!("job {id} sink `lake`")));
+    // The view a sink of another job writes is not dropped under it.
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains(&format!("sink `lake2` of job {second_id}")), "{body}");
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{second_id}"), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(status, 200, "{body}");
 }
 
 /// With `envelope = "debezium"`, each change of a key is one Debezium event (`before`, `after`,

@@ -1527,6 +1527,18 @@ impl Controller {
                 entry.owner.map(|o| o.to_string()).unwrap_or_default()
             )));
         }
+        // A sink of another job that writes one of its views (not checked in a replay: the log
+        // of an earlier version may hold such a cancellation).
+        let writer = seq.jobs.values().filter(|j| j.id != id && j.state != JobState::Cancelled).find_map(|j| {
+            j.sinks.iter().find(|s| mine.contains(&s.view)).map(|s| (j.id, s.name.clone(), s.view.clone()))
+        });
+        if let Some((other, sink, view)) = writer
+            && !seq.replaying
+        {
+            return Err(ClusterError::Conflict(format!(
+                "sink `{sink}` of job {other} writes view `{view}` of job {id}; cancel job {other} first"
+            )));
+        }
         let stored = seq.log(|| LogRecord::CancelJob { id: id.0, retract })?;
         let (wait, applied) = self.wait_for_workers();
         seq.send(&Command::DropJob { id, retract, wait })?;
