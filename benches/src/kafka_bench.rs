@@ -11,8 +11,9 @@
 //!    with a view `by_id`, and times until the view holds all N: the backlog's events/s (and
 //!    per worker).
 //! 2. The job's Kafka sink writes `by_id` to a topic `out` in upsert form (key: the document
-//!    id): the time until the topic holds a message for each of the N rows (the sink's
-//!    events/s, counted from the job's start, and how long after the view it finished).
+//!    id): the time until the topic's offsets reach N (the sink's messages/s, counted from the
+//!    job's start, and how long after the view it finished; the sink writes in transactions,
+//!    whose commit markers take an offset each per partition: a fraction of a percent here).
 //! 3. Then K events one at a time, each produced once the last is visible: the time from its
 //!    produce call to a query seeing it, polled every 1 ms, and to its message in `out`
 //!    (end-to-end latency through the view, and through the sink; p50/p99).

@@ -181,7 +181,7 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
             }
         };
         let problem = if let Some(config) = &sink.kafka {
-            match kafka::Sink::open(sink, config) {
+            match kafka::Sink::open(job, sink, config) {
                 Ok(mut open) => {
                     recovered(&mut last_problem);
                     open.follow(runtime, controller, sink, stop).err()

@@ -8,11 +8,11 @@
 //! JSON object of the row, and a key that left the view gets a tombstone (a message without a
 //! value), as Kafka's compacted topics and Materialize's and Feldera's upsert sinks do.
 //!
-//! So a restart with a data directory — also after `kill -9` — neither loses nor repeats a
-//! change: what reached the topic is read back, and only what is missing is written. (Without
-//! one the views restart empty, and the sink deletes every key, as the view says.)
-//! (Messages a killed server had sent but the broker had not yet appended when the restarted
-//! one read the topic back would be written twice; the restart takes seconds, so none is.)
+//! Each write is one Kafka transaction. A restarted sink first initialises its transactions
+//! (the same `transactional.id`), which fences the killed one's producer and aborts what it had
+//! sent and not committed, then reads the topic back `read_committed`: so a restart with a data
+//! directory — also after `kill -9` — neither loses nor repeats a change. (Without one the views
+//! restart empty, and the sink deletes every key, as the view says.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -79,6 +79,31 @@ impl Sink {
         }
     }
 
+    /// Sends `wanted` (keys and their rows, `None`: gone) in the open transaction and commits it.
+    fn send_all(&self, wanted: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), String> {
+        for (key, value) in wanted {
+            match self.envelope {
+                Envelope::Upsert => self.send(key, value.as_deref())?,
+                Envelope::Debezium => {
+                    let before = self.written.get(key).map(Vec::as_slice);
+                    self.send(key, Some(&debezium_event(before, value.as_deref())))?;
+                    if value.is_none() {
+                        self.send(key, None)?;
+                    }
+                }
+            }
+        }
+        self.producer
+            .commit_transaction(Duration::from_secs(60))
+            .map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
+        // A message the broker refused: what the topic holds is not known any more; the caller
+        // reads it back and writes again.
+        if let Some(e) = self.producer.context().failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(format!("writing to `{}`: {e}", self.topic));
+        }
+        Ok(())
+    }
+
     /// Queues one message (`None`: a tombstone), waiting while the producer's queue is full.
     fn send(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
         let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(key);
@@ -101,7 +126,11 @@ impl Sink {
     }
 
     /// Connects, and reads the topic back.
-    pub(super) fn open(config: &SinkConfig, kafka: &KafkaSinkConfig) -> Result<Sink, String> {
+    pub(super) fn open(
+        job: crate::protocol::JobId,
+        config: &SinkConfig,
+        kafka: &KafkaSinkConfig,
+    ) -> Result<Sink, String> {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &kafka.brokers);
         for (key, value) in &kafka.properties {
@@ -112,11 +141,18 @@ impl Sink {
             .set("group.id", format!("aimatrix-sink-{}", config.name))
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed");
-        let producer: BaseProducer<Deliveries> = client
-            .clone()
+        // Transactional: a restarted sink's `init_transactions` (same id) fences the one before
+        // it and aborts what that one had sent and not committed, so the read-back that follows
+        // (read_committed) sees exactly the committed writes.
+        let mut producer_config = client.clone();
+        if !kafka.properties.contains_key("transactional.id") {
+            producer_config.set("transactional.id", format!("aimatrix-sink-{job}-{}", config.name));
+        }
+        let producer: BaseProducer<Deliveries> = producer_config
             .set("enable.idempotence", "true")
             .create_with_context(Deliveries::default())
             .map_err(|e| format!("producer: {e}"))?;
+        producer.init_transactions(REQUEST_TIMEOUT * 3).map_err(|e| format!("producer: {e}"))?;
         let mut sink = Sink {
             producer,
             consumer_config,
@@ -163,18 +199,25 @@ impl Sink {
             if Instant::now() > deadline {
                 return Err(format!("reading topic `{topic}` back took more than 300 s"));
             }
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-            let message = message.map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
-            if let Some(key) = message.key() {
-                let at = format!("kafka:{topic}/{}@{}", message.partition(), message.offset());
-                match message.payload().map(|value| self.row_of(value, &at)).transpose()? {
-                    Some(Some(row)) => self.written.insert(key.to_vec(), row),
-                    Some(None) | None => self.written.remove(key),
-                };
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
+                if let Some(key) = message.key() {
+                    let at = format!("kafka:{topic}/{}@{}", message.partition(), message.offset());
+                    match message.payload().map(|value| self.row_of(value, &at)).transpose()? {
+                        Some(Some(row)) => self.written.insert(key.to_vec(), row),
+                        Some(None) | None => self.written.remove(key),
+                    };
+                }
             }
-            let p = message.partition();
-            if ends.get(&p).is_some_and(|end| message.offset() + 1 >= *end) {
-                ends.remove(&p);
+            // A partition is read once the position reaches its end: the last offsets may be
+            // transaction markers (the sink writes in transactions), which are not delivered.
+            let positions = consumer.position().map_err(|e| format!("reading topic `{topic}` back: {e}"))?;
+            for element in positions.elements() {
+                if let Offset::Offset(at) = element.offset()
+                    && ends.get(&element.partition()).is_some_and(|end| at >= *end)
+                {
+                    ends.remove(&element.partition());
+                }
             }
         }
         Ok(())
@@ -285,29 +328,16 @@ impl Sink {
             let gone: Vec<Vec<u8>> = self.written.keys().filter(|k| !have.contains(k)).cloned().collect();
             wanted.extend(gone.into_iter().map(|k| (k, None)));
         }
-        let mut sent = 0;
-        for (key, value) in &wanted {
-            if self.written.get(key) == value.as_ref() || (value.is_none() && !self.written.contains_key(key)) {
-                continue;
-            }
-            match self.envelope {
-                Envelope::Upsert => self.send(key, value.as_deref())?,
-                Envelope::Debezium => {
-                    let before = self.written.get(key).map(Vec::as_slice);
-                    self.send(key, Some(&debezium_event(before, value.as_deref())))?;
-                    if value.is_none() {
-                        self.send(key, None)?;
-                    }
-                }
-            }
-            sent += 1;
-        }
+        wanted.retain(|(key, value)| {
+            self.written.get(key) != value.as_ref() && (value.is_some() || self.written.contains_key(key))
+        });
+        let sent = wanted.len();
         if sent > 0 {
-            self.producer.flush(Duration::from_secs(60)).map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
-            // A message the broker refused: what the topic holds is not known any more; the
-            // caller reads it back and writes again.
-            if let Some(e) = self.producer.context().failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                return Err(format!("writing to `{}`: {e}", self.topic));
+            // One transaction: committed whole, or (failed, or the server killed) aborted.
+            self.producer.begin_transaction().map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
+            if let Err(e) = self.send_all(&wanted) {
+                let _ = self.producer.abort_transaction(REQUEST_TIMEOUT);
+                return Err(e);
             }
             for (key, value) in wanted {
                 match value {
