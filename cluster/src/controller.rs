@@ -768,7 +768,7 @@ impl Sequencer {
 }
 
 /// The wall clock: ms since the Unix epoch.
-fn now_ms() -> Time {
+pub(crate) fn now_ms() -> Time {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Time)
 }
 

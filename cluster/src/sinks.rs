@@ -15,11 +15,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use amx_sql::arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::object::ObjectStoreSinkConfig;
-use crate::controller::{ClusterError, Controller, Inner};
+use crate::controller::{ClusterError, Controller, Inner, SubscribeEvent, Subscription};
 use crate::protocol::JobId;
 
 /// A sink: where a view's contents go (`[[sinks]]` in a job file).
@@ -180,25 +182,26 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
                 c.report_problem(job, &what, None);
             }
         };
-        let problem = if let Some(config) = &sink.kafka {
-            match kafka::Sink::open(job, sink, config) {
-                Ok(mut open) => {
-                    recovered(&mut last_problem);
-                    open.follow(runtime, controller, sink, stop).err()
-                }
-                Err(problem) => Some(problem),
-            }
-        } else if let Some(config) = &sink.object_store {
-            match object::Sink::open(runtime, job, sink, config) {
-                Ok(mut open) => {
-                    recovered(&mut last_problem);
-                    open.follow(runtime, controller, sink, stop).err()
-                }
-                Err(problem) => Some(problem),
-            }
-        } else {
-            return;
+        // The destination is opened (and read back) first, then the view subscribed to, so its
+        // changes do not queue up while a large topic or lake is read back.
+        let subscribe = || -> Result<ViewFeed, String> {
+            let c = controller().ok_or("the server is stopping")?;
+            ViewFeed::subscribe(&c, &sink.view)
         };
+        let outcome = match (&sink.kafka, &sink.object_store) {
+            (Some(config), _) => kafka::Sink::open(job, sink, config).and_then(|mut open| {
+                let feed = subscribe()?;
+                recovered(&mut last_problem);
+                open.follow(runtime, feed, sink, stop)
+            }),
+            (None, Some(config)) => object::Sink::open(runtime, job, sink, config).and_then(|mut open| {
+                let feed = subscribe()?;
+                recovered(&mut last_problem);
+                open.follow(runtime, feed, sink, stop)
+            }),
+            (None, None) => return,
+        };
+        let problem = outcome.err();
         if let Some(problem) = problem
             && last_problem.as_ref() != Some(&problem)
         {
@@ -208,6 +211,71 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
             last_problem = Some(problem);
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// How long a sink waits for its view's next event before it looks at its clock and its stop.
+const FEED_WAIT: Duration = Duration::from_millis(200);
+
+/// What a sink takes from its view, one step at a time ([`ViewFeed::next`]).
+enum Step {
+    /// Nothing came within [`FEED_WAIT`].
+    Idle,
+    /// The view's whole contents as of `timestamp` (ms): rows with their counts (> 0).
+    Snapshot { timestamp: Time, rows: Vec<(Row, Diff)> },
+    /// Every change before `upper` (ms) not given yet, in time order; none at `upper` or later
+    /// will come.
+    Complete { changes: Vec<(Row, Time, Diff)>, upper: Time },
+}
+
+/// A sink's subscription to its view: the snapshot gathered from its parts, and the changes
+/// held back until the view's frontier passes them, so a sink writes whole timestamps only.
+struct ViewFeed {
+    subscription: Subscription,
+    snapshot: Vec<(Row, Diff)>,
+    pending: Vec<(Row, Time, Diff)>,
+}
+
+impl ViewFeed {
+    /// Subscribes to `view`.
+    ///
+    /// # Errors
+    /// An unknown view, or a controller that stopped.
+    fn subscribe(controller: &Controller, view: &str) -> Result<ViewFeed, String> {
+        let subscription = controller.subscribe(view).map_err(|e| e.to_string())?;
+        Ok(ViewFeed { subscription, snapshot: Vec::new(), pending: Vec::new() })
+    }
+
+    /// The view's columns.
+    fn schema(&self) -> SchemaRef {
+        self.subscription.schema.clone()
+    }
+
+    /// The next step, waiting at most [`FEED_WAIT`]; `None` once the subscription has ended
+    /// (the view was dropped, or the sink fell behind: the caller subscribes anew).
+    fn next(&mut self, runtime: &tokio::runtime::Runtime) -> Option<Step> {
+        let event = runtime.block_on(async { tokio::time::timeout(FEED_WAIT, self.subscription.recv()).await });
+        match event {
+            Err(_) => Some(Step::Idle),
+            Ok(None) => None,
+            Ok(Some(SubscribeEvent::Snapshot { timestamp, rows, last })) => {
+                self.snapshot.extend(rows);
+                Some(if last {
+                    Step::Snapshot { timestamp, rows: std::mem::take(&mut self.snapshot) }
+                } else {
+                    Step::Idle
+                })
+            }
+            Ok(Some(SubscribeEvent::Changes(changes))) => {
+                self.pending.extend(changes);
+                Some(Step::Idle)
+            }
+            Ok(Some(SubscribeEvent::Progress { upper })) => {
+                let (changes, later) = self.pending.drain(..).partition(|(_, t, _)| *t < upper);
+                self.pending = later;
+                Some(Step::Complete { changes, upper })
+            }
+        }
     }
 }
 

@@ -130,6 +130,26 @@ pub enum LogRecord {
     },
 }
 
+/// Checks that `url` is `s3://BUCKET/…` (or `s3a://`) without a query or credentials, as a
+/// job's object-store source or sink takes it; `scheme` says what is wanted when the scheme is
+/// another.
+///
+/// # Errors
+/// Which of those it is not, naming the URL.
+pub(crate) fn check_s3_url(url: &str, scheme: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "s3" | "s3a") {
+        return Err(format!("`{url}`: {scheme}"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}`: no bucket"));
+    }
+    if parsed.query().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!("`{url}`: no query or credentials in the URL (the AWS_* variables set them)"));
+    }
+    Ok(())
+}
+
 /// The S3-compatible store, the prefix and the location (`s3://bucket/prefix`) of an `s3://`
 /// (or `s3a://`) URL. The client is configured by the `AWS_*` environment variables
 /// (`AmazonS3Builder::from_env`), with `retries` retries within 5 s inside each request, a 2 s

@@ -20,15 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use amx_dataflows::row::Row;
-use amx_dataflows::{Diff, Time};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{Envelope, KafkaSinkConfig, SinkConfig, rows_json};
-use crate::controller::{Controller, SubscribeEvent};
+use super::{Envelope, KafkaSinkConfig, SinkConfig, Step, ViewFeed, rows_json};
 
 /// How long a metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -223,19 +221,16 @@ impl Sink {
         Ok(())
     }
 
-    /// Subscribes to the view and keeps the topic equal to it until the subscription ends
-    /// (`Ok`) or writing fails.
+    /// Keeps the topic equal to the view that `feed` reads until the subscription ends (`Ok`)
+    /// or writing fails.
     pub(super) fn follow(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        controller: impl Fn() -> Option<Controller>,
+        mut feed: ViewFeed,
         config: &SinkConfig,
         stop: &AtomicBool,
     ) -> Result<(), String> {
-        let Some(c) = controller() else { return Ok(()) };
-        let mut subscription = c.subscribe(&config.view).map_err(|e| e.to_string())?;
-        drop(c);
-        let schema = subscription.schema.clone();
+        let schema = feed.schema();
         let key_columns: Vec<usize> = if config.key.is_empty() {
             (0..schema.fields().len()).collect()
         } else {
@@ -247,53 +242,38 @@ impl Sink {
             columns
         };
         let key_of = |row: &Row| -> Row { key_columns.iter().map(|&c| row[c].clone()).collect() };
-        // The view's rows by key; the keys changed since the last write.
+        // The view's rows by key.
         let mut current: HashMap<Row, Row> = HashMap::new();
-        let mut dirty: BTreeSet<Row> = BTreeSet::new();
         let mut reconciled = false;
-        let mut pending: Vec<(Row, Time, Diff)> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let event =
-                runtime.block_on(async { tokio::time::timeout(Duration::from_millis(500), subscription.recv()).await });
-            let event = match event {
-                Err(_) => continue,
-                // The view was dropped, or this sink fell behind: subscribed anew by the caller.
-                Ok(None) => return Ok(()),
-                Ok(Some(event)) => event,
-            };
-            match event {
-                SubscribeEvent::Snapshot { rows, last, .. } => {
-                    for (row, _) in rows {
-                        current.insert(key_of(&row), row);
-                    }
-                    if last {
-                        // The first write: every key whose value the topic does not have, and
-                        // a tombstone for every key it has that the view does not.
-                        let keys: BTreeSet<Row> = current.keys().cloned().collect();
-                        self.write(&schema, &key_columns, &current, &keys, true)?;
-                        reconciled = true;
-                    }
+            match feed.next(runtime) {
+                None => return Ok(()),
+                Some(Step::Idle) => {}
+                Some(Step::Snapshot { rows, .. }) => {
+                    current.extend(rows.into_iter().map(|(row, _)| (key_of(&row), row)));
+                    // The first write: every key whose value the topic does not have, and a
+                    // tombstone for every key it has that the view does not.
+                    let keys: BTreeSet<Row> = current.keys().cloned().collect();
+                    self.write(&schema, &key_columns, &current, &keys, true)?;
+                    reconciled = true;
                 }
-                SubscribeEvent::Changes(changes) => pending.extend(changes),
-                SubscribeEvent::Progress { upper } => {
-                    // Every change before `upper` is here: retractions first, then insertions.
-                    let (done, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, t, _)| *t < upper);
-                    pending = later;
-                    for (row, _, diff) in done.iter().filter(|(_, _, d)| *d < 0) {
+                Some(Step::Complete { changes, .. }) => {
+                    // Retractions first, then insertions.
+                    let mut dirty: BTreeSet<Row> = BTreeSet::new();
+                    for (row, _, _) in changes.iter().filter(|(_, _, d)| *d < 0) {
                         let key = key_of(row);
-                        if current.get(&key) == Some(row) && *diff < 0 {
+                        if current.get(&key) == Some(row) {
                             current.remove(&key);
                         }
                         dirty.insert(key);
                     }
-                    for (row, _, _) in done.into_iter().filter(|(_, _, d)| *d > 0) {
+                    for (row, _, _) in changes.into_iter().filter(|(_, _, d)| *d > 0) {
                         let key = key_of(&row);
                         current.insert(key.clone(), row);
                         dirty.insert(key);
                     }
                     if reconciled && !dirty.is_empty() {
-                        let keys = std::mem::take(&mut dirty);
-                        self.write(&schema, &key_columns, &current, &keys, false)?;
+                        self.write(&schema, &key_columns, &current, &dirty, false)?;
                     }
                 }
             }

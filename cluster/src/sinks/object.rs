@@ -45,8 +45,8 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use super::SinkConfig;
-use crate::controller::{Controller, SubscribeEvent};
+use super::{SinkConfig, Step, ViewFeed};
+use crate::controller::now_ms;
 
 /// The manifest's format version; a manifest of another is refused.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
@@ -103,16 +103,7 @@ impl ObjectStoreSinkConfig {
     /// A URL that is not `s3://BUCKET/…`, or has a query or credentials; a setting out of its
     /// range.
     pub fn check(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}` is not a URL ({e})", self.url))?;
-        if !matches!(url.scheme(), "s3" | "s3a") {
-            return Err(format!("`{}`: an object-store sink writes to s3://BUCKET/PREFIX", self.url));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("`{}`: no bucket", self.url));
-        }
-        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("`{}`: no query or credentials in the URL (the AWS_* variables set them)", self.url));
-        }
+        crate::storage::check_s3_url(&self.url, "an object-store sink writes to s3://BUCKET/PREFIX")?;
         if !(100..=3_600_000).contains(&self.flush_interval_ms) {
             return Err(format!("flush_interval_ms is {}: it must be 100 to 3600000", self.flush_interval_ms));
         }
@@ -158,13 +149,6 @@ pub struct ReplacedFile {
     pub key: String,
     /// When it was replaced (ms since the Unix epoch).
     pub replaced_at: u64,
-}
-
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One set: a Parquet file of the changes at `lower <= t < upper`.
@@ -296,19 +280,16 @@ impl Sink {
         Ok(())
     }
 
-    /// Subscribes to the view and writes its changes until the subscription ends (`Ok`) or a
-    /// write fails.
+    /// Writes the changes of the view that `feed` reads until the subscription ends (`Ok`) or
+    /// a write fails.
     pub(super) fn follow(
         &mut self,
         runtime: &tokio::runtime::Runtime,
-        controller: impl Fn() -> Option<Controller>,
+        mut feed: ViewFeed,
         config: &SinkConfig,
         stop: &AtomicBool,
     ) -> Result<(), String> {
-        let Some(c) = controller() else { return Ok(()) };
-        let mut subscription = c.subscribe(&config.view).map_err(|e| e.to_string())?;
-        drop(c);
-        let schema = subscription.schema.clone();
+        let schema = feed.schema();
         let columns = columns_of(&schema);
         if let Some((manifest, _)) = &self.manifest
             && manifest.columns != columns
@@ -319,43 +300,33 @@ impl Sink {
             ));
         }
         let interval = Duration::from_millis(self.config.flush_interval_ms);
-        let mut snapshot: HashMap<Row, Diff> = HashMap::new();
         let mut reconciled = false;
-        // Changes not complete yet; complete changes not written yet; the view's frontier.
-        let mut pending: Vec<(Row, Time, Diff)> = Vec::new();
+        // Complete changes not written yet; the view's frontier.
         let mut complete: Vec<(Row, Time, Diff)> = Vec::new();
         let mut frontier: Time = 0;
         let mut last_write = Instant::now();
         while !stop.load(Ordering::SeqCst) {
-            let event =
-                runtime.block_on(async { tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await });
-            match event {
-                Err(_) => {}
-                // The view was dropped, or this sink fell behind: subscribed anew by the caller.
-                Ok(None) => return Ok(()),
-                Ok(Some(SubscribeEvent::Snapshot { timestamp, rows, last })) => {
+            match feed.next(runtime) {
+                None => return Ok(()),
+                Some(Step::Idle) => {}
+                Some(Step::Snapshot { timestamp, rows }) => {
+                    // What the sets say the view is, against what it is: the difference, at the
+                    // snapshot's time.
+                    let mut differences: HashMap<Row, Diff> = HashMap::new();
                     for (row, diff) in rows {
-                        add(&mut snapshot, row, diff);
+                        add(&mut differences, row, diff);
                     }
-                    if last {
-                        // What the sets say the view is, against what it is: the difference, at
-                        // the snapshot's time.
-                        let mut differences = std::mem::take(&mut snapshot);
-                        for (row, diff) in &self.written {
-                            add(&mut differences, row.clone(), -diff);
-                        }
-                        complete.extend(differences.into_iter().map(|(row, diff)| (row, timestamp, diff)));
-                        frontier = timestamp.saturating_add(1);
-                        reconciled = true;
-                        self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
-                        last_write = Instant::now();
+                    for (row, diff) in &self.written {
+                        add(&mut differences, row.clone(), -diff);
                     }
+                    complete.extend(differences.into_iter().map(|(row, diff)| (row, timestamp, diff)));
+                    frontier = timestamp.saturating_add(1);
+                    reconciled = true;
+                    self.write(runtime, &schema, &config.view, &mut complete, frontier)?;
+                    last_write = Instant::now();
                 }
-                Ok(Some(SubscribeEvent::Changes(changes))) => pending.extend(changes),
-                Ok(Some(SubscribeEvent::Progress { upper })) => {
-                    let (done, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, t, _)| *t < upper);
-                    pending = later;
-                    complete.extend(done);
+                Some(Step::Complete { changes, upper }) => {
+                    complete.extend(changes);
                     frontier = frontier.max(upper);
                 }
             }
@@ -446,6 +417,9 @@ impl Sink {
     async fn delete_replaced(&mut self) -> Result<(), String> {
         let Some((manifest, _)) = &self.manifest else { return Ok(()) };
         let now = now_ms();
+        if manifest.replaced.iter().all(|r| now.saturating_sub(r.replaced_at) < self.config.keep_replaced_ms) {
+            return Ok(());
+        }
         let (expired, kept): (Vec<ReplacedFile>, Vec<ReplacedFile>) = manifest
             .replaced
             .iter()

@@ -75,20 +75,10 @@ impl ObjectStoreConfig {
     /// # Errors
     /// A URL that is not `s3://BUCKET/…` or has a query or credentials; a bad glob.
     pub fn check(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.url).map_err(|e| format!("`{}` is not a URL ({e})", self.url))?;
-        if !matches!(url.scheme(), "s3" | "s3a") {
-            return Err(format!(
-                "`{}`: an object-store source reads s3://BUCKET/PREFIX (for local files, use a file source with \
-                 follow = true)",
-                self.url
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("`{}`: no bucket", self.url));
-        }
-        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("`{}`: no query or credentials in the URL (the AWS_* variables set them)", self.url));
-        }
+        crate::storage::check_s3_url(
+            &self.url,
+            "an object-store source reads s3://BUCKET/PREFIX (for local files, use a file source with follow = true)",
+        )?;
         if let Some(p) = &self.pattern {
             glob::Pattern::new(p).map_err(|e| format!("pattern `{p}`: {e}"))?;
         }

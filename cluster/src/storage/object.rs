@@ -80,9 +80,7 @@ struct Lease {
     durable: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::controller::now_ms;
 
 /// Tuning of an [`ObjectLog`] (tests shorten the lease).
 #[derive(Clone, Debug)]
