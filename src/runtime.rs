@@ -192,7 +192,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         .context("starting the SQL runtime")?;
     // Queries are planned now, against the (still empty) collections: a typo in one is
     // reported before the sources are read, not after.
-    let mut catalog = builtin_schemas();
+    let mut catalog = schemas(job);
     catalog.extend(views.iter().map(|v| (v.name.clone(), v.schema.clone())));
     for (name, sql) in &queries {
         // On a large stack, as every statement is planned (see `amx_sql::parse`).
@@ -207,7 +207,12 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
         needed.extend(amx_sql::referenced_tables(sql).with_context(|| format!("query `{name}`: {}", excerpt(sql)))?);
     }
     config.collections = Some(needed.into_iter().collect());
-    config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
+    // The views are the agent state's, rendered over the relations' rows; unless a source
+    // declares a relation of its own, which comes with the job: then the views are the job's.
+    let declares = job.config.sources.iter().any(|s| s.relation.is_some());
+    if !declares {
+        config.views = views.iter().map(|v| ViewSpec { name: v.name.clone(), sql: v.sql.clone() }).collect();
+    }
     if let Some(sink) = job.config.sinks.first() {
         bail!(
             "sink `{}`: sinks are kept by a running server (`aimatrix serve`, then POST the job to /v1/jobs); `run` \
@@ -256,6 +261,11 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     } else {
         let mut sources = job.clone();
         sources.config.views = Default::default();
+        if declares {
+            for view in &views {
+                sources.config.views.insert(view.name.clone(), toml::Value::String(view.sql.clone()));
+            }
+        }
         sources.config.queries = Vec::new();
         // Never cancelled: nothing to keep for a retraction.
         sources.config.retractable = false;
@@ -474,14 +484,23 @@ impl Printer<'_> {
 /// A query to answer: `(name, sql)`.
 pub type NamedQuery = (String, String);
 
+/// The collections a job's views and queries may read: the built-in ones, and the relations
+/// its sources declare.
+fn schemas(job: &Job) -> Vec<(String, amx_sql::arrow::datatypes::SchemaRef)> {
+    let mut schemas = builtin_schemas();
+    schemas.extend(job.config.sources.iter().filter_map(amx_cluster::job::SourceConfig::relation_schema));
+    schemas
+}
+
 /// Plans the job's `[views]`, then the statements: `CREATE MATERIALIZED VIEW` adds a view,
 /// `DROP MATERIALIZED VIEW` removes one, anything else is a query to answer.
 ///
 /// Errors: a view that fails to plan or is refused (the message names the construct and where
 /// it is), or a SQL syntax error in a statement.
 pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<NamedQuery>)> {
-    // Every relation, built-in view and `aimatrix_view_errors` (no view may take its name).
-    let mut planner = ViewPlanner::new(&builtin_schemas())?;
+    // Every relation, built-in view and `aimatrix_view_errors` (no view may take its name),
+    // and the relations the job's sources declare.
+    let mut planner = ViewPlanner::new(&schemas(job))?;
     for (name, sql) in &job.config.views {
         let sql = sql.as_str().unwrap_or_default();
         planner.create(name, sql).map_err(to_anyhow).with_context(|| format!("view `{name}`"))?;

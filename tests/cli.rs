@@ -195,3 +195,57 @@ fn create_if_not_exists_keeps_the_existing_name() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("`documents` is built in; it cannot be dropped"), "{err}");
 }
+
+/// `run` with a file source that declares a keyed relation: the later line of a key wins, a
+/// line without the key is an ingest error at its line, and a job view and a
+/// `CREATE MATERIALIZED VIEW` read the relation (2 workers: the lines are split between them).
+#[test]
+fn run_reads_a_relation_a_source_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = ["{\"id\":\"a\",\"n\":1}", "{\"id\":\"b\",\"n\":2}", "{\"n\":3}", "{\"id\":\"a\",\"n\":5}"];
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        r#"[[sources]]
+name = "in"
+format = "json"
+path = "in.jsonl"
+[sources.relation]
+name = "things"
+key = ["id"]
+columns = [{ name = "id", type = "text" }, { name = "n", type = "bigint" }]
+
+[views]
+total = "SELECT sum(n) AS s, count(*) AS c FROM things"
+"#,
+    )
+    .unwrap();
+    let job = job.display().to_string();
+    let (code, out, err) = aimatrix(&[
+        "run",
+        &job,
+        "--quiet",
+        "--workers",
+        "2",
+        "--output",
+        "csv",
+        "--sql",
+        "CREATE MATERIALIZED VIEW big AS SELECT id FROM things WHERE n > 2",
+        "--sql",
+        "SELECT id, n FROM things ORDER BY id",
+        "--sql",
+        "SELECT s, c FROM total",
+        "--sql",
+        "SELECT * FROM big",
+        "--sql",
+        "SELECT error FROM ingest_errors",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // a: 1 then 5; b: 2; the third line has no id. 5 + 2 = 7 over 2 keys; only a's 5 > 2.
+    assert_eq!(
+        out,
+        "-- query 1\nid,n\na,5\nb,2\n-- query 2\ns,c\n7,2\n-- query 3\nid\na\n-- query 4\nerror\nmissing key column `id` \
+         (/id)\n"
+    );
+}

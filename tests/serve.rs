@@ -2107,6 +2107,7 @@ fn an_object_store_source_reads_parquet_objects() {
         Field::new("doc", DataType::Utf8, false),
         Field::new("bytes", DataType::Int64, true),
         Field::new("seen", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new("Is Bot", DataType::Boolean, false),
     ]));
     // 1,000 rows: collection `c{i mod 3}`, size i (NULL for every 100th), seen 1.7e12 + i ms.
     let n = 1_000_i64;
@@ -2120,6 +2121,7 @@ fn an_object_store_source_reads_parquet_objects() {
                 TimestampMillisecondArray::from((0..n).map(|i| 1_700_000_000_000 + i).collect::<Vec<_>>())
                     .with_timezone("UTC"),
             ),
+            std::sync::Arc::new(arrow::array::BooleanArray::from((0..n).map(|i| i % 4 == 0).collect::<Vec<_>>())),
         ],
     )
     .expect("a batch");
@@ -2169,6 +2171,49 @@ by_collection = "SELECT collection, count(*) AS n, count(size_bytes) AS sized, s
     let sql = "SELECT * FROM by_collection ORDER BY collection";
     assert_eq!(server.sql_until(sql, &want), want);
     assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), vec![json!({ "n": 0 })]);
+
+    // A relation declared without columns takes the object's: `Is Bot` becomes `is_bot`.
+    let table_job = r#"name = "lake-table"
+[[sources]]
+name = "parts-table"
+kind = "object-store"
+format = "json"
+[sources.object_store]
+url = "s3://lake/docs/"
+file_format = "parquet"
+[sources.relation]
+name = "parts"
+key = ["doc"]
+"#;
+    server.submit(table_job);
+    let sql = "SELECT count(*) AS n, count(bytes) AS sized, sum(bytes) AS bytes, max(seen) AS last, \
+               sum(CASE WHEN is_bot THEN 1 ELSE 0 END) AS bots, count(DISTINCT collection) AS collections FROM parts";
+    // Sizes 0..1000 without the multiples of 100; every 4th row a bot; the last at +999 ms.
+    let sized: Vec<i64> = (0..n).filter(|i| i % 100 != 0).collect();
+    let want = vec![json!({
+        "n": n, "sized": sized.len(), "bytes": sized.iter().sum::<i64>(), "last": "2023-11-14T22:13:20.999Z",
+        "bots": n / 4, "collections": 3,
+    })];
+    assert_eq!(server.sql_until(sql, &want), want);
+    let row = server.sql("SELECT * FROM parts WHERE doc = 'doc-7'");
+    assert_eq!(
+        row,
+        vec![
+            json!({"collection": "c1", "doc": "doc-7", "bytes": 7, "seen": "2023-11-14T22:13:20.007Z", "is_bot": false})
+        ]
+    );
+    // Without objects there is nothing to take the columns from; other sources must declare them.
+    let (status, body) = server.call(
+        "POST",
+        "/v1/jobs",
+        Some(&table_job.replace("lake/docs/", "lake/empty/").replace("\"parts", "\"p2")),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("no Parquet object under s3://lake/empty"), "{body}");
+    let jsonl = table_job.replace("parquet", "jsonl").replace("\"parts", "\"p3");
+    let (status, body) = server.call("POST", "/v1/jobs", Some(&jsonl));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("declares no columns"), "{body}");
 }
 
 /// A Kafka message's key, headers, offset and timestamp map onto columns (`{ metadata = … }`),
@@ -2911,4 +2956,205 @@ keep_replaced_ms = 0
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(sets, Some(once(&rows)), "the Parquet sets folded (seed {seed})");
+}
+
+/// A job whose push sources declare relations of their own (`[sources.relation]`): `orders`
+/// (typed columns, key `order_id`, `customer` read through a mapping) and `visits` (no key),
+/// and a view over `orders`.
+const SHOP_JOB: &str = r#"name = "shop"
+[[sources]]
+name = "orders-in"
+kind = "push"
+format = "json"
+[sources.relation]
+name = "orders"
+key = ["order_id"]
+columns = [
+  { name = "order_id", type = "text" },
+  { name = "customer", type = "text" },
+  { name = "amount", type = "double" },
+  { name = "placed_at", type = "timestamp" },
+]
+[sources.options]
+time_unit = "s"
+[sources.options.mapping]
+customer = "/who/name"
+
+[[sources]]
+name = "visits-in"
+kind = "push"
+format = "json"
+[sources.relation]
+name = "visits"
+columns = [{ name = "customer", type = "text" }, { name = "page", type = "text" }]
+
+[views]
+by_customer = "SELECT customer, count(*) AS orders, sum(amount) AS total FROM orders GROUP BY customer"
+"#;
+
+/// Relations of any schema: sources declare their own relations (`SHOP_JOB`); a keyed one
+/// holds one row per key (an upsert replaces it, and of two lines of one push with the same
+/// key — decoded by two workers — the later wins); a record that does not fit the declared
+/// types, or lacks its key, is in `ingest_errors` at its line; SQL views over the relations
+/// (in the job, and in another job joining them with each other and with the agent state)
+/// are maintained; the name of a declared relation is taken (a second declaration, or one of a
+/// built-in relation's name, is refused); the declaring job cannot be cancelled while another
+/// job's view reads its relation; all of it comes back after a restart. Every expected value
+/// is worked out by hand from the records pushed.
+#[test]
+fn sources_declare_relations_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = durable_args(&dir.path().join("data"));
+    let orders_sql = "SELECT order_id, customer, amount, placed_at FROM orders ORDER BY order_id";
+    let want_orders = vec![
+        json!({"order_id": "o1", "customer": "ann", "amount": 12.5, "placed_at": "1970-01-01T00:02:00Z"}),
+        json!({"order_id": "o2", "customer": "bob", "amount": 7.25, "placed_at": null}),
+    ];
+    let by_customer_sql = "SELECT customer, orders, total FROM by_customer ORDER BY customer";
+    let want_by_customer = vec![
+        json!({"customer": "ann", "orders": 1, "total": 12.5}),
+        json!({"customer": "bob", "orders": 1, "total": 7.25}),
+    ];
+    let loyal_sql = "SELECT customer, visits, docs FROM loyal ORDER BY customer";
+    let want_loyal =
+        vec![json!({"customer": "ann", "visits": 2, "docs": 0}), json!({"customer": "bob", "visits": 1, "docs": 0})];
+    let errors_sql = "SELECT location, error FROM ingest_errors WHERE source = 'orders-in' ORDER BY location";
+    let (shop, reader);
+    {
+        let server = start(&args, true);
+        shop = server.submit(SHOP_JOB);
+        let orders = |lines: &[Value]| lines.iter().map(Value::to_string).collect::<Vec<_>>();
+        // Two workers: lines 1–2 go to one, 3–4 to the other, at one timestamp; line 3
+        // replaces line 2's o2 (though its row is the smaller: position decides, not value).
+        let reply = server.push(
+            shop,
+            "orders-in",
+            &orders(&[
+                json!({"order_id": "o1", "who": {"name": "ann"}, "amount": 10, "placed_at": 60}),
+                json!({"order_id": "o2", "who": {"name": "bob"}, "amount": 9.5}),
+                json!({"order_id": "o2", "who": {"name": "bob"}, "amount": 7.25}),
+                json!({"order_id": "o3", "who": {"name": "ann"}, "amount": "lots"}),
+            ]),
+        );
+        assert_eq!((reply["accepted"].as_u64(), reply["rejected"].as_u64()), (Some(3), Some(1)), "{reply}");
+        let reply = server.push(
+            shop,
+            "orders-in",
+            &orders(&[
+                json!({"order_id": "o1", "who": {"name": "ann"}, "amount": "12.5", "placed_at": 120}),
+                json!({"who": {"name": "cy"}, "amount": 1}),
+            ]),
+        );
+        assert_eq!((reply["accepted"].as_u64(), reply["rejected"].as_u64()), (Some(1), Some(1)), "{reply}");
+        let visits = [("ann", "/a"), ("ann", "/b"), ("bob", "/a")];
+        let visits: Vec<String> = visits.iter().map(|(c, p)| json!({"customer": c, "page": p}).to_string()).collect();
+        server.push(shop, "visits-in", &visits);
+
+        assert_eq!(server.sql_until(orders_sql, &want_orders), want_orders);
+        assert_eq!(server.sql_until(by_customer_sql, &want_by_customer), want_by_customer);
+        let errors = server.sql(errors_sql);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0]["location"], json!(format!("POST /v1/ingest/{shop}/orders-in:2")));
+        assert_eq!(errors[0]["error"], json!("missing key column `order_id` (/order_id)"));
+        assert_eq!(errors[1]["location"], json!(format!("POST /v1/ingest/{shop}/orders-in:4")));
+        assert_eq!(errors[1]["error"], json!("column `amount`: expected a number, found \"lots\""));
+
+        // Another job's view joins the two declared relations and the agent state.
+        reader = server.submit(
+            r#"name = "loyalty"
+[views]
+loyal = "SELECT o.customer, count(*) AS visits, count(d.document_id) AS docs FROM orders o JOIN visits v ON v.customer = o.customer LEFT JOIN documents d ON d.document_id = o.customer GROUP BY o.customer"
+"#,
+        );
+        assert_eq!(server.sql_until(loyal_sql, &want_loyal), want_loyal);
+
+        // The names are taken; the declaring job is protected while `loyal` reads it.
+        let clash = SHOP_JOB
+            .replace("name = \"orders-in\"", "name = \"orders-2\"")
+            .replace("name = \"visits-in\"", "name = \"visits-2\"");
+        let (status, body) =
+            server.call("POST", "/v1/jobs", Some(&clash.replace("[views]\nby_customer", "[views]\nby_customer_2")));
+        assert_eq!(status, 409, "{body}");
+        assert!(body.to_string().contains("`orders` already exists"), "{body}");
+        let builtin = SHOP_JOB.replace("name = \"orders\"", "name = \"spans\"").replace("FROM orders", "FROM spans");
+        let (status, body) =
+            server.call("POST", "/v1/jobs", Some(&builtin.replace("orders-in", "o-in").replace("visits-in", "v-in")));
+        assert_eq!(status, 409, "{body}");
+        let (status, body) = server.call("DELETE", &format!("/v1/jobs/{shop}"), None);
+        assert_eq!(status, 409, "{body}");
+        assert!(body.to_string().contains("reads a view or relation of job"), "{body}");
+    }
+    let server = start(&args, true);
+    assert_eq!(server.sql_until(orders_sql, &want_orders), want_orders, "after a restart");
+    assert_eq!(server.sql_until(by_customer_sql, &want_by_customer), want_by_customer, "after a restart");
+    assert_eq!(server.sql_until(loyal_sql, &want_loyal), want_loyal, "after a restart");
+    assert_eq!(server.sql(errors_sql).len(), 2, "after a restart");
+    // Cancelling the reader, then the declaring job, drops the relations.
+    for job in [reader, shop] {
+        let (status, body) = server.call("DELETE", &format!("/v1/jobs/{job}"), None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server.call("POST", "/v1/sql", Some(&json!({ "sql": orders_sql }).to_string()));
+    assert_ne!(status, 200, "{body}");
+}
+
+/// A Kafka source that declares a keyed relation whose key is the message key: each message
+/// upserts its key, a tombstone (a message with no value) deletes it, and a message that is no
+/// JSON is an ingest error at its partition and offset.
+#[test]
+fn a_kafka_tombstone_deletes_a_key_of_a_declared_relation() {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock Kafka cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("profiles", 1, 1).expect("topic");
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("a producer");
+    let messages: [(&str, Option<&str>); 7] = [
+        ("u1", Some(r#"{"plan": "free", "seats": 1}"#)),
+        ("u2", Some(r#"{"plan": "pro", "seats": 5}"#)),
+        ("u3", Some(r#"{"plan": "free", "seats": 1}"#)),
+        ("u1", Some(r#"{"plan": "team", "seats": 3}"#)),
+        ("u2", None),
+        ("u3", Some("not json")),
+        ("u4", None),
+    ];
+    for (key, value) in messages {
+        let record = BaseRecord::<str, str>::to("profiles").key(key).partition(0);
+        let record = match value {
+            Some(v) => record.payload(v),
+            None => record,
+        };
+        producer.send(record).map_err(|(e, _)| e).expect("produced");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+    let job = format!(
+        r#"name = "profiles"
+[[sources]]
+name = "profiles-in"
+kind = "kafka"
+format = "json"
+[sources.kafka]
+brokers = "{brokers}"
+topic = "profiles"
+[sources.relation]
+name = "profiles"
+key = ["user_id"]
+columns = [{{ name = "user_id", type = "text" }}, {{ name = "plan", type = "text" }}, {{ name = "seats", type = "bigint" }}]
+[sources.options.mapping]
+user_id = {{ metadata = "/key" }}
+"#
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&durable_args(&dir.path().join("data")), true);
+    server.submit(&job);
+    // u1 upserted twice (the later wins), u2 deleted by its tombstone, u3's bad message leaves
+    // its earlier row, u4's tombstone deletes nothing.
+    let want = vec![
+        json!({"user_id": "u1", "plan": "team", "seats": 3}),
+        json!({"user_id": "u3", "plan": "free", "seats": 1}),
+    ];
+    let sql = "SELECT user_id, plan, seats FROM profiles ORDER BY user_id";
+    assert_eq!(server.sql_until(sql, &want), want);
+    let errors = server.sql("SELECT location FROM ingest_errors WHERE source = 'profiles-in'");
+    assert_eq!(errors, vec![json!({"location": "kafka:profiles/0@5"})]);
 }

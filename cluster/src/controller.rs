@@ -759,10 +759,15 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Plans `views` against the catalog (each view may read the earlier ones).
-    fn plan(&self, views: &[ViewSpec]) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
+    /// Plans `views` against the catalog and the relations `tables` that the job's sources
+    /// declare (each view may read the earlier ones).
+    fn plan(
+        &self,
+        tables: &[(String, SchemaRef)],
+        views: &[ViewSpec],
+    ) -> Result<Vec<(String, SchemaRef, Vec<String>)>, String> {
         let schemas: Vec<(String, SchemaRef)> =
-            self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect();
+            self.catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).chain(tables.iter().cloned()).collect();
         plan(&schemas, views)
     }
 }
@@ -1238,6 +1243,25 @@ impl Controller {
         if job.config.sources.is_empty() && job.config.views.is_empty() && job.config.sinks.is_empty() {
             return Err(ClusterError::InvalidJob("the job has no sources, views or sinks: nothing to run".into()));
         }
+        // A Parquet source's relation declared without columns takes those of its first
+        // object, now: the job is logged with them.
+        let with_columns;
+        let job = if job.config.sources.iter().any(|s| s.relation.as_ref().is_some_and(|t| t.columns.is_empty())) {
+            let mut filled = job.clone();
+            for source in &mut filled.config.sources {
+                let name = source.name.clone();
+                let invalid = |e: String| ClusterError::InvalidJob(format!("source `{name}`: {e}"));
+                crate::sources::object::take_parquet_schema(source).map_err(invalid)?;
+                if let Some(table) = &source.relation {
+                    table.check().map_err(invalid)?;
+                }
+                source.decoder().map_err(|e| invalid(e.to_string()))?;
+            }
+            with_columns = filled;
+            &with_columns
+        } else {
+            job
+        };
         for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
             // A file source that does not follow is read to its end once: a glob that matches
             // nothing now would never be read.
@@ -1288,12 +1312,16 @@ impl Controller {
             .collect();
         // A sink's view, and its key columns, must exist (the job's own views are planned for
         // their columns).
-        let planned = if job.config.sinks.is_empty() { Vec::new() } else { seq.plan(&views).unwrap_or_default() };
+        let tables: Vec<(String, SchemaRef)> =
+            job.config.sources.iter().filter_map(SourceConfig::relation_schema).collect();
+        let planned =
+            if job.config.sinks.is_empty() { Vec::new() } else { seq.plan(&tables, &views).unwrap_or_default() };
         for sink in &job.config.sinks {
             let schema = planned
                 .iter()
                 .find(|(name, _, _)| *name == sink.view)
                 .map(|(_, schema, _)| schema.clone())
+                .or_else(|| tables.iter().find(|(name, _)| *name == sink.view).map(|(_, schema)| schema.clone()))
                 .or_else(|| seq.catalog.get(&sink.view).map(|e| e.schema.clone()));
             let Some(schema) = schema else {
                 return Err(ClusterError::InvalidJob(format!(
@@ -1354,15 +1382,20 @@ impl Controller {
                 return Err(ClusterError::Conflict(format!("a relation or view named `{}` already exists", view.name)));
             }
         }
-        let planned = seq.plan(&views).map_err(|e| match kind {
+        let tables: Vec<(String, SchemaRef)> = sources.iter().filter_map(SourceConfig::relation_schema).collect();
+        for (name, _) in &tables {
+            if seq.catalog.contains_key(name) {
+                return Err(ClusterError::Conflict(format!("a relation or view named `{name}` already exists")));
+            }
+        }
+        let planned = seq.plan(&tables, &views).map_err(|e| match kind {
             JobKind::Job => ClusterError::InvalidJob(e),
             JobKind::View => ClusterError::Sql(e),
         })?;
         // A push source's decoder is made by every worker; it must be valid before it is sent.
         let mut pushes = Vec::new();
         for source in sources.iter().filter(|s| s.kind != SourceKind::File) {
-            amx_connectors::decoder(&source.format, &source.options_json())
-                .map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
+            source.decoder().map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
             pushes.push(source.name.clone());
         }
         let id = JobId(seq.next_job);
@@ -1379,6 +1412,9 @@ impl Controller {
         let stored = seq.log(|| logged(id))?;
         seq.next_job += 1;
         seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable, access })?;
+        for (name, schema) in tables {
+            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads: Vec::new() });
+        }
         for (name, schema, reads) in planned {
             seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
         }
@@ -1516,14 +1552,19 @@ impl Controller {
                  cannot be retracted; cancel it without retract (its data stays)"
             )));
         }
-        let mine: Vec<String> = job.views.iter().map(|v| v.name.clone()).collect();
+        let mine: Vec<String> = job
+            .views
+            .iter()
+            .map(|v| v.name.clone())
+            .chain(job.sources.iter().filter_map(|s| s.relation.as_ref().map(|t| t.name.clone())))
+            .collect();
         if let Some((reader, entry)) = seq
             .catalog
             .iter()
             .find(|(_, e)| e.owner.is_some_and(|o| o != id) && e.reads.iter().any(|r| mine.contains(r)))
         {
             return Err(ClusterError::Conflict(format!(
-                "view `{reader}` (job {}) reads a view of job {id}; cancel or drop it first",
+                "view `{reader}` (job {}) reads a view or relation of job {id}; cancel or drop it first",
                 entry.owner.map(|o| o.to_string()).unwrap_or_default()
             )));
         }

@@ -120,6 +120,14 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub object_store: Option<crate::sources::object::ObjectStoreConfig>,
+    /// The relation the source feeds, when it declares its own (`[sources.relation]`: name,
+    /// typed columns, optional key; see [`amx_connectors::table`]) rather than feeding the
+    /// canonical relations. Its records are then JSON (format `json`), each column read from
+    /// the field of its name unless `[sources.options.mapping]` says otherwise. The relation
+    /// belongs to the job: SQL reads it from the job's install until the job is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub relation: Option<amx_connectors::table::TableConfig>,
 }
 
 /// One query.
@@ -152,6 +160,7 @@ impl Job {
     pub fn parse(text: &str, base_dir: &Path) -> Result<Job> {
         let mut config: JobConfig = toml::from_str(text).context("invalid job file")?;
         let mut names = std::collections::HashSet::new();
+        let mut tables = std::collections::HashSet::new();
         for source in &mut config.sources {
             if source.name.trim().is_empty() {
                 bail!("a source needs a name (`name = \"…\"`)");
@@ -210,8 +219,33 @@ impl Job {
             if source.kind != SourceKind::ObjectStore && source.object_store.is_some() {
                 bail!("source `{}`: `[sources.object_store]` is for sources of kind = \"object-store\"", source.name);
             }
-            let decoder = amx_connectors::decoder(&source.format, &source.options_json())
-                .with_context(|| format!("source `{}`", source.name))?;
+            if let Some(table) = &source.relation {
+                table.check().map_err(|e| anyhow::anyhow!("source `{}`: [sources.relation]: {e}", source.name))?;
+                if !tables.insert(table.name.clone()) {
+                    bail!(
+                        "source `{}`: relation `{}` is declared by another source of the job",
+                        source.name,
+                        table.name
+                    );
+                }
+                let parquet = source
+                    .object_store
+                    .as_ref()
+                    .is_some_and(|o| o.file_format == crate::sources::object::FileFormat::Parquet);
+                if table.columns.is_empty() && !parquet {
+                    bail!(
+                        "source `{}`: relation `{}` declares no columns (only an object-store source of Parquet \
+                         objects takes its columns from its data)",
+                        source.name,
+                        table.name
+                    );
+                }
+                if table.columns.is_empty() {
+                    // Its columns, and so its decoder, come when a server installs it.
+                    continue;
+                }
+            }
+            let decoder = source.decoder().with_context(|| format!("source `{}`", source.name))?;
             if decoder.reads_metadata() && source.kind != SourceKind::Kafka {
                 bail!(
                     "source `{}`: `{{ metadata = … }}` reads a Kafka message's metadata; this source is not kind = \
@@ -235,6 +269,9 @@ impl Job {
         for (name, sql) in &config.views {
             if !sql.is_str() {
                 bail!("view `{name}` must be a SQL string (name = \"SELECT …\")");
+            }
+            if tables.contains(&name.to_ascii_lowercase()) {
+                bail!("view `{name}` has the name of a relation a source of the job declares");
             }
         }
         Ok(Job { config, access: FileAccess::Any })
@@ -275,6 +312,24 @@ impl SourceConfig {
     /// The format options as JSON (what `amx_connectors::decoder` takes).
     pub fn options_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.options).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The source's decoder: its format with its options, into the relation it declares if it
+    /// declares one ([`amx_connectors::source_decoder`]).
+    ///
+    /// # Errors
+    /// An unknown format, bad options, or a declared relation in another format than `json`.
+    pub fn decoder(&self) -> Result<Box<dyn amx_connectors::Decoder>, amx_connectors::ConfigError> {
+        amx_connectors::source_decoder(&self.format, &self.options_json(), self.relation.as_ref())
+    }
+
+    /// The Arrow schema of the relation the source declares, if it declares one.
+    pub fn relation_schema(&self) -> Option<(String, amx_sql::arrow::datatypes::SchemaRef)> {
+        use amx_sql::arrow::datatypes::{Field, Schema};
+        let table = self.relation.as_ref()?;
+        let fields: Vec<Field> =
+            table.columns.iter().map(|c| Field::new(&c.name, amx_sql::arrow_type(c.ty), true)).collect();
+        Some((table.name.clone(), std::sync::Arc::new(Schema::new(fields))))
     }
 }
 

@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amx_dataflows::render::{SOURCE_STATS, VIEW_ERRORS, render};
+use amx_dataflows::render::{SOURCE_STATS, TableInput, VIEW_ERRORS, render, render_table};
 use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
@@ -343,17 +343,32 @@ fn respond(resp_in: &mut InputSession<u64, Response, Diff>, response: Response) 
     resp_in.flush();
 }
 
-/// Renders a job's views in a new dataflow that imports the arrangements they read, and adds
-/// their arrangements (and their error rows') to the catalog. Returns the dataflow's index.
+/// What [`install_views`] built: the dataflow's index and the inputs of the relations the
+/// job's sources declare, by name.
+type Installed = (usize, Vec<(String, TableInput)>);
+
+/// Renders a job's dataflow: the inputs of the relations its sources declare (`sources` with
+/// a `relation`; their inputs start at `time`), and its views, which import the arrangements
+/// they read; adds the relations' and the views' arrangements (and the views' error rows') to
+/// the catalog.
 fn install_views(
     worker: &mut timely::worker::Worker,
     catalog: &mut BTreeMap<String, Collection>,
     job: JobId,
+    sources: &[crate::job::SourceConfig],
     views: &[ViewSpec],
-) -> Result<usize, String> {
-    let schemas: Vec<(String, SchemaRef)> = catalog.iter().map(|(n, c)| (n.clone(), c.schema.clone())).collect();
+    time: Time,
+) -> Result<Installed, String> {
+    let tables: Vec<(&amx_connectors::table::TableConfig, SchemaRef)> =
+        sources.iter().filter_map(|s| Some((s.relation.as_ref()?, s.relation_schema()?.1))).collect();
+    let schemas: Vec<(String, SchemaRef)> = catalog
+        .iter()
+        .map(|(n, c)| (n.clone(), c.schema.clone()))
+        .chain(tables.iter().map(|(t, schema)| (t.name.clone(), schema.clone())))
+        .collect();
     let defs = plan_views(&schemas, views)?;
-    // What the views read from outside the job; at least one collection (constants need a scope).
+    // What the views read from outside the job; at least one collection (constants need a
+    // scope): any, when they read none (`run` arranges only what its queries read).
     let mut reads: Vec<String> = defs
         .iter()
         .flat_map(|d| d.reads.iter().cloned())
@@ -361,12 +376,24 @@ fn install_views(
         .collect();
     reads.sort();
     reads.dedup();
-    if reads.is_empty() {
-        reads.push("spans".to_owned());
+    if reads.is_empty()
+        && tables.is_empty()
+        && let Some(any) = catalog.keys().next()
+    {
+        reads.push(any.clone());
     }
     let dataflow = worker.next_dataflow_index();
     let built = worker.dataflow_named::<Time, _, _>(&format!("job {job}"), |scope| {
         let mut collections: HashMap<String, Rows<'_>> = HashMap::new();
+        let mut inputs = Vec::new();
+        let mut arranged = Vec::new();
+        for (table, schema) in &tables {
+            let (input, rows) = render_table(scope, &table.name, !table.key.is_empty(), time);
+            let trace = rows.clone().arrange_by_self_named(&format!("Arrange {}", table.name)).trace;
+            arranged.push((table.name.clone(), schema.clone(), trace));
+            collections.insert(table.name.clone(), rows);
+            inputs.push((table.name.clone(), input));
+        }
         for name in &reads {
             let collection = catalog.get_mut(name).expect("checked above");
             let mut rows: Option<Rows<'_>> = None;
@@ -382,7 +409,6 @@ fn install_views(
             }
         }
         let mut renderer = Renderer::new(collections);
-        let mut arranged = Vec::new();
         for def in &defs {
             let rows = renderer.render_view(def).map_err(|e| format!("view `{}`: {e}", def.name))?;
             arranged.push((
@@ -392,9 +418,9 @@ fn install_views(
             ));
         }
         let errors = renderer.errors().map(|e| e.arrange_by_self_named("Arrange view errors").trace);
-        Ok::<_, String>((arranged, errors))
+        Ok::<_, String>((arranged, errors, inputs))
     });
-    let (arranged, errors) = match built {
+    let (arranged, errors, inputs) = match built {
         Ok(b) => b,
         Err(e) => {
             worker.drop_dataflow(dataflow);
@@ -411,5 +437,5 @@ fn install_views(
         merge_eagerly(&mut trace);
         c.traces.push((Owner::Job(job), trace));
     }
-    Ok(dataflow)
+    Ok((dataflow, inputs))
 }

@@ -44,7 +44,7 @@
 use std::collections::BTreeMap;
 
 use amx_dataflows::event::{
-    Evaluation, Event, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TraceId, WorkflowEvent, WorkflowState,
+    Evaluation, Event, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TableRow, TraceId, WorkflowEvent, WorkflowState,
 };
 use amx_dataflows::row::{ColumnType, Datum, RelationDesc, ToRow};
 use ordered_float::OrderedFloat;
@@ -133,13 +133,19 @@ impl Kind {
                 Relation::Spans,
                 "input_tokens" | "output_tokens" | "cache_read_input_tokens" | "reasoning_output_tokens",
             ) => Kind::Tokens,
-            _ => match ty {
-                ColumnType::Text => Kind::Text,
-                ColumnType::Int => Kind::Int,
-                ColumnType::Float => Kind::Float,
-                ColumnType::Bool => Kind::Bool,
-                ColumnType::Timestamp => Kind::Timestamp,
-            },
+            _ => Kind::of_type(ty),
+        }
+    }
+
+    /// How a value of a column of type `ty` is converted, outside the canonical relations'
+    /// columns of their own kinds.
+    fn of_type(ty: ColumnType) -> Kind {
+        match ty {
+            ColumnType::Text => Kind::Text,
+            ColumnType::Int => Kind::Int,
+            ColumnType::Float => Kind::Float,
+            ColumnType::Bool => Kind::Bool,
+            ColumnType::Timestamp => Kind::Timestamp,
         }
     }
 }
@@ -175,15 +181,24 @@ impl Spec {
 /// A column of the relation with its mapping (None = unmapped).
 #[derive(Clone, Debug)]
 struct Column {
-    name: &'static str,
+    name: String,
     kind: Kind,
     spec: Option<Spec>,
+}
+
+/// The relation a decoder feeds.
+#[derive(Clone, Debug)]
+enum Target {
+    /// A canonical relation.
+    Canonical(Relation),
+    /// A relation the source declared: its name and the positions of its key columns.
+    Table { name: String, key: Vec<usize> },
 }
 
 /// The `json` decoder (see the module docs).
 #[derive(Clone, Debug)]
 pub struct JsonDecoder {
-    relation: Relation,
+    target: Target,
     columns: Vec<Column>,
 }
 
@@ -203,34 +218,15 @@ impl JsonDecoder {
             Some(r) => Relation::parse(&r)
                 .ok_or_else(|| bad("relation", format!("unknown relation `{r}` (expected one of {})", names())))?,
         };
-        let unit = match o.string("time_unit")? {
-            None => TimeUnit::Millis,
-            Some(u) => TimeUnit::parse(&u)
-                .ok_or_else(|| bad("time_unit", format!("unknown unit `{u}` (expected s, ms, us or ns)")))?,
-        };
-        let mapping = match o.value("mapping") {
-            None => serde_json::Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(other) => {
-                return Err(bad("mapping", format!("expected a table (column → spec), found {}", short(other))));
-            }
-        };
-        o.finish()?;
+        let (unit, mapping) = time_unit_and_mapping(o)?;
         let desc = relation.desc();
-        let column_names = || desc.columns.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
-        for name in mapping.keys() {
-            if !desc.columns.iter().any(|c| c.name == name) {
-                return Err(ConfigError::BadMapping {
-                    column: name.clone(),
-                    reason: format!("`{}` has no such column (columns: {})", desc.name, column_names()),
-                });
-            }
-        }
+        let declared: Vec<(&str, ColumnType)> = desc.columns.iter().map(|c| (c.name, c.ty)).collect();
+        check_mapping(desc.name, &declared, &mapping)?;
         let mut columns = Vec::with_capacity(desc.columns.len());
         for c in &desc.columns {
             let kind = Kind::of(relation, c.name, c.ty);
             let spec = mapping.get(c.name).map(|s| parse_spec(c.name, kind, s, unit)).transpose()?;
-            columns.push(Column { name: c.name, kind, spec });
+            columns.push(Column { name: c.name.to_owned(), kind, spec });
         }
         let mapped = |name: &str| columns.iter().any(|c| c.name == name && c.spec.is_some());
         for &name in relation.required() {
@@ -247,13 +243,91 @@ impl JsonDecoder {
                 reason: format!("required column of `{}` is not mapped{hint}", desc.name),
             });
         }
-        Ok(JsonDecoder { relation, columns })
+        Ok(JsonDecoder { target: Target::Canonical(relation), columns })
     }
 
-    /// The relation the decoder feeds.
-    pub fn relation(&self) -> Relation {
-        self.relation
+    /// Builds a decoder of records into the relation `table` that a source declared (see
+    /// [`crate::table`]): each column is read from the record's field of its name, unless the
+    /// `mapping` option says otherwise (the same specs as for the canonical relations).
+    ///
+    /// # Errors
+    /// The option `relation` (the source declares its own), a bad `time_unit`, a mapping of a
+    /// column the relation does not have, or a malformed spec.
+    pub fn for_table(options: &Value, table: &crate::table::TableConfig) -> Result<JsonDecoder, ConfigError> {
+        let mut o = Options::new(FORMAT, options)?;
+        if o.value("relation").is_some() {
+            return Err(bad(
+                "relation",
+                format!(
+                    "the source declares its relation (`{}`) in [sources.relation]; remove this option",
+                    table.name
+                ),
+            ));
+        }
+        let (unit, mapping) = time_unit_and_mapping(o)?;
+        let declared: Vec<(&str, ColumnType)> = table.columns.iter().map(|c| (c.name.as_str(), c.ty)).collect();
+        check_mapping(&table.name, &declared, &mapping)?;
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for c in &table.columns {
+            let kind = Kind::of_type(c.ty);
+            let spec = match mapping.get(&c.name) {
+                Some(spec) => parse_spec(&c.name, kind, spec, unit)?,
+                None => Spec { source: Source::Pointer(pointer_to(&c.name)), map: None, default: None, unit },
+            };
+            columns.push(Column { name: c.name.clone(), kind, spec: Some(spec) });
+        }
+        let target = Target::Table { name: table.name.clone(), key: table.key_indices() };
+        Ok(JsonDecoder { target, columns })
     }
+
+    /// The canonical relation the decoder feeds (`None`: a relation the source declared).
+    pub fn relation(&self) -> Option<Relation> {
+        match self.target {
+            Target::Canonical(relation) => Some(relation),
+            Target::Table { .. } => None,
+        }
+    }
+}
+
+/// The options `time_unit` and `mapping`, the last ones read: what is left is unknown.
+fn time_unit_and_mapping(mut o: Options) -> Result<(TimeUnit, serde_json::Map<String, Value>), ConfigError> {
+    let unit = match o.string("time_unit")? {
+        None => TimeUnit::Millis,
+        Some(u) => TimeUnit::parse(&u)
+            .ok_or_else(|| bad("time_unit", format!("unknown unit `{u}` (expected s, ms, us or ns)")))?,
+    };
+    let mapping = match o.value("mapping") {
+        None => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            return Err(bad("mapping", format!("expected a table (column → spec), found {}", short(other))));
+        }
+    };
+    o.finish()?;
+    Ok((unit, mapping))
+}
+
+/// Refuses a mapping of a column that relation `name` does not have.
+fn check_mapping(
+    name: &str,
+    columns: &[(&str, ColumnType)],
+    mapping: &serde_json::Map<String, Value>,
+) -> Result<(), ConfigError> {
+    for column in mapping.keys() {
+        if !columns.iter().any(|(c, _)| c == column) {
+            let names: Vec<&str> = columns.iter().map(|(c, _)| *c).collect();
+            return Err(ConfigError::BadMapping {
+                column: column.clone(),
+                reason: format!("`{name}` has no such column (columns: {})", names.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The JSON pointer (RFC 6901) to the top-level field `name`.
+fn pointer_to(name: &str) -> String {
+    format!("/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
 /// Parses one column's spec.
@@ -431,7 +505,7 @@ impl Column {
                 None => {
                     return Err(format!(
                         "column `{}`: value {} at {} is not in `map` and there is no `default`",
-                        self.name,
+                        &self.name,
                         short(v),
                         spec.describe()
                     ));
@@ -441,16 +515,16 @@ impl Column {
         let source_text = raw.or(spec.default.as_ref()).and_then(value_text);
         let datum = match value {
             None => Datum::Null,
-            Some(v) => convert(self.name, self.kind, v, spec.unit)?,
+            Some(v) => convert(&self.name, self.kind, v, spec.unit)?,
         };
         Ok((datum, source_text))
     }
 }
 
 /// A record's converted columns, taken out by name to build the relation's struct.
-struct Cells(Vec<(&'static str, Datum)>);
+struct Cells<'a>(Vec<(&'a str, Datum)>);
 
-impl Cells {
+impl Cells<'_> {
     fn take(&mut self, name: &str) -> Datum {
         self.0.iter_mut().find(|(n, _)| *n == name).map_or(Datum::Null, |(_, d)| std::mem::replace(d, Datum::Null))
     }
@@ -490,6 +564,10 @@ impl JsonDecoder {
     /// The relation's row of a record (with the source's `metadata`), or the reasons it
     /// cannot be built.
     fn row(&self, v: &Value, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
+        let relation = match &self.target {
+            Target::Canonical(relation) => *relation,
+            Target::Table { name, key } => return self.table_row(name, key, v, metadata),
+        };
         let mut errors = Vec::new();
         let mut failed = Vec::new();
         let mut cells = Cells(Vec::with_capacity(self.columns.len()));
@@ -500,12 +578,12 @@ impl JsonDecoder {
                     if col.kind == Kind::State {
                         state_source = source;
                     }
-                    cells.0.push((col.name, datum));
+                    cells.0.push((col.name.as_str(), datum));
                 }
                 Err(e) => {
                     errors.push(e);
-                    failed.push(col.name);
-                    cells.0.push((col.name, Datum::Null));
+                    failed.push(col.name.as_str());
+                    cells.0.push((col.name.as_str(), Datum::Null));
                 }
             }
         }
@@ -513,13 +591,13 @@ impl JsonDecoder {
         let describe = |name: &str| column(name).and_then(|c| c.spec.as_ref()).map_or("unmapped", Spec::describe);
         // Fallbacks.
         let is_null = |cells: &Cells, name: &str| cells.0.iter().any(|(n, d)| *n == name && *d == Datum::Null);
-        if self.relation == Relation::Spans && is_null(&cells, "name") && !failed.contains(&"name") {
+        if relation == Relation::Spans && is_null(&cells, "name") && !failed.contains(&"name") {
             let op = cells.0.iter().find(|(n, _)| *n == "operation").map(|(_, d)| d.clone());
             if let (Some(slot), Some(op)) = (cells.0.iter_mut().find(|(n, _)| *n == "name"), op) {
                 slot.1 = op;
             }
         }
-        if self.relation == Relation::WorkflowEvents
+        if relation == Relation::WorkflowEvents
             && is_null(&cells, "raw_state")
             && !failed.contains(&"raw_state")
             && let (Some(slot), Some(src)) = (cells.0.iter_mut().find(|(n, _)| *n == "raw_state"), state_source)
@@ -529,7 +607,7 @@ impl JsonDecoder {
         let is_empty = |cells: &Cells, name: &str| {
             cells.0.iter().any(|(n, d)| *n == name && matches!(d, Datum::Text(s) if s.is_empty()))
         };
-        for &name in self.relation.required() {
+        for &name in relation.required() {
             if failed.contains(&name) {
                 continue;
             }
@@ -541,8 +619,7 @@ impl JsonDecoder {
                 continue;
             };
             let from =
-                if self.relation == Relation::Spans && name == "name" && column(name).is_some_and(|c| c.spec.is_none())
-                {
+                if relation == Relation::Spans && name == "name" && column(name).is_some_and(|c| c.spec.is_none()) {
                     format!("unmapped; defaults to `operation`: {}", describe("operation"))
                 } else {
                     describe(name).to_owned()
@@ -553,7 +630,7 @@ impl JsonDecoder {
             return Err(errors);
         }
         let c = &mut cells;
-        Ok(match self.relation {
+        Ok(match relation {
             Relation::Spans => Event::Span(Span {
                 trace_id: TraceId::parse(&c.text("trace_id").unwrap_or_default()),
                 span_id: c.text("span_id").unwrap_or_default(),
@@ -615,12 +692,79 @@ impl JsonDecoder {
     }
 }
 
+impl JsonDecoder {
+    /// A record's change to a relation the source declared: its row (and key), or the reasons
+    /// it cannot be built (a column that does not convert; a key column that is NULL).
+    fn table_row(&self, name: &str, key: &[usize], v: &Value, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut row = Vec::with_capacity(self.columns.len());
+        let mut failed = Vec::new();
+        for (i, col) in self.columns.iter().enumerate() {
+            match col.eval(v, metadata) {
+                Ok((datum, _)) => row.push(datum),
+                Err(e) => {
+                    errors.push(e);
+                    failed.push(i);
+                    row.push(Datum::Null);
+                }
+            }
+        }
+        for &k in key.iter().filter(|k| !failed.contains(k)) {
+            if row[k] == Datum::Null {
+                let col = &self.columns[k];
+                let from = col.spec.as_ref().map_or("unmapped", Spec::describe);
+                errors.push(format!("missing key column `{}` ({from})", col.name));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let key = key.iter().map(|&k| row[k].clone()).collect();
+        Ok(Event::Table(TableRow { relation: name.to_owned(), position: 0, key, row: Some(row) }))
+    }
+
+    /// A Kafka tombstone (a message with no value) of a relation with a key: the delete of
+    /// the key, read from the message's metadata; an error when a key column is read from the
+    /// (absent) value.
+    fn tombstone(&self, source: &str, record: &Record, name: &str, key: &[usize]) -> Event {
+        let mut values = Vec::with_capacity(key.len());
+        for &k in key {
+            let col = &self.columns[k];
+            let datum = col.eval(&Value::Null, record.metadata.as_deref()).map(|(d, _)| d);
+            match datum {
+                Ok(Datum::Null) => {
+                    let from = col.spec.as_ref().map_or("unmapped", Spec::describe);
+                    return error(
+                        source,
+                        &record.location,
+                        format!(
+                            "a tombstone (a message with no value) deletes a key only when the key columns are read                              from the message's metadata ({{ metadata = \"/key\" }}); key column `{}` is read from {from}",
+                            col.name
+                        ),
+                        &record.text,
+                    );
+                }
+                Ok(datum) => values.push(datum),
+                Err(e) => return error(source, &record.location, e, &record.text),
+            }
+        }
+        Event::Table(TableRow { relation: name.to_owned(), position: 0, key: values, row: None })
+    }
+}
+
 impl Decoder for JsonDecoder {
     fn reads_metadata(&self) -> bool {
         self.columns.iter().any(|c| c.spec.as_ref().is_some_and(|s| matches!(s.source, Source::Metadata(_))))
     }
 
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>) {
+        if let Target::Table { name, key } = &self.target
+            && !key.is_empty()
+            && record.is_tombstone()
+        {
+            out.push(self.tombstone(source, record, name, key));
+            return;
+        }
         let Some(v) = parse_record(source, record, out) else {
             return;
         };
@@ -699,6 +843,70 @@ mod tests {
             [Event::Error(e)] => e.error.clone(),
             other => format!("not one error: {other:?}"),
         }
+    }
+
+    /// A relation the source declares: typed columns read by name (or by a mapping), a key
+    /// that may not be NULL, conversions that fail as ingest errors naming the column, and a
+    /// Kafka tombstone that deletes the key read from its metadata.
+    #[test]
+    fn declared_relations_decode_typed_rows() {
+        use crate::table::TableConfig;
+        let table: TableConfig = serde_json::from_value(json!({
+            "name": "orders",
+            "key": ["id"],
+            "columns": [
+                {"name": "id", "type": "text"},
+                {"name": "amount", "type": "double"},
+                {"name": "n", "type": "bigint"},
+                {"name": "paid", "type": "boolean"},
+                {"name": "at", "type": "timestamp"},
+            ],
+        }))
+        .unwrap();
+        let d = JsonDecoder::for_table(&json!({"time_unit": "s", "mapping": {"n": "/count/items"}}), &table).unwrap();
+        let out = decode(&d, &json!({"id": "o-1", "amount": "2.5", "count": {"items": 3}, "paid": true, "at": 60}));
+        let row = vec![
+            Datum::Text("o-1".into()),
+            Datum::float(Some(2.5)),
+            Datum::Int(3),
+            Datum::Bool(true),
+            Datum::Timestamp(60_000_000),
+        ];
+        let want =
+            TableRow { relation: "orders".into(), position: 0, key: vec![Datum::Text("o-1".into())], row: Some(row) };
+        assert_eq!(out, vec![Event::Table(want)]);
+        // Missing columns are NULL; a missing key is an error, as is a value of another type.
+        let out = decode(&d, &json!({"id": "o-2"}));
+        assert!(
+            matches!(&out[..], [Event::Table(t)] if t.row.as_ref().unwrap()[1..].iter().all(|d| *d == Datum::Null))
+        );
+        assert_eq!(one_error(&decode(&d, &json!({"amount": 1}))), "missing key column `id` (/id)");
+        assert_eq!(
+            one_error(&decode(&d, &json!({"id": "o-3", "count": {"items": 1.5}}))),
+            "column `n`: expected an integer, found 1.5"
+        );
+        // A tombstone deletes a key only when the key is read from the message's metadata.
+        let tombstone = Record::new("kafka:t/0@7", "").with_error(crate::record::TOMBSTONE);
+        let mut out = Vec::new();
+        d.decode("k", &tombstone.clone().with_metadata(json!({"key": "o-1"})), &mut out);
+        assert!(
+            one_error(&out).starts_with("a tombstone (a message with no value) deletes a key only when"),
+            "{out:?}"
+        );
+        let by_key = JsonDecoder::for_table(&json!({"mapping": {"id": {"metadata": "/key"}}}), &table).unwrap();
+        assert!(by_key.reads_metadata());
+        let mut out = Vec::new();
+        by_key.decode("k", &tombstone.with_metadata(json!({"key": "o-1"})), &mut out);
+        let delete =
+            TableRow { relation: "orders".into(), position: 0, key: vec![Datum::Text("o-1".into())], row: None };
+        assert_eq!(out, vec![Event::Table(delete)]);
+        // The relation is the source's own: the option `relation` is refused, as is a mapping
+        // of a column it does not have.
+        let refused = |options: Value| JsonDecoder::for_table(&options, &table).err().map(|e| e.to_string());
+        assert!(refused(json!({"relation": "spans"})).unwrap_or_default().contains("declares its relation"));
+        assert!(
+            refused(json!({"mapping": {"nope": "/x"}})).unwrap_or_default().contains("`orders` has no such column")
+        );
     }
 
     /// The mapping for Wikimedia recent changes (as recommended in the report).

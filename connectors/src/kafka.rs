@@ -291,8 +291,7 @@ impl KafkaReader {
                     let location = format!("kafka:{}/{partition}@{offset}", self.config.topic);
                     let mut record = match message.payload() {
                         Some(value) => record_within(location, value, self.max_record_bytes),
-                        None => Record::new(location, String::new())
-                            .with_error("the message has no value (a tombstone); nothing to decode"),
+                        None => Record::new(location, String::new()).with_error(crate::record::TOMBSTONE),
                     };
                     if self.metadata {
                         record = record.with_metadata(metadata(&self.config.topic, &message));

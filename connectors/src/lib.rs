@@ -23,6 +23,7 @@ pub mod json;
 pub mod kafka;
 pub mod openai_chat;
 pub mod record;
+pub mod table;
 pub mod temporal;
 pub mod time;
 
@@ -122,6 +123,31 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
         temporal::FORMAT => Ok(Box::new(temporal::TemporalHistory::new(options)?)),
         json::FORMAT => Ok(Box::new(json::JsonDecoder::new(options)?)),
         _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
+    }
+}
+
+/// The decoder of a source: [`decoder`], or, for a source that declares its relation
+/// (`table`), the `json` format's decoder into it ([`json::JsonDecoder::for_table`]).
+///
+/// # Errors
+/// As [`decoder`]; [`ConfigError::BadOption`] (option `format`) for a declared relation in
+/// another format than `json`.
+pub fn source_decoder(
+    format: &str,
+    options: &serde_json::Value,
+    table: Option<&table::TableConfig>,
+) -> Result<Box<dyn Decoder>, ConfigError> {
+    match table {
+        None => decoder(format, options),
+        Some(table) if format == json::FORMAT => Ok(Box::new(json::JsonDecoder::for_table(options, table)?)),
+        Some(table) => Err(ConfigError::BadOption {
+            option: "format".into(),
+            reason: format!(
+                "a source that declares its relation (`{}`) reads JSON records: format = \"json\" (`{format}` feeds \
+                 the canonical relations)",
+                table.name
+            ),
+        }),
     }
 }
 

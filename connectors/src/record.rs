@@ -88,6 +88,22 @@ impl Record {
         }
     }
 
+    /// Where the record is in its file, as one number that orders the records of the file:
+    /// `LINE × 2²⁰ + INDEX` from [`Record::location`] (`path:LINE`, or `path:LINE#INDEX` for
+    /// an element of an array; INDEX capped at 2²⁰ − 1); `None` for a location without a line.
+    pub fn position(&self) -> Option<u64> {
+        let (_, tail) = self.location.rsplit_once(':')?;
+        let (line, index) = tail.split_once('#').unwrap_or((tail, "0"));
+        let (line, index): (u64, u64) = (line.parse().ok()?, index.parse().ok()?);
+        Some(line.saturating_mul(1 << 20).saturating_add(index.min((1 << 20) - 1)))
+    }
+
+    /// Whether the record is a Kafka tombstone: a message with a key and no value (see
+    /// [`TOMBSTONE`]).
+    pub fn is_tombstone(&self) -> bool {
+        self.error.as_deref() == Some(TOMBSTONE)
+    }
+
     /// The record with the error `reason` (see [`Record::error`]).
     #[must_use]
     pub fn with_error(mut self, reason: impl Into<String>) -> Record {
@@ -95,6 +111,11 @@ impl Record {
         self
     }
 }
+
+/// The error of a record that is a Kafka message with no value (a *tombstone*): a decoder
+/// reports it as an ingest error, except the `json` decoder of a relation with a key, for
+/// which it deletes the key (see [`crate::table`]).
+pub const TOMBSTONE: &str = "the message has no value (a tombstone); nothing to decode";
 
 /// What a file turned out to be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

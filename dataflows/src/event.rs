@@ -534,4 +534,24 @@ pub enum Event {
     Knowledge(KnowledgeEvent),
     /// A row of `ingest_errors`.
     Error(IngestError),
+    /// A row of a relation a source declared (a *table*), or, for a keyed table, the delete
+    /// of a key.
+    Table(TableRow),
+}
+
+/// A change to a relation that a source declared (`[sources.relation]`): a row to append,
+/// or, for a table with a key, a row that replaces the key's current one (*upsert*), or the
+/// delete of a key (a Kafka tombstone).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableRow {
+    /// The relation's name.
+    pub relation: String,
+    /// Where the record was in its source (a line or a record number; 0 when unknown): of two
+    /// upserts of one key at the same timestamp, the one from the later position wins.
+    pub position: u64,
+    /// The key's values, in the order of the table's key columns (empty for a table without
+    /// a key).
+    pub key: Row,
+    /// The row, one datum per declared column; `None`: the key is deleted.
+    pub row: Option<Row>,
 }

@@ -7,13 +7,14 @@
 //! arrived there, i.e. when a consistent snapshot at that time can be read.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use amx_operators::CollectionExt;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::{ProbeHandle, Scope};
 
-use crate::event::{Evaluation, Event, IngestError, KnowledgeEvent, Span, WorkflowEvent};
+use crate::event::{Evaluation, Event, IngestError, KnowledgeEvent, Span, TableRow, WorkflowEvent};
 use crate::row::{RelationDesc, Row, ToRow};
 use crate::views::{self, Coll};
 use crate::{Diff, Time};
@@ -78,6 +79,84 @@ pub struct Inputs {
     pub ingest_errors: InputSession<Time, IngestError, Diff>,
     /// Ingestion counters per source name, carried in the difference (see [`SOURCE_STATS`]).
     pub source_stats: InputSession<Time, String, SourceCounts>,
+    /// The inputs of the relations sources declared, by name (see [`render_table`]); each
+    /// belongs to the dataflow of the job that declared it.
+    pub tables: HashMap<String, TableInput>,
+}
+
+/// The input of a relation a source declared (see [`TableRow`]).
+pub enum TableInput {
+    /// A table without a key: every row is appended.
+    Append(InputSession<Time, Row, Diff>),
+    /// A table with a key: `(key, (position, row or None for a delete))`, each replacing what
+    /// the key had (see [`render_table`]).
+    Upsert(InputSession<Time, (Row, UpsertValue), Diff>),
+}
+
+/// What an upsert sets a key to: the record's position (which orders two upserts of one key
+/// at the same timestamp) and its row, `None` for a delete.
+pub type UpsertValue = (u64, Option<Row>);
+
+impl TableInput {
+    fn advance_to(&mut self, time: Time) {
+        match self {
+            TableInput::Append(s) => s.advance_to(time),
+            TableInput::Upsert(s) => s.advance_to(time),
+        }
+    }
+
+    fn flush(&mut self) {
+        match self {
+            TableInput::Append(s) => s.flush(),
+            TableInput::Upsert(s) => s.flush(),
+        }
+    }
+
+    /// Applies one change. Rows of an append-only table are added `diff` times; a keyed
+    /// table's changes are upserts (`diff` is not used: an upsert is not retracted).
+    fn update(&mut self, change: TableRow, diff: Diff) {
+        match self {
+            TableInput::Append(s) => {
+                if let Some(row) = change.row {
+                    s.update(row, diff)
+                }
+            }
+            TableInput::Upsert(s) => s.update((change.key, (change.position, change.row)), 1),
+        }
+    }
+}
+
+/// Renders the input of a relation a source declared into `scope`, at input time `time`:
+/// its input and its rows. With `keyed`, each change is an upsert (as Materialize's
+/// `ENVELOPE UPSERT` and Kafka's compacted topics): the row replaces the key's current row,
+/// and a delete removes it; of two changes of one key at the same timestamp the one at the
+/// later position wins. The upserts are arranged by key (differential's
+/// `arrange_from_upsert`, which keeps each key's latest value, sharded by the key's hash); a
+/// deleted key keeps a small entry there (its last position) so that a later tie is still
+/// ordered.
+pub fn render_table<'s>(scope: Scope<'s, Time>, name: &str, keyed: bool, time: Time) -> (TableInput, Coll<'s, Row>) {
+    use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+    use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+    use timely::dataflow::operators::vec::Map;
+    if keyed {
+        let (mut input, changes) = scope.new_collection::<(Row, UpsertValue), Diff>();
+        input.advance_to(time);
+        // Every value is `Some`: a delete is a value whose row is `None`, so that it takes
+        // part in the ordering of ties by position (the operator prefers `Some` to `None`).
+        let upserts = changes.inner.map(|((key, value), time, _diff)| (key, Some(value), time));
+        let arranged = arrange_from_upsert::<
+            ValBuilder<Row, UpsertValue, Time, Diff>,
+            ValSpine<Row, UpsertValue, Time, Diff>,
+            _,
+            _,
+        >(upserts, &format!("Upsert {name}"));
+        let rows = arranged.as_collection(|_key, (_position, row)| row.clone()).flat_map(|row| row);
+        (TableInput::Upsert(input), rows)
+    } else {
+        let (mut input, rows) = scope.new_collection::<Row, Diff>();
+        input.advance_to(time);
+        (TableInput::Append(input), rows)
+    }
 }
 
 impl Inputs {
@@ -89,6 +168,12 @@ impl Inputs {
             Event::Workflow(w) => self.workflow_events.update(w, diff),
             Event::Knowledge(k) => self.knowledge_events.update(k, diff),
             Event::Error(e) => self.ingest_errors.update(e, diff),
+            // (No input: its job was dropped in the meantime.)
+            Event::Table(change) => {
+                if let Some(table) = self.tables.get_mut(&change.relation) {
+                    table.update(change, diff)
+                }
+            }
         }
     }
 
@@ -100,6 +185,9 @@ impl Inputs {
         self.knowledge_events.advance_to(time);
         self.ingest_errors.advance_to(time);
         self.source_stats.advance_to(time);
+        for table in self.tables.values_mut() {
+            table.advance_to(time);
+        }
         self.flush();
     }
 
@@ -111,6 +199,9 @@ impl Inputs {
         self.knowledge_events.flush();
         self.ingest_errors.flush();
         self.source_stats.flush();
+        for table in self.tables.values_mut() {
+            table.flush();
+        }
     }
 
     /// The current input time (all sessions share it).
@@ -216,6 +307,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         knowledge_events: kn_in,
         ingest_errors: err_in,
         source_stats: stats_in,
+        tables: HashMap::new(),
     };
     Rendered { inputs, relations, errors: v.errors }
 }

@@ -34,7 +34,7 @@ pub(crate) fn open(
     let config = source.kafka.as_ref().ok_or("a Kafka source needs a `[sources.kafka]` table")?;
     let group = format!("aimatrix-job-{job}-{}", source.name);
     // Each message's metadata is kept only when the source's format reads it.
-    let metadata = amx_connectors::decoder(&source.format, &source.options_json()).is_ok_and(|d| d.reads_metadata());
+    let metadata = source.decoder().is_ok_and(|d| d.reads_metadata());
     let reader = KafkaReader::new(config, &group, resume.kafka, max_record_bytes)
         .map_err(|e| e.to_string())?
         .with_metadata(metadata);

@@ -325,6 +325,119 @@ fn parquet_records(location: &str, data: bytes::Bytes, max_record_bytes: u64) ->
     rows
 }
 
+/// Fills in the columns of the relation that Parquet object-store source `source` declares
+/// without columns (`[sources.relation]` with a name, and a key if any): they are those of the
+/// first Parquet object under the prefix (in key order, matching the pattern), as
+/// [`column_type`] maps their Arrow types. A column whose name is not a lower-case SQL
+/// identifier is renamed (lower case; any other character `_`; `_` before a leading digit;
+/// `_2`, `_3`… after a name taken) and read from the field of its Parquet name through
+/// `[sources.options.mapping]`. The job as logged holds the columns found, so a restart reads
+/// the same relation whatever objects arrive later. A source that declares its columns is
+/// left as it is.
+///
+/// # Errors
+/// The source is not a Parquet object-store source (only Parquet carries a schema), no object
+/// is there yet, the first one is no Parquet file or cannot be read.
+pub(crate) fn take_parquet_schema(source: &mut SourceConfig) -> Result<(), String> {
+    use amx_connectors::table::TableColumn;
+    let Some(table) = source.relation.as_ref().filter(|t| t.columns.is_empty()) else { return Ok(()) };
+    let name = table.name.clone();
+    let parquet = source.object_store.as_ref().is_some_and(|o| o.file_format == FileFormat::Parquet);
+    if source.kind != crate::job::SourceKind::ObjectStore || !parquet {
+        return Err(format!(
+            "relation `{name}` declares no columns: only an object-store source of Parquet objects (file_format = \
+             \"parquet\") takes its columns from its data"
+        ));
+    }
+    let mut reader = open(source, SourceResume::default(), u64::MAX)?;
+    reader.list()?;
+    let Some(first) = reader.queue.first().cloned() else {
+        return Err(format!(
+            "relation `{name}` declares no columns and there is no Parquet object under {}/{} yet to take them from: \
+             declare the columns, or submit the job once an object is there",
+            reader.root, reader.prefix
+        ));
+    };
+    let store = reader.store.clone();
+    let path = Path::from(first.as_str());
+    let data = reader
+        .runtime
+        .block_on(async move { store.get(&path).await?.bytes().await })
+        .map_err(|e| format!("reading {}/{first}: {e}", reader.root))?;
+    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| format!("{}/{first} is not a Parquet file: {e}", reader.root))?
+        .schema()
+        .clone();
+    let mut columns: Vec<TableColumn> = Vec::new();
+    let mut renamed = Vec::new();
+    for field in schema.fields() {
+        let mut column = sql_name(field.name());
+        let base = column.clone();
+        let mut n = 1;
+        while columns.iter().any(|c| c.name == column) {
+            n += 1;
+            column = format!("{base}_{n}");
+        }
+        if column != *field.name() {
+            renamed.push((column.clone(), field.name().clone()));
+        }
+        columns.push(TableColumn { name: column, ty: column_type(field.data_type()) });
+    }
+    tracing::info!(
+        source = %source.name, relation = %name, object = %format!("{}/{first}", reader.root),
+        columns = %columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+        "columns taken from a Parquet object"
+    );
+    if !renamed.is_empty() {
+        let mapping = source.options.entry("mapping").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(mapping) = mapping else {
+            return Err("option `mapping`: expected a table (column → spec)".into());
+        };
+        for (column, field) in renamed {
+            let pointer = format!("/{}", field.replace('~', "~0").replace('/', "~1"));
+            mapping.entry(column).or_insert(toml::Value::String(pointer));
+        }
+    }
+    if let Some(table) = source.relation.as_mut() {
+        table.columns = columns;
+    }
+    Ok(())
+}
+
+/// The SQL type of a Parquet (Arrow) column, as its values reach the `json` decoder (see
+/// [`FileFormat::Parquet`]): booleans `boolean`; integers `bigint`; floats and decimals
+/// `double`; timestamps `timestamp`; strings, dates, times, binary, lists, structs and maps
+/// `text` (their JSON text).
+pub(crate) fn column_type(ty: &arrow::datatypes::DataType) -> amx_dataflows::row::ColumnType {
+    use amx_dataflows::row::ColumnType;
+    use arrow::datatypes::DataType as A;
+    match ty {
+        A::Boolean => ColumnType::Bool,
+        A::Int8 | A::Int16 | A::Int32 | A::Int64 | A::UInt8 | A::UInt16 | A::UInt32 | A::UInt64 => ColumnType::Int,
+        A::Float16
+        | A::Float32
+        | A::Float64
+        | A::Decimal32(..)
+        | A::Decimal64(..)
+        | A::Decimal128(..)
+        | A::Decimal256(..) => ColumnType::Float,
+        A::Timestamp(..) => ColumnType::Timestamp,
+        A::Dictionary(_, value) => column_type(value),
+        _ => ColumnType::Text,
+    }
+}
+
+/// `name` as a lower-case SQL identifier (see [`take_parquet_schema`]).
+fn sql_name(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out.truncate(63);
+    out
+}
+
 /// The index of the `\n` ending the line that starts at `from` (the data's length when the
 /// last line has none).
 fn line_end(data: &[u8], from: usize) -> usize {

@@ -40,6 +40,8 @@ struct JobState {
     /// A `retractable` job: every event this worker has fed from its sources (+1 each), to
     /// retract when it is dropped with `retract`.
     ingested: Option<Vec<Event>>,
+    /// The relations its sources declare (their inputs are in `inputs.tables`).
+    tables: Vec<String>,
 }
 
 /// A subscription on one worker.
@@ -244,6 +246,27 @@ impl ComputeState {
         retractable: bool,
         access: amx_connectors::FileAccess,
     ) {
+        // The relations the sources declare, and the views, in one dataflow; the sources feed
+        // the relations' inputs from their first records on.
+        let mut tables = Vec::new();
+        let declares = sources.iter().any(|s| s.relation.is_some());
+        let dataflow = if views.is_empty() && !declares {
+            None
+        } else {
+            match install_views(worker, &mut self.catalog, id, &sources, views, self.inputs.time()) {
+                Ok((df, inputs)) => {
+                    for (name, input) in inputs {
+                        tables.push(name.clone());
+                        self.inputs.tables.insert(name, input);
+                    }
+                    Some(df)
+                }
+                Err(error) => {
+                    self.respond(Response::JobFailed { job: id, error });
+                    None
+                }
+            }
+        };
         for source in sources {
             match super::sources::open(id, source, self.index, self.peers, &self.options, &access) {
                 Ok(opened) => {
@@ -261,18 +284,7 @@ impl ComputeState {
                 Err((source, error)) => self.respond(Response::SourceFailed { job: id, source, error }),
             }
         }
-        let dataflow = if views.is_empty() {
-            None
-        } else {
-            match install_views(worker, &mut self.catalog, id, views) {
-                Ok(df) => Some(df),
-                Err(error) => {
-                    self.respond(Response::JobFailed { job: id, error });
-                    None
-                }
-            }
-        };
-        self.jobs.insert(id, JobState { dataflow, ingested: retractable.then(Vec::new) });
+        self.jobs.insert(id, JobState { dataflow, ingested: retractable.then(Vec::new), tables });
         // The job's new arrangements compact as far as the others.
         if self.compacted > 0 {
             self.compact_to(self.compacted);
@@ -310,8 +322,13 @@ impl ComputeState {
             collection.traces.retain(|(owner, _)| *owner != Owner::Job(id));
         }
         self.catalog.retain(|_, c| !c.traces.is_empty());
-        if let Some(JobState { dataflow: Some(df), .. }) = self.jobs.remove(&id) {
-            worker.drop_dataflow(df);
+        if let Some(job) = self.jobs.remove(&id) {
+            for table in &job.tables {
+                self.inputs.tables.remove(table);
+            }
+            if let Some(df) = job.dataflow {
+                worker.drop_dataflow(df);
+            }
         }
         let upper = self.inputs.time() + 1;
         self.respond(Response::Applied { id: wait, upper });

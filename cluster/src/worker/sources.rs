@@ -70,7 +70,7 @@ pub(super) fn open(
     options: &WorkerOptions,
     access: &amx_connectors::FileAccess,
 ) -> Result<Opened, (String, String)> {
-    let decoder = match amx_connectors::decoder(&source.format, &source.options_json()) {
+    let decoder = match source.decoder() {
         Ok(d) => d,
         Err(e) => return Err((source.name, e.to_string())),
     };
@@ -146,16 +146,14 @@ impl FileSource {
                 decoded += 1;
                 stats.0 += 1;
                 self.decoder.decode(&self.name, &record, &mut self.events);
+                let position = record.position().unwrap_or(0);
                 for event in self.events.drain(..) {
                     if matches!(event, Event::Error(_)) {
                         stats.2 += 1;
                     } else {
                         stats.1 += 1;
                     }
-                    if let Some(keep) = keep.as_deref_mut() {
-                        keep.push(event.clone());
-                    }
-                    inputs.update(event, 1);
+                    feed(event, position, keep.as_deref_mut(), inputs);
                 }
             }
         }
@@ -241,10 +239,7 @@ impl PushSource {
                 } else {
                     stats.1 += 1;
                 }
-                if let Some(keep) = keep.as_deref_mut() {
-                    keep.push(event.clone());
-                }
-                inputs.update(event, 1);
+                feed(event, number, keep.as_deref_mut(), inputs);
             }
             match error {
                 Some(error) => {
@@ -258,4 +253,20 @@ impl PushSource {
         }
         outcome
     }
+}
+
+/// Feeds a decoded event into `inputs` (and `keep`, for a retractable job). A change to a
+/// relation the source declares is stamped with the record's `position` (a line or record
+/// number: the later of two upserts of one key at one timestamp wins) and is not kept: the
+/// relation belongs to the job and goes with it.
+fn feed(mut event: Event, position: u64, keep: Option<&mut Vec<Event>>, inputs: &mut Inputs) {
+    match &mut event {
+        Event::Table(change) => change.position = position,
+        _ => {
+            if let Some(keep) = keep {
+                keep.push(event.clone());
+            }
+        }
+    }
+    inputs.update(event, 1);
 }
