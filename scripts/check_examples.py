@@ -68,7 +68,7 @@ def served(binary, job):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # The examples read ../shared/data: the one directory this server lets jobs read.
-    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--workers", "2",
+    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--pgwire", "", "--workers", "2",
                                "--file-root", DATA],
                               stdout=subprocess.DEVNULL)
     try:

@@ -57,7 +57,7 @@ def main():
     port = s.getsockname()[1]
     s.close()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--workers", "2"],
+    server = subprocess.Popen([binary, "serve", "--http", f"127.0.0.1:{port}", "--pgwire", "", "--workers", "2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

@@ -158,6 +158,10 @@ struct ServeArgs {
     /// crash waits up to 6 s for the old one's to expire
     #[arg(long, value_name = "URL")]
     data_url: Option<String>,
+    /// Address of the PostgreSQL wire protocol (psql, drivers), host:port; "" turns it off
+    /// [default: 127.0.0.1:6875]
+    #[arg(long, value_name = "ADDR")]
+    pgwire: Option<String>,
     /// Worker threads per process [default: 1]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
@@ -228,6 +232,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     let mut cluster = serde_json::Map::new();
     if let Some(http) = &args.http {
         flags.insert("http".into(), serde_json::json!({ "listen": http }));
+    }
+    if let Some(pgwire) = &args.pgwire {
+        flags.insert("pgwire".into(), serde_json::json!({ "listen": pgwire }));
     }
     if let Some(w) = args.workers {
         cluster.insert("workers".into(), w.into());
@@ -306,18 +313,55 @@ fn serve(args: ServeArgs) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    let pg_listen = config.pgwire.listen.clone();
     runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
         let address = listener.local_addr()?;
+        let pg_listener = if pg_listen.is_empty() {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&pg_listen)
+                    .await
+                    .with_context(|| format!("listening on {pg_listen} (pgwire)"))?,
+            )
+        };
+        let pg_address = match &pg_listener {
+            Some(l) => format!(
+                "; pgwire on {} (psql -h {} -p {})",
+                l.local_addr()?,
+                l.local_addr()?.ip(),
+                l.local_addr()?.port()
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "serve: {} worker{} in {} process{}; HTTP API on http://{address} (GET /v1/openapi.json)",
+            "serve: {} worker{} in {} process{}; HTTP API on http://{address} (GET /v1/openapi.json){pg_address}",
             config.cluster.workers * config.cluster.processes,
             if config.cluster.workers * config.cluster.processes == 1 { "" } else { "s" },
             config.cluster.processes,
             if config.cluster.processes == 1 { "" } else { "es" },
         );
-        amx_server::serve(listener, state, shutdown_signal()).await.context("serving HTTP")
+        // One shutdown signal for both listeners.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let pg = pg_listener.map(|l| {
+            let state = state.clone();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move { amx_server::pgwire::serve(l, state, stop).await })
+        });
+        let served = amx_server::serve(listener, state, stopped(stop_rx)).await.context("serving HTTP");
+        if let Some(pg) = pg {
+            pg.abort();
+        }
+        served
     })?;
     eprintln!("serve: stopping");
     if let Some(log) = log {

@@ -39,6 +39,8 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
         .arg("serve")
         .args(args)
         .env_remove("AIMATRIX__HTTP__LISTEN")
+        // No pgwire (tests run servers side by side) unless `args` ask for it.
+        .env("AIMATRIX__PGWIRE__LISTEN", "")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -866,10 +868,19 @@ fn browsers_and_foreign_hosts_are_refused() {
         let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
             .args(["serve", "--http", listen])
             .env_remove("AIMATRIX__HTTP__LISTEN")
+            .env("AIMATRIX__PGWIRE__LISTEN", "")
             .output()
             .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("http.listen") && stderr.contains("loopback"), "{stderr}");
+        // pgwire too.
+        let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+            .args(["serve", "--http", "127.0.0.1:0", "--pgwire", listen])
+            .env_remove("AIMATRIX__HTTP__LISTEN")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("pgwire.listen") && stderr.contains("loopback"), "{stderr}");
     }
 }
 
@@ -1333,7 +1344,12 @@ fn kill_9_and_restart_loses_nothing_acknowledged() {
             );
             assert_eq!(status, 200, "{body}");
         } else if round == 1 {
-            let second = Command::new(env!("CARGO_BIN_EXE_aimatrix")).arg("serve").args(&args).output().expect("runs");
+            let second = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+                .arg("serve")
+                .args(&args)
+                .env("AIMATRIX__PGWIRE__LISTEN", "")
+                .output()
+                .expect("runs");
             let stderr = String::from_utf8_lossy(&second.stderr);
             assert!(!second.status.success() && stderr.contains("in use by another aimatrix server"), "{stderr}");
         }
@@ -3157,4 +3173,129 @@ user_id = {{ metadata = "/key" }}
     assert_eq!(server.sql_until(sql, &want), want);
     let errors = server.sql("SELECT location FROM ingest_errors WHERE source = 'profiles-in'");
     assert_eq!(errors, vec![json!({"location": "kafka:profiles/0@5"})]);
+}
+
+/// The pgwire front end (`serve --pgwire ADDR`) as clients use it: a driver (rust-postgres,
+/// over the extended query protocol) runs a prepared statement with a parameter and reads
+/// typed values (text, double, timestamptz, bigint), runs the simple protocol, creates a
+/// materialized view, follows `COPY (SUBSCRIBE TO …) TO STDOUT` (a change pushed after it
+/// started comes as a retraction and an insertion, with `aimatrix_diff`), and psql's `\d`
+/// describes a view with PostgreSQL type names. Expected values are the `SHOP_JOB` records
+/// worked out by hand.
+#[test]
+fn sql_clients_query_over_pgwire() {
+    let pg_port = free_port();
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--pgwire", &format!("127.0.0.1:{pg_port}")]
+        .map(String::from)
+        .into();
+    let server = start(&args, true);
+    let shop = server.submit(SHOP_JOB);
+    let lines = |values: &[Value]| values.iter().map(Value::to_string).collect::<Vec<_>>();
+    server.push(
+        shop,
+        "orders-in",
+        &lines(&[
+            json!({"order_id": "o1", "who": {"name": "ann"}, "amount": 12.5, "placed_at": 120}),
+            json!({"order_id": "o2", "who": {"name": "bob"}, "amount": 7.25}),
+            json!({"order_id": "o3", "who": {"name": "ann"}, "amount": 1.5, "placed_at": 60}),
+        ]),
+    );
+    let want = vec![
+        json!({"customer": "ann", "orders": 2, "total": 14.0}),
+        json!({"customer": "bob", "orders": 1, "total": 7.25}),
+    ];
+    assert_eq!(server.sql_until("SELECT * FROM by_customer ORDER BY customer", &want), want);
+
+    let connect = move || {
+        postgres::Client::connect(
+            &format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix"),
+            postgres::NoTls,
+        )
+        .expect("a pgwire connection")
+    };
+    let mut client = connect();
+    // Extended protocol: a prepared statement, a text parameter, typed values.
+    let statement = client
+        .prepare("SELECT order_id, amount, placed_at FROM orders WHERE customer = $1 ORDER BY order_id")
+        .expect("prepared");
+    let rows = client.query(&statement, &[&"ann"]).expect("query");
+    let got: Vec<(String, f64, Option<std::time::SystemTime>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let at = |s: u64| Some(std::time::UNIX_EPOCH + Duration::from_secs(s));
+    assert_eq!(got, vec![("o1".to_owned(), 12.5, at(120)), ("o3".to_owned(), 1.5, at(60))]);
+    let n: i64 = client.query_one("SELECT count(*) FROM orders WHERE amount > $1", &[&5.0_f64]).expect("count").get(0);
+    assert_eq!(n, 2);
+    // Simple protocol, and a view created over pgwire.
+    client
+        .batch_execute("CREATE MATERIALIZED VIEW big_orders AS SELECT order_id FROM orders WHERE amount > 5")
+        .expect("created");
+    let mut big = Vec::new();
+    for _ in 0..600 {
+        big = client
+            .simple_query("SELECT order_id FROM big_orders ORDER BY order_id")
+            .expect("simple query")
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        if big.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(big, ["o1", "o2"]);
+
+    // COPY (SUBSCRIBE …): the snapshot, then bob's second order as a change of his row.
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut client = connect();
+        let reader = client.copy_out("COPY (SUBSCRIBE TO by_customer) TO STDOUT").expect("COPY OUT");
+        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Columns: aimatrix_timestamp, aimatrix_diff, customer, orders, total (tab-separated).
+    type Folded = BTreeMap<(String, String, String), i64>;
+    let mut folded = Folded::new();
+    let mut take = |rx: &mpsc::Receiver<String>, until: &dyn Fn(&Folded) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !until(&folded) && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                let f: Vec<&str> = line.split('\t').collect();
+                assert_eq!(f.len(), 5, "{line}");
+                // (float8 as text: "14" or "14.0", as the encoder writes it.)
+                let total = f[4].parse::<f64>().expect("a double").to_string();
+                let key = (f[2].to_owned(), f[3].to_owned(), total);
+                *folded.entry(key).or_default() += f[1].parse::<i64>().expect("a diff");
+                folded.retain(|_, n| *n != 0);
+            }
+        }
+        folded.clone()
+    };
+    let row = |c: &str, n: &str, t: &str| (c.to_owned(), n.to_owned(), t.to_owned());
+    let snapshot = BTreeMap::from([(row("ann", "2", "14"), 1), (row("bob", "1", "7.25"), 1)]);
+    assert_eq!(take(&rx, &|f| *f == snapshot), snapshot);
+    server.push(shop, "orders-in", &lines(&[json!({"order_id": "o4", "who": {"name": "bob"}, "amount": 2.75})]));
+    let changed = BTreeMap::from([(row("ann", "2", "14"), 1), (row("bob", "2", "10"), 1)]);
+    assert_eq!(take(&rx, &|f| *f == changed), changed);
+
+    // psql's \d, with PostgreSQL's type names (scripts/build-deps.sh installs psql).
+    {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "reader", "-d", "aimatrix", "-c", "\\d orders"])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql runs (Debian: apt-get install postgresql-client; scripts/build-deps.sh does)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        for (column, ty) in
+            [("order_id", "text"), ("customer", "text"), ("amount", "double precision"), ("placed_at", "timestamp")]
+        {
+            assert!(text.lines().any(|l| l.contains(column) && l.contains(ty)), "{column} {ty}: {text}");
+        }
+    }
 }

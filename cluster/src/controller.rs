@@ -590,6 +590,32 @@ pub struct JobInfo {
     pub errors: Vec<String>,
 }
 
+/// What a collection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectionKind {
+    /// A relation: a canonical one (`spans`, `ingest_errors`, …) or one a source declares;
+    /// what the sources decode into.
+    Relation,
+    /// A view of the agent state, maintained for every job (`agent_traces`, `model_usage`, …).
+    BuiltinView,
+    /// A job's view, or a materialized view created in SQL.
+    View,
+}
+
+/// A collection of the catalog, from [`Controller::catalog_entries`].
+#[derive(Clone, Debug)]
+pub struct CatalogEntry {
+    /// Its name.
+    pub name: String,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// What it is.
+    pub kind: CollectionKind,
+    /// The job (or SQL view) that made it; `None` for the agent state's own.
+    pub owner: Option<JobId>,
+}
+
 /// A catalog entry at the controller.
 #[derive(Clone, Debug)]
 struct Entry {
@@ -598,6 +624,8 @@ struct Entry {
     owner: Option<JobId>,
     /// Collections it reads (views).
     reads: Vec<String>,
+    /// A relation (the canonical ones, and those sources declare), not a view.
+    relation: bool,
 }
 
 /// The part of the controller behind one lock: what is sent, in the order it is sent.
@@ -1145,7 +1173,7 @@ impl Controller {
                     || name == amx_dataflows::render::VIEW_ERRORS
                     || config.collections.as_ref().is_none_or(|c| c.contains(name))
             })
-            .map(|(name, schema)| (name, Entry { schema, owner: None, reads: Vec::new() }))
+            .map(|(name, schema)| (name, Entry { schema, owner: None, reads: Vec::new(), relation: false }))
             .collect();
         let mut seq = Sequencer {
             tx,
@@ -1168,7 +1196,7 @@ impl Controller {
         };
         if is_controller {
             for (name, schema, reads) in planned {
-                seq.catalog.insert(name, Entry { schema, owner: None, reads });
+                seq.catalog.insert(name, Entry { schema, owner: None, reads, relation: false });
             }
             seq.send(&Command::CreateInstance { collections: config.collections.clone(), views: config.views.clone() })
                 .map_err(|e| anyhow!(e))?;
@@ -1413,10 +1441,10 @@ impl Controller {
         seq.next_job += 1;
         seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable, access })?;
         for (name, schema) in tables {
-            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads: Vec::new() });
+            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads: Vec::new(), relation: true });
         }
         for (name, schema, reads) in planned {
-            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads });
+            seq.catalog.insert(name, Entry { schema, owner: Some(id), reads, relation: false });
         }
         for name in pushes {
             seq.push.insert(name, id);
@@ -1772,6 +1800,33 @@ impl Controller {
     /// Every collection SQL can read, with its schema, by name.
     pub fn catalog(&self) -> Vec<(String, SchemaRef)> {
         lock(&self.inner.seq).catalog.iter().map(|(n, e)| (n.clone(), e.schema.clone())).collect()
+    }
+
+    /// Every collection SQL can read, with its kind and the job that made it, by name.
+    pub fn catalog_entries(&self) -> Vec<CatalogEntry> {
+        // The built-in views: what `render::relations` lists after the five canonical
+        // relations, but for the ingestion counters (a relation the engine writes).
+        let builtin_views: Vec<&'static str> = amx_dataflows::render::relations()
+            .iter()
+            .skip(5)
+            .map(|d| d.name)
+            .filter(|n| *n != amx_dataflows::render::SOURCE_STATS)
+            .collect();
+        lock(&self.inner.seq)
+            .catalog
+            .iter()
+            .map(|(name, e)| CatalogEntry {
+                name: name.clone(),
+                schema: e.schema.clone(),
+                kind: match e.owner {
+                    Some(_) if e.relation => CollectionKind::Relation,
+                    Some(_) => CollectionKind::View,
+                    None if builtin_views.contains(&name.as_str()) => CollectionKind::BuiltinView,
+                    None => CollectionKind::Relation,
+                },
+                owner: e.owner,
+            })
+            .collect()
     }
 
     /// The schema of one collection.

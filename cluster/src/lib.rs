@@ -35,7 +35,7 @@ use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 pub use controller::{ClusterConfig, ClusterError, Controller, SubscribeEvent, Subscription};
 pub use limits::SqlLimits;
-pub use sql::SqlAnswer;
+pub use sql::{QueryExtras, QueryShape, SqlAnswer};
 
 /// The Arrow schema of `aimatrix_view_errors`: `view TEXT, error TEXT`.
 pub fn view_errors_schema() -> SchemaRef {

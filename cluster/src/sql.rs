@@ -131,6 +131,20 @@ fn equality(expr: &Expr, schema: &SchemaRef) -> Option<(usize, Datum)> {
 /// # Errors
 /// [`ClusterError::Sql`].
 pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(), ClusterError> {
+    describe_query(catalog, sql, &QueryExtras::default()).await.map(|_| ())
+}
+
+/// What query `sql` would answer with, planned against empty tables of these schemas (and
+/// the tables and functions of `extras`), reading nothing: its columns, and the type of each
+/// parameter `$1`, `$2`, … (`None` where the query does not fix it), in order.
+///
+/// # Errors
+/// As [`check_query`].
+pub async fn describe_query(
+    catalog: &[(String, SchemaRef)],
+    sql: &str,
+    extras: &QueryExtras,
+) -> Result<QueryShape, ClusterError> {
     let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
     let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
     let ctx = amx_sql::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
@@ -139,6 +153,9 @@ pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(
         let table = datafusion::datasource::empty::EmptyTable::new(schema.clone());
         ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table)).map_err(sql_error)?;
     }
+    if let Some(prepare) = &extras.prepare {
+        prepare(&ctx, &tables).map_err(sql_error)?;
+    }
     let text = sql.to_owned();
     let statement = amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)).map_err(sql_error)?;
     if !amx_sql::is_query(&statement) {
@@ -146,8 +163,57 @@ pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(
     }
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
+    let parameters = parameter_types(&plan).map_err(sql_error)?;
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     amx_sql::on_sql_stack(|| state.optimize(&plan)).map_err(sql_error)?;
-    Ok(())
+    Ok(QueryShape { schema, parameters })
+}
+
+/// The types of a plan's parameters `$1`, `$2`, …, in order (`None`: not fixed by the query).
+fn parameter_types(plan: &datafusion::logical_expr::LogicalPlan) -> DfResult<Vec<Option<DataType>>> {
+    let types = plan.get_parameter_types()?;
+    let mut numbered: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, ty)| name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).map(|n| (n, ty)))
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    let count = numbered.last().map_or(0, |(n, _)| *n);
+    let mut out = vec![None; count];
+    for (n, ty) in numbered {
+        if n >= 1 {
+            out[n - 1] = ty;
+        }
+    }
+    Ok(out)
+}
+
+/// A query's shape, from [`describe_query`].
+#[derive(Clone, Debug)]
+pub struct QueryShape {
+    /// Its answer's columns.
+    pub schema: SchemaRef,
+    /// The type of each parameter `$1`, `$2`, … (`None`: any).
+    pub parameters: Vec<Option<DataType>>,
+}
+
+/// Registers more tables and functions in a query's DataFusion session; called with the
+/// session and the names of the tables the query reads (as [`amx_sql::referenced_tables`]).
+pub type PrepareSession = Arc<dyn Fn(&datafusion::prelude::SessionContext, &[String]) -> DfResult<()> + Send + Sync>;
+
+/// What a front end adds to a query: values for its parameters, and more tables and
+/// functions (pgwire's `pg_catalog`).
+#[derive(Clone, Default)]
+pub struct QueryExtras {
+    /// Values of `$1`, `$2`, … in order (none: the query has no parameters).
+    pub params: Vec<datafusion::common::ScalarValue>,
+    /// Called on the query's session before it is planned.
+    pub prepare: Option<PrepareSession>,
+}
+
+impl std::fmt::Debug for QueryExtras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryExtras").field("params", &self.params).finish_non_exhaustive()
+    }
 }
 
 /// The error for a statement that is neither a query nor a view statement.
@@ -192,6 +258,16 @@ impl Controller {
     /// columns, type and execution errors and statements other than queries;
     /// [`ClusterError::Conflict`] / [`ClusterError::UnknownCollection`] for view statements.
     pub async fn execute_sql(&self, sql: &str) -> Result<SqlAnswer, ClusterError> {
+        self.execute_sql_with(sql, QueryExtras::default()).await
+    }
+
+    /// [`Controller::execute_sql`] with parameter values and more tables and functions for a
+    /// query (ignored by view statements).
+    ///
+    /// # Errors
+    /// As [`Controller::execute_sql`]; a parameter without a value, or of the wrong type, is
+    /// [`ClusterError::Sql`].
+    pub async fn execute_sql_with(&self, sql: &str, extras: QueryExtras) -> Result<SqlAnswer, ClusterError> {
         let text = sql.to_owned();
         let (kind, tables) = tokio::task::spawn_blocking(move || {
             let kind = parse_statement(&text).map_err(|e| amx_sql::error::message(&e))?;
@@ -220,7 +296,7 @@ impl Controller {
                 let existed = self.drop_view(&name, if_exists).await?;
                 Ok(SqlAnswer::Dropped { view: name, existed })
             }
-            ViewStatement::Other => self.run_query(sql, tables).await,
+            ViewStatement::Other => self.run_query(sql, tables, extras).await,
         }
     }
 
@@ -228,7 +304,7 @@ impl Controller {
     /// `sql.timeout_ms` ([`crate::limits`]). The query is a task of its own, aborted when the
     /// time is up or when this future is dropped (its caller gone): its stream is dropped at
     /// DataFusion's next cooperative yield, and its slot freed with it.
-    async fn run_query(&self, sql: &str, tables: Vec<String>) -> Result<SqlAnswer, ClusterError> {
+    async fn run_query(&self, sql: &str, tables: Vec<String>, extras: QueryExtras) -> Result<SqlAnswer, ClusterError> {
         let timeout = self.inner.sql_limits.timeout;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let ms = timeout.map_or(0, |t| t.as_millis());
@@ -241,7 +317,7 @@ impl Controller {
         let (me, sql) = (self.clone(), sql.to_owned());
         let task = self.sql_runtime().spawn(async move {
             let _slot = slot;
-            me.query(&sql, &tables).await
+            me.query(&sql, &tables, &extras).await
         });
         let _abort = AbortOnDrop(task.abort_handle());
         match within(deadline, task).await {
@@ -281,9 +357,9 @@ impl Controller {
             .clone()
     }
 
-    async fn query(&self, sql: &str, tables: &[String]) -> Result<SqlAnswer, ClusterError> {
+    async fn query(&self, sql: &str, tables: &[String], extras: &QueryExtras) -> Result<SqlAnswer, ClusterError> {
         let hold: ReadHold = self.read_hold(tables);
-        self.query_as_of(sql, tables, &hold).await
+        self.query_as_of(sql, tables, &hold, extras).await
     }
 
     /// Answers query `sql` as of the time `hold` holds: queries answered at one hold read one
@@ -294,10 +370,16 @@ impl Controller {
     /// As [`Controller::execute_sql`] (view statements are [`ClusterError::Sql`] here).
     pub async fn query_at(&self, sql: &str, hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
         let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
-        self.query_as_of(sql, &tables, hold).await
+        self.query_as_of(sql, &tables, hold, &QueryExtras::default()).await
     }
 
-    async fn query_as_of(&self, sql: &str, tables: &[String], hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
+    async fn query_as_of(
+        &self,
+        sql: &str,
+        tables: &[String],
+        hold: &ReadHold,
+        extras: &QueryExtras,
+    ) -> Result<SqlAnswer, ClusterError> {
         let known: Vec<(String, SchemaRef)> =
             tables.iter().filter_map(|t| self.schema(t).map(|s| (t.clone(), s))).collect();
         let sql_error = |e: DataFusionError| match e.find_root() {
@@ -330,6 +412,9 @@ impl Controller {
                 PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };
             ctx.register_table(TableReference::bare(name), Arc::new(table)).map_err(sql_error)?;
         }
+        if let Some(prepare) = &extras.prepare {
+            prepare(&ctx, tables).map_err(sql_error)?;
+        }
         let text = sql.to_owned();
         let statement = tokio::task::spawn_blocking(move || amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)))
             .await
@@ -338,7 +423,10 @@ impl Controller {
         if !amx_sql::is_query(&statement) {
             return Err(ClusterError::Sql(NOT_A_QUERY.into()));
         }
-        let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_error)?;
+        let mut plan = ctx.state().statement_to_plan(statement).await.map_err(sql_error)?;
+        if !extras.params.is_empty() {
+            plan = plan.with_param_values(extras.params.clone()).map_err(sql_error)?;
+        }
         let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         // A peek's own error (the cluster stopped, or a view dropped while the query ran) is

@@ -8,6 +8,9 @@
 //! allowed_hosts = []           # Host names answered besides localhost, 127.0.0.1, [::1], listen's
 //! allowed_origins = []         # Origins (scheme://host[:port]) whose pages may call the API
 //!
+//! [pgwire]
+//! listen = "127.0.0.1:6875"    # address of the PostgreSQL wire protocol (psql, drivers; loopback only, until auth); "" turns it off
+//!
 //! [cluster]
 //! workers = 1                  # worker threads per process
 //! processes = 1                # processes in the timely cluster
@@ -52,6 +55,8 @@ use serde::{Deserialize, Serialize};
 pub struct ServeConfig {
     /// The HTTP API.
     pub http: HttpConfig,
+    /// The PostgreSQL wire protocol.
+    pub pgwire: PgWireConfig,
     /// The timely cluster.
     pub cluster: ClusterSection,
     /// SQL.
@@ -127,6 +132,37 @@ pub struct HttpConfig {
     /// `http`/`https` origins of the allowed hosts; a request with another `Origin` is
     /// answered 403. Default none.
     pub allowed_origins: Vec<String>,
+}
+
+/// Checks that `listen` (the value of setting `key`) resolves to loopback addresses only.
+fn check_loopback(key: &str, listen: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let addresses: Vec<std::net::SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| format!("{key} = `{listen}` is not an address to listen on (host:port): {e}"))?
+        .collect();
+    if addresses.is_empty() || addresses.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "{key} = `{listen}` is not a loopback address: the server has no authentication yet, so it listens only \
+             on this machine (127.0.0.1, [::1] or localhost); reach it from elsewhere through an SSH tunnel or an \
+             authenticating proxy"
+        ));
+    }
+    Ok(())
+}
+
+/// `[pgwire]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgWireConfig {
+    /// Address to listen on, `host:port` (default `127.0.0.1:6875`); empty: no pgwire.
+    pub listen: String,
+}
+
+impl Default for PgWireConfig {
+    fn default() -> Self {
+        PgWireConfig { listen: crate::pgwire::DEFAULT_LISTEN.into() }
+    }
 }
 
 /// `[cluster]`.
@@ -253,18 +289,10 @@ impl ServeConfig {
     /// An address that does not resolve, or resolves to one that is not loopback (the message
     /// names the setting).
     pub fn check_listen(&self) -> Result<(), String> {
-        use std::net::ToSocketAddrs;
-        let listen = &self.http.listen;
-        let addresses: Vec<std::net::SocketAddr> = listen
-            .to_socket_addrs()
-            .map_err(|e| format!("http.listen = `{listen}` is not an address to listen on (host:port): {e}"))?
-            .collect();
-        if addresses.is_empty() || addresses.iter().any(|a| !a.ip().is_loopback()) {
-            return Err(format!(
-                "http.listen = `{listen}` is not a loopback address: the server has no authentication yet, so it \
-                 listens only on this machine (127.0.0.1, [::1] or localhost); reach it from elsewhere through an \
-                 SSH tunnel or an authenticating proxy"
-            ));
+        check_loopback("http.listen", &self.http.listen)?;
+        // pgwire has no authentication either ("": off).
+        if !self.pgwire.listen.is_empty() {
+            check_loopback("pgwire.listen", &self.pgwire.listen)?;
         }
         Ok(())
     }

@@ -23,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod guard;
+pub mod pgwire;
 
 use std::time::Duration;
 

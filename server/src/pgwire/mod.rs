@@ -1,0 +1,928 @@
+//! The PostgreSQL wire protocol (v3) front end of `aimatrix serve`, on the `pgwire` crate:
+//! psql, drivers (tokio-postgres, psycopg, JDBC) and BI tools query the running cluster as
+//! they would PostgreSQL.
+//!
+//! - **Queries** go to the engine's SQL ([`Controller::execute_sql_with`]): every relation
+//!   and view, read at one timestamp; `CREATE`/`DROP MATERIALIZED VIEW`. Both the simple
+//!   and the extended query protocol: prepared statements with parameters `$1`, `$2`, …
+//!   (types inferred from the query, or as the client names them; values in text or binary
+//!   format) and portals with row limits.
+//! - **Types** are described with PostgreSQL's OIDs and encoded in text or binary as the
+//!   client asks ([`types`]).
+//! - **`SUBSCRIBE [TO] v [WITH (SNAPSHOT = false, PROGRESS)]`**, as Materialize defines it
+//!   (<https://materialize.com/docs/sql/subscribe/>): columns `aimatrix_timestamp` (int8, ms
+//!   since the Unix epoch), `aimatrix_progressed` (bool, only `WITH (PROGRESS)`),
+//!   `aimatrix_diff` (int8), then the view's columns; through `COPY (SUBSCRIBE …) TO STDOUT`
+//!   (each change flushed as it happens) or `DECLARE c CURSOR FOR SUBSCRIBE …` and
+//!   `FETCH n c WITH (timeout = '1s')`. A progress row has NULL diff and columns.
+//! - **Introspection**: `SHOW VIEWS | MATERIALIZED VIEWS | TABLES | SOURCES | JOBS`,
+//!   `SHOW COLUMNS FROM v`, `SHOW setting`, and the `pg_catalog` / `information_schema`
+//!   queries of psql's `\d`, `\dt`, `\dm` and of drivers at connect ([`catalog`]).
+//! - `SET`/`RESET` (kept per session), `BEGIN`/`COMMIT`/`ROLLBACK` (a transaction is a group
+//!   of reads; cursors close at its end), `DISCARD`, `DEALLOCATE` are acknowledged.
+//!
+//! Errors carry PostgreSQL's SQLSTATE codes: `42P01` unknown relation, `42P07` a name in
+//! use, `42601` syntax and planning errors, `0A000` unsupported statements, `34000` unknown
+//! cursor, `57014` a query past `sql.timeout_ms`.
+
+pub mod catalog;
+pub mod statement;
+pub mod types;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amx_cluster::controller::{CatalogEntry, CollectionKind, JobInfo};
+use amx_cluster::sql::PrepareSession;
+use amx_cluster::{ClusterError, Controller, QueryExtras, SqlAnswer, SubscribeEvent, Subscription};
+use amx_dataflows::row::Row;
+use amx_sql::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray, new_null_array};
+use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use amx_sql::arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::common::ScalarValue;
+use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
+use pgwire::messages::response::NoticeResponse;
+use pgwire::messages::response::TransactionStatus;
+
+use statement::{CursorBody, Show, Statement, SubscribeSpec, Txn};
+
+/// The default pgwire address: this machine only, Materialize's port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6875";
+
+/// Serves pgwire on `listener` for `state`'s cluster until `shutdown` completes; each
+/// connection runs in its own task (a broken or malformed connection ends only itself).
+///
+/// # Errors
+/// None once listening: accept errors (too many open files) are logged and retried.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: crate::AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handlers = Arc::new(Handlers { backend: Arc::new(Backend::new(state.controller, state.sql_timeout)) });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = handlers.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pgwire: accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// The handlers `pgwire` calls for each connection.
+struct Handlers {
+    backend: Arc<Backend>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.backend.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.backend.clone()
+    }
+}
+
+/// What every connection shares: the cluster and the query timeout.
+struct Backend {
+    controller: Controller,
+    timeout: Duration,
+    parser: Arc<Parser>,
+}
+
+impl Backend {
+    fn new(controller: Controller, timeout: Duration) -> Backend {
+        Backend { parser: Arc::new(Parser { controller: controller.clone() }), controller, timeout }
+    }
+}
+
+/// A statement prepared by the extended protocol: what it is, and its shape.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    statement: Statement,
+    /// Its answer's columns (`None`: it answers with a tag only).
+    schema: Option<SchemaRef>,
+    /// The Arrow type of each parameter (`None`: not fixed by the query).
+    params: Vec<Option<DataType>>,
+}
+
+/// Plans statements for the extended protocol.
+struct Parser {
+    controller: Controller,
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+fn error_info(code: &str, message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new("ERROR".into(), code.into(), message.into())
+}
+
+fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(code, message)))
+}
+
+fn cluster_error(e: ClusterError) -> PgWireError {
+    let code = match &e {
+        ClusterError::UnknownCollection(_) => "42P01",
+        ClusterError::Conflict(_) => "42P07",
+        ClusterError::Sql(_) => "42601",
+        ClusterError::Stopped => "57P01",
+        _ => "XX000",
+    };
+    user_error(code, e.to_string())
+}
+
+fn unsupported(message: String) -> PgWireError {
+    user_error(if message.contains("not supported") { "0A000" } else { "42601" }, message)
+}
+
+fn notice(message: String) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(NoticeResponse::from(ErrorInfo::new("NOTICE".into(), "00000".into(), message)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+
+/// A connection's state: its cursors and settings.
+#[derive(Default)]
+struct Session {
+    cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
+    settings: Mutex<HashMap<String, String>>,
+    /// Inside `BEGIN` … `COMMIT`/`ROLLBACK`.
+    explicit_block: AtomicBool,
+    /// Running a simple query of several statements: PostgreSQL's implicit transaction block,
+    /// whose cursors close when the query string ends.
+    implicit_block: AtomicBool,
+}
+
+fn session<C: ClientInfo>(client: &C) -> Arc<Session> {
+    client.session_extensions().get_or_insert_with(Session::default)
+}
+
+/// The settings `SHOW` knows, with their values until a `SET`.
+const SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("client_encoding", "UTF8"),
+    ("client_min_messages", "notice"),
+    ("datestyle", "ISO, MDY"),
+    ("default_transaction_isolation", "serializable"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("is_superuser", "off"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("max_identifier_length", "63"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", "16.6"),
+    ("server_version_num", "160006"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "serializable"),
+    ("transaction_read_only", "on"),
+];
+
+// ---------------------------------------------------------------------------------------
+// Subscriptions as rows
+
+/// Turns a subscription's events into rows of `aimatrix_timestamp`, (`aimatrix_progressed`),
+/// `aimatrix_diff` and the view's columns.
+struct SubscribeRows {
+    spec: SubscribeSpec,
+    view: SchemaRef,
+    schema: SchemaRef,
+    last_progress: Option<amx_dataflows::Time>,
+}
+
+impl SubscribeRows {
+    fn new(spec: SubscribeSpec, view: SchemaRef) -> SubscribeRows {
+        let mut fields = vec![Field::new("aimatrix_timestamp", DataType::Int64, false)];
+        if spec.progress {
+            fields.push(Field::new("aimatrix_progressed", DataType::Boolean, false));
+        }
+        fields.push(Field::new("aimatrix_diff", DataType::Int64, true));
+        fields.extend(view.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        SubscribeRows { spec, view, schema: Arc::new(Schema::new(fields)), last_progress: None }
+    }
+
+    /// The rows of one event (`None`: it has none for this subscription).
+    fn batch(&mut self, event: SubscribeEvent) -> Result<Option<RecordBatch>, String> {
+        match event {
+            SubscribeEvent::Snapshot { timestamp, rows, .. } if self.spec.snapshot => {
+                let changes: Vec<(&Row, amx_dataflows::Time, i64)> =
+                    rows.iter().map(|(r, d)| (r, timestamp, *d as i64)).collect();
+                self.changes(&changes)
+            }
+            SubscribeEvent::Snapshot { .. } => Ok(None),
+            SubscribeEvent::Changes(changes) => {
+                let changes: Vec<(&Row, amx_dataflows::Time, i64)> =
+                    changes.iter().map(|(r, t, d)| (r, *t, *d as i64)).collect();
+                self.changes(&changes)
+            }
+            SubscribeEvent::Progress { upper } if self.spec.progress && self.last_progress != Some(upper) => {
+                self.last_progress = Some(upper);
+                let mut columns: Vec<ArrayRef> =
+                    vec![Arc::new(Int64Array::from(vec![upper as i64])), Arc::new(BooleanArray::from(vec![true]))];
+                columns.push(new_null_array(&DataType::Int64, 1));
+                columns.extend(self.view.fields().iter().map(|f| new_null_array(f.data_type(), 1)));
+                RecordBatch::try_new(self.schema.clone(), columns).map(Some).map_err(|e| e.to_string())
+            }
+            SubscribeEvent::Progress { .. } => Ok(None),
+        }
+    }
+
+    fn changes(&self, changes: &[(&Row, amx_dataflows::Time, i64)]) -> Result<Option<RecordBatch>, String> {
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<&Row> = changes.iter().map(|(r, _, _)| *r).collect();
+        let view = amx_sql::convert::rows_to_batch(&rows, &self.view).map_err(|e| format!("{e:#}"))?;
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(Int64Array::from_iter_values(changes.iter().map(|(_, t, _)| *t as i64)))];
+        if self.spec.progress {
+            columns.push(Arc::new(BooleanArray::from(vec![false; changes.len()])));
+        }
+        columns.push(Arc::new(Int64Array::from_iter_values(changes.iter().map(|(_, _, d)| *d))));
+        columns.extend(view.columns().iter().cloned());
+        RecordBatch::try_new(self.schema.clone(), columns).map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// A cursor: rows waiting to be fetched, and the subscription that makes more.
+struct Cursor {
+    schema: SchemaRef,
+    buffer: VecDeque<RecordBatch>,
+    subscription: Option<(Subscription, SubscribeRows)>,
+}
+
+impl Cursor {
+    fn buffered(&self) -> usize {
+        self.buffer.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    fn push(&mut self, batch: Option<RecordBatch>) {
+        if let Some(b) = batch.filter(|b| b.num_rows() > 0) {
+            self.buffer.push_back(b);
+        }
+    }
+
+    /// Up to `count` rows (`None`: all there are): from a subscription, waits up to `timeout`
+    /// (`None`: until one comes) for a first row, then takes what has come without waiting.
+    async fn fetch(&mut self, count: Option<usize>, timeout: Option<Duration>) -> Result<Vec<RecordBatch>, String> {
+        let limit = count.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        while self.buffer.is_empty() {
+            let Some((subscription, rows)) = self.subscription.as_mut() else { break };
+            let event = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, subscription.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => break,
+                },
+                None => subscription.recv().await,
+            };
+            match event {
+                Some(event) => {
+                    let batch = rows.batch(event)?;
+                    self.push(batch);
+                }
+                None => {
+                    self.subscription = None;
+                }
+            }
+        }
+        while self.buffered() < limit {
+            let Some((subscription, rows)) = self.subscription.as_mut() else { break };
+            match subscription.try_recv() {
+                Some(event) => {
+                    let batch = rows.batch(event)?;
+                    self.push(batch);
+                }
+                // Nothing queued (an ended subscription is found at the next wait).
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        let mut left = limit;
+        while left > 0 {
+            let Some(front) = self.buffer.pop_front() else { break };
+            if front.num_rows() <= left {
+                left -= front.num_rows();
+                out.push(front);
+            } else {
+                out.push(front.slice(0, left));
+                self.buffer.push_front(front.slice(left, front.num_rows() - left));
+                left = 0;
+            }
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running statements
+
+/// A query response of `batches`, described as `schema` in `format`.
+fn rows_response(schema: &SchemaRef, batches: &[RecordBatch], format: &Format, tag: &str) -> PgWireResult<Response> {
+    let fields = Arc::new(types::fields(schema, format));
+    let mut rows = Vec::new();
+    for batch in batches {
+        rows.extend(types::data_rows(batch, &fields)?.into_iter().map(Ok));
+    }
+    let mut response = QueryResponse::new(fields, stream::iter(rows));
+    response.set_command_tag(tag);
+    Ok(Response::Query(response))
+}
+
+fn text_batch(columns: Vec<(&str, Vec<Option<String>>)>) -> PgWireResult<RecordBatch> {
+    RecordBatch::try_from_iter_with_nullable(
+        columns.into_iter().map(|(n, v)| (n, Arc::new(StringArray::from(v)) as ArrayRef, true)),
+    )
+    .map_err(|e| user_error("XX000", e.to_string()))
+}
+
+fn kind_name(kind: CollectionKind) -> &'static str {
+    match kind {
+        CollectionKind::Relation => "relation",
+        CollectionKind::BuiltinView => "built-in view",
+        CollectionKind::View => "materialized view",
+    }
+}
+
+impl Backend {
+    /// The session hook that adds `pg_catalog` and `information_schema` to a query.
+    fn catalog_hook(entries: Arc<Vec<CatalogEntry>>) -> PrepareSession {
+        Arc::new(move |ctx, tables| {
+            ctx.state_ref().write().config_mut().options_mut().catalog.information_schema = true;
+            // Collections the query does not read, as empty tables: information_schema lists
+            // them (their contents are never read).
+            for e in entries.iter().filter(|e| !tables.contains(&e.name)) {
+                let table = datafusion::datasource::empty::EmptyTable::new(e.schema.clone());
+                ctx.register_table(datafusion::common::TableReference::bare(e.name.as_str()), Arc::new(table))?;
+            }
+            catalog::register(ctx, &entries)
+        })
+    }
+
+    /// Runs one engine SQL statement.
+    async fn run_sql<C>(
+        &self,
+        client: &mut C,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let started = Instant::now();
+        let sql = catalog::rewrite(sql);
+        let entries = Arc::new(self.controller.catalog_entries());
+        if let Some(answer) = catalog::answer_known(&sql, &entries) {
+            let batch = answer.map_err(|e| user_error("XX000", amx_sql::error::message(&e)))?;
+            return rows_response(&batch.schema(), &[batch], format, "SELECT");
+        }
+        let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
+        let answer =
+            tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras)).await.map_err(|_| {
+                user_error(
+                    "57014",
+                    format!("canceling statement: it ran past sql.timeout_ms ({} ms)", self.timeout.as_millis()),
+                )
+            })?;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e @ ClusterError::Sql(_)) => match catalog::answer_empty(&sql) {
+                Some(batch) => return rows_response(&batch.schema(), &[batch], format, "SELECT"),
+                None => return Err(cluster_error(e)),
+            },
+            Err(e) => return Err(cluster_error(e)),
+        };
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "pgwire statement");
+        Ok(match answer {
+            SqlAnswer::Rows { schema, batches, .. } => rows_response(&schema, &batches, format, "SELECT")?,
+            SqlAnswer::Created { view, existed } => {
+                if existed {
+                    client.send(notice(format!("relation \"{view}\" already exists, skipping"))).await?;
+                }
+                Response::Execution(Tag::new("CREATE MATERIALIZED VIEW"))
+            }
+            SqlAnswer::Dropped { view, existed } => {
+                if !existed {
+                    client.send(notice(format!("materialized view \"{view}\" does not exist, skipping"))).await?;
+                }
+                Response::Execution(Tag::new("DROP MATERIALIZED VIEW"))
+            }
+        })
+    }
+
+    fn subscription(&self, spec: &SubscribeSpec) -> PgWireResult<(Subscription, SubscribeRows)> {
+        let subscription = self.controller.subscribe(&spec.view).map_err(cluster_error)?;
+        let rows = SubscribeRows::new(spec.clone(), subscription.schema.clone());
+        Ok((subscription, rows))
+    }
+
+    /// `COPY (SUBSCRIBE …) TO STDOUT`: every change as a text line, flushed as it comes; ends
+    /// (with `COPY n`) when the view is dropped.
+    async fn copy_subscribe<C>(&self, client: &mut C, spec: &SubscribeSpec) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (mut subscription, mut rows) = self.subscription(spec)?;
+        let columns = rows.schema.fields().len();
+        client
+            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns as i16, vec![0; columns])))
+            .await?;
+        let fields = Arc::new(types::fields(&rows.schema, &Format::UnifiedText));
+        let mut encoder = CopyEncoder::new_text(fields, CopyTextOptions::default());
+        let mut count = 0usize;
+        while let Some(event) = subscription.recv().await {
+            let Some(batch) = rows.batch(event).map_err(|e| user_error("XX000", e))? else { continue };
+            let mut out = Vec::new();
+            types::copy_rows(&batch, &mut encoder, &mut out)?;
+            count += batch.num_rows();
+            client.send(PgWireBackendMessage::CopyData(CopyData::new(out.into()))).await?;
+        }
+        client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+        Ok(Response::Execution(Tag::new("COPY").with_rows(count)))
+    }
+
+    /// A bare `SUBSCRIBE`: rows as one never-ending result, after a notice.
+    async fn bare_subscribe<C>(&self, client: &mut C, spec: &SubscribeSpec, format: &Format) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (subscription, rows) = self.subscription(spec)?;
+        client
+            .send(notice(
+                "SUBSCRIBE streams rows until the view is dropped; clients that buffer a whole result \
+                 (psql, most drivers) show nothing until then: use COPY (SUBSCRIBE …) TO STDOUT, or \
+                 DECLARE c CURSOR FOR SUBSCRIBE … and FETCH n c WITH (timeout = '1s')"
+                    .into(),
+            ))
+            .await?;
+        let fields = Arc::new(types::fields(&rows.schema, format));
+        let encode_fields = fields.clone();
+        let batches = stream::unfold((subscription, rows), |(mut subscription, mut rows)| async move {
+            loop {
+                let event = subscription.recv().await?;
+                match rows.batch(event) {
+                    Ok(Some(batch)) => return Some((Ok(batch), (subscription, rows))),
+                    Ok(None) => continue,
+                    Err(e) => return Some((Err(user_error("XX000", e)), (subscription, rows))),
+                }
+            }
+        });
+        let data = batches.flat_map(move |batch| {
+            let rows = batch.and_then(|b| types::data_rows(&b, &encode_fields));
+            stream::iter(match rows {
+                Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        });
+        let mut response = QueryResponse::new(fields, data);
+        response.set_command_tag("SUBSCRIBE");
+        Ok(Response::Query(response))
+    }
+
+    async fn show(&self, client: &impl ClientInfo, show: &Show) -> PgWireResult<RecordBatch> {
+        let entries = self.controller.catalog_entries();
+        let jobs = self.controller.jobs();
+        let job_name = |owner: Option<amx_cluster::protocol::JobId>| {
+            owner.map(|id| {
+                jobs.iter().find(|j| j.id == id).and_then(|j| j.name.clone()).unwrap_or_else(|| id.to_string())
+            })
+        };
+        let views = |pred: &dyn Fn(CollectionKind) -> bool, with_kind: bool| {
+            let list: Vec<&CatalogEntry> = entries.iter().filter(|e| pred(e.kind)).collect();
+            let mut columns = vec![("name", list.iter().map(|e| Some(e.name.clone())).collect())];
+            if with_kind {
+                columns.push(("kind", list.iter().map(|e| Some(kind_name(e.kind).to_owned())).collect()));
+            }
+            columns.push(("job", list.iter().map(|e| job_name(e.owner)).collect()));
+            text_batch(columns)
+        };
+        match show {
+            Show::Views => views(&|k| k != CollectionKind::Relation, true),
+            Show::MaterializedViews => views(&|k| k == CollectionKind::View, false),
+            Show::Tables => {
+                let list: Vec<&CatalogEntry> = entries.iter().filter(|e| e.kind == CollectionKind::Relation).collect();
+                text_batch(vec![("name", list.iter().map(|e| Some(e.name.clone())).collect())])
+            }
+            Show::Sources => {
+                let running: Vec<(&JobInfo, &amx_cluster::job::SourceConfig)> = jobs
+                    .iter()
+                    .filter(|j| j.state != amx_cluster::controller::JobState::Cancelled)
+                    .flat_map(|j| j.sources.iter().map(move |s| (j, s)))
+                    .collect();
+                let text = |f: &dyn Fn(&JobInfo, &amx_cluster::job::SourceConfig) -> Option<String>| {
+                    running.iter().map(|(j, s)| f(j, s)).collect::<Vec<_>>()
+                };
+                text_batch(vec![
+                    ("name", text(&|_, s| Some(s.name.clone()))),
+                    ("job", text(&|j, _| Some(j.name.clone().unwrap_or_else(|| j.id.to_string())))),
+                    ("kind", text(&|_, s| Some(serde_json::to_value(s.kind).ok()?.as_str()?.to_owned()))),
+                    ("format", text(&|_, s| Some(s.format.clone()))),
+                    ("path", text(&|_, s| (!s.path.is_empty()).then(|| s.path.clone()))),
+                ])
+            }
+            Show::Jobs => {
+                let text = |f: &dyn Fn(&JobInfo) -> Option<String>| jobs.iter().map(f).collect::<Vec<_>>();
+                let json = |v: serde_json::Value| v.as_str().map(str::to_owned);
+                text_batch(vec![
+                    ("id", text(&|j| Some(j.id.to_string()))),
+                    ("name", text(&|j| j.name.clone())),
+                    ("kind", text(&|j| json(serde_json::to_value(j.kind).ok()?))),
+                    ("state", text(&|j| json(serde_json::to_value(j.state).ok()?))),
+                    (
+                        "sources",
+                        text(&|j| Some(j.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "))),
+                    ),
+                    ("views", text(&|j| Some(j.views.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")))),
+                    ("errors", text(&|j| (!j.errors.is_empty()).then(|| j.errors.join("; ")))),
+                ])
+            }
+            Show::Columns(name) => {
+                let entry = entries
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .ok_or_else(|| user_error("42P01", format!("unknown relation or view {name:?}")))?;
+                let fields = entry.schema.fields();
+                RecordBatch::try_from_iter(vec![
+                    (
+                        "name",
+                        Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().as_str()))) as ArrayRef,
+                    ),
+                    (
+                        "nullable",
+                        Arc::new(BooleanArray::from_iter(fields.iter().map(|f| Some(f.is_nullable())))) as ArrayRef,
+                    ),
+                    (
+                        "type",
+                        Arc::new(StringArray::from_iter_values(
+                            fields.iter().map(|f| types::pg_type_name(f.data_type())),
+                        )) as ArrayRef,
+                    ),
+                ])
+                .map_err(|e| user_error("XX000", e.to_string()))
+            }
+            Show::Setting(name) => {
+                let value = setting(client, name)
+                    .ok_or_else(|| user_error("42704", format!("unrecognized configuration parameter \"{name}\"")))?;
+                text_batch(vec![(name.as_str(), vec![Some(value)])])
+            }
+            Show::All => {
+                let names: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+                text_batch(vec![
+                    ("name", names.iter().map(|n| Some((*n).to_owned())).collect()),
+                    ("setting", names.iter().map(|n| setting(client, n)).collect()),
+                ])
+            }
+        }
+    }
+
+    /// The columns a statement answers with, known before it runs (`None`: a tag only).
+    async fn describe(
+        &self,
+        client: &impl ClientInfo,
+        statement: &Statement,
+    ) -> PgWireResult<(Option<SchemaRef>, Vec<Option<DataType>>)> {
+        Ok(match statement {
+            Statement::Sql(sql) => {
+                let sql = catalog::rewrite(sql);
+                let first = sql.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+                if first == "CREATE" || first == "DROP" {
+                    return Ok((None, Vec::new()));
+                }
+                let entries = Arc::new(self.controller.catalog_entries());
+                if let Some(answer) = catalog::answer_known(&sql, &entries) {
+                    let batch = answer.map_err(|e| user_error("XX000", amx_sql::error::message(&e)))?;
+                    return Ok((Some(batch.schema()), Vec::new()));
+                }
+                let catalog: Vec<(String, SchemaRef)> =
+                    entries.iter().map(|e| (e.name.clone(), e.schema.clone())).collect();
+                let extras = QueryExtras { params: Vec::new(), prepare: Some(Self::catalog_hook(entries)) };
+                let shape = amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?;
+                (Some(shape.schema), shape.parameters)
+            }
+            Statement::Subscribe { spec, copy: false } => {
+                let view = self
+                    .controller
+                    .schema(&spec.view)
+                    .ok_or_else(|| user_error("42P01", format!("unknown relation or view {:?}", spec.view)))?;
+                (Some(SubscribeRows::new(spec.clone(), view).schema), Vec::new())
+            }
+            Statement::Fetch { cursor, .. } => {
+                let session = session(client);
+                let cursors = session.cursors.lock().await;
+                let cursor = cursors
+                    .get(cursor)
+                    .ok_or_else(|| user_error("34000", format!("cursor \"{cursor}\" does not exist")))?;
+                (Some(cursor.schema.clone()), Vec::new())
+            }
+            Statement::Show(show) => (Some(self.show(client, show).await?.schema()), Vec::new()),
+            _ => (None, Vec::new()),
+        })
+    }
+
+    /// Runs one statement; its answer is in `format`.
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        statement: &Statement,
+        params: Vec<ScalarValue>,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match statement {
+            Statement::Sql(sql) => self.run_sql(client, sql, params, format).await,
+            Statement::Subscribe { spec, copy: true } => self.copy_subscribe(client, spec).await,
+            Statement::Subscribe { spec, copy: false } => self.bare_subscribe(client, spec, format).await,
+            Statement::CopyQuery(sql) => {
+                let answer = self.query_batches(sql, params).await?;
+                let fields = Arc::new(types::fields(&answer.0, &Format::UnifiedText));
+                let mut encoder = CopyEncoder::new_text(fields, CopyTextOptions::default());
+                let mut chunks = Vec::new();
+                for batch in &answer.1 {
+                    let mut out = Vec::new();
+                    types::copy_rows(batch, &mut encoder, &mut out)?;
+                    if !out.is_empty() {
+                        chunks.push(Ok(CopyData::new(out.into())));
+                    }
+                }
+                let columns = answer.0.fields().len();
+                Ok(Response::CopyOut(CopyResponse::new(0, columns, stream::iter(chunks))))
+            }
+            Statement::Declare { cursor, body } => {
+                let session = session(client);
+                let in_block =
+                    session.explicit_block.load(Ordering::Relaxed) || session.implicit_block.load(Ordering::Relaxed);
+                if client.transaction_status() == TransactionStatus::Idle && !in_block {
+                    return Err(user_error(
+                        "25P01",
+                        "DECLARE CURSOR can only be used in transaction blocks (BEGIN first)",
+                    ));
+                }
+                let new = match body {
+                    CursorBody::Subscribe(spec) => {
+                        let (subscription, rows) = self.subscription(spec)?;
+                        Cursor {
+                            schema: rows.schema.clone(),
+                            buffer: VecDeque::new(),
+                            subscription: Some((subscription, rows)),
+                        }
+                    }
+                    CursorBody::Query(sql) => {
+                        let (schema, batches) = self.query_batches(sql, params).await?;
+                        Cursor { schema, buffer: batches.into(), subscription: None }
+                    }
+                };
+                let mut cursors = session.cursors.lock().await;
+                if cursors.contains_key(cursor) {
+                    return Err(user_error("42P03", format!("cursor \"{cursor}\" already exists")));
+                }
+                cursors.insert(cursor.clone(), new);
+                Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+            }
+            Statement::Fetch { cursor, count, timeout } => {
+                let session = session(client);
+                let mut cursors = session.cursors.lock().await;
+                let open = cursors
+                    .get_mut(cursor)
+                    .ok_or_else(|| user_error("34000", format!("cursor \"{cursor}\" does not exist")))?;
+                let batches = open.fetch(*count, *timeout).await.map_err(|e| user_error("XX000", e))?;
+                let schema = open.schema.clone();
+                rows_response(&schema, &batches, format, "FETCH")
+            }
+            Statement::Close(cursor) => {
+                let session = session(client);
+                let mut cursors = session.cursors.lock().await;
+                match cursor {
+                    None => cursors.clear(),
+                    Some(name) => {
+                        cursors
+                            .remove(name)
+                            .ok_or_else(|| user_error("34000", format!("cursor \"{name}\" does not exist")))?;
+                    }
+                }
+                Ok(Response::Execution(Tag::new("CLOSE CURSOR")))
+            }
+            Statement::Show(show) => {
+                let batch = self.show(client, show).await?;
+                rows_response(&batch.schema(), &[batch], format, "SHOW")
+            }
+            Statement::Set { name, value } => {
+                let session = session(client);
+                let mut settings = session.settings.lock().unwrap_or_else(|p| p.into_inner());
+                let tag = match value {
+                    Some(v) => {
+                        settings.insert(name.clone(), v.clone());
+                        "SET"
+                    }
+                    None => {
+                        settings.remove(name);
+                        "RESET"
+                    }
+                };
+                Ok(Response::Execution(Tag::new(tag)))
+            }
+            Statement::Tag { tag, txn } => Ok(match txn {
+                Txn::None => Response::Execution(Tag::new(tag)),
+                Txn::Begin => {
+                    session(client).explicit_block.store(true, Ordering::Relaxed);
+                    Response::TransactionStart(Tag::new(tag))
+                }
+                Txn::End => {
+                    // Cursors live in their transaction.
+                    let session = session(client);
+                    session.explicit_block.store(false, Ordering::Relaxed);
+                    session.cursors.lock().await.clear();
+                    Response::TransactionEnd(Tag::new(tag))
+                }
+            }),
+        }
+    }
+
+    /// A query's answer as Arrow batches.
+    async fn query_batches(&self, sql: &str, params: Vec<ScalarValue>) -> PgWireResult<(SchemaRef, Vec<RecordBatch>)> {
+        let sql = catalog::rewrite(sql);
+        let entries = Arc::new(self.controller.catalog_entries());
+        let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
+        let answer = tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras))
+            .await
+            .map_err(|_| user_error("57014", "canceling statement: it ran past sql.timeout_ms"))?
+            .map_err(cluster_error)?;
+        match answer {
+            SqlAnswer::Rows { schema, batches, .. } => Ok((schema, batches)),
+            _ => Err(user_error("0A000", "a cursor or COPY reads a query, not a view statement")),
+        }
+    }
+}
+
+/// A setting's value in this session (`None`: unknown setting).
+fn setting(client: &impl ClientInfo, name: &str) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    let session = session(client);
+    if let Some(v) = session.settings.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+        return Some(v.clone());
+    }
+    if name == "application_name"
+        && let Some(v) = client.metadata().get(pgwire::api::METADATA_APPLICATION_NAME)
+    {
+        return Some(v.clone());
+    }
+    SETTINGS.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The protocol handlers
+
+#[async_trait]
+impl SimpleQueryHandler for Backend {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = statement::split(query).map_err(|e| user_error("42601", e))?;
+        let mut responses = Vec::new();
+        let session = session(client);
+        let implicit = statements.len() > 1;
+        session.implicit_block.store(implicit, Ordering::Relaxed);
+        for text in statements {
+            let result = match statement::classify(&text) {
+                Ok(statement) => self.run(client, &statement, Vec::new(), &Format::UnifiedText).await,
+                Err(e) => Err(unsupported(e)),
+            };
+            match result {
+                Ok(response) => responses.push(response),
+                Err(PgWireError::UserError(info)) => {
+                    // PostgreSQL stops a multi-statement query string at its first error.
+                    responses.push(Response::Error(info));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if implicit {
+            session.implicit_block.store(false, Ordering::Relaxed);
+            if !session.explicit_block.load(Ordering::Relaxed) {
+                // The implicit transaction ended, and its cursors with it.
+                session.cursors.lock().await.clear();
+            }
+        }
+        if responses.is_empty() {
+            responses.push(Response::EmptyQuery);
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let mut statements = statement::split(sql).map_err(|e| user_error("42601", e))?;
+        if statements.len() > 1 {
+            return Err(user_error("42601", "cannot insert multiple commands into a prepared statement"));
+        }
+        let Some(text) = statements.pop() else { return Ok(None) };
+        let statement = statement::classify(&text).map_err(unsupported)?;
+        let backend = Backend::new(self.controller.clone(), Duration::from_secs(60));
+        let (schema, params) = backend.describe(client, &statement).await?;
+        Ok(Some(Prepared { statement, schema, params }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.params.iter().map(|p| p.as_ref().map_or(Type::TEXT, types::pg_type)).collect())
+    }
+
+    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(match &stmt.schema {
+            Some(schema) => types::fields(schema, format.unwrap_or(&Format::UnifiedText)),
+            None => Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Backend {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &portal.statement.statement;
+        let mut params = Vec::with_capacity(portal.parameter_len());
+        for idx in 0..portal.parameter_len() {
+            let want = prepared.params.get(idx).and_then(Option::as_ref);
+            let sent = portal
+                .statement
+                .parameter_types
+                .get(idx)
+                .cloned()
+                .flatten()
+                .filter(|t| *t != Type::UNKNOWN)
+                .unwrap_or_else(|| want.map_or(Type::TEXT, types::pg_type));
+            params.push(types::parameter(portal, idx, &sent, want)?);
+        }
+        self.run(client, &prepared.statement, params, &portal.result_column_format).await
+    }
+}
