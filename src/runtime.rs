@@ -492,6 +492,23 @@ fn schemas(job: &Job) -> Vec<(String, amx_sql::arrow::datatypes::SchemaRef)> {
     schemas
 }
 
+/// Refuses a relation a source declares with the name of a built-in relation or view.
+fn check_declared(job: &Job) -> Result<()> {
+    let builtin = builtin_schemas();
+    for source in &job.config.sources {
+        if let Some(table) = &source.relation
+            && builtin.iter().any(|(name, _)| *name == table.name)
+        {
+            bail!(
+                "source `{}`: relation `{}` is built in; declare the source's relation under another name",
+                source.name,
+                table.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Plans the job's `[views]`, then the statements: `CREATE MATERIALIZED VIEW` adds a view,
 /// `DROP MATERIALIZED VIEW` removes one, anything else is a query to answer.
 ///
@@ -500,6 +517,7 @@ fn schemas(job: &Job) -> Vec<(String, amx_sql::arrow::datatypes::SchemaRef)> {
 pub fn plan_views(job: &Job, statements: &[(String, String)]) -> Result<(Vec<ViewDef>, Vec<NamedQuery>)> {
     // Every relation, built-in view and `aimatrix_view_errors` (no view may take its name),
     // and the relations the job's sources declare.
+    check_declared(job)?;
     let mut planner = ViewPlanner::new(&schemas(job))?;
     for (name, sql) in &job.config.views {
         let sql = sql.as_str().unwrap_or_default();

@@ -3249,15 +3249,31 @@ fn sql_clients_query_over_pgwire() {
 
     // COPY (SUBSCRIBE …): the snapshot, then bob's second order as a change of his row.
     let (tx, rx) = mpsc::channel::<String>();
+    let (cancel_tx, cancel_rx) = mpsc::channel();
+    let (ended_tx, ended_rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         let mut client = connect();
+        let _ = cancel_tx.send(client.cancel_token());
         let reader = client.copy_out("COPY (SUBSCRIBE TO by_customer) TO STDOUT").expect("COPY OUT");
-        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+        let mut reader = std::io::BufReader::new(reader);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if tx.send(line.trim_end().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = ended_tx.send(format!("{e:?}"));
+                    break;
+                }
             }
         }
     });
+    let cancel = cancel_rx.recv_timeout(Duration::from_secs(30)).expect("a cancel token");
     // Columns: aimatrix_timestamp, aimatrix_diff, customer, orders, total (tab-separated).
     type Folded = BTreeMap<(String, String, String), i64>;
     let mut folded = Folded::new();
@@ -3282,6 +3298,54 @@ fn sql_clients_query_over_pgwire() {
     server.push(shop, "orders-in", &lines(&[json!({"order_id": "o4", "who": {"name": "bob"}, "amount": 2.75})]));
     let changed = BTreeMap::from([(row("ann", "2", "14"), 1), (row("bob", "2", "10"), 1)]);
     assert_eq!(take(&rx, &|f| *f == changed), changed);
+
+    // GET /metrics: the sources' counters (4 records pushed to orders-in, all decoded; none to
+    // visits-in), the two pgwire sessions and the one pgwire subscription open, the one job (the
+    // view created over pgwire is no job), the statements.
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    let value =
+        |line: &str| text.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()).map(str::to_owned);
+    for (metric, want) in [
+        ("aimatrix_source_records_total{source=\"orders-in\"}", "4"),
+        ("aimatrix_source_decoded_total{source=\"orders-in\"}", "4"),
+        ("aimatrix_source_errors_total{source=\"orders-in\"}", "0"),
+        ("aimatrix_source_records_total{source=\"visits-in\"}", "0"),
+        ("aimatrix_pgwire_sessions", "2"),
+        ("aimatrix_subscriptions{interface=\"pgwire\"}", "1"),
+        ("aimatrix_jobs{state=\"running\"}", "1"),
+    ] {
+        assert_eq!(value(metric).as_deref(), Some(want), "{metric} in\n{text}");
+    }
+    let count = |interface: &str| {
+        value(&format!("aimatrix_query_duration_seconds_count{{interface=\"{interface}\",outcome=\"ok\"}}"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("pgwire") >= 4 && count("http") >= 1, "{text}");
+    assert!(value("aimatrix_frontier_lag_ms{collection=\"orders\"}").is_some(), "{text}");
+    assert!(value("process_resident_memory_bytes").is_some_and(|v| v.parse::<f64>().is_ok_and(|b| b > 1e6)), "{text}");
+
+    // A cancel request (psql's Ctrl-C) ends the COPY (SUBSCRIBE) with 57014.
+    cancel.cancel_query(postgres::NoTls).expect("cancel sent");
+    let ended = ended_rx.recv_timeout(Duration::from_secs(30)).expect("the COPY ends");
+    assert!(ended.contains("canceling statement due to user request"), "{ended}");
+
+    // SQLSTATE codes, as PostgreSQL's.
+    let code = |client: &mut postgres::Client, sql: &str| {
+        client.simple_query(sql).err().and_then(|e| e.code().map(|c| c.code().to_owned())).unwrap_or_default()
+    };
+    assert_eq!(code(&mut client, "SELECT * FROM nope"), "42P01");
+    assert_eq!(code(&mut client, "SELECT nope FROM orders"), "42703");
+    assert_eq!(code(&mut client, "SELECT 1 / 0"), "22012");
+    // A prepared statement whose view was replaced with other columns is refused.
+    client.batch_execute("CREATE MATERIALIZED VIEW shape AS SELECT order_id FROM orders").expect("created");
+    let stale = client.prepare("SELECT * FROM shape").expect("prepared");
+    client.batch_execute("DROP MATERIALIZED VIEW shape").expect("dropped");
+    client.batch_execute("CREATE MATERIALIZED VIEW shape AS SELECT amount FROM orders").expect("created again");
+    let error = client.query(&stale, &[]).err().and_then(|e| e.code().map(|c| c.code().to_owned()));
+    assert_eq!(error.as_deref(), Some("0A000"));
 
     // psql's \d, with PostgreSQL's type names (scripts/build-deps.sh installs psql).
     {

@@ -2368,6 +2368,16 @@ impl Controller {
         lock(&self.inner.seq).instance_errors.clone()
     }
 
+    /// Every collection's frontier, as worker 0 last published it: the collection is complete
+    /// (every worker's share of every change) before that time (ms since the Unix epoch;
+    /// `Time::MAX` for a collection that can no longer change).
+    pub fn collection_uppers(&self) -> Vec<(String, Time)> {
+        let uppers = lock(&self.inner.shared.uppers);
+        let mut uppers: Vec<(String, Time)> = uppers.iter().map(|(n, t)| (n.clone(), *t)).collect();
+        uppers.sort();
+        uppers
+    }
+
     /// Whether every collection has passed time 0 (the workers are up and stepping).
     pub fn ready(&self) -> bool {
         let uppers = lock(&self.inner.shared.uppers);

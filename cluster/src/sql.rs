@@ -131,7 +131,7 @@ fn equality(expr: &Expr, schema: &SchemaRef) -> Option<(usize, Datum)> {
 /// # Errors
 /// [`ClusterError::Sql`].
 pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(), ClusterError> {
-    describe_query(catalog, sql, &QueryExtras::default()).await.map(|_| ())
+    plan_shape(catalog, sql, &QueryExtras::default(), true).await.map(|_| ())
 }
 
 /// What query `sql` would answer with, planned against empty tables of these schemas (and
@@ -140,10 +140,22 @@ pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(
 ///
 /// # Errors
 /// As [`check_query`].
+/// The query is planned, not optimized: the optimizer folds constants (`repeat('x', 1e9)`)
+/// by evaluating them, which only a query's run may do, within its memory limit and its time.
 pub async fn describe_query(
     catalog: &[(String, SchemaRef)],
     sql: &str,
     extras: &QueryExtras,
+) -> Result<QueryShape, ClusterError> {
+    plan_shape(catalog, sql, extras, false).await
+}
+
+/// [`describe_query`], and with `optimize` the plan optimized too (which finds more errors).
+async fn plan_shape(
+    catalog: &[(String, SchemaRef)],
+    sql: &str,
+    extras: &QueryExtras,
+    optimize: bool,
 ) -> Result<QueryShape, ClusterError> {
     let sql_error = |e: DataFusionError| ClusterError::Sql(amx_sql::error::message(&e));
     let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
@@ -165,7 +177,9 @@ pub async fn describe_query(
     let plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
     let parameters = parameter_types(&plan).map_err(sql_error)?;
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-    amx_sql::on_sql_stack(|| state.optimize(&plan)).map_err(sql_error)?;
+    if optimize {
+        amx_sql::on_sql_stack(|| state.optimize(&plan)).map_err(sql_error)?;
+    }
     Ok(QueryShape { schema, parameters })
 }
 

@@ -445,7 +445,8 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
                 Value::String(s) => s.trim().parse::<f64>().ok().filter(|x| x.is_finite()),
                 _ => None,
             };
-            Datum::Float(OrderedFloat(x.ok_or_else(|| fail("a number"))?))
+            // Canonical (-0.0 is 0.0): equal values have equal bits (see `Datum::float`).
+            Datum::float(Some(x.ok_or_else(|| fail("a number"))?))
         }
         Kind::Bool => match v {
             Value::Bool(b) => Datum::Bool(*b),

@@ -65,10 +65,17 @@ impl TableConfig {
     /// from its objects; its key is checked once they are there).
     ///
     /// # Errors
-    /// A name that is not a lower-case SQL identifier, a column declared twice, a key column
-    /// that is not a column, or one named twice in the key.
+    /// A name that is not a lower-case SQL identifier or is the catalog's (`pg_…`,
+    /// `aimatrix_…`, `information_schema`), a column declared twice, a key column that is not
+    /// a column, or one named twice in the key.
     pub fn check(&self) -> Result<(), String> {
         identifier(&self.name).map_err(|e| format!("relation name `{}`: {e}", self.name))?;
+        if self.name.starts_with("pg_") || self.name.starts_with("aimatrix_") || self.name == "information_schema" {
+            return Err(format!(
+                "relation name `{}`: names starting with pg_ or aimatrix_, and information_schema, are the catalog's",
+                self.name
+            ));
+        }
         if self.columns.is_empty() {
             return Ok(());
         }
@@ -165,6 +172,7 @@ mod tests {
         assert_eq!(ok.key_indices(), vec![0]);
         let error = |text: &str| parse(text).err().unwrap_or_default();
         assert!(error("name = \"Orders\"\ncolumns = [{ name = \"id\", type = \"text\" }]").contains("lower-case"));
+        assert!(error("name = \"pg_class\"\ncolumns = [{ name = \"id\", type = \"text\" }]").contains("the catalog's"));
         assert!(error("name = \"o\"\ncolumns = [{ name = \"id\", type = \"uuid\" }]").contains("unknown type `uuid`"));
         assert!(
             error("name = \"o\"\nkey = [\"x\"]\ncolumns = [{ name = \"id\", type = \"text\" }]")

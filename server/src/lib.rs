@@ -23,6 +23,7 @@
 pub mod api;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod pgwire;
 
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub struct AppState {
     max_body_bytes: usize,
     file_access: amx_connectors::FileAccess,
     guard: std::sync::Arc<guard::Guard>,
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -68,7 +70,13 @@ impl AppState {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             file_access: amx_connectors::FileAccess::Under(Vec::new()),
             guard: std::sync::Arc::new(guard::Guard::new("127.0.0.1", &[], &[])),
+            metrics: std::sync::Arc::new(metrics::Metrics::new()),
         }
+    }
+
+    /// The server's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> std::sync::Arc<metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Answers the `Host` names and `Origin`s `guard` allows (default: loopback names only).
@@ -156,7 +164,20 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AIMatrix", description = "Jobs, SQL, ingestion and subscriptions of a running AIMatrix cluster."),
-    paths(submit_job, list_jobs, show_job, cancel_job, run_sql, ingest, subscribe, catalog, healthz, readyz, openapi)
+    paths(
+        submit_job,
+        list_jobs,
+        show_job,
+        cancel_job,
+        run_sql,
+        ingest,
+        subscribe,
+        catalog,
+        healthz,
+        readyz,
+        metrics_text,
+        openapi
+    )
 )]
 pub struct ApiDoc;
 
@@ -167,6 +188,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job).delete(cancel_job))
@@ -215,6 +237,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
     }
+}
+
+/// The server's metrics, in Prometheus' text format ([`metrics`]).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "the metrics (Prometheus text format 0.0.4)", body = String, content_type = "text/plain"),
+    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state.controller).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// This document (OpenAPI 3.1).
@@ -340,7 +370,11 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
     // view statement (planned, then installed) to about the same time here. A client that goes away
     // drops this future, and with it the query.
     let backstop = state.sql_timeout + Duration::from_secs(2);
-    let answer = tokio::time::timeout(backstop, state.controller.execute_sql(&sql)).await.map_err(|_| {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(backstop, state.controller.execute_sql(&sql)).await;
+    let ok = matches!(answer, Ok(Ok(_)));
+    state.metrics.observe_query(metrics::Interface::Http, ok, started.elapsed());
+    let answer = answer.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the statement did not finish within sql.timeout_ms = {} ms", state.sql_timeout.as_millis()),
@@ -551,7 +585,11 @@ async fn subscribe(
     let upgrade =
         upgrade.map_err(|r| ApiError::new(r.status(), format!("/v1/subscribe is a WebSocket: {}", r.body_text())))?;
     let subscription = state.controller.subscribe(view)?;
-    Ok(upgrade.on_upgrade(move |socket| forward_subscription(socket, subscription)))
+    let open = state.metrics.subscription(metrics::Interface::Http);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        forward_subscription(socket, subscription).await;
+        drop(open);
+    }))
 }
 
 /// Rows per snapshot message, and per step of converting changes to JSON: what the server

@@ -72,7 +72,10 @@ pub async fn serve(
     state: crate::AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let handlers = Arc::new(Handlers { backend: Arc::new(Backend::new(state.controller, state.sql_timeout)) });
+    let metrics = state.metrics();
+    let backend = Backend::new(state.controller, state.sql_timeout, metrics.clone());
+    let startup = Arc::new(Startup { connections: Arc::new(pgwire::api::ConnectionManager::new()) });
+    let handlers = Arc::new(Handlers { backend: Arc::new(backend), startup });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -80,10 +83,12 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let handlers = handlers.clone();
+                    let open = metrics.session();
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
                         }
+                        drop(open);
                     });
                 }
                 Err(e) => {
@@ -98,6 +103,7 @@ pub async fn serve(
 /// The handlers `pgwire` calls for each connection.
 struct Handlers {
     backend: Arc<Backend>,
+    startup: Arc<Startup>,
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -108,6 +114,27 @@ impl PgWireServerHandlers for Handlers {
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         self.backend.clone()
     }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(pgwire::api::cancel::DefaultCancelHandler::new(self.startup.connections.clone()))
+    }
+}
+
+/// Starts each connection (no authentication yet) and registers it for cancel requests: a
+/// client's cancel (psql's Ctrl-C, a driver's `cancel()`) ends the statement it runs — a
+/// query, or a `COPY (SUBSCRIBE …)` — with `57014 canceling statement due to user request`.
+struct Startup {
+    connections: Arc<pgwire::api::ConnectionManager>,
+}
+
+impl pgwire::api::auth::noop::NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<pgwire::api::ConnectionManager>> {
+        Some(self.connections.clone())
+    }
 }
 
 /// What every connection shares: the cluster and the query timeout.
@@ -115,11 +142,13 @@ struct Backend {
     controller: Controller,
     timeout: Duration,
     parser: Arc<Parser>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Backend {
-    fn new(controller: Controller, timeout: Duration) -> Backend {
-        Backend { parser: Arc::new(Parser { controller: controller.clone() }), controller, timeout }
+    fn new(controller: Controller, timeout: Duration, metrics: Arc<crate::metrics::Metrics>) -> Backend {
+        let parser = Arc::new(Parser { controller: controller.clone(), metrics: metrics.clone() });
+        Backend { parser, controller, timeout, metrics }
     }
 }
 
@@ -136,6 +165,7 @@ pub struct Prepared {
 /// Plans statements for the extended protocol.
 struct Parser {
     controller: Controller,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -153,11 +183,38 @@ fn cluster_error(e: ClusterError) -> PgWireError {
     let code = match &e {
         ClusterError::UnknownCollection(_) => "42P01",
         ClusterError::Conflict(_) => "42P07",
-        ClusterError::Sql(_) => "42601",
+        ClusterError::Sql(message) => sql_state(message),
         ClusterError::Stopped => "57P01",
+        ClusterError::Timeout(_) => "57014",
+        ClusterError::Limit(_) => "54000",
         _ => "XX000",
     };
     user_error(code, e.to_string())
+}
+
+/// The SQLSTATE of a SQL error, from its message (DataFusion's errors carry no codes): as
+/// PostgreSQL would answer — `42P01` undefined table, `42703` undefined column, `42883`
+/// undefined function, `22012` division by zero, `22P02`/`22003` a bad or out-of-range value,
+/// `54000` a limit, else `42601` (syntax or planning).
+fn sql_state(message: &str) -> &'static str {
+    let m = message.to_ascii_lowercase();
+    if m.contains("table '") && m.contains("not found") {
+        "42P01"
+    } else if m.contains("no field named") || m.contains("schema error: no field") {
+        "42703"
+    } else if m.contains("invalid function") {
+        "42883"
+    } else if m.contains("divide by zero") || m.contains("division by zero") {
+        "22012"
+    } else if m.contains("overflow") || m.contains("out of range") {
+        "22003"
+    } else if m.contains("cannot cast") || m.contains("cast error") {
+        "22P02"
+    } else if m.contains("sql.max_result") || m.contains("resources exhausted") {
+        "54000"
+    } else {
+        "42601"
+    }
 }
 
 fn unsupported(message: String) -> PgWireError {
@@ -222,6 +279,8 @@ struct SubscribeRows {
     view: SchemaRef,
     schema: SchemaRef,
     last_progress: Option<amx_dataflows::Time>,
+    /// Counts the subscription in the metrics while it lives.
+    open: Option<crate::metrics::Open>,
 }
 
 impl SubscribeRows {
@@ -232,7 +291,7 @@ impl SubscribeRows {
         }
         fields.push(Field::new("aimatrix_diff", DataType::Int64, true));
         fields.extend(view.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
-        SubscribeRows { spec, view, schema: Arc::new(Schema::new(fields)), last_progress: None }
+        SubscribeRows { spec, view, schema: Arc::new(Schema::new(fields)), last_progress: None, open: None }
     }
 
     /// The rows of one event (`None`: it has none for this subscription).
@@ -417,13 +476,15 @@ impl Backend {
             return rows_response(&batch.schema(), &[batch], format, "SELECT");
         }
         let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
-        let answer =
-            tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras)).await.map_err(|_| {
-                user_error(
-                    "57014",
-                    format!("canceling statement: it ran past sql.timeout_ms ({} ms)", self.timeout.as_millis()),
-                )
-            })?;
+        let answer = tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras)).await;
+        let ok = matches!(answer, Ok(Ok(_)));
+        self.metrics.observe_query(crate::metrics::Interface::Pgwire, ok, started.elapsed());
+        let answer = answer.map_err(|_| {
+            user_error(
+                "57014",
+                format!("canceling statement: it ran past sql.timeout_ms ({} ms)", self.timeout.as_millis()),
+            )
+        })?;
         let answer = match answer {
             Ok(answer) => answer,
             Err(e @ ClusterError::Sql(_)) => match catalog::answer_empty(&sql) {
@@ -452,7 +513,8 @@ impl Backend {
 
     fn subscription(&self, spec: &SubscribeSpec) -> PgWireResult<(Subscription, SubscribeRows)> {
         let subscription = self.controller.subscribe(&spec.view).map_err(cluster_error)?;
-        let rows = SubscribeRows::new(spec.clone(), subscription.schema.clone());
+        let mut rows = SubscribeRows::new(spec.clone(), subscription.schema.clone());
+        rows.open = Some(self.metrics.subscription(crate::metrics::Interface::Pgwire));
         Ok((subscription, rows))
     }
 
@@ -876,7 +938,7 @@ impl QueryParser for Parser {
         }
         let Some(text) = statements.pop() else { return Ok(None) };
         let statement = statement::classify(&text).map_err(unsupported)?;
-        let backend = Backend::new(self.controller.clone(), Duration::from_secs(60));
+        let backend = Backend::new(self.controller.clone(), Duration::from_secs(60), self.metrics.clone());
         let (schema, params) = backend.describe(client, &statement).await?;
         Ok(Some(Prepared { statement, schema, params }))
     }
@@ -910,6 +972,21 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
+        // A relation or view replaced since the statement was prepared may answer with other
+        // columns than the client was told: refused, as PostgreSQL does.
+        if let (Statement::Sql(_), Some(before)) = (&prepared.statement, &prepared.schema) {
+            let (now, _) = self.describe(client, &prepared.statement).await?;
+            let shape = |s: &SchemaRef| -> Vec<(String, DataType)> {
+                s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
+            };
+            if now.as_ref().map(shape) != Some(shape(before)) {
+                return Err(user_error(
+                    "0A000",
+                    "cached plan must not change result type: a relation the prepared statement reads was replaced; \
+                     prepare it again",
+                ));
+            }
+        }
         let mut params = Vec::with_capacity(portal.parameter_len());
         for idx in 0..portal.parameter_len() {
             let want = prepared.params.get(idx).and_then(Option::as_ref);

@@ -1,0 +1,188 @@
+//! `GET /metrics`: the server's metrics in Prometheus' text exposition format (version 0.0.4,
+//! written by the `prometheus` crate), for Prometheus and Grafana.
+//!
+//! | metric | type | labels | what |
+//! |---|---|---|---|
+//! | `aimatrix_source_records_total` | counter | `source` | records read (lines, messages, rows), as `aimatrix_source_stats.records` |
+//! | `aimatrix_source_decoded_total` | counter | `source` | rows decoded into the relations (`aimatrix_source_stats.decoded`) |
+//! | `aimatrix_source_errors_total` | counter | `source` | rows of `ingest_errors` (`aimatrix_source_stats.errors`) |
+//! | `aimatrix_frontier_lag_ms` | gauge | `collection` | ms between the wall clock and the collection's frontier (how far its complete times trail now) |
+//! | `aimatrix_jobs` | gauge | `state` | jobs by state (as `GET /v1/jobs` lists them; views created in SQL are not jobs there): `running`, `failed`, `cancelled` |
+//! | `aimatrix_query_duration_seconds` | histogram | `interface` (`http`, `pgwire`), `outcome` (`ok`, `error`) | SQL statements, from receipt to answer |
+//! | `aimatrix_subscriptions` | gauge | `interface` (`http`, `pgwire`) | subscriptions open |
+//! | `aimatrix_pgwire_sessions` | gauge | | pgwire connections open |
+//! | `process_*` | | | the process's CPU seconds, resident and virtual memory (bytes), open files, start time (the `prometheus` crate's process collector, Linux) |
+//!
+//! The source counters and the jobs are read when scraped (the counters from the ingestion
+//! counters relation, at one timestamp); a source's counters go when its job is cancelled.
+
+use std::time::Duration;
+
+use amx_cluster::{Controller, SqlAnswer};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The metrics a server keeps between scrapes (see the module docs).
+pub struct Metrics {
+    registry: Registry,
+    queries: HistogramVec,
+    subscriptions: IntGaugeVec,
+    sessions: IntGauge,
+}
+
+/// Which front end a statement or subscription came through.
+#[derive(Clone, Copy, Debug)]
+pub enum Interface {
+    /// The HTTP API.
+    Http,
+    /// The PostgreSQL wire protocol.
+    Pgwire,
+}
+
+impl Interface {
+    fn label(self) -> &'static str {
+        match self {
+            Interface::Http => "http",
+            Interface::Pgwire => "pgwire",
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics, with the process collector registered.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Buckets from 1 ms to 60 s (sql.timeout_ms's default).
+        let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let queries = HistogramVec::new(
+            HistogramOpts::new("aimatrix_query_duration_seconds", "SQL statements, from receipt to answer (s)")
+                .buckets(buckets),
+            &["interface", "outcome"],
+        )
+        .expect("a valid histogram");
+        let subscriptions =
+            IntGaugeVec::new(Opts::new("aimatrix_subscriptions", "subscriptions open"), &["interface"]).expect("valid");
+        let sessions = IntGauge::new("aimatrix_pgwire_sessions", "pgwire connections open").expect("valid");
+        for collector in [
+            Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(subscriptions.clone()),
+            Box::new(sessions.clone()),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        }
+        Metrics { registry, queries, subscriptions, sessions }
+    }
+
+    /// Records a statement's duration and outcome.
+    pub fn observe_query(&self, interface: Interface, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.queries.with_label_values(&[interface.label(), outcome]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a subscription open until the guard is dropped.
+    pub fn subscription(&self, interface: Interface) -> Open {
+        Open::new(self.subscriptions.with_label_values(&[interface.label()]))
+    }
+
+    /// Counts a pgwire connection open until the guard is dropped.
+    pub fn session(&self) -> Open {
+        Open::new(self.sessions.clone())
+    }
+
+    /// Every metric, in the text exposition format.
+    ///
+    /// # Errors
+    /// None in practice: a failed read of the ingestion counters leaves their metrics out
+    /// (and is logged).
+    pub async fn render(&self, controller: &Controller) -> String {
+        let scraped = Registry::new();
+        let labelled = |name: &str, help: &str, label: &str| {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid");
+            scraped.register(Box::new(gauge.clone())).expect("registered once");
+            gauge
+        };
+        // Counters whose totals the engine keeps: made afresh at each scrape, at the totals.
+        let counter = |name: &str, help: &str| {
+            let counter = IntCounterVec::new(Opts::new(name, help), &["source"]).expect("valid");
+            scraped.register(Box::new(counter.clone())).expect("registered once");
+            counter
+        };
+        let records = counter("aimatrix_source_records_total", "records read per source");
+        let decoded = counter("aimatrix_source_decoded_total", "rows decoded into the relations per source");
+        let errors = counter("aimatrix_source_errors_total", "rows of ingest_errors per source");
+        let sql = "SELECT source, records, decoded, errors FROM aimatrix_source_stats";
+        match controller.execute_sql(sql).await {
+            Ok(SqlAnswer::Rows { batches, .. }) => {
+                use amx_sql::arrow::array::{Array, AsArray};
+                use amx_sql::arrow::datatypes::Int64Type;
+                for batch in &batches {
+                    let sources = batch.column(0).as_string::<i32>();
+                    let columns = [(1, &records), (2, &decoded), (3, &errors)];
+                    for row in 0..batch.num_rows() {
+                        for (column, counter) in columns {
+                            let values = batch.column(column).as_primitive::<Int64Type>();
+                            if !values.is_null(row) {
+                                let total = u64::try_from(values.value(row)).unwrap_or(0);
+                                counter.with_label_values(&[sources.value(row)]).inc_by(total);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "metrics: reading aimatrix_source_stats"),
+        }
+        let lag = labelled("aimatrix_frontier_lag_ms", "ms between now and the collection's frontier", "collection");
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for (collection, upper) in controller.collection_uppers() {
+            // A constant collection's frontier is past every time: no lag.
+            let upper = i64::try_from(upper).unwrap_or(i64::MAX);
+            lag.with_label_values(&[collection.as_str()]).set((now - upper).max(0));
+        }
+        let jobs = labelled("aimatrix_jobs", "jobs by state", "state");
+        for state in ["running", "failed", "cancelled"] {
+            jobs.with_label_values(&[state]).set(0);
+        }
+        for job in controller.jobs() {
+            let state = serde_json::to_value(job.state).ok().and_then(|v| v.as_str().map(str::to_owned));
+            if let Some(state) = state {
+                jobs.with_label_values(&[state.as_str()]).inc();
+            }
+        }
+        let mut families = self.registry.gather();
+        families.extend(scraped.gather());
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "metrics: encoding");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Holds a gauge one higher until dropped.
+pub struct Open(IntGauge);
+
+impl Open {
+    fn new(gauge: IntGauge) -> Open {
+        gauge.inc();
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
