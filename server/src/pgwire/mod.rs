@@ -179,6 +179,14 @@ fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
     PgWireError::UserError(Box::new(error_info(code, message)))
 }
 
+/// Whether two answers have the same column names and types (nullability aside).
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    let columns = |s: &SchemaRef| -> Vec<(String, DataType)> {
+        s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
+    };
+    columns(a) == columns(b)
+}
+
 fn cluster_error(e: ClusterError) -> PgWireError {
     let code = match &e {
         ClusterError::UnknownCollection(_) => "42P01",
@@ -444,6 +452,14 @@ impl Backend {
     /// The session hook that adds `pg_catalog` and `information_schema` to a query.
     fn catalog_hook(entries: Arc<Vec<CatalogEntry>>) -> PrepareSession {
         Arc::new(move |ctx, tables| {
+            // A query that reads only the engine's collections (the common case, and the hot
+            // path) gets the catalog's functions, not its tables: building `pg_class`,
+            // `pg_attribute`, … and an empty table per collection cost about a millisecond a
+            // query.
+            if tables.iter().all(|t| entries.iter().any(|e| e.name == *t)) {
+                catalog::register_functions(ctx);
+                return Ok(());
+            }
             ctx.state_ref().write().config_mut().options_mut().catalog.information_schema = true;
             // Collections the query does not read, as empty tables: information_schema lists
             // them (their contents are never read).
@@ -455,13 +471,16 @@ impl Backend {
         })
     }
 
-    /// Runs one engine SQL statement.
+    /// Runs one engine SQL statement. A query whose answer's columns differ from `described`
+    /// (a relation it reads was replaced since it was prepared) is refused with `0A000`, as
+    /// PostgreSQL refuses it, rather than sending rows of another shape than described.
     async fn run_sql<C>(
         &self,
         client: &mut C,
         sql: &str,
         params: Vec<ScalarValue>,
         format: &Format,
+        described: Option<&SchemaRef>,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -495,6 +514,13 @@ impl Backend {
         };
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "pgwire statement");
         Ok(match answer {
+            SqlAnswer::Rows { schema, .. } if described.is_some_and(|d| !same_columns(d, &schema)) => {
+                return Err(user_error(
+                    "0A000",
+                    "cached plan must not change result type: a relation the prepared statement reads was replaced; \
+                     prepare it again",
+                ));
+            }
             SqlAnswer::Rows { schema, batches, .. } => rows_response(&schema, &batches, format, "SELECT")?,
             SqlAnswer::Created { view, existed } => {
                 if existed {
@@ -725,13 +751,15 @@ impl Backend {
         })
     }
 
-    /// Runs one statement; its answer is in `format`.
+    /// Runs one statement; its answer is in `format`. `described`: the columns the client was
+    /// told at Describe (a prepared statement), which a query's answer must still have.
     async fn run<C>(
         &self,
         client: &mut C,
         statement: &Statement,
         params: Vec<ScalarValue>,
         format: &Format,
+        described: Option<&SchemaRef>,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -739,7 +767,7 @@ impl Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match statement {
-            Statement::Sql(sql) => self.run_sql(client, sql, params, format).await,
+            Statement::Sql(sql) => self.run_sql(client, sql, params, format, described).await,
             Statement::Subscribe { spec, copy: true } => self.copy_subscribe(client, spec).await,
             Statement::Subscribe { spec, copy: false } => self.bare_subscribe(client, spec, format).await,
             Statement::CopyQuery(sql) => {
@@ -897,7 +925,7 @@ impl SimpleQueryHandler for Backend {
         session.implicit_block.store(implicit, Ordering::Relaxed);
         for text in statements {
             let result = match statement::classify(&text) {
-                Ok(statement) => self.run(client, &statement, Vec::new(), &Format::UnifiedText).await,
+                Ok(statement) => self.run(client, &statement, Vec::new(), &Format::UnifiedText, None).await,
                 Err(e) => Err(unsupported(e)),
             };
             match result {
@@ -972,21 +1000,6 @@ impl ExtendedQueryHandler for Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let prepared = &portal.statement.statement;
-        // A relation or view replaced since the statement was prepared may answer with other
-        // columns than the client was told: refused, as PostgreSQL does.
-        if let (Statement::Sql(_), Some(before)) = (&prepared.statement, &prepared.schema) {
-            let (now, _) = self.describe(client, &prepared.statement).await?;
-            let shape = |s: &SchemaRef| -> Vec<(String, DataType)> {
-                s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
-            };
-            if now.as_ref().map(shape) != Some(shape(before)) {
-                return Err(user_error(
-                    "0A000",
-                    "cached plan must not change result type: a relation the prepared statement reads was replaced; \
-                     prepare it again",
-                ));
-            }
-        }
         let mut params = Vec::with_capacity(portal.parameter_len());
         for idx in 0..portal.parameter_len() {
             let want = prepared.params.get(idx).and_then(Option::as_ref);
@@ -1000,6 +1013,6 @@ impl ExtendedQueryHandler for Backend {
                 .unwrap_or_else(|| want.map_or(Type::TEXT, types::pg_type));
             params.push(types::parameter(portal, idx, &sent, want)?);
         }
-        self.run(client, &prepared.statement, params, &portal.result_column_format).await
+        self.run(client, &prepared.statement, params, &portal.result_column_format, prepared.schema.as_ref()).await
     }
 }
