@@ -1423,6 +1423,106 @@ fn kill_9_and_restart_loses_nothing_acknowledged() {
     assert_eq!(server.sql_until("SELECT count(*) AS n FROM big", &want), want);
 }
 
+/// A job file whose source reads `path` (JSON lines of knowledge events `{"c", "id", "size"}`)
+/// into `knowledge_events`, with a view counting them by collection.
+fn file_job(name: &str, source: &str, path: &str, follow: bool, view: &str) -> String {
+    format!(
+        r#"name = "{name}"
+[[sources]]
+name = "{source}"
+format = "json"
+path = "{path}"
+follow = {follow}
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = {{ const = "upsert" }}
+version = {{ const = 1 }}
+size_bytes = "/size"
+event_time = {{ const = 0 }}
+
+[views]
+{view} = "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection"
+"#
+    )
+}
+
+/// `n` knowledge events of collection `c` as JSON lines, sizes `first`, `first + 1`, ….
+fn event_lines(c: &str, first: i64, n: i64) -> String {
+    (first..first + n).map(|i| format!("{}\n", json!({ "c": c, "id": format!("{c}{i}"), "size": i }))).collect()
+}
+
+/// A durable server reads file sources itself and logs what it read with its cursor in each
+/// file: after `kill -9`, a file rotated to another name goes on at its cursor (its lines
+/// before it are not read again, the ones appended after it are read), a deleted file's rows
+/// stay, a new file is read, and a source that does not follow is not read again even though
+/// its file is gone. Expected counts and sums are computed here from the lines written.
+#[test]
+fn file_sources_resume_at_their_cursors_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, files) = (dir.path().join("data"), dir.path().join("files"));
+    std::fs::create_dir_all(&files).expect("files");
+    let args: Vec<String> =
+        durable_args(&data).into_iter().chain(["--file-root".into(), files.display().to_string()]).collect();
+    let write = |name: &str, text: &str| std::fs::write(files.join(name), text).expect("write");
+    write("a.jsonl", &event_lines("a", 0, 3));
+    write("b.jsonl", &event_lines("b", 0, 2));
+    write("once.ndjson", &event_lines("once", 0, 4));
+    let followed = file_job("followed", "tail", &files.join("*.jsonl").display().to_string(), true, "by_c");
+    let once = file_job("once", "whole", &files.join("once.ndjson").display().to_string(), false, "once_by_c");
+    let once = once.replace(
+        "knowledge_events GROUP BY collection",
+        "knowledge_events WHERE collection = 'once' GROUP BY collection",
+    );
+    let sql = "SELECT collection, n, bytes FROM by_c ORDER BY collection";
+    let row = |c: &str, n: i64, bytes: i64| json!({ "collection": c, "n": n, "bytes": bytes });
+    {
+        let server = start(&args, true);
+        assert_eq!(server.submit(&followed), 1);
+        assert_eq!(server.submit(&once), 2);
+        let want = vec![row("a", 3, 3), row("b", 2, 1), row("once", 4, 6)];
+        assert_eq!(server.sql_until(sql, &want), want);
+        // The source that does not follow is read to its end and caught up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = server.call("GET", "/v1/jobs/2", None);
+            assert_eq!(status, 200, "{body}");
+            let progress = &body["source_stats"][0]["progress"];
+            if progress["caught_up"] == true {
+                assert_eq!(progress["done"], true, "{body}");
+                assert_eq!(progress["bytes_read"], progress["bytes_total"], "{body}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never caught up: {body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The server reads the files: they take no pushes.
+        let (status, body) = server.call("POST", "/v1/ingest/1/tail", Some("{}"));
+        assert_eq!(status, 409, "{body}");
+        // `kill -9` (Server's drop).
+    }
+    // While it is down: a line appended to a.jsonl, which is then rotated to a-1.jsonl; b.jsonl
+    // deleted; c.jsonl written; the file the finished source read deleted.
+    let mut a = std::fs::OpenOptions::new().append(true).open(files.join("a.jsonl")).expect("a");
+    std::io::Write::write_all(&mut a, event_lines("a", 3, 1).as_bytes()).expect("append");
+    std::fs::rename(files.join("a.jsonl"), files.join("a-1.jsonl")).expect("rotate");
+    std::fs::remove_file(files.join("b.jsonl")).expect("delete");
+    std::fs::remove_file(files.join("once.ndjson")).expect("delete");
+    write("c.jsonl", &event_lines("c", 10, 2));
+    let server = start(&args, true);
+    let want = vec![row("a", 4, 6), row("b", 2, 1), row("c", 2, 21), row("once", 4, 6)];
+    assert_eq!(server.sql_until(sql, &want), want);
+    assert_eq!(server.sql("SELECT n FROM once_by_c"), vec![json!({ "n": 4 })]);
+    // Appended after the restart, under the rotated name: read once.
+    let mut a = std::fs::OpenOptions::new().append(true).open(files.join("a-1.jsonl")).expect("a-1");
+    std::io::Write::write_all(&mut a, event_lines("a", 4, 2).as_bytes()).expect("append");
+    let want = vec![row("a", 6, 15), row("b", 2, 1), row("c", 2, 21), row("once", 4, 6)];
+    assert_eq!(server.sql_until(sql, &want), want);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), vec![json!({ "n": 0 })]);
+}
+
 /// A restart on a data directory brings back jobs (with their ids and states), views created
 /// in SQL, pushes, and a cancellation with `retract` (its records stay retracted); new jobs get
 /// new ids.

@@ -235,12 +235,13 @@ impl Default for ClusterConfig {
 /// How far a file source has been read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SourceProgress {
-    /// Bytes worker 0 has read (every worker scans every byte of a file source), counting a
-    /// file read again from its start (truncated or replaced) again.
+    /// Bytes read: by worker 0 (each worker scans every byte of a file source), or by the
+    /// server when it reads the source (with a data directory); a file read again from its
+    /// start (truncated or replaced) counts again.
     pub bytes_read: u64,
     /// Bytes the source's files hold now.
     pub bytes_total: u64,
-    /// Worker 0 read it to the end.
+    /// Read to its end (by worker 0, or by the server when it reads the source).
     pub done: bool,
     /// Every worker read it to the end (a following source: to its current end), and every
     /// collection has passed the time of its last records: queries see all of it.
@@ -650,6 +651,8 @@ struct Sequencer {
     /// Per source the server reads, the positions of the batches sent (and logged) folded:
     /// where it resumes.
     positions: HashMap<(JobId, String), crate::sources::SourceResume>,
+    /// Per job, which files its file sources may read (for the sources the server reads).
+    access: HashMap<JobId, amx_connectors::FileAccess>,
     /// The running sinks (dropping one stops it).
     sinks: HashMap<(JobId, String), crate::sinks::RunningSink>,
     /// The timestamp oracle: the last timestamp given to a push, batch or retraction, or
@@ -731,6 +734,18 @@ pub const IDEMPOTENCY_KEYS: usize = 100_000;
 pub const IDEMPOTENCY_BYTES: u64 = 16 << 20;
 
 impl Sequencer {
+    /// Whether the server reads file sources itself (a durable server, also while it replays
+    /// its log): what they read is then logged with their cursors, like a Kafka source's
+    /// batches, and a restart goes on where they were.
+    fn files_by_server(&self) -> bool {
+        self.log.is_some() || self.replaying
+    }
+
+    /// Whether the server reads `source` itself (see [`crate::sources::read_by_server`]).
+    fn reads(&self, source: &SourceConfig) -> bool {
+        crate::sources::read_by_server(source.kind, self.files_by_server())
+    }
+
     /// The next timestamp for a push, batch or retraction: `logged` (a replayed record's
     /// timestamp), else the wall clock in ms (while replaying: the last one plus one), and
     /// always later than the last one.
@@ -923,6 +938,9 @@ pub(crate) struct Inner {
     pub(crate) sql_pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     /// The runtime queries run on (made at the first query).
     pub(crate) sql_runtime: std::sync::OnceLock<crate::sql::SqlRuntime>,
+    /// The file sources the server reads (with a durable log): their catch-up requests and
+    /// progress, by (job, source).
+    feeds: Mutex<HashMap<(JobId, String), Arc<crate::sources::file::FileFeed>>>,
 }
 
 /// Queries planned and run at the same time, at most.
@@ -1189,6 +1207,7 @@ impl Controller {
             keys: HashMap::new(),
             running: HashMap::new(),
             positions: HashMap::new(),
+            access: HashMap::new(),
             sinks: HashMap::new(),
             last_timestamp: 0,
             closed: 0,
@@ -1214,6 +1233,7 @@ impl Controller {
             max_queued_bytes: config.max_queued_bytes,
             max_record_bytes: config.worker.max_record_bytes.max(1),
             sql_runtime: std::sync::OnceLock::new(),
+            feeds: Mutex::new(HashMap::new()),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);
@@ -1290,6 +1310,7 @@ impl Controller {
         } else {
             job
         };
+        let replaying = lock(&self.inner.seq).replaying;
         for source in job.config.sources.iter().filter(|s| s.kind == SourceKind::File) {
             // A file source that does not follow is read to its end once: a glob that matches
             // nothing now would never be read.
@@ -1308,7 +1329,8 @@ impl Controller {
                     source.name, source.path
                 )));
             }
-            if reader.paths().is_empty() && !source.follow {
+            // (At a replay, what it read is in the log: its files may be gone since.)
+            if reader.paths().is_empty() && !source.follow && !replaying {
                 return Err(ClusterError::InvalidJob(format!(
                     "source `{}`: no file matches `{}` (paths are read by the server: a relative one against its \
                      working directory)",
@@ -1421,8 +1443,9 @@ impl Controller {
             JobKind::View => ClusterError::Sql(e),
         })?;
         // A push source's decoder is made by every worker; it must be valid before it is sent.
+        // (So is that of every source the server reads: its batches arrive as pushes do.)
         let mut pushes = Vec::new();
-        for source in sources.iter().filter(|s| s.kind != SourceKind::File) {
+        for source in sources.iter().filter(|s| s.kind != SourceKind::File || seq.reads(s)) {
             source.decoder().map_err(|e| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name)))?;
             pushes.push(source.name.clone());
         }
@@ -1431,15 +1454,25 @@ impl Controller {
         // here leaves no trace (at a replay they open at its end, at their positions).
         let mut readers = Vec::new();
         if !seq.replaying {
-            for source in sources.iter().filter(|s| crate::sources::read_by_server(s.kind)) {
-                let reader = crate::sources::open(id, source, Default::default(), self.inner.max_record_bytes)?;
+            for source in sources.iter().filter(|s| seq.reads(s)) {
+                let context = self.open_context(id, source, &access);
+                let reader = crate::sources::open(id, source, Default::default(), context)?;
                 readers.push((source.name.clone(), reader));
             }
         }
         // Logged before it is sent: what the workers apply is in the log.
         let stored = seq.log(|| logged(id))?;
         seq.next_job += 1;
-        seq.send(&Command::InstallJob { id, sources: sources.clone(), views: views.clone(), retractable, access })?;
+        let files_by_server = seq.files_by_server();
+        seq.send(&Command::InstallJob {
+            id,
+            sources: sources.clone(),
+            views: views.clone(),
+            retractable,
+            access: access.clone(),
+            files_by_server,
+        })?;
+        seq.access.insert(id, access);
         for (name, schema) in tables {
             seq.catalog.insert(name, Entry { schema, owner: Some(id), reads: Vec::new(), relation: true });
         }
@@ -1456,6 +1489,26 @@ impl Controller {
             self.spawn_source(seq, id, &name, reader);
         }
         Ok((id, stored))
+    }
+
+    /// What opening source `source` of job `id` takes: a file source gets a new feed, which
+    /// the controller keeps to ask it for catch-ups and show its progress.
+    fn open_context(
+        &self,
+        id: JobId,
+        source: &SourceConfig,
+        access: &amx_connectors::FileAccess,
+    ) -> crate::sources::OpenContext {
+        let feed = Arc::new(crate::sources::file::FileFeed::default());
+        if source.kind == SourceKind::File {
+            lock(&self.inner.feeds).insert((id, source.name.clone()), feed.clone());
+        }
+        crate::sources::OpenContext { max_record_bytes: self.inner.max_record_bytes, access: access.clone(), feed }
+    }
+
+    /// The feed of file source `source` of `job`, when the server reads it.
+    fn feed(&self, job: JobId, source: &str) -> Option<Arc<crate::sources::file::FileFeed>> {
+        lock(&self.inner.feeds).get(&(job, source.to_owned())).cloned()
     }
 
     /// Runs an opened source of job `id`; a thread that cannot start is named in the job's
@@ -1495,11 +1548,12 @@ impl Controller {
     /// on: the job was valid when it was accepted).
     fn start_server_sources(&self, seq: &mut Sequencer, id: JobId) {
         let Some(info) = seq.jobs.get(&id) else { return };
-        let sources: Vec<SourceConfig> =
-            info.sources.iter().filter(|s| crate::sources::read_by_server(s.kind)).cloned().collect();
+        let sources: Vec<SourceConfig> = info.sources.iter().filter(|s| seq.reads(s)).cloned().collect();
+        let access = seq.access.get(&id).cloned().unwrap_or_default();
         for source in sources {
             let resume = seq.positions.get(&(id, source.name.clone())).cloned().unwrap_or_default();
-            match crate::sources::open(id, &source, resume, self.inner.max_record_bytes) {
+            let context = self.open_context(id, &source, &access);
+            match crate::sources::open(id, &source, resume, context) {
                 Ok(reader) => self.spawn_source(seq, id, &source.name, reader),
                 Err(e) => {
                     if let Some(info) = seq.jobs.get_mut(&id) {
@@ -1754,7 +1808,10 @@ impl Controller {
                 _ => 0,
             };
             let p = (source.kind == SourceKind::File).then(|| {
-                let mut p = progress.get(&source.name).copied().unwrap_or_default();
+                let mut p = match self.feed(id, &source.name) {
+                    Some(feed) => feed.progress(),
+                    None => progress.get(&source.name).copied().unwrap_or_default(),
+                };
                 p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
                 p
             });
@@ -1791,9 +1848,11 @@ impl Controller {
     /// Whether every worker has read file source `source` of `job` to its end and every
     /// collection has passed the time of its last records.
     fn caught_up(&self, job: JobId, source: &str) -> bool {
-        let Some((workers, upper)) = lock(&self.inner.shared.done).get(&(job, source.to_owned())).copied() else {
-            return false;
+        let done = match self.feed(job, source) {
+            Some(feed) => feed.done().map(|upper| (self.peers(), upper)),
+            None => lock(&self.inner.shared.done).get(&(job, source.to_owned())).copied(),
         };
+        let Some((workers, upper)) = done else { return false };
         workers >= self.peers() && lock(&self.inner.shared.uppers).values().all(|u| *u >= upper)
     }
 
@@ -2031,11 +2090,15 @@ impl Controller {
             // cancelled).
             return Ok(answer.clone());
         }
-        if let Some(s) = info.sources.iter().find(|s| s.name == source && crate::sources::read_by_server(s.kind)) {
+        if let Some(s) = info.sources.iter().find(|s| s.name == source && seq.reads(s)) {
             return Err(ClusterError::Conflict(format!(
                 "source `{}` of job {job} reads {}, and takes no pushes",
                 s.name,
-                if s.kind == SourceKind::Kafka { "a Kafka topic" } else { "an object store" }
+                match s.kind {
+                    SourceKind::Kafka => "a Kafka topic",
+                    SourceKind::File => "files",
+                    _ => "an object store",
+                }
             )));
         }
         if seq.push.get(source) != Some(&job) {
@@ -2214,8 +2277,9 @@ impl Controller {
     }
 
     /// Replays a data directory's log (see [`crate::storage`]): re-installs its jobs and views
-    /// with their ids, applies its pushes (with their `Idempotency-Key`s) and cancellations, in
-    /// their order; file sources are read again from their start. Then every later change is
+    /// with their ids, applies its pushes, batches (with their `Idempotency-Key`s, and the
+    /// positions of the sources the server reads) and cancellations, in their order; then the
+    /// sources the server reads (file sources too) go on at their positions. Every later change is
     /// logged. `access` is what file sources may read (the server's `files.roots` now).
     /// Returns what was replayed.
     ///
@@ -2316,6 +2380,9 @@ impl Controller {
         if !seq.jobs.contains_key(&job) {
             return Err(ClusterError::UnknownJob(job.to_string()));
         }
+        for ((_, _), feed) in lock(&self.inner.feeds).iter().filter(|((j, _), _)| *j == job) {
+            feed.end_input();
+        }
         seq.send(&Command::EndOfInput { job })
     }
 
@@ -2337,16 +2404,35 @@ impl Controller {
     /// # Errors
     /// [`ClusterError::UnknownJob`]; [`ClusterError::Stopped`].
     pub async fn catch_up(&self, job: JobId) -> Result<Time, ClusterError> {
-        let applied = {
+        let (applied, feeds) = {
             let seq = lock(&self.inner.seq);
             if !seq.jobs.contains_key(&job) {
                 return Err(ClusterError::UnknownJob(job.to_string()));
             }
             let (wait, applied) = self.wait_for_workers();
             seq.send(&Command::CatchUp { job, wait })?;
-            applied
+            // The file sources the server reads: each is asked, and answers once it has found
+            // its files at their end after the request, with what it read before applied.
+            let feeds: Vec<_> = lock(&self.inner.feeds)
+                .iter()
+                .filter(|((j, _), _)| *j == job)
+                .map(|(_, feed)| (feed.request_catch_up(), feed.clone()))
+                .collect();
+            (applied, feeds)
         };
-        let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
+        let mut upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
+        for (request, feed) in feeds {
+            loop {
+                if let Some(reached) = feed.reached(request) {
+                    upper = upper.max(reached);
+                    break;
+                }
+                if self.inner.seq.is_poisoned() {
+                    return Err(ClusterError::Stopped);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         self.wait_visible(upper).await;
         Ok(upper)
     }
@@ -2354,11 +2440,17 @@ impl Controller {
     /// How far worker 0 has read each file source of `job`, in the job's order.
     pub fn file_progress(&self, job: JobId) -> Vec<(String, SourceProgress)> {
         let Some(info) = self.job(job) else { return Vec::new() };
-        let progress = lock(&self.inner.shared.progress);
+        let progress = lock(&self.inner.shared.progress).clone();
         info.sources
             .iter()
             .filter(|s| s.kind == SourceKind::File)
-            .map(|s| (s.name.clone(), progress.get(&s.name).copied().unwrap_or_default()))
+            .map(|s| {
+                let p = match self.feed(job, &s.name) {
+                    Some(feed) => feed.progress(),
+                    None => progress.get(&s.name).copied().unwrap_or_default(),
+                };
+                (s.name.clone(), p)
+            })
             .collect()
     }
 

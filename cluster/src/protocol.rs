@@ -71,6 +71,10 @@ pub enum Command {
         /// Which files its file sources may read (a server's `files.roots`).
         #[serde(default)]
         access: amx_connectors::FileAccess,
+        /// The server reads its file sources (a durable server): their records arrive as
+        /// [`Command::IngestRecords`], as a Kafka source's do.
+        #[serde(default)]
+        files_by_server: bool,
     },
     /// Stops a job's sources and drops its views' dataflow and arrangements. What the job
     /// ingested stays in the shared agent state, unless `retract`.

@@ -1,5 +1,5 @@
-//! Sources a server reads itself, in process 0: Kafka topics ([`kafka`]) and objects under a
-//! prefix of an object store ([`object`]).
+//! Sources a server reads itself, in process 0: Kafka topics ([`kafka`]), objects under a
+//! prefix of an object store ([`object`]) and, with a durable log, files ([`file`]).
 //!
 //! One thread per source reads a batch of records ([`BatchSource::read`]) and hands it to the
 //! controller with the source's position after it ([`SourcePosition`]). The controller logs
@@ -10,6 +10,7 @@
 //! `kill -9` (Materialize, Feldera and Arroyo keep their sources' positions with the data the
 //! same way, rather than in the external system).
 
+pub mod file;
 pub mod kafka;
 pub mod object;
 
@@ -51,6 +52,16 @@ pub enum SourcePosition {
         /// Read to its end: never read again.
         done: bool,
     },
+    /// A file source: where it is in each file the batch advanced (`None`: a path it no
+    /// longer reads under that name), and the paths it found outside the file roots (reported
+    /// once).
+    File {
+        /// By path (a name that is not UTF-8 is kept lossily, and read again after a restart).
+        files: Vec<(String, Option<amx_connectors::FileCursor>)>,
+        /// Paths refused by the file roots, reported.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<String>,
+    },
 }
 
 /// Where a source resumes: every position its batches reached, folded
@@ -63,6 +74,10 @@ pub struct SourceResume {
     pub objects_done: BTreeSet<String>,
     /// Object store: the object being read, and the lines of it read.
     pub object_reading: Option<(String, u64)>,
+    /// File: the last cursor of each path.
+    pub files: std::collections::BTreeMap<String, Option<amx_connectors::FileCursor>>,
+    /// File: paths refused by the file roots, reported.
+    pub refused: BTreeSet<String>,
 }
 
 impl SourceResume {
@@ -78,6 +93,7 @@ impl SourceResume {
                     self.object_reading = Some((key.clone(), *lines));
                 }
             }
+            SourcePosition::File { files, refused } => file::advance(self, files, refused),
         }
     }
 }
@@ -89,10 +105,11 @@ pub(crate) trait BatchSource: Send {
     /// reading (reported in the job's errors and retried at the next call).
     fn read(&mut self, out: &mut Vec<Record>) -> Result<Option<SourcePosition>, String>;
 
-    /// The batch that ended at `position` is applied (and durable, with a data directory):
-    /// a Kafka source advertises it to its consumer group. Nothing by default.
-    fn applied(&mut self, position: &SourcePosition) {
-        let _ = position;
+    /// The batch that ended at `position` is applied (and durable, with a data directory),
+    /// and the collections' frontier is `upper` once it is visible: a Kafka source advertises
+    /// it to its consumer group. Nothing by default.
+    fn applied(&mut self, position: &SourcePosition, upper: amx_dataflows::Time) {
+        let _ = (position, upper);
     }
 }
 
@@ -107,28 +124,42 @@ impl Drop for RunningSource {
     }
 }
 
-/// Whether the server reads this kind of source itself (rather than workers or pushes).
-pub(crate) fn read_by_server(kind: SourceKind) -> bool {
-    matches!(kind, SourceKind::Kafka | SourceKind::ObjectStore)
+/// Whether the server reads this kind of source itself (rather than workers or pushes):
+/// Kafka and object-store sources always, file sources when `files` (a server with a durable
+/// log, which logs what they read with their cursors).
+pub(crate) fn read_by_server(kind: SourceKind, files: bool) -> bool {
+    matches!(kind, SourceKind::Kafka | SourceKind::ObjectStore) || (files && kind == SourceKind::File)
 }
 
-/// Opens source `source` of job `job` (a Kafka or object-store source) at `resume`; nothing
-/// is fetched yet. A job is only logged once its sources open.
+/// What opening a source the server reads takes besides the source and its position.
+pub(crate) struct OpenContext {
+    /// The largest record, in bytes.
+    pub(crate) max_record_bytes: u64,
+    /// Which files a file source may read (the server's `files.roots`).
+    pub(crate) access: amx_connectors::FileAccess,
+    /// A file source's catch-up requests and progress, shared with the controller.
+    pub(crate) feed: Arc<file::FileFeed>,
+}
+
+/// Opens source `source` of job `job` (a Kafka, object-store or file source) at `resume`;
+/// nothing is fetched yet. A job is only logged once its sources open.
 ///
 /// # Errors
 /// [`ClusterError::InvalidJob`] when the source cannot be opened (a property librdkafka
-/// refuses, a bad URL).
+/// refuses, a bad URL, a bad glob).
 pub(crate) fn open(
     job: JobId,
     source: &SourceConfig,
     resume: SourceResume,
-    max_record_bytes: u64,
+    context: OpenContext,
 ) -> Result<Box<dyn BatchSource>, ClusterError> {
     let invalid = |e: String| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name));
+    let OpenContext { max_record_bytes, access, feed } = context;
     Ok(match source.kind {
         SourceKind::Kafka => Box::new(kafka::open(job, source, resume, max_record_bytes).map_err(invalid)?),
         SourceKind::ObjectStore => Box::new(object::open(source, resume, max_record_bytes).map_err(invalid)?),
-        SourceKind::File | SourceKind::Push => return Err(invalid("not read by the server".into())),
+        SourceKind::File => Box::new(file::open(job, source, resume, max_record_bytes, access, feed).map_err(invalid)?),
+        SourceKind::Push => return Err(invalid("not read by the server".into())),
     })
 }
 
@@ -203,7 +234,7 @@ fn run(
                 Ok(answer) => {
                     // The next batch waits for this one to be applied and durable.
                     match runtime.block_on(Controller::answer(answer)) {
-                        Ok(_) => reader.applied(&position),
+                        Ok(report) => reader.applied(&position, report.timestamp + 1),
                         Err(e) => tracing::warn!(job = %job, source = %name, error = %e, "source batch"),
                     }
                     break;

@@ -30,7 +30,7 @@ pub mod time;
 mod options;
 
 pub use access::{AccessError, FileAccess};
-pub use record::{FileReader, Record};
+pub use record::{FileCursor, FileReader, Record};
 
 /// A source format's decoder: turns one [`Record`] into events.
 ///

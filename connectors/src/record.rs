@@ -118,7 +118,8 @@ impl Record {
 pub const TOMBSTONE: &str = "the message has no value (a tombstone); nothing to decode";
 
 /// What a file turned out to be.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Shape {
     /// Not decided yet (empty, or the first line or document is still being written).
     #[default]
@@ -129,8 +130,8 @@ enum Shape {
     Done,
 }
 
-/// Per-file reading state.
-#[derive(Debug, Default)]
+/// Per-file reading state: what a [`FileCursor`] carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct FileState {
     shape: Shape,
     /// Bytes consumed (for `Lines`: up to and including the last complete line, plus the bytes
@@ -154,7 +155,7 @@ struct FileState {
 }
 
 /// A line longer than the maximum record size: skipped to its end, then reported once.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Oversized {
     /// Its line number (1-based).
     line: u64,
@@ -237,6 +238,28 @@ pub struct FileReader {
     access: crate::FileAccess,
     /// Matching files refused by `access`, already reported.
     refused: std::collections::BTreeSet<PathBuf>,
+    /// Files whose reading state changed (or was forgotten) since [`FileReader::take_cursors`].
+    changed: std::collections::BTreeSet<PathBuf>,
+}
+
+/// Where a [`FileReader`] is in one file, as [`FileReader::take_cursors`] gives it and
+/// [`FileReader::resume`] takes it back: the bytes and lines consumed, the file's identity
+/// (device, inode) and first bytes (so a file replaced or rewritten since is read again from
+/// its start), its shape, and a partly read last line or oversized line. Serializable, to be
+/// kept with the records read up to it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileCursor(FileState);
+
+impl FileCursor {
+    /// Bytes of the file consumed (the next read starts there).
+    pub fn offset(&self) -> u64 {
+        self.0.offset
+    }
+
+    /// Lines of the file consumed (JSON Lines).
+    pub fn lines(&self) -> u64 {
+        self.0.lines
+    }
 }
 
 /// Which records a reader returns: record `i` (counted over all files, in order) is returned
@@ -277,6 +300,7 @@ impl FileReader {
             share: Share { index: 0, peers: 1, seen: 0 },
             access: crate::FileAccess::Any,
             refused: Default::default(),
+            changed: Default::default(),
         })
     }
 
@@ -332,6 +356,7 @@ impl FileReader {
                 // directory linked from a root are none of the job's business.
                 let inside = p.parent().is_some_and(|dir| self.access.admits(dir));
                 if self.refused.insert(p.clone()) && self.share.index == 0 && inside {
+                    self.changed.insert(p.clone());
                     out.push(Record::new(p.display().to_string(), String::new()).with_error(
                         "not read: it does not resolve to a file under the server's file roots (files.roots)",
                     ));
@@ -370,15 +395,22 @@ impl FileReader {
             if !self.files.contains_key(path) {
                 self.adopt_renamed(path);
             }
+            let known = self.files.contains_key(path);
             let state = self.files.entry(path.clone()).or_default();
+            let before = state.clone();
             let limits =
                 Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes, access: &self.access };
-            match poll_file(path, state, finish, limits, &mut self.share, out) {
+            let polled = poll_file(path, state, finish, limits, &mut self.share, out);
+            if *state != before || !known {
+                self.changed.insert(path.clone());
+            }
+            match polled {
                 Ok(()) => {}
                 // Swapped for a link out of the roots between the check and the open: that
                 // file is not read (reported once), the others are.
                 Err(e) if crate::access::is_outside_roots(&e) => {
                     if self.refused.insert(path.clone()) && self.share.index == 0 {
+                        self.changed.insert(path.clone());
                         out.push(Record::new(path.display().to_string(), String::new()).with_error(e.to_string()));
                     }
                 }
@@ -393,6 +425,7 @@ impl FileReader {
             // not match) takes its unfinished last line with it.
             for (path, state) in self.files.iter_mut().filter(|(p, _)| paths.binary_search(p).is_err()) {
                 if let Some(lost) = lost_tail(path, state, "its file was deleted or renamed away", self.share) {
+                    self.changed.insert(path.clone());
                     out.push(lost);
                 }
             }
@@ -415,7 +448,46 @@ impl FileReader {
             && let Some(state) = self.files.remove(&old)
         {
             self.files.insert(path.to_path_buf(), state);
+            self.changed.insert(old);
+            self.changed.insert(path.to_path_buf());
         }
+    }
+
+    /// Where this reader is in each file whose reading state changed since the last call
+    /// (`None`: the reader no longer knows the path, e.g. a rotated file it now reads under
+    /// its new name), and the paths refused by the file roots since then. Kept with the records
+    /// read up to them, they let a new reader go on where this one is
+    /// ([`FileReader::resume`]).
+    pub fn take_cursors(&mut self) -> (Vec<(PathBuf, Option<FileCursor>)>, Vec<PathBuf>) {
+        let mut cursors = Vec::new();
+        let mut refused = Vec::new();
+        for path in std::mem::take(&mut self.changed) {
+            if self.refused.contains(&path) {
+                refused.push(path.clone());
+            }
+            match self.files.get(&path) {
+                Some(state) => cursors.push((path, Some(FileCursor(state.clone())))),
+                None if !self.refused.contains(&path) => cursors.push((path, None)),
+                None => {}
+            }
+        }
+        (cursors, refused)
+    }
+
+    /// Goes on where another reader of the same glob was: `cursors` (folded from its
+    /// [`FileReader::take_cursors`], the last cursor of each path) and the paths it reported as
+    /// refused (not reported again). A file that is no longer the one the cursor describes (its
+    /// identity or first bytes changed, or it is shorter) is read again from its start, as
+    /// [`FileReader::poll`] treats a file replaced between two polls.
+    pub fn resume(
+        &mut self,
+        cursors: impl IntoIterator<Item = (PathBuf, FileCursor)>,
+        refused: impl IntoIterator<Item = PathBuf>,
+    ) {
+        for (path, FileCursor(state)) in cursors {
+            self.files.insert(path, state);
+        }
+        self.refused.extend(refused);
     }
 
     /// Reads at most `bytes` of each JSON-lines file per poll (whole lines; default: no
@@ -1466,19 +1538,27 @@ pub(crate) mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// Random line lengths (including lines longer than a read piece and than the record
         /// limit), appends with partial lines, and replacements under follow: the records read
-        /// are exactly the lines written, each at its line, oversized ones as errors.
+        /// are exactly the lines written, each at its line, oversized ones as errors. After
+        /// some steps the reader is replaced by a new one resumed from the cursors the old one
+        /// gave (through their JSON form, as a log keeps them): nothing is read twice or lost.
         #[test]
         fn follow_reads_every_line_written(
             steps in proptest::collection::vec(step(), 1..12),
             piece in 1u64..40,
+            restarts in proptest::collection::vec(proptest::prelude::any::<bool>(), 12),
         ) {
             const LIMIT: u64 = 60;
             let d = TempDir::new("prop");
             let path = d.path().join("f.jsonl");
             let name = path.display().to_string();
-            let mut r = FileReader::new(&name).expect("glob");
-            r.set_max_poll_bytes(piece);
-            r.set_max_record_bytes(LIMIT);
+            let reader = || {
+                let mut r = FileReader::new(&name).expect("glob");
+                r.set_max_poll_bytes(piece);
+                r.set_max_record_bytes(LIMIT);
+                r
+            };
+            let mut r = reader();
+            let mut cursors: BTreeMap<PathBuf, Option<FileCursor>> = BTreeMap::new();
             let mut next_id = 0;
             let mut line = |pad: usize| {
                 next_id += 1;
@@ -1505,7 +1585,7 @@ pub(crate) mod tests {
                     }
                 }).collect()
             };
-            for s in steps {
+            for (i, s) in steps.into_iter().enumerate() {
                 match s {
                     Step::Append(lines, part) => {
                         let mut add = String::new();
@@ -1546,6 +1626,14 @@ pub(crate) mod tests {
                     }
                 }
                 got.extend(drain(&mut r, false));
+                let json = serde_json::to_string(&r.take_cursors()).expect("cursors serialize");
+                let (taken, _): (Vec<(PathBuf, Option<FileCursor>)>, Vec<PathBuf>) =
+                    serde_json::from_str(&json).expect("cursors deserialize");
+                cursors.extend(taken);
+                if restarts[i] {
+                    r = reader();
+                    r.resume(cursors.iter().filter_map(|(p, c)| Some((p.clone(), c.clone()?))), Vec::new());
+                }
             }
             got.extend(drain(&mut r, true));
             expected.extend(records_of(&text, true));

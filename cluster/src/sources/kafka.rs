@@ -59,7 +59,7 @@ impl BatchSource for KafkaSource {
         Ok(Some(SourcePosition::Kafka { offsets }))
     }
 
-    fn applied(&mut self, position: &SourcePosition) {
+    fn applied(&mut self, position: &SourcePosition, _upper: amx_dataflows::Time) {
         if let SourcePosition::Kafka { offsets } = position
             && let Err(e) = self.reader.commit(offsets)
         {

@@ -183,7 +183,8 @@ impl ComputeState {
     /// Applies one command; `Break` at [`Command::Shutdown`].
     pub(super) fn handle_command(&mut self, worker: &mut timely::worker::Worker, command: Command) -> ControlFlow<()> {
         match command {
-            Command::InstallJob { id, sources, views, retractable, access } => {
+            Command::InstallJob { id, sources, views, retractable, access, files_by_server } => {
+                let access = (!files_by_server).then_some(access);
                 self.handle_install_job(worker, id, sources, &views, retractable, access)
             }
             Command::DropJob { id, retract, wait } => self.handle_drop_job(worker, id, retract, wait),
@@ -236,7 +237,9 @@ impl ComputeState {
         }
     }
 
-    /// [`Command::InstallJob`]: opens the job's sources and renders its views.
+    /// [`Command::InstallJob`]: opens the job's sources and renders its views. File sources
+    /// read what `access` admits; without it the server reads them (their records arrive as
+    /// pushes do).
     fn handle_install_job(
         &mut self,
         worker: &mut timely::worker::Worker,
@@ -244,7 +247,7 @@ impl ComputeState {
         sources: Vec<SourceConfig>,
         views: &[ViewSpec],
         retractable: bool,
-        access: amx_connectors::FileAccess,
+        access: Option<amx_connectors::FileAccess>,
     ) {
         // The relations the sources declare, and the views, in one dataflow; the sources feed
         // the relations' inputs from their first records on.
@@ -268,14 +271,14 @@ impl ComputeState {
             }
         };
         for source in sources {
-            match super::sources::open(id, source, self.index, self.peers, &self.options, &access) {
+            match super::sources::open(id, source, self.index, self.peers, &self.options, access.as_ref()) {
                 Ok(opened) => {
                     // Worker 0 declares the source: it has its counters row before any record.
                     if self.index == 0 {
                         self.pending_stats.entry(opened.name().to_owned()).or_default().3 += 1;
                     }
                     match opened {
-                        super::sources::Opened::File(file) => self.files.push(file),
+                        super::sources::Opened::File(file) => self.files.push(*file),
                         super::sources::Opened::Push(name, push) => {
                             self.pushes.insert(name, push);
                         }

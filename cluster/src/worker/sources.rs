@@ -42,7 +42,7 @@ pub(super) struct PushSource {
 
 /// A source opened on one worker.
 pub(super) enum Opened {
-    File(FileSource),
+    File(Box<FileSource>),
     /// A push source, with its name.
     Push(String, PushSource),
 }
@@ -57,7 +57,8 @@ impl Opened {
     }
 }
 
-/// Opens source `source` of job `job` on worker `index` of `peers`.
+/// Opens source `source` of job `job` on worker `index` of `peers`; a file source reads what
+/// `access` admits, or is read by the server (its batches arrive as pushes) without it.
 ///
 /// # Errors
 /// The source's name and why it cannot be read: its format options do not build a decoder,
@@ -68,20 +69,20 @@ pub(super) fn open(
     index: usize,
     peers: usize,
     options: &WorkerOptions,
-    access: &amx_connectors::FileAccess,
+    access: Option<&amx_connectors::FileAccess>,
 ) -> Result<Opened, (String, String)> {
     let decoder = match source.decoder() {
         Ok(d) => d,
         Err(e) => return Err((source.name, e.to_string())),
     };
-    match source.kind {
-        SourceKind::File => match FileReader::new(&source.path) {
+    match (source.kind, access) {
+        (SourceKind::File, Some(access)) => match FileReader::new(&source.path) {
             Ok(mut reader) => {
                 reader.set_max_poll_bytes(options.poll_bytes.max(1));
                 reader.set_share(index as u64, peers as u64);
                 reader.set_max_record_bytes(options.max_record_bytes.max(1));
                 reader.set_access(access.clone());
-                Ok(Opened::File(FileSource {
+                Ok(Opened::File(Box::new(FileSource {
                     job,
                     name: source.name,
                     reader,
@@ -90,14 +91,13 @@ pub(super) fn open(
                     follow: source.follow,
                     records: Vec::new(),
                     events: Vec::new(),
-                }))
+                })))
             }
             Err(e) => Err((source.name, e.to_string())),
         },
-        // A Kafka source's batches arrive as pushes do (read by the controller).
-        SourceKind::Push | SourceKind::Kafka | SourceKind::ObjectStore => {
-            Ok(Opened::Push(source.name, PushSource { job, decoder }))
-        }
+        // A Kafka source's batches arrive as pushes do (read by the controller), and so do a
+        // file source's when the server reads it.
+        _ => Ok(Opened::Push(source.name, PushSource { job, decoder })),
     }
 }
 
