@@ -212,6 +212,27 @@ impl ExactSum {
         self.pending = 0;
     }
 
+    /// Whether nothing is left in the sum: no NaN or infinity (net of removals) and an exact
+    /// finite part of zero (values added and removed again leave an empty sum).
+    pub fn is_zero(&self) -> bool {
+        self.nan == 0
+            && self.pos_inf == 0
+            && self.neg_inf == 0
+            && (self.limbs.iter().all(|l| *l == 0) || self.magnitude().1.iter().all(|d| *d == 0))
+    }
+
+    /// The sum's exact value in a canonical form, equal for equal sums however they were
+    /// added up: the NaN and infinity counts, the sign, and the nonzero span of the magnitude's
+    /// 64-bit digits with the index of its lowest one (an empty span for 0).
+    pub fn canonical(&self) -> (i64, i64, i64, bool, u32, Vec<u64>) {
+        let (negative, digits) = self.magnitude();
+        let (Some(low), Some(high)) = (digits.iter().position(|d| *d != 0), digits.iter().rposition(|d| *d != 0))
+        else {
+            return (self.nan, self.pos_inf, self.neg_inf, false, 0, Vec::new());
+        };
+        (self.nan, self.pos_inf, self.neg_inf, negative, self.lo + low as u32, digits[low..=high].to_vec())
+    }
+
     /// This sum as bytes (for DataFusion aggregate states); [`ExactSum::from_bytes`] reads them.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(36 + 16 * self.limbs.len());

@@ -65,12 +65,13 @@ pub struct Agg {
 
 impl Agg {
     /// Whether the aggregate can be maintained by adding and subtracting (count, and sum and
-    /// avg of integers, without DISTINCT): then a change costs O(1), not O(group size).
+    /// avg of integers and of doubles, the latter as exact sums, without DISTINCT): then a
+    /// change costs O(1), not O(group size).
     pub fn invertible(&self) -> bool {
         !self.distinct
             && match self.func {
                 AggFunc::Count => true,
-                AggFunc::Sum | AggFunc::Avg => self.input.is_integer(),
+                AggFunc::Sum | AggFunc::Avg => self.input.is_integer() || self.input == DataType::Float64,
                 _ => false,
             }
     }

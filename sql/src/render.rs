@@ -426,38 +426,121 @@ fn as_i64(d: &Datum) -> i64 {
     }
 }
 
-/// Accumulators of invertible aggregates carried in a difference: slot 0 counts the group's
-/// rows; then per aggregate, `count` has one slot (non-NULL inputs) and `sum`/`avg` two (the
-/// sum, and the non-NULL count). Sums are `i128`, so no intermediate overflows; a final sum
+/// Accumulators of invertible aggregates carried in a difference: slot 0 of `ints` counts the
+/// group's rows; then per aggregate, `count` has one slot (non-NULL inputs) and `sum`/`avg` of
+/// integers two (the sum, and the non-NULL count); `sum`/`avg` of doubles have their non-NULL
+/// count in `ints` and their sum in `floats`: an exact sum ([`ExactSum`]), which subtracting
+/// undoes exactly, rounded once at the end, as the batch engine's (`amx_sql::aggregates`) and
+/// [`aggregate`]'s are. Integer sums are `i128`, so no intermediate overflows; a final sum
 /// outside BIGINT is an error row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Sums(Vec<i128>);
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sums {
+    ints: Vec<i128>,
+    #[serde(with = "exact_sums")]
+    floats: Vec<ExactSum>,
+}
 
 impl Sums {
-    fn of(aggs: &[Agg], vals: &Row) -> Sums {
-        let mut slots = Vec::with_capacity(1 + 2 * aggs.len());
-        slots.push(1);
+    /// The value, canonical (float sums by their exact values): what equality and order
+    /// compare.
+    #[allow(clippy::type_complexity)]
+    fn key(&self) -> (Vec<i128>, Vec<(i64, i64, i64, bool, u32, Vec<u64>)>) {
+        let mut ints = self.ints.clone();
+        while ints.last() == Some(&0) {
+            ints.pop();
+        }
+        let mut floats: Vec<_> = self.floats.iter().map(ExactSum::canonical).collect();
+        while floats.last().is_some_and(|f| *f == (0, 0, 0, false, 0, Vec::new())) {
+            floats.pop();
+        }
+        (ints, floats)
+    }
+}
+
+impl PartialEq for Sums {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Sums {}
+
+impl PartialOrd for Sums {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sums {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// [`Sums::floats`] as bytes ([`ExactSum::to_bytes`]), for the exchange between processes.
+mod exact_sums {
+    use amx_operators::float::ExactSum;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(sums: &[ExactSum], s: S) -> Result<S::Ok, S::Error> {
+        sums.iter().map(ExactSum::to_bytes).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ExactSum>, D::Error> {
+        Vec::<Vec<u8>>::deserialize(d)?
+            .iter()
+            .map(|b| ExactSum::from_bytes(b).ok_or_else(|| serde::de::Error::custom("not an exact sum")))
+            .collect()
+    }
+}
+
+/// Whether `agg` (a sum or average) sums doubles in [`Sums::floats`].
+fn sums_floats(agg: &Agg) -> bool {
+    matches!(agg.func, AggFunc::Sum | AggFunc::Avg) && agg.input == DataType::Float64
+}
+
+impl Sums {
+    /// The contribution of one row (`vals`: the reduce's value columns) with multiplicity
+    /// `diff`.
+    fn of(aggs: &[Agg], vals: &Row, diff: Diff) -> Sums {
+        let n = diff as i128;
+        let mut ints = Vec::with_capacity(1 + 2 * aggs.len());
+        let mut floats = Vec::new();
+        ints.push(n);
         for agg in aggs {
-            let (value, present) = match &vals[agg.arg] {
-                Datum::Int(v) => (*v as i128, 1),
-                Datum::Null => (0, 0),
+            let datum = &vals[agg.arg];
+            ints.push(if *datum == Datum::Null { 0 } else { n });
+            if sums_floats(agg) {
+                let mut sum = ExactSum::new();
+                if let Datum::Float(f) = datum {
+                    sum.add(f.0, diff as i64);
+                }
+                floats.push(sum);
+            } else if agg.func != AggFunc::Count {
                 // Not an integer: counted, not summed (only `count` reaches here then).
-                _ => (0, 1),
-            };
-            slots.push(present);
-            if agg.func != AggFunc::Count {
-                slots.push(value);
+                ints.push(if let Datum::Int(v) = datum { *v as i128 * n } else { 0 });
             }
         }
-        Sums(slots)
+        Sums { ints, floats }
     }
 
     fn finish(&self, aggs: &[Agg]) -> Result<Row, String> {
-        let mut slots = self.0.iter().skip(1).copied();
+        let mut slots = self.ints.iter().skip(1).copied();
         let mut next = || slots.next().unwrap_or(0);
+        let mut floats = self.floats.iter();
         let mut out = Vec::with_capacity(aggs.len());
         for agg in aggs {
             let present = next();
+            if sums_floats(agg) {
+                out.push(match floats.next() {
+                    Some(sum) if present > 0 && agg.func == AggFunc::Avg => {
+                        Datum::float(Some(sum.mean(present as u64)))
+                    }
+                    Some(sum) if present > 0 => Datum::float(Some(sum.sum())),
+                    _ => Datum::Null,
+                });
+                continue;
+            }
             out.push(match agg.func {
                 AggFunc::Count => Datum::Int(present as i64),
                 _ if present == 0 => {
@@ -478,39 +561,145 @@ impl Sums {
 
 impl differential_dataflow::difference::IsZero for Sums {
     fn is_zero(&self) -> bool {
-        self.0.iter().all(|v| *v == 0)
+        self.ints.iter().all(|v| *v == 0) && self.floats.iter().all(ExactSum::is_zero)
     }
 }
 
 impl differential_dataflow::difference::Semigroup for Sums {
     fn plus_equals(&mut self, rhs: &Self) {
-        if self.0.len() < rhs.0.len() {
-            self.0.resize(rhs.0.len(), 0);
+        if self.ints.len() < rhs.ints.len() {
+            self.ints.resize(rhs.ints.len(), 0);
         }
-        for (a, b) in self.0.iter_mut().zip(&rhs.0) {
+        for (a, b) in self.ints.iter_mut().zip(&rhs.ints) {
             *a += b;
+        }
+        if self.floats.len() < rhs.floats.len() {
+            self.floats.resize_with(rhs.floats.len(), ExactSum::new);
+        }
+        for (a, b) in self.floats.iter_mut().zip(&rhs.floats) {
+            a.merge(b);
         }
     }
 }
 
 impl differential_dataflow::difference::Monoid for Sums {
     fn zero() -> Self {
-        Sums(Vec::new())
+        Sums::default()
     }
 }
 
-impl differential_dataflow::difference::Abelian for Sums {
-    fn negate(&mut self) {
-        self.0.iter_mut().for_each(|v| *v = -*v);
-    }
+/// The groups' accumulators of invertible aggregates, as differences of their keys (the first
+/// `keys` columns of each row): each worker first adds up, per key and time, the changes it
+/// holds in each batch it receives (a combiner, as MapReduce's and Flink's local
+/// pre-aggregation), so a key changed by many rows of a batch is one update, not one per row,
+/// by the time it is exchanged, sorted and merged.
+fn combine<'s>(input: Rows<'s>, keys: usize, aggs: Vec<Agg>, view: &str) -> VecCollection<'s, Time, Row, Sums> {
+    use differential_dataflow::difference::{IsZero, Semigroup};
+    use std::collections::hash_map::Entry;
+    input
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<(Row, Time, Sums)>>, _, _, _>(
+            Pipeline,
+            &format!("Combine {view}"),
+            move |_, _| {
+                let mut groups: HashMap<(Row, Time), Sums> = HashMap::new();
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        for (mut row, time, diff) in data.flat_map(|d| d.drain(..)) {
+                            let vals = row.split_off(keys);
+                            let sums = Sums::of(&aggs, &vals, diff);
+                            match groups.entry((row, time)) {
+                                Entry::Occupied(mut e) => e.get_mut().plus_equals(&sums),
+                                Entry::Vacant(e) => {
+                                    e.insert(sums);
+                                }
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        for ((key, time), sums) in groups.drain() {
+                            if !sums.is_zero() {
+                                session.give((key, time, sums));
+                            }
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
 }
 
-impl differential_dataflow::difference::Multiply<Diff> for Sums {
-    type Output = Sums;
-    fn multiply(mut self, rhs: &Diff) -> Sums {
-        self.0.iter_mut().for_each(|v| *v *= *rhs as i128);
-        self
+/// Whether `agg` is a `DISTINCT` aggregate that is invertible over the distinct values
+/// (`count(DISTINCT x)`, and `sum`/`avg(DISTINCT x)` of integers).
+fn distinct_invertible(agg: &Agg) -> bool {
+    agg.distinct && Agg { distinct: false, ..agg.clone() }.invertible()
+}
+
+/// Groups whose aggregates are invertible, or invertible over distinct values
+/// (`count(DISTINCT x)`): each `DISTINCT` aggregate counts or sums the distinct (key, value)
+/// pairs (`distinct_total`), the others ride in differences ([`combine`]), and the parts are
+/// put together per key (as Materialize collates the parts of a reduction of mixed kinds,
+/// `ReducePlan::Collation`). A change then costs the pairs it changes, not a recomputation over
+/// its whole group. `(key, aggregates in their order)`, or the first error of a part.
+fn collate_distinct<'s>(
+    input: Rows<'s>,
+    keys: usize,
+    aggs: Vec<Agg>,
+    view: &str,
+) -> VecCollection<'s, Time, (Row, Result<Row, String>), Diff> {
+    // The invertible aggregates, always (with none, their part still counts each group's rows,
+    // so a group whose DISTINCT arguments are all NULL has its row).
+    let plain: Vec<usize> = (0..aggs.len()).filter(|i| !aggs[*i].distinct).collect();
+    let plain_aggs: Vec<Agg> = plain.iter().map(|i| aggs[*i].clone()).collect();
+    let finish_aggs = plain_aggs.clone();
+    let mut parts = vec![
+        combine(input.clone(), keys, plain_aggs, view)
+            .count_total()
+            .map(move |(key, sums)| (key, (0usize, sums.finish(&finish_aggs)))),
+    ];
+    let mut slots = vec![plain];
+    for (i, agg) in aggs.iter().enumerate().filter(|(_, a)| a.distinct) {
+        let arg = keys + agg.arg;
+        let pairs = input
+            .clone()
+            .flat_map(move |mut row| {
+                let value = row.get(arg).cloned().filter(|v| *v != Datum::Null)?;
+                row.truncate(keys);
+                row.push(value);
+                Some(row)
+            })
+            .distinct_total();
+        let one = Agg { arg: 0, distinct: false, ..agg.clone() };
+        let finish = vec![one.clone()];
+        let tag = parts.len();
+        parts.push(
+            combine(pairs, keys, vec![one], view)
+                .count_total()
+                .map(move |(key, sums)| (key, (tag, sums.finish(&finish)))),
+        );
+        slots.push(vec![i]);
     }
+    let scope = input.scope();
+    let all = differential_dataflow::collection::concatenate(scope, parts);
+    // A group's DISTINCT part is missing when all its arguments are NULL: count 0, else NULL.
+    let defaults: Row =
+        aggs.iter().map(|a| if a.func == AggFunc::Count { Datum::Int(0) } else { Datum::Null }).collect();
+    all.reduce_named(&format!("Collate {view}"), move |_key, parts, out| {
+        let mut row = defaults.clone();
+        for ((tag, part), _) in parts {
+            match part {
+                Ok(values) => {
+                    for (slot, value) in slots[*tag].iter().zip(values) {
+                        row[*slot] = value.clone();
+                    }
+                }
+                Err(e) => {
+                    out.push((Err(e.clone()), 1));
+                    return;
+                }
+            }
+        }
+        out.push((Ok(row), 1));
+    })
 }
 
 fn reduce<'s>(
@@ -523,18 +712,17 @@ fn reduce<'s>(
 ) -> Result<Rows<'s>, String> {
     let default_aggs = aggs.clone();
     let logic_aggs = aggs.clone();
-    let split = input.map(move |mut row| {
-        let vals = row.split_off(keys);
-        (row, vals)
-    });
     let grouped = if default_aggs.iter().all(Agg::invertible) {
         // Counts and integer sums ride in the difference: a change adds or subtracts its
         // contribution, nothing is recomputed.
-        split
-            .explode(move |(key, vals)| Some((key, Sums::of(&logic_aggs, &vals))))
-            .count_total()
-            .map(move |(key, sums)| (key, sums.finish(&aggs)))
+        combine(input, keys, logic_aggs, view).count_total().map(move |(key, sums)| (key, sums.finish(&aggs)))
+    } else if default_aggs.iter().all(|a| a.invertible() || distinct_invertible(a)) {
+        collate_distinct(input, keys, aggs, view)
     } else {
+        let split = input.map(move |mut row| {
+            let vals = row.split_off(keys);
+            (row, vals)
+        });
         split.reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
             out.push((aggregate(&logic_aggs, vals), 1));
         })
