@@ -712,7 +712,7 @@ type Stored = Option<(Arc<DurableLog>, u64)>;
 const REPLAY_WINDOW: usize = 256;
 
 /// A push's answer, once known.
-type IngestAnswer = tokio::sync::watch::Receiver<Option<Result<IngestReport, ClusterError>>>;
+pub(crate) type IngestAnswer = tokio::sync::watch::Receiver<Option<Result<IngestReport, ClusterError>>>;
 
 /// What [`Controller::recover`] replayed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

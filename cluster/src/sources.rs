@@ -61,6 +61,10 @@ pub enum SourcePosition {
         /// Paths refused by the file roots, reported.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         refused: Vec<String>,
+        /// A source that does not follow, read to its end: it reads nothing more, also after
+        /// a restart.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        done: bool,
     },
 }
 
@@ -78,6 +82,8 @@ pub struct SourceResume {
     pub files: std::collections::BTreeMap<String, Option<amx_connectors::FileCursor>>,
     /// File: paths refused by the file roots, reported.
     pub refused: BTreeSet<String>,
+    /// File: read to its end (a source that does not follow).
+    pub files_done: bool,
 }
 
 impl SourceResume {
@@ -93,7 +99,10 @@ impl SourceResume {
                     self.object_reading = Some((key.clone(), *lines));
                 }
             }
-            SourcePosition::File { files, refused } => file::advance(self, files, refused),
+            SourcePosition::File { files, refused, done } => {
+                file::advance(self, files, refused);
+                self.files_done |= *done;
+            }
         }
     }
 }
@@ -110,6 +119,33 @@ pub(crate) trait BatchSource: Send {
     /// it to its consumer group. Nothing by default.
     fn applied(&mut self, position: &SourcePosition, upper: amx_dataflows::Time) {
         let _ = (position, upper);
+    }
+
+    /// Whether the next batch may be read while the last one is applied (one batch in flight,
+    /// so that reading and decoding overlap). No by default: the next batch is read once the
+    /// last one is applied and durable.
+    fn pipelined(&self) -> bool {
+        false
+    }
+
+    /// [`BatchSource::read`] found nothing new, and every batch submitted before is applied
+    /// (and durable). Nothing by default.
+    fn idle(&mut self) {}
+}
+
+/// Waits for the batch in flight, if any, to be applied, and tells `reader`.
+fn settle(
+    runtime: &tokio::runtime::Handle,
+    in_flight: &mut Option<(crate::controller::IngestAnswer, SourcePosition)>,
+    reader: &mut Box<dyn BatchSource>,
+    job: JobId,
+    name: &str,
+) {
+    if let Some((answer, position)) = in_flight.take() {
+        match runtime.block_on(Controller::answer(answer)) {
+            Ok(report) => reader.applied(&position, report.timestamp + 1),
+            Err(e) => tracing::warn!(job = %job, source = %name, error = %e, "source batch"),
+        }
     }
 }
 
@@ -202,6 +238,7 @@ fn run(
     let controller = |inner: &Weak<Inner>| inner.upgrade().map(|inner| Controller { inner });
     let mut batch = Vec::new();
     let mut last_problem = None;
+    let mut in_flight = None;
     while !stop.load(Ordering::SeqCst) {
         let position = match reader.read(&mut batch) {
             Ok(position) => {
@@ -224,7 +261,11 @@ fn run(
                 continue;
             }
         };
-        let Some(position) = position else { continue };
+        let Some(position) = position else {
+            settle(&runtime, &mut in_flight, &mut reader, job, &name);
+            reader.idle();
+            continue;
+        };
         let records = std::mem::take(&mut batch);
         // Submitted once: a refusal (the log's store failing) is retried with the same records.
         let mut backoff = Duration::from_millis(100);
@@ -232,10 +273,13 @@ fn run(
             let Some(c) = controller(&inner) else { return };
             match c.submit_records(job, &name, records.clone(), position.clone(), None) {
                 Ok(answer) => {
-                    // The next batch waits for this one to be applied and durable.
-                    match runtime.block_on(Controller::answer(answer)) {
-                        Ok(report) => reader.applied(&position, report.timestamp + 1),
-                        Err(e) => tracing::warn!(job = %job, source = %name, error = %e, "source batch"),
+                    // The next batch waits for this one to be applied and durable, or (a
+                    // pipelined source) is read meanwhile and waits for it at its submission.
+                    drop(c);
+                    settle(&runtime, &mut in_flight, &mut reader, job, &name);
+                    in_flight = Some((answer, position));
+                    if !reader.pipelined() {
+                        settle(&runtime, &mut in_flight, &mut reader, job, &name);
                     }
                     break;
                 }

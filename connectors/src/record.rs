@@ -390,11 +390,9 @@ impl FileReader {
             }
         }
         paths.sort();
+        self.follow_renames(&paths, out);
         let mut result = Ok(());
         for path in &paths {
-            if !self.files.contains_key(path) {
-                self.adopt_renamed(path);
-            }
             let known = self.files.contains_key(path);
             let state = self.files.entry(path.clone()).or_default();
             let before = state.clone();
@@ -434,22 +432,40 @@ impl FileReader {
         result
     }
 
-    /// A path seen for the first time may be a file read before under another name (renamed
-    /// by log rotation, e.g. `app.jsonl` → `app-1.jsonl`, both matching the glob): when a known
-    /// path's file has the same identity (device, inode) and that path no longer holds it, its
-    /// reading state moves to the new path, so the file is not read twice.
-    fn adopt_renamed(&mut self, path: &Path) {
-        let Some(id) = fs::metadata(path).ok().as_ref().and_then(identity) else { return };
-        let moved = self.files.iter().find_map(|(old, state)| {
-            let still_there = fs::metadata(old).ok().as_ref().and_then(identity) == Some(id);
-            (state.identity == Some(id) && !still_there).then(|| old.clone())
-        });
-        if let Some(old) = moved
-            && let Some(state) = self.files.remove(&old)
-        {
-            self.files.insert(path.to_path_buf(), state);
-            self.changed.insert(old);
-            self.changed.insert(path.to_path_buf());
+    /// Files read before that now have another name the glob matches (renamed by log
+    /// rotation, whatever the names' order: `app.jsonl` → `app-1.jsonl` or `app.jsonl.1`, or a
+    /// numbered chain `x-1` → `x-2`, `x` → `x-1`): each reading state whose file (device, inode)
+    /// is no longer at its path but at another matching path moves there, so no file is read
+    /// twice. A state left at a path that now holds a moved file belongs to a file that is gone:
+    /// its unfinished last line is reported lost.
+    fn follow_renames(&mut self, paths: &[PathBuf], out: &mut Vec<Record>) {
+        let here: BTreeMap<&PathBuf, (u64, u64)> =
+            paths.iter().filter_map(|p| Some((p, fs::metadata(p).ok().as_ref().and_then(identity)?))).collect();
+        let at: std::collections::HashMap<(u64, u64), &PathBuf> = here.iter().map(|(p, id)| (*id, *p)).collect();
+        let moves: Vec<(PathBuf, PathBuf)> = self
+            .files
+            .iter()
+            .filter_map(|(old, state)| {
+                let id = state.identity?;
+                if here.get(old) == Some(&id) {
+                    return None;
+                }
+                let new = at.get(&id)?;
+                (*new != old).then(|| (old.clone(), (*new).clone()))
+            })
+            .collect();
+        let moved: Vec<(PathBuf, FileState)> =
+            moves.iter().filter_map(|(old, new)| Some((new.clone(), self.files.remove(old)?))).collect();
+        for (old, _) in &moves {
+            self.changed.insert(old.clone());
+        }
+        for (new, state) in moved {
+            if let Some(mut gone) = self.files.insert(new.clone(), state)
+                && let Some(lost) = lost_tail(&new, &mut gone, "its file was deleted or renamed away", self.share)
+            {
+                out.push(lost);
+            }
+            self.changed.insert(new);
         }
     }
 
@@ -1512,6 +1528,44 @@ pub(crate) mod tests {
         d.append("app-1.jsonl", "{\"t\":\"a3\"}\n");
         let moved = d.path().join("app-1.jsonl").display().to_string();
         assert_eq!(poll(&mut r, false), vec![rec(format!("{moved}:3"), "{\"t\":\"a3\"}")]);
+    }
+
+    /// Rotations whose new names sort after the live file's (`events.jsonl` →
+    /// `events_1.jsonl`), a numbered chain (`x-1` → `x-2`, `x` → `x-1`) and "delete the
+    /// oldest, then rename": only the lines written since are read, at their lines.
+    #[test]
+    fn rotated_files_are_not_read_twice_whatever_their_names() {
+        let d = TempDir::new("rotate-order");
+        let line = |n: u32| format!("{{\"n\":{n}}}\n");
+        let lines = |ns: std::ops::Range<u32>| ns.map(line).collect::<String>();
+        let texts = |r: &mut FileReader| -> Vec<String> { poll(r, false).into_iter().map(|(_, t)| t).collect() };
+        let want = |ns: std::ops::Range<u32>| ns.map(|n| format!("{{\"n\":{n}}}")).collect::<Vec<_>>();
+        d.write("events.jsonl", &lines(0..3));
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        assert_eq!(texts(&mut r), want(0..3));
+        fs::rename(d.path().join("events.jsonl"), d.path().join("events_1.jsonl")).expect("rename");
+        d.write("events.jsonl", &lines(3..5));
+        d.append("events_1.jsonl", &lines(5..6));
+        let mut got = texts(&mut r);
+        got.sort();
+        assert_eq!(got, want(3..6));
+        // A numbered chain: events_1 → events_2, events → events_1, a new events.
+        fs::rename(d.path().join("events_1.jsonl"), d.path().join("events_2.jsonl")).expect("rename");
+        fs::rename(d.path().join("events.jsonl"), d.path().join("events_1.jsonl")).expect("rename");
+        d.write("events.jsonl", &lines(6..7));
+        assert_eq!(texts(&mut r), want(6..7));
+        // Delete the oldest, then rename over it.
+        fs::remove_file(d.path().join("events_2.jsonl")).expect("delete");
+        fs::rename(d.path().join("events_1.jsonl"), d.path().join("events_2.jsonl")).expect("rename");
+        fs::rename(d.path().join("events.jsonl"), d.path().join("events_1.jsonl")).expect("rename");
+        d.write("events.jsonl", &lines(7..8));
+        d.append("events_2.jsonl", &lines(8..9));
+        let mut got = texts(&mut r);
+        got.sort();
+        assert_eq!(got, want(7..9));
+        let moved = d.path().join("events_2.jsonl").display().to_string();
+        d.append("events_2.jsonl", &lines(9..10));
+        assert_eq!(poll(&mut r, false), vec![rec(format!("{moved}:4"), line(9).trim_end())]);
     }
 
     /// One step of the follow property test.

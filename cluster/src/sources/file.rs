@@ -80,6 +80,12 @@ pub(crate) struct FileSource {
     feed: Arc<FileFeed>,
     /// Read to its end (not following): nothing more to do.
     done: bool,
+    /// Found at its files' end after this catch-up request (and, when `finished`, for good):
+    /// told once the batches before are applied ([`BatchSource::idle`]).
+    at_end: Option<u64>,
+    finished: bool,
+    /// Its end is logged ([`SourcePosition::File::done`]).
+    end_logged: bool,
 }
 
 /// Opens file source `source` of job `job` at `resume`'s cursors, reading what `access`
@@ -99,13 +105,19 @@ pub(crate) fn open(
     reader.set_max_poll_bytes(BATCH_BYTES as u64);
     reader.set_max_record_bytes(max_record_bytes.max(1));
     reader.set_access(access);
-    let files = resume.files.len();
+    let (files, done) = (resume.files.len(), resume.files_done);
+    // Done before the restart: what it read, read to its end, and nothing more.
+    let read: u64 = resume.files.values().flatten().map(FileCursor::offset).sum();
     reader.resume(
         resume.files.into_iter().filter_map(|(path, cursor)| Some((PathBuf::from(path), cursor?))),
         resume.refused.into_iter().map(PathBuf::from),
     );
     tracing::info!(job = %job, source = %source.name, path = %source.path, files, "file source started");
-    Ok(FileSource { reader, follow: source.follow, feed, done: false })
+    if done {
+        let mut progress = feed.progress.lock().unwrap_or_else(|p| p.into_inner());
+        *progress = SourceProgress { bytes_read: read, bytes_total: read, done: true, caught_up: false };
+    }
+    Ok(FileSource { reader, follow: source.follow, feed, done, at_end: None, finished: done, end_logged: done })
 }
 
 impl FileSource {
@@ -140,13 +152,16 @@ impl BatchSource for FileSource {
         }
         let (cursors, refused) = self.reader.take_cursors();
         if out.is_empty() && cursors.is_empty() && refused.is_empty() {
-            // At the files' end, with every earlier batch applied (the next read waits for it).
-            self.feed.reached.fetch_max(request, Ordering::SeqCst);
-            if finish {
-                self.done = true;
-                self.publish(true);
-            } else {
-                self.publish(false);
+            // At the files' end: said once the batch in flight is applied (`idle`).
+            self.at_end = Some(request);
+            self.finished = finish;
+            self.publish(false);
+            if finish && !self.end_logged {
+                // Logged, so that a restart reads nothing more either.
+                self.end_logged = true;
+                return Ok(Some(SourcePosition::File { files: Vec::new(), refused: Vec::new(), done: true }));
+            }
+            if !finish {
                 std::thread::sleep(FOLLOW_WAIT);
             }
             return Ok(None);
@@ -156,11 +171,26 @@ impl BatchSource for FileSource {
         Ok(Some(SourcePosition::File {
             files: cursors.into_iter().map(|(p, c)| (path(p), c)).collect(),
             refused: refused.into_iter().map(path).collect(),
+            done: false,
         }))
     }
 
     fn applied(&mut self, _position: &SourcePosition, upper: Time) {
         self.feed.upper.fetch_max(upper, Ordering::SeqCst);
+    }
+
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn idle(&mut self) {
+        if let Some(request) = self.at_end.take() {
+            self.feed.reached.fetch_max(request, Ordering::SeqCst);
+            if self.finished {
+                self.done = true;
+                self.publish(true);
+            }
+        }
     }
 }
 
