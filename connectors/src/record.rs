@@ -179,7 +179,10 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 /// Reads every file matching a glob (in path order), splitting each into [`Record`]s.
 ///
 /// Only regular files are read (symbolic links are followed): directories matching the glob
-/// are skipped, and any other match (a FIFO, socket or device) makes [`FileReader::poll`] fail.
+/// are skipped, and any other match (a FIFO, socket or device: reading it could block forever)
+/// is never opened: the reader with share index 0 returns, once per path, a record at the path
+/// carrying the error `not a regular file (a FIFO); only regular files can be read` (`a
+/// socket`, `a character device`, …), and the other files are read.
 ///
 /// A file's shape is decided at the first poll that sees content in it (after a UTF-8 byte
 /// order mark, which is skipped):
@@ -341,9 +344,6 @@ impl FileReader {
     /// # Errors
     /// An I/O error, with the path in its message, when a matching file or directory cannot
     /// be read; records of the files before it in path order have been appended to `out`.
-    /// An error `PATH: not a regular file (a FIFO); only regular files can be read` (`a
-    /// socket`, `a character device`, …) when the glob matches something that is neither a
-    /// regular file nor a directory (reading it could block forever); nothing is read then.
     pub fn poll(&mut self, finish: bool, out: &mut Vec<Record>) -> io::Result<()> {
         let entries = glob::glob(&self.pattern).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut paths = Vec::new();
@@ -368,14 +368,14 @@ impl FileReader {
                     Ok(m) if m.is_dir() => {}
                     Ok(m) if m.is_file() => paths.push(p),
                     Ok(m) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidInput,
-                            format!(
-                                "{}: not a regular file ({}); only regular files can be read",
-                                p.display(),
+                        if self.refused.insert(p.clone()) && self.share.index == 0 {
+                            self.changed.insert(p.clone());
+                            let why = format!(
+                                "not a regular file ({}); only regular files can be read",
                                 file_kind(&m.file_type())
-                            ),
-                        ));
+                            );
+                            out.push(Record::new(p.display().to_string(), String::new()).with_error(why));
+                        }
                     }
                     // Gone since the glob listed it, or a dangling symbolic link: nothing to
                     // read now.
@@ -1909,36 +1909,53 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn non_regular_files_fail_the_poll() {
+    fn non_regular_files_are_reported_once_and_the_others_read() {
         let d = TempDir::new("nonregular");
         d.write("a.jsonl", "{\"a\":1}\n");
         let sock = d.path().join("s.jsonl");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
         let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
         let mut out = Vec::new();
-        let e = r.poll(true, &mut out).err().map(|e| (e.kind(), e.to_string()));
-        let expected = format!("{}: not a regular file (a socket); only regular files can be read", sock.display());
-        assert_eq!(e, Some((io::ErrorKind::InvalidInput, expected)));
-        assert!(out.is_empty());
+        r.poll(true, &mut out).expect("the regular file is read");
+        let a = d.path().join("a.jsonl").display().to_string();
+        let got: Vec<_> = out.iter().map(|r| (r.location.clone(), r.text.clone(), r.error.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    sock.display().to_string(),
+                    String::new(),
+                    Some("not a regular file (a socket); only regular files can be read".to_owned())
+                ),
+                (a.clone() + ":1", "{\"a\":1}".to_owned(), None),
+            ]
+        );
         assert_eq!(r.paths(), vec![d.path().join("a.jsonl")]);
+        // Reported once; what is appended to the regular file is read.
+        d.append("a.jsonl", "{\"a\":2}\n");
+        out.clear();
+        r.poll(true, &mut out).expect("poll");
+        assert_eq!(out.iter().map(|r| r.location.clone()).collect::<Vec<_>>(), vec![a + ":2"]);
         // A character device.
         let mut r = FileReader::new("/dev/null").expect("glob");
-        let e = r.poll(false, &mut out).err().map(|e| e.to_string());
+        out.clear();
+        r.poll(false, &mut out).expect("poll");
         assert_eq!(
-            e.as_deref(),
-            Some("/dev/null: not a regular file (a character device); only regular files can be read")
+            out.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
+            vec![Some("not a regular file (a character device); only regular files can be read".to_owned())]
         );
         // A FIFO (reading it would block until a writer opens it), where mkfifo exists.
         let fifo = d.path().join("f.fifo");
         if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
             let mut r = FileReader::new(&d.glob("*.fifo")).expect("glob");
-            let e = r.poll(false, &mut out).err().map(|e| e.to_string());
-            let expected = format!("{}: not a regular file (a FIFO); only regular files can be read", fifo.display());
-            assert_eq!(e, Some(expected));
+            out.clear();
+            r.poll(false, &mut out).expect("poll");
+            let got: Vec<_> = out.iter().map(|r| (r.location.clone(), r.error.clone())).collect();
+            let why = "not a regular file (a FIFO); only regular files can be read".to_owned();
+            assert_eq!(got, vec![(fifo.display().to_string(), Some(why))]);
         } else {
             eprintln!("mkfifo not available: FIFO case skipped");
         }
-        assert!(out.is_empty());
     }
 
     #[test]

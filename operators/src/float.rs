@@ -215,10 +215,20 @@ impl ExactSum {
     /// Whether nothing is left in the sum: no NaN or infinity (net of removals) and an exact
     /// finite part of zero (values added and removed again leave an empty sum).
     pub fn is_zero(&self) -> bool {
-        self.nan == 0
-            && self.pos_inf == 0
-            && self.neg_inf == 0
-            && (self.limbs.iter().all(|l| *l == 0) || self.magnitude().1.iter().all(|d| *d == 0))
+        if self.nan != 0 || self.pos_inf != 0 || self.neg_inf != 0 {
+            return false;
+        }
+        // Carries propagated on the fly (as `magnitude` does), without allocating: the value is
+        // zero when every digit is and nothing is carried out of the top.
+        let mut carry = 0i128;
+        for v in &self.limbs {
+            let v = v + carry;
+            carry = v >> DIGIT;
+            if v - (carry << DIGIT) != 0 {
+                return false;
+            }
+        }
+        carry == 0
     }
 
     /// The sum's exact value in a canonical form, equal for equal sums however they were
@@ -381,6 +391,29 @@ mod tests {
         assert_eq!(sum(&[-0.0]).to_bits(), 0);
         assert_eq!(sum(&[-1.0, 1.0]).to_bits(), 0);
         assert_eq!(sum(&[]).to_bits(), 0);
+    }
+
+    /// A sum whose values were all removed again is zero, however they were added (also when
+    /// the pieces sit in different limbs); equal sums have one canonical form.
+    #[test]
+    fn zero_and_canonical_forms() {
+        let of = |values: &[(f64, i64)]| {
+            let mut s = ExactSum::new();
+            values.iter().for_each(|(x, n)| s.add(*x, *n));
+            s
+        };
+        assert!(ExactSum::new().is_zero());
+        assert!(of(&[(1e300, 1), (1.0, 1), (1e300, -1), (1.0, -1)]).is_zero());
+        assert!(of(&[(1.5, 1), (0.75, -2)]).is_zero());
+        assert!(of(&[(f64::MAX, 3), (f64::MAX / 2.0, -6)]).is_zero());
+        assert!(!of(&[(5e-324, 1)]).is_zero());
+        assert!(!of(&[(1.0, 1), (1.0, -1), (f64::NAN, 1)]).is_zero());
+        assert!(!of(&[(1e300, 1), (1e-300, 1), (1e300, -1)]).is_zero());
+        let a = of(&[(1e-300, 1), (1e300, 1), (3.0, 2)]);
+        let b = of(&[(3.0, 1), (1e300, 1), (2.0, 3), (1e-300, 1), (3.0, 1), (2.0, -3)]);
+        assert_eq!(a.canonical(), b.canonical());
+        assert_ne!(a.canonical(), of(&[(1e-300, 1), (1e300, 1), (3.0, 1)]).canonical());
+        assert_eq!(of(&[(1.0, 1), (1.0, -1)]).canonical(), ExactSum::new().canonical());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amx_connectors::{FileCursor, FileReader, Record};
 use amx_dataflows::Time;
@@ -86,7 +86,13 @@ pub(crate) struct FileSource {
     finished: bool,
     /// Its end is logged ([`SourcePosition::File::done`]).
     end_logged: bool,
+    /// The files' total size, and when it was last summed ([`TOTAL_EVERY`]).
+    total: (u64, Option<Instant>),
 }
+
+/// How often the files' total size is summed for the progress (a glob and a `stat` per file;
+/// a following source polls every [`FOLLOW_WAIT`]).
+const TOTAL_EVERY: Duration = Duration::from_millis(500);
 
 /// Opens file source `source` of job `job` at `resume`'s cursors, reading what `access`
 /// admits; `feed` is shared with the controller.
@@ -117,14 +123,28 @@ pub(crate) fn open(
         let mut progress = feed.progress.lock().unwrap_or_else(|p| p.into_inner());
         *progress = SourceProgress { bytes_read: read, bytes_total: read, done: true, caught_up: false };
     }
-    Ok(FileSource { reader, follow: source.follow, feed, done, at_end: None, finished: done, end_logged: done })
+    Ok(FileSource {
+        reader,
+        follow: source.follow,
+        feed,
+        done,
+        at_end: None,
+        finished: done,
+        end_logged: done,
+        total: (read, None),
+    })
 }
 
 impl FileSource {
-    fn publish(&self, done: bool) {
+    /// Shows how far it has read (the total size summed again at most every
+    /// [`TOTAL_EVERY`], and when it is done).
+    fn publish(&mut self, done: bool) {
+        if done || self.total.1.is_none_or(|at| at.elapsed() >= TOTAL_EVERY) {
+            self.total = (self.reader.total_bytes(), Some(Instant::now()));
+        }
         let mut progress = self.feed.progress.lock().unwrap_or_else(|p| p.into_inner());
         progress.bytes_read = self.reader.bytes_read();
-        progress.bytes_total = self.reader.total_bytes();
+        progress.bytes_total = self.total.0.max(progress.bytes_read);
         progress.done = done;
     }
 }
