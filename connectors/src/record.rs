@@ -182,7 +182,13 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 /// are skipped, and any other match (a FIFO, socket or device: reading it could block forever)
 /// is never opened: the reader with share index 0 returns, once per path, a record at the path
 /// carrying the error `not a regular file (a FIFO); only regular files can be read` (`a
-/// socket`, `a character device`, …), and the other files are read.
+/// socket`, `a character device`, …), and the other files are read. A file the glob matches
+/// under several names (a symbolic link beside its target, hard links) is read once, under
+/// one of them (the name that is no symbolic link, else the one it is being read under, else
+/// the first in path order). A file whose name is not UTF-8 cannot be matched by the glob
+/// (a limit of the `glob` crate); when its name, read lossily, matches the pattern's last
+/// component, the reader with share index 0 returns, once, a record at its path carrying the
+/// error `not read: the file's name is not valid UTF-8 (rename it to read it)`.
 ///
 /// A file's shape is decided at the first poll that sees content in it (after a UTF-8 byte
 /// order mark, which is skipped):
@@ -333,7 +339,72 @@ impl FileReader {
         let mut paths: Vec<PathBuf> =
             entries.filter_map(Result::ok).filter(|p| p.is_file() && self.access.admits(p)).collect();
         paths.sort();
-        paths
+        self.read_once(paths)
+    }
+
+    /// `paths` (sorted) with one path kept per file: names of one file (a symbolic link to a
+    /// file the glob also matches, hard links) would read it twice. Kept: the path that is no
+    /// symbolic link, else the one whose reading state is that file's (it is being read under
+    /// that name), else the first in path order; so every reader of the same glob keeps the
+    /// same path as long as the names do not change between their polls.
+    fn read_once(&self, paths: Vec<PathBuf>) -> Vec<PathBuf> {
+        let ids: Vec<Option<(u64, u64)>> =
+            paths.iter().map(|p| fs::metadata(p).ok().as_ref().and_then(identity)).collect();
+        let mut names: std::collections::HashMap<(u64, u64), Vec<usize>> = std::collections::HashMap::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                names.entry(*id).or_default().push(i);
+            }
+        }
+        if names.values().all(|n| n.len() == 1) {
+            return paths;
+        }
+        let mut keep = vec![true; paths.len()];
+        for (id, group) in names.into_iter().filter(|(_, g)| g.len() > 1) {
+            let is_link = |&i: &usize| fs::symlink_metadata(&paths[i]).is_ok_and(|m| m.file_type().is_symlink());
+            let reading = |&i: &usize| self.files.get(&paths[i]).is_some_and(|s| s.identity == Some(id));
+            let kept = group.iter().copied().min_by_key(|i| (is_link(i), !reading(i), *i)).expect("a group has a path");
+            for i in group.into_iter().filter(|&i| i != kept) {
+                keep[i] = false;
+            }
+        }
+        paths.into_iter().zip(keep).filter_map(|(p, k)| k.then_some(p)).collect()
+    }
+
+    /// Files the glob would match but for their names, which are not UTF-8 (the `glob` crate
+    /// skips such names): matched here by their lossy names (U+FFFD for each bad byte)
+    /// against the pattern's last component, in the directories its other components give.
+    /// (Directories with such names are still skipped.)
+    fn unreadable_names(&self) -> Vec<PathBuf> {
+        let pattern = Path::new(&self.pattern);
+        let Some(name) = pattern.file_name().and_then(|n| n.to_str()) else {
+            return Vec::new();
+        };
+        let Ok(name) = glob::Pattern::new(name) else {
+            return Vec::new();
+        };
+        let parent = match pattern.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dirs: Vec<PathBuf> = match parent.to_str() {
+            Some(p) if p.contains(['*', '?', '[']) => match glob::glob(p) {
+                Ok(entries) => entries.filter_map(Result::ok).filter(|d| d.is_dir()).collect(),
+                Err(_) => Vec::new(),
+            },
+            _ => vec![parent],
+        };
+        let mut found = Vec::new();
+        for dir in dirs.iter().filter(|d| self.access.admits(d)) {
+            let Ok(entries) = fs::read_dir(dir) else { continue };
+            for entry in entries.filter_map(Result::ok) {
+                let file = entry.file_name();
+                if file.to_str().is_none() && name.matches(&file.to_string_lossy()) {
+                    found.push(dir.join(file));
+                }
+            }
+        }
+        found
     }
 
     /// Appends to `out` the records not returned by earlier polls (see [`FileReader`]).
@@ -389,7 +460,19 @@ impl FileReader {
                 }
             }
         }
+        if self.share.index == 0 {
+            for path in self.unreadable_names() {
+                // Kept by its lossy name, as a cursor logs it (so a resumed reader knows it).
+                let path = PathBuf::from(path.to_string_lossy().into_owned());
+                if self.refused.insert(path.clone()) {
+                    self.changed.insert(path.clone());
+                    let why = "not read: the file's name is not valid UTF-8 (rename it to read it)";
+                    out.push(Record::new(path.display().to_string(), String::new()).with_error(why));
+                }
+            }
+        }
         paths.sort();
+        let paths = self.read_once(paths);
         self.follow_renames(&paths, out);
         let mut result = Ok(());
         for path in &paths {
@@ -1956,6 +2039,73 @@ pub(crate) mod tests {
         } else {
             eprintln!("mkfifo not available: FIFO case skipped");
         }
+    }
+
+    #[test]
+    fn a_file_under_several_names_is_read_once() {
+        let d = TempDir::new("links");
+        d.write("b.jsonl", "{\"a\":1}\n{\"a\":2}\n");
+        // A symbolic link that sorts before its target, and a hard link after it.
+        std::os::unix::fs::symlink(d.path().join("b.jsonl"), d.path().join("a.jsonl")).expect("symlink");
+        fs::hard_link(d.path().join("b.jsonl"), d.path().join("c.jsonl")).expect("hard link");
+        d.write("d.jsonl", "{\"d\":1}\n");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        let mut out = Vec::new();
+        r.poll(false, &mut out).expect("poll");
+        let at = |name: &str, line: u64| format!("{}:{line}", d.path().join(name).display());
+        let got: Vec<String> = out.iter().map(|r| r.location.clone()).collect();
+        // b and c are one inode: the first name in path order that is no link.
+        assert_eq!(got, vec![at("b.jsonl", 1), at("b.jsonl", 2), at("d.jsonl", 1)]);
+        assert_eq!(r.paths(), vec![d.path().join("b.jsonl"), d.path().join("d.jsonl")]);
+        assert_eq!(r.bytes_read(), r.total_bytes(), "progress counts the file once");
+        // Appended through another name: read once, under the name it is read by.
+        d.append("c.jsonl", "{\"a\":3}\n");
+        out.clear();
+        r.poll(false, &mut out).expect("poll");
+        assert_eq!(out.iter().map(|r| r.location.clone()).collect::<Vec<_>>(), vec![at("b.jsonl", 3)]);
+        // The name it is read by removed: it goes on under the hard link that is left.
+        fs::remove_file(d.path().join("b.jsonl")).expect("rm");
+        d.append("c.jsonl", "{\"a\":4}\n");
+        out.clear();
+        r.poll(false, &mut out).expect("poll");
+        assert_eq!(out.iter().map(|r| r.location.clone()).collect::<Vec<_>>(), vec![at("c.jsonl", 4)]);
+    }
+
+    #[test]
+    fn a_file_whose_name_is_not_utf8_is_reported_once() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = TempDir::new("nonutf8");
+        d.write("ok.jsonl", "{\"a\":1}\n");
+        let bad = d.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.jsonl"));
+        fs::write(&bad, "{\"a\":2}\n").expect("write");
+        fs::write(d.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), "x\n").expect("write");
+        let mut r = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        let mut out = Vec::new();
+        r.poll(false, &mut out).expect("poll");
+        let got: Vec<_> = out.iter().map(|r| (r.location.clone(), r.error.clone())).collect();
+        let why = "not read: the file's name is not valid UTF-8 (rename it to read it)".to_owned();
+        assert_eq!(
+            got,
+            vec![(bad.display().to_string(), Some(why)), (format!("{}:1", d.path().join("ok.jsonl").display()), None),]
+        );
+        assert!(bad.display().to_string().ends_with("caf\u{fffd}.jsonl"));
+        out.clear();
+        r.poll(false, &mut out).expect("poll");
+        assert!(out.is_empty(), "reported once: {out:?}");
+        // Also by a reader that goes on from this one's cursors (logged as text).
+        let (cursors, refused) = r.take_cursors();
+        let logged = |p: PathBuf| PathBuf::from(p.to_string_lossy().into_owned());
+        let mut resumed = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        resumed.resume(cursors.into_iter().filter_map(|(p, c)| Some((logged(p), c?))), refused.into_iter().map(logged));
+        out.clear();
+        resumed.poll(false, &mut out).expect("poll");
+        assert!(out.is_empty(), "reported once: {out:?}");
+        // A reader with another share index leaves the report to index 0.
+        let mut other = FileReader::new(&d.glob("*.jsonl")).expect("glob");
+        other.set_share(1, 2);
+        out.clear();
+        other.poll(false, &mut out).expect("poll");
+        assert!(out.iter().all(|r| r.error.is_none()), "{out:?}");
     }
 
     #[test]
