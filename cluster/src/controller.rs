@@ -274,7 +274,7 @@ pub enum SubscribeEvent {
 
 /// A command on its way to worker 0: its JSON text, and the one worker it is for (`None`:
 /// every worker).
-pub(crate) type Envelope = (String, Option<usize>);
+pub(crate) type Envelope = (crate::protocol::Wire, Option<usize>);
 
 /// A peek waiting for every worker's share.
 struct PeekWait {
@@ -783,7 +783,7 @@ impl Sequencer {
     /// decodes its own).
     fn send_parts(&mut self, at: Time, parts: Vec<impl FnOnce(Time) -> Command>) -> Result<(), ClusterError> {
         for (worker, part) in parts.into_iter().enumerate() {
-            self.send_to(&part(at), Some(worker))?;
+            self.send_wire(part(at), Some(worker))?;
         }
         Ok(())
     }
@@ -791,7 +791,7 @@ impl Sequencer {
     /// Appends `record` to the durable log, if there is one: its sequence number there.
     fn log(&self, record: impl FnOnce() -> LogRecord) -> Result<Stored, ClusterError> {
         match &self.log {
-            Some(log) => Ok(Some((log.clone(), log.append(&record())?))),
+            Some(log) => Ok(Some((log.clone(), log.append(&mut record())?))),
             None => Ok(None),
         }
     }
@@ -803,8 +803,24 @@ impl Sequencer {
 
     /// Sends a command to worker `to` only (`None`: to every worker).
     fn send_to(&self, command: &Command, to: Option<usize>) -> Result<(), ClusterError> {
-        let text = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-        self.tx.send((text, to)).map_err(|_| ClusterError::Stopped)?;
+        if matches!(command, Command::Ingest { .. } | Command::IngestRecords { .. }) {
+            return self.send_wire(command.clone(), to);
+        }
+        let json = serde_json::to_string(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+        self.send_envelope((crate::protocol::Wire { json, texts: Vec::new() }, to))
+    }
+
+    /// Sends a command (taken, so that its bulk texts move rather than copy: [`Wire`]) to
+    /// worker `to` only (`None`: to every worker).
+    ///
+    /// [`Wire`]: crate::protocol::Wire
+    fn send_wire(&self, command: Command, to: Option<usize>) -> Result<(), ClusterError> {
+        let wire = crate::protocol::Wire::encode(command).map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+        self.send_envelope((wire, to))
+    }
+
+    fn send_envelope(&self, envelope: Envelope) -> Result<(), ClusterError> {
+        self.tx.send(envelope).map_err(|_| ClusterError::Stopped)?;
         if let Some(worker0) = lock(&self.shared.worker0).as_ref() {
             worker0.unpark();
         }
@@ -2123,14 +2139,23 @@ impl Controller {
         }
         // Logged before it is sent, with its timestamp: what the workers apply is in the log.
         let at = seq.next_timestamp(logged_at);
-        let stored = seq.log(|| LogRecord::Ingest {
-            job: job.0,
-            source: source.to_owned(),
-            key: key.clone(),
-            body: body.clone(),
-            oversized: oversized.clone(),
-            at: Some(at),
-        })?;
+        // (The body moves into the log record and back out, uncopied.)
+        let (stored, body) = match seq.log.clone() {
+            Some(log) => {
+                let mut record = LogRecord::Ingest {
+                    job: job.0,
+                    source: source.to_owned(),
+                    key: key.clone(),
+                    body,
+                    oversized: oversized.clone(),
+                    at: Some(at),
+                };
+                let sequence = log.append(&mut record)?;
+                let LogRecord::Ingest { body, .. } = record else { unreachable!("built above") };
+                (Some((log, sequence)), body)
+            }
+            None => (None, body),
+        };
         // One worker decodes the whole push, chosen by a hash of the source and the push, so
         // that concurrent pushes spread over the workers and no body is copied to all of them.
         // Every worker decodes a part of the push (whole lines, in order), and only its part
@@ -2226,13 +2251,22 @@ impl Controller {
             return Err(ClusterError::UnknownSource(format!("job {job} has no running source `{source}`")));
         }
         let at = seq.next_timestamp(logged_at);
-        let stored = seq.log(|| LogRecord::IngestRecords {
-            job: job.0,
-            source: source.to_owned(),
-            records: records.clone(),
-            position: position.clone(),
-            at: Some(at),
-        })?;
+        // Logged, then sent on (the records move in and out of the log record, uncopied).
+        let (stored, records) = match seq.log.clone() {
+            Some(log) => {
+                let mut record = LogRecord::IngestRecords {
+                    job: job.0,
+                    source: source.to_owned(),
+                    records,
+                    position: position.clone(),
+                    at: Some(at),
+                };
+                let sequence = log.append(&mut record)?;
+                let LogRecord::IngestRecords { records, .. } = record else { unreachable!("built above") };
+                (Some((log, sequence)), records)
+            }
+            None => (None, records),
+        };
         seq.positions.entry((job, source.to_owned())).or_default().advance(&position);
         let peers = self.peers();
         let (id, applied) = self.wait_for(peers);

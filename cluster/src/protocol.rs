@@ -4,7 +4,8 @@
 //! timestamp `n` in a timely dataflow that broadcasts it to every worker of every process (or
 //! routes it to the one worker it is for: a part of a push, a subscription's credit); a worker applies
 //! the commands whose timestamps the dataflow's frontier has passed, in timestamp order. So every worker builds the same dataflows, in the same order, from the same
-//! bytes (a command travels as its JSON text), as Materialize's compute protocol does
+//! bytes (a command travels as its JSON text, with a push's or batch's records beside it:
+//! [`Wire`]), as Materialize's compute protocol does
 //! (`src/compute/src/command_channel.rs`). Responses go the other way: every worker sends its
 //! share to worker 0 through a second stream of the same dataflow, and worker 0 hands them to
 //! the controller.
@@ -234,6 +235,57 @@ pub enum Command {
 }
 
 /// The number of a first line or record when a command does not say (1).
+/// A command as it travels to the workers: its JSON, with the bulk of a push or batch — the
+/// body of [`Command::Ingest`], the texts of [`Command::IngestRecords`]'s records — kept
+/// beside it in `texts`, so that megabytes of JSON lines are neither escaped into the
+/// command's JSON nor parsed out of it again (and, within a process, never copied).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Wire {
+    /// The command as JSON, its bulk texts left empty.
+    pub json: String,
+    /// The bulk texts, in order: the body of an `Ingest`; the text of each record of an
+    /// `IngestRecords`; none for other commands.
+    pub texts: Vec<String>,
+}
+
+impl Wire {
+    /// `command` in its wire form.
+    ///
+    /// # Errors
+    /// A command that does not serialize (a bug).
+    pub fn encode(mut command: Command) -> Result<Wire, serde_json::Error> {
+        let texts: Vec<String> = match &mut command {
+            Command::Ingest { body, .. } => vec![std::mem::take(body)],
+            Command::IngestRecords { records, .. } => records.iter_mut().map(|r| std::mem::take(&mut r.text)).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Wire { json: serde_json::to_string(&command)?, texts })
+    }
+
+    /// The command back, its bulk texts in their places.
+    ///
+    /// # Errors
+    /// JSON that is no command, or texts that do not fit it (a bug, or another version).
+    pub fn decode(self) -> Result<Command, String> {
+        let mut command: Command = serde_json::from_str(&self.json).map_err(|e| e.to_string())?;
+        let mut texts = self.texts;
+        match &mut command {
+            Command::Ingest { body, .. } if texts.len() == 1 => *body = texts.pop().expect("one text"),
+            Command::IngestRecords { records, .. } if records.len() == texts.len() => {
+                for (record, text) in records.iter_mut().zip(texts) {
+                    record.text = text;
+                }
+            }
+            Command::Ingest { .. } | Command::IngestRecords { .. } => {
+                return Err(format!("a push or batch with {} texts beside it", texts.len()));
+            }
+            _ if texts.is_empty() => {}
+            _ => return Err(format!("a command with {} texts beside it", texts.len())),
+        }
+        Ok(command)
+    }
+}
+
 fn first_line() -> u64 {
     1
 }
@@ -347,4 +399,58 @@ pub enum Response {
         /// What went wrong.
         error: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(command: &Command) -> String {
+        serde_json::to_string(command).expect("JSON")
+    }
+
+    #[test]
+    fn a_wire_carries_bulk_texts_beside_the_json() {
+        let mut record = amx_connectors::Record::new("f.jsonl:3", "{\"a\": \"\\\"q\\\"\"}");
+        record.metadata = Some(Box::new(serde_json::json!({"key": "k"})));
+        let commands = [
+            Command::IngestRecords {
+                id: 1,
+                source: "s".into(),
+                records: vec![record, amx_connectors::Record::new("f.jsonl:4", "")],
+                at: 5,
+                first: 3,
+            },
+            Command::Ingest {
+                id: 2,
+                source: "p".into(),
+                body: "{\"x\":1}\n\n{\"x\":2}\n".into(),
+                oversized: BTreeMap::from([(2, 99)]),
+                at: 6,
+                first_line: 1,
+            },
+            Command::AdvanceTo { time: 7 },
+        ];
+        for command in commands {
+            let wire = Wire::encode(command.clone()).expect("encode");
+            let bulk = matches!(command, Command::Ingest { .. } | Command::IngestRecords { .. });
+            assert_eq!(wire.texts.is_empty(), !bulk);
+            assert!(!bulk || !wire.json.contains("\\\"x\\\"") && !wire.json.contains("\\\"a\\\""), "{}", wire.json);
+            assert_eq!(json(&wire.decode().expect("decode")), json(&command));
+        }
+        // Texts that do not fit the command: refused, not applied half.
+        let mut wire = Wire::encode(Command::Ingest {
+            id: 3,
+            source: "p".into(),
+            body: "{}".into(),
+            oversized: BTreeMap::new(),
+            at: 1,
+            first_line: 1,
+        })
+        .expect("encode");
+        wire.texts.push("more".into());
+        assert!(wire.clone().decode().is_err());
+        let advance = Wire { json: json(&Command::AdvanceTo { time: 1 }), texts: vec!["x".into()] };
+        assert!(advance.decode().is_err());
+    }
 }

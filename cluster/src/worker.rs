@@ -39,13 +39,16 @@ use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::implementations::KeySpine;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::progress::Antichain;
 
 use crate::controller::Shared;
-use crate::protocol::{Command, JobId, Response, ViewSpec};
+use crate::protocol::{Command, JobId, Response, ViewSpec, Wire};
 use compute_state::ComputeState;
 
 /// A collection's arrangement: its rows as keys, sharded over the workers by hash.
@@ -53,7 +56,7 @@ pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
 
 /// Worker 0's input of the control dataflow: `(sequence number, the worker it is for (`None`:
 /// every worker), the command's JSON text)`, at time = sequence number.
-type CommandInput = InputSession<u64, (u64, Option<usize>, String), Diff>;
+type CommandInput = InputSession<u64, (u64, Option<usize>, Wire), Diff>;
 
 /// Who made an arrangement (and drops it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,26 +128,33 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
     let peers = worker.peers();
 
     // The control dataflow.
-    let received: Rc<RefCell<Vec<(u64, String)>>> = Rc::default();
+    let received: Rc<RefCell<Vec<(u64, Wire)>>> = Rc::default();
     let deliver = shared.clone();
     let sink = received.clone();
     let (cmd_in, mut resp_in, cmd_probe) = worker.dataflow_named::<u64, _, _>("control", move |scope| {
-        let (cmd_in, commands) = scope.new_collection::<(u64, Option<usize>, String), Diff>();
+        let (cmd_in, commands) = scope.new_collection::<(u64, Option<usize>, Wire), Diff>();
         let probe = ProbeHandle::new();
-        // A copy for every worker, or for the one it is for.
+        // A copy for every worker, or, moved, to the one it is for.
         commands
             .inner
-            .flat_map(move |((seq, to, text), time, diff)| {
-                let workers = match to {
-                    Some(w) => w..w + 1,
-                    None => 0..peers,
+            .flat_map(move |((seq, to, wire), time, diff)| {
+                let copies: Vec<(usize, Wire)> = match to {
+                    Some(w) => vec![(w, wire)],
+                    None => (0..peers).map(|w| (w, wire.clone())).collect(),
                 };
-                workers.map(move |w| (w, seq, text.clone(), time, diff))
+                copies.into_iter().map(move |(w, wire)| (w, seq, wire, time, diff))
             })
             .exchange(|(w, ..)| *w as u64)
-            .inspect(move |(_, seq, text, _time, diff)| {
-                if *diff > 0 {
-                    sink.borrow_mut().push((*seq, text.clone()));
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "DeliverCommands", move |_, _| {
+                move |input, _output| {
+                    input.for_each(|_time, data| {
+                        let mut sink = sink.borrow_mut();
+                        for (_, seq, wire, _time, diff) in data.drain(..) {
+                            if diff > 0 {
+                                sink.push((seq, wire));
+                            }
+                        }
+                    });
                 }
             })
             .probe_with(&probe);
@@ -169,10 +179,10 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             worker.step_or_park(Some(PARK));
             continue;
         }
-        let (_, text) = ready.remove(0);
+        let (_, wire) = ready.remove(0);
         // The later ones are applied by the loop below, in order.
         received.borrow_mut().extend(ready);
-        match serde_json::from_str::<Command>(&text) {
+        match wire.decode() {
             Ok(Command::CreateInstance { collections, views }) => break (collections, views),
             Ok(Command::Shutdown) => return,
             Ok(_) | Err(_) => tracing::error!(worker = index, "the first command is not CreateInstance; skipped"),
@@ -243,9 +253,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
 
         // 2. Apply every command the control dataflow has delivered completely, in sequence
         //    order.
-        for (seq, text) in take_ready(&received, &cmd_probe) {
+        for (seq, wire) in take_ready(&received, &cmd_probe) {
             tracing::debug!(worker = index, seq, "applying command");
-            let command: Command = match serde_json::from_str(&text) {
+            let command: Command = match wire.decode() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(seq, error = %e, "undecodable command; skipped");
@@ -303,9 +313,9 @@ fn sequence(
 
 /// The commands the broadcast has delivered completely (every command before them too), in
 /// sequence order.
-fn take_ready(received: &RefCell<Vec<(u64, String)>>, probe: &ProbeHandle<u64>) -> Vec<(u64, String)> {
+fn take_ready(received: &RefCell<Vec<(u64, Wire)>>, probe: &ProbeHandle<u64>) -> Vec<(u64, Wire)> {
     let mut received = received.borrow_mut();
-    received.sort();
+    received.sort_by_key(|(seq, _)| *seq);
     let n = received.iter().take_while(|(seq, _)| !probe.less_equal(seq)).count();
     received.drain(..n).collect()
 }

@@ -4,7 +4,7 @@
 //!
 //! # Objects under the prefix
 //! - `log/{first:020}-{last:020}.seg`: records `first..=last` (sequence numbers from 1, kept
-//!   across restarts), as the header line `aimatrix-log 1\n` and the records' frames (the file
+//!   across restarts), as the header line `aimatrix-log 2\n` (segments of version 1 are read too) and the records' frames (the file
 //!   log's framing, with its checksums). Each group commit is one `PUT` (`If-None-Match: *`,
 //!   so a segment is never overwritten); an object store writes an object whole or not at
 //!   all, so unlike a file a segment is never cut short: any bad byte in one, or records
@@ -50,7 +50,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
-use super::{FRAME, HEADER, LogRecord, StorageError, encode};
+use super::{FRAME, HEADER, HEADER_V1, LogRecord, StorageError, decode, encode};
 
 /// How long a lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -235,7 +235,7 @@ fn decode_segment(bytes: &[u8], name: &str, first: u64, last: u64) -> Result<Vec
         offset: offset as u64,
         why: why.to_owned(),
     };
-    if !bytes.starts_with(HEADER) {
+    if !bytes.starts_with(HEADER) && !bytes.starts_with(HEADER_V1) {
         let found = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
         return Err(StorageError::Version {
             file: name.to_owned(),
@@ -263,7 +263,7 @@ fn decode_segment(bytes: &[u8], name: &str, first: u64, last: u64) -> Result<Vec
         if crc32fast::hash(payload) != crc {
             return Err(corrupt(at, "checksum mismatch"));
         }
-        let record = serde_json::from_slice(payload).map_err(|e| corrupt(at, &format!("not a record: {e}")))?;
+        let record = decode(payload).map_err(|why| corrupt(at, &why))?;
         records.push(record);
         at += FRAME + len as usize;
     }
@@ -447,7 +447,7 @@ impl ObjectLog {
     /// # Errors
     /// [`StorageError::Unavailable`] while a segment is failing to be written (or too many
     /// bytes wait for one); [`StorageError::LeaseLost`] once the lease is lost.
-    pub fn append(&self, record: &LogRecord) -> Result<u64, StorageError> {
+    pub fn append(&self, record: &mut LogRecord) -> Result<u64, StorageError> {
         let frame = encode(record).map_err(|e| self.shared.io("writing to", std::io::Error::other(e)))?;
         let mut state = lock(&self.shared.state);
         if let Some(why) = &state.failed {
@@ -939,7 +939,7 @@ mod tests {
 
     fn write(log: &ObjectLog, records: &[LogRecord]) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let seqs: Vec<u64> = records.iter().map(|r| log.append(r).expect("append")).collect();
+        let seqs: Vec<u64> = records.iter().map(|r| log.append(&mut r.clone()).expect("append")).collect();
         runtime.block_on(log.sync(*seqs.last().expect("one"))).expect("sync");
     }
 
@@ -1109,12 +1109,12 @@ mod tests {
         let (log, _) = open(&store).expect("open");
         write(&log, &[ingest(0)]);
         store.down.store(true, SeqCst);
-        let waiting = log.append(&ingest(1)).expect("taken before the failure is known");
+        let waiting = log.append(&mut ingest(1)).expect("taken before the failure is known");
         let synced = runtime
             .block_on(async { tokio::time::timeout(Duration::from_millis(500), log.sync(waiting)).await.is_ok() });
         assert!(!synced, "acknowledged while the store fails");
         assert!(log.failing().is_some());
-        let refused = log.append(&ingest(2)).expect_err("refused while failing");
+        let refused = log.append(&mut ingest(2)).expect_err("refused while failing");
         assert!(matches!(refused, StorageError::Unavailable(_)), "{refused}");
         store.down.store(false, SeqCst);
         runtime.block_on(log.sync(waiting)).expect("written once the store is back");
@@ -1223,7 +1223,7 @@ mod tests {
         let body = serde_json::to_vec(&other).expect("JSON");
         runtime.block_on(store.put(&Path::from("p/LOCK"), PutPayload::from(body))).expect("put");
         lock(&log.shared.state).lease_until = Some(Instant::now());
-        let seq = log.append(&ingest(1)).expect("taken");
+        let seq = log.append(&mut ingest(1)).expect("taken");
         let err = runtime.block_on(log.sync(seq)).expect_err("lost");
         assert!(matches!(err, StorageError::LeaseLost(_)), "{err}");
         let segments =
