@@ -487,8 +487,8 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
 }
 
 impl Column {
-    /// The column's value in `record` (with the source's `metadata`), and its source text
-    /// (before `map`).
+    /// The column's value in `record` (with the source's `metadata`), and, for a workflow
+    /// state column, its source text (before `map`).
     fn eval(&self, record: &Value, metadata: Option<&Value>) -> Result<(Datum, Option<String>), String> {
         let Some(spec) = &self.spec else {
             return Ok((Datum::Null, None));
@@ -513,7 +513,9 @@ impl Column {
                 }
             },
         };
-        let source_text = raw.or(spec.default.as_ref()).and_then(value_text);
+        // Only a workflow state's source text is kept (as `raw_state`): not copied for others.
+        let source_text =
+            if self.kind == Kind::State { raw.or(spec.default.as_ref()).and_then(value_text) } else { None };
         let datum = match value {
             None => Datum::Null,
             Some(v) => convert(&self.name, self.kind, v, spec.unit)?,
