@@ -3441,6 +3441,24 @@ fn sql_clients_query_over_pgwire() {
     assert_eq!(code(&mut client, "SELECT * FROM nope"), "42P01");
     assert_eq!(code(&mut client, "SELECT nope FROM orders"), "42703");
     assert_eq!(code(&mut client, "SELECT 1 / 0"), "22012");
+    // SET statement_timeout, in PostgreSQL's units: a longer query is cancelled with 57014 and
+    // PostgreSQL's message; the session goes on; 0 leaves the server's sql.timeout_ms.
+    let first = |client: &mut postgres::Client, sql: &str| {
+        client.simple_query(sql).expect(sql).into_iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    };
+    assert_eq!(code(&mut client, "SET statement_timeout = 'soon'"), "22023");
+    client.batch_execute("SET statement_timeout = '150ms'").expect("set");
+    let slow = "SELECT count(*) FROM range(100000000000)";
+    let error = client.simple_query(slow).expect_err("cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    let message = error.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert_eq!(message, "canceling statement due to statement timeout");
+    assert_eq!(first(&mut client, "SELECT 41 + 1").as_deref(), Some("42"));
+    client.batch_execute("SET statement_timeout = 0").expect("set");
+    assert_eq!(first(&mut client, "SHOW statement_timeout").as_deref(), Some("0"));
     // A prepared statement whose view was replaced with other columns is refused.
     client.batch_execute("CREATE MATERIALIZED VIEW shape AS SELECT order_id FROM orders").expect("created");
     let stale = client.prepare("SELECT * FROM shape").expect("prepared");

@@ -495,15 +495,11 @@ impl Backend {
             return rows_response(&batch.schema(), &[batch], format, "SELECT");
         }
         let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
-        let answer = tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras)).await;
+        let (timeout, past) = self.statement_timeout(client);
+        let answer = tokio::time::timeout(timeout, self.controller.execute_sql_with(&sql, extras)).await;
         let ok = matches!(answer, Ok(Ok(_)));
         self.metrics.observe_query(crate::metrics::Interface::Pgwire, ok, started.elapsed());
-        let answer = answer.map_err(|_| {
-            user_error(
-                "57014",
-                format!("canceling statement: it ran past sql.timeout_ms ({} ms)", self.timeout.as_millis()),
-            )
-        })?;
+        let answer = answer.map_err(|_| past)?;
         let answer = match answer {
             Ok(answer) => answer,
             Err(e @ ClusterError::Sql(_)) => match catalog::answer_empty(&sql) {
@@ -771,7 +767,7 @@ impl Backend {
             Statement::Subscribe { spec, copy: true } => self.copy_subscribe(client, spec).await,
             Statement::Subscribe { spec, copy: false } => self.bare_subscribe(client, spec, format).await,
             Statement::CopyQuery(sql) => {
-                let answer = self.query_batches(sql, params).await?;
+                let answer = self.query_batches(client, sql, params).await?;
                 let fields = Arc::new(types::fields(&answer.0, &Format::UnifiedText));
                 let mut encoder = CopyEncoder::new_text(fields, CopyTextOptions::default());
                 let mut chunks = Vec::new();
@@ -805,7 +801,7 @@ impl Backend {
                         }
                     }
                     CursorBody::Query(sql) => {
-                        let (schema, batches) = self.query_batches(sql, params).await?;
+                        let (schema, batches) = self.query_batches(client, sql, params).await?;
                         Cursor { schema, buffer: batches.into(), subscription: None }
                     }
                 };
@@ -844,6 +840,15 @@ impl Backend {
                 rows_response(&batch.schema(), &[batch], format, "SHOW")
             }
             Statement::Set { name, value } => {
+                if name == "statement_timeout"
+                    && let Some(v) = value
+                    && parse_statement_timeout(v).is_none()
+                {
+                    return Err(user_error(
+                        "22023",
+                        format!("invalid value for parameter \"statement_timeout\": \"{v}\""),
+                    ));
+                }
                 let session = session(client);
                 let mut settings = session.settings.lock().unwrap_or_else(|p| p.into_inner());
                 let tag = match value {
@@ -875,20 +880,70 @@ impl Backend {
         }
     }
 
+    /// How long a statement of this session may run: the session's `statement_timeout`
+    /// when it is set and shorter than the server's `sql.timeout_ms`, else the server's; and
+    /// the error a statement past it gets (`57014`, with PostgreSQL's message for the
+    /// session's).
+    fn statement_timeout(&self, client: &impl ClientInfo) -> (Duration, PgWireError) {
+        let session = setting(client, "statement_timeout").and_then(|v| parse_statement_timeout(&v)).flatten();
+        match session {
+            Some(t) if t < self.timeout => (t, user_error("57014", "canceling statement due to statement timeout")),
+            _ => (
+                self.timeout,
+                user_error(
+                    "57014",
+                    format!("canceling statement: it ran past sql.timeout_ms ({} ms)", self.timeout.as_millis()),
+                ),
+            ),
+        }
+    }
+
     /// A query's answer as Arrow batches.
-    async fn query_batches(&self, sql: &str, params: Vec<ScalarValue>) -> PgWireResult<(SchemaRef, Vec<RecordBatch>)> {
+    async fn query_batches(
+        &self,
+        client: &impl ClientInfo,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> PgWireResult<(SchemaRef, Vec<RecordBatch>)> {
         let sql = catalog::rewrite(sql);
         let entries = Arc::new(self.controller.catalog_entries());
         let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
-        let answer = tokio::time::timeout(self.timeout, self.controller.execute_sql_with(&sql, extras))
+        let (timeout, past) = self.statement_timeout(client);
+        let answer = tokio::time::timeout(timeout, self.controller.execute_sql_with(&sql, extras))
             .await
-            .map_err(|_| user_error("57014", "canceling statement: it ran past sql.timeout_ms"))?
+            .map_err(|_| past)?
             .map_err(cluster_error)?;
         match answer {
             SqlAnswer::Rows { schema, batches, .. } => Ok((schema, batches)),
             _ => Err(user_error("0A000", "a cursor or COPY reads a query, not a view statement")),
         }
     }
+}
+
+/// `statement_timeout` as PostgreSQL takes it: milliseconds, or a number with a unit (`us`,
+/// `ms`, `s`, `min`, `h`, `d`; PostgreSQL's `postgresql.conf` units); `0` (or less): none.
+/// `None`: not a duration.
+fn parse_statement_timeout(value: &str) -> Option<Option<Duration>> {
+    let value = value.trim();
+    let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok().filter(|n: &f64| n.is_finite())?;
+    let ms = number
+        * match unit.trim() {
+            "" | "ms" => 1.0,
+            "us" => 0.001,
+            "s" => 1e3,
+            "min" => 60e3,
+            "h" => 3600e3,
+            "d" => 86_400e3,
+            _ => return None,
+        };
+    // PostgreSQL rounds to whole milliseconds; at most i32::MAX of them.
+    let ms = ms.round();
+    if ms > f64::from(i32::MAX) {
+        return None;
+    }
+    Some((ms >= 1.0).then(|| Duration::from_millis(ms as u64)))
 }
 
 /// A setting's value in this session (`None`: unknown setting).
@@ -1014,5 +1069,27 @@ impl ExtendedQueryHandler for Backend {
             params.push(types::parameter(portal, idx, &sent, want)?);
         }
         self.run(client, &prepared.statement, params, &portal.result_column_format, prepared.schema.as_ref()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_timeouts_read_as_postgresql_reads_them() {
+        let ms = |v: &str| parse_statement_timeout(v).map(|t| t.map(|d| d.as_millis()));
+        assert_eq!(ms("0"), Some(None));
+        assert_eq!(ms("-5"), Some(None));
+        assert_eq!(ms("250"), Some(Some(250)));
+        assert_eq!(ms("1.5s"), Some(Some(1500)));
+        assert_eq!(ms("2 min"), Some(Some(120_000)));
+        assert_eq!(ms("1h"), Some(Some(3_600_000)));
+        assert_eq!(ms("1d"), Some(Some(86_400_000)));
+        assert_eq!(ms("1500us"), Some(Some(2)));
+        assert_eq!(ms("400us"), Some(None), "rounded to 0 ms: none");
+        for bad in ["soon", "", "5 parsecs", "1e400", "30d"] {
+            assert_eq!(ms(bad), None, "{bad}");
+        }
     }
 }
