@@ -314,6 +314,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     let pg_listen = config.pgwire.listen.clone();
+    let max_sessions = config.pgwire.max_sessions;
     runtime.block_on(async move {
         let listener =
             tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
@@ -355,7 +356,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         let pg = pg_listener.map(|l| {
             let state = state.clone();
             let stop = stopped(stop_rx.clone());
-            tokio::spawn(async move { amx_server::pgwire::serve(l, state, stop).await })
+            tokio::spawn(async move { amx_server::pgwire::serve(l, state, max_sessions, stop).await })
         });
         let served = amx_server::serve(listener, state, stopped(stop_rx)).await.context("serving HTTP");
         if let Some(pg) = pg {

@@ -3483,3 +3483,53 @@ fn sql_clients_query_over_pgwire() {
         }
     }
 }
+
+/// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too
+/// many clients already` (also for psql, which asks for SSL first) and counted in the
+/// metrics; once a session closes, a new one is served.
+#[test]
+fn pgwire_sessions_past_the_limit_are_refused() {
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let server = start_with_env(&args, true, &[("AIMATRIX__PGWIRE__MAX_SESSIONS", "1")]);
+    let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
+    let mut first = postgres::Client::connect(&url, postgres::NoTls).expect("the first session");
+    assert_eq!(first.query_one("SELECT 40 + 2", &[]).expect("query").get::<_, i64>(0), 42);
+    let refused = postgres::Client::connect(&url, postgres::NoTls).err().expect("a second session is refused");
+    let db = refused.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "53300");
+    assert_eq!(db.message(), "sorry, too many clients already (pgwire.max_sessions = 1)");
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "reader", "-d", "aimatrix", "-c", "SELECT 1"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs (Debian: apt-get install postgresql-client; scripts/build-deps.sh does)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sorry, too many clients already"), "{stderr}");
+    // The first session is unharmed; once it closes, another is served.
+    assert_eq!(first.query_one("SELECT 1 + 1", &[]).expect("query").get::<_, i64>(0), 2);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = loop {
+        match postgres::Client::connect(&url, postgres::NoTls) {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no session after the first closed: {e}"),
+        }
+    };
+    assert_eq!(next.query_one("SELECT 3", &[]).expect("query").get::<_, i64>(0), 3);
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aimatrix_pgwire_sessions_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the refusals counter");
+    assert!(refused >= 2, "{text}");
+}

@@ -157,11 +157,14 @@ fn check_loopback(key: &str, listen: &str) -> Result<(), String> {
 pub struct PgWireConfig {
     /// Address to listen on, `host:port` (default `127.0.0.1:6875`); empty: no pgwire.
     pub listen: String,
+    /// Connections open at once (default 256, at least 1): one more is refused with `53300`
+    /// `sorry, too many clients already`, as PostgreSQL refuses past `max_connections`.
+    pub max_sessions: usize,
 }
 
 impl Default for PgWireConfig {
     fn default() -> Self {
-        PgWireConfig { listen: crate::pgwire::DEFAULT_LISTEN.into() }
+        PgWireConfig { listen: crate::pgwire::DEFAULT_LISTEN.into(), max_sessions: crate::pgwire::DEFAULT_MAX_SESSIONS }
     }
 }
 

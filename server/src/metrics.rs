@@ -11,6 +11,7 @@
 //! | `aimatrix_query_duration_seconds` | histogram | `interface` (`http`, `pgwire`), `outcome` (`ok`, `error`) | SQL statements, from receipt to answer |
 //! | `aimatrix_subscriptions` | gauge | `interface` (`http`, `pgwire`) | subscriptions open |
 //! | `aimatrix_pgwire_sessions` | gauge | | pgwire connections open |
+//! | `aimatrix_pgwire_sessions_refused_total` | counter | | pgwire connections refused past `pgwire.max_sessions` |
 //! | `process_*` | | | the process's CPU seconds, resident and virtual memory (bytes), open files, start time (the `prometheus` crate's process collector, Linux) |
 //!
 //! The source counters and the jobs are read when scraped (the counters from the ingestion
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use amx_cluster::{Controller, SqlAnswer};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics a server keeps between scrapes (see the module docs).
@@ -29,6 +30,7 @@ pub struct Metrics {
     queries: HistogramVec,
     subscriptions: IntGaugeVec,
     sessions: IntGauge,
+    refused: IntCounter,
 }
 
 /// Which front end a statement or subscription came through.
@@ -70,10 +72,16 @@ impl Metrics {
         let subscriptions =
             IntGaugeVec::new(Opts::new("aimatrix_subscriptions", "subscriptions open"), &["interface"]).expect("valid");
         let sessions = IntGauge::new("aimatrix_pgwire_sessions", "pgwire connections open").expect("valid");
+        let refused = IntCounter::new(
+            "aimatrix_pgwire_sessions_refused_total",
+            "pgwire connections refused past pgwire.max_sessions",
+        )
+        .expect("valid");
         for collector in [
             Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(subscriptions.clone()),
             Box::new(sessions.clone()),
+            Box::new(refused.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -81,7 +89,7 @@ impl Metrics {
         {
             let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         }
-        Metrics { registry, queries, subscriptions, sessions }
+        Metrics { registry, queries, subscriptions, sessions, refused }
     }
 
     /// Records a statement's duration and outcome.
@@ -98,6 +106,11 @@ impl Metrics {
     /// Counts a pgwire connection open until the guard is dropped.
     pub fn session(&self) -> Open {
         Open::new(self.sessions.clone())
+    }
+
+    /// Counts a pgwire connection refused past `pgwire.max_sessions`.
+    pub fn session_refused(&self) {
+        self.refused.inc();
     }
 
     /// Every metric, in the text exposition format.

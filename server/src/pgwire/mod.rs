@@ -62,16 +62,23 @@ use statement::{CursorBody, Show, Statement, SubscribeSpec, Txn};
 /// The default pgwire address: this machine only, Materialize's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6875";
 
+/// The default of `pgwire.max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+
 /// Serves pgwire on `listener` for `state`'s cluster until `shutdown` completes; each
-/// connection runs in its own task (a broken or malformed connection ends only itself).
+/// connection runs in its own task (a broken or malformed connection ends only itself). At
+/// most `max_sessions` connections are open at once: one more is answered `53300` `sorry, too
+/// many clients already` and closed (counted in `aimatrix_pgwire_sessions_refused_total`).
 ///
 /// # Errors
 /// None once listening: accept errors (too many open files) are logged and retried.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: crate::AppState,
+    max_sessions: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let open_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let metrics = state.metrics();
     let backend = Backend::new(state.controller, state.sql_timeout, metrics.clone());
     let startup = Arc::new(Startup { connections: Arc::new(pgwire::api::ConnectionManager::new()) });
@@ -82,13 +89,22 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    if open_sessions.fetch_add(1, Ordering::SeqCst) >= max_sessions.max(1) {
+                        open_sessions.fetch_sub(1, Ordering::SeqCst);
+                        metrics.session_refused();
+                        tracing::warn!(%peer, max_sessions, "pgwire: a connection refused: pgwire.max_sessions are open");
+                        tokio::spawn(refuse(socket, max_sessions));
+                        continue;
+                    }
                     let handlers = handlers.clone();
                     let open = metrics.session();
+                    let open_sessions = open_sessions.clone();
                     tokio::spawn(async move {
                         if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                             tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
                         }
                         drop(open);
+                        open_sessions.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
                 Err(e) => {
@@ -98,6 +114,46 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// Answers a connection past `pgwire.max_sessions` as PostgreSQL answers one past
+/// `max_connections`: reads its startup message (declining SSL or GSS encryption first, with
+/// `N`), then sends an `ErrorResponse` (`FATAL`, `53300`, `sorry, too many clients already`)
+/// and closes it. A client that sends nothing within 5 s is closed.
+async fn refuse(mut socket: tokio::net::TcpStream, max_sessions: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Protocol 3.0's codes for an SSLRequest and a GSSENCRequest (a length of 8).
+    const ENCRYPTION_REQUESTS: [u32; 2] = [80_877_103, 80_877_104];
+    let answered = async {
+        for _ in 0..3 {
+            let length = socket.read_u32().await? as usize;
+            if !(8..=10_000).contains(&length) {
+                return Ok(());
+            }
+            let mut body = vec![0; length - 4];
+            socket.read_exact(&mut body).await?;
+            let code = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+            if length == 8 && ENCRYPTION_REQUESTS.contains(&code) {
+                socket.write_all(b"N").await?;
+                continue;
+            }
+            break;
+        }
+        let message = format!("sorry, too many clients already (pgwire.max_sessions = {max_sessions})");
+        let mut fields = Vec::new();
+        for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "53300"), (b'M', message.as_str())] {
+            fields.push(tag);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut response = vec![b'E'];
+        response.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+        response.extend_from_slice(&fields);
+        socket.write_all(&response).await?;
+        socket.shutdown().await
+    };
+    let _: Result<std::io::Result<()>, _> = tokio::time::timeout(Duration::from_secs(5), answered).await;
 }
 
 /// The handlers `pgwire` calls for each connection.
