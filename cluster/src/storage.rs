@@ -225,9 +225,10 @@ pub enum StorageError {
     /// Another server holds the data directory.
     #[error("{0} is in use by another aimatrix server (it holds {0}/LOCK); stop it or choose another --data-dir")]
     Locked(String),
-    /// A record in the middle of the log is damaged.
+    /// A record in the middle of the log is damaged, or a record whose checksums hold is no
+    /// record (written by a bug, or another version).
     #[error(
-        "{file}: the record at byte {offset} is damaged ({why}) and records follow it; refusing to start without acknowledged data (restore the directory from a backup, or move it aside to start empty)"
+        "{file}: the record at byte {offset} is damaged ({why}); refusing to start without acknowledged data (restore the directory from a backup, or move it aside to start empty)"
     )]
     Corrupt {
         /// The log file.
@@ -775,8 +776,9 @@ fn scan(file: &mut File, size: u64, name: &str) -> Result<u64, Scan> {
     let mut head = vec![0u8; HEADER.len().min(size as usize)];
     reader.read_exact(&mut head)?;
     if head != HEADER && head != HEADER_V1 {
-        // A new log, or a header cut short by a crash while the log was created.
-        if (size as usize) < HEADER.len() && HEADER.starts_with(&head) {
+        // A new log, or a header cut short by a crash while the log was created (by this
+        // version or the one before).
+        if (size as usize) < HEADER.len() && (HEADER.starts_with(&head) || HEADER_V1.starts_with(&head)) {
             return Ok(0);
         }
         let found = head.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -790,8 +792,13 @@ fn scan(file: &mut File, size: u64, name: &str) -> Result<u64, Scan> {
         }));
     }
     let mut at = HEADER.len() as u64;
-    let damaged =
-        |at: u64, why: &str| Scan::Bad(StorageError::Corrupt { file: name.to_owned(), offset: at, why: why.into() });
+    let damaged = |at: u64, why: &str| {
+        Scan::Bad(StorageError::Corrupt {
+            file: name.to_owned(),
+            offset: at,
+            why: format!("{why}, and records follow it"),
+        })
+    };
     let word = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
     let mut payload = Vec::new();
     while at < size {
@@ -1055,12 +1062,16 @@ mod tests {
     /// then takes records and reads back like any other.
     #[test]
     fn a_header_cut_short_starts_an_empty_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("log"), &HEADER[..5]).expect("write");
-        let records: Vec<LogRecord> = (0..2).map(ingest).collect();
-        append_all(dir.path(), &records);
-        let (_, read) = read_all(dir.path()).expect("open");
-        assert_eq!(json(&read), json(&records));
+        // Cut short while this version created it, or while the one before did.
+        for head in [&HEADER[..5], &HEADER_V1[..HEADER_V1.len() - 1]] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("log"), head).expect("write");
+            let records: Vec<LogRecord> = (0..2).map(ingest).collect();
+            append_all(dir.path(), &records);
+            let (_, read) = read_all(dir.path()).expect("open");
+            assert_eq!(json(&read), json(&records));
+            assert!(std::fs::read(dir.path().join("log")).expect("read").starts_with(HEADER));
+        }
     }
 
     /// A payload whose checksums hold but which is no record (a bug, or another version) is
