@@ -298,6 +298,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_max_body_bytes(config.http.max_body_bytes)
         .with_file_access(access)
         .with_guard(config.guard());
+    state.metrics().set_max_subscriptions(config.subscribe.max_subscriptions);
     let listen = config.http.listen.clone();
     let log = stored.as_ref().map(|(log, _)| log.clone());
     if let Some((log, records)) = stored {

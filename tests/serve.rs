@@ -3486,16 +3486,49 @@ fn sql_clients_query_over_pgwire() {
 
 /// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too
 /// many clients already` (also for psql, which asks for SSL first) and counted in the
-/// metrics; once a session closes, a new one is served.
+/// metrics; once a session closes, a new one is served. `subscribe.max_subscriptions`: a
+/// subscription past it is refused (pgwire `53000`, HTTP 503), over either interface.
 #[test]
-fn pgwire_sessions_past_the_limit_are_refused() {
+fn pgwire_sessions_and_subscriptions_past_their_limits_are_refused() {
     let pg_port = free_port();
     let args: Vec<String> =
         ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
-    let server = start_with_env(&args, true, &[("AIMATRIX__PGWIRE__MAX_SESSIONS", "1")]);
+    let server = start_with_env(
+        &args,
+        true,
+        &[("AIMATRIX__PGWIRE__MAX_SESSIONS", "1"), ("AIMATRIX__SUBSCRIBE__MAX_SUBSCRIPTIONS", "1")],
+    );
     let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
     let mut first = postgres::Client::connect(&url, postgres::NoTls).expect("the first session");
     assert_eq!(first.query_one("SELECT 40 + 2", &[]).expect("query").get::<_, i64>(0), 42);
+    // One subscription (a cursor), then none more: not a second cursor, not a WebSocket.
+    first.batch_execute("BEGIN; DECLARE c1 CURSOR FOR SUBSCRIBE spans").expect("the first subscription");
+    let error = first.batch_execute("DECLARE c2 CURSOR FOR SUBSCRIBE spans").expect_err("a second is refused");
+    let db = error.as_db_error().expect("an error from the server");
+    assert_eq!(db.code().code(), "53000");
+    assert_eq!(
+        db.message(),
+        "1 subscriptions are open, as many as subscribe.max_subscriptions allows; close one, or raise it"
+    );
+    first.batch_execute("ROLLBACK").expect("rolled back");
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    first.batch_execute("BEGIN; DECLARE c1 CURSOR FOR SUBSCRIBE spans").expect("a subscription again");
+    match tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=spans")) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a WebSocket past the limit: {other:?}"),
+    }
+    first.batch_execute("COMMIT").expect("cursor closed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _socket = loop {
+        match tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=spans")) {
+            Ok((socket, _)) => break socket,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(&e, tungstenite::Error::Http(r) if r.status() == 503), "{e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("no subscription after the cursor closed: {e}"),
+        }
+    };
     let refused = postgres::Client::connect(&url, postgres::NoTls).err().expect("a second session is refused");
     let db = refused.as_db_error().expect("an error from the server");
     assert_eq!(db.code().code(), "53300");
@@ -3531,5 +3564,11 @@ fn pgwire_sessions_past_the_limit_are_refused() {
         .find_map(|l| l.strip_prefix("aimatrix_pgwire_sessions_refused_total "))
         .and_then(|v| v.parse().ok())
         .expect("the refusals counter");
+    assert!(refused >= 2, "{text}");
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aimatrix_subscriptions_refused_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the subscriptions' refusals counter");
     assert!(refused >= 2, "{text}");
 }

@@ -10,6 +10,7 @@
 //!
 //! [pgwire]
 //! listen = "127.0.0.1:6875"    # address of the PostgreSQL wire protocol (psql, drivers; loopback only, until auth); "" turns it off
+//! max_sessions = 256           # connections open at once; one more: 53300 "sorry, too many clients already"
 //!
 //! [cluster]
 //! workers = 1                  # worker threads per process
@@ -30,6 +31,7 @@
 //! [subscribe]
 //! max_queued_rows = 200000     # changes a subscriber may leave unread before it is closed (1013)
 //! max_queued_bytes = 67108864  # and their bytes (as held in memory, estimated)
+//! max_subscriptions = 1024     # client subscriptions open at once (HTTP and pgwire)
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
@@ -94,6 +96,10 @@ pub struct SubscribeConfig {
     /// Bytes of those changes (as the server holds them, estimated) a subscriber may leave
     /// unread before it is closed the same way (default 64 MiB).
     pub max_queued_bytes: u64,
+    /// Subscriptions clients may have open at once, over HTTP and pgwire together (default
+    /// 1,024, at least 1; sinks' are not counted): one more is refused (HTTP 503, pgwire
+    /// `53000`).
+    pub max_subscriptions: usize,
 }
 
 impl Default for SubscribeConfig {
@@ -101,6 +107,7 @@ impl Default for SubscribeConfig {
         SubscribeConfig {
             max_queued_rows: amx_cluster::controller::DEFAULT_MAX_QUEUED_ROWS,
             max_queued_bytes: amx_cluster::controller::DEFAULT_MAX_QUEUED_BYTES,
+            max_subscriptions: crate::metrics::DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }

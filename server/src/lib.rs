@@ -572,7 +572,8 @@ async fn ingest(
     responses((status = 101, description = "WebSocket"),
               (status = 400, description = "no ?view=, or not a WebSocket upgrade", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
-              (status = 404, description = "no such view", body = api::ErrorBody)))]
+              (status = 404, description = "no such view", body = api::ErrorBody),
+              (status = 503, description = "subscribe.max_subscriptions subscriptions are open", body = api::ErrorBody)))]
 async fn subscribe(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
@@ -584,8 +585,11 @@ async fn subscribe(
     }
     let upgrade =
         upgrade.map_err(|r| ApiError::new(r.status(), format!("/v1/subscribe is a WebSocket: {}", r.body_text())))?;
+    let open = state
+        .metrics
+        .client_subscription(metrics::Interface::Http)
+        .map_err(|message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message))?;
     let subscription = state.controller.subscribe(view)?;
-    let open = state.metrics.subscription(metrics::Interface::Http);
     Ok(upgrade.on_upgrade(move |socket| async move {
         forward_subscription(socket, subscription).await;
         drop(open);

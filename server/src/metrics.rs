@@ -10,6 +10,7 @@
 //! | `aimatrix_jobs` | gauge | `state` | jobs by state (as `GET /v1/jobs` lists them; views created in SQL are not jobs there): `running`, `failed`, `cancelled` |
 //! | `aimatrix_query_duration_seconds` | histogram | `interface` (`http`, `pgwire`), `outcome` (`ok`, `error`) | SQL statements, from receipt to answer |
 //! | `aimatrix_subscriptions` | gauge | `interface` (`http`, `pgwire`) | subscriptions open |
+//! | `aimatrix_subscriptions_refused_total` | counter | | client subscriptions refused past `subscribe.max_subscriptions` |
 //! | `aimatrix_pgwire_sessions` | gauge | | pgwire connections open |
 //! | `aimatrix_pgwire_sessions_refused_total` | counter | | pgwire connections refused past `pgwire.max_sessions` |
 //! | `process_*` | | | the process's CPU seconds, resident and virtual memory (bytes), open files, start time (the `prometheus` crate's process collector, Linux) |
@@ -31,6 +32,10 @@ pub struct Metrics {
     subscriptions: IntGaugeVec,
     sessions: IntGauge,
     refused: IntCounter,
+    /// Client subscriptions open (both interfaces), and how many may be.
+    clients: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_clients: std::sync::atomic::AtomicUsize,
+    clients_refused: IntCounter,
 }
 
 /// Which front end a statement or subscription came through.
@@ -77,11 +82,17 @@ impl Metrics {
             "pgwire connections refused past pgwire.max_sessions",
         )
         .expect("valid");
+        let clients_refused = IntCounter::new(
+            "aimatrix_subscriptions_refused_total",
+            "client subscriptions refused past subscribe.max_subscriptions",
+        )
+        .expect("valid");
         for collector in [
             Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(subscriptions.clone()),
             Box::new(sessions.clone()),
             Box::new(refused.clone()),
+            Box::new(clients_refused.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -89,7 +100,16 @@ impl Metrics {
         {
             let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         }
-        Metrics { registry, queries, subscriptions, sessions, refused }
+        Metrics {
+            registry,
+            queries,
+            subscriptions,
+            sessions,
+            refused,
+            clients: Default::default(),
+            max_clients: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_SUBSCRIPTIONS),
+            clients_refused,
+        }
     }
 
     /// Records a statement's duration and outcome.
@@ -101,6 +121,34 @@ impl Metrics {
     /// Counts a subscription open until the guard is dropped.
     pub fn subscription(&self, interface: Interface) -> Open {
         Open::new(self.subscriptions.with_label_values(&[interface.label()]))
+    }
+
+    /// A client's subscription (over HTTP or pgwire), counted open until the guard is dropped,
+    /// if fewer than `subscribe.max_subscriptions` are open (sinks' subscriptions are not
+    /// counted).
+    ///
+    /// # Errors
+    /// As many are open as may be: the message to answer (it is counted in
+    /// `aimatrix_subscriptions_refused_total`).
+    pub fn client_subscription(&self, interface: Interface) -> Result<Open, String> {
+        use std::sync::atomic::Ordering;
+        let max = self.max_clients.load(Ordering::Relaxed);
+        if self.clients.fetch_add(1, Ordering::SeqCst) >= max {
+            self.clients.fetch_sub(1, Ordering::SeqCst);
+            self.clients_refused.inc();
+            return Err(format!(
+                "{max} subscriptions are open, as many as subscribe.max_subscriptions allows; close one, or raise it"
+            ));
+        }
+        let mut open = self.subscription(interface);
+        open.1 = Some(self.clients.clone());
+        Ok(open)
+    }
+
+    /// Lets `max` client subscriptions be open at once (at least 1; default
+    /// [`DEFAULT_MAX_SUBSCRIPTIONS`]).
+    pub fn set_max_subscriptions(&self, max: usize) {
+        self.max_clients.store(max.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts a pgwire connection open until the guard is dropped.
@@ -184,18 +232,24 @@ impl Metrics {
     }
 }
 
-/// Holds a gauge one higher until dropped.
-pub struct Open(IntGauge);
+/// The default of `subscribe.max_subscriptions`.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// Holds a gauge one higher (and a count of open client subscriptions) until dropped.
+pub struct Open(IntGauge, Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
 
 impl Open {
     fn new(gauge: IntGauge) -> Open {
         gauge.inc();
-        Open(gauge)
+        Open(gauge, None)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
+        if let Some(count) = &self.1 {
+            count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.0.dec();
     }
 }

@@ -590,9 +590,13 @@ impl Backend {
     }
 
     fn subscription(&self, spec: &SubscribeSpec) -> PgWireResult<(Subscription, SubscribeRows)> {
+        let open = self
+            .metrics
+            .client_subscription(crate::metrics::Interface::Pgwire)
+            .map_err(|message| user_error("53000", message))?;
         let subscription = self.controller.subscribe(&spec.view).map_err(cluster_error)?;
         let mut rows = SubscribeRows::new(spec.clone(), subscription.schema.clone());
-        rows.open = Some(self.metrics.subscription(crate::metrics::Interface::Pgwire));
+        rows.open = Some(open);
         Ok((subscription, rows))
     }
 
