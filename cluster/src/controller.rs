@@ -796,6 +796,18 @@ impl Sequencer {
         }
     }
 
+    /// Appends `record` to the durable log, if there is one, and hands it back: a push's or
+    /// batch's records move into the log record and out again, uncopied, to be sent on.
+    fn log_and_return(&self, mut record: LogRecord) -> Result<(Stored, LogRecord), ClusterError> {
+        match &self.log {
+            Some(log) => {
+                let sequence = log.append(&mut record)?;
+                Ok((Some((log.clone(), sequence)), record))
+            }
+            None => Ok((None, record)),
+        }
+    }
+
     /// Sends a command to every worker.
     fn send(&self, command: &Command) -> Result<(), ClusterError> {
         self.send_to(command, None)
@@ -2139,22 +2151,16 @@ impl Controller {
         }
         // Logged before it is sent, with its timestamp: what the workers apply is in the log.
         let at = seq.next_timestamp(logged_at);
-        // (The body moves into the log record and back out, uncopied.)
-        let (stored, body) = match seq.log.clone() {
-            Some(log) => {
-                let mut record = LogRecord::Ingest {
-                    job: job.0,
-                    source: source.to_owned(),
-                    key: key.clone(),
-                    body,
-                    oversized: oversized.clone(),
-                    at: Some(at),
-                };
-                let sequence = log.append(&mut record)?;
-                let LogRecord::Ingest { body, .. } = record else { unreachable!("built above") };
-                (Some((log, sequence)), body)
-            }
-            None => (None, body),
+        let record = LogRecord::Ingest {
+            job: job.0,
+            source: source.to_owned(),
+            key: key.clone(),
+            body,
+            oversized: oversized.clone(),
+            at: Some(at),
+        };
+        let (stored, LogRecord::Ingest { body, .. }) = seq.log_and_return(record)? else {
+            unreachable!("the record handed back is the one logged")
         };
         // One worker decodes the whole push, chosen by a hash of the source and the push, so
         // that concurrent pushes spread over the workers and no body is copied to all of them.
@@ -2251,21 +2257,10 @@ impl Controller {
             return Err(ClusterError::UnknownSource(format!("job {job} has no running source `{source}`")));
         }
         let at = seq.next_timestamp(logged_at);
-        // Logged, then sent on (the records move in and out of the log record, uncopied).
-        let (stored, records) = match seq.log.clone() {
-            Some(log) => {
-                let mut record = LogRecord::IngestRecords {
-                    job: job.0,
-                    source: source.to_owned(),
-                    records,
-                    position: position.clone(),
-                    at: Some(at),
-                };
-                let sequence = log.append(&mut record)?;
-                let LogRecord::IngestRecords { records, .. } = record else { unreachable!("built above") };
-                (Some((log, sequence)), records)
-            }
-            None => (None, records),
+        let record =
+            LogRecord::IngestRecords { job: job.0, source: source.to_owned(), records, position, at: Some(at) };
+        let (stored, LogRecord::IngestRecords { records, position, .. }) = seq.log_and_return(record)? else {
+            unreachable!("the record handed back is the one logged")
         };
         seq.positions.entry((job, source.to_owned())).or_default().advance(&position);
         let peers = self.peers();

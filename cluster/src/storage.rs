@@ -343,7 +343,8 @@ impl DurableLog {
     }
 
     /// Appends a record (not yet durable: see [`DurableLog::sync`]); returns its sequence
-    /// number.
+    /// number. The record is borrowed mutably only so that its bulk texts (a push's body, a
+    /// batch's record texts) can be taken out while its JSON is written; they are put back.
     ///
     /// # Errors
     /// As [`FileLog::append`] or [`ObjectLog::append`].
@@ -522,7 +523,7 @@ impl FileLog {
     }
 
     /// Appends a record (written, not yet durable: see [`DurableLog::sync`]); returns its
-    /// sequence number (from 1).
+    /// sequence number (from 1). The record comes back as it was (see [`DurableLog::append`]).
     ///
     /// # Errors
     /// [`StorageError::Io`] when the write fails (the log is cut back to its last whole

@@ -377,7 +377,8 @@ impl FileReader {
     /// (Directories with such names are still skipped.)
     fn unreadable_names(&self) -> Vec<PathBuf> {
         let pattern = Path::new(&self.pattern);
-        let Some(name) = pattern.file_name().and_then(|n| n.to_str()) else {
+        // A literal name (no wildcard) is matched by no lossy name: nothing to list.
+        let Some(name) = pattern.file_name().and_then(|n| n.to_str()).filter(|n| n.contains(['*', '?', '['])) else {
             return Vec::new();
         };
         let Ok(name) = glob::Pattern::new(name) else {

@@ -442,7 +442,7 @@ impl ObjectLog {
     }
 
     /// Appends a record (not yet durable: see [`ObjectLog::sync`]); returns its sequence
-    /// number.
+    /// number. The record comes back as it was (see [`super::DurableLog::append`]).
     ///
     /// # Errors
     /// [`StorageError::Unavailable`] while a segment is failing to be written (or too many
