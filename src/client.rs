@@ -17,35 +17,57 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:6876";
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Bearer TOKEN`, sent with every request when the server authenticates.
+    authorization: Option<String>,
 }
 
 impl Client {
-    /// A client of the server at `base` (`http://host:port`).
-    pub fn new(base: &str) -> Client {
+    /// A client of the server at `base` (`http://host:port`), sending `token` as a bearer
+    /// token with every request (a server with users configured needs one).
+    pub fn new(base: &str, token: Option<&str>) -> Client {
         let config = ureq::Agent::config_builder().http_status_as_error(false).build();
-        Client { base: base.trim_end_matches('/').to_owned(), agent: ureq::Agent::new_with_config(config) }
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::new_with_config(config),
+            authorization: token.map(|t| format!("Bearer {}", t.trim())),
+        }
     }
 
     /// Sends a request; returns the body of a 2xx answer, or the server's error as an error.
     fn call(&self, method: &str, path: &str, body: Option<(&str, &[u8])>, accept: Option<&str>) -> Result<Vec<u8>> {
         let url = format!("{}{path}", self.base);
+        let auth = self.authorization.as_deref();
         let response = match (method, body) {
             ("GET", _) => {
                 let mut r = self.agent.get(&url);
                 if let Some(a) = accept {
                     r = r.header("Accept", a);
                 }
+                if let Some(a) = auth {
+                    r = r.header("Authorization", a);
+                }
                 r.call()
             }
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            (_, Some((content_type, bytes))) => {
-                let mut r = self.agent.post(&url).header("Content-Type", content_type);
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (_, body) => {
+                let mut r = self.agent.post(&url);
                 if let Some(a) = accept {
                     r = r.header("Accept", a);
                 }
-                r.send(bytes)
+                if let Some(a) = auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some((content_type, bytes)) => r.header("Content-Type", content_type).send(bytes),
+                    None => r.send_empty(),
+                }
             }
-            (_, None) => self.agent.post(&url).send_empty(),
         }
         .with_context(|| format!("cannot reach the server at {} (is `aimatrix serve` running?)", self.base))?;
         let status = response.status();
@@ -160,7 +182,12 @@ impl Client {
     pub fn subscribe(&self, view: &str, with_progress: bool, out: &mut dyn Write) -> Result<()> {
         let ws = self.base.replacen("http", "ws", 1);
         let url = format!("{ws}/v1/subscribe?view={}", encode(view));
-        let (mut socket, _) = tungstenite::connect(&url).map_err(|e| match e {
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(url.as_str())
+            .with_context(|| format!("cannot subscribe at {url}"))?;
+        if let Some(a) = &self.authorization {
+            request.headers_mut().insert("Authorization", a.parse().context("the token is not a valid header value")?);
+        }
+        let (mut socket, _) = tungstenite::connect(request).map_err(|e| match e {
             tungstenite::Error::Http(response) => {
                 let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
                 let message = serde_json::from_str::<Value>(&body)

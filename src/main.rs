@@ -86,6 +86,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Make credentials for `[[auth.users]]`: a hashed password, or a new token and its hash.
+    Auth {
+        #[command(subcommand)]
+        action: AuthAction,
+    },
     /// Print a view's contents, then every change as it happens (JSON lines), from a running server.
     Subscribe {
         /// The relation or view.
@@ -96,6 +101,16 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+}
+
+#[derive(Subcommand)]
+enum AuthAction {
+    /// Read a password from standard input (its first line) and print its SCRAM-SHA-256
+    /// verifier, for a user's `password` (PostgreSQL's format: 4,096 iterations, a random salt).
+    Password,
+    /// Print a new bearer token (give it to the client; it is not kept) and its SHA-256, for
+    /// a user's `tokens`.
+    Token,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +147,10 @@ struct ServerArg {
     /// The server's URL.
     #[arg(long, global = true, env = "AIMATRIX_SERVER", default_value = aimatrix::client::DEFAULT_SERVER)]
     server: String,
+    /// A bearer token, for a server with users configured (README "Authentication"). Prefer
+    /// the environment variable: a flag shows in the process list
+    #[arg(long, global = true, env = "AIMATRIX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -272,8 +291,19 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
     let _ = PEERS.set(config.cluster.hosts.clone());
+    // Users are checked before anything starts (a password given in clear text, a token
+    // that is not a hash), so a mistake is not found at the first login.
+    let authenticator =
+        amx_server::auth::Authenticator::new(&config.auth).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     if config.cluster.process_index == 0 {
         config.check_listen().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        match &authenticator {
+            Some(_) => tracing::info!(
+                users = config.auth.users.len(),
+                "authentication on: bearer tokens (HTTP), SCRAM-SHA-256 (pgwire)"
+            ),
+            None => tracing::info!("authentication off (no [[auth.users]]): listening on loopback only"),
+        }
     }
     // The data directory is locked and read before anything starts: a second server on it,
     // or a damaged log, is refused here.
@@ -297,7 +327,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     let state = amx_server::AppState::new(controller.clone(), Duration::from_millis(config.sql.timeout_ms))
         .with_max_body_bytes(config.http.max_body_bytes)
         .with_file_access(access)
-        .with_guard(config.guard());
+        .with_guard(config.guard())
+        .with_auth(authenticator);
     state.metrics().set_max_subscriptions(config.subscribe.max_subscriptions);
     let listen = config.http.listen.clone();
     let log = stored.as_ref().map(|(log, _)| log.clone());
@@ -594,7 +625,7 @@ fn real_main() -> Result<()> {
         }
         Command::Serve(args) => serve(args)?,
         Command::Job { action, server } => {
-            let client = aimatrix::client::Client::new(&server.server);
+            let client = aimatrix::client::Client::new(&server.server, server.token.as_deref());
             match action {
                 JobAction::Submit { file, wait } => {
                     let id = client.submit(&file)?;
@@ -611,12 +642,29 @@ fn real_main() -> Result<()> {
                 }
             }
         }
-        Command::Sql { sql, output, server } => {
-            aimatrix::client::Client::new(&server.server).sql(&sql, output.format(), &mut stdout)?
+        Command::Sql { sql, output, server } => aimatrix::client::Client::new(&server.server, server.token.as_deref())
+            .sql(&sql, output.format(), &mut stdout)?,
+        Command::Auth { action: AuthAction::Password } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            if password.is_empty() {
+                anyhow::bail!("give the password on standard input, e.g. `aimatrix auth password < file`");
+            }
+            println!("{}", amx_server::auth::hash_password(password));
         }
-        Command::Subscribe { view, progress, server } => {
-            aimatrix::client::Client::new(&server.server).subscribe(&view, progress, &mut stdout)?
+        Command::Auth { action: AuthAction::Token } => {
+            let (token, hash) = amx_server::auth::new_token();
+            println!("token:  {token}\nsha256: {hash}");
+            eprintln!(
+                "Give the token to the client (AIMATRIX_TOKEN, or `Authorization: Bearer TOKEN`); put its sha256 in the user's `tokens`."
+            );
         }
+        Command::Subscribe { view, progress, server } => aimatrix::client::Client::new(
+            &server.server,
+            server.token.as_deref(),
+        )
+        .subscribe(&view, progress, &mut stdout)?,
         Command::Demo { events, seed, dir, sql, serve, http, rate, cluster } => {
             let keep = dir.is_some();
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));

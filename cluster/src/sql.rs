@@ -222,11 +222,18 @@ pub struct QueryExtras {
     pub params: Vec<datafusion::common::ScalarValue>,
     /// Called on the query's session before it is planned.
     pub prepare: Option<PrepareSession>,
+    /// When set, `CREATE`/`DROP MATERIALIZED VIEW` are refused with
+    /// [`ClusterError::Forbidden`] and this message (the caller's role may not change the
+    /// catalog); queries run as usual.
+    pub refuse_views: Option<String>,
 }
 
 impl std::fmt::Debug for QueryExtras {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryExtras").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("QueryExtras")
+            .field("params", &self.params)
+            .field("refuse_views", &self.refuse_views)
+            .finish_non_exhaustive()
     }
 }
 
@@ -294,6 +301,11 @@ impl Controller {
         .await
         .map_err(|e| ClusterError::Sql(e.to_string()))?
         .map_err(ClusterError::Sql)?;
+        if let (Some(message), ViewStatement::Create { .. } | ViewStatement::Drop { .. }) =
+            (&extras.refuse_views, &kind)
+        {
+            return Err(ClusterError::Forbidden(message.clone()));
+        }
         match kind {
             ViewStatement::Create { name, if_not_exists: true, .. } if self.schema(&name).is_some() => {
                 Ok(SqlAnswer::Created { view: name, existed: true })

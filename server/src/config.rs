@@ -3,13 +3,13 @@
 //!
 //! ```toml
 //! [http]
-//! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port; loopback only, until auth)
+//! listen = "127.0.0.1:6876"    # address of the HTTP API (host:port; loopback only unless [[auth.users]] are configured)
 //! max_body_bytes = 268435456   # the largest request body (a job, SQL, records to ingest)
 //! allowed_hosts = []           # Host names answered besides localhost, 127.0.0.1, [::1], listen's
 //! allowed_origins = []         # Origins (scheme://host[:port]) whose pages may call the API
 //!
 //! [pgwire]
-//! listen = "127.0.0.1:6875"    # address of the PostgreSQL wire protocol (psql, drivers; loopback only, until auth); "" turns it off
+//! listen = "127.0.0.1:6875"    # address of the PostgreSQL wire protocol (psql, drivers; loopback only unless [[auth.users]]); "" turns it off
 //! max_sessions = 256           # connections open at once; one more: 53300 "sorry, too many clients already"
 //!
 //! [cluster]
@@ -35,6 +35,12 @@
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
+//!
+//! [[auth.users]]               # users; none (the default): no authentication, loopback only
+//! name = "dashboards"
+//! role = "reader"              # reader | writer | admin
+//! password = "SCRAM-SHA-256$4096:…"   # pgwire password, hashed (`aimatrix auth password`)
+//! tokens = ["9f86d081…"]       # HTTP bearer tokens, as SHA-256 in hex (`aimatrix auth token`)
 //!
 //! [storage]
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
@@ -69,6 +75,8 @@ pub struct ServeConfig {
     pub subscribe: SubscribeConfig,
     /// What is kept across restarts.
     pub storage: StorageConfig,
+    /// Who may use the server ([`crate::auth`]).
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[storage]`.
@@ -150,9 +158,9 @@ fn check_loopback(key: &str, listen: &str) -> Result<(), String> {
         .collect();
     if addresses.is_empty() || addresses.iter().any(|a| !a.ip().is_loopback()) {
         return Err(format!(
-            "{key} = `{listen}` is not a loopback address: the server has no authentication yet, so it listens only \
-             on this machine (127.0.0.1, [::1] or localhost); reach it from elsewhere through an SSH tunnel or an \
-             authenticating proxy"
+            "{key} = `{listen}` is not a loopback address: with no users configured ([[auth.users]]) nothing is \
+             authenticated, so the server listens only on this machine (127.0.0.1, [::1] or localhost); configure \
+             users (README \"Authentication\"), or reach it through an SSH tunnel"
         ));
     }
     Ok(())
@@ -287,20 +295,29 @@ impl ServeConfig {
         Ok(config)
     }
 
-    /// The request guard of `[http]` ([`crate::guard`]).
+    /// The request guard of `[http]` ([`crate::guard`]); with users configured, it answers
+    /// any `Host`.
     pub fn guard(&self) -> crate::guard::Guard {
-        crate::guard::Guard::new(listen_host(&self.http.listen), &self.http.allowed_hosts, &self.http.allowed_origins)
+        let guard = crate::guard::Guard::new(
+            listen_host(&self.http.listen),
+            &self.http.allowed_hosts,
+            &self.http.allowed_origins,
+        );
+        if self.auth.users.is_empty() { guard } else { guard.answering_any_host() }
     }
 
-    /// Checks that `http.listen` is a loopback address: the server has no authentication
-    /// yet, so it must not be reachable from other machines.
+    /// Checks that `http.listen` and `pgwire.listen` are loopback addresses when no user is
+    /// configured: a server without authentication must not be reachable from other
+    /// machines. With `[[auth.users]]`, any address is taken.
     ///
     /// # Errors
-    /// An address that does not resolve, or resolves to one that is not loopback (the message
-    /// names the setting).
+    /// Without users: an address that does not resolve, or resolves to one that is not
+    /// loopback (the message names the setting).
     pub fn check_listen(&self) -> Result<(), String> {
+        if !self.auth.users.is_empty() {
+            return Ok(());
+        }
         check_loopback("http.listen", &self.http.listen)?;
-        // pgwire has no authentication either ("": off).
         if !self.pgwire.listen.is_empty() {
             check_loopback("pgwire.listen", &self.pgwire.listen)?;
         }

@@ -38,6 +38,8 @@ pub struct Guard {
     hosts: Vec<String>,
     /// Extra origins, exactly (`scheme://host[:port]`, lower case).
     origins: Vec<String>,
+    /// Answer every `Host` ([`Guard::answering_any_host`]).
+    any_host: bool,
 }
 
 impl Guard {
@@ -52,12 +54,21 @@ impl Guard {
             }
         }
         let origins = extra_origins.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
-        Guard { hosts, origins }
+        Guard { hosts, origins, any_host: false }
+    }
+
+    /// Answers every `Host` name: for a server that authenticates its requests, where DNS
+    /// rebinding gains a page nothing (a browser sends no bearer token on its own), and which
+    /// clients reach by names the server cannot know (a Kubernetes Service, a load balancer).
+    /// `Origin`s are still checked.
+    pub fn answering_any_host(mut self) -> Guard {
+        self.any_host = true;
+        self
     }
 
     /// Whether a `Host` header value (`name[:port]`) names an allowed host.
     pub fn host_allowed(&self, value: &str) -> bool {
-        self.hosts.contains(&normalize_host(strip_port(value)))
+        self.any_host || self.hosts.contains(&normalize_host(strip_port(value)))
     }
 
     /// Whether an `Origin` header value is allowed (`null` never is).
@@ -67,7 +78,9 @@ impl Guard {
             return true;
         }
         let Some((scheme, rest)) = origin.split_once("://") else { return false };
-        (scheme == "http" || scheme == "https") && !rest.contains('/') && self.host_allowed(rest)
+        (scheme == "http" || scheme == "https")
+            && !rest.contains('/')
+            && self.hosts.contains(&normalize_host(strip_port(rest)))
     }
 }
 

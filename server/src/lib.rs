@@ -21,6 +21,7 @@
 //! cluster has stopped or a query timed out.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod guard;
 pub mod metrics;
@@ -58,6 +59,8 @@ pub struct AppState {
     file_access: amx_connectors::FileAccess,
     guard: std::sync::Arc<guard::Guard>,
     metrics: std::sync::Arc<metrics::Metrics>,
+    /// The configured users (`None`: authentication off).
+    auth: Option<std::sync::Arc<auth::Authenticator>>,
 }
 
 impl AppState {
@@ -71,7 +74,15 @@ impl AppState {
             file_access: amx_connectors::FileAccess::Under(Vec::new()),
             guard: std::sync::Arc::new(guard::Guard::new("127.0.0.1", &[], &[])),
             metrics: std::sync::Arc::new(metrics::Metrics::new()),
+            auth: None,
         }
+    }
+
+    /// Authenticates every request and pgwire session against `auth`'s users ([`auth`];
+    /// default: none, no authentication).
+    pub fn with_auth(mut self, auth: Option<auth::Authenticator>) -> AppState {
+        self.auth = auth.map(std::sync::Arc::new);
+        self
     }
 
     /// The server's metrics (`GET /metrics`).
@@ -160,7 +171,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
 
 /// The OpenAPI document (generated from the handlers' annotations and the answer types of
 /// [`api`]). Every route also answers 403 (a foreign `Host` or `Origin`, [`guard`]) and, when
-/// the cluster has stopped, 503; each lists them.
+/// the cluster has stopped, 503; each lists them. With users configured ([`auth`]), every
+/// route but the probes also answers 401 without a known bearer token, and 403 to a user whose
+/// role is too small.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AIMatrix", description = "Jobs, SQL, ingestion and subscriptions of a running AIMatrix cluster."),
@@ -177,9 +190,44 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
         readyz,
         metrics_text,
         openapi
-    )
+    ),
+    modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
+
+/// Adds authentication to the OpenAPI document: a `bearer` security scheme, optional on
+/// every route but the probes (a server without users needs none), and the 401 each such
+/// route answers without a known token when users are configured ([`auth`]).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        let unauthorized = utoipa::openapi::ResponseBuilder::new()
+            .description("users are configured, and the request has no bearer token or one the server does not know")
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/healthz" || path == "/readyz" {
+                continue;
+            }
+            for operation in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
+                operation.responses.responses.insert("401".into(), unauthorized.clone().into());
+                operation.security = Some(vec![
+                    SecurityRequirement::default(),
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                ]);
+            }
+        }
+    }
+}
 
 /// The router of the HTTP API over `state`.
 pub fn router(state: AppState) -> Router {
@@ -204,8 +252,64 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth_check))
         .layer(axum::middleware::from_fn_with_state(state.guard.clone(), guard::check))
         .with_state(state)
+}
+
+/// The role a route needs ([`auth`]'s table); `None` for the probes, which need none.
+fn needed_role(method: &axum::http::Method, path: &str) -> Option<auth::Role> {
+    use axum::http::Method;
+    match (method, path) {
+        (_, "/healthz" | "/readyz") => None,
+        (&Method::POST, "/v1/jobs") => Some(auth::Role::Admin),
+        (&Method::DELETE, p) if p.starts_with("/v1/jobs/") => Some(auth::Role::Admin),
+        (&Method::POST, p) if p.starts_with("/v1/ingest/") => Some(auth::Role::Writer),
+        _ => Some(auth::Role::Reader),
+    }
+}
+
+/// With users configured, authenticates a request by its bearer token (RFC 6750 §2.1) and
+/// checks its user's role against the route's: 401 with `WWW-Authenticate` without a known
+/// token, 403 with one whose role is too small. The user goes into the request's extensions
+/// ([`auth::Principal`]) for handlers whose role depends on the body (`POST /v1/sql`).
+async fn auth_check(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(authenticator) = &state.auth else { return next.run(request).await };
+    let Some(needed) = needed_role(request.method(), request.uri().path()) else { return next.run(request).await };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let route = format!("{} {}", request.method(), request.uri().path());
+    let Some(principal) = token.and_then(|t| authenticator.bearer(t)) else {
+        state.metrics.auth_refused(metrics::Interface::Http, "unauthenticated");
+        let (message, challenge) = match token {
+            None => {
+                ("this server needs a bearer token: send `Authorization: Bearer TOKEN`", "Bearer realm=\"aimatrix\"")
+            }
+            Some(_) => {
+                ("the bearer token is not one this server knows", "Bearer realm=\"aimatrix\", error=\"invalid_token\"")
+            }
+        };
+        tracing::info!(%route, "HTTP: a request without a known token refused (401)");
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static(challenge));
+        return response;
+    };
+    if let Some(message) = principal.denied(needed, &route) {
+        state.metrics.auth_refused(metrics::Interface::Http, "forbidden");
+        tracing::info!(user = %principal.name, %route, "HTTP: a request beyond its user's role refused (403)");
+        return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
+    }
+    request.extensions_mut().insert(principal.clone());
+    next.run(request).await
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -241,7 +345,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The server's metrics, in Prometheus' text format ([`metrics`]).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "the metrics (Prometheus text format 0.0.4)", body = String, content_type = "text/plain"),
-    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+    (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&state.controller).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
@@ -249,7 +353,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 /// This document (OpenAPI 3.1).
 #[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "the OpenAPI document", body = Object),
-    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+    (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn openapi() -> Response {
     axum::Json(ApiDoc::openapi()).into_response()
 }
@@ -283,7 +387,7 @@ async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Respo
 
 /// Every job.
 #[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "the jobs", body = api::JobList),
-    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+    (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn list_jobs(State(state): State<AppState>) -> axum::Json<api::JobList> {
     axum::Json(api::JobList { jobs: state.controller.jobs() })
 }
@@ -291,7 +395,7 @@ async fn list_jobs(State(state): State<AppState>) -> axum::Json<api::JobList> {
 /// One job with its figures.
 #[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = u64, Path, description = "job id", example = 1)),
     responses((status = 200, description = "the job", body = JobStatus),
-              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such job", body = api::ErrorBody),
               (status = 503, description = "the cluster has stopped, or its figures took longer than sql.timeout_ms", body = api::ErrorBody)))]
 async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<JobStatus>> {
@@ -319,7 +423,7 @@ fn flag(params: &std::collections::HashMap<String, String>, name: &str) -> ApiRe
         ("retract" = Option<bool>, Query, description = "also retract what the job ingested")),
     responses((status = 200, description = "cancelled", body = api::JobCancelled),
               (status = 400, description = "?retract= is neither true nor false", body = api::ErrorBody),
-              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such job", body = api::ErrorBody),
               (status = 409, description = "already cancelled, another job's view reads its views, or retract=true \
                   for a job submitted without retractable = true", body = api::ErrorBody),
@@ -342,13 +446,18 @@ async fn cancel_job(
     responses((status = 200, description = "a query's rows (as JSON, or as an Arrow IPC stream with Accept: application/vnd.apache.arrow.stream), or what a view statement did",
                   content((api::SqlResult = "application/json"), (Vec<u8> = "application/vnd.apache.arrow.stream"))),
               (status = 400, description = "a SQL error, with its position; an answer or a query past sql.max_result_rows, sql.max_result_bytes or the SQL memory limits", body = api::ErrorBody),
-              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "DROP of a view that does not exist", body = api::ErrorBody),
               (status = 409, description = "CREATE of a name in use, DROP of a view another view reads or of a built-in view", body = api::ErrorBody),
               (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
               (status = 415, description = "a body that is neither application/json nor application/sql", body = api::ErrorBody),
               (status = 503, description = "the query ran longer than sql.timeout_ms and was cancelled, or the cluster has stopped", body = api::ErrorBody)))]
-async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -> ApiResult<Response> {
+async fn run_sql(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<auth::Principal>>,
+    headers: HeaderMap,
+    raw: Body,
+) -> ApiResult<Response> {
     let body = body(raw)?;
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
@@ -371,9 +480,20 @@ async fn run_sql(State(state): State<AppState>, headers: HeaderMap, raw: Body) -
     // drops this future, and with it the query.
     let backstop = state.sql_timeout + Duration::from_secs(2);
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(backstop, state.controller.execute_sql(&sql)).await;
+    // With users configured, only an admin may change the catalog (the auth check let any
+    // reader through to here).
+    let refuse_views = match (&state.auth, principal) {
+        (None, _) => None,
+        (Some(_), Some(axum::Extension(p))) => p.denied(auth::Role::Admin, "CREATE or DROP MATERIALIZED VIEW"),
+        (Some(_), None) => Some("permission denied: the request is not authenticated".into()),
+    };
+    let extras = amx_cluster::QueryExtras { refuse_views, ..Default::default() };
+    let answer = tokio::time::timeout(backstop, state.controller.execute_sql_with(&sql, extras)).await;
     let ok = matches!(answer, Ok(Ok(_)));
     state.metrics.observe_query(metrics::Interface::Http, ok, started.elapsed());
+    if matches!(answer, Ok(Err(ClusterError::Forbidden(_)))) {
+        state.metrics.auth_refused(metrics::Interface::Http, "forbidden");
+    }
     let answer = answer.map_err(|_| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -512,7 +632,7 @@ fn rows_json(schema: &SchemaRef, rows: &[&Row]) -> ApiResult<Vec<Value>> {
         example = "{\"c\": \"docs\", \"id\": \"d1\", \"v\": 1, \"size\": 10, \"t\": 1700000000}"),
     responses((status = 200, description = "the records are in the engine's input", body = amx_cluster::controller::IngestReport),
               (status = 400, description = "the body is not UTF-8 (nothing is ingested; the error names the line), or a bad Idempotency-Key", body = api::ErrorBody),
-              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such job or push source", body = api::ErrorBody),
               (status = 409, description = "the job was cancelled, or the Idempotency-Key was used for a different body", body = api::ErrorBody),
               (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
@@ -571,7 +691,7 @@ async fn ingest(
 #[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view", example = "tool_usage")),
     responses((status = 101, description = "WebSocket"),
               (status = 400, description = "no ?view=, or not a WebSocket upgrade", body = api::ErrorBody),
-              (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such view", body = api::ErrorBody),
               (status = 503, description = "subscribe.max_subscriptions subscriptions are open", body = api::ErrorBody)))]
 async fn subscribe(
@@ -727,7 +847,7 @@ async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: Subscribe
 
 /// Every relation and view with its columns.
 #[utoipa::path(get, path = "/v1/catalog", responses((status = 200, description = "every relation and view", body = api::Catalog),
-    (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
+    (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn catalog(State(state): State<AppState>) -> axum::Json<api::Catalog> {
     let relations = state
         .controller

@@ -13,6 +13,7 @@
 //! | `aimatrix_subscriptions_refused_total` | counter | | client subscriptions refused past `subscribe.max_subscriptions` |
 //! | `aimatrix_pgwire_sessions` | gauge | | pgwire connections open |
 //! | `aimatrix_pgwire_sessions_refused_total` | counter | | pgwire connections refused past `pgwire.max_sessions` |
+//! | `aimatrix_auth_refused_total` | counter | `interface` (`http`, `pgwire`), `reason` (`unauthenticated`, `forbidden`) | requests and sessions refused: no or wrong credentials (401, `28P01`), or a role too small (403) |
 //! | `process_*` | | | the process's CPU seconds, resident and virtual memory (bytes), open files, start time (the `prometheus` crate's process collector, Linux) |
 //!
 //! The source counters and the jobs are read when scraped (the counters from the ingestion
@@ -36,6 +37,7 @@ pub struct Metrics {
     clients: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     max_clients: std::sync::atomic::AtomicUsize,
     clients_refused: IntCounter,
+    auth_refused: IntCounterVec,
 }
 
 /// Which front end a statement or subscription came through.
@@ -87,8 +89,14 @@ impl Metrics {
             "client subscriptions refused past subscribe.max_subscriptions",
         )
         .expect("valid");
+        let auth_refused = IntCounterVec::new(
+            Opts::new("aimatrix_auth_refused_total", "requests and sessions refused for their credentials or role"),
+            &["interface", "reason"],
+        )
+        .expect("valid");
         for collector in [
-            Box::new(queries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queries.clone()),
             Box::new(subscriptions.clone()),
             Box::new(sessions.clone()),
             Box::new(refused.clone()),
@@ -109,7 +117,14 @@ impl Metrics {
             clients: Default::default(),
             max_clients: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_SUBSCRIPTIONS),
             clients_refused,
+            auth_refused,
         }
+    }
+
+    /// Counts a request or session refused: `reason` is `unauthenticated` (no or wrong
+    /// credentials) or `forbidden` (a role too small).
+    pub fn auth_refused(&self, interface: Interface, reason: &str) {
+        self.auth_refused.with_label_values(&[interface.label(), reason]).inc();
     }
 
     /// Records a statement's duration and outcome.

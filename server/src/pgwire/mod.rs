@@ -45,6 +45,10 @@ use amx_sql::arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::driver::AuthOutcome;
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{AuthDriver, DefaultServerParameterProvider, StartupHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyEncoder, CopyResponse, CopyTextOptions, FieldInfo, QueryResponse, Response, Tag};
@@ -52,11 +56,12 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
+use crate::auth::{Authenticator, Principal, Role};
 use statement::{CursorBody, Show, Statement, SubscribeSpec, Txn};
 
 /// The default pgwire address: this machine only, Materialize's port.
@@ -81,7 +86,7 @@ pub async fn serve(
     let open_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let metrics = state.metrics();
     let backend = Backend::new(state.controller, state.sql_timeout, metrics.clone());
-    let startup = Arc::new(Startup { connections: Arc::new(pgwire::api::ConnectionManager::new()) });
+    let startup = Arc::new(Startup::new(state.auth.clone(), metrics.clone()));
     let handlers = Arc::new(Handlers { backend: Arc::new(backend), startup });
     tokio::pin!(shutdown);
     loop {
@@ -180,16 +185,99 @@ impl PgWireServerHandlers for Handlers {
     }
 }
 
-/// Starts each connection (no authentication yet) and registers it for cancel requests: a
-/// client's cancel (psql's Ctrl-C, a driver's `cancel()`) ends the statement it runs — a
-/// query, or a `COPY (SUBSCRIBE …)` — with `57014 canceling statement due to user request`.
+/// Starts each connection: authenticates it with SCRAM-SHA-256 when users are configured
+/// ([`crate::auth`]; else every session may do everything), keeps its user in the session,
+/// and registers it for cancel requests: a client's cancel (psql's Ctrl-C, a driver's
+/// `cancel()`) ends the statement it runs — a query, or a `COPY (SUBSCRIBE …)` — with `57014
+/// canceling statement due to user request`.
 struct Startup {
     connections: Arc<pgwire::api::ConnectionManager>,
+    driver: AuthDriver<DefaultServerParameterProvider, Principal>,
+    /// SCRAM over the configured users (`None`: authentication off).
+    scram: Option<ScramAuth<Principal>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
-impl pgwire::api::auth::noop::NoopStartupHandler for Startup {
-    fn connection_manager(&self) -> Option<Arc<pgwire::api::ConnectionManager>> {
-        Some(self.connections.clone())
+impl Startup {
+    fn new(auth: Option<Arc<Authenticator>>, metrics: Arc<crate::metrics::Metrics>) -> Startup {
+        let connections = Arc::new(pgwire::api::ConnectionManager::new());
+        let driver =
+            AuthDriver::new(DefaultServerParameterProvider::default()).with_connection_manager(connections.clone());
+        let scram = auth.map(|a| ScramAuth::new(Arc::new(crate::auth::ScramSource(a))));
+        Startup { connections, driver, scram, metrics }
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                pgwire::api::auth::protocol_negotiation(client, startup).await?;
+                pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+                match &self.scram {
+                    Some(scram) => {
+                        self.driver.begin_authentication(client, scram.create()).await?;
+                    }
+                    None => {
+                        // No users configured: every session may do everything.
+                        client.session_extensions().insert(Principal { name: client_user(client), role: Role::Admin });
+                        self.driver.complete_authentication(client, None).await?;
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                match self.driver.advance_authentication(client, message).await {
+                    Ok(AuthOutcome::Authenticated { identity: Some(principal), final_message }) => {
+                        tracing::debug!(user = %principal.name, role = %principal.role, "pgwire: authenticated");
+                        client.session_extensions().insert(principal);
+                        self.driver.complete_authentication(client, final_message).await?;
+                    }
+                    Ok(AuthOutcome::Authenticated { identity: None, .. }) => {
+                        // Cannot happen: the made-up verifier of an unknown user matches no proof.
+                        self.metrics.auth_refused(crate::metrics::Interface::Pgwire, "unauthenticated");
+                        return Err(PgWireError::InvalidPassword(client_user(client)));
+                    }
+                    Ok(AuthOutcome::InProgress) => {}
+                    Err(e) => {
+                        self.metrics.auth_refused(crate::metrics::Interface::Pgwire, "unauthenticated");
+                        let user = client_user(client);
+                        tracing::info!(%user, peer = %client.socket_addr(), "pgwire: authentication failed");
+                        // One answer for a wrong password and an unknown user: PostgreSQL's.
+                        return Err(match e {
+                            PgWireError::InvalidPassword(_) | PgWireError::InvalidScramMessage(_) => {
+                                PgWireError::UserError(Box::new(ErrorInfo::new(
+                                    "FATAL".into(),
+                                    "28P01".into(),
+                                    format!("password authentication failed for user \"{user}\""),
+                                )))
+                            }
+                            e => e,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The user name a client gave at startup (`""` if none).
+fn client_user(client: &impl ClientInfo) -> String {
+    client.metadata().get(pgwire::api::METADATA_USER).cloned().unwrap_or_default()
+}
+
+/// Why this session may not run `CREATE`/`DROP MATERIALIZED VIEW` (`None`: it may).
+fn views_refused(client: &impl ClientInfo) -> Option<String> {
+    match client.session_extensions().get::<Principal>() {
+        Some(principal) => principal.denied(Role::Admin, "CREATE or DROP MATERIALIZED VIEW"),
+        None => Some("permission denied: the session is not authenticated".into()),
     }
 }
 
@@ -251,6 +339,7 @@ fn cluster_error(e: ClusterError) -> PgWireError {
         ClusterError::Stopped => "57P01",
         ClusterError::Timeout(_) => "57014",
         ClusterError::Limit(_) => "54000",
+        ClusterError::Forbidden(_) => "42501",
         _ => "XX000",
     };
     user_error(code, e.to_string())
@@ -550,11 +639,15 @@ impl Backend {
             let batch = answer.map_err(|e| user_error("XX000", amx_sql::error::message(&e)))?;
             return rows_response(&batch.schema(), &[batch], format, "SELECT");
         }
-        let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
+        let extras =
+            QueryExtras { params, prepare: Some(Self::catalog_hook(entries)), refuse_views: views_refused(client) };
         let (timeout, past) = self.statement_timeout(client);
         let answer = tokio::time::timeout(timeout, self.controller.execute_sql_with(&sql, extras)).await;
         let ok = matches!(answer, Ok(Ok(_)));
         self.metrics.observe_query(crate::metrics::Interface::Pgwire, ok, started.elapsed());
+        if matches!(answer, Ok(Err(ClusterError::Forbidden(_)))) {
+            self.metrics.auth_refused(crate::metrics::Interface::Pgwire, "forbidden");
+        }
         let answer = answer.map_err(|_| past)?;
         let answer = match answer {
             Ok(answer) => answer,
@@ -783,7 +876,11 @@ impl Backend {
                 }
                 let catalog: Vec<(String, SchemaRef)> =
                     entries.iter().map(|e| (e.name.clone(), e.schema.clone())).collect();
-                let extras = QueryExtras { params: Vec::new(), prepare: Some(Self::catalog_hook(entries)) };
+                let extras = QueryExtras {
+                    params: Vec::new(),
+                    prepare: Some(Self::catalog_hook(entries)),
+                    refuse_views: views_refused(client),
+                };
                 let shape = amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?;
                 (Some(shape.schema), shape.parameters)
             }
@@ -967,7 +1064,8 @@ impl Backend {
     ) -> PgWireResult<(SchemaRef, Vec<RecordBatch>)> {
         let sql = catalog::rewrite(sql);
         let entries = Arc::new(self.controller.catalog_entries());
-        let extras = QueryExtras { params, prepare: Some(Self::catalog_hook(entries)) };
+        let extras =
+            QueryExtras { params, prepare: Some(Self::catalog_hook(entries)), refuse_views: views_refused(client) };
         let (timeout, past) = self.statement_timeout(client);
         let answer = tokio::time::timeout(timeout, self.controller.execute_sql_with(&sql, extras))
             .await

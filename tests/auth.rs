@@ -1,0 +1,419 @@
+//! Authentication and roles, end to end through the binary: users made with `aimatrix auth`,
+//! every route of the OpenAPI document walked without credentials, with an unknown token and
+//! with each role; pgwire sessions with SCRAM-SHA-256 through a PostgreSQL driver and psql;
+//! the refusals counted in `/metrics`; no secret in the server's logs. What each request may do
+//! is the README's table of roles, written out here, not read from the server.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aimatrix");
+
+struct Server {
+    child: Child,
+    base: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Everything the server has logged so far.
+    fn log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        self.lines.try_iter().map(|line| line + "\n").collect()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `aimatrix serve --config CONFIG ARGS`, logging at debug level; waits for its HTTP address.
+fn start(config: &std::path::Path, args: &[&str]) -> Server {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("AIMATRIX__HTTP__LISTEN")
+        .env_remove("AIMATRIX__PGWIRE__LISTEN")
+        .env("RUST_LOG", "debug,timely=info,differential_dataflow=info,hyper=info,h2=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("aimatrix serve starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let (log_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[serve] {line}");
+            let _ = tx.send(line.clone());
+            let _ = log_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before it listened: {status}");
+        }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(at) = line.find("HTTP API on http://")
+        {
+            let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
+            return Server { child, base: format!("http://{address}"), lines };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the server did not say where it listens");
+}
+
+/// Runs `aimatrix auth ARGS` with `stdin`; its standard output.
+fn auth(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("auth")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("aimatrix auth runs");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("written");
+    let out = child.wait_with_output().expect("it ends");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// A new token and its hash, from `aimatrix auth token`.
+fn token() -> (String, String) {
+    let out = auth(&["token"], "");
+    let field =
+        |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).expect("printed");
+    (field("token:"), field("sha256:"))
+}
+
+/// A request: its status, `WWW-Authenticate` and body.
+fn call(base: &str, method: &str, path: &str, token: Option<&str>, body: Option<(&str, &str)>) -> (u16, String, Value) {
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let url = format!("{base}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match method {
+        "GET" => {
+            let mut r = agent.get(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        "DELETE" => {
+            let mut r = agent.delete(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = agent.post(&url);
+            if let Some(a) = &auth {
+                r = r.header("Authorization", a);
+            }
+            match body {
+                Some((content_type, text)) => r.header("Content-Type", content_type).send(text.as_bytes()),
+                None => r.send_empty(),
+            }
+        }
+    }
+    .expect("the server answers");
+    let status = response.status().as_u16();
+    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = response.into_body().read_to_string().unwrap_or_default();
+    (status, challenge, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+const JOB: &str = r#"name = "shop"
+[[sources]]
+name = "orders-in"
+kind = "push"
+format = "json"
+[sources.relation]
+name = "orders"
+columns = [{ name = "order_id", type = "text" }, { name = "amount", type = "double" }]
+"#;
+
+/// Jobs for the walk over the routes: the one whose paths it calls, and the one it submits.
+const WALK_JOB: &str = r#"name = "walk"
+[[sources]]
+name = "clicks-in"
+kind = "push"
+format = "json"
+[sources.relation]
+name = "clicks"
+columns = [{ name = "page", type = "text" }]
+"#;
+const EXTRA_JOB: &str = r#"name = "extra"
+[[sources]]
+name = "extra-in"
+kind = "push"
+format = "json"
+[sources.relation]
+name = "extras"
+columns = [{ name = "x", type = "text" }]
+"#;
+
+/// The role each route needs (README "Authentication"); `None`: none (the probes).
+fn needed(method: &str, path: &str) -> Option<&'static str> {
+    match (method, path) {
+        (_, "/healthz" | "/readyz") => None,
+        ("post", "/v1/jobs") | ("delete", "/v1/jobs/{id}") => Some("admin"),
+        ("post", "/v1/ingest/{job}/{source}") => Some("writer"),
+        _ => Some("reader"),
+    }
+}
+
+#[test]
+fn users_and_roles_guard_every_route_and_session() {
+    let (reader_token, reader_hash) = token();
+    let (writer_token, writer_hash) = token();
+    let (admin_token, admin_hash) = token();
+    let (reader_password, admin_password) = ("correct horse battery", "staple ünïcode 🔑");
+    let reader_verifier = auth(&["password"], &format!("{reader_password}\n"));
+    let admin_verifier = auth(&["password"], admin_password);
+    for v in [&reader_verifier, &admin_verifier] {
+        assert!(v.starts_with("SCRAM-SHA-256$4096:"), "{v}");
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("aimatrix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[auth.users]]
+name = "reader"
+role = "reader"
+password = "{}"
+tokens = ["{reader_hash}"]
+
+[[auth.users]]
+name = "writer"
+role = "writer"
+tokens = ["{writer_hash}"]
+
+[[auth.users]]
+name = "admin"
+role = "admin"
+password = "{}"
+tokens = ["{admin_hash}"]
+"#,
+            reader_verifier.trim(),
+            admin_verifier.trim()
+        ),
+    )
+    .expect("config written");
+    let pg_port = free_port();
+    // With users, any address may be listened on: 0.0.0.0 (every interface) is taken, and a
+    // request for the `Host` a client used (here 0.0.0.0:PORT) is answered.
+    let server = start(&config, &["--http", "0.0.0.0:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
+    let base = server.base.clone();
+
+    // A job (admin) and a push into it (writer), then every route, from the OpenAPI document.
+    let (status, _, body) = call(&base, "POST", "/v1/jobs", Some(&admin_token), Some(("application/toml", JOB)));
+    assert_eq!(status, 201, "{body}");
+    let job = body["id"].as_u64().expect("an id");
+    let push = json!({"order_id": "o1", "amount": 2.5}).to_string();
+    let ingest = format!("/v1/ingest/{job}/orders-in");
+    let (status, _, body) = call(&base, "POST", &ingest, Some(&writer_token), Some(("application/x-ndjson", &push)));
+    assert_eq!(status, 200, "{body}");
+
+    let (status, _, body) = call(&base, "POST", "/v1/jobs", Some(&admin_token), Some(("application/toml", WALK_JOB)));
+    assert_eq!(status, 201, "{body}");
+    let walk = body["id"].as_u64().expect("an id").to_string();
+    let click = json!({"page": "/"}).to_string();
+
+    let (status, _, document) = call(&base, "GET", "/v1/openapi.json", Some(&reader_token), None);
+    assert_eq!(status, 200);
+    assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let tokens = [("reader", &reader_token), ("writer", &writer_token), ("admin", &admin_token)];
+    let rank = |role: &str| ["reader", "writer", "admin"].iter().position(|r| *r == role).expect("a role");
+    let (mut unauthenticated, mut forbidden, mut routes) = (0, 0, 0);
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("operations") {
+            routes += 1;
+            let concrete = path.replace("{id}", &walk).replace("{job}", &walk).replace("{source}", "clicks-in");
+            let body = match (method.as_str(), path.as_str()) {
+                ("post", "/v1/jobs") => Some(("application/toml", EXTRA_JOB)),
+                ("post", "/v1/sql") => Some(("application/json", r#"{"sql": "SELECT 1 AS one"}"#)),
+                ("post", _) => Some(("application/x-ndjson", click.as_str())),
+                _ => None,
+            };
+            let concrete = if path == "/v1/subscribe" { format!("{concrete}?view=orders") } else { concrete };
+            let m = method.to_uppercase();
+            let Some(needed) = needed(method, path) else {
+                // The probes need nothing.
+                let (status, _, _) = call(&base, &m, &concrete, None, body);
+                assert_eq!(status, 200, "{m} {path}");
+                continue;
+            };
+            assert!(operation["responses"]["401"].is_object(), "{m} {path} documents its 401");
+            for token in [None, Some("amx_not-a-token"), Some(reader_hash.as_str())] {
+                let (status, challenge, answer) = call(&base, &m, &concrete, token, body);
+                assert_eq!(status, 401, "{m} {path} with {token:?}: {answer}");
+                assert!(challenge.starts_with("Bearer realm=\"aimatrix\""), "{m} {path}: {challenge}");
+                assert!(answer["error"].as_str().is_some_and(|e| e.contains("token")), "{answer}");
+                unauthenticated += 1;
+            }
+            for (role, token) in tokens {
+                // DELETE cancels the job: only the last (admin) call may.
+                let (status, _, answer) = call(&base, &m, &concrete, Some(token), body);
+                if rank(role) < rank(needed) {
+                    assert_eq!(status, 403, "{m} {path} as {role}: {answer}");
+                    let error = answer["error"].as_str().unwrap_or_default();
+                    assert!(error.contains(&format!("needs role {needed}")) && error.contains(role), "{error}");
+                    forbidden += 1;
+                } else if path != "/v1/subscribe" {
+                    // A WebSocket route answers a plain GET 4xx (no upgrade), never 401/403.
+                    assert!(status < 300, "{m} {path} as {role}: {status} {answer}");
+                } else {
+                    assert!(![401, 403].contains(&status), "{m} {path} as {role}: {status} {answer}");
+                }
+            }
+        }
+    }
+    assert!(routes >= 12, "{routes} routes");
+    // A reader queries but may not change the catalog; an admin may.
+    let sql = |token: &str, sql: &str| call(&base, "POST", "/v1/sql", Some(token), Some(("application/sql", sql)));
+    let (status, _, body) = sql(&reader_token, "SELECT order_id, amount FROM orders");
+    assert_eq!((status, &body["rows"]), (200, &json!([{"order_id": "o1", "amount": 2.5}])), "{body}");
+    let create = "CREATE MATERIALIZED VIEW big AS SELECT order_id FROM orders WHERE amount > 1";
+    for token in [&reader_token, &writer_token] {
+        let (status, _, body) = sql(token, create);
+        assert_eq!(status, 403, "{body}");
+        forbidden += 1;
+    }
+    let (status, _, body) = sql(&admin_token, create);
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = sql(&reader_token, "DROP MATERIALIZED VIEW big");
+    assert_eq!(status, 403, "{body}");
+    forbidden += 1;
+
+    // The CLI sends AIMATRIX_TOKEN.
+    let cli = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["sql", "--output", "csv", "--server", &base, "SELECT count(*) AS n FROM big"])
+            .env_remove("AIMATRIX_TOKEN");
+        if let Some(t) = token {
+            command.env("AIMATRIX_TOKEN", t);
+        }
+        command.output().expect("aimatrix sql runs")
+    };
+    let out = cli(Some(&reader_token));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().last(), Some("1"));
+    let out = cli(None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+    unauthenticated += 1;
+
+    // pgwire: SCRAM-SHA-256 with the password the verifier was made from.
+    let session = |user: &str, password: &str| {
+        let mut config = postgres::Config::new();
+        config.host("127.0.0.1").port(pg_port).user(user).password(password).dbname("aimatrix");
+        config.connect_timeout(Duration::from_secs(10));
+        config.connect(postgres::NoTls)
+    };
+    let code = |e: postgres::Error| e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| e.to_string());
+    for (user, password) in [("reader", "wrong"), ("nobody", reader_password), ("writer", "anything"), ("reader", "")] {
+        let error = session(user, password).err().map(code);
+        assert_eq!(error.as_deref(), Some("28P01"), "{user}");
+    }
+    let mut reader = session("reader", reader_password).expect("the reader's session");
+    let n: i64 = reader.query_one("SELECT count(*) FROM orders", &[]).expect("a query").get(0);
+    assert_eq!(n, 1);
+    let error = reader.batch_execute("DROP MATERIALIZED VIEW big").err().map(code);
+    assert_eq!(error.as_deref(), Some("42501"));
+    let error = reader.batch_execute("CREATE MATERIALIZED VIEW other AS SELECT 1 AS one").err().map(code);
+    assert_eq!(error.as_deref(), Some("42501"));
+    let mut admin = session("admin", admin_password).expect("the admin's session (a password SASLprep keeps as it is)");
+    admin.batch_execute("DROP MATERIALIZED VIEW big").expect("an admin drops a view");
+    // psql, with the password from PGPASSWORD.
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "reader", "-d", "aimatrix", "-tAc"])
+        .arg("SELECT amount FROM orders")
+        .env("PGPASSWORD", reader_password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs (Debian: apt-get install postgresql-client; scripts/build-deps.sh does)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2.5");
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "reader", "-d", "aimatrix", "-tAc", "SELECT 1"])
+        .env("PGPASSWORD", "wrong")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("password authentication failed for user \"reader\""), "{stderr}");
+
+    // Every refusal counted.
+    let (status, _, metrics) = call(&base, "GET", "/metrics", Some(&reader_token), None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text").to_owned();
+    let counter = |labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("aimatrix_auth_refused_total{{{labels}}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(counter(r#"interface="http",reason="unauthenticated""#), unauthenticated);
+    assert_eq!(counter(r#"interface="http",reason="forbidden""#), forbidden);
+    assert_eq!(counter(r#"interface="pgwire",reason="unauthenticated""#), 5);
+    assert_eq!(counter(r#"interface="pgwire",reason="forbidden""#), 2);
+
+    // No secret in the logs: tokens, passwords, and the hashes a token is compared with.
+    let log = server.log();
+    assert!(log.contains("authentication failed"), "the refusals are logged");
+    for secret in [&reader_token, &writer_token, &admin_token, &reader_hash, &writer_hash, &admin_hash] {
+        assert!(!log.contains(secret.as_str()), "a token or its hash is in the log");
+    }
+    for secret in [reader_password, admin_password, reader_verifier.trim(), admin_verifier.trim()] {
+        assert!(!log.contains(secret), "a password or its verifier is in the log");
+    }
+}
+
+/// Without users the server stays on loopback: another address is refused at start-up, and
+/// the message says how to configure users; a user with a clear-text password is refused
+/// without printing it.
+#[test]
+fn without_users_only_loopback_and_bad_users_are_refused() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").expect("written");
+    let out = Command::new(BIN)
+        .args(["serve", "--pgwire", "", "--http", "0.0.0.0:0", "--config"])
+        .arg(&empty)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("auth.users"), "{stderr}");
+    let clear = dir.path().join("clear.toml");
+    std::fs::write(&clear, "[[auth.users]]\nname = \"ann\"\nrole = \"admin\"\npassword = \"hunter2\"\n")
+        .expect("written");
+    let out = Command::new(BIN).args(["serve", "--pgwire", "", "--config"]).arg(&clear).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("aimatrix auth password") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
