@@ -19,18 +19,48 @@ pub struct Client {
     agent: ureq::Agent,
     /// `Bearer TOKEN`, sent with every request when the server authenticates.
     authorization: Option<String>,
+    /// The certificate authorities trusted over TLS (`None`: the public web's).
+    roots: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+}
+
+/// The certificates of a PEM file.
+fn ca_certificates(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--ca-cert {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("--ca-cert {}: no certificate in it (PEM `BEGIN CERTIFICATE`)", path.display());
+    }
+    Ok(certs)
 }
 
 impl Client {
-    /// A client of the server at `base` (`http://host:port`), sending `token` as a bearer
-    /// token with every request (a server with users configured needs one).
-    pub fn new(base: &str, token: Option<&str>) -> Client {
-        let config = ureq::Agent::config_builder().http_status_as_error(false).build();
-        Client {
+    /// A client of the server at `base` (`http://host:port`, or `https://…` for a server with
+    /// TLS), sending `token` as a bearer token with every request (a server with users
+    /// configured needs one). Over HTTPS it trusts the certificate authorities in the PEM file
+    /// `ca_cert` (a server's own CA, `--ca-cert`), or else the public web's (Mozilla's roots,
+    /// `webpki-roots`).
+    ///
+    /// # Errors
+    /// `ca_cert` cannot be read or holds no certificate.
+    pub fn new(base: &str, token: Option<&str>, ca_cert: Option<&Path>) -> Result<Client> {
+        let roots = match ca_cert {
+            Some(path) => Some(ca_certificates(path)?),
+            None => None,
+        };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = &roots {
+            let certs = roots.iter().map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()).collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
+        let config = ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls.build()).build();
+        Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::new_with_config(config),
             authorization: token.map(|t| format!("Bearer {}", t.trim())),
-        }
+            roots,
+        })
     }
 
     /// Sends a request; returns the body of a 2xx answer, or the server's error as an error.
@@ -187,17 +217,41 @@ impl Client {
         if let Some(a) = &self.authorization {
             request.headers_mut().insert("Authorization", a.parse().context("the token is not a valid header value")?);
         }
-        let (mut socket, _) = tungstenite::connect(request).map_err(|e| match e {
-            tungstenite::Error::Http(response) => {
-                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                    .unwrap_or_else(|| body.into_owned());
-                anyhow!("{message} (HTTP {})", response.status().as_u16())
+        // wss: rustls with the same roots as HTTPS.
+        let mut store = rustls::RootCertStore::empty();
+        match &self.roots {
+            Some(roots) => {
+                for cert in roots {
+                    store.add(cert.clone()).context("--ca-cert: a certificate rustls cannot use")?;
+                }
             }
-            e => anyhow!("cannot subscribe at {url}: {e}"),
-        })?;
+            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        #[allow(deprecated)] // ring: a lean build (aws-lc-rs needs cmake); the server uses ring too
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS")?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let connector = tungstenite::Connector::Rustls(std::sync::Arc::new(tls));
+        let host = request.uri().host().unwrap_or("localhost").trim_matches(['[', ']']).to_owned();
+        let port = request.uri().port_u16().unwrap_or(if ws.starts_with("wss") { 443 } else { 80 });
+        let stream = std::net::TcpStream::connect((host.as_str(), port))
+            .with_context(|| format!("cannot reach the server at {} (is `aimatrix serve` running?)", self.base))?;
+        let (mut socket, _) =
+            tungstenite::client_tls_with_config(request, stream, None, Some(connector)).map_err(|e| match e {
+                tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response)) => {
+                    let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                    let message = serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                        .unwrap_or_else(|| body.into_owned());
+                    anyhow!("{message} (HTTP {})", response.status().as_u16())
+                }
+                tungstenite::HandshakeError::Failure(e) => anyhow!("cannot subscribe at {url}: {e}"),
+                tungstenite::HandshakeError::Interrupted(_) => anyhow!("cannot subscribe at {url}: interrupted"),
+            })?;
         loop {
             match socket.read() {
                 Ok(tungstenite::Message::Text(text)) => {

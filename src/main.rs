@@ -151,6 +151,10 @@ struct ServerArg {
     /// the environment variable: a flag shows in the process list
     #[arg(long, global = true, env = "AIMATRIX_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// server: trust the certificate authorities in this PEM file (the
+    /// server's own CA) instead of the public web's
+    #[arg(long, global = true, env = "AIMATRIX_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -181,6 +185,13 @@ struct ServeArgs {
     /// [default: 127.0.0.1:6875]
     #[arg(long, value_name = "ADDR")]
     pgwire: Option<String>,
+    /// Serve HTTPS and encrypted pgwire sessions only, with this certificate chain (PEM; the
+    /// config key tls.cert) [default: none: plain HTTP and pgwire]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; the config key tls.key)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Worker threads per process [default: 1]
     #[arg(short = 'w', long)]
     workers: Option<usize>,
@@ -274,6 +285,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !args.file_roots.is_empty() {
         flags.insert("files".into(), serde_json::json!({ "roots": args.file_roots }));
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        flags.insert("tls".into(), serde_json::json!({ "cert": cert, "key": key }));
+    }
     if let Some(dir) = &args.data_dir {
         flags.insert("storage".into(), serde_json::json!({ "data_dir": dir }));
     }
@@ -295,8 +309,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     // that is not a hash), so a mistake is not found at the first login.
     let authenticator =
         amx_server::auth::Authenticator::new(&config.auth).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let tls = amx_server::tls::Tls::load(&config.tls).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     if config.cluster.process_index == 0 {
         config.check_listen().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        if authenticator.is_some() && tls.is_none() {
+            tracing::warn!("users are configured without TLS ([tls]): bearer tokens cross the network in clear text");
+        }
         match &authenticator {
             Some(_) => tracing::info!(
                 users = config.auth.users.len(),
@@ -328,7 +346,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         .with_max_body_bytes(config.http.max_body_bytes)
         .with_file_access(access)
         .with_guard(config.guard())
-        .with_auth(authenticator);
+        .with_auth(authenticator)
+        .with_tls(tls);
+    let scheme = if state.tls() { "https" } else { "http" };
     state.metrics().set_max_subscriptions(config.subscribe.max_subscriptions);
     let listen = config.http.listen.clone();
     let log = stored.as_ref().map(|(log, _)| log.clone());
@@ -370,11 +390,15 @@ fn serve(args: ServeArgs) -> Result<()> {
             None => String::new(),
         };
         eprintln!(
-            "serve: {} worker{} in {} process{}; HTTP API on http://{address} (GET /v1/openapi.json){pg_address}",
+            "serve: {} worker{} in {} process{}; HTTP API on {scheme}://{address} (GET /v1/openapi.json){pg_address}; {}",
             config.cluster.workers * config.cluster.processes,
             if config.cluster.workers * config.cluster.processes == 1 { "" } else { "s" },
             config.cluster.processes,
             if config.cluster.processes == 1 { "" } else { "es" },
+            match config.auth.users.len() {
+                0 => "no authentication (no [[auth.users]]: loopback only)".to_owned(),
+                n => format!("authentication on ({n} user{})", if n == 1 { "" } else { "s" }),
+            },
         );
         // One shutdown signal for both listeners.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -625,7 +649,8 @@ fn real_main() -> Result<()> {
         }
         Command::Serve(args) => serve(args)?,
         Command::Job { action, server } => {
-            let client = aimatrix::client::Client::new(&server.server, server.token.as_deref());
+            let client =
+                aimatrix::client::Client::new(&server.server, server.token.as_deref(), server.ca_cert.as_deref())?;
             match action {
                 JobAction::Submit { file, wait } => {
                     let id = client.submit(&file)?;
@@ -642,8 +667,12 @@ fn real_main() -> Result<()> {
                 }
             }
         }
-        Command::Sql { sql, output, server } => aimatrix::client::Client::new(&server.server, server.token.as_deref())
-            .sql(&sql, output.format(), &mut stdout)?,
+        Command::Sql { sql, output, server } => aimatrix::client::Client::new(
+            &server.server,
+            server.token.as_deref(),
+            server.ca_cert.as_deref(),
+        )?
+        .sql(&sql, output.format(), &mut stdout)?,
         Command::Auth { action: AuthAction::Password } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
@@ -660,11 +689,10 @@ fn real_main() -> Result<()> {
                 "Give the token to the client (AIMATRIX_TOKEN, or `Authorization: Bearer TOKEN`); put its sha256 in the user's `tokens`."
             );
         }
-        Command::Subscribe { view, progress, server } => aimatrix::client::Client::new(
-            &server.server,
-            server.token.as_deref(),
-        )
-        .subscribe(&view, progress, &mut stdout)?,
+        Command::Subscribe { view, progress, server } => {
+            aimatrix::client::Client::new(&server.server, server.token.as_deref(), server.ca_cert.as_deref())?
+                .subscribe(&view, progress, &mut stdout)?
+        }
         Command::Demo { events, seed, dir, sql, serve, http, rate, cluster } => {
             let keep = dir.is_some();
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("aimatrix-demo-{}", std::process::id())));

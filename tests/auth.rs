@@ -69,10 +69,10 @@ fn start(config: &std::path::Path, args: &[&str]) -> Server {
             panic!("the server exited before it listened: {status}");
         }
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Some(at) = line.find("HTTP API on http://")
+            && let Some(at) = line.find("HTTP API on ")
         {
-            let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
-            return Server { child, base: format!("http://{address}"), lines };
+            let url = line[at + "HTTP API on ".len()..].split_whitespace().next().unwrap_or("").to_owned();
+            return Server { child, base: url, lines };
         }
     }
     let _ = child.kill();
@@ -221,11 +221,27 @@ tokens = ["{admin_hash}"]
         ),
     )
     .expect("config written");
+    let mut unauthenticated = 0;
     let pg_port = free_port();
     // With users, any address may be listened on: 0.0.0.0 (every interface) is taken, and a
     // request for the `Host` a client used (here 0.0.0.0:PORT) is answered.
     let server = start(&config, &["--http", "0.0.0.0:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
     let base = server.base.clone();
+
+    // Two Authorization headers: refused, whichever comes first.
+    {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        let status = agent
+            .get(format!("{base}/v1/jobs"))
+            .header("Authorization", &format!("Bearer {admin_token}"))
+            .header("Authorization", "Bearer amx_wrong")
+            .call()
+            .expect("an answer")
+            .status()
+            .as_u16();
+        assert_eq!(status, 400);
+        unauthenticated += 1;
+    }
 
     // A job (admin) and a push into it (writer), then every route, from the OpenAPI document.
     let (status, _, body) = call(&base, "POST", "/v1/jobs", Some(&admin_token), Some(("application/toml", JOB)));
@@ -246,7 +262,7 @@ tokens = ["{admin_hash}"]
     assert_eq!(document["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     let tokens = [("reader", &reader_token), ("writer", &writer_token), ("admin", &admin_token)];
     let rank = |role: &str| ["reader", "writer", "admin"].iter().position(|r| *r == role).expect("a role");
-    let (mut unauthenticated, mut forbidden, mut routes) = (0, 0, 0);
+    let (mut forbidden, mut routes) = (0, 0);
     for (path, item) in document["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("operations") {
             routes += 1;
@@ -307,6 +323,28 @@ tokens = ["{admin_hash}"]
     assert_eq!(status, 403, "{body}");
     forbidden += 1;
 
+    // Secrets in a job's Kafka properties are shown to nobody (the job file has them).
+    let kafka_job = "name = \"k\"\n[[sources]]\nname = \"k-in\"\nkind = \"kafka\"\nformat = \"json\"\n\
+                     [sources.kafka]\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\n[sources.kafka.properties]\n\
+                     \"sasl.username\" = \"svc\"\n\"sasl.password\" = \"SuperSecretKafkaPw\"\n\
+                     \"ssl.key.password\" = \"AnotherSecret\"\n[sources.relation]\nname = \"kt\"\ncolumns = [{ name = \"x\", type = \"text\" }]\n";
+    // (This build of librdkafka has no OpenSSL: it refuses `ssl.key.password`, quoting its
+    // value, which the answer must not.)
+    let (status, _, body) = call(&base, "POST", "/v1/jobs", Some(&admin_token), Some(("application/toml", kafka_job)));
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains("AnotherSecret") && body.to_string().contains("ssl.key.password"), "{body}");
+    let kafka_job = kafka_job.replace("\"ssl.key.password\" = \"AnotherSecret\"", "\"client.id\" = \"c\"");
+    let (status, _, body) = call(&base, "POST", "/v1/jobs", Some(&admin_token), Some(("application/toml", &kafka_job)));
+    assert_eq!(status, 201, "{body}");
+    let kafka = body["id"].as_u64().expect("an id");
+    for path in [format!("/v1/jobs/{kafka}"), "/v1/jobs".to_owned()] {
+        let (status, _, body) = call(&base, "GET", &path, Some(&reader_token), None);
+        let text = body.to_string();
+        assert_eq!(status, 200, "{text}");
+        assert!(!text.contains("SuperSecretKafkaPw") && !text.contains("AnotherSecret"), "{text}");
+        assert!(text.contains("\"sasl.username\":\"svc\"") && text.contains("<redacted>"), "{text}");
+    }
+
     // The CLI sends AIMATRIX_TOKEN.
     let cli = |token: Option<&str>| {
         let mut command = Command::new(BIN);
@@ -365,6 +403,15 @@ tokens = ["{admin_hash}"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("password authentication failed for user \"reader\""), "{stderr}");
 
+    // A connection that never logs in is closed (after 10 s), not left holding a session.
+    {
+        use std::io::Read;
+        let mut silent = std::net::TcpStream::connect(("127.0.0.1", pg_port)).expect("a connection");
+        silent.set_read_timeout(Some(Duration::from_secs(60))).expect("a timeout");
+        let mut buffer = [0_u8; 16];
+        assert!(matches!(silent.read(&mut buffer), Ok(0) | Err(_)), "the server closed it");
+    }
+
     // Every refusal counted.
     let (status, _, metrics) = call(&base, "GET", "/metrics", Some(&reader_token), None);
     assert_eq!(status, 200);
@@ -416,4 +463,119 @@ fn without_users_only_loopback_and_bad_users_are_refused() {
         !out.status.success() && stderr.contains("aimatrix auth password") && !stderr.contains("hunter2"),
         "{stderr}"
     );
+}
+
+/// A certificate authority and a server certificate it signed for `localhost` and 127.0.0.1
+/// (rcgen), written as PEM files: `(ca.pem, server.pem, server.key)`.
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("a key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "AIMatrix test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+    let cert = server.signed_by(&key, &issuer).expect("the server's certificate");
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    (paths.0, paths.1, paths.2)
+}
+
+/// With a certificate, the HTTP port speaks only HTTPS and pgwire takes only encrypted
+/// sessions: a client that trusts the CA gets its answers (ureq, the CLI's `sql` and
+/// `subscribe` with `AIMATRIX_CA_CERT`, psql with `sslmode=verify-full`); plain HTTP and a
+/// session without TLS are refused; a client that does not trust the CA refuses the server.
+#[test]
+fn tls_for_http_and_pgwire() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (ca, cert, key) = certificates(dir.path());
+    let (token, hash) = token();
+    let password = "tls and scram";
+    let verifier = auth(&["password"], password);
+    let config = dir.path().join("aimatrix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\n[[auth.users]]\nname = \"ops\"\nrole = \"admin\"\npassword = \"{}\"\ntokens = [\"{hash}\"]\n",
+            verifier.trim()
+        ),
+    )
+    .expect("config written");
+    let pg_port = free_port();
+    let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
+    assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
+    let https = server.base.replace("127.0.0.1", "localhost");
+    let port = https.rsplit(':').next().expect("a port").to_owned();
+
+    // HTTPS with the CA trusted.
+    let ca_pem = std::fs::read(&ca).expect("the CA");
+    let root = ureq::tls::Certificate::from_pem(&ca_pem).expect("a PEM certificate");
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![root])))
+        .build();
+    let agent =
+        ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls).build());
+    let mut response = agent
+        .post(format!("{https}/v1/sql"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/sql")
+        .send("SELECT 41 + 1 AS answer")
+        .expect("an HTTPS answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().expect("a body")).expect("JSON");
+    assert_eq!(body["rows"], json!([{"answer": 42}]));
+    // Plain HTTP to the same port gets no answer; a client without the CA refuses the server.
+    let plain = format!("http://localhost:{port}/healthz");
+    assert!(ureq::get(&plain).call().is_err(), "plain HTTP answered");
+    assert!(ureq::get(format!("{https}/healthz")).call().is_err(), "an untrusted certificate was accepted");
+
+    // The CLI: sql, and a subscription over wss.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &https])
+            .env("AIMATRIX_TOKEN", &token)
+            .env("AIMATRIX_CA_CERT", &ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CLI runs")
+    };
+    let out = cli(&["sql", "--output", "csv", "SELECT 7 AS seven"]).wait_with_output().expect("it ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().last(), Some("7"));
+    let mut subscriber = cli(&["subscribe", "aimatrix_source_stats"]);
+    let first = BufReader::new(subscriber.stdout.take().expect("piped")).lines().next();
+    let _ = subscriber.kill();
+    let stderr = {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut subscriber.stderr.take().expect("piped"), &mut text);
+        text
+    };
+    let _ = subscriber.wait();
+    let first = first.and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("\"type\""), "the subscription's first message: {first:?}; {stderr}");
+
+    // pgwire: verify-full against the CA; a session without TLS is refused.
+    let psql = |sslmode: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=localhost port={pg_port} user=ops dbname=aimatrix sslmode={sslmode} sslrootcert={}",
+                ca.display()
+            ))
+            .args(["-tAc", "SELECT 40 + 2"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("psql runs")
+    };
+    let out = psql("verify-full");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out = psql("disable");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("only encrypted sessions"), "{stderr}");
 }

@@ -591,6 +591,32 @@ pub struct JobInfo {
     pub errors: Vec<String>,
 }
 
+impl JobInfo {
+    /// The job as its readers may see it: the values of Kafka properties that hold secrets
+    /// ([`amx_connectors::kafka::is_secret_property`]) replaced with `<redacted>`, in sources
+    /// and sinks.
+    pub fn redacted(mut self) -> JobInfo {
+        let redact = |properties: &mut std::collections::BTreeMap<String, String>| {
+            for (name, value) in properties.iter_mut() {
+                if amx_connectors::kafka::is_secret_property(name) {
+                    *value = "<redacted>".into();
+                }
+            }
+        };
+        for source in &mut self.sources {
+            if let Some(kafka) = &mut source.kafka {
+                redact(&mut kafka.properties);
+            }
+        }
+        for sink in &mut self.sinks {
+            if let Some(kafka) = &mut sink.kafka {
+                redact(&mut kafka.properties);
+            }
+        }
+        self
+    }
+}
+
 /// What a collection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

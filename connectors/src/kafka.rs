@@ -157,6 +157,27 @@ fn metadata(topic: &str, message: &rdkafka::message::BorrowedMessage<'_>) -> ser
     })
 }
 
+/// Whether a librdkafka property holds a secret: its name has `password`, `secret`, `jaas`,
+/// `token`, `key.pem` or `oauthbearer.config` in it (`sasl.password`, `ssl.key.password`,
+/// `ssl.key.pem`, `sasl.oauthbearer.client.secret`, …). Such values are shown to nobody.
+pub fn is_secret_property(name: &str) -> bool {
+    const SECRET: [&str; 6] = ["password", "secret", "jaas", "token", "key.pem", "oauthbearer.config"];
+    let name = name.to_ascii_lowercase();
+    SECRET.iter().any(|s| name.contains(s))
+}
+
+/// `message` (a librdkafka error, which may quote a property's value) with the values of the
+/// secret properties among `properties` replaced by `<redacted>`.
+pub fn scrub_secrets(message: &str, properties: &BTreeMap<String, String>) -> String {
+    let mut message = message.to_owned();
+    for (name, value) in properties {
+        if is_secret_property(name) && !value.is_empty() {
+            message = message.replace(value.as_str(), "<redacted>");
+        }
+    }
+    message
+}
+
 /// Why the reader could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
@@ -219,7 +240,8 @@ impl KafkaReader {
         for (key, value) in &config.properties {
             client.set(key, value);
         }
-        let consumer: BaseConsumer = client.create().map_err(|e| KafkaSourceError::Config(e.to_string()))?;
+        let consumer: BaseConsumer =
+            client.create().map_err(|e| KafkaSourceError::Config(scrub_secrets(&e.to_string(), &config.properties)))?;
         Ok(KafkaReader {
             consumer,
             config: config.clone(),

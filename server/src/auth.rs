@@ -222,8 +222,10 @@ pub struct Authenticator {
     users: Vec<(Principal, Option<Verifier>)>,
     /// Each token's SHA-256, with its user (an index into `users`).
     tokens: Vec<([u8; 32], usize)>,
-    /// A per-process key for the made-up salts of unknown users.
+    /// The key of the made-up salts of unknown users.
     decoy: [u8; 32],
+    /// The iteration count of made-up verifiers.
+    decoy_iterations: usize,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -280,7 +282,29 @@ impl Authenticator {
             }
             users.push((Principal { name: name.to_owned(), role: user.role }, verifier));
         }
-        Ok(Some(Authenticator { users, tokens, decoy: random() }))
+        // The made-up salts of unknown users come from a key derived from the configured
+        // secrets, so they stay the same across restarts (a salt that changed at a restart
+        // while real users' stay would tell them apart); random only with no secret at all.
+        let mut material = b"aimatrix decoy salts".to_vec();
+        for (_, verifier) in &users {
+            if let Some(v) = verifier {
+                material.extend_from_slice(&v.stored_key);
+                material.extend_from_slice(&v.server_key);
+            }
+        }
+        for (hash, _) in &tokens {
+            material.extend_from_slice(hash);
+        }
+        let decoy = if material.len() > 20 { sha256(&material) } else { random() };
+        // Made-up verifiers use the iteration count real users have most.
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, verifier) in &users {
+            if let Some(v) = verifier {
+                *counts.entry(v.iterations).or_insert(0_usize) += 1;
+            }
+        }
+        let decoy_iterations = counts.iter().max_by_key(|(_, n)| **n).map_or(4096, |(i, _)| *i);
+        Ok(Some(Authenticator { users, tokens, decoy, decoy_iterations }))
     }
 
     /// The user whose token this is: its SHA-256 compared with every configured hash in
@@ -306,7 +330,7 @@ impl Authenticator {
         }
         let salt = hmac_sha256(&self.decoy, name.as_bytes())[..16].to_vec();
         let decoy = Verifier {
-            iterations: 4096,
+            iterations: self.decoy_iterations,
             salt,
             stored_key: hmac_sha256(&self.decoy, b"stored")[..32].to_vec(),
             server_key: hmac_sha256(&self.decoy, b"server")[..32].to_vec(),

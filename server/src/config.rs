@@ -42,6 +42,10 @@
 //! password = "SCRAM-SHA-256$4096:…"   # pgwire password, hashed (`aimatrix auth password`)
 //! tokens = ["9f86d081…"]       # HTTP bearer tokens, as SHA-256 in hex (`aimatrix auth token`)
 //!
+//! [tls]                        # both or neither; none (the default): plain HTTP and pgwire
+//! cert = "/etc/aimatrix/server.crt"   # certificate chain, PEM (--tls-cert)
+//! key = "/etc/aimatrix/server.key"    # its private key, PEM (--tls-key)
+//!
 //! [storage]
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
@@ -77,6 +81,8 @@ pub struct ServeConfig {
     pub storage: StorageConfig,
     /// Who may use the server ([`crate::auth`]).
     pub auth: crate::auth::AuthConfig,
+    /// TLS for HTTP and pgwire ([`crate::tls`]).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// `[storage]`.

@@ -26,10 +26,11 @@ pub mod config;
 pub mod guard;
 pub mod metrics;
 pub mod pgwire;
+pub mod tls;
 
 use std::time::Duration;
 
-use amx_cluster::controller::JobStatus;
+use amx_cluster::controller::{JobInfo, JobStatus};
 use amx_cluster::job::Job;
 use amx_cluster::protocol::JobId;
 use amx_cluster::{ClusterError, Controller, SqlAnswer, SubscribeEvent};
@@ -61,6 +62,8 @@ pub struct AppState {
     metrics: std::sync::Arc<metrics::Metrics>,
     /// The configured users (`None`: authentication off).
     auth: Option<std::sync::Arc<auth::Authenticator>>,
+    /// TLS for both servers (`None`: plain TCP).
+    tls: Option<tls::Tls>,
 }
 
 impl AppState {
@@ -75,7 +78,20 @@ impl AppState {
             guard: std::sync::Arc::new(guard::Guard::new("127.0.0.1", &[], &[])),
             metrics: std::sync::Arc::new(metrics::Metrics::new()),
             auth: None,
+            tls: None,
         }
+    }
+
+    /// Serves HTTPS and encrypted pgwire sessions only, with `tls` ([`tls`]; default: none,
+    /// plain HTTP and pgwire).
+    pub fn with_tls(mut self, tls: Option<tls::Tls>) -> AppState {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether the servers speak TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Authenticates every request and pgwire session against `auth`'s users ([`auth`];
@@ -280,6 +296,11 @@ async fn auth_check(
 ) -> Response {
     let Some(authenticator) = &state.auth else { return next.run(request).await };
     let Some(needed) = needed_role(request.method(), request.uri().path()) else { return next.run(request).await };
+    if request.headers().get_all(header::AUTHORIZATION).iter().count() > 1 {
+        // Which one counts would depend on who reads them (a proxy may take the last).
+        state.metrics.auth_refused(metrics::Interface::Http, "unauthenticated");
+        return ApiError::bad_request("more than one Authorization header").into_response();
+    }
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -298,21 +319,22 @@ async fn auth_check(
                 ("the bearer token is not one this server knows", "Bearer realm=\"aimatrix\", error=\"invalid_token\"")
             }
         };
-        tracing::info!(%route, "HTTP: a request without a known token refused (401)");
+        tracing::info!(route = ?route, "HTTP: a request without a known token refused (401)");
         let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static(challenge));
         return response;
     };
     if let Some(message) = principal.denied(needed, &route) {
         state.metrics.auth_refused(metrics::Interface::Http, "forbidden");
-        tracing::info!(user = %principal.name, %route, "HTTP: a request beyond its user's role refused (403)");
+        tracing::info!(user = ?principal.name, route = ?route, "HTTP: a request beyond its user's role refused (403)");
         return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
     }
     request.extensions_mut().insert(principal.clone());
     next.run(request).await
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes: HTTPS when `state` has TLS
+/// ([`AppState::with_tls`]), else plain HTTP.
 ///
 /// # Errors
 /// An I/O error of the listener.
@@ -321,7 +343,21 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let Some(tls) = state.tls.as_ref().map(|t| t.http.clone()) else {
+        return axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    };
+    // HTTPS: axum-server's rustls acceptor; on shutdown, connections get 10 s to finish.
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service())
+        .await
 }
 
 /// Liveness: the server answers.
@@ -389,7 +425,8 @@ async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Respo
 #[utoipa::path(get, path = "/v1/jobs", responses((status = 200, description = "the jobs", body = api::JobList),
     (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn list_jobs(State(state): State<AppState>) -> axum::Json<api::JobList> {
-    axum::Json(api::JobList { jobs: state.controller.jobs() })
+    // Secrets in jobs' properties are not shown, even to admins (the job file has them).
+    axum::Json(api::JobList { jobs: state.controller.jobs().into_iter().map(JobInfo::redacted).collect() })
 }
 
 /// One job with its figures.
@@ -403,6 +440,7 @@ async fn show_job(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     let status = tokio::time::timeout(state.sql_timeout, state.controller.job_status(id))
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timed out reading the job's figures"))??;
+    let status = JobStatus { info: status.info.redacted(), ..status };
     Ok(axum::Json(status))
 }
 
@@ -491,8 +529,9 @@ async fn run_sql(
     let answer = tokio::time::timeout(backstop, state.controller.execute_sql_with(&sql, extras)).await;
     let ok = matches!(answer, Ok(Ok(_)));
     state.metrics.observe_query(metrics::Interface::Http, ok, started.elapsed());
-    if matches!(answer, Ok(Err(ClusterError::Forbidden(_)))) {
+    if let Ok(Err(ClusterError::Forbidden(message))) = &answer {
         state.metrics.auth_refused(metrics::Interface::Http, "forbidden");
+        tracing::info!(%message, "HTTP: a statement beyond its user's role refused (403)");
     }
     let answer = answer.map_err(|_| {
         ApiError::new(

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use amx_connectors::kafka::scrub_secrets;
 use amx_dataflows::row::Row;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -149,8 +150,10 @@ impl Sink {
         let producer: BaseProducer<Deliveries> = producer_config
             .set("enable.idempotence", "true")
             .create_with_context(Deliveries::default())
-            .map_err(|e| format!("producer: {e}"))?;
-        producer.init_transactions(REQUEST_TIMEOUT * 3).map_err(|e| format!("producer: {e}"))?;
+            .map_err(|e| format!("producer: {}", scrub_secrets(&e.to_string(), &kafka.properties)))?;
+        producer
+            .init_transactions(REQUEST_TIMEOUT * 3)
+            .map_err(|e| format!("producer: {}", scrub_secrets(&e.to_string(), &kafka.properties)))?;
         let mut sink = Sink {
             producer,
             consumer_config,

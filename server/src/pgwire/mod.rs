@@ -86,7 +86,8 @@ pub async fn serve(
     let open_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let metrics = state.metrics();
     let backend = Backend::new(state.controller, state.sql_timeout, metrics.clone());
-    let startup = Arc::new(Startup::new(state.auth.clone(), metrics.clone()));
+    let tls = state.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.pgwire.clone()));
+    let startup = Arc::new(Startup::new(state.auth.clone(), tls.is_some(), metrics.clone()));
     let handlers = Arc::new(Handlers { backend: Arc::new(backend), startup });
     tokio::pin!(shutdown);
     loop {
@@ -102,10 +103,29 @@ pub async fn serve(
                         continue;
                     }
                     let handlers = handlers.clone();
+                    let tls = tls.clone();
                     let open = metrics.session();
                     let open_sessions = open_sessions.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        let logged_in = handlers.startup.logged_in.clone();
+                        let session = pgwire::tokio::process_socket(socket, tls, handlers);
+                        tokio::pin!(session);
+                        // A connection that has not logged in within LOGIN_TIMEOUT is closed,
+                        // so that silent or stalled clients cannot hold every session slot.
+                        let ended = tokio::select! {
+                            ended = &mut session => Some(ended),
+                            () = tokio::time::sleep(LOGIN_TIMEOUT) => None,
+                        };
+                        let ended = match ended {
+                            Some(ended) => ended,
+                            None if lock(&logged_in).contains(&peer) => session.await,
+                            None => {
+                                tracing::info!(%peer, "pgwire: a connection that did not log in within 10 s closed");
+                                Ok(())
+                            }
+                        };
+                        lock(&logged_in).remove(&peer);
+                        if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
                         }
                         drop(open);
@@ -119,6 +139,14 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// How long a connection may take to log in (startup, TLS, authentication) before it is
+/// closed (PostgreSQL's `authentication_timeout` is 60 s; pgwire's own startup limit too).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Answers a connection past `pgwire.max_sessions` as PostgreSQL answers one past
@@ -195,16 +223,20 @@ struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider, Principal>,
     /// SCRAM over the configured users (`None`: authentication off).
     scram: Option<ScramAuth<Principal>>,
+    /// Refuse sessions that did not start TLS (the server has a certificate).
+    require_tls: bool,
+    /// The peers of the connections that have logged in (see [`LOGIN_TIMEOUT`]).
+    logged_in: Arc<Mutex<std::collections::HashSet<std::net::SocketAddr>>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Startup {
-    fn new(auth: Option<Arc<Authenticator>>, metrics: Arc<crate::metrics::Metrics>) -> Startup {
+    fn new(auth: Option<Arc<Authenticator>>, require_tls: bool, metrics: Arc<crate::metrics::Metrics>) -> Startup {
         let connections = Arc::new(pgwire::api::ConnectionManager::new());
         let driver =
             AuthDriver::new(DefaultServerParameterProvider::default()).with_connection_manager(connections.clone());
         let scram = auth.map(|a| ScramAuth::new(Arc::new(crate::auth::ScramSource(a))));
-        Startup { connections, driver, scram, metrics }
+        Startup { connections, driver, scram, require_tls, logged_in: Default::default(), metrics }
     }
 }
 
@@ -220,6 +252,16 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 pgwire::api::auth::protocol_negotiation(client, startup).await?;
                 pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
+                if self.require_tls && !client.is_secure() {
+                    // As PostgreSQL answers a session no `hostssl` line admits (psql's
+                    // `sslmode=disable`).
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28000".into(),
+                        "this server takes only encrypted sessions (TLS): connect with sslmode=require or stronger"
+                            .into(),
+                    ))));
+                }
                 match &self.scram {
                     Some(scram) => {
                         self.driver.begin_authentication(client, scram.create()).await?;
@@ -228,15 +270,17 @@ impl StartupHandler for Startup {
                         // No users configured: every session may do everything.
                         client.session_extensions().insert(Principal { name: client_user(client), role: Role::Admin });
                         self.driver.complete_authentication(client, None).await?;
+                        lock(&self.logged_in).insert(client.socket_addr());
                     }
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
                 match self.driver.advance_authentication(client, message).await {
                     Ok(AuthOutcome::Authenticated { identity: Some(principal), final_message }) => {
-                        tracing::debug!(user = %principal.name, role = %principal.role, "pgwire: authenticated");
+                        tracing::debug!(user = ?principal.name, role = %principal.role, "pgwire: authenticated");
                         client.session_extensions().insert(principal);
                         self.driver.complete_authentication(client, final_message).await?;
+                        lock(&self.logged_in).insert(client.socket_addr());
                     }
                     Ok(AuthOutcome::Authenticated { identity: None, .. }) => {
                         // Cannot happen: the made-up verifier of an unknown user matches no proof.
@@ -247,7 +291,7 @@ impl StartupHandler for Startup {
                     Err(e) => {
                         self.metrics.auth_refused(crate::metrics::Interface::Pgwire, "unauthenticated");
                         let user = client_user(client);
-                        tracing::info!(%user, peer = %client.socket_addr(), "pgwire: authentication failed");
+                        tracing::info!(?user, peer = %client.socket_addr(), "pgwire: authentication failed");
                         // One answer for a wrong password and an unknown user: PostgreSQL's.
                         return Err(match e {
                             PgWireError::InvalidPassword(_) | PgWireError::InvalidScramMessage(_) => {
@@ -645,8 +689,9 @@ impl Backend {
         let answer = tokio::time::timeout(timeout, self.controller.execute_sql_with(&sql, extras)).await;
         let ok = matches!(answer, Ok(Ok(_)));
         self.metrics.observe_query(crate::metrics::Interface::Pgwire, ok, started.elapsed());
-        if matches!(answer, Ok(Err(ClusterError::Forbidden(_)))) {
+        if let Ok(Err(ClusterError::Forbidden(message))) = &answer {
             self.metrics.auth_refused(crate::metrics::Interface::Pgwire, "forbidden");
+            tracing::info!(user = ?client_user(client), %message, "pgwire: a statement beyond its user's role refused (42501)");
         }
         let answer = answer.map_err(|_| past)?;
         let answer = match answer {
