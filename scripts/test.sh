@@ -12,6 +12,11 @@ if [ ! -x "$venv/bin/moto_server" ]; then
     "$venv/bin/pip" install --quiet "moto[server]==5.2.6"
 fi
 export AIMATRIX_MOTO_SERVER="$venv/bin/moto_server"
+# The pgwire tests also drive psycopg 3 (PyPI), as Python users connect.
+if ! "$venv/bin/python" -c "import psycopg" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet "psycopg[binary]==3.3.9"
+fi
+export AIMATRIX_PYTHON="$venv/bin/python"
 # The Kafka pipeline test starts a real Apache Kafka broker with ../shared/services/kafka-broker.sh
 # (java >= 17; its jars are fetched once with mvn from Maven Central into ~/.cache/aimatrix-kafka).
 # Builds into the same target directory as `cargo run` (./target), so the README's two

@@ -287,7 +287,7 @@ impl ServeConfig {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment.merge(Env::prefixed("AIMATRIX__").split("__")).merge(Serialized::defaults(flags));
-        let mut config: ServeConfig = figment.extract().map_err(Box::new)?;
+        let mut config: ServeConfig = figment.extract().map_err(|e| Box::new(without_secrets(e)))?;
         // "" is unset, as the file's documentation says (not the working directory).
         config.storage.data_dir = config.storage.data_dir.filter(|d| !d.as_os_str().is_empty());
         config.storage.url = config.storage.url.filter(|u| !u.trim().is_empty());
@@ -364,6 +364,45 @@ impl ServeConfig {
     }
 }
 
+/// `error`, without the values of `[auth]` keys (a clear-text password or token written by
+/// mistake), and without source lines that name a password or a token (a TOML syntax error
+/// quotes its line): each such error says where and what was expected, not the value.
+fn without_secrets(error: figment::Error) -> figment::Error {
+    use figment::error::Kind;
+    let secret_line = |line: &str| {
+        let lower = line.to_ascii_lowercase();
+        let quoted =
+            line.trim_start().split_once('|').is_some_and(|(n, _)| n.trim().bytes().all(|b| b.is_ascii_digit()));
+        quoted && (lower.contains("password") || lower.contains("token"))
+    };
+    let touches = error.clone().into_iter().any(|e| {
+        e.path.first().is_some_and(|p| p == "auth") || matches!(&e.kind, Kind::Message(m) if m.lines().any(secret_line))
+    });
+    if !touches {
+        return error;
+    }
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            match &e.kind {
+                Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected)
+                    if e.path.first().is_some_and(|p| p == "auth") =>
+                {
+                    format!("{key}: not {expected} (the value is not shown: it may be a secret)")
+                }
+                Kind::Message(m) => m
+                    .lines()
+                    .map(|l| if secret_line(l) { "  | (a line naming a password or token: not shown)" } else { l })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => e.to_string(),
+            }
+        })
+        .collect();
+    figment::Error::from(messages.join("; "))
+}
+
 /// The host part of a `host:port` listen address (`[::1]:6876` → `[::1]`).
 fn listen_host(listen: &str) -> &str {
     match listen.rsplit_once(':') {
@@ -386,6 +425,24 @@ mod tests {
         let flags = serde_json::json!({ "storage": { "data_dir": "/var/lib/aimatrix" } });
         let config = ServeConfig::load(None, flags).expect("loads");
         assert_eq!(config.storage.data_dir, Some(std::path::PathBuf::from("/var/lib/aimatrix")));
+    }
+
+    /// A mistake in `[auth]` is refused without the value: it may be a clear-text secret.
+    #[test]
+    fn auth_mistakes_do_not_echo_secrets() {
+        let dir = tempfile::tempdir().expect("a directory");
+        for (text, wants) in [
+            ("tokens = \"amx_SECRET1\"", "auth.users.0.tokens: not a sequence"),
+            ("password = 123456789", "auth.users.0.password: not a string"),
+            ("password = \"amx_SECRET1", "TOML parse error at line 4"),
+        ] {
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, format!("[[auth.users]]\nname = \"a\"\nrole = \"admin\"\n{text}\n"))
+                .expect("written");
+            let error = ServeConfig::load(Some(&file), serde_json::json!({})).expect_err("refused").to_string();
+            assert!(error.contains(wants), "{error}");
+            assert!(!error.contains("SECRET1") && !error.contains("123456789"), "{error}");
+        }
     }
 
     /// `cluster.timestamp_interval_ms` is 1 to 100; others are refused, naming the key.

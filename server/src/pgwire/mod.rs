@@ -220,7 +220,7 @@ impl PgWireServerHandlers for Handlers {
 /// canceling statement due to user request`.
 struct Startup {
     connections: Arc<pgwire::api::ConnectionManager>,
-    driver: AuthDriver<DefaultServerParameterProvider, Principal>,
+    driver: AuthDriver<SessionParameters, Principal>,
     /// SCRAM over the configured users (`None`: authentication off).
     scram: Option<ScramAuth<Principal>>,
     /// Refuse sessions that did not start TLS (the server has a certificate).
@@ -233,8 +233,8 @@ struct Startup {
 impl Startup {
     fn new(auth: Option<Arc<Authenticator>>, require_tls: bool, metrics: Arc<crate::metrics::Metrics>) -> Startup {
         let connections = Arc::new(pgwire::api::ConnectionManager::new());
-        let driver =
-            AuthDriver::new(DefaultServerParameterProvider::default()).with_connection_manager(connections.clone());
+        let driver = AuthDriver::new(SessionParameters(DefaultServerParameterProvider::default()))
+            .with_connection_manager(connections.clone());
         let scram = auth.map(|a| ScramAuth::new(Arc::new(crate::auth::ScramSource(a))));
         Startup { connections, driver, scram, require_tls, logged_in: Default::default(), metrics }
     }
@@ -309,6 +309,22 @@ impl StartupHandler for Startup {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The parameters a session starts with (PostgreSQL's `ParameterStatus`): pgwire's defaults,
+/// with `is_superuser` `on` only for a user of role `admin` (drivers and tools read it).
+struct SessionParameters(DefaultServerParameterProvider);
+
+impl pgwire::api::auth::ServerParameterProvider for SessionParameters {
+    fn server_parameters<C>(&self, client: &C) -> Option<HashMap<String, String>>
+    where
+        C: ClientInfo,
+    {
+        let mut parameters = self.0.server_parameters(client)?;
+        let admin = client.session_extensions().get::<Principal>().is_some_and(|p| p.role == Role::Admin);
+        parameters.insert("is_superuser".into(), if admin { "on" } else { "off" }.into());
+        Some(parameters)
     }
 }
 
