@@ -338,6 +338,15 @@ impl<'a> Lowerer<'a> {
                 if scan.fetch.is_some() {
                     return Err(self.refuse("LIMIT without ORDER BY", "limit"));
                 }
+                // A view reads the engine's relations and views (planned as empty `MemTable`s);
+                // anything else here is a table function (`generate_series`, `range`), whose
+                // rows a view would never receive: refused, not read as nothing.
+                let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+                let provider: &dyn std::any::Any = provider.as_ref();
+                if !provider.is::<datafusion::catalog::MemTable>() {
+                    let name = scan.table_name.table().trim_end_matches("()");
+                    return Err(self.refuse(&format!("the table function {name}() (list its rows with VALUES)"), name));
+                }
                 let mut out = Plan::Get { name: scan.table_name.table().to_owned() };
                 let full = scan.source.schema();
                 let full_df = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &full)?;
