@@ -532,6 +532,38 @@ fn tls_for_http_and_pgwire() {
     assert!(ureq::get(&plain).call().is_err(), "plain HTTP answered");
     assert!(ureq::get(format!("{https}/healthz")).call().is_err(), "an untrusted certificate was accepted");
 
+    // A client that completes the TLS handshake and never sends a request is closed (after
+    // 10 s), not kept for ever.
+    {
+        use std::io::Read;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(&ca_pem).expect("the CA's DER");
+        roots.add(ca_der).expect("a root");
+        #[allow(deprecated)] // ring, as the server's
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(client), name).expect("a connection");
+        let mut socket =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().expect("a port"))).expect("TCP");
+        socket.set_read_timeout(Some(Duration::from_secs(90))).expect("a timeout");
+        while connection.is_handshaking() {
+            connection.complete_io(&mut socket).expect("the handshake");
+        }
+        let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+        let mut buffer = [0_u8; 64];
+        let read = stream.read(&mut buffer);
+        assert!(!matches!(read, Ok(n) if n > 0), "the server sent something: {read:?}");
+        assert!(
+            !matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+            "the idle connection was not closed within 90 s"
+        );
+    }
+
     // The CLI: sql, and a subscription over wss.
     let cli = |args: &[&str]| {
         Command::new(BIN)

@@ -333,6 +333,12 @@ async fn auth_check(
     next.run(request).await
 }
 
+/// How long an HTTPS connection may take to send its first request after the TLS handshake.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a kept-alive HTTPS connection may take to send a request's head before it is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves the API on `listener` until `shutdown` completes: HTTPS when `state` has TLS
 /// ([`AppState::with_tls`]), else plain HTTP.
 ///
@@ -354,10 +360,14 @@ pub async fn serve(
         stopping.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::from_tcp_rustls(listener.into_std()?, config)?
+    // A connection that sends no complete first request within 10 s after its handshake (which
+    // axum-server bounds at 10 s), or no next request head within 30 s (hyper's own default,
+    // which axum-server turns off), is closed: idle and slowloris clients cannot pile up.
+    let mut server = axum_server::from_tcp_rustls(listener.into_std()?, config)?
         .handle(handle)
-        .serve(router(state).into_make_service())
-        .await
+        .first_request_timeout(FIRST_REQUEST_TIMEOUT);
+    server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
+    server.serve(router(state).into_make_service()).await
 }
 
 /// Liveness: the server answers.
