@@ -273,16 +273,24 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The role a route needs ([`auth`]'s table); `None` for the probes, which need none.
+/// The role a request needs ([`auth`]'s table); `None` for the probes, which need none. Reads
+/// (`GET`) need `reader`, a push `writer`, and every other change `admin`: a route added later
+/// without a line here is closed to all but admins, not open to readers. `POST /v1/sql` needs
+/// `reader` here; its view statements need `admin`, checked once the statement is parsed.
 fn needed_role(method: &axum::http::Method, path: &str) -> Option<auth::Role> {
     use axum::http::Method;
     match (method, path) {
         (_, "/healthz" | "/readyz") => None,
-        (&Method::POST, "/v1/jobs") => Some(auth::Role::Admin),
-        (&Method::DELETE, p) if p.starts_with("/v1/jobs/") => Some(auth::Role::Admin),
+        (&Method::GET | &Method::HEAD, _) => Some(auth::Role::Reader),
+        (&Method::POST, "/v1/sql") => Some(auth::Role::Reader),
         (&Method::POST, p) if p.starts_with("/v1/ingest/") => Some(auth::Role::Writer),
-        _ => Some(auth::Role::Reader),
+        _ => Some(auth::Role::Admin),
     }
+}
+
+/// `METHOD /path` of a request, as refusals name it.
+fn route_of(request: &axum::extract::Request) -> String {
+    format!("{} {}", request.method(), request.uri().path())
 }
 
 /// With users configured, authenticates a request by its bearer token (RFC 6750 §2.1) and
@@ -308,7 +316,6 @@ async fn auth_check(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
-    let route = format!("{} {}", request.method(), request.uri().path());
     let Some(principal) = token.and_then(|t| authenticator.bearer(t)) else {
         state.metrics.auth_refused(metrics::Interface::Http, "unauthenticated");
         let (message, challenge) = match token {
@@ -319,14 +326,14 @@ async fn auth_check(
                 ("the bearer token is not one this server knows", "Bearer realm=\"aimatrix\", error=\"invalid_token\"")
             }
         };
-        tracing::info!(route = ?route, "HTTP: a request without a known token refused (401)");
+        tracing::info!(route = ?route_of(&request), "HTTP: a request without a known token refused (401)");
         let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
         response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static(challenge));
         return response;
     };
-    if let Some(message) = principal.denied(needed, &route) {
+    if let Some(message) = principal.denied(needed, &route_of(&request)) {
         state.metrics.auth_refused(metrics::Interface::Http, "forbidden");
-        tracing::info!(user = ?principal.name, route = ?route, "HTTP: a request beyond its user's role refused (403)");
+        tracing::info!(user = ?principal.name, route = ?route_of(&request), "HTTP: a request beyond its user's role refused (403)");
         return ApiError::new(StatusCode::FORBIDDEN, message).into_response();
     }
     request.extensions_mut().insert(principal.clone());
