@@ -49,8 +49,9 @@ pub enum Command {
     CreateInstance {
         /// The canonical relations and built-in views to arrange (readable by SQL and by
         /// jobs' views); `None`: all of them. The ingestion counters and the view errors are
-        /// always arranged. The built-in views not named are still maintained (they feed the
-        /// view errors), but not arranged.
+        /// always arranged. A built-in view is maintained only when it, or a view computed in the same
+        /// pass, or `aimatrix_view_errors` is named or read by `views` (see
+        /// `amx_dataflows::render::render`); with `None`, all are.
         collections: Option<Vec<String>>,
         /// Views rendered inside the agent state, straight over the relations (no arrangement
         /// of what they read); never dropped. `aimatrix run` puts its job's views here.

@@ -216,7 +216,9 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         // The instance's views, straight over the relations' rows; their error rows join the
         // built-in views' ones.
         let mut renderer = Renderer::new(rows);
-        renderer.add_errors(rendered.errors);
+        if let Some(errors) = rendered.errors {
+            renderer.add_errors(errors);
+        }
         let mut failed = Vec::new();
         for def in &planned {
             match renderer.render_view(def) {

@@ -41,6 +41,7 @@
 //!   codes 0/1/2); `state`: [`WorkflowState::parse`] (any case; `CANCELED` too); `op`:
 //!   [`KnowledgeOp::parse`].
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use amx_dataflows::event::{
@@ -50,6 +51,7 @@ use amx_dataflows::row::{ColumnType, Datum, RelationDesc, ToRow};
 use ordered_float::OrderedFloat;
 use serde_json::Value;
 
+use crate::fields::FieldTree;
 use crate::options::{Options, bad};
 use crate::time::{self, TimeUnit};
 use crate::{ConfigError, Decoder, MAX_TOKENS, Record, error, parse_record, short, value_text};
@@ -184,6 +186,8 @@ struct Column {
     name: String,
     kind: Kind,
     spec: Option<Spec>,
+    /// For a pointer into the record: its slot in the decoder's [`FieldTree`].
+    slot: usize,
 }
 
 /// The relation a decoder feeds.
@@ -200,6 +204,8 @@ enum Target {
 pub struct JsonDecoder {
     target: Target,
     columns: Vec<Column>,
+    /// The pointers the columns read from the record, read in one pass over its text.
+    fields: FieldTree,
 }
 
 impl JsonDecoder {
@@ -226,7 +232,7 @@ impl JsonDecoder {
         for c in &desc.columns {
             let kind = Kind::of(relation, c.name, c.ty);
             let spec = mapping.get(c.name).map(|s| parse_spec(c.name, kind, s, unit)).transpose()?;
-            columns.push(Column { name: c.name.to_owned(), kind, spec });
+            columns.push(Column { name: c.name.to_owned(), kind, spec, slot: 0 });
         }
         let mapped = |name: &str| columns.iter().any(|c| c.name == name && c.spec.is_some());
         for &name in relation.required() {
@@ -243,7 +249,7 @@ impl JsonDecoder {
                 reason: format!("required column of `{}` is not mapped{hint}", desc.name),
             });
         }
-        Ok(JsonDecoder { target: Target::Canonical(relation), columns })
+        Ok(JsonDecoder::with_columns(Target::Canonical(relation), columns))
     }
 
     /// Builds a decoder of records into the relation `table` that a source declared (see
@@ -274,10 +280,24 @@ impl JsonDecoder {
                 Some(spec) => parse_spec(&c.name, kind, spec, unit)?,
                 None => Spec { source: Source::Pointer(pointer_to(&c.name)), map: None, default: None, unit },
             };
-            columns.push(Column { name: c.name.clone(), kind, spec: Some(spec) });
+            columns.push(Column { name: c.name.clone(), kind, spec: Some(spec), slot: 0 });
         }
         let target = Target::Table { name: table.name.clone(), key: table.key_indices() };
-        Ok(JsonDecoder { target, columns })
+        Ok(JsonDecoder::with_columns(target, columns))
+    }
+
+    /// The decoder of `columns` into `target`: each pointer into the record gets its slot in
+    /// the tree of what a record is read for.
+    fn with_columns(target: Target, mut columns: Vec<Column>) -> JsonDecoder {
+        let mut pointers = Vec::new();
+        for column in &mut columns {
+            if let Some(Spec { source: Source::Pointer(p), .. }) = &column.spec {
+                column.slot = pointers.len();
+                pointers.push(p.clone());
+            }
+        }
+        let fields = FieldTree::new(pointers.iter().map(String::as_str));
+        JsonDecoder { target, columns, fields }
     }
 
     /// The canonical relation the decoder feeds (`None`: a relation the source declared).
@@ -486,15 +506,47 @@ fn convert(column: &str, kind: Kind, v: &Value, unit: TimeUnit) -> Result<Datum,
     })
 }
 
+/// A record's fields: the record parsed whole, or the values at the decoder's pointers.
+#[derive(Clone, Copy)]
+enum Fields<'a> {
+    /// The whole record.
+    Parsed(&'a Value),
+    /// What [`FieldTree::read`] read, by slot: each slot is read by one column, which takes
+    /// its value out rather than copying it.
+    Read(&'a [Cell<Option<Value>>]),
+}
+
+impl<'a> Fields<'a> {
+    /// The fields [`FieldTree::read`] read.
+    fn read(slots: &'a mut [Option<Value>]) -> Fields<'a> {
+        Fields::Read(Cell::from_mut(slots).as_slice_of_cells())
+    }
+}
+
 impl Column {
     /// The column's value in `record` (with the source's `metadata`), and, for a workflow
     /// state column, its source text (before `map`).
-    fn eval(&self, record: &Value, metadata: Option<&Value>) -> Result<(Datum, Option<String>), String> {
+    fn eval(&self, record: Fields, metadata: Option<&Value>) -> Result<(Datum, Option<String>), String> {
         let Some(spec) = &self.spec else {
             return Ok((Datum::Null, None));
         };
+        let mut taken = None;
+        if let (Source::Pointer(_), Fields::Read(slots)) = (&spec.source, record) {
+            taken = slots.get(self.slot).and_then(Cell::take);
+            // A string for a text column is the column's value as it is: moved, not copied.
+            if spec.map.is_none() && matches!(self.kind, Kind::Text | Kind::TraceId) {
+                match taken {
+                    Some(Value::String(s)) => return Ok((Datum::Text(s), None)),
+                    other => taken = other,
+                }
+            }
+        }
         let raw = match &spec.source {
-            Source::Pointer(p) => lookup(record, p).filter(|v| !v.is_null()),
+            Source::Pointer(p) => match record {
+                Fields::Parsed(v) => lookup(v, p),
+                Fields::Read(_) => taken.as_ref(),
+            }
+            .filter(|v| !v.is_null()),
             Source::Metadata(p) => metadata.and_then(|m| lookup(m, p)).filter(|v| !v.is_null()),
             Source::Const(c) => Some(c),
         };
@@ -524,12 +576,22 @@ impl Column {
     }
 }
 
-/// A record's converted columns, taken out by name to build the relation's struct.
-struct Cells<'a>(Vec<(&'a str, Datum)>);
+/// A record's converted columns, taken out by name to build the relation's struct; the
+/// second field is where the next one is looked for first (they are taken in the order of
+/// the relation's columns).
+struct Cells<'a>(Vec<(&'a str, Datum)>, usize);
 
 impl Cells<'_> {
     fn take(&mut self, name: &str) -> Datum {
-        self.0.iter_mut().find(|(n, _)| *n == name).map_or(Datum::Null, |(_, d)| std::mem::replace(d, Datum::Null))
+        let at = match self.0.get(self.1) {
+            Some((n, _)) if *n == name => self.1,
+            _ => match self.0.iter().position(|(n, _)| *n == name) {
+                Some(at) => at,
+                None => return Datum::Null,
+            },
+        };
+        self.1 = at + 1;
+        std::mem::replace(&mut self.0[at].1, Datum::Null)
     }
     fn text(&mut self, name: &str) -> Option<String> {
         match self.take(name) {
@@ -566,14 +628,14 @@ impl Cells<'_> {
 impl JsonDecoder {
     /// The relation's row of a record (with the source's `metadata`), or the reasons it
     /// cannot be built.
-    fn row(&self, v: &Value, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
+    fn row(&self, v: Fields, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
         let relation = match &self.target {
             Target::Canonical(relation) => *relation,
             Target::Table { name, key } => return self.table_row(name, key, v, metadata),
         };
         let mut errors = Vec::new();
         let mut failed = Vec::new();
-        let mut cells = Cells(Vec::with_capacity(self.columns.len()));
+        let mut cells = Cells(Vec::with_capacity(self.columns.len()), 0);
         let mut state_source = None;
         for col in &self.columns {
             match col.eval(v, metadata) {
@@ -698,7 +760,7 @@ impl JsonDecoder {
 impl JsonDecoder {
     /// A record's change to a relation the source declared: its row (and key), or the reasons
     /// it cannot be built (a column that does not convert; a key column that is NULL).
-    fn table_row(&self, name: &str, key: &[usize], v: &Value, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
+    fn table_row(&self, name: &str, key: &[usize], v: Fields, metadata: Option<&Value>) -> Result<Event, Vec<String>> {
         let mut errors = Vec::new();
         let mut row = Vec::with_capacity(self.columns.len());
         let mut failed = Vec::new();
@@ -733,7 +795,7 @@ impl JsonDecoder {
         let mut values = Vec::with_capacity(key.len());
         for &k in key {
             let col = &self.columns[k];
-            let datum = col.eval(&Value::Null, record.metadata.as_deref()).map(|(d, _)| d);
+            let datum = col.eval(Fields::Parsed(&Value::Null), record.metadata.as_deref()).map(|(d, _)| d);
             match datum {
                 Ok(Datum::Null) => {
                     let from = col.spec.as_ref().map_or("unmapped", Spec::describe);
@@ -768,10 +830,21 @@ impl Decoder for JsonDecoder {
             out.push(self.tombstone(source, record, name, key));
             return;
         }
+        // The fields the mapping reads, in one pass over the text; a record that is not a JSON
+        // object (or not JSON) is parsed whole, to say why.
+        if record.error.is_none()
+            && let Some(mut fields) = self.fields.read(record.text.strip_prefix('\u{feff}').unwrap_or(&record.text))
+        {
+            match self.row(Fields::read(&mut fields), record.metadata.as_deref()) {
+                Ok(event) => out.push(event),
+                Err(errors) => out.push(error(source, &record.location, errors.join("; "), &record.text)),
+            }
+            return;
+        }
         let Some(v) = parse_record(source, record, out) else {
             return;
         };
-        match self.row(&v, record.metadata.as_deref()) {
+        match self.row(Fields::Parsed(&v), record.metadata.as_deref()) {
             Ok(event) => out.push(event),
             Err(errors) => {
                 // A record that is no object fails for that reason, not its columns'.
@@ -845,6 +918,33 @@ mod tests {
         match out {
             [Event::Error(e)] => e.error.clone(),
             other => format!("not one error: {other:?}"),
+        }
+    }
+
+    /// Reading only the mapped fields in one pass gives the rows (and the errors) that looking
+    /// them up in the record parsed whole gives, for records of every shape: repeated keys,
+    /// arrays on the path, values of the wrong type, nulls, escapes.
+    #[test]
+    fn reading_the_fields_equals_parsing_the_record() {
+        let d = decoder(json!({"relation": "spans", "mapping": {
+            "trace_id": "/t", "span_id": "/s/id", "name": {"pointer": "/n", "default": "x"},
+            "operation": {"pointer": "/n", "map": {"chat": "chat", "1": "one"}, "default": "other"},
+            "input_tokens": "/u/0", "output_tokens": "/u/1/v", "attributes": "/attrs", "start_time": "/ts",
+            "status": "/st", "agent_name": "/a~1b", "tool_name": "/s"}}));
+        let records = [
+            r#"{"t":"abc","s":{"id":"1"},"n":"chat","u":[5,{"v":6}],"attrs":{"k":[1,2]},"ts":"2025-01-01T00:00:00Z","st":"ok"}"#,
+            r#"{"t":"abc","s":{"id":1},"n":1,"extra":{"deep":[{"x":[]}]},"a/b":"slash"}"#,
+            r#"{"t":"abc","s":"no object","u":{"0":3},"ts":"not a time"}"#,
+            r#"{"t":"a","t":"b","s":{"id":"1"},"s":{"x":2},"u":[1],"u":[]}"#,
+            r#"{"t":null,"s":null,"n":null,"attrs":null}"#,
+            r#"{"t":"\u0061bc","s":{"i\u0064":"\"quoted\""},"st":"error","u":[-1]}"#,
+            r#"{"t":"abc","s":{"id":"2"},"u":[1e3, {"v": 2.5}],"st":2,"ts":1700000000000}"#,
+            r#"{}"#,
+        ];
+        for text in records {
+            let v: Value = serde_json::from_str(text).unwrap_or_default();
+            let read = d.fields.read(text).map(|mut fields| d.row(Fields::read(&mut fields), None));
+            assert_eq!(read, Some(d.row(Fields::Parsed(&v), None)), "{text}");
         }
     }
 

@@ -19,6 +19,7 @@
 use amx_dataflows::event::{Event, IngestError};
 
 pub mod access;
+mod fields;
 pub mod json;
 pub mod kafka;
 pub mod openai_chat;

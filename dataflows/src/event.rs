@@ -74,14 +74,12 @@ impl SpanStatus {
     }
     /// Parses `ok`/`error`/`unset` (any case; OTLP's `STATUS_CODE_OK` etc. too).
     pub fn parse(s: &str) -> Option<SpanStatus> {
-        let s = s.to_ascii_lowercase();
-        let s = s.strip_prefix("status_code_").unwrap_or(&s);
-        match s {
-            "ok" => Some(SpanStatus::Ok),
-            "error" => Some(SpanStatus::Error),
-            "unset" => Some(SpanStatus::Unset),
-            _ => None,
-        }
+        const PREFIX: &str = "status_code_";
+        let s = match s.get(..PREFIX.len()) {
+            Some(prefix) if prefix.eq_ignore_ascii_case(PREFIX) => &s[PREFIX.len()..],
+            _ => s,
+        };
+        [SpanStatus::Ok, SpanStatus::Error, SpanStatus::Unset].into_iter().find(|v| s.eq_ignore_ascii_case(v.as_str()))
     }
 }
 
@@ -227,6 +225,32 @@ impl ToRow for Span {
             Datum::Text(self.status.as_str().to_owned()),
             Datum::text(self.error_type.as_deref()),
             Datum::text(self.attributes.as_deref()),
+        ]
+    }
+    fn into_row(self) -> Row {
+        let text = |s: Option<String>| s.map_or(Datum::Null, Datum::Text);
+        vec![
+            Datum::Text(self.trace_id.to_string()),
+            Datum::Text(self.span_id),
+            text(self.parent_span_id),
+            Datum::Text(self.name),
+            text(self.operation),
+            text(self.provider),
+            text(self.request_model),
+            text(self.response_model),
+            text(self.agent_name),
+            text(self.conversation_id),
+            text(self.tool_name),
+            text(self.tool_call_id),
+            Datum::int(self.input_tokens),
+            Datum::int(self.output_tokens),
+            Datum::int(self.cache_read_input_tokens),
+            Datum::int(self.reasoning_output_tokens),
+            Datum::ts(self.start_time),
+            Datum::ts(self.end_time),
+            Datum::Text(self.status.as_str().to_owned()),
+            text(self.error_type),
+            text(self.attributes),
         ]
     }
 }
@@ -554,4 +578,62 @@ pub struct TableRow {
     pub key: Row,
     /// The row, one datum per declared column; `None`: the key is deleted.
     pub row: Option<Row>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_status_forms() {
+        let cases = [
+            ("ok", Some(SpanStatus::Ok)),
+            ("OK", Some(SpanStatus::Ok)),
+            ("Error", Some(SpanStatus::Error)),
+            ("unset", Some(SpanStatus::Unset)),
+            ("STATUS_CODE_ERROR", Some(SpanStatus::Error)),
+            ("status_code_ok", Some(SpanStatus::Ok)),
+            ("Status_Code_Unset", Some(SpanStatus::Unset)),
+            ("status_code_", None),
+            ("status_code_status_code_ok", None),
+            ("okay", None),
+            ("", None),
+            (" ok", None),
+            ("ééééééé", None),
+            ("status_codé_ok", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(SpanStatus::parse(text), expected, "{text:?}");
+        }
+    }
+
+    /// A span taken into its row gives the row it gives when copied, NULLs and all.
+    #[test]
+    fn a_span_moved_into_its_row_is_the_row_copied() {
+        let mut full = Span::new(TraceId::parse("4fcca39ab683d2e6337ea2dfb09b2a5c"), "s1", "chat m");
+        full.parent_span_id = Some("p".into());
+        full.operation = Some("chat".into());
+        full.provider = Some("openai".into());
+        full.request_model = Some("gpt-4o".into());
+        full.response_model = Some("gpt-4o-2024".into());
+        full.agent_name = Some("a".into());
+        full.conversation_id = Some("c".into());
+        full.tool_name = Some("t".into());
+        full.tool_call_id = Some("tc".into());
+        full.input_tokens = Some(1);
+        full.output_tokens = Some(2);
+        full.cache_read_input_tokens = Some(3);
+        full.reasoning_output_tokens = Some(4);
+        full.start_time = Some(5);
+        full.end_time = Some(6);
+        full.status = SpanStatus::Error;
+        full.error_type = Some("timeout".into());
+        full.attributes = Some("{}".into());
+        let bare = Span::new(TraceId::parse("not hex"), "s2", "n");
+        for span in [full, bare] {
+            let row = span.to_row();
+            assert_eq!(row.len(), Span::desc().columns.len());
+            assert_eq!(span.into_row(), row);
+        }
+    }
 }

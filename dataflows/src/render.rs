@@ -210,54 +210,23 @@ impl Inputs {
     }
 }
 
-/// The built-in views as collections (for tests and for further dataflows).
-pub struct Views<'s> {
-    /// `agent_traces`.
-    pub agent_traces: Coll<'s, views::AgentTrace>,
-    /// `tool_usage`.
-    pub tool_usage: Coll<'s, views::ToolUsage>,
-    /// `model_usage`.
-    pub model_usage: Coll<'s, views::ModelUsage>,
-    /// `workflow_runs`.
-    pub workflow_runs: Coll<'s, views::WorkflowRun>,
-    /// `workflow_steps`.
-    pub workflow_steps: Coll<'s, views::WorkflowStep>,
-    /// `documents`.
-    pub documents: Coll<'s, views::Document>,
-    /// `collection_stats`.
-    pub collection_stats: Coll<'s, views::CollectionStats>,
-    /// Error rows `[view, error]` of all of them (sums beyond `BIGINT`; see [`views`]).
-    pub errors: views::Errors<'s>,
-}
-
-/// Builds every built-in view from the canonical relations.
-pub fn build_views<'s>(
-    spans: &Coll<'s, Span>,
-    evaluations: &Coll<'s, Evaluation>,
-    workflow_events: &Coll<'s, WorkflowEvent>,
-    knowledge_events: &Coll<'s, KnowledgeEvent>,
-) -> Views<'s> {
-    let (workflow_steps, workflow_runs, workflow_errors) = views::workflows(workflow_events.clone());
-    let (documents, collection_stats, knowledge_errors) = views::knowledge(knowledge_events.clone());
-    let (agent_traces, tool_usage, model_usage, span_errors) = views::span_views(spans.clone(), evaluations.clone());
-    let errors = span_errors.concat(workflow_errors).concat(knowledge_errors);
-    Views { agent_traces, tool_usage, model_usage, workflow_runs, workflow_steps, documents, collection_stats, errors }
-}
-
 /// What [`render`] built: the input sessions and every relation and view as rows.
 pub struct Rendered<'s> {
     /// Input sessions of the canonical relations.
     pub inputs: Inputs,
     /// The wanted relations and views as rows: `(index in [`relations`], name, rows)`.
     pub relations: Vec<(usize, &'static str, Coll<'s, Row>)>,
-    /// The built-in views' error rows `[view, error]` (always built: they belong in
-    /// [`VIEW_ERRORS`] with the SQL views' errors).
-    pub errors: Coll<'s, Row>,
+    /// The error rows `[view, error]` of the built-in views that were built (they belong in
+    /// [`VIEW_ERRORS`] with the SQL views' errors); `None` when none was.
+    pub errors: Option<Coll<'s, Row>>,
 }
 
 /// Renders the canonical relations and the built-in views into `scope`. Only the relations
-/// for which `wanted(name)` holds are converted to rows (the conversion is not free: a view
-/// nobody reads as rows is still maintained, but not copied).
+/// and views for which `wanted(name)` holds are converted to rows (the conversion is not
+/// free). A built-in view is maintained only when it, a view computed in the same pass
+/// (`agent_traces`, `tool_usage` and `model_usage`; `workflow_runs` and `workflow_steps`;
+/// `documents` and `collection_stats`) or [`VIEW_ERRORS`] is wanted: a server wants them all
+/// (any query may read them later), `aimatrix run` only what its views and queries read.
 pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rendered<'s> {
     let (spans_in, spans) = scope.new_collection::<Span, Diff>();
     let (evals_in, evaluations) = scope.new_collection::<Evaluation, Diff>();
@@ -275,7 +244,6 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         ]
     });
 
-    let v = build_views(&spans, &evaluations, &workflow_events, &knowledge_events);
     let mut relations = Vec::new();
     let names: Vec<&'static str> = self::relations().into_iter().map(|d| d.name).collect();
     macro_rules! add {
@@ -286,19 +254,35 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         };
     }
     // The order matches `relations()`.
-    add!(0, spans.map(|r| r.to_row()));
-    add!(1, evaluations.map(|r| r.to_row()));
-    add!(2, workflow_events.map(|r| r.to_row()));
-    add!(3, knowledge_events.map(|r| r.to_row()));
+    add!(0, spans.clone().map(Span::into_row));
+    add!(1, evaluations.clone().map(|r| r.to_row()));
+    add!(2, workflow_events.clone().map(|r| r.to_row()));
+    add!(3, knowledge_events.clone().map(|r| r.to_row()));
     add!(4, ingest_errors.map(|r| r.to_row()));
-    add!(5, v.agent_traces.map(|r| r.to_row()));
-    add!(6, v.tool_usage.map(|r| r.to_row()));
-    add!(7, v.model_usage.map(|r| r.to_row()));
-    add!(8, v.workflow_runs.map(|r| r.to_row()));
-    add!(9, v.workflow_steps.map(|r| r.to_row()));
-    add!(10, v.documents.map(|r| r.to_row()));
-    add!(11, v.collection_stats.map(|r| r.to_row()));
+    // Each pass of built-in views, when something reads one of its views or their errors.
+    let pass = |indices: &[usize]| wanted(VIEW_ERRORS) || indices.iter().any(|&i| wanted(names[i]));
+    let mut errors: Vec<views::Errors<'s>> = Vec::new();
+    if pass(&[5, 6, 7]) {
+        let (agent_traces, tool_usage, model_usage, e) = views::span_views(spans.clone(), evaluations.clone());
+        add!(5, agent_traces.map(|r| r.to_row()));
+        add!(6, tool_usage.map(|r| r.to_row()));
+        add!(7, model_usage.map(|r| r.to_row()));
+        errors.push(e);
+    }
+    if pass(&[8, 9]) {
+        let (workflow_steps, workflow_runs, e) = views::workflows(workflow_events.clone());
+        add!(8, workflow_runs.map(|r| r.to_row()));
+        add!(9, workflow_steps.map(|r| r.to_row()));
+        errors.push(e);
+    }
+    if pass(&[10, 11]) {
+        let (documents, collection_stats, e) = views::knowledge(knowledge_events.clone());
+        add!(10, documents.map(|r| r.to_row()));
+        add!(11, collection_stats.map(|r| r.to_row()));
+        errors.push(e);
+    }
     add!(12, source_stats);
+    let errors = errors.into_iter().reduce(|all, e| all.concat(e));
     debug_assert_eq!(names.len(), 13);
     let inputs = Inputs {
         spans: spans_in,
@@ -309,7 +293,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         source_stats: stats_in,
         tables: HashMap::new(),
     };
-    Rendered { inputs, relations, errors: v.errors }
+    Rendered { inputs, relations, errors }
 }
 
 /// Gathers the changes of `rows` to global worker `collector` and appends them there to
@@ -335,6 +319,8 @@ pub fn render_and_export<'s>(
     for (index, _name, rows) in rendered.relations {
         export(rows, index, buffer, collector, &probe);
     }
-    export(rendered.errors, errors_index, buffer, collector, &probe);
+    if let Some(errors) = rendered.errors {
+        export(errors, errors_index, buffer, collector, &probe);
+    }
     (rendered.inputs, probe)
 }

@@ -99,6 +99,13 @@ pub trait ToRow {
     fn desc() -> RelationDesc;
     /// This record as a row, one datum per column of [`ToRow::desc`].
     fn to_row(&self) -> Row;
+    /// [`ToRow::to_row`], taking the record: its texts are moved into the row, not copied.
+    fn into_row(self) -> Row
+    where
+        Self: Sized,
+    {
+        self.to_row()
+    }
 }
 
 /// Shorthand for building a [`RelationDesc`]: `desc("spans", &["trace_id"], &[("trace_id", Text), …])`.
