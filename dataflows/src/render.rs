@@ -324,3 +324,30 @@ pub fn render_and_export<'s>(
     }
     (rendered.inputs, probe)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relations [`render`] converts to rows when `wanted` names these, and whether it
+    /// built any pass of built-in views (they bring error rows).
+    fn rendered(wanted: &'static [&'static str]) -> (Vec<&'static str>, bool) {
+        timely::execute_directly(move |worker| {
+            worker.dataflow::<Time, _, _>(|scope| {
+                let r = render(scope, &|name| wanted.contains(&name));
+                (r.relations.iter().map(|(_, name, _)| *name).collect(), r.errors.is_some())
+            })
+        })
+    }
+
+    /// `aimatrix run` wants only what its views and queries read: a built-in view nothing
+    /// reads is not built at all, one that is read brings its pass (and its error rows).
+    #[test]
+    fn only_the_built_in_views_wanted_are_built() {
+        assert_eq!(rendered(&["spans"]), (vec!["spans"], false));
+        assert_eq!(rendered(&["spans", "ingest_errors"]), (vec!["spans", "ingest_errors"], false));
+        assert_eq!(rendered(&["tool_usage"]), (vec!["tool_usage"], true));
+        assert_eq!(rendered(&["documents", "workflow_runs"]), (vec!["workflow_runs", "documents"], true));
+        assert_eq!(rendered(&[VIEW_ERRORS]), (vec![], true));
+    }
+}
