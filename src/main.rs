@@ -170,6 +170,11 @@ struct ServeArgs {
     /// the config key files.roots) [default: none: file sources are refused]
     #[arg(long = "file-root", value_name = "DIR")]
     file_roots: Vec<PathBuf>,
+    /// A directory under which jobs' object-store sinks may write (url = "file:///DIR/…";
+    /// repeat for several; the config key files.sink_roots) [default: none: such sinks are
+    /// refused]
+    #[arg(long = "sink-root", value_name = "DIR")]
+    sink_roots: Vec<PathBuf>,
     /// Keep jobs, views and acknowledged pushes in DIR and replay them at start-up, so that a
     /// restart (or a crash) loses nothing acknowledged (the config key storage.data_dir)
     /// [default: none: nothing is kept]
@@ -282,8 +287,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     if !cluster.is_empty() {
         flags.insert("cluster".into(), cluster.into());
     }
+    let mut files = serde_json::Map::new();
     if !args.file_roots.is_empty() {
-        flags.insert("files".into(), serde_json::json!({ "roots": args.file_roots }));
+        files.insert("roots".into(), serde_json::json!(args.file_roots));
+    }
+    if !args.sink_roots.is_empty() {
+        files.insert("sink_roots".into(), serde_json::json!(args.sink_roots));
+    }
+    if !files.is_empty() {
+        flags.insert("files".into(), files.into());
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         flags.insert("tls".into(), serde_json::json!({ "cert": cert, "key": key }));
@@ -304,6 +316,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.storage.data_dir = None;
     }
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
+    let sink_access =
+        amx_connectors::FileAccess::under(&config.files.sink_roots).context("configuration: files.sink_roots")?;
     let _ = PEERS.set(config.cluster.hosts.clone());
     // Users are checked before anything starts (a password given in clear text, a token
     // that is not a hash), so a mistake is not found at the first login.
@@ -333,7 +347,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => None,
     };
-    let controller = amx_cluster::Controller::start(config.cluster_config())?;
+    let controller =
+        amx_cluster::Controller::start(amx_cluster::ClusterConfig { sink_access, ..config.cluster_config() })?;
     if config.cluster.process_index != 0 {
         eprintln!(
             "serve: process {} of {} is up; process 0 serves the API",

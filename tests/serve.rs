@@ -2643,12 +2643,21 @@ type Change = (Value, i64, i64);
 /// there is a manifest, or when a set it names is gone (a compaction replaced it long enough
 /// ago: read again).
 fn read_sink(moto: &Moto, prefix: &str) -> Option<(Value, Vec<Vec<Change>>)> {
-    let manifest: Value =
-        serde_json::from_slice(&moto.get("lake", &format!("{prefix}/manifest.json"))?).expect("manifest JSON");
+    read_sink_from(|key| moto.get("lake", &format!("{prefix}/{key}")))
+}
+
+/// An object-store sink's output in a local directory, as [`read_sink`] reads a bucket's.
+fn read_local_sink(dir: &std::path::Path) -> Option<(Value, Vec<Vec<Change>>)> {
+    read_sink_from(|key| std::fs::read(dir.join(key)).ok())
+}
+
+/// An object-store sink's output, its files (below the sink's prefix) read with `get`.
+fn read_sink_from(get: impl Fn(&str) -> Option<Vec<u8>>) -> Option<(Value, Vec<Vec<Change>>)> {
+    let manifest: Value = serde_json::from_slice(&get("manifest.json")?).expect("manifest JSON");
     let mut sets = Vec::new();
     for file in manifest["files"].as_array().expect("files") {
         let key = file["key"].as_str().expect("key");
-        let bytes = moto.get("lake", &format!("{prefix}/{key}"))?;
+        let bytes = get(key)?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .expect("Parquet")
             .build()
@@ -2743,7 +2752,8 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
             "both",
         ),
         (job.replace("flush_interval_ms = 100", "flush_interval_ms = 5"), "flush_interval_ms"),
-        (job.replace("s3://lake/out/", "file:///tmp/out"), "s3://BUCKET/PREFIX"),
+        (job.replace("s3://lake/out/", "http://lake/out/"), "s3://BUCKET/PREFIX or file:///DIR"),
+        (job.replace("s3://lake/out/", "file://elsewhere/out/"), "an absolute path on this host"),
         (job.replace("count(*) AS n FROM", "count(*) AS aimatrix_diff FROM"), "rename it"),
     ] {
         let (status, body) = server.call("POST", "/v1/jobs", Some(&bad));
@@ -2832,6 +2842,103 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = server.call("DELETE", &format!("/v1/jobs/{id}"), None);
     assert_eq!(status, 200, "{body}");
+}
+
+/// Local directories as object stores (`file:///DIR`): a source reads every file under its
+/// directory once, also across `kill -9`, and only under the server's file roots (a symbolic
+/// link out of them is not followed); a sink writes its Parquet sets and manifest into a
+/// directory under the server's sink roots, and a directory outside them is refused.
+#[test]
+fn local_directories_are_object_stores_under_the_roots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical");
+    let (landing, outside, lake) = (root.join("landing"), root.join("outside"), root.join("lake"));
+    for d in [&landing, &outside, &lake] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let (line, want) = (pipeline_event, by_collection_of);
+    let object = |from: usize, n: usize| (from..from + n).map(line).collect::<Vec<_>>().join("\n") + "\n";
+    let url = |p: &std::path::Path| format!("file://{}/", p.display());
+    // A file is complete when it appears in the directory: written beside it, then renamed in.
+    let place = |name: &str, body: &str| {
+        std::fs::write(root.join("staged"), body).expect("write");
+        std::fs::rename(root.join("staged"), landing.join(name)).expect("rename");
+    };
+    let mut args = durable_args(&root.join("data"));
+    args.extend(["--file-root".into(), landing.display().to_string()]);
+    args.extend(["--sink-root".into(), lake.display().to_string()]);
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    let job = push_job(
+        "local",
+        "files",
+        "by_collection",
+        "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
+    )
+    .replace("kind = \"push\"", "kind = \"object-store\"")
+    .replace(
+        "[sources.options]",
+        &format!("[sources.object_store]\nurl = \"{}\"\npattern = \"*.jsonl\"\n[sources.options]", url(&landing)),
+    ) + &format!(
+        "\n[[sinks]]\nname = \"lake\"\nview = \"by_collection\"\n[sinks.object_store]\nurl = \"{}\"\n\
+         flush_interval_ms = 100\n",
+        url(&lake.join("by_collection"))
+    );
+
+    let mut lines = 0;
+    place("a.jsonl", &format!("{}\nnot json\n{}\n", line(0), line(1)));
+    lines += 2;
+    std::fs::write(landing.join("readme.txt"), "not a record\n").expect("write");
+    // A link out of the roots: its file is not read (the pattern matches its name).
+    std::fs::write(outside.join("secret.jsonl"), object(10_000, 7)).expect("write");
+    std::os::unix::fs::symlink(outside.join("secret.jsonl"), landing.join("link.jsonl")).expect("symlink");
+    let server = start(&args, true);
+    for (bad, status, says) in [
+        (job.replace(&url(&landing), &url(&outside)), 403, "not under the server's file roots"),
+        (job.replace(&url(&lake.join("by_collection")), &url(&outside)), 403, "not under the server's sink roots"),
+        (job.replace(&url(&landing), "file:///tmp/../.."), 403, "not under the server's file roots"),
+        (job.replace(&url(&landing), "file://elsewhere/in/"), 400, "an absolute path on this host"),
+    ] {
+        let (got, body) = server.call("POST", "/v1/jobs", Some(&bad));
+        assert_eq!(got, status, "{body}");
+        assert!(body.to_string().contains(says), "{body}");
+    }
+    let id = server.submit(&job);
+    assert_eq!(server.sql_until(sql, &want(lines)), want(lines));
+    let errors = server.sql("SELECT location FROM ingest_errors");
+    assert_eq!(errors, vec![json!({ "location": format!("file://{}/a.jsonl:2", landing.display()) })]);
+    let wait_sink = |lines: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let read = read_local_sink(&lake.join("by_collection")).map(|(_, sets)| fold_sets(&sets));
+            if read.as_ref() == Some(&once(&want(lines))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the sink holds {read:?}, not {:?}", once(&want(lines)));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_sink(lines);
+
+    // Files written while the server runs and while it is killed, each read once.
+    let mut server = Some(server);
+    for round in 0..3 {
+        place(&format!("r{round}.jsonl"), &object(lines, 12_000));
+        lines += 12_000;
+        std::thread::sleep(Duration::from_millis(100 + 200 * round as u64));
+        let pid = server.take().expect("running").child.id();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        place(&format!("s{round}.jsonl"), &object(lines, 100));
+        lines += 100;
+        let restarted = start(&args, true);
+        assert_eq!(restarted.sql_until(sql, &want(lines)), want(lines), "after kill {round}");
+        wait_sink(lines);
+        server = Some(restarted);
+    }
+    let server = server.expect("running");
+    assert_eq!(server.sql("SELECT location FROM ingest_errors").len(), 1);
+    let (status, body) = server.call("GET", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errors"], json!([]), "{body}");
 }
 
 /// With `envelope = "debezium"`, each change of a key is one Debezium event (`before`, `after`,

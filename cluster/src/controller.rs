@@ -141,6 +141,10 @@ pub struct ClusterConfig {
     /// arrangement (Materialize's `arrangement_exert_proportionality` is 16). Default
     /// [`DEFAULT_EXERT_PROPORTIONALITY`].
     pub exert_proportionality: usize,
+    /// Where object-store sinks may write local directories (`file:///DIR`): anywhere
+    /// ([`amx_connectors::FileAccess::Any`], the default, as `aimatrix run`), or under a
+    /// server's `files.sink_roots` (none: such sinks are refused with 403).
+    pub sink_access: amx_connectors::FileAccess,
 }
 
 /// The default [`ClusterConfig::exert_proportionality`]: 0 (off) until measured.
@@ -228,6 +232,7 @@ impl Default for ClusterConfig {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             timestamp_interval: DEFAULT_TIMESTAMP_INTERVAL,
             exert_proportionality: DEFAULT_EXERT_PROPORTIONALITY,
+            sink_access: amx_connectors::FileAccess::Any,
         }
     }
 }
@@ -997,6 +1002,8 @@ pub(crate) struct Inner {
     max_queued_bytes: u64,
     /// The largest record, in bytes (`cluster.max_record_bytes`).
     max_record_bytes: u64,
+    /// Where object-store sinks may write local directories ([`ClusterConfig::sink_access`]).
+    pub(crate) sink_access: amx_connectors::FileAccess,
     /// The memory pool every query reserves from.
     pub(crate) sql_pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     /// The runtime queries run on (made at the first query).
@@ -1295,6 +1302,7 @@ impl Controller {
             max_queued_rows: config.max_queued_rows,
             max_queued_bytes: config.max_queued_bytes,
             max_record_bytes: config.worker.max_record_bytes.max(1),
+            sink_access: config.sink_access.clone(),
             sql_runtime: std::sync::OnceLock::new(),
             feeds: Mutex::new(HashMap::new()),
         });
@@ -1335,6 +1343,56 @@ impl Controller {
         self.inner.sql_slots.clone().acquire_owned().await.ok()
     }
 
+    /// Checks, by their names alone (nothing on the file system is read), that the local
+    /// directories (`file:///DIR`) of the job's object-store sources lie under the roots its
+    /// file sources may read, and those of its object-store sinks under the server's sink
+    /// roots ([`ClusterConfig::sink_access`]).
+    ///
+    /// # Errors
+    /// [`ClusterError::Forbidden`] naming the source or sink; [`ClusterError::InvalidJob`] for
+    /// a URL that is no store's.
+    fn check_local_stores(&self, job: &Job) -> Result<(), ClusterError> {
+        use crate::storage::{StoreUrl, check_store_url};
+        let what = "an object-store URL is s3://BUCKET/PREFIX or file:///DIR";
+        for source in &job.config.sources {
+            let Some(config) = &source.object_store else { continue };
+            let invalid = |e: String| ClusterError::InvalidJob(format!("source `{}`: {e}", source.name));
+            if let StoreUrl::Local(dir) = check_store_url(&config.url, what).map_err(invalid)? {
+                job.access
+                    .check_pattern(&dir.to_string_lossy())
+                    .map_err(|e| ClusterError::Forbidden(format!("source `{}`: {e}", source.name)))?;
+            }
+        }
+        for sink in &job.config.sinks {
+            let Some(config) = &sink.object_store else { continue };
+            let invalid = |e: String| ClusterError::InvalidJob(format!("sink `{}`: {e}", sink.name));
+            let StoreUrl::Local(dir) = check_store_url(&config.url, what).map_err(invalid)? else { continue };
+            let forbidden = |why: String| ClusterError::Forbidden(format!("sink `{}`: {why}", sink.name));
+            match self.inner.sink_access.check_pattern(&dir.to_string_lossy()) {
+                Ok(()) => {}
+                Err(amx_connectors::AccessError::NoRoots) => {
+                    return Err(forbidden(
+                        "object-store sinks to local directories are disabled on this server: it writes only under \
+                         the sink roots its operator configures (`[files] sink_roots = [\"/data/out\", …]` in the \
+                         server's config file, or AIMATRIX__FILES__SINK_ROOTS), and none are configured; write to \
+                         s3://BUCKET/PREFIX or ask the operator"
+                            .into(),
+                    ));
+                }
+                Err(amx_connectors::AccessError::Outside { pattern, .. }) => {
+                    let amx_connectors::FileAccess::Under(roots) = &self.inner.sink_access else { continue };
+                    let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+                    return Err(forbidden(format!(
+                        "`{pattern}` is not under the server's sink roots ({}; `[files] sink_roots` in the server's \
+                         config): only absolute paths without `..` under a root can be written",
+                        roots.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Workers in the cluster (all processes).
     pub fn peers(&self) -> usize {
         self.inner.shared.peers
@@ -1354,6 +1412,7 @@ impl Controller {
         if job.config.sources.is_empty() && job.config.views.is_empty() && job.config.sinks.is_empty() {
             return Err(ClusterError::InvalidJob("the job has no sources, views or sinks: nothing to run".into()));
         }
+        self.check_local_stores(job)?;
         // A Parquet source's relation declared without columns takes those of its first
         // object, now: the job is logged with them.
         let with_columns;
@@ -1362,7 +1421,7 @@ impl Controller {
             for source in &mut filled.config.sources {
                 let name = source.name.clone();
                 let invalid = |e: String| ClusterError::InvalidJob(format!("source `{name}`: {e}"));
-                crate::sources::object::take_parquet_schema(source).map_err(invalid)?;
+                crate::sources::object::take_parquet_schema(source, &job.access).map_err(invalid)?;
                 if let Some(table) = &source.relation {
                     table.check().map_err(invalid)?;
                 }

@@ -194,11 +194,14 @@ fn run(inner: &Weak<Inner>, runtime: &tokio::runtime::Runtime, job: JobId, sink:
                 recovered(&mut last_problem);
                 open.follow(runtime, feed, sink, stop)
             }),
-            (None, Some(config)) => object::Sink::open(runtime, job, sink, config).and_then(|mut open| {
-                let feed = subscribe()?;
-                recovered(&mut last_problem);
-                open.follow(runtime, feed, sink, stop)
-            }),
+            (None, Some(config)) => {
+                let Some(access) = controller().map(|c| c.inner.sink_access.clone()) else { return };
+                object::Sink::open(runtime, job, sink, config, &access).and_then(|mut open| {
+                    let feed = subscribe()?;
+                    recovered(&mut last_problem);
+                    open.follow(runtime, feed, sink, stop)
+                })
+            }
             (None, None) => return,
         };
         let problem = outcome.err();

@@ -193,7 +193,7 @@ pub(crate) fn open(
     let OpenContext { max_record_bytes, access, feed } = context;
     Ok(match source.kind {
         SourceKind::Kafka => Box::new(kafka::open(job, source, resume, max_record_bytes).map_err(invalid)?),
-        SourceKind::ObjectStore => Box::new(object::open(source, resume, max_record_bytes).map_err(invalid)?),
+        SourceKind::ObjectStore => Box::new(object::open(source, resume, max_record_bytes, &access).map_err(invalid)?),
         SourceKind::File => Box::new(file::open(job, source, resume, max_record_bytes, access, feed).map_err(invalid)?),
         SourceKind::Push => return Err(invalid("not read by the server".into())),
     })

@@ -150,14 +150,34 @@ pub enum LogRecord {
     },
 }
 
-/// Checks that `url` is `s3://BUCKET/…` (or `s3a://`) without a query or credentials, as a
-/// job's object-store source or sink takes it; `scheme` says what is wanted when the scheme is
-/// another.
+/// Where an object-store source reads or an object-store sink writes, as its URL names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StoreUrl {
+    /// `s3://BUCKET/PREFIX` (or `s3a://`): an S3-compatible bucket.
+    S3,
+    /// `file:///DIR`: a local directory, absolute, as written (percent-decoded, `.` and `..`
+    /// segments resolved as URLs resolve them).
+    Local(PathBuf),
+}
+
+/// Checks that `url` is `s3://BUCKET/…` (or `s3a://`) without a query or credentials, or
+/// `file:///DIR` (an absolute local path, no host but `localhost`, no query or fragment), as a
+/// job's object-store source or sink takes it; `scheme` says what is wanted when the scheme
+/// is another.
 ///
 /// # Errors
 /// Which of those it is not, naming the URL.
-pub(crate) fn check_s3_url(url: &str, scheme: &str) -> Result<(), String> {
+pub(crate) fn check_store_url(url: &str, scheme: &str) -> Result<StoreUrl, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    if parsed.scheme() == "file" {
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("`{url}`: a file:// URL takes no query or fragment"));
+        }
+        let dir = parsed
+            .to_file_path()
+            .map_err(|()| format!("`{url}`: a file:// URL names an absolute path on this host (file:///DIR)"))?;
+        return Ok(StoreUrl::Local(dir));
+    }
     if !matches!(parsed.scheme(), "s3" | "s3a") {
         return Err(format!("`{url}`: {scheme}"));
     }
@@ -167,7 +187,87 @@ pub(crate) fn check_s3_url(url: &str, scheme: &str) -> Result<(), String> {
     if parsed.query().is_some() || !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!("`{url}`: no query or credentials in the URL (the AWS_* variables set them)"));
     }
-    Ok(())
+    Ok(StoreUrl::S3)
+}
+
+/// An object-store source's or sink's store, opened ([`open_store`]).
+pub(crate) struct OpenStore {
+    /// The store.
+    pub store: Arc<dyn object_store::ObjectStore>,
+    /// The prefix the URL names inside it (empty for a local directory: the store is rooted
+    /// there).
+    pub prefix: object_store::path::Path,
+    /// What a key's location is written under, `{root}/{key}`: `s3://BUCKET`, or
+    /// `file:///DIR` (the directory's canonical path).
+    pub root: String,
+    /// The local directory's store (`None`: a bucket), for the file-system paths of its keys.
+    pub local: Option<Arc<object_store::local::LocalFileSystem>>,
+}
+
+impl OpenStore {
+    /// The file-system path of key `key` of a local directory's store (`None`: a bucket, or a
+    /// key that names no path).
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let local = self.local.as_ref()?;
+        let key = object_store::path::Path::parse(key).ok()?;
+        local.path_to_filesystem(&key).ok()
+    }
+}
+
+/// Opens the store of `url` (checked by [`check_store_url`]): an S3 client (as [`s3_store`],
+/// with `retries`), or a local directory whose canonical path `access` admits. A sink's
+/// directory (`create`) is made when missing, once the deepest part of it that exists lies
+/// under a root (so nothing is made outside the roots through a symbolic link); a source's
+/// must exist.
+///
+/// # Errors
+/// A bad URL; a directory outside `access`'s roots (canonically: a symbolic link out of them
+/// counts as outside); a directory that is missing (a source's) or cannot be made or read.
+pub(crate) fn open_store(
+    url: &str,
+    retries: usize,
+    access: &amx_connectors::FileAccess,
+    create: bool,
+) -> Result<OpenStore, String> {
+    match check_store_url(url, "an object-store URL is s3://BUCKET/PREFIX or file:///DIR")? {
+        StoreUrl::S3 => {
+            let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+            let (store, prefix, _) = s3_store(&parsed, retries)?;
+            let root = format!("s3://{}", parsed.host_str().unwrap_or_default());
+            Ok(OpenStore { store: Arc::new(store), prefix, root, local: None })
+        }
+        StoreUrl::Local(dir) => {
+            let roots = if create { "sink roots (files.sink_roots)" } else { "file roots (files.roots)" };
+            let outside = || format!("`{url}` is not under the server's {roots}");
+            if create && !dir.exists() {
+                let existing = dir.ancestors().find(|a| a.exists()).ok_or_else(outside)?;
+                if !access.admits(existing) {
+                    return Err(outside());
+                }
+                std::fs::create_dir_all(&dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+            }
+            let canonical = std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !access.admits(&canonical) {
+                return Err(outside());
+            }
+            if !canonical.is_dir() {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            let local = object_store::local::LocalFileSystem::new_with_prefix(&canonical)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let root = url::Url::from_directory_path(&canonical)
+                .map_or_else(|()| format!("file://{}", canonical.display()), |u| u.to_string())
+                .trim_end_matches('/')
+                .to_owned();
+            let local = Arc::new(local);
+            Ok(OpenStore {
+                store: local.clone(),
+                prefix: object_store::path::Path::default(),
+                root,
+                local: Some(local),
+            })
+        }
+    }
 }
 
 /// The S3-compatible store, the prefix and the location (`s3://bucket/prefix`) of an `s3://`

@@ -35,6 +35,7 @@
 //!
 //! [files]
 //! roots = []                   # directories whose files jobs submitted over HTTP may read
+//! sink_roots = []              # directories jobs' object-store sinks may write (file:///DIR)
 //!
 //! [[auth.users]]               # users; none (the default): no authentication, loopback only
 //! name = "dashboards"
@@ -135,6 +136,12 @@ pub struct FilesConfig {
     /// Default: none, so file sources are refused (403) and only push sources can be used.
     /// `aimatrix run` is not limited by it.
     pub roots: Vec<std::path::PathBuf>,
+    /// Directories under which (at any depth) the object-store sinks of jobs submitted to the
+    /// server may write local directories (`url = "file:///DIR"`); each must exist, and is
+    /// resolved at start-up. A sink's directory is made when missing. Default: none, so such
+    /// sinks are refused (403); sinks to `s3://` are not limited by it. Kept apart from
+    /// `roots` so that reading a directory never grants writing it.
+    pub sink_roots: Vec<std::path::PathBuf>,
 }
 
 /// `[http]`.

@@ -420,7 +420,7 @@ fn job_id(text: &str) -> ApiResult<JobId> {
 #[utoipa::path(post, path = "/v1/jobs", request_body(content = String, content_type = "application/toml", description = "a job file"),
     responses((status = 201, description = "installed", body = api::JobCreated),
               (status = 400, description = "the job does not parse or plan", body = api::ErrorBody),
-              (status = 403, description = "a file source outside the server's file roots (files.roots), or a foreign Host or Origin", body = api::ErrorBody),
+              (status = 403, description = "a file source (or an object-store source's local directory) outside the server's file roots (files.roots), an object-store sink's local directory outside its sink roots (files.sink_roots), or a foreign Host or Origin", body = api::ErrorBody),
               (status = 409, description = "a source or view name is in use", body = api::ErrorBody),
               (status = 413, description = "a body over http.max_body_bytes", body = api::ErrorBody),
               (status = 415, description = "a body that is not application/toml", body = api::ErrorBody),

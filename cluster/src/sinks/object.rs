@@ -100,10 +100,10 @@ impl ObjectStoreSinkConfig {
     /// Checks the URL and the bounds (nothing is contacted).
     ///
     /// # Errors
-    /// A URL that is not `s3://BUCKET/…`, or has a query or credentials; a setting out of its
-    /// range.
+    /// A URL that is not `s3://BUCKET/…` (without a query or credentials) or `file:///DIR`; a
+    /// setting out of its range.
     pub fn check(&self) -> Result<(), String> {
-        crate::storage::check_s3_url(&self.url, "an object-store sink writes to s3://BUCKET/PREFIX")?;
+        crate::storage::check_store_url(&self.url, "an object-store sink writes to s3://BUCKET/PREFIX or file:///DIR")?;
         if !(100..=3_600_000).contains(&self.flush_interval_ms) {
             return Err(format!("flush_interval_ms is {}: it must be 100 to 3600000", self.flush_interval_ms));
         }
@@ -173,6 +173,8 @@ pub(super) struct Sink {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// The store, when it is a local directory (see [`Sink::put_manifest`]).
+    local: Option<crate::storage::OpenStore>,
     config: ObjectStoreSinkConfig,
     /// The manifest as last read or written, and its version (`None`: there is none yet).
     manifest: Option<(Manifest, UpdateVersion)>,
@@ -181,24 +183,27 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    /// Connects, reads the manifest and its sets back, and removes the files no manifest names.
+    /// Connects (a local directory: makes it, when missing, if `access` admits it), reads the
+    /// manifest and its sets back, and removes the files no manifest names.
     ///
     /// # Errors
-    /// A store that cannot be reached; a manifest of another format version or that does not
-    /// parse; a set it names that is missing or is not the Parquet file described.
+    /// A store that cannot be reached; a local directory outside `access`'s roots; a manifest
+    /// of another format version or that does not parse; a set it names that is missing or is
+    /// not the Parquet file described.
     pub(super) fn open(
         runtime: &tokio::runtime::Runtime,
         job: crate::protocol::JobId,
         sink: &SinkConfig,
         config: &ObjectStoreSinkConfig,
+        access: &amx_connectors::FileAccess,
     ) -> Result<Sink, String> {
-        let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
-        let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
+        let opened = crate::storage::open_store(&config.url, 10, access, true)?;
         let mut open = Sink {
             writer: format!("job {job} sink `{}`", sink.name),
-            store: Arc::new(store),
-            prefix,
+            store: opened.store.clone(),
+            prefix: opened.prefix.clone(),
             url: config.url.trim_end_matches('/').to_owned(),
+            local: opened.local.is_some().then_some(opened),
             config: config.clone(),
             manifest: None,
             written: HashMap::new(),
@@ -451,17 +456,41 @@ impl Sink {
         let key = format!("data/{lower:020}-{upper:020}.parquet");
         let bytes = set_to_parquet(schema, set)?;
         let size = bytes.len() as u64;
-        self.store
-            .put(&self.path(&key), PutPayload::from(bytes))
-            .await
-            .map_err(|e| format!("writing {}/{key}: {e}", self.url))?;
+        let path = self.path(&key);
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| format!("writing {}/{key}: {e}", self.url))?;
+        if let Some(file) = self.local.as_ref().and_then(|l| l.local_path(path.as_ref())) {
+            // (object_store's local store renames a file into place without syncing it.)
+            sync_file_and_directory(&file).map_err(|e| format!("syncing {}: {e}", file.display()))?;
+        }
         Ok(ManifestFile { key, lower, upper, rows: set.len() as u64, bytes: size })
     }
 
-    /// Replaces the manifest, if it is still the one this sink read or wrote last.
+    /// Replaces the manifest, if it is still the one this sink read or wrote last: in a
+    /// bucket with a conditional `PUT`; in a local directory (whose store has no conditional
+    /// replace) by comparing the file's version (inode, modification time and size) with the
+    /// last one, then writing a new file beside it, syncing it, renaming it over the manifest
+    /// and syncing the directory. (Locally the comparison and the rename are two steps: two
+    /// servers writing one directory at the same moment are not told apart, which the
+    /// manifest's `writer`, checked when a sink starts, otherwise refuses.)
     async fn put_manifest(&mut self, manifest: Manifest) -> Result<(), String> {
         let at = format!("{}/manifest.json", self.url);
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        if let Some(local) = &self.local {
+            let path = self.path("manifest.json");
+            let file = local.local_path(path.as_ref()).ok_or_else(|| format!("{at}: not a file name"))?;
+            let now = match self.store.head(&path).await {
+                Ok(meta) => meta.e_tag,
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(format!("reading {at}: {e}")),
+            };
+            if now != self.manifest.as_ref().and_then(|(_, v)| v.e_tag.clone()) {
+                return Err(format!("{at} was changed by another writer: give each sink a prefix of its own"));
+            }
+            replace_file(&file, &body).map_err(|e| format!("writing {at}: {e}"))?;
+            let meta = self.store.head(&path).await.map_err(|e| format!("reading {at}: {e}"))?;
+            self.manifest = Some((manifest, UpdateVersion { e_tag: meta.e_tag, version: None }));
+            return Ok(());
+        }
         let mode = match &self.manifest {
             Some((_, version)) => PutMode::Update(version.clone()),
             None => PutMode::Create,
@@ -479,6 +508,29 @@ impl Sink {
             Err(e) => Err(format!("writing {at}: {e}")),
         }
     }
+}
+
+/// Syncs file `path` and the directory that holds it, so that the file, as named, survives a
+/// crash of the machine.
+fn sync_file_and_directory(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Replaces file `path` with `body` atomically: written to a new file beside it, synced,
+/// renamed over it, and the directory synced; a crash leaves the old file or the new one.
+fn replace_file(path: &std::path::Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().ok_or_else(|| std::io::Error::other("no directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let mut staged = tempfile::NamedTempFile::new_in(dir)?;
+    staged.write_all(body)?;
+    staged.as_file().sync_all()?;
+    staged.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Whether `name` is a set's file name: `{20 digits}-{20 digits}.parquet`.
@@ -655,6 +707,82 @@ mod tests {
         }
     }
 
+    /// In a local directory (no conditional `PUT`), the manifest is replaced only over the
+    /// version the sink last read or wrote; the directory is made only under the roots.
+    #[test]
+    fn a_local_manifest_is_replaced_only_over_its_last_version() {
+        use amx_connectors::FileAccess;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let config = ObjectStoreSinkConfig {
+            url: format!("file://{}/lake/out/", dir.path().display()),
+            flush_interval_ms: 1000,
+            compact_after_files: 64,
+            keep_replaced_ms: 0,
+        };
+        let sink = SinkConfig {
+            name: "s".into(),
+            view: "v".into(),
+            key: Vec::new(),
+            kafka: None,
+            object_store: Some(config.clone()),
+        };
+        let job = crate::protocol::JobId(1);
+        let manifest = |upper: Time| Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            writer: "job 1 sink `s`".into(),
+            view: "v".into(),
+            columns: Vec::new(),
+            upper,
+            files: Vec::new(),
+            replaced: Vec::new(),
+        };
+        let file = dir.path().join("lake/out/manifest.json");
+        let on_disk = || -> Manifest { serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("JSON") };
+
+        let mut open = Sink::open(&runtime, job, &sink, &config, &FileAccess::Any).expect("opened");
+        runtime.block_on(open.put_manifest(manifest(1))).expect("the first");
+        runtime.block_on(open.put_manifest(manifest(2))).expect("the second");
+        assert_eq!(on_disk(), manifest(2));
+        // Another writer replaces it (another size, so another version whatever the clock).
+        std::fs::write(&file, serde_json::to_vec(&manifest(3_000)).expect("JSON")).expect("write");
+        let err = runtime.block_on(open.put_manifest(manifest(4))).expect_err("refused");
+        assert!(err.contains("changed by another writer"), "{err}");
+        assert_eq!(on_disk(), manifest(3_000));
+        // Removed under it: refused too.
+        std::fs::remove_file(&file).expect("rm");
+        let err = runtime.block_on(open.put_manifest(manifest(4))).expect_err("refused");
+        assert!(err.contains("changed by another writer"), "{err}");
+        // Opened again, the sink starts from what is there.
+        let mut open = Sink::open(&runtime, job, &sink, &config, &FileAccess::Any).expect("opened");
+        runtime.block_on(open.put_manifest(manifest(5))).expect("over nothing");
+        std::fs::write(&file, serde_json::to_vec(&manifest(6_000)).expect("JSON")).expect("write");
+        let mut open = Sink::open(&runtime, job, &sink, &config, &FileAccess::Any).expect("opened");
+        runtime.block_on(open.put_manifest(manifest(7_000))).expect("over the one read");
+        assert_eq!(on_disk(), manifest(7_000));
+        // No file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("lake/out"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["manifest.json"]);
+
+        // Outside the roots: refused, and nothing is made.
+        std::fs::create_dir(dir.path().join("root")).expect("mkdir");
+        let access = FileAccess::under(&[dir.path().join("root")]).expect("roots");
+        let err = Sink::open(&runtime, job, &sink, &config, &access).err().expect("refused");
+        assert!(err.contains("not under the server's sink roots"), "{err}");
+        let inside = ObjectStoreSinkConfig { url: format!("file://{}/root/a/b/", dir.path().display()), ..config };
+        Sink::open(&runtime, job, &sink, &inside, &access).map(drop).expect("made under a root");
+        assert!(dir.path().join("root/a/b").is_dir());
+        // A link in the roots to a directory out of them leads nowhere.
+        std::os::unix::fs::symlink(dir.path().join("lake"), dir.path().join("root/link")).expect("symlink");
+        let linked = ObjectStoreSinkConfig { url: format!("file://{}/root/link/new/", dir.path().display()), ..inside };
+        let err = Sink::open(&runtime, job, &sink, &linked, &access).err().expect("refused");
+        assert!(err.contains("not under the server's sink roots"), "{err}");
+        assert!(!dir.path().join("lake/new").exists());
+    }
+
     #[test]
     fn settings_are_checked() {
         let config = |url: &str, flush: u64, files: usize| ObjectStoreSinkConfig {
@@ -664,7 +792,10 @@ mod tests {
             keep_replaced_ms: 600_000,
         };
         assert!(config("s3://lake/x/", 1000, 64).check().is_ok());
-        assert!(config("file:///tmp/x", 1000, 64).check().unwrap_err().contains("s3://BUCKET/PREFIX"));
+        assert!(config("file:///tmp/x", 1000, 64).check().is_ok());
+        assert!(config("gs://lake/x", 1000, 64).check().unwrap_err().contains("s3://BUCKET/PREFIX or file:///DIR"));
+        assert!(config("file://host/x", 1000, 64).check().unwrap_err().contains("an absolute path on this host"));
+        assert!(config("file:///tmp/x?a=b", 1000, 64).check().unwrap_err().contains("no query"));
         assert!(config("s3://lake/x", 10, 64).check().unwrap_err().contains("flush_interval_ms"));
         assert!(config("s3://lake/x", 1000, 1).check().unwrap_err().contains("compact_after_files"));
     }

@@ -73,12 +73,10 @@ impl ObjectStoreConfig {
     /// Checks the URL and the pattern (nothing is fetched).
     ///
     /// # Errors
-    /// A URL that is not `s3://BUCKET/…` or has a query or credentials; a bad glob.
+    /// A URL that is not `s3://BUCKET/…` (without a query or credentials) or `file:///DIR`; a
+    /// bad glob.
     pub fn check(&self) -> Result<(), String> {
-        crate::storage::check_s3_url(
-            &self.url,
-            "an object-store source reads s3://BUCKET/PREFIX (for local files, use a file source with follow = true)",
-        )?;
+        crate::storage::check_store_url(&self.url, "an object-store source reads s3://BUCKET/PREFIX or file:///DIR")?;
         if let Some(p) = &self.pattern {
             glob::Pattern::new(p).map_err(|e| format!("pattern `{p}`: {e}"))?;
         }
@@ -100,8 +98,13 @@ struct Reading {
 pub(crate) struct ObjectSource {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
-    /// `s3://BUCKET`: a record's location is `{root}/{key}:{line}`.
+    /// `s3://BUCKET` or `file:///DIR`: a record's location is `{root}/{key}:{line}`.
     root: String,
+    /// The store, when it is a local directory: objects are listed through it, but each is
+    /// checked against `access` and opened as a file source opens files.
+    local: Option<crate::storage::OpenStore>,
+    /// Which local files may be read (the server's `files.roots`).
+    access: amx_connectors::FileAccess,
     pattern: Option<glob::Pattern>,
     /// The source's own runtime for its requests (the server's may shut down under it).
     runtime: tokio::runtime::Runtime,
@@ -116,26 +119,34 @@ pub(crate) struct ObjectSource {
     file_format: FileFormat,
 }
 
-/// Opens object-store source `source` at `resume`.
+/// Opens object-store source `source` at `resume`; the files of a local directory are read
+/// only where `access` admits them.
 ///
 /// # Errors
-/// A source without `[sources.object_store]`, a bad URL or pattern, or a client that cannot be
-/// built.
-pub(crate) fn open(source: &SourceConfig, resume: SourceResume, max_record_bytes: u64) -> Result<ObjectSource, String> {
+/// A source without `[sources.object_store]`, a bad URL or pattern, a client that cannot be
+/// built, a local directory that is missing or outside `access`'s roots.
+pub(crate) fn open(
+    source: &SourceConfig,
+    resume: SourceResume,
+    max_record_bytes: u64,
+    access: &amx_connectors::FileAccess,
+) -> Result<ObjectSource, String> {
     let config = source.object_store.as_ref().ok_or("an object-store source needs a `[sources.object_store]` table")?;
     config.check()?;
-    let url = url::Url::parse(&config.url).map_err(|e| e.to_string())?;
-    let (store, prefix, _) = crate::storage::s3_store(&url, 10)?;
-    let root = format!("s3://{}", url.host_str().unwrap_or_default());
+    let opened = crate::storage::open_store(&config.url, 10, access, false)?;
+    let (store, prefix, root) = (opened.store.clone(), opened.prefix.clone(), opened.root.clone());
+    let local = opened.local.is_some().then_some(opened);
     let pattern = config.pattern.as_deref().map(glob::Pattern::new).transpose().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("the source's I/O runtime: {e}"))?;
     Ok(ObjectSource {
-        store: Arc::new(store),
+        store,
         prefix,
         root,
+        local,
+        access: access.clone(),
         pattern,
         runtime,
         done: resume.objects_done,
@@ -161,6 +172,8 @@ impl ObjectSource {
             .into_iter()
             .map(|meta| meta.location.to_string())
             .filter(|key| !self.done.contains(key) && !self.queue.contains(key))
+            // A local file reached through a symbolic link out of the roots is not read.
+            .filter(|key| self.local.as_ref().is_none_or(|l| l.local_path(key).is_some_and(|p| self.access.admits(&p))))
             .filter(|key| {
                 let below = key.strip_prefix(self.prefix.as_ref()).unwrap_or(key).trim_start_matches('/');
                 self.pattern.as_ref().is_none_or(|p| {
@@ -172,17 +185,33 @@ impl ObjectSource {
         Ok(())
     }
 
+    /// The bytes of object `key` (`None`: deleted since it was listed). A local directory's
+    /// file is opened through `access` (see [`amx_connectors::FileAccess::open`]).
+    fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("reading {}/{key}: {e}", self.root);
+        if let Some(local) = &self.local {
+            let path = local.local_path(key).ok_or_else(|| failed(&"not a file name"))?;
+            let mut data = Vec::new();
+            return match self.access.open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut data)) {
+                Ok(_) => Ok(Some(data.into())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(failed(&e)),
+            };
+        }
+        let store = self.store.clone();
+        let path = Path::from(key);
+        match self.runtime.block_on(async move { store.get(&path).await?.bytes().await }) {
+            Ok(data) => Ok(Some(data)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
     /// Fetches the next object to read (`None`: deleted since it was listed).
     fn fetch(&mut self, key: String) -> Result<Option<Reading>, String> {
-        let store = self.store.clone();
-        let path = Path::from(key.as_str());
-        let data = match self.runtime.block_on(async move { store.get(&path).await?.bytes().await }) {
-            Ok(data) => data,
-            Err(object_store::Error::NotFound { .. }) => {
-                tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
-                return Ok(None);
-            }
-            Err(e) => return Err(format!("reading {}/{key}: {e}", self.root)),
+        let Some(data) = self.get(&key)? else {
+            tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
+            return Ok(None);
         };
         let mut reading = Reading { key, data, at: 0, lines: 0, rows: None };
         let location = format!("{}/{}", self.root, reading.key);
@@ -338,7 +367,10 @@ fn parquet_records(location: &str, data: bytes::Bytes, max_record_bytes: u64) ->
 /// # Errors
 /// The source is not a Parquet object-store source (only Parquet carries a schema), no object
 /// is there yet, the first one is no Parquet file or cannot be read.
-pub(crate) fn take_parquet_schema(source: &mut SourceConfig) -> Result<(), String> {
+pub(crate) fn take_parquet_schema(
+    source: &mut SourceConfig,
+    access: &amx_connectors::FileAccess,
+) -> Result<(), String> {
     use amx_connectors::table::TableColumn;
     let Some(table) = source.relation.as_ref().filter(|t| t.columns.is_empty()) else { return Ok(()) };
     let name = table.name.clone();
@@ -349,7 +381,7 @@ pub(crate) fn take_parquet_schema(source: &mut SourceConfig) -> Result<(), Strin
              \"parquet\") takes its columns from its data"
         ));
     }
-    let mut reader = open(source, SourceResume::default(), u64::MAX)?;
+    let mut reader = open(source, SourceResume::default(), u64::MAX, access)?;
     reader.list()?;
     let Some(first) = reader.queue.first().cloned() else {
         return Err(format!(
@@ -358,12 +390,7 @@ pub(crate) fn take_parquet_schema(source: &mut SourceConfig) -> Result<(), Strin
             reader.root, reader.prefix
         ));
     };
-    let store = reader.store.clone();
-    let path = Path::from(first.as_str());
-    let data = reader
-        .runtime
-        .block_on(async move { store.get(&path).await?.bytes().await })
-        .map_err(|e| format!("reading {}/{first}: {e}", reader.root))?;
+    let data = reader.get(&first)?.ok_or_else(|| format!("{}/{first} was deleted while it was read", reader.root))?;
     let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
         .map_err(|e| format!("{}/{first} is not a Parquet file: {e}", reader.root))?
         .schema()
