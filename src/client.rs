@@ -169,6 +169,15 @@ impl Client {
         Ok(())
     }
 
+    /// `aimatrix health [--ready]`: `GET /healthz` (with `ready`, `/readyz`: the server has
+    /// started and every collection passed time 0). A container's health check.
+    ///
+    /// # Errors
+    /// The server cannot be reached, or answers other than 200.
+    pub fn health(&self, ready: bool) -> Result<()> {
+        self.call("GET", if ready { "/readyz" } else { "/healthz" }, None, None).map(drop)
+    }
+
     /// `aimatrix job show ID`: the job as the server reports it (JSON, indented).
     pub fn show(&self, id: &str, out: &mut dyn Write) -> Result<()> {
         let answer = self.json("GET", &format!("/v1/jobs/{id}"), None)?;

@@ -86,6 +86,15 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Check that a server answers (GET /healthz; with --ready, /readyz): exit 0 when it
+    /// answers 200, else 1 with the reason (a container's health check).
+    Health {
+        /// Ask whether it is ready (started, its collections past time 0), not only alive.
+        #[arg(long)]
+        ready: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Make credentials for `[[auth.users]]`: a hashed password, or a new token and its hash.
     Auth {
         #[command(subcommand)]
@@ -315,6 +324,12 @@ fn serve(args: ServeArgs) -> Result<()> {
     if args.data_url.is_some() {
         config.storage.data_dir = None;
     }
+    config
+        .cluster
+        .resolve(|| {
+            std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        })
+        .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let access = amx_connectors::FileAccess::under(&config.files.roots).context("configuration: files.roots")?;
     let sink_access =
         amx_connectors::FileAccess::under(&config.files.sink_roots).context("configuration: files.sink_roots")?;
@@ -354,6 +369,22 @@ fn serve(args: ServeArgs) -> Result<()> {
             "serve: process {} of {} is up; process 0 serves the API",
             config.cluster.process_index, config.cluster.processes
         );
+        // A StatefulSet's pod (its index from its name) answers probes on http.listen, so that
+        // one pod template probes every pod; processes sharing a machine do not (they would
+        // take process 0's address).
+        if config.cluster.process_index_from_hostname {
+            let listen = config.http.listen.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(&listen))
+                .with_context(|| format!("listening on {listen} (probes)"))?;
+            eprintln!("serve: probes on http://{}/healthz and /readyz", listener.local_addr()?);
+            std::thread::Builder::new().name("amx-probes".into()).spawn(move || {
+                if let Err(e) = runtime.block_on(amx_server::serve_probes(listener)) {
+                    tracing::error!(error = %e, "the probes' listener failed");
+                }
+            })?;
+        }
         return controller.join();
     }
     let runtime = server_runtime()?;
@@ -688,6 +719,11 @@ fn real_main() -> Result<()> {
             server.ca_cert.as_deref(),
         )?
         .sql(&sql, output.format(), &mut stdout)?,
+        Command::Health { ready, server } => {
+            aimatrix::client::Client::new(&server.server, server.token.as_deref(), server.ca_cert.as_deref())?
+                .health(ready)?;
+            println!("ok");
+        }
         Command::Auth { action: AuthAction::Password } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;

@@ -2844,6 +2844,123 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Two processes started as deploy/k8s/aimatrix.yaml's StatefulSet starts its pods: its
+/// ConfigMap's settings (read from the manifest), only the host name differing (`aimatrix-0`,
+/// `aimatrix-1`); each takes its index from it and its peers from `cluster.hosts_pattern`. On
+/// one machine the pods' DNS names become loopback addresses (pods have distinct IPs, all on
+/// one port) and the listen addresses ephemeral ones. They answer as one process does, and
+/// process 1 answers its probes.
+#[test]
+fn statefulset_pods_derive_their_index_and_peers() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/aimatrix.yaml"))
+        .expect("the manifest");
+    // The ConfigMap's `data`: `  KEY: "VALUE"` lines up to the next document.
+    let config_map = &manifest[manifest.find("kind: ConfigMap").expect("a ConfigMap")..];
+    let config_map = &config_map[..config_map.find("\n---").expect("one document")];
+    let mut settings: BTreeMap<String, String> = config_map
+        .lines()
+        .filter_map(|line| line.strip_prefix("  ")?.split_once(": "))
+        .filter(|(key, _)| key.starts_with("AIMATRIX__"))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
+        .collect();
+    assert_eq!(settings["AIMATRIX__CLUSTER__PROCESSES"], "2");
+    assert_eq!(settings["AIMATRIX__CLUSTER__PROCESS_INDEX_FROM_HOSTNAME"], "true");
+    let port = free_port();
+    let pattern = settings.get_mut("AIMATRIX__CLUSTER__HOSTS_PATTERN").expect("a hosts pattern");
+    assert_eq!(pattern, "aimatrix-{i}.aimatrix-peers:2101");
+    *pattern = format!("127.1.{{i}}.1:{port}");
+    let pattern = pattern.clone();
+    for (key, on_one_machine) in [
+        ("AIMATRIX__CLUSTER__LISTEN", ""),
+        ("AIMATRIX__HTTP__LISTEN", "127.0.0.1:0"),
+        ("AIMATRIX__PGWIRE__LISTEN", ""),
+        ("AIMATRIX__STORAGE__URL", ""),
+    ] {
+        *settings.get_mut(key).unwrap_or_else(|| panic!("{key} in the ConfigMap")) = on_one_machine.to_owned();
+    }
+    let pod = |ordinal: usize| -> Server {
+        let hostname = format!("aimatrix-{ordinal}");
+        let mut env: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("HOSTNAME", &hostname));
+        let mut server = start_with_env(&[], false, &env);
+        if ordinal == 0 {
+            // (start_with_env reads the address from the line that names it.)
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while server.base.is_empty() {
+                let line = server.stderr.lock().expect("stderr").recv_timeout(Duration::from_millis(200));
+                if let Ok(line) = line
+                    && let Some(at) = line.find("HTTP API on http://")
+                {
+                    let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("");
+                    server.base = format!("http://{address}");
+                }
+                assert!(Instant::now() < deadline, "process 0 did not say where it listens");
+            }
+        }
+        server
+    };
+    let p1 = pod(1);
+    let p0 = pod(0);
+    let single = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let job = push_job(
+        "pods",
+        "pods-in",
+        "by_collection",
+        "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events GROUP BY collection",
+    );
+    let lines: Vec<String> = (0..2_000).map(pipeline_event).collect();
+    let sql = "SELECT * FROM by_collection ORDER BY collection";
+    let mut answers = Vec::new();
+    for server in [&p0, &single] {
+        let id = server.submit(&job);
+        for chunk in lines.chunks(500) {
+            server.push(id, "pods-in", chunk);
+        }
+        answers.push(server.sql_until(sql, &by_collection_of(lines.len())));
+    }
+    assert_eq!(answers[0], by_collection_of(lines.len()));
+    assert_eq!(answers[0], answers[1]);
+
+    // Process 1 answers its probes, and nothing else.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let probes = loop {
+        let line = p1.stderr.lock().expect("stderr").recv_timeout(Duration::from_millis(200));
+        if let Ok(line) = line
+            && let Some(at) = line.find("probes on http://")
+        {
+            break line[at + "probes on ".len()..].split('/').take(3).collect::<Vec<_>>().join("/");
+        }
+        assert!(Instant::now() < deadline, "process 1 did not say where it answers probes");
+    };
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/v1/jobs", 404)] {
+        let response = agent.get(&format!("{probes}{path}")).call().expect("answered");
+        assert_eq!(response.status().as_u16(), want, "{path}");
+    }
+    // `aimatrix health`, the image's HEALTHCHECK: exit 0 on a 200, 1 otherwise.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    for (server, ready, healthy) in [(&probes, false, true), (&probes, true, true), (&closed, false, false)] {
+        let mut health = Command::new(env!("CARGO_BIN_EXE_aimatrix"));
+        health.args(["health", "--server", server]);
+        if ready {
+            health.arg("--ready");
+        }
+        let out = health.output().expect("runs");
+        assert_eq!(out.status.success(), healthy, "{server} {ready}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(if healthy { 0 } else { 1 }));
+    }
+    // A pod whose name has no index is refused at start, naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+        .arg("serve")
+        .envs(settings.iter())
+        .env("AIMATRIX__CLUSTER__HOSTS_PATTERN", &pattern)
+        .env("HOSTNAME", "aimatrix")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("\"aimatrix\" does not end in -N"), "{stderr}");
+}
+
 /// Local directories as object stores (`file:///DIR`): a source reads every file under its
 /// directory once, also across `kill -9`, and only under the server's file roots (a symbolic
 /// link out of them is not followed); a sink writes its Parquet sets and manifest into a

@@ -17,6 +17,9 @@
 //! processes = 1                # processes in the timely cluster
 //! process_index = 0            # this process (0 runs the controller and the HTTP API)
 //! hosts = []                   # host:port of every process, in process order (processes > 1)
+//! hosts_pattern = ""           # or host:port with {i} for the index: "aimatrix-{i}.aimatrix-peers:2101"
+//! process_index_from_hostname = false  # process_index from the host name's last -N (StatefulSet pod aimatrix-2: 2)
+//! listen = ""                  # address this process's cluster port binds ("": its own hosts entry), e.g. "0.0.0.0:2101"
 //! batch_records = 50000        # records per epoch across the cluster
 //! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
 //! timestamp_interval_ms = 10   # 1–100: at most this long from a file source's read to its timestamp closing
@@ -206,8 +209,22 @@ pub struct ClusterSection {
     pub processes: usize,
     /// This process's index in `0..processes` (default 0).
     pub process_index: usize,
-    /// `host:port` of every process, in process order; needed when `processes > 1`.
+    /// `host:port` of every process, in process order; needed when `processes > 1` (or
+    /// `hosts_pattern`).
     pub hosts: Vec<String>,
+    /// The processes' `host:port` as one pattern, `{i}` standing for the process index: when
+    /// set, `hosts` is the pattern for `i` in `0..processes` (the pods of a StatefulSet behind
+    /// a headless Service: `aimatrix-{i}.aimatrix-peers.NAMESPACE.svc.cluster.local:2101`).
+    /// Default "": `hosts` as given.
+    pub hosts_pattern: String,
+    /// Takes `process_index` from this machine's host name, the number after its last `-`, as
+    /// a StatefulSet names its pods (`aimatrix-2` is process 2). The name is the `HOSTNAME`
+    /// variable when set (a container's is its pod's name), else the kernel's. Default false.
+    pub process_index_from_hostname: bool,
+    /// The address this process's cluster port binds to (as timely takes it: `host:port`, or
+    /// several separated by spaces). Default "": its own entry of `hosts`. A pod binds
+    /// `0.0.0.0:PORT`, so that it listens before its DNS name resolves.
+    pub listen: String,
     /// Records per epoch across the cluster (default 50,000).
     pub batch_records: usize,
     /// Bytes of each file read per poll (default 1 MiB).
@@ -258,6 +275,9 @@ impl Default for ClusterSection {
             processes: 1,
             process_index: 0,
             hosts: Vec::new(),
+            hosts_pattern: String::new(),
+            process_index_from_hostname: false,
+            listen: String::new(),
             batch_records: worker.batch_records,
             poll_bytes: worker.poll_bytes,
             max_record_bytes: worker.max_record_bytes,
@@ -275,6 +295,61 @@ impl Default for SqlConfig {
             query_memory_bytes: 0,
             memory_bytes: 0,
         }
+    }
+}
+
+impl ClusterSection {
+    /// Applies `hosts_pattern`, `process_index_from_hostname` (with the host name `hostname`
+    /// gives) and `listen`: afterwards `hosts` lists every process's address (this process's
+    /// own entry being what it binds to) and `process_index` is this process's.
+    ///
+    /// # Errors
+    /// A pattern without `{i}` or beside a `hosts` list; a host name without a number after
+    /// its last `-`, or none; an index not below `processes`.
+    pub fn resolve(&mut self, hostname: impl FnOnce() -> Option<String>) -> Result<(), String> {
+        if !self.hosts_pattern.is_empty() {
+            if !self.hosts_pattern.contains("{i}") {
+                return Err(format!(
+                    "cluster.hosts_pattern = {:?} has no {{i}} where the process index goes",
+                    self.hosts_pattern
+                ));
+            }
+            if !self.hosts.is_empty() {
+                return Err("cluster.hosts and cluster.hosts_pattern are both set: give one".into());
+            }
+            self.hosts = (0..self.processes).map(|i| self.hosts_pattern.replace("{i}", &i.to_string())).collect();
+        }
+        if self.process_index_from_hostname {
+            let name = hostname().filter(|n| !n.trim().is_empty()).ok_or(
+                "cluster.process_index_from_hostname: this machine has no host name (set HOSTNAME)".to_owned(),
+            )?;
+            let name = name.trim();
+            self.process_index = name.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).ok_or_else(|| {
+                format!(
+                    "cluster.process_index_from_hostname: host name {name:?} does not end in -N (a StatefulSet's \
+                         pods are NAME-0, NAME-1, …)"
+                )
+            })?;
+        }
+        if self.process_index >= self.processes {
+            return Err(format!(
+                "process index {} is not below cluster.processes = {}",
+                self.process_index, self.processes
+            ));
+        }
+        if !self.listen.trim().is_empty() {
+            if self.processes > 1 && self.hosts.len() != self.processes {
+                return Err(format!(
+                    "cluster.listen needs the address of every process: {} hosts for {} processes",
+                    self.hosts.len(),
+                    self.processes
+                ));
+            }
+            if let Some(own) = self.hosts.get_mut(self.process_index) {
+                own.clone_from(&self.listen);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -432,6 +507,50 @@ mod tests {
         let flags = serde_json::json!({ "storage": { "data_dir": "/var/lib/aimatrix" } });
         let config = ServeConfig::load(None, flags).expect("loads");
         assert_eq!(config.storage.data_dir, Some(std::path::PathBuf::from("/var/lib/aimatrix")));
+    }
+
+    /// A StatefulSet's pod finds its index in its name and its peers in the pattern; its own
+    /// entry is what it binds to.
+    #[test]
+    fn a_pod_derives_its_index_and_peers() {
+        let section = |pattern: &str, from_hostname: bool, listen: &str| ClusterSection {
+            processes: 3,
+            hosts_pattern: pattern.into(),
+            process_index_from_hostname: from_hostname,
+            listen: listen.into(),
+            ..Default::default()
+        };
+        let mut pod = section("aimatrix-{i}.aimatrix-peers.ns.svc.cluster.local:2101", true, "0.0.0.0:2101");
+        pod.resolve(|| Some("aimatrix-2\n".into())).expect("resolves");
+        assert_eq!(pod.process_index, 2);
+        assert_eq!(
+            pod.hosts,
+            [
+                "aimatrix-0.aimatrix-peers.ns.svc.cluster.local:2101",
+                "aimatrix-1.aimatrix-peers.ns.svc.cluster.local:2101",
+                "0.0.0.0:2101"
+            ]
+        );
+        // A name with dashes of its own: the last part counts.
+        let mut pod = section("h-{i}:1", true, "");
+        pod.resolve(|| Some("my-ai-matrix-0".into())).expect("resolves");
+        assert_eq!((pod.process_index, pod.hosts[0].as_str()), (0, "h-0:1"));
+        for (mut bad, hostname, says) in [
+            (section("aimatrix-{i}:2101", true, ""), Some("aimatrix-3"), "not below cluster.processes = 3"),
+            (section("aimatrix-{i}:2101", true, ""), Some("aimatrix"), "does not end in -N"),
+            (section("aimatrix-{i}:2101", true, ""), Some("aimatrix-x"), "does not end in -N"),
+            (section("aimatrix-{i}:2101", true, ""), None, "no host name"),
+            (section("aimatrix:2101", false, ""), None, "no {i}"),
+            (ClusterSection { hosts: vec!["a:1".into()], ..section("a-{i}:1", false, "") }, None, "both set"),
+            (section("", false, "0.0.0.0:1"), None, "0 hosts for 3 processes"),
+        ] {
+            let err = bad.resolve(|| hostname.map(String::from)).expect_err("refused");
+            assert!(err.contains(says), "{err}");
+        }
+        // Without a pattern or a name, as given.
+        let mut plain = ClusterSection { hosts: vec!["a:1".into(), "b:2".into()], processes: 2, ..Default::default() };
+        plain.resolve(|| unreachable!("the host name is not read")).expect("resolves");
+        assert_eq!((plain.process_index, plain.hosts.len()), (0, 2));
     }
 
     /// A mistake in `[auth]` is refused without the value: it may be a clear-text secret.

@@ -377,6 +377,18 @@ pub async fn serve(
     server.serve(router(state).into_make_service()).await
 }
 
+/// Answers the probes of a cluster process other than process 0 (which serves the whole API)
+/// on `listener` until the process ends: `GET /healthz` and `GET /readyz`, both `200 ok`
+/// once the process has joined the cluster (it has, when this is called). So one pod
+/// template probes every pod of a StatefulSet. Nothing else is served: 404.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_probes(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(healthz));
+    axum::serve(listener, router).await
+}
+
 /// Liveness: the server answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive", body = String, content_type = "text/plain"),
     (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody)))]
