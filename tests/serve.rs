@@ -2961,6 +2961,48 @@ fn statefulset_pods_derive_their_index_and_peers() {
     assert!(!out.status.success() && stderr.contains("\"aimatrix\" does not end in -N"), "{stderr}");
 }
 
+/// deploy/grafana/aimatrix.json reads only metrics the server exports: every metric name in
+/// its panels' queries is a series of `GET /metrics` once a job has pushed records and a query
+/// has run (a misspelt name would draw an empty panel).
+#[test]
+fn the_grafana_dashboard_reads_metrics_the_server_exports() {
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/aimatrix.json"))
+        .expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| target["expr"].as_str().expect("a query").to_owned())
+        .collect();
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let server = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let job = push_job(
+        "metered",
+        "metered-in",
+        "metered_v",
+        "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection",
+    );
+    let id = server.submit(&job);
+    server.push(id, "metered-in", &[pipeline_event(0), "not json".into()]);
+    server.sql_until("SELECT n FROM metered_v", &[json!({ "n": 1 })]);
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text").to_owned();
+    let series: std::collections::BTreeSet<&str> =
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let mut names = 0;
+    for expr in &exprs {
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for name in words.filter(|w| w.starts_with("aimatrix_") || w.starts_with("process_")) {
+            assert!(series.contains(name), "`{name}` (in `{expr}`) is not exported:\n{text}");
+            names += 1;
+        }
+    }
+    assert!(names >= 15);
+}
+
 /// Local directories as object stores (`file:///DIR`): a source reads every file under its
 /// directory once, also across `kill -9`, and only under the server's file roots (a symbolic
 /// link out of them is not followed); a sink writes its Parquet sets and manifest into a

@@ -104,6 +104,18 @@ impl Metrics {
         ] {
             registry.register(collector).expect("registered once");
         }
+        // Every labelled series exists from the start, at 0, so that a dashboard's rate() and
+        // sum() see the first event and an absent series means a missing metric (Prometheus'
+        // instrumentation practices, "Avoid missing metrics").
+        for interface in [Interface::Http, Interface::Pgwire] {
+            subscriptions.with_label_values(&[interface.label()]);
+            for outcome in ["ok", "error"] {
+                queries.with_label_values(&[interface.label(), outcome]);
+            }
+            for reason in ["unauthenticated", "forbidden"] {
+                auth_refused.with_label_values(&[interface.label(), reason]);
+            }
+        }
         #[cfg(target_os = "linux")]
         {
             let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
