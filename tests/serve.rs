@@ -3050,6 +3050,16 @@ fn local_directories_are_object_stores_under_the_roots() {
     // A link out of the roots: its file is not read (the pattern matches its name).
     std::fs::write(outside.join("secret.jsonl"), object(10_000, 7)).expect("write");
     std::os::unix::fs::symlink(outside.join("secret.jsonl"), landing.join("link.jsonl")).expect("symlink");
+    // Neither a link to a directory out of the roots nor a loop is walked; hidden and marker
+    // files are skipped (as a writer's staging files); a name that is not UTF-8 is one error.
+    std::fs::create_dir(outside.join("deep")).expect("mkdir");
+    std::fs::write(outside.join("deep/more.jsonl"), object(20_000, 3)).expect("write");
+    std::os::unix::fs::symlink(&outside, landing.join("out")).expect("symlink");
+    std::os::unix::fs::symlink(&landing, landing.join("loop")).expect("symlink");
+    std::fs::write(landing.join(".staged.jsonl"), object(30_000, 5)).expect("write");
+    std::fs::write(landing.join("_SUCCESS.jsonl"), object(40_000, 5)).expect("write");
+    let bad_name = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"bad\xff.jsonl");
+    std::fs::write(landing.join(bad_name), object(50_000, 5)).expect("write");
     let server = start(&args, true);
     for (bad, status, says) in [
         (job.replace(&url(&landing), &url(&outside)), 403, "not under the server's file roots"),
@@ -3063,8 +3073,12 @@ fn local_directories_are_object_stores_under_the_roots() {
     }
     let id = server.submit(&job);
     assert_eq!(server.sql_until(sql, &want(lines)), want(lines));
-    let errors = server.sql("SELECT location FROM ingest_errors");
-    assert_eq!(errors, vec![json!({ "location": format!("file://{}/a.jsonl:2", landing.display()) })]);
+    let errors = server.sql("SELECT location, error FROM ingest_errors ORDER BY location");
+    let locations: Vec<&str> = errors.iter().map(|e| e["location"].as_str().expect("text")).collect();
+    let expected =
+        [format!("file://{}/a.jsonl:2", landing.display()), format!("file://{}/bad\u{fffd}.jsonl", landing.display())];
+    assert_eq!(locations, expected, "{errors:?}");
+    assert!(errors[1]["error"].as_str().is_some_and(|e| e.contains("not UTF-8")), "{errors:?}");
     let wait_sink = |lines: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -3094,7 +3108,29 @@ fn local_directories_are_object_stores_under_the_roots() {
         server = Some(restarted);
     }
     let server = server.expect("running");
-    assert_eq!(server.sql("SELECT location FROM ingest_errors").len(), 1);
+    assert_eq!(server.sql("SELECT location FROM ingest_errors").len(), 2);
+
+    // A sink whose data/ is a link out of the sink roots writes nothing there and says why.
+    let elsewhere = outside.join("sets");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    std::fs::create_dir(lake.join("linked")).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere, lake.join("linked/data")).expect("symlink");
+    let sink_only = format!(
+        "name = \"linked\"\n[[sinks]]\nname = \"linked\"\nview = \"by_collection\"\n[sinks.object_store]\n\
+         url = \"{}\"\nflush_interval_ms = 100\n",
+        url(&lake.join("linked"))
+    );
+    let linked = server.submit(&sink_only);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let errors = loop {
+        let (_, status) = server.call("GET", &format!("/v1/jobs/{linked}"), None);
+        if status["errors"].as_array().is_some_and(|e| !e.is_empty()) || Instant::now() > deadline {
+            break status["errors"].to_string();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(errors.contains("is a symbolic link"), "{errors}");
+    assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0, "nothing written out of the roots");
     let (status, body) = server.call("GET", &format!("/v1/jobs/{id}"), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["errors"], json!([]), "{body}");

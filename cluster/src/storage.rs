@@ -202,6 +202,8 @@ pub(crate) struct OpenStore {
     pub root: String,
     /// The local directory's store (`None`: a bucket), for the file-system paths of its keys.
     pub local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// The local directory, canonical (`None`: a bucket).
+    pub dir: Option<PathBuf>,
 }
 
 impl OpenStore {
@@ -234,7 +236,7 @@ pub(crate) fn open_store(
             let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
             let (store, prefix, _) = s3_store(&parsed, retries)?;
             let root = format!("s3://{}", parsed.host_str().unwrap_or_default());
-            Ok(OpenStore { store: Arc::new(store), prefix, root, local: None })
+            Ok(OpenStore { store: Arc::new(store), prefix, root, local: None, dir: None })
         }
         StoreUrl::Local(dir) => {
             let roots = if create { "sink roots (files.sink_roots)" } else { "file roots (files.roots)" };
@@ -265,6 +267,7 @@ pub(crate) fn open_store(
                 prefix: object_store::path::Path::default(),
                 root,
                 local: Some(local),
+                dir: Some(canonical),
             })
         }
     }

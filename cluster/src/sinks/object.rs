@@ -175,6 +175,8 @@ pub(super) struct Sink {
     url: String,
     /// The store, when it is a local directory (see [`Sink::put_manifest`]).
     local: Option<crate::storage::OpenStore>,
+    /// Where a local directory may be (the server's `files.sink_roots`; see [`Sink::check_local`]).
+    access: amx_connectors::FileAccess,
     config: ObjectStoreSinkConfig,
     /// The manifest as last read or written, and its version (`None`: there is none yet).
     manifest: Option<(Manifest, UpdateVersion)>,
@@ -204,12 +206,45 @@ impl Sink {
             prefix: opened.prefix.clone(),
             url: config.url.trim_end_matches('/').to_owned(),
             local: opened.local.is_some().then_some(opened),
+            access: access.clone(),
             config: config.clone(),
             manifest: None,
             written: HashMap::new(),
         };
         runtime.block_on(open.read_back(&sink.view))?;
         Ok(open)
+    }
+
+    /// Before a local directory's files are read, written or deleted: the directory the URL
+    /// names still resolves to the one opened, under the sink roots, and neither `data/` nor
+    /// `manifest.json` in it is a symbolic link (which would lead writes and deletes elsewhere).
+    ///
+    /// # Errors
+    /// Which of those no longer holds, naming the path.
+    fn check_local(&self) -> Result<(), String> {
+        let Some(dir) = self.local.as_ref().and_then(|l| l.dir.as_ref()) else { return Ok(()) };
+        let named = match crate::storage::check_store_url(&self.url, "")? {
+            crate::storage::StoreUrl::Local(named) => named,
+            crate::storage::StoreUrl::S3 => return Ok(()),
+        };
+        let now = std::fs::canonicalize(&named).map_err(|e| format!("{}: {e}", named.display()))?;
+        if now != *dir || !self.access.admits(&now) {
+            return Err(format!(
+                "{} no longer is the directory the sink opened under its sink roots ({}): it was moved or replaced",
+                named.display(),
+                dir.display()
+            ));
+        }
+        for part in ["data", "manifest.json"] {
+            let path = dir.join(part);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(format!(
+                    "{} is a symbolic link: a sink writes only its own files and directories, under its sink roots",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn path(&self, key: &str) -> Path {
@@ -219,6 +254,7 @@ impl Sink {
     /// Reads the manifest and folds its sets into [`Sink::written`]; deletes the files under
     /// `data/` it does not name (left by a write a crash interrupted).
     async fn read_back(&mut self, view: &str) -> Result<(), String> {
+        self.check_local()?;
         let manifest_path = self.path("manifest.json");
         let at = format!("{}/manifest.json", self.url);
         self.manifest = match self.store.get(&manifest_path).await {
@@ -420,6 +456,7 @@ impl Sink {
     /// Deletes the replaced sets older than `keep_replaced_ms`, after a manifest that no longer
     /// lists them.
     async fn delete_replaced(&mut self) -> Result<(), String> {
+        self.check_local()?;
         let Some((manifest, _)) = &self.manifest else { return Ok(()) };
         let now = now_ms();
         if manifest.replaced.iter().all(|r| now.saturating_sub(r.replaced_at) < self.config.keep_replaced_ms) {
@@ -453,6 +490,7 @@ impl Sink {
         lower: Time,
         upper: Time,
     ) -> Result<ManifestFile, String> {
+        self.check_local()?;
         let key = format!("data/{lower:020}-{upper:020}.parquet");
         let bytes = set_to_parquet(schema, set)?;
         let size = bytes.len() as u64;
@@ -476,6 +514,7 @@ impl Sink {
         let at = format!("{}/manifest.json", self.url);
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
         if let Some(local) = &self.local {
+            self.check_local()?;
             let path = self.path("manifest.json");
             let file = local.local_path(path.as_ref()).ok_or_else(|| format!("{at}: not a file name"))?;
             let now = match self.store.head(&path).await {

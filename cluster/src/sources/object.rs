@@ -100,9 +100,12 @@ pub(crate) struct ObjectSource {
     prefix: Path,
     /// `s3://BUCKET` or `file:///DIR`: a record's location is `{root}/{key}:{line}`.
     root: String,
-    /// The store, when it is a local directory: objects are listed through it, but each is
-    /// checked against `access` and opened as a file source opens files.
-    local: Option<crate::storage::OpenStore>,
+    /// The directory (canonical), when the store is a local one: its files are listed by a
+    /// walk of their own ([`ObjectSource::list_local`]) and opened as a file source opens files.
+    local: Option<std::path::PathBuf>,
+    /// Files of a local directory whose names are no key (not UTF-8): their key as read
+    /// (invalid bytes replaced) and why; each is read as one ingest error.
+    bad_names: std::collections::BTreeMap<String, String>,
     /// Which local files may be read (the server's `files.roots`).
     access: amx_connectors::FileAccess,
     pattern: Option<glob::Pattern>,
@@ -135,7 +138,7 @@ pub(crate) fn open(
     config.check()?;
     let opened = crate::storage::open_store(&config.url, 10, access, false)?;
     let (store, prefix, root) = (opened.store.clone(), opened.prefix.clone(), opened.root.clone());
-    let local = opened.local.is_some().then_some(opened);
+    let local = opened.dir;
     let pattern = config.pattern.as_deref().map(glob::Pattern::new).transpose().map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,6 +149,7 @@ pub(crate) fn open(
         prefix,
         root,
         local,
+        bad_names: Default::default(),
         access: access.clone(),
         pattern,
         runtime,
@@ -160,8 +164,72 @@ pub(crate) fn open(
 }
 
 impl ObjectSource {
+    /// The files below local directory `dir`, as keys (their paths below it, `/`-separated),
+    /// as [`ObjectSource::list`] wants them. Directories are descended, but a symbolic link
+    /// to one is not followed (no loop, no tree out of the roots is walked); a link to a file is
+    /// listed (the caller reads it only where its canonical path lies under the roots, as a file
+    /// source does); skipped are names starting with `.` or `_` (hidden files, a writer's staging files,
+    /// `_SUCCESS` markers: as Spark's and Flink's file sources skip them), and what is not a
+    /// file (a FIFO, a socket). A subdirectory that cannot be read is skipped with a warning; a
+    /// name that is not UTF-8 is kept in [`ObjectSource::bad_names`] and read as one error.
+    fn list_local(&mut self, dir: &std::path::Path) -> Vec<String> {
+        let hidden = |name: &std::ffi::OsStr| name.as_encoded_bytes().first().is_some_and(|b| matches!(b, b'.' | b'_'));
+        let walk = walkdir::WalkDir::new(dir).min_depth(1).follow_links(false).sort_by_file_name();
+        let mut keys = Vec::new();
+        for entry in walk.into_iter().filter_entry(|e| !hidden(e.file_name())) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::warn!(directory = %dir.display(), error = %e, "a part of the directory cannot be listed; skipped");
+                    continue;
+                }
+            };
+            let kind = entry.file_type();
+            let is_file = kind.is_file() || (kind.is_symlink() && entry.path().metadata().is_ok_and(|m| m.is_file()));
+            if !is_file {
+                continue;
+            }
+            let Ok(below) = entry.path().strip_prefix(dir) else { continue };
+            let parts: Vec<&std::ffi::OsStr> = below.iter().collect();
+            let key = match parts.iter().map(|p| p.to_str()).collect::<Option<Vec<&str>>>() {
+                Some(parts) => parts.join("/"),
+                None if !self.access.admits(entry.path()) => continue,
+                None => {
+                    let key = parts.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join("/");
+                    if !self.done.contains(&key) {
+                        let why = "the file's name is not UTF-8: rename it to read it".to_owned();
+                        self.bad_names.insert(key.clone(), why);
+                    }
+                    key
+                }
+            };
+            keys.push(key);
+        }
+        keys
+    }
+
     /// The objects under the prefix not read yet (and matching the pattern), in key order.
     fn list(&mut self) -> Result<(), String> {
+        if let Some(dir) = self.local.clone() {
+            let keys: Vec<String> = self
+                .list_local(&dir)
+                .into_iter()
+                .filter(|key| !self.done.contains(key) && !self.queue.contains(key))
+                .filter(|key| {
+                    self.pattern.as_ref().is_none_or(|p| {
+                        p.matches_with(
+                            key,
+                            glob::MatchOptions { require_literal_separator: true, ..Default::default() },
+                        )
+                    })
+                })
+                // (Checked once the key is new: a link out of the roots is checked again at
+                // each listing, files already read are not.)
+                .filter(|key| self.bad_names.contains_key(key) || self.access.admits(&dir.join(key)))
+                .collect();
+            self.queue.extend(keys);
+            return Ok(());
+        }
         let store = self.store.clone();
         let prefix = self.prefix.clone();
         let listed: Vec<object_store::ObjectMeta> = self
@@ -172,8 +240,6 @@ impl ObjectSource {
             .into_iter()
             .map(|meta| meta.location.to_string())
             .filter(|key| !self.done.contains(key) && !self.queue.contains(key))
-            // A local file reached through a symbolic link out of the roots is not read.
-            .filter(|key| self.local.as_ref().is_none_or(|l| l.local_path(key).is_some_and(|p| self.access.admits(&p))))
             .filter(|key| {
                 let below = key.strip_prefix(self.prefix.as_ref()).unwrap_or(key).trim_start_matches('/');
                 self.pattern.as_ref().is_none_or(|p| {
@@ -189,8 +255,8 @@ impl ObjectSource {
     /// file is opened through `access` (see [`amx_connectors::FileAccess::open`]).
     fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, String> {
         let failed = |e: &dyn std::fmt::Display| format!("reading {}/{key}: {e}", self.root);
-        if let Some(local) = &self.local {
-            let path = local.local_path(key).ok_or_else(|| failed(&"not a file name"))?;
+        if let Some(dir) = &self.local {
+            let path = dir.join(key);
             let mut data = Vec::new();
             return match self.access.open(&path).and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut data)) {
                 Ok(_) => Ok(Some(data.into())),
@@ -209,6 +275,11 @@ impl ObjectSource {
 
     /// Fetches the next object to read (`None`: deleted since it was listed).
     fn fetch(&mut self, key: String) -> Result<Option<Reading>, String> {
+        if let Some(why) = self.bad_names.remove(&key) {
+            let error = Record::new(format!("{}/{key}", self.root), String::new()).with_error(why);
+            let rows = Some(vec![error].into_iter());
+            return Ok(Some(Reading { key, data: bytes::Bytes::new(), at: 0, lines: 0, rows }));
+        }
         let Some(data) = self.get(&key)? else {
             tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
             return Ok(None);
