@@ -2961,6 +2961,67 @@ fn statefulset_pods_derive_their_index_and_peers() {
     assert!(!out.status.success() && stderr.contains("\"aimatrix\" does not end in -N"), "{stderr}");
 }
 
+/// The introspection relations: `aimatrix_jobs` lists jobs and SQL views with their state,
+/// `aimatrix_frontiers` each collection's frontier (past the timestamp of a push once its rows
+/// are visible), `aimatrix_subscriptions` the subscriptions open; the catalog lists them.
+#[test]
+fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let count = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
+    let kept = server.submit(&push_job("kept", "kept-in", "kept_v", count));
+    let gone = server.submit(&push_job("gone", "gone-in", "gone_v", count));
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{gone}"), None);
+    assert_eq!(status, 200, "{body}");
+    server.sql("CREATE MATERIALIZED VIEW big_collections AS SELECT collection FROM kept_v WHERE n > 1");
+    let pushed = server.push(kept, "kept-in", &[pipeline_event(0), pipeline_event(4)]);
+    server.sql_until("SELECT n FROM kept_v", &[json!({ "n": 2 })]);
+
+    let jobs = server.sql("SELECT id, name, kind, state, sources, views, sinks, errors FROM aimatrix_jobs ORDER BY id");
+    let job = |id: u64, name: &str, kind: &str, state: &str, sources: &str, views: &str| {
+        json!({ "id": id, "name": name, "kind": kind, "state": state, "sources": sources, "views": views,
+                "sinks": "", "errors": null })
+    };
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert_eq!(jobs[0], job(kept, "kept", "job", "running", "kept-in", "kept_v"));
+    assert_eq!(jobs[1], job(gone, "gone", "job", "cancelled", "gone-in", "gone_v"));
+    assert_eq!(jobs[2]["kind"], "view");
+    assert_eq!(jobs[2]["views"], "big_collections");
+    assert_eq!(jobs[2]["state"], "running");
+
+    let frontier = server.sql("SELECT frontier, lag_ms FROM aimatrix_frontiers WHERE collection = 'kept_v'");
+    assert_eq!(frontier.len(), 1, "{frontier:?}");
+    let at = pushed["timestamp"].as_i64().expect("the push's timestamp");
+    assert!(frontier[0]["frontier"].as_i64().expect("frontier") > at, "{frontier:?} vs {at}");
+    assert!(frontier[0]["lag_ms"].as_i64().expect("lag") >= 0);
+    let frontiers = server.sql("SELECT count(*) AS n FROM aimatrix_frontiers WHERE collection IN ('spans', 'gone_v')");
+    assert_eq!(frontiers, vec![json!({ "n": 1 })], "spans is maintained, gone_v dropped");
+
+    let open = "SELECT collection, progressed IS NOT NULL AS caught_up FROM aimatrix_subscriptions";
+    assert_eq!(server.sql(open), Vec::<Value>::new());
+    let port = server.base.rsplit(':').next().expect("port").to_owned();
+    let (mut socket, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=kept_v")).expect("subscribe");
+    let _ = socket.read().expect("the snapshot");
+    assert_eq!(server.sql_until(open, &[json!({ "collection": "kept_v", "caught_up": true })]).len(), 1);
+    socket.close(None).expect("close");
+    drop(socket);
+    assert_eq!(server.sql_until(open, &[]), Vec::<Value>::new());
+
+    // Listed in the catalog; a view cannot read them (they are not the dataflows' collections).
+    let (_, catalog) = server.call("GET", "/v1/catalog", None);
+    let names: Vec<&str> =
+        catalog["relations"].as_array().expect("relations").iter().filter_map(|r| r["name"].as_str()).collect();
+    for name in ["aimatrix_jobs", "aimatrix_frontiers", "aimatrix_subscriptions"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    let (status, body) = server.call(
+        "POST",
+        "/v1/sql",
+        Some(&json!({ "sql": "CREATE MATERIALIZED VIEW job_states AS SELECT state FROM aimatrix_jobs" }).to_string()),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
 /// deploy/grafana/aimatrix.json reads only metrics the server exports: every metric name in
 /// its panels' queries is a series of `GET /metrics` once a job has pushed records and a query
 /// has run (a misspelt name would draw an empty panel).

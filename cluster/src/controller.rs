@@ -633,6 +633,26 @@ pub enum CollectionKind {
     BuiltinView,
     /// A job's view, or a materialized view created in SQL.
     View,
+    /// An introspection relation: the controller's own state (`aimatrix_jobs`, …; see
+    /// [`crate::introspection`]), read when a query runs.
+    Introspection,
+}
+
+/// An open subscription, from [`Controller::subscriptions_open`].
+#[derive(Clone, Debug)]
+pub struct SubscriptionOpen {
+    /// Its id (unique while the server runs).
+    pub id: u64,
+    /// The collection subscribed to.
+    pub collection: String,
+    /// The snapshot's time (ms since the Unix epoch).
+    pub as_of: Time,
+    /// Every change before this time (ms) has been sent; `None` while the snapshot is read.
+    pub progressed: Option<Time>,
+    /// Changes sent and not yet taken by the subscriber.
+    pub queued_rows: u64,
+    /// Their bytes (estimated).
+    pub queued_bytes: u64,
 }
 
 /// A collection of the catalog, from [`Controller::catalog_entries`].
@@ -1873,6 +1893,32 @@ impl Controller {
         lock(&self.inner.seq).jobs.values().filter(|j| j.kind == JobKind::Job).cloned().collect()
     }
 
+    /// Every job, SQL views and cancelled ones too, by id, redacted (as `aimatrix_jobs` lists
+    /// them).
+    pub fn all_jobs(&self) -> Vec<JobInfo> {
+        self.refresh_failures();
+        lock(&self.inner.seq).jobs.values().cloned().map(JobInfo::redacted).collect()
+    }
+
+    /// The subscriptions open (clients' and sinks'), by id, as `aimatrix_subscriptions` lists
+    /// them.
+    pub fn subscriptions_open(&self) -> Vec<SubscriptionOpen> {
+        let open = lock(&self.inner.shared.subscriptions);
+        let mut list: Vec<SubscriptionOpen> = open
+            .iter()
+            .map(|(id, s)| SubscriptionOpen {
+                id: *id,
+                collection: s.collection.clone(),
+                as_of: s.as_of,
+                progressed: s.emitted,
+                queued_rows: s.queue.rows.load(Ordering::Relaxed),
+                queued_bytes: s.queue.bytes.load(Ordering::Relaxed),
+            })
+            .collect();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
     /// One job.
     pub fn job(&self, id: JobId) -> Option<JobInfo> {
         self.refresh_failures();
@@ -1993,7 +2039,7 @@ impl Controller {
             .map(|d| d.name)
             .filter(|n| *n != amx_dataflows::render::SOURCE_STATS)
             .collect();
-        lock(&self.inner.seq)
+        let mut entries: Vec<CatalogEntry> = lock(&self.inner.seq)
             .catalog
             .iter()
             .map(|(name, e)| CatalogEntry {
@@ -2007,7 +2053,19 @@ impl Controller {
                 },
                 owner: e.owner,
             })
-            .collect()
+            .collect();
+        for name in crate::introspection::RELATIONS {
+            if let Some(schema) = crate::introspection::schema(name) {
+                entries.push(CatalogEntry {
+                    name: name.into(),
+                    schema,
+                    kind: CollectionKind::Introspection,
+                    owner: None,
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries
     }
 
     /// The schema of one collection.

@@ -19,6 +19,7 @@
 //! the same point of the command sequence); what it already ingested stays, as it happened.
 
 pub mod controller;
+pub mod introspection;
 pub mod job;
 pub mod limits;
 pub mod net;

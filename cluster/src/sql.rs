@@ -438,6 +438,15 @@ impl Controller {
                 PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };
             ctx.register_table(TableReference::bare(name), Arc::new(table)).map_err(sql_error)?;
         }
+        // The introspection relations it reads, as they are now (not collections of the
+        // workers: nothing to peek).
+        for name in tables.iter().filter(|t| self.schema(t).is_none()) {
+            if let Some(batch) = crate::introspection::batch(self, name) {
+                let table =
+                    datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(sql_error)?;
+                ctx.register_table(TableReference::bare(name.as_str()), Arc::new(table)).map_err(sql_error)?;
+            }
+        }
         if let Some(prepare) = &extras.prepare {
             prepare(&ctx, tables).map_err(sql_error)?;
         }

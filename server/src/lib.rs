@@ -913,15 +913,16 @@ async fn send_event(socket: &mut WebSocket, schema: &SchemaRef, event: Subscribe
     Ok(())
 }
 
-/// Every relation and view with its columns.
+/// Every relation and view with its columns, and the introspection relations
+/// (`aimatrix_jobs`, `aimatrix_frontiers`, `aimatrix_subscriptions`), by name.
 #[utoipa::path(get, path = "/v1/catalog", responses((status = 200, description = "every relation and view", body = api::Catalog),
     (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody)))]
 async fn catalog(State(state): State<AppState>) -> axum::Json<api::Catalog> {
     let relations = state
         .controller
-        .catalog()
+        .catalog_entries()
         .into_iter()
-        .map(|(name, schema)| api::Relation { columns: columns(&schema), name })
+        .map(|e| api::Relation { columns: columns(&e.schema), name: e.name })
         .collect();
     axum::Json(api::Catalog { relations })
 }

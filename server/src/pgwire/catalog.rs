@@ -51,11 +51,13 @@ pub fn relation_oid(name: &str) -> i64 {
     16_384 + i64::from(hash & 0x3fff_ffff)
 }
 
-/// `pg_class.relkind` of a collection: `r` for a relation, `m` for a (materialized) view.
+/// `pg_class.relkind` of a collection: `r` for a relation, `m` for a (materialized) view, `v`
+/// for an introspection relation (computed when read, as a view is).
 pub fn relkind(kind: CollectionKind) -> &'static str {
     match kind {
         CollectionKind::Relation => "r",
         CollectionKind::BuiltinView | CollectionKind::View => "m",
+        CollectionKind::Introspection => "v",
     }
 }
 

@@ -650,6 +650,7 @@ fn kind_name(kind: CollectionKind) -> &'static str {
         CollectionKind::Relation => "relation",
         CollectionKind::BuiltinView => "built-in view",
         CollectionKind::View => "materialized view",
+        CollectionKind::Introspection => "introspection",
     }
 }
 
@@ -839,7 +840,7 @@ impl Backend {
             text_batch(columns)
         };
         match show {
-            Show::Views => views(&|k| k != CollectionKind::Relation, true),
+            Show::Views => views(&|k| !matches!(k, CollectionKind::Relation | CollectionKind::Introspection), true),
             Show::MaterializedViews => views(&|k| k == CollectionKind::View, false),
             Show::Tables => {
                 let list: Vec<&CatalogEntry> = entries.iter().filter(|e| e.kind == CollectionKind::Relation).collect();
