@@ -158,7 +158,7 @@ impl Job {
     /// file source without `path` or a push source with one, an unknown format or invalid
     /// format options (each message names the source).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Job> {
-        let mut config: JobConfig = toml::from_str(text).context("invalid job file")?;
+        let mut config: JobConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!(toml_error(text, &e)))?;
         let mut names = std::collections::HashSet::new();
         let mut tables = std::collections::HashSet::new();
         for source in &mut config.sources {
@@ -333,9 +333,35 @@ impl SourceConfig {
     }
 }
 
+/// A job file's TOML error without the line it quotes: `invalid job file: line L, column C:
+/// MESSAGE`. (toml's own text shows the line, which may hold a secret, such as a Kafka
+/// password, in the answer to the client and in the logs.)
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("invalid job file: line {line}, column {column}: {message}")
+        }
+        None => format!("invalid job file: {message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TOML mistake is reported by line and column, without quoting the line (a secret).
+    #[test]
+    fn toml_errors_do_not_quote_the_line() {
+        let text = "name = \"k\"\n[[sources]]\nname = \"in\"\nkind = \"kafka\"\n[sources.kafka]\n\
+                    properties = { \"sasl.password\" = \"hunter2\" x }\n";
+        let err = format!("{:#}", Job::parse(text, Path::new("/")).expect_err("refused"));
+        assert!(err.starts_with("invalid job file: line 6, column "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
 
     /// `{ metadata = … }` is refused in a source that is not Kafka (its records have none),
     /// and taken in a Kafka one.
