@@ -378,9 +378,11 @@ fn serve(args: ServeArgs) -> Result<()> {
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind(&listen))
                 .with_context(|| format!("listening on {listen} (probes)"))?;
-            eprintln!("serve: probes on http://{}/healthz and /readyz", listener.local_addr()?);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            eprintln!("serve: probes on {scheme}://{}/healthz and /readyz", listener.local_addr()?);
+            let tls = tls.clone();
             std::thread::Builder::new().name("amx-probes".into()).spawn(move || {
-                if let Err(e) = runtime.block_on(amx_server::serve_probes(listener)) {
+                if let Err(e) = runtime.block_on(amx_server::serve_probes(listener, tls)) {
                     tracing::error!(error = %e, "the probes' listener failed");
                 }
             })?;

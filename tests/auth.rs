@@ -4,6 +4,8 @@
 //! the refusals counted in `/metrics`; no secret in the server's logs. What each request may do
 //! is the README's table of roles, written out here, not read from the server.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -481,25 +483,6 @@ fn without_users_only_loopback_and_bad_users_are_refused() {
     );
 }
 
-/// A certificate authority and a server certificate it signed for `localhost` and 127.0.0.1
-/// (rcgen), written as PEM files: `(ca.pem, server.pem, server.key)`.
-fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().expect("a key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "AIMatrix test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("the CA");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
-    let cert = server.signed_by(&key, &issuer).expect("the server's certificate");
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
-    std::fs::write(&paths.1, cert.pem()).expect("written");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
-    (paths.0, paths.1, paths.2)
-}
-
 /// With a certificate, the HTTP port speaks only HTTPS and pgwire takes only encrypted
 /// sessions: a client that trusts the CA gets its answers (ureq, the CLI's `sql` and
 /// `subscribe` with `AIMATRIX_CA_CERT`, psql with `sslmode=verify-full`); plain HTTP and a
@@ -507,7 +490,7 @@ fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
 #[test]
 fn tls_for_http_and_pgwire() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = common::certificates(dir.path());
     let (token, hash) = token();
     let password = "tls and scram";
     let verifier = auth(&["password"], password);

@@ -2,6 +2,8 @@
 //! WebSocket (tungstenite). Expected answers are computed here from the records the test
 //! pushes, not by the engine.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -2949,6 +2951,68 @@ fn statefulset_pods_derive_their_index_and_peers() {
         assert_eq!(out.status.success(), healthy, "{server} {ready}: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(if healthy { 0 } else { 1 }));
     }
+    // With TLS, every pod answers its probes over HTTPS, as process 0 serves its API (one pod
+    // template, one probe scheme): two more processes, checked with `aimatrix health`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = common::certificates(dir.path());
+    let tls_pattern = format!("127.1.{{i}}.2:{}", free_port());
+    let tls_pod = |ordinal: usize| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aimatrix"));
+        command
+            .arg("serve")
+            .envs(settings.iter())
+            .env("AIMATRIX__CLUSTER__HOSTS_PATTERN", &tls_pattern)
+            .env("AIMATRIX__TLS__CERT", &cert)
+            .env("AIMATRIX__TLS__KEY", &key)
+            .env("HOSTNAME", format!("aimatrix-{ordinal}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[tls {ordinal}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    };
+    let mut pods = [tls_pod(1), tls_pod(0)];
+    let urls: Vec<String> = pods
+        .iter()
+        .map(|(_, rx)| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+                    && let Some(at) = line.find("https://")
+                {
+                    break line[at..].split(['/', ' ', ';']).take(3).collect::<Vec<_>>().join("/");
+                }
+                assert!(Instant::now() < deadline, "no https address");
+            }
+        })
+        .collect();
+    for url in &urls {
+        // (Process 0 is ready once every collection has passed time 0.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
+                .args(["health", "--ready", "--server", url, "--ca-cert"])
+                .arg(&ca)
+                .output()
+                .expect("runs");
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url}: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (child, _) in &mut pods {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     // A pod whose name has no index is refused at start, naming it.
     let out = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
         .arg("serve")
@@ -3020,6 +3084,13 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
         Some(&json!({ "sql": "CREATE MATERIALIZED VIEW job_states AS SELECT state FROM aimatrix_jobs" }).to_string()),
     );
     assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("an introspection relation"), "{body}");
+    let (status, body) = server.call(
+        "POST",
+        "/v1/sql",
+        Some(&json!({ "sql": "CREATE MATERIALIZED VIEW aimatrix_jobs AS SELECT 1 AS one" }).to_string()),
+    );
+    assert_eq!(status, 409, "{body}");
 }
 
 /// deploy/grafana/aimatrix.json reads only metrics the server exports: every metric name in

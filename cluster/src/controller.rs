@@ -1567,6 +1567,24 @@ impl Controller {
     ) -> Result<(JobId, Stored), ClusterError> {
         let Inputs { sources, retractable, access } = inputs;
         for view in &views {
+            // The introspection relations are the controller's, not the dataflows': a view can
+            // neither read nor take the name of one.
+            let introspection = |name: &str| crate::introspection::RELATIONS.contains(&name);
+            if introspection(&view.name) {
+                return Err(ClusterError::Conflict(format!(
+                    "`{}` is an introspection relation of the server: choose another name",
+                    view.name
+                )));
+            }
+            let reads = amx_sql::referenced_tables(&view.sql).unwrap_or_default();
+            if let Some(read) = reads.iter().find(|t| introspection(t)) {
+                return Err(ClusterError::Sql(format!(
+                    "view `{}` reads `{read}`, an introspection relation: it is read from the controller when a \
+                     query runs, not maintained by the dataflows, so a materialized view cannot read it (query it \
+                     directly)",
+                    view.name
+                )));
+            }
             if view.name.is_empty() {
                 return Err(ClusterError::Sql("a view needs a name".into()));
             }

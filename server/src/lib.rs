@@ -379,14 +379,20 @@ pub async fn serve(
 
 /// Answers the probes of a cluster process other than process 0 (which serves the whole API)
 /// on `listener` until the process ends: `GET /healthz` and `GET /readyz`, both `200 ok`
-/// once the process has joined the cluster (it has, when this is called). So one pod
-/// template probes every pod of a StatefulSet. Nothing else is served: 404.
+/// once the process has joined the cluster (it has, when this is called), over HTTPS when
+/// `tls` is given, as process 0 answers. So one pod template probes every pod of a
+/// StatefulSet. Nothing else is served: 404.
 ///
 /// # Errors
 /// The listener fails.
-pub async fn serve_probes(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve_probes(listener: tokio::net::TcpListener, tls: Option<tls::Tls>) -> std::io::Result<()> {
     let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(healthz));
-    axum::serve(listener, router).await
+    let Some(tls) = tls else { return axum::serve(listener, router).await };
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http);
+    let mut server =
+        axum_server::from_tcp_rustls(listener.into_std()?, config)?.first_request_timeout(FIRST_REQUEST_TIMEOUT);
+    server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
+    server.serve(router.into_make_service()).await
 }
 
 /// Liveness: the server answers.

@@ -1,4 +1,5 @@
-//! Helpers shared by the tests that run the `aimatrix` binary with `--follow`.
+//! Helpers shared by the tests that run the `aimatrix` binary: its output, TLS certificates.
+#![allow(dead_code)] // (each test crate that includes this module uses part of it)
 
 use std::io::{BufRead, BufReader};
 use std::process::Child;
@@ -36,4 +37,23 @@ pub fn wait_for(rx: &mpsc::Receiver<String>, want: &str) -> String {
         }
     }
     panic!("no answer containing {want} within 60 s; saw:\n{seen}");
+}
+
+/// A certificate authority and a server certificate it signed for `localhost` and 127.0.0.1
+/// (rcgen), written as PEM files: `(ca.pem, server.pem, server.key)`.
+pub fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("a key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "AIMatrix test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("the CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+    let cert = server.signed_by(&key, &issuer).expect("the server's certificate");
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca_cert.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    (paths.0, paths.1, paths.2)
 }

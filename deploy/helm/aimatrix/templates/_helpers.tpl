@@ -19,8 +19,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The Secret of the bucket's credentials: one's own, the chart's (when keys are given), or
+none (the pods' role: IRSA, workload identity, an instance profile). */}}
 {{- define "aimatrix.s3Secret" -}}
-{{- default (printf "%s-s3" (include "aimatrix.fullname" .)) .Values.s3.existingSecret -}}
+{{- if .Values.s3.existingSecret -}}
+{{- .Values.s3.existingSecret -}}
+{{- else if .Values.s3.accessKeyId -}}
+{{- printf "%s-s3" (include "aimatrix.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aimatrix.serviceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "aimatrix.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "aimatrix.scheme" -}}
