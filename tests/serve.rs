@@ -778,6 +778,39 @@ fn raw_request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], b
 /// CORS-safelisted ones a page can send without asking) with 415; same-origin pages and
 /// clients that send no `Origin` are answered. A non-loopback listen address is refused at
 /// start-up.
+/// Plain HTTP bounds its waits as HTTPS does: a connection that sends nothing, or stops in
+/// the middle of its first request's head, is closed (within FIRST_REQUEST_TIMEOUT, 10 s;
+/// waited for up to 90 s), so idle and slowloris clients cannot hold the server's
+/// connections; a whole request on another connection is answered meanwhile.
+#[test]
+fn idle_and_slow_plain_http_connections_are_closed() {
+    use std::io::{Read, Write};
+    let server = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let idle = std::net::TcpStream::connect(&address).expect("connects");
+    let mut slow = std::net::TcpStream::connect(&address).expect("connects");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").expect("half a head");
+    let (status, _) = server.call("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    for (what, mut socket) in [("idle", idle), ("slow", slow)] {
+        socket.set_read_timeout(Some(Duration::from_secs(90))).expect("a timeout");
+        let mut buffer = [0_u8; 256];
+        let read = socket.read(&mut buffer);
+        // Closed: end of stream, or a reset; never a timeout (the connection left open).
+        let closed = match &read {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        };
+        let sent = match &read {
+            Ok(n) => String::from_utf8_lossy(&buffer[..*n]).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        // (hyper may answer the cut-off head with 408 before it closes.)
+        assert!(closed || sent.starts_with("HTTP/1.1 408"), "the {what} connection: {sent}");
+    }
+}
+
 #[test]
 fn browsers_and_foreign_hosts_are_refused() {
     let server = start(&["--http".into(), "127.0.0.1:0".into()], true);

@@ -347,7 +347,9 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the API on `listener` until `shutdown` completes: HTTPS when `state` has TLS
-/// ([`AppState::with_tls`]), else plain HTTP.
+/// ([`AppState::with_tls`]), else plain HTTP. Either way a connection that sends no complete
+/// first request within [`FIRST_REQUEST_TIMEOUT`], or no next request head within
+/// [`HEADER_READ_TIMEOUT`], is closed, and on shutdown connections get 10 s to finish.
 ///
 /// # Errors
 /// An I/O error of the listener.
@@ -356,16 +358,21 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let Some(tls) = state.tls.as_ref().map(|t| t.http.clone()) else {
-        return axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
-    };
-    // HTTPS: axum-server's rustls acceptor; on shutdown, connections get 10 s to finish.
     let handle = axum_server::Handle::new();
     let stopping = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         stopping.graceful_shutdown(Some(Duration::from_secs(10)));
     });
+    let Some(tls) = state.tls.as_ref().map(|t| t.http.clone()) else {
+        // Plain HTTP: axum-server too (axum::serve bounds neither wait), so that idle and
+        // slowloris clients cannot pile up here either.
+        let mut server =
+            axum_server::from_tcp(listener.into_std()?)?.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT);
+        server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
+        return server.serve(router(state).into_make_service()).await;
+    };
+    // HTTPS: axum-server's rustls acceptor.
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     // A connection that sends no complete first request within 10 s after its handshake (which
     // axum-server bounds at 10 s), or no next request head within 30 s (hyper's own default,
