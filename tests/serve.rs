@@ -3093,13 +3093,14 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
     let frontiers = server.sql("SELECT count(*) AS n FROM aimatrix_frontiers WHERE collection IN ('spans', 'gone_v')");
     assert_eq!(frontiers, vec![json!({ "n": 1 })], "spans is maintained, gone_v dropped");
 
-    let open = "SELECT collection, progressed IS NOT NULL AS caught_up FROM aimatrix_subscriptions";
+    let open = "SELECT collection, client, progressed IS NOT NULL AS caught_up FROM aimatrix_subscriptions";
     assert_eq!(server.sql(open), Vec::<Value>::new());
     let port = server.base.rsplit(':').next().expect("port").to_owned();
     let (mut socket, _) =
         tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=kept_v")).expect("subscribe");
     let _ = socket.read().expect("the snapshot");
-    assert_eq!(server.sql_until(open, &[json!({ "collection": "kept_v", "caught_up": true })]).len(), 1);
+    let want = [json!({ "collection": "kept_v", "client": "http", "caught_up": true })];
+    assert_eq!(server.sql_until(open, &want).len(), 1);
     socket.close(None).expect("close");
     drop(socket);
     assert_eq!(server.sql_until(open, &[]), Vec::<Value>::new());

@@ -78,7 +78,7 @@ fn bench() -> anyhow::Result<()> {
         );
 
         // 2. Ingest at a fixed rate; freshness through a subscription; point queries.
-        let mut subscription = controller.subscribe("by_id")?;
+        let mut subscription = controller.subscribe("by_id", "bench")?;
         // The snapshot first.
         while let Some(event) = subscription.recv().await {
             if matches!(event, SubscribeEvent::Snapshot { last: true, .. }) {

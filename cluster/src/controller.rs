@@ -307,6 +307,8 @@ struct SubscriptionMerge {
     queue: Arc<SubscriberQueue>,
     /// The collection subscribed to.
     collection: String,
+    /// Who subscribed: `http`, `pgwire`, `sink`.
+    client: &'static str,
 }
 
 /// The changes a subscriber has not taken yet: sent by the controller, taken by
@@ -645,6 +647,8 @@ pub struct SubscriptionOpen {
     pub id: u64,
     /// The collection subscribed to.
     pub collection: String,
+    /// Who subscribed: `http`, `pgwire`, `sink`.
+    pub client: &'static str,
     /// The snapshot's time (ms since the Unix epoch).
     pub as_of: Time,
     /// Every change before this time (ms) has been sent; `None` while the snapshot is read.
@@ -1927,6 +1931,7 @@ impl Controller {
             .map(|(id, s)| SubscriptionOpen {
                 id: *id,
                 collection: s.collection.clone(),
+                client: s.client,
                 as_of: s.as_of,
                 progressed: s.emitted,
                 queued_rows: s.queue.rows.load(Ordering::Relaxed),
@@ -2143,10 +2148,11 @@ impl Controller {
 
     /// Subscribes to a collection: its contents at one time (in parts, read from the workers'
     /// arrangements as the subscriber takes them), then every change, as they happen.
+    /// `client` says who subscribes (`http`, `pgwire`, `sink`; `aimatrix_subscriptions.client`).
     ///
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
-    pub fn subscribe(&self, name: &str) -> Result<Subscription, ClusterError> {
+    pub fn subscribe(&self, name: &str, client: &'static str) -> Result<Subscription, ClusterError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events) = tokio_mpsc::unbounded_channel();
         let seq = lock(&self.inner.seq);
@@ -2179,6 +2185,7 @@ impl Controller {
                 events: events_tx,
                 queue: queue.clone(),
                 collection: name.to_owned(),
+                client,
             },
         );
         seq.send(&Command::Subscribe { id, collection: name.to_owned(), as_of })?;

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `aimatrix_jobs` | `id` BIGINT, `name` TEXT (null: none given), `kind` TEXT (`job`, or `view` for one created with `CREATE MATERIALIZED VIEW`), `state` TEXT (`running`, `failed`, `cancelled`), `sources` TEXT, `views` TEXT, `sinks` TEXT (names, `, `-separated), `errors` TEXT (`; `-separated; null: none) | job, cancelled ones too |
 //! | `aimatrix_frontiers` | `collection` TEXT, `frontier` BIGINT (ms since the Unix epoch: every change before it is complete), `lag_ms` BIGINT (the wall clock's lead over it, ≥ 0) | collection every worker maintains |
-//! | `aimatrix_subscriptions` | `id` BIGINT, `collection` TEXT, `as_of` BIGINT (ms: the snapshot's time), `progressed` BIGINT (ms: every change before it has been sent; null while the snapshot is read), `queued_rows` BIGINT, `queued_bytes` BIGINT (changes sent and not yet taken by the subscriber, and their bytes, estimated) | open subscription (HTTP, pgwire, sinks) |
+//! | `aimatrix_subscriptions` | `id` BIGINT, `collection` TEXT, `client` TEXT (`http`, `pgwire`, `sink`), `as_of` BIGINT (ms: the snapshot's time), `progressed` BIGINT (ms: every change before it has been sent; null while the snapshot is read), `queued_rows` BIGINT, `queued_bytes` BIGINT (changes sent and not yet taken by the subscriber, and their bytes, estimated) | open subscription (HTTP, pgwire, sinks) |
 //!
 //! Unlike the collections the workers maintain, these are read from the controller's memory at
 //! the moment the query runs, not at the query's timestamp. Views cannot read them (they are
@@ -40,6 +40,7 @@ pub fn schema(name: &str) -> Option<SchemaRef> {
         "aimatrix_subscriptions" => vec![
             int("id", false),
             text("collection", false),
+            text("client", false),
             int("as_of", false),
             int("progressed", true),
             int("queued_rows", false),
@@ -86,6 +87,7 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
             vec![
                 int(open.iter().map(|s| Some(clamp(s.id))).collect()),
                 text(open.iter().map(|s| Some(s.collection.clone())).collect()),
+                text(open.iter().map(|s| Some(s.client.to_owned())).collect()),
                 int(open.iter().map(|s| Some(clamp(s.as_of))).collect()),
                 int(open.iter().map(|s| s.progressed.map(clamp)).collect()),
                 int(open.iter().map(|s| Some(clamp(s.queued_rows))).collect()),

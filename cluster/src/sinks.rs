@@ -245,7 +245,7 @@ impl ViewFeed {
     /// # Errors
     /// An unknown view, or a controller that stopped.
     fn subscribe(controller: &Controller, view: &str) -> Result<ViewFeed, String> {
-        let subscription = controller.subscribe(view).map_err(|e| e.to_string())?;
+        let subscription = controller.subscribe(view, "sink").map_err(|e| e.to_string())?;
         Ok(ViewFeed { subscription, snapshot: Vec::new(), pending: Vec::new() })
     }
 

@@ -790,7 +790,7 @@ async fn subscribe(
         .metrics
         .client_subscription(metrics::Interface::Http)
         .map_err(|message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message))?;
-    let subscription = state.controller.subscribe(view)?;
+    let subscription = state.controller.subscribe(view, "http")?;
     Ok(upgrade.on_upgrade(move |socket| async move {
         forward_subscription(socket, subscription).await;
         drop(open);

@@ -749,7 +749,7 @@ impl Backend {
             .metrics
             .client_subscription(crate::metrics::Interface::Pgwire)
             .map_err(|message| user_error("53000", message))?;
-        let subscription = self.controller.subscribe(&spec.view).map_err(cluster_error)?;
+        let subscription = self.controller.subscribe(&spec.view, "pgwire").map_err(cluster_error)?;
         let mut rows = SubscribeRows::new(spec.clone(), subscription.schema.clone());
         rows.open = Some(open);
         Ok((subscription, rows))
