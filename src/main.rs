@@ -382,7 +382,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             eprintln!("serve: probes on {scheme}://{}/healthz and /readyz", listener.local_addr()?);
             let tls = tls.clone();
             std::thread::Builder::new().name("amx-probes".into()).spawn(move || {
-                if let Err(e) = runtime.block_on(amx_server::serve_probes(listener, tls)) {
+                if let Err(e) = runtime.block_on(amx_server::serve_probes(listener, tls, authenticator)) {
                     tracing::error!(error = %e, "the probes' listener failed");
                 }
             })?;

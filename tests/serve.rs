@@ -2968,7 +2968,7 @@ fn statefulset_pods_derive_their_index_and_peers() {
         assert!(Instant::now() < deadline, "process 1 did not say where it answers probes");
     };
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/v1/jobs", 404)] {
+    for (path, want) in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/v1/jobs", 404)] {
         let response = agent.get(&format!("{probes}{path}")).call().expect("answered");
         assert_eq!(response.status().as_u16(), want, "{path}");
     }

@@ -387,13 +387,44 @@ pub async fn serve(
 /// Answers the probes of a cluster process other than process 0 (which serves the whole API)
 /// on `listener` until the process ends: `GET /healthz` and `GET /readyz`, both `200 ok`
 /// once the process has joined the cluster (it has, when this is called), over HTTPS when
-/// `tls` is given, as process 0 answers. So one pod template probes every pod of a
-/// StatefulSet. Nothing else is served: 404.
+/// `tls` is given, as process 0 answers, so that one pod template probes every pod of a
+/// StatefulSet; and `GET /metrics`, this process's own (`process_*`: CPU seconds, resident
+/// and virtual memory in bytes, open files, start time), for a bearer token of any user when
+/// `auth` has users (else 401), as process 0's. Nothing else is served: 404.
 ///
 /// # Errors
 /// The listener fails.
-pub async fn serve_probes(listener: tokio::net::TcpListener, tls: Option<tls::Tls>) -> std::io::Result<()> {
-    let router = Router::new().route("/healthz", get(healthz)).route("/readyz", get(healthz));
+pub async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    tls: Option<tls::Tls>,
+    auth: Option<auth::Authenticator>,
+) -> std::io::Result<()> {
+    let auth = std::sync::Arc::new(auth);
+    let registry = prometheus::Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+    }
+    let metrics = move |headers: axum::http::HeaderMap| {
+        let (auth, registry) = (auth.clone(), registry.clone());
+        async move {
+            if let Some(auth) = auth.as_ref() {
+                let token = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if token.is_none_or(|t| auth.bearer(t.trim()).is_none()) {
+                    let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"aimatrix\"")];
+                    return (StatusCode::UNAUTHORIZED, challenge, "a bearer token is needed\n").into_response();
+                }
+            }
+            let mut text = Vec::new();
+            let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text);
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+        }
+    };
+    let router =
+        Router::new().route("/healthz", get(healthz)).route("/readyz", get(healthz)).route("/metrics", get(metrics));
     let Some(tls) = tls else { return axum::serve(listener, router).await };
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.http);
     let mut server =
@@ -938,4 +969,44 @@ async fn catalog(State(state): State<AppState>) -> axum::Json<api::Catalog> {
         .map(|e| api::Relation { columns: columns(&e.schema), name: e.name })
         .collect();
     axum::Json(api::Catalog { relations })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// `GET path` over a connection of its own, with a bearer token if given: the raw answer.
+    fn get(address: std::net::SocketAddr, path: &str, token: Option<&str>) -> String {
+        let mut socket = std::net::TcpStream::connect(address).expect("connects");
+        let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(socket, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n")
+            .expect("sent");
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).expect("read");
+        answer
+    }
+
+    /// A process other than 0 answers its probes to anyone, its own metrics only for a user's
+    /// token when users are configured, and nothing else.
+    #[test]
+    fn probes_answer_and_their_metrics_need_a_token() {
+        let (token, hash) = auth::new_token();
+        let user = auth::UserConfig { name: "r".into(), role: auth::Role::Reader, password: None, tokens: vec![hash] };
+        let authenticator = auth::Authenticator::new(&auth::AuthConfig { users: vec![user] }).expect("valid");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime");
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bound");
+        let address = listener.local_addr().expect("an address");
+        runtime.spawn(serve_probes(listener, None, authenticator));
+        let status = |path: &str, token: Option<&str>| get(address, path, token)[..12].to_owned();
+        assert_eq!(status("/healthz", None), "HTTP/1.1 200");
+        assert_eq!(status("/readyz", None), "HTTP/1.1 200");
+        assert_eq!(status("/metrics", None), "HTTP/1.1 401");
+        assert_eq!(status("/metrics", Some("amx_not_a_token")), "HTTP/1.1 401");
+        assert_eq!(status("/v1/jobs", Some(&token)), "HTTP/1.1 404");
+        let metrics = get(address, "/metrics", Some(&token));
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("\nprocess_resident_memory_bytes "), "{metrics}");
+    }
 }
