@@ -145,6 +145,19 @@ impl Server {
         }
     }
 
+    /// Job `id`'s `errors` (as JSON text) once it has any, or after 60 s (then `[]`): what a
+    /// sink or source that failed after the job was accepted reports.
+    fn job_errors(&self, id: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, status) = self.call("GET", &format!("/v1/jobs/{id}"), None);
+            if status["errors"].as_array().is_some_and(|e| !e.is_empty()) || Instant::now() > deadline {
+                return status["errors"].to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn submit(&self, toml: &str) -> u64 {
         let (status, body) = self.call("POST", "/v1/jobs", Some(toml));
         assert_eq!(status, 201, "{body}");
@@ -2856,14 +2869,7 @@ fn an_object_store_sink_writes_a_views_changes_as_parquet_across_kill_9() {
     let second = "name = \"second\"\n[[sinks]]\nname = \"lake2\"\nview = \"by_collection\"\n[sinks.object_store]\n\
                   url = \"s3://lake/out/\"\n";
     let second_id = server.submit(second);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let errors = loop {
-        let (_, status) = server.call("GET", &format!("/v1/jobs/{second_id}"), None);
-        if status["errors"].as_array().is_some_and(|e| !e.is_empty()) || Instant::now() > deadline {
-            break status["errors"].to_string();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let errors = server.job_errors(second_id);
     assert!(errors.contains(&format!("is written by job {id} sink `lake`")), "{errors}");
     server.push(id, "pushed", &[record("v", 0)]);
     want.push(("v", 1));
@@ -3287,14 +3293,7 @@ fn local_directories_are_object_stores_under_the_roots() {
         url(&lake.join("linked"))
     );
     let linked = server.submit(&sink_only);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let errors = loop {
-        let (_, status) = server.call("GET", &format!("/v1/jobs/{linked}"), None);
-        if status["errors"].as_array().is_some_and(|e| !e.is_empty()) || Instant::now() > deadline {
-            break status["errors"].to_string();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let errors = server.job_errors(linked);
     assert!(errors.contains("is a symbolic link"), "{errors}");
     assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0, "nothing written out of the roots");
     let (status, body) = server.call("GET", &format!("/v1/jobs/{id}"), None);

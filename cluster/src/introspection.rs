@@ -61,12 +61,11 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
         "aimatrix_jobs" => {
             let jobs = controller.all_jobs();
             let names = |list: Vec<String>| Some(list.join(", "));
-            let label = |v: &dyn erased_label::Label| Some(v.label());
             vec![
                 int(jobs.iter().map(|j| Some(clamp(j.id.0))).collect()),
                 text(jobs.iter().map(|j| j.name.clone()).collect()),
-                text(jobs.iter().map(|j| label(&j.kind)).collect()),
-                text(jobs.iter().map(|j| label(&j.state)).collect()),
+                text(jobs.iter().map(|j| Some(label(&j.kind))).collect()),
+                text(jobs.iter().map(|j| Some(label(&j.state))).collect()),
                 text(jobs.iter().map(|j| names(j.sources.iter().map(|s| s.name.clone()).collect())).collect()),
                 text(jobs.iter().map(|j| names(j.views.iter().map(|v| v.name.clone()).collect())).collect()),
                 text(jobs.iter().map(|j| names(j.sinks.iter().map(|s| s.name.clone()).collect())).collect()),
@@ -99,19 +98,10 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
     RecordBatch::try_new(schema, columns).ok()
 }
 
-/// The text of a job's kind and state, as the HTTP API writes them (their serde names).
-mod erased_label {
-    /// A value whose serde name is its label.
-    pub trait Label {
-        fn label(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Label for T {
-        fn label(&self) -> String {
-            match serde_json::to_value(self) {
-                Ok(serde_json::Value::String(s)) => s,
-                other => format!("{other:?}"),
-            }
-        }
+/// The text of a job's kind or state, as the HTTP API writes it (its serde name: `running`).
+fn label(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
     }
 }
