@@ -280,9 +280,21 @@ impl ObjectSource {
             let rows = Some(vec![error].into_iter());
             return Ok(Some(Reading { key, data: bytes::Bytes::new(), at: 0, lines: 0, rows }));
         }
-        let Some(data) = self.get(&key)? else {
-            tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
-            return Ok(None);
+        let data = match self.get(&key) {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                tracing::warn!(object = %format!("{}/{key}", self.root), "deleted before it was read; skipped");
+                return Ok(None);
+            }
+            // A local file that cannot be read (no permission, a link swapped out of the roots,
+            // a directory now) will not be read by trying again: it is one ingest error, and
+            // the files after it are read. (A bucket's failures are retried: they pass.)
+            Err(problem) if self.local.is_some() => {
+                let error = Record::new(format!("{}/{key}", self.root), String::new()).with_error(problem);
+                let rows = Some(vec![error].into_iter());
+                return Ok(Some(Reading { key, data: bytes::Bytes::new(), at: 0, lines: 0, rows }));
+            }
+            Err(problem) => return Err(problem),
         };
         let mut reading = Reading { key, data, at: 0, lines: 0, rows: None };
         let location = format!("{}/{}", self.root, reading.key);
@@ -612,6 +624,47 @@ impl BatchSource for ObjectSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local file that cannot be read when its turn comes (here: replaced by a directory
+    /// after it was listed) is one ingest error at its location, and the next file is read.
+    #[test]
+    fn an_unreadable_local_file_is_one_error_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        std::fs::write(root.join("a.jsonl"), "{\"n\": 1}\n").expect("write");
+        std::fs::write(root.join("b.jsonl"), "{\"n\": 2}\n{\"n\": 3}\n").expect("write");
+        let text = format!(
+            "name = \"j\"\n[[sources]]\nname = \"files\"\nkind = \"object-store\"\nformat = \"json\"\n\
+             [sources.object_store]\nurl = \"file://{}/\"\n[sources.options]\nrelation = \"knowledge_events\"\n\
+             [sources.options.mapping]\ncollection = \"/c\"\ndocument_id = \"/n\"\n\
+             op = {{ pointer = \"/op\", default = \"upsert\" }}\nversion = \"/v\"\nsize_bytes = \"/size\"\n\
+             event_time = {{ pointer = \"/t\", unit = \"s\" }}\n",
+            root.display()
+        );
+        let job = crate::job::Job::parse(&text, std::path::Path::new("/")).expect("a job");
+        let access = amx_connectors::FileAccess::under(std::slice::from_ref(&root)).expect("roots");
+        let mut source = open(&job.config.sources[0], SourceResume::default(), 1 << 20, &access).expect("opened");
+        source.list().expect("listed");
+        std::fs::remove_file(root.join("a.jsonl")).expect("rm");
+        std::fs::create_dir(root.join("a.jsonl")).expect("mkdir");
+        let mut records = Vec::new();
+        while source.reading.is_some() || !source.queue.is_empty() {
+            source.read(&mut records).expect("read");
+        }
+        let seen: Vec<(String, String, Option<bool>)> = records
+            .iter()
+            .map(|r| (r.location.clone(), r.text.clone(), r.error.as_ref().map(|e| e.contains("reading file://"))))
+            .collect();
+        let at = |key: &str| format!("file://{}/{key}", root.display());
+        assert_eq!(
+            seen,
+            [
+                (at("a.jsonl"), String::new(), Some(true)),
+                (format!("{}:1", at("b.jsonl")), "{\"n\": 2}".to_owned(), None),
+                (format!("{}:2", at("b.jsonl")), "{\"n\": 3}".to_owned(), None),
+            ]
+        );
+    }
 
     /// A Parquet object (snappy) with a null, a float, a UTC timestamp and a boolean: each
     /// row a JSON object at `#ROW`, values written here by hand; bytes that are not Parquet are
