@@ -159,6 +159,7 @@ fn cluster_config(opts: &RunOptions) -> Result<ClusterConfig> {
             poll_bytes: opts.poll_bytes.max(1),
             max_record_bytes: opts.max_record_bytes.max(1),
             batch_records: opts.batch_records.max(1),
+            introspection: false,
         },
         ..Default::default()
     })

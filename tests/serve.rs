@@ -3133,6 +3133,62 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
     assert_eq!(status, 409, "{body}");
 }
 
+/// The relations built from timely's and differential's logging: `aimatrix_arrangements`
+/// holds, summed over the workers, exactly the updates the pushes put into `knowledge_events`
+/// (50 distinct rows, one update each), and its arrange operator received those 50 records;
+/// `aimatrix_dataflows` names the agent state and the job's dataflow, which goes when the job
+/// is cancelled; `/metrics` has the same counts.
+#[test]
+fn logging_relations_count_arrangements_operators_and_dataflows() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let count = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
+    let id = server.submit(&push_job("logged", "logged-in", "logged_v", count));
+    let events: Vec<String> = (0..50).map(pipeline_event).collect();
+    server.push(id, "logged-in", &events[..20]);
+    server.push(id, "logged-in", &events[20..]);
+    let want: Vec<Value> =
+        (0..4).map(|c| json!({ "collection": format!("c{c}"), "n": if c < 2 { 13 } else { 12 } })).collect();
+    assert_eq!(server.sql_until("SELECT collection, n FROM logged_v ORDER BY collection", &want), want);
+
+    // Reports arrive about once a second: poll.
+    let arranged = "SELECT sum(records) AS records, sum(bytes) > 0 AS sized, count(DISTINCT worker) AS workers \
+                    FROM aimatrix_arrangements WHERE collection = 'knowledge_events'";
+    let want = [json!({ "records": 50, "sized": true, "workers": 2 })];
+    assert_eq!(server.sql_until(arranged, &want), want);
+    let received = "SELECT sum(records_received) AS n, min(activations) > 0 AS scheduled \
+                    FROM aimatrix_operators WHERE name = 'Arrange knowledge_events'";
+    assert_eq!(
+        server.sql_until(received, &[json!({ "n": 50, "scheduled": true })]),
+        [json!({ "n": 50, "scheduled": true })]
+    );
+
+    let dataflows = format!(
+        "SELECT name, count(*) AS workers, min(operators) > 0 AS operated FROM aimatrix_dataflows \
+         WHERE name IN ('agent state', 'job {id}') GROUP BY name ORDER BY name"
+    );
+    let both = [
+        json!({ "name": "agent state", "workers": 2, "operated": true }),
+        json!({ "name": format!("job {id}"), "workers": 2, "operated": true }),
+    ];
+    assert_eq!(server.sql_until(&dataflows, &both), both);
+    // The job's view's arrangement is in its dataflow, with the view's rows.
+    let job_arrangements = format!(
+        "SELECT sum(a.records) >= 4 AS held FROM aimatrix_arrangements a JOIN aimatrix_dataflows d \
+         ON a.worker = d.worker AND a.dataflow_id = d.id WHERE d.name = 'job {id}' AND a.collection = 'logged_v'"
+    );
+    assert_eq!(server.sql_until(&job_arrangements, &[json!({ "held": true })]), [json!({ "held": true })]);
+
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text").to_owned();
+    assert!(text.lines().any(|l| l == "aimatrix_arrangement_records{collection=\"knowledge_events\"} 50"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("aimatrix_arrangement_bytes{collection=\"logged_v\"} ")), "{text}");
+
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.sql_until(&dataflows, &both[..1]), both[..1]);
+}
+
 /// deploy/grafana/aimatrix.json reads only metrics the server exports: every metric name in
 /// its panels' queries is a series of `GET /metrics` once a job has pushed records and a query
 /// has run (a misspelt name would draw an empty panel).

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! cargo run --release -p amx-benches --bin amx-serve-bench -- [--keys N] [--workers W]
-//!     [--rate EVENTS_PER_S] [--seconds S] [--queries Q] [--exert P]
+//!     [--rate EVENTS_PER_S] [--seconds S] [--queries Q] [--exert P] [--introspection 0|1]
 //! ```
 //! (`--exert P`: [`amx_cluster::ClusterConfig::exert_proportionality`]: 0, no idle merging;
-//! Materialize uses 16.)
+//! Materialize uses 16. `--introspection 0`: the workers do not fold their logging streams,
+//! [`amx_cluster::worker::WorkerOptions::introspection`]; default 1, as a server.)
 //! 1. Loads `N` knowledge events with distinct document ids through a push source; a job view
 //!    `by_id` (`SELECT document_id, collection, size_bytes FROM knowledge_events`) arranges
 //!    them. Reports the load rate and resident memory (VmRSS) before and after: the state is
@@ -52,7 +53,9 @@ fn bench() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
     let exert_proportionality = arg(&args, "--exert", amx_cluster::controller::DEFAULT_EXERT_PROPORTIONALITY)?;
-    let controller = Controller::start(ClusterConfig { workers, exert_proportionality, ..Default::default() })?;
+    let introspection = arg(&args, "--introspection", 1)? != 0;
+    let worker = amx_cluster::worker::WorkerOptions { introspection, ..Default::default() };
+    let controller = Controller::start(ClusterConfig { workers, exert_proportionality, worker, ..Default::default() })?;
     let job = Job::parse(amx_benches::KNOWLEDGE_JOB, std::path::Path::new("."))?;
     let id = controller.install_job(&job)?;
     runtime.block_on(async {

@@ -451,6 +451,8 @@ pub struct Shared {
     done: Mutex<HashMap<(JobId, String), (usize, Time)>>,
     /// A worker awaits a closed timestamp ([`Response::AwaitingTimestamp`]).
     awaiting: std::sync::atomic::AtomicBool,
+    /// Each worker's last [`Response::Introspection`] report, by worker index.
+    reports: Mutex<BTreeMap<usize, crate::protocol::WorkerReport>>,
     peers: usize,
 }
 
@@ -538,6 +540,9 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
+            Response::Introspection { worker, report } => {
+                lock(&self.reports).insert(worker, report);
+            }
             Response::Applied { id, upper } => self.applied(id, upper, 0, 0, Vec::new()),
             Response::Ingested { id, upper, accepted, rejected, errors } => {
                 self.applied(id, upper, accepted, rejected, errors)
@@ -1252,6 +1257,7 @@ impl Controller {
             worker0: Mutex::default(),
             done: Mutex::default(),
             awaiting: Default::default(),
+            reports: Default::default(),
             peers: config.workers * config.processes,
         });
         let is_controller = config.process_index == 0;
@@ -2684,6 +2690,12 @@ impl Controller {
         let mut uppers: Vec<(String, Time)> = uppers.iter().map(|(n, t)| (n.clone(), *t)).collect();
         uppers.sort();
         uppers
+    }
+
+    /// Each worker's operators and arrangements, as it last reported them (about once a
+    /// second; a worker that has not reported yet is missing), by worker index.
+    pub fn worker_reports(&self) -> BTreeMap<usize, crate::protocol::WorkerReport> {
+        lock(&self.inner.shared.reports).clone()
     }
 
     /// Whether every collection has passed time 0 (the workers are up and stepping).

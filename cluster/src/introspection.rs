@@ -5,21 +5,37 @@
 //! |---|---|---|
 //! | `aimatrix_jobs` | `id` BIGINT, `name` TEXT (null: none given), `kind` TEXT (`job`, or `view` for one created with `CREATE MATERIALIZED VIEW`), `state` TEXT (`running`, `failed`, `cancelled`), `sources` TEXT, `views` TEXT, `sinks` TEXT (names, `, `-separated), `errors` TEXT (`; `-separated; null: none) | job, cancelled ones too |
 //! | `aimatrix_frontiers` | `collection` TEXT, `frontier` BIGINT (ms since the Unix epoch: every change before it is complete), `lag_ms` BIGINT (the wall clock's lead over it, ≥ 0) | collection every worker maintains |
+//! | `aimatrix_dataflows` | `worker` BIGINT, `id` BIGINT (timely's dataflow index), `name` TEXT (`control`, `agent state`, `job N`, `subscribe C` …), `operators` BIGINT, `arrangements` BIGINT, `records` BIGINT (updates in its arrangements), `elapsed_ns` BIGINT (time the worker spent in it) | dataflow on each worker |
+//! | `aimatrix_operators` | `worker` BIGINT, `id` BIGINT (timely's operator id, unique on its worker), `dataflow_id` BIGINT, `address` TEXT (`2.5.1`: the dataflow's index, then the index in each scope), `name` TEXT, `activations` BIGINT (times scheduled), `elapsed_ns` BIGINT (time scheduled; a scope's includes its operators'), `records_received` BIGINT (records on its inputs) | operator on each worker |
+//! | `aimatrix_arrangements` | `worker` BIGINT, `operator_id` BIGINT, `dataflow_id` BIGINT, `name` TEXT (the operator's: `Arrange spans` for a readable collection's arrangement), `collection` TEXT (the readable collection it holds; null for the arrangements inside views' operators), `records` BIGINT (updates `(row, time, diff)` held), `batches` BIGINT, `bytes` BIGINT (estimated for the readable collections' arrangements: the mean size of a sample of each batch's rows times its rows, plus a time and a difference per update; null for others) | arrangement on each worker |
 //! | `aimatrix_subscriptions` | `id` BIGINT, `collection` TEXT, `client` TEXT (`http`, `pgwire`, `sink`), `as_of` BIGINT (ms: the snapshot's time), `progressed` BIGINT (ms: every change before it has been sent; null while the snapshot is read), `queued_rows` BIGINT, `queued_bytes` BIGINT (changes sent and not yet taken by the subscriber, and their bytes, estimated) | open subscription (HTTP, pgwire, sinks) |
 //!
 //! Unlike the collections the workers maintain, these are read from the controller's memory at
 //! the moment the query runs, not at the query's timestamp. Views cannot read them (they are
-//! not collections of the dataflows).
+//! not collections of the dataflows). The dataflows, operators and arrangements come from
+//! timely's and differential's logging streams on each worker (see `worker/logging.rs`),
+//! reported to the controller about once a second: a query sees each worker as of its last
+//! report. Sum over `worker` for a whole cluster's figures:
+//! `SELECT collection, sum(records), sum(bytes) FROM aimatrix_arrangements GROUP BY collection`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use amx_sql::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::controller::Controller;
+use crate::protocol::{ArrangementReport, OperatorReport, WorkerReport};
 
 /// The names of the introspection relations.
-pub const RELATIONS: [&str; 3] = ["aimatrix_jobs", "aimatrix_frontiers", "aimatrix_subscriptions"];
+pub const RELATIONS: [&str; 6] = [
+    "aimatrix_jobs",
+    "aimatrix_frontiers",
+    "aimatrix_subscriptions",
+    "aimatrix_dataflows",
+    "aimatrix_operators",
+    "aimatrix_arrangements",
+];
 
 /// The schema of introspection relation `name` (`None`: no such relation).
 pub fn schema(name: &str) -> Option<SchemaRef> {
@@ -45,6 +61,35 @@ pub fn schema(name: &str) -> Option<SchemaRef> {
             int("progressed", true),
             int("queued_rows", false),
             int("queued_bytes", false),
+        ],
+        "aimatrix_dataflows" => vec![
+            int("worker", false),
+            int("id", false),
+            text("name", false),
+            int("operators", false),
+            int("arrangements", false),
+            int("records", false),
+            int("elapsed_ns", false),
+        ],
+        "aimatrix_operators" => vec![
+            int("worker", false),
+            int("id", false),
+            int("dataflow_id", false),
+            text("address", false),
+            text("name", false),
+            int("activations", false),
+            int("elapsed_ns", false),
+            int("records_received", false),
+        ],
+        "aimatrix_arrangements" => vec![
+            int("worker", false),
+            int("operator_id", false),
+            int("dataflow_id", false),
+            text("name", false),
+            text("collection", true),
+            int("records", false),
+            int("batches", false),
+            int("bytes", true),
         ],
         _ => return None,
     };
@@ -93,9 +138,93 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
                 int(open.iter().map(|s| Some(clamp(s.queued_bytes))).collect()),
             ]
         }
+        "aimatrix_dataflows" | "aimatrix_operators" | "aimatrix_arrangements" => {
+            logged(name, &controller.worker_reports())?
+        }
         _ => return None,
     };
     RecordBatch::try_new(schema, columns).ok()
+}
+
+/// A row of `aimatrix_dataflows`, keyed by (worker, index): its name, operators, arrangements,
+/// their records, and its elapsed ns.
+type Dataflow = (String, i64, i64, i64, i64);
+
+/// The columns of `aimatrix_dataflows`, `aimatrix_operators` or `aimatrix_arrangements` from
+/// the workers' `reports`.
+fn logged(name: &str, reports: &BTreeMap<usize, WorkerReport>) -> Option<Vec<ArrayRef>> {
+    let int = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+    let text = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let index = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    // The dataflow of an operator is the first element of its address.
+    let dataflow = |o: &OperatorReport| o.address.first().copied().map_or(-1, index);
+    Some(match name {
+        "aimatrix_dataflows" => {
+            let mut dataflows: BTreeMap<(usize, usize), Dataflow> = BTreeMap::new();
+            for (worker, report) in reports {
+                for o in report.operators.iter().filter(|o| o.address.len() == 1) {
+                    dataflows.insert((*worker, o.address[0]), (o.name.clone(), 0, 0, 0, clamp(o.elapsed_ns)));
+                }
+                let dataflow_of: HashMap<usize, usize> =
+                    report.operators.iter().filter_map(|o| Some((o.id, *o.address.first()?))).collect();
+                for o in report.operators.iter().filter(|o| o.address.len() > 1) {
+                    if let Some(d) = dataflows.get_mut(&(*worker, o.address[0])) {
+                        d.1 += 1;
+                    }
+                }
+                for a in &report.arrangements {
+                    if let Some(d) = dataflow_of.get(&a.operator).and_then(|i| dataflows.get_mut(&(*worker, *i))) {
+                        d.2 += 1;
+                        d.3 += a.records;
+                    }
+                }
+            }
+            let rows: Vec<_> = dataflows.into_iter().collect();
+            vec![
+                int(rows.iter().map(|((w, _), _)| index(*w)).collect()),
+                int(rows.iter().map(|((_, i), _)| index(*i)).collect()),
+                text(rows.iter().map(|(_, d)| Some(d.0.clone())).collect()),
+                int(rows.iter().map(|(_, d)| d.1).collect()),
+                int(rows.iter().map(|(_, d)| d.2).collect()),
+                int(rows.iter().map(|(_, d)| d.3).collect()),
+                int(rows.iter().map(|(_, d)| d.4).collect()),
+            ]
+        }
+        "aimatrix_operators" => {
+            let rows: Vec<(usize, &OperatorReport)> =
+                reports.iter().flat_map(|(w, r)| r.operators.iter().map(move |o| (*w, o))).collect();
+            let address = |o: &OperatorReport| o.address.iter().map(usize::to_string).collect::<Vec<_>>().join(".");
+            vec![
+                int(rows.iter().map(|(w, _)| index(*w)).collect()),
+                int(rows.iter().map(|(_, o)| index(o.id)).collect()),
+                int(rows.iter().map(|(_, o)| dataflow(o)).collect()),
+                text(rows.iter().map(|(_, o)| Some(address(o))).collect()),
+                text(rows.iter().map(|(_, o)| Some(o.name.clone())).collect()),
+                int(rows.iter().map(|(_, o)| clamp(o.activations)).collect()),
+                int(rows.iter().map(|(_, o)| clamp(o.elapsed_ns)).collect()),
+                int(rows.iter().map(|(_, o)| clamp(o.records_received)).collect()),
+            ]
+        }
+        "aimatrix_arrangements" => {
+            let mut rows: Vec<(usize, &ArrangementReport, Option<&OperatorReport>)> = Vec::new();
+            for (worker, report) in reports {
+                let operators: HashMap<usize, &OperatorReport> = report.operators.iter().map(|o| (o.id, o)).collect();
+                rows.extend(report.arrangements.iter().map(|a| (*worker, a, operators.get(&a.operator).copied())));
+            }
+            vec![
+                int(rows.iter().map(|(w, ..)| index(*w)).collect()),
+                int(rows.iter().map(|(_, a, _)| index(a.operator)).collect()),
+                int(rows.iter().map(|(.., o)| o.map_or(-1, dataflow)).collect()),
+                text(rows.iter().map(|(.., o)| Some(o.map_or_else(String::new, |o| o.name.clone()))).collect()),
+                text(rows.iter().map(|(_, a, _)| a.collection.clone()).collect()),
+                int(rows.iter().map(|(_, a, _)| a.records).collect()),
+                int(rows.iter().map(|(_, a, _)| a.batches).collect()),
+                Arc::new(Int64Array::from(rows.iter().map(|(_, a, _)| a.bytes.map(clamp)).collect::<Vec<_>>())),
+            ]
+        }
+        _ => return None,
+    })
 }
 
 /// The text of a job's kind or state, as the HTTP API writes it (its serde name: `running`).

@@ -307,6 +307,54 @@ pub const SNAPSHOT_PART_ROWS: usize = 10_000;
 /// as [`crate::controller::row_bytes`]).
 pub const SNAPSHOT_PART_BYTES: u64 = 1 << 20;
 
+/// How often each worker reports its operators and arrangements ([`Response::Introspection`]).
+pub const INTROSPECTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One worker's operators and arrangements, as its logging streams tell them: the rows of
+/// `aimatrix_dataflows`, `aimatrix_operators` and `aimatrix_arrangements` for that worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Every operator alive on the worker (dataflows too: an operator whose address has one
+    /// element is a dataflow), by timely's worker-unique id.
+    pub operators: Vec<OperatorReport>,
+    /// Every arrangement alive on the worker.
+    pub arrangements: Vec<ArrangementReport>,
+}
+
+/// An operator, from timely's `timely` logging stream.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OperatorReport {
+    /// Timely's worker-unique operator id.
+    pub id: usize,
+    /// Its address: the dataflow's index, then the operator's index in each nested scope.
+    pub address: Vec<usize>,
+    /// Its name (`Arrange spans`, `Map`, a dataflow's name: `agent state`, `job 3` …).
+    pub name: String,
+    /// Times it was scheduled.
+    pub activations: u64,
+    /// Time spent in it while scheduled (ns; a scope's time includes its operators').
+    pub elapsed_ns: u64,
+    /// Records it received on its inputs (timely's message events).
+    pub records_received: u64,
+}
+
+/// An arrangement (a spine), from differential's `differential/arrange` logging stream.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ArrangementReport {
+    /// The id of the operator that maintains it (see [`OperatorReport::id`]).
+    pub operator: usize,
+    /// Updates `(data, time, diff)` in its batches.
+    pub records: i64,
+    /// Batches it holds.
+    pub batches: i64,
+    /// The readable collection it holds, for the arrangements SQL reads.
+    pub collection: Option<String>,
+    /// Its size in bytes, estimated (the readable collections' arrangements only): its rows'
+    /// mean size over a sample of each batch's rows, times its rows, plus each update's time and
+    /// difference.
+    pub bytes: Option<u64>,
+}
+
 /// A worker's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Response {
@@ -392,6 +440,14 @@ pub enum Response {
         source: String,
         /// The worker's input frontier after its last record.
         upper: Time,
+    },
+    /// A worker's operators and arrangements, from timely's and differential's logging
+    /// streams (sent about once a second, see [`INTROSPECTION_INTERVAL`]).
+    Introspection {
+        /// The worker (global index).
+        worker: usize,
+        /// What its logging says now.
+        report: WorkerReport,
     },
     /// A job's views could not be rendered on a worker (a bug: the controller planned them).
     JobFailed {

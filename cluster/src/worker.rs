@@ -20,6 +20,7 @@
 //! the command sequence, and with it the job's arrangements.
 
 mod compute_state;
+mod logging;
 mod reads;
 mod sources;
 
@@ -84,6 +85,11 @@ pub struct WorkerOptions {
     /// Records per epoch across the cluster: a worker closes an epoch after decoding its
     /// share (`batch_records / workers`) of a file source's records.
     pub batch_records: usize,
+    /// Folds timely's and differential's logging streams into the introspection relations
+    /// (`aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_arrangements`) and the
+    /// `aimatrix_arrangement_*` metrics. Default true; `aimatrix run`, which serves no
+    /// queries of them, turns it off.
+    pub introspection: bool,
 }
 
 impl Default for WorkerOptions {
@@ -92,6 +98,7 @@ impl Default for WorkerOptions {
             poll_bytes: 1 << 20,
             max_record_bytes: amx_connectors::record::DEFAULT_MAX_RECORD_BYTES,
             batch_records: 50_000,
+            introspection: true,
         }
     }
 }
@@ -126,6 +133,8 @@ pub fn builtin_schemas() -> Vec<(String, SchemaRef)> {
 pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared>>, options: &WorkerOptions) {
     let index = worker.index();
     let peers = worker.peers();
+    // Before any dataflow: timely hands out loggers when operators are built.
+    let logging = options.introspection.then(|| logging::Logging::install(worker));
 
     // The control dataflow.
     let received: Rc<RefCell<Vec<(u64, Wire)>>> = Rc::default();
@@ -248,7 +257,8 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
         catalog.insert(name, Collection { schema, traces: vec![(Owner::Builtin, trace)] });
     }
 
-    let mut state = ComputeState::new(index, peers, options.clone(), shared, resp_in, inputs, agent_probe, catalog);
+    let mut state =
+        ComputeState::new(index, peers, options.clone(), shared, resp_in, inputs, agent_probe, catalog, logging);
     'run: loop {
         // 1. Worker 0 sequences the controller's commands: command n at time n.
         sequence(commands.as_ref(), cmd_in.as_mut(), &mut next_seq);
@@ -279,11 +289,13 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
             worker.step_or_park(Some(PARK));
         }
 
-        // 5.–8. Answer the peeks, serve the subscriptions, compact, publish the frontiers.
+        // 5.–9. Answer the peeks, serve the subscriptions, compact, publish the frontiers and
+        //    (every second) what the logging streams say.
         state.step_peeks();
         state.step_subscriptions(worker);
         state.step_compaction();
         state.step_publish();
+        state.step_introspection();
     }
     // Shut down: drop every dataflow (the others do the same at the same command).
     drop(cmd_in);

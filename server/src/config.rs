@@ -23,6 +23,7 @@
 //! batch_records = 50000        # records per epoch across the cluster
 //! max_record_bytes = 67108864  # the largest record; a longer one is an ingest error
 //! timestamp_interval_ms = 10   # 1–100: at most this long from a file source's read to its timestamp closing
+//! introspection = true         # aimatrix_dataflows, _operators, _arrangements and the arrangement metrics
 //!
 //! [sql]
 //! timeout_ms = 60000           # how long a query may take (it is cancelled then)
@@ -235,6 +236,10 @@ pub struct ClusterSection {
     /// for the controller to close its timestamp (default 10; see
     /// [`amx_cluster::ClusterConfig::timestamp_interval`]).
     pub timestamp_interval_ms: u64,
+    /// Each worker folds timely's and differential's logging streams into
+    /// `aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_arrangements` and the
+    /// `aimatrix_arrangement_*` metrics (default true; false: those relations are empty).
+    pub introspection: bool,
 }
 
 /// `[sql]`.
@@ -282,6 +287,7 @@ impl Default for ClusterSection {
             poll_bytes: worker.poll_bytes,
             max_record_bytes: worker.max_record_bytes,
             timestamp_interval_ms: amx_cluster::controller::DEFAULT_TIMESTAMP_INTERVAL.as_millis() as u64,
+            introspection: worker.introspection,
         }
     }
 }
@@ -423,6 +429,7 @@ impl ServeConfig {
                 poll_bytes: self.cluster.poll_bytes,
                 max_record_bytes: self.cluster.max_record_bytes,
                 batch_records: self.cluster.batch_records,
+                introspection: self.cluster.introspection,
             },
             sql: self.sql_limits(),
             max_queued_rows: self.subscribe.max_queued_rows.max(1),

@@ -239,6 +239,31 @@ impl Metrics {
             let upper = i64::try_from(upper).unwrap_or(i64::MAX);
             lag.with_label_values(&[collection.as_str()]).set((now - upper).max(0));
         }
+        let records = labelled(
+            "aimatrix_arrangement_records",
+            "updates held in the collection's arrangements, all workers",
+            "collection",
+        );
+        let batches = labelled(
+            "aimatrix_arrangement_batches",
+            "batches of the collection's arrangements, all workers",
+            "collection",
+        );
+        let bytes = labelled(
+            "aimatrix_arrangement_bytes",
+            "the collection's arrangements' size in bytes, estimated (see aimatrix_arrangements), all workers",
+            "collection",
+        );
+        for report in controller.worker_reports().values() {
+            for arrangement in &report.arrangements {
+                let Some(collection) = arrangement.collection.as_deref() else { continue };
+                records.with_label_values(&[collection]).add(arrangement.records);
+                batches.with_label_values(&[collection]).add(arrangement.batches);
+                bytes
+                    .with_label_values(&[collection])
+                    .add(arrangement.bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
+            }
+        }
         let jobs = labelled("aimatrix_jobs", "jobs by state", "state");
         for state in ["running", "failed", "cancelled"] {
             jobs.with_label_values(&[state]).set(0);

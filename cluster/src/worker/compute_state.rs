@@ -18,12 +18,13 @@ use differential_dataflow::trace::TraceReader;
 use timely::dataflow::ProbeHandle;
 use timely::progress::Antichain;
 
+use super::logging::Logging;
 use super::reads::{read_at, snapshot_part, subscribe, upper_of};
 use super::sources::{FileSource, PushSource, SourceCounts};
 use super::{Collection, Owner, WorkerOptions, install_views, respond};
 use crate::controller::Shared;
 use crate::job::SourceConfig;
-use crate::protocol::{Command, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
+use crate::protocol::{Command, INTROSPECTION_INTERVAL, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
 
 /// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
 /// sources this worker has not yet found at their end since.
@@ -132,6 +133,9 @@ pub(super) struct ComputeState {
     /// epoch (back-pressure: the next once the dataflow has caught up with it).
     read_epoch: Option<Time>,
     last_publish: Instant,
+    /// The worker's logging streams, folded (see [`Logging`]), unless turned off.
+    logging: Option<Logging>,
+    last_report: Instant,
 }
 
 impl ComputeState {
@@ -147,6 +151,7 @@ impl ComputeState {
         inputs: Inputs,
         agent_probe: ProbeHandle<Time>,
         catalog: BTreeMap<String, Collection>,
+        logging: Option<Logging>,
     ) -> ComputeState {
         ComputeState {
             index,
@@ -172,6 +177,8 @@ impl ComputeState {
             closable: 0,
             read_epoch: None,
             last_publish: Instant::now() - Duration::from_secs(1),
+            logging,
+            last_report: Instant::now() - INTROSPECTION_INTERVAL,
         }
     }
 
@@ -625,6 +632,18 @@ impl ComputeState {
             .collect();
         let progress = self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
         shared.publish(uppers, progress);
+    }
+
+    /// Every [`INTROSPECTION_INTERVAL`], reports what this worker's logging says
+    /// ([`Response::Introspection`]).
+    pub(super) fn step_introspection(&mut self) {
+        let Some(logging) = &self.logging else { return };
+        if self.last_report.elapsed() < INTROSPECTION_INTERVAL {
+            return;
+        }
+        self.last_report = Instant::now();
+        let report = logging.report(&mut self.catalog);
+        self.respond(Response::Introspection { worker: self.index, report });
     }
 
     /// Drops every arrangement and input (at [`Command::Shutdown`]; the other workers do the
