@@ -642,6 +642,15 @@ fn main() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
+        // A pgwire message the `pgwire` crate could not decode: its connection ends (the panic
+        // is caught there), nothing else does.
+        if amx_server::pgwire::decoding() {
+            tracing::warn!(
+                panic = message,
+                "pgwire: a malformed message made the decoder panic; its connection is closed"
+            );
+            return;
+        }
         let thread = std::thread::current().name().unwrap_or("").to_owned();
         // Timely's communication threads (`timely:recv-N`, `timely:send-N`) panic with
         // "timely communication error: …" when the connection to process N breaks: another

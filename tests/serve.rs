@@ -4008,6 +4008,90 @@ fn sql_clients_query_over_pgwire() {
     }
 }
 
+/// Bad bytes on the pgwire port leave the server healthy: 300 connections, generated (proptest),
+/// each a startup (a valid one, an SSL or cancel request, or random bytes) followed by frames
+/// of any message type with a right, short, long, negative or huge length and random payload
+/// (Parse, Bind, Execute and Describe with missing or bad fields among them), then EOF. After
+/// them a driver still queries, no session is left open, and nothing panicked.
+#[test]
+fn malformed_pgwire_messages_leave_the_server_healthy() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use std::io::{Read, Write};
+
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let server = start(&args, true);
+
+    fn startup() -> Vec<u8> {
+        let mut body = 196_608i32.to_be_bytes().to_vec(); // protocol 3.0
+        body.extend_from_slice(b"user\0reader\0database\0aimatrix\0\0");
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend(body);
+        packet
+    }
+    let opening = prop_oneof![
+        4 => Just(startup()),
+        1 => Just([8i32.to_be_bytes(), 80_877_103i32.to_be_bytes()].concat()), // SSLRequest
+        1 => any::<[u8; 8]>().prop_map(|key| [16i32.to_be_bytes().as_slice(), &80_877_102i32.to_be_bytes(), &key].concat()),
+        1 => proptest::collection::vec(any::<u8>(), 0..40),
+    ];
+    let tag = prop_oneof![proptest::sample::select(b"QPBEDSHCXcdfFp".to_vec()), any::<u8>(),];
+    // A declared length: right (None), or one that does not fit the payload.
+    let length = prop_oneof![4 => Just(None), 1 => prop_oneof![Just(-1i32), Just(0), Just(3), Just(i32::MAX), 5..70i32].prop_map(Some)];
+    let payload = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..48),
+        // Statement-shaped: a name, a query, then random parameter fields.
+        (proptest::collection::vec(any::<u8>(), 0..8), "[ -~]{0,30}", proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(name, query, rest)| [name.as_slice(), b"\0", query.as_bytes(), b"\0", &rest].concat()),
+    ];
+    let frame = (tag, length, payload).prop_map(|(tag, length, payload)| {
+        let length = length.unwrap_or(payload.len() as i32 + 4);
+        [[tag].as_slice(), &length.to_be_bytes(), &payload].concat()
+    });
+    let case = (opening, proptest::collection::vec(frame, 0..6));
+    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&case, |(opening, frames)| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", pg_port)).expect("connects");
+            stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+            // The server may close first: writes may fail.
+            let _ = stream.write_all(&opening);
+            for frame in &frames {
+                let _ = stream.write_all(frame);
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            // The server answers or closes; it never hangs on a connection whose client is done.
+            let mut answer = Vec::new();
+            let read = stream.read_to_end(&mut answer);
+            prop_assert!(
+                !matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+                "no answer and no close after 20 s: {opening:?} {frames:?}"
+            );
+            Ok(())
+        })
+        .expect("every connection ends");
+
+    let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("a session after the bad ones");
+    assert_eq!(client.query_one("SELECT 40 + 2", &[]).expect("query").get::<_, i64>(0), 42);
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = server.call("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        let text = text.as_str().expect("text").to_owned();
+        if text.lines().any(|l| l == "aimatrix_pgwire_sessions 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions left open:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log: Vec<String> = server.stderr.lock().expect("log").try_iter().collect();
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:?}");
+}
+
 /// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too
 /// many clients already` (also for psql, which asks for SSL first) and counted in the
 /// metrics; once a session closes, a new one is served. `subscribe.max_subscriptions`: a

@@ -26,6 +26,7 @@
 //! cursor, `57014` a query past `sql.timeout_ms`.
 
 pub mod catalog;
+mod connection;
 pub mod statement;
 pub mod types;
 
@@ -63,6 +64,8 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
 use crate::auth::{Authenticator, Principal, Role};
 use statement::{CursorBody, Show, Statement, SubscribeSpec, Txn};
+
+pub use connection::decoding;
 
 /// The default pgwire address: this machine only, Materialize's port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6875";
@@ -108,7 +111,7 @@ pub async fn serve(
                     let open_sessions = open_sessions.clone();
                     tokio::spawn(async move {
                         let logged_in = handlers.startup.logged_in.clone();
-                        let session = pgwire::tokio::process_socket(socket, tls, handlers);
+                        let session = connection::process_socket(socket, tls, handlers);
                         tokio::pin!(session);
                         // A connection that has not logged in within LOGIN_TIMEOUT is closed,
                         // so that silent or stalled clients cannot hold every session slot.
