@@ -3131,6 +3131,19 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
         Some(&json!({ "sql": "CREATE MATERIALIZED VIEW aimatrix_jobs AS SELECT 1 AS one" }).to_string()),
     );
     assert_eq!(status, 409, "{body}");
+    // It exists, as far as IF NOT EXISTS goes; it cannot be dropped, nor subscribed to.
+    let (status, body) = server.call(
+        "POST",
+        "/v1/sql",
+        Some(&json!({ "sql": "CREATE MATERIALIZED VIEW IF NOT EXISTS aimatrix_jobs AS SELECT 1 AS one" }).to_string()),
+    );
+    assert_eq!((status, &body["existed"]), (200, &json!(true)), "{body}");
+    let (status, body) =
+        server.call("POST", "/v1/sql", Some(&json!({ "sql": "DROP MATERIALIZED VIEW aimatrix_jobs" }).to_string()));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("an introspection relation of the server; it cannot be dropped"), "{body}");
+    let refused = tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/subscribe?view=aimatrix_jobs"));
+    assert!(refused.is_err(), "a subscription to an introspection relation is refused");
 }
 
 /// The relations built from timely's and differential's logging: `aimatrix_arrangements`
@@ -4090,6 +4103,115 @@ fn malformed_pgwire_messages_leave_the_server_healthy() {
     }
     let log: Vec<String> = server.stderr.lock().expect("log").try_iter().collect();
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:?}");
+}
+
+/// A raw pgwire session for the tests that send what drivers never would.
+struct RawSession(std::net::TcpStream);
+
+impl RawSession {
+    /// Connects and logs in (no authentication configured).
+    fn connect(port: u16) -> RawSession {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        let mut body = 196_608i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0reader\0database\0aimatrix\0\0");
+        stream.write_all(&[((body.len() + 4) as i32).to_be_bytes().as_slice(), &body].concat()).expect("startup");
+        let mut session = RawSession(stream);
+        session.until(b'Z');
+        session
+    }
+
+    /// Sends a message of type `tag`.
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        use std::io::Write;
+        let message = [[tag].as_slice(), &((body.len() + 4) as i32).to_be_bytes(), body].concat();
+        self.0.write_all(&message).expect("sent");
+    }
+
+    /// The messages received up to and including the first of type `tag`: (type, body).
+    fn until(&mut self, tag: u8) -> Vec<(u8, Vec<u8>)> {
+        use std::io::Read;
+        let mut messages = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            self.0.read_exact(&mut head).expect("a message");
+            let length = i32::from_be_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+            let mut body = vec![0u8; length - 4];
+            self.0.read_exact(&mut body).expect("its body");
+            messages.push((head[0], body));
+            if head[0] == tag {
+                return messages;
+            }
+        }
+    }
+}
+
+/// Well-formed messages with values no driver sends: an `Execute` with a row limit of -1
+/// (PostgreSQL: no limit; the pgwire crate reserved room for `usize::MAX` rows and the server
+/// stopped) and `SELECT $4294967296` (the parameters' types were a vector of that many
+/// entries: the server took all the memory there was) are answered, and the server goes on.
+#[test]
+fn pgwire_row_limits_and_parameter_numbers_out_of_range_are_answered() {
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let server = start(&args, true);
+    let mut session = RawSession::connect(pg_port);
+    let execute = |limit: i32| [b"\0".as_slice(), &limit.to_be_bytes()].concat();
+    session.send(b'P', b"\0SELECT 7 AS seven\0\0\0");
+    session.send(b'B', b"\0\0\0\0\0\0\0\0");
+    session.send(b'E', &execute(-1));
+    session.send(b'E', &execute(-1));
+    session.send(b'S', b"");
+    let answer = session.until(b'Z');
+    let tags: Vec<u8> = answer.iter().map(|(tag, _)| *tag).collect();
+    // ParseComplete, BindComplete, the row, its CommandComplete, then the finished portal's
+    // empty CommandComplete, ReadyForQuery.
+    assert_eq!(tags, b"12DCCZ".to_vec(), "{answer:?}");
+    assert_eq!(&answer[2].1[6..], b"7", "{answer:?}");
+
+    session.send(b'P', b"\0SELECT $4294967296\0\0\0");
+    session.send(b'S', b"");
+    let answer = session.until(b'Z');
+    let error = answer.iter().find(|(tag, _)| *tag == b'E').expect("an error");
+    let text = String::from_utf8_lossy(&error.1);
+    assert!(text.contains("at most 65535 parameters"), "{text}");
+    // The session and the server go on.
+    session.send(b'Q', b"SELECT 40 + 2\0");
+    let answer = session.until(b'Z');
+    assert!(answer.iter().any(|(tag, body)| *tag == b'D' && body.ends_with(b"42")), "{answer:?}");
+    assert_eq!(server.sql("SELECT 1 AS one"), vec![json!({ "one": 1 })]);
+}
+
+/// A `COPY (SUBSCRIBE …)` client that goes away while the view is quiet (nothing to write)
+/// ends its subscription, its dataflow and its session within seconds, as a WebSocket
+/// subscriber's do; it stayed until the view changed twice.
+#[test]
+fn a_copy_subscriber_that_hangs_up_on_a_quiet_view_is_noticed() {
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let server = start(&args, true);
+    let open = "SELECT count(*) AS n FROM aimatrix_subscriptions WHERE client = 'pgwire'";
+    for query in [&b"COPY (SUBSCRIBE TO collection_stats) TO STDOUT\0"[..], b"SUBSCRIBE TO collection_stats\0"] {
+        let mut session = RawSession::connect(pg_port);
+        session.send(b'Q', query);
+        // A COPY starts with its CopyOutResponse; a bare SUBSCRIBE with a notice.
+        session.until(if query.starts_with(b"COPY") { b'H' } else { b'N' });
+        assert_eq!(server.sql_until(open, &[json!({ "n": 1 })]), [json!({ "n": 1 })]);
+        drop(session);
+        assert_eq!(server.sql_until(open, &[json!({ "n": 0 })]), [json!({ "n": 0 })], "after {query:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = server.call("GET", "/metrics", None);
+        if text.as_str().is_some_and(|t| t.lines().any(|l| l == "aimatrix_pgwire_sessions 0")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions left open: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too

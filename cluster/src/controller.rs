@@ -1899,6 +1899,11 @@ impl Controller {
     pub async fn drop_view(&self, name: &str, if_exists: bool) -> Result<bool, ClusterError> {
         let id = {
             let seq = lock(&self.inner.seq);
+            if crate::introspection::RELATIONS.contains(&name) {
+                return Err(ClusterError::Conflict(format!(
+                    "`{name}` is an introspection relation of the server; it cannot be dropped"
+                )));
+            }
             let Some(entry) = seq.catalog.get(name) else {
                 return if if_exists { Ok(false) } else { Err(ClusterError::UnknownCollection(name.to_owned())) };
             };
@@ -2161,6 +2166,12 @@ impl Controller {
     pub fn subscribe(&self, name: &str, client: &'static str) -> Result<Subscription, ClusterError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events) = tokio_mpsc::unbounded_channel();
+        if crate::introspection::RELATIONS.contains(&name) {
+            return Err(ClusterError::BadRequest(format!(
+                "`{name}` is an introspection relation of the server, read from its memory when a query runs: \
+                 it has no changes to subscribe to; query it instead"
+            )));
+        }
         let seq = lock(&self.inner.seq);
         let schema = seq
             .catalog

@@ -183,7 +183,14 @@ async fn plan_shape(
     Ok(QueryShape { schema, parameters })
 }
 
+/// The most parameters a statement may have: PostgreSQL's (a `Bind` message counts them in 16
+/// bits).
+pub const MAX_PARAMETERS: usize = 65_535;
+
 /// The types of a plan's parameters `$1`, `$2`, …, in order (`None`: not fixed by the query).
+///
+/// # Errors
+/// A parameter numbered past [`MAX_PARAMETERS`] (`$4294967296` would ask for that many).
 fn parameter_types(plan: &datafusion::logical_expr::LogicalPlan) -> DfResult<Vec<Option<DataType>>> {
     let types = plan.get_parameter_types()?;
     let mut numbered: Vec<(usize, Option<DataType>)> = types
@@ -192,6 +199,11 @@ fn parameter_types(plan: &datafusion::logical_expr::LogicalPlan) -> DfResult<Vec
         .collect();
     numbered.sort_by_key(|(n, _)| *n);
     let count = numbered.last().map_or(0, |(n, _)| *n);
+    if count > MAX_PARAMETERS {
+        return Err(datafusion::error::DataFusionError::Plan(format!(
+            "parameter ${count}: a statement takes at most {MAX_PARAMETERS} parameters ($1 to ${MAX_PARAMETERS})"
+        )));
+    }
     let mut out = vec![None; count];
     for (n, ty) in numbered {
         if n >= 1 {
@@ -307,7 +319,9 @@ impl Controller {
             return Err(ClusterError::Forbidden(message.clone()));
         }
         match kind {
-            ViewStatement::Create { name, if_not_exists: true, .. } if self.schema(&name).is_some() => {
+            ViewStatement::Create { name, if_not_exists: true, .. }
+                if self.schema(&name).is_some() || crate::introspection::schema(&name).is_some() =>
+            {
                 Ok(SqlAnswer::Created { view: name, existed: true })
             }
             ViewStatement::Create { name, query, .. } => {

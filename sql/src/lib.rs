@@ -36,7 +36,7 @@ pub mod testing;
 pub mod views;
 
 pub use arrow;
-pub use parse::{MAX_EXPR_DEPTH, on_sql_stack};
+pub use parse::{MAX_EXPR_DEPTH, on_sql_stack, plan_on_sql_stack, try_on_sql_stack};
 
 /// The Arrow type of a column type.
 pub fn arrow_type(ty: ColumnType) -> DataType {
@@ -186,7 +186,7 @@ pub fn session_in(
 ///
 /// Errors: SQL syntax errors and statements past the parser's limits ([`parse::parse`]).
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>> {
-    on_sql_stack(|| {
+    crate::parse::plan_on_sql_stack(|| {
         let statement = parse::parse(sql)?;
         let (tables, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
         Ok(tables.iter().map(|r| r.table().to_owned()).collect())
@@ -232,7 +232,7 @@ impl SqlEngine {
     /// unknown tables or columns, type errors and execution errors, each as one message
     /// ([`error::message`]).
     pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
-        on_sql_stack(|| {
+        crate::parse::plan_on_sql_stack(|| {
             let descs = state.descs.clone();
             let (ctx, plan) = self.plan(sql, &descs, |rel| {
                 let batch = state.batch(rel).map_err(|e| DataFusionError::External(e.into()))?;
@@ -259,7 +259,7 @@ impl SqlEngine {
     ///
     /// Errors: as [`SqlEngine::query`].
     pub fn check(&self, state: &State, sql: &str) -> Result<()> {
-        on_sql_stack(|| {
+        crate::parse::plan_on_sql_stack(|| {
             let (ctx, plan) =
                 self.plan(sql, &state.descs, |rel| MemTable::try_new(state.schemas[rel].clone(), vec![vec![]]))?;
             ctx.state().optimize(&plan)?;

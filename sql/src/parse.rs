@@ -51,18 +51,61 @@ pub const SQL_STACK_BYTES: usize = 256 << 20;
 ///
 /// Every statement this crate parses, plans or runs goes through here, so that a statement
 /// within [`MAX_EXPR_DEPTH`] cannot overflow the caller's stack, whatever thread it runs on.
+///
+/// # Panics
+/// When no thread can be started ([`try_on_sql_stack`] answers an error instead).
 pub fn on_sql_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    try_on_sql_stack(f).expect("spawning a SQL planning thread")
+}
+
+/// [`on_sql_stack`], or the error of starting its thread when none can be started (the
+/// process's threads or address space exhausted: `EAGAIN`, `ENOMEM`) after waiting up to about
+/// a second for other statements' threads to end.
+///
+/// # Errors
+/// The operating system's, when the thread cannot be started.
+pub fn try_on_sql_stack<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    // `spawn_scoped` consumes its closure even when it fails: the thread takes `f` from a slot,
+    // so that a failed try leaves it there for the next.
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let mut tries = 0;
     std::thread::scope(|scope| {
-        let handle = std::thread::Builder::new()
-            .name("amx-sql-plan".into())
-            .stack_size(SQL_STACK_BYTES)
-            .spawn_scoped(scope, f)
-            .expect("spawning a SQL planning thread");
+        let handle = loop {
+            let taken = slot.clone();
+            let spawned = std::thread::Builder::new()
+                .name("amx-sql-plan".into())
+                .stack_size(SQL_STACK_BYTES)
+                .spawn_scoped(scope, move || {
+                    let f = taken.lock().unwrap_or_else(|p| p.into_inner()).take().expect("run once");
+                    f()
+                });
+            match spawned {
+                Ok(handle) => break handle,
+                Err(e) if tries >= 20 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
+        };
         match handle.join() {
-            Ok(value) => value,
+            Ok(value) => Ok(value),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// [`try_on_sql_stack`] for a statement's work: the error of starting its thread becomes
+/// the statement's (`ResourcesExhausted`), not a panic.
+///
+/// # Errors
+/// `f`'s, or that no thread could be started.
+pub fn plan_on_sql_stack<T: Send>(f: impl FnOnce() -> Result<T, DataFusionError> + Send) -> Result<T, DataFusionError> {
+    try_on_sql_stack(f).map_err(|e| {
+        DataFusionError::ResourcesExhausted(format!(
+            "no thread could be started to plan the statement ({e}); try again"
+        ))
+    })?
 }
 
 /// Expressions at most this deep are evaluated on the caller's stack by [`evaluate`].

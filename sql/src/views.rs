@@ -52,7 +52,7 @@ pub enum ViewStatement {
 /// Errors: SQL syntax errors, as DataFusion's parser reports them, statements past the
 /// parser's limits ([`crate::parse::parse`]), and view names in another schema.
 pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
-    crate::on_sql_stack(|| {
+    crate::parse::plan_on_sql_stack(|| {
         let statement = crate::parse::parse(sql)?;
         let DfStatement::Statement(statement) = statement else {
             return Ok(ViewStatement::Other);
@@ -165,7 +165,7 @@ impl ViewPlanner {
         }
         let (ctx, runtime) = (&self.ctx, &self.runtime);
         // DataFusion and the lowering recurse over the expressions: on a large stack.
-        let (plan, schema) = crate::on_sql_stack(|| {
+        let (plan, schema) = crate::parse::plan_on_sql_stack(|| {
             let state = ctx.state();
             let statement = crate::parse::parse(sql)?;
             let unoptimized = runtime.block_on(state.statement_to_plan(statement))?;

@@ -10,9 +10,12 @@
 //! queries) runs as in `process_socket`, without the mark.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use futures::StreamExt;
@@ -31,6 +34,49 @@ thread_local! {
 /// server's panic hook asks).
 pub fn decoding() -> bool {
     DECODING.with(Cell::get)
+}
+
+/// How often a statement that streams to its client without reading from it (`COPY
+/// (SUBSCRIBE …)`, a bare `SUBSCRIBE`) looks whether the client has hung up.
+pub(super) const HANG_UP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The open connections' sockets (a duplicate of each descriptor, by the client's address), so
+/// that a statement which only writes can tell whether its client has gone: a subscription
+/// whose view is quiet writes nothing, and would otherwise hold its session and its dataflow
+/// until the view changes twice (the first write to a closed socket succeeds).
+#[derive(Clone, Default)]
+pub(super) struct Sockets(Arc<Mutex<HashMap<SocketAddr, OwnedFd>>>);
+
+impl Sockets {
+    /// Whether the client at `peer` has closed its side of the connection, or the connection
+    /// failed (`poll(2)`: `POLLRDHUP`, `POLLHUP` or `POLLERR`). False for a peer not known.
+    pub(super) fn hung_up(&self, peer: SocketAddr) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let sockets = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fd) = sockets.get(&peer) else { return false };
+        let mut fds = [PollFd::new(fd, PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 0 })) {
+            Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+            Err(_) => false,
+        }
+    }
+
+    /// Registers `tcp`'s socket until the guard is dropped.
+    fn register(&self, tcp: &TcpStream) -> Option<Registered> {
+        let peer = tcp.peer_addr().ok()?;
+        let fd = tcp.as_fd().try_clone_to_owned().ok()?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, fd);
+        Some(Registered(self.clone(), peer))
+    }
+}
+
+/// A socket in [`Sockets`], removed (and its duplicate closed) when dropped.
+struct Registered(Sockets, SocketAddr);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
 }
 
 /// Marks the thread as decoding until dropped (also when a panic unwinds through it).
@@ -74,12 +120,20 @@ where
 ///
 /// # Errors
 /// An I/O error on the socket (the TLS handshake included).
+///
+/// An `Execute`'s row limit is read as PostgreSQL reads it — 0 or less: no limit — and one
+/// above `max_rows` (the server's `sql.max_result_rows`, which no answer passes; 1,048,576 when
+/// unlimited) is no limit either, so that the `pgwire` crate never reserves room for that many rows (a limit of -1
+/// became `usize::MAX` there and stopped the server).
 pub(super) async fn process_socket<H: PgWireServerHandlers>(
     tcp: TcpStream,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     handlers: Arc<H>,
+    max_rows: u64,
+    sockets: &Sockets,
 ) -> io::Result<()> {
     let peer = tcp.peer_addr().ok();
+    let _registered = sockets.register(&tcp);
     let Some(mut socket) = negotiate_tls(tcp, tls).await? else {
         // A direct TLS handshake, and no certificate configured.
         return Ok(());
@@ -91,7 +145,7 @@ pub(super) async fn process_socket<H: PgWireServerHandlers>(
     let cancel_handler = handlers.cancel_handler();
     let error_handler = handlers.error_handler();
     loop {
-        let message = match next_message(&mut socket).await {
+        let mut message = match next_message(&mut socket).await {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 tracing::info!(?peer, error = %e, "pgwire: a message that does not decode; the connection is closed");
@@ -102,6 +156,11 @@ pub(super) async fn process_socket<H: PgWireServerHandlers>(
         // The client disconnects: close (some clients wait for it).
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {
             break;
+        }
+        if let PgWireFrontendMessage::Execute(execute) = &mut message
+            && u64::try_from(execute.max_rows).map_or(true, |n| n > max_rows)
+        {
+            execute.max_rows = 0;
         }
         let is_extended_query = match socket.state() {
             PgWireConnectionState::CopyInProgress(is_extended_query) => is_extended_query,

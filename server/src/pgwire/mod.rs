@@ -88,6 +88,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let open_sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let metrics = state.metrics();
+    let max_rows = state.controller.sql_limits().max_result_rows.unwrap_or(1 << 20);
     let backend = Backend::new(state.controller, state.sql_timeout, metrics.clone());
     let tls = state.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.pgwire.clone()));
     let startup = Arc::new(Startup::new(state.auth.clone(), tls.is_some(), metrics.clone()));
@@ -111,7 +112,8 @@ pub async fn serve(
                     let open_sessions = open_sessions.clone();
                     tokio::spawn(async move {
                         let logged_in = handlers.startup.logged_in.clone();
-                        let session = connection::process_socket(socket, tls, handlers);
+                        let sockets = handlers.backend.sockets.clone();
+                        let session = connection::process_socket(socket, tls, handlers, max_rows, &sockets);
                         tokio::pin!(session);
                         // A connection that has not logged in within LOGIN_TIMEOUT is closed,
                         // so that silent or stalled clients cannot hold every session slot.
@@ -350,13 +352,20 @@ struct Backend {
     timeout: Duration,
     parser: Arc<Parser>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The connections' sockets, to notice a subscriber that hung up.
+    sockets: connection::Sockets,
 }
 
 impl Backend {
     fn new(controller: Controller, timeout: Duration, metrics: Arc<crate::metrics::Metrics>) -> Backend {
         let parser = Arc::new(Parser { controller: controller.clone(), metrics: metrics.clone() });
-        Backend { parser, controller, timeout, metrics }
+        Backend { parser, controller, timeout, metrics, sockets: Default::default() }
     }
+}
+
+/// The error that ends a statement whose client hung up (nobody reads it).
+fn hung_up() -> PgWireError {
+    PgWireError::IoError(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client closed the connection"))
 }
 
 /// A statement prepared by the extended protocol: what it is, and its shape.
@@ -774,7 +783,22 @@ impl Backend {
         let fields = Arc::new(types::fields(&rows.schema, &Format::UnifiedText));
         let mut encoder = CopyEncoder::new_text(fields, CopyTextOptions::default());
         let mut count = 0usize;
-        while let Some(event) = subscription.recv().await {
+        let peer = client.socket_addr();
+        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let event = tokio::select! {
+                event = subscription.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    if self.sockets.hung_up(peer) {
+                        return Err(hung_up());
+                    }
+                    continue;
+                }
+            };
             let Some(batch) = rows.batch(event).map_err(|e| user_error("XX000", e))? else { continue };
             let mut out = Vec::new();
             types::copy_rows(&batch, &mut encoder, &mut out)?;
@@ -803,13 +827,28 @@ impl Backend {
             .await?;
         let fields = Arc::new(types::fields(&rows.schema, format));
         let encode_fields = fields.clone();
-        let batches = stream::unfold((subscription, rows), |(mut subscription, mut rows)| async move {
-            loop {
-                let event = subscription.recv().await?;
-                match rows.batch(event) {
-                    Ok(Some(batch)) => return Some((Ok(batch), (subscription, rows))),
-                    Ok(None) => continue,
-                    Err(e) => return Some((Err(user_error("XX000", e)), (subscription, rows))),
+        let (sockets, peer) = (self.sockets.clone(), client.socket_addr());
+        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let state = (subscription, rows, check);
+        let batches = stream::unfold(state, move |(mut subscription, mut rows, mut check)| {
+            let sockets = sockets.clone();
+            async move {
+                loop {
+                    let event = tokio::select! {
+                        event = subscription.recv() => event?,
+                        _ = check.tick() => {
+                            if sockets.hung_up(peer) {
+                                return Some((Err(hung_up()), (subscription, rows, check)));
+                            }
+                            continue;
+                        }
+                    };
+                    match rows.batch(event) {
+                        Ok(Some(batch)) => return Some((Ok(batch), (subscription, rows, check))),
+                        Ok(None) => continue,
+                        Err(e) => return Some((Err(user_error("XX000", e)), (subscription, rows, check))),
+                    }
                 }
             }
         });
