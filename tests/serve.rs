@@ -3987,6 +3987,7 @@ fn sql_clients_query_over_pgwire() {
         })
     };
     assert_eq!(code(&mut client, "SET statement_timeout = 'soon'"), "22023");
+    assert_eq!(code(&mut client, "SET statement_timeout = '-5s'"), "22023", "negative, as PostgreSQL refuses it");
     client.batch_execute("SET statement_timeout = '150ms'").expect("set");
     let slow = "SELECT count(*) FROM range(100000000000)";
     let error = client.simple_query(slow).expect_err("cancelled");

@@ -1183,8 +1183,9 @@ impl Backend {
 }
 
 /// `statement_timeout` as PostgreSQL takes it: milliseconds, or a number with a unit (`us`,
-/// `ms`, `s`, `min`, `h`, `d`; PostgreSQL's `postgresql.conf` units); `0` (or less): none.
-/// `None`: not a duration.
+/// `ms`, `s`, `min`, `h`, `d`; PostgreSQL's `postgresql.conf` units); `0`: none. `None`: not a
+/// duration, or one outside PostgreSQL's range for it (0 to 2,147,483,647 ms: a negative one
+/// is refused, as PostgreSQL refuses it).
 fn parse_statement_timeout(value: &str) -> Option<Option<Duration>> {
     let value = value.trim();
     let split = value.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(value.len());
@@ -1202,7 +1203,7 @@ fn parse_statement_timeout(value: &str) -> Option<Option<Duration>> {
         };
     // PostgreSQL rounds to whole milliseconds; at most i32::MAX of them.
     let ms = ms.round();
-    if ms > f64::from(i32::MAX) {
+    if !(0.0..=f64::from(i32::MAX)).contains(&ms) {
         return None;
     }
     Some((ms >= 1.0).then(|| Duration::from_millis(ms as u64)))
@@ -1342,7 +1343,7 @@ mod tests {
     fn statement_timeouts_read_as_postgresql_reads_them() {
         let ms = |v: &str| parse_statement_timeout(v).map(|t| t.map(|d| d.as_millis()));
         assert_eq!(ms("0"), Some(None));
-        assert_eq!(ms("-5"), Some(None));
+        assert_eq!(ms("-5"), None, "PostgreSQL: outside the valid range (0 .. 2147483647)");
         assert_eq!(ms("250"), Some(Some(250)));
         assert_eq!(ms("1.5s"), Some(Some(1500)));
         assert_eq!(ms("2 min"), Some(Some(120_000)));

@@ -404,7 +404,7 @@ fn subscribe(c: &mut Cursor<'_>) -> Result<SubscribeSpec, String> {
 }
 
 /// A timeout as Materialize's `FETCH … WITH (timeout = …)` takes it: `'1s'`, `'500ms'`,
-/// `'2 minutes'`, `'0'`, or a number of seconds.
+/// `'2 minutes'`, `'1d'`, `'0'`, or a number of seconds (the units of `statement_timeout` too).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -416,6 +416,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "us" | "microsecond" | "microseconds" => n / 1e6,
         "m" | "min" | "mins" | "minute" | "minutes" => n * 60.0,
         "h" | "hour" | "hours" => n * 3600.0,
+        "d" | "day" | "days" => n * 86_400.0,
         u => return Err(format!("invalid duration {text:?}: unknown unit {u:?}")),
     };
     if !(0.0..=86_400.0 * 365.0).contains(&seconds) {
@@ -507,6 +508,9 @@ pub fn classify(sql: &str) -> Result<Statement, String> {
             Ok(Statement::Declare { cursor, body })
         }
         "FETCH" => {
+            if c.keyword("BACKWARD") || c.keyword("PRIOR") || c.rest().trim_start().starts_with('-') {
+                return Err("a cursor moves forward only: FETCH takes a count of rows, ALL or NEXT".into());
+            }
             c.keyword("FORWARD");
             let count = if c.keyword("ALL") {
                 None
@@ -653,6 +657,15 @@ mod tests {
         );
         assert!(classify("SUBSCRIBE v WITH (bogus)").is_err());
         assert!(classify("SUBSCRIBE (SELECT 1)").is_err());
+        // A day is 86,400 s, as statement_timeout reads it; cursors move forward only.
+        assert_eq!(
+            classify("FETCH 1 c WITH (timeout = '1d')").unwrap(),
+            Statement::Fetch { cursor: "c".into(), count: Some(1), timeout: Some(Duration::from_secs(86_400)) }
+        );
+        for backward in ["FETCH -1 c", "FETCH BACKWARD 2 FROM c", "FETCH PRIOR c"] {
+            let error = classify(backward).expect_err(backward);
+            assert!(error.contains("forward only"), "{backward}: {error}");
+        }
     }
 
     #[test]
