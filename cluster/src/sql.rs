@@ -195,13 +195,17 @@ fn parameter_types(plan: &datafusion::logical_expr::LogicalPlan) -> DfResult<Vec
     let types = plan.get_parameter_types()?;
     let mut numbered: Vec<(usize, Option<DataType>)> = types
         .into_iter()
-        .filter_map(|(name, ty)| name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()).map(|n| (n, ty)))
+        .filter_map(|(name, ty)| {
+            // `$N` past usize (`$18446744073709551616`) is past the limit too.
+            let n = name.strip_prefix('$').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?;
+            Some((n.parse::<usize>().unwrap_or(usize::MAX), ty))
+        })
         .collect();
     numbered.sort_by_key(|(n, _)| *n);
     let count = numbered.last().map_or(0, |(n, _)| *n);
     if count > MAX_PARAMETERS {
         return Err(datafusion::error::DataFusionError::Plan(format!(
-            "parameter ${count}: a statement takes at most {MAX_PARAMETERS} parameters ($1 to ${MAX_PARAMETERS})"
+            "a statement takes at most {MAX_PARAMETERS} parameters ($1 to ${MAX_PARAMETERS})"
         )));
     }
     let mut out = vec![None; count];

@@ -802,7 +802,7 @@ async fn ingest(
 /// (`GET /v1/jobs/{id}`).
 #[utoipa::path(get, path = "/v1/subscribe", params(("view" = String, Query, description = "relation or view", example = "tool_usage")),
     responses((status = 101, description = "WebSocket"),
-              (status = 400, description = "no ?view=, or not a WebSocket upgrade", body = api::ErrorBody),
+              (status = 400, description = "no ?view=, not a WebSocket upgrade, or an introspection relation (no changes to send)", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such view", body = api::ErrorBody),
               (status = 503, description = "subscribe.max_subscriptions subscriptions are open", body = api::ErrorBody)))]
@@ -812,6 +812,10 @@ async fn subscribe(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let view = params.get("view").ok_or_else(|| ApiError::bad_request("missing ?view=NAME"))?;
+    if amx_cluster::introspection::RELATIONS.contains(&view.as_str()) {
+        // Refused with the controller's reason (it has no changes to send).
+        state.controller.subscribe(view, "http")?;
+    }
     if state.controller.schema(view).is_none() {
         return Err(ClusterError::UnknownCollection(view.clone()).into());
     }

@@ -412,6 +412,8 @@ fn cluster_error(e: ClusterError) -> PgWireError {
         ClusterError::Timeout(_) => "57014",
         ClusterError::Limit(_) => "54000",
         ClusterError::Forbidden(_) => "42501",
+        // A request the server does not take (a subscription to an introspection relation).
+        ClusterError::BadRequest(_) => "0A000",
         _ => "XX000",
     };
     user_error(code, e.to_string())
