@@ -35,6 +35,14 @@ fn start(args: &[String], controller: bool) -> Server {
     start_with_env(args, controller, &[])
 }
 
+/// [`start`] with HTTP and pgwire on free ports: the server and its pgwire port.
+fn start_with_pgwire() -> (Server, u16) {
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    (start(&args, true), pg_port)
+}
+
 /// [`start`], with these environment variables (configuration overrides) set.
 fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_aimatrix"))
@@ -141,6 +149,21 @@ impl Server {
             if rows == want || Instant::now() > deadline {
                 return rows;
             }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls `GET /metrics` until it has the line `line` (at most 30 s; then fails, showing
+    /// the last answer).
+    fn metric_until(&self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, text) = self.call("GET", "/metrics", None);
+            assert_eq!(status, 200);
+            if text.as_str().is_some_and(|t| t.lines().any(|l| l == line)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in /metrics: {text}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -4034,10 +4057,7 @@ fn malformed_pgwire_messages_leave_the_server_healthy() {
     use proptest::test_runner::{Config, TestRunner};
     use std::io::{Read, Write};
 
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
-    let server = start(&args, true);
+    let (server, pg_port) = start_with_pgwire();
 
     fn startup() -> Vec<u8> {
         let mut body = 196_608i32.to_be_bytes().to_vec(); // protocol 3.0
@@ -4092,17 +4112,7 @@ fn malformed_pgwire_messages_leave_the_server_healthy() {
     let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("a session after the bad ones");
     assert_eq!(client.query_one("SELECT 40 + 2", &[]).expect("query").get::<_, i64>(0), 42);
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, text) = server.call("GET", "/metrics", None);
-        assert_eq!(status, 200);
-        let text = text.as_str().expect("text").to_owned();
-        if text.lines().any(|l| l == "aimatrix_pgwire_sessions 0") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sessions left open:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.metric_until("aimatrix_pgwire_sessions 0");
     let log: Vec<String> = server.stderr.lock().expect("log").try_iter().collect();
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:?}");
 }
@@ -4155,10 +4165,7 @@ impl RawSession {
 /// entries: the server took all the memory there was) are answered, and the server goes on.
 #[test]
 fn pgwire_row_limits_and_parameter_numbers_out_of_range_are_answered() {
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
-    let server = start(&args, true);
+    let (server, pg_port) = start_with_pgwire();
     let mut session = RawSession::connect(pg_port);
     let execute = |limit: i32| [b"\0".as_slice(), &limit.to_be_bytes()].concat();
     session.send(b'P', b"\0SELECT 7 AS seven\0\0\0");
@@ -4196,10 +4203,7 @@ fn pgwire_row_limits_and_parameter_numbers_out_of_range_are_answered() {
 /// subscriber's do; it stayed until the view changed twice.
 #[test]
 fn a_copy_subscriber_that_hangs_up_on_a_quiet_view_is_noticed() {
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
-    let server = start(&args, true);
+    let (server, pg_port) = start_with_pgwire();
     let open = "SELECT count(*) AS n FROM aimatrix_subscriptions WHERE client = 'pgwire'";
     for query in [&b"COPY (SUBSCRIBE TO collection_stats) TO STDOUT\0"[..], b"SUBSCRIBE TO collection_stats\0"] {
         let mut session = RawSession::connect(pg_port);
@@ -4210,15 +4214,7 @@ fn a_copy_subscriber_that_hangs_up_on_a_quiet_view_is_noticed() {
         drop(session);
         assert_eq!(server.sql_until(open, &[json!({ "n": 0 })]), [json!({ "n": 0 })], "after {query:?}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, text) = server.call("GET", "/metrics", None);
-        if text.as_str().is_some_and(|t| t.lines().any(|l| l == "aimatrix_pgwire_sessions 0")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "sessions left open: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.metric_until("aimatrix_pgwire_sessions 0");
 }
 
 /// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too

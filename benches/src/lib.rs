@@ -57,6 +57,12 @@ pub fn arg(args: &[String], name: &str, default: usize) -> anyhow::Result<usize>
     }
 }
 
+/// A knowledge event for [`KNOWLEDGE_JOB`]'s push source, as a JSON line: document `id`, in
+/// collection `c{i mod 16}`, of `i mod 5000` bytes, at `1_700_000_000 + i mod 100_000` s.
+pub fn knowledge_line(id: &str, i: usize) -> String {
+    format!(r#"{{"c":"c{}","id":"{id}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
+}
+
 /// The job the serve and durability benches run: a push source `events` mapping JSON lines
 /// `{"c": collection, "id": document, "op"?: "upsert" | "delete", "v": version, "size": bytes,
 /// "t": seconds}` onto `knowledge_events`, and a view `by_id` (`document_id, collection,

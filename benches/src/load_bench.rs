@@ -30,7 +30,7 @@ use amx_benches::{arg, percentile};
 use rand::Rng;
 
 fn line(i: usize) -> String {
-    format!(r#"{{"c":"c{}","id":"d{i}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
+    amx_benches::knowledge_line(&format!("d{i}"), i)
 }
 
 fn free_port() -> anyhow::Result<u16> {

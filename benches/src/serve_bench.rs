@@ -32,9 +32,7 @@ use amx_dataflows::row::Datum;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn line(id: &str, i: usize) -> String {
-    format!(r#"{{"c":"c{}","id":"{id}","v":1,"size":{},"t":{}}}"#, i % 16, i % 5000, 1_700_000_000 + i % 100_000)
-}
+use amx_benches::knowledge_line as line;
 
 fn main() {
     if let Err(e) = bench() {
