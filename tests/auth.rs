@@ -4,7 +4,7 @@
 //! the refusals counted in `/metrics`; no secret in the server's logs. What each request may do
 //! is the README's table of roles, written out here, not read from the server.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-mod common;
+use crate::common;
 
 /// A job reading `data.jsonl` as evaluations (`t` = trace id, `n` = name, `l` = label).
 fn job(dir: &std::path::Path, path: &str) -> std::path::PathBuf {

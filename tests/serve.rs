@@ -2,7 +2,7 @@
 //! WebSocket (tungstenite). Expected answers are computed here from the records the test
 //! pushes, not by the engine.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,4 @@
 //! Helpers shared by the tests that run the `aimatrix` binary: its output, TLS certificates.
-#![allow(dead_code)] // (each test crate that includes this module uses part of it)
 
 use std::io::{BufRead, BufReader};
 use std::process::Child;

@@ -1,0 +1,4 @@
+//! `amx-dataflows`' integration tests, one binary (each file a module).
+
+mod oracle;
+mod views;
