@@ -559,7 +559,7 @@ fn server_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("amx-http")
-        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+        .thread_stack_size(amx_sql::parse::SQL_THREAD_STACK_BYTES)
         .build()
         .context("starting the server runtime")
 }

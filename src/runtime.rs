@@ -187,7 +187,7 @@ pub fn run(job: &Job, opts: &RunOptions, out: &mut dyn Write) -> Result<RunSumma
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("amx-run")
-        .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+        .thread_stack_size(amx_sql::parse::SQL_THREAD_STACK_BYTES)
         .enable_all()
         .build()
         .context("starting the SQL runtime")?;

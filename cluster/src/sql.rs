@@ -306,17 +306,20 @@ impl Controller {
     /// [`ClusterError::Sql`].
     pub async fn execute_sql_with(&self, sql: &str, extras: QueryExtras) -> Result<SqlAnswer, ClusterError> {
         let text = sql.to_owned();
-        let (kind, tables) = tokio::task::spawn_blocking(move || {
-            let kind = parse_statement(&text).map_err(|e| amx_sql::error::message(&e))?;
-            let tables = match kind {
-                ViewStatement::Other => amx_sql::referenced_tables(&text).map_err(|e| format!("{e:#}"))?,
-                _ => Vec::new(),
-            };
-            Ok::<_, String>((kind, tables))
-        })
-        .await
-        .map_err(|e| ClusterError::Sql(e.to_string()))?
-        .map_err(ClusterError::Sql)?;
+        // On the SQL runtime's blocking threads, whose stacks hold a statement's parse.
+        let (kind, tables) = self
+            .sql_runtime()
+            .spawn_blocking(move || {
+                let kind = parse_statement(&text).map_err(|e| amx_sql::error::message(&e))?;
+                let tables = match kind {
+                    ViewStatement::Other => amx_sql::referenced_tables(&text).map_err(|e| format!("{e:#}"))?,
+                    _ => Vec::new(),
+                };
+                Ok::<_, String>((kind, tables))
+            })
+            .await
+            .map_err(|e| ClusterError::Sql(e.to_string()))?
+            .map_err(ClusterError::Sql)?;
         if let (Some(message), ViewStatement::Create { .. } | ViewStatement::Drop { .. }) =
             (&extras.refuse_views, &kind)
         {
@@ -388,7 +391,7 @@ impl Controller {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(SQL_SLOTS)
                     .thread_name("amx-sql")
-                    .thread_stack_size(amx_sql::parse::SQL_STACK_BYTES)
+                    .thread_stack_size(amx_sql::parse::SQL_THREAD_STACK_BYTES)
                     .enable_all()
                     .build()
                     .expect("starting the SQL runtime");

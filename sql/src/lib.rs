@@ -219,7 +219,7 @@ impl SqlEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("amx-sql")
-            .thread_stack_size(parse::SQL_STACK_BYTES)
+            .thread_stack_size(parse::SQL_THREAD_STACK_BYTES)
             .enable_all()
             .build()
             .context("starting the SQL runtime")?;
