@@ -84,14 +84,7 @@ fn stop(controller: Controller, log: Option<Arc<DurableLog>>) -> anyhow::Result<
     controller.join()
 }
 
-fn main() {
-    if let Err(e) = bench() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn bench() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let pushes = arg(&args, "--pushes", 1000)?;
     let per = arg(&args, "--per", 1000)?;

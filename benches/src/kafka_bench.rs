@@ -32,19 +32,12 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
-    if let Err(e) = bench() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
 /// Event `i` as the job maps it: document `doc-i` in one of 16 collections.
 fn event(i: usize) -> String {
     format!(r#"{{"c":"c{}","id":"doc-{i}","v":1,"size":{},"t":1700000000}}"#, i % 16, i % 1000)
 }
 
-fn bench() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let messages = arg(&args, "--messages", 500_000)?;
     let partitions = arg(&args, "--partitions", 4)?.max(1) as i32;

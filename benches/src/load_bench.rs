@@ -87,14 +87,7 @@ fn report(name: &str, mut timings: Vec<Timings>, seconds: f64) {
     );
 }
 
-fn main() {
-    if let Err(e) = bench() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn bench() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let binary = args
         .iter()

@@ -34,14 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use amx_benches::knowledge_line as line;
 
-fn main() {
-    if let Err(e) = bench() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn bench() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let keys = arg(&args, "--keys", 1_000_000)?;
     let workers = arg(&args, "--workers", 1)?;

@@ -55,7 +55,9 @@ pub const SQL_THREAD_STACK_BYTES: usize = SQL_STACK_BYTES + (16 << 20);
 
 /// Runs `f` on a thread with a [`SQL_STACK_BYTES`] stack and returns its result (a panic in
 /// `f` is resumed on the caller's thread): on the caller's own thread when at least that much
-/// of its stack is free, else on a thread started for it.
+/// of its stack is free, else on a thread started for it. So `f` may run inside the caller's
+/// tokio runtime (a thread of one started with [`SQL_THREAD_STACK_BYTES`]) and must not
+/// `block_on` a runtime there; `aimatrix run` blocks on its runtime only from its main thread.
 ///
 /// Every statement this crate parses, plans or runs goes through here, so that a statement
 /// within [`MAX_EXPR_DEPTH`] cannot overflow the caller's stack, whatever thread it runs on.
@@ -490,10 +492,15 @@ mod tests {
         });
         let (caller, ran_on) = big.expect("a thread").join().expect("no panic");
         assert_eq!(caller, ran_on);
-        // The test's own thread (2 MiB): on a thread of its own, with a deep statement planned.
-        let caller = here();
-        let (ran_on, deep) =
-            on_sql_stack(|| (here(), parse(&format!("SELECT {}", chain("+", MAX_EXPR_DEPTH - 1))).is_ok()));
+        // A thread with a common 2 MiB stack: on a thread of its own, with a deep statement
+        // planned.
+        let small = std::thread::Builder::new().stack_size(2 << 20).spawn(move || {
+            let caller = here();
+            let (ran_on, deep) =
+                on_sql_stack(|| (here(), parse(&format!("SELECT {}", chain("+", MAX_EXPR_DEPTH - 1))).is_ok()));
+            (caller, ran_on, deep)
+        });
+        let (caller, ran_on, deep) = small.expect("a thread").join().expect("no panic");
         assert_ne!(caller, ran_on);
         assert!(deep);
     }
