@@ -178,10 +178,15 @@ impl Client {
         self.call("GET", if ready { "/readyz" } else { "/healthz" }, None, None).map(drop)
     }
 
-    /// `aimatrix job show ID`: the job as the server reports it (JSON, indented).
-    pub fn show(&self, id: &str, out: &mut dyn Write) -> Result<()> {
+    /// `aimatrix job show ID`: the job as the server reports it: with `json`, its answer
+    /// (indented); otherwise a summary ([`show_job`]).
+    pub fn show(&self, id: &str, json: bool, out: &mut dyn Write) -> Result<()> {
         let answer = self.json("GET", &format!("/v1/jobs/{id}"), None)?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&answer)?)?;
+        } else {
+            write!(out, "{}", show_job(&answer))?;
+        }
         Ok(())
     }
 
@@ -290,4 +295,130 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Width of a backfill bar, in characters between its brackets.
+const BAR_WIDTH: usize = 30;
+
+/// A job as `GET /v1/jobs/{id}` answers it (`JobStatus`), for a person: its state; per source
+/// its records, rows decoded and errors, and for a file source its backfill as a bar with the
+/// bytes read of the total, the rate and the time left; per view its rows; the job's backfill
+/// summed; its errors. Fields the answer lacks are shown as `?`.
+pub fn show_job(job: &Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let int = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+    let count = |v: &Value, k: &str| int(v, k).map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let mut out = String::new();
+    let name = job.get("name").and_then(Value::as_str).map(|n| format!(" `{n}`")).unwrap_or_default();
+    let _ = writeln!(out, "job {}{name} ({}): {}", count(job, "id"), text(job, "kind"), text(job, "state"));
+    let sources = job.get("source_stats").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !sources.is_empty() {
+        let width = sources.iter().map(|s| text(s, "name").len()).max().unwrap_or(0).max(6);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<6}  {:>10}  {:>10}  {:>8}  backfill",
+            "source", "kind", "records", "decoded", "errors"
+        );
+        for s in &sources {
+            let progress = s.get("progress").filter(|p| !p.is_null()).map(backfill_line).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:<6}  {:>10}  {:>10}  {:>8}  {progress}",
+                text(s, "name"),
+                text(s, "kind"),
+                count(s, "records"),
+                count(s, "decoded"),
+                count(s, "errors"),
+            );
+        }
+    }
+    let views = job.get("view_stats").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !views.is_empty() {
+        let width = views.iter().map(|v| text(v, "name").len()).max().unwrap_or(0).max(4);
+        let _ = writeln!(out, "{:<width$}  {:>10}", "view", "rows");
+        for v in &views {
+            let _ = writeln!(out, "{:<width$}  {:>10}", text(v, "name"), count(v, "rows"));
+        }
+    }
+    if let Some(backfill) = job.get("backfill").filter(|b| int(b, "bytes_total").is_some_and(|t| t > 0)) {
+        let records = count(backfill, "records_read");
+        let _ = writeln!(out, "backfill: {} ({records} records)", backfill_line(backfill));
+    }
+    for e in job.get("errors").and_then(Value::as_array).into_iter().flatten() {
+        let _ = writeln!(out, "error: {}", e.as_str().unwrap_or("?"));
+    }
+    out
+}
+
+/// One backfill (a source's `progress`, or a job's `backfill`) as
+/// `[=====>     ]  42%  12.0 MiB of 28.6 MiB  4.00 MiB/s  4 seconds left` (`done` once read
+/// to the end; `caught up` once queries see all of it).
+fn backfill_line(p: &Value) -> String {
+    use indicatif::{HumanBytes, HumanDuration};
+    let int = |k: &str| p.get(k).and_then(Value::as_u64);
+    let (read, total) = (int("bytes_read").unwrap_or(0), int("bytes_total").unwrap_or(0));
+    let fraction = if total == 0 { 1.0 } else { (read as f64 / total as f64).min(1.0) };
+    let filled = (fraction * BAR_WIDTH as f64).floor() as usize;
+    let bar = match filled {
+        BAR_WIDTH => "=".repeat(BAR_WIDTH),
+        n => format!("{}>{}", "=".repeat(n), " ".repeat(BAR_WIDTH - n - 1)),
+    };
+    let mut line = format!("[{bar}] {:>3.0}%  {} of {}", fraction * 100.0, HumanBytes(read), HumanBytes(total));
+    if let Some(rate) = int("rate_bytes_per_s") {
+        line.push_str(&format!("  {}/s", HumanBytes(rate)));
+    }
+    let flag = |k: &str| p.get(k).and_then(Value::as_bool) == Some(true);
+    match int("eta_ms") {
+        _ if flag("caught_up") => line.push_str("  caught up"),
+        _ if flag("done") => line.push_str("  done"),
+        Some(0) => {}
+        Some(ms) => line.push_str(&format!("  {} left", HumanDuration(std::time::Duration::from_millis(ms)))),
+        None => {}
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::show_job;
+
+    /// A file source a quarter read (1 MiB of 4 MiB at 1 MiB/s: 3 s left) and a push source:
+    /// the bar is 7 of 30 characters full (30 × 0.25, rounded down), then the arrow.
+    #[test]
+    fn a_job_shows_its_backfill_as_a_bar() {
+        let progress = json!({ "bytes_read": 1_048_576, "bytes_total": 4_194_304, "done": false, "caught_up": false,
+                               "records_read": 9_000, "rate_bytes_per_s": 1_048_576, "eta_ms": 3_000 });
+        let job = json!({
+            "id": 3, "name": "files", "kind": "job", "state": "running", "errors": ["a: permission denied"],
+            "source_stats": [
+                { "name": "logs", "kind": "file", "records": 9_000, "decoded": 8_990, "errors": 10, "progress": progress },
+                { "name": "in", "kind": "push", "records": 5, "decoded": 5, "errors": 0, "progress": null },
+            ],
+            "view_stats": [{ "name": "by_c", "rows": 12 }],
+            "hydration": 0.25,
+            "backfill": progress,
+        });
+        let bar =
+            format!("[{}>{}]  25%  1.00 MiB of 4.00 MiB  1.00 MiB/s  3 seconds left", "=".repeat(7), " ".repeat(22));
+        let want = format!(
+            "job 3 `files` (job): running\n\
+             source  kind       records     decoded    errors  backfill\n\
+             logs    file          9000        8990        10  {bar}\n\
+             in      push             5           5         0  \n\
+             view        rows\n\
+             by_c          12\n\
+             backfill: {bar} (9000 records)\n\
+             error: a: permission denied\n"
+        );
+        assert_eq!(show_job(&job), want);
+
+        let done = json!({ "bytes_read": 10, "bytes_total": 10, "done": true, "caught_up": true, "eta_ms": 0 });
+        let job = json!({ "id": 4, "kind": "job", "state": "running",
+                          "source_stats": [{ "name": "f", "kind": "file", "records": 1, "decoded": 1, "errors": 0, "progress": done }] });
+        let line = show_job(&job).lines().nth(2).expect("the source's line").to_owned();
+        assert!(line.ends_with(&format!("[{}] 100%  10 B of 10 B  caught up", "=".repeat(30))), "{line}");
+    }
 }

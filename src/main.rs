@@ -138,6 +138,10 @@ enum JobAction {
     Show {
         /// Job id.
         id: String,
+        /// Print the server's answer as JSON (as `GET /v1/jobs/{id}` gives it) instead of the
+        /// summary with its backfill bar.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: its sources stop and its views are dropped; what it ingested stays
     /// (unless --retract).
@@ -717,7 +721,7 @@ fn real_main() -> Result<()> {
                     println!("{id}");
                 }
                 JobAction::List => client.list(&mut stdout)?,
-                JobAction::Show { id } => client.show(&id, &mut stdout)?,
+                JobAction::Show { id, json } => client.show(&id, json, &mut stdout)?,
                 JobAction::Cancel { id, retract } => {
                     client.cancel(&id, retract)?;
                     eprintln!("job {id} cancelled{}", if retract { ", what it ingested retracted" } else { "" });

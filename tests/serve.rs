@@ -1570,6 +1570,16 @@ fn file_sources_resume_at_their_cursors_after_a_restart() {
             assert!(Instant::now() < deadline, "never caught up: {body}");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Its backfill, in `aimatrix_jobs` too: the 4 lines and their bytes, all read.
+        let bytes = event_lines("once", 0, 4).len();
+        let backfill =
+            "SELECT records_read, bytes_read, bytes_total, hydration, eta_ms FROM aimatrix_jobs WHERE id = 2";
+        let want =
+            json!({ "records_read": 4, "bytes_read": bytes, "bytes_total": bytes, "hydration": 1.0, "eta_ms": 0 });
+        assert_eq!(server.sql(backfill), vec![want]);
+        let (_, body) = server.call("GET", "/v1/jobs/2", None);
+        assert_eq!(body["backfill"]["bytes_read"], bytes, "{body}");
+        assert_eq!(body["backfill"]["records_read"], 4, "{body}");
         // The server reads the files: they take no pushes.
         let (status, body) = server.call("POST", "/v1/ingest/1/tail", Some("{}"));
         assert_eq!(status, 409, "{body}");

@@ -251,6 +251,71 @@ pub struct SourceProgress {
     /// Every worker read it to the end (a following source: to its current end), and every
     /// collection has passed the time of its last records: queries see all of it.
     pub caught_up: bool,
+    /// Records (lines, rows) read by the same reader as `bytes_read`, since this process began
+    /// reading the source (a source resumed after a restart counts from its position).
+    pub records_read: u64,
+    /// The backfill rate (bytes/s): bytes read since this process began reading the source,
+    /// over the seconds since (`None` in its first 200 ms, when the average means nothing).
+    pub rate_bytes_per_s: Option<u64>,
+    /// The estimated time left to read to the end (ms): the bytes left at `rate_bytes_per_s`;
+    /// 0 once done, `None` while no rate is known (or nothing is being read).
+    pub eta_ms: Option<u64>,
+}
+
+impl SourceProgress {
+    /// Sets `rate_bytes_per_s` and `eta_ms` from where the reader began in this process:
+    /// `started`, when `bytes_read` was `bytes_at_start` (a resumed source's position).
+    pub(crate) fn with_rate(mut self, started: std::time::Instant, bytes_at_start: u64) -> Self {
+        let elapsed = started.elapsed().as_secs_f64();
+        self.rate_bytes_per_s =
+            (elapsed >= 0.2).then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
+        let left = self.bytes_total.saturating_sub(self.bytes_read);
+        self.eta_ms = if self.done || left == 0 {
+            Some(0)
+        } else {
+            self.rate_bytes_per_s.filter(|r| *r > 0).map(|r| (left as f64 / r as f64 * 1000.0).ceil() as u64)
+        };
+        self
+    }
+}
+
+/// A job's backfill: its file sources' progress, summed (`GET /v1/jobs/{id}`, `aimatrix_jobs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Backfill {
+    /// Records read, over the file sources.
+    pub records_read: u64,
+    /// Bytes read, over the file sources.
+    pub bytes_read: u64,
+    /// Bytes their files hold now.
+    pub bytes_total: u64,
+    /// The sum of their rates (bytes/s; `None` when none is known).
+    pub rate_bytes_per_s: Option<u64>,
+    /// Time left until the slowest is read to its end (ms; they are read side by side): the
+    /// largest of theirs, `None` when one is unknown, 0 when all are done or there are none.
+    pub eta_ms: Option<u64>,
+}
+
+impl Backfill {
+    /// The backfill of sources whose progress is `sources`.
+    pub fn of<'a>(sources: impl IntoIterator<Item = &'a SourceProgress>) -> Self {
+        let mut sum = Self { eta_ms: Some(0), ..Self::default() };
+        for p in sources {
+            sum.records_read += p.records_read;
+            sum.bytes_read += p.bytes_read;
+            sum.bytes_total += p.bytes_total;
+            if let Some(rate) = p.rate_bytes_per_s {
+                sum.rate_bytes_per_s = Some(sum.rate_bytes_per_s.unwrap_or(0) + rate);
+            }
+            sum.eta_ms = sum.eta_ms.zip(p.eta_ms).map(|(a, b)| a.max(b));
+        }
+        sum
+    }
+
+    /// The fraction of the bytes read, 0 to 1 (1 with no bytes; a file read again from its
+    /// start counts twice: at most 1).
+    pub fn fraction(&self) -> f64 {
+        if self.bytes_total == 0 { 1.0 } else { (self.bytes_read as f64 / self.bytes_total as f64).min(1.0) }
+    }
 }
 
 /// A change stream of a subscription, in time order.
@@ -1189,6 +1254,9 @@ pub struct JobStatus {
     pub view_stats: Vec<ViewStatus>,
     /// Hydration: the fraction of the file sources' bytes read, 0 to 1 (1.0 with none).
     pub hydration: f64,
+    /// The file sources' progress summed: records and bytes read, of the bytes there are,
+    /// rate and time left.
+    pub backfill: Backfill,
 }
 
 /// A source's figures.
@@ -2002,7 +2070,7 @@ impl Controller {
         let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new(), None).await?;
         let progress = lock(&self.inner.shared.progress).clone();
         let mut source_stats = Vec::new();
-        let (mut read, mut total) = (0u64, 0u64);
+        let mut files = Vec::new();
         for source in &info.sources {
             let row = stats.iter().find(|(r, _)| r.first() == Some(&Datum::Text(source.name.clone())));
             let figure = |i: usize| match row.and_then(|(r, _)| r.get(i)) {
@@ -2017,10 +2085,7 @@ impl Controller {
                 p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
                 p
             });
-            if let Some(p) = p {
-                read += p.bytes_read;
-                total += p.bytes_total;
-            }
+            files.extend(p);
             source_stats.push(SourceStatus {
                 name: source.name.clone(),
                 kind: source.kind,
@@ -2042,9 +2107,8 @@ impl Controller {
                 });
             }
         }
-        // Bytes read count a file read again (truncated, replaced) twice: at most 1.
-        let hydration = if total == 0 { 1.0 } else { (read as f64 / total as f64).min(1.0) };
-        Ok(JobStatus { info, source_stats, view_stats, hydration })
+        let backfill = Backfill::of(&files);
+        Ok(JobStatus { info, source_stats, view_stats, hydration: backfill.fraction(), backfill })
     }
 
     /// Whether every worker has read file source `source` of `job` to its end and every

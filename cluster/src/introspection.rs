@@ -3,7 +3,7 @@
 //!
 //! | relation | columns | one row per |
 //! |---|---|---|
-//! | `aimatrix_jobs` | `id` BIGINT, `name` TEXT (null: none given), `kind` TEXT (`job`, or `view` for one created with `CREATE MATERIALIZED VIEW`), `state` TEXT (`running`, `failed`, `cancelled`), `sources` TEXT, `views` TEXT, `sinks` TEXT (names, `, `-separated), `errors` TEXT (`; `-separated; null: none) | job, cancelled ones too |
+//! | `aimatrix_jobs` | `id` BIGINT, `name` TEXT (null: none given), `kind` TEXT (`job`, or `view` for one created with `CREATE MATERIALIZED VIEW`), `state` TEXT (`running`, `failed`, `cancelled`), `sources` TEXT, `views` TEXT, `sinks` TEXT (names, `, `-separated), `errors` TEXT (`; `-separated; null: none), then the backfill of its file sources, summed (null for a cancelled job): `records_read` BIGINT, `bytes_read` BIGINT, `bytes_total` BIGINT (what their files hold now), `hydration` DOUBLE (`bytes_read / bytes_total`, 0 to 1; 1 with no file source), `rate_bytes_per_s` BIGINT (bytes read since this process began reading them, over the seconds since; null in the first 200 ms), `eta_ms` BIGINT (time left until the slowest is read at its rate; 0 once all are; null while unknown) | job, cancelled ones too |
 //! | `aimatrix_frontiers` | `collection` TEXT, `frontier` BIGINT (ms since the Unix epoch: every change before it is complete), `lag_ms` BIGINT (the wall clock's lead over it, ≥ 0) | collection every worker maintains |
 //! | `aimatrix_dataflows` | `worker` BIGINT, `id` BIGINT (timely's dataflow index), `name` TEXT (`control`, `agent state`, `job N`, `subscribe C` …), `operators` BIGINT, `arrangements` BIGINT, `records` BIGINT (updates in its arrangements), `elapsed_ns` BIGINT (time the worker spent in it) | dataflow on each worker |
 //! | `aimatrix_operators` | `worker` BIGINT, `id` BIGINT (timely's operator id, unique on its worker), `dataflow_id` BIGINT, `address` TEXT (`2.5.1`: the dataflow's index, then the index in each scope), `name` TEXT, `activations` BIGINT (times scheduled), `elapsed_ns` BIGINT (time scheduled; a scope's includes its operators'), `records_received` BIGINT (records on its inputs) | operator on each worker |
@@ -21,10 +21,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use amx_sql::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use amx_sql::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-use crate::controller::Controller;
+use crate::controller::{Backfill, Controller, JobState};
 use crate::protocol::{ArrangementReport, OperatorReport, WorkerReport};
 
 /// The names of the introspection relations.
@@ -51,6 +51,12 @@ pub fn schema(name: &str) -> Option<SchemaRef> {
             text("views", false),
             text("sinks", false),
             text("errors", true),
+            int("records_read", true),
+            int("bytes_read", true),
+            int("bytes_total", true),
+            Field::new("hydration", DataType::Float64, true),
+            int("rate_bytes_per_s", true),
+            int("eta_ms", true),
         ],
         "aimatrix_frontiers" => vec![text("collection", false), int("frontier", false), int("lag_ms", false)],
         "aimatrix_subscriptions" => vec![
@@ -105,6 +111,13 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
     let columns: Vec<ArrayRef> = match name {
         "aimatrix_jobs" => {
             let jobs = controller.all_jobs();
+            let backfill: Vec<Option<Backfill>> = jobs
+                .iter()
+                .map(|j| {
+                    let files = controller.file_progress(j.id);
+                    (j.state != JobState::Cancelled).then(|| Backfill::of(files.iter().map(|(_, p)| p)))
+                })
+                .collect();
             let names = |list: Vec<String>| Some(list.join(", "));
             vec![
                 int(jobs.iter().map(|j| Some(clamp(j.id.0))).collect()),
@@ -115,6 +128,12 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
                 text(jobs.iter().map(|j| names(j.views.iter().map(|v| v.name.clone()).collect())).collect()),
                 text(jobs.iter().map(|j| names(j.sinks.iter().map(|s| s.name.clone()).collect())).collect()),
                 text(jobs.iter().map(|j| (!j.errors.is_empty()).then(|| j.errors.join("; "))).collect()),
+                int(backfill.iter().map(|b| b.map(|b| clamp(b.records_read))).collect()),
+                int(backfill.iter().map(|b| b.map(|b| clamp(b.bytes_read))).collect()),
+                int(backfill.iter().map(|b| b.map(|b| clamp(b.bytes_total))).collect()),
+                Arc::new(Float64Array::from(backfill.iter().map(|b| b.map(|b| b.fraction())).collect::<Vec<_>>())),
+                int(backfill.iter().map(|b| b.and_then(|b| b.rate_bytes_per_s).map(clamp)).collect()),
+                int(backfill.iter().map(|b| b.and_then(|b| b.eta_ms).map(clamp)).collect()),
             ]
         }
         "aimatrix_frontiers" => {

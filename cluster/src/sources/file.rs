@@ -88,6 +88,9 @@ pub(crate) struct FileSource {
     end_logged: bool,
     /// The files' total size, and when it was last summed ([`TOTAL_EVERY`]).
     total: (u64, Option<Instant>),
+    /// When it was opened and the bytes it had read before (a resumed source's position),
+    /// for its rate ([`SourceProgress::with_rate`]).
+    started: (Instant, u64),
 }
 
 /// How often the files' total size is summed for the progress (a glob and a `stat` per file;
@@ -121,7 +124,8 @@ pub(crate) fn open(
     tracing::info!(job = %job, source = %source.name, path = %source.path, files, "file source started");
     if done {
         let mut progress = feed.progress.lock().unwrap_or_else(|p| p.into_inner());
-        *progress = SourceProgress { bytes_read: read, bytes_total: read, done: true, caught_up: false };
+        *progress =
+            SourceProgress { bytes_read: read, bytes_total: read, done: true, eta_ms: Some(0), ..Default::default() };
     }
     Ok(FileSource {
         reader,
@@ -132,6 +136,7 @@ pub(crate) fn open(
         finished: done,
         end_logged: done,
         total: (read, None),
+        started: (Instant::now(), read),
     })
 }
 
@@ -145,7 +150,9 @@ impl FileSource {
         let mut progress = self.feed.progress.lock().unwrap_or_else(|p| p.into_inner());
         progress.bytes_read = self.reader.bytes_read();
         progress.bytes_total = self.total.0.max(progress.bytes_read);
+        progress.records_read = self.reader.records_seen();
         progress.done = done;
+        *progress = progress.with_rate(self.started.0, self.started.1);
     }
 }
 

@@ -31,6 +31,8 @@ pub(super) struct FileSource {
     records: Vec<Record>,
     /// Events of one record (kept to reuse its allocation).
     events: Vec<Event>,
+    /// When it was opened, for its rate ([`SourceProgress::with_rate`]).
+    started: std::time::Instant,
 }
 
 /// A push source on one worker: its job (records arrive as [`crate::protocol::Command::Ingest`]).
@@ -91,6 +93,7 @@ pub(super) fn open(
                     follow: source.follow,
                     records: Vec::new(),
                     events: Vec::new(),
+                    started: std::time::Instant::now(),
                 })))
             }
             Err(e) => Err((source.name, e.to_string())),
@@ -167,7 +170,11 @@ impl FileSource {
             bytes_total: self.reader.total_bytes(),
             done: self.done,
             caught_up: false,
+            records_read: self.reader.records_seen(),
+            rate_bytes_per_s: None,
+            eta_ms: None,
         }
+        .with_rate(self.started, 0)
     }
 }
 
