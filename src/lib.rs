@@ -1,8 +1,10 @@
 //! The `aimatrix` binary's library: the built-in demo workload, the batch runtime of `run`,
-//! and the client of a running server (`job`, `sql`, `subscribe`).
+//! the client of a running server (`job`, `sql`, `subscribe`), and the process's tracing (logs,
+//! and spans over OTLP).
 
 pub mod client;
 pub mod demo;
 pub mod runtime;
+pub mod telemetry;
 
 pub use amx_cluster::{job, net as cluster};

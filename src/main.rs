@@ -695,11 +695,8 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Dropped on the way out: the spans still queued are exported.
+    let _telemetry = aimatrix::telemetry::init()?;
     let cli = Cli::parse();
     // Not locked for the whole run: timely's networking threads print on stdout while connecting.
     let mut stdout = std::io::stdout();

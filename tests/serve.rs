@@ -4227,6 +4227,50 @@ fn a_copy_subscriber_that_hangs_up_on_a_quiet_view_is_noticed() {
     server.metric_until("aimatrix_pgwire_sessions 0");
 }
 
+/// The values of a `DataRow` body, as text (`None`: NULL).
+fn data_row_values(body: &[u8]) -> Vec<Option<String>> {
+    let columns = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let (mut values, mut at) = (Vec::new(), 2);
+    for _ in 0..columns {
+        let length = i32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+        at += 4;
+        if length < 0 {
+            values.push(None);
+        } else {
+            values.push(Some(String::from_utf8_lossy(&body[at..at + length as usize]).into_owned()));
+            at += length as usize;
+        }
+    }
+    values
+}
+
+/// A bare `SUBSCRIBE` over the simple protocol sends each change as it happens — the notice,
+/// the row description, the snapshot's row, then the two rows of one push (the old count
+/// retracted, the new one inserted) — not once some kilobytes of rows have gathered: a client
+/// that reads every message (this one) sees each change at once.
+#[test]
+fn a_bare_subscribe_sends_each_change_as_it_comes() {
+    let (server, pg_port) = start_with_pgwire();
+    let count = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
+    let id = server.submit(&push_job("streamed", "streamed-in", "streamed_v", count));
+    server.push(id, "streamed-in", &[pipeline_event(0)]);
+    server.sql_until("SELECT n FROM streamed_v", &[json!({ "n": 1 })]);
+    let mut session = RawSession::connect(pg_port);
+    session.send(b'Q', b"SUBSCRIBE TO streamed_v\0");
+    let head = session.until(b'T');
+    assert_eq!(head.iter().map(|(tag, _)| *tag).collect::<Vec<_>>(), b"NT".to_vec(), "{head:?}");
+    let snapshot = session.until(b'D');
+    let row = data_row_values(&snapshot.last().expect("a row").1);
+    assert_eq!(row[1..], [Some("1".to_owned()), Some("c0".to_owned()), Some("1".to_owned())], "diff, collection, n");
+    // Event 4 is of collection c0 too: its count goes from 1 to 2.
+    server.push(id, "streamed-in", &[pipeline_event(4)]);
+    let mut changes: Vec<Vec<Option<String>>> =
+        (0..2).map(|_| data_row_values(&session.until(b'D').last().expect("a row").1)[1..].to_vec()).collect();
+    changes.sort();
+    let text = |v: &[&str]| v.iter().map(|s| Some((*s).to_owned())).collect::<Vec<_>>();
+    assert_eq!(changes, vec![text(&["-1", "c0", "1"]), text(&["1", "c0", "2"])]);
+}
+
 /// `pgwire.max_sessions`: a connection past it is refused with PostgreSQL's `53300 sorry, too
 /// many clients already` (also for psql, which asks for SSL first) and counted in the
 /// metrics; once a session closes, a new one is served. `subscribe.max_subscriptions`: a
@@ -4314,4 +4358,166 @@ fn pgwire_sessions_and_subscriptions_past_their_limits_are_refused() {
         .and_then(|v| v.parse().ok())
         .expect("the subscriptions' refusals counter");
     assert!(refused >= 2, "{text}");
+}
+
+/// A span as an OTLP receiver got it: its name, ids, status and attributes (values as text),
+/// and its resource's `service.name`.
+#[derive(Clone, Debug)]
+struct ReceivedSpan {
+    name: String,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    /// `Server`, `Internal`, … (the protobuf enum's names).
+    kind: String,
+    /// `Error`, `Ok`, `Unset`.
+    status: String,
+    attributes: BTreeMap<String, String>,
+    service: String,
+}
+
+/// An OTLP/HTTP receiver, as an OpenTelemetry Collector's `otlp` receiver listens on
+/// `:4318`: it decodes each `POST /v1/traces` body as the protocol's
+/// `ExportTraceServiceRequest` (the official messages, `opentelemetry-proto`) and answers with
+/// an empty `ExportTraceServiceResponse`.
+struct OtlpReceiver {
+    port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl OtlpReceiver {
+    fn start() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+        use prost::Message;
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let kept = spans.clone();
+        let receive = move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("an ExportTraceServiceRequest");
+                let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+                    .as_ref()
+                    .and_then(|v| v.value.as_ref())
+                {
+                    Some(Any::StringValue(s)) => s.clone(),
+                    Some(Any::IntValue(i)) => i.to_string(),
+                    Some(Any::BoolValue(b)) => b.to_string(),
+                    Some(Any::DoubleValue(d)) => d.to_string(),
+                    other => format!("{other:?}"),
+                };
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .iter()
+                        .flat_map(|r| &r.attributes)
+                        .find(|kv| kv.key == "service.name")
+                        .map(|kv| text(&kv.value))
+                        .unwrap_or_default();
+                    for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                        let kind = opentelemetry_proto::tonic::trace::v1::span::SpanKind::try_from(span.kind)
+                            .map_or_else(|_| "?".to_owned(), |k| format!("{k:?}"));
+                        let status = span.status.as_ref().map_or(0, |s| s.code);
+                        let status = opentelemetry_proto::tonic::trace::v1::status::StatusCode::try_from(status)
+                            .map_or_else(|_| "?".to_owned(), |c| format!("{c:?}"));
+                        kept.lock().expect("spans").push(ReceivedSpan {
+                            name: span.name,
+                            span_id: span.span_id,
+                            parent_span_id: span.parent_span_id,
+                            kind,
+                            status,
+                            attributes: span.attributes.iter().map(|kv| (kv.key.clone(), text(&kv.value))).collect(),
+                            service: service.clone(),
+                        });
+                    }
+                }
+                ([("content-type", "application/x-protobuf")], ExportTraceServiceResponse::default().encode_to_vec())
+            }
+        };
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(receive));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        OtlpReceiver { port, spans, _runtime: runtime }
+    }
+
+    /// Waits (at most 30 s) for a span of this name whose attributes include `with`.
+    fn span(&self, name: &str, with: &[(&str, &str)]) -> ReceivedSpan {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans = self.spans.lock().expect("spans").clone();
+            let found = spans.iter().find(|s| {
+                s.name == name && with.iter().all(|(k, v)| s.attributes.get(*k).map(String::as_str) == Some(*v))
+            });
+            if let Some(span) = found {
+                return span.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no span `{name}` with {with:?}; got {:#?}",
+                spans.iter().map(|s| (&s.name, &s.attributes)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the server exports its spans over OTLP/HTTP: one per
+/// HTTP request (named `{METHOD} {route}`, with its status), one per pgwire statement (its text
+/// without the values of its literals; the SQLSTATE of an error), and the job lifecycle's
+/// (install as a child of the request that submitted it, cancel), under the service name set.
+#[test]
+fn spans_are_exported_over_otlp() {
+    let receiver = OtlpReceiver::start();
+    let pg_port = free_port();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let server = start_with_env(
+        &args,
+        true,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "aimatrix-under-test"),
+        ],
+    );
+    let count = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
+    let id = server.submit(&push_job("traced", "traced-in", "traced_v", count));
+    let (status, _) = server.call("GET", "/v1/no-such-route", None);
+    assert_eq!(status, 404);
+
+    let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("a pgwire session");
+    let rows = client.query("SELECT count(*) FROM spans WHERE name = 'sk-live-secret' AND input_tokens > 12", &[]);
+    assert_eq!(rows.expect("query")[0].get::<_, i64>(0), 0);
+    let error = client.query("SELECT * FROM no_such_relation", &[]).expect_err("an unknown relation");
+    let sqlstate = error.code().expect("a SQLSTATE").code().to_owned();
+    let (status, body) = server.call("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(status, 200, "{body}");
+
+    let id_text = id.to_string();
+    let post = receiver.span("POST /v1/jobs", &[("http.request.method", "POST"), ("http.response.status_code", "201")]);
+    assert_eq!((post.kind.as_str(), post.service.as_str()), ("Server", "aimatrix-under-test"));
+    assert_eq!(post.attributes.get("http.route").map(String::as_str), Some("/v1/jobs"));
+    let install = receiver.span("job install", &[("job.id", &id_text), ("job.name", "traced")]);
+    assert_eq!(install.parent_span_id, post.span_id, "the install is a step of the request that asked for it");
+    let missing = receiver.span("GET", &[("url.path", "/v1/no-such-route"), ("http.response.status_code", "404")]);
+    assert!(!missing.attributes.contains_key("http.route"), "{missing:?}");
+    assert_eq!(missing.status, "Unset", "a 4xx is the client's error, not the server's");
+
+    let select = receiver.span("pgwire SELECT", &[("db.system.name", "aimatrix"), ("db.operation.name", "SELECT")]);
+    assert_eq!(
+        select.attributes.get("db.query.text").map(String::as_str),
+        Some("SELECT count(*) FROM spans WHERE name = ? AND input_tokens > ?")
+    );
+    // The extended protocol's Parse plans the statement: the unknown relation fails there.
+    let failed = receiver.span("pgwire parse SELECT", &[("db.response.status_code", &sqlstate)]);
+    assert_eq!(failed.attributes.get("db.query.text").map(String::as_str), Some("SELECT * FROM no_such_relation"));
+    assert_eq!(failed.status, "Error");
+    receiver.span("job cancel", &[("job.id", &id_text), ("job.retract", "false")]);
+    let leaked =
+        receiver.spans.lock().expect("spans").iter().any(|s| s.attributes.values().any(|v| v.contains("sk-live")));
+    assert!(!leaked, "a literal's value reached a span");
 }

@@ -1506,6 +1506,8 @@ impl Controller {
     /// [`ClusterError::Conflict`] for a source or view name already in use;
     /// [`ClusterError::InvalidJob`] for a view that fails to plan (the message names the view
     /// and where).
+    #[tracing::instrument(name = "job install", skip_all, err(Display),
+        fields(job.name = job.config.name.as_deref(), job.id = tracing::field::Empty))]
     pub fn install_job(&self, job: &Job) -> Result<JobId, ClusterError> {
         if job.config.sources.is_empty() && job.config.views.is_empty() && job.config.sinks.is_empty() {
             return Err(ClusterError::InvalidJob("the job has no sources, views or sinks: nothing to run".into()));
@@ -1630,6 +1632,7 @@ impl Controller {
             self.start_sinks(&mut seq, id);
         }
         drop(seq);
+        tracing::Span::current().record("job.id", id.0);
         stored.map(|(log, at)| log.sync_now(at)).transpose()?;
         Ok(id)
     }
@@ -1815,6 +1818,7 @@ impl Controller {
     ///
     /// # Panics
     /// With `retract`, outside a tokio runtime (the retraction's second step is a task).
+    #[tracing::instrument(name = "job cancel", skip_all, err(Display), fields(job.id = id.0, job.retract = retract))]
     pub async fn cancel_job(&self, id: JobId, retract: bool) -> Result<(), ClusterError> {
         let (applied, stored) = self.begin_cancel(id, retract)?;
         let upper = if retract {
@@ -1944,6 +1948,7 @@ impl Controller {
     /// # Errors
     /// [`ClusterError::Conflict`] when the name is taken; [`ClusterError::Sql`] when it does
     /// not plan.
+    #[tracing::instrument(name = "view create", skip_all, err(Display), fields(view.name = name, job.id = tracing::field::Empty))]
     pub fn create_view(&self, name: &str, sql: &str) -> Result<JobId, ClusterError> {
         let mut seq = lock(&self.inner.seq);
         if seq.catalog.contains_key(name) {
@@ -1954,6 +1959,7 @@ impl Controller {
         let logged = |id: JobId| LogRecord::CreateView { id: id.0, name: name.to_owned(), sql: sql.to_owned() };
         let (id, stored) = self.install(&mut seq, Some(name.to_owned()), JobKind::View, inputs, views, logged)?;
         drop(seq);
+        tracing::Span::current().record("job.id", id.0);
         stored.map(|(log, at)| log.sync_now(at)).transpose()?;
         Ok(id)
     }
@@ -1964,6 +1970,7 @@ impl Controller {
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Conflict`] for a built-in relation,
     /// a job's view, or a view another view reads.
+    #[tracing::instrument(name = "view drop", skip_all, err(Display), fields(view.name = name))]
     pub async fn drop_view(&self, name: &str, if_exists: bool) -> Result<bool, ClusterError> {
         let id = {
             let seq = lock(&self.inner.seq);
@@ -2557,7 +2564,10 @@ impl Controller {
     ) -> Result<(), ClusterError> {
         lock(&self.inner.seq).next_job = id;
         let this = self.clone();
-        let result = tokio::task::spawn_blocking(move || install(&this)).await.map_err(|_| ClusterError::Stopped)?;
+        let span = tracing::Span::current();
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| install(&this)))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
         let mut seq = lock(&self.inner.seq);
         seq.next_job = seq.next_job.max(id + 1);
         result.map(|_| ())
@@ -2574,6 +2584,7 @@ impl Controller {
     /// [`ClusterError::Storage`] when a logged change no longer applies (a job whose file
     /// source is now outside `files.roots`, or whose files are gone): the server must not
     /// start without it; [`ClusterError::Stopped`].
+    #[tracing::instrument(name = "recover", skip_all, err(Display), fields(log = %log.location()))]
     pub async fn recover(
         &self,
         log: Arc<DurableLog>,

@@ -334,7 +334,8 @@ impl Controller {
             ViewStatement::Create { name, query, .. } => {
                 let me = self.clone();
                 let view = name.clone();
-                tokio::task::spawn_blocking(move || me.create_view(&name, &query))
+                let span = tracing::Span::current();
+                tokio::task::spawn_blocking(move || span.in_scope(|| me.create_view(&name, &query)))
                     .await
                     .map_err(|e| ClusterError::Sql(e.to_string()))??;
                 Ok(SqlAnswer::Created { view, existed: false })

@@ -270,7 +270,35 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_check))
         .layer(axum::middleware::from_fn_with_state(state.guard.clone(), guard::check))
+        .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// Runs a request inside a span named as the OpenTelemetry semantic conventions name an HTTP
+/// server span (`{METHOD} {route}`, or `{METHOD}` for no route), with `http.request.method`,
+/// `http.route`, `url.path` and `http.response.status_code`, and an error status on a 5xx
+/// (exported over OTLP when the process is configured to: see the binary's `telemetry`).
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let method = request.method().clone();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let name = route.as_deref().map_or_else(|| method.to_string(), |r| format!("{method} {r}"));
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = route.as_deref(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }
 
 /// The role a request needs ([`auth`]'s table); `None` for the probes, which need none. Reads
@@ -488,7 +516,9 @@ async fn submit_job(State(state): State<AppState>, raw: Body) -> ApiResult<Respo
     let mut job = Job::parse(text, &cwd).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     job.access = state.file_access.clone();
     let controller = state.controller.clone();
-    let id = tokio::task::spawn_blocking(move || controller.install_job(&job))
+    // The job's span is a child of the request's.
+    let span = tracing::Span::current();
+    let id = tokio::task::spawn_blocking(move || span.in_scope(|| controller.install_job(&job)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok((StatusCode::CREATED, axum::Json(api::JobCreated { id: id.0 })).into_response())

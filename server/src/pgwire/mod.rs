@@ -61,6 +61,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tracing::Instrument as _;
 
 use crate::auth::{Authenticator, Principal, Role};
 use statement::{CursorBody, Show, Statement, SubscribeSpec, Txn};
@@ -371,6 +372,8 @@ fn hung_up() -> PgWireError {
 /// A statement prepared by the extended protocol: what it is, and its shape.
 #[derive(Clone, Debug)]
 pub struct Prepared {
+    /// Its text, as sent.
+    text: String,
     statement: Statement,
     /// Its answer's columns (`None`: it answers with a tag only).
     schema: Option<SchemaRef>,
@@ -811,7 +814,59 @@ impl Backend {
         Ok(Response::Execution(Tag::new("COPY").with_rows(count)))
     }
 
-    /// A bare `SUBSCRIBE`: rows as one never-ending result, after a notice.
+    /// The notice a bare `SUBSCRIBE` gets first.
+    fn subscribe_notice() -> PgWireBackendMessage {
+        notice(
+            "SUBSCRIBE streams rows until the view is dropped; clients that buffer a whole result \
+             (psql, most drivers) show nothing until then: use COPY (SUBSCRIBE …) TO STDOUT, or \
+             DECLARE c CURSOR FOR SUBSCRIBE … and FETCH n c WITH (timeout = '1s')"
+                .into(),
+        )
+    }
+
+    /// A bare `SUBSCRIBE` in the simple protocol: after the notice, the row description, then
+    /// each batch of changes as data rows, flushed as it comes (a client that reads every
+    /// message sees each change at once), and `SUBSCRIBE n` once the subscription ends.
+    async fn streamed_subscribe<C>(&self, client: &mut C, spec: &SubscribeSpec) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (mut subscription, mut rows) = self.subscription(spec)?;
+        client.feed(Self::subscribe_notice()).await?;
+        let fields = Arc::new(types::fields(&rows.schema, &Format::UnifiedText));
+        let description = pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
+        client.send(PgWireBackendMessage::RowDescription(description)).await?;
+        let mut count = 0usize;
+        let peer = client.socket_addr();
+        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let event = tokio::select! {
+                event = subscription.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = check.tick() => {
+                    if self.sockets.hung_up(peer) {
+                        return Err(hung_up());
+                    }
+                    continue;
+                }
+            };
+            let Some(batch) = rows.batch(event).map_err(|e| user_error("XX000", e))? else { continue };
+            count += batch.num_rows();
+            for row in types::data_rows(&batch, &fields)? {
+                client.feed(PgWireBackendMessage::DataRow(row)).await?;
+            }
+            client.flush().await?;
+        }
+        Ok(Response::Execution(Tag::new("SUBSCRIBE").with_rows(count)))
+    }
+
+    /// A bare `SUBSCRIBE` in the extended protocol: rows as one never-ending result (the
+    /// portal's, sent as the client executes it), after a notice.
     async fn bare_subscribe<C>(&self, client: &mut C, spec: &SubscribeSpec, format: &Format) -> PgWireResult<Response>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -819,14 +874,7 @@ impl Backend {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let (subscription, rows) = self.subscription(spec)?;
-        client
-            .send(notice(
-                "SUBSCRIBE streams rows until the view is dropped; clients that buffer a whole result \
-                 (psql, most drivers) show nothing until then: use COPY (SUBSCRIBE …) TO STDOUT, or \
-                 DECLARE c CURSOR FOR SUBSCRIBE … and FETCH n c WITH (timeout = '1s')"
-                    .into(),
-            ))
-            .await?;
+        client.send(Self::subscribe_notice()).await?;
         let fields = Arc::new(types::fields(&rows.schema, format));
         let encode_fields = fields.clone();
         let (sockets, peer) = (self.sockets.clone(), client.socket_addr());
@@ -1011,7 +1059,8 @@ impl Backend {
     }
 
     /// Runs one statement; its answer is in `format`. `described`: the columns the client was
-    /// told at Describe (a prepared statement), which a query's answer must still have.
+    /// told at Describe (a prepared statement), which a query's answer must still have; `None`
+    /// for the simple protocol.
     async fn run<C>(
         &self,
         client: &mut C,
@@ -1028,6 +1077,10 @@ impl Backend {
         match statement {
             Statement::Sql(sql) => self.run_sql(client, sql, params, format, described).await,
             Statement::Subscribe { spec, copy: true } => self.copy_subscribe(client, spec).await,
+            // The simple protocol (nothing described): rows sent as they come.
+            Statement::Subscribe { spec, copy: false } if described.is_none() => {
+                self.streamed_subscribe(client, spec).await
+            }
             Statement::Subscribe { spec, copy: false } => self.bare_subscribe(client, spec, format).await,
             Statement::CopyQuery(sql) => {
                 let answer = self.query_batches(client, sql, params).await?;
@@ -1244,10 +1297,14 @@ impl SimpleQueryHandler for Backend {
         let implicit = statements.len() > 1;
         session.implicit_block.store(implicit, Ordering::Relaxed);
         for text in statements {
+            let span = query_span("", &text);
             let result = match statement::classify(&text) {
-                Ok(statement) => self.run(client, &statement, Vec::new(), &Format::UnifiedText, None).await,
+                Ok(statement) => {
+                    self.run(client, &statement, Vec::new(), &Format::UnifiedText, None).instrument(span.clone()).await
+                }
                 Err(e) => Err(unsupported(e)),
             };
+            traced(&span, &result);
             match result {
                 Ok(response) => responses.push(response),
                 Err(PgWireError::UserError(info)) => {
@@ -1285,10 +1342,18 @@ impl QueryParser for Parser {
             return Err(user_error("42601", "cannot insert multiple commands into a prepared statement"));
         }
         let Some(text) = statements.pop() else { return Ok(None) };
-        let statement = statement::classify(&text).map_err(unsupported)?;
-        let backend = Backend::new(self.controller.clone(), Duration::from_secs(60), self.metrics.clone());
-        let (schema, params) = backend.describe(client, &statement).await?;
-        Ok(Some(Prepared { statement, schema, params }))
+        let span = query_span("parse", &text);
+        let described = async {
+            let statement = statement::classify(&text).map_err(unsupported)?;
+            let backend = Backend::new(self.controller.clone(), Duration::from_secs(60), self.metrics.clone());
+            let (schema, params) = backend.describe(client, &statement).await?;
+            Ok((statement, schema, params))
+        }
+        .instrument(span.clone())
+        .await;
+        traced(&span, &described);
+        let (statement, schema, params) = described?;
+        Ok(Some(Prepared { text, statement, schema, params }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -1333,7 +1398,47 @@ impl ExtendedQueryHandler for Backend {
                 .unwrap_or_else(|| want.map_or(Type::TEXT, types::pg_type));
             params.push(types::parameter(portal, idx, &sent, want)?);
         }
-        self.run(client, &prepared.statement, params, &portal.result_column_format, prepared.schema.as_ref()).await
+        let span = query_span("", &prepared.text);
+        let result = self
+            .run(client, &prepared.statement, params, &portal.result_column_format, prepared.schema.as_ref())
+            .instrument(span.clone())
+            .await;
+        traced(&span, &result);
+        result
+    }
+}
+
+/// The span of one pgwire statement, named and described as the OpenTelemetry conventions for
+/// database spans have it, from the server's side (`pgwire {OPERATION}`; `db.system.name`
+/// `aimatrix`, `db.operation.name`, `db.query.text` without its values: see
+/// [`statement::sanitized`]). `step` names a step of the extended protocol (`parse`: the
+/// statement planned and described, `pgwire parse {OPERATION}`); empty: running it.
+fn query_span(step: &str, text: &str) -> tracing::Span {
+    let operation = statement::operation(text);
+    let name = if step.is_empty() { format!("pgwire {operation}") } else { format!("pgwire {step} {operation}") };
+    tracing::info_span!(
+        "pgwire query",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "aimatrix",
+        db.operation.name = %operation,
+        db.query.text = %statement::sanitized(text),
+        db.response.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a statement's outcome on its span: the SQLSTATE of an error, and an error status.
+fn traced(span: &tracing::Span, result: &PgWireResult<impl Sized>) {
+    match result {
+        Ok(_) => {}
+        Err(PgWireError::UserError(info)) => {
+            span.record("db.response.status_code", info.code.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

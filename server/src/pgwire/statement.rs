@@ -620,6 +620,75 @@ pub fn classify(sql: &str) -> Result<Statement, String> {
     }
 }
 
+/// At most this many bytes of a statement go into a span's `db.query.text`.
+const MAX_QUERY_TEXT: usize = 2048;
+
+/// `sql` as a span's `db.query.text` carries it: every literal's value (numbers and strings
+/// of any quoting) replaced by `?`, comments dropped and runs of whitespace made one space, at
+/// most [`MAX_QUERY_TEXT`] bytes (cut at a character, then `…`) — the OpenTelemetry database
+/// conventions' *sanitization* (`docs/database/database-spans.md`: values a user would not put
+/// in a trace stay out of it). A statement that does not tokenize gives its first word only.
+pub fn sanitized(sql: &str) -> String {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return operation(sql);
+    };
+    let mut out = String::new();
+    for token in tokens {
+        match token {
+            Token::Whitespace(_) => {
+                if !out.is_empty() && !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => out.push('?'),
+            other => out.push_str(&other.to_string()),
+        }
+        if out.len() > MAX_QUERY_TEXT {
+            let mut cut = MAX_QUERY_TEXT;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+            return out;
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// The statement's first word, upper-cased (`SELECT`, `SUBSCRIBE`, …), as `db.operation.name`;
+/// `?` for none.
+pub fn operation(sql: &str) -> String {
+    let word: String = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .take(32)
+        .collect();
+    if word.is_empty() { "?".to_owned() } else { word.to_ascii_uppercase() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,5 +762,22 @@ mod tests {
         assert!(classify("INSERT INTO t VALUES (1)").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2 minutes").unwrap(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn query_text_in_spans_carries_no_values() {
+        let sql = "SELECT name, cost -- for 'acme'\n FROM  spans WHERE api_key = 'sk-secret' AND n > 42.5 \
+                   AND t = E'x\\'y' AND d = $$dollar$$ /* x = 'y' */ AND \"Quoted\" = $1";
+        assert_eq!(
+            sanitized(sql),
+            "SELECT name, cost FROM spans WHERE api_key = ? AND n > ? AND t = ? AND d = ? AND \"Quoted\" = $1"
+        );
+        assert_eq!(sanitized("SELECT 'open"), "SELECT", "what does not tokenize: its first word only");
+        let long = format!("SELECT {} FROM t", "aé, ".repeat(1000));
+        let cut = sanitized(&long);
+        assert!(cut.len() <= MAX_QUERY_TEXT + '…'.len_utf8() && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(operation("  (select 1)"), "SELECT");
+        assert_eq!(operation("subscribe to v"), "SUBSCRIBE");
+        assert_eq!(operation("42"), "?");
     }
 }
