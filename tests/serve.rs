@@ -4227,6 +4227,38 @@ fn a_copy_subscriber_that_hangs_up_on_a_quiet_view_is_noticed() {
     server.metric_until("aimatrix_pgwire_sessions 0");
 }
 
+/// Columns without an alias are named as PostgreSQL names them (`?column?` for a constant or
+/// an operator, a function's name for its call, a cast's type), in both protocols; aliases and
+/// column references keep their names.
+#[test]
+fn pgwire_names_unnamed_columns_as_postgresql_does() {
+    let (server, pg_port) = start_with_pgwire();
+    let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("a pgwire session");
+    let sql = "SELECT 1, 40 + 2, count(*), sum(input_tokens) AS tokens, CAST(max(input_tokens) AS TEXT), min(name) \
+               FROM spans";
+    // The names psql shows for this query on PostgreSQL 16.
+    let want = ["?column?", "?column?", "count", "tokens", "max", "min"];
+    let prepared = client.prepare(sql).expect("prepared");
+    let names: Vec<&str> = prepared.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, want, "extended protocol");
+    let messages = client.simple_query(sql).expect("simple query");
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .expect("a row");
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, want, "simple protocol");
+    assert_eq!((row.get(0), row.get(1), row.get(2)), (Some("1"), Some("42"), Some("0")));
+    let named = client.query("SELECT name, 2 * 3 FROM spans UNION ALL SELECT 'x', 6", &[]).expect("union");
+    let names: Vec<&str> = named[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["name", "?column?"]);
+    drop(server);
+}
+
 /// The values of a `DataRow` body, as text (`None`: NULL).
 fn data_row_values(body: &[u8]) -> Vec<Option<String>> {
     let columns = i16::from_be_bytes([body[0], body[1]]) as usize;

@@ -737,6 +737,12 @@ impl Backend {
             Err(e) => return Err(cluster_error(e)),
         };
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "pgwire statement");
+        let answer = match answer {
+            SqlAnswer::Rows { schema, batches, timestamp } => {
+                SqlAnswer::Rows { schema: types::postgres_column_names(&sql, &schema), batches, timestamp }
+            }
+            other => other,
+        };
         Ok(match answer {
             SqlAnswer::Rows { schema, .. } if described.is_some_and(|d| !same_columns(d, &schema)) => {
                 return Err(user_error(
@@ -1036,7 +1042,7 @@ impl Backend {
                     refuse_views: views_refused(client),
                 };
                 let shape = amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?;
-                (Some(shape.schema), shape.parameters)
+                (Some(types::postgres_column_names(&sql, &shape.schema)), shape.parameters)
             }
             Statement::Subscribe { spec, copy: false } => {
                 let view = self
@@ -1156,20 +1162,24 @@ impl Backend {
                 rows_response(&batch.schema(), &[batch], format, "SHOW")
             }
             Statement::Set { name, value } => {
+                let mut value = value.clone();
                 if name == "statement_timeout"
-                    && let Some(v) = value
-                    && parse_statement_timeout(v).is_none()
+                    && let Some(v) = &value
                 {
-                    return Err(user_error(
-                        "22023",
-                        format!("invalid value for parameter \"statement_timeout\": \"{v}\""),
-                    ));
+                    let Some(timeout) = parse_statement_timeout(v) else {
+                        return Err(user_error(
+                            "22023",
+                            format!("invalid value for parameter \"statement_timeout\": \"{v}\""),
+                        ));
+                    };
+                    // Kept (and shown) as PostgreSQL shows it: `-0s` is `0`, `1.5s` is `1500ms`.
+                    value = Some(statement_timeout_text(timeout));
                 }
                 let session = session(client);
                 let mut settings = session.settings.lock().unwrap_or_else(|p| p.into_inner());
                 let tag = match value {
                     Some(v) => {
-                        settings.insert(name.clone(), v.clone());
+                        settings.insert(name.clone(), v);
                         "SET"
                     }
                     None => {
@@ -1262,6 +1272,19 @@ fn parse_statement_timeout(value: &str) -> Option<Option<Duration>> {
         return None;
     }
     Some((ms >= 1.0).then(|| Duration::from_millis(ms as u64)))
+}
+
+/// A `statement_timeout` as PostgreSQL shows it (its GUC display: the largest of `d`, `h`,
+/// `min`, `s`, `ms` the milliseconds are a whole number of; `0` for none).
+fn statement_timeout_text(timeout: Option<Duration>) -> String {
+    let Some(ms) = timeout.map(|t| t.as_millis()).filter(|ms| *ms > 0) else { return "0".to_owned() };
+    let unit = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "min"), (1_000, "s")]
+        .into_iter()
+        .find(|(size, _)| ms % size == 0);
+    match unit {
+        Some((size, name)) => format!("{}{name}", ms / size),
+        None => format!("{ms}ms"),
+    }
 }
 
 /// A setting's value in this session (`None`: unknown setting).
@@ -1460,6 +1483,21 @@ mod tests {
         assert_eq!(ms("400us"), Some(None), "rounded to 0 ms: none");
         for bad in ["soon", "", "5 parsecs", "1e400", "30d"] {
             assert_eq!(ms(bad), None, "{bad}");
+        }
+        // As PostgreSQL 16 shows them after `SET statement_timeout = …`.
+        let shown = |v: &str| statement_timeout_text(parse_statement_timeout(v).expect(v));
+        for (set, show) in [
+            ("-0s", "0"),
+            ("0", "0"),
+            ("1.5s", "1500ms"),
+            ("60s", "1min"),
+            ("2 min", "2min"),
+            ("7200000", "2h"),
+            ("1d", "1d"),
+            ("250", "250ms"),
+            ("5s", "5s"),
+        ] {
+            assert_eq!(shown(set), show, "{set}");
         }
     }
 }

@@ -508,10 +508,15 @@ pub fn classify(sql: &str) -> Result<Statement, String> {
             Ok(Statement::Declare { cursor, body })
         }
         "FETCH" => {
-            if c.keyword("BACKWARD") || c.keyword("PRIOR") || c.rest().trim_start().starts_with('-') {
-                return Err("a cursor moves forward only: FETCH takes a count of rows, ALL or NEXT".into());
+            let forward_only = "a cursor moves forward only: FETCH takes a count of rows, ALL or NEXT";
+            let positioned = ["BACKWARD", "PRIOR", "ABSOLUTE", "RELATIVE", "FIRST", "LAST"];
+            if positioned.iter().any(|k| c.keyword(k)) || c.rest().trim_start().starts_with('-') {
+                return Err(forward_only.into());
             }
-            c.keyword("FORWARD");
+            // `FORWARD n` is `n`; `FORWARD -n` goes back.
+            if c.keyword("FORWARD") && c.rest().trim_start().starts_with('-') {
+                return Err(forward_only.into());
+            }
             let count = if c.keyword("ALL") {
                 None
             } else if c.keyword("NEXT") {
@@ -728,10 +733,23 @@ mod tests {
         assert!(classify("SUBSCRIBE (SELECT 1)").is_err());
         // A day is 86,400 s, as statement_timeout reads it; cursors move forward only.
         assert_eq!(
+            classify("FETCH FORWARD 3 c").unwrap(),
+            Statement::Fetch { cursor: "c".into(), count: Some(3), timeout: None }
+        );
+        assert_eq!(
             classify("FETCH 1 c WITH (timeout = '1d')").unwrap(),
             Statement::Fetch { cursor: "c".into(), count: Some(1), timeout: Some(Duration::from_secs(86_400)) }
         );
-        for backward in ["FETCH -1 c", "FETCH BACKWARD 2 FROM c", "FETCH PRIOR c"] {
+        for backward in [
+            "FETCH -1 c",
+            "FETCH BACKWARD 2 FROM c",
+            "FETCH PRIOR c",
+            "FETCH FORWARD -1 c",
+            "FETCH ABSOLUTE 1 c",
+            "FETCH RELATIVE 2 FROM c",
+            "FETCH FIRST c",
+            "FETCH LAST IN c",
+        ] {
             let error = classify(backward).expect_err(backward);
             assert!(error.contains("forward only"), "{backward}: {error}");
         }

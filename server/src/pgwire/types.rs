@@ -284,6 +284,119 @@ pub fn parameter<S: Clone>(
     }
 }
 
+/// `schema`, the answer to query `sql`, with its unnamed columns named as PostgreSQL names
+/// them ([`figure_column_name`]) rather than as DataFusion does (`Int64(1)`, `count(*)`): a
+/// psql or driver user sees `?column?` and `count`, as against PostgreSQL. Applies when `sql`
+/// is one query whose (first) `SELECT` lists no wildcard and as many items as `schema` has
+/// fields; any other statement keeps its names. A column with an alias keeps it.
+pub fn postgres_column_names(sql: &str, schema: &SchemaRef) -> SchemaRef {
+    use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement};
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else { return schema.clone() };
+    let (Some(Statement::Query(query)), None) = (statements.pop(), statements.pop()) else { return schema.clone() };
+    let mut body = &*query.body;
+    let select = loop {
+        match body {
+            SetExpr::Select(select) => break select,
+            SetExpr::Query(query) => body = &query.body,
+            // A set operation's columns are named by its first branch.
+            SetExpr::SetOperation { left, .. } => body = left,
+            _ => return schema.clone(),
+        }
+    };
+    if select.projection.len() != schema.fields().len() {
+        return schema.clone();
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for (item, field) in select.projection.iter().zip(schema.fields()) {
+        let name = match item {
+            // A column reference keeps the name the engine resolved it to.
+            SelectItem::UnnamedExpr(expr) if !is_column_reference(expr) => figure_column_name(expr).0,
+            SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. } => field.name().clone(),
+            _ => return schema.clone(),
+        };
+        fields.push(field.as_ref().clone().with_name(name));
+    }
+    Arc::new(amx_sql::arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Whether `expr` is a column reference (`c`, `t.c`), parenthesized or not.
+fn is_column_reference(expr: &datafusion::sql::sqlparser::ast::Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::Expr;
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => true,
+        Expr::Nested(inner) => is_column_reference(inner),
+        _ => false,
+    }
+}
+
+/// The name PostgreSQL gives an output column without an alias, and whether it is a strong
+/// one: `FigureColnameInternal` of PostgreSQL's `src/backend/parser/parse_target.c` — a column
+/// reference's column, a function call's function (`count`, `sum`), `CASE` → `case`,
+/// `EXISTS` → `exists`, `ARRAY[…]` → `array`, a row → `row`, a subquery → its first column's
+/// name, a cast → what it casts if that has a name, else the type's (`int4`, `int8`,
+/// `float8`, `text`, …); anything else (constants, operators) `?column?`.
+pub fn figure_column_name(expr: &datafusion::sql::sqlparser::ast::Expr) -> (String, bool) {
+    use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr};
+    let weak = || ("?column?".to_owned(), false);
+    let strong = |name: &str| (name.to_owned(), true);
+    match expr {
+        Expr::Identifier(ident) => strong(&ident.value),
+        Expr::CompoundIdentifier(parts) => parts.last().map_or_else(weak, |i| strong(&i.value)),
+        Expr::Nested(inner) => figure_column_name(inner),
+        Expr::Function(function) => match function.name.0.last().and_then(|p| p.as_ident()) {
+            Some(ident) if ident.quote_style.is_some() => strong(&ident.value),
+            Some(ident) => strong(&ident.value.to_lowercase()),
+            None => weak(),
+        },
+        Expr::Cast { expr, data_type, .. } => match figure_column_name(expr) {
+            (name, true) => (name, true),
+            _ => (postgres_type_name(data_type), true),
+        },
+        Expr::TypedString(typed) => (postgres_type_name(&typed.data_type), true),
+        Expr::Case { .. } => strong("case"),
+        Expr::Exists { .. } => strong("exists"),
+        Expr::Array(_) => strong("array"),
+        Expr::Tuple(_) => strong("row"),
+        Expr::Extract { .. } => strong("extract"),
+        Expr::Substring { .. } => strong("substring"),
+        Expr::Position { .. } => strong("position"),
+        Expr::Ceil { .. } => strong("ceil"),
+        Expr::Floor { .. } => strong("floor"),
+        Expr::Trim { .. } => strong("btrim"),
+        Expr::Subquery(query) => match &*query.body {
+            SetExpr::Select(select) => match select.projection.first() {
+                Some(SelectItem::UnnamedExpr(expr)) => figure_column_name(expr),
+                Some(SelectItem::ExprWithAlias { alias, .. }) => strong(&alias.value),
+                _ => weak(),
+            },
+            _ => weak(),
+        },
+        _ => weak(),
+    }
+}
+
+/// PostgreSQL's internal name of a type as SQL writes it (`format_type`'s short names where
+/// a cast names its column: `int4` for `INT`, `int8` for `BIGINT`, …).
+fn postgres_type_name(data_type: &datafusion::sql::sqlparser::ast::DataType) -> String {
+    use datafusion::sql::sqlparser::ast::{DataType as Sql, TimezoneInfo};
+    match data_type {
+        Sql::SmallInt(_) | Sql::Int2(_) => "int2".into(),
+        Sql::Int(_) | Sql::Integer(_) | Sql::Int4(_) => "int4".into(),
+        Sql::BigInt(_) | Sql::Int8(_) => "int8".into(),
+        Sql::Real | Sql::Float4 => "float4".into(),
+        Sql::Double(_) | Sql::DoublePrecision | Sql::Float8 => "float8".into(),
+        Sql::Boolean | Sql::Bool => "bool".into(),
+        Sql::Varchar(_) | Sql::CharacterVarying(_) => "varchar".into(),
+        Sql::Char(_) | Sql::Character(_) => "bpchar".into(),
+        Sql::Numeric(_) | Sql::Decimal(_) => "numeric".into(),
+        Sql::Timestamp(_, TimezoneInfo::WithTimeZone | TimezoneInfo::Tz) => "timestamptz".into(),
+        Sql::Timestamp(..) => "timestamp".into(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +410,36 @@ mod tests {
         assert_eq!(pg_type(&DataType::Timestamp(TimeUnit::Microsecond, None)).oid(), 1114);
         assert_eq!(pg_type(&DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))).oid(), 1184);
         assert_eq!(pg_type(&DataType::Date32).oid(), 1082);
+    }
+
+    /// The names PostgreSQL 16 gives these columns (`SELECT …` in psql), by its rules.
+    #[test]
+    fn unnamed_columns_are_named_as_postgresql_names_them() {
+        use amx_sql::arrow::datatypes::{Field, Schema};
+        let sql = "SELECT 1, 40 + 2, x AS answer, count(*), SUM(t.y), CAST('7' AS BIGINT), '1'::int, CAST(y AS TEXT), \
+                   CASE WHEN true THEN 1 END, coalesce(y, 0), (SELECT 3 AS three), t.y, (z), DATE '2024-01-01', \
+                   EXISTS (SELECT 1) FROM t";
+        let fields: Vec<Field> = (0..15).map(|i| Field::new(format!("df{i}"), DataType::Int64, true)).collect();
+        let schema = Arc::new(Schema::new(fields));
+        let named = postgres_column_names(sql, &schema);
+        let names: Vec<&str> = named.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "?column?", "?column?", "df2", "count", "sum", "int8", "int4", "y", "case", "coalesce", "three",
+                "df11", "df12", "date", "exists"
+            ]
+        );
+        // A wildcard, or a statement that is not one query: the names stay.
+        for sql in ["SELECT *, 1 FROM t", "SELECT 1; SELECT 2", "SHOW VIEWS"] {
+            let one = Arc::new(Schema::new(vec![
+                Field::new("a", DataType::Int64, true),
+                Field::new("b", DataType::Int64, true),
+            ]));
+            assert_eq!(postgres_column_names(sql, &one), one, "{sql}");
+        }
+        let union = "SELECT 1 UNION ALL SELECT count(*) FROM t";
+        let one = Arc::new(Schema::new(vec![Field::new("Int64(1)", DataType::Int64, true)]));
+        assert_eq!(postgres_column_names(union, &one).field(0).name(), "?column?", "the first branch names them");
     }
 }
