@@ -613,8 +613,8 @@ fn tls_for_http_and_pgwire() {
 
 /// psycopg 3 (PyPI; scripts/test.sh installs it in its venv and names the interpreter in
 /// `AIMATRIX_PYTHON`), as Python users connect: SCRAM-SHA-256, server-side prepared statements
-/// with typed parameters and typed values back, and a reader's view statement refused with
-/// psycopg's `InsufficientPrivilege` (42501).
+/// with typed parameters and typed values back, a named (server-side) cursor read in pages,
+/// and a reader's view statement refused with psycopg's `InsufficientPrivilege` (42501).
 #[test]
 fn psycopg_logs_in_and_runs_prepared_statements() {
     let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
@@ -667,6 +667,13 @@ with psycopg.connect(host="127.0.0.1", port=port, user="dash", password=reader, 
             break
         time.sleep(0.1)
     assert squares == [(16,)], squares
+    # A named (server-side) cursor: DECLARE, a Describe of its portal, FETCH FORWARD n, CLOSE.
+    with c.transaction():
+        with c.cursor(name="paged") as cur:
+            cur.execute("SELECT id, label FROM orders WHERE id > %s ORDER BY id", (1,))
+            assert [d.name for d in cur.description] == ["id", "label"], cur.description
+            first, rest = cur.fetchmany(2), cur.fetchall()
+    assert first == [(2, "n2"), (3, "n3")] and rest == [(4, "n4"), (5, "n5")], (first, rest)
     try:
         c.execute("DROP MATERIALIZED VIEW squares")
         raise SystemExit("a reader dropped a view")

@@ -1323,7 +1323,17 @@ impl SimpleQueryHandler for Backend {
             let span = query_span("", &text);
             let result = match statement::classify(&text) {
                 Ok(statement) => {
-                    self.run(client, &statement, Vec::new(), &Format::UnifiedText, None).instrument(span.clone()).await
+                    let closing = closed_cursors(client, &statement).await;
+                    let result = self
+                        .run(client, &statement, Vec::new(), &Format::UnifiedText, None)
+                        .instrument(span.clone())
+                        .await;
+                    if result.is_ok() {
+                        for name in closing {
+                            client.portal_store().rm_portal(&name);
+                        }
+                    }
+                    result
                 }
                 Err(e) => Err(unsupported(e)),
             };
@@ -1421,14 +1431,55 @@ impl ExtendedQueryHandler for Backend {
                 .unwrap_or_else(|| want.map_or(Type::TEXT, types::pg_type));
             params.push(types::parameter(portal, idx, &sent, want)?);
         }
+        let closing = closed_cursors(client, &prepared.statement).await;
         let span = query_span("", &prepared.text);
         let result = self
             .run(client, &prepared.statement, params, &portal.result_column_format, prepared.schema.as_ref())
             .instrument(span.clone())
             .await;
         traced(&span, &result);
+        if result.is_ok() {
+            declared_portal(client, &prepared.statement).await;
+            for name in closing {
+                client.portal_store().rm_portal(&name);
+            }
+        }
         result
     }
+}
+
+/// The SQL cursors `statement` closes when it succeeds (`CLOSE c`, `CLOSE ALL`, the end of
+/// the transaction), whose protocol portals go with them ([`declared_portal`]).
+async fn closed_cursors(client: &impl ClientInfo, statement: &Statement) -> Vec<String> {
+    match statement {
+        Statement::Close(Some(cursor)) => vec![cursor.clone()],
+        Statement::Close(None) | Statement::Tag { txn: Txn::End, .. } => {
+            session(client).cursors.lock().await.keys().cloned().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Keeps the protocol's portals in step with the SQL cursors, as in PostgreSQL, where a cursor
+/// `DECLARE`d in SQL is a portal of its name: a client may `Describe` it (psycopg's named
+/// cursors do, to learn their columns) or `Execute` it (which fetches what is left). After a
+/// `DECLARE c`, portal `c` describes the cursor's columns and executes as `FETCH ALL FROM c`
+/// (the portals of cursors closed go: [`closed_cursors`]).
+async fn declared_portal<C>(client: &mut C, statement: &Statement)
+where
+    C: ClientInfo + ClientPortalStore,
+    C::PortalStore: PortalStore<Statement = Prepared>,
+{
+    let Statement::Declare { cursor, .. } = statement else { return };
+    let Some(schema) = session(client).cursors.lock().await.get(cursor).map(|c| c.schema.clone()) else { return };
+    let fetch = Prepared {
+        text: format!("FETCH ALL FROM \"{}\"", cursor.replace('"', "\"\"")),
+        statement: Statement::Fetch { cursor: cursor.clone(), count: None, timeout: None },
+        schema: Some(schema),
+        params: Vec::new(),
+    };
+    let stored = pgwire::api::stmt::StoredStatement::new(cursor.clone(), fetch, Vec::new());
+    client.portal_store().put_portal(Arc::new(Portal::new_cursor(cursor.clone(), Arc::new(stored))));
 }
 
 /// The span of one pgwire statement, named and described as the OpenTelemetry conventions for
