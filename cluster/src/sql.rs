@@ -14,7 +14,7 @@ use amx_dataflows::Time;
 use amx_dataflows::row::{Datum, Row};
 use amx_sql::arrow::datatypes::{DataType, SchemaRef};
 use amx_sql::arrow::record_batch::RecordBatch;
-use amx_sql::views::{ViewStatement, parse_statement};
+use amx_sql::views::ViewStatement;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::TableReference;
@@ -23,6 +23,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::controller::{ClusterError, Controller, ReadHold, SQL_SLOTS};
 
@@ -306,17 +307,11 @@ impl Controller {
     /// [`ClusterError::Sql`].
     pub async fn execute_sql_with(&self, sql: &str, extras: QueryExtras) -> Result<SqlAnswer, ClusterError> {
         let text = sql.to_owned();
-        // On the SQL runtime's blocking threads, whose stacks hold a statement's parse.
-        let (kind, tables) = self
+        // On the SQL runtime's blocking threads, whose stacks hold a statement's parse; parsed
+        // once, planned below from what this parse made.
+        let amx_sql::views::Classified { kind, query } = self
             .sql_runtime()
-            .spawn_blocking(move || {
-                let kind = parse_statement(&text).map_err(|e| amx_sql::error::message(&e))?;
-                let tables = match kind {
-                    ViewStatement::Other => amx_sql::referenced_tables(&text).map_err(|e| format!("{e:#}"))?,
-                    _ => Vec::new(),
-                };
-                Ok::<_, String>((kind, tables))
-            })
+            .spawn_blocking(move || amx_sql::views::classify(&text).map_err(|e| amx_sql::error::message(&e)))
             .await
             .map_err(|e| ClusterError::Sql(e.to_string()))?
             .map_err(ClusterError::Sql)?;
@@ -344,7 +339,10 @@ impl Controller {
                 let existed = self.drop_view(&name, if_exists).await?;
                 Ok(SqlAnswer::Dropped { view: name, existed })
             }
-            ViewStatement::Other => self.run_query(sql, tables, extras).await,
+            ViewStatement::Other => {
+                let (statement, tables) = query.ok_or_else(|| ClusterError::Sql(NOT_A_QUERY.into()))?;
+                self.run_query(statement, tables, extras).await
+            }
         }
     }
 
@@ -352,7 +350,12 @@ impl Controller {
     /// `sql.timeout_ms` ([`crate::limits`]). The query is a task of its own, aborted when the
     /// time is up or when this future is dropped (its caller gone): its stream is dropped at
     /// DataFusion's next cooperative yield, and its slot freed with it.
-    async fn run_query(&self, sql: &str, tables: Vec<String>, extras: QueryExtras) -> Result<SqlAnswer, ClusterError> {
+    async fn run_query(
+        &self,
+        statement: DfStatement,
+        tables: Vec<String>,
+        extras: QueryExtras,
+    ) -> Result<SqlAnswer, ClusterError> {
         let timeout = self.inner.sql_limits.timeout;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let ms = timeout.map_or(0, |t| t.as_millis());
@@ -362,10 +365,11 @@ impl Controller {
                  are busy with other queries; try again, or raise sql.timeout_ms"
             ))
         })?;
-        let (me, sql) = (self.clone(), sql.to_owned());
+        let me = self.clone();
         let task = self.sql_runtime().spawn(async move {
             let _slot = slot;
-            me.query(&sql, &tables, &extras).await
+            let hold: ReadHold = me.read_hold(&tables);
+            me.query_as_of(Parsed::Statement(statement), &tables, &hold, &extras).await
         });
         let _abort = AbortOnDrop(task.abort_handle());
         match within(deadline, task).await {
@@ -405,11 +409,6 @@ impl Controller {
             .clone()
     }
 
-    async fn query(&self, sql: &str, tables: &[String], extras: &QueryExtras) -> Result<SqlAnswer, ClusterError> {
-        let hold: ReadHold = self.read_hold(tables);
-        self.query_as_of(sql, tables, &hold, extras).await
-    }
-
     /// Answers query `sql` as of the time `hold` holds: queries answered at one hold read one
     /// state. `hold` must hold every collection the query reads (taken with their names). Runs
     /// on the caller's thread: call it on a large stack (`amx_sql::on_sql_stack`).
@@ -418,12 +417,12 @@ impl Controller {
     /// As [`Controller::execute_sql`] (view statements are [`ClusterError::Sql`] here).
     pub async fn query_at(&self, sql: &str, hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
         let tables = amx_sql::referenced_tables(sql).map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
-        self.query_as_of(sql, &tables, hold, &QueryExtras::default()).await
+        self.query_as_of(Parsed::Text(sql), &tables, hold, &QueryExtras::default()).await
     }
 
     async fn query_as_of(
         &self,
-        sql: &str,
+        sql: Parsed<'_>,
         tables: &[String],
         hold: &ReadHold,
         extras: &QueryExtras,
@@ -472,11 +471,16 @@ impl Controller {
         if let Some(prepare) = &extras.prepare {
             prepare(&ctx, tables).map_err(sql_error)?;
         }
-        let text = sql.to_owned();
-        let statement = tokio::task::spawn_blocking(move || amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)))
-            .await
-            .map_err(|e| ClusterError::Sql(e.to_string()))?
-            .map_err(sql_error)?;
+        let statement = match sql {
+            Parsed::Statement(statement) => statement,
+            Parsed::Text(text) => {
+                let text = text.to_owned();
+                tokio::task::spawn_blocking(move || amx_sql::on_sql_stack(|| amx_sql::parse::parse(&text)))
+                    .await
+                    .map_err(|e| ClusterError::Sql(e.to_string()))?
+                    .map_err(sql_error)?
+            }
+        };
         if !amx_sql::is_query(&statement) {
             return Err(ClusterError::Sql(NOT_A_QUERY.into()));
         }
@@ -533,6 +537,14 @@ impl Controller {
         }
         Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })
     }
+}
+
+/// A query to plan: its text, or the statement it was parsed into already.
+enum Parsed<'a> {
+    /// The text, parsed where it is planned.
+    Text(&'a str),
+    /// Parsed ([`amx_sql::views::classify`]).
+    Statement(DfStatement),
 }
 
 /// The runtime SQL queries run on; shut down in the background when the controller goes (it

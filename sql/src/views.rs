@@ -52,30 +52,61 @@ pub enum ViewStatement {
 /// Errors: SQL syntax errors, as DataFusion's parser reports them, statements past the
 /// parser's limits ([`crate::parse::parse`]), and view names in another schema.
 pub fn parse_statement(sql: &str) -> Result<ViewStatement> {
+    crate::parse::plan_on_sql_stack(|| view_statement(&crate::parse::parse(sql)?))
+}
+
+/// A statement parsed once ([`classify`]): what it is about views, and for anything else the
+/// parsed statement with the tables it reads (as [`crate::referenced_tables`] names them), to
+/// be planned without parsing it again.
+pub struct Classified {
+    /// What it is.
+    pub kind: ViewStatement,
+    /// For [`ViewStatement::Other`]: the statement, and the tables it reads.
+    pub query: Option<(DfStatement, Vec<String>)>,
+}
+
+/// [`parse_statement`], keeping the parsed statement of a query and the tables it reads: one
+/// parse where classifying, resolving tables and planning took three.
+///
+/// Errors: as [`parse_statement`].
+pub fn classify(sql: &str) -> Result<Classified> {
     crate::parse::plan_on_sql_stack(|| {
         let statement = crate::parse::parse(sql)?;
-        let DfStatement::Statement(statement) = statement else {
-            return Ok(ViewStatement::Other);
+        let kind = view_statement(&statement)?;
+        let query = match kind {
+            ViewStatement::Other => {
+                let (tables, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
+                Some((statement, tables.iter().map(|r| r.table().to_owned()).collect()))
+            }
+            _ => None,
         };
-        Ok(match *statement {
-            Statement::CreateView(create) if create.materialized && create.or_replace => {
-                return Err(DataFusionError::Plan(
-                    "CREATE OR REPLACE MATERIALIZED VIEW is not supported: DROP the view, then CREATE it".into(),
-                ));
-            }
-            Statement::CreateView(create) if create.materialized => ViewStatement::Create {
-                name: view_name(&create.name)?,
-                query: create.query.to_string(),
-                if_not_exists: create.if_not_exists,
-            },
-            Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
-                let [name] = names.as_slice() else {
-                    return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));
-                };
-                ViewStatement::Drop { name: view_name(name)?, if_exists }
-            }
-            _ => ViewStatement::Other,
-        })
+        Ok(Classified { kind, query })
+    })
+}
+
+/// What a parsed statement is about views.
+fn view_statement(statement: &DfStatement) -> Result<ViewStatement> {
+    let DfStatement::Statement(statement) = statement else {
+        return Ok(ViewStatement::Other);
+    };
+    Ok(match &**statement {
+        Statement::CreateView(create) if create.materialized && create.or_replace => {
+            return Err(DataFusionError::Plan(
+                "CREATE OR REPLACE MATERIALIZED VIEW is not supported: DROP the view, then CREATE it".into(),
+            ));
+        }
+        Statement::CreateView(create) if create.materialized => ViewStatement::Create {
+            name: view_name(&create.name)?,
+            query: create.query.to_string(),
+            if_not_exists: create.if_not_exists,
+        },
+        Statement::Drop { object_type: ObjectType::MaterializedView, names, if_exists, .. } => {
+            let [name] = names.as_slice() else {
+                return Err(DataFusionError::Plan("DROP MATERIALIZED VIEW takes one view".into()));
+            };
+            ViewStatement::Drop { name: view_name(name)?, if_exists: *if_exists }
+        }
+        _ => ViewStatement::Other,
     })
 }
 
