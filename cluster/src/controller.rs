@@ -1102,6 +1102,8 @@ pub(crate) struct Inner {
     pub(crate) sql_pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     /// The runtime queries run on (made at the first query).
     pub(crate) sql_runtime: std::sync::OnceLock<crate::sql::SqlRuntime>,
+    /// The session every query's is made from (made at the first query).
+    pub(crate) sql_sessions: std::sync::OnceLock<amx_sql::SessionTemplate>,
     /// The file sources the server reads (with a durable log): their catch-up requests and
     /// progress, by (job, source).
     feeds: Mutex<HashMap<(JobId, String), Arc<crate::sources::file::FileFeed>>>,
@@ -1396,6 +1398,7 @@ impl Controller {
             sql_slots: Arc::new(tokio::sync::Semaphore::new(SQL_SLOTS)),
             last_write: AtomicU64::new(0),
             sql_pool: crate::limits::shared_pool(config.sql.memory_bytes),
+            sql_sessions: std::sync::OnceLock::new(),
             sql_limits: config.sql.clone(),
             max_queued_rows: config.max_queued_rows,
             max_queued_bytes: config.max_queued_bytes,

@@ -446,14 +446,24 @@ impl Controller {
             )
             .build_arc()
             .map_err(sql_error)?;
-        // One partition: float aggregates add in one order, so answers are reproducible.
-        let ctx = amx_sql::session_in(datafusion::prelude::SessionConfig::new().with_target_partitions(1), runtime)
-            .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
-        // Functions that make values far larger than their input (repeat, lpad, …) are held to
-        // the query's memory limit too: the pool does not see what they make.
-        if let Some(limit) = limits.query_memory_bytes {
-            amx_sql::bounded::register(&ctx, limit);
-        }
+        let template = match self.inner.sql_sessions.get() {
+            Some(template) => template,
+            None => {
+                // One partition: float aggregates add in one order, so answers are reproducible.
+                let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+                let template = amx_sql::SessionTemplate::new(config, |ctx| {
+                    // Functions that make values far larger than their input (repeat, lpad, …)
+                    // are held to the query's memory limit too: the pool does not see what
+                    // they make.
+                    if let Some(limit) = limits.query_memory_bytes {
+                        amx_sql::bounded::register(ctx, limit);
+                    }
+                })
+                .map_err(|e| ClusterError::Sql(format!("{e:#}")))?;
+                self.inner.sql_sessions.get_or_init(|| template)
+            }
+        };
+        let ctx = template.session();
         for (name, schema) in known {
             let table =
                 PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };
@@ -504,7 +514,8 @@ impl Controller {
         // be cancelled between any two batches: DataFusion yields at its sources only, and a
         // join that makes many batches of each input batch (a cross join) would otherwise
         // run on, past its timeout, until it was done.
-        let task = ctx.task_ctx();
+        // Executed over the query's own runtime: its memory pool holds it to its limits.
+        let task = Arc::new(datafusion::execution::TaskContext::from(&ctx).with_runtime(runtime));
         let plan = df.create_physical_plan().await.map_err(run_error)?;
         let plan = plan
             .transform_up(|node| {
