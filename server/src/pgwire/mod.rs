@@ -502,6 +502,55 @@ const SETTINGS: &[(&str, &str)] = &[
 // ---------------------------------------------------------------------------------------
 // Subscriptions as rows
 
+/// A subscription streamed to a client: its changes as batches of rows, while the client is
+/// there (its socket looked at every [`connection::HANG_UP_CHECK`], also while the view is
+/// quiet).
+struct Changes {
+    subscription: Subscription,
+    rows: SubscribeRows,
+    sockets: connection::Sockets,
+    peer: std::net::SocketAddr,
+    check: tokio::time::Interval,
+}
+
+impl Changes {
+    fn new(
+        subscription: Subscription,
+        rows: SubscribeRows,
+        sockets: connection::Sockets,
+        peer: std::net::SocketAddr,
+    ) -> Self {
+        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Changes { subscription, rows, sockets, peer, check }
+    }
+
+    /// The next batch of rows (`None`: the subscription ended, its view dropped).
+    ///
+    /// # Errors
+    /// The client hung up (an I/O error: its session ends); a change that does not convert
+    /// (`XX000`).
+    async fn next(&mut self) -> PgWireResult<Option<RecordBatch>> {
+        loop {
+            let event = tokio::select! {
+                event = self.subscription.recv() => match event {
+                    Some(event) => event,
+                    None => return Ok(None),
+                },
+                _ = self.check.tick() => {
+                    if self.sockets.hung_up(self.peer) {
+                        return Err(hung_up());
+                    }
+                    continue;
+                }
+            };
+            if let Some(batch) = self.rows.batch(event).map_err(|e| user_error("XX000", e))? {
+                return Ok(Some(batch));
+            }
+        }
+    }
+}
+
 /// Turns a subscription's events into rows of `aimatrix_timestamp`, (`aimatrix_progressed`),
 /// `aimatrix_diff` and the view's columns.
 struct SubscribeRows {
@@ -786,7 +835,7 @@ impl Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (mut subscription, mut rows) = self.subscription(spec)?;
+        let (subscription, rows) = self.subscription(spec)?;
         let columns = rows.schema.fields().len();
         client
             .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(0, columns as i16, vec![0; columns])))
@@ -794,23 +843,8 @@ impl Backend {
         let fields = Arc::new(types::fields(&rows.schema, &Format::UnifiedText));
         let mut encoder = CopyEncoder::new_text(fields, CopyTextOptions::default());
         let mut count = 0usize;
-        let peer = client.socket_addr();
-        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            let event = tokio::select! {
-                event = subscription.recv() => match event {
-                    Some(event) => event,
-                    None => break,
-                },
-                _ = check.tick() => {
-                    if self.sockets.hung_up(peer) {
-                        return Err(hung_up());
-                    }
-                    continue;
-                }
-            };
-            let Some(batch) = rows.batch(event).map_err(|e| user_error("XX000", e))? else { continue };
+        let mut changes = Changes::new(subscription, rows, self.sockets.clone(), client.socket_addr());
+        while let Some(batch) = changes.next().await? {
             let mut out = Vec::new();
             types::copy_rows(&batch, &mut encoder, &mut out)?;
             count += batch.num_rows();
@@ -839,29 +873,14 @@ impl Backend {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (mut subscription, mut rows) = self.subscription(spec)?;
+        let (subscription, rows) = self.subscription(spec)?;
         client.feed(Self::subscribe_notice()).await?;
         let fields = Arc::new(types::fields(&rows.schema, &Format::UnifiedText));
         let description = pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
         client.send(PgWireBackendMessage::RowDescription(description)).await?;
         let mut count = 0usize;
-        let peer = client.socket_addr();
-        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            let event = tokio::select! {
-                event = subscription.recv() => match event {
-                    Some(event) => event,
-                    None => break,
-                },
-                _ = check.tick() => {
-                    if self.sockets.hung_up(peer) {
-                        return Err(hung_up());
-                    }
-                    continue;
-                }
-            };
-            let Some(batch) = rows.batch(event).map_err(|e| user_error("XX000", e))? else { continue };
+        let mut changes = Changes::new(subscription, rows, self.sockets.clone(), client.socket_addr());
+        while let Some(batch) = changes.next().await? {
             count += batch.num_rows();
             for row in types::data_rows(&batch, &fields)? {
                 client.feed(PgWireBackendMessage::DataRow(row)).await?;
@@ -883,29 +902,12 @@ impl Backend {
         client.send(Self::subscribe_notice()).await?;
         let fields = Arc::new(types::fields(&rows.schema, format));
         let encode_fields = fields.clone();
-        let (sockets, peer) = (self.sockets.clone(), client.socket_addr());
-        let mut check = tokio::time::interval(connection::HANG_UP_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let state = (subscription, rows, check);
-        let batches = stream::unfold(state, move |(mut subscription, mut rows, mut check)| {
-            let sockets = sockets.clone();
-            async move {
-                loop {
-                    let event = tokio::select! {
-                        event = subscription.recv() => event?,
-                        _ = check.tick() => {
-                            if sockets.hung_up(peer) {
-                                return Some((Err(hung_up()), (subscription, rows, check)));
-                            }
-                            continue;
-                        }
-                    };
-                    match rows.batch(event) {
-                        Ok(Some(batch)) => return Some((Ok(batch), (subscription, rows, check))),
-                        Ok(None) => continue,
-                        Err(e) => return Some((Err(user_error("XX000", e)), (subscription, rows, check))),
-                    }
-                }
+        let changes = Changes::new(subscription, rows, self.sockets.clone(), client.socket_addr());
+        let batches = stream::unfold(changes, |mut changes| async move {
+            match changes.next().await {
+                Ok(Some(batch)) => Some((Ok(batch), changes)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), changes)),
             }
         });
         let data = batches.flat_map(move |batch| {
