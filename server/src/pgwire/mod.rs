@@ -1491,7 +1491,11 @@ where
 /// statement planned and described, `pgwire parse {OPERATION}`); empty: running it.
 fn query_span(step: &str, text: &str) -> tracing::Span {
     let operation = statement::operation(text);
-    let name = if step.is_empty() { format!("pgwire {operation}") } else { format!("pgwire {step} {operation}") };
+    let name = match (step, operation.as_str()) {
+        (_, "?") => "pgwire".to_owned(),
+        ("", _) => format!("pgwire {operation}"),
+        _ => format!("pgwire {step} {operation}"),
+    };
     tracing::info_span!(
         "pgwire query",
         otel.name = %name,

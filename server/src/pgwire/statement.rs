@@ -632,15 +632,38 @@ const MAX_QUERY_TEXT: usize = 2048;
 /// of any quoting) replaced by `?`, comments dropped and runs of whitespace made one space, at
 /// most [`MAX_QUERY_TEXT`] bytes (cut at a character, then `…`) — the OpenTelemetry database
 /// conventions' *sanitization* (`docs/database/database-spans.md`: values a user would not put
-/// in a trace stay out of it). A statement that does not tokenize gives its first word only.
+/// in a trace stay out of it); a setting's value (`SET x = …`) is `?` whatever it is. A
+/// statement that does not tokenize gives its first word only, and one that does not start as
+/// a statement does (a password typed at the prompt) gives `?`.
 pub fn sanitized(sql: &str) -> String {
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let op = operation(sql);
+    if op == "?" {
+        return op;
+    }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
-        return operation(sql);
+        return op;
     };
+    // A setting's value, literal or not (`SET x = secret`), is a value.
+    let mut setting_value = false;
     let mut out = String::new();
     for token in tokens {
+        if setting_value {
+            // One `?` for the whole value, whatever its tokens.
+            match token {
+                Token::Whitespace(_) if out.ends_with('?') || out.ends_with(' ') => {}
+                Token::Whitespace(_) => out.push(' '),
+                _ if out.ends_with('?') => {}
+                _ => out.push('?'),
+            }
+            continue;
+        }
+        if (op == "SET" || op == "RESET")
+            && (matches!(token, Token::Eq) || matches!(&token, Token::Word(w) if w.value.eq_ignore_ascii_case("to")))
+        {
+            setting_value = true;
+        }
         match token {
             Token::Whitespace(_) => {
                 if !out.is_empty() && !out.ends_with(' ') {
@@ -682,16 +705,52 @@ pub fn sanitized(sql: &str) -> String {
     out.trim_end().to_owned()
 }
 
-/// The statement's first word, upper-cased (`SELECT`, `SUBSCRIBE`, …), as `db.operation.name`;
-/// `?` for none.
+/// The words a statement starts with that [`operation`] names it by.
+const OPERATIONS: [&str; 30] = [
+    "ABORT",
+    "BEGIN",
+    "CLOSE",
+    "COMMIT",
+    "COPY",
+    "CREATE",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DISCARD",
+    "DROP",
+    "END",
+    "EXECUTE",
+    "EXPLAIN",
+    "FETCH",
+    "INSERT",
+    "MOVE",
+    "PREPARE",
+    "RESET",
+    "ROLLBACK",
+    "SELECT",
+    "SET",
+    "SHOW",
+    "START",
+    "SUBSCRIBE",
+    "TABLE",
+    "UPDATE",
+    "VALUES",
+    "WITH",
+    "LISTEN",
+];
+
+/// The statement's first word, upper-cased (`SELECT`, `SUBSCRIBE`, …), as `db.operation.name`,
+/// when it is a statement's (anything else — a password typed at the prompt — is not named:
+/// `?`).
 pub fn operation(sql: &str) -> String {
     let word: String = sql
         .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .take(32)
-        .collect();
-    if word.is_empty() { "?".to_owned() } else { word.to_ascii_uppercase() }
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if OPERATIONS.contains(&word.as_str()) { word } else { "?".to_owned() }
 }
 
 #[cfg(test)]
@@ -797,5 +856,9 @@ mod tests {
         assert_eq!(operation("  (select 1)"), "SELECT");
         assert_eq!(operation("subscribe to v"), "SUBSCRIBE");
         assert_eq!(operation("42"), "?");
+        assert_eq!(operation("hunter2password is my secret"), "?");
+        assert_eq!(sanitized("hunter2password is my secret"), "?", "not a statement: nothing of it");
+        assert_eq!(sanitized("SET statement_timeout = SECRET_IDENT"), "SET statement_timeout = ?");
+        assert_eq!(sanitized("SET application_name TO 'x', y"), "SET application_name TO ?");
     }
 }
