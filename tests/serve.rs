@@ -1023,6 +1023,20 @@ fn a_query_is_held_to_the_memory_and_answer_limits() {
     assert_eq!(rows, vec![json!({ "n": 3_000_000, "s": 3_000_000i64 * 3_000_001 / 2 })]);
     let rows = server.sql("SELECT v FROM generate_series(1, 100000) AS t(v) WHERE v % 25000 = 0");
     assert_eq!(rows, vec![json!({"v": 25000}), json!({"v": 50000}), json!({"v": 75000}), json!({"v": 100000})]);
+    // A collection read in batches cut from one: 50,000 ids of 30 characters are 1.7 MB of
+    // Arrow (offsets included), within the 8 MB; counted per batch with the buffers they share,
+    // they passed it (7 batches × 1.7 MB).
+    let job = server.submit(&push_job("ids", "ids-in", "ids_n", "SELECT count(*) AS n FROM knowledge_events"));
+    let lines: Vec<String> =
+        (0..50_000).map(|i| json!({ "c": "c", "id": format!("document-{i:021}"), "size": 1 }).to_string()).collect();
+    server.push(job, "ids-in", &lines);
+    server.sql_until("SELECT n FROM ids_n", &[json!({ "n": 50_000 })]);
+    let rows = server.sql("SELECT count(*) AS n FROM (SELECT document_id FROM knowledge_events) AS t");
+    assert_eq!(rows, vec![json!({ "n": 50_000 })]);
+    let (status, body) =
+        server.call("POST", "/v1/sql", Some(&json!({ "sql": "SELECT document_id FROM knowledge_events" }).to_string()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"].as_array().map(Vec::len), Some(50_000));
     let peak = peak_rss(server.child.id());
     assert!(peak < 1 << 30, "the server peaked at {peak} bytes");
 }
@@ -1570,12 +1584,12 @@ fn file_sources_resume_at_their_cursors_after_a_restart() {
             assert!(Instant::now() < deadline, "never caught up: {body}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Its backfill, in `aimatrix_jobs` too: the 4 lines and their bytes, all read.
+        // Its backfill, in `aimatrix_jobs` too: the 4 lines and their bytes, all read (and no
+        // rate once read: nothing is being read, and an average would only fall).
         let bytes = event_lines("once", 0, 4).len();
-        let backfill =
-            "SELECT records_read, bytes_read, bytes_total, hydration, eta_ms FROM aimatrix_jobs WHERE id = 2";
-        let want =
-            json!({ "records_read": 4, "bytes_read": bytes, "bytes_total": bytes, "hydration": 1.0, "eta_ms": 0 });
+        let backfill = "SELECT records_read, bytes_read, bytes_total, hydration, rate_bytes_per_s, eta_ms FROM aimatrix_jobs WHERE id = 2";
+        let want = json!({ "records_read": 4, "bytes_read": bytes, "bytes_total": bytes, "hydration": 1.0, "eta_ms": 0,
+                    "rate_bytes_per_s": null });
         assert_eq!(server.sql(backfill), vec![want]);
         let (_, body) = server.call("GET", "/v1/jobs/2", None);
         assert_eq!(body["backfill"]["bytes_read"], bytes, "{body}");

@@ -255,7 +255,8 @@ pub struct SourceProgress {
     /// reading the source (a source resumed after a restart counts from its position).
     pub records_read: u64,
     /// The backfill rate (bytes/s): bytes read since this process began reading the source,
-    /// over the seconds since (`None` in its first 200 ms, when the average means nothing).
+    /// over the seconds since (`None` in its first 200 ms, when the average means nothing,
+    /// once it is done, and for a cancelled job's source: nothing is being read).
     pub rate_bytes_per_s: Option<u64>,
     /// The estimated time left to read to the end (ms): the bytes left at `rate_bytes_per_s`;
     /// 0 once done, `None` while no rate is known (or nothing is being read).
@@ -267,8 +268,8 @@ impl SourceProgress {
     /// `started`, when `bytes_read` was `bytes_at_start` (a resumed source's position).
     pub(crate) fn with_rate(mut self, started: std::time::Instant, bytes_at_start: u64) -> Self {
         let elapsed = started.elapsed().as_secs_f64();
-        self.rate_bytes_per_s =
-            (elapsed >= 0.2).then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
+        self.rate_bytes_per_s = (elapsed >= 0.2 && !self.done)
+            .then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
         let left = self.bytes_total.saturating_sub(self.bytes_read);
         self.eta_ms = if self.done || left == 0 {
             Some(0)
@@ -2093,6 +2094,10 @@ impl Controller {
                     None => progress.get(&source.name).copied().unwrap_or_default(),
                 };
                 p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
+                if info.state == JobState::Cancelled {
+                    // Its reading stopped where it was: no rate, no time left to count down.
+                    (p.rate_bytes_per_s, p.eta_ms) = (None, None);
+                }
                 p
             });
             files.extend(p);

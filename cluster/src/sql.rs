@@ -531,7 +531,7 @@ impl Controller {
         while let Some(batch) = futures::StreamExt::next(&mut stream).await {
             let batch = batch.map_err(run_error)?;
             rows += batch.num_rows() as u64;
-            bytes += batch.get_array_memory_size() as u64;
+            bytes += answer_bytes(&batch);
             if let Some(max) = limits.max_result_rows.filter(|max| rows > *max) {
                 return Err(ClusterError::Limit(format!(
                     "the answer has more than {max} rows (sql.max_result_rows); add a LIMIT or a WHERE, or raise \
@@ -548,6 +548,18 @@ impl Controller {
         }
         Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })
     }
+}
+
+/// The bytes of an answer's batch, as [`crate::SqlLimits::max_result_bytes`] counts them: its
+/// columns' values as sliced. A batch cut from a larger one shares its buffers, and
+/// `get_array_memory_size` counts those whole: a collection of 224,044 short ids, read in 28
+/// batches, counted 20 times its size and was refused past 128 MiB.
+fn answer_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+        .sum()
 }
 
 /// A query to plan: its text, or the statement it was parsed into already.
