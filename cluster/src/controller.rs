@@ -266,8 +266,13 @@ pub struct SourceProgress {
 impl SourceProgress {
     /// Sets `rate_bytes_per_s` and `eta_ms` from where the reader began in this process:
     /// `started`, when `bytes_read` was `bytes_at_start` (a resumed source's position).
-    pub(crate) fn with_rate(mut self, started: std::time::Instant, bytes_at_start: u64) -> Self {
-        let elapsed = started.elapsed().as_secs_f64();
+    pub(crate) fn with_rate(self, started: std::time::Instant, bytes_at_start: u64) -> Self {
+        self.with_rate_over(started.elapsed(), bytes_at_start)
+    }
+
+    /// [`SourceProgress::with_rate`], `elapsed` after the reader began.
+    fn with_rate_over(mut self, elapsed: Duration, bytes_at_start: u64) -> Self {
+        let elapsed = elapsed.as_secs_f64();
         self.rate_bytes_per_s = (elapsed >= 0.2 && !self.done)
             .then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
         let left = self.bytes_total.saturating_sub(self.bytes_read);
@@ -2844,6 +2849,45 @@ fn compaction_loop(inner: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rates and times left, by hand: a source resumed at byte 500 that read to byte 2,000 in
+    /// 2 s reads 750 B/s, and its 3,500 bytes left take 4,666.7 ms (4,667, rounded up); a job
+    /// sums its sources' rates and waits for the slowest.
+    #[test]
+    fn backfill_rates_and_times_left() {
+        let progress = |read: u64, total: u64, done: bool| SourceProgress {
+            bytes_read: read,
+            bytes_total: total,
+            done,
+            records_read: read / 100,
+            ..SourceProgress::default()
+        };
+        let a = progress(2_000, 5_500, false).with_rate_over(Duration::from_secs(2), 500);
+        assert_eq!((a.rate_bytes_per_s, a.eta_ms), (Some(750), Some(4_667)));
+        // Too soon for a rate: no time left is known.
+        let early = progress(100, 5_500, false).with_rate_over(Duration::from_millis(100), 0);
+        assert_eq!((early.rate_bytes_per_s, early.eta_ms), (None, None));
+        // Read to its end: nothing is being read.
+        let done = progress(4_000, 4_000, true).with_rate_over(Duration::from_secs(8), 0);
+        assert_eq!((done.rate_bytes_per_s, done.eta_ms), (None, Some(0)));
+        // 1,000 B/s with 9,000 bytes left: 9 s.
+        let b = progress(1_000, 10_000, false).with_rate_over(Duration::from_secs(1), 0);
+        let job = Backfill::of([&a, &b, &done]);
+        assert_eq!(
+            job,
+            Backfill {
+                records_read: 20 + 10 + 40,
+                bytes_read: 7_000,
+                bytes_total: 19_500,
+                rate_bytes_per_s: Some(1_750),
+                eta_ms: Some(9_000),
+            }
+        );
+        assert!((job.fraction() - 7_000.0 / 19_500.0).abs() < 1e-12);
+        assert_eq!(Backfill::of([&a, &early]).eta_ms, None, "one source's time left unknown: the job's too");
+        assert_eq!(Backfill::of([]), Backfill { eta_ms: Some(0), ..Backfill::default() });
+        assert_eq!(Backfill::of([]).fraction(), 1.0);
+    }
 
     /// A constant view's empty frontier (`Time::MAX`) never lifts a read of collections still
     /// in progress (a read at `Time::MAX - 1` waited forever: seen once in a dozen runs of

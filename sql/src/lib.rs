@@ -391,3 +391,36 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
         }
     }
 }
+
+#[cfg(test)]
+mod session_template_tests {
+    use super::*;
+
+    /// Sessions made from one template share its functions but nothing else: a table one
+    /// registers, or a setting it changes, is not another's.
+    #[tokio::test]
+    async fn sessions_from_a_template_are_apart() {
+        let config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+        let template = SessionTemplate::new(config, |_| {}).expect("a template");
+        let one = template.session();
+        let batch = RecordBatch::try_from_iter([("x", Arc::new(arrow::array::Int64Array::from(vec![40, 2])) as _)])
+            .expect("a batch");
+        one.register_batch("t", batch).expect("registered");
+        one.state_ref().write().config_mut().options_mut().catalog.information_schema = true;
+        let sum = one.sql("SELECT sum(x) AS s FROM t").await.expect("planned").collect().await.expect("run");
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&sum).expect("shown").to_string().lines().nth(3),
+            Some("| 42 |")
+        );
+        let other = template.session();
+        assert!(other.sql("SELECT * FROM t").await.is_err(), "the other session has no table t");
+        assert!(!other.state().config().options().catalog.information_schema);
+        // The template's functions are in every session: json_get_str (datafusion-functions-json).
+        let json = other.sql(r#"SELECT json_get_str('{"a": "b"}', 'a') AS v"#).await.expect("planned");
+        let json = json.collect().await.expect("run");
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&json).expect("shown").to_string().lines().nth(3),
+            Some("| b |")
+        );
+    }
+}

@@ -293,6 +293,12 @@ pub fn postgres_column_names(sql: &str, schema: &SchemaRef) -> SchemaRef {
     use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr, Statement};
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
+    // Names that are plain words are column references or aliases, named alike by both: no
+    // second parse for the common query (a point lookup's `SELECT collection, size_bytes …`).
+    let plain = |name: &str| name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if schema.fields().iter().all(|f| plain(f.name())) {
+        return schema.clone();
+    }
     let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else { return schema.clone() };
     let (Some(Statement::Query(query)), None) = (statements.pop(), statements.pop()) else { return schema.clone() };
     let mut body = &*query.body;
@@ -338,7 +344,7 @@ fn is_column_reference(expr: &datafusion::sql::sqlparser::ast::Expr) -> bool {
 /// name, a cast → what it casts if that has a name, else the type's (`int4`, `int8`,
 /// `float8`, `text`, …); anything else (constants, operators) `?column?`.
 pub fn figure_column_name(expr: &datafusion::sql::sqlparser::ast::Expr) -> (String, bool) {
-    use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr};
+    use datafusion::sql::sqlparser::ast::{Expr, SelectItem, SetExpr, Value};
     let weak = || ("?column?".to_owned(), false);
     let strong = |name: &str| (name.to_owned(), true);
     match expr {
@@ -355,6 +361,8 @@ pub fn figure_column_name(expr: &datafusion::sql::sqlparser::ast::Expr) -> (Stri
             _ => (postgres_type_name(data_type), true),
         },
         Expr::TypedString(typed) => (postgres_type_name(&typed.data_type), true),
+        // PostgreSQL reads `true` as the text 't' cast to bool.
+        Expr::Value(value) if matches!(value.value, Value::Boolean(_)) => strong("bool"),
         Expr::Case { .. } => strong("case"),
         Expr::Exists { .. } => strong("exists"),
         Expr::Array(_) => strong("array"),
@@ -418,23 +426,24 @@ mod tests {
         use amx_sql::arrow::datatypes::{Field, Schema};
         let sql = "SELECT 1, 40 + 2, x AS answer, count(*), SUM(t.y), CAST('7' AS BIGINT), '1'::int, CAST(y AS TEXT), \
                    CASE WHEN true THEN 1 END, coalesce(y, 0), (SELECT 3 AS three), t.y, (z), DATE '2024-01-01', \
-                   EXISTS (SELECT 1) FROM t";
-        let fields: Vec<Field> = (0..15).map(|i| Field::new(format!("df{i}"), DataType::Int64, true)).collect();
+                   EXISTS (SELECT 1), true FROM t";
+        // DataFusion's names of expressions are not plain words (`Int64(1)`, `count(*)`).
+        let fields: Vec<Field> = (0..16).map(|i| Field::new(format!("df({i})"), DataType::Int64, true)).collect();
         let schema = Arc::new(Schema::new(fields));
         let named = postgres_column_names(sql, &schema);
         let names: Vec<&str> = named.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(
             names,
             [
-                "?column?", "?column?", "df2", "count", "sum", "int8", "int4", "y", "case", "coalesce", "three",
-                "df11", "df12", "date", "exists"
+                "?column?", "?column?", "df(2)", "count", "sum", "int8", "int4", "y", "case", "coalesce", "three",
+                "df(11)", "df(12)", "date", "exists", "bool"
             ]
         );
         // A wildcard, or a statement that is not one query: the names stay.
         for sql in ["SELECT *, 1 FROM t", "SELECT 1; SELECT 2", "SHOW VIEWS"] {
             let one = Arc::new(Schema::new(vec![
-                Field::new("a", DataType::Int64, true),
-                Field::new("b", DataType::Int64, true),
+                Field::new("f(a)", DataType::Int64, true),
+                Field::new("f(b)", DataType::Int64, true),
             ]));
             assert_eq!(postgres_column_names(sql, &one), one, "{sql}");
         }
