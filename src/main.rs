@@ -409,13 +409,18 @@ fn serve(args: ServeArgs) -> Result<()> {
         let path = log.location();
         let recovered =
             runtime.block_on(controller.recover(log, records, state.file_access())).context("data directory")?;
+        let snapshot = recovered
+            .snapshot
+            .as_ref()
+            .map_or_else(String::new, |s| format!(" (after snapshot {} of {} rows)", s.generation, s.rows));
         eprintln!(
-            "serve: replayed {path}: {} jobs and views, {} cancellations, {} pushes in {:.1} s",
+            "serve: replayed {path}{snapshot}: {} jobs and views, {} cancellations, {} pushes in {:.1} s",
             recovered.jobs,
             recovered.cancels,
             recovered.pushes,
             started.elapsed().as_secs_f64()
         );
+        runtime.spawn(controller.clone().compact_when_grown(config.storage.compact_after_bytes));
     }
     let pg_listen = config.pgwire.listen.clone();
     let max_sessions = config.pgwire.max_sessions;

@@ -23,7 +23,7 @@ use amx_dataflows::render::SOURCE_STATS;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use crate::job::{Job, SourceConfig, SourceKind};
@@ -797,6 +797,12 @@ struct Sequencer {
     /// the log), and so do sinks (the views are not whole yet); replayed records keep their
     /// logged timestamps, and no timestamp is closed but theirs.
     replaying: bool,
+    /// The catalog changes logged (or replayed), in their order: what a snapshot replays
+    /// (see [`crate::storage::snapshot`]).
+    catalog_log: Vec<LogRecord>,
+    /// Cancellations with `retract` not yet retracted (no snapshot is taken meanwhile: the
+    /// job's events would be in it).
+    retracting: usize,
 }
 
 /// The recent pushes of one push source by `Idempotency-Key`: each key's answer (once known),
@@ -863,6 +869,8 @@ pub struct Recovered {
     pub cancels: usize,
     /// Pushes applied again.
     pub pushes: usize,
+    /// The snapshot restored first, if the log was compacted.
+    pub snapshot: Option<compaction::Restored>,
 }
 
 /// `Idempotency-Key`s remembered per push source: a push retried after this many later pushes
@@ -920,11 +928,19 @@ impl Sequencer {
     }
 
     /// Appends `record` to the durable log, if there is one: its sequence number there.
-    fn log(&self, record: impl FnOnce() -> LogRecord) -> Result<Stored, ClusterError> {
-        match &self.log {
-            Some(log) => Ok(Some((log.clone(), log.append(&mut record())?))),
-            None => Ok(None),
+    /// A catalog change (a job, a view, a cancellation) is also kept for snapshots, while
+    /// there is a log or one is replayed.
+    fn log(&mut self, record: impl FnOnce() -> LogRecord) -> Result<Stored, ClusterError> {
+        if self.log.is_none() && !self.replaying {
+            return Ok(None);
         }
+        let mut record = record();
+        let stored = match &self.log {
+            Some(log) => Some((log.clone(), log.append(&mut record)?)),
+            None => None,
+        };
+        self.catalog_log.push(record);
+        Ok(stored)
     }
 
     /// Appends `record` to the durable log, if there is one, and hands it back: a push's or
@@ -1080,6 +1096,9 @@ pub(crate) fn row_bytes(row: &Row) -> u64 {
     48 + row.iter().map(datum).sum::<u64>()
 }
 
+mod compaction;
+pub use compaction::{Compaction, Restored};
+
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
 pub struct Controller {
@@ -1113,6 +1132,8 @@ pub(crate) struct Inner {
     /// The file sources the server reads (with a durable log): their catch-up requests and
     /// progress, by (job, source).
     feeds: Mutex<HashMap<(JobId, String), Arc<crate::sources::file::FileFeed>>>,
+    /// Held while a snapshot is taken (one at a time).
+    compaction: tokio::sync::Mutex<()>,
 }
 
 /// Queries planned and run at the same time, at most.
@@ -1220,7 +1241,7 @@ impl Drop for Subscription {
 }
 
 /// What a push of records did: counts and each rejected record's reason.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestReport {
     /// Records that decoded into rows.
     pub accepted: u64,
@@ -1235,7 +1256,7 @@ pub struct IngestReport {
 }
 
 /// One rejected record.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IngestReject {
     /// Its line in the request body (from 1).
     pub line: u64,
@@ -1388,6 +1409,8 @@ impl Controller {
             last_timestamp: 0,
             closed: 0,
             replaying: false,
+            catalog_log: Vec::new(),
+            retracting: 0,
         };
         if is_controller {
             for (name, schema, reads) in planned {
@@ -1412,6 +1435,7 @@ impl Controller {
             sink_access: config.sink_access.clone(),
             sql_runtime: std::sync::OnceLock::new(),
             feeds: Mutex::new(HashMap::new()),
+            compaction: tokio::sync::Mutex::new(()),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);
@@ -1836,6 +1860,15 @@ impl Controller {
             // that goes away (a client that disconnects) cannot leave them holding for good.
             let this = self.clone();
             let retracted = tokio::spawn(async move {
+                // However it ends, the retraction is no longer in flight after it.
+                struct Done(Controller);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        let mut seq = lock(&self.0.inner.seq);
+                        seq.retracting = seq.retracting.saturating_sub(1);
+                    }
+                }
+                let _done = Done(this.clone());
                 let upper = applied.await.map_err(|_| ClusterError::Stopped)?.upper;
                 let (wait, applied) = this.wait_for_workers();
                 {
@@ -1914,6 +1947,9 @@ impl Controller {
             )));
         }
         let stored = seq.log(|| LogRecord::CancelJob { id: id.0, retract })?;
+        if retract {
+            seq.retracting += 1;
+        }
         let (wait, applied) = self.wait_for_workers();
         seq.send(&Command::DropJob { id, retract, wait })?;
         seq.catalog.retain(|_, e| e.owner != Some(id));
@@ -2586,6 +2622,32 @@ impl Controller {
         result.map(|_| ())
     }
 
+    /// Applies a logged catalog change again: a job or view installed with its id, a job
+    /// cancelled.
+    async fn replay_catalog(
+        &self,
+        record: LogRecord,
+        access: &amx_connectors::FileAccess,
+        recovered: &mut Recovered,
+    ) -> Result<(), ClusterError> {
+        match record {
+            LogRecord::InstallJob { id, job } => {
+                recovered.jobs += 1;
+                let job = Job { config: job, access: access.clone() };
+                self.replay_install(id, move |this| this.install_job(&job)).await
+            }
+            LogRecord::CreateView { id, name, sql } => {
+                recovered.jobs += 1;
+                self.replay_install(id, move |this| this.create_view(&name, &sql)).await
+            }
+            LogRecord::CancelJob { id, retract } => {
+                recovered.cancels += 1;
+                self.cancel_job(JobId(id), retract).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Replays a data directory's log (see [`crate::storage`]): re-installs its jobs and views
     /// with their ids, applies its pushes, batches (with their `Idempotency-Key`s, and the
     /// positions of the sources the server reads) and cancellations, in their order; then the
@@ -2601,12 +2663,18 @@ impl Controller {
     pub async fn recover(
         &self,
         log: Arc<DurableLog>,
-        records: impl Iterator<Item = Result<LogRecord, crate::storage::StorageError>>,
+        mut records: crate::storage::LogRecords,
         access: amx_connectors::FileAccess,
     ) -> Result<Recovered, ClusterError> {
         let mut recovered = Recovered::default();
         let mut upper = 0;
         lock(&self.inner.seq).replaying = true;
+        // A compacted log: its snapshot first, then the records after its cut.
+        if let Some(snapshot) = records.take_snapshot() {
+            let restored = self.restore(&snapshot, &access, &mut recovered).await?;
+            upper = lock(&self.inner.seq).last_timestamp + 1;
+            recovered.snapshot = Some(restored);
+        }
         // Pushes are sent without waiting for each answer (the workers apply commands in
         // their order anyway); at most this many answers are outstanding.
         let mut outstanding: std::collections::VecDeque<(IngestAnswer, usize)> = std::collections::VecDeque::new();
@@ -2620,21 +2688,15 @@ impl Controller {
                 LogRecord::CancelJob { id, .. } => format!("job {id} cancelled"),
                 LogRecord::Ingest { job, source, .. } => format!("a push to job {job}'s source `{source}`"),
                 LogRecord::IngestRecords { job, source, .. } => format!("a batch of job {job}'s source `{source}`"),
+                LogRecord::Compacted { generation } => format!("the mark of snapshot {generation}"),
             };
             let done = match record {
-                LogRecord::InstallJob { id, job } => {
-                    recovered.jobs += 1;
-                    let job = Job { config: job, access: access.clone() };
-                    self.replay_install(id, move |this| this.install_job(&job)).await
+                record
+                @ (LogRecord::InstallJob { .. } | LogRecord::CreateView { .. } | LogRecord::CancelJob { .. }) => {
+                    self.replay_catalog(record, &access, &mut recovered).await
                 }
-                LogRecord::CreateView { id, name, sql } => {
-                    recovered.jobs += 1;
-                    self.replay_install(id, move |this| this.create_view(&name, &sql)).await
-                }
-                LogRecord::CancelJob { id, retract } => {
-                    recovered.cancels += 1;
-                    self.cancel_job(JobId(id), retract).await
-                }
+                // (Only at a rewritten log's start, where the records begin after it.)
+                LogRecord::Compacted { .. } => Ok(()),
                 LogRecord::Ingest { job, source, key, body, oversized, at } => {
                     recovered.pushes += 1;
                     let bytes = body.len();

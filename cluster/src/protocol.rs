@@ -181,6 +181,20 @@ pub enum Command {
         #[serde(default = "first_line")]
         first: u64,
     },
+    /// A part of a durable server's snapshot, at a restart (see `crate::storage::snapshot`):
+    /// rows of the canonical relations and of the relations sources declare, read back as
+    /// events, and counts of the sources' records. The worker moves its input to `at` (as for
+    /// [`Command::Ingest`]) and adds each event `diff` times (a keyed table's row as an upsert)
+    /// and each source's counts to `aimatrix_source_stats`.
+    Restore {
+        /// The events, each with its multiplicity.
+        events: Vec<(amx_dataflows::event::Event, Diff)>,
+        /// Per source: records read, rows decoded, ingest errors.
+        #[serde(default)]
+        stats: Vec<(String, (isize, isize, isize))>,
+        /// The snapshot's timestamp.
+        at: Time,
+    },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.
     Peek {

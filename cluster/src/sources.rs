@@ -70,7 +70,7 @@ pub enum SourcePosition {
 
 /// Where a source resumes: every position its batches reached, folded
 /// ([`SourceResume::advance`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceResume {
     /// Kafka: the next offset per partition.
     pub kafka: KafkaPositions,

@@ -73,6 +73,7 @@ use crate::job::JobConfig;
 
 mod object;
 pub use object::{LEASE, ObjectLog, ObjectLogOptions, ObjectRecords, SYNC_TIMEOUT};
+pub mod snapshot;
 
 /// The first line of a log: its format and version.
 const HEADER: &[u8] = b"aimatrix-log 2\n";
@@ -147,6 +148,12 @@ pub enum LogRecord {
         /// Its timestamp, as [`LogRecord::Ingest`]'s.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<amx_dataflows::Time>,
+    },
+    /// The first record of a log rewritten after snapshot `generation` (see [`snapshot`]):
+    /// what came before the cut is in that snapshot.
+    Compacted {
+        /// The snapshot's generation.
+        generation: u64,
     },
 }
 
@@ -351,6 +358,9 @@ pub enum StorageError {
         /// The first line this version writes.
         expected: String,
     },
+    /// A snapshot that cannot be restored or written (see [`snapshot`]).
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     /// Another server holds an object-store log's lease.
     #[error(
         "{location} is in use by another aimatrix server ({holder} holds its lease, {location}/LOCK); stop it or choose another --data-url"
@@ -392,9 +402,20 @@ pub enum DurableLog {
 #[derive(Debug)]
 pub enum LogRecords {
     /// From a [`FileLog`].
-    File(FileRecords),
+    File(Box<FileRecords>),
     /// From an [`ObjectLog`].
     Object(ObjectRecords),
+}
+
+impl LogRecords {
+    /// The snapshot a restart restores before the records, if the log was compacted (only a
+    /// file log is; taken: asked again, `None`).
+    pub fn take_snapshot(&mut self) -> Option<snapshot::Snapshot> {
+        match self {
+            LogRecords::File(r) => r.take_snapshot(),
+            LogRecords::Object(_) => None,
+        }
+    }
 }
 
 impl Iterator for LogRecords {
@@ -415,7 +436,7 @@ impl DurableLog {
     /// As [`FileLog::open`].
     pub fn open(dir: &Path) -> Result<(Arc<DurableLog>, LogRecords), StorageError> {
         let (log, records) = FileLog::open(dir)?;
-        Ok((Arc::new(DurableLog::File(log)), LogRecords::File(records)))
+        Ok((Arc::new(DurableLog::File(log)), LogRecords::File(Box::new(records))))
     }
 
     /// Opens the log at `url`: `s3://bucket/prefix` (the S3 client configured from the
@@ -497,6 +518,14 @@ impl DurableLog {
         }
     }
 
+    /// The file log, when the log is one (only a file log is compacted into snapshots).
+    pub fn file(&self) -> Option<&FileLog> {
+        match self {
+            DurableLog::File(log) => Some(log),
+            DurableLog::Object(_) => None,
+        }
+    }
+
     /// Where the log is (a file path, or `s3://bucket/prefix`).
     pub fn location(&self) -> String {
         match self {
@@ -531,6 +560,9 @@ struct LogState {
     syncing: bool,
     /// Why the log no longer takes writes.
     failed: Option<String>,
+    /// The log's generation: 0 until it is first rewritten after a snapshot, then the
+    /// snapshot's ([`LogRecord::Compacted`]).
+    generation: u64,
 }
 
 fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
@@ -613,14 +645,39 @@ impl FileLog {
         // A handle of its own: reading moves its offset, not the writer's.
         let mut reader = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
         reader.seek(SeekFrom::Start(HEADER.len() as u64)).map_err(io(format!("seeking in {}", path.display())))?;
-        let records = FileRecords {
+        let mut records = FileRecords {
             reader: std::io::BufReader::with_capacity(1 << 20, reader),
             at: HEADER.len() as u64,
             end: len,
             file: name,
             count: 0,
+            snapshot: None,
         };
-        let state = LogState { file, len, appended: 0, durable: 0, syncing: false, failed: None };
+        // A log rewritten after a snapshot starts with its generation; the snapshot a start
+        // restores decides where the replay begins (see [`snapshot`]).
+        let (generation, after_marker) = first_generation(&path, len)?;
+        let snapshot = snapshot::choose(dir, generation).map_err(StorageError::Snapshot)?;
+        let start = match &snapshot {
+            Some(s) if s.manifest.generation == generation => after_marker,
+            Some(s) => {
+                let cut = s.manifest.cut_offset;
+                if cut < after_marker || cut > len {
+                    return Err(StorageError::Snapshot(format!(
+                        "{}: snapshot {} was cut at byte {cut} of the log, which has {len}",
+                        s.dir.display(),
+                        s.manifest.generation
+                    )));
+                }
+                cut
+            }
+            None => after_marker,
+        };
+        if start > HEADER.len() as u64 {
+            records.reader.seek(SeekFrom::Start(start)).map_err(io(format!("seeking in {}", path.display())))?;
+            records.at = start;
+        }
+        records.snapshot = snapshot;
+        let state = LogState { file, len, appended: 0, durable: 0, syncing: false, failed: None, generation };
         let log = FileLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
         Ok((log, records))
     }
@@ -736,6 +793,116 @@ impl FileLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The log's generation and its length in bytes (of whole records): where a snapshot of
+    /// everything appended so far cuts it. Taken under the controller's sequencer lock, it
+    /// is also the end of every change the controller has applied.
+    pub fn cut(&self) -> (u64, u64) {
+        let state = lock(&self.state);
+        (state.generation, state.len)
+    }
+
+    /// The log's size now (bytes).
+    pub fn len(&self) -> u64 {
+        lock(&self.state).len
+    }
+
+    /// Whether the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= HEADER.len() as u64
+    }
+
+    /// Rewrites the log to what follows byte `cut` (a record's start, from [`FileLog::cut`]
+    /// of the same generation), after snapshot `generation` (written and synced) that stands
+    /// for what precedes it: a new file of the header, [`LogRecord::Compacted`] and the
+    /// records after the cut (the ones appended meanwhile too: the last of them are copied
+    /// under the lock that appends wait on), synced and renamed over the log, the directory
+    /// synced. Appends go on in the new file; sequence numbers and syncs are unchanged (the
+    /// new file holds, synced, every record appended before the rename). Returns the bytes
+    /// the log has after it.
+    ///
+    /// # Errors
+    /// A read or write that fails (the old log stays in place, whole: nothing is lost, and the
+    /// next compaction tries again); the log's generation is not the one cut.
+    pub fn rewrite(&self, cut_generation: u64, cut: u64, generation: u64) -> Result<u64, StorageError> {
+        let io = |what: String| move |e| StorageError::Io(what, e);
+        let staged = self.path.with_extension("new");
+        let mut out = File::create(&staged).map_err(io(format!("creating {}", staged.display())))?;
+        let mut marker = LogRecord::Compacted { generation };
+        let frame = encode(&mut marker).map_err(|e| StorageError::Io("encoding".into(), std::io::Error::other(e)))?;
+        out.write_all(HEADER)
+            .and_then(|()| out.write_all(&frame))
+            .map_err(io(format!("writing {}", staged.display())))?;
+        let mut source = File::open(&self.path).map_err(io(format!("opening {}", self.path.display())))?;
+        // What was appended up to now, without the lock (the records before `len` are whole
+        // and never change)…
+        let copied = lock(&self.state).len;
+        copy_range(&mut source, cut, copied, &mut out).map_err(io(format!("copying {}", self.path.display())))?;
+        // …then the rest under it, and the swap.
+        let mut state = lock(&self.state);
+        if state.generation != cut_generation {
+            let _ = std::fs::remove_file(&staged);
+            return Err(StorageError::Snapshot(format!(
+                "the log is of generation {}, not {cut_generation}: not rewritten",
+                state.generation
+            )));
+        }
+        let end = state.len;
+        let result = copy_range(&mut source, copied, end, &mut out)
+            .and_then(|()| out.sync_all())
+            .and_then(|()| std::fs::rename(&staged, &self.path))
+            .and_then(|()| self.path.parent().map_or(Ok(()), |dir| File::open(dir).and_then(|d| d.sync_all())));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&staged);
+            return Err(StorageError::Io(format!("rewriting {}", self.path.display()), e));
+        }
+        let len = (HEADER.len() + frame.len()) as u64 + (end - cut);
+        out.seek(SeekFrom::Start(len)).map_err(io(format!("seeking in {}", self.path.display())))?;
+        state.file = out;
+        state.len = len;
+        state.generation = generation;
+        // Every record appended so far is in the synced new file.
+        state.durable = state.appended;
+        Ok(len)
+    }
+}
+
+/// Copies bytes `from..to` of `source` to the end of `out`.
+fn copy_range(source: &mut File, from: u64, to: u64, out: &mut File) -> std::io::Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    source.seek(SeekFrom::Start(from))?;
+    let copied = std::io::copy(&mut (&*source).take(to - from), out)?;
+    if copied != to - from {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the log ended early"));
+    }
+    Ok(())
+}
+
+/// The generation of the log at `path` (whose whole records end at `len`) and the offset of
+/// its first record after [`LogRecord::Compacted`]: `(0, header)` for a log never rewritten.
+fn first_generation(path: &Path, len: u64) -> Result<(u64, u64), StorageError> {
+    let start = HEADER.len() as u64;
+    if len <= start {
+        return Ok((0, start));
+    }
+    let io = |e| StorageError::Io(format!("reading {}", path.display()), e);
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut frame = [0u8; FRAME];
+    file.read_exact(&mut frame).map_err(io)?;
+    let n = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    // A marker is a few dozen bytes of JSON; anything longer is another record.
+    if n > 256 {
+        return Ok((0, start));
+    }
+    let mut payload = vec![0; n];
+    file.read_exact(&mut payload).map_err(io)?;
+    match decode(&payload) {
+        Ok(LogRecord::Compacted { generation }) => Ok((generation, start + (FRAME + n) as u64)),
+        _ => Ok((0, start)),
+    }
 }
 
 /// The records of a file log, oldest first, read one at a time ([`FileLog::open`] has checked
@@ -749,6 +916,16 @@ pub struct FileRecords {
     file: String,
     /// Records read so far.
     count: u64,
+    /// The snapshot to restore before the records (see [`snapshot`]).
+    snapshot: Option<snapshot::Snapshot>,
+}
+
+impl FileRecords {
+    /// The snapshot a restart restores before these records, if the log was compacted
+    /// (taken: asked again, `None`).
+    pub fn take_snapshot(&mut self) -> Option<snapshot::Snapshot> {
+        self.snapshot.take()
+    }
 }
 
 impl Iterator for FileRecords {
@@ -1231,5 +1408,82 @@ mod tests {
         drop(log);
         let (_, read) = read_all(dir.path()).expect("open");
         assert_eq!(read.len(), 50);
+    }
+
+    /// A snapshot and the log rewrite, with a crash at each step (done by hand here: the
+    /// controller's part, reading the workers, is tested end to end): after the snapshot but
+    /// before the rewrite, a restart restores it and replays the old log from the cut; after
+    /// the rewrite, the new log (its records after the cut, those appended meanwhile too, and
+    /// appends after it) follows the snapshot; a second compaction cuts the rewritten log.
+    #[test]
+    fn a_log_is_cut_after_a_snapshot_at_each_step() {
+        use snapshot::{Manifest, SNAPSHOT_VERSION};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest = |generation: u64, cut_generation: u64, cut_offset: u64| Manifest {
+            version: SNAPSHOT_VERSION,
+            generation,
+            cut_generation,
+            cut_offset,
+            at: 2,
+            catalog: Vec::new(),
+            positions: Vec::new(),
+            keys: Vec::new(),
+            stats: Vec::new(),
+            files: Vec::new(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (log, _) = DurableLog::open(dir.path()).expect("open");
+        for n in 0..2 {
+            let seq = log.append(&mut ingest(n)).expect("append");
+            runtime.block_on(log.sync(seq)).expect("sync");
+        }
+        let (generation, cut) = log.file().expect("file").cut();
+        assert_eq!(generation, 0);
+        // Appended after the cut, before the snapshot is written.
+        let seq = log.append(&mut ingest(2)).expect("append");
+        runtime.block_on(log.sync(seq)).expect("sync");
+        snapshot::write(dir.path(), &mut manifest(1, 0, cut), Vec::new()).expect("snapshot");
+        drop(log);
+
+        // Crash before the rewrite: snapshot 1, then the old log's records after the cut.
+        let (log, mut records) = DurableLog::open(dir.path()).expect("open");
+        assert_eq!(records.take_snapshot().expect("snapshot").manifest.generation, 1);
+        let rest: Vec<LogRecord> = records.collect::<Result<_, _>>().expect("records");
+        assert_eq!(json(&rest), json(&[ingest(2)]));
+
+        // The rewrite, then one more append: the new log holds records 2 and 3.
+        let file = log.file().expect("file");
+        let after = file.rewrite(0, cut, 1).expect("rewritten");
+        assert_eq!(file.cut(), (1, after));
+        let seq = log.append(&mut ingest(3)).expect("append");
+        runtime.block_on(log.sync(seq)).expect("sync");
+        drop(log);
+        let (log, mut records) = DurableLog::open(dir.path()).expect("open");
+        assert_eq!(records.take_snapshot().expect("snapshot").manifest.generation, 1);
+        let rest: Vec<LogRecord> = records.collect::<Result<_, _>>().expect("records");
+        assert_eq!(json(&rest), json(&[ingest(2), ingest(3)]));
+
+        // A second snapshot cuts the rewritten log after record 2: record 3 follows it.
+        let file = log.file().expect("file");
+        let (generation, end) = file.cut();
+        let cut2 = end - frame_len(&ingest(3));
+        snapshot::write(dir.path(), &mut manifest(2, generation, cut2), Vec::new()).expect("snapshot 2");
+        file.rewrite(generation, cut2, 2).expect("rewritten");
+        snapshot::remove_older(dir.path(), 2);
+        drop(log);
+        let (_, mut records) = DurableLog::open(dir.path()).expect("open");
+        assert_eq!(records.take_snapshot().expect("snapshot").manifest.generation, 2);
+        let rest: Vec<LogRecord> = records.collect::<Result<_, _>>().expect("records");
+        assert_eq!(json(&rest), json(&[ingest(3)]));
+
+        // The log's snapshot gone: the start is refused, naming it.
+        std::fs::remove_dir_all(dir.path().join("snapshots")).expect("remove");
+        let err = DurableLog::open(dir.path()).expect_err("refused");
+        assert!(err.to_string().contains("depends on snapshot 2"), "{err}");
+    }
+
+    /// Bytes a record takes in the log.
+    fn frame_len(record: &LogRecord) -> u64 {
+        encode(&mut record.clone()).expect("encode").len() as u64
     }
 }

@@ -54,6 +54,7 @@
 //! [storage]
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
+//! compact_after_bytes = 268435456   # fold the log into a snapshot each time it grows by this much (0: never)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -91,7 +92,7 @@ pub struct ServeConfig {
 }
 
 /// `[storage]`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// The data directory (`--data-dir`): the durable log of jobs, views and acknowledged
@@ -103,6 +104,19 @@ pub struct StorageConfig {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`), or
     /// `file:///dir` (as `data_dir`). Default: none. At most one of `data_dir` and `url`.
     pub url: Option<String>,
+    /// Compact a data directory's log into a snapshot each time it has grown by this many
+    /// bytes (default 256 MiB; 0: never). See `amx_cluster::storage::snapshot`. An
+    /// object-store log (`url`) is not compacted.
+    pub compact_after_bytes: u64,
+}
+
+/// The default [`StorageConfig::compact_after_bytes`]: 256 MiB.
+pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 256 << 20;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: None, url: None, compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES }
+    }
 }
 
 /// `[subscribe]`.

@@ -212,6 +212,17 @@ impl ComputeState {
                 self.handle_ingest_records(id, &source, records, first);
                 self.closable = self.closable.max(at + 1);
             }
+            Command::Restore { events, stats, at } => {
+                self.advance_to(at);
+                for (event, diff) in events {
+                    self.inputs.update(event, diff);
+                }
+                for (source, (records, decoded, errors)) in stats {
+                    let pending = self.pending_stats.entry(source).or_default();
+                    *pending = (pending.0 + records, pending.1 + decoded, pending.2 + errors, pending.3);
+                }
+                self.closable = self.closable.max(at + 1);
+            }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 let (arrived, logged) = (Instant::now(), false);
                 self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit, arrived, logged })

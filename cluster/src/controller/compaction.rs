@@ -1,0 +1,360 @@
+//! Log compaction: a durable server's snapshot of its state, and its restore at a restart
+//! (the protocol and the files are in [`crate::storage::snapshot`]).
+//!
+//! A snapshot is taken at a cut of the log, under the sequencer lock: the log's length then
+//! (every record before it applied), the timestamp oracle's last timestamp `at` (every such
+//! record at or before it; a timestamp is closed at once, so every later record is after it),
+//! a read hold at `at`, the catalog changes, the sources' positions and the recent
+//! `Idempotency-Key`s. Then, without the lock, each input collection is read from the
+//! workers' arrangements as of `at` (a peek), the answers of those keys are awaited, the
+//! snapshot is written, and the log is rewritten to what follows the cut. Pushes go on
+//! meanwhile; they wait only for the few microseconds of the cut.
+//!
+//! A restart restores the snapshot before the log's records: the catalog changes replayed as
+//! the log's are, then every collection's rows, read back as events, inserted at `at`
+//! ([`Command::Restore`]), the sources' counts, positions and keys put back.
+//!
+//! Not taken while a job installed `retractable` runs or a retraction is in flight: such a
+//! job's events must stay attributable to it (each worker keeps them to retract), and a
+//! snapshot holds only the collections' contents.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use amx_dataflows::Time;
+use amx_dataflows::event::{Event, TableRow};
+use amx_dataflows::row::{Datum, Row};
+
+use super::{ClusterError, Command, Controller, IngestReport, JobId, JobState, ReadHold, lock};
+use crate::storage::LogRecord;
+use crate::storage::snapshot::{self, Manifest, Snapshot, SourceKeys};
+
+/// A push source's recent keys as captured at a cut: `(job, source, [(key, body hash, answer)])`.
+type Window = (JobId, String, Vec<(String, u64, super::IngestAnswer)>);
+
+/// Events per [`Command::Restore`] sent to one worker.
+const RESTORE_CHUNK: usize = 8_192;
+
+/// What one compaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// The snapshot's generation.
+    pub generation: u64,
+    /// Its timestamp (ms since the Unix epoch).
+    pub at: Time,
+    /// Distinct rows in it, over every collection.
+    pub rows: u64,
+    /// Bytes of its files.
+    pub snapshot_bytes: u64,
+    /// The log's size before (at the cut) and after (bytes).
+    pub log_bytes_before: u64,
+    /// The log's size after it was rewritten (bytes): the records appended since the cut.
+    pub log_bytes_after: u64,
+}
+
+/// What a restart restored from a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The snapshot's generation.
+    pub generation: u64,
+    /// Distinct rows restored, with their multiplicities summed.
+    pub rows: u64,
+}
+
+impl Controller {
+    /// Takes a snapshot of the state and rewrites the log to what follows it (see the module
+    /// documentation). `Ok(None)`, with the reason, when there is nothing to do or it cannot
+    /// be taken now: no log or an object-store log, a replay running, an empty log, a
+    /// `retractable` job running or a retraction in flight.
+    ///
+    /// # Errors
+    /// [`ClusterError::Storage`] when the snapshot or the new log cannot be written (disk full,
+    /// permission denied): nothing is lost (the old log stays), and the next try starts
+    /// over; [`ClusterError::Stopped`].
+    #[tracing::instrument(name = "compact", skip_all, err(Display))]
+    pub async fn compact(&self) -> Result<Result<Compaction, String>, ClusterError> {
+        let _one = self.inner.compaction.lock().await;
+        let started = std::time::Instant::now();
+        let (log, dir, cut_generation, cut, at, hold, mut manifest, relations, windows) = {
+            let mut seq = lock(&self.inner.seq);
+            let Some(log) = seq.log.clone() else { return Ok(Err("no log".into())) };
+            let Some(file) = log.file() else {
+                return Ok(Err("an object-store log is not compacted".into()));
+            };
+            if seq.replaying {
+                return Ok(Err("the log is being replayed".into()));
+            }
+            if file.is_empty() {
+                return Ok(Err("the log is empty".into()));
+            }
+            if let Some(job) = seq.jobs.values().find(|j| j.retractable && j.state != JobState::Cancelled) {
+                return Ok(Err(format!(
+                    "job {} is retractable: its events are kept per job until it is cancelled",
+                    job.id
+                )));
+            }
+            if seq.retracting > 0 {
+                return Ok(Err("a retraction is in flight".into()));
+            }
+            let dir = file.path().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let (cut_generation, cut) = file.cut();
+            // Every record before the cut is at or before `at`; every later one after it.
+            let at = seq.last_timestamp;
+            seq.close_timestamp()?;
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            seq.holds.insert(id, at);
+            let hold = ReadHold { id, time: at, controller: Arc::downgrade(&self.inner) };
+            // The collections that hold what sources ingested: the canonical relations and
+            // the relations running jobs' sources declare (with their key columns).
+            let mut relations = Vec::new();
+            for (name, entry) in &seq.catalog {
+                let canonical = Event::RELATIONS.contains(&name.as_str());
+                if !(canonical || (entry.relation && entry.owner.is_some())) {
+                    continue;
+                }
+                let key = if canonical { None } else { table_key(&seq, name, &entry.schema) };
+                relations.push((name.clone(), entry.schema.clone(), canonical, key));
+            }
+            let positions =
+                seq.positions.iter().map(|((job, source), resume)| (job.0, source.clone(), resume.clone())).collect();
+            let windows: Vec<Window> = seq
+                .keys
+                .iter()
+                .map(|((job, source), window)| {
+                    let keys = window
+                        .order
+                        .iter()
+                        .filter_map(|k| window.answers.get(k).map(|(hash, answer)| (k.clone(), *hash, answer.clone())))
+                        .collect();
+                    (*job, source.clone(), keys)
+                })
+                .collect();
+            let manifest = Manifest {
+                version: snapshot::SNAPSHOT_VERSION,
+                generation: cut_generation + 1,
+                cut_generation,
+                cut_offset: cut,
+                at,
+                catalog: seq.catalog_log.clone(),
+                positions,
+                keys: Vec::new(),
+                stats: Vec::new(),
+                files: Vec::new(),
+            };
+            (log, dir, cut_generation, cut, at, hold, manifest, relations, windows)
+        };
+        // Each collection as of `at`, consolidated (the peek sums each row's multiplicities).
+        let mut contents = Vec::new();
+        let mut rows = 0u64;
+        for (name, schema, _canonical, _key) in relations {
+            let read = self.peek(&name, at, None, Vec::new(), None).await?;
+            let read: Vec<(Row, amx_dataflows::Diff)> = read.into_iter().filter(|(_, d)| *d != 0).collect();
+            rows += read.len() as u64;
+            contents.push((name, schema, read));
+        }
+        let stats = self.peek(amx_dataflows::render::SOURCE_STATS, at, None, Vec::new(), None).await?;
+        manifest.stats = stats
+            .into_iter()
+            .filter_map(|(row, _)| match row.as_slice() {
+                [Datum::Text(source), Datum::Int(r), Datum::Int(d), Datum::Int(e)] => {
+                    Some((source.clone(), (*r as isize, *d as isize, *e as isize)))
+                }
+                _ => None,
+            })
+            .collect();
+        drop(hold);
+        for (job, source, keys) in windows {
+            let mut answered = Vec::with_capacity(keys.len());
+            for (key, hash, answer) in keys {
+                // A push that failed was not applied: its key is not remembered.
+                if let Ok(report) = Self::answer(answer).await {
+                    answered.push((key, hash, report));
+                }
+            }
+            manifest.keys.push(SourceKeys { job: job.0, source, keys: answered });
+        }
+        let generation = manifest.generation;
+        let log_bytes_before = cut;
+        let written = tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
+            let path = snapshot::write(&dir, &mut manifest, contents)?;
+            let bytes = manifest.files.iter().map(|f| f.bytes).sum();
+            let file = log.file().ok_or("not a file log")?;
+            let after = file.rewrite(cut_generation, cut, generation).map_err(|e| e.to_string())?;
+            snapshot::remove_older(&dir, generation);
+            tracing::debug!(snapshot = %path.display(), "snapshot written");
+            Ok((bytes, after))
+        })
+        .await
+        .map_err(|_| ClusterError::Stopped)?;
+        let (snapshot_bytes, log_bytes_after) = written.map_err(ClusterError::Storage)?;
+        tracing::info!(
+            generation,
+            at,
+            rows,
+            snapshot_bytes,
+            log_bytes_before,
+            log_bytes_after,
+            ms = started.elapsed().as_millis() as u64,
+            "log compacted into a snapshot"
+        );
+        Ok(Ok(Compaction { generation, at, rows, snapshot_bytes, log_bytes_before, log_bytes_after }))
+    }
+
+    /// Compacts the log whenever it has grown by `after_bytes` since the last compaction
+    /// (checked every second; 0: never), until the controller stops. Failures are logged and
+    /// tried again at the next growth.
+    pub async fn compact_when_grown(self, after_bytes: u64) {
+        if after_bytes == 0 {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        drop(self);
+        let mut floor = 0u64;
+        let mut refused = None;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(inner) = inner.upgrade() else { return };
+            let this = Controller { inner };
+            let Some(len) = lock(&this.inner.seq).log.as_ref().and_then(|l| l.file().map(|f| f.len())) else {
+                continue;
+            };
+            if len < floor.saturating_add(after_bytes) {
+                continue;
+            }
+            match this.compact().await {
+                Ok(Ok(done)) => {
+                    floor = done.log_bytes_after;
+                    refused = None;
+                }
+                Ok(Err(why)) => {
+                    if refused.as_ref() != Some(&why) {
+                        tracing::info!(reason = %why, "the log is not compacted now");
+                        refused = Some(why);
+                    }
+                }
+                Err(ClusterError::Stopped) => return,
+                Err(e) => tracing::warn!(error = %e, "compacting the log failed; tried again later"),
+            }
+        }
+    }
+
+    /// Restores a snapshot at a restart (see the module documentation), before the log's
+    /// records are replayed.
+    ///
+    /// # Errors
+    /// [`ClusterError::Storage`] when a catalog change no longer applies or a file of the
+    /// snapshot does not read (naming it); [`ClusterError::Stopped`].
+    pub(super) async fn restore(
+        &self,
+        snapshot: &Snapshot,
+        access: &amx_connectors::FileAccess,
+        recovered: &mut super::Recovered,
+    ) -> Result<Restored, ClusterError> {
+        let manifest = &snapshot.manifest;
+        for (index, record) in manifest.catalog.iter().enumerate() {
+            let what = match record {
+                LogRecord::InstallJob { id, .. } => format!("job {id} submitted"),
+                LogRecord::CreateView { id, name, .. } => format!("view `{name}` created as job {id}"),
+                LogRecord::CancelJob { id, .. } => format!("job {id} cancelled"),
+                _ => continue,
+            };
+            self.replay_catalog(record.clone(), access, recovered).await.map_err(|e| match e {
+                ClusterError::Stopped => e,
+                e => ClusterError::Storage(format!(
+                    "{}: catalog change {} of the snapshot ({what}) no longer applies: {e}. Start with what it needs \
+                     (the same --file-root, its files), or move the data directory aside to start empty",
+                    snapshot.dir.display(),
+                    index + 1
+                )),
+            })?;
+        }
+        let (at, peers) = {
+            let mut seq = lock(&self.inner.seq);
+            (seq.next_timestamp(Some(manifest.at)), self.peers())
+        };
+        let mut restored = Restored { generation: manifest.generation, rows: 0 };
+        let mut worker = 0;
+        for file in &manifest.files {
+            let rows = snapshot.read(file).map_err(ClusterError::Storage)?;
+            restored.rows += rows.iter().map(|(_, d)| d.unsigned_abs() as u64).sum::<u64>();
+            let key = {
+                let seq = lock(&self.inner.seq);
+                match seq.catalog.get(&file.relation) {
+                    Some(entry) if !Event::RELATIONS.contains(&file.relation.as_str()) => {
+                        table_key(&seq, &file.relation, &entry.schema)
+                    }
+                    _ => None,
+                }
+            };
+            let mut events = Vec::with_capacity(RESTORE_CHUNK);
+            for (row, diff) in rows {
+                let event = if Event::RELATIONS.contains(&file.relation.as_str()) {
+                    Event::from_row(&file.relation, row)
+                        .map_err(|e| ClusterError::Storage(format!("{}: {}: {e}", snapshot.dir.display(), file.name)))?
+                } else {
+                    let key_row = key.as_ref().map_or_else(Vec::new, |k| k.iter().map(|&i| row[i].clone()).collect());
+                    Event::Table(TableRow {
+                        relation: file.relation.clone(),
+                        position: 0,
+                        key: key_row,
+                        row: Some(row),
+                    })
+                };
+                events.push((event, diff));
+                if events.len() == RESTORE_CHUNK {
+                    let chunk = std::mem::replace(&mut events, Vec::with_capacity(RESTORE_CHUNK));
+                    self.send_restore(chunk, Vec::new(), at, worker)?;
+                    worker = (worker + 1) % peers;
+                }
+            }
+            if !events.is_empty() {
+                self.send_restore(events, Vec::new(), at, worker)?;
+                worker = (worker + 1) % peers;
+            }
+        }
+        self.send_restore(Vec::new(), manifest.stats.clone(), at, 0)?;
+        let mut seq = lock(&self.inner.seq);
+        for (job, source, resume) in &manifest.positions {
+            seq.positions.insert((JobId(*job), source.clone()), resume.clone());
+        }
+        for keys in &manifest.keys {
+            let window = seq.keys.entry((JobId(keys.job), keys.source.clone())).or_default();
+            for (key, hash, report) in &keys.keys {
+                let (_, answer) = tokio::sync::watch::channel(Some(Ok::<IngestReport, ClusterError>(report.clone())));
+                window.bytes += report.bytes();
+                window.order.push_back(key.clone());
+                window.answers.insert(key.clone(), (*hash, answer));
+            }
+        }
+        seq.last_timestamp = seq.last_timestamp.max(at);
+        drop(seq);
+        self.inner.last_write.fetch_max(at, Ordering::SeqCst);
+        Ok(restored)
+    }
+
+    fn send_restore(
+        &self,
+        events: Vec<(Event, amx_dataflows::Diff)>,
+        stats: Vec<(String, (isize, isize, isize))>,
+        at: Time,
+        worker: usize,
+    ) -> Result<(), ClusterError> {
+        lock(&self.inner.seq).send_to(&Command::Restore { events, stats, at }, Some(worker))
+    }
+}
+
+/// The positions of relation `name`'s key columns in `schema`, when a running job's source
+/// declares it with a key (`None`: no key, an append-only relation).
+fn table_key(seq: &super::Sequencer, name: &str, schema: &arrow::datatypes::SchemaRef) -> Option<Vec<usize>> {
+    let table = seq
+        .jobs
+        .values()
+        .filter(|j| j.state != JobState::Cancelled)
+        .flat_map(|j| j.sources.iter())
+        .find_map(|s| s.relation.as_ref().filter(|t| t.name == name))?;
+    if table.key.is_empty() {
+        return None;
+    }
+    table.key.iter().map(|k| schema.fields().iter().position(|f| f.name() == k)).collect()
+}

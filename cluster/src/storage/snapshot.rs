@@ -1,0 +1,470 @@
+//! Snapshots of a durable server's state, so that its log does not grow for ever and a
+//! restart does not replay every push since the first (log compaction, as Kafka compacts a
+//! topic and Materialize's persist folds a shard's batches into one at its `since`).
+//!
+//! A snapshot stands for a prefix of the log: the records before byte `cut_offset` of log
+//! generation `cut_generation`. It holds what replaying that prefix would give:
+//! - the catalog changes (jobs installed, views created, jobs cancelled) in their order, with
+//!   their ids, replayed as the log's are;
+//! - the contents of every input collection at the snapshot's timestamp `at`, consolidated
+//!   (each distinct row once, with its multiplicity): the canonical relations (`spans`,
+//!   `evaluations`, `workflow_events`, `knowledge_events`, `ingest_errors`) and the relations
+//!   the running jobs' sources declare, one Parquet file each (the relation's columns and a
+//!   BIGINT `aimatrix_diff`; snappy);
+//! - the sources' counts (`aimatrix_source_stats`), the positions of the sources the server
+//!   reads (where each resumes), and each push source's recent `Idempotency-Key`s with their
+//!   answers.
+//!
+//! # Files
+//! `DIR/snapshots/{generation}` (20 digits), written as `{generation}.tmp` and renamed once
+//! every file in it and the directory are synced: `manifest` (a first line
+//! `aimatrix-snapshot 1 {crc32 of the rest, 8 hex digits}`, then the [`Manifest`] as JSON) and
+//! `{n}.parquet` per relation, each named in the manifest with its size and CRC-32 (IEEE, as
+//! zlib's `crc32`).
+//!
+//! # The protocol
+//! 1. The snapshot is written and renamed into place (a crash before leaves a `.tmp`
+//!    directory, removed at the next start, and the log as it was).
+//! 2. The log is rewritten to what follows the cut: a new file with the log's header and a
+//!    first record [`LogRecord::Compacted`] naming the snapshot's generation, then the log's
+//!    records after the cut (those appended meanwhile too), synced and renamed over `DIR/log`
+//!    (and the directory synced). A crash before the rename leaves the old log, whose first
+//!    record names the generation the snapshot was cut from: a restart restores the snapshot
+//!    and replays that log from the cut.
+//! 3. Older snapshots are removed.
+//!
+//! A restart takes the newest snapshot that reads (its manifest's and files' checksums hold)
+//! and fits the log: the log's generation is the snapshot's (replayed whole) or the one it was
+//! cut from (replayed from the cut). A damaged snapshot that the log no longer fits (the log
+//! was rewritten after it) refuses the start, naming the file: the records it stands for are
+//! nowhere else.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use amx_dataflows::row::Row;
+use amx_dataflows::{Diff, Time};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use super::LogRecord;
+
+/// The format version of a snapshot (its manifest's first line and `version`).
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The first word of a manifest.
+const MAGIC: &str = "aimatrix-snapshot";
+
+/// The directory of a data directory's snapshots.
+pub const SNAPSHOTS: &str = "snapshots";
+
+/// A snapshot's description (see the module documentation).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Its generation: 1 for a data directory's first snapshot, then one more each time.
+    pub generation: u64,
+    /// The generation of the log it was cut from (0: a log never compacted).
+    pub cut_generation: u64,
+    /// The byte offset in that log of the first record it does not cover.
+    pub cut_offset: u64,
+    /// Its timestamp (ms since the Unix epoch): the rows are the collections' contents then,
+    /// and every record after the cut is later.
+    pub at: Time,
+    /// The catalog changes it covers, in their order.
+    pub catalog: Vec<LogRecord>,
+    /// The positions of the sources the server reads: `(job, source, where it resumes)`.
+    pub positions: Vec<(u64, String, crate::sources::SourceResume)>,
+    /// Per push source, its recent `Idempotency-Key`s, oldest first.
+    pub keys: Vec<SourceKeys>,
+    /// Per source: records read, rows decoded, ingest errors (`aimatrix_source_stats`).
+    pub stats: Vec<(String, (isize, isize, isize))>,
+    /// The collections' contents.
+    pub files: Vec<DataFile>,
+}
+
+/// The recent `Idempotency-Key`s of one push source, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceKeys {
+    /// The job.
+    pub job: u64,
+    /// The push source.
+    pub source: String,
+    /// `(key, hash of the push's body, its answer)`.
+    pub keys: Vec<(String, u64, crate::controller::IngestReport)>,
+}
+
+/// One collection's contents in a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataFile {
+    /// The collection.
+    pub relation: String,
+    /// The file's name in the snapshot's directory.
+    pub name: String,
+    /// Distinct rows.
+    pub rows: u64,
+    /// The file's size (bytes).
+    pub bytes: u64,
+    /// Its CRC-32.
+    pub crc32: u32,
+}
+
+/// One collection's contents to write: its name, its columns, and its rows with their
+/// multiplicities.
+pub type Contents = (String, SchemaRef, Vec<(Row, Diff)>);
+
+/// A snapshot found at a start: where it is and what it says.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl Snapshot {
+    /// Reads collection `file`'s rows back, checking its size and CRC-32.
+    ///
+    /// # Errors
+    /// A file that cannot be read, or whose size, checksum or contents are not the
+    /// manifest's, naming it.
+    pub fn read(&self, file: &DataFile) -> Result<Vec<(Row, Diff)>, String> {
+        let path = self.dir.join(&file.name);
+        let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if bytes.len() as u64 != file.bytes || crc32fast::hash(&bytes) != file.crc32 {
+            return Err(format!(
+                "{} is damaged: {} bytes with CRC-32 {:08x}, where the manifest says {} bytes with {:08x}",
+                path.display(),
+                bytes.len(),
+                crc32fast::hash(&bytes),
+                file.bytes,
+                file.crc32
+            ));
+        }
+        let rows = read_rows(bytes::Bytes::from(bytes)).map_err(|e| format!("{}: {e}", path.display()))?;
+        if rows.len() as u64 != file.rows {
+            return Err(format!("{}: {} rows, where the manifest says {}", path.display(), rows.len(), file.rows));
+        }
+        Ok(rows)
+    }
+}
+
+/// The directory of snapshot `generation` under data directory `dir`.
+fn snapshot_dir(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(SNAPSHOTS).join(format!("{generation:020}"))
+}
+
+/// Writes snapshot `manifest.generation` of data directory `dir` with `relations`' contents
+/// (each `(name, schema, rows with their multiplicities)`): the files, then the manifest
+/// (its `files` filled in), each synced, and the directory renamed into place and synced
+/// (see the module documentation). Returns its directory.
+///
+/// # Errors
+/// A file that cannot be written or synced (disk full, permission denied), or rows that do not
+/// fit their schema; what was written is removed.
+pub fn write(dir: &Path, manifest: &mut Manifest, relations: Vec<Contents>) -> Result<PathBuf, String> {
+    let done = snapshot_dir(dir, manifest.generation);
+    let staged = done.with_extension("tmp");
+    let result = write_staged(&staged, manifest, relations).and_then(|()| {
+        std::fs::rename(&staged, &done)
+            .map_err(|e| format!("renaming {} to {}: {e}", staged.display(), done.display()))?;
+        sync_dir(&dir.join(SNAPSHOTS))
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e);
+    }
+    Ok(done)
+}
+
+fn write_staged(staged: &Path, manifest: &mut Manifest, relations: Vec<Contents>) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(staged);
+    std::fs::create_dir_all(staged).map_err(|e| format!("making {}: {e}", staged.display()))?;
+    manifest.files.clear();
+    for (n, (relation, schema, rows)) in relations.into_iter().enumerate() {
+        let name = format!("{n}.parquet");
+        let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
+        write_synced(&staged.join(&name), &bytes)?;
+        let crc32 = crc32fast::hash(&bytes);
+        manifest.files.push(DataFile { relation, name, rows: rows.len() as u64, bytes: bytes.len() as u64, crc32 });
+    }
+    manifest.version = SNAPSHOT_VERSION;
+    let json = serde_json::to_string(manifest).map_err(|e| e.to_string())?;
+    let text = format!("{MAGIC} {SNAPSHOT_VERSION} {:08x}\n{json}", crc32fast::hash(json.as_bytes()));
+    write_synced(&staged.join("manifest"), text.as_bytes())?;
+    sync_dir(staged)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut file = std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    file.write_all(bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    file.sync_all().map_err(|e| format!("syncing {}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("syncing {}: {e}", dir.display()))
+}
+
+/// Reads a manifest, checking its first line and checksum.
+///
+/// # Errors
+/// A manifest that cannot be read, of another format version, or damaged.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
+    let path = dir.join("manifest");
+    let text = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bad = |why: String| format!("{} is damaged: {why}", path.display());
+    let newline = text.iter().position(|b| *b == b'\n').ok_or_else(|| bad("no first line".into()))?;
+    let head = std::str::from_utf8(&text[..newline]).map_err(|_| bad("its first line is not text".into()))?;
+    let json = &text[newline + 1..];
+    let mut words = head.split(' ');
+    if words.next() != Some(MAGIC) {
+        return Err(bad(format!("it does not start with `{MAGIC}`")));
+    }
+    let version: u32 = words.next().and_then(|v| v.parse().ok()).ok_or_else(|| bad("no version".into()))?;
+    if version != SNAPSHOT_VERSION {
+        return Err(format!(
+            "{} is of snapshot format version {version}; this server reads version {SNAPSHOT_VERSION}",
+            path.display()
+        ));
+    }
+    let crc = words.next().and_then(|c| u32::from_str_radix(c, 16).ok()).ok_or_else(|| bad("no checksum".into()))?;
+    if crc32fast::hash(json) != crc {
+        return Err(bad(format!("CRC-32 {:08x}, where its first line says {crc:08x}", crc32fast::hash(json))));
+    }
+    serde_json::from_slice(json).map_err(|e| bad(format!("not a manifest ({e})")))
+}
+
+/// The snapshots of data directory `dir`, newest first (`.tmp` directories, left by a crash
+/// while one was written, are removed).
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
+    let root = dir.join(SNAPSHOTS);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading {}: {e}", root.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", root.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            tracing::info!(path = %entry.path().display(), "removing a snapshot a crash left unfinished");
+            let _ = std::fs::remove_dir_all(entry.path());
+        } else if let Ok(generation) = name.parse::<u64>() {
+            found.push((generation, entry.path()));
+        }
+    }
+    found.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
+    Ok(found)
+}
+
+/// Removes the snapshots of `dir` older than `generation`.
+pub fn remove_older(dir: &Path, generation: u64) {
+    for (older, path) in list(dir).unwrap_or_default().into_iter().filter(|(g, _)| *g < generation) {
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, generation = older, "could not remove an old snapshot");
+        }
+    }
+}
+
+/// Chooses the snapshot a start restores, for a log of generation `log_generation`: the
+/// newest that reads and that the log fits (see the module documentation). `None` when there
+/// is none and the log was never compacted.
+///
+/// # Errors
+/// The log's own snapshot is damaged or missing (its records before the cut are nowhere
+/// else), naming it; a snapshot of another format version.
+pub fn choose(dir: &Path, log_generation: u64) -> Result<Option<Snapshot>, String> {
+    for (generation, path) in list(dir)? {
+        if generation > log_generation + 1 || generation < log_generation {
+            // Newer than any cut of this log could make (written by another server?), or
+            // older than the log's own: not this log's.
+            if generation < log_generation {
+                break;
+            }
+            tracing::warn!(path = %path.display(), log_generation, "a snapshot the log does not follow: skipped");
+            continue;
+        }
+        match read_manifest(&path) {
+            Ok(manifest) if manifest.generation == generation => {
+                let fits = generation == log_generation || manifest.cut_generation == log_generation;
+                if fits {
+                    return Ok(Some(Snapshot { dir: path, manifest }));
+                }
+                tracing::warn!(path = %path.display(), log_generation, "a snapshot cut from another log: skipped");
+            }
+            Ok(_) => return Err(format!("{}: its manifest names another generation", path.display())),
+            Err(e) if generation == log_generation => return Err(e),
+            // A newer snapshot whose cut never took effect (the log was not rewritten): the
+            // log still holds what it stands for.
+            Err(e) => tracing::warn!(error = %e, "a damaged snapshot the log does not depend on: skipped"),
+        }
+    }
+    if log_generation > 0 {
+        return Err(format!(
+            "the log depends on snapshot {log_generation}, which is not in {}",
+            dir.join(SNAPSHOTS).display()
+        ));
+    }
+    Ok(None)
+}
+
+/// Rows with their multiplicities as a Parquet file (snappy): the schema's columns and a
+/// BIGINT `aimatrix_diff`, in row groups of at most 65,536 rows.
+fn rows_to_parquet(schema: &SchemaRef, rows: &[(Row, Diff)]) -> Result<Vec<u8>, String> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("aimatrix_diff", DataType::Int64, false));
+    let with_diff = Arc::new(Schema::new(fields));
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut bytes = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, with_diff.clone(), Some(properties)).map_err(|e| e.to_string())?;
+    for chunk in rows.chunks(65_536) {
+        let refs: Vec<&Row> = chunk.iter().map(|(row, _)| row).collect();
+        let batch = amx_sql::convert::rows_to_batch(&refs, schema).map_err(|e| e.to_string())?;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(Int64Array::from(chunk.iter().map(|(_, d)| *d as i64).collect::<Vec<i64>>())));
+        let batch = RecordBatch::try_new(with_diff.clone(), columns).map_err(|e| e.to_string())?;
+        writer.write(&batch).map_err(|e| e.to_string())?;
+    }
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// The rows of a file [`rows_to_parquet`] wrote.
+fn read_rows(bytes: bytes::Bytes) -> Result<Vec<(Row, Diff)>, String> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .map_err(|e| format!("not a Parquet file: {e}"))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let n = batch.num_columns();
+        let diffs = (n >= 1)
+            .then(|| batch.column(n - 1).as_any().downcast_ref::<Int64Array>())
+            .flatten()
+            .ok_or_else(|| "its last column is not aimatrix_diff (BIGINT)".to_owned())?;
+        let rows =
+            amx_sql::convert::arrays_to_rows(&batch.columns()[..n - 1], batch.num_rows()).map_err(|e| e.to_string())?;
+        for (i, row) in rows.into_iter().enumerate() {
+            let diff = Diff::try_from(diffs.value(i)).map_err(|_| "an aimatrix_diff past this machine's".to_owned())?;
+            out.push((row, diff));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use amx_dataflows::row::Datum;
+
+    use super::*;
+
+    fn manifest(generation: u64, cut_generation: u64) -> Manifest {
+        Manifest {
+            version: SNAPSHOT_VERSION,
+            generation,
+            cut_generation,
+            cut_offset: 15,
+            at: 1_000,
+            catalog: vec![LogRecord::CreateView { id: 1, name: "v".into(), sql: "SELECT 1".into() }],
+            positions: Vec::new(),
+            keys: Vec::new(),
+            stats: vec![("s".into(), (3, 2, 1))],
+            files: Vec::new(),
+        }
+    }
+
+    fn relation() -> Contents {
+        let schema =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("n", DataType::Int64, true)]));
+        let rows = vec![
+            (vec![Datum::Text("a".into()), Datum::Int(1)], 2),
+            (vec![Datum::Null, Datum::Null], 1),
+            (vec![Datum::Text("b".into()), Datum::Int(-4)], -1),
+        ];
+        ("t".into(), schema, rows)
+    }
+
+    /// A snapshot reads back as written: its manifest and every collection's rows with their
+    /// multiplicities.
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = manifest(1, 0);
+        let (_, _, rows) = relation();
+        write(dir.path(), &mut m, vec![relation()]).expect("written");
+        let chosen = choose(dir.path(), 0).expect("reads").expect("one");
+        assert_eq!(chosen.manifest.generation, 1);
+        assert_eq!(chosen.manifest.stats, vec![("s".to_owned(), (3, 2, 1))]);
+        assert_eq!(chosen.manifest.files.len(), 1);
+        assert_eq!(chosen.read(&chosen.manifest.files[0]).expect("rows"), rows);
+        // The log rewritten after it (generation 1) fits it too; a log of generation 2 needs
+        // snapshot 2, which is missing.
+        assert!(choose(dir.path(), 1).expect("reads").is_some());
+        let err = choose(dir.path(), 2).expect_err("missing");
+        assert!(err.contains("depends on snapshot 2"), "{err}");
+    }
+
+    /// A crash at each step: a `.tmp` left by a crash while writing is removed and the log
+    /// replays whole; a newer snapshot whose log was never rewritten is used (the old log
+    /// fits it); a damaged newer one the log does not depend on is skipped for the older one;
+    /// a damaged one the log depends on refuses the start, naming the file.
+    #[test]
+    fn damage_and_crashes_at_each_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Crash while writing snapshot 1: only its `.tmp`.
+        let staged = snapshot_dir(dir.path(), 1).with_extension("tmp");
+        std::fs::create_dir_all(&staged).expect("tmp");
+        std::fs::write(staged.join("0.parquet"), b"half").expect("half");
+        assert!(choose(dir.path(), 0).expect("reads").is_none());
+        assert!(!staged.exists(), "the unfinished snapshot is removed");
+
+        // Snapshot 1 written, the log (generation 0) not yet rewritten: 1 is restored from
+        // the cut.
+        write(dir.path(), &mut manifest(1, 0), vec![relation()]).expect("1");
+        assert_eq!(choose(dir.path(), 0).expect("reads").expect("1").manifest.generation, 1);
+        // The log rewritten (generation 1), then snapshot 2 written and its data damaged
+        // before the log was rewritten again: 2's manifest reads, but its file does not.
+        let two = write(dir.path(), &mut manifest(2, 1), vec![relation()]).expect("2");
+        let chosen = choose(dir.path(), 1).expect("reads").expect("2");
+        let data = two.join(&chosen.manifest.files[0].name);
+        let mut bytes = std::fs::read(&data).expect("read");
+        bytes[10] ^= 0xff;
+        std::fs::write(&data, bytes).expect("flip");
+        let err = chosen.read(&chosen.manifest.files[0]).expect_err("damaged");
+        assert!(err.contains("0.parquet is damaged"), "{err}");
+        // Its manifest damaged: skipped for snapshot 1, which the log (generation 1) fits.
+        let text = std::fs::read_to_string(two.join("manifest")).expect("manifest");
+        std::fs::write(two.join("manifest"), text.replace("\"at\":1000", "\"at\":1001")).expect("flip");
+        assert_eq!(choose(dir.path(), 1).expect("reads").expect("1").manifest.generation, 1);
+        // The log rewritten to generation 2: it depends on the damaged snapshot 2.
+        let err = choose(dir.path(), 2).expect_err("refused");
+        assert!(err.contains("manifest is damaged") && err.contains("CRC-32"), "{err}");
+        // Older snapshots are removed once a newer one is in effect.
+        remove_older(dir.path(), 2);
+        assert_eq!(list(dir.path()).expect("list").len(), 1);
+    }
+
+    /// A snapshot of another format version is refused with both versions named.
+    #[test]
+    fn another_version_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(dir.path(), &mut manifest(1, 0), Vec::new()).expect("1");
+        let text = std::fs::read_to_string(path.join("manifest")).expect("manifest");
+        std::fs::write(path.join("manifest"), text.replacen("aimatrix-snapshot 1 ", "aimatrix-snapshot 9 ", 1))
+            .expect("edit");
+        let err = choose(dir.path(), 1).expect_err("refused");
+        assert!(err.contains("version 9") && err.contains("reads version 1"), "{err}");
+    }
+}
