@@ -2040,15 +2040,18 @@ fn try_push_keyed(server: &Server, job: u64, source: &str, key: &str, lines: &[S
 /// can fail): pushes are acknowledged once their segment is in the bucket; while the store
 /// is unreachable a push is answered 503 and new ones are refused; once it is back, the
 /// waiting push is stored (its retry, with its key, is answered 200 and not applied twice);
-/// after `kill -9` a new server takes the lease over and replays the bucket. The view equals
-/// the acknowledged pushes, counted here.
+/// after `kill -9` a new server takes the lease over and replays the bucket. The log is
+/// compacted every second it has grown (so also while the store is down: those tries fail
+/// and are made again): before the kill a snapshot is in the bucket, and the restart restores
+/// it and replays what follows. The view equals the acknowledged pushes, counted here.
 #[test]
 fn an_s3_log_survives_a_failing_store_and_kill_9() {
     use std::sync::atomic::Ordering::SeqCst;
     let moto = start_moto("amx");
     let proxy = fault_proxy(moto.port);
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let env = s3_env(&endpoint);
+    let mut env = s3_env(&endpoint).to_vec();
+    env.push(("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1"));
     let args: Vec<String> =
         ["--http", "127.0.0.1:0", "--data-url", "s3://amx/server-1"].into_iter().map(String::from).collect();
     let job = push_job(
@@ -2097,6 +2100,17 @@ fn an_s3_log_survives_a_failing_store_and_kill_9() {
     let want = vec![json!({ "collection": "p", "n": acknowledged.0, "bytes": acknowledged.1 })];
     let sql = "SELECT * FROM by_collection ORDER BY collection";
     assert_eq!(server.sql_until(sql, &want), want);
+
+    // A snapshot of it all in the bucket (a manifest is written last).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !moto.keys("amx", "server-1/snapshots/").iter().any(|k| k.ends_with("/manifest")) {
+        assert!(Instant::now() < deadline, "no snapshot: {:?}", moto.keys("amx", "server-1/"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = try_push_keyed(&server, id, "pushed", "k5", &batch(5, 3)).expect("answer");
+    assert_eq!(status, 200, "{body}");
+    // (3 records, of sizes 0, 1 and 2.)
+    let want = vec![json!({ "collection": "p", "n": acknowledged.0 + 3, "bytes": acknowledged.1 + 3 })];
 
     // kill -9, and the same command again: it takes the lease over and replays the bucket.
     let pid = server.child.id();

@@ -413,7 +413,7 @@ impl LogRecords {
     pub fn take_snapshot(&mut self) -> Option<snapshot::Snapshot> {
         match self {
             LogRecords::File(r) => r.take_snapshot(),
-            LogRecords::Object(_) => None,
+            LogRecords::Object(r) => r.take_snapshot(),
         }
     }
 }
@@ -518,11 +518,79 @@ impl DurableLog {
         }
     }
 
-    /// The file log, when the log is one (only a file log is compacted into snapshots).
+    /// The file log, when the log is one.
     pub fn file(&self) -> Option<&FileLog> {
         match self {
             DurableLog::File(log) => Some(log),
             DurableLog::Object(_) => None,
+        }
+    }
+
+    /// Where a snapshot of everything appended so far cuts the log: the generation of the
+    /// snapshot in effect (0: none) and a file log's length in bytes, or an object-store log's
+    /// last sequence number (see [`snapshot::Manifest`]). Taken under the controller's
+    /// sequencer lock, it is also the end of every change the controller has applied.
+    pub fn cut(&self) -> (u64, u64) {
+        match self {
+            DurableLog::File(log) => log.cut(),
+            DurableLog::Object(log) => log.cut(),
+        }
+    }
+
+    /// The sequence number of the last record appended.
+    pub fn appended(&self) -> u64 {
+        match self {
+            DurableLog::File(log) => lock(&log.state).appended,
+            DurableLog::Object(log) => log.cut().1,
+        }
+    }
+
+    /// Bytes the log holds after the snapshot in effect.
+    pub fn len(&self) -> u64 {
+        match self {
+            DurableLog::File(log) => log.len(),
+            DurableLog::Object(log) => log.len(),
+        }
+    }
+
+    /// Whether the log holds no record after the snapshot in effect.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            DurableLog::File(log) => log.is_empty(),
+            DurableLog::Object(log) => log.is_empty(),
+        }
+    }
+
+    /// Writes snapshot `manifest` (its cut from [`DurableLog::cut`]) with `contents`, then
+    /// cuts the log after it (a file log rewritten to what follows the cut; an object-store
+    /// log's covered segments deleted) and removes older snapshots (see [`snapshot`]).
+    /// Blocks. Returns the snapshot's bytes and the log's bytes after.
+    ///
+    /// # Errors
+    /// A write that fails (nothing is lost: the log stays as it was, or the snapshot stands
+    /// for what was cut).
+    pub fn compact(
+        &self,
+        manifest: &mut snapshot::Manifest,
+        contents: Vec<snapshot::Contents>,
+    ) -> Result<(u64, u64), String> {
+        let generation = manifest.generation;
+        match self {
+            DurableLog::File(log) => {
+                let dir = log.path().parent().map(Path::to_path_buf).unwrap_or_default();
+                snapshot::write(&dir, manifest, contents)?;
+                let bytes = manifest.files.iter().map(|f| f.bytes).sum();
+                let after =
+                    log.rewrite(manifest.cut_generation, manifest.cut_offset, generation).map_err(|e| e.to_string())?;
+                snapshot::remove_older(&dir, generation);
+                Ok((bytes, after))
+            }
+            DurableLog::Object(log) => {
+                log.snapshots().write(manifest, contents)?;
+                let bytes = manifest.files.iter().map(|f| f.bytes).sum();
+                let after = log.cut_after_snapshot(manifest.cut_offset, generation).map_err(|e| e.to_string())?;
+                Ok((bytes, after))
+            }
         }
     }
 
@@ -664,7 +732,7 @@ impl FileLog {
                 if cut < after_marker || cut > len {
                     return Err(StorageError::Snapshot(format!(
                         "{}: snapshot {} was cut at byte {cut} of the log, which has {len}",
-                        s.dir.display(),
+                        s.location(),
                         s.manifest.generation
                     )));
                 }

@@ -76,16 +76,13 @@ impl Controller {
     pub async fn compact(&self) -> Result<Result<Compaction, String>, ClusterError> {
         let _one = self.inner.compaction.lock().await;
         let started = std::time::Instant::now();
-        let (log, dir, cut_generation, cut, at, hold, mut manifest, relations, windows) = {
+        let (log, log_bytes_before, at, hold, mut manifest, relations, windows, appended) = {
             let mut seq = lock(&self.inner.seq);
             let Some(log) = seq.log.clone() else { return Ok(Err("no log".into())) };
-            let Some(file) = log.file() else {
-                return Ok(Err("an object-store log is not compacted".into()));
-            };
             if seq.replaying {
                 return Ok(Err("the log is being replayed".into()));
             }
-            if file.is_empty() {
+            if log.is_empty() {
                 return Ok(Err("the log is empty".into()));
             }
             if let Some(job) = seq.jobs.values().find(|j| j.retractable && j.state != JobState::Cancelled) {
@@ -97,8 +94,7 @@ impl Controller {
             if seq.retracting > 0 {
                 return Ok(Err("a retraction is in flight".into()));
             }
-            let dir = file.path().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-            let (cut_generation, cut) = file.cut();
+            let (cut_generation, cut) = log.cut();
             // Every record before the cut is at or before `at`; every later one after it.
             let at = seq.last_timestamp;
             seq.close_timestamp()?;
@@ -142,7 +138,8 @@ impl Controller {
                 stats: Vec::new(),
                 files: Vec::new(),
             };
-            (log, dir, cut_generation, cut, at, hold, manifest, relations, windows)
+            let (size, appended) = (log.len(), log.appended());
+            (log, size, at, hold, manifest, relations, windows, appended)
         };
         // Each collection as of `at`, consolidated (the peek sums each row's multiplicities).
         let mut contents = Vec::new();
@@ -174,19 +171,13 @@ impl Controller {
             }
             manifest.keys.push(SourceKeys { job: job.0, source, keys: answered });
         }
+        // What the snapshot holds is durable in the log first: a push not yet synced at the cut
+        // (not yet acknowledged) is not in a snapshot before it is in the log.
+        log.sync(appended).await?;
         let generation = manifest.generation;
-        let log_bytes_before = cut;
-        let written = tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
-            let path = snapshot::write(&dir, &mut manifest, contents)?;
-            let bytes = manifest.files.iter().map(|f| f.bytes).sum();
-            let file = log.file().ok_or("not a file log")?;
-            let after = file.rewrite(cut_generation, cut, generation).map_err(|e| e.to_string())?;
-            snapshot::remove_older(&dir, generation);
-            tracing::debug!(snapshot = %path.display(), "snapshot written");
-            Ok((bytes, after))
-        })
-        .await
-        .map_err(|_| ClusterError::Stopped)?;
+        let written = tokio::task::spawn_blocking(move || log.compact(&mut manifest, contents))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
         let (snapshot_bytes, log_bytes_after) = written.map_err(ClusterError::Storage)?;
         tracing::info!(
             generation,
@@ -216,7 +207,7 @@ impl Controller {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(inner) = inner.upgrade() else { return };
             let this = Controller { inner };
-            let Some(len) = lock(&this.inner.seq).log.as_ref().and_then(|l| l.file().map(|f| f.len())) else {
+            let Some(len) = lock(&this.inner.seq).log.as_ref().map(|l| l.len()) else {
                 continue;
             };
             if len < floor.saturating_add(after_bytes) {
@@ -264,7 +255,7 @@ impl Controller {
                 e => ClusterError::Storage(format!(
                     "{}: catalog change {} of the snapshot ({what}) no longer applies: {e}. Start with what it needs \
                      (the same --file-root, its files), or move the data directory aside to start empty",
-                    snapshot.dir.display(),
+                    snapshot.location(),
                     index + 1
                 )),
             })?;
@@ -276,7 +267,11 @@ impl Controller {
         let mut restored = Restored { generation: manifest.generation, rows: 0 };
         let mut worker = 0;
         for file in &manifest.files {
-            let rows = snapshot.read(file).map_err(ClusterError::Storage)?;
+            let (from, wanted) = (snapshot.clone(), file.clone());
+            let rows = tokio::task::spawn_blocking(move || from.read(&wanted))
+                .await
+                .map_err(|_| ClusterError::Stopped)?
+                .map_err(ClusterError::Storage)?;
             restored.rows += rows.iter().map(|(_, d)| d.unsigned_abs() as u64).sum::<u64>();
             let key = {
                 let seq = lock(&self.inner.seq);
@@ -291,7 +286,7 @@ impl Controller {
             for (row, diff) in rows {
                 let event = if Event::RELATIONS.contains(&file.relation.as_str()) {
                     Event::from_row(&file.relation, row)
-                        .map_err(|e| ClusterError::Storage(format!("{}: {}: {e}", snapshot.dir.display(), file.name)))?
+                        .map_err(|e| ClusterError::Storage(format!("{}: {}: {e}", snapshot.location(), file.name)))?
                 } else {
                     let key_row = key.as_ref().map_or_else(Vec::new, |k| k.iter().map(|&i| row[i].clone()).collect());
                     Event::Table(TableRow {

@@ -120,6 +120,11 @@ struct State {
     /// Until when (this machine's monotonic clock) the lease is surely this server's: the
     /// last successful renewal's sending time plus the lease's length.
     lease_until: Option<Instant>,
+    /// The generation of the snapshot in effect (0: none): the records up to `snapshot_cut`
+    /// are in it (see [`super::snapshot`]).
+    generation: u64,
+    /// The last record the snapshot in effect stands for (0: none).
+    snapshot_cut: u64,
 }
 
 #[derive(Debug)]
@@ -136,6 +141,9 @@ struct Shared {
     synced: tokio::sync::Notify,
     /// Wakes blocking waiters likewise.
     synced_blocking: Condvar,
+    /// Held by a merge of segments and by a cut after a snapshot, so that they do not
+    /// remove segments under each other.
+    removing: tokio::sync::Mutex<()>,
 }
 
 /// An error with its sources (object_store's own message leaves out the HTTP client's cause).
@@ -196,6 +204,16 @@ pub struct ObjectRecords {
     segments: std::sync::mpsc::Receiver<Result<Vec<LogRecord>, StorageError>>,
     current: VecDeque<LogRecord>,
     done: bool,
+    /// The snapshot to restore before the records, if the log was compacted.
+    snapshot: Option<super::snapshot::Snapshot>,
+}
+
+impl ObjectRecords {
+    /// The snapshot a restart restores before these records, if the log was compacted
+    /// (taken: asked again, `None`).
+    pub fn take_snapshot(&mut self) -> Option<super::snapshot::Snapshot> {
+        self.snapshot.take()
+    }
 }
 
 impl std::fmt::Debug for ObjectRecords {
@@ -286,11 +304,14 @@ struct Segment {
     path: Path,
 }
 
-/// The segments to replay, in order, from those listed under `log/`, and the ones a longer
-/// segment covers (a compaction's leftovers, to delete). A gap is damage.
-fn cover(mut segments: Vec<Segment>, location: &str) -> Result<(Vec<Segment>, Vec<Path>), StorageError> {
+/// The segments to replay from record `from` (1, or the one after a snapshot's cut), in
+/// order, from those listed under `log/`, and the ones a longer segment or the snapshot
+/// covers (leftovers of a merge or a cut, to delete). A chosen segment may begin before
+/// `from` or overlap the one before it: its records before the next one wanted are skipped
+/// when read. A gap is damage.
+fn cover(mut segments: Vec<Segment>, location: &str, from: u64) -> Result<(Vec<Segment>, Vec<Path>), StorageError> {
     segments.sort_by(|a, b| a.first.cmp(&b.first).then(b.last.cmp(&a.last)));
-    let mut next = 1;
+    let mut next = from;
     let mut chosen = Vec::new();
     let mut covered = Vec::new();
     for segment in segments {
@@ -298,7 +319,7 @@ fn cover(mut segments: Vec<Segment>, location: &str) -> Result<(Vec<Segment>, Ve
             covered.push(segment.path);
             continue;
         }
-        if segment.first != next {
+        if segment.first > next {
             return Err(StorageError::Corrupt {
                 file: segment.path.to_string(),
                 offset: 0,
@@ -364,13 +385,27 @@ impl ObjectLog {
             wake: tokio::sync::Notify::new(),
             synced: tokio::sync::Notify::new(),
             synced_blocking: Condvar::new(),
+            removing: tokio::sync::Mutex::new(()),
         });
+        let snapshots = super::snapshot::StoreSnapshots {
+            store: shared.store.clone(),
+            prefix: shared.prefix.clone(),
+            location: shared.location.clone(),
+            handle: runtime.handle().clone(),
+        };
         let opened = runtime.block_on(async {
             let etag = acquire(&shared).await?;
-            let listed = list_segments(&shared).await.and_then(|listed| cover(listed, &shared.location));
+            let listed = async {
+                let snapshot = snapshots.newest().await.map_err(StorageError::Snapshot)?;
+                let cut = snapshot.as_ref().map_or(0, |s| s.manifest.cut_offset);
+                let (segments, covered) = cover(list_segments(&shared).await?, &shared.location, cut + 1)?;
+                Ok::<_, StorageError>((segments, covered, snapshot))
+            }
+            .await;
             let known_end = lock(&shared.state).known_end;
-            let listed = listed.and_then(|(segments, covered)| {
-                let end = segments.last().map_or(0, |s| s.last);
+            let listed = listed.and_then(|(segments, covered, snapshot)| {
+                let cut = snapshot.as_ref().map_or(0, |s| s.manifest.cut_offset);
+                let end = segments.last().map_or(cut, |s| s.last).max(cut);
                 if end < known_end {
                     return Err(StorageError::Corrupt {
                         file: shared.path("log").to_string(),
@@ -381,10 +416,10 @@ impl ObjectLog {
                         ),
                     });
                 }
-                Ok((segments, covered))
+                Ok((segments, covered, snapshot))
             });
             match listed {
-                Ok((segments, covered)) => Ok((etag, segments, covered)),
+                Ok((segments, covered, snapshot)) => Ok((etag, segments, covered, snapshot)),
                 Err(e) => {
                     // A refused start gives the lease back (keeping the log's end): the next
                     // try need not wait.
@@ -393,10 +428,13 @@ impl ObjectLog {
                 }
             }
         });
-        let (etag, segments, covered) = opened?;
-        let last = segments.last().map_or(0, |s| s.last);
+        let (etag, segments, covered, snapshot) = opened?;
+        let cut = snapshot.as_ref().map_or(0, |s| s.manifest.cut_offset);
+        let last = segments.last().map_or(cut, |s| s.last).max(cut);
         {
             let mut state = lock(&shared.state);
+            state.generation = snapshot.as_ref().map_or(0, |s| s.manifest.generation);
+            state.snapshot_cut = cut;
             state.appended = last;
             state.durable = last;
             state.pending_first = last + 1;
@@ -414,12 +452,19 @@ impl ObjectLog {
                 runtime.block_on(async move {
                     let fetch = io.clone();
                     tokio::spawn(async move {
+                        // The next record wanted: a segment's records before it (covered by
+                        // the snapshot, or by the segment before) are skipped.
+                        let mut next = cut + 1;
                         for Segment { path, first, last, .. } in segments {
                             let read = match fetch.store.get(&path).await {
                                 Ok(got) => got.bytes().await.map_err(|e| fetch.io("reading", e)),
                                 Err(e) => Err(fetch.io("reading", e)),
                             };
-                            let decoded = read.and_then(|bytes| decode_segment(&bytes, path.as_ref(), first, last));
+                            let mut decoded = read.and_then(|bytes| decode_segment(&bytes, path.as_ref(), first, last));
+                            if let Ok(records) = &mut decoded {
+                                records.drain(..(next.saturating_sub(first) as usize).min(records.len()));
+                            }
+                            next = next.max(last + 1);
                             let failed = decoded.is_err();
                             // A blocking send: the replay reads on another thread.
                             let sent = tokio::task::block_in_place(|| tx.send(decoded));
@@ -437,7 +482,7 @@ impl ObjectLog {
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| StorageError::Io("starting the object store's I/O thread".into(), e))?;
-        let records = ObjectRecords { segments: rx, current: VecDeque::new(), done: false };
+        let records = ObjectRecords { segments: rx, current: VecDeque::new(), done: false, snapshot };
         Ok((ObjectLog { shared, handle, stop: Some(stop), thread: Some(thread) }, records))
     }
 
@@ -564,6 +609,76 @@ impl ObjectLog {
     /// The log's location (`s3://bucket/prefix`).
     pub fn location(&self) -> &str {
         &self.shared.location
+    }
+
+    /// The snapshots beside the log.
+    pub fn snapshots(&self) -> super::snapshot::StoreSnapshots {
+        super::snapshot::StoreSnapshots {
+            store: self.shared.store.clone(),
+            prefix: self.shared.prefix.clone(),
+            location: self.shared.location.clone(),
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// The generation of the snapshot in effect and the last record given out: where a
+    /// snapshot of everything appended so far cuts the log.
+    pub fn cut(&self) -> (u64, u64) {
+        let state = lock(&self.shared.state);
+        (state.generation, state.appended)
+    }
+
+    /// Bytes of the log after the snapshot in effect: its segments and the records waiting
+    /// for one.
+    pub fn len(&self) -> u64 {
+        let state = lock(&self.shared.state);
+        state.segments.iter().map(|s| s.bytes).sum::<u64>() + state.pending.len() as u64
+    }
+
+    /// Whether the log holds no record after the snapshot in effect.
+    pub fn is_empty(&self) -> bool {
+        let state = lock(&self.shared.state);
+        state.appended <= state.snapshot_cut
+    }
+
+    /// After snapshot `generation` (written) that stands for the records up to `cut`: deletes
+    /// the segments it covers whole (one that straddles the cut stays; a restart skips its
+    /// records up to the cut) and the older snapshots. Blocks. Returns the log's bytes after.
+    ///
+    /// # Errors
+    /// [`StorageError::LeaseLost`] when the lease is no longer this server's (nothing is
+    /// deleted). A failed delete is only logged: a restart skips a covered segment and
+    /// deletes it.
+    pub fn cut_after_snapshot(&self, cut: u64, generation: u64) -> Result<u64, StorageError> {
+        let shared = self.shared.clone();
+        self.handle.block_on(async move {
+            let _removing = shared.removing.lock().await;
+            if let Err(Retry(why) | Fatal(why)) = hold_lease(&shared).await {
+                return Err(StorageError::LeaseLost(format!("{} ({why})", shared.location)));
+            }
+            let covered: Vec<Segment> = {
+                let mut state = lock(&shared.state);
+                state.generation = generation;
+                state.snapshot_cut = cut;
+                let (covered, kept) = std::mem::take(&mut state.segments).into_iter().partition(|s| s.last <= cut);
+                state.segments = kept;
+                covered
+            };
+            for segment in covered {
+                if let Err(e) = shared.store.delete(&segment.path).await {
+                    tracing::warn!(segment = %segment.path, error = %chain(&e), "deleting a segment a snapshot covers failed (it is skipped at restart)");
+                }
+            }
+            let snapshots = super::snapshot::StoreSnapshots {
+                store: shared.store.clone(),
+                prefix: shared.prefix.clone(),
+                location: shared.location.clone(),
+                handle: tokio::runtime::Handle::current(),
+            };
+            snapshots.remove_older(generation).await;
+            let state = lock(&shared.state);
+            Ok(state.segments.iter().map(|s| s.bytes).sum::<u64>() + state.pending.len() as u64)
+        })
     }
 }
 
@@ -843,6 +958,11 @@ async fn compact(shared: Arc<Shared>, leftovers: Vec<Path>) {
             next_run(&state.segments).map(|range| state.segments[range].to_vec())
         };
         let Some(run) = run else { continue };
+        let _removing = shared.removing.lock().await;
+        // A cut after a snapshot may have removed some of them meanwhile.
+        if !run.iter().all(|r| lock(&shared.state).segments.contains(r)) {
+            continue;
+        }
         let (first, last) = (run[0].first, run[run.len() - 1].last);
         let mut body = HEADER.to_vec();
         let mut read = Ok(());
@@ -882,9 +1002,11 @@ async fn compact(shared: Arc<Shared>, leftovers: Vec<Path>) {
         }
         {
             let mut state = lock(&shared.state);
-            let at = state.segments.iter().position(|s| s.first == first).expect("compaction is the only remover");
-            let end = at + run.len();
-            state.segments.splice(at..end, [Segment { first, last, bytes, path: merged.clone() }]);
+            // (Merges and cuts take turns: the run is still there.)
+            if let Some(at) = state.segments.iter().position(|s| s.first == first) {
+                let end = (at + run.len()).min(state.segments.len());
+                state.segments.splice(at..end, [Segment { first, last, bytes, path: merged.clone() }]);
+            }
         }
         tracing::debug!(log = %shared.location, first, last, segments = run.len(), bytes, "segments merged");
         for segment in run {
@@ -1231,13 +1353,87 @@ mod tests {
         assert_eq!(segments, 1, "only the segment written while it held the lease");
     }
 
+    /// A snapshot cuts the log: the segments it covers whole are deleted, one that straddles
+    /// its cut stays, and a restart restores the snapshot and replays only the records after
+    /// the cut, numbering new ones after the last; a segment covered by the snapshot and
+    /// left behind (a delete that failed) is skipped; without the snapshot's objects, the
+    /// start is refused (the records it stands for are gone).
+    #[test]
+    fn a_snapshot_cuts_the_log_and_a_restart_starts_after_it() {
+        use super::super::snapshot::{Manifest, SNAPSHOT_VERSION};
+        let store = Arc::new(InMemory::new());
+        let records: Vec<LogRecord> = (0..6).map(ingest).collect();
+        let (log, _) = open(&store).expect("open");
+        write(&log, &records[..2]);
+        write(&log, &records[2..3]);
+        log.append(&mut records[3].clone()).expect("append");
+        assert_eq!(log.cut(), (0, 4));
+        // Record 5 may share a segment with record 4: the cut at 4 then straddles it.
+        write(&log, &records[4..5]);
+        let mut manifest = Manifest {
+            version: SNAPSHOT_VERSION,
+            generation: 1,
+            cut_generation: 0,
+            cut_offset: 4,
+            at: 4,
+            catalog: Vec::new(),
+            positions: Vec::new(),
+            keys: Vec::new(),
+            stats: vec![("s".into(), (4, 4, 0))],
+            files: Vec::new(),
+        };
+        log.snapshots().write(&mut manifest, Vec::new()).expect("snapshot");
+        log.cut_after_snapshot(4, 1).expect("cut");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let listed = |prefix: &str| -> Vec<String> {
+            runtime.block_on(async {
+                store.list(Some(&Path::from(prefix))).map(|m| m.expect("meta").location.to_string()).collect().await
+            })
+        };
+        let segments = listed("p/log");
+        assert!(!segments.iter().any(|s| s.ends_with("0001-00000000000000000002.seg")), "{segments:?}");
+        assert!(!segments.iter().any(|s| s.ends_with("0003-00000000000000000003.seg")), "{segments:?}");
+        write(&log, &records[5..6]);
+        drop(log);
+
+        let reopen = || ObjectLog::open(store.clone(), Path::from("p"), "memory://p".into(), quick());
+        let (log, mut read) = reopen().expect("reopen");
+        let snapshot = read.take_snapshot().expect("a snapshot");
+        assert_eq!((snapshot.manifest.generation, snapshot.manifest.stats.clone()), (1, vec![("s".into(), (4, 4, 0))]));
+        let rest: Vec<String> = read.map(|r| serde_json::to_string(&r.expect("record")).expect("JSON")).collect();
+        assert_eq!(rest, json(&records[4..]));
+        assert_eq!(log.cut(), (1, 6));
+        drop(log);
+
+        // A covered segment left behind is skipped (and deleted).
+        let body = [HEADER, &frame(&records[0])].concat();
+        runtime
+            .block_on(store.put(&Path::from("p/log/00000000000000000001-00000000000000000001.seg"), body.into()))
+            .expect("put");
+        let (log, read) = reopen().expect("reopen");
+        assert_eq!(read.collect::<Result<Vec<_>, _>>().expect("records").len(), 2);
+        drop(log);
+
+        // The snapshot gone: the log starts at a record after 1, and the start is refused.
+        for path in listed("p/snapshots") {
+            runtime.block_on(store.delete(&Path::from(path))).expect("delete");
+        }
+        let err = reopen().map(|_| ()).expect_err("refused");
+        assert!(err.to_string().contains("a segment is missing"), "{err}");
+    }
+
+    /// A record's frame.
+    fn frame(record: &LogRecord) -> Vec<u8> {
+        encode(&mut record.clone()).expect("encode")
+    }
+
     #[test]
     fn a_compacted_segment_covers_the_ones_it_replaced() {
         let p = |a, b| segment(a, b, 1);
-        let (chosen, covered) = cover(vec![p(1, 1), p(2, 3), p(1, 3), p(4, 4)], "x").expect("cover");
+        let (chosen, covered) = cover(vec![p(1, 1), p(2, 3), p(1, 3), p(4, 4)], "x", 1).expect("cover");
         assert_eq!(chosen, vec![p(1, 3), p(4, 4)]);
         assert_eq!(covered, vec![p(1, 1).path, p(2, 3).path]);
-        assert!(cover(vec![p(1, 2), p(4, 4)], "x").is_err());
+        assert!(cover(vec![p(1, 2), p(4, 4)], "x", 1).is_err());
     }
 
     #[test]

@@ -43,6 +43,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
 use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
@@ -69,7 +72,9 @@ pub struct Manifest {
     pub generation: u64,
     /// The generation of the log it was cut from (0: a log never compacted).
     pub cut_generation: u64,
-    /// The byte offset in that log of the first record it does not cover.
+    /// Where it cut that log: in a data directory's log, the byte offset of the first record
+    /// it does not cover; in an object-store log, the sequence number of the last record it
+    /// covers.
     pub cut_offset: u64,
     /// Its timestamp (ms since the Unix epoch): the rows are the collections' contents then,
     /// and every record after the cut is later.
@@ -116,37 +121,70 @@ pub struct DataFile {
 /// multiplicities.
 pub type Contents = (String, SchemaRef, Vec<(Row, Diff)>);
 
-/// A snapshot found at a start: where it is and what it says.
-#[derive(Debug)]
+/// Where a snapshot's files are.
+#[derive(Clone, Debug)]
+pub enum Place {
+    /// A data directory's `snapshots/GENERATION`.
+    Dir(PathBuf),
+    /// An object-store log's `PREFIX/snapshots/GENERATION/`, read on the log's I/O runtime.
+    Store {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// The snapshot's "directory".
+        dir: ObjectPath,
+        /// `s3://bucket/prefix/snapshots/GENERATION`, for messages.
+        location: String,
+        /// The log's I/O runtime.
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// A snapshot found at a start: where it is and what it says. Cheap to clone.
+#[derive(Clone, Debug)]
 pub struct Snapshot {
-    /// Its directory.
-    pub dir: PathBuf,
+    /// Where its files are.
+    pub place: Place,
     /// Its manifest.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
 }
 
 impl Snapshot {
-    /// Reads collection `file`'s rows back, checking its size and CRC-32.
+    /// Where it is, for messages.
+    pub fn location(&self) -> String {
+        match &self.place {
+            Place::Dir(dir) => dir.display().to_string(),
+            Place::Store { location, .. } => location.clone(),
+        }
+    }
+
+    /// Reads collection `file`'s rows back, checking its size and CRC-32. Blocks (call it
+    /// off an async runtime's threads).
     ///
     /// # Errors
     /// A file that cannot be read, or whose size, checksum or contents are not the
     /// manifest's, naming it.
     pub fn read(&self, file: &DataFile) -> Result<Vec<(Row, Diff)>, String> {
-        let path = self.dir.join(&file.name);
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let name = format!("{}/{}", self.location(), file.name);
+        let bytes = match &self.place {
+            Place::Dir(dir) => std::fs::read(dir.join(&file.name)).map(bytes::Bytes::from).map_err(|e| e.to_string()),
+            Place::Store { store, dir, handle, .. } => {
+                let path = dir.clone().join(file.name.as_str());
+                handle.block_on(async { store.get(&path).await?.bytes().await }).map_err(|e| e.to_string())
+            }
+        }
+        .map_err(|e| format!("reading {name}: {e}"))?;
         if bytes.len() as u64 != file.bytes || crc32fast::hash(&bytes) != file.crc32 {
             return Err(format!(
-                "{} is damaged: {} bytes with CRC-32 {:08x}, where the manifest says {} bytes with {:08x}",
-                path.display(),
+                "{name} is damaged: {} bytes with CRC-32 {:08x}, where the manifest says {} bytes with {:08x}",
                 bytes.len(),
                 crc32fast::hash(&bytes),
                 file.bytes,
                 file.crc32
             ));
         }
-        let rows = read_rows(bytes::Bytes::from(bytes)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let rows = read_rows(bytes).map_err(|e| format!("{name}: {e}"))?;
         if rows.len() as u64 != file.rows {
-            return Err(format!("{}: {} rows, where the manifest says {}", path.display(), rows.len(), file.rows));
+            return Err(format!("{name}: {} rows, where the manifest says {}", rows.len(), file.rows));
         }
         Ok(rows)
     }
@@ -191,11 +229,15 @@ fn write_staged(staged: &Path, manifest: &mut Manifest, relations: Vec<Contents>
         let crc32 = crc32fast::hash(&bytes);
         manifest.files.push(DataFile { relation, name, rows: rows.len() as u64, bytes: bytes.len() as u64, crc32 });
     }
+    write_synced(&staged.join("manifest"), &encode_manifest(manifest)?)?;
+    sync_dir(staged)
+}
+
+/// A manifest's bytes: the first line (format, version, CRC-32 of the JSON), then the JSON.
+fn encode_manifest(manifest: &mut Manifest) -> Result<Vec<u8>, String> {
     manifest.version = SNAPSHOT_VERSION;
     let json = serde_json::to_string(manifest).map_err(|e| e.to_string())?;
-    let text = format!("{MAGIC} {SNAPSHOT_VERSION} {:08x}\n{json}", crc32fast::hash(json.as_bytes()));
-    write_synced(&staged.join("manifest"), text.as_bytes())?;
-    sync_dir(staged)
+    Ok(format!("{MAGIC} {SNAPSHOT_VERSION} {:08x}\n{json}", crc32fast::hash(json.as_bytes())).into_bytes())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -215,7 +257,12 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
 pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let path = dir.join("manifest");
     let text = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let bad = |why: String| format!("{} is damaged: {why}", path.display());
+    decode_manifest(&text, &path.display().to_string())
+}
+
+/// A manifest from its bytes (`name` names it in messages).
+fn decode_manifest(text: &[u8], name: &str) -> Result<Manifest, String> {
+    let bad = |why: String| format!("{name} is damaged: {why}");
     let newline = text.iter().position(|b| *b == b'\n').ok_or_else(|| bad("no first line".into()))?;
     let head = std::str::from_utf8(&text[..newline]).map_err(|_| bad("its first line is not text".into()))?;
     let json = &text[newline + 1..];
@@ -226,8 +273,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let version: u32 = words.next().and_then(|v| v.parse().ok()).ok_or_else(|| bad("no version".into()))?;
     if version != SNAPSHOT_VERSION {
         return Err(format!(
-            "{} is of snapshot format version {version}; this server reads version {SNAPSHOT_VERSION}",
-            path.display()
+            "{name} is of snapshot format version {version}; this server reads version {SNAPSHOT_VERSION}"
         ));
     }
     let crc = words.next().and_then(|c| u32::from_str_radix(c, 16).ok()).ok_or_else(|| bad("no checksum".into()))?;
@@ -295,7 +341,7 @@ pub fn choose(dir: &Path, log_generation: u64) -> Result<Option<Snapshot>, Strin
             Ok(manifest) if manifest.generation == generation => {
                 let fits = generation == log_generation || manifest.cut_generation == log_generation;
                 if fits {
-                    return Ok(Some(Snapshot { dir: path, manifest }));
+                    return Ok(Some(Snapshot { place: Place::Dir(path), manifest: Arc::new(manifest) }));
                 }
                 tracing::warn!(path = %path.display(), log_generation, "a snapshot cut from another log: skipped");
             }
@@ -313,6 +359,133 @@ pub fn choose(dir: &Path, log_generation: u64) -> Result<Option<Snapshot>, Strin
         ));
     }
     Ok(None)
+}
+
+/// The snapshots of an object-store log under `prefix`: `PREFIX/snapshots/GENERATION/`,
+/// each `{n}.parquet` and, written last (`If-None-Match: *`), `manifest`: a snapshot is
+/// complete once its manifest is there (an object is written whole or not at all).
+#[derive(Clone, Debug)]
+pub struct StoreSnapshots {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The log's prefix.
+    pub prefix: ObjectPath,
+    /// `s3://bucket/prefix`, for messages.
+    pub location: String,
+    /// The log's I/O runtime.
+    pub handle: tokio::runtime::Handle,
+}
+
+impl StoreSnapshots {
+    fn dir(&self, generation: u64) -> ObjectPath {
+        self.prefix.clone().join(SNAPSHOTS).join(format!("{generation:020}").as_str())
+    }
+
+    fn place(&self, generation: u64) -> Place {
+        Place::Store {
+            store: self.store.clone(),
+            dir: self.dir(generation),
+            location: format!("{}/{SNAPSHOTS}/{generation:020}", self.location.trim_end_matches('/')),
+            handle: self.handle.clone(),
+        }
+    }
+
+    /// Writes snapshot `manifest.generation` (see [`write`]): its files, then its manifest.
+    /// Blocks (call it off an async runtime's threads).
+    ///
+    /// # Errors
+    /// A `PUT` that fails (after `object_store`'s retries), a manifest already there.
+    pub fn write(&self, manifest: &mut Manifest, relations: Vec<Contents>) -> Result<String, String> {
+        let dir = self.dir(manifest.generation);
+        let mut files = Vec::new();
+        let mut puts = Vec::new();
+        for (n, (relation, schema, rows)) in relations.into_iter().enumerate() {
+            let name = format!("{n}.parquet");
+            let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
+            let crc32 = crc32fast::hash(&bytes);
+            files.push(DataFile {
+                relation,
+                name: name.clone(),
+                rows: rows.len() as u64,
+                bytes: bytes.len() as u64,
+                crc32,
+            });
+            puts.push((dir.clone().join(name.as_str()), bytes));
+        }
+        manifest.files = files;
+        let text = encode_manifest(manifest)?;
+        let location = match self.place(manifest.generation) {
+            Place::Store { location, .. } => location,
+            Place::Dir(_) => unreachable!("a store's place"),
+        };
+        self.handle.block_on(async {
+            for (path, bytes) in puts {
+                self.store.put(&path, PutPayload::from(bytes)).await.map_err(|e| format!("writing {path}: {e}"))?;
+            }
+            let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+            let path = dir.clone().join("manifest");
+            self.store
+                .put_opts(&path, PutPayload::from(text), options)
+                .await
+                .map_err(|e| format!("writing {path}: {e}"))?;
+            Ok::<_, String>(())
+        })?;
+        Ok(location)
+    }
+
+    /// The generations under `snapshots/`, newest first.
+    async fn generations(&self) -> Result<Vec<u64>, String> {
+        let root = self.prefix.clone().join(SNAPSHOTS);
+        let listing = self.store.list_with_delimiter(Some(&root)).await.map_err(|e| format!("listing {root}: {e}"))?;
+        let mut found: Vec<u64> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename().and_then(|n| n.parse().ok())).collect();
+        found.sort_by_key(|g| std::cmp::Reverse(*g));
+        Ok(found)
+    }
+
+    /// The newest complete snapshot whose manifest reads (a damaged one is skipped, with a
+    /// warning: the log's segments decide whether the older one is enough). Async: called
+    /// while the log opens, on its runtime.
+    ///
+    /// # Errors
+    /// The store cannot be listed or read; a snapshot of another format version.
+    pub async fn newest(&self) -> Result<Option<Snapshot>, String> {
+        for generation in self.generations().await? {
+            let path = self.dir(generation).join("manifest");
+            let bytes = match self.store.get(&path).await {
+                Ok(got) => got.bytes().await.map_err(|e| format!("reading {path}: {e}"))?,
+                // A snapshot whose manifest was never written: unfinished.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(format!("reading {path}: {e}")),
+            };
+            let name = format!("{}/{path}", self.location.split('/').take(3).collect::<Vec<_>>().join("/"));
+            match decode_manifest(&bytes, &name) {
+                Ok(manifest) if manifest.generation == generation => {
+                    return Ok(Some(Snapshot { place: self.place(generation), manifest: Arc::new(manifest) }));
+                }
+                Ok(_) => tracing::warn!(snapshot = %name, "a manifest of another generation: skipped"),
+                Err(e) if e.contains("format version") => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "a damaged snapshot: skipped"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the snapshots older than `generation` (and unfinished ones). Async: on the
+    /// log's runtime.
+    pub async fn remove_older(&self, generation: u64) {
+        let Ok(generations) = self.generations().await else { return };
+        for older in generations.into_iter().filter(|g| *g < generation) {
+            use futures::TryStreamExt;
+            let dir = self.dir(older);
+            let listed: Result<Vec<_>, _> = self.store.list(Some(&dir)).try_collect().await;
+            for meta in listed.unwrap_or_default() {
+                if let Err(e) = self.store.delete(&meta.location).await {
+                    tracing::warn!(object = %meta.location, error = %e, "could not remove an old snapshot's object");
+                }
+            }
+        }
+    }
 }
 
 /// Rows with their multiplicities as a Parquet file (snappy): the schema's columns and a
