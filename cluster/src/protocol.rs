@@ -194,6 +194,17 @@ pub enum Command {
         stats: Vec<(String, (isize, isize, isize))>,
         /// The snapshot's timestamp.
         at: Time,
+        /// The `retractable` job that ingested the events: the worker also keeps them for it,
+        /// to retract when it is cancelled with `retract`.
+        #[serde(default)]
+        kept_for: Option<JobId>,
+    },
+    /// Reads the events each `retractable` job's sources fed on this worker (kept to retract
+    /// them): each worker answers [`Response::Peek`] at once, with rows `[job BIGINT, relation
+    /// TEXT, the event's row…]` and their multiplicities.
+    ReadKept {
+        /// Peek id (answers name it).
+        id: u64,
     },
     /// Reads collection `collection` as of time `as_of`: each worker answers
     /// [`Response::Peek`] with its share once its arrangements have passed `as_of`.

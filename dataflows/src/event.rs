@@ -725,6 +725,19 @@ impl Event {
         }
     }
 
+    /// The canonical relation the event belongs to and its row there (`None` for a row of a
+    /// relation a source declared).
+    pub fn to_relation_row(&self) -> Option<(&'static str, Row)> {
+        match self {
+            Event::Span(e) => Some(("spans", e.to_row())),
+            Event::Evaluation(e) => Some(("evaluations", e.to_row())),
+            Event::Workflow(e) => Some(("workflow_events", e.to_row())),
+            Event::Knowledge(e) => Some(("knowledge_events", e.to_row())),
+            Event::Error(e) => Some(("ingest_errors", e.to_row())),
+            Event::Table(_) => None,
+        }
+    }
+
     /// The canonical relations [`Event::from_row`] reads, as `relations()` orders them.
     pub const RELATIONS: [&'static str; 5] =
         ["spans", "evaluations", "workflow_events", "knowledge_events", "ingest_errors"];
@@ -795,14 +808,7 @@ mod tests {
             Event::Error(IngestError::new("src", "f.jsonl:3", "not JSON", "{")),
         ];
         for event in events {
-            let (relation, row) = match &event {
-                Event::Span(e) => ("spans", e.to_row()),
-                Event::Evaluation(e) => ("evaluations", e.to_row()),
-                Event::Workflow(e) => ("workflow_events", e.to_row()),
-                Event::Knowledge(e) => ("knowledge_events", e.to_row()),
-                Event::Error(e) => ("ingest_errors", e.to_row()),
-                Event::Table(_) => unreachable!(),
-            };
+            let (relation, row) = event.to_relation_row().expect("canonical");
             assert_eq!(Event::from_row(relation, row).expect("reads back"), event);
         }
         // A row written by hand: the knowledge event above's columns.

@@ -14,21 +14,23 @@
 //! the log's are, then every collection's rows, read back as events, inserted at `at`
 //! ([`Command::Restore`]), the sources' counts, positions and keys put back.
 //!
-//! Not taken while a job installed `retractable` runs or a retraction is in flight: such a
-//! job's events must stay attributable to it (each worker keeps them to retract), and a
-//! snapshot holds only the collections' contents.
+//! The events a `retractable` job's sources fed are kept apart, per job (each worker keeps
+//! them to retract them when the job is cancelled with `retract`): read at the cut with
+//! [`Command::ReadKept`], subtracted from the collections' contents, and restored as kept
+//! for their job. Not taken while a retraction is in flight.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use amx_dataflows::Time;
 use amx_dataflows::event::{Event, TableRow};
 use amx_dataflows::row::{Datum, Row};
+use amx_dataflows::{Diff, Time};
 
 use super::{ClusterError, Command, Controller, IngestReport, JobId, JobState, ReadHold, lock};
 use crate::storage::LogRecord;
-use crate::storage::snapshot::{self, Manifest, Snapshot, SourceKeys};
+use crate::storage::snapshot::{self, Contents, Manifest, Snapshot, SourceKeys};
 
 /// A push source's recent keys as captured at a cut: `(job, source, [(key, body hash, answer)])`.
 type Window = (JobId, String, Vec<(String, u64, super::IngestAnswer)>);
@@ -64,9 +66,8 @@ pub struct Restored {
 
 impl Controller {
     /// Takes a snapshot of the state and rewrites the log to what follows it (see the module
-    /// documentation). `Ok(None)`, with the reason, when there is nothing to do or it cannot
-    /// be taken now: no log or an object-store log, a replay running, an empty log, a
-    /// `retractable` job running or a retraction in flight.
+    /// documentation). `Ok(Err(reason))` when there is nothing to do or it cannot be taken
+    /// now: no log, a replay running, an empty log, a retraction in flight.
     ///
     /// # Errors
     /// [`ClusterError::Storage`] when the snapshot or the new log cannot be written (disk full,
@@ -76,7 +77,7 @@ impl Controller {
     pub async fn compact(&self) -> Result<Result<Compaction, String>, ClusterError> {
         let _one = self.inner.compaction.lock().await;
         let started = std::time::Instant::now();
-        let (log, log_bytes_before, at, hold, mut manifest, relations, windows, appended) = {
+        let (log, log_bytes_before, at, hold, mut manifest, relations, windows, appended, kept) = {
             let mut seq = lock(&self.inner.seq);
             let Some(log) = seq.log.clone() else { return Ok(Err("no log".into())) };
             if seq.replaying {
@@ -84,12 +85,6 @@ impl Controller {
             }
             if log.is_empty() {
                 return Ok(Err("the log is empty".into()));
-            }
-            if let Some(job) = seq.jobs.values().find(|j| j.retractable && j.state != JobState::Cancelled) {
-                return Ok(Err(format!(
-                    "job {} is retractable: its events are kept per job until it is cancelled",
-                    job.id
-                )));
             }
             if seq.retracting > 0 {
                 return Ok(Err("a retraction is in flight".into()));
@@ -138,17 +133,62 @@ impl Controller {
                 stats: Vec::new(),
                 files: Vec::new(),
             };
+            // What `retractable` jobs fed, as each worker keeps it (in command order: exactly
+            // what the records before the cut fed).
+            let kept_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let (reply, kept) = tokio::sync::oneshot::channel();
+            lock(&self.inner.shared.peeks)
+                .insert(kept_id, super::PeekWait { remaining: self.peers(), rows: Vec::new(), reply: Some(reply) });
+            seq.send(&Command::ReadKept { id: kept_id })?;
             let (size, appended) = (log.len(), log.appended());
-            (log, size, at, hold, manifest, relations, windows, appended)
+            (log, size, at, hold, manifest, relations, windows, appended, kept)
         };
-        // Each collection as of `at`, consolidated (the peek sums each row's multiplicities).
+        let kept = kept.await.map_err(|_| ClusterError::Stopped)?;
+        // The retractable jobs' events by relation and job, and their sum by relation.
+        let mut by_job: BTreeMap<(String, u64), Vec<(Row, Diff)>> = BTreeMap::new();
+        let mut kept_sum: HashMap<String, HashMap<Row, Diff>> = HashMap::new();
+        for (row, diff) in kept {
+            let mut datums = row.into_iter();
+            let (Some(Datum::Int(job)), Some(Datum::Text(relation))) = (datums.next(), datums.next()) else {
+                continue;
+            };
+            let row: Row = datums.collect();
+            *kept_sum.entry(relation.clone()).or_default().entry(row.clone()).or_default() += diff;
+            by_job.entry((relation, job as u64)).or_default().push((row, diff));
+        }
+        // Each collection as of `at`, consolidated (the peek sums each row's multiplicities),
+        // less what the retractable jobs fed (kept apart, per job).
         let mut contents = Vec::new();
         let mut rows = 0u64;
         for (name, schema, _canonical, _key) in relations {
             let read = self.peek(&name, at, None, Vec::new(), None).await?;
-            let read: Vec<(Row, amx_dataflows::Diff)> = read.into_iter().filter(|(_, d)| *d != 0).collect();
-            rows += read.len() as u64;
-            contents.push((name, schema, read));
+            let mut less = kept_sum.remove(&name).unwrap_or_default();
+            let mut base: Vec<(Row, Diff)> = Vec::with_capacity(read.len());
+            for (row, diff) in read {
+                let diff = diff - less.remove(&row).unwrap_or(0);
+                if diff < 0 {
+                    return Ok(Err(format!("`{name}` holds fewer copies of a row than its retractable jobs fed")));
+                }
+                if diff != 0 {
+                    base.push((row, diff));
+                }
+            }
+            if !less.is_empty() {
+                return Ok(Err(format!("`{name}` lacks rows its retractable jobs fed")));
+            }
+            rows += base.len() as u64;
+            let jobs: Vec<u64> = by_job.keys().filter(|(r, _)| *r == name).map(|(_, j)| *j).collect();
+            for job in jobs {
+                let rows_of_job = by_job.remove(&(name.clone(), job)).unwrap_or_default();
+                rows += rows_of_job.len() as u64;
+                contents.push(Contents {
+                    relation: name.clone(),
+                    job: Some(job),
+                    schema: schema.clone(),
+                    rows: rows_of_job,
+                });
+            }
+            contents.push(Contents { relation: name, job: None, schema, rows: base });
         }
         let stats = self.peek(amx_dataflows::render::SOURCE_STATS, at, None, Vec::new(), None).await?;
         manifest.stats = stats
@@ -299,16 +339,16 @@ impl Controller {
                 events.push((event, diff));
                 if events.len() == RESTORE_CHUNK {
                     let chunk = std::mem::replace(&mut events, Vec::with_capacity(RESTORE_CHUNK));
-                    self.send_restore(chunk, Vec::new(), at, worker)?;
+                    self.send_restore(chunk, Vec::new(), at, worker, file.job.map(JobId))?;
                     worker = (worker + 1) % peers;
                 }
             }
             if !events.is_empty() {
-                self.send_restore(events, Vec::new(), at, worker)?;
+                self.send_restore(events, Vec::new(), at, worker, file.job.map(JobId))?;
                 worker = (worker + 1) % peers;
             }
         }
-        self.send_restore(Vec::new(), manifest.stats.clone(), at, 0)?;
+        self.send_restore(Vec::new(), manifest.stats.clone(), at, 0, None)?;
         let mut seq = lock(&self.inner.seq);
         for (job, source, resume) in &manifest.positions {
             seq.positions.insert((JobId(*job), source.clone()), resume.clone());
@@ -334,8 +374,9 @@ impl Controller {
         stats: Vec<(String, (isize, isize, isize))>,
         at: Time,
         worker: usize,
+        kept_for: Option<JobId>,
     ) -> Result<(), ClusterError> {
-        lock(&self.inner.seq).send_to(&Command::Restore { events, stats, at }, Some(worker))
+        lock(&self.inner.seq).send_to(&Command::Restore { events, stats, at, kept_for }, Some(worker))
     }
 }
 

@@ -107,6 +107,9 @@ pub struct SourceKeys {
 pub struct DataFile {
     /// The collection.
     pub relation: String,
+    /// The `retractable` job whose sources ingested these rows (see [`Contents::job`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<u64>,
     /// The file's name in the snapshot's directory.
     pub name: String,
     /// Distinct rows.
@@ -117,9 +120,18 @@ pub struct DataFile {
     pub crc32: u32,
 }
 
-/// One collection's contents to write: its name, its columns, and its rows with their
-/// multiplicities.
-pub type Contents = (String, SchemaRef, Vec<(Row, Diff)>);
+/// One collection's contents to write.
+pub struct Contents {
+    /// The collection.
+    pub relation: String,
+    /// The `retractable` job whose sources ingested these rows (kept apart, to be retracted
+    /// when it is cancelled with `retract`); `None`: the rest of the collection.
+    pub job: Option<u64>,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// Its rows with their multiplicities.
+    pub rows: Vec<(Row, Diff)>,
+}
 
 /// Where a snapshot's files are.
 #[derive(Clone, Debug)]
@@ -222,12 +234,13 @@ fn write_staged(staged: &Path, manifest: &mut Manifest, relations: Vec<Contents>
     let _ = std::fs::remove_dir_all(staged);
     std::fs::create_dir_all(staged).map_err(|e| format!("making {}: {e}", staged.display()))?;
     manifest.files.clear();
-    for (n, (relation, schema, rows)) in relations.into_iter().enumerate() {
+    for (n, Contents { relation, job, schema, rows }) in relations.into_iter().enumerate() {
         let name = format!("{n}.parquet");
         let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
         write_synced(&staged.join(&name), &bytes)?;
         let crc32 = crc32fast::hash(&bytes);
-        manifest.files.push(DataFile { relation, name, rows: rows.len() as u64, bytes: bytes.len() as u64, crc32 });
+        let (rows, bytes) = (rows.len() as u64, bytes.len() as u64);
+        manifest.files.push(DataFile { relation, job, name, rows, bytes, crc32 });
     }
     write_synced(&staged.join("manifest"), &encode_manifest(manifest)?)?;
     sync_dir(staged)
@@ -399,12 +412,13 @@ impl StoreSnapshots {
         let dir = self.dir(manifest.generation);
         let mut files = Vec::new();
         let mut puts = Vec::new();
-        for (n, (relation, schema, rows)) in relations.into_iter().enumerate() {
+        for (n, Contents { relation, job, schema, rows }) in relations.into_iter().enumerate() {
             let name = format!("{n}.parquet");
             let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
             let crc32 = crc32fast::hash(&bytes);
             files.push(DataFile {
                 relation,
+                job,
                 name: name.clone(),
                 rows: rows.len() as u64,
                 bytes: bytes.len() as u64,
@@ -566,7 +580,7 @@ mod tests {
             (vec![Datum::Null, Datum::Null], 1),
             (vec![Datum::Text("b".into()), Datum::Int(-4)], -1),
         ];
-        ("t".into(), schema, rows)
+        Contents { relation: "t".into(), job: None, schema, rows }
     }
 
     /// A snapshot reads back as written: its manifest and every collection's rows with their
@@ -575,7 +589,7 @@ mod tests {
     fn a_snapshot_reads_back_as_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = manifest(1, 0);
-        let (_, _, rows) = relation();
+        let rows = relation().rows;
         write(dir.path(), &mut m, vec![relation()]).expect("written");
         let chosen = choose(dir.path(), 0).expect("reads").expect("one");
         assert_eq!(chosen.manifest.generation, 1);

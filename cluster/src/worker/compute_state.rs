@@ -212,9 +212,13 @@ impl ComputeState {
                 self.handle_ingest_records(id, &source, records, first);
                 self.closable = self.closable.max(at + 1);
             }
-            Command::Restore { events, stats, at } => {
+            Command::Restore { events, stats, at, kept_for } => {
                 self.advance_to(at);
+                let mut keep = kept_for.and_then(|job| self.jobs.get_mut(&job)).and_then(|j| j.ingested.as_mut());
                 for (event, diff) in events {
+                    if let Some(keep) = keep.as_deref_mut() {
+                        keep.extend(std::iter::repeat_n(event.clone(), diff.max(0) as usize));
+                    }
                     self.inputs.update(event, diff);
                 }
                 for (source, (records, decoded, errors)) in stats {
@@ -222,6 +226,19 @@ impl ComputeState {
                     *pending = (pending.0 + records, pending.1 + decoded, pending.2 + errors, pending.3);
                 }
                 self.closable = self.closable.max(at + 1);
+            }
+            Command::ReadKept { id } => {
+                let mut counts: HashMap<Row, Diff> = HashMap::new();
+                for (job, state) in &self.jobs {
+                    for event in state.ingested.iter().flatten() {
+                        if let Some((relation, row)) = event.to_relation_row() {
+                            let mut kept = vec![Datum::Int(job.0 as i64), Datum::Text(relation.to_owned())];
+                            kept.extend(row);
+                            *counts.entry(kept).or_default() += 1;
+                        }
+                    }
+                }
+                self.respond(Response::Peek { id, rows: counts.into_iter().collect() });
             }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 let (arrived, logged) = (Instant::now(), false);
