@@ -198,6 +198,10 @@ pub enum Command {
         /// to retract when it is cancelled with `retract`.
         #[serde(default)]
         kept_for: Option<JobId>,
+        /// Wait id: the worker answers [`Response::Applied`] once it has them in its input
+        /// (the controller sends a snapshot a few parts ahead of the answers).
+        #[serde(default)]
+        wait: Option<u64>,
     },
     /// Reads the events each `retractable` job's sources fed on this worker (kept to retract
     /// them): each worker answers [`Response::Peek`] at once, with rows `[job BIGINT, relation

@@ -35,8 +35,9 @@ use crate::storage::snapshot::{self, Contents, Manifest, Snapshot, SourceKeys};
 /// A push source's recent keys as captured at a cut: `(job, source, [(key, body hash, answer)])`.
 type Window = (JobId, String, Vec<(String, u64, super::IngestAnswer)>);
 
-/// Events per [`Command::Restore`] sent to one worker.
-const RESTORE_CHUNK: usize = 8_192;
+/// Parts of a snapshot (Parquet batches of at most 8,192 rows) sent to the workers ahead of
+/// their answers, at most, at a restart: the rows in flight are bounded, not the snapshot.
+const RESTORE_WINDOW: usize = 8;
 
 /// What one compaction did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,13 +307,9 @@ impl Controller {
         };
         let mut restored = Restored { generation: manifest.generation, rows: 0 };
         let mut worker = 0;
+        // Parts sent ahead of the workers' answers, at most [`RESTORE_WINDOW`].
+        let mut outstanding = std::collections::VecDeque::new();
         for file in &manifest.files {
-            let (from, wanted) = (snapshot.clone(), file.clone());
-            let rows = tokio::task::spawn_blocking(move || from.read(&wanted))
-                .await
-                .map_err(|_| ClusterError::Stopped)?
-                .map_err(ClusterError::Storage)?;
-            restored.rows += rows.iter().map(|(_, d)| d.unsigned_abs() as u64).sum::<u64>();
             let key = {
                 let seq = lock(&self.inner.seq);
                 match seq.catalog.get(&file.relation) {
@@ -322,31 +319,55 @@ impl Controller {
                     _ => None,
                 }
             };
-            let mut events = Vec::with_capacity(RESTORE_CHUNK);
-            for (row, diff) in rows {
-                let event = if Event::RELATIONS.contains(&file.relation.as_str()) {
-                    Event::from_row(&file.relation, row)
-                        .map_err(|e| ClusterError::Storage(format!("{}: {}: {e}", snapshot.location(), file.name)))?
-                } else {
-                    let key_row = key.as_ref().map_or_else(Vec::new, |k| k.iter().map(|&i| row[i].clone()).collect());
-                    Event::Table(TableRow {
-                        relation: file.relation.clone(),
-                        position: 0,
-                        key: key_row,
-                        row: Some(row),
-                    })
-                };
-                events.push((event, diff));
-                if events.len() == RESTORE_CHUNK {
-                    let chunk = std::mem::replace(&mut events, Vec::with_capacity(RESTORE_CHUNK));
-                    self.send_restore(chunk, Vec::new(), at, worker, file.job.map(JobId))?;
-                    worker = (worker + 1) % peers;
+            // The file is read a Parquet batch at a time on a blocking thread, a few batches
+            // ahead of the workers.
+            let (tx, mut parts) = tokio::sync::mpsc::channel::<Vec<(Row, Diff)>>(2);
+            let (from, wanted) = (snapshot.clone(), file.clone());
+            let reader =
+                tokio::task::spawn_blocking(move || from.read_parts(&wanted, |part| tx.blocking_send(part).is_ok()));
+            while let Some(part) = parts.recv().await {
+                let mut events = Vec::with_capacity(part.len());
+                for (row, diff) in part {
+                    restored.rows += diff.unsigned_abs() as u64;
+                    let event = if Event::RELATIONS.contains(&file.relation.as_str()) {
+                        Event::from_row(&file.relation, row).map_err(|e| {
+                            ClusterError::Storage(format!("{}: {}: {e}", snapshot.location(), file.name))
+                        })?
+                    } else {
+                        let key_row =
+                            key.as_ref().map_or_else(Vec::new, |k| k.iter().map(|&i| row[i].clone()).collect());
+                        Event::Table(TableRow {
+                            relation: file.relation.clone(),
+                            position: 0,
+                            key: key_row,
+                            row: Some(row),
+                        })
+                    };
+                    events.push((event, diff));
+                }
+                let (wait, applied) = self.wait_for(1);
+                lock(&self.inner.seq).send_to(
+                    &Command::Restore {
+                        events,
+                        stats: Vec::new(),
+                        at,
+                        kept_for: file.job.map(JobId),
+                        wait: Some(wait),
+                    },
+                    Some(worker),
+                )?;
+                worker = (worker + 1) % peers;
+                outstanding.push_back(applied);
+                while outstanding.len() > RESTORE_WINDOW
+                    && let Some(applied) = outstanding.pop_front()
+                {
+                    applied.await.map_err(|_| ClusterError::Stopped)?;
                 }
             }
-            if !events.is_empty() {
-                self.send_restore(events, Vec::new(), at, worker, file.job.map(JobId))?;
-                worker = (worker + 1) % peers;
-            }
+            reader.await.map_err(|_| ClusterError::Stopped)?.map_err(ClusterError::Storage)?;
+        }
+        for applied in outstanding {
+            applied.await.map_err(|_| ClusterError::Stopped)?;
         }
         self.send_restore(Vec::new(), manifest.stats.clone(), at, 0, None)?;
         let mut seq = lock(&self.inner.seq);
@@ -376,7 +397,7 @@ impl Controller {
         worker: usize,
         kept_for: Option<JobId>,
     ) -> Result<(), ClusterError> {
-        lock(&self.inner.seq).send_to(&Command::Restore { events, stats, at, kept_for }, Some(worker))
+        lock(&self.inner.seq).send_to(&Command::Restore { events, stats, at, kept_for, wait: None }, Some(worker))
     }
 }
 

@@ -176,6 +176,22 @@ impl Snapshot {
     /// A file that cannot be read, or whose size, checksum or contents are not the
     /// manifest's, naming it.
     pub fn read(&self, file: &DataFile) -> Result<Vec<(Row, Diff)>, String> {
+        let mut rows = Vec::new();
+        self.read_parts(file, |part| {
+            rows.extend(part);
+            true
+        })?;
+        Ok(rows)
+    }
+
+    /// [`Snapshot::read`], handing the rows to `part` a Parquet batch (at most 8,192 rows) at
+    /// a time, so that a restart holds one batch of rows, not the file's (the file's bytes are
+    /// read and checked whole first: a damaged file gives no row); `part` answers whether to go
+    /// on.
+    ///
+    /// # Errors
+    /// As [`Snapshot::read`]; a row count other than the manifest's is found at the end.
+    pub fn read_parts(&self, file: &DataFile, mut part: impl FnMut(Vec<(Row, Diff)>) -> bool) -> Result<(), String> {
         let name = format!("{}/{}", self.location(), file.name);
         let bytes = match &self.place {
             Place::Dir(dir) => std::fs::read(dir.join(&file.name)).map(bytes::Bytes::from).map_err(|e| e.to_string()),
@@ -194,11 +210,18 @@ impl Snapshot {
                 file.crc32
             ));
         }
-        let rows = read_rows(bytes).map_err(|e| format!("{name}: {e}"))?;
-        if rows.len() as u64 != file.rows {
-            return Err(format!("{name}: {} rows, where the manifest says {}", rows.len(), file.rows));
+        let mut count = 0u64;
+        let mut stopped = false;
+        read_rows(bytes, |rows| {
+            count += rows.len() as u64;
+            stopped = !part(rows);
+            !stopped
+        })
+        .map_err(|e| format!("{name}: {e}"))?;
+        if !stopped && count != file.rows {
+            return Err(format!("{name}: {count} rows, where the manifest says {}", file.rows));
         }
-        Ok(rows)
+        Ok(())
     }
 }
 
@@ -527,15 +550,16 @@ fn rows_to_parquet(schema: &SchemaRef, rows: &[(Row, Diff)]) -> Result<Vec<u8>, 
     Ok(bytes)
 }
 
-/// The rows of a file [`rows_to_parquet`] wrote.
-fn read_rows(bytes: bytes::Bytes) -> Result<Vec<(Row, Diff)>, String> {
+/// The rows of a file [`rows_to_parquet`] wrote, a batch at a time, while `part` answers
+/// true.
+fn read_rows(bytes: bytes::Bytes, mut part: impl FnMut(Vec<(Row, Diff)>) -> bool) -> Result<(), String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.with_batch_size(8192).build())
         .map_err(|e| format!("not a Parquet file: {e}"))?;
-    let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(batch.num_rows());
         let n = batch.num_columns();
         let diffs = (n >= 1)
             .then(|| batch.column(n - 1).as_any().downcast_ref::<Int64Array>())
@@ -547,8 +571,11 @@ fn read_rows(bytes: bytes::Bytes) -> Result<Vec<(Row, Diff)>, String> {
             let diff = Diff::try_from(diffs.value(i)).map_err(|_| "an aimatrix_diff past this machine's".to_owned())?;
             out.push((row, diff));
         }
+        if !part(out) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

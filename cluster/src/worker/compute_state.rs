@@ -212,7 +212,7 @@ impl ComputeState {
                 self.handle_ingest_records(id, &source, records, first);
                 self.closable = self.closable.max(at + 1);
             }
-            Command::Restore { events, stats, at, kept_for } => {
+            Command::Restore { events, stats, at, kept_for, wait } => {
                 self.advance_to(at);
                 let mut keep = kept_for.and_then(|job| self.jobs.get_mut(&job)).and_then(|j| j.ingested.as_mut());
                 for (event, diff) in events {
@@ -226,6 +226,10 @@ impl ComputeState {
                     *pending = (pending.0 + records, pending.1 + decoded, pending.2 + errors, pending.3);
                 }
                 self.closable = self.closable.max(at + 1);
+                if let Some(wait) = wait {
+                    let upper = self.inputs.time() + 1;
+                    self.respond(Response::Applied { id: wait, upper });
+                }
             }
             Command::ReadKept { id } => {
                 let mut counts: HashMap<Row, Diff> = HashMap::new();
