@@ -14,7 +14,8 @@
 //! acknowledgement latency p50/p99, and for the file log its bytes per event. Then the
 //! cluster stops (cleanly: the S3 lease is given back) and a new one is started on the same
 //! log: the time until the view holds every event again (restart to serving), and the peak
-//! resident memory meanwhile, beside the memory of the state when it was live.
+//! resident memory meanwhile, beside the memory of the state when it was live. Then the log
+//! is compacted into a snapshot (its time and bytes) and the restart measured again, from it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +171,36 @@ fn main() -> anyhow::Result<()> {
         let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
         println!(
             "{}: restart to serving {events} events: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
+            log.name(),
+            started.elapsed().as_secs_f64()
+        );
+        // The log compacted into a snapshot, and the restart from it.
+        let started = Instant::now();
+        let compacted =
+            runtime.block_on(controller.compact())?.map_err(|why| anyhow::anyhow!("not compacted: {why}"))?;
+        println!(
+            "{}: compaction in {:.2} s: {} rows, snapshot {:.1} MB ({:.1} bytes per event), log {:.1} MB -> {:.3} MB",
+            log.name(),
+            started.elapsed().as_secs_f64(),
+            compacted.rows,
+            compacted.snapshot_bytes as f64 / 1e6,
+            compacted.snapshot_bytes as f64 / events as f64,
+            compacted.log_bytes_before as f64 / 1e6,
+            compacted.log_bytes_after as f64 / 1e6,
+        );
+        stop(controller, durable)?;
+        reset_peak();
+        let started = Instant::now();
+        let (controller, durable) = start(&runtime, workers, log)?;
+        runtime.block_on(async {
+            while count(&controller, "by_id").await? < events {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
+        println!(
+            "{}: restart to serving {events} events from the snapshot: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
             log.name(),
             started.elapsed().as_secs_f64()
         );

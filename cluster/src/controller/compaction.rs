@@ -35,6 +35,9 @@ use crate::storage::snapshot::{self, Contents, Manifest, Snapshot, SourceKeys};
 /// A push source's recent keys as captured at a cut: `(job, source, [(key, body hash, answer)])`.
 type Window = (JobId, String, Vec<(String, u64, super::IngestAnswer)>);
 
+/// How often the log's growth is checked (a lock and a read of its length).
+pub const COMPACT_CHECK: Duration = Duration::from_millis(250);
+
 /// Parts of a snapshot (Parquet batches of at most 8,192 rows) sent to the workers ahead of
 /// their answers, at most, at a restart: the rows in flight are bounded, not the snapshot.
 const RESTORE_WINDOW: usize = 8;
@@ -234,8 +237,8 @@ impl Controller {
     }
 
     /// Compacts the log whenever it has grown by `after_bytes` since the last compaction
-    /// (checked every second; 0: never), until the controller stops. Failures are logged and
-    /// tried again at the next growth.
+    /// (checked every [`COMPACT_CHECK`]; 0: never), until the controller stops. Failures are
+    /// logged and tried again at the next check.
     pub async fn compact_when_grown(self, after_bytes: u64) {
         if after_bytes == 0 {
             return;
@@ -245,7 +248,7 @@ impl Controller {
         let mut floor = 0u64;
         let mut refused = None;
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(COMPACT_CHECK).await;
             let Some(inner) = inner.upgrade() else { return };
             let this = Controller { inner };
             let Some(len) = lock(&this.inner.seq).log.as_ref().map(|l| l.len()) else {
