@@ -175,11 +175,15 @@ fn main() -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
         // The log compacted into a snapshot, and the restart from it.
+        reset_peak();
+        let before = rss_mib();
         let started = Instant::now();
         let compacted =
             runtime.block_on(controller.compact())?.map_err(|why| anyhow::anyhow!("not compacted: {why}"))?;
+        let peak = peak_rss_mib().unwrap_or(f64::NAN);
         println!(
-            "{}: compaction in {:.2} s: {} rows, snapshot {:.1} MB ({:.1} bytes per event), log {:.1} MB -> {:.3} MB",
+            "{}: compaction in {:.2} s (RSS {before:.0} MiB, peak {peak:.0} MiB): {} rows, snapshot {:.1} MB ({:.1} \
+             bytes per event), log {:.1} MB -> {:.3} MB",
             log.name(),
             started.elapsed().as_secs_f64(),
             compacted.rows,
