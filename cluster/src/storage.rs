@@ -631,6 +631,8 @@ struct LogState {
     /// The log's generation: 0 until it is first rewritten after a snapshot, then the
     /// snapshot's ([`LogRecord::Compacted`]).
     generation: u64,
+    /// Where its first record after the header and [`LogRecord::Compacted`] is.
+    start: u64,
 }
 
 fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
@@ -745,7 +747,16 @@ impl FileLog {
             records.at = start;
         }
         records.snapshot = snapshot;
-        let state = LogState { file, len, appended: 0, durable: 0, syncing: false, failed: None, generation };
+        let state = LogState {
+            file,
+            len,
+            appended: 0,
+            durable: 0,
+            syncing: false,
+            failed: None,
+            generation,
+            start: after_marker,
+        };
         let log = FileLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
         Ok((log, records))
     }
@@ -875,9 +886,10 @@ impl FileLog {
         lock(&self.state).len
     }
 
-    /// Whether the log holds no record.
+    /// Whether the log holds no record (after the mark of the snapshot it follows).
     pub fn is_empty(&self) -> bool {
-        self.len() <= HEADER.len() as u64
+        let state = lock(&self.state);
+        state.len <= state.start
     }
 
     /// Rewrites the log to what follows byte `cut` (a record's start, from [`FileLog::cut`]
@@ -928,6 +940,7 @@ impl FileLog {
         out.seek(SeekFrom::Start(len)).map_err(io(format!("seeking in {}", self.path.display())))?;
         state.file = out;
         state.len = len;
+        state.start = (HEADER.len() + frame.len()) as u64;
         state.generation = generation;
         // Every record appended so far is in the synced new file.
         state.durable = state.appended;
@@ -1544,10 +1557,23 @@ mod tests {
         let rest: Vec<LogRecord> = records.collect::<Result<_, _>>().expect("records");
         assert_eq!(json(&rest), json(&[ingest(3)]));
 
+        // A log cut at its end holds no record: only its mark (nothing more to compact).
+        let (log, _) = DurableLog::open(dir.path()).expect("open");
+        let file = log.file().expect("file");
+        assert!(!log.is_empty());
+        let (generation, end) = file.cut();
+        snapshot::write(dir.path(), &mut manifest(3, generation, end), Vec::new()).expect("snapshot 3");
+        file.rewrite(generation, end, 3).expect("rewritten");
+        assert!(log.is_empty());
+        drop(log);
+        let (log, mut records) = DurableLog::open(dir.path()).expect("open");
+        assert!(log.is_empty() && records.take_snapshot().is_some() && records.next().is_none());
+        drop(log);
+
         // The log's snapshot gone: the start is refused, naming it.
         std::fs::remove_dir_all(dir.path().join("snapshots")).expect("remove");
         let err = DurableLog::open(dir.path()).expect_err("refused");
-        assert!(err.to_string().contains("depends on snapshot 2"), "{err}");
+        assert!(err.to_string().contains("depends on snapshot 3"), "{err}");
     }
 
     /// Bytes a record takes in the log.
