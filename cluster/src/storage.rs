@@ -537,6 +537,15 @@ impl DurableLog {
         }
     }
 
+    /// The generation the next snapshot takes: past every snapshot there is (damaged or unused
+    /// ones included), so that none is written over.
+    pub fn next_generation(&self) -> u64 {
+        match self {
+            DurableLog::File(log) => lock(&log.state).next_generation,
+            DurableLog::Object(log) => log.next_generation(),
+        }
+    }
+
     /// The sequence number of the last record appended.
     pub fn appended(&self) -> u64 {
         match self {
@@ -579,14 +588,27 @@ impl DurableLog {
             DurableLog::File(log) => {
                 let dir = log.path().parent().map(Path::to_path_buf).unwrap_or_default();
                 snapshot::write(&dir, manifest, contents)?;
+                {
+                    let mut state = lock(&log.state);
+                    state.next_generation = state.next_generation.max(generation + 1);
+                }
                 let bytes = manifest.files.iter().map(|f| f.bytes).sum();
-                let after =
-                    log.rewrite(manifest.cut_generation, manifest.cut_offset, generation).map_err(|e| e.to_string())?;
-                snapshot::remove_older(&dir, generation);
-                Ok((bytes, after))
+                match log.rewrite(manifest.cut_generation, manifest.cut_offset, generation) {
+                    Ok(after) => {
+                        snapshot::remove_older(&dir, generation);
+                        Ok((bytes, after))
+                    }
+                    Err(e) => {
+                        // The log still holds everything: the snapshot is not needed (and
+                        // not left to pile up while the disk refuses).
+                        snapshot::remove(&dir, generation);
+                        Err(e.to_string())
+                    }
+                }
             }
             DurableLog::Object(log) => {
                 log.snapshots().write(manifest, contents)?;
+                log.snapshot_written(generation);
                 let bytes = manifest.files.iter().map(|f| f.bytes).sum();
                 let after = log.cut_after_snapshot(manifest.cut_offset, generation).map_err(|e| e.to_string())?;
                 Ok((bytes, after))
@@ -633,6 +655,8 @@ struct LogState {
     generation: u64,
     /// Where its first record after the header and [`LogRecord::Compacted`] is.
     start: u64,
+    /// The generation the next snapshot takes (past every one in the directory).
+    next_generation: u64,
 }
 
 fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
@@ -756,8 +780,23 @@ impl FileLog {
             failed: None,
             generation,
             start: after_marker,
+            next_generation: snapshot::next_generation(dir).map_err(StorageError::Snapshot)?,
         };
         let log = FileLog { path, state: Mutex::new(state), synced: tokio::sync::Notify::new(), _lock: lock_file };
+        // A snapshot cut from this log whose rewrite a crash (or a failing disk) interrupted:
+        // the rewrite is done now (the records are still read from the old file, which this
+        // reader holds open), so that the log follows its snapshot again.
+        if let Some(s) = &records.snapshot
+            && s.manifest.generation != generation
+        {
+            let (cut, to) = (s.manifest.cut_offset, s.manifest.generation);
+            match log.rewrite(generation, cut, to) {
+                Ok(_) => snapshot::remove_older(dir, to),
+                Err(e) => {
+                    tracing::warn!(log = %log.path.display(), error = %e, "rewriting the log after its snapshot failed; tried again at the next compaction")
+                }
+            }
+        }
         Ok((log, records))
     }
 
@@ -1526,16 +1565,18 @@ mod tests {
         snapshot::write(dir.path(), &mut manifest(1, 0, cut), Vec::new()).expect("snapshot");
         drop(log);
 
-        // Crash before the rewrite: snapshot 1, then the old log's records after the cut.
+        // Crash before the rewrite: snapshot 1, then the old log's records after the cut; the
+        // start does the rewrite (a log of generation 1: its mark, then record 2).
         let (log, mut records) = DurableLog::open(dir.path()).expect("open");
         assert_eq!(records.take_snapshot().expect("snapshot").manifest.generation, 1);
         let rest: Vec<LogRecord> = records.collect::<Result<_, _>>().expect("records");
         assert_eq!(json(&rest), json(&[ingest(2)]));
-
-        // The rewrite, then one more append: the new log holds records 2 and 3.
         let file = log.file().expect("file");
-        let after = file.rewrite(0, cut, 1).expect("rewritten");
-        assert_eq!(file.cut(), (1, after));
+        let mark = frame_len(&LogRecord::Compacted { generation: 1 });
+        assert_eq!(file.cut(), (1, HEADER.len() as u64 + mark + frame_len(&ingest(2))));
+        assert_eq!(log.next_generation(), 2);
+
+        // One more append: the log holds records 2 and 3.
         let seq = log.append(&mut ingest(3)).expect("append");
         runtime.block_on(log.sync(seq)).expect("sync");
         drop(log);
@@ -1574,6 +1615,46 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("snapshots")).expect("remove");
         let err = DurableLog::open(dir.path()).expect_err("refused");
         assert!(err.to_string().contains("depends on snapshot 3"), "{err}");
+    }
+
+    /// A compacted log whose first record (the mark of its snapshot) a crash or damage cut
+    /// off is never taken for an empty log: the start is refused (it would start without the
+    /// snapshot's records), whether the log is cut to its header, emptied or deleted.
+    #[test]
+    fn a_compacted_log_cut_short_refuses_the_start() {
+        use snapshot::{Manifest, SNAPSHOT_VERSION};
+        for (n, damage) in ["header", "empty", "deleted"].into_iter().enumerate() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            // Two compactions: snapshot 2 cut from the log of generation 1.
+            for generation in 1..=2 {
+                let (log, _) = DurableLog::open(dir.path()).expect("open");
+                let seq = log.append(&mut ingest(n)).expect("append");
+                runtime.block_on(log.sync(seq)).expect("sync");
+                let (cut_generation, cut) = log.cut();
+                let mut manifest = Manifest {
+                    version: SNAPSHOT_VERSION,
+                    generation,
+                    cut_generation,
+                    cut_offset: cut,
+                    at: 1,
+                    catalog: Vec::new(),
+                    positions: Vec::new(),
+                    keys: Vec::new(),
+                    stats: Vec::new(),
+                    files: Vec::new(),
+                };
+                log.compact(&mut manifest, Vec::new()).expect("compacted");
+            }
+            let path = dir.path().join("log");
+            match damage {
+                "header" => std::fs::write(&path, HEADER).expect("cut"),
+                "empty" => std::fs::write(&path, b"").expect("empty"),
+                _ => std::fs::remove_file(&path).expect("delete"),
+            }
+            let err = DurableLog::open(dir.path()).expect_err("refused").to_string();
+            assert!(err.contains("was cut from the log of generation 1"), "{damage}: {err}");
+        }
     }
 
     /// Bytes a record takes in the log.

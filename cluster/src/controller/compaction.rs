@@ -77,7 +77,7 @@ impl Controller {
     /// [`ClusterError::Storage`] when the snapshot or the new log cannot be written (disk full,
     /// permission denied): nothing is lost (the old log stays), and the next try starts
     /// over; [`ClusterError::Stopped`].
-    #[tracing::instrument(name = "compact", skip_all, err(Display))]
+    #[tracing::instrument(name = "compact", skip_all)]
     pub async fn compact(&self) -> Result<Result<Compaction, String>, ClusterError> {
         let _one = self.inner.compaction.lock().await;
         let started = std::time::Instant::now();
@@ -127,7 +127,7 @@ impl Controller {
                 .collect();
             let manifest = Manifest {
                 version: snapshot::SNAPSHOT_VERSION,
-                generation: cut_generation + 1,
+                generation: log.next_generation(),
                 cut_generation,
                 cut_offset: cut,
                 at,
@@ -247,8 +247,10 @@ impl Controller {
         drop(self);
         let mut floor = 0u64;
         let mut refused = None;
+        // After a failure, the next try waits (1 s, doubling to a minute).
+        let mut backoff = Duration::ZERO;
         loop {
-            tokio::time::sleep(COMPACT_CHECK).await;
+            tokio::time::sleep(COMPACT_CHECK.max(backoff)).await;
             let Some(inner) = inner.upgrade() else { return };
             let this = Controller { inner };
             let Some(len) = lock(&this.inner.seq).log.as_ref().map(|l| l.len()) else {
@@ -261,6 +263,7 @@ impl Controller {
                 Ok(Ok(done)) => {
                     floor = done.log_bytes_after;
                     refused = None;
+                    backoff = Duration::ZERO;
                 }
                 Ok(Err(why)) => {
                     if refused.as_ref() != Some(&why) {
@@ -269,7 +272,10 @@ impl Controller {
                     }
                 }
                 Err(ClusterError::Stopped) => return,
-                Err(e) => tracing::warn!(error = %e, "compacting the log failed; tried again later"),
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "compacting the log failed; tried again later");
+                }
             }
         }
     }

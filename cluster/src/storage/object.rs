@@ -125,6 +125,8 @@ struct State {
     generation: u64,
     /// The last record the snapshot in effect stands for (0: none).
     snapshot_cut: u64,
+    /// The generation the next snapshot takes (past every one under `snapshots/`).
+    next_generation: u64,
 }
 
 #[derive(Debug)]
@@ -397,6 +399,8 @@ impl ObjectLog {
             let etag = acquire(&shared).await?;
             let listed = async {
                 let snapshot = snapshots.newest().await.map_err(StorageError::Snapshot)?;
+                let next = snapshots.next_generation().await.map_err(StorageError::Snapshot)?;
+                lock(&shared.state).next_generation = next;
                 let cut = snapshot.as_ref().map_or(0, |s| s.manifest.cut_offset);
                 let (segments, covered) = cover(list_segments(&shared).await?, &shared.location, cut + 1)?;
                 Ok::<_, StorageError>((segments, covered, snapshot))
@@ -621,6 +625,18 @@ impl ObjectLog {
         }
     }
 
+    /// The generation the next snapshot takes.
+    pub fn next_generation(&self) -> u64 {
+        lock(&self.shared.state).next_generation
+    }
+
+    /// Snapshot `generation` is written: the next takes a later one (also when the cut
+    /// after it fails).
+    pub fn snapshot_written(&self, generation: u64) {
+        let mut state = lock(&self.shared.state);
+        state.next_generation = state.next_generation.max(generation + 1);
+    }
+
     /// The generation of the snapshot in effect and the last record given out: where a
     /// snapshot of everything appended so far cuts the log.
     pub fn cut(&self) -> (u64, u64) {
@@ -659,6 +675,7 @@ impl ObjectLog {
             let covered: Vec<Segment> = {
                 let mut state = lock(&shared.state);
                 state.generation = generation;
+                state.next_generation = state.next_generation.max(generation + 1);
                 state.snapshot_cut = cut;
                 let (covered, kept) = std::mem::take(&mut state.segments).into_iter().partition(|s| s.last <= cut);
                 state.segments = kept;

@@ -356,35 +356,40 @@ pub fn remove_older(dir: &Path, generation: u64) {
 }
 
 /// Chooses the snapshot a start restores, for a log of generation `log_generation`: the
-/// newest that reads and that the log fits (see the module documentation). `None` when there
-/// is none and the log was never compacted.
+/// newest that reads and that the log fits — the log's own (the snapshot it was rewritten
+/// after), or a newer one cut from it whose rewrite did not happen (see the module
+/// documentation). `None` when there is none and the log was never compacted.
 ///
 /// # Errors
 /// The log's own snapshot is damaged or missing (its records before the cut are nowhere
-/// else), naming it; a snapshot of another format version.
+/// else), naming it; a snapshot that reads but was cut from a log of another generation than
+/// this one and newer than it (the log was rewritten after it, so this log is not that one:
+/// damaged, cut short or replaced); a snapshot of another format version.
 pub fn choose(dir: &Path, log_generation: u64) -> Result<Option<Snapshot>, String> {
     for (generation, path) in list(dir)? {
-        if generation > log_generation + 1 || generation < log_generation {
-            // Newer than any cut of this log could make (written by another server?), or
-            // older than the log's own: not this log's.
-            if generation < log_generation {
-                break;
-            }
-            tracing::warn!(path = %path.display(), log_generation, "a snapshot the log does not follow: skipped");
-            continue;
+        if generation < log_generation {
+            break;
         }
         match read_manifest(&path) {
-            Ok(manifest) if manifest.generation == generation => {
-                let fits = generation == log_generation || manifest.cut_generation == log_generation;
-                if fits {
-                    return Ok(Some(Snapshot { place: Place::Dir(path), manifest: Arc::new(manifest) }));
-                }
-                tracing::warn!(path = %path.display(), log_generation, "a snapshot cut from another log: skipped");
+            Ok(manifest) if manifest.generation != generation => {
+                return Err(format!("{}: its manifest names another generation", path.display()));
             }
-            Ok(_) => return Err(format!("{}: its manifest names another generation", path.display())),
+            Ok(manifest) if generation == log_generation || manifest.cut_generation == log_generation => {
+                return Ok(Some(Snapshot { place: Place::Dir(path), manifest: Arc::new(manifest) }));
+            }
+            Ok(manifest) => {
+                return Err(format!(
+                    "{} was cut from the log of generation {}, but {} is of generation {log_generation}: the log was \
+                     damaged, cut short or replaced after it; refusing to start without the records it held \
+                     (restore the directory from a backup, or move it aside to start empty)",
+                    path.display(),
+                    manifest.cut_generation,
+                    dir.join("log").display()
+                ));
+            }
             Err(e) if generation == log_generation => return Err(e),
-            // A newer snapshot whose cut never took effect (the log was not rewritten): the
-            // log still holds what it stands for.
+            // A newer snapshot whose cut never took effect (the log was not rewritten after
+            // it): the log still holds what it stands for.
             Err(e) => tracing::warn!(error = %e, "a damaged snapshot the log does not depend on: skipped"),
         }
     }
@@ -395,6 +400,21 @@ pub fn choose(dir: &Path, log_generation: u64) -> Result<Option<Snapshot>, Strin
         ));
     }
     Ok(None)
+}
+
+/// The generation the next snapshot of data directory `dir` takes: one more than any there
+/// (damaged or unused ones included, so none is ever written over).
+pub fn next_generation(dir: &Path) -> Result<u64, String> {
+    Ok(list(dir)?.first().map_or(1, |(g, _)| g + 1))
+}
+
+/// Removes snapshot `generation` of `dir` (one whose log rewrite failed: the log still holds
+/// what it stands for).
+pub fn remove(dir: &Path, generation: u64) {
+    let path = snapshot_dir(dir, generation);
+    if let Err(e) = std::fs::remove_dir_all(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove an unused snapshot");
+    }
 }
 
 /// The snapshots of an object-store log under `prefix`: `PREFIX/snapshots/GENERATION/`,
@@ -478,6 +498,16 @@ impl StoreSnapshots {
             listing.common_prefixes.iter().filter_map(|p| p.filename().and_then(|n| n.parse().ok())).collect();
         found.sort_by_key(|g| std::cmp::Reverse(*g));
         Ok(found)
+    }
+
+    /// The generation the next snapshot takes: one more than any under `snapshots/`
+    /// (unfinished or damaged ones included, so that no manifest is ever in the way). Async:
+    /// on the log's runtime.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    pub async fn next_generation(&self) -> Result<u64, String> {
+        Ok(self.generations().await?.first().map_or(1, |g| g + 1))
     }
 
     /// The newest complete snapshot whose manifest reads (a damaged one is skipped, with a
@@ -668,6 +698,23 @@ mod tests {
         // Older snapshots are removed once a newer one is in effect.
         remove_older(dir.path(), 2);
         assert_eq!(list(dir.path()).expect("list").len(), 1);
+    }
+
+    /// Two snapshots cut from one log whose rewrites failed: the newer is restored, and the
+    /// next takes a generation past both. A log that reads as older than a snapshot was cut
+    /// from (its first record, naming its generation, damaged or cut off; the log replaced)
+    /// refuses the start rather than start without what the snapshot held.
+    #[test]
+    fn snapshots_cut_from_one_log_and_a_log_older_than_its_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), &mut manifest(2, 1), vec![relation()]).expect("2");
+        write(dir.path(), &mut manifest(3, 1), vec![relation()]).expect("3");
+        assert_eq!(choose(dir.path(), 1).expect("reads").expect("3").manifest.generation, 3);
+        assert_eq!(next_generation(dir.path()).expect("next"), 4);
+        let err = choose(dir.path(), 0).expect_err("refused");
+        assert!(err.contains("cut from the log of generation 1") && err.contains("is of generation 0"), "{err}");
+        remove(dir.path(), 3);
+        assert_eq!(next_generation(dir.path()).expect("next"), 3);
     }
 
     /// A snapshot of another format version is refused with both versions named.
