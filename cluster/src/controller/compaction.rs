@@ -310,9 +310,17 @@ impl Controller {
                 )),
             })?;
         }
-        let (at, peers) = {
+        let (at, peers, mut part_time) = {
             let mut seq = lock(&self.inner.seq);
-            (seq.next_timestamp(Some(manifest.at)), self.peers())
+            let floor = seq.last_timestamp + 1;
+            let at = seq.next_timestamp(Some(manifest.at));
+            // Each part at a timestamp of its own, the last ones just before `at`, so that the
+            // arrangements seal and merge the rows as they come rather than hold them all in
+            // one batch at one time (a restart from 1M rows peaked 35% higher so). Parts of a
+            // Parquet batch each, at most 8,192 rows: at most this many.
+            let parts: u64 = manifest.files.iter().map(|f| f.rows.div_ceil(8_192) + 1).sum();
+            let first = at.saturating_sub(parts);
+            (at, self.peers(), (first >= floor).then_some(first))
         };
         let mut restored = Restored { generation: manifest.generation, rows: 0 };
         let mut worker = 0;
@@ -359,13 +367,14 @@ impl Controller {
                     &Command::Restore {
                         events,
                         stats: Vec::new(),
-                        at,
+                        at: part_time.map_or(at, |t| t.min(at)),
                         kept_for: file.job.map(JobId),
                         wait: Some(wait),
                     },
                     Some(worker),
                 )?;
                 worker = (worker + 1) % peers;
+                part_time = part_time.map(|t| t + 1);
                 outstanding.push_back(applied);
                 while outstanding.len() > RESTORE_WINDOW
                     && let Some(applied) = outstanding.pop_front()
