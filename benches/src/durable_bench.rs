@@ -158,22 +158,7 @@ fn main() -> anyhow::Result<()> {
         if matches!(log, Log::None) {
             continue;
         }
-        // Restart to serving.
-        reset_peak();
-        let started = Instant::now();
-        let (controller, durable) = start(&runtime, workers, log)?;
-        runtime.block_on(async {
-            while count(&controller, "by_id").await? < events {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok::<_, anyhow::Error>(())
-        })?;
-        let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
-        println!(
-            "{}: restart to serving {events} events: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
-            log.name(),
-            started.elapsed().as_secs_f64()
-        );
+        let (controller, durable) = restart(&runtime, workers, log, events, "")?;
         // The log compacted into a snapshot, and the restart from it.
         reset_peak();
         let before = rss_mib();
@@ -193,22 +178,35 @@ fn main() -> anyhow::Result<()> {
             compacted.log_bytes_after as f64 / 1e6,
         );
         stop(controller, durable)?;
-        reset_peak();
-        let started = Instant::now();
-        let (controller, durable) = start(&runtime, workers, log)?;
-        runtime.block_on(async {
-            while count(&controller, "by_id").await? < events {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok::<_, anyhow::Error>(())
-        })?;
-        let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
-        println!(
-            "{}: restart to serving {events} events from the snapshot: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
-            log.name(),
-            started.elapsed().as_secs_f64()
-        );
+        let (controller, durable) = restart(&runtime, workers, log, events, " from the snapshot")?;
         stop(controller, durable)?;
     }
     Ok(())
+}
+
+/// Starts a cluster on `log` again and reports the time until the view holds all `events`
+/// (restart to serving) and the memory meanwhile; returns the cluster.
+fn restart(
+    runtime: &tokio::runtime::Runtime,
+    workers: usize,
+    log: &Log,
+    events: i64,
+    from: &str,
+) -> anyhow::Result<(Controller, Option<Arc<DurableLog>>)> {
+    reset_peak();
+    let started = Instant::now();
+    let (controller, durable) = start(runtime, workers, log)?;
+    runtime.block_on(async {
+        while count(&controller, "by_id").await? < events {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let (now, peak) = (rss_mib(), peak_rss_mib().unwrap_or(f64::NAN));
+    println!(
+        "{}: restart to serving {events} events{from}: {:.2} s; RSS {now:.0} MiB, peak {peak:.0} MiB",
+        log.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((controller, durable))
 }
