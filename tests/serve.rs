@@ -1727,6 +1727,17 @@ fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
             assert!(Instant::now() < deadline, "no snapshot with job 1's records: {manifests:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The compactions in /metrics.
+        let (status, metrics) = server.call("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        let text = metrics.as_str().unwrap_or_default().to_owned();
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse::<u64>().ok())
+        };
+        assert!(value("aimatrix_log_compactions_total") >= Some(1), "{text}");
+        assert!(value("aimatrix_log_snapshot_generation") >= Some(1), "{text}");
+        assert_eq!(value("aimatrix_log_compaction_failures_total"), Some(0), "{text}");
+        assert!(value("aimatrix_log_bytes").is_some(), "{text}");
     }
     let both = vec![json!({ "collection": "a", "n": 3 }), json!({ "collection": "b", "n": 2 })];
     let only_b = vec![json!({ "collection": "b", "n": 2 })];

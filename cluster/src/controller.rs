@@ -1097,7 +1097,7 @@ pub(crate) fn row_bytes(row: &Row) -> u64 {
 }
 
 mod compaction;
-pub use compaction::{Compaction, Restored};
+pub use compaction::{Compaction, LogStats, Restored};
 
 /// The controller of a running cluster (cheap to clone: a handle).
 #[derive(Clone)]
@@ -1134,6 +1134,9 @@ pub(crate) struct Inner {
     feeds: Mutex<HashMap<(JobId, String), Arc<crate::sources::file::FileFeed>>>,
     /// Held while a snapshot is taken (one at a time).
     compaction: tokio::sync::Mutex<()>,
+    /// Snapshots taken, and compactions that failed (see [`Controller::log_stats`]).
+    compactions: AtomicU64,
+    compaction_failures: AtomicU64,
 }
 
 /// Queries planned and run at the same time, at most.
@@ -1436,6 +1439,8 @@ impl Controller {
             sql_runtime: std::sync::OnceLock::new(),
             feeds: Mutex::new(HashMap::new()),
             compaction: tokio::sync::Mutex::new(()),
+            compactions: AtomicU64::new(0),
+            compaction_failures: AtomicU64::new(0),
         });
         if is_controller {
             let weak = Arc::downgrade(&inner);

@@ -264,6 +264,26 @@ impl Metrics {
                     .add(arrangement.bytes.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)));
             }
         }
+        if let Some(log) = controller.log_stats() {
+            let gauge = |name: &str, help: &str, value: u64| {
+                let gauge = IntGauge::new(name, help).expect("valid");
+                gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+                scraped.register(Box::new(gauge)).expect("registered once");
+            };
+            gauge("aimatrix_log_bytes", "bytes of the durable log after its newest snapshot", log.bytes);
+            gauge("aimatrix_log_snapshot_generation", "the newest snapshot's generation (0: none)", log.generation);
+            let counter = |name: &str, help: &str, value: u64| {
+                let counter = prometheus::IntCounter::new(name, help).expect("valid");
+                counter.inc_by(value);
+                scraped.register(Box::new(counter)).expect("registered once");
+            };
+            counter("aimatrix_log_compactions_total", "snapshots of the log taken by this process", log.compactions);
+            counter(
+                "aimatrix_log_compaction_failures_total",
+                "compactions of the log that failed in this process (tried again later)",
+                log.failures,
+            );
+        }
         let jobs = labelled("aimatrix_jobs", "jobs by state", "state");
         for state in ["running", "failed", "cancelled"] {
             jobs.with_label_values(&[state]).set(0);

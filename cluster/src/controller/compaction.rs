@@ -59,6 +59,20 @@ pub struct Compaction {
     pub log_bytes_after: u64,
 }
 
+/// A durable log's figures (`/metrics`: `aimatrix_log_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// Bytes of the log after its snapshot (a file log's length; an object-store log's
+    /// segments and records waiting for one).
+    pub bytes: u64,
+    /// The newest snapshot's generation (0: none).
+    pub generation: u64,
+    /// Snapshots this process took.
+    pub compactions: u64,
+    /// Compactions that failed in this process (each is tried again later).
+    pub failures: u64,
+}
+
 /// What a restart restored from a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
@@ -77,8 +91,29 @@ impl Controller {
     /// [`ClusterError::Storage`] when the snapshot or the new log cannot be written (disk full,
     /// permission denied): nothing is lost (the old log stays), and the next try starts
     /// over; [`ClusterError::Stopped`].
-    #[tracing::instrument(name = "compact", skip_all)]
     pub async fn compact(&self) -> Result<Result<Compaction, String>, ClusterError> {
+        let result = self.compact_now().await;
+        match &result {
+            Ok(Ok(_)) => self.inner.compactions.fetch_add(1, Ordering::Relaxed),
+            Ok(Err(_)) | Err(ClusterError::Stopped) => 0,
+            Err(_) => self.inner.compaction_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// The durable log's figures, when there is one.
+    pub fn log_stats(&self) -> Option<LogStats> {
+        let log = lock(&self.inner.seq).log.clone()?;
+        Some(LogStats {
+            bytes: log.len(),
+            generation: log.next_generation().saturating_sub(1),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+            failures: self.inner.compaction_failures.load(Ordering::Relaxed),
+        })
+    }
+
+    #[tracing::instrument(name = "compact", skip_all)]
+    async fn compact_now(&self) -> Result<Result<Compaction, String>, ClusterError> {
         let _one = self.inner.compaction.lock().await;
         let started = std::time::Instant::now();
         let (log, log_bytes_before, at, hold, mut manifest, relations, windows, appended, kept) = {
