@@ -78,7 +78,7 @@ pub struct LogStats {
 pub struct Restored {
     /// The snapshot's generation.
     pub generation: u64,
-    /// Distinct rows restored, with their multiplicities summed.
+    /// Rows restored (each distinct row counted as many times as it occurs).
     pub rows: u64,
 }
 
