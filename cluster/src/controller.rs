@@ -2282,6 +2282,32 @@ impl Controller {
         Ok(rows)
     }
 
+    /// The next part of worker `worker`'s share of collection `name` as of `as_of` (held by a
+    /// read hold): its rows after `after`, in row order (see [`Command::PeekPart`]); none once
+    /// the share is read.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
+    pub(crate) async fn peek_part(
+        &self,
+        name: &str,
+        as_of: Time,
+        worker: usize,
+        after: Option<Row>,
+    ) -> Result<Vec<(Row, Diff)>, ClusterError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            let seq = lock(&self.inner.seq);
+            if !seq.catalog.contains_key(name) {
+                return Err(ClusterError::UnknownCollection(name.to_owned()));
+            }
+            lock(&self.inner.shared.peeks).insert(id, PeekWait { remaining: 1, rows: Vec::new(), reply: Some(reply) });
+            seq.send_to(&Command::PeekPart { id, collection: name.to_owned(), as_of, after }, Some(worker))?;
+        }
+        answer.await.map_err(|_| ClusterError::Stopped)
+    }
+
     /// Subscribes to a collection: its contents at one time (in parts, read from the workers'
     /// arrangements as the subscriber takes them), then every change, as they happen.
     /// `client` says who subscribes (`http`, `pgwire`, `sink`; `aimatrix_subscriptions.client`).

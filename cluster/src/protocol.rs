@@ -203,6 +203,21 @@ pub enum Command {
         #[serde(default)]
         wait: Option<u64>,
     },
+    /// Reads the next part of this worker's share of collection `collection` as of `as_of`:
+    /// its rows after `after` in row order (from the first without), at most
+    /// [`SNAPSHOT_PART_ROWS`] and about [`SNAPSHOT_PART_BYTES`], answered as [`Response::Peek`]
+    /// once the arrangements have passed `as_of` (no rows: the share is read). A snapshot of
+    /// the log reads a collection so, a part at a time, rather than whole.
+    PeekPart {
+        /// Peek id (answers name it).
+        id: u64,
+        /// The collection's name.
+        collection: String,
+        /// The time read (held by a read hold).
+        as_of: Time,
+        /// The last row of the part before.
+        after: Option<Row>,
+    },
     /// Reads the events each `retractable` job's sources fed on this worker (kept to retract
     /// them): each worker answers [`Response::Peek`] at once, with rows `[job BIGINT, relation
     /// TEXT, the event's row…]` and their multiplicities.

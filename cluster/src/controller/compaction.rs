@@ -30,7 +30,7 @@ use amx_dataflows::{Diff, Time};
 
 use super::{ClusterError, Command, Controller, IngestReport, JobId, JobState, ReadHold, lock};
 use crate::storage::LogRecord;
-use crate::storage::snapshot::{self, Contents, Manifest, Snapshot, SourceKeys};
+use crate::storage::snapshot::{self, Contents, Encoder, Manifest, Snapshot, SourceKeys};
 
 /// A push source's recent keys as captured at a cut: `(job, source, [(key, body hash, answer)])`.
 type Window = (JobId, String, Vec<(String, u64, super::IngestAnswer)>);
@@ -195,39 +195,49 @@ impl Controller {
             *kept_sum.entry(relation.clone()).or_default().entry(row.clone()).or_default() += diff;
             by_job.entry((relation, job as u64)).or_default().push((row, diff));
         }
-        // Each collection as of `at`, consolidated (the peek sums each row's multiplicities),
-        // less what the retractable jobs fed (kept apart, per job).
+        // Each collection as of `at`, read from each worker a part at a time and encoded as it
+        // comes (only the encoded file is held), less what the retractable jobs fed (kept apart,
+        // per job).
         let mut contents = Vec::new();
         let mut rows = 0u64;
+        let encoding = |e: String| ClusterError::Storage(format!("encoding a snapshot: {e}"));
         for (name, schema, _canonical, _key) in relations {
-            let read = self.peek(&name, at, None, Vec::new(), None).await?;
             let mut less = kept_sum.remove(&name).unwrap_or_default();
-            let mut base: Vec<(Row, Diff)> = Vec::with_capacity(read.len());
-            for (row, diff) in read {
-                let diff = diff - less.remove(&row).unwrap_or(0);
-                if diff < 0 {
-                    return Ok(Err(format!("`{name}` holds fewer copies of a row than its retractable jobs fed")));
-                }
-                if diff != 0 {
-                    base.push((row, diff));
+            let mut encoder = Encoder::new(&schema).map_err(encoding)?;
+            for worker in 0..self.peers() {
+                let mut after = None;
+                loop {
+                    let part = self.peek_part(&name, at, worker, after.take()).await?;
+                    let Some((last, _)) = part.last() else { break };
+                    after = Some(last.clone());
+                    let mut base: Vec<(Row, Diff)> = Vec::with_capacity(part.len());
+                    for (row, diff) in part {
+                        let diff = diff - less.remove(&row).unwrap_or(0);
+                        if diff < 0 {
+                            return Ok(Err(format!(
+                                "`{name}` holds fewer copies of a row than its retractable jobs fed"
+                            )));
+                        }
+                        if diff != 0 {
+                            base.push((row, diff));
+                        }
+                    }
+                    encoder.push(&base).map_err(encoding)?;
                 }
             }
             if !less.is_empty() {
                 return Ok(Err(format!("`{name}` lacks rows its retractable jobs fed")));
             }
-            rows += base.len() as u64;
             let jobs: Vec<u64> = by_job.keys().filter(|(r, _)| *r == name).map(|(_, j)| *j).collect();
             for job in jobs {
                 let rows_of_job = by_job.remove(&(name.clone(), job)).unwrap_or_default();
-                rows += rows_of_job.len() as u64;
-                contents.push(Contents {
-                    relation: name.clone(),
-                    job: Some(job),
-                    schema: schema.clone(),
-                    rows: rows_of_job,
-                });
+                let kept = Contents::of(&name, Some(job), &schema, &rows_of_job).map_err(encoding)?;
+                rows += kept.rows;
+                contents.push(kept);
             }
-            contents.push(Contents { relation: name, job: None, schema, rows: base });
+            let base = encoder.finish(&name, None).map_err(encoding)?;
+            rows += base.rows;
+            contents.push(base);
         }
         let stats = self.peek(amx_dataflows::render::SOURCE_STATS, at, None, Vec::new(), None).await?;
         manifest.stats = stats

@@ -120,17 +120,84 @@ pub struct DataFile {
     pub crc32: u32,
 }
 
-/// One collection's contents to write.
+/// One collection's contents to write, encoded ([`Encoder`]).
 pub struct Contents {
     /// The collection.
     pub relation: String,
     /// The `retractable` job whose sources ingested these rows (kept apart, to be retracted
     /// when it is cancelled with `retract`); `None`: the rest of the collection.
     pub job: Option<u64>,
-    /// Its columns.
-    pub schema: SchemaRef,
-    /// Its rows with their multiplicities.
-    pub rows: Vec<(Row, Diff)>,
+    /// Its distinct rows.
+    pub rows: u64,
+    /// Its Parquet file.
+    pub parquet: Vec<u8>,
+}
+
+impl Contents {
+    /// Rows with their multiplicities, encoded at once.
+    ///
+    /// # Errors
+    /// Rows that do not fit `schema`.
+    pub fn of(relation: &str, job: Option<u64>, schema: &SchemaRef, rows: &[(Row, Diff)]) -> Result<Contents, String> {
+        let mut encoder = Encoder::new(schema)?;
+        encoder.push(rows)?;
+        encoder.finish(relation, job)
+    }
+}
+
+/// Encodes a collection's rows, part after part, as a Parquet file (snappy): the schema's
+/// columns and a BIGINT `aimatrix_diff`, a row group per part pushed (or per 65,536 rows).
+/// Only the encoded bytes are held, not the rows.
+pub struct Encoder {
+    writer: parquet::arrow::ArrowWriter<Vec<u8>>,
+    schema: SchemaRef,
+    with_diff: SchemaRef,
+    rows: u64,
+}
+
+impl Encoder {
+    /// An encoder of rows of `schema`.
+    ///
+    /// # Errors
+    /// A schema Parquet cannot hold.
+    pub fn new(schema: &SchemaRef) -> Result<Encoder, String> {
+        use parquet::basic::Compression;
+        use parquet::file::properties::WriterProperties;
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("aimatrix_diff", DataType::Int64, false));
+        let with_diff = Arc::new(Schema::new(fields));
+        let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let writer = parquet::arrow::ArrowWriter::try_new(Vec::new(), with_diff.clone(), Some(properties))
+            .map_err(|e| e.to_string())?;
+        Ok(Encoder { writer, schema: schema.clone(), with_diff, rows: 0 })
+    }
+
+    /// Adds rows with their multiplicities.
+    ///
+    /// # Errors
+    /// Rows that do not fit the schema.
+    pub fn push(&mut self, rows: &[(Row, Diff)]) -> Result<(), String> {
+        for chunk in rows.chunks(65_536) {
+            let refs: Vec<&Row> = chunk.iter().map(|(row, _)| row).collect();
+            let batch = amx_sql::convert::rows_to_batch(&refs, &self.schema).map_err(|e| e.to_string())?;
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns.push(Arc::new(Int64Array::from(chunk.iter().map(|(_, d)| *d as i64).collect::<Vec<i64>>())));
+            let batch = RecordBatch::try_new(self.with_diff.clone(), columns).map_err(|e| e.to_string())?;
+            self.writer.write(&batch).map_err(|e| e.to_string())?;
+            self.rows += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The file, as collection `relation`'s contents (of `job`, for a retractable job's).
+    ///
+    /// # Errors
+    /// The file cannot be finished.
+    pub fn finish(self, relation: &str, job: Option<u64>) -> Result<Contents, String> {
+        let rows = self.rows;
+        let parquet = self.writer.into_inner().map_err(|e| e.to_string())?;
+        Ok(Contents { relation: relation.to_owned(), job, rows, parquet })
+    }
 }
 
 /// Where a snapshot's files are.
@@ -257,13 +324,11 @@ fn write_staged(staged: &Path, manifest: &mut Manifest, relations: Vec<Contents>
     let _ = std::fs::remove_dir_all(staged);
     std::fs::create_dir_all(staged).map_err(|e| format!("making {}: {e}", staged.display()))?;
     manifest.files.clear();
-    for (n, Contents { relation, job, schema, rows }) in relations.into_iter().enumerate() {
+    for (n, Contents { relation, job, rows, parquet }) in relations.into_iter().enumerate() {
         let name = format!("{n}.parquet");
-        let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
-        write_synced(&staged.join(&name), &bytes)?;
-        let crc32 = crc32fast::hash(&bytes);
-        let (rows, bytes) = (rows.len() as u64, bytes.len() as u64);
-        manifest.files.push(DataFile { relation, job, name, rows, bytes, crc32 });
+        write_synced(&staged.join(&name), &parquet)?;
+        let crc32 = crc32fast::hash(&parquet);
+        manifest.files.push(DataFile { relation, job, name, rows, bytes: parquet.len() as u64, crc32 });
     }
     write_synced(&staged.join("manifest"), &encode_manifest(manifest)?)?;
     sync_dir(staged)
@@ -455,19 +520,12 @@ impl StoreSnapshots {
         let dir = self.dir(manifest.generation);
         let mut files = Vec::new();
         let mut puts = Vec::new();
-        for (n, Contents { relation, job, schema, rows }) in relations.into_iter().enumerate() {
+        for (n, Contents { relation, job, rows, parquet }) in relations.into_iter().enumerate() {
             let name = format!("{n}.parquet");
-            let bytes = rows_to_parquet(&schema, &rows).map_err(|e| format!("snapshot of `{relation}`: {e}"))?;
-            let crc32 = crc32fast::hash(&bytes);
-            files.push(DataFile {
-                relation,
-                job,
-                name: name.clone(),
-                rows: rows.len() as u64,
-                bytes: bytes.len() as u64,
-                crc32,
-            });
-            puts.push((dir.clone().join(name.as_str()), bytes));
+            let crc32 = crc32fast::hash(&parquet);
+            let bytes = parquet.len() as u64;
+            files.push(DataFile { relation, job, name: name.clone(), rows, bytes, crc32 });
+            puts.push((dir.clone().join(name.as_str()), parquet));
         }
         manifest.files = files;
         let text = encode_manifest(manifest)?;
@@ -555,32 +613,7 @@ impl StoreSnapshots {
     }
 }
 
-/// Rows with their multiplicities as a Parquet file (snappy): the schema's columns and a
-/// BIGINT `aimatrix_diff`, in row groups of at most 65,536 rows.
-fn rows_to_parquet(schema: &SchemaRef, rows: &[(Row, Diff)]) -> Result<Vec<u8>, String> {
-    use parquet::arrow::ArrowWriter;
-    use parquet::basic::Compression;
-    use parquet::file::properties::WriterProperties;
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("aimatrix_diff", DataType::Int64, false));
-    let with_diff = Arc::new(Schema::new(fields));
-    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut bytes = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut bytes, with_diff.clone(), Some(properties)).map_err(|e| e.to_string())?;
-    for chunk in rows.chunks(65_536) {
-        let refs: Vec<&Row> = chunk.iter().map(|(row, _)| row).collect();
-        let batch = amx_sql::convert::rows_to_batch(&refs, schema).map_err(|e| e.to_string())?;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(Int64Array::from(chunk.iter().map(|(_, d)| *d as i64).collect::<Vec<i64>>())));
-        let batch = RecordBatch::try_new(with_diff.clone(), columns).map_err(|e| e.to_string())?;
-        writer.write(&batch).map_err(|e| e.to_string())?;
-    }
-    writer.close().map_err(|e| e.to_string())?;
-    Ok(bytes)
-}
-
-/// The rows of a file [`rows_to_parquet`] wrote, a batch at a time, while `part` answers
+/// The rows of a file an [`Encoder`] wrote, a batch at a time, while `part` answers
 /// true.
 fn read_rows(bytes: bytes::Bytes, mut part: impl FnMut(Vec<(Row, Diff)>) -> bool) -> Result<(), String> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -637,7 +670,7 @@ mod tests {
             (vec![Datum::Null, Datum::Null], 1),
             (vec![Datum::Text("b".into()), Datum::Int(-4)], -1),
         ];
-        Contents { relation: "t".into(), job: None, schema, rows }
+        Contents::of("t", None, &schema, &rows).expect("encoded")
     }
 
     /// A snapshot reads back as written: its manifest and every collection's rows with their
@@ -646,7 +679,11 @@ mod tests {
     fn a_snapshot_reads_back_as_written() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = manifest(1, 0);
-        let rows = relation().rows;
+        let rows = vec![
+            (vec![Datum::Text("a".into()), Datum::Int(1)], 2),
+            (vec![Datum::Null, Datum::Null], 1),
+            (vec![Datum::Text("b".into()), Datum::Int(-4)], -1),
+        ];
         write(dir.path(), &mut m, vec![relation()]).expect("written");
         let chosen = choose(dir.path(), 0).expect("reads").expect("one");
         assert_eq!(chosen.manifest.generation, 1);

@@ -79,6 +79,8 @@ struct PendingPeek {
     /// When it arrived; a peek still waiting after [`SLOW_PEEK`] is logged (once).
     arrived: Instant,
     logged: bool,
+    /// A part of a paged read ([`Command::PeekPart`]): the rows after this one.
+    part: Option<Option<Row>>,
 }
 
 /// How long a peek may wait for its time before the worker logs it (at `warn`, with the
@@ -231,6 +233,11 @@ impl ComputeState {
                     self.respond(Response::Applied { id: wait, upper });
                 }
             }
+            Command::PeekPart { id, collection, as_of, after } => {
+                let (arrived, logged, part) = (Instant::now(), false, Some(after));
+                let (projection, filter, limit) = (None, Vec::new(), None);
+                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit, arrived, logged, part })
+            }
             Command::ReadKept { id } => {
                 let mut counts: HashMap<Row, Diff> = HashMap::new();
                 for (job, state) in &self.jobs {
@@ -246,7 +253,8 @@ impl ComputeState {
             }
             Command::Peek { id, collection, as_of, projection, filter, limit } => {
                 let (arrived, logged) = (Instant::now(), false);
-                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit, arrived, logged })
+                let part = None;
+                self.peeks.push(PendingPeek { id, collection, as_of, projection, filter, limit, arrived, logged, part })
             }
             Command::Subscribe { id, collection, as_of } => self.handle_subscribe(worker, id, collection, as_of),
             Command::SubscribeCredit { id, worker: to } => self.handle_subscribe_credit(id, to),
@@ -557,6 +565,14 @@ impl ComputeState {
                 continue;
             }
             let peek = self.peeks.swap_remove(i);
+            if let Some(after) = &peek.part {
+                let rows = match self.catalog.get_mut(&peek.collection) {
+                    Some(c) => snapshot_part(&mut c.traces, peek.as_of, after.as_ref()).0,
+                    None => Vec::new(),
+                };
+                self.respond(Response::Peek { id: peek.id, rows });
+                continue;
+            }
             let mut rows = HashMap::new();
             if let Some(c) = self.catalog.get_mut(&peek.collection) {
                 let mut limit = peek.limit.unwrap_or(usize::MAX);
