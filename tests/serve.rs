@@ -1691,10 +1691,12 @@ fn restart_replays_jobs_views_and_retractions() {
 
 /// A snapshot keeps what a `retractable` job ingested apart from the rest, so that after a
 /// restart from it a cancellation with `retract` still takes exactly that job's records out:
-/// job `a` (retractable) pushes 3 records, job `b` 2, the log is compacted (a snapshot file
-/// names job 1), the server is killed and restarted, `a` is cancelled with `retract`, and only
-/// `b`'s 2 records remain — also after one more restart, which replays the cancellation after
-/// the snapshot. Counts are the records pushed here.
+/// job `a` (retractable) pushes 3 records, job `b` 25,000 (so that each of the 2 workers'
+/// shares is read in several parts of at most 10,000 rows, and restored in several Parquet
+/// batches), the log is compacted (a snapshot file names job 1), the server is killed and
+/// restarted, `a` is cancelled with `retract`, and only `b`'s 25,000 records remain — also
+/// after one more restart, which replays the cancellation after the snapshot. Counts and sums
+/// are the records pushed here.
 #[test]
 fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1708,20 +1710,21 @@ fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
     let of = |c: &str, records: Vec<String>| -> Vec<String> {
         records.iter().map(|r| r.replace("\"s\"", &format!("\"{c}\""))).collect()
     };
-    let counts = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection ORDER BY collection";
     {
         let server = start_with_env(&args, true, &env);
         assert_eq!(server.submit(&a), 1);
         assert_eq!(server.submit(&b), 2);
         server.push(1, "a-in", &of("a", distinct_records(0, 3)));
-        server.push(2, "b-in", &of("b", distinct_records(10, 2)));
+        for part in 0..5 {
+            server.push(2, "b-in", &of("b", distinct_records(10 + part * 5_000, 5_000)));
+        }
         // A snapshot taken after both pushes: it has a file of job 1's records.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let manifests: Vec<String> = std::fs::read_dir(data.join("snapshots"))
                 .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("manifest")).ok()).collect())
                 .unwrap_or_default();
-            if manifests.iter().any(|m| m.contains("\"job\":1") && m.contains("\"b-in\"")) {
+            if manifests.iter().any(|m| m.contains("\"job\":1") && m.contains("[\"b-in\",[25000,")) {
                 break;
             }
             assert!(Instant::now() < deadline, "no snapshot with job 1's records: {manifests:?}");
@@ -1739,8 +1742,15 @@ fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
         assert_eq!(value("aimatrix_log_compaction_failures_total"), Some(0), "{text}");
         assert!(value("aimatrix_log_bytes").is_some(), "{text}");
     }
-    let both = vec![json!({ "collection": "a", "n": 3 }), json!({ "collection": "b", "n": 2 })];
-    let only_b = vec![json!({ "collection": "b", "n": 2 })];
+    // Sizes 10 … 25,009 (distinct_records gives record i size i): their sum by hand.
+    let b_bytes: i64 = (10..25_010).sum();
+    let counts = "SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events \
+                  GROUP BY collection ORDER BY collection";
+    let both = vec![
+        json!({ "collection": "a", "n": 3, "bytes": 3 }),
+        json!({ "collection": "b", "n": 25_000, "bytes": b_bytes }),
+    ];
+    let only_b = vec![json!({ "collection": "b", "n": 25_000, "bytes": b_bytes })];
     {
         let server = start(&args, true);
         assert_eq!(server.sql_until(counts, &both), both);
@@ -1750,7 +1760,7 @@ fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
     }
     let server = start(&args, true);
     assert_eq!(server.sql_until(counts, &only_b), only_b);
-    assert_eq!(server.sql("SELECT * FROM b_view"), only_b);
+    assert_eq!(server.sql("SELECT * FROM b_view"), vec![json!({ "collection": "b", "n": 25_000 })]);
 }
 
 /// A push is applied at one timestamp on every worker (each decodes its own part of it): a

@@ -2265,18 +2265,9 @@ impl Controller {
         filter: Vec<(usize, Datum)>,
         limit: Option<usize>,
     ) -> Result<Vec<(Row, Diff)>, ClusterError> {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        {
-            let seq = lock(&self.inner.seq);
-            if !seq.catalog.contains_key(name) {
-                return Err(ClusterError::UnknownCollection(name.to_owned()));
-            }
-            lock(&self.inner.shared.peeks)
-                .insert(id, PeekWait { remaining: self.peers(), rows: Vec::new(), reply: Some(reply) });
-            seq.send(&Command::Peek { id, collection: name.to_owned(), as_of, projection, filter, limit })?;
-        }
-        let mut rows = answer.await.map_err(|_| ClusterError::Stopped)?;
+        let collection = name.to_owned();
+        let read = |id| Command::Peek { id, collection, as_of, projection, filter, limit };
+        let mut rows = self.read_rows(name, None, read)?.await.map_err(|_| ClusterError::Stopped)?;
         // Sorted across workers, so that an answer does not depend on the cluster's shape.
         rows.sort();
         Ok(rows)
@@ -2295,17 +2286,33 @@ impl Controller {
         worker: usize,
         after: Option<Row>,
     ) -> Result<Vec<(Row, Diff)>, ClusterError> {
+        let collection = name.to_owned();
+        let read = |id| Command::PeekPart { id, collection, as_of, after };
+        self.read_rows(name, Some(worker), read)?.await.map_err(|_| ClusterError::Stopped)
+    }
+
+    /// Sends a read of collection `name`'s rows (`read`, given its id) to worker `to` (`None`:
+    /// every worker), answered with [`Response::Peek`]s: the receiver gets their rows once
+    /// every worker asked has answered.
+    ///
+    /// # Errors
+    /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].
+    fn read_rows(
+        &self,
+        name: &str,
+        to: Option<usize>,
+        read: impl FnOnce(u64) -> Command,
+    ) -> Result<oneshot::Receiver<Vec<(Row, Diff)>>, ClusterError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        {
-            let seq = lock(&self.inner.seq);
-            if !seq.catalog.contains_key(name) {
-                return Err(ClusterError::UnknownCollection(name.to_owned()));
-            }
-            lock(&self.inner.shared.peeks).insert(id, PeekWait { remaining: 1, rows: Vec::new(), reply: Some(reply) });
-            seq.send_to(&Command::PeekPart { id, collection: name.to_owned(), as_of, after }, Some(worker))?;
+        let seq = lock(&self.inner.seq);
+        if !seq.catalog.contains_key(name) {
+            return Err(ClusterError::UnknownCollection(name.to_owned()));
         }
-        answer.await.map_err(|_| ClusterError::Stopped)
+        let remaining = if to.is_some() { 1 } else { self.peers() };
+        lock(&self.inner.shared.peeks).insert(id, PeekWait { remaining, rows: Vec::new(), reply: Some(reply) });
+        seq.send_to(&read(id), to)?;
+        Ok(answer)
     }
 
     /// Subscribes to a collection: its contents at one time (in parts, read from the workers'

@@ -136,16 +136,15 @@ impl Controller {
             seq.holds.insert(id, at);
             let hold = ReadHold { id, time: at, controller: Arc::downgrade(&self.inner) };
             // The collections that hold what sources ingested: the canonical relations and
-            // the relations running jobs' sources declare (with their key columns).
-            let mut relations = Vec::new();
-            for (name, entry) in &seq.catalog {
-                let canonical = Event::RELATIONS.contains(&name.as_str());
-                if !(canonical || (entry.relation && entry.owner.is_some())) {
-                    continue;
-                }
-                let key = if canonical { None } else { table_key(&seq, name, &entry.schema) };
-                relations.push((name.clone(), entry.schema.clone(), canonical, key));
-            }
+            // the relations running jobs' sources declare.
+            let relations: Vec<(String, arrow::datatypes::SchemaRef)> = seq
+                .catalog
+                .iter()
+                .filter(|(name, entry)| {
+                    Event::RELATIONS.contains(&name.as_str()) || (entry.relation && entry.owner.is_some())
+                })
+                .map(|(name, entry)| (name.clone(), entry.schema.clone()))
+                .collect();
             let positions =
                 seq.positions.iter().map(|((job, source), resume)| (job.0, source.clone(), resume.clone())).collect();
             let windows: Vec<Window> = seq
@@ -201,7 +200,7 @@ impl Controller {
         let mut contents = Vec::new();
         let mut rows = 0u64;
         let encoding = |e: String| ClusterError::Storage(format!("encoding a snapshot: {e}"));
-        for (name, schema, _canonical, _key) in relations {
+        for (name, schema) in relations {
             let mut less = kept_sum.remove(&name).unwrap_or_default();
             let mut encoder = Encoder::new(&schema).map_err(encoding)?;
             for worker in 0..self.peers() {
