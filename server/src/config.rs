@@ -54,7 +54,7 @@
 //! [storage]
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
-//! compact_after_bytes = 268435456   # fold the log into a snapshot each time it grows by this much (0: never)
+//! compact_after_bytes = 268435456   # fold the log into a snapshot whenever it holds this much past the last one (0: never)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -104,9 +104,10 @@ pub struct StorageConfig {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`), or
     /// `file:///dir` (as `data_dir`). Default: none. At most one of `data_dir` and `url`.
     pub url: Option<String>,
-    /// Compact a data directory's log into a snapshot each time it has grown by this many
-    /// bytes (default 256 MiB; 0: never). See `amx_cluster::storage::snapshot`. An
-    /// object-store log (`url`) is not compacted.
+    /// Compact the log into a snapshot whenever what follows the last snapshot (what a
+    /// restart replays) holds this many bytes (default 256 MiB; 0: never), a data
+    /// directory's log and an object-store log (`url`) alike. See
+    /// `amx_cluster::storage::snapshot`.
     pub compact_after_bytes: u64,
 }
 

@@ -280,16 +280,16 @@ impl Controller {
         Ok(Ok(Compaction { generation, at, rows, snapshot_bytes, log_bytes_before, log_bytes_after }))
     }
 
-    /// Compacts the log whenever it has grown by `after_bytes` since the last compaction
+    /// Compacts the log whenever what follows its snapshot — what a restart replays, records
+    /// appended while the last snapshot was taken included — holds `after_bytes` or more
     /// (checked every [`COMPACT_CHECK`]; 0: never), until the controller stops. Failures are
-    /// logged and tried again at the next check.
+    /// logged and tried again after a backoff (1 s, doubling to a minute).
     pub async fn compact_when_grown(self, after_bytes: u64) {
         if after_bytes == 0 {
             return;
         }
         let inner = Arc::downgrade(&self.inner);
         drop(self);
-        let mut floor = 0u64;
         let mut refused = None;
         // After a failure, the next try waits (1 s, doubling to a minute).
         let mut backoff = Duration::ZERO;
@@ -300,12 +300,11 @@ impl Controller {
             let Some(len) = lock(&this.inner.seq).log.as_ref().map(|l| l.len()) else {
                 continue;
             };
-            if len < floor.saturating_add(after_bytes) {
+            if len < after_bytes {
                 continue;
             }
             match this.compact().await {
-                Ok(Ok(done)) => {
-                    floor = done.log_bytes_after;
+                Ok(Ok(_)) => {
                     refused = None;
                     backoff = Duration::ZERO;
                 }
