@@ -1841,21 +1841,9 @@ mod tests {
 
     use super::*;
 
-    /// A scratch directory removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("aimatrix-demo-{}-{tag}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A scratch directory (removed when dropped) named after `tag`.
+    fn scratch(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("aimatrix-demo-{tag}-")).tempdir().expect("a scratch directory")
     }
 
     /// The columns of each relation, as `amx_dataflows::event` declares them.
@@ -1992,11 +1980,11 @@ mod tests {
 
     #[test]
     fn same_seed_same_bytes() {
-        let (a, b, c) = (TempDir::new("det-a"), TempDir::new("det-b"), TempDir::new("det-c"));
+        let (a, b, c) = (scratch("det-a"), scratch("det-b"), scratch("det-c"));
         let cfg = DemoConfig { events: 30_000, seed: 7 };
-        let da = write_demo_data(&a.0, &cfg).unwrap();
-        let db = write_demo_data(&b.0, &cfg).unwrap();
-        let dc = write_demo_data(&c.0, &DemoConfig { seed: 8, ..cfg }).unwrap();
+        let da = write_demo_data(a.path(), &cfg).unwrap();
+        let db = write_demo_data(b.path(), &cfg).unwrap();
+        let dc = write_demo_data(c.path(), &DemoConfig { seed: 8, ..cfg }).unwrap();
         assert_eq!(da.files.len(), 4);
         for ((fa, fb), fc) in da.files.iter().zip(&db.files).zip(&dc.files) {
             assert_eq!((fa.name, fa.records, fa.malformed), (fb.name, fb.records, fb.malformed));
@@ -2009,8 +1997,8 @@ mod tests {
     #[test]
     fn small_configs() {
         for events in [0, 1, 7, 150, 2_000] {
-            let dir = TempDir::new(&format!("small-{events}"));
-            let data = write_demo_data(&dir.0, &DemoConfig { events, seed: 1 }).unwrap();
+            let dir = scratch(&format!("small-{events}"));
+            let data = write_demo_data(dir.path(), &DemoConfig { events, seed: 1 }).unwrap();
             assert_eq!(data.files.len(), 4);
             assert_eq!(data.records() - data.malformed(), events);
             for f in &data.files {
@@ -2028,8 +2016,8 @@ mod tests {
     /// one evaluation too many: a trace's second evaluation past the target).
     #[test]
     fn default_size_writes_exactly_its_targets() {
-        let dir = TempDir::new("default-size");
-        let data = write_demo_data(&dir.0, &DemoConfig::default()).unwrap();
+        let dir = scratch("default-size");
+        let data = write_demo_data(dir.path(), &DemoConfig::default()).unwrap();
         let valid: Vec<(&str, usize)> = data.files.iter().map(|f| (f.name, f.valid())).collect();
         assert_eq!(
             valid,
@@ -2084,9 +2072,9 @@ mod tests {
 
     #[test]
     fn workload_shape() {
-        let dir = TempDir::new("shape");
+        let dir = scratch("shape");
         let events = 60_000;
-        let data = write_demo_data(&dir.0, &DemoConfig { events, seed: 42 }).unwrap();
+        let data = write_demo_data(dir.path(), &DemoConfig { events, seed: 42 }).unwrap();
         assert!(data.dir.is_absolute());
         let names: Vec<_> = data.files.iter().map(|f| f.name).collect();
         assert_eq!(names, ["spans", "evaluations", "workflow_events", "knowledge_events"]);
@@ -2214,8 +2202,8 @@ mod tests {
         use amx_connectors::{Record, decoder};
         use amx_dataflows::event::Event;
 
-        let dir = TempDir::new("decode");
-        let data = write_demo_data(&dir.0, &DemoConfig { events: 30_000, seed: 5 }).unwrap();
+        let dir = scratch("decode");
+        let data = write_demo_data(dir.path(), &DemoConfig { events: 30_000, seed: 5 }).unwrap();
         let job: toml::Table = toml::from_str(&demo_job_toml(&data)).unwrap();
         for (source, file) in job["sources"].as_array().unwrap().iter().zip(&data.files) {
             let options = serde_json::to_value(&source["options"]).unwrap();
@@ -2242,8 +2230,8 @@ mod tests {
 
     #[test]
     fn job_toml_parses() {
-        let dir = TempDir::new("toml");
-        let data = write_demo_data(&dir.0, &DemoConfig { events: 500, seed: 3 }).unwrap();
+        let dir = scratch("toml");
+        let data = write_demo_data(dir.path(), &DemoConfig { events: 500, seed: 3 }).unwrap();
         let text = demo_job_toml(&data);
         let job: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(job["name"].as_str(), Some("demo"));
