@@ -1,27 +1,19 @@
 //! Renders the canonical relations and the built-in views into a timely scope.
 //!
 //! Every worker renders the same dataflow. Each worker feeds the records it decoded into its
-//! [`Inputs`]; the views exchange them by key. The changes of every relation and view are
-//! gathered, as [`Row`]s, to one worker (the *collector*), which appends them to an
-//! [`ExportBuffer`]; the [`ProbeHandle`] returned tells when every change at a time has
-//! arrived there, i.e. when a consistent snapshot at that time can be read.
+//! [`Inputs`]; the views exchange them by key. [`render`] hands back each relation and view as
+//! a collection of [`Row`]s, which the server arranges (and `crate::testing` gathers to one
+//! worker, for tests).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
-use amx_operators::CollectionExt;
 use differential_dataflow::input::{Input, InputSession};
-use timely::dataflow::{ProbeHandle, Scope};
+use timely::dataflow::Scope;
 
 use crate::event::{Evaluation, Event, IngestError, KnowledgeEvent, Span, TableRow, WorkflowEvent};
 use crate::row::{RelationDesc, Row, ToRow};
 use crate::views::{self, Coll};
 use crate::{Diff, Time};
-
-/// Changes gathered at the collector: `((relation index, row), time, diff)`; the relation
-/// index is a position in [`relations`].
-pub type ExportBuffer = Rc<RefCell<Vec<((usize, Row), Time, Diff)>>>;
 
 /// Every relation SQL can read, in export order: the five canonical relations, then the views.
 pub fn relations() -> Vec<RelationDesc> {
@@ -294,35 +286,6 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         tables: HashMap::new(),
     };
     Rendered { inputs, relations, errors }
-}
-
-/// Gathers the changes of `rows` to global worker `collector` and appends them there to
-/// `buffer` tagged with relation `index`; `probe` then tells when they are complete.
-pub fn export<'s>(rows: Coll<'s, Row>, index: usize, buffer: &ExportBuffer, collector: u64, probe: &ProbeHandle<Time>) {
-    let buffer = buffer.clone();
-    rows.map(move |row| (index, row))
-        .gather_to(collector)
-        .inspect_batch(move |_time, updates| buffer.borrow_mut().extend_from_slice(updates))
-        .probe_with(probe);
-}
-
-/// Renders the relations and built-in views and exports all of them (see [`export`]), and the
-/// built-in views' error rows as relation index `relations().len()` ([`VIEW_ERRORS`]).
-pub fn render_and_export<'s>(
-    scope: Scope<'s, Time>,
-    buffer: &ExportBuffer,
-    collector: u64,
-) -> (Inputs, ProbeHandle<Time>) {
-    let rendered = render(scope, &|_| true);
-    let probe = ProbeHandle::new();
-    let errors_index = relations().len();
-    for (index, _name, rows) in rendered.relations {
-        export(rows, index, buffer, collector, &probe);
-    }
-    if let Some(errors) = rendered.errors {
-        export(errors, errors_index, buffer, collector, &probe);
-    }
-    (rendered.inputs, probe)
 }
 
 #[cfg(test)]

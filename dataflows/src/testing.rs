@@ -4,9 +4,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
-use crate::render::{ExportBuffer, VIEW_ERRORS, relations, render_and_export};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use amx_operators::CollectionExt;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use crate::render::{Inputs, VIEW_ERRORS, relations, render};
 use crate::row::Row;
+use crate::views::Coll;
 use crate::{Diff, Time};
+
+/// Changes gathered at the collector: `((relation index, row), time, diff)`; the relation
+/// index is a position in [`relations`].
+pub type ExportBuffer = Rc<RefCell<Vec<((usize, Row), Time, Diff)>>>;
 
 /// Final contents of every relation and view, by name: row → multiplicity (zero rows removed);
 /// the built-in views' error rows are under [`VIEW_ERRORS`].
@@ -57,4 +68,33 @@ pub fn run_batches(workers: usize, batches: Vec<Vec<(Event, Diff)>>) -> Contents
         table.retain(|_, c| *c != 0);
     }
     contents
+}
+
+/// Gathers the changes of `rows` to global worker `collector` and appends them there to
+/// `buffer` tagged with relation `index`; `probe` then tells when they are complete.
+pub fn export<'s>(rows: Coll<'s, Row>, index: usize, buffer: &ExportBuffer, collector: u64, probe: &ProbeHandle<Time>) {
+    let buffer = buffer.clone();
+    rows.map(move |row| (index, row))
+        .gather_to(collector)
+        .inspect_batch(move |_time, updates| buffer.borrow_mut().extend_from_slice(updates))
+        .probe_with(probe);
+}
+
+/// Renders the relations and built-in views and exports all of them (see [`export`]), and the
+/// built-in views' error rows as relation index `relations().len()` ([`VIEW_ERRORS`]).
+pub fn render_and_export<'s>(
+    scope: Scope<'s, Time>,
+    buffer: &ExportBuffer,
+    collector: u64,
+) -> (Inputs, ProbeHandle<Time>) {
+    let rendered = render(scope, &|_| true);
+    let probe = ProbeHandle::new();
+    let errors_index = relations().len();
+    for (index, _name, rows) in rendered.relations {
+        export(rows, index, buffer, collector, &probe);
+    }
+    if let Some(errors) = rendered.errors {
+        export(errors, errors_index, buffer, collector, &probe);
+    }
+    (rendered.inputs, probe)
 }

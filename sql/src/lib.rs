@@ -1,25 +1,18 @@
-//! SQL over the maintained state: a DataFusion catalog over Arrow snapshots.
-//!
-//! The collector applies the dataflows' changes to a [`State`] only up to a frontier that
-//! every dataflow has passed, so the state always holds every relation and view at one
-//! timestamp ([`State::upper`]). [`SqlEngine::query`] runs a DataFusion query against that
-//! state: each relation a query names is converted (once per change) to an Arrow
-//! [`RecordBatch`] and registered as an in-memory table, so every query reads all relations at
-//! the same timestamp — a consistent snapshot, never a half-applied batch.
+//! SQL over the maintained state: AIMatrix's DataFusion sessions ([`session`],
+//! [`SessionTemplate`]), the SQL → dataflow planner ([`plan`], [`render`], [`views`]) and the
+//! answers' formats ([`format_batches`]). The server answers queries over the workers'
+//! arrangements (`amx_cluster::sql`); [`testing::SqlEngine`] answers them over rows held in
+//! memory, as the batch recomputation tests compare views with.
 //!
 //! Column types map to Arrow as `BIGINT` → `Int64`, `DOUBLE` → `Float64`, `TEXT` → `Utf8`,
 //! `BOOLEAN` → `Boolean`, `TIMESTAMP` → `Timestamp(Microsecond, "UTC")`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use amx_dataflows::row::{ColumnType, RelationDesc, Row};
-use amx_dataflows::{Diff, Time};
-use anyhow::{Context, Result, bail};
+use amx_dataflows::row::{ColumnType, RelationDesc};
+use anyhow::Result;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
-use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 pub mod aggregates;
@@ -52,105 +45,6 @@ pub fn arrow_type(ty: ColumnType) -> DataType {
 /// The Arrow schema of a relation (every column nullable).
 pub fn arrow_schema(desc: &RelationDesc) -> SchemaRef {
     Arc::new(Schema::new(desc.columns.iter().map(|c| Field::new(c.name, arrow_type(c.ty), true)).collect::<Vec<_>>()))
-}
-
-/// The contents of every relation and view at one timestamp.
-///
-/// Each relation is a multiset: a map from row to its (positive) multiplicity.
-pub struct State {
-    descs: Vec<RelationDesc>,
-    schemas: Vec<SchemaRef>,
-    tables: Vec<HashMap<Row, Diff>>,
-    /// Arrow form of each relation, built on first use after a change.
-    arrow: Vec<Option<RecordBatch>>,
-    upper: Time,
-}
-
-impl State {
-    /// An empty state over `descs` (index = relation index of the changes).
-    pub fn new(descs: Vec<RelationDesc>) -> State {
-        let schemas = descs.iter().map(arrow_schema).collect();
-        State::with_schemas(descs, schemas)
-    }
-
-    /// An empty state whose relations have the given Arrow schemas (SQL views declare theirs).
-    pub fn with_schemas(descs: Vec<RelationDesc>, schemas: Vec<SchemaRef>) -> State {
-        let n = descs.len();
-        State { descs, schemas, tables: vec![HashMap::new(); n], arrow: vec![None; n], upper: 0 }
-    }
-
-    /// The relations, in index order.
-    pub fn descs(&self) -> &[RelationDesc] {
-        &self.descs
-    }
-
-    /// The frontier the state is complete up to: it reflects every change at times `< upper`.
-    pub fn upper(&self) -> Time {
-        self.upper
-    }
-
-    /// Applies changes `((relation, row), time, diff)`, all at times `< upper`, and moves the
-    /// frontier to `upper`. Errors (leaving the state as it was for that row) when a row's
-    /// multiplicity would become negative: a retraction of something never inserted.
-    pub fn apply(&mut self, changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>, upper: Time) -> Result<()> {
-        use std::collections::hash_map::Entry;
-        // Only the net change of a row up to `upper` is meaningful: within it, a row may be
-        // retracted before it is inserted (a dataflow's transient updates).
-        let mut net: HashMap<(usize, Row), Diff> = HashMap::new();
-        for (key, _time, diff) in changes {
-            *net.entry(key).or_insert(0) += diff;
-        }
-        let mut negative = None;
-        for ((rel, row), diff) in net {
-            if diff == 0 {
-                continue;
-            }
-            self.arrow[rel] = None;
-            let count = match self.tables[rel].entry(row) {
-                Entry::Occupied(mut o) => {
-                    *o.get_mut() += diff;
-                    let c = *o.get();
-                    if c == 0 {
-                        o.remove();
-                    }
-                    c
-                }
-                Entry::Vacant(v) => *v.insert(diff),
-            };
-            if count < 0 && negative.is_none() {
-                negative = Some(rel);
-            }
-        }
-        self.upper = self.upper.max(upper);
-        if let Some(rel) = negative {
-            bail!("relation {} has a row with negative multiplicity", self.descs[rel].name);
-        }
-        Ok(())
-    }
-
-    /// Number of rows (with multiplicity) of relation `name`, or None if there is no such relation.
-    pub fn count(&self, name: &str) -> Option<i64> {
-        let i = self.descs.iter().position(|d| d.name == name)?;
-        Some(self.tables[i].values().map(|c| *c as i64).sum())
-    }
-
-    /// Rows of relation `name` with their multiplicities.
-    pub fn rows(&self, name: &str) -> Option<&HashMap<Row, Diff>> {
-        let i = self.descs.iter().position(|d| d.name == name)?;
-        Some(&self.tables[i])
-    }
-
-    fn batch(&mut self, rel: usize) -> Result<RecordBatch> {
-        if self.arrow[rel].is_none() {
-            // Sorted, so that answers (float sums included) do not depend on hash order.
-            let mut distinct: Vec<(&Row, &Diff)> = self.tables[rel].iter().collect();
-            distinct.sort_unstable();
-            let rows: Vec<&Row> =
-                distinct.into_iter().flat_map(|(r, c)| std::iter::repeat_n(r, (*c).max(0) as usize)).collect();
-            self.arrow[rel] = Some(convert::rows_to_batch(&rows, &self.schemas[rel])?);
-        }
-        Ok(self.arrow[rel].clone().expect("built above"))
-    }
 }
 
 /// A DataFusion session with AIMatrix's function set: DataFusion's own plus the JSON
@@ -245,102 +139,6 @@ pub fn is_query(statement: &datafusion::sql::parser::Statement) -> bool {
         ),
         datafusion::sql::parser::Statement::Explain(_) => true,
         _ => false,
-    }
-}
-
-/// Runs DataFusion queries against a [`State`].
-pub struct SqlEngine {
-    runtime: tokio::runtime::Runtime,
-}
-
-impl SqlEngine {
-    /// A query engine with its own tokio runtime (two threads).
-    pub fn new() -> Result<SqlEngine> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("amx-sql")
-            .thread_stack_size(parse::SQL_THREAD_STACK_BYTES)
-            .enable_all()
-            .build()
-            .context("starting the SQL runtime")?;
-        Ok(SqlEngine { runtime })
-    }
-
-    /// Answers one SQL statement over the current state.
-    ///
-    /// Errors: SQL syntax errors, statements past the parser's limits ([`parse::parse`]),
-    /// unknown tables or columns, type errors and execution errors, each as one message
-    /// ([`error::message`]).
-    pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
-        crate::parse::plan_on_sql_stack(|| {
-            let descs = state.descs.clone();
-            let (ctx, plan) = self.plan(sql, &descs, |rel| {
-                let batch = state.batch(rel).map_err(|e| DataFusionError::External(e.into()))?;
-                MemTable::try_new(batch.schema(), vec![vec![batch]])
-            })?;
-            self.runtime.block_on(async {
-                let df = ctx.execute_logical_plan(plan).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-                let mut batches = df.collect().await?;
-                // An empty answer still has its columns (for table and CSV headers).
-                if batches.is_empty() {
-                    batches.push(RecordBatch::new_empty(schema));
-                }
-                Ok(batches)
-            })
-        })
-        .map_err(error::to_anyhow)
-    }
-
-    /// Plans one SQL statement (parses it, resolves its tables and columns against the
-    /// relations of `state`, type-checks and optimizes it) without running it: the contents
-    /// of the relations play no part. A statement that passes fails later, in
-    /// [`SqlEngine::query`], only as it runs (a division by zero, a bad cast of a value).
-    ///
-    /// Errors: as [`SqlEngine::query`].
-    pub fn check(&self, state: &State, sql: &str) -> Result<()> {
-        crate::parse::plan_on_sql_stack(|| {
-            let (ctx, plan) =
-                self.plan(sql, &state.descs, |rel| MemTable::try_new(state.schemas[rel].clone(), vec![vec![]]))?;
-            ctx.state().optimize(&plan)?;
-            Ok(())
-        })
-        .map_err(error::to_anyhow)
-    }
-
-    /// Parses and plans `sql` in a new session where each relation of `descs` it names is
-    /// the table `table(index)`.
-    fn plan(
-        &self,
-        sql: &str,
-        descs: &[RelationDesc],
-        mut table: impl FnMut(usize) -> datafusion::error::Result<MemTable>,
-    ) -> datafusion::error::Result<(SessionContext, datafusion::logical_expr::LogicalPlan)> {
-        // One partition: float aggregates then add in one order, so answers are reproducible.
-        let ctx = session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
-            .map_err(|e| DataFusionError::External(e.into()))?;
-        let statement = parse::parse(sql)?;
-        if !is_query(&statement) {
-            return Err(DataFusionError::Plan(
-                "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the \
-                 engine"
-                    .into(),
-            ));
-        }
-        let (references, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
-        for reference in references {
-            // Resolved as DataFusion resolves names: `"MyView"` is `MyView`, `MyView` is `myview`.
-            let name = reference.table();
-            if let Some(rel) = descs.iter().position(|d| d.name == name) {
-                let bare = datafusion::common::TableReference::bare(name);
-                if ctx.table_exist(bare.clone())? {
-                    continue;
-                }
-                ctx.register_table(bare, Arc::new(table(rel)?))?;
-            }
-        }
-        let plan = self.runtime.block_on(ctx.state().statement_to_plan(statement))?;
-        Ok((ctx, plan))
     }
 }
 

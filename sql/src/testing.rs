@@ -1,12 +1,19 @@
-//! Runs SQL views over tables of rows on a local timely cluster: for tests and benchmarks.
+//! For tests and benchmarks: SQL views run over tables of rows on a local timely cluster
+//! ([`run_views`]), and the batch recomputation they are compared with — a [`State`] of rows
+//! at one timestamp, queried by DataFusion over in-memory tables ([`SqlEngine`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use amx_dataflows::row::Row;
+use amx_dataflows::row::{RelationDesc, Row};
 use amx_dataflows::{Diff, Time};
 use amx_operators::CollectionExt;
+use anyhow::{Context, Result, bail};
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
 use differential_dataflow::input::Input;
 
 use crate::render::{Renderer, Rows};
@@ -135,4 +142,199 @@ pub fn run_views_at(
             out
         })
         .collect()
+}
+
+/// The contents of every relation and view at one timestamp.
+///
+/// Each relation is a multiset: a map from row to its (positive) multiplicity.
+pub struct State {
+    descs: Vec<RelationDesc>,
+    schemas: Vec<SchemaRef>,
+    tables: Vec<HashMap<Row, Diff>>,
+    /// Arrow form of each relation, built on first use after a change.
+    arrow: Vec<Option<RecordBatch>>,
+    upper: Time,
+}
+
+impl State {
+    /// An empty state over `descs` (index = relation index of the changes).
+    pub fn new(descs: Vec<RelationDesc>) -> State {
+        let schemas = descs.iter().map(crate::arrow_schema).collect();
+        State::with_schemas(descs, schemas)
+    }
+
+    /// An empty state whose relations have the given Arrow schemas (SQL views declare theirs).
+    pub fn with_schemas(descs: Vec<RelationDesc>, schemas: Vec<SchemaRef>) -> State {
+        let n = descs.len();
+        State { descs, schemas, tables: vec![HashMap::new(); n], arrow: vec![None; n], upper: 0 }
+    }
+
+    /// The relations, in index order.
+    pub fn descs(&self) -> &[RelationDesc] {
+        &self.descs
+    }
+
+    /// The frontier the state is complete up to: it reflects every change at times `< upper`.
+    pub fn upper(&self) -> Time {
+        self.upper
+    }
+
+    /// Applies changes `((relation, row), time, diff)`, all at times `< upper`, and moves the
+    /// frontier to `upper`. Errors (leaving the state as it was for that row) when a row's
+    /// multiplicity would become negative: a retraction of something never inserted.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = ((usize, Row), Time, Diff)>, upper: Time) -> Result<()> {
+        use std::collections::hash_map::Entry;
+        // Only the net change of a row up to `upper` is meaningful: within it, a row may be
+        // retracted before it is inserted (a dataflow's transient updates).
+        let mut net: HashMap<(usize, Row), Diff> = HashMap::new();
+        for (key, _time, diff) in changes {
+            *net.entry(key).or_insert(0) += diff;
+        }
+        let mut negative = None;
+        for ((rel, row), diff) in net {
+            if diff == 0 {
+                continue;
+            }
+            self.arrow[rel] = None;
+            let count = match self.tables[rel].entry(row) {
+                Entry::Occupied(mut o) => {
+                    *o.get_mut() += diff;
+                    let c = *o.get();
+                    if c == 0 {
+                        o.remove();
+                    }
+                    c
+                }
+                Entry::Vacant(v) => *v.insert(diff),
+            };
+            if count < 0 && negative.is_none() {
+                negative = Some(rel);
+            }
+        }
+        self.upper = self.upper.max(upper);
+        if let Some(rel) = negative {
+            bail!("relation {} has a row with negative multiplicity", self.descs[rel].name);
+        }
+        Ok(())
+    }
+
+    /// Number of rows (with multiplicity) of relation `name`, or None if there is no such relation.
+    pub fn count(&self, name: &str) -> Option<i64> {
+        let i = self.descs.iter().position(|d| d.name == name)?;
+        Some(self.tables[i].values().map(|c| *c as i64).sum())
+    }
+
+    /// Rows of relation `name` with their multiplicities.
+    pub fn rows(&self, name: &str) -> Option<&HashMap<Row, Diff>> {
+        let i = self.descs.iter().position(|d| d.name == name)?;
+        Some(&self.tables[i])
+    }
+
+    fn batch(&mut self, rel: usize) -> Result<RecordBatch> {
+        if self.arrow[rel].is_none() {
+            // Sorted, so that answers (float sums included) do not depend on hash order.
+            let mut distinct: Vec<(&Row, &Diff)> = self.tables[rel].iter().collect();
+            distinct.sort_unstable();
+            let rows: Vec<&Row> =
+                distinct.into_iter().flat_map(|(r, c)| std::iter::repeat_n(r, (*c).max(0) as usize)).collect();
+            self.arrow[rel] = Some(crate::convert::rows_to_batch(&rows, &self.schemas[rel])?);
+        }
+        Ok(self.arrow[rel].clone().expect("built above"))
+    }
+}
+
+/// Runs DataFusion queries against a [`State`].
+pub struct SqlEngine {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl SqlEngine {
+    /// A query engine with its own tokio runtime (two threads).
+    pub fn new() -> Result<SqlEngine> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("amx-sql")
+            .thread_stack_size(crate::parse::SQL_THREAD_STACK_BYTES)
+            .enable_all()
+            .build()
+            .context("starting the SQL runtime")?;
+        Ok(SqlEngine { runtime })
+    }
+
+    /// Answers one SQL statement over the current state.
+    ///
+    /// Errors: SQL syntax errors, statements past the parser's limits ([`parse::parse`]),
+    /// unknown tables or columns, type errors and execution errors, each as one message
+    /// ([`error::message`]).
+    pub fn query(&self, state: &mut State, sql: &str) -> Result<Vec<RecordBatch>> {
+        crate::parse::plan_on_sql_stack(|| {
+            let descs = state.descs.clone();
+            let (ctx, plan) = self.plan(sql, &descs, |rel| {
+                let batch = state.batch(rel).map_err(|e| DataFusionError::External(e.into()))?;
+                MemTable::try_new(batch.schema(), vec![vec![batch]])
+            })?;
+            self.runtime.block_on(async {
+                let df = ctx.execute_logical_plan(plan).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let mut batches = df.collect().await?;
+                // An empty answer still has its columns (for table and CSV headers).
+                if batches.is_empty() {
+                    batches.push(RecordBatch::new_empty(schema));
+                }
+                Ok(batches)
+            })
+        })
+        .map_err(crate::error::to_anyhow)
+    }
+
+    /// Plans one SQL statement (parses it, resolves its tables and columns against the
+    /// relations of `state`, type-checks and optimizes it) without running it: the contents
+    /// of the relations play no part. A statement that passes fails later, in
+    /// [`SqlEngine::query`], only as it runs (a division by zero, a bad cast of a value).
+    ///
+    /// Errors: as [`SqlEngine::query`].
+    pub fn check(&self, state: &State, sql: &str) -> Result<()> {
+        crate::parse::plan_on_sql_stack(|| {
+            let (ctx, plan) =
+                self.plan(sql, &state.descs, |rel| MemTable::try_new(state.schemas[rel].clone(), vec![vec![]]))?;
+            ctx.state().optimize(&plan)?;
+            Ok(())
+        })
+        .map_err(crate::error::to_anyhow)
+    }
+
+    /// Parses and plans `sql` in a new session where each relation of `descs` it names is
+    /// the table `table(index)`.
+    fn plan(
+        &self,
+        sql: &str,
+        descs: &[RelationDesc],
+        mut table: impl FnMut(usize) -> datafusion::error::Result<MemTable>,
+    ) -> datafusion::error::Result<(SessionContext, datafusion::logical_expr::LogicalPlan)> {
+        // One partition: float aggregates then add in one order, so answers are reproducible.
+        let ctx = crate::session(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+            .map_err(|e| DataFusionError::External(e.into()))?;
+        let statement = crate::parse::parse(sql)?;
+        if !crate::is_query(&statement) {
+            return Err(DataFusionError::Plan(
+                "only queries (SELECT, WITH, VALUES, EXPLAIN) can be answered; the relations are maintained by the \
+                 engine"
+                    .into(),
+            ));
+        }
+        let (references, _ctes) = datafusion::sql::resolve::resolve_table_references(&statement, true)?;
+        for reference in references {
+            // Resolved as DataFusion resolves names: `"MyView"` is `MyView`, `MyView` is `myview`.
+            let name = reference.table();
+            if let Some(rel) = descs.iter().position(|d| d.name == name) {
+                let bare = datafusion::common::TableReference::bare(name);
+                if ctx.table_exist(bare.clone())? {
+                    continue;
+                }
+                ctx.register_table(bare, Arc::new(table(rel)?))?;
+            }
+        }
+        let plan = self.runtime.block_on(ctx.state().statement_to_plan(statement))?;
+        Ok((ctx, plan))
+    }
 }

@@ -3,9 +3,10 @@
 //! expected values are worked out by hand in the comments.
 
 use amx_dataflows::row::{ColumnType, Datum, Row, desc};
+use amx_sql::arrow_schema;
 use amx_sql::testing::{Change, run_views};
+use amx_sql::testing::{SqlEngine, State};
 use amx_sql::views::ViewPlanner;
-use amx_sql::{SqlEngine, State, arrow_schema};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type, SchemaRef};
 

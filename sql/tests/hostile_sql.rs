@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use amx_dataflows::row::{Column, ColumnType, Datum, RelationDesc};
+use amx_sql::referenced_tables;
 use amx_sql::testing::{Contents, run_views};
+use amx_sql::testing::{SqlEngine, State};
 use amx_sql::views::{ViewPlanner, ViewStatement, parse_statement};
-use amx_sql::{SqlEngine, State, referenced_tables};
 use arrow::array::Int64Array;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use amx_dataflows::row::{Column, ColumnType, Datum, RelationDesc};
-use amx_sql::{OutputFormat, SqlEngine, State, format_batches};
+use amx_sql::testing::{SqlEngine, State};
+use amx_sql::{OutputFormat, format_batches};
 use arrow::array::{ArrayRef, Float32Array, Float64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
