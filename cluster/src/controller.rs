@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use crate::job::{Job, SourceConfig, SourceKind};
-use crate::protocol::{Command, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
+pub use crate::protocol::SourceProgress;
+use crate::protocol::{Command, ControllerLink, Envelope, JobId, MAX_REPORTED_REJECTS, Response, ViewSpec};
 use crate::storage::{DurableLog, LogRecord};
 use crate::worker::{WorkerOptions, builtin_schemas, run_worker};
 
@@ -237,54 +238,6 @@ impl Default for ClusterConfig {
     }
 }
 
-/// How far a file source has been read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct SourceProgress {
-    /// Bytes read: by worker 0 (each worker scans every byte of a file source), or by the
-    /// server when it reads the source (with a data directory); a file read again from its
-    /// start (truncated or replaced) counts again.
-    pub bytes_read: u64,
-    /// Bytes the source's files hold now.
-    pub bytes_total: u64,
-    /// Read to its end (by worker 0, or by the server when it reads the source).
-    pub done: bool,
-    /// Every worker read it to the end (a following source: to its current end), and every
-    /// collection has passed the time of its last records: queries see all of it.
-    pub caught_up: bool,
-    /// Records (lines, rows) read by the same reader as `bytes_read`, since this process began
-    /// reading the source (a source resumed after a restart counts from its position).
-    pub records_read: u64,
-    /// The backfill rate (bytes/s): bytes read since this process began reading the source,
-    /// over the seconds since (`None` in its first 200 ms, when the average means nothing,
-    /// once it is done, and for a cancelled job's source: nothing is being read).
-    pub rate_bytes_per_s: Option<u64>,
-    /// The estimated time left to read to the end (ms): the bytes left at `rate_bytes_per_s`;
-    /// 0 once done, `None` while no rate is known (or nothing is being read).
-    pub eta_ms: Option<u64>,
-}
-
-impl SourceProgress {
-    /// Sets `rate_bytes_per_s` and `eta_ms` from where the reader began in this process:
-    /// `started`, when `bytes_read` was `bytes_at_start` (a resumed source's position).
-    pub(crate) fn with_rate(self, started: std::time::Instant, bytes_at_start: u64) -> Self {
-        self.with_rate_over(started.elapsed(), bytes_at_start)
-    }
-
-    /// [`SourceProgress::with_rate`], `elapsed` after the reader began.
-    fn with_rate_over(mut self, elapsed: Duration, bytes_at_start: u64) -> Self {
-        let elapsed = elapsed.as_secs_f64();
-        self.rate_bytes_per_s = (elapsed >= 0.2 && !self.done)
-            .then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
-        let left = self.bytes_total.saturating_sub(self.bytes_read);
-        self.eta_ms = if self.done || left == 0 {
-            Some(0)
-        } else {
-            self.rate_bytes_per_s.filter(|r| *r > 0).map(|r| (left as f64 / r as f64 * 1000.0).ceil() as u64)
-        };
-        self
-    }
-}
-
 /// A job's backfill: its file sources' progress, summed (`GET /v1/jobs/{id}`, `aimatrix_jobs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Backfill {
@@ -347,10 +300,6 @@ pub enum SubscribeEvent {
         upper: Time,
     },
 }
-
-/// A command on its way to worker 0: its JSON text, and the one worker it is for (`None`:
-/// every worker).
-pub(crate) type Envelope = (crate::protocol::Wire, Option<usize>);
 
 /// A peek waiting for every worker's share.
 struct PeekWait {
@@ -532,13 +481,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Shared {
-    /// Worker 0 takes the command receiver (once), and is woken when a command arrives.
-    pub(crate) fn take_command_receiver(&self) -> Option<mpsc::Receiver<Envelope>> {
+impl ControllerLink for Shared {
+    fn take_command_receiver(&self) -> Option<mpsc::Receiver<Envelope>> {
         *lock(&self.worker0) = Some(std::thread::current());
         lock(&self.commands).take()
     }
 
+    fn publish(&self, uppers: HashMap<String, Time>, progress: HashMap<String, SourceProgress>) {
+        *lock(&self.uppers) = uppers;
+        lock(&self.progress).extend(progress);
+    }
+
+    fn deliver(&self, response: Response) {
+        self.deliver_response(response);
+    }
+}
+
+impl Shared {
     /// One worker's answer to the command waiting as `id`; the last one sends the whole answer.
     fn applied(&self, id: u64, upper: Time, accepted: u64, rejected: u64, mut errors: Vec<(u64, String)>) {
         let mut ingests = lock(&self.ingests);
@@ -560,12 +519,6 @@ impl Shared {
         }
     }
 
-    /// Worker 0 publishes the collections' frontiers and the file sources' progress.
-    pub(crate) fn publish(&self, uppers: HashMap<String, Time>, progress: HashMap<String, SourceProgress>) {
-        *lock(&self.uppers) = uppers;
-        lock(&self.progress).extend(progress);
-    }
-
     /// Hands a worker's answer to subscription `id` (if it still exists) to `absorb`; removes
     /// the subscription when that says it has ended.
     fn subscription(&self, id: u64, absorb: impl FnOnce(&mut SubscriptionMerge) -> bool) {
@@ -580,8 +533,8 @@ impl Shared {
         }
     }
 
-    /// Worker 0 hands over a response from any worker.
-    pub(crate) fn deliver(&self, response: Response) {
+    /// A response from any worker, handed over by worker 0 ([`ControllerLink::deliver`]).
+    fn deliver_response(&self, response: Response) {
         match response {
             Response::AwaitingTimestamp { .. } => self.awaiting.store(true, Ordering::SeqCst),
             Response::Peek { id, rows } => {
@@ -1083,17 +1036,7 @@ fn cut_oversized(body: &str, limit: u64) -> (String, BTreeMap<u64, u64>) {
 /// The memory changes take, estimated: per change its row's values (text at its length) and
 /// 48 bytes of row, time and diff.
 fn change_bytes(changes: &[(Row, Time, Diff)]) -> u64 {
-    changes.iter().map(|(row, _, _)| row_bytes(row)).sum()
-}
-
-/// Bytes a row takes in memory, estimated: 48 for the row and its time and diff, 24 per
-/// datum, and the bytes of its text.
-pub(crate) fn row_bytes(row: &Row) -> u64 {
-    let datum = |d: &Datum| match d {
-        Datum::Text(t) => 24 + t.len() as u64,
-        _ => 24,
-    };
-    48 + row.iter().map(datum).sum::<u64>()
+    changes.iter().map(|(row, _, _)| crate::protocol::row_bytes(row)).sum()
 }
 
 mod compaction;
@@ -1364,7 +1307,7 @@ impl Controller {
         let worker_shared = shared.clone();
         let options = config.worker.clone();
         let body = move |worker: &mut timely::worker::Worker| {
-            run_worker(worker, is_controller.then(|| worker_shared.clone()), &options)
+            run_worker(worker, is_controller.then(|| worker_shared.clone() as Arc<dyn ControllerLink>), &options)
         };
         let guards = if config.processes > 1 {
             if config.addresses.len() < config.processes {

@@ -13,10 +13,92 @@
 use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::SourceConfig;
+
+/// A command on its way to worker 0: its encoded form, and the one worker it is for (`None`:
+/// every worker).
+pub type Envelope = (Wire, Option<usize>);
+
+/// The controller's end of the link with worker 0, the only thing a worker knows of the
+/// controller: where commands come from, and where every worker's responses (which worker 0
+/// gathers) and worker 0's reports of frontiers and progress go. `None` for a worker of a
+/// process other than 0, and for a local run without a controller.
+pub trait ControllerLink: Send + Sync {
+    /// The commands, in the order the controller sent them: taken once, by worker 0, which is
+    /// then woken when one arrives (it parks when idle); `None` when taken before.
+    fn take_command_receiver(&self) -> Option<std::sync::mpsc::Receiver<Envelope>>;
+    /// Every collection's frontier (ms since the Unix epoch), by name, and the file sources'
+    /// progress, by `JOB/SOURCE`, as worker 0 last saw them.
+    fn publish(
+        &self,
+        uppers: std::collections::HashMap<String, Time>,
+        progress: std::collections::HashMap<String, SourceProgress>,
+    );
+    /// A response from any worker.
+    fn deliver(&self, response: Response);
+}
+
+/// How far a file source has been read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SourceProgress {
+    /// Bytes read: by worker 0 (each worker scans every byte of a file source), or by the
+    /// server when it reads the source (with a data directory); a file read again from its
+    /// start (truncated or replaced) counts again.
+    pub bytes_read: u64,
+    /// Bytes the source's files hold now.
+    pub bytes_total: u64,
+    /// Read to its end (by worker 0, or by the server when it reads the source).
+    pub done: bool,
+    /// Every worker read it to the end (a following source: to its current end), and every
+    /// collection has passed the time of its last records: queries see all of it.
+    pub caught_up: bool,
+    /// Records (lines, rows) read by the same reader as `bytes_read`, since this process began
+    /// reading the source (a source resumed after a restart counts from its position).
+    pub records_read: u64,
+    /// The backfill rate (bytes/s): bytes read since this process began reading the source,
+    /// over the seconds since (`None` in its first 200 ms, when the average means nothing,
+    /// once it is done, and for a cancelled job's source: nothing is being read).
+    pub rate_bytes_per_s: Option<u64>,
+    /// The estimated time left to read to the end (ms): the bytes left at `rate_bytes_per_s`;
+    /// 0 once done, `None` while no rate is known (or nothing is being read).
+    pub eta_ms: Option<u64>,
+}
+
+impl SourceProgress {
+    /// Sets `rate_bytes_per_s` and `eta_ms` from where the reader began in this process:
+    /// `started`, when `bytes_read` was `bytes_at_start` (a resumed source's position).
+    pub(crate) fn with_rate(self, started: std::time::Instant, bytes_at_start: u64) -> Self {
+        self.with_rate_over(started.elapsed(), bytes_at_start)
+    }
+
+    /// [`SourceProgress::with_rate`], `elapsed` after the reader began.
+    pub(crate) fn with_rate_over(mut self, elapsed: Duration, bytes_at_start: u64) -> Self {
+        let elapsed = elapsed.as_secs_f64();
+        self.rate_bytes_per_s = (elapsed >= 0.2 && !self.done)
+            .then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
+        let left = self.bytes_total.saturating_sub(self.bytes_read);
+        self.eta_ms = if self.done || left == 0 {
+            Some(0)
+        } else {
+            self.rate_bytes_per_s.filter(|r| *r > 0).map(|r| (left as f64 / r as f64 * 1000.0).ceil() as u64)
+        };
+        self
+    }
+}
+
+/// Bytes a row takes in memory, estimated: 48 for the row and its time and diff, 24 per
+/// datum, and the bytes of its text.
+pub(crate) fn row_bytes(row: &Row) -> u64 {
+    let datum = |d: &amx_dataflows::row::Datum| match d {
+        amx_dataflows::row::Datum::Text(t) => 24 + t.len() as u64,
+        _ => 24,
+    };
+    48 + row.iter().map(datum).sum::<u64>()
+}
 
 /// A job's identifier: assigned by the controller, starting at 1, never reused while the
 /// server runs.
@@ -348,7 +430,7 @@ pub const SUBSCRIBE_CREDIT: usize = 2;
 pub const SNAPSHOT_PART_ROWS: usize = 10_000;
 
 /// Bytes of one snapshot part, about (a part ends after the row that passes it; rows measured
-/// as [`crate::controller::row_bytes`]).
+/// as [`row_bytes`]).
 pub const SNAPSHOT_PART_BYTES: u64 = 1 << 20;
 
 /// How often each worker reports its operators and arrangements ([`Response::Introspection`]).

@@ -48,8 +48,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::progress::Antichain;
 
-use crate::controller::Shared;
-use crate::protocol::{Command, JobId, Response, ViewSpec, Wire};
+use crate::protocol::{Command, ControllerLink, JobId, Response, ViewSpec, Wire};
 use compute_state::ComputeState;
 
 /// A collection's arrangement: its rows as keys, sharded over the workers by hash.
@@ -130,7 +129,11 @@ pub fn builtin_schemas() -> Vec<(String, SchemaRef)> {
 
 /// Runs one worker until [`Command::Shutdown`]. `shared` is the controller's side (`None` in
 /// processes other than 0).
-pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared>>, options: &WorkerOptions) {
+pub fn run_worker(
+    worker: &mut timely::worker::Worker,
+    shared: Option<Arc<dyn ControllerLink>>,
+    options: &WorkerOptions,
+) {
     let index = worker.index();
     let peers = worker.peers();
     // Before any dataflow: timely hands out loggers when operators are built.
@@ -308,7 +311,7 @@ pub fn run_worker(worker: &mut timely::worker::Worker, shared: Option<Arc<Shared
 /// Worker 0 sequences the controller's commands waiting in `commands`: command `n` enters the
 /// control dataflow at time `n` (other workers have neither).
 fn sequence(
-    commands: Option<&std::sync::mpsc::Receiver<crate::controller::Envelope>>,
+    commands: Option<&std::sync::mpsc::Receiver<crate::protocol::Envelope>>,
     input: Option<&mut CommandInput>,
     next_seq: &mut u64,
 ) {

@@ -19,9 +19,9 @@ use amx_connectors::{FileCursor, FileReader, Record};
 use amx_dataflows::Time;
 
 use super::{BATCH_BYTES, BATCH_RECORDS, BatchSource, SourcePosition, SourceResume};
-use crate::controller::SourceProgress;
 use crate::job::SourceConfig;
 use crate::protocol::JobId;
+use crate::protocol::SourceProgress;
 
 /// How long a following source at its files' end waits before it looks again.
 pub const FOLLOW_WAIT: Duration = Duration::from_millis(10);

@@ -22,9 +22,8 @@ use super::logging::Logging;
 use super::reads::{read_at, snapshot_part, subscribe, upper_of};
 use super::sources::{FileSource, PushSource, SourceCounts};
 use super::{Collection, Owner, WorkerOptions, install_views, respond};
-use crate::controller::Shared;
 use crate::job::SourceConfig;
-use crate::protocol::{Command, INTROSPECTION_INTERVAL, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
+use crate::protocol::{Command, ControllerLink, INTROSPECTION_INTERVAL, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
 
 /// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
 /// sources this worker has not yet found at their end since.
@@ -96,7 +95,7 @@ pub(super) struct ComputeState {
     peers: usize,
     options: WorkerOptions,
     /// The controller's side (worker 0 of process 0 only).
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<dyn ControllerLink>>,
     /// Responses, to worker 0 and from there to the controller.
     resp_in: InputSession<u64, Response, Diff>,
     /// The agent state's inputs.
@@ -148,7 +147,7 @@ impl ComputeState {
         index: usize,
         peers: usize,
         options: WorkerOptions,
-        shared: Option<Arc<Shared>>,
+        shared: Option<Arc<dyn ControllerLink>>,
         resp_in: InputSession<u64, Response, Diff>,
         inputs: Inputs,
         agent_probe: ProbeHandle<Time>,

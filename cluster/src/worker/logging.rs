@@ -244,7 +244,7 @@ impl Logging {
     }
 }
 
-/// `trace`'s bytes, estimated: per batch, its rows' mean size ([`crate::controller::row_bytes`])
+/// `trace`'s bytes, estimated: per batch, its rows' mean size ([`crate::protocol::row_bytes`])
 /// over at most [`SAMPLE_ROWS`] of them, spread evenly, times its rows, plus a time and a
 /// difference per update.
 fn estimated_bytes(trace: &mut RowTrace) -> u64 {
@@ -255,7 +255,7 @@ fn estimated_bytes(trace: &mut RowTrace) -> u64 {
         let rows = &batch.storage.keys;
         if !rows.is_empty() {
             let step = rows.len().div_ceil(SAMPLE_ROWS);
-            let sampled: Vec<u64> = rows.iter().step_by(step).map(crate::controller::row_bytes).collect();
+            let sampled: Vec<u64> = rows.iter().step_by(step).map(crate::protocol::row_bytes).collect();
             let mean = sampled.iter().sum::<u64>() / sampled.len() as u64;
             bytes += mean * rows.len() as u64;
         }

@@ -125,7 +125,7 @@ pub(super) fn snapshot_part(
         let count = count_at(&mut cursor, &storage, as_of);
         if count != 0 {
             let row: &Row = cursor.key(&storage);
-            bytes += crate::controller::row_bytes(row);
+            bytes += crate::protocol::row_bytes(row);
             rows.push((row.clone(), count));
         }
         cursor.step_key(&storage);

@@ -9,8 +9,8 @@ use amx_dataflows::event::Event;
 use amx_dataflows::render::Inputs;
 
 use super::WorkerOptions;
-use crate::controller::SourceProgress;
 use crate::job::{SourceConfig, SourceKind};
+use crate::protocol::SourceProgress;
 use crate::protocol::{JobId, MAX_REPORTED_REJECTS};
 
 /// A source's counters since the last epoch, or in total: (records, decoded rows, errors,
