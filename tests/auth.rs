@@ -152,6 +152,11 @@ format = "json"
 [sources.relation]
 name = "orders"
 columns = [{ name = "order_id", type = "text" }, { name = "amount", type = "double" }]
+
+[[sources]]
+name = "otel-in"
+kind = "push"
+format = "otlp-json"
 "#;
 
 /// Jobs for the walk over the routes: the one whose paths it calls, and the one it submits.
@@ -180,7 +185,7 @@ fn needed(method: &str, path: &str) -> Option<&'static str> {
     match (method, path) {
         ("get", "/healthz" | "/readyz") => None,
         ("post", "/v1/jobs") | ("delete", "/v1/jobs/{id}") => Some("admin"),
-        ("post", "/v1/ingest/{job}/{source}") => Some("writer"),
+        ("post", "/v1/ingest/{job}/{source}" | "/v1/otlp/{job}/{source}/v1/traces") => Some("writer"),
         ("get", "/metrics" | "/v1/openapi.json" | "/v1/jobs" | "/v1/jobs/{id}" | "/v1/catalog" | "/v1/subscribe")
         | ("post", "/v1/sql") => Some("reader"),
         (method, path) => panic!("{method} {path}: a route the README's table of roles does not name"),
@@ -271,9 +276,15 @@ tokens = ["{admin_hash}"]
     for (path, item) in document["paths"].as_object().expect("paths") {
         for (method, operation) in item.as_object().expect("operations") {
             routes += 1;
-            let concrete = path.replace("{id}", &walk).replace("{job}", &walk).replace("{source}", "clicks-in");
+            // An OTLP export goes to the first job's OTLP source (the walk cancels its own job
+            // before it gets there).
+            let (job, source) =
+                if path.starts_with("/v1/otlp/") { (job.to_string(), "otel-in") } else { (walk.clone(), "clicks-in") };
+            let concrete = path.replace("{id}", &walk).replace("{job}", &job).replace("{source}", source);
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/jobs") => Some(("application/toml", EXTRA_JOB)),
+                // An OTLP export without spans.
+                ("post", p) if p.starts_with("/v1/otlp/") => Some(("application/json", "{}")),
                 ("post", "/v1/sql") => Some(("application/json", r#"{"sql": "SELECT 1 AS one"}"#)),
                 ("post", _) => Some(("application/x-ndjson", click.as_str())),
                 _ => None,

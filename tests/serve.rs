@@ -4678,3 +4678,131 @@ fn spans_are_exported_over_otlp() {
         receiver.spans.lock().expect("spans").iter().any(|s| s.attributes.values().any(|v| v.contains("sk-live")));
     assert!(!leaked, "a literal's value reached a span");
 }
+
+/// Posts `body` to a route with these headers; the status and the body's bytes.
+fn post_bytes(server: &Server, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let mut request = server.agent.post(format!("{}{path}", server.base));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send(body).expect("answered");
+    let status = response.status().as_u16();
+    (status, response.into_body().read_to_vec().expect("a body"))
+}
+
+/// The OTLP/HTTP receiver takes what an OpenTelemetry SDK exports, unchanged: the Rust SDK's
+/// OTLP exporter (protobuf over HTTP, batch processor) sends a chat span and a failed tool
+/// call under it to `/v1/otlp/1/otel` + `/v1/traces`, and `spans` holds both with the ids the
+/// SDK gave them and the GenAI columns from their attributes. An OTLP/JSON request, gzipped,
+/// with one span whose trace id is one byte, is answered with a partial success naming it, and
+/// the span is a row of `ingest_errors` at its place in the request while the other is kept.
+/// A body of another type, a protobuf that does not decode, and a source of another format
+/// are refused. Every expected value is what the test sent.
+#[test]
+fn an_opentelemetry_sdk_exports_spans_to_the_otlp_receiver() {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_otlp::WithExportConfig as _;
+    let server = start(&["--http".into(), "127.0.0.1:0".into()], true);
+    let job = "name = \"otel\"\n[[sources]]\nname = \"otel\"\nkind = \"push\"\nformat = \"otlp-json\"\n\n[views]\n\
+               tokens = \"SELECT request_model, sum(input_tokens) AS input FROM spans GROUP BY request_model\"\n";
+    assert_eq!(server.submit(job), 1);
+    let sql = "SELECT count(*) AS n FROM knowledge_events";
+    assert_eq!(server.submit(&push_job("k", "k-in", "k_view", sql)), 2);
+
+    // The SDK, as an instrumented agent runs it.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(format!("{}/v1/otlp/1/otel/v1/traces", server.base))
+        .build()
+        .expect("an exporter");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("support-agent").build())
+        .build();
+    let tracer = provider.tracer("agent-sdk");
+    let chat = tracer.build(opentelemetry::trace::SpanBuilder::from_name("chat gpt-4o").with_attributes(vec![
+        opentelemetry::KeyValue::new("gen_ai.operation.name", "chat"),
+        opentelemetry::KeyValue::new("gen_ai.provider.name", "openai"),
+        opentelemetry::KeyValue::new("gen_ai.request.model", "gpt-4o"),
+        opentelemetry::KeyValue::new("gen_ai.usage.input_tokens", 1200i64),
+        opentelemetry::KeyValue::new("gen_ai.usage.output_tokens", 85i64),
+    ]));
+    let (trace_id, chat_id) = (chat.span_context().trace_id().to_string(), chat.span_context().span_id().to_string());
+    let cx = opentelemetry::Context::current_with_span(chat);
+    let mut tool = tracer.build_with_context(
+        opentelemetry::trace::SpanBuilder::from_name("execute_tool get_weather").with_attributes(vec![
+            opentelemetry::KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            opentelemetry::KeyValue::new("gen_ai.tool.name", "get_weather"),
+            opentelemetry::KeyValue::new("error.type", "timeout"),
+        ]),
+        &cx,
+    );
+    tool.set_status(opentelemetry::trace::Status::error("the weather service timed out"));
+    let tool_id = tool.span_context().span_id().to_string();
+    tool.end();
+    cx.span().set_status(opentelemetry::trace::Status::Ok);
+    cx.span().end();
+    provider.force_flush().expect("exported");
+    provider.shutdown().expect("shut down");
+
+    let sql = "SELECT trace_id, span_id, parent_span_id, name, operation, provider, request_model, input_tokens, \
+               output_tokens, tool_name, status, error_type, json_get_str(attributes, 'service.name') AS service, \
+               json_get_str(attributes, 'otel.scope.name') AS scope, \
+               json_get_str(attributes, 'otel.status_description') AS description FROM spans ORDER BY name";
+    let want = vec![
+        json!({"trace_id": trace_id, "span_id": chat_id, "parent_span_id": null, "name": "chat gpt-4o",
+               "operation": "chat", "provider": "openai", "request_model": "gpt-4o", "input_tokens": 1200,
+               "output_tokens": 85, "tool_name": null, "status": "ok", "error_type": null,
+               "service": "support-agent", "scope": "agent-sdk", "description": null}),
+        json!({"trace_id": trace_id, "span_id": tool_id, "parent_span_id": chat_id, "name": "execute_tool get_weather",
+               "operation": "execute_tool", "provider": null, "request_model": null, "input_tokens": null,
+               "output_tokens": null, "tool_name": "get_weather", "status": "error", "error_type": "timeout",
+               "service": "support-agent", "scope": "agent-sdk", "description": "the weather service timed out"}),
+    ];
+    assert_eq!(server.sql_until(sql, &want), want);
+    let by_model =
+        vec![json!({"request_model": null, "input": null}), json!({"request_model": "gpt-4o", "input": 1200})];
+    assert_eq!(server.sql_until("SELECT * FROM tokens ORDER BY request_model NULLS FIRST", &by_model), by_model);
+
+    // OTLP/JSON, gzipped, one span good and one with a 1-byte trace id.
+    let request = json!({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "embeddings",
+         "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "embeddings"}},
+                        {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "9"}}]},
+        {"traceId": "5b", "spanId": "0102030405060708", "name": "broken"}]}]}]});
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, request.to_string().as_bytes()).expect("compressed");
+    let gzipped = gzip.finish().expect("compressed");
+    let json_headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")];
+    let (status, answer) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", &gzipped, &json_headers);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], 1, "{answer}");
+    assert_eq!(
+        answer["partialSuccess"]["errorMessage"],
+        "OTLP request/resourceSpans/0/scopeSpans/0/spans/1: trace id has 1 bytes, not 16"
+    );
+    let want = vec![json!({"name": "embeddings", "input_tokens": 9})];
+    assert_eq!(server.sql_until("SELECT name, input_tokens FROM spans WHERE operation = 'embeddings'", &want), want);
+    let errors = server.sql("SELECT source, location, error FROM ingest_errors");
+    assert_eq!(
+        errors,
+        vec![json!({"source": "otel", "location": "POST /v1/ingest/1/otel:1/resourceSpans/0/scopeSpans/0/spans/1",
+                    "error": "trace id has 1 bytes, not 16"})]
+    );
+
+    // Refusals.
+    let (status, _) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", b"{}", &[("Content-Type", "text/plain")]);
+    assert_eq!(status, 415);
+    let protobuf = [("Content-Type", "application/x-protobuf")];
+    let (status, body) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", &[0xff, 0xff, 0xff], &protobuf);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = post_bytes(&server, "/v1/otlp/2/k-in/v1/traces", b"", &protobuf);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("reads format `json`"), "{}", String::from_utf8_lossy(&body));
+    // An empty export (no spans) is answered, with nothing to ingest.
+    let (status, body) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", b"", &protobuf);
+    assert_eq!((status, body), (200, Vec::new()));
+}

@@ -6,7 +6,7 @@
 //! [[sources]]
 //! name = "wiki"                      # appears in ingest_errors.source
 //! kind = "file"                      # file (the default) | push (fed by POST /v1/ingest) | kafka | object-store
-//! format = "json"                    # openai-chat | temporal-history | json
+//! format = "json"                    # openai-chat | temporal-history | json | otlp-json
 //! path = "data/*.ndjson"             # file sources: a glob, relative to the job file's directory
 //! follow = false                     # file sources: keep reading what is appended (tail -f)
 //! [sources.options]                  # format options (see README.md)

@@ -23,6 +23,7 @@ mod fields;
 pub mod json;
 pub mod kafka;
 pub mod openai_chat;
+pub mod otlp;
 pub mod record;
 pub mod table;
 pub mod temporal;
@@ -105,10 +106,10 @@ pub enum ConfigError {
 
 /// Names of all formats known to [`decoder`], in a stable order.
 pub fn formats() -> &'static [&'static str] {
-    &[openai_chat::FORMAT, temporal::FORMAT, json::FORMAT]
+    &[openai_chat::FORMAT, temporal::FORMAT, json::FORMAT, otlp::FORMAT]
 }
 
-/// Looks a format up by name (`openai-chat`, `temporal-history`, `json`) and validates its
+/// Looks a format up by name (`openai-chat`, `temporal-history`, `json`, `otlp-json`) and validates its
 /// options.
 ///
 /// `options` is the source's `[sources.options]` TOML table converted to JSON; `Value::Null`
@@ -123,6 +124,7 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
         openai_chat::FORMAT => Ok(Box::new(openai_chat::OpenAiChat::new(options)?)),
         temporal::FORMAT => Ok(Box::new(temporal::TemporalHistory::new(options)?)),
         json::FORMAT => Ok(Box::new(json::JsonDecoder::new(options)?)),
+        otlp::FORMAT => Ok(Box::new(otlp::OtlpJson::new(options)?)),
         _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
     }
 }
@@ -209,7 +211,8 @@ mod tests {
 
     #[test]
     fn formats_are_listed_and_found() {
-        assert_eq!(formats(), &["openai-chat", "temporal-history", "json"]);
+        assert_eq!(formats(), &["openai-chat", "temporal-history", "json", "otlp-json"]);
+        assert!(decoder("otlp-json", &json!({})).is_ok());
         assert!(decoder("openai-chat", &serde_json::Value::Null).is_ok());
         assert!(decoder("temporal-history", &json!({})).is_ok());
         assert!(
@@ -220,7 +223,10 @@ mod tests {
     #[test]
     fn unknown_format_and_option() {
         let e = decoder("csv", &serde_json::Value::Null).err().map(|e| e.to_string());
-        assert_eq!(e.as_deref(), Some("unknown format `csv` (known formats: openai-chat, temporal-history, json)"));
+        assert_eq!(
+            e.as_deref(),
+            Some("unknown format `csv` (known formats: openai-chat, temporal-history, json, otlp-json)")
+        );
         let e = decoder("temporal-history", &json!({"runid": "x"})).err().map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("unknown option `runid` for format `temporal-history` (known options: run_id)"));
         let e = decoder("openai-chat", &json!([1])).err().map(|e| e.to_string());

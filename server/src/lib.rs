@@ -25,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod guard;
 pub mod metrics;
+mod otlp;
 pub mod pgwire;
 pub mod tls;
 
@@ -200,6 +201,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
         cancel_job,
         run_sql,
         ingest,
+        otlp::traces,
         subscribe,
         catalog,
         healthz,
@@ -258,6 +260,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(show_job).delete(cancel_job))
         .route("/v1/sql", post(run_sql))
         .route("/v1/ingest/{job}/{source}", post(ingest))
+        .route("/v1/otlp/{job}/{source}/v1/traces", post(otlp::traces))
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json") })
@@ -311,7 +314,7 @@ fn needed_role(method: &axum::http::Method, path: &str) -> Option<auth::Role> {
         (_, "/healthz" | "/readyz") => None,
         (&Method::GET | &Method::HEAD, _) => Some(auth::Role::Reader),
         (&Method::POST, "/v1/sql") => Some(auth::Role::Reader),
-        (&Method::POST, p) if p.starts_with("/v1/ingest/") => Some(auth::Role::Writer),
+        (&Method::POST, p) if p.starts_with("/v1/ingest/") || p.starts_with("/v1/otlp/") => Some(auth::Role::Writer),
         _ => Some(auth::Role::Admin),
     }
 }

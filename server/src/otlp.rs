@@ -1,0 +1,171 @@
+//! The OTLP/HTTP trace receiver: `POST /v1/otlp/{job}/{source}/v1/traces`.
+//!
+//! An OpenTelemetry SDK or Collector exports to it unchanged: set
+//! `OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:PORT/v1/otlp/JOB/SOURCE` (the SDK appends
+//! `/v1/traces`), or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` to the whole URL. It follows the
+//! OTLP/HTTP specification (<https://opentelemetry.io/docs/specs/otlp/#otlphttp>): a body of
+//! `application/x-protobuf` (the binary `ExportTraceServiceRequest`) or `application/json`
+//! (OTLP/JSON), optionally `Content-Encoding: gzip`; the answer is an
+//! `ExportTraceServiceResponse` in the request's encoding, with a `partialSuccess` naming the
+//! spans rejected (and the first reason) when some were; a refusal carries a JSON error body.
+//!
+//! The request goes to push source `source` of job `job`, whose format must be `otlp-json`
+//! (see `amx_connectors::otlp` for how spans map to `spans` and `evaluations`), as one record:
+//! the request in OTLP/JSON on one line. So the answer comes, as a push's, once the spans are
+//! in the engine's input (and, with a data directory, durable); a rejected span is a row of
+//! `ingest_errors` with its place in the request.
+
+use std::io::Read as _;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use prost::Message as _;
+
+use amx_connectors::Decoder as _;
+use amx_connectors::otlp;
+
+use crate::{ApiError, ApiResult, AppState, Body, api, body, job_id, max_body_bytes};
+
+/// The body's encoding, from its `Content-Type`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// Receives an OTLP/HTTP trace export (see the module documentation).
+#[utoipa::path(post, path = "/v1/otlp/{job}/{source}/v1/traces",
+    params(("job" = u64, Path, description = "job id", example = 1),
+        ("source" = String, Path, description = "push source of format `otlp-json`", example = "otel")),
+    request_body(content = Option<String>, content_type = "application/x-protobuf",
+        description = "an OTLP ExportTraceServiceRequest: protobuf (application/x-protobuf) or OTLP/JSON (application/json), optionally gzip (Content-Encoding: gzip)",
+        example = "{\"resourceSpans\": []}"),
+    responses((status = 200, description = "the spans are in the engine's input: an ExportTraceServiceResponse (its partialSuccess names the spans rejected), in the request's encoding", content_type = "application/x-protobuf"),
+              (status = 400, description = "a body that is not an ExportTraceServiceRequest in its encoding, or a source whose format is not otlp-json", body = api::ErrorBody),
+              (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
+              (status = 404, description = "no such job or push source", body = api::ErrorBody),
+              (status = 409, description = "the job was cancelled", body = api::ErrorBody),
+              (status = 413, description = "a body (or its gzip-decompressed bytes) over http.max_body_bytes", body = api::ErrorBody),
+              (status = 415, description = "a content type other than application/x-protobuf and application/json, or an encoding other than gzip", body = api::ErrorBody),
+              (status = 503, description = "the cluster has stopped, or the data directory could not take the spans (nothing was ingested; retry)", body = api::ErrorBody)))]
+pub(crate) async fn traces(
+    State(state): State<AppState>,
+    Path((job, source)): Path<(String, String)>,
+    headers: HeaderMap,
+    raw: Body,
+) -> ApiResult<Response> {
+    let encoding = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(t) if media_type(t) == "application/x-protobuf" => Encoding::Protobuf,
+        Some(t) if media_type(t) == "application/json" => Encoding::Json,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "OTLP/HTTP takes application/x-protobuf or application/json, not {}",
+                    other.map_or_else(|| "a body without Content-Type".to_owned(), |t| format!("`{t}`"))
+                ),
+            ));
+        }
+    };
+    let compressed = body(raw)?;
+    let bytes = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
+        None => compressed,
+        Some(e) if e.eq_ignore_ascii_case("identity") => compressed,
+        Some(e) if e.eq_ignore_ascii_case("gzip") => gunzip(&compressed)?,
+        Some(e) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{e}` is not supported (gzip is)"),
+            ));
+        }
+    };
+    let job = job_id(&job)?;
+    if let Some(info) = state.controller.job(job)
+        && let Some(config) = info.sources.iter().find(|s| s.name == source)
+        && config.format != otlp::FORMAT
+    {
+        return Err(ApiError::bad_request(format!(
+            "source `{source}` of job {job} reads format `{}`; the OTLP receiver feeds a push source of format `{}`",
+            config.format,
+            otlp::FORMAT
+        )));
+    }
+    let request = match encoding {
+        Encoding::Protobuf => {
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(bytes.as_ref())
+                .map_err(|e| ApiError::bad_request(format!("not a protobuf ExportTraceServiceRequest: {e}")))?
+        }
+        Encoding::Json => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|e| ApiError::bad_request(format!("the JSON body is not UTF-8: {e}")))?;
+            otlp::parse_request(text)
+                .map_err(|e| ApiError::bad_request(format!("not an OTLP/JSON ExportTraceServiceRequest: {e}")))?
+        }
+    };
+    let line = otlp::to_json_line(&request).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // The spans the engine will reject (the same decoder, on the same text): OTLP's
+    // partial success.
+    let (mut rejected, mut first) = (0i64, None);
+    let spans = otlp::span_count(&request);
+    if spans > 0 {
+        let mut events = Vec::new();
+        let record = amx_connectors::Record::new("OTLP request", line.clone());
+        otlp::OtlpJson.decode(&source, &record, &mut events);
+        for event in &events {
+            if let amx_dataflows::event::Event::Error(e) = event {
+                rejected += 1;
+                first.get_or_insert_with(|| format!("{}: {}", e.location, e.error));
+            }
+        }
+    }
+    // An export without spans pushes nothing, but is refused as a push is (no such job or
+    // source, a cancelled job).
+    let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, None).await?;
+    if report.rejected > 0 && rejected == 0 {
+        // Refused whole (a request over `limits.max_record_bytes`): every span.
+        rejected = spans as i64;
+        first = report.errors.first().map(|e| e.error.clone());
+    }
+    let partial_success = (rejected > 0)
+        .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: first.unwrap_or_default() });
+    let answer = ExportTraceServiceResponse { partial_success };
+    Ok(match encoding {
+        Encoding::Protobuf => {
+            ([(header::CONTENT_TYPE, "application/x-protobuf")], Bytes::from(answer.encode_to_vec())).into_response()
+        }
+        // A full success is `{}` (no field set), as protobuf's JSON mapping writes it.
+        Encoding::Json => {
+            let text = match answer.partial_success {
+                None => "{}".to_owned(),
+                Some(_) => serde_json::to_string(&answer).unwrap_or_default(),
+            };
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
+    })
+}
+
+/// A `Content-Type`'s media type, lower case, without parameters.
+fn media_type(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+/// A gzip body, decompressed to at most `http.max_body_bytes` (a larger one is refused, so a
+/// small body cannot expand past the limit).
+fn gunzip(compressed: &[u8]) -> ApiResult<Bytes> {
+    let limit = max_body_bytes();
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::GzDecoder::new(compressed).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request(format!("the gzip body does not decompress: {e}")))?;
+    if out.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the decompressed body is larger than the limit of {limit} bytes (http.max_body_bytes)"),
+        ));
+    }
+    Ok(Bytes::from(out))
+}
