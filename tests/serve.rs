@@ -4805,4 +4805,69 @@ fn an_opentelemetry_sdk_exports_spans_to_the_otlp_receiver() {
     // An empty export (no spans) is answered, with nothing to ingest.
     let (status, body) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", b"", &protobuf);
     assert_eq!((status, body), (200, Vec::new()));
+
+    // Values nested past what the request's OTLP/JSON form reads back: refused whole (400),
+    // not answered 200 and lost.
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, KeyValueList, any_value};
+    use prost::Message as _;
+    let mut nested = AnyValue { value: Some(any_value::Value::StringValue("leaf".into())) };
+    // (31 levels: within protobuf's 100, past the JSON reader's 128 as `kvlistValue.values[].value`.)
+    for _ in 0..31 {
+        let kv = KeyValue { key: "k".into(), value: Some(nested), ..Default::default() };
+        nested = AnyValue { value: Some(any_value::Value::KvlistValue(KeyValueList { values: vec![kv] })) };
+    }
+    let span = |name: &str, attributes: Vec<KeyValue>| opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: vec![7; 16],
+        span_id: vec![9; 8],
+        name: name.into(),
+        attributes,
+        ..Default::default()
+    };
+    let request = |spans| opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        resource_spans: vec![opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+            scope_spans: vec![opentelemetry_proto::tonic::trace::v1::ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    };
+    let deep = request(vec![
+        span("fine", Vec::new()),
+        span("deep", vec![KeyValue { key: "deep".into(), value: Some(nested), ..Default::default() }]),
+    ]);
+    let (status, body) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", &deep.encode_to_vec(), &protobuf);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("cannot be ingested"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(server.sql("SELECT count(*) AS n FROM spans WHERE name IN ('fine', 'deep')"), vec![json!({"n": 0})]);
+
+    // A retry with the same Idempotency-Key is answered again and applied once.
+    let once = request(vec![span("once", Vec::new())]).encode_to_vec();
+    let keyed = [("Content-Type", "application/x-protobuf"), ("Idempotency-Key", "export-1")];
+    for _ in 0..2 {
+        let (status, body) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", &once, &keyed);
+        assert_eq!((status, body), (200, Vec::new()));
+    }
+    let want = vec![json!({"n": 1})];
+    assert_eq!(server.sql_until("SELECT count(*) AS n FROM spans WHERE name = 'once'", &want), want);
+    drop(server);
+
+    // A request whose OTLP/JSON form is over cluster.max_record_bytes: 413, so that the client
+    // sends smaller batches (a 200 would have it drop them).
+    let small = start_with_env(
+        &["--http".into(), "127.0.0.1:0".into()],
+        true,
+        &[("AIMATRIX__CLUSTER__MAX_RECORD_BYTES", "1000")],
+    );
+    assert_eq!(small.submit(job), 1);
+    let big = request(vec![span(
+        "big",
+        vec![KeyValue {
+            key: "prompt".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue("x".repeat(2_000))) }),
+            ..Default::default()
+        }],
+    )]);
+    let (status, body) = post_bytes(&small, "/v1/otlp/1/otel/v1/traces", &big.encode_to_vec(), &protobuf);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("smaller batches"));
+    let (status, _) = post_bytes(&small, "/v1/otlp/1/otel/v1/traces", &once, &protobuf);
+    assert_eq!(status, 200);
 }

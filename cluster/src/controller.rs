@@ -1472,6 +1472,12 @@ impl Controller {
         Ok(())
     }
 
+    /// The largest record the sources take, in bytes (`cluster.max_record_bytes`): a longer
+    /// one is an ingest error.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.inner.max_record_bytes
+    }
+
     /// Workers in the cluster (all processes).
     pub fn peers(&self) -> usize {
         self.inner.shared.peers

@@ -16,7 +16,7 @@
 //! | `start_time`, `end_time` | `startTimeUnixNano`, `endTimeUnixNano` in µs (0: NULL) |
 //! | `status` | `status.code`: 0 `unset`, 1 `ok`, 2 `error` |
 //! | the GenAI columns | the attributes below, the first one present |
-//! | `attributes` | a JSON object of every other attribute of the span, then the resource's (a span's own wins), `otel.scope.name` and `otel.scope.version` (the names the OpenTelemetry specification gives them in non-OTLP exporters), `otel.status_description`, and the span's events and links as `otel.events` and `otel.links` (arrays of `{name, time_unix_nano, attributes}` and `{trace_id, span_id, attributes}`) |
+//! | `attributes` | a JSON object of every other attribute of the span, then the resource's (a span's own wins), `otel.scope.name` and `otel.scope.version` (the names the OpenTelemetry specification gives them in non-OTLP exporters), `otel.span.kind` (`internal`, `server`, `client`, `producer`, `consumer`; absent when unspecified), `otel.status_description`, and the span's events and links as `otel.events` and `otel.links` (arrays of `{name, time_unix_nano, attributes}` and `{trace_id, span_id, attributes}`) |
 //!
 //! GenAI attributes across the conventions in use, in order of precedence — the OpenTelemetry
 //! GenAI semantic conventions (<https://opentelemetry.io/docs/specs/semconv/gen-ai/>), their
@@ -45,10 +45,15 @@
 //! `evaluations` row of the span: `gen_ai.evaluation.name`, `gen_ai.evaluation.score.value`,
 //! `gen_ai.evaluation.score.label`.
 //!
-//! A record that is not an `ExportTraceServiceRequest` in OTLP/JSON is one ingest error. A span
-//! whose trace id is not 16 bytes or span id not 8 bytes (or all zero), or whose GenAI
-//! attribute has a value of the wrong kind, is an ingest error at
-//! `LOCATION/resourceSpans/i/scopeSpans/j/spans/k`; the request's other spans are kept.
+//! A record that is not an `ExportTraceServiceRequest` in OTLP/JSON is one ingest error (the
+//! request is read whole: an id that is not hex or an `intValue` that is no 64-bit integer
+//! fails it). A span whose trace id is not 16 bytes or span id not 8 bytes (or all zero; an
+//! all-zero parent is a root), or whose GenAI attribute has a value of the wrong kind (a token
+//! count that is no integer in range, a text column given an array or object), is an ingest
+//! error at `LOCATION/resourceSpans/i/scopeSpans/j/spans/k`; the request's other spans are
+//! kept. A text column takes a number or bool as its JSON text; an empty string is NULL; of
+//! several names of one column the first present is the column, the others stay in
+//! `attributes`.
 
 use amx_dataflows::event::{Evaluation, Event, Span, SpanStatus, TraceId};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -187,45 +192,33 @@ fn id_hex(bytes: &[u8], len: usize, what: &str) -> Result<String, String> {
 struct Attributes(Map<String, Value>);
 
 impl Attributes {
-    /// The first of `names` present (not null), taken out, as text (a number or bool as its
-    /// JSON text); the others named are taken out too, so that `attributes` keeps only what
-    /// no column holds.
-    fn text(&mut self, names: &[&str]) -> Result<Option<String>, String> {
-        let mut found = None;
-        for name in names {
-            if let Some(value) = self.0.remove(*name)
-                && found.is_none()
-            {
-                found = match value {
-                    Value::Null => None,
-                    Value::String(s) => Some(s),
-                    Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
-                    other => return Err(format!("attribute `{name}` is {other}, not a string")),
-                };
-            }
-        }
-        Ok(found)
+    /// The first of `names` present (not null, not `""`), taken out of the attributes: the
+    /// column's value. The others stay in `attributes`.
+    fn take(&mut self, names: &[&str]) -> Option<(String, Value)> {
+        let name = names.iter().find(|n| self.0.get(**n).is_some_and(|v| !v.is_null() && v.as_str() != Some("")))?;
+        self.0.remove(*name).map(|value| (name.to_string(), value))
     }
 
-    /// As [`Attributes::text`], a token count: an integer (or an integral double) in
+    /// [`Attributes::take`] as text (a number or bool as its JSON text).
+    fn text(&mut self, names: &[&str]) -> Result<Option<String>, String> {
+        match self.take(names) {
+            None => Ok(None),
+            Some((_, Value::String(s))) => Ok(Some(s)),
+            Some((_, value @ (Value::Bool(_) | Value::Number(_)))) => Ok(Some(value.to_string())),
+            Some((name, other)) => Err(format!("attribute `{name}` is {other}, not a string")),
+        }
+    }
+
+    /// [`Attributes::take`] as a token count: an integer (or an integral double) in
     /// `0..=MAX_TOKENS`.
     fn tokens(&mut self, names: &[&str]) -> Result<Option<i64>, String> {
-        let mut found = None;
-        for name in names {
-            if let Some(value) = self.0.remove(*name)
-                && found.is_none()
-                && !value.is_null()
-            {
-                let count = value
-                    .as_i64()
-                    .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
-                match count {
-                    Some(n) if (0..=MAX_TOKENS).contains(&n) => found = Some(n),
-                    _ => return Err(format!("attribute `{name}` is {value}, not a token count (0..={MAX_TOKENS})")),
-                }
-            }
+        let Some((name, value)) = self.take(names) else { return Ok(None) };
+        let count =
+            value.as_i64().or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
+        match count {
+            Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("attribute `{name}` is {value}, not a token count (0..={MAX_TOKENS})")),
         }
-        Ok(found)
     }
 }
 
@@ -254,8 +247,13 @@ fn decode_span(
 ) -> Result<(), String> {
     let trace_hex = id_hex(&span.trace_id, 16, "trace id")?;
     let span_id = id_hex(&span.span_id, 8, "span id")?;
-    let parent_span_id =
-        if span.parent_span_id.is_empty() { None } else { Some(id_hex(&span.parent_span_id, 8, "parent span id")?) };
+    // No parent, or an all-zero one (an invalid id, which some exporters write for a root):
+    // a root span.
+    let parent_span_id = if span.parent_span_id.iter().all(|b| *b == 0) {
+        None
+    } else {
+        Some(id_hex(&span.parent_span_id, 8, "parent span id")?)
+    };
     let trace_id = TraceId::parse(&trace_hex);
     let mut attributes = Attributes(attributes_json(&span.attributes));
     let kind = attributes.text(&["openinference.span.kind"])?;
@@ -319,6 +317,11 @@ fn decode_span(
         if !version.is_empty() {
             rest.insert("otel.scope.version".into(), Value::String(version.to_owned()));
         }
+    }
+    // The span's kind, by its name in the OTLP enum (`SPAN_KIND_CLIENT` → `client`).
+    const KINDS: [&str; 5] = ["internal", "server", "client", "producer", "consumer"];
+    if let Some(kind) = usize::try_from(span.kind - 1).ok().and_then(|i| KINDS.get(i)) {
+        rest.insert("otel.span.kind".into(), Value::String((*kind).to_owned()));
     }
     if let Some(message) = status.map(|s| s.message.as_str()).filter(|m| !m.is_empty()) {
         rest.insert("otel.status_description".into(), Value::String(message.to_owned()));
@@ -421,7 +424,7 @@ mod tests {
                  "attributes": [
                     {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
                     {"key": "gen_ai.provider.name", "value": {"stringValue": "openai"}},
-                    {"key": "gen_ai.system", "value": {"stringValue": "ignored: the current name wins"}},
+                    {"key": "gen_ai.system", "value": {"stringValue": "kept in attributes: the current name wins"}},
                     {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
                     {"key": "gen_ai.response.model", "value": {"stringValue": "gpt-4o-2024-08-06"}},
                     {"key": "gen_ai.conversation.id", "value": {"stringValue": "conv-7"}},
@@ -453,8 +456,9 @@ mod tests {
                  "links": [{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331"}],
                  "status": {"code": 2, "message": "deadline exceeded"}},
                 {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "2222222222222222",
-                 "name": "ChatCompletion",
+                 "parentSpanId": "0000000000000000", "name": "ChatCompletion",
                  "attributes": [
+                    {"key": "gen_ai.operation.name", "value": {"stringValue": ""}},
                     {"key": "openinference.span.kind", "value": {"stringValue": "LLM"}},
                     {"key": "llm.provider", "value": {"stringValue": "anthropic"}},
                     {"key": "llm.model_name", "value": {"stringValue": "claude-sonnet-4"}},
@@ -490,6 +494,7 @@ mod tests {
         assert_eq!(
             attributes(chat),
             json!({"server.address": "api.openai.com", "gen_ai.request.temperature": 0.2,
+                   "gen_ai.system": "kept in attributes: the current name wins", "otel.span.kind": "client",
                    "service.name": "support-agent", "deployment.environment": "prod",
                    "otel.scope.name": "opentelemetry.instrumentation.openai_v2", "otel.scope.version": "2.1b0"})
         );
@@ -526,7 +531,9 @@ mod tests {
         );
 
         let phoenix = spans[3];
-        assert_eq!(phoenix.operation.as_deref(), Some("chat"));
+        // An all-zero parent is a root; an empty operation name is no name (OpenInference's
+        // kind gives it).
+        assert_eq!((phoenix.parent_span_id.as_deref(), phoenix.operation.as_deref()), (None, Some("chat")));
         assert_eq!(phoenix.provider.as_deref(), Some("anthropic"));
         assert_eq!(phoenix.request_model.as_deref(), Some("claude-sonnet-4"));
         assert_eq!(phoenix.conversation_id.as_deref(), Some("s-1"));

@@ -39,16 +39,17 @@ enum Encoding {
 /// Receives an OTLP/HTTP trace export (see the module documentation).
 #[utoipa::path(post, path = "/v1/otlp/{job}/{source}/v1/traces",
     params(("job" = u64, Path, description = "job id", example = 1),
-        ("source" = String, Path, description = "push source of format `otlp-json`", example = "otel")),
+        ("source" = String, Path, description = "push source of format `otlp-json`", example = "otel"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a retry with the same key is not applied again (as for /v1/ingest)")),
     request_body(content = Option<String>, content_type = "application/x-protobuf",
         description = "an OTLP ExportTraceServiceRequest: protobuf (application/x-protobuf) or OTLP/JSON (application/json), optionally gzip (Content-Encoding: gzip)",
         example = "{\"resourceSpans\": []}"),
     responses((status = 200, description = "the spans are in the engine's input: an ExportTraceServiceResponse (its partialSuccess names the spans rejected), in the request's encoding", content_type = "application/x-protobuf"),
-              (status = 400, description = "a body that is not an ExportTraceServiceRequest in its encoding, or a source whose format is not otlp-json", body = api::ErrorBody),
+              (status = 400, description = "a body that is not an ExportTraceServiceRequest in its encoding (or nests values deeper than its OTLP/JSON form can be read back), a source whose format is not otlp-json, or a bad Idempotency-Key", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin, or a user whose role is too small for the route", body = api::ErrorBody),
               (status = 404, description = "no such job or push source", body = api::ErrorBody),
-              (status = 409, description = "the job was cancelled", body = api::ErrorBody),
-              (status = 413, description = "a body (or its gzip-decompressed bytes) over http.max_body_bytes", body = api::ErrorBody),
+              (status = 409, description = "the job was cancelled, or the Idempotency-Key was used for a different body", body = api::ErrorBody),
+              (status = 413, description = "a body (or its gzip-decompressed bytes) over http.max_body_bytes, or a request whose OTLP/JSON form is over cluster.max_record_bytes (send smaller batches)", body = api::ErrorBody),
               (status = 415, description = "a content type other than application/x-protobuf and application/json, or an encoding other than gzip", body = api::ErrorBody),
               (status = 503, description = "the cluster has stopped, or the data directory could not take the spans (nothing was ingested; retry)", body = api::ErrorBody)))]
 pub(crate) async fn traces(
@@ -74,7 +75,7 @@ pub(crate) async fn traces(
     let bytes = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::trim) {
         None => compressed,
         Some(e) if e.eq_ignore_ascii_case("identity") => compressed,
-        Some(e) if e.eq_ignore_ascii_case("gzip") => gunzip(&compressed)?,
+        Some(e) if e.eq_ignore_ascii_case("gzip") => gunzip(&compressed, state.controller.max_record_bytes())?,
         Some(e) => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -106,6 +107,24 @@ pub(crate) async fn traces(
         }
     };
     let line = otlp::to_json_line(&request).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // What the engine could not take whole is refused here, not answered 200 and lost: a
+    // request whose OTLP/JSON form is over the record limit (the client may split it), or does
+    // not read back (values nested deeper than the JSON reader's 128 levels).
+    let limit = state.controller.max_record_bytes();
+    if line.len() as u64 > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request's {} spans take {} bytes as OTLP/JSON, over cluster.max_record_bytes ({limit}): send them in \
+                 smaller batches",
+                otlp::span_count(&request),
+                line.len()
+            ),
+        ));
+    }
+    if let Err(e) = otlp::parse_request(&line) {
+        return Err(ApiError::bad_request(format!("the request cannot be ingested: {e}")));
+    }
     // The spans the engine will reject (the same decoder, on the same text): OTLP's
     // partial success.
     let (mut rejected, mut first) = (0i64, None);
@@ -123,7 +142,13 @@ pub(crate) async fn traces(
     }
     // An export without spans pushes nothing, but is refused as a push is (no such job or
     // source, a cancelled job).
-    let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, None).await?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters; nothing was ingested")
+        })?),
+    };
+    let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, key).await?;
     if report.rejected > 0 && rejected == 0 {
         // Refused whole (a request over `limits.max_record_bytes`): every span.
         rejected = spans as i64;
@@ -152,19 +177,25 @@ fn media_type(content_type: &str) -> String {
     content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
 }
 
-/// A gzip body, decompressed to at most `http.max_body_bytes` (a larger one is refused, so a
-/// small body cannot expand past the limit).
-fn gunzip(compressed: &[u8]) -> ApiResult<Bytes> {
-    let limit = max_body_bytes();
+/// A gzip body, decompressed to at most `http.max_body_bytes` and `cluster.max_record_bytes`
+/// (a larger one is refused, so a small body cannot expand past the limits).
+fn gunzip(compressed: &[u8], record_limit: u64) -> ApiResult<Bytes> {
+    // A request's OTLP/JSON form is at least as long as its protobuf: past the record limit it
+    // is refused anyway, so no more is decompressed.
+    let limit = max_body_bytes().min(usize::try_from(record_limit).unwrap_or(usize::MAX));
     let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(compressed).take(limit as u64 + 1);
+    // Every member of a multi-member gzip stream (as `cat a.gz b.gz` makes).
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
     decoder
         .read_to_end(&mut out)
         .map_err(|e| ApiError::bad_request(format!("the gzip body does not decompress: {e}")))?;
     if out.len() > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the decompressed body is larger than the limit of {limit} bytes (http.max_body_bytes)"),
+            format!(
+                "the decompressed body is larger than the limit of {limit} bytes (http.max_body_bytes, \
+                 cluster.max_record_bytes)"
+            ),
         ));
     }
     Ok(Bytes::from(out))
