@@ -249,3 +249,38 @@ total = "SELECT sum(n) AS s, count(*) AS c FROM things"
          (/id)\n"
     );
 }
+
+/// `run` reads a file of OTLP/JSON exports (one `ExportTraceServiceRequest` per line, as the
+/// OpenTelemetry Collector's file exporter writes them): two requests of spans, a third line
+/// that is not a request; the spans and the ingest error are what the lines say.
+#[test]
+fn run_reads_otlp_json_export_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let span = |trace: &str, id: &str, model: &str, tokens: u32| {
+        format!(
+            r#"{{"traceId":"{trace}","spanId":"{id}","name":"chat {model}","attributes":[{{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}},{{"key":"gen_ai.request.model","value":{{"stringValue":"{model}"}}}},{{"key":"gen_ai.usage.input_tokens","value":{{"intValue":"{tokens}"}}}}]}}"#
+        )
+    };
+    let request =
+        |spans: Vec<String>| format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{}]}}]}}]}}"#, spans.join(","));
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let lines = [
+        request(vec![span(trace, "0000000000000001", "gpt-4o", 100), span(trace, "0000000000000002", "o3", 7)]),
+        request(vec![span(trace, "0000000000000003", "gpt-4o", 20)]),
+        "{\"resourceSpans\": 1}".to_owned(),
+    ];
+    std::fs::write(dir.path().join("traces.jsonl"), lines.join("\n") + "\n").unwrap();
+    let job = dir.path().join("otlp.toml");
+    std::fs::write(&job, "[[sources]]\nname = \"otel\"\nformat = \"otlp-json\"\npath = \"traces.jsonl\"\n").unwrap();
+    let job = job.display().to_string();
+    let sql = "SELECT request_model, count(*) AS spans, sum(input_tokens) AS tokens FROM spans GROUP BY request_model \
+               ORDER BY request_model";
+    let (code, out, err) = aimatrix(&["run", &job, "--quiet", "--output", "csv", "--sql", sql]);
+    assert_eq!(code, 0, "{err}");
+    // gpt-4o: 100 + 20 in two spans; o3: 7.
+    assert_eq!(out, "request_model,spans,tokens\ngpt-4o,2,120\no3,1,7\n");
+    let (code, out, err) =
+        aimatrix(&["run", &job, "--quiet", "--output", "csv", "--sql", "SELECT source, location FROM ingest_errors"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("source,location\notel,") && out.trim_end().ends_with("traces.jsonl:3"), "{out}");
+}
