@@ -816,7 +816,8 @@ fn raw_request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], b
 /// start-up.
 /// Plain HTTP bounds its waits as HTTPS does: a connection that sends nothing, or stops in
 /// the middle of its first request's head, is closed (within FIRST_REQUEST_TIMEOUT, 10 s;
-/// waited for up to 90 s), so idle and slowloris clients cannot hold the server's
+/// waited for up to 90 s), and a request whose body stops coming is answered 408 (after
+/// BODY_READ_TIMEOUT, 10 s), so idle and slowloris clients cannot hold the server's
 /// connections; a whole request on another connection is answered meanwhile.
 #[test]
 fn idle_and_slow_plain_http_connections_are_closed() {
@@ -826,9 +827,17 @@ fn idle_and_slow_plain_http_connections_are_closed() {
     let idle = std::net::TcpStream::connect(&address).expect("connects");
     let mut slow = std::net::TcpStream::connect(&address).expect("connects");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").expect("half a head");
+    // A whole head announcing 100 bytes of body, then one byte, then nothing.
+    let mut stalled = std::net::TcpStream::connect(&address).expect("connects");
+    stalled
+        .write_all(
+            b"POST /v1/ingest/1/in HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
+        .expect("a head and a byte");
     let (status, _) = server.call("GET", "/healthz", None);
     assert_eq!(status, 200);
-    for (what, mut socket) in [("idle", idle), ("slow", slow)] {
+    for (what, mut socket) in [("idle", idle), ("slow", slow), ("stalled", stalled)] {
         socket.set_read_timeout(Some(Duration::from_secs(90))).expect("a timeout");
         let mut buffer = [0_u8; 256];
         let read = socket.read(&mut buffer);
@@ -842,7 +851,8 @@ fn idle_and_slow_plain_http_connections_are_closed() {
             Ok(n) => String::from_utf8_lossy(&buffer[..*n]).into_owned(),
             Err(e) => e.to_string(),
         };
-        // (hyper may answer the cut-off head with 408 before it closes.)
+        // (hyper may answer the cut-off head with 408 before it closes; the stalled body is
+        // answered 408 after BODY_READ_TIMEOUT, 10 s.)
         assert!(closed || sent.starts_with("HTTP/1.1 408"), "the {what} connection: {sent}");
     }
 }

@@ -167,6 +167,17 @@ type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 fn body(body: Body) -> ApiResult<Bytes> {
     body.map_err(|r| {
+        use std::error::Error as _;
+        let mut cause = r.source();
+        while let Some(e) = cause {
+            if e.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body sent nothing for {} s", BODY_READ_TIMEOUT.as_secs()),
+                );
+            }
+            cause = e.source();
+        }
         let message = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             format!("the request body is larger than the limit of {} bytes (http.max_body_bytes)", max_body_bytes())
         } else {
@@ -271,6 +282,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_check))
         .layer(axum::middleware::from_fn_with_state(state.guard.clone(), guard::check))
         .layer(axum::middleware::from_fn(trace_request))
@@ -376,6 +388,11 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a kept-alive HTTPS connection may take to send a request's head before it is closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a request's body may go without sending a byte before the request is refused
+/// (408) and its connection closed: a client that announces a body and stalls cannot hold a
+/// connection and a handler.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown` completes: HTTPS when `state` has TLS
 /// ([`AppState::with_tls`]), else plain HTTP. Either way a connection that sends no complete
