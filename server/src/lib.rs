@@ -823,17 +823,21 @@ async fn ingest(
         let line = body[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         ApiError::bad_request(format!("the body is not UTF-8: line {line}: {e}; nothing was ingested"))
     })?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => {
-            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
-            Some(key.ok_or_else(|| {
-                ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters; nothing was ingested")
-            })?)
-        }
-    };
+    let key = idempotency_key(&headers)?;
     let report = state.controller.ingest_keyed(job, &source, text, key).await?;
     Ok(axum::Json(report).into_response())
+}
+
+/// A push's `Idempotency-Key` header, if any.
+///
+/// # Errors
+/// 400 when it is not 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255);
+    key.map(Some).ok_or_else(|| {
+        ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters; nothing was ingested")
+    })
 }
 
 /// Subscribes to a view (WebSocket). Messages, one JSON object each:

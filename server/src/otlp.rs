@@ -27,7 +27,7 @@ use prost::Message as _;
 use amx_connectors::Decoder as _;
 use amx_connectors::otlp;
 
-use crate::{ApiError, ApiResult, AppState, Body, api, body, job_id, max_body_bytes};
+use crate::{ApiError, ApiResult, AppState, Body, api, body, idempotency_key, job_id, max_body_bytes};
 
 /// The body's encoding, from its `Content-Type`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -142,12 +142,7 @@ pub(crate) async fn traces(
     }
     // An export without spans pushes nothing, but is refused as a push is (no such job or
     // source, a cancelled job).
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(value) => Some(value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
-            ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters; nothing was ingested")
-        })?),
-    };
+    let key = idempotency_key(&headers)?;
     let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, key).await?;
     if report.rejected > 0 && rejected == 0 {
         // Refused whole (a request over `limits.max_record_bytes`): every span.
