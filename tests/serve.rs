@@ -665,6 +665,8 @@ fn a_push_past_the_record_limit_is_rejected_and_the_reply_lists_the_first_1000_r
     body.extend((0..1500).map(|i| format!("not json {i}")));
     let report = server.push(job, "in", &body);
     assert_eq!((report["accepted"].as_u64(), report["rejected"].as_u64()), (Some(1), Some(1501)), "{report}");
+    // A JSON line is one record: one ingest_errors row per rejected line, over both workers.
+    assert_eq!(report["error_rows"].as_u64(), Some(1501), "{report}");
     let errors = report["errors"].as_array().expect("errors");
     assert_eq!(errors.len(), 1000);
     assert_eq!(errors[0]["line"].as_u64(), Some(2));
@@ -4781,7 +4783,8 @@ fn an_opentelemetry_sdk_exports_spans_to_the_otlp_receiver() {
         {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "embeddings",
          "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "embeddings"}},
                         {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "9"}}]},
-        {"traceId": "5b", "spanId": "0102030405060708", "name": "broken"}]}]}]});
+        {"traceId": "5b", "spanId": "0102030405060708", "name": "broken"},
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "abcdef", "name": "short span id"}]}]}]});
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gzip, request.to_string().as_bytes()).expect("compressed");
     let gzipped = gzip.finish().expect("compressed");
@@ -4789,18 +4792,23 @@ fn an_opentelemetry_sdk_exports_spans_to_the_otlp_receiver() {
     let (status, answer) = post_bytes(&server, "/v1/otlp/1/otel/v1/traces", &gzipped, &json_headers);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     let answer: Value = serde_json::from_slice(&answer).expect("JSON");
-    assert_eq!(answer["partialSuccess"]["rejectedSpans"], 1, "{answer}");
+    // Two spans rejected (one record: the engine counts its ingest_errors rows).
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], 2, "{answer}");
     assert_eq!(
         answer["partialSuccess"]["errorMessage"],
-        "OTLP request/resourceSpans/0/scopeSpans/0/spans/1: trace id has 1 bytes, not 16"
+        "trace id has 1 bytes, not 16 (each rejected span is a row of ingest_errors)"
     );
     let want = vec![json!({"name": "embeddings", "input_tokens": 9})];
     assert_eq!(server.sql_until("SELECT name, input_tokens FROM spans WHERE operation = 'embeddings'", &want), want);
-    let errors = server.sql("SELECT source, location, error FROM ingest_errors");
+    let errors = server.sql("SELECT source, location, error FROM ingest_errors ORDER BY location");
     assert_eq!(
         errors,
-        vec![json!({"source": "otel", "location": "POST /v1/ingest/1/otel:1/resourceSpans/0/scopeSpans/0/spans/1",
-                    "error": "trace id has 1 bytes, not 16"})]
+        vec![
+            json!({"source": "otel", "location": "POST /v1/ingest/1/otel:1/resourceSpans/0/scopeSpans/0/spans/1",
+                   "error": "trace id has 1 bytes, not 16"}),
+            json!({"source": "otel", "location": "POST /v1/ingest/1/otel:1/resourceSpans/0/scopeSpans/0/spans/2",
+                   "error": "span id has 3 bytes, not 8"}),
+        ]
     );
 
     // Refusals.

@@ -449,6 +449,8 @@ struct Applied {
     accepted: u64,
     /// Pushed records that did not.
     rejected: u64,
+    /// Rows of `ingest_errors` the records made.
+    error_rows: u64,
     /// The first [`MAX_REPORTED_REJECTS`] of those by line: (line from 1, the reason).
     errors: Vec<(u64, String)>,
 }
@@ -499,7 +501,13 @@ impl ControllerLink for Shared {
 
 impl Shared {
     /// One worker's answer to the command waiting as `id`; the last one sends the whole answer.
-    fn applied(&self, id: u64, upper: Time, accepted: u64, rejected: u64, mut errors: Vec<(u64, String)>) {
+    fn applied(
+        &self,
+        id: u64,
+        upper: Time,
+        (accepted, rejected, error_rows): (u64, u64, u64),
+        mut errors: Vec<(u64, String)>,
+    ) {
         let mut ingests = lock(&self.ingests);
         let Some(wait) = ingests.get_mut(&id) else { return };
         wait.left = wait.left.saturating_sub(1);
@@ -507,6 +515,7 @@ impl Shared {
         applied.upper = applied.upper.max(upper);
         applied.accepted += accepted;
         applied.rejected += rejected;
+        applied.error_rows += error_rows;
         // The first rejects by line of all workers': each sent its first ones.
         applied.errors.append(&mut errors);
         applied.errors.sort_unstable_by_key(|(line, _)| *line);
@@ -567,9 +576,9 @@ impl Shared {
             Response::Introspection { worker, report } => {
                 lock(&self.reports).insert(worker, report);
             }
-            Response::Applied { id, upper } => self.applied(id, upper, 0, 0, Vec::new()),
-            Response::Ingested { id, upper, accepted, rejected, errors } => {
-                self.applied(id, upper, accepted, rejected, errors)
+            Response::Applied { id, upper } => self.applied(id, upper, (0, 0, 0), Vec::new()),
+            Response::Ingested { id, upper, accepted, rejected, error_rows, errors } => {
+                self.applied(id, upper, (accepted, rejected, error_rows), errors)
             }
             Response::SourceDone { job, source, upper } => {
                 let mut done = lock(&self.done);
@@ -1193,6 +1202,10 @@ pub struct IngestReport {
     pub accepted: u64,
     /// Records that did not (each is a row of `ingest_errors`).
     pub rejected: u64,
+    /// Rows of `ingest_errors` the push made: one per rejected record, except where a record
+    /// holds many (each rejected span of an OTLP request is a row).
+    #[serde(default)]
+    pub error_rows: u64,
     /// Why each rejected record was rejected: `{line, error}` (line numbers from 1), for the
     /// first [`MAX_REPORTED_REJECTS`] (1,000) by line; `ingest_errors` has every one.
     pub errors: Vec<IngestReject>,
@@ -2522,6 +2535,7 @@ impl Controller {
         Ok(IngestReport {
             accepted: applied.accepted,
             rejected: applied.rejected,
+            error_rows: applied.error_rows,
             errors: applied.errors.into_iter().map(|(line, error)| IngestReject { line, error }).collect(),
             timestamp: applied.upper.saturating_sub(1),
         })
@@ -2999,6 +3013,7 @@ mod tests {
         let report = IngestReport {
             accepted: 0,
             rejected: 1,
+            error_rows: 1,
             errors: vec![IngestReject { line: 1, error: "x".repeat(bytes) }],
             timestamp: 1,
         };

@@ -544,6 +544,10 @@ pub enum Response {
         accepted: u64,
         /// Its records that did not.
         rejected: u64,
+        /// Rows of `ingest_errors` its records made (a record may make several: each rejected
+        /// span of an OTLP request).
+        #[serde(default)]
+        error_rows: u64,
         /// The first [`MAX_REPORTED_REJECTS`] of those: (line in the body from 1, the reason).
         errors: Vec<(u64, String)>,
     },

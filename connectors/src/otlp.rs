@@ -43,7 +43,8 @@
 //! output tokens include reasoning ones) and must be integers in `0..=1000000000` (an
 //! integral double is taken). A span event named `gen_ai.evaluation.result` becomes an
 //! `evaluations` row of the span: `gen_ai.evaluation.name`, `gen_ai.evaluation.score.value`,
-//! `gen_ai.evaluation.score.label`.
+//! `gen_ai.evaluation.score.label`; a malformed one (no name, a score that is no number) is an
+//! ingest error at `…/spans/k/events/n`, and the span is kept.
 //!
 //! A record that is not an `ExportTraceServiceRequest` in OTLP/JSON is one ingest error (the
 //! request is read whole: an id that is not hex or an `intValue` that is no 64-bit integer
@@ -127,12 +128,17 @@ impl Decoder for OtlpJson {
                 for (k, span) in scope_spans.spans.iter().enumerate() {
                     let location = format!("{}/resourceSpans/{i}/scopeSpans/{j}/spans/{k}", record.location);
                     let scope = scope.map(|s| (s.name.as_str(), s.version.as_str()));
-                    match decode_span(span, resource, scope, out) {
+                    let mut bad_events = Vec::new();
+                    match decode_span(span, resource, scope, &mut bad_events, out) {
                         Ok(()) => {}
                         Err(reason) => {
                             let raw = serde_json::to_string(span).unwrap_or_default();
                             out.push(error(source, &location, reason, &raw));
                         }
+                    }
+                    for (n, reason) in bad_events {
+                        let raw = serde_json::to_string(&span.events[n]).unwrap_or_default();
+                        out.push(error(source, &format!("{location}/events/{n}"), reason, &raw));
                     }
                 }
             }
@@ -238,11 +244,32 @@ fn micros(nanos: u64) -> Option<i64> {
     (nanos != 0).then_some((nanos / 1_000) as i64)
 }
 
-/// One span's row (and its evaluations), or why it cannot be read.
+/// The evaluation a `gen_ai.evaluation.result` event of span `span_id` holds, or why it
+/// cannot be read (no `gen_ai.evaluation.name`, a score that is no number).
+fn evaluation(attributes: &Map<String, Value>, trace_id: &TraceId, span_id: &str) -> Result<Evaluation, String> {
+    let text = |key: &str| attributes.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let name =
+        text("gen_ai.evaluation.name").ok_or("event `gen_ai.evaluation.result` has no `gen_ai.evaluation.name`")?;
+    let score = match attributes.get("gen_ai.evaluation.score.value") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_f64().ok_or_else(|| format!("`gen_ai.evaluation.score.value` is {v}, not a number"))?),
+    };
+    Ok(Evaluation {
+        trace_id: trace_id.clone(),
+        span_id: Some(span_id.to_owned()),
+        name,
+        score: score.map(OrderedFloat),
+        label: text("gen_ai.evaluation.score.label"),
+    })
+}
+
+/// One span's row (and its evaluations; the indexes of malformed evaluation events and why go
+/// to `bad_events`), or why it cannot be read.
 fn decode_span(
     span: &OtlpSpan,
     resource: &[KeyValue],
     scope: Option<(&str, &str)>,
+    bad_events: &mut Vec<(usize, String)>,
     out: &mut Vec<Event>,
 ) -> Result<(), String> {
     let trace_hex = id_hex(&span.trace_id, 16, "trace id")?;
@@ -328,25 +355,14 @@ fn decode_span(
     }
     let mut evaluations = Vec::new();
     let mut events = Vec::new();
-    for event in &span.events {
+    for (n, event) in span.events.iter().enumerate() {
         let event_attributes = attributes_json(&event.attributes);
         if event.name == "gen_ai.evaluation.result" {
-            let text = |key: &str| event_attributes.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-            let name = text("gen_ai.evaluation.name")
-                .ok_or("event `gen_ai.evaluation.result` has no `gen_ai.evaluation.name`")?;
-            let score = match event_attributes.get("gen_ai.evaluation.score.value") {
-                None | Some(Value::Null) => None,
-                Some(v) => {
-                    Some(v.as_f64().ok_or_else(|| format!("`gen_ai.evaluation.score.value` is {v}, not a number"))?)
-                }
-            };
-            evaluations.push(Evaluation {
-                trace_id: trace_id.clone(),
-                span_id: Some(span_id.clone()),
-                name,
-                score: score.map(OrderedFloat),
-                label: text("gen_ai.evaluation.score.label"),
-            });
+            // A malformed evaluation is an error of its own; the span is kept.
+            match evaluation(&event_attributes, &trace_id, &span_id) {
+                Ok(e) => evaluations.push(e),
+                Err(reason) => bad_events.push((n, reason)),
+            }
         }
         let mut e = Map::new();
         e.insert("name".into(), Value::String(event.name.clone()));
@@ -452,7 +468,10 @@ mod tests {
                     {"timeUnixNano": "1733000003000000000", "name": "gen_ai.evaluation.result", "attributes": [
                         {"key": "gen_ai.evaluation.name", "value": {"stringValue": "relevance"}},
                         {"key": "gen_ai.evaluation.score.value", "value": {"doubleValue": 0.25}},
-                        {"key": "gen_ai.evaluation.score.label", "value": {"stringValue": "poor"}}]}],
+                        {"key": "gen_ai.evaluation.score.label", "value": {"stringValue": "poor"}}]},
+                    {"timeUnixNano": "1733000004000000000", "name": "gen_ai.evaluation.result", "attributes": [
+                        {"key": "gen_ai.evaluation.name", "value": {"stringValue": "tone"}},
+                        {"key": "gen_ai.evaluation.score.value", "value": {"stringValue": "high"}}]}],
                  "links": [{"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331"}],
                  "status": {"code": 2, "message": "deadline exceeded"}},
                 {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "2222222222222222",
@@ -549,6 +568,12 @@ mod tests {
         assert_eq!(
             errors,
             vec![
+                // The malformed evaluation: an error of its own; its span and the other
+                // evaluation are kept (above).
+                (
+                    "push:1/resourceSpans/0/scopeSpans/0/spans/2/events/2",
+                    "`gen_ai.evaluation.score.value` is \"high\", not a number"
+                ),
                 ("push:1/resourceSpans/0/scopeSpans/0/spans/4", "trace id has 8 bytes, not 16"),
                 (
                     "push:1/resourceSpans/0/scopeSpans/0/spans/5",

@@ -24,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message as _;
 
-use amx_connectors::Decoder as _;
 use amx_connectors::otlp;
 
 use crate::{ApiError, ApiResult, AppState, Body, api, body, idempotency_key, job_id, max_body_bytes};
@@ -125,30 +124,15 @@ pub(crate) async fn traces(
     if let Err(e) = otlp::parse_request(&line) {
         return Err(ApiError::bad_request(format!("the request cannot be ingested: {e}")));
     }
-    // The spans the engine will reject (the same decoder, on the same text): OTLP's
-    // partial success.
-    let (mut rejected, mut first) = (0i64, None);
-    let spans = otlp::span_count(&request);
-    if spans > 0 {
-        let mut events = Vec::new();
-        let record = amx_connectors::Record::new("OTLP request", line.clone());
-        otlp::OtlpJson.decode(&source, &record, &mut events);
-        for event in &events {
-            if let amx_dataflows::event::Event::Error(e) = event {
-                rejected += 1;
-                first.get_or_insert_with(|| format!("{}: {}", e.location, e.error));
-            }
-        }
-    }
     // An export without spans pushes nothing, but is refused as a push is (no such job or
     // source, a cancelled job).
     let key = idempotency_key(&headers)?;
+    let spans = otlp::span_count(&request);
     let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, key).await?;
-    if report.rejected > 0 && rejected == 0 {
-        // Refused whole (a request over `limits.max_record_bytes`): every span.
-        rejected = spans as i64;
-        first = report.errors.first().map(|e| e.error.clone());
-    }
+    // OTLP's partial success: the spans the engine rejected, each a row of `ingest_errors`
+    // (the request is one record, so the first reason is its first rejected span's).
+    let rejected = i64::try_from(report.error_rows).unwrap_or(i64::MAX);
+    let first = report.errors.first().map(|e| format!("{} (each rejected span is a row of ingest_errors)", e.error));
     let partial_success = (rejected > 0)
         .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: first.unwrap_or_default() });
     let answer = ExportTraceServiceResponse { partial_success };

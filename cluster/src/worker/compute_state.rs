@@ -428,8 +428,8 @@ impl ComputeState {
             outcome = push.decode(source, body, first_line, oversized, limit, stats, keep, &mut self.inputs);
         }
         let upper = self.inputs.time() + 1;
-        let super::sources::PushOutcome { accepted, rejected, errors } = outcome;
-        self.respond(Response::Ingested { id, upper, accepted, rejected, errors });
+        let super::sources::PushOutcome { accepted, rejected, error_rows, errors } = outcome;
+        self.respond(Response::Ingested { id, upper, accepted, rejected, error_rows, errors });
     }
 
     /// [`Command::IngestRecords`]: decodes a Kafka source's batch into the inputs and
@@ -443,8 +443,8 @@ impl ComputeState {
             outcome = push.decode_records(source, numbered, stats, keep, &mut self.inputs);
         }
         let upper = self.inputs.time() + 1;
-        let super::sources::PushOutcome { accepted, rejected, errors } = outcome;
-        self.respond(Response::Ingested { id, upper, accepted, rejected, errors });
+        let super::sources::PushOutcome { accepted, rejected, error_rows, errors } = outcome;
+        self.respond(Response::Ingested { id, upper, accepted, rejected, error_rows, errors });
     }
 
     /// [`Command::Subscribe`]: a dataflow for the changes; the snapshot is read in parts.

@@ -184,6 +184,8 @@ impl FileSource {
 pub(super) struct PushOutcome {
     pub(super) accepted: u64,
     pub(super) rejected: u64,
+    /// Rows of `ingest_errors` the records made (a record may make several).
+    pub(super) error_rows: u64,
     pub(super) errors: Vec<(u64, String)>,
 }
 
@@ -242,6 +244,7 @@ impl PushSource {
             for event in events.drain(..) {
                 if let Event::Error(e) = &event {
                     stats.2 += 1;
+                    outcome.error_rows += 1;
                     error.get_or_insert_with(|| e.error.clone());
                 } else {
                     stats.1 += 1;
