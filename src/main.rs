@@ -688,6 +688,11 @@ fn main() {
             std::thread::sleep(Duration::from_millis(1500));
             std::process::exit(EXIT_LOST_PEER);
         }
+        // A worker that cannot go on as the others do (another build's commands).
+        if let Some(why) = message.strip_prefix(amx_cluster::worker::HALT) {
+            eprintln!("error: {why}");
+            std::process::exit(70);
+        }
         // A panic in a worker thread must not leave the other workers waiting forever.
         default_hook(info);
         eprintln!("error: internal error (a bug in aimatrix; please report it with the input that caused it)");

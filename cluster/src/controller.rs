@@ -1375,8 +1375,12 @@ impl Controller {
             for (name, schema, reads) in planned {
                 seq.catalog.insert(name, Entry { schema, owner: None, reads, relation: false });
             }
-            seq.send(&Command::CreateInstance { collections: config.collections.clone(), views: config.views.clone() })
-                .map_err(|e| anyhow!(e))?;
+            seq.send(&Command::CreateInstance {
+                build: crate::protocol::BUILD.to_owned(),
+                collections: config.collections.clone(),
+                views: config.views.clone(),
+            })
+            .map_err(|e| anyhow!(e))?;
         }
         let inner = Arc::new(Inner {
             seq: Mutex::new(seq),

@@ -122,6 +122,26 @@ pub struct ViewSpec {
     pub sql: String,
 }
 
+/// This build of the cluster's protocol: the package's version and the version of the
+/// commands' wire form. Sent with [`Command::CreateInstance`]; see [`check_build`].
+pub const BUILD: &str = concat!("aimatrix ", env!("CARGO_PKG_VERSION"), ", protocol ", "2");
+
+/// Whether a worker of this build may apply the commands of a controller of build `theirs`.
+///
+/// # Errors
+/// The two builds differ: the message names both (the process must stop, as Materialize's
+/// replicas halt on a protocol mismatch, rather than apply commands it reads otherwise).
+pub fn check_build(theirs: &str) -> Result<(), String> {
+    if theirs == BUILD {
+        return Ok(());
+    }
+    Err(format!(
+        "the cluster's controller (process 0) runs {}, this process {BUILD}: every process of a cluster must run the \
+         same build",
+        if theirs.is_empty() { "an older build" } else { theirs }
+    ))
+}
+
 /// A command, applied by every worker in the order worker 0 sequenced it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
@@ -129,6 +149,11 @@ pub enum Command {
     /// it before it builds anything, so the agent state too is built from the controller's
     /// bytes, not from a process's own arguments (as Materialize's `CreateInstance`).
     CreateInstance {
+        /// The controller's build ([`BUILD`]): a worker of another build stops its process
+        /// (every process of a cluster must run the same build; their commands would not read
+        /// the same).
+        #[serde(default)]
+        build: String,
         /// The canonical relations and built-in views to arrange (readable by SQL and by
         /// jobs' views); `None`: all of them. The ingestion counters and the view errors are
         /// always arranged. A built-in view is maintained only when it, or a view computed in the same
@@ -594,6 +619,24 @@ mod tests {
 
     fn json(command: &Command) -> String {
         serde_json::to_string(command).expect("JSON")
+    }
+
+    #[test]
+    fn a_worker_refuses_another_builds_controller() {
+        assert_eq!(check_build(BUILD), Ok(()));
+        let why = check_build("aimatrix 0.0.1, protocol 1").expect_err("another build");
+        assert!(why.contains("runs aimatrix 0.0.1, protocol 1, this process aimatrix "), "{why}");
+        // A controller from before the build was sent sends none.
+        let old = r#"{"CreateInstance":{"collections":null,"views":[]}}"#;
+        let Ok(Command::CreateInstance { build, .. }) = (Wire { json: old.into(), texts: Vec::new() }).decode() else {
+            panic!("an older CreateInstance reads");
+        };
+        assert!(check_build(&build).expect_err("no build").contains("runs an older build"));
+        // What another build may send and this one cannot read is an error, not a command.
+        let other = r#"{"Ingest":{"id":1,"source":"s","body":"","at":5,"first_line":1,"compressed":true}}"#;
+        assert!((Wire { json: other.into(), texts: vec!["x".into()] }).decode().is_ok(), "unknown fields are ignored");
+        let unknown = r#"{"Rebalance":{"to":3}}"#;
+        assert!((Wire { json: unknown.into(), texts: Vec::new() }).decode().is_err());
     }
 
     #[test]

@@ -195,7 +195,12 @@ pub fn run_worker(
         // The later ones are applied by the loop below, in order.
         received.borrow_mut().extend(ready);
         match wire.decode() {
-            Ok(Command::CreateInstance { collections, views }) => break (collections, views),
+            Ok(Command::CreateInstance { build, collections, views }) => {
+                if let Err(why) = crate::protocol::check_build(&build) {
+                    halt(index, &why);
+                }
+                break (collections, views);
+            }
             Ok(Command::Shutdown) => return,
             Ok(_) | Err(_) => tracing::error!(worker = index, "the first command is not CreateInstance; skipped"),
         }
@@ -272,10 +277,8 @@ pub fn run_worker(
             tracing::debug!(worker = index, seq, "applying command");
             let command: Command = match wire.decode() {
                 Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(seq, error = %e, "undecodable command; skipped");
-                    continue;
-                }
+                // Skipping it would leave this worker's state apart from the others'.
+                Err(e) => halt(index, &format!("command {seq} from the controller does not read as a command ({e})")),
             };
             if state.handle_command(worker, command).is_break() {
                 break 'run;
@@ -330,6 +333,18 @@ fn sequence(
 
 /// The commands the broadcast has delivered completely (every command before them too), in
 /// sequence order.
+/// How the panic of [`halt`] begins: a process's panic hook reports such a panic as the
+/// condition it names, not as a bug.
+pub const HALT: &str = "halt: ";
+
+/// Stops worker `index` on a command it cannot apply as the other workers do: it panics, which
+/// stops the process (`aimatrix serve` exits with code 70 at a worker's panic) rather than let
+/// its state drift from theirs. A durable server's restart then recovers from the log.
+fn halt(index: usize, why: &str) -> ! {
+    tracing::error!(worker = index, "{why}; this process stops");
+    panic!("{HALT}worker {index}: {why}")
+}
+
 fn take_ready(received: &RefCell<Vec<(u64, Wire)>>, probe: &ProbeHandle<u64>) -> Vec<(u64, Wire)> {
     let mut received = received.borrow_mut();
     received.sort_by_key(|(seq, _)| *seq);
