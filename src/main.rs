@@ -409,10 +409,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         let path = log.location();
         let recovered =
             runtime.block_on(controller.recover(log, records, state.file_access())).context("data directory")?;
-        let snapshot = recovered
-            .snapshot
-            .as_ref()
-            .map_or_else(String::new, |s| format!(" (after snapshot {} of {} rows)", s.generation, s.rows));
+        let snapshot = recovered.snapshot.as_ref().map_or_else(String::new, |s| {
+            format!(" (after snapshot {} of {} rows, in {} rounds)", s.generation, s.rows, s.rounds)
+        });
         eprintln!(
             "serve: replayed {path}{snapshot}: {} jobs and views, {} cancellations, {} pushes in {:.1} s",
             recovered.jobs,

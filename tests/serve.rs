@@ -20,6 +20,8 @@ struct Server {
     agent: ureq::Agent,
     /// What it prints on stderr, line by line.
     stderr: std::sync::Mutex<mpsc::Receiver<String>>,
+    /// What it printed on stderr before it said where it listens.
+    started: Vec<String>,
 }
 
 impl Drop for Server {
@@ -66,18 +68,22 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
     });
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
     if !controller {
-        return Server { child, base: String::new(), agent, stderr: std::sync::Mutex::new(rx) };
+        return Server { child, base: String::new(), agent, stderr: std::sync::Mutex::new(rx), started: Vec::new() };
     }
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut started = Vec::new();
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("the server exited before it listened: {status}");
         }
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Some(at) = line.find("HTTP API on http://")
-        {
-            let address = line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
-            return Server { child, base: format!("http://{address}"), agent, stderr: std::sync::Mutex::new(rx) };
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(at) = line.find("HTTP API on http://") {
+                let address =
+                    line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
+                let stderr = std::sync::Mutex::new(rx);
+                return Server { child, base: format!("http://{address}"), agent, stderr, started };
+            }
+            started.push(line);
         }
     }
     let _ = child.kill();
@@ -1395,18 +1401,23 @@ fn push_keyed(server: &Server, job: u64, source: &str, key: &str, lines: &[Strin
 /// same data directory each time; pushes that got no answer are sent again with the same key.
 /// At the end every view equals what the acknowledged pushes and the file's lines make,
 /// computed here: nothing lost, nothing twice. A second server on the same directory is
-/// refused.
+/// refused. Each restart replays the log with at most 40 records per worker not yet through
+/// the dataflows (`storage.restart_rows_ahead`), so that it waits for them again and again.
 #[test]
 fn kill_9_and_restart_loses_nothing_acknowledged() {
-    kill_9_rounds(&[]);
+    kill_9_rounds(&[("AIMATRIX__STORAGE__RESTART_ROWS_AHEAD", "40")]);
 }
 
 /// The same with the log compacted into a snapshot whenever it has grown at all (checked 4
 /// times a second), so that the kills land before, during and after snapshots and log
-/// rewrites: still nothing lost, nothing twice, and the restarts restore a snapshot.
+/// rewrites: still nothing lost, nothing twice, and the restarts restore a snapshot (in
+/// rounds of 50 rows per worker, each at a timestamp of its own).
 #[test]
 fn kill_9_with_log_compaction_loses_nothing_acknowledged() {
-    let data = kill_9_rounds(&[("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1")]);
+    let data = kill_9_rounds(&[
+        ("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1"),
+        ("AIMATRIX__STORAGE__RESTART_ROWS_AHEAD", "50"),
+    ]);
     let snapshots: Vec<String> = std::fs::read_dir(data.path().join("data/snapshots"))
         .expect("a snapshot was taken")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -1707,7 +1718,8 @@ fn restart_replays_jobs_views_and_retractions() {
 /// shares is read in several parts of at most 10,000 rows, and restored in several Parquet
 /// batches), the log is compacted (a snapshot file names job 1), the server is killed and
 /// restarted, `a` is cancelled with `retract`, and only `b`'s 25,000 records remain — also
-/// after one more restart, which replays the cancellation after the snapshot. Counts and sums
+/// after one more restart, which replays the cancellation after the snapshot. The snapshot is
+/// restored in rounds of 1,000 rows per worker (`storage.restart_rows_ahead`). Counts and sums
 /// are the records pushed here.
 #[test]
 fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
@@ -1763,14 +1775,24 @@ fn a_snapshot_keeps_a_retractable_jobs_records_apart() {
         json!({ "collection": "b", "n": 25_000, "bytes": b_bytes }),
     ];
     let only_b = vec![json!({ "collection": "b", "n": 25_000, "bytes": b_bytes })];
+    let rounds = [("AIMATRIX__STORAGE__RESTART_ROWS_AHEAD", "1000")];
     {
-        let server = start(&args, true);
+        let server = start_with_env(&args, true, &rounds);
         assert_eq!(server.sql_until(counts, &both), both);
+        // 25,003 rows and the counters, 2,000 a round (1,000 for each of the 2 workers).
+        let replayed = server.started.iter().find(|l| l.starts_with("serve: replayed")).expect("the replay's line");
+        let n: u64 = replayed
+            .split(" rounds)")
+            .next()
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{replayed}"));
+        assert!((13..=14).contains(&n), "{replayed}");
         let (status, body) = server.call("DELETE", "/v1/jobs/1?retract=true", None);
         assert_eq!(status, 200, "{body}");
         assert_eq!(server.sql_until(counts, &only_b), only_b);
     }
-    let server = start(&args, true);
+    let server = start_with_env(&args, true, &rounds);
     assert_eq!(server.sql_until(counts, &only_b), only_b);
     assert_eq!(server.sql("SELECT * FROM b_view"), vec![json!({ "collection": "b", "n": 25_000 })]);
 }
@@ -1901,7 +1923,11 @@ fn kill_9_of_either_cluster_process_loses_nothing_acknowledged() {
     let mut id = None;
     for round in 0..6 {
         let mut p1 = start(&args(1), false);
-        let mut p0 = start_with_env(&args(0), true, &[("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1")]);
+        let mut p0 = start_with_env(
+            &args(0),
+            true,
+            &[("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1"), ("AIMATRIX__STORAGE__RESTART_ROWS_AHEAD", "100")],
+        );
         if round == 0 {
             id = Some(p0.submit(&job));
         }

@@ -34,7 +34,9 @@ use std::sync::Arc;
 
 use amx_sql::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
-pub use controller::{ClusterConfig, ClusterError, Controller, SubscribeEvent, Subscription};
+pub use controller::{
+    ClusterConfig, ClusterError, Controller, DEFAULT_RESTART_ROWS_AHEAD, SubscribeEvent, Subscription,
+};
 pub use limits::SqlLimits;
 pub use sql::{QueryExtras, QueryShape, SqlAnswer};
 

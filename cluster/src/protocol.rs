@@ -299,7 +299,8 @@ pub enum Command {
         /// Per source: records read, rows decoded, ingest errors.
         #[serde(default)]
         stats: Vec<(String, (isize, isize, isize))>,
-        /// The snapshot's timestamp.
+        /// The round's timestamp: the snapshot's, or later (a snapshot is restored in rounds,
+        /// each at a timestamp of its own; see `ClusterConfig::restart_rows_ahead`).
         at: Time,
         /// The `retractable` job that ingested the events: the worker also keeps them for it,
         /// to retract when it is cancelled with `retract`.

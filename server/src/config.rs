@@ -55,6 +55,7 @@
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
 //! compact_after_bytes = 268435456   # fold the log into a snapshot whenever it holds this much past the last one (0: never)
+//! restart_rows_ahead = 50000   # rows per worker a restart sends ahead of what the dataflows have processed
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -109,6 +110,10 @@ pub struct StorageConfig {
     /// directory's log and an object-store log (`url`) alike. See
     /// `amx_cluster::storage::snapshot`.
     pub compact_after_bytes: u64,
+    /// Rows (records of the log, rows of a snapshot) per worker that a restart sends ahead
+    /// of what the dataflows have processed (default 50,000; at least 1): what bounds the
+    /// restart's memory. See `amx_cluster::ClusterConfig::restart_rows_ahead`.
+    pub restart_rows_ahead: u64,
 }
 
 /// The default [`StorageConfig::compact_after_bytes`]: 256 MiB.
@@ -116,7 +121,12 @@ pub const DEFAULT_COMPACT_AFTER_BYTES: u64 = 256 << 20;
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { data_dir: None, url: None, compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES }
+        StorageConfig {
+            data_dir: None,
+            url: None,
+            compact_after_bytes: DEFAULT_COMPACT_AFTER_BYTES,
+            restart_rows_ahead: amx_cluster::DEFAULT_RESTART_ROWS_AHEAD as u64,
+        }
     }
 }
 
@@ -450,6 +460,7 @@ impl ServeConfig {
             max_queued_rows: self.subscribe.max_queued_rows.max(1),
             max_queued_bytes: self.subscribe.max_queued_bytes.max(1),
             timestamp_interval: std::time::Duration::from_millis(self.cluster.timestamp_interval_ms.max(1)),
+            restart_rows_ahead: usize::try_from(self.storage.restart_rows_ahead).unwrap_or(usize::MAX).max(1),
             ..Default::default()
         }
     }

@@ -11,8 +11,12 @@
 //! meanwhile; they wait only for the few microseconds of the cut.
 //!
 //! A restart restores the snapshot before the log's records: the catalog changes replayed as
-//! the log's are, then every collection's rows, read back as events, inserted at `at`
-//! ([`Command::Restore`]), the sources' counts, positions and keys put back.
+//! the log's are, then every collection's rows, read back as events, inserted from `at` on
+//! ([`Command::Restore`]) in rounds of [`crate::ClusterConfig::restart_rows_ahead`] rows per
+//! worker, each at a timestamp of its own and sent once the round before the last has passed
+//! every collection (so that the arrangements seal and merge a round before more comes, and
+//! the restart's memory stays near the live state's); then the sources' counts, positions and
+//! keys are put back.
 //!
 //! The events a `retractable` job's sources fed are kept apart, per job (each worker keeps
 //! them to retract them when the job is cancelled with `retract`): read at the cut with
@@ -80,6 +84,8 @@ pub struct Restored {
     pub generation: u64,
     /// Rows restored (each distinct row counted as many times as it occurs).
     pub rows: u64,
+    /// The rounds they were restored in (see [`crate::ClusterConfig::restart_rows_ahead`]).
+    pub rounds: u64,
 }
 
 impl Controller {
@@ -353,15 +359,21 @@ impl Controller {
                 )),
             })?;
         }
-        // Every row at the snapshot's timestamp. (Tried: each part at a timestamp of its own
-        // just before it, so that the arrangements seal batches as the rows come — release,
-        // 1M rows, 2 workers: 2.8–2.9 s to serving at a peak of 1.48–1.63 GB, against 2.1 s
-        // and 1.57 GB at one timestamp: slower, and no less memory.)
-        let (at, peers) = {
+        // The rows in rounds (see [`ClusterConfig::restart_rows_ahead`]), from the snapshot's
+        // timestamp on. (Tried before: every row at the snapshot's one timestamp, 1.36–1.44×
+        // the live state's memory at its peak; each Parquet part at a timestamp of its own,
+        // sent as fast as the workers took them into their inputs, no less: what bounds the
+        // memory is waiting for the dataflows to process a round, not the timestamps.)
+        let (mut at, peers) = {
             let mut seq = lock(&self.inner.seq);
             (seq.next_timestamp(Some(manifest.at)), self.peers())
         };
-        let mut restored = Restored { generation: manifest.generation, rows: 0 };
+        // Rounds of rows, each at a timestamp of its own; a round is sent once the one before
+        // the last has passed every collection (unless one does not move on: then at once).
+        let mut round_rows = self.restart_rows_ahead() as u64;
+        let mut in_round = 0u64;
+        let mut rounds = std::collections::VecDeque::new();
+        let mut restored = Restored { generation: manifest.generation, rows: 0, rounds: 1 };
         let mut worker = 0;
         // Parts sent ahead of the workers' answers, at most [`RESTORE_WINDOW`].
         let mut outstanding = std::collections::VecDeque::new();
@@ -401,23 +413,46 @@ impl Controller {
                     };
                     events.push((event, diff));
                 }
-                let (wait, applied) = self.wait_for(1);
-                lock(&self.inner.seq).send_to(
-                    &Command::Restore {
-                        events,
-                        stats: Vec::new(),
-                        at,
-                        kept_for: file.job.map(JobId),
-                        wait: Some(wait),
-                    },
-                    Some(worker),
-                )?;
-                worker = (worker + 1) % peers;
-                outstanding.push_back(applied);
-                while outstanding.len() > RESTORE_WINDOW
-                    && let Some(applied) = outstanding.pop_front()
-                {
-                    applied.await.map_err(|_| ClusterError::Stopped)?;
+                // The part, in pieces that fill the rounds.
+                while !events.is_empty() {
+                    if in_round >= round_rows {
+                        in_round = 0;
+                        restored.rounds += 1;
+                        rounds.push_back(at);
+                        at = lock(&self.inner.seq).next_timestamp(Some(manifest.at));
+                        for worker in 0..peers {
+                            self.send_restore(Vec::new(), Vec::new(), at, worker, None)?;
+                        }
+                        while rounds.len() > 1
+                            && let Some(done) = rounds.pop_front()
+                        {
+                            if !self.wait_passed(done).await {
+                                round_rows = u64::MAX;
+                            }
+                        }
+                    }
+                    let take = usize::try_from(round_rows - in_round).unwrap_or(usize::MAX).min(events.len());
+                    let rest = events.split_off(take);
+                    let events = std::mem::replace(&mut events, rest);
+                    in_round += events.len() as u64;
+                    let (wait, applied) = self.wait_for(1);
+                    lock(&self.inner.seq).send_to(
+                        &Command::Restore {
+                            events,
+                            stats: Vec::new(),
+                            at,
+                            kept_for: file.job.map(JobId),
+                            wait: Some(wait),
+                        },
+                        Some(worker),
+                    )?;
+                    worker = (worker + 1) % peers;
+                    outstanding.push_back(applied);
+                    while outstanding.len() > RESTORE_WINDOW
+                        && let Some(applied) = outstanding.pop_front()
+                    {
+                        applied.await.map_err(|_| ClusterError::Stopped)?;
+                    }
                 }
             }
             reader.await.map_err(|_| ClusterError::Stopped)?.map_err(ClusterError::Storage)?;
