@@ -55,7 +55,7 @@
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
 //! compact_after_bytes = 268435456   # fold the log into a snapshot whenever it holds this much past the last one (0: never)
-//! restart_rows_ahead = 50000   # rows per worker a restart sends ahead of what the dataflows have processed
+//! restart_rows_ahead = 25000   # rows per worker a restart sends ahead of what the dataflows have processed
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -111,7 +111,7 @@ pub struct StorageConfig {
     /// `amx_cluster::storage::snapshot`.
     pub compact_after_bytes: u64,
     /// Rows (records of the log, rows of a snapshot) per worker that a restart sends ahead
-    /// of what the dataflows have processed (default 50,000; at least 1): what bounds the
+    /// of what the dataflows have processed (default 25,000; at least 1): what bounds the
     /// restart's memory. See `amx_cluster::ClusterConfig::restart_rows_ahead`.
     pub restart_rows_ahead: u64,
 }
