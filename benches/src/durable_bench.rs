@@ -16,6 +16,9 @@
 //! log: the time until the view holds every event again (restart to serving), and the peak
 //! resident memory meanwhile, beside the memory of the state when it was live. Then the log
 //! is compacted into a snapshot (its time and bytes) and the restart measured again, from it.
+//! Every phase runs in this one process, so a restart's memory includes pages the allocator
+//! kept from the phases before; `benches/restart_memory.py` measures restart memory against
+//! the live state's with each phase in a server process of its own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
