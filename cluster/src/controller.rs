@@ -2811,7 +2811,15 @@ impl Controller {
         for (answer, ..) in outstanding {
             upper = upper.max(Self::answer(answer).await?.timestamp + 1);
         }
-        self.wait_visible(upper).await;
+        // A timestamp closed now, at the wall clock (the times the server read at before it
+        // stopped were, and were not logged), and every query after waits for it: the first
+        // reads every restored row, and no read goes back in time.
+        let closed = {
+            let mut seq = lock(&self.inner.seq);
+            seq.close_timestamp()?;
+            seq.closed
+        };
+        self.wait_visible(upper.max(closed)).await;
         let mut seq = lock(&self.inner.seq);
         seq.log = Some(log);
         // The sources the server reads resume where the log's last batches leave them.

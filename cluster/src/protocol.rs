@@ -292,7 +292,10 @@ pub enum Command {
     /// rows of the canonical relations and of the relations sources declare, read back as
     /// events, and counts of the sources' records. The worker moves its input to `at` (as for
     /// [`Command::Ingest`]) and adds each event `diff` times (a keyed table's row as an upsert)
-    /// and each source's counts to `aimatrix_source_stats`.
+    /// and each source's counts to `aimatrix_source_stats`. Unlike a push, it does not close
+    /// `at` on its own: a round has several parts at `at`, and the controller closes it (with
+    /// the next round's timestamp, or [`Command::AdvanceTo`] at the restart's end), so that
+    /// every row is at its round's timestamp.
     Restore {
         /// The events, each with its multiplicity.
         events: Vec<(amx_dataflows::event::Event, Diff)>,

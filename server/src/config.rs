@@ -55,7 +55,7 @@
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
 //! compact_after_bytes = 268435456   # fold the log into a snapshot whenever it holds this much past the last one (0: never)
-//! restart_rows_ahead = 25000   # rows per worker a restart sends ahead of what the dataflows have processed
+//! restart_rows_ahead = 25000   # rows per worker a restart sends ahead of what the dataflows have processed (0: no bound)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -111,8 +111,10 @@ pub struct StorageConfig {
     /// `amx_cluster::storage::snapshot`.
     pub compact_after_bytes: u64,
     /// Rows (records of the log, rows of a snapshot) per worker that a restart sends ahead
-    /// of what the dataflows have processed (default 25,000; at least 1): what bounds the
-    /// restart's memory. See `amx_cluster::ClusterConfig::restart_rows_ahead`.
+    /// of what the dataflows have processed (default 25,000; 0: no bound, everything at once):
+    /// what bounds the restart's memory. A snapshot of N rows is restored in N / (this ×
+    /// workers) rounds of a few ms each (about 6 ms measured), so a small value is slow. See
+    /// `amx_cluster::ClusterConfig::restart_rows_ahead`.
     pub restart_rows_ahead: u64,
 }
 
@@ -460,7 +462,10 @@ impl ServeConfig {
             max_queued_rows: self.subscribe.max_queued_rows.max(1),
             max_queued_bytes: self.subscribe.max_queued_bytes.max(1),
             timestamp_interval: std::time::Duration::from_millis(self.cluster.timestamp_interval_ms.max(1)),
-            restart_rows_ahead: usize::try_from(self.storage.restart_rows_ahead).unwrap_or(usize::MAX).max(1),
+            restart_rows_ahead: match self.storage.restart_rows_ahead {
+                0 => usize::MAX,
+                rows => usize::try_from(rows).unwrap_or(usize::MAX),
+            },
             ..Default::default()
         }
     }
@@ -605,6 +610,17 @@ mod tests {
     }
 
     /// `cluster.timestamp_interval_ms` is 1 to 100; others are refused, naming the key.
+    #[test]
+    fn restart_rows_ahead_zero_is_no_bound() {
+        for (rows, cluster) in [(0_u64, usize::MAX), (1, 1), (25_000, 25_000)] {
+            let flags = serde_json::json!({ "storage": { "restart_rows_ahead": rows } });
+            let config = ServeConfig::load(None, flags).expect("loads");
+            assert_eq!(config.cluster_config().restart_rows_ahead, cluster, "{rows}");
+        }
+        let config = ServeConfig::load(None, serde_json::json!({})).expect("loads");
+        assert_eq!(config.cluster_config().restart_rows_ahead, amx_cluster::DEFAULT_RESTART_ROWS_AHEAD);
+    }
+
     #[test]
     fn the_timestamp_interval_is_bounded() {
         for (ms, ok) in [(0_u64, false), (1, true), (100, true), (101, false), (u64::MAX, false)] {

@@ -226,7 +226,8 @@ impl ComputeState {
                     let pending = self.pending_stats.entry(source).or_default();
                     *pending = (pending.0 + records, pending.1 + decoded, pending.2 + errors, pending.3);
                 }
-                self.closable = self.closable.max(at + 1);
+                // Not closed here: more parts of the round come at `at`, and the controller
+                // closes it (the next round's timestamp, or `AdvanceTo` after the restart).
                 if let Some(wait) = wait {
                     let upper = self.inputs.time() + 1;
                     self.respond(Response::Applied { id: wait, upper });
