@@ -16,24 +16,8 @@ print as a table; repeat with `--rounds` and compare modes within one run.
 """
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
-JOB = r'''
-name = "bench"
-[[sources]]
-name = "events"
-kind = "push"
-format = "json"
-[sources.options]
-relation = "knowledge_events"
-[sources.options.mapping]
-collection = "/c"
-document_id = "/id"
-op = { pointer = "/op", default = "upsert" }
-version = "/v"
-size_bytes = "/size"
-event_time = { pointer = "/t", unit = "s" }
-[views]
-by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
-'''
+# The job of amx-durable-bench and amx-serve-bench (benches/src/lib.rs reads the same file).
+JOB = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "knowledge_job.toml")).read()
 
 
 def http(method, url, body=None, ctype="application/json", key=None, timeout=120):

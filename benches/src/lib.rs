@@ -67,21 +67,4 @@ pub fn knowledge_line(id: &str, i: usize) -> String {
 /// `{"c": collection, "id": document, "op"?: "upsert" | "delete", "v": version, "size": bytes,
 /// "t": seconds}` onto `knowledge_events`, and a view `by_id` (`document_id, collection,
 /// size_bytes`).
-pub const KNOWLEDGE_JOB: &str = r#"
-name = "bench"
-[[sources]]
-name = "events"
-kind = "push"
-format = "json"
-[sources.options]
-relation = "knowledge_events"
-[sources.options.mapping]
-collection = "/c"
-document_id = "/id"
-op = { pointer = "/op", default = "upsert" }
-version = "/v"
-size_bytes = "/size"
-event_time = { pointer = "/t", unit = "s" }
-[views]
-by_id = "SELECT document_id, collection, size_bytes FROM knowledge_events"
-"#;
+pub const KNOWLEDGE_JOB: &str = include_str!("../knowledge_job.toml");

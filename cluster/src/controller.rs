@@ -1971,28 +1971,30 @@ impl Controller {
 
     /// Waits (at most 10 s) until every collection has passed `time`: the dataflows have
     /// processed every change at `time` and before. False when one had not after 10 s (it is
-    /// named in the log): a restart then no longer waits for them.
-    pub(crate) async fn wait_passed(&self, time: Time) -> bool {
+    /// named in the log, with what `waiting` was for).
+    async fn passed(&self, time: Time, waiting: &str) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let behind: Vec<String> = lock(&self.inner.shared.uppers)
-                .iter()
-                .filter(|(_, upper)| **upper <= time)
-                .map(|(name, upper)| format!("{name} at {upper}"))
-                .collect();
-            if behind.is_empty() {
+            if lock(&self.inner.shared.uppers).values().all(|upper| *upper > time) {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    time,
-                    behind = behind.join(", "),
-                    "collections did not pass a restart's timestamp in 10 s; the restart goes on without waiting for them"
-                );
+                let behind: Vec<String> = lock(&self.inner.shared.uppers)
+                    .iter()
+                    .filter(|(_, upper)| **upper <= time)
+                    .map(|(name, upper)| format!("{name} at {upper}"))
+                    .collect();
+                tracing::warn!(time, behind = behind.join(", "), "collections did not pass {waiting} in 10 s");
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// [`Controller::passed`] for a restart, which goes on without waiting once a collection
+    /// does not move on (false).
+    pub(crate) async fn wait_passed(&self, time: Time) -> bool {
+        self.passed(time, "a restart's timestamp (the restart goes on without waiting for them)").await
     }
 
     /// Rows a restart sends ahead of the dataflows: [`ClusterConfig::restart_rows_ahead`] per
@@ -2005,9 +2007,8 @@ impl Controller {
     /// at `upper - 1` or later.
     async fn wait_visible(&self, upper: Time) {
         self.inner.last_write.fetch_max(upper.saturating_sub(1), Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline && !lock(&self.inner.shared.uppers).values().all(|u| *u >= upper) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if let Some(time) = upper.checked_sub(1) {
+            self.passed(time, "the time of a write").await;
         }
     }
 
