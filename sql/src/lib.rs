@@ -24,6 +24,7 @@ pub mod json;
 pub mod parse;
 pub mod plan;
 pub mod render;
+pub mod row_expr;
 pub mod temporal;
 pub mod testing;
 pub mod views;

@@ -124,7 +124,7 @@ pub fn plan_on_sql_stack<T: Send>(f: impl FnOnce() -> Result<T, DataFusionError>
 }
 
 /// Expressions at most this deep are evaluated on the caller's stack by [`evaluate`].
-const SHALLOW_DEPTH: usize = 64;
+pub(crate) const SHALLOW_DEPTH: usize = 64;
 
 /// Stack [`evaluate`] makes sure of per level of a deeper expression (debug builds use about
 /// 4 KiB per level of a binary expression).

@@ -3,7 +3,9 @@
 //! - `Map` / `Filter` evaluate DataFusion physical expressions over Arrow batches built from
 //!   each batch of updates (a retraction evaluates to the retraction of the same output, as
 //!   the expressions are deterministic). A batch whose evaluation fails is re-evaluated row by
-//!   row, so only the failing rows go to the view's errors.
+//!   row, so only the failing rows go to the view's errors. Expressions that compile to
+//!   [`RowExpr`]s (column references, comparisons, `CASE`, integer arithmetic: exactly
+//!   DataFusion's results) are evaluated on each row instead, without the Arrow round trip.
 //! - `Reduce`, `TopK` and `Window` use `reduce`: only changed groups are recomputed.
 //! - `Join` uses differential `join`; outer joins add the unmatched rows (an `antijoin` of
 //!   the input against the distinct matched rows) padded with NULLs.
@@ -28,6 +30,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::convert;
 use crate::plan::{Agg, AggFunc, JoinKind, Order, PhysExpr, Plan, RankFunc, nulls};
+use crate::row_expr::RowExpr;
 use crate::views::ViewDef;
 
 /// A collection of rows.
@@ -217,10 +220,23 @@ fn evaluate<'s>(
     is_filter: bool,
 ) -> VecCollection<'s, Time, Evaluated, Diff> {
     let name = format!("{} {view}", if is_filter { "Filter" } else { "Map" });
+    // Expressions that compile to row expressions skip the Arrow round trip.
+    let compiled = RowExpr::compile_all(&exprs, &schema);
     input
         .inner
         .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
             move |input, output| {
+                if let Some(compiled) = &compiled {
+                    input.for_each_stamp(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for (row, time, diff) in data.flat_map(|d| d.drain(..)) {
+                            if let Some(result) = eval_row(&row, compiled, is_filter) {
+                                session.give((result, time, diff));
+                            }
+                        }
+                    });
+                    return;
+                }
                 input.for_each_stamp(|cap, data| {
                     let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
                     let mut session = output.session(&cap);
@@ -250,6 +266,7 @@ fn temporal_filter<'s>(
     inclusive: bool,
 ) -> VecCollection<'s, Time, Evaluated, Diff> {
     let name = format!("TemporalFilter {view}");
+    let compiled = RowExpr::compile_all(std::slice::from_ref(&time), &schema);
     input
         .inner
         .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
@@ -257,9 +274,13 @@ fn temporal_filter<'s>(
                 input.for_each_stamp(|cap, data| {
                     let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
                     for chunk in updates.chunks(EVAL_BATCH_ROWS) {
-                        let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
-                        let exprs = std::slice::from_ref(&time);
-                        let times = eval_chunk(&rows, &schema, exprs, false);
+                        let times = match &compiled {
+                            Some(compiled) => chunk.iter().map(|(r, _, _)| eval_row(r, compiled, false)).collect(),
+                            None => {
+                                let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
+                                eval_chunk(&rows, &schema, std::slice::from_ref(&time), false)
+                            }
+                        };
                         for ((row, t, d), result) in chunk.iter().zip(times) {
                             match result {
                                 Some(Ok(value)) => {
@@ -295,6 +316,23 @@ fn eval_chunk(rows: &[&Row], schema: &SchemaRef, exprs: &[PhysExpr], is_filter: 
                 Err(e) => Some(Err(format!("{e} (row {})", show(r)))),
             })
             .collect(),
+    }
+}
+
+/// [`eval_rows`] of one row by compiled row expressions: the same results, without Arrow.
+fn eval_row(row: &Row, exprs: &[RowExpr], is_filter: bool) -> Option<Evaluated> {
+    let error = |e: String| Some(Err(format!("{e} (row {})", show(row))));
+    if is_filter {
+        return match exprs[0].eval(row) {
+            Ok(Datum::Bool(true)) => Some(Ok(row.clone())),
+            Ok(Datum::Bool(false) | Datum::Null) => None,
+            Ok(d) => error(format!("a filter predicate that is not BOOLEAN: {d:?}")),
+            Err(e) => error(e),
+        };
+    }
+    match exprs.iter().map(|e| e.eval(row)).collect::<Result<Row, String>>() {
+        Ok(out) => Some(Ok(out)),
+        Err(e) => error(e),
     }
 }
 
