@@ -10,10 +10,6 @@ use amx_sql::OutputFormat;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// mimalloc, built with `no_thp`: at its start the process opts out of transparent huge pages
-/// (`prctl(PR_SET_THP_DISABLE)`). With THP on (`always`, as many distributions ship it), every
-/// fresh or purged 2 MiB region is zeroed whole at its first touch, which stalled the dataflows
-/// (README, "Transparent huge pages").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
