@@ -102,24 +102,20 @@ pub enum Arithmetic {
 
 /// Whether two values of this type compare on rows as Arrow compares them.
 fn comparable(ty: &DataType) -> bool {
-    matches!(
-        ty,
-        DataType::Boolean
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::Date32
-            | DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Timestamp(TimeUnit::Microsecond, _)
-    )
+    is_integer(ty)
+        || matches!(
+            ty,
+            DataType::Boolean
+                | DataType::Date32
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Timestamp(TimeUnit::Microsecond, _)
+        )
 }
 
+/// Whether rows hold this type's values as `Datum::Int` exactly (`UInt64` is not: values above
+/// `i64::MAX` become NULL).
 fn is_integer(ty: &DataType) -> bool {
     matches!(
         ty,
