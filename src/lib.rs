@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod memory;
 pub mod runtime;
 pub mod telemetry;
 

@@ -642,6 +642,8 @@ static PEERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 static LOST_PEER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn main() {
+    // Before any worker allocates (README, "Transparent huge pages").
+    let huge_pages = aimatrix::memory::disable_transparent_huge_pages();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = info
@@ -697,15 +699,21 @@ fn main() {
         eprintln!("error: internal error (a bug in aimatrix; please report it with the input that caused it)");
         std::process::exit(70);
     }));
-    if let Err(e) = real_main() {
+    if let Err(e) = real_main(huge_pages) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn real_main() -> Result<()> {
+fn real_main(huge_pages: aimatrix::memory::HugePages) -> Result<()> {
     // Dropped on the way out: the spans still queued are exported.
     let _telemetry = aimatrix::telemetry::init()?;
+    match huge_pages {
+        aimatrix::memory::HugePages::Failed(e) => {
+            tracing::warn!(error = %e, "could not opt out of transparent huge pages; tails may be longer");
+        }
+        other => tracing::debug!(huge_pages = ?other, "transparent huge pages"),
+    }
     let cli = Cli::parse();
     // Not locked for the whole run: timely's networking threads print on stdout while connecting.
     let mut stdout = std::io::stdout();

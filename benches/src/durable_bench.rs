@@ -89,6 +89,8 @@ fn stop(controller: Controller, log: Option<Arc<DurableLog>>) -> anyhow::Result<
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let pushes = arg(&args, "--pushes", 1000)?;
     let per = arg(&args, "--per", 1000)?;

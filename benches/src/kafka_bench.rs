@@ -38,6 +38,8 @@ fn event(i: usize) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let messages = arg(&args, "--messages", 500_000)?;
     let partitions = arg(&args, "--partitions", 4)?.max(1) as i32;

@@ -88,6 +88,8 @@ fn report(name: &str, mut timings: Vec<Timings>, seconds: f64) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let binary = args
         .iter()

@@ -20,6 +20,8 @@ use amx_benches::{arg, peak_rss_mib};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let events = arg(&args, "--events", 1_000_000)?;
     let workers = arg(&args, "--workers", 1)?;

@@ -35,6 +35,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use amx_benches::knowledge_line as line;
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let keys = arg(&args, "--keys", 1_000_000)?;
     let workers = arg(&args, "--workers", 1)?;

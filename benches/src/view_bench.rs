@@ -49,6 +49,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the engine's binary does (README, "Transparent huge pages").
+    let _ = aimatrix::memory::disable_transparent_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let rows = arg(&args, "--rows", 1_000_000)?;
     let changes = arg(&args, "--changes", 1_000)?;
