@@ -1,11 +1,14 @@
 //! Kafka sinks: a view's contents kept in a Kafka topic, in upsert form.
 //!
-//! The sink's thread (see [`super`]) subscribes to the view and keeps, per key (the sink's
-//! `key` columns), the view's row. At the start, and again whenever it subscribes anew, it
-//! reads the topic back to its end (the last value per key: what the topic says the view is)
-//! and writes only the keys whose value differs; then, at each timestamp the view completes,
-//! the keys that changed. A message's key is the JSON object of the key columns, its value the
-//! JSON object of the row, and a key that left the view gets a tombstone (a message without a
+//! The sink's thread (see [`super`]) subscribes to the view. At the start, and again whenever
+//! it subscribes anew, it reads the topic back to its end (the last value per key: what the
+//! topic says the view is), compares it with the view's snapshot and writes only the keys
+//! whose value differs; then it lets the read-back go, and at each timestamp the view
+//! completes writes the keys that changed, each key's new row (and, for the Debezium envelope,
+//! its old one) taken from the view's changes themselves. So, once started, a sink holds no
+//! copy of the view or of the topic: only the changes of the timestamps not yet complete. A
+//! message's key is the JSON object of the key columns (the sink's `key`), its value the JSON
+//! object of the row, and a key that left the view gets a tombstone (a message without a
 //! value), as Kafka's compacted topics and Materialize's and Feldera's upsert sinks do.
 //!
 //! Each write is one Kafka transaction. A restarted sink first initialises its transactions
@@ -14,13 +17,15 @@
 //! directory — also after `kill -9` — neither loses nor repeats a change. (Without one the views
 //! restart empty, and the sink deletes every key, as the view says.)
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use amx_connectors::kafka::scrub_secrets;
+use amx_dataflows::Diff;
 use amx_dataflows::row::Row;
+use amx_sql::arrow::datatypes::SchemaRef;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -50,15 +55,24 @@ impl rdkafka::producer::ProducerContext for Deliveries {
     }
 }
 
-/// A sink's producer and what it knows the topic holds.
+/// A sink's producer, and what the topic held when it was read back.
 pub(super) struct Sink {
     producer: BaseProducer<Deliveries>,
     consumer_config: ClientConfig,
     topic: String,
-    /// The topic's contents as read back and written since: the last row per key (its JSON
-    /// text; for the Debezium envelope, its last event's `after`).
-    written: HashMap<Vec<u8>, Vec<u8>>,
+    /// The topic's contents as read back, until the view's snapshot is reconciled with them:
+    /// the last row per key (the key's and the row's JSON texts; for the Debezium envelope,
+    /// its last event's `after`). Empty after.
+    read_back: HashMap<Vec<u8>, Vec<u8>>,
     envelope: Envelope,
+}
+
+/// One key's message(s): its row goes from `before` to `after` (JSON texts; `None`: the key is
+/// not in the view).
+struct KeyChange {
+    key: Vec<u8>,
+    before: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
 }
 
 impl Sink {
@@ -78,15 +92,14 @@ impl Sink {
         }
     }
 
-    /// Sends `wanted` (keys and their rows, `None`: gone) in the open transaction and commits it.
-    fn send_all(&self, wanted: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), String> {
-        for (key, value) in wanted {
+    /// Sends `changes` in the open transaction and commits it.
+    fn send_all(&self, changes: &[KeyChange]) -> Result<(), String> {
+        for KeyChange { key, before, after } in changes {
             match self.envelope {
-                Envelope::Upsert => self.send(key, value.as_deref())?,
+                Envelope::Upsert => self.send(key, after.as_deref())?,
                 Envelope::Debezium => {
-                    let before = self.written.get(key).map(Vec::as_slice);
-                    self.send(key, Some(&debezium_event(before, value.as_deref())))?;
-                    if value.is_none() {
+                    self.send(key, Some(&debezium_event(before.as_deref(), after.as_deref())))?;
+                    if after.is_none() {
                         self.send(key, None)?;
                     }
                 }
@@ -158,7 +171,7 @@ impl Sink {
             producer,
             consumer_config,
             topic: kafka.topic.clone(),
-            written: HashMap::new(),
+            read_back: HashMap::new(),
             envelope: kafka.envelope,
         };
         sink.read_back()?;
@@ -190,7 +203,7 @@ impl Sink {
                 list.add_partition_offset(topic, p, Offset::Offset(low)).map_err(|e| e.to_string())?;
             }
         }
-        self.written.clear();
+        self.read_back.clear();
         if ends.is_empty() {
             return Ok(());
         }
@@ -205,8 +218,8 @@ impl Sink {
                 if let Some(key) = message.key() {
                     let at = format!("kafka:{topic}/{}@{}", message.partition(), message.offset());
                     match message.payload().map(|value| self.row_of(value, &at)).transpose()? {
-                        Some(Some(row)) => self.written.insert(key.to_vec(), row),
-                        Some(None) | None => self.written.remove(key),
+                        Some(Some(row)) => self.read_back.insert(key.to_vec(), row),
+                        Some(None) | None => self.read_back.remove(key),
                     };
                 }
             }
@@ -245,38 +258,32 @@ impl Sink {
             columns
         };
         let key_of = |row: &Row| -> Row { key_columns.iter().map(|&c| row[c].clone()).collect() };
-        // The view's rows by key.
-        let mut current: HashMap<Row, Row> = HashMap::new();
+        let key_schema = Arc::new(schema.project(&key_columns).map_err(|e| e.to_string())?);
         let mut reconciled = false;
         while !stop.load(Ordering::SeqCst) {
             match feed.next(runtime) {
                 None => return Ok(()),
                 Some(Step::Idle) => {}
                 Some(Step::Snapshot { rows, .. }) => {
-                    current.extend(rows.into_iter().map(|(row, _)| (key_of(&row), row)));
-                    // The first write: every key whose value the topic does not have, and a
-                    // tombstone for every key it has that the view does not.
-                    let keys: BTreeSet<Row> = current.keys().cloned().collect();
-                    self.write(&schema, &key_columns, &current, &keys, true)?;
+                    // The view's row per key (of two rows with one key, which breaks the sink's
+                    // `key`, the greater).
+                    let mut current: BTreeMap<Row, Row> = BTreeMap::new();
+                    for (row, _) in rows {
+                        let key = key_of(&row);
+                        if current.get(&key).is_none_or(|held| row > *held) {
+                            current.insert(key, row);
+                        }
+                    }
+                    self.reconcile(&schema, &key_schema, current)?;
                     reconciled = true;
                 }
                 Some(Step::Complete { changes, .. }) => {
-                    // Retractions first, then insertions.
-                    let mut dirty: BTreeSet<Row> = BTreeSet::new();
-                    for (row, _, _) in changes.iter().filter(|(_, _, d)| *d < 0) {
-                        let key = key_of(row);
-                        if current.get(&key) == Some(row) {
-                            current.remove(&key);
-                        }
-                        dirty.insert(key);
+                    if !reconciled {
+                        return Err(format!("view `{}` sent changes before its snapshot", config.view));
                     }
-                    for (row, _, _) in changes.into_iter().filter(|(_, _, d)| *d > 0) {
-                        let key = key_of(&row);
-                        current.insert(key.clone(), row);
-                        dirty.insert(key);
-                    }
-                    if reconciled && !dirty.is_empty() {
-                        self.write(&schema, &key_columns, &current, &dirty, false)?;
+                    let by_key = key_changes(changes, key_of);
+                    if !by_key.is_empty() {
+                        self.apply(&schema, &key_schema, &by_key)?;
                     }
                 }
             }
@@ -284,54 +291,107 @@ impl Sink {
         Ok(())
     }
 
-    /// Makes the topic's value of each key in `keys` the view's (its row's JSON, or a
-    /// tombstone), writing only those that differ. With `whole` (`keys` are every key of the
-    /// view), the keys the topic holds that the view does not have get tombstones too.
-    fn write(
+    /// Makes the topic hold the view's snapshot `current` (its row per key): writes each key
+    /// whose value the read-back topic does not have, and a tombstone for each key the topic
+    /// has that the view does not; then lets the read-back go.
+    fn reconcile(
         &mut self,
-        schema: &amx_sql::arrow::datatypes::SchemaRef,
-        key_columns: &[usize],
-        current: &HashMap<Row, Row>,
-        keys: &BTreeSet<Row>,
-        whole: bool,
+        schema: &SchemaRef,
+        key_schema: &SchemaRef,
+        current: BTreeMap<Row, Row>,
     ) -> Result<(), String> {
-        let key_schema = Arc::new(schema.project(key_columns).map_err(|e| e.to_string())?);
-        let key_refs: Vec<&Row> = keys.iter().collect();
-        let key_json = rows_json(&key_schema, &key_refs)?;
-        let present: Vec<&Row> = keys.iter().filter_map(|k| current.get(k)).collect();
-        let mut values = rows_json(schema, &present)?.into_iter();
-        let mut wanted: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        for (key, key_value) in keys.iter().zip(key_json) {
-            let value = current.get(key).and_then(|_| values.next()).map(|v| v.to_string().into_bytes());
-            wanted.push((key_value.to_string().into_bytes(), value));
-        }
-        if whole {
-            // Keys in the topic that the view does not have: deleted.
-            let have: std::collections::HashSet<&Vec<u8>> = wanted.iter().map(|(k, _)| k).collect();
-            let gone: Vec<Vec<u8>> = self.written.keys().filter(|k| !have.contains(k)).cloned().collect();
-            wanted.extend(gone.into_iter().map(|k| (k, None)));
-        }
-        wanted.retain(|(key, value)| {
-            self.written.get(key) != value.as_ref() && (value.is_some() || self.written.contains_key(key))
-        });
-        let sent = wanted.len();
-        if sent > 0 {
-            // One transaction: committed whole, or (failed, or the server killed) aborted.
-            self.producer.begin_transaction().map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
-            if let Err(e) = self.send_all(&wanted) {
-                let _ = self.producer.abort_transaction(REQUEST_TIMEOUT);
-                return Err(e);
+        let keys: Vec<&Row> = current.keys().collect();
+        let rows: Vec<&Row> = current.values().collect();
+        let keys_json = rows_json(key_schema, &keys)?;
+        let rows_json = rows_json(schema, &rows)?;
+        drop(current);
+        let mut changes = Vec::new();
+        for (key, row) in keys_json.into_iter().zip(rows_json) {
+            let (key, after) = (key.to_string().into_bytes(), row.to_string().into_bytes());
+            let before = self.read_back.remove(&key);
+            if before.as_ref() != Some(&after) {
+                changes.push(KeyChange { key, before, after: Some(after) });
             }
-            for (key, value) in wanted {
-                match value {
-                    Some(v) => self.written.insert(key, v),
-                    None => self.written.remove(&key),
-                };
-            }
-            tracing::debug!(topic = %self.topic, messages = sent, "sink wrote");
         }
+        // What is left of the read-back: keys the view does not have.
+        let gone = std::mem::take(&mut self.read_back);
+        changes.extend(gone.into_iter().map(|(key, before)| KeyChange { key, before: Some(before), after: None }));
+        self.commit(changes)
+    }
+
+    /// Writes the keys that the completed timestamps changed: each key's row before and after
+    /// them (`None`: not in the view).
+    fn apply(
+        &mut self,
+        schema: &SchemaRef,
+        key_schema: &SchemaRef,
+        by_key: &BTreeMap<Row, (Option<Row>, Option<Row>)>,
+    ) -> Result<(), String> {
+        let keys: Vec<&Row> = by_key.keys().collect();
+        let mut keys_json = rows_json(key_schema, &keys)?.into_iter();
+        let afters: Vec<&Row> = by_key.values().filter_map(|(_, after)| after.as_ref()).collect();
+        let mut afters_json = rows_json(schema, &afters)?.into_iter();
+        // The upsert envelope writes no `before`.
+        let befores: Vec<&Row> = match self.envelope {
+            Envelope::Upsert => Vec::new(),
+            Envelope::Debezium => by_key.values().filter_map(|(before, _)| before.as_ref()).collect(),
+        };
+        let mut befores_json = rows_json(schema, &befores)?.into_iter();
+        let text = |value: serde_json::Value| value.to_string().into_bytes();
+        let mut changes = Vec::with_capacity(by_key.len());
+        for (before, after) in by_key.values() {
+            let key = keys_json.next().map(text).unwrap_or_default();
+            let after = after.as_ref().and_then(|_| afters_json.next()).map(text);
+            let before = match self.envelope {
+                Envelope::Upsert => None,
+                Envelope::Debezium => before.as_ref().and_then(|_| befores_json.next()).map(text),
+            };
+            // Two rows with one JSON text (e.g. the same key and values in other types): no change.
+            if after.is_some() && before == after {
+                continue;
+            }
+            changes.push(KeyChange { key, before, after });
+        }
+        self.commit(changes)
+    }
+
+    /// Writes `changes` in one transaction: committed whole, or (failed, or the server killed)
+    /// aborted.
+    fn commit(&mut self, changes: Vec<KeyChange>) -> Result<(), String> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.producer.begin_transaction().map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
+        if let Err(e) = self.send_all(&changes) {
+            let _ = self.producer.abort_transaction(REQUEST_TIMEOUT);
+            return Err(e);
+        }
+        tracing::debug!(topic = %self.topic, keys = changes.len(), "sink wrote");
         Ok(())
     }
+}
+
+/// Each key's row before the completed timestamps of `changes` and after them (`None`: the key
+/// is not in the view), from the rows' net changes over them: a row whose changes cancel out is
+/// no change, and a key whose rows all cancel out is not in the answer. Of two rows on one
+/// side of a key (a view that breaks the sink's `key`), the greater.
+fn key_changes(
+    changes: Vec<(Row, amx_dataflows::Time, Diff)>,
+    key_of: impl Fn(&Row) -> Row,
+) -> BTreeMap<Row, (Option<Row>, Option<Row>)> {
+    let mut net: HashMap<Row, Diff> = HashMap::new();
+    for (row, _, diff) in changes {
+        *net.entry(row).or_insert(0) += diff;
+    }
+    let mut by_key: BTreeMap<Row, (Option<Row>, Option<Row>)> = BTreeMap::new();
+    for (row, diff) in net.into_iter().filter(|(_, d)| *d != 0) {
+        let (before, after) = by_key.entry(key_of(&row)).or_default();
+        let side = if diff < 0 { before } else { after };
+        if side.as_ref().is_none_or(|held| row > *held) {
+            *side = Some(row);
+        }
+    }
+    by_key
 }
 
 /// Debezium's change event of a key whose row goes from `before` to `after` (JSON texts;
@@ -349,4 +409,62 @@ fn debezium_event(before: Option<&[u8]>, after: Option<&[u8]>) -> Vec<u8> {
     event.extend_from_slice(after.unwrap_or(b"null"));
     event.extend_from_slice(format!(",\"op\":\"{op}\"}}").as_bytes());
     event
+}
+
+#[cfg(test)]
+mod tests {
+    use amx_dataflows::row::Datum;
+
+    use super::*;
+
+    fn row(key: &str, n: i64) -> Row {
+        vec![Datum::Text(key.into()), Datum::Int(n)]
+    }
+
+    fn key(key: &str) -> Row {
+        vec![Datum::Text(key.into())]
+    }
+
+    /// The changes of three timestamps, folded by hand: `a` goes 1 → 2 → 3 (before 1, after 3);
+    /// `b` leaves; `c` enters; `d` goes 1 → 2 → 1 (no change); `e` enters and leaves again (no
+    /// change); a row counted twice leaves once (still there: no change).
+    #[test]
+    fn changes_fold_to_each_keys_row_before_and_after() {
+        let changes = vec![
+            (row("a", 1), 1, -1),
+            (row("a", 2), 1, 1),
+            (row("b", 1), 1, -1),
+            (row("d", 1), 1, -1),
+            (row("d", 2), 1, 1),
+            (row("e", 1), 1, 1),
+            (row("f", 1), 1, -1),
+            (row("a", 2), 2, -1),
+            (row("a", 3), 2, 1),
+            (row("c", 1), 2, 1),
+            (row("d", 2), 3, -1),
+            (row("d", 1), 3, 1),
+            (row("e", 1), 3, -1),
+        ];
+        let by_key = key_changes(changes, |r: &Row| r[..1].to_vec());
+        let want: BTreeMap<Row, (Option<Row>, Option<Row>)> = [
+            (key("a"), (Some(row("a", 1)), Some(row("a", 3)))),
+            (key("b"), (Some(row("b", 1)), None)),
+            (key("c"), (None, Some(row("c", 1)))),
+            (key("f"), (Some(row("f", 1)), None)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(by_key, want);
+    }
+
+    /// Two rows entering under one key (a view that breaks the sink's key): the greater is the
+    /// key's row, whatever the order they come in.
+    #[test]
+    fn of_two_rows_under_one_key_the_greater_is_kept() {
+        for changes in [vec![(row("a", 1), 1, 1), (row("a", 2), 1, 1)], vec![(row("a", 2), 1, 1), (row("a", 1), 1, 1)]]
+        {
+            let by_key = key_changes(changes, |r: &Row| r[..1].to_vec());
+            assert_eq!(by_key.get(&key("a")), Some(&(None, Some(row("a", 2)))));
+        }
+    }
 }

@@ -23,10 +23,12 @@
 //! `flush_interval_ms`, one set of the timestamps the view completed since. So a restart with a
 //! data directory — also after `kill -9` — neither loses nor repeats a change (the changes made
 //! while it was down arrive as one set). Once the manifest names more than
-//! `compact_after_files` sets, they are folded into one set at the last `upper - 1` (each row
-//! with its count), named alone by a new manifest. The files it replaces stay (listed as
-//! `replaced` in the manifest, with the time) for `keep_replaced_ms`, so that a reader who read
-//! the manifest before can still read them, and are deleted after.
+//! `compact_after_files` sets, they are read back and folded into one set at the last
+//! `upper - 1` (each row with its count), named alone by a new manifest. The files it
+//! replaces stay (listed as `replaced` in the manifest, with the time) for `keep_replaced_ms`,
+//! so that a reader who read the manifest before can still read them, and are deleted after.
+//! Between a start and a compaction the sink holds no copy of the view or of the lake: only
+//! the changes not yet written.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -180,8 +182,9 @@ pub(super) struct Sink {
     config: ObjectStoreSinkConfig,
     /// The manifest as last read or written, and its version (`None`: there is none yet).
     manifest: Option<(Manifest, UpdateVersion)>,
-    /// The view's contents as the manifest's sets describe them (rows with counts ≠ 0).
-    written: HashMap<Row, Diff>,
+    /// The view's contents as the manifest's sets describe them (rows with counts ≠ 0), as
+    /// read back, until the view's snapshot is reconciled with them. Empty after.
+    read_back: HashMap<Row, Diff>,
 }
 
 impl Sink {
@@ -209,7 +212,7 @@ impl Sink {
             access: access.clone(),
             config: config.clone(),
             manifest: None,
-            written: HashMap::new(),
+            read_back: HashMap::new(),
         };
         runtime.block_on(open.read_back(&sink.view))?;
         Ok(open)
@@ -251,7 +254,7 @@ impl Sink {
         key.split('/').fold(self.prefix.clone(), |path, part| path.join(part))
     }
 
-    /// Reads the manifest and folds its sets into [`Sink::written`]; deletes the files under
+    /// Reads the manifest and folds its sets into [`Sink::read_back`]; deletes the files under
     /// `data/` it does not name (left by a write a crash interrupted).
     async fn read_back(&mut self, view: &str) -> Result<(), String> {
         self.check_local()?;
@@ -286,16 +289,8 @@ impl Sink {
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => return Err(format!("reading {at}: {e}")),
         };
-        self.written.clear();
         let files = self.manifest.as_ref().map(|(m, _)| m.files.clone()).unwrap_or_default();
-        for file in &files {
-            let location = format!("{}/{}", self.url, file.key);
-            let got = self.store.get(&self.path(&file.key)).await.map_err(|e| format!("reading {location}: {e}"))?;
-            let bytes = got.bytes().await.map_err(|e| format!("reading {location}: {e}"))?;
-            for (row, _, diff) in read_set(bytes).map_err(|e| format!("{location}: {e}"))? {
-                add(&mut self.written, row, diff);
-            }
-        }
+        self.read_back = self.fold(&files).await?;
         // Sets no manifest names, older than keep_replaced_ms: written before a crash (no reader
         // has seen them). Younger ones may be another writer's, about to be named; sets a
         // compaction replaced wait for their time; other files are not the sink's.
@@ -319,6 +314,23 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// The contents that `files` describe: every row's count summed over them (counts ≠ 0).
+    ///
+    /// # Errors
+    /// A file that cannot be read, or is not a set.
+    async fn fold(&self, files: &[ManifestFile]) -> Result<HashMap<Row, Diff>, String> {
+        let mut contents = HashMap::new();
+        for file in files {
+            let location = format!("{}/{}", self.url, file.key);
+            let got = self.store.get(&self.path(&file.key)).await.map_err(|e| format!("reading {location}: {e}"))?;
+            let bytes = got.bytes().await.map_err(|e| format!("reading {location}: {e}"))?;
+            for (row, _, diff) in read_set(bytes).map_err(|e| format!("{location}: {e}"))? {
+                add(&mut contents, row, diff);
+            }
+        }
+        Ok(contents)
     }
 
     /// Writes the changes of the view that `feed` reads until the subscription ends (`Ok`) or
@@ -357,8 +369,8 @@ impl Sink {
                     for (row, diff) in rows {
                         add(&mut differences, row, diff);
                     }
-                    for (row, diff) in &self.written {
-                        add(&mut differences, row.clone(), -diff);
+                    for (row, diff) in std::mem::take(&mut self.read_back) {
+                        add(&mut differences, row, -diff);
                     }
                     complete.extend(differences.into_iter().map(|(row, diff)| (row, timestamp, diff)));
                     frontier = timestamp.saturating_add(1);
@@ -428,9 +440,6 @@ impl Sink {
         manifest.files.push(file);
         manifest.upper = upper;
         runtime.block_on(self.put_manifest(manifest))?;
-        for (row, _, diff) in set {
-            add(&mut self.written, row, diff);
-        }
         tracing::debug!(sink = %self.url, lower, upper, "object-store sink wrote a set");
         if self.manifest.as_ref().is_some_and(|(m, _)| m.files.len() > self.config.compact_after_files) {
             runtime.block_on(self.compact(schema))?;
@@ -438,13 +447,15 @@ impl Sink {
         Ok(())
     }
 
-    /// Folds every set into one: the contents at `upper - 1`, each row with its count.
+    /// Folds every set into one: the contents at `upper - 1`, each row with its count, read
+    /// back from the sets.
     async fn compact(&mut self, schema: &SchemaRef) -> Result<(), String> {
         let Some((manifest, _)) = &self.manifest else { return Ok(()) };
         let mut manifest = manifest.clone();
         let (lower, upper) = (manifest.files.first().map_or(0, |f| f.lower), manifest.upper);
+        let contents = self.fold(&manifest.files).await?;
         let mut rows: Vec<(Row, Time, Diff)> =
-            self.written.iter().map(|(row, diff)| (row.clone(), upper.saturating_sub(1), *diff)).collect();
+            contents.into_iter().map(|(row, diff)| (row, upper.saturating_sub(1), diff)).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let file = self.put_set(schema, &rows, lower, upper).await?;
         let replaced = std::mem::replace(&mut manifest.files, vec![file]);
