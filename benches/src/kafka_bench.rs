@@ -1,10 +1,11 @@
 //! `amx-kafka-bench`: a Kafka source into a view, in process (the controller API; no HTTP),
 //! against librdkafka's mock cluster (the Kafka protocol over loopback, brokers in this
-//! process).
+//! process), or with `--brokers HOST:PORT` a real broker (`../shared/services/kafka-broker.sh
+//! start PORT DIR`), on which it creates topics of its own (`amx-bench-…-events`, `…-out`).
 //!
 //! ```text
 //! cargo run --release -p amx-benches --bin amx-kafka-bench -- [--messages N] [--partitions P]
-//!     [--workers W] [--probes K] [--fetch-wait-ms MS]
+//!     [--workers W] [--probes K] [--fetch-wait-ms MS] [--brokers HOST:PORT]
 //! ```
 //! 1. Produces N knowledge events (JSON, distinct documents) to a topic of P partitions
 //!    before the job starts, then installs a job reading the topic into `knowledge_events`
@@ -46,10 +47,25 @@ fn main() -> anyhow::Result<()> {
     let workers = arg(&args, "--workers", 2)?.max(1);
     let probes = arg(&args, "--probes", 50)?;
     let fetch_wait = arg(&args, "--fetch-wait-ms", 0)?;
-    let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("events", partitions, 1)?;
-    cluster.create_topic("out", partitions, 1)?;
+    let real = args.iter().position(|a| a == "--brokers").and_then(|i| args.get(i + 1)).cloned();
+    // The mock cluster lives as long as `_cluster`.
+    let (_cluster, brokers, events, out_topic) = match real {
+        None => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            let brokers = cluster.bootstrap_servers();
+            cluster.create_topic("events", partitions, 1)?;
+            cluster.create_topic("out", partitions, 1)?;
+            (Some(cluster), brokers, "events".to_owned(), "out".to_owned())
+        }
+        Some(brokers) => {
+            // Topics of this run's own: a real broker keeps the last run's.
+            let run = std::process::id();
+            let (events, out) = (format!("amx-bench-{run}-events"), format!("amx-bench-{run}-out"));
+            create_topics(&brokers, &[&events, &out], partitions)?;
+            (None, brokers, events, out)
+        }
+    };
+    let (events, out_topic) = (events.as_str(), out_topic.as_str());
     let producer: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")
@@ -59,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         let value = event(i);
         let partition = (i % partitions as usize) as i32;
         loop {
-            match producer.send(BaseRecord::<(), str>::to("events").payload(&value).partition(partition)) {
+            match producer.send(BaseRecord::<(), str>::to(events).payload(&value).partition(partition)) {
                 Ok(()) => return Ok(()),
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
@@ -85,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let mut held = 0;
     for partition in 0..partitions {
         use rdkafka::consumer::Consumer;
-        let (low, high) = consumer.fetch_watermarks("events", partition, Duration::from_secs(10))?;
+        let (low, high) = consumer.fetch_watermarks(events, partition, Duration::from_secs(10))?;
         held += high - low;
     }
     anyhow::ensure!(held == messages as i64, "the broker holds {held} of the {messages} events produced");
@@ -95,16 +111,16 @@ fn main() -> anyhow::Result<()> {
     let controller = Controller::start(ClusterConfig { workers, ..Default::default() })?;
     let job = amx_benches::KNOWLEDGE_JOB.replace(
         "kind = \"push\"\nformat = \"json\"",
-        &format!("kind = \"kafka\"\nformat = \"json\"\n[sources.kafka]\nbrokers = \"{brokers}\"\ntopic = \"events\""),
+        &format!("kind = \"kafka\"\nformat = \"json\"\n[sources.kafka]\nbrokers = \"{brokers}\"\ntopic = \"{events}\""),
     );
     let job = format!(
         "{job}\n[[sinks]]\nname = \"out\"\nview = \"by_id\"\nkey = [\"document_id\"]\n[sinks.kafka]\nbrokers = \
-         \"{brokers}\"\ntopic = \"out\"\n"
+         \"{brokers}\"\ntopic = \"{out_topic}\"\n"
     );
     let job = if fetch_wait > 0 {
         job.replace(
-            "topic = \"events\"",
-            &format!("topic = \"events\"\n[sources.kafka.properties]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\""),
+            &format!("topic = \"{events}\""),
+            &format!("topic = \"{events}\"\n[sources.kafka.properties]\n\"fetch.wait.max.ms\" = \"{fetch_wait}\""),
         )
     } else {
         job
@@ -142,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         use rdkafka::consumer::Consumer;
         let mut n = 0;
         for partition in 0..partitions {
-            let (low, high) = consumer.fetch_watermarks("out", partition, Duration::from_secs(10))?;
+            let (low, high) = consumer.fetch_watermarks(out_topic, partition, Duration::from_secs(10))?;
             n += high - low;
         }
         Ok(n)
@@ -178,8 +194,8 @@ fn main() -> anyhow::Result<()> {
         for partition in 0..partitions {
             // The end now, resolved here (`Offset::End` is resolved at the first poll, after
             // the first probe's message may already be there).
-            let (_, high) = consumer.fetch_watermarks("out", partition, Duration::from_secs(10))?;
-            list.add_partition_offset("out", partition, rdkafka::Offset::Offset(high))?;
+            let (_, high) = consumer.fetch_watermarks(out_topic, partition, Duration::from_secs(10))?;
+            list.add_partition_offset(out_topic, partition, rdkafka::Offset::Offset(high))?;
         }
         out.assign(&list)?;
     }
@@ -237,4 +253,18 @@ fn main() -> anyhow::Result<()> {
     }
     controller.shutdown();
     controller.join()
+}
+
+/// Creates `topics` with `partitions` partitions each on a real broker.
+fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for result in runtime.block_on(admin.create_topics(&new, &options))? {
+        result.map_err(|(topic, e)| anyhow::anyhow!("creating topic {topic}: {e}"))?;
+    }
+    Ok(())
 }
