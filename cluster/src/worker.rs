@@ -105,7 +105,7 @@ impl Default for WorkerOptions {
 /// How long a worker with nothing to do parks.
 /// (The controller wakes worker 0 when it sends a command; timely wakes a worker when data
 /// arrives for it.)
-const PARK: Duration = Duration::from_millis(20);
+pub(super) const PARK: Duration = Duration::from_millis(20);
 
 /// Lets an arrangement merge its batches as soon as they arrive: its physical compaction
 /// frontier goes to the empty antichain. Only times before the logical compaction frontier
@@ -267,6 +267,7 @@ pub fn run_worker(
 
     let mut state =
         ComputeState::new(index, peers, options.clone(), shared, resp_in, inputs, agent_probe, catalog, logging);
+    let mut park = PARK;
     'run: loop {
         // 1. Worker 0 sequences the controller's commands: command n at time n.
         sequence(commands.as_ref(), cmd_in.as_mut(), &mut next_seq);
@@ -292,7 +293,7 @@ pub fn run_worker(
         if fed {
             worker.step();
         } else {
-            worker.step_or_park(Some(PARK));
+            worker.step_or_park(Some(park));
         }
 
         // 5.–9. Answer the peeks, serve the subscriptions, compact, publish the frontiers and
@@ -300,7 +301,7 @@ pub fn run_worker(
         state.step_peeks();
         state.step_subscriptions(worker);
         state.step_compaction();
-        state.step_publish();
+        park = state.step_publish().unwrap_or(PARK);
         state.step_introspection();
     }
     // Shut down: drop every dataflow (the others do the same at the same command).

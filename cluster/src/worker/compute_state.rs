@@ -86,6 +86,10 @@ struct PendingPeek {
 /// frontiers it waits on).
 const SLOW_PEEK: Duration = Duration::from_secs(10);
 
+/// How often, at most, worker 0 publishes the collections' frontiers (to
+/// [`crate::controller::Controller`]'s reads and waits): 1 ms.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Everything one worker keeps between commands: the agent state's inputs, the catalog of
 /// arrangements, the jobs with their sources and dataflows, the pending peeks and the
 /// subscriptions, and the input time.
@@ -134,6 +138,8 @@ pub(super) struct ComputeState {
     /// epoch (back-pressure: the next once the dataflow has caught up with it).
     read_epoch: Option<Time>,
     last_publish: Instant,
+    /// The collections' frontiers as last published, in the catalog's order.
+    published: Vec<Time>,
     /// The worker's logging streams, folded (see [`Logging`]), unless turned off.
     logging: Option<Logging>,
     last_report: Instant,
@@ -178,6 +184,7 @@ impl ComputeState {
             closable: 0,
             read_epoch: None,
             last_publish: Instant::now() - Duration::from_secs(1),
+            published: Vec::new(),
             logging,
             last_report: Instant::now() - INTROSPECTION_INTERVAL,
         }
@@ -666,20 +673,30 @@ impl ComputeState {
     }
 
     /// Worker 0 publishes the collections' frontiers and the file sources' progress (at most
-    /// once a millisecond).
-    pub(super) fn step_publish(&mut self) {
-        let Some(shared) = &self.shared else { return };
-        if self.index != 0 || self.last_publish.elapsed() < Duration::from_millis(1) {
-            return;
+    /// once every [`PUBLISH_INTERVAL`]). Returns how long the worker may park at most before it
+    /// steps again: `Some` when frontiers moved since the last publish but the interval is not
+    /// over, so that they are published when it is, not when something else wakes the worker
+    /// (which, idle, parks for up to [`super::PARK`]: a write was seen a park late).
+    pub(super) fn step_publish(&mut self) -> Option<Duration> {
+        let shared = self.shared.as_ref()?;
+        if self.index != 0 {
+            return None;
+        }
+        let uppers: Vec<Time> = self
+            .catalog
+            .values_mut()
+            .map(|c| c.traces.iter_mut().map(|(_, t)| upper_of(t)).min().unwrap_or(Time::MAX))
+            .collect();
+        let since = self.last_publish.elapsed();
+        if since < PUBLISH_INTERVAL {
+            return (uppers != self.published).then(|| PUBLISH_INTERVAL - since);
         }
         self.last_publish = Instant::now();
-        let uppers: HashMap<String, Time> = self
-            .catalog
-            .iter_mut()
-            .map(|(name, c)| (name.clone(), c.traces.iter_mut().map(|(_, t)| upper_of(t)).min().unwrap_or(Time::MAX)))
-            .collect();
+        let named = self.catalog.keys().cloned().zip(uppers.iter().copied()).collect::<HashMap<String, Time>>();
         let progress = self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
-        shared.publish(uppers, progress);
+        shared.publish(named, progress);
+        self.published = uppers;
+        None
     }
 
     /// Every [`INTROSPECTION_INTERVAL`], reports what this worker's logging says
