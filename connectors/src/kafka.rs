@@ -272,8 +272,11 @@ impl KafkaReader {
         &self.positions
     }
 
-    /// Reads for at most `wait`, until `max_records` records or about `max_bytes` bytes, and
-    /// appends them to `out` in the order they came (in offset order within a partition).
+    /// Waits at most `wait` for a first message, then takes what else has already arrived
+    /// (without waiting again), until `max_records` records or about `max_bytes` bytes, and
+    /// appends them to `out` in the order they came (in offset order within a partition). So a
+    /// lone message is handed over at once, and batches grow by themselves while the engine is
+    /// busy with the last one (librdkafka fetches meanwhile).
     /// Returns a problem reading (an unreachable broker, a missing topic), at every poll while
     /// it lasts (the reader retries by itself); `None` when it reads.
     pub fn poll(
@@ -296,8 +299,10 @@ impl KafkaReader {
         }
         let mut bytes = 0;
         let mut problem = None;
+        let already = out.len();
         while out.len() < max_records && bytes < max_bytes {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left =
+                if out.len() > already { Duration::ZERO } else { deadline.saturating_duration_since(Instant::now()) };
             match self.consumer.poll(left) {
                 None => break,
                 Some(Err(e)) => {

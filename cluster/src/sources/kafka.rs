@@ -11,7 +11,7 @@ use super::{BATCH_BYTES, BATCH_RECORDS, BatchSource, SourcePosition, SourceResum
 use crate::job::SourceConfig;
 use crate::protocol::JobId;
 
-/// How long a read waits for messages before it hands over what it has.
+/// How long a read waits for a first message (then it takes only what has already arrived).
 pub const BATCH_WAIT: Duration = Duration::from_millis(20);
 
 /// A Kafka source's reader.
