@@ -37,6 +37,9 @@ use super::{Envelope, KafkaSinkConfig, SinkConfig, Step, ViewFeed, rows_json};
 /// How long a metadata or watermark request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a transaction's messages may take to be delivered and committed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The sink producer's context: remembers the first message the broker did not take.
 #[derive(Default)]
 struct Deliveries {
@@ -105,8 +108,18 @@ impl Sink {
                 }
             }
         }
+        // The deliveries are awaited here, a millisecond at a time: `commit_transaction` flushes
+        // first, and rdkafka's flush (0.39) polls in steps of 100 ms that each last their
+        // whole 100 ms, so every commit took 100 ms at least.
+        let deadline = Instant::now() + COMMIT_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(format!("writing to `{}`: messages undelivered after {COMMIT_TIMEOUT:?}", self.topic));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
         self.producer
-            .commit_transaction(Duration::from_secs(60))
+            .commit_transaction(deadline.saturating_duration_since(Instant::now()))
             .map_err(|e| format!("writing to `{}`: {e}", self.topic))?;
         // A message the broker refused: what the topic holds is not known any more; the caller
         // reads it back and writes again.
