@@ -143,7 +143,8 @@ impl Sink {
                     r,
                 )) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(100));
+                    // Short polls: rdkafka's poll lasts its whole timeout, deliveries or not.
+                    self.producer.poll(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(format!("writing to `{}`: {e}", self.topic)),
             }
@@ -440,7 +441,8 @@ mod tests {
 
     /// The changes of three timestamps, folded by hand: `a` goes 1 → 2 → 3 (before 1, after 3);
     /// `b` leaves; `c` enters; `d` goes 1 → 2 → 1 (no change); `e` enters and leaves again (no
-    /// change); a row counted twice leaves once (still there: no change).
+    /// change); `f` leaves once — from the changes alone that is a key leaving, also where the
+    /// view held the row twice (duplicate rows break the sink's key, as the README says).
     #[test]
     fn changes_fold_to_each_keys_row_before_and_after() {
         let changes = vec![

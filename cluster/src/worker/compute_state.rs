@@ -19,7 +19,7 @@ use timely::dataflow::ProbeHandle;
 use timely::progress::Antichain;
 
 use super::logging::Logging;
-use super::reads::{read_at, snapshot_part, subscribe, upper_of};
+use super::reads::{read_at, snapshot_part, subscribe, upper_of, upper_with};
 use super::sources::{FileSource, PushSource, SourceCounts};
 use super::{Collection, Owner, WorkerOptions, install_views, respond};
 use crate::job::SourceConfig;
@@ -682,15 +682,19 @@ impl ComputeState {
         if self.index != 0 {
             return None;
         }
-        let uppers: Vec<Time> = self
-            .catalog
-            .values_mut()
-            .map(|c| c.traces.iter_mut().map(|(_, t)| upper_of(t)).min().unwrap_or(Time::MAX))
-            .collect();
+        // A collection's frontier: the least of its arrangements'. Read at every turn of the
+        // worker's loop, so into one reused buffer.
+        let mut scratch = Antichain::new();
+        let mut upper = |c: &mut super::Collection| {
+            c.traces.iter_mut().map(|(_, t)| upper_with(t, &mut scratch)).min().unwrap_or(Time::MAX)
+        };
         let since = self.last_publish.elapsed();
         if since < PUBLISH_INTERVAL {
-            return (uppers != self.published).then(|| PUBLISH_INTERVAL - since);
+            let moved = self.catalog.len() != self.published.len()
+                || self.catalog.values_mut().zip(&self.published).any(|(c, published)| upper(c) != *published);
+            return moved.then(|| PUBLISH_INTERVAL - since);
         }
+        let uppers: Vec<Time> = self.catalog.values_mut().map(upper).collect();
         self.last_publish = Instant::now();
         let named = self.catalog.keys().cloned().zip(uppers.iter().copied()).collect::<HashMap<String, Time>>();
         let progress = self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();

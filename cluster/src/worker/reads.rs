@@ -25,9 +25,13 @@ fn first(frontier: &Antichain<Time>) -> Time {
 
 /// The frontier of an arrangement: it holds every update at times before it.
 pub(super) fn upper_of(trace: &mut RowTrace) -> Time {
-    let mut upper = Antichain::new();
-    trace.read_upper(&mut upper);
-    first(&upper)
+    upper_with(trace, &mut Antichain::new())
+}
+
+/// [`upper_of`], reading the frontier into `scratch` (reused: no allocation once it holds one).
+pub(super) fn upper_with(trace: &mut RowTrace, scratch: &mut Antichain<Time>) -> Time {
+    trace.read_upper(scratch);
+    first(scratch)
 }
 
 /// Adds the rows of `trace` as of `as_of` that pass `filter` (column = value, for each pair),
