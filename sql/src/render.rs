@@ -26,6 +26,7 @@ use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::OkErr;
 use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::convert;
@@ -205,10 +206,17 @@ fn constant<'s>(inputs: &HashMap<String, Rows<'s>>, rows: Vec<Row>) -> Result<Ro
     Ok(collection)
 }
 
+/// The rows of `evaluated`, its errors pushed to `errors` as rows of `aimatrix_view_errors`
+/// (`view`, `error`). One operator with two outputs: each update moves to one of them, where
+/// two `flat_map`s over one stream would each receive a copy of every row.
 fn split<'s>(evaluated: VecCollection<'s, Time, Evaluated, Diff>, view: &str, errors: &mut Vec<Rows<'s>>) -> Rows<'s> {
     let view = view.to_owned();
-    errors.push(evaluated.clone().flat_map(move |r| r.err().map(|e| vec![Datum::Text(view.clone()), Datum::Text(e)])));
-    evaluated.flat_map(Result::ok)
+    let (ok, err) = evaluated.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |(result, time, diff)| match result {
+        Ok(row) => Ok((row, time, diff)),
+        Err(e) => Err((vec![Datum::Text(view.clone()), Datum::Text(e)], time, diff)),
+    });
+    errors.push(err.as_collection());
+    ok.as_collection()
 }
 
 /// Evaluates `exprs` (or, with `is_filter`, the one predicate) over batches of updates.
@@ -221,7 +229,7 @@ fn evaluate<'s>(
 ) -> VecCollection<'s, Time, Evaluated, Diff> {
     let name = format!("{} {view}", if is_filter { "Filter" } else { "Map" });
     // Expressions that compile to row expressions skip the Arrow round trip.
-    let compiled = RowExpr::compile_all(&exprs, &schema);
+    let compiled = RowExpr::compile_all(&exprs, &schema).map(RowProgram::new);
     input
         .inner
         .unary::<CapacityContainerBuilder<Vec<(Evaluated, Time, Diff)>>, _, _, _>(Pipeline, &name, move |_, _| {
@@ -230,7 +238,7 @@ fn evaluate<'s>(
                     input.for_each_stamp(|cap, data| {
                         let mut session = output.session(&cap);
                         for (row, time, diff) in data.flat_map(|d| d.drain(..)) {
-                            if let Some(result) = eval_row(&row, compiled, is_filter) {
+                            if let Some(result) = eval_row(row, compiled, is_filter) {
                                 session.give((result, time, diff));
                             }
                         }
@@ -275,7 +283,17 @@ fn temporal_filter<'s>(
                     let updates: Vec<(Row, Time, Diff)> = data.flat_map(|d| d.drain(..)).collect();
                     for chunk in updates.chunks(EVAL_BATCH_ROWS) {
                         let times = match &compiled {
-                            Some(compiled) => chunk.iter().map(|(r, _, _)| eval_row(r, compiled, false)).collect(),
+                            Some(compiled) => chunk
+                                .iter()
+                                .map(|(r, _, _)| {
+                                    Some(
+                                        compiled[0]
+                                            .eval(r)
+                                            .map(|d| vec![d])
+                                            .map_err(|e| format!("{e} (row {})", show(r))),
+                                    )
+                                })
+                                .collect(),
                             None => {
                                 let rows: Vec<&Row> = chunk.iter().map(|(r, _, _)| r).collect();
                                 eval_chunk(&rows, &schema, std::slice::from_ref(&time), false)
@@ -319,21 +337,61 @@ fn eval_chunk(rows: &[&Row], schema: &SchemaRef, exprs: &[PhysExpr], is_filter: 
     }
 }
 
-/// [`eval_rows`] of one row by compiled row expressions: the same results, without Arrow.
-fn eval_row(row: &Row, exprs: &[RowExpr], is_filter: bool) -> Option<Evaluated> {
-    let error = |e: String| Some(Err(format!("{e} (row {})", show(row))));
+/// A `Map`'s or `Filter`'s row expressions, and which of a `Map`'s outputs take their column
+/// out of the input row rather than copying it: a plain column reference to a column that no
+/// other expression reads.
+struct RowProgram {
+    exprs: Vec<RowExpr>,
+    moves: Vec<bool>,
+}
+
+impl RowProgram {
+    fn new(exprs: Vec<RowExpr>) -> RowProgram {
+        let mut reads = Vec::new();
+        for e in &exprs {
+            e.columns(&mut reads);
+        }
+        let moves = exprs
+            .iter()
+            .map(|e| matches!(e, RowExpr::Column(i) if reads.iter().filter(|r| *r == i).count() == 1))
+            .collect();
+        RowProgram { exprs, moves }
+    }
+}
+
+/// [`eval_rows`] of one row by compiled row expressions: the same results, without Arrow. The
+/// row is consumed: a filter passes it on as it is, a `Map` moves out the columns that only
+/// one plain reference reads, and nothing is copied that an expression only looks at.
+fn eval_row(mut row: Row, program: &RowProgram, is_filter: bool) -> Option<Evaluated> {
+    let error = |e: String, row: &Row| Some(Err(format!("{e} (row {})", show(row))));
     if is_filter {
-        return match exprs[0].eval(row) {
-            Ok(Datum::Bool(true)) => Some(Ok(row.clone())),
-            Ok(Datum::Bool(false) | Datum::Null) => None,
-            Ok(d) => error(format!("a filter predicate that is not BOOLEAN: {d:?}")),
-            Err(e) => error(e),
+        let keep = program.exprs[0].eval_ref(&row).and_then(|d| match &*d {
+            Datum::Bool(b) => Ok(*b),
+            Datum::Null => Ok(false),
+            d => Err(format!("a filter predicate that is not BOOLEAN: {d:?}")),
+        });
+        return match keep {
+            Ok(true) => Some(Ok(row)),
+            Ok(false) => None,
+            Err(e) => error(e, &row),
         };
     }
-    match exprs.iter().map(|e| e.eval(row)).collect::<Result<Row, String>>() {
-        Ok(out) => Some(Ok(out)),
-        Err(e) => error(e),
+    let mut out = Vec::with_capacity(program.exprs.len());
+    for (expr, moved) in program.exprs.iter().zip(&program.moves) {
+        match (moved, expr) {
+            (true, RowExpr::Column(i)) if *i < row.len() => out.push(Datum::Null),
+            _ => match expr.eval_ref(&row) {
+                Ok(d) => out.push(d.into_owned()),
+                Err(e) => return error(e, &row),
+            },
+        }
     }
+    for ((expr, moved), slot) in program.exprs.iter().zip(&program.moves).zip(&mut out) {
+        if let (true, RowExpr::Column(i)) = (moved, expr) {
+            *slot = std::mem::replace(&mut row[*i], Datum::Null);
+        }
+    }
+    Some(Ok(out))
 }
 
 /// A row as SQL-ish text: `(1, 'x', NULL)`.
@@ -936,4 +994,61 @@ fn window<'s>(input: Rows<'s>, arity: usize, partitions: usize, order: Vec<Order
             }
         })
         .map(|(_, row)| row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row_expr::Comparison;
+
+    fn text(s: &str) -> Datum {
+        Datum::Text(s.to_owned())
+    }
+
+    /// A `Map` moves out of its input row only a column that one plain reference reads; every
+    /// output equals the expression evaluated on the untouched row.
+    #[test]
+    fn a_map_moves_only_columns_no_other_expression_reads() {
+        use RowExpr::{Column, Compare, Literal};
+        let exprs = vec![
+            Column(0),
+            Column(1),
+            Column(1),
+            Compare(Comparison::Eq, Box::new(Column(2)), Box::new(Literal(text("x")))),
+            Column(2),
+            Column(3),
+        ];
+        let program = RowProgram::new(exprs.clone());
+        assert_eq!(program.moves, [true, false, false, false, false, true]);
+        let row = vec![text("trace"), text("span"), text("x"), Datum::Int(7)];
+        let expected: Row = exprs.iter().map(|e| e.eval(&row).unwrap()).collect();
+        assert_eq!(expected, [text("trace"), text("span"), text("span"), Datum::Bool(true), text("x"), Datum::Int(7)]);
+        assert_eq!(eval_row(row.clone(), &program, false), Some(Ok(expected)));
+        // A column past the row's end is an error naming the whole row, not a moved-out hole.
+        let short = vec![text("trace"), text("span"), text("x")];
+        let Some(Err(e)) = eval_row(short, &program, false) else { panic!("no error") };
+        assert_eq!(e, "no column 3 in a row of 3 (row ('trace', 'span', 'x'))");
+    }
+
+    /// A filter passes its row on whole, drops it on false or NULL, and reports a predicate
+    /// that is not boolean with the row.
+    #[test]
+    fn a_filter_keeps_drops_or_reports() {
+        let eq = |lit: Datum| {
+            RowProgram::new(vec![RowExpr::Compare(
+                Comparison::Eq,
+                Box::new(RowExpr::Column(0)),
+                Box::new(RowExpr::Literal(lit)),
+            )])
+        };
+        let row = vec![text("execute_tool"), Datum::Int(1)];
+        assert_eq!(eval_row(row.clone(), &eq(text("execute_tool")), true), Some(Ok(row.clone())));
+        assert_eq!(eval_row(row.clone(), &eq(text("chat")), true), None);
+        assert_eq!(eval_row(vec![Datum::Null, Datum::Int(1)], &eq(text("chat")), true), None);
+        let not_boolean = RowProgram::new(vec![RowExpr::Column(1)]);
+        assert_eq!(
+            eval_row(row, &not_boolean, true),
+            Some(Err("a filter predicate that is not BOOLEAN: Int(1) (row ('execute_tool', 1))".into()))
+        );
+    }
 }

@@ -23,6 +23,7 @@
 //! - `CAST` from an integer to `BIGINT`, from `BIGINT` to `DOUBLE`, and from a µs `TIMESTAMP`
 //!   to `BIGINT` (its microseconds).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use amx_dataflows::row::{Datum, Row};
@@ -277,92 +278,129 @@ impl RowExpr {
     /// A datum of a kind its column's type does not hold (a row that does not fit the schema
     /// the expression was compiled for), as converting the row to Arrow would fail.
     pub fn eval(&self, row: &Row) -> Result<Datum, String> {
-        Ok(match self {
+        self.eval_ref(row).map(Cow::into_owned)
+    }
+
+    /// [`RowExpr::eval`], borrowing where it can: a column's datum or a literal (and a `CASE`
+    /// that yields one) is not copied, so a comparison of a text column with a constant
+    /// allocates nothing.
+    ///
+    /// # Errors
+    /// As [`RowExpr::eval`].
+    pub fn eval_ref<'a>(&'a self, row: &'a Row) -> Result<Cow<'a, Datum>, String> {
+        let owned = |d: Datum| Ok(Cow::Owned(d));
+        match self {
             RowExpr::Column(i) => {
-                row.get(*i).cloned().ok_or_else(|| format!("no column {i} in a row of {}", row.len()))?
+                row.get(*i).map(Cow::Borrowed).ok_or_else(|| format!("no column {i} in a row of {}", row.len()))
             }
-            RowExpr::Literal(d) => d.clone(),
+            RowExpr::Literal(d) => Ok(Cow::Borrowed(d)),
             RowExpr::Compare(op, a, b) => {
-                let (a, b) = (a.eval(row)?, b.eval(row)?);
-                let ordering = match (&a, &b) {
-                    (Datum::Null, _) | (_, Datum::Null) => return Ok(Datum::Null),
+                let (a, b) = (a.eval_ref(row)?, b.eval_ref(row)?);
+                let ordering = match (&*a, &*b) {
+                    (Datum::Null, _) | (_, Datum::Null) => return owned(Datum::Null),
                     (Datum::Bool(x), Datum::Bool(y)) => x.cmp(y),
                     (Datum::Int(x), Datum::Int(y)) => x.cmp(y),
                     (Datum::Text(x), Datum::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
                     (Datum::Timestamp(x), Datum::Timestamp(y)) => x.cmp(y),
-                    _ => return Err(mismatch(&a, &b)),
+                    (a, b) => return Err(mismatch(a, b)),
                 };
-                Datum::Bool(match op {
+                owned(Datum::Bool(match op {
                     Comparison::Eq => ordering == Ordering::Equal,
                     Comparison::NotEq => ordering != Ordering::Equal,
                     Comparison::Lt => ordering == Ordering::Less,
                     Comparison::LtEq => ordering != Ordering::Greater,
                     Comparison::Gt => ordering == Ordering::Greater,
                     Comparison::GtEq => ordering != Ordering::Less,
-                })
+                }))
             }
-            RowExpr::And(a, b) => match (truth(a.eval(row)?)?, truth(b.eval(row)?)?) {
+            RowExpr::And(a, b) => owned(match (truth(&*a.eval_ref(row)?)?, truth(&*b.eval_ref(row)?)?) {
                 (Some(false), _) | (_, Some(false)) => Datum::Bool(false),
                 (Some(true), Some(true)) => Datum::Bool(true),
                 _ => Datum::Null,
-            },
-            RowExpr::Or(a, b) => match (truth(a.eval(row)?)?, truth(b.eval(row)?)?) {
+            }),
+            RowExpr::Or(a, b) => owned(match (truth(&*a.eval_ref(row)?)?, truth(&*b.eval_ref(row)?)?) {
                 (Some(true), _) | (_, Some(true)) => Datum::Bool(true),
                 (Some(false), Some(false)) => Datum::Bool(false),
                 _ => Datum::Null,
-            },
-            RowExpr::Not(a) => truth(a.eval(row)?)?.map_or(Datum::Null, |b| Datum::Bool(!b)),
-            RowExpr::IsNull(a) => Datum::Bool(a.eval(row)? == Datum::Null),
-            RowExpr::IsNotNull(a) => Datum::Bool(a.eval(row)? != Datum::Null),
-            RowExpr::Arithmetic(op, a, b) => match (a.eval(row)?, b.eval(row)?) {
+            }),
+            RowExpr::Not(a) => owned(truth(&*a.eval_ref(row)?)?.map_or(Datum::Null, |b| Datum::Bool(!b))),
+            RowExpr::IsNull(a) => owned(Datum::Bool(*a.eval_ref(row)? == Datum::Null)),
+            RowExpr::IsNotNull(a) => owned(Datum::Bool(*a.eval_ref(row)? != Datum::Null)),
+            RowExpr::Arithmetic(op, a, b) => owned(match (&*a.eval_ref(row)?, &*b.eval_ref(row)?) {
                 (Datum::Null, _) | (_, Datum::Null) => Datum::Null,
                 (Datum::Int(x), Datum::Int(y)) => Datum::Int(match op {
-                    Arithmetic::Plus => x.wrapping_add(y),
-                    Arithmetic::Minus => x.wrapping_sub(y),
-                    Arithmetic::Multiply => x.wrapping_mul(y),
+                    Arithmetic::Plus => x.wrapping_add(*y),
+                    Arithmetic::Minus => x.wrapping_sub(*y),
+                    Arithmetic::Multiply => x.wrapping_mul(*y),
                 }),
-                (a, b) => return Err(mismatch(&a, &b)),
-            },
+                (a, b) => return Err(mismatch(a, b)),
+            }),
             RowExpr::Case { operand, branches, otherwise } => {
                 let operand = match operand {
-                    Some(o) => Some(o.eval(row)?),
+                    Some(o) => Some(o.eval_ref(row)?),
                     None => None,
                 };
                 for (when, then) in branches {
-                    let when = when.eval(row)?;
+                    let when = when.eval_ref(row)?;
                     let matched = match &operand {
                         // NULL equals nothing; the operand and the value are of one type.
-                        Some(o) => *o != Datum::Null && when != Datum::Null && *o == when,
-                        None => truth(when)? == Some(true),
+                        Some(o) => **o != Datum::Null && *when != Datum::Null && **o == *when,
+                        None => truth(&when)? == Some(true),
                     };
                     if matched {
-                        return then.eval(row);
+                        return then.eval_ref(row);
                     }
                 }
                 match otherwise {
-                    Some(e) => e.eval(row)?,
-                    None => Datum::Null,
+                    Some(e) => e.eval_ref(row),
+                    None => owned(Datum::Null),
                 }
             }
-            RowExpr::IntToFloat(a) => match a.eval(row)? {
+            RowExpr::IntToFloat(a) => owned(match &*a.eval_ref(row)? {
                 Datum::Null => Datum::Null,
-                Datum::Int(i) => Datum::float(Some(i as f64)),
+                Datum::Int(i) => Datum::float(Some(*i as f64)),
                 d => return Err(format!("value {d:?} where a BIGINT was expected")),
-            },
-            RowExpr::ToBigint(a) => match a.eval(row)? {
+            }),
+            RowExpr::ToBigint(a) => owned(match &*a.eval_ref(row)? {
                 Datum::Null => Datum::Null,
-                Datum::Int(i) | Datum::Timestamp(i) => Datum::Int(i),
+                Datum::Int(i) | Datum::Timestamp(i) => Datum::Int(*i),
                 d => return Err(format!("value {d:?} where an integer or a timestamp was expected")),
-            },
-        })
+            }),
+        }
+    }
+
+    /// Adds the index of every column the expression reads (once per reference) to `out`.
+    pub fn columns(&self, out: &mut Vec<usize>) {
+        match self {
+            RowExpr::Column(i) => out.push(*i),
+            RowExpr::Literal(_) => {}
+            RowExpr::Compare(_, a, b) | RowExpr::And(a, b) | RowExpr::Or(a, b) | RowExpr::Arithmetic(_, a, b) => {
+                a.columns(out);
+                b.columns(out);
+            }
+            RowExpr::Not(a)
+            | RowExpr::IsNull(a)
+            | RowExpr::IsNotNull(a)
+            | RowExpr::IntToFloat(a)
+            | RowExpr::ToBigint(a) => a.columns(out),
+            RowExpr::Case { operand, branches, otherwise } => {
+                for e in operand.iter().chain(otherwise) {
+                    e.columns(out);
+                }
+                for (when, then) in branches {
+                    when.columns(out);
+                    then.columns(out);
+                }
+            }
+        }
     }
 }
 
 /// A boolean's truth (`None`: NULL).
-fn truth(d: Datum) -> Result<Option<bool>, String> {
+fn truth(d: &Datum) -> Result<Option<bool>, String> {
     match d {
         Datum::Null => Ok(None),
-        Datum::Bool(b) => Ok(Some(b)),
+        Datum::Bool(b) => Ok(Some(*b)),
         d => Err(format!("value {d:?} where a BOOLEAN was expected")),
     }
 }
