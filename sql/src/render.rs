@@ -50,6 +50,35 @@ pub type Keyed<'s> = VecCollection<'s, Time, (Row, Row), Diff>;
 /// by the same key.
 pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<Row, Row, Time, Diff>>>;
 
+/// A group's key with its hash, computed once, as the key of a reduction's arrangements.
+///
+/// Ordered by the hash first and then by the row, and hashed (for the exchange between
+/// workers) as that hash: the sorts, merges and cursor seeks of an arrangement keyed by it
+/// compare one integer where they compared rows datum by datum (text by text), and two keys
+/// are compared as rows only when their hashes are equal. The hash is differential's own
+/// ([`differential_dataflow::Hashable`], a fixed seed), the same in every process, and it
+/// travels with the row, so every worker routes and orders a key alike. The order among keys
+/// is the hashes', not the rows': nothing reads a reduction's keys in order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct HashedRow {
+    hash: u64,
+    row: Row,
+}
+
+impl HashedRow {
+    /// `row` with its hash.
+    pub fn new(row: Row) -> HashedRow {
+        use differential_dataflow::Hashable;
+        HashedRow { hash: row.hashed(), row }
+    }
+}
+
+impl std::hash::Hash for HashedRow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
 /// Renders views into one timely scope, sharing what views have in common.
 ///
 /// It holds the named collections views can read (relations, built-in views, views rendered
@@ -689,22 +718,22 @@ impl differential_dataflow::difference::Monoid for Sums {
 /// holds in each batch it receives (a combiner, as MapReduce's and Flink's local
 /// pre-aggregation), so a key changed by many rows of a batch is one update, not one per row,
 /// by the time it is exchanged, sorted and merged.
-fn combine<'s>(input: Rows<'s>, keys: usize, aggs: Vec<Agg>, view: &str) -> VecCollection<'s, Time, Row, Sums> {
+fn combine<'s>(input: Rows<'s>, keys: usize, aggs: Vec<Agg>, view: &str) -> VecCollection<'s, Time, HashedRow, Sums> {
     use differential_dataflow::difference::{IsZero, Semigroup};
     use std::collections::hash_map::Entry;
     input
         .inner
-        .unary::<CapacityContainerBuilder<Vec<(Row, Time, Sums)>>, _, _, _>(
+        .unary::<CapacityContainerBuilder<Vec<(HashedRow, Time, Sums)>>, _, _, _>(
             Pipeline,
             &format!("Combine {view}"),
             move |_, _| {
-                let mut groups: HashMap<(Row, Time), Sums> = HashMap::new();
+                let mut groups: HashMap<(HashedRow, Time), Sums> = HashMap::new();
                 move |input, output| {
                     input.for_each_stamp(|cap, data| {
                         for (mut row, time, diff) in data.flat_map(|d| d.drain(..)) {
                             let vals = row.split_off(keys);
                             let sums = Sums::of(&aggs, &vals, diff);
-                            match groups.entry((row, time)) {
+                            match groups.entry((HashedRow::new(row), time)) {
                                 Entry::Occupied(mut e) => e.get_mut().plus_equals(&sums),
                                 Entry::Vacant(e) => {
                                     e.insert(sums);
@@ -741,7 +770,7 @@ fn collate_distinct<'s>(
     keys: usize,
     aggs: Vec<Agg>,
     view: &str,
-) -> VecCollection<'s, Time, (Row, Result<Row, String>), Diff> {
+) -> VecCollection<'s, Time, (HashedRow, Result<Row, String>), Diff> {
     // The invertible aggregates, always (with none, their part still counts each group's rows,
     // so a group whose DISTINCT arguments are all NULL has its row).
     let plain: Vec<usize> = (0..aggs.len()).filter(|i| !aggs[*i].distinct).collect();
@@ -761,9 +790,10 @@ fn collate_distinct<'s>(
                 let value = row.get(arg).cloned().filter(|v| *v != Datum::Null)?;
                 row.truncate(keys);
                 row.push(value);
-                Some(row)
+                Some(HashedRow::new(row))
             })
-            .distinct_total();
+            .distinct_total()
+            .map(|pair| pair.row);
         let one = Agg { arg: 0, distinct: false, ..agg.clone() };
         let finish = vec![one.clone()];
         let tag = parts.len();
@@ -817,22 +847,28 @@ fn reduce<'s>(
     } else {
         let split = input.map(move |mut row| {
             let vals = row.split_off(keys);
-            (row, vals)
+            (HashedRow::new(row), vals)
         });
         split.reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
             out.push((aggregate(&logic_aggs, vals), 1));
         })
     };
     let view_name = view.to_owned();
-    errors.push(grouped.clone().flat_map(move |(key, r)| {
-        r.err().map(|e| vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key)))])
-    }));
-    let rows = grouped.flat_map(|(mut key, r)| {
-        r.ok().map(|vals| {
-            key.extend(vals);
-            key
-        })
-    });
+    let (rows, failed) =
+        grouped.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |((key, result), time, diff)| match result {
+            Ok(vals) => {
+                let mut row = key.row;
+                row.extend(vals);
+                Ok((row, time, diff))
+            }
+            Err(e) => Err((
+                vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key.row)))],
+                time,
+                diff,
+            )),
+        });
+    errors.push(failed.as_collection());
+    let rows = rows.as_collection();
     if keys > 0 {
         return Ok(rows);
     }
