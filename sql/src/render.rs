@@ -43,14 +43,16 @@ type Evaluated = Result<Row, String>;
 /// Largest Arrow batch built for expression evaluation (rows).
 const EVAL_BATCH_ROWS: usize = 8192;
 
-/// A collection of `(key, row)` pairs: a join input keyed by its join columns.
-pub type Keyed<'s> = VecCollection<'s, Time, (Row, Row), Diff>;
+/// A collection of `(key, row)` pairs: a join input keyed by its join columns (with their
+/// hash: [`HashedRow`]).
+pub type Keyed<'s> = VecCollection<'s, Time, (HashedRow, Row), Diff>;
 
 /// A join input arranged by its key; shared by every join that needs the same data arranged
 /// by the same key.
-pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<Row, Row, Time, Diff>>>;
+pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<HashedRow, Row, Time, Diff>>>;
 
-/// A group's key with its hash, computed once, as the key of a reduction's arrangements.
+/// A row with its hash, computed once: the key of the arrangements of reductions, joins,
+/// window partitions and `DISTINCT`.
 ///
 /// Ordered by the hash first and then by the row, and hashed (for the exchange between
 /// workers) as that hash: the sorts, merges and cursor seeks of an arrangement keyed by it
@@ -58,7 +60,7 @@ pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<Row, Row, Time,
 /// are compared as rows only when their hashes are equal. The hash is differential's own
 /// ([`differential_dataflow::Hashable`], a fixed seed), the same in every process, and it
 /// travels with the row, so every worker routes and orders a key alike. The order among keys
-/// is the hashes', not the rows': nothing reads a reduction's keys in order.
+/// is the hashes', not the rows': nothing reads these arrangements' keys in order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct HashedRow {
     hash: u64,
@@ -157,7 +159,9 @@ impl<'s> Renderer<'s> {
                 let input = self.render(input, view)?;
                 reduce(input, *keys, aggs.clone(), view, &self.collections, &mut self.errors)?
             }
-            Plan::Distinct { input } => self.render(input, view)?.distinct_total(),
+            Plan::Distinct { input } => {
+                self.render(input, view)?.map(HashedRow::new).distinct_total().map(|distinct| distinct.row)
+            }
             Plan::Union { inputs: parts } => {
                 let mut rendered = Vec::new();
                 for p in parts {
@@ -170,8 +174,9 @@ impl<'s> Renderer<'s> {
             Plan::Join { left, right, left_arity, right_arity, kind, nulls_equal, filter } => {
                 let (l, l_arranged) = self.keyed_input(left, *left_arity, *nulls_equal, view)?;
                 let (r, r_arranged) = self.keyed_input(right, *right_arity, *nulls_equal, view)?;
-                let matches = l_arranged
-                    .join_core(r_arranged, |k: &Row, lv: &Row, rv: &Row| Some((k.clone(), lv.clone(), rv.clone())));
+                let matches = l_arranged.join_core(r_arranged, |k: &HashedRow, lv: &Row, rv: &Row| {
+                    Some((k.clone(), lv.clone(), rv.clone()))
+                });
                 join(l, r, matches, *left_arity, *right_arity, *kind, filter.clone(), view, &mut self.errors)
             }
             Plan::TopK { input, arity, order, offset, limit } => {
@@ -201,7 +206,7 @@ impl<'s> Renderer<'s> {
                 let rows = self.render(plan, view)?;
                 let keyed = rows.map(move |mut row| {
                     let key = row.split_off(arity);
-                    (key, row)
+                    (HashedRow::new(key), row)
                 });
                 self.keyed.insert(fingerprint.clone(), keyed.clone());
                 keyed
@@ -216,7 +221,7 @@ impl<'s> Renderer<'s> {
             None => {
                 let a = keyed
                     .clone()
-                    .filter(move |(k, _): &(Row, Row)| nulls_equal || !k.contains(&Datum::Null))
+                    .filter(move |(k, _): &(HashedRow, Row)| nulls_equal || !k.row.contains(&Datum::Null))
                     .arrange_by_key_named(&format!("JoinArrange {view}"));
                 self.arrangements.insert(arrangement_key, a.clone());
                 a
@@ -885,7 +890,7 @@ fn reduce<'s>(
 fn join<'s>(
     l: Keyed<'s>,
     r: Keyed<'s>,
-    matches: VecCollection<'s, Time, (Row, Row, Row), Diff>,
+    matches: VecCollection<'s, Time, (HashedRow, Row, Row), Diff>,
     la: usize,
     ra: usize,
     kind: JoinKind,
@@ -900,7 +905,7 @@ fn join<'s>(
             let width = la + ra;
             let joined = matches.map(|(k, mut lv, rv)| {
                 lv.extend(rv);
-                lv.extend(k);
+                lv.extend(k.row);
                 lv
             });
             // The predicate's schema covers the first `width` columns; the key rides behind.
@@ -908,7 +913,7 @@ fn join<'s>(
             split(evaluated, view, errors).map(move |mut row| {
                 let k = row.split_off(width);
                 let rv = row.split_off(la);
-                (k, row, rv)
+                (HashedRow::new(k), row, rv)
             })
         }
     };
@@ -1002,7 +1007,7 @@ fn top_k<'s>(input: Rows<'s>, arity: usize, order: Vec<Order>, offset: usize, li
 
 fn window<'s>(input: Rows<'s>, arity: usize, partitions: usize, order: Vec<Order>, func: RankFunc) -> Rows<'s> {
     input
-        .map(move |row| (row[arity..arity + partitions].to_vec(), row))
+        .map(move |row| (HashedRow::new(row[arity..arity + partitions].to_vec()), row))
         .reduce_named("Window", move |_key, vals, out| {
             let from = arity + partitions;
             let mut rows: Vec<(&Row, Diff)> = vals.iter().map(|(r, n)| (*r, *n)).filter(|(_, n)| *n > 0).collect();
