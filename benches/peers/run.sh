@@ -10,6 +10,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/aimatrix-target}"
 mkdir -p data
 [ -f "data/events_$events.jsonl" ] || python3 ../../../shared/peers/gen.py "$events" "data/events_$events.jsonl"
 ln -sf "events_$events.jsonl" data/events.jsonl
-cargo build --release --quiet --bin aimatrix
+cargo build --release --quiet -p aimatrix --bin aimatrix
 /usr/bin/time -v "$CARGO_TARGET_DIR/release/aimatrix" run peers.toml --quiet --workers "$workers" 2>&1 \
   | grep -E "read |rows|^\| [0-9]|Elapsed|Maximum resident"
