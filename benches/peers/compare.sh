@@ -7,8 +7,8 @@
 # timestamps exact; averages within 1e-6 ms).
 #
 # usage: benches/peers/compare.sh [EVENTS] [REPS]     (default: 1000000 events, 3 repetitions)
-# Needs ../shared beside the checkout. Builds what it runs (release); installs DuckDB from PyPI
-# into benches/peers/.venv the first time.
+# Needs ../shared beside the checkout and GNU time (`apt-get install time`). Builds what it runs
+# (release); installs DuckDB 2.0.1 from PyPI into benches/peers/.venv the first time.
 set -euo pipefail
 cd "$(dirname "$0")"
 events="${1:-1000000}"
@@ -16,6 +16,7 @@ reps="${2:-3}"
 peers="$(cd ../../../shared/peers && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/aimatrix-target}"
 dd_target="${DD_TARGET_DIR:-/var/tmp/ddbench-target}"
+command -v /usr/bin/time > /dev/null || { echo "compare.sh needs GNU time: apt-get install time"; exit 1; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
@@ -32,7 +33,8 @@ dd="$dd_target/release/ddbench"
 if [ ! -x .venv/bin/python ]; then
     echo "== installing DuckDB into benches/peers/.venv"
     python3 -m venv .venv
-    .venv/bin/pip install --quiet duckdb
+    # The version ../shared/peers measured with.
+    .venv/bin/pip install --quiet duckdb==2.0.1
 fi
 
 # run NAME COMMAND...: one timed run, "NAME SECONDS PEAK_KB" appended to $out/runs.

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 events="${1:-1000000}"
 workers="${2:-2}"
+command -v /usr/bin/time > /dev/null || { echo "run.sh needs GNU time: apt-get install time"; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/aimatrix-target}"
 mkdir -p data
 [ -f "data/events_$events.jsonl" ] || python3 ../../../shared/peers/gen.py "$events" "data/events_$events.jsonl"

@@ -1071,6 +1071,26 @@ mod tests {
         assert_eq!(e, "no column 3 in a row of 3 (row ('trace', 'span', 'x'))");
     }
 
+    /// Keys with one hash are still told apart by their rows (a collision never merges two
+    /// groups), keys are ordered by hash before row, equal rows built apart get one hash, and a
+    /// key hashes as its stored hash alone (the exchange does not walk the row again).
+    #[test]
+    fn hashed_rows_order_by_hash_then_row_and_never_merge_on_a_collision() {
+        use std::hash::{BuildHasher, Hasher};
+        let forged = |hash: u64, s: &str| HashedRow { hash, row: vec![text(s)] };
+        assert_ne!(forged(7, "a"), forged(7, "b"));
+        assert!(forged(7, "a") < forged(7, "b"));
+        assert!(forged(1, "z") < forged(2, "a"));
+        let (a, b) =
+            (HashedRow::new(vec![text("trace"), Datum::Int(1)]), HashedRow::new(vec![text("trace"), Datum::Int(1)]));
+        assert_eq!(a, b);
+        assert_ne!(a.hash, HashedRow::new(vec![text("trace"), Datum::Int(2)]).hash);
+        let state = std::collections::hash_map::RandomState::new();
+        let mut by_hash = state.build_hasher();
+        by_hash.write_u64(a.hash);
+        assert_eq!(state.hash_one(&a), by_hash.finish());
+    }
+
     /// A filter passes its row on whole, drops it on false or NULL, and reports a predicate
     /// that is not boolean with the row.
     #[test]
