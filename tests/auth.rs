@@ -7,7 +7,6 @@
 use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_aimatrix");
 struct Server {
     child: Child,
     base: String,
+    /// The pgwire port it reported listening on (`--pgwire 127.0.0.1:0`), if any.
+    pg_port: Option<u16>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -35,10 +36,6 @@ impl Server {
         std::thread::sleep(Duration::from_millis(300));
         self.lines.try_iter().map(|line| line + "\n").collect()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// `aimatrix serve --config CONFIG ARGS`, logging at debug level; waits for its HTTP address.
@@ -74,7 +71,7 @@ fn start(config: &std::path::Path, args: &[&str]) -> Server {
             && let Some(at) = line.find("HTTP API on ")
         {
             let url = line[at + "HTTP API on ".len()..].split_whitespace().next().unwrap_or("").to_owned();
-            return Server { child, base: url, lines };
+            return Server { child, base: url, pg_port: common::pgwire_port(&line), lines };
         }
     }
     let _ = child.kill();
@@ -232,10 +229,10 @@ tokens = ["{admin_hash}"]
     )
     .expect("config written");
     let mut unauthenticated = 0;
-    let pg_port = free_port();
     // With users, any address may be listened on: 0.0.0.0 (every interface) is taken, and a
     // request for the `Host` a client used (here 0.0.0.0:PORT) is answered.
-    let server = start(&config, &["--http", "0.0.0.0:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
+    let server = start(&config, &["--http", "0.0.0.0:0", "--pgwire", "127.0.0.1:0"]);
+    let pg_port = server.pg_port.expect("pgwire listens");
     let base = server.base.clone();
 
     // Two Authorization headers: refused, whichever comes first.
@@ -514,8 +511,8 @@ fn tls_for_http_and_pgwire() {
         ),
     )
     .expect("config written");
-    let pg_port = free_port();
-    let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
+    let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0"]);
+    let pg_port = server.pg_port.expect("pgwire listens");
     assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
     let https = server.base.replace("127.0.0.1", "localhost");
     let port = https.rsplit(':').next().expect("a port").to_owned();
@@ -643,8 +640,8 @@ fn psycopg_logs_in_and_runs_prepared_statements() {
         ),
     )
     .expect("config written");
-    let pg_port = free_port();
-    let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")]);
+    let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0"]);
+    let pg_port = server.pg_port.expect("pgwire listens");
     // Rows to read: orders pushed over HTTP (the admin's token).
     let job = "name = \"shop\"\n[[sources]]\nname = \"in\"\nkind = \"push\"\nformat = \"json\"\n[sources.relation]\n\
                name = \"orders\"\ncolumns = [{ name = \"id\", type = \"bigint\" }, { name = \"label\", type = \"text\" }, \

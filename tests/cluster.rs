@@ -2,7 +2,7 @@
 //! process with three workers, and a two-process timely cluster on loopback (two workers
 //! each) gives identical answers.
 
-use std::net::TcpListener;
+use crate::common;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -49,10 +49,6 @@ fn ok(output: Output, what: &str) -> String {
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 #[test]
 fn one_worker_many_workers_and_two_processes_agree() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -80,7 +76,8 @@ fn one_worker_many_workers_and_two_processes_agree() {
     assert_eq!(polls, single, "2 workers reading in small pieces disagree with 1 worker");
 
     let hosts = dir.path().join("hosts.txt");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", common::free_port(), common::free_port()))
+        .expect("hosts");
     let hosts = hosts.to_string_lossy().into_owned();
     let spawn = |index: &str| {
         aimatrix(&job, &["--workers", "2", "--processes", "2", "--process-index", index, "--hosts", &hosts])

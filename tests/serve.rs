@@ -22,6 +22,8 @@ struct Server {
     stderr: std::sync::Mutex<mpsc::Receiver<String>>,
     /// What it printed on stderr before it said where it listens.
     started: Vec<String>,
+    /// The pgwire port it reported listening on (`--pgwire 127.0.0.1:0`), if any.
+    pg_port: Option<u16>,
 }
 
 impl Drop for Server {
@@ -37,12 +39,12 @@ fn start(args: &[String], controller: bool) -> Server {
     start_with_env(args, controller, &[])
 }
 
-/// [`start`] with HTTP and pgwire on free ports: the server and its pgwire port.
+/// [`start`] with HTTP and pgwire on ports the server picks: the server and its pgwire port.
 fn start_with_pgwire() -> (Server, u16) {
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
-    (start(&args, true), pg_port)
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0"].map(String::from).into();
+    let server = start(&args, true);
+    let pg_port = server.pg_port.expect("pgwire listens");
+    (server, pg_port)
 }
 
 /// [`start`], with these environment variables (configuration overrides) set.
@@ -68,7 +70,8 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
     });
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
     if !controller {
-        return Server { child, base: String::new(), agent, stderr: std::sync::Mutex::new(rx), started: Vec::new() };
+        let stderr = std::sync::Mutex::new(rx);
+        return Server { child, base: String::new(), agent, stderr, started: Vec::new(), pg_port: None };
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut started = Vec::new();
@@ -81,7 +84,8 @@ fn start_with_env(args: &[String], controller: bool, env: &[(&str, &str)]) -> Se
                 let address =
                     line[at + "HTTP API on http://".len()..].split_whitespace().next().unwrap_or("").to_owned();
                 let stderr = std::sync::Mutex::new(rx);
-                return Server { child, base: format!("http://{address}"), agent, stderr, started };
+                let pg_port = common::pgwire_port(&line);
+                return Server { child, base: format!("http://{address}"), agent, stderr, started, pg_port };
             }
             started.push(line);
         }
@@ -198,10 +202,6 @@ impl Server {
         assert_eq!(status, 200, "{body}");
         body
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A job with one push source of knowledge events (`c` → collection, `id` → document_id,
@@ -482,7 +482,8 @@ fn two_processes_answer_as_one() {
     assert_eq!(one.call("GET", &format!("/v1/jobs/{id}"), None).1["source_stats"][0]["records"], json!(all.len()));
 
     let hosts = dir.path().join("hosts");
-    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).expect("hosts");
+    std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", common::free_port(), common::free_port()))
+        .expect("hosts");
     let cluster = |i: usize| -> Vec<String> {
         let mut args: Vec<String> = ["--workers", "2", "--processes", "2", "--process-index", &i.to_string()]
             .iter()
@@ -1308,7 +1309,7 @@ fn losing_a_cluster_process_is_reported_and_exits_75() {
     for killed in [1usize, 0] {
         let dir = tempfile::tempdir().expect("tempdir");
         let hosts = dir.path().join("hosts");
-        let ports = [free_port(), free_port()];
+        let ports = [common::free_port(), common::free_port()];
         std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hosts");
         let args = |i: usize| -> Vec<String> {
             let mut args: Vec<String> =
@@ -1893,7 +1894,7 @@ fn a_push_is_applied_at_one_timestamp_on_every_worker() {
 fn kill_9_of_either_cluster_process_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
-    let ports = [free_port(), free_port()];
+    let ports = [common::free_port(), common::free_port()];
     std::fs::write(&hosts, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).expect("hosts");
     let data = dir.path().join("data").to_string_lossy().into_owned();
     let args = |i: usize| -> Vec<String> {
@@ -2061,7 +2062,7 @@ fn s3_env(endpoint: &str) -> [(&'static str, &str); 5] {
 fn start_moto(bucket: &str) -> Moto {
     let program =
         std::env::var("AIMATRIX_MOTO_SERVER").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/moto_server".into());
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new(&program)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -3104,7 +3105,7 @@ fn statefulset_pods_derive_their_index_and_peers() {
         .collect();
     assert_eq!(settings["AIMATRIX__CLUSTER__PROCESSES"], "2");
     assert_eq!(settings["AIMATRIX__CLUSTER__PROCESS_INDEX_FROM_HOSTNAME"], "true");
-    let port = free_port();
+    let port = common::free_port();
     let pattern = settings.get_mut("AIMATRIX__CLUSTER__HOSTS_PATTERN").expect("a hosts pattern");
     assert_eq!(pattern, "aimatrix-{i}.aimatrix-peers:2101");
     *pattern = format!("127.1.{{i}}.1:{port}");
@@ -3177,7 +3178,7 @@ fn statefulset_pods_derive_their_index_and_peers() {
         assert_eq!(response.status().as_u16(), want, "{path}");
     }
     // `aimatrix health`, the image's HEALTHCHECK: exit 0 on a 200, 1 otherwise.
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
     for (server, ready, healthy) in [(&probes, false, true), (&probes, true, true), (&closed, false, false)] {
         let mut health = Command::new(env!("CARGO_BIN_EXE_aimatrix"));
         health.args(["health", "--server", server]);
@@ -3192,7 +3193,7 @@ fn statefulset_pods_derive_their_index_and_peers() {
     // template, one probe scheme): two more processes, checked with `aimatrix health`.
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = common::certificates(dir.path());
-    let tls_pattern = format!("127.1.{{i}}.2:{}", free_port());
+    let tls_pattern = format!("127.1.{{i}}.2:{}", common::free_port());
     let tls_pod = |ordinal: usize| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_aimatrix"));
         command
@@ -3653,8 +3654,11 @@ impl Broker {
     }
 
     fn start() -> Broker {
-        let broker =
-            Broker { dir: tempfile::tempdir().expect("tempdir"), port: free_port(), controller_port: free_port() };
+        let broker = Broker {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: common::free_port(),
+            controller_port: common::free_port(),
+        };
         broker.up();
         broker
     }
@@ -4022,11 +4026,10 @@ user_id = {{ metadata = "/key" }}
 /// worked out by hand.
 #[test]
 fn sql_clients_query_over_pgwire() {
-    let pg_port = free_port();
-    let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2", "--pgwire", &format!("127.0.0.1:{pg_port}")]
-        .map(String::from)
-        .into();
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--workers", "2", "--pgwire", "127.0.0.1:0"].map(String::from).into();
     let server = start(&args, true);
+    let pg_port = server.pg_port.expect("pgwire listens");
     let shop = server.submit(SHOP_JOB);
     let lines = |values: &[Value]| values.iter().map(Value::to_string).collect::<Vec<_>>();
     server.push(
@@ -4474,14 +4477,13 @@ fn a_bare_subscribe_sends_each_change_as_it_comes() {
 /// subscription past it is refused (pgwire `53000`, HTTP 503), over either interface.
 #[test]
 fn pgwire_sessions_and_subscriptions_past_their_limits_are_refused() {
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0"].map(String::from).into();
     let server = start_with_env(
         &args,
         true,
         &[("AIMATRIX__PGWIRE__MAX_SESSIONS", "1"), ("AIMATRIX__SUBSCRIBE__MAX_SUBSCRIPTIONS", "1")],
     );
+    let pg_port = server.pg_port.expect("pgwire listens");
     let url = format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix connect_timeout=10");
     let mut first = postgres::Client::connect(&url, postgres::NoTls).expect("the first session");
     assert_eq!(first.query_one("SELECT 40 + 2", &[]).expect("query").get::<_, i64>(0), 42);
@@ -4667,9 +4669,7 @@ impl OtlpReceiver {
 #[test]
 fn spans_are_exported_over_otlp() {
     let receiver = OtlpReceiver::start();
-    let pg_port = free_port();
-    let args: Vec<String> =
-        ["--http", "127.0.0.1:0", "--pgwire", &format!("127.0.0.1:{pg_port}")].map(String::from).into();
+    let args: Vec<String> = ["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0"].map(String::from).into();
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     let server = start_with_env(
         &args,
@@ -4680,6 +4680,7 @@ fn spans_are_exported_over_otlp() {
             ("OTEL_SERVICE_NAME", "aimatrix-under-test"),
         ],
     );
+    let pg_port = server.pg_port.expect("pgwire listens");
     let count = "SELECT collection, count(*) AS n FROM knowledge_events GROUP BY collection";
     let id = server.submit(&push_job("traced", "traced-in", "traced_v", count));
     let (status, _) = server.call("GET", "/v1/no-such-route", None);

@@ -5,6 +5,40 @@ use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A TCP port free on 127.0.0.1 for a server that must be told its port in advance (the
+/// hosts of a timely cluster, a broker). Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), where no `bind(…:0)` of another
+/// test lands, and handed out once per test process (from an offset by process id), so two
+/// tests running side by side never draw the same port. Servers that report their address
+/// listen on port 0 instead.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let span = ephemeral_low - low;
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_low}");
+}
+
+/// The pgwire port in `aimatrix serve`'s startup line (`…; pgwire on 127.0.0.1:PORT (psql …)`),
+/// if it listens for pgwire. Tests listen on port 0 and read the port here: a port picked
+/// free beforehand can be taken by another test's server before this one binds it.
+pub fn pgwire_port(line: &str) -> Option<u16> {
+    let at = line.find("pgwire on ")?;
+    let address = line[at + "pgwire on ".len()..].split_whitespace().next()?;
+    address.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+}
+
 /// The lines `child` prints on stdout, as they come (read on a thread of their own).
 pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().expect("stdout is piped");
