@@ -154,6 +154,18 @@ columns = [{ name = "order_id", type = "text" }, { name = "amount", type = "doub
 name = "otel-in"
 kind = "push"
 format = "otlp-json"
+
+[[sources]]
+name = "github-in"
+kind = "push"
+format = "github-actions"
+[sources.webhook]
+secret = "webhook secret"
+
+[[sources]]
+name = "github-open"
+kind = "push"
+format = "github-actions"
 "#;
 
 /// Jobs for the walk over the routes: the one whose paths it calls, and the one it submits.
@@ -176,11 +188,48 @@ name = "extras"
 columns = [{ name = "x", type = "text" }]
 "#;
 
+/// GitHub webhook deliveries on a server with users: signed with the source's secret, they
+/// are taken without a token; unsigned, or for a source without a secret, refused (401) even
+/// with an admin's token.
+fn webhook_deliveries(base: &str, job: &str, admin_token: &str) {
+    let body = r#"{"zen": "Approachable is better than simple."}"#;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"webhook secret");
+    let signature = format!(
+        "sha256={}",
+        ring::hmac::sign(&key, body.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let deliver = |source: &str, signature: Option<&str>, token: Option<&str>| {
+        let mut r = agent
+            .post(format!("{base}/v1/webhooks/github/{job}/{source}"))
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "ping");
+        if let Some(s) = signature {
+            r = r.header("X-Hub-Signature-256", s);
+        }
+        if let Some(t) = token {
+            r = r.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = r.send(body.as_bytes()).expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.into_body().read_to_string().unwrap_or_default())
+    };
+    assert_eq!(
+        deliver("github-in", Some(&signature), None),
+        (200, r#"{"zen":"Approachable is better than simple."}"#.into())
+    );
+    assert_eq!(deliver("github-in", None, Some(admin_token)).0, 401);
+    let (status, answer) = deliver("github-open", Some(&signature), Some(admin_token));
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("give source `github-open` a [sources.webhook] secret"), "{answer}");
+}
+
 /// The role each route of the OpenAPI document needs (README "Authentication"), route by
 /// route: a route missing here fails the walk, so a new one gets a line and a decision.
 fn needed(method: &str, path: &str) -> Option<&'static str> {
     match (method, path) {
-        ("get", "/healthz" | "/readyz") => None,
+        // Authenticated by the delivery's signature, not a token (see the walk).
+        ("get", "/healthz" | "/readyz") | ("post", "/v1/webhooks/github/{job}/{source}") => None,
         ("post", "/v1/jobs") | ("delete", "/v1/jobs/{id}") => Some("admin"),
         ("post", "/v1/ingest/{job}/{source}" | "/v1/otlp/{job}/{source}/v1/traces") => Some("writer"),
         ("get", "/metrics" | "/v1/openapi.json" | "/v1/jobs" | "/v1/jobs/{id}" | "/v1/catalog" | "/v1/subscribe")
@@ -275,8 +324,11 @@ tokens = ["{admin_hash}"]
             routes += 1;
             // An OTLP export goes to the first job's OTLP source (the walk cancels its own job
             // before it gets there).
-            let (job, source) =
-                if path.starts_with("/v1/otlp/") { (job.to_string(), "otel-in") } else { (walk.clone(), "clicks-in") };
+            let (job, source) = if path.starts_with("/v1/otlp/") || path.starts_with("/v1/webhooks/") {
+                (job.to_string(), "otel-in")
+            } else {
+                (walk.clone(), "clicks-in")
+            };
             let concrete = path.replace("{id}", &walk).replace("{job}", &job).replace("{source}", source);
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/jobs") => Some(("application/toml", EXTRA_JOB)),
@@ -288,6 +340,10 @@ tokens = ["{admin_hash}"]
             };
             let concrete = if path == "/v1/subscribe" { format!("{concrete}?view=orders") } else { concrete };
             let m = method.to_uppercase();
+            if path.starts_with("/v1/webhooks/github/") {
+                webhook_deliveries(&base, &job, &admin_token);
+                continue;
+            }
             let Some(needed) = needed(method, path) else {
                 // The probes need nothing (readiness may still be 503 on a busy machine).
                 let (status, _, _) = call(&base, &m, &concrete, None, body);

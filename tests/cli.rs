@@ -250,6 +250,91 @@ total = "SELECT sum(n) AS s, count(*) AS c FROM things"
     );
 }
 
+/// `run` applies a file of Debezium change events (a PostgreSQL table's inserts, updates,
+/// snapshot reads and deletes, with and without the JSON converter's schema wrapper, and the
+/// tombstone after a delete) to a keyed relation and to `knowledge_events`; the final rows are
+/// worked out by hand from the events, and a truncate is an ingest error.
+#[test]
+fn run_applies_debezium_change_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |op: &str, before: &str, after: &str, ts_ms: u64| {
+        format!(
+            r#"{{"before":{before},"after":{after},"op":"{op}","ts_ms":{ts_ms},"source":{{"connector":"postgresql","db":"shop","schema":"public","table":"docs","lsn":{ts_ms}}}}}"#
+        )
+    };
+    let doc = |id: u32, title: &str, size: u32| format!(r#"{{"id":{id},"title":"{title}","size":{size}}}"#);
+    let lines = [
+        event("r", "null", &doc(1, "intro", 100), 1_000),
+        event("c", "null", &doc(2, "setup", 200), 2_000),
+        format!(
+            r#"{{"schema":{{"type":"struct"}},"payload":{}}}"#,
+            event("u", &doc(1, "intro", 100), &doc(1, "intro v2", 150), 3_000)
+        ),
+        event("c", "null", &doc(3, "faq", 300), 4_000),
+        event("d", &doc(2, "setup", 200), "null", 5_000),
+        "null".to_owned(),
+        event("t", "null", "null", 6_000),
+    ];
+    std::fs::write(dir.path().join("cdc.jsonl"), lines.join("\n") + "\n").unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        r#"[[sources]]
+name = "docs-table"
+format = "debezium"
+path = "cdc.jsonl"
+[sources.relation]
+name = "docs"
+key = ["id"]
+columns = [{ name = "id", type = "bigint" }, { name = "title", type = "text" }, { name = "size", type = "bigint" },
+           { name = "changed_at", type = "timestamp" }]
+[sources.options.mapping]
+changed_at = { metadata = "/debezium/ts_ms", unit = "ms" }
+
+[[sources]]
+name = "docs-knowledge"
+format = "debezium"
+path = "cdc.jsonl"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = { metadata = "/debezium/source/table" }
+document_id = "/id"
+size_bytes = "/size"
+event_time = { metadata = "/debezium/source/lsn" }
+"#,
+    )
+    .unwrap();
+    let job = job.display().to_string();
+    let (code, out, err) = aimatrix(&[
+        "run",
+        &job,
+        "--quiet",
+        "--workers",
+        "2",
+        "--output",
+        "csv",
+        "--sql",
+        "SELECT id, title, size, changed_at FROM docs ORDER BY id",
+        "--sql",
+        "SELECT collection, document_id, size_bytes FROM documents ORDER BY document_id",
+        "--sql",
+        "SELECT source, error FROM ingest_errors ORDER BY source",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // 1: read, then updated to "intro v2" (150) at 3,000 ms; 2: created, then deleted; 3:
+    // created at 4,000 ms. The tombstone is skipped; the truncate is an error in each source.
+    let truncate = "a truncate event (op t) is not applied: delete the rows with events of their own";
+    assert_eq!(
+        out,
+        format!(
+            "-- query 1\nid,title,size,changed_at\n1,intro v2,150,1970-01-01T00:00:03Z\n3,faq,300,1970-01-01T00:00:04Z\n\
+             -- query 2\ncollection,document_id,size_bytes\ndocs,1,150\ndocs,3,300\n\
+             -- query 3\nsource,error\ndocs-knowledge,{truncate}\ndocs-table,{truncate}\n"
+        )
+    );
+}
+
 /// `run` reads a file of OTLP/JSON exports (one `ExportTraceServiceRequest` per line, as the
 /// OpenTelemetry Collector's file exporter writes them): two requests of spans, a third line
 /// that is not a request; the spans and the ingest error are what the lines say.

@@ -4918,3 +4918,177 @@ fn an_opentelemetry_sdk_exports_spans_to_the_otlp_receiver() {
     let (status, _) = post_bytes(&small, "/v1/otlp/1/otel/v1/traces", &once, &protobuf);
     assert_eq!(status, 200);
 }
+
+/// A GitHub webhook delivery's `X-Hub-Signature-256` for `body` under `secret`.
+fn github_signature(secret: &str, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, body.as_bytes());
+    format!("sha256={}", tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// GitHub webhooks into a push source of format `github-actions`: a signed delivery is
+/// ingested and the workflow views follow it (the states worked out by hand from the payloads
+/// below), a redelivery (same `X-GitHub-Delivery`) is applied once, a delivery with a wrong or
+/// missing signature is refused (401) and ingests nothing, `ping` and events that are not
+/// ingested are answered, a form-encoded body is refused (415), a bad step is a row of
+/// `ingest_errors` at its place, the secret can come from the server's environment
+/// (`secret_env`), and the job's listing shows the inline secret as `<redacted>`.
+#[test]
+fn github_webhook_deliveries_are_verified_and_ingested() {
+    let args: Vec<String> = ["--http", "127.0.0.1:0"].map(String::from).into();
+    let server = start_with_env(&args, true, &[("AMX_TEST_GITHUB_SECRET", "from the environment")]);
+    let job = server.submit(
+        r#"name = "github"
+[[sources]]
+name = "gh"
+kind = "push"
+format = "github-actions"
+[sources.webhook]
+secret = "It's a Secret to Everybody"
+
+[[sources]]
+name = "gh-env"
+kind = "push"
+format = "github-actions"
+[sources.webhook]
+secret_env = "AMX_TEST_GITHUB_SECRET"
+"#,
+    );
+    let deliver = |source: &str, secret: &str, event: &str, delivery: &str, body: &str| {
+        let signature = github_signature(secret, body);
+        server.call_with(
+            "POST",
+            &format!("/v1/webhooks/github/{job}/{source}"),
+            Some(body),
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+        )
+    };
+    let secret = "It's a Secret to Everybody";
+
+    // The run is queued, then its job completes with a failed step; pretty-printed, as GitHub
+    // sends it.
+    let run = serde_json::to_string_pretty(&json!({"action": "requested", "workflow_run": {
+        "id": 30433642, "name": "Build", "status": "queued", "conclusion": null, "run_attempt": 1,
+        "created_at": "2024-05-01T12:00:00Z", "run_started_at": "2024-05-01T12:00:00Z",
+        "updated_at": "2024-05-01T12:00:00Z"}}))
+    .expect("json");
+    let (status, body) = deliver("gh", secret, "workflow_run", "d-1", &run);
+    assert_eq!((status, &body["accepted"]), (200, &json!(1)), "{body}");
+    let job_payload = json!({"action": "completed", "workflow_job": {
+    "id": 399444496, "run_id": 30433642, "run_attempt": 1, "name": "test", "workflow_name": "Build",
+    "status": "completed", "conclusion": "failure", "created_at": "2024-05-01T12:00:01Z",
+    "started_at": "2024-05-01T12:00:05Z", "completed_at": "2024-05-01T12:01:00Z",
+    "steps": [
+        {"name": "Set up job", "status": "completed", "conclusion": "success", "number": 1,
+         "started_at": "2024-05-01T12:00:05Z", "completed_at": "2024-05-01T12:00:07Z"},
+        {"name": "Run tests", "status": "completed", "conclusion": "failure", "number": 2,
+         "started_at": "2024-05-01T12:00:07Z", "completed_at": "2024-05-01T12:00:59Z"},
+        {"name": "Broken", "status": "exploded", "number": 3}
+    ]}})
+    .to_string();
+    let (status, body) = deliver("gh", secret, "workflow_job", "d-2", &job_payload);
+    assert_eq!(status, 200, "{body}");
+    // One record, counted as rejected for its bad step (an error row); its other rows are in.
+    assert_eq!(
+        (&body["accepted"], &body["rejected"], &body["error_rows"]),
+        (&json!(0), &json!(1), &json!(1)),
+        "{body}"
+    );
+
+    let steps = "SELECT step_id, step_type, state, started_at, ended_at FROM workflow_steps ORDER BY step_id";
+    let want_steps = [
+        json!({"step_id": "399444496", "step_type": "job", "state": "FAILED",
+               "started_at": "2024-05-01T12:00:05Z", "ended_at": "2024-05-01T12:01:00Z"}),
+        json!({"step_id": "399444496/1", "step_type": "step", "state": "COMPLETED",
+               "started_at": "2024-05-01T12:00:05Z", "ended_at": "2024-05-01T12:00:07Z"}),
+        json!({"step_id": "399444496/2", "step_type": "step", "state": "FAILED",
+               "started_at": "2024-05-01T12:00:07Z", "ended_at": "2024-05-01T12:00:59Z"}),
+    ];
+    assert_eq!(server.sql_until(steps, &want_steps), want_steps);
+    let runs = "SELECT run_id, workflow_name, status, steps, steps_completed, steps_failed FROM workflow_runs";
+    let want_run = |status: &str| {
+        json!({"run_id": "30433642", "workflow_name": "Build", "status": status, "steps": 3,
+               "steps_completed": 1, "steps_failed": 2})
+    };
+    assert_eq!(server.sql_until(runs, &[want_run("SCHEDULED")]), vec![want_run("SCHEDULED")]);
+    let errors = server.sql("SELECT source, location, error FROM ingest_errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["source"], "gh");
+    assert!(errors[0]["location"].as_str().is_some_and(|l| l.ends_with("#workflow_job.steps[2]")), "{errors:?}");
+    assert_eq!(errors[0]["error"], r#"unknown status "exploded""#);
+
+    // A redelivery (GitHub's "Redeliver": the same GUID) is applied once.
+    let count = "SELECT count(*) AS n FROM workflow_events";
+    let before = server.sql(count);
+    let (status, body) = deliver("gh", secret, "workflow_job", "d-2", &job_payload);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.sql(count), before);
+
+    // Refused and not ingested: a wrong secret, no signature, a form-encoded body.
+    let completed = json!({"action": "completed", "workflow_run": {
+        "id": 30433642, "name": "Build", "status": "completed", "conclusion": "success", "run_attempt": 1,
+        "created_at": "2024-05-01T12:00:00Z", "run_started_at": "2024-05-01T12:00:00Z",
+        "updated_at": "2024-05-01T12:01:01Z"}})
+    .to_string();
+    let (status, body) = deliver("gh", "not the secret", "workflow_run", "d-3", &completed);
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("does not match")), "{body}");
+    let path = format!("/v1/webhooks/github/{job}/gh");
+    let (status, body) = server.call_with(
+        "POST",
+        &path,
+        Some(&completed),
+        &[("Content-Type", "application/json"), ("X-GitHub-Event", "workflow_run")],
+    );
+    assert_eq!(status, 401, "{body}");
+    let form = format!("payload={completed}");
+    let signature = github_signature(secret, &form);
+    let (status, _) = server.call_with(
+        "POST",
+        &path,
+        Some(&form),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-GitHub-Event", "workflow_run"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+    );
+    assert_eq!(status, 415);
+    assert_eq!(server.sql(count), before);
+    assert_eq!(server.sql(runs), vec![want_run("SCHEDULED")]);
+
+    // A ping and an event that is not ingested are answered; the run completes once signed.
+    let (status, body) = deliver("gh", secret, "ping", "d-4", r#"{"zen": "Design for failure.", "hook_id": 7}"#);
+    assert_eq!((status, body), (200, json!({"zen": "Design for failure."})));
+    let (status, body) = deliver("gh", secret, "push", "d-5", r#"{"ref": "refs/heads/main"}"#);
+    assert_eq!((status, body), (200, json!({"ignored": "push"})));
+    assert_eq!(server.sql(count), before);
+    let (status, body) = deliver("gh", secret, "workflow_run", "d-6", &completed);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.sql_until(runs, &[want_run("COMPLETED")]), vec![want_run("COMPLETED")]);
+
+    // The secret from the server's environment.
+    let suite = json!({"action": "requested", "check_suite": {"id": 5, "status": "queued",
+        "created_at": "2024-05-01T13:00:00Z", "updated_at": "2024-05-01T13:00:00Z", "app": {"name": "CI"}}})
+    .to_string();
+    let (status, _) = deliver("gh-env", secret, "check_suite", "d-7", &suite);
+    assert_eq!(status, 401);
+    let (status, body) = deliver("gh-env", "from the environment", "check_suite", "d-7", &suite);
+    assert_eq!(status, 200, "{body}");
+    let suite_run = [json!({"run_id": "check_suite/5", "workflow_name": "CI", "status": "SCHEDULED"})];
+    let query = "SELECT run_id, workflow_name, status FROM workflow_runs WHERE run_id = 'check_suite/5'";
+    assert_eq!(server.sql_until(query, &suite_run), suite_run);
+
+    // Not a github-actions push source; the listing hides the inline secret.
+    let (status, body) = server.call("GET", &format!("/v1/jobs/{job}"), None);
+    assert_eq!(status, 200);
+    assert_eq!(body["sources"][0]["webhook"], json!({"secret": "<redacted>"}), "{body}");
+    assert_eq!(body["sources"][1]["webhook"], json!({"secret_env": "AMX_TEST_GITHUB_SECRET"}), "{body}");
+    let (status, body) = deliver("nope", secret, "workflow_run", "d-8", &completed);
+    assert_eq!(status, 404, "{body}");
+}

@@ -656,7 +656,7 @@ pub struct JobInfo {
 impl JobInfo {
     /// The job as its readers may see it: the values of Kafka properties that hold secrets
     /// ([`amx_connectors::kafka::is_secret_property`]) replaced with `<redacted>`, in sources
-    /// and sinks.
+    /// and sinks, and so is a webhook's `secret`.
     pub fn redacted(mut self) -> JobInfo {
         let redact = |properties: &mut std::collections::BTreeMap<String, String>| {
             for (name, value) in properties.iter_mut() {
@@ -668,6 +668,9 @@ impl JobInfo {
         for source in &mut self.sources {
             if let Some(kafka) = &mut source.kafka {
                 redact(&mut kafka.properties);
+            }
+            if let Some(secret) = source.webhook.as_mut().and_then(|w| w.secret.as_mut()) {
+                *secret = "<redacted>".into();
             }
         }
         for sink in &mut self.sinks {

@@ -95,7 +95,7 @@ pub struct SourceConfig {
     /// Where records come from: `file` (the default) or `push`.
     #[serde(default)]
     pub kind: SourceKind,
-    /// Format name: `openai-chat`, `temporal-history` or `json`.
+    /// Format name: `openai-chat`, `temporal-history`, `github-actions`, `json` or `otlp-json`.
     pub format: String,
     /// File sources: a file path or glob; relative paths resolve against the job file's
     /// directory (on a server: against the server's working directory). Push sources have none.
@@ -128,6 +128,45 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub relation: Option<amx_connectors::table::TableConfig>,
+    /// Push sources of format `github-actions`: how deliveries to
+    /// `POST /v1/webhooks/github/{job}/{source}` are verified (`[sources.webhook]`, see
+    /// [`WebhookConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `[sources.webhook]`: the secret a webhook's deliveries are signed with. GitHub signs each
+/// delivery's body with HMAC-SHA256 under the webhook's secret and sends it as
+/// `X-Hub-Signature-256: sha256=HEX` (GitHub's "Validating webhook deliveries"); a delivery
+/// whose signature does not verify is refused. Give exactly one of the two.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The secret itself (shown as `<redacted>` wherever the job is listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The name of an environment variable of the server that holds the secret, read at each
+    /// delivery (a delivery is refused with 503 while it is unset or empty), so the secret
+    /// never sits in the job file or the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+}
+
+impl WebhookConfig {
+    /// The secret: [`WebhookConfig::secret`], or the value of [`WebhookConfig::secret_env`].
+    ///
+    /// # Errors
+    /// The environment variable is unset, empty or not UTF-8 (the message names it).
+    pub fn resolve(&self) -> Result<String, String> {
+        match (&self.secret, &self.secret_env) {
+            (Some(secret), _) => Ok(secret.clone()),
+            (None, Some(name)) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(value),
+                _ => Err(format!("the webhook secret's environment variable `{name}` is not set on the server")),
+            },
+            (None, None) => Err("[sources.webhook] gives no secret".into()),
+        }
+    }
 }
 
 /// One query.
@@ -218,6 +257,22 @@ impl Job {
             }
             if source.kind != SourceKind::ObjectStore && source.object_store.is_some() {
                 bail!("source `{}`: `[sources.object_store]` is for sources of kind = \"object-store\"", source.name);
+            }
+            if let Some(webhook) = &source.webhook {
+                if source.kind != SourceKind::Push || source.format != amx_connectors::github::FORMAT {
+                    bail!(
+                        "source `{}`: `[sources.webhook]` is for push sources of format \"{}\"",
+                        source.name,
+                        amx_connectors::github::FORMAT
+                    );
+                }
+                let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+                if blank(&webhook.secret) == blank(&webhook.secret_env) {
+                    bail!(
+                        "source `{}`: `[sources.webhook]` needs exactly one of `secret` and `secret_env`, not empty",
+                        source.name
+                    );
+                }
             }
             if let Some(table) = &source.relation {
                 table.check().map_err(|e| anyhow::anyhow!("source `{}`: [sources.relation]: {e}", source.name))?;
@@ -390,5 +445,25 @@ op = {{ const = "upsert" }}
         let error = Job::parse(&push, Path::new(".")).err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(error.contains("source `in`: `{ metadata = … }` reads a Kafka message's metadata"), "{error}");
         assert!(Job::parse(&job("kafka"), Path::new(".")).is_ok());
+    }
+
+    #[test]
+    fn webhook_secrets_are_for_github_push_sources_and_one_at_a_time() {
+        let job = |kind: &str, format: &str, webhook: &str| {
+            format!(
+                "name = \"k\"\n[[sources]]\nname = \"gh\"\nkind = \"{kind}\"\nformat = \"{format}\"\npath = \"\"\n[sources.webhook]\n{webhook}\n"
+            )
+        };
+        let error =
+            |text: String| Job::parse(&text, Path::new(".")).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(Job::parse(&job("push", "github-actions", "secret = \"s\""), Path::new(".")).is_ok());
+        assert!(Job::parse(&job("push", "github-actions", "secret_env = \"GH\""), Path::new(".")).is_ok());
+        let one = "source `gh`: `[sources.webhook]` needs exactly one of `secret` and `secret_env`, not empty";
+        assert_eq!(error(job("push", "github-actions", "secret = \"s\"\nsecret_env = \"GH\"")), one);
+        assert_eq!(error(job("push", "github-actions", "secret = \" \"")), one);
+        assert_eq!(error(job("push", "github-actions", "")), one);
+        let misplaced = "source `gh`: `[sources.webhook]` is for push sources of format \"github-actions\"";
+        assert_eq!(error(job("push", "json", "secret = \"s\"")), misplaced);
+        assert!(error(job("push", "github-actions", "token = \"s\"")).contains("unknown field `token`"));
     }
 }

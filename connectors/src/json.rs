@@ -16,7 +16,7 @@
 //! | `{ const = VALUE }` | a constant |
 //! | `{ pointer = "/type", map = { edit = "upsert" }, default = "upsert" }` | the value at the pointer translated by `map` (looked up by its text); `default` when the value is missing or not in `map`; without `default` a value not in `map` is an error (a missing one is NULL) |
 //! | `{ pointer = "/x", unit = "s" }` | a time column in its own unit |
-//! | `{ metadata = "/key" }` | the value at a JSON pointer into the record's metadata ([`Record::metadata`]): for a Kafka message `/topic`, `/partition`, `/offset`, `/timestamp` (ms), `/key` (text) and `/headers/NAME` (text); NULL where the source has none |
+//! | `{ metadata = "/key" }` | the value at a JSON pointer into the record's metadata ([`Record::metadata`]): for a Kafka message `/topic`, `/partition`, `/offset`, `/timestamp` (ms), `/key` (text) and `/headers/NAME` (text); for format `debezium`, the change event's envelope at `/debezium/…` ([`crate::debezium`]); NULL where the source has none |
 //!
 //! `map`, `default` and `unit` combine freely with `pointer` and `metadata`. Unmapped columns
 //! are NULL.
@@ -362,14 +362,17 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
     };
     let metadata = |p: &Value| match p {
         Value::String(s) => {
-            let known = ["/topic", "/partition", "/offset", "/timestamp", "/key", "/headers"].contains(&s.as_str())
-                || s.strip_prefix("/headers/").is_some_and(|name| !name.is_empty() && !name.contains('/'));
+            // `/debezium/…`: a Debezium change event's envelope (format `debezium`).
+            let known = ["/topic", "/partition", "/offset", "/timestamp", "/key", "/headers", "/debezium"]
+                .contains(&s.as_str())
+                || s.strip_prefix("/headers/").is_some_and(|name| !name.is_empty() && !name.contains('/'))
+                || s.strip_prefix("/debezium/").is_some_and(|rest| !rest.is_empty());
             if known {
                 Ok(s.clone())
             } else {
                 Err(err(format!(
                     "`metadata = \"{s}\"`: a Kafka message has /topic, /partition, /offset, /timestamp, /key, \
-                     /headers and /headers/NAME"
+                     /headers and /headers/NAME (and a Debezium change event /debezium/…)"
                 )))
             }
         }
@@ -818,8 +821,15 @@ impl JsonDecoder {
 }
 
 impl Decoder for JsonDecoder {
+    /// Whether a column reads the source's metadata (a Debezium envelope's `/debezium/…` is
+    /// the record's own, not the source's).
     fn reads_metadata(&self) -> bool {
-        self.columns.iter().any(|c| c.spec.as_ref().is_some_and(|s| matches!(s.source, Source::Metadata(_))))
+        self.columns.iter().any(|c| {
+            c.spec.as_ref().is_some_and(|s| match &s.source {
+                Source::Metadata(p) => p != "/debezium" && !p.starts_with("/debezium/"),
+                _ => false,
+            })
+        })
     }
 
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>) {
@@ -1434,7 +1444,7 @@ mod tests {
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": "/key/x"}})),
             "mapping of column `name`: `metadata = \"/key/x\"`: a Kafka message has /topic, /partition, /offset, \
-             /timestamp, /key, /headers and /headers/NAME"
+             /timestamp, /key, /headers and /headers/NAME (and a Debezium change event /debezium/…)"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": 5}})),
@@ -1452,7 +1462,7 @@ mod tests {
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": "key"}})),
             "mapping of column `name`: `metadata = \"key\"`: a Kafka message has /topic, /partition, /offset, \
-             /timestamp, /key, /headers and /headers/NAME"
+             /timestamp, /key, /headers and /headers/NAME (and a Debezium change event /debezium/…)"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": 3})),

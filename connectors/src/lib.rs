@@ -14,12 +14,18 @@
 //!   (e.g. tau-bench trajectories) → `spans` (+ `evaluations` for a score field);
 //! - `temporal-history` ([`temporal`]): Temporal workflow histories
 //!   (`temporal workflow show --output json`) → `workflow_events`;
+//! - `debezium` ([`debezium`]): Debezium change events (`before`, `after`, `op`) applied to
+//!   one relation, mapped as `json` maps records;
+//! - `github-actions` ([`github`]): GitHub webhook payloads for Actions and Checks
+//!   (`workflow_run`, `workflow_job`, `check_suite`, `check_run`) → `workflow_events`;
 //! - `json` ([`json`]): any JSON records mapped onto one relation by a declarative mapping.
 
 use amx_dataflows::event::{Event, IngestError};
 
 pub mod access;
+pub mod debezium;
 mod fields;
+pub mod github;
 pub mod json;
 pub mod kafka;
 pub mod openai_chat;
@@ -106,10 +112,11 @@ pub enum ConfigError {
 
 /// Names of all formats known to [`decoder`], in a stable order.
 pub fn formats() -> &'static [&'static str] {
-    &[openai_chat::FORMAT, temporal::FORMAT, json::FORMAT, otlp::FORMAT]
+    &[openai_chat::FORMAT, temporal::FORMAT, github::FORMAT, json::FORMAT, otlp::FORMAT, debezium::FORMAT]
 }
 
-/// Looks a format up by name (`openai-chat`, `temporal-history`, `json`, `otlp-json`) and validates its
+/// Looks a format up by name (`openai-chat`, `temporal-history`, `github-actions`, `json`,
+/// `otlp-json`, `debezium`) and validates its
 /// options.
 ///
 /// `options` is the source's `[sources.options]` TOML table converted to JSON; `Value::Null`
@@ -123,14 +130,17 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
     match format {
         openai_chat::FORMAT => Ok(Box::new(openai_chat::OpenAiChat::new(options)?)),
         temporal::FORMAT => Ok(Box::new(temporal::TemporalHistory::new(options)?)),
+        github::FORMAT => Ok(Box::new(github::GitHubActions::new(options)?)),
         json::FORMAT => Ok(Box::new(json::JsonDecoder::new(options)?)),
         otlp::FORMAT => Ok(Box::new(otlp::OtlpJson::new(options)?)),
+        debezium::FORMAT => Ok(Box::new(debezium::Debezium::new(options)?)),
         _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
     }
 }
 
 /// The decoder of a source: [`decoder`], or, for a source that declares its relation
-/// (`table`), the `json` format's decoder into it ([`json::JsonDecoder::for_table`]).
+/// (`table`), the `json` or `debezium` format's decoder into it
+/// ([`json::JsonDecoder::for_table`], [`debezium::Debezium::for_table`]).
 ///
 /// # Errors
 /// As [`decoder`]; [`ConfigError::BadOption`] (option `format`) for a declared relation in
@@ -143,11 +153,12 @@ pub fn source_decoder(
     match table {
         None => decoder(format, options),
         Some(table) if format == json::FORMAT => Ok(Box::new(json::JsonDecoder::for_table(options, table)?)),
+        Some(table) if format == debezium::FORMAT => Ok(Box::new(debezium::Debezium::for_table(options, table)?)),
         Some(table) => Err(ConfigError::BadOption {
             option: "format".into(),
             reason: format!(
-                "a source that declares its relation (`{}`) reads JSON records: format = \"json\" (`{format}` feeds \
-                 the canonical relations)",
+                "a source that declares its relation (`{}`) reads JSON records: format = \"json\" or \"debezium\" \
+                 (`{format}` feeds the canonical relations)",
                 table.name
             ),
         }),
@@ -211,7 +222,7 @@ mod tests {
 
     #[test]
     fn formats_are_listed_and_found() {
-        assert_eq!(formats(), &["openai-chat", "temporal-history", "json", "otlp-json"]);
+        assert_eq!(formats(), &["openai-chat", "temporal-history", "github-actions", "json", "otlp-json", "debezium"]);
         assert!(decoder("otlp-json", &json!({})).is_ok());
         assert!(decoder("openai-chat", &serde_json::Value::Null).is_ok());
         assert!(decoder("temporal-history", &json!({})).is_ok());
@@ -225,7 +236,9 @@ mod tests {
         let e = decoder("csv", &serde_json::Value::Null).err().map(|e| e.to_string());
         assert_eq!(
             e.as_deref(),
-            Some("unknown format `csv` (known formats: openai-chat, temporal-history, json, otlp-json)")
+            Some(
+                "unknown format `csv` (known formats: openai-chat, temporal-history, github-actions, json, otlp-json, debezium)"
+            )
         );
         let e = decoder("temporal-history", &json!({"runid": "x"})).err().map(|e| e.to_string());
         assert_eq!(e.as_deref(), Some("unknown option `runid` for format `temporal-history` (known options: run_id)"));
@@ -358,8 +371,12 @@ mod tests {
     fn every_decoder_reports_record_errors() {
         // `{"id":"` is 7 bytes (`{`, `"`, `i`, `d`, `"`, `:`, `"`): 0xFF is byte 7.
         let record = Record::from_bytes("f.jsonl:3", b"{\"id\":\"\xFF\"}");
+        // In the order of `formats()`.
         let options = [
             json!({}),
+            json!({}),
+            json!({}),
+            json!({"relation": "evaluations", "mapping": {"trace_id": "/id", "name": {"const": "n"}}}),
             json!({}),
             json!({"relation": "evaluations", "mapping": {"trace_id": "/id", "name": {"const": "n"}}}),
         ];

@@ -8,6 +8,7 @@
 //! | `DELETE /v1/jobs/{id}` | cancels it: sources stop, views dropped; what it ingested stays |
 //! | `POST /v1/sql` | `{"sql": "…"}` (`application/json`, or the SQL as `application/sql`): a query, or `CREATE`/`DROP MATERIALIZED VIEW`; JSON rows, or an Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream` |
 //! | `POST /v1/ingest/{job}/{source}` | JSON lines (`application/x-ndjson`) into a push source; replies once they are in the engine's input, with counts and each reject's reason |
+//! | `POST /v1/webhooks/github/{job}/{source}` | a GitHub webhook delivery (Actions and Checks events) into a push source of format `github-actions`, its `X-Hub-Signature-256` verified when the source has a secret ([`webhook`]) |
 //! | `GET /v1/subscribe?view=NAME` | WebSocket: the snapshot, then every change, and progress as time advances |
 //! | `GET /v1/catalog` | every relation and view with its columns |
 //! | `GET /v1/openapi.json` | the OpenAPI 3.1 document of this API |
@@ -28,6 +29,7 @@ pub mod metrics;
 mod otlp;
 pub mod pgwire;
 pub mod tls;
+mod webhook;
 
 use std::time::Duration;
 
@@ -213,6 +215,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 << 20;
         run_sql,
         ingest,
         otlp::traces,
+        webhook::github,
         subscribe,
         catalog,
         healthz,
@@ -272,6 +275,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sql", post(run_sql))
         .route("/v1/ingest/{job}/{source}", post(ingest))
         .route("/v1/otlp/{job}/{source}/v1/traces", post(otlp::traces))
+        .route("/v1/webhooks/github/{job}/{source}", post(webhook::github))
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json") })
@@ -316,7 +320,10 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
     response
 }
 
-/// The role a request needs ([`auth`]'s table); `None` for the probes, which need none. Reads
+/// The role a request needs ([`auth`]'s table); `None` for the probes, which need none, and
+/// for GitHub webhook deliveries, which carry no token and are authenticated by their
+/// signature instead (the handler refuses them on a server with users unless their source has
+/// a secret: [`webhook`]). Reads
 /// (`GET`) need `reader`, a push `writer`, and every other change `admin`: a route added later
 /// without a line here is closed to all but admins, not open to readers. `POST /v1/sql` needs
 /// `reader` here; its view statements need `admin`, checked once the statement is parsed.
@@ -324,6 +331,7 @@ fn needed_role(method: &axum::http::Method, path: &str) -> Option<auth::Role> {
     use axum::http::Method;
     match (method, path) {
         (_, "/healthz" | "/readyz") => None,
+        (&Method::POST, p) if p.starts_with("/v1/webhooks/github/") => None,
         (&Method::GET | &Method::HEAD, _) => Some(auth::Role::Reader),
         (&Method::POST, "/v1/sql") => Some(auth::Role::Reader),
         (&Method::POST, p) if p.starts_with("/v1/ingest/") || p.starts_with("/v1/otlp/") => Some(auth::Role::Writer),
