@@ -3572,7 +3572,8 @@ fn local_directories_are_object_stores_under_the_roots() {
 
 /// With `envelope = "debezium"`, each change of a key is one Debezium event (`before`, `after`,
 /// `op`), a delete followed by a tombstone; a restart after `kill -9` reads the events back and
-/// writes nothing the topic already has.
+/// writes nothing the topic already has; and a Kafka source of format `debezium` applies the
+/// topic's events to a keyed relation that ends equal to the view.
 #[test]
 fn a_kafka_sink_writes_debezium_change_events() {
     let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock Kafka cluster");
@@ -3638,6 +3639,21 @@ fn a_kafka_sink_writes_debezium_change_events() {
     server.push(id, "pushed", &[record("r", 0)]);
     let got = wait_messages(6);
     assert_eq!(got[5], (key("r"), Some(json!({ "before": null, "after": row("r", 1), "op": "c" }))));
+
+    // The events read back as a change stream (format `debezium`) into a relation keyed like the
+    // sink: it holds what the view holds, p = 2 (created, then updated) and r = 1, and q, deleted
+    // (its tombstone skipped), is gone.
+    let mirror = format!(
+        "name = \"mirror\"\n[[sources]]\nname = \"cdc\"\nkind = \"kafka\"\nformat = \"debezium\"\n[sources.kafka]\n\
+         brokers = \"{brokers}\"\ntopic = \"changes\"\n[sources.relation]\nname = \"mirrored\"\nkey = [\"collection\"]\n\
+         columns = [{{ name = \"collection\", type = \"text\" }}, {{ name = \"n\", type = \"bigint\" }}]\n"
+    );
+    server.submit(&mirror);
+    let want = [json!({ "collection": "p", "n": 2 }), json!({ "collection": "r", "n": 1 })];
+    let query = "SELECT collection, n FROM mirrored ORDER BY collection";
+    assert_eq!(server.sql_until(query, &want), want);
+    assert_eq!(server.sql("SELECT collection, n FROM small ORDER BY collection"), want);
+    assert_eq!(server.sql("SELECT count(*) AS n FROM ingest_errors"), [json!({ "n": 0 })]);
 }
 
 /// A real single-node Apache Kafka broker (`../shared/services/kafka-broker.sh`: Kafka 4.1 in

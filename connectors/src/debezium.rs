@@ -30,13 +30,20 @@
 //!   the image does not map (the `json` format's errors).
 //!
 //! An update that changes a row's key comes from Debezium as a delete of the old key and a
-//! create of the new one (its default), so each is applied as above.
+//! create of the new one (its default), so each is applied as above; a `u` whose `before`
+//! image maps to another key (a connector set to send it so) also deletes that key.
+//!
+//! `knowledge_events` orders a document's events by `event_time`: where the mapping gives none
+//! (a delete's `before` image holds only the key, as a PostgreSQL table with the default
+//! `REPLICA IDENTITY` sends it), the row's `event_time` is the envelope's `source.ts_ms` (when
+//! the database made the change), else its `ts_ms` (when the connector read it), in ms.
 
 use amx_dataflows::event::{Event, KnowledgeOp};
 use serde_json::{Map, Value};
 
 use crate::json::{JsonDecoder, Relation};
 use crate::table::TableConfig;
+use crate::time::{TimeUnit, from_int, in_range};
 use crate::{ConfigError, Decoder, Record, error, parse_record, short};
 
 /// The format's name.
@@ -123,10 +130,40 @@ impl Debezium {
         match payload.get(image) {
             Some(row @ Value::Object(_)) => Ok(Some((op, row))),
             None | Some(Value::Null) => Err(format!(
-                "op {op} without a `{image}` image{}",
+                "op {op} without {} image{}",
+                if op == "d" { "a `before`" } else { "an `after`" },
                 if op == "d" { " (a table with REPLICA IDENTITY NOTHING sends none)" } else { "" }
             )),
             Some(other) => Err(format!("`{image}` is not an object: {}", short(other))),
+        }
+    }
+}
+
+/// What a row replaces: a declared relation's key, or a document's `(collection, id)`.
+fn identity(event: &Event) -> Option<Vec<amx_dataflows::row::Datum>> {
+    use amx_dataflows::row::Datum;
+    match event {
+        Event::Table(t) => Some(t.key.clone()),
+        Event::Knowledge(k) => Some(vec![Datum::Text(k.collection.clone()), Datum::Text(k.document_id.clone())]),
+        _ => None,
+    }
+}
+
+impl Debezium {
+    /// The delete of what `event` (decoded from an update's `before` image) names, when the
+    /// relation can delete; errors and other rows give nothing (the `before` image of an
+    /// update is often partial).
+    fn delete_of(&self, event: Event) -> Option<Event> {
+        match (event, self.deletes) {
+            (Event::Knowledge(mut k), Deletes::Knowledge) => {
+                k.op = KnowledgeOp::Delete;
+                Some(Event::Knowledge(k))
+            }
+            (Event::Table(mut t), Deletes::Key) => {
+                t.row = None;
+                Some(Event::Table(t))
+            }
+            _ => None,
         }
     }
 }
@@ -143,9 +180,10 @@ impl Decoder for Debezium {
         let Some(value) = parse_record(source, record, out) else {
             return;
         };
-        // The JSON converter's schema wrapper, when it is on.
+        // The JSON converter's schema wrapper, when it is on (`{"schema", "payload"}`; also a
+        // `payload` alone, as some pipelines strip the schema).
         let payload = match &value {
-            Value::Object(m) if m.contains_key("schema") && m.contains_key("payload") => &m["payload"],
+            Value::Object(m) if m.contains_key("payload") && !m.contains_key("op") => &m["payload"],
             other => other,
         };
         let (op, image) = match Debezium::change(payload) {
@@ -169,14 +207,46 @@ impl Decoder for Debezium {
             _ => Map::new(),
         };
         metadata.insert("debezium".into(), Value::Object(envelope));
-        let image_record = Record {
+        let metadata = Value::Object(metadata);
+        let image_record = |image: &Value| Record {
             location: record.location.clone(),
             text: image.to_string(),
             error: None,
-            metadata: Some(Box::new(Value::Object(metadata))),
+            metadata: Some(Box::new(metadata.clone())),
         };
+        // When the change happened, for rows whose mapping gives no time.
+        let changed_at = [payload.pointer("/source/ts_ms"), payload.get("ts_ms")]
+            .into_iter()
+            .flatten()
+            .find_map(|v| from_int(v.as_i64()?, TimeUnit::Millis).filter(|t| in_range(*t)));
         let start = out.len();
-        self.inner.decode(source, &image_record, out);
+        // An update from another key: that key is deleted first.
+        if op == "u"
+            && let Some(before @ Value::Object(_)) = payload.get("before")
+        {
+            let mut old = Vec::new();
+            self.inner.decode(source, &image_record(before), &mut old);
+            out.extend(old.into_iter().filter_map(|e| self.delete_of(e)));
+        }
+        let updates_from = out.len();
+        self.inner.decode(source, &image_record(image), out);
+        // Drop deletes of the key the update writes (the key did not change).
+        if updates_from > start {
+            let written: Vec<_> = out[updates_from..].iter().filter_map(identity).collect();
+            let mut index = start;
+            out.retain(|e| {
+                let keep = index >= updates_from || !identity(e).is_some_and(|k| written.contains(&k));
+                index += 1;
+                keep
+            });
+        }
+        for event in &mut out[start..] {
+            if let Event::Knowledge(k) = event
+                && k.event_time.is_none()
+            {
+                k.event_time = changed_at;
+            }
+        }
         if op != "d" {
             return;
         }
@@ -263,6 +333,15 @@ mod tests {
                              "payload": event("u", row(1, "Anne"), row(1, "Anne Marie"))});
         assert_eq!(decode(&d, &wrapped.to_string()), vec![upsert(1, "Anne Marie")]);
         assert_eq!(decode(&d, &event("r", Value::Null, row(2, "Bo")).to_string()), vec![upsert(2, "Bo")]);
+        // A `payload` without its schema.
+        let bare = json!({"payload": event("c", Value::Null, row(4, "Di"))});
+        assert_eq!(decode(&d, &bare.to_string()), vec![upsert(4, "Di")]);
+        // An update that moves row 2 to key 3: key 2 is deleted, then 3 written.
+        let moved = event("u", row(2, "Bo"), row(3, "Bo"));
+        let delete = |id: i64| {
+            Event::Table(TableRow { relation: "customers".into(), position: 0, key: vec![Datum::Int(id)], row: None })
+        };
+        assert_eq!(decode(&d, &moved.to_string()), vec![delete(2), upsert(3, "Bo")]);
         // REPLICA IDENTITY DEFAULT: a delete's `before` holds the key alone.
         let deleted = event("d", json!({"id": 1, "first_name": null, "last_name": null, "email": null}), Value::Null);
         assert_eq!(
@@ -311,6 +390,36 @@ mod tests {
         assert_eq!(decode(&d, &created.to_string()), vec![doc(KnowledgeOp::Upsert, Some(120))]);
         let deleted = event("d", json!({"id": 7, "size": 120}), Value::Null);
         assert_eq!(decode(&d, &deleted.to_string()), vec![doc(KnowledgeOp::Delete, Some(120))]);
+
+        // Times from the image, else from the envelope: `source.ts_ms`, then `ts_ms`.
+        let options = json!({"relation": "knowledge_events", "mapping": {
+            "collection": {"const": "docs"}, "document_id": "/id", "event_time": "/at"}});
+        let d = Debezium::new(&options).expect("options");
+        let times = |text: String| -> Vec<(KnowledgeOp, Option<i64>)> {
+            decode(&d, &text)
+                .into_iter()
+                .map(|e| match e {
+                    Event::Knowledge(k) => (k.op, k.event_time),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let created = event("c", Value::Null, json!({"id": 7, "at": 1_700_000_000_000_i64}));
+        assert_eq!(times(created.to_string()), vec![(KnowledgeOp::Upsert, Some(1_700_000_000_000_000))]);
+        // A key-only `before` (REPLICA IDENTITY DEFAULT): the database's time of the delete.
+        let deleted = event("d", json!({"id": 7}), Value::Null);
+        assert_eq!(times(deleted.to_string()), vec![(KnowledgeOp::Delete, Some(1_559_033_904_000_000))]);
+        let mut no_source = event("d", json!({"id": 7}), Value::Null);
+        no_source.as_object_mut().expect("an object").remove("source");
+        assert_eq!(times(no_source.to_string()), vec![(KnowledgeOp::Delete, Some(1_559_033_904_863_000))]);
+        // An update of the same document: one upsert; of another id: the old one is deleted.
+        let same = event("u", json!({"id": 7, "at": 1}), json!({"id": 7, "at": 2}));
+        assert_eq!(times(same.to_string()), vec![(KnowledgeOp::Upsert, Some(2_000))]);
+        let moved = event("u", json!({"id": 7, "at": 1}), json!({"id": 8, "at": 2}));
+        assert_eq!(
+            times(moved.to_string()),
+            vec![(KnowledgeOp::Delete, Some(1_000)), (KnowledgeOp::Upsert, Some(2_000))]
+        );
     }
 
     fn errors(out: &[Event]) -> Vec<String> {
@@ -337,6 +446,10 @@ mod tests {
         assert_eq!(
             errors(&decode(&d, &event("d", Value::Null, Value::Null).to_string())),
             vec![at("op d without a `before` image (a table with REPLICA IDENTITY NOTHING sends none)")]
+        );
+        assert_eq!(
+            errors(&decode(&d, &event("u", row(1, "A"), Value::Null).to_string())),
+            vec![at("op u without an `after` image")]
         );
         assert_eq!(
             errors(&decode(&d, &event("c", Value::Null, json!([1])).to_string())),

@@ -46,11 +46,13 @@
 //! attempt 1 when the payload has none), under which the latest state of a job or run is its
 //! latest phase of its latest attempt whatever the times say.
 //!
-//! Ids are JSON numbers or strings of digits. Times are RFC 3339 within years 0001..=9999. An
+//! Ids are JSON numbers or strings of digits. Times are RFC 3339 within years 0001..=9999;
+//! `run_attempt` is an integer in 1..=1,000,000 ([`MAX_ATTEMPT`]). An
 //! entity that cannot be read (bad status or conclusion, id or time of the wrong type) is an
 //! ingest error at `LOCATION#KIND` (`LOCATION#workflow_job.steps[INDEX]` for a step, INDEX
-//! 0-based), and the rest of the payload is still decoded; a payload with none of the four
-//! objects is one ingest error.
+//! 0-based), and the rest of the payload is still decoded (a job whose `steps` is not an array
+//! is refused whole: its steps cannot be told apart); a payload with none of the four objects
+//! is one ingest error.
 
 use amx_dataflows::event::{Event, WorkflowEvent, WorkflowState};
 use serde_json::Value;
@@ -148,13 +150,14 @@ fn time(entity: &Value, field: &str) -> Result<Option<i64>, String> {
     match entity.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v @ Value::String(s)) => {
-            let t = parse_timestamp(s).ok_or_else(|| format!("bad {field} {}", short(v)))?;
+            let t = parse_timestamp(s)
+                .ok_or_else(|| format!("bad {field} {}: not an RFC 3339 time in the years 0001..=9999", short(v)))?;
             if !in_range(t) {
                 return Err(format!("bad {field} {}: out of range ({RANGE})", short(v)));
             }
             Ok(Some(t))
         }
-        Some(other) => Err(format!("bad {field} {}", short(other))),
+        Some(other) => Err(format!("bad {field} {}: not an RFC 3339 time", short(other))),
     }
 }
 
@@ -163,12 +166,16 @@ fn text(v: &Value, pointer: &str) -> Option<String> {
     v.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
-/// `run_attempt`: an integer of at least 1. `Ok(None)` when missing or null.
+/// The largest `run_attempt` taken (GitHub allows 50 re-runs of a run; the bound keeps
+/// `event_seq` = 4 × attempt + phase far inside a `BIGINT`).
+pub const MAX_ATTEMPT: i64 = 1_000_000;
+
+/// `run_attempt`: an integer in `1..=MAX_ATTEMPT`. `Ok(None)` when missing or null.
 fn attempt(entity: &Value) -> Result<Option<i64>, String> {
     match entity.get("run_attempt") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) if n.as_i64().is_some_and(|a| a >= 1) => Ok(n.as_i64()),
-        Some(other) => Err(format!("bad run_attempt {} (an integer of at least 1)", short(other))),
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|a| (1..=MAX_ATTEMPT).contains(&a)) => Ok(n.as_i64()),
+        Some(other) => Err(format!("bad run_attempt {} (an integer in 1..={MAX_ATTEMPT})", short(other))),
     }
 }
 
@@ -538,7 +545,10 @@ mod tests {
             errors(&out),
             vec![
                 ("hook.json#workflow_job.steps[0]".into(), r#"unknown status "done""#.into()),
-                ("hook.json#workflow_job.steps[1]".into(), r#"bad completed_at "yesterday""#.into()),
+                (
+                    "hook.json#workflow_job.steps[1]".into(),
+                    r#"bad completed_at "yesterday": not an RFC 3339 time in the years 0001..=9999"#.into()
+                ),
                 ("hook.json#workflow_job.steps[2]".into(), "step is not a JSON object".into()),
             ]
         );
@@ -555,11 +565,21 @@ mod tests {
         );
         let out = decode(&json!({"workflow_run": {"id": -3, "status": "queued"}}), &json!({}));
         assert_eq!(errors(&out), vec![("hook.json#workflow_run".into(), "bad id -3".into())]);
-        let out = decode(&json!({"workflow_run": {"id": 1, "status": "queued", "run_attempt": 0}}), &json!({}));
-        assert_eq!(
-            errors(&out),
-            vec![("hook.json#workflow_run".into(), "bad run_attempt 0 (an integer of at least 1)".into())]
-        );
+        for attempt in [json!(0), json!(1_000_001), json!(2_305_843_009_213_693_952_i64), json!(1.5)] {
+            let out =
+                decode(&json!({"workflow_run": {"id": 1, "status": "queued", "run_attempt": attempt}}), &json!({}));
+            assert_eq!(
+                errors(&out),
+                vec![(
+                    "hook.json#workflow_run".into(),
+                    format!("bad run_attempt {attempt} (an integer in 1..=1000000)")
+                )]
+            );
+        }
+        // The largest attempt: event_seq 4,000,002 when completed.
+        let run = json!({"workflow_run": {"id": 1, "status": "completed", "conclusion": "success",
+                         "run_attempt": 1_000_000, "updated_at": "2021-08-05T10:00:00Z"}});
+        assert_eq!(brief(&decode(&run, &json!({})))[0].5, Some(4_000_002));
         let out = decode(&json!({"zen": "Keep it logically awesome.", "hook_id": 1}), &json!({}));
         assert_eq!(
             errors(&out),
