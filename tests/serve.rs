@@ -5075,6 +5075,26 @@ secret_env = "AMX_TEST_GITHUB_SECRET"
         ],
     );
     assert_eq!(status, 415);
+    // Over GitHub's 25 MB cap: refused once 25 MiB are read (and before its signature).
+    {
+        use std::io::{Read, Write};
+        let address = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("a connection");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("a timeout");
+        let head = format!(
+            "POST /v1/webhooks/github/{job}/gh HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             X-GitHub-Event: workflow_run\r\nContent-Length: {}\r\n\r\n",
+            (25 << 20) + 1
+        );
+        stream.write_all(head.as_bytes()).expect("sent");
+        // The body; the server may answer and close before the last bytes are taken.
+        let _ = stream.write_all(&vec![b' '; (25 << 20) + 1]);
+        let mut answer = vec![0; 4096];
+        let n = stream.read(&mut answer).expect("an answer");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("a delivery is at most 26214400 bytes"), "{answer}");
+    }
     assert_eq!(server.sql(count), before);
     assert_eq!(server.sql(runs), vec![want_run("SCHEDULED")]);
 

@@ -275,7 +275,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sql", post(run_sql))
         .route("/v1/ingest/{job}/{source}", post(ingest))
         .route("/v1/otlp/{job}/{source}/v1/traces", post(otlp::traces))
-        .route("/v1/webhooks/github/{job}/{source}", post(webhook::github))
+        .route(
+            "/v1/webhooks/github/{job}/{source}",
+            post(webhook::github).layer(axum::extract::DefaultBodyLimit::max(limit.min(webhook::MAX_DELIVERY_BYTES))),
+        )
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route; see /v1/openapi.json") })

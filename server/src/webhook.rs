@@ -35,6 +35,11 @@ use crate::{ApiError, ApiResult, AppState, Body, api, body, idempotency_key, job
 /// The events whose payloads are ingested (`X-GitHub-Event`).
 const INGESTED: [&str; 4] = github::KINDS;
 
+/// The largest delivery taken, in bytes: GitHub caps webhook payloads at 25 MB ("Webhook
+/// events and payloads"), and the route reads a body before it can check its signature, so no
+/// more than that is read from anyone (also when `http.max_body_bytes` is larger).
+pub(crate) const MAX_DELIVERY_BYTES: usize = 25 << 20;
+
 /// Receives a GitHub webhook delivery (see the module documentation).
 #[utoipa::path(post, path = "/v1/webhooks/github/{job}/{source}",
     params(("job" = u64, Path, description = "job id", example = 1),
@@ -51,7 +56,7 @@ const INGESTED: [&str; 4] = github::KINDS;
               (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
               (status = 404, description = "no such job or push source", body = api::ErrorBody),
               (status = 409, description = "the job was cancelled, or the delivery's key was used for a different body", body = api::ErrorBody),
-              (status = 413, description = "a body over http.max_body_bytes, or over cluster.max_record_bytes", body = api::ErrorBody),
+              (status = 413, description = "a body over 25 MiB (GitHub's own cap on a payload), http.max_body_bytes or cluster.max_record_bytes", body = api::ErrorBody),
               (status = 415, description = "a content type other than application/json (set the webhook's content type to application/json)", body = api::ErrorBody),
               (status = 503, description = "the cluster has stopped, the data directory could not take the payload, or the secret's environment variable is not set (nothing was ingested; GitHub can redeliver)", body = api::ErrorBody)))]
 pub(crate) async fn github(
@@ -61,7 +66,18 @@ pub(crate) async fn github(
     raw: Body,
 ) -> ApiResult<Response> {
     let job = job_id(&job)?;
-    let body = body(raw)?;
+    let body = match raw {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a delivery is at most {} bytes (GitHub caps webhook payloads at 25 MB; and http.max_body_bytes)",
+                    MAX_DELIVERY_BYTES.min(crate::max_body_bytes())
+                ),
+            ));
+        }
+        raw => body(raw)?,
+    };
     let info =
         state.controller.job(job).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job}")))?;
     let config = info
