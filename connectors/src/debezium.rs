@@ -66,6 +66,9 @@ pub struct Debezium {
     inner: JsonDecoder,
     relation: String,
     deletes: Deletes,
+    /// Whether the mapping reads the envelope (`{ metadata = "/debezium/…" }`): only then is it
+    /// copied into each record's metadata.
+    reads_envelope: bool,
 }
 
 impl Debezium {
@@ -85,11 +88,11 @@ impl Debezium {
                 mapping.entry("op").or_insert_with(|| serde_json::json!({ "const": "upsert" }));
             }
         }
-        let inner = JsonDecoder::new(&options)?;
+        let inner = JsonDecoder::new_for(FORMAT, &options)?;
         let relation = inner.relation().map_or_else(String::new, |r| r.name().to_owned());
         let deletes =
             if inner.relation() == Some(Relation::KnowledgeEvents) { Deletes::Knowledge } else { Deletes::Refused };
-        Ok(Debezium { inner, relation, deletes })
+        Ok(Debezium::with(inner, relation, deletes))
     }
 
     /// Builds the decoder into the relation `table` a source declared (see
@@ -98,9 +101,14 @@ impl Debezium {
     /// # Errors
     /// As [`JsonDecoder::for_table`].
     pub fn for_table(options: &Value, table: &TableConfig) -> Result<Debezium, ConfigError> {
-        let inner = JsonDecoder::for_table(options, table)?;
+        let inner = JsonDecoder::for_table_in(FORMAT, options, table)?;
         let deletes = if table.key.is_empty() { Deletes::Refused } else { Deletes::Key };
-        Ok(Debezium { inner, relation: table.name.clone(), deletes })
+        Ok(Debezium::with(inner, table.name.clone(), deletes))
+    }
+
+    fn with(inner: JsonDecoder, relation: String, deletes: Deletes) -> Debezium {
+        let reads_envelope = inner.metadata_pointers().any(crate::json::is_envelope);
+        Debezium { inner, relation, deletes, reads_envelope }
     }
 
     /// The `op` of a change event's payload and the image it applies, or why it cannot be
@@ -195,50 +203,48 @@ impl Decoder for Debezium {
             }
         };
         // The envelope (all but the images) under `/debezium` of the metadata, beside what
-        // the source itself attached.
-        let envelope: Map<String, Value> = payload
-            .as_object()
-            .map(|m| m.iter().filter(|(k, _)| *k != "before" && *k != "after").map(|(k, v)| (k.clone(), v.clone())))
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut metadata = match record.metadata.as_deref() {
-            Some(Value::Object(m)) => m.clone(),
-            _ => Map::new(),
-        };
-        metadata.insert("debezium".into(), Value::Object(envelope));
-        let metadata = Value::Object(metadata);
-        let image_record = |image: &Value| Record {
-            location: record.location.clone(),
-            text: image.to_string(),
-            error: None,
-            metadata: Some(Box::new(metadata.clone())),
+        // the source itself attached, when the mapping reads it.
+        let with_envelope;
+        let metadata = if self.reads_envelope {
+            let envelope: Map<String, Value> = payload
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| *k != "before" && *k != "after")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut metadata = match record.metadata.as_deref() {
+                Some(Value::Object(m)) => m.clone(),
+                _ => Map::new(),
+            };
+            metadata.insert("debezium".into(), Value::Object(envelope));
+            with_envelope = Value::Object(metadata);
+            Some(&with_envelope)
+        } else {
+            record.metadata.as_deref()
         };
         // When the change happened, for rows whose mapping gives no time.
         let changed_at = [payload.pointer("/source/ts_ms"), payload.get("ts_ms")]
             .into_iter()
             .flatten()
             .find_map(|v| from_int(v.as_i64()?, TimeUnit::Millis).filter(|t| in_range(*t)));
-        let start = out.len();
-        // An update from another key: that key is deleted first.
+        // An update from another key deletes that key (only a relation that deletes can tell).
+        let mut moved = Vec::new();
         if op == "u"
+            && self.deletes != Deletes::Refused
             && let Some(before @ Value::Object(_)) = payload.get("before")
         {
             let mut old = Vec::new();
-            self.inner.decode(source, &image_record(before), &mut old);
-            out.extend(old.into_iter().filter_map(|e| self.delete_of(e)));
+            self.inner.decode_parsed(source, record, before, metadata, &mut old);
+            moved.extend(old.into_iter().filter_map(|e| self.delete_of(e)));
         }
-        let updates_from = out.len();
-        self.inner.decode(source, &image_record(image), out);
-        // Drop deletes of the key the update writes (the key did not change).
-        if updates_from > start {
-            let written: Vec<_> = out[updates_from..].iter().filter_map(identity).collect();
-            let mut index = start;
-            out.retain(|e| {
-                let keep = index >= updates_from || !identity(e).is_some_and(|k| written.contains(&k));
-                index += 1;
-                keep
-            });
+        let start = out.len();
+        self.inner.decode_parsed(source, record, image, metadata, out);
+        if !moved.is_empty() {
+            // Not the key the update writes (then the key did not change).
+            let written: Vec<_> = out[start..].iter().filter_map(identity).collect();
+            moved.retain(|e| identity(e).is_none_or(|k| !written.contains(&k)));
+            out.splice(start..start, moved);
         }
         for event in &mut out[start..] {
             if let Event::Knowledge(k) = event
@@ -477,5 +483,23 @@ mod tests {
         )
         .expect("options");
         assert_eq!(errors(&decode(&d, &deleted)), vec![at(&refused.replace("customers", "workflow_events"))]);
+    }
+
+    #[test]
+    fn the_envelope_is_this_formats_metadata_and_option_errors_name_it() {
+        let mapping = json!({"relation": "knowledge_events", "mapping": {
+            "collection": {"metadata": "/debezium/source/table"}, "document_id": "/id"}});
+        assert!(Debezium::new(&mapping).is_ok());
+        // The `json` format has no envelope to read.
+        let error = JsonDecoder::new(&mapping).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.starts_with("mapping of column `collection`: `metadata = \"/debezium/source/table\"`"),
+            "{error}"
+        );
+        let error = Debezium::new(&json!({"relation": "knowledge_events", "envelope": "x"}))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.starts_with("unknown option `envelope` for format `debezium`"), "{error}");
     }
 }

@@ -286,7 +286,7 @@ impl GitHubActions {
                 .iter()
                 .filter(|s| s.get("conclusion").and_then(Value::as_str) == Some("failure"))
                 .map(|s| {
-                    let number = s.get("number").map_or_else(|| "?".to_owned(), |n| n.to_string());
+                    let number = id(s.get("number"), "number").ok().flatten().unwrap_or_else(|| "?".to_owned());
                     format!("{number} {}", Value::String(text(s, "/name").unwrap_or_default()))
                 })
                 .collect();
@@ -416,7 +416,8 @@ mod tests {
         let steps = json!([
             {"name": "Set up job", "status": "completed", "conclusion": "success", "number": 1,
              "started_at": "2021-08-05T09:59:00.000Z", "completed_at": "2021-08-05T10:02:00.000Z"},
-            {"name": "Lint", "status": "completed", "conclusion": "failure", "number": 2,
+            // A number as a string of digits, as ids may be.
+            {"name": "Lint", "status": "completed", "conclusion": "failure", "number": "2",
              "started_at": "2021-08-05T10:02:00.000Z", "completed_at": "2021-08-05T10:03:00.000Z"},
             {"name": "Post", "status": "completed", "conclusion": "skipped", "number": 9,
              "started_at": "2021-08-05T10:03:00.000Z", "completed_at": "2021-08-05T10:03:00.000Z"}

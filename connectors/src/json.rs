@@ -217,7 +217,13 @@ impl JsonDecoder {
     /// `map` value or `default` that does not convert to the column's type, `unit` on a
     /// column that is not a time, or a required column left unmapped.
     pub fn new(options: &Value) -> Result<JsonDecoder, ConfigError> {
-        let mut o = Options::new(FORMAT, options)?;
+        JsonDecoder::new_for(FORMAT, options)
+    }
+
+    /// [`JsonDecoder::new`] for format `format` (named in option errors); `debezium` also
+    /// takes `{ metadata = "/debezium/…" }` (its envelope, [`crate::debezium`]).
+    pub(crate) fn new_for(format: &'static str, options: &Value) -> Result<JsonDecoder, ConfigError> {
+        let mut o = Options::new(format, options)?;
         let names = || Relation::ALL.map(Relation::name).join(", ");
         let relation = match o.string("relation")? {
             None => return Err(bad("relation", format!("required: one of {}", names()))),
@@ -231,7 +237,7 @@ impl JsonDecoder {
         let mut columns = Vec::with_capacity(desc.columns.len());
         for c in &desc.columns {
             let kind = Kind::of(relation, c.name, c.ty);
-            let spec = mapping.get(c.name).map(|s| parse_spec(c.name, kind, s, unit)).transpose()?;
+            let spec = mapping.get(c.name).map(|s| parse_spec(format, c.name, kind, s, unit)).transpose()?;
             columns.push(Column { name: c.name.to_owned(), kind, spec, slot: 0 });
         }
         let mapped = |name: &str| columns.iter().any(|c| c.name == name && c.spec.is_some());
@@ -260,7 +266,16 @@ impl JsonDecoder {
     /// The option `relation` (the source declares its own), a bad `time_unit`, a mapping of a
     /// column the relation does not have, or a malformed spec.
     pub fn for_table(options: &Value, table: &crate::table::TableConfig) -> Result<JsonDecoder, ConfigError> {
-        let mut o = Options::new(FORMAT, options)?;
+        JsonDecoder::for_table_in(FORMAT, options, table)
+    }
+
+    /// [`JsonDecoder::for_table`] for format `format` (see [`JsonDecoder::new_for`]).
+    pub(crate) fn for_table_in(
+        format: &'static str,
+        options: &Value,
+        table: &crate::table::TableConfig,
+    ) -> Result<JsonDecoder, ConfigError> {
+        let mut o = Options::new(format, options)?;
         if o.value("relation").is_some() {
             return Err(bad(
                 "relation",
@@ -277,7 +292,7 @@ impl JsonDecoder {
         for c in &table.columns {
             let kind = Kind::of_type(c.ty);
             let spec = match mapping.get(&c.name) {
-                Some(spec) => parse_spec(&c.name, kind, spec, unit)?,
+                Some(spec) => parse_spec(format, &c.name, kind, spec, unit)?,
                 None => Spec { source: Source::Pointer(pointer_to(&c.name)), map: None, default: None, unit },
             };
             columns.push(Column { name: c.name.clone(), kind, spec: Some(spec), slot: 0 });
@@ -350,8 +365,8 @@ fn pointer_to(name: &str) -> String {
     format!("/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
-/// Parses one column's spec.
-fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<Spec, ConfigError> {
+/// Parses one column's spec for format `format`.
+fn parse_spec(format: &str, column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<Spec, ConfigError> {
     let err = |reason: String| ConfigError::BadMapping { column: column.to_owned(), reason };
     let pointer = |p: &Value| match p {
         Value::String(s) if s.starts_with('/') => Ok(s.clone()),
@@ -362,17 +377,16 @@ fn parse_spec(column: &str, kind: Kind, spec: &Value, unit: TimeUnit) -> Result<
     };
     let metadata = |p: &Value| match p {
         Value::String(s) => {
-            // `/debezium/…`: a Debezium change event's envelope (format `debezium`).
-            let known = ["/topic", "/partition", "/offset", "/timestamp", "/key", "/headers", "/debezium"]
-                .contains(&s.as_str())
+            // `/debezium/…`: a Debezium change event's envelope (format `debezium` only).
+            let known = ["/topic", "/partition", "/offset", "/timestamp", "/key", "/headers"].contains(&s.as_str())
                 || s.strip_prefix("/headers/").is_some_and(|name| !name.is_empty() && !name.contains('/'))
-                || s.strip_prefix("/debezium/").is_some_and(|rest| !rest.is_empty());
+                || (format == crate::debezium::FORMAT && is_envelope(s));
             if known {
                 Ok(s.clone())
             } else {
                 Err(err(format!(
                     "`metadata = \"{s}\"`: a Kafka message has /topic, /partition, /offset, /timestamp, /key, \
-                     /headers and /headers/NAME (and a Debezium change event /debezium/…)"
+                     /headers and /headers/NAME (and, for format debezium, the change event's /debezium/…)"
                 )))
             }
         }
@@ -820,16 +834,43 @@ impl JsonDecoder {
     }
 }
 
+/// Whether a metadata pointer reads a Debezium change event's envelope (`/debezium`, `/debezium/…`).
+pub(crate) fn is_envelope(pointer: &str) -> bool {
+    pointer == "/debezium" || pointer.starts_with("/debezium/")
+}
+
+impl JsonDecoder {
+    /// The pointers into the record's metadata that the mapping reads.
+    pub(crate) fn metadata_pointers(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().filter_map(|c| match c.spec.as_ref().map(|s| &s.source) {
+            Some(Source::Metadata(p)) => Some(p.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Decodes `value`, already parsed from `record` (a part of it: a Debezium event's row
+    /// image), with `metadata` for `{ metadata = … }`; an error is at the record's location
+    /// with its whole text.
+    pub(crate) fn decode_parsed(
+        &self,
+        source: &str,
+        record: &Record,
+        value: &Value,
+        metadata: Option<&Value>,
+        out: &mut Vec<Event>,
+    ) {
+        match self.row(Fields::Parsed(value), metadata) {
+            Ok(event) => out.push(event),
+            Err(errors) => out.push(error(source, &record.location, errors.join("; "), &record.text)),
+        }
+    }
+}
+
 impl Decoder for JsonDecoder {
     /// Whether a column reads the source's metadata (a Debezium envelope's `/debezium/…` is
     /// the record's own, not the source's).
     fn reads_metadata(&self) -> bool {
-        self.columns.iter().any(|c| {
-            c.spec.as_ref().is_some_and(|s| match &s.source {
-                Source::Metadata(p) => p != "/debezium" && !p.starts_with("/debezium/"),
-                _ => false,
-            })
-        })
+        self.metadata_pointers().any(|p| !is_envelope(p))
     }
 
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>) {
@@ -1444,7 +1485,7 @@ mod tests {
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": "/key/x"}})),
             "mapping of column `name`: `metadata = \"/key/x\"`: a Kafka message has /topic, /partition, /offset, \
-             /timestamp, /key, /headers and /headers/NAME (and a Debezium change event /debezium/…)"
+             /timestamp, /key, /headers and /headers/NAME (and, for format debezium, the change event's /debezium/…)"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": 5}})),
@@ -1462,7 +1503,7 @@ mod tests {
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": {"metadata": "key"}})),
             "mapping of column `name`: `metadata = \"key\"`: a Kafka message has /topic, /partition, /offset, \
-             /timestamp, /key, /headers and /headers/NAME (and a Debezium change event /debezium/…)"
+             /timestamp, /key, /headers and /headers/NAME (and, for format debezium, the change event's /debezium/…)"
         );
         assert_eq!(
             ev(json!({"trace_id": "/t", "name": 3})),
