@@ -16,6 +16,10 @@ export AIMATRIX_MOTO_SERVER="$venv/bin/moto_server"
 if ! "$venv/bin/python" -c "import psycopg" 2>/dev/null; then
     "$venv/bin/pip" install --quiet "psycopg[binary]==3.3.9"
 fi
+# The OTLP/gRPC receiver's test exports with OpenTelemetry's Python SDK (its default exporter: gRPC).
+if ! "$venv/bin/python" -c "import opentelemetry.exporter.otlp.proto.grpc, opentelemetry.sdk" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-grpc==1.45.2"
+fi
 export AIMATRIX_PYTHON="$venv/bin/python"
 # The Kafka pipeline test starts a real Apache Kafka broker with ../shared/services/kafka-broker.sh
 # (java >= 17; its jars are fetched once with mvn from Maven Central into ~/.cache/aimatrix-kafka).

@@ -190,8 +190,11 @@ columns = [{ name = "x", type = "text" }]
 
 /// GitHub webhook deliveries on a server with users: signed with the source's secret, they
 /// are taken without a token; unsigned, or for a source without a secret, refused (401) even
-/// with an admin's token.
-fn webhook_deliveries(base: &str, job: &str, admin_token: &str) {
+/// with an admin's token. An unauthenticated delivery learns nothing of what the server holds:
+/// an unsigned one, one for a source without a secret, for a job or a source that does not
+/// exist, or for a source of another format is refused with the same 401 and the same message.
+/// Returns the refusals, each counted in `aimatrix_auth_refused_total` as unauthenticated.
+fn webhook_deliveries(base: &str, job: &str, admin_token: &str) -> u64 {
     let body = r#"{"zen": "Approachable is better than simple."}"#;
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"webhook secret");
     let signature = format!(
@@ -218,10 +221,28 @@ fn webhook_deliveries(base: &str, job: &str, admin_token: &str) {
         deliver("github-in", Some(&signature), None),
         (200, r#"{"zen":"Approachable is better than simple."}"#.into())
     );
-    assert_eq!(deliver("github-in", None, Some(admin_token)).0, 401);
-    let (status, answer) = deliver("github-open", Some(&signature), Some(admin_token));
-    assert_eq!(status, 401, "{answer}");
-    assert!(answer.contains("give source `github-open` a [sources.webhook] secret"), "{answer}");
+    let refused = deliver("github-in", None, Some(admin_token));
+    assert_eq!(refused.0, 401, "{}", refused.1);
+    assert!(refused.1.contains("the delivery does not verify"), "{}", refused.1);
+    let wrong = format!("sha256={}", "0".repeat(64));
+    for (source, signature) in [
+        ("github-open", Some(signature.as_str())),
+        ("github-in", Some(wrong.as_str())),
+        ("no-such-source", Some(signature.as_str())),
+        ("orders-in", Some(signature.as_str())),
+    ] {
+        assert_eq!(deliver(source, signature, Some(admin_token)), refused, "{source}");
+    }
+    let other_job = agent
+        .post(format!("{base}/v1/webhooks/github/999/github-in"))
+        .header("Content-Type", "application/json")
+        .header("X-GitHub-Event", "ping")
+        .header("X-Hub-Signature-256", &signature)
+        .send(body.as_bytes())
+        .expect("the server answers");
+    assert_eq!(other_job.status().as_u16(), 401);
+    assert_eq!(other_job.into_body().read_to_string().unwrap_or_default(), refused.1);
+    6
 }
 
 /// The role each route of the OpenAPI document needs (README "Authentication"), route by
@@ -341,7 +362,7 @@ tokens = ["{admin_hash}"]
             let concrete = if path == "/v1/subscribe" { format!("{concrete}?view=orders") } else { concrete };
             let m = method.to_uppercase();
             if path.starts_with("/v1/webhooks/github/") {
-                webhook_deliveries(&base, &job, &admin_token);
+                unauthenticated += webhook_deliveries(&base, &job, &admin_token);
                 continue;
             }
             let Some(needed) = needed(method, path) else {
@@ -549,7 +570,8 @@ fn without_users_only_loopback_and_bad_users_are_refused() {
 
 /// With a certificate, the HTTP port speaks only HTTPS and pgwire takes only encrypted
 /// sessions: a client that trusts the CA gets its answers (ureq, the CLI's `sql` and
-/// `subscribe` with `AIMATRIX_CA_CERT`, psql with `sslmode=verify-full`); plain HTTP and a
+/// `subscribe` with `AIMATRIX_CA_CERT`, an OTLP/gRPC client over HTTP/2, psql with
+/// `sslmode=verify-full`); plain HTTP and a
 /// session without TLS are refused; a client that does not trust the CA refuses the server.
 #[test]
 fn tls_for_http_and_pgwire() {
@@ -590,6 +612,30 @@ fn tls_for_http_and_pgwire() {
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = serde_json::from_str(&response.body_mut().read_to_string().expect("a body")).expect("JSON");
     assert_eq!(body["rows"], json!([{"answer": 42}]));
+    // OTLP/gRPC over the same port (HTTP/2, ALPN h2): the receiver answers (no such job).
+    let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
+    let script = r#"
+import sys, grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts, trace_service_pb2_grpc as tsg
+port, ca, token = sys.argv[1:4]
+channel = grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(open(ca, "rb").read()))
+metadata = [("x-aimatrix-job", "99"), ("x-aimatrix-source", "otel"), ("authorization", "Bearer " + token)]
+try:
+    tsg.TraceServiceStub(channel).Export(ts.ExportTraceServiceRequest(), metadata=metadata, timeout=30)
+    print("OK")
+except grpc.RpcError as e:
+    print(e.code().name, e.details())
+"#;
+    let out = Command::new(&python)
+        .args(["-c", script, &port, &ca.display().to_string(), &token])
+        .output()
+        .expect("python with grpcio runs (scripts/test.sh installs it)");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "NOT_FOUND no job with id `99`",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Plain HTTP to the same port gets no answer; a client without the CA refuses the server.
     let plain = format!("http://localhost:{port}/healthz");
     assert!(ureq::get(&plain).call().is_err(), "plain HTTP answered");
@@ -760,4 +806,174 @@ print("ok")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// OpenTelemetry's Python SDK (PyPI; scripts/test.sh installs it in its venv) exports over
+/// OTLP/gRPC, its default, configured by the environment alone: the endpoint is the HTTP port,
+/// the job and source and a writer's token go in `OTEL_EXPORTER_OTLP_HEADERS`, gzip on. The
+/// spans it made are then rows of `spans` with the ids it gave them and the GenAI columns of
+/// its attributes. With the generated stub: a span with a 1-byte trace id is answered with a
+/// partial success naming it; a request without the job's metadata, for an unknown job, for a
+/// source of another format, without a token, with a reader's token and for a method the
+/// server does not have is refused with the gRPC status OTLP's exporters read (not retried).
+/// Every expected value is what the script sent.
+#[test]
+fn an_opentelemetry_sdk_exports_spans_over_otlp_grpc() {
+    let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ((admin, admin_hash), (writer, writer_hash), (reader, reader_hash)) = (token(), token(), token());
+    let config = dir.path().join("aimatrix.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.users]]\nname = \"ops\"\nrole = \"admin\"\ntokens = [\"{admin_hash}\"]\n\
+             [[auth.users]]\nname = \"agent\"\nrole = \"writer\"\ntokens = [\"{writer_hash}\"]\n\
+             [[auth.users]]\nname = \"dash\"\nrole = \"reader\"\ntokens = [\"{reader_hash}\"]\n"
+        ),
+    )
+    .expect("config written");
+    let server = start(&config, &["--http", "127.0.0.1:0"]);
+    let submit = |job: &str| {
+        let (status, _, body) = call(&server.base, "POST", "/v1/jobs", Some(&admin), Some(("application/toml", job)));
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_u64().expect("an id")
+    };
+    let otel = submit("name = \"otel\"\n[[sources]]\nname = \"otel\"\nkind = \"push\"\nformat = \"otlp-json\"\n");
+    let other = submit(
+        "name = \"k\"\n[[sources]]\nname = \"k-in\"\nkind = \"push\"\nformat = \"json\"\n[sources.relation]\n\
+         name = \"notes\"\ncolumns = [{ name = \"id\", type = \"bigint\" }]\n",
+    );
+
+    let script = r#"
+import json, os, sys
+import grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts, trace_service_pb2_grpc as tsg
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
+port, job, other, writer, reader = sys.argv[1:6]
+out = {}
+
+# The SDK as an instrumented agent runs it: everything from OTEL_EXPORTER_OTLP_* (gRPC).
+results = []
+class Recording(OTLPSpanExporter):
+    def export(self, spans):
+        result = super().export(spans)
+        results.append(result == SpanExportResult.SUCCESS)
+        return result
+provider = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
+provider.add_span_processor(SimpleSpanProcessor(Recording()))
+tracer = provider.get_tracer("agent-sdk")
+chat = tracer.start_span("chat gpt-4o", attributes={
+    "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+    "gen_ai.usage.input_tokens": 1200, "gen_ai.usage.output_tokens": 85})
+tool = tracer.start_span("execute_tool get_weather", context=set_span_in_context(chat), attributes={
+    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "get_weather", "error.type": "timeout"})
+tool.set_status(Status(StatusCode.ERROR, "the weather service timed out"))
+tool.end()
+chat.set_status(Status(StatusCode.OK))
+chat.end()
+provider.shutdown()
+out["exported"] = results
+out["trace_id"] = format(chat.get_span_context().trace_id, "032x")
+out["chat_id"] = format(chat.get_span_context().span_id, "016x")
+out["tool_id"] = format(tool.get_span_context().span_id, "016x")
+
+# The generated stub, for the answers.
+channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+stub = tsg.TraceServiceStub(channel)
+def span(trace_id, span_id, name):
+    return trace_pb2.Span(trace_id=trace_id, span_id=span_id, name=name)
+def request(*spans):
+    return ts.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        scope_spans=[trace_pb2.ScopeSpans(spans=list(spans))])])
+def call(req, metadata, method=None):
+    try:
+        if method is None:
+            answer = stub.Export(req, metadata=metadata, compression=grpc.Compression.Gzip, timeout=30)
+        else:
+            answer = channel.unary_unary(method)(b"", metadata=metadata, timeout=30)
+            return {"code": "OK"}
+        p = answer.partial_success
+        return {"code": "OK", "rejected": p.rejected_spans, "message": p.error_message}
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "message": e.details()}
+target = lambda j, s: [("x-aimatrix-job", j), ("x-aimatrix-source", s)]
+bearer = lambda t: [("authorization", "Bearer " + t)]
+good = span(bytes(range(16)), bytes(range(8)), "embeddings")
+out["partial"] = call(request(good, span(b"\x5b", bytes(8), "broken")), target(job, "otel") + bearer(writer))
+out["no_target"] = call(request(good), bearer(writer))
+out["unknown_job"] = call(request(good), target("99", "otel") + bearer(writer))
+out["other_format"] = call(request(good), target(other, "k-in") + bearer(writer))
+out["no_token"] = call(request(good), target(job, "otel"))
+out["reader"] = call(request(good), target(job, "otel") + bearer(reader))
+out["no_method"] = call(None, bearer(writer), "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+print(json.dumps(out))
+"#;
+    let port = server.base.rsplit(':').next().expect("a port").to_owned();
+    let headers = format!("x-aimatrix-job={otel},x-aimatrix-source=otel,authorization=Bearer%20{writer}");
+    let out = Command::new(&python)
+        .args(["-c", script, &port, &otel.to_string(), &other.to_string(), &writer, &reader])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", headers)
+        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .expect("python with OpenTelemetry's SDK runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    assert_eq!(out["exported"], json!([true, true]), "{out}");
+    assert_eq!(
+        out["partial"],
+        json!({"code": "OK", "rejected": 1,
+               "message": "trace id has 1 bytes, not 16 (each rejected span is a row of ingest_errors)"})
+    );
+    let code = |name: &str| out[name]["code"].as_str().unwrap_or_default().to_owned();
+    let message = |name: &str| out[name]["message"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(code("no_target"), "INVALID_ARGUMENT");
+    assert!(message("no_target").contains("`x-aimatrix-job` is missing"), "{out}");
+    assert_eq!(code("unknown_job"), "NOT_FOUND", "{out}");
+    assert_eq!(code("other_format"), "INVALID_ARGUMENT");
+    assert!(message("other_format").contains("reads format `json`"), "{out}");
+    assert_eq!(code("no_token"), "UNAUTHENTICATED");
+    assert!(message("no_token").contains("bearer token"), "{out}");
+    assert_eq!(code("reader"), "PERMISSION_DENIED", "{out}");
+    assert_eq!(code("no_method"), "UNIMPLEMENTED", "{out}");
+
+    // What the SDK sent, and the good span of the partial success: rows of `spans`.
+    let sql = "SELECT trace_id, span_id, parent_span_id, name, operation, provider, request_model, input_tokens, \
+               output_tokens, tool_name, status, error_type, json_get_str(attributes, 'service.name') AS service, \
+               json_get_str(attributes, 'otel.scope.name') AS scope FROM spans ORDER BY name";
+    let (trace_id, chat_id, tool_id) = (&out["trace_id"], &out["chat_id"], &out["tool_id"]);
+    let want = json!([
+        {"trace_id": trace_id, "span_id": chat_id, "parent_span_id": null, "name": "chat gpt-4o",
+         "operation": "chat", "provider": "openai", "request_model": "gpt-4o", "input_tokens": 1200,
+         "output_tokens": 85, "tool_name": null, "status": "ok", "error_type": null,
+         "service": "support-agent", "scope": "agent-sdk"},
+        {"trace_id": "000102030405060708090a0b0c0d0e0f", "span_id": "0001020304050607", "parent_span_id": null,
+         "name": "embeddings", "operation": null, "provider": null, "request_model": null, "input_tokens": null,
+         "output_tokens": null, "tool_name": null, "status": "unset", "error_type": null, "service": null,
+         "scope": null},
+        {"trace_id": trace_id, "span_id": tool_id, "parent_span_id": chat_id, "name": "execute_tool get_weather",
+         "operation": "execute_tool", "provider": null, "request_model": null, "input_tokens": null,
+         "output_tokens": null, "tool_name": "get_weather", "status": "error", "error_type": "timeout",
+         "service": "support-agent", "scope": "agent-sdk"},
+    ]);
+    let body = json!({"sql": sql}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, rows) = call(&server.base, "POST", "/v1/sql", Some(&reader), Some(("application/json", &body)));
+        assert_eq!(status, 200, "{rows}");
+        if rows["rows"] == want || Instant::now() > deadline {
+            assert_eq!(rows["rows"], want);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -13,7 +13,7 @@
 //! | `aimatrix_subscriptions_refused_total` | counter | | client subscriptions refused past `subscribe.max_subscriptions` |
 //! | `aimatrix_pgwire_sessions` | gauge | | pgwire connections open |
 //! | `aimatrix_pgwire_sessions_refused_total` | counter | | pgwire connections refused past `pgwire.max_sessions` |
-//! | `aimatrix_auth_refused_total` | counter | `interface` (`http`, `pgwire`), `reason` (`unauthenticated`, `forbidden`) | requests and sessions refused: no or wrong credentials (401, `28P01`), or a role too small (403) |
+//! | `aimatrix_auth_refused_total` | counter | `interface` (`http`, `pgwire`), `reason` (`unauthenticated`, `forbidden`) | requests and sessions refused: no or wrong credentials (401, `28P01`; a GitHub webhook delivery that does not verify, on a server with users), or a role too small (403) |
 //! | `process_*` | | | the process's CPU seconds, resident and virtual memory (bytes), open files, start time (the `prometheus` crate's process collector, Linux) |
 //!
 //! The source counters and the jobs are read when scraped (the counters from the ingestion

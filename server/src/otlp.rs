@@ -21,10 +21,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message as _;
 
+use amx_cluster::protocol::JobId;
 use amx_connectors::otlp;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 
 use crate::{ApiError, ApiResult, AppState, Body, api, body, idempotency_key, job_id, max_body_bytes};
 
@@ -83,16 +87,7 @@ pub(crate) async fn traces(
         }
     };
     let job = job_id(&job)?;
-    if let Some(info) = state.controller.job(job)
-        && let Some(config) = info.sources.iter().find(|s| s.name == source)
-        && config.format != otlp::FORMAT
-    {
-        return Err(ApiError::bad_request(format!(
-            "source `{source}` of job {job} reads format `{}`; the OTLP receiver feeds a push source of format `{}`",
-            config.format,
-            otlp::FORMAT
-        )));
-    }
+    check_format(&state, job, &source)?;
     let request = match encoding {
         Encoding::Protobuf => {
             opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(bytes.as_ref())
@@ -105,37 +100,7 @@ pub(crate) async fn traces(
                 .map_err(|e| ApiError::bad_request(format!("not an OTLP/JSON ExportTraceServiceRequest: {e}")))?
         }
     };
-    let line = otlp::to_json_line(&request).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    // What the engine could not take whole is refused here, not answered 200 and lost: a
-    // request whose OTLP/JSON form is over the record limit (the client may split it), or does
-    // not read back (values nested deeper than the JSON reader's 128 levels).
-    let limit = state.controller.max_record_bytes();
-    if line.len() as u64 > limit {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request's {} spans take {} bytes as OTLP/JSON, over cluster.max_record_bytes ({limit}): send them in \
-                 smaller batches",
-                otlp::span_count(&request),
-                line.len()
-            ),
-        ));
-    }
-    if let Err(e) = otlp::parse_request(&line) {
-        return Err(ApiError::bad_request(format!("the request cannot be ingested: {e}")));
-    }
-    // An export without spans pushes nothing, but is refused as a push is (no such job or
-    // source, a cancelled job).
-    let key = idempotency_key(&headers)?;
-    let spans = otlp::span_count(&request);
-    let report = state.controller.ingest_keyed(job, &source, if spans > 0 { &line } else { "" }, key).await?;
-    // OTLP's partial success: the spans the engine rejected, each a row of `ingest_errors`
-    // (the request is one record, so the first reason is its first rejected span's).
-    let rejected = i64::try_from(report.error_rows).unwrap_or(i64::MAX);
-    let first = report.errors.first().map(|e| format!("{} (each rejected span is a row of ingest_errors)", e.error));
-    let partial_success = (rejected > 0)
-        .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: first.unwrap_or_default() });
-    let answer = ExportTraceServiceResponse { partial_success };
+    let answer = export(&state, job, &source, &request, idempotency_key(&headers)?).await?;
     Ok(match encoding {
         Encoding::Protobuf => {
             ([(header::CONTENT_TYPE, "application/x-protobuf")], Bytes::from(answer.encode_to_vec())).into_response()
@@ -149,6 +114,174 @@ pub(crate) async fn traces(
             ([(header::CONTENT_TYPE, "application/json")], text).into_response()
         }
     })
+}
+
+/// Refuses a request for source `source` of job `job` when its format is not `otlp-json`
+/// (400). An unknown job or source passes: the push refuses it (404).
+fn check_format(state: &AppState, job: JobId, source: &str) -> ApiResult<()> {
+    if let Some(info) = state.controller.job(job)
+        && let Some(config) = info.sources.iter().find(|s| s.name == source)
+        && config.format != otlp::FORMAT
+    {
+        return Err(ApiError::bad_request(format!(
+            "source `{source}` of job {job} reads format `{}`; the OTLP receiver feeds a push source of format `{}`",
+            config.format,
+            otlp::FORMAT
+        )));
+    }
+    Ok(())
+}
+
+/// Pushes one decoded export to push source `source` of job `job` (format `otlp-json`) as one
+/// record, its OTLP/JSON form, and answers once the spans are in the engine's input (durable,
+/// with a data directory), with OTLP's partial success when the engine rejected some: each
+/// rejected span is a row of `ingest_errors`. Shared by OTLP/HTTP and OTLP/gRPC.
+///
+/// # Errors
+/// 413 when the request's OTLP/JSON form is over `cluster.max_record_bytes`; 400 when it
+/// nests values deeper than the JSON reader reads back; and the push's own (404 no such job or
+/// source, 409 a cancelled job or a reused idempotency key, 503 a stopped cluster or a data
+/// directory that could not take it).
+async fn export(
+    state: &AppState,
+    job: JobId,
+    source: &str,
+    request: &ExportTraceServiceRequest,
+    key: Option<&str>,
+) -> ApiResult<ExportTraceServiceResponse> {
+    let line = otlp::to_json_line(request).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // What the engine could not take whole is refused here, not answered 200 and lost: a
+    // request whose OTLP/JSON form is over the record limit (the client may split it), or does
+    // not read back (values nested deeper than the JSON reader's 128 levels).
+    let limit = state.controller.max_record_bytes();
+    if line.len() as u64 > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request's {} spans take {} bytes as OTLP/JSON, over cluster.max_record_bytes ({limit}): send them in \
+                 smaller batches",
+                otlp::span_count(request),
+                line.len()
+            ),
+        ));
+    }
+    if let Err(e) = otlp::parse_request(&line) {
+        return Err(ApiError::bad_request(format!("the request cannot be ingested: {e}")));
+    }
+    // An export without spans pushes nothing, but is refused as a push is (no such job or
+    // source, a cancelled job).
+    let spans = otlp::span_count(request);
+    let report = state.controller.ingest_keyed(job, source, if spans > 0 { &line } else { "" }, key).await?;
+    // OTLP's partial success: the spans the engine rejected, each a row of `ingest_errors`
+    // (the request is one record, so the first reason is its first rejected span's).
+    let rejected = i64::try_from(report.error_rows).unwrap_or(i64::MAX);
+    let first = report.errors.first().map(|e| format!("{} (each rejected span is a row of ingest_errors)", e.error));
+    let partial_success = (rejected > 0)
+        .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: first.unwrap_or_default() });
+    Ok(ExportTraceServiceResponse { partial_success })
+}
+
+/// OTLP/gRPC's trace export method (`opentelemetry.proto.collector.trace.v1.TraceService`),
+/// the path every OTLP/gRPC exporter posts to.
+pub(crate) const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The gRPC metadata (request headers) that name the job of an OTLP/gRPC export (gRPC has no
+/// path of its own to put it in): its id, as in `/v1/otlp/{job}/…`.
+pub const JOB_METADATA: &str = "x-aimatrix-job";
+
+/// The gRPC metadata that names the push source (format `otlp-json`) of an OTLP/gRPC export.
+pub const SOURCE_METADATA: &str = "x-aimatrix-source";
+
+/// The OTLP/gRPC trace receiver: the official `TraceService` (tonic's server, generated from
+/// the OpenTelemetry protos), served at [`GRPC_EXPORT_PATH`] on the HTTP port over HTTP/2
+/// (cleartext with prior knowledge, or TLS with ALPN `h2`), as OTLP/gRPC
+/// (<https://opentelemetry.io/docs/specs/otlp/#otlpgrpc>) specifies. An SDK exports to it with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:PORT` and the target in its headers:
+/// `OTEL_EXPORTER_OTLP_HEADERS=x-aimatrix-job=JOB,x-aimatrix-source=SOURCE` (and
+/// `authorization=Bearer%20TOKEN` on a server with users; an optional `idempotency-key`
+/// as for `/v1/ingest`). Requests may be gzip-compressed (`grpc-encoding: gzip`); a message
+/// is at most `http.max_body_bytes`, decompressed. The export is pushed as the OTLP/HTTP
+/// route's is, and answered the same way: once the spans are in the engine's input, with a
+/// partial success naming rejected spans. A refusal is a gRPC status ([`grpc_code`]).
+#[derive(Clone)]
+pub(crate) struct GrpcReceiver {
+    state: AppState,
+}
+
+/// The receiver as a service to route, over `state`.
+pub(crate) fn grpc_service(state: AppState) -> TraceServiceServer<GrpcReceiver> {
+    let limit = state.max_body_bytes;
+    TraceServiceServer::new(GrpcReceiver { state })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_decoding_message_size(limit)
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let metadata = request.metadata();
+        let named = |name: &str| -> Result<String, tonic::Status> {
+            let value = metadata.get(name).ok_or_else(|| {
+                tonic::Status::invalid_argument(format!(
+                    "an OTLP/gRPC export names its job and push source in the metadata `{JOB_METADATA}` and \
+                     `{SOURCE_METADATA}` (OTEL_EXPORTER_OTLP_HEADERS={JOB_METADATA}=JOB,{SOURCE_METADATA}=SOURCE); \
+                     `{name}` is missing"
+                ))
+            })?;
+            let text = value
+                .to_str()
+                .map_err(|_| tonic::Status::invalid_argument(format!("the metadata `{name}` is not visible ASCII")))?;
+            Ok(text.trim().to_owned())
+        };
+        let (job, source) = (named(JOB_METADATA)?, named(SOURCE_METADATA)?);
+        let key = match metadata.get("idempotency-key") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .filter(|k| !k.is_empty() && k.len() <= 255)
+                    .ok_or_else(|| {
+                        tonic::Status::invalid_argument(
+                            "idempotency-key must be 1 to 255 visible ASCII characters; nothing was ingested",
+                        )
+                    })?
+                    .to_owned(),
+            ),
+        };
+        let job = job_id(&job).map_err(grpc_status)?;
+        check_format(&self.state, job, &source).map_err(grpc_status)?;
+        let answer = export(&self.state, job, &source, request.get_ref(), key.as_deref()).await.map_err(grpc_status)?;
+        Ok(tonic::Response::new(answer))
+    }
+}
+
+/// The gRPC status code for a refusal with HTTP status `status`, as OTLP/gRPC's exporters read
+/// them (<https://opentelemetry.io/docs/specs/otlp/#failures>): what a retry cannot mend is
+/// not retryable (`INVALID_ARGUMENT` for a request the engine cannot take, `NOT_FOUND`,
+/// `FAILED_PRECONDITION` for a cancelled job or a reused idempotency key,
+/// `UNAUTHENTICATED`, `PERMISSION_DENIED`), and a store or cluster that cannot take it now is
+/// `UNAVAILABLE` (retried with backoff).
+pub(crate) fn grpc_code(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        400 | 413 | 415 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        409 => tonic::Code::FailedPrecondition,
+        429 | 503 => tonic::Code::Unavailable,
+        408 | 504 => tonic::Code::DeadlineExceeded,
+        500 => tonic::Code::Internal,
+        _ => tonic::Code::Unknown,
+    }
+}
+
+fn grpc_status(error: ApiError) -> tonic::Status {
+    tonic::Status::new(grpc_code(error.status), error.message)
 }
 
 /// A `Content-Type`'s media type, lower case, without parameters.

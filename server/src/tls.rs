@@ -35,7 +35,7 @@ pub struct TlsConfig {
 /// The rustls configurations of both servers.
 #[derive(Clone, Debug)]
 pub struct Tls {
-    /// For the HTTP API (ALPN `http/1.1`).
+    /// For the HTTP API (ALPN `h2`, for OTLP/gRPC, and `http/1.1`).
     pub http: Arc<ServerConfig>,
     /// For pgwire (ALPN `postgresql`, as PostgreSQL 17's direct TLS asks).
     pub pgwire: Arc<ServerConfig>,
@@ -56,7 +56,7 @@ impl Tls {
         };
         let chain = certificates(cert)?;
         let key = private_key(key)?;
-        let server = |alpn: &[u8]| -> Result<Arc<ServerConfig>, String> {
+        let server = |alpn: &[&[u8]]| -> Result<Arc<ServerConfig>, String> {
             // ring, as pgwire's: a lean build (aws-lc-rs, the post-quantum provider, needs cmake
             // and a C toolchain's worth of build time).
             #[allow(deprecated)]
@@ -67,10 +67,11 @@ impl Tls {
                 .with_no_client_auth()
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(|e| format!("TLS: the key does not fit the certificate chain of {}: {e}", cert.display()))?;
-            config.alpn_protocols = vec![alpn.to_vec()];
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(Arc::new(config))
         };
-        Ok(Some(Tls { http: server(b"http/1.1")?, pgwire: server(b"postgresql")? }))
+        // HTTP/2 for OTLP/gRPC (and any client that prefers it), HTTP/1.1 for the rest.
+        Ok(Some(Tls { http: server(&[b"h2", b"http/1.1"])?, pgwire: server(&[b"postgresql"])? }))
     }
 }
 

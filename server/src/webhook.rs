@@ -12,6 +12,10 @@
 //!   HMAC-SHA256 of its body under the secret, compared in constant time (`ring`); else 401.
 //!   A server with users ([`crate::auth`]) accepts deliveries only for sources with a secret:
 //!   GitHub cannot send a bearer token, so the signature is the delivery's authentication.
+//!   There, every refusal before the signature verifies (no such job or source, a source of
+//!   another format or without a secret, a missing or wrong signature) is the same 401 with
+//!   the same message, so that a client without the secret cannot probe which jobs and
+//!   sources exist; the server's log names the reason.
 //! - `X-GitHub-Event` names the event: `ping` (sent when the webhook is created) is answered
 //!   and ingests nothing; `workflow_run`, `workflow_job`, `check_run` and `check_suite` are
 //!   ingested; any other event is answered 200 with `{"ignored": EVENT}` and ingests nothing
@@ -29,6 +33,8 @@ use axum::response::{IntoResponse, Response};
 
 use amx_cluster::job::SourceKind;
 use amx_connectors::github;
+
+use amx_cluster::protocol::JobId;
 
 use crate::{ApiError, ApiResult, AppState, Body, api, body, idempotency_key, job_id};
 
@@ -51,10 +57,10 @@ pub(crate) const MAX_DELIVERY_BYTES: usize = 25 << 20;
         description = "a GitHub webhook payload, as GitHub sends it with content type application/json",
         example = "{\"action\": \"completed\", \"workflow_run\": {\"id\": 1, \"status\": \"completed\", \"conclusion\": \"success\"}}"),
     responses((status = 200, description = "the payload is in the engine's input (an ingest report; `ignored` names an event that is not ingested, `zen` answers a ping)", body = amx_cluster::controller::IngestReport),
-              (status = 400, description = "no X-GitHub-Event, a body that is not JSON, a source whose format is not github-actions, or a bad Idempotency-Key or X-GitHub-Delivery", body = api::ErrorBody),
-              (status = 401, description = "no X-Hub-Signature-256, or one that does not verify under the source's secret; or, on a server with users, a source without a secret", body = api::ErrorBody),
+              (status = 400, description = "no X-GitHub-Event, a body that is not JSON, a source whose format is not github-actions (on a server without users), or a bad Idempotency-Key or X-GitHub-Delivery", body = api::ErrorBody),
+              (status = 401, description = "no X-Hub-Signature-256, or one that does not verify under the source's secret; on a server with users, every refusal before the signature verifies (also no such job or source, a source of another format or without a secret), with one message", body = api::ErrorBody),
               (status = 403, description = "a foreign Host or Origin", body = api::ErrorBody),
-              (status = 404, description = "no such job or push source", body = api::ErrorBody),
+              (status = 404, description = "no such job or push source (on a server without users)", body = api::ErrorBody),
               (status = 409, description = "the job was cancelled, or the delivery's key was used for a different body", body = api::ErrorBody),
               (status = 413, description = "a body over 25 MiB (GitHub's own cap on a payload), http.max_body_bytes or cluster.max_record_bytes", body = api::ErrorBody),
               (status = 415, description = "a content type other than application/json (set the webhook's content type to application/json)", body = api::ErrorBody),
@@ -65,7 +71,6 @@ pub(crate) async fn github(
     headers: HeaderMap,
     raw: Body,
 ) -> ApiResult<Response> {
-    let job = job_id(&job)?;
     let body = match raw {
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return Err(ApiError::new(
@@ -78,36 +83,19 @@ pub(crate) async fn github(
         }
         raw => body(raw)?,
     };
-    let info =
-        state.controller.job(job).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job}")))?;
-    let config = info
-        .sources
-        .iter()
-        .find(|s| s.name == source)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {job} has no source `{source}`")))?;
-    if config.kind != SourceKind::Push || config.format != github::FORMAT {
-        return Err(ApiError::bad_request(format!(
-            "source `{source}` of job {job} is not a push source of format `{}`: GitHub webhooks feed one",
-            github::FORMAT
-        )));
-    }
-    // The signature first: nothing about an unauthenticated delivery is looked at further.
-    match &config.webhook {
-        Some(webhook) => {
-            let secret = webhook.resolve().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-            verify(&headers, secret.as_bytes(), &body)?;
+    // The signature first: nothing about an unauthenticated delivery is looked at further. On
+    // a server with users every refusal up to here reads the same, so that a client without
+    // the secret learns nothing (whether the job or the source exists, its format, whether it
+    // has a secret); the log says which it was.
+    let job = match authenticate(&state, &job, &source, &headers, &body) {
+        Ok(job) => job,
+        Err(refusal) if state.auth.is_some() => {
+            tracing::info!(%job, %source, reason = %refusal.message, "GitHub webhook delivery refused (401)");
+            state.metrics.auth_refused(crate::metrics::Interface::Http, "unauthenticated");
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, UNAUTHENTICATED));
         }
-        None if state.auth.is_some() => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "this server authenticates requests and a webhook delivery carries no bearer token: give source \
-                     `{source}` a [sources.webhook] secret, and the webhook the same secret"
-                ),
-            ));
-        }
-        None => {}
-    }
+        Err(refusal) => return Err(refusal),
+    };
     let event = headers
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())
@@ -158,6 +146,52 @@ pub(crate) async fn github(
 ///
 /// # Errors
 /// 401 when the header is missing, malformed, or does not verify.
+/// The one refusal of an unauthenticated delivery on a server with users.
+const UNAUTHENTICATED: &str = "the delivery does not verify: this path must name a push source of format \
+                               `github-actions` with a [sources.webhook] secret, and X-Hub-Signature-256 must be the \
+                               body's HMAC-SHA256 under that secret (the server's log says which part failed)";
+
+/// The job of a delivery to `job`/`source` whose signature verifies under the source's secret
+/// (or, on a server without users, to a source without one).
+///
+/// # Errors
+/// 404 no such job or source; 400 a source that is not a `github-actions` push source; 401 a
+/// missing or wrong signature, or a source without a secret on a server with users; 503 a
+/// secret whose environment variable is not set.
+fn authenticate(state: &AppState, job: &str, source: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<JobId> {
+    let job = job_id(job)?;
+    let info =
+        state.controller.job(job).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {job}")))?;
+    let config = info
+        .sources
+        .iter()
+        .find(|s| s.name == source)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("job {job} has no source `{source}`")))?;
+    if config.kind != SourceKind::Push || config.format != github::FORMAT {
+        return Err(ApiError::bad_request(format!(
+            "source `{source}` of job {job} is not a push source of format `{}`: GitHub webhooks feed one",
+            github::FORMAT
+        )));
+    }
+    match &config.webhook {
+        Some(webhook) => {
+            let secret = webhook.resolve().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+            verify(headers, secret.as_bytes(), body)?;
+        }
+        None if state.auth.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this server authenticates requests and a webhook delivery carries no bearer token: give source \
+                     `{source}` a [sources.webhook] secret, and the webhook the same secret"
+                ),
+            ));
+        }
+        None => {}
+    }
+    Ok(job)
+}
+
 fn verify(headers: &HeaderMap, secret: &[u8], body: &[u8]) -> ApiResult<()> {
     let refused = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, why.to_owned());
     let header = headers.get("x-hub-signature-256").ok_or_else(|| {
