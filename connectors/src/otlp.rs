@@ -21,27 +21,31 @@
 //! GenAI attributes across the conventions in use, in order of precedence — the OpenTelemetry
 //! GenAI semantic conventions (<https://opentelemetry.io/docs/specs/semconv/gen-ai/>), their
 //! deprecated names (which OpenLLMetry/Traceloop still emit), then OpenInference's (Arize
-//! Phoenix, <https://github.com/Arize-ai/openinference/blob/main/spec/semantic_conventions.md>):
+//! Phoenix, <https://github.com/Arize-ai/openinference/blob/main/spec/semantic_conventions.md>),
+//! then Langfuse's own (`langfuse.observation.*`, as its SDKs and its OTel endpoint name them,
+//! <https://langfuse.com/docs/opentelemetry/get-started>):
 //!
 //! | column | attributes |
 //! | --- | --- |
-//! | `operation` | `gen_ai.operation.name`; else `openinference.span.kind` `LLM` → `chat`, `EMBEDDING` → `embeddings`, `TOOL` → `execute_tool`, `AGENT` → `invoke_agent` |
+//! | `operation` | `gen_ai.operation.name`; else `openinference.span.kind` `LLM` → `chat`, `EMBEDDING` → `embeddings`, `TOOL` → `execute_tool`, `AGENT` → `invoke_agent`; else `langfuse.observation.type` `generation` → `chat`, `embedding` → `embeddings`, `tool` → `execute_tool`, `agent` → `invoke_agent` |
 //! | `provider` | `gen_ai.provider.name`, `gen_ai.system`, `llm.provider`, `llm.system` |
-//! | `request_model` | `gen_ai.request.model`, `llm.model_name` |
+//! | `request_model` | `gen_ai.request.model`, `llm.model_name`, `langfuse.observation.model.name` |
 //! | `response_model` | `gen_ai.response.model` |
 //! | `agent_name` | `gen_ai.agent.name` |
-//! | `conversation_id` | `gen_ai.conversation.id`, `session.id` |
+//! | `conversation_id` | `gen_ai.conversation.id`, `session.id`, `langfuse.session.id` |
 //! | `tool_name` | `gen_ai.tool.name`, `tool.name` |
 //! | `tool_call_id` | `gen_ai.tool.call.id`, `tool_call.id` |
 //! | `input_tokens` | `gen_ai.usage.input_tokens`, `gen_ai.usage.prompt_tokens`, `llm.token_count.prompt` |
 //! | `output_tokens` | `gen_ai.usage.output_tokens`, `gen_ai.usage.completion_tokens`, `llm.token_count.completion` |
 //! | `cache_read_input_tokens` | `gen_ai.usage.cache_read.input_tokens`, `llm.token_count.prompt_details.cache_read` |
 //! | `reasoning_output_tokens` | `gen_ai.usage.reasoning.output_tokens`, `llm.token_count.completion_details.reasoning` |
+//! | the four token columns, when none of the above gives them | `langfuse.observation.usage_details` (its table: `langfuse_usage`) |
+//! | `status` | also `error` when the span's status is unset and `langfuse.observation.level` is `ERROR` |
 //! | `error_type` | when `status` is `error`: `error.type`, else the first `exception` event's `exception.type`, else `_OTHER` (the conventions' fallback) |
 //!
 //! Token counts are taken as the conventions define them (input tokens include cached ones;
-//! output tokens include reasoning ones) and must be integers in `0..=1000000000` (an
-//! integral double is taken). A span event named `gen_ai.evaluation.result` becomes an
+//! output tokens include reasoning ones; Langfuse's disjoint usage types are summed to match)
+//! and must be integers in `0..=1000000000` (an integral double is taken). A span event named `gen_ai.evaluation.result` becomes an
 //! `evaluations` row of the span: `gen_ai.evaluation.name`, `gen_ai.evaluation.score.value`,
 //! `gen_ai.evaluation.score.label`; a malformed one (no name, a score that is no number) is an
 //! ingest error at `…/spans/k/events/n`, and the span is kept.
@@ -228,6 +232,95 @@ impl Attributes {
     }
 }
 
+/// Langfuse's observation types (`langfuse.observation.type`) as GenAI operation names.
+fn langfuse_operation(observation: &str) -> Option<&'static str> {
+    match observation {
+        "generation" => Some("chat"),
+        "embedding" => Some("embeddings"),
+        "tool" => Some("execute_tool"),
+        "agent" => Some("invoke_agent"),
+        _ => None,
+    }
+}
+
+/// The token columns a span's `langfuse.observation.usage_details` gives.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LangfuseUsage {
+    input: Option<i64>,
+    output: Option<i64>,
+    cache_read: Option<i64>,
+    reasoning: Option<i64>,
+}
+
+/// Reads `langfuse.observation.usage_details` (a JSON object of token counts by usage type,
+/// which Langfuse's SDKs write as a JSON string, or an OTLP key-value list) into the token
+/// columns; the attribute itself stays in `attributes`. Langfuse's usage types are disjoint
+/// (its `total` is their sum: `input` excludes cached input tokens, `output` excludes
+/// reasoning tokens — Langfuse's OTel ingestion splits `gen_ai.usage.output_tokens` so), while
+/// the columns follow the GenAI conventions (input includes cached, output includes
+/// reasoning), so:
+///
+/// | column | usage types |
+/// | --- | --- |
+/// | `cache_read_input_tokens` | `input_cached_tokens`, `cache_read_input_tokens`, `input_cache_read` (the first present) |
+/// | `input_tokens` | `input` + the cache read above + `cache_creation_input_tokens` or `input_cache_creation` |
+/// | `reasoning_output_tokens` | `output_reasoning_tokens`, `output_reasoning`, `reasoning` |
+/// | `output_tokens` | `output` + the reasoning above |
+///
+/// A sum is NULL when none of its parts is present. Other usage types (`total`, audio, …)
+/// are only kept in `attributes`.
+///
+/// # Errors
+/// A value that is not an object (or a string holding one), or a count of one of the types
+/// above that is not an integer in `0..=MAX_TOKENS` (nor is the sum).
+fn langfuse_usage(attributes: &Attributes) -> Result<Option<LangfuseUsage>, String> {
+    const NAME: &str = "langfuse.observation.usage_details";
+    let parsed;
+    let details = match attributes.0.get(NAME) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(details)) => details,
+        Some(Value::String(text)) => {
+            parsed = serde_json::from_str::<Value>(text).ok();
+            match &parsed {
+                Some(Value::Object(details)) => details,
+                _ => return Err(format!("attribute `{NAME}` is not a JSON object of token counts: {text}")),
+            }
+        }
+        Some(other) => return Err(format!("attribute `{NAME}` is {other}, not an object of token counts")),
+    };
+    let count = |names: &[&str]| -> Result<Option<i64>, String> {
+        let Some((name, value)) = names.iter().find_map(|n| details.get(*n).filter(|v| !v.is_null()).map(|v| (n, v)))
+        else {
+            return Ok(None);
+        };
+        let n =
+            value.as_i64().or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
+        match n {
+            Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("`{name}` of attribute `{NAME}` is {value}, not a token count (0..={MAX_TOKENS})")),
+        }
+    };
+    let sum = |parts: &[Option<i64>], column: &str| -> Result<Option<i64>, String> {
+        if parts.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let total: i64 = parts.iter().flatten().sum();
+        if total > MAX_TOKENS {
+            return Err(format!("attribute `{NAME}` sums to {total} {column}, over {MAX_TOKENS}"));
+        }
+        Ok(Some(total))
+    };
+    let cache_read = count(&["input_cached_tokens", "cache_read_input_tokens", "input_cache_read"])?;
+    let cache_creation = count(&["cache_creation_input_tokens", "input_cache_creation"])?;
+    let reasoning = count(&["output_reasoning_tokens", "output_reasoning", "reasoning"])?;
+    Ok(Some(LangfuseUsage {
+        input: sum(&[count(&["input"])?, cache_read, cache_creation], "input tokens")?,
+        output: sum(&[count(&["output"])?, reasoning], "output tokens")?,
+        cache_read,
+        reasoning,
+    }))
+}
+
 /// OpenInference's span kinds as GenAI operation names.
 fn openinference_operation(kind: &str) -> Option<&'static str> {
     match kind.to_ascii_uppercase().as_str() {
@@ -284,22 +377,32 @@ fn decode_span(
     let trace_id = TraceId::parse(&trace_hex);
     let mut attributes = Attributes(attributes_json(&span.attributes));
     let kind = attributes.text(&["openinference.span.kind"])?;
+    let observation = attributes.text(&["langfuse.observation.type"])?;
     let operation = match attributes.text(&["gen_ai.operation.name"])? {
         Some(op) => Some(op),
-        None => kind.as_deref().and_then(openinference_operation).map(str::to_owned),
+        None => kind
+            .as_deref()
+            .and_then(openinference_operation)
+            .or_else(|| observation.as_deref().and_then(langfuse_operation))
+            .map(str::to_owned),
     };
     if let (Some(kind), None) = (&kind, kind.as_deref().and_then(openinference_operation)) {
         // A kind with no GenAI operation (CHAIN, RETRIEVER, …) is kept.
         attributes.0.insert("openinference.span.kind".into(), Value::String(kind.clone()));
     }
+    if let (Some(observation), None) = (&observation, observation.as_deref().and_then(langfuse_operation)) {
+        // So is a Langfuse observation type with none (span, event, chain, retriever, …).
+        attributes.0.insert("langfuse.observation.type".into(), Value::String(observation.clone()));
+    }
     let mut row = Span::new(trace_id.clone(), span_id.clone(), span.name.clone());
     row.parent_span_id = parent_span_id;
     row.operation = operation;
     row.provider = attributes.text(&["gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system"])?;
-    row.request_model = attributes.text(&["gen_ai.request.model", "llm.model_name"])?;
+    row.request_model =
+        attributes.text(&["gen_ai.request.model", "llm.model_name", "langfuse.observation.model.name"])?;
     row.response_model = attributes.text(&["gen_ai.response.model"])?;
     row.agent_name = attributes.text(&["gen_ai.agent.name"])?;
-    row.conversation_id = attributes.text(&["gen_ai.conversation.id", "session.id"])?;
+    row.conversation_id = attributes.text(&["gen_ai.conversation.id", "session.id", "langfuse.session.id"])?;
     row.tool_name = attributes.text(&["gen_ai.tool.name", "tool.name"])?;
     row.tool_call_id = attributes.text(&["gen_ai.tool.call.id", "tool_call.id"])?;
     row.input_tokens =
@@ -313,6 +416,13 @@ fn decode_span(
         attributes.tokens(&["gen_ai.usage.cache_read.input_tokens", "llm.token_count.prompt_details.cache_read"])?;
     row.reasoning_output_tokens =
         attributes.tokens(&["gen_ai.usage.reasoning.output_tokens", "llm.token_count.completion_details.reasoning"])?;
+    // Langfuse's usage details, for the token columns no attribute above gave.
+    if let Some(usage) = langfuse_usage(&attributes)? {
+        row.input_tokens = row.input_tokens.or(usage.input);
+        row.output_tokens = row.output_tokens.or(usage.output);
+        row.cache_read_input_tokens = row.cache_read_input_tokens.or(usage.cache_read);
+        row.reasoning_output_tokens = row.reasoning_output_tokens.or(usage.reasoning);
+    }
     let error_type = attributes.text(&["error.type"])?;
     row.start_time = micros(span.start_time_unix_nano);
     row.end_time = micros(span.end_time_unix_nano);
@@ -320,6 +430,10 @@ fn decode_span(
     row.status = match status.map_or(0, |s| s.code) {
         1 => SpanStatus::Ok,
         2 => SpanStatus::Error,
+        // Langfuse marks a failed observation by its level, not the span's status.
+        _ if attributes.0.get("langfuse.observation.level").and_then(Value::as_str) == Some("ERROR") => {
+            SpanStatus::Error
+        }
         _ => SpanStatus::Unset,
     };
     if row.status == SpanStatus::Error {
@@ -640,6 +754,94 @@ mod tests {
         // Bytes in base64 (0xff 0x00 → "/wA="), arrays as arrays.
         assert_eq!((&attributes["payload"], &attributes["dims"]), (&json!("/wA="), &json!([3])));
         assert_eq!(attributes["otel.scope.name"], "test");
+    }
+
+    /// Langfuse's attributes, as its Python SDK (v3) writes a generation and a failed tool
+    /// observation: the usage details as a JSON string, disjoint by type (input without its
+    /// cached tokens, output without its reasoning tokens), summed into the GenAI columns; a
+    /// key-value list works too; the GenAI names win over Langfuse's; a usage detail that is
+    /// no token count fails its span only. Expected values worked out by hand from the
+    /// attributes: input 1000 + cached 200 = 1200, output 60 + reasoning 25 = 85.
+    #[test]
+    fn langfuse_observations_map_to_the_genai_columns() {
+        let request = json!({"resourceSpans": [{"scopeSpans": [{"scope": {"name": "langfuse-sdk"}, "spans": [
+            {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "generation",
+             "attributes": [
+                {"key": "langfuse.observation.type", "value": {"stringValue": "generation"}},
+                {"key": "langfuse.observation.model.name", "value": {"stringValue": "gpt-4o"}},
+                {"key": "langfuse.session.id", "value": {"stringValue": "session-9"}},
+                {"key": "langfuse.observation.usage_details", "value": {"stringValue":
+                    "{\"input\": 1000, \"input_cached_tokens\": 200, \"output\": 60, \"output_reasoning_tokens\": 25, \"total\": 1285}"}}]},
+            {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203332", "name": "lookup",
+             "parentSpanId": "b7ad6b7169203331",
+             "attributes": [
+                {"key": "langfuse.observation.type", "value": {"stringValue": "tool"}},
+                {"key": "langfuse.observation.level", "value": {"stringValue": "ERROR"}},
+                {"key": "langfuse.observation.status_message", "value": {"stringValue": "timeout"}}]},
+            {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203333", "name": "both",
+             "attributes": [
+                {"key": "langfuse.observation.type", "value": {"stringValue": "span"}},
+                {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "7"}},
+                {"key": "langfuse.observation.usage_details", "value": {"kvlistValue": {"values": [
+                    {"key": "input", "value": {"intValue": "3"}},
+                    {"key": "cache_read_input_tokens", "value": {"intValue": "2"}},
+                    {"key": "output", "value": {"doubleValue": 4.0}}]}}}]},
+            {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203334", "name": "bad",
+             "attributes": [
+                {"key": "langfuse.observation.usage_details", "value": {"stringValue": "{\"output\": \"many\"}"}}]},
+            {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203335", "name": "not json",
+             "attributes": [
+                {"key": "langfuse.observation.usage_details", "value": {"stringValue": "input=3"}}]}
+        ]}]}]});
+        let events = decode(&request.to_string());
+        let spans = spans(&events);
+        assert_eq!(spans.len(), 3, "{events:?}");
+        let (generation, tool, both) = (spans[0], spans[1], spans[2]);
+        assert_eq!(generation.operation.as_deref(), Some("chat"));
+        assert_eq!(generation.request_model.as_deref(), Some("gpt-4o"));
+        assert_eq!(generation.conversation_id.as_deref(), Some("session-9"));
+        assert_eq!(
+            (
+                generation.input_tokens,
+                generation.output_tokens,
+                generation.cache_read_input_tokens,
+                generation.reasoning_output_tokens
+            ),
+            (Some(1200), Some(85), Some(200), Some(25))
+        );
+        // The usage details stay in `attributes` (its `total` and any other type are only there).
+        assert!(
+            attributes(generation)["langfuse.observation.usage_details"].as_str().is_some_and(|t| t.contains("1285"))
+        );
+        assert_eq!((tool.operation.as_deref(), tool.status), (Some("execute_tool"), SpanStatus::Error));
+        assert_eq!(tool.error_type.as_deref(), Some("_OTHER"));
+        assert_eq!(attributes(tool)["langfuse.observation.status_message"], "timeout");
+        // `span` has no GenAI operation and is kept; gen_ai.usage.input_tokens wins over the
+        // details (3 + 2), which give the columns it does not.
+        assert_eq!(both.operation, None);
+        assert_eq!(attributes(both)["langfuse.observation.type"], "span");
+        assert_eq!(
+            (both.input_tokens, both.output_tokens, both.cache_read_input_tokens, both.reasoning_output_tokens),
+            (Some(7), Some(4), Some(2), None)
+        );
+        let errors: Vec<_> = events
+            .iter()
+            .filter_map(|e| if let Event::Error(e) = e { Some((e.location.as_str(), e.error.as_str())) } else { None })
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                (
+                    "push:1/resourceSpans/0/scopeSpans/0/spans/3",
+                    "`output` of attribute `langfuse.observation.usage_details` is \"many\", not a token count \
+                     (0..=1000000000)"
+                ),
+                (
+                    "push:1/resourceSpans/0/scopeSpans/0/spans/4",
+                    "attribute `langfuse.observation.usage_details` is not a JSON object of token counts: input=3"
+                ),
+            ]
+        );
     }
 
     /// A record that is no request is one ingest error at its location; so is an option.
