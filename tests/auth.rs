@@ -828,7 +828,8 @@ fn an_opentelemetry_sdk_exports_spans_over_otlp_grpc() {
         format!(
             "[[auth.users]]\nname = \"ops\"\nrole = \"admin\"\ntokens = [\"{admin_hash}\"]\n\
              [[auth.users]]\nname = \"agent\"\nrole = \"writer\"\ntokens = [\"{writer_hash}\"]\n\
-             [[auth.users]]\nname = \"dash\"\nrole = \"reader\"\ntokens = [\"{reader_hash}\"]\n"
+             [[auth.users]]\nname = \"dash\"\nrole = \"reader\"\ntokens = [\"{reader_hash}\"]\n\
+             [http]\nmax_body_bytes = 4000000\n"
         ),
     )
     .expect("config written");
@@ -912,6 +913,22 @@ out["other_format"] = call(request(good), target(other, "k-in") + bearer(writer)
 out["no_token"] = call(request(good), target(job, "otel"))
 out["reader"] = call(request(good), target(job, "otel") + bearer(reader))
 out["no_method"] = call(None, bearer(writer), "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export")
+export_path = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+def raw(data, metadata):
+    try:
+        channel.unary_unary(export_path)(data, metadata=metadata, timeout=30)
+        return {"code": "OK"}
+    except grpc.RpcError as e:
+        return {"code": e.code().name, "message": e.details()}
+out["garbage"] = raw(b"\xff\xff\xff\x07", target(job, "otel") + bearer(writer))
+out["twice"] = call(request(good), target(job, "otel") + [("x-aimatrix-job", job)] + bearer(writer))
+out["too_large"] = call(request(span(bytes(range(16)), bytes(range(8)), "x" * 5_000_000)), target(job, "otel") + bearer(writer))
+# A span whose usage details are a huge bad value beside a good one: the answer stays small
+# (the message quotes at most 1 KiB), so the client reads it and does not retry.
+huge = trace_pb2.Span(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="huge usage",
+    attributes=[{"key": "langfuse.observation.usage_details", "value": {"string_value": "[" * 2_000_000}}])
+kept = span(bytes(range(1, 17)), bytes(range(2, 10)), "kept beside huge")
+out["huge"] = call(request(huge, kept), target(job, "otel") + bearer(writer))
 print(json.dumps(out))
 "#;
     let port = server.base.rsplit(':').next().expect("a port").to_owned();
@@ -945,6 +962,31 @@ print(json.dumps(out))
     assert!(message("no_token").contains("bearer token"), "{out}");
     assert_eq!(code("reader"), "PERMISSION_DENIED", "{out}");
     assert_eq!(code("no_method"), "UNIMPLEMENTED", "{out}");
+    // tonic's own refusals of the message, coded as what a retry cannot mend.
+    assert_eq!(code("garbage"), "INVALID_ARGUMENT", "{out}");
+    assert!(message("garbage").starts_with("not an ExportTraceServiceRequest"), "{out}");
+    assert_eq!(code("twice"), "INVALID_ARGUMENT");
+    assert!(message("twice").contains("given more than once"), "{out}");
+    assert_eq!(code("too_large"), "INVALID_ARGUMENT");
+    assert!(message("too_large").contains("http.max_body_bytes (4000000 bytes"), "{out}");
+    assert_eq!((code("huge"), &out["huge"]["rejected"]), ("OK".to_owned(), &json!(1)), "{}", message("huge"));
+    assert!(message("huge").len() < 1200 && message("huge").contains(" bytes)"), "{}", message("huge"));
+    // Not gRPC: another content type (415), and HTTP/1.1 (505).
+    let http1 = |content_type: &str| {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        let mut r = agent
+            .post(format!("{}/opentelemetry.proto.collector.trace.v1.TraceService/Export", server.base))
+            .header("Content-Type", content_type)
+            .header("Authorization", &format!("Bearer {writer}"))
+            .send(&[0_u8, 0, 0, 0, 0][..])
+            .expect("an answer");
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+    };
+    let (status, body) = http1("text/plain");
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("OTLP/gRPC's method"), "{body}");
+    let (status, body) = http1("application/grpc");
+    assert_eq!(status, 505, "{body}");
 
     // What the SDK sent, and the good span of the partial success: rows of `spans`.
     let sql = "SELECT trace_id, span_id, parent_span_id, name, operation, provider, request_model, input_tokens, \
@@ -964,6 +1006,10 @@ print(json.dumps(out))
          "operation": "execute_tool", "provider": null, "request_model": null, "input_tokens": null,
          "output_tokens": null, "tool_name": "get_weather", "status": "error", "error_type": "timeout",
          "service": "support-agent", "scope": "agent-sdk"},
+        {"trace_id": "0102030405060708090a0b0c0d0e0f10", "span_id": "0203040506070809", "parent_span_id": null,
+         "name": "kept beside huge", "operation": null, "provider": null, "request_model": null,
+         "input_tokens": null, "output_tokens": null, "tool_name": null, "status": "unset", "error_type": null,
+         "service": null, "scope": null},
     ]);
     let body = json!({"sql": sql}).to_string();
     let deadline = Instant::now() + Duration::from_secs(30);

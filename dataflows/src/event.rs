@@ -471,6 +471,21 @@ impl ToRow for KnowledgeEvent {
 /// Largest `raw` kept in an [`IngestError`] (bytes); longer records are cut at a char boundary.
 pub const INGEST_ERROR_RAW_MAX_BYTES: usize = 1024;
 
+/// Largest `error` kept in an [`IngestError`] (bytes): a longer message (one that quotes a huge
+/// value) is cut at a char boundary and ends in `… (N bytes)`, N its whole length, so that
+/// neither the dead-letter relation nor an answer that repeats it (a push's report, OTLP's
+/// partial success) grows with the bad input.
+pub const INGEST_ERROR_MESSAGE_MAX_BYTES: usize = 1024;
+
+/// The first `max` bytes of `text` at a char boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A record that could not be decoded (relation `ingest_errors`, the dead-letter collection).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IngestError {
@@ -485,22 +500,23 @@ pub struct IngestError {
 }
 
 impl IngestError {
-    /// Builds an error, truncating `raw` to 1 KiB at a UTF-8 boundary.
+    /// Builds an error, truncating `raw` to [`INGEST_ERROR_RAW_MAX_BYTES`] and `error` to
+    /// [`INGEST_ERROR_MESSAGE_MAX_BYTES`] at UTF-8 boundaries.
     pub fn new(
         source: impl Into<String>,
         location: impl Into<String>,
         error: impl Into<String>,
         raw: &str,
     ) -> IngestError {
-        let mut end = raw.len().min(INGEST_ERROR_RAW_MAX_BYTES);
-        while !raw.is_char_boundary(end) {
-            end -= 1;
+        let mut error = error.into();
+        if error.len() > INGEST_ERROR_MESSAGE_MAX_BYTES {
+            error = format!("{}… ({} bytes)", cut(&error, INGEST_ERROR_MESSAGE_MAX_BYTES - 32), error.len());
         }
         IngestError {
             source: source.into(),
             location: location.into(),
-            error: error.into(),
-            raw: raw[..end].to_owned(),
+            error,
+            raw: cut(raw, INGEST_ERROR_RAW_MAX_BYTES).to_owned(),
         }
     }
 }
@@ -746,6 +762,21 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message or a record past its limit is cut at a char boundary (a 2-byte `é` straddles
+    /// the cut here); the message says how long it was.
+    #[test]
+    fn ingest_errors_are_bounded() {
+        let message = format!("attribute `x` is {}", "é".repeat(600_000));
+        let raw = "é".repeat(600);
+        let e = IngestError::new("s", "push:1", message.clone(), &raw);
+        assert!(e.error.len() <= INGEST_ERROR_MESSAGE_MAX_BYTES, "{}", e.error.len());
+        assert!(e.error.starts_with("attribute `x` is éé"));
+        assert!(e.error.ends_with(&format!("… ({} bytes)", message.len())), "{}", &e.error[e.error.len() - 40..]);
+        assert_eq!(e.raw, "é".repeat(512));
+        let short = IngestError::new("s", "push:1", "bad", "{}");
+        assert_eq!((short.error.as_str(), short.raw.as_str()), ("bad", "{}"));
+    }
 
     /// Every kind of event, with every optional column both set and NULL, reads back from its
     /// row as it was (the rows written out by hand here, not by `to_row`, are checked too).

@@ -293,40 +293,9 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_check))
         .layer(axum::middleware::from_fn_with_state(state.guard.clone(), guard::check))
-        .layer(axum::middleware::from_fn(grpc_refusals))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), otlp::grpc_gate))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
-}
-
-/// Answers a refusal of a gRPC request before it reaches its service (a foreign `Host`, a
-/// missing token, a path with no gRPC method) as gRPC does: HTTP 200 with `grpc-status` and
-/// `grpc-message` (trailers only), so that the client reports the server's message, not a
-/// bare HTTP code. A method other than OTLP's trace export is `UNIMPLEMENTED`; the rest as
-/// [`otlp::grpc_code`] maps their HTTP status.
-async fn grpc_refusals(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/grpc"));
-    if grpc && request.uri().path() != otlp::GRPC_EXPORT_PATH {
-        // Whoever asks (the routes are public): an exporter of metrics or logs pointed here
-        // learns that only traces are received, not that it needs another role.
-        return tonic::Status::unimplemented(format!(
-            "no gRPC method {} here: this server receives OTLP traces ({})",
-            request.uri().path(),
-            otlp::GRPC_EXPORT_PATH
-        ))
-        .into_http::<axum::body::Body>();
-    }
-    let response = next.run(request).await;
-    let status = response.status();
-    if !grpc || status == StatusCode::OK {
-        return response;
-    }
-    let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
-    let message = serde_json::from_slice::<api::ErrorBody>(&body).map_or_else(|_| status.to_string(), |b| b.error);
-    tonic::Status::new(otlp::grpc_code(status), message).into_http::<axum::body::Body>()
 }
 
 /// Runs a request inside a span named as the OpenTelemetry semantic conventions name an HTTP

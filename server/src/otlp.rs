@@ -175,6 +175,7 @@ async fn export(
     // OTLP's partial success: the spans the engine rejected, each a row of `ingest_errors`
     // (the request is one record, so the first reason is its first rejected span's).
     let rejected = i64::try_from(report.error_rows).unwrap_or(i64::MAX);
+    // (An ingest error's message is at most 1 KiB: `amx_dataflows::event::INGEST_ERROR_MESSAGE_MAX_BYTES`.)
     let first = report.errors.first().map(|e| format!("{} (each rejected span is a row of ingest_errors)", e.error));
     let partial_success = (rejected > 0)
         .then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: first.unwrap_or_default() });
@@ -223,8 +224,14 @@ impl TraceService for GrpcReceiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(reached) = request.extensions().get::<Reached>() {
+            reached.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let metadata = request.metadata();
         let named = |name: &str| -> Result<String, tonic::Status> {
+            if metadata.get_all(name).iter().count() > 1 {
+                return Err(tonic::Status::invalid_argument(format!("the metadata `{name}` is given more than once")));
+            }
             let value = metadata.get(name).ok_or_else(|| {
                 tonic::Status::invalid_argument(format!(
                     "an OTLP/gRPC export names its job and push source in the metadata `{JOB_METADATA}` and \
@@ -257,6 +264,99 @@ impl TraceService for GrpcReceiver {
         check_format(&self.state, job, &source).map_err(grpc_status)?;
         let answer = export(&self.state, job, &source, request.get_ref(), key.as_deref()).await.map_err(grpc_status)?;
         Ok(tonic::Response::new(answer))
+    }
+}
+
+/// Set on a gRPC request by [`grpc_gate`] and raised by the receiver when tonic hands it the
+/// decoded request: a gRPC error without it is tonic's own refusal of the message.
+#[derive(Clone, Default)]
+pub(crate) struct Reached(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+/// What stands before the gRPC receiver, as the outermost layer of the router:
+///
+/// - OTLP/gRPC's path takes only gRPC over HTTP/2: another content type is refused with 415
+///   (it is no gRPC client: OTLP/HTTP has its own route), HTTP/1.1 with 505, gRPC-Web as
+///   `UNIMPLEMENTED`; a gRPC request for any other method is `UNIMPLEMENTED` whoever asks (the
+///   routes are public: an exporter of metrics or logs pointed here learns that only traces
+///   are received, not that it needs another role).
+/// - A refusal of a gRPC request before it reaches the receiver (a foreign `Host`, a missing
+///   token) is answered as gRPC does — HTTP 200 with `grpc-status` and `grpc-message`
+///   (trailers only) — with the HTTP error's message, coded by [`grpc_code`], so the client
+///   reports the server's reason, not a bare HTTP code.
+/// - tonic's own refusals of the message (not protobuf, truncated, a compression it cannot
+///   read, over `http.max_body_bytes`), which it codes `INTERNAL`, `OUT_OF_RANGE` or
+///   `RESOURCE_EXHAUSTED` (codes OTLP exporters retry, though a retry cannot mend them), are
+///   answered `INVALID_ARGUMENT`, as OTLP/HTTP answers the same requests 400 or 413.
+pub(crate) async fn grpc_gate(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let grpc = content_type.starts_with("application/grpc");
+    let export = request.uri().path() == GRPC_EXPORT_PATH;
+    if export && !grpc {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{GRPC_EXPORT_PATH} is OTLP/gRPC's method: a gRPC request (Content-Type application/grpc, over \
+                 HTTP/2); OTLP/HTTP is POST /v1/otlp/{{job}}/{{source}}/v1/traces"
+            ),
+        )
+        .into_response();
+    }
+    if grpc && (!export || content_type.starts_with("application/grpc-web")) {
+        let what = if export { "gRPC-Web is not served" } else { "no such gRPC method" };
+        return tonic::Status::unimplemented(format!(
+            "{what} ({}): this server receives OTLP traces over gRPC ({GRPC_EXPORT_PATH})",
+            request.uri().path()
+        ))
+        .into_http::<axum::body::Body>();
+    }
+    if export && request.version() != axum::http::Version::HTTP_2 {
+        return ApiError::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            format!("OTLP/gRPC runs over HTTP/2, not {:?}", request.version()),
+        )
+        .into_response();
+    }
+    let reached = Reached::default();
+    if grpc {
+        request.extensions_mut().insert(reached.clone());
+    }
+    let response = next.run(request).await;
+    if !grpc {
+        return response;
+    }
+    let status = response.status();
+    if status != StatusCode::OK {
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        let message = serde_json::from_slice::<api::ErrorBody>(&body).map_or_else(|_| status.to_string(), |b| b.error);
+        return tonic::Status::new(grpc_code(status), message).into_http::<axum::body::Body>();
+    }
+    if reached.0.load(std::sync::atomic::Ordering::SeqCst) {
+        return response;
+    }
+    match tonic::Status::from_header_map(response.headers()) {
+        Some(refusal) if refusal.code() != tonic::Code::Ok => {
+            let message = refusal.message();
+            let message = if ["too large", "larger than max", "size limit"].iter().any(|m| message.contains(m)) {
+                format!(
+                    "the message is larger than http.max_body_bytes ({} bytes, decompressed): send smaller batches \
+                     ({message})",
+                    state.max_body_bytes
+                )
+            } else {
+                format!("not an ExportTraceServiceRequest in gRPC's framing: {message}")
+            };
+            tonic::Status::invalid_argument(message).into_http::<axum::body::Body>()
+        }
+        _ => response,
     }
 }
 

@@ -149,7 +149,7 @@ pub(crate) async fn github(
 /// The one refusal of an unauthenticated delivery on a server with users.
 const UNAUTHENTICATED: &str = "the delivery does not verify: this path must name a push source of format \
                                `github-actions` with a [sources.webhook] secret, and X-Hub-Signature-256 must be the \
-                               body's HMAC-SHA256 under that secret (the server's log says which part failed)";
+                               body's HMAC-SHA256 under that secret (the server logs which part failed, at level info)";
 
 /// The job of a delivery to `job`/`source` whose signature verifies under the source's secret
 /// (or, on a server without users, to a source without one).
