@@ -412,6 +412,9 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`AppState::with_tls`]), else plain HTTP. Either way a connection that sends no complete
 /// first request within [`FIRST_REQUEST_TIMEOUT`], or no next request head within
 /// [`HEADER_READ_TIMEOUT`], is closed, and on shutdown connections get 10 s to finish.
+/// Connections are `TCP_NODELAY`: an answer's last small write (an HTTP/2 response is
+/// headers, data and trailers) is sent at once, not held by Nagle's algorithm until the
+/// client's delayed acknowledgement of the one before.
 ///
 /// # Errors
 /// An I/O error of the listener.
@@ -429,8 +432,10 @@ pub async fn serve(
     let Some(tls) = state.tls.as_ref().map(|t| t.http.clone()) else {
         // Plain HTTP: axum-server too (axum::serve bounds neither wait), so that idle and
         // slowloris clients cannot pile up here either.
-        let mut server =
-            axum_server::from_tcp(listener.into_std()?)?.handle(handle).first_request_timeout(FIRST_REQUEST_TIMEOUT);
+        let mut server = axum_server::from_tcp(listener.into_std()?)?
+            .acceptor(axum_server::accept::NoDelayAcceptor::new())
+            .handle(handle)
+            .first_request_timeout(FIRST_REQUEST_TIMEOUT);
         server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
         return server.serve(router(state).into_make_service()).await;
     };
@@ -439,7 +444,10 @@ pub async fn serve(
     // A connection that sends no complete first request within 10 s after its handshake (which
     // axum-server bounds at 10 s), or no next request head within 30 s (hyper's own default,
     // which axum-server turns off), is closed: idle and slowloris clients cannot pile up.
-    let mut server = axum_server::from_tcp_rustls(listener.into_std()?, config)?
+    let acceptor =
+        axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(axum_server::accept::NoDelayAcceptor::new());
+    let mut server = axum_server::from_tcp(listener.into_std()?)?
+        .acceptor(acceptor)
         .handle(handle)
         .first_request_timeout(FIRST_REQUEST_TIMEOUT);
     server.http_builder().http1().header_read_timeout(HEADER_READ_TIMEOUT);
