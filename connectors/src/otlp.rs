@@ -219,17 +219,21 @@ impl Attributes {
         }
     }
 
-    /// [`Attributes::take`] as a token count: an integer (or an integral double) in
-    /// `0..=MAX_TOKENS`.
+    /// [`Attributes::take`] as a token count ([`token_count`]).
     fn tokens(&mut self, names: &[&str]) -> Result<Option<i64>, String> {
         let Some((name, value)) = self.take(names) else { return Ok(None) };
-        let count =
-            value.as_i64().or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
-        match count {
-            Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
-            _ => Err(format!("attribute `{name}` is {value}, not a token count (0..={MAX_TOKENS})")),
-        }
+        token_count(&value)
+            .map(Some)
+            .ok_or_else(|| format!("attribute `{name}` is {value}, not a token count (0..={MAX_TOKENS})"))
     }
+}
+
+/// A token count: an integer (or an integral double) in `0..=MAX_TOKENS`.
+fn token_count(value: &Value) -> Option<i64> {
+    value
+        .as_i64()
+        .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64))
+        .filter(|n| (0..=MAX_TOKENS).contains(n))
 }
 
 /// Langfuse's observation types (`langfuse.observation.type`) as GenAI operation names.
@@ -293,12 +297,9 @@ fn langfuse_usage(attributes: &Attributes) -> Result<Option<LangfuseUsage>, Stri
         else {
             return Ok(None);
         };
-        let n =
-            value.as_i64().or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64));
-        match n {
-            Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
-            _ => Err(format!("`{name}` of attribute `{NAME}` is {value}, not a token count (0..={MAX_TOKENS})")),
-        }
+        token_count(value)
+            .map(Some)
+            .ok_or_else(|| format!("`{name}` of attribute `{NAME}` is {value}, not a token count (0..={MAX_TOKENS})"))
     };
     let sum = |parts: &[Option<i64>], column: &str| -> Result<Option<i64>, String> {
         if parts.iter().all(Option::is_none) {

@@ -245,24 +245,12 @@ impl TraceService for GrpcReceiver {
             Ok(text.trim().to_owned())
         };
         let (job, source) = (named(JOB_METADATA)?, named(SOURCE_METADATA)?);
-        let key = match metadata.get("idempotency-key") {
-            None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .filter(|k| !k.is_empty() && k.len() <= 255)
-                    .ok_or_else(|| {
-                        tonic::Status::invalid_argument(
-                            "idempotency-key must be 1 to 255 visible ASCII characters; nothing was ingested",
-                        )
-                    })?
-                    .to_owned(),
-            ),
-        };
+        // gRPC metadata are HTTP/2 headers: the key is read as /v1/ingest reads its header.
+        let headers = metadata.clone().into_headers();
+        let key = idempotency_key(&headers).map_err(grpc_status)?;
         let job = job_id(&job).map_err(grpc_status)?;
         check_format(&self.state, job, &source).map_err(grpc_status)?;
-        let answer = export(&self.state, job, &source, request.get_ref(), key.as_deref()).await.map_err(grpc_status)?;
+        let answer = export(&self.state, job, &source, request.get_ref(), key).await.map_err(grpc_status)?;
         Ok(tonic::Response::new(answer))
     }
 }
