@@ -333,7 +333,10 @@ pub(crate) async fn grpc_gate(
     match tonic::Status::from_header_map(response.headers()) {
         Some(refusal) if refusal.code() != tonic::Code::Ok => {
             let message = refusal.message();
-            let message = if ["too large", "larger than max", "size limit"].iter().any(|m| message.contains(m)) {
+            // tonic's decoder codes its two size limits (the message's declared length, and
+            // its decompressed bytes) OUT_OF_RANGE and RESOURCE_EXHAUSTED, and everything else
+            // it cannot read INTERNAL.
+            let message = if matches!(refusal.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted) {
                 format!(
                     "the message is larger than http.max_body_bytes ({} bytes, decompressed): send smaller batches \
                      ({message})",
