@@ -5128,3 +5128,150 @@ secret_env = "AMX_TEST_GITHUB_SECRET"
     let (status, body) = deliver("nope", secret, "workflow_run", "d-8", &completed);
     assert_eq!(status, 404, "{body}");
 }
+
+/// A job whose push sources feed spans (`spans`), `model_prices` rows (`prices`, JSON: each
+/// upserts its key) and Debezium changes of `model_prices` (`price-changes`).
+const COST_JOB: &str = r#"name = "costs"
+[[sources]]
+name = "spans"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "spans"
+[sources.options.mapping]
+trace_id = "/trace"
+span_id = "/span"
+operation = { const = "chat" }
+provider = "/provider"
+request_model = "/model"
+response_model = "/response_model"
+agent_name = "/agent"
+input_tokens = "/in"
+cache_read_input_tokens = "/cached"
+output_tokens = "/out"
+reasoning_output_tokens = "/reasoning"
+start_time = "/start"
+
+[[sources]]
+name = "prices"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "model_prices"
+
+[[sources]]
+name = "price-changes"
+kind = "push"
+format = "debezium"
+[sources.options]
+relation = "model_prices"
+"#;
+
+/// Model calls are priced by `model_prices`; a price pushed at run time re-prices the calls it
+/// applies to (also before it was pushed: from its `valid_from`), a shipped price deleted by a
+/// Debezium change leaves its calls unpriced, and all of it is as it was after a restart from
+/// the data directory (the log compacted into a snapshot first). Every cost below is worked out
+/// by hand from the shipped list prices (`dataflows/data/model_prices.csv`) and the token counts
+/// pushed.
+#[test]
+fn model_prices_re_price_history_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--workers", "2", "--data-dir", &data.to_string_lossy()].map(String::from).to_vec();
+    let env = [("AIMATRIX__STORAGE__COMPACT_AFTER_BYTES", "1")];
+    let spans = [
+        json!({"trace": "t1", "span": "s1", "provider": "openai", "model": "gpt-4o", "response_model": "gpt-4o-2024-08-06",
+               "agent": "support", "in": 1000, "cached": 400, "out": 200, "reasoning": 50, "start": "2024-11-30T10:00:00Z"}),
+        json!({"trace": "t1", "span": "s2", "provider": "openai", "model": "gpt-4o-mini", "in": 2000, "out": 100,
+               "start": "2024-12-02T10:00:00Z"}),
+        json!({"trace": "t2", "span": "s3", "provider": "anthropic", "model": "claude-sonnet-4-20250514", "agent": "research",
+               "in": 10000, "cached": 8000, "out": 500, "start": "2024-12-03T00:00:00Z"}),
+        json!({"trace": "t2", "span": "s4", "provider": "custom", "model": "my-model", "in": 5, "start": "2024-12-03T00:00:01Z"}),
+    ]
+    .map(|s| s.to_string());
+    let traces = "SELECT trace_id, cost_usd FROM agent_traces ORDER BY trace_id";
+    let span_costs = "SELECT span_id, price_provider, price_model, cost_usd FROM span_costs ORDER BY span_id";
+    let models = "SELECT provider, request_model, cost_usd FROM model_usage ORDER BY provider, request_model";
+    let days =
+        "SELECT agent_name, CAST(day AS VARCHAR) AS day, traces, cost_usd FROM cost_by_agent_day ORDER BY agent_name";
+    // At the shipped prices (USD per 1M tokens: gpt-4o* 2.50 / cached 1.25 / 10.00, gpt-4o-mini*
+    // 0.15 / 0.60, claude-sonnet-4* 3.00 / cached 0.30 / 15.00):
+    // s1 600 · 2.5e-6 + 400 · 1.25e-6 + (150 + 50 reasoning) · 1e-5 = 0.004;
+    // s2 2000 · 0.15e-6 + 100 · 0.6e-6 = 0.00036; s3 2000 · 3e-6 + 8000 · 0.3e-6 + 500 · 1.5e-5
+    // = 0.0159; s4's model has no price. t1 = 0.00436, t2 = 0.0159.
+    let shipped_spans = vec![
+        json!({"span_id": "s1", "price_provider": "*", "price_model": "gpt-4o*", "cost_usd": 0.004}),
+        json!({"span_id": "s2", "price_provider": "*", "price_model": "gpt-4o-mini*", "cost_usd": 0.00036}),
+        json!({"span_id": "s3", "price_provider": "*", "price_model": "claude-sonnet-4*", "cost_usd": 0.0159}),
+    ];
+    let shipped_traces =
+        vec![json!({"trace_id": "t1", "cost_usd": 0.00436}), json!({"trace_id": "t2", "cost_usd": 0.0159})];
+    // openai's own gpt-4o* price from 2024-11-01 (1.00 in, cached NULL = 1.00, 4.00 out,
+    // reasoning NULL = 4.00) re-prices s1: 1000 · 1e-6 + 200 · 4e-6 = 0.0018; s2 keeps the longer
+    // pattern gpt-4o-mini*. Then claude-sonnet-4* is deleted: s3 and t2 have no cost.
+    let repriced_traces =
+        vec![json!({"trace_id": "t1", "cost_usd": 0.00216}), json!({"trace_id": "t2", "cost_usd": null})];
+    let repriced_spans = vec![
+        json!({"span_id": "s1", "price_provider": "openai", "price_model": "gpt-4o*", "cost_usd": 0.0018}),
+        json!({"span_id": "s2", "price_provider": "*", "price_model": "gpt-4o-mini*", "cost_usd": 0.00036}),
+    ];
+    let repriced_models = vec![
+        json!({"provider": "anthropic", "request_model": "claude-sonnet-4-20250514", "cost_usd": null}),
+        json!({"provider": "custom", "request_model": "my-model", "cost_usd": null}),
+        json!({"provider": "openai", "request_model": "gpt-4o", "cost_usd": 0.0018}),
+        json!({"provider": "openai", "request_model": "gpt-4o-mini", "cost_usd": 0.00036}),
+    ];
+    // t1 (support) started on 2024-11-30, t2 (research) on 2024-12-03.
+    let repriced_days = vec![
+        json!({"agent_name": "research", "day": "2024-12-03T00:00:00Z", "traces": 1, "cost_usd": null}),
+        json!({"agent_name": "support", "day": "2024-11-30T00:00:00Z", "traces": 1, "cost_usd": 0.00216}),
+    ];
+    // The shipped rows, one changed (added) and one deleted: as many as the file has.
+    let shipped_rows = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dataflows/data/model_prices.csv"))
+        .expect("the shipped prices")
+        .lines()
+        .filter(|l| l.starts_with("*,"))
+        .count();
+    let price_rows =
+        "SELECT count(*) AS n, count(*) FILTER (WHERE model = 'claude-sonnet-4*') AS sonnet FROM model_prices";
+    {
+        let server = start_with_env(&args, true, &env);
+        let job = server.submit(COST_JOB);
+        server.push(job, "spans", &spans);
+        assert_eq!(server.sql_until(traces, &shipped_traces), shipped_traces);
+        assert_eq!(server.sql(span_costs), shipped_spans);
+        let price = json!({"provider": "openai", "model": "gpt-4o*", "valid_from": "2024-11-01T00:00:00Z",
+                           "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 4.0});
+        server.push(job, "prices", &[price.to_string()]);
+        let delete = json!({"op": "d", "after": null, "source": {"ts_ms": 0},
+                            "before": {"provider": "*", "model": "claude-sonnet-4*", "valid_from": "1970-01-01T00:00:00Z"}});
+        server.push(job, "price-changes", &[delete.to_string()]);
+        assert_eq!(server.sql_until(traces, &repriced_traces), repriced_traces);
+        assert_eq!(server.sql(span_costs), repriced_spans);
+        assert_eq!(server.sql(models), repriced_models);
+        assert_eq!(server.sql(days), repriced_days);
+        assert_eq!(server.sql(price_rows), vec![json!({"n": shipped_rows, "sonnet": 0})]);
+        // A snapshot taken after the last push (its counters include the delete's source).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let manifests: Vec<String> = std::fs::read_dir(data.join("snapshots"))
+                .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("manifest")).ok()).collect())
+                .unwrap_or_default();
+            if manifests.iter().any(|m| m.contains("[\"price-changes\",[1,")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no snapshot after the delete: {manifests:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let server = start_with_env(&args, true, &env);
+    // Restored from the snapshot alone: the price table as it was, not the shipped one again.
+    let replayed = server.started.iter().find(|l| l.starts_with("serve: replayed")).expect("the replay's line");
+    assert!(replayed.contains("(after snapshot") && replayed.contains(" 0 pushes"), "{replayed}");
+    assert_eq!(server.sql_until(traces, &repriced_traces), repriced_traces);
+    assert_eq!(server.sql(span_costs), repriced_spans);
+    assert_eq!(server.sql(models), repriced_models);
+    assert_eq!(server.sql(days), repriced_days);
+    assert_eq!(server.sql(price_rows), vec![json!({"n": shipped_rows, "sonnet": 0})]);
+}

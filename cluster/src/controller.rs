@@ -2212,11 +2212,11 @@ impl Controller {
 
     /// Every collection SQL can read, with its kind and the job that made it, by name.
     pub fn catalog_entries(&self) -> Vec<CatalogEntry> {
-        // The built-in views: what `render::relations` lists after the five canonical
-        // relations, but for the ingestion counters (a relation the engine writes).
+        // The built-in views: what `render::relations` lists after the built-in relations,
+        // but for the ingestion counters (a relation the engine writes).
         let builtin_views: Vec<&'static str> = amx_dataflows::render::relations()
             .iter()
-            .skip(5)
+            .skip(amx_dataflows::render::BUILTIN_RELATIONS)
             .map(|d| d.name)
             .filter(|n| *n != amx_dataflows::render::SOURCE_STATS)
             .collect();

@@ -4,7 +4,7 @@
 //!
 //! | option | meaning |
 //! | --- | --- |
-//! | `relation` | required: `spans`, `evaluations`, `workflow_events` or `knowledge_events` |
+//! | `relation` | required: `spans`, `evaluations`, `workflow_events` or `knowledge_events`; or `model_prices`, read as a declared relation with a key ([`crate::model_prices_table`]: a record upserts its key) |
 //! | `time_unit` | unit of numeric times: `s`, `ms` (default), `us` or `ns` |
 //! | `mapping` | table: column → spec |
 //!

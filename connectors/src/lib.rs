@@ -117,7 +117,10 @@ pub fn formats() -> &'static [&'static str] {
 
 /// Looks a format up by name (`openai-chat`, `temporal-history`, `github-actions`, `json`,
 /// `otlp-json`, `debezium`) and validates its
-/// options.
+/// options. The `json` and `debezium` formats with `relation = "model_prices"` read the
+/// price table's rows as a declared relation's ([`model_prices_table`]): each record upserts
+/// its key, a Debezium delete (or a Kafka tombstone, with the key columns read from the
+/// message's metadata) deletes it.
 ///
 /// `options` is the source's `[sources.options]` TOML table converted to JSON; `Value::Null`
 /// or an empty object when absent. Unknown options are rejected (so that a typo is not
@@ -127,6 +130,20 @@ pub fn formats() -> &'static [&'static str] {
 /// [`ConfigError::UnknownFormat`] for an unknown name; [`ConfigError::UnknownOption`],
 /// [`ConfigError::BadOption`] or [`ConfigError::BadMapping`] for bad options.
 pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Decoder>, ConfigError> {
+    if matches!(format, json::FORMAT | debezium::FORMAT)
+        && options.get("relation").and_then(serde_json::Value::as_str) == Some(amx_dataflows::prices::MODEL_PRICES)
+    {
+        let mut options = options.clone();
+        if let Some(o) = options.as_object_mut() {
+            o.remove("relation");
+        }
+        let table = model_prices_table();
+        return if format == json::FORMAT {
+            Ok(Box::new(json::JsonDecoder::for_table(&options, &table)?))
+        } else {
+            Ok(Box::new(debezium::Debezium::for_table(&options, &table)?))
+        };
+    }
     match format {
         openai_chat::FORMAT => Ok(Box::new(openai_chat::OpenAiChat::new(options)?)),
         temporal::FORMAT => Ok(Box::new(temporal::TemporalHistory::new(options)?)),
@@ -135,6 +152,17 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
         otlp::FORMAT => Ok(Box::new(otlp::OtlpJson::new(options)?)),
         debezium::FORMAT => Ok(Box::new(debezium::Debezium::new(options)?)),
         _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
+    }
+}
+
+/// `model_prices` ([`amx_dataflows::prices`]) as a declared relation: its columns and its key
+/// `(provider, model, valid_from)`, as the `json` and `debezium` formats read it.
+pub fn model_prices_table() -> table::TableConfig {
+    let desc = amx_dataflows::prices::desc();
+    table::TableConfig {
+        name: desc.name.to_owned(),
+        key: desc.key.iter().map(|k| (*k).to_owned()).collect(),
+        columns: desc.columns.iter().map(|c| table::TableColumn { name: c.name.to_owned(), ty: c.ty }).collect(),
     }
 }
 
@@ -219,6 +247,37 @@ pub(crate) fn short(v: &serde_json::Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `json` and `debezium` with `relation = "model_prices"` read the price table's rows:
+    /// typed, upserting their key, a Debezium delete deleting it, a row without its key an
+    /// ingest error.
+    #[test]
+    fn model_prices_are_read_as_a_keyed_relation() {
+        use amx_dataflows::event::TableRow;
+        use amx_dataflows::row::Datum;
+        let decode = |format: &str, options: serde_json::Value, record: serde_json::Value| {
+            let d = decoder(format, &options).expect("a decoder");
+            let mut out = Vec::new();
+            d.decode("prices", &Record::new("prices.jsonl:3", record.to_string()), &mut out);
+            out
+        };
+        let key =
+            vec![Datum::Text("openai".into()), Datum::Text("gpt-4o*".into()), Datum::Timestamp(1_733_011_200_000_000)];
+        let price = json!({"provider": "openai", "model": "gpt-4o*", "valid_from": "2024-12-01T00:00:00Z",
+                           "input_usd_per_mtok": 2, "output_usd_per_mtok": "8.5"});
+        let mut row = key.clone();
+        row.extend([Datum::float(Some(2.0)), Datum::Null, Datum::float(Some(8.5)), Datum::Null]);
+        let upsert = TableRow { relation: "model_prices".into(), position: 0, key: key.clone(), row: Some(row) };
+        assert_eq!(decode("json", json!({"relation": "model_prices"}), price.clone()), vec![Event::Table(upsert)]);
+        let delete = TableRow { relation: "model_prices".into(), position: 0, key, row: None };
+        let change = json!({"op": "d", "before": price, "after": null});
+        assert_eq!(decode("debezium", json!({"relation": "model_prices"}), change), vec![Event::Table(delete)]);
+        let out = decode("json", json!({"relation": "model_prices"}), json!({"provider": "openai"}));
+        assert!(
+            matches!(&out[..], [Event::Error(e)] if e.error == "missing key column `model` (/model); missing key column `valid_from` (/valid_from)" && e.location == "prices.jsonl:3"),
+            "{out:?}"
+        );
+    }
 
     #[test]
     fn formats_are_listed_and_found() {

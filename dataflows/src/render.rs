@@ -15,7 +15,8 @@ use crate::row::{RelationDesc, Row, ToRow};
 use crate::views::{self, Coll};
 use crate::{Diff, Time};
 
-/// Every relation SQL can read, in export order: the five canonical relations, then the views.
+/// Every relation SQL can read, in export order: the five canonical relations, `model_prices`
+/// ([`BUILTIN_RELATIONS`] in all), then the views.
 pub fn relations() -> Vec<RelationDesc> {
     vec![
         Span::desc(),
@@ -23,9 +24,12 @@ pub fn relations() -> Vec<RelationDesc> {
         WorkflowEvent::desc(),
         KnowledgeEvent::desc(),
         IngestError::desc(),
+        crate::prices::desc(),
         views::AgentTrace::desc(),
         views::ToolUsage::desc(),
         views::ModelUsage::desc(),
+        views::SpanCost::desc(),
+        views::AgentCostDay::desc(),
         views::WorkflowRun::desc(),
         views::WorkflowStep::desc(),
         views::Document::desc(),
@@ -33,6 +37,10 @@ pub fn relations() -> Vec<RelationDesc> {
         source_stats_desc(),
     ]
 }
+
+/// How many of [`relations`] are relations (the rest are views): the five canonical ones and
+/// `model_prices`.
+pub const BUILTIN_RELATIONS: usize = 6;
 
 /// Name of the per-source ingestion counters relation.
 pub const SOURCE_STATS: &str = "aimatrix_source_stats";
@@ -71,8 +79,8 @@ pub struct Inputs {
     pub ingest_errors: InputSession<Time, IngestError, Diff>,
     /// Ingestion counters per source name, carried in the difference (see [`SOURCE_STATS`]).
     pub source_stats: InputSession<Time, String, SourceCounts>,
-    /// The inputs of the relations sources declared, by name (see [`render_table`]); each
-    /// belongs to the dataflow of the job that declared it.
+    /// The inputs of `model_prices` and of the relations sources declared, by name (see
+    /// [`render_table`]); each declared one belongs to the dataflow of the job that declared it.
     pub tables: HashMap<String, TableInput>,
 }
 
@@ -213,10 +221,13 @@ pub struct Rendered<'s> {
     pub errors: Option<Coll<'s, Row>>,
 }
 
-/// Renders the canonical relations and the built-in views into `scope`. Only the relations
+/// Renders the canonical relations, `model_prices` (a keyed table, see [`render_table`],
+/// holding the shipped prices at time 0: [`crate::prices::default_rows`], fed by worker 0)
+/// and the built-in views into `scope`. Only the relations
 /// and views for which `wanted(name)` holds are converted to rows (the conversion is not
 /// free). A built-in view is maintained only when it, a view computed in the same pass
-/// (`agent_traces`, `tool_usage` and `model_usage`; `workflow_runs` and `workflow_steps`;
+/// (`agent_traces`, `tool_usage`, `model_usage`, `span_costs` and `cost_by_agent_day`;
+/// `workflow_runs` and `workflow_steps`;
 /// `documents` and `collection_stats`) or [`VIEW_ERRORS`] is wanted: a server wants them all
 /// (any query may read them later), `aimatrix run` only what its views and queries read.
 pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rendered<'s> {
@@ -226,6 +237,15 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
     let (kn_in, knowledge_events) = scope.new_collection::<KnowledgeEvent, Diff>();
     let (err_in, ingest_errors) = scope.new_collection::<IngestError, Diff>();
     let (stats_in, source_stats) = scope.new_collection::<String, SourceCounts>();
+    let (mut prices_in, model_prices) = render_table(scope, crate::prices::MODEL_PRICES, true, 0);
+    if scope.index() == 0 {
+        for row in crate::prices::default_rows() {
+            let key = row[..3].to_vec();
+            let change =
+                TableRow { relation: crate::prices::MODEL_PRICES.to_owned(), position: 0, key, row: Some(row) };
+            prices_in.update(change, 1);
+        }
+    }
     use differential_dataflow::operators::CountTotal;
     let source_stats = source_stats.count_total().map(|(source, (records, decoded, errors, _declared))| {
         vec![
@@ -251,31 +271,36 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
     add!(2, workflow_events.clone().map(|r| r.to_row()));
     add!(3, knowledge_events.clone().map(|r| r.to_row()));
     add!(4, ingest_errors.map(|r| r.to_row()));
+    add!(5, model_prices.clone());
     // Each pass of built-in views, when something reads one of its views or their errors.
     let pass = |indices: &[usize]| wanted(VIEW_ERRORS) || indices.iter().any(|&i| wanted(names[i]));
     let mut errors: Vec<views::Errors<'s>> = Vec::new();
-    if pass(&[5, 6, 7]) {
-        let (agent_traces, tool_usage, model_usage, e) = views::span_views(spans.clone(), evaluations.clone());
-        add!(5, agent_traces.map(|r| r.to_row()));
-        add!(6, tool_usage.map(|r| r.to_row()));
-        add!(7, model_usage.map(|r| r.to_row()));
-        errors.push(e);
+    if pass(&[6, 7, 8, 9, 10]) {
+        let v = views::span_views(spans.clone(), evaluations.clone(), model_prices);
+        add!(6, v.agent_traces.map(|r| r.to_row()));
+        add!(7, v.tool_usage.map(|r| r.to_row()));
+        add!(8, v.model_usage.map(|r| r.to_row()));
+        add!(9, v.span_costs.map(|r| r.to_row()));
+        add!(10, v.cost_by_agent_day.map(|r| r.to_row()));
+        errors.push(v.errors);
     }
-    if pass(&[8, 9]) {
+    if pass(&[11, 12]) {
         let (workflow_steps, workflow_runs, e) = views::workflows(workflow_events.clone());
-        add!(8, workflow_runs.map(|r| r.to_row()));
-        add!(9, workflow_steps.map(|r| r.to_row()));
+        add!(11, workflow_runs.map(|r| r.to_row()));
+        add!(12, workflow_steps.map(|r| r.to_row()));
         errors.push(e);
     }
-    if pass(&[10, 11]) {
+    if pass(&[13, 14]) {
         let (documents, collection_stats, e) = views::knowledge(knowledge_events.clone());
-        add!(10, documents.map(|r| r.to_row()));
-        add!(11, collection_stats.map(|r| r.to_row()));
+        add!(13, documents.map(|r| r.to_row()));
+        add!(14, collection_stats.map(|r| r.to_row()));
         errors.push(e);
     }
-    add!(12, source_stats);
+    add!(15, source_stats);
     let errors = errors.into_iter().reduce(|all, e| all.concat(e));
-    debug_assert_eq!(names.len(), 13);
+    debug_assert_eq!(names.len(), 16);
+    let mut tables = HashMap::new();
+    tables.insert(crate::prices::MODEL_PRICES.to_owned(), prices_in);
     let inputs = Inputs {
         spans: spans_in,
         evaluations: evals_in,
@@ -283,7 +308,7 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
         knowledge_events: kn_in,
         ingest_errors: err_in,
         source_stats: stats_in,
-        tables: HashMap::new(),
+        tables,
     };
     Rendered { inputs, relations, errors }
 }

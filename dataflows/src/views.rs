@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{
     Evaluation, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TimestampUs, TraceId, WorkflowEvent, WorkflowState,
 };
+use crate::prices::{self, Applicable, PriceRow, Tokens};
 use crate::row::{ColumnType::*, Datum, RelationDesc, Row, ToRow, desc};
 use crate::{Diff, Time};
 
@@ -64,10 +65,10 @@ fn key_text(parts: &[Option<&str>]) -> String {
     format!("({})", parts.join(", "))
 }
 
-/// Six exact counters carried in the difference (counts and sums of the views that use
+/// Eight exact counters carried in the difference (counts and sums of the views that use
 /// `count_total`); see the module doc for why `i128` cannot overflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-struct Wide([i128; 6]);
+struct Wide([i128; 8]);
 
 impl IsZero for Wide {
     fn is_zero(&self) -> bool {
@@ -83,7 +84,7 @@ impl Semigroup for Wide {
 
 impl Monoid for Wide {
     fn zero() -> Self {
-        Wide([0; 6])
+        Wide([0; 8])
     }
 }
 
@@ -142,6 +143,9 @@ pub struct AgentTrace {
     pub status: SpanStatus,
     /// Mean of the non-NULL scores of the trace's evaluations; NULL when there are none.
     pub eval_score: Option<OrderedFloat<f64>>,
+    /// What the trace's model calls cost (USD): the sum of its spans' `span_costs.cost_usd`;
+    /// NULL when none of its spans is priced.
+    pub cost_usd: Option<OrderedFloat<f64>>,
 }
 
 impl ToRow for AgentTrace {
@@ -162,6 +166,7 @@ impl ToRow for AgentTrace {
                 ("end_time", Timestamp),
                 ("status", Text),
                 ("eval_score", Float),
+                ("cost_usd", Float),
             ],
         )
     }
@@ -179,6 +184,7 @@ impl ToRow for AgentTrace {
             Datum::ts(self.end_time),
             Datum::Text(self.status.as_str().to_owned()),
             Datum::float(self.eval_score.map(|s| s.0)),
+            Datum::float(self.cost_usd.map(|s| s.0)),
         ]
     }
 }
@@ -197,6 +203,8 @@ enum TraceItem {
         end: Option<i64>,
     },
     Eval(Option<OrderedFloat<f64>>),
+    /// A priced span's cost (pico-USD).
+    Cost(i128),
 }
 
 /// Adds `v · n` (exactly) to an optional sum that stays NULL until a non-NULL value arrives.
@@ -206,33 +214,50 @@ fn add_opt(acc: &mut Option<i128>, v: Option<i64>, n: i64) {
     }
 }
 
-/// `agent_traces`, keyed by `trace_id`, and its error rows (token sums beyond `BIGINT`).
-pub fn agent_traces<'s>(
-    spans: Coll<'s, Span>,
-    evaluations: Coll<'s, Evaluation>,
-) -> (Coll<'s, AgentTrace>, Errors<'s>) {
-    agent_traces_from(split_spans(spans).traces, evaluations)
-}
-
 /// What each span view keeps of a span. [`split_spans`] moves every field of a span into
 /// the one part that needs it, so a span is not copied once per view.
 pub(crate) struct SpanParts<'s> {
     traces: Coll<'s, (TraceId, TraceItem)>,
     tools: Coll<'s, ToolCall>,
     models: Coll<'s, ModelCall>,
+    priced: Coll<'s, ((PriceKey, u8), PricedCall)>,
+}
+
+/// What a call is priced by: `(provider, model)`, the model being `response_model`, else
+/// `request_model` (see [`prices`]).
+type PriceKey = (Option<String>, String);
+
+/// Shards of each [`PriceKey`]'s calls: the priced calls are arranged by `(key, shard)` (the
+/// shard a hash of the span id), and each key's prices copied to every shard, so that the
+/// calls of one popular model spread over the workers rather than landing on one.
+const PRICE_SHARDS: u8 = 64;
+
+/// What pricing keeps of a span that names a model and a token count.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct PricedCall {
+    trace_id: TraceId,
+    span_id: String,
+    /// The `model_usage` key.
+    usage: UsageKey,
+    start: Option<TimestampUs>,
+    tokens: Tokens,
 }
 
 /// A tool call: `(tool_name, trace_id, failed)`.
 type ToolCall = (Option<String>, TraceId, bool);
 
+/// A `model_usage` key: `(provider, request_model)`.
+type UsageKey = (Option<String>, Option<String>);
+
 /// A model call: `((provider, request_model), failed, input_tokens, output_tokens, latency_us)`.
-type ModelCall = ((Option<String>, Option<String>), bool, Option<i64>, Option<i64>, Option<i64>);
+type ModelCall = (UsageKey, bool, Option<i64>, Option<i64>, Option<i64>);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 enum SpanPart {
     Trace(TraceId, TraceItem),
     Tool(ToolCall),
     Model(ModelCall),
+    Priced((PriceKey, u8), PricedCall),
 }
 
 /// Routes each span's parts to the span views with one `flat_map` and a `partition`.
@@ -246,12 +271,31 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
         .flat_map::<Vec<(u64, (SpanPart, Time, Diff))>, _, _>(|(s, time, diff): (Span, Time, Diff)| {
             let (llm, tool) = (s.is_llm_call(), s.is_tool_call());
             let failed = s.status == SpanStatus::Error;
-            let mut out = Vec::with_capacity(3);
+            let mut out = Vec::with_capacity(4);
             if s.provider.is_some() || s.request_model.is_some() {
                 let latency = match (s.start_time, s.end_time) {
                     (Some(a), Some(b)) => b.checked_sub(a),
                     _ => None,
                 };
+                let tokens = Tokens {
+                    input: s.input_tokens,
+                    cached_input: s.cache_read_input_tokens,
+                    output: s.output_tokens,
+                    reasoning: s.reasoning_output_tokens,
+                };
+                if let Some(model) = s.response_model.as_ref().or(s.request_model.as_ref())
+                    && tokens.any()
+                {
+                    let shard = (hash(&s.span_id) % u64::from(PRICE_SHARDS)) as u8;
+                    let call = PricedCall {
+                        trace_id: s.trace_id.clone(),
+                        span_id: s.span_id.clone(),
+                        usage: (s.provider.clone(), s.request_model.clone()),
+                        start: s.start_time,
+                        tokens,
+                    };
+                    out.push((3, (SpanPart::Priced(((s.provider.clone(), model.clone()), shard), call), time, diff)));
+                }
                 let call = ((s.provider, s.request_model), failed, s.input_tokens, s.output_tokens, latency);
                 out.push((2, (SpanPart::Model(call), time, diff)));
             }
@@ -271,25 +315,37 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
             out.push((0, (SpanPart::Trace(s.trace_id, item), time, diff)));
             out
         })
-        .partition::<CapacityContainerBuilder<Vec<(SpanPart, Time, Diff)>>, _, _>(3, |(route, update)| (route, update));
+        .partition::<CapacityContainerBuilder<Vec<(SpanPart, Time, Diff)>>, _, _>(4, |(route, update)| (route, update));
     let mut parts = parts.into_iter().map(|p| p.as_collection());
-    let (Some(traces), Some(tools), Some(models)) = (parts.next(), parts.next(), parts.next()) else {
-        unreachable!("partition(3) returns three streams")
+    let (Some(traces), Some(tools), Some(models), Some(priced)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        unreachable!("partition(4) returns four streams")
     };
     SpanParts {
         traces: traces.flat_map(|p| if let SpanPart::Trace(k, i) = p { Some((k, i)) } else { None }),
         tools: tools.flat_map(|p| if let SpanPart::Tool(t) = p { Some(t) } else { None }),
         models: models.flat_map(|p| if let SpanPart::Model(m) = p { Some(m) } else { None }),
+        priced: priced.flat_map(|p| if let SpanPart::Priced(k, c) = p { Some((k, c)) } else { None }),
     }
 }
 
+/// A value's hash (std's `DefaultHasher`: the same in every worker and process of one build).
+fn hash<T: std::hash::Hash>(value: &T) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
+}
+
 /// `agent_traces` from the spans' trace parts (see [`split_spans`]).
+/// Each row comes with its exact cost (pico-USD), for `cost_by_agent_day`.
 fn agent_traces_from<'s>(
     span_items: Coll<'s, (TraceId, TraceItem)>,
     evaluations: Coll<'s, Evaluation>,
-) -> (Coll<'s, AgentTrace>, Errors<'s>) {
+    costs: Coll<'s, (TraceId, i128)>,
+) -> (Coll<'s, (AgentTrace, Option<i128>)>, Errors<'s>) {
     let eval_items = evaluations.map(|e| (e.trace_id, TraceItem::Eval(e.score)));
-    let traces = span_items.concat(eval_items).reduce_named("agent_traces", |_trace, items, out| {
+    let cost_items = costs.map(|(trace, pusd)| (trace, TraceItem::Cost(pusd)));
+    let traces = span_items.concat(eval_items).concat(cost_items).reduce_named("agent_traces", |_trace, items, out| {
         let mut row = AgentTrace {
             trace_id: TraceId::Hex128(0),
             agent_name: None,
@@ -303,8 +359,10 @@ fn agent_traces_from<'s>(
             end_time: None,
             status: SpanStatus::Unset,
             eval_score: None,
+            cost_usd: None,
         };
         let (mut score_sum, mut score_n) = (ExactSum::new(), 0u64);
+        let mut cost: Option<i128> = None;
         let (mut input_tokens, mut output_tokens) = (None, None);
         for (item, n) in items {
             let n = *n as i64;
@@ -340,6 +398,7 @@ fn agent_traces_from<'s>(
                         score_n += n as u64;
                     }
                 }
+                TraceItem::Cost(pusd) => *cost.get_or_insert(0) += pusd * i128::from(n),
             }
         }
         if row.spans > 0 {
@@ -349,16 +408,17 @@ fn agent_traces_from<'s>(
             let mut overflows = Overflows::new();
             row.input_tokens = input_tokens.and_then(|s| bigint(s, "input_tokens", &mut overflows));
             row.output_tokens = output_tokens.and_then(|s| bigint(s, "output_tokens", &mut overflows));
-            out.push(((row, overflows), 1));
+            row.cost_usd = cost.map(|c| OrderedFloat(prices::usd(c)));
+            out.push(((row, overflows, cost), 1));
         }
     });
-    let errors = traces.clone().flat_map(|(trace_id, (_, overflows))| {
+    let errors = traces.clone().flat_map(|(trace_id, (_, overflows, _))| {
         let key = key_text(&[Some(&trace_id.to_string())]);
         overflows.into_iter().map(move |o| overflow_row("agent_traces", &key, o))
     });
-    let rows = traces.map(|(trace_id, (mut row, _))| {
+    let rows = traces.map(|(trace_id, (mut row, _, cost))| {
         row.trace_id = trace_id;
-        row
+        (row, cost)
     });
     (rows, errors)
 }
@@ -433,6 +493,9 @@ pub struct ModelUsage {
     pub latency_ms_p50: Option<OrderedFloat<f64>>,
     /// 95th-percentile latency (ms), `percentile_cont(0.95)` over the same calls.
     pub latency_ms_p95: Option<OrderedFloat<f64>>,
+    /// What the calls cost (USD): the sum of their `span_costs.cost_usd`; NULL when none is
+    /// priced.
+    pub cost_usd: Option<OrderedFloat<f64>>,
 }
 
 impl ToRow for ModelUsage {
@@ -449,6 +512,7 @@ impl ToRow for ModelUsage {
                 ("output_tokens", Int),
                 ("latency_ms_p50", Float),
                 ("latency_ms_p95", Float),
+                ("cost_usd", Float),
             ],
         )
     }
@@ -462,30 +526,33 @@ impl ToRow for ModelUsage {
             Datum::int(self.output_tokens),
             Datum::float(self.latency_ms_p50.map(|v| v.0)),
             Datum::float(self.latency_ms_p95.map(|v| v.0)),
+            Datum::float(self.cost_usd.map(|v| v.0)),
         ]
     }
 }
 
-/// `model_usage`, keyed by `(provider, request_model)`, and its error rows (token sums beyond
-/// `BIGINT`).
-pub fn model_usage<'s>(spans: Coll<'s, Span>) -> (Coll<'s, ModelUsage>, Errors<'s>) {
-    model_usage_from(split_spans(spans).models)
-}
-
-/// `model_usage` from the spans' model calls (see [`split_spans`]).
-fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> (Coll<'s, ModelUsage>, Errors<'s>) {
+/// `model_usage` (keyed by `(provider, request_model)`) from the spans' model calls (see
+/// [`split_spans`]) and their costs (pico-USD, by the same key), and its error rows (token
+/// sums beyond `BIGINT`).
+fn model_usage_from<'s>(
+    calls: Coll<'s, ModelCall>,
+    costs: Coll<'s, (UsageKey, i128)>,
+) -> (Coll<'s, ModelUsage>, Errors<'s>) {
+    let costs = costs.explode(|(key, pusd)| Some((key, Wide([0, 0, 0, 0, 0, 0, pusd, 1]))));
     let sums = calls
         .clone()
         .explode(|(key, err, input, output, _latency)| {
             let ((input, has_input), (output, has_output)) = (nullable(input), nullable(output));
-            Some((key, Wide([1, err.into(), input, has_input, output, has_output])))
+            Some((key, Wide([1, err.into(), input, has_input, output, has_output, 0, 0])))
         })
+        .concat(costs)
         .count_total()
-        .map(|(key, Wide([calls, errors, input, has_input, output, has_output]))| {
+        .map(|(key, Wide([calls, errors, input, has_input, output, has_output, cost, priced]))| {
             let mut overflows = Overflows::new();
             let input = sum_or_null(input, has_input, "input_tokens", &mut overflows);
             let output = sum_or_null(output, has_output, "output_tokens", &mut overflows);
-            (key, ((count(calls), count(errors), input, output), overflows))
+            let cost = (priced > 0).then(|| OrderedFloat(prices::usd(cost)));
+            (key, ((count(calls), count(errors), input, output, cost), overflows))
         });
     let errors = sums.clone().flat_map(|((provider, model), (_, overflows))| {
         let key = key_text(&[provider.as_deref(), model.as_deref()]);
@@ -502,15 +569,18 @@ fn model_usage_from<'s>(calls: Coll<'s, ModelCall>) -> (Coll<'s, ModelUsage>, Er
         },
     );
     let rows = sums.join(percentiles).map(
-        |((provider, request_model), ((calls, error_calls, input_tokens, output_tokens), (p50, p95)))| ModelUsage {
-            provider,
-            request_model,
-            calls,
-            error_calls,
-            input_tokens,
-            output_tokens,
-            latency_ms_p50: p50,
-            latency_ms_p95: p95,
+        |((provider, request_model), ((calls, error_calls, input_tokens, output_tokens, cost_usd), (p50, p95)))| {
+            ModelUsage {
+                provider,
+                request_model,
+                calls,
+                error_calls,
+                input_tokens,
+                output_tokens,
+                latency_ms_p50: p50,
+                latency_ms_p95: p95,
+                cost_usd,
+            }
         },
     );
     (rows, errors)
@@ -890,14 +960,14 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
         });
     let edits = events.explode(|e| {
         let bot = e.is_bot == Some(true);
-        Some((e.collection, Wide([1, bot.into(), 0, 0, 0, 0])))
+        Some((e.collection, Wide([1, bot.into(), 0, 0, 0, 0, 0, 0])))
     });
     let live = documents.clone().explode(|d| {
         let (size, known) = nullable(d.size_bytes);
-        Some((d.collection, Wide([0, 0, 1, size, known, 0])))
+        Some((d.collection, Wide([0, 0, 1, size, known, 0, 0, 0])))
     });
     let stats =
-        edits.concat(live).count_total().map(|(collection, Wide([edits, bot_edits, documents, size, known, _]))| {
+        edits.concat(live).count_total().map(|(collection, Wide([edits, bot_edits, documents, size, known, ..]))| {
             let mut overflows = Overflows::new();
             let size_bytes = sum_or_null(size, known, "size_bytes", &mut overflows);
             let stats = CollectionStats {
@@ -916,14 +986,223 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
     (documents, stats.map(|(stats, _)| stats), errors)
 }
 
-/// `agent_traces`, `tool_usage` and `model_usage` from one pass over the spans, and their
-/// error rows.
+// ---------------------------------------------------------------------------------------------
+// span_costs and cost_by_agent_day
+
+/// A row of `span_costs`: one per priced span (see [`prices`] for which spans are priced, by
+/// which row of `model_prices`, and how), keyed by `(trace_id, span_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SpanCost {
+    /// Key, first part.
+    pub trace_id: TraceId,
+    /// Key, second part.
+    pub span_id: String,
+    /// The span's `provider`.
+    pub provider: Option<String>,
+    /// The model it was priced as: its `response_model`, else its `request_model`.
+    pub model: String,
+    /// The key of the `model_prices` row that priced it: `provider` (`*` for every provider)…
+    pub price_provider: String,
+    /// … `model` (a name or a `prefix*` pattern) …
+    pub price_model: String,
+    /// … and `valid_from` (µs, UTC).
+    pub price_valid_from: TimestampUs,
+    /// What the call cost (USD).
+    pub cost_usd: OrderedFloat<f64>,
+}
+
+impl ToRow for SpanCost {
+    fn desc() -> RelationDesc {
+        desc(
+            "span_costs",
+            &["trace_id", "span_id"],
+            &[
+                ("trace_id", Text),
+                ("span_id", Text),
+                ("provider", Text),
+                ("model", Text),
+                ("price_provider", Text),
+                ("price_model", Text),
+                ("price_valid_from", Timestamp),
+                ("cost_usd", Float),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::Text(self.trace_id.to_string()),
+            Datum::Text(self.span_id.clone()),
+            Datum::text(self.provider.as_deref()),
+            Datum::Text(self.model.clone()),
+            Datum::Text(self.price_provider.clone()),
+            Datum::Text(self.price_model.clone()),
+            Datum::Timestamp(self.price_valid_from),
+            Datum::float(Some(self.cost_usd.0)),
+        ]
+    }
+}
+
+/// A priced span: its `span_costs` row, its `model_usage` key and its exact cost (pico-USD).
+type Priced = (SpanCost, UsageKey, i128);
+
+/// Prices the spans' priced calls (see [`split_spans`]) by `model_prices`' rows (see
+/// [`prices`]).
+///
+/// The `(provider, model)` pairs the calls name are joined with the price rows of their
+/// provider and of `*`; each pair's applicable rows are gathered in one list (a `reduce`),
+/// copied to each of the pair's [`PRICE_SHARDS`] shards, and joined with the calls. A changed
+/// price row changes the lists of the pairs it applies to, and the join re-prices their calls:
+/// the old cost retracted, the new one inserted.
+fn span_costs_from<'s>(priced: Coll<'s, ((PriceKey, u8), PricedCall)>, prices: Coll<'s, Row>) -> Coll<'s, Priced> {
+    let named = priced.clone().map(|((key, _shard), _call)| key).distinct_total();
+    let by_provider = named.flat_map(|(provider, model)| {
+        let own = provider.clone().filter(|p| p != "*").map(|p| (p, (provider.clone(), model.clone())));
+        own.into_iter().chain(std::iter::once(("*".to_owned(), (provider, model))))
+    });
+    let rows = prices.flat_map(|row| PriceRow::from_row(&row).map(|p| (p.provider.clone(), p)));
+    let applicable = by_provider.join(rows).flat_map(|(_provider, ((provider, model), row))| {
+        let specificity = row.specificity(provider.as_deref(), &model)?;
+        Some(((provider, model), Applicable { specificity, row }))
+    });
+    let lists = applicable.reduce_named("model_prices_by_model", |_key, rows, out| {
+        let list: Vec<Applicable> = rows.iter().filter(|(_, n)| *n > 0).map(|(a, _)| (*a).clone()).collect();
+        out.push((list, 1));
+    });
+    let sharded =
+        lists.flat_map(|(key, list)| (0..PRICE_SHARDS).map(move |shard| ((key.clone(), shard), list.clone())));
+    priced.join(sharded).flat_map(|(((provider, model), _shard), (call, list))| {
+        let applied = prices::price_at(&list, call.start)?;
+        let pusd = prices::cost_pusd(applied.row.rates.as_ref()?, &call.tokens)?;
+        let row = SpanCost {
+            trace_id: call.trace_id,
+            span_id: call.span_id,
+            provider,
+            model,
+            price_provider: applied.row.provider.clone(),
+            price_model: applied.row.model.clone(),
+            price_valid_from: applied.row.valid_from,
+            cost_usd: OrderedFloat(prices::usd(pusd)),
+        };
+        Some((row, call.usage, pusd))
+    })
+}
+
+/// Microseconds in a day.
+const DAY_US: i64 = 86_400_000_000;
+
+/// A row of `cost_by_agent_day`: one per `(agent_name, day)` of `agent_traces`, each trace
+/// counted for its agent (`agent_traces.agent_name`, NULLs forming their own group) on the UTC
+/// day its first span started (NULL when no span has a start time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AgentCostDay {
+    /// Key, first part.
+    pub agent_name: Option<String>,
+    /// Key, second part: the day (its 00:00:00 UTC).
+    pub day: Option<TimestampUs>,
+    /// Traces.
+    pub traces: i64,
+    /// Sum of their `llm_calls`.
+    pub llm_calls: i64,
+    /// Sum of their `input_tokens`; NULL when all are NULL.
+    pub input_tokens: Option<i64>,
+    /// Sum of their `output_tokens`; NULL when all are NULL.
+    pub output_tokens: Option<i64>,
+    /// Sum of their `cost_usd` (USD); NULL when all are NULL.
+    pub cost_usd: Option<OrderedFloat<f64>>,
+}
+
+impl ToRow for AgentCostDay {
+    fn desc() -> RelationDesc {
+        desc(
+            "cost_by_agent_day",
+            &["agent_name", "day"],
+            &[
+                ("agent_name", Text),
+                ("day", Timestamp),
+                ("traces", Int),
+                ("llm_calls", Int),
+                ("input_tokens", Int),
+                ("output_tokens", Int),
+                ("cost_usd", Float),
+            ],
+        )
+    }
+    fn to_row(&self) -> Row {
+        vec![
+            Datum::text(self.agent_name.as_deref()),
+            Datum::ts(self.day),
+            Datum::Int(self.traces),
+            Datum::Int(self.llm_calls),
+            Datum::int(self.input_tokens),
+            Datum::int(self.output_tokens),
+            Datum::float(self.cost_usd.map(|c| c.0)),
+        ]
+    }
+}
+
+/// `cost_by_agent_day` from `agent_traces`' rows with their exact costs, and its error rows
+/// (token sums beyond `BIGINT`).
+fn cost_by_agent_day_from<'s>(traces: Coll<'s, (AgentTrace, Option<i128>)>) -> (Coll<'s, AgentCostDay>, Errors<'s>) {
+    let sums = traces
+        .explode(|(t, cost)| {
+            let day = t.start_time.map(|s| s.div_euclid(DAY_US) * DAY_US);
+            let ((input, has_input), (output, has_output)) = (nullable(t.input_tokens), nullable(t.output_tokens));
+            let (cost, has_cost) = cost.map_or((0, 0), |c| (c, 1));
+            let lanes = [1, t.llm_calls.into(), input, has_input, output, has_output, cost, has_cost];
+            Some(((t.agent_name, day), Wide(lanes)))
+        })
+        .count_total()
+        .map(|((agent_name, day), Wide([traces, llm_calls, input, has_input, output, has_output, cost, has_cost]))| {
+            let mut overflows = Overflows::new();
+            let row = AgentCostDay {
+                agent_name,
+                day,
+                traces: count(traces),
+                llm_calls: count(llm_calls),
+                input_tokens: sum_or_null(input, has_input, "input_tokens", &mut overflows),
+                output_tokens: sum_or_null(output, has_output, "output_tokens", &mut overflows),
+                cost_usd: (has_cost > 0).then(|| OrderedFloat(prices::usd(cost))),
+            };
+            (row, overflows)
+        });
+    let errors = sums.clone().flat_map(|(row, overflows)| {
+        let day = row.day.map(|d| d.to_string());
+        let key = key_text(&[row.agent_name.as_deref(), day.as_deref()]);
+        overflows.into_iter().map(move |o| overflow_row("cost_by_agent_day", &key, o))
+    });
+    (sums.map(|(row, _)| row), errors)
+}
+
+/// The views computed from the spans, in one pass (see [`span_views`]).
+pub(crate) struct SpanViews<'s> {
+    pub(crate) agent_traces: Coll<'s, AgentTrace>,
+    pub(crate) tool_usage: Coll<'s, ToolUsage>,
+    pub(crate) model_usage: Coll<'s, ModelUsage>,
+    pub(crate) span_costs: Coll<'s, SpanCost>,
+    pub(crate) cost_by_agent_day: Coll<'s, AgentCostDay>,
+    /// Their error rows.
+    pub(crate) errors: Errors<'s>,
+}
+
+/// `agent_traces`, `tool_usage`, `model_usage`, `span_costs` and `cost_by_agent_day` from one
+/// pass over the spans, priced by `model_prices`' rows `prices`, and their error rows.
 pub(crate) fn span_views<'s>(
     spans: Coll<'s, Span>,
     evaluations: Coll<'s, Evaluation>,
-) -> (Coll<'s, AgentTrace>, Coll<'s, ToolUsage>, Coll<'s, ModelUsage>, Errors<'s>) {
+    prices: Coll<'s, Row>,
+) -> SpanViews<'s> {
     let parts = split_spans(spans);
-    let (traces, trace_errors) = agent_traces_from(parts.traces, evaluations);
-    let (models, model_errors) = model_usage_from(parts.models);
-    (traces, tool_usage_from(parts.tools), models, trace_errors.concat(model_errors))
+    let priced = span_costs_from(parts.priced, prices);
+    let (traces, trace_errors) =
+        agent_traces_from(parts.traces, evaluations, priced.clone().map(|(c, _, pusd)| (c.trace_id, pusd)));
+    let (models, model_errors) = model_usage_from(parts.models, priced.clone().map(|(_, usage, pusd)| (usage, pusd)));
+    let (days, day_errors) = cost_by_agent_day_from(traces.clone());
+    SpanViews {
+        agent_traces: traces.map(|(t, _)| t),
+        tool_usage: tool_usage_from(parts.tools),
+        model_usage: models,
+        span_costs: priced.map(|(c, _, _)| c),
+        cost_by_agent_day: days,
+        errors: trace_errors.concat(model_errors).concat(day_errors),
+    }
 }

@@ -36,24 +36,33 @@ fn span_strategy() -> impl Strategy<Value = Event> {
             opt(vec![0i64, 250_000, 3 * S]),
             proptest::sample::select(vec![SpanStatus::Ok, SpanStatus::Error, SpanStatus::Unset]),
         ),
+        (opt(vec![0i64, 3, 200]), opt(vec![0i64, 2])),
     )
-        .prop_map(|((trace, id, op, provider, model, tool), (agent, input, output, start, dur, status))| {
-            let mut s = Span::new(TraceId::parse(trace), format!("s{id}"), op);
-            s.operation = Some(op.into());
-            s.provider = provider.map(String::from);
-            s.request_model = model.map(String::from);
-            s.tool_name = tool.map(String::from);
-            s.agent_name = agent.map(String::from);
-            s.input_tokens = input;
-            s.output_tokens = output;
-            s.start_time = start.map(|v| v * S);
-            s.end_time = match (s.start_time, dur) {
-                (Some(st), Some(d)) => Some(st + d),
-                _ => None,
-            };
-            s.status = status;
-            Event::Span(s)
-        })
+        .prop_map(
+            |(
+                (trace, id, op, provider, model, tool),
+                (agent, input, output, start, dur, status),
+                (cached, reasoning),
+            )| {
+                let mut s = Span::new(TraceId::parse(trace), format!("s{id}"), op);
+                s.operation = Some(op.into());
+                s.provider = provider.map(String::from);
+                s.request_model = model.map(String::from);
+                s.tool_name = tool.map(String::from);
+                s.agent_name = agent.map(String::from);
+                s.input_tokens = input;
+                s.output_tokens = output;
+                s.cache_read_input_tokens = cached;
+                s.reasoning_output_tokens = reasoning;
+                s.start_time = start.map(|v| v * S);
+                s.end_time = match (s.start_time, dur) {
+                    (Some(st), Some(d)) => Some(st + d),
+                    _ => None,
+                };
+                s.status = status;
+                Event::Span(s)
+            },
+        )
 }
 
 fn eval_strategy() -> impl Strategy<Value = Event> {
@@ -120,23 +129,66 @@ fn knowledge_strategy() -> impl Strategy<Value = Event> {
         })
 }
 
-/// One step of a random history: insert an event, or retract an earlier live one.
+/// A `model_prices` key and what it is set to (`None`: deleted).
+type PriceChange = (Row, Option<Row>);
+
+/// The price table: its rows by key.
+type Prices = BTreeMap<Row, Row>;
+
+/// Batches of updates, one timestamp each.
+type Batches = Vec<Vec<(Event, Diff)>>;
+
+/// How specifically a price row names a span's model: (exact, pattern length, own provider,
+/// valid_from), compared in that order.
+type Rank = (bool, usize, bool, i64);
+
+/// A change to `model_prices`: keys over the spans' providers (and `*`), models (and a
+/// pattern) and start times; prices that are exact in binary, some NULL (a row that prices
+/// nothing, or falls back to the input or output price).
+fn price_strategy() -> impl Strategy<Value = PriceChange> {
+    (
+        proptest::sample::select(vec!["*", "openai", "anthropic"]),
+        proptest::sample::select(vec!["m1", "m2", "m*", "x*"]),
+        proptest::sample::select(vec![0i64, 1, 2]),
+        (opt(vec![0.5f64, 2.0]), opt(vec![0.25f64]), opt(vec![1.0f64, 4.0]), opt(vec![8.0f64])),
+        any::<bool>(),
+    )
+        .prop_map(|(provider, model, from, (input, cached, output, reasoning), delete)| {
+            let key = vec![Datum::Text(provider.into()), Datum::Text(model.into()), Datum::Timestamp(from * S)];
+            let price = |v: Option<f64>| v.map_or(Datum::Null, |v| Datum::Float(OrderedFloat(v)));
+            let mut row = key.clone();
+            row.extend([price(input), price(cached), price(output), price(reasoning)]);
+            (key, (!delete).then_some(row))
+        })
+}
+
+/// One step of a random history: insert an event, retract an earlier live one, or change a
+/// price (an upsert: it is not retracted, it is replaced or deleted).
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
 enum Step {
     Insert(Event),
     Retract(usize),
+    Price(PriceChange),
 }
 
 fn history() -> impl Strategy<Value = Vec<Vec<Step>>> {
     let event = prop_oneof![span_strategy(), eval_strategy(), workflow_strategy(), knowledge_strategy()];
-    let step = prop_oneof![4 => event.prop_map(Step::Insert), 1 => any::<usize>().prop_map(Step::Retract)];
+    let step = prop_oneof![
+        4 => event.prop_map(Step::Insert),
+        1 => any::<usize>().prop_map(Step::Retract),
+        1 => price_strategy().prop_map(Step::Price),
+    ];
     proptest::collection::vec(proptest::collection::vec(step, 0..25), 1..5)
 }
 
-/// Turns steps into batches of valid updates (retract only what is live) and the final multiset.
-fn materialize(history: &[Vec<Step>]) -> (Vec<Vec<(Event, Diff)>>, Vec<Event>) {
+/// Turns steps into batches of valid updates (retract only what is live), the final multiset
+/// and the final price table (the shipped rows, then each change in order).
+fn materialize(history: &[Vec<Step>]) -> (Batches, Vec<Event>, Prices) {
     let mut live: Vec<Event> = Vec::new();
+    let mut prices: BTreeMap<Row, Row> =
+        amx_dataflows::prices::default_rows().into_iter().map(|r| (r[..3].to_vec(), r)).collect();
+    let mut position = 0;
     let mut batches = Vec::new();
     for steps in history {
         let mut batch = Vec::new();
@@ -151,11 +203,77 @@ fn materialize(history: &[Vec<Step>]) -> (Vec<Vec<(Event, Diff)>>, Vec<Event>) {
                     batch.push((e, -1));
                 }
                 Step::Retract(_) => {}
+                Step::Price((key, row)) => {
+                    match row {
+                        Some(row) => prices.insert(key.clone(), row.clone()),
+                        None => prices.remove(key),
+                    };
+                    // Later changes of a key in one batch (one timestamp) win by position.
+                    position += 1;
+                    let change =
+                        TableRow { relation: "model_prices".into(), position, key: key.clone(), row: row.clone() };
+                    batch.push((Event::Table(change), 1));
+                }
             }
         }
         batches.push(batch);
     }
-    (batches, live)
+    (batches, live, prices)
+}
+
+/// What a span costs (pico-USD) by the price table, worked out from the rules in
+/// `amx_dataflows::prices`' docs, naively: every row tried in turn.
+fn span_cost(s: &Span, prices: &BTreeMap<Row, Row>) -> Option<(Row, i128)> {
+    if s.provider.is_none() && s.request_model.is_none() {
+        return None;
+    }
+    let model = s.response_model.clone().or(s.request_model.clone())?;
+    let tokens = [s.input_tokens, s.cache_read_input_tokens, s.output_tokens, s.reasoning_output_tokens];
+    if tokens.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut best: Option<(Rank, &Row)> = None;
+    for row in prices.values() {
+        let [Datum::Text(provider), Datum::Text(pattern), Datum::Timestamp(from), ..] = &row[..] else { panic!() };
+        let own = provider != "*";
+        if own && s.provider.as_deref() != Some(provider.as_str()) {
+            continue;
+        }
+        let (exact, len) = if let Some(prefix) = pattern.strip_suffix('*') {
+            if !model.starts_with(prefix) {
+                continue;
+            }
+            (false, prefix.len())
+        } else if *pattern == model {
+            (true, model.len())
+        } else {
+            continue;
+        };
+        if s.start_time.is_some_and(|start| start < *from) {
+            continue;
+        }
+        let rank = (exact, len, own, *from);
+        if best.is_none_or(|(b, _)| rank > b) {
+            best = Some((rank, row));
+        }
+    }
+    let (_, row) = best?;
+    // pico-USD per token of a price in USD per 1M tokens.
+    let rate = |d: &Datum| match d {
+        Datum::Float(v) => Some((v.0 * 1e6) as i128),
+        _ => None,
+    };
+    let (input, output) = (rate(&row[3])?, rate(&row[5])?);
+    let cached = rate(&row[4]).unwrap_or(input);
+    let reasoning = rate(&row[6]).unwrap_or(output);
+    let n = |v: Option<i64>| i128::from(v.unwrap_or(0));
+    let (i, c, o, r) = (n(tokens[0]), n(tokens[1]), n(tokens[2]), n(tokens[3]));
+    let cost = (i - c).max(0) * input + c * cached + (o - r).max(0) * output + r * reasoning;
+    Some((row[..3].to_vec(), cost))
+}
+
+fn usd(pusd: i128) -> Datum {
+    Datum::Float(OrderedFloat(pusd as f64 / 1e12))
 }
 
 // ---- the naive batch recomputation -------------------------------------------------------
@@ -179,7 +297,7 @@ fn quantile(mut xs: Vec<i64>, p: f64) -> Datum {
     Datum::Float(OrderedFloat((lo + (h - h.floor()) * (hi - lo)) / 1000.0))
 }
 
-fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
+fn recompute(events: &[Event], prices: &BTreeMap<Row, Row>) -> HashMap<&'static str, HashMap<Row, Diff>> {
     let spans: Vec<&Span> = events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect();
     let evals: Vec<&Evaluation> =
         events.iter().filter_map(|e| if let Event::Evaluation(s) = e { Some(s) } else { None }).collect();
@@ -189,6 +307,27 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         events.iter().filter_map(|e| if let Event::Knowledge(s) = e { Some(s) } else { None }).collect();
     let mut out: HashMap<&'static str, HashMap<Row, Diff>> = HashMap::new();
     let mut put = |view: &'static str, row: Row| *out.entry(view).or_default().entry(row).or_insert(0) += 1;
+    for row in prices.values() {
+        put("model_prices", row.clone());
+    }
+    // span_costs
+    for s in &spans {
+        if let Some((price, cost)) = span_cost(s, prices) {
+            let model = s.response_model.clone().or(s.request_model.clone());
+            let mut row = vec![
+                Datum::Text(s.trace_id.to_string()),
+                Datum::Text(s.span_id.clone()),
+                text(&s.provider),
+                text(&model),
+            ];
+            row.extend(price);
+            row.push(usd(cost));
+            put("span_costs", row);
+        }
+    }
+    // cost_by_agent_day: (agent, day) → (traces, llm calls, input, output, cost)
+    type Day = (i64, i64, Option<i64>, Option<i64>, Option<i128>);
+    let mut by_day: BTreeMap<(Option<String>, Option<i64>), Day> = BTreeMap::new();
 
     // agent_traces
     let mut by_trace: BTreeMap<String, Vec<&Span>> = BTreeMap::new();
@@ -213,11 +352,27 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
         } else {
             Datum::Float(OrderedFloat(scores.iter().sum::<f64>() / scores.len() as f64))
         };
+        let costs: Vec<i128> = ss.iter().filter_map(|s| Some(span_cost(s, prices)?.1)).collect();
+        let cost = (!costs.is_empty()).then(|| costs.iter().sum::<i128>());
+        let agent = ss.iter().filter_map(|s| s.agent_name.clone()).min();
+        let start = ss.iter().filter_map(|s| s.start_time).min();
+        let day = by_day.entry((agent.clone(), start.map(|s| s - s.rem_euclid(86_400 * S)))).or_default();
+        day.0 += 1;
+        day.1 += ss.iter().filter(is_llm).count() as i64;
+        let add = |a: Option<i64>, b: Option<i64>| {
+            if a.is_none() && b.is_none() { None } else { Some(a.unwrap_or(0) + b.unwrap_or(0)) }
+        };
+        day.2 = add(day.2, sum(ss.iter().map(|s| s.input_tokens)));
+        day.3 = add(day.3, sum(ss.iter().map(|s| s.output_tokens)));
+        day.4 = match (day.4, cost) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
         put(
             "agent_traces",
             vec![
                 Datum::Text(trace.clone()),
-                text(&ss.iter().filter_map(|s| s.agent_name.clone()).min()),
+                text(&agent),
                 Datum::Int(ss.len() as i64),
                 Datum::Int(ss.iter().filter(is_llm).count() as i64),
                 Datum::Int(ss.iter().filter(is_tool).count() as i64),
@@ -228,8 +383,21 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
                 ss.iter().filter_map(|s| s.end_time).max().map_or(Datum::Null, Datum::Timestamp),
                 Datum::Text(status.into()),
                 mean,
+                cost.map_or(Datum::Null, usd),
             ],
         );
+    }
+    for ((agent, day), (traces, llm, input, output, cost)) in by_day {
+        let row = vec![
+            text(&agent),
+            day.map_or(Datum::Null, Datum::Timestamp),
+            Datum::Int(traces),
+            Datum::Int(llm),
+            int(input),
+            int(output),
+            cost.map_or(Datum::Null, usd),
+        ];
+        put("cost_by_agent_day", row);
     }
 
     // tool_usage
@@ -259,6 +427,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     }
     for ((provider, model), ss) in &by_model {
         let lat: Vec<i64> = ss.iter().filter_map(|s| Some(s.end_time? - s.start_time?)).collect();
+        let costs: Vec<i128> = ss.iter().filter_map(|s| Some(span_cost(s, prices)?.1)).collect();
         put(
             "model_usage",
             vec![
@@ -270,6 +439,7 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
                 int(sum(ss.iter().map(|s| s.output_tokens))),
                 quantile(lat.clone(), 0.5),
                 quantile(lat, 0.95),
+                if costs.is_empty() { Datum::Null } else { usd(costs.iter().sum()) },
             ],
         );
     }
@@ -403,16 +573,26 @@ fn recompute(events: &[Event]) -> HashMap<&'static str, HashMap<Row, Diff>> {
     out
 }
 
-const VIEWS: [&str; 7] =
-    ["agent_traces", "tool_usage", "model_usage", "workflow_runs", "workflow_steps", "documents", "collection_stats"];
+const VIEWS: [&str; 10] = [
+    "model_prices",
+    "agent_traces",
+    "tool_usage",
+    "model_usage",
+    "span_costs",
+    "cost_by_agent_day",
+    "workflow_runs",
+    "workflow_steps",
+    "documents",
+    "collection_stats",
+];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_views_equal_batch_recomputation(history in history()) {
-        let (batches, live) = materialize(&history);
-        let expected = recompute(&live);
+        let (batches, live, prices) = materialize(&history);
+        let expected = recompute(&live, &prices);
         for workers in [1, 2, 4] {
             let got = run_batches(workers, batches.clone());
             for view in VIEWS {

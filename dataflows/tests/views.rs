@@ -144,7 +144,21 @@ fn agent_views_by_hand() {
             &c,
             "agent_traces",
             vec![
-                vec![t("t1"), t("alpha"), i(3), i(2), i(1), i(1), i(100), i(50), ts(S), ts(3 * S), t("error"), f(0.5)],
+                vec![
+                    t("t1"),
+                    t("alpha"),
+                    i(3),
+                    i(2),
+                    i(1),
+                    i(1),
+                    i(100),
+                    i(50),
+                    ts(S),
+                    ts(3 * S),
+                    t("error"),
+                    f(0.5),
+                    f(0.00075),
+                ],
                 vec![
                     t(T2),
                     t("beta"),
@@ -158,8 +172,9 @@ fn agent_views_by_hand() {
                     ts(5 * S + 200_000),
                     t("error"),
                     N,
+                    f(0.000175),
                 ],
-                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N],
+                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N, N],
             ],
         );
         // search: s2 (error, t1) and s6 (ok, T2); the NULL tool name is its own group (s5).
@@ -170,10 +185,84 @@ fn agent_views_by_hand() {
             &c,
             "model_usage",
             vec![
-                vec![t("openai"), t("gpt-4o"), i(3), i(1), i(150), i(55), f(500.0), f(950.0)],
-                vec![t("anthropic"), N, i(1), i(0), N, N, N, N],
+                vec![t("openai"), t("gpt-4o"), i(3), i(1), i(150), i(55), f(500.0), f(950.0), f(0.000925)],
+                vec![t("anthropic"), N, i(1), i(0), N, N, N, N, N],
             ],
         );
+        // Costs at the shipped gpt-4o price (row `*`, `gpt-4o*`, valid from 1970: 2.50 USD per
+        // 1M input tokens, 10.00 per 1M output): s1 100 · 2.5e-6 + 20 · 1e-5 = 0.00045;
+        // s3 30 · 1e-5 = 0.0003; s4 50 · 2.5e-6 + 5 · 1e-5 = 0.000175. t1 = 0.00075,
+        // T2 = 0.000175, gpt-4o = 0.000925; s7 names no model: no cost.
+        let gpt4o = |trace: &str, span: &str, cost: f64| {
+            vec![t(trace), t(span), t("openai"), t("gpt-4o"), t("*"), t("gpt-4o*"), ts(0), f(cost)]
+        };
+        expect(
+            &c,
+            "span_costs",
+            vec![gpt4o("t1", "s1", 0.00045), gpt4o("t1", "s3", 0.0003), gpt4o(T2, "s4", 0.000175)],
+        );
+        // Traces by agent and the day they started (both on 1970-01-01); t3 has neither.
+        expect(
+            &c,
+            "cost_by_agent_day",
+            vec![
+                vec![t("alpha"), ts(0), i(1), i(2), i(100), i(50), f(0.00075)],
+                vec![t("beta"), ts(0), i(1), i(1), i(50), i(5), f(0.000175)],
+                vec![N, N, i(1), i(1), N, N, N],
+            ],
+        );
+    }
+}
+
+/// A price row is changed, then deleted: the spans it applies to are re-priced each time,
+/// and their traces, models and days with them.
+#[test]
+fn a_changed_price_re_prices_history() {
+    let spans: Vec<(Event, Diff)> = agent_fixture().into_iter().map(|e| (e, 1)).collect();
+    let key = vec![t("openai"), t("gpt-4o"), ts(2 * S)];
+    let price = |row: Option<Row>| {
+        let change = TableRow { relation: "model_prices".into(), position: 1, key: key.clone(), row };
+        vec![(Event::Table(change), 1)]
+    };
+    // openai's own gpt-4o price from 2 s on: 1.00 USD per 1M input, 2.00 per 1M output.
+    let set = price(Some(vec![t("openai"), t("gpt-4o"), ts(2 * S), f(1.0), N, f(2.0), N]));
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![spans.clone(), set.clone()]);
+        // s1 started at 1 s: the shipped price, 0.00045. s3 (2 s): 30 · 2e-6 = 0.00006.
+        // s4 (5 s): 50 · 1e-6 + 5 · 2e-6 = 0.00006. t1 = 0.00051, gpt-4o = 0.00057.
+        let own = [t("openai"), t("gpt-4o"), ts(2 * S)];
+        let row = |trace: &str, span: &str, price: &[Datum], cost: f64| {
+            let mut r = vec![t(trace), t(span), t("openai"), t("gpt-4o")];
+            r.extend_from_slice(price);
+            r.push(f(cost));
+            r
+        };
+        let shipped = [t("*"), t("gpt-4o*"), ts(0)];
+        expect(
+            &c,
+            "span_costs",
+            vec![
+                row("t1", "s1", &shipped, 0.00045),
+                row("t1", "s3", &own[..], 0.00006),
+                row(T2, "s4", &own[..], 0.00006),
+            ],
+        );
+        let costs = |c: &Contents, view: &str, column: usize| {
+            let mut v: Vec<(String, Datum)> =
+                c[view].keys().map(|r| (format!("{:?}", &r[..2]), r[column].clone())).collect();
+            v.sort();
+            v.into_iter().map(|(_, cost)| cost).collect::<Vec<_>>()
+        };
+        // agent_traces by trace id text: T2 ("0af7…") sorts before t1 and t3.
+        assert_eq!(costs(&c, "agent_traces", 12), vec![f(0.00006), f(0.00051), N]);
+        assert_eq!(costs(&c, "model_usage", 8), vec![N, f(0.00057)]);
+        assert_eq!(costs(&c, "cost_by_agent_day", 6), vec![N, f(0.00051), f(0.00006)]);
+        assert!(c["model_prices"].contains_key(&vec![t("openai"), t("gpt-4o"), ts(2 * S), f(1.0), N, f(2.0), N]));
+        // Deleted again: every cost is back at the shipped price.
+        let c = run_batches(workers, vec![spans.clone(), set.clone(), price(None)]);
+        assert_eq!(costs(&c, "agent_traces", 12), vec![f(0.000175), f(0.00075), N]);
+        assert_eq!(costs(&c, "model_usage", 8), vec![N, f(0.000925)]);
+        assert_eq!(c["model_prices"].len(), amx_dataflows::prices::default_rows().len());
     }
 }
 
@@ -201,6 +290,7 @@ fn agent_views_retract_a_span() {
                     ts(1_700_000),
                     t("error"),
                     f(0.5),
+                    f(0.00045),
                 ],
                 vec![
                     t(T2),
@@ -215,8 +305,9 @@ fn agent_views_retract_a_span() {
                     ts(5 * S + 200_000),
                     t("error"),
                     N,
+                    f(0.000175),
                 ],
-                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N],
+                vec![t("t3"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("unset"), N, N],
             ],
         );
         // latencies 200, 500: p50 = 200 + 0.5*300 = 350; p95 = 200 + 0.95*300 = 485.
@@ -224,8 +315,8 @@ fn agent_views_retract_a_span() {
             &c,
             "model_usage",
             vec![
-                vec![t("openai"), t("gpt-4o"), i(2), i(1), i(150), i(25), f(350.0), f(485.0)],
-                vec![t("anthropic"), N, i(1), i(0), N, N, N, N],
+                vec![t("openai"), t("gpt-4o"), i(2), i(1), i(150), i(25), f(350.0), f(485.0), f(0.000625)],
+                vec![t("anthropic"), N, i(1), i(0), N, N, N, N, N],
             ],
         );
     }
@@ -465,8 +556,8 @@ fn token_sums_beyond_bigint_are_null_and_error_rows() {
     for workers in [1, 3] {
         let c = run_batches(workers, vec![spans.iter().map(|e| (e.clone(), 1)).collect()]);
         // input_tokens: 9223372036854775807 + 1 = 9223372036854775808 > i64::MAX in both views.
-        expect(&c, "agent_traces", vec![vec![t("big"), N, i(2), i(2), i(0), i(0), N, N, N, N, t("unset"), N]]);
-        expect(&c, "model_usage", vec![vec![t("p"), t("m"), i(2), i(0), N, N, N, N]]);
+        expect(&c, "agent_traces", vec![vec![t("big"), N, i(2), i(2), i(0), i(0), N, N, N, N, t("unset"), N, N]]);
+        expect(&c, "model_usage", vec![vec![t("p"), t("m"), i(2), i(0), N, N, N, N, N]]);
         assert_eq!(
             errors(&c),
             vec![
@@ -490,6 +581,6 @@ fn eval_score_mean_is_exact_whatever_the_order() {
     for workers in [1, 3] {
         let c = run_batches(workers, vec![events.iter().map(|e| (e.clone(), 1)).collect()]);
         // (-1e31 + 1e31 + 3) / 3 = 1 exactly; adding in sorted order (-1e31, 3, 1e31) gives 0.
-        expect(&c, "agent_traces", vec![vec![t("e"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("ok"), f(1.0)]]);
+        expect(&c, "agent_traces", vec![vec![t("e"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("ok"), f(1.0), N]]);
     }
 }

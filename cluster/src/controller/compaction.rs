@@ -29,6 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use amx_dataflows::event::{Event, TableRow};
+use amx_dataflows::prices::MODEL_PRICES;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 
@@ -141,13 +142,15 @@ impl Controller {
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             seq.holds.insert(id, at);
             let hold = ReadHold { id, time: at, controller: Arc::downgrade(&self.inner) };
-            // The collections that hold what sources ingested: the canonical relations and
-            // the relations running jobs' sources declare.
+            // The collections that hold what sources ingested: the canonical relations,
+            // `model_prices` and the relations running jobs' sources declare.
             let relations: Vec<(String, arrow::datatypes::SchemaRef)> = seq
                 .catalog
                 .iter()
                 .filter(|(name, entry)| {
-                    Event::RELATIONS.contains(&name.as_str()) || (entry.relation && entry.owner.is_some())
+                    Event::RELATIONS.contains(&name.as_str())
+                        || name.as_str() == MODEL_PRICES
+                        || (entry.relation && entry.owner.is_some())
                 })
                 .map(|(name, entry)| (name.clone(), entry.schema.clone()))
                 .collect();
@@ -393,8 +396,21 @@ impl Controller {
             let (from, wanted) = (snapshot.clone(), file.clone());
             let reader =
                 tokio::task::spawn_blocking(move || from.read_parts(&wanted, |part| tx.blocking_send(part).is_ok()));
+            // `model_prices` holds the shipped prices from the start (see
+            // `amx_dataflows::render::render`); its snapshot replaces them: the shipped keys are
+            // deleted first (position 0), then the snapshot's rows upserted (position 1), so a
+            // shipped price deleted before the snapshot stays deleted.
+            let mut replace = (file.relation == MODEL_PRICES).then(amx_dataflows::prices::default_rows);
             while let Some(part) = parts.recv().await {
                 let mut events = Vec::with_capacity(part.len());
+                for row in replace.take().into_iter().flatten() {
+                    let key = row[..3].to_vec();
+                    events.push((
+                        Event::Table(TableRow { relation: MODEL_PRICES.into(), position: 0, key, row: None }),
+                        1,
+                    ));
+                }
+                let position = u64::from(file.relation == MODEL_PRICES);
                 for (row, diff) in part {
                     restored.rows += diff.unsigned_abs() as u64;
                     let event = if Event::RELATIONS.contains(&file.relation.as_str()) {
@@ -406,7 +422,7 @@ impl Controller {
                             key.as_ref().map_or_else(Vec::new, |k| k.iter().map(|&i| row[i].clone()).collect());
                         Event::Table(TableRow {
                             relation: file.relation.clone(),
-                            position: 0,
+                            position,
                             key: key_row,
                             row: Some(row),
                         })
@@ -500,6 +516,10 @@ impl Controller {
 /// The positions of relation `name`'s key columns in `schema`, when a running job's source
 /// declares it with a key (`None`: no key, an append-only relation).
 fn table_key(seq: &super::Sequencer, name: &str, schema: &arrow::datatypes::SchemaRef) -> Option<Vec<usize>> {
+    let position = |k: &str| schema.fields().iter().position(|f| f.name() == k);
+    if name == MODEL_PRICES {
+        return amx_dataflows::prices::desc().key.iter().map(|k| position(k)).collect();
+    }
     let table = seq
         .jobs
         .values()
@@ -509,5 +529,5 @@ fn table_key(seq: &super::Sequencer, name: &str, schema: &arrow::datatypes::Sche
     if table.key.is_empty() {
         return None;
     }
-    table.key.iter().map(|k| schema.fields().iter().position(|f| f.name() == k)).collect()
+    table.key.iter().map(|k| position(k)).collect()
 }
