@@ -276,12 +276,18 @@ pub fn render<'s>(scope: Scope<'s, Time>, wanted: &dyn Fn(&str) -> bool) -> Rend
     let pass = |indices: &[usize]| wanted(VIEW_ERRORS) || indices.iter().any(|&i| wanted(names[i]));
     let mut errors: Vec<views::Errors<'s>> = Vec::new();
     if pass(&[6, 7, 8, 9, 10]) {
-        let v = views::span_views(spans.clone(), evaluations.clone(), model_prices);
+        // `span_costs` and `cost_by_agent_day` cost more than the other three: only when wanted.
+        let optional = (wanted(VIEW_ERRORS) || wanted(names[9]), wanted(VIEW_ERRORS) || wanted(names[10]));
+        let v = views::span_views(spans.clone(), evaluations.clone(), model_prices, optional);
         add!(6, v.agent_traces.map(|r| r.to_row()));
         add!(7, v.tool_usage.map(|r| r.to_row()));
         add!(8, v.model_usage.map(|r| r.to_row()));
-        add!(9, v.span_costs.map(|r| r.to_row()));
-        add!(10, v.cost_by_agent_day.map(|r| r.to_row()));
+        if let Some(span_costs) = v.span_costs {
+            add!(9, span_costs.map(|r| r.to_row()));
+        }
+        if let Some(days) = v.cost_by_agent_day {
+            add!(10, days.map(|r| r.to_row()));
+        }
         errors.push(v.errors);
     }
     if pass(&[11, 12]) {

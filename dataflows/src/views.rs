@@ -220,7 +220,11 @@ pub(crate) struct SpanParts<'s> {
     traces: Coll<'s, (TraceId, TraceItem)>,
     tools: Coll<'s, ToolCall>,
     models: Coll<'s, ModelCall>,
-    priced: Coll<'s, ((PriceKey, u8), PricedCall)>,
+    priced: Coll<'s, (PriceShard, PricedCall)>,
+    /// The `(provider, model)` pairs the priced calls name: each once per worker, at its first
+    /// call there, and never retracted (a pair whose calls are all retracted keeps its price
+    /// list, which then prices nothing).
+    named: Coll<'s, PriceKey>,
 }
 
 /// What a call is priced by: `(provider, model)`, the model being `response_model`, else
@@ -232,15 +236,43 @@ type PriceKey = (Option<String>, String);
 /// calls of one popular model spread over the workers rather than landing on one.
 const PRICE_SHARDS: u8 = 64;
 
-/// What pricing keeps of a span that names a model and a token count.
+/// What the priced calls are arranged by: a hash of their [`PriceKey`] (see [`key_hashes`])
+/// and their shard (see [`PRICE_SHARDS`]) — integers, which sort and move faster than the
+/// key's texts.
+type PriceShard = (u64, u8);
+
+/// Two independent 64-bit hashes of a [`PriceKey`] (owned, or borrowed as `(Option<&str>,
+/// &str)`: `Hash` gives both the same): the first is what calls are arranged by, the second
+/// (kept with each call and each price list) tells apart two keys whose first hashes collide,
+/// so a call is priced by its own key's list (unless both hashes collide).
+fn key_hashes<K: std::hash::Hash>(key: &K) -> (u64, u64) {
+    (hash(key), hash(&(key, 0x9e37_79b9_7f4a_7c15_u64)))
+}
+
+/// What pricing keeps of a span that names a model and a token count (its provider and the
+/// model priced are its [`PriceKey`], known by its hashes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct PricedCall {
+    /// A hash of the span id: first, so that sorting the calls of one key compares integers.
+    span_hash: u64,
+    /// The second of [`key_hashes`].
+    key_check: u64,
     trace_id: TraceId,
     span_id: String,
-    /// The `model_usage` key.
-    usage: UsageKey,
+    /// The span's `request_model` (its `model_usage` key's second part) when it is not the
+    /// model priced; `None` when it is.
+    request_model: Option<Option<String>>,
     start: Option<TimestampUs>,
-    tokens: Tokens,
+    /// Input, cached input, output and reasoning tokens; -1: NULL.
+    tokens: [i64; 4],
+}
+
+impl PricedCall {
+    fn tokens(&self) -> Tokens {
+        let count = |v: i64| (v >= 0).then_some(v);
+        let [input, cached_input, output, reasoning] = self.tokens.map(count);
+        Tokens { input, cached_input, output, reasoning }
+    }
 }
 
 /// A tool call: `(tool_name, trace_id, failed)`.
@@ -257,7 +289,9 @@ enum SpanPart {
     Trace(TraceId, TraceItem),
     Tool(ToolCall),
     Model(ModelCall),
-    Priced((PriceKey, u8), PricedCall),
+    /// Boxed: the other parts stay small.
+    Priced(Box<(PriceShard, PricedCall)>),
+    Named(PriceKey),
 }
 
 /// Routes each span's parts to the span views with one `flat_map` and a `partition`.
@@ -266,9 +300,11 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
     use timely::container::CapacityContainerBuilder;
     use timely::dataflow::operators::core::{Map, Partition};
 
+    // The pairs this worker has named (see [`SpanParts::named`]), by their hashes.
+    let mut named = std::collections::HashSet::<(u64, u64)>::new();
     let parts = spans
         .inner
-        .flat_map::<Vec<(u64, (SpanPart, Time, Diff))>, _, _>(|(s, time, diff): (Span, Time, Diff)| {
+        .flat_map::<Vec<(u64, (SpanPart, Time, Diff))>, _, _>(move |(s, time, diff): (Span, Time, Diff)| {
             let (llm, tool) = (s.is_llm_call(), s.is_tool_call());
             let failed = s.status == SpanStatus::Error;
             let mut out = Vec::with_capacity(4);
@@ -277,24 +313,27 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
                     (Some(a), Some(b)) => b.checked_sub(a),
                     _ => None,
                 };
-                let tokens = Tokens {
-                    input: s.input_tokens,
-                    cached_input: s.cache_read_input_tokens,
-                    output: s.output_tokens,
-                    reasoning: s.reasoning_output_tokens,
-                };
+                let tokens = [s.input_tokens, s.cache_read_input_tokens, s.output_tokens, s.reasoning_output_tokens];
                 if let Some(model) = s.response_model.as_ref().or(s.request_model.as_ref())
-                    && tokens.any()
+                    && tokens.iter().any(Option::is_some)
                 {
-                    let shard = (hash(&s.span_id) % u64::from(PRICE_SHARDS)) as u8;
+                    let span_hash = hash(&s.span_id);
+                    // The key's hashes, from borrowed texts (hashed as the owned key is).
+                    let hashes @ (key_hash, key_check) = key_hashes(&(s.provider.as_deref(), model.as_str()));
                     let call = PricedCall {
+                        span_hash,
+                        key_check,
                         trace_id: s.trace_id.clone(),
                         span_id: s.span_id.clone(),
-                        usage: (s.provider.clone(), s.request_model.clone()),
+                        request_model: s.response_model.is_some().then(|| s.request_model.clone()),
                         start: s.start_time,
-                        tokens,
+                        tokens: tokens.map(|v| v.map_or(-1, |v| v.max(0))),
                     };
-                    out.push((3, (SpanPart::Priced(((s.provider.clone(), model.clone()), shard), call), time, diff)));
+                    if named.insert(hashes) {
+                        out.push((4, (SpanPart::Named((s.provider.clone(), model.clone())), time, 1)));
+                    }
+                    let shard = (span_hash % u64::from(PRICE_SHARDS)) as u8;
+                    out.push((3, (SpanPart::Priced(Box::new(((key_hash, shard), call))), time, diff)));
                 }
                 let call = ((s.provider, s.request_model), failed, s.input_tokens, s.output_tokens, latency);
                 out.push((2, (SpanPart::Model(call), time, diff)));
@@ -315,18 +354,19 @@ pub(crate) fn split_spans<'s>(spans: Coll<'s, Span>) -> SpanParts<'s> {
             out.push((0, (SpanPart::Trace(s.trace_id, item), time, diff)));
             out
         })
-        .partition::<CapacityContainerBuilder<Vec<(SpanPart, Time, Diff)>>, _, _>(4, |(route, update)| (route, update));
+        .partition::<CapacityContainerBuilder<Vec<(SpanPart, Time, Diff)>>, _, _>(5, |(route, update)| (route, update));
     let mut parts = parts.into_iter().map(|p| p.as_collection());
-    let (Some(traces), Some(tools), Some(models), Some(priced)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(traces), Some(tools), Some(models), Some(priced), Some(named)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        unreachable!("partition(4) returns four streams")
+        unreachable!("partition(5) returns five streams")
     };
     SpanParts {
         traces: traces.flat_map(|p| if let SpanPart::Trace(k, i) = p { Some((k, i)) } else { None }),
         tools: tools.flat_map(|p| if let SpanPart::Tool(t) = p { Some(t) } else { None }),
         models: models.flat_map(|p| if let SpanPart::Model(m) = p { Some(m) } else { None }),
-        priced: priced.flat_map(|p| if let SpanPart::Priced(k, c) = p { Some((k, c)) } else { None }),
+        priced: priced.flat_map(|p| if let SpanPart::Priced(c) = p { Some(*c) } else { None }),
+        named: named.flat_map(|p| if let SpanPart::Named(k) = p { Some(k) } else { None }),
     }
 }
 
@@ -1042,25 +1082,48 @@ impl ToRow for SpanCost {
     }
 }
 
-/// A priced span: its `span_costs` row, its `model_usage` key and its exact cost (pico-USD).
-type Priced = (SpanCost, UsageKey, i128);
+/// What a priced call feeds: its trace's cost and its `model_usage` key's cost (pico-USD),
+/// and its `span_costs` row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+enum CostPart {
+    Trace(TraceId, i128),
+    Usage(UsageKey, i128),
+    /// Boxed: the other parts stay small.
+    Row(Box<SpanCost>),
+}
+
+/// The priced calls' costs: by trace, by `model_usage` key, and as `span_costs` rows (`None`
+/// when not wanted).
+struct Costs<'s> {
+    traces: Coll<'s, (TraceId, i128)>,
+    usage: Coll<'s, (UsageKey, i128)>,
+    rows: Option<Coll<'s, SpanCost>>,
+}
 
 /// Prices the spans' priced calls (see [`split_spans`]) by `model_prices`' rows (see
-/// [`prices`]).
+/// [`prices`]); the `span_costs` rows only when `rows`.
 ///
 /// The `(provider, model)` pairs the calls name are joined with the price rows of their
 /// provider and of `*`; each pair's applicable rows are gathered in one list (a `reduce`),
 /// copied to each of the pair's [`PRICE_SHARDS`] shards, and joined with the calls. A changed
 /// price row changes the lists of the pairs it applies to, and the join re-prices their calls:
 /// the old cost retracted, the new one inserted.
-fn span_costs_from<'s>(priced: Coll<'s, ((PriceKey, u8), PricedCall)>, prices: Coll<'s, Row>) -> Coll<'s, Priced> {
-    let named = priced.clone().map(|((key, _shard), _call)| key).distinct_total();
-    let by_provider = named.flat_map(|(provider, model)| {
+fn span_costs_from<'s>(
+    priced: Coll<'s, (PriceShard, PricedCall)>,
+    named: Coll<'s, PriceKey>,
+    prices: Coll<'s, Row>,
+    rows: bool,
+) -> Costs<'s> {
+    use differential_dataflow::AsCollection;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::core::{Map, Partition};
+
+    let by_provider = named.distinct_total().flat_map(|(provider, model)| {
         let own = provider.clone().filter(|p| p != "*").map(|p| (p, (provider.clone(), model.clone())));
         own.into_iter().chain(std::iter::once(("*".to_owned(), (provider, model))))
     });
-    let rows = prices.flat_map(|row| PriceRow::from_row(&row).map(|p| (p.provider.clone(), p)));
-    let applicable = by_provider.join(rows).flat_map(|(_provider, ((provider, model), row))| {
+    let price_rows = prices.flat_map(|row| PriceRow::from_row(&row).map(|p| (p.provider.clone(), p)));
+    let applicable = by_provider.join(price_rows).flat_map(|(_provider, ((provider, model), row))| {
         let specificity = row.specificity(provider.as_deref(), &model)?;
         Some(((provider, model), Applicable { specificity, row }))
     });
@@ -1068,23 +1131,61 @@ fn span_costs_from<'s>(priced: Coll<'s, ((PriceKey, u8), PricedCall)>, prices: C
         let list: Vec<Applicable> = rows.iter().filter(|(_, n)| *n > 0).map(|(a, _)| (*a).clone()).collect();
         out.push((list, 1));
     });
-    let sharded =
-        lists.flat_map(|(key, list)| (0..PRICE_SHARDS).map(move |shard| ((key.clone(), shard), list.clone())));
-    priced.join(sharded).flat_map(|(((provider, model), _shard), (call, list))| {
-        let applied = prices::price_at(&list, call.start)?;
-        let pusd = prices::cost_pusd(applied.row.rates.as_ref()?, &call.tokens)?;
-        let row = SpanCost {
-            trace_id: call.trace_id,
-            span_id: call.span_id,
-            provider,
-            model,
-            price_provider: applied.row.provider.clone(),
-            price_model: applied.row.model.clone(),
-            price_valid_from: applied.row.valid_from,
-            cost_usd: OrderedFloat(prices::usd(pusd)),
+    let sharded = lists
+        .flat_map(|(key, list)| {
+            let (key_hash, key_check) = key_hashes(&key);
+            (0..PRICE_SHARDS).map(move |shard| ((key_hash, shard), (key_check, key.clone(), list.clone())))
+        })
+        .arrange_by_key_named("model_prices_by_shard");
+    let calls = priced.arrange_by_key_named("priced_calls");
+    type PriceList = (u64, PriceKey, Vec<Applicable>);
+    let parts = calls.join_core(sharded, move |_shard, call: &PricedCall, (key_check, key, list): &PriceList| {
+        let mut out = Vec::new();
+        if *key_check != call.key_check {
+            return out;
+        }
+        let (provider, model) = key;
+        let Some(applied) = prices::price_at(list, call.start) else { return out };
+        let Some(pusd) = applied.row.rates.as_ref().and_then(|rates| prices::cost_pusd(rates, &call.tokens())) else {
+            return out;
         };
-        Some((row, call.usage, pusd))
-    })
+        out.push(CostPart::Trace(call.trace_id.clone(), pusd));
+        let request_model = call.request_model.clone().unwrap_or_else(|| Some(model.clone()));
+        out.push(CostPart::Usage((provider.clone(), request_model), pusd));
+        if rows {
+            out.push(CostPart::Row(Box::new(SpanCost {
+                trace_id: call.trace_id.clone(),
+                span_id: call.span_id.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                price_provider: applied.row.provider.clone(),
+                price_model: applied.row.model.clone(),
+                price_valid_from: applied.row.valid_from,
+                cost_usd: OrderedFloat(prices::usd(pusd)),
+            })));
+        }
+        out
+    });
+    let parts = parts
+        .inner
+        .map::<Vec<(u64, (CostPart, Time, Diff))>, _, _>(|(part, time, diff)| {
+            let route = match &part {
+                CostPart::Trace(..) => 0,
+                CostPart::Usage(..) => 1,
+                CostPart::Row(_) => 2,
+            };
+            (route, (part, time, diff))
+        })
+        .partition::<CapacityContainerBuilder<Vec<(CostPart, Time, Diff)>>, _, _>(3, |(route, update)| (route, update));
+    let mut parts = parts.into_iter().map(|p| p.as_collection());
+    let (Some(traces), Some(usage), Some(row_parts)) = (parts.next(), parts.next(), parts.next()) else {
+        unreachable!("partition(3) returns three streams")
+    };
+    Costs {
+        traces: traces.flat_map(|p| if let CostPart::Trace(t, c) = p { Some((t, c)) } else { None }),
+        usage: usage.flat_map(|p| if let CostPart::Usage(k, c) = p { Some((k, c)) } else { None }),
+        rows: rows.then(|| row_parts.flat_map(|p| if let CostPart::Row(r) = p { Some(*r) } else { None })),
+    }
 }
 
 /// Microseconds in a day.
@@ -1178,31 +1279,39 @@ pub(crate) struct SpanViews<'s> {
     pub(crate) agent_traces: Coll<'s, AgentTrace>,
     pub(crate) tool_usage: Coll<'s, ToolUsage>,
     pub(crate) model_usage: Coll<'s, ModelUsage>,
-    pub(crate) span_costs: Coll<'s, SpanCost>,
-    pub(crate) cost_by_agent_day: Coll<'s, AgentCostDay>,
+    /// `None` when not wanted.
+    pub(crate) span_costs: Option<Coll<'s, SpanCost>>,
+    /// `None` when not wanted.
+    pub(crate) cost_by_agent_day: Option<Coll<'s, AgentCostDay>>,
     /// Their error rows.
     pub(crate) errors: Errors<'s>,
 }
 
-/// `agent_traces`, `tool_usage`, `model_usage`, `span_costs` and `cost_by_agent_day` from one
-/// pass over the spans, priced by `model_prices`' rows `prices`, and their error rows.
+/// `agent_traces`, `tool_usage` and `model_usage` from one pass over the spans, priced by
+/// `model_prices`' rows `prices`, with `span_costs` and `cost_by_agent_day` when
+/// `span_costs` and `by_day`, and their error rows.
 pub(crate) fn span_views<'s>(
     spans: Coll<'s, Span>,
     evaluations: Coll<'s, Evaluation>,
     prices: Coll<'s, Row>,
+    (span_costs, by_day): (bool, bool),
 ) -> SpanViews<'s> {
     let parts = split_spans(spans);
-    let priced = span_costs_from(parts.priced, prices);
-    let (traces, trace_errors) =
-        agent_traces_from(parts.traces, evaluations, priced.clone().map(|(c, _, pusd)| (c.trace_id, pusd)));
-    let (models, model_errors) = model_usage_from(parts.models, priced.clone().map(|(_, usage, pusd)| (usage, pusd)));
-    let (days, day_errors) = cost_by_agent_day_from(traces.clone());
+    let costs = span_costs_from(parts.priced, parts.named, prices, span_costs);
+    let (traces, mut errors) = agent_traces_from(parts.traces, evaluations, costs.traces);
+    let (models, model_errors) = model_usage_from(parts.models, costs.usage);
+    errors = errors.concat(model_errors);
+    let cost_by_agent_day = by_day.then(|| {
+        let (days, day_errors) = cost_by_agent_day_from(traces.clone());
+        errors = errors.clone().concat(day_errors);
+        days
+    });
     SpanViews {
         agent_traces: traces.map(|(t, _)| t),
         tool_usage: tool_usage_from(parts.tools),
         model_usage: models,
-        span_costs: priced.map(|(c, _, _)| c),
-        cost_by_agent_day: days,
-        errors: trace_errors.concat(model_errors).concat(day_errors),
+        span_costs: costs.rows,
+        cost_by_agent_day,
+        errors,
     }
 }
