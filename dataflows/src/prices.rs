@@ -52,6 +52,20 @@ pub const DEFAULT_PRICES_CSV: &str = include_str!("../data/model_prices.csv");
 /// Pico-USD per token for a price of 1 USD per 1M tokens.
 const PUSD_PER_TOKEN: f64 = 1e6;
 
+/// The largest price a row may hold (USD per 1M tokens: 1 USD per token). A larger one, a
+/// negative one or one that is not finite makes the row price nothing and is reported in
+/// `aimatrix_view_errors` ([`price_errors`]); below it, no cost or sum of costs can overflow
+/// (at most 10¹² pico-USD per token).
+pub const MAX_USD_PER_MTOK: f64 = 1e6;
+
+/// The price columns of `model_prices`, by position.
+const PRICE_COLUMNS: [(usize, &str); 4] = [
+    (3, "input_usd_per_mtok"),
+    (4, "cached_input_usd_per_mtok"),
+    (5, "output_usd_per_mtok"),
+    (6, "reasoning_usd_per_mtok"),
+];
+
 /// Pico-USD per USD.
 const PUSD_PER_USD: f64 = 1e12;
 
@@ -158,13 +172,64 @@ pub struct Rates {
     pub reasoning: i128,
 }
 
-/// A price in USD per 1M tokens as pico-USD per token; `None` when NULL, negative or not
-/// finite.
+/// A price in USD per 1M tokens as pico-USD per token; `None` when NULL, negative, not
+/// finite or above [`MAX_USD_PER_MTOK`].
 fn per_token(usd_per_mtok: &Datum) -> Option<i128> {
-    match usd_per_mtok {
-        Datum::Float(v) if v.0.is_finite() && v.0 >= 0.0 => Some((v.0 * PUSD_PER_TOKEN).round() as i128),
-        Datum::Int(v) if *v >= 0 => Some(i128::from(*v) * PUSD_PER_TOKEN as i128),
-        _ => None,
+    let v = match usd_per_mtok {
+        Datum::Float(v) => v.0,
+        Datum::Int(v) => *v as f64,
+        _ => return None,
+    };
+    (v.is_finite() && (0.0..=MAX_USD_PER_MTOK).contains(&v)).then(|| (v * PUSD_PER_TOKEN).round() as i128)
+}
+
+/// What is wrong with a `model_prices` row's prices: one message per price that is not NULL
+/// and is negative, not finite or above [`MAX_USD_PER_MTOK`] (the row then prices nothing),
+/// naming the column, the value and the row's key.
+pub fn price_errors(row: &Row) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, column) in PRICE_COLUMNS {
+        let Some(d) = row.get(i) else { continue };
+        if !matches!(d, Datum::Null) && per_token(d).is_none() {
+            let value = match d {
+                Datum::Float(v) => format!("{:?}", v.0),
+                Datum::Int(v) => v.to_string(),
+                other => format!("{other:?}"),
+            };
+            let key = match (row.first(), row.get(1), row.get(2)) {
+                (Some(Datum::Text(p)), Some(Datum::Text(m)), Some(Datum::Timestamp(t))) => {
+                    format!("('{p}', '{m}', {})", format_utc(*t))
+                }
+                _ => "(?)".to_owned(),
+            };
+            errors.push(format!(
+                "price out of range in {column}: {value} (key {key}): USD per 1M tokens must be in \
+                 0..={MAX_USD_PER_MTOK}; the row prices nothing"
+            ));
+        }
+    }
+    errors
+}
+
+/// µs since the epoch as `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC; Howard Hinnant's
+/// `civil_from_days`).
+fn format_utc(us: TimestampUs) -> String {
+    let (days, rest) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (s, micros) = (rest / 1_000_000, rest % 1_000_000);
+    let time = format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    if micros == 0 {
+        format!("{y:04}-{m:02}-{d:02} {time}")
+    } else {
+        format!("{y:04}-{m:02}-{d:02} {time}.{micros:06}")
     }
 }
 
@@ -273,7 +338,8 @@ impl Tokens {
 }
 
 /// What a call with `tokens` costs at `rates`, in pico-USD (see the module docs); `None`
-/// when every count is NULL.
+/// when every count is NULL (or, which rates below [`MAX_USD_PER_MTOK`] never give, when the
+/// cost does not fit in `i128`).
 pub fn cost_pusd(rates: &Rates, tokens: &Tokens) -> Option<i128> {
     if !tokens.any() {
         return None;
@@ -281,12 +347,13 @@ pub fn cost_pusd(rates: &Rates, tokens: &Tokens) -> Option<i128> {
     let count = |v: Option<i64>| i128::from(v.unwrap_or(0).max(0));
     let (input, cached) = (count(tokens.input), count(tokens.cached_input));
     let (output, reasoning) = (count(tokens.output), count(tokens.reasoning));
-    Some(
-        (input - cached).max(0) * rates.input
-            + cached * rates.cached_input
-            + (output - reasoning).max(0) * rates.output
-            + reasoning * rates.reasoning,
-    )
+    let terms = [
+        ((input - cached).max(0), rates.input),
+        (cached, rates.cached_input),
+        ((output - reasoning).max(0), rates.output),
+        (reasoning, rates.reasoning),
+    ];
+    terms.iter().try_fold(0i128, |sum, (n, rate)| sum.checked_add(n.checked_mul(*rate)?))
 }
 
 /// Pico-USD as USD.
@@ -342,6 +409,27 @@ mod tests {
         assert_eq!(row("*", "m", 0, [None, None, Some(1.0), None]).rates, None);
         assert_eq!(row("*", "m", 0, [Some(-1.0), None, Some(1.0), None]).rates, None);
         assert_eq!(row("*", "m", 0, [Some(f64::NAN), None, Some(1.0), None]).rates, None);
+        assert_eq!(row("*", "m", 0, [Some(1e300), None, Some(1.0), None]).rates, None);
+        assert_eq!(row("*", "m", 0, [Some(1.0), Some(2e6), Some(1.0), None]).rates, None);
+        assert!(row("*", "m", 0, [Some(1e6), None, Some(1e6), None]).rates.is_some());
+    }
+
+    /// A price out of range is reported with its column, value and key; NULL is not.
+    #[test]
+    fn prices_out_of_range_are_reported() {
+        let mut r =
+            vec![Datum::Text("openai".into()), Datum::Text("gpt-4o*".into()), Datum::Timestamp(1_730_419_200_000_500)];
+        r.extend([Datum::float(Some(1e300)), Datum::Null, Datum::float(Some(-1.0)), Datum::float(Some(2.0))]);
+        assert_eq!(
+            price_errors(&r),
+            vec![
+                "price out of range in input_usd_per_mtok: 1e300 (key ('openai', 'gpt-4o*', 2024-11-01 00:00:00.000500)): USD per 1M tokens must be in 0..=1000000; the row prices nothing",
+                "price out of range in output_usd_per_mtok: -1.0 (key ('openai', 'gpt-4o*', 2024-11-01 00:00:00.000500)): USD per 1M tokens must be in 0..=1000000; the row prices nothing",
+            ]
+        );
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(-1), "1969-12-31 23:59:59.999999");
+        assert_eq!(format_utc(1_709_209_815_000_000), "2024-02-29 12:30:15");
     }
 
     /// The most specific row wins (exact model, longer pattern, own provider), then the latest

@@ -1098,6 +1098,8 @@ struct Costs<'s> {
     traces: Coll<'s, (TraceId, i128)>,
     usage: Coll<'s, (UsageKey, i128)>,
     rows: Option<Coll<'s, SpanCost>>,
+    /// A row of `[model_prices, message]` per price out of range ([`prices::price_errors`]).
+    errors: Errors<'s>,
 }
 
 /// Prices the spans' priced calls (see [`split_spans`]) by `model_prices`' rows (see
@@ -1121,6 +1123,11 @@ fn span_costs_from<'s>(
     let by_provider = named.distinct_total().flat_map(|(provider, model)| {
         let own = provider.clone().filter(|p| p != "*").map(|p| (p, (provider.clone(), model.clone())));
         own.into_iter().chain(std::iter::once(("*".to_owned(), (provider, model))))
+    });
+    let errors = prices.clone().flat_map(|row| {
+        prices::price_errors(&row)
+            .into_iter()
+            .map(|e| vec![Datum::Text(prices::MODEL_PRICES.to_owned()), Datum::Text(e)])
     });
     let price_rows = prices.flat_map(|row| PriceRow::from_row(&row).map(|p| (p.provider.clone(), p)));
     let applicable = by_provider.join(price_rows).flat_map(|(_provider, ((provider, model), row))| {
@@ -1185,6 +1192,7 @@ fn span_costs_from<'s>(
         traces: traces.flat_map(|p| if let CostPart::Trace(t, c) = p { Some((t, c)) } else { None }),
         usage: usage.flat_map(|p| if let CostPart::Usage(k, c) = p { Some((k, c)) } else { None }),
         rows: rows.then(|| row_parts.flat_map(|p| if let CostPart::Row(r) = p { Some(*r) } else { None })),
+        errors,
     }
 }
 
@@ -1298,9 +1306,9 @@ pub(crate) fn span_views<'s>(
 ) -> SpanViews<'s> {
     let parts = split_spans(spans);
     let costs = span_costs_from(parts.priced, parts.named, prices, span_costs);
-    let (traces, mut errors) = agent_traces_from(parts.traces, evaluations, costs.traces);
+    let (traces, trace_errors) = agent_traces_from(parts.traces, evaluations, costs.traces);
     let (models, model_errors) = model_usage_from(parts.models, costs.usage);
-    errors = errors.concat(model_errors);
+    let mut errors = costs.errors.concat(trace_errors).concat(model_errors);
     let cost_by_agent_day = by_day.then(|| {
         let (days, day_errors) = cost_by_agent_day_from(traces.clone());
         errors = errors.clone().concat(day_errors);

@@ -584,3 +584,30 @@ fn eval_score_mean_is_exact_whatever_the_order() {
         expect(&c, "agent_traces", vec![vec![t("e"), N, i(1), i(1), i(0), i(0), N, N, N, N, t("ok"), f(1.0), N]]);
     }
 }
+
+/// A price out of range (here 1e300 USD per 1M tokens, where 1e300 · 1,000 tokens would
+/// overflow any integer) makes its row price nothing — the spans it wins have no cost, as
+/// with a NULL price — and is an error row naming it.
+#[test]
+fn a_price_out_of_range_prices_nothing_and_is_an_error_row() {
+    let spans: Vec<(Event, Diff)> = agent_fixture().into_iter().map(|e| (e, 1)).collect();
+    let key = vec![t("openai"), t("gpt-4o"), ts(0)];
+    let row = vec![t("openai"), t("gpt-4o"), ts(0), f(1e300), N, f(1.0), N];
+    let change = TableRow { relation: "model_prices".into(), position: 1, key, row: Some(row) };
+    for workers in [1, 3] {
+        let c = run_batches(workers, vec![spans.clone(), vec![(Event::Table(change.clone()), 1)]]);
+        // s1, s3 and s4 (openai, gpt-4o) are won by the exact row: no cost, no trace cost.
+        assert!(c["span_costs"].is_empty(), "{:?}", c["span_costs"]);
+        assert!(c["agent_traces"].keys().all(|r| r[12] == N));
+        assert_eq!(
+            errors(&c),
+            vec![vec![
+                t("model_prices"),
+                t(
+                    "price out of range in input_usd_per_mtok: 1e300 (key ('openai', 'gpt-4o', 1970-01-01 00:00:00)): USD \
+                   per 1M tokens must be in 0..=1000000; the row prices nothing"
+                )
+            ]]
+        );
+    }
+}
