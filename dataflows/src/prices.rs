@@ -96,33 +96,31 @@ pub fn default_rows() -> Vec<Row> {
 
 /// Parses price rows in the shipped file's CSV shape: `#` comments, a header line, then
 /// `provider,model,valid_from,input,cached_input,output,reasoning` (USD per 1M tokens; an
-/// empty price is NULL; `valid_from` in RFC 3339, UTC).
+/// empty price is NULL; `valid_from` in RFC 3339).
 ///
 /// # Errors
-/// The line number and what is wrong with it.
+/// The row (`price row N`: the N-th after the header, comments not counted) and what is wrong
+/// with it.
 pub fn parse_csv(text: &str) -> Result<Vec<Row>, String> {
+    let mut reader =
+        csv::ReaderBuilder::new().comment(Some(b'#')).trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
     let mut rows = Vec::new();
-    let mut header = true;
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if std::mem::take(&mut header) {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [provider, model, valid_from, input, cached, output, reasoning] = fields[..] else {
-            return Err(format!("line {}: {} fields, not 7", n + 1, fields.len()));
+    for (n, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| e.to_string())?;
+        let line = format!("price row {}", n + 1);
+        let [provider, model, valid_from, input, cached, output, reasoning] = record.iter().collect::<Vec<_>>()[..]
+        else {
+            return Err(format!("{line}: {} fields, not 7", record.len()));
         };
         let price = |s: &str| -> Result<Datum, String> {
             if s.is_empty() {
                 return Ok(Datum::Null);
             }
-            s.parse::<f64>().map(|v| Datum::float(Some(v))).map_err(|e| format!("line {}: price `{s}`: {e}", n + 1))
+            s.parse::<f64>().map(|v| Datum::float(Some(v))).map_err(|e| format!("{line}: price `{s}`: {e}"))
         };
-        let valid_from =
-            parse_utc(valid_from).ok_or_else(|| format!("line {}: `{valid_from}` is no RFC 3339 time", n + 1))?;
+        let valid_from = chrono::DateTime::parse_from_rfc3339(valid_from)
+            .map_err(|e| format!("{line}: `{valid_from}` is no RFC 3339 time: {e}"))?
+            .timestamp_micros();
         rows.push(vec![
             Datum::Text(provider.to_owned()),
             Datum::Text(model.to_owned()),
@@ -134,29 +132,6 @@ pub fn parse_csv(text: &str) -> Result<Vec<Row>, String> {
         ]);
     }
     Ok(rows)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` as µs since the epoch (the shipped file writes only these).
-fn parse_utc(s: &str) -> Option<TimestampUs> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 59 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's `days_from_civil`).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hh) * 60 + mm) * 60_000_000 + ss * 1_000_000)
 }
 
 /// A price as integer pico-USD per token, one per kind of token.
@@ -211,25 +186,12 @@ pub fn price_errors(row: &Row) -> Vec<String> {
     errors
 }
 
-/// µs since the epoch as `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC; Howard Hinnant's
-/// `civil_from_days`).
+/// µs since the epoch as `YYYY-MM-DD HH:MM:SS[.ffffff]` (UTC), as SQL shows a `TIMESTAMP`.
 fn format_utc(us: TimestampUs) -> String {
-    let (days, rest) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (s, micros) = (rest / 1_000_000, rest % 1_000_000);
-    let time = format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
-    if micros == 0 {
-        format!("{y:04}-{m:02}-{d:02} {time}")
-    } else {
-        format!("{y:04}-{m:02}-{d:02} {time}.{micros:06}")
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) if us % 1_000_000 == 0 => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        None => format!("{us} µs"),
     }
 }
 
@@ -391,10 +353,16 @@ mod tests {
         assert!(
             rows.iter().any(|r| r[1] == Datum::Text("o3*".into()) && r[2] == Datum::Timestamp(1_749_513_600_000_000))
         );
-        assert_eq!(parse_utc("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_utc("2024-02-29T12:30:15Z"), Some(1_709_209_815_000_000));
-        assert_eq!(parse_utc("2024-13-01T00:00:00Z"), None);
-        assert!(parse_csv("h\na,b,c\n").unwrap_err().contains("line 2: 3 fields"));
+        let one = |time: &str| parse_csv(&format!("h\n*,m,{time},1,,1,\n")).map(|r| r[0][2].clone());
+        assert_eq!(one("1970-01-01T00:00:00Z"), Ok(Datum::Timestamp(0)));
+        assert_eq!(one("2024-02-29T12:30:15Z"), Ok(Datum::Timestamp(1_709_209_815_000_000)));
+        assert!(
+            one("2024-13-01T00:00:00Z")
+                .unwrap_err()
+                .starts_with("price row 1: `2024-13-01T00:00:00Z` is no RFC 3339 time")
+        );
+        let err = parse_csv("a,b,c\n# a comment\nx,y,z\n").unwrap_err();
+        assert_eq!(err, "price row 1: 3 fields, not 7");
     }
 
     /// Rates are pico-USD per token; NULL cached and reasoning prices fall back to the input

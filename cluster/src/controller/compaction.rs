@@ -401,7 +401,16 @@ impl Controller {
             // deleted first (position 0), then the snapshot's rows upserted (position 1), so a
             // shipped price deleted before the snapshot stays deleted.
             let mut replace = (file.relation == MODEL_PRICES).then(amx_dataflows::prices::default_rows);
-            while let Some(part) = parts.recv().await {
+            loop {
+                // The shipped keys' deletes go first, on their own (also when the snapshot's
+                // table is empty and its file has no parts).
+                let part = if replace.is_some() {
+                    Vec::new()
+                } else if let Some(part) = parts.recv().await {
+                    part
+                } else {
+                    break;
+                };
                 let mut events = Vec::with_capacity(part.len());
                 for row in replace.take().into_iter().flatten() {
                     let key = row[..3].to_vec();
