@@ -372,6 +372,102 @@ def wikipedia(binary):
     check("wikipedia: most edited", [(a["document_id"], a["edits"]) for a in answers[2]], most)
 
 
+def cassettes(binary):
+    """examples/openai-cassettes.toml: each exchange of the YAML cassettes (read with PyYAML)
+    as README documents format `llm-http`, priced with dataflows/data/model_prices.csv."""
+    import csv
+    import email.utils
+    import glob
+    import yaml
+    folder = os.path.join(DATA, "agent", "openai_cassettes")
+    rows, usage = [], defaultdict(lambda: [0, 0, None, None, None])
+    prices = [r for r in csv.reader(l for l in open(os.path.join(ROOT, "dataflows", "data", "model_prices.csv"))
+                                    if not l.startswith("#"))][1:]
+
+    def price(model):
+        # The longest matching pattern (exact beats a prefix pattern); every row here is valid from 1970.
+        best = None
+        for provider, pattern, _, inp, cached, out, reasoning in prices:
+            exact = pattern == model
+            if exact or (pattern.endswith("*") and model.startswith(pattern[:-1])):
+                rank = (exact, len(pattern))
+                if best is None or rank > best[0]:
+                    best = (rank, float(inp), float(cached or inp), float(out), float(reasoning or out))
+        return best[1:] if best else None
+
+    def add(a, b):
+        return b if a is None else a + b
+
+    for f in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
+        for k, it in enumerate(yaml.safe_load(open(f))["interactions"]):
+            req = json.loads(it["request"]["body"])
+            resp = it["response"]
+            code, body = resp["status"]["code"], resp["body"]["string"]
+            date = [v[0] for h, v in resp["headers"].items() if h.lower() == "date"][0]
+            date = int(email.utils.parsedate_to_datetime(date).timestamp()) * 1_000_000
+            model = created = completed = u = err = None
+            calls, complete = {}, True
+            if code >= 400:
+                e = json.loads(body)["error"]
+                err = e.get("code") or e.get("type")
+            elif body.startswith("data:"):
+                complete = False
+                for line in body.splitlines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        complete = True
+                        continue
+                    c = json.loads(line[6:])
+                    model, created, u = c["model"], c["created"] * 1_000_000, c.get("usage") or u
+                    for ch in c["choices"]:
+                        for tc in ch["delta"].get("tool_calls") or []:
+                            calls.setdefault(tc["index"], tc.get("id"))
+            else:
+                j = json.loads(body)
+                model, u = j["model"], j["usage"]
+                created = (j.get("created") or j.get("created_at")) * 1_000_000
+                completed = j["completed_at"] * 1_000_000 if j.get("completed_at") else None
+            start = created or date
+            end = completed or (date if date >= start else None)
+            tokens = [None] * 4
+            if u:
+                if "prompt_tokens" in u:
+                    tokens = [u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"],
+                              u["completion_tokens_details"]["reasoning_tokens"]]
+                else:
+                    tokens = [u["input_tokens"], u["output_tokens"], u["input_tokens_details"]["cached_tokens"],
+                              u["output_tokens_details"]["reasoning_tokens"]]
+            status = "error" if err or not complete else "ok"
+            rows.append([f"x{k}", "chat " + req["model"], "openai", req["model"], model] + tokens +
+                        [status, err, start, end, None])
+            for j, call_id in sorted(calls.items()):
+                rows.append([f"x{k}.t{j}", "execute_tool get_current_weather", None, None, None, None, None, None,
+                             None, "unset", None, end, None, call_id])
+            acc = usage[req["model"]]
+            acc[0] += 1
+            acc[1] += status == "error"
+            if u:
+                acc[2], acc[3] = add(acc[2], tokens[0]), add(acc[3], tokens[1])
+                p = price(model or req["model"])
+                if p:
+                    inp, out, cached, reasoning = tokens
+                    cost = ((inp - cached) * p[0] + cached * p[1] + (out - reasoning) * p[2] + reasoning * p[3]) / 1e6
+                    acc[4] = add(acc[4], cost)
+    answers = run(binary, "openai-cassettes.toml")
+    check("openai cassettes: spans",
+          [[a["span_id"], a["name"], a["provider"], a["request_model"], a["response_model"], a["input_tokens"],
+            a["output_tokens"], a["cache_read_input_tokens"], a["reasoning_output_tokens"], a["status"],
+            a["error_type"], us(a["start_time"]), us(a["end_time"]), a["tool_call_id"]] for a in answers[0]],
+          rows)
+    check("openai cassettes: model_usage",
+          [(a["provider"], a["request_model"], a["calls"], a["error_calls"], a["input_tokens"], a["output_tokens"],
+            None if a["cost_usd"] is None else round(a["cost_usd"], 12)) for a in answers[1]],
+          [("openai", m, c, e, i, o, None if cost is None else round(cost, 12))
+           for m, (c, e, i, o, cost) in sorted(usage.items())])
+    check("openai cassettes: ingest errors", answers[2], [{"errors": 0}])
+
+
 def main():
     global SERVE
     if len(sys.argv) == 3 and sys.argv[2] == "--serve":
@@ -380,10 +476,10 @@ def main():
         sys.exit(__doc__)
     if not os.path.isdir(DATA):
         print(f"skipped: {DATA} does not exist (the real-data checks need ../shared/data)")
-        print("0 passed, 0 failed, 4 skipped")
+        print("0 passed, 0 failed, 5 skipped")
         return
     binary = sys.argv[1]
-    for example in (tau, temporal, github, wikipedia):
+    for example in (tau, temporal, github, wikipedia, cassettes):
         example(binary)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)

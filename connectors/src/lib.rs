@@ -18,6 +18,8 @@
 //!   one relation, mapped as `json` maps records;
 //! - `github-actions` ([`github`]): GitHub webhook payloads for Actions and Checks
 //!   (`workflow_run`, `workflow_job`, `check_suite`, `check_run`) → `workflow_events`;
+//! - `llm-http` ([`llm_http`]): recorded model-API exchanges (VCR cassettes, HAR logs) of
+//!   OpenAI Chat Completions and Responses and Google Gemini → `spans`;
 //! - `json` ([`json`]): any JSON records mapped onto one relation by a declarative mapping.
 
 use amx_dataflows::event::{Event, IngestError};
@@ -28,6 +30,7 @@ mod fields;
 pub mod github;
 pub mod json;
 pub mod kafka;
+pub mod llm_http;
 pub mod openai_chat;
 pub mod otlp;
 pub mod record;
@@ -53,6 +56,12 @@ pub use record::{FileCursor, FileReader, Record};
 pub trait Decoder: Send + Sync {
     /// Decodes `record` of the source named `source`, appending the events to `out`.
     fn decode(&self, source: &str, record: &Record, out: &mut Vec<Event>);
+
+    /// Whether a file that is not JSON is one record to it (a YAML VCR cassette), rather
+    /// than one per line: [`FileReader::set_whole_other_files`]. No by default.
+    fn reads_whole_files(&self) -> bool {
+        false
+    }
 
     /// Whether it reads [`Record::metadata`] (a `json` mapping with `{ metadata = … }`): a
     /// source attaches metadata to its records only then.
@@ -112,11 +121,19 @@ pub enum ConfigError {
 
 /// Names of all formats known to [`decoder`], in a stable order.
 pub fn formats() -> &'static [&'static str] {
-    &[openai_chat::FORMAT, temporal::FORMAT, github::FORMAT, json::FORMAT, otlp::FORMAT, debezium::FORMAT]
+    &[
+        openai_chat::FORMAT,
+        temporal::FORMAT,
+        github::FORMAT,
+        json::FORMAT,
+        otlp::FORMAT,
+        debezium::FORMAT,
+        llm_http::FORMAT,
+    ]
 }
 
 /// Looks a format up by name (`openai-chat`, `temporal-history`, `github-actions`, `json`,
-/// `otlp-json`, `debezium`) and validates its
+/// `otlp-json`, `debezium`, `llm-http`) and validates its
 /// options. The `json` and `debezium` formats with `relation = "model_prices"` read the
 /// price table's rows as a declared relation's ([`model_prices_table`]): each record upserts
 /// its key, a Debezium delete (or a Kafka tombstone, with the key columns read from the
@@ -151,6 +168,7 @@ pub fn decoder(format: &str, options: &serde_json::Value) -> Result<Box<dyn Deco
         json::FORMAT => Ok(Box::new(json::JsonDecoder::new(options)?)),
         otlp::FORMAT => Ok(Box::new(otlp::OtlpJson::new(options)?)),
         debezium::FORMAT => Ok(Box::new(debezium::Debezium::new(options)?)),
+        llm_http::FORMAT => Ok(Box::new(llm_http::LlmHttp::new(options)?)),
         _ => Err(ConfigError::UnknownFormat { name: format.to_owned(), known: formats().join(", ") }),
     }
 }
@@ -281,7 +299,10 @@ mod tests {
 
     #[test]
     fn formats_are_listed_and_found() {
-        assert_eq!(formats(), &["openai-chat", "temporal-history", "github-actions", "json", "otlp-json", "debezium"]);
+        assert_eq!(
+            formats(),
+            &["openai-chat", "temporal-history", "github-actions", "json", "otlp-json", "debezium", "llm-http"]
+        );
         assert!(decoder("otlp-json", &json!({})).is_ok());
         assert!(decoder("openai-chat", &serde_json::Value::Null).is_ok());
         assert!(decoder("temporal-history", &json!({})).is_ok());
@@ -296,7 +317,7 @@ mod tests {
         assert_eq!(
             e.as_deref(),
             Some(
-                "unknown format `csv` (known formats: openai-chat, temporal-history, github-actions, json, otlp-json, debezium)"
+                "unknown format `csv` (known formats: openai-chat, temporal-history, github-actions, json, otlp-json, debezium, llm-http)"
             )
         );
         let e = decoder("temporal-history", &json!({"runid": "x"})).err().map(|e| e.to_string());
@@ -438,6 +459,7 @@ mod tests {
             json!({"relation": "evaluations", "mapping": {"trace_id": "/id", "name": {"const": "n"}}}),
             json!({}),
             json!({"relation": "evaluations", "mapping": {"trace_id": "/id", "name": {"const": "n"}}}),
+            json!({}),
         ];
         for (format, options) in formats().iter().zip(options) {
             let d = decoder(format, &options).expect("options");

@@ -372,7 +372,7 @@ fn message_time(v: &Value) -> Result<i64, String> {
 /// Whether a `tool` message reports an error: `is_error: true`, `status: "error"`, or content
 /// (a string, or the text parts of a content array) that starts with "error" (any case)
 /// after trimming.
-fn is_tool_error(m: &Map<String, Value>) -> bool {
+pub(crate) fn is_tool_error(m: &Map<String, Value>) -> bool {
     if m.get("is_error").and_then(Value::as_bool) == Some(true) {
         return true;
     }

@@ -216,7 +216,8 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 ///   line is a record (a trailing `\r` is stripped);
 /// - else if the whole file parses as one JSON value: one record (e.g. a pretty-printed
 ///   Temporal history);
-/// - else JSON Lines (so each bad line is reported at its own line).
+/// - else JSON Lines (so each bad line is reported at its own line), or, with
+///   [`FileReader::set_whole_other_files`], one record (e.g. a YAML VCR cassette).
 ///
 /// [`FileReader::poll`] returns the records not returned before. JSON Lines files are tailed:
 /// only complete lines (ending in `\n`) are consumed, a partial last line is kept for a later
@@ -249,6 +250,8 @@ pub struct FileReader {
     refused: std::collections::BTreeSet<PathBuf>,
     /// Files whose reading state changed (or was forgotten) since [`FileReader::take_cursors`].
     changed: std::collections::BTreeSet<PathBuf>,
+    /// [`FileReader::set_whole_other_files`].
+    whole_other: bool,
 }
 
 /// Where a [`FileReader`] is in one file, as [`FileReader::take_cursors`] gives it and
@@ -310,6 +313,7 @@ impl FileReader {
             access: crate::FileAccess::Any,
             refused: Default::default(),
             changed: Default::default(),
+            whole_other: false,
         })
     }
 
@@ -480,8 +484,12 @@ impl FileReader {
             let known = self.files.contains_key(path);
             let state = self.files.entry(path.clone()).or_default();
             let before = state.clone();
-            let limits =
-                Limits { poll_bytes: self.max_poll_bytes, record_bytes: self.max_record_bytes, access: &self.access };
+            let limits = Limits {
+                poll_bytes: self.max_poll_bytes,
+                record_bytes: self.max_record_bytes,
+                access: &self.access,
+                whole_other: self.whole_other,
+            };
             let polled = poll_file(path, state, finish, limits, &mut self.share, out);
             if *state != before || !known {
                 self.changed.insert(path.clone());
@@ -606,6 +614,14 @@ impl FileReader {
         self.max_record_bytes = bytes.max(1);
     }
 
+    /// Reads a file that is not JSON — neither JSON Lines, a JSON array nor one JSON document
+    /// (the last rule of [`FileReader`]: e.g. a YAML file) — as one record at `path`, read
+    /// once, rather than line by line (default: by line). For formats whose records are whole
+    /// files ([`crate::Decoder::reads_whole_files`]).
+    pub fn set_whole_other_files(&mut self, whole: bool) {
+        self.whole_other = whole;
+    }
+
     /// Returns only every `peers`-th record, starting with record `index` (0-based, counted
     /// over all files in order), so that `peers` readers of the same files split the records
     /// between them without each copying all of them. Default: every record (`0`, `1`).
@@ -660,6 +676,8 @@ struct Limits<'a> {
     poll_bytes: u64,
     record_bytes: u64,
     access: &'a crate::FileAccess,
+    /// [`FileReader::set_whole_other_files`].
+    whole_other: bool,
 }
 
 /// The identity of a file: (device, inode) on Unix; nothing elsewhere (then a replaced file
@@ -871,8 +889,17 @@ fn poll_current(
                 note_pending(state, &[]);
                 return Ok(());
             }
+            Decision::Other if limits.whole_other => {
+                if share.take() {
+                    out.push(record_within(name, body, limits.record_bytes));
+                }
+                state.shape = Shape::Done;
+                state.offset = data.len() as u64;
+                note_pending(state, &[]);
+                return Ok(());
+            }
             // Read as lines below, in bounded pieces.
-            Decision::Lines => state.shape = Shape::Lines,
+            Decision::Lines | Decision::Other => state.shape = Shape::Lines,
         }
     }
     if state.shape == Shape::Done {
@@ -1053,6 +1080,8 @@ enum Decision {
     Array,
     Lines,
     Document,
+    /// Not JSON at all: lines, or one record when the reader reads such files whole.
+    Other,
 }
 
 /// Decides a file's shape from its whole current content, without a byte order mark (see
@@ -1079,7 +1108,7 @@ fn classify(data: &[u8], finish: bool) -> Decision {
     } else if incomplete(whole) {
         Decision::Wait
     } else {
-        Decision::Lines
+        Decision::Other
     }
 }
 
@@ -1458,6 +1487,27 @@ pub(crate) mod tests {
         assert_eq!(poll(&mut r, false), vec![]);
         d.append("g.json", "]}");
         assert_eq!(poll(&mut r, false), vec![rec(g, "{\n  \"events\": [\n]}")]);
+    }
+
+    /// With `set_whole_other_files`, a file that is not JSON (a YAML cassette) is one record,
+    /// read once; JSON files are split as always.
+    #[test]
+    fn files_that_are_not_json_can_be_whole_records() {
+        let d = TempDir::new("whole");
+        let yaml = "interactions:\n- request:\n    uri: https://x\n";
+        let y = d.write("a.yaml", yaml);
+        let j = d.write("b.jsonl", "{\"a\":1}\n{\"a\":2}\n");
+        let mut r = FileReader::new(&d.glob("*")).expect("glob");
+        r.set_whole_other_files(true);
+        assert_eq!(
+            poll(&mut r, false),
+            vec![rec(y.clone(), yaml), rec(format!("{j}:1"), "{\"a\":1}"), rec(format!("{j}:2"), "{\"a\":2}")]
+        );
+        d.append("a.yaml", "version: 1\n");
+        assert_eq!(poll(&mut r, false), vec![]);
+        // Without it: line by line.
+        let mut r = FileReader::new(&y).expect("glob");
+        assert_eq!(poll(&mut r, true).len(), 4);
     }
 
     #[test]
@@ -2183,8 +2233,9 @@ pub(crate) mod tests {
         assert_eq!(classify(b"{\"a\":1}\n{", false), Decision::Lines);
         assert_eq!(classify(b"{\n\"a\":1}", false), Decision::Document);
         assert_eq!(classify(b"{\n\"a\":", false), Decision::Wait);
-        assert_eq!(classify(b"{\n\"a\":", true), Decision::Lines);
-        assert_eq!(classify(b"{\nbad\n{\"a\":1}\n", false), Decision::Lines);
+        assert_eq!(classify(b"{\n\"a\":", true), Decision::Other);
+        assert_eq!(classify(b"{\nbad\n{\"a\":1}\n", false), Decision::Other);
+        assert_eq!(classify(b"interactions:\n- request:\n", false), Decision::Other);
         assert_eq!(classify(b"  [1", false), Decision::Wait);
         assert_eq!(classify(b"  [1", true), Decision::Array);
         // One complete array: an array (even if it were the first line of JSON Lines).

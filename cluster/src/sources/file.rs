@@ -114,6 +114,7 @@ pub(crate) fn open(
     reader.set_max_poll_bytes(BATCH_BYTES as u64);
     reader.set_max_record_bytes(max_record_bytes.max(1));
     reader.set_access(access);
+    reader.set_whole_other_files(source.decoder().is_ok_and(|d| d.reads_whole_files()));
     let (files, done) = (resume.files.len(), resume.files_done);
     // Done before the restart: what it read, read to its end, and nothing more.
     let read: u64 = resume.files.values().flatten().map(FileCursor::offset).sum();

@@ -84,6 +84,7 @@ pub(super) fn open(
                 reader.set_share(index as u64, peers as u64);
                 reader.set_max_record_bytes(options.max_record_bytes.max(1));
                 reader.set_access(access.clone());
+                reader.set_whole_other_files(decoder.reads_whole_files());
                 Ok(Opened::File(Box::new(FileSource {
                     job,
                     name: source.name,
