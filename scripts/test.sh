@@ -20,6 +20,15 @@ fi
 if ! "$venv/bin/python" -c "import opentelemetry.exporter.otlp.proto.grpc, opentelemetry.sdk" 2>/dev/null; then
     "$venv/bin/pip" install --quiet "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-grpc==1.45.2"
 fi
+# The console's test drives a real headless browser: Debian's chromium and chromedriver (as
+# root; elsewhere install them yourself), with Selenium and axe-core (axe-selenium-python) from PyPI.
+if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null
+fi
+if ! "$venv/bin/python" -c "import selenium, axe_selenium_python" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet "selenium==4.40.0" "axe-selenium-python==2.1.6"
+fi
 export AIMATRIX_PYTHON="$venv/bin/python"
 # The Kafka pipeline test starts a real Apache Kafka broker with ../shared/services/kafka-broker.sh
 # (java >= 17; its jars are fetched once with mvn from Maven Central into ~/.cache/aimatrix-kafka).

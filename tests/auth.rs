@@ -410,6 +410,22 @@ tokens = ["{admin_hash}"]
     let (got, _, _) = call(&base, "GET", "/v1/nothing", Some(&reader_token), None);
     assert_eq!(got, 404);
 
+    // The console's page and assets hold no data and need no token; what they show comes from
+    // the API. A subscription may carry its token as `access_token` (a browser's WebSocket
+    // cannot set the header): a wrong one is refused, a known one admitted (a plain GET, not an
+    // upgrade: 4xx but neither 401 nor 403).
+    for path in ["/console", "/console/console.js", "/console/console.css"] {
+        let (status, _, _) = call(&base, "GET", path, None, None);
+        assert_eq!(status, 200, "{path}");
+    }
+    let subscribe =
+        |token: &str| call(&base, "GET", &format!("/v1/subscribe?view=orders&access_token={token}"), None, None);
+    let (status, _, body) = subscribe("amx_not-a-token");
+    assert_eq!(status, 401, "{body}");
+    unauthenticated += 1;
+    let (status, _, body) = subscribe(&reader_token);
+    assert!(status >= 400 && ![401, 403].contains(&status), "{status} {body}");
+
     // A reader queries but may not change the catalog; an admin may.
     let sql = |token: &str, sql: &str| call(&base, "POST", "/v1/sql", Some(token), Some(("application/sql", sql)));
     let (status, _, body) = sql(&reader_token, "SELECT order_id, amount FROM orders");

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+mod console;
 pub mod guard;
 pub mod metrics;
 mod otlp;
@@ -268,6 +269,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(console::root))
+        .route("/console", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .route("/metrics", get(metrics_text))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
@@ -336,6 +341,8 @@ fn needed_role(method: &axum::http::Method, path: &str) -> Option<auth::Role> {
     use axum::http::Method;
     match (method, path) {
         (_, "/healthz" | "/readyz") => None,
+        // The console's page and assets: no data (what they show comes from the API).
+        (&Method::GET | &Method::HEAD, "/" | "/console" | "/console/console.js" | "/console/console.css") => None,
         (&Method::POST, p) if p.starts_with("/v1/webhooks/github/") => None,
         (&Method::GET | &Method::HEAD, _) => Some(auth::Role::Reader),
         (&Method::POST, "/v1/sql") => Some(auth::Role::Reader),
@@ -366,13 +373,25 @@ async fn auth_check(
         state.metrics.auth_refused(metrics::Interface::Http, "unauthenticated");
         return ApiError::bad_request("more than one Authorization header").into_response();
     }
-    let token = request
+    let header_token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
+        .map(|(_, token)| token.trim().to_owned());
+    // A browser cannot set headers on a WebSocket: a subscription may carry its token as the
+    // `access_token` query parameter instead (RFC 6750 §2.3), as the console's does.
+    let query_token = || {
+        (request.uri().path() == "/v1/subscribe" && request.headers().get(header::AUTHORIZATION).is_none())
+            .then(|| {
+                axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri()).ok()
+            })
+            .flatten()
+            .and_then(|axum::extract::Query(mut q)| q.remove("access_token"))
+    };
+    let token = header_token.or_else(query_token);
+    let token = token.as_deref();
     let Some(principal) = token.and_then(|t| authenticator.bearer(t)) else {
         state.metrics.auth_refused(metrics::Interface::Http, "unauthenticated");
         let (message, challenge) = match token {

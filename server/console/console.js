@@ -1,0 +1,561 @@
+// AIMatrix console: one ES module, no framework and no build step, over the server's own HTTP API
+// (GET /v1/jobs, POST /v1/jobs, DELETE /v1/jobs/{id}, POST /v1/sql, GET /v1/catalog) and its
+// WebSocket subscriptions (GET /v1/subscribe). Every value is put into the page as text
+// (textContent), never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const PAGE_ROWS = 100;
+let token = sessionStorage.getItem("aimatrix-token");
+
+// ---- HTTP -------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** Calls the API; throws ApiError with the server's `error` text (or the network failure). */
+async function api(method, path, body, contentType) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = contentType;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body });
+  } catch (e) {
+    throw new ApiError(0, `the server cannot be reached (${e.message})`);
+  }
+  const text = await response.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    parsed = null;
+  }
+  if (response.status === 401) {
+    showLogin(parsed?.error ?? "a bearer token is needed");
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, parsed?.error ?? (text || response.statusText));
+  }
+  return parsed;
+}
+
+const sql = (statement) => api("POST", "/v1/sql", JSON.stringify({ sql: statement }), "application/json");
+
+function showLogin(message) {
+  $("login").hidden = false;
+  notice(message);
+}
+
+function notice(message) {
+  const p = $("notice");
+  p.textContent = message ?? "";
+  p.hidden = !message;
+}
+
+$("login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = $("token").value.trim();
+  sessionStorage.setItem("aimatrix-token", token);
+  $("login").hidden = true;
+  notice(null);
+  refreshAll();
+});
+
+// ---- Tabs (WAI-ARIA tabs pattern: arrow keys move between tabs) ---------------------------
+
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+
+function select(tab) {
+  for (const t of tabs) {
+    const on = t === tab;
+    t.setAttribute("aria-selected", String(on));
+    t.tabIndex = on ? 0 : -1;
+    $(t.getAttribute("aria-controls")).hidden = !on;
+  }
+  // The panel in the address (a link or a reload opens it), without scrolling or moving focus.
+  history.replaceState(null, "", `#${tab.getAttribute("aria-controls")}`);
+  refresh(tab.getAttribute("aria-controls"));
+}
+
+for (const [i, tab] of tabs.entries()) {
+  tab.addEventListener("click", () => select(tab));
+  tab.addEventListener("keydown", (e) => {
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+    if (step) {
+      const next = tabs[(i + step + tabs.length) % tabs.length];
+      next.focus();
+      select(next);
+    }
+  });
+}
+
+// ---- Tables -------------------------------------------------------------------------------
+
+function cell(tr, value, tag = "td") {
+  const td = document.createElement(tag);
+  if (value === null || value === undefined) {
+    td.textContent = "NULL";
+    td.className = "null";
+  } else if (typeof value === "number") {
+    td.textContent = Number.isInteger(value) ? String(value) : value.toPrecision(6).replace(/\.?0+$/, "");
+    td.className = "num";
+  } else if (value instanceof Node) {
+    td.append(value);
+  } else {
+    td.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+  tr.append(td);
+  return td;
+}
+
+/** A table of `rows` (objects) with `columns`; sortable by any column, in pages of PAGE_ROWS. */
+function table(columns, rows, { caption, sortable = true } = {}) {
+  const wrap = document.createElement("div");
+  let sortBy = null;
+  let descending = false;
+  let page = 0;
+  const draw = () => {
+    wrap.replaceChildren();
+    const t = document.createElement("table");
+    if (caption) t.createCaption().textContent = caption;
+    const head = t.createTHead().insertRow();
+    for (const c of columns) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      if (sortable) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = c + (sortBy === c ? (descending ? " ▼" : " ▲") : "");
+        b.addEventListener("click", () => {
+          descending = sortBy === c ? !descending : false;
+          sortBy = c;
+          draw();
+        });
+        th.setAttribute("aria-sort", sortBy === c ? (descending ? "descending" : "ascending") : "none");
+        th.append(b);
+      } else {
+        th.textContent = c;
+      }
+      head.append(th);
+    }
+    let shown = rows;
+    if (sortBy !== null) {
+      shown = [...rows].sort((a, b) => compare(a[sortBy], b[sortBy]) * (descending ? -1 : 1));
+    }
+    const pages = Math.max(1, Math.ceil(shown.length / PAGE_ROWS));
+    page = Math.min(page, pages - 1);
+    const body = t.createTBody();
+    for (const row of shown.slice(page * PAGE_ROWS, (page + 1) * PAGE_ROWS)) {
+      const tr = body.insertRow();
+      for (const c of columns) cell(tr, row[c]);
+    }
+    wrap.append(t);
+    if (pages > 1) {
+      const pager = document.createElement("div");
+      pager.className = "pager";
+      const button = (label, to, disabled) => {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = label;
+        b.disabled = disabled;
+        b.addEventListener("click", () => {
+          page = to;
+          draw();
+        });
+        return b;
+      };
+      const where = document.createElement("span");
+      where.textContent = `page ${page + 1} of ${pages} (${shown.length} rows)`;
+      pager.append(button("Previous", page - 1, page === 0), where, button("Next", page + 1, page >= pages - 1));
+      wrap.append(pager);
+    }
+  };
+  draw();
+  return wrap;
+}
+
+function compare(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined) return 1; // NULLs last, as PostgreSQL sorts ascending
+  if (b === null || b === undefined) return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b));
+}
+
+// ---- Health -------------------------------------------------------------------------------
+
+async function refreshHealth() {
+  const h = $("health");
+  try {
+    const r = await fetch("/readyz");
+    h.textContent = r.ok ? "server ready" : "server starting";
+    h.className = r.ok ? "ok" : "";
+  } catch {
+    h.textContent = "server unreachable";
+    h.className = "bad";
+  }
+}
+
+// ---- Overview -----------------------------------------------------------------------------
+
+async function refreshOverview() {
+  const [traces, models, tools, runs, collections] = await Promise.all([
+    sql(`SELECT count(*) AS traces, sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS failed,
+                sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+         FROM agent_traces`),
+    sql(`SELECT provider, request_model, calls, error_calls, latency_ms_p50, latency_ms_p95, cost_usd
+         FROM model_usage ORDER BY latency_ms_p95 DESC NULLS LAST LIMIT 20`),
+    sql(`SELECT tool_name, calls, errors, CAST(errors AS DOUBLE) / calls AS error_rate
+         FROM tool_usage ORDER BY error_rate DESC, calls DESC LIMIT 20`),
+    sql("SELECT status, count(*) AS runs FROM workflow_runs GROUP BY status ORDER BY runs DESC"),
+    sql("SELECT collection, documents, edits, size_bytes FROM collection_stats ORDER BY documents DESC LIMIT 20"),
+  ]);
+  const t = traces.rows[0] ?? {};
+  const cards = [
+    ["traces", t.traces],
+    ["failed traces", t.failed ?? 0],
+    ["input tokens", t.input_tokens],
+    ["output tokens", t.output_tokens],
+    ["cost (USD)", t.cost_usd === null || t.cost_usd === undefined ? null : t.cost_usd.toFixed(4)],
+  ];
+  $("overview-cards").replaceChildren(
+    ...cards.map(([label, value]) => {
+      const div = document.createElement("div");
+      div.className = "card";
+      const v = document.createElement("div");
+      v.className = "value";
+      v.textContent = value ?? "–";
+      const l = document.createElement("div");
+      l.textContent = label;
+      div.append(v, l);
+      return div;
+    }),
+  );
+  // Latency as bars, scaled to the slowest p95 shown.
+  const slowest = Math.max(1, ...models.rows.map((r) => r.latency_ms_p95 ?? 0));
+  const withBars = models.rows.map((r) => {
+    const bar = document.createElement("span");
+    if (r.latency_ms_p95 !== null) {
+      const b = document.createElement("span");
+      b.className = "bar";
+      b.style.width = `${Math.round((r.latency_ms_p95 / slowest) * 120)}px`;
+      b.setAttribute("aria-hidden", "true");
+      bar.append(b, `${Math.round(r.latency_ms_p95)} ms`);
+    } else {
+      bar.textContent = "–";
+    }
+    return { ...r, "p95 latency": bar };
+  });
+  $("overview-models").replaceChildren(
+    table(
+      ["provider", "request_model", "calls", "error_calls", "latency_ms_p50", "p95 latency", "cost_usd"],
+      withBars,
+      { sortable: false },
+    ),
+  );
+  $("overview-tools").replaceChildren(table(["tool_name", "calls", "errors", "error_rate"], tools.rows));
+  $("overview-workflows").replaceChildren(table(["status", "runs"], runs.rows));
+  $("overview-collections").replaceChildren(table(["collection", "documents", "edits", "size_bytes"], collections.rows));
+}
+
+// ---- Jobs ---------------------------------------------------------------------------------
+
+async function refreshJobs() {
+  const { jobs } = await api("GET", "/v1/jobs");
+  const recent = jobs.slice(-50).reverse();
+  const details = await Promise.all(
+    recent.map((j) => (j.state === "cancelled" ? Promise.resolve(j) : api("GET", `/v1/jobs/${j.id}`).catch(() => j))),
+  );
+  const rows = details.map((j) => {
+    const state = document.createElement("span");
+    state.textContent = j.state;
+    state.className = `state-${j.state}`;
+    const hydration = document.createElement("progress");
+    hydration.max = 1;
+    hydration.value = j.hydration ?? (j.state === "cancelled" ? 0 : 1);
+    hydration.setAttribute("aria-label", `job ${j.id} hydration`);
+    hydration.title = `${Math.round((j.hydration ?? 0) * 100)}% hydrated`;
+    const sources = (j.source_stats ?? []).map(
+      (s) =>
+        `${s.name}: ${s.records} records, ${s.errors} errors` +
+        (s.progress ? (s.progress.caught_up ? ", caught up" : ", catching up") : ""),
+    );
+    let cancel = "";
+    if (j.state !== "cancelled") {
+      cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.textContent = "Cancel";
+      cancel.setAttribute("aria-label", `Cancel job ${j.id}`);
+      cancel.addEventListener("click", async () => {
+        try {
+          await api("DELETE", `/v1/jobs/${j.id}`);
+          $("job-result").textContent = `job ${j.id} cancelled`;
+        } catch (e) {
+          $("job-result").textContent = `cancelling job ${j.id}: ${e.message}`;
+        }
+        refreshJobs().catch(report);
+      });
+    }
+    const errors = (j.errors ?? []).join("; ");
+    return { id: j.id, name: j.name, kind: j.kind, state, hydration, sources: sources.join("; "), errors, "": cancel };
+  });
+  $("job-list").replaceChildren(
+    rows.length
+      ? table(["id", "name", "kind", "state", "hydration", "sources", "errors", ""], rows, { sortable: false })
+      : Object.assign(document.createElement("p"), { className: "hint", textContent: "No jobs yet." }),
+  );
+}
+
+$("job-file").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  if (file) $("job-toml").value = await file.text();
+});
+
+$("job-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const out = $("job-result");
+  out.className = "";
+  out.textContent = "submitting…";
+  try {
+    const { id } = await api("POST", "/v1/jobs", $("job-toml").value, "application/toml");
+    out.textContent = `job ${id} submitted`;
+  } catch (err) {
+    out.className = "error";
+    out.textContent = `the job was refused (${err.status}): ${err.message}`;
+  }
+  refreshJobs().catch(report);
+});
+
+// ---- SQL ----------------------------------------------------------------------------------
+
+async function runSql() {
+  const status = $("sql-status");
+  const result = $("sql-result");
+  status.className = "";
+  status.textContent = "running…";
+  const started = performance.now();
+  try {
+    const answer = await sql($("sql-text").value);
+    const ms = Math.round(performance.now() - started);
+    if (answer.columns) {
+      status.textContent = `${answer.rows.length} rows at timestamp ${answer.timestamp} (${ms} ms)`;
+      result.replaceChildren(table(answer.columns.map((c) => c.name), answer.rows));
+    } else if (answer.created !== undefined) {
+      status.textContent = answer.existed ? `${answer.created} already exists` : `created ${answer.created}`;
+      result.replaceChildren();
+    } else {
+      status.textContent = answer.existed ? `dropped ${answer.dropped}` : `${answer.dropped} did not exist`;
+      result.replaceChildren();
+    }
+  } catch (err) {
+    status.className = "error";
+    status.textContent = `error (${err.status}): ${err.message}`;
+    result.replaceChildren();
+  }
+}
+
+$("sql-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  runSql();
+});
+$("sql-text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+    e.preventDefault();
+    runSql();
+  }
+});
+
+// ---- Relations and live views -------------------------------------------------------------
+
+let relations = [];
+let live = null; // the open subscription: { socket, name }
+
+async function refreshRelations() {
+  relations = (await api("GET", "/v1/catalog")).relations;
+  drawRelationList();
+}
+
+function drawRelationList() {
+  const filter = $("relation-filter").value.trim().toLowerCase();
+  const current = live?.name ?? $("relation-detail").dataset.name;
+  $("relation-list").replaceChildren(
+    ...relations
+      .filter((r) => r.name.includes(filter))
+      .map((r) => {
+        const li = document.createElement("li");
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = r.name;
+        b.setAttribute("aria-current", String(r.name === current));
+        b.addEventListener("click", () => showRelation(r));
+        li.append(b);
+        return li;
+      }),
+  );
+}
+
+$("relation-filter").addEventListener("input", drawRelationList);
+
+function showRelation(relation) {
+  stopLive();
+  const detail = $("relation-detail");
+  detail.dataset.name = relation.name;
+  const h = document.createElement("h3");
+  h.textContent = relation.name;
+  const watch = document.createElement("button");
+  watch.type = "button";
+  watch.id = "watch";
+  watch.textContent = "Watch live";
+  watch.addEventListener("click", () => startLive(relation));
+  const status = document.createElement("p");
+  status.id = "live-status";
+  status.setAttribute("role", "status");
+  const rows = document.createElement("div");
+  rows.id = "live-rows";
+  detail.replaceChildren(
+    h,
+    table(["name", "type"], relation.columns, { caption: "Columns", sortable: false }),
+    watch,
+    status,
+    rows,
+  );
+  drawRelationList();
+}
+
+function stopLive() {
+  if (live) {
+    live.closing = true;
+    live.socket.close(1000);
+    live = null;
+  }
+}
+
+/** Subscribes to `relation` and keeps its rows in a table: each distinct row with its count;
+ * inserts highlighted, retractions struck out for a moment before they go. */
+function startLive(relation) {
+  stopLive();
+  const columns = relation.columns.map((c) => c.name);
+  const counts = new Map(); // JSON of the row → { row, count, tr }
+  const status = $("live-status");
+  const wrap = $("live-rows");
+  const t = document.createElement("table");
+  t.id = "live-table";
+  const head = t.createTHead().insertRow();
+  for (const c of [...columns, "count"]) cell(head, c, "th").scope = "col";
+  const body = t.createTBody();
+  wrap.replaceChildren(t);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const query = new URLSearchParams({ view: relation.name });
+  if (token) query.set("access_token", token);
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/subscribe?${query}`);
+  const me = { socket, name: relation.name, closing: false };
+  live = me;
+  status.textContent = "subscribing…";
+  $("watch").textContent = "Stop";
+  $("watch").onclick = () => {
+    stopLive();
+    status.textContent = "stopped";
+    $("watch").textContent = "Watch live";
+    $("watch").onclick = () => startLive(relation);
+  };
+  const apply = (row, diff, highlight) => {
+    const key = JSON.stringify(row);
+    let entry = counts.get(key);
+    if (!entry) {
+      const tr = body.insertRow();
+      for (const c of columns) cell(tr, row[c]);
+      cell(tr, 0);
+      entry = { count: 0, tr };
+      counts.set(key, entry);
+    }
+    entry.count += diff;
+    entry.tr.lastChild.textContent = String(entry.count);
+    entry.tr.classList.remove("inserted", "retracted");
+    if (entry.count <= 0) {
+      entry.tr.classList.add("retracted");
+      counts.delete(key);
+      const gone = entry.tr;
+      setTimeout(() => gone.remove(), 2000);
+    } else if (highlight) {
+      entry.tr.classList.add("inserted");
+    }
+  };
+  socket.addEventListener("message", (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.type === "snapshot") {
+      for (const { row, diff } of msg.rows) apply(row, diff, false);
+      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
+    } else if (msg.type === "update") {
+      apply(msg.row, msg.diff, true);
+      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
+    } else if (msg.type === "progress") {
+      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
+    }
+  });
+  socket.addEventListener("close", (e) => {
+    if (me.closing) return;
+    if (live === me) live = null;
+    status.className = "error";
+    status.textContent =
+      e.code === 1000
+        ? "the view was dropped"
+        : `the subscription closed (${e.code}${e.reason ? `: ${e.reason}` : ""}); Watch live subscribes again`;
+    $("watch").textContent = "Watch live";
+    $("watch").onclick = () => startLive(relation);
+  });
+}
+
+// ---- Errors -------------------------------------------------------------------------------
+
+async function refreshErrors() {
+  const [ingest, views] = await Promise.all([
+    sql("SELECT source, location, error, raw FROM ingest_errors ORDER BY source, location LIMIT 1000"),
+    sql("SELECT view, error FROM aimatrix_view_errors LIMIT 1000"),
+  ]);
+  $("errors-ingest").replaceChildren(table(["source", "location", "error", "raw"], ingest.rows));
+  $("errors-view").replaceChildren(table(["view", "error"], views.rows));
+}
+
+// ---- Refreshing ---------------------------------------------------------------------------
+
+const refreshers = {
+  overview: refreshOverview,
+  jobs: refreshJobs,
+  sql: async () => {},
+  relations: refreshRelations,
+  errors: refreshErrors,
+};
+
+function report(err) {
+  if (err.status !== 401) notice(`${err.message}`);
+}
+
+async function refresh(panel) {
+  try {
+    await refreshers[panel]();
+    if ($("login").hidden) notice(null);
+  } catch (err) {
+    report(err);
+  }
+}
+
+function refreshAll() {
+  refreshHealth();
+  const open = tabs.find((t) => t.getAttribute("aria-selected") === "true");
+  refresh(open.getAttribute("aria-controls"));
+}
+
+// Periodic refresh of what is shown (not of the SQL result, nor of a live view, which pushes).
+setInterval(() => {
+  refreshHealth();
+  const panel = tabs.find((t) => t.getAttribute("aria-selected") === "true").getAttribute("aria-controls");
+  if (panel === "overview" || panel === "jobs") refresh(panel);
+}, 5000);
+
+const initial = tabs.find((t) => t.getAttribute("aria-controls") === location.hash.slice(1)) ?? tabs[0];
+select(initial);
+refreshHealth();

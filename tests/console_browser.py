@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Drives the web console (`/console`) in a real headless browser (Debian's chromium through
+chromedriver, with Selenium) against a running `aimatrix serve`, as a person would use it:
+submits a job (a bad one first), pushes records over HTTP, runs queries (a failing one too),
+watches a view change live, drops a watched view, browses ingest errors, cancels the job; checks
+accessibility with axe-core on every panel and that the browser logged no errors beyond the
+refusals the test provoked. Screenshots of each step go to SCREENSHOT_DIR.
+
+usage: console_browser.py BASE_URL SCREENSHOT_DIR
+Exits 0 when every check passes; prints "N passed, N failed".
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+BASE, SHOTS = sys.argv[1], sys.argv[2]
+os.makedirs(SHOTS, exist_ok=True)
+passed = failed = 0
+
+JOB = """name = "console-test"
+[[sources]]
+name = "docs"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = { pointer = "/op", default = "upsert" }
+version = "/v"
+size_bytes = "/size"
+event_time = { pointer = "/t", unit = "s" }
+"""
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}")
+
+
+def push(job, lines):
+    body = "\n".join(json.dumps(l) for l in lines).encode()
+    req = urllib.request.Request(f"{BASE}/v1/ingest/{job}/docs", data=body, method="POST",
+                                 headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def wait(what, predicate, timeout=20):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as e:  # the page is redrawing: try again
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+options = webdriver.ChromeOptions()
+options.binary_location = os.environ.get("AIMATRIX_CHROMIUM", "/usr/bin/chromium")
+for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+            "--disable-gpu", "--no-first-run"):
+    options.add_argument(arg)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service(os.environ.get("AIMATRIX_CHROMEDRIVER", "/usr/bin/chromedriver")),
+                          options=options)
+step = 0
+
+
+def shot(name):
+    global step
+    step += 1
+    driver.save_screenshot(os.path.join(SHOTS, f"{step:02d}-{name}.png"))
+
+
+def tab(name):
+    driver.find_element(By.ID, f"tab-{name}").click()
+    wait(f"panel {name}", lambda: driver.find_element(By.ID, name).is_displayed())
+
+
+def table_rows(container):
+    rows = container.find_elements(By.CSS_SELECTOR, "tbody tr")
+    return [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+
+
+def axe(panel):
+    import axe_selenium_python
+    a = axe_selenium_python.Axe(driver)
+    a.inject()
+    results = a.run()
+    violations = [(v["id"], v["impact"], len(v["nodes"])) for v in results["violations"]]
+    check(f"axe-core finds no accessibility violation on {panel}", not violations, violations)
+
+
+def run_sql(statement):
+    box = driver.find_element(By.ID, "sql-text")
+    box.clear()
+    box.send_keys(statement)
+    before = driver.find_element(By.ID, "sql-status").text
+    driver.find_element(By.CSS_SELECTOR, "#sql-form button[type=submit]").click()
+    return wait("the SQL answer",
+                lambda: (t := driver.find_element(By.ID, "sql-status").text) != before and t != "running…" and t)
+
+
+try:
+    driver.get(f"{BASE}/")
+    wait("the console at /", lambda: "/console" in driver.current_url)
+    wait("the health line", lambda: driver.find_element(By.ID, "health").text == "server ready")
+    wait("the overview's cards", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#overview-cards .card")) == 5)
+    shot("overview")
+    check("the overview shows five cards", True)
+    axe("overview")
+
+    # Keyboard: the arrow keys move between tabs (WAI-ARIA tabs pattern).
+    driver.find_element(By.ID, "tab-overview").send_keys(Keys.ARROW_RIGHT)
+    wait("the jobs panel by keyboard", lambda: driver.find_element(By.ID, "jobs").is_displayed())
+    focused = driver.switch_to.active_element.get_attribute("id")
+    check("ArrowRight on a tab opens the next panel, and focuses its tab", focused == "tab-jobs", focused)
+
+    # A job that does not parse: the server's message, at its line.
+    toml = driver.find_element(By.ID, "job-toml")
+    toml.send_keys('name = "broken"\n[[sources]\nname = "x"\n')
+    driver.find_element(By.CSS_SELECTOR, "#job-form button[type=submit]").click()
+    refused = wait("the refusal", lambda: "refused" in (t := driver.find_element(By.ID, "job-result").text) and t)
+    shot("job-refused")
+    check("a job that does not parse is refused with the server's reason and line",
+          "refused (400)" in refused and "line 2" in refused, refused)
+
+    toml.clear()
+    toml.send_keys(JOB)
+    driver.find_element(By.CSS_SELECTOR, "#job-form button[type=submit]").click()
+    done = wait("the job's id", lambda: (t := driver.find_element(By.ID, "job-result").text).startswith("job ") and t)
+    job = int(done.split()[1])
+    check("a job is submitted from the page", done == f"job {job} submitted", done)
+    wait("the job in the list", lambda: any(r[1] == "console-test" and r[3] == "running"
+                                            for r in table_rows(driver.find_element(By.ID, "job-list"))))
+    shot("job-submitted")
+    axe("jobs")
+
+    push(job, [{"c": "a", "id": "d1", "v": 1, "size": 10, "t": 1},
+               {"c": "a", "id": "d2", "v": 1, "size": 20, "t": 2},
+               {"c": "b", "id": "d3", "v": 1, "size": 30, "t": 3}])
+
+    tab("sql")
+    status = run_sql("SELECT collection, count(*) AS n, sum(size_bytes) AS bytes FROM knowledge_events "
+                     "GROUP BY collection ORDER BY collection")
+    rows = table_rows(driver.find_element(By.ID, "sql-result"))
+    check("a query's rows are shown in a table", rows == [["a", "2", "30"], ["b", "1", "30"]], (status, rows))
+    headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#sql-result th")]
+    check("with its columns", headers == ["collection", "n", "bytes"], headers)
+    # Sorting by a column, descending on the second click.
+    driver.find_element(By.CSS_SELECTOR, "#sql-result th button").click()
+    driver.find_element(By.CSS_SELECTOR, "#sql-result th button").click()
+    rows = table_rows(driver.find_element(By.ID, "sql-result"))
+    check("a column header sorts the table", [r[0] for r in rows] == ["b", "a"], rows)
+    run_sql("SELECT NULL AS nothing, 1 AS one")
+    rows = table_rows(driver.find_element(By.ID, "sql-result"))
+    check("NULL is shown as NULL", rows == [["NULL", "1"]], rows)
+    status = run_sql("SELECT nope FROM knowledge_events")
+    check("a failing query shows the server's error",
+          status.startswith("error (400)") and "nope" in status, status)
+    shot("sql-error")
+    status = run_sql("SELECT count(*) AS n FROM knowledge_events")
+    check("the page recovers: the next query answers", table_rows(driver.find_element(By.ID, "sql-result")) == [["3"]],
+          status)
+    status = run_sql("CREATE MATERIALIZED VIEW console_sizes AS SELECT collection, sum(size_bytes) AS bytes "
+                     "FROM knowledge_events GROUP BY collection")
+    check("a materialized view is created from the editor", status == "created console_sizes", status)
+    shot("sql")
+    axe("sql")
+
+    tab("relations")
+    wait("the catalog", lambda: driver.find_elements(By.XPATH, "//ul[@id='relation-list']//button[text()='documents']"))
+    driver.find_element(By.XPATH, "//ul[@id='relation-list']//button[text()='documents']").click()
+    columns = wait("the columns", lambda: table_rows(driver.find_element(By.ID, "relation-detail")))
+    check("a relation's columns and types are shown", ["collection", "Utf8"] in columns, columns)
+    driver.find_element(By.ID, "watch").click()
+    live = lambda: driver.find_element(By.ID, "live-table")
+    wait("the snapshot", lambda: len(table_rows(live())) == 3)
+    check("watching a view shows its rows", sorted(r[1] for r in table_rows(live())) == ["d1", "d2", "d3"])
+    push(job, [{"c": "b", "id": "d4", "v": 1, "size": 40, "t": 4}])
+    new = wait("the inserted row", lambda: live().find_elements(By.CSS_SELECTOR, "tbody tr.inserted"))
+    check("an inserted row appears highlighted", [td.text for td in new[0].find_elements(By.TAG_NAME, "td")][1] == "d4")
+    shot("live-insert")
+    push(job, [{"c": "a", "id": "d1", "op": "delete", "v": 2, "t": 5}])
+    gone = wait("the retracted row", lambda: live().find_elements(By.CSS_SELECTOR, "tbody tr.retracted"))
+    check("a retracted row is struck out", [td.text for td in gone[0].find_elements(By.TAG_NAME, "td")][1] == "d1")
+    shot("live-retract")
+    wait("the retracted row to go", lambda: sorted(r[1] for r in table_rows(live())) == ["d2", "d3", "d4"])
+    check("then it goes", True)
+    status = driver.find_element(By.ID, "live-status").text
+    check("the view's timestamp is shown", "rows at timestamp" in status, status)
+    axe("relations")
+
+    # A watched view dropped: the page says so, and the console goes on.
+    driver.refresh()
+    wait("the relations panel after a reload", lambda: driver.find_element(By.ID, "relations").is_displayed())
+    wait("console_sizes", lambda: driver.find_elements(By.XPATH, "//button[text()='console_sizes']"))
+    driver.find_element(By.XPATH, "//button[text()='console_sizes']").click()
+    driver.find_element(By.ID, "watch").click()
+    wait("its snapshot", lambda: len(table_rows(live())) == 2)
+    body = json.dumps({"sql": "DROP MATERIALIZED VIEW console_sizes"}).encode()
+    urllib.request.urlopen(urllib.request.Request(f"{BASE}/v1/sql", data=body, method="POST",
+                                                  headers={"Content-Type": "application/json"}), timeout=30).read()
+    closed = wait("the closed subscription", lambda: "dropped" in (t := driver.find_element(By.ID, "live-status").text) and t)
+    check("a dropped view's subscription says so", closed == "the view was dropped", closed)
+    shot("live-dropped")
+
+    # Bad input pushed: browsable in the errors panel.
+    req = urllib.request.Request(f"{BASE}/v1/ingest/{job}/docs", data=b'{"c": "a", "id": \n', method="POST",
+                                 headers={"Content-Type": "application/x-ndjson"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+    except urllib.error.HTTPError:
+        pass
+    tab("errors")
+    errors = wait("the ingest error", lambda: table_rows(driver.find_element(By.ID, "errors-ingest")))
+    check("ingest errors are listed with their location and reason",
+          errors and errors[0][0] == "docs" and errors[0][1] == f"POST /v1/ingest/{job}/docs:1"
+          and errors[0][2].startswith("invalid JSON"), errors)
+    shot("errors")
+    axe("errors")
+
+    tab("jobs")
+    wait("the cancel button", lambda: driver.find_elements(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']"))
+    driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']").click()
+    cancelled = wait("the cancelled job", lambda: any(r[0] == str(job) and r[3] == "cancelled"
+                                                      for r in table_rows(driver.find_element(By.ID, "job-list"))))
+    check("a job is cancelled from the page", cancelled)
+    shot("job-cancelled")
+
+    # The browser's log: nothing but the refusals provoked above (the bad job, the failing query).
+    log = driver.get_log("browser")
+    severe = [e["message"] for e in log if e["level"] == "SEVERE"
+              and "the server responded with a status of 400" not in e["message"]]
+    check("the browser logged no errors", not severe, severe)
+except Exception as e:  # a step that could not even run
+    failed += 1
+    print(f"FAIL {type(e).__name__}: {e}")
+    try:
+        shot("failure")
+    except Exception:
+        pass
+finally:
+    driver.quit()
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
