@@ -459,7 +459,7 @@ def cassettes(binary):
           [[a["span_id"], a["name"], a["provider"], a["request_model"], a["response_model"], a["input_tokens"],
             a["output_tokens"], a["cache_read_input_tokens"], a["reasoning_output_tokens"], a["status"],
             a["error_type"], us(a["start_time"]), us(a["end_time"]), a["tool_call_id"]] for a in answers[0]],
-          rows)
+          sorted(rows, key=lambda r: (r[11], r[0])))
     check("openai cassettes: model_usage",
           [(a["provider"], a["request_model"], a["calls"], a["error_calls"], a["input_tokens"], a["output_tokens"],
             None if a["cost_usd"] is None else round(a["cost_usd"], 12)) for a in answers[1]],
