@@ -6,7 +6,10 @@ watches a view change live, drops a watched view, browses ingest errors, cancels
 accessibility with axe-core on every panel and that the browser logged no errors beyond the
 refusals the test provoked. Screenshots of each step go to SCREENSHOT_DIR.
 
-usage: console_browser.py BASE_URL SCREENSHOT_DIR
+usage: console_browser.py BASE_URL SCREENSHOT_DIR [READER_TOKEN]
+With READER_TOKEN, the server has users instead: the page asks for a token, refuses a wrong
+one, and with a reader's shows the data, subscribes (the token as `access_token`) and shows
+the refusal of a job submission (admin only).
 Exits 0 when every check passes; prints "N passed, N failed".
 """
 import json
@@ -21,6 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 BASE, SHOTS = sys.argv[1], sys.argv[2]
+READER = sys.argv[3] if len(sys.argv) > 3 else None
 os.makedirs(SHOTS, exist_ok=True)
 passed = failed = 0
 
@@ -119,7 +123,50 @@ def run_sql(statement):
                 lambda: (t := driver.find_element(By.ID, "sql-status").text) != before and t != "running…" and t)
 
 
+def with_users():
+    """The page on a server with users, as a reader."""
+    driver.get(f"{BASE}/console")
+    wait("the token prompt", lambda: driver.find_element(By.ID, "login").is_displayed())
+    notice = driver.find_element(By.ID, "notice").text
+    check("a server with users: the page asks for a token", "bearer token" in notice, notice)
+    driver.find_element(By.ID, "token").send_keys("amx_wrong")
+    driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    wait("the refusal", lambda: driver.find_element(By.ID, "login").is_displayed()
+         and "not one this server knows" in driver.find_element(By.ID, "notice").text)
+    check("a wrong token is refused, and asked again", True)
+    shot("token-refused")
+    box = driver.find_element(By.ID, "token")
+    box.clear()
+    box.send_keys(READER)
+    driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
+    wait("the overview", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#overview-cards .card")) == 5)
+    check("a reader's token shows the data", not driver.find_element(By.ID, "login").is_displayed())
+    tab("jobs")
+    driver.find_element(By.ID, "job-toml").send_keys(JOB)
+    driver.find_element(By.CSS_SELECTOR, "#job-form button[type=submit]").click()
+    refused = wait("the refusal", lambda: "refused" in (t := driver.find_element(By.ID, "job-result").text) and t)
+    check("a reader may not submit a job: the page says why", "refused (403)" in refused and "admin" in refused, refused)
+    tab("relations")
+    wait("the catalog", lambda: driver.find_elements(By.XPATH, "//button[text()='agent_traces']"))
+    driver.find_element(By.XPATH, "//button[text()='agent_traces']").click()
+    driver.find_element(By.ID, "watch").click()
+    status = wait("the subscription", lambda: "rows at timestamp" in (t := driver.find_element(By.ID, "live-status").text) and t)
+    check("a reader subscribes with the token as access_token", status.startswith("0 rows at timestamp"), status)
+    driver.refresh()
+    wait("the panel after a reload", lambda: driver.find_element(By.ID, "relations").is_displayed())
+    wait("the catalog after a reload", lambda: driver.find_elements(By.XPATH, "//button[text()='agent_traces']"))
+    check("the token is kept for the tab: no prompt after a reload", not driver.find_element(By.ID, "login").is_displayed())
+    shot("reader")
+    log = driver.get_log("browser")
+    severe = [e["message"] for e in log if e["level"] == "SEVERE"
+              and not any(f"status of {c}" in e["message"] for c in (401, 403))]
+    check("the browser logged no errors but the refusals", not severe, severe)
+
+
 try:
+    if READER:
+        with_users()
+        raise SystemExit
     driver.get(f"{BASE}/")
     wait("the console at /", lambda: "/console" in driver.current_url)
     wait("the health line", lambda: driver.find_element(By.ID, "health").text == "server ready")
@@ -238,6 +285,18 @@ try:
     shot("errors")
     axe("errors")
 
+    tab("health")
+    cards = wait("the health cards", lambda: {c.text.split("\n")[1]: c.text.split("\n")[0]
+                                              for c in driver.find_elements(By.CSS_SELECTOR, "#health-cards .card")})
+    # Pushed: 3 + 1 + 1 lines, and the bad one (a record read, an ingest error).
+    check("health shows records read and ingest errors", (cards.get("records read"), cards.get("ingest errors")) == ("6", "1"),
+          cards)
+    check("health shows the resident memory", cards.get("resident memory", "–").endswith("iB"), cards)
+    wait("the rates chart", lambda: driver.find_elements(By.CSS_SELECTOR, "#health-chart svg polyline"), timeout=30)
+    check("health charts the rates over time", True)
+    shot("health")
+    axe("health")
+
     tab("jobs")
     wait("the cancel button", lambda: driver.find_elements(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']"))
     driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']").click()
@@ -251,6 +310,8 @@ try:
     severe = [e["message"] for e in log if e["level"] == "SEVERE"
               and "the server responded with a status of 400" not in e["message"]]
     check("the browser logged no errors", not severe, severe)
+except SystemExit:
+    pass
 except Exception as e:  # a step that could not even run
     failed += 1
     print(f"FAIL {type(e).__name__}: {e}")

@@ -17,7 +17,7 @@ class ApiError extends Error {
 }
 
 /** Calls the API; throws ApiError with the server's `error` text (or the network failure). */
-async function api(method, path, body, contentType) {
+async function api(method, path, body, contentType, { text: asText = false } = {}) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = contentType;
@@ -28,6 +28,7 @@ async function api(method, path, body, contentType) {
     throw new ApiError(0, `the server cannot be reached (${e.message})`);
   }
   const text = await response.text();
+  if (asText && response.ok) return text;
   let parsed = null;
   try {
     parsed = text ? JSON.parse(text) : null;
@@ -520,6 +521,131 @@ async function refreshErrors() {
   $("errors-view").replaceChildren(table(["view", "error"], views.rows));
 }
 
+// ---- Health -------------------------------------------------------------------------------
+
+/** Samples of the sources' totals: { at (ms), records, errors }, the last 60 (5 minutes). */
+const samples = [];
+
+/** The sum of the Prometheus text-format samples of metric `name` (over all its labels), or
+ * null when there are none. */
+function metric(text, name) {
+  const values = text
+    .split("\n")
+    .filter((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`))
+    .map((l) => Number(l.slice(l.lastIndexOf(" ") + 1)));
+  return values.length ? values.reduce((a, b) => a + b, 0) : null;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return null;
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** An SVG line chart of `series` ([{ label, values, className }]) over the samples' times. */
+function chart(series, title) {
+  const ns = "http://www.w3.org/2000/svg";
+  const width = 480;
+  const height = 120;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", String(width));
+  svg.setAttribute("height", String(height));
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
+  const top = Math.max(1, ...series.flatMap((s) => s.values));
+  for (const s of series) {
+    const n = s.values.length;
+    if (n < 2) continue;
+    const points = s.values.map((v, i) => `${(i / (n - 1)) * (width - 2) + 1},${height - 1 - (v / top) * (height - 12)}`);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("class", s.className);
+    svg.append(line);
+  }
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", "4");
+  label.setAttribute("y", "10");
+  label.textContent = `max ${Math.round(top)}/s`;
+  svg.append(label);
+  const legend = document.createElement("p");
+  legend.className = "legend";
+  for (const s of series) {
+    const key = document.createElement("span");
+    key.className = `key ${s.className}`;
+    key.textContent = s.label;
+    legend.append(key);
+  }
+  const figure = document.createElement("figure");
+  figure.append(svg, legend);
+  return figure;
+}
+
+async function refreshHealthPanel() {
+  const [sources, frontiers, metricsText] = await Promise.all([
+    sql("SELECT source, records, decoded, errors FROM aimatrix_source_stats ORDER BY source"),
+    sql("SELECT collection, frontier, lag_ms FROM aimatrix_frontiers ORDER BY lag_ms DESC LIMIT 20"),
+    api("GET", "/metrics", undefined, undefined, { text: true }),
+  ]);
+  const now = Date.now();
+  const records = sources.rows.reduce((a, r) => a + r.records, 0);
+  const errors = sources.rows.reduce((a, r) => a + r.errors, 0);
+  samples.push({ at: now, records, errors });
+  if (samples.length > 61) samples.shift();
+  const rates = [];
+  for (let i = 1; i < samples.length; i += 1) {
+    const dt = (samples[i].at - samples[i - 1].at) / 1000;
+    rates.push({
+      records: Math.max(0, (samples[i].records - samples[i - 1].records) / dt),
+      errors: Math.max(0, (samples[i].errors - samples[i - 1].errors) / dt),
+    });
+  }
+  const last = rates.at(-1);
+  const rss = metric(metricsText, "process_resident_memory_bytes");
+  const arranged = metric(metricsText, "aimatrix_arrangement_bytes");
+  const lag = frontiers.rows.length ? frontiers.rows[0].lag_ms : null;
+  const cards = [
+    ["records/s", last ? Math.round(last.records) : "…"],
+    ["ingest errors/s", last ? Math.round(last.errors) : "…"],
+    ["records read", records],
+    ["ingest errors", errors],
+    ["largest frontier lag", lag === null ? null : `${lag} ms`],
+    ["resident memory", bytes(rss)],
+    ["arranged collections", bytes(arranged)],
+  ];
+  $("health-cards").replaceChildren(
+    ...cards.map(([label, value]) => {
+      const div = document.createElement("div");
+      div.className = "card";
+      const v = document.createElement("div");
+      v.className = "value";
+      v.textContent = value ?? "–";
+      const l = document.createElement("div");
+      l.textContent = label;
+      div.append(v, l);
+      return div;
+    }),
+  );
+  $("health-chart").replaceChildren(
+    rates.length < 2
+      ? Object.assign(document.createElement("p"), { className: "hint", textContent: "Measuring… (a point every 5 s)" })
+      : chart(
+          [
+            { label: "records/s", values: rates.map((r) => r.records), className: "series-records" },
+            { label: "ingest errors/s", values: rates.map((r) => r.errors), className: "series-errors" },
+          ],
+          "records and ingest errors per second over the last minutes",
+        ),
+  );
+  $("health-sources").replaceChildren(table(["source", "records", "decoded", "errors"], sources.rows));
+  $("health-frontiers").replaceChildren(table(["collection", "frontier", "lag_ms"], frontiers.rows));
+}
+
 // ---- Refreshing ---------------------------------------------------------------------------
 
 const refreshers = {
@@ -528,6 +654,7 @@ const refreshers = {
   sql: async () => {},
   relations: refreshRelations,
   errors: refreshErrors,
+  "health-panel": refreshHealthPanel,
 };
 
 function report(err) {
@@ -553,7 +680,7 @@ function refreshAll() {
 setInterval(() => {
   refreshHealth();
   const panel = tabs.find((t) => t.getAttribute("aria-selected") === "true").getAttribute("aria-controls");
-  if (panel === "overview" || panel === "jobs") refresh(panel);
+  if (panel === "overview" || panel === "jobs" || panel === "health-panel") refresh(panel);
 }, 5000);
 
 const initial = tabs.find((t) => t.getAttribute("aria-controls") === location.hash.slice(1)) ?? tabs[0];
