@@ -189,6 +189,9 @@ try:
     shot("job-refused")
     check("a job that does not parse is refused with the server's reason and line",
           "refused (400)" in refused and "line 2" in refused, refused)
+    selected = driver.execute_script(
+        "const a = document.getElementById('job-toml'); return a.value.slice(a.selectionStart, a.selectionEnd);")
+    check("and that line is selected in the editor", selected == "[[sources]", selected)
 
     toml.clear()
     toml.send_keys(JOB)

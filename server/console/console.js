@@ -327,9 +327,21 @@ $("job-form").addEventListener("submit", async (e) => {
   } catch (err) {
     out.className = "error";
     out.textContent = `the job was refused (${err.status}): ${err.message}`;
+    selectLine($("job-toml"), err.message);
   }
   refreshJobs().catch(report);
 });
+
+/** Selects, in `area`, the line a message names (`line N`, as TOML errors give it). */
+function selectLine(area, message) {
+  const m = /\bline (\d+)/.exec(message);
+  if (!m) return;
+  const lines = area.value.split("\n");
+  const n = Math.min(Number(m[1]), lines.length) - 1;
+  const start = lines.slice(0, n).reduce((a, l) => a + l.length + 1, 0);
+  area.focus();
+  area.setSelectionRange(start, start + lines[n].length);
+}
 
 // ---- SQL ----------------------------------------------------------------------------------
 
