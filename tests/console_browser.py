@@ -223,6 +223,10 @@ try:
     run_sql("SELECT NULL AS nothing, 1 AS one")
     rows = table_rows(driver.find_element(By.ID, "sql-result"))
     check("NULL is shown as NULL", rows == [["NULL", "1"]], rows)
+    run_sql("SELECT 100000.4 AS a, 9007199254740993 AS b, 0.0000001 AS c, 123456789.123 AS d")
+    rows = table_rows(driver.find_element(By.ID, "sql-result"))
+    check("numbers are shown exactly (doubles in their shortest form, integers past 2^53 whole)",
+          rows == [["100000.4", "9007199254740993", "1e-7", "123456789.123"]], rows)
     status = run_sql("SELECT nope FROM knowledge_events")
     check("a failing query shows the server's error",
           status.startswith("error (400)") and "nope" in status, status)
@@ -257,6 +261,11 @@ try:
     check("then it goes", True)
     status = driver.find_element(By.ID, "live-status").text
     check("the view's timestamp is shown", "rows at timestamp" in status, status)
+    driver.find_element(By.ID, "watch").click()
+    wait("stopped", lambda: driver.find_element(By.ID, "live-status").text == "stopped")
+    driver.find_element(By.ID, "watch").click()
+    wait("subscribed again", lambda: len(table_rows(live())) == 3 and "rows at" in driver.find_element(By.ID, "live-status").text)
+    check("Stop, then Watch live again, subscribes again", driver.find_element(By.ID, "watch").text == "Stop")
     axe("relations")
 
     # A watched view dropped: the page says so, and the console goes on.
@@ -303,6 +312,9 @@ try:
     tab("jobs")
     wait("the cancel button", lambda: driver.find_elements(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']"))
     driver.find_element(By.CSS_SELECTOR, f"button[aria-label='Cancel job {job}']").click()
+    confirm = wait("the confirmation", lambda: driver.switch_to.alert)
+    check("cancelling asks first", f"Cancel job {job}" in confirm.text, confirm.text)
+    confirm.accept()
     cancelled = wait("the cancelled job", lambda: any(r[0] == str(job) and r[3] == "cancelled"
                                                       for r in table_rows(driver.find_element(By.ID, "job-list"))))
     check("a job is cancelled from the page", cancelled)

@@ -31,7 +31,7 @@ async function api(method, path, body, contentType, { text: asText = false } = {
   if (asText && response.ok) return text;
   let parsed = null;
   try {
-    parsed = text ? JSON.parse(text) : null;
+    parsed = text ? parseJson(text) : null;
   } catch {
     parsed = null;
   }
@@ -42,6 +42,15 @@ async function api(method, path, body, contentType, { text: asText = false } = {
     throw new ApiError(response.status, parsed?.error ?? (text || response.statusText));
   }
   return parsed;
+}
+
+/** JSON.parse, keeping integers past 2^53 exact (as BigInt, from their source text). */
+function parseJson(text) {
+  return JSON.parse(text, (_key, value, context) =>
+    typeof value === "number" && Number.isInteger(value) && !Number.isSafeInteger(value) && context?.source
+      ? BigInt(context.source)
+      : value,
+  );
 }
 
 const sql = (statement) => api("POST", "/v1/sql", JSON.stringify({ sql: statement }), "application/json");
@@ -57,11 +66,20 @@ function notice(message) {
   p.hidden = !message;
 }
 
+$("forget-token").addEventListener("click", () => {
+  token = null;
+  sessionStorage.removeItem("aimatrix-token");
+  $("forget-token").hidden = true;
+  showLogin("the token is forgotten: enter another");
+  $("token").focus();
+});
+
 $("login").addEventListener("submit", (e) => {
   e.preventDefault();
   token = $("token").value.trim();
   sessionStorage.setItem("aimatrix-token", token);
   $("login").hidden = true;
+  $("forget-token").hidden = false;
   notice(null);
   refreshAll();
 });
@@ -85,9 +103,10 @@ function select(tab) {
 for (const [i, tab] of tabs.entries()) {
   tab.addEventListener("click", () => select(tab));
   tab.addEventListener("keydown", (e) => {
-    const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
-    if (step) {
-      const next = tabs[(i + step + tabs.length) % tabs.length];
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (to !== undefined) {
+      e.preventDefault();
+      const next = tabs[(to + tabs.length) % tabs.length];
       next.focus();
       select(next);
     }
@@ -101,8 +120,9 @@ function cell(tr, value, tag = "td") {
   if (value === null || value === undefined) {
     td.textContent = "NULL";
     td.className = "null";
-  } else if (typeof value === "number") {
-    td.textContent = Number.isInteger(value) ? String(value) : value.toPrecision(6).replace(/\.?0+$/, "");
+  } else if (typeof value === "number" || typeof value === "bigint") {
+    // The shortest text that reads back as the same double (ECMAScript Number::toString).
+    td.textContent = String(value);
     td.className = "num";
   } else if (value instanceof Node) {
     td.append(value);
@@ -135,6 +155,7 @@ function table(columns, rows, { caption, sortable = true } = {}) {
           descending = sortBy === c ? !descending : false;
           sortBy = c;
           draw();
+          wrap.querySelectorAll("th button")[columns.indexOf(c)]?.focus();
         });
         th.setAttribute("aria-sort", sortBy === c ? (descending ? "descending" : "ascending") : "none");
         th.append(b);
@@ -145,7 +166,12 @@ function table(columns, rows, { caption, sortable = true } = {}) {
     }
     let shown = rows;
     if (sortBy !== null) {
-      shown = [...rows].sort((a, b) => compare(a[sortBy], b[sortBy]) * (descending ? -1 : 1));
+      // NULLs last, either way.
+      shown = [...rows].sort((a, b) => {
+        const [x, y] = [a[sortBy], b[sortBy]];
+        if (isNull(x) || isNull(y)) return isNull(x) - isNull(y);
+        return compare(x, y) * (descending ? -1 : 1);
+      });
     }
     const pages = Math.max(1, Math.ceil(shown.length / PAGE_ROWS));
     page = Math.min(page, pages - 1);
@@ -166,6 +192,8 @@ function table(columns, rows, { caption, sortable = true } = {}) {
         b.addEventListener("click", () => {
           page = to;
           draw();
+          const again = [...wrap.querySelectorAll(".pager button")].find((x) => x.textContent === label && !x.disabled);
+          (again ?? wrap.querySelector(".pager button:not([disabled])"))?.focus();
         });
         return b;
       };
@@ -176,14 +204,21 @@ function table(columns, rows, { caption, sortable = true } = {}) {
     }
   };
   draw();
+  if (!rows.length) {
+    const none = document.createElement("p");
+    none.className = "hint";
+    none.textContent = "No rows.";
+    wrap.append(none);
+  }
   return wrap;
 }
 
+const isNull = (v) => v === null || v === undefined;
+const isNumeric = (v) => typeof v === "number" || typeof v === "bigint";
+
+/** Orders two non-NULL values: numbers (and big integers) by value, the rest as text. */
 function compare(a, b) {
-  if (a === b) return 0;
-  if (a === null || a === undefined) return 1; // NULLs last, as PostgreSQL sorts ascending
-  if (b === null || b === undefined) return -1;
-  if (typeof a === "number" && typeof b === "number") return a - b;
+  if (isNumeric(a) && isNumeric(b)) return a < b ? -1 : a > b ? 1 : 0;
   return String(a).localeCompare(String(b));
 }
 
@@ -221,7 +256,7 @@ async function refreshOverview() {
     ["failed traces", t.failed ?? 0],
     ["input tokens", t.input_tokens],
     ["output tokens", t.output_tokens],
-    ["cost (USD)", t.cost_usd === null || t.cost_usd === undefined ? null : t.cost_usd.toFixed(4)],
+    ["cost (USD, priced calls)", t.cost_usd === null || t.cost_usd === undefined ? null : String(t.cost_usd)],
   ];
   $("overview-cards").replaceChildren(
     ...cards.map(([label, value]) => {
@@ -247,7 +282,8 @@ async function refreshOverview() {
       b.setAttribute("aria-hidden", "true");
       bar.append(b, `${Math.round(r.latency_ms_p95)} ms`);
     } else {
-      bar.textContent = "–";
+      bar.textContent = "NULL";
+      bar.className = "null";
     }
     return { ...r, "p95 latency": bar };
   });
@@ -268,6 +304,7 @@ async function refreshOverview() {
 async function refreshJobs() {
   const { jobs } = await api("GET", "/v1/jobs");
   const recent = jobs.slice(-50).reverse();
+  const shownNote = jobs.length > recent.length ? `The newest ${recent.length} of ${jobs.length} jobs.` : "";
   const details = await Promise.all(
     recent.map((j) => (j.state === "cancelled" ? Promise.resolve(j) : api("GET", `/v1/jobs/${j.id}`).catch(() => j))),
   );
@@ -275,11 +312,14 @@ async function refreshJobs() {
     const state = document.createElement("span");
     state.textContent = j.state;
     state.className = `state-${j.state}`;
-    const hydration = document.createElement("progress");
-    hydration.max = 1;
-    hydration.value = j.hydration ?? (j.state === "cancelled" ? 0 : 1);
-    hydration.setAttribute("aria-label", `job ${j.id} hydration`);
-    hydration.title = `${Math.round((j.hydration ?? 0) * 100)}% hydrated`;
+    let hydration = "–"; // a cancelled job has no dataflow left to hydrate
+    if (j.state !== "cancelled") {
+      hydration = document.createElement("progress");
+      hydration.max = 1;
+      hydration.value = j.hydration ?? 1;
+      hydration.setAttribute("aria-label", `job ${j.id} hydration`);
+      hydration.title = `${Math.round((j.hydration ?? 1) * 100)}% hydrated`;
+    }
     const sources = (j.source_stats ?? []).map(
       (s) =>
         `${s.name}: ${s.records} records, ${s.errors} errors` +
@@ -292,11 +332,15 @@ async function refreshJobs() {
       cancel.textContent = "Cancel";
       cancel.setAttribute("aria-label", `Cancel job ${j.id}`);
       cancel.addEventListener("click", async () => {
+        if (!confirm(`Cancel job ${j.id}${j.name ? ` (${j.name})` : ""}? Its sources stop and its views are dropped.`)) return;
+        const out = $("job-result");
         try {
           await api("DELETE", `/v1/jobs/${j.id}`);
-          $("job-result").textContent = `job ${j.id} cancelled`;
+          out.className = "";
+          out.textContent = `job ${j.id} cancelled`;
         } catch (e) {
-          $("job-result").textContent = `cancelling job ${j.id}: ${e.message}`;
+          out.className = "error";
+          out.textContent = `cancelling job ${j.id}: ${e.message}`;
         }
         refreshJobs().catch(report);
       });
@@ -308,12 +352,25 @@ async function refreshJobs() {
     rows.length
       ? table(["id", "name", "kind", "state", "hydration", "sources", "errors", ""], rows, { sortable: false })
       : Object.assign(document.createElement("p"), { className: "hint", textContent: "No jobs yet." }),
+    Object.assign(document.createElement("p"), { className: "hint", textContent: shownNote }),
   );
 }
 
 $("job-file").addEventListener("change", async (e) => {
   const file = e.target.files[0];
-  if (file) $("job-toml").value = await file.text();
+  // Cleared, so that choosing the same file again reads it again.
+  e.target.value = "";
+  if (!file) return;
+  const out = $("job-result");
+  const text = await file.text();
+  if (file.size > 1 << 20 || text.includes("\u0000") || text.includes("\ufffd")) {
+    out.className = "error";
+    out.textContent = `${file.name} is not a job file: a job file is TOML text (UTF-8, at most 1 MiB)`;
+    return;
+  }
+  out.className = "";
+  out.textContent = `${file.name} read: Submit job sends it`;
+  $("job-toml").value = text;
 });
 
 $("job-form").addEventListener("submit", async (e) => {
@@ -321,8 +378,10 @@ $("job-form").addEventListener("submit", async (e) => {
   const out = $("job-result");
   out.className = "";
   out.textContent = "submitting…";
+  // (Relative paths in a job sent from here resolve against the server's working directory.)
   try {
     const { id } = await api("POST", "/v1/jobs", $("job-toml").value, "application/toml");
+    out.className = "";
     out.textContent = `job ${id} submitted`;
   } catch (err) {
     out.className = "error";
@@ -345,18 +404,30 @@ function selectLine(area, message) {
 
 // ---- SQL ----------------------------------------------------------------------------------
 
+let sqlRun = 0;
+
 async function runSql() {
   const status = $("sql-status");
   const result = $("sql-result");
+  const run = ++sqlRun;
+  const button = document.querySelector("#sql-form button[type=submit]");
+  button.disabled = true;
   status.className = "";
   status.textContent = "running…";
   const started = performance.now();
   try {
     const answer = await sql($("sql-text").value);
+    if (run !== sqlRun) return;
     const ms = Math.round(performance.now() - started);
     if (answer.columns) {
-      status.textContent = `${answer.rows.length} rows at timestamp ${answer.timestamp} (${ms} ms)`;
-      result.replaceChildren(table(answer.columns.map((c) => c.name), answer.rows));
+      const names = answer.columns.map((c) => c.name);
+      const repeated = names.filter((n, i) => names.indexOf(n) !== i);
+      status.textContent =
+        `${answer.rows.length} rows at ${when(answer.timestamp)} (${ms} ms)` +
+        (repeated.length
+          ? `; columns named alike (${[...new Set(repeated)].join(", ")}) show one value: give them names with AS`
+          : "");
+      result.replaceChildren(table(names, answer.rows));
     } else if (answer.created !== undefined) {
       status.textContent = answer.existed ? `${answer.created} already exists` : `created ${answer.created}`;
       result.replaceChildren();
@@ -365,10 +436,18 @@ async function runSql() {
       result.replaceChildren();
     }
   } catch (err) {
+    if (run !== sqlRun) return;
     status.className = "error";
     status.textContent = `error (${err.status}): ${err.message}`;
     result.replaceChildren();
+  } finally {
+    if (run === sqlRun) button.disabled = false;
   }
+}
+
+/** A timestamp (ms since the Unix epoch) as the API gives it and as a UTC time. */
+function when(ms) {
+  return `timestamp ${ms} (${new Date(Number(ms)).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")})`;
 }
 
 $("sql-form").addEventListener("submit", (e) => {
@@ -378,7 +457,7 @@ $("sql-form").addEventListener("submit", (e) => {
 $("sql-text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
     e.preventDefault();
-    runSql();
+    if (!document.querySelector("#sql-form button[type=submit]").disabled) runSql();
   }
 });
 
@@ -397,14 +476,17 @@ function drawRelationList() {
   const current = live?.name ?? $("relation-detail").dataset.name;
   $("relation-list").replaceChildren(
     ...relations
-      .filter((r) => r.name.includes(filter))
+      .filter((r) => r.name.toLowerCase().includes(filter))
       .map((r) => {
         const li = document.createElement("li");
         const b = document.createElement("button");
         b.type = "button";
         b.textContent = r.name;
         b.setAttribute("aria-current", String(r.name === current));
-        b.addEventListener("click", () => showRelation(r));
+        b.addEventListener("click", () => {
+          showRelation(r);
+          [...$("relation-list").querySelectorAll("button")].find((x) => x.textContent === r.name)?.focus();
+        });
         li.append(b);
         return li;
       }),
@@ -423,7 +505,15 @@ function showRelation(relation) {
   watch.type = "button";
   watch.id = "watch";
   watch.textContent = "Watch live";
-  watch.addEventListener("click", () => startLive(relation));
+  // One handler: it stops the subscription that is open, or opens one.
+  watch.onclick = () => {
+    if (live?.name === relation.name) {
+      stopLive();
+      $("live-status").textContent = "stopped";
+    } else {
+      startLive(relation);
+    }
+  };
   const status = document.createElement("p");
   status.id = "live-status";
   status.setAttribute("role", "status");
@@ -445,80 +535,106 @@ function stopLive() {
     live.socket.close(1000);
     live = null;
   }
+  if ($("watch")) $("watch").textContent = "Watch live";
 }
 
+/** Rows of a live view drawn at most; the others are counted (SQL reads them all). */
+const LIVE_ROWS = 500;
+
 /** Subscribes to `relation` and keeps its rows in a table: each distinct row with its count;
- * inserts highlighted, retractions struck out for a moment before they go. */
+ * inserts highlighted, retractions struck out for a moment before they go. At most
+ * LIVE_ROWS rows are drawn, so that a large relation does not stall the page. */
 function startLive(relation) {
   stopLive();
   const columns = relation.columns.map((c) => c.name);
-  const counts = new Map(); // JSON of the row → { row, count, tr }
+  const counts = new Map(); // JSON of the row → { count, tr (null: not drawn) }
+  let drawn = 0;
+  let timestamp = null;
   const status = $("live-status");
+  status.className = "";
   const wrap = $("live-rows");
   const t = document.createElement("table");
   t.id = "live-table";
   const head = t.createTHead().insertRow();
   for (const c of [...columns, "count"]) cell(head, c, "th").scope = "col";
   const body = t.createTBody();
-  wrap.replaceChildren(t);
+  const more = document.createElement("p");
+  more.className = "hint";
+  wrap.replaceChildren(t, more);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const query = new URLSearchParams({ view: relation.name });
   if (token) query.set("access_token", token);
   const socket = new WebSocket(`${scheme}://${location.host}/v1/subscribe?${query}`);
-  const me = { socket, name: relation.name, closing: false };
+  const me = { socket, name: relation.name, closing: false, heard: false };
   live = me;
   status.textContent = "subscribing…";
   $("watch").textContent = "Stop";
-  $("watch").onclick = () => {
-    stopLive();
-    status.textContent = "stopped";
-    $("watch").textContent = "Watch live";
-    $("watch").onclick = () => startLive(relation);
+  // The status line, redrawn at most once a frame.
+  let pending = false;
+  const showStatus = () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      if (live !== me) return;
+      status.textContent = `${counts.size} rows at ${when(timestamp)}`;
+      more.textContent = counts.size > drawn ? `${counts.size - drawn} more rows are counted but not drawn (SQL reads them all).` : "";
+    });
   };
   const apply = (row, diff, highlight) => {
     const key = JSON.stringify(row);
     let entry = counts.get(key);
     if (!entry) {
-      const tr = body.insertRow();
-      for (const c of columns) cell(tr, row[c]);
-      cell(tr, 0);
-      entry = { count: 0, tr };
+      entry = { count: 0, tr: null };
+      if (drawn < LIVE_ROWS) {
+        const tr = body.insertRow();
+        for (const c of columns) cell(tr, row[c]);
+        cell(tr, 0);
+        entry.tr = tr;
+        drawn += 1;
+      }
       counts.set(key, entry);
     }
     entry.count += diff;
-    entry.tr.lastChild.textContent = String(entry.count);
-    entry.tr.classList.remove("inserted", "retracted");
+    if (entry.count <= 0) counts.delete(key);
+    const tr = entry.tr;
+    if (!tr) return;
+    tr.lastChild.textContent = String(entry.count);
+    tr.classList.remove("inserted", "retracted");
     if (entry.count <= 0) {
-      entry.tr.classList.add("retracted");
-      counts.delete(key);
-      const gone = entry.tr;
-      setTimeout(() => gone.remove(), 2000);
+      tr.classList.add("retracted");
+      setTimeout(() => {
+        tr.remove();
+        drawn -= 1;
+      }, 2000);
     } else if (highlight) {
-      entry.tr.classList.add("inserted");
+      tr.classList.add("inserted");
     }
   };
   socket.addEventListener("message", (m) => {
-    const msg = JSON.parse(m.data);
+    if (live !== me) return;
+    me.heard = true;
+    const msg = parseJson(m.data);
+    timestamp = msg.timestamp;
     if (msg.type === "snapshot") {
       for (const { row, diff } of msg.rows) apply(row, diff, false);
-      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
     } else if (msg.type === "update") {
       apply(msg.row, msg.diff, true);
-      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
-    } else if (msg.type === "progress") {
-      status.textContent = `${counts.size} rows at timestamp ${msg.timestamp}`;
     }
+    showStatus();
   });
   socket.addEventListener("close", (e) => {
     if (me.closing) return;
     if (live === me) live = null;
+    if ($("watch")) $("watch").textContent = "Watch live";
     status.className = "error";
-    status.textContent =
-      e.code === 1000
+    status.textContent = !me.heard
+      ? `the subscription could not open (${e.code}): the relation may be gone, or the server unreachable; Watch live tries again`
+      : e.code === 1000
         ? "the view was dropped"
         : `the subscription closed (${e.code}${e.reason ? `: ${e.reason}` : ""}); Watch live subscribes again`;
-    $("watch").textContent = "Watch live";
-    $("watch").onclick = () => startLive(relation);
+    // The catalog may have changed (a view dropped).
+    refreshRelations().catch(report);
   });
 }
 
@@ -691,10 +807,12 @@ function refreshAll() {
 // Periodic refresh of what is shown (not of the SQL result, nor of a live view, which pushes).
 setInterval(() => {
   refreshHealth();
+  if (!$("login").hidden) return; // waiting for a token: asking again would only be refused
   const panel = tabs.find((t) => t.getAttribute("aria-selected") === "true").getAttribute("aria-controls");
   if (panel === "overview" || panel === "jobs" || panel === "health-panel") refresh(panel);
 }, 5000);
 
+$("forget-token").hidden = !token;
 const initial = tabs.find((t) => t.getAttribute("aria-controls") === location.hash.slice(1)) ?? tabs[0];
 select(initial);
 refreshHealth();
