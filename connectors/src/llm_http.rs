@@ -24,7 +24,7 @@
 //! | --- | --- | --- |
 //! | ends in `/chat/completions` | OpenAI Chat Completions (and OpenAI-compatible servers) | `chat` |
 //! | ends in `/responses` | OpenAI Responses | `chat` |
-//! | `…/models/MODEL:generateContent`, `…:streamGenerateContent` | Google Gemini API, Vertex AI | `generate_content` |
+//! | `…/models/MODEL:generateContent`, `…:streamGenerateContent` (also `tunedModels/`) | Google Gemini API, Vertex AI | `generate_content` |
 //!
 //! Each exchange `k` (0-based, in the record's order, skipped exchanges counted) is a span
 //! `x{k}`. A record is one trace: its `trace_id` is the record's first response id (OpenAI's
@@ -560,7 +560,7 @@ fn api_of(url: &str) -> Option<Api> {
         Some(Api::Chat)
     } else if path.ends_with("/responses") {
         Some(Api::Responses)
-    } else if path.contains("/models/")
+    } else if (path.contains("/models/") || path.contains("/tunedModels/"))
         && (path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent"))
     {
         Some(Api::Gemini)
@@ -602,7 +602,8 @@ fn provider_of(url: &str) -> Option<String> {
 /// The model a Gemini URL names: `…/models/MODEL:generateContent`.
 fn gemini_model(url: &str) -> Option<String> {
     let path = url.split(['?', '#']).next().unwrap_or(url);
-    let (_, tail) = path.rsplit_once("/models/")?;
+    // `models/NAME` or a tuned model's `tunedModels/NAME`.
+    let (_, tail) = path.rsplit_once("/models/").or_else(|| path.rsplit_once("/tunedModels/"))?;
     let model = tail.split(':').next()?;
     (!model.is_empty()).then(|| model.to_owned())
 }
@@ -940,14 +941,17 @@ fn seconds(v: Option<&Value>) -> Result<Option<TimestampUs>, String> {
 fn tokens(usage: &Value, pointer: &str) -> Result<Option<i64>, String> {
     match usage.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_i64() {
-            Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
-            _ => Err(format!(
-                "usage{}: a token count must be an integer in 0..={MAX_TOKENS}, found {}",
-                pointer.replace('/', "."),
-                short(v)
-            )),
-        },
+        // An integral float (`12.0`) counts as its integer, as JSON does not tell them apart.
+        Some(v) => {
+            match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64)) {
+                Some(n) if (0..=MAX_TOKENS).contains(&n) => Ok(Some(n)),
+                _ => Err(format!(
+                    "usage{}: a token count must be an integer in 0..={MAX_TOKENS}, found {}",
+                    pointer.replace('/', "."),
+                    short(v)
+                )),
+            }
+        }
     }
 }
 
@@ -1561,6 +1565,12 @@ mod tests {
             let out = one(exchange(CHAT, json!({}), json!(200), &body.to_string()));
             assert!(matches!(&errors(&out)[..], [(_, e)] if e == &want), "{want}: {out:?}");
         }
+        // An integral float is its integer; a tuned Gemini model is a model.
+        let out = one(exchange(CHAT, json!({}), json!(200), "{\"usage\":{\"prompt_tokens\":12.0}}"));
+        assert_eq!(spans(&out)[0].input_tokens, Some(12), "{out:?}");
+        let tuned = "https://generativelanguage.googleapis.com/v1beta/tunedModels/my-model-7:generateContent";
+        let out = one(exchange(tuned, json!({}), json!(200), "{\"candidates\":[{\"finishReason\":\"STOP\"}]}"));
+        assert_eq!(spans(&out)[0].request_model.as_deref(), Some("my-model-7"), "{out:?}");
     }
 
     #[test]
