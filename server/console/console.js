@@ -224,22 +224,28 @@ function compare(a, b) {
 
 // ---- Health -------------------------------------------------------------------------------
 
+/** Whether the server was ready once: from then on the page asks only whether it is up
+ * (`/healthz`), as `/readyz` also answers 503 while a new job's collections start. */
+let wasReady = false;
+
 async function refreshHealth() {
   const h = $("health");
   try {
-    const r = await fetch("/readyz");
+    const r = await fetch(wasReady ? "/healthz" : "/readyz");
+    wasReady ||= r.ok;
     h.textContent = r.ok ? "server ready" : "server starting";
     h.className = r.ok ? "ok" : "";
   } catch {
     h.textContent = "server unreachable";
     h.className = "bad";
+    wasReady = false;
   }
 }
 
 // ---- Overview -----------------------------------------------------------------------------
 
 async function refreshOverview() {
-  const [traces, models, tools, runs, collections] = await Promise.all([
+  const [traces, models, tools, runs, collections, latency] = await Promise.all([
     sql(`SELECT count(*) AS traces, sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS failed,
                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
          FROM agent_traces`),
@@ -249,6 +255,12 @@ async function refreshOverview() {
          FROM tool_usage ORDER BY error_rate DESC, calls DESC LIMIT 20`),
     sql("SELECT status, count(*) AS runs FROM workflow_runs GROUP BY status ORDER BY runs DESC"),
     sql("SELECT collection, documents, edits, size_bytes FROM collection_stats ORDER BY documents DESC LIMIT 20"),
+    // Model calls by latency, in buckets of powers of two (ms): [1, 2), [2, 4), … ([0, 2) for the first).
+    sql(`SELECT CAST(power(2, floor(log2(greatest(1.0,
+                (CAST(end_time AS BIGINT) - CAST(start_time AS BIGINT)) / 1000.0)))) AS BIGINT) AS bucket_ms,
+                count(*) AS calls
+         FROM spans WHERE operation IN ('chat', 'text_completion', 'generate_content') AND end_time >= start_time
+         GROUP BY 1 ORDER BY 1`),
   ]);
   const t = traces.rows[0] ?? {};
   const cards = [
@@ -294,6 +306,23 @@ async function refreshOverview() {
       { sortable: false },
     ),
   );
+  const most = Math.max(1, ...latency.rows.map((r) => r.calls));
+  $("overview-latency").replaceChildren(
+    table(
+      ["latency", "calls"],
+      latency.rows.map((r) => {
+        const bar = document.createElement("span");
+        const b = document.createElement("span");
+        b.className = "bar";
+        b.style.width = `${Math.round((r.calls / most) * 240)}px`;
+        b.setAttribute("aria-hidden", "true");
+        bar.append(b, String(r.calls));
+        const from = Number(r.bucket_ms) === 1 ? 0 : Number(r.bucket_ms);
+        return { latency: `${from}–${Number(r.bucket_ms) * 2} ms`, calls: bar };
+      }),
+      { sortable: false },
+    ),
+  );
   $("overview-tools").replaceChildren(table(["tool_name", "calls", "errors", "error_rate"], tools.rows));
   $("overview-workflows").replaceChildren(table(["status", "runs"], runs.rows));
   $("overview-collections").replaceChildren(table(["collection", "documents", "edits", "size_bytes"], collections.rows));
@@ -320,11 +349,18 @@ async function refreshJobs() {
       hydration.setAttribute("aria-label", `job ${j.id} hydration`);
       hydration.title = `${Math.round((j.hydration ?? 1) * 100)}% hydrated`;
     }
-    const sources = (j.source_stats ?? []).map(
-      (s) =>
-        `${s.name}: ${s.records} records, ${s.errors} errors` +
-        (s.progress ? (s.progress.caught_up ? ", caught up" : ", catching up") : ""),
-    );
+    const sources = (j.source_stats ?? []).map((s) => {
+      let lag = "";
+      const p = s.progress;
+      if (p?.caught_up) {
+        lag = ", caught up";
+      } else if (p) {
+        // The backfill: bytes read of the files' bytes, and the time left at the rate so far.
+        lag = `, catching up: ${bytes(p.bytes_read)} of ${bytes(p.bytes_total)}`;
+        if (p.eta_ms !== null && p.eta_ms !== undefined) lag += `, about ${Math.ceil(p.eta_ms / 1000)} s left`;
+      }
+      return `${s.name} (${s.kind}): ${s.records} records, ${s.errors} errors${lag}`;
+    });
     let cancel = "";
     if (j.state !== "cancelled") {
       cancel = document.createElement("button");
