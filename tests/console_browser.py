@@ -344,6 +344,16 @@ try:
               and "the server responded with a status of 400" not in e["message"]
               and not ("/readyz" in e["message"] and "status of 503" in e["message"])]
     check("the browser logged no errors", not severe, severe)
+
+    # The server goes away (killed): the page says so rather than showing stale data as current.
+    pid = os.environ.get("AIMATRIX_SERVER_PID")
+    if pid:
+        tab("overview")
+        os.kill(int(pid), 9)
+        gone = wait("the page to notice", lambda: driver.find_element(By.ID, "health").text == "server unreachable"
+                    and driver.find_element(By.ID, "notice").text, timeout=30)
+        check("a server that went away: the page says it is unreachable", "cannot be reached" in gone, gone)
+        shot("server-gone")
 except SystemExit:
     pass
 except Exception as e:  # a step that could not even run

@@ -5302,6 +5302,8 @@ fn the_console_works_in_a_real_browser() {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))
         .arg(&server.base)
         .arg(&shots)
+        // Last, the script kills the server, to see the page say so.
+        .env("AIMATRIX_SERVER_PID", server.child.id().to_string())
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
