@@ -245,7 +245,7 @@ async function refreshHealth() {
 // ---- Overview -----------------------------------------------------------------------------
 
 async function refreshOverview() {
-  const [traces, models, tools, runs, collections, latency] = await Promise.all([
+  const [traces, models, tools, runs, collections, latency, recent, days] = await Promise.all([
     sql(`SELECT count(*) AS traces, sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS failed,
                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
          FROM agent_traces`),
@@ -261,6 +261,12 @@ async function refreshOverview() {
                 count(*) AS calls
          FROM spans WHERE operation IN ('chat', 'text_completion', 'generate_content') AND end_time >= start_time
          GROUP BY 1 ORDER BY 1`),
+    sql(`SELECT trace_id, agent_name, status, spans, llm_calls, tool_errors, input_tokens, output_tokens, cost_usd,
+                start_time, (CAST(end_time AS BIGINT) - CAST(start_time AS BIGINT)) / 1000 AS duration_ms
+         FROM agent_traces ORDER BY start_time DESC NULLS LAST, trace_id LIMIT 20`),
+    sql(`SELECT date_trunc('day', start_time) AS day, count(*) AS spans,
+                sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors
+         FROM spans WHERE start_time IS NOT NULL GROUP BY 1 ORDER BY 1 DESC LIMIT 30`),
   ]);
   const t = traces.rows[0] ?? {};
   const cards = [
@@ -319,6 +325,35 @@ async function refreshOverview() {
         bar.append(b, String(r.calls));
         const from = Number(r.bucket_ms) === 1 ? 0 : Number(r.bucket_ms);
         return { latency: `${from}–${Number(r.bucket_ms) * 2} ms`, calls: bar };
+      }),
+      { sortable: false },
+    ),
+  );
+  $("overview-traces").replaceChildren(
+    table(
+      ["trace_id", "agent_name", "status", "spans", "llm_calls", "tool_errors", "input_tokens", "output_tokens", "cost_usd",
+       "start_time", "duration_ms"],
+      recent.rows,
+    ),
+  );
+  // Failed spans per day (UTC), oldest first: a bar for the spans, its failed part in red.
+  const byDay = [...days.rows].reverse();
+  const busiest = Math.max(1, ...byDay.map((d) => Number(d.spans)));
+  $("overview-errors").replaceChildren(
+    table(
+      ["day", "spans", "failed"],
+      byDay.map((d) => {
+        const bar = document.createElement("span");
+        const ok = document.createElement("span");
+        ok.className = "bar";
+        ok.style.width = `${Math.round(((Number(d.spans) - Number(d.errors)) / busiest) * 240)}px`;
+        ok.setAttribute("aria-hidden", "true");
+        const bad = document.createElement("span");
+        bad.className = "bar bad";
+        bad.style.width = `${Math.round((Number(d.errors) / busiest) * 240)}px`;
+        bad.setAttribute("aria-hidden", "true");
+        bar.append(ok, bad, `${d.errors} of ${d.spans}`);
+        return { day: String(d.day).slice(0, 10), spans: d.spans, failed: bar };
       }),
       { sortable: false },
     ),
