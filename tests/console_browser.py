@@ -231,6 +231,9 @@ try:
     status = run_sql("SELECT nope FROM knowledge_events")
     check("a failing query shows the server's error",
           status.startswith("error (400)") and "nope" in status, status)
+    selected = driver.execute_script(
+        "const a = document.getElementById('sql-text'); return a.value.slice(a.selectionStart, a.selectionEnd);")
+    check("and the position it names is selected in the editor", selected == "nope", selected)
     shot("sql-error")
     status = run_sql("SELECT count(*) AS n FROM knowledge_events")
     check("the page recovers: the next query answers", table_rows(driver.find_element(By.ID, "sql-result")) == [["3"]],

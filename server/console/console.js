@@ -462,6 +462,20 @@ $("job-form").addEventListener("submit", async (e) => {
   refreshJobs().catch(report);
 });
 
+/** Selects, in `area`, the word at the position a message names (`at line L, column C`, as
+ * the server's SQL errors give it). */
+function selectPosition(area, message) {
+  const m = /\bline (\d+), column (\d+)/.exec(message);
+  if (!m) return;
+  const lines = area.value.split("\n");
+  const n = Math.min(Number(m[1]), lines.length) - 1;
+  const column = Math.min(Number(m[2]) - 1, lines[n].length);
+  const start = lines.slice(0, n).reduce((a, l) => a + l.length + 1, 0) + column;
+  const word = /^\w+/.exec(lines[n].slice(column))?.[0] ?? lines[n].slice(column, column + 1);
+  area.focus();
+  area.setSelectionRange(start, start + word.length);
+}
+
 /** Selects, in `area`, the line a message names (`line N`, as TOML errors give it). */
 function selectLine(area, message) {
   const m = /\bline (\d+)/.exec(message);
@@ -511,6 +525,7 @@ async function runSql() {
     status.className = "error";
     status.textContent = `error (${err.status}): ${err.message}`;
     result.replaceChildren();
+    selectPosition($("sql-text"), err.message);
   } finally {
     if (run === sqlRun) button.disabled = false;
   }
