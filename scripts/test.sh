@@ -22,9 +22,11 @@ if ! "$venv/bin/python" -c "import opentelemetry.exporter.otlp.proto.grpc, opent
 fi
 # The console's test drives a real headless browser: Debian's chromium and chromedriver (as
 # root; elsewhere install them yourself), with Selenium and axe-core (axe-selenium-python) from PyPI.
+# A failed install does not stop the other tests: the browser tests then fail in CI (CI set)
+# and are skipped elsewhere, saying why.
 if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        chromium chromium-driver >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null; } || echo "warning: chromium and chromium-driver could not be installed" >&2
 fi
 if ! "$venv/bin/python" -c "import selenium, axe_selenium_python" 2>/dev/null; then
     "$venv/bin/pip" install --quiet "selenium==4.40.0" "axe-selenium-python==2.1.6"

@@ -1046,29 +1046,11 @@ print(json.dumps(out))
 /// with it as `access_token`, and shows why a reader may not submit a job.
 #[test]
 fn the_console_asks_for_a_token_and_keeps_to_its_role() {
-    let driver = std::env::var("AIMATRIX_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-    if !std::path::Path::new(&driver).exists() {
-        assert!(std::env::var_os("CI").is_none(), "{driver} is missing: scripts/test.sh installs it (as root)");
-        eprintln!("skipped: {driver} is missing (scripts/test.sh installs chromium and chromium-driver as root)");
-        return;
-    }
     let (reader_token, reader_hash) = token();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = dir.path().join("aimatrix.toml");
     let users = format!("[[auth.users]]\nname = \"reader\"\nrole = \"reader\"\ntokens = [\"{reader_hash}\"]\n");
     std::fs::write(&config, users).expect("config written");
     let server = start(&config, &["--http", "127.0.0.1:0", "--pgwire", ""]);
-    let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots-users");
-    let out = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))
-        .arg(&server.base)
-        .arg(&shots)
-        .arg(&reader_token)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the console's browser test failed:\n{stdout}");
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    common::console_browser_test(&server.base, "console-screenshots-users", &[&reader_token], &[]);
 }

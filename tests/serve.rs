@@ -5285,29 +5285,9 @@ fn model_prices_re_price_history_and_survive_a_restart() {
 /// (`console-screenshots/`).
 #[test]
 fn the_console_works_in_a_real_browser() {
-    let driver = std::env::var("AIMATRIX_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
-    if !std::path::Path::new(&driver).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{driver} is missing: scripts/test.sh installs chromium and chromium-driver (as root)"
-        );
-        eprintln!("skipped: {driver} is missing (scripts/test.sh installs chromium and chromium-driver as root)");
-        return;
-    }
     let args: Vec<String> = ["--http", "127.0.0.1:0", "--workers", "2"].map(String::from).into();
     let server = start(&args, true);
-    let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
-    let out = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))
-        .arg(&server.base)
-        .arg(&shots)
-        // Last, the script kills the server, to see the page say so.
-        .env("AIMATRIX_SERVER_PID", server.child.id().to_string())
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the console's browser test failed:\n{stdout}");
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    // Last, the script kills the server, to see the page say so.
+    let pid = server.child.id().to_string();
+    common::console_browser_test(&server.base, "console-screenshots", &[], &[("AIMATRIX_SERVER_PID", pid)]);
 }

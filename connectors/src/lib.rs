@@ -261,6 +261,25 @@ pub(crate) fn short(v: &serde_json::Value) -> String {
     format!("{}…", &s[..end])
 }
 
+/// What decoders' tests read out of the events they decode.
+#[cfg(test)]
+pub(crate) mod test_events {
+    use amx_dataflows::event::{Event, Span};
+
+    /// The spans, in order.
+    pub(crate) fn spans(events: &[Event]) -> Vec<&Span> {
+        events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect()
+    }
+
+    /// The ingest errors, as (location, reason), in order.
+    pub(crate) fn errors(events: &[Event]) -> Vec<(&str, &str)> {
+        events
+            .iter()
+            .filter_map(|e| if let Event::Error(e) = e { Some((e.location.as_str(), e.error.as_str())) } else { None })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

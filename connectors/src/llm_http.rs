@@ -268,8 +268,7 @@ impl LlmHttp {
             return Err(format!("the response (HTTP {status}) has no body"));
         } else {
             let stream = exchange.content_type.as_deref().is_some_and(|c| c.contains("text/event-stream"))
-                || body.trim_start().starts_with("data:")
-                || body.trim_start().starts_with("event:");
+                || is_event_stream(body);
             match (api, stream) {
                 (_, true) => fold_stream(api, &sse_data(body))?,
                 // `streamGenerateContent` without `alt=sse`: a JSON array of responses, which a
@@ -441,7 +440,7 @@ fn read_exchange(item: &Value) -> Result<Exchange, String> {
             && let Some(body) = &e.response_body
             && !encoding.eq_ignore_ascii_case("identity")
             && serde_json::from_str::<serde::de::IgnoredAny>(body).is_err()
-            && !body.trim_start().starts_with(['d', 'e', ':'])
+            && !is_event_stream(body)
         {
             e.response_body = Some(decompress(body, &encoding)?);
         }
@@ -497,6 +496,13 @@ fn vcr_body(body: Option<&Value>) -> Result<Option<String>, String> {
         },
         Some(other) => Err(format!("a body that is not text: {}", short(other))),
     }
+}
+
+/// Whether a body reads as server-sent events: its first line is a `data:` or `event:` field, or
+/// a comment (`:`).
+fn is_event_stream(body: &str) -> bool {
+    let start = body.trim_start();
+    start.starts_with("data:") || start.starts_with("event:") || start.starts_with(':')
 }
 
 /// An HTTP status code: an integer, or one as text (`"500"`); none outside `0..1000`.
@@ -1028,23 +1034,13 @@ fn answer_tools(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_events::{errors, spans};
     use serde_json::json;
 
     fn decode(record: &Record) -> Vec<Event> {
         let mut out = Vec::new();
         LlmHttp::new(&json!({})).expect("options").decode("s", record, &mut out);
         out
-    }
-
-    fn spans(events: &[Event]) -> Vec<&Span> {
-        events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect()
-    }
-
-    fn errors(events: &[Event]) -> Vec<(&str, &str)> {
-        events
-            .iter()
-            .filter_map(|e| if let Event::Error(e) = e { Some((e.location.as_str(), e.error.as_str())) } else { None })
-            .collect()
     }
 
     fn attr(span: &Span, name: &str) -> Value {
@@ -1571,6 +1567,26 @@ mod tests {
         let tuned = "https://generativelanguage.googleapis.com/v1beta/tunedModels/my-model-7:generateContent";
         let out = one(exchange(tuned, json!({}), json!(200), "{\"candidates\":[{\"finishReason\":\"STOP\"}]}"));
         assert_eq!(spans(&out)[0].request_model.as_deref(), Some("my-model-7"), "{out:?}");
+    }
+
+    /// A deflate body kept as `!!binary`: zlib's base64 starts with `eJ`, which must not be
+    /// taken for an `event:` stream.
+    #[test]
+    fn deflate_bodies_are_decompressed() {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(
+            &mut z,
+            br#"{"id":"d","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#,
+        )
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(z.finish().unwrap());
+        assert!(b64.starts_with("eJ"), "{b64}");
+        let yaml = format!(
+            "interactions:\n- request:\n    uri: {CHAT}\n    body: '{{}}'\n  response:\n    status: {{code: 200}}\n    \
+             headers:\n      content-encoding: [deflate]\n    body:\n      string: !!binary |\n        {b64}\n"
+        );
+        let out = decode(&Record::new("d.yaml", yaml));
+        assert_eq!((spans(&out)[0].input_tokens, spans(&out)[0].output_tokens), (Some(4), Some(2)), "{out:?}");
     }
 
     #[test]

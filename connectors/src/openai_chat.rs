@@ -397,6 +397,7 @@ pub(crate) fn is_tool_error(m: &Map<String, Value>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_events::{errors, spans};
     use amx_dataflows::event::IngestError;
     use serde_json::json;
 
@@ -411,17 +412,6 @@ mod tests {
         let mut out = Vec::new();
         d.decode("src", &Record::new(location, record.to_string()), &mut out);
         out
-    }
-
-    fn spans(events: &[Event]) -> Vec<&Span> {
-        events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect()
-    }
-
-    fn errors(events: &[Event]) -> Vec<(&str, &str)> {
-        events
-            .iter()
-            .filter_map(|e| if let Event::Error(e) = e { Some((e.location.as_str(), e.error.as_str())) } else { None })
-            .collect()
     }
 
     fn tau() -> OpenAiChat {

@@ -512,6 +512,7 @@ fn decode_span(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_events::spans;
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::span::Event as SpanEvent;
@@ -526,10 +527,6 @@ mod tests {
             &mut out,
         );
         out
-    }
-
-    fn spans(events: &[Event]) -> Vec<&Span> {
-        events.iter().filter_map(|e| if let Event::Span(s) = e { Some(s) } else { None }).collect()
     }
 
     fn attributes(span: &Span) -> Value {

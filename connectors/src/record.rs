@@ -855,7 +855,13 @@ fn poll_current(
         };
         let name = path.display().to_string();
         let body = data.strip_prefix(BOM).unwrap_or(&data);
-        match classify(body, finish) {
+        // Text that is not JSON: one record for a reader of whole files, else lines.
+        let decision = match classify(body, finish) {
+            Decision::Other if limits.whole_other => Decision::Document,
+            Decision::Other => Decision::Lines,
+            decision => decision,
+        };
+        match decision {
             Decision::Wait => {
                 note_pending(state, &data);
                 return Ok(());
@@ -881,15 +887,6 @@ fn poll_current(
                 return Ok(());
             }
             Decision::Document => {
-                if share.take() {
-                    out.push(record_within(name, body, limits.record_bytes));
-                }
-                state.shape = Shape::Done;
-                state.offset = data.len() as u64;
-                note_pending(state, &[]);
-                return Ok(());
-            }
-            Decision::Other if limits.whole_other => {
                 if share.take() {
                     out.push(record_within(name, body, limits.record_bytes));
                 }

@@ -244,6 +244,31 @@ async function refreshHealth() {
 
 // ---- Overview -----------------------------------------------------------------------------
 
+/** Cards of `[label, value]` pairs: the value large, the label under it ("–" for none). */
+function cardsOf(pairs) {
+  return pairs.map(([label, value]) => {
+    const div = document.createElement("div");
+    div.className = "card";
+    const v = document.createElement("div");
+    v.className = "value";
+    v.textContent = value ?? "–";
+    const l = document.createElement("div");
+    l.textContent = label;
+    div.append(v, l);
+    return div;
+  });
+}
+
+/** A horizontal bar `fraction` (0–1) of `width` px long, hidden from screen readers (the
+ * number beside it says the same). */
+function barOf(fraction, width, className = "bar") {
+  const b = document.createElement("span");
+  b.className = className;
+  b.style.width = `${Math.round(fraction * width)}px`;
+  b.setAttribute("aria-hidden", "true");
+  return b;
+}
+
 async function refreshOverview() {
   const [traces, models, tools, runs, collections, latency, recent, days] = await Promise.all([
     sql(`SELECT count(*) AS traces, sum(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS failed,
@@ -276,29 +301,13 @@ async function refreshOverview() {
     ["output tokens", t.output_tokens],
     ["cost (USD, priced calls)", t.cost_usd === null || t.cost_usd === undefined ? null : String(t.cost_usd)],
   ];
-  $("overview-cards").replaceChildren(
-    ...cards.map(([label, value]) => {
-      const div = document.createElement("div");
-      div.className = "card";
-      const v = document.createElement("div");
-      v.className = "value";
-      v.textContent = value ?? "–";
-      const l = document.createElement("div");
-      l.textContent = label;
-      div.append(v, l);
-      return div;
-    }),
-  );
+  $("overview-cards").replaceChildren(...cardsOf(cards));
   // Latency as bars, scaled to the slowest p95 shown.
   const slowest = Math.max(1, ...models.rows.map((r) => r.latency_ms_p95 ?? 0));
   const withBars = models.rows.map((r) => {
     const bar = document.createElement("span");
     if (r.latency_ms_p95 !== null) {
-      const b = document.createElement("span");
-      b.className = "bar";
-      b.style.width = `${Math.round((r.latency_ms_p95 / slowest) * 120)}px`;
-      b.setAttribute("aria-hidden", "true");
-      bar.append(b, `${Math.round(r.latency_ms_p95)} ms`);
+      bar.append(barOf(r.latency_ms_p95 / slowest, 120), `${Math.round(r.latency_ms_p95)} ms`);
     } else {
       bar.textContent = "NULL";
       bar.className = "null";
@@ -318,11 +327,7 @@ async function refreshOverview() {
       ["latency", "calls"],
       latency.rows.map((r) => {
         const bar = document.createElement("span");
-        const b = document.createElement("span");
-        b.className = "bar";
-        b.style.width = `${Math.round((r.calls / most) * 240)}px`;
-        b.setAttribute("aria-hidden", "true");
-        bar.append(b, String(r.calls));
+        bar.append(barOf(r.calls / most, 240), String(r.calls));
         const from = Number(r.bucket_ms) === 1 ? 0 : Number(r.bucket_ms);
         return { latency: `${from}–${Number(r.bucket_ms) * 2} ms`, calls: bar };
       }),
@@ -344,15 +349,8 @@ async function refreshOverview() {
       ["day", "spans", "failed"],
       byDay.map((d) => {
         const bar = document.createElement("span");
-        const ok = document.createElement("span");
-        ok.className = "bar";
-        ok.style.width = `${Math.round(((Number(d.spans) - Number(d.errors)) / busiest) * 240)}px`;
-        ok.setAttribute("aria-hidden", "true");
-        const bad = document.createElement("span");
-        bad.className = "bar bad";
-        bad.style.width = `${Math.round((Number(d.errors) / busiest) * 240)}px`;
-        bad.setAttribute("aria-hidden", "true");
-        bar.append(ok, bad, `${d.errors} of ${d.spans}`);
+        const [spans, errors] = [Number(d.spans), Number(d.errors)];
+        bar.append(barOf((spans - errors) / busiest, 240), barOf(errors / busiest, 240, "bar bad"), `${errors} of ${spans}`);
         return { day: String(d.day).slice(0, 10), spans: d.spans, failed: bar };
       }),
       { sortable: false },
@@ -832,19 +830,7 @@ async function refreshHealthPanel() {
     ["resident memory", bytes(rss)],
     ["arranged collections", bytes(arranged)],
   ];
-  $("health-cards").replaceChildren(
-    ...cards.map(([label, value]) => {
-      const div = document.createElement("div");
-      div.className = "card";
-      const v = document.createElement("div");
-      v.className = "value";
-      v.textContent = value ?? "–";
-      const l = document.createElement("div");
-      l.textContent = label;
-      div.append(v, l);
-      return div;
-    }),
-  );
+  $("health-cards").replaceChildren(...cardsOf(cards));
   $("health-chart").replaceChildren(
     rates.length < 2
       ? Object.assign(document.createElement("p"), { className: "hint", textContent: "Measuring… (a point every 5 s)" })

@@ -90,3 +90,33 @@ pub fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pa
     std::fs::write(&paths.2, key.serialize_pem()).expect("written");
     (paths.0, paths.1, paths.2)
 }
+
+/// Runs the console's browser test (`tests/console_browser.py`, Selenium driving Debian's
+/// chromium) against the server at `base`, with its screenshots in the target's test directory
+/// under `shots`; `args` go after those (a reader's token), `env` into its environment. Asserts
+/// that every check passed. Skipped (said on stderr) when chromedriver is missing outside CI,
+/// which scripts/test.sh installs as root; in CI (`CI` set) a missing one fails the test.
+pub fn console_browser_test(base: &str, shots: &str, args: &[&str], env: &[(&str, String)]) {
+    let driver = std::env::var("AIMATRIX_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    if !std::path::Path::new(&driver).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{driver} is missing: scripts/test.sh installs chromium and chromium-driver (as root)"
+        );
+        eprintln!("skipped: {driver} is missing (scripts/test.sh installs chromium and chromium-driver as root)");
+        return;
+    }
+    let python = std::env::var("AIMATRIX_PYTHON").unwrap_or_else(|_| "/var/tmp/aimatrix-venv/bin/python".into());
+    let out = std::process::Command::new(python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))
+        .arg(base)
+        .arg(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(shots))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the console's browser test failed:\n{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
