@@ -925,10 +925,12 @@ fn read_lines(
     };
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(state.offset))?;
-    // `data` holds the unconsumed bytes read so far, from `state.offset` on.
-    let mut data = Vec::new();
-    let mut pos = state.offset;
     let piece = limits.poll_bytes.max(1);
+    // `data` holds the unconsumed bytes read so far, from `state.offset` on; sized for the
+    // first piece (at most 64 MiB), so reading it does not grow (and copy) the buffer step by step.
+    let first = piece.min(len.saturating_sub(state.offset)).min(64 << 20) as usize;
+    let mut data = Vec::with_capacity(first);
+    let mut pos = state.offset;
     loop {
         let before = data.len();
         (&mut file).take(piece).read_to_end(&mut data)?;
@@ -978,7 +980,7 @@ fn skip_oversized(
     out: &mut Vec<Record>,
 ) -> usize {
     let Some(over) = state.oversized.as_mut() else { return 0 };
-    let (len, used, done) = match data.iter().position(|&b| b == b'\n') {
+    let (len, used, done) = match memchr::memchr(b'\n', data) {
         Some(i) => (i, i + 1, true),
         None => (data.len(), data.len(), finish),
     };
@@ -1022,7 +1024,7 @@ fn starts_as_json_lines(path: &Path, access: &crate::FileAccess) -> io::Result<b
     if body[start] == b'[' {
         return Ok(false);
     }
-    Ok(match body[start..].iter().position(|&b| b == b'\n') {
+    Ok(match memchr::memchr(b'\n', &body[start..]) {
         Some(i) => parses(&body[start..start + i]),
         None => false,
     })
@@ -1045,7 +1047,7 @@ fn take_lines(
 ) -> usize {
     let mut pos = if at_start && data.starts_with(BOM) { BOM.len() } else { 0 };
     while pos < data.len() {
-        let (line, next) = match data[pos..].iter().position(|&b| b == b'\n') {
+        let (line, next) = match memchr::memchr(b'\n', &data[pos..]) {
             Some(i) => (&data[pos..pos + i], pos + i + 1),
             None if finish => (&data[pos..], data.len()),
             None => break,
@@ -1091,7 +1093,7 @@ fn classify(data: &[u8], finish: bool) -> Decision {
         return classify_bracket(data, start, finish);
     }
     let incomplete = |r: Result<IgnoredAny, serde_json::Error>| !finish && r.is_err_and(|e| e.is_eof());
-    let first_line = match data[start..].iter().position(|&b| b == b'\n') {
+    let first_line = match memchr::memchr(b'\n', &data[start..]) {
         Some(i) => &data[start..start + i],
         None if finish => &data[start..],
         None => return Decision::Wait,
