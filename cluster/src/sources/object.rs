@@ -350,7 +350,7 @@ fn csv_records(location: &str, data: &[u8], max_record_bytes: u64) -> Vec<Record
             byte += 1;
         }
         if byte >= counted.0 {
-            counted.1 += data[counted.0..byte].iter().filter(|b| **b == b'\n').count() as u64;
+            counted.1 += memchr::memchr_iter(b'\n', &data[counted.0..byte]).count() as u64;
             counted.0 = byte;
         }
         counted.1
@@ -551,7 +551,7 @@ fn sql_name(name: &str) -> String {
 /// The index of the `\n` ending the line that starts at `from` (the data's length when the
 /// last line has none).
 fn line_end(data: &[u8], from: usize) -> usize {
-    data[from..].iter().position(|b| *b == b'\n').map_or(data.len(), |i| from + i)
+    memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |i| from + i)
 }
 
 impl BatchSource for ObjectSource {
