@@ -12,6 +12,7 @@
 //! [`render`] builds all of it inside a timely scope.
 
 pub mod event;
+pub mod packed;
 pub mod prices;
 pub mod render;
 pub mod row;

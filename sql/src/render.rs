@@ -14,6 +14,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
+use amx_dataflows::packed::PackedRow;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use amx_operators::float::ExactSum;
@@ -61,17 +62,27 @@ pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<HashedRow, Row,
 /// ([`differential_dataflow::Hashable`], a fixed seed), the same in every process, and it
 /// travels with the row, so every worker routes and orders a key alike. The order among keys
 /// is the hashes', not the rows': nothing reads these arrangements' keys in order.
+///
+/// The row is packed ([`PackedRow`]): an arrangement's merges copy its bytes (inline for a
+/// trace id) rather than allocating a `Vec` and a `String` per key, and compare them with one
+/// `memcmp`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct HashedRow {
     hash: u64,
-    row: Row,
+    row: PackedRow,
 }
 
 impl HashedRow {
-    /// `row` with its hash.
+    /// `row` with its hash (of its packed bytes).
     pub fn new(row: Row) -> HashedRow {
         use differential_dataflow::Hashable;
-        HashedRow { hash: row.hashed(), row }
+        let row = PackedRow::pack(&row);
+        HashedRow { hash: row.as_bytes().hashed(), row }
+    }
+
+    /// The row.
+    pub fn row(&self) -> Row {
+        self.row.unpack()
     }
 }
 
@@ -160,7 +171,7 @@ impl<'s> Renderer<'s> {
                 reduce(input, *keys, aggs.clone(), view, &self.collections, &mut self.errors)?
             }
             Plan::Distinct { input } => {
-                self.render(input, view)?.map(HashedRow::new).distinct_total().map(|distinct| distinct.row)
+                self.render(input, view)?.map(HashedRow::new).distinct_total().map(|distinct| distinct.row())
             }
             Plan::Union { inputs: parts } => {
                 let mut rendered = Vec::new();
@@ -221,7 +232,7 @@ impl<'s> Renderer<'s> {
             None => {
                 let a = keyed
                     .clone()
-                    .filter(move |(k, _): &(HashedRow, Row)| nulls_equal || !k.row.contains(&Datum::Null))
+                    .filter(move |(k, _): &(HashedRow, Row)| nulls_equal || !k.row.contains_null())
                     .arrange_by_key_named(&format!("JoinArrange {view}"));
                 self.arrangements.insert(arrangement_key, a.clone());
                 a
@@ -798,7 +809,7 @@ fn collate_distinct<'s>(
                 Some(HashedRow::new(row))
             })
             .distinct_total()
-            .map(|pair| pair.row);
+            .map(|pair| pair.row());
         let one = Agg { arg: 0, distinct: false, ..agg.clone() };
         let finish = vec![one.clone()];
         let tag = parts.len();
@@ -850,24 +861,32 @@ fn reduce<'s>(
     } else if default_aggs.iter().all(|a| a.invertible() || distinct_invertible(a)) {
         collate_distinct(input, keys, aggs, view)
     } else {
+        // The values packed too, and the aggregates while the reduce's output arrangement
+        // holds them: its input arrangement holds every row of every group, and the merges
+        // of both copy them.
         let split = input.map(move |mut row| {
-            let vals = row.split_off(keys);
+            let vals = PackedRow::pack(&row[keys..]);
+            row.truncate(keys);
             (HashedRow::new(row), vals)
         });
-        split.reduce_named(&format!("Reduce {view}"), move |_key, vals, out| {
-            out.push((aggregate(&logic_aggs, vals), 1));
-        })
+        split
+            .reduce_named(&format!("Reduce {view}"), move |_key, vals: &[(&PackedRow, Diff)], out| {
+                let rows: Vec<(Row, Diff)> = vals.iter().map(|(r, n)| (r.unpack(), *n)).collect();
+                let rows: Vec<(&Row, Diff)> = rows.iter().map(|(r, n)| (r, *n)).collect();
+                out.push((aggregate(&logic_aggs, &rows).map(|r| PackedRow::pack(&r)), 1));
+            })
+            .map(|(key, result)| (key, result.map(|r| r.unpack())))
     };
     let view_name = view.to_owned();
     let (rows, failed) =
         grouped.inner.ok_err::<Vec<_>, _, Vec<_>, _, _>(move |((key, result), time, diff)| match result {
             Ok(vals) => {
-                let mut row = key.row;
+                let mut row = key.row();
                 row.extend(vals);
                 Ok((row, time, diff))
             }
             Err(e) => Err((
-                vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key.row)))],
+                vec![Datum::Text(view_name.clone()), Datum::Text(format!("{e} (group {})", show(&key.row())))],
                 time,
                 diff,
             )),
@@ -905,7 +924,7 @@ fn join<'s>(
             let width = la + ra;
             let joined = matches.map(|(k, mut lv, rv)| {
                 lv.extend(rv);
-                lv.extend(k.row);
+                k.row.unpack_into(&mut lv);
                 lv
             });
             // The predicate's schema covers the first `width` columns; the key rides behind.
@@ -1077,7 +1096,7 @@ mod tests {
     #[test]
     fn hashed_rows_order_by_hash_then_row_and_never_merge_on_a_collision() {
         use std::hash::{BuildHasher, Hasher};
-        let forged = |hash: u64, s: &str| HashedRow { hash, row: vec![text(s)] };
+        let forged = |hash: u64, s: &str| HashedRow { hash, row: PackedRow::pack(&[text(s)]) };
         assert_ne!(forged(7, "a"), forged(7, "b"));
         assert!(forged(7, "a") < forged(7, "b"));
         assert!(forged(1, "z") < forged(2, "a"));
