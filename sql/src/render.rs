@@ -45,12 +45,13 @@ type Evaluated = Result<Row, String>;
 const EVAL_BATCH_ROWS: usize = 8192;
 
 /// A collection of `(key, row)` pairs: a join input keyed by its join columns (with their
-/// hash: [`HashedRow`]).
-pub type Keyed<'s> = VecCollection<'s, Time, (HashedRow, Row), Diff>;
+/// hash: [`HashedRow`]), the rest of each row packed ([`PackedRow`]): the join's arrangement
+/// holds every row of its input, and its merges copy them.
+pub type Keyed<'s> = VecCollection<'s, Time, (HashedRow, PackedRow), Diff>;
 
 /// A join input arranged by its key; shared by every join that needs the same data arranged
 /// by the same key.
-pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<HashedRow, Row, Time, Diff>>>;
+pub type KeyedArrangement<'s> = Arranged<'s, TraceAgent<ValSpine<HashedRow, PackedRow, Time, Diff>>>;
 
 /// A row with its hash, computed once: the key of the arrangements of reductions, joins,
 /// window partitions and `DISTINCT`.
@@ -185,7 +186,7 @@ impl<'s> Renderer<'s> {
             Plan::Join { left, right, left_arity, right_arity, kind, nulls_equal, filter } => {
                 let (l, l_arranged) = self.keyed_input(left, *left_arity, *nulls_equal, view)?;
                 let (r, r_arranged) = self.keyed_input(right, *right_arity, *nulls_equal, view)?;
-                let matches = l_arranged.join_core(r_arranged, |k: &HashedRow, lv: &Row, rv: &Row| {
+                let matches = l_arranged.join_core(r_arranged, |k: &HashedRow, lv: &PackedRow, rv: &PackedRow| {
                     Some((k.clone(), lv.clone(), rv.clone()))
                 });
                 join(l, r, matches, *left_arity, *right_arity, *kind, filter.clone(), view, &mut self.errors)
@@ -217,7 +218,7 @@ impl<'s> Renderer<'s> {
                 let rows = self.render(plan, view)?;
                 let keyed = rows.map(move |mut row| {
                     let key = row.split_off(arity);
-                    (HashedRow::new(key), row)
+                    (HashedRow::new(key), PackedRow::pack(&row))
                 });
                 self.keyed.insert(fingerprint.clone(), keyed.clone());
                 keyed
@@ -232,7 +233,7 @@ impl<'s> Renderer<'s> {
             None => {
                 let a = keyed
                     .clone()
-                    .filter(move |(k, _): &(HashedRow, Row)| nulls_equal || !k.row.contains_null())
+                    .filter(move |(k, _): &(HashedRow, PackedRow)| nulls_equal || !k.row.contains_null())
                     .arrange_by_key_named(&format!("JoinArrange {view}"));
                 self.arrangements.insert(arrangement_key, a.clone());
                 a
@@ -487,7 +488,7 @@ fn eval_rows(
 /// order of the values; `min`/`max` follow PostgreSQL's order (NaN greatest, `-0.0 = 0.0`,
 /// [`Datum`]'s order) and return canonical floats. [`crate::aggregates`] computes the same in
 /// plain queries.
-fn aggregate(aggs: &[Agg], vals: &[(&Row, Diff)]) -> Result<Row, String> {
+fn aggregate(aggs: &[Agg], vals: &[(&[Datum], Diff)]) -> Result<Row, String> {
     let mut out = Vec::with_capacity(aggs.len());
     for agg in aggs {
         // The (value, multiplicity) pairs of this aggregate's argument, NULLs dropped.
@@ -871,8 +872,16 @@ fn reduce<'s>(
         });
         split
             .reduce_named(&format!("Reduce {view}"), move |_key, vals: &[(&PackedRow, Diff)], out| {
-                let rows: Vec<(Row, Diff)> = vals.iter().map(|(r, n)| (r.unpack(), *n)).collect();
-                let rows: Vec<(&Row, Diff)> = rows.iter().map(|(r, n)| (r, *n)).collect();
+                // The group's values unpacked into one buffer, each a slice of it.
+                let mut flat = Vec::new();
+                let mut ends = Vec::with_capacity(vals.len());
+                for (r, _) in vals {
+                    r.unpack_into(&mut flat);
+                    ends.push(flat.len());
+                }
+                let starts = std::iter::once(0).chain(ends.iter().copied());
+                let rows: Vec<(&[Datum], Diff)> =
+                    starts.zip(&ends).zip(vals).map(|((from, &to), (_, n))| (&flat[from..to], *n)).collect();
                 out.push((aggregate(&logic_aggs, &rows).map(|r| PackedRow::pack(&r)), 1));
             })
             .map(|(key, result)| (key, result.map(|r| r.unpack())))
@@ -909,7 +918,7 @@ fn reduce<'s>(
 fn join<'s>(
     l: Keyed<'s>,
     r: Keyed<'s>,
-    matches: VecCollection<'s, Time, (HashedRow, Row, Row), Diff>,
+    matches: VecCollection<'s, Time, (HashedRow, PackedRow, PackedRow), Diff>,
     la: usize,
     ra: usize,
     kind: JoinKind,
@@ -922,17 +931,18 @@ fn join<'s>(
         Some((predicate, schema)) => {
             // Evaluate the extra predicate over left ++ right; the key rides along behind.
             let width = la + ra;
-            let joined = matches.map(|(k, mut lv, rv)| {
-                lv.extend(rv);
-                k.row.unpack_into(&mut lv);
-                lv
+            let joined = matches.map(|(k, lv, rv)| {
+                let mut row = lv.unpack();
+                rv.unpack_into(&mut row);
+                k.row.unpack_into(&mut row);
+                row
             });
             // The predicate's schema covers the first `width` columns; the key rides behind.
             let evaluated = evaluate(joined, view, schema, vec![predicate], true);
             split(evaluated, view, errors).map(move |mut row| {
                 let k = row.split_off(width);
-                let rv = row.split_off(la);
-                (HashedRow::new(k), row, rv)
+                let (lv, rv) = row.split_at(la);
+                (HashedRow::new(k), PackedRow::pack(lv), PackedRow::pack(rv))
             })
         }
     };
@@ -948,12 +958,13 @@ fn join<'s>(
     };
     let matched_left = || matches.clone().map(|(k, lv, _)| (k, lv)).distinct_total();
     let matched_right = || matches.clone().map(|(k, _, rv)| (k, rv)).distinct_total();
-    let unmatched_left = || l.clone().map(|kv| (kv, ())).antijoin(matched_left()).map(|((_, lv), ())| lv);
-    let unmatched_right = || r.clone().map(|kv| (kv, ())).antijoin(matched_right()).map(|((_, rv), ())| rv);
+    let unmatched_left = || l.clone().map(|kv| (kv, ())).antijoin(matched_left()).map(|((_, lv), ())| lv.unpack());
+    let unmatched_right = || r.clone().map(|kv| (kv, ())).antijoin(matched_right()).map(|((_, rv), ())| rv.unpack());
     let inner = || {
-        matches.clone().map(|(_, mut lv, rv)| {
-            lv.extend(rv);
-            lv
+        matches.clone().map(|(_, lv, rv)| {
+            let mut row = lv.unpack();
+            rv.unpack_into(&mut row);
+            row
         })
     };
     match kind {
@@ -961,7 +972,7 @@ fn join<'s>(
         JoinKind::Left => inner().concat(unmatched_left().map(pad_right)),
         JoinKind::Right => inner().concat(unmatched_right().map(pad_left)),
         JoinKind::Full => inner().concat(unmatched_left().map(pad_right)).concat(unmatched_right().map(pad_left)),
-        JoinKind::LeftSemi => l.clone().map(|kv| (kv, ())).semijoin(matched_left()).map(|((_, lv), ())| lv),
+        JoinKind::LeftSemi => l.clone().map(|kv| (kv, ())).semijoin(matched_left()).map(|((_, lv), ())| lv.unpack()),
         JoinKind::LeftAnti => unmatched_left(),
     }
 }
