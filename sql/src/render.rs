@@ -76,8 +76,13 @@ pub struct HashedRow {
 impl HashedRow {
     /// `row` with its hash (of its packed bytes).
     pub fn new(row: Row) -> HashedRow {
+        HashedRow::pack(&row)
+    }
+
+    /// [`HashedRow::new`] of a row's datums, borrowed.
+    pub fn pack(datums: &[Datum]) -> HashedRow {
         use differential_dataflow::Hashable;
-        let row = PackedRow::pack(&row);
+        let row = PackedRow::pack(datums);
         HashedRow { hash: row.as_bytes().hashed(), row }
     }
 
@@ -644,7 +649,7 @@ fn sums_floats(agg: &Agg) -> bool {
 impl Sums {
     /// The contribution of one row (`vals`: the reduce's value columns) with multiplicity
     /// `diff`.
-    fn of(aggs: &[Agg], vals: &Row, diff: Diff) -> Sums {
+    fn of(aggs: &[Agg], vals: &[Datum], diff: Diff) -> Sums {
         let n = diff as i128;
         let mut ints = Vec::with_capacity(1 + 2 * aggs.len());
         let mut floats = Vec::new();
@@ -664,6 +669,28 @@ impl Sums {
             }
         }
         Sums { ints, floats }
+    }
+
+    /// Adds [`Sums::of`]`(aggs, vals, diff)` in place, allocating nothing: `self` came from
+    /// [`Sums::of`] with the same `aggs` (its slots are all there).
+    fn add(&mut self, aggs: &[Agg], vals: &[Datum], diff: Diff) {
+        let n = diff as i128;
+        let mut ints = self.ints.iter_mut();
+        let mut floats = self.floats.iter_mut();
+        let mut next = || ints.next().expect("a slot per aggregate");
+        *next() += n;
+        for agg in aggs {
+            let datum = &vals[agg.arg];
+            *next() += if *datum == Datum::Null { 0 } else { n };
+            if sums_floats(agg) {
+                let sum = floats.next().expect("a float slot per float sum");
+                if let Datum::Float(f) = datum {
+                    sum.add(f.0, diff as i64);
+                }
+            } else if agg.func != AggFunc::Count {
+                *next() += if let Datum::Int(v) = datum { *v as i128 * n } else { 0 };
+            }
+        }
     }
 
     fn finish(&self, aggs: &[Agg]) -> Result<Row, String> {
@@ -736,7 +763,7 @@ impl differential_dataflow::difference::Monoid for Sums {
 /// pre-aggregation), so a key changed by many rows of a batch is one update, not one per row,
 /// by the time it is exchanged, sorted and merged.
 fn combine<'s>(input: Rows<'s>, keys: usize, aggs: Vec<Agg>, view: &str) -> VecCollection<'s, Time, HashedRow, Sums> {
-    use differential_dataflow::difference::{IsZero, Semigroup};
+    use differential_dataflow::difference::IsZero;
     use std::collections::hash_map::Entry;
     input
         .inner
@@ -747,13 +774,12 @@ fn combine<'s>(input: Rows<'s>, keys: usize, aggs: Vec<Agg>, view: &str) -> VecC
                 let mut groups: HashMap<(HashedRow, Time), Sums> = HashMap::new();
                 move |input, output| {
                     input.for_each_stamp(|cap, data| {
-                        for (mut row, time, diff) in data.flat_map(|d| d.drain(..)) {
-                            let vals = row.split_off(keys);
-                            let sums = Sums::of(&aggs, &vals, diff);
-                            match groups.entry((HashedRow::new(row), time)) {
-                                Entry::Occupied(mut e) => e.get_mut().plus_equals(&sums),
+                        for (row, time, diff) in data.flat_map(|d| d.drain(..)) {
+                            let (key, vals) = row.split_at(keys);
+                            match groups.entry((HashedRow::pack(key), time)) {
+                                Entry::Occupied(mut e) => e.get_mut().add(&aggs, vals, diff),
                                 Entry::Vacant(e) => {
-                                    e.insert(sums);
+                                    e.insert(Sums::of(&aggs, vals, diff));
                                 }
                             }
                         }
@@ -1119,6 +1145,37 @@ mod tests {
         let mut by_hash = state.build_hasher();
         by_hash.write_u64(a.hash);
         assert_eq!(state.hash_one(&a), by_hash.finish());
+    }
+
+    /// Adding a row's contribution in place ([`Sums::add`], the combiner's) is adding its
+    /// [`Sums::of`]: counts, integer sums and exact float sums, NULLs counted out.
+    #[test]
+    fn sums_added_in_place_equal_sums_added() {
+        use differential_dataflow::difference::Semigroup;
+        let agg = |func, arg, input: DataType| Agg { func, arg, distinct: false, output: input.clone(), input };
+        let aggs = vec![
+            agg(AggFunc::Count, 0, DataType::Int64),
+            agg(AggFunc::Sum, 0, DataType::Int64),
+            agg(AggFunc::Avg, 1, DataType::Float64),
+            agg(AggFunc::Sum, 1, DataType::Float64),
+        ];
+        let rows = [
+            (vec![Datum::Int(5), Datum::float(Some(0.5))], 1),
+            (vec![Datum::Null, Datum::float(Some(2.0))], 2),
+            (vec![Datum::Int(-7), Datum::Null], -1),
+            (vec![Datum::Int(1000), Datum::float(Some(-1.0))], 3),
+        ];
+        let mut added = Sums::of(&aggs, &rows[0].0, rows[0].1);
+        let mut summed = added.clone();
+        for (row, diff) in &rows[1..] {
+            added.add(&aggs, row, *diff);
+            summed.plus_equals(&Sums::of(&aggs, row, *diff));
+        }
+        assert_eq!(added, summed);
+        // By hand: the first column is non-NULL with multiplicities 1 - 1 + 3 = 3 and sums to
+        // 5 + 7 + 3000; the second is non-NULL with 1 + 2 + 3 = 6 and sums to 0.5 + 4 - 3 = 1.5.
+        let expected = vec![Datum::Int(3), Datum::Int(3012), Datum::float(Some(0.25)), Datum::float(Some(1.5))];
+        assert_eq!(added.finish(&aggs).unwrap(), expected);
     }
 
     /// A filter passes its row on whole, drops it on false or NULL, and reports a predicate
