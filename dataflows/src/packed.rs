@@ -99,12 +99,6 @@ impl std::fmt::Debug for PackedRow {
     }
 }
 
-impl From<&[Datum]> for PackedRow {
-    fn from(row: &[Datum]) -> PackedRow {
-        PackedRow::pack(row)
-    }
-}
-
 /// The zigzag form of `v` (0, -1, 1, -2, … → 0, 1, 2, 3, …), whose magnitude tracks `|v|`.
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64

@@ -221,9 +221,9 @@ impl<'s> Renderer<'s> {
             Some(k) => k.clone(),
             None => {
                 let rows = self.render(plan, view)?;
-                let keyed = rows.map(move |mut row| {
-                    let key = row.split_off(arity);
-                    (HashedRow::new(key), PackedRow::pack(&row))
+                let keyed = rows.map(move |row| {
+                    let (vals, key) = row.split_at(arity);
+                    (HashedRow::pack(key), PackedRow::pack(vals))
                 });
                 self.keyed.insert(fingerprint.clone(), keyed.clone());
                 keyed
@@ -650,29 +650,22 @@ impl Sums {
     /// The contribution of one row (`vals`: the reduce's value columns) with multiplicity
     /// `diff`.
     fn of(aggs: &[Agg], vals: &[Datum], diff: Diff) -> Sums {
-        let n = diff as i128;
-        let mut ints = Vec::with_capacity(1 + 2 * aggs.len());
-        let mut floats = Vec::new();
-        ints.push(n);
-        for agg in aggs {
-            let datum = &vals[agg.arg];
-            ints.push(if *datum == Datum::Null { 0 } else { n });
-            if sums_floats(agg) {
-                let mut sum = ExactSum::new();
-                if let Datum::Float(f) = datum {
-                    sum.add(f.0, diff as i64);
-                }
-                floats.push(sum);
-            } else if agg.func != AggFunc::Count {
-                // Not an integer: counted, not summed (only `count` reaches here then).
-                ints.push(if let Datum::Int(v) = datum { *v as i128 * n } else { 0 });
-            }
-        }
-        Sums { ints, floats }
+        let mut sums = Sums::slots(aggs);
+        sums.add(aggs, vals, diff);
+        sums
     }
 
-    /// Adds [`Sums::of`]`(aggs, vals, diff)` in place, allocating nothing: `self` came from
-    /// [`Sums::of`] with the same `aggs` (its slots are all there).
+    /// Zero in every slot `aggs` use: the row count, then per aggregate its non-NULL count
+    /// and, for an integer `sum`/`avg`, its sum; an exact sum per float `sum`/`avg`.
+    fn slots(aggs: &[Agg]) -> Sums {
+        let ints =
+            1 + aggs.iter().map(|a| if sums_floats(a) || a.func == AggFunc::Count { 1 } else { 2 }).sum::<usize>();
+        let floats = aggs.iter().filter(|a| sums_floats(a)).map(|_| ExactSum::new()).collect();
+        Sums { ints: vec![0; ints], floats }
+    }
+
+    /// Adds the contribution of one row in place, allocating nothing: `self` has the slots of
+    /// `aggs` ([`Sums::slots`]; the combiner's groups come from [`Sums::of`]).
     fn add(&mut self, aggs: &[Agg], vals: &[Datum], diff: Diff) {
         let n = diff as i128;
         let mut ints = self.ints.iter_mut();
@@ -891,10 +884,9 @@ fn reduce<'s>(
         // The values packed too, and the aggregates while the reduce's output arrangement
         // holds them: its input arrangement holds every row of every group, and the merges
         // of both copy them.
-        let split = input.map(move |mut row| {
-            let vals = PackedRow::pack(&row[keys..]);
-            row.truncate(keys);
-            (HashedRow::new(row), vals)
+        let split = input.map(move |row| {
+            let (key, vals) = row.split_at(keys);
+            (HashedRow::pack(key), PackedRow::pack(vals))
         });
         split
             .reduce_named(&format!("Reduce {view}"), move |_key, vals: &[(&PackedRow, Diff)], out| {
@@ -965,10 +957,10 @@ fn join<'s>(
             });
             // The predicate's schema covers the first `width` columns; the key rides behind.
             let evaluated = evaluate(joined, view, schema, vec![predicate], true);
-            split(evaluated, view, errors).map(move |mut row| {
-                let k = row.split_off(width);
-                let (lv, rv) = row.split_at(la);
-                (HashedRow::new(k), PackedRow::pack(lv), PackedRow::pack(rv))
+            split(evaluated, view, errors).map(move |row| {
+                let (lv, rest) = row.split_at(la);
+                let (rv, k) = rest.split_at(width - la);
+                (HashedRow::pack(k), PackedRow::pack(lv), PackedRow::pack(rv))
             })
         }
     };
@@ -1063,7 +1055,7 @@ fn top_k<'s>(input: Rows<'s>, arity: usize, order: Vec<Order>, offset: usize, li
 
 fn window<'s>(input: Rows<'s>, arity: usize, partitions: usize, order: Vec<Order>, func: RankFunc) -> Rows<'s> {
     input
-        .map(move |row| (HashedRow::new(row[arity..arity + partitions].to_vec()), row))
+        .map(move |row| (HashedRow::pack(&row[arity..arity + partitions]), row))
         .reduce_named("Window", move |_key, vals, out| {
             let from = arity + partitions;
             let mut rows: Vec<(&Row, Diff)> = vals.iter().map(|(r, n)| (*r, *n)).filter(|(_, n)| *n > 0).collect();
