@@ -295,6 +295,19 @@ mod tests {
         assert_eq!(PackedRow::pack(&row).as_bytes(), expected);
         // -0.0 packs as 0.0: the rows are equal, so the packed rows are.
         assert_eq!(PackedRow::pack(&[Datum::Float(OrderedFloat(-0.0))]), PackedRow::pack(&[Datum::float(Some(0.0))]));
+        // Bytes that are no packed row are refused when they arrive, with why.
+        let parse = |bytes: &[u8]| serde_json::from_slice::<PackedRow>(&serde_json::to_vec(bytes).unwrap());
+        for (bytes, why) in [
+            (&[200u8][..], "tag 200 unknown"),
+            (&[13, 5, b'a'][..], "datum past the end"),
+            (&[13, 1, 0xff][..], "text is not UTF-8"),
+            (&[14, 1][..], "without its length"),
+            (&[5, 0x58][..], "datum past the end"),
+        ] {
+            let error = parse(bytes).unwrap_err().to_string();
+            assert!(error.contains(why), "{bytes:?}: {error}");
+        }
+        assert_eq!(parse(expected).unwrap().unpack(), row);
         // A trace id and its tag and length stay inline.
         let trace = PackedRow::pack(&[Datum::Text("0af7651916cd43dd8448eb211c80319c".into())]);
         assert!(!trace.0.spilled());
