@@ -315,7 +315,8 @@ pub enum Command {
         wait: Option<u64>,
     },
     /// Reads the next part of this worker's share of collection `collection` as of `as_of`:
-    /// its rows after `after` in row order (from the first without), at most
+    /// its rows after `after` in the arrangements' order (by packed bytes, see
+    /// [`crate::worker::RowTrace`]; from the first without), at most
     /// [`SNAPSHOT_PART_ROWS`] and about [`SNAPSHOT_PART_BYTES`], answered as [`Response::Peek`]
     /// once the arrangements have passed `as_of` (no rows: the share is read). A snapshot of
     /// the log reads a collection so, a part at a time, rather than whole.

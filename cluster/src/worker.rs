@@ -30,14 +30,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amx_dataflows::packed::PackedRow;
 use amx_dataflows::render::{SOURCE_STATS, TableInput, VIEW_ERRORS, render, render_table};
-use amx_dataflows::row::Row;
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
 use amx_sql::render::{Renderer, Rows};
 use amx_sql::views::ViewPlanner;
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::trace::implementations::KeySpine;
 use timely::container::CapacityContainerBuilder;
@@ -51,8 +51,19 @@ use timely::progress::Antichain;
 use crate::protocol::{Command, ControllerLink, JobId, Response, ViewSpec, Wire};
 use compute_state::ComputeState;
 
-/// A collection's arrangement: its rows as keys, sharded over the workers by hash.
-pub type RowTrace = TraceAgent<KeySpine<Row, Time, Diff>>;
+/// A collection's arrangement: its rows, packed ([`PackedRow`]), as keys, sharded over the
+/// workers by hash. Ordered by the packed bytes, not by [`amx_dataflows::row::Row`]'s order:
+/// the rows that begin with one datum are still together (a datum's bytes say where it ends,
+/// so they share the prefix that is that datum packed alone, and a prefix sorts first), which
+/// is what a peek's seek by the first column needs.
+pub type RowTrace = TraceAgent<KeySpine<PackedRow, Time, Diff>>;
+
+/// Arranges a collection's rows for the catalog ([`RowTrace`]), each packed. A merge of
+/// packed rows copies bytes (one allocation for a row longer than [`PackedRow::INLINE`]),
+/// where a merge of `Vec<Datum>` rows cloned every text of every row.
+fn arrange_rows<'s>(rows: Rows<'s>, name: &str) -> Arranged<'s, RowTrace> {
+    rows.map(|row| PackedRow::pack(&row)).arrange_by_self_named(name)
+}
 
 /// Worker 0's input of the control dataflow: `(sequence number, the worker it is for (`None`:
 /// every worker), the command's JSON text)`, at time = sequence number.
@@ -224,7 +235,7 @@ pub fn run_worker(
         let mut rows: HashMap<String, Rows<'_>> = HashMap::new();
         for (_index, name, relation) in rendered.relations {
             if arranged(name) {
-                let trace = relation.clone().arrange_by_self_named(&format!("Arrange {name}"));
+                let trace = arrange_rows(relation.clone(), &format!("Arrange {name}"));
                 trace.stream.clone().probe_with(&probe);
                 traces.push((name.to_owned(), None, trace.trace));
             }
@@ -240,7 +251,7 @@ pub fn run_worker(
         for def in &planned {
             match renderer.render_view(def) {
                 Ok(view) => {
-                    let trace = view.arrange_by_self_named(&format!("Arrange {}", def.name));
+                    let trace = arrange_rows(view, &format!("Arrange {}", def.name));
                     trace.stream.clone().probe_with(&probe);
                     traces.push((def.name.clone(), Some(def.schema.clone()), trace.trace));
                 }
@@ -248,7 +259,7 @@ pub fn run_worker(
             }
         }
         if let Some(errors) = renderer.errors() {
-            let trace = errors.arrange_by_self_named("Arrange view errors");
+            let trace = arrange_rows(errors, "Arrange view errors");
             trace.stream.clone().probe_with(&probe);
             traces.push((VIEW_ERRORS.to_owned(), None, trace.trace));
         }
@@ -432,7 +443,7 @@ fn install_views(
         let mut arranged = Vec::new();
         for (table, schema) in &tables {
             let (input, rows) = render_table(scope, &table.name, !table.key.is_empty(), time);
-            let trace = rows.clone().arrange_by_self_named(&format!("Arrange {}", table.name)).trace;
+            let trace = arrange_rows(rows.clone(), &format!("Arrange {}", table.name)).trace;
             arranged.push((table.name.clone(), schema.clone(), trace));
             collections.insert(table.name.clone(), rows);
             inputs.push((table.name.clone(), input));
@@ -441,7 +452,8 @@ fn install_views(
             let collection = catalog.get_mut(name).expect("checked above");
             let mut rows: Option<Rows<'_>> = None;
             for (_, trace) in collection.traces.iter_mut() {
-                let imported = trace.import_named(scope, &format!("Import {name}")).as_collection(|row, _| row.clone());
+                let imported =
+                    trace.import_named(scope, &format!("Import {name}")).as_collection(|row, _| row.unpack());
                 rows = Some(match rows {
                     None => imported,
                     Some(r) => r.concat(imported),
@@ -457,10 +469,10 @@ fn install_views(
             arranged.push((
                 def.name.clone(),
                 def.schema.clone(),
-                rows.arrange_by_self_named(&format!("Arrange {}", def.name)).trace,
+                arrange_rows(rows, &format!("Arrange {}", def.name)).trace,
             ));
         }
-        let errors = renderer.errors().map(|e| e.arrange_by_self_named("Arrange view errors").trace);
+        let errors = renderer.errors().map(|e| arrange_rows(e, "Arrange view errors").trace);
         Ok::<_, String>((arranged, errors, inputs))
     });
     let (arranged, errors, inputs) = match built {

@@ -91,6 +91,12 @@ impl PackedRow {
     pub fn unpack_into(&self, row: &mut Row) {
         row.extend(self.iter());
     }
+
+    /// Bytes this row takes in memory: the `PackedRow` itself (its inline bytes and length)
+    /// and, for a row longer than [`PackedRow::INLINE`] bytes, its heap allocation.
+    pub fn size_in_memory(&self) -> usize {
+        std::mem::size_of::<PackedRow>() + if self.0.spilled() { self.0.capacity() } else { 0 }
+    }
 }
 
 impl std::fmt::Debug for PackedRow {

@@ -244,9 +244,10 @@ impl Logging {
     }
 }
 
-/// `trace`'s bytes, estimated: per batch, its rows' mean size ([`crate::protocol::row_bytes`])
-/// over at most [`SAMPLE_ROWS`] of them, spread evenly, times its rows, plus a time and a
-/// difference per update.
+/// `trace`'s bytes, estimated: per batch, its rows' mean size in memory
+/// ([`amx_dataflows::packed::PackedRow::size_in_memory`]) and their offsets over at most
+/// [`SAMPLE_ROWS`] of them, spread evenly, times its rows, plus a time and a difference per
+/// update.
 fn estimated_bytes(trace: &mut RowTrace) -> u64 {
     let per_update = (std::mem::size_of::<Time>() + std::mem::size_of::<amx_dataflows::Diff>()) as u64;
     let mut bytes = 0u64;
@@ -255,7 +256,8 @@ fn estimated_bytes(trace: &mut RowTrace) -> u64 {
         let rows = &batch.storage.keys;
         if !rows.is_empty() {
             let step = rows.len().div_ceil(SAMPLE_ROWS);
-            let sampled: Vec<u64> = rows.iter().step_by(step).map(crate::protocol::row_bytes).collect();
+            let offset = std::mem::size_of::<usize>();
+            let sampled: Vec<u64> = rows.iter().step_by(step).map(|r| (r.size_in_memory() + offset) as u64).collect();
             let mean = sampled.iter().sum::<u64>() / sampled.len() as u64;
             bytes += mean * rows.len() as u64;
         }

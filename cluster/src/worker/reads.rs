@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
+use amx_dataflows::packed::PackedRow;
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use differential_dataflow::trace::cursor::Cursor;
@@ -36,7 +37,8 @@ pub(super) fn upper_with(trace: &mut RowTrace, scratch: &mut Antichain<Time>) ->
 
 /// Adds the rows of `trace` as of `as_of` that pass `filter` (column = value, for each pair),
 /// projected, to `out`, with their multiplicities. A filter on the first column seeks to the
-/// first row with that value (rows are sorted, so they are together) instead of scanning.
+/// first row with that value (the rows that begin with it share the bytes of that value packed
+/// alone, and are together: see [`RowTrace`]) instead of scanning.
 pub(super) fn read_at(
     trace: &mut RowTrace,
     as_of: Time,
@@ -49,28 +51,30 @@ pub(super) fn read_at(
         return;
     };
     let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
-    // `[value]` sorts before every row that starts with `value` (a prefix sorts first).
-    let leading = filter.iter().find(|(c, _)| *c == 0).map(|(_, d)| d.clone());
-    if let Some(value) = &leading {
-        cursor.seek_key(&storage, &vec![value.clone()]);
+    // `[value]` packed sorts before every row that starts with `value` (a prefix sorts first).
+    let leading = filter.iter().find(|(c, _)| *c == 0).map(|(_, d)| PackedRow::pack([d]));
+    if let Some(prefix) = &leading {
+        cursor.seek_key(&storage, prefix);
     }
+    let mut row: Row = Vec::new();
     while cursor.key_valid(&storage) && *limit > 0 {
-        let row: &Row = cursor.key(&storage);
-        if let Some(value) = &leading
-            && row.first() != Some(value)
+        let packed: &PackedRow = cursor.key(&storage);
+        if let Some(prefix) = &leading
+            && !packed.as_bytes().starts_with(prefix.as_bytes())
         {
             break;
         }
+        row.clear();
+        packed.unpack_into(&mut row);
         if !filter.iter().all(|(c, d)| row.get(*c) == Some(d)) {
             cursor.step_key(&storage);
             continue;
         }
         let count = count_at(&mut cursor, &storage, as_of);
         if count != 0 {
-            let row: &Row = cursor.key(&storage);
             let row = match projection {
                 Some(columns) => columns.iter().map(|&c| row.get(c).cloned().unwrap_or(Datum::Null)).collect(),
-                None => row.clone(),
+                None => std::mem::take(&mut row),
             };
             *out.entry(row).or_insert(0) += count;
             *limit = limit.saturating_sub(count.max(0) as usize);
@@ -97,8 +101,8 @@ where
     count
 }
 
-/// The next part of a worker's share of a collection's contents at `as_of`: rows (in row
-/// order) after `after`, at most [`SNAPSHOT_PART_ROWS`] of them and about
+/// The next part of a worker's share of a collection's contents at `as_of`: rows (in the
+/// arrangements' order: by packed bytes, see [`RowTrace`]) after `after`, at most [`SNAPSHOT_PART_ROWS`] of them and about
 /// [`SNAPSHOT_PART_BYTES`] bytes; and whether it is the last part. The arrangements are read
 /// as one (rows in several of them are summed), from their current batches, so merges between
 /// two parts change nothing: they keep the contents at `as_of` while the subscription holds
@@ -116,8 +120,9 @@ pub(super) fn snapshot_part(
     }
     let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
     if let Some(after) = after {
-        cursor.seek_key(&storage, after);
-        if cursor.get_key(&storage) == Some(after) {
+        let after = PackedRow::pack(after);
+        cursor.seek_key(&storage, &after);
+        if cursor.get_key(&storage) == Some(&after) {
             cursor.step_key(&storage);
         }
     }
@@ -128,9 +133,9 @@ pub(super) fn snapshot_part(
         }
         let count = count_at(&mut cursor, &storage, as_of);
         if count != 0 {
-            let row: &Row = cursor.key(&storage);
-            bytes += crate::protocol::row_bytes(row);
-            rows.push((row.clone(), count));
+            let row = cursor.key(&storage).unpack();
+            bytes += crate::protocol::row_bytes(&row);
+            rows.push((row, count));
         }
         cursor.step_key(&storage);
     }
@@ -165,7 +170,8 @@ pub(super) fn subscribe(
                             for span in data.iter() {
                                 let Some(batch) = span.inner.as_ref() else { continue };
                                 let mut cursor = batch.cursor();
-                                while let Some(row) = cursor.get_key(batch) {
+                                while let Some(packed) = cursor.get_key(batch) {
+                                    let row = packed.unpack();
                                     while cursor.val_valid(batch) {
                                         cursor.map_times(batch, |time, diff| {
                                             if *time > as_of {
@@ -184,4 +190,111 @@ pub(super) fn subscribe(
         }
     });
     Some((dataflow, buffer, probe))
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::input::Input;
+
+    use super::*;
+
+    fn text(s: &str) -> Datum {
+        Datum::Text(s.to_owned())
+    }
+
+    /// Rows whose first datums are prefixes of one another as text or as bytes (`a`, `ab`,
+    /// `a` + more columns, texts of 254 and 255 bytes: both lengths' encodings), integers of
+    /// 1 and 2 bytes, NULL, and a row twice.
+    fn rows() -> Vec<Row> {
+        let long = |n: usize| text(&"x".repeat(n));
+        vec![
+            vec![text("a")],
+            vec![text("a"), Datum::Int(1)],
+            vec![text("a"), Datum::Int(256)],
+            vec![text("a"), Datum::Null],
+            vec![text("ab")],
+            vec![text("ab"), Datum::Int(1)],
+            vec![text("")],
+            vec![Datum::Int(1), text("a")],
+            vec![Datum::Int(256), text("a")],
+            vec![Datum::Int(-1)],
+            vec![Datum::Null, text("a")],
+            vec![long(254), Datum::Int(1)],
+            vec![long(255), Datum::Int(2)],
+            vec![long(255), Datum::Int(2)],
+        ]
+    }
+
+    /// Arranges [`rows`] (the last one inserted twice) at time 0 on one worker and hands the
+    /// trace, once it has passed time 0, to `read`.
+    fn with_trace(read: impl FnOnce(&mut RowTrace) + Send + Sync + 'static) {
+        timely::execute_directly(move |worker| {
+            let probe = ProbeHandle::new();
+            let (mut input, mut trace) = worker.dataflow::<Time, _, _>(|scope| {
+                let (input, rows) = scope.new_collection::<Row, Diff>();
+                let arranged = super::super::arrange_rows(rows, "Arrange test");
+                arranged.stream.clone().probe_with(&probe);
+                (input, arranged.trace)
+            });
+            for row in rows() {
+                input.insert(row);
+            }
+            input.advance_to(1);
+            input.flush();
+            worker.step_while(|| probe.less_than(&1));
+            read(&mut trace);
+        });
+    }
+
+    #[test]
+    fn a_filter_on_the_first_column_finds_exactly_the_rows_that_begin_with_its_value() {
+        with_trace(|trace| {
+            let read = |trace: &mut RowTrace, filter: &[(usize, Datum)], projection: Option<&[usize]>| {
+                let (mut out, mut limit) = (HashMap::new(), usize::MAX);
+                read_at(trace, 0, projection, filter, &mut limit, &mut out);
+                let mut rows: Vec<(Row, Diff)> = out.into_iter().collect();
+                rows.sort();
+                rows
+            };
+            // By hand from `rows()`: the four rows that begin with `a`, not `ab` nor the rest.
+            let expected = vec![
+                (vec![text("a")], 1),
+                (vec![text("a"), Datum::Null], 1),
+                (vec![text("a"), Datum::Int(1)], 1),
+                (vec![text("a"), Datum::Int(256)], 1),
+            ];
+            assert_eq!(read(trace, &[(0, text("a"))], None), expected);
+            assert_eq!(read(trace, &[(0, Datum::Int(1))], None), vec![(vec![Datum::Int(1), text("a")], 1)]);
+            assert_eq!(read(trace, &[(0, Datum::Null)], None), vec![(vec![Datum::Null, text("a")], 1)]);
+            let long = text(&"x".repeat(255));
+            assert_eq!(read(trace, &[(0, long.clone())], None), vec![(vec![long, Datum::Int(2)], 2)]);
+            assert_eq!(read(trace, &[(0, text("b"))], None), vec![]);
+            // A filter on another column, and a projection.
+            assert_eq!(
+                read(trace, &[(1, Datum::Int(1))], Some(&[0])),
+                vec![(vec![text("a")], 1), (vec![text("ab")], 1), (vec![text(&"x".repeat(254))], 1)]
+            );
+        });
+    }
+
+    #[test]
+    fn snapshot_parts_after_each_row_hold_exactly_the_rows_after_it() {
+        with_trace(|trace| {
+            let mut traces = vec![(Owner::Builtin, trace.clone())];
+            let (all, last) = snapshot_part(&mut traces, 0, None);
+            assert!(last);
+            let mut sorted = all.clone();
+            sorted.sort();
+            let mut expected: Vec<(Row, Diff)> = rows().into_iter().map(|r| (r, 1)).collect();
+            expected.pop();
+            expected.last_mut().expect("rows").1 = 2;
+            expected.sort();
+            assert_eq!(sorted, expected, "every row once, with its count");
+            for (i, (row, _)) in all.iter().enumerate() {
+                let (rest, last) = snapshot_part(&mut traces, 0, Some(row));
+                assert!(last);
+                assert_eq!(rest, all[i + 1..], "after {row:?}");
+            }
+        });
+    }
 }
