@@ -13,7 +13,10 @@
 //! ([`Datum`]'s equality): a float is packed canonical ([`amx_operators::float::canonical`]:
 //! `-0.0` as `0.0`, one NaN), and an integer in the fewest bytes that hold it. Packed rows are
 //! ordered by their bytes, which is *not* [`Row`]'s order: use them where nothing reads the
-//! order (arrangements keyed by a hash, values of order-insensitive aggregates).
+//! order (arrangements keyed by a hash, values of order-insensitive aggregates), or reads only
+//! what byte order keeps: a datum's bytes say where it ends (the encodings are prefix-free),
+//! so the rows that begin with the same datums share the bytes of those datums packed alone,
+//! sort together, and after that prefix itself (the catalog's arrangements seek so).
 //!
 //! | datum | tag | payload |
 //! |---|---|---|
