@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amx_dataflows::packed::PackedRow;
+use amx_dataflows::packed::{PackedKeyBatcher, PackedKeySpine, PackedRow};
 use amx_dataflows::render::{SOURCE_STATS, TableInput, VIEW_ERRORS, render, render_table};
 use amx_dataflows::{Diff, Time};
 use amx_sql::arrow::datatypes::SchemaRef;
@@ -39,7 +39,6 @@ use amx_sql::views::ViewPlanner;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::TraceReader;
-use differential_dataflow::trace::implementations::KeySpine;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
@@ -51,18 +50,20 @@ use timely::progress::Antichain;
 use crate::protocol::{Command, ControllerLink, JobId, Response, ViewSpec, Wire};
 use compute_state::ComputeState;
 
-/// A collection's arrangement: its rows, packed ([`PackedRow`]), as keys, sharded over the
-/// workers by hash. Ordered by the packed bytes, not by [`amx_dataflows::row::Row`]'s order:
+/// A collection's arrangement: its rows, packed ([`PackedRow`]), as keys kept end to end in
+/// one buffer per batch ([`amx_dataflows::packed::PackedRows`]), sharded over the workers by
+/// hash. Ordered by the packed bytes, not by [`amx_dataflows::row::Row`]'s order:
 /// the rows that begin with one datum are still together (a datum's bytes say where it ends,
 /// so they share the prefix that is that datum packed alone, and a prefix sorts first), which
 /// is what a peek's seek by the first column needs.
-pub type RowTrace = TraceAgent<KeySpine<PackedRow, Time, Diff>>;
+pub type RowTrace = TraceAgent<PackedKeySpine>;
 
 /// Arranges a collection's rows for the catalog ([`RowTrace`]), each packed. A merge of
-/// packed rows copies bytes (one allocation for a row longer than [`PackedRow::INLINE`]),
-/// where a merge of `Vec<Datum>` rows cloned every text of every row.
+/// packed rows copies their bytes into one buffer, where a merge of `Vec<Datum>` rows cloned
+/// every row and every text in it.
 fn arrange_rows<'s>(rows: Rows<'s>, name: &str) -> Arranged<'s, RowTrace> {
-    rows.map(|row| PackedRow::pack(&row)).arrange_by_self_named(name)
+    rows.map(|row| (PackedRow::pack(&row), ()))
+        .arrange_named::<PackedKeyBatcher, PackedKeySpine>(name, PackedKeyBatcher::new)
 }
 
 /// Worker 0's input of the control dataflow: `(sequence number, the worker it is for (`None`:

@@ -28,10 +28,19 @@
 //! | `Text(s)` | 14 | `s.len()` as 4 bytes little-endian (≥ 255), then the UTF-8 bytes |
 //! | `Timestamp(us)` | 15 + n, n in 0..=8 | as `Int` |
 
+use std::rc::Rc;
+
+use differential_dataflow::batcher::merge::MergeBatcher;
+use differential_dataflow::batcher::merge::vec::VecMerger;
+use differential_dataflow::trace::implementations::ord_neu::{OrdKeyBatch, OrdKeyBuilder};
+use differential_dataflow::trace::implementations::spine_fueled::Spine;
+use differential_dataflow::trace::implementations::{BatchContainer, ContainerChunker, OffsetList};
 use ordered_float::OrderedFloat;
 use smallvec::SmallVec;
+use timely::container::PushInto;
 
 use crate::row::{Datum, Row};
+use crate::{Diff, Time};
 
 const NULL: u8 = 0;
 const FALSE: u8 = 1;
@@ -94,13 +103,150 @@ impl PackedRow {
     pub fn unpack_into(&self, row: &mut Row) {
         row.extend(self.iter());
     }
+}
 
-    /// Bytes this row takes in memory: the `PackedRow` itself (its inline bytes and length)
-    /// and, for a row longer than [`PackedRow::INLINE`] bytes, its heap allocation.
-    pub fn size_in_memory(&self) -> usize {
-        std::mem::size_of::<PackedRow>() + if self.0.spilled() { self.0.capacity() } else { 0 }
+impl PackedRow {
+    /// This row, borrowed ([`PackedRef`]).
+    pub fn as_packed_ref(&self) -> PackedRef<'_> {
+        PackedRef(&self.0)
     }
 }
+
+/// A packed row borrowed from where it is kept (a [`PackedRows`] container, or a
+/// [`PackedRow`]): its bytes, ordered as [`PackedRow`]s are (by bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PackedRef<'a>(&'a [u8]);
+
+impl<'a> PackedRef<'a> {
+    /// The packed bytes.
+    pub fn as_bytes(self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The datums, in order, each decoded as it is reached.
+    pub fn iter(self) -> Datums<'a> {
+        Datums { bytes: self.0 }
+    }
+
+    /// The row (floats canonical).
+    pub fn unpack(self) -> Row {
+        self.iter().collect()
+    }
+
+    /// Appends the datums to `row`.
+    pub fn unpack_into(self, row: &mut Row) {
+        row.extend(self.iter());
+    }
+
+    /// An owned copy.
+    pub fn to_packed_row(self) -> PackedRow {
+        PackedRow(SmallVec::from_slice(self.0))
+    }
+}
+
+impl<'b> PartialEq<&'b PackedRow> for PackedRef<'_> {
+    fn eq(&self, other: &&'b PackedRow) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for PackedRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Packed rows kept end to end in one buffer, with the offset where each ends: the key
+/// container of the catalog's arrangements ([`PackedKeySpine`]). A merge of two batches
+/// copies each row's bytes into the merged buffer (no allocation per row), and a row costs
+/// its bytes and an offset (4 bytes while the buffer is under 4 GiB, 8 beyond:
+/// differential's [`OffsetList`]), where a `Vec` of [`PackedRow`]s holds
+/// `size_of::<PackedRow>()` (48) bytes per row and a heap allocation per row longer than
+/// [`PackedRow::INLINE`] bytes. This is Materialize's `DatumContainer` over its
+/// `BytesContainer` (`src/compute/src/row_spine.rs`), made small.
+pub struct PackedRows {
+    /// `offsets[i]..offsets[i + 1]` are row `i`'s bytes; starts with 0.
+    offsets: OffsetList,
+    bytes: Vec<u8>,
+}
+
+impl PackedRows {
+    /// Bytes this container holds allocated: its buffer's and its offsets' capacity.
+    pub fn allocated_bytes(&self) -> usize {
+        self.bytes.capacity() + self.offsets.smol.capacity() * 4 + self.offsets.chonk.capacity() * 8
+    }
+}
+
+impl PushInto<PackedRow> for PackedRows {
+    fn push_into(&mut self, row: PackedRow) {
+        self.push_own(&row);
+    }
+}
+
+impl BatchContainer for PackedRows {
+    type Owned = PackedRow;
+    type ReadItem<'a> = PackedRef<'a>;
+
+    fn into_owned<'a>(item: PackedRef<'a>) -> PackedRow {
+        item.to_packed_row()
+    }
+
+    fn clone_onto<'a>(item: PackedRef<'a>, other: &mut PackedRow) {
+        other.0.clear();
+        other.0.extend_from_slice(item.0);
+    }
+
+    fn push_ref(&mut self, item: PackedRef<'_>) {
+        self.bytes.extend_from_slice(item.0);
+        self.offsets.push(self.bytes.len());
+    }
+
+    fn push_own(&mut self, item: &PackedRow) {
+        self.push_ref(item.as_packed_ref());
+    }
+
+    fn clear(&mut self) {
+        self.offsets = OffsetList::with_capacity(1);
+        self.offsets.push(0);
+        self.bytes.clear();
+    }
+
+    fn with_capacity(size: usize) -> Self {
+        let mut offsets = OffsetList::with_capacity(size + 1);
+        offsets.push(0);
+        PackedRows { offsets, bytes: Vec::new() }
+    }
+
+    fn merge_capacity(cont1: &Self, cont2: &Self) -> Self {
+        let mut offsets = OffsetList::with_capacity(cont1.len() + cont2.len() + 1);
+        offsets.push(0);
+        PackedRows { offsets, bytes: Vec::with_capacity(cont1.bytes.len() + cont2.bytes.len()) }
+    }
+
+    fn reborrow<'b, 'a: 'b>(item: PackedRef<'a>) -> PackedRef<'b> {
+        item
+    }
+
+    fn index(&self, index: usize) -> PackedRef<'_> {
+        PackedRef(&self.bytes[self.offsets.index(index)..self.offsets.index(index + 1)])
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+}
+
+/// The layout of the catalog's arrangements: packed rows as keys in a [`PackedRows`], no
+/// values, `Time` and `Diff` in vectors.
+pub type PackedKeyLayout = (PackedRows, Vec<()>, Vec<Time>, Vec<Diff>, OffsetList);
+/// A trace of packed rows (the keys; no values) kept in [`PackedRows`].
+pub type PackedKeySpine = Spine<Rc<OrdKeyBatch<PackedKeyLayout>>>;
+/// The batcher that sorts `((row, ()), time, diff)` updates into [`PackedKeySpine`] batches.
+pub type PackedKeyBatcher = MergeBatcher<
+    ContainerChunker<Vec<((PackedRow, ()), Time, Diff)>>,
+    VecMerger<(PackedRow, ()), Time, Diff>,
+    OrdKeyBuilder<PackedKeyLayout, Vec<((PackedRow, ()), Time, Diff)>>,
+>;
 
 impl std::fmt::Debug for PackedRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -323,6 +469,51 @@ mod tests {
     }
 
     proptest! {
+        /// A container of packed rows gives back each row it was given, in order, equal to
+        /// the row and ordered as the rows are; a merged container holds both inputs' rows.
+        #[test]
+        fn packed_rows_give_back_what_they_hold(
+            a in proptest::collection::vec(proptest::collection::vec(datum(), 0..5), 0..20),
+            b in proptest::collection::vec(proptest::collection::vec(datum(), 0..5), 0..20),
+        ) {
+            let packed = |rows: &[Row]| rows.iter().map(PackedRow::pack).collect::<Vec<_>>();
+            let (a, b) = (packed(&a), packed(&b));
+            let mut first = PackedRows::with_capacity(a.len());
+            for row in &a {
+                first.push_into(row.clone());
+            }
+            let mut second = PackedRows::with_capacity(0);
+            for row in &b {
+                second.push_own(row);
+            }
+            prop_assert_eq!(first.len(), a.len());
+            for (i, row) in a.iter().enumerate() {
+                prop_assert!(first.index(i) == row);
+                prop_assert_eq!(PackedRows::into_owned(first.index(i)), row.clone());
+                prop_assert_eq!(first.index(i).unpack(), row.unpack());
+            }
+            for i in 1..a.len() {
+                prop_assert_eq!(first.index(i - 1).cmp(&first.index(i)), a[i - 1].cmp(&a[i]));
+            }
+            let mut merged = PackedRows::merge_capacity(&first, &second);
+            for i in 0..first.len() {
+                merged.push_ref(first.index(i));
+            }
+            for i in 0..second.len() {
+                merged.push_ref(second.index(i));
+            }
+            let all: Vec<PackedRow> = (0..merged.len()).map(|i| PackedRows::into_owned(merged.index(i))).collect();
+            prop_assert_eq!(all, a.iter().chain(&b).cloned().collect::<Vec<_>>());
+            let mut onto = PackedRow::default();
+            if let Some(last) = merged.last() {
+                PackedRows::clone_onto(last, &mut onto);
+                prop_assert!(last == &onto);
+            }
+            merged.clear();
+            prop_assert_eq!(merged.len(), 0);
+            prop_assert!(merged.is_empty());
+        }
+
         #[test]
         fn a_packed_row_unpacks_to_its_row(row in proptest::collection::vec(datum(), 0..12)) {
             let packed = PackedRow::pack(&row);

@@ -25,9 +25,6 @@ use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
 use super::{Collection, RowTrace};
 use crate::protocol::{ArrangementReport, OperatorReport, WorkerReport};
 
-/// Rows sampled per batch to estimate a row arrangement's bytes.
-const SAMPLE_ROWS: usize = 64;
-
 /// An operator, as its logging tells it.
 #[derive(Debug)]
 struct Operator {
@@ -244,24 +241,15 @@ impl Logging {
     }
 }
 
-/// `trace`'s bytes, estimated: per batch, its rows' mean size in memory
-/// ([`amx_dataflows::packed::PackedRow::size_in_memory`]) and their offsets over at most
-/// [`SAMPLE_ROWS`] of them, spread evenly, times its rows, plus a time and a difference per
-/// update.
+/// `trace`'s bytes: per batch, what its rows' container holds allocated (their bytes and
+/// offsets: [`amx_dataflows::packed::PackedRows::allocated_bytes`]), plus a time and a
+/// difference per update.
 fn estimated_bytes(trace: &mut RowTrace) -> u64 {
     let per_update = (std::mem::size_of::<Time>() + std::mem::size_of::<amx_dataflows::Diff>()) as u64;
     let mut bytes = 0u64;
     trace.map_spans(|span| {
         let Some(batch) = &span.inner else { return };
-        let rows = &batch.storage.keys;
-        if !rows.is_empty() {
-            let step = rows.len().div_ceil(SAMPLE_ROWS);
-            let offset = std::mem::size_of::<usize>();
-            let sampled: Vec<u64> = rows.iter().step_by(step).map(|r| (r.size_in_memory() + offset) as u64).collect();
-            let mean = sampled.iter().sum::<u64>() / sampled.len() as u64;
-            bytes += mean * rows.len() as u64;
-        }
-        bytes += per_update * batch.updates as u64;
+        bytes += batch.storage.keys.allocated_bytes() as u64 + per_update * batch.updates as u64;
     });
     bytes
 }

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use amx_dataflows::packed::PackedRow;
+use amx_dataflows::packed::{PackedRef, PackedRow};
 use amx_dataflows::row::{Datum, Row};
 use amx_dataflows::{Diff, Time};
 use differential_dataflow::trace::cursor::Cursor;
@@ -54,11 +54,11 @@ pub(super) fn read_at(
     // `[value]` packed sorts before every row that starts with `value` (a prefix sorts first).
     let leading = filter.iter().find(|(c, _)| *c == 0).map(|(_, d)| PackedRow::pack([d]));
     if let Some(prefix) = &leading {
-        cursor.seek_key(&storage, prefix);
+        cursor.seek_key(&storage, prefix.as_packed_ref());
     }
     let mut row: Row = Vec::new();
     while cursor.key_valid(&storage) && *limit > 0 {
-        let packed: &PackedRow = cursor.key(&storage);
+        let packed: PackedRef<'_> = cursor.key(&storage);
         if let Some(prefix) = &leading
             && !packed.as_bytes().starts_with(prefix.as_bytes())
         {
@@ -121,8 +121,8 @@ pub(super) fn snapshot_part(
     let (mut cursor, storage) = differential_dataflow::trace::cursor::cursor_list(batches);
     if let Some(after) = after {
         let after = PackedRow::pack(after);
-        cursor.seek_key(&storage, &after);
-        if cursor.get_key(&storage) == Some(&after) {
+        cursor.seek_key(&storage, after.as_packed_ref());
+        if cursor.get_key(&storage) == Some(after.as_packed_ref()) {
             cursor.step_key(&storage);
         }
     }
