@@ -75,14 +75,19 @@ impl PackedRow {
         &self.0
     }
 
+    /// This row, borrowed ([`PackedRef`]).
+    pub fn as_packed_ref(&self) -> PackedRef<'_> {
+        PackedRef(&self.0)
+    }
+
     /// The datums, in order, each decoded as it is reached.
     pub fn iter(&self) -> Datums<'_> {
-        Datums { bytes: &self.0 }
+        self.as_packed_ref().iter()
     }
 
     /// The row again (floats canonical).
     pub fn unpack(&self) -> Row {
-        self.iter().collect()
+        self.as_packed_ref().unpack()
     }
 
     /// Whether a datum is `Null` (read from the tags; nothing is decoded).
@@ -101,14 +106,7 @@ impl PackedRow {
 
     /// Appends the datums to `row`.
     pub fn unpack_into(&self, row: &mut Row) {
-        row.extend(self.iter());
-    }
-}
-
-impl PackedRow {
-    /// This row, borrowed ([`PackedRef`]).
-    pub fn as_packed_ref(&self) -> PackedRef<'_> {
-        PackedRef(&self.0)
+        self.as_packed_ref().unpack_into(row);
     }
 }
 
@@ -206,7 +204,8 @@ impl BatchContainer for PackedRows {
     }
 
     fn clear(&mut self) {
-        self.offsets = OffsetList::with_capacity(1);
+        // Keeps both allocations for reuse.
+        self.offsets.clear();
         self.offsets.push(0);
         self.bytes.clear();
     }
@@ -250,7 +249,7 @@ pub type PackedKeyBatcher = MergeBatcher<
 
 impl std::fmt::Debug for PackedRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
+        self.as_packed_ref().fmt(f)
     }
 }
 
@@ -512,6 +511,12 @@ mod tests {
             merged.clear();
             prop_assert_eq!(merged.len(), 0);
             prop_assert!(merged.is_empty());
+            // Cleared, it is reused from its start.
+            for row in b.iter().rev() {
+                merged.push_own(row);
+            }
+            let again: Vec<PackedRow> = (0..merged.len()).map(|i| PackedRows::into_owned(merged.index(i))).collect();
+            prop_assert_eq!(again, b.iter().rev().cloned().collect::<Vec<_>>());
         }
 
         #[test]
