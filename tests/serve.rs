@@ -3348,7 +3348,8 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
 
 /// The relations built from timely's and differential's logging: `aimatrix_arrangements`
 /// holds, summed over the workers, exactly the updates the pushes put into `knowledge_events`
-/// (50 distinct rows, one update each), and its arrange operator received those 50 records;
+/// (50 distinct rows, one update each), and its arrange operator received those 50 records
+/// (its activations by length, `aimatrix_operator_durations`, add up to its activations);
 /// `aimatrix_dataflows` names the agent state and the job's dataflow, which goes when the job
 /// is cancelled; `/metrics` has the same counts.
 #[test]
@@ -3374,6 +3375,12 @@ fn logging_relations_count_arrangements_operators_and_dataflows() {
         server.sql_until(received, &[json!({ "n": 50, "scheduled": true })]),
         [json!({ "n": 50, "scheduled": true })]
     );
+    // Its activations by length add up to its activations, on each worker.
+    let histogram = "SELECT count(*) AS workers FROM aimatrix_operators o JOIN (SELECT worker, id, \
+                     sum(activations) AS n, min(duration_ns) AS shortest FROM aimatrix_operator_durations \
+                     GROUP BY worker, id) d ON o.worker = d.worker AND o.id = d.id \
+                     WHERE o.name = 'Arrange knowledge_events' AND o.activations = d.n AND d.shortest >= 1";
+    assert_eq!(server.sql_until(histogram, &[json!({ "workers": 2 })]), [json!({ "workers": 2 })]);
 
     let dataflows = format!(
         "SELECT name, count(*) AS workers, min(operators) > 0 AS operated FROM aimatrix_dataflows \

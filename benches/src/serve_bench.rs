@@ -18,6 +18,9 @@
 //!    acknowledged, as independent clients would) while a subscription to `by_id` times each
 //!    batch from its push to its arrival in the view (event-to-view freshness), and point
 //!    queries (`WHERE document_id = …`, one at a time) run: p50/p99 latency and queries/s.
+//!    With introspection on, the operators' longest activations in that period
+//!    (`aimatrix_operator_durations`, reported about once a second): a worker answers a peek
+//!    only between two activations, so these are the waits a query can meet.
 //! 3. Cancels the job (drops `by_id`) and reports memory again.
 
 use std::sync::Arc;
@@ -141,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             }
             freshness
         });
+        let activations_before = activations(&controller).await?;
         let t = Instant::now();
         let mut latencies = Vec::new();
         while t.elapsed() < Duration::from_secs(seconds as u64) && latencies.len() < queries {
@@ -179,6 +183,12 @@ fn main() -> anyhow::Result<()> {
             freshness.len()
         );
 
+        if introspection {
+            // Reports arrive about once a second: the last one of the period.
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            report_long_activations(&activations_before, &activations(&controller).await?);
+        }
+
         // 3. Cancel the job: `by_id` is dropped.
         let with_view = rss_mib();
         controller.cancel_job(id, false).await?;
@@ -191,4 +201,61 @@ fn main() -> anyhow::Result<()> {
     })?;
     controller.shutdown();
     controller.join()
+}
+
+/// The workers' operator activations so far by length: (worker, operator id, `duration_ns`
+/// bucket) → (the operator's name, its depth: 1 for a dataflow, activations).
+type Activations = std::collections::BTreeMap<(i64, i64, i64), (String, usize, i64)>;
+
+/// Reads [`Activations`] from `aimatrix_operator_durations` and `aimatrix_operators`.
+async fn activations(controller: &Controller) -> anyhow::Result<Activations> {
+    use arrow::array::{Int64Array, StringArray};
+    let sql = "SELECT d.worker, d.id, d.duration_ns, d.activations, o.name, o.address \
+               FROM aimatrix_operator_durations d JOIN aimatrix_operators o ON d.worker = o.worker AND d.id = o.id";
+    let mut out = Activations::new();
+    if let SqlAnswer::Rows { batches, .. } = controller.execute_sql(sql).await? {
+        for batch in batches {
+            let int = |i: usize| batch.column(i).as_any().downcast_ref::<Int64Array>().cloned();
+            let text = |i: usize| batch.column(i).as_any().downcast_ref::<StringArray>().cloned();
+            let (Some(w), Some(id), Some(ns), Some(n), Some(name), Some(address)) =
+                (int(0), int(1), int(2), int(3), text(4), text(5))
+            else {
+                anyhow::bail!("aimatrix_operator_durations: unexpected column types");
+            };
+            for r in 0..batch.num_rows() {
+                let depth = address.value(r).split('.').count();
+                out.insert((w.value(r), id.value(r), ns.value(r)), (name.value(r).to_owned(), depth, n.value(r)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Prints, for the activations between `before` and `after` that took more than 4 ms, how many
+/// there were and the operators whose longest ones were longest (a dataflow's activation
+/// holds its operators').
+fn report_long_activations(before: &Activations, after: &Activations) {
+    const LONG_NS: i64 = 4 << 20;
+    // (name, depth) → (activations over 4 ms, the longest bucket)
+    let mut long: std::collections::BTreeMap<(String, usize), (i64, i64)> = Default::default();
+    for ((w, id, ns), (name, depth, n)) in after {
+        let new = n - before.get(&(*w, *id, *ns)).map_or(0, |b| b.2);
+        if *ns > LONG_NS && new > 0 {
+            let entry = long.entry((name.clone(), *depth)).or_default();
+            entry.0 += new;
+            entry.1 = entry.1.max(*ns);
+        }
+    }
+    let mut rows: Vec<_> = long.into_iter().collect();
+    rows.sort_by_key(|(_, (n, longest))| (std::cmp::Reverse(*longest), std::cmp::Reverse(*n)));
+    let line = |((name, _), (n, longest)): &((String, usize), (i64, i64))| {
+        format!("{name} {n} (up to {:.1} ms)", *longest as f64 / 1e6)
+    };
+    let dataflows: Vec<String> = rows.iter().filter(|((_, d), _)| *d == 1).map(line).collect();
+    let operators: Vec<String> = rows.iter().filter(|((_, d), _)| *d > 1).take(6).map(line).collect();
+    println!(
+        "activations over 4 ms while ingesting, all workers: dataflows {}; longest operators {}",
+        if dataflows.is_empty() { "none".to_owned() } else { dataflows.join(", ") },
+        if operators.is_empty() { "none".to_owned() } else { operators.join(", ") }
+    );
 }

@@ -7,6 +7,7 @@
 //! | `aimatrix_frontiers` | `collection` TEXT, `frontier` BIGINT (ms since the Unix epoch: every change before it is complete), `lag_ms` BIGINT (the wall clock's lead over it, ≥ 0) | collection every worker maintains |
 //! | `aimatrix_dataflows` | `worker` BIGINT, `id` BIGINT (timely's dataflow index), `name` TEXT (`control`, `agent state`, `job N`, `subscribe C` …), `operators` BIGINT, `arrangements` BIGINT, `records` BIGINT (updates in its arrangements), `elapsed_ns` BIGINT (time the worker spent in it) | dataflow on each worker |
 //! | `aimatrix_operators` | `worker` BIGINT, `id` BIGINT (timely's operator id, unique on its worker), `dataflow_id` BIGINT, `address` TEXT (`2.5.1`: the dataflow's index, then the index in each scope), `name` TEXT, `activations` BIGINT (times scheduled), `elapsed_ns` BIGINT (time scheduled; a scope's includes its operators'), `records_received` BIGINT (records on its inputs) | operator on each worker |
+//! | `aimatrix_operator_durations` | `worker` BIGINT, `id` BIGINT (as in `aimatrix_operators`), `duration_ns` BIGINT (a power of two), `activations` BIGINT (its activations that took at most `duration_ns` and more than half of it) | operator on each worker and length of activation it had (Materialize's `mz_compute_operator_durations_histogram`) |
 //! | `aimatrix_arrangements` | `worker` BIGINT, `operator_id` BIGINT, `dataflow_id` BIGINT, `name` TEXT (the operator's: `Arrange spans` for a readable collection's arrangement), `collection` TEXT (the readable collection it holds; null for the arrangements inside views' operators), `records` BIGINT (updates `(row, time, diff)` held), `batches` BIGINT, `bytes` BIGINT (estimated for the readable collections' arrangements: the mean size of a sample of each batch's rows times its rows, plus a time and a difference per update; null for others) | arrangement on each worker |
 //! | `aimatrix_subscriptions` | `id` BIGINT, `collection` TEXT, `client` TEXT (`http`, `pgwire`, `sink`), `as_of` BIGINT (ms: the snapshot's time), `progressed` BIGINT (ms: every change before it has been sent; null while the snapshot is read), `queued_rows` BIGINT, `queued_bytes` BIGINT (changes sent and not yet taken by the subscriber, and their bytes, estimated) | open subscription (HTTP, pgwire, sinks) |
 //!
@@ -28,12 +29,13 @@ use crate::controller::{Backfill, Controller, JobState};
 use crate::protocol::{ArrangementReport, OperatorReport, WorkerReport};
 
 /// The names of the introspection relations.
-pub const RELATIONS: [&str; 6] = [
+pub const RELATIONS: [&str; 7] = [
     "aimatrix_jobs",
     "aimatrix_frontiers",
     "aimatrix_subscriptions",
     "aimatrix_dataflows",
     "aimatrix_operators",
+    "aimatrix_operator_durations",
     "aimatrix_arrangements",
 ];
 
@@ -87,6 +89,9 @@ pub fn schema(name: &str) -> Option<SchemaRef> {
             int("elapsed_ns", false),
             int("records_received", false),
         ],
+        "aimatrix_operator_durations" => {
+            vec![int("worker", false), int("id", false), int("duration_ns", false), int("activations", false)]
+        }
         "aimatrix_arrangements" => vec![
             int("worker", false),
             int("operator_id", false),
@@ -157,7 +162,7 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
                 int(open.iter().map(|s| Some(clamp(s.queued_bytes))).collect()),
             ]
         }
-        "aimatrix_dataflows" | "aimatrix_operators" | "aimatrix_arrangements" => {
+        "aimatrix_dataflows" | "aimatrix_operators" | "aimatrix_operator_durations" | "aimatrix_arrangements" => {
             logged(name, &controller.worker_reports())?
         }
         _ => return None,
@@ -169,8 +174,8 @@ pub fn batch(controller: &Controller, name: &str) -> Option<RecordBatch> {
 /// their records, and its elapsed ns.
 type Dataflow = (String, i64, i64, i64, i64);
 
-/// The columns of `aimatrix_dataflows`, `aimatrix_operators` or `aimatrix_arrangements` from
-/// the workers' `reports`.
+/// The columns of `aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_operator_durations` or
+/// `aimatrix_arrangements` from the workers' `reports`.
 fn logged(name: &str, reports: &BTreeMap<usize, WorkerReport>) -> Option<Vec<ArrayRef>> {
     let int = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
     let text = |v: Vec<Option<String>>| Arc::new(StringArray::from(v)) as ArrayRef;
@@ -223,6 +228,19 @@ fn logged(name: &str, reports: &BTreeMap<usize, WorkerReport>) -> Option<Vec<Arr
                 int(rows.iter().map(|(_, o)| clamp(o.activations)).collect()),
                 int(rows.iter().map(|(_, o)| clamp(o.elapsed_ns)).collect()),
                 int(rows.iter().map(|(_, o)| clamp(o.records_received)).collect()),
+            ]
+        }
+        "aimatrix_operator_durations" => {
+            let rows: Vec<(usize, usize, u64, u64)> = reports
+                .iter()
+                .flat_map(|(w, r)| r.operators.iter().map(move |o| (*w, o)))
+                .flat_map(|(w, o)| o.durations.iter().map(move |(ns, n)| (w, o.id, *ns, *n)))
+                .collect();
+            vec![
+                int(rows.iter().map(|r| index(r.0)).collect()),
+                int(rows.iter().map(|r| index(r.1)).collect()),
+                int(rows.iter().map(|r| clamp(r.2)).collect()),
+                int(rows.iter().map(|r| clamp(r.3)).collect()),
             ]
         }
         "aimatrix_arrangements" => {

@@ -467,7 +467,8 @@ pub const SNAPSHOT_PART_BYTES: u64 = 1 << 20;
 pub const INTROSPECTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One worker's operators and arrangements, as its logging streams tell them: the rows of
-/// `aimatrix_dataflows`, `aimatrix_operators` and `aimatrix_arrangements` for that worker.
+/// `aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_operator_durations` and
+/// `aimatrix_arrangements` for that worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkerReport {
     /// Every operator alive on the worker (dataflows too: an operator whose address has one
@@ -492,6 +493,10 @@ pub struct OperatorReport {
     pub elapsed_ns: u64,
     /// Records it received on its inputs (timely's message events).
     pub records_received: u64,
+    /// Its activations by how long each took: `(ns, count)`, `count` activations that took at
+    /// most `ns` (a power of two) and more than half of it; in increasing `ns`, none empty.
+    #[serde(default)]
+    pub durations: Vec<(u64, u64)>,
 }
 
 /// An arrangement (a spine), from differential's `differential/arrange` logging stream.

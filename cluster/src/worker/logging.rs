@@ -1,7 +1,7 @@
 //! A worker's own logging streams — timely's `timely` (operators, channels, messages,
 //! scheduling) and differential's `differential/arrange` (batches, merges, drops) — folded
-//! into what the introspection relations `aimatrix_dataflows`, `aimatrix_operators` and
-//! `aimatrix_arrangements` show, as Materialize builds its `mz_introspection` relations from
+//! into what the introspection relations `aimatrix_dataflows`, `aimatrix_operators`,
+//! `aimatrix_operator_durations` and `aimatrix_arrangements` show, as Materialize builds its `mz_introspection` relations from
 //! the same streams (`src/compute/src/logging/{timely,differential}.rs`).
 //!
 //! The loggers are installed before the worker builds any dataflow (timely hands loggers out
@@ -35,6 +35,15 @@ struct Operator {
     /// When it was last scheduled, until it stops.
     started: Option<Duration>,
     records_received: u64,
+    /// Its activations by how long each took: the count of those of at most `ns` (a power of
+    /// two) and more than half that, by `ns` ([`duration_bucket`]).
+    durations: BTreeMap<u64, u64>,
+}
+
+/// The bucket of an activation of `elapsed`: the least power of two (ns) that is at least as
+/// long, as Materialize's `mz_compute_operator_durations_histogram` buckets them.
+fn duration_bucket(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1).checked_next_power_of_two().unwrap_or(1 << 63)
 }
 
 /// An arrangement's batches and updates.
@@ -77,6 +86,7 @@ impl LogState {
                     elapsed: Duration::ZERO,
                     started: None,
                     records_received: 0,
+                    durations: BTreeMap::new(),
                 };
                 self.operators.insert(e.id, operator);
             }
@@ -111,8 +121,10 @@ impl LogState {
                         StartStop::Start => operator.started = Some(time),
                         StartStop::Stop => {
                             if let Some(start) = operator.started.take() {
-                                operator.elapsed += time.saturating_sub(start);
+                                let elapsed = time.saturating_sub(start);
+                                operator.elapsed += elapsed;
                                 operator.activations += 1;
+                                *operator.durations.entry(duration_bucket(elapsed)).or_default() += 1;
                             }
                         }
                     }
@@ -219,6 +231,7 @@ impl Logging {
                 activations: o.activations,
                 elapsed_ns: u64::try_from(o.elapsed.as_nanos()).unwrap_or(u64::MAX),
                 records_received: o.records_received,
+                durations: o.durations.iter().map(|(ns, n)| (*ns, *n)).collect(),
             })
             .collect();
         let mut arrangements: Vec<ArrangementReport> = state
@@ -327,6 +340,11 @@ mod tests {
         state.timely(Duration::from_micros(410), schedule(StartStop::Stop));
         assert_eq!(state.operators[&3].activations, 2);
         assert_eq!(state.operators[&3].elapsed, Duration::from_micros(260));
+        // 250 µs falls in (131,072, 262,144] ns, 10 µs in (8,192, 16,384].
+        assert_eq!(state.operators[&3].durations, BTreeMap::from([(16_384, 1), (262_144, 1)]));
+        let bucket = |ns| duration_bucket(Duration::from_nanos(ns));
+        assert_eq!([bucket(0), bucket(1), bucket(1_024), bucket(1_025)], [1, 1, 1_024, 2_048]);
+        assert_eq!(bucket(u64::MAX), 1 << 63);
         state.differential(DifferentialEvent::Batch(BatchEvent { operator: 3, length: 4 }));
         state.timely(Duration::from_micros(500), TimelyEvent::Shutdown(ShutdownEvent { id: 2 }));
         assert_eq!(state.operators.keys().copied().collect::<Vec<_>>(), vec![1]);
