@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{
     Evaluation, KnowledgeEvent, KnowledgeOp, Span, SpanStatus, TimestampUs, TraceId, WorkflowEvent, WorkflowState,
 };
+use crate::packed::PackedRow;
 use crate::prices::{self, Applicable, PriceRow, Tokens};
 use crate::row::{ColumnType::*, Datum, RelationDesc, Row, ToRow, desc};
 use crate::{Diff, Time};
@@ -978,7 +979,9 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
         .clone()
         .map(|e| {
             let v: Version = (e.event_time, e.version, e.op, e.size_bytes);
-            ((e.collection, e.document_id), v)
+            // Keyed by the two texts packed into one inline buffer: the reduction's
+            // arrangements then copy bytes in their merges, not two heap strings per key.
+            (PackedRow::pack(&[Datum::Text(e.collection), Datum::Text(e.document_id)]), v)
         })
         .reduce_named("documents", |_key, versions, out| {
             let edits: i64 = versions.iter().map(|(_, n)| (*n as i64).max(0)).sum();
@@ -990,13 +993,13 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
                 out.push(((*version, *size, *time, edits), 1));
             }
         })
-        .map(|((collection, document_id), (version, size_bytes, updated_at, edits))| Document {
-            collection,
-            document_id,
-            version,
-            size_bytes,
-            updated_at,
-            edits,
+        .map(|(key, (version, size_bytes, updated_at, edits))| {
+            let mut texts = key.unpack().into_iter().map(|d| match d {
+                Datum::Text(s) => s,
+                _ => String::new(),
+            });
+            let (collection, document_id) = (texts.next().unwrap_or_default(), texts.next().unwrap_or_default());
+            Document { collection, document_id, version, size_bytes, updated_at, edits }
         });
     let edits = events.explode(|e| {
         let bot = e.is_bot == Some(true);
