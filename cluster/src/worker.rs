@@ -98,9 +98,8 @@ pub struct WorkerOptions {
     pub batch_records: usize,
     /// Folds timely's and differential's logging streams into the introspection relations
     /// (`aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_operator_durations`,
-    /// `aimatrix_arrangements`) and the
-    /// `aimatrix_arrangement_*` metrics. Default true; `aimatrix run`, which serves no
-    /// queries of them, turns it off.
+    /// `aimatrix_arrangements`) and the `aimatrix_arrangement_*` metrics. Default true;
+    /// `aimatrix run`, which serves no queries of them, turns it off.
     pub introspection: bool,
 }
 

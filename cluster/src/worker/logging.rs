@@ -1,8 +1,9 @@
 //! A worker's own logging streams — timely's `timely` (operators, channels, messages,
 //! scheduling) and differential's `differential/arrange` (batches, merges, drops) — folded
 //! into what the introspection relations `aimatrix_dataflows`, `aimatrix_operators`,
-//! `aimatrix_operator_durations` and `aimatrix_arrangements` show, as Materialize builds its `mz_introspection` relations from
-//! the same streams (`src/compute/src/logging/{timely,differential}.rs`).
+//! `aimatrix_operator_durations` and `aimatrix_arrangements` show, as Materialize builds its
+//! `mz_introspection` relations from the same streams
+//! (`src/compute/src/logging/{timely,differential}.rs`).
 //!
 //! The loggers are installed before the worker builds any dataflow (timely hands loggers out
 //! when an operator is built) and fold every event into counters at once: nothing is kept per
