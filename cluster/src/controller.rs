@@ -2297,8 +2297,7 @@ impl Controller {
 
     /// The next part of worker `worker`'s share of collection `name` as of `as_of` (held by a
     /// read hold): its rows after `after`, in the arrangements' order (see
-    /// [`Command::PeekPart`]); none once
-    /// the share is read.
+    /// [`Command::PeekPart`]); none once the share is read.
     ///
     /// # Errors
     /// [`ClusterError::UnknownCollection`]; [`ClusterError::Stopped`].

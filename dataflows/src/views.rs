@@ -979,8 +979,9 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
         .clone()
         .map(|e| {
             let v: Version = (e.event_time, e.version, e.op, e.size_bytes);
-            // Keyed by the two texts packed into one inline buffer: the reduction's
-            // arrangements then copy bytes in their merges, not two heap strings per key.
+            // Keyed by the two texts packed into one buffer (inline up to
+            // `PackedRow::INLINE` bytes): the reduction's arrangements then copy bytes in
+            // their merges, not two heap strings per key.
             (PackedRow::pack(&[Datum::Text(e.collection), Datum::Text(e.document_id)]), v)
         })
         .reduce_named("documents", |_key, versions, out| {
@@ -994,7 +995,8 @@ pub fn knowledge<'s>(events: Coll<'s, KnowledgeEvent>) -> (Coll<'s, Document>, C
             }
         })
         .map(|(key, (version, size_bytes, updated_at, edits))| {
-            let mut texts = key.unpack().into_iter().map(|d| match d {
+            // The key is the two texts packed above (nothing else is ever packed into it).
+            let mut texts = key.iter().map(|d| match d {
                 Datum::Text(s) => s,
                 _ => String::new(),
             });

@@ -102,11 +102,11 @@ where
 }
 
 /// The next part of a worker's share of a collection's contents at `as_of`: rows (in the
-/// arrangements' order: by packed bytes, see [`RowTrace`]) after `after`, at most [`SNAPSHOT_PART_ROWS`] of them and about
-/// [`SNAPSHOT_PART_BYTES`] bytes; and whether it is the last part. The arrangements are read
-/// as one (rows in several of them are summed), from their current batches, so merges between
-/// two parts change nothing: they keep the contents at `as_of` while the subscription holds
-/// compaction at it.
+/// arrangements' order: by packed bytes, see [`RowTrace`]) after `after`, at most
+/// [`SNAPSHOT_PART_ROWS`] of them and about [`SNAPSHOT_PART_BYTES`] bytes; and whether it is
+/// the last part. The arrangements are read as one (rows in several of them are summed), from
+/// their current batches, so merges between two parts change nothing: they keep the contents
+/// at `as_of` while the subscription holds compaction at it.
 pub(super) fn snapshot_part(
     traces: &mut [(Owner, RowTrace)],
     as_of: Time,
