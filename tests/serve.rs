@@ -3346,6 +3346,117 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
     assert!(body.to_string().contains("has no changes to subscribe to"), "{body}");
 }
 
+/// Point queries (`SELECT columns FROM collection WHERE column = literal AND …`) are answered
+/// by one peek, without DataFusion: their rows are the pushed records that match, worked out
+/// here (duplicates twice, NULLs as null), and their columns and rows are exactly those of
+/// DataFusion's plan of the same query (forced by parentheses around the condition, which
+/// the point path leaves to DataFusion); `/metrics` counts the point queries, and only them.
+#[test]
+fn point_queries_are_answered_by_a_peek_as_datafusion_answers_them() {
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--pgwire", "127.0.0.1:0", "--workers", "2"].map(String::from).into();
+    let server = start(&args, true);
+    let view = "SELECT document_id, collection, version, size_bytes FROM knowledge_events";
+    let id = server.submit(&push_job("points", "points-in", "docs_by_id", view));
+    // (collection, document, version, size): documents of 3 collections, one duplicated
+    // record, sizes missing on some, a quote in an id.
+    type Doc = (String, String, i64, Option<i64>);
+    let mut records: Vec<Doc> = (0..60)
+        .map(|i| (format!("p-{}", i % 3), format!("doc-{}", i % 11), i, (i % 4 != 0).then_some(i * 10)))
+        .collect();
+    records.push(records[7].clone());
+    records.push(("p-0".into(), "it's".into(), 99, None));
+    let lines: Vec<String> = records
+        .iter()
+        .map(|(c, d, v, size)| json!({ "c": c, "id": d, "v": v, "size": size, "t": 1_700_000_000 }).to_string())
+        .collect();
+    server.push(id, "points-in", &lines);
+
+    let row = |(c, d, v, size): &Doc| json!({ "collection": c, "document_id": d, "version": v, "size_bytes": size });
+    let sorted = |mut rows: Vec<Value>| {
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    let expected = |keep: &dyn Fn(&Doc) -> bool, columns: &[&str]| {
+        sorted(
+            records
+                .iter()
+                .filter(|r| keep(r))
+                .map(|r| {
+                    let all = row(r);
+                    Value::Object(columns.iter().map(|c| (c.to_string(), all[*c].clone())).collect())
+                })
+                .collect(),
+        )
+    };
+    let all = ["document_id", "collection", "version", "size_bytes"];
+    let cases: Vec<(&str, &str, Vec<Value>)> = vec![
+        ("SELECT * FROM docs_by_id WHERE", "document_id = 'doc-7'", expected(&|r| r.1 == "doc-7", &all)),
+        (
+            "SELECT size_bytes, collection FROM docs_by_id WHERE",
+            "collection = 'p-1' AND version = 4",
+            expected(&|r| r.0 == "p-1" && r.2 == 4, &["size_bytes", "collection"]),
+        ),
+        (
+            "select VERSION, Document_Id from DOCS_BY_ID where",
+            "'p-2' = COLLECTION and document_id = 'doc-2'",
+            expected(&|r| r.0 == "p-2" && r.1 == "doc-2", &["version", "document_id"]),
+        ),
+        ("SELECT * FROM docs_by_id WHERE", "document_id = 'it''s'", expected(&|r| r.1 == "it's", &all)),
+        ("SELECT * FROM docs_by_id WHERE", "document_id = 'none'", Vec::new()),
+        ("SELECT collection FROM docs_by_id WHERE", "version = 1 AND version = 2", Vec::new()),
+    ];
+    for (select, condition, want) in &cases {
+        let point = format!("{select} {condition}");
+        let (status, fast) = server.call("POST", "/v1/sql", Some(&json!({ "sql": point }).to_string()));
+        assert_eq!(status, 200, "{point}: {fast}");
+        let planned = format!("{select} ({condition})");
+        let (status, slow) = server.call("POST", "/v1/sql", Some(&json!({ "sql": planned }).to_string()));
+        assert_eq!(status, 200, "{planned}: {slow}");
+        let rows = |answer: &Value| sorted(answer["rows"].as_array().cloned().unwrap_or_default());
+        assert_eq!(rows(&fast), *want, "{point}");
+        assert_eq!(rows(&slow), *want, "{planned}");
+        assert_eq!(fast["columns"], slow["columns"], "{point}");
+    }
+    // A canonical relation too, all of its columns.
+    let point = "SELECT * FROM knowledge_events WHERE document_id = 'doc-7' AND collection = 'p-1'";
+    let (_, fast) = server.call("POST", "/v1/sql", Some(&json!({ "sql": point }).to_string()));
+    let planned = "SELECT * FROM knowledge_events WHERE (document_id = 'doc-7' AND collection = 'p-1')";
+    let (_, slow) = server.call("POST", "/v1/sql", Some(&json!({ "sql": planned }).to_string()));
+    assert_eq!(fast["columns"], slow["columns"]);
+    assert_eq!(
+        fast["rows"].as_array().map(Vec::len),
+        Some(records.iter().filter(|r| r.1 == "doc-7" && r.0 == "p-1").count())
+    );
+    assert_eq!(fast["rows"], slow["rows"]);
+
+    // A prepared statement over pgwire: its parameters are the values.
+    let pg_port = server.pg_port.expect("pgwire listens");
+    let mut client = postgres::Client::connect(
+        &format!("host=127.0.0.1 port={pg_port} user=reader dbname=aimatrix"),
+        postgres::NoTls,
+    )
+    .expect("a pgwire connection");
+    let statement = client
+        .prepare("SELECT version, size_bytes FROM docs_by_id WHERE document_id = $1 AND collection = $2")
+        .expect("prepared");
+    let mut got: Vec<(i64, Option<i64>)> =
+        client.query(&statement, &[&"doc-7", &"p-1"]).expect("query").iter().map(|r| (r.get(0), r.get(1))).collect();
+    got.sort();
+    let mut want: Vec<(i64, Option<i64>)> =
+        records.iter().filter(|r| r.1 == "doc-7" && r.0 == "p-1").map(|r| (r.2, r.3)).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let ids: Vec<String> = client
+        .query("SELECT document_id FROM docs_by_id WHERE version = $1", &[&4_i64])
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec!["doc-4".to_owned()]);
+    server.metric_until(&format!("aimatrix_sql_point_queries_total {}", cases.len() + 3));
+}
+
 /// The relations built from timely's and differential's logging: `aimatrix_arrangements`
 /// holds, summed over the workers, exactly the updates the pushes put into `knowledge_events`
 /// (50 distinct rows, one update each), and its arrange operator received those 50 records

@@ -1103,6 +1103,8 @@ pub(crate) struct Inner {
     pub(crate) sql_runtime: std::sync::OnceLock<crate::sql::SqlRuntime>,
     /// The session every query's is made from (made at the first query).
     pub(crate) sql_sessions: std::sync::OnceLock<amx_sql::SessionTemplate>,
+    /// Queries answered by one peek, without DataFusion ([`Controller::point_queries`]).
+    pub(crate) point_queries: AtomicU64,
     /// The file sources the server reads (with a durable log): their catch-up requests and
     /// progress, by (job, source).
     feeds: Mutex<HashMap<(JobId, String), Arc<crate::sources::file::FileFeed>>>,
@@ -1413,6 +1415,7 @@ impl Controller {
             last_write: AtomicU64::new(0),
             sql_pool: crate::limits::shared_pool(config.sql.memory_bytes),
             sql_sessions: std::sync::OnceLock::new(),
+            point_queries: AtomicU64::new(0),
             sql_limits: config.sql.clone(),
             max_queued_rows: config.max_queued_rows,
             max_queued_bytes: config.max_queued_bytes,

@@ -27,6 +27,8 @@ use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::controller::{ClusterError, Controller, ReadHold, SQL_SLOTS};
 
+mod point;
+
 /// A collection of the running cluster as a DataFusion table, read as of one held time.
 #[derive(Debug)]
 pub struct PeekTable {
@@ -427,6 +429,11 @@ impl Controller {
         hold: &ReadHold,
         extras: &QueryExtras,
     ) -> Result<SqlAnswer, ClusterError> {
+        if let Parsed::Statement(statement) = &sql
+            && let Some(point) = point::point_query(statement, |name| self.schema(name), &extras.params)
+        {
+            return self.answer_point_query(point, hold).await;
+        }
         let known: Vec<(String, SchemaRef)> =
             tables.iter().filter_map(|t| self.schema(t).map(|s| (t.clone(), s))).collect();
         let sql_error = |e: DataFusionError| match e.find_root() {
@@ -532,22 +539,64 @@ impl Controller {
             let batch = batch.map_err(run_error)?;
             rows += batch.num_rows() as u64;
             bytes += answer_bytes(&batch);
-            if let Some(max) = limits.max_result_rows.filter(|max| rows > *max) {
-                return Err(ClusterError::Limit(format!(
-                    "the answer has more than {max} rows (sql.max_result_rows); add a LIMIT or a WHERE, or raise \
-                     sql.max_result_rows"
-                )));
-            }
-            if let Some(max) = limits.max_result_bytes.filter(|max| bytes > *max) {
-                return Err(ClusterError::Limit(format!(
-                    "the answer is larger than {max} bytes (sql.max_result_bytes); select fewer rows or columns, or \
-                     raise sql.max_result_bytes"
-                )));
-            }
+            within_result_limits(limits, rows, bytes)?;
             batches.push(batch);
         }
         Ok(SqlAnswer::Rows { schema, batches, timestamp: hold.time() })
     }
+
+    /// Answers a point query ([`point`]) by one peek at `hold`'s time, without DataFusion.
+    ///
+    /// # Errors
+    /// As [`Controller::execute_sql`]'s queries: the collection dropped meanwhile
+    /// ([`ClusterError::Sql`]), the cluster stopped, an answer past `sql.max_result_rows` or
+    /// `sql.max_result_bytes` ([`ClusterError::Limit`]).
+    async fn answer_point_query(&self, point: point::PointQuery, hold: &ReadHold) -> Result<SqlAnswer, ClusterError> {
+        let point::PointQuery { collection, projection, filter, schema } = point;
+        let rows = self.peek(&collection, hold.time(), Some(projection), filter, None).await.map_err(|e| match e {
+            ClusterError::Stopped => ClusterError::Stopped,
+            other => ClusterError::Sql(other.to_string()),
+        })?;
+        self.inner.point_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count: u64 = rows.iter().map(|(_, n)| (*n).max(0) as u64).sum();
+        within_result_limits(&self.inner.sql_limits, count, 0)?;
+        if count == 0 {
+            return Ok(SqlAnswer::Rows { schema, batches: Vec::new(), timestamp: hold.time() });
+        }
+        let expanded: Vec<&Row> =
+            rows.iter().flat_map(|(row, n)| std::iter::repeat_n(row, (*n).max(0) as usize)).collect();
+        let batch = amx_sql::convert::rows_to_batch(&expanded, &schema)
+            .map_err(|e| ClusterError::Sql(format!("the query failed: {e}")))?;
+        within_result_limits(&self.inner.sql_limits, count, answer_bytes(&batch))?;
+        Ok(SqlAnswer::Rows { schema, batches: vec![batch], timestamp: hold.time() })
+    }
+
+    /// Queries answered by one peek, without DataFusion, since the server started (see
+    /// [`point`]).
+    pub fn point_queries(&self) -> u64 {
+        self.inner.point_queries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `Ok` while an answer of `rows` rows and `bytes` bytes (as [`answer_bytes`] counts them) is
+/// within `sql.max_result_rows` and `sql.max_result_bytes`.
+///
+/// # Errors
+/// [`ClusterError::Limit`], naming the limit passed.
+fn within_result_limits(limits: &crate::SqlLimits, rows: u64, bytes: u64) -> Result<(), ClusterError> {
+    if let Some(max) = limits.max_result_rows.filter(|max| rows > *max) {
+        return Err(ClusterError::Limit(format!(
+            "the answer has more than {max} rows (sql.max_result_rows); add a LIMIT or a WHERE, or raise \
+             sql.max_result_rows"
+        )));
+    }
+    if let Some(max) = limits.max_result_bytes.filter(|max| bytes > *max) {
+        return Err(ClusterError::Limit(format!(
+            "the answer is larger than {max} bytes (sql.max_result_bytes); select fewer rows or columns, or raise \
+             sql.max_result_bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// The bytes of an answer's batch, as [`crate::SqlLimits::max_result_bytes`] counts them: its

@@ -284,6 +284,14 @@ impl Metrics {
                 log.failures,
             );
         }
+        let point = prometheus::IntCounter::new(
+            "aimatrix_sql_point_queries_total",
+            "queries answered by one peek of a collection, without DataFusion (SELECT columns FROM collection \
+             WHERE column = literal AND …)",
+        )
+        .expect("valid");
+        point.inc_by(controller.point_queries());
+        scraped.register(Box::new(point)).expect("registered once");
         let jobs = labelled("aimatrix_jobs", "jobs by state", "state");
         for state in ["running", "failed", "cancelled"] {
             jobs.with_label_values(&[state]).set(0);
