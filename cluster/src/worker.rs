@@ -285,8 +285,11 @@ pub fn run_worker(
         sequence(commands.as_ref(), cmd_in.as_mut(), &mut next_seq);
 
         // 2. Apply every command the control dataflow has delivered completely, in sequence
-        //    order.
-        for (seq, wire) in take_ready(&received, &cmd_probe) {
+        //    order; answer at once the peeks among them whose time has passed, rather than
+        //    after the dataflows' next step (which under load can take milliseconds).
+        let ready = take_ready(&received, &cmd_probe);
+        let applied = !ready.is_empty();
+        for (seq, wire) in ready {
             tracing::debug!(worker = index, seq, "applying command");
             let command: Command = match wire.decode() {
                 Ok(c) => c,
@@ -296,6 +299,9 @@ pub fn run_worker(
             if state.handle_command(worker, command).is_break() {
                 break 'run;
             }
+        }
+        if applied {
+            state.step_peeks();
         }
 
         // 3. Read this worker's share of the file sources; close the epoch.
