@@ -248,6 +248,7 @@ pub fn run_worker(
         if let Some(errors) = rendered.errors {
             renderer.add_errors(errors);
         }
+        renderer.share_projections(&planned);
         let mut failed = Vec::new();
         for def in &planned {
             match renderer.render_view(def) {

@@ -80,6 +80,7 @@ pub fn run_views_at(
             }
             let probe = timely::dataflow::ProbeHandle::new();
             let mut renderer = Renderer::new(collections);
+            renderer.share_projections(&views);
             for (i, view) in views.iter().enumerate() {
                 let rows = renderer.render_view(view).expect("view renders");
                 let b = buffer.clone();

@@ -241,3 +241,72 @@ fn an_outer_self_join_over_rows_replaced_in_place() {
     assert_eq!(steps[1].0, contents(vec![vec![t("a"), i(2)], vec![t("b"), i(5)]]));
     assert_eq!(steps[2].0, contents(vec![vec![t("a"), i(3)]]));
 }
+
+/// Four views that read one table in three ways (two of them the same columns): each reads
+/// its own projection of every row from one fan-out operator (`Renderer::share_projections`),
+/// which copies a column into all but the last projection that keeps it and moves it into
+/// that one. Every view's contents, after inserts and deletes, are the table's rows filtered
+/// and projected here, at 1 and 3 workers.
+#[test]
+fn views_that_project_one_table_differently_each_get_their_columns() {
+    let tables = [table("t", &[("a", DataType::Utf8), ("b", DataType::Int64), ("c", DataType::Utf8)])];
+    let mut planner = ViewPlanner::new(&tables).expect("planner");
+    let sqls = [
+        "SELECT a, b FROM t",
+        "SELECT c, a, count(*) AS n FROM t GROUP BY c, a",
+        "SELECT b FROM t WHERE c = 'x'",
+        "SELECT b, a FROM t WHERE b > 1",
+    ];
+    let views: Vec<_> =
+        sqls.iter().enumerate().map(|(n, sql)| planner.create(&format!("v{n}"), sql).expect("plans").clone()).collect();
+    let rows = [
+        vec![t("k"), i(1), t("x")],
+        vec![t("k"), i(2), t("y")],
+        vec![t("m"), N, t("x")],
+        vec![N, i(5), N],
+        vec![t("k"), i(2), t("y")],
+    ];
+    let batches = vec![
+        rows.iter().map(|r| (0, r.clone(), 1)).collect::<Vec<Change>>(),
+        vec![(0, rows[1].clone(), -1), (0, rows[0].clone(), -1), (0, vec![t("n"), i(7), t("x")], 1)],
+    ];
+    let one = run_views(1, &tables, &views, batches.clone());
+    let three = run_views(3, &tables, &views, batches.clone());
+    assert_eq!(one, three, "1 and 3 workers disagree");
+    // The table after each batch, then each view of it, worked out row by row.
+    let mut table: Vec<Row> = Vec::new();
+    for (step, batch) in batches.iter().enumerate() {
+        for (_, row, diff) in batch {
+            if *diff > 0 {
+                table.push(row.clone());
+            } else {
+                let at = table.iter().position(|r| r == row).expect("deleted row is there");
+                table.remove(at);
+            }
+        }
+        let v0 = contents(table.iter().map(|r| vec![r[0].clone(), r[1].clone()]).collect());
+        let mut groups: Contents = Contents::new();
+        for r in &table {
+            *groups.entry(vec![r[2].clone(), r[0].clone()]).or_insert(0) += 1;
+        }
+        let v1 = contents(
+            groups
+                .into_iter()
+                .map(|(mut k, n)| {
+                    k.push(i(n as i64));
+                    k
+                })
+                .collect(),
+        );
+        let v2 = contents(table.iter().filter(|r| r[2] == t("x")).map(|r| vec![r[1].clone()]).collect());
+        let v3 = contents(
+            table
+                .iter()
+                .filter(|r| matches!(r[1], Datum::Int(b) if b > 1))
+                .map(|r| vec![r[1].clone(), r[0].clone()])
+                .collect(),
+        );
+        assert_eq!(one[step].views, vec![v0, v1, v2, v3], "after batch {step}");
+        assert!(one[step].errors.is_empty());
+    }
+}
