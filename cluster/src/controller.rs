@@ -1130,12 +1130,20 @@ pub struct ReadHold {
     id: u64,
     time: Time,
     controller: Weak<Inner>,
+    /// The collections held, each with the job that made it (`None`: built in).
+    owners: Vec<(String, Option<JobId>)>,
 }
 
 impl ReadHold {
     /// The time held.
     pub fn time(&self) -> Time {
         self.time
+    }
+
+    /// The job that made collection `name` when the hold was taken (`Some(None)`: built in);
+    /// `None` when the hold was not taken on a collection of that name.
+    pub(crate) fn owner(&self, name: &str) -> Option<Option<JobId>> {
+        self.owners.iter().find(|(n, _)| n == name).map(|(_, owner)| *owner)
     }
 }
 
@@ -2264,7 +2272,24 @@ impl Controller {
         let time = self.read_time(&seq, names);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         seq.holds.insert(id, time);
-        ReadHold { id, time, controller: Arc::downgrade(&self.inner) }
+        let owners = names.iter().filter_map(|n| Some((n.clone(), seq.catalog.get(n)?.owner))).collect();
+        ReadHold { id, time, controller: Arc::downgrade(&self.inner), owners }
+    }
+
+    /// Whether collection `name` is still the one a read hold was taken on (`owner`, as
+    /// [`ReadHold::owner`] gives it): a peek sent after its view was dropped, or dropped and
+    /// made again, reads nothing or the new view's first rows, not the held state.
+    ///
+    /// # Errors
+    /// [`ClusterError::Sql`] naming the collection, when it was dropped or replaced since.
+    pub(crate) fn still_held(&self, name: &str, owner: Option<Option<JobId>>) -> Result<(), ClusterError> {
+        let now = lock(&self.inner.seq).catalog.get(name).map(|e| e.owner);
+        match owner {
+            Some(held) if now != Some(held) => Err(ClusterError::Sql(format!(
+                "`{name}` was dropped or replaced while the query read it; run the query again"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// A time that every collection of `names` has passed (as worker 0 last saw), at or after

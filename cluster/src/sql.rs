@@ -35,6 +35,8 @@ pub struct PeekTable {
     name: String,
     schema: SchemaRef,
     as_of: Time,
+    /// The job that made the collection when the read hold was taken ([`ReadHold::owner`]).
+    owner: Option<Option<crate::protocol::JobId>>,
     controller: ControllerRef,
 }
 
@@ -90,6 +92,7 @@ impl TableProvider for PeekTable {
             .0
             .peek(&self.name, self.as_of, projection.cloned(), filter, limit)
             .await
+            .and_then(|rows| self.controller.0.still_held(&self.name, self.owner).map(|()| rows))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
@@ -472,8 +475,13 @@ impl Controller {
         };
         let ctx = template.session();
         for (name, schema) in known {
-            let table =
-                PeekTable { name: name.clone(), schema, as_of: hold.time(), controller: ControllerRef(self.clone()) };
+            let table = PeekTable {
+                owner: hold.owner(&name),
+                name: name.clone(),
+                schema,
+                as_of: hold.time(),
+                controller: ControllerRef(self.clone()),
+            };
             ctx.register_table(TableReference::bare(name), Arc::new(table)).map_err(sql_error)?;
         }
         // The introspection relations it reads, as they are now (not collections of the
@@ -557,6 +565,7 @@ impl Controller {
             ClusterError::Stopped => ClusterError::Stopped,
             other => ClusterError::Sql(other.to_string()),
         })?;
+        self.still_held(&collection, hold.owner(&collection))?;
         self.inner.point_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let count: u64 = rows.iter().map(|(_, n)| (*n).max(0) as u64).sum();
         within_result_limits(&self.inner.sql_limits, count, 0)?;
@@ -645,5 +654,89 @@ async fn within<T>(deadline: Option<tokio::time::Instant>, future: impl std::fut
     match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
         None => Some(future.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A push source of knowledge events (`c` → collection, `id` → document_id, `v` → version).
+    const JOB: &str = r#"name = "docs"
+[[sources]]
+name = "events"
+kind = "push"
+format = "json"
+[sources.options]
+relation = "knowledge_events"
+[sources.options.mapping]
+collection = "/c"
+document_id = "/id"
+op = { pointer = "/op", default = "upsert" }
+version = "/v"
+"#;
+
+    /// A query at a read hold taken before its view was dropped and made again reads the new
+    /// view's arrangement, which holds none of the held time's rows (they arrive at the new
+    /// view's first time): it is refused, by the point path and by DataFusion's, rather than
+    /// answered with no rows. At the hold, before that, both answer the one matching row.
+    #[test]
+    fn a_query_whose_view_was_replaced_after_its_read_hold_is_refused() {
+        let controller = Controller::start(crate::ClusterConfig { workers: 2, ..Default::default() }).expect("starts");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let job = crate::job::Job::parse(JOB, std::path::Path::new(".")).expect("a job");
+            let id = controller.install_job(&job).expect("installed");
+            let lines = r#"{"c": "a", "id": "d1", "v": 1}
+{"c": "a", "id": "d2", "v": 1}"#;
+            controller.ingest(id, "events", lines).await.expect("ingested");
+            let create = "CREATE MATERIALIZED VIEW v AS SELECT document_id FROM knowledge_events";
+            controller.execute_sql(create).await.expect("created");
+            let tables = vec!["v".to_owned()];
+            // Wait until the view has its rows (its first times pass the push's).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let hold = loop {
+                let hold = controller.read_hold(&tables);
+                let parsed = Parsed::Statement(amx_sql::parse::parse("SELECT count(*) AS n FROM v").expect("parses"));
+                let answer = controller.query_as_of(parsed, &tables, &hold, &QueryExtras::default()).await;
+                if let Ok(SqlAnswer::Rows { batches, .. }) = &answer
+                    && batches.iter().map(|b| b.num_rows()).sum::<usize>() == 1
+                    && amx_sql::arrow::array::AsArray::as_primitive::<amx_sql::arrow::datatypes::Int64Type>(
+                        batches[0].column(0),
+                    )
+                    .value(0)
+                        == 2
+                {
+                    break hold;
+                }
+                assert!(std::time::Instant::now() < deadline, "the view never had its rows: {answer:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            };
+            let point = "SELECT document_id FROM v WHERE document_id = 'd1'";
+            let planned = "SELECT document_id FROM v WHERE (document_id = 'd1')";
+            let extras = QueryExtras::default();
+            let ask = |sql: &str| {
+                let parsed = Parsed::Statement(amx_sql::parse::parse(sql).expect("parses"));
+                controller.query_as_of(parsed, &tables, &hold, &extras)
+            };
+            for sql in [point, planned] {
+                match ask(sql).await {
+                    Ok(SqlAnswer::Rows { batches, .. }) => {
+                        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1, "{sql}")
+                    }
+                    other => panic!("{sql}: {other:?}"),
+                }
+            }
+            controller.execute_sql("DROP MATERIALIZED VIEW v").await.expect("dropped");
+            controller.execute_sql(create).await.expect("created again");
+            for sql in [point, planned] {
+                match ask(sql).await {
+                    Err(ClusterError::Sql(message)) => {
+                        assert!(message.contains("`v` was dropped or replaced while the query read it"), "{message}")
+                    }
+                    other => panic!("{sql}: {other:?}"),
+                }
+            }
+        });
     }
 }

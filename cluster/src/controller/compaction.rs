@@ -141,7 +141,7 @@ impl Controller {
             seq.close_timestamp()?;
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             seq.holds.insert(id, at);
-            let hold = ReadHold { id, time: at, controller: Arc::downgrade(&self.inner) };
+            let hold = ReadHold { id, time: at, controller: Arc::downgrade(&self.inner), owners: Vec::new() };
             // The collections that hold what sources ingested: the canonical relations,
             // `model_prices` and the relations running jobs' sources declare.
             let relations: Vec<(String, arrow::datatypes::SchemaRef)> = seq
