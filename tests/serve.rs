@@ -3346,6 +3346,43 @@ fn introspection_relations_show_jobs_frontiers_and_subscriptions() {
     assert!(body.to_string().contains("has no changes to subscribe to"), "{body}");
 }
 
+/// A job submitted at run time whose views read one relation in three ways (two of them the
+/// same columns) gets each view's columns from one fan-out over the relation's imported
+/// arrangement: every view's rows are the pushed records projected and filtered here.
+#[test]
+fn run_time_views_that_project_one_relation_differently_get_their_columns() {
+    let server = start(&["--http".into(), "127.0.0.1:0".into(), "--workers".into(), "2".into()], true);
+    let mut job = push_job("shapes", "shapes-in", "ids", "SELECT document_id, version FROM knowledge_events");
+    job.push_str("sizes = \"SELECT collection, size_bytes FROM knowledge_events WHERE size_bytes > 300\"\n");
+    job.push_str("versions = \"SELECT version, document_id FROM knowledge_events WHERE version < 5\"\n");
+    let id = server.submit(&job);
+    let pushed: Vec<(String, String, i64, i64)> =
+        (0..12).map(|i| (format!("c-{}", i % 2), format!("d-{}", i % 5), i, i * 70)).collect();
+    server.push(id, "shapes-in", &lines(&pushed));
+    let sorted = |mut rows: Vec<Value>| {
+        rows.sort_by_key(|r| r.to_string());
+        rows
+    };
+    let want_ids = sorted(pushed.iter().map(|(_, d, v, _)| json!({ "document_id": d, "version": v })).collect());
+    let want_sizes = sorted(
+        pushed.iter().filter(|p| p.3 > 300).map(|(c, _, _, s)| json!({ "collection": c, "size_bytes": s })).collect(),
+    );
+    let want_versions = sorted(
+        pushed.iter().filter(|p| p.2 < 5).map(|(_, d, v, _)| json!({ "version": v, "document_id": d })).collect(),
+    );
+    for (view, want) in [("ids", want_ids), ("sizes", want_sizes), ("versions", want_versions)] {
+        assert!(!want.is_empty());
+        let sql = format!("SELECT * FROM {view}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = sorted(server.sql(&sql));
+        while got != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            got = sorted(server.sql(&sql));
+        }
+        assert_eq!(got, want, "{view}");
+    }
+}
+
 /// Point queries (`SELECT columns FROM collection WHERE column = literal AND …`) are answered
 /// by one peek, without DataFusion: their rows are the pushed records that match, worked out
 /// here (duplicates twice, NULLs as null), and their columns and rows are exactly those of

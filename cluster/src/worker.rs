@@ -472,6 +472,7 @@ fn install_views(
             }
         }
         let mut renderer = Renderer::new(collections);
+        renderer.share_projections(&defs);
         for def in &defs {
             let rows = renderer.render_view(def).map_err(|e| format!("view `{}`: {e}", def.name))?;
             arranged.push((

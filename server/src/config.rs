@@ -265,7 +265,8 @@ pub struct ClusterSection {
     pub timestamp_interval_ms: u64,
     /// Each worker folds timely's and differential's logging streams into
     /// `aimatrix_dataflows`, `aimatrix_operators`, `aimatrix_operator_durations`,
-    /// `aimatrix_arrangements` and the `aimatrix_arrangement_*` metrics (default true; false: those relations are empty).
+    /// `aimatrix_arrangements` and the `aimatrix_arrangement_*` metrics (default true; false:
+    /// those relations are empty).
     pub introspection: bool,
 }
 
