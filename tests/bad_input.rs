@@ -105,6 +105,57 @@ fn a_record_past_the_limit_is_an_ingest_error_and_reading_goes_on() {
 }
 
 #[test]
+fn ingest_errors_read_by_any_worker_name_their_lines() {
+    // 3 workers split the file by pieces of 64 bytes (a few lines each): most bad lines are
+    // read by a worker that has not counted the lines before its piece. Every 7th line is not
+    // JSON, every 11th is blank (no record), line 150 is past the record limit (300 bytes).
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let (mut bad, mut good) = (Vec::new(), 0);
+    for line in 1..=400 {
+        if line % 11 == 0 {
+            text.push_str("  \n");
+        } else if line == 150 {
+            text.push_str(&format!("{{\"t\":\"long\",\"n\":\"x\",\"l\":\"{}\"}}\n", "a".repeat(400)));
+            bad.push(line);
+        } else if line % 7 == 0 {
+            text.push_str(&format!("not json {line}\n"));
+            bad.push(line);
+        } else {
+            text.push_str(&format!("{{\"t\":\"t{line}\",\"n\":\"x\"}}\n"));
+            good += 1;
+        }
+    }
+    let path = dir.path().join("data.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let data = path.display().to_string();
+    let job = job(dir.path(), &data);
+    let out = stdout(&run(
+        &job,
+        &[
+            "--workers",
+            "3",
+            "--poll-bytes",
+            "64",
+            "--max-record-bytes",
+            "300",
+            "--sql",
+            "SELECT count(*) AS n FROM evaluations",
+            "--sql",
+            "SELECT location FROM ingest_errors",
+        ],
+    ));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(format!("[{{\"n\":{good}}}]").as_str()));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mut got: Vec<String> = rows.iter().map(|r| r["location"].as_str().unwrap().to_owned()).collect();
+    got.sort();
+    let mut want: Vec<String> = bad.iter().map(|l| format!("{data}:{l}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn a_directory_is_named_as_one() {
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("adir");

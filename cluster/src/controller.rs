@@ -476,7 +476,8 @@ struct Applied {
 pub struct Shared {
     commands: Mutex<Option<mpsc::Receiver<Envelope>>>,
     uppers: Mutex<HashMap<String, Time>>,
-    progress: Mutex<HashMap<String, SourceProgress>>,
+    /// Per file source (by name), each worker's progress (workers of process 0).
+    progress: Mutex<HashMap<String, BTreeMap<usize, SourceProgress>>>,
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
     /// Per collection: subscriptions ended because their subscriber fell behind.
@@ -506,9 +507,15 @@ impl ControllerLink for Shared {
         lock(&self.commands).take()
     }
 
-    fn publish(&self, uppers: HashMap<String, Time>, progress: HashMap<String, SourceProgress>) {
+    fn publish(&self, uppers: HashMap<String, Time>) {
         *lock(&self.uppers) = uppers;
-        lock(&self.progress).extend(progress);
+    }
+
+    fn publish_progress(&self, worker: usize, progress: HashMap<String, SourceProgress>) {
+        let mut all = lock(&self.progress);
+        for (name, p) in progress {
+            all.entry(name).or_default().insert(worker, p);
+        }
     }
 
     fn deliver(&self, response: Response) {
@@ -517,6 +524,25 @@ impl ControllerLink for Shared {
 }
 
 impl Shared {
+    /// How far the workers have read file source `name`, their shares summed (the files'
+    /// size: the largest any saw; done when every worker is; the time left from the summed
+    /// rate).
+    fn file_progress(&self, name: &str) -> SourceProgress {
+        let all = lock(&self.progress);
+        let Some(workers) = all.get(name) else { return SourceProgress::default() };
+        let mut sum = SourceProgress { done: true, ..SourceProgress::default() };
+        for p in workers.values() {
+            sum.records_read += p.records_read;
+            sum.bytes_read += p.bytes_read;
+            sum.bytes_total = sum.bytes_total.max(p.bytes_total);
+            sum.done &= p.done;
+            if let Some(rate) = p.rate_bytes_per_s {
+                sum.rate_bytes_per_s = Some(sum.rate_bytes_per_s.unwrap_or(0) + rate);
+            }
+        }
+        sum.with_eta()
+    }
+
     /// One worker's answer to the command waiting as `id`; the last one sends the whole answer.
     fn applied(
         &self,
@@ -2158,7 +2184,6 @@ impl Controller {
             && tokio::time::timeout(Duration::from_millis(200), self.catch_up(id)).await.is_ok_and(|r| r.is_ok());
         let hold = self.read_hold(&names);
         let stats = self.peek(SOURCE_STATS, hold.time(), None, Vec::new(), None).await?;
-        let progress = lock(&self.inner.shared.progress).clone();
         let mut source_stats = Vec::new();
         let mut files = Vec::new();
         for source in &info.sources {
@@ -2170,7 +2195,7 @@ impl Controller {
             let p = (source.kind == SourceKind::File).then(|| {
                 let mut p = match self.feed(id, &source.name) {
                     Some(feed) => feed.progress(),
-                    None => progress.get(&source.name).copied().unwrap_or_default(),
+                    None => self.inner.shared.file_progress(&source.name),
                 };
                 p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
                 if info.state == JobState::Cancelled {
@@ -2932,17 +2957,17 @@ impl Controller {
         Ok(upper)
     }
 
-    /// How far worker 0 has read each file source of `job`, in the job's order.
+    /// How far the workers (or the server) have read each file source of `job`, in the job's
+    /// order.
     pub fn file_progress(&self, job: JobId) -> Vec<(String, SourceProgress)> {
         let Some(info) = self.job(job) else { return Vec::new() };
-        let progress = lock(&self.inner.shared.progress).clone();
         info.sources
             .iter()
             .filter(|s| s.kind == SourceKind::File)
             .map(|s| {
                 let p = match self.feed(job, &s.name) {
                     Some(feed) => feed.progress(),
-                    None => progress.get(&s.name).copied().unwrap_or_default(),
+                    None => self.inner.shared.file_progress(&s.name),
                 };
                 (s.name.clone(), p)
             })

@@ -23,40 +23,39 @@ use crate::job::SourceConfig;
 /// every worker).
 pub type Envelope = (Wire, Option<usize>);
 
-/// The controller's end of the link with worker 0, the only thing a worker knows of the
-/// controller: where commands come from, and where every worker's responses (which worker 0
-/// gathers) and worker 0's reports of frontiers and progress go. `None` for a worker of a
-/// process other than 0, and for a local run without a controller.
+/// The controller's end of the link with the workers of process 0, the only thing a worker
+/// knows of the controller: where commands come from, and where every worker's responses
+/// (which worker 0 gathers), worker 0's reports of frontiers and each worker's progress go.
+/// `None` for a worker of a process other than 0, and for a local run without a controller.
 pub trait ControllerLink: Send + Sync {
     /// The commands, in the order the controller sent them: taken once, by worker 0, which is
     /// then woken when one arrives (it parks when idle); `None` when taken before.
     fn take_command_receiver(&self) -> Option<std::sync::mpsc::Receiver<Envelope>>;
-    /// Every collection's frontier (ms since the Unix epoch), by name, and the file sources'
-    /// progress, by `JOB/SOURCE`, as worker 0 last saw them.
-    fn publish(
-        &self,
-        uppers: std::collections::HashMap<String, Time>,
-        progress: std::collections::HashMap<String, SourceProgress>,
-    );
+    /// Every collection's frontier (ms since the Unix epoch), by name, as worker 0 last saw
+    /// them.
+    fn publish(&self, uppers: std::collections::HashMap<String, Time>);
+    /// How far worker `worker` has read its share of each of its file sources, by source name.
+    fn publish_progress(&self, worker: usize, progress: std::collections::HashMap<String, SourceProgress>);
     /// A response from any worker.
     fn deliver(&self, response: Response);
 }
 
-/// How far a file source has been read.
+/// How far a file source has been read: by the server, when it reads the source (with a data
+/// directory), else by the workers, each reading its pieces of the files (the figures of the
+/// workers of process 0, summed: in a cluster of several processes, the others' shares are not
+/// counted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SourceProgress {
-    /// Bytes read: by worker 0 (each worker scans every byte of a file source), or by the
-    /// server when it reads the source (with a data directory); a file read again from its
-    /// start (truncated or replaced) counts again.
+    /// Bytes read; a file read again from its start (truncated or replaced) counts again.
     pub bytes_read: u64,
     /// Bytes the source's files hold now.
     pub bytes_total: u64,
-    /// Read to its end (by worker 0, or by the server when it reads the source).
+    /// Read to its end (by every worker, or by the server when it reads the source).
     pub done: bool,
     /// Every worker read it to the end (a following source: to its current end), and every
     /// collection has passed the time of its last records: queries see all of it.
     pub caught_up: bool,
-    /// Records (lines, rows) read by the same reader as `bytes_read`, since this process began
+    /// Records (lines, rows) read by the same readers as `bytes_read`, since this process began
     /// reading the source (a source resumed after a restart counts from its position).
     pub records_read: u64,
     /// The backfill rate (bytes/s): bytes read since this process began reading the source,
@@ -80,6 +79,11 @@ impl SourceProgress {
         let elapsed = elapsed.as_secs_f64();
         self.rate_bytes_per_s = (elapsed >= 0.2 && !self.done)
             .then(|| (self.bytes_read.saturating_sub(bytes_at_start) as f64 / elapsed) as u64);
+        self.with_eta()
+    }
+
+    /// Sets `eta_ms` from `rate_bytes_per_s`: the bytes left at that rate (0 once done).
+    pub(crate) fn with_eta(mut self) -> Self {
         let left = self.bytes_total.saturating_sub(self.bytes_read);
         self.eta_ms = if self.done || left == 0 {
             Some(0)

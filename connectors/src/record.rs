@@ -9,6 +9,12 @@
 //! | top-level JSON array | a part that is no element (see below) | `path:LINE` (LINE where the part starts) |
 //! | one JSON document (e.g. pretty-printed) | the whole file | `path` |
 //!
+//! Readers that split the work ([`FileReader::set_share`]) read each JSON-lines file by
+//! pieces, each piece by one reader, and do not count the lines of the others' pieces: their
+//! records' locations carry the line's byte offset instead, which
+//! [`FileReader::resolve_location`] turns into `path:LINE` when a location is shown (only an
+//! ingest error's is).
+//!
 //! A leading UTF-8 byte order mark (`EF BB BF`) is skipped. A record whose bytes are not valid
 //! UTF-8 is still returned (its text read lossily, invalid bytes as U+FFFD) but carries the
 //! error `invalid UTF-8 at byte N` ([`Record::error`]; N = 0-based offset in the record), which
@@ -90,9 +96,16 @@ impl Record {
 
     /// Where the record is in its file, as one number that orders the records of the file:
     /// `LINE × 2²⁰ + INDEX` from [`Record::location`] (`path:LINE`, or `path:LINE#INDEX` for
-    /// an element of an array; INDEX capped at 2²⁰ − 1); `None` for a location without a line.
+    /// an element of an array; INDEX capped at 2²⁰ − 1), or the line's byte offset when a
+    /// reader that splits the file read it (see [`FileReader::resolve_location`]); `None` for a
+    /// location without a line.
     pub fn position(&self) -> Option<u64> {
         let (_, tail) = self.location.rsplit_once(':')?;
+        // A line read by a reader that splits the file by pieces: ordered by its byte offset
+        // (every reader of the file marks its lines so).
+        if let Some(offset) = tail.strip_prefix(OFFSET_MARK).and_then(|t| t.strip_suffix(OFFSET_MARK)) {
+            return offset.parse().ok();
+        }
         let (line, index) = tail.split_once('#').unwrap_or((tail, "0"));
         let (line, index): (u64, u64) = (line.parse().ok()?, index.parse().ok()?);
         Some(line.saturating_mul(1 << 20).saturating_add(index.min((1 << 20) - 1)))
@@ -152,19 +165,43 @@ struct FileState {
     pending_bytes: u64,
     /// The first bytes of those (at most [`RAW_BYTES`]), for the report's raw text.
     pending_head: Vec<u8>,
+    /// Bytes of the lines this reader took, when it splits the file with others by pieces
+    /// (`offset` then also passes the others' pieces).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    consumed: u64,
+    /// Times the file was found replaced, truncated or rewritten and read again from its start
+    /// (by this reader: not kept in a cursor).
+    #[serde(skip)]
+    resets: u64,
+}
+
+/// Whether `n` is 0 (for `skip_serializing_if`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A line longer than the maximum record size: skipped to its end, then reported once.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Oversized {
-    /// Its line number (1-based).
+    /// Its line number (1-based; not counted by a reader that splits the file by pieces).
     line: u64,
+    /// The byte offset of its start.
+    #[serde(default)]
+    start: u64,
     /// Its length so far, in bytes.
     bytes: u64,
     /// Its first bytes (at most [`RAW_BYTES`]), for the error's raw text.
     head: Vec<u8>,
     /// Whether its last byte so far is `\r` (no part of the record when a newline follows).
     ends_in_cr: bool,
+}
+
+impl Oversized {
+    /// An oversized line, line `line` of its file, starting at byte `start`, before any of it
+    /// is skipped.
+    fn at(line: u64, start: u64) -> Oversized {
+        Oversized { line, start, bytes: 0, head: Vec::new(), ends_in_cr: false }
+    }
 }
 
 /// Bytes of a file's start kept to recognise a rewritten file (see [`FileState::head`]).
@@ -232,8 +269,10 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 20;
 ///
 /// An unfinished last line a poll saw (no newline yet) that can no longer be read — its file
 /// was replaced, truncated, rewritten or deleted before the line ended — is not dropped in
-/// silence: the reader with share index 0 returns a record at its location carrying the
-/// error `an unfinished last line of N bytes was lost: …` (its first 1 KiB as text). Such a
+/// silence: the reader with share index 0 (of a JSON-lines file split by pieces: the reader
+/// that held the line, at `path:byte OFFSET`, its lines not counted) returns a record at its
+/// location carrying the error `an unfinished last line of N bytes was lost: …` (its first
+/// 1 KiB as text). Such a
 /// record is not counted by [`FileReader::records_seen`] nor split between readers.
 #[derive(Debug)]
 pub struct FileReader {
@@ -241,6 +280,10 @@ pub struct FileReader {
     files: BTreeMap<PathBuf, FileState>,
     /// Bytes consumed of the files matching at the last poll (see [`FileReader::bytes_read`]).
     bytes_read: u64,
+    /// Where the reader is in those files, summed (see [`FileReader::position`]).
+    position: u64,
+    /// Per file: where [`FileReader::resolve_location`] last counted.
+    line_marks: BTreeMap<PathBuf, LineMark>,
     max_poll_bytes: u64,
     max_record_bytes: u64,
     share: Share,
@@ -252,6 +295,15 @@ pub struct FileReader {
     changed: std::collections::BTreeSet<PathBuf>,
     /// [`FileReader::set_whole_other_files`].
     whole_other: bool,
+}
+
+/// Where [`FileReader::resolve_location`] last counted a file's lines: the file's identity then,
+/// a byte offset, and the newlines before it.
+#[derive(Clone, Copy, Debug)]
+struct LineMark {
+    identity: Option<(u64, u64)>,
+    offset: u64,
+    lines: u64,
 }
 
 /// Where a [`FileReader`] is in one file, as [`FileReader::take_cursors`] gives it and
@@ -290,6 +342,34 @@ impl Share {
         self.seen += 1;
         mine
     }
+
+    /// Whether JSON-lines files are split by pieces between the readers (there are several).
+    fn splits(&self) -> bool {
+        self.peers > 1
+    }
+
+    /// Whether piece `piece` (0-based) of a JSON-lines file is this reader's.
+    fn owns(&self, piece: u64) -> bool {
+        piece % self.peers == self.index
+    }
+
+    /// The start of the first piece at or after piece `piece` that is this reader's
+    /// (`u64::MAX` past the largest offset).
+    fn next_owned(&self, piece: u64, size: u64) -> u64 {
+        let ahead = (self.index + self.peers - piece % self.peers) % self.peers;
+        piece.saturating_add(ahead).saturating_mul(size)
+    }
+}
+
+/// Marks a byte offset in place of a line number in a record's location (see
+/// [`FileReader::resolve_location`]).
+const OFFSET_MARK: char = '\u{1}';
+
+/// The location of the line of file `name` that is line `line` (1-based) and starts at byte
+/// `start`: `name:LINE`, or, read by a reader that does not count lines (`split`), `name:`
+/// followed by the offset between two [`OFFSET_MARK`]s.
+fn line_location(name: &str, line: u64, start: u64, split: bool) -> String {
+    if split { format!("{name}:{OFFSET_MARK}{start}{OFFSET_MARK}") } else { format!("{name}:{line}") }
 }
 
 impl FileReader {
@@ -307,6 +387,8 @@ impl FileReader {
             pattern: glob.to_owned(),
             files: BTreeMap::new(),
             bytes_read: 0,
+            position: 0,
+            line_marks: BTreeMap::new(),
             max_poll_bytes: u64::MAX,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             share: Share { index: 0, peers: 1, seen: 0 },
@@ -494,6 +576,11 @@ impl FileReader {
             if *state != before || !known {
                 self.changed.insert(path.clone());
             }
+            if state.resets != before.resets {
+                // Read again from its start (replaced, truncated or rewritten): its lines are
+                // counted anew.
+                self.line_marks.remove(path);
+            }
             match polled {
                 Ok(()) => {}
                 // Swapped for a link out of the roots between the check and the open: that
@@ -520,7 +607,13 @@ impl FileReader {
                 }
             }
         }
-        self.bytes_read = paths.iter().filter_map(|p| self.files.get(p)).map(|state| state.offset).sum();
+        let states = || paths.iter().filter_map(|p| self.files.get(p));
+        self.position = states().map(|state| state.offset).sum();
+        self.bytes_read = if self.share.splits() {
+            states().map(|state| if state.shape == Shape::Lines { state.consumed } else { state.offset }).sum()
+        } else {
+            self.position
+        };
         result
     }
 
@@ -622,23 +715,87 @@ impl FileReader {
         self.whole_other = whole;
     }
 
-    /// Returns only every `peers`-th record, starting with record `index` (0-based, counted
-    /// over all files in order), so that `peers` readers of the same files split the records
-    /// between them without each copying all of them. Default: every record (`0`, `1`).
+    /// Splits the files between `peers` readers of the same glob, this one being number
+    /// `index` (0-based), so that no reader copies what another reads. Default: every record
+    /// (`0`, `1`). A JSON-lines file is cut into pieces of [`FileReader::set_max_poll_bytes`]
+    /// bytes (every reader must set the same), piece `k` being reader `k mod peers`'s; a line is
+    /// read by the reader whose piece holds its first byte. Such a reader does not count the
+    /// lines of other pieces: its records' locations carry their byte offset, for
+    /// [`FileReader::resolve_location`] (their [`Record::position`] is that offset, the same at
+    /// every reader), and an unfinished line that is lost is reported by the reader that held
+    /// it. Of other files (JSON arrays, whole documents), every `peers`-th record is returned,
+    /// starting with record `index` (counted over those files in order): each reader still
+    /// reads all their bytes.
     pub fn set_share(&mut self, index: u64, peers: u64) {
         self.share = Share { index, peers: peers.max(1), seen: self.share.seen };
     }
 
-    /// Records found so far, including those left to other readers by [`FileReader::set_share`].
+    /// Records found so far, including those left to other readers by [`FileReader::set_share`]
+    /// in files that are not split by pieces (in those that are: this reader's).
     pub fn records_seen(&self) -> u64 {
         self.share.seen
     }
 
     /// Bytes consumed, at the last poll, of the files the glob matched then: comparable with
     /// [`FileReader::total_bytes`] for progress (a partial last line is not counted; a file
-    /// replaced or truncated counts from its new start, a deleted one no longer counts).
+    /// replaced or truncated counts from its new start, a deleted one no longer counts). A
+    /// reader that splits JSON-lines files by pieces counts the bytes of the lines it took:
+    /// its peers' figures add up to the whole.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
+    }
+
+    /// How far the reader is in the files the glob matched at the last poll, summed (bytes):
+    /// it grows whenever a poll moved on, also past other readers' pieces
+    /// ([`FileReader::set_share`]), and stays when a poll found nothing new.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Turns a location made by a reader that splits JSON-lines files by pieces — the path,
+    /// then the line's byte offset between marks, then whatever a decoder appended — into
+    /// `path:LINE…` (the line's 1-based number), counting the newlines before the offset in
+    /// the file; a location without the mark is left as it is. Counting goes on from where the
+    /// last call for that file stopped (locations come in file order), so a reader counts each
+    /// byte of a file at most once as long as that holds. When the file cannot be read (gone
+    /// since), the location says `path:byte OFFSET`.
+    pub fn resolve_location(&mut self, location: &mut String) {
+        let Some(mark) = location.find(&format!(":{OFFSET_MARK}")) else { return };
+        let digits = mark + 1 + OFFSET_MARK.len_utf8();
+        let Some(len) = location[digits..].find(OFFSET_MARK) else { return };
+        let Ok(offset) = location[digits..digits + len].parse::<u64>() else { return };
+        let path = location[..mark].to_owned();
+        let shown = match self.files.keys().find(|p| p.display().to_string() == path).cloned() {
+            Some(file) => match self.lines_before(&file, offset) {
+                Ok(lines) => (lines + 1).to_string(),
+                Err(_) => format!("byte {offset}"),
+            },
+            None => format!("byte {offset}"),
+        };
+        location.replace_range(mark + 1..digits + len + OFFSET_MARK.len_utf8(), &shown);
+    }
+
+    /// The newlines in `path` before byte `offset`, counted on from the last count of it.
+    fn lines_before(&mut self, path: &Path, offset: u64) -> io::Result<u64> {
+        let identity = self.files.get(path).and_then(|s| s.identity);
+        let (mut at, mut lines) = match self.line_marks.get(path) {
+            Some(mark) if mark.identity == identity && mark.offset <= offset => (mark.offset, mark.lines),
+            _ => (0, 0),
+        };
+        let mut file = self.access.open(path)?;
+        file.seek(SeekFrom::Start(at))?;
+        let mut buf = vec![0u8; (offset - at).min(1 << 20) as usize];
+        while at < offset {
+            let want = (offset - at).min(buf.len() as u64) as usize;
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+            at += n as u64;
+        }
+        self.line_marks.insert(path.to_path_buf(), LineMark { identity, offset: at, lines });
+        Ok(lines)
     }
 
     /// The sum of the current sizes of the matching files (for a progress bar).
@@ -768,7 +925,7 @@ fn poll_file(
         out.push(lost);
     }
     if replaced {
-        *state = FileState::default();
+        *state = FileState { resets: state.resets + 1, ..FileState::default() };
     }
     state.identity = id;
     let result = poll_current(path, state, finish, limits, share, out);
@@ -785,18 +942,28 @@ fn poll_file(
 
 /// The record reporting what `state` had seen of an unfinished last line (or of a skipped
 /// oversized one) that can no longer be read, `why`; `None` when there is none, or when this
-/// reader is not share index 0 (one reader reports it). Forgets it either way.
+/// reader is not share index 0 (one reader reports it) and does not split the file by pieces.
+/// Forgets it either way.
 fn lost_tail(path: &Path, state: &mut FileState, why: &str, share: Share) -> Option<Record> {
-    let (bytes, head) = match state.oversized.take() {
-        Some(over) => (over.bytes + state.pending_bytes, over.head),
-        None => (state.pending_bytes, std::mem::take(&mut state.pending_head)),
+    let (bytes, head, start) = match state.oversized.take() {
+        Some(over) => (over.bytes + state.pending_bytes, over.head, over.start),
+        None => (state.pending_bytes, std::mem::take(&mut state.pending_head), state.offset),
     };
     state.pending_bytes = 0;
     state.pending_head.clear();
-    if bytes == 0 || share.index != 0 {
+    // A reader that splits the file by pieces holds only the lines of its own pieces: the one
+    // that saw the unfinished line reports it.
+    let mine = share.index == 0 || (share.splits() && state.shape == Shape::Lines);
+    if bytes == 0 || !mine {
         return None;
     }
-    let location = format!("{}:{}", path.display(), state.lines + 1);
+    // A reader that splits the file has not counted its lines, and the file that held them is
+    // gone: the line is where its first byte was.
+    let location = if share.splits() {
+        format!("{}:byte {start}", path.display())
+    } else {
+        format!("{}:{}", path.display(), state.lines + 1)
+    };
     Some(Record::new(location, String::from_utf8_lossy(&head).into_owned()).with_error(format!(
         "an unfinished last line of {bytes} bytes (no newline yet) was lost: {why} before the line was ended"
     )))
@@ -924,6 +1091,9 @@ fn read_lines(
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
+    if share.splits() {
+        return read_pieces(&name, &mut file, len, state, finish, limits, share, out);
+    }
     file.seek(SeekFrom::Start(state.offset))?;
     let piece = limits.poll_bytes.max(1);
     // `data` holds the unconsumed bytes read so far, from `state.offset` on; sized for the
@@ -942,14 +1112,12 @@ fn read_lines(
             used = skip_oversized(&name, state, &data, finish && at_end, limits.record_bytes, share, out);
         }
         if state.oversized.is_none() {
-            let at_start = state.offset == 0 && used == 0;
-            used +=
-                take_lines(&name, state, &data[used..], at_start, finish && at_end, limits.record_bytes, share, out);
+            let lines = Lines { base: state.offset + used as u64, stop: usize::MAX, finish: finish && at_end };
+            used += take_lines(&name, state, &data[used..], lines, limits.record_bytes, share, out);
             let rest = &data[used..];
             if state.oversized.is_none() && rest.len() as u64 > limits.record_bytes {
                 // An unfinished line already past the limit: skip it from here on.
-                state.oversized =
-                    Some(Oversized { line: state.lines + 1, bytes: 0, head: Vec::new(), ends_in_cr: false });
+                state.oversized = Some(Oversized::at(state.lines + 1, state.offset + used as u64));
                 used += skip_oversized(&name, state, &data[used..], finish && at_end, limits.record_bytes, share, out);
             }
         }
@@ -963,6 +1131,145 @@ fn read_lines(
             // More to read: what was seen past the offset is read on by the next poll.
             note_pending(state, &[]);
             return Ok(());
+        }
+    }
+}
+
+/// Reads the lines of a JSON-lines file that start in this reader's pieces (`limits.poll_bytes`
+/// bytes each; piece `k` is reader `k mod peers`'s: see [`FileReader::set_share`]), from
+/// `state.offset` on, to the end of the current piece: a line is read by the reader whose piece
+/// holds its first byte, to its end wherever that is; the others' pieces are passed without
+/// reading them, except for the few bytes that find where the first line of a piece begins.
+/// Each call reads at most one piece (and the end of the line that crosses its end), or none
+/// when there is nothing of this reader's to read yet.
+#[allow(clippy::too_many_arguments)]
+fn read_pieces(
+    name: &str,
+    file: &mut fs::File,
+    len: u64,
+    state: &mut FileState,
+    finish: bool,
+    limits: Limits<'_>,
+    share: &mut Share,
+    out: &mut Vec<Record>,
+) -> io::Result<()> {
+    /// Bytes read at a time past the end of a piece, to end the line that crosses it.
+    const CROSSING: u64 = 16 << 10;
+    let piece = limits.poll_bytes.max(1);
+    // Not amid a line of this reader's (an oversized one being skipped): go to the first line
+    // that starts in a piece of its.
+    if state.oversized.is_none() && !share.owns(state.offset / piece) {
+        match first_line_in_pieces(file, state.offset, len, piece, share)? {
+            Some(start) => state.offset = start,
+            None => {
+                // Nothing of its own (what it saw before the shape was decided is not its).
+                note_pending(state, &[]);
+                return Ok(());
+            }
+        }
+        note_pending(state, &[]);
+    }
+    // The first byte past the piece: lines that start there are another reader's.
+    let boundary = (state.offset / piece + 1).saturating_mul(piece);
+    file.seek(SeekFrom::Start(state.offset))?;
+    let mut data = Vec::with_capacity(boundary.saturating_sub(state.offset).min(piece).min(64 << 20) as usize);
+    let mut pos = state.offset;
+    // Past the boundary, in growing steps (a line that crosses it is read to its end, and data
+    // read already is scanned again at each step).
+    let mut crossing = CROSSING;
+    loop {
+        let want = if state.oversized.is_some() {
+            piece.max(CROSSING)
+        } else if pos < boundary {
+            boundary - pos
+        } else {
+            crossing = crossing.saturating_mul(2);
+            crossing / 2
+        };
+        let before = data.len();
+        (&mut *file).take(want).read_to_end(&mut data)?;
+        pos += (data.len() - before) as u64;
+        let at_end = pos >= len || data.len() == before;
+        let mut used = 0;
+        if state.oversized.is_some() {
+            used = skip_oversized(name, state, &data, finish && at_end, limits.record_bytes, share, out);
+        }
+        let mut ours = true;
+        if state.oversized.is_none() {
+            let base = state.offset + used as u64;
+            // Lines that start at or past the boundary are not taken.
+            let stop = boundary.saturating_sub(base).min(usize::MAX as u64) as usize;
+            let lines = Lines { base, stop, finish: finish && at_end };
+            used += take_lines(name, state, &data[used..], lines, limits.record_bytes, share, out);
+            ours = state.offset + (used as u64) < boundary;
+            let rest = &data[used..];
+            if ours && rest.len() as u64 > limits.record_bytes {
+                // An unfinished line of this reader's already past the limit: skip it from here on.
+                state.oversized = Some(Oversized::at(state.lines + 1, state.offset + used as u64));
+                used += skip_oversized(name, state, &data[used..], finish && at_end, limits.record_bytes, share, out);
+                ours = true;
+            }
+        }
+        state.offset += used as u64;
+        state.consumed += used as u64;
+        data.drain(..used);
+        if !ours || (state.oversized.is_none() && state.offset >= boundary) {
+            // The piece is read: the next poll goes on at the next one of this reader's.
+            note_pending(state, &[]);
+            return Ok(());
+        }
+        if at_end {
+            note_pending(state, &data);
+            return Ok(());
+        }
+    }
+}
+
+/// Where the first line that starts in a piece of this reader's begins, at or after offset
+/// `from` (in another reader's piece) of a file of `len` bytes: the byte after the first
+/// newline at or after the piece's start minus one (so a piece that starts a line starts with
+/// it); a piece in which no line starts (one line crosses it whole) is passed. `None` when there
+/// is none yet: the file ends before it.
+fn first_line_in_pieces(
+    file: &mut fs::File,
+    from: u64,
+    len: u64,
+    piece: u64,
+    share: &Share,
+) -> io::Result<Option<u64>> {
+    let mut next = share.next_owned(from / piece, piece);
+    let mut buf = Vec::new();
+    loop {
+        if next >= len {
+            return Ok(None);
+        }
+        let end = next.saturating_add(piece);
+        // Read from the byte before the piece, in growing steps: a line is usually short.
+        let mut at = next - 1;
+        let mut step = 4096u64;
+        let found = loop {
+            let want = step.min(end - 1 - at);
+            if want == 0 {
+                break None;
+            }
+            file.seek(SeekFrom::Start(at))?;
+            buf.clear();
+            (&mut *file).take(want).read_to_end(&mut buf)?;
+            if let Some(i) = memchr::memchr(b'\n', &buf) {
+                break Some(at + i as u64 + 1);
+            }
+            at += buf.len() as u64;
+            if (buf.len() as u64) < want {
+                // The end of the file, within the piece: no line starts in it yet (with
+                // `finish`: none will).
+                return Ok(None);
+            }
+            step = step.saturating_mul(2);
+        };
+        match found {
+            Some(start) => return Ok(Some(start)),
+            // No newline up to the piece's last byte but one: a line crosses the piece whole.
+            None => next = share.next_owned(end / piece, piece),
         }
     }
 }
@@ -1001,7 +1308,10 @@ fn skip_oversized(
                 over.head.pop();
             }
         }
-        if share.take() {
+        if share.splits() && state.shape == Shape::Lines {
+            share.seen += 1;
+            out.push(oversized_record(line_location(name, over.line, over.start, true), size, &over.head, limit));
+        } else if share.take() {
             out.push(oversized_record(format!("{name}:{}", over.line), size, &over.head, limit));
         }
     }
@@ -1030,32 +1340,53 @@ fn starts_as_json_lines(path: &Path, access: &crate::FileAccess) -> io::Result<b
     })
 }
 
-/// Splits `data` (unconsumed bytes of the file, from `state.offset` on) into line records;
-/// returns the bytes consumed (complete lines; with `finish`, all). At the file's start
-/// (`at_start`), a UTF-8 byte order mark is skipped. A line longer than `limit` becomes a
-/// record carrying the oversized-record error.
-#[allow(clippy::too_many_arguments)]
+/// Where [`take_lines`] reads: the offset in the file of its data's first byte (`base`), where
+/// in the data no more lines start that it may take (`stop`), and whether the data's end is
+/// the end of input (`finish`: a last line without newline is a line).
+#[derive(Clone, Copy, Debug)]
+struct Lines {
+    base: u64,
+    stop: usize,
+    finish: bool,
+}
+
+/// Splits `data` (unconsumed bytes of the file, from `state.offset` on) into line records,
+/// up to the first line that starts at or past `lines.stop`; returns the bytes consumed
+/// (complete lines; with `lines.finish`, all). At the file's start, a UTF-8 byte order mark
+/// is skipped. A line longer than `limit` becomes a record carrying the oversized-record
+/// error. A reader that splits the file by pieces takes every line (the caller gave it only
+/// the lines of its piece) and marks each with its byte offset, not its number.
 fn take_lines(
     name: &str,
     state: &mut FileState,
     data: &[u8],
-    at_start: bool,
-    finish: bool,
+    lines: Lines,
     limit: u64,
     share: &mut Share,
     out: &mut Vec<Record>,
 ) -> usize {
-    let mut pos = if at_start && data.starts_with(BOM) { BOM.len() } else { 0 };
-    while pos < data.len() {
+    let split = share.splits();
+    let mut pos = if lines.base == 0 && data.starts_with(BOM) { BOM.len() } else { 0 };
+    while pos < data.len() && pos < lines.stop {
         let (line, next) = match memchr::memchr(b'\n', &data[pos..]) {
             Some(i) => (&data[pos..pos + i], pos + i + 1),
-            None if finish => (&data[pos..], data.len()),
+            None if lines.finish => (&data[pos..], data.len()),
             None => break,
         };
         state.lines += 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if !is_blank(line) && share.take() {
-            out.push(record_within(format!("{name}:{}", state.lines), line, limit));
+        if is_blank(line) {
+            pos = next;
+            continue;
+        }
+        let mine = if split {
+            share.seen += 1;
+            true
+        } else {
+            share.take()
+        };
+        if mine {
+            out.push(record_within(line_location(name, state.lines, lines.base + pos as u64, split), line, limit));
         }
         pos = next;
     }
@@ -1353,16 +1684,100 @@ pub(crate) mod tests {
     #[test]
     fn readers_with_shares_split_the_records() {
         let dir = TempDir::new("share");
-        let path = dir.write("s.jsonl", "1\n2\n\n3\n4\n5\n");
-        let mut even = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+        // An array's elements are split by record: 0, 2 to the first reader, 1 to the second.
+        let array = dir.write("a.json", "[1,\n2,\n3]");
+        let mut even = FileReader::new(&dir.glob("a.json")).unwrap();
         even.set_share(0, 2);
-        let mut odd = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+        let mut odd = FileReader::new(&dir.glob("a.json")).unwrap();
         odd.set_share(1, 2);
-        // Records 0..5 are the lines 1, 2, 4, 5, 6 (line 3 is blank and is no record).
-        let loc = |l: usize, t: &str| (format!("{path}:{l}"), t.to_owned());
-        assert_eq!(poll(&mut even, true), vec![loc(1, "1"), loc(4, "3"), loc(6, "5")]);
-        assert_eq!(poll(&mut odd, true), vec![loc(2, "2"), loc(5, "4")]);
-        assert_eq!((even.records_seen(), odd.records_seen()), (5, 5));
+        let loc = |l: usize, i: usize, t: &str| (format!("{array}:{l}#{i}"), t.to_owned());
+        assert_eq!(poll(&mut even, true), vec![loc(1, 0, "1"), loc(3, 2, "3")]);
+        assert_eq!(poll(&mut odd, true), vec![loc(2, 1, "2")]);
+        assert_eq!((even.records_seen(), odd.records_seen()), (3, 3));
+    }
+
+    /// Polls `r` until it moves no more, each poll's locations resolved as the worker does.
+    fn drain_resolved(r: &mut FileReader, finish: bool) -> Vec<(String, String, Option<String>)> {
+        let mut all = Vec::new();
+        loop {
+            let before = (r.position(), r.records_seen());
+            let mut out = Vec::new();
+            r.poll(finish, &mut out).expect("poll");
+            for mut rec in out {
+                r.resolve_location(&mut rec.location);
+                all.push((rec.location, rec.text, rec.error));
+            }
+            if (r.position(), r.records_seen()) == before {
+                return all;
+            }
+        }
+    }
+
+    #[test]
+    fn readers_with_shares_split_json_lines_by_pieces() {
+        let dir = TempDir::new("pieces");
+        // Bytes: "1\n" 0-1, "2\n" 2-3, "\n" 4, "3\n" 5-6, "4\n" 7-8, "5\n" 9-10. Pieces of 3 bytes:
+        // [0,3) lines 1-2, [3,6) line 4 (line 3 is blank), [6,9) line 5, [9,12) line 6.
+        let path = dir.write("s.jsonl", "1\n2\n\n3\n4\n5\n");
+        let reader = |index| {
+            let mut r = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+            r.set_share(index, 2);
+            r.set_max_poll_bytes(3);
+            r
+        };
+        let (mut even, mut odd) = (reader(0), reader(1));
+        // Unresolved, a location carries the line's byte offset, and orders by it.
+        let mut out = Vec::new();
+        odd.poll(true, &mut out).expect("poll");
+        assert_eq!(out[0].location, format!("{path}:\u{1}5\u{1}"));
+        assert_eq!(out[0].position(), Some(5));
+        let loc = |l: usize, t: &str| (format!("{path}:{l}"), t.to_owned(), None);
+        assert_eq!(drain_resolved(&mut even, true), vec![loc(1, "1"), loc(2, "2"), loc(5, "4")]);
+        let mut odd = reader(1);
+        assert_eq!(drain_resolved(&mut odd, true), vec![loc(4, "3"), loc(6, "5")]);
+        assert_eq!((even.records_seen(), odd.records_seen()), (3, 2));
+        // Each counts the bytes of its own lines (the blank one at byte 4 is the second's):
+        // together, the file.
+        assert_eq!((even.bytes_read(), odd.bytes_read()), (6, 5));
+        // A decoder's suffix is kept.
+        let mut located = format!("{path}:\u{1}9\u{1}/messages/2");
+        odd.resolve_location(&mut located);
+        assert_eq!(located, format!("{path}:6/messages/2"));
+    }
+
+    #[test]
+    fn a_line_that_crosses_pieces_is_read_by_the_reader_of_its_start() {
+        let dir = TempDir::new("crossing");
+        // A 30-byte line from byte 2 crosses pieces 0-7 (4 bytes each); the next starts at 33.
+        let long = format!("{{\"p\":\"{}\"}}", "x".repeat(22));
+        let text = format!("1\n{long}\n2\n3\n{}", "4");
+        let path = dir.write("c.jsonl", &text);
+        let mut got = Vec::new();
+        for index in 0..3 {
+            let mut r = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+            r.set_share(index, 3);
+            r.set_max_poll_bytes(4);
+            r.set_max_record_bytes(20);
+            for rec in drain_resolved(&mut r, true) {
+                got.push((index, rec));
+            }
+        }
+        got.sort_by(|a, b| a.1.cmp(&b.1));
+        let too_long = "record of 30 bytes exceeds the maximum record size of 20 bytes (--max-record-bytes of run, \
+                        cluster.max_record_bytes of serve)";
+        let at = |l: usize| format!("{path}:{l}");
+        // Line 2 starts in piece 0 (reader 0); line 3 at byte 33 (piece 8: reader 2), line 4 at
+        // 35 (piece 8), line 5 at 37 (piece 9: reader 0), ended by the end of input.
+        assert_eq!(
+            got,
+            vec![
+                (0, (at(1), "1".to_owned(), None)),
+                (0, (at(2), long.clone(), Some(too_long.to_owned()))),
+                (2, (at(3), "2".to_owned(), None)),
+                (2, (at(4), "3".to_owned(), None)),
+                (0, (at(5), "4".to_owned(), None)),
+            ]
+        );
     }
 
     #[test]
@@ -1721,6 +2136,123 @@ pub(crate) mod tests {
         ]
     }
 
+    /// The records limit of the follow property tests, in bytes.
+    const PROP_LIMIT: u64 = 60;
+
+    /// What the follow property tests wrote to their file, and the records it must give.
+    struct Written {
+        d: TempDir,
+        path: PathBuf,
+        name: String,
+        /// The current generation's text.
+        text: String,
+        generation: usize,
+        next_id: usize,
+        /// The records of the generations before the current one.
+        expected: Vec<(String, String, Option<String>)>,
+    }
+
+    impl Written {
+        fn new(tag: &str) -> Written {
+            let d = TempDir::new(tag);
+            let path = d.path().join("f.jsonl");
+            let name = path.display().to_string();
+            Written { d, path, name, text: String::new(), generation: 0, next_id: 0, expected: Vec::new() }
+        }
+
+        fn line(&mut self, pad: usize) -> String {
+            self.next_id += 1;
+            format!("{{\"n\":{},\"p\":\"{}\"}}", self.next_id, "x".repeat(pad))
+        }
+
+        /// The records of `text`'s lines (with `finish`, its unfinished last one too).
+        fn records_of(&self, text: &str, finish: bool) -> Vec<(String, String, Option<String>)> {
+            let mut lines: Vec<&str> = text.split('\n').collect();
+            let last = lines.pop().unwrap_or("");
+            if finish && !last.is_empty() {
+                lines.push(last);
+            }
+            let name = &self.name;
+            lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let loc = format!("{name}:{}", i + 1);
+                    if l.len() as u64 > PROP_LIMIT {
+                        (loc, l[..l.len().min(RAW_BYTES)].to_owned(), Some(format!(
+                            "record of {} bytes exceeds the maximum record size of {PROP_LIMIT} bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)", l.len())))
+                    } else {
+                        (loc, (*l).to_owned(), None)
+                    }
+                })
+                .collect()
+        }
+
+        /// Applies `step` to the file; a replacement's unfinished last line is expected lost, at
+        /// its line or (`split`: read by readers that split the file) its first byte.
+        fn apply(&mut self, step: Step, split: bool) {
+            match step {
+                Step::Append(lines, part) => {
+                    let mut add = String::new();
+                    for pad in lines {
+                        add.push_str(&self.line(pad));
+                        add.push('\n');
+                    }
+                    if let Some(n) = part {
+                        add.push_str(&"y".repeat(n));
+                    }
+                    if !self.path.exists() {
+                        fs::write(&self.path, "").expect("create");
+                    }
+                    self.d.append("f.jsonl", &add);
+                    self.text.push_str(&add);
+                }
+                Step::Replace(lines, in_place) => {
+                    let done = self.records_of(&self.text, false);
+                    self.expected.extend(done);
+                    // An unfinished last line goes with the old generation: reported lost.
+                    let (complete, partial) = self.text.rsplit_once('\n').unwrap_or(("", &self.text));
+                    if !partial.is_empty() {
+                        let at = if split {
+                            let start = if self.text.contains('\n') { complete.len() + 1 } else { 0 };
+                            format!("byte {start}")
+                        } else {
+                            (if self.text.contains('\n') { complete.split('\n').count() } else { 0 } + 1).to_string()
+                        };
+                        self.expected.push((
+                            format!("{}:{at}", self.name),
+                            partial[..partial.len().min(RAW_BYTES)].to_owned(),
+                            Some(format!(
+                                "an unfinished last line of {} bytes (no newline yet) was lost: its file was replaced, \
+                             truncated or rewritten before the line was ended",
+                                partial.len()
+                            )),
+                        ));
+                    }
+                    self.generation += 1;
+                    // Each generation starts with its own first line.
+                    self.text = format!("{{\"generation\":{}}}\n", self.generation);
+                    for pad in lines {
+                        let line = self.line(pad);
+                        self.text.push_str(&line);
+                        self.text.push('\n');
+                    }
+                    if !in_place {
+                        let _ = fs::remove_file(&self.path);
+                    }
+                    fs::write(&self.path, &self.text).expect("replace");
+                }
+            }
+        }
+
+        /// Every record expected once the file is read to its end.
+        fn finish(mut self) -> Vec<(String, String, Option<String>)> {
+            let last = self.records_of(&self.text, true);
+            self.expected.extend(last);
+            self.expected
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         /// Random line lengths (including lines longer than a read piece and than the record
@@ -1734,84 +2266,19 @@ pub(crate) mod tests {
             piece in 1u64..40,
             restarts in proptest::collection::vec(proptest::prelude::any::<bool>(), 12),
         ) {
-            const LIMIT: u64 = 60;
-            let d = TempDir::new("prop");
-            let path = d.path().join("f.jsonl");
-            let name = path.display().to_string();
+            let mut w = Written::new("prop");
+            let name = w.name.clone();
             let reader = || {
                 let mut r = FileReader::new(&name).expect("glob");
                 r.set_max_poll_bytes(piece);
-                r.set_max_record_bytes(LIMIT);
+                r.set_max_record_bytes(PROP_LIMIT);
                 r
             };
             let mut r = reader();
             let mut cursors: BTreeMap<PathBuf, Option<FileCursor>> = BTreeMap::new();
-            let mut next_id = 0;
-            let mut line = |pad: usize| {
-                next_id += 1;
-                format!("{{\"n\":{next_id},\"p\":\"{}\"}}", "x".repeat(pad))
-            };
-            // The current generation's text; the expected records of finished generations.
-            let mut generation = 0;
-            let mut text = String::new();
-            let mut expected = Vec::new();
             let mut got = Vec::new();
-            let records_of = |text: &str, finish: bool| -> Vec<(String, String, Option<String>)> {
-                let mut lines: Vec<&str> = text.split('\n').collect();
-                let last = lines.pop().unwrap_or("");
-                if finish && !last.is_empty() {
-                    lines.push(last);
-                }
-                lines.iter().enumerate().map(|(i, l)| {
-                    let loc = format!("{name}:{}", i + 1);
-                    if l.len() as u64 > LIMIT {
-                        (loc, l[..l.len().min(RAW_BYTES)].to_owned(), Some(format!(
-                            "record of {} bytes exceeds the maximum record size of {LIMIT} bytes (--max-record-bytes of run, cluster.max_record_bytes of serve)", l.len())))
-                    } else {
-                        (loc, (*l).to_owned(), None)
-                    }
-                }).collect()
-            };
             for (i, s) in steps.into_iter().enumerate() {
-                match s {
-                    Step::Append(lines, part) => {
-                        let mut add = String::new();
-                        for pad in lines {
-                            add.push_str(&line(pad));
-                            add.push('\n');
-                        }
-                        if let Some(n) = part {
-                            add.push_str(&"y".repeat(n));
-                        }
-                        if !path.exists() {
-                            fs::write(&path, "").expect("create");
-                        }
-                        d.append("f.jsonl", &add);
-                        text.push_str(&add);
-                    }
-                    Step::Replace(lines, in_place) => {
-                        expected.extend(records_of(&text, false));
-                        // An unfinished last line goes with the old generation: reported lost.
-                        let (complete, partial) = text.rsplit_once('\n').unwrap_or(("", &text));
-                        if !partial.is_empty() {
-                            let line = if text.contains('\n') { complete.split('\n').count() } else { 0 } + 1;
-                            expected.push((format!("{name}:{line}"), partial[..partial.len().min(RAW_BYTES)].to_owned(), Some(format!(
-                                "an unfinished last line of {} bytes (no newline yet) was lost: its file was replaced, \
-                                 truncated or rewritten before the line was ended", partial.len()))));
-                        }
-                        generation += 1;
-                        // Each generation starts with its own first line.
-                        text = format!("{{\"generation\":{generation}}}\n");
-                        for pad in lines {
-                            text.push_str(&line(pad));
-                            text.push('\n');
-                        }
-                        if !in_place {
-                            let _ = fs::remove_file(&path);
-                        }
-                        fs::write(&path, &text).expect("replace");
-                    }
-                }
+                w.apply(s, false);
                 got.extend(drain(&mut r, false));
                 let json = serde_json::to_string(&r.take_cursors()).expect("cursors serialize");
                 let (taken, _): (Vec<(PathBuf, Option<FileCursor>)>, Vec<PathBuf>) =
@@ -1823,7 +2290,39 @@ pub(crate) mod tests {
                 }
             }
             got.extend(drain(&mut r, true));
-            expected.extend(records_of(&text, true));
+            proptest::prop_assert_eq!(got, w.finish());
+        }
+
+        /// Readers that split a followed file by pieces, under the same steps: every line written
+        /// is read by exactly one reader, at its line (resolved as the worker does), oversized
+        /// ones as errors; an unfinished line lost with its file is reported once.
+        #[test]
+        fn split_readers_read_every_line_written_once(
+            steps in proptest::collection::vec(step(), 1..12),
+            piece in 1u64..40,
+            peers in 2u64..4,
+        ) {
+            let mut w = Written::new("splitprop");
+            let mut readers: Vec<FileReader> = (0..peers).map(|i| {
+                let mut r = FileReader::new(&w.name).expect("glob");
+                r.set_max_poll_bytes(piece);
+                r.set_max_record_bytes(PROP_LIMIT);
+                r.set_share(i, peers);
+                r
+            }).collect();
+            let mut got = Vec::new();
+            for s in steps {
+                w.apply(s, true);
+                for r in &mut readers {
+                    got.extend(drain_resolved(r, false));
+                }
+            }
+            for r in &mut readers {
+                got.extend(drain_resolved(r, true));
+            }
+            let mut expected = w.finish();
+            got.sort();
+            expected.sort();
             proptest::prop_assert_eq!(got, expected);
         }
     }

@@ -90,6 +90,9 @@ const SLOW_PEEK: Duration = Duration::from_secs(10);
 /// [`crate::controller::Controller`]'s reads and waits): 1 ms.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How often a worker other than 0 publishes its file sources' progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Everything one worker keeps between commands: the agent state's inputs, the catalog of
 /// arrangements, the jobs with their sources and dataflows, the pending peeks and the
 /// subscriptions, and the input time.
@@ -520,6 +523,10 @@ impl ComputeState {
             if fed {
                 self.read_epoch = Some(self.epoch);
             }
+            if ended || !at_end.is_empty() {
+                // Where it ended is published now, not at the next interval.
+                self.last_publish = self.last_publish.checked_sub(PROGRESS_INTERVAL).unwrap_or(self.last_publish);
+            }
         }
         // What this round read is at time `epoch`: a catch-up whose sources are all at their
         // end is answered with `epoch + 1`.
@@ -680,6 +687,12 @@ impl ComputeState {
     pub(super) fn step_publish(&mut self) -> Option<Duration> {
         let shared = self.shared.as_ref()?;
         if self.index != 0 {
+            // The others tell only how far they have read their shares of the file sources.
+            if !self.files.is_empty() && self.last_publish.elapsed() >= PROGRESS_INTERVAL {
+                self.last_publish = Instant::now();
+                shared
+                    .publish_progress(self.index, self.files.iter().map(|f| (f.name.clone(), f.progress())).collect());
+            }
             return None;
         }
         // A collection's frontier: the least of its arrangements'. Read at every turn of the
@@ -697,8 +710,10 @@ impl ComputeState {
         let uppers: Vec<Time> = self.catalog.values_mut().map(upper).collect();
         self.last_publish = Instant::now();
         let named = self.catalog.keys().cloned().zip(uppers.iter().copied()).collect::<HashMap<String, Time>>();
-        let progress = self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
-        shared.publish(named, progress);
+        shared.publish(named);
+        if !self.files.is_empty() {
+            shared.publish_progress(0, self.files.iter().map(|f| (f.name.clone(), f.progress())).collect());
+        }
         self.published = uppers;
         None
     }

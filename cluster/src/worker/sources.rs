@@ -131,7 +131,7 @@ impl FileSource {
         let mut decoded = 0usize;
         while decoded < batch {
             self.records.clear();
-            let (seen, bytes) = (self.reader.records_seen(), self.reader.bytes_read());
+            let (seen, position) = (self.reader.records_seen(), self.reader.position());
             // A following source reads a last line only once its newline is there.
             if let Err(e) = self.reader.poll(!self.follow, &mut self.records) {
                 self.done = true;
@@ -139,7 +139,7 @@ impl FileSource {
                 polled.error = Some(e.to_string());
                 return polled;
             }
-            if self.records.is_empty() && self.reader.records_seen() == seen && self.reader.bytes_read() == bytes {
+            if self.records.is_empty() && self.reader.records_seen() == seen && self.reader.position() == position {
                 polled.at_end = true;
                 // A following source is at its current end: it looks again later.
                 self.done = !self.follow;
@@ -151,8 +151,11 @@ impl FileSource {
                 stats.0 += 1;
                 self.decoder.decode(&self.name, &record, &mut self.events);
                 let position = record.position().unwrap_or(0);
-                for event in self.events.drain(..) {
-                    if matches!(event, Event::Error(_)) {
+                for mut event in self.events.drain(..) {
+                    if let Event::Error(e) = &mut event {
+                        // Its line, where the reader (splitting the file with the other
+                        // workers) gave its byte offset.
+                        self.reader.resolve_location(&mut e.location);
                         stats.2 += 1;
                     } else {
                         stats.1 += 1;
