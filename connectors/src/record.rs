@@ -1115,7 +1115,7 @@ fn read_lines(
             let lines = Lines { base: state.offset + used as u64, stop: usize::MAX, finish: finish && at_end };
             used += take_lines(&name, state, &data[used..], lines, limits.record_bytes, share, out);
             let rest = &data[used..];
-            if state.oversized.is_none() && rest.len() as u64 > limits.record_bytes {
+            if state.oversized.is_none() && unfinished_len(rest) > limits.record_bytes {
                 // An unfinished line already past the limit: skip it from here on.
                 state.oversized = Some(Oversized::at(state.lines + 1, state.offset + used as u64));
                 used += skip_oversized(&name, state, &data[used..], finish && at_end, limits.record_bytes, share, out);
@@ -1169,8 +1169,11 @@ fn read_pieces(
         }
         note_pending(state, &[]);
     }
-    // The first byte past the piece: lines that start there are another reader's.
-    let boundary = (state.offset / piece + 1).saturating_mul(piece);
+    // The first byte past the piece (of the oversized line being skipped, if one is: the
+    // offset is then amid it, maybe in another reader's piece): lines that start there are
+    // another reader's.
+    let anchor = state.oversized.as_ref().map_or(state.offset, |over| over.start);
+    let boundary = (anchor / piece + 1).saturating_mul(piece);
     file.seek(SeekFrom::Start(state.offset))?;
     let mut data = Vec::with_capacity(boundary.saturating_sub(state.offset).min(piece).min(64 << 20) as usize);
     let mut pos = state.offset;
@@ -1203,7 +1206,7 @@ fn read_pieces(
             used += take_lines(name, state, &data[used..], lines, limits.record_bytes, share, out);
             ours = state.offset + (used as u64) < boundary;
             let rest = &data[used..];
-            if ours && rest.len() as u64 > limits.record_bytes {
+            if ours && unfinished_len(rest) > limits.record_bytes {
                 // An unfinished line of this reader's already past the limit: skip it from here on.
                 state.oversized = Some(Oversized::at(state.lines + 1, state.offset + used as u64));
                 used += skip_oversized(name, state, &data[used..], finish && at_end, limits.record_bytes, share, out);
@@ -1366,8 +1369,10 @@ fn take_lines(
     out: &mut Vec<Record>,
 ) -> usize {
     let split = share.splits();
-    let mut pos = if lines.base == 0 && data.starts_with(BOM) { BOM.len() } else { 0 };
-    while pos < data.len() && pos < lines.stop {
+    let bom = if lines.base == 0 && data.starts_with(BOM) { BOM.len() } else { 0 };
+    let mut pos = bom;
+    // The first line starts at the file's first byte, before its byte order mark.
+    while pos < data.len() && (if pos == bom { 0 } else { pos }) < lines.stop {
         let (line, next) = match memchr::memchr(b'\n', &data[pos..]) {
             Some(i) => (&data[pos..pos + i], pos + i + 1),
             None if lines.finish => (&data[pos..], data.len()),
@@ -1390,7 +1395,18 @@ fn take_lines(
         }
         pos = next;
     }
+    if split && pos == bom && bom > 0 && !lines.finish {
+        // The mark alone: it goes with the first line (whose start, byte 0, makes it this
+        // reader's), not before it, which would leave the line at a byte of another's piece.
+        return 0;
+    }
     pos
+}
+
+/// The length of an unfinished line so far, as a record: a `\r` it ends with is no part of it
+/// if a newline follows.
+fn unfinished_len(rest: &[u8]) -> u64 {
+    rest.strip_suffix(b"\r").unwrap_or(rest).len() as u64
 }
 
 /// Whether `b` is empty or only ASCII whitespace.
@@ -1743,6 +1759,112 @@ pub(crate) mod tests {
         let mut located = format!("{path}:\u{1}9\u{1}/messages/2");
         odd.resolve_location(&mut located);
         assert_eq!(located, format!("{path}:6/messages/2"));
+    }
+
+    /// Every record of `glob` read by `peers` readers splitting it by pieces of `piece` bytes
+    /// (records longer than `limit` are errors), sorted.
+    fn read_split(glob: &str, peers: u64, piece: u64, limit: u64) -> Vec<(String, String, Option<String>)> {
+        let mut got = Vec::new();
+        for index in 0..peers {
+            let mut r = FileReader::new(glob).unwrap();
+            r.set_share(index, peers);
+            r.set_max_poll_bytes(piece);
+            r.set_max_record_bytes(limit);
+            got.extend(drain_resolved(&mut r, true));
+        }
+        got.sort();
+        got
+    }
+
+    #[test]
+    fn a_byte_order_mark_belongs_to_the_first_line_whatever_the_pieces() {
+        let dir = TempDir::new("bom");
+        let path = dir.write("b.jsonl", "\u{feff}{\"a\":1}\n{\"b\":2}\n");
+        let want = vec![
+            (format!("{path}:1"), "{\"a\":1}".to_owned(), None),
+            (format!("{path}:2"), "{\"b\":2}".to_owned(), None),
+        ];
+        for peers in 1..=4 {
+            for piece in 1..=6 {
+                assert_eq!(
+                    read_split(&dir.glob("*.jsonl"), peers, piece, 100),
+                    want,
+                    "{peers} readers, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_crlf_line_of_the_largest_size_is_a_record_wherever_a_read_ends() {
+        let dir = TempDir::new("crlf");
+        // Line 2 is 34 bytes, then `\r\n`: exactly the limit.
+        let long = "{\"t\":\"a\",\"n\":\"n\",\"l\":\"xxxxxxxxxx\"}";
+        assert_eq!(long.len(), 34);
+        let path = dir.write("c.jsonl", &format!("{{\"z\":1}}\n{long}\r\n{{\"b\":2}}\n"));
+        let want = vec![
+            (format!("{path}:1"), "{\"z\":1}".to_owned(), None),
+            (format!("{path}:2"), long.to_owned(), None),
+            (format!("{path}:3"), "{\"b\":2}".to_owned(), None),
+        ];
+        for peers in 1..=3 {
+            for piece in 1..=48 {
+                assert_eq!(
+                    read_split(&dir.glob("*.jsonl"), peers, piece, 34),
+                    want,
+                    "{peers} readers, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_followed_oversized_line_ending_in_another_readers_piece_is_its_readers_alone() {
+        let dir = TempDir::new("overfollow");
+        let path = dir.write("o.jsonl", "{\"z\":1}\n");
+        let readers = |peers: u64| -> Vec<FileReader> {
+            (0..peers)
+                .map(|i| {
+                    let mut r = FileReader::new(&dir.glob("*.jsonl")).unwrap();
+                    r.set_share(i, peers);
+                    r.set_max_poll_bytes(16);
+                    r.set_max_record_bytes(34);
+                    r
+                })
+                .collect()
+        };
+        for peers in 2..=3 {
+            dir.write("o.jsonl", "{\"z\":1}\n");
+            let mut rs = readers(peers);
+            let mut got = Vec::new();
+            for r in &mut rs {
+                got.extend(drain_resolved(r, false));
+            }
+            // An unfinished line past the limit (skipped as it is written), ended later in
+            // another reader's piece, then two more lines.
+            let big = format!("{{\"t\":\"{}\"}}", "q".repeat(200));
+            dir.append("o.jsonl", &big);
+            for r in &mut rs {
+                got.extend(drain_resolved(r, false));
+            }
+            dir.append("o.jsonl", "\n{\"c\":1}\nbad4\n");
+            for r in &mut rs {
+                got.extend(drain_resolved(r, false));
+            }
+            for r in &mut rs {
+                got.extend(drain_resolved(r, true));
+            }
+            got.sort();
+            let too_long = "record of 208 bytes exceeds the maximum record size of 34 bytes (--max-record-bytes of run, \
+                            cluster.max_record_bytes of serve)";
+            let want = vec![
+                (format!("{path}:1"), "{\"z\":1}".to_owned(), None),
+                (format!("{path}:2"), big[..RAW_BYTES.min(big.len())].to_owned(), Some(too_long.to_owned())),
+                (format!("{path}:3"), "{\"c\":1}".to_owned(), None),
+                (format!("{path}:4"), "bad4".to_owned(), None),
+            ];
+            assert_eq!(got, want, "{peers} readers");
+        }
     }
 
     #[test]
@@ -2130,7 +2252,7 @@ pub(crate) mod tests {
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         use proptest::prelude::*;
         prop_oneof![
-            4 => (proptest::collection::vec(0usize..90, 0..5), proptest::option::of(0usize..50))
+            4 => (proptest::collection::vec(0usize..90, 0..5), proptest::option::of(0usize..130))
                 .prop_map(|(l, p)| Step::Append(l, p)),
             1 => (proptest::collection::vec(0usize..90, 0..4), any::<bool>()).prop_map(|(l, b)| Step::Replace(l, b)),
         ]
