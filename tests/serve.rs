@@ -1586,6 +1586,39 @@ fn event_lines(c: &str, first: i64, n: i64) -> String {
     (first..first + n).map(|i| format!("{}\n", json!({ "c": c, "id": format!("{c}{i}"), "size": i }))).collect()
 }
 
+/// Without a data directory, 3 workers split a file source by pieces (of 256 bytes here: the
+/// file's 300 lines of about 40 bytes make 47 of them): the view counts every line once, and
+/// the job's backfill is the workers' shares summed — the file's 300 records and its bytes.
+#[test]
+fn a_file_source_split_over_workers_is_counted_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = event_lines("s", 0, 300);
+    std::fs::write(dir.path().join("s.jsonl"), &text).expect("write");
+    let args: Vec<String> =
+        ["--http", "127.0.0.1:0", "--workers", "3", "--file-root", &dir.path().display().to_string()]
+            .map(String::from)
+            .into();
+    let server = start_with_env(&args, true, &[("AIMATRIX__CLUSTER__POLL_BYTES", "256")]);
+    let path = dir.path().join("s.jsonl").display().to_string();
+    assert_eq!(server.submit(&file_job("split", "lines", &path, false, "split_by_c")), 1);
+    // 0 + 1 + … + 299 = 44,850.
+    let want = vec![json!({ "collection": "s", "n": 300, "bytes": 44_850 })];
+    assert_eq!(server.sql_until("SELECT collection, n, bytes FROM split_by_c", &want), want);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = server.call("GET", "/v1/jobs/1", None);
+        assert_eq!(status, 200, "{body}");
+        let backfill = &body["backfill"];
+        if body["source_stats"][0]["progress"]["caught_up"] == true && backfill["records_read"] == 300 {
+            assert_eq!(backfill["bytes_read"], text.len(), "{body}");
+            assert_eq!(backfill["bytes_total"], text.len(), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted whole: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A durable server reads file sources itself and logs what it read with its cursor in each
 /// file: after `kill -9`, a file rotated to another name goes on at its cursor (its lines
 /// before it are not read again, the ones appended after it are read), a deleted file's rows

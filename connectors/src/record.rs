@@ -765,7 +765,8 @@ impl FileReader {
         let Some(len) = location[digits..].find(OFFSET_MARK) else { return };
         let Ok(offset) = location[digits..digits + len].parse::<u64>() else { return };
         let path = location[..mark].to_owned();
-        let shown = match self.files.keys().find(|p| p.display().to_string() == path).cloned() {
+        // The glob matches only names that are UTF-8, which a path displays as it is.
+        let shown = match self.files.get_key_value(Path::new(&path)).map(|(p, _)| p.clone()) {
             Some(file) => match self.lines_before(&file, offset) {
                 Ok(lines) => (lines + 1).to_string(),
                 Err(_) => format!("byte {offset}"),
@@ -1139,7 +1140,8 @@ fn read_lines(
 /// bytes each; piece `k` is reader `k mod peers`'s: see [`FileReader::set_share`]), from
 /// `state.offset` on, to the end of the current piece: a line is read by the reader whose piece
 /// holds its first byte, to its end wherever that is; the others' pieces are passed without
-/// reading them, except for the few bytes that find where the first line of a piece begins.
+/// reading them, except for the bytes that find where the first line of a piece begins and
+/// those read past a piece's end (4 KiB at first) to end the line that crosses it.
 /// Each call reads at most one piece (and the end of the line that crosses its end), or none
 /// when there is nothing of this reader's to read yet.
 #[allow(clippy::too_many_arguments)]
@@ -1154,7 +1156,7 @@ fn read_pieces(
     out: &mut Vec<Record>,
 ) -> io::Result<()> {
     /// Bytes read at a time past the end of a piece, to end the line that crosses it.
-    const CROSSING: u64 = 16 << 10;
+    const CROSSING: u64 = 4 << 10;
     let piece = limits.poll_bytes.max(1);
     // Not amid a line of this reader's (an oversized one being skipped): go to the first line
     // that starts in a piece of its.
