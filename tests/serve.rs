@@ -450,7 +450,9 @@ fn jobs_installed_and_cancelled_at_run_time() {
 }
 
 /// The same job, submitted at run time, answers alike on 1 process × 1 worker and on a
-/// 2-process × 2-worker cluster.
+/// 2-process × 2-worker cluster, where its file is read in 512-byte pieces by all four
+/// workers and the job's progress counts every line and byte of it once (each worker's share,
+/// of either process).
 #[test]
 fn two_processes_answer_as_one() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -495,12 +497,27 @@ fn two_processes_answer_as_one() {
         }
         args
     };
-    let _p1 = start(&cluster(1), false);
-    let p0 = start(&cluster(0), true);
-    p0.submit(&job);
+    let pieces = [("AIMATRIX__CLUSTER__POLL_BYTES", "512")];
+    let _p1 = start_with_env(&cluster(1), false, &pieces);
+    let p0 = start_with_env(&cluster(0), true, &pieces);
+    let id = p0.submit(&job);
     assert_eq!(p0.sql_until(queries[2], &want_n), want_n);
     for (q, want) in queries.iter().zip(&expected) {
         assert_eq!(&p0.sql(q), want, "{q}");
+    }
+    let bytes = std::fs::metadata(&data).expect("data").len();
+    assert!(bytes > 4 * 512, "every worker has pieces: {bytes} bytes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = p0.call("GET", &format!("/v1/jobs/{id}"), None);
+        assert_eq!(status, 200, "{body}");
+        let (progress, backfill) = (&body["source_stats"][0]["progress"], &body["backfill"]);
+        if progress["done"] == true && backfill["records_read"] == all.len() && backfill["bytes_read"] == bytes {
+            assert_eq!(backfill["bytes_total"], bytes, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted whole: {body}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -476,7 +476,8 @@ struct Applied {
 pub struct Shared {
     commands: Mutex<Option<mpsc::Receiver<Envelope>>>,
     uppers: Mutex<HashMap<String, Time>>,
-    /// Per file source (by name), each worker's progress (workers of process 0).
+    /// Per file source (by name), each worker's progress (every worker of every process, as
+    /// its last [`Response::Progress`] said).
     progress: Mutex<HashMap<String, BTreeMap<usize, SourceProgress>>>,
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
@@ -511,13 +512,6 @@ impl ControllerLink for Shared {
         *lock(&self.uppers) = uppers;
     }
 
-    fn publish_progress(&self, worker: usize, progress: HashMap<String, SourceProgress>) {
-        let mut all = lock(&self.progress);
-        for (name, p) in progress {
-            all.entry(name).or_default().insert(worker, p);
-        }
-    }
-
     fn deliver(&self, response: Response) {
         self.deliver_response(response);
     }
@@ -525,12 +519,12 @@ impl ControllerLink for Shared {
 
 impl Shared {
     /// How far the workers have read file source `name`, their shares summed (the files'
-    /// size: the largest any saw; done when every worker is; the time left from the summed
-    /// rate).
+    /// size: the largest any saw; done when every worker has said it is; the time left from
+    /// the summed rate).
     fn file_progress(&self, name: &str) -> SourceProgress {
         let all = lock(&self.progress);
         let Some(workers) = all.get(name) else { return SourceProgress::default() };
-        let mut sum = SourceProgress { done: true, ..SourceProgress::default() };
+        let mut sum = SourceProgress { done: workers.len() >= self.peers, ..SourceProgress::default() };
         for p in workers.values() {
             sum.records_read += p.records_read;
             sum.bytes_read += p.bytes_read;
@@ -616,6 +610,12 @@ impl Shared {
                 lock(&self.failures).push((job, format!("source `{source}`: {error}")));
             }
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
+            Response::Progress { worker, sources } => {
+                let mut all = lock(&self.progress);
+                for (name, p) in sources {
+                    all.entry(name).or_default().insert(worker, p);
+                }
+            }
             Response::Introspection { worker, report } => {
                 lock(&self.reports).insert(worker, report);
             }

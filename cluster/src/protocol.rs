@@ -25,7 +25,7 @@ pub type Envelope = (Wire, Option<usize>);
 
 /// The controller's end of the link with the workers of process 0, the only thing a worker
 /// knows of the controller: where commands come from, and where every worker's responses
-/// (which worker 0 gathers), worker 0's reports of frontiers and each worker's progress go.
+/// (which worker 0 gathers) and worker 0's reports of frontiers go.
 /// `None` for a worker of a process other than 0, and for a local run without a controller.
 pub trait ControllerLink: Send + Sync {
     /// The commands, in the order the controller sent them: taken once, by worker 0, which is
@@ -34,17 +34,14 @@ pub trait ControllerLink: Send + Sync {
     /// Every collection's frontier (ms since the Unix epoch), by name, as worker 0 last saw
     /// them.
     fn publish(&self, uppers: std::collections::HashMap<String, Time>);
-    /// How far worker `worker` has read its share of each of its file sources, by source name.
-    fn publish_progress(&self, worker: usize, progress: std::collections::HashMap<String, SourceProgress>);
     /// A response from any worker.
     fn deliver(&self, response: Response);
 }
 
 /// How far a file source has been read: by the server, when it reads the source (with a data
-/// directory), else by the workers, each reading its pieces of the files (the figures of the
-/// workers of process 0, summed: in a cluster of several processes, the others' shares are not
-/// counted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// directory), else by the workers, each reading its pieces of the files (the figures of every
+/// worker of every process, summed: each reports its own, [`Response::Progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SourceProgress {
     /// Bytes read; a file read again from its start (truncated or replaced) counts again.
     pub bytes_read: u64,
@@ -617,6 +614,18 @@ pub enum Response {
         worker: usize,
         /// What its logging says now.
         report: WorkerReport,
+    },
+    /// How far worker `worker` has read its share of each of its file sources (its pieces of
+    /// the files), by source name: sent when the figures moved (at most every 50 ms, at once
+    /// when a source ended or reached its current end) and every second in any case (the
+    /// rate, an average since the worker began reading, moves on its own). The controller
+    /// sums the workers' shares.
+    Progress {
+        /// The worker (global index).
+        worker: usize,
+        /// Each file source's figures, by the source's name (`caught_up` is the
+        /// controller's to say: false here).
+        sources: Vec<(String, SourceProgress)>,
     },
     /// A job's views could not be rendered on a worker (a bug: the controller planned them).
     JobFailed {

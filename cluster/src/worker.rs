@@ -321,6 +321,7 @@ pub fn run_worker(
         state.step_subscriptions(worker);
         state.step_compaction();
         park = state.step_publish().unwrap_or(PARK);
+        state.step_progress();
         state.step_introspection();
     }
     // Shut down: drop every dataflow (the others do the same at the same command).

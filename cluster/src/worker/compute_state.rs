@@ -23,7 +23,9 @@ use super::reads::{read_at, snapshot_part, subscribe, upper_of, upper_with};
 use super::sources::{FileSource, PushSource, SourceCounts};
 use super::{Collection, Owner, WorkerOptions, install_views, respond};
 use crate::job::SourceConfig;
-use crate::protocol::{Command, ControllerLink, INTROSPECTION_INTERVAL, JobId, Response, SUBSCRIBE_CREDIT, ViewSpec};
+use crate::protocol::{
+    Command, ControllerLink, INTROSPECTION_INTERVAL, JobId, Response, SUBSCRIBE_CREDIT, SourceProgress, ViewSpec,
+};
 
 /// A [`Command::CatchUp`] waiting on one worker: the job, the wait id, and the job's file
 /// sources this worker has not yet found at their end since.
@@ -90,8 +92,13 @@ const SLOW_PEEK: Duration = Duration::from_secs(10);
 /// [`crate::controller::Controller`]'s reads and waits): 1 ms.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(1);
 
-/// How often a worker other than 0 publishes its file sources' progress.
+/// How often, at most, a worker reports its file sources' progress while it moves
+/// ([`Response::Progress`]).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often a worker reports its file sources' progress when it has not moved (its rate, an
+/// average since the worker began reading, moves on its own).
+const PROGRESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Everything one worker keeps between commands: the agent state's inputs, the catalog of
 /// arrangements, the jobs with their sources and dataflows, the pending peeks and the
@@ -143,6 +150,13 @@ pub(super) struct ComputeState {
     last_publish: Instant,
     /// The collections' frontiers as last published, in the catalog's order.
     published: Vec<Time>,
+    /// When this worker last reported its file sources' progress, and what it reported
+    /// (without rates).
+    last_progress: Instant,
+    reported: Vec<(String, SourceProgress)>,
+    /// A file source ended or reached its current end since the last report: report at once
+    /// (if the figures moved).
+    progress_now: bool,
     /// The worker's logging streams, folded (see [`Logging`]), unless turned off.
     logging: Option<Logging>,
     last_report: Instant,
@@ -188,6 +202,9 @@ impl ComputeState {
             read_epoch: None,
             last_publish: Instant::now() - Duration::from_secs(1),
             published: Vec::new(),
+            last_progress: Instant::now() - PROGRESS_REFRESH,
+            reported: Vec::new(),
+            progress_now: false,
             logging,
             last_report: Instant::now() - INTROSPECTION_INTERVAL,
         }
@@ -523,10 +540,8 @@ impl ComputeState {
             if fed {
                 self.read_epoch = Some(self.epoch);
             }
-            if ended || !at_end.is_empty() {
-                // Where it ended is published now, not at the next interval.
-                self.last_publish = self.last_publish.checked_sub(PROGRESS_INTERVAL).unwrap_or(self.last_publish);
-            }
+            // Where it ended is reported now, not at the next interval.
+            self.progress_now |= ended || !at_end.is_empty();
         }
         // What this round read is at time `epoch`: a catch-up whose sources are all at their
         // end is answered with `epoch + 1`.
@@ -679,22 +694,13 @@ impl ComputeState {
         }
     }
 
-    /// Worker 0 publishes the collections' frontiers and the file sources' progress (at most
-    /// once every [`PUBLISH_INTERVAL`]). Returns how long the worker may park at most before it
+    /// Worker 0 publishes the collections' frontiers (at most once every
+    /// [`PUBLISH_INTERVAL`]). Returns how long the worker may park at most before it
     /// steps again: `Some` when frontiers moved since the last publish but the interval is not
     /// over, so that they are published when it is, not when something else wakes the worker
     /// (which, idle, parks for up to [`super::PARK`]: a write was seen a park late).
     pub(super) fn step_publish(&mut self) -> Option<Duration> {
-        let shared = self.shared.as_ref()?;
-        if self.index != 0 {
-            // The others tell only how far they have read their shares of the file sources.
-            if !self.files.is_empty() && self.last_publish.elapsed() >= PROGRESS_INTERVAL {
-                self.last_publish = Instant::now();
-                shared
-                    .publish_progress(self.index, self.files.iter().map(|f| (f.name.clone(), f.progress())).collect());
-            }
-            return None;
-        }
+        let shared = self.shared.as_ref().filter(|_| self.index == 0)?;
         // A collection's frontier: the least of its arrangements'. Read at every turn of the
         // worker's loop, so into one reused buffer.
         let mut scratch = Antichain::new();
@@ -711,11 +717,39 @@ impl ComputeState {
         self.last_publish = Instant::now();
         let named = self.catalog.keys().cloned().zip(uppers.iter().copied()).collect::<HashMap<String, Time>>();
         shared.publish(named);
-        if !self.files.is_empty() {
-            shared.publish_progress(0, self.files.iter().map(|f| (f.name.clone(), f.progress())).collect());
-        }
         self.published = uppers;
         None
+    }
+
+    /// Reports how far this worker has read its shares of its file sources
+    /// ([`Response::Progress`]): when the figures moved, at most every [`PROGRESS_INTERVAL`]
+    /// (at once after a source ended or reached its current end), and every
+    /// [`PROGRESS_REFRESH`] in any case. Every worker of every process reports its own: the
+    /// controller sums them.
+    pub(super) fn step_progress(&mut self) {
+        if self.files.is_empty() {
+            return;
+        }
+        let since = self.last_progress.elapsed();
+        if since < PROGRESS_INTERVAL && !self.progress_now {
+            return;
+        }
+        self.progress_now = false;
+        let sources: Vec<(String, SourceProgress)> =
+            self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
+        let figures = |sources: &[(String, SourceProgress)]| -> Vec<(String, SourceProgress)> {
+            sources
+                .iter()
+                .map(|(name, p)| (name.clone(), SourceProgress { rate_bytes_per_s: None, eta_ms: None, ..*p }))
+                .collect()
+        };
+        let now = figures(&sources);
+        if now == self.reported && since < PROGRESS_REFRESH {
+            return;
+        }
+        self.reported = now;
+        self.last_progress = Instant::now();
+        self.respond(Response::Progress { worker: self.index, sources });
     }
 
     /// Every [`INTROSPECTION_INTERVAL`], reports what this worker's logging says
