@@ -4287,6 +4287,22 @@ fn sql_clients_query_over_pgwire() {
     assert_eq!(got, vec![("o1".to_owned(), 12.5, at(120)), ("o3".to_owned(), 1.5, at(60))]);
     let n: i64 = client.query_one("SELECT count(*) FROM orders WHERE amount > $1", &[&5.0_f64]).expect("count").get(0);
     assert_eq!(n, 2);
+    // A parameter the client types itself (psycopg sends a Python float as float8, a bool as
+    // boolean) is taken only at its value: 2.0 for the BIGINT `orders` is 2, but 1.5 is no
+    // BIGINT (it was taken as 1, matching bob), and a boolean is not compared with text.
+    let typed = client
+        .prepare_typed("SELECT customer FROM by_customer WHERE orders = $1", &[postgres::types::Type::FLOAT8])
+        .expect("prepared");
+    let rows = client.query(&typed, &[&2.0_f64]).expect("2.0 is 2");
+    assert_eq!(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(), ["ann"]);
+    let mismatch = Some(&postgres::error::SqlState::DATATYPE_MISMATCH);
+    let err = client.query(&typed, &[&1.5_f64]).expect_err("1.5 is no BIGINT");
+    assert_eq!(err.code(), mismatch, "{err:?}");
+    let by_bool = client
+        .prepare_typed("SELECT count(*) FROM orders WHERE customer = $1", &[postgres::types::Type::BOOL])
+        .expect("prepared");
+    let err = client.query(&by_bool, &[&true]).expect_err("a boolean is no text");
+    assert_eq!(err.code(), mismatch, "{err:?}");
     // Simple protocol, and a view created over pgwire.
     client
         .batch_execute("CREATE MATERIALIZED VIEW big_orders AS SELECT order_id FROM orders WHERE amount > 5")

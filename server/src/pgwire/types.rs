@@ -212,8 +212,15 @@ pub fn copy_rows(batch: &RecordBatch, encoder: &mut CopyEncoder, out: &mut Vec<u
 /// named, or the one the statement was described with), into a value of Arrow type `want`
 /// (`None`: as sent).
 ///
+/// A value the client typed itself (as drivers do: psycopg sends a Python `float` as
+/// `float8`, a `bool` as `boolean`) converts to `want` only exactly: `1.5` sent as `float8`
+/// for a `BIGINT` is refused, not taken as `1` (PostgreSQL compares in the type sent, so
+/// `n = 1.5` matches no integer), and a typed non-text value is not taken as text
+/// (PostgreSQL has no `text = boolean`). Narrowing a `float8` to a `real` is not checked.
+///
 /// # Errors
-/// A value that does not decode as `sent`, or does not convert to `want`.
+/// A value that does not decode as `sent` (22P02), does not convert to `want` (22P02), or
+/// converts only with another value or from a typed value to text (42804).
 pub fn parameter<S: Clone>(
     portal: &Portal<S>,
     idx: usize,
@@ -276,9 +283,27 @@ pub fn parameter<S: Clone>(
         }
     };
     match want {
-        Some(want) if &value.data_type() != want && !value.is_null() => value
-            .cast_to(want)
-            .map_err(|e| bad(format!("parameter ${} does not convert to {}: {e}", idx + 1, pg_type_name(want)))),
+        Some(want) if &value.data_type() != want && !value.is_null() => {
+            let converted = value
+                .cast_to(want)
+                .map_err(|e| bad(format!("parameter ${} does not convert to {}: {e}", idx + 1, pg_type_name(want))))?;
+            let text = matches!(want, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+            let floats = value.data_type().is_floating() && want.is_floating();
+            let exact = floats || converted.cast_to(&value.data_type()).is_ok_and(|back| back == value);
+            if text || !exact {
+                let why = if text {
+                    "which the statement compares with text: send it as text".to_owned()
+                } else {
+                    format!("which has no exact {} value (it would be {converted})", pg_type_name(want))
+                };
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "42804".into(),
+                    format!("parameter ${} is {value} sent as {}, {why}", idx + 1, sent.name()),
+                ))));
+            }
+            Ok(converted)
+        }
         Some(want) if value.is_null() => ScalarValue::try_from(want).or(Ok(value)),
         _ => Ok(value),
     }
