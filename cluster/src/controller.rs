@@ -154,15 +154,18 @@ pub struct ClusterConfig {
     pub restart_rows_ahead: usize,
 }
 
-/// The default [`ClusterConfig::restart_rows_ahead`]: 25,000. With everything sent at once (a
+/// The default [`ClusterConfig::restart_rows_ahead`]: 10,000. With everything sent at once (a
 /// snapshot's rows all at its one timestamp, a log's pushes as fast as the workers take them
 /// into their inputs), the arrangements' batchers held the whole input before any of it was
 /// sealed and merged, and a restart peaked at 1.36–1.44× the live state's resident memory
-/// (snapshot) and up to 1.33× (log); with 25,000, at 1.02–1.11× and 0.87–0.89×, in 4.2–4.6 s
-/// and 3.3–4.6 s to serving against 3.2–3.6 s and 2.5–4.1 s (release, 2 workers, 1M pushed
-/// events, `benches/restart_memory.py`, 2026-12-06; 50,000 peaked at 0.95–1.19×, 100,000 at
-/// 1.15×).
-pub const DEFAULT_RESTART_ROWS_AHEAD: usize = 25_000;
+/// (snapshot) and up to 1.33× (log); with 25,000, at 1.02–1.11× and 0.87–0.89× (release, 2
+/// workers, 1M pushed events, `benches/restart_memory.py`, 2026-12-06; 50,000 peaked at
+/// 0.95–1.19×, 100,000 at 1.15×). Since rows are packed the live state is half that size, and
+/// against the live process's peak a restart with 25,000 peaked at 1.15–1.26× (snapshot) and
+/// 0.85–1.15× (log), with 10,000 at 1.03–1.14× and 0.85–1.07×, with 5,000 at 1.00–1.12× and
+/// 0.84–0.98×; to serving in 3.1–3.5 s, 2.5–3.2 s and 3.2–4.0 s from a snapshot (2026-12-08,
+/// 4–5 runs each, alternating): 10,000 takes most of the memory off at no cost in time.
+pub const DEFAULT_RESTART_ROWS_AHEAD: usize = 10_000;
 
 /// The default [`ClusterConfig::exert_proportionality`]: 0 (off) until measured.
 pub const DEFAULT_EXERT_PROPORTIONALITY: usize = 0;

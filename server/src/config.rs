@@ -55,7 +55,7 @@
 //! data_dir = ""                # where jobs, views and pushes are kept across restarts ("": nowhere)
 //! url = ""                     # or in an object store: "s3://bucket/prefix" (AWS_* variables configure it)
 //! compact_after_bytes = 268435456   # fold the log into a snapshot whenever it holds this much past the last one (0: never)
-//! restart_rows_ahead = 25000   # rows per worker a restart sends ahead of what the dataflows have processed (0: no bound)
+//! restart_rows_ahead = 10000   # rows per worker a restart sends ahead of what the dataflows have processed (0: no bound)
 //! ```
 //!
 //! An environment variable names a key by its path, with `__` between the parts:
@@ -111,7 +111,7 @@ pub struct StorageConfig {
     /// `amx_cluster::storage::snapshot`.
     pub compact_after_bytes: u64,
     /// Rows (records of the log, rows of a snapshot) per worker that a restart sends ahead
-    /// of what the dataflows have processed (default 25,000; 0: no bound, everything at once):
+    /// of what the dataflows have processed (default 10,000; 0: no bound, everything at once):
     /// what bounds the restart's memory. A snapshot of N rows is restored in N / (this ×
     /// workers) rounds of a few ms each (about 6 ms measured), so a small value is slow. See
     /// `amx_cluster::ClusterConfig::restart_rows_ahead`.
