@@ -4288,8 +4288,9 @@ fn sql_clients_query_over_pgwire() {
     let n: i64 = client.query_one("SELECT count(*) FROM orders WHERE amount > $1", &[&5.0_f64]).expect("count").get(0);
     assert_eq!(n, 2);
     // A parameter the client types itself (psycopg sends a Python float as float8, a bool as
-    // boolean) is taken only at its value: 2.0 for the BIGINT `orders` is 2, but 1.5 is no
-    // BIGINT (it was taken as 1, matching bob), and a boolean is not compared with text.
+    // boolean) is taken only at its value and as its kind: 2.0 for the BIGINT `orders` is 2,
+    // but 1.5 is no BIGINT (it was taken as 1, matching bob), and a boolean is neither text
+    // nor a number.
     let typed = client
         .prepare_typed("SELECT customer FROM by_customer WHERE orders = $1", &[postgres::types::Type::FLOAT8])
         .expect("prepared");
@@ -4303,6 +4304,13 @@ fn sql_clients_query_over_pgwire() {
         .expect("prepared");
     let err = client.query(&by_bool, &[&true]).expect_err("a boolean is no text");
     assert_eq!(err.code(), mismatch, "{err:?}");
+    // Nor a number: `orders = true` is no `orders = 1`. And -0.0 is 0 (no customer has 0).
+    let bool_for_bigint = client
+        .prepare_typed("SELECT customer FROM by_customer WHERE orders = $1", &[postgres::types::Type::BOOL])
+        .expect("prepared");
+    let err = client.query(&bool_for_bigint, &[&true]).expect_err("a boolean is no BIGINT");
+    assert_eq!(err.code(), mismatch, "{err:?}");
+    assert!(client.query(&typed, &[&-0.0_f64]).expect("-0.0 is 0").is_empty());
     // Simple protocol, and a view created over pgwire.
     client
         .batch_execute("CREATE MATERIALIZED VIEW big_orders AS SELECT order_id FROM orders WHERE amount > 5")

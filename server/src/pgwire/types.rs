@@ -213,14 +213,18 @@ pub fn copy_rows(batch: &RecordBatch, encoder: &mut CopyEncoder, out: &mut Vec<u
 /// (`None`: as sent).
 ///
 /// A value the client typed itself (as drivers do: psycopg sends a Python `float` as
-/// `float8`, a `bool` as `boolean`) converts to `want` only exactly: `1.5` sent as `float8`
-/// for a `BIGINT` is refused, not taken as `1` (PostgreSQL compares in the type sent, so
-/// `n = 1.5` matches no integer), and a typed non-text value is not taken as text
-/// (PostgreSQL has no `text = boolean`). Narrowing a `float8` to a `real` is not checked.
+/// `float8`, a `bool` as `boolean`, a `Decimal` as `numeric`) converts to `want` only within
+/// its kind ([`Kind`]: a number to a number, a date or time to a date or time) and only
+/// exactly: `1.5` sent as `float8` for a `BIGINT` is refused, not taken as `1` (PostgreSQL
+/// compares in the type sent, so `n = 1.5` matches no integer), and a boolean is not taken as
+/// a number or as text, nor a number as a time (PostgreSQL has no `text = boolean` or
+/// `bigint = boolean`). Narrowing a `float8` to a `real` is not checked. Text, and values of
+/// types the client leaves unknown, are read as a value of `want`, as PostgreSQL reads an
+/// untyped literal.
 ///
 /// # Errors
 /// A value that does not decode as `sent` (22P02), does not convert to `want` (22P02), or
-/// converts only with another value or from a typed value to text (42804).
+/// converts only to another kind of value or with another value (42804).
 pub fn parameter<S: Clone>(
     portal: &Portal<S>,
     idx: usize,
@@ -229,6 +233,14 @@ pub fn parameter<S: Clone>(
 ) -> PgWireResult<ScalarValue> {
     let bad =
         |message: String| PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), "22P02".into(), message)));
+    let mismatch = |value: &dyn std::fmt::Display, why: String| {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "42804".into(),
+            format!("parameter ${} is {value} sent as {}, {why}", idx + 1, sent.name()),
+        )))
+    };
+    let other_kind = |want: &DataType| format!("which the statement takes as {}", pg_type_name(want));
     let value = match sent {
         t if *t == Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(idx, t)?),
         t if *t == Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(idx, t)?),
@@ -273,6 +285,10 @@ pub fn parameter<S: Clone>(
                 ),
             };
             match (text, want) {
+                // A `numeric` (a `Decimal`) is a number: not text, not a boolean.
+                (Some(text), Some(want)) if *sent == Type::NUMERIC && Kind::of(want) != Kind::Number => {
+                    return Err(mismatch(&text, other_kind(want)));
+                }
                 (Some(text), Some(want)) if want != &DataType::Utf8 => {
                     return ScalarValue::try_from_string(text.clone(), want).map_err(|e| {
                         bad(format!("parameter ${}: {text:?} is not a valid {}: {e}", idx + 1, pg_type_name(want)))
@@ -284,28 +300,54 @@ pub fn parameter<S: Clone>(
     };
     match want {
         Some(want) if &value.data_type() != want && !value.is_null() => {
+            if Kind::of(&value.data_type()) != Kind::of(want) || Kind::of(want) == Kind::Other {
+                return Err(mismatch(&value, other_kind(want)));
+            }
             let converted = value
                 .cast_to(want)
                 .map_err(|e| bad(format!("parameter ${} does not convert to {}: {e}", idx + 1, pg_type_name(want))))?;
-            let text = matches!(want, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
             let floats = value.data_type().is_floating() && want.is_floating();
-            let exact = floats || converted.cast_to(&value.data_type()).is_ok_and(|back| back == value);
-            if text || !exact {
-                let why = if text {
-                    "which the statement compares with text: send it as text".to_owned()
-                } else {
-                    format!("which has no exact {} value (it would be {converted})", pg_type_name(want))
-                };
-                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                    "ERROR".into(),
-                    "42804".into(),
-                    format!("parameter ${} is {value} sent as {}, {why}", idx + 1, sent.name()),
-                ))));
+            if !floats && !converted.cast_to(&value.data_type()).is_ok_and(|back| same(&back, &value)) {
+                let why = format!("which has no exact {} value (it would be {converted})", pg_type_name(want));
+                return Err(mismatch(&value, why));
             }
             Ok(converted)
         }
         Some(want) if value.is_null() => ScalarValue::try_from(want).or(Ok(value)),
         _ => Ok(value),
+    }
+}
+
+/// What kind of value a type holds: a typed parameter converts only to a type of its kind
+/// (see [`parameter`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Number,
+    Bool,
+    Text,
+    /// Dates and timestamps.
+    Time,
+    Other,
+}
+
+impl Kind {
+    fn of(t: &DataType) -> Kind {
+        match t {
+            t if t.is_numeric() => Kind::Number,
+            DataType::Boolean => Kind::Bool,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Kind::Text,
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) => Kind::Time,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Whether two values of one type are the same value (floats by number: `-0.0` is `0.0`).
+fn same(a: &ScalarValue, b: &ScalarValue) -> bool {
+    match (a, b) {
+        (ScalarValue::Float64(Some(x)), ScalarValue::Float64(Some(y))) => x == y,
+        (ScalarValue::Float32(Some(x)), ScalarValue::Float32(Some(y))) => x == y,
+        _ => a == b,
     }
 }
 
