@@ -4311,6 +4311,13 @@ fn sql_clients_query_over_pgwire() {
     let err = client.query(&bool_for_bigint, &[&true]).expect_err("a boolean is no BIGINT");
     assert_eq!(err.code(), mismatch, "{err:?}");
     assert!(client.query(&typed, &[&-0.0_f64]).expect("-0.0 is 0").is_empty());
+    // A parameter the query does not type takes the type the client gives it, else text (it
+    // was refused, the plan's column type having changed since Describe).
+    let echo = client.prepare_typed("SELECT $1, $2 = $3", &[postgres::types::Type::INT8]).expect("prepared");
+    let row = client.query_one(&echo, &[&5_i64, &"a", &"a"]).expect("SELECT $1");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (5, true));
+    let echo = client.query_one("SELECT $1 AS v", &[&"x"]).expect("SELECT $1 untyped");
+    assert_eq!(echo.get::<_, String>("v"), "x");
     // Simple protocol, and a view created over pgwire.
     client
         .batch_execute("CREATE MATERIALIZED VIEW big_orders AS SELECT order_id FROM orders WHERE amount > 5")

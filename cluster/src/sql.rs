@@ -142,7 +142,9 @@ pub async fn check_query(catalog: &[(String, SchemaRef)], sql: &str) -> Result<(
 
 /// What query `sql` would answer with, planned against empty tables of these schemas (and
 /// the tables and functions of `extras`), reading nothing: its columns, and the type of each
-/// parameter `$1`, `$2`, … (`None` where the query does not fix it), in order.
+/// parameter `$1`, `$2`, … (`None` where the query does not fix it), in order. With
+/// `extras.params` (values of every parameter; typed NULLs will do), the columns are those of
+/// the query with them (`SELECT $1` answers with the type of `$1`'s value).
 ///
 /// # Errors
 /// As [`check_query`].
@@ -180,8 +182,11 @@ async fn plan_shape(
         return Err(ClusterError::Sql(NOT_A_QUERY.into()));
     }
     let state = ctx.state();
-    let plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
+    let mut plan = state.statement_to_plan(statement).await.map_err(sql_error)?;
     let parameters = parameter_types(&plan).map_err(sql_error)?;
+    if !extras.params.is_empty() {
+        plan = plan.with_param_values(extras.params.clone()).map_err(sql_error)?;
+    }
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     if optimize {
         amx_sql::on_sql_stack(|| state.optimize(&plan)).map_err(sql_error)?;

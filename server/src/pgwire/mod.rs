@@ -1018,11 +1018,16 @@ impl Backend {
         }
     }
 
-    /// The columns a statement answers with, known before it runs (`None`: a tag only).
+    /// The columns a statement answers with, known before it runs (`None`: a tag only), and
+    /// the type of each parameter. A parameter the query does not type (`SELECT $1`) takes
+    /// the type the client declared for it (`declared`, by position), else text (as
+    /// PostgreSQL takes an untyped literal), and the columns are those of the query with it:
+    /// the same as it then runs with.
     async fn describe(
         &self,
         client: &impl ClientInfo,
         statement: &Statement,
+        declared: &[Option<Type>],
     ) -> PgWireResult<(Option<SchemaRef>, Vec<Option<DataType>>)> {
         Ok(match statement {
             Statement::Sql(sql) => {
@@ -1043,7 +1048,24 @@ impl Backend {
                     prepare: Some(Self::catalog_hook(entries)),
                     refuse_views: views_refused(client),
                 };
-                let shape = amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?;
+                let mut shape =
+                    amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?;
+                // DataFusion types `$1 = $2`'s parameters as NULL: neither is typed.
+                for p in shape.parameters.iter_mut().filter(|p| **p == Some(DataType::Null)) {
+                    *p = None;
+                }
+                if shape.parameters.iter().any(Option::is_none) {
+                    let mut params = Vec::with_capacity(shape.parameters.len());
+                    for (i, p) in shape.parameters.iter_mut().enumerate() {
+                        let ty = p.get_or_insert_with(|| {
+                            declared.get(i).cloned().flatten().as_ref().map_or(DataType::Utf8, types::arrow_type)
+                        });
+                        params.push(ScalarValue::try_from(&*ty).map_err(|e| user_error("XX000", e.to_string()))?);
+                    }
+                    let extras = QueryExtras { params, ..extras };
+                    shape.schema =
+                        amx_cluster::sql::describe_query(&catalog, &sql, &extras).await.map_err(cluster_error)?.schema;
+                }
                 (Some(types::postgres_column_names(&sql, &shape.schema)), shape.parameters)
             }
             Statement::Subscribe { spec, copy: false } => {
@@ -1368,7 +1390,7 @@ impl SimpleQueryHandler for Backend {
 impl QueryParser for Parser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(&self, client: &C, sql: &str, types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -1381,7 +1403,7 @@ impl QueryParser for Parser {
         let described = async {
             let statement = statement::classify(&text).map_err(unsupported)?;
             let backend = Backend::new(self.controller.clone(), Duration::from_secs(60), self.metrics.clone());
-            let (schema, params) = backend.describe(client, &statement).await?;
+            let (schema, params) = backend.describe(client, &statement, types).await?;
             Ok((statement, schema, params))
         }
         .instrument(span.clone())

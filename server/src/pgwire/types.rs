@@ -208,6 +208,26 @@ pub fn copy_rows(batch: &RecordBatch, encoder: &mut CopyEncoder, out: &mut Vec<u
     Ok(())
 }
 
+/// The Arrow type of a parameter the client declared as PostgreSQL type `t`: the type its
+/// values decode to in [`parameter`] (`numeric` as a double; text for a type without one of
+/// its own).
+pub fn arrow_type(t: &Type) -> DataType {
+    match t {
+        t if *t == Type::NUMERIC => DataType::Float64,
+        t if *t == Type::BOOL => DataType::Boolean,
+        t if *t == Type::INT2 => DataType::Int16,
+        t if *t == Type::INT4 => DataType::Int32,
+        t if *t == Type::INT8 => DataType::Int64,
+        t if *t == Type::FLOAT4 => DataType::Float32,
+        t if *t == Type::FLOAT8 => DataType::Float64,
+        t if *t == Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        t if *t == Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        t if *t == Type::DATE => DataType::Date32,
+        t if *t == Type::BYTEA => DataType::Binary,
+        _ => DataType::Utf8,
+    }
+}
+
 /// Decodes parameter `idx` of `portal`, sent as PostgreSQL type `sent` (the type the client
 /// named, or the one the statement was described with), into a value of Arrow type `want`
 /// (`None`: as sent).
