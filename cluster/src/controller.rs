@@ -479,9 +479,10 @@ struct Applied {
 pub struct Shared {
     commands: Mutex<Option<mpsc::Receiver<Envelope>>>,
     uppers: Mutex<HashMap<String, Time>>,
-    /// Per file source (by name), each worker's progress (every worker of every process, as
-    /// its last [`Response::Progress`] said).
-    progress: Mutex<HashMap<String, BTreeMap<usize, SourceProgress>>>,
+    /// Per file source (by job and name: a cancelled job's source name may be taken again),
+    /// each worker's progress (every worker of every process, as its last
+    /// [`Response::Progress`] said).
+    progress: Mutex<HashMap<(JobId, String), BTreeMap<usize, SourceProgress>>>,
     peeks: Mutex<HashMap<u64, PeekWait>>,
     subscriptions: Mutex<HashMap<u64, SubscriptionMerge>>,
     /// Per collection: subscriptions ended because their subscriber fell behind.
@@ -521,12 +522,32 @@ impl ControllerLink for Shared {
 }
 
 impl Shared {
-    /// How far the workers have read file source `name`, their shares summed (the files'
-    /// size: the largest any saw; done when every worker has said it is; the time left from
-    /// the summed rate).
-    fn file_progress(&self, name: &str) -> SourceProgress {
+    /// The link of a cluster of `peers` workers (of every process), whose worker 0 takes its
+    /// commands from `commands`.
+    fn new(commands: mpsc::Receiver<Envelope>, peers: usize) -> Shared {
+        Shared {
+            commands: Mutex::new(Some(commands)),
+            uppers: Mutex::default(),
+            progress: Mutex::default(),
+            peeks: Mutex::default(),
+            subscriptions: Mutex::default(),
+            slow_subscribers: Mutex::default(),
+            failures: Mutex::default(),
+            ingests: Mutex::default(),
+            worker0: Mutex::default(),
+            done: Mutex::default(),
+            awaiting: Default::default(),
+            reports: Default::default(),
+            peers,
+        }
+    }
+
+    /// How far the workers have read file source `name` of job `job`, their shares summed
+    /// (the files' size: the largest any saw; done when every worker has said it is; the time
+    /// left from the summed rate).
+    fn file_progress(&self, job: JobId, name: &str) -> SourceProgress {
         let all = lock(&self.progress);
-        let Some(workers) = all.get(name) else { return SourceProgress::default() };
+        let Some(workers) = all.get(&(job, name.to_owned())) else { return SourceProgress::default() };
         let mut sum = SourceProgress { done: workers.len() >= self.peers, ..SourceProgress::default() };
         for p in workers.values() {
             sum.records_read += p.records_read;
@@ -615,8 +636,8 @@ impl Shared {
             Response::JobFailed { job, error } => lock(&self.failures).push((job, error)),
             Response::Progress { worker, sources } => {
                 let mut all = lock(&self.progress);
-                for (name, p) in sources {
-                    all.entry(name).or_default().insert(worker, p);
+                for (job, name, p) in sources {
+                    all.entry((job, name)).or_default().insert(worker, p);
                 }
             }
             Response::Introspection { worker, report } => {
@@ -1362,21 +1383,7 @@ impl Controller {
             Vec::new()
         };
         let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            commands: Mutex::new(Some(rx)),
-            uppers: Mutex::default(),
-            progress: Mutex::default(),
-            peeks: Mutex::default(),
-            subscriptions: Mutex::default(),
-            slow_subscribers: Mutex::default(),
-            failures: Mutex::default(),
-            ingests: Mutex::default(),
-            worker0: Mutex::default(),
-            done: Mutex::default(),
-            awaiting: Default::default(),
-            reports: Default::default(),
-            peers: config.workers * config.processes,
-        });
+        let shared = Arc::new(Shared::new(rx, config.workers * config.processes));
         let is_controller = config.process_index == 0;
         let worker_shared = shared.clone();
         let options = config.worker.clone();
@@ -2198,7 +2205,7 @@ impl Controller {
             let p = (source.kind == SourceKind::File).then(|| {
                 let mut p = match self.feed(id, &source.name) {
                     Some(feed) => feed.progress(),
-                    None => self.inner.shared.file_progress(&source.name),
+                    None => self.inner.shared.file_progress(id, &source.name),
                 };
                 p.caught_up = if source.follow { follow_caught_up } else { self.caught_up(id, &source.name) };
                 if info.state == JobState::Cancelled {
@@ -2970,7 +2977,7 @@ impl Controller {
             .map(|s| {
                 let p = match self.feed(job, &s.name) {
                     Some(feed) => feed.progress(),
-                    None => self.inner.shared.file_progress(&s.name),
+                    None => self.inner.shared.file_progress(job, &s.name),
                 };
                 (s.name.clone(), p)
             })
@@ -3051,6 +3058,39 @@ fn compaction_loop(inner: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file source's progress is every worker's share summed, done once every worker has
+    /// said so, and kept apart per job: a cancelled job's source name taken again by another
+    /// job does not lend it the old figures.
+    #[test]
+    fn file_progress_sums_every_workers_share_of_its_own_job() {
+        let (_tx, rx) = mpsc::channel();
+        let shared = Shared::new(rx, 3);
+        let share = |bytes: u64, records: u64, done: bool| SourceProgress {
+            bytes_read: bytes,
+            bytes_total: 900,
+            records_read: records,
+            done,
+            ..SourceProgress::default()
+        };
+        let report = |worker: usize, job: u64, p: SourceProgress| {
+            shared.deliver_response(Response::Progress { worker, sources: vec![(JobId(job), "s".into(), p)] });
+        };
+        for worker in 0..3 {
+            report(worker, 1, share(300, 10, true));
+        }
+        let old = shared.file_progress(JobId(1), "s");
+        assert_eq!((old.bytes_read, old.records_read, old.done), (900, 30, true));
+        // Job 2 reuses the name: nothing read yet, then two of three workers done.
+        assert_eq!(shared.file_progress(JobId(2), "s"), SourceProgress::default());
+        report(0, 2, share(100, 4, true));
+        report(2, 2, share(250, 7, true));
+        let partial = shared.file_progress(JobId(2), "s");
+        assert_eq!((partial.bytes_read, partial.records_read, partial.done), (350, 11, false));
+        report(1, 2, share(550, 19, true));
+        let whole = shared.file_progress(JobId(2), "s");
+        assert_eq!((whole.bytes_read, whole.bytes_total, whole.records_read, whole.done), (900, 900, 30, true));
+    }
 
     /// Rates and times left, by hand: a source resumed at byte 500 that read to byte 2,000 in
     /// 2 s reads 750 B/s, and its 3,500 bytes left take 4,666.7 ms (4,667, rounded up); a job

@@ -616,16 +616,16 @@ pub enum Response {
         report: WorkerReport,
     },
     /// How far worker `worker` has read its share of each of its file sources (its pieces of
-    /// the files), by source name: sent when the figures moved (at most every 50 ms, at once
+    /// the files), by job and source name: sent when the figures moved (at most every 50 ms, at once
     /// when a source ended or reached its current end) and every second in any case (the
     /// rate, an average since the worker began reading, moves on its own). The controller
     /// sums the workers' shares.
     Progress {
         /// The worker (global index).
         worker: usize,
-        /// Each file source's figures, by the source's name (`caught_up` is the
-        /// controller's to say: false here).
-        sources: Vec<(String, SourceProgress)>,
+        /// Each file source's job, name and figures (`caught_up` is the controller's to
+        /// say: false here).
+        sources: Vec<(JobId, String, SourceProgress)>,
     },
     /// A job's views could not be rendered on a worker (a bug: the controller planned them).
     JobFailed {

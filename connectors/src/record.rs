@@ -1786,13 +1786,21 @@ pub(crate) mod tests {
             (format!("{path}:1"), "{\"a\":1}".to_owned(), None),
             (format!("{path}:2"), "{\"b\":2}".to_owned(), None),
         ];
-        for peers in 1..=4 {
-            for piece in 1..=6 {
-                assert_eq!(
-                    read_split(&dir.glob("*.jsonl"), peers, piece, 100),
-                    want,
-                    "{peers} readers, pieces of {piece}"
-                );
+        assert_split_reads(&dir.glob("*.jsonl"), 1..=4, 1..=6, 100, &want);
+    }
+
+    /// [`read_split`] of `glob` by every number of readers in `peers` and every piece size in
+    /// `pieces`, with record limit `limit`, gives `want`.
+    fn assert_split_reads(
+        glob: &str,
+        peers: std::ops::RangeInclusive<u64>,
+        pieces: std::ops::RangeInclusive<u64>,
+        limit: u64,
+        want: &[(String, String, Option<String>)],
+    ) {
+        for peers in peers {
+            for piece in pieces.clone() {
+                assert_eq!(read_split(glob, peers, piece, limit), want, "{peers} readers, pieces of {piece}");
             }
         }
     }
@@ -1809,15 +1817,7 @@ pub(crate) mod tests {
             (format!("{path}:2"), long.to_owned(), None),
             (format!("{path}:3"), "{\"b\":2}".to_owned(), None),
         ];
-        for peers in 1..=3 {
-            for piece in 1..=48 {
-                assert_eq!(
-                    read_split(&dir.glob("*.jsonl"), peers, piece, 34),
-                    want,
-                    "{peers} readers, pieces of {piece}"
-                );
-            }
-        }
+        assert_split_reads(&dir.glob("*.jsonl"), 1..=3, 1..=48, 34, &want);
     }
 
     #[test]

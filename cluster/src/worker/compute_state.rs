@@ -153,7 +153,7 @@ pub(super) struct ComputeState {
     /// When this worker last reported its file sources' progress, and what it reported
     /// (without rates).
     last_progress: Instant,
-    reported: Vec<(String, SourceProgress)>,
+    reported: Vec<(JobId, String, SourceProgress)>,
     /// A file source ended or reached its current end since the last report: report at once
     /// (if the figures moved).
     progress_now: bool,
@@ -735,15 +735,12 @@ impl ComputeState {
             return;
         }
         self.progress_now = false;
-        let sources: Vec<(String, SourceProgress)> =
-            self.files.iter().map(|f| (f.name.clone(), f.progress())).collect();
-        let figures = |sources: &[(String, SourceProgress)]| -> Vec<(String, SourceProgress)> {
-            sources
-                .iter()
-                .map(|(name, p)| (name.clone(), SourceProgress { rate_bytes_per_s: None, eta_ms: None, ..*p }))
-                .collect()
-        };
-        let now = figures(&sources);
+        let sources: Vec<(JobId, String, SourceProgress)> =
+            self.files.iter().map(|f| (f.job, f.name.clone(), f.progress())).collect();
+        let now: Vec<(JobId, String, SourceProgress)> = sources
+            .iter()
+            .map(|(job, name, p)| (*job, name.clone(), SourceProgress { rate_bytes_per_s: None, eta_ms: None, ..*p }))
+            .collect();
         if now == self.reported && since < PROGRESS_REFRESH {
             return;
         }
